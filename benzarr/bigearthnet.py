@@ -1,0 +1,193 @@
+"""Facts of the BigEarthNet dataset: bands, resolutions, nomenclatures, the 43->19 map, names.
+
+Everything here is a constant or a pure function; no I/O.
+
+Sources: the BigEarthNet v1.0 documentation and ``label_indices.json`` of the official
+BigEarthNet-S2 19-class models (the order TorchGeo uses as ``class_sets[43]`` and
+``class_sets[19]``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# --- Sentinel-2 bands -------------------------------------------------------------------
+
+#: All 12 bands in wavelength order, the order of every full-band tensor in benzarr.
+BANDS: tuple[str, ...] = (
+    "B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12",
+)
+#: True-colour bands, red first (the order a display expects).
+RGB_BANDS: tuple[str, ...] = ("B04", "B03", "B02")
+
+#: Band groups as stored: array name -> (bands, side in pixels, ground sampling distance in m).
+BAND_GROUPS: dict[str, tuple[tuple[str, ...], int, int]] = {
+    "10m": (("B02", "B03", "B04", "B08"), 120, 10),
+    "20m": (("B05", "B06", "B07", "B8A", "B11", "B12"), 60, 20),
+    "60m": (("B01", "B09"), 20, 60),
+}
+#: Patch side at 10 m (the side every band is upsampled to).
+PATCH_SIDE = 120
+
+
+def band_location(band: str) -> tuple[str, int]:
+    """Return ``(group, position)`` of ``band`` in the stored band groups.
+
+    >>> band_location("B8A")
+    ('20m', 3)
+    """
+    for group, (names, _, _) in BAND_GROUPS.items():
+        if band in names:
+            return group, names.index(band)
+    raise KeyError(band)
+
+
+def band_side(band: str) -> int:
+    """Side in pixels of ``band`` as BigEarthNet ships it (120, 60 or 20)."""
+    return BAND_GROUPS[band_location(band)[0]][1]
+
+
+# --- Nomenclatures ----------------------------------------------------------------------
+
+#: The 43 CORINE Land Cover level-3 classes of BigEarthNet v1.0, official order.
+CLC43: tuple[str, ...] = (
+    "Continuous urban fabric",
+    "Discontinuous urban fabric",
+    "Industrial or commercial units",
+    "Road and rail networks and associated land",
+    "Port areas",
+    "Airports",
+    "Mineral extraction sites",
+    "Dump sites",
+    "Construction sites",
+    "Green urban areas",
+    "Sport and leisure facilities",
+    "Non-irrigated arable land",
+    "Permanently irrigated land",
+    "Rice fields",
+    "Vineyards",
+    "Fruit trees and berry plantations",
+    "Olive groves",
+    "Pastures",
+    "Annual crops associated with permanent crops",
+    "Complex cultivation patterns",
+    "Land principally occupied by agriculture, with significant areas of natural vegetation",
+    "Agro-forestry areas",
+    "Broad-leaved forest",
+    "Coniferous forest",
+    "Mixed forest",
+    "Natural grassland",
+    "Moors and heathland",
+    "Sclerophyllous vegetation",
+    "Transitional woodland/shrub",
+    "Beaches, dunes, sands",
+    "Bare rock",
+    "Sparsely vegetated areas",
+    "Burnt areas",
+    "Inland marshes",
+    "Peatbogs",
+    "Salt marshes",
+    "Salines",
+    "Intertidal flats",
+    "Water courses",
+    "Water bodies",
+    "Coastal lagoons",
+    "Estuaries",
+    "Sea and ocean",
+)
+
+#: The 19-class nomenclature of Sumbul et al. (2021), official order.
+CLC19: tuple[str, ...] = (
+    "Urban fabric",
+    "Industrial or commercial units",
+    "Arable land",
+    "Permanent crops",
+    "Pastures",
+    "Complex cultivation patterns",
+    "Land principally occupied by agriculture, with significant areas of natural vegetation",
+    "Agro-forestry areas",
+    "Broad-leaved forest",
+    "Coniferous forest",
+    "Mixed forest",
+    "Natural grassland and sparsely vegetated areas",
+    "Moors, heathland and sclerophyllous vegetation",
+    "Transitional woodland, shrub",
+    "Beaches, dunes, sands",
+    "Inland wetlands",
+    "Coastal wetlands",
+    "Inland waters",
+    "Marine waters",
+)
+
+#: Official 43 -> 19 conversion (``label_conversion`` of label_indices.json): for each of the
+#: 19 classes, the indices of the 43-class labels it merges. Classes in no list map to nothing.
+CLC19_FROM_CLC43: tuple[tuple[int, ...], ...] = (
+    (0, 1), (2,), (11, 12, 13), (14, 15, 16, 18), (17,), (19,), (20,), (21,), (22,), (23,),
+    (24,), (25, 31), (26, 27), (28,), (29,), (33, 34), (35, 36), (38, 39), (40, 41, 42),
+)
+
+NOMENCLATURES: dict[str, tuple[str, ...]] = {"clc43": CLC43, "clc19": CLC19}
+
+
+def clc43_to_clc19_matrix() -> "list[list[int]]":
+    """The (43, 19) 0/1 matrix M with ``clc19 = (clc43 @ M) > 0``."""
+    matrix = [[0] * len(CLC19) for _ in CLC43]
+    for new, olds in enumerate(CLC19_FROM_CLC43):
+        for old in olds:
+            matrix[old][new] = 1
+    return matrix
+
+
+# --- Patch names ------------------------------------------------------------------------
+
+# Real names: S2A_MSIL2A_20170613T101031_87_48; a few real ones carry a short time field
+# (S2B_MSIL2A_20170924T93020_69_24), so the time is matched loosely.
+_S2_V1_NAME = re.compile(
+    r"^(?P<satellite>S2[AB])_MSIL2A_(?P<date>\d{8})T(?P<time>\d{4,6})_(?P<row>\d+)_(?P<col>\d+)$"
+)
+
+
+@dataclass(frozen=True)
+class PatchName:
+    """The parts of a BigEarthNet v1.0 Sentinel-2 patch name."""
+
+    satellite: str
+    date: str  # YYYYMMDD
+    time: str  # HHMMSS as written in the name (sometimes shorter)
+    row: int
+    col: int
+
+
+def parse_patch_name(name: str) -> PatchName:
+    """Split a v1.0 S2 patch name such as ``S2A_MSIL2A_20170613T101031_87_48``.
+
+    Raises:
+        ValueError: if ``name`` is not in that form.
+    """
+    match = _S2_V1_NAME.match(name)
+    if match is None:
+        raise ValueError(f"not a BigEarthNet v1.0 S2 patch name: {name!r}")
+    return PatchName(
+        satellite=match["satellite"],
+        date=match["date"],
+        time=match["time"],
+        row=int(match["row"]),
+        col=int(match["col"]),
+    )
+
+
+def is_patch_name(name: str) -> bool:
+    """True when ``name`` looks like a v1.0 S2 patch name."""
+    return _S2_V1_NAME.match(name) is not None
+
+
+#: Approximate share of BigEarthNet v1.0 patches carrying each of the 43 labels (from the
+#: published label counts over 590,326 patches). Used by the synthetic archive generator.
+CLC43_FREQUENCY: tuple[float, ...] = (
+    0.0183, 0.1169, 0.0219, 0.0058, 0.0009, 0.0017, 0.0078, 0.0015, 0.0021, 0.0030,
+    0.0091, 0.3320, 0.0229, 0.0064, 0.0163, 0.0083, 0.0212, 0.1745, 0.0119, 0.1812,
+    0.2492, 0.0516, 0.2548, 0.3582, 0.3679, 0.0217, 0.0100, 0.0190, 0.2932, 0.0025,
+    0.0056, 0.0027, 0.0005, 0.0105, 0.0390, 0.0025, 0.0007, 0.0017, 0.0180, 0.1406,
+    0.0025, 0.0018, 0.1380,
+)

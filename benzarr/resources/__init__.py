@@ -1,0 +1,1 @@
+"""Package data: official BigEarthNet lists (from the bigearthnet-common package, Apache-2.0)."""

@@ -1,0 +1,1 @@
+"""benzarr command-line interface (import name ``benzarr_cli``)."""

@@ -1,0 +1,64 @@
+"""Output helpers shared by the CLI commands: error lines, progress bars, tables."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Callable
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def error_line(message: str) -> None:
+    """Print one ``error: ...`` line on stderr."""
+    err_console.print(f"[bold red]error:[/] {message}", markup=True)
+
+
+def warn_line(message: str) -> None:
+    """Print one ``warning: ...`` line on stderr."""
+    err_console.print(f"[yellow]warning:[/] {message}", markup=True)
+
+
+def show_progress(quiet: bool) -> bool:
+    """Progress bars only on a terminal and without ``--quiet``."""
+    return not quiet and sys.stderr.isatty()
+
+
+@contextmanager
+def progress_bar(description: str, total: int | None, quiet: bool, unit: str = "patches") -> Iterator[Callable[[int], None]]:
+    """Yield ``advance(n)``; draws a bar with rate and ETA on a terminal, nothing otherwise."""
+    if not show_progress(quiet):
+        yield lambda n=1: None
+        return
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err_console, transient=False) as progress:
+        task = progress.add_task(description, total=total, rate="")
+
+        def advance(n: int = 1) -> None:
+            progress.advance(task, n)
+            speed = progress.tasks[task].speed
+            if speed:
+                progress.update(task, rate=f"{speed:,.0f} {unit}/s")
+
+        yield advance
