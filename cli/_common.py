@@ -38,10 +38,13 @@ def show_progress(quiet: bool) -> bool:
 
 
 @contextmanager
-def progress_bar(description: str, total: int | None, quiet: bool, unit: str = "patches") -> Iterator[Callable[[int], None]]:
-    """Yield ``advance(n)``; draws a bar with rate and ETA on a terminal, nothing otherwise."""
+def progress_bar(description: str, total: int | None, quiet: bool, unit: str = "patches") -> Iterator[Callable[..., None]]:
+    """Yield ``advance(n=1, total=None)``; draws a bar with rate and ETA on a terminal.
+
+    ``total`` may be given (or changed) by a later ``advance(0, total=...)`` call.
+    """
     if not show_progress(quiet):
-        yield lambda n=1: None
+        yield lambda n=1, total=None: None
         return
     columns = (
         TextColumn("[bold]{task.description}"),
@@ -55,7 +58,9 @@ def progress_bar(description: str, total: int | None, quiet: bool, unit: str = "
     with Progress(*columns, console=err_console, transient=False) as progress:
         task = progress.add_task(description, total=total, rate="")
 
-        def advance(n: int = 1) -> None:
+        def advance(n: int = 1, total: int | None = None) -> None:
+            if total is not None:
+                progress.update(task, total=total)
             progress.advance(task, n)
             speed = progress.tasks[task].speed
             if speed:

@@ -1,0 +1,126 @@
+"""The store's data sheet: everything ``benzarr info`` shows, as one JSON-ready dict."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from benzarr.store import DONE_ARRAY, Store, is_url, open_store
+
+
+def _bytes_on_disk(path: Path) -> int:
+    total = 0
+    for folder, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += (Path(folder) / name).stat().st_size
+            except OSError:
+                pass
+    return total
+
+
+def _codec_names(array: zarr.Array) -> list[str]:
+    names = []
+    for codec in array.metadata.to_dict()["codecs"]:
+        if codec["name"] == "sharding_indexed":
+            inner = codec["configuration"]["codecs"]
+            names.append("sharding[" + ", ".join(_describe_codec(c) for c in inner) + "]")
+        else:
+            names.append(_describe_codec(codec))
+    return names
+
+
+def _describe_codec(codec: dict[str, Any]) -> str:
+    config = codec.get("configuration") or {}
+    if codec["name"] == "blosc":
+        return f"blosc({config.get('cname')}, {config.get('shuffle')}, clevel={config.get('clevel')})"
+    if codec["name"] == "bytes":
+        return "bytes"
+    return codec["name"]
+
+
+def _walk_arrays(group: zarr.Group, prefix: str = "") -> list[tuple[str, zarr.Array]]:
+    found = []
+    for name, node in sorted(group.members(), key=lambda item: item[0]):
+        path = f"{prefix}{name}"
+        if isinstance(node, zarr.Array):
+            found.append((path, node))
+        else:
+            found.extend(_walk_arrays(node, path + "/"))
+    return found
+
+
+def describe_store(path: str | Path, top_classes: int = 10) -> dict[str, Any]:
+    """Summarise a store, complete or not.
+
+    Returns a dict with: path, format_version, complete, n_patches, shards (total, done),
+    arrays (path, shape, dtype, chunks, shards, codecs, bytes), bytes_total, labels (per
+    nomenclature: the most frequent classes with count and share, patches without any
+    19-class label), band statistics, splits (name -> method, counts), ingest parameters,
+    and failed patches (name -> reason).
+    """
+    store: Store = open_store(path, require_complete=False)
+    attrs = store.attrs
+    local = not is_url(store.path)
+    arrays = []
+    for name, array in _walk_arrays(store.group):
+        shards = array.shards
+        arrays.append({
+            "path": name,
+            "shape": list(array.shape),
+            "dtype": "string" if array.metadata.to_dict()["data_type"] == "string" else str(array.dtype),
+            "chunks": list(array.chunks),
+            "shards": list(shards) if shards else None,
+            "codecs": _codec_names(array),
+            "bytes": _bytes_on_disk(Path(store.path) / name) if local else None,
+        })
+    done = np.asarray(store.array(DONE_ARRAY)[:], dtype=bool) if store.has_array(DONE_ARRAY) else np.zeros(0, bool)
+    info: dict[str, Any] = {
+        "path": store.path,
+        "format_version": store.format_version,
+        "package_version": attrs.get("package_version"),
+        "complete": store.complete,
+        "n_patches": store.n_patches,
+        "shard_size": store.shard_size,
+        "compression": attrs.get("compression"),
+        "modalities": attrs.get("modalities"),
+        "source": attrs.get("source"),
+        "shards": {"total": store.n_shards, "done": int(done.sum())},
+        "arrays": arrays,
+        "bytes_total": _bytes_on_disk(Path(store.path)) if local else None,
+        "ingest": attrs.get("ingest"),
+        "band_stats": attrs.get("stats", {}).get("s2", {}),
+        "splits": {},
+        "failed": {},
+        "labels": {},
+    }
+    if not store.complete:
+        return info
+    valid = store.valid_mask()
+    n_valid = int(valid.sum())
+    for nomenclature in ("clc43", "clc19"):
+        counts = store.labels(nomenclature)[valid].sum(axis=0, dtype=np.int64)
+        classes = store.class_names(nomenclature)
+        order = np.argsort(-counts, kind="stable")
+        info["labels"][nomenclature] = {
+            "top": [
+                {"class": classes[i], "count": int(counts[i]), "share": float(counts[i] / max(n_valid, 1))}
+                for i in order[:top_classes]
+            ],
+            "classes_without_examples": int((counts == 0).sum()),
+        }
+    info["labels"]["n_without_clc19"] = attrs.get("n_without_clc19", 0)
+    info["n_valid"] = n_valid
+    for name in store.split_names():
+        _, split_attrs = store.read_split(name)
+        info["splits"][name] = {
+            "method": split_attrs.get("method"),
+            "counts": split_attrs.get("counts"),
+            "created": split_attrs.get("created"),
+        }
+    info["failed"] = store.failed()
+    return info

@@ -1,0 +1,491 @@
+"""The benzarr store format (version 1): layout constants, create, open, validate.
+
+A store is one Zarr v3 group (see DESIGN.md §2)::
+
+    s2/10m            (N, 4, 120, 120) uint16   B02, B03, B04, B08, reflectance x 10,000
+    s2/20m            (N, 6, 60, 60)   uint16   B05, B06, B07, B8A, B11, B12
+    s2/60m            (N, 2, 20, 20)   uint16   B01, B09
+    labels/clc43      (N, 43) uint8             multi-hot, official 43-class order
+    labels/clc19      (N, 19) uint8             multi-hot, official 19-class order (derived)
+    meta/patch_name   (N,) string               sorted; row i is patch i
+    meta/tile_source  (N,) string
+    meta/acquisition_time (N,) int64            seconds since epoch, UTC
+    meta/bounds       (N, 4) float64            ulx, uly, lrx, lry in the patch CRS (metres)
+    meta/epsg         (N,) int32
+    meta/valid        (N,) bool                 False: the patch failed ingest (never served)
+    meta/error        (N,) string               why it failed ("" when valid)
+    splits/<name>     (N,) int8                 0 train, 1 val, 2 test, -1 excluded
+    ingest/done       (n_shards,) bool          shard written completely (resume marker)
+    ingest/band_stats (n_shards, 12, 5) float64 per shard and band: count, mean, M2, min, max
+
+Band arrays are sharded along N (``shard_size`` patches a shard, one inner chunk per patch),
+so one patch is one contiguous byte range per array. Every per-row array is chunked by
+``shard_size`` rows, so an ingest worker that owns a shard owns every chunk it writes.
+
+The group attribute ``benzarr`` holds the format version, completeness, band and class names,
+per-band statistics and the ingest parameters. A store reads as complete only once
+``benzarr.complete`` is true, which ingest writes last.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping, Sequence
+from copy import deepcopy
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from benzarr import __version__
+from benzarr.bigearthnet import BAND_GROUPS, BANDS, CLC19, CLC43, NOMENCLATURES
+from benzarr.errors import (
+    InvalidArgumentError,
+    SplitExistsError,
+    SplitNotFoundError,
+    StoreCorruptError,
+    StoreIncompleteError,
+    StoreNotFoundError,
+    StoreVersionError,
+)
+
+FORMAT_VERSION = 1
+ATTRS_KEY = "benzarr"
+
+#: Band group -> array path.
+S2_ARRAYS: dict[str, str] = {group: f"s2/{group}" for group in BAND_GROUPS}
+LABEL_ARRAYS: dict[str, str] = {name: f"labels/{name}" for name in NOMENCLATURES}
+SPLITS_GROUP = "splits"
+DONE_ARRAY = "ingest/done"
+STATS_ARRAY = "ingest/band_stats"
+#: Columns of ``ingest/band_stats``.
+STATS_FIELDS = ("count", "mean", "m2", "min", "max")
+
+COMPRESSIONS = ("none", "lz4", "zstd")
+DEFAULT_SHARD_SIZE = 256
+DEFAULT_COMPRESSION = "lz4"
+
+#: Split codes.
+TRAIN, VAL, TEST, EXCLUDED = 0, 1, 2, -1
+SUBSETS: dict[str, int] = {"train": TRAIN, "val": VAL, "test": TEST}
+
+
+def band_compressors(compression: str) -> list[BloscCodec] | None:
+    """Zarr v3 compressor chain for band arrays.
+
+    ``none`` stores raw little-endian bytes (readable zero-copy through a memory map);
+    ``lz4``/``zstd`` use Blosc with bit-shuffle, which suits 12-bit reflectances in uint16.
+    """
+    if compression == "none":
+        return None
+    if compression == "lz4":
+        return [BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")]
+    if compression == "zstd":
+        return [BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")]
+    raise InvalidArgumentError(f"unknown compression {compression!r}: choose one of {', '.join(COMPRESSIONS)}")
+
+
+def is_url(path: str | Path) -> bool:
+    """True for fsspec-style URLs (``s3://...``), false for local paths."""
+    return "://" in str(path)
+
+
+class Store:
+    """An opened benzarr store.
+
+    Use :func:`open_store` or :func:`create_store` rather than the constructor.
+
+    Attributes:
+        path: where the store lives (a local path or an fsspec URL).
+        group: the root ``zarr.Group``.
+    """
+
+    def __init__(self, group: zarr.Group, path: str) -> None:
+        self.group = group
+        self.path = path
+
+    # -- attributes ------------------------------------------------------------------
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """A copy of the ``benzarr`` group attributes."""
+        return deepcopy(dict(self.group.attrs.get(ATTRS_KEY, {})))
+
+    def update_attrs(self, **changes: Any) -> None:
+        """Merge ``changes`` into the ``benzarr`` attributes (one write of the root zarr.json)."""
+        attrs = self.attrs
+        attrs.update(changes)
+        self.group.attrs.update({ATTRS_KEY: attrs})
+
+    @property
+    def n_patches(self) -> int:
+        """N, the number of rows (patches) in every per-patch array."""
+        return int(self.attrs["n_patches"])
+
+    @property
+    def shard_size(self) -> int:
+        """Patches per shard of the band arrays."""
+        return int(self.attrs["shard_size"])
+
+    @property
+    def n_shards(self) -> int:
+        """Number of shards along N."""
+        return -(-self.n_patches // self.shard_size)
+
+    @property
+    def complete(self) -> bool:
+        """True once every shard was written and statistics were stored."""
+        return bool(self.attrs.get("complete", False))
+
+    @property
+    def format_version(self) -> int:
+        """Format version the store was written with."""
+        return int(self.attrs.get("format_version", 0))
+
+    # -- arrays ----------------------------------------------------------------------
+    def array(self, name: str) -> zarr.Array:
+        """The zarr array at ``name`` (e.g. ``"s2/10m"``)."""
+        try:
+            node = self.group[name]
+        except KeyError:
+            raise StoreCorruptError(f"{self.path}: array {name!r} is missing") from None
+        if not isinstance(node, zarr.Array):
+            raise StoreCorruptError(f"{self.path}: {name!r} is not an array")
+        return node
+
+    def has_array(self, name: str) -> bool:
+        """True if an array exists at ``name``."""
+        try:
+            return isinstance(self.group[name], zarr.Array)
+        except KeyError:
+            return False
+
+    def labels(self, nomenclature: str = "clc43") -> np.ndarray:
+        """Label matrix (N, L) uint8, multi-hot; ``nomenclature`` is ``clc43`` or ``clc19``."""
+        if nomenclature not in LABEL_ARRAYS:
+            raise InvalidArgumentError(
+                f"unknown label set {nomenclature!r}: choose one of {', '.join(LABEL_ARRAYS)}"
+            )
+        return np.asarray(self.array(LABEL_ARRAYS[nomenclature])[:], dtype=np.uint8)
+
+    def class_names(self, nomenclature: str = "clc43") -> list[str]:
+        """Class names of ``nomenclature`` in column order."""
+        return list(self.attrs.get("classes", {}).get(nomenclature, NOMENCLATURES[nomenclature]))
+
+    def patch_names(self) -> np.ndarray:
+        """Patch names (N,) as a numpy array of ``str``, in row order (sorted)."""
+        return _as_str(self.array("meta/patch_name")[:])
+
+    def valid_mask(self) -> np.ndarray:
+        """(N,) bool: True for patches that were ingested (False: failed, never served)."""
+        return np.asarray(self.array("meta/valid")[:], dtype=bool)
+
+    def failed(self) -> dict[str, str]:
+        """Patches that failed ingest: name -> reason, in row order."""
+        valid = self.valid_mask()
+        if valid.all():
+            return {}
+        rows = np.flatnonzero(~valid)
+        names = self.patch_names()
+        errors = _as_str(self.array("meta/error")[:])
+        return {str(names[i]): str(errors[i]) for i in rows}
+
+    def band_names(self, array: str) -> list[str]:
+        """Band names of a band array, in channel order (e.g. ``s2/20m``)."""
+        return list(self.attrs["bands"][array])
+
+    def band_stats(self) -> dict[str, dict[str, float]]:
+        """Per-band statistics over valid patches: band -> {count, mean, std, min, max}."""
+        return deepcopy(self.attrs.get("stats", {}).get("s2", {}))
+
+    # -- splits ----------------------------------------------------------------------
+    def split_names(self) -> list[str]:
+        """Names of the stored splits, sorted."""
+        if SPLITS_GROUP not in self.group:
+            return []
+        return sorted(name for name, _ in self.group[SPLITS_GROUP].arrays())
+
+    def read_split(self, name: str) -> tuple[np.ndarray, dict[str, Any]]:
+        """Codes (N,) int8 (0 train, 1 val, 2 test, -1 excluded) and attributes of a split.
+
+        Raises:
+            SplitNotFoundError: naming the splits that exist.
+        """
+        names = self.split_names()
+        if name not in names:
+            known = ", ".join(names) if names else "none"
+            raise SplitNotFoundError(f"{self.path}: no split named {name!r} (splits in this store: {known})")
+        array = self.array(f"{SPLITS_GROUP}/{name}")
+        return np.asarray(array[:], dtype=np.int8), dict(array.attrs)
+
+    def write_split(self, name: str, codes: np.ndarray, attrs: Mapping[str, Any], overwrite: bool = False) -> None:
+        """Store ``codes`` (N,) int8 as ``splits/<name>`` with ``attrs``.
+
+        Codes of patches that failed ingest are forced to -1, so no reader serves them.
+        """
+        if not name or "/" in name or name.startswith("."):
+            raise InvalidArgumentError(f"invalid split name {name!r}")
+        codes = np.asarray(codes, dtype=np.int8)
+        if codes.shape != (self.n_patches,):
+            raise InvalidArgumentError(f"split codes must have shape ({self.n_patches},), got {codes.shape}")
+        if not np.isin(codes, (EXCLUDED, TRAIN, VAL, TEST)).all():
+            raise InvalidArgumentError("split codes must be -1, 0, 1 or 2")
+        if name in self.split_names() and not overwrite:
+            raise SplitExistsError(f"{self.path}: split {name!r} exists; pass --overwrite to replace it")
+        codes = np.where(self.valid_mask(), codes, EXCLUDED).astype(np.int8)
+        attrs = dict(attrs)
+        attrs.setdefault("names", {"0": "train", "1": "val", "2": "test", "-1": "excluded"})
+        attrs.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        attrs["counts"] = {
+            subset: int((codes == code).sum()) for subset, code in {**SUBSETS, "excluded": EXCLUDED}.items()
+        }
+        array = self.group.create_array(
+            f"{SPLITS_GROUP}/{name}",
+            shape=(self.n_patches,),
+            dtype="int8",
+            chunks=(min(max(self.n_patches, 1), 1 << 20),),
+            fill_value=EXCLUDED,
+            attributes=attrs,
+            overwrite=True,
+        )
+        array[:] = codes
+
+    def delete_split(self, name: str) -> None:
+        """Remove ``splits/<name>``."""
+        self.read_split(name)  # raises with the known names
+        del self.group[f"{SPLITS_GROUP}/{name}"]
+
+    def subset_rows(self, split: str | None, subset: str | None) -> np.ndarray:
+        """Store rows (int64, ascending) served for ``split``/``subset``.
+
+        ``split=None`` means every valid patch; a split without ``subset`` means every row
+        the split does not exclude.
+        """
+        valid = self.valid_mask()
+        if split is None:
+            if subset is not None:
+                raise InvalidArgumentError("a subset needs a split: pass split=NAME")
+            return np.flatnonzero(valid)
+        codes, _ = self.read_split(split)
+        if subset is None:
+            return np.flatnonzero(valid & (codes != EXCLUDED))
+        if subset not in SUBSETS:
+            raise InvalidArgumentError(f"unknown subset {subset!r}: choose one of {', '.join(SUBSETS)}")
+        return np.flatnonzero(valid & (codes == SUBSETS[subset]))
+
+    def __repr__(self) -> str:
+        state = "complete" if self.complete else "incomplete"
+        return f"Store({self.path!r}, n_patches={self.attrs.get('n_patches')}, {state})"
+
+
+def _as_str(values: Any) -> np.ndarray:
+    """zarr returns variable-length strings as numpy StringDType (or object); give fixed-width ``str``."""
+    return np.asarray(np.asarray(values).tolist(), dtype=str)
+
+
+# -- opening ---------------------------------------------------------------------------
+
+
+def _open_group(path: str | Path, mode: str, storage_options: dict[str, Any] | None) -> zarr.Group:
+    kwargs: dict[str, Any] = {"mode": mode, "zarr_format": 3}
+    if storage_options:
+        kwargs["storage_options"] = storage_options
+    return zarr.open_group(str(path), **kwargs)
+
+
+def store_exists(path: str | Path, storage_options: dict[str, Any] | None = None) -> bool:
+    """True if a Zarr group is at ``path``."""
+    if not is_url(path):
+        return (Path(path) / "zarr.json").is_file()
+    try:
+        _open_group(path, "r", storage_options)
+    except Exception:  # fsspec raises many kinds for a missing key
+        return False
+    return True
+
+
+def open_store(
+    path: str | Path,
+    *,
+    mode: str = "r",
+    require_complete: bool = True,
+    storage_options: dict[str, Any] | None = None,
+) -> Store:
+    """Open a benzarr store.
+
+    Args:
+        path: local folder or fsspec URL (``s3://bucket/store.zarr``).
+        mode: ``"r"`` to read, ``"r+"`` to add splits or finish an ingest.
+        require_complete: refuse a store whose ingest did not finish.
+        storage_options: passed to fsspec for URLs (endpoint, credentials).
+
+    Raises:
+        StoreNotFoundError: nothing, or no benzarr store, at ``path``.
+        StoreVersionError: written by a newer format version.
+        StoreIncompleteError: ingest unfinished and ``require_complete``.
+    """
+    if not is_url(path) and not Path(path).exists():
+        raise StoreNotFoundError(f"{path}: no such store")
+    try:
+        group = _open_group(path, mode, storage_options)
+    except (FileNotFoundError, KeyError, ValueError) as exc:
+        raise StoreNotFoundError(f"{path}: not a Zarr v3 store ({exc})") from None
+    if ATTRS_KEY not in group.attrs:
+        raise StoreNotFoundError(f"{path}: a Zarr group, but not a benzarr store (no '{ATTRS_KEY}' attributes)")
+    store = Store(group, str(path))
+    if store.format_version > FORMAT_VERSION:
+        raise StoreVersionError(
+            f"{path}: written with store format version {store.format_version}; this benzarr "
+            f"({__version__}) reads up to version {FORMAT_VERSION}. Upgrade benzarr."
+        )
+    if require_complete and not store.complete:
+        raise StoreIncompleteError(
+            f"{path}: ingest did not finish; run the same `benzarr ingest` command again to resume it"
+        )
+    return store
+
+
+# -- creating --------------------------------------------------------------------------
+
+
+def remove_store(path: str | Path) -> None:
+    """Delete a local store folder (used by ``--overwrite``)."""
+    if is_url(path):
+        raise InvalidArgumentError(f"{path}: removing remote stores is not supported; delete it with your storage tool")
+    shutil.rmtree(path)
+
+
+def create_store(
+    path: str | Path,
+    patch_names: Sequence[str],
+    *,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    compression: str = DEFAULT_COMPRESSION,
+    modalities: Sequence[str] = ("s2",),
+    source: Mapping[str, Any] | None = None,
+    ingest: Mapping[str, Any] | None = None,
+    storage_options: dict[str, Any] | None = None,
+) -> Store:
+    """Create the layout of an empty, incomplete store for ``patch_names`` (sorted, unique).
+
+    Writes the root attributes first (``complete: false, layout_complete: false``), then every
+    array and the patch names, then ``layout_complete: true``: a crash in between leaves a store
+    that reads as incomplete and whose layout is rebuilt on resume.
+
+    Args:
+        modalities: ``("s2",)`` for band arrays, ``()`` for a labels-only store.
+    """
+    names = list(patch_names)
+    if names != sorted(set(names)):
+        raise InvalidArgumentError("patch names must be sorted and unique")
+    if shard_size < 1 or shard_size & (shard_size - 1):
+        raise InvalidArgumentError(f"shard size must be a power of two, got {shard_size}")
+    compressors = band_compressors(compression)
+    n = len(names)
+    n_shards = max(1, -(-n // shard_size))
+    attrs: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "complete": False,
+        "layout_complete": False,
+        "n_patches": n,
+        "shard_size": shard_size,
+        "compression": compression,
+        "modalities": list(modalities),
+        "bands": {S2_ARRAYS[g]: list(b) for g, (b, _, _) in BAND_GROUPS.items()} if "s2" in modalities else {},
+        "band_order": list(BANDS),
+        "classes": {"clc43": list(CLC43), "clc19": list(CLC19)},
+        "source": dict(source or {"dataset": "BigEarthNet", "version": "1.0"}),
+        "ingest": dict(ingest or {}),
+        "package_version": __version__,
+    }
+    group = zarr.open_group(str(path), mode="w", zarr_format=3, attributes={ATTRS_KEY: attrs},
+                            **({"storage_options": storage_options} if storage_options else {}))
+    rows = max(1, min(shard_size, n))  # chunk length of per-row arrays
+    if "s2" in modalities:
+        for group_name, (bands, side, _) in BAND_GROUPS.items():
+            group.create_array(
+                S2_ARRAYS[group_name],
+                shape=(n, len(bands), side, side),
+                dtype="uint16",
+                chunks=(1, len(bands), side, side),
+                shards=(shard_size, len(bands), side, side),
+                compressors=compressors,
+                fill_value=0,
+                dimension_names=("patch", "band", "y", "x"),
+            )
+    for name, classes in NOMENCLATURES.items():
+        group.create_array(LABEL_ARRAYS[name], shape=(n, len(classes)), dtype="uint8",
+                           chunks=(rows, len(classes)), fill_value=0, dimension_names=("patch", "class"))
+    for field in ("patch_name", "tile_source", "error"):
+        group.create_array(f"meta/{field}", shape=(n,), dtype=str, chunks=(rows,), dimension_names=("patch",))
+    group.create_array("meta/acquisition_time", shape=(n,), dtype="int64", chunks=(rows,), fill_value=0,
+                       dimension_names=("patch",))
+    group.create_array("meta/bounds", shape=(n, 4), dtype="float64", chunks=(rows, 4), fill_value=0.0,
+                       dimension_names=("patch", "corner"))
+    group.create_array("meta/epsg", shape=(n,), dtype="int32", chunks=(rows,), fill_value=0,
+                       dimension_names=("patch",))
+    group.create_array("meta/valid", shape=(n,), dtype="bool", chunks=(rows,), fill_value=False,
+                       dimension_names=("patch",))
+    group.create_array(DONE_ARRAY, shape=(n_shards,), dtype="bool", chunks=(1,), fill_value=False)
+    group.create_array(STATS_ARRAY, shape=(n_shards, len(BANDS), len(STATS_FIELDS)), dtype="float64",
+                       chunks=(1, len(BANDS), len(STATS_FIELDS)), fill_value=0.0)
+    if n:
+        group["meta/patch_name"][:] = np.asarray(names, dtype=object)
+    store = Store(group, str(path))
+    store.update_attrs(layout_complete=True)
+    return store
+
+
+# -- statistics ------------------------------------------------------------------------
+
+
+def shard_band_stats(bands: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Per-band (count, mean, M2, min, max) of one shard's valid patches.
+
+    Args:
+        bands: band group -> (n, C, H, W) uint16 (only valid patches).
+
+    Returns:
+        (12, 5) float64 in :data:`BANDS` order; count 0 rows when ``n == 0``.
+    """
+    out = np.zeros((len(BANDS), len(STATS_FIELDS)), dtype=np.float64)
+    for group_name, (names, _, _) in BAND_GROUPS.items():
+        data = bands[group_name]
+        if data.shape[0] == 0:
+            continue
+        for c, band in enumerate(names):
+            values = data[:, c].astype(np.float64).ravel()
+            mean = values.mean()
+            out[BANDS.index(band)] = (values.size, mean, ((values - mean) ** 2).sum(), values.min(), values.max())
+    return out
+
+
+def combine_band_stats(per_shard: np.ndarray) -> dict[str, dict[str, float | None]]:
+    """Merge per-shard statistics (n_shards, 12, 5) in shard order (Chan et al.'s update).
+
+    Deterministic: the result depends on the shards' contents, not on which worker wrote them.
+    """
+    result: dict[str, dict[str, float]] = {}
+    for b, band in enumerate(BANDS):
+        count, mean, m2 = 0.0, 0.0, 0.0
+        lo, hi = np.inf, -np.inf
+        for n_b, mean_b, m2_b, min_b, max_b in per_shard[:, b]:
+            if n_b == 0:
+                continue
+            delta = mean_b - mean
+            total = count + n_b
+            mean += delta * n_b / total
+            m2 += m2_b + delta * delta * count * n_b / total
+            count = total
+            lo, hi = min(lo, min_b), max(hi, max_b)
+        # JSON has no NaN: a band with no valid pixel gets None
+        result[band] = {
+            "count": int(count),
+            "mean": float(mean) if count else None,
+            "std": float(np.sqrt(m2 / count)) if count else None,
+            "min": float(lo) if count else None,
+            "max": float(hi) if count else None,
+        }
+    return result

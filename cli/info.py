@@ -1,0 +1,91 @@
+"""``benzarr info``: the store's data sheet."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+from benzarr.info import describe_store
+from benzarr_cli._common import console
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def command(
+    store: str = typer.Argument(..., help="Path (or s3:// URL) of a benzarr store."),
+    as_json: bool = typer.Option(False, "--json", help="Print the data sheet as JSON."),
+    top: int = typer.Option(10, "--top", help="How many of the most frequent classes to list."),
+) -> None:
+    """Show a store: format, patches, arrays and bytes on disk, labels, band statistics, splits, failures."""
+    info = describe_store(store, top_classes=top)
+    if as_json:
+        console.print_json(json.dumps(info))
+        return
+    out = console.print
+    state = "complete" if info["complete"] else (
+        f"INCOMPLETE ({info['shards']['done']}/{info['shards']['total']} shards written; "
+        "run the same `benzarr ingest` command to resume)"
+    )
+    out(f"store           {info['path']}", markup=False)
+    out(f"format          benzarr store v{info['format_version']} (Zarr v3), written by benzarr {info['package_version']}", markup=False)
+    out(f"state           {state}", markup=False)
+    source = info.get("source") or {}
+    out(f"source          {source.get('dataset', '?')} {source.get('version', '')} {source.get('modality', '')}".rstrip(), markup=False)
+    valid = info.get("n_valid", info["n_patches"])
+    out(f"patches         {info['n_patches']:,} ({valid:,} valid, {len(info['failed'])} failed)", markup=False)
+    out(f"shards          {info['shards']['total']} x {info['shard_size']} patches, compression {info['compression']}", markup=False)
+    out(f"bytes on disk   {_size(info['bytes_total'])}", markup=False)
+    out("")
+    out("arrays", markup=False)
+    width = max(len(a["path"]) for a in info["arrays"])
+    for a in info["arrays"]:
+        shape = "x".join(map(str, a["shape"]))
+        chunks = "x".join(map(str, a["chunks"]))
+        shards = ("  shard " + "x".join(map(str, a["shards"]))) if a["shards"] else ""
+        out(f"  {a['path']:<{width}}  {shape:<18} {a['dtype']:<8} chunk {chunks:<14}{shards:<22} "
+            f"{', '.join(a['codecs']):<48} {_size(a['bytes']):>9}", markup=False)
+    for nomenclature, data in info["labels"].items():
+        if not isinstance(data, dict):
+            continue
+        out("")
+        out(f"labels/{nomenclature}: most frequent classes ({data['classes_without_examples']} classes without examples)", markup=False)
+        for row in data["top"]:
+            out(f"  {row['count']:>9,}  {100 * row['share']:5.1f}%  {row['class']}", markup=False)
+    if info["labels"]:
+        out(f"patches without any 19-class label: {info['labels'].get('n_without_clc19', 0)}", markup=False)
+    if info["band_stats"]:
+        out("")
+        out("band statistics (valid patches, native resolution)", markup=False)
+        out(f"  {'band':<5} {'mean':>9} {'std':>9} {'min':>7} {'max':>7} {'pixels':>14}", markup=False)
+        for band, s in info["band_stats"].items():
+            if s["count"]:
+                out(f"  {band:<5} {s['mean']:>9.1f} {s['std']:>9.1f} {s['min']:>7.0f} {s['max']:>7.0f} {s['count']:>14,}", markup=False)
+    out("")
+    if info["splits"]:
+        out("splits", markup=False)
+        for name, s in info["splits"].items():
+            counts = s.get("counts") or {}
+            out(f"  {name:<16} {s.get('method') or '?':<10} train {counts.get('train', 0):,}  val {counts.get('val', 0):,}  "
+                f"test {counts.get('test', 0):,}  excluded {counts.get('excluded', 0):,}", markup=False)
+    else:
+        out("splits          none (make one with `benzarr split`)", markup=False)
+    ingest = info.get("ingest") or {}
+    if ingest:
+        out("")
+        out("ingest parameters", markup=False)
+        for key, value in ingest.items():
+            out(f"  {key:<14} {value}", markup=False)
+    if info["failed"]:
+        out("")
+        out(f"failed patches ({len(info['failed'])}, never served)", markup=False)
+        for name, reason in info["failed"].items():
+            out(f"  {name}: {reason}", markup=False)
