@@ -187,3 +187,20 @@ def test_unknown_name_lists_known_models() -> None:
     with pytest.raises(InvalidArgumentError, match="shortcnn-rgb") as info:
         create_model("vgg16")
     assert "resnet50" in str(info.value) and "vgg16" in str(info.value)
+
+
+def test_models_command_lists_names_parameters_and_bands() -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from benzarr_cli.models import command
+
+    # A one-command app: this test does not depend on the other commands' modules.
+    app = typer.Typer()
+    app.command("models")(command)
+    result = CliRunner().invoke(app, [])
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: line for line in result.output.splitlines()[1:] if line.strip()}
+    assert set(rows) == set(list_models())
+    assert "2,523,403" in rows["shortcnn-rgb"] and "B04,B03,B02" in rows["shortcnn-rgb"]
+    assert "all 12" in rows["resnet50"]

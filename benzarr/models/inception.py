@@ -25,7 +25,7 @@ from benzarr.models._registry import register_model, replace_conv_in_channels
     head=("fc",),
 )
 def inception_v1(in_channels: int, num_classes: int, **kwargs: Any) -> nn.Module:
-    """GoogLeNet / Inception v1 (torchvision), no auxiliary heads, 12 bands by default."""
+    """GoogLeNet / Inception v1 (torchvision), no auxiliary heads."""
     model = GoogLeNet(
         num_classes=num_classes, aux_logits=False, transform_input=False, init_weights=True, **kwargs
     )
@@ -44,7 +44,7 @@ def inception_v1(in_channels: int, num_classes: int, **kwargs: Any) -> nn.Module
     head=("fc",),
 )
 def inception_v3(in_channels: int, num_classes: int, **kwargs: Any) -> nn.Module:
-    """Inception v3 (torchvision), no auxiliary head, 12 bands by default."""
+    """Inception v3 (torchvision), no auxiliary head."""
     model = Inception3(
         num_classes=num_classes, aux_logits=False, transform_input=False, init_weights=True, **kwargs
     )

@@ -27,12 +27,12 @@ def _with_stem(model: nn.Module, in_channels: int) -> nn.Module:
 
 @register_model("resnet18", default_bands="all", **_LAYOUT)
 def resnet18(in_channels: int, num_classes: int, **kwargs: Any) -> nn.Module:
-    """ResNet-18 (torchvision), 12 bands by default."""
+    """ResNet-18 (torchvision), stem for any band count."""
     # weights=None: torchvision builds with random weights and never downloads.
     return _with_stem(tv_resnet18(weights=None, num_classes=num_classes, **kwargs), in_channels)
 
 
 @register_model("resnet50", default_bands="all", **_LAYOUT)
 def resnet50(in_channels: int, num_classes: int, **kwargs: Any) -> nn.Module:
-    """ResNet-50 (torchvision), 12 bands by default."""
+    """ResNet-50 (torchvision), stem for any band count."""
     return _with_stem(tv_resnet50(weights=None, num_classes=num_classes, **kwargs), in_channels)

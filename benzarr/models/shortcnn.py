@@ -53,11 +53,11 @@ _LAYOUT: dict[str, Any] = dict(first_conv="conv1", last_block=("conv3",), head=(
 
 @register_model("shortcnn-rgb", default_bands="rgb", **_LAYOUT)
 def shortcnn_rgb(in_channels: int, num_classes: int, **kwargs: Any) -> nn.Module:
-    """ShortCNN (balanced-bigearthnet), 3 conv layers + linear head, RGB by default."""
+    """ShortCNN (balanced-bigearthnet), 3 conv layers + linear head."""
     return ShortCNN(in_channels, num_classes, **kwargs)
 
 
 @register_model("shortcnn-all", default_bands="all", **_LAYOUT)
 def shortcnn_all(in_channels: int, num_classes: int, **kwargs: Any) -> nn.Module:
-    """ShortCNN (balanced-bigearthnet), 3 conv layers + linear head, all 12 bands by default."""
+    """ShortCNN (balanced-bigearthnet), 3 conv layers + linear head."""
     return ShortCNN(in_channels, num_classes, **kwargs)

@@ -1,0 +1,46 @@
+"""``benzarr models``: the model zoo as a table."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+from benzarr.errors import MissingDependencyError
+from benzarr_cli._common import console
+
+
+def command(
+    as_json: bool = typer.Option(False, "--json", help="Print the list as JSON."),
+) -> None:
+    """List the models `benzarr train` can build: name, parameters (43 classes, default bands), default input bands."""
+    try:
+        from benzarr.models import list_models, model_info
+    except ImportError as exc:  # torch/torchvision are the optional 'train' extra
+        raise MissingDependencyError(
+            f"the model zoo needs PyTorch and torchvision ({exc}); install benzarr[train]"
+        ) from exc
+    infos = [model_info(name) for name in list_models()]
+    rows = [
+        {
+            "name": i.name,
+            "parameters": i.num_params,
+            "bands": ",".join(i.bands) if i.default_bands == "rgb" else f"all {i.in_channels}",
+            "description": i.description,
+        }
+        for i in infos
+    ]
+    if as_json:
+        console.print_json(json.dumps(rows))
+        return
+    headers = {"name": "model", "parameters": "parameters", "bands": "default bands", "description": "description"}
+    cells = [{k: (f"{r[k]:,}" if k == "parameters" else str(r[k])) for k in headers} for r in rows]
+    width = {k: max(len(headers[k]), *(len(c[k]) for c in cells)) for k in headers}
+
+    def line(c: dict[str, str]) -> str:
+        return (f"{c['name']:<{width['name']}}  {c['parameters']:>{width['parameters']}}  "
+                f"{c['bands']:<{width['bands']}}  {c['description']}")
+
+    console.print(line(headers), markup=False)
+    for c in cells:
+        console.print(line(c), markup=False)
