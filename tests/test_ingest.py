@@ -1,0 +1,316 @@
+"""benzarr ingest: pixel-exact, deterministic, resumable, and loud about bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import zarr
+
+from benzarr.archive import clc43_to_clc19, discover_patches
+from benzarr.bigearthnet import BAND_GROUPS, BANDS, CLC19, CLC43
+from benzarr.errors import (
+    ArchiveNotFoundError,
+    BadPatchError,
+    NotAnArchiveError,
+    StoreExistsError,
+    StoreIncompleteError,
+    StoreParametersError,
+    StoreVersionError,
+)
+from benzarr.ingest import ingest
+from benzarr.store import open_store
+from tests.conftest import copy_tree
+
+CLI = [sys.executable, "-m", "benzarr_cli"]
+
+
+def run_cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, **kwargs)
+
+
+def all_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Every array of a store, by path (splits excluded)."""
+    group = zarr.open_group(str(path), mode="r")
+    out = {}
+
+    def walk(g: zarr.Group, prefix: str) -> None:
+        for name, node in g.members():
+            if isinstance(node, zarr.Array):
+                out[prefix + name] = np.asarray(node[:])
+            else:
+                walk(node, prefix + name + "/")
+
+    walk(group, "")
+    return out
+
+
+def assert_stores_equal(a: Path, b: Path) -> None:
+    arrays_a, arrays_b = all_arrays(a), all_arrays(b)
+    assert sorted(arrays_a) == sorted(arrays_b)
+    for name in arrays_a:
+        assert np.array_equal(arrays_a[name], arrays_b[name]), name
+
+
+# -- real data ---------------------------------------------------------------------------
+
+
+def test_real_patches_are_ingested_pixel_exact(real_s2_archive: Path, tmp_path: Path) -> None:
+    store_path = tmp_path / "real.zarr"
+    result = ingest(real_s2_archive, store_path, workers=1, shard_size=4)
+    assert result.failed == {} and result.n_patches == 6
+    store = open_store(store_path)
+    names = store.patch_names()
+    assert list(names) == sorted(discover_patches(real_s2_archive))
+    for group, (bands, _, _) in BAND_GROUPS.items():
+        stored = store.array(f"s2/{group}")[:]
+        for row, name in enumerate(names):
+            for c, band in enumerate(bands):
+                with rasterio.open(real_s2_archive / name / f"{name}_{band}.tif") as tif:
+                    assert np.array_equal(stored[row, c], tif.read(1)), (name, band)
+    for row, name in enumerate(names):
+        meta = json.loads((real_s2_archive / name / f"{name}_labels_metadata.json").read_text())
+        expected = [CLC43.index(label) for label in meta["labels"]]
+        assert sorted(np.flatnonzero(store.labels("clc43")[row])) == sorted(expected)
+        coords = meta["coordinates"]
+        assert list(store.array("meta/bounds")[row]) == [coords["ulx"], coords["uly"], coords["lrx"], coords["lry"]]
+        assert 32600 < store.array("meta/epsg")[row] < 32661
+    assert np.array_equal(store.labels("clc19"), clc43_to_clc19(store.labels("clc43")))
+
+
+def test_official_folder_layout_is_found(real_s2_archive: Path, tmp_path: Path) -> None:
+    # The official download unpacks as BigEarthNet-v1.0/<patch>/...
+    root = tmp_path / "download"
+    copy_tree(real_s2_archive, root / "BigEarthNet-v1.0")
+    assert ingest(root, tmp_path / "s.zarr", workers=1).n_patches == 6
+
+
+def test_clc19_follows_the_official_conversion() -> None:
+    clc43 = np.zeros((3, 43), dtype=np.uint8)
+    clc43[0, CLC43.index("Salines")] = 1
+    clc43[1, CLC43.index("Airports")] = 1  # maps to nothing
+    clc43[2, [CLC43.index("Vineyards"), CLC43.index("Olive groves")]] = 1
+    clc19 = clc43_to_clc19(clc43)
+    assert np.flatnonzero(clc19[0]).tolist() == [CLC19.index("Coastal wetlands")]
+    assert clc19[1].sum() == 0
+    assert np.flatnonzero(clc19[2]).tolist() == [CLC19.index("Permanent crops")]
+
+
+# -- synthetic data ----------------------------------------------------------------------
+
+
+def test_store_bytes_do_not_depend_on_worker_count(synth_archive_64: Path, tmp_path: Path) -> None:
+    one = tmp_path / "one.zarr"
+    two = tmp_path / "two.zarr"
+    ingest(synth_archive_64, one, workers=1, shard_size=16)
+    ingest(synth_archive_64, two, workers=2, shard_size=16)
+    files_one = sorted(p.relative_to(one) for p in one.rglob("*") if p.is_file())
+    files_two = sorted(p.relative_to(two) for p in two.rglob("*") if p.is_file())
+    assert files_one == files_two
+    for rel in files_one:
+        assert (one / rel).read_bytes() == (two / rel).read_bytes(), rel
+
+
+def test_band_statistics_match_numpy(synth_store_64: Path) -> None:
+    store = open_store(synth_store_64)
+    stats = store.band_stats()
+    for group, (bands, _, _) in BAND_GROUPS.items():
+        data = store.array(f"s2/{group}")[:].astype(np.float64)
+        for c, band in enumerate(bands):
+            values = data[:, c]
+            assert stats[band]["count"] == values.size
+            assert stats[band]["mean"] == pytest.approx(values.mean(), rel=1e-9)
+            assert stats[band]["std"] == pytest.approx(values.std(), rel=1e-9)
+            assert stats[band]["min"] == values.min() and stats[band]["max"] == values.max()
+    assert list(stats) == list(BANDS)
+
+
+def test_exclude_and_patches_lists(synth_archive_64: Path, tmp_path: Path) -> None:
+    names = discover_patches(synth_archive_64)
+    exclude = tmp_path / "exclude.txt"
+    exclude.write_text("\n".join(names[:5]) + "\n")
+    subset = tmp_path / "subset.txt"
+    subset.write_text("\n".join(names[:20] + ["S2A_MSIL2A_20990101T000000_1_1"]) + "\n")
+    result = ingest(synth_archive_64, tmp_path / "s.zarr", workers=1, exclude=[exclude], patches=subset)
+    assert result.n_patches == 15 and result.excluded == 5
+    assert result.not_in_archive == ["S2A_MSIL2A_20990101T000000_1_1"]
+    assert list(open_store(tmp_path / "s.zarr").patch_names()) == names[5:20]
+
+
+def test_official_exclusion_lists_by_name(real_s2_archive: Path, tmp_path: Path) -> None:
+    # One of the six example patches (Finland, February) is on the seasonal-snow list.
+    result = ingest(real_s2_archive, tmp_path / "s.zarr", workers=1, exclude=["cloud-shadow", "seasonal-snow"])
+    assert result.n_patches == 5 and result.excluded == 1
+    assert "S2B_MSIL2A_20180204T94161_57_38" not in open_store(tmp_path / "s.zarr").patch_names()
+
+
+# -- resume ------------------------------------------------------------------------------
+
+
+def test_killed_ingest_resumes_to_the_same_store(synth_archive_64: Path, synth_store_64: Path, tmp_path: Path) -> None:
+    store_path = tmp_path / "killed.zarr"
+    args = ["ingest", synth_archive_64, store_path, "--shard-size", "16", "--workers", "2", "--quiet"]
+    process = subprocess.Popen([*CLI, *map(str, args)], start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done_dir = store_path / "ingest" / "done" / "c"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if done_dir.is_dir() and len(list(done_dir.iterdir())) >= 1:
+            break
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGKILL)  # the driver and its workers, mid-run
+    process.wait()
+    with pytest.raises(StoreIncompleteError, match="resume"):
+        open_store(store_path)
+    info = run_cli("info", store_path)
+    assert info.returncode == 0 and "INCOMPLETE" in info.stdout
+    resumed = run_cli(*args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_stores_equal(store_path, synth_store_64)
+    assert open_store(store_path).complete
+
+
+def test_store_with_unfinished_layout_is_rebuilt(synth_archive_64: Path, tmp_path: Path) -> None:
+    store_path = tmp_path / "s.zarr"
+    ingest(synth_archive_64, store_path, workers=1, shard_size=16)
+    store = open_store(store_path, mode="r+")
+    store.update_attrs(complete=False, layout_complete=False)
+    del store.group["s2/60m"]  # as if killed while creating arrays
+    result = ingest(synth_archive_64, store_path, workers=1, shard_size=16)
+    assert not result.resumed and open_store(store_path).complete
+
+
+def test_incomplete_store_with_other_parameters_is_refused(synth_archive_64: Path, tmp_path: Path) -> None:
+    store_path = tmp_path / "s.zarr"
+    ingest(synth_archive_64, store_path, workers=1, shard_size=16)
+    open_store(store_path, mode="r+").update_attrs(complete=False)
+    with pytest.raises(StoreParametersError, match="other ingest parameters"):
+        ingest(synth_archive_64, store_path, workers=1, shard_size=32)
+    result = ingest(synth_archive_64, store_path, workers=1, shard_size=16)
+    assert result.resumed and result.shards_written == 0
+
+
+# -- bad input ---------------------------------------------------------------------------
+
+
+def _damage(archive: Path, name: str, how: str) -> None:
+    folder = archive / name
+    if how == "truncated":
+        tif = folder / f"{name}_B04.tif"
+        tif.write_bytes(tif.read_bytes()[:3000])
+    elif how == "missing-band":
+        (folder / f"{name}_B8A.tif").unlink()
+    elif how == "wrong-shape":
+        src = folder / f"{name}_B02.tif"
+        (folder / f"{name}_B05.tif").write_bytes(src.read_bytes())  # 120x120 where 60x60 belongs
+    elif how == "wrong-dtype":
+        with rasterio.open(folder / f"{name}_B01.tif") as tif:
+            profile = tif.profile | {"dtype": "float32"}
+        with rasterio.open(folder / f"{name}_B01.tif", "w", **profile) as out:
+            out.write(np.zeros((1, 20, 20), dtype=np.float32))
+    elif how == "missing-json":
+        (folder / f"{name}_labels_metadata.json").unlink()
+    elif how == "malformed-json":
+        (folder / f"{name}_labels_metadata.json").write_text('{"labels": ["Pastures"')
+    elif how == "unknown-label":
+        path = folder / f"{name}_labels_metadata.json"
+        meta = json.loads(path.read_text())
+        meta["labels"] = ["Pastures", "Lunar regolith"]
+        path.write_text(json.dumps(meta))
+
+
+BAD_CASES = {
+    "truncated": "B04.tif: unreadable GeoTIFF",
+    "missing-band": "B8A.tif: missing band file",
+    "wrong-shape": "B05.tif: shape 120x120, expected 60x60",
+    "wrong-dtype": "B01.tif: dtype float32, expected uint16",
+    "missing-json": "missing labels JSON",
+    "malformed-json": "malformed JSON",
+    "unknown-label": "unknown label 'Lunar regolith'",
+}
+
+
+def test_every_kind_of_bad_patch_is_named_and_skipped(real_s2_archive: Path, tmp_path: Path) -> None:
+    archive = copy_tree(real_s2_archive, tmp_path / "archive")
+    names = discover_patches(archive)
+    cases = dict(zip(names, BAD_CASES))  # six patches, seven cases: one good patch is left over
+    cases.pop(names[-1])
+    for name, how in cases.items():
+        _damage(archive, name, how)
+    store_path = tmp_path / "s.zarr"
+    result = run_cli("ingest", archive, store_path, "--shard-size", "2", "--workers", "2")
+    assert result.returncode == 2, result.stderr
+    for name, how in cases.items():
+        line = next(line for line in result.stderr.splitlines() if name in line)
+        assert BAD_CASES[how] in line, (how, line)
+    store = open_store(store_path)
+    failed = store.failed()
+    assert sorted(failed) == sorted(cases)
+    valid = store.valid_mask()
+    good = [i for i, n in enumerate(store.patch_names()) if n not in cases]
+    assert valid[good].all() and valid.sum() == len(good)
+    with rasterio.open(archive / names[-1] / f"{names[-1]}_B03.tif") as tif:
+        assert np.array_equal(store.array("s2/10m")[good[-1], 1], tif.read(1))
+    info = run_cli("info", store_path)
+    assert all(name in info.stdout for name in cases)
+
+
+def test_strict_stops_at_the_first_bad_patch(real_s2_archive: Path, tmp_path: Path) -> None:
+    archive = copy_tree(real_s2_archive, tmp_path / "archive")
+    name = discover_patches(archive)[2]
+    _damage(archive, name, "missing-band")
+    with pytest.raises(BadPatchError, match=name):
+        ingest(archive, tmp_path / "s.zarr", workers=1, strict=True)
+    result = run_cli("ingest", archive, tmp_path / "s2.zarr", "--strict", "--workers", "1")
+    assert result.returncode == 1
+    assert name in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "situation, message",
+    [
+        ("missing-archive", "archive folder not found"),
+        ("not-an-archive", "not a BigEarthNet archive"),
+        ("complete-store", "a complete store is already there"),
+        ("newer-format", "format version 99"),
+    ],
+)
+def test_fatal_errors_give_one_line_and_no_traceback(real_s2_archive: Path, tmp_path: Path,
+                                                     situation: str, message: str) -> None:
+    archive, store_path = real_s2_archive, tmp_path / "s.zarr"
+    if situation == "missing-archive":
+        archive = tmp_path / "nowhere"
+    elif situation == "not-an-archive":
+        archive = tmp_path / "empty"
+        (archive / "some-folder").mkdir(parents=True)
+    elif situation in ("complete-store", "newer-format"):
+        ingest(real_s2_archive, store_path, workers=1)
+        if situation == "newer-format":
+            open_store(store_path, mode="r+").update_attrs(format_version=99)
+    result = run_cli("ingest", archive, store_path, "--workers", "1")
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_library_raises_typed_errors(real_s2_archive: Path, tmp_path: Path) -> None:
+    with pytest.raises(ArchiveNotFoundError):
+        ingest(tmp_path / "nowhere", tmp_path / "s.zarr")
+    with pytest.raises(NotAnArchiveError):
+        ingest(tmp_path, tmp_path / "s.zarr")
+    ingest(real_s2_archive, tmp_path / "s.zarr", workers=1)
+    with pytest.raises(StoreExistsError):
+        ingest(real_s2_archive, tmp_path / "s.zarr", workers=1)
+    assert ingest(real_s2_archive, tmp_path / "s.zarr", workers=1, overwrite=True).n_patches == 6
+    open_store(tmp_path / "s.zarr", mode="r+").update_attrs(format_version=2)
+    with pytest.raises(StoreVersionError, match="Upgrade benzarr"):
+        open_store(tmp_path / "s.zarr")
