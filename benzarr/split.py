@@ -1,0 +1,705 @@
+"""Train/val/test splits: iterative stratification, random, official and CSV lists; split quality.
+
+A split is one int8 code per store row (see :mod:`benzarr.store`): 0 train, 1 val, 2 test,
+-1 excluded. Patches that failed ingest, and patches excluded by ``exclude_from`` (another
+split's -1), always get -1; the others are the *usable* patches, in store order.
+
+Methods:
+
+``iterative`` with ``folds``/``assign`` (default 5 folds, 3/1/1: the study's 60/20/20)
+    ``MultilabelStratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)`` of the
+    iterative-stratification package on the usable label rows, in store order. Fold ``i`` is
+    the package's i-th yielded test set; the first ``A`` folds become train, the next ``B``
+    val, the last ``C`` test. Computed by :mod:`benzarr.stratify`, which gives exactly the
+    package's folds about 7x faster (tests compare them); ``engine="package"`` runs the package.
+``iterative`` with ``fractions`` (train, val, test)
+    The same procedure with three subsets whose desired shares are the fractions: the
+    ``RandomState(seed)`` shuffle of the rows, the package's ``IterativeStratification``
+    with ``r = fractions`` on the shuffled rows, then back to store order. It is what
+    ``MultilabelStratifiedKFold`` does internally with ``r = [1/K] * K``.
+``random`` with ``fractions``
+    ``numpy.random.default_rng(seed).permutation`` of the usable rows; the first
+    ``round(f_train * n)`` become train, the next ``round((f_train + f_val) * n) - n_train``
+    val, the rest test. The baseline.
+``official``
+    BigEarthNet v1.0's official train/val/test lists shipped in :mod:`benzarr.resources`.
+``csv``
+    ``train.csv``, ``val.csv``, ``test.csv`` in a folder, one patch name per line, no header
+    (the format :func:`export_split` writes).
+
+Quality (:func:`split_quality`) follows Sechidis, Tsoumakas and Vlahavas (2011), "On the
+stratification of multi-label data", ECML PKDD: Label Distribution (LD), Examples
+Distribution (ED) and the labels left without examples in some subset, beside a random split
+of the same sizes and seed.
+
+The library never prints; the CLI (``benzarr split``) formats what these functions return.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from benzarr.errors import InvalidArgumentError, MissingDependencyError, SplitExistsError
+from benzarr.stratify import kfold_assignment, shuffled_stratification
+
+if TYPE_CHECKING:
+    from benzarr.store import Store
+
+TRAIN, VAL, TEST, EXCLUDED = 0, 1, 2, -1
+SUBSETS: tuple[str, ...] = ("train", "val", "test")
+METHODS: tuple[str, ...] = ("iterative", "random", "official", "csv")
+LABEL_SETS: tuple[str, ...] = ("clc43", "clc19")
+ENGINES: tuple[str, ...] = ("benzarr", "package")
+DEFAULT_FOLDS = 5
+DEFAULT_ASSIGN: tuple[int, int, int] = (3, 1, 1)
+DEFAULT_FRACTIONS: tuple[float, float, float] = (0.6, 0.2, 0.2)
+DEFAULT_SEED = 0
+MAX_SEED = 2**32 - 1  # numpy.random.RandomState accepts 0 .. 2**32 - 1
+
+
+# --- argument checks ------------------------------------------------------------------
+
+
+def check_seed(seed: int) -> int:
+    """``seed`` as an int in 0 .. 2**32 - 1 (what ``RandomState`` accepts)."""
+    if not 0 <= int(seed) <= MAX_SEED:
+        raise InvalidArgumentError(f"seed must be between 0 and {MAX_SEED}, got {seed}")
+    return int(seed)
+
+
+def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
+    """Three non-negative train, val, test fractions summing to 1 (within 1e-6)."""
+    values = tuple(float(f) for f in fractions)
+    if len(values) != 3:
+        raise InvalidArgumentError(f"fractions must be three values train,val,test; got {len(values)}")
+    if any(not np.isfinite(f) or f < 0 for f in values) or abs(sum(values) - 1) > 1e-6:
+        raise InvalidArgumentError(f"fractions must be non-negative and sum to 1, got {','.join(map(str, values))}")
+    if values[0] == 0:
+        raise InvalidArgumentError("the train fraction must be positive")
+    return values  # type: ignore[return-value]
+
+
+def check_assign(folds: int, assign: Sequence[int]) -> tuple[int, int, int]:
+    """``assign`` = (A, B, C) folds to train, val, test; A >= 1 and A + B + C == folds >= 2."""
+    values = tuple(int(a) for a in assign)
+    if folds < 2:
+        raise InvalidArgumentError(f"--folds must be at least 2, got {folds}")
+    if len(values) != 3 or any(a < 0 for a in values) or values[0] < 1 or sum(values) != folds:
+        raise InvalidArgumentError(
+            f"--assign must be three counts A,B,C of folds for train, val, test with A >= 1 and "
+            f"A+B+C = --folds ({folds}); got {','.join(map(str, values))}"
+        )
+    return values  # type: ignore[return-value]
+
+
+def parse_numbers(text: str, kind: type = float) -> tuple:
+    """``"0.6,0.2,0.2"`` -> ``(0.6, 0.2, 0.2)``; raises InvalidArgumentError on bad numbers."""
+    try:
+        return tuple(kind(part) for part in text.split(","))
+    except ValueError:
+        raise InvalidArgumentError(f"expected comma-separated {kind.__name__} values, got {text!r}") from None
+
+
+def fraction_sizes(n: int, fractions: Sequence[float]) -> tuple[int, int, int]:
+    """Subset sizes for ``n`` rows: cumulative rounding, so they sum to ``n`` exactly."""
+    bounds = [int(round(b * n)) for b in np.cumsum(fractions[:2])]
+    bounds = [min(max(b, 0), n) for b in bounds]
+    return bounds[0], max(bounds[1] - bounds[0], 0), n - max(bounds[1], bounds[0])
+
+
+# --- pure methods: usable mask + inputs -> codes (N,) int8 ------------------------------
+
+
+def _spread(usable: np.ndarray, subset_of_usable: np.ndarray) -> np.ndarray:
+    codes = np.full(usable.shape[0], EXCLUDED, dtype=np.int8)
+    codes[usable] = subset_of_usable
+    return codes
+
+
+def _usable(usable: np.ndarray | None, n: int) -> np.ndarray:
+    if usable is None:
+        return np.ones(n, dtype=bool)
+    usable = np.asarray(usable, dtype=bool)
+    if usable.shape != (n,):
+        raise InvalidArgumentError(f"usable mask must have shape ({n},), got {usable.shape}")
+    return usable
+
+
+def package_kfold_assignment(labels: np.ndarray, n_splits: int, seed: int) -> np.ndarray:
+    """Fold of each row as the iterative-stratification package yields it (the reference).
+
+    Returns:
+        (n,) int64: ``folds[test] = i`` for the i-th test array of
+        ``MultilabelStratifiedKFold(n_splits, shuffle=True, random_state=seed).split``.
+    """
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold  # imports scikit-learn: ~1-2 s
+
+    folds = np.full(labels.shape[0], -1, dtype=np.int64)
+    kfold = MultilabelStratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    for i, (_, test) in enumerate(kfold.split(np.zeros(labels.shape[0]), labels)):
+        folds[test] = i
+    return folds
+
+
+def package_fraction_assignment(labels: np.ndarray, fractions: Sequence[float], seed: int) -> np.ndarray:
+    """The package's ``IterativeStratification`` with ``r = fractions`` after the K-fold shuffle."""
+    from iterstrat.ml_stratifiers import IterativeStratification
+
+    rng = np.random.RandomState(seed)
+    order = np.arange(labels.shape[0])
+    rng.shuffle(order)
+    folds = IterativeStratification(labels=np.asarray(labels, dtype=bool)[order], r=np.asarray(fractions, dtype=np.float64),
+                                    random_state=rng)
+    return np.asarray(folds)[np.argsort(order)]
+
+
+def iterative_codes(
+    labels: np.ndarray,
+    usable: np.ndarray | None = None,
+    *,
+    folds: int = DEFAULT_FOLDS,
+    assign: Sequence[int] = DEFAULT_ASSIGN,
+    seed: int = DEFAULT_SEED,
+    engine: str = "benzarr",
+) -> np.ndarray:
+    """Codes from ``MultilabelStratifiedKFold`` folds on the usable rows, in store order.
+
+    Args:
+        labels: (N, L) uint8 multi-hot, every store row.
+        usable: (N,) bool, rows to split (None: all).
+        folds: K, the number of folds.
+        assign: (A, B, C): folds 0..A-1 train, the next B val, the last C test.
+        engine: ``benzarr`` (:mod:`benzarr.stratify`, exact and faster) or ``package``.
+
+    Returns:
+        (N,) int8 codes; -1 where not usable.
+    """
+    labels = np.asarray(labels)
+    usable = _usable(usable, labels.shape[0])
+    assign = check_assign(folds, assign)
+    seed = check_seed(seed)
+    rows = labels[usable]
+    if rows.shape[0] < folds:
+        raise InvalidArgumentError(f"{rows.shape[0]} usable patch(es) cannot be split into {folds} folds")
+    fold = _assignment(engine, rows, folds, seed)
+    fold_to_code = np.repeat(np.arange(3, dtype=np.int8), assign)
+    return _spread(usable, fold_to_code[fold])
+
+
+def _assignment(engine: str, rows: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    if engine == "benzarr":
+        return kfold_assignment(rows, folds, seed)
+    if engine == "package":
+        return package_kfold_assignment(rows, folds, seed)
+    raise InvalidArgumentError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}")
+
+
+def iterative_fraction_codes(
+    labels: np.ndarray,
+    usable: np.ndarray | None = None,
+    *,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    seed: int = DEFAULT_SEED,
+    engine: str = "benzarr",
+) -> np.ndarray:
+    """Codes from iterative stratification into three subsets of desired shares ``fractions``.
+
+    The package's K-fold procedure with ``r = fractions`` instead of ``[1/K] * K`` (see the
+    module docstring).
+
+    Returns:
+        (N,) int8 codes; -1 where not usable.
+    """
+    labels = np.asarray(labels)
+    usable = _usable(usable, labels.shape[0])
+    fractions = check_fractions(fractions)
+    seed = check_seed(seed)
+    rows = labels[usable]
+    if engine == "benzarr":
+        subset = shuffled_stratification(rows, np.asarray(fractions, dtype=np.float64), seed)
+    elif engine == "package":
+        subset = package_fraction_assignment(rows, fractions, seed)
+    else:
+        raise InvalidArgumentError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}")
+    return _spread(usable, subset.astype(np.int8))
+
+
+def random_codes(
+    usable: np.ndarray,
+    *,
+    fractions: Sequence[float] | None = DEFAULT_FRACTIONS,
+    sizes: Sequence[int] | None = None,
+    seed: int = DEFAULT_SEED,
+) -> np.ndarray:
+    """A uniformly random split of the usable rows.
+
+    Args:
+        usable: (N,) bool.
+        fractions: train, val, test shares (ignored when ``sizes`` is given).
+        sizes: exact train, val, test sizes summing to ``usable.sum()``.
+
+    Returns:
+        (N,) int8 codes; -1 where not usable.
+    """
+    usable = np.asarray(usable, dtype=bool)
+    n = int(usable.sum())
+    if sizes is None:
+        sizes = fraction_sizes(n, check_fractions(fractions or DEFAULT_FRACTIONS))
+    if len(sizes) != 3 or sum(sizes) != n or min(sizes) < 0:
+        raise InvalidArgumentError(f"sizes {tuple(sizes)} do not split {n} usable patches")
+    subset = np.repeat(np.arange(3, dtype=np.int8), sizes)
+    permuted = np.empty(n, dtype=np.int8)
+    permuted[np.random.default_rng(check_seed(seed)).permutation(n)] = subset
+    return _spread(usable, permuted)
+
+
+def official_lists() -> dict[str, tuple[str, ...]]:
+    """BigEarthNet v1.0's official train, val and test patch names (519,284 in all)."""
+    from benzarr.resources import read_official_list
+
+    return {subset: read_official_list(subset) for subset in SUBSETS}
+
+
+def codes_from_lists(
+    patch_names: Sequence[str] | np.ndarray,
+    lists: Mapping[str, Iterable[str]],
+    usable: np.ndarray | None = None,
+) -> tuple[np.ndarray, dict[str, dict[str, int]]]:
+    """Codes from lists of patch names per subset; rows in no list get -1.
+
+    Args:
+        patch_names: (N,) names of the store rows.
+        lists: ``{"train": names, "val": names, "test": names}`` (missing keys: empty).
+        usable: (N,) bool; rows not usable get -1 even when listed.
+
+    Returns:
+        codes (N,) int8, and per subset ``{"listed": ..., "matched": ...}``: names in the list
+        and how many of them are store rows.
+
+    Raises:
+        InvalidArgumentError: a name is in two lists.
+    """
+    names = np.asarray(patch_names).astype(str)
+    usable = _usable(usable, names.shape[0])
+    row_of = {name: row for row, name in enumerate(names.tolist())}
+    codes = np.full(names.shape[0], EXCLUDED, dtype=np.int8)
+    seen: dict[str, str] = {}
+    report: dict[str, dict[str, int]] = {}
+    for code, subset in enumerate(SUBSETS):
+        listed = list(dict.fromkeys(lists.get(subset, ())))  # drop repeats, keep order
+        for name in listed:
+            if name in seen:
+                raise InvalidArgumentError(f"patch {name} is in both the {seen[name]} and the {subset} list")
+            seen[name] = subset
+        rows = np.fromiter((row_of.get(name, -1) for name in listed), dtype=np.int64, count=len(listed))
+        rows = rows[rows >= 0]
+        codes[rows] = code
+        report[subset] = {"listed": len(listed), "matched": int(rows.shape[0])}
+    codes[~usable] = EXCLUDED
+    return codes, report
+
+
+def read_csv_lists(folder: str | Path) -> dict[str, list[str]]:
+    """``train.csv``, ``val.csv``, ``test.csv`` of ``folder``: one patch name per line, no header.
+
+    Blank lines are skipped; a line's first comma-separated field is the name.
+
+    Raises:
+        InvalidArgumentError: the folder or one of the three files is missing.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InvalidArgumentError(f"{folder}: no such folder (expected train.csv, val.csv, test.csv in it)")
+    lists: dict[str, list[str]] = {}
+    for subset in SUBSETS:
+        path = folder / f"{subset}.csv"
+        if not path.is_file():
+            raise InvalidArgumentError(f"{path}: missing (a split folder holds train.csv, val.csv and test.csv)")
+        lines = path.read_text(encoding="utf-8").splitlines()
+        lists[subset] = [line.split(",", 1)[0].strip() for line in lines if line.strip()]
+    return lists
+
+
+def write_csv_lists(folder: str | Path, patch_names: Sequence[str] | np.ndarray, codes: np.ndarray) -> dict[str, Path]:
+    """Write ``train.csv``, ``val.csv``, ``test.csv`` (names in store order, no header).
+
+    Returns:
+        subset -> file written.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    names = np.asarray(patch_names).astype(str)
+    codes = np.asarray(codes)
+    paths = {}
+    for code, subset in enumerate(SUBSETS):
+        path = folder / f"{subset}.csv"
+        selected = names[codes == code].tolist()
+        path.write_text("".join(f"{name}\n" for name in selected), encoding="utf-8")
+        paths[subset] = path
+    return paths
+
+
+# --- quality ---------------------------------------------------------------------------
+
+
+@dataclass
+class SplitQuality:
+    """How well a split keeps the label distribution (Sechidis et al. 2011).
+
+    Attributes:
+        sizes: index train/val/test; columns ``count``, ``share`` (of the usable patches),
+            ``desired`` (share asked for; NaN for official and CSV lists).
+        per_label: index class names, sorted as the label set; columns ``count`` and
+            ``share`` (fraction of patches with the label) over all usable patches, then
+            ``count_<subset>``/``share_<subset>`` per subset, ``max_abs_deviation`` (largest
+            |share in a subset - share overall|) and ``max_rel_deviation`` (the same divided by
+            the overall share).
+        label_distribution: LD = mean over labels and non-empty subsets of
+            | |S_j^i| / (|S_j| - |S_j^i|) - |D^i| / (|D| - |D^i|) |, labels present in D only.
+        examples_distribution: ED = mean over subsets of | |S_j| - desired_j * |D| |; NaN
+            when no desired shares are known.
+        labels_missing: labels with examples overall but none in some non-empty subset.
+        baseline: the same measures for a random split of the same sizes and seed.
+    """
+
+    sizes: pd.DataFrame
+    per_label: pd.DataFrame
+    label_distribution: float
+    examples_distribution: float
+    labels_missing: int
+    baseline: SplitQuality | None = field(default=None, repr=False)
+
+    def summary(self) -> pd.DataFrame:
+        """Headline measures: rows LD, ED, labels_missing, mean/max relative deviation;
+        column ``split`` and, with a baseline, ``random``."""
+        columns = {"split": self._headline()}
+        if self.baseline is not None:
+            columns["random"] = self.baseline._headline()
+        return pd.DataFrame(columns)
+
+    def _headline(self) -> dict[str, float]:
+        rel = self.per_label["max_rel_deviation"]
+        return {
+            "label_distribution": self.label_distribution,
+            "examples_distribution": self.examples_distribution,
+            "labels_missing": float(self.labels_missing),
+            "mean_max_rel_deviation": float(rel.mean()),
+            "max_rel_deviation": float(rel.max()),
+            "max_abs_deviation": float(self.per_label["max_abs_deviation"].max()),
+        }
+
+
+def split_quality(
+    labels: np.ndarray,
+    codes: np.ndarray,
+    *,
+    class_names: Sequence[str] | None = None,
+    desired: Sequence[float] | None = None,
+    baseline_seed: int | None = DEFAULT_SEED,
+) -> SplitQuality:
+    """Measure a split.
+
+    Args:
+        labels: (N, L) uint8 multi-hot, every store row.
+        codes: (N,) int8 split codes; -1 rows are left out of every figure.
+        class_names: L names (default ``class 0`` ...).
+        desired: the train, val, test shares asked for (for ED); None if unknown.
+        baseline_seed: seed of the random split of the same sizes measured beside it
+            (:func:`random_codes`); None for no baseline.
+    """
+    labels = np.asarray(labels)
+    codes = np.asarray(codes)
+    n_labels = labels.shape[1]
+    names = list(class_names) if class_names is not None else [f"class {i}" for i in range(n_labels)]
+    usable = codes != EXCLUDED
+    subset_sizes = np.array([int((codes == c).sum()) for c in range(3)], dtype=np.int64)
+    subset_counts = np.stack([labels[codes == c].sum(axis=0, dtype=np.int64) for c in range(3)])  # (3, L)
+    total = int(subset_sizes.sum())
+    counts = subset_counts.sum(axis=0)  # (L,)
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = counts / total if total else np.zeros(n_labels)
+        subset_share = subset_counts / subset_sizes[:, None]  # NaN rows for empty subsets
+        filled = subset_sizes > 0
+        abs_dev = np.abs(subset_share[filled] - share).max(axis=0) if filled.any() else np.full(n_labels, np.nan)
+        rel_dev = np.where(counts > 0, abs_dev / share, np.nan)
+
+        # LD: odds of each label in each subset against the whole (Sechidis et al. 2011, eq. 1)
+        present = counts > 0
+        whole_odds = counts / (total - counts)
+        odds = subset_counts / (subset_sizes[:, None] - subset_counts)
+        terms = np.abs(odds[filled][:, present] - whole_odds[present])
+        terms = terms[np.isfinite(terms)]  # a subset or the whole made only of this label: no odds
+        ld = float(terms.mean()) if terms.size else float("nan")
+
+    if desired is not None and total:
+        ed = float(np.abs(subset_sizes - np.asarray(desired, dtype=np.float64) * total).mean())
+    else:
+        ed = float("nan")
+    missing = int(((subset_counts[filled] == 0) & present).any(axis=0).sum()) if filled.any() else 0
+
+    sizes = pd.DataFrame(
+        {
+            "count": subset_sizes,
+            "share": subset_sizes / total if total else np.zeros(3),
+            "desired": np.asarray(desired, dtype=np.float64) if desired is not None else np.full(3, np.nan),
+        },
+        index=pd.Index(SUBSETS, name="subset"),
+    )
+    table: dict[str, Any] = {"count": counts, "share": share}
+    for c, subset in enumerate(SUBSETS):
+        table[f"count_{subset}"] = subset_counts[c]
+        table[f"share_{subset}"] = subset_share[c]
+    table["max_abs_deviation"] = abs_dev
+    table["max_rel_deviation"] = rel_dev
+    per_label = pd.DataFrame(table, index=pd.Index(names, name="class"))
+
+    baseline = None
+    if baseline_seed is not None:
+        random = random_codes(usable, sizes=subset_sizes.tolist(), seed=baseline_seed)
+        baseline = split_quality(labels, random, class_names=names, desired=desired, baseline_seed=None)
+    return SplitQuality(sizes, per_label, ld, ed, missing, baseline)
+
+
+def plot_quality(quality: SplitQuality, path: str | Path, *, title: str | None = None) -> Path:
+    """Write a PNG of per-label counts and shares per subset, labels sorted by frequency.
+
+    Top: examples of each label in each subset (log count axis), like the study's
+    label-distribution figure. Bottom: the share of each label's examples that went to each
+    subset (stacked to 1), with the subsets' overall shares as dashed lines: a perfectly
+    stratified split has every bar at the lines.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:  # pragma: no cover - matplotlib is a dependency
+        raise MissingDependencyError("plotting needs matplotlib: pip install matplotlib") from exc
+
+    table = quality.per_label.sort_values("count", ascending=False)
+    table = table[table["count"] > 0]
+    x = np.arange(len(table))
+    colours = {"train": "#1f77b4", "val": "#ff7f0e", "test": "#2ca02c"}
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(8.0, 0.28 * len(table) + 2), 8.5), sharex=True,
+                                      gridspec_kw={"height_ratios": [3, 2]})
+    width = 0.27
+    for c, subset in enumerate(SUBSETS):
+        top.bar(x + (c - 1) * width, table[f"count_{subset}"].clip(lower=0.8), width, label=subset, color=colours[subset])
+    top.set_yscale("log")
+    top.set_ylabel("patches with the label (log)")
+    top.legend(loc="upper right")
+    top.grid(axis="y", which="major", alpha=0.3)
+
+    fractions = table[[f"count_{s}" for s in SUBSETS]].to_numpy(dtype=np.float64) / table["count"].to_numpy()[:, None]
+    base = np.zeros(len(table))
+    for c, subset in enumerate(SUBSETS):
+        bottom.bar(x, fractions[:, c], 0.8, bottom=base, color=colours[subset], label=subset)
+        base += fractions[:, c]
+    for level in np.cumsum(quality.sizes["share"].to_numpy())[:2]:
+        bottom.axhline(level, color="black", linestyle="--", linewidth=0.8)
+    bottom.set_ylim(0, 1)
+    bottom.set_ylabel("share of the label's patches")
+    bottom.set_xticks(x)
+    bottom.set_xticklabels([_short(name) for name in table.index], rotation=90, fontsize=7)
+    headline = f"LD {quality.label_distribution:.2e}   ED {quality.examples_distribution:.1f}"
+    if quality.baseline is not None:
+        headline += f"   (random: LD {quality.baseline.label_distribution:.2e}, ED {quality.baseline.examples_distribution:.1f})"
+    top.set_title(f"{title + ': ' if title else ''}{headline}", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _short(name: str, width: int = 38) -> str:
+    return name if len(name) <= width else name[: width - 1] + "…"
+
+
+# --- store-level operations -------------------------------------------------------------
+
+
+@dataclass
+class SplitResult:
+    """What :func:`make_split` stored.
+
+    Attributes:
+        name: the split's name.
+        codes: (N,) int8 as stored.
+        attrs: the array's attributes as stored.
+        quality: measures of the split beside a random split of the same sizes.
+        lists: for ``official``/``csv``, per subset ``{"listed", "matched"}``; else empty.
+    """
+
+    name: str
+    codes: np.ndarray
+    attrs: dict[str, Any]
+    quality: SplitQuality
+    lists: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+def _package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for package in ("benzarr", "numpy", "iterative-stratification"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            out[package] = "not installed"
+    return out
+
+
+def make_split(
+    store: Store,
+    name: str,
+    method: str,
+    *,
+    folds: int | None = None,
+    assign: Sequence[int] | None = None,
+    fractions: Sequence[float] | None = None,
+    seed: int = DEFAULT_SEED,
+    labels: str = "clc43",
+    csv_dir: str | Path | None = None,
+    exclude_from: str | None = None,
+    overwrite: bool = False,
+    engine: str = "benzarr",
+) -> SplitResult:
+    """Compute a split of ``store`` and write it as ``splits/<name>``.
+
+    Args:
+        store: a store opened with ``mode="r+"``.
+        method: ``iterative``, ``random``, ``official`` or ``csv``.
+        folds, assign: K-fold mode of ``iterative`` (defaults 5 and (3, 1, 1)).
+        fractions: train, val, test shares for ``iterative`` (instead of folds) or ``random``
+            (default 0.6, 0.2, 0.2).
+        seed: 0 .. 2**32 - 1.
+        labels: label set stratified on and measured (``clc43`` or ``clc19``).
+        csv_dir: folder with train.csv, val.csv, test.csv for ``csv``.
+        exclude_from: another split; its -1 patches get -1 here.
+        engine: ``benzarr`` or ``package`` for ``iterative`` (same codes).
+
+    Raises:
+        SplitExistsError: ``name`` exists and not ``overwrite`` (checked before any work).
+        SplitNotFoundError: ``exclude_from`` is not a split of the store.
+        InvalidArgumentError: bad or contradictory arguments.
+    """
+    if method not in METHODS:
+        raise InvalidArgumentError(f"unknown split method {method!r}: choose one of {', '.join(METHODS)}")
+    if labels not in LABEL_SETS:
+        raise InvalidArgumentError(f"unknown label set {labels!r}: choose one of {', '.join(LABEL_SETS)}")
+    if name in store.split_names() and not overwrite:
+        raise SplitExistsError(f"{store.path}: split {name!r} exists; pass --overwrite to replace it")
+    seed = check_seed(seed)
+    kfold = method == "iterative" and fractions is None
+    if (folds is not None or assign is not None) and not kfold:
+        raise InvalidArgumentError("--folds/--assign apply to --method iterative without --fractions")
+    if fractions is not None and method not in ("iterative", "random"):
+        raise InvalidArgumentError("--fractions applies to --method iterative or random")
+    if (csv_dir is not None) != (method == "csv"):
+        raise InvalidArgumentError("--method csv needs --csv-dir, and --csv-dir needs --method csv")
+
+    usable = store.valid_mask()
+    n_failed = int((~usable).sum())
+    n_excluded_from = 0
+    if exclude_from is not None:
+        other, _ = store.read_split(exclude_from)  # SplitNotFoundError lists the names
+        dropped = usable & (other == EXCLUDED)
+        n_excluded_from = int(dropped.sum())
+        usable &= other != EXCLUDED
+    label_matrix = store.labels(labels)
+
+    parameters: dict[str, Any] = {}
+    desired: tuple[float, ...] | None = None
+    lists: dict[str, dict[str, int]] = {}
+    if kfold:
+        folds = DEFAULT_FOLDS if folds is None else int(folds)
+        assign = check_assign(folds, DEFAULT_ASSIGN if assign is None else assign)
+        codes = iterative_codes(label_matrix, usable, folds=folds, assign=assign, seed=seed, engine=engine)
+        parameters = {"folds": folds, "assign": list(assign), "shuffle": True,
+                      "algorithm": "iterstrat MultilabelStratifiedKFold folds"}
+        desired = tuple(a / folds for a in assign)
+    elif method == "iterative":
+        fractions = check_fractions(fractions)
+        codes = iterative_fraction_codes(label_matrix, usable, fractions=fractions, seed=seed, engine=engine)
+        parameters = {"fractions": list(fractions), "shuffle": True,
+                      "algorithm": "iterstrat IterativeStratification with r = fractions"}
+        desired = fractions
+    elif method == "random":
+        fractions = check_fractions(DEFAULT_FRACTIONS if fractions is None else fractions)
+        codes = random_codes(usable, fractions=fractions, seed=seed)
+        parameters = {"fractions": list(fractions), "algorithm": "numpy default_rng(seed).permutation"}
+        desired = fractions
+    else:
+        names = store.patch_names()
+        if method == "official":
+            codes, lists = codes_from_lists(names, official_lists(), usable)
+            parameters = {"source": "BigEarthNet v1.0 official lists (bigearthnet-common)"}
+        else:
+            codes, lists = codes_from_lists(names, read_csv_lists(csv_dir), usable)
+            parameters = {"csv_dir": str(Path(csv_dir).resolve())}
+        parameters["lists"] = lists
+
+    attrs: dict[str, Any] = {
+        "method": method,
+        "parameters": parameters,
+        "seed": seed if method in ("iterative", "random") else None,
+        "labels": labels,
+        "exclude_from": exclude_from,
+        "n_usable": int(usable.sum()),
+        "n_failed": n_failed,
+        "n_excluded_from": n_excluded_from,
+        "desired": list(desired) if desired is not None else None,
+        "engine": engine if method == "iterative" else None,
+        "versions": _package_versions(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    store.write_split(name, codes, attrs, overwrite=overwrite)
+    stored, stored_attrs = store.read_split(name)
+    quality = split_quality(label_matrix, stored, class_names=store.class_names(labels), desired=desired,
+                            baseline_seed=seed)
+    return SplitResult(name, stored, stored_attrs, quality, lists)
+
+
+def store_split_quality(store: Store, name: str, *, labels: str | None = None) -> SplitQuality:
+    """Quality of the stored split ``name`` on its label set (or ``labels``), beside random."""
+    codes, attrs = store.read_split(name)
+    label_set = labels or attrs.get("labels") or "clc43"
+    desired = attrs.get("desired")
+    seed = attrs.get("seed")
+    return split_quality(store.labels(label_set), codes, class_names=store.class_names(label_set),
+                         desired=desired, baseline_seed=DEFAULT_SEED if seed is None else int(seed))
+
+
+def export_split(store: Store, name: str, folder: str | Path) -> dict[str, Path]:
+    """Write the stored split ``name`` as train.csv, val.csv, test.csv in ``folder``."""
+    codes, _ = store.read_split(name)
+    return write_csv_lists(folder, store.patch_names(), codes)
+
+
+def list_splits(store: Store) -> pd.DataFrame:
+    """One row per stored split: method, labels, seed, counts, created."""
+    rows = []
+    for split_name in store.split_names():
+        codes, attrs = store.read_split(split_name)
+        counts = attrs.get("counts") or {s: int((codes == c).sum()) for s, c in
+                                         {"train": 0, "val": 1, "test": 2, "excluded": -1}.items()}
+        rows.append({
+            "name": split_name,
+            "method": attrs.get("method"),
+            "labels": attrs.get("labels"),
+            "seed": attrs.get("seed"),
+            **{k: counts.get(k, 0) for k in ("train", "val", "test", "excluded")},
+            "created": attrs.get("created"),
+        })
+    columns = ["name", "method", "labels", "seed", "train", "val", "test", "excluded", "created"]
+    return pd.DataFrame(rows, columns=columns)

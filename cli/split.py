@@ -1,0 +1,145 @@
+"""``benzarr split``: make, list, measure and export train/val/test splits."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from benzarr.errors import InvalidArgumentError
+from benzarr.split import (
+    SUBSETS,
+    SplitQuality,
+    export_split,
+    list_splits,
+    make_split,
+    parse_numbers,
+    plot_quality,
+    store_split_quality,
+)
+from benzarr.store import open_store
+from benzarr_cli._common import console
+
+
+def command(
+    store: str = typer.Argument(..., help="Path (or s3:// URL) of a benzarr store."),
+    name: Optional[str] = typer.Option(None, "--name", help="Split name (stored as splits/NAME)."),
+    method: Optional[str] = typer.Option(None, "--method", help="iterative | random | official | csv."),
+    folds: Optional[int] = typer.Option(None, "--folds", help="iterative: number of folds K (default 5)."),
+    assign: Optional[str] = typer.Option(None, "--assign", help="iterative: folds to train,val,test, e.g. 3,1,1 (default)."),
+    fractions: Optional[str] = typer.Option(None, "--fractions", help="train,val,test shares, e.g. 0.6,0.2,0.2 (iterative instead of folds; random)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (0 .. 2**32-1)."),
+    labels: str = typer.Option("clc43", "--labels", help="Label set to stratify on and measure: clc43 | clc19."),
+    csv_dir: Optional[Path] = typer.Option(None, "--csv-dir", help="csv: folder with train.csv, val.csv, test.csv."),
+    export: Optional[Path] = typer.Option(None, "--export", help="Write split NAME as train.csv, val.csv, test.csv in this folder."),
+    exclude_from: Optional[str] = typer.Option(None, "--exclude-from", help="Give -1 to the patches another split excludes."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a split of the same name."),
+    list_: bool = typer.Option(False, "--list", help="List the stored splits."),
+    quality: bool = typer.Option(False, "--quality", help="Show the quality of split NAME beside a random split."),
+    against: Optional[str] = typer.Option(None, "--against", help="--quality: also show this split's figures."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="--quality (or a new split): write the label-distribution PNG here."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
+) -> None:
+    """Make a train/val/test split (iterative stratification, random, official lists, CSV),
+    list splits, show a split's quality, or export it as CSV lists."""
+    if list_:
+        _print_list(store)
+        return
+    if name is None:
+        raise InvalidArgumentError("pass --name NAME (or --list)")
+    if export is not None:
+        paths = export_split(open_store(store), name, export)
+        if not quiet:
+            console.print(f"exported split {name} to {', '.join(str(p) for p in paths.values())}", markup=False)
+        return
+    if quality or against is not None:
+        opened = open_store(store)
+        measured = store_split_quality(opened, name)
+        other = (against, store_split_quality(opened, against)) if against else None
+        _print_quality(name, measured, other)
+        if plot is not None:
+            console.print(f"wrote {plot_quality(measured, plot, title=name)}", markup=False)
+        return
+    if method is None:
+        raise InvalidArgumentError("pass --method iterative|random|official|csv to make a split")
+    result = make_split(
+        open_store(store, mode="r+"), name, method,
+        folds=folds,
+        assign=parse_numbers(assign, int) if assign else None,
+        fractions=parse_numbers(fractions, float) if fractions else None,
+        seed=seed, labels=labels, csv_dir=csv_dir, exclude_from=exclude_from, overwrite=overwrite,
+    )
+    if plot is not None:
+        plot_quality(result.quality, plot, title=name)
+    if quiet:
+        return
+    counts = result.attrs["counts"]
+    console.print(
+        f"split {name} ({method}, {labels}): train {counts['train']:,}  val {counts['val']:,}  "
+        f"test {counts['test']:,}  excluded {counts['excluded']:,}",
+        markup=False,
+    )
+    for subset, report in result.lists.items():
+        console.print(f"  {subset} list: {report['matched']:,} of {report['listed']:,} names are patches of the store",
+                      markup=False)
+    _print_quality(name, result.quality, None)
+    if plot is not None:
+        console.print(f"wrote {plot}", markup=False)
+
+
+def _print_list(store: str) -> None:
+    table = list_splits(open_store(store))
+    if table.empty:
+        console.print("no splits (make one with `benzarr split STORE --name NAME --method iterative`)", markup=False)
+        return
+    console.print(f"{'name':<16} {'method':<10} {'labels':<6} {'seed':>10} {'train':>9} {'val':>9} {'test':>9} "
+                  f"{'excluded':>9}  created", markup=False)
+    for row in table.itertuples(index=False):
+        seed = "-" if row.seed is None or (isinstance(row.seed, float) and math.isnan(row.seed)) else str(int(row.seed))
+        console.print(f"{row.name:<16} {row.method or '?':<10} {row.labels or '?':<6} {seed:>10} {row.train:>9,} "
+                      f"{row.val:>9,} {row.test:>9,} {row.excluded:>9,}  {row.created or ''}", markup=False)
+
+
+def _fmt(value: float, digits: str = ".4f") -> str:
+    return "n/a" if value is None or math.isnan(value) else format(value, digits)
+
+
+def _print_quality(name: str, quality: SplitQuality, other: tuple[str, SplitQuality] | None) -> None:
+    out = lambda text="": console.print(text, markup=False)  # noqa: E731
+    out()
+    out(f"{'subset':<8} {'patches':>10} {'share':>7} {'desired':>8}")
+    for subset in SUBSETS:
+        row = quality.sizes.loc[subset]
+        out(f"{subset:<8} {int(row['count']):>10,} {row['share']:>7.2%} {_fmt(row['desired'], '.2%'):>8}")
+
+    columns = [(name, quality)]
+    if quality.baseline is not None:
+        columns.append(("random", quality.baseline))
+    if other is not None:
+        columns.append(other)
+    out()
+    header = f"{'measure':<36}" + "".join(f"{label[:14]:>15}" for label, _ in columns)
+    out(header)
+    measures = [
+        ("Label Distribution (LD)", lambda q: _fmt(q.label_distribution, ".3e")),
+        ("Examples Distribution (ED)", lambda q: _fmt(q.examples_distribution, ".2f")),
+        ("labels with no example in a subset", lambda q: str(q.labels_missing)),
+        ("mean max rel. share deviation", lambda q: _fmt(float(q.per_label["max_rel_deviation"].mean()), ".2%")),
+        ("max rel. share deviation", lambda q: _fmt(float(q.per_label["max_rel_deviation"].max()), ".2%")),
+    ]
+    for label, get in measures:
+        out(f"{label:<36}" + "".join(f"{get(q):>15}" for _, q in columns))
+
+    out()
+    out(f"{'class (by frequency)':<40} {'count':>8} {'share':>7}" + "".join(f" {s:>7}" for s in SUBSETS)
+        + f" {'max dev':>8} {'random':>8}")
+    table = quality.per_label.sort_values("count", ascending=False)
+    baseline = quality.baseline.per_label if quality.baseline is not None else None
+    for cls, row in table.iterrows():
+        cls_name = str(cls) if len(str(cls)) <= 40 else str(cls)[:39] + "…"
+        shares = "".join(f" {_fmt(row[f'share_{s}'], '.2%'):>7}" for s in SUBSETS)
+        random_dev = _fmt(baseline.loc[cls, "max_rel_deviation"], ".1%") if baseline is not None else "-"
+        out(f"{cls_name:<40} {int(row['count']):>8,} {row['share']:>7.2%}{shares} "
+            f"{_fmt(row['max_rel_deviation'], '.1%'):>8} {random_dev:>8}")

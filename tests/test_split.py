@@ -1,0 +1,389 @@
+"""Splits: exact package folds, fractions, random, official, CSV round trip, quality, store and CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from benzarr.bigearthnet import CLC19_FROM_CLC43, CLC43_FREQUENCY
+from benzarr.errors import InvalidArgumentError, SplitExistsError, SplitNotFoundError
+from benzarr.split import (
+    EXCLUDED,
+    codes_from_lists,
+    export_split,
+    fraction_sizes,
+    iterative_codes,
+    iterative_fraction_codes,
+    list_splits,
+    make_split,
+    official_lists,
+    plot_quality,
+    random_codes,
+    read_csv_lists,
+    split_quality,
+    store_split_quality,
+    write_csv_lists,
+)
+from benzarr.store import create_store, open_store
+
+
+def skewed_labels(n: int, seed: int = 0) -> np.ndarray:
+    """(n, 43) uint8 with BigEarthNet's label frequencies and at least one label a row."""
+    rng = np.random.default_rng(seed)
+    p = np.asarray(CLC43_FREQUENCY)
+    labels = (rng.random((n, p.size)) < p).astype(np.uint8)
+    empty = np.flatnonzero(labels.sum(axis=1) == 0)
+    labels[empty, rng.choice(p.size, empty.size, p=p / p.sum())] = 1
+    return labels
+
+
+def to_clc19(labels: np.ndarray) -> np.ndarray:
+    return np.stack([labels[:, list(cols)].max(axis=1) for cols in CLC19_FROM_CLC43], axis=1).astype(np.uint8)
+
+
+def make_labels_store(path: Path, names: list[str], labels: np.ndarray, valid: np.ndarray | None = None):
+    """A complete labels-only store built with store.py's public functions."""
+    store = create_store(path, names, modalities=(), shard_size=256)
+    store.group["labels/clc43"][:] = labels
+    store.group["labels/clc19"][:] = to_clc19(labels)
+    store.group["meta/valid"][:] = np.ones(len(names), bool) if valid is None else valid
+    store.update_attrs(complete=True)
+    return open_store(path, mode="r+")
+
+
+@pytest.fixture(scope="module")
+def official_names() -> list[str]:
+    """600 real patch names: 200 from each official list, sorted."""
+    lists = official_lists()
+    return sorted(name for subset in ("train", "val", "test") for name in lists[subset][:200])
+
+
+@pytest.fixture()
+def store(tmp_path: Path, official_names: list[str]):
+    n = len(official_names)
+    valid = np.ones(n, bool)
+    valid[[5, 77, 300]] = False  # three patches failed ingest
+    return make_labels_store(tmp_path / "store.zarr", official_names, skewed_labels(n, 1), valid)
+
+
+def package_folds(labels: np.ndarray, n_splits: int, seed: int) -> list[np.ndarray]:
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+    kfold = MultilabelStratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    return [test for _, test in kfold.split(np.zeros(labels.shape[0]), labels)]
+
+
+# --- pure core ---------------------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(10, 150),
+    n_labels=st.integers(2, 8),
+    data_seed=st.integers(0, 2**16),
+    seed=st.integers(0, 2**32 - 1),
+    assign=st.sampled_from([(3, 1, 1), (1, 1, 1), (2, 0, 1), (4, 1, 0), (1, 2, 3)]),
+)
+def test_iterative_codes_are_the_package_folds_assigned_in_order(n, n_labels, data_seed, seed, assign) -> None:
+    rng = np.random.default_rng(data_seed)
+    labels = (rng.random((n, n_labels)) < rng.random(n_labels)).astype(np.uint8)
+    usable = rng.random(n) < 0.85
+    usable[: sum(assign)] = True  # at least K usable rows
+    folds = sum(assign)
+    codes = iterative_codes(labels, usable, folds=folds, assign=assign, seed=seed)
+    rows = np.flatnonzero(usable)
+    expected = np.full(n, EXCLUDED, np.int8)
+    fold_code = np.repeat([0, 1, 2], assign)
+    for i, test in enumerate(package_folds(labels[usable], folds, seed)):
+        expected[rows[test]] = fold_code[i]
+    np.testing.assert_array_equal(codes, expected)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(0, 120),
+    data_seed=st.integers(0, 2**16),
+    seed=st.integers(0, 2**32 - 1),
+    method=st.sampled_from(["kfold", "fractions", "random"]),
+)
+def test_subsets_are_disjoint_and_cover_every_usable_patch(n, data_seed, seed, method) -> None:
+    rng = np.random.default_rng(data_seed)
+    labels = (rng.random((n, 5)) < [0.6, 0.3, 0.1, 0.02, 0.0]).astype(np.uint8)
+    usable = rng.random(n) < 0.8
+    if method == "kfold" and usable.sum() < 5:
+        return
+    if method == "kfold":
+        codes = iterative_codes(labels, usable, seed=seed)
+    elif method == "fractions":
+        codes = iterative_fraction_codes(labels, usable, fractions=(0.7, 0.15, 0.15), seed=seed)
+    else:
+        codes = random_codes(usable, fractions=(0.7, 0.15, 0.15), seed=seed)
+    assert codes.dtype == np.int8 and codes.shape == (n,)
+    assert np.all(codes[~usable] == EXCLUDED)
+    assert np.isin(codes[usable], [0, 1, 2]).all()  # one code each: disjoint and covering
+
+
+def test_fraction_mode_reproduces_the_package_function_on_the_shuffled_rows() -> None:
+    from benzarr.split import package_fraction_assignment
+
+    labels = skewed_labels(800, 4)
+    usable = np.ones(800, bool)
+    codes = iterative_fraction_codes(labels, usable, fractions=(0.6, 0.2, 0.2), seed=9)
+    np.testing.assert_array_equal(codes, package_fraction_assignment(labels, (0.6, 0.2, 0.2), 9))
+    shares = np.bincount(codes, minlength=3) / 800
+    np.testing.assert_allclose(shares, [0.6, 0.2, 0.2], atol=0.01)
+
+
+def test_package_engine_gives_the_same_codes() -> None:
+    labels = skewed_labels(500, 2)
+    usable = np.random.default_rng(0).random(500) < 0.9
+    np.testing.assert_array_equal(
+        iterative_codes(labels, usable, seed=3, engine="benzarr"),
+        iterative_codes(labels, usable, seed=3, engine="package"),
+    )
+
+
+def test_random_split_sizes_follow_the_fractions_exactly() -> None:
+    usable = np.ones(1001, bool)
+    codes = random_codes(usable, fractions=(0.6, 0.2, 0.2), seed=1)
+    assert np.bincount(codes).tolist() == list(fraction_sizes(1001, (0.6, 0.2, 0.2))) == [601, 200, 200]
+
+
+def test_same_arguments_give_the_same_codes() -> None:
+    labels = skewed_labels(300)
+    usable = np.ones(300, bool)
+    np.testing.assert_array_equal(iterative_codes(labels, usable, seed=5), iterative_codes(labels, usable, seed=5))
+    np.testing.assert_array_equal(random_codes(usable, seed=5), random_codes(usable, seed=5))
+    assert not np.array_equal(random_codes(usable, seed=5), random_codes(usable, seed=6))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"folds": 5, "assign": (3, 1, 2)}, {"folds": 1, "assign": (1, 0, 0)}, {"folds": 3, "assign": (0, 2, 1)},
+     {"seed": -1}, {"seed": 2**32}],
+)
+def test_bad_iterative_arguments_are_refused(kwargs) -> None:
+    with pytest.raises(InvalidArgumentError):
+        iterative_codes(skewed_labels(50), None, **kwargs)
+
+
+@pytest.mark.parametrize("fractions", [(0.5, 0.5), (0.6, 0.3, 0.3), (-0.1, 0.6, 0.5), (0.0, 0.5, 0.5)])
+def test_bad_fractions_are_refused(fractions) -> None:
+    with pytest.raises(InvalidArgumentError):
+        random_codes(np.ones(10, bool), fractions=fractions)
+
+
+def test_names_from_lists_become_codes_and_are_counted() -> None:
+    names = ["a", "b", "c", "d", "e"]
+    codes, report = codes_from_lists(names, {"train": ["a", "x"], "val": ["c"], "test": ["e", "d"]},
+                                     np.array([1, 1, 1, 1, 0], bool))
+    assert codes.tolist() == [0, -1, 1, 2, -1]
+    assert report == {"train": {"listed": 2, "matched": 1}, "val": {"listed": 1, "matched": 1},
+                      "test": {"listed": 2, "matched": 2}}
+
+
+def test_a_name_in_two_lists_is_refused() -> None:
+    with pytest.raises(InvalidArgumentError, match="both"):
+        codes_from_lists(["a", "b"], {"train": ["a"], "test": ["a"]})
+
+
+def test_official_lists_hold_519284_disjoint_patches() -> None:
+    lists = official_lists()
+    assert [len(lists[s]) for s in ("train", "val", "test")] == [269695, 123723, 125866]
+    assert len(set().union(*lists.values())) == 519284
+
+
+def test_csv_files_round_trip(tmp_path: Path) -> None:
+    names = np.array([f"p{i:03d}" for i in range(50)])
+    codes = random_codes(np.arange(50) % 7 != 0, seed=2)
+    write_csv_lists(tmp_path, names, codes)
+    assert (tmp_path / "train.csv").read_text().splitlines()[0] == names[codes == 0][0]  # no header
+    back, _ = codes_from_lists(names, read_csv_lists(tmp_path))
+    np.testing.assert_array_equal(back, codes)
+
+
+def test_missing_csv_file_is_named(tmp_path: Path) -> None:
+    (tmp_path / "train.csv").write_text("a\n")
+    with pytest.raises(InvalidArgumentError, match="val.csv"):
+        read_csv_lists(tmp_path)
+
+
+# --- quality -----------------------------------------------------------------------------
+
+
+def test_quality_of_a_perfect_split_is_zero() -> None:
+    # two identical halves of a 3-row pattern: every label has the same share everywhere
+    block = np.array([[1, 0], [0, 1], [1, 1]], np.uint8)
+    labels = np.concatenate([block] * 4)
+    codes = np.repeat(np.array([0, 1, 2, 0], np.int8), 3)
+    quality = split_quality(labels, codes, desired=(0.5, 0.25, 0.25))
+    assert quality.label_distribution == 0
+    assert quality.examples_distribution == 0
+    assert quality.labels_missing == 0
+    assert quality.per_label["max_abs_deviation"].max() == 0
+    assert quality.sizes["count"].tolist() == [6, 3, 3]
+
+
+def test_quality_follows_sechidis_definitions() -> None:
+    labels = np.array([[1, 0], [1, 0], [0, 1], [1, 1], [0, 0], [1, 0]], np.uint8)
+    codes = np.array([0, 0, 0, 1, 1, -1], np.int8)
+    q = split_quality(labels, codes, desired=(0.6, 0.4, 0.0), baseline_seed=None)
+    # D: 5 rows; label 0 in 3 (odds 3/2), label 1 in 2 (odds 2/3). train: 3 rows (2|1), val: 2 rows (1|1)
+    ld = (abs(2 / 1 - 3 / 2) + abs(1 / 1 - 3 / 2) + abs(1 / 2 - 2 / 3) + abs(1 / 1 - 2 / 3)) / 4
+    assert q.label_distribution == pytest.approx(ld)
+    assert q.examples_distribution == pytest.approx((abs(3 - 3) + abs(2 - 2) + 0) / 3)
+    assert q.labels_missing == 0  # the empty test subset does not count
+    assert q.per_label.loc["class 0", "count_train"] == 2
+
+
+def test_stratified_split_beats_random_on_skewed_labels() -> None:
+    labels = skewed_labels(5000, 3)
+    codes = iterative_codes(labels, None, seed=0)
+    quality = split_quality(labels, codes, desired=(0.6, 0.2, 0.2))
+    assert quality.baseline is not None
+    assert quality.label_distribution < quality.baseline.label_distribution
+    summary = quality.summary()
+    assert list(summary.columns) == ["split", "random"]
+    assert (quality.baseline.sizes["count"] == quality.sizes["count"]).all()
+
+
+def test_plot_writes_a_png(tmp_path: Path) -> None:
+    labels = skewed_labels(600)
+    quality = split_quality(labels, iterative_codes(labels, None), desired=(0.6, 0.2, 0.2))
+    path = plot_quality(quality, tmp_path / "q.png", title="test")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --- store -------------------------------------------------------------------------------
+
+
+def test_stored_split_keeps_attrs_and_excludes_failed_patches(store) -> None:
+    result = make_split(store, "strat", "iterative", seed=4)
+    codes, attrs = store.read_split("strat")
+    np.testing.assert_array_equal(codes, result.codes)
+    assert codes[[5, 77, 300]].tolist() == [-1, -1, -1]
+    assert attrs["method"] == "iterative" and attrs["seed"] == 4 and attrs["labels"] == "clc43"
+    assert attrs["parameters"]["folds"] == 5 and attrs["parameters"]["assign"] == [3, 1, 1]
+    assert attrs["counts"]["excluded"] == 3 and "created" in attrs
+    # exactly the package's folds on the valid rows in store order
+    usable = store.valid_mask()
+    expected = iterative_codes(store.labels("clc43"), usable, seed=4, engine="package")
+    np.testing.assert_array_equal(codes, expected)
+
+
+def test_existing_name_needs_overwrite(store) -> None:
+    make_split(store, "s", "random", seed=1)
+    with pytest.raises(SplitExistsError, match="--overwrite"):
+        make_split(store, "s", "random", seed=2)
+    make_split(store, "s", "random", seed=2, overwrite=True)
+    assert store.read_split("s")[1]["seed"] == 2
+
+
+def test_rerun_with_same_arguments_gives_same_codes(store) -> None:
+    first = make_split(store, "a", "iterative", fractions=(0.5, 0.25, 0.25), seed=7, labels="clc19").codes
+    second = make_split(store, "a", "iterative", fractions=(0.5, 0.25, 0.25), seed=7, labels="clc19",
+                        overwrite=True).codes
+    np.testing.assert_array_equal(first, second)
+
+
+def test_unknown_split_error_lists_existing_names(store) -> None:
+    make_split(store, "one", "random")
+    make_split(store, "two", "random")
+    with pytest.raises(SplitNotFoundError, match="one, two"):
+        make_split(store, "three", "random", exclude_from="nope")
+    with pytest.raises(SplitNotFoundError, match="one, two"):
+        store_split_quality(store, "nope")
+
+
+def test_official_split_matches_store_names(store, official_names) -> None:
+    result = make_split(store, "official", "official")
+    lists = official_lists()
+    assert {s: r["matched"] for s, r in result.lists.items()} == {"train": 200, "val": 200, "test": 200}
+    assert result.lists["train"]["listed"] == len(lists["train"])
+    names = store.patch_names()
+    train = set(lists["train"])
+    valid = store.valid_mask()
+    assert all((code == 0) == (name in train) for name, code, ok in zip(names, result.codes, valid) if ok)
+
+
+def test_export_then_import_round_trips(store, tmp_path: Path) -> None:
+    original = make_split(store, "orig", "iterative", seed=2).codes
+    export_split(store, "orig", tmp_path / "lists")
+    back = make_split(store, "copy", "csv", csv_dir=tmp_path / "lists")
+    np.testing.assert_array_equal(back.codes, original)
+    assert back.lists["train"]["matched"] == int((original == 0).sum())
+
+
+def test_exclude_from_carries_exclusions(store) -> None:
+    make_split(store, "base", "random", fractions=(0.8, 0.1, 0.1), seed=0)
+    codes, _ = store.read_split("base")
+    # exclude every test patch of base by re-importing only train+val
+    base_excluding_test = np.where(codes == 2, -1, codes).astype(np.int8)
+    store.write_split("base2", base_excluding_test, {"method": "manual"})
+    result = make_split(store, "child", "iterative", exclude_from="base2", seed=1)
+    assert np.all(result.codes[base_excluding_test == -1] == -1)
+    assert np.all(result.codes[base_excluding_test != -1] >= 0)
+    assert result.attrs["n_excluded_from"] == int(((codes == 2) & store.valid_mask()).sum())
+
+
+def test_list_and_quality_of_stored_splits(store) -> None:
+    make_split(store, "x", "iterative")
+    make_split(store, "y", "random")
+    table = list_splits(store)
+    assert table["name"].tolist() == ["x", "y"]
+    assert table["method"].tolist() == ["iterative", "random"]
+    quality = store_split_quality(store, "x")
+    assert quality.sizes["count"].sum() == store.valid_mask().sum()
+    assert quality.per_label.shape[0] == 43
+
+
+def test_contradictory_options_are_refused(store, tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgumentError):
+        make_split(store, "z", "random", folds=5)
+    with pytest.raises(InvalidArgumentError):
+        make_split(store, "z", "official", fractions=(0.6, 0.2, 0.2))
+    with pytest.raises(InvalidArgumentError):
+        make_split(store, "z", "csv")
+    with pytest.raises(InvalidArgumentError):
+        make_split(store, "z", "bogus")
+
+
+# --- CLI ---------------------------------------------------------------------------------
+
+
+def run_cli(*args: str):
+    from typer.testing import CliRunner
+
+    from benzarr_cli.main import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+def test_cli_split_quality_list_export(store, tmp_path: Path) -> None:
+    path = store.path
+    out = run_cli("split", path, "--name", "cli", "--method", "iterative", "--seed", "1")
+    assert out.exit_code == 0, out.output
+    assert "Label Distribution" in out.output and "random" in out.output
+    out = run_cli("split", path, "--list")
+    assert out.exit_code == 0 and "cli" in out.output
+    out = run_cli("split", path, "--name", "cli", "--quality", "--plot", str(tmp_path / "q.png"))
+    assert out.exit_code == 0, out.output
+    assert (tmp_path / "q.png").exists()
+    out = run_cli("split", path, "--name", "cli", "--export", str(tmp_path / "csv"))
+    assert out.exit_code == 0, out.output
+    assert sorted(p.name for p in (tmp_path / "csv").iterdir()) == ["test.csv", "train.csv", "val.csv"]
+
+
+def test_cli_unknown_split_is_one_error_line(store) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "benzarr_cli", "split", store.path, "--name", "nope", "--quality"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "nope" in lines[0]
