@@ -1,0 +1,147 @@
+"""The store format: round-trips of arbitrary archives, opening rules, split arrays."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from benzarr._geotiff import write_geotiff
+from benzarr.archive import clc43_to_clc19
+from benzarr.bigearthnet import BAND_GROUPS, CLC43
+from benzarr.errors import (
+    InvalidArgumentError,
+    SplitExistsError,
+    SplitNotFoundError,
+    StoreIncompleteError,
+    StoreNotFoundError,
+)
+from benzarr.ingest import ingest
+from benzarr.store import FORMAT_VERSION, open_store
+
+
+def write_archive(root: Path, patches: list[tuple[dict[str, np.ndarray], np.ndarray]]) -> list[str]:
+    """Write patches (band group -> (C, H, W) uint16, (43,) labels) as a v1.0 archive."""
+    names = []
+    for i, (bands, labels) in enumerate(patches):
+        name = f"S2A_MSIL2A_20170613T101031_{i}_{7 * i % 11}"
+        folder = root / name
+        folder.mkdir(parents=True)
+        for group, (band_names, side, metres) in BAND_GROUPS.items():
+            for c, band in enumerate(band_names):
+                write_geotiff(folder / f"{name}_{band}.tif", bands[group][c], 32633, 400000.0, 5300000.0, metres)
+        meta = {
+            "labels": [CLC43[j] for j in np.flatnonzero(labels)],
+            "coordinates": {"ulx": 400000, "uly": 5300000, "lrx": 401200, "lry": 5298800},
+            "projection": 'PROJCS["WGS 84 / UTM zone 33N",AUTHORITY["EPSG","32633"]]',
+            "tile_source": "S2A_MSIL1C_20170613T101031_N0205_R022_T33UUP_20170613T101608.SAFE",
+            "acquisition_date": "2017-06-13 10:10:31",
+        }
+        (folder / f"{name}_labels_metadata.json").write_text(json.dumps(meta))
+        names.append(name)
+    return names
+
+
+@st.composite
+def archives(draw: st.DrawFn) -> list[tuple[dict[str, np.ndarray], np.ndarray]]:
+    n = draw(st.integers(1, 9))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    patches = []
+    for _ in range(n):
+        bands = {g: rng.integers(0, 65536, size=(len(b), s, s), dtype=np.uint16) for g, (b, s, _) in BAND_GROUPS.items()}
+        labels = np.zeros(43, dtype=np.uint8)
+        labels[rng.choice(43, size=rng.integers(1, 7), replace=False)] = 1
+        patches.append((bands, labels))
+    return patches
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(patches=archives(), shard_size=st.sampled_from([1, 2, 4, 8]),
+       compression=st.sampled_from(["none", "lz4", "zstd"]))
+def test_any_archive_round_trips_through_the_store(patches, shard_size: int, compression: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "archive"
+        names = write_archive(root, patches)
+        ingest(root, Path(tmp) / "s.zarr", workers=1, shard_size=shard_size, compression=compression)
+        store = open_store(Path(tmp) / "s.zarr")
+        order = np.argsort(names)  # rows are in sorted name order
+        assert list(store.patch_names()) == sorted(names)
+        for group in BAND_GROUPS:
+            expected = np.stack([patches[i][0][group] for i in order])
+            assert np.array_equal(store.array(f"s2/{group}")[:], expected)
+        labels = np.stack([patches[i][1] for i in order])
+        assert np.array_equal(store.labels("clc43"), labels)
+        assert np.array_equal(store.labels("clc19"), clc43_to_clc19(labels))
+        assert store.valid_mask().all()
+
+
+def test_store_layout_matches_the_design(synth_store_64: Path) -> None:
+    store = open_store(synth_store_64)
+    expected = {
+        "s2/10m": ((64, 4, 120, 120), "uint16"),
+        "s2/20m": ((64, 6, 60, 60), "uint16"),
+        "s2/60m": ((64, 2, 20, 20), "uint16"),
+        "labels/clc43": ((64, 43), "uint8"),
+        "labels/clc19": ((64, 19), "uint8"),
+        "meta/acquisition_time": ((64,), "int64"),
+        "meta/bounds": ((64, 4), "float64"),
+        "meta/epsg": ((64,), "int32"),
+    }
+    for name, (shape, dtype) in expected.items():
+        array = store.array(name)
+        assert array.shape == shape and str(array.dtype) == dtype, name
+    band = store.array("s2/10m")
+    assert band.chunks == (1, 4, 120, 120) and band.shards == (16, 4, 120, 120)
+    for name in ("meta/patch_name", "meta/tile_source", "meta/error"):
+        assert store.array(name).metadata.to_dict()["data_type"] == "string"
+    attrs = store.attrs
+    assert attrs["format_version"] == FORMAT_VERSION and attrs["complete"]
+    assert attrs["bands"]["s2/20m"] == ["B05", "B06", "B07", "B8A", "B11", "B12"]
+    assert attrs["classes"]["clc43"] == list(CLC43)
+    # Any Zarr v3 reader sees the same data.
+    assert zarr.open_array(str(synth_store_64 / "s2/60m"), mode="r")[3].shape == (2, 20, 20)
+
+
+def test_open_store_refuses_what_is_not_a_finished_benzarr_store(tmp_path: Path, synth_store_64: Path) -> None:
+    with pytest.raises(StoreNotFoundError, match="no such store"):
+        open_store(tmp_path / "missing.zarr")
+    zarr.open_group(str(tmp_path / "plain.zarr"), mode="w")
+    with pytest.raises(StoreNotFoundError, match="not a benzarr store"):
+        open_store(tmp_path / "plain.zarr")
+    import shutil
+
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(synth_store_64, copy)
+    open_store(copy, mode="r+").update_attrs(complete=False)
+    with pytest.raises(StoreIncompleteError, match="ingest did not finish"):
+        open_store(copy)
+    assert not open_store(copy, require_complete=False).complete
+
+
+def test_splits_are_stored_with_attributes_and_failed_rows_excluded(synth_store_64: Path, tmp_path: Path) -> None:
+    import shutil
+
+    path = tmp_path / "s.zarr"
+    shutil.copytree(synth_store_64, path)
+    store = open_store(path, mode="r+")
+    valid = store.valid_mask().copy()
+    store.array("meta/valid")[5] = False  # pretend row 5 failed ingest
+    codes = np.arange(64, dtype=np.int8) % 3
+    store.write_split("mine", codes, {"method": "test"})
+    stored, attrs = store.read_split("mine")
+    assert stored[5] == -1 and np.array_equal(np.delete(stored, 5), np.delete(codes, 5))
+    assert attrs["method"] == "test" and sum(attrs["counts"].values()) == 64
+    with pytest.raises(SplitExistsError, match="--overwrite"):
+        store.write_split("mine", codes, {})
+    with pytest.raises(SplitNotFoundError, match=r"splits in this store: mine"):
+        store.read_split("other")
+    with pytest.raises(InvalidArgumentError):
+        store.write_split("bad", np.full(64, 7, dtype=np.int8), {})
+    assert 5 not in store.subset_rows("mine", "train") and len(store.subset_rows(None, None)) == valid.sum() - 1
