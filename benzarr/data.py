@@ -1,0 +1,506 @@
+"""The random-access PyTorch dataset, the device batch transform and the loader helper.
+
+Workers read compact native-resolution uint16 batches (160,000 bytes a full patch instead
+of 691,200 as float32 at 120x120); :class:`BatchTransform` turns them into float images on
+the training device (float, band selection, bilinear upsampling, optional normalisation).
+See DESIGN.md §3.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
+
+from benzarr.bigearthnet import BAND_GROUPS, BANDS, PATCH_SIDE, RGB_BANDS, band_location
+from benzarr.errors import InvalidArgumentError
+from benzarr.shards import RowReader, row_reader
+from benzarr.store import LABEL_ARRAYS, NOMENCLATURES, S2_ARRAYS, Store, is_url, open_store
+
+Sample = dict[str, Any]
+Batch = dict[str, torch.Tensor]
+
+
+def resolve_bands(bands: str | Sequence[str]) -> tuple[str, ...]:
+    """Band names for a selection: ``"all"`` (12 bands, B01…B12 order), ``"rgb"`` (B04, B03,
+    B02) or a list of band names (kept in the order given).
+
+    Raises:
+        InvalidArgumentError: unknown or repeated band, empty list, or an unknown keyword.
+    """
+    if isinstance(bands, str):
+        if bands == "all":
+            return BANDS
+        if bands == "rgb":
+            return RGB_BANDS
+        raise InvalidArgumentError(
+            f"unknown band selection {bands!r}: use 'all', 'rgb' or a list of band names from {', '.join(BANDS)}"
+        )
+    chosen = tuple(bands)
+    if not chosen:
+        raise InvalidArgumentError(f"empty band list: choose bands from {', '.join(BANDS)}")
+    for band in chosen:
+        if band not in BANDS:
+            raise InvalidArgumentError(f"unknown band {band!r}: valid bands are {', '.join(BANDS)}")
+    if len(set(chosen)) != len(chosen):
+        raise InvalidArgumentError(f"band list {list(chosen)} names a band twice")
+    return chosen
+
+
+def band_groups_for(bands: Sequence[str]) -> tuple[str, ...]:
+    """Stored band groups (``10m``, ``20m``, ``60m``, in that order) that ``bands`` need."""
+    needed = {band_location(b)[0] for b in bands}
+    return tuple(g for g in BAND_GROUPS if g in needed)
+
+
+def _u16_to_float(x: torch.Tensor) -> torch.Tensor:
+    """uint16 tensor -> float32; torch's uint16 support is partial on some devices."""
+    try:
+        return x.to(torch.float32)
+    except (RuntimeError, NotImplementedError):  # no direct kernel: widen through int32
+        return x.view(torch.int16).to(torch.int32).bitwise_and_(0xFFFF).to(torch.float32)
+
+
+class BatchTransform:
+    """uint16 native-resolution batch -> float32 (B, C, 120, 120) image on ``device``.
+
+    Per batch: move the needed band groups to ``device``, convert to float32, keep the
+    selected channels, upsample 20 m and 60 m groups to 120x120 with
+    ``F.interpolate(mode="bilinear", align_corners=False)`` (half-pixel centres, no
+    antialiasing), put the bands in the requested order and, with ``mean``/``std``,
+    normalise per band as ``(x - mean) / std``.
+
+    Args:
+        bands: output band names in output channel order.
+        device: where the result lives.
+        mean, std: per output band (C,), or None for no normalisation.
+
+    Input: a dict as returned by :meth:`BigEarthNetDataset.__getitems__` (uint16 groups,
+    ``label`` (B, L) uint8, ``index`` (B,) int64).
+
+    Output: ``{"image": (B, C, 120, 120) float32, "label": (B, L) float32}`` on ``device``
+    and ``"index"``: (B,) int64 store rows, left on the CPU (no device sync to read them).
+    """
+
+    def __init__(self, bands: Sequence[str], device: str | torch.device = "cpu",
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
+        self.bands = resolve_bands(list(bands))
+        self.device = torch.device(device)
+        self.groups = band_groups_for(self.bands)
+        self._channels: dict[str, torch.Tensor | None] = {}
+        concat: list[str] = []
+        for group in self.groups:
+            names = BAND_GROUPS[group][0]
+            keep = [c for c, name in enumerate(names) if name in self.bands]
+            # None: the whole group is used, no channel gather needed
+            self._channels[group] = None if len(keep) == len(names) else torch.tensor(keep, device=self.device)
+            concat.extend(names[c] for c in keep)
+        perm = [concat.index(b) for b in self.bands]
+        self._perm = None if perm == list(range(len(perm))) else torch.tensor(perm, device=self.device)
+        if (mean is None) != (std is None):
+            raise InvalidArgumentError("give both mean and std, or neither")
+        if mean is not None and std is not None:
+            if len(mean) != len(self.bands) or len(std) != len(self.bands):
+                raise InvalidArgumentError(f"mean and std need one value per band ({len(self.bands)})")
+            self._mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+            self._std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        else:
+            self._mean = self._std = None
+
+    def image(self, batch: Batch) -> torch.Tensor:
+        """The (B, C, 120, 120) float32 image of ``batch`` on the device."""
+        parts = []
+        for group in self.groups:
+            x = _u16_to_float(torch.as_tensor(batch[group]).to(self.device, non_blocking=True))
+            channels = self._channels[group]
+            if channels is not None:
+                x = x.index_select(1, channels)
+            if x.shape[-1] != PATCH_SIDE or x.shape[-2] != PATCH_SIDE:
+                x = F.interpolate(x, size=(PATCH_SIDE, PATCH_SIDE), mode="bilinear", align_corners=False)
+            parts.append(x)
+        image = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        if self._perm is not None:
+            image = image.index_select(1, self._perm)
+        if self._mean is not None:
+            image = image.sub_(self._mean).div_(self._std)
+        return image
+
+    def __call__(self, batch: Batch) -> Batch:
+        """The device batch ``{"image", "label", "index"}`` of a uint16 ``batch``."""
+        label = torch.as_tensor(batch["label"]).to(self.device, non_blocking=True).to(torch.float32)
+        return {"image": self.image(batch), "label": label, "index": torch.as_tensor(batch["index"])}
+
+
+def to_device_batch(batch: Batch, bands: Sequence[str] = BANDS, device: str | torch.device = "cpu",
+                    mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> Batch:
+    """One-off :class:`BatchTransform` (build the transform once when converting many batches)."""
+    return BatchTransform(bands, device, mean, std)(batch)
+
+
+class BigEarthNetDataset(Dataset):
+    """BigEarthNet v1.0 Sentinel-2 patches from a benzarr store, by random access.
+
+    The `BigEarthNet <https://bigearth.net>`__ dataset is a large-scale benchmark archive for
+    multi-label land-cover classification of Sentinel-2 image patches.
+
+    Dataset features:
+
+    * 590,326 patches of 1.2 km x 1.2 km from 125 Sentinel-2 L2A tiles over 10 European
+      countries (Austria, Belgium, Finland, Ireland, Kosovo, Lithuania, Luxembourg,
+      Portugal, Serbia, Switzerland), June 2017 to May 2018
+    * 12 spectral bands: 4 at 10 m (120x120 px), 6 at 20 m (60x60 px), 2 at 60 m (20x20 px);
+      served upsampled to 120x120 (bilinear, half-pixel centres)
+    * multi-label annotation from CORINE Land Cover 2018: 43 level-3 classes (``clc43``) or
+      the 19-class nomenclature of Sumbul et al. 2021 (``clc19``)
+    * the usual exclusion of 70,987 cloudy/shadowed and snowy patches leaves 519,284
+
+    Dataset format:
+
+    * one Zarr v3 store written by ``benzarr ingest`` (DESIGN.md §2): band arrays
+      ``s2/10m`` (N, 4, 120, 120), ``s2/20m`` (N, 6, 60, 60), ``s2/60m`` (N, 2, 20, 20),
+      uint16 surface reflectance x 10,000, sharded along N with one chunk per patch,
+      uncompressed or Blosc lz4/zstd; multi-hot ``labels/clc43`` (N, 43) and
+      ``labels/clc19`` (N, 19) uint8; splits ``splits/<name>`` (N,) int8
+    * band order of every image: B01, B02, B03, B04, B05, B06, B07, B08, B8A, B09, B11, B12
+      (``bands="all"``); ``bands="rgb"`` is B04, B03, B02; a list keeps its own order
+
+    Samples (``ds[i]``), as TorchGeo's BigEarthNet:
+
+    * ``image``: float32 (C, 120, 120), reflectance x 10,000 (or ``(x - mean) / std`` per
+      band with ``normalize=True``, using the store's band statistics)
+    * ``label``: float32 (L,) multi-hot, L = 43 or 19
+    * ``index``: int, the patch's store row
+
+    Batches (:meth:`__getitems__`, for :func:`make_loader`) stay uint16 at native
+    resolution and are converted on the training device by :class:`BatchTransform`.
+
+    Classes (``clc19``): Urban fabric; Industrial or commercial units; Arable land;
+    Permanent crops; Pastures; Complex cultivation patterns; Land principally occupied by
+    agriculture, with significant areas of natural vegetation; Agro-forestry areas;
+    Broad-leaved forest; Coniferous forest; Mixed forest; Natural grassland and sparsely
+    vegetated areas; Moors, heathland and sclerophyllous vegetation; Transitional woodland,
+    shrub; Beaches, dunes, sands; Inland wetlands; Coastal wetlands; Inland waters; Marine
+    waters. The 43 ``clc43`` classes are CORINE level 3 in official order
+    (:data:`benzarr.bigearthnet.CLC43`; ``ds.classes`` lists the selected set).
+
+    If you use this dataset in your research, please cite the following papers:
+
+    * G. Sumbul, M. Charfuelan, B. Demir, V. Markl, "BigEarthNet: A Large-Scale Benchmark
+      Archive for Remote Sensing Image Understanding", IEEE International Geoscience and
+      Remote Sensing Symposium (IGARSS), pp. 5901-5904, 2019.
+      https://doi.org/10.1109/IGARSS.2019.8900532
+    * G. Sumbul, A. de Wall, T. Kreuziger, F. Marcelino, H. Costa, P. Benevides, M. Caetano,
+      B. Demir, V. Markl, "BigEarthNet-MM: A Large Scale Multi-Modal Multi-Label Benchmark
+      Archive for Remote Sensing Image Classification and Retrieval", IEEE Geoscience and
+      Remote Sensing Magazine, 9(3), pp. 174-180, 2021 (the 19-class nomenclature).
+      https://doi.org/10.1109/MGRS.2021.3089174
+
+    Args:
+        store: path of a local store, or an fsspec URL (``s3://bucket/store.zarr``; read
+            through zarr-python, slower).
+        split: a stored split name (``benzarr split``); None serves every valid patch.
+        subset: ``train``, ``val`` or ``test`` of ``split``; None: every row the split keeps.
+        bands: ``"all"``, ``"rgb"`` or a list of band names.
+        labels: ``"clc43"`` or ``"clc19"``.
+        transform: called on each sample dict from ``ds[i]``; in :func:`make_loader`, on
+            each device batch dict (so it must accept batched tensors).
+        normalize: standardise each band with the store's statistics.
+        storage_options: fsspec options for URLs (endpoint, credentials).
+
+    Raises:
+        StoreNotFoundError, StoreIncompleteError, StoreVersionError: from opening the store.
+        SplitNotFoundError: ``split`` is not in the store (the message lists the names).
+        InvalidArgumentError: unknown band, label set or subset.
+    """
+
+    def __init__(
+        self,
+        store: str | Path,
+        split: str | None = None,
+        subset: str | None = None,
+        bands: str | Sequence[str] = "all",
+        labels: str = "clc43",
+        transform: Callable[[Sample], Sample] | None = None,
+        normalize: bool = False,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
+        if labels not in NOMENCLATURES:
+            raise InvalidArgumentError(f"unknown label set {labels!r}: choose one of {', '.join(NOMENCLATURES)}")
+        self.bands: tuple[str, ...] = resolve_bands(bands)
+        self.groups: tuple[str, ...] = band_groups_for(self.bands)
+        self.path = str(store)
+        self.storage_options = storage_options
+        self.split = split
+        self.subset = subset
+        self.label_set = labels
+        self.transform = transform
+        self.normalize = normalize
+        opened = open_store(self.path, storage_options=storage_options)
+        self.rows: np.ndarray = opened.subset_rows(split, subset)
+        self.classes: list[str] = opened.class_names(labels)
+        self._labels = np.ascontiguousarray(opened.labels(labels)[self.rows])
+        self.mean: list[float] | None = None
+        self.std: list[float] | None = None
+        if normalize:
+            stats = opened.band_stats()
+            missing = [b for b in self.bands if (stats.get(b) or {}).get("mean") is None]
+            if missing:
+                raise InvalidArgumentError(f"{self.path}: no band statistics for {', '.join(missing)}; cannot normalise")
+            self.mean = [float(stats[b]["mean"]) for b in self.bands]
+            # a constant band has std 0: leave it centred rather than dividing by zero
+            self.std = [float(stats[b]["std"]) or 1.0 for b in self.bands]
+        self._store: Store | None = opened
+        self._readers: dict[str, RowReader] | None = None
+        self._names: np.ndarray | None = None
+        self._cpu_transform = BatchTransform(self.bands, "cpu", self.mean, self.std)
+
+    # -- process-local state: never pickled into workers --------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_store"] = None
+        state["_readers"] = None
+        state["_names"] = None
+        return state
+
+    def _opened(self) -> Store:
+        if self._store is None:
+            self._store = open_store(self.path, storage_options=self.storage_options)
+        return self._store
+
+    def _row_name(self, row: int) -> str:
+        """Patch name of store row ``row`` (read once, only to word an error)."""
+        if self._names is None:
+            self._names = self._opened().patch_names()
+        return str(self._names[row])
+
+    @property
+    def readers(self) -> dict[str, RowReader]:
+        """Band group -> row reader (the memory-mapped shard reader where it applies)."""
+        if self._readers is None:
+            store = self._opened()
+            local = None if is_url(self.path) else Path(self.path)
+            self._readers = {
+                group: row_reader(store.array(S2_ARRAYS[group]), S2_ARRAYS[group],
+                                  None if local is None else local / S2_ARRAYS[group], self._row_name)
+                for group in self.groups
+            }
+        return self._readers
+
+    @property
+    def fast(self) -> bool:
+        """True when every needed band group is read by the memory-mapped shard reader."""
+        from benzarr.shards import ShardReader
+
+        return all(isinstance(r, ShardReader) for r in self.readers.values())
+
+    # -- access ----------------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self.rows.size)
+
+    def _positions(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        positions = np.asarray(indices, dtype=np.int64).reshape(-1)
+        n = len(self)
+        if positions.size and (positions.min() < -n or positions.max() >= n):
+            raise IndexError(f"index out of range for a dataset of {n} patches")
+        return np.where(positions < 0, positions + n, positions)
+
+    def __getitems__(self, indices: Sequence[int] | np.ndarray) -> Batch:
+        """One batch at native resolution, read shard by shard.
+
+        Args:
+            indices: dataset indices (0 <= i < len(self)), any order, repeats allowed.
+
+        Returns:
+            A dict of CPU torch tensors, row ``b`` for ``indices[b]``; only the band groups
+            the selected bands need, with all channels of each group (the device picks):
+
+            * ``"10m"``: (B, 4, 120, 120) uint16, B02, B03, B04, B08
+            * ``"20m"``: (B, 6, 60, 60) uint16, B05, B06, B07, B8A, B11, B12
+            * ``"60m"``: (B, 2, 20, 20) uint16, B01, B09
+            * ``"label"``: (B, L) uint8 multi-hot
+            * ``"index"``: (B,) int64 store rows
+        """
+        positions = self._positions(indices)
+        rows = self.rows[positions]
+        batch: Batch = {group: torch.from_numpy(reader.read(rows)) for group, reader in self.readers.items()}
+        batch["label"] = torch.from_numpy(self._labels[positions])
+        batch["index"] = torch.from_numpy(rows)
+        return batch
+
+    def __getitem__(self, index: int) -> Sample:
+        """Sample ``index``: ``{"image": (C, 120, 120) float32, "label": (L,) float32, "index": int}``."""
+        out = self._cpu_transform(self.__getitems__([index]))
+        sample: Sample = {"image": out["image"][0], "label": out["label"][0], "index": int(out["index"][0])}
+        if self.transform is not None:
+            sample = self.transform(sample)
+        return sample
+
+    def batch_transform(self, device: str | torch.device = "cpu") -> BatchTransform:
+        """The :class:`BatchTransform` of this dataset's bands and normalisation on ``device``."""
+        return BatchTransform(self.bands, device, self.mean, self.std)
+
+    def plot(self, sample: Sample, show_titles: bool = True, suptitle: str | None = None) -> Any:
+        """Plot a sample: true colour (B04, B03, B02) when selected, else the first band.
+
+        Each channel is stretched between its 2nd and 98th percentiles. The title lists
+        the sample's labels (and ``prediction``'s, when the sample has one).
+
+        Returns:
+            the matplotlib Figure.
+        """
+        import matplotlib.pyplot as plt
+
+        image = torch.as_tensor(sample["image"]).detach().cpu().float()
+        if all(b in self.bands for b in RGB_BANDS):
+            picture = image[[self.bands.index(b) for b in RGB_BANDS]]
+        else:
+            picture = image[:1].expand(3, -1, -1)
+        lo = torch.quantile(picture.flatten(1), 0.02, dim=1).view(-1, 1, 1)
+        hi = torch.quantile(picture.flatten(1), 0.98, dim=1).view(-1, 1, 1)
+        picture = ((picture - lo) / (hi - lo).clamp_min(1e-6)).clamp(0, 1).permute(1, 2, 0).numpy()
+
+        def names(vector: Any) -> list[str]:
+            return [self.classes[i] for i in np.flatnonzero(np.asarray(torch.as_tensor(vector).cpu()) > 0.5)]
+
+        figure, axis = plt.subplots(figsize=(5, 5))
+        axis.imshow(picture)
+        axis.axis("off")
+        if show_titles:
+            title = "Labels: " + ", ".join(names(sample["label"]))
+            if "prediction" in sample:
+                title += "\nPredictions: " + ", ".join(names(sample["prediction"]))
+            axis.set_title(title, fontsize=8, wrap=True)
+        if suptitle is not None:
+            figure.suptitle(suptitle)
+        return figure
+
+    def __repr__(self) -> str:
+        where = f"split={self.split!r}, subset={self.subset!r}, " if self.split else ""
+        return (f"BigEarthNetDataset({self.path!r}, {where}{len(self)} patches, bands={list(self.bands)}, "
+                f"labels={self.label_set!r}, normalize={self.normalize})")
+
+
+def collate_batch(batch: Batch) -> Batch:
+    """The DataLoader's ``collate_fn``: ``__getitems__`` already returns a whole batch."""
+    return batch
+
+
+class DeviceLoader:
+    """Iterable of device batches ``{"image", "label", "index"}`` (see :class:`BatchTransform`).
+
+    Attributes:
+        loader: the underlying ``DataLoader`` (uint16 batches).
+        sampler: its ``DistributedSampler`` (shuffle with ``seed + epoch``).
+        transform: the :class:`BatchTransform`.
+    """
+
+    def __init__(self, dataset: BigEarthNetDataset, loader: DataLoader, sampler: DistributedSampler,
+                 transform: BatchTransform) -> None:
+        self.dataset = dataset
+        self.loader = loader
+        self.sampler = sampler
+        self.transform = transform
+
+    def __len__(self) -> int:
+        """Batches per epoch (on this rank)."""
+        return len(self.loader)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reshuffle for ``epoch``: the order is a function of (seed, epoch) only."""
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[Batch]:
+        user = self.dataset.transform
+        for batch in self.loader:
+            out = self.transform(batch)
+            yield user(out) if user is not None else out
+
+
+def make_loader(
+    ds: BigEarthNetDataset,
+    batch_size: int,
+    shuffle: bool,
+    num_workers: int,
+    seed: int,
+    device: str | torch.device,
+    distributed: bool = False,
+    drop_last: bool = False,
+    prefetch_factor: int | None = None,
+) -> DeviceLoader:
+    """Batches of ``ds`` ready on ``device``.
+
+    Workers (``num_workers > 0``, persistent) call ``ds.__getitems__`` with whole batches
+    from a batch sampler and return uint16 batches (pinned on CUDA); the conversion runs on
+    ``device`` in the main process (:class:`BatchTransform`), then ``ds.transform`` if any.
+
+    The order is a pure function of ``(seed, epoch)`` (call ``set_epoch`` before each epoch
+    to reshuffle): the same seed gives the same batches whatever ``num_workers``.
+    With ``distributed=True`` each rank of the initialised ``torch.distributed`` process
+    group gets its ``DistributedSampler`` share (``ceil(len(ds) / world)`` patches; the last
+    few repeat when ``len(ds)`` does not divide, as ``DistributedSampler`` does).
+
+    Args:
+        ds: the dataset.
+        batch_size: patches per batch.
+        shuffle: random order (else store-row order).
+        num_workers: DataLoader worker processes (0: read in this process).
+        seed: shuffling seed.
+        device: where batches are delivered (``"cpu"``, ``"cuda"``, ``"cuda:1"``...).
+        distributed: shard by torch.distributed rank and world size.
+        drop_last: drop the last incomplete batch.
+        prefetch_factor: batches each worker reads ahead (DataLoader default 2).
+
+    Raises:
+        InvalidArgumentError: bad batch size or worker count, or ``distributed`` without an
+            initialised process group.
+    """
+    if batch_size < 1:
+        raise InvalidArgumentError(f"batch size must be at least 1, got {batch_size}")
+    if num_workers < 0:
+        raise InvalidArgumentError(f"workers must be 0 or more, got {num_workers}")
+    if distributed:
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            raise InvalidArgumentError("distributed=True needs torch.distributed.init_process_group() first")
+        world, rank = dist.get_world_size(), dist.get_rank()
+    else:
+        world, rank = 1, 0
+    device = torch.device(device)
+    # DistributedSampler with one replica is a seeded (seed + epoch) shuffler with set_epoch
+    sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
+    batches = BatchSampler(sampler, batch_size=batch_size, drop_last=drop_last)
+    kwargs: dict[str, Any] = {}
+    if num_workers > 0:
+        kwargs["persistent_workers"] = True
+        if prefetch_factor is not None:
+            kwargs["prefetch_factor"] = prefetch_factor
+        if is_url(ds.path):
+            # fsspec's event loop and sockets do not survive fork: start workers fresh
+            kwargs["multiprocessing_context"] = "spawn"
+    loader = DataLoader(
+        ds,
+        batch_sampler=batches,
+        num_workers=num_workers,
+        collate_fn=collate_batch,
+        pin_memory=device.type == "cuda",
+        **kwargs,
+    )
+    return DeviceLoader(ds, loader, sampler, ds.batch_transform(device))
+
+
+__all__ = [
+    "BatchTransform",
+    "BigEarthNetDataset",
+    "DeviceLoader",
+    "band_groups_for",
+    "collate_batch",
+    "make_loader",
+    "resolve_bands",
+    "to_device_batch",
+]

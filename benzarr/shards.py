@@ -1,0 +1,416 @@
+"""A fast reader of the sharded band arrays: memory-mapped shard files, one inner chunk a row.
+
+This module follows the Zarr v3 ``sharding_indexed`` codec, version 1.0, "Binary shard
+format" (https://zarr-specs.readthedocs.io/en/latest/v3/codecs/sharding-indexed/index.html#binary-shard-format):
+
+* a shard file holds the encoded inner chunks, then (``index_location: end``) the shard index;
+* the index is one ``(offset, nbytes)`` pair of uint64 little-endian values per inner chunk,
+  in C order of the chunks inside the shard, encoded by ``index_codecs``; benzarr writes
+  ``[bytes(little), crc32c]``, so the index is followed by the CRC-32C (Castagnoli) of the
+  index bytes, 4 bytes little-endian;
+* an inner chunk that was never written has ``offset = nbytes = 2**64 - 1`` and reads as the
+  array's fill value; a shard file that does not exist reads as fill value throughout.
+
+Shard files use the default chunk key encoding with separator ``/``: shard ``i`` of an array
+``(N, C, H, W)`` sharded ``(S, C, H, W)`` is ``<array>/c/<i>/0/0/0``.
+
+:class:`ShardReader` supports exactly the layouts that ``benzarr ingest`` writes (see
+:func:`benzarr.store.band_compressors`): rows sharded along the first axis only, one inner
+chunk per row, inner codecs ``[bytes(little)]`` (read zero-copy from the memory map) or
+``[bytes(little), blosc(lz4|zstd)]`` (decoded by numcodecs straight into the output).
+:func:`row_reader` returns it where it applies and a :class:`ZarrRowReader` (zarr-python's
+own API: other writers, other codecs, remote stores through fsspec) everywhere else, so
+callers never have to care which one they got.
+
+Each process maps a shard file once, on first use, and checks the index's CRC-32C and
+bounds then; a reader that crosses into another process (fork or pickle) drops its maps and
+maps the files again itself.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import google_crc32c
+import numpy as np
+import zarr
+from numcodecs import blosc
+
+from benzarr.errors import StoreCorruptError
+
+SHARDING_SPEC_URL = (
+    "https://zarr-specs.readthedocs.io/en/latest/v3/codecs/sharding-indexed/index.html#binary-shard-format"
+)
+#: offset and nbytes of an inner chunk that is not stored (read as the fill value).
+EMPTY = 2**64 - 1
+#: Bytes after the index: its CRC-32C.
+CRC_BYTES = 4
+#: Blosc's header: version, versionlz, flags, typesize (1 byte each), nbytes, blocksize, cbytes.
+BLOSC_HEADER = 16
+#: Blosc compressors this reader accepts (all that ``benzarr ingest`` writes).
+BLOSC_CNAMES = ("lz4", "zstd")
+
+_NUMPY_DTYPES = {
+    "bool": "|b1", "int8": "|i1", "uint8": "|u1", "int16": "<i2", "uint16": "<u2", "int32": "<i4",
+    "uint32": "<u4", "int64": "<i8", "uint64": "<u8", "float32": "<f4", "float64": "<f8",
+}
+
+
+@dataclass(frozen=True)
+class ShardLayout:
+    """What the fast reader needs from an array's ``zarr.json``.
+
+    Attributes:
+        shape: array shape, (N, *row_shape).
+        dtype: numpy dtype (little-endian).
+        shard_rows: rows per shard (S).
+        codec: ``"raw"`` (inner codecs ``[bytes]``) or ``"blosc"``.
+        fill_value: value of rows whose chunk is not stored.
+    """
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    shard_rows: int
+    codec: str
+    fill_value: Any
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        """Shape of one row (one inner chunk), e.g. (4, 120, 120)."""
+        return self.shape[1:]
+
+    @property
+    def row_nbytes(self) -> int:
+        """Decoded bytes of one row."""
+        return int(np.prod(self.row_shape, dtype=np.int64)) * self.dtype.itemsize
+
+    @property
+    def n_shards(self) -> int:
+        """Shards along the first axis (the last one may be partial)."""
+        return -(-self.shape[0] // self.shard_rows)
+
+
+def _is_bytes_le(codec: Any) -> bool:
+    return (
+        isinstance(codec, dict)
+        and codec.get("name") == "bytes"
+        and (codec.get("configuration") or {}).get("endian", "little") == "little"
+    )
+
+
+def parse_layout(metadata: dict[str, Any]) -> ShardLayout | None:
+    """The :class:`ShardLayout` of an array's ``zarr.json`` contents, or None when unsupported.
+
+    Supported means exactly what ``benzarr ingest`` writes: a Zarr v3 array of a fixed-size
+    numeric type, regular chunk grid sharded along axis 0 only, default ``/`` chunk keys,
+    one ``sharding_indexed`` codec with inner chunk (1, *row_shape), inner codecs
+    ``[bytes(little)]`` or ``[bytes(little), blosc(lz4|zstd)]``, index codecs
+    ``[bytes(little), crc32c]`` at the end, and no storage transformers.
+    """
+    try:
+        if metadata.get("zarr_format") != 3 or metadata.get("node_type") != "array":
+            return None
+        if metadata.get("storage_transformers"):
+            return None
+        dtype_name = metadata["data_type"]
+        if not isinstance(dtype_name, str) or dtype_name not in _NUMPY_DTYPES:
+            return None
+        shape = tuple(int(s) for s in metadata["shape"])
+        grid = metadata["chunk_grid"]
+        if grid.get("name") != "regular" or len(shape) < 1:
+            return None
+        shard_shape = tuple(int(s) for s in grid["configuration"]["chunk_shape"])
+        if len(shard_shape) != len(shape) or shard_shape[1:] != shape[1:] or shard_shape[0] < 1:
+            return None
+        keys = metadata.get("chunk_key_encoding") or {}
+        if keys.get("name") != "default" or (keys.get("configuration") or {}).get("separator", "/") != "/":
+            return None
+        codecs = metadata["codecs"]
+        if len(codecs) != 1 or codecs[0].get("name") != "sharding_indexed":
+            return None
+        config = codecs[0]["configuration"]
+        inner_shape = tuple(int(s) for s in config["chunk_shape"])
+        if inner_shape != (1, *shape[1:]):
+            return None
+        if config.get("index_location", "end") != "end":
+            return None
+        index_codecs = config.get("index_codecs") or []
+        if len(index_codecs) != 2 or not _is_bytes_le(index_codecs[0]) or index_codecs[1].get("name") != "crc32c":
+            return None
+        inner = config["codecs"]
+        if len(inner) == 1 and _is_bytes_le(inner[0]):
+            codec = "raw"
+        elif (
+            len(inner) == 2
+            and _is_bytes_le(inner[0])
+            and inner[1].get("name") == "blosc"
+            and (inner[1].get("configuration") or {}).get("cname") in BLOSC_CNAMES
+        ):
+            codec = "blosc"  # the Blosc header describes clevel, shuffle and typesize itself
+        else:
+            return None
+        fill = metadata.get("fill_value", 0)
+        dtype = np.dtype(_NUMPY_DTYPES[dtype_name])
+        if isinstance(fill, str):  # "NaN", "Infinity", hex floats: leave those to zarr-python
+            return None
+        fill_value = dtype.type(fill)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+        return None
+    return ShardLayout(shape, dtype, shard_shape[0], codec, fill_value)
+
+
+class RowReader(Protocol):
+    """Reads whole rows (first-axis slices) of an array."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    def read(self, rows: Sequence[int] | np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows ``rows`` as (len(rows), *row_shape), in the order given."""
+        ...
+
+
+class _Shard:
+    """One memory-mapped shard file: ``data`` (uint8 view of the map) and its checked index."""
+
+    __slots__ = ("data", "offsets", "nbytes", "path", "_map")
+
+    def __init__(self, data: np.ndarray | None, offsets: list[int], nbytes: list[int], path: Path,
+                 handle: mmap.mmap | None) -> None:
+        self.data = data
+        self.offsets = offsets
+        self.nbytes = nbytes
+        self.path = path
+        self._map = handle
+
+
+class ShardReader:
+    """Rows of one sharded array read straight from its shard files.
+
+    Args:
+        array_dir: the array's folder (holding ``zarr.json`` and ``c/``).
+        layout: from :func:`parse_layout`.
+        name: the array's name in the store, for error messages (e.g. ``"s2/10m"``).
+        row_name: maps a row to its patch name, called only to word an error.
+
+    Raises (from :meth:`read`):
+        StoreCorruptError: bad index CRC-32C, a chunk outside its file, a chunk that does
+            not decode or decodes to the wrong size; naming the array, shard file and row.
+    """
+
+    def __init__(self, array_dir: str | Path, layout: ShardLayout, name: str,
+                 row_name: Callable[[int], str] | None = None) -> None:
+        self.array_dir = Path(array_dir)
+        self.layout = layout
+        self.name = name
+        self.shape = layout.shape
+        self.dtype = layout.dtype
+        self.row_name = row_name
+        self._zeros = (0,) * (len(layout.shape) - 1)
+        self._shards: dict[int, _Shard] = {}
+        self._pid = os.getpid()
+
+    # Maps belong to the process that made them: never pickle them, drop them after a fork.
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_shards"] = {}
+        state["_pid"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._pid = os.getpid()
+
+    def shard_path(self, shard: int) -> Path:
+        """File of shard ``shard``: ``<array>/c/<shard>/0/0/0`` (default chunk key encoding)."""
+        return self.array_dir.joinpath("c", str(shard), *map(str, self._zeros))
+
+    def close(self) -> None:
+        """Drop this process's maps (they close once no array views them)."""
+        self._shards.clear()
+
+    def _where(self, row: int) -> str:
+        name = ""
+        if self.row_name is not None:
+            try:
+                name = f", patch {self.row_name(row)}"
+            except Exception:  # the name is a courtesy; never hide the real error
+                name = ""
+        return f"row {row}{name}"
+
+    def _corrupt(self, path: Path, row: int, what: str) -> StoreCorruptError:
+        return StoreCorruptError(
+            f"{self.name}: shard file {path} is corrupt ({what}) reading {self._where(row)}; "
+            "re-ingest the store (or restore this file)"
+        )
+
+    def _open_shard(self, shard: int, row: int) -> _Shard:
+        """Map shard ``shard`` and check its index (``row``: the row asking, for errors)."""
+        path = self.shard_path(shard)
+        n_chunks = self.layout.shard_rows
+        index_bytes = 16 * n_chunks
+        try:
+            with open(path, "rb") as fh:
+                size = os.fstat(fh.fileno()).st_size
+                if size < index_bytes + CRC_BYTES:
+                    raise self._corrupt(path, row, f"{size} bytes, shorter than its {index_bytes + CRC_BYTES}-byte index")
+                handle = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        except FileNotFoundError:
+            # zarr writes no file for a shard whose chunks are all fill value
+            return _Shard(None, [EMPTY] * n_chunks, [EMPTY] * n_chunks, path, None)
+        data = np.frombuffer(handle, dtype=np.uint8)
+        end = size - CRC_BYTES
+        index = data[end - index_bytes:end]
+        stored = int.from_bytes(data[end:size].tobytes(), "little")
+        if google_crc32c.value(index.tobytes()) != stored:
+            raise self._corrupt(path, row, "shard index fails its crc32c checksum")
+        pairs = index.view("<u8").reshape(n_chunks, 2)
+        offsets, nbytes = pairs[:, 0], pairs[:, 1]
+        empty = (offsets == EMPTY) & (nbytes == EMPTY)
+        chunks_end = end - index_bytes
+        with np.errstate(over="ignore"):
+            bad = ~empty & ((offsets > chunks_end) | (nbytes > chunks_end) | (offsets + nbytes > chunks_end))
+        if bad.any():
+            local = int(np.flatnonzero(bad)[0])
+            raise self._corrupt(
+                path, shard * n_chunks + local,
+                f"chunk {local} at offset {int(offsets[local])}, {int(nbytes[local])} bytes, lies outside "
+                f"the {chunks_end} bytes of chunk data",
+            )
+        return _Shard(data, offsets.tolist(), nbytes.tolist(), path, handle)
+
+    def _shard(self, shard: int, row: int) -> _Shard:
+        if self._pid != os.getpid():  # forked: map our own files
+            self._shards = {}
+            self._pid = os.getpid()
+        entry = self._shards.get(shard)
+        if entry is None:
+            entry = self._shards[shard] = self._open_shard(shard, row)
+        return entry
+
+    def read(self, rows: Sequence[int] | np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows ``rows`` (any order, repeats allowed) as (len(rows), *row_shape) of ``dtype``.
+
+        Rows are visited shard by shard (each shard's index is looked up once) and written
+        to their place in ``out`` (allocated when not given; must be C-contiguous).
+        """
+        layout = self.layout
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        n = layout.shape[0]
+        if rows.size and (rows.min() < 0 or rows.max() >= n):
+            raise IndexError(f"{self.name}: rows must lie in [0, {n}), got {rows.min()}..{rows.max()}")
+        if out is None:
+            out = np.empty((rows.size, *layout.row_shape), dtype=layout.dtype)
+        elif out.shape != (rows.size, *layout.row_shape) or out.dtype != layout.dtype or not out.flags.c_contiguous:
+            raise ValueError(f"out must be C-contiguous {(rows.size, *layout.row_shape)} {layout.dtype}")
+        if rows.size == 0:
+            return out
+        flat = out.reshape(rows.size, -1).view(np.uint8)  # one byte row per output row
+        expected = layout.row_nbytes
+        per_shard = layout.shard_rows
+        raw = layout.codec == "raw"
+        order = np.argsort(rows, kind="stable")
+        sorted_rows = rows[order].tolist()
+        positions = order.tolist()
+        current, entry = -1, None
+        for row, pos in zip(sorted_rows, positions):
+            shard, local = divmod(row, per_shard)
+            if shard != current:
+                entry = self._shard(shard, row)
+                current = shard
+            offset = entry.offsets[local]
+            size = entry.nbytes[local]
+            if offset == EMPTY:
+                out[pos] = layout.fill_value
+                continue
+            src = entry.data[offset:offset + size]
+            if raw:
+                if size != expected:
+                    raise self._corrupt(entry.path, row, f"chunk of {size} bytes, expected {expected}")
+                flat[pos] = src
+                continue
+            # Blosc header: uncompressed bytes at 4..8, compressed bytes at 12..16
+            if size < BLOSC_HEADER:
+                raise self._corrupt(entry.path, row, f"blosc chunk of {size} bytes has no header")
+            header = src[:BLOSC_HEADER].view("<u4")
+            if int(header[1]) != expected or int(header[3]) != size:
+                raise self._corrupt(
+                    entry.path, row,
+                    f"blosc chunk decodes to {int(header[1])} bytes from {int(header[3])}, "
+                    f"expected {expected} from {size}",
+                )
+            try:
+                blosc.decompress(src, flat[pos])
+            except Exception as exc:  # numcodecs raises RuntimeError; keep any reason
+                raise self._corrupt(entry.path, row, f"blosc chunk does not decode: {exc}") from None
+        return out
+
+    def read_row(self, row: int) -> np.ndarray:
+        """One row as (*row_shape) of ``dtype``."""
+        return self.read([row])[0]
+
+
+class ZarrRowReader:
+    """The fallback: rows through zarr-python (any codec, any store zarr-python can open).
+
+    Args:
+        array: an open ``zarr.Array``.
+        name: the array's name, for messages.
+    """
+
+    def __init__(self, array: zarr.Array, name: str) -> None:
+        self.array = array
+        self.name = name
+        self.shape = tuple(array.shape)
+        self.dtype = np.dtype(array.dtype)
+
+    def read(self, rows: Sequence[int] | np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows ``rows`` (any order, repeats allowed) as (len(rows), *row_shape)."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        n = self.shape[0]
+        if rows.size and (rows.min() < 0 or rows.max() >= n):
+            raise IndexError(f"{self.name}: rows must lie in [0, {n}), got {rows.min()}..{rows.max()}")
+        # one orthogonal selection of the sorted unique rows: zarr fetches whole shards' chunks at once
+        unique, inverse = np.unique(rows, return_inverse=True)
+        data = np.asarray(self.array.get_orthogonal_selection((unique,))) if unique.size else np.empty(
+            (0, *self.shape[1:]), dtype=self.dtype)
+        result = data[inverse]
+        if out is None:
+            return np.ascontiguousarray(result)
+        out[...] = result
+        return out
+
+    def read_row(self, row: int) -> np.ndarray:
+        """One row as (*row_shape)."""
+        return self.read([row])[0]
+
+
+def fast_reader(array_dir: str | Path, name: str, row_name: Callable[[int], str] | None = None) -> ShardReader | None:
+    """A :class:`ShardReader` for the local array folder ``array_dir``, or None when its
+    ``zarr.json`` describes a layout this reader does not support (or cannot be read)."""
+    try:
+        metadata = json.loads((Path(array_dir) / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return None
+    layout = parse_layout(metadata)
+    if layout is None:
+        return None
+    return ShardReader(array_dir, layout, name, row_name)
+
+
+def row_reader(array: zarr.Array, name: str, local_dir: str | Path | None,
+               row_name: Callable[[int], str] | None = None) -> RowReader:
+    """The fastest reader for ``array``: :class:`ShardReader` when ``local_dir`` (its folder
+    on a local file system) holds a supported layout, else :class:`ZarrRowReader`."""
+    if local_dir is not None:
+        reader = fast_reader(local_dir, name, row_name)
+        if reader is not None:
+            return reader
+    return ZarrRowReader(array, name)
