@@ -492,8 +492,11 @@ def plot_quality(quality: SplitQuality, path: str | Path, *, title: str | None =
                                       gridspec_kw={"height_ratios": [3, 2]})
     width = 0.27
     for c, subset in enumerate(SUBSETS):
-        top.bar(x + (c - 1) * width, table[f"count_{subset}"].clip(lower=0.8), width, label=subset, color=colours[subset])
+        heights = table[f"count_{subset}"].to_numpy(dtype=np.float64)
+        heights[heights == 0] = np.nan  # no bar (a zero has no place on a log axis)
+        top.bar(x + (c - 1) * width, heights, width, label=subset, color=colours[subset])
     top.set_yscale("log")
+    top.set_ylim(bottom=0.5)
     top.set_ylabel("patches with the label (log)")
     top.legend(loc="upper right")
     top.grid(axis="y", which="major", alpha=0.3)

@@ -1,0 +1,194 @@
+"""Benchmark ``benzarr split`` at BigEarthNet v1 scale beside the bare iterative-stratification call.
+
+A labels-only store of 519,284 patches (the official train/val/test names, so ``official``
+matches every patch) with a synthetic 43-class label matrix of BigEarthNet's skew: per-class
+Bernoulli draws with :data:`benzarr.bigearthnet.CLC43_FREQUENCY`, 1 to 6 labels a patch.
+
+Measured, each in a fresh process (so imports and peak memory count), in one run:
+
+* ``package``: the bare ``MultilabelStratifiedKFold(5, shuffle=True, random_state=0)`` on the
+  label matrix already in memory (the call alone, and with its scikit-learn import);
+* ``benzarr split --method iterative|random|official`` end to end: start, open the store,
+  read labels and names, split, write, measure quality beside a random split;
+* ``stratify``: :func:`benzarr.stratify.kfold_assignment` alone, and a check that it returns the
+  package's folds.
+
+Prints a table with ratios to the package call and writes ``benchmarks/results/split.json``.
+
+Usage::
+
+    python benchmarks/split.py            # full size (519,284 x 43)
+    python benchmarks/split.py --quick    # 50,000 patches
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benzarr.bigearthnet import CLC19_FROM_CLC43, CLC43_FREQUENCY
+
+FULL_SIZE = 519_284
+QUICK_SIZE = 50_000
+RESULTS = Path(__file__).resolve().parent / "results" / "split.json"
+
+# Runs one thing in a child process and prints its JSON result; peak RSS from getrusage.
+_CHILD = r"""
+import json, resource, sys, time
+what, store, labels_file = sys.argv[1], sys.argv[2], sys.argv[3]
+out = {}
+if what == "package":
+    import numpy as np
+    y = np.load(labels_file)
+    t = time.perf_counter()
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+    out["import_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    folds = np.full(y.shape[0], -1, np.int8)
+    for i, (_, test) in enumerate(MultilabelStratifiedKFold(n_splits=5, shuffle=True, random_state=0).split(np.zeros(y.shape[0]), y)):
+        folds[test] = i
+    out["call_s"] = time.perf_counter() - t
+    np.save(labels_file + ".package_folds.npy", folds)
+elif what == "stratify":
+    import numpy as np
+    y = np.load(labels_file)
+    from benzarr.stratify import kfold_assignment
+    t = time.perf_counter()
+    folds = kfold_assignment(y, 5, 0)
+    out["call_s"] = time.perf_counter() - t
+    out["equal_to_package"] = bool((folds == np.load(labels_file + ".package_folds.npy")).all())
+else:
+    from benzarr_cli.main import app
+    t = time.perf_counter()
+    sys.argv = ["benzarr", "split", store, "--name", what, "--method", what, "--overwrite", "--quiet"]
+    app(sys.argv[1:], standalone_mode=False)
+    out["call_s"] = time.perf_counter() - t
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the forking parent
+hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM:")]
+out["peak_rss_mb"] = int(hwm[0].split()[1]) / 1024 if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps(out))
+"""
+
+
+def skewed_labels(n: int, seed: int = 0, max_labels: int = 6) -> np.ndarray:
+    """(n, 43) uint8: per-class Bernoulli with BigEarthNet's frequencies, 1..max_labels a row."""
+    rng = np.random.default_rng(seed)
+    p = np.asarray(CLC43_FREQUENCY)
+    labels = (rng.random((n, p.size), dtype=np.float32) < p).astype(np.uint8)
+    empty = np.flatnonzero(labels.sum(axis=1) == 0)
+    labels[empty, rng.choice(p.size, empty.size, p=p / p.sum())] = 1
+    over = np.flatnonzero(labels.sum(axis=1) > max_labels)
+    if over.size:  # keep a random max_labels of the labels of crowded rows
+        keys = np.where(labels[over] == 1, rng.random((over.size, p.size)), np.inf)
+        rank = keys.argsort(axis=1).argsort(axis=1)
+        labels[over] = (labels[over] == 1) & (rank < max_labels)
+    return labels
+
+
+def build_store(path: Path, n: int) -> np.ndarray:
+    """A complete labels-only store of the first ``n`` official patch names (sorted)."""
+    from benzarr.split import official_lists
+    from benzarr.store import create_store
+
+    names = sorted(name for names in official_lists().values() for name in names)
+    if n < len(names):
+        names = sorted(np.random.default_rng(1).choice(names, n, replace=False).tolist())
+    labels = skewed_labels(len(names))
+    store = create_store(path, names, modalities=())
+    store.group["labels/clc43"][:] = labels
+    store.group["labels/clc19"][:] = np.stack([labels[:, list(c)].max(axis=1) for c in CLC19_FROM_CLC43], axis=1)
+    store.group["meta/valid"][:] = np.ones(len(names), dtype=bool)
+    store.update_attrs(complete=True)
+    return labels
+
+
+def child(what: str, store: Path, labels_file: Path) -> dict:
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", _CHILD, what, str(store), str(labels_file)],
+                          capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what} failed:\n{proc.stderr}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["process_s"] = wall
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK_SIZE:,} patches instead of {FULL_SIZE:,}")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each measurement (best is kept)")
+    parser.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/split.json")
+    args = parser.parse_args()
+    n = QUICK_SIZE if args.quick else FULL_SIZE
+
+    work = Path(tempfile.mkdtemp(prefix="benzarr-split-bench-"))
+    try:
+        store = work / "store.zarr"
+        t = time.perf_counter()
+        labels = build_store(store, n)
+        build_s = time.perf_counter() - t
+        labels_file = work / "labels.npy"
+        np.save(labels_file, labels)
+
+        runs: dict[str, dict] = {}
+        for what in ("package", "stratify", "iterative", "random", "official"):
+            best = None
+            for _ in range(args.repeat):
+                result = child(what, store, labels_file)
+                if best is None or result["call_s"] < best["call_s"]:
+                    best = result
+            runs[what] = best
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    bare = runs["package"]["call_s"]
+    rows = [
+        ("package MultilabelStratifiedKFold call", runs["package"]["call_s"], runs["package"]),
+        ("package call + scikit-learn import", runs["package"]["call_s"] + runs["package"]["import_s"], runs["package"]),
+        ("benzarr.stratify.kfold_assignment", runs["stratify"]["call_s"], runs["stratify"]),
+        ("benzarr split --method iterative", runs["iterative"]["call_s"], runs["iterative"]),
+        ("benzarr split --method random", runs["random"]["call_s"], runs["random"]),
+        ("benzarr split --method official", runs["official"]["call_s"], runs["official"]),
+    ]
+    print(f"split benchmark: {n:,} x 43 labels, {labels.sum(axis=1).mean():.2f} labels a patch, "
+          f"store built in {build_s:.1f} s")
+    print(f"{'what':<42} {'seconds':>8} {'x package':>10} {'process s':>10} {'peak MB':>8}")
+    for label, seconds, run in rows:
+        print(f"{label:<42} {seconds:>8.2f} {seconds / bare:>10.2f} {run['process_s']:>10.2f} {run['peak_rss_mb']:>8.0f}")
+    print(f"benzarr.stratify folds equal to the package's: {runs['stratify']['equal_to_package']}")
+
+    if not args.no_save:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        record = {
+            "benchmark": "split",
+            "n_patches": n,
+            "n_labels": int(labels.shape[1]),
+            "mean_labels_per_patch": float(labels.sum(axis=1).mean()),
+            "quick": args.quick,
+            "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                        "cpus": os.cpu_count()},
+            "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "note": "call_s: inside the process (imports excluded except for CLI runs, which time the "
+                    "whole app call); process_s: the child process start to exit; peak_rss_mb: child's "
+                    "maximum resident set (VmHWM)",
+            "runs": runs,
+            "ratios_to_package_call": {what: runs[what]["call_s"] / bare for what in runs},
+            "targets": {"whole_split_under_s": 10, "ratio_to_package_at_most": 1.3, "memory_under_mb": 1024},
+        }
+        RESULTS.write_text(json.dumps(record, indent=2) + "\n")
+        print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
