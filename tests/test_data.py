@@ -1,0 +1,287 @@
+"""BigEarthNetDataset, BatchTransform and make_loader: what a training script relies on."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import zarr
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from benzarr.bigearthnet import BANDS, CLC19, RGB_BANDS, band_location
+from benzarr.data import BatchTransform, BigEarthNetDataset, make_loader
+from benzarr.errors import InvalidArgumentError, SplitNotFoundError, StoreCorruptError, StoreIncompleteError
+from benzarr.shards import ShardReader, ZarrRowReader
+from benzarr.store import open_store
+from tests.conftest import copy_tree
+
+
+@pytest.fixture(scope="module")
+def split_store(tmp_path_factory: pytest.TempPathFactory, synth_store_64: Path) -> Path:
+    """The 64-patch lz4 store with a split ``s``: 40 train, 12 val, 10 test, 2 excluded."""
+    store = copy_tree(synth_store_64, tmp_path_factory.mktemp("split") / "store.zarr")
+    codes = np.array([0] * 40 + [1] * 12 + [2] * 10 + [-1] * 2, dtype=np.int8)
+    codes = np.random.default_rng(0).permutation(codes)
+    open_store(store, mode="r+").write_split("s", codes, {"method": "test"})
+    return store
+
+
+@pytest.fixture(scope="module")
+def native(synth_store_64: Path) -> dict[str, np.ndarray]:
+    """All band arrays and labels of the store, read with zarr-python."""
+    group = zarr.open_group(str(synth_store_64), mode="r")
+    return {name: np.asarray(group[path][:]) for name, path in
+            [("10m", "s2/10m"), ("20m", "s2/20m"), ("60m", "s2/60m"), ("clc43", "labels/clc43"),
+             ("clc19", "labels/clc19")]}
+
+
+def reference_image(native: dict[str, np.ndarray], row: int, bands: list[str] | tuple[str, ...]) -> torch.Tensor:
+    """(C, 120, 120): each native band upsampled with F.interpolate(bilinear, align_corners=False)."""
+    planes = []
+    for band in bands:
+        group, channel = band_location(band)
+        plane = torch.from_numpy(native[group][row, channel].astype(np.float32))[None, None]
+        if plane.shape[-1] != 120:
+            plane = F.interpolate(plane, size=(120, 120), mode="bilinear", align_corners=False)
+        planes.append(plane[0, 0])
+    return torch.stack(planes)
+
+
+# -- samples ---------------------------------------------------------------------------
+
+
+def test_sample_is_a_torchgeo_style_dict(synth_store_64: Path, native: dict[str, np.ndarray]) -> None:
+    ds = BigEarthNetDataset(synth_store_64)
+    assert len(ds) == 64 and ds.fast
+    sample = ds[5]
+    assert set(sample) == {"image", "label", "index"}
+    assert sample["image"].dtype == torch.float32 and sample["image"].shape == (12, 120, 120)
+    assert sample["label"].dtype == torch.float32 and sample["label"].shape == (43,)
+    assert sample["index"] == 5
+    np.testing.assert_array_equal(sample["label"].numpy(), native["clc43"][5])
+
+
+def test_sample_image_is_bilinear_upsampling_of_native_arrays(synth_store_64: Path,
+                                                              native: dict[str, np.ndarray]) -> None:
+    ds = BigEarthNetDataset(synth_store_64)
+    for i in (0, 17, 63):
+        assert torch.equal(ds[i]["image"], reference_image(native, i, BANDS))
+    assert ds[-1]["index"] == 63
+
+
+def test_rgb_is_b04_b03_b02(synth_store_64: Path, native: dict[str, np.ndarray]) -> None:
+    ds = BigEarthNetDataset(synth_store_64, bands="rgb")
+    assert ds.bands == RGB_BANDS == ("B04", "B03", "B02")
+    assert torch.equal(ds[3]["image"], torch.from_numpy(native["10m"][3, [2, 1, 0]].astype(np.float32)))
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(bands=st.lists(st.sampled_from(BANDS), min_size=1, max_size=12, unique=True), row=st.integers(0, 63))
+def test_band_selection_returns_those_bands_in_that_order(synth_store_64: Path, native: dict[str, np.ndarray],
+                                                          bands: list[str], row: int) -> None:
+    ds = BigEarthNetDataset(synth_store_64, bands=bands)
+    assert torch.equal(ds[row]["image"], reference_image(native, row, bands))
+    batch = ds.__getitems__([row])
+    needed = {band_location(b)[0] for b in bands}
+    assert set(batch) == needed | {"label", "index"}  # only the band groups the bands need
+
+
+def test_unknown_band_is_named_with_the_valid_ones(synth_store_64: Path) -> None:
+    with pytest.raises(InvalidArgumentError, match=r"'B10'.*B01, B02.*B12"):
+        BigEarthNetDataset(synth_store_64, bands=["B02", "B10"])
+    with pytest.raises(InvalidArgumentError, match="rgbn"):
+        BigEarthNetDataset(synth_store_64, bands="rgbn")
+
+
+def test_clc19_labels(synth_store_64: Path, native: dict[str, np.ndarray]) -> None:
+    ds = BigEarthNetDataset(synth_store_64, labels="clc19")
+    assert ds.classes == list(CLC19)
+    np.testing.assert_array_equal(ds[9]["label"].numpy(), native["clc19"][9])
+    with pytest.raises(InvalidArgumentError, match="clc20"):
+        BigEarthNetDataset(synth_store_64, labels="clc20")
+
+
+def test_normalize_uses_store_band_statistics(synth_store_64: Path) -> None:
+    stats = open_store(synth_store_64).band_stats()
+    bands = ["B8A", "B02", "B09"]
+    plain = BigEarthNetDataset(synth_store_64, bands=bands)[7]["image"]
+    normal = BigEarthNetDataset(synth_store_64, bands=bands, normalize=True)[7]["image"]
+    for c, band in enumerate(bands):
+        expected = (plain[c] - stats[band]["mean"]) / stats[band]["std"]
+        torch.testing.assert_close(normal[c], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_transform_is_applied_to_samples(synth_store_64: Path) -> None:
+    ds = BigEarthNetDataset(synth_store_64, bands="rgb", transform=lambda s: {**s, "image": s["image"] * 0})
+    assert ds[0]["image"].abs().sum() == 0
+
+
+# -- batches ---------------------------------------------------------------------------
+
+
+def test_getitems_returns_native_uint16_groups(synth_store_64: Path, native: dict[str, np.ndarray]) -> None:
+    ds = BigEarthNetDataset(synth_store_64)
+    indices = [40, 3, 3, 63, 0, 17]  # across shards, repeated, unsorted
+    batch = ds.__getitems__(indices)
+    assert {k: (tuple(v.shape), v.dtype) for k, v in batch.items()} == {
+        "10m": ((6, 4, 120, 120), torch.uint16), "20m": ((6, 6, 60, 60), torch.uint16),
+        "60m": ((6, 2, 20, 20), torch.uint16), "label": ((6, 43), torch.uint8), "index": ((6,), torch.int64)}
+    for group in ("10m", "20m", "60m"):
+        np.testing.assert_array_equal(batch[group].numpy(), native[group][indices])
+    np.testing.assert_array_equal(batch["label"].numpy(), native["clc43"][indices])
+
+
+def test_zarr_fallback_reads_the_same_batches(synth_store_64: Path) -> None:
+    fast = BigEarthNetDataset(synth_store_64)
+    slow = BigEarthNetDataset(synth_store_64)
+    slow._readers = {g: ZarrRowReader(r.array if hasattr(r, "array") else zarr.open_array(str(r.array_dir)), g)
+                     for g, r in fast.readers.items()}
+    assert all(isinstance(r, ShardReader) for r in fast.readers.values())
+    indices = [1, 60, 30, 1]
+    a, b = fast.__getitems__(indices), slow.__getitems__(indices)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_batch_transform_matches_single_samples(synth_store_64: Path) -> None:
+    ds = BigEarthNetDataset(synth_store_64, bands=["B12", "B04", "B01"], normalize=True)
+    out = BatchTransform(ds.bands, "cpu", ds.mean, ds.std)(ds.__getitems__([2, 50]))
+    assert out["image"].shape == (2, 3, 120, 120) and out["label"].dtype == torch.float32
+    torch.testing.assert_close(out["image"][1], ds[50]["image"])
+
+
+def test_split_subsets_and_unknown_split(split_store: Path) -> None:
+    store = open_store(split_store)
+    codes, _ = store.read_split("s")
+    for subset, code in (("train", 0), ("val", 1), ("test", 2)):
+        ds = BigEarthNetDataset(split_store, split="s", subset=subset)
+        np.testing.assert_array_equal(ds.rows, np.flatnonzero(codes == code))
+        assert ds[0]["index"] == ds.rows[0]
+    assert len(BigEarthNetDataset(split_store, split="s")) == 62
+    with pytest.raises(SplitNotFoundError, match=r"'official'.*s"):
+        BigEarthNetDataset(split_store, split="official")
+
+
+def test_incomplete_store_is_refused(tmp_path: Path, synth_store_64: Path) -> None:
+    store = copy_tree(synth_store_64, tmp_path / "store.zarr")
+    open_store(store, mode="r+").update_attrs(complete=False)
+    with pytest.raises(StoreIncompleteError):
+        BigEarthNetDataset(store)
+
+
+def test_corrupt_shard_names_array_file_and_patch(tmp_path: Path, synth_store_64: Path) -> None:
+    store = copy_tree(synth_store_64, tmp_path / "store.zarr")
+    shard = store / "s2" / "20m" / "c" / "2" / "0" / "0" / "0"
+    raw = bytearray(shard.read_bytes())
+    raw[-20] ^= 0x01
+    shard.write_bytes(bytes(raw))
+    ds = BigEarthNetDataset(store)
+    name = open_store(store).patch_names()[35]
+    ds[20]  # other shards read fine
+    with pytest.raises(StoreCorruptError) as info:
+        ds[35]
+    assert "s2/20m" in str(info.value) and str(shard) in str(info.value)
+    assert "row 35" in str(info.value) and name in str(info.value)
+
+
+def test_dataset_pickles_without_maps(synth_store_64: Path) -> None:
+    ds = BigEarthNetDataset(synth_store_64)
+    ds[0]
+    clone = pickle.loads(pickle.dumps(ds))
+    assert clone._readers is None and clone._store is None
+    assert torch.equal(clone[0]["image"], ds[0]["image"])
+
+
+def test_plot_shows_rgb_with_labels(synth_store_64: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    ds = BigEarthNetDataset(synth_store_64)
+    sample = ds[4]
+    figure = ds.plot(sample)
+    title = figure.axes[0].get_title()
+    assert all(ds.classes[i] in title for i in np.flatnonzero(sample["label"].numpy()))
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)
+
+
+# -- loader ----------------------------------------------------------------------------
+
+
+def _epoch(loader) -> list[dict[str, torch.Tensor]]:
+    return [{k: v.clone() for k, v in batch.items()} for batch in loader]
+
+
+def test_loader_is_deterministic_for_a_seed(split_store: Path) -> None:
+    ds = BigEarthNetDataset(split_store, split="s", subset="train", bands="rgb")
+    first = make_loader(ds, 16, True, 0, seed=3, device="cpu")
+    second = make_loader(ds, 16, True, 0, seed=3, device="cpu")
+    assert len(first) == 3
+    a, b = _epoch(first), _epoch(second)
+    assert all(torch.equal(x[k], y[k]) for x, y in zip(a, b) for k in x)
+    assert sorted(torch.cat([x["index"] for x in a]).tolist()) == ds.rows.tolist()
+    first.set_epoch(1)
+    reshuffled = torch.cat([x["index"] for x in _epoch(first)])
+    assert not torch.equal(reshuffled, torch.cat([x["index"] for x in a]))
+    second.set_epoch(1)
+    assert torch.equal(reshuffled, torch.cat([x["index"] for x in _epoch(second)]))
+    other = torch.cat([x["index"] for x in _epoch(make_loader(ds, 16, True, 0, seed=4, device="cpu"))])
+    assert not torch.equal(other, torch.cat([x["index"] for x in a]))
+
+
+def test_loader_batches_are_device_transformed(synth_store_64: Path) -> None:
+    ds = BigEarthNetDataset(synth_store_64, bands=["B09", "B03"])
+    batch = next(iter(make_loader(ds, 8, False, 0, seed=0, device="cpu")))
+    assert batch["image"].shape == (8, 2, 120, 120) and batch["image"].dtype == torch.float32
+    assert batch["label"].shape == (8, 43) and batch["label"].dtype == torch.float32
+    assert torch.equal(batch["index"], torch.arange(8))
+    assert torch.equal(batch["image"][6], ds[6]["image"])
+
+
+def test_workers_deliver_the_same_batches(synth_store_64: Path) -> None:
+    ds = BigEarthNetDataset(synth_store_64)
+    ds[0]  # maps shards in this process first: workers must not rely on them
+    serial = make_loader(ds, 10, True, 0, seed=7, device="cpu")
+    parallel = make_loader(ds, 10, True, 2, seed=7, device="cpu")
+    for epoch in (0, 1):  # persistent workers follow set_epoch
+        serial.set_epoch(epoch)
+        parallel.set_epoch(epoch)
+        a, b = _epoch(serial), _epoch(parallel)
+        assert len(a) == len(b) == 7
+        assert all(torch.equal(x[k], y[k]) for x, y in zip(a, b) for k in x)
+
+
+def _distributed_worker(rank: int, world: int, store: str, init: str, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
+    try:
+        ds = BigEarthNetDataset(store, split="s", subset="train", bands=["B01"])
+        loader = make_loader(ds, 8, True, 0, seed=1, device="cpu", distributed=True)
+        rows = [batch["index"] for batch in loader]
+        torch.save({"rows": torch.cat(rows), "batches": len(loader)}, f"{out}/{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distributed_ranks_cover_the_subset_disjointly(tmp_path: Path, split_store: Path) -> None:
+    import torch.multiprocessing as mp
+
+    mp.spawn(_distributed_worker, args=(2, str(split_store), str(tmp_path / "init"), str(tmp_path)),
+             nprocs=2, join=True)
+    parts = [torch.load(tmp_path / f"{rank}.pt") for rank in range(2)]
+    rows = [set(p["rows"].tolist()) for p in parts]
+    assert all(len(p["rows"]) == 20 and p["batches"] == 3 for p in parts)
+    assert rows[0].isdisjoint(rows[1])
+    expected = BigEarthNetDataset(split_store, split="s", subset="train").rows
+    assert rows[0] | rows[1] == set(expected.tolist())
+
+
+def test_distributed_needs_a_process_group(synth_store_64: Path) -> None:
+    with pytest.raises(InvalidArgumentError, match="init_process_group"):
+        make_loader(BigEarthNetDataset(synth_store_64), 4, True, 0, seed=0, device="cpu", distributed=True)

@@ -1,0 +1,78 @@
+"""A store on S3 (a local moto server) reads through zarr-python's fsspec path, like a local one."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("moto")
+pytest.importorskip("s3fs")
+boto3 = pytest.importorskip("boto3")
+
+from benzarr.data import BigEarthNetDataset, make_loader  # noqa: E402
+from benzarr.errors import StoreNotFoundError  # noqa: E402
+from benzarr.shards import ZarrRowReader  # noqa: E402
+
+BUCKET = "benzarr-test"
+CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3_store(synth_store_64: Path) -> Iterator[tuple[str, dict]]:
+    """The 64-patch store uploaded to a moto S3 server on 127.0.0.1: (URL, storage_options)."""
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        client = boto3.client("s3", endpoint_url=endpoint, **CREDENTIALS)
+        client.create_bucket(Bucket=BUCKET)
+        for path in synth_store_64.rglob("*"):
+            if path.is_file():
+                key = f"store.zarr/{path.relative_to(synth_store_64).as_posix()}"
+                client.upload_file(str(path), BUCKET, key)
+        options = {"key": "testing", "secret": "testing", "anon": False,
+                   "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"}}
+        yield f"s3://{BUCKET}/store.zarr", options
+    finally:
+        server.stop()
+
+
+def test_s3_store_reads_like_the_local_store(s3_store: tuple[str, dict], synth_store_64: Path) -> None:
+    url, options = s3_store
+    remote = BigEarthNetDataset(url, bands=["B04", "B8A", "B01"], storage_options=options)
+    local = BigEarthNetDataset(synth_store_64, bands=["B04", "B8A", "B01"])
+    assert len(remote) == len(local) == 64
+    assert all(isinstance(r, ZarrRowReader) for r in remote.readers.values())
+    for i in (0, 33):
+        a, b = remote[i], local[i]
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
+    indices = [63, 2, 17, 2]
+    a, b = remote.__getitems__(indices), local.__getitems__(indices)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_s3_loader_batches(s3_store: tuple[str, dict]) -> None:
+    url, options = s3_store
+    ds = BigEarthNetDataset(url, bands="rgb", storage_options=options)
+    rows = np.concatenate([b["index"].numpy() for b in make_loader(ds, 16, True, 0, seed=0, device="cpu")])
+    assert sorted(rows.tolist()) == list(range(64))
+
+
+def test_missing_s3_store_is_not_found(s3_store: tuple[str, dict]) -> None:
+    _, options = s3_store
+    with pytest.raises(StoreNotFoundError):
+        BigEarthNetDataset(f"s3://{BUCKET}/nothing.zarr", storage_options=options)

@@ -1,0 +1,199 @@
+"""The memory-mapped shard reader returns exactly what zarr-python returns, and names corruption."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from zarr.codecs import BloscCodec, GzipCodec
+
+from benzarr.errors import StoreCorruptError
+from benzarr.shards import EMPTY, ShardReader, ZarrRowReader, fast_reader, parse_layout, row_reader
+from benzarr.store import band_compressors
+
+ROW_SHAPE = (2, 6, 6)
+
+
+def make_array(path: Path, data: np.ndarray, shard_rows: int, compression: str, written: np.ndarray) -> zarr.Array:
+    """A band-like array as ``benzarr ingest`` writes it; only rows in ``written`` are stored."""
+    array = zarr.create_array(
+        str(path), shape=data.shape, dtype="uint16", chunks=(1, *data.shape[1:]),
+        shards=(shard_rows, *data.shape[1:]), compressors=band_compressors(compression), fill_value=0,
+        zarr_format=3,
+    )
+    for row in np.flatnonzero(written):
+        array[row] = data[row]
+    return array
+
+
+def read_both(path: Path, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    reader = fast_reader(path, "test")
+    assert isinstance(reader, ShardReader)
+    return reader.read(rows), zarr.open_array(str(path), mode="r")[:][rows]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    n=st.integers(1, 40),
+    shard_exp=st.integers(0, 4),
+    compression=st.sampled_from(["none", "lz4", "zstd"]),
+    seed=st.integers(0, 2**32 - 1),
+    data=st.data(),
+)
+def test_reader_equals_zarr_python_on_random_stores(tmp_path_factory: pytest.TempPathFactory, n: int,
+                                                     shard_exp: int, compression: str, seed: int,
+                                                     data: st.DataObject) -> None:
+    rng = np.random.default_rng(seed)
+    values = rng.integers(0, 2**16, size=(n, *ROW_SHAPE), dtype=np.uint16)
+    # some rows stay unwritten (empty chunks -> fill value), some are all zero (zarr skips them)
+    written = rng.random(n) < 0.85
+    values[rng.random(n) < 0.1] = 0
+    path = tmp_path_factory.mktemp("arr") / "a.zarr"
+    make_array(path, values, 2**shard_exp, compression, written)
+    rows = np.asarray(data.draw(st.lists(st.integers(0, n - 1), max_size=3 * n)), dtype=np.int64)
+    mine, theirs = read_both(path, rows)
+    assert mine.dtype == theirs.dtype == np.uint16
+    np.testing.assert_array_equal(mine, theirs)
+
+
+@pytest.mark.parametrize("compression", ["none", "lz4", "zstd"])
+def test_reader_equals_zarr_python_on_patch_sized_rows(tmp_path: Path, compression: str) -> None:
+    rng = np.random.default_rng(1)
+    values = rng.integers(0, 12000, size=(11, 4, 120, 120), dtype=np.uint16)
+    path = tmp_path / "a.zarr"
+    make_array(path, values, 4, compression, np.ones(11, bool))  # shards of 4, 4, 3 rows
+    rows = rng.integers(0, 11, size=30)
+    mine, theirs = read_both(path, rows)
+    np.testing.assert_array_equal(mine, theirs)
+    np.testing.assert_array_equal(mine, values[rows])
+
+
+def test_layout_of_ingest_codecs_is_supported(tmp_path: Path) -> None:
+    for compression, codec in [("none", "raw"), ("lz4", "blosc"), ("zstd", "blosc")]:
+        make_array(tmp_path / compression, np.zeros((3, *ROW_SHAPE), np.uint16), 2, compression, np.zeros(3, bool))
+        layout = parse_layout(json.loads((tmp_path / compression / "zarr.json").read_text()))
+        assert layout is not None and layout.codec == codec and layout.shard_rows == 2
+
+
+def test_other_codecs_fall_back_to_zarr_python(tmp_path: Path) -> None:
+    values = np.arange(5 * 8, dtype=np.uint16).reshape(5, 2, 2, 2)
+    gzip = zarr.create_array(str(tmp_path / "gzip"), shape=values.shape, dtype="uint16", chunks=(1, 2, 2, 2),
+                             shards=(2, 2, 2, 2), compressors=[GzipCodec()], zarr_format=3)
+    gzip[:] = values
+    unsharded = zarr.create_array(str(tmp_path / "plain"), shape=values.shape, dtype="uint16",
+                                  chunks=(1, 2, 2, 2), compressors=[BloscCodec(cname="lz4")], zarr_format=3)
+    unsharded[:] = values
+    for array, folder in [(gzip, "gzip"), (unsharded, "plain")]:
+        assert fast_reader(tmp_path / folder, folder) is None
+        reader = row_reader(array, folder, tmp_path / folder)
+        assert isinstance(reader, ZarrRowReader)
+        np.testing.assert_array_equal(reader.read([4, 0, 4]), values[[4, 0, 4]])
+
+
+def test_missing_shard_file_reads_as_fill_value(tmp_path: Path) -> None:
+    values = np.ones((4, *ROW_SHAPE), np.uint16)
+    make_array(tmp_path / "a", values, 2, "lz4", np.array([True, True, False, False]))
+    assert not (tmp_path / "a" / "c" / "1" / "0" / "0" / "0").exists()
+    mine, theirs = read_both(tmp_path / "a", np.arange(4))
+    np.testing.assert_array_equal(mine, theirs)
+
+
+def test_reader_pickles_without_its_maps(tmp_path: Path) -> None:
+    values = np.full((4, *ROW_SHAPE), 7, np.uint16)
+    make_array(tmp_path / "a", values, 2, "none", np.ones(4, bool))
+    reader = fast_reader(tmp_path / "a", "a")
+    reader.read([0, 3])
+    assert reader._shards
+    clone = pickle.loads(pickle.dumps(reader))
+    assert clone._shards == {}
+    np.testing.assert_array_equal(clone.read([3]), values[[3]])
+
+
+# -- corruption ------------------------------------------------------------------------
+
+
+def _corrupt_store(tmp_path: Path, compression: str) -> tuple[Path, Path]:
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 5000, size=(8, *ROW_SHAPE), dtype=np.uint16)
+    make_array(tmp_path / "a", values, 4, compression, np.ones(8, bool))
+    return tmp_path / "a", tmp_path / "a" / "c" / "1" / "0" / "0" / "0"
+
+
+def _reader(path: Path) -> ShardReader:
+    return fast_reader(path, "s2/10m", row_name=lambda row: f"PATCH_{row}")
+
+
+def test_bad_index_checksum_names_array_file_and_patch(tmp_path: Path) -> None:
+    path, shard = _corrupt_store(tmp_path, "lz4")
+    raw = bytearray(shard.read_bytes())
+    raw[-10] ^= 0xFF  # inside the index, before the crc
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(StoreCorruptError) as info:
+        _reader(path).read([6])
+    message = str(info.value)
+    assert "s2/10m" in message and str(shard) in message and "crc32c" in message
+    assert "row 6" in message and "PATCH_6" in message
+    np.testing.assert_array_equal(_reader(path).read([1]).shape, (1, *ROW_SHAPE))  # other shard fine
+
+
+def _rewrite_index(shard: Path, n_chunks: int, change: callable) -> None:
+    import google_crc32c
+
+    raw = bytearray(shard.read_bytes())
+    start = len(raw) - 4 - 16 * n_chunks
+    index = np.frombuffer(bytes(raw[start:-4]), dtype="<u8").reshape(n_chunks, 2).copy()
+    change(index)
+    body = index.tobytes()
+    raw[start:-4] = body
+    raw[-4:] = google_crc32c.value(body).to_bytes(4, "little")
+    shard.write_bytes(bytes(raw))
+
+
+def test_chunk_outside_the_file_is_corrupt(tmp_path: Path) -> None:
+    path, shard = _corrupt_store(tmp_path, "none")
+
+    def push(index: np.ndarray) -> None:
+        index[2, 0] = 10**9
+
+    _rewrite_index(shard, 4, push)
+    with pytest.raises(StoreCorruptError, match=r"outside.*row 6, patch PATCH_6"):
+        _reader(path).read([5])
+
+
+def test_wrong_chunk_size_is_corrupt(tmp_path: Path) -> None:
+    path, shard = _corrupt_store(tmp_path, "none")
+
+    def shrink(index: np.ndarray) -> None:
+        index[1, 1] -= 2
+
+    _rewrite_index(shard, 4, shrink)
+    with pytest.raises(StoreCorruptError, match=r"expected 144.*row 5, patch PATCH_5"):
+        _reader(path).read([5])
+
+
+def test_undecodable_blosc_chunk_is_corrupt(tmp_path: Path) -> None:
+    path, shard = _corrupt_store(tmp_path, "lz4")
+    raw = bytearray(shard.read_bytes())
+    index = np.frombuffer(bytes(raw[-4 - 64:-4]), dtype="<u8").reshape(4, 2)
+    offset, nbytes = int(index[0, 0]), int(index[0, 1])
+    raw[offset + 16:offset + nbytes] = b"\xff" * (nbytes - 16)  # keep the header, garble the blocks
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(StoreCorruptError, match=r"s2/10m.*row 4, patch PATCH_4"):
+        _reader(path).read([4])
+
+
+def test_truncated_shard_is_corrupt(tmp_path: Path) -> None:
+    path, shard = _corrupt_store(tmp_path, "zstd")
+    shard.write_bytes(shard.read_bytes()[:20])
+    with pytest.raises(StoreCorruptError, match=str(shard)):
+        _reader(path).read([7])
+
+
+def test_empty_marker_constant_matches_spec() -> None:
+    assert EMPTY == 0xFFFF_FFFF_FFFF_FFFF
