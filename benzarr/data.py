@@ -59,10 +59,17 @@ def band_groups_for(bands: Sequence[str]) -> tuple[str, ...]:
 
 
 def _u16_to_float(x: torch.Tensor) -> torch.Tensor:
-    """uint16 tensor -> float32; torch's uint16 support is partial on some devices."""
+    """uint16 tensor -> float32 (same device).
+
+    torch's uint16 kernels are scalar (3.6x slower than numpy on the CPU here) and not
+    every device has them: the CPU converts through numpy, other devices try the direct
+    cast and fall back to widening the int16 view.
+    """
+    if x.device.type == "cpu":
+        return torch.from_numpy(x.numpy().astype(np.float32))
     try:
         return x.to(torch.float32)
-    except (RuntimeError, NotImplementedError):  # no direct kernel: widen through int32
+    except (RuntimeError, NotImplementedError):
         return x.view(torch.int16).to(torch.int32).bitwise_and_(0xFFFF).to(torch.float32)
 
 
@@ -92,42 +99,44 @@ class BatchTransform:
         self.bands = resolve_bands(list(bands))
         self.device = torch.device(device)
         self.groups = band_groups_for(self.bands)
-        self._channels: dict[str, torch.Tensor | None] = {}
-        concat: list[str] = []
+        # per group: channels to keep (None: all, in order) and their output channels
+        self._plan: list[tuple[str, torch.Tensor | None, list[int]]] = []
         for group in self.groups:
             names = BAND_GROUPS[group][0]
             keep = [c for c, name in enumerate(names) if name in self.bands]
-            # None: the whole group is used, no channel gather needed
-            self._channels[group] = None if len(keep) == len(names) else torch.tensor(keep, device=self.device)
-            concat.extend(names[c] for c in keep)
-        perm = [concat.index(b) for b in self.bands]
-        self._perm = None if perm == list(range(len(perm))) else torch.tensor(perm, device=self.device)
+            gather = None if len(keep) == len(names) else torch.tensor(keep, device=self.device)
+            self._plan.append((group, gather, [self.bands.index(names[c]) for c in keep]))
         if (mean is None) != (std is None):
             raise InvalidArgumentError("give both mean and std, or neither")
+        self._norm: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
         if mean is not None and std is not None:
             if len(mean) != len(self.bands) or len(std) != len(self.bands):
                 raise InvalidArgumentError(f"mean and std need one value per band ({len(self.bands)})")
-            self._mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-            self._std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-        else:
-            self._mean = self._std = None
+            self._norm = {}
+            for group, _, slots in self._plan:
+                m = torch.tensor([mean[k] for k in slots], dtype=torch.float32, device=self.device)
+                s = torch.tensor([std[k] for k in slots], dtype=torch.float32, device=self.device)
+                self._norm[group] = (m.view(1, -1, 1, 1), s.view(1, -1, 1, 1))
 
     def image(self, batch: Batch) -> torch.Tensor:
         """The (B, C, 120, 120) float32 image of ``batch`` on the device."""
-        parts = []
-        for group in self.groups:
+        size = int(torch.as_tensor(batch["index"]).shape[0])
+        image = torch.empty((size, len(self.bands), PATCH_SIDE, PATCH_SIDE), dtype=torch.float32, device=self.device)
+        for group, gather, slots in self._plan:
             x = _u16_to_float(torch.as_tensor(batch[group]).to(self.device, non_blocking=True))
-            channels = self._channels[group]
-            if channels is not None:
-                x = x.index_select(1, channels)
+            if gather is not None:
+                x = x.index_select(1, gather)
+            if self._norm is not None:
+                # normalising before upsampling is the same affine map on fewer pixels
+                mean, std = self._norm[group]
+                x = x.sub_(mean).div_(std)
             if x.shape[-1] != PATCH_SIDE or x.shape[-2] != PATCH_SIDE:
                 x = F.interpolate(x, size=(PATCH_SIDE, PATCH_SIDE), mode="bilinear", align_corners=False)
-            parts.append(x)
-        image = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-        if self._perm is not None:
-            image = image.index_select(1, self._perm)
-        if self._mean is not None:
-            image = image.sub_(self._mean).div_(self._std)
+            if slots == list(range(slots[0], slots[0] + len(slots))):
+                image[:, slots[0]:slots[0] + len(slots)] = x
+            else:
+                for c, slot in enumerate(slots):
+                    image[:, slot] = x[:, c]
         return image
 
     def __call__(self, batch: Batch) -> Batch:

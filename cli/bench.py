@@ -1,0 +1,38 @@
+"""``benzarr bench``: how fast this store loads on this machine."""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import typer
+
+from benzarr.bench import bench_store
+from benzarr_cli._common import console
+
+
+def command(
+    store: str = typer.Argument(..., help="Path (or s3:// URL) of a benzarr store."),
+    batch_size: int = typer.Option(64, "--batch-size", "-b", help="Patches per batch."),
+    workers: int = typer.Option(2, "--workers", "-w", help="DataLoader workers for the parallel measurement."),
+    seconds: float = typer.Option(2.0, "--seconds", help="Minimum time per measurement."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random read order."),
+    endpoint_url: Optional[str] = typer.Option(None, "--endpoint-url", help="S3 endpoint for s3:// stores."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+) -> None:
+    """Measure loading throughput (patches/s, MB/s): single-sample and batched, with and without workers."""
+    options = {"client_kwargs": {"endpoint_url": endpoint_url}} if endpoint_url else None
+    results = bench_store(store, batch_size=batch_size, workers=workers, min_seconds=seconds, seed=seed,
+                          storage_options=options)
+    if as_json:
+        console.print_json(json.dumps([r.as_dict() for r in results]))
+        return
+    stored = results[0].stored_bytes_per_patch
+    console.print(f"store  {store}", markup=False)
+    console.print("random order, all 12 bands; MB/s of decoded uint16 native bytes "
+                  f"({results[0].bytes_per_patch:,} a patch"
+                  + (f", {stored:,.0f} on disk" if stored else "") + ")", markup=False)
+    console.print(f"  {'measurement':<20} {'patches/s':>11} {'MB/s':>9}", markup=False)
+    for r in results:
+        console.print(f"  {r.name:<20} {r.patches_per_s:>11,.0f} {r.mb_per_s:>9,.1f}", markup=False)
+    console.print("page cache as found: run twice to see warm-cache figures", markup=False, style="dim")
