@@ -1,0 +1,267 @@
+"""Run folders -> figures and tables (``benzarr report``).
+
+Input: run folders written by :func:`benzarr.train.train` (``config.json``, ``metrics.json``,
+TensorBoard event files). A folder without ``config.json`` but with run folders one level
+below (``--seeds`` writes ``seed-0/``, ``seed-1/``, ...) stands for all of them: one *group*.
+
+Output (``write_report``)::
+
+    curves.png    loss, micro-F1 and macro-F1 per epoch; train dashed, val solid; one line per
+                  group (mean over its runs), a band of +- one standard deviation across seeds
+    runs.csv/.md  one row per run: model, split, labels, seed, best epoch, test metrics
+    summary.csv/.md  one row per (model, split, labels, bands): n runs and, per test metric,
+                  the mean and the half-width of its 95% confidence interval across runs
+                  (Student t, n - 1 degrees of freedom; none for a single run). Grouping by
+                  split makes a comparison of splits (official vs stratified) one table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from benzarr.errors import InvalidArgumentError
+from benzarr.metrics import SCALAR_KEYS
+
+#: Test metrics of the tables, in column order.
+TABLE_METRICS: tuple[str, ...] = SCALAR_KEYS
+#: The columns that identify a configuration in the summary table.
+GROUP_KEYS: tuple[str, ...] = ("model", "split", "labels", "bands")
+
+
+@dataclass
+class Run:
+    """One run folder, read.
+
+    Attributes:
+        path: the folder.
+        group: the report group (the folder given on the command line).
+        config: ``config.json``.
+        metrics: ``metrics.json``, or None for a run that did not finish.
+        scalars: TensorBoard scalars, tag -> {epoch: value}.
+    """
+
+    path: Path
+    group: str
+    config: dict[str, Any]
+    metrics: dict[str, Any] | None
+    scalars: dict[str, dict[int, float]] = field(default_factory=dict)
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The run's training settings (``config.json`` ``settings``)."""
+        return self.config.get("settings", {})
+
+    def key(self) -> dict[str, str]:
+        """model, split, labels, bands of the run (the summary's grouping)."""
+        from benzarr.bigearthnet import BANDS, RGB_BANDS
+
+        s = self.settings
+        bands = s.get("bands")
+        if isinstance(bands, list):
+            bands = {tuple(BANDS): "all", tuple(RGB_BANDS): "rgb"}.get(tuple(bands), ",".join(bands))
+        return {"model": str(s.get("model")), "split": str(s.get("split")), "labels": str(s.get("labels")),
+                "bands": str(bands)}
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError as exc:
+        raise InvalidArgumentError(f"{path}: not valid JSON ({exc})") from None
+
+
+def find_runs(paths: Sequence[str | Path], scalars: bool = True) -> list[Run]:
+    """Read the run folders named by ``paths`` (a run folder, or a folder of run folders).
+
+    Raises:
+        InvalidArgumentError: a path is missing or holds no run folder.
+    """
+    from benzarr.tb import read_scalars
+
+    runs: list[Run] = []
+    for p in map(Path, paths):
+        if not p.is_dir():
+            raise InvalidArgumentError(f"{p}: no such run folder")
+        folders = [p] if (p / "config.json").is_file() else sorted(
+            (d for d in p.iterdir() if (d / "config.json").is_file()), key=_natural)
+        if not folders:
+            raise InvalidArgumentError(f"{p}: no run here (no config.json in it or in a folder below it); "
+                                       "give the --out folder of benzarr train")
+        for folder in folders:
+            config = _read_json(folder / "config.json") or {}
+            runs.append(Run(folder, str(p), config, _read_json(folder / "metrics.json"),
+                            read_scalars(folder) if scalars else {}))
+    return runs
+
+
+def _natural(path: Path) -> tuple:
+    # seed-10 after seed-2
+    name = path.name
+    digits = "".join(c for c in name if c.isdigit())
+    return (name.rstrip("0123456789"), int(digits) if digits else -1, name)
+
+
+def runs_table(runs: Sequence[Run]) -> pd.DataFrame:
+    """One row per run: identity, best epoch and every test metric (NaN if unfinished)."""
+    rows = []
+    for run in runs:
+        m = run.metrics or {}
+        test = m.get("test") or {}
+        rows.append({
+            "run": str(run.path), **run.key(), "seed": run.settings.get("seed"),
+            "epochs": m.get("epochs"), "best_epoch": m.get("best_epoch"), "n_test": test.get("n_samples"),
+            **{k: _num(test.get(k)) for k in TABLE_METRICS},
+        })
+    return pd.DataFrame(rows)
+
+
+def _num(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and half-width of the 95% confidence interval of the mean (Student t, n - 1 dof).
+
+    NaN values are left out; the half-width is NaN for fewer than two values.
+    """
+    from scipy import stats
+
+    x = np.asarray([v for v in values if not math.isnan(v)], dtype=np.float64)
+    if x.size == 0:
+        return math.nan, math.nan
+    if x.size == 1:
+        return float(x[0]), math.nan
+    half = stats.t.ppf(0.975, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size)
+    return float(x.mean()), float(half)
+
+
+def summary_table(runs: Sequence[Run]) -> pd.DataFrame:
+    """One row per (model, split, labels, bands) over the finished runs: ``n_runs``, and
+    ``<metric>_mean``, ``<metric>_ci95`` for each test metric."""
+    table = runs_table(runs)
+    table = table[table["n_test"].notna()] if len(table) else table
+    rows = []
+    if len(table):
+        for key, part in table.groupby(list(GROUP_KEYS), sort=False):
+            row: dict[str, Any] = dict(zip(GROUP_KEYS, key))
+            row["n_runs"] = len(part)
+            row["seeds"] = ",".join(str(s) for s in part["seed"])
+            for metric in TABLE_METRICS:
+                row[f"{metric}_mean"], row[f"{metric}_ci95"] = mean_ci95(part[metric].tolist())
+            rows.append(row)
+    return pd.DataFrame(rows, columns=[*GROUP_KEYS, "n_runs", "seeds",
+                                       *(f"{m}_{s}" for m in TABLE_METRICS for s in ("mean", "ci95"))])
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A GitHub Markdown table of ``frame`` (floats with 4 decimals, NaN as an empty cell)."""
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return "" if math.isnan(v) else f"{v:.4f}"
+        return str(v).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def summary_markdown(summary: pd.DataFrame) -> str:
+    """The summary as ``mean ± ci95`` cells (the form for a paper or README)."""
+    cols = ["micro_f1", "macro_f1", "micro_f2", "macro_f2", "micro_precision", "micro_recall",
+            "macro_precision", "macro_recall", "micro_map", "macro_map"]
+    out = summary[[*GROUP_KEYS, "n_runs"]].copy()
+    for metric in cols:
+        means, cis = summary[f"{metric}_mean"], summary[f"{metric}_ci95"]
+        out[metric] = [("" if math.isnan(m) else f"{m:.4f}") + ("" if math.isnan(c) else f" ± {c:.4f}")
+                       for m, c in zip(means, cis)]
+    return markdown_table(out)
+
+
+def plot_curves(runs: Sequence[Run], path: str | Path) -> Path:
+    """Loss, micro-F1 and macro-F1 per epoch (train dashed, val solid), one colour per group,
+    the mean over the group's runs with a +- 1 standard deviation band. Writes a PNG."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    panels = (("loss", "BCE loss"), ("micro_f1", "micro F1"), ("macro_f1", "macro F1"))
+    fig = Figure(figsize=(15, 4.2), layout="constrained")
+    axes = fig.subplots(1, len(panels))
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.group, []).append(run)
+    colours = [f"C{i % 10}" for i in range(len(groups))]
+    for (name, members), colour in zip(groups.items(), colours):
+        label = _group_label(name, members)
+        for ax, (metric, title) in zip(axes, panels):
+            for subset, style in (("train", "--"), ("val", "-")):
+                series = [r.scalars.get(f"{subset}/{metric}", {}) for r in members]
+                epochs = sorted({e for s in series for e in s})
+                if not epochs:
+                    continue
+                values = [[s[e] for s in series if e in s] for e in epochs]
+                mean = np.array([np.mean(v) for v in values])
+                std = np.array([np.std(v) if len(v) > 1 else 0.0 for v in values])
+                ax.plot(epochs, mean, style, color=colour, marker="o", markersize=3, label=f"{label} {subset}")
+                if len(members) > 1:
+                    ax.fill_between(epochs, mean - std, mean + std, color=colour, alpha=0.15, linewidth=0)
+            ax.set_title(title + (" (mean ± 1 sd over seeds)" if any(len(m) > 1 for m in groups.values()) else ""))
+            ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.grid(alpha=0.3)
+    axes[0].legend(fontsize="small")
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def _group_label(name: str, members: Sequence[Run]) -> str:
+    key = members[0].key()
+    n = f", {len(members)} seeds" if len(members) > 1 else ""
+    return f"{Path(name).name} ({key['model']}, {key['split']}{n})"
+
+
+@dataclass
+class Report:
+    """What :func:`write_report` wrote, and the tables."""
+
+    out: Path
+    files: dict[str, Path]
+    runs: pd.DataFrame
+    summary: pd.DataFrame
+    summary_md: str
+
+
+def write_report(paths: Sequence[str | Path], out: str | Path) -> Report:
+    """Read run folders and write ``curves.png``, ``runs.csv``/``.md``, ``summary.csv``/``.md`` into ``out``.
+
+    Raises:
+        InvalidArgumentError: a path holds no run.
+    """
+    runs = find_runs(paths)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs_df = runs_table(runs)
+    summary = summary_table(runs)
+    summary_md = summary_markdown(summary)
+    files = {"curves": plot_curves(runs, out / "curves.png")}
+    runs_df.to_csv(out / "runs.csv", index=False)
+    files["runs.csv"] = out / "runs.csv"
+    (out / "runs.md").write_text(markdown_table(runs_df))
+    files["runs.md"] = out / "runs.md"
+    summary.to_csv(out / "summary.csv", index=False)
+    files["summary.csv"] = out / "summary.csv"
+    (out / "summary.md").write_text(
+        "Test metrics of each run's best checkpoint: mean ± half-width of the 95% confidence interval "
+        "across seeds (Student t).\n\n" + summary_md)
+    files["summary.md"] = out / "summary.md"
+    return Report(out, files, runs_df, summary, summary_md)
