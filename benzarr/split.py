@@ -288,20 +288,29 @@ def codes_from_lists(
     """
     names = np.asarray(patch_names).astype(str)
     usable = _usable(usable, names.shape[0])
-    row_of = {name: row for row, name in enumerate(names.tolist())}
+    # match by binary search in the sorted names (store rows are sorted; sort if not)
+    if names.shape[0] > 1 and not (names[:-1] < names[1:]).all():
+        order = np.argsort(names, kind="stable")
+    else:
+        order = np.arange(names.shape[0])
+    sorted_names = names[order]
+    listed = {subset: list(dict.fromkeys(lists.get(subset, ()))) for subset in SUBSETS}  # drop repeats
+    if sum(len(v) for v in listed.values()) != len(set().union(*listed.values())):
+        for i, first in enumerate(SUBSETS):
+            for second in SUBSETS[i + 1:]:
+                both = set(listed[first]) & set(listed[second])
+                if both:
+                    raise InvalidArgumentError(f"patch {min(both)} is in both the {first} and the {second} list")
     codes = np.full(names.shape[0], EXCLUDED, dtype=np.int8)
-    seen: dict[str, str] = {}
     report: dict[str, dict[str, int]] = {}
     for code, subset in enumerate(SUBSETS):
-        listed = list(dict.fromkeys(lists.get(subset, ())))  # drop repeats, keep order
-        for name in listed:
-            if name in seen:
-                raise InvalidArgumentError(f"patch {name} is in both the {seen[name]} and the {subset} list")
-            seen[name] = subset
-        rows = np.fromiter((row_of.get(name, -1) for name in listed), dtype=np.int64, count=len(listed))
-        rows = rows[rows >= 0]
+        wanted = np.asarray(listed[subset], dtype=str)
+        rows = np.empty(0, dtype=np.int64)
+        if wanted.size and sorted_names.size:
+            pos = np.minimum(np.searchsorted(sorted_names, wanted), sorted_names.shape[0] - 1)
+            rows = order[pos[sorted_names[pos] == wanted]]
         codes[rows] = code
-        report[subset] = {"listed": len(listed), "matched": int(rows.shape[0])}
+        report[subset] = {"listed": len(listed[subset]), "matched": int(rows.shape[0])}
     codes[~usable] = EXCLUDED
     return codes, report
 
@@ -600,6 +609,8 @@ def make_split(
         raise InvalidArgumentError(f"unknown split method {method!r}: choose one of {', '.join(METHODS)}")
     if labels not in LABEL_SETS:
         raise InvalidArgumentError(f"unknown label set {labels!r}: choose one of {', '.join(LABEL_SETS)}")
+    if not name or "/" in name or name.startswith("."):
+        raise InvalidArgumentError(f"invalid split name {name!r}: no '/', not empty, not starting with '.'")
     if name in store.split_names() and not overwrite:
         raise SplitExistsError(f"{store.path}: split {name!r} exists; pass --overwrite to replace it")
     seed = check_seed(seed)
