@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, get_worker_info
 
 from benzarr.bigearthnet import BAND_GROUPS, BANDS, PATCH_SIDE, RGB_BANDS, band_location
 from benzarr.errors import InvalidArgumentError
@@ -71,6 +71,16 @@ def _u16_to_float(x: torch.Tensor) -> torch.Tensor:
         return x.to(torch.float32)
     except (RuntimeError, NotImplementedError):
         return x.view(torch.int16).to(torch.int32).bitwise_and_(0xFFFF).to(torch.float32)
+
+
+def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised CPU tensor; in a DataLoader worker it lives in shared memory, so
+    sending it to the main process costs no copy (as ``default_collate`` does)."""
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * torch.empty((), dtype=dtype).element_size()
+    storage = torch.UntypedStorage._new_shared(max(nbytes, 1))
+    return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
 
 
 class BatchTransform:
@@ -336,9 +346,14 @@ class BigEarthNetDataset(Dataset):
         """
         positions = self._positions(indices)
         rows = self.rows[positions]
-        batch: Batch = {group: torch.from_numpy(reader.read(rows)) for group, reader in self.readers.items()}
-        batch["label"] = torch.from_numpy(self._labels[positions])
-        batch["index"] = torch.from_numpy(rows)
+        batch: Batch = {}
+        for group, reader in self.readers.items():
+            batch[group] = _batch_tensor((rows.size, *reader.shape[1:]), torch.uint16)
+            reader.read(rows, out=batch[group].numpy())  # decoded straight into the batch
+        batch["label"] = _batch_tensor((rows.size, self._labels.shape[1]), torch.uint8)
+        np.take(self._labels, positions, axis=0, out=batch["label"].numpy())
+        batch["index"] = _batch_tensor((rows.size,), torch.int64)
+        batch["index"].numpy()[:] = rows
         return batch
 
     def __getitem__(self, index: int) -> Sample:

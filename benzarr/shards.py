@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,7 @@ EMPTY = 2**64 - 1
 CRC_BYTES = 4
 #: Blosc's header: version, versionlz, flags, typesize (1 byte each), nbytes, blocksize, cbytes.
 BLOSC_HEADER = 16
+_BLOSC_SIZES = struct.Struct("<4xI4xI")  # (nbytes, cbytes) of a Blosc header
 #: Blosc compressors this reader accepts (all that ``benzarr ingest`` writes).
 BLOSC_CNAMES = ("lz4", "zstd")
 
@@ -180,7 +182,7 @@ class RowReader(Protocol):
 class _Shard:
     """One memory-mapped shard file: ``data`` (uint8 view of the map) and its checked index."""
 
-    __slots__ = ("data", "offsets", "nbytes", "path", "_map")
+    __slots__ = ("data", "offsets", "nbytes", "path", "map")
 
     def __init__(self, data: np.ndarray | None, offsets: list[int], nbytes: list[int], path: Path,
                  handle: mmap.mmap | None) -> None:
@@ -188,7 +190,7 @@ class _Shard:
         self.offsets = offsets
         self.nbytes = nbytes
         self.path = path
-        self._map = handle
+        self.map = handle
 
 
 class ShardReader:
@@ -339,12 +341,11 @@ class ShardReader:
             # Blosc header: uncompressed bytes at 4..8, compressed bytes at 12..16
             if size < BLOSC_HEADER:
                 raise self._corrupt(entry.path, row, f"blosc chunk of {size} bytes has no header")
-            header = src[:BLOSC_HEADER].view("<u4")
-            if int(header[1]) != expected or int(header[3]) != size:
+            decoded, coded = _BLOSC_SIZES.unpack_from(entry.map, offset)
+            if decoded != expected or coded != size:
                 raise self._corrupt(
                     entry.path, row,
-                    f"blosc chunk decodes to {int(header[1])} bytes from {int(header[3])}, "
-                    f"expected {expected} from {size}",
+                    f"blosc chunk decodes to {decoded} bytes from {coded}, expected {expected} from {size}",
                 )
             try:
                 blosc.decompress(src, flat[pos])

@@ -1,0 +1,112 @@
+"""Helpers shared by the benchmarks: machine description, package versions, timing, tables, JSON.
+
+Run benchmarks as scripts (``python benchmarks/NAME.py``); they import this module as
+``_common`` (the script's folder is on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, logical cores, memory, OS, Python and the load average at the call.
+
+    ``loadavg`` lets a reader see whether other work shared the machine during the run.
+    """
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory_gb = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                memory_gb = round(int(line.split()[1]) / 1024**2, 1)
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "logical_cores": os.cpu_count(),
+        "memory_gb": memory_gb,
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "loadavg": load_average(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def load_average() -> list[float] | None:
+    """1, 5 and 15 minute load averages (None where the OS has none)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def versions(packages: Iterable[str]) -> dict[str, str | None]:
+    """Installed version of each distribution (None when missing)."""
+    out: dict[str, str | None] = {}
+    for name in packages:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def rate(call: Callable[[], int], min_seconds: float, repeats: int = 3) -> dict[str, Any]:
+    """Throughput of ``call`` (returns items done per call).
+
+    Each repeat calls until ``min_seconds`` pass; the best repeat is the figure (the least
+    disturbed by other work on a shared machine), all repeats are kept.
+
+    Returns:
+        ``{"per_s": best items/s, "runs": [items/s of each repeat], "items": total items}``
+    """
+    runs: list[float] = []
+    total = 0
+    for _ in range(repeats):
+        items = 0
+        start = time.perf_counter()
+        while True:
+            items += call()
+            elapsed = time.perf_counter() - start
+            if elapsed >= min_seconds:
+                break
+        runs.append(items / elapsed)
+        total += items
+    return {"per_s": max(runs), "runs": [round(r, 1) for r in runs], "items": total}
+
+
+def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]]) -> None:
+    """Print ``rows`` as a fixed-width table; ``columns`` are (key, header, format spec)."""
+    cells = [[("-" if row.get(key) is None else format(row[key], spec)) for key, _, spec in columns] for row in rows]
+    widths = [max(len(header), *(len(c[i]) for c in cells)) if cells else len(header)
+              for i, (_, header, _) in enumerate(columns)]
+    print("  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, ((_, h, _), w) in enumerate(zip(columns, widths))))
+    for row in cells:
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+
+
+def write_json(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` as indented JSON (creating folders); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    return path
