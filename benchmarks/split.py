@@ -67,6 +67,19 @@ elif what == "stratify":
     folds = kfold_assignment(y, 5, 0)
     out["call_s"] = time.perf_counter() - t
     out["equal_to_package"] = bool((folds == np.load(labels_file + ".package_folds.npy")).all())
+elif what == "stages":  # where the time of an iterative split goes, step by step
+    from benzarr.store import open_store
+    from benzarr.split import iterative_codes, split_quality
+    steps = {}
+    t = time.perf_counter(); store = open_store(store, mode="r+"); steps["open_store"] = time.perf_counter() - t
+    t = time.perf_counter(); valid = store.valid_mask(); steps["read_valid_mask"] = time.perf_counter() - t
+    t = time.perf_counter(); y = store.labels("clc43"); steps["read_labels"] = time.perf_counter() - t
+    t = time.perf_counter(); names = store.patch_names(); steps["read_patch_names"] = time.perf_counter() - t
+    t = time.perf_counter(); codes = iterative_codes(y, valid, seed=0); steps["stratify"] = time.perf_counter() - t
+    t = time.perf_counter(); store.write_split("stages", codes, {}, overwrite=True); steps["write_split"] = time.perf_counter() - t
+    t = time.perf_counter(); split_quality(y, codes, desired=(0.6, 0.2, 0.2)); steps["quality_with_random"] = time.perf_counter() - t
+    out["steps_s"] = steps
+    out["call_s"] = sum(steps.values())
 else:
     method, _, alone = what.partition(":")
     t = time.perf_counter()
@@ -142,6 +155,7 @@ def main() -> None:
     args = parser.parse_args()
     n = QUICK_SIZE if args.quick else FULL_SIZE
 
+    load_before = os.getloadavg()
     work = Path(tempfile.mkdtemp(prefix="benzarr-split-bench-"))
     try:
         store = work / "store.zarr"
@@ -152,7 +166,7 @@ def main() -> None:
         np.save(labels_file, labels)
 
         runs: dict[str, dict] = {}
-        for what in ("package", "stratify", "iterative", "random", "official", "iterative:alone"):
+        for what in ("package", "stratify", "iterative", "random", "official", "iterative:alone", "stages"):
             best = None
             for _ in range(args.repeat):
                 result = child(what, store, labels_file)
@@ -182,6 +196,8 @@ def main() -> None:
         print(f"{label:<40} {run['call_s']:>7.2f} {run['call_s'] / bare:>6.2f} {imports:>9} "
               f"{run['process_s']:>9.2f} {run['process_s'] / bare_process:>6.2f} {run['peak_rss_mb']:>8.0f}")
     print(f"benzarr.stratify folds equal to the package's: {runs['stratify']['equal_to_package']}")
+    print("iterative split step by step: " + ", ".join(f"{k} {v:.2f} s" for k, v in runs["stages"]["steps_s"].items()))
+    print(f"load average before/after: {load_before[0]:.1f} / {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
     if not args.no_save:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -192,7 +208,8 @@ def main() -> None:
             "mean_labels_per_patch": float(labels.sum(axis=1).mean()),
             "quick": args.quick,
             "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                        "cpus": os.cpu_count()},
+                        "cpus": os.cpu_count(), "load_average_before": load_before[0],
+                        "load_average_after": os.getloadavg()[0]},
             "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "note": "call_s: inside the process (imports excluded except for CLI runs, which time the "
                     "whole app call); process_s: the child process start to exit; peak_rss_mb: child's "
