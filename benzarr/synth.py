@@ -299,7 +299,9 @@ def _plan(n_patches: int, seed: int) -> _Plan:
     _check_count(n_patches, seed)
     n_acq = _n_acquisitions(n_patches)
     if n_acq > _DAYS * _SLOTS_PER_DAY:
-        raise InvalidArgumentError(f"at most {_DAYS * _SLOTS_PER_DAY * 1000} patches, got {n_patches}")
+        raise InvalidArgumentError(
+            f"at most {_DAYS * _SLOTS_PER_DAY * PATCHES_PER_ACQUISITION:,} patches, got {n_patches:,}"
+        )
     rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(_NAME_STREAM,)))
     slots = np.sort(rng.choice(_DAYS * _SLOTS_PER_DAY, size=n_acq, replace=False))
     first_tile = int(rng.integers(len(_TILES)))
