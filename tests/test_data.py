@@ -285,3 +285,26 @@ def test_distributed_ranks_cover_the_subset_disjointly(tmp_path: Path, split_sto
 def test_distributed_needs_a_process_group(synth_store_64: Path) -> None:
     with pytest.raises(InvalidArgumentError, match="init_process_group"):
         make_loader(BigEarthNetDataset(synth_store_64), 4, True, 0, seed=0, device="cpu", distributed=True)
+
+
+# -- benzarr bench ---------------------------------------------------------------------
+
+
+def test_bench_store_measures_single_batched_and_loader(synth_store_64: Path) -> None:
+    from benzarr.bench import bench_store
+
+    results = bench_store(synth_store_64, batch_size=8, workers=0, min_seconds=0.01)
+    assert [r.name for r in results] == ["single native", "single sample", "batched native", "loader, 0 workers"]
+    assert all(r.patches > 0 and r.patches_per_s > 0 and r.bytes_per_patch == 160_000 for r in results)
+    assert 0 < results[0].stored_bytes_per_patch < 160_000  # lz4
+
+
+def test_bench_command_prints_throughput(synth_store_64: Path) -> None:
+    from typer.testing import CliRunner
+
+    from benzarr_cli.main import app
+
+    result = CliRunner().invoke(app, ["bench", str(synth_store_64), "--workers", "0", "--seconds", "0.01",
+                                      "--batch-size", "8"])
+    assert result.exit_code == 0, result.output
+    assert "patches/s" in result.output and "batched native" in result.output
