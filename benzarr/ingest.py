@@ -51,9 +51,12 @@ from benzarr.store import (
     Store,
     combine_band_stats,
     create_store,
+    drop_staging,
+    finalize_rows,
     open_store,
     remove_store,
     shard_band_stats,
+    stage_path,
     store_exists,
 )
 
@@ -214,14 +217,18 @@ def ingest_shard(store_path: str, root: str, shard: int, names: Sequence[str], s
     if "s2" in store.attrs["modalities"]:
         for group, data in bands.items():
             store.array(S2_ARRAYS[group])[start:stop] = data
-    store.array(LABEL_ARRAYS["clc43"])[start:stop] = clc43
-    store.array(LABEL_ARRAYS["clc19"])[start:stop] = clc43_to_clc19(clc43)
-    store.array("meta/tile_source")[start:stop] = tile_source
-    store.array("meta/error")[start:stop] = error
-    store.array("meta/acquisition_time")[start:stop] = acquisition
-    store.array("meta/bounds")[start:stop] = bounds
-    store.array("meta/epsg")[start:stop] = epsg
-    store.array("meta/valid")[start:stop] = valid
+    rows = {
+        LABEL_ARRAYS["clc43"]: clc43,
+        LABEL_ARRAYS["clc19"]: clc43_to_clc19(clc43),
+        "meta/tile_source": tile_source,
+        "meta/error": error,
+        "meta/acquisition_time": acquisition,
+        "meta/bounds": bounds,
+        "meta/epsg": epsg,
+        "meta/valid": valid,
+    }
+    for path, data in rows.items():
+        store.array(stage_path(path))[start:stop] = data
     store.array(STATS_ARRAY)[shard] = shard_band_stats({g: d[valid] for g, d in bands.items()})
     # Written last: the shard counts as done only once everything above is on disk.
     store.array(DONE_ARRAY)[shard] = True
@@ -378,6 +385,7 @@ def ingest(
 def _finalize(store: Store, seconds: float, written: int, resumed: bool, missing: list[str],
               n_excluded: int) -> IngestResult:
     """Combine statistics, record failures and mark the store complete (written last)."""
+    finalize_rows(store)
     per_shard = np.asarray(store.array(STATS_ARRAY)[:], dtype=np.float64)
     failed = store.failed()
     clc19 = store.labels("clc19")
@@ -393,6 +401,7 @@ def _finalize(store: Store, seconds: float, written: int, resumed: bool, missing
         },
         complete=True,
     )
+    drop_staging(store)
     return IngestResult(
         store=store.path,
         n_patches=store.n_patches,

@@ -17,10 +17,15 @@ A store is one Zarr v3 group (see DESIGN.md §2)::
     splits/<name>     (N,) int8                 0 train, 1 val, 2 test, -1 excluded
     ingest/done       (n_shards,) bool          shard written completely (resume marker)
     ingest/band_stats (n_shards, 12, 5) float64 per shard and band: count, mean, M2, min, max
+    ingest/stage/*    staging copies of the per-row arrays, one chunk per shard (only
+                      while the ingest runs)
 
 Band arrays are sharded along N (``shard_size`` patches a shard, one inner chunk per patch),
-so one patch is one contiguous byte range per array. Every per-row array is chunked by
-``shard_size`` rows, so an ingest worker that owns a shard owns every chunk it writes.
+so one patch is one contiguous byte range per array. Label and metadata arrays are chunked
+coarsely (:data:`ROW_CHUNK` rows) for fast whole-array reads; while an ingest runs, each
+worker writes its rows into ``ingest/stage`` (chunked by shard, so a worker that owns a shard
+owns every chunk it writes), and the final step copies them over before marking the store
+complete.
 
 The group attribute ``benzarr`` holds the format version, completeness, band and class names,
 per-band statistics and the ingest parameters. A store reads as complete only once
@@ -63,6 +68,29 @@ DONE_ARRAY = "ingest/done"
 STATS_ARRAY = "ingest/band_stats"
 #: Columns of ``ingest/band_stats``.
 STATS_FIELDS = ("count", "mean", "m2", "min", "max")
+
+#: Per-row arrays other than bands: path -> (dtype, trailing shape, fill value).
+ROW_FIELDS: dict[str, tuple[Any, tuple[int, ...], Any]] = {
+    "labels/clc43": ("uint8", (len(CLC43),), 0),
+    "labels/clc19": ("uint8", (len(CLC19),), 0),
+    "meta/patch_name": (str, (), ""),
+    "meta/tile_source": (str, (), ""),
+    "meta/acquisition_time": ("int64", (), 0),
+    "meta/bounds": ("float64", (4,), 0.0),
+    "meta/epsg": ("int32", (), 0),
+    "meta/valid": ("bool", (), False),
+    "meta/error": (str, (), ""),
+}
+#: Rows per chunk of the final per-row arrays.
+ROW_CHUNK = 1 << 16
+#: Where ingest workers stage per-row data, one chunk per shard (removed once complete).
+STAGE_GROUP = "ingest/stage"
+
+
+def stage_path(path: str) -> str:
+    """Staging array of a per-row array (``labels/clc43`` -> ``ingest/stage/labels.clc43``)."""
+    return f"{STAGE_GROUP}/{path.replace('/', '.')}"
+
 
 COMPRESSIONS = ("none", "lz4", "zstd")
 DEFAULT_SHARD_SIZE = 256
@@ -402,7 +430,6 @@ def create_store(
     }
     group = zarr.open_group(str(path), mode="w", zarr_format=3, attributes={ATTRS_KEY: attrs},
                             **({"storage_options": storage_options} if storage_options else {}))
-    rows = max(1, min(shard_size, n))  # chunk length of per-row arrays
     if "s2" in modalities:
         for group_name, (bands, side, _) in BAND_GROUPS.items():
             group.create_array(
@@ -415,19 +442,14 @@ def create_store(
                 fill_value=0,
                 dimension_names=("patch", "band", "y", "x"),
             )
-    for name, classes in NOMENCLATURES.items():
-        group.create_array(LABEL_ARRAYS[name], shape=(n, len(classes)), dtype="uint8",
-                           chunks=(rows, len(classes)), fill_value=0, dimension_names=("patch", "class"))
-    for field in ("patch_name", "tile_source", "error"):
-        group.create_array(f"meta/{field}", shape=(n,), dtype=str, chunks=(rows,), dimension_names=("patch",))
-    group.create_array("meta/acquisition_time", shape=(n,), dtype="int64", chunks=(rows,), fill_value=0,
-                       dimension_names=("patch",))
-    group.create_array("meta/bounds", shape=(n, 4), dtype="float64", chunks=(rows, 4), fill_value=0.0,
-                       dimension_names=("patch", "corner"))
-    group.create_array("meta/epsg", shape=(n,), dtype="int32", chunks=(rows,), fill_value=0,
-                       dimension_names=("patch",))
-    group.create_array("meta/valid", shape=(n,), dtype="bool", chunks=(rows,), fill_value=False,
-                       dimension_names=("patch",))
+    # Final per-row arrays are chunked coarsely (one read of 519k label rows: 0.27 s against
+    # 2.4 s with 256-row chunks); ingest workers write 256-row staging copies instead.
+    coarse = max(1, min(max(ROW_CHUNK, shard_size), n))
+    staged = max(1, min(shard_size, n))
+    for path, (dtype, trailing, fill) in ROW_FIELDS.items():
+        _create_row_array(group, path, n, dtype, trailing, fill, coarse)
+        if path != "meta/patch_name":
+            _create_row_array(group, stage_path(path), n, dtype, trailing, fill, staged)
     group.create_array(DONE_ARRAY, shape=(n_shards,), dtype="bool", chunks=(1,), fill_value=False)
     group.create_array(STATS_ARRAY, shape=(n_shards, len(BANDS), len(STATS_FIELDS)), dtype="float64",
                        chunks=(1, len(BANDS), len(STATS_FIELDS)), fill_value=0.0)
@@ -436,6 +458,33 @@ def create_store(
     store = Store(group, str(path))
     store.update_attrs(layout_complete=True)
     return store
+
+
+def _create_row_array(group: zarr.Group, path: str, n: int, dtype: Any, trailing: tuple[int, ...],
+                      fill: Any, rows: int) -> None:
+    names = ("patch",) + (("class",) if path.startswith("labels/") else ("corner",) if trailing else ())
+    kwargs: dict[str, Any] = {} if dtype is str else {"fill_value": fill}
+    group.create_array(path, shape=(n, *trailing), dtype=dtype, chunks=(rows, *trailing),
+                       dimension_names=names, overwrite=True, **kwargs)
+
+
+def finalize_rows(store: Store) -> None:
+    """Copy the staged per-row data into the final, coarsely chunked arrays (idempotent)."""
+    for path in ROW_FIELDS:
+        if path == "meta/patch_name" or not store.has_array(stage_path(path)):
+            continue
+        data = store.array(stage_path(path))[:]
+        if data.dtype.kind in "OT":  # strings come back as StringDType; write plain objects
+            data = np.asarray(data.tolist(), dtype=object)
+        store.array(path)[:] = data
+
+
+def drop_staging(store: Store) -> None:
+    """Delete the staging arrays of a complete store (best effort: they are never read again)."""
+    try:
+        del store.group[STAGE_GROUP]
+    except KeyError:
+        pass
 
 
 # -- statistics ------------------------------------------------------------------------
