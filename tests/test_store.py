@@ -145,3 +145,22 @@ def test_splits_are_stored_with_attributes_and_failed_rows_excluded(synth_store_
     with pytest.raises(InvalidArgumentError):
         store.write_split("bad", np.full(64, 7, dtype=np.int8), {})
     assert 5 not in store.subset_rows("mine", "train") and len(store.subset_rows(None, None)) == valid.sum() - 1
+
+
+def test_labels_only_store_from_the_cli(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from benzarr.resources import read_official_list
+
+    path = tmp_path / "labels.zarr"
+    result = subprocess.run([sys.executable, "-m", "benzarr_cli", "synth", str(path), "--labels-only",
+                             "--patches", "3000", "--seed", "1"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    store = open_store(path)
+    assert store.n_patches == 3000 and not store.has_array("s2/10m")
+    labels = store.labels("clc43")
+    assert labels.shape == (3000, 43) and 1 <= labels.sum(axis=1).min() and labels.sum(axis=1).max() <= 6
+    official = set(read_official_list("train")) | set(read_official_list("val")) | set(read_official_list("test"))
+    assert set(store.patch_names()) <= official
+    assert store.valid_mask().all()
