@@ -7,7 +7,6 @@ from typing import Optional
 
 import typer
 
-from benzarr.bench import bench_store
 from benzarr_cli._common import console
 
 
@@ -22,6 +21,8 @@ def command(
 ) -> None:
     """Measure loading throughput (patches/s, MB/s): single-sample and batched, with and without workers."""
     options = {"client_kwargs": {"endpoint_url": endpoint_url}} if endpoint_url else None
+    from benzarr.bench import bench_store  # torch: imported only when this command runs
+
     results = bench_store(store, batch_size=batch_size, workers=workers, min_seconds=seconds, seed=seed,
                           storage_options=options)
     if as_json:
