@@ -191,3 +191,54 @@ CLC43_FREQUENCY: tuple[float, ...] = (
     0.0056, 0.0027, 0.0005, 0.0105, 0.0390, 0.0025, 0.0007, 0.0017, 0.0180, 0.1406,
     0.0025, 0.0018, 0.1380,
 )
+
+
+#: CORINE Land Cover 2018 level-3 code of each of the 43 classes, in :data:`CLC43` order
+#: (the codes a BigEarthNet v2.0 reference map holds per pixel; 335 "Glaciers and perpetual
+#: snow" is not a BigEarthNet class).
+CLC43_CODES: tuple[int, ...] = (
+    111, 112, 121, 122, 123, 124, 131, 132, 133, 141, 142,
+    211, 212, 213, 221, 222, 223, 231, 241, 242, 243, 244,
+    311, 312, 313, 321, 322, 323, 324, 331, 332, 333, 334,
+    411, 412, 421, 422, 423, 511, 512, 521, 522, 523,
+)
+
+#: Sentinel-1 polarisations, in stored channel order.
+S1_BANDS: tuple[str, ...] = ("VV", "VH")
+
+# v2.0 (reBEN) names: S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_26_57 (tile product + row/col)
+_S2_V2_NAME = re.compile(
+    r"^(?P<product>(?P<satellite>S2[AB])_MSIL2A_(?P<date>\d{8})T(?P<time>\d{4,6})_N\d{4}_R\d{3}_T(?P<tile>\d{2}[A-Z]{3}))"
+    r"_(?P<row>\d+)_(?P<col>\d+)$"
+)
+# S1 patch names (v1 and v2): S1A_IW_GRDH_1SDV_20170613T165043_33UUP_87_48
+_S1_NAME = re.compile(
+    r"^(?P<product>(?P<satellite>S1[AB])_IW_GRDH_1SDV_(?P<date>\d{8})T(?P<time>\d{6}))_(?P<tile>\d{2}[A-Z]{3})"
+    r"_(?P<row>\d+)_(?P<col>\d+)$"
+)
+
+
+def is_v2_patch_name(name: str) -> bool:
+    """True when ``name`` looks like a v2.0 S2 patch id (``S2A_MSIL2A_..._N9999_R022_T33UUP_26_57``)."""
+    return _S2_V2_NAME.match(name) is not None
+
+
+def v2_tile_product(name: str) -> str:
+    """The tile-product folder of a v2.0 S2 patch id (the id without ``_<row>_<col>``)."""
+    match = _S2_V2_NAME.match(name)
+    if match is None:
+        raise ValueError(f"not a BigEarthNet v2.0 S2 patch id: {name!r}")
+    return match["product"]
+
+
+def is_s1_name(name: str) -> bool:
+    """True when ``name`` looks like a Sentinel-1 patch name."""
+    return _S1_NAME.match(name) is not None
+
+
+def s1_product(name: str) -> str:
+    """The S1 product folder of a v2.0 S1 patch name (``S1A_IW_GRDH_1SDV_20170613T165043``)."""
+    match = _S1_NAME.match(name)
+    if match is None:
+        raise ValueError(f"not a Sentinel-1 patch name: {name!r}")
+    return match["product"]
