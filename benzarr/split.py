@@ -286,14 +286,14 @@ def codes_from_lists(
     Raises:
         InvalidArgumentError: a name is in two lists.
     """
-    names = np.asarray(patch_names).astype(str)
+    names = np.asarray(patch_names).astype(str, copy=False)
     usable = _usable(usable, names.shape[0])
     # match by binary search in the sorted names (store rows are sorted; sort if not)
+    order: np.ndarray | None = None
+    sorted_names = names
     if names.shape[0] > 1 and not (names[:-1] < names[1:]).all():
         order = np.argsort(names, kind="stable")
-    else:
-        order = np.arange(names.shape[0])
-    sorted_names = names[order]
+        sorted_names = names[order]
     listed = {subset: list(dict.fromkeys(lists.get(subset, ()))) for subset in SUBSETS}  # drop repeats
     if sum(len(v) for v in listed.values()) != len(set().union(*listed.values())):
         for i, first in enumerate(SUBSETS):
@@ -308,7 +308,8 @@ def codes_from_lists(
         rows = np.empty(0, dtype=np.int64)
         if wanted.size and sorted_names.size:
             pos = np.minimum(np.searchsorted(sorted_names, wanted), sorted_names.shape[0] - 1)
-            rows = order[pos[sorted_names[pos] == wanted]]
+            rows = pos[sorted_names[pos] == wanted]
+            rows = rows if order is None else order[rows]
         codes[rows] = code
         report[subset] = {"listed": len(listed[subset]), "matched": int(rows.shape[0])}
     codes[~usable] = EXCLUDED

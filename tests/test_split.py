@@ -186,6 +186,12 @@ def test_names_from_lists_become_codes_and_are_counted() -> None:
                       "test": {"listed": 2, "matched": 2}}
 
 
+def test_names_match_in_any_row_order() -> None:
+    codes, report = codes_from_lists(["d", "a", "c", "b"], {"train": ["a", "b"], "val": ["zz"], "test": ["d"]})
+    assert codes.tolist() == [2, 0, -1, 0]
+    assert report["val"] == {"listed": 1, "matched": 0}
+
+
 def test_a_name_in_two_lists_is_refused() -> None:
     with pytest.raises(InvalidArgumentError, match="both"):
         codes_from_lists(["a", "b"], {"train": ["a"], "test": ["a"]})
