@@ -1,4 +1,11 @@
-"""Synthetic BigEarthNet-S2 v1.0 archives: the embedded default for demos, tests and benchmarks.
+"""Synthetic BigEarthNet archives: the embedded default for demos, tests and benchmarks.
+
+Three layouts: the BigEarthNet-S2 v1.0 archive (:func:`synth_archive`, described below), the
+v1.0 S2 + S1 download root (``synth_archive(..., s1=True)``: ``BigEarthNet-v1.0/`` and
+``BigEarthNet-S1-v1.0/``) and BigEarthNet v2.0 / reBEN (:func:`synth_archive_v2`: tile-product
+folders of S2, S1 and reference maps, and ``metadata.parquet``). Sentinel-1 patches
+(:func:`synth_patch_s1`) and reference maps (:func:`synth_reference_map`) are painted by the
+same regions as the S2 pixels, so every modality carries the label signal.
 
 An archive written here has the real v1.0 layout, file for file::
 
@@ -51,7 +58,16 @@ from pathlib import Path
 import numpy as np
 
 from benzarr._geotiff import geotiff_header
-from benzarr.bigearthnet import BAND_GROUPS, BANDS, CLC43, CLC43_FREQUENCY, is_patch_name
+from benzarr.bigearthnet import (
+    BAND_GROUPS,
+    BANDS,
+    CLC19,
+    CLC19_FROM_CLC43,
+    CLC43,
+    CLC43_CODES,
+    CLC43_FREQUENCY,
+    is_patch_name,
+)
 from benzarr.errors import InvalidArgumentError
 
 #: Bumped whenever the bytes written for a given (n_patches, seed) change.
@@ -223,25 +239,30 @@ def synth_labels(n_patches: int, seed: int = 0) -> np.ndarray:
     block = 65536  # bounded memory; one float64 draw per cell keeps the stream row-aligned
     for start in range(0, n_patches, block):
         u = rng.random((min(block, n_patches - start), len(p)))
-        on = u < p
-        # Given on, u / p is uniform and independent across classes: a free random
-        # priority for keeping MAX_LABELS of the set labels.
-        count = on.sum(axis=1)
-        over = np.flatnonzero(count > MAX_LABELS)
-        if over.size:
-            keys = np.where(on[over], u[over] / p, np.inf)
-            keep = np.argsort(keys, axis=1)[:, :MAX_LABELS]
-            on[over] = False
-            on[over[:, None], keep] = True
-        # Given off, (u - p) / (1 - p) is uniform; argmin of Exp(1) / p picks class c with
-        # probability p_c / sum(p) (an exponential race).
-        empty = np.flatnonzero(count == 0)
-        if empty.size:
-            v = (u[empty] - p) / (1.0 - p)
-            race = -np.log1p(-v) / p
-            on[empty, np.argmin(race, axis=1)] = True
-        out[start : start + len(u)] = on
+        out[start : start + len(u)] = _labels_from_uniform(u, p)
     return out
+
+
+def _labels_from_uniform(u: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """(rows, 43) bool labels from (rows, 43) uniform draws ``u`` and class shares ``p``."""
+    on = u < p
+    # Given on, u / p is uniform and independent across classes: a free random
+    # priority for keeping MAX_LABELS of the set labels.
+    count = on.sum(axis=1)
+    over = np.flatnonzero(count > MAX_LABELS)
+    if over.size:
+        keys = np.where(on[over], u[over] / p, np.inf)
+        keep = np.argsort(keys, axis=1)[:, :MAX_LABELS]
+        on[over] = False
+        on[over[:, None], keep] = True
+    # Given off, (u - p) / (1 - p) is uniform; argmin of Exp(1) / p picks class c with
+    # probability p_c / sum(p) (an exponential race).
+    empty = np.flatnonzero(count == 0)
+    if empty.size:
+        v = (u[empty] - p) / (1.0 - p)
+        race = -np.log1p(-v) / p
+        on[empty, np.argmin(race, axis=1)] = True
+    return on
 
 
 @dataclass(frozen=True)
@@ -440,6 +461,12 @@ def synth_patch_bands(labels: Sequence[int], rng: np.random.Generator) -> dict[s
         band name -> uint16 array, reflectance x 10,000: (120, 120) for B02 B03 B04 B08,
         (60, 60) for B05 B06 B07 B8A B11 B12, (20, 20) for B01 B09.
     """
+    return _patch_scene(labels, rng)[0]
+
+
+def _patch_scene(labels: Sequence[int], rng: np.random.Generator) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The bands of :func:`synth_patch_bands` and the (120, 120) uint8 region map behind them
+    (pixel -> position in ``labels`` of the class painted there)."""
     classes = np.asarray(labels, dtype=np.intp)
     k = len(classes)
     region = _regions(rng, k)
@@ -471,13 +498,136 @@ def synth_patch_bands(labels: Sequence[int], rng: np.random.Generator) -> dict[s
         pixels = np.clip(np.rint(img), 1, 65535).astype(np.uint16)
         for j, b in enumerate(names):
             bands[b] = pixels[j]
-    return bands
+    return bands, region
+
+
+# --- Sentinel-1, reference maps, clouds and snow ------------------------------------------------
+
+#: Equivalent number of looks of the synthetic speckle (Sentinel-1 IW GRDH: about 4.4).
+S1_LOOKS = 4.4
+
+# Mean backscatter prototypes in dB, (VV, VH), per look group of _CLASS_LOOK: rough
+# surfaces and volume scatterers bright, smooth water dark, VH some 6-8 dB below VV.
+_S1_PROTOTYPES: dict[str, tuple[float, float]] = {
+    "built": (-6.0, -13.0), "bare": (-15.0, -23.0), "crop": (-11.0, -17.5),
+    "grass": (-12.5, -19.5), "broadleaf": (-8.0, -13.5), "conifer": (-8.5, -14.5),
+    "mixed": (-8.2, -14.0), "shrub": (-10.0, -16.5), "burnt": (-13.0, -21.0),
+    "wet": (-14.0, -21.0), "water": (-21.0, -28.0),
+}
+
+
+@functools.cache
+def s1_signatures() -> np.ndarray:
+    """The (43, 2) float32 mean backscatter (VV, VH) of each CLC43 class, in dB.
+
+    The group prototype (built-up about -6 / -13 dB, forests about -8 / -14, crops about
+    -11 / -17.5, water about -21 / -28) moved per class by a fixed N(0, 1) dB offset
+    (clipped to +-2 dB), so classes of one group differ in S1 too.
+    """
+    rng = np.random.default_rng(_SIGNATURE_SEED + 1)
+    base = np.array([_S1_PROTOTYPES[look[0]] for look in _CLASS_LOOK], dtype=np.float64)
+    sig = (base + np.clip(rng.standard_normal(base.shape), -2.0, 2.0)).astype(np.float32)
+    sig.setflags(write=False)
+    return sig
+
+
+def synth_patch_s1(labels: Sequence[int], region: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """The Sentinel-1 VV and VH backscatter of a patch whose regions show ``labels``.
+
+    Each region takes its class's mean (:func:`s1_signatures`) moved by N(0, 0.6) dB, a
+    smooth shading of about 1 dB (incidence angle, moisture) covers the patch, and
+    multiplicative gamma speckle of :data:`S1_LOOKS` looks is added (in dB: VV spans about
+    -25..0 dB, as in the real patches).
+
+    Args:
+        labels: class indices (0..42), as given to :func:`synth_patch_bands`.
+        region: (120, 120) uint8 position in ``labels`` of the class at each pixel.
+        rng: the patch's S1 generator.
+
+    Returns:
+        ``{"VV": (120, 120) float32, "VH": (120, 120) float32}``, dB.
+    """
+    classes = np.asarray(labels, dtype=np.intp)
+    sig = s1_signatures()[classes] + 0.6 * rng.standard_normal((len(classes), 2), dtype=np.float32)
+    db = sig.T[:, region]  # (2, 120, 120)
+    db += _smooth(rng, 1)[0]
+    db += _speckle_db()[np.frombuffer(rng.bytes(2 * db.size), dtype="<u2").reshape(db.shape)]
+    return {"VV": db[0], "VH": db[1]}
+
+
+@functools.cache
+def _speckle_db() -> np.ndarray:
+    """(65536,) float32 quantiles of the speckle in dB, ``10 log10(G / L)``, G ~ Gamma(L).
+
+    A patch draws its speckle by indexing this table with random uint16s: the same law as
+    ``standard_gamma`` and a log per pixel, at a tenth of the cost.
+    """
+    draws = np.random.default_rng(_SIGNATURE_SEED + 2).standard_gamma(S1_LOOKS, size=1 << 20)
+    draws.sort()
+    table = (10.0 * np.log10(draws[8::16] / S1_LOOKS)).astype(np.float32)
+    table.setflags(write=False)
+    return table
+
+
+_CODES = np.asarray(CLC43_CODES, dtype=np.uint16)
+
+
+def synth_reference_map(labels: Sequence[int], region: np.ndarray) -> np.ndarray:
+    """(120, 120) uint16 CORINE 2018 code (:data:`CLC43_CODES`) of the class at each pixel.
+
+    The regions are the ones that paint the S2 pixels, and every region is non-empty, so the
+    codes present are exactly those of ``labels``.
+    """
+    return _CODES[np.asarray(labels, dtype=np.intp)][region]
+
+
+# Reflectance x 10,000 of a thick cloud and of fresh snow, BANDS order: clouds bright and
+# flat (darker in B09, water vapour, and the SWIR), snow bright in the visible and dark in
+# B11/B12 (how Sen2Cor tells them apart).
+_COVER: dict[str, tuple[int, ...]] = {
+    "cloud": (5200, 5400, 5300, 5300, 5400, 5400, 5400, 5300, 5300, 3000, 3600, 2700),
+    "snow": (8200, 8500, 8300, 8000, 7800, 7500, 7300, 7000, 6800, 3000, 600, 500),
+}
+
+
+def _add_cover(bands: dict[str, np.ndarray], kind: str, rng: np.random.Generator) -> None:
+    """Lay a cloud or snow cover (``kind``) over part of the patch, in place.
+
+    A smooth random field cut at a random level gives a soft-edged mask over roughly 20-80 %
+    of the patch; each band blends toward the cover's reflectance by the mask (area averages
+    of it at 20 m and 60 m).
+    """
+    target = _COVER[kind]
+    field = _smooth(rng, 1)[0]
+    cut = float(rng.uniform(-0.3, 0.3))
+    alpha = np.clip((field - cut) * 3.0 + 0.5, 0.0, 1.0)
+    a20 = _block_sum(alpha, 2) * 0.25
+    masks = {_SIDE: alpha, _SIDE // 2: a20, _SIDE // 6: _block_sum(a20, 3) * (1.0 / 9.0)}
+    for band, pixels in bands.items():
+        a = masks[pixels.shape[0]]
+        mixed = pixels * (1.0 - a) + target[BANDS.index(band)] * a
+        bands[band] = np.clip(np.rint(mixed), 1, 65535).astype(np.uint16)
 
 
 # --- archive -----------------------------------------------------------------------------------
 
+#: Folders of the v1.0 download root written by ``synth_archive(..., s1=True)``.
+V1_S2_FOLDER, V1_S1_FOLDER = "BigEarthNet-v1.0", "BigEarthNet-S1-v1.0"
+#: Folders and files of a v2.0 (reBEN) archive.
+V2_S2_FOLDER, V2_S1_FOLDER, V2_REFERENCE_FOLDER = "BigEarthNet-S2", "BigEarthNet-S1", "Reference_Maps"
+V2_METADATA = "metadata.parquet"
+V2_METADATA_FLAGGED = "metadata_for_patches_with_snow_cloud_or_shadow.parquet"
+#: File-name suffix of a v2.0 reference map: ``<patch_id>_reference_map.tif``.
+REFERENCE_MAP_SUFFIX = "reference_map"
+_LAYOUT_ENTRIES = frozenset({
+    V1_S2_FOLDER, V1_S1_FOLDER, V2_S2_FOLDER, V2_S1_FOLDER, V2_REFERENCE_FOLDER,
+    V2_METADATA, V2_METADATA_FLAGGED,
+})
+
 # One patch's job: (index, name, label indices, epsg, ulx, uly, tile_source, acquisition_date)
 _Job = tuple[int, str, tuple[int, ...], int, int, int, str, str]
+# Spawn keys of a patch's streams other than its S2 pixels, SeedSequence([seed, index]).
+_S1_PIXELS, _COVER_PIXELS = 1, 2
 
 
 def _write_file(path: str, data: bytes) -> None:
@@ -488,16 +638,25 @@ def _write_file(path: str, data: bytes) -> None:
         os.close(fd)
 
 
-def _write_patch(out: str, seed: int, job: _Job) -> None:
-    index, name, labels, epsg, ulx, uly, tile_source, acquisition_date = job
-    rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
-    bands = synth_patch_bands(labels, rng)
-    folder = os.path.join(out, name)
+def _write_bands(folder: str, name: str, bands: dict[str, np.ndarray], epsg: int, ulx: int, uly: int) -> None:
+    """Write ``<folder>/<name>_<band>.tif`` for each band (uint16 or float32, native side)."""
     os.makedirs(folder, exist_ok=True)
     for band, pixels in bands.items():
         pixel_size = PATCH_METRES // pixels.shape[0]
-        head = geotiff_header(pixels.shape[0], pixels.shape[1], epsg, ulx, uly, pixel_size)
+        head = geotiff_header(pixels.shape[0], pixels.shape[1], epsg, ulx, uly, pixel_size, pixels.dtype)
         _write_file(os.path.join(folder, f"{name}_{band}.tif"), head + pixels.tobytes())
+
+
+def _patch_rng(seed: int, index: int, stream: int | None = None) -> np.random.Generator:
+    key = () if stream is None else (stream,)
+    return np.random.default_rng(np.random.SeedSequence([seed, index], spawn_key=key))
+
+
+def _write_patch(out: str, seed: int, job: _Job) -> np.ndarray:
+    """Write one v1 S2 patch folder; returns its region map (for the S1 twin)."""
+    index, name, labels, epsg, ulx, uly, tile_source, acquisition_date = job
+    bands, region = _patch_scene(labels, _patch_rng(seed, index))
+    _write_bands(os.path.join(out, name), name, bands, epsg, ulx, uly)
     meta = {
         "labels": [CLC43[c] for c in labels],
         "coordinates": {"ulx": ulx, "uly": uly, "lrx": ulx + PATCH_METRES, "lry": uly - PATCH_METRES},
@@ -505,14 +664,90 @@ def _write_patch(out: str, seed: int, job: _Job) -> None:
         "tile_source": tile_source,
         "acquisition_date": acquisition_date,
     }
-    _write_file(os.path.join(folder, f"{name}_labels_metadata.json"), json.dumps(meta).encode())
+    _write_file(os.path.join(out, name, f"{name}_labels_metadata.json"), json.dumps(meta).encode())
+    return region
 
 
-def _write_chunk(out: str, seed: int, jobs: list[_Job]) -> int:
+# A v1 job followed by (S1 patch name, scene_source, acquisition_time).
+_JobS1 = tuple[int, str, tuple[int, ...], int, int, int, str, str, str, str, str]
+
+
+def _write_patch_with_s1(out: str, seed: int, job: _JobS1) -> None:
+    """Write one v1 S2 patch under BigEarthNet-v1.0/ and its S1 twin under BigEarthNet-S1-v1.0/."""
+    region = _write_patch(os.path.join(out, V1_S2_FOLDER), seed, job[:8])  # type: ignore[arg-type]
+    index, name, labels, epsg, ulx, uly = job[:6]
+    s1_name, scene_source, acquisition_time = job[8:]
+    folder = os.path.join(out, V1_S1_FOLDER, s1_name)
+    _write_bands(folder, s1_name, synth_patch_s1(labels, region, _patch_rng(seed, index, _S1_PIXELS)), epsg, ulx, uly)
+    meta = {  # the real S1 JSON: same labels as the S2 patch, "lly" for the lower edge
+        "labels": [CLC43[c] for c in labels],
+        "coordinates": {"ulx": ulx, "uly": uly, "lrx": ulx + PATCH_METRES, "lly": uly - PATCH_METRES},
+        "projection": utm_wkt(epsg),
+        "corresponding_s2_patch": name,
+        "scene_source": scene_source,
+        "acquisition_time": acquisition_time,
+    }
+    _write_file(os.path.join(folder, f"{s1_name}_labels_metadata.json"), json.dumps(meta).encode())
+
+
+# A v2 job: (index, patch_id, tile product, label indices, epsg, ulx, uly, S1 product,
+# S1 name, cover: "" | "snow" | "cloud")
+_JobV2 = tuple[int, str, str, tuple[int, ...], int, int, int, str, str, str]
+
+
+def _write_patch_v2(out: str, seed: int, s1: bool, reference_maps: bool, job: _JobV2) -> None:
+    """Write one v2 patch: its S2 folder, and its S1 folder and reference map when asked."""
+    index, patch_id, product, labels, epsg, ulx, uly, s1_product, s1_name, cover = job
+    bands, region = _patch_scene(labels, _patch_rng(seed, index))
+    if cover:
+        _add_cover(bands, cover, _patch_rng(seed, index, _COVER_PIXELS))
+    _write_bands(os.path.join(out, V2_S2_FOLDER, product, patch_id), patch_id, bands, epsg, ulx, uly)
+    if s1:
+        s1_bands = synth_patch_s1(labels, region, _patch_rng(seed, index, _S1_PIXELS))
+        _write_bands(os.path.join(out, V2_S1_FOLDER, s1_product, s1_name), s1_name, s1_bands, epsg, ulx, uly)
+    if reference_maps:
+        ref = {REFERENCE_MAP_SUFFIX: synth_reference_map(labels, region)}
+        _write_bands(os.path.join(out, V2_REFERENCE_FOLDER, product, patch_id), patch_id, ref, epsg, ulx, uly)
+
+
+def _write_chunk(write: Callable[[object], object], jobs: Sequence[object]) -> int:
     """Write a run of patches (runs in a worker process); returns how many."""
     for job in jobs:
-        _write_patch(out, seed, job)
+        write(job)
     return len(jobs)
+
+
+def _run_jobs(
+    write: Callable[[object], object],
+    jobs: Sequence[object],
+    workers: int | None,
+    progress: Callable[[int], None] | None,
+) -> None:
+    """Call ``write(job)`` for every job, in ``workers`` processes, reporting progress here."""
+    workers = workers or os.cpu_count() or 1
+    chunk = max(8, min(128, len(jobs) // (workers * 16) or 1))
+    chunks = [jobs[s : s + chunk] for s in range(0, len(jobs), chunk)]
+    report = progress or (lambda n: None)
+    if workers == 1 or len(chunks) <= 1:
+        for part in chunks:
+            report(_write_chunk(write, part))
+        return
+    with ProcessPoolExecutor(max_workers=min(workers, len(chunks))) as pool:
+        # Keep a bounded number of chunks in flight so progress stays smooth.
+        pending = set()
+        for part in chunks:
+            pending.add(pool.submit(_write_chunk, write, part))
+            if len(pending) >= 4 * workers:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    report(future.result())
+        for future in pending:
+            report(future.result())
+
+
+def _check_workers(workers: int | None) -> None:
+    if workers is not None and (isinstance(workers, bool) or workers < 1):
+        raise InvalidArgumentError(f"workers must be >= 1, got {workers!r}")
 
 
 def _prepare_out(out: Path, overwrite: bool) -> None:
@@ -524,10 +759,13 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
                 f"{out} exists and is not empty; choose another folder or pass overwrite=True"
                 " (--overwrite) to replace the patch folders in it"
             )
-        # Only patch folders go: other files a user put there stay.
+        # Only what synth writes goes (v1 patch folders, the v1+S1 and v2 folders and
+        # parquet files): other files a user put there stay.
         for entry in out.iterdir():
-            if entry.is_dir() and is_patch_name(entry.name):
+            if entry.is_dir() and (is_patch_name(entry.name) or entry.name in _LAYOUT_ENTRIES):
                 shutil.rmtree(entry)
+            elif entry.is_file() and entry.name in _LAYOUT_ENTRIES:
+                entry.unlink()
     out.mkdir(parents=True, exist_ok=True)
 
 
@@ -538,12 +776,14 @@ def synth_archive(
     workers: int | None = None,
     progress: Callable[[int], None] | None = None,
     overwrite: bool = False,
+    s1: bool = False,
 ) -> list[str]:
     """Write the synthetic BigEarthNet-S2 v1.0 archive ``(n_patches, seed)`` into ``out``.
 
     Args:
         out: the archive folder; created if missing. It must be empty unless ``overwrite``,
-            which removes the patch folders already in it (and nothing else) first.
+            which removes what synth writes (patch folders, the S1 layout's two folders,
+            a v2 layout) already in it, and nothing else, first.
         n_patches: how many patches (13 files each: 12 GeoTIFFs and a JSON).
         seed: any integer >= 0; the same ``(n_patches, seed)`` gives the same bytes whatever
             ``workers`` is.
@@ -551,22 +791,31 @@ def synth_archive(
             process.
         progress: called with the number of patches just written, from this process.
         overwrite: replace the patch folders of an existing archive in ``out``.
+        s1: write the v1.0 S2 + S1 download layout instead: ``out/BigEarthNet-v1.0/`` holds
+            exactly the S2 archive written without ``s1`` (same bytes), and
+            ``out/BigEarthNet-S1-v1.0/<s1 name>/`` holds ``<s1 name>_VV.tif``,
+            ``<s1 name>_VH.tif`` (float32 dB, 120 x 120, 10 m, the S2 patch's square and
+            CRS) and ``<s1 name>_labels_metadata.json`` (keys ``labels``, ``coordinates``
+            with ulx/uly/lrx/lly, ``projection``, ``corresponding_s2_patch``,
+            ``scene_source``, ``acquisition_time`` as ``2017-06-13T16:50:43``). S1 names
+            are ``S1A_IW_GRDH_1SDV_20170613T165043_33UUP_87_48``: the S2 patch's tile, row
+            and column, an S1 pass up to two days from the S2 one.
 
     Returns:
-        The sorted patch names written (folder names under ``out``).
+        The sorted S2 patch names written (folder names under ``out``, or under
+        ``out/BigEarthNet-v1.0`` with ``s1``).
 
     Raises:
         InvalidArgumentError: bad counts or seed, or ``out`` not empty without ``overwrite``.
     """
     _check_count(n_patches, seed)
-    if workers is not None and (isinstance(workers, bool) or workers < 1):
-        raise InvalidArgumentError(f"workers must be >= 1, got {workers!r}")
+    _check_workers(workers)
     out = Path(out)
     _prepare_out(out, overwrite)
     plan = _plan(int(n_patches), int(seed))
     labels = synth_labels(n_patches, seed)
     acq = plan.acquisitions
-    jobs: list[_Job] = [
+    jobs: list = [
         (
             i, name, tuple(np.flatnonzero(labels[i]).tolist()), acq[a].epsg, ulx, uly,
             acq[a].tile_source, acq[a].acquisition_date,
@@ -575,27 +824,251 @@ def synth_archive(
             zip(plan.names, plan.acquisition.tolist(), plan.ulx.tolist(), plan.uly.tolist())
         )
     ]
-    workers = workers or os.cpu_count() or 1
-    chunk = max(8, min(128, n_patches // (workers * 16) or 1))
-    chunks = [jobs[s : s + chunk] for s in range(0, len(jobs), chunk)]
-    report = progress or (lambda n: None)
-    if workers == 1 or len(chunks) <= 1:
-        for part in chunks:
-            report(_write_chunk(str(out), int(seed), part))
-        return list(plan.names)
-    with ProcessPoolExecutor(max_workers=min(workers, len(chunks))) as pool:
-        # Keep a bounded number of chunks in flight so progress stays smooth.
-        pending = set()
-        queue = iter(chunks)
-        for part in queue:
-            pending.add(pool.submit(_write_chunk, str(out), int(seed), part))
-            if len(pending) >= 4 * workers:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in done:
-                    report(future.result())
-        for future in pending:
-            report(future.result())
+    if s1:
+        passes = _s1_passes(int(n_patches), int(seed))
+        for i, (name, a) in enumerate(zip(plan.names, plan.acquisition.tolist())):
+            row, col = name.rsplit("_", 2)[1:]
+            p = passes[a]
+            jobs[i] += (f"{p.product}_{acq[a].tile}_{row}_{col}", p.scene_source, p.acquisition_time)
+        write = functools.partial(_write_patch_with_s1, str(out), int(seed))
+    else:
+        write = functools.partial(_write_patch, str(out), int(seed))
+    _run_jobs(write, jobs, workers, progress)
     return list(plan.names)
+
+
+# --- Sentinel-1 passes and the v2.0 (reBEN) archive -------------------------------------------
+
+_S1_STREAM, _V2_STREAM, _REDRAW_STREAM = 3, 4, 5
+#: Share of v2 patches flagged for seasonal snow or cloud/shadow.
+FLAGGED_SHARE = 0.05
+#: Split shares of the v2 metadata (train, validation, test), drawn per patch.
+SPLIT_SHARES = (0.5, 0.25, 0.25)
+
+_COUNTRIES: dict[str, str] = {
+    "29SND": "Portugal", "29UPU": "Ireland", "31UFS": "Belgium", "31UGQ": "Luxembourg",
+    "32TMT": "Switzerland", "33UUP": "Austria", "34TDN": "Kosovo", "34TDQ": "Serbia",
+    "34VFH": "Lithuania", "35VPK": "Finland",
+}
+assert set(_COUNTRIES) == {t[0] for t in _TILES}
+
+
+@dataclass(frozen=True)
+class _S1Pass:
+    satellite: str  # S1A | S1B
+    start: str  # YYYYMMDDTHHMMSS
+    scene_source: str
+
+    @property
+    def product(self) -> str:
+        """``S1A_IW_GRDH_1SDV_20170613T165043``: the S1 product folder of reBEN."""
+        return f"{self.satellite}_IW_GRDH_1SDV_{self.start}"
+
+    @property
+    def acquisition_time(self) -> str:
+        s = self.start
+        return f"{s[0:4]}-{s[4:6]}-{s[6:8]}T{s[9:11]}:{s[11:13]}:{s[13:15]}"
+
+
+@functools.lru_cache(maxsize=4)
+def _s1_passes(n_patches: int, seed: int) -> list[_S1Pass]:
+    """One Sentinel-1 pass per S2 acquisition of ``_plan(n_patches, seed)``: 0-2 days away,
+    morning (descending, about 04:30-06:00 UTC) or evening (ascending, 16:30-18:00)."""
+    rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(_S1_STREAM,)))
+    reference = np.datetime64("2017-06-13")
+    used: set[tuple[str, str]] = set()
+    passes = []
+    for a in _plan(n_patches, seed).acquisitions:
+        s2_day = np.datetime64(f"{a.stamp[0:4]}-{a.stamp[4:6]}-{a.stamp[6:8]}")
+        while True:
+            day = s2_day + np.timedelta64(int(rng.integers(-2, 3)), "D")
+            ascending = bool(rng.random() < 0.5)
+            start = (16 if ascending else 4) * 3600 + 1800 + int(rng.integers(5400))
+            satellite = "S1A" if rng.random() < 0.6 else "S1B"
+            date = str(day).replace("-", "")
+            stamp = f"{date}T{start // 3600:02d}{start // 60 % 60:02d}{start % 60:02d}"
+            if (a.tile, stamp) not in used:
+                break
+        used.add((a.tile, stamp))
+        stop = start + 25
+        days = int((day - reference) // np.timedelta64(1, "D"))
+        orbit = (17018 if satellite == "S1A" else 5947) + round(days * 175 / 12) + (0 if ascending else 7)
+        datatake, unique = int(rng.integers(0x10000, 0x40000)), int(rng.integers(0x10000))
+        source = (
+            f"{satellite}_IW_GRDH_1SDV_{stamp}_{date}T{stop // 3600:02d}{stop // 60 % 60:02d}{stop % 60:02d}"
+            f"_{orbit:06d}_{datatake:06X}_{unique:04X}"
+        )
+        passes.append(_S1Pass(satellite, stamp, source))
+    return passes
+
+
+_CLC19_MEMBERS = np.zeros((len(CLC43), len(CLC19)), dtype=np.uint8)
+for _new, _olds in enumerate(CLC19_FROM_CLC43):
+    _CLC19_MEMBERS[list(_olds), _new] = 1
+
+
+def _to_clc19(clc43: np.ndarray) -> np.ndarray:
+    """(N, 43) multi-hot -> (N, 19) uint8 with the official conversion."""
+    return (clc43.astype(np.int32) @ _CLC19_MEMBERS > 0).astype(np.uint8)
+
+
+def synth_labels_v2(n_patches: int, seed: int = 0) -> np.ndarray:
+    """CLC43 labels of the synthetic v2.0 archive: :func:`synth_labels`, with each row whose
+    19-class conversion would be empty (only classes outside the 19-class nomenclature, such
+    as road networks or bare rock) redrawn from its own stream until it is not (reBEN has no
+    patch without 19-class labels).
+
+    Returns:
+        (n_patches, 43) uint8, row i for the i-th patch of ``synth_patch_names(n, seed)``
+        (the v1 names the v2 patches carry as ``s2v1_name``).
+    """
+    labels = synth_labels(n_patches, seed)
+    bad = np.flatnonzero(_to_clc19(labels).sum(axis=1) == 0)
+    p = np.asarray(CLC43_FREQUENCY, dtype=np.float64)
+    rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(_REDRAW_STREAM,)))
+    while bad.size:
+        candidates = _labels_from_uniform(rng.random((bad.size, len(p))), p).astype(np.uint8)
+        ok = _to_clc19(candidates).any(axis=1)
+        labels[bad[ok]] = candidates[ok]
+        bad = bad[~ok]
+    return labels
+
+
+@dataclass(frozen=True)
+class _V2Plan:
+    """The patches of a v2 archive in sorted patch-id order; ``jobs`` drive the writers."""
+
+    patch_ids: list[str]
+    clc43: np.ndarray  # (N, 43) uint8
+    columns: dict[str, list]  # metadata.parquet columns, one row per patch
+    flagged: np.ndarray  # (N,) bool
+    jobs: list[_JobV2]
+
+
+@functools.lru_cache(maxsize=2)
+def _plan_v2(n_patches: int, seed: int) -> _V2Plan:
+    base = _plan(n_patches, seed)
+    passes = _s1_passes(n_patches, seed)
+    clc43 = synth_labels_v2(n_patches, seed)
+    rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(_V2_STREAM,)))
+    u_split, u_flag, u_kind = rng.random(n_patches), rng.random(n_patches), rng.random(n_patches)
+    rows = []
+    for i, (name, a, ulx, uly) in enumerate(
+        zip(base.names, base.acquisition.tolist(), base.ulx.tolist(), base.uly.tolist())
+    ):
+        acq, s1 = base.acquisitions[a], passes[a]
+        row, col = name.rsplit("_", 2)[1:]
+        product = f"{acq.satellite}_MSIL2A_{acq.stamp}_N9999_R{acq.orbit:03d}_T{acq.tile}"
+        rows.append((f"{product}_{row}_{col}", product, name, s1.product, f"{s1.product}_{acq.tile}_{row}_{col}",
+                     acq, int(ulx), int(uly), i))
+    rows.sort(key=lambda r: r[0])
+    order = np.asarray([r[-1] for r in rows], dtype=np.intp)
+    clc43 = clc43[order] if n_patches else clc43
+    clc19 = _to_clc19(clc43)
+    split = np.where(u_split < SPLIT_SHARES[0], "train",
+                     np.where(u_split < SPLIT_SHARES[0] + SPLIT_SHARES[1], "validation", "test"))[order]
+    winter = np.array([r[5].stamp[4:6] in ("11", "12", "01", "02", "03") for r in rows], dtype=bool)
+    flagged = u_flag[order] < FLAGGED_SHARE
+    snow = flagged & winter & (u_kind[order] < 0.6)
+    cloud = flagged & ~snow
+    columns: dict[str, list] = {
+        "patch_id": [r[0] for r in rows],
+        "labels": [[CLC19[j] for j in np.flatnonzero(r)] for r in clc19],
+        "split": split.tolist(),
+        "country": [_COUNTRIES[r[5].tile] for r in rows],
+        "s1_name": [r[4] for r in rows],
+        "s2v1_name": [r[2] for r in rows],
+        "contains_seasonal_snow": snow.tolist(),
+        "contains_cloud_or_shadow": cloud.tolist(),
+    }
+    jobs: list[_JobV2] = [
+        (i, r[0], r[1], tuple(np.flatnonzero(clc43[i]).tolist()), r[5].epsg, r[6], r[7], r[3], r[4],
+         "snow" if snow[i] else "cloud" if cloud[i] else "")
+        for i, r in enumerate(rows)
+    ]
+    return _V2Plan(patch_ids=columns["patch_id"], clc43=clc43, columns=columns, flagged=flagged, jobs=jobs)
+
+
+def _write_metadata(out: Path, plan: _V2Plan) -> None:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([
+        ("patch_id", pa.string()), ("labels", pa.list_(pa.string())), ("split", pa.string()),
+        ("country", pa.string()), ("s1_name", pa.string()), ("s2v1_name", pa.string()),
+        ("contains_seasonal_snow", pa.bool_()), ("contains_cloud_or_shadow", pa.bool_()),
+    ])
+    table = pa.table(plan.columns, schema=schema)
+    flagged = pa.array(plan.flagged, type=pa.bool_())
+    pq.write_table(table.filter(pc.invert(flagged)), out / V2_METADATA)
+    pq.write_table(table.filter(flagged), out / V2_METADATA_FLAGGED)
+
+
+def synth_archive_v2(
+    out: str | Path,
+    n_patches: int,
+    seed: int = 0,
+    s1: bool = False,
+    reference_maps: bool = False,
+    workers: int | None = None,
+    progress: Callable[[int], None] | None = None,
+    overwrite: bool = False,
+) -> list[str]:
+    """Write the synthetic BigEarthNet v2.0 (reBEN) archive ``(n_patches, seed)`` into ``out``.
+
+    Layout (the real reBEN download's)::
+
+        out/BigEarthNet-S2/<tile product>/<patch_id>/<patch_id>_B01.tif ... _B12.tif
+        out/BigEarthNet-S1/<S1 product>/<s1_name>/<s1_name>_VV.tif, _VH.tif       (s1)
+        out/Reference_Maps/<tile product>/<patch_id>/<patch_id>_reference_map.tif (reference_maps)
+        out/metadata.parquet
+        out/metadata_for_patches_with_snow_cloud_or_shadow.parquet
+
+    Patch ids are ``S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_26_57`` (tile product, then
+    row and column), S1 names ``S1A_IW_GRDH_1SDV_20170613T165043_33UUP_26_57`` (same tile,
+    row and column; S1 product folder ``S1A_IW_GRDH_1SDV_20170613T165043``). S2 bands are
+    uint16 as in v1 (120/60/20 px); VV and VH float32 backscatter in dB, 120 x 120; the
+    reference map uint16 CORINE 2018 codes, 120 x 120, painted by the same regions as the
+    S2 pixels (its codes are exactly the patch's CLC43 labels). All modalities of a patch
+    share its CRS and 1200 m square.
+
+    ``metadata.parquet`` (clean patches) and the flagged file (about :data:`FLAGGED_SHARE`
+    of patches, with a cloud or snow cover painted on their S2 bands; their files are in the
+    archive too) share the columns: ``patch_id`` string, ``labels`` list<string> (CLC19
+    names, official order, never empty), ``split`` string (train/validation/test, drawn per
+    patch 50/25/25), ``country`` string, ``s1_name`` string, ``s2v1_name`` string (the
+    v1-style name), ``contains_seasonal_snow`` bool, ``contains_cloud_or_shadow`` bool; rows
+    in patch-id order. The parquet files are written last.
+
+    Args:
+        out, seed, workers, progress, overwrite: as in :func:`synth_archive`.
+        n_patches: how many patches, clean and flagged together.
+        s1: write the Sentinel-1 folders too.
+        reference_maps: write the reference maps too.
+
+    Returns:
+        All patch ids written (clean and flagged), sorted.
+    """
+    _check_count(n_patches, seed)
+    _check_workers(workers)
+    out = Path(out)
+    _prepare_out(out, overwrite)
+    plan = _plan_v2(int(n_patches), int(seed))
+    write = functools.partial(_write_patch_v2, str(out), int(seed), bool(s1), bool(reference_maps))
+    _run_jobs(write, plan.jobs, workers, progress)
+    _write_metadata(out, plan)
+    return list(plan.patch_ids)
+
+
+def tree_footprint(root: str | Path) -> tuple[int, int]:
+    """(files, bytes) of everything under ``root``."""
+    files = size = 0
+    for folder, _, names in os.walk(root):
+        for name in names:
+            files += 1
+            size += os.stat(os.path.join(folder, name)).st_size
+    return files, size
 
 
 def archive_footprint(out: str | Path, names: Sequence[str]) -> tuple[int, int]:
