@@ -1,0 +1,82 @@
+"""benzarr report: run folders -> curves and tables."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from benzarr.errors import InvalidArgumentError
+from benzarr.report import find_runs, mean_ci95, write_report
+from benzarr.split import make_split
+from benzarr.store import open_store
+from benzarr.train import TrainConfig, train, train_seeds
+from tests.conftest import copy_tree
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory, synth_store_64: Path) -> dict[str, Path]:
+    """Two seeds on a stratified split (one folder of seed-<s>/) and one run on a random split."""
+    root = tmp_path_factory.mktemp("report")
+    store = copy_tree(synth_store_64, root / "store.zarr")
+    opened = open_store(store, mode="r+")
+    make_split(opened, "strat", "iterative", fractions=(0.6, 0.2, 0.2), seed=0)
+    make_split(opened, "rand", "random", fractions=(0.6, 0.2, 0.2), seed=0)
+    cfg = TrainConfig(store=str(store), split="strat", model="shortcnn-rgb", epochs=2, batch_size=16, max_steps=4,
+                      device="cpu", out=str(root / "strat"))
+    train_seeds(cfg, [0, 1])
+    train(replace(cfg, split="rand", out=str(root / "rand")))
+    return {"strat": root / "strat", "rand": root / "rand", "root": root}
+
+
+def test_report_writes_png_curves_and_tables(runs: dict[str, Path], tmp_path: Path) -> None:
+    report = write_report([runs["strat"], runs["rand"]], tmp_path / "out")
+    assert report.files["curves"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in ("runs.csv", "runs.md", "summary.csv", "summary.md"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
+    per_run = pd.read_csv(tmp_path / "out" / "runs.csv")
+    assert len(per_run) == 3 and sorted(per_run["seed"]) == [0, 0, 1]
+    assert per_run["micro_f1"].between(0, 1).all()
+
+
+def test_summary_compares_splits_in_one_table_with_t_intervals(runs: dict[str, Path], tmp_path: Path) -> None:
+    report = write_report([runs["strat"], runs["rand"]], tmp_path / "out")
+    summary = report.summary.set_index("split")
+    assert list(summary.index) == ["strat", "rand"]
+    assert summary.loc["strat", "n_runs"] == 2 and summary.loc["rand", "n_runs"] == 1
+    seeds = report.runs[report.runs["split"] == "strat"]["macro_f1"].tolist()
+    assert summary.loc["strat", "macro_f1_mean"] == pytest.approx(sum(seeds) / 2)
+    assert math.isnan(summary.loc["rand", "macro_f1_ci95"])  # one run: no interval
+    assert "| strat |" in report.summary_md.replace("shortcnn-rgb | ", "")
+    assert " ± " in report.summary_md
+
+
+def test_mean_ci95_is_the_student_t_interval() -> None:
+    mean, half = mean_ci95([0.80, 0.82, 0.84])
+    assert mean == pytest.approx(0.82)
+    assert half == pytest.approx(4.302653 * 0.02 / math.sqrt(3), rel=1e-5)
+    assert math.isnan(mean_ci95([0.5])[1])
+
+
+def test_curves_come_from_the_event_files(runs: dict[str, Path]) -> None:
+    found = find_runs([runs["strat"]])
+    assert [r.path.name for r in found] == ["seed-0", "seed-1"]
+    assert all(r.group == str(runs["strat"]) for r in found)
+    assert sorted(found[0].scalars["train/loss"]) == [1, 2]
+
+
+def test_a_folder_without_runs_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgumentError, match="no run here"):
+        write_report([tmp_path], tmp_path / "out")
+
+
+def test_report_command_prints_the_summary(runs: dict[str, Path], tmp_path: Path) -> None:
+    from benzarr_cli.main import app
+
+    result = CliRunner().invoke(app, ["report", str(runs["strat"]), str(runs["rand"]), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    assert "3 run(s)" in result.output and "curves.png" in result.output

@@ -1,0 +1,223 @@
+"""The trainer: what a reproducible training run promises."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from benzarr.checkpoint import load_checkpoint
+from benzarr.data import BigEarthNetDataset, make_loader
+from benzarr.errors import InvalidArgumentError
+from benzarr.models import create_model
+from benzarr.split import make_split
+from benzarr.store import open_store
+from benzarr.train import TrainConfig, TrainEvent, monitor_key, resolve_bands, train, train_seeds
+from tests.conftest import copy_tree
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory, synth_store_64: Path) -> Path:
+    """The 64-patch store with an iterative 60/20/20 split ``strat`` (read-only)."""
+    path = copy_tree(synth_store_64, tmp_path_factory.mktemp("train") / "store.zarr")
+    make_split(open_store(path, mode="r+"), "strat", "iterative", fractions=(0.6, 0.2, 0.2), seed=0)
+    return path
+
+
+def config(store: Path, out: Path, **changes: object) -> TrainConfig:
+    """A small, fast run: RGB ShortCNN, batches of 16."""
+    base = TrainConfig(store=str(store), split="strat", model="shortcnn-rgb", epochs=1, batch_size=16,
+                       device="cpu", out=str(out))
+    return replace(base, **changes)
+
+
+def weights(run_dir: Path, name: str = "last.pt") -> dict[str, torch.Tensor]:
+    return load_checkpoint(run_dir / "checkpoints" / name)["model"]
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_one_step_lowers_the_loss_on_its_batch(store: Path, tmp_path: Path) -> None:
+    cfg = config(store, tmp_path / "run", max_steps=1, lr=1e-3)
+    ds = BigEarthNetDataset(str(store), split="strat", subset="train", bands="rgb", normalize=True)
+    loader = make_loader(ds, 16, shuffle=True, num_workers=0, seed=cfg.seed, device="cpu")
+    loader.set_epoch(0)
+    batch = next(iter(loader))  # the trainer's first batch: the order depends on (seed, epoch) only
+    torch.manual_seed(cfg.seed)
+    model = create_model("shortcnn-rgb", in_channels=3, num_classes=43)  # the trainer's initial weights
+    loss = torch.nn.BCEWithLogitsLoss()
+    with torch.no_grad():
+        before = loss(model(batch["image"]), batch["label"]).item()
+    result = train(cfg)
+    model.load_state_dict(weights(result.run_dir))
+    with torch.no_grad():
+        after = loss(model(batch["image"]), batch["label"]).item()
+    assert result.steps == 1
+    assert after < before
+
+
+def test_same_seed_gives_same_weights_and_metrics(store: Path, tmp_path: Path) -> None:
+    a = train(config(store, tmp_path / "a", max_steps=2))
+    b = train(config(store, tmp_path / "b", max_steps=2))
+    c = train(config(store, tmp_path / "c", max_steps=2, seed=1))
+    assert_same_weights(weights(a.run_dir), weights(b.run_dir))
+    assert a.test == b.test
+    metrics_a = json.loads((a.run_dir / "metrics.json").read_text())["test"]
+    metrics_b = json.loads((b.run_dir / "metrics.json").read_text())["test"]
+    assert metrics_a == metrics_b
+    assert not torch.equal(weights(a.run_dir)["conv1.weight"], weights(c.run_dir)["conv1.weight"])
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(store: Path, tmp_path: Path) -> None:
+    full = train(config(store, tmp_path / "full", epochs=2, scheduler="cosine"))
+
+    class Interrupt(Exception):
+        pass
+
+    def crash_after_first_epoch(event: TrainEvent) -> None:
+        if event.kind == "epoch_end" and event.epoch == 0:
+            raise Interrupt
+
+    cut = config(store, tmp_path / "cut", epochs=2, scheduler="cosine")
+    with pytest.raises(Interrupt):
+        train(cut, crash_after_first_epoch)
+    assert load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")["state"]["epoch"] == 1
+    resumed = train(replace(cut, resume=True))
+    assert (resumed.epochs, resumed.steps) == (full.epochs, full.steps)
+    assert_same_weights(weights(full.run_dir), weights(resumed.run_dir))
+    assert_same_weights(weights(full.run_dir, "best.pt"), weights(resumed.run_dir, "best.pt"))
+    assert resumed.test == full.test
+    full_ckpt, resumed_ckpt = (load_checkpoint(d / "checkpoints" / "last.pt") for d in (full.run_dir, resumed.run_dir))
+    assert full_ckpt["scheduler"] == resumed_ckpt["scheduler"]
+    assert json.loads((resumed.run_dir / "config.json").read_text())["resumed"]
+
+
+def test_resume_with_more_epochs_continues_a_finished_run(store: Path, tmp_path: Path) -> None:
+    full = train(config(store, tmp_path / "full", epochs=2))
+    first = train(config(store, tmp_path / "more", epochs=1))
+    more = train(replace(config(store, tmp_path / "more", epochs=2), resume=True))
+    assert first.epochs == 1 and more.epochs == 2
+    assert_same_weights(weights(full.run_dir), weights(more.run_dir))
+    assert more.test == full.test
+
+
+def test_run_folder_holds_config_events_checkpoints_metrics_scores(store: Path, tmp_path: Path) -> None:
+    from benzarr.tb import read_scalars
+
+    result = train(config(store, tmp_path / "run", epochs=2, labels="clc19"))
+    run = result.run_dir
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["settings"]["bands"] == ["B04", "B03", "B02"] and cfg["settings"]["labels"] == "clc19"
+    assert cfg["store"]["n_patches"] == 64 and len(cfg["store"]["split_sha256"]) == 64
+    assert {"torch", "numpy", "benzarr", "zarr"} <= cfg["versions"].keys()
+    scalars = read_scalars(run)
+    for tag in ("train/loss", "val/loss", "train/micro_f1", "val/macro_f1", "lr", "throughput/patches_per_s"):
+        assert sorted(scalars[tag]) == [1, 2], tag
+    assert "hparam/test_micro_f1" in scalars
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test"]["n_classes"] == 19 and metrics["checkpoint"] == "checkpoints/best.pt"
+    assert 1 <= metrics["best_epoch"] <= 2
+    lines = (run / "scores.csv").read_text().splitlines()
+    assert lines[0] == "class,index,support,predicted,precision,recall,f1,f2,ap"
+    assert len(lines) == 1 + 19 + 2 and lines[-2].startswith("micro,") and lines[-1].startswith("macro,")
+    with pytest.raises(InvalidArgumentError, match="--resume"):
+        train(config(store, run, epochs=2))  # a second run may not overwrite the first
+
+
+def test_early_stopping_stops_after_patience_epochs_without_improvement(store: Path, tmp_path: Path) -> None:
+    # lr 0: the validation loss never improves after the first epoch
+    result = train(config(store, tmp_path / "run", epochs=5, optim="sgd", momentum=0.0, lr=1e-12,
+                                  monitor="val_loss", patience=1))
+    assert result.stopped_early and result.epochs == 2 and result.best_epoch == 1
+
+
+def test_cross_entropy_is_refused_with_an_explanation(store: Path, tmp_path: Path) -> None:
+    for name in ("ce", "crossentropy"):
+        with pytest.raises(InvalidArgumentError, match="multi-label"):
+            train(config(store, tmp_path / "ce", loss=name))
+    assert not (tmp_path / "ce").exists()
+
+
+def test_settings_are_checked_before_any_work(store: Path, tmp_path: Path) -> None:
+    for changes, message in (({"optim": "lbfgs"}, "--optim"), ({"bands": "B04,B99"}, "band"),
+                             ({"monitor": "val_accuracy"}, "--monitor"), ({"finetune": 3}, "--finetune")):
+        with pytest.raises(InvalidArgumentError, match=message):
+            train(config(store, tmp_path / "x", **changes))
+    with pytest.raises(InvalidArgumentError, match="no checkpoint"):
+        train(config(store, tmp_path / "x", resume=True))
+
+
+def test_bands_follow_the_model_unless_given() -> None:
+    assert resolve_bands("shortcnn-rgb", None) == ["B04", "B03", "B02"]
+    assert len(resolve_bands("shortcnn-all", None)) == 12
+    assert resolve_bands("shortcnn-all", "b08,B04") == ["B08", "B04"]
+    assert monitor_key("val_loss") == ("loss", False) and monitor_key("val_micro_f1") == ("micro_f1", True)
+
+
+def test_seeds_run_into_seed_folders(store: Path, tmp_path: Path) -> None:
+    results = train_seeds(config(store, tmp_path / "multi", max_steps=1), [0, 1])
+    assert [r.run_dir for r in results] == [tmp_path / "multi" / "seed-0", tmp_path / "multi" / "seed-1"]
+    assert all((r.run_dir / "metrics.json").is_file() for r in results)
+
+
+def test_labels_shuffled_in_the_store_stay_at_the_prior_baseline(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """With true labels the model ranks better than the label priors; with the label rows
+    permuted in the store it cannot, so its mAP stays near the prior's."""
+    from benzarr.ingest import ingest
+    from benzarr.metrics import compute_metrics
+    from benzarr.synth import synth_archive
+
+    root = tmp_path_factory.mktemp("learn")
+    synth_archive(root / "archive", 160, seed=3, workers=1)
+    stores = {"true": root / "true.zarr", "shuffled": root / "shuffled.zarr"}
+    ingest(root / "archive", stores["true"], workers=1, shard_size=256)
+    split = make_split(open_store(stores["true"], mode="r+"), "strat", "iterative", fractions=(0.6, 0.2, 0.2), seed=0)
+    copy_tree(stores["true"], stores["shuffled"])
+    shuffled = open_store(stores["shuffled"], mode="r+")
+    for name in ("labels/clc43", "labels/clc19"):
+        array = shuffled.array(name)
+        array[:] = np.random.default_rng(0).permutation(np.asarray(array[:]))
+    labels = open_store(stores["true"]).labels("clc43")
+    test_rows = split.codes == 2
+    prior = labels[split.codes == 0].mean(axis=0)
+    baseline = compute_metrics(labels[test_rows], np.broadcast_to(prior, labels[test_rows].shape))["micro_map"]
+    maps = {}
+    for kind, path in stores.items():
+        result = train(TrainConfig(store=str(path), split="strat", model="shortcnn-all", epochs=2, batch_size=16,
+                                   device="cpu", out=str(root / f"run-{kind}"), monitor="val_micro_map"))
+        maps[kind] = result.test["micro_map"]
+    shuffled_prior = compute_metrics(
+        shuffled.labels("clc43")[test_rows],
+        np.broadcast_to(shuffled.labels("clc43")[split.codes == 0].mean(axis=0), labels[test_rows].shape))["micro_map"]
+    assert maps["true"] > baseline + 0.15
+    assert abs(maps["shuffled"] - shuffled_prior) < 0.1
+
+
+def test_two_process_data_parallel_run_writes_one_run_folder(store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "benzarr_cli", "train", str(store), "--split", "strat", "--model", "shortcnn-rgb",
+           "--epochs", "1", "--batch-size", "8", "--device", "cpu", "--out", str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]
+    assert (out / "metrics.json").is_file() and (out / "scores.csv").is_file()
+    assert len(list(out.glob("events.out.tfevents.*"))) == 1  # rank 0 alone writes
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["world_size"] == 2
+    n_train = cfg["store"]["split_counts"]["train"]
+    # each rank takes ceil(n/2) patches in batches of 8: both take the same number of steps
+    assert json.loads((out / "metrics.json").read_text())["steps"] == -(-(-(-n_train // 2)) // 8)
+    assert proc.stdout.count("epoch 1/1") == 1  # rank 0 alone prints
