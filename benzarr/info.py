@@ -54,7 +54,8 @@ def _walk_arrays(group: zarr.Group, prefix: str = "") -> list[tuple[str, zarr.Ar
     return found
 
 
-def describe_store(path: str | Path, top_classes: int = 10) -> dict[str, Any]:
+def describe_store(path: str | Path, top_classes: int = 10,
+                   storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Summarise a store, complete or not.
 
     Returns a dict with: path, format_version, complete, n_patches, shards (total, done),
@@ -63,7 +64,9 @@ def describe_store(path: str | Path, top_classes: int = 10) -> dict[str, Any]:
     19-class label), band statistics, splits (name -> method, counts), ingest parameters,
     and failed patches (name -> reason).
     """
-    store: Store = open_store(path, require_complete=False)
+    from benzarr.ingest import missing_parts
+
+    store: Store = open_store(path, require_complete=False, storage_options=storage_options)
     attrs = store.attrs
     local = not is_url(store.path)
     arrays = []
@@ -90,10 +93,13 @@ def describe_store(path: str | Path, top_classes: int = 10) -> dict[str, Any]:
         "modalities": attrs.get("modalities"),
         "source": attrs.get("source"),
         "shards": {"total": store.n_shards, "done": int(done.sum())},
+        "parts": {"planned": attrs.get("parts"), "missing": missing_parts(store)} if attrs.get("parts") else None,
         "arrays": arrays,
         "bytes_total": _bytes_on_disk(Path(store.path)) if local else None,
         "ingest": attrs.get("ingest"),
         "band_stats": attrs.get("stats", {}).get("s2", {}),
+        "s1_stats": attrs.get("stats", {}).get("s1", {}),
+        "label_sets": attrs.get("label_sets", ["clc43", "clc19"]),
         "splits": {},
         "failed": {},
         "labels": {},
@@ -102,7 +108,7 @@ def describe_store(path: str | Path, top_classes: int = 10) -> dict[str, Any]:
         return info
     valid = store.valid_mask()
     n_valid = int(valid.sum())
-    for nomenclature in ("clc43", "clc19"):
+    for nomenclature in info["label_sets"]:
         counts = store.labels(nomenclature)[valid].sum(axis=0, dtype=np.int64)
         classes = store.class_names(nomenclature)
         order = np.argsort(-counts, kind="stable")

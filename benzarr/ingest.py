@@ -1,15 +1,21 @@
-"""Archive -> store: parallel, resumable, validated.
+"""Archive -> store: parallel, resumable, validated; on one machine or split across many.
 
 Rows are the archive's patches in sorted name order. They are cut into shards of
 ``shard_size`` rows; each task reads one shard's patches with rasterio and writes that shard
-of every array (band shards, label and metadata chunks, the shard's band statistics), and
+of every array (band shards, staged label and metadata rows, the shard's statistics), and
 only then sets ``ingest/done[shard]``. No two processes ever write the same file, a killed
 run leaves only unfinished shards to redo, and the finished store does not depend on the
-number of workers.
+number of workers. The last step copies the staged rows into the final arrays, stores the
+statistics and marks the store complete.
 
-A bad patch (unreadable or missing band, wrong shape or dtype, missing or malformed JSON,
-unknown label) is recorded in ``meta/valid``/``meta/error`` and its row left zero; every
-other patch is ingested exactly. With ``strict=True`` the first bad patch stops the run.
+Across machines: ``plan=True`` only creates the layout; ``part=(i, n)`` then writes shard
+group ``i`` of ``n`` (contiguous ranges of shards) from anywhere that sees the same store
+path, concurrently; whichever part finds every shard done finishes the store.
+
+A bad patch (unreadable or missing file, wrong shape or dtype, missing or malformed JSON,
+unknown label, missing S1 pair) is recorded in ``meta/valid``/``meta/error`` and its row left
+zero; every other patch is ingested exactly. With ``strict=True`` the first bad patch stops
+the run.
 """
 
 from __future__ import annotations
@@ -28,8 +34,8 @@ from typing import Any
 import numpy as np
 import rasterio
 
-from benzarr.archive import GDAL_ENV, clc43_to_clc19, discover_patches, find_archive_root, read_patch
-from benzarr.bigearthnet import BAND_GROUPS, CLC19, CLC43
+from benzarr.archive import GDAL_ENV, MODALITIES, Archive, PatchRef, open_archive, read_sample
+from benzarr.bigearthnet import BAND_GROUPS, CLC19, CLC43, PATCH_SIDE, S1_BANDS
 from benzarr.errors import (
     BadPatchError,
     InvalidArgumentError,
@@ -46,13 +52,18 @@ from benzarr.store import (
     DEFAULT_SHARD_SIZE,
     DONE_ARRAY,
     LABEL_ARRAYS,
+    REFERENCE_MAP_ARRAY,
+    S1_ARRAY,
+    S1_STATS_ARRAY,
     S2_ARRAYS,
     STATS_ARRAY,
     Store,
+    channel_stats,
     combine_band_stats,
     create_store,
     drop_staging,
     finalize_rows,
+    is_url,
     open_store,
     remove_store,
     shard_band_stats,
@@ -71,13 +82,17 @@ class IngestResult:
     Attributes:
         store: path of the store.
         n_patches: rows in the store.
-        failed: bad patches, name -> reason (also stored in the store).
+        failed: bad patches, name -> reason (also stored in the store); complete stores only.
         shards_total: shards in the store.
         shards_written: shards written by this run (fewer than total when resuming).
         resumed: True when an incomplete store was continued.
         seconds: wall time of this run.
+        complete: the store is complete after this run (False after ``plan`` or a part
+            that left other parts' shards undone).
+        version: archive version (``"1"``/``"2"``); modalities: what the store holds.
         not_in_archive: names from ``patches`` that the archive does not hold.
         excluded: patches left out by ``exclude``.
+        missing_parts: with ``parts``, the part numbers not finished yet.
     """
 
     store: str
@@ -87,8 +102,12 @@ class IngestResult:
     shards_written: int
     resumed: bool
     seconds: float
+    complete: bool = True
+    version: str = "1"
+    modalities: list[str] = field(default_factory=lambda: ["s2"])
     not_in_archive: list[str] = field(default_factory=list)
     excluded: int = 0
+    missing_parts: list[int] = field(default_factory=list)
 
 
 def read_name_file(source: str | Path) -> list[str]:
@@ -127,29 +146,45 @@ def plan_patches(
     archive: str | Path,
     exclude: Sequence[str | Path] = (),
     patches: str | Path | None = None,
-) -> tuple[Path, list[str], list[str], int]:
+    source: str | None = None,
+) -> tuple[Archive, list[str], list[str], int]:
     """Decide which patches an ingest writes.
 
     Returns:
-        ``(archive root, sorted names to ingest, names of ``patches`` missing from the
-        archive, number excluded)``.
+        ``(archive, sorted names to ingest, names of ``patches`` missing from the archive,
+        number excluded)``.
     """
-    root = find_archive_root(archive)
-    names = discover_patches(root)
+    found = open_archive(archive, source)
+    names = found.names
     missing: list[str] = []
     if patches is not None:
         wanted = set(read_name_file(patches))
-        available = set(names)
-        missing = sorted(wanted - available)
+        missing = sorted(wanted - set(names))
         names = [name for name in names if name in wanted]
     excluded: set[str] = set()
-    for source in exclude:
-        excluded.update(read_name_file(source))
+    for item in exclude:
+        excluded.update(read_name_file(item))
     before = len(names)
     names = [name for name in names if name not in excluded]
     if not names:
         raise NotAnArchiveError(f"{archive}: no patches left to ingest after --patches/--exclude")
-    return root, names, missing, before - len(names)
+    return found, names, missing, before - len(names)
+
+
+def part_shards(part: int, parts: int, n_shards: int) -> range:
+    """Shards of part ``part`` (1-based) of ``parts``: contiguous, as even as possible."""
+    return range((part - 1) * n_shards // parts, part * n_shards // parts)
+
+
+def parse_part(text: str) -> tuple[int, int]:
+    """``"2/4"`` -> (2, 4); raises InvalidArgumentError otherwise."""
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise InvalidArgumentError(f"--part {text!r}: write it as I/N, e.g. 1/4") from None
+    if not 1 <= i <= n:
+        raise InvalidArgumentError(f"--part {text!r}: I must be between 1 and N")
+    return i, n
 
 
 # -- worker side -----------------------------------------------------------------------
@@ -164,17 +199,18 @@ def _worker_init() -> None:
     _WORKER_STATE["env"] = env
 
 
-def _worker_store(path: str) -> Store:
+def _worker_store(path: str, storage_options: dict[str, Any] | None) -> Store:
     cached = _WORKER_STATE.get("store")
     if cached is None or cached.path != path:
-        cached = open_store(path, mode="r+", require_complete=False)
+        cached = open_store(path, mode="r+", require_complete=False, storage_options=storage_options)
         _WORKER_STATE["store"] = cached
     return cached
 
 
-def ingest_shard(store_path: str, root: str, shard: int, names: Sequence[str], start: int,
+def ingest_shard(store_path: str, storage_options: dict[str, Any] | None, version: str,
+                 modalities: Sequence[str], shard: int, refs: Sequence[PatchRef], start: int,
                  strict: bool) -> dict[str, str]:
-    """Read ``names`` (rows ``start``…) and write shard ``shard`` of every array.
+    """Read ``refs`` (rows ``start``…) and write shard ``shard`` of every array.
 
     Returns:
         the shard's bad patches, name -> reason.
@@ -184,53 +220,67 @@ def ingest_shard(store_path: str, root: str, shard: int, names: Sequence[str], s
     """
     if "env" not in _WORKER_STATE:
         _worker_init()
-    store = _worker_store(store_path)
-    n = len(names)
+    store = _worker_store(store_path, storage_options)
+    n = len(refs)
     bands = {g: np.zeros((n, len(b), s, s), dtype=np.uint16) for g, (b, s, _) in BAND_GROUPS.items()}
-    clc43 = np.zeros((n, len(CLC43)), dtype=np.uint8)
-    tile_source = np.full(n, "", dtype=object)
-    error = np.full(n, "", dtype=object)
-    acquisition = np.zeros(n, dtype=np.int64)
-    bounds = np.zeros((n, 4), dtype=np.float64)
-    epsg = np.zeros(n, dtype=np.int32)
-    valid = np.zeros(n, dtype=bool)
+    s1 = np.zeros((n, len(S1_BANDS), PATCH_SIDE, PATCH_SIDE), dtype=np.float32) if "s1" in modalities else None
+    reference_map = np.zeros((n, PATCH_SIDE, PATCH_SIDE), dtype=np.uint16) if "reference-map" in modalities else None
+    rows: dict[str, np.ndarray] = {
+        LABEL_ARRAYS["clc43"]: np.zeros((n, len(CLC43)), dtype=np.uint8),
+        LABEL_ARRAYS["clc19"]: np.zeros((n, len(CLC19)), dtype=np.uint8),
+        "meta/tile_source": np.full(n, "", dtype=object),
+        "meta/error": np.full(n, "", dtype=object),
+        "meta/acquisition_time": np.zeros(n, dtype=np.int64),
+        "meta/bounds": np.zeros((n, 4), dtype=np.float64),
+        "meta/epsg": np.zeros(n, dtype=np.int32),
+        "meta/valid": np.zeros(n, dtype=bool),
+        "meta/s1_name": np.full(n, "", dtype=object),
+        "meta/country": np.full(n, "", dtype=object),
+        "meta/season": np.full(n, "", dtype=object),
+        "meta/contains_seasonal_snow": np.zeros(n, dtype=bool),
+        "meta/contains_cloud_or_shadow": np.zeros(n, dtype=bool),
+        "meta/official_split": np.full(n, "", dtype=object),
+    }
     failed: dict[str, str] = {}
-    for i, name in enumerate(names):
+    for i, ref in enumerate(refs):
         try:
-            patch = read_patch(root, name)
+            patch = read_sample(ref, version, modalities)
         except BadPatchError as exc:
             if strict:
                 raise
-            failed[name] = exc.reason
-            error[i] = exc.reason
+            failed[ref.name] = exc.reason
+            rows["meta/error"][i] = exc.reason
             continue
         for group, data in patch.bands.items():
             bands[group][i] = data
-        clc43[i] = patch.clc43
-        tile_source[i] = patch.tile_source
-        acquisition[i] = patch.acquisition_time
-        bounds[i] = patch.bounds
-        epsg[i] = patch.epsg
-        valid[i] = True
+        if s1 is not None:
+            s1[i] = patch.s1
+        if reference_map is not None:
+            reference_map[i] = patch.reference_map
+        values = {
+            LABEL_ARRAYS["clc43"]: patch.clc43, LABEL_ARRAYS["clc19"]: patch.clc19,
+            "meta/tile_source": patch.tile_source, "meta/acquisition_time": patch.acquisition_time,
+            "meta/bounds": patch.bounds, "meta/epsg": patch.epsg, "meta/valid": True,
+            "meta/s1_name": patch.s1_name, "meta/country": patch.country, "meta/season": patch.season,
+            "meta/contains_seasonal_snow": patch.snow, "meta/contains_cloud_or_shadow": patch.cloud,
+            "meta/official_split": patch.official_split,
+        }
+        for path, value in values.items():
+            rows[path][i] = value
 
     stop = start + n
-    if "s2" in store.attrs["modalities"]:
-        for group, data in bands.items():
-            store.array(S2_ARRAYS[group])[start:stop] = data
-    rows = {
-        LABEL_ARRAYS["clc43"]: clc43,
-        LABEL_ARRAYS["clc19"]: clc43_to_clc19(clc43),
-        "meta/tile_source": tile_source,
-        "meta/error": error,
-        "meta/acquisition_time": acquisition,
-        "meta/bounds": bounds,
-        "meta/epsg": epsg,
-        "meta/valid": valid,
-    }
+    valid = rows["meta/valid"]
+    for group, data in bands.items():
+        store.array(S2_ARRAYS[group])[start:stop] = data
+    if s1 is not None:
+        store.array(S1_ARRAY)[start:stop] = s1
+        store.array(S1_STATS_ARRAY)[shard] = channel_stats(s1[valid])
+    if reference_map is not None:
+        store.array(REFERENCE_MAP_ARRAY)[start:stop] = reference_map
     for path, data in rows.items():
         store.array(stage_path(path))[start:stop] = data
     store.array(STATS_ARRAY)[shard] = shard_band_stats({g: d[valid] for g, d in bands.items()})
-    # Written last: the shard counts as done only once everything above is on disk.
+    # Written last: the shard counts as done only once everything above is stored.
     store.array(DONE_ARRAY)[shard] = True
     return failed
 
@@ -238,12 +288,17 @@ def ingest_shard(store_path: str, root: str, shard: int, names: Sequence[str], s
 # -- driver ----------------------------------------------------------------------------
 
 
+def _exists_non_empty(path: str) -> bool:
+    return not is_url(path) and Path(path).exists() and any(Path(path).iterdir())
+
+
 def _prepare_store(store_path: str, names: list[str], params: dict[str, Any], shard_size: int,
-                   compression: str, overwrite: bool) -> tuple[Store, bool]:
+                   compression: str, overwrite: bool, modalities: Sequence[str], label_sets: Sequence[str],
+                   version: str, storage_options: dict[str, Any] | None) -> tuple[Store, bool]:
     """Create, resume or refuse the store at ``store_path``; returns (store, resumed)."""
-    if store_exists(store_path):
+    if store_exists(store_path, storage_options):
         try:
-            existing = open_store(store_path, mode="r+", require_complete=False)
+            existing = open_store(store_path, mode="r+", require_complete=False, storage_options=storage_options)
         except StoreNotFoundError:
             if not overwrite:
                 raise StoreExistsError(
@@ -263,14 +318,16 @@ def _prepare_store(store_path: str, names: list[str], params: dict[str, Any], sh
                 )
             if existing.attrs.get("layout_complete"):
                 return existing, True
-        remove_store(store_path)
-    elif Path(store_path).exists() and any(Path(store_path).iterdir()):
+        remove_store(store_path, storage_options)
+    elif _exists_non_empty(store_path):
         if not overwrite:
             raise StoreExistsError(f"{store_path}: exists and is not empty; pass --overwrite to replace it")
         remove_store(store_path)
+    modality = "+".join({"s2": "S2", "s1": "S1", "reference-map": "reference maps"}[m] for m in modalities)
     store = create_store(store_path, names, shard_size=shard_size, compression=compression,
-                         source={"dataset": "BigEarthNet", "version": "1.0", "modality": "S2"},
-                         ingest=params)
+                         modalities=modalities, label_sets=label_sets,
+                         source={"dataset": "BigEarthNet", "version": f"{version}.0", "modality": modality},
+                         ingest=params, storage_options=storage_options)
     return store, False
 
 
@@ -285,15 +342,21 @@ def ingest(
     patches: str | Path | None = None,
     strict: bool = False,
     overwrite: bool = False,
+    source: str | None = None,
+    modalities: Sequence[str] | None = None,
+    plan: bool = False,
+    parts: int | None = None,
+    part: tuple[int, int] | None = None,
+    storage_options: dict[str, Any] | None = None,
     on_start: Callable[[int], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
     on_bad_patch: Callable[[str, str], None] | None = None,
 ) -> IngestResult:
-    """Ingest a BigEarthNet v1.0 S2 archive into a store (create or resume).
+    """Ingest a BigEarthNet archive (v1 S2, v1 S2+S1, or v2) into a store (create or resume).
 
     Args:
-        archive: folder of patch folders, or the folder holding ``BigEarthNet-v1.0/``.
-        store_path: where the store goes.
+        archive: v1 folder of patch folders or download root, or a v2 root.
+        store_path: where the store goes: a local path or an ``s3://`` URL.
         workers: processes (default: CPU count); 1 runs in this process.
         shard_size: patches per shard (power of two).
         compression: ``none``, ``lz4`` or ``zstd`` for the band arrays.
@@ -301,7 +364,14 @@ def ingest(
         patches: a file of names: ingest only those.
         strict: stop at the first bad patch (raises BadPatchError).
         overwrite: replace a store already at ``store_path``.
-        on_start: called once with the number of patches to ingest.
+        source: ``v1``/``v2`` to force the archive layout (default: detected).
+        modalities: subset of ``s2``, ``s1``, ``reference-map`` (default: all the archive has;
+            S2 is always ingested).
+        plan: only create the store's layout (for ``part`` runs elsewhere); ``parts`` records
+            how many parts will run, so ``benzarr info`` can name the missing ones.
+        part: ``(i, n)``: write shard group ``i`` of ``n`` of a planned store.
+        storage_options: fsspec options for URL stores (endpoint, credentials).
+        on_start: called once with the number of patches this run covers.
         on_progress: called with the number of patches finished, shard by shard.
         on_bad_patch: called with (name, reason) for each bad patch as shards finish.
 
@@ -310,19 +380,34 @@ def ingest(
 
     Raises:
         ArchiveNotFoundError, NotAnArchiveError, StoreExistsError, StoreParametersError,
-        StoreVersionError, BadPatchError (strict only).
+        StoreVersionError, StoreIncompleteError (a worker died), BadPatchError (strict only).
     """
     started = time.perf_counter()
     if compression not in COMPRESSIONS:
         raise InvalidArgumentError(f"unknown compression {compression!r}: choose one of {', '.join(COMPRESSIONS)}")
     if shard_size < 1 or shard_size & (shard_size - 1):
         raise InvalidArgumentError(f"--shard-size must be a power of two, got {shard_size}")
+    if plan and part is not None:
+        raise InvalidArgumentError("--plan and --part are separate steps: plan first, then run each part")
     workers = max(1, workers or os.cpu_count() or 1)
-    root, names, missing, n_excluded = plan_patches(archive, exclude, patches)
+    found, names, missing, n_excluded = plan_patches(archive, exclude, patches, source)
+    chosen = list(found.modalities) if modalities is None else ["s2", *[m for m in modalities if m != "s2"]]
+    unknown = [m for m in chosen if m not in MODALITIES]
+    if unknown:
+        raise InvalidArgumentError(f"unknown modality {unknown[0]!r}: choose from {', '.join(MODALITIES)}")
+    absent = [m for m in chosen if m not in found.modalities]
+    if absent:
+        raise InvalidArgumentError(
+            f"{archive}: this v{found.version} archive has no {absent[0]} data (it has: {', '.join(found.modalities)})"
+        )
+    chosen = [m for m in MODALITIES if m in chosen]
+    label_sets = ["clc43", "clc19"] if found.version == "1" or "reference-map" in chosen else ["clc19"]
     store_path = str(store_path)
-    # Everything that decides the store's contents; a resume must match it exactly.
+    # Everything that decides the store's contents; a resume or a part must match it exactly.
     params = {
-        "archive": str(root.resolve()),
+        "archive": str(Path(archive).resolve()),
+        "source": f"v{found.version}",
+        "modalities": chosen,
         "shard_size": shard_size,
         "compression": compression,
         "exclude": [str(Path(e).resolve()) if Path(e).is_file() else str(e) for e in exclude],
@@ -331,38 +416,54 @@ def ingest(
         "names_sha256": _names_digest(names),
         "n_excluded": n_excluded,
     }
-    store, resumed = _prepare_store(store_path, names, params, shard_size, compression, overwrite)
+    if part is not None:
+        if not store_exists(store_path, storage_options):
+            raise StoreNotFoundError(f"{store_path}: no planned store; run `benzarr ingest ARCHIVE STORE --plan` first")
+        store = open_store(store_path, mode="r+", require_complete=False, storage_options=storage_options)
+        if store.attrs.get("ingest") != params or not store.attrs.get("layout_complete"):
+            raise StoreParametersError(
+                f"{store_path}: the planned store was made with other ingest parameters; "
+                "use the same archive, --shard-size, --compression, --exclude, --patches and modalities as --plan"
+            )
+        planned = store.attrs.get("parts")
+        if planned and planned != part[1]:
+            raise InvalidArgumentError(f"--part {part[0]}/{part[1]}: the store was planned for {planned} parts")
+        resumed = True
+    else:
+        store, resumed = _prepare_store(store_path, names, params, shard_size, compression, overwrite,
+                                        chosen, label_sets, found.version, storage_options)
+    if plan:
+        if parts:
+            store.update_attrs(parts=int(parts))
+        return _result(store, time.perf_counter() - started, 0, resumed, missing, n_excluded, found.version)
 
-    if on_start:
-        on_start(len(names))
+    refs = [found.refs[name] for name in names]
     done = np.asarray(store.array(DONE_ARRAY)[:], dtype=bool)
-    tasks = [
-        (shard, names[shard * shard_size:(shard + 1) * shard_size], shard * shard_size)
-        for shard in range(store.n_shards)
-        if not done[shard]
-    ]
-    if on_progress and done.any():
-        on_progress(sum(len(names[s * shard_size:(s + 1) * shard_size]) for s in np.flatnonzero(done)))
+    shards = part_shards(*part, store.n_shards) if part else range(store.n_shards)
+    if on_start:
+        on_start(sum(len(refs[s * shard_size:(s + 1) * shard_size]) for s in shards))
+    tasks = [(s, refs[s * shard_size:(s + 1) * shard_size], s * shard_size) for s in shards if not done[s]]
+    if on_progress and any(done[s] for s in shards):
+        on_progress(sum(len(refs[s * shard_size:(s + 1) * shard_size]) for s in shards if done[s]))
 
-    def finished(shard_names: Sequence[str], failed: dict[str, str]) -> None:
+    def finished(shard_refs: Sequence[PatchRef], failed: dict[str, str]) -> None:
         if on_bad_patch:
             for name, reason in failed.items():
                 on_bad_patch(name, reason)
         if on_progress:
-            on_progress(len(shard_names))
+            on_progress(len(shard_refs))
 
+    common = (store_path, storage_options, found.version, chosen)
     if workers == 1 or len(tasks) <= 1:
-        for shard, shard_names, start in tasks:
-            finished(shard_names, ingest_shard(store_path, str(root), shard, shard_names, start, strict))
+        for shard, shard_refs, start in tasks:
+            finished(shard_refs, ingest_shard(*common, shard, shard_refs, start, strict))
     else:
         # spawn: zarr keeps an event-loop thread that a forked child must not inherit.
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=context,
                                  initializer=_worker_init) as pool:
-            futures = {
-                pool.submit(ingest_shard, store_path, str(root), shard, shard_names, start, strict): shard_names
-                for shard, shard_names, start in tasks
-            }
+            futures = {pool.submit(ingest_shard, *common, shard, shard_refs, start, strict): shard_refs
+                       for shard, shard_refs, start in tasks}
             pending = set(futures)
             try:
                 while pending:
@@ -379,37 +480,65 @@ def ingest(
                     future.cancel()
                 raise
 
-    return _finalize(store, time.perf_counter() - started, len(tasks), resumed, missing, n_excluded)
+    seconds = time.perf_counter() - started
+    if not np.asarray(store.array(DONE_ARRAY)[:], dtype=bool).all():  # other parts still to run
+        return _result(store, seconds, len(tasks), resumed, missing, n_excluded, found.version)
+    try:
+        _finalize(store)
+    except Exception:
+        # Two parts may finish together and both finalise; the slower one may find the
+        # staging arrays already gone. That is fine if the other one completed the store.
+        if not open_store(store_path, require_complete=False, storage_options=storage_options).complete:
+            raise
+    store = open_store(store_path, mode="r+", require_complete=False, storage_options=storage_options)
+    return _result(store, seconds, len(tasks), resumed, missing, n_excluded, found.version)
 
 
-def _finalize(store: Store, seconds: float, written: int, resumed: bool, missing: list[str],
-              n_excluded: int) -> IngestResult:
-    """Combine statistics, record failures and mark the store complete (written last)."""
+def missing_parts(store: Store) -> list[int]:
+    """Planned parts (1-based) with shards not written yet; [] when no parts were planned."""
+    parts = store.attrs.get("parts")
+    if not parts:
+        return []
+    done = np.asarray(store.array(DONE_ARRAY)[:], dtype=bool)
+    return [i for i in range(1, parts + 1) if not done[part_shards(i, parts, store.n_shards)].all()]
+
+
+def _result(store: Store, seconds: float, written: int, resumed: bool, missing: list[str], n_excluded: int,
+            version: str) -> IngestResult:
+    return IngestResult(
+        store=store.path,
+        n_patches=store.n_patches,
+        failed=store.failed() if store.complete else {},
+        shards_total=store.n_shards,
+        shards_written=written,
+        resumed=resumed,
+        seconds=seconds,
+        complete=store.complete,
+        version=version,
+        modalities=store.modalities,
+        not_in_archive=missing,
+        excluded=n_excluded,
+        missing_parts=missing_parts(store),
+    )
+
+
+def _finalize(store: Store) -> None:
+    """Copy staged rows, combine statistics, record failures and mark the store complete (last)."""
     finalize_rows(store)
-    per_shard = np.asarray(store.array(STATS_ARRAY)[:], dtype=np.float64)
-    failed = store.failed()
-    clc19 = store.labels("clc19")
+    stats = {"s2": combine_band_stats(np.asarray(store.array(STATS_ARRAY)[:], dtype=np.float64))}
+    if "s1" in store.modalities:
+        stats["s1"] = combine_band_stats(np.asarray(store.array(S1_STATS_ARRAY)[:], dtype=np.float64), S1_BANDS)
     valid = store.valid_mask()
-    no_clc19 = int((valid & (clc19.sum(axis=1) == 0)).sum())
+    clc19 = np.asarray(store.array(LABEL_ARRAYS["clc19"])[:])
+    clc43 = np.asarray(store.array(LABEL_ARRAYS["clc43"])[:])
     store.update_attrs(
-        stats={"s2": combine_band_stats(per_shard)},
-        n_failed=len(failed),
-        n_without_clc19=no_clc19,
+        stats=stats,
+        n_failed=int((~valid).sum()),
+        n_without_clc19=int((valid & (clc19.sum(axis=1) == 0)).sum()),
         label_counts={
-            "clc43": dict(zip(CLC43, map(int, store.labels("clc43")[valid].sum(axis=0, dtype=np.int64)))),
+            "clc43": dict(zip(CLC43, map(int, clc43[valid].sum(axis=0, dtype=np.int64)))),
             "clc19": dict(zip(CLC19, map(int, clc19[valid].sum(axis=0, dtype=np.int64)))),
         },
         complete=True,
     )
     drop_staging(store)
-    return IngestResult(
-        store=store.path,
-        n_patches=store.n_patches,
-        failed=failed,
-        shards_total=store.n_shards,
-        shards_written=written,
-        resumed=resumed,
-        seconds=seconds,
-        not_in_archive=missing,
-        excluded=n_excluded,
-    )

@@ -46,7 +46,7 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from benzarr import __version__
-from benzarr.bigearthnet import BAND_GROUPS, BANDS, CLC19, CLC43, NOMENCLATURES
+from benzarr.bigearthnet import BAND_GROUPS, BANDS, CLC19, CLC43, NOMENCLATURES, PATCH_SIDE, S1_BANDS
 from benzarr.errors import (
     InvalidArgumentError,
     SplitExistsError,
@@ -66,6 +66,9 @@ LABEL_ARRAYS: dict[str, str] = {name: f"labels/{name}" for name in NOMENCLATURES
 SPLITS_GROUP = "splits"
 DONE_ARRAY = "ingest/done"
 STATS_ARRAY = "ingest/band_stats"
+S1_ARRAY = "s1"
+REFERENCE_MAP_ARRAY = "reference_map"
+S1_STATS_ARRAY = "ingest/s1_stats"
 #: Columns of ``ingest/band_stats``.
 STATS_FIELDS = ("count", "mean", "m2", "min", "max")
 
@@ -80,6 +83,12 @@ ROW_FIELDS: dict[str, tuple[Any, tuple[int, ...], Any]] = {
     "meta/epsg": ("int32", (), 0),
     "meta/valid": ("bool", (), False),
     "meta/error": (str, (), ""),
+    "meta/s1_name": (str, (), ""),
+    "meta/country": (str, (), ""),
+    "meta/season": (str, (), ""),
+    "meta/contains_seasonal_snow": ("bool", (), False),
+    "meta/contains_cloud_or_shadow": ("bool", (), False),
+    "meta/official_split": (str, (), ""),
 }
 #: Rows per chunk of the final per-row arrays.
 ROW_CHUNK = 1 << 16
@@ -101,18 +110,20 @@ TRAIN, VAL, TEST, EXCLUDED = 0, 1, 2, -1
 SUBSETS: dict[str, int] = {"train": TRAIN, "val": VAL, "test": TEST}
 
 
-def band_compressors(compression: str) -> list[BloscCodec] | None:
+def band_compressors(compression: str, dtype: str = "uint16") -> list[BloscCodec] | None:
     """Zarr v3 compressor chain for band arrays.
 
     ``none`` stores raw little-endian bytes (readable zero-copy through a memory map);
-    ``lz4``/``zstd`` use Blosc with bit-shuffle, which suits 12-bit reflectances in uint16.
+    ``lz4``/``zstd`` use Blosc with bit-shuffle, which suits 12-bit reflectances in uint16,
+    and byte-shuffle for float32 (S1 backscatter), where bit-shuffle gains nothing.
     """
+    shuffle = "bitshuffle" if dtype == "uint16" else "shuffle"
     if compression == "none":
         return None
     if compression == "lz4":
-        return [BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")]
+        return [BloscCodec(cname="lz4", clevel=5, shuffle=shuffle)]
     if compression == "zstd":
-        return [BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")]
+        return [BloscCodec(cname="zstd", clevel=3, shuffle=shuffle)]
     raise InvalidArgumentError(f"unknown compression {compression!r}: choose one of {', '.join(COMPRESSIONS)}")
 
 
@@ -196,6 +207,11 @@ class Store:
             raise InvalidArgumentError(
                 f"unknown label set {nomenclature!r}: choose one of {', '.join(LABEL_ARRAYS)}"
             )
+        available = self.attrs.get("label_sets", list(LABEL_ARRAYS))
+        if nomenclature not in available:
+            raise InvalidArgumentError(
+                f"{self.path}: this store has no {nomenclature} labels (it has: {', '.join(available)})"
+            )
         return np.asarray(self.array(LABEL_ARRAYS[nomenclature])[:], dtype=np.uint8)
 
     def class_names(self, nomenclature: str = "clc43") -> list[str]:
@@ -224,9 +240,17 @@ class Store:
         """Band names of a band array, in channel order (e.g. ``s2/20m``)."""
         return list(self.attrs["bands"][array])
 
-    def band_stats(self) -> dict[str, dict[str, float]]:
-        """Per-band statistics over valid patches: band -> {count, mean, std, min, max}."""
-        return deepcopy(self.attrs.get("stats", {}).get("s2", {}))
+    def band_stats(self, modality: str = "s2") -> dict[str, dict[str, float]]:
+        """Per-band statistics over valid patches: band -> {count, mean, std, min, max}.
+
+        ``modality`` is ``s2`` (B01…B12, reflectance x 10,000) or ``s1`` (VV, VH in dB).
+        """
+        return deepcopy(self.attrs.get("stats", {}).get(modality, {}))
+
+    @property
+    def modalities(self) -> list[str]:
+        """Modalities the store holds (``s2``, ``s1``, ``reference-map``)."""
+        return list(self.attrs.get("modalities", []))
 
     # -- splits ----------------------------------------------------------------------
     def split_names(self) -> list[str]:
@@ -378,10 +402,15 @@ def open_store(
 # -- creating --------------------------------------------------------------------------
 
 
-def remove_store(path: str | Path) -> None:
-    """Delete a local store folder (used by ``--overwrite``)."""
+def remove_store(path: str | Path, storage_options: dict[str, Any] | None = None) -> None:
+    """Delete a store (used by ``--overwrite``): a local folder or everything under a URL."""
     if is_url(path):
-        raise InvalidArgumentError(f"{path}: removing remote stores is not supported; delete it with your storage tool")
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(str(path), **(storage_options or {}))
+        if fs.exists(root):
+            fs.rm(root, recursive=True)
+        return
     shutil.rmtree(path)
 
 
@@ -392,6 +421,7 @@ def create_store(
     shard_size: int = DEFAULT_SHARD_SIZE,
     compression: str = DEFAULT_COMPRESSION,
     modalities: Sequence[str] = ("s2",),
+    label_sets: Sequence[str] = ("clc43", "clc19"),
     source: Mapping[str, Any] | None = None,
     ingest: Mapping[str, Any] | None = None,
     storage_options: dict[str, Any] | None = None,
@@ -403,7 +433,9 @@ def create_store(
     that reads as incomplete and whose layout is rebuilt on resume.
 
     Args:
-        modalities: ``("s2",)`` for band arrays, ``()`` for a labels-only store.
+        modalities: any of ``s2``, ``s1``, ``reference-map``; ``()`` for a labels-only store.
+        label_sets: the label matrices that hold real labels (a v2 archive without
+            reference maps has no 43-class labels).
     """
     names = list(patch_names)
     if names != sorted(set(names)):
@@ -421,7 +453,11 @@ def create_store(
         "shard_size": shard_size,
         "compression": compression,
         "modalities": list(modalities),
-        "bands": {S2_ARRAYS[g]: list(b) for g, (b, _, _) in BAND_GROUPS.items()} if "s2" in modalities else {},
+        "bands": {
+            **({S2_ARRAYS[g]: list(b) for g, (b, _, _) in BAND_GROUPS.items()} if "s2" in modalities else {}),
+            **({S1_ARRAY: list(S1_BANDS)} if "s1" in modalities else {}),
+        },
+        "label_sets": list(label_sets),
         "band_order": list(BANDS),
         "classes": {"clc43": list(CLC43), "clc19": list(CLC19)},
         "source": dict(source or {"dataset": "BigEarthNet", "version": "1.0"}),
@@ -442,6 +478,16 @@ def create_store(
                 fill_value=0,
                 dimension_names=("patch", "band", "y", "x"),
             )
+    if "s1" in modalities:
+        group.create_array(S1_ARRAY, shape=(n, len(S1_BANDS), PATCH_SIDE, PATCH_SIDE), dtype="float32",
+                           chunks=(1, len(S1_BANDS), PATCH_SIDE, PATCH_SIDE),
+                           shards=(shard_size, len(S1_BANDS), PATCH_SIDE, PATCH_SIDE),
+                           compressors=band_compressors(compression, "float32"), fill_value=0.0,
+                           dimension_names=("patch", "band", "y", "x"))
+    if "reference-map" in modalities:
+        group.create_array(REFERENCE_MAP_ARRAY, shape=(n, PATCH_SIDE, PATCH_SIDE), dtype="uint16",
+                           chunks=(1, PATCH_SIDE, PATCH_SIDE), shards=(shard_size, PATCH_SIDE, PATCH_SIDE),
+                           compressors=compressors, fill_value=0, dimension_names=("patch", "y", "x"))
     # Final per-row arrays are chunked coarsely (one read of 519k label rows: 0.27 s against
     # 2.4 s with 256-row chunks); ingest workers write 256-row staging copies instead.
     coarse = max(1, min(max(ROW_CHUNK, shard_size), n))
@@ -451,6 +497,8 @@ def create_store(
         if path != "meta/patch_name":
             _create_row_array(group, stage_path(path), n, dtype, trailing, fill, staged)
     group.create_array(DONE_ARRAY, shape=(n_shards,), dtype="bool", chunks=(1,), fill_value=False)
+    group.create_array(S1_STATS_ARRAY, shape=(n_shards, len(S1_BANDS), len(STATS_FIELDS)), dtype="float64",
+                       chunks=(1, len(S1_BANDS), len(STATS_FIELDS)), fill_value=0.0)
     group.create_array(STATS_ARRAY, shape=(n_shards, len(BANDS), len(STATS_FIELDS)), dtype="float64",
                        chunks=(1, len(BANDS), len(STATS_FIELDS)), fill_value=0.0)
     if n:
@@ -490,6 +538,18 @@ def drop_staging(store: Store) -> None:
 # -- statistics ------------------------------------------------------------------------
 
 
+def channel_stats(data: np.ndarray) -> np.ndarray:
+    """(C, 5) float64 count, mean, M2, min, max per channel of (n, C, H, W) data (n may be 0)."""
+    out = np.zeros((data.shape[1], len(STATS_FIELDS)), dtype=np.float64)
+    if data.shape[0] == 0:
+        return out
+    for c in range(data.shape[1]):
+        values = data[:, c].astype(np.float64).ravel()
+        mean = values.mean()
+        out[c] = (values.size, mean, ((values - mean) ** 2).sum(), values.min(), values.max())
+    return out
+
+
 def shard_band_stats(bands: Mapping[str, np.ndarray]) -> np.ndarray:
     """Per-band (count, mean, M2, min, max) of one shard's valid patches.
 
@@ -511,13 +571,13 @@ def shard_band_stats(bands: Mapping[str, np.ndarray]) -> np.ndarray:
     return out
 
 
-def combine_band_stats(per_shard: np.ndarray) -> dict[str, dict[str, float | None]]:
-    """Merge per-shard statistics (n_shards, 12, 5) in shard order (Chan et al.'s update).
+def combine_band_stats(per_shard: np.ndarray, bands: Sequence[str] = BANDS) -> dict[str, dict[str, float | None]]:
+    """Merge per-shard statistics (n_shards, C, 5) in shard order (Chan et al.'s update).
 
     Deterministic: the result depends on the shards' contents, not on which worker wrote them.
     """
     result: dict[str, dict[str, float]] = {}
-    for b, band in enumerate(BANDS):
+    for b, band in enumerate(bands):
         count, mean, m2 = 0.0, 0.0, 0.0
         lo, hi = np.inf, -np.inf
         for n_b, mean_b, m2_b, min_b, max_b in per_shard[:, b]:

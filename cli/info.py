@@ -24,9 +24,14 @@ def command(
     store: str = typer.Argument(..., help="Path (or s3:// URL) of a benzarr store."),
     as_json: bool = typer.Option(False, "--json", help="Print the data sheet as JSON."),
     top: int = typer.Option(10, "--top", help="How many of the most frequent classes to list."),
+    endpoint_url: str = typer.Option(None, "--endpoint-url", help="S3 endpoint for s3:// stores (default: $AWS_ENDPOINT_URL)."),
 ) -> None:
     """Show a store: format, patches, arrays and bytes on disk, labels, band statistics, splits, failures."""
-    info = describe_store(store, top_classes=top)
+    import os
+
+    endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
+    options = {"endpoint_url": endpoint} if store.startswith("s3://") and endpoint else None
+    info = describe_store(store, top_classes=top, storage_options=options)
     if as_json:
         console.print_json(json.dumps(info))
         return
@@ -38,9 +43,14 @@ def command(
     out(f"store           {info['path']}", markup=False)
     out(f"format          benzarr store v{info['format_version']} (Zarr v3), written by benzarr {info['package_version']}", markup=False)
     out(f"state           {state}", markup=False)
+    if info.get("parts"):
+        missing = info["parts"]["missing"]
+        out(f"parts           {info['parts']['planned']} planned; "
+            + (f"parts missing: {', '.join(map(str, missing))}" if missing else "all done"), markup=False)
     source = info.get("source") or {}
     out(f"source          {source.get('dataset', '?')} {source.get('version', '')} {source.get('modality', '')}".rstrip(), markup=False)
     valid = info.get("n_valid", info["n_patches"])
+    out(f"modalities      {', '.join(info.get('modalities') or []) or 'labels only'}", markup=False)
     out(f"patches         {info['n_patches']:,} ({valid:,} valid, {len(info['failed'])} failed)", markup=False)
     out(f"shards          {info['shards']['total']} x {info['shard_size']} patches, compression {info['compression']}", markup=False)
     out(f"bytes on disk   {_size(info['bytes_total'])}", markup=False)
@@ -69,6 +79,12 @@ def command(
         for band, s in info["band_stats"].items():
             if s["count"]:
                 out(f"  {band:<5} {s['mean']:>9.1f} {s['std']:>9.1f} {s['min']:>7.0f} {s['max']:>7.0f} {s['count']:>14,}", markup=False)
+    if info.get("s1_stats"):
+        out("")
+        out("Sentinel-1 statistics (dB)", markup=False)
+        for band, s in info["s1_stats"].items():
+            if s["count"]:
+                out(f"  {band:<5} {s['mean']:>9.2f} {s['std']:>9.2f} {s['min']:>7.1f} {s['max']:>7.1f} {s['count']:>14,}", markup=False)
     out("")
     if info["splits"]:
         out("splits", markup=False)

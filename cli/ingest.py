@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from benzarr.errors import IngestFailedPatchesError
-from benzarr.ingest import ingest
+from benzarr.ingest import ingest, parse_part
 from benzarr.store import DEFAULT_COMPRESSION, DEFAULT_SHARD_SIZE
-from benzarr_cli._common import console, err_console, progress_bar, show_progress
+from benzarr_cli._common import console, err_console, progress_bar
 
 
 def command(
-    archive: Path = typer.Argument(..., help="Folder of patch folders, or the folder holding BigEarthNet-v1.0/."),
-    store: str = typer.Argument(..., help="Where to write the Zarr store (e.g. bigearthnet.zarr)."),
+    archive: Path = typer.Argument(..., help="v1 folder of patch folders (or the folder holding BigEarthNet-v1.0/ "
+                                   "and BigEarthNet-S1-v1.0/), or a v2 root with metadata.parquet."),
+    store: str = typer.Argument(..., help="Where to write the Zarr store: a path or an s3:// URL."),
     workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Reader processes (default: all cores)."),
     shard_size: int = typer.Option(DEFAULT_SHARD_SIZE, "--shard-size", help="Patches per shard (power of two)."),
     compression: str = typer.Option(DEFAULT_COMPRESSION, "--compression", help="none | lz4 | zstd (band arrays)."),
@@ -23,31 +25,53 @@ def command(
     patches: Optional[Path] = typer.Option(None, "--patches", help="File of patch names: ingest only these."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first bad patch (exit 1)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a store already at STORE."),
+    source: Optional[str] = typer.Option(None, "--source", help="v1 | v2: force the archive layout (default: detected)."),
+    modalities: Optional[str] = typer.Option(None, "--modalities", help="Comma list of s2, s1, reference-map (default: what the archive has)."),
+    plan: bool = typer.Option(False, "--plan", help="Only create the store layout, for --part runs on other machines."),
+    parts: Optional[int] = typer.Option(None, "--parts", help="With --plan: how many parts will run (lets `info` name missing ones)."),
+    part: Optional[str] = typer.Option(None, "--part", help="I/N: ingest shard group I of N of a planned store."),
+    endpoint_url: Optional[str] = typer.Option(None, "--endpoint-url", help="S3 endpoint for s3:// stores (default: $AWS_ENDPOINT_URL)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
 ) -> None:
-    """Ingest GeoTIFF bands and JSON labels into a sharded Zarr v3 store (parallel, resumable).
+    """Ingest GeoTIFF bands and labels into a sharded Zarr v3 store (parallel, resumable).
 
     Bad patches are named on stderr and in the store, and the exit code is 2; run the same
     command again after an interruption to resume.
     """
+    storage_options = None
+    if store.startswith("s3://"):
+        endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
+        storage_options = {"endpoint_url": endpoint} if endpoint else None
+
     def bad_patch(name: str, reason: str) -> None:
         err_console.print(f"bad patch {name}: {reason}", markup=False, highlight=False)
 
-    with progress_bar("ingest", None, quiet) as advance:
+    with progress_bar("ingest", None, quiet or plan) as advance:
         result = ingest(
             archive, store, workers=workers, shard_size=shard_size, compression=compression,
-            exclude=exclude, patches=patches, strict=strict, overwrite=overwrite,
+            exclude=exclude, patches=patches, strict=strict, overwrite=overwrite, source=source,
+            modalities=modalities.split(",") if modalities else None, plan=plan, parts=parts,
+            part=parse_part(part) if part else None, storage_options=storage_options,
             on_start=lambda total: advance(0, total=total), on_progress=advance, on_bad_patch=bad_patch,
         )
     if not quiet:
-        rate = (result.shards_written and result.n_patches / result.seconds) or 0.0
-        verb = "resumed" if result.resumed else "wrote"
-        console.print(
-            f"{verb} {result.store}: {result.n_patches:,} patches in {result.shards_total} shards "
-            f"({result.shards_written} written this run) in {result.seconds:.1f} s ({rate:,.0f} patches/s); "
-            f"{len(result.failed)} bad, {result.excluded} excluded",
-            markup=False,
-        )
+        what = f"BigEarthNet v{result.version} ({'+'.join(result.modalities)})"
+        if plan:
+            console.print(f"planned {result.store}: {result.n_patches:,} patches of {what} in {result.shards_total} "
+                          f"shards; now run `benzarr ingest ... --part I/N` for each part", markup=False)
+        else:
+            rate = result.n_patches / result.seconds if result.shards_written else 0.0
+            verb = "resumed" if result.resumed else "wrote"
+            scope = f"part {part}: " if part else ""
+            console.print(
+                f"{scope}{verb} {result.store}: {result.n_patches:,} patches of {what} in {result.shards_total} shards "
+                f"({result.shards_written} written this run) in {result.seconds:.1f} s ({rate:,.0f} patches/s); "
+                f"{len(result.failed)} bad, {result.excluded} excluded",
+                markup=False,
+            )
+            if not result.complete:
+                missing = f" (parts still missing: {', '.join(map(str, result.missing_parts))})" if result.missing_parts else ""
+                console.print(f"store not complete yet{missing}", markup=False)
         if result.not_in_archive:
             console.print(f"{len(result.not_in_archive)} names in --patches are not in the archive", markup=False)
     if result.failed:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import tarfile
 from importlib import resources
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,38 @@ def synth_store_64(tmp_path_factory: pytest.TempPathFactory, synth_archive_64: P
     store = tmp_path_factory.mktemp("store64") / "store.zarr"
     ingest(synth_archive_64, store, workers=1, shard_size=16, compression="lz4")
     return store
+
+
+@pytest.fixture(scope="session")
+def real_v1_root(tmp_path_factory: pytest.TempPathFactory, real_s2_archive: Path, real_s1_archive: Path) -> Path:
+    """The six real S2 patches and their six S1 patches as the v1 downloads unpack (read-only)."""
+    root = tmp_path_factory.mktemp("real-v1") / "download"
+    shutil.copytree(real_s2_archive, root / "BigEarthNet-v1.0")
+    shutil.copytree(real_s1_archive, root / "BigEarthNet-S1-v1.0")
+    return root
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> "Iterator[dict]":
+    """A moto S3 server on 127.0.0.1 (no internet): {"endpoint", "options", "client"}."""
+    import socket
+
+    pytest.importorskip("moto")
+    pytest.importorskip("s3fs")
+    boto3 = pytest.importorskip("boto3")
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing",
+                              aws_secret_access_key="testing", region_name="us-east-1")
+        options = {"key": "testing", "secret": "testing", "anon": False,
+                   "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"}}
+        yield {"endpoint": endpoint, "options": options, "client": client}
+    finally:
+        server.stop()

@@ -1,0 +1,110 @@
+"""Sentinel-1 pairing, ingest split across processes (--plan / --part), stores on S3."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import zarr
+
+from benzarr.errors import BadPatchError, InvalidArgumentError, StoreParametersError
+from benzarr.ingest import ingest
+from benzarr.store import open_store
+from tests.conftest import copy_tree
+from tests.test_ingest import all_arrays, assert_stores_equal
+
+CLI = [sys.executable, "-m", "benzarr_cli"]
+
+
+def run_cli(*args: object) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True)
+
+
+def test_real_s1_patches_are_paired_and_pixel_exact(real_v1_root: Path, tmp_path: Path) -> None:
+    result = ingest(real_v1_root, tmp_path / "s.zarr", workers=1, shard_size=4)
+    assert result.failed == {} and result.modalities == ["s2", "s1"]
+    store = open_store(tmp_path / "s.zarr")
+    s1 = store.array("s1")[:]
+    assert s1.shape == (6, 2, 120, 120) and s1.dtype == np.float32
+    s1_names = [str(n) for n in store.array("meta/s1_name")[:]]
+    s1_root = real_v1_root / "BigEarthNet-S1-v1.0"
+    for row, (s2_name, s1_name) in enumerate(zip(store.patch_names(), s1_names)):
+        meta = (s1_root / s1_name / f"{s1_name}_labels_metadata.json").read_text()
+        assert s2_name in meta  # corresponding_s2_patch
+        for c, pol in enumerate(("VV", "VH")):
+            with rasterio.open(s1_root / s1_name / f"{s1_name}_{pol}.tif") as tif:
+                assert np.array_equal(s1[row, c], tif.read(1))
+    countries = {str(c) for c in store.array("meta/country")[:]}
+    assert countries == {"Austria", "Ireland", "Portugal", "Finland"}
+    stats = store.band_stats("s1")
+    assert list(stats) == ["VV", "VH"] and stats["VV"]["count"] == 6 * 120 * 120
+    assert stats["VV"]["mean"] == pytest.approx(float(s1[:, 0].astype(np.float64).mean()))
+
+
+def test_s2_only_ingest_of_a_download_root_with_s1(real_v1_root: Path, tmp_path: Path) -> None:
+    result = ingest(real_v1_root, tmp_path / "s.zarr", workers=1, modalities=["s2"])
+    assert result.modalities == ["s2"] and not open_store(tmp_path / "s.zarr").has_array("s1")
+
+
+def test_missing_s1_file_is_a_bad_patch(real_v1_root: Path, tmp_path: Path) -> None:
+    root = copy_tree(real_v1_root, tmp_path / "root")
+    victim = sorted((root / "BigEarthNet-S1-v1.0").iterdir())[0]
+    (victim / f"{victim.name}_VH.tif").unlink()
+    result = run_cli("ingest", root, tmp_path / "s.zarr", "--workers", "1")
+    assert result.returncode == 2
+    assert f"{victim.name}_VH.tif: missing file" in result.stderr
+    assert len(open_store(tmp_path / "s.zarr").failed()) == 1
+    with pytest.raises(BadPatchError):
+        ingest(root, tmp_path / "strict.zarr", workers=1, strict=True)
+
+
+def test_asking_for_a_modality_the_archive_lacks(real_s2_archive: Path, tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgumentError, match="has no s1 data"):
+        ingest(real_s2_archive, tmp_path / "s.zarr", modalities=["s2", "s1"])
+
+
+def test_parts_in_concurrent_processes_equal_one_ingest(synth_archive_64: Path, synth_store_64: Path,
+                                                        tmp_path: Path) -> None:
+    store = tmp_path / "parts.zarr"
+    planned = run_cli("ingest", synth_archive_64, store, "--shard-size", "16", "--plan", "--parts", "3")
+    assert planned.returncode == 0, planned.stderr
+    info = run_cli("info", store)
+    assert "parts missing: 1, 2, 3" in info.stdout
+    first = run_cli("ingest", synth_archive_64, store, "--shard-size", "16", "--part", "2/3", "--workers", "1")
+    assert first.returncode == 0 and "parts still missing: 1, 3" in first.stdout
+    others = [subprocess.Popen([*CLI, "ingest", str(synth_archive_64), str(store), "--shard-size", "16",
+                                "--part", part, "--workers", "1", "--quiet"]) for part in ("1/3", "3/3")]
+    assert [p.wait() for p in others] == [0, 0]
+    assert open_store(store).complete
+    assert_stores_equal(store, synth_store_64)
+
+
+def test_part_needs_a_matching_plan(synth_archive_64: Path, tmp_path: Path) -> None:
+    store = tmp_path / "parts.zarr"
+    no_plan = run_cli("ingest", synth_archive_64, store, "--part", "1/2")
+    assert no_plan.returncode == 1 and "--plan" in no_plan.stderr
+    ingest(synth_archive_64, store, plan=True, parts=2, shard_size=16)
+    with pytest.raises(StoreParametersError):
+        ingest(synth_archive_64, store, part=(1, 2), shard_size=32)
+    with pytest.raises(InvalidArgumentError, match="planned for 2 parts"):
+        ingest(synth_archive_64, store, part=(1, 4), shard_size=16)
+
+
+def test_ingest_into_s3_equals_local(s3_server: dict, synth_archive_64: Path, synth_store_64: Path) -> None:
+    s3_server["client"].create_bucket(Bucket="ingest-test")
+    url = "s3://ingest-test/store.zarr"
+    result = ingest(synth_archive_64, url, workers=2, shard_size=16, storage_options=s3_server["options"])
+    assert result.complete and result.failed == {}
+    remote = zarr.open_group(url, mode="r", storage_options=s3_server["options"])
+    local = all_arrays(synth_store_64)
+    for name, data in local.items():
+        assert np.array_equal(np.asarray(remote[name][:]), data), name
+    store = open_store(url, storage_options=s3_server["options"])
+    assert store.complete and "ingest/stage" not in [k for k, _ in store.group["ingest"].members()]
+    again = ingest(synth_archive_64, url, workers=1, shard_size=16, storage_options=s3_server["options"],
+                   overwrite=True)
+    assert again.complete
