@@ -22,7 +22,8 @@ Methods:
     ``round(f_train * n)`` become train, the next ``round((f_train + f_val) * n) - n_train``
     val, the rest test. The baseline.
 ``official``
-    BigEarthNet v1.0's official train/val/test lists shipped in :mod:`benzarr.resources`.
+    BigEarthNet v1.0's official train/val/test lists shipped in :mod:`benzarr.resources`;
+    for a v2.0 store, the ``split`` column of its metadata.parquet (train/validation/test).
 ``csv``
     ``train.csv``, ``val.csv``, ``test.csv`` in a folder, one patch name per line, no header
     (the format :func:`export_split` writes).
@@ -258,6 +259,22 @@ def random_codes(
     permuted = np.empty(n, dtype=np.int8)
     permuted[np.random.default_rng(check_seed(seed)).permutation(n)] = subset
     return _spread(usable, permuted)
+
+
+def official_v2_codes(store: Any, usable: np.ndarray) -> tuple[np.ndarray, dict[str, dict[str, int]]]:
+    """Codes from a v2 store's ``meta/official_split`` (the parquet's ``split`` column).
+
+    ``train``/``validation``/``test`` become 0/1/2; patches without one (those of the
+    snow/cloud/shadow parquet) and unusable patches get -1.
+    """
+    column = np.asarray(np.asarray(store.array("meta/official_split")[:]).tolist(), dtype=str)
+    codes = np.full(column.shape, -1, dtype=np.int8)
+    lists: dict[str, dict[str, int]] = {}
+    for subset, value in (("train", "train"), ("val", "validation"), ("test", "test")):
+        listed = column == value
+        codes[listed & usable] = SUBSETS.index(subset)
+        lists[subset] = {"listed": int(listed.sum()), "matched": int((listed & usable).sum())}
+    return codes, lists
 
 
 def official_lists() -> dict[str, tuple[str, ...]]:
@@ -656,7 +673,10 @@ def make_split(
         desired = fractions
     else:
         names = store.patch_names()
-        if method == "official":
+        if method == "official" and str(store.attrs.get("source", {}).get("version", "1.0")).startswith("2"):
+            codes, lists = official_v2_codes(store, usable)
+            parameters = {"source": "BigEarthNet v2.0 metadata.parquet split column"}
+        elif method == "official":
             codes, lists = codes_from_lists(names, official_lists(), usable)
             parameters = {"source": "BigEarthNet v1.0 official lists (bigearthnet-common)"}
         else:
