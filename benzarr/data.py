@@ -17,45 +17,71 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, get_worker_info
 
-from benzarr.bigearthnet import BAND_GROUPS, BANDS, PATCH_SIDE, RGB_BANDS, band_location
+from benzarr.bigearthnet import BAND_GROUPS, BANDS, PATCH_SIDE, RGB_BANDS, S1_BANDS
 from benzarr.errors import InvalidArgumentError
 from benzarr.shards import RowReader, row_reader
-from benzarr.store import LABEL_ARRAYS, NOMENCLATURES, S2_ARRAYS, Store, is_url, open_store
+from benzarr.store import (
+    NOMENCLATURES,
+    REFERENCE_MAP_ARRAY,
+    S1_ARRAY,
+    S2_ARRAYS,
+    Store,
+    is_url,
+    open_store,
+)
+
+#: Channel groups as stored: group -> (array path, channel names, native side in pixels).
+CHANNEL_GROUPS: dict[str, tuple[str, tuple[str, ...], int]] = {
+    **{group: (S2_ARRAYS[group], names, side) for group, (names, side, _) in BAND_GROUPS.items()},
+    "s1": (S1_ARRAY, S1_BANDS, PATCH_SIDE),
+}
+#: Modalities a dataset can serve: image channels (s2, s1) and the ``mask`` (reference-map).
+DATA_MODALITIES = ("s2", "s1", "reference-map")
 
 Sample = dict[str, Any]
 Batch = dict[str, torch.Tensor]
 
 
-def resolve_bands(bands: str | Sequence[str]) -> tuple[str, ...]:
-    """Band names for a selection: ``"all"`` (12 bands, B01…B12 order), ``"rgb"`` (B04, B03,
-    B02) or a list of band names (kept in the order given).
+def channel_location(band: str) -> tuple[str, int]:
+    """``(group, position)`` of an S2 band or an S1 polarisation (``VV``, ``VH``)."""
+    for group, (_, names, _) in CHANNEL_GROUPS.items():
+        if band in names:
+            return group, names.index(band)
+    raise KeyError(band)
+
+
+def resolve_bands(bands: str | Sequence[str], modalities: Sequence[str] = ("s2",)) -> tuple[str, ...]:
+    """Channel names for a selection: ``"all"`` (the 12 S2 bands in B01…B12 order, then VV,
+    VH when ``s1`` is among ``modalities``), ``"rgb"`` (B04, B03, B02) or a list of band
+    names (kept in the order given).
 
     Raises:
         InvalidArgumentError: unknown or repeated band, empty list, or an unknown keyword.
     """
+    available = (BANDS if "s2" in modalities else ()) + (S1_BANDS if "s1" in modalities else ())
     if isinstance(bands, str):
         if bands == "all":
-            return BANDS
-        if bands == "rgb":
+            return available
+        if bands == "rgb" and "s2" in modalities:
             return RGB_BANDS
         raise InvalidArgumentError(
-            f"unknown band selection {bands!r}: use 'all', 'rgb' or a list of band names from {', '.join(BANDS)}"
+            f"unknown band selection {bands!r}: use 'all', 'rgb' or a list of band names from {', '.join(available)}"
         )
     chosen = tuple(bands)
     if not chosen:
-        raise InvalidArgumentError(f"empty band list: choose bands from {', '.join(BANDS)}")
+        raise InvalidArgumentError(f"empty band list: choose bands from {', '.join(available)}")
     for band in chosen:
-        if band not in BANDS:
-            raise InvalidArgumentError(f"unknown band {band!r}: valid bands are {', '.join(BANDS)}")
+        if band not in available:
+            raise InvalidArgumentError(f"unknown band {band!r}: valid bands are {', '.join(available)}")
     if len(set(chosen)) != len(chosen):
         raise InvalidArgumentError(f"band list {list(chosen)} names a band twice")
     return chosen
 
 
 def band_groups_for(bands: Sequence[str]) -> tuple[str, ...]:
-    """Stored band groups (``10m``, ``20m``, ``60m``, in that order) that ``bands`` need."""
-    needed = {band_location(b)[0] for b in bands}
-    return tuple(g for g in BAND_GROUPS if g in needed)
+    """Stored channel groups (``10m``, ``20m``, ``60m``, ``s1``, in that order) ``bands`` need."""
+    needed = {channel_location(b)[0] for b in bands}
+    return tuple(g for g in CHANNEL_GROUPS if g in needed)
 
 
 def _u16_to_float(x: torch.Tensor) -> torch.Tensor:
@@ -71,6 +97,16 @@ def _u16_to_float(x: torch.Tensor) -> torch.Tensor:
         return x.to(torch.float32)
     except (RuntimeError, NotImplementedError):
         return x.view(torch.int16).to(torch.int32).bitwise_and_(0xFFFF).to(torch.float32)
+
+
+def _to_float(x: torch.Tensor) -> torch.Tensor:
+    """A stored group (uint16 reflectance or float32 backscatter) as float32."""
+    return _u16_to_float(x) if x.dtype == torch.uint16 else x.to(torch.float32)
+
+
+def _mask_to_long(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """(B, 120, 120) uint16 CLC codes -> int64 on ``device`` (widened on the CPU: uint16 kernels are scarce)."""
+    return torch.from_numpy(x.numpy().astype(np.int64)).to(device, non_blocking=True)
 
 
 def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -101,18 +137,20 @@ class BatchTransform:
     ``label`` (B, L) uint8, ``index`` (B,) int64).
 
     Output: ``{"image": (B, C, 120, 120) float32, "label": (B, L) float32}`` on ``device``
-    and ``"index"``: (B,) int64 store rows, left on the CPU (no device sync to read them).
+    and ``"index"``: (B,) int64 store rows, left on the CPU (no device sync to read them);
+    with a ``mask`` in the input, ``"mask"``: (B, 120, 120) int64 CLC2018 codes on ``device``.
+    S1 channels (``VV``, ``VH``, float32 dB) pass through unchanged apart from normalisation.
     """
 
     def __init__(self, bands: Sequence[str], device: str | torch.device = "cpu",
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
-        self.bands = resolve_bands(list(bands))
+        self.bands = resolve_bands(list(bands), ("s2", "s1"))
         self.device = torch.device(device)
         self.groups = band_groups_for(self.bands)
         # per group: channels to keep (None: all, in order) and their output channels
         self._plan: list[tuple[str, torch.Tensor | None, list[int]]] = []
         for group in self.groups:
-            names = BAND_GROUPS[group][0]
+            names = CHANNEL_GROUPS[group][1]
             keep = [c for c, name in enumerate(names) if name in self.bands]
             gather = None if len(keep) == len(names) else torch.tensor(keep, device=self.device)
             self._plan.append((group, gather, [self.bands.index(names[c]) for c in keep]))
@@ -133,7 +171,7 @@ class BatchTransform:
         size = int(torch.as_tensor(batch["index"]).shape[0])
         image = torch.empty((size, len(self.bands), PATCH_SIDE, PATCH_SIDE), dtype=torch.float32, device=self.device)
         for group, gather, slots in self._plan:
-            x = _u16_to_float(torch.as_tensor(batch[group]).to(self.device, non_blocking=True))
+            x = _to_float(torch.as_tensor(batch[group]).to(self.device, non_blocking=True))
             if gather is not None:
                 x = x.index_select(1, gather)
             if self._norm is not None:
@@ -152,7 +190,10 @@ class BatchTransform:
     def __call__(self, batch: Batch) -> Batch:
         """The device batch ``{"image", "label", "index"}`` of a uint16 ``batch``."""
         label = torch.as_tensor(batch["label"]).to(self.device, non_blocking=True).to(torch.float32)
-        return {"image": self.image(batch), "label": label, "index": torch.as_tensor(batch["index"])}
+        out = {"image": self.image(batch), "label": label, "index": torch.as_tensor(batch["index"])}
+        if "mask" in batch:
+            out["mask"] = _mask_to_long(torch.as_tensor(batch["mask"]), self.device)
+        return out
 
 
 def to_device_batch(batch: Batch, bands: Sequence[str] = BANDS, device: str | torch.device = "cpu",
@@ -162,7 +203,7 @@ def to_device_batch(batch: Batch, bands: Sequence[str] = BANDS, device: str | to
 
 
 class BigEarthNetDataset(Dataset):
-    """BigEarthNet v1.0 Sentinel-2 patches from a benzarr store, by random access.
+    """BigEarthNet Sentinel-2 (and Sentinel-1, reference-map) patches from a benzarr store, by random access.
 
     The `BigEarthNet <https://bigearth.net>`__ dataset is a large-scale benchmark archive for
     multi-label land-cover classification of Sentinel-2 image patches.
@@ -177,6 +218,10 @@ class BigEarthNetDataset(Dataset):
     * multi-label annotation from CORINE Land Cover 2018: 43 level-3 classes (``clc43``) or
       the 19-class nomenclature of Sumbul et al. 2021 (``clc19``)
     * the usual exclusion of 70,987 cloudy/shadowed and snowy patches leaves 519,284
+    * BigEarthNet v2.0 (reBEN, 2024): 549,488 Sentinel-1/Sentinel-2 pairs (480,038 clean)
+      with pixel-level CLC2018 reference maps and new train/validation/test splits; S1
+      ``VV``/``VH`` backscatter (float32, dB, 120x120) and the reference map (``mask``) are
+      served when the store holds them (``modalities``)
 
     Dataset format:
 
@@ -194,6 +239,8 @@ class BigEarthNetDataset(Dataset):
       band with ``normalize=True``, using the store's band statistics)
     * ``label``: float32 (L,) multi-hot, L = 43 or 19
     * ``index``: int, the patch's store row
+    * ``mask`` (with ``"reference-map"`` in ``modalities``): int64 (120, 120) CLC2018 code
+      per pixel (e.g. 311 broad-leaved forest; :data:`benzarr.bigearthnet.CLC43_CODES`)
 
     Batches (:meth:`__getitems__`, for :func:`make_loader`) stay uint16 at native
     resolution and are converted on the training device by :class:`BatchTransform`.
@@ -224,12 +271,16 @@ class BigEarthNetDataset(Dataset):
             through zarr-python, slower).
         split: a stored split name (``benzarr split``); None serves every valid patch.
         subset: ``train``, ``val`` or ``test`` of ``split``; None: every row the split keeps.
-        bands: ``"all"``, ``"rgb"`` or a list of band names.
+        bands: ``"all"`` (every channel of the chosen modalities: 12 S2 bands, then VV, VH),
+            ``"rgb"`` or a list of band names (S2 bands and/or ``VV``, ``VH``).
         labels: ``"clc43"`` or ``"clc19"``.
         transform: called on each sample dict from ``ds[i]``; in :func:`make_loader`, on
             each device batch dict (so it must accept batched tensors).
         normalize: standardise each band with the store's statistics.
         storage_options: fsspec options for URLs (endpoint, credentials).
+        modalities: any of ``s2``, ``s1`` (image channels) and ``reference-map`` (adds
+            ``mask``); each must be in the store. S1 channels are normalised with the store's
+            own S1 statistics.
 
     Raises:
         StoreNotFoundError, StoreIncompleteError, StoreVersionError: from opening the store.
@@ -247,10 +298,18 @@ class BigEarthNetDataset(Dataset):
         transform: Callable[[Sample], Sample] | None = None,
         normalize: bool = False,
         storage_options: dict[str, Any] | None = None,
+        modalities: Sequence[str] = ("s2",),
     ) -> None:
         if labels not in NOMENCLATURES:
             raise InvalidArgumentError(f"unknown label set {labels!r}: choose one of {', '.join(NOMENCLATURES)}")
-        self.bands: tuple[str, ...] = resolve_bands(bands)
+        if isinstance(modalities, str):
+            modalities = tuple(m for m in modalities.split(",") if m)
+        unknown = [m for m in modalities if m not in DATA_MODALITIES]
+        if unknown or not modalities:
+            raise InvalidArgumentError(f"unknown modality {unknown[0] if unknown else ''!r}: choose from {', '.join(DATA_MODALITIES)}")
+        self.modalities: tuple[str, ...] = tuple(m for m in DATA_MODALITIES if m in modalities)
+        image_modalities = [m for m in self.modalities if m != "reference-map"] or ["s2"]
+        self.bands: tuple[str, ...] = resolve_bands(bands, image_modalities)
         self.groups: tuple[str, ...] = band_groups_for(self.bands)
         self.path = str(store)
         self.storage_options = storage_options
@@ -260,13 +319,18 @@ class BigEarthNetDataset(Dataset):
         self.transform = transform
         self.normalize = normalize
         opened = open_store(self.path, storage_options=storage_options)
+        absent = [m for m in self.modalities if m not in opened.modalities]
+        if absent:
+            raise InvalidArgumentError(
+                f"{self.path}: the store has no {absent[0]} data (it has: {', '.join(opened.modalities) or 'labels only'})"
+            )
         self.rows: np.ndarray = opened.subset_rows(split, subset)
         self.classes: list[str] = opened.class_names(labels)
         self._labels = np.ascontiguousarray(opened.labels(labels)[self.rows])
         self.mean: list[float] | None = None
         self.std: list[float] | None = None
         if normalize:
-            stats = opened.band_stats()
+            stats = {**opened.band_stats("s2"), **opened.band_stats("s1")}
             missing = [b for b in self.bands if (stats.get(b) or {}).get("mean") is None]
             if missing:
                 raise InvalidArgumentError(f"{self.path}: no band statistics for {', '.join(missing)}; cannot normalise")
@@ -303,10 +367,12 @@ class BigEarthNetDataset(Dataset):
         if self._readers is None:
             store = self._opened()
             local = None if is_url(self.path) else Path(self.path)
+            arrays = {group: CHANNEL_GROUPS[group][0] for group in self.groups}
+            if "reference-map" in self.modalities:
+                arrays["mask"] = REFERENCE_MAP_ARRAY
             self._readers = {
-                group: row_reader(store.array(S2_ARRAYS[group]), S2_ARRAYS[group],
-                                  None if local is None else local / S2_ARRAYS[group], self._row_name)
-                for group in self.groups
+                key: row_reader(store.array(path), path, None if local is None else local / path, self._row_name)
+                for key, path in arrays.items()
             }
         return self._readers
 
@@ -341,6 +407,8 @@ class BigEarthNetDataset(Dataset):
             * ``"10m"``: (B, 4, 120, 120) uint16, B02, B03, B04, B08
             * ``"20m"``: (B, 6, 60, 60) uint16, B05, B06, B07, B8A, B11, B12
             * ``"60m"``: (B, 2, 20, 20) uint16, B01, B09
+            * ``"s1"``: (B, 2, 120, 120) float32, VV, VH (dB), when S1 channels are selected
+            * ``"mask"``: (B, 120, 120) uint16 CLC2018 codes, with ``reference-map``
             * ``"label"``: (B, L) uint8 multi-hot
             * ``"index"``: (B,) int64 store rows
         """
@@ -348,7 +416,8 @@ class BigEarthNetDataset(Dataset):
         rows = self.rows[positions]
         batch: Batch = {}
         for group, reader in self.readers.items():
-            batch[group] = _batch_tensor((rows.size, *reader.shape[1:]), torch.uint16)
+            dtype = torch.float32 if group == "s1" else torch.uint16
+            batch[group] = _batch_tensor((rows.size, *reader.shape[1:]), dtype)
             reader.read(rows, out=batch[group].numpy())  # decoded straight into the batch
         batch["label"] = _batch_tensor((rows.size, self._labels.shape[1]), torch.uint8)
         np.take(self._labels, positions, axis=0, out=batch["label"].numpy())
@@ -360,6 +429,8 @@ class BigEarthNetDataset(Dataset):
         """Sample ``index``: ``{"image": (C, 120, 120) float32, "label": (L,) float32, "index": int}``."""
         out = self._cpu_transform(self.__getitems__([index]))
         sample: Sample = {"image": out["image"][0], "label": out["label"][0], "index": int(out["index"][0])}
+        if "mask" in out:
+            sample["mask"] = out["mask"][0]
         if self.transform is not None:
             sample = self.transform(sample)
         return sample
@@ -523,6 +594,7 @@ __all__ = [
     "BigEarthNetDataset",
     "DeviceLoader",
     "band_groups_for",
+    "channel_location",
     "collate_batch",
     "make_loader",
     "resolve_bands",
