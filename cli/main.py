@@ -60,16 +60,25 @@ def main() -> None:
     except KeyboardInterrupt:
         error_line("interrupted")
         sys.exit(130)
-    except Exception as exc:  # click's own usage errors are handled below
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
+    except Exception as exc:  # usage errors of click (or typer's vendored copy of it)
+        if _is_click(exc, "ClickException"):
+            exc.show()  # type: ignore[attr-defined]
+            sys.exit(exc.exit_code)  # type: ignore[attr-defined]
+        if _is_click(exc, "Abort"):
             error_line("aborted")
             sys.exit(1)
         raise
+
+
+def _is_click(exc: BaseException, name: str) -> bool:
+    """True if ``exc`` is click's ``name`` exception, from click or from ``typer._click``."""
+    classes = []
+    for module in ("click.exceptions", "typer._click.exceptions"):
+        try:
+            classes.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            continue
+    return isinstance(exc, tuple(classes))
 
 
 if __name__ == "__main__":
