@@ -476,18 +476,19 @@ def create_store(
                 shards=(shard_size, len(bands), side, side),
                 compressors=compressors,
                 fill_value=0,
-                dimension_names=("patch", "band", "y", "x"),
+                # unique per size, so xarray can open a whole group as one Dataset
+                dimension_names=("patch", f"band_{group_name}", f"y_{group_name}", f"x_{group_name}"),
             )
     if "s1" in modalities:
         group.create_array(S1_ARRAY, shape=(n, len(S1_BANDS), PATCH_SIDE, PATCH_SIDE), dtype="float32",
                            chunks=(1, len(S1_BANDS), PATCH_SIDE, PATCH_SIDE),
                            shards=(shard_size, len(S1_BANDS), PATCH_SIDE, PATCH_SIDE),
                            compressors=band_compressors(compression, "float32"), fill_value=0.0,
-                           dimension_names=("patch", "band", "y", "x"))
+                           dimension_names=("patch", "polarisation", "y_10m", "x_10m"))
     if "reference-map" in modalities:
         group.create_array(REFERENCE_MAP_ARRAY, shape=(n, PATCH_SIDE, PATCH_SIDE), dtype="uint16",
                            chunks=(1, PATCH_SIDE, PATCH_SIDE), shards=(shard_size, PATCH_SIDE, PATCH_SIDE),
-                           compressors=compressors, fill_value=0, dimension_names=("patch", "y", "x"))
+                           compressors=compressors, fill_value=0, dimension_names=("patch", "y_10m", "x_10m"))
     # Final per-row arrays are chunked coarsely (one read of 519k label rows: 0.27 s against
     # 2.4 s with 256-row chunks); ingest workers write 256-row staging copies instead.
     coarse = max(1, min(max(ROW_CHUNK, shard_size), n))
@@ -510,7 +511,8 @@ def create_store(
 
 def _create_row_array(group: zarr.Group, path: str, n: int, dtype: Any, trailing: tuple[int, ...],
                       fill: Any, rows: int) -> None:
-    names = ("patch",) + (("class",) if path.startswith("labels/") else ("corner",) if trailing else ())
+    last = path.rsplit("/", 1)[-1]
+    names = ("patch",) + ((f"class_{last}",) if path.startswith("labels/") else ("corner",) if trailing else ())
     kwargs: dict[str, Any] = {} if dtype is str else {"fill_value": fill}
     group.create_array(path, shape=(n, *trailing), dtype=dtype, chunks=(rows, *trailing),
                        dimension_names=names, overwrite=True, **kwargs)

@@ -95,3 +95,23 @@ def s3_server() -> "Iterator[dict]":
         yield {"endpoint": endpoint, "options": options, "client": client}
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def synth_v2_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 48-patch synthetic v2.0 archive with S1 and reference maps, seed 0 (read-only)."""
+    from benzarr.synth import synth_archive_v2
+
+    out = tmp_path_factory.mktemp("synth-v2") / "reBEN"
+    synth_archive_v2(out, 48, seed=0, s1=True, reference_maps=True, workers=1)
+    return out
+
+
+@pytest.fixture(scope="session")
+def synth_v2_store(tmp_path_factory: pytest.TempPathFactory, synth_v2_archive: Path) -> Path:
+    """``synth_v2_archive`` ingested with every modality, shard size 16 (read-only)."""
+    from benzarr.ingest import ingest
+
+    store = tmp_path_factory.mktemp("store-v2") / "store.zarr"
+    ingest(synth_v2_archive, store, workers=1, shard_size=16)
+    return store

@@ -1,0 +1,142 @@
+"""BigEarthNet v2.0 (reBEN) end to end: S2 + S1 + reference maps, parquet labels and splits."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import rasterio
+import torch
+
+from benzarr.archive import open_archive
+from benzarr.bigearthnet import CLC19, CLC43_CODES
+from benzarr.data import BigEarthNetDataset, make_loader
+from benzarr.errors import InvalidArgumentError
+from benzarr.ingest import ingest
+from benzarr.split import make_split
+from benzarr.store import open_store
+from tests.conftest import copy_tree
+
+CLI = [sys.executable, "-m", "benzarr_cli"]
+
+
+def parquet_rows(archive: Path) -> dict[str, dict]:
+    rows = {}
+    for name in ("metadata.parquet", "metadata_for_patches_with_snow_cloud_or_shadow.parquet"):
+        for row in pq.read_table(archive / name).to_pylist():
+            rows[row["patch_id"]] = row | {"clean": name == "metadata.parquet"}
+    return rows
+
+
+def test_v2_is_detected_and_every_modality_ingested(synth_v2_archive: Path, synth_v2_store: Path) -> None:
+    assert open_archive(synth_v2_archive).version == "2"
+    store = open_store(synth_v2_store)
+    assert store.modalities == ["s2", "s1", "reference-map"]
+    assert store.attrs["source"]["version"] == "2.0"
+    rows = parquet_rows(synth_v2_archive)
+    names = list(store.patch_names())
+    assert names == sorted(rows)
+    assert store.failed() == {}
+
+
+def test_v2_pixels_are_exact_in_every_modality(synth_v2_archive: Path, synth_v2_store: Path) -> None:
+    store = open_store(synth_v2_store)
+    rows = parquet_rows(synth_v2_archive)
+    for row in (0, 17, 47):
+        name = str(store.patch_names()[row])
+        product = name.rsplit("_", 2)[0]
+        s2 = synth_v2_archive / "BigEarthNet-S2" / product / name
+        with rasterio.open(s2 / f"{name}_B8A.tif") as tif:
+            assert np.array_equal(store.array("s2/20m")[row, 3], tif.read(1))
+        s1_name = rows[name]["s1_name"]
+        s1_dir = synth_v2_archive / "BigEarthNet-S1" / s1_name.rsplit("_", 3)[0] / s1_name
+        with rasterio.open(s1_dir / f"{s1_name}_VH.tif") as tif:
+            assert np.array_equal(store.array("s1")[row, 1], tif.read(1))
+        ref = synth_v2_archive / "Reference_Maps" / product / name / f"{name}_reference_map.tif"
+        with rasterio.open(ref) as tif:
+            assert np.array_equal(store.array("reference_map")[row], tif.read(1))
+
+
+def test_v2_labels_come_from_parquet_and_reference_map(synth_v2_archive: Path, synth_v2_store: Path) -> None:
+    store = open_store(synth_v2_store)
+    rows = parquet_rows(synth_v2_archive)
+    clc19, clc43 = store.labels("clc19"), store.labels("clc43")
+    maps = store.array("reference_map")[:]
+    for i, name in enumerate(store.patch_names()):
+        assert [CLC19[j] for j in np.flatnonzero(clc19[i])] == sorted(rows[name]["labels"], key=CLC19.index)
+        codes = {int(c) for c in np.unique(maps[i])}
+        assert {CLC43_CODES[j] for j in np.flatnonzero(clc43[i])} == codes & set(CLC43_CODES)
+        assert store.array("meta/country")[i] == rows[name]["country"]
+        assert bool(store.array("meta/contains_seasonal_snow")[i]) == rows[name]["contains_seasonal_snow"]
+
+
+def test_v2_without_reference_maps_has_no_clc43(synth_v2_archive: Path, tmp_path: Path) -> None:
+    ingest(synth_v2_archive, tmp_path / "s.zarr", workers=1, modalities=["s2"])
+    store = open_store(tmp_path / "s.zarr")
+    assert store.labels("clc19").sum() > 0
+    with pytest.raises(InvalidArgumentError, match="no clc43 labels"):
+        store.labels("clc43")
+
+
+def test_official_v2_split_is_the_parquet_column(synth_v2_archive: Path, synth_v2_store: Path, tmp_path: Path) -> None:
+    path = copy_tree(synth_v2_store, tmp_path / "s.zarr")
+    store = open_store(path, mode="r+")
+    result = make_split(store, "official", "official")
+    rows = parquet_rows(synth_v2_archive)
+    expected = {"train": 0, "validation": 1, "test": 2}
+    for code, name in zip(result.codes, store.patch_names()):
+        row = rows[name]
+        assert code == (expected[row["split"]] if row["clean"] else -1)
+    stratified = make_split(store, "strat", "iterative", labels="clc19")
+    assert (stratified.codes >= 0).sum() == len(rows)
+
+
+def test_dataset_serves_s2_s1_and_mask(synth_v2_store: Path) -> None:
+    ds = BigEarthNetDataset(synth_v2_store, modalities=("s2", "s1", "reference-map"), labels="clc19",
+                            normalize=True)
+    assert ds.bands[-2:] == ("VV", "VH") and len(ds.bands) == 14
+    sample = ds[5]
+    assert sample["image"].shape == (14, 120, 120) and sample["mask"].shape == (120, 120)
+    store = open_store(synth_v2_store)
+    row = sample["index"]
+    stats = store.band_stats("s1")
+    vv = (torch.from_numpy(store.array("s1")[row, 0]) - stats["VV"]["mean"]) / stats["VV"]["std"]
+    assert torch.allclose(sample["image"][12], vv, atol=1e-5)
+    assert torch.equal(sample["mask"], torch.from_numpy(store.array("reference_map")[row].astype(np.int64)))
+    batch = next(iter(make_loader(ds, 8, True, 0, seed=0, device="cpu")))
+    assert batch["image"].shape == (8, 14, 120, 120) and batch["mask"].dtype == torch.int64
+    s1_only = BigEarthNetDataset(synth_v2_store, modalities=("s1",), bands=["VH"], labels="clc19")
+    assert torch.equal(s1_only[0]["image"][0], torch.from_numpy(store.array("s1")[0, 1]))
+
+
+def test_dataset_refuses_a_modality_the_store_lacks(synth_store_64: Path) -> None:
+    with pytest.raises(InvalidArgumentError, match="no s1 data"):
+        BigEarthNetDataset(synth_store_64, modalities=("s2", "s1"))
+
+
+def test_synth_v2_cli_then_ingest_cli(tmp_path: Path) -> None:
+    archive = tmp_path / "reBEN"
+    made = subprocess.run([*CLI, "synth", str(archive), "--version", "2", "--s1", "--reference-maps",
+                           "--patches", "12", "--workers", "1"], capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    done = subprocess.run([*CLI, "ingest", str(archive), str(tmp_path / "s.zarr"), "--workers", "1",
+                           "--modalities", "s2,s1"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert open_store(tmp_path / "s.zarr").modalities == ["s2", "s1"]
+
+
+def test_xarray_and_dask_compute_band_means(synth_store_64: Path) -> None:
+    xr = pytest.importorskip("xarray")
+    da = pytest.importorskip("dask.array")
+    store = open_store(synth_store_64)
+    stats = store.band_stats()
+    ds = xr.open_zarr(synth_store_64, group="s2", consolidated=False)
+    means = ds["10m"].mean(dim=("patch", "y_10m", "x_10m")).compute().values
+    assert np.allclose(means, [stats[b]["mean"] for b in ("B02", "B03", "B04", "B08")])
+    array = da.from_zarr(str(synth_store_64 / "s2" / "20m"))
+    assert np.allclose(array.mean(axis=(0, 2, 3)).compute(),
+                       [stats[b]["mean"] for b in ("B05", "B06", "B07", "B8A", "B11", "B12")])
