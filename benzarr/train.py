@@ -111,39 +111,46 @@ def train(cfg: TrainConfig, callback: Callable[[TrainEvent], None] | None = None
     """
     run = _setup(cfg)                   # process group, seeds, data, model, optimiser, writer, resume
     model, opt, sched, criterion, st = run.model, run.optimizer, run.scheduler, run.criterion, run.state
-    emit = callback if (callback and run.rank == 0) else (lambda event: None)
-    while st["epoch"] < cfg.epochs and not st["stopped"]:
-        epoch = st["epoch"]
-        run.train_loader.set_epoch(epoch)
-        model.train()
-        emit(TrainEvent("epoch_start", epoch, st["step"], n_batches=len(run.train_loader)))
-        seen, loss_sum, train_metrics, t0 = 0, torch.zeros((), device=run.device), MultilabelMetrics(), time.perf_counter()
-        for batch in run.train_loader:
-            x, y = batch["image"].contiguous(memory_format=run.memory_format), batch["label"]
-            with run.autocast():
-                logits = model(x)
-            loss = criterion(logits.float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            st["step"] += 1
-            seen += len(y)
-            loss_sum += loss.detach() * len(y)
-            train_metrics.update(logits.detach().float(), y)
-            emit(TrainEvent("step", epoch, st["step"], loss=loss.item(),
-                            patches_per_s=seen * run.world_size / (time.perf_counter() - t0)))
-            if cfg.max_steps is not None and st["step"] >= cfg.max_steps:
-                st["stopped"] = True
-                break
-        throughput = seen * run.world_size / (time.perf_counter() - t0)
-        lr = opt.param_groups[0]["lr"]
-        if sched is not None:
-            sched.step()
-        st["epoch"] += 1
-        values = _end_epoch(run, loss_sum, seen, train_metrics, lr, throughput)  # val, log, checkpoint, early stop
-        emit(TrainEvent("epoch_end", epoch, st["step"], values=values))
-    result = _finish(run)        # test best.pt, metrics.json, scores.csv, hparams
-    emit(TrainEvent("test", st["epoch"], st["step"], values=result.test))
+    emit = callback if run.rank == 0 else None
+    try:
+        while st["epoch"] < cfg.epochs and not st["stopped"]:
+            epoch = st["epoch"]
+            run.train_loader.set_epoch(epoch)   # the order depends on (seed, epoch) only
+            model.train()
+            if emit:
+                emit(TrainEvent("epoch_start", epoch, st["step"], n_batches=len(run.train_loader)))
+            seen, loss_sum, train_metrics, t0 = 0, torch.zeros((), device=run.device), MultilabelMetrics(), time.perf_counter()
+            for batch in run.train_loader:
+                x, y = batch["image"].contiguous(memory_format=run.memory_format), batch["label"]
+                with run.autocast():
+                    logits = model(x)
+                loss = criterion(logits.float(), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                st["step"] += 1
+                seen += len(y)
+                loss_sum += loss.detach() * len(y)
+                train_metrics.update(logits.detach().float(), y)
+                if emit:
+                    emit(TrainEvent("step", epoch, st["step"], loss=loss.item(),
+                                    patches_per_s=seen * run.world_size / (time.perf_counter() - t0)))
+                if cfg.max_steps is not None and st["step"] >= cfg.max_steps:
+                    st["stopped"] = True
+                    break
+            throughput = seen * run.world_size / (time.perf_counter() - t0)
+            lr = opt.param_groups[0]["lr"]
+            if sched is not None:
+                sched.step()
+            st["epoch"] += 1
+            values = _end_epoch(run, loss_sum, seen, train_metrics, lr, throughput)  # val, log, checkpoint, early stop
+            if emit:
+                emit(TrainEvent("epoch_end", epoch, st["step"], values=values))
+        result = _finish(run)           # test best.pt, metrics.json, scores.csv, hparams
+    finally:
+        _close(run)                     # event file, emissions tracker, process group, global flags
+    if emit:
+        emit(TrainEvent("test", st["epoch"], st["step"], values=result.test))
     return result
 
 
@@ -601,8 +608,9 @@ def _finish(run: _Run) -> TrainResult:
                 run.best_val = _evaluate(run, run.val_loader)
         test = _evaluate(run, run.test_loader) or {}
         if run.tracker is not None:
-            kg = run.tracker.stop()
-            data = getattr(run.tracker, "final_emissions_data", None)
+            tracker, run.tracker = run.tracker, None
+            kg = tracker.stop()  # kg CO2-equivalent
+            data = getattr(tracker, "final_emissions_data", None)
             emissions = {"kg_co2eq": kg, "kwh": getattr(data, "energy_consumed", None),
                          "country": cfg.emissions_country}
         summary = {
@@ -622,16 +630,27 @@ def _finish(run: _Run) -> TrainResult:
                             "weight_decay", "scheduler", "seed", "finetune", "amp")}
         hparams["bands"] = ",".join(hparams["bands"])
         run.writer.hparams(hparams, {f"test_{k}": test.get(k) for k in SCALAR_KEYS})
-        run.writer.close()
-    if run.own_process_group:
-        import torch.distributed as dist
-
-        dist.destroy_process_group()
-    torch.use_deterministic_algorithms(run.deterministic_before)
     best_score = st["best_score"]
     return TrainResult(run.run_dir, st["epoch"], st["step"], st["best_epoch"],
                        math.nan if best_score is None else float(best_score), st["stopped_early"],
                        st["seconds"], test, None if emissions is None else emissions["kg_co2eq"])
+
+
+def _close(run: _Run) -> None:
+    """Release what ``_setup`` took, also after an error or an interruption (the checkpoints
+    already written stay, so ``resume`` continues from the last finished epoch)."""
+    if run.tracker is not None:
+        run.tracker.stop()
+        run.tracker = None
+    if run.writer is not None:
+        run.writer.close()
+        run.writer = None
+    if run.own_process_group:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    torch.use_deterministic_algorithms(run.deterministic_before)
 
 
 def write_scores_csv(path: str | Path, metrics: dict[str, Any]) -> Path:

@@ -221,3 +221,37 @@ def test_two_process_data_parallel_run_writes_one_run_folder(store: Path, tmp_pa
     # each rank takes ceil(n/2) patches in batches of 8: both take the same number of steps
     assert json.loads((out / "metrics.json").read_text())["steps"] == -(-(-(-n_train // 2)) // 8)
     assert proc.stdout.count("epoch 1/1") == 1  # rank 0 alone prints
+
+
+def test_track_emissions_without_codecarbon_names_the_pip_command(store: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from benzarr.errors import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "codecarbon", None)  # import fails as if not installed
+    with pytest.raises(MissingDependencyError, match=r"pip install 'benzarr\[emissions\]'"):
+        train(config(store, tmp_path / "run", track_emissions=True))
+
+
+def test_track_emissions_records_codecarbon_figures(store: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    calls: list[str] = []
+
+    class FakeTracker:  # codecarbon's OfflineEmissionsTracker interface
+        def __init__(self, country_iso_code: str, output_dir: str, log_level: str) -> None:
+            calls.append(country_iso_code)
+            self.final_emissions_data = types.SimpleNamespace(energy_consumed=0.002)
+
+        def start(self) -> None:
+            calls.append("start")
+
+        def stop(self) -> float:
+            calls.append("stop")
+            return 0.0005
+
+    monkeypatch.setitem(sys.modules, "codecarbon", types.SimpleNamespace(OfflineEmissionsTracker=FakeTracker))
+    result = train(config(store, tmp_path / "run", max_steps=1, track_emissions=True, emissions_country="FRA"))
+    assert calls == ["FRA", "start", "stop"] and result.emissions_kg == 0.0005
+    emissions = json.loads((result.run_dir / "metrics.json").read_text())["emissions"]
+    assert emissions == {"kg_co2eq": 0.0005, "kwh": 0.002, "country": "FRA"}
