@@ -226,8 +226,10 @@ def plot_curves(runs: Sequence[Run], path: str | Path) -> Path:
 
 def _group_label(name: str, members: Sequence[Run]) -> str:
     key = members[0].key()
-    n = f", {len(members)} seeds" if len(members) > 1 else ""
-    return f"{Path(name).name} ({key['model']}, {key['split']}{n})"
+    folder = Path(name).name
+    parts = [key["model"] if key["model"] not in folder else "", key["split"],
+             f"{len(members)} seeds" if len(members) > 1 else ""]
+    return f"{folder} ({', '.join(p for p in parts if p)})"
 
 
 @dataclass
