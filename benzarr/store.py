@@ -498,8 +498,9 @@ def create_store(
         if path != "meta/patch_name":
             _create_row_array(group, stage_path(path), n, dtype, trailing, fill, staged)
     group.create_array(DONE_ARRAY, shape=(n_shards,), dtype="bool", chunks=(1,), fill_value=False)
-    group.create_array(S1_STATS_ARRAY, shape=(n_shards, len(S1_BANDS), len(STATS_FIELDS)), dtype="float64",
-                       chunks=(1, len(S1_BANDS), len(STATS_FIELDS)), fill_value=0.0)
+    if "s1" in modalities:
+        group.create_array(S1_STATS_ARRAY, shape=(n_shards, len(S1_BANDS), len(STATS_FIELDS)), dtype="float64",
+                           chunks=(1, len(S1_BANDS), len(STATS_FIELDS)), fill_value=0.0)
     group.create_array(STATS_ARRAY, shape=(n_shards, len(BANDS), len(STATS_FIELDS)), dtype="float64",
                        chunks=(1, len(BANDS), len(STATS_FIELDS)), fill_value=0.0)
     if n:
