@@ -18,9 +18,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from benzarr.train import TrainConfig, TrainEvent, TrainResult
+if TYPE_CHECKING:  # torch loads only when the demo trains
+    from benzarr.train import TrainEvent, TrainResult
 
 #: The split the demo makes.
 SPLIT_NAME = "stratified"
@@ -108,6 +109,8 @@ def run_demo(
     report("split", {"name": SPLIT_NAME, "counts": counts, "seconds": seconds["split"]})
 
     t = time.perf_counter()
+    from benzarr.train import TrainConfig
+
     result = train(TrainConfig(store=str(store_path), split=SPLIT_NAME, model=MODEL, epochs=cfg.epochs,
                                batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, workers=cfg.loader_workers,
                                device="auto", out=str(run_dir), max_steps=cfg.max_steps), on_train_event)

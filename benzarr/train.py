@@ -42,6 +42,7 @@ class TrainConfig:
     split: str                      # splits/<name> in the store: train / val / test subsets
     model: str = "shortcnn-rgb"     # a name of benzarr.models.list_models()
     labels: str = "clc43"           # clc43 | clc19
+    modalities: str = "s2"          # s2 | s1 | s2,s1: image channels (S1 adds VV, VH)
     bands: str | Sequence[str] | None = None  # None: the model's default; "rgb", "all" or names
     epochs: int = 10
     batch_size: int = 64
@@ -184,28 +185,50 @@ def default_out(cfg: TrainConfig) -> str:
     return str(Path("runs") / f"{cfg.model}-{cfg.split}")
 
 
-def resolve_bands(model: str, bands: str | Sequence[str] | None) -> list[str]:
-    """Band names in input-channel order: the model's default (``None``), ``"rgb"`` (B04, B03,
-    B02), ``"all"`` (the 12 bands, wavelength order) or names (a list or ``"B04,B03,B02"``).
+def parse_modalities(modalities: str | Sequence[str]) -> list[str]:
+    """``"s2,s1"`` -> ``["s2", "s1"]`` (image modalities only, stored order).
+
+    Raises:
+        InvalidArgumentError: empty, or a name other than s2 and s1.
+    """
+    from benzarr.errors import InvalidArgumentError
+
+    names = [m.strip() for m in modalities.split(",")] if isinstance(modalities, str) else list(modalities)
+    names = [m for m in names if m]
+    if not names or any(m not in ("s2", "s1") for m in names):
+        raise InvalidArgumentError(f"--modalities {','.join(names)!r}: give s2, s1 or s2,s1")
+    return [m for m in ("s2", "s1") if m in names]
+
+
+def resolve_bands(model: str, bands: str | Sequence[str] | None, modalities: str | Sequence[str] = "s2") -> list[str]:
+    """Channel names in input-channel order: the model's default (``None``; with S1, VV and VH
+    follow), ``"rgb"`` (B04, B03, B02), ``"all"`` (the 12 S2 bands in wavelength order, then
+    VV, VH with S1) or names (a list or ``"B04,B03,B02,VV"``).
 
     Raises:
         InvalidArgumentError: an unknown or repeated band name, or an unknown model.
     """
-    from benzarr.bigearthnet import BANDS, RGB_BANDS
+    from benzarr.bigearthnet import BANDS, RGB_BANDS, S1_BANDS
     from benzarr.errors import InvalidArgumentError
     from benzarr.models import default_bands
 
+    chosen = parse_modalities(modalities)
+    s2 = "s2" in chosen
+    s1 = list(S1_BANDS) if "s1" in chosen else []
     if bands is None:
-        bands = default_bands(model)
+        bands = default_bands(model) if s2 else "all"
     if isinstance(bands, str):
-        if bands.lower() in ("rgb", "all"):
-            return list(RGB_BANDS if bands.lower() == "rgb" else BANDS)
+        if bands.lower() == "rgb" and s2:
+            return list(RGB_BANDS) + s1
+        if bands.lower() == "all":
+            return (list(BANDS) if s2 else []) + s1
         bands = [b for b in bands.replace(" ", "").split(",") if b]
     names = [b.upper() for b in bands]
-    unknown = [b for b in names if b not in BANDS]
+    allowed = (list(BANDS) if s2 else []) + s1
+    unknown = [b for b in names if b not in allowed]
     if unknown or not names or len(set(names)) != len(names):
         raise InvalidArgumentError(
-            f"bad band list {','.join(bands)!r}: give rgb, all, or distinct names from {', '.join(BANDS)}"
+            f"bad band list {','.join(bands)!r}: give rgb, all, or distinct names from {', '.join(allowed)}"
         )
     return names
 
@@ -264,7 +287,7 @@ def check_config(cfg: TrainConfig) -> None:
     if cfg.finetune not in FINETUNE_LEVELS:
         raise InvalidArgumentError(f"--finetune must be one of {sorted(FINETUNE_LEVELS)}, not {cfg.finetune}")
     get_spec(cfg.model)
-    resolve_bands(cfg.model, cfg.bands)
+    resolve_bands(cfg.model, cfg.bands, cfg.modalities)
     monitor_key(cfg.monitor)
     if cfg.track_emissions:
         try:
@@ -430,7 +453,7 @@ def _setup(cfg: TrainConfig) -> _Run:
     random.seed(cfg.seed)
 
     store = open_store(cfg.store)
-    bands = resolve_bands(cfg.model, cfg.bands)
+    bands = resolve_bands(cfg.model, cfg.bands, cfg.modalities)
     class_names = store.class_names(cfg.labels)
     identity = store_identity(store, cfg.split)
     n_train = len(store.subset_rows(cfg.split, "train"))
@@ -438,7 +461,8 @@ def _setup(cfg: TrainConfig) -> _Run:
         raise InvalidArgumentError(f"split {cfg.split!r} of {cfg.store} has no training patches")
 
     def dataset(subset: str) -> Any:
-        return BigEarthNetDataset(cfg.store, split=cfg.split, subset=subset, bands=bands, labels=cfg.labels, normalize=True)
+        return BigEarthNetDataset(cfg.store, split=cfg.split, subset=subset, bands=bands, labels=cfg.labels,
+                                  normalize=True, modalities=parse_modalities(cfg.modalities))
 
     def eval_loader(subset: str) -> Any:
         if rank != 0 or len(store.subset_rows(cfg.split, subset)) == 0:

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from typing import Callable
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -24,12 +25,12 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 def error_line(message: str) -> None:
     """Print one ``error: ...`` line on stderr."""
-    err_console.print(f"[bold red]error:[/] {message}", markup=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True)
 
 
 def warn_line(message: str) -> None:
     """Print one ``warning: ...`` line on stderr."""
-    err_console.print(f"[yellow]warning:[/] {message}", markup=True)
+    err_console.print(f"[yellow]warning:[/] {escape(message)}", markup=True)
 
 
 def show_progress(quiet: bool) -> bool:

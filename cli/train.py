@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 import os
 from contextlib import ExitStack
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
 from benzarr.errors import InvalidArgumentError
-from benzarr.train import TrainConfig, TrainEvent, TrainResult, default_out, train, train_seeds
+if TYPE_CHECKING:
+    from benzarr.train import TrainEvent, TrainResult
+
 from benzarr_cli._common import console, err_console, show_progress
 
 
@@ -81,7 +83,8 @@ def command(
     split: str = typer.Option(..., "--split", help="Split name in the store (benzarr split)."),
     model: str = typer.Option("shortcnn-rgb", "--model", help="Model name (benzarr models)."),
     labels: str = typer.Option("clc43", "--labels", help="clc43 | clc19."),
-    bands: Optional[str] = typer.Option(None, "--bands", help="rgb | all | comma-separated names (default: the model's)."),
+    bands: Optional[str] = typer.Option(None, "--bands", help="rgb | all | comma-separated names, VV/VH included (default: the model's)."),
+    modalities: str = typer.Option("s2", "--modalities", help="s2 | s1 | s2,s1: image channels (S1 adds VV, VH; the store must hold S1)."),
     epochs: int = typer.Option(10, "--epochs", help="Epochs."),
     batch_size: int = typer.Option(64, "--batch-size", help="Patches per batch (per process under torchrun)."),
     lr: float = typer.Option(1e-3, "--lr", help="Learning rate."),
@@ -110,8 +113,11 @@ def command(
 
     Multi-process data parallel: torchrun --nproc-per-node 2 -m benzarr_cli train ...
     """
+    from benzarr.train import TrainConfig, default_out, train, train_seeds  # torch: only when training
+
     cfg = TrainConfig(
-        store=store, split=split, model=model, labels=labels, bands=bands, epochs=epochs, batch_size=batch_size,
+        store=store, split=split, model=model, labels=labels, bands=bands, modalities=modalities,
+        epochs=epochs, batch_size=batch_size,
         lr=lr, optim=optim, momentum=momentum, weight_decay=weight_decay, scheduler=scheduler, loss=loss,
         seed=seed, workers=workers, device=device, amp=amp, patience=patience, monitor=monitor, out=out,
         resume=resume, max_steps=max_steps, weights=weights, finetune=finetune, track_emissions=track_emissions,

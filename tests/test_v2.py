@@ -140,3 +140,20 @@ def test_xarray_and_dask_compute_band_means(synth_store_64: Path) -> None:
     array = da.from_zarr(str(synth_store_64 / "s2" / "20m"))
     assert np.allclose(array.mean(axis=(0, 2, 3)).compute(),
                        [stats[b]["mean"] for b in ("B05", "B06", "B07", "B8A", "B11", "B12")])
+
+
+def test_train_on_s2_and_s1_channels(synth_v2_store: Path, tmp_path: Path) -> None:
+    from benzarr.train import TrainConfig, train
+
+    path = copy_tree(synth_v2_store, tmp_path / "s.zarr")
+    make_split(open_store(path, mode="r+"), "official", "official")
+    run = tmp_path / "run"
+    result = train(TrainConfig(store=str(path), split="official", model="shortcnn-all", labels="clc19",
+                               modalities="s2,s1", epochs=1, batch_size=8, out=str(run)), None)
+    assert result.test is not None and (run / "checkpoints" / "best.pt").is_file()
+    state = torch.load(run / "checkpoints" / "best.pt", weights_only=True)["model"]
+    first_conv = next(v for k, v in state.items() if v.ndim == 4)
+    assert first_conv.shape[1] == 14  # 12 S2 bands + VV + VH
+    import json
+
+    assert json.loads((run / "config.json").read_text())["settings"]["modalities"] == "s2,s1"
