@@ -683,6 +683,12 @@ def make_split(
             codes, lists = codes_from_lists(names, read_csv_lists(csv_dir), usable)
             parameters = {"csv_dir": str(Path(csv_dir).resolve())}
         parameters["lists"] = lists
+        if not (codes >= 0).any():
+            what = "the official lists" if method == "official" else f"the CSV lists in {csv_dir}"
+            raise InvalidArgumentError(
+                f"{store.path}: none of the store's patches is in {what} (a synthetic archive has its "
+                "own names: use --method iterative or random)"
+            )
 
     attrs: dict[str, Any] = {
         "method": method,
