@@ -25,6 +25,7 @@ app = typer.Typer(
 # command name -> module under benzarr_cli defining ``command``; order is the help order.
 COMMANDS: dict[str, str] = {
     "synth": "synth",
+    "examples": "examples",
     "ingest": "ingest",
     "info": "info",
     "split": "split",

@@ -1,0 +1,56 @@
+"""The six real BigEarthNet v1.0 patches (S2 and their S1 pairs) shipped by ``bigearthnet-common``.
+
+They are the smallest real archive there is: use them to check an install against real
+GeoTIFFs (``benzarr examples OUT && benzarr ingest OUT store.zarr``). The package is an
+optional extra (``pip install 'benzarr[examples]'``); its archives are read as package data
+with :mod:`importlib.resources`, without importing its modules.
+"""
+
+from __future__ import annotations
+
+import tarfile
+from importlib import resources
+from pathlib import Path
+
+from benzarr.archive import V1_S1_FOLDER, V1_S2_FOLDER
+from benzarr.errors import InvalidArgumentError, MissingDependencyError
+
+_ARCHIVES = {
+    V1_S2_FOLDER: "BigEarthNet-S2-Example.tar.bz2",
+    V1_S1_FOLDER: "BigEarthNet-S1-Example.tar.bz2",
+}
+
+
+def extract_examples(out: str | Path) -> dict[str, list[str]]:
+    """Unpack the examples as the official downloads unpack: ``OUT/BigEarthNet-v1.0/`` (6 S2
+    patches) and ``OUT/BigEarthNet-S1-v1.0/`` (their 6 S1 patches).
+
+    Returns:
+        folder name -> sorted patch names.
+
+    Raises:
+        MissingDependencyError: ``bigearthnet-common`` is not installed.
+        InvalidArgumentError: ``out`` already holds one of the two folders.
+    """
+    try:
+        package = resources.files("bigearthnet_common")
+    except ModuleNotFoundError:
+        raise MissingDependencyError(
+            "the real example patches come with bigearthnet-common: pip install 'benzarr[examples]'"
+        ) from None
+    out = Path(out)
+    written: dict[str, list[str]] = {}
+    for folder, member in _ARCHIVES.items():
+        target = out / folder
+        if target.exists():
+            raise InvalidArgumentError(f"{target}: exists; choose an empty folder")
+        target.mkdir(parents=True)
+        with resources.as_file(package.joinpath(member)) as path, tarfile.open(path, "r:bz2") as tar:
+            top = member.removesuffix(".tar.bz2") + "/"
+            for item in tar.getmembers():
+                if not item.name.startswith(top) or item.name == top.rstrip("/"):
+                    continue
+                item.name = item.name[len(top):]
+                tar.extract(item, target, filter="data")
+        written[folder] = sorted(p.name for p in target.iterdir() if p.is_dir())
+    return written

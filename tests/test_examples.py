@@ -1,0 +1,21 @@
+"""benzarr examples: the real bigearthnet-common patches, unpacked as the official downloads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from benzarr.archive import open_archive
+from benzarr.errors import InvalidArgumentError
+from benzarr.examples import extract_examples
+
+
+def test_examples_unpack_as_a_v1_download_root_with_s1(tmp_path: Path) -> None:
+    written = extract_examples(tmp_path / "real")
+    assert [len(v) for v in written.values()] == [6, 6]
+    archive = open_archive(tmp_path / "real")
+    assert archive.version == "1" and archive.modalities == ("s2", "s1")
+    assert all(ref.s1_name for ref in archive.refs.values()) and archive.unpaired_s1 == []
+    with pytest.raises(InvalidArgumentError, match="exists"):
+        extract_examples(tmp_path / "real")
