@@ -284,8 +284,13 @@ def read_patch(root: str | Path, name: str) -> Patch:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    """The most telling line of a rasterio/GDAL error: the GDAL cause, without the file name."""
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and "previous exception" in str(exc):
+        exc = cause
+    text = str(exc.args[-1] if getattr(exc, "args", None) else exc).strip().splitlines()
+    line = text[0] if text else type(exc).__name__
+    return line.split(": ", 1)[1] if ".tif" in line.split(": ", 1)[0] and ": " in line else line
 
 
 # -- archives of every version ---------------------------------------------------------
