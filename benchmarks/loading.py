@@ -7,6 +7,9 @@ batches of ``--batch-size`` patches the way its users read it:
 
 * ``memcpy``: copy of the same bytes from one memory-mapped .npy (N, 80000) uint16: the ceiling
 * ``benzarr-none|lz4|zstd``: ``BigEarthNetDataset.__getitems__`` (this package's shard reader)
+* ``benzarr-s3-lz4``: the same, on the lz4 store uploaded to a moto S3 server started in this
+  process on 127.0.0.1 (``s3://`` URL: zarr-python over fsspec/s3fs). Loopback, no network:
+  it measures that path's overhead (HTTP requests, s3fs, moto), not network bandwidth
 * ``zarr-python-none|lz4``: zarr's own API on the same stores (orthogonal selection a batch)
 * ``tensorstore-lz4``: tensorstore's zarr3 driver on the lz4 store (index-array read a batch)
 * ``torchgeo-rasterio``: per patch, glob the folder, open the 12 GeoTIFFs and read each with
@@ -30,13 +33,14 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import os
 import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -150,6 +154,39 @@ def band_bytes(store: Path) -> int:
     return sum(size_of(store / "s2" / g / "c") for g in GROUPS)
 
 
+@contextlib.contextmanager
+def s3_copy(store: Path, log: Callable[[str], None]) -> Iterator[dict[str, Any]]:
+    """``store`` uploaded to a moto S3 server on 127.0.0.1 (started here, stopped on exit).
+
+    Yields ``{"url": "s3://bench/<name>", "options": storage_options, "endpoint": ...}``.
+    """
+    import socket
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing",
+                              aws_secret_access_key="testing", region_name="us-east-1")
+        bucket = "bench"
+        client.create_bucket(Bucket=bucket)
+        files = [f for f in sorted(store.rglob("*")) if f.is_file()]
+        log(f"uploading {store.name} to moto S3 at {endpoint} ({len(files)} files, {size_of(store) / 1e6:,.0f} MB)")
+        for f in files:
+            client.upload_file(str(f), bucket, f"{store.name}/{f.relative_to(store).as_posix()}")
+        options = {"key": "testing", "secret": "testing", "anon": False,
+                   "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"}}
+        yield {"url": f"s3://{bucket}/{store.name}", "options": options, "endpoint": endpoint}
+    finally:
+        server.stop()
+
+
 # -- methods ---------------------------------------------------------------------------
 
 
@@ -173,8 +210,11 @@ def batch_buffers(b: int) -> dict[str, np.ndarray]:
     return {g: np.empty((b, *SHAPES[g]), dtype=np.uint16) for g in GROUPS}
 
 
-def methods(paths: dict[str, Path], n: int, b: int) -> dict[str, dict[str, Any]]:
-    """Method name -> {"batch": call, "single": call or None, "bytes": stored bytes a patch}."""
+def methods(paths: dict[str, Path], n: int, b: int, s3: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """Method name -> {"batch": call, "single": call or None, "bytes": stored bytes a patch}.
+
+    ``s3``: from :func:`s3_copy` (the lz4 store on a local moto server): adds ``benzarr-s3-lz4``.
+    """
     import h5py
     import lmdb
     import rasterio
@@ -224,6 +264,30 @@ def methods(paths: dict[str, Path], n: int, b: int) -> dict[str, dict[str, Any]]
 
         out[f"benzarr-{compression}"] = {"batch": bz, "single": bz_single,
                                          "bytes": band_bytes(paths[f"store-{compression}"]) / n}
+
+    if s3 is not None:
+        ds3 = BigEarthNetDataset(s3["url"], storage_options=s3["options"])
+        assert not ds3.fast and len(ds3) == n
+        nb = Batches(n, b)
+        r = np.random.default_rng(2)
+
+        def bz_s3(nb: Batches = nb) -> int:
+            ds3.__getitems__(nb())
+            return b
+
+        def bz_s3_single(r: np.random.Generator = r) -> int:
+            ds3.__getitems__([int(r.integers(n))])
+            return 1
+
+        out["benzarr-s3-lz4"] = {
+            "batch": bz_s3, "single": bz_s3_single, "bytes": band_bytes(paths["store-lz4"]) / n,
+            "notes": ("the lz4 store uploaded to a moto S3 server started in this process on 127.0.0.1 "
+                      f"(ThreadedMotoServer) and read as {s3['url']} with storage_options: "
+                      "zarr-python over fsspec/s3fs, since the memory-mapped reader is local-only. "
+                      "Loopback, no network: this measures the zarr-python/fsspec path's overhead "
+                      "(HTTP requests, s3fs, moto's handling, all sharing this process's GIL), "
+                      "not network bandwidth or real S3 latency"),
+        }
 
     for compression in ("none", "lz4"):
         arrays = [zarr.open_array(str(paths[f"store-{compression}"] / "s2" / g), mode="r") for g in GROUPS]
@@ -361,6 +425,31 @@ def methods(paths: dict[str, Path], n: int, b: int) -> dict[str, dict[str, Any]]
     return out
 
 
+def time_methods(ms: dict[str, dict[str, Any]], batch_size: int, seconds: float, repeats: int,
+                 log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """One result row per method: best-repeat patches/s in batches and one patch at a time."""
+    results = []
+    for name, m in ms.items():
+        row: dict[str, Any] = {"method": name, "bytes_per_patch": round(m["bytes"], 1)}
+        if m["batch"] is not None:
+            m["batch"]()
+            timing = rate(m["batch"], seconds, repeats)
+            row.update(patches_per_s=round(timing["per_s"], 1), runs=timing["runs"], access=f"batches of {batch_size}")
+        if m["single"] is not None:
+            m["single"]()
+            timing = rate(m["single"], seconds, repeats)
+            row["single_patches_per_s"] = round(timing["per_s"], 1)
+            if m["batch"] is None:
+                row.update(patches_per_s=round(timing["per_s"], 1), runs=timing["runs"], access="one patch at a time")
+        for key in ("note", "notes"):
+            if key in m:
+                row[key] = m[key]
+        row["mb_per_s"] = round(row["patches_per_s"] * NATIVE / 1e6, 1)
+        results.append(row)
+        log(f"{name}: {row['patches_per_s']:,.0f} patches/s")
+    return results
+
+
 # -- training-step data wait -------------------------------------------------------------
 
 
@@ -407,24 +496,9 @@ def main(argv: list[str] | None = None) -> int:
     blosc.use_threads = False
     torch.set_num_threads(1)
     log("timing")
-    results = []
-    for name, m in methods(paths, n, args.batch_size).items():
-        row: dict[str, Any] = {"method": name, "bytes_per_patch": round(m["bytes"], 1)}
-        if m["batch"] is not None:
-            m["batch"]()
-            timing = rate(m["batch"], seconds, repeats)
-            row.update(patches_per_s=round(timing["per_s"], 1), runs=timing["runs"], access=f"batches of {args.batch_size}")
-        if m["single"] is not None:
-            m["single"]()
-            timing = rate(m["single"], seconds, repeats)
-            row["single_patches_per_s"] = round(timing["per_s"], 1)
-            if m["batch"] is None:
-                row.update(patches_per_s=round(timing["per_s"], 1), runs=timing["runs"], access="one patch at a time")
-        if "note" in m:
-            row["note"] = m["note"]
-        row["mb_per_s"] = round(row["patches_per_s"] * NATIVE / 1e6, 1)
-        results.append(row)
-        log(f"{name}: {row['patches_per_s']:,.0f} patches/s")
+    with s3_copy(paths["store-lz4"], log) as s3:
+        results = time_methods(methods(paths, n, args.batch_size, s3), args.batch_size, seconds, repeats, log)
+    log("moto S3 server stopped")
 
     by = {r["method"]: r for r in results}
     for r in results:
