@@ -348,19 +348,36 @@ class Archive:
 
 
 @lru_cache(maxsize=1)
-def _official_s1_table() -> tuple[dict[str, str], dict[str, tuple[str, str]]]:
-    """Official v1 tables (bigearthnet-common): s1 name -> s2 name; s2 name -> (country, season)."""
-    import bz2
+def _official_name_table() -> "pyarrow.Table":
+    """The official v1 name table (bigearthnet-common's s1_s2_name_country_season.csv, kept as
+    zstd parquet: 0.9 MB, read in 0.1 s): s2_name, s1_name, country, season; 590,326 rows."""
     from importlib import resources
 
-    data = resources.files("benzarr.resources").joinpath("s1_s2_name_country_season.csv.bz2").read_bytes()
-    s1_to_s2: dict[str, str] = {}
+    import pyarrow.parquet as pq
+
+    with resources.as_file(resources.files("benzarr.resources").joinpath("s1_s2_name_country_season.parquet")) as path:
+        return pq.read_table(path)
+
+
+def official_names(s2_names: Sequence[str] = (), s1_names: Sequence[str] = ()) -> tuple[dict[str, tuple[str, str]], dict[str, str]]:
+    """Look names up in the official v1 table.
+
+    Returns:
+        ``({s2 name: (country, season)}, {s1 name: s2 name})`` for the given names found.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    table = _official_name_table()
     place: dict[str, tuple[str, str]] = {}
-    for line in bz2.decompress(data).decode().splitlines()[1:]:
-        s1, s2, country, season = line.split(",")
-        s1_to_s2[s1] = s2
-        place[s2] = (country, season)
-    return s1_to_s2, place
+    pairs: dict[str, str] = {}
+    if s2_names:
+        rows = table.filter(pc.is_in(table["s2_name"], value_set=pa.array(list(s2_names), pa.string())))
+        place = {r["s2_name"]: (r["country"], r["season"]) for r in rows.to_pylist()}
+    if s1_names:
+        rows = table.filter(pc.is_in(table["s1_name"], value_set=pa.array(list(s1_names), pa.string())))
+        pairs = {r["s1_name"]: r["s2_name"] for r in rows.to_pylist()}
+    return place, pairs
 
 
 def season_of(timestamp: int) -> str:
@@ -429,10 +446,10 @@ def _open_v1(path: Path) -> Archive:
     s1_of: dict[str, str] = {}
     unpaired: list[str] = []
     if s1_root.is_dir():
-        official, _ = _official_s1_table()
         wanted = set(names)
         with os.scandir(s1_root) as entries:
             s1_names = sorted(e.name for e in entries if is_s1_name(e.name) and e.is_dir())
+        _, official = official_names(s1_names=s1_names)
         for s1 in s1_names:
             s2 = official.get(s1)
             if s2 is None:  # not an official name (synthetic data): the JSON says
@@ -444,7 +461,7 @@ def _open_v1(path: Path) -> Archive:
                 s1_of[s2] = s1
             else:
                 unpaired.append(s1)
-    _, place = _official_s1_table()
+    place, _ = official_names(s2_names=names)
     refs = {}
     for name in names:
         s1 = s1_of.get(name, "")
@@ -485,7 +502,7 @@ def _open_v2(path: Path) -> Archive:
     if flagged.is_file():
         rows += _read_parquet_rows(flagged)
     s2_root, s1_root, maps_root = path / V2_S2_FOLDER, path / V2_S1_FOLDER, path / V2_REFERENCE_MAPS
-    _, place = _official_s1_table()
+    place, _ = official_names(s2_names=[str(row.get("s2v1_name") or "") for row in rows])
     refs: dict[str, PatchRef] = {}
     for i, row in enumerate(rows):
         name = str(row["patch_id"])

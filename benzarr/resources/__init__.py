@@ -1,8 +1,9 @@
 """Package data: official BigEarthNet v1.0 patch lists.
 
 The files come from the data files of the ``bigearthnet-common`` package (Apache-2.0,
-copyright Kai Norman Clasen; see ``LICENSE-bigearthnet-common``), stored bz2-compressed,
-one S2 patch name per line.
+copyright Kai Norman Clasen; see ``LICENSE-bigearthnet-common``): the lists stored
+bz2-compressed, one S2 patch name per line; the S1/S2 name table with country and season
+(``s1_s2_name_country_season.csv``) converted to zstd parquet, sorted by S2 name.
 """
 
 from __future__ import annotations
