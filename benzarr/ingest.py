@@ -46,6 +46,7 @@ from benzarr.errors import (
     StoreParametersError,
 )
 from benzarr.resources import OFFICIAL_LISTS, read_official_list
+from benzarr.shards import write_shard
 from benzarr.store import (
     COMPRESSIONS,
     DEFAULT_COMPRESSION,
@@ -270,19 +271,40 @@ def ingest_shard(store_path: str, storage_options: dict[str, Any] | None, versio
 
     stop = start + n
     valid = rows["meta/valid"]
-    for group, data in bands.items():
-        store.array(S2_ARRAYS[group])[start:stop] = data
+    shard_arrays = {S2_ARRAYS[group]: data for group, data in bands.items()}
     if s1 is not None:
-        store.array(S1_ARRAY)[start:stop] = s1
+        shard_arrays[S1_ARRAY] = s1
         store.array(S1_STATS_ARRAY)[shard] = channel_stats(s1[valid])
     if reference_map is not None:
-        store.array(REFERENCE_MAP_ARRAY)[start:stop] = reference_map
+        shard_arrays[REFERENCE_MAP_ARRAY] = reference_map
+    for path, data in shard_arrays.items():
+        _write_band_shard(store, path, shard, start, data)
     for path, data in rows.items():
         store.array(stage_path(path))[start:stop] = data
     store.array(STATS_ARRAY)[shard] = shard_band_stats({g: d[valid] for g, d in bands.items()})
     # Written last: the shard counts as done only once everything above is stored.
     store.array(DONE_ARRAY)[shard] = True
     return failed
+
+
+def _write_band_shard(store: Store, path: str, shard: int, start: int, data: np.ndarray) -> None:
+    """Write one whole shard of a band array.
+
+    Local stores get the shard file from :func:`benzarr.shards.write_shard` (byte-identical
+    to zarr-python's, atomically renamed into place, and without zarr's per-chunk overhead:
+    0.4 s a 256-patch shard of S2 bands down to the Blosc time); URL stores go through zarr.
+    """
+    if not is_url(store.path):
+        metadata = _WORKER_STATE.setdefault("metadata", {})
+        key = (store.path, path)
+        if key not in metadata:
+            metadata[key] = store.array(path).metadata.to_dict()
+        try:
+            write_shard(Path(store.path) / path, shard, data, metadata[key])
+            return
+        except ValueError:  # a layout the writer does not handle: let zarr do it
+            pass
+    store.array(path)[start:start + data.shape[0]] = data
 
 
 # -- driver ----------------------------------------------------------------------------

@@ -415,3 +415,91 @@ def row_reader(array: zarr.Array, name: str, local_dir: str | Path | None,
         if reader is not None:
             return reader
     return ZarrRowReader(array, name)
+
+
+# -- writing -----------------------------------------------------------------------------
+
+_SHUFFLES = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}
+
+
+def encode_shard(data: np.ndarray, metadata: dict[str, Any]) -> bytes | None:
+    """The bytes of one full shard file holding ``data``, as zarr-python writes them.
+
+    The counterpart of :class:`ShardReader` for the layouts ``benzarr ingest`` writes: each
+    row is one inner chunk, encoded ``bytes(little)`` then, if configured, Blosc with the
+    array's (cname, clevel, shuffle, typesize, blocksize); rows equal to the fill value are
+    not stored (index entry ``2**64 - 1``, as zarr-python's ``write_empty_chunks=False``);
+    the index of (offset, nbytes) uint64 LE pairs and its CRC-32C follow the chunks.
+
+    Args:
+        data: (rows, *row_shape) with ``rows`` at most the shard's row count.
+        metadata: the array's ``zarr.json`` contents.
+
+    Returns:
+        The file's bytes, or None when every row is fill value (zarr stores no file then).
+
+    Raises:
+        ValueError: a layout this writer does not handle (use zarr-python instead).
+    """
+    layout = parse_layout(metadata)
+    if layout is None:
+        raise ValueError("not a layout benzarr writes")
+    if data.shape[0] > layout.shard_rows or data.shape[1:] != layout.shape[1:]:
+        raise ValueError(f"data of shape {data.shape} does not fit a shard of {layout.shard_rows} rows")
+    data = np.ascontiguousarray(data, dtype=layout.dtype.newbyteorder("<"))
+    compressor = None
+    if layout.codec == "blosc":
+        inner = metadata["codecs"][0]["configuration"]["codecs"][1]["configuration"]
+        compressor = blosc_codec(inner, layout.dtype.itemsize)
+    index = np.full((layout.shard_rows, 2), EMPTY, dtype="<u8")
+    parts: list[bytes] = []
+    position = 0
+    empty = (data == layout.fill_value).reshape(data.shape[0], -1).all(axis=1)
+    for row in range(data.shape[0]):
+        if empty[row]:
+            continue
+        raw = data[row]
+        encoded = raw.tobytes() if compressor is None else bytes(compressor.encode(raw))
+        index[row] = (position, len(encoded))
+        parts.append(encoded)
+        position += len(encoded)
+    if not parts:
+        return None
+    index_bytes = index.tobytes()
+    return b"".join(parts) + index_bytes + google_crc32c.value(index_bytes).to_bytes(CRC_BYTES, "little")
+
+
+def blosc_codec(config: dict[str, Any], itemsize: int) -> Any:
+    """numcodecs Blosc configured as zarr-python configures it from a Zarr v3 ``blosc`` codec."""
+    from numcodecs import Blosc
+
+    settings: dict[str, Any] = {
+        "cname": config["cname"],
+        "clevel": int(config["clevel"]),
+        "shuffle": _SHUFFLES[config["shuffle"]],
+        "blocksize": int(config.get("blocksize", 0)),
+    }
+    try:
+        return Blosc.from_config({**settings, "typesize": int(config.get("typesize") or itemsize)})
+    except TypeError:  # numcodecs < 0.16 has no typesize: it takes the buffer's item size
+        return Blosc.from_config(settings)
+
+
+def write_shard(array_dir: str | Path, shard: int, data: np.ndarray, metadata: dict[str, Any]) -> None:
+    """Write shard ``shard`` of a local array atomically (temporary file, then rename).
+
+    A crash leaves either the old file or the new one, never a torn shard.
+    """
+    layout = parse_layout(metadata)
+    if layout is None:
+        raise ValueError("not a layout benzarr writes")
+    zeros = ("0",) * (len(layout.shape) - 1)
+    path = Path(array_dir).joinpath("c", str(shard), *zeros)
+    payload = encode_shard(data, metadata)
+    if payload is None:
+        path.unlink(missing_ok=True)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_bytes(payload)
+    os.replace(temporary, path)

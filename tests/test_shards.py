@@ -197,3 +197,33 @@ def test_truncated_shard_is_corrupt(tmp_path: Path) -> None:
 
 def test_empty_marker_constant_matches_spec() -> None:
     assert EMPTY == 0xFFFF_FFFF_FFFF_FFFF
+
+
+# -- the writer --------------------------------------------------------------------------
+
+
+@settings(max_examples=25, deadline=None)
+@given(rows=st.integers(1, 9), shard=st.sampled_from([1, 2, 4, 8]), compression=st.sampled_from(["none", "lz4", "zstd"]),
+       dtype=st.sampled_from(["uint16", "float32"]), seed=st.integers(0, 2**32 - 1), zero_rows=st.sets(st.integers(0, 8)))
+def test_shard_writer_writes_zarr_pythons_bytes(rows: int, shard: int, compression: str, dtype: str, seed: int,
+                                                zero_rows: set[int]) -> None:
+    import json
+    import tempfile
+
+    from benzarr.shards import encode_shard
+    from benzarr.store import band_compressors
+
+    rng = np.random.default_rng(seed)
+    data = rng.integers(0, 5000, (rows, 2, 5, 5)).astype(dtype)
+    for r in zero_rows:
+        if r < rows:
+            data[r] = 0  # fill value: zarr stores no chunk for it
+    with tempfile.TemporaryDirectory() as tmp:
+        array = zarr.create_array(tmp, shape=data.shape, dtype=dtype, chunks=(1, 2, 5, 5), shards=(shard, 2, 5, 5),
+                                  compressors=band_compressors(compression, dtype), fill_value=0)
+        array[:] = data
+        metadata = json.loads((Path(tmp) / "zarr.json").read_text())
+        for s in range(-(-rows // shard)):
+            mine = encode_shard(data[s * shard:(s + 1) * shard], metadata)
+            path = Path(tmp) / "c" / str(s) / "0" / "0" / "0"
+            assert mine == (path.read_bytes() if path.exists() else None)
