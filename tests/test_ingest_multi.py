@@ -108,3 +108,18 @@ def test_ingest_into_s3_equals_local(s3_server: dict, synth_archive_64: Path, sy
     again = ingest(synth_archive_64, url, workers=1, shard_size=16, storage_options=s3_server["options"],
                    overwrite=True)
     assert again.complete
+
+
+def test_real_v1_s2_s1_store_splits_loads_and_trains(real_v1_root: Path, tmp_path: Path) -> None:
+    from benzarr.data import BigEarthNetDataset
+    from benzarr.split import make_split
+    from benzarr.train import TrainConfig, train
+
+    path = tmp_path / "s.zarr"
+    ingest(real_v1_root, path, workers=1)
+    make_split(open_store(path, mode="r+"), "random", "random", fractions=(0.5, 0.25, 0.25), seed=0)
+    ds = BigEarthNetDataset(path, split="random", subset="train", modalities=("s2", "s1"), bands=["B04", "VV", "VH"])
+    assert ds[0]["image"].shape == (3, 120, 120)
+    result = train(TrainConfig(store=str(path), split="random", model="shortcnn-rgb", modalities="s2,s1",
+                               epochs=1, batch_size=2, out=str(tmp_path / "run")), None)
+    assert result.steps >= 1 and (tmp_path / "run" / "metrics.json").is_file()
