@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, get_worker_info
 
 from benzarr.bigearthnet import BAND_GROUPS, BANDS, PATCH_SIDE, RGB_BANDS, S1_BANDS
-from benzarr.errors import InvalidArgumentError
+from benzarr.errors import BenzarrError, InvalidArgumentError
 from benzarr.shards import RowReader, row_reader
 from benzarr.store import (
     NOMENCLATURES,
@@ -511,9 +511,19 @@ class DeviceLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         user = self.dataset.transform
-        for batch in self.loader:
-            out = self.transform(batch)
-            yield user(out) if user is not None else out
+        try:
+            for batch in self.loader:
+                out = self.transform(batch)
+                yield user(out) if user is not None else out
+        except BenzarrError as exc:
+            # torch re-raises a worker's error with the worker's traceback in the message;
+            # keep one line (the error benzarr raised) so the CLI prints it as one line.
+            text = str(exc)
+            if "DataLoader worker" in text:
+                marker = f"{type(exc).__module__}.{type(exc).__name__}: "
+                text = text.rsplit(marker, 1)[-1].strip()
+                raise type(exc)(text) from None
+            raise
 
 
 def make_loader(

@@ -188,6 +188,20 @@ def test_corrupt_shard_names_array_file_and_patch(tmp_path: Path, synth_store_64
     assert "row 35" in str(info.value) and name in str(info.value)
 
 
+def test_corrupt_shard_in_a_loader_worker_is_one_clean_error(tmp_path: Path, synth_store_64: Path) -> None:
+    store = copy_tree(synth_store_64, tmp_path / "store.zarr")
+    shard = store / "s2" / "10m" / "c" / "1" / "0" / "0" / "0"
+    raw = bytearray(shard.read_bytes())
+    raw[-10] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    loader = make_loader(BigEarthNetDataset(store), 16, False, 1, seed=0, device="cpu")
+    with pytest.raises(StoreCorruptError) as info:
+        list(loader)
+    message = str(info.value)
+    assert message.startswith("s2/10m: shard file") and "crc32c" in message
+    assert "Traceback" not in message and "\n" not in message
+
+
 def test_dataset_pickles_without_maps(synth_store_64: Path) -> None:
     ds = BigEarthNetDataset(synth_store_64)
     ds[0]
