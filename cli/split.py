@@ -31,7 +31,8 @@ def command(
     assign: Optional[str] = typer.Option(None, "--assign", help="iterative: folds to train,val,test, e.g. 3,1,1 (default)."),
     fractions: Optional[str] = typer.Option(None, "--fractions", help="train,val,test shares, e.g. 0.6,0.2,0.2 (iterative instead of folds; random)."),
     seed: int = typer.Option(0, "--seed", help="Random seed (0 .. 2**32-1)."),
-    labels: str = typer.Option("clc43", "--labels", help="Label set to stratify on and measure: clc43 | clc19."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="Label set to stratify on and measure: clc43 | clc19 "
+                                         "(default clc43; --quality: the split's own)."),
     csv_dir: Optional[Path] = typer.Option(None, "--csv-dir", help="csv: folder with train.csv, val.csv, test.csv."),
     export: Optional[Path] = typer.Option(None, "--export", help="Write split NAME as train.csv, val.csv, test.csv in this folder."),
     exclude_from: Optional[str] = typer.Option(None, "--exclude-from", help="Give -1 to the patches another split excludes."),
@@ -56,8 +57,10 @@ def command(
         return
     if quality or against is not None:
         opened = open_store(store)
-        measured = store_split_quality(opened, name)
-        other = (against, store_split_quality(opened, against)) if against else None
+        measured = store_split_quality(opened, name, labels=labels)
+        # the other split is measured on the same label set, so the figures compare
+        same = labels or opened.read_split(name)[1].get("labels") or "clc43"
+        other = (against, store_split_quality(opened, against, labels=same)) if against else None
         _print_quality(name, measured, other)
         if plot is not None:
             console.print(f"wrote {plot_quality(measured, plot, title=name)}", markup=False)
@@ -69,7 +72,7 @@ def command(
         folds=folds,
         assign=parse_numbers(assign, int) if assign else None,
         fractions=parse_numbers(fractions, float) if fractions else None,
-        seed=seed, labels=labels, csv_dir=csv_dir, exclude_from=exclude_from, overwrite=overwrite,
+        seed=seed, labels=labels or "clc43", csv_dir=csv_dir, exclude_from=exclude_from, overwrite=overwrite,
     )
     if plot is not None:
         plot_quality(result.quality, plot, title=name)
@@ -77,7 +80,7 @@ def command(
         return
     counts = result.attrs["counts"]
     console.print(
-        f"split {name} ({method}, {labels}): train {counts['train']:,}  val {counts['val']:,}  "
+        f"split {name} ({method}, {labels or 'clc43'}): train {counts['train']:,}  val {counts['val']:,}  "
         f"test {counts['test']:,}  excluded {counts['excluded']:,}",
         markup=False,
     )
