@@ -46,6 +46,14 @@ for _name, _module in COMMANDS.items():
     app.command(_name, help=_mod.command.__doc__)(_mod.command)
 
 
+#: Packages of the optional extras: a command that needs a missing one says which extra to install.
+_OPTIONAL_PACKAGES = {
+    "torch": "train", "torchvision": "train", "tensorboard": "train", "tbparse": "train",
+    "h5py": "bench", "lmdb": "bench", "safetensors": "bench", "tfrecord": "bench", "tensorstore": "bench",
+    "moto": "test", "s3fs": "test", "bigearthnet_common": "examples", "codecarbon": "emissions",
+}
+
+
 @app.callback()
 def _root() -> None:
     """BigEarthNet in a sharded Zarr v3 store: ingest, split, load, train, report."""
@@ -58,6 +66,12 @@ def main() -> None:
     except BenzarrError as exc:
         error_line(str(exc))
         sys.exit(exc.exit_code)
+    except ModuleNotFoundError as exc:
+        extra = _OPTIONAL_PACKAGES.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise
+        error_line(f"this command needs {exc.name}, which comes with an extra: pip install 'benzarr[{extra}]'")
+        sys.exit(1)
     except KeyboardInterrupt:
         error_line("interrupted")
         sys.exit(130)

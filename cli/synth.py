@@ -36,7 +36,7 @@ def command(
         help="Write a labels-only benzarr store at OUT instead (real v1 patch names, synthetic "
         "skewed labels, no bands): split benchmarks at full scale (--patches 519284) in seconds.",
     ),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, no summary line."),
 ) -> None:
     """Write a synthetic BigEarthNet archive with skewed CLC43 multi-labels that the pixels show.
 
@@ -77,6 +77,8 @@ def command(
             names = synth_archive(out, patches, seed=seed, workers=workers, progress=advance,
                                   overwrite=overwrite, s1=s1)
     seconds = time.perf_counter() - start
+    if quiet:
+        return
     # v1 without S1: count the patch folders only (OUT may hold other files of the user's).
     files, size = tree_footprint(out) if version == 2 or s1 else archive_footprint(out, names)
     kind = {1: "v1.0", 2: "v2.0"}[version] + (" S2+S1" if s1 else " S2") + (" + reference maps" if reference_maps else "")

@@ -221,7 +221,9 @@ def test_cli_writes_the_archive_and_a_summary(tmp_path: Path) -> None:
     from benzarr_cli.main import app
 
     out = tmp_path / "cli"
-    result = CliRunner().invoke(app, ["synth", str(out), "--patches", "3", "--seed", "2", "--workers", "1", "--quiet"])
+    result = CliRunner().invoke(app, ["synth", str(out), "--patches", "3", "--seed", "2", "--workers", "1"])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == synth_patch_names(3, 2)
     assert "3 patches (39 files" in result.output
+    quiet = CliRunner().invoke(app, ["synth", str(tmp_path / "q"), "--patches", "2", "--workers", "1", "--quiet"])
+    assert quiet.exit_code == 0 and quiet.output == ""  # --quiet: nothing but errors

@@ -358,7 +358,7 @@ def test_cli_writes_v2_with_s1_and_reference_maps(tmp_path: Path) -> None:
 
     out = tmp_path / "cli"
     result = CliRunner().invoke(app, ["synth", str(out), "--version", "2", "--s1", "--reference-maps",
-                                      "--patches", "4", "--seed", "3", "--workers", "1", "--quiet"])
+                                      "--patches", "4", "--seed", "3", "--workers", "1"])
     assert result.exit_code == 0, result.output
     assert "4 patches (62 files" in result.output  # 4 x (12 + 2 + 1) + 2 parquets
     assert {p.name for p in out.iterdir()} >= {"BigEarthNet-S1", "Reference_Maps", "metadata.parquet"}
