@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -348,7 +349,7 @@ class Archive:
 
 
 @lru_cache(maxsize=1)
-def _official_name_table() -> "pyarrow.Table":
+def _official_name_table() -> Any:
     """The official v1 name table (bigearthnet-common's s1_s2_name_country_season.csv, kept as
     zstd parquet: 0.9 MB, read in 0.1 s): s2_name, s1_name, country, season; 590,326 rows."""
     from importlib import resources
