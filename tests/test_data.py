@@ -173,12 +173,18 @@ def test_incomplete_store_is_refused(tmp_path: Path, synth_store_64: Path) -> No
         BigEarthNetDataset(store)
 
 
+def corrupt_copy(source: Path, target: Path, array: str, shard: int, position: int, flip: int) -> tuple[Path, Path]:
+    """Copy a store and flip bits of one byte of a shard file: (store, shard file)."""
+    store = copy_tree(source, target)
+    path = store / array / "c" / str(shard) / "0" / "0" / "0"
+    raw = bytearray(path.read_bytes())
+    raw[position] ^= flip
+    path.write_bytes(bytes(raw))
+    return store, path
+
+
 def test_corrupt_shard_names_array_file_and_patch(tmp_path: Path, synth_store_64: Path) -> None:
-    store = copy_tree(synth_store_64, tmp_path / "store.zarr")
-    shard = store / "s2" / "20m" / "c" / "2" / "0" / "0" / "0"
-    raw = bytearray(shard.read_bytes())
-    raw[-20] ^= 0x01
-    shard.write_bytes(bytes(raw))
+    store, shard = corrupt_copy(synth_store_64, tmp_path / "store.zarr", "s2/20m", 2, -20, 0x01)
     ds = BigEarthNetDataset(store)
     name = open_store(store).patch_names()[35]
     ds[20]  # other shards read fine
@@ -189,11 +195,7 @@ def test_corrupt_shard_names_array_file_and_patch(tmp_path: Path, synth_store_64
 
 
 def test_corrupt_shard_in_a_loader_worker_is_one_clean_error(tmp_path: Path, synth_store_64: Path) -> None:
-    store = copy_tree(synth_store_64, tmp_path / "store.zarr")
-    shard = store / "s2" / "10m" / "c" / "1" / "0" / "0" / "0"
-    raw = bytearray(shard.read_bytes())
-    raw[-10] ^= 0xFF
-    shard.write_bytes(bytes(raw))
+    store, _ = corrupt_copy(synth_store_64, tmp_path / "store.zarr", "s2/10m", 1, -10, 0xFF)
     loader = make_loader(BigEarthNetDataset(store), 16, False, 1, seed=0, device="cpu")
     with pytest.raises(StoreCorruptError) as info:
         list(loader)
