@@ -493,72 +493,9 @@ def write_shard(array_dir: str | Path, shard: int, data: np.ndarray, metadata: d
     layout = parse_layout(metadata)
     if layout is None:
         raise ValueError("not a layout benzarr writes")
-    write_shard_bytes(array_dir, shard, encode_shard(data, metadata), len(layout.shape))
-
-
-class ShardEncoder:
-    """Builds one shard file row by row, encoding each row on a background thread.
-
-    Ingest reads a shard's patches one by one; handing each row to :meth:`add` as soon as it
-    is read lets Blosc (which releases the GIL) compress it while the next patch is read, so
-    the compression is off the ingest's critical path. :meth:`finish` returns exactly the bytes
-    :func:`encode_shard` would for the same rows (rows never added are fill value).
-
-    Args:
-        metadata: the array's ``zarr.json`` contents (a layout :func:`parse_layout` accepts).
-        executor: where rows are encoded; None encodes in the calling thread.
-    """
-
-    def __init__(self, metadata: dict[str, Any], executor: Any = None) -> None:
-        layout = parse_layout(metadata)
-        if layout is None:
-            raise ValueError("not a layout benzarr writes")
-        self.layout = layout
-        self._compressor = None
-        if layout.codec == "blosc":
-            inner = metadata["codecs"][0]["configuration"]["codecs"][1]["configuration"]
-            self._compressor = blosc_codec(inner, layout.dtype.itemsize)
-        self._executor = executor
-        self._rows: dict[int, Any] = {}
-
-    def _encode(self, data: np.ndarray) -> bytes | None:
-        if (data == self.layout.fill_value).all():
-            return None  # zarr stores no chunk for a fill-value row
-        return data.tobytes() if self._compressor is None else bytes(self._compressor.encode(data))
-
-    def add(self, row: int, data: np.ndarray) -> None:
-        """Queue row ``row`` (0-based inside the shard) of shape ``row_shape``."""
-        data = np.ascontiguousarray(data, dtype=self.layout.dtype.newbyteorder("<"))
-        if data.shape != self.layout.row_shape:
-            raise ValueError(f"row of shape {data.shape}, expected {self.layout.row_shape}")
-        if self._executor is None:
-            self._rows[row] = self._encode(data)
-        else:
-            self._rows[row] = self._executor.submit(self._encode, data.copy())
-
-    def finish(self) -> bytes | None:
-        """The shard file's bytes (None when every row is fill value)."""
-        index = np.full((self.layout.shard_rows, 2), EMPTY, dtype="<u8")
-        parts: list[bytes] = []
-        position = 0
-        for row in sorted(self._rows):
-            encoded = self._rows[row]
-            if not isinstance(encoded, (bytes, type(None))):
-                encoded = encoded.result()
-            if encoded is None:
-                continue
-            index[row] = (position, len(encoded))
-            parts.append(encoded)
-            position += len(encoded)
-        if not parts:
-            return None
-        index_bytes = index.tobytes()
-        return b"".join(parts) + index_bytes + google_crc32c.value(index_bytes).to_bytes(CRC_BYTES, "little")
-
-
-def write_shard_bytes(array_dir: str | Path, shard: int, payload: bytes | None, ndim: int) -> None:
-    """Put a shard file's bytes in place atomically (temporary file, then rename); None removes it."""
-    path = Path(array_dir).joinpath("c", str(shard), *("0",) * (ndim - 1))
+    zeros = ("0",) * (len(layout.shape) - 1)
+    path = Path(array_dir).joinpath("c", str(shard), *zeros)
+    payload = encode_shard(data, metadata)
     if payload is None:
         path.unlink(missing_ok=True)
         return
