@@ -151,31 +151,60 @@ def discover_patches(root: str | Path) -> list[str]:
     return sorted(_patch_dirs(Path(root)))
 
 
-def band_path(root: Path, name: str, band: str) -> Path:
-    """Path of one band's GeoTIFF."""
-    return root / name / f"{name}_{band}.tif"
-
-
 def labels_path(root: Path, name: str) -> Path:
     """Path of a patch's ``_labels_metadata.json``."""
     return root / name / f"{name}_labels_metadata.json"
 
 
-def read_band(path: Path, side: int) -> np.ndarray:
-    """Read one single-band uint16 GeoTIFF of ``side`` x ``side`` pixels.
+def read_band(path: Path, side: int, dtype: str = "uint16", patch: str = "",
+              missing: str = "missing file", geo: dict[str, Any] | None = None) -> np.ndarray:
+    """Read one single-band GeoTIFF of ``side`` x ``side`` pixels of ``dtype``, validated.
+
+    Args:
+        patch: the patch name, for the error.
+        missing: the reason given when the file does not exist.
+        geo: if given, receives the file's ``transform`` and ``crs`` (``"EPSG:32633"``).
 
     Raises:
-        ValueError: wrong band count, dtype or shape (message names what was found).
-        OSError / RasterioError: missing, truncated or unreadable file.
+        BadPatchError: naming the file: missing, truncated or unreadable, or a wrong band
+            count, dtype or shape (saying what was found).
     """
-    with rasterio.open(path) as dataset:
-        if dataset.count != 1:
-            raise ValueError(f"{dataset.count} bands, expected 1")
-        if dataset.dtypes[0] != "uint16":
-            raise ValueError(f"dtype {dataset.dtypes[0]}, expected uint16")
-        if dataset.height != side or dataset.width != side:
-            raise ValueError(f"shape {dataset.height}x{dataset.width}, expected {side}x{side}")
-        return dataset.read(1)
+    try:
+        with rasterio.open(path) as dataset:
+            problem = None
+            if dataset.count != 1:
+                problem = f"{dataset.count} bands, expected 1"
+            elif dataset.dtypes[0] != dtype:
+                problem = f"dtype {dataset.dtypes[0]}, expected {dtype}"
+            elif dataset.height != side or dataset.width != side:
+                problem = f"shape {dataset.height}x{dataset.width}, expected {side}x{side}"
+            if problem:
+                raise BadPatchError(patch, f"{path.name}: {problem}")
+            if geo is not None:
+                geo["transform"] = dataset.transform
+                geo["crs"] = dataset.crs.to_string() if dataset.crs else ""
+            return dataset.read(1)
+    except (RasterioError, OSError) as exc:
+        reason = missing if not path.exists() else f"unreadable GeoTIFF ({_first_line(exc)})"
+        raise BadPatchError(patch, f"{path.name}: {reason}") from None
+
+
+def read_s2_bands(folder: Path, name: str, geo: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+    """The 12 bands of the S2 patch ``name`` in ``folder``: band group -> (C, H, W) uint16.
+
+    ``geo``, if given, receives B02's ``transform`` and ``crs``.
+
+    Raises:
+        BadPatchError: naming the band file and the problem.
+    """
+    bands: dict[str, np.ndarray] = {}
+    for group, (names, side, _) in BAND_GROUPS.items():
+        stack = np.empty((len(names), side, side), dtype=np.uint16)
+        for c, band in enumerate(names):
+            stack[c] = read_band(folder / f"{name}_{band}.tif", side, "uint16", name, "missing band file",
+                                 geo if band == "B02" else None)
+        bands[group] = stack
+    return bands
 
 
 def parse_labels(labels: object) -> np.ndarray:
@@ -260,19 +289,7 @@ def read_patch(root: str | Path, name: str) -> Patch:
     match = _EPSG_IN_WKT.search(projection) if isinstance(projection, str) else None
     epsg = int(match.group(1)) if match else 0
 
-    bands: dict[str, np.ndarray] = {}
-    for group, (names, side, _) in BAND_GROUPS.items():
-        stack = np.empty((len(names), side, side), dtype=np.uint16)
-        for c, band in enumerate(names):
-            path = band_path(root, name, band)
-            try:
-                stack[c] = read_band(path, side)
-            except (RasterioError, OSError) as exc:
-                reason = "missing band file" if not path.exists() else f"unreadable GeoTIFF ({_first_line(exc)})"
-                raise BadPatchError(name, f"{path.name}: {reason}") from None
-            except ValueError as exc:
-                raise BadPatchError(name, f"{path.name}: {exc}") from None
-        bands[group] = stack
+    bands = read_s2_bands(root / name, name)
     return Patch(
         name=name,
         bands=bands,
@@ -540,40 +557,6 @@ def _open_v2(path: Path) -> Archive:
     return Archive(path=path, version="2", modalities=tuple(modalities), refs=dict(sorted(refs.items())))
 
 
-def _read_single(path: Path, side: int, dtype: str, patch: str) -> tuple[np.ndarray, "rasterio.Affine", str]:
-    """Read a one-band GeoTIFF; returns (pixels, transform, CRS string); BadPatchError otherwise."""
-    try:
-        with rasterio.open(path) as dataset:
-            problem = None
-            if dataset.count != 1:
-                problem = f"{dataset.count} bands, expected 1"
-            elif dataset.dtypes[0] != dtype:
-                problem = f"dtype {dataset.dtypes[0]}, expected {dtype}"
-            elif dataset.height != side or dataset.width != side:
-                problem = f"shape {dataset.height}x{dataset.width}, expected {side}x{side}"
-            if problem:
-                raise BadPatchError(patch, f"{path.name}: {problem}")
-            return dataset.read(1), dataset.transform, dataset.crs.to_string() if dataset.crs else ""
-    except (RasterioError, OSError) as exc:
-        reason = "missing file" if not path.exists() else f"unreadable GeoTIFF ({_first_line(exc)})"
-        if path.name.endswith(tuple(f"_{b}.tif" for group in BAND_GROUPS.values() for b in group[0])) and not path.exists():
-            reason = "missing band file"
-        raise BadPatchError(patch, f"{path.name}: {reason}") from None
-
-
-def _read_s2_folder(folder: Path, name: str) -> tuple[dict[str, np.ndarray], "rasterio.Affine", str]:
-    bands: dict[str, np.ndarray] = {}
-    transform, crs = None, ""
-    for group, (names, side, _) in BAND_GROUPS.items():
-        stack = np.empty((len(names), side, side), dtype=np.uint16)
-        for c, band in enumerate(names):
-            stack[c], t, crs_text = _read_single(folder / f"{name}_{band}.tif", side, "uint16", name)
-            if band == "B02":
-                transform, crs = t, crs_text
-        bands[group] = stack
-    return bands, transform, crs
-
-
 def labels_from_reference_map(reference_map: np.ndarray) -> np.ndarray:
     """(43,) uint8 multi-hot of the CLC2018 codes present in a (120, 120) reference map.
 
@@ -606,7 +589,9 @@ def read_sample(ref: PatchRef, version: str, modalities: Sequence[str] = ("s2",)
     else:
         if not s2_dir.is_dir():
             raise BadPatchError(name, f"{s2_dir}: missing S2 patch folder")
-        bands, transform, crs = _read_s2_folder(s2_dir, name)
+        geo: dict[str, Any] = {}
+        bands = read_s2_bands(s2_dir, name, geo)
+        transform, crs = geo["transform"], geo["crs"]
         side = BAND_GROUPS["10m"][1]
         bounds = (transform.c, transform.f, transform.c + side * transform.a, transform.f + side * transform.e)
         epsg = int(crs.split(":")[1]) if crs.upper().startswith("EPSG:") else 0
@@ -628,12 +613,12 @@ def read_sample(ref: PatchRef, version: str, modalities: Sequence[str] = ("s2",)
             raise BadPatchError(name, f"S1 {ref.s1_name}: missing S1 patch folder")
         s1 = np.empty((len(S1_BANDS), PATCH_SIDE, PATCH_SIDE), dtype=np.float32)
         for c, band in enumerate(S1_BANDS):
-            s1[c] = _read_single(folder / f"{ref.s1_name}_{band}.tif", PATCH_SIDE, "float32", name)[0]
+            s1[c] = read_band(folder / f"{ref.s1_name}_{band}.tif", PATCH_SIDE, "float32", name)
         patch.s1 = s1
     if "reference-map" in modalities:
         if not ref.reference_map:
             raise BadPatchError(name, "no reference map in this archive")
-        patch.reference_map = _read_single(Path(ref.reference_map), PATCH_SIDE, "uint16", name)[0]
+        patch.reference_map = read_band(Path(ref.reference_map), PATCH_SIDE, "uint16", name)
         if version == "2":  # v2 has no 43-class names: they come from the map (see docs)
             patch.clc43 = labels_from_reference_map(patch.reference_map)
     if patch.clc19 is None:
