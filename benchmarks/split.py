@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benzarr.bigearthnet import CLC19_FROM_CLC43, CLC43_FREQUENCY
+from benzarr.bigearthnet import CLC43_FREQUENCY, clc43_to_clc19
 
 FULL_SIZE = 519_284
 QUICK_SIZE = 50_000
@@ -129,7 +129,7 @@ def build_store(path: Path, n: int) -> np.ndarray:
     labels = skewed_labels(len(names))
     store = create_store(path, names, modalities=())
     store.group["labels/clc43"][:] = labels
-    store.group["labels/clc19"][:] = np.stack([labels[:, list(c)].max(axis=1) for c in CLC19_FROM_CLC43], axis=1)
+    store.group["labels/clc19"][:] = clc43_to_clc19(labels)
     store.group["meta/valid"][:] = np.ones(len(names), dtype=bool)
     store.update_attrs(complete=True)
     return labels

@@ -43,11 +43,11 @@ from rasterio.errors import RasterioError
 from benzarr.bigearthnet import (
     BAND_GROUPS,
     CLC19,
-    CLC19_FROM_CLC43,
     CLC43,
     CLC43_CODES,
     PATCH_SIDE,
     S1_BANDS,
+    clc43_to_clc19,
     is_patch_name,
     is_s1_name,
     s1_product,
@@ -222,14 +222,6 @@ def parse_labels(labels: object) -> np.ndarray:
             raise ValueError(f"unknown label {label!r} (not one of the 43 BigEarthNet classes)")
         vector[index] = 1
     return vector
-
-
-def clc43_to_clc19(clc43: np.ndarray) -> np.ndarray:
-    """Map (..., 43) multi-hot labels to (..., 19) with the official conversion; uint8."""
-    out = np.zeros(clc43.shape[:-1] + (len(CLC19_FROM_CLC43),), dtype=np.uint8)
-    for new, olds in enumerate(CLC19_FROM_CLC43):
-        out[..., new] = clc43[..., list(olds)].max(axis=-1)
-    return out
 
 
 def _parse_time(text: object) -> int:

@@ -1,6 +1,6 @@
 """Facts of the BigEarthNet dataset: bands, resolutions, nomenclatures, the 43->19 map, names.
 
-Everything here is a constant or a pure function; no I/O.
+Everything here is a constant or a pure function (numpy at most); no I/O.
 
 Sources: the BigEarthNet v1.0 documentation and ``label_indices.json`` of the official
 BigEarthNet-S2 19-class models (the order TorchGeo uses as ``class_sets[43]`` and
@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+
+import numpy as np
 
 # --- Sentinel-2 bands -------------------------------------------------------------------
 
@@ -130,13 +132,16 @@ CLC19_FROM_CLC43: tuple[tuple[int, ...], ...] = (
 NOMENCLATURES: dict[str, tuple[str, ...]] = {"clc43": CLC43, "clc19": CLC19}
 
 
-def clc43_to_clc19_matrix() -> "list[list[int]]":
-    """The (43, 19) 0/1 matrix M with ``clc19 = (clc43 @ M) > 0``."""
-    matrix = [[0] * len(CLC19) for _ in CLC43]
+def clc43_to_clc19(clc43: np.ndarray) -> np.ndarray:
+    """Map (..., 43) multi-hot labels to (..., 19) uint8 with the official conversion.
+
+    A 19-class label is present when any of the 43-class labels it merges is; a patch whose
+    labels all map to nothing gets an all-zero row.
+    """
+    out = np.zeros(clc43.shape[:-1] + (len(CLC19_FROM_CLC43),), dtype=np.uint8)
     for new, olds in enumerate(CLC19_FROM_CLC43):
-        for old in olds:
-            matrix[old][new] = 1
-    return matrix
+        out[..., new] = clc43[..., list(olds)].max(axis=-1)
+    return out
 
 
 # --- Patch names ------------------------------------------------------------------------

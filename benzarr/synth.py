@@ -62,10 +62,10 @@ from benzarr.bigearthnet import (
     BAND_GROUPS,
     BANDS,
     CLC19,
-    CLC19_FROM_CLC43,
     CLC43,
     CLC43_CODES,
     CLC43_FREQUENCY,
+    clc43_to_clc19,
     is_patch_name,
 )
 from benzarr.errors import InvalidArgumentError
@@ -902,16 +902,6 @@ def _s1_passes(n_patches: int, seed: int) -> list[_S1Pass]:
     return passes
 
 
-_CLC19_MEMBERS = np.zeros((len(CLC43), len(CLC19)), dtype=np.uint8)
-for _new, _olds in enumerate(CLC19_FROM_CLC43):
-    _CLC19_MEMBERS[list(_olds), _new] = 1
-
-
-def _to_clc19(clc43: np.ndarray) -> np.ndarray:
-    """(N, 43) multi-hot -> (N, 19) uint8 with the official conversion."""
-    return (clc43.astype(np.int32) @ _CLC19_MEMBERS > 0).astype(np.uint8)
-
-
 def synth_labels_v2(n_patches: int, seed: int = 0) -> np.ndarray:
     """CLC43 labels of the synthetic v2.0 archive: :func:`synth_labels`, with each row whose
     19-class conversion would be empty (only classes outside the 19-class nomenclature, such
@@ -923,12 +913,12 @@ def synth_labels_v2(n_patches: int, seed: int = 0) -> np.ndarray:
         (the v1 names the v2 patches carry as ``s2v1_name``).
     """
     labels = synth_labels(n_patches, seed)
-    bad = np.flatnonzero(_to_clc19(labels).sum(axis=1) == 0)
+    bad = np.flatnonzero(clc43_to_clc19(labels).sum(axis=1) == 0)
     p = np.asarray(CLC43_FREQUENCY, dtype=np.float64)
     rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(_REDRAW_STREAM,)))
     while bad.size:
         candidates = _labels_from_uniform(rng.random((bad.size, len(p))), p).astype(np.uint8)
-        ok = _to_clc19(candidates).any(axis=1)
+        ok = clc43_to_clc19(candidates).any(axis=1)
         labels[bad[ok]] = candidates[ok]
         bad = bad[~ok]
     return labels
@@ -964,7 +954,7 @@ def _plan_v2(n_patches: int, seed: int) -> _V2Plan:
     rows.sort(key=lambda r: r[0])
     order = np.asarray([r[-1] for r in rows], dtype=np.intp)
     clc43 = clc43[order] if n_patches else clc43
-    clc19 = _to_clc19(clc43)
+    clc19 = clc43_to_clc19(clc43)
     split = np.where(u_split < SPLIT_SHARES[0], "train",
                      np.where(u_split < SPLIT_SHARES[0] + SPLIT_SHARES[1], "validation", "test"))[order]
     winter = np.array([r[5].stamp[4:6] in ("11", "12", "01", "02", "03") for r in rows], dtype=bool)
@@ -1100,7 +1090,6 @@ def synth_labels_store(
         InvalidArgumentError: ``n_patches`` outside 1..519,284, or the path exists without
             ``overwrite``.
     """
-    from benzarr.archive import clc43_to_clc19
     from benzarr.resources import read_official_list
     from benzarr.store import create_store, remove_store, store_exists
 
@@ -1121,10 +1110,10 @@ def synth_labels_store(
                          source={"dataset": "BigEarthNet", "version": "1.0", "modality": "labels-only (synthetic)"},
                          ingest={"synthetic": True, "seed": seed, "n_patches": n_patches})
     store.array("labels/clc43")[:] = clc43
-    store.array("labels/clc19")[:] = clc43_to_clc19(clc43)
+    clc19 = clc43_to_clc19(clc43)
+    store.array("labels/clc19")[:] = clc19
     store.array("meta/valid")[:] = np.ones(n_patches, dtype=bool)
-    store.update_attrs(complete=True, n_failed=0,
-                       n_without_clc19=int((clc43_to_clc19(clc43).sum(axis=1) == 0).sum()))
+    store.update_attrs(complete=True, n_failed=0, n_without_clc19=int((clc19.sum(axis=1) == 0).sum()))
     from benzarr.store import drop_staging
 
     drop_staging(store)
