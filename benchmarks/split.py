@@ -1,8 +1,8 @@
 """Benchmark ``benzarr split`` at BigEarthNet v1 scale beside the bare iterative-stratification call.
 
 A labels-only store of 519,284 patches (the official train/val/test names, so ``official``
-matches every patch) with a synthetic 43-class label matrix of BigEarthNet's skew: per-class
-Bernoulli draws with :data:`benzarr.bigearthnet.CLC43_FREQUENCY`, 1 to 6 labels a patch.
+matches every patch) with a synthetic 43-class label matrix of BigEarthNet's skew, made by
+``benzarr synth --labels-only`` (:func:`benzarr.synth.synth_labels_store`): 1 to 6 labels a patch.
 
 Measured, each in a fresh process (so imports and peak memory count), in one run:
 
@@ -36,7 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benzarr.bigearthnet import CLC43_FREQUENCY, clc43_to_clc19
+from benzarr.store import open_store
+from benzarr.synth import synth_labels_store
 
 FULL_SIZE = 519_284
 QUICK_SIZE = 50_000
@@ -103,36 +104,11 @@ print(json.dumps(out))
 """
 
 
-def skewed_labels(n: int, seed: int = 0, max_labels: int = 6) -> np.ndarray:
-    """(n, 43) uint8: per-class Bernoulli with BigEarthNet's frequencies, 1..max_labels a row."""
-    rng = np.random.default_rng(seed)
-    p = np.asarray(CLC43_FREQUENCY)
-    labels = (rng.random((n, p.size), dtype=np.float32) < p).astype(np.uint8)
-    empty = np.flatnonzero(labels.sum(axis=1) == 0)
-    labels[empty, rng.choice(p.size, empty.size, p=p / p.sum())] = 1
-    over = np.flatnonzero(labels.sum(axis=1) > max_labels)
-    if over.size:  # keep a random max_labels of the labels of crowded rows
-        keys = np.where(labels[over] == 1, rng.random((over.size, p.size)), np.inf)
-        rank = keys.argsort(axis=1).argsort(axis=1)
-        labels[over] = (labels[over] == 1) & (rank < max_labels)
-    return labels
-
-
 def build_store(path: Path, n: int) -> np.ndarray:
-    """A complete labels-only store of the first ``n`` official patch names (sorted)."""
-    from benzarr.split import official_lists
-    from benzarr.store import create_store
-
-    names = sorted(name for names in official_lists().values() for name in names)
-    if n < len(names):
-        names = sorted(np.random.default_rng(1).choice(names, n, replace=False).tolist())
-    labels = skewed_labels(len(names))
-    store = create_store(path, names, modalities=())
-    store.group["labels/clc43"][:] = labels
-    store.group["labels/clc19"][:] = clc43_to_clc19(labels)
-    store.group["meta/valid"][:] = np.ones(len(names), dtype=bool)
-    store.update_attrs(complete=True)
-    return labels
+    """The labels-only store of ``benzarr synth --labels-only`` (real v1 names, BigEarthNet's
+    label skew); returns its (n, 43) label matrix."""
+    synth_labels_store(path, n, seed=0)
+    return open_store(path).labels("clc43")
 
 
 def child(what: str, store: Path, labels_file: Path) -> dict:
