@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,6 +32,13 @@ def error_line(message: str) -> None:
 def warn_line(message: str) -> None:
     """Print one ``warning: ...`` line on stderr."""
     err_console.print(f"[yellow]warning:[/] {escape(message)}", markup=True)
+
+
+def storage_options_for(store: str, endpoint_url: str | None) -> dict | None:
+    """fsspec options for an ``s3://`` store: the endpoint from ``--endpoint-url`` or
+    ``$AWS_ENDPOINT_URL`` (credentials come from the usual AWS variables); None otherwise."""
+    endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
+    return {"endpoint_url": endpoint} if store.startswith("s3://") and endpoint else None
 
 
 def show_progress(quiet: bool) -> bool:

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from benzarr_cli._common import console
+from benzarr_cli._common import console, storage_options_for
 
 
 def command(
@@ -16,15 +16,14 @@ def command(
     workers: int = typer.Option(2, "--workers", "-w", help="DataLoader workers for the parallel measurement."),
     seconds: float = typer.Option(2.0, "--seconds", help="Minimum time per measurement."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random read order."),
-    endpoint_url: Optional[str] = typer.Option(None, "--endpoint-url", help="S3 endpoint for s3:// stores."),
+    endpoint_url: Optional[str] = typer.Option(None, "--endpoint-url", help="S3 endpoint for s3:// stores (default: $AWS_ENDPOINT_URL)."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
     """Measure loading throughput (patches/s, MB/s): single-sample and batched, with and without workers."""
-    options = {"client_kwargs": {"endpoint_url": endpoint_url}} if endpoint_url else None
     from benzarr.bench import bench_store  # torch: imported only when this command runs
 
     results = bench_store(store, batch_size=batch_size, workers=workers, min_seconds=seconds, seed=seed,
-                          storage_options=options)
+                          storage_options=storage_options_for(store, endpoint_url))
     if as_json:
         console.print_json(json.dumps([r.as_dict() for r in results]))
         return

@@ -7,7 +7,7 @@ import json
 import typer
 
 from benzarr.info import describe_store
-from benzarr_cli._common import console
+from benzarr_cli._common import console, storage_options_for
 
 
 def _size(n: int | None) -> str:
@@ -27,11 +27,7 @@ def command(
     endpoint_url: str = typer.Option(None, "--endpoint-url", help="S3 endpoint for s3:// stores (default: $AWS_ENDPOINT_URL)."),
 ) -> None:
     """Show a store: format, patches, arrays and bytes on disk, labels, band statistics, splits, failures."""
-    import os
-
-    endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
-    options = {"endpoint_url": endpoint} if store.startswith("s3://") and endpoint else None
-    info = describe_store(store, top_classes=top, storage_options=options)
+    info = describe_store(store, top_classes=top, storage_options=storage_options_for(store, endpoint_url))
     if as_json:
         console.print_json(json.dumps(info))
         return

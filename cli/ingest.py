@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -11,7 +10,7 @@ import typer
 from benzarr.errors import IngestFailedPatchesError
 from benzarr.ingest import ingest, parse_part
 from benzarr.store import DEFAULT_COMPRESSION, DEFAULT_SHARD_SIZE
-from benzarr_cli._common import console, err_console, progress_bar
+from benzarr_cli._common import console, err_console, progress_bar, storage_options_for
 
 
 def command(
@@ -38,10 +37,7 @@ def command(
     Bad patches are named on stderr and in the store, and the exit code is 2; run the same
     command again after an interruption to resume.
     """
-    storage_options = None
-    if store.startswith("s3://"):
-        endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
-        storage_options = {"endpoint_url": endpoint} if endpoint else None
+    storage_options = storage_options_for(store, endpoint_url)
 
     def bad_patch(name: str, reason: str) -> None:
         err_console.print(f"bad patch {name}: {reason}", markup=False, highlight=False)

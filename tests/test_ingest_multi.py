@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +14,7 @@ from benzarr.errors import BadPatchError, InvalidArgumentError, StoreParametersE
 from benzarr.ingest import ingest
 from benzarr.store import open_store
 from tests.conftest import copy_tree
-from tests.test_ingest import all_arrays, assert_stores_equal
-
-CLI = [sys.executable, "-m", "benzarr_cli"]
-
-
-def run_cli(*args: object) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True)
+from tests.test_ingest import CLI, all_arrays, assert_stores_equal, run_cli
 
 
 def test_real_s1_patches_are_paired_and_pixel_exact(real_v1_root: Path, tmp_path: Path) -> None:
@@ -123,3 +116,19 @@ def test_real_v1_s2_s1_store_splits_loads_and_trains(real_v1_root: Path, tmp_pat
     result = train(TrainConfig(store=str(path), split="random", model="shortcnn-rgb", modalities="s2,s1",
                                epochs=1, batch_size=2, out=str(tmp_path / "run")), None)
     assert result.steps >= 1 and (tmp_path / "run" / "metrics.json").is_file()
+
+
+def test_cli_ingest_and_info_on_s3_with_endpoint_url(s3_server: dict, real_s2_archive: Path) -> None:
+    import os
+
+    s3_server["client"].create_bucket(Bucket="cli-test")
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    url, endpoint = "s3://cli-test/s.zarr", s3_server["endpoint"]
+    done = subprocess.run([*CLI, "ingest", str(real_s2_archive), url, "--workers", "1", "--endpoint-url", endpoint],
+                          capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    info = subprocess.run([*CLI, "info", url, "--json"], capture_output=True, text=True,
+                          env={**env, "AWS_ENDPOINT_URL": endpoint})  # the variable, not the flag
+    assert info.returncode == 0, info.stderr
+    assert '"n_patches": 6' in info.stdout and '"complete": true' in info.stdout
