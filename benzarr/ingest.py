@@ -462,11 +462,12 @@ def ingest(
     refs = [found.refs[name] for name in names]
     done = np.asarray(store.array(DONE_ARRAY)[:], dtype=bool)
     shards = part_shards(*part, store.n_shards) if part else range(store.n_shards)
+    shard_refs_of = {s: refs[s * shard_size:(s + 1) * shard_size] for s in shards}
     if on_start:
-        on_start(sum(len(refs[s * shard_size:(s + 1) * shard_size]) for s in shards))
-    tasks = [(s, refs[s * shard_size:(s + 1) * shard_size], s * shard_size) for s in shards if not done[s]]
+        on_start(sum(map(len, shard_refs_of.values())))
+    tasks = [(s, shard_refs_of[s], s * shard_size) for s in shards if not done[s]]
     if on_progress and any(done[s] for s in shards):
-        on_progress(sum(len(refs[s * shard_size:(s + 1) * shard_size]) for s in shards if done[s]))
+        on_progress(sum(len(shard_refs_of[s]) for s in shards if done[s]))
 
     def finished(shard_refs: Sequence[PatchRef], failed: dict[str, str]) -> None:
         if on_bad_patch:
