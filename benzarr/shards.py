@@ -167,6 +167,12 @@ def parse_layout(metadata: dict[str, Any]) -> ShardLayout | None:
     return ShardLayout(shape, dtype, shard_shape[0], codec, fill_value)
 
 
+def shard_file(array_dir: str | Path, shard: int, ndim: int) -> Path:
+    """File of shard ``shard`` of an ``ndim``-dimensional array sharded along axis 0 only:
+    ``<array>/c/<shard>/0/…/0`` (default chunk key encoding, separator ``/``)."""
+    return Path(array_dir).joinpath("c", str(shard), *("0",) * (ndim - 1))
+
+
 class RowReader(Protocol):
     """Reads whole rows (first-axis slices) of an array."""
 
@@ -215,7 +221,6 @@ class ShardReader:
         self.shape = layout.shape
         self.dtype = layout.dtype
         self.row_name = row_name
-        self._zeros = (0,) * (len(layout.shape) - 1)
         self._shards: dict[int, _Shard] = {}
         self._pid = os.getpid()
 
@@ -232,7 +237,7 @@ class ShardReader:
 
     def shard_path(self, shard: int) -> Path:
         """File of shard ``shard``: ``<array>/c/<shard>/0/0/0`` (default chunk key encoding)."""
-        return self.array_dir.joinpath("c", str(shard), *map(str, self._zeros))
+        return shard_file(self.array_dir, shard, len(self.shape))
 
     def close(self) -> None:
         """Drop this process's maps (they close once no array views them)."""
@@ -490,12 +495,8 @@ def write_shard(array_dir: str | Path, shard: int, data: np.ndarray, metadata: d
 
     A crash leaves either the old file or the new one, never a torn shard.
     """
-    layout = parse_layout(metadata)
-    if layout is None:
-        raise ValueError("not a layout benzarr writes")
-    zeros = ("0",) * (len(layout.shape) - 1)
-    path = Path(array_dir).joinpath("c", str(shard), *zeros)
-    payload = encode_shard(data, metadata)
+    payload = encode_shard(data, metadata)  # raises ValueError for a layout it does not handle
+    path = shard_file(array_dir, shard, len(metadata["shape"]))
     if payload is None:
         path.unlink(missing_ok=True)
         return
