@@ -31,7 +31,7 @@ import rasterio
 
 from benzarr.archive import GDAL_ENV, discover_patches, read_patch
 from benzarr.ingest import ingest
-from benzarr.synth import synth_archive
+from benzarr.synth import synth_archive, tree_footprint
 
 HERE = Path(__file__).resolve().parent
 
@@ -57,7 +57,7 @@ def bare_read(root: Path, names: list[str], workers: int, chunk: int) -> float:
 
 
 def folder_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return tree_footprint(path)[1]
 
 
 def main() -> None:

@@ -144,9 +144,9 @@ def warm(paths: list[Path]) -> None:
 
 def size_of(path: Path) -> int:
     """Bytes of a file or of every file under a folder."""
-    if path.is_file():
-        return path.stat().st_size
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    from benzarr.synth import tree_footprint
+
+    return path.stat().st_size if path.is_file() else tree_footprint(path)[1]
 
 
 def band_bytes(store: Path) -> int:
