@@ -1,0 +1,665 @@
+"""GPU feed benchmark: does the loader keep a GPU busy? (issue 10 §4)
+
+In one run, on one synthetic lz4 store (12 bands, batch 256 by default):
+
+* ``h2d_gb_per_s``: raw host-to-device bandwidth of one native uint16 batch (256 x 160,000
+  bytes = 41 MB), pageable and pinned, averaged over several copies (``cuda.synchronize``
+  after each);
+* ``loader_alone``: ``make_loader(device=...)`` alone, float32 model-ready batches (12 bands,
+  upsampled, normalised) delivered to the device, with 0, 4, 8 and 12 workers;
+  ``ring_raw``: the raw ``benzarr.ring.RingLoader`` (uint16 slots) with the same worker counts,
+  each batch copied to a persistent device buffer (and, on the CPU, not copied at all);
+* ``models``: for shortcnn-all, resnet18, resnet50 and inception-v3, one training step
+  (bf16 autocast on CUDA, channels-last, SGD with momentum, BCEWithLogits: the trainer's step)
+  on a random batch already on the device (``ceiling``) and fed by ``make_loader`` with each
+  worker count (``fed``), in ``deterministic`` mode (``use_deterministic_algorithms(True,
+  warn_only=True)``, ``cudnn.benchmark=False``, as the trainer's default) and ``fast`` mode
+  (``cudnn.benchmark=True``, non-deterministic kernels);
+* ``trainer``: ``benzarr.train.train`` itself on the same store (split ``s``, 60/20/20) for
+  one model with 8 workers, 2 epochs; its last epoch's ``throughput/patches_per_s`` against
+  the bare fed loop of the same model, mode and worker count (``vs_fed``);
+* ``targets``: the issue's GPU targets, each with its measured value and pass/fail.
+
+Every measurement runs for a fixed slice (``--seconds`` after ``--warmup`` batches), is
+guarded by ``--budget-s`` (skipped, and recorded as skipped, when the run's time is short)
+and by an alarm; an exception is recorded in its row and the run goes on. The JSON is written
+after every measurement, so a killed run leaves what it measured.
+
+Without CUDA (or with ``--cpu``) it falls back to a small CPU run with the same code path
+(tests/test_benchmarks.py runs it that way).
+
+Usage (GPU node, benzarr on PYTHONPATH; builds the store when --store is absent)::
+
+    python benchmarks/gpu_feed.py --patches 20000 --build-workers 16 --seconds 3 --budget-s 420
+
+Writes ``benchmarks/results/gpu_feed.json`` (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS: before CUDA starts
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS_DIR, machine_info, print_table, versions, write_json  # noqa: E402
+
+import torch  # noqa: E402
+
+#: Bytes of one full 12-band native uint16 patch.
+NATIVE_BYTES = 160_000
+SPLIT = "s"
+MODES = ("deterministic", "fast")
+GPU_MODELS = ("shortcnn-all", "resnet18", "resnet50", "inception-v3")
+GPU_WORKERS = (0, 4, 8, 12)
+
+
+# -- plumbing: time budget, alarms, JSON after every measurement -------------------------
+
+
+class Budget:
+    """The run's wall-clock budget (``--budget-s``, counted from the script's start)."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.started = time.monotonic()
+        self.seconds = seconds
+
+    def left(self) -> float:
+        return float("inf") if self.seconds is None else self.seconds - (time.monotonic() - self.started)
+
+    def allows(self, needed: float) -> bool:
+        return self.left() >= needed
+
+
+class MeasurementTimeout(Exception):
+    """A measurement ran past its alarm."""
+
+
+@contextlib.contextmanager
+def alarm(seconds: float) -> Iterator[None]:
+    """Raise :class:`MeasurementTimeout` in this (main) thread after ``seconds`` (SIGALRM)."""
+    if not hasattr(signal, "SIGALRM") or seconds <= 0:
+        yield
+        return
+
+    def fire(signum: int, frame: Any) -> None:
+        raise MeasurementTimeout(f"measurement ran past its {seconds:.0f} s alarm")
+
+    previous = signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+class Recorder:
+    """The result document, rewritten to ``path`` after every measurement."""
+
+    def __init__(self, path: Path, payload: dict[str, Any], budget: Budget, log: Callable[[str], None]) -> None:
+        self.path, self.payload, self.budget, self.log = path, payload, budget, log
+        self.save()
+
+    def save(self) -> None:
+        self.payload["elapsed_s"] = round(time.monotonic() - self.budget.started, 1)
+        write_json(self.path, self.payload)
+
+    def measure(self, section: str, row: dict[str, Any], fn: Callable[[], dict[str, Any]],
+                needed_s: float, alarm_s: float) -> dict[str, Any]:
+        """Run ``fn`` (returns the figures) into ``row``, appended to ``payload[section]``.
+
+        Skipped (``row["skipped"]``) when the budget has less than ``needed_s`` left; an
+        exception or the alarm is recorded as ``row["error"]``. The JSON is saved either way.
+        """
+        label = " ".join(f"{k}={v}" for k, v in row.items())
+        self.payload.setdefault(section, []).append(row)
+        if not self.budget.allows(needed_s):
+            row["skipped"] = f"budget: {self.budget.left():.0f} s left, {needed_s:.0f} s needed"
+            self.log(f"{section} {label}: skipped ({row['skipped']})")
+            self.save()
+            return row
+        started = time.monotonic()
+        try:
+            with alarm(min(alarm_s, max(self.budget.left(), 1.0))):
+                row.update(fn())
+        except Exception as exc:  # record and go on: one failure must not cost the rest
+            row["error"] = f"{type(exc).__name__}: {exc}".strip()[:500]
+            row["traceback"] = traceback.format_exc(limit=6)[-2000:]
+            self.log(f"{section} {label}: ERROR {row['error']}")
+        else:
+            shown = {k: v for k, v in row.items() if k in ("patches_per_s", "ceiling", "fed", "ratio", "vs_fed")}
+            self.log(f"{section} {label}: {shown}")
+        row["wall_s"] = round(time.monotonic() - started, 2)
+        self.save()
+        return row
+
+
+# -- the device, modes, timing -------------------------------------------------------------
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def set_mode(mode: str) -> None:
+    """``deterministic`` (the trainer's default) or ``fast`` (cudnn autotuning, any kernels)."""
+    deterministic = mode == "deterministic"
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.benchmark = not deterministic
+
+
+def timed(step: Callable[[], int], device: torch.device, warmup: int, seconds: float) -> dict[str, Any]:
+    """Patches/s of ``step`` (returns patches done): ``warmup`` calls, then calls for
+    ``seconds``; the clock stops after a device synchronisation."""
+    for _ in range(warmup):
+        step()
+    synchronize(device)
+    patches, steps, start = 0, 0, time.perf_counter()
+    while True:
+        patches += step()
+        steps += 1
+        if time.perf_counter() - start >= seconds:
+            break
+    synchronize(device)
+    elapsed = time.perf_counter() - start
+    return {"patches_per_s": round(patches / elapsed, 1), "steps": steps, "patches": patches,
+            "seconds": round(elapsed, 3)}
+
+
+def endless(loader: Any) -> Iterator[Any]:
+    """Batches of ``loader`` over epochs 0, 1, 2, ... (``set_epoch`` before each)."""
+    epoch = 0
+    while True:
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        yielded = False
+        for batch in loader:
+            yielded = True
+            yield batch
+        if not yielded:
+            raise RuntimeError("the loader yields no batches")
+        epoch += 1
+
+
+def close(*objects: Any) -> None:
+    """Close generators and loaders (``close()`` where they have one)."""
+    for obj in objects:
+        if obj is not None and hasattr(obj, "close"):
+            with contextlib.suppress(Exception):
+                obj.close()
+
+
+# -- the store -----------------------------------------------------------------------------
+
+
+def build_store(workdir: Path, n: int, workers: int, log: Callable[[str], None]) -> Path:
+    """A synthetic lz4 store of ``n`` patches with split ``s`` (60/20/20), built once under ``workdir``."""
+    from benzarr.ingest import ingest
+    from benzarr.split import make_split
+    from benzarr.store import open_store
+    from benzarr.synth import synth_archive
+
+    store = workdir / f"gpu-feed-{n}.zarr"
+    with contextlib.suppress(Exception):
+        if SPLIT in open_store(store).split_names():
+            log(f"reusing {store}")
+            return store
+    workdir.mkdir(parents=True, exist_ok=True)
+    archive = workdir / f"gpu-feed-archive-{n}"
+    t = time.monotonic()
+    synth_archive(archive, n, seed=0, workers=workers, overwrite=True)
+    log(f"synth {n} patches: {time.monotonic() - t:.1f} s")
+    t = time.monotonic()
+    ingest(archive, store, workers=workers, compression="lz4", overwrite=True)
+    log(f"ingest (lz4, {workers} workers): {time.monotonic() - t:.1f} s")
+    shutil.rmtree(archive, ignore_errors=True)
+    make_split(open_store(store, mode="r+"), SPLIT, "iterative", fractions=(0.6, 0.2, 0.2), seed=0)
+    return store
+
+
+def dataset(store: Path) -> Any:
+    """The 12-band, normalised dataset every measurement reads (whole store, clc43)."""
+    from benzarr.data import BigEarthNetDataset
+
+    return BigEarthNetDataset(store, bands="all", normalize=True)
+
+
+# -- the measurements ----------------------------------------------------------------------
+
+
+def h2d_bandwidth(device: torch.device, copies: int) -> dict[str, Any]:
+    """GB/s of copying one 41 MB native batch to ``device``, pageable and pinned."""
+    nbytes = 256 * NATIVE_BYTES
+    dst = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    out: dict[str, Any] = {"bytes": nbytes, "copies": copies}
+    sources = {"pageable": torch.ones(nbytes, dtype=torch.uint8)}
+    if device.type == "cuda":
+        sources["pinned"] = torch.ones(nbytes, dtype=torch.uint8).pin_memory()
+    for kind, src in sources.items():
+        dst.copy_(src, non_blocking=kind == "pinned")
+        synchronize(device)
+        seconds = []
+        for _ in range(copies):
+            t = time.perf_counter()
+            dst.copy_(src, non_blocking=kind == "pinned")
+            synchronize(device)
+            seconds.append(time.perf_counter() - t)
+        mean = sum(seconds) / len(seconds)
+        out[kind] = round(nbytes / mean / 1e9, 2)
+        out[f"{kind}_patches_per_s"] = round(nbytes / NATIVE_BYTES / mean, 1)
+    return out
+
+
+def loader_alone(store: Path, device: torch.device, batch: int, workers: int, warmup: int,
+                 seconds: float) -> dict[str, Any]:
+    """``make_loader`` delivering float32 model-ready batches to ``device``."""
+    from benzarr.data import make_loader
+
+    ds = dataset(store)
+    loader = make_loader(ds, batch, shuffle=True, num_workers=workers, seed=0, device=device, drop_last=True)
+    batches = endless(loader)
+    try:
+        def step() -> int:
+            return int(next(batches)["image"].shape[0])
+
+        return timed(step, device, warmup, seconds)
+    finally:
+        close(batches, loader)
+
+
+def ring_raw(store: Path, device: torch.device, batch: int, workers: int, warmup: int, seconds: float,
+             copy: bool) -> dict[str, Any]:
+    """``RingLoader`` uint16 batches; with ``copy``, each copied to a persistent ``device`` buffer
+    (synchronised before the next ``next()``, which may reuse the slot)."""
+    from torch.utils.data import BatchSampler, RandomSampler
+
+    from benzarr.ring import RingLoader
+
+    ds = dataset(store)
+    sampler = BatchSampler(RandomSampler(ds, generator=torch.Generator().manual_seed(0)), batch, drop_last=True)
+    loader = RingLoader(ds, sampler, workers)
+    batches = endless(loader)
+    dst: dict[str, torch.Tensor] = {}
+    try:
+        def step() -> int:
+            b = next(batches)
+            if copy:
+                for key, value in b.items():
+                    if key not in dst:
+                        dst[key] = torch.empty_like(value, device=device)
+                    dst[key].copy_(value, non_blocking=True)
+                synchronize(device)
+            return int(b["index"].shape[0])
+
+        return timed(step, device, warmup, seconds)
+    finally:
+        close(batches, loader)
+
+
+class Trainee:
+    """One model and its optimiser, stepping as the trainer does."""
+
+    def __init__(self, name: str, device: torch.device, amp: bool) -> None:
+        from benzarr.models import create_model, model_info
+
+        torch.manual_seed(0)
+        self.name, self.device, self.amp = name, device, amp
+        self.channels = model_info(name).in_channels
+        self.net = create_model(name, num_classes=43).to(device, memory_format=torch.channels_last)
+        self.net.train()
+        self.opt = torch.optim.SGD(self.net.parameters(), lr=1e-3, momentum=0.9)
+        self.loss = torch.nn.BCEWithLogitsLoss()
+
+    def step(self, image: torch.Tensor, label: torch.Tensor) -> int:
+        x = image.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            logits = self.net(x)
+        if isinstance(logits, tuple):  # auxiliary heads in training mode
+            logits = logits[0]
+        loss = self.loss(logits.float(), label)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return int(x.shape[0])
+
+
+def ceiling(model: Trainee, batch: int, warmup: int, seconds: float) -> dict[str, Any]:
+    """The training step on one random batch already on the device."""
+    x = torch.randn(batch, model.channels, 120, 120, device=model.device)
+    y = (torch.rand(batch, 43, device=model.device) < 0.07).float()
+    return timed(lambda: model.step(x, y), model.device, warmup, seconds)
+
+
+def fed(model: Trainee, batches: Iterator[Any], warmup: int, seconds: float) -> dict[str, Any]:
+    """The training step on batches from a running ``make_loader``."""
+    def step() -> int:
+        b = next(batches)
+        return model.step(b["image"], b["label"])
+
+    return timed(step, model.device, warmup, seconds)
+
+
+def trainer_rate(store: Path, name: str, workers: int, batch: int, epochs: int, device: torch.device,
+                 amp: bool, mode: str, workdir: Path) -> dict[str, Any]:
+    """``benzarr.train.train`` on split ``s``: the trainer's throughput of its last epoch."""
+    import dataclasses
+
+    from benzarr.train import TrainConfig, train
+
+    out = workdir / f"gpu-feed-train-{name}-{workers}-{mode}"
+    shutil.rmtree(out, ignore_errors=True)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    extra: dict[str, Any] = {}
+    if "deterministic" in fields:
+        extra["deterministic"] = mode == "deterministic"
+    elif mode != "deterministic":
+        raise RuntimeError("this benzarr's TrainConfig has no 'deterministic' setting (fast mode)")
+    cfg = TrainConfig(store=str(store), split=SPLIT, model=name, epochs=epochs, batch_size=batch, workers=workers,
+                      device=str(device), amp=amp, channels_last=True, optim="sgd", lr=1e-3, momentum=0.9,
+                      out=str(out), **extra)
+    rates: list[float] = []
+
+    def on_event(event: Any) -> None:
+        if event.kind == "epoch_end":
+            rates.append(float(event.values["throughput/patches_per_s"]))
+
+    started = time.perf_counter()
+    try:
+        train(cfg, on_event)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    if not rates:
+        raise RuntimeError("the trainer reported no epoch")
+    return {"patches_per_s": round(rates[-1], 1), "epoch_rates": [round(r, 1) for r in rates],
+            "epochs": epochs, "seconds": round(time.perf_counter() - started, 1),
+            "settings": {"optim": "sgd", "amp": amp, "channels_last": True, "batch_size": batch, "split": SPLIT,
+                         **extra},
+            "note": "the trainer's own throughput/patches_per_s of its last epoch, with a callback (as the CLI)"}
+
+
+# -- targets -------------------------------------------------------------------------------
+
+
+def targets(payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's GPU targets, each with value, goal and ``met`` (None when unmeasured)."""
+    def ok(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [r for r in rows if r.get("patches_per_s") or r.get("fed")]
+
+    alone = {r["workers"]: r["patches_per_s"] for r in ok(payload.get("loader_alone", []))}
+    out: list[dict[str, Any]] = [
+        {"target": "loader alone to the device, 12 workers, float32 model-ready >= 75,000 patches/s",
+         "value": alone.get(12), "goal": 75_000},
+        {"target": "loader alone: 8 workers >= 1.8x 4 workers",
+         "value": alone[8] / alone[4] if 8 in alone and 4 in alone else None, "goal": 1.8},
+    ]
+    models = [r for r in payload.get("models", []) if r.get("ratio") is not None]
+    for mode in MODES:
+        for name in dict.fromkeys(r["model"] for r in models if r["mode"] == mode):
+            rows = [r for r in models if r["mode"] == mode and r["model"] == name and r["workers"] <= 12]
+            best = max(rows, key=lambda r: r["ratio"])
+            out.append({"target": f"{name} ({mode}) fed >= 0.95 of its ceiling with <= 12 workers "
+                                  f"(best: {best['workers']} workers)", "value": best["ratio"], "goal": 0.95})
+    for r in payload.get("trainer", []):
+        out.append({"target": f"trainer {r['model']} ({r.get('mode')}) >= 0.9 of the bare fed loop, "
+                              f"{r['workers']} workers", "value": r.get("vs_fed"), "goal": 0.9})
+    for t in out:
+        t["met"] = None if t["value"] is None else bool(t["value"] >= t["goal"])
+        if t["value"] is not None:
+            t["value"] = round(t["value"], 3)
+    return out
+
+
+# -- main ----------------------------------------------------------------------------------
+
+
+def csv(text: str, kind: Callable[[str], Any] = str) -> list[Any]:
+    return [kind(x) for x in text.split(",") if x.strip()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     epilog="Defaults in brackets are CUDA's / the CPU fallback's.")
+    parser.add_argument("--cpu", action="store_true", help="the CPU fallback even when CUDA is present")
+    parser.add_argument("--store", type=Path, default=None, help="an existing store with split 's' (else built)")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/benzarr-gpu-feed"))
+    parser.add_argument("--patches", type=int, default=None, help="patches of the built store [20000 / 256]")
+    parser.add_argument("--build-workers", type=int, default=None, help="synth/ingest workers [cores]")
+    parser.add_argument("--batch-size", type=int, default=None, help="[256 / 32]")
+    parser.add_argument("--models", default=None, help=f"comma-separated [{','.join(GPU_MODELS)} / shortcnn-all]")
+    parser.add_argument("--workers", default=None, help="comma-separated worker counts [0,4,8,12 / 0,2]")
+    parser.add_argument("--modes", default=None, help="deterministic,fast [both / deterministic]")
+    parser.add_argument("--ring-workers", default=None, help="worker counts of the raw ring rows [--workers]")
+    parser.add_argument("--seconds", type=float, default=None, help="timed slice per measurement [3 / 1]")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed batches before each slice [5 / 2]")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="wall-clock budget of the whole run, build included: measurements that do not "
+                             "fit are skipped and recorded as such [none]")
+    parser.add_argument("--trainer-model", default=None, help="[inception-v3 / shortcnn-all]; 'none' skips it")
+    parser.add_argument("--trainer-workers", type=int, default=None, help="[8 / 2]")
+    parser.add_argument("--trainer-epochs", type=int, default=2)
+    parser.add_argument("--trainer-modes", default="deterministic",
+                        help="modes of the trainer run (fast needs TrainConfig.deterministic) [deterministic]")
+    parser.add_argument("--h2d-copies", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "gpu_feed.json")
+    args = parser.parse_args(argv)
+
+    cuda = torch.cuda.is_available() and not args.cpu
+    device = torch.device("cuda" if cuda else "cpu")
+    cores = os.cpu_count() or 1
+    pick = lambda value, gpu, cpu: value if value is not None else (gpu if cuda else cpu)  # noqa: E731
+    n = pick(args.patches, 20_000, 256)
+    batch = pick(args.batch_size, 256, 32)
+    models = csv(pick(args.models, ",".join(GPU_MODELS), "shortcnn-all"))
+    workers = csv(pick(args.workers, "0,4,8,12", "0,2"), int)
+    ring_workers = csv(args.ring_workers, int) if args.ring_workers else workers
+    modes = csv(pick(args.modes, ",".join(MODES), "deterministic"))
+    seconds = pick(args.seconds, 3.0, 1.0)
+    warmup = pick(args.warmup, 5, 2)
+    trainer_model = pick(args.trainer_model, "inception-v3", "shortcnn-all")
+    trainer_workers = pick(args.trainer_workers, 8, 2)
+    amp = cuda
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        parser.error(f"unknown mode {unknown[0]!r}: use {', '.join(MODES)}")
+    log = lambda message: print(f"[gpu_feed] {message}", file=sys.stderr, flush=True)  # noqa: E731
+    budget = Budget(args.budget_s)
+
+    machine = machine_info()
+    machine.update(torch=torch.__version__, cuda=torch.version.cuda,
+                   cudnn=torch.backends.cudnn.version() if cuda else None)
+    if cuda:
+        props = torch.cuda.get_device_properties(device)
+        machine["gpu"] = {"name": props.name, "memory_gb": round(props.total_memory / 1024**3, 1),
+                          "count": torch.cuda.device_count()}
+    payload: dict[str, Any] = {
+        "benchmark": "gpu_feed",
+        "machine": machine,
+        "device": torch.cuda.get_device_name(device) if cuda else "cpu",
+        "batch_size": batch,
+        "parameters": {"patches": n, "bands": 12, "compression": "lz4", "models": models, "workers": workers,
+                       "modes": modes, "seconds": seconds, "warmup_batches": warmup, "budget_s": args.budget_s,
+                       "amp": "bfloat16 autocast" if amp else False, "channels_last": True,
+                       "step": "SGD(lr=1e-3, momentum=0.9), BCEWithLogits on float32 logits",
+                       "cpu_fallback": not cuda},
+        "versions": versions(["benzarr", "torch", "torchvision", "numpy", "zarr", "numcodecs"]),
+        "h2d_gb_per_s": {},
+        "loader_alone": [],
+        "ring_raw": [],
+        "models": [],
+        "trainer": [],
+    }
+    rec = Recorder(args.out, payload, budget, log)
+    log(f"device {payload['device']}, {cores} cores; writing {args.out} after every measurement")
+
+    try:
+        store = args.store or build_store(args.workdir, n, args.build_workers or cores, log)
+    except Exception as exc:
+        payload["error"] = f"building the store: {type(exc).__name__}: {exc}"
+        rec.save()
+        raise
+    payload["parameters"]["store"] = str(store)
+    payload["parameters"]["store_patches"] = len(dataset(store))
+    rec.save()
+    slice_s = seconds + 2.0            # a measurement's typical wall time beyond its timed slice
+    alarm_s = max(60.0, 10 * seconds + 40)
+
+    # 1. raw host-to-device bandwidth
+    h2d = rec.measure("h2d", {"what": "41 MB copy"},
+                      lambda: h2d_bandwidth(device, args.h2d_copies), 2.0, 60.0)
+    payload["h2d_gb_per_s"] = {k: h2d.get(k) for k in ("pageable", "pinned")}
+    payload["h2d_gb_per_s"].update({k: v for k, v in h2d.items() if k.endswith("_per_s") or k == "error"})
+    payload.pop("h2d", None)
+    rec.save()
+
+    # 2. the loader alone, delivered to the device; the raw ring (uint16)
+    for w in workers:
+        rec.measure("loader_alone", {"workers": w, "path": f"make_loader(device={device.type!r}) float32 model-ready"},
+                    lambda w=w: loader_alone(store, device, batch, w, warmup, seconds), slice_s, alarm_s)
+    for w in ring_workers:
+        if w == 0:
+            continue
+        rec.measure("ring_raw", {"workers": w, "path": f"RingLoader uint16 -> {device.type} buffer"},
+                    lambda w=w: ring_raw(store, device, batch, w, warmup, seconds, copy=True), slice_s, alarm_s)
+        if not cuda:
+            rec.measure("ring_raw", {"workers": w, "path": "RingLoader uint16, not copied"},
+                        lambda w=w: ring_raw(store, device, batch, w, warmup, seconds, copy=False), slice_s, alarm_s)
+
+    # 3. models: ceiling and fed, per mode (deterministic first: the trainer's default)
+    def model_rows(mode: str) -> None:
+        set_mode(mode)
+        trainees: dict[str, Trainee] = {}
+        ceilings: dict[str, float] = {}
+        for name in models:
+            def run_ceiling(name: str = name) -> dict[str, Any]:
+                trainees[name] = Trainee(name, device, amp)
+                r = ceiling(trainees[name], batch, warmup, seconds)
+                ceilings[name] = r["patches_per_s"]
+                return {"ceiling_run": r}
+            row = rec.measure("ceilings", {"model": name, "mode": mode}, run_ceiling, slice_s + 5, alarm_s + 60)
+            if name in ceilings:
+                row["patches_per_s"] = ceilings[name]
+                rec.save()
+        for w in sorted(workers, reverse=True):  # the worker counts that matter most first
+            if not any(name in trainees for name in models):
+                break
+            state: dict[str, Any] = {}
+
+            def open_loader(w: int = w) -> dict[str, Any]:
+                from benzarr.data import make_loader
+
+                state["loader"] = make_loader(dataset(store), batch, shuffle=True, num_workers=w, seed=0,
+                                              device=device, drop_last=True)
+                state["batches"] = endless(state["loader"])
+                t = time.perf_counter()
+                next(state["batches"])
+                return {"first_batch_s": round(time.perf_counter() - t, 2)}
+            rec.measure("loaders", {"workers": w, "mode": mode}, open_loader, slice_s, alarm_s)
+            if "batches" not in state:
+                continue
+            try:
+                for name in models:
+                    if name not in trainees:
+                        continue
+                    def run_fed(name: str = name) -> dict[str, Any]:
+                        r = fed(trainees[name], state["batches"], warmup, seconds)
+                        return {"ceiling": ceilings[name], "fed": r["patches_per_s"],
+                                "ratio": round(r["patches_per_s"] / ceilings[name], 3), "fed_run": r}
+                    rec.measure("models", {"model": name, "mode": mode, "workers": w}, run_fed, slice_s, alarm_s)
+            finally:
+                close(state.get("batches"), state.get("loader"))
+        trainees.clear()
+        if cuda:
+            torch.cuda.empty_cache()
+
+    def trainer_rows(mode: str) -> None:
+        if trainer_model == "none":
+            return
+        set_mode(mode)
+        row = rec.measure("trainer", {"model": trainer_model, "mode": mode, "workers": trainer_workers},
+                          lambda: trainer_rate(store, trainer_model, trainer_workers, batch, args.trainer_epochs,
+                                               device, amp, mode, args.workdir),
+                          25.0 if cuda else 5.0, 300.0)
+        bare = [r for r in payload["models"] if r["model"] == trainer_model and r["mode"] == mode
+                and r["workers"] == trainer_workers and r.get("fed")]
+        if not bare and row.get("patches_per_s") and budget.allows(slice_s + 10):
+            # the bare loop of the same model, mode and workers, when the model rows lacked it
+            def bare_fed() -> dict[str, Any]:
+                from benzarr.data import make_loader
+
+                set_mode(mode)
+                model = Trainee(trainer_model, device, amp)
+                c = ceiling(model, batch, warmup, seconds)["patches_per_s"]
+                loader = make_loader(dataset(store), batch, shuffle=True, num_workers=trainer_workers, seed=0,
+                                     device=device, drop_last=True)
+                batches = endless(loader)
+                try:
+                    r = fed(model, batches, warmup, seconds)
+                finally:
+                    close(batches, loader)
+                return {"ceiling": c, "fed": r["patches_per_s"], "ratio": round(r["patches_per_s"] / c, 3),
+                        "fed_run": r, "for": "trainer comparison"}
+            bare = [rec.measure("models", {"model": trainer_model, "mode": mode, "workers": trainer_workers},
+                                bare_fed, slice_s + 10, alarm_s + 60)]
+        if row.get("patches_per_s") and bare and bare[0].get("fed"):
+            row["fed"] = bare[0]["fed"]
+            row["vs_fed"] = round(row["patches_per_s"] / bare[0]["fed"], 3)
+        payload["targets"] = targets(payload)
+        rec.save()
+
+    order: list[tuple[Callable[[str], None], str]] = []
+    for mode in modes:
+        order.append((model_rows, mode))
+        if mode in csv(args.trainer_modes):
+            order.append((trainer_rows, mode))
+    for fn, mode in order:
+        try:
+            fn(mode)
+        except Exception as exc:  # keep what the other sections measure
+            payload.setdefault("errors", []).append(f"{fn.__name__}({mode}): {type(exc).__name__}: {exc}")
+            log(f"{fn.__name__}({mode}) failed: {exc}")
+        payload["targets"] = targets(payload)
+        rec.save()
+    set_mode("deterministic")
+
+    # tables
+    print(f"\ngpu_feed on {payload['device']} ({cores} cores), batch {batch}, {n} patches lz4, "
+          f"{seconds} s a measurement; h2d GB/s {payload['h2d_gb_per_s']}")
+    print("\nloader alone, delivered to the device")
+    print_table(payload["loader_alone"] + payload["ring_raw"],
+                [("path", "path", "s"), ("workers", "workers", "d"), ("patches_per_s", "patches/s", ",.0f")])
+    if payload["models"]:
+        print("\nmodels: ceiling (random batch on the device) and fed by make_loader")
+        print_table(sorted(payload["models"], key=lambda r: (r["mode"], r["model"], r["workers"])),
+                    [("mode", "mode", "s"), ("model", "model", "s"), ("workers", "workers", "d"),
+                     ("ceiling", "ceiling", ",.0f"), ("fed", "fed", ",.0f"), ("ratio", "ratio", ".2f")])
+    if payload["trainer"]:
+        print("\ntrainer against the bare fed loop")
+        print_table(payload["trainer"], [("model", "model", "s"), ("mode", "mode", "s"), ("workers", "workers", "d"),
+                                         ("patches_per_s", "trainer", ",.0f"), ("fed", "bare fed", ",.0f"),
+                                         ("vs_fed", "vs_fed", ".2f")])
+    print("\ntargets" + ("" if cuda else " (CPU fallback: the GPU targets are unmeasured)"))
+    print_table(payload["targets"], [("target", "target", "s"), ("value", "measured", ",.3f"),
+                                     ("goal", "goal", ",g"), ("met", "met", "")])
+    errors = [r for section in ("loader_alone", "ring_raw", "models", "trainer", "ceilings", "loaders")
+              for r in payload.get(section, []) if "error" in r]
+    for r in errors:
+        print(f"error: {r['error']}")
+    rec.save()
+    print(f"\nwrote {args.out} ({payload['elapsed_s']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

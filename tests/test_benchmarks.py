@@ -1,0 +1,59 @@
+"""The benchmark scripts run end to end at tiny sizes (their CPU paths) and write their JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def run_script(name: str, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / name), *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_gpu_feed_cpu_fallback(tmp_path: Path) -> None:
+    out = tmp_path / "gpu_feed.json"
+    proc = run_script("gpu_feed.py", "--cpu", "--workdir", str(tmp_path), "--patches", "96", "--batch-size", "16",
+                      "--workers", "0,1", "--models", "shortcnn-all", "--seconds", "0.2", "--warmup", "1",
+                      "--trainer-model", "shortcnn-all", "--trainer-workers", "1", "--trainer-epochs", "1",
+                      "--h2d-copies", "2", "--out", str(out))
+    doc = json.loads(out.read_text())
+    # the shape issue 10 gives
+    for key in ("machine", "device", "batch_size", "loader_alone", "models", "trainer", "h2d_gb_per_s"):
+        assert key in doc, key
+    assert doc["device"] == "cpu" and doc["batch_size"] == 16
+    assert doc["h2d_gb_per_s"]["pageable"] > 0
+    alone = {r["workers"]: r for r in doc["loader_alone"]}
+    assert set(alone) == {0, 1}
+    assert all(r["patches_per_s"] > 0 for r in alone.values()), alone
+    fed = [r for r in doc["models"] if r["model"] == "shortcnn-all" and r["mode"] == "deterministic"]
+    assert {r["workers"] for r in fed} >= {0, 1}
+    assert all(r["fed"] > 0 and r["ceiling"] > 0 and r["ratio"] == pytest.approx(r["fed"] / r["ceiling"], abs=1e-3)
+               for r in fed), fed
+    trainer = doc["trainer"][0]
+    assert trainer["model"] == "shortcnn-all" and trainer["workers"] == 1
+    assert trainer["patches_per_s"] > 0 and trainer["vs_fed"] > 0, trainer
+    assert any(t["target"].startswith("trainer") for t in doc["targets"])
+    assert "targets" in proc.stdout
+
+
+def test_gpu_feed_budget_skips_and_records(tmp_path: Path) -> None:
+    """A measurement that does not fit the budget is recorded as skipped; the JSON is still written."""
+    out = tmp_path / "gpu_feed.json"
+    store_run = run_script("gpu_feed.py", "--cpu", "--workdir", str(tmp_path), "--patches", "64", "--batch-size", "16",
+                           "--workers", "0", "--models", "shortcnn-all", "--seconds", "0.1", "--warmup", "1",
+                           "--trainer-model", "none", "--h2d-copies", "1", "--budget-s", "0.001", "--out", str(out))
+    doc = json.loads(out.read_text())
+    assert doc["loader_alone"] and all("skipped" in r for r in doc["loader_alone"])
+    assert all(t["met"] is None for t in doc["targets"])
+    assert "wrote" in store_run.stdout
