@@ -28,9 +28,15 @@ after every measurement, so a killed run leaves what it measured.
 Without CUDA (or with ``--cpu``) it falls back to a small CPU run with the same code path
 (tests/test_benchmarks.py runs it that way).
 
-Usage (GPU node, benzarr on PYTHONPATH; builds the store when --store is absent)::
+Usage (GPU node, benzarr on PYTHONPATH; builds the store when --store is absent). The run
+recommended for an H200 with 16 cores and an 8-minute limit (about 280 s of measuring; write
+straight into the folder that comes back, so a killed run still returns its JSON)::
 
-    python benchmarks/gpu_feed.py --patches 20000 --build-workers 16 --seconds 3 --budget-s 420
+    python3 benchmarks/gpu_feed.py --patches 20000 --build-workers 16 --seconds 3 --warmup 5 \
+        --budget-s 400 --workdir /tmp/gf --out "$OUT/gpu_feed.json"
+
+Order: build, h2d, loader alone (0/4/8/12), raw ring (4/8/12), deterministic models (ceilings,
+then fed at 12, 8, 4, 0 workers), the trainer (inception-v3, 8 workers, 2 epochs), fast models.
 
 Writes ``benchmarks/results/gpu_feed.json`` (``--out``).
 """
