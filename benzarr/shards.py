@@ -16,8 +16,13 @@ Shard files use the default chunk key encoding with separator ``/``: shard ``i``
 
 :class:`ShardReader` supports exactly the layouts that ``benzarr ingest`` writes (see
 :func:`benzarr.store.band_compressors`): rows sharded along the first axis only, one inner
-chunk per row, inner codecs ``[bytes(little)]`` (read zero-copy from the memory map) or
-``[bytes(little), blosc(lz4|zstd)]`` (decoded by numcodecs straight into the output).
+chunk per row, inner codecs ``[bytes(little)]`` (copied straight from the memory map) or
+``[bytes(little), blosc(lz4|zstd)]`` (decoded by numcodecs straight into the output),
+each followed in store format 2 by ``crc32c`` (Zarr v3 ``crc32c`` codec: the chunk's
+encoded bytes, then their CRC-32C, 4 bytes little-endian;
+https://zarr-specs.readthedocs.io/en/latest/v3/codecs/crc32c/index.html). The reader checks
+that CRC on every chunk it reads (``google_crc32c``, the CPU's CRC instruction) unless told
+not to (``verify_checksums=False``).
 :func:`row_reader` returns it where it applies and a :class:`ZarrRowReader` (zarr-python's
 own API: other writers, other codecs, remote stores through fsspec) everywhere else, so
 callers never have to care which one they got.
@@ -34,7 +39,7 @@ import mmap
 import os
 import struct
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -74,6 +79,8 @@ class ShardLayout:
         shard_rows: rows per shard (S).
         codec: ``"raw"`` (inner codecs ``[bytes]``) or ``"blosc"``.
         fill_value: value of rows whose chunk is not stored.
+        checksum: the inner chain ends in ``crc32c`` (store format 2): every stored chunk
+            is its encoded bytes followed by their CRC-32C, 4 bytes little-endian.
     """
 
     shape: tuple[int, ...]
@@ -81,6 +88,7 @@ class ShardLayout:
     shard_rows: int
     codec: str
     fill_value: Any
+    checksum: bool = False
 
     @property
     def row_shape(self) -> tuple[int, ...]:
@@ -112,8 +120,9 @@ def parse_layout(metadata: dict[str, Any]) -> ShardLayout | None:
     Supported means exactly what ``benzarr ingest`` writes: a Zarr v3 array of a fixed-size
     numeric type, regular chunk grid sharded along axis 0 only, default ``/`` chunk keys,
     one ``sharding_indexed`` codec with inner chunk (1, *row_shape), inner codecs
-    ``[bytes(little)]`` or ``[bytes(little), blosc(lz4|zstd)]``, index codecs
-    ``[bytes(little), crc32c]`` at the end, and no storage transformers.
+    ``[bytes(little)]`` or ``[bytes(little), blosc(lz4|zstd)]`` (format 1), either one
+    followed by ``crc32c`` (format 2), index codecs ``[bytes(little), crc32c]`` at the end,
+    and no storage transformers.
     """
     try:
         if metadata.get("zarr_format") != 3 or metadata.get("node_type") != "array":
@@ -145,7 +154,10 @@ def parse_layout(metadata: dict[str, Any]) -> ShardLayout | None:
         index_codecs = config.get("index_codecs") or []
         if len(index_codecs) != 2 or not _is_bytes_le(index_codecs[0]) or index_codecs[1].get("name") != "crc32c":
             return None
-        inner = config["codecs"]
+        inner = list(config["codecs"])
+        checksum = bool(inner) and isinstance(inner[-1], dict) and inner[-1].get("name") == "crc32c"
+        if checksum:
+            inner = inner[:-1]
         if len(inner) == 1 and _is_bytes_le(inner[0]):
             codec = "raw"
         elif (
@@ -164,7 +176,7 @@ def parse_layout(metadata: dict[str, Any]) -> ShardLayout | None:
         fill_value = dtype.type(fill)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError):
         return None
-    return ShardLayout(shape, dtype, shard_shape[0], codec, fill_value)
+    return ShardLayout(shape, dtype, shard_shape[0], codec, fill_value, checksum)
 
 
 def shard_file(array_dir: str | Path, shard: int, ndim: int) -> Path:
@@ -207,20 +219,25 @@ class ShardReader:
         layout: from :func:`parse_layout`.
         name: the array's name in the store, for error messages (e.g. ``"s2/10m"``).
         row_name: maps a row to its patch name, called only to word an error.
+        verify_checksums: check each chunk's CRC-32C as it is read (store format 2; format 1
+            chunks have none). Off, a chunk's bytes are trusted: for stores already checked
+            with ``benzarr verify``. The shard index's CRC-32C is always checked.
 
     Raises (from :meth:`read`):
-        StoreCorruptError: bad index CRC-32C, a chunk outside its file, a chunk that does
-            not decode or decodes to the wrong size; naming the array, shard file and row.
+        StoreCorruptError: bad index CRC-32C, a chunk outside its file, a chunk that fails
+            its CRC-32C, does not decode or decodes to the wrong size; naming the array,
+            shard file, row and patch.
     """
 
     def __init__(self, array_dir: str | Path, layout: ShardLayout, name: str,
-                 row_name: Callable[[int], str] | None = None) -> None:
+                 row_name: Callable[[int], str] | None = None, verify_checksums: bool = True) -> None:
         self.array_dir = Path(array_dir)
         self.layout = layout
         self.name = name
         self.shape = layout.shape
         self.dtype = layout.dtype
         self.row_name = row_name
+        self.verify_checksums = verify_checksums
         self._shards: dict[int, _Shard] = {}
         self._pid = os.getpid()
 
@@ -323,6 +340,8 @@ class ShardReader:
         expected = layout.row_nbytes
         per_shard = layout.shard_rows
         raw = layout.codec == "raw"
+        tail = CRC_BYTES if layout.checksum else 0  # bytes after each chunk's encoding
+        verify = bool(tail) and self.verify_checksums
         order = np.argsort(rows, kind="stable")
         sorted_rows = rows[order].tolist()
         positions = order.tolist()
@@ -337,21 +356,26 @@ class ShardReader:
             if offset == EMPTY:
                 out[pos] = layout.fill_value
                 continue
-            src = entry.data[offset:offset + size]
+            body = size - tail  # the encoded chunk, without its crc32c
+            src = entry.data[offset:offset + body]
             if raw:
-                if size != expected:
-                    raise self._corrupt(entry.path, row, f"chunk of {size} bytes, expected {expected}")
+                if body != expected:
+                    raise self._corrupt(entry.path, row, f"chunk of {size} bytes, expected {expected + tail}")
+            else:
+                # Blosc header: uncompressed bytes at 4..8, compressed bytes at 12..16
+                if body < BLOSC_HEADER:
+                    raise self._corrupt(entry.path, row, f"blosc chunk of {size} bytes has no header")
+                decoded, coded = _BLOSC_SIZES.unpack_from(entry.map, offset)
+                if decoded != expected or coded != body:
+                    raise self._corrupt(
+                        entry.path, row,
+                        f"blosc chunk decodes to {decoded} bytes from {coded}, expected {expected} from {body}",
+                    )
+            if verify and google_crc32c.value(src) != int.from_bytes(entry.map[offset + body:offset + size], "little"):
+                raise self._corrupt(entry.path, row, "chunk fails its crc32c checksum")
+            if raw:
                 flat[pos] = src
                 continue
-            # Blosc header: uncompressed bytes at 4..8, compressed bytes at 12..16
-            if size < BLOSC_HEADER:
-                raise self._corrupt(entry.path, row, f"blosc chunk of {size} bytes has no header")
-            decoded, coded = _BLOSC_SIZES.unpack_from(entry.map, offset)
-            if decoded != expected or coded != size:
-                raise self._corrupt(
-                    entry.path, row,
-                    f"blosc chunk decodes to {decoded} bytes from {coded}, expected {expected} from {size}",
-                )
             try:
                 blosc.decompress(src, flat[pos])
             except Exception as exc:  # numcodecs raises RuntimeError; keep any reason
@@ -362,6 +386,69 @@ class ShardReader:
         """One row as (*row_shape) of ``dtype``."""
         return self.read([row])[0]
 
+    def check_shard(self, shard: int) -> ShardCheck:
+        """Read every stored chunk of shard ``shard``, checking all that :meth:`read` checks,
+        including each chunk's CRC-32C (whatever ``verify_checksums`` says).
+
+        Problems are collected, not raised: a shard whose file or index is bad gives one
+        problem for all its rows; a bad chunk gives one problem for its row. The shard's map
+        is dropped afterwards (a whole-store check keeps no maps).
+        """
+        layout = self.layout
+        first = shard * layout.shard_rows
+        rows = range(first, min(first + layout.shard_rows, layout.shape[0]))
+        result = ShardCheck(self.name, shard, rows)
+        try:
+            entry = self._shard(shard, first)
+        except StoreCorruptError as exc:
+            result.problems.append((list(rows), str(exc)))
+            return result
+        except OSError as exc:
+            result.problems.append((list(rows), f"{self.name}: cannot read shard file {self.shard_path(shard)}: {exc}"))
+            return result
+        result.exists = entry.map is not None
+        scratch = np.empty((1, *layout.row_shape), dtype=layout.dtype)
+        verify, self.verify_checksums = self.verify_checksums, True
+        try:
+            for row in rows:
+                size = entry.nbytes[row - first]
+                if size == EMPTY:
+                    continue
+                try:
+                    self.read([row], out=scratch)
+                except StoreCorruptError as exc:
+                    result.problems.append(([row], str(exc)))
+                result.chunks += 1
+                result.bytes += size
+        finally:
+            self.verify_checksums = verify
+            self._shards.pop(shard, None)
+        return result
+
+
+@dataclass
+class ShardCheck:
+    """What :meth:`ShardReader.check_shard` found in one shard.
+
+    Attributes:
+        array: the array's name.
+        shard: the shard's number.
+        rows: the rows the shard holds.
+        exists: a shard file is there (no file: every row reads as the fill value).
+        chunks: stored chunks read.
+        bytes: their stored bytes.
+        problems: (rows, message) for each bad chunk, or one for all rows when the file or
+            its index is bad.
+    """
+
+    array: str
+    shard: int
+    rows: range
+    exists: bool = False
+    chunks: int = 0
+    bytes: int = 0
+    problems: list[tuple[list[int], str]] = field(default_factory=list)
+
 
 class ZarrRowReader:
     """The fallback: rows through zarr-python (any codec, any store zarr-python can open).
@@ -369,13 +456,37 @@ class ZarrRowReader:
     Args:
         array: an open ``zarr.Array``.
         name: the array's name, for messages.
+        row_name: maps a row to its patch name, called only to word an error.
+
+    Raises (from :meth:`read`):
+        StoreCorruptError: a chunk zarr-python cannot decode (a failed ``crc32c`` check,
+            a Blosc error), naming the array, row and patch.
     """
 
-    def __init__(self, array: zarr.Array, name: str) -> None:
+    def __init__(self, array: zarr.Array, name: str, row_name: Callable[[int], str] | None = None) -> None:
         self.array = array
         self.name = name
         self.shape = tuple(array.shape)
         self.dtype = np.dtype(array.dtype)
+        self.row_name = row_name
+
+    def _corrupt(self, rows: np.ndarray, exc: Exception) -> StoreCorruptError | None:
+        """The error for the first of ``rows`` that zarr-python cannot read (only on failure)."""
+        for row in rows.tolist():
+            try:
+                self.array[row]
+            except (ValueError, RuntimeError) as row_exc:
+                name = ""
+                if self.row_name is not None:
+                    try:
+                        name = f", patch {self.row_name(row)}"
+                    except Exception:  # the name is a courtesy; never hide the real error
+                        name = ""
+                return StoreCorruptError(
+                    f"{self.name}: chunk of row {row}{name} is corrupt ({row_exc}); "
+                    "re-ingest the store (or restore its shard file)"
+                )
+        return None
 
     def read(self, rows: Sequence[int] | np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Rows ``rows`` (any order, repeats allowed) as (len(rows), *row_shape)."""
@@ -385,8 +496,14 @@ class ZarrRowReader:
             raise IndexError(f"{self.name}: rows must lie in [0, {n}), got {rows.min()}..{rows.max()}")
         # one orthogonal selection of the sorted unique rows: zarr fetches whole shards' chunks at once
         unique, inverse = np.unique(rows, return_inverse=True)
-        data = np.asarray(self.array.get_orthogonal_selection((unique,))) if unique.size else np.empty(
-            (0, *self.shape[1:]), dtype=self.dtype)
+        try:
+            data = np.asarray(self.array.get_orthogonal_selection((unique,))) if unique.size else np.empty(
+                (0, *self.shape[1:]), dtype=self.dtype)
+        except (ValueError, RuntimeError) as exc:  # zarr's crc32c and Blosc codecs raise these
+            error = self._corrupt(unique, exc)
+            if error is None:
+                raise
+            raise error from None
         result = data[inverse]
         if out is None:
             return np.ascontiguousarray(result)
@@ -398,7 +515,8 @@ class ZarrRowReader:
         return self.read([row])[0]
 
 
-def fast_reader(array_dir: str | Path, name: str, row_name: Callable[[int], str] | None = None) -> ShardReader | None:
+def fast_reader(array_dir: str | Path, name: str, row_name: Callable[[int], str] | None = None,
+                verify_checksums: bool = True) -> ShardReader | None:
     """A :class:`ShardReader` for the local array folder ``array_dir``, or None when its
     ``zarr.json`` describes a layout this reader does not support (or cannot be read)."""
     try:
@@ -408,18 +526,21 @@ def fast_reader(array_dir: str | Path, name: str, row_name: Callable[[int], str]
     layout = parse_layout(metadata)
     if layout is None:
         return None
-    return ShardReader(array_dir, layout, name, row_name)
+    return ShardReader(array_dir, layout, name, row_name, verify_checksums)
 
 
 def row_reader(array: zarr.Array, name: str, local_dir: str | Path | None,
-               row_name: Callable[[int], str] | None = None) -> RowReader:
+               row_name: Callable[[int], str] | None = None, verify_checksums: bool = True) -> RowReader:
     """The fastest reader for ``array``: :class:`ShardReader` when ``local_dir`` (its folder
-    on a local file system) holds a supported layout, else :class:`ZarrRowReader`."""
+    on a local file system) holds a supported layout, else :class:`ZarrRowReader`.
+
+    ``verify_checksums`` applies to the shard reader; zarr-python always checks a
+    ``crc32c`` codec (its failure is raised as :class:`StoreCorruptError` all the same)."""
     if local_dir is not None:
-        reader = fast_reader(local_dir, name, row_name)
+        reader = fast_reader(local_dir, name, row_name, verify_checksums)
         if reader is not None:
             return reader
-    return ZarrRowReader(array, name)
+    return ZarrRowReader(array, name, row_name)
 
 
 # -- writing -----------------------------------------------------------------------------
@@ -432,7 +553,8 @@ def encode_shard(data: np.ndarray, metadata: dict[str, Any]) -> bytes | None:
 
     The counterpart of :class:`ShardReader` for the layouts ``benzarr ingest`` writes: each
     row is one inner chunk, encoded ``bytes(little)`` then, if configured, Blosc with the
-    array's (cname, clevel, shuffle, typesize, blocksize); rows equal to the fill value are
+    array's (cname, clevel, shuffle, typesize, blocksize), then, in format 2, followed by
+    the CRC-32C of those bytes (``crc32c`` codec); rows equal to the fill value are
     not stored (index entry ``2**64 - 1``, as zarr-python's ``write_empty_chunks=False``);
     the index of (offset, nbytes) uint64 LE pairs and its CRC-32C follow the chunks.
 
@@ -465,6 +587,8 @@ def encode_shard(data: np.ndarray, metadata: dict[str, Any]) -> bytes | None:
             continue
         raw = data[row]
         encoded = raw.tobytes() if compressor is None else bytes(compressor.encode(raw))
+        if layout.checksum:
+            encoded += google_crc32c.value(encoded).to_bytes(CRC_BYTES, "little")
         index[row] = (position, len(encoded))
         parts.append(encoded)
         position += len(encoded)

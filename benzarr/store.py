@@ -1,4 +1,4 @@
-"""The benzarr store format (version 1): layout constants, create, open, validate.
+"""The benzarr store format (version 2; version 1 stores are read too): layout constants, create, open, validate.
 
 A store is one Zarr v3 group (see DESIGN.md §2)::
 
@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
 
 from benzarr import __version__
 from benzarr.bigearthnet import BAND_GROUPS, BANDS, CLC19, CLC43, NOMENCLATURES, PATCH_SIDE, S1_BANDS
@@ -57,7 +57,12 @@ from benzarr.errors import (
     StoreVersionError,
 )
 
-FORMAT_VERSION = 1
+#: Store format. 1: the first layout. 2: every inner chunk of the band arrays ends in a crc32c
+#: (Zarr v3 ``crc32c`` codec last in the inner chain), checked by every reader. Format 1 stores
+#: stay readable; they have no chunk checksums.
+FORMAT_VERSION = 2
+#: The first format whose band chunks carry a crc32c.
+CHECKSUM_FORMAT = 2
 ATTRS_KEY = "benzarr"
 
 #: Band group -> array path.
@@ -110,21 +115,29 @@ TRAIN, VAL, TEST, EXCLUDED = 0, 1, 2, -1
 SUBSETS: dict[str, int] = {"train": TRAIN, "val": VAL, "test": TEST}
 
 
-def band_compressors(compression: str, dtype: str = "uint16") -> list[BloscCodec] | None:
-    """Zarr v3 compressor chain for band arrays.
+def band_compressors(compression: str, dtype: str = "uint16",
+                     checksum: bool = True) -> list[BloscCodec | Crc32cCodec] | None:
+    """Zarr v3 bytes-to-bytes codecs of a band array's inner chunks (after ``bytes(little)``).
 
-    ``none`` stores raw little-endian bytes (readable zero-copy through a memory map);
+    ``none`` stores raw little-endian bytes (read straight from a memory map);
     ``lz4``/``zstd`` use Blosc with bit-shuffle, which suits 12-bit reflectances in uint16,
     and byte-shuffle for float32 (S1 backscatter), where bit-shuffle gains nothing.
+    With ``checksum`` (format 2 on) the chain ends in ``crc32c``: 4 bytes, little-endian,
+    the CRC-32C of the encoded chunk, checked by benzarr, zarr-python and tensorstore.
+    ``checksum=False`` gives format 1's chain (no chunk checksums).
     """
     shuffle = "bitshuffle" if dtype == "uint16" else "shuffle"
     if compression == "none":
-        return None
-    if compression == "lz4":
-        return [BloscCodec(cname="lz4", clevel=5, shuffle=shuffle)]
-    if compression == "zstd":
-        return [BloscCodec(cname="zstd", clevel=3, shuffle=shuffle)]
-    raise InvalidArgumentError(f"unknown compression {compression!r}: choose one of {', '.join(COMPRESSIONS)}")
+        chain: list[BloscCodec | Crc32cCodec] = []
+    elif compression == "lz4":
+        chain = [BloscCodec(cname="lz4", clevel=5, shuffle=shuffle)]
+    elif compression == "zstd":
+        chain = [BloscCodec(cname="zstd", clevel=3, shuffle=shuffle)]
+    else:
+        raise InvalidArgumentError(f"unknown compression {compression!r}: choose one of {', '.join(COMPRESSIONS)}")
+    if checksum:
+        chain.append(Crc32cCodec())
+    return chain or None
 
 
 def is_url(path: str | Path) -> bool:

@@ -1,4 +1,5 @@
-"""The memory-mapped shard reader returns exactly what zarr-python returns, and names corruption."""
+"""The memory-mapped shard reader returns exactly what zarr-python returns, checks every chunk's
+crc32c (store format 2), reads format 1 stores (no chunk checksums), and names corruption."""
 
 from __future__ import annotations
 
@@ -20,12 +21,14 @@ from benzarr.store import band_compressors
 ROW_SHAPE = (2, 6, 6)
 
 
-def make_array(path: Path, data: np.ndarray, shard_rows: int, compression: str, written: np.ndarray) -> zarr.Array:
-    """A band-like array as ``benzarr ingest`` writes it; only rows in ``written`` are stored."""
+def make_array(path: Path, data: np.ndarray, shard_rows: int, compression: str, written: np.ndarray,
+               checksum: bool = True) -> zarr.Array:
+    """A band-like array as ``benzarr ingest`` writes it (format 2; ``checksum=False``: format 1);
+    only rows in ``written`` are stored."""
     array = zarr.create_array(
         str(path), shape=data.shape, dtype="uint16", chunks=(1, *data.shape[1:]),
-        shards=(shard_rows, *data.shape[1:]), compressors=band_compressors(compression), fill_value=0,
-        zarr_format=3,
+        shards=(shard_rows, *data.shape[1:]), compressors=band_compressors(compression, checksum=checksum),
+        fill_value=0, zarr_format=3,
     )
     for row in np.flatnonzero(written):
         array[row] = data[row]
@@ -43,11 +46,12 @@ def read_both(path: Path, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     n=st.integers(1, 40),
     shard_exp=st.integers(0, 4),
     compression=st.sampled_from(["none", "lz4", "zstd"]),
+    checksum=st.booleans(),
     seed=st.integers(0, 2**32 - 1),
     data=st.data(),
 )
 def test_reader_equals_zarr_python_on_random_stores(tmp_path_factory: pytest.TempPathFactory, n: int,
-                                                     shard_exp: int, compression: str, seed: int,
+                                                     shard_exp: int, compression: str, checksum: bool, seed: int,
                                                      data: st.DataObject) -> None:
     rng = np.random.default_rng(seed)
     values = rng.integers(0, 2**16, size=(n, *ROW_SHAPE), dtype=np.uint16)
@@ -55,7 +59,7 @@ def test_reader_equals_zarr_python_on_random_stores(tmp_path_factory: pytest.Tem
     written = rng.random(n) < 0.85
     values[rng.random(n) < 0.1] = 0
     path = tmp_path_factory.mktemp("arr") / "a.zarr"
-    make_array(path, values, 2**shard_exp, compression, written)
+    make_array(path, values, 2**shard_exp, compression, written, checksum)
     rows = np.asarray(data.draw(st.lists(st.integers(0, n - 1), max_size=3 * n)), dtype=np.int64)
     mine, theirs = read_both(path, rows)
     assert mine.dtype == theirs.dtype == np.uint16
@@ -74,11 +78,17 @@ def test_reader_equals_zarr_python_on_patch_sized_rows(tmp_path: Path, compressi
     np.testing.assert_array_equal(mine, values[rows])
 
 
-def test_layout_of_ingest_codecs_is_supported(tmp_path: Path) -> None:
+@pytest.mark.parametrize("checksum", [True, False], ids=["format2", "format1"])
+def test_layout_of_ingest_codecs_is_supported(tmp_path: Path, checksum: bool) -> None:
     for compression, codec in [("none", "raw"), ("lz4", "blosc"), ("zstd", "blosc")]:
-        make_array(tmp_path / compression, np.zeros((3, *ROW_SHAPE), np.uint16), 2, compression, np.zeros(3, bool))
-        layout = parse_layout(json.loads((tmp_path / compression / "zarr.json").read_text()))
+        make_array(tmp_path / compression, np.zeros((3, *ROW_SHAPE), np.uint16), 2, compression, np.zeros(3, bool),
+                   checksum)
+        metadata = json.loads((tmp_path / compression / "zarr.json").read_text())
+        inner = [c["name"] for c in metadata["codecs"][0]["configuration"]["codecs"]]
+        assert (inner[-1] == "crc32c") is checksum  # zarr's own codec, last in the inner chain
+        layout = parse_layout(metadata)
         assert layout is not None and layout.codec == codec and layout.shard_rows == 2
+        assert layout.checksum is checksum
 
 
 def test_other_codecs_fall_back_to_zarr_python(tmp_path: Path) -> None:
@@ -118,15 +128,28 @@ def test_reader_pickles_without_its_maps(tmp_path: Path) -> None:
 # -- corruption ------------------------------------------------------------------------
 
 
-def _corrupt_store(tmp_path: Path, compression: str) -> tuple[Path, Path]:
+def _corrupt_store(tmp_path: Path, compression: str, checksum: bool = True) -> tuple[Path, Path]:
     rng = np.random.default_rng(0)
     values = rng.integers(0, 5000, size=(8, *ROW_SHAPE), dtype=np.uint16)
-    make_array(tmp_path / "a", values, 4, compression, np.ones(8, bool))
+    make_array(tmp_path / "a", values, 4, compression, np.ones(8, bool), checksum)
     return tmp_path / "a", tmp_path / "a" / "c" / "1" / "0" / "0" / "0"
 
 
-def _reader(path: Path) -> ShardReader:
-    return fast_reader(path, "s2/10m", row_name=lambda row: f"PATCH_{row}")
+def _reader(path: Path, verify_checksums: bool = True) -> ShardReader:
+    return fast_reader(path, "s2/10m", row_name=lambda row: f"PATCH_{row}", verify_checksums=verify_checksums)
+
+
+def _chunk_span(shard: Path, n_chunks: int, local: int) -> tuple[int, int]:
+    """(offset, nbytes) of inner chunk ``local`` from the shard's index."""
+    raw = shard.read_bytes()
+    index = np.frombuffer(raw[len(raw) - 4 - 16 * n_chunks:-4], dtype="<u8").reshape(n_chunks, 2)
+    return int(index[local, 0]), int(index[local, 1])
+
+
+def _flip(shard: Path, position: int, bit: int = 0) -> None:
+    raw = bytearray(shard.read_bytes())
+    raw[position] ^= 1 << bit
+    shard.write_bytes(bytes(raw))
 
 
 def test_bad_index_checksum_names_array_file_and_patch(tmp_path: Path) -> None:
@@ -173,7 +196,8 @@ def test_wrong_chunk_size_is_corrupt(tmp_path: Path) -> None:
         index[1, 1] -= 2
 
     _rewrite_index(shard, 4, shrink)
-    with pytest.raises(StoreCorruptError, match=r"expected 144.*row 5, patch PATCH_5"):
+    # 2 x 6 x 6 uint16 = 144 bytes and its 4-byte crc32c
+    with pytest.raises(StoreCorruptError, match=r"expected 148.*row 5, patch PATCH_5"):
         _reader(path).read([5])
 
 
@@ -195,6 +219,98 @@ def test_truncated_shard_is_corrupt(tmp_path: Path) -> None:
         _reader(path).read([7])
 
 
+@pytest.mark.parametrize("compression", ["none", "lz4", "zstd"])
+def test_flipped_byte_in_chunk_data_fails_its_crc32c(tmp_path: Path, compression: str) -> None:
+    path, shard = _corrupt_store(tmp_path, compression)
+    offset, nbytes = _chunk_span(shard, 4, 2)
+    _flip(shard, offset + (nbytes - 4) // 2 + 8)  # past any Blosc header, before the crc
+    with pytest.raises(StoreCorruptError) as info:
+        _reader(path).read([1, 6, 7])
+    message = str(info.value)
+    assert "s2/10m" in message and str(shard) in message and "crc32c" in message
+    assert "row 6, patch PATCH_6" in message
+    assert len(message.splitlines()) == 1
+    np.testing.assert_array_equal(_reader(path).read([4, 5, 7]).shape, (3, *ROW_SHAPE))  # its neighbours read
+
+
+def test_flipped_crc_bytes_fail_the_check(tmp_path: Path) -> None:
+    path, shard = _corrupt_store(tmp_path, "lz4")
+    offset, nbytes = _chunk_span(shard, 4, 0)
+    _flip(shard, offset + nbytes - 1, 7)
+    with pytest.raises(StoreCorruptError, match=r"crc32c.*row 4, patch PATCH_4"):
+        _reader(path).read([4])
+
+
+@settings(max_examples=90, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(compression=st.sampled_from(["none", "lz4", "zstd"]), local=st.integers(0, 3), where=st.floats(0, 1),
+       bit=st.integers(0, 7))
+def test_every_random_bit_flip_in_a_chunk_is_caught(tmp_path_factory: pytest.TempPathFactory, compression: str,
+                                                     local: int, where: float, bit: int) -> None:
+    """Issue 9: 90 of 90 random flips went unnoticed in format 1; crc32c catches every single-bit error."""
+    path, shard = _corrupt_store(tmp_path_factory.mktemp("flip"), compression)
+    offset, nbytes = _chunk_span(shard, 4, local)
+    _flip(shard, offset + min(int(where * nbytes), nbytes - 1), bit)
+    with pytest.raises(StoreCorruptError, match=rf"row {4 + local}, patch PATCH_{4 + local}"):
+        _reader(path).read([4 + local])
+
+
+def test_without_verification_a_flipped_byte_reads_as_wrong_pixels(tmp_path: Path) -> None:
+    path, shard = _corrupt_store(tmp_path, "none")
+    before = _reader(path).read([6])
+    offset, _ = _chunk_span(shard, 4, 2)
+    _flip(shard, offset + 10)
+    after = _reader(path, verify_checksums=False).read([6])  # the documented switch: no check
+    assert (after != before).sum() == 1
+    with pytest.raises(StoreCorruptError):
+        _reader(path).read([6])
+
+
+@pytest.mark.parametrize("compression", ["none", "lz4"])
+def test_zarr_python_refuses_the_same_flipped_byte(tmp_path: Path, compression: str) -> None:
+    path, shard = _corrupt_store(tmp_path, compression)
+    offset, nbytes = _chunk_span(shard, 4, 3)
+    _flip(shard, offset + nbytes - 6)
+    array = zarr.open_array(str(path), mode="r")
+    with pytest.raises(ValueError, match="checksum"):
+        array[7]
+    fallback = ZarrRowReader(array, "s2/10m", row_name=lambda row: f"PATCH_{row}")
+    with pytest.raises(StoreCorruptError, match=r"s2/10m.*row 7, patch PATCH_7"):
+        fallback.read([0, 7, 2])
+    np.testing.assert_array_equal(fallback.read([6]), _reader(path).read([6]))
+
+
+@pytest.mark.parametrize("compression", ["none", "lz4", "zstd"])
+def test_format_1_store_reads_without_chunk_checksums(tmp_path: Path, compression: str) -> None:
+    path, shard = _corrupt_store(tmp_path, compression, checksum=False)
+    reader = _reader(path)
+    assert not reader.layout.checksum
+    mine, theirs = read_both(path, np.arange(8))
+    np.testing.assert_array_equal(mine, theirs)
+
+
+@pytest.mark.parametrize("compression", ["none", "zstd"])
+def test_check_shard_names_every_bad_row_and_keeps_no_map(tmp_path: Path, compression: str) -> None:
+    path, shard = _corrupt_store(tmp_path, compression)
+    for local in (0, 3):
+        offset, nbytes = _chunk_span(shard, 4, local)
+        _flip(shard, offset + nbytes // 2)
+    reader = _reader(path, verify_checksums=False)  # check_shard checks crc32c regardless
+    clean, bad = reader.check_shard(0), reader.check_shard(1)
+    assert clean.problems == [] and clean.chunks == 4 and clean.exists
+    assert [rows for rows, _ in bad.problems] == [[4], [7]] and bad.chunks == 4
+    assert all("crc32c" in message or "decode" in message for _, message in bad.problems)
+    assert reader._shards == {} and reader.verify_checksums is False
+
+
+def test_check_shard_reports_a_bad_index_for_all_its_rows(tmp_path: Path) -> None:
+    path, shard = _corrupt_store(tmp_path, "lz4")
+    _flip(shard, shard.stat().st_size - 10)
+    result = _reader(path).check_shard(1)
+    assert len(result.problems) == 1
+    rows, message = result.problems[0]
+    assert rows == [4, 5, 6, 7] and "index fails its crc32c" in message
+
+
 def test_empty_marker_constant_matches_spec() -> None:
     assert EMPTY == 0xFFFF_FFFF_FFFF_FFFF
 
@@ -202,11 +318,13 @@ def test_empty_marker_constant_matches_spec() -> None:
 # -- the writer --------------------------------------------------------------------------
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(rows=st.integers(1, 9), shard=st.sampled_from([1, 2, 4, 8]), compression=st.sampled_from(["none", "lz4", "zstd"]),
-       dtype=st.sampled_from(["uint16", "float32"]), seed=st.integers(0, 2**32 - 1), zero_rows=st.sets(st.integers(0, 8)))
+       dtype=st.sampled_from(["uint16", "float32"]), seed=st.integers(0, 2**32 - 1), zero_rows=st.sets(st.integers(0, 8)),
+       checksum=st.booleans())
 def test_shard_writer_writes_zarr_pythons_bytes(rows: int, shard: int, compression: str, dtype: str, seed: int,
-                                                zero_rows: set[int]) -> None:
+                                                zero_rows: set[int], checksum: bool) -> None:
+    """Format 2 (inner crc32c) and format 1 alike: encode_shard's bytes are zarr-python's."""
     import json
     import tempfile
 
@@ -220,7 +338,7 @@ def test_shard_writer_writes_zarr_pythons_bytes(rows: int, shard: int, compressi
             data[r] = 0  # fill value: zarr stores no chunk for it
     with tempfile.TemporaryDirectory() as tmp:
         array = zarr.create_array(tmp, shape=data.shape, dtype=dtype, chunks=(1, 2, 5, 5), shards=(shard, 2, 5, 5),
-                                  compressors=band_compressors(compression, dtype), fill_value=0)
+                                  compressors=band_compressors(compression, dtype, checksum), fill_value=0)
         array[:] = data
         metadata = json.loads((Path(tmp) / "zarr.json").read_text())
         for s in range(-(-rows // shard)):
