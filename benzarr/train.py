@@ -57,6 +57,7 @@ class TrainConfig:
     device: str = "auto"            # auto | cpu | cuda | cuda:N
     amp: bool = False               # bfloat16 autocast (CPU and GPU; no loss scaling needed)
     channels_last: bool = True      # NHWC tensors: ~1.5-2x faster convolutions on the CPU
+    deterministic: bool = True      # deterministic kernels; False: cudnn.benchmark and the fastest kernels
     patience: int | None = None     # early stopping: epochs without improvement; None: off
     monitor: str = "val_macro_f1"   # val_loss or val_<metric> (micro_f1, macro_map, ...)
     out: str | None = None          # run folder; default runs/<model>-<split>
@@ -72,9 +73,10 @@ class TrainConfig:
 class TrainEvent:
     """What the trainer reports to its callback (rank 0 only).
 
-    ``kind`` is ``"epoch_start"`` (``n_batches`` set), ``"step"`` (``loss`` of the batch,
-    ``patches_per_s`` since the epoch started), ``"epoch_end"`` (``values``: train/val loss and
-    F1, lr, throughput, ``improved``) or ``"test"`` (``values``: test metrics of best.pt).
+    ``kind`` is ``"epoch_start"`` (``n_batches`` set), ``"step"`` (``patches_per_s`` since the
+    epoch started; ``loss``: a recent batch's loss once it has reached the host, NaN in between,
+    see ``LOSS_EVERY_S``), ``"epoch_end"`` (``values``: train/val loss and F1, lr, throughput,
+    ``improved``) or ``"test"`` (``values``: test metrics of best.pt).
     """
 
     kind: str
@@ -120,31 +122,35 @@ def train(cfg: TrainConfig, callback: Callable[[TrainEvent], None] | None = None
             model.train()
             if emit:
                 emit(TrainEvent("epoch_start", epoch, st["step"], n_batches=len(run.train_loader)))
-            seen, loss_sum, train_metrics, t0 = 0, torch.zeros((), device=run.device), MultilabelMetrics(), time.perf_counter()
+            seen, loss_sum, t0 = 0, torch.zeros((), device=run.device), time.perf_counter()
+            scores, targets, host_loss = [], [], _HostLoss(run.device)  # no step waits for the GPU
             for batch in run.train_loader:
                 x, y = batch["image"].contiguous(memory_format=run.memory_format), batch["label"]
                 with run.autocast():
-                    logits = model(x)
-                loss = criterion(logits.float(), y)
+                    logits = model(x).float()
+                loss = criterion(logits, y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 st["step"] += 1
                 seen += len(y)
                 loss_sum += loss.detach() * len(y)
-                train_metrics.update(logits.detach().float(), y)
+                scores.append(logits.detach())
+                targets.append(y.bool())
                 if emit:
-                    emit(TrainEvent("step", epoch, st["step"], loss=loss.item(),
+                    emit(TrainEvent("step", epoch, st["step"], loss=host_loss(loss),
                                     patches_per_s=seen * run.world_size / (time.perf_counter() - t0)))
                 if cfg.max_steps is not None and st["step"] >= cfg.max_steps:
                     st["stopped"] = True
                     break
+            if run.device.type == "cuda":
+                torch.cuda.synchronize(run.device)  # the epoch's time includes its queued GPU work
             throughput = seen * run.world_size / (time.perf_counter() - t0)
             lr = opt.param_groups[0]["lr"]
             if sched is not None:
                 sched.step()
             st["epoch"] += 1
-            values = _end_epoch(run, loss_sum, seen, train_metrics, lr, throughput)  # val, log, checkpoint, early stop
+            values = _end_epoch(run, loss_sum, seen, scores, targets, lr, throughput)  # val, log, checkpoint, early stop
             if emit:
                 emit(TrainEvent("epoch_end", epoch, st["step"], values=values))
         result = _finish(run)           # test best.pt, metrics.json, scores.csv, hparams
@@ -176,8 +182,38 @@ _CE_NAMES = {"ce", "crossentropy", "cross-entropy", "cross_entropy", "categorica
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("none", "cosine", "step")
 #: Settings a resumed run may change; every other one must equal the checkpoint's.
-RESUMABLE = {"store", "epochs", "patience", "max_steps", "workers", "device", "resume", "out",
+RESUMABLE = {"store", "epochs", "patience", "max_steps", "workers", "device", "deterministic", "resume", "out",
              "track_emissions", "emissions_country", "weights"}
+#: Seconds between two copies of the training loss to the host for the progress callback.
+LOSS_EVERY_S = 0.25
+
+
+class _HostLoss:
+    """A recent step's loss on the host without making any step wait for the GPU.
+
+    Called with each step's loss: at most every ``LOSS_EVERY_S`` seconds it starts a copy of
+    the loss to pinned host memory (asynchronous on CUDA; a CUDA event marks its end) and
+    returns the copied value at the first call after the copy has landed, NaN otherwise. On
+    the CPU the copy lands at once, so the value is the loss of the step just taken.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        cuda = device.type == "cuda"
+        self.host = torch.zeros((), pin_memory=cuda)
+        self.copied = torch.cuda.Event() if cuda else None
+        self.pending, self.last = False, -math.inf
+
+    def __call__(self, loss: torch.Tensor) -> float:
+        now = time.perf_counter()
+        if not self.pending and now - self.last >= LOSS_EVERY_S:
+            self.host.copy_(loss.detach(), non_blocking=True)
+            if self.copied is not None:
+                self.copied.record()
+            self.pending, self.last = True, now
+        if self.pending and (self.copied is None or self.copied.query()):
+            self.pending = False
+            return float(self.host)
+        return math.nan
 
 
 def default_out(cfg: TrainConfig) -> str:
@@ -371,7 +407,7 @@ class _Run:
     writer: Any = None
     tracker: Any = None
     own_process_group: bool = False
-    deterministic_before: bool = False
+    flags_before: tuple[bool, bool] = (False, False)  # deterministic algorithms, cudnn.benchmark
     started: float = field(default_factory=time.perf_counter)
     best_val: dict[str, Any] | None = None
 
@@ -443,11 +479,13 @@ def _setup(cfg: TrainConfig) -> _Run:
     device = resolve_device(cfg.device, local_rank)
 
     # Determinism where it is cheap: seeded generators, deterministic kernels (warn, not fail,
-    # where an op has none), no cuDNN autotuning.
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    deterministic_before = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.benchmark = False
+    # where an op has none), no cuDNN autotuning. Fast mode (deterministic=False): cuDNN picks
+    # the fastest kernels, deterministic or not; the data order and initial weights still follow the seed.
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    flags_before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark)
+    torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
+    torch.backends.cudnn.benchmark = not cfg.deterministic
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     random.seed(cfg.seed)
@@ -521,7 +559,7 @@ def _setup(cfg: TrainConfig) -> _Run:
     run = _Run(cfg, run_dir, rank, world, device, model, net, optimizer, scheduler,
                torch.nn.BCEWithLogitsLoss(), train_loader, eval_loader("val"), eval_loader("test"),
                class_names, config, state, monitor_key(cfg.monitor), own_process_group=own_pg,
-               deterministic_before=deterministic_before)
+               flags_before=flags_before)
     if rank == 0:
         # purge_step: TensorBoard hides what an interrupted attempt wrote after the checkpoint.
         run.writer = RunWriter(run_dir, purge_step=state["epoch"] + 1)
@@ -558,9 +596,12 @@ def _evaluate(run: _Run, loader: Any) -> dict[str, Any] | None:
     return {**metrics.compute(), "loss": loss_sum / n}
 
 
-def _end_epoch(run: _Run, loss_sum: torch.Tensor, seen: int, train_metrics: MultilabelMetrics,
-               lr: float, throughput: float) -> dict[str, Any]:
-    """Validate (rank 0), log the epoch, track the best score, checkpoint, decide early stopping."""
+def _end_epoch(run: _Run, loss_sum: torch.Tensor, seen: int, scores: list[torch.Tensor],
+               targets: list[torch.Tensor], lr: float, throughput: float) -> dict[str, Any]:
+    """Validate (rank 0), log the epoch, track the best score, checkpoint, decide early stopping.
+
+    ``scores`` and ``targets``: the epoch's training logits and labels, still on the device.
+    """
     import math
 
     from benzarr.checkpoint import save_checkpoint
@@ -572,7 +613,11 @@ def _end_epoch(run: _Run, loss_sum: torch.Tensor, seen: int, train_metrics: Mult
         import torch.distributed as dist
 
         dist.all_reduce(totals)
-    train = train_metrics.compute() if train_metrics.n_samples else {}
+    train: dict[str, Any] = {}
+    if targets:  # the epoch's predictions reach the host in one copy
+        train_metrics = MultilabelMetrics()
+        train_metrics.update(torch.cat(scores), torch.cat(targets))
+        train = train_metrics.compute()
     values: dict[str, Any] = {
         "train/loss": float(totals[0] / max(totals[1], 1)),
         "train/micro_f1": train.get("micro_f1"), "train/macro_f1": train.get("macro_f1"),
@@ -674,7 +719,8 @@ def _close(run: _Run) -> None:
 
         if dist.is_initialized():
             dist.destroy_process_group()
-    torch.use_deterministic_algorithms(run.deterministic_before)
+    torch.use_deterministic_algorithms(run.flags_before[0])
+    torch.backends.cudnn.benchmark = run.flags_before[1]
 
 
 def write_scores_csv(path: str | Path, metrics: dict[str, Any]) -> Path:

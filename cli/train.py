@@ -43,7 +43,8 @@ class _Progress:
             self.task = self.progress.add_task(f"{self.prefix}epoch {event.epoch + 1}/{self.epochs}",
                                                total=event.n_batches, loss="-", rate="-")
         elif event.kind == "step" and self.progress is not None:
-            self.progress.update(self.task, advance=1, loss=f"{event.loss:.4f}", rate=f"{event.patches_per_s:,.0f}")
+            fields = {} if math.isnan(event.loss) else {"loss": f"{event.loss:.4f}"}  # NaN: no new loss yet
+            self.progress.update(self.task, advance=1, rate=f"{event.patches_per_s:,.0f}", **fields)
         elif event.kind == "epoch_end":
             self.stack.close()
             self.progress = None
@@ -98,6 +99,8 @@ def command(
     workers: int = typer.Option(0, "--workers", help="DataLoader worker processes (per process)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     amp: bool = typer.Option(False, "--amp", help="bfloat16 mixed precision."),
+    deterministic: bool = typer.Option(True, "--deterministic/--no-deterministic",
+                                       help="Deterministic kernels (default); --no-deterministic: cudnn.benchmark and the fastest kernels."),
     patience: Optional[int] = typer.Option(None, "--patience", help="Stop after this many epochs without improvement."),
     monitor: str = typer.Option("val_macro_f1", "--monitor", help="val_loss or val_<metric> (val_micro_f1, val_macro_map, ...)."),
     out: Optional[str] = typer.Option(None, "--out", help="Run folder (default runs/<model>-<split>)."),
@@ -119,9 +122,9 @@ def command(
         store=store, split=split, model=model, labels=labels, bands=bands, modalities=modalities,
         epochs=epochs, batch_size=batch_size,
         lr=lr, optim=optim, momentum=momentum, weight_decay=weight_decay, scheduler=scheduler, loss=loss,
-        seed=seed, workers=workers, device=device, amp=amp, patience=patience, monitor=monitor, out=out,
-        resume=resume, max_steps=max_steps, weights=weights, finetune=finetune, track_emissions=track_emissions,
-        emissions_country=emissions_country,
+        seed=seed, workers=workers, device=device, amp=amp, deterministic=deterministic, patience=patience,
+        monitor=monitor, out=out, resume=resume, max_steps=max_steps, weights=weights, finetune=finetune,
+        track_emissions=track_emissions, emissions_country=emissions_country,
     )
     quiet = quiet or int(os.environ.get("RANK", "0")) != 0  # under torchrun, rank 0 speaks
     if seeds is None:

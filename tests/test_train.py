@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -59,12 +60,15 @@ def test_one_step_lowers_the_loss_on_its_batch(store: Path, tmp_path: Path) -> N
     loss = torch.nn.BCEWithLogitsLoss()
     with torch.no_grad():
         before = loss(model(batch["image"]), batch["label"]).item()
-    result = train(cfg)
+    events: list[TrainEvent] = []
+    result = train(cfg, events.append)
     model.load_state_dict(weights(result.run_dir))
     with torch.no_grad():
         after = loss(model(batch["image"]), batch["label"]).item()
     assert result.steps == 1
     assert after < before
+    steps = [e for e in events if e.kind == "step"]
+    assert len(steps) == 1 and steps[0].loss == pytest.approx(before, rel=1e-4)  # the first step reports its loss
 
 
 def test_same_seed_gives_same_weights_and_metrics(store: Path, tmp_path: Path) -> None:
@@ -255,3 +259,109 @@ def test_track_emissions_records_codecarbon_figures(store: Path, tmp_path: Path,
     assert calls == ["FRA", "start", "stop"] and result.emissions_kg == 0.0005
     emissions = json.loads((result.run_dir / "metrics.json").read_text())["emissions"]
     assert emissions == {"kg_co2eq": 0.0005, "kwh": 0.002, "country": "FRA"}
+
+
+def test_fast_mode_turns_on_cudnn_benchmark_and_is_recorded(store: Path, tmp_path: Path) -> None:
+    seen: dict[str, tuple[bool, bool]] = {}
+
+    def flags(name: str):
+        def record(event: TrainEvent) -> None:
+            if event.kind == "epoch_start":
+                seen[name] = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark)
+        return record
+
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark)
+    train(config(store, tmp_path / "det", max_steps=1), flags("det"))
+    train(config(store, tmp_path / "fast", max_steps=1, deterministic=False), flags("fast"))
+    assert seen == {"det": (True, False), "fast": (False, True)}
+    assert (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark) == before  # restored
+    settings = {name: json.loads((tmp_path / name / "config.json").read_text())["settings"] for name in ("det", "fast")}
+    assert settings["det"]["deterministic"] is True and settings["fast"]["deterministic"] is False
+    # the mode changes kernels, not the experiment: a run may be resumed in the other mode
+    train(config(store, tmp_path / "det", epochs=2, max_steps=None, resume=True, deterministic=False), flags("resumed"))
+    assert seen["resumed"] == (False, True)
+    assert json.loads((tmp_path / "det" / "config.json").read_text())["settings"]["deterministic"] is False
+
+
+def test_cli_no_deterministic_flag(store: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from benzarr_cli.main import app
+
+    args = ["train", str(store), "--split", "strat", "--device", "cpu", "--max-steps", "1", "--batch-size", "16", "-q"]
+    for flag, expected in (([], True), (["--no-deterministic"], False), (["--deterministic"], True)):
+        out = tmp_path / f"run-{expected}-{len(flag)}"
+        result = CliRunner().invoke(app, [*args, "--out", str(out), *flag])
+        assert result.exit_code == 0, result.output
+        assert json.loads((out / "config.json").read_text())["settings"]["deterministic"] is expected
+
+
+def test_training_steps_read_nothing_back_from_the_device(store: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """No step waits for the device: the progress loss reaches the host at most every
+    LOSS_EVERY_S seconds (an asynchronous copy), and the training metrics once per epoch."""
+    import benzarr.train
+    from benzarr.metrics import MultilabelMetrics
+
+    reads = {"item": 0, "float": 0, "metrics": 0}
+
+    def counting(name: str, original):
+        def call(*args, **kwargs):
+            caller = Path(sys._getframe(1).f_code.co_filename)  # the trainer's reads, not the loader's
+            if caller.parent.name == "benzarr" and caller.name in ("train.py", "metrics.py"):  # or Adam's counters
+                reads[name] += 1
+            return original(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(torch.Tensor, "item", counting("item", torch.Tensor.item))
+    monkeypatch.setattr(torch.Tensor, "__float__", counting("float", torch.Tensor.__float__))
+    monkeypatch.setattr(MultilabelMetrics, "update", counting("metrics", MultilabelMetrics.update))
+    monkeypatch.setattr(benzarr.train, "LOSS_EVERY_S", 3600.0)
+    steps: list[tuple[TrainEvent, dict[str, int]]] = []
+    events: list[TrainEvent] = []
+
+    def record(event: TrainEvent) -> None:
+        events.append(event)
+        if event.kind == "step":
+            steps.append((event, dict(reads)))
+
+    train(config(store, tmp_path / "slow", epochs=2, batch_size=8), record)
+    n_batches = next(e.n_batches for e in events if e.kind == "epoch_start")
+    assert n_batches >= 3 and len(steps) == 2 * n_batches
+    for epoch in (0, 1):
+        in_epoch = [(e, r) for e, r in steps if e.epoch == epoch]
+        # one loss per epoch at this pace: the first step's, copied when the epoch starts
+        assert [math.isnan(e.loss) for e, _ in in_epoch] == [False] + [True] * (n_batches - 1)
+        assert in_epoch[0][1] == in_epoch[-1][1]  # steps 2..n read no tensor and update no metrics
+    train_loss = next(e for e in events if e.kind == "epoch_end").values["train/loss"]
+    assert train_loss > 0 and math.isfinite(train_loss)  # accumulated on the device, read at the epoch's end
+
+    monkeypatch.setattr(benzarr.train, "LOSS_EVERY_S", 0.0)
+    fast: list[TrainEvent] = []
+    train(config(store, tmp_path / "every", epochs=1, batch_size=8), fast.append)
+    assert all(math.isfinite(e.loss) for e in fast if e.kind == "step")  # on the CPU a copy lands at once
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_no_training_step_synchronises_with_the_gpu(store: Path, tmp_path: Path) -> None:
+    """torch's sync debug mode flags every host-device synchronisation from the second step
+    of the epoch to its last (the loader's own files are left to the loader's tests)."""
+    import warnings
+
+    n_batches = [0]
+
+    def watch(event: TrainEvent) -> None:
+        if event.kind == "epoch_start":
+            n_batches[0] = event.n_batches
+        elif event.kind == "step":
+            torch.cuda.set_sync_debug_mode("warn" if event.step < n_batches[0] else "default")
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            train(config(store, tmp_path / "run", batch_size=8, device="cuda", amp=True), watch)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    syncs = [f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)
+             and Path(w.filename).name not in ("data.py", "ring.py")]
+    assert n_batches[0] >= 3 and not syncs, syncs
