@@ -61,6 +61,12 @@ class StoreCorruptError(BenzarrError):
     """Bytes in the store do not decode or fail their checksum."""
 
 
+class StoreVerifyError(StoreCorruptError):
+    """``benzarr verify`` found corrupt chunks, indexes or metadata (listed before it); exit code 4."""
+
+    exit_code = 4
+
+
 class SplitNotFoundError(BenzarrError):
     """A split name that is not in the store; the message lists the names that are."""
 

@@ -9,7 +9,9 @@ from typing import Any
 import numpy as np
 import zarr
 
-from benzarr.store import DONE_ARRAY, Store, is_url, open_store
+from benzarr.shards import parse_layout
+from benzarr.store import DONE_ARRAY, REFERENCE_MAP_ARRAY, S1_ARRAY, S2_ARRAYS, Store, is_url, open_store
+from benzarr.verify import last_verified
 
 
 def _bytes_on_disk(path: Path) -> int:
@@ -58,7 +60,10 @@ def describe_store(path: str | Path, top_classes: int = 10,
                    storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Summarise a store, complete or not.
 
-    Returns a dict with: path, format_version, complete, n_patches, shards (total, done),
+    Returns a dict with: path, format_version, checksums (True: every band chunk carries a
+    crc32c, store format 2; False: format 1, without chunk checksums; None: no band arrays),
+    verified (the last ``benzarr verify``: at, ok, chunks, problems, bad_patches; None if
+    never), complete, n_patches, shards (total, done),
     arrays (path, shape, dtype, chunks, shards, codecs, bytes), bytes_total, labels (per
     nomenclature: the most frequent classes with count and share, patches without any
     19-class label), band statistics, splits (name -> method, counts), ingest parameters,
@@ -70,7 +75,10 @@ def describe_store(path: str | Path, top_classes: int = 10,
     attrs = store.attrs
     local = not is_url(store.path)
     arrays = []
+    band_layouts = []
     for name, array in _walk_arrays(store.group):
+        if name in (*S2_ARRAYS.values(), S1_ARRAY, REFERENCE_MAP_ARRAY):
+            band_layouts.append(parse_layout(array.metadata.to_dict()))
         shards = array.shards
         arrays.append({
             "path": name,
@@ -85,6 +93,8 @@ def describe_store(path: str | Path, top_classes: int = 10,
     info: dict[str, Any] = {
         "path": store.path,
         "format_version": store.format_version,
+        "checksums": all(layout is not None and layout.checksum for layout in band_layouts) if band_layouts else None,
+        "verified": last_verified(attrs),
         "package_version": attrs.get("package_version"),
         "complete": store.complete,
         "n_patches": store.n_patches,

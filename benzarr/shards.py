@@ -400,11 +400,11 @@ class ShardReader:
         result = ShardCheck(self.name, shard, rows)
         try:
             entry = self._shard(shard, first)
-        except StoreCorruptError as exc:
-            result.problems.append((list(rows), str(exc)))
-            return result
-        except OSError as exc:
-            result.problems.append((list(rows), f"{self.name}: cannot read shard file {self.shard_path(shard)}: {exc}"))
+        except (StoreCorruptError, OSError) as exc:
+            result.exists = self.shard_path(shard).exists()
+            message = str(exc) if isinstance(exc, StoreCorruptError) else (
+                f"{self.name}: cannot read shard file {self.shard_path(shard)} ({exc})")
+            result.problems.append((list(rows), message))
             return result
         result.exists = entry.map is not None
         scratch = np.empty((1, *layout.row_shape), dtype=layout.dtype)
@@ -626,5 +626,9 @@ def write_shard(array_dir: str | Path, shard: int, data: np.ndarray, metadata: d
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_bytes(payload)
-    os.replace(temporary, path)
+    try:
+        temporary.write_bytes(payload)
+        os.replace(temporary, path)
+    except BaseException:  # a full disk, a kill signal: leave no temporary file in the store
+        temporary.unlink(missing_ok=True)
+        raise

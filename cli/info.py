@@ -39,6 +39,17 @@ def command(
     out(f"store           {info['path']}", markup=False)
     out(f"format          benzarr store v{info['format_version']} (Zarr v3), written by benzarr {info['package_version']}", markup=False)
     out(f"state           {state}", markup=False)
+    checksums = {True: "crc32c on every band chunk", False: "without chunk checksums (format 1; re-ingest to add them)",
+                 None: "no band arrays"}[info["checksums"]]
+    out(f"checksums       {checksums}", markup=False)
+    verified = info.get("verified")
+    if verified:
+        result = "OK" if verified.get("ok") else (
+            f"CORRUPT ({verified.get('problems')} problem(s), {verified.get('bad_patches')} patch(es); "
+            "run `benzarr verify` for the list)")
+        out(f"verified        last verified {verified.get('at')}: {result}, {verified.get('chunks', 0):,} chunks", markup=False)
+    else:
+        out("verified        never verified (run `benzarr verify STORE`)", markup=False)
     if info.get("parts"):
         missing = info["parts"]["missing"]
         out(f"parts           {info['parts']['planned']} planned; "

@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "examples": "examples",
     "ingest": "ingest",
     "info": "info",
+    "verify": "verify",
     "split": "split",
     "bench": "bench",
     "models": "models",

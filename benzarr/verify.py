@@ -1,0 +1,443 @@
+"""Check a whole store: every chunk of every array, shard indexes, chunk checksums, shapes and
+metadata (what ``benzarr verify`` runs).
+
+What is checked:
+
+* every ``zarr.json`` under the store parses as JSON, and every array's opens in zarr-python;
+* the arrays the store's attributes promise exist, with the expected shape and dtype
+  ((N, 4, 120, 120) uint16 for ``s2/10m``, (N, 43) uint8 for ``labels/clc43``, ...);
+* band arrays (``s2/*``, ``s1``, ``reference_map``), shard by shard with
+  :meth:`benzarr.shards.ShardReader.check_shard`: the shard index's CRC-32C and bounds, then
+  every stored chunk: its size, its own CRC-32C (store format 2; format 1 chunks have none),
+  and that it decodes (Blosc) to exactly one row; a shard file missing although its shard
+  holds valid patches;
+* every other array (labels, metadata, splits, ingest bookkeeping) through zarr-python, chunk
+  by chunk, which decodes and checks its codecs.
+
+Band shards are spread over worker processes (one task a shard, read through a memory map in
+file order), so a store is read at close to disk speed. Problems are collected, never raised
+one by one: the :class:`VerifyReport` names every corrupt row by patch name. The result is
+recorded in the store's ``benzarr`` attributes (``verified``), which ``benzarr info`` shows.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from benzarr import __version__
+from benzarr.bigearthnet import BAND_GROUPS, PATCH_SIDE, S1_BANDS
+from benzarr.errors import BenzarrError, InvalidArgumentError
+from benzarr.shards import ShardCheck, ShardLayout, ShardReader, parse_layout, shard_file
+from benzarr.store import (
+    CHECKSUM_FORMAT,
+    DONE_ARRAY,
+    REFERENCE_MAP_ARRAY,
+    ROW_FIELDS,
+    S1_ARRAY,
+    S2_ARRAYS,
+    SPLITS_GROUP,
+    STAGE_GROUP,
+    Store,
+    is_url,
+    open_store,
+)
+
+#: Attribute (inside the store's ``benzarr`` attributes) holding the last verification.
+VERIFIED_KEY = "verified"
+#: With ``workers=None``, band shards are read by one process per CPU from this many bytes
+#: on, below it in the calling process (a spawned reader costs about a second to start).
+PARALLEL_BYTES = 512 * 2**20
+
+
+@dataclass
+class Problem:
+    """One thing found wrong.
+
+    Attributes:
+        array: the array's path in the store (e.g. ``"s2/10m"``).
+        message: one line naming the file, what is wrong and (for a chunk) row and patch.
+        rows: store rows whose data it affects (empty when not tied to rows, e.g. an
+            unreadable ``zarr.json``).
+        patches: those rows' patch names (``"row N"`` where names cannot be read).
+    """
+
+    array: str
+    message: str
+    rows: list[int] = field(default_factory=list)
+    patches: list[str] = field(default_factory=list)
+
+
+@dataclass
+class VerifyReport:
+    """What :func:`verify_store` found.
+
+    Attributes:
+        path: the store.
+        format_version: its store format version.
+        checksums: every band array's chunks carry a CRC-32C (format 2).
+        complete: its ingest finished.
+        n_patches: rows of the store.
+        arrays: arrays checked.
+        chunks: stored chunks read (band rows, plus zarr chunks of the other arrays).
+        bytes: stored bytes of the band chunks read.
+        seconds: wall time of the check.
+        workers: processes that read band shards.
+        problems: everything found wrong (empty: the store is sound).
+        at: when the check finished (UTC, ISO 8601).
+        recorded: the result was written to the store's attributes.
+        not_recorded: why it was not, if it was not.
+    """
+
+    path: str
+    format_version: int
+    checksums: bool
+    complete: bool
+    n_patches: int
+    arrays: int = 0
+    chunks: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    workers: int = 1
+    problems: list[Problem] = field(default_factory=list)
+    at: str = ""
+    recorded: bool = False
+    not_recorded: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing was found wrong."""
+        return not self.problems
+
+    @property
+    def bad_patches(self) -> list[str]:
+        """Names of the patches with corrupt data, in row order."""
+        rows: dict[int, str] = {}
+        for problem in self.problems:
+            rows.update(zip(problem.rows, problem.patches))
+        return [rows[row] for row in sorted(rows)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: every field, plus ``ok`` and ``bad_patches``."""
+        return {**asdict(self), "ok": self.ok, "bad_patches": self.bad_patches}
+
+
+@dataclass
+class _BandArray:
+    name: str
+    folder: Path
+    layout: ShardLayout
+
+
+def _expected_arrays(store: Store) -> dict[str, tuple[tuple[int, ...], str | None]]:
+    """Array path -> (shape, numpy dtype name or None for strings) that the store must hold."""
+    n = store.n_patches
+    modalities = store.modalities
+    expected: dict[str, tuple[tuple[int, ...], str | None]] = {}
+    if "s2" in modalities:
+        for group, (bands, side, _) in BAND_GROUPS.items():
+            expected[S2_ARRAYS[group]] = ((n, len(bands), side, side), "uint16")
+    if "s1" in modalities:
+        expected[S1_ARRAY] = ((n, len(S1_BANDS), PATCH_SIDE, PATCH_SIDE), "float32")
+    if "reference-map" in modalities:
+        expected[REFERENCE_MAP_ARRAY] = ((n, PATCH_SIDE, PATCH_SIDE), "uint16")
+    for path, (dtype, trailing, _) in ROW_FIELDS.items():
+        expected[path] = ((n, *trailing), None if dtype is str else np.dtype(dtype).name)
+    expected[DONE_ARRAY] = ((store.n_shards,), "bool")
+    return expected
+
+
+def _band_arrays(store: Store) -> set[str]:
+    return {*S2_ARRAYS.values(), S1_ARRAY, REFERENCE_MAP_ARRAY}
+
+
+def _metadata_files(root: Path) -> list[tuple[str, Path, dict[str, Any] | str]]:
+    """(node path, its zarr.json, its contents or why they do not parse) for every node under
+    ``root``, sorted; an array's chunk folders are not walked."""
+    found: list[tuple[str, Path, dict[str, Any] | str]] = []
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        here = Path(folder)
+        rel = here.relative_to(root).as_posix()
+        if "zarr.json" not in files or rel == ".":
+            continue
+        meta_path = here / "zarr.json"
+        try:
+            metadata = json.loads(meta_path.read_text())
+            if not isinstance(metadata, dict):
+                raise ValueError(f"a JSON {type(metadata).__name__}, not an object")
+        except (OSError, ValueError, RecursionError) as exc:
+            found.append((rel, meta_path, str(exc)))
+            continue
+        found.append((rel, meta_path, metadata))
+        if metadata.get("node_type") != "group":
+            dirs[:] = []  # an array: below it are only its chunks
+    return sorted(found, key=lambda item: item[0])
+
+
+def _check_shard(folder: str, name: str, layout: ShardLayout, shard: int) -> ShardCheck:
+    """One worker task: read and check every chunk of one shard."""
+    return ShardReader(folder, layout, name).check_shard(shard)
+
+
+def _pool_context() -> multiprocessing.context.BaseContext:
+    # spawn: the parent runs zarr-python's event-loop thread, which a forked child must not inherit
+    return multiprocessing.get_context("spawn")
+
+
+def verify_store(
+    path: str | Path,
+    *,
+    workers: int | None = None,
+    progress: Callable[[int, int | None], None] | None = None,
+    record: bool = True,
+) -> VerifyReport:
+    """Read every chunk of every array of a local store and check it (see the module docstring).
+
+    Args:
+        path: the store's folder (complete or not; an incomplete store's unwritten shards
+            read as fill value and are not problems).
+        workers: processes reading band shards; 0 or 1: this process; None: one per
+            CPU for stores of :data:`PARALLEL_BYTES` of band shards or more, else this process.
+        progress: called as ``progress(n, total)`` while chunks are checked (``n`` new ones;
+            ``total`` of the whole run, given on the first call).
+        record: write the result into the store's ``benzarr`` attributes (``verified``:
+            ``at``, ``ok``, ``chunks``, ``problems``, ``bad_patches``, ``package_version``);
+            skipped, with the reason in ``not_recorded``, for an incomplete store or a
+            store that cannot be written.
+
+    Returns:
+        The report; ``report.ok`` is False when anything is corrupt.
+
+    Raises:
+        InvalidArgumentError: a URL (verify reads local stores) or a negative ``workers``.
+        StoreNotFoundError, StoreVersionError: from opening the store (its root ``zarr.json``
+            must be readable to know what to check).
+    """
+    if is_url(path):
+        raise InvalidArgumentError(f"{path}: benzarr verify reads local stores; copy the store to a local disk first")
+    if workers is not None and workers < 0:
+        raise InvalidArgumentError(f"--workers must be 0 or more, got {workers}")
+    started = time.perf_counter()
+    store = open_store(path, require_complete=False)
+    root = Path(store.path)
+    report = VerifyReport(
+        path=str(path), format_version=store.format_version, checksums=False, complete=store.complete,
+        n_patches=store.n_patches,
+    )
+    problems = report.problems
+    names = _patch_names(store)
+    expected = _expected_arrays(store)
+    band_names = _band_arrays(store)
+
+    # metadata: every zarr.json parses, every array opens, the promised arrays are there
+    opened: dict[str, zarr.Array] = {}
+    layouts: list[_BandArray] = []
+    broken: set[str] = set()
+    for name, meta_path, metadata in _metadata_files(root):
+        if isinstance(metadata, str):
+            problems.append(Problem(name, f"{meta_path}: metadata is not readable JSON ({metadata})"))
+            broken.add(name)
+            continue
+        if metadata.get("node_type") == "group":
+            continue
+        try:
+            array = zarr.open_array(str(root / name), mode="r")
+        except Exception as exc:  # zarr raises many kinds for bad metadata; each is a finding
+            problems.append(Problem(name, f"{meta_path}: not a valid Zarr v3 array ({type(exc).__name__}: {exc})"))
+            broken.add(name)
+            continue
+        opened[name] = array
+        if name in band_names:
+            layout = parse_layout(metadata)
+            if layout is None:
+                problems.append(Problem(name, f"{meta_path}: not the sharded layout benzarr writes; read through zarr-python"))
+            else:
+                layouts.append(_BandArray(name, root / name, layout))
+    for name, (shape, dtype) in expected.items():
+        if name in broken:
+            continue
+        array = opened.get(name)
+        if array is None:
+            problems.append(Problem(name, f"{root / name}: array is missing"))
+            continue
+        if tuple(array.shape) != shape:
+            problems.append(Problem(name, f"{root / name}: shape {tuple(array.shape)}, expected {shape}"))
+        if dtype is not None and np.dtype(array.dtype).name != dtype:
+            problems.append(Problem(name, f"{root / name}: dtype {np.dtype(array.dtype).name}, expected {dtype}"))
+    for name, array in opened.items():
+        if name.startswith(f"{SPLITS_GROUP}/") and tuple(array.shape) != (store.n_patches,):
+            problems.append(Problem(name, f"{root / name}: shape {tuple(array.shape)}, expected ({store.n_patches},)"))
+    report.checksums = bool(layouts) and all(band.layout.checksum for band in layouts)
+    if report.format_version >= CHECKSUM_FORMAT:
+        for band in layouts:
+            if not band.layout.checksum:
+                problems.append(Problem(band.name, f"{band.folder / 'zarr.json'}: no crc32c in the inner codecs of a "
+                                                   f"format {report.format_version} store"))
+    report.arrays = len(opened)
+
+    # what to read: band shards (workers), every other array (zarr-python, here)
+    fast = {band.name for band in layouts}
+    others = [(name, array) for name, array in opened.items() if name not in fast]
+    tasks = [(band, shard) for band in layouts for shard in range(band.layout.n_shards)]
+    total = sum(band.layout.shape[0] for band in layouts) + sum(_n_blocks(array) for _, array in others)
+    advance = progress or (lambda n, total=None: None)
+    advance(0, total)
+    valid = _valid_rows(opened.get("meta/valid"), store.n_patches)
+    done = _done_shards(opened.get(DONE_ARRAY))
+
+    checks: list[ShardCheck] = []
+    if workers is None:  # starting a process costs about a second: worth it for large stores only
+        big = _shard_bytes(tasks) >= PARALLEL_BYTES
+        workers = (os.cpu_count() or 1) if big else 1
+    n_workers = max(1, min(workers, len(tasks)))
+    report.workers = n_workers
+    if n_workers <= 1:
+        for band, shard in tasks:
+            checks.append(_check_shard(str(band.folder), band.name, band.layout, shard))
+            advance(len(checks[-1].rows))
+    else:
+        with ProcessPoolExecutor(max_workers=n_workers, mp_context=_pool_context()) as pool:
+            futures = [pool.submit(_check_shard, str(band.folder), band.name, band.layout, shard) for band, shard in tasks]
+            for future in futures:  # in submission order: the report lists problems in store order
+                checks.append(future.result())
+                advance(len(checks[-1].rows))
+    by_name = {band.name: band for band in layouts}
+    for check in checks:
+        report.chunks += check.chunks
+        report.bytes += check.bytes
+        for rows, message in check.problems:
+            problems.append(Problem(check.array, message, rows, [_name(names, row) for row in rows]))
+        if not check.exists and store.complete and (done is None or done[check.shard]):
+            lost = [row for row in check.rows if valid is not None and valid[row]]
+            if lost:
+                missing = shard_file(root / check.array, check.shard, len(by_name[check.array].layout.shape))
+                problems.append(Problem(
+                    check.array,
+                    f"{check.array}: shard file {missing} is missing, but its shard holds "
+                    f"{len(lost)} valid patch(es) that now read as zeros; re-ingest the store (or restore this file)",
+                    lost, [_name(names, row) for row in lost],
+                ))
+    for name, array in others:
+        per_row = (name in ROW_FIELDS or name in band_names or name.startswith((f"{SPLITS_GROUP}/", f"{STAGE_GROUP}/"))) \
+            and array.ndim >= 1 and array.shape[0] == store.n_patches
+        report.chunks += _check_zarr_array(name, array, per_row, names, problems, advance)
+
+    report.seconds = time.perf_counter() - started
+    report.at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    if record:
+        _record(store, report)
+    return report
+
+
+def _patch_names(store: Store) -> np.ndarray | None:
+    try:
+        return store.patch_names()
+    except Exception:  # meta/patch_name itself may be what is broken: rows are named by number then
+        return None
+
+
+def _valid_rows(array: zarr.Array | None, n: int) -> np.ndarray | None:
+    if array is None:
+        return None
+    try:
+        valid = np.asarray(array[:], dtype=bool)
+    except Exception:  # reported when the array itself is checked
+        return None
+    return valid if valid.shape == (n,) else None
+
+
+def _done_shards(array: zarr.Array | None) -> np.ndarray | None:
+    if array is None:
+        return None
+    try:
+        return np.asarray(array[:], dtype=bool)
+    except Exception:  # reported when the array itself is checked
+        return None
+
+
+def _name(names: np.ndarray | None, row: int) -> str:
+    if names is not None and 0 <= row < len(names):
+        return str(names[row])
+    return f"row {row}"
+
+
+def _shard_bytes(tasks: list[tuple[_BandArray, int]]) -> int:
+    """Bytes of the shard files to read (missing files count 0)."""
+    total = 0
+    for band, shard in tasks:
+        try:
+            total += shard_file(band.folder, shard, len(band.layout.shape)).stat().st_size
+        except OSError:
+            pass
+    return total
+
+
+def _n_blocks(array: zarr.Array) -> int:
+    """Reads :func:`_check_zarr_array` makes of ``array`` (one a shard, or a chunk if unsharded)."""
+    if array.ndim == 0:
+        return 1
+    step = (array.shards or array.chunks)[0]
+    return max(1, -(-array.shape[0] // step))
+
+
+def _check_zarr_array(name: str, array: zarr.Array, per_row: bool, names: np.ndarray | None,
+                      problems: list[Problem], advance: Callable[..., None]) -> int:
+    """Read ``array`` block by block along axis 0 through zarr-python (which checks its codecs)."""
+    if array.ndim == 0:
+        blocks = [(0, 0)]
+    else:
+        step = (array.shards or array.chunks)[0]
+        blocks = [(start, min(start + step, array.shape[0])) for start in range(0, array.shape[0], step)] or [(0, 0)]
+    chunks = 0
+    for start, stop in blocks:
+        try:
+            array[()] if array.ndim == 0 else array[start:stop]
+        except Exception as exc:  # any failure to decode is a finding
+            rows = list(range(start, stop)) if per_row else []
+            where = f"rows {start}-{stop - 1}" if array.ndim else "its value"
+            problems.append(Problem(
+                name, f"{name}: {where} do not read ({type(exc).__name__}: {exc}); re-ingest the store",
+                rows, [_name(names, row) for row in rows],
+            ))
+        chunks += 1
+        advance(1)
+    return chunks
+
+
+def _record(store: Store, report: VerifyReport) -> None:
+    if not store.complete:
+        report.not_recorded = "the store is incomplete"
+        return
+    result = {
+        "at": report.at,
+        "ok": report.ok,
+        "chunks": report.chunks,
+        "problems": len(report.problems),
+        "bad_patches": len(report.bad_patches),
+        "checksums": report.checksums,
+        "package_version": __version__,
+    }
+    try:
+        open_store(store.path, mode="r+", require_complete=False).update_attrs(**{VERIFIED_KEY: result})
+    except (OSError, BenzarrError) as exc:
+        report.not_recorded = f"cannot write {Path(store.path) / 'zarr.json'} ({exc})"
+        return
+    report.recorded = True
+
+
+def last_verified(attrs: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``verified`` record of a store's ``benzarr`` attributes, or None if never verified."""
+    value = attrs.get(VERIFIED_KEY)
+    return value if isinstance(value, dict) else None

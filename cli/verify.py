@@ -1,0 +1,66 @@
+"""``benzarr verify``: read every chunk of a store and check it."""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import typer
+
+from benzarr.errors import StoreVerifyError
+from benzarr.verify import verify_store
+from benzarr_cli._common import console, progress_bar, warn_line
+
+#: Patch names listed per problem before "... and N more" (--json lists all).
+_NAMES_SHOWN = 10
+
+
+def command(
+    store: str = typer.Argument(..., help="Path of a local benzarr store."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON (every corrupt patch named)."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Reader processes (default: all cores; 0 or 1: none)."),
+    no_record: bool = typer.Option(False, "--no-record", help="Do not write the result into the store's attributes."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Read every chunk of every array and check shard indexes, chunk checksums (crc32c), shapes and
+    metadata; name the corrupt patches. Exit 0 when the store is sound, 4 when anything is corrupt.
+
+    The result is recorded in the store (`benzarr info` shows "last verified").
+    """
+    with progress_bar("verifying", None, quiet or as_json, unit="chunks") as advance:
+        report = verify_store(store, workers=workers, progress=advance, record=not no_record)
+    if as_json:
+        console.print_json(json.dumps(report.to_dict()))
+    else:
+        out = console.print
+        sums = "crc32c on every band chunk" if report.checksums else "without chunk checksums"
+        out(f"store           {report.path}", markup=False)
+        out(f"format          benzarr store v{report.format_version}, {sums}"
+            + ("" if report.complete else " (INCOMPLETE ingest: unwritten shards not checked)"), markup=False)
+        rate = report.bytes / report.seconds / 1e6 if report.seconds else 0.0
+        out(f"checked         {report.arrays} arrays, {report.chunks:,} chunks, {report.bytes / 1e6:,.1f} MB of band "
+            f"data in {report.seconds:.1f} s ({rate:,.0f} MB/s, {report.workers} worker{'s' if report.workers != 1 else ''})",
+            markup=False)
+        if report.ok:
+            out("result          OK: every index, checksum, shape and metadata file is sound", markup=False)
+        else:
+            bad = report.bad_patches
+            out(f"result          CORRUPT: {len(report.problems)} problem(s), {len(bad)} patch(es)", markup=False)
+            for problem in report.problems:
+                out(f"  {problem.message}", markup=False)
+                if len(problem.rows) > 1:
+                    shown = ", ".join(problem.patches[:_NAMES_SHOWN])
+                    more = f" ... and {len(problem.patches) - _NAMES_SHOWN} more" if len(problem.patches) > _NAMES_SHOWN else ""
+                    out(f"    rows {problem.rows[0]}-{problem.rows[-1]}: {shown}{more}", markup=False)
+            if bad:
+                out("corrupt patches", markup=False)
+                for name in bad:
+                    out(f"  {name}", markup=False)
+    if report.not_recorded and not no_record:
+        warn_line(f"result not recorded in the store: {report.not_recorded}")
+    if not report.ok:
+        bad = report.bad_patches
+        raise StoreVerifyError(
+            f"{report.path}: {len(report.problems)} problem(s) found, {len(bad)} corrupt patch(es); "
+            "re-ingest the store (or restore the files named above)"
+        )

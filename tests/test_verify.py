@@ -1,0 +1,249 @@
+"""Chunk checksums end to end (store format 2): the dataset and loader name a chunk that fails its
+crc32c, ``benzarr verify`` finds planted corruption in chunk data, shard indexes and metadata,
+records its result, and format 1 stores stay readable."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benzarr.data import BigEarthNetDataset, make_loader
+from benzarr.errors import StoreCorruptError
+from benzarr.info import describe_store
+from benzarr.shards import fast_reader
+from benzarr.store import open_store
+from benzarr.verify import verify_store
+from tests.conftest import copy_tree
+
+CLI = [sys.executable, "-m", "benzarr_cli"]
+SHARD = 16  # synth_store_64: 64 patches, shards of 16, lz4
+
+
+def run_cli(*args: object) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True)
+
+
+def shard_path(store: Path, array: str, shard: int) -> Path:
+    ndim = len(json.loads((store / array / "zarr.json").read_text())["shape"])
+    return store.joinpath(array, "c", str(shard), *("0",) * (ndim - 1))
+
+
+def chunk_span(store: Path, array: str, row: int) -> tuple[Path, int, int]:
+    """(shard file, offset, nbytes) of ``row``'s chunk in a band array."""
+    path = shard_path(store, array, row // SHARD)
+    raw = path.read_bytes()
+    index = np.frombuffer(raw[len(raw) - 4 - 16 * SHARD:-4], dtype="<u8").reshape(SHARD, 2)
+    offset, nbytes = index[row % SHARD]
+    return path, int(offset), int(nbytes)
+
+
+def flip(path: Path, position: int, mask: int = 0x01) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[position] ^= mask
+    path.write_bytes(bytes(raw))
+
+
+def flip_chunk_data(store: Path, array: str, row: int) -> Path:
+    """Flip one bit in the middle of ``row``'s encoded chunk (past the Blosc header, before the crc)."""
+    path, offset, nbytes = chunk_span(store, array, row)
+    flip(path, offset + 16 + (nbytes - 20) // 2)
+    return path
+
+
+@pytest.fixture()
+def store(tmp_path: Path, synth_store_64: Path) -> Path:
+    return copy_tree(synth_store_64, tmp_path / "store.zarr")
+
+
+def patch_name(store: Path, row: int) -> str:
+    return str(open_store(store).patch_names()[row])
+
+
+# -- readers ---------------------------------------------------------------------------
+
+
+def test_ingest_writes_format_2_with_a_crc32c_on_every_band_chunk(synth_store_64: Path) -> None:
+    assert open_store(synth_store_64).format_version == 2
+    for array in ("s2/10m", "s2/20m", "s2/60m"):
+        metadata = json.loads((synth_store_64 / array / "zarr.json").read_text())
+        inner = metadata["codecs"][0]["configuration"]["codecs"]
+        assert [c["name"] for c in inner] == ["bytes", "blosc", "crc32c"]
+        assert fast_reader(synth_store_64 / array, array).layout.checksum
+
+
+def test_dataset_names_array_row_and_patch_of_a_chunk_failing_its_crc32c(store: Path) -> None:
+    shard = flip_chunk_data(store, "s2/20m", 35)
+    ds = BigEarthNetDataset(store)
+    ds[20]  # other patches read
+    with pytest.raises(StoreCorruptError) as info:
+        ds[35]
+    message = str(info.value)
+    assert message.startswith("s2/20m: ") and str(shard) in message and "crc32c" in message
+    assert "row 35" in message and patch_name(store, 35) in message
+
+
+def test_verify_checksums_false_trusts_the_chunk_bytes(store: Path, synth_store_64: Path) -> None:
+    path, offset, nbytes = chunk_span(store, "s2/10m", 9)
+    flip(path, offset + nbytes - 1, 0x80)  # the stored crc32c itself: the pixels are intact
+    with pytest.raises(StoreCorruptError, match="crc32c"):
+        BigEarthNetDataset(store)[9]
+    fast = BigEarthNetDataset(store, verify_checksums=False)
+    assert fast.verify_checksums is False
+    np.testing.assert_array_equal(fast[9]["image"].numpy(), BigEarthNetDataset(synth_store_64)[9]["image"].numpy())
+
+
+def test_a_chunk_failing_its_crc32c_in_a_loader_worker_is_one_line(store: Path) -> None:
+    flip_chunk_data(store, "s2/10m", 21)
+    loader = make_loader(BigEarthNetDataset(store), batch_size=16, shuffle=False, num_workers=1, seed=0, device="cpu")
+    with pytest.raises(StoreCorruptError) as info:
+        list(loader)
+    message = str(info.value)
+    assert message.startswith("s2/10m: shard file") and "crc32c" in message
+    assert patch_name(store, 21) in message
+    assert "Traceback" not in message and "\n" not in message
+
+
+# -- verify ----------------------------------------------------------------------------
+
+
+def test_clean_store_verifies_and_records_the_result(store: Path) -> None:
+    assert describe_store(store)["verified"] is None
+    report = verify_store(store, workers=1)
+    assert report.ok and report.checksums and report.problems == [] and report.bad_patches == []
+    assert report.chunks >= 3 * 64 and report.bytes > 0
+    assert report.recorded
+    verified = describe_store(store)["verified"]
+    assert verified["ok"] is True and verified["chunks"] == report.chunks and verified["at"] == report.at
+
+
+def test_flipped_bit_in_chunk_data_is_named_by_patch(store: Path) -> None:
+    shard = flip_chunk_data(store, "s2/60m", 50)
+    report = verify_store(store, workers=1)
+    assert not report.ok
+    assert report.bad_patches == [patch_name(store, 50)]
+    [problem] = report.problems
+    assert problem.array == "s2/60m" and problem.rows == [50]
+    assert str(shard) in problem.message and "crc32c" in problem.message
+    assert open_store(store).attrs["verified"]["ok"] is False
+
+
+def test_bad_shard_index_names_every_patch_of_its_shard(store: Path) -> None:
+    path = shard_path(store, "s2/10m", 1)
+    flip(path, path.stat().st_size - 30)  # inside the index
+    report = verify_store(store, workers=1)
+    [problem] = report.problems
+    assert problem.rows == list(range(16, 32)) and "index fails its crc32c" in problem.message
+    names = open_store(store).patch_names()
+    assert report.bad_patches == [str(n) for n in names[16:32]]
+
+
+@pytest.mark.parametrize("content", ["{not json", "{}", '{"zarr_format": 3, "node_type": "array"}', "[1, 2]"])
+def test_broken_array_metadata_is_reported(store: Path, content: str) -> None:
+    (store / "s2/20m" / "zarr.json").write_text(content)
+    report = verify_store(store, workers=1)
+    assert not report.ok
+    assert [p.array for p in report.problems] == ["s2/20m"]
+    assert "zarr.json" in report.problems[0].message
+    assert not any(p.array == "s2/10m" for p in report.problems)  # the others are still read
+
+
+def test_wrong_shape_in_metadata_is_reported(store: Path) -> None:
+    meta = store / "labels/clc19" / "zarr.json"
+    metadata = json.loads(meta.read_text())
+    metadata["shape"] = [63, 19]
+    meta.write_text(json.dumps(metadata))
+    report = verify_store(store, workers=1)
+    assert any(p.array == "labels/clc19" and "shape (63, 19), expected (64, 19)" in p.message for p in report.problems)
+
+
+def test_missing_shard_file_of_valid_patches_is_reported(store: Path) -> None:
+    shard_path(store, "s2/20m", 3).unlink()
+    report = verify_store(store, workers=1)
+    [problem] = report.problems
+    assert "is missing" in problem.message and problem.rows == list(range(48, 64))
+
+
+def test_corrupt_label_chunk_is_found_through_zarr_python(store: Path) -> None:
+    chunk = next(p for p in (store / "labels/clc43" / "c").rglob("*") if p.is_file())
+    chunk.write_bytes(b"\x00garbage" * 4)
+    report = verify_store(store, workers=1)
+    assert [p.array for p in report.problems] == ["labels/clc43"]
+    assert report.problems[0].rows == list(range(64))
+
+
+def test_workers_find_the_same_problems_as_one_process(store: Path) -> None:
+    flip_chunk_data(store, "s2/10m", 3)
+    flip_chunk_data(store, "s2/20m", 60)
+    one = verify_store(store, workers=1, record=False)
+    two = verify_store(store, workers=2, record=False)
+    assert two.workers == 2
+    assert [(p.array, p.rows) for p in two.problems] == [(p.array, p.rows) for p in one.problems]
+    assert two.chunks == one.chunks and len(one.bad_patches) == 2
+
+
+def test_progress_counts_up_to_its_total(store: Path) -> None:
+    seen: list[tuple[int, int | None]] = []
+    verify_store(store, workers=1, record=False, progress=lambda n, total=None: seen.append((n, total)))
+    assert seen[0][0] == 0 and seen[0][1] == sum(n for n, _ in seen[1:])
+
+
+def test_cli_names_corrupt_patches_and_exits_4(store: Path) -> None:
+    flip_chunk_data(store, "s2/10m", 5)
+    path = shard_path(store, "s2/60m", 2)
+    flip(path, path.stat().st_size - 30)
+    (store / "meta/epsg" / "zarr.json").write_text("garbage")
+    result = run_cli("verify", store)
+    assert result.returncode == 4, result.stderr
+    assert "CORRUPT: 3 problem(s), 17 patch(es)" in result.stdout
+    assert patch_name(store, 5) in result.stdout and "meta/epsg" in result.stdout
+    assert result.stderr.strip().startswith("error:") and len(result.stderr.strip().splitlines()) == 1
+    as_json = run_cli("verify", store, "--json", "--workers", "1")
+    assert as_json.returncode == 4
+    data = json.loads(as_json.stdout)
+    assert data["ok"] is False and len(data["bad_patches"]) == 17 and len(data["problems"]) == 3
+
+
+def test_cli_clean_store_exits_0_and_info_shows_last_verified(store: Path) -> None:
+    assert "never verified" in run_cli("info", store).stdout
+    result = run_cli("verify", store)
+    assert result.returncode == 0, result.stderr
+    assert "OK" in result.stdout and "crc32c on every band chunk" in result.stdout
+    info = run_cli("info", store).stdout
+    assert "last verified" in info and "OK" in info
+
+
+# -- format 1 -------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def format_1_store(tmp_path: Path, synth_archive_64: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The 64-patch archive ingested as benzarr 0.x wrote it: format 1, no chunk checksums."""
+    import benzarr.store as store_module
+    from benzarr.ingest import ingest
+
+    original = store_module.band_compressors
+    monkeypatch.setattr(store_module, "FORMAT_VERSION", 1)
+    monkeypatch.setattr(store_module, "band_compressors",
+                        lambda compression, dtype="uint16", checksum=True: original(compression, dtype, False))
+    path = tmp_path / "v1.zarr"
+    ingest(synth_archive_64, path, workers=1, shard_size=SHARD, compression="none")
+    monkeypatch.undo()
+    return path
+
+
+def test_format_1_store_reads_and_verifies_without_chunk_checksums(format_1_store: Path, synth_store_64: Path) -> None:
+    assert open_store(format_1_store).format_version == 1
+    inner = json.loads((format_1_store / "s2/10m" / "zarr.json").read_text())["codecs"][0]["configuration"]["codecs"]
+    assert [c["name"] for c in inner] == ["bytes"]
+    old, new = BigEarthNetDataset(format_1_store), BigEarthNetDataset(synth_store_64)
+    np.testing.assert_array_equal(old[17]["image"].numpy(), new[17]["image"].numpy())
+    report = verify_store(format_1_store, workers=1)
+    assert report.ok and not report.checksums and report.format_version == 1
+    assert describe_store(format_1_store)["checksums"] is False
+    info = run_cli("info", format_1_store).stdout
+    assert "without chunk checksums" in info
