@@ -580,20 +580,28 @@ def _evaluate(run: _Run, loader: Any) -> dict[str, Any] | None:
     net = run.net
     was_training = net.training
     net.eval()
-    metrics = MultilabelMetrics(class_names=run.class_names)
-    loss_sum, n = 0.0, 0
+    loss_sum, scores, targets = torch.zeros((), device=run.device), [], []  # on the device until the end
     with torch.no_grad():
         for batch in loader:
             x, y = batch["image"].contiguous(memory_format=run.memory_format), batch["label"]
             with run.autocast():
                 logits = net(x).float()
-            loss_sum += float(run.criterion(logits, y)) * len(y)
-            n += len(y)
-            metrics.update(logits, y)
+            loss_sum += run.criterion(logits, y) * len(y)
+            scores.append(logits)
+            targets.append(y.bool())
     net.train(was_training)
-    if n == 0:
+    if not targets:
         return None
-    return {**metrics.compute(), "loss": loss_sum / n}
+    metrics = _metrics(scores, targets, run.class_names)
+    return {**metrics, "loss": float(loss_sum) / metrics["n_samples"]}
+
+
+def _metrics(scores: list[torch.Tensor], targets: list[torch.Tensor],
+             class_names: list[str] | None = None) -> dict[str, Any]:
+    """``benzarr.metrics`` of batches of logits and labels kept on the device: one copy to the host."""
+    metrics = MultilabelMetrics(class_names=class_names)
+    metrics.update(torch.cat(scores), torch.cat(targets))
+    return metrics.compute()
 
 
 def _end_epoch(run: _Run, loss_sum: torch.Tensor, seen: int, scores: list[torch.Tensor],
@@ -613,11 +621,7 @@ def _end_epoch(run: _Run, loss_sum: torch.Tensor, seen: int, scores: list[torch.
         import torch.distributed as dist
 
         dist.all_reduce(totals)
-    train: dict[str, Any] = {}
-    if targets:  # the epoch's predictions reach the host in one copy
-        train_metrics = MultilabelMetrics()
-        train_metrics.update(torch.cat(scores), torch.cat(targets))
-        train = train_metrics.compute()
+    train = _metrics(scores, targets) if targets else {}
     values: dict[str, Any] = {
         "train/loss": float(totals[0] / max(totals[1], 1)),
         "train/micro_f1": train.get("micro_f1"), "train/macro_f1": train.get("macro_f1"),
