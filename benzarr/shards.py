@@ -63,6 +63,24 @@ _BLOSC_SIZES = struct.Struct("<4xI4xI")  # (nbytes, cbytes) of a Blosc header
 #: Blosc compressors this reader accepts (all that ``benzarr ingest`` writes).
 BLOSC_CNAMES = ("lz4", "zstd")
 
+
+
+def _fast_crc32c() -> Callable[[Any], int] | None:
+    """ICRAR's ``crc32c`` package when it is installed and uses the CPU's CRC instruction."""
+    try:
+        import crc32c
+    except ImportError:
+        return None
+    return crc32c.crc32c if getattr(crc32c, "hardware_based", False) else None
+
+
+#: CRC-32C (Castagnoli) of a buffer (bytes or a C-contiguous uint8 array), as zarr's ``crc32c``
+#: codec computes it. google-crc32c (a dependency of zarr) by default; the ``crc32c`` package
+#: where installed with hardware support (it comes with the ``bench`` extra): it interleaves
+#: three streams of the SSE4.2/ARMv8 instruction and ran 12-14 GB/s here against
+#: google-crc32c's 2.3-8.5 GB/s, which decides whether checking lz4 chunks costs 20% or under 10%.
+crc32c_value: Callable[[Any], int] = _fast_crc32c() or google_crc32c.value
+
 _NUMPY_DTYPES = {
     "bool": "|b1", "int8": "|i1", "uint8": "|u1", "int16": "<i2", "uint16": "<u2", "int32": "<i4",
     "uint32": "<u4", "int64": "<i8", "uint64": "<u8", "float32": "<f4", "float64": "<f8",
@@ -371,7 +389,7 @@ class ShardReader:
                         entry.path, row,
                         f"blosc chunk decodes to {decoded} bytes from {coded}, expected {expected} from {body}",
                     )
-            if verify and google_crc32c.value(src) != int.from_bytes(entry.map[offset + body:offset + size], "little"):
+            if verify and crc32c_value(src) != int.from_bytes(entry.map[offset + body:offset + size], "little"):
                 raise self._corrupt(entry.path, row, "chunk fails its crc32c checksum")
             if raw:
                 flat[pos] = src

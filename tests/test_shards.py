@@ -254,6 +254,25 @@ def test_every_random_bit_flip_in_a_chunk_is_caught(tmp_path_factory: pytest.Tem
         _reader(path).read([4 + local])
 
 
+def test_crc32c_implementations_agree_with_zarrs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import google_crc32c
+
+    from benzarr import shards
+
+    rng = np.random.default_rng(3)
+    for size in (0, 1, 7, 4096, 100_003):
+        buffer = rng.integers(0, 256, size, dtype=np.uint8)
+        assert shards.crc32c_value(buffer) == google_crc32c.value(buffer.tobytes())
+    # the fallback (google-crc32c alone) checks as well
+    monkeypatch.setattr(shards, "crc32c_value", google_crc32c.value)
+    path, shard = _corrupt_store(tmp_path, "none")
+    _reader(path).read(np.arange(8))
+    offset, nbytes = _chunk_span(shard, 4, 1)
+    _flip(shard, offset + 3)
+    with pytest.raises(StoreCorruptError, match="crc32c.*PATCH_5"):
+        _reader(path).read([5])
+
+
 def test_without_verification_a_flipped_byte_reads_as_wrong_pixels(tmp_path: Path) -> None:
     path, shard = _corrupt_store(tmp_path, "none")
     before = _reader(path).read([6])
