@@ -10,7 +10,7 @@ import json
 import os
 import platform
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -92,6 +92,32 @@ def rate(call: Callable[[], int], min_seconds: float, repeats: int = 3) -> dict[
         runs.append(items / elapsed)
         total += items
     return {"per_s": max(runs), "runs": [round(r, 1) for r in runs], "items": total}
+
+
+def endless(loader: Any) -> Iterator[Any]:
+    """Batches of ``loader`` over epochs 0, 1, 2, ... (``set_epoch`` before each, where it has one).
+
+    Holds no reference to a batch once the caller asks for the next one, so a loader that
+    reuses a batch's memory (the ring's slots) gets it back as soon as the caller drops it.
+    """
+    epoch = 0
+    while True:
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        it = iter(loader)
+        yielded = False
+        while True:
+            try:
+                batch = next(it)
+            except StopIteration:
+                break
+            yielded = True
+            yield batch
+            del batch
+        del it
+        if not yielded:
+            raise RuntimeError("the loader yields no batches")
+        epoch += 1
 
 
 def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]]) -> None:

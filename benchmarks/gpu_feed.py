@@ -58,7 +58,7 @@ from typing import Any
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS: before CUDA starts
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS_DIR, machine_info, print_table, versions, write_json  # noqa: E402
+from _common import RESULTS_DIR, endless, machine_info, print_table, versions, write_json  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -184,21 +184,6 @@ def timed(step: Callable[[], int], device: torch.device, warmup: int, seconds: f
             "seconds": round(elapsed, 3)}
 
 
-def endless(loader: Any) -> Iterator[Any]:
-    """Batches of ``loader`` over epochs 0, 1, 2, ... (``set_epoch`` before each)."""
-    epoch = 0
-    while True:
-        if hasattr(loader, "set_epoch"):
-            loader.set_epoch(epoch)
-        yielded = False
-        for batch in loader:
-            yielded = True
-            yield batch
-        if not yielded:
-            raise RuntimeError("the loader yields no batches")
-        epoch += 1
-
-
 def close(*objects: Any) -> None:
     """Close generators and loaders (``close()`` where they have one)."""
     for obj in objects:
@@ -303,9 +288,10 @@ def ring_raw(store: Path, device: torch.device, batch: int, workers: int, warmup
             b = next(batches)
             if copy:
                 for key, value in b.items():
+                    raw = value.reshape(-1).view(torch.uint8)  # bytes: no uint16 kernels needed on the device
                     if key not in dst:
-                        dst[key] = torch.empty_like(value, device=device)
-                    dst[key].copy_(value, non_blocking=True)
+                        dst[key] = torch.empty_like(raw, device=device)
+                    dst[key].copy_(raw, non_blocking=True)
                 synchronize(device)
             return int(b["index"].shape[0])
 

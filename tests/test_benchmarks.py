@@ -57,3 +57,58 @@ def test_gpu_feed_budget_skips_and_records(tmp_path: Path) -> None:
     assert doc["loader_alone"] and all("skipped" in r for r in doc["loader_alone"])
     assert all(t["met"] is None for t in doc["targets"])
     assert "wrote" in store_run.stdout
+
+
+NEW_LOADING_METHODS = ("delivered-lz4-w1", "delivered-lz4-w2", "benzarr-lz4-model-ready", "make-loader-cpu-w0",
+                       "make-loader-cpu-w2", "configilm-style", "torchgeo-bigearthnet", "torchgeo-bigearthnet-w2")
+
+
+def test_loading_new_methods_tiny(tmp_path: Path) -> None:
+    """The delivery and model-ready rows of benchmarks/loading.py (issue 10 §5, §6), tiny."""
+    pytest.importorskip("torchgeo")
+    out = tmp_path / "loading.json"
+    proc = run_script("loading.py", "--quick", "--patches", "48", "--batch-size", "16", "--seconds", "0.05",
+                      "--workdir", str(tmp_path), "--out", str(out),
+                      "--methods", ",".join(("benzarr-lz4", *NEW_LOADING_METHODS)))
+    doc = json.loads(out.read_text())
+    rows = {r["method"]: r for r in doc["results"]}
+    assert set(rows) == {"benzarr-lz4", *NEW_LOADING_METHODS}
+    errors = {name: r["error"] for name, r in rows.items() if "error" in r}
+    assert not errors, errors
+    for name in ("delivered-lz4-w1", "delivered-lz4-w2"):
+        r = rows[name]
+        assert r["patches_per_s"] > 0 and r["main_us_per_patch"] > 0
+        assert r["main_us_per_patch"] == pytest.approx(r["copy_us_per_patch"] + r["loader_us_per_patch"], abs=0.02)
+    ready = rows["benzarr-lz4-model-ready"]
+    assert ready["model_ready"] and ready["processes"] == 1
+    assert ready["vs_configilm_style"] > 0 and ready["vs_torchgeo_class"] > 0
+    assert rows["make-loader-cpu-w2"]["processes"] == 3 and rows["make-loader-cpu-w2"]["vs_torchgeo_class"] > 0
+    by_target = {t["target"]: t for t in doc["targets"]}
+    assert any("configilm-style" in t and by_target[t]["value"] is not None for t in by_target)
+    assert any(t.startswith("delivered-lz4-w1 >=") and by_target[t]["met"] is not None for t in by_target)
+    assert "x configilm-style" in proc.stdout
+
+
+def test_configilm_style_matches_benzarr(tmp_path: Path) -> None:
+    """Like for like: configilm-style's image equals benzarr's model-ready image (same bands,
+    bilinear align_corners=False, same normalisation) up to float rounding."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import loading
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    from benzarr.data import BigEarthNetDataset
+
+    paths = loading.build(tmp_path, 8, lambda message: None)
+    ms = loading.model_ready_methods(paths, 8, 4, lambda message: None)
+    assert {"configilm-style", "benzarr-lz4-model-ready"} <= set(ms)
+    ds = BigEarthNetDataset(paths["store-lz4"], normalize=True)
+    item = ms["configilm-style"]["item"]
+    for i in range(len(ds)):
+        image, label = item(i)
+        expected = ds[i]
+        assert image.shape == expected["image"].shape == (12, 120, 120)
+        assert image.float().sub(expected["image"]).abs().max() < 1e-3
+        assert label.float().equal(expected["label"])
+    for m in ms.values():
+        loading.release(m)
