@@ -104,9 +104,45 @@ def _to_float(x: torch.Tensor) -> torch.Tensor:
     return _u16_to_float(x) if x.dtype == torch.uint16 else x.to(torch.float32)
 
 
+def _upsample(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) float32 -> (B, C, 120, 120), ``F.interpolate(mode="bilinear",
+    align_corners=False)``.
+
+    On the CPU it runs on one intra-op thread: torch splits the output among threads at
+    arbitrary points, and a row split between its vectorised and scalar code differs in
+    the last bit, so the result would depend on the thread count (one in a loader worker,
+    all cores in the main process). One thread gives the same bits whatever the worker count.
+    """
+    if x.device.type != "cpu":
+        return F.interpolate(x, size=(PATCH_SIDE, PATCH_SIDE), mode="bilinear", align_corners=False)
+    threads = torch.get_num_threads()
+    if threads == 1:
+        return F.interpolate(x, size=(PATCH_SIDE, PATCH_SIDE), mode="bilinear", align_corners=False)
+    torch.set_num_threads(1)
+    try:
+        return F.interpolate(x, size=(PATCH_SIDE, PATCH_SIDE), mode="bilinear", align_corners=False)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _mask_to_long(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """(B, 120, 120) uint16 CLC codes -> int64 on ``device`` (widened on the CPU: uint16 kernels are scarce)."""
-    return torch.from_numpy(x.numpy().astype(np.int64)).to(device, non_blocking=True)
+    """(B, 120, 120) uint16 CLC codes -> int64 on ``device``: widened through numpy for the
+    CPU (torch's uint16 kernels are scarce there), moved as uint16 (4x fewer bytes) and
+    widened on any other device."""
+    if x.device.type == "cpu" and device.type == "cpu":
+        return torch.from_numpy(x.numpy().astype(np.int64))
+    x = x.to(device, non_blocking=True)
+    try:
+        return x.to(torch.int64)
+    except (RuntimeError, NotImplementedError):
+        return x.view(torch.int16).to(torch.int64).bitwise_and_(0xFFFF)
+
+
+#: numpy -> torch dtypes of batch arrays.
+_TORCH_DTYPES: dict[np.dtype, torch.dtype] = {
+    np.dtype(np.uint16): torch.uint16, np.dtype(np.float32): torch.float32, np.dtype(np.uint8): torch.uint8,
+    np.dtype(np.int64): torch.int64,
+}
 
 
 def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -166,10 +202,21 @@ class BatchTransform:
                 s = torch.tensor([std[k] for k in slots], dtype=torch.float32, device=self.device)
                 self._norm[group] = (m.view(1, -1, 1, 1), s.view(1, -1, 1, 1))
 
-    def image(self, batch: Batch) -> torch.Tensor:
-        """The (B, C, 120, 120) float32 image of ``batch`` on the device."""
+    def out_spec(self, batch_spec: dict[str, tuple[tuple[int, ...], np.dtype]]) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """What one patch of this transform's output holds, for input ``batch_spec``
+        (:meth:`BigEarthNetDataset.batch_spec`): key -> (per-patch shape, numpy dtype)."""
+        spec = {"image": ((len(self.bands), PATCH_SIDE, PATCH_SIDE), np.dtype(np.float32)),
+                "label": (batch_spec["label"][0], np.dtype(np.float32)),
+                "index": ((), np.dtype(np.int64))}
+        if "mask" in batch_spec:
+            spec["mask"] = (batch_spec["mask"][0], np.dtype(np.int64))
+        return spec
+
+    def image(self, batch: Batch, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The (B, C, 120, 120) float32 image of ``batch`` on the device (written into ``out`` when given)."""
         size = int(torch.as_tensor(batch["index"]).shape[0])
-        image = torch.empty((size, len(self.bands), PATCH_SIDE, PATCH_SIDE), dtype=torch.float32, device=self.device)
+        shape = (size, len(self.bands), PATCH_SIDE, PATCH_SIDE)
+        image = torch.empty(shape, dtype=torch.float32, device=self.device) if out is None else out
         for group, gather, slots in self._plan:
             x = _to_float(torch.as_tensor(batch[group]).to(self.device, non_blocking=True))
             if gather is not None:
@@ -179,7 +226,7 @@ class BatchTransform:
                 mean, std = self._norm[group]
                 x = x.sub_(mean).div_(std)
             if x.shape[-1] != PATCH_SIDE or x.shape[-2] != PATCH_SIDE:
-                x = F.interpolate(x, size=(PATCH_SIDE, PATCH_SIDE), mode="bilinear", align_corners=False)
+                x = _upsample(x)
             if slots == list(range(slots[0], slots[0] + len(slots))):
                 image[:, slots[0]:slots[0] + len(slots)] = x
             else:
@@ -187,12 +234,22 @@ class BatchTransform:
                     image[:, slot] = x[:, c]
         return image
 
-    def __call__(self, batch: Batch) -> Batch:
-        """The device batch ``{"image", "label", "index"}`` of a uint16 ``batch``."""
+    def __call__(self, batch: Batch, out: Batch | None = None) -> Batch:
+        """The device batch ``{"image", "label", "index"}`` of a uint16 ``batch``.
+
+        With ``out`` (tensors as :meth:`out_spec`, on ``device``), the result is written
+        there and ``out`` is returned: the batch ring's workers fill shared memory this way.
+        """
         label = torch.as_tensor(batch["label"]).to(self.device, non_blocking=True).to(torch.float32)
-        out = {"image": self.image(batch), "label": label, "index": torch.as_tensor(batch["index"])}
+        result = {"image": self.image(batch, None if out is None else out["image"]), "label": label,
+                  "index": torch.as_tensor(batch["index"])}
         if "mask" in batch:
-            out["mask"] = _mask_to_long(torch.as_tensor(batch["mask"]), self.device)
+            result["mask"] = _mask_to_long(torch.as_tensor(batch["mask"]), self.device)
+        if out is None:
+            return result
+        for key in ("label", "index", "mask"):
+            if key in result:
+                out[key].copy_(result[key])
         return out
 
 
@@ -281,6 +338,10 @@ class BigEarthNetDataset(Dataset):
         modalities: any of ``s2``, ``s1`` (image channels) and ``reference-map`` (adds
             ``mask``); each must be in the store. S1 channels are normalised with the store's
             own S1 statistics.
+        verify_checksums: check the crc32c of every chunk read (store format 2; on by
+            default). Turn it off to read at full speed a store already checked with
+            ``benzarr verify``; shard indexes are still checked. Format 1 stores have no
+            chunk checksums. Stores read through zarr-python (URLs) are always checked.
 
     Raises:
         StoreNotFoundError, StoreIncompleteError, StoreVersionError: from opening the store.
@@ -299,6 +360,7 @@ class BigEarthNetDataset(Dataset):
         normalize: bool = False,
         storage_options: dict[str, Any] | None = None,
         modalities: Sequence[str] = ("s2",),
+        verify_checksums: bool = True,
     ) -> None:
         if labels not in NOMENCLATURES:
             raise InvalidArgumentError(f"unknown label set {labels!r}: choose one of {', '.join(NOMENCLATURES)}")
@@ -318,6 +380,7 @@ class BigEarthNetDataset(Dataset):
         self.label_set = labels
         self.transform = transform
         self.normalize = normalize
+        self.verify_checksums = verify_checksums
         opened = open_store(self.path, storage_options=storage_options)
         absent = [m for m in self.modalities if m not in opened.modalities]
         if absent:
@@ -371,7 +434,8 @@ class BigEarthNetDataset(Dataset):
             if "reference-map" in self.modalities:
                 arrays["mask"] = REFERENCE_MAP_ARRAY
             self._readers = {
-                key: row_reader(store.array(path), path, None if local is None else local / path, self._row_name)
+                key: row_reader(store.array(path), path, None if local is None else local / path, self._row_name,
+                                verify_checksums=self.verify_checksums)
                 for key, path in arrays.items()
             }
         return self._readers
@@ -394,6 +458,30 @@ class BigEarthNetDataset(Dataset):
             raise IndexError(f"index out of range for a dataset of {n} patches")
         return np.where(positions < 0, positions + n, positions)
 
+    def batch_spec(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """What one patch of a :meth:`__getitems__` batch holds: key -> (per-patch shape, numpy dtype).
+
+        The keys, in order: the band groups the selection needs, ``mask`` (with
+        ``reference-map``), ``label`` and ``index``; a batch of B patches is (B, *shape).
+        """
+        spec: dict[str, tuple[tuple[int, ...], np.dtype]] = {
+            key: (tuple(reader.shape[1:]), np.dtype(reader.dtype)) for key, reader in self.readers.items()
+        }
+        spec["label"] = ((int(self._labels.shape[1]),), np.dtype(np.uint8))
+        spec["index"] = ((), np.dtype(np.int64))
+        return spec
+
+    def read_into(self, indices: Sequence[int] | np.ndarray, out: dict[str, np.ndarray]) -> None:
+        """Decode the batch of ``indices`` into ``out`` (as :meth:`batch_spec`, leading axis
+        ``len(indices)``, C-contiguous), with no allocation: the batch ring's workers write
+        straight into shared memory this way."""
+        positions = self._positions(indices)
+        rows = self.rows[positions]
+        for key, reader in self.readers.items():
+            reader.read(rows, out=out[key])
+        np.take(self._labels, positions, axis=0, out=out["label"])
+        out["index"][:] = rows
+
     def __getitems__(self, indices: Sequence[int] | np.ndarray) -> Batch:
         """One batch at native resolution, read shard by shard.
 
@@ -412,17 +500,10 @@ class BigEarthNetDataset(Dataset):
             * ``"label"``: (B, L) uint8 multi-hot
             * ``"index"``: (B,) int64 store rows
         """
-        positions = self._positions(indices)
-        rows = self.rows[positions]
-        batch: Batch = {}
-        for group, reader in self.readers.items():
-            dtype = torch.float32 if group == "s1" else torch.uint16
-            batch[group] = _batch_tensor((rows.size, *reader.shape[1:]), dtype)
-            reader.read(rows, out=batch[group].numpy())  # decoded straight into the batch
-        batch["label"] = _batch_tensor((rows.size, self._labels.shape[1]), torch.uint8)
-        np.take(self._labels, positions, axis=0, out=batch["label"].numpy())
-        batch["index"] = _batch_tensor((rows.size,), torch.int64)
-        batch["index"].numpy()[:] = rows
+        size = int(np.asarray(indices).size)
+        batch: Batch = {key: _batch_tensor((size, *shape), _TORCH_DTYPES[dtype])
+                        for key, (shape, dtype) in self.batch_spec().items()}
+        self.read_into(indices, {key: tensor.numpy() for key, tensor in batch.items()})  # decoded in place
         return batch
 
     def __getitem__(self, index: int) -> Sample:
@@ -488,14 +569,19 @@ def collate_batch(batch: Batch) -> Batch:
 class DeviceLoader:
     """Iterable of device batches ``{"image", "label", "index"}`` (see :class:`BatchTransform`).
 
+    Two engines feed it (:func:`make_loader` picks): the batch ring
+    (:class:`benzarr.ring.RingLoader`, local stores with workers) or a ``DataLoader``
+    (no workers, or a store behind a URL).
+
     Attributes:
-        loader: the underlying ``DataLoader`` (uint16 batches).
+        loader: the engine (yields uint16 batches, or model-ready ones when ``ready``).
         sampler: its ``DistributedSampler`` (shuffle with ``seed + epoch``).
-        transform: the :class:`BatchTransform`.
+        transform: the :class:`BatchTransform` run here, or None when the engine's workers
+            run it already (the ring on the CPU).
     """
 
-    def __init__(self, dataset: BigEarthNetDataset, loader: DataLoader, sampler: DistributedSampler,
-                 transform: BatchTransform) -> None:
+    def __init__(self, dataset: BigEarthNetDataset, loader: Any, sampler: DistributedSampler,
+                 transform: BatchTransform | None) -> None:
         self.dataset = dataset
         self.loader = loader
         self.sampler = sampler
@@ -508,12 +594,25 @@ class DeviceLoader:
     def set_epoch(self, epoch: int) -> None:
         """Reshuffle for ``epoch``: the order is a function of (seed, epoch) only."""
         self.sampler.set_epoch(epoch)
+        if hasattr(self.loader, "set_epoch"):
+            self.loader.set_epoch(epoch)
+
+    def close(self) -> None:
+        """Stop the workers and release the ring's memory (also done when the loader is collected)."""
+        if hasattr(self.loader, "close"):
+            self.loader.close()
+
+    def __enter__(self) -> "DeviceLoader":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     def __iter__(self) -> Iterator[Batch]:
         user = self.dataset.transform
         try:
             for batch in self.loader:
-                out = self.transform(batch)
+                out = self.transform(batch) if self.transform is not None else batch
                 yield user(out) if user is not None else out
         except BenzarrError as exc:
             # torch re-raises a worker's error with the worker's traceback in the message;
@@ -536,38 +635,46 @@ def make_loader(
     distributed: bool = False,
     drop_last: bool = False,
     prefetch_factor: int | None = None,
+    engine: str = "auto",
 ) -> DeviceLoader:
     """Batches of ``ds`` ready on ``device``.
 
-    Workers (``num_workers > 0``, persistent) call ``ds.__getitems__`` with whole batches
-    from a batch sampler and return uint16 batches (pinned on CUDA); the conversion runs on
-    ``device`` in the main process (:class:`BatchTransform`), then ``ds.transform`` if any.
+    With workers on a local store, the batch ring (:mod:`benzarr.ring`) feeds the batches:
+    forked workers decode into fixed shared-memory slots; on CUDA the slots are page-locked
+    and copied asynchronously, then converted on the GPU (:class:`BatchTransform`); on the
+    CPU the workers run the conversion too, so model-ready delivery scales with them.
+    Without workers, or for a store behind a URL, a ``DataLoader`` does (uint16 batches
+    converted here). Then ``ds.transform``, if any, runs on each device batch.
 
     The order is a pure function of ``(seed, epoch)`` (call ``set_epoch`` before each epoch
-    to reshuffle): the same seed gives the same batches whatever ``num_workers``.
-    With ``distributed=True`` each rank of the initialised ``torch.distributed`` process
-    group gets its ``DistributedSampler`` share (``ceil(len(ds) / world)`` patches; the last
-    few repeat when ``len(ds)`` does not divide, as ``DistributedSampler`` does).
+    to reshuffle): the same seed gives the same batches, bit for bit, whatever
+    ``num_workers`` and engine. With ``distributed=True`` each rank of the initialised
+    ``torch.distributed`` process group gets its ``DistributedSampler`` share
+    (``ceil(len(ds) / world)`` patches; the last few repeat when ``len(ds)`` does not
+    divide, as ``DistributedSampler`` does).
 
     Args:
         ds: the dataset.
         batch_size: patches per batch.
         shuffle: random order (else store-row order).
-        num_workers: DataLoader worker processes (0: read in this process).
+        num_workers: worker processes (0: read in this process).
         seed: shuffling seed.
         device: where batches are delivered (``"cpu"``, ``"cuda"``, ``"cuda:1"``...).
         distributed: shard by torch.distributed rank and world size.
         drop_last: drop the last incomplete batch.
-        prefetch_factor: batches each worker reads ahead (DataLoader default 2).
+        prefetch_factor: batches each worker reads ahead (default 2).
+        engine: ``"auto"`` (the ring where it applies), ``"ring"`` or ``"dataloader"``.
 
     Raises:
-        InvalidArgumentError: bad batch size or worker count, or ``distributed`` without an
-            initialised process group.
+        InvalidArgumentError: bad batch size, worker count or engine, ``distributed``
+            without an initialised process group, or ``engine="ring"`` where it cannot run.
     """
     if batch_size < 1:
         raise InvalidArgumentError(f"batch size must be at least 1, got {batch_size}")
     if num_workers < 0:
         raise InvalidArgumentError(f"workers must be 0 or more, got {num_workers}")
+    if engine not in ("auto", "ring", "dataloader"):
+        raise InvalidArgumentError(f"unknown loader engine {engine!r}: choose auto, ring or dataloader")
     if distributed:
         import torch.distributed as dist
 
@@ -580,6 +687,17 @@ def make_loader(
     # DistributedSampler with one replica is a seeded (seed + epoch) shuffler with set_epoch
     sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
     batches = BatchSampler(sampler, batch_size=batch_size, drop_last=drop_last)
+    ring_possible = num_workers > 0 and not is_url(ds.path) and ds.fast
+    if engine == "ring" and not ring_possible:
+        raise InvalidArgumentError("the batch ring needs workers and a local store read by the shard reader")
+    if engine != "dataloader" and ring_possible:
+        from benzarr.ring import RingLoader
+
+        transform: BatchTransform | None = ds.batch_transform(device)
+        in_workers = transform if device.type == "cpu" else None
+        ring = RingLoader(ds, batches, num_workers, transform=in_workers, device=device,
+                          prefetch_factor=prefetch_factor or 2)
+        return DeviceLoader(ds, ring, sampler, None if in_workers is not None else transform)
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
         kwargs["persistent_workers"] = True

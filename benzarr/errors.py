@@ -1,7 +1,8 @@
 """Every exception benzarr raises on purpose.
 
 The library never prints and never exits; it raises one of these. The CLI maps each to one
-error line and an exit code (``BenzarrError.exit_code``). Messages name the file, patch or
+error line and an exit code (``BenzarrError.exit_code``: 1, or 3 for bad patches; 2 is left
+to the command line's usage errors). Messages name the file, patch or
 store and, where there is one, the fix.
 """
 
@@ -36,6 +37,9 @@ class BadPatchError(BenzarrError):
         self.patch = patch
         self.reason = reason
 
+    def __reduce__(self) -> tuple:  # survives the trip back from an ingest worker process
+        return (type(self), (self.patch, self.reason))
+
 
 class StoreNotFoundError(BenzarrError):
     """No benzarr store at the path."""
@@ -43,6 +47,38 @@ class StoreNotFoundError(BenzarrError):
 
 class StoreExistsError(BenzarrError):
     """A store is already at the path and ``overwrite`` was not given."""
+
+
+class UnsafeOverwriteError(BenzarrError):
+    """``overwrite`` was asked for a path that holds something benzarr did not write there
+    (user files, an archive, another program's Zarr store): nothing is deleted."""
+
+
+class PathConflictError(BenzarrError):
+    """Two paths of one command overlap: STORE is ARCHIVE, inside it, or holds it."""
+
+
+class StoreLockedError(BenzarrError):
+    """Another ingest holds the store's (or the part's) lock; the message names its pid and host."""
+
+
+class FileSystemError(BenzarrError):
+    """The operating system refused a read or write: full disk, read-only file system, a file
+    where a folder belongs, a symlink loop, no permission. The message names the path, the
+    cause and what to do.
+
+    Attributes:
+        path: the file or folder concerned ("" if unknown).
+        errno: the OS error number (None if unknown).
+    """
+
+    def __init__(self, message: str, path: str = "", errno: int | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.errno = errno
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (str(self), self.path, self.errno))
 
 
 class StoreIncompleteError(BenzarrError):
@@ -88,10 +124,15 @@ class DownloadRequiredError(BenzarrError):
 
 
 class IngestFailedPatchesError(BenzarrError):
-    """The ingest finished but some patches were bad (named in the store); exit code 2."""
+    """The ingest finished but some patches were bad (named in the store); exit code 3
+    (2 is the command line's usage error)."""
 
-    exit_code = 2
+    exit_code = 3
 
     def __init__(self, failed: dict[str, str]) -> None:
         super().__init__(f"{len(failed)} patch(es) could not be ingested")
         self.failed = failed
+
+
+class LoaderWorkerError(BenzarrError):
+    """A loader worker process died (killed, out of memory) or the batch ring cannot go on."""

@@ -1,0 +1,172 @@
+"""The batch ring (benzarr.ring): the same batches as the DataLoader path, bit for bit, on
+every modality, band selection and label set; errors as one line; no leaked memory or
+processes; epochs prefetched and discarded correctly."""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch.utils.data import BatchSampler, DistributedSampler
+
+from benzarr.bigearthnet import BANDS
+from benzarr.data import BigEarthNetDataset, make_loader
+from benzarr.errors import LoaderWorkerError, StoreCorruptError
+from benzarr.ring import CONSUMER_SLOTS, RingLoader
+from tests.test_data import corrupt_copy
+
+
+def _epoch(loader) -> list[dict[str, torch.Tensor]]:
+    return [{k: v.clone() for k, v in batch.items()} for batch in loader]
+
+
+def _same(a: list[dict[str, torch.Tensor]], b: list[dict[str, torch.Tensor]]) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys()
+        for key in x:
+            assert x[key].dtype == y[key].dtype, key
+            assert torch.equal(x[key], y[key]), key
+
+
+def _shm() -> set[str]:
+    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"bands": "rgb", "labels": "clc19"},
+        {"bands": ["B09", "B03", "B8A"], "normalize": True},
+    ],
+    ids=["all", "rgb-clc19", "list-normalized"],
+)
+def test_ring_matches_dataloader_on_s2(synth_store_64: Path, kwargs: dict) -> None:
+    ds = BigEarthNetDataset(synth_store_64, **kwargs)
+    reference = make_loader(ds, 10, True, 0, seed=5, device="cpu", engine="dataloader")
+    with make_loader(ds, 10, True, 2, seed=5, device="cpu", engine="ring") as ring:
+        for epoch in (0, 1):
+            reference.set_epoch(epoch)
+            ring.set_epoch(epoch)
+            _same(_epoch(reference), _epoch(ring))
+
+
+def test_ring_matches_dataloader_on_s1_and_reference_maps(synth_v2_store: Path) -> None:
+    ds = BigEarthNetDataset(synth_v2_store, modalities=("s2", "s1", "reference-map"), normalize=True)
+    reference = _epoch(make_loader(ds, 8, True, 0, seed=1, device="cpu", engine="dataloader"))
+    with make_loader(ds, 8, True, 1, seed=1, device="cpu", engine="ring") as ring:
+        batches = _epoch(ring)
+    _same(reference, batches)
+    assert {"image", "label", "index", "mask"} <= batches[0].keys()
+    assert batches[0]["mask"].dtype == torch.int64 and batches[0]["image"].shape[1] == 14
+
+
+def test_raw_ring_matches_getitems_under_a_distributed_sampler(synth_v2_store: Path) -> None:
+    """Rank 1 of 2, uint16 batches straight from the slots (what a GPU copy reads)."""
+    ds = BigEarthNetDataset(synth_v2_store, modalities=("s2", "s1", "reference-map"))
+    sampler = DistributedSampler(ds, num_replicas=2, rank=1, shuffle=True, seed=3)
+    batches = BatchSampler(sampler, batch_size=7, drop_last=False)
+    with RingLoader(ds, batches, num_workers=2) as ring:
+        for epoch in (0, 1):
+            ring.set_epoch(epoch)
+            got = _epoch(ring)
+            sampler.set_epoch(epoch)
+            _same([ds.__getitems__(b) for b in batches], got)
+    assert got[0]["10m"].dtype == torch.uint16 and got[0]["s1"].dtype == torch.float32
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(bands=st.lists(st.sampled_from(BANDS), min_size=1, max_size=12, unique=True),
+       batch_size=st.integers(1, 17), workers=st.integers(1, 3))
+def test_ring_band_selection_property(synth_store_64: Path, bands: list[str], batch_size: int, workers: int) -> None:
+    ds = BigEarthNetDataset(synth_store_64, bands=bands, normalize=True)
+    reference = _epoch(make_loader(ds, batch_size, True, 0, seed=2, device="cpu", engine="dataloader"))
+    with make_loader(ds, batch_size, True, workers, seed=2, device="cpu", engine="ring") as ring:
+        _same(reference, _epoch(ring))
+
+
+def test_auto_engine_uses_the_ring_for_local_stores_with_workers(synth_store_64: Path) -> None:
+    ds = BigEarthNetDataset(synth_store_64)
+    with make_loader(ds, 8, False, 1, seed=0, device="cpu") as loader:
+        assert isinstance(loader.loader, RingLoader) and loader.transform is None  # converted in the workers
+    assert not isinstance(make_loader(ds, 8, False, 0, seed=0, device="cpu").loader, RingLoader)
+
+
+def test_next_epoch_is_prefetched_and_discarded_when_another_is_asked(synth_store_64: Path) -> None:
+    ds = BigEarthNetDataset(synth_store_64, bands="rgb")
+    reference = make_loader(ds, 8, True, 0, seed=9, device="cpu", engine="dataloader")
+    with make_loader(ds, 8, True, 2, seed=9, device="cpu", engine="ring") as ring:
+        for epoch in (0, 1, 7, 7, 2):  # 1 follows 0 (prefetched); 7 and 2 were not predicted
+            reference.set_epoch(epoch)
+            ring.set_epoch(epoch)
+            _same(_epoch(reference), _epoch(ring))
+        # an epoch abandoned half-way, then the same epoch from the start
+        ring.set_epoch(3)
+        iterator = iter(ring)
+        next(iterator)
+        next(iterator)
+        del iterator
+        reference.set_epoch(3)
+        _same(_epoch(reference), _epoch(ring))
+
+
+def test_batches_kept_by_the_consumer_stay_intact(synth_store_64: Path) -> None:
+    """list(loader) holds every batch: the ring must never overwrite one that is referenced."""
+    ds = BigEarthNetDataset(synth_store_64)
+    reference = _epoch(make_loader(ds, 4, False, 0, seed=0, device="cpu", engine="dataloader"))
+    with make_loader(ds, 4, False, 1, seed=0, device="cpu", engine="ring") as ring:
+        kept = list(ring)  # 16 batches, more than the ring has slots
+        assert len(kept) == 16 > ring.loader.n_slots
+        _same(reference, kept)
+        assert ring.loader._held <= CONSUMER_SLOTS
+        del kept
+        gc.collect()
+        _same(reference, _epoch(ring))  # the slots came back
+
+
+def test_worker_error_is_one_clean_line(tmp_path: Path, synth_store_64: Path) -> None:
+    store, _ = corrupt_copy(synth_store_64, tmp_path / "store.zarr", "s2/10m", 1, -10, 0xFF)
+    with make_loader(BigEarthNetDataset(store), 16, False, 2, seed=0, device="cpu", engine="ring") as loader:
+        with pytest.raises(StoreCorruptError) as info:
+            list(loader)
+    message = str(info.value)
+    assert message.startswith("s2/10m: shard file") and "row 16" in message
+    assert "Traceback" not in message and "\n" not in message
+
+
+def test_no_shared_memory_or_process_left_after_close_error_or_kill(tmp_path: Path, synth_store_64: Path) -> None:
+    before = _shm()
+    ds = BigEarthNetDataset(synth_store_64)
+    # deleted without close
+    loader = make_loader(ds, 8, True, 2, seed=0, device="cpu")
+    next(iter(loader))
+    processes = list(loader.loader._res.processes)
+    del loader
+    gc.collect()
+    assert not any(p.is_alive() for p in processes)
+    # a worker killed mid-epoch
+    loader = make_loader(ds, 8, True, 2, seed=0, device="cpu")
+    iterator = iter(loader)
+    next(iterator)
+    victim = loader.loader._res.processes[0]
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.join(5)
+    with pytest.raises(LoaderWorkerError, match=f"pid {victim.pid}.*signal 9"):
+        for _ in iterator:
+            pass
+    assert not any(p.is_alive() for p in loader.loader._res.processes) or not loader.loader._res.processes
+    # an error in a worker
+    store, _ = corrupt_copy(synth_store_64, tmp_path / "store.zarr", "s2/60m", 0, -10, 0xFF)
+    broken = make_loader(BigEarthNetDataset(store), 8, False, 1, seed=0, device="cpu")
+    with pytest.raises(StoreCorruptError):
+        list(broken)
+    broken.close()
+    assert _shm() == before  # the ring is an anonymous mapping: nothing is ever named there
