@@ -866,6 +866,8 @@ def main(argv: list[str] | None = None) -> int:
          "value": field("delivered-lz4-w1", "main_us_per_patch"), "goal": 3.0, "below": True, "or_equal": True},
         {"target": "delivered-lz4-w2: main-process cost <= 3 us a patch (copy + ring bookkeeping)",
          "value": field("delivered-lz4-w2", "main_us_per_patch"), "goal": 3.0, "below": True, "or_equal": True},
+        {"target": "delivered-lz4-w1: the ring's bookkeeping alone (main cost without the copy) <= 3 us a patch",
+         "value": field("delivered-lz4-w1", "loader_us_per_patch"), "goal": 3.0, "below": True, "or_equal": True},
         {"target": "delivered-lz4-w1 >= 0.9x benzarr-lz4 (that worker's own decode rate)",
          "value": ratio("delivered-lz4-w1", "benzarr-lz4"), "goal": 0.9},
         # issue 9 §2: what checking every chunk's crc32c costs
@@ -915,11 +917,12 @@ def main(argv: list[str] | None = None) -> int:
                  ("bytes_per_patch", "bytes/patch", ",.0f"), ("vs_memcpy", "x memcpy", ".3f"),
                  ("vs_torchgeo", "x torchgeo", ",.1f"), ("main_us_per_patch", "main us/patch", ".2f"),
                  ("copy_us_per_patch", "of it copy", ".2f")])
-    print("\nmodel-ready float32 (12, 120, 120) images, bilinear, normalised (TorchGeo's class: not normalised)")
-    print_table([r for r in results if r.get("model_ready")],
-                [("method", "method", "s"), ("processes", "processes", "d"), ("patches_per_s", "patches/s", ",.0f"),
-                 ("single_patches_per_s", "single/s", ",.0f"), ("vs_configilm_style", "x configilm-style", ".2f"),
-                 ("vs_torchgeo_class", "x torchgeo class (same processes)", ",.1f")])
+    if any(r.get("model_ready") for r in results):
+        print("\nmodel-ready float32 (12, 120, 120) images, bilinear, normalised (TorchGeo's class: not normalised)")
+        print_table([r for r in results if r.get("model_ready")],
+                    [("method", "method", "s"), ("processes", "processes", "d"), ("patches_per_s", "patches/s", ",.0f"),
+                     ("single_patches_per_s", "single/s", ",.0f"), ("vs_configilm_style", "x configilm-style", ".2f"),
+                     ("vs_torchgeo_class", "x torchgeo class (same processes)", ",.1f")])
     for r in results:
         if r.get("error"):
             print(f"error: {r['method']}: {r['error']}")
