@@ -305,6 +305,7 @@ class RingLoader:
 
     def close(self) -> None:
         """Stop the workers and release the ring (also done when the loader is collected)."""
+        self._host = None  # our own view of the mapping: the mapping goes when no batch views it
         self._finalizer()
 
     def __enter__(self) -> "RingLoader":
