@@ -712,6 +712,9 @@ def _finish(run: _Run) -> TrainResult:
 def _close(run: _Run) -> None:
     """Release what ``_setup`` took, also after an error or an interruption (the checkpoints
     already written stay, so ``resume`` continues from the last finished epoch)."""
+    for loader in (run.train_loader, run.val_loader, run.test_loader):
+        if loader is not None:
+            loader.close()  # stop the loader's workers now, not when the run is collected
     if run.tracker is not None:
         run.tracker.stop()
         run.tracker = None
