@@ -29,14 +29,16 @@ Without CUDA (or with ``--cpu``) it falls back to a small CPU run with the same 
 (tests/test_benchmarks.py runs it that way).
 
 Usage (GPU node, benzarr on PYTHONPATH; builds the store when --store is absent). The run
-recommended for an H200 with 16 cores and an 8-minute limit (about 280 s of measuring; write
-straight into the folder that comes back, so a killed run still returns its JSON)::
+recommended for an H200 with 16 cores and an 8-minute limit (about 320 s planned, build
+included; it writes straight into the folder that comes back, so a killed run still returns
+its JSON)::
 
-    python3 benchmarks/gpu_feed.py --patches 20000 --build-workers 16 --seconds 3 --warmup 5 \
-        --budget-s 400 --workdir /tmp/gf --out "$OUT/gpu_feed.json"
+    python3 benchmarks/gpu_feed.py --patches 20000 --build-workers 16 --seconds 3 --warmup 5 --budget-s 390 --trainer-modes deterministic,fast --workdir /tmp/gf --out "$OUT/gpu_feed.json"
 
 Order: build, h2d, loader alone (0/4/8/12), raw ring (4/8/12), deterministic models (ceilings,
-then fed at 12, 8, 4, 0 workers), the trainer (inception-v3, 8 workers, 2 epochs), fast models.
+then fed at 12, 8, 4, 0 workers), the trainer in deterministic mode (inception-v3, 8 workers,
+2 epochs), fast models, the trainer in fast mode. What the budget cannot fit is skipped and
+recorded as skipped.
 
 Writes ``benchmarks/results/gpu_feed.json`` (``--out``).
 """
