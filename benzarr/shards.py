@@ -355,11 +355,9 @@ class ShardReader:
         if rows.size == 0:
             return out
         flat = out.reshape(rows.size, -1).view(np.uint8)  # one byte row per output row
-        expected = layout.row_nbytes
         per_shard = layout.shard_rows
         raw = layout.codec == "raw"
-        tail = CRC_BYTES if layout.checksum else 0  # bytes after each chunk's encoding
-        verify = bool(tail) and self.verify_checksums
+        verify = layout.checksum and self.verify_checksums
         order = np.argsort(rows, kind="stable")
         sorted_rows = rows[order].tolist()
         positions = order.tolist()
@@ -374,39 +372,57 @@ class ShardReader:
             if offset == EMPTY:
                 out[pos] = layout.fill_value
                 continue
-            body = size - tail  # the encoded chunk, without its crc32c
-            src = entry.data[offset:offset + body]
-            if raw:
-                if body != expected:
-                    raise self._corrupt(entry.path, row, f"chunk of {size} bytes, expected {expected + tail}")
-            else:
-                # Blosc header: uncompressed bytes at 4..8, compressed bytes at 12..16
-                if body < BLOSC_HEADER:
-                    raise self._corrupt(entry.path, row, f"blosc chunk of {size} bytes has no header")
-                decoded, coded = _BLOSC_SIZES.unpack_from(entry.map, offset)
-                if decoded != expected or coded != body:
-                    raise self._corrupt(
-                        entry.path, row,
-                        f"blosc chunk decodes to {decoded} bytes from {coded}, expected {expected} from {body}",
-                    )
-            if verify and crc32c_value(src) != int.from_bytes(entry.map[offset + body:offset + size], "little"):
-                raise self._corrupt(entry.path, row, "chunk fails its crc32c checksum")
+            src = self._chunk(entry, row, offset, size, verify)
             if raw:
                 flat[pos] = src
-                continue
-            try:
-                blosc.decompress(src, flat[pos])
-            except Exception as exc:  # numcodecs raises RuntimeError; keep any reason
-                raise self._corrupt(entry.path, row, f"blosc chunk does not decode: {exc}") from None
+            else:
+                self._decode(entry, row, src, flat[pos])
         return out
+
+    def _chunk(self, entry: _Shard, row: int, offset: int, size: int, verify: bool) -> np.ndarray:
+        """The encoded bytes of ``row``'s stored chunk (without its crc32c), after checking its
+        size (raw) or Blosc header sizes, and its crc32c when ``verify``."""
+        layout = self.layout
+        expected = layout.row_nbytes
+        body = size - CRC_BYTES if layout.checksum else size
+        if layout.codec == "raw":
+            if body != expected:
+                raise self._corrupt(entry.path, row, f"chunk of {size} bytes, expected {size - body + expected}")
+        else:
+            # Blosc header: uncompressed bytes at 4..8, compressed bytes at 12..16
+            if body < BLOSC_HEADER:
+                raise self._corrupt(entry.path, row, f"blosc chunk of {size} bytes has no header")
+            decoded, coded = _BLOSC_SIZES.unpack_from(entry.map, offset)
+            if decoded != expected or coded != body:
+                raise self._corrupt(
+                    entry.path, row,
+                    f"blosc chunk decodes to {decoded} bytes from {coded}, expected {expected} from {body}",
+                )
+        src = entry.data[offset:offset + body]
+        if verify and crc32c_value(src) != int.from_bytes(entry.map[offset + body:offset + size], "little"):
+            raise self._corrupt(entry.path, row, "chunk fails its crc32c checksum")
+        return src
+
+    def _decode(self, entry: _Shard, row: int, src: np.ndarray, dest: np.ndarray) -> None:
+        try:
+            blosc.decompress(src, dest)
+        except Exception as exc:  # numcodecs raises RuntimeError; keep any reason
+            raise self._corrupt(entry.path, row, f"blosc chunk does not decode: {exc}") from None
 
     def read_row(self, row: int) -> np.ndarray:
         """One row as (*row_shape) of ``dtype``."""
         return self.read([row])[0]
 
-    def check_shard(self, shard: int) -> ShardCheck:
+    def check_shard(self, shard: int, decode: bool | None = None) -> ShardCheck:
         """Read every stored chunk of shard ``shard``, checking all that :meth:`read` checks,
         including each chunk's CRC-32C (whatever ``verify_checksums`` says).
+
+        Args:
+            shard: the shard's number.
+            decode: also decode each Blosc chunk. None (default): only where chunks have no
+                crc32c (format 1); a chunk whose crc32c matches holds exactly the bytes the
+                writer wrote, so decoding it again checks nothing more and costs most of
+                the time.
 
         Problems are collected, not raised: a shard whose file or index is bad gives one
         problem for all its rows; a bad chunk gives one problem for its row. The shard's map
@@ -425,21 +441,22 @@ class ShardReader:
             result.problems.append((list(rows), message))
             return result
         result.exists = entry.map is not None
-        scratch = np.empty((1, *layout.row_shape), dtype=layout.dtype)
-        verify, self.verify_checksums = self.verify_checksums, True
+        decode = (layout.codec == "blosc") and (not layout.checksum if decode is None else decode)
+        scratch = np.empty(layout.row_nbytes, dtype=np.uint8)
         try:
             for row in rows:
-                size = entry.nbytes[row - first]
-                if size == EMPTY:
+                offset, size = entry.offsets[row - first], entry.nbytes[row - first]
+                if offset == EMPTY:
                     continue
-                try:
-                    self.read([row], out=scratch)
-                except StoreCorruptError as exc:
-                    result.problems.append(([row], str(exc)))
                 result.chunks += 1
                 result.bytes += size
+                try:
+                    src = self._chunk(entry, row, offset, size, layout.checksum)
+                    if decode:
+                        self._decode(entry, row, src, scratch)
+                except StoreCorruptError as exc:
+                    result.problems.append(([row], str(exc)))
         finally:
-            self.verify_checksums = verify
             self._shards.pop(shard, None)
         return result
 

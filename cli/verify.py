@@ -20,6 +20,8 @@ def command(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON (every corrupt patch named)."),
     workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Reader processes (default: all cores; 0 or 1: none)."),
     no_record: bool = typer.Option(False, "--no-record", help="Do not write the result into the store's attributes."),
+    decode: bool = typer.Option(False, "--decode", help="Also decode every compressed chunk (format 1 chunks, which "
+                                "have no crc32c, always are)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Read every chunk of every array and check shard indexes, chunk checksums (crc32c), shapes and
@@ -28,7 +30,8 @@ def command(
     The result is recorded in the store (`benzarr info` shows "last verified").
     """
     with progress_bar("verifying", None, quiet or as_json, unit="chunks") as advance:
-        report = verify_store(store, workers=workers, progress=advance, record=not no_record)
+        report = verify_store(store, workers=workers, progress=advance, record=not no_record,
+                              decode=True if decode else None)
     if as_json:
         console.print_json(json.dumps(report.to_dict()))
     else:

@@ -176,6 +176,20 @@ def test_corrupt_label_chunk_is_found_through_zarr_python(store: Path) -> None:
     assert report.problems[0].rows == list(range(64))
 
 
+def test_decode_also_decodes_chunks_whose_crc32c_matches(store: Path) -> None:
+    import google_crc32c
+
+    path, offset, nbytes = chunk_span(store, "s2/10m", 40)
+    raw = bytearray(path.read_bytes())
+    body = offset + nbytes - 4
+    raw[offset + 16:body] = b"\xff" * (body - offset - 16)  # keep the Blosc header, garble the blocks
+    raw[body:body + 4] = google_crc32c.value(bytes(raw[offset:body])).to_bytes(4, "little")  # a writer's bug
+    path.write_bytes(bytes(raw))
+    assert verify_store(store, workers=1, record=False).ok  # the crc32c vouches for the bytes as written
+    [problem] = verify_store(store, workers=1, record=False, decode=True).problems
+    assert "does not decode" in problem.message and problem.rows == [40]
+
+
 def test_workers_find_the_same_problems_as_one_process(store: Path) -> None:
     flip_chunk_data(store, "s2/10m", 3)
     flip_chunk_data(store, "s2/20m", 60)
