@@ -186,9 +186,18 @@ def _metadata_files(root: Path) -> list[tuple[str, Path, dict[str, Any] | str]]:
     return sorted(found, key=lambda item: item[0])
 
 
-def _check_shard(folder: str, name: str, layout: ShardLayout, shard: int, decode: bool | None) -> ShardCheck:
-    """One worker task: read and check every chunk of one shard."""
-    return ShardReader(folder, layout, name).check_shard(shard, decode)
+def _check_shard(folder: str, name: str, layout: ShardLayout, shard: int, decode: bool | None,
+                 names: list[str] | None) -> ShardCheck:
+    """One worker task: read and check every chunk of one shard (``names``: its rows' patch names)."""
+    first = shard * layout.shard_rows
+    row_name = None if names is None else (lambda row: names[row - first])
+    return ShardReader(folder, layout, name, row_name).check_shard(shard, decode)
+
+
+def _shard_names(names: np.ndarray | None, layout: ShardLayout, shard: int) -> list[str] | None:
+    if names is None or len(names) != layout.shape[0]:
+        return None
+    return [str(n) for n in names[shard * layout.shard_rows:(shard + 1) * layout.shard_rows]]
 
 
 def _pool_context() -> multiprocessing.context.BaseContext:
@@ -309,11 +318,13 @@ def verify_store(
     report.workers = n_workers
     if n_workers <= 1:
         for band, shard in tasks:
-            checks.append(_check_shard(str(band.folder), band.name, band.layout, shard, decode))
+            checks.append(_check_shard(str(band.folder), band.name, band.layout, shard, decode,
+                                       _shard_names(names, band.layout, shard)))
             advance(len(checks[-1].rows))
     else:
         with ProcessPoolExecutor(max_workers=n_workers, mp_context=_pool_context()) as pool:
-            futures = [pool.submit(_check_shard, str(band.folder), band.name, band.layout, shard, decode)
+            futures = [pool.submit(_check_shard, str(band.folder), band.name, band.layout, shard, decode,
+                                   _shard_names(names, band.layout, shard))
                        for band, shard in tasks]
             for future in futures:  # in submission order: the report lists problems in store order
                 checks.append(future.result())

@@ -11,8 +11,9 @@ from benzarr.errors import StoreVerifyError
 from benzarr.verify import verify_store
 from benzarr_cli._common import console, progress_bar, warn_line
 
-#: Patch names listed per problem before "... and N more" (--json lists all).
+#: Patch names listed per problem, and in the summary, before "... and N more" (--json lists all).
 _NAMES_SHOWN = 10
+_BAD_SHOWN = 50
 
 
 def command(
@@ -56,9 +57,12 @@ def command(
                     more = f" ... and {len(problem.patches) - _NAMES_SHOWN} more" if len(problem.patches) > _NAMES_SHOWN else ""
                     out(f"    rows {problem.rows[0]}-{problem.rows[-1]}: {shown}{more}", markup=False)
             if bad:
-                out("corrupt patches", markup=False)
-                for name in bad:
+                out(f"corrupt patches ({len(bad)}{'; --json lists them all' if len(bad) > _BAD_SHOWN else ''})",
+                    markup=False)
+                for name in bad[:_BAD_SHOWN]:
                     out(f"  {name}", markup=False)
+                if len(bad) > _BAD_SHOWN:
+                    out(f"  ... and {len(bad) - _BAD_SHOWN} more", markup=False)
     if report.not_recorded and not no_record:
         warn_line(f"result not recorded in the store: {report.not_recorded}")
     if not report.ok:

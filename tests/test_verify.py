@@ -129,6 +129,7 @@ def test_flipped_bit_in_chunk_data_is_named_by_patch(store: Path) -> None:
     [problem] = report.problems
     assert problem.array == "s2/60m" and problem.rows == [50]
     assert str(shard) in problem.message and "crc32c" in problem.message
+    assert f"row 50, patch {patch_name(store, 50)}" in problem.message
     assert open_store(store).attrs["verified"]["ok"] is False
 
 
