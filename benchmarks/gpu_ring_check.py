@@ -1,0 +1,122 @@
+"""The batch ring's contract on the training device: the same batches, bit for bit, as the
+DataLoader path (issue 10 §2), on every modality, band selection and label set, with a
+distributed sampler, delivered to CUDA (page-locked slots, side-stream copies, events).
+
+tests/test_ring.py checks the same on the CPU in the suite; this script is what a GPU node
+runs (no pytest there), and it runs on the CPU too. One JSON row per case.
+
+Usage::
+
+    python benchmarks/gpu_ring_check.py [--device cuda] [--workdir DIR] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS_DIR, machine_info, write_json  # noqa: E402
+
+import torch  # noqa: E402
+from torch.utils.data import BatchSampler, DistributedSampler  # noqa: E402
+
+from benzarr.data import BigEarthNetDataset, make_loader  # noqa: E402
+from benzarr.ring import RingLoader  # noqa: E402
+
+
+def stores(workdir: Path) -> tuple[Path, Path]:
+    """A 200-patch v1 store (lz4) and a 96-patch v2 store with S1 and reference maps."""
+    from benzarr.ingest import ingest
+    from benzarr.synth import synth_archive, synth_archive_v2
+
+    v1, v2 = workdir / "v1.zarr", workdir / "v2.zarr"
+    if not v1.exists():
+        synth_archive(workdir / "v1", 200, seed=0, workers=2)
+        ingest(workdir / "v1", v1, workers=2, shard_size=32, compression="lz4")
+    if not v2.exists():
+        synth_archive_v2(workdir / "v2", 96, seed=0, s1=True, reference_maps=True, workers=2)
+        ingest(workdir / "v2", v2, workers=2, shard_size=16)
+    return v1, v2
+
+
+def on_host(loader: Any) -> list[dict[str, torch.Tensor]]:
+    return [{k: v.detach().cpu().clone() for k, v in batch.items()} for batch in loader]
+
+
+def compare(a: list[dict[str, torch.Tensor]], b: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
+    if len(a) != len(b):
+        return {"equal": False, "why": f"{len(a)} batches against {len(b)}"}
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x.keys() != y.keys():
+            return {"equal": False, "why": f"batch {i}: keys {sorted(x)} against {sorted(y)}"}
+        for key in x:
+            if x[key].dtype != y[key].dtype or not torch.equal(x[key], y[key]):
+                diff = (x[key].double() - y[key].double()).abs().max().item() if x[key].shape == y[key].shape else None
+                return {"equal": False, "why": f"batch {i} {key}: max diff {diff}"}
+    return {"equal": True, "batches": len(a)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/benzarr-ring-check"))
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "gpu_ring_check.json")
+    args = parser.parse_args(argv)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    device = torch.device(args.device)
+    started = time.perf_counter()
+    v1, v2 = stores(args.workdir)
+    cases = [
+        ("s2 all", v1, {}, 32, 4),
+        ("s2 rgb clc19", v1, {"bands": "rgb", "labels": "clc19"}, 32, 2),
+        ("s2 list normalized", v1, {"bands": ["B09", "B03", "B8A"], "normalize": True}, 17, 3),
+        ("s2+s1+mask normalized", v2, {"modalities": ("s2", "s1", "reference-map"), "normalize": True}, 8, 2),
+        ("s1 only", v2, {"modalities": ("s1",), "bands": "all"}, 8, 1),
+    ]
+    rows: list[dict[str, Any]] = []
+    for name, store, kwargs, batch, workers in cases:
+        row: dict[str, Any] = {"case": name, "device": str(device), "workers": workers, "batch_size": batch}
+        try:
+            ds = BigEarthNetDataset(store, **kwargs)
+            reference = make_loader(ds, batch, True, 0, seed=4, device=device, engine="dataloader")
+            with make_loader(ds, batch, True, workers, seed=4, device=device, engine="ring") as ring:
+                results = []
+                for epoch in (0, 1, 5):
+                    reference.set_epoch(epoch)
+                    ring.set_epoch(epoch)
+                    results.append(compare(on_host(reference), on_host(ring)))
+            row.update(equal=all(r["equal"] for r in results), epochs=results)
+        except Exception as exc:
+            row.update(equal=False, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=5))
+        rows.append(row)
+        print(f"{name}: {'equal' if row['equal'] else 'DIFFERENT ' + str(row.get('error') or row.get('epochs'))}")
+    # raw slots under a distributed sampler (rank 1 of 2), copied to the device
+    row = {"case": "raw ring, DistributedSampler rank 1 of 2", "device": str(device), "workers": 2}
+    try:
+        ds = BigEarthNetDataset(v2, modalities=("s2", "s1", "reference-map"))
+        sampler = DistributedSampler(ds, num_replicas=2, rank=1, shuffle=True, seed=3)
+        batches = BatchSampler(sampler, batch_size=7, drop_last=False)
+        with RingLoader(ds, batches, num_workers=2, device=device) as ring:
+            ring.set_epoch(1)
+            got = on_host(ring)
+        sampler.set_epoch(1)
+        row.update(compare([ds.__getitems__(b) for b in batches], got))
+    except Exception as exc:
+        row.update(equal=False, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=5))
+    rows.append(row)
+    print(f"{row['case']}: {'equal' if row['equal'] else 'DIFFERENT ' + str(row.get('error') or row.get('why'))}")
+    ok = all(r["equal"] for r in rows)
+    write_json(args.out, {"machine": machine_info(), "device": torch.cuda.get_device_name(device)
+                          if device.type == "cuda" else "cpu", "all_equal": ok, "cases": rows,
+                          "seconds": round(time.perf_counter() - started, 1)})
+    print(f"{'all equal' if ok else 'SOME DIFFER'}; wrote {args.out}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
