@@ -298,6 +298,17 @@ def test_zarr_python_refuses_the_same_flipped_byte(tmp_path: Path, compression: 
     np.testing.assert_array_equal(fallback.read([6]), _reader(path).read([6]))
 
 
+def test_tensorstore_refuses_the_same_flipped_byte(tmp_path: Path) -> None:
+    ts = pytest.importorskip("tensorstore")
+    path, shard = _corrupt_store(tmp_path, "lz4")
+    spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(path)}}
+    np.testing.assert_array_equal(ts.open(spec).result()[5].read().result(), _reader(path).read([5])[0])
+    offset, nbytes = _chunk_span(shard, 4, 1)
+    _flip(shard, offset + nbytes // 2)
+    with pytest.raises(ValueError, match="[Dd]igest mismatch"):
+        ts.open(spec).result()[5].read().result()
+
+
 @pytest.mark.parametrize("compression", ["none", "lz4", "zstd"])
 def test_format_1_store_reads_without_chunk_checksums(tmp_path: Path, compression: str) -> None:
     path, shard = _corrupt_store(tmp_path, compression, checksum=False)
