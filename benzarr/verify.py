@@ -86,7 +86,8 @@ class VerifyReport:
     Attributes:
         path: the store.
         format_version: its store format version.
-        checksums: every band array's chunks carry a CRC-32C (format 2).
+        checksums: every band array's chunks carry a CRC-32C (format 2); None for a
+            labels-only store (no band arrays).
         complete: its ingest finished.
         n_patches: rows of the store.
         arrays: arrays checked.
@@ -102,7 +103,7 @@ class VerifyReport:
 
     path: str
     format_version: int
-    checksums: bool
+    checksums: bool | None
     complete: bool
     n_patches: int
     arrays: int = 0
@@ -292,7 +293,7 @@ def verify_store(
     for name, array in opened.items():
         if name.startswith(f"{SPLITS_GROUP}/") and tuple(array.shape) != (store.n_patches,):
             problems.append(Problem(name, f"{root / name}: shape {tuple(array.shape)}, expected ({store.n_patches},)"))
-    report.checksums = bool(layouts) and all(band.layout.checksum for band in layouts)
+    report.checksums = all(band.layout.checksum for band in layouts) if layouts else None
     if report.format_version >= CHECKSUM_FORMAT:
         for band in layouts:
             if not band.layout.checksum:

@@ -37,7 +37,8 @@ def command(
         console.print_json(json.dumps(report.to_dict()))
     else:
         out = console.print
-        sums = "crc32c on every band chunk" if report.checksums else "without chunk checksums"
+        sums = {True: "crc32c on every band chunk", False: "without chunk checksums",
+                None: "no band arrays"}[report.checksums]
         out(f"store           {report.path}", markup=False)
         out(f"format          benzarr store v{report.format_version}, {sums}"
             + ("" if report.complete else " (INCOMPLETE ingest: unwritten shards not checked)"), markup=False)
