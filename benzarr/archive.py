@@ -54,6 +54,7 @@ from benzarr.bigearthnet import (
     v2_tile_product,
 )
 from benzarr.errors import ArchiveNotFoundError, BadPatchError, InvalidArgumentError, NotAnArchiveError
+from benzarr.fsutil import os_error
 
 #: Folder name of the S2 archive inside the official download.
 V1_S2_FOLDER = "BigEarthNet-v1.0"
@@ -69,7 +70,7 @@ _CLC43_INDEX = {name: i for i, name in enumerate(CLC43)}
 _CLC19_INDEX = {name: i for i, name in enumerate(CLC19)}
 _CODE_TO_CLC43 = np.full(1000, -1, dtype=np.int16)
 _CODE_TO_CLC43[list(CLC43_CODES)] = np.arange(len(CLC43_CODES))
-_EPSG_IN_WKT = re.compile(r'AUTHORITY\["EPSG","(\d+)"\]\]\s*$')
+_EPSG_IN_WKT = re.compile(r'AUTHORITY\["EPSG","([0-9]+)"\]\]\s*\Z')
 
 #: GDAL settings for many tiny files: do not list the folder on every open.
 GDAL_ENV = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "GDAL_NUM_THREADS": "1", "CPL_LOG": os.devnull}
@@ -114,18 +115,30 @@ class Patch:
     official_split: str = ""
 
 
+def _check_archive_folder(path: Path) -> None:
+    """Raise unless ``path`` is a folder (naming a symlink loop or a broken link as such)."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        if os.path.lexists(path):
+            raise ArchiveNotFoundError(f"{path}: a broken symlink (it points to nothing)") from None
+        raise ArchiveNotFoundError(f"{path}: archive folder not found") from None
+    except OSError as exc:
+        raise os_error(exc, path, "reading the archive") from None
+    if not path.is_dir():
+        raise NotAnArchiveError(f"{path}: not a folder (expected a BigEarthNet archive folder)")
+
+
 def find_archive_root(path: str | Path) -> Path:
     """The folder holding the patch folders: ``path`` itself or ``path/BigEarthNet-v1.0``.
 
     Raises:
         ArchiveNotFoundError: ``path`` does not exist.
         NotAnArchiveError: no patch folders in either place.
+        FileSystemError: a symlink loop or an unreadable folder (naming it).
     """
     path = Path(path)
-    if not path.exists():
-        raise ArchiveNotFoundError(f"{path}: archive folder not found")
-    if not path.is_dir():
-        raise NotAnArchiveError(f"{path}: not a folder (expected a BigEarthNet archive folder)")
+    _check_archive_folder(path)
     for candidate in (path, path / V1_S2_FOLDER):
         if candidate.is_dir() and any(_patch_dirs(candidate, limit=1)):
             return candidate
@@ -135,11 +148,19 @@ def find_archive_root(path: str | Path) -> Path:
     )
 
 
+def _is_dir(entry: os.DirEntry) -> bool:
+    """``entry.is_dir()``, with a symlink loop raised as a FileSystemError naming it."""
+    try:
+        return entry.is_dir()
+    except OSError as exc:
+        raise os_error(exc, entry.path, "reading the archive") from None
+
+
 def _patch_dirs(root: Path, limit: int | None = None) -> Iterable[str]:
     found = 0
     with os.scandir(root) as entries:
         for entry in entries:
-            if is_patch_name(entry.name) and entry.is_dir():
+            if is_patch_name(entry.name) and _is_dir(entry):
                 yield entry.name
                 found += 1
                 if limit is not None and found >= limit:
@@ -172,9 +193,12 @@ def read_band(path: Path, side: int, dtype: str = "uint16", patch: str = "",
     try:
         with rasterio.open(path) as dataset:
             problem = None
+            found = np.dtype(dataset.dtypes[0])
+            # another integer type is read and converted when no value changes (checked below)
+            castable = found.kind in "ui" and np.dtype(dtype).kind in "ui"
             if dataset.count != 1:
                 problem = f"{dataset.count} bands, expected 1"
-            elif dataset.dtypes[0] != dtype:
+            elif found != np.dtype(dtype) and not castable:
                 problem = f"dtype {dataset.dtypes[0]}, expected {dtype}"
             elif dataset.height != side or dataset.width != side:
                 problem = f"shape {dataset.height}x{dataset.width}, expected {side}x{side}"
@@ -183,10 +207,27 @@ def read_band(path: Path, side: int, dtype: str = "uint16", patch: str = "",
             if geo is not None:
                 geo["transform"] = dataset.transform
                 geo["crs"] = dataset.crs.to_string() if dataset.crs else ""
-            return dataset.read(1)
+            data = dataset.read(1)
     except (RasterioError, OSError) as exc:
-        reason = missing if not path.exists() else f"unreadable GeoTIFF ({_first_line(exc)})"
+        if os.path.lexists(path) and not path.exists():
+            reason = "broken or looping symlink"
+        else:
+            reason = missing if not path.exists() else f"unreadable GeoTIFF ({_first_line(exc)})"
         raise BadPatchError(patch, f"{path.name}: {reason}") from None
+    if data.dtype != np.dtype(dtype):
+        return _cast_exactly(data, np.dtype(dtype), path, patch)
+    return data
+
+
+def _cast_exactly(data: np.ndarray, dtype: np.dtype, path: Path, patch: str) -> np.ndarray:
+    """``data`` as ``dtype`` if no value changes; else a BadPatchError naming a value that would."""
+    info = np.iinfo(dtype)
+    wrong = (data < info.min) | (data > info.max)
+    if wrong.any():
+        row, col = (int(v) for v in np.argwhere(wrong)[0])
+        raise BadPatchError(patch, f"{path.name}: dtype {data.dtype} value {data[row, col]} at row {row}, "
+                                   f"column {col} does not fit {dtype} (expected {dtype})")
+    return data.astype(dtype)
 
 
 def read_s2_bands(folder: Path, name: str, geo: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
@@ -252,6 +293,8 @@ def read_metadata(path: Path) -> dict:
             data = json.loads(handle.read())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ValueError(f"malformed JSON ({exc.msg if hasattr(exc, 'msg') else exc})") from None
+        except RecursionError:
+            raise ValueError("malformed JSON (nested too deeply)") from None
     if not isinstance(data, dict):
         raise ValueError("JSON is not an object")
     return data
@@ -405,7 +448,7 @@ def season_of(timestamp: int) -> str:
 
 def _name_time(name: str) -> int:
     """Acquisition time encoded in an S1/S2 name (``..._20170613T101031_...``), seconds UTC."""
-    match = re.search(r"_(\d{8})T(\d{4,6})_", name + "_")
+    match = re.search(r"_([0-9]{8})T([0-9]{4,6})_", name + "_")
     if match is None:
         return 0
     clock = match.group(2).rjust(6, "0")  # real names drop an hour's leading zero
@@ -432,10 +475,7 @@ def open_archive(path: str | Path, source: str | None = None) -> Archive:
         ArchiveNotFoundError, NotAnArchiveError, InvalidArgumentError (bad ``source``).
     """
     path = Path(path)
-    if not path.exists():
-        raise ArchiveNotFoundError(f"{path}: archive folder not found")
-    if not path.is_dir():
-        raise NotAnArchiveError(f"{path}: not a folder (expected a BigEarthNet archive folder)")
+    _check_archive_folder(path)
     if source not in (None, "v1", "v2", "1", "2"):
         raise InvalidArgumentError(f"unknown --source {source!r}: choose v1 or v2")
     version = source.lstrip("v") if source else detect_version(path)
@@ -458,7 +498,7 @@ def _open_v1(path: Path) -> Archive:
     if s1_root.is_dir():
         wanted = set(names)
         with os.scandir(s1_root) as entries:
-            s1_names = sorted(e.name for e in entries if is_s1_name(e.name) and e.is_dir())
+            s1_names = sorted(e.name for e in entries if is_s1_name(e.name) and _is_dir(e))
         _, official = official_names(s1_names=s1_names)
         for s1 in s1_names:
             s2 = official.get(s1)
@@ -495,7 +535,7 @@ def _read_parquet_rows(path: Path) -> list[dict]:
         table = pq.read_table(path)
     except Exception as exc:  # pyarrow raises several types for a damaged file
         raise NotAnArchiveError(f"{path}: unreadable parquet ({_first_line(exc)})") from None
-    required = {"patch_id", "labels", "split", "country", "s1_name"}
+    required = {"patch_id", "labels", "split", "s1_name"}  # country and the rest are optional
     missing = required - set(table.column_names)
     if missing:
         raise NotAnArchiveError(f"{path}: missing columns {', '.join(sorted(missing))}")
@@ -521,12 +561,9 @@ def _open_v2(path: Path) -> Archive:
         except ValueError:
             raise NotAnArchiveError(f"{metadata.name}: {name!r} is not a v2.0 patch id") from None
         s1 = str(row.get("s1_name") or "")
-        s1_dir = None
-        if s1 and s1_root.is_dir():
-            try:
-                s1_dir = str(s1_root / s1_product(s1) / s1)
-            except ValueError:
-                s1_dir = str(s1_root / s1)
+        if s1 and not is_s1_name(s1):  # never a path: "../../elsewhere" would read outside the archive
+            raise NotAnArchiveError(f"{metadata.name}: s1_name {s1!r} of {name} is not a Sentinel-1 patch name")
+        s1_dir = str(s1_root / s1_product(s1) / s1) if s1 and s1_root.is_dir() else None
         season = place.get(str(row.get("s2v1_name") or ""), ("", ""))[1] or season_of(_name_time(name))
         refs[name] = PatchRef(
             name=name,

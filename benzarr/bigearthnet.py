@@ -147,9 +147,11 @@ def clc43_to_clc19(clc43: np.ndarray) -> np.ndarray:
 # --- Patch names ------------------------------------------------------------------------
 
 # Real names: S2A_MSIL2A_20170613T101031_87_48; a few real ones carry a short time field
-# (S2B_MSIL2A_20170924T93020_69_24), so the time is matched loosely.
+# (S2B_MSIL2A_20170924T93020_69_24), so the time is matched loosely. Every name pattern is
+# matched whole (``fullmatch``) with ASCII digits only ([0-9], not \d, which also takes "٣"),
+# so neither other scripts' digits nor a trailing newline pass as a name.
 _S2_V1_NAME = re.compile(
-    r"^(?P<satellite>S2[AB])_MSIL2A_(?P<date>\d{8})T(?P<time>\d{4,6})_(?P<row>\d+)_(?P<col>\d+)$"
+    r"(?P<satellite>S2[AB])_MSIL2A_(?P<date>[0-9]{8})T(?P<time>[0-9]{4,6})_(?P<row>[0-9]+)_(?P<col>[0-9]+)"
 )
 
 
@@ -170,7 +172,7 @@ def parse_patch_name(name: str) -> PatchName:
     Raises:
         ValueError: if ``name`` is not in that form.
     """
-    match = _S2_V1_NAME.match(name)
+    match = _S2_V1_NAME.fullmatch(name)
     if match is None:
         raise ValueError(f"not a BigEarthNet v1.0 S2 patch name: {name!r}")
     return PatchName(
@@ -184,7 +186,7 @@ def parse_patch_name(name: str) -> PatchName:
 
 def is_patch_name(name: str) -> bool:
     """True when ``name`` looks like a v1.0 S2 patch name."""
-    return _S2_V1_NAME.match(name) is not None
+    return _S2_V1_NAME.fullmatch(name) is not None
 
 
 #: Approximate share of BigEarthNet v1.0 patches carrying each of the 43 labels (from the
@@ -213,24 +215,24 @@ S1_BANDS: tuple[str, ...] = ("VV", "VH")
 
 # v2.0 (reBEN) names: S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_26_57 (tile product + row/col)
 _S2_V2_NAME = re.compile(
-    r"^(?P<product>(?P<satellite>S2[AB])_MSIL2A_(?P<date>\d{8})T(?P<time>\d{4,6})_N\d{4}_R\d{3}_T(?P<tile>\d{2}[A-Z]{3}))"
-    r"_(?P<row>\d+)_(?P<col>\d+)$"
+    r"(?P<product>(?P<satellite>S2[AB])_MSIL2A_(?P<date>[0-9]{8})T(?P<time>[0-9]{4,6})_N[0-9]{4}_R[0-9]{3}"
+    r"_T(?P<tile>[0-9]{2}[A-Z]{3}))_(?P<row>[0-9]+)_(?P<col>[0-9]+)"
 )
 # S1 patch names (v1 and v2): S1A_IW_GRDH_1SDV_20170613T165043_33UUP_87_48
 _S1_NAME = re.compile(
-    r"^(?P<product>(?P<satellite>S1[AB])_IW_GRDH_1SDV_(?P<date>\d{8})T(?P<time>\d{6}))_(?P<tile>\d{2}[A-Z]{3})"
-    r"_(?P<row>\d+)_(?P<col>\d+)$"
+    r"(?P<product>(?P<satellite>S1[AB])_IW_GRDH_1SDV_(?P<date>[0-9]{8})T(?P<time>[0-9]{6}))_(?P<tile>[0-9]{2}[A-Z]{3})"
+    r"_(?P<row>[0-9]+)_(?P<col>[0-9]+)"
 )
 
 
 def is_v2_patch_name(name: str) -> bool:
     """True when ``name`` looks like a v2.0 S2 patch id (``S2A_MSIL2A_..._N9999_R022_T33UUP_26_57``)."""
-    return _S2_V2_NAME.match(name) is not None
+    return _S2_V2_NAME.fullmatch(name) is not None
 
 
 def v2_tile_product(name: str) -> str:
     """The tile-product folder of a v2.0 S2 patch id (the id without ``_<row>_<col>``)."""
-    match = _S2_V2_NAME.match(name)
+    match = _S2_V2_NAME.fullmatch(name)
     if match is None:
         raise ValueError(f"not a BigEarthNet v2.0 S2 patch id: {name!r}")
     return match["product"]
@@ -238,12 +240,12 @@ def v2_tile_product(name: str) -> str:
 
 def is_s1_name(name: str) -> bool:
     """True when ``name`` looks like a Sentinel-1 patch name."""
-    return _S1_NAME.match(name) is not None
+    return _S1_NAME.fullmatch(name) is not None
 
 
 def s1_product(name: str) -> str:
     """The S1 product folder of a v2.0 S1 patch name (``S1A_IW_GRDH_1SDV_20170613T165043``)."""
-    match = _S1_NAME.match(name)
+    match = _S1_NAME.fullmatch(name)
     if match is None:
         raise ValueError(f"not a Sentinel-1 patch name: {name!r}")
     return match["product"]

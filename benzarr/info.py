@@ -76,7 +76,7 @@ def describe_store(path: str | Path, top_classes: int = 10,
     local = not is_url(store.path)
     arrays = []
     band_layouts = []
-    for name, array in _walk_arrays(store.group):
+    for name, array in store.arrays():  # a damaged zarr.json: one StoreCorruptError naming it
         if name in (*S2_ARRAYS.values(), S1_ARRAY, REFERENCE_MAP_ARRAY):
             band_layouts.append(parse_layout(array.metadata.to_dict()))
         shards = array.shards

@@ -44,7 +44,10 @@ from benzarr.errors import (
     StoreIncompleteError,
     StoreNotFoundError,
     StoreParametersError,
+    StoreVersionError,
 )
+from benzarr.fsutil import check_disjoint, check_output, is_benzarr_store, os_error
+from benzarr.lock import ingest_lock
 from benzarr.resources import OFFICIAL_LISTS, read_official_list
 from benzarr.shards import write_shard
 from benzarr.store import (
@@ -64,6 +67,7 @@ from benzarr.store import (
     create_store,
     drop_staging,
     finalize_rows,
+    MAX_SHARD_SIZE,
     is_url,
     open_store,
     remove_store,
@@ -74,6 +78,8 @@ from benzarr.store import (
 
 #: Names accepted by ``exclude`` besides files: the official lists shipped with benzarr.
 OFFICIAL_EXCLUDES = ("cloud-shadow", "seasonal-snow", "no-clc19")
+#: What to do after a full disk during an ingest.
+RESUME_HINT = "free space and run the same command to resume"
 
 
 @dataclass
@@ -94,6 +100,8 @@ class IngestResult:
         not_in_archive: names from ``patches`` that the archive does not hold.
         excluded: patches left out by ``exclude``.
         missing_parts: with ``parts``, the part numbers not finished yet.
+        already_complete: the store was complete with these parameters before this run,
+            which did nothing.
     """
 
     store: str
@@ -109,6 +117,7 @@ class IngestResult:
     not_in_archive: list[str] = field(default_factory=list)
     excluded: int = 0
     missing_parts: list[int] = field(default_factory=list)
+    already_complete: bool = False
 
 
 def read_name_file(source: str | Path) -> list[str]:
@@ -277,13 +286,20 @@ def ingest_shard(store_path: str, storage_options: dict[str, Any] | None, versio
         store.array(S1_STATS_ARRAY)[shard] = channel_stats(s1[valid])
     if reference_map is not None:
         shard_arrays[REFERENCE_MAP_ARRAY] = reference_map
-    for path, data in shard_arrays.items():
-        _write_band_shard(store, path, shard, start, data)
-    for path, data in rows.items():
-        store.array(stage_path(path))[start:stop] = data
-    store.array(STATS_ARRAY)[shard] = shard_band_stats({g: d[valid] for g, d in bands.items()})
-    # Written last: the shard counts as done only once everything above is stored.
-    store.array(DONE_ARRAY)[shard] = True
+    path = ""
+    try:
+        for path, data in shard_arrays.items():
+            _write_band_shard(store, path, shard, start, data)
+        for path, data in rows.items():
+            store.array(stage_path(path))[start:stop] = data
+        path = STATS_ARRAY
+        store.array(STATS_ARRAY)[shard] = shard_band_stats({g: d[valid] for g, d in bands.items()})
+        # Written last: the shard counts as done only once everything above is stored.
+        path = DONE_ARRAY
+        store.array(DONE_ARRAY)[shard] = True
+    except OSError as exc:  # full disk, read-only file system, ...: name the array being written
+        where = store.path if is_url(store.path) else Path(store.path) / path
+        raise os_error(exc, where, "writing", RESUME_HINT) from None
     return failed
 
 
@@ -310,28 +326,51 @@ def _write_band_shard(store: Store, path: str, shard: int, start: int, data: np.
 # -- driver ----------------------------------------------------------------------------
 
 
-def _exists_non_empty(path: str) -> bool:
-    return not is_url(path) and Path(path).exists() and any(Path(path).iterdir())
+def _check_target(store_path: str, overwrite: bool) -> str:
+    """Refuse a STORE that ingest may not write (a file, under a file, a folder of anything
+    but a benzarr store, with or without ``overwrite``); ``"missing"``, ``"empty"`` or
+    ``"owned"`` (a benzarr store) otherwise. Writes nothing."""
+    if is_url(store_path):
+        return "owned"
+    try:
+        return check_output(store_path, overwrite=overwrite, owned=is_benzarr_store, what="a benzarr store",
+                            command="ingest")
+    except InvalidArgumentError as exc:  # not ours and no --overwrite: say it as before
+        raise StoreExistsError(str(exc)) from None
+
+
+def _already_complete(store_path: str, params: dict[str, Any], storage_options: dict[str, Any] | None) -> Store | None:
+    """The store at ``store_path`` if it is complete and was ingested with ``params``."""
+    if not store_exists(store_path, storage_options):
+        return None
+    try:
+        existing = open_store(store_path, require_complete=False, storage_options=storage_options)
+    except (StoreNotFoundError, StoreVersionError):
+        return None
+    return existing if existing.complete and existing.attrs.get("ingest") == params else None
 
 
 def _prepare_store(store_path: str, names: list[str], params: dict[str, Any], shard_size: int,
                    compression: str, overwrite: bool, modalities: Sequence[str], label_sets: Sequence[str],
                    version: str, storage_options: dict[str, Any] | None) -> tuple[Store, bool]:
-    """Create, resume or refuse the store at ``store_path``; returns (store, resumed)."""
+    """Create, resume or refuse the store at ``store_path``; returns (store, resumed).
+
+    Called with the store's ingest lock held and after :func:`_check_target`: whatever is
+    there is a benzarr store (or nothing, or an empty folder).
+    """
     if store_exists(store_path, storage_options):
         try:
             existing = open_store(store_path, mode="r+", require_complete=False, storage_options=storage_options)
         except StoreNotFoundError:
-            if not overwrite:
-                raise StoreExistsError(
-                    f"{store_path}: a Zarr store that is not a benzarr store is there; "
-                    "choose another path or pass --overwrite to replace it"
-                ) from None
-            existing = None
-        if existing is not None and not overwrite:
+            # a Zarr store that is not benzarr's: only URL stores get here (local ones were refused)
+            raise StoreExistsError(
+                f"{store_path}: a Zarr store that benzarr did not write is there; choose another path"
+            ) from None
+        if not overwrite:
             if existing.complete:
                 raise StoreExistsError(
-                    f"{store_path}: a complete store is already there; pass --overwrite to replace it"
+                    f"{store_path}: a complete store made with other ingest parameters is there; "
+                    "pass --overwrite to replace it, or choose another path"
                 )
             if existing.attrs.get("ingest") != params:
                 raise StoreParametersError(
@@ -340,17 +379,34 @@ def _prepare_store(store_path: str, names: list[str], params: dict[str, Any], sh
                 )
             if existing.attrs.get("layout_complete"):
                 return existing, True
+        # --overwrite, or a layout that a killed run left unfinished: start again
         remove_store(store_path, storage_options)
-    elif _exists_non_empty(store_path):
-        if not overwrite:
-            raise StoreExistsError(f"{store_path}: exists and is not empty; pass --overwrite to replace it")
-        remove_store(store_path)
     modality = "+".join({"s2": "S2", "s1": "S1", "reference-map": "reference maps"}[m] for m in modalities)
     store = create_store(store_path, names, shard_size=shard_size, compression=compression,
                          modalities=modalities, label_sets=label_sets,
                          source={"dataset": "BigEarthNet", "version": f"{version}.0", "modality": modality},
                          ingest=params, storage_options=storage_options)
     return store, False
+
+
+def check_ingest_arguments(shard_size: int, compression: str, workers: int | None, plan: bool,
+                           part: tuple[int, int] | None) -> None:
+    """Validate the numeric and choice arguments of :func:`ingest` (before anything is read or written).
+
+    Raises:
+        InvalidArgumentError: naming the argument and the allowed values.
+    """
+    if compression not in COMPRESSIONS:
+        raise InvalidArgumentError(f"unknown compression {compression!r}: choose one of {', '.join(COMPRESSIONS)}")
+    if (isinstance(shard_size, bool) or not isinstance(shard_size, (int, np.integer)) or shard_size < 1
+            or shard_size > MAX_SHARD_SIZE or shard_size & (shard_size - 1)):
+        raise InvalidArgumentError(
+            f"--shard-size must be a power of two from 1 to {MAX_SHARD_SIZE:,}, got {shard_size}"
+        )
+    if workers is not None and (isinstance(workers, bool) or workers < 1):
+        raise InvalidArgumentError(f"--workers must be at least 1 (leave it out for one per core), got {workers}")
+    if plan and part is not None:
+        raise InvalidArgumentError("--plan and --part are separate steps: plan first, then run each part")
 
 
 def ingest(
@@ -397,22 +453,31 @@ def ingest(
         on_progress: called with the number of patches finished, shard by shard.
         on_bad_patch: called with (name, reason) for each bad patch as shards finish.
 
+    Rerunning a command that completed the store returns at once with ``already_complete``
+    set. Two ingests of one local store (or of one part) never run at once: the second raises
+    :class:`~benzarr.errors.StoreLockedError` (see :mod:`benzarr.lock`).
+
     Returns:
-        An :class:`IngestResult`; bad patches are in ``failed`` (the CLI exits 2).
+        An :class:`IngestResult`; bad patches are in ``failed`` (the CLI exits 3).
 
     Raises:
-        ArchiveNotFoundError, NotAnArchiveError, StoreExistsError, StoreParametersError,
-        StoreVersionError, StoreIncompleteError (a worker died), BadPatchError (strict only).
+        ArchiveNotFoundError, NotAnArchiveError, InvalidArgumentError (bad arguments),
+        PathConflictError (STORE is, is in, or holds ARCHIVE), StoreExistsError,
+        UnsafeOverwriteError (``overwrite`` of something that is not a benzarr store),
+        StoreParametersError, StoreVersionError, StoreLockedError, StoreIncompleteError (a
+        worker died), FileSystemError (full disk, read-only file system, ...; naming the
+        path), BadPatchError (strict only).
     """
     started = time.perf_counter()
-    if compression not in COMPRESSIONS:
-        raise InvalidArgumentError(f"unknown compression {compression!r}: choose one of {', '.join(COMPRESSIONS)}")
-    if shard_size < 1 or shard_size & (shard_size - 1):
-        raise InvalidArgumentError(f"--shard-size must be a power of two, got {shard_size}")
-    if plan and part is not None:
-        raise InvalidArgumentError("--plan and --part are separate steps: plan first, then run each part")
-    workers = max(1, workers or os.cpu_count() or 1)
-    found, names, missing, n_excluded = plan_patches(archive, exclude, patches, source)
+    check_ingest_arguments(shard_size, compression, workers, plan, part)
+    store_path = str(store_path)
+    workers = workers or os.cpu_count() or 1
+    try:
+        found, names, missing, n_excluded = plan_patches(archive, exclude, patches, source)
+    except OSError as exc:
+        raise os_error(exc, archive, "reading the archive") from None
+    if not is_url(store_path):
+        check_disjoint(store_path, archive)  # before anything is written
     chosen = list(found.modalities) if modalities is None else ["s2", *[m for m in modalities if m != "s2"]]
     unknown = [m for m in chosen if m not in MODALITIES]
     if unknown:
@@ -424,7 +489,6 @@ def ingest(
         )
     chosen = [m for m in MODALITIES if m in chosen]
     label_sets = ["clc43", "clc19"] if found.version == "1" or "reference-map" in chosen else ["clc19"]
-    store_path = str(store_path)
     # Everything that decides the store's contents; a resume or a part must match it exactly.
     params = {
         "archive": str(Path(archive).resolve()),
@@ -438,6 +502,32 @@ def ingest(
         "names_sha256": _names_digest(names),
         "n_excluded": n_excluded,
     }
+    done_before = None if overwrite else _already_complete(store_path, params, storage_options)
+    if done_before is not None:
+        result = _result(done_before, time.perf_counter() - started, 0, True, missing, n_excluded, found.version)
+        result.already_complete = True
+        return result
+    if part is None:
+        _check_target(store_path, overwrite)
+    try:
+        with ingest_lock(store_path, part):
+            return _ingest_locked(
+                found, names, missing, n_excluded, store_path, params, chosen, label_sets, started,
+                workers=workers, shard_size=shard_size, compression=compression, strict=strict,
+                overwrite=overwrite, plan=plan, parts=parts, part=part, storage_options=storage_options,
+                on_start=on_start, on_progress=on_progress, on_bad_patch=on_bad_patch,
+            )
+    except OSError as exc:
+        raise os_error(exc, store_path, "writing", RESUME_HINT) from None
+
+
+def _ingest_locked(found: Archive, names: list[str], missing: list[str], n_excluded: int, store_path: str,
+                   params: dict[str, Any], chosen: list[str], label_sets: list[str], started: float, *,
+                   workers: int, shard_size: int, compression: str, strict: bool, overwrite: bool, plan: bool,
+                   parts: int | None, part: tuple[int, int] | None, storage_options: dict[str, Any] | None,
+                   on_start: Callable[[int], None] | None, on_progress: Callable[[int], None] | None,
+                   on_bad_patch: Callable[[str, str], None] | None) -> IngestResult:
+    """The body of :func:`ingest`, run with the store's (or part's) lock held."""
     if part is not None:
         if not store_exists(store_path, storage_options):
             raise StoreNotFoundError(f"{store_path}: no planned store; run `benzarr ingest ARCHIVE STORE --plan` first")
@@ -545,6 +635,17 @@ def _result(store: Store, seconds: float, written: int, resumed: bool, missing: 
     )
 
 
+def _sweep_temporaries(store: Store) -> None:
+    """Delete temporary files that killed writers left in a local store: shard writes'
+    ``.<shard>.<pid>.tmp`` and zarr's ``*.partial`` (every shard is done, so none is in use)."""
+    if is_url(store.path):
+        return
+    for folder, _, files in os.walk(store.path):
+        for name in files:
+            if (name.startswith(".") and name.endswith(".tmp")) or name.endswith(".partial"):
+                Path(folder, name).unlink(missing_ok=True)
+
+
 def _finalize(store: Store) -> None:
     """Copy staged rows, combine statistics, record failures and mark the store complete (last)."""
     finalize_rows(store)
@@ -554,6 +655,7 @@ def _finalize(store: Store) -> None:
     valid = store.valid_mask()
     clc19 = np.asarray(store.array(LABEL_ARRAYS["clc19"])[:])
     clc43 = np.asarray(store.array(LABEL_ARRAYS["clc43"])[:])
+    _sweep_temporaries(store)
     store.update_attrs(
         stats=stats,
         n_failed=int((~valid).sum()),

@@ -48,6 +48,7 @@ import numpy as np
 import pandas as pd
 
 from benzarr.errors import InvalidArgumentError, MissingDependencyError, SplitExistsError
+from benzarr.store import check_split_name
 from benzarr.stratify import kfold_assignment, shuffled_stratification
 
 if TYPE_CHECKING:
@@ -627,8 +628,7 @@ def make_split(
         raise InvalidArgumentError(f"unknown split method {method!r}: choose one of {', '.join(METHODS)}")
     if labels not in LABEL_SETS:
         raise InvalidArgumentError(f"unknown label set {labels!r}: choose one of {', '.join(LABEL_SETS)}")
-    if not name or "/" in name or name.startswith("."):
-        raise InvalidArgumentError(f"invalid split name {name!r}: no '/', not empty, not starting with '.'")
+    check_split_name(name)
     if name in store.split_names() and not overwrite:
         raise SplitExistsError(f"{store.path}: split {name!r} exists; pass --overwrite to replace it")
     seed = check_seed(seed)

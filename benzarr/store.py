@@ -34,7 +34,7 @@ per-band statistics and the ingest parameters. A store reads as complete only on
 
 from __future__ import annotations
 
-import shutil
+import re
 from collections.abc import Mapping, Sequence
 from copy import deepcopy
 from datetime import datetime, timezone
@@ -55,6 +55,7 @@ from benzarr.errors import (
     StoreIncompleteError,
     StoreNotFoundError,
     StoreVersionError,
+    UnsafeOverwriteError,
 )
 
 #: Store format. 1: the first layout. 2: every inner chunk of the band arrays ends in a crc32c
@@ -108,6 +109,9 @@ def stage_path(path: str) -> str:
 
 COMPRESSIONS = ("none", "lz4", "zstd")
 DEFAULT_SHARD_SIZE = 256
+#: Largest shard size: 65,536 patches (a 7.5 GB shard of 10 m bands; per-shard statistics are
+#: exact in uint64 up to this size).
+MAX_SHARD_SIZE = 1 << 16
 DEFAULT_COMPRESSION = "lz4"
 
 #: Split codes.
@@ -138,6 +142,25 @@ def band_compressors(compression: str, dtype: str = "uint16",
     if checksum:
         chain.append(Crc32cCodec())
     return chain or None
+
+
+#: Split names: ASCII letters, digits, ".", "_" and "-", not starting with "." (a name is a
+#: folder of the store: no separators, no "..").
+SPLIT_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+
+
+def check_split_name(name: str) -> str:
+    """Return ``name`` if it is a valid split name (:data:`SPLIT_NAME`).
+
+    Raises:
+        InvalidArgumentError: naming the rule.
+    """
+    if not isinstance(name, str) or SPLIT_NAME.fullmatch(name) is None:
+        raise InvalidArgumentError(
+            f"invalid split name {name!r}: use letters A-Z a-z, digits, '.', '_' and '-' "
+            "(not starting with '.')"
+        )
+    return name
 
 
 def is_url(path: str | Path) -> bool:
@@ -198,21 +221,58 @@ class Store:
 
     # -- arrays ----------------------------------------------------------------------
     def array(self, name: str) -> zarr.Array:
-        """The zarr array at ``name`` (e.g. ``"s2/10m"``)."""
+        """The zarr array at ``name`` (e.g. ``"s2/10m"``).
+
+        Raises:
+            StoreCorruptError: the array is missing, or its ``zarr.json`` does not parse
+                (naming the file).
+        """
         try:
             node = self.group[name]
         except KeyError:
             raise StoreCorruptError(f"{self.path}: array {name!r} is missing") from None
+        except (ValueError, TypeError, AttributeError, RecursionError) as exc:  # zarr.json garbage or {}
+            raise self.metadata_error(exc, name) from None
         if not isinstance(node, zarr.Array):
             raise StoreCorruptError(f"{self.path}: {name!r} is not an array")
         return node
 
     def has_array(self, name: str) -> bool:
-        """True if an array exists at ``name``."""
+        """True if an array exists at ``name`` (a damaged ``zarr.json`` raises StoreCorruptError)."""
         try:
             return isinstance(self.group[name], zarr.Array)
         except KeyError:
             return False
+        except (ValueError, TypeError, AttributeError, RecursionError) as exc:
+            raise self.metadata_error(exc, name) from None
+
+    def arrays(self) -> list[tuple[str, zarr.Array]]:
+        """Every array of the store as (path, array), sorted by path.
+
+        Raises:
+            StoreCorruptError: a ``zarr.json`` does not parse (naming the file).
+        """
+        def walk(group: zarr.Group, prefix: str) -> list[tuple[str, zarr.Array]]:
+            found = []
+            for name, node in sorted(group.members(), key=lambda item: item[0]):
+                if isinstance(node, zarr.Array):
+                    found.append((f"{prefix}{name}", node))
+                else:
+                    found.extend(walk(node, f"{prefix}{name}/"))
+            return found
+
+        try:
+            return walk(self.group, "")
+        except (KeyError, ValueError, TypeError, AttributeError, RecursionError) as exc:
+            raise self.metadata_error(exc) from None
+
+    def metadata_error(self, exc: BaseException, name: str = "") -> StoreCorruptError:
+        """A StoreCorruptError naming the damaged ``zarr.json`` (found by reading each one of a
+        local store; the array ``name`` otherwise) and the cause."""
+        where, cause = (_damaged_metadata(Path(self.path)) if not is_url(self.path) else None) or (
+            f"{self.path}/{name}/zarr.json" if name else f"{self.path}", _first_line(exc))
+        return StoreCorruptError(f"{where}: damaged array metadata ({cause}); the store is damaged: "
+                                 "restore that file or ingest again")
 
     def labels(self, nomenclature: str = "clc43") -> np.ndarray:
         """Label matrix (N, L) uint8, multi-hot; ``nomenclature`` is ``clc43`` or ``clc19``."""
@@ -290,8 +350,7 @@ class Store:
 
         Codes of patches that failed ingest are forced to -1, so no reader serves them.
         """
-        if not name or "/" in name or name.startswith("."):
-            raise InvalidArgumentError(f"invalid split name {name!r}")
+        check_split_name(name)
         codes = np.asarray(codes, dtype=np.int8)
         if codes.shape != (self.n_patches,):
             raise InvalidArgumentError(f"split codes must have shape ({self.n_patches},), got {codes.shape}")
@@ -306,16 +365,22 @@ class Store:
         attrs["counts"] = {
             subset: int((codes == code).sum()) for subset, code in {**SUBSETS, "excluded": EXCLUDED}.items()
         }
-        array = self.group.create_array(
-            f"{SPLITS_GROUP}/{name}",
-            shape=(self.n_patches,),
-            dtype="int8",
-            chunks=(min(max(self.n_patches, 1), 1 << 20),),
-            fill_value=EXCLUDED,
-            attributes=attrs,
-            overwrite=True,
-        )
-        array[:] = codes
+        try:
+            array = self.group.create_array(
+                f"{SPLITS_GROUP}/{name}",
+                shape=(self.n_patches,),
+                dtype="int8",
+                chunks=(min(max(self.n_patches, 1), 1 << 20),),
+                fill_value=EXCLUDED,
+                attributes=attrs,
+                overwrite=True,
+            )
+            array[:] = codes
+        except OSError as exc:  # read-only file system, full disk, ...
+            from benzarr.fsutil import os_error
+
+            where = self.path if is_url(self.path) else Path(self.path) / SPLITS_GROUP / name
+            raise os_error(exc, where, "writing the split") from None
 
     def delete_split(self, name: str) -> None:
         """Remove ``splits/<name>``."""
@@ -343,6 +408,40 @@ class Store:
     def __repr__(self) -> str:
         state = "complete" if self.complete else "incomplete"
         return f"Store({self.path!r}, n_patches={self.attrs.get('n_patches')}, {state})"
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _damaged_metadata(root: Path) -> tuple[str, str] | None:
+    """(path, cause) of the first ``zarr.json`` under ``root`` that is not valid Zarr v3
+    metadata (not JSON, not an object, ``{}``, a wrong node type or array fields), or None."""
+    import json
+    import os
+
+    from zarr.core.metadata.v3 import ArrayV3Metadata
+
+    for folder, subfolders, files in os.walk(root):
+        subfolders.sort()
+        if "zarr.json" not in files:
+            continue
+        path = Path(folder) / "zarr.json"
+        try:
+            meta = json.loads(path.read_bytes())
+        except (OSError, ValueError, RecursionError) as exc:
+            return str(path), f"not JSON: {_first_line(exc)}"
+        if not isinstance(meta, dict):
+            return str(path), "not a JSON object"
+        if meta.get("zarr_format") != 3 or meta.get("node_type") not in ("array", "group"):
+            return str(path), "no zarr_format 3 and node_type"
+        if meta["node_type"] == "array":
+            try:
+                ArrayV3Metadata.from_dict(meta)
+            except Exception as exc:  # zarr raises many kinds for bad fields
+                return str(path), _first_line(exc)
+    return None
 
 
 def _as_str(values: Any) -> np.ndarray:
@@ -416,7 +515,15 @@ def open_store(
 
 
 def remove_store(path: str | Path, storage_options: dict[str, Any] | None = None) -> None:
-    """Delete a store (used by ``--overwrite``): a local folder or everything under a URL."""
+    """Delete a benzarr store (used by ``--overwrite``): a local folder or everything under a URL.
+
+    A local folder must be a benzarr store (root ``zarr.json`` with benzarr's attributes);
+    it is renamed aside, then deleted (:func:`benzarr.fsutil.remove_folder`), so a kill never
+    leaves half of it.
+
+    Raises:
+        UnsafeOverwriteError: the local folder is not a benzarr store (nothing is deleted).
+    """
     if is_url(path):
         import fsspec
 
@@ -424,7 +531,11 @@ def remove_store(path: str | Path, storage_options: dict[str, Any] | None = None
         if fs.exists(root):
             fs.rm(root, recursive=True)
         return
-    shutil.rmtree(path)
+    from benzarr.fsutil import describe, is_benzarr_store, remove_folder
+
+    if not is_benzarr_store(path):
+        raise UnsafeOverwriteError(f"{path}: holds {describe(path)}, not a benzarr store; nothing was deleted")
+    remove_folder(path)
 
 
 def create_store(
@@ -453,8 +564,8 @@ def create_store(
     names = list(patch_names)
     if names != sorted(set(names)):
         raise InvalidArgumentError("patch names must be sorted and unique")
-    if shard_size < 1 or shard_size & (shard_size - 1):
-        raise InvalidArgumentError(f"shard size must be a power of two, got {shard_size}")
+    if shard_size < 1 or shard_size > MAX_SHARD_SIZE or shard_size & (shard_size - 1):
+        raise InvalidArgumentError(f"shard size must be a power of two from 1 to {MAX_SHARD_SIZE:,}, got {shard_size}")
     compressors = band_compressors(compression)
     n = len(names)
     n_shards = max(1, -(-n // shard_size))

@@ -10,7 +10,7 @@ import typer
 from benzarr.errors import IngestFailedPatchesError
 from benzarr.ingest import ingest, parse_part
 from benzarr.store import DEFAULT_COMPRESSION, DEFAULT_SHARD_SIZE
-from benzarr_cli._common import console, err_console, progress_bar, storage_options_for
+from benzarr_cli._common import console, err_console, progress_bar, storage_options_for, warn_line
 
 
 def command(
@@ -34,8 +34,9 @@ def command(
 ) -> None:
     """Ingest GeoTIFF bands and labels into a sharded Zarr v3 store (parallel, resumable).
 
-    Bad patches are named on stderr and in the store, and the exit code is 2; run the same
-    command again after an interruption to resume.
+    Bad patches are named on stderr and in the store, and the exit code is 3; run the same
+    command again after an interruption to resume (or after it finished: "already complete,
+    nothing to do"). --overwrite replaces only a benzarr store.
     """
     storage_options = storage_options_for(store, endpoint_url)
 
@@ -50,6 +51,15 @@ def command(
             part=parse_part(part) if part else None, storage_options=storage_options,
             on_start=lambda total: advance(0, total=total), on_progress=advance, on_bad_patch=bad_patch,
         )
+    if result.not_in_archive:  # on stderr, also with --quiet: the user asked for these patches
+        listed = ", ".join(result.not_in_archive[:10])
+        more = f" and {len(result.not_in_archive) - 10:,} more" if len(result.not_in_archive) > 10 else ""
+        warn_line(f"{len(result.not_in_archive):,} names in --patches are not in the archive: {listed}{more}")
+    if result.already_complete:
+        if not quiet:
+            bad = f" ({len(result.failed):,} bad patches, listed by `benzarr info`)" if result.failed else ""
+            console.print(f"{result.store}: already complete, nothing to do{bad}", markup=False)
+        return
     if not quiet:
         what = f"BigEarthNet v{result.version} ({'+'.join(result.modalities)})"
         if plan:
@@ -68,7 +78,5 @@ def command(
             if not result.complete:
                 missing = f" (parts still missing: {', '.join(map(str, result.missing_parts))})" if result.missing_parts else ""
                 console.print(f"store not complete yet{missing}", markup=False)
-        if result.not_in_archive:
-            console.print(f"{len(result.not_in_archive)} names in --patches are not in the archive", markup=False)
     if result.failed:
         raise IngestFailedPatchesError(result.failed)

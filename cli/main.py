@@ -1,17 +1,23 @@
 """The ``benzarr`` Typer app: registers one command per module and maps errors to exit codes.
 
-Exit codes: 0 success; 1 a fatal error (one ``error:`` line on stderr); 2 the work finished
-but some inputs were bad (e.g. patches that could not be ingested, named on stderr).
+Exit codes: 0 success; 1 a fatal error (one ``error:`` line on stderr naming the path and the
+cause: benzarr's own errors, OS errors such as a full disk or a read-only file system, and
+any unexpected exception, whose traceback ``BENZARR_DEBUG=1`` shows); 2 a usage error of the
+command line (click's: unknown option, missing argument); 3 the work finished but some inputs
+were bad (patches that could not be ingested, named on stderr and in the store); 130
+interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import typer
 
 from benzarr.errors import BenzarrError
+from benzarr.fsutil import os_error
 from benzarr_cli._common import error_line
 
 app = typer.Typer(
@@ -83,7 +89,24 @@ def main() -> None:
         if _is_click(exc, "Abort"):
             error_line("aborted")
             sys.exit(1)
-        raise
+        if debug():
+            raise
+        if isinstance(exc, OSError):  # full disk, read-only file system, ... where no path was known
+            error_line(str(os_error(exc, action="running")))
+        else:
+            error_line(f"unexpected {_describe(exc)}; run with BENZARR_DEBUG=1 for the traceback")
+        sys.exit(1)
+
+
+def debug() -> bool:
+    """True when ``BENZARR_DEBUG`` is set to anything but empty or ``0``: show tracebacks."""
+    return os.environ.get("BENZARR_DEBUG", "") not in ("", "0")
+
+
+def _describe(exc: BaseException) -> str:
+    """``TypeName: first line of the message`` (the message alone can be empty or many lines)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 def _is_click(exc: BaseException, name: str) -> bool:

@@ -48,7 +48,7 @@ def test_missing_s1_file_is_a_bad_patch(real_v1_root: Path, tmp_path: Path) -> N
     victim = sorted((root / "BigEarthNet-S1-v1.0").iterdir())[0]
     (victim / f"{victim.name}_VH.tif").unlink()
     result = run_cli("ingest", root, tmp_path / "s.zarr", "--workers", "1")
-    assert result.returncode == 2
+    assert result.returncode == 3
     assert f"{victim.name}_VH.tif: missing file" in result.stderr
     assert len(open_store(tmp_path / "s.zarr").failed()) == 1
     with pytest.raises(BadPatchError):

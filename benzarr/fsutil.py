@@ -1,0 +1,326 @@
+"""Safe file-system steps shared by every command that writes or replaces a folder.
+
+One rule for ``--overwrite`` everywhere (``ingest``, ``synth``, ``demo``, ``synth
+--labels-only``): a command replaces only a folder that benzarr itself wrote for the same
+purpose, recognised by its contents, never by its name:
+
+- a store: its root ``zarr.json`` carries benzarr's ``benzarr`` attributes (complete or not);
+- a synthetic archive or a demo folder: it holds the marker file :data:`MARKER` naming the
+  command that wrote it.
+
+Anything else (user files, a real archive, another program's Zarr store) is refused with one
+line that says what is there, and nothing is deleted. Removal renames the folder aside first
+(``.<name>.benzarr-old-<pid>`` beside it) and deletes it from there, so a kill at any moment
+leaves either the old folder whole or no old folder at all, never half of it mixed with new
+files; leftovers of killed removals are swept on the next replace.
+
+OS errors become :class:`~benzarr.errors.FileSystemError` through :func:`os_error`, which
+names the path, the cause and the fix.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from benzarr.errors import (
+    FileSystemError,
+    InvalidArgumentError,
+    PathConflictError,
+    UnsafeOverwriteError,
+)
+
+#: Marker file of folders benzarr writes that are not stores (synthetic archives, demos).
+MARKER = ".benzarr"
+#: Name part of folders renamed aside while being deleted: ``.<name>.benzarr-old-<pid>``.
+ASIDE_TAG = ".benzarr-old-"
+
+
+# -- OS errors -------------------------------------------------------------------------
+
+
+def os_error(exc: OSError, path: str | Path = "", action: str = "writing", hint: str | None = None) -> FileSystemError:
+    """A one-line :class:`FileSystemError` for ``exc``: the path, the cause, the fix.
+
+    Args:
+        exc: the OSError raised.
+        path: the file or folder being worked on (``exc.filename`` wins when it is set).
+        action: what was being done (``"writing"``, ``"reading"``, ``"creating"``).
+        hint: what to do after a full disk (default: run the same command again).
+    """
+    where = str(exc.filename) if getattr(exc, "filename", None) else str(path)
+    at = f"{where}: " if where else ""
+    code = exc.errno
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        cause = "no space left on device" if code == errno.ENOSPC else "disk quota exceeded"
+        target = f" {where}" if where else ""
+        message = f"{cause} while {action}{target}; {hint or 'free space and run the same command again'}"
+    elif code == errno.EROFS:
+        message = f"{at}read-only file system (while {action}); choose a writable location"
+    elif code in (errno.EACCES, errno.EPERM):
+        message = f"{at}permission denied (while {action})"
+    elif code == errno.ENOTDIR:
+        message = f"{at}a file is in the way (part of this path is a file, not a folder)"
+    elif code == errno.EISDIR:
+        message = f"{at}is a folder, not a file"
+    elif code == errno.ELOOP:
+        message = f"{at}symlink loop (too many levels of symbolic links); fix or remove the link"
+    elif code == errno.ENAMETOOLONG:
+        message = f"{at}file name too long"
+    elif code == errno.EIO:
+        message = f"{at}input/output error while {action} (a failing disk or network file system?)"
+    else:
+        cause = exc.strerror or str(exc) or type(exc).__name__
+        message = f"{at}{cause} (while {action})"
+    return FileSystemError(message, where, code)
+
+
+# -- what is at a path -----------------------------------------------------------------
+
+
+def is_benzarr_store(path: str | Path) -> bool:
+    """True if ``path`` is a folder whose root ``zarr.json`` carries benzarr's attributes."""
+    try:
+        with open(Path(path) / "zarr.json", "rb") as handle:
+            meta = json.loads(handle.read())
+    except (OSError, ValueError, RecursionError):
+        return False
+    attributes = meta.get("attributes") if isinstance(meta, dict) else None
+    return isinstance(attributes, dict) and isinstance(attributes.get("benzarr"), dict)
+
+
+def has_marker(path: str | Path, command: str) -> bool:
+    """True if ``path`` holds the :data:`MARKER` file written by ``command`` (``"synth"``, ``"demo"``)."""
+    try:
+        meta = json.loads((Path(path) / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(meta, dict) and meta.get("written_by") == f"benzarr {command}"
+
+
+def write_marker(path: str | Path, command: str) -> None:
+    """Mark ``path`` as written by ``benzarr <command>`` (deterministic bytes)."""
+    (Path(path) / MARKER).write_text(json.dumps({"written_by": f"benzarr {command}"}) + "\n", encoding="utf-8")
+
+
+def _is_ours(name: str) -> bool:
+    return name == MARKER or ASIDE_TAG in name
+
+
+def describe(path: str | Path) -> str:
+    """What is at ``path``, in a few words, for an error message."""
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        return "a broken or looping symlink"
+    if path.is_file():
+        return "a file"
+    if not path.is_dir():
+        return "nothing"
+    if (path / "zarr.json").is_file():
+        return "a benzarr store" if is_benzarr_store(path) else "a Zarr store that benzarr did not write"
+    names: list[str] = []
+    with os.scandir(path) as entries:
+        for entry in entries:
+            names.append(entry.name)
+            if len(names) > 1000:
+                break
+    if not names:
+        return "an empty folder"
+    from benzarr.archive import detect_version  # lazy: rasterio
+
+    try:
+        version = detect_version(path)
+    except Exception:  # a symlink loop in it, ...: then it is just "files"
+        version = None
+    count = "over 1,000 entries" if len(names) > 1000 else f"{len(names):,} entr{'y' if len(names) == 1 else 'ies'}"
+    shown = ", ".join(sorted(names)[:3]) + (", ..." if len(names) > 3 else "")
+    if version:
+        return f"a BigEarthNet v{version} archive ({count}: {shown})"
+    return f"{count} that benzarr did not write ({shown})"
+
+
+def is_empty_folder(path: Path) -> bool:
+    """True for a folder with nothing in it but benzarr's own leftovers (marker, folders set aside)."""
+    with os.scandir(path) as entries:
+        return all(_is_ours(entry.name) for entry in entries)
+
+
+def check_output(path: str | Path, *, overwrite: bool, owned: Callable[[Path], bool], what: str,
+                 command: str) -> str:
+    """Check that a command may write a folder at ``path``; write nothing.
+
+    Args:
+        overwrite: ``--overwrite`` was given.
+        owned: recognises a folder this command may replace (e.g. :func:`is_benzarr_store`).
+        what: the kind of folder the command writes, for messages (``"a benzarr store"``).
+        command: the command, for messages (``"ingest"``).
+
+    Returns:
+        ``"missing"``, ``"empty"`` (an empty folder) or ``"owned"`` (a folder ``owned``
+        recognises; whether to replace it, resume it or refuse is the caller's choice).
+
+    Raises:
+        FileSystemError: ``path`` is a file, sits under a file, or is a symlink loop.
+        UnsafeOverwriteError: ``path`` holds something else and ``overwrite`` was given.
+        InvalidArgumentError: ``path`` holds something else and no ``overwrite``.
+    """
+    path = Path(path)
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        if os.path.lexists(path):
+            raise FileSystemError(f"{path}: a broken symlink; remove it or choose another path", str(path)) from None
+        _check_parents(path)
+        return "missing"
+    except NotADirectoryError:
+        _check_parents(path)
+        raise FileSystemError(f"{path}: cannot be created: a part of this path is a file", str(path)) from None
+    except OSError as exc:
+        raise os_error(exc, path, "checking") from None
+    if not path.is_dir():
+        raise FileSystemError(f"{path}: is a file, not a folder; choose another path for {what}", str(path),
+                              errno.ENOTDIR)
+    try:
+        if is_empty_folder(path):
+            return "empty"
+        if owned(path):
+            return "owned"
+        found = describe(path)
+    except OSError as exc:
+        raise os_error(exc, path, "reading") from None
+    if overwrite:
+        raise UnsafeOverwriteError(
+            f"{path}: holds {found}, not {what}; --overwrite replaces only {what} (benzarr {command} "
+            "never deletes anything else), so nothing was deleted: choose another path"
+        )
+    raise InvalidArgumentError(f"{path}: exists and holds {found}; choose another path (an empty or new folder)")
+
+
+def _check_parents(path: Path) -> None:
+    """Raise if the nearest existing parent of ``path`` is not a folder."""
+    for parent in path.absolute().parents:
+        if os.path.lexists(parent):
+            if not parent.is_dir():
+                raise FileSystemError(f"{path}: cannot be created: {parent} is a file, not a folder",
+                                      str(path), errno.ENOTDIR)
+            return
+
+
+def check_disjoint(store: str | Path, archive: str | Path) -> None:
+    """Refuse a STORE that is ARCHIVE, lies inside it, or holds it (before anything is written).
+
+    Raises:
+        PathConflictError: naming both paths.
+    """
+    s, a = Path(store).resolve(), Path(archive).resolve()
+    if s == a:
+        raise PathConflictError(f"{store}: STORE is the archive itself; write the store somewhere else")
+    if a in s.parents:
+        raise PathConflictError(f"{store}: STORE is inside the archive {archive}; write the store somewhere else")
+    if s in a.parents:
+        raise PathConflictError(f"{store}: STORE holds the archive {archive}; write the store somewhere else")
+
+
+# -- removing --------------------------------------------------------------------------
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _sweep(folder: Path, prefix: str) -> None:
+    """Delete ``<prefix><pid>`` folders in ``folder`` whose process is gone (left by a kill)."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        tail = entry.name[len(prefix):]
+        if entry.name.startswith(prefix) and tail.isascii() and tail.isdigit() and not _pid_alive(int(tail)):
+            shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def sweep_aside(path: str | Path) -> None:
+    """Delete what killed removals of ``path`` left beside it (``.<name>.benzarr-old-<pid>``
+    of processes that are gone)."""
+    path = Path(path)
+    _sweep(path.parent, f".{path.name}{ASIDE_TAG}")
+
+
+def remove_entries(folder: str | Path, names: Iterable[str]) -> None:
+    """Delete the entries ``names`` of ``folder`` (files or folders), safe to interrupt: they
+    are moved into ``folder/.benzarr-old-<pid>`` first, then that is deleted.
+
+    Raises:
+        FileSystemError: naming the folder and the cause.
+    """
+    folder = Path(folder)
+    _sweep(folder, ASIDE_TAG)
+    aside = folder / f"{ASIDE_TAG}{os.getpid()}"
+    try:
+        aside.mkdir(exist_ok=True)
+        for name in names:
+            os.rename(folder / name, aside / name)
+        shutil.rmtree(aside)
+    except OSError as exc:
+        raise os_error(exc, folder, "removing old files") from None
+
+
+def remove_folder(path: str | Path) -> None:
+    """Delete the folder ``path``: renamed aside first, then deleted (safe to interrupt).
+
+    The caller has checked that the folder is benzarr's (:func:`check_output`). A mount
+    point, which cannot be renamed, has its entries moved into a hidden folder inside it
+    and deleted from there.
+
+    Raises:
+        FileSystemError: the rename or the deletion failed (naming the folder and the cause).
+    """
+    path = Path(path)
+    sweep_aside(path)
+    aside = path.with_name(f".{path.name}{ASIDE_TAG}{os.getpid()}")
+    try:
+        try:
+            os.rename(path, aside)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EBUSY):
+                raise
+            # a mount point: move its entries aside inside it instead
+            remove_entries(path, [name for name in os.listdir(path) if not name.startswith(ASIDE_TAG)])
+            return
+        shutil.rmtree(aside)
+    except OSError as exc:
+        raise os_error(exc, path, "removing the old folder") from None
+
+
+def replace_output(path: str | Path, *, overwrite: bool, owned: Callable[[Path], bool], what: str,
+                   command: str) -> bool:
+    """The one rule of ``--overwrite``: make ``path`` free for a new ``what``.
+
+    Removes the folder (:func:`remove_folder`) only when ``owned`` recognises it and
+    ``overwrite`` is given; refuses everything else (see :func:`check_output`).
+
+    Returns:
+        True if an old folder was removed.
+
+    Raises:
+        InvalidArgumentError: ``owned`` recognises the folder but ``overwrite`` was not given.
+        and everything :func:`check_output` raises.
+    """
+    state = check_output(path, overwrite=overwrite, owned=owned, what=what, command=command)
+    if state != "owned":
+        return False
+    if not overwrite:
+        raise InvalidArgumentError(f"{path}: {what} is already there; pass --overwrite to replace it")
+    remove_folder(path)
+    return True

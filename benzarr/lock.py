@@ -1,0 +1,155 @@
+"""Advisory locks that keep two ingests from writing one store at the same time.
+
+A lock is a ``fcntl.flock`` on a small file beside the store, ``.<store name>.benzarr-ingest.lock``
+(beside, not inside, so that replacing the store with ``--overwrite`` never moves the lock).
+The kernel drops a flock when its process dies, so the lock of a killed ingest is stale at
+once and the next ingest simply takes it over; the file holds ``pid host`` of the holder for
+the error message only. The holder deletes the file when it is done; an acquirer checks that
+the file it locked is still the one at the path (same inode), so deleting it is race-free.
+
+- A whole-store ingest (and ``--plan``) holds the store lock exclusively.
+- A ``--part I/N`` ingest holds the store lock shared and its own part lock
+  (``.<name>.benzarr-ingest-part-I-of-N.lock``) exclusively: parts run side by side, two runs
+  of one part do not, and no whole-store ingest runs while any part does.
+
+Stores behind URLs (``s3://``) are not locked: object stores have no such lock.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+from benzarr.errors import StoreLockedError
+from benzarr.fsutil import os_error
+
+
+def lock_path(store: str | Path, part: tuple[int, int] | None = None) -> Path:
+    """The lock file of ``store`` (or of its part ``(i, n)``), beside the store."""
+    store = Path(store).absolute()
+    suffix = f"-part-{part[0]}-of-{part[1]}" if part else ""
+    return store.with_name(f".{store.name}.benzarr-ingest{suffix}.lock")
+
+
+def _holder(path: Path) -> str:
+    """``pid N on HOST`` from a lock file, or ``a process`` if it says nothing."""
+    try:
+        pid, host = path.read_text(encoding="utf-8").split()[:2]
+        return f"pid {int(pid)} on {host}"
+    except (OSError, ValueError):
+        return "a process"
+
+
+def _live_part_holders(store: Path) -> list[tuple[str, str]]:
+    """(part, holder) of every part lock of ``store`` that a live process holds."""
+    prefix = f".{store.name}.benzarr-ingest-part-"
+    found = []
+    try:
+        names = sorted(name for name in os.listdir(store.parent) if name.startswith(prefix) and name.endswith(".lock"))
+    except OSError:
+        return []
+    for name in names:
+        path = store.parent / name
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            part = name[len(prefix):-len(".lock")].replace("-of-", "/")
+            found.append((part, _holder(path)))
+        finally:
+            os.close(fd)
+    return found
+
+
+class _Lock:
+    def __init__(self, path: Path, exclusive: bool, store: str) -> None:
+        self.path = path
+        self.exclusive = exclusive
+        self.store = store
+        self.fd = -1
+
+    def acquire(self) -> bool:
+        """Take the lock; False if another process holds it."""
+        for _ in range(100):  # only repeats when a releasing holder deleted the file under us
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:  # named by the store: the lock file is benzarr's business
+                raise os_error(OSError(exc.errno, exc.strerror), self.store, "creating its ingest lock") from None
+            try:
+                fcntl.flock(fd, (fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return False
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                    return True  # a file system without flock: run unlocked, as before
+                raise os_error(OSError(exc.errno, exc.strerror), self.store, "locking it") from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                os.close(fd)
+                continue
+            self.fd = fd
+            if self.exclusive:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+            return True
+        return False
+
+    def release(self) -> None:
+        if self.fd < 0:
+            return
+        try:
+            if not self.exclusive:
+                # delete the file only if no one else holds it (the shared lock may be lost here:
+                # it is being released anyway)
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.unlink(self.path)
+        except OSError:
+            pass
+        finally:
+            os.close(self.fd)
+            self.fd = -1
+
+
+@contextmanager
+def ingest_lock(store: str | Path, part: tuple[int, int] | None = None) -> Iterator[None]:
+    """Hold the ingest lock of ``store`` (and of ``part``) for the ``with`` block.
+
+    Raises:
+        StoreLockedError: "another ingest, pid N on HOST, is writing STORE".
+        FileSystemError: the lock file cannot be created (read-only folder, ...).
+    """
+    if "://" in str(store):
+        yield
+        return
+    name = str(store)
+    with ExitStack() as stack:
+        main = _Lock(lock_path(store), exclusive=part is None, store=name)
+        if not main.acquire():
+            parts = _live_part_holders(Path(store).absolute())
+            if part is None and parts:
+                which, holder = parts[0]
+                raise StoreLockedError(f"another ingest (--part {which}), {holder}, is writing {name}; "
+                                       "wait until the parts finish")
+            raise StoreLockedError(f"another ingest, {_holder(main.path)}, is writing {name}; "
+                                   "wait for it to finish (or stop it) and run this command again")
+        stack.callback(main.release)
+        if part is not None:
+            mine = _Lock(lock_path(store, part), exclusive=True, store=name)
+            if not mine.acquire():
+                raise StoreLockedError(f"another ingest of part {part[0]}/{part[1]}, {_holder(mine.path)}, "
+                                       f"is writing {name}; wait for it to finish (or stop it) and run this command again")
+            stack.callback(mine.release)
+        yield
