@@ -41,7 +41,7 @@ class DemoConfig:
     workers: int = 2                 # synth and ingest processes
     loader_workers: int = 0          # DataLoader workers while training
     max_steps: int | None = None     # cap on optimisation steps (tests)
-    overwrite: bool = False          # remove an earlier demo in ``out`` first
+    overwrite: bool = False          # remove an earlier demo in ``out`` first (only a demo folder)
 
 
 @dataclass
@@ -66,12 +66,16 @@ def run_demo(
 ) -> DemoResult:
     """Run the five steps; ``on_stage(name, info)`` is called when each one finishes.
 
-    Raises:
-        InvalidArgumentError: ``out`` holds files and not ``overwrite`` (or bad sizes).
-    """
-    import shutil
+    ``out`` is marked as a demo folder (:func:`benzarr.fsutil.write_marker`) before anything
+    is written in it; ``overwrite`` replaces only such a folder (renamed aside, then deleted).
 
+    Raises:
+        InvalidArgumentError: ``out`` holds an earlier demo and not ``overwrite``, or holds
+            anything else (bad sizes, too).
+        UnsafeOverwriteError: ``overwrite`` of a folder that is not a demo (nothing deleted).
+    """
     from benzarr.errors import InvalidArgumentError
+    from benzarr.fsutil import has_marker, replace_output, write_marker
     from benzarr.ingest import ingest
     from benzarr.report import write_report
     from benzarr.split import make_split
@@ -80,12 +84,12 @@ def run_demo(
     from benzarr.train import train
 
     out = Path(cfg.out)
-    if out.exists() and any(out.iterdir()):
-        if not cfg.overwrite:
-            raise InvalidArgumentError(f"{out} is not empty: pass --overwrite to replace the demo there, or another --out")
-        shutil.rmtree(out)
     if cfg.n_patches < 20:
         raise InvalidArgumentError(f"the demo needs at least 20 patches, not {cfg.n_patches}")
+    replace_output(out, overwrite=cfg.overwrite, owned=lambda path: has_marker(path, "demo"),
+                   what="a demo folder", command="demo")
+    out.mkdir(parents=True, exist_ok=True)
+    write_marker(out, "demo")
     report = on_stage or (lambda name, info: None)
     archive, store_path = out / "archive", out / "store.zarr"
     run_dir, report_dir = out / "runs" / MODEL, out / "report"

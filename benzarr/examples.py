@@ -8,12 +8,15 @@ with :mod:`importlib.resources`, without importing its modules.
 
 from __future__ import annotations
 
+import os
+import shutil
 import tarfile
 from importlib import resources
 from pathlib import Path
 
 from benzarr.archive import V1_S1_FOLDER, V1_S2_FOLDER
-from benzarr.errors import InvalidArgumentError, MissingDependencyError
+from benzarr.errors import FileSystemError, InvalidArgumentError, MissingDependencyError
+from benzarr.fsutil import os_error
 
 _ARCHIVES = {
     V1_S2_FOLDER: "BigEarthNet-S2-Example.tar.bz2",
@@ -30,7 +33,8 @@ def extract_examples(out: str | Path) -> dict[str, list[str]]:
 
     Raises:
         MissingDependencyError: ``bigearthnet-common`` is not installed.
-        InvalidArgumentError: ``out`` already holds one of the two folders.
+        InvalidArgumentError: ``out`` already holds one of the two folders (nothing is replaced).
+        FileSystemError: ``out`` is a file, or the disk is full or read-only (naming the path).
     """
     try:
         package = resources.files("bigearthnet_common")
@@ -39,18 +43,29 @@ def extract_examples(out: str | Path) -> dict[str, list[str]]:
             "the real example patches come with bigearthnet-common: pip install 'benzarr[examples]'"
         ) from None
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FileSystemError(f"{out}: is a file, not a folder; choose a folder to unpack into", str(out))
+    for folder in _ARCHIVES:  # both checked before anything is written
+        if os.path.lexists(out / folder):
+            raise InvalidArgumentError(f"{out / folder}: exists; choose an empty folder (nothing was replaced)")
     written: dict[str, list[str]] = {}
     for folder, member in _ARCHIVES.items():
         target = out / folder
-        if target.exists():
-            raise InvalidArgumentError(f"{target}: exists; choose an empty folder")
-        target.mkdir(parents=True)
-        with resources.as_file(package.joinpath(member)) as path, tarfile.open(path, "r:bz2") as tar:
-            top = member.removesuffix(".tar.bz2") + "/"
-            for item in tar.getmembers():
-                if not item.name.startswith(top) or item.name == top.rstrip("/"):
-                    continue
-                item.name = item.name[len(top):]
-                tar.extract(item, target, filter="data")
+        # unpacked beside the target and renamed into place: a failure (a full disk) leaves no
+        # half-filled folder that the next run would refuse
+        partial = out / f".{folder}.benzarr-partial-{os.getpid()}"
+        try:
+            partial.mkdir(parents=True)
+            with resources.as_file(package.joinpath(member)) as path, tarfile.open(path, "r:bz2") as tar:
+                top = member.removesuffix(".tar.bz2") + "/"
+                for item in tar.getmembers():
+                    if not item.name.startswith(top) or item.name == top.rstrip("/"):
+                        continue
+                    item.name = item.name[len(top):]
+                    tar.extract(item, partial, filter="data")
+            os.rename(partial, target)
+        except OSError as exc:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise os_error(exc, target, "unpacking the examples into") from None
         written[folder] = sorted(p.name for p in target.iterdir() if p.is_dir())
     return written

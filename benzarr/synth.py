@@ -49,7 +49,6 @@ import functools
 import json
 import math
 import os
-import shutil
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -69,6 +68,7 @@ from benzarr.bigearthnet import (
     is_patch_name,
 )
 from benzarr.errors import InvalidArgumentError
+from benzarr.fsutil import MARKER, check_output, has_marker, remove_entries, write_marker
 
 #: Bumped whenever the bytes written for a given (n_patches, seed) change.
 SYNTH_VERSION = 1
@@ -751,22 +751,28 @@ def _check_workers(workers: int | None) -> None:
 
 
 def _prepare_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise InvalidArgumentError(f"{out} exists and is not a folder; choose another output path")
-    if out.is_dir() and any(out.iterdir()):
+    """Make ``out`` ready: new, empty, or (``overwrite``) a synthetic archive whose synth files go.
+
+    Only a folder that synth marked (:func:`benzarr.fsutil.write_marker`) is replaced, and only
+    what synth writes in it (patch folders, the v1+S1 and v2 folders and parquet files): other
+    files a user put there stay. A real archive, which looks the same but has no marker, is
+    never touched.
+    """
+    state = check_output(out, overwrite=overwrite, owned=lambda path: has_marker(path, "synth"),
+                         what="a synthetic archive", command="synth")
+    if state == "owned":
         if not overwrite:
             raise InvalidArgumentError(
                 f"{out} exists and is not empty; choose another folder or pass overwrite=True"
-                " (--overwrite) to replace the patch folders in it"
+                " (--overwrite) to replace the synthetic archive in it"
             )
-        # Only what synth writes goes (v1 patch folders, the v1+S1 and v2 folders and
-        # parquet files): other files a user put there stay.
-        for entry in out.iterdir():
-            if entry.is_dir() and (is_patch_name(entry.name) or entry.name in _LAYOUT_ENTRIES):
-                shutil.rmtree(entry)
-            elif entry.is_file() and entry.name in _LAYOUT_ENTRIES:
-                entry.unlink()
+        remove_entries(out, [
+            entry.name for entry in out.iterdir()
+            if (entry.is_dir() and (is_patch_name(entry.name) or entry.name in _LAYOUT_ENTRIES))
+            or (entry.is_file() and entry.name in _LAYOUT_ENTRIES)
+        ])
     out.mkdir(parents=True, exist_ok=True)
+    write_marker(out, "synth")
 
 
 def synth_archive(
@@ -1052,10 +1058,12 @@ def synth_archive_v2(
 
 
 def tree_footprint(root: str | Path) -> tuple[int, int]:
-    """(files, bytes) of everything under ``root``."""
+    """(files, bytes) of everything under ``root`` but benzarr's marker files (``.benzarr``)."""
     files = size = 0
     for folder, _, names in os.walk(root):
         for name in names:
+            if name == MARKER:
+                continue
             files += 1
             size += os.stat(os.path.join(folder, name)).st_size
     return files, size
@@ -1090,19 +1098,14 @@ def synth_labels_store(
         InvalidArgumentError: ``n_patches`` outside 1..519,284, or the path exists without
             ``overwrite``.
     """
+    from benzarr.fsutil import is_benzarr_store, replace_output
     from benzarr.resources import read_official_list
-    from benzarr.store import create_store, remove_store, store_exists
+    from benzarr.store import create_store
 
     official = sorted({name for subset in ("train", "val", "test") for name in read_official_list(subset)})
     if not 1 <= n_patches <= len(official):
         raise InvalidArgumentError(f"a labels-only store holds 1 to {len(official):,} patches, got {n_patches}")
-    if Path(path).exists():
-        if not overwrite:
-            raise InvalidArgumentError(f"{path}: exists; pass --overwrite to replace it")
-        if store_exists(path):
-            remove_store(path)
-        else:
-            raise InvalidArgumentError(f"{path}: exists and is not a Zarr store; remove it yourself")
+    replace_output(path, overwrite=overwrite, owned=is_benzarr_store, what="a benzarr store", command="synth")
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x1AB]))
     names = official if n_patches == len(official) else sorted(rng.choice(official, n_patches, replace=False).tolist())
     clc43 = synth_labels(n_patches, seed)

@@ -9,7 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from benzarr.demo import DemoConfig, run_demo
-from benzarr.errors import InvalidArgumentError
+from benzarr.errors import InvalidArgumentError, UnsafeOverwriteError
+from benzarr.fsutil import write_marker
 
 
 def test_demo_runs_end_to_end_and_says_where_everything_is(tmp_path: Path) -> None:
@@ -29,8 +30,24 @@ def test_demo_runs_end_to_end_and_says_where_everything_is(tmp_path: Path) -> No
 
 
 def test_demo_refuses_to_overwrite_unless_asked(tmp_path: Path) -> None:
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    write_marker(earlier, "demo")  # what an earlier demo leaves
+    (earlier / "store.zarr").mkdir()
+    with pytest.raises(InvalidArgumentError, match="--overwrite"):
+        run_demo(DemoConfig(out=str(earlier), n_patches=40))
+    assert (earlier / "store.zarr").exists()
+
+
+def test_demo_overwrite_never_deletes_a_folder_it_did_not_write(tmp_path: Path) -> None:
     (tmp_path / "demo").mkdir()
     (tmp_path / "demo" / "keep.txt").write_text("mine")
-    with pytest.raises(InvalidArgumentError, match="--overwrite"):
+    with pytest.raises(InvalidArgumentError, match="keep.txt"):
         run_demo(DemoConfig(out=str(tmp_path / "demo"), n_patches=40))
-    assert (tmp_path / "demo" / "keep.txt").exists()
+    with pytest.raises(UnsafeOverwriteError, match="nothing was deleted"):
+        run_demo(DemoConfig(out=str(tmp_path / "demo"), n_patches=40, overwrite=True))
+    assert (tmp_path / "demo" / "keep.txt").read_text() == "mine"
+    from benzarr_cli.main import app
+
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--overwrite"])
+    assert result.exit_code == 1 and (tmp_path / "demo" / "keep.txt").exists()

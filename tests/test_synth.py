@@ -43,7 +43,7 @@ def _read_tree(root: Path) -> dict[str, bytes]:
 def test_archive_has_one_folder_per_patch_with_12_bands_and_a_json(archive: tuple[Path, list[str]]) -> None:
     out, names = archive
     assert names == sorted(names) == synth_patch_names(N_LAYOUT, 5)
-    assert sorted(p.name for p in out.iterdir()) == names
+    assert sorted(p.name for p in out.iterdir()) == [".benzarr", *names]  # .benzarr: synth's marker
     for name in names:
         expected = {f"{name}_{band}.tif" for band in BANDS} | {f"{name}_labels_metadata.json"}
         assert {p.name for p in (out / name).iterdir()} == expected
@@ -223,7 +223,7 @@ def test_cli_writes_the_archive_and_a_summary(tmp_path: Path) -> None:
     out = tmp_path / "cli"
     result = CliRunner().invoke(app, ["synth", str(out), "--patches", "3", "--seed", "2", "--workers", "1"])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == synth_patch_names(3, 2)
+    assert sorted(p.name for p in out.iterdir()) == [".benzarr", *synth_patch_names(3, 2)]
     assert "3 patches (39 files" in result.output
     quiet = CliRunner().invoke(app, ["synth", str(tmp_path / "q"), "--patches", "2", "--workers", "1", "--quiet"])
     assert quiet.exit_code == 0 and quiet.output == ""  # --quiet: nothing but errors

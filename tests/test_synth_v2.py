@@ -90,7 +90,7 @@ def _clc43_of(patch: dict) -> list[int]:
 def test_v2_top_level_holds_the_three_folders_and_two_parquets(v2: tuple[Path, list[str]]) -> None:
     out, ids = v2
     assert sorted(p.name for p in out.iterdir()) == [
-        "BigEarthNet-S1", "BigEarthNet-S2", "Reference_Maps", "metadata.parquet",
+        ".benzarr", "BigEarthNet-S1", "BigEarthNet-S2", "Reference_Maps", "metadata.parquet",
         "metadata_for_patches_with_snow_cloud_or_shadow.parquet",
     ]
     assert ids == sorted(ids) and len(set(ids)) == N
@@ -268,10 +268,12 @@ def test_v1_s1_root_holds_the_s2_archive_unchanged(
     v1s1: tuple[Path, list[str]], tmp_path: Path
 ) -> None:
     out, names = v1s1
-    assert sorted(p.name for p in out.iterdir()) == ["BigEarthNet-S1-v1.0", "BigEarthNet-v1.0"]
+    assert sorted(p.name for p in out.iterdir()) == [".benzarr", "BigEarthNet-S1-v1.0", "BigEarthNet-v1.0"]
     plain = tmp_path / "plain"
     assert synth_archive(plain, 8, seed=4, workers=1) == names
-    assert _read_tree(out / "BigEarthNet-v1.0") == _read_tree(plain)
+    plain_tree = _read_tree(plain)
+    assert plain_tree.pop(".benzarr")  # synth's marker sits at the top of what it wrote
+    assert _read_tree(out / "BigEarthNet-v1.0") == plain_tree
 
 
 def test_v1_s1_patches_have_the_real_json_and_pair_with_s2(v1s1: tuple[Path, list[str]]) -> None:
@@ -330,7 +332,7 @@ def test_v2_without_options_writes_s2_and_parquets_only(tmp_path: Path) -> None:
     out = tmp_path / "s2only"
     ids = synth_archive_v2(out, 5, seed=0, workers=1)
     assert sorted(p.name for p in out.iterdir()) == [
-        "BigEarthNet-S2", "metadata.parquet", "metadata_for_patches_with_snow_cloud_or_shadow.parquet",
+        ".benzarr", "BigEarthNet-S2", "metadata.parquet", "metadata_for_patches_with_snow_cloud_or_shadow.parquet",
     ]
     assert len(ids) == 5
 
@@ -370,7 +372,7 @@ def test_cli_writes_the_v1_s1_download_root(tmp_path: Path) -> None:
     out = tmp_path / "cli"
     result = CliRunner().invoke(app, ["synth", str(out), "--s1", "--patches", "3", "--workers", "1", "--quiet"])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["BigEarthNet-S1-v1.0", "BigEarthNet-v1.0"]
+    assert sorted(p.name for p in out.iterdir()) == [".benzarr", "BigEarthNet-S1-v1.0", "BigEarthNet-v1.0"]
 
 
 def test_cli_refuses_reference_maps_for_v1(tmp_path: Path) -> None:
