@@ -1,0 +1,481 @@
+"""Data safety (issue 9 §1, §3, §4, §5): --overwrite deletes only benzarr's own folders, every
+failure is one line with nothing left behind, one ingest per store at a time, names and inputs
+are validated.
+
+Disk-full and read-only cases run on a real tmpfs when this machine lets the test mount one
+(root in a container usually can); otherwise they are skipped and the simulated-ENOSPC test
+still covers the error line and the temporary-file cleanup.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import rasterio
+
+from benzarr.archive import discover_patches, open_archive
+from benzarr.bigearthnet import is_patch_name, is_s1_name, is_v2_patch_name
+from benzarr.errors import (
+    FileSystemError,
+    InvalidArgumentError,
+    NotAnArchiveError,
+    PathConflictError,
+    StoreExistsError,
+    StoreLockedError,
+    UnsafeOverwriteError,
+)
+from benzarr.fsutil import ASIDE_TAG, is_benzarr_store, remove_folder
+from benzarr.ingest import ingest
+from benzarr.lock import ingest_lock, lock_path
+from benzarr.store import open_store
+from tests.conftest import copy_tree
+from tests.test_ingest import all_arrays, assert_stores_equal, run_cli
+
+
+def tree(path: Path) -> dict[str, bytes]:
+    """Every file under ``path`` (relative name -> bytes)."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def one_error_line(result: subprocess.CompletedProcess, *needles: str) -> str:
+    """The CLI failed with exit 1 and exactly one ``error:`` line holding every needle."""
+    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+# -- §1 --overwrite never deletes what benzarr did not write -------------------------------
+
+
+@pytest.mark.parametrize("what", ["user-files", "archive", "foreign-zarr"])
+def test_overwrite_refuses_a_folder_that_is_not_a_benzarr_store(what: str, synth_archive_64: Path,
+                                                                  tmp_path: Path) -> None:
+    target = tmp_path / "target"
+    if what == "user-files":
+        (target / "thesis").mkdir(parents=True)
+        (target / "thesis" / "chapter1.tex").write_text("years of work")
+    elif what == "archive":
+        copy_tree(synth_archive_64, target)
+    else:
+        target.mkdir()
+        (target / "zarr.json").write_text(json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {}}))
+    before = tree(target)
+    result = run_cli("ingest", synth_archive_64, target, "--overwrite", "--workers", "1")
+    line = one_error_line(result, str(target), "nothing was deleted")
+    assert {"user-files": "thesis", "archive": "BigEarthNet v1 archive", "foreign-zarr": "Zarr store"}[what] in line
+    assert tree(target) == before
+    without = run_cli("ingest", synth_archive_64, target, "--workers", "1")
+    one_error_line(without, str(target))
+    with pytest.raises(UnsafeOverwriteError):
+        ingest(synth_archive_64, target, workers=1, overwrite=True)
+    assert tree(target) == before
+
+
+@pytest.mark.parametrize("where", ["equal", "inside", "holding"])
+def test_store_that_is_in_or_holds_the_archive_is_refused_before_writing(where: str, synth_archive_64: Path,
+                                                                         tmp_path: Path) -> None:
+    archive = copy_tree(synth_archive_64, tmp_path / "data" / "archive")
+    store = {"equal": archive, "inside": archive / "store.zarr", "holding": tmp_path / "data"}[where]
+    before = tree(tmp_path / "data")
+    for extra in ([], ["--overwrite"]):
+        result = run_cli("ingest", archive, store, "--workers", "1", *extra)
+        one_error_line(result, "the archive")
+        assert tree(tmp_path / "data") == before
+    with pytest.raises(PathConflictError):
+        ingest(archive, store, workers=1, overwrite=True)
+
+
+def test_overwrite_replaces_a_benzarr_store_complete_or_not(synth_archive_64: Path, synth_store_64: Path,
+                                                            tmp_path: Path) -> None:
+    store = tmp_path / "s.zarr"
+    ingest(synth_archive_64, store, workers=1, shard_size=32)
+    open_store(store, mode="r+").update_attrs(complete=False)
+    result = run_cli("ingest", synth_archive_64, store, "--shard-size", "16", "--workers", "1", "--overwrite")
+    assert result.returncode == 0, result.stderr
+    assert all_arrays(store).keys() == all_arrays(synth_store_64).keys()
+    assert not list(tmp_path.glob(f".*{ASIDE_TAG}*")) and not list(tmp_path.glob(".*.lock"))
+
+
+def test_removal_renames_the_old_store_aside_first(synth_store_64: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    store = copy_tree(synth_store_64, tmp_path / "s.zarr")
+    before = tree(store)
+
+    def killed(path: object, *args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt  # as if killed while deleting
+
+    monkeypatch.setattr("benzarr.fsutil.shutil.rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        remove_folder(store)
+    monkeypatch.undo()
+    # nothing half-deleted at STORE: the whole old store sits aside, under a name of its own
+    assert not store.exists()
+    (aside,) = tmp_path.glob(f".s.zarr{ASIDE_TAG}*")
+    assert tree(aside) == before
+    # a leftover of a process that is gone is swept by the next removal
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    aside.rename(tmp_path / f".s.zarr{ASIDE_TAG}{int(dead.stdout)}")
+    copy_tree(synth_store_64, store)
+    remove_folder(store)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_synth_overwrite_needs_its_own_marker(real_s2_archive: Path, tmp_path: Path) -> None:
+    download = copy_tree(real_s2_archive, tmp_path / "real")  # looks exactly like a synthetic v1 archive
+    before = tree(download)
+    result = run_cli("synth", download, "--patches", "2", "--workers", "1", "--overwrite")
+    one_error_line(result, str(download), "nothing was deleted")
+    assert tree(download) == before
+    labels = run_cli("synth", download, "--labels-only", "--patches", "5", "--overwrite")
+    one_error_line(labels, "not a benzarr store")
+    assert tree(download) == before
+    # what synth wrote, it may replace
+    assert run_cli("synth", tmp_path / "s", "--patches", "2", "--workers", "1").returncode == 0
+    assert run_cli("synth", tmp_path / "s", "--patches", "3", "--workers", "1", "--overwrite").returncode == 0
+    assert len(discover_patches(tmp_path / "s")) == 3
+
+
+def test_synth_labels_only_replaces_only_a_benzarr_store(tmp_path: Path) -> None:
+    store = tmp_path / "labels.zarr"
+    assert run_cli("synth", store, "--labels-only", "--patches", "50").returncode == 0
+    assert is_benzarr_store(store)
+    one_error_line(run_cli("synth", store, "--labels-only", "--patches", "60"), "--overwrite")
+    assert run_cli("synth", store, "--labels-only", "--patches", "60", "--overwrite").returncode == 0
+    assert open_store(store).n_patches == 60
+
+
+def test_examples_never_replace_a_folder(tmp_path: Path) -> None:
+    pytest.importorskip("bigearthnet_common")
+    (tmp_path / "BigEarthNet-v1.0").mkdir()
+    (tmp_path / "BigEarthNet-v1.0" / "mine.txt").write_text("mine")
+    one_error_line(run_cli("examples", tmp_path), "exists")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["BigEarthNet-v1.0"]  # no half-written S1 folder
+    (tmp_path / "file").write_text("x")
+    one_error_line(run_cli("examples", tmp_path / "file"), "is a file")
+
+
+# -- §3 one line for every failure, nothing left behind -------------------------------------
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 3 MB tmpfs (a real small disk) at tmp_path/mnt; skipped where mounting is not allowed."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_full_disk_is_one_line_leaves_no_temporary_files_and_resumes(tmpfs: Path, synth_archive_64: Path,
+                                                                     synth_store_64: Path) -> None:
+    store = tmpfs / "s.zarr"  # 6.7 MB of store on a 3 MB disk
+    result = run_cli("ingest", synth_archive_64, store, "--shard-size", "16", "--workers", "2")
+    one_error_line(result, "no space left on device while writing", str(store),
+                   "free space and run the same command to resume")
+    leftovers = [p for p in tmpfs.rglob("*") if p.name.endswith((".tmp", ".partial")) or p.name.endswith(".lock")]
+    assert leftovers == []
+    subprocess.run(["mount", "-o", "remount,size=16m", str(tmpfs)], check=True)
+    resumed = run_cli("ingest", synth_archive_64, store, "--shard-size", "16", "--workers", "2")
+    assert resumed.returncode == 0, resumed.stderr
+    assert_stores_equal(store, synth_store_64)
+    assert [p for p in store.rglob("*") if p.name.endswith((".tmp", ".partial"))] == []
+
+
+def test_read_only_file_system_for_ingest_and_split(tmpfs: Path, synth_archive_64: Path,
+                                                   synth_store_64: Path) -> None:
+    subprocess.run(["mount", "-o", "remount,size=16m", str(tmpfs)], check=True)
+    store = copy_tree(synth_store_64, tmpfs / "s.zarr")
+    subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
+    one_error_line(run_cli("ingest", synth_archive_64, tmpfs / "new.zarr", "--workers", "1"),
+                   "read-only file system", str(tmpfs / "new.zarr"))
+    one_error_line(run_cli("split", store, "--name", "s", "--method", "random"),
+                   "read-only file system", str(store))
+
+
+def test_failed_shard_write_removes_its_temporary_file(synth_archive_64: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a tmpfs: ENOSPC simulated at the shard write, after part of the bytes went out."""
+    real_write = Path.write_bytes
+
+    def full_disk(self: Path, data: bytes) -> int:
+        if self.name.endswith(".tmp"):
+            real_write(self, bytes(data)[:100])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    store = tmp_path / "s.zarr"
+    with pytest.raises(FileSystemError, match="no space left on device while writing .*s2/10m; free space"):
+        ingest(synth_archive_64, store, workers=1, shard_size=16)
+    assert [p for p in store.rglob("*") if p.name.endswith(".tmp")] == []
+    monkeypatch.undo()
+    assert ingest(synth_archive_64, store, workers=1, shard_size=16).complete
+
+
+def test_store_that_is_a_file_or_under_a_file(synth_archive_64: Path, tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    one_error_line(run_cli("ingest", synth_archive_64, tmp_path / "notes.txt", "--overwrite"), "is a file")
+    one_error_line(run_cli("ingest", synth_archive_64, tmp_path / "notes.txt" / "s.zarr"), "is a file")
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("content", ["garbage{", "{}"])
+def test_damaged_array_metadata_is_named_by_info_and_split(content: str, synth_store_64: Path,
+                                                           tmp_path: Path) -> None:
+    store = copy_tree(synth_store_64, tmp_path / "s.zarr")
+    (store / "labels" / "clc43" / "zarr.json").write_text(content)
+    for args in (["info", store], ["split", store, "--name", "s", "--method", "random"]):
+        one_error_line(run_cli(*args), str(store / "labels" / "clc43" / "zarr.json"), "damaged array metadata")
+
+
+def test_symlink_loop_in_the_archive(synth_archive_64: Path, tmp_path: Path) -> None:
+    archive = copy_tree(synth_archive_64, tmp_path / "archive")
+    loop = archive / "S2A_MSIL2A_20990101T000000_1_1"
+    loop.symlink_to(loop.name)
+    one_error_line(run_cli("ingest", archive, tmp_path / "s.zarr"), str(loop), "symlink loop")
+    (tmp_path / "a").symlink_to("b")
+    (tmp_path / "b").symlink_to("a")
+    one_error_line(run_cli("ingest", tmp_path / "a", tmp_path / "s.zarr"), "symlink loop")
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_huge_shard_size_is_refused_before_anything_is_created(synth_archive_64: Path, tmp_path: Path) -> None:
+    result = run_cli("ingest", synth_archive_64, tmp_path / "s.zarr", "--shard-size", "1099511627776")
+    one_error_line(result, "--shard-size", "65,536")
+    assert sorted(tmp_path.iterdir()) == []
+
+
+def test_deeply_nested_labels_json_is_a_bad_patch_and_the_run_goes_on(synth_archive_64: Path,
+                                                                      tmp_path: Path) -> None:
+    archive = copy_tree(synth_archive_64, tmp_path / "archive")
+    name = discover_patches(archive)[5]
+    (archive / name / f"{name}_labels_metadata.json").write_text("[" * 100_000 + "]" * 100_000)
+    result = run_cli("ingest", archive, tmp_path / "s.zarr", "--shard-size", "16", "--workers", "1")
+    assert result.returncode == 3, result.stderr
+    assert f"bad patch {name}" in result.stderr and "nested too deeply" in result.stderr
+    assert open_store(tmp_path / "s.zarr").valid_mask().sum() == 63
+
+
+def test_split_name_with_a_backslash_writes_nothing(synth_store_64: Path, tmp_path: Path) -> None:
+    store = copy_tree(synth_store_64, tmp_path / "s.zarr")
+    before = tree(store)
+    for name in ("x\\..\\..\\PWNED", "../up", ".hidden", "a b", "é"):
+        one_error_line(run_cli("split", store, "--name", name, "--method", "random"), "invalid split name")
+    assert tree(store) == before
+    assert run_cli("split", store, "--name", "Fold-1_v2.0", "--method", "random").returncode == 0
+
+
+def _run_main(code: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run the real entry point after ``code`` (which plants a failure)."""
+    script = f"{code}\nimport sys\nfrom benzarr_cli.main import main\nsys.argv = ['benzarr', 'info', 'x.zarr']\nmain()\n"
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
+
+
+def test_unexpected_errors_are_one_line_unless_debugging() -> None:
+    plant = "import benzarr.info\nbenzarr.info.describe_store = lambda *a, **k: {}['missing']"
+    one_error_line(_run_main(plant, {"BENZARR_DEBUG": ""}), "unexpected KeyError", "BENZARR_DEBUG=1")
+    debug = _run_main(plant, {"BENZARR_DEBUG": "1"})
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "KeyError" in debug.stderr
+    io = "import benzarr.info, errno\ndef f(*a, **k): raise OSError(errno.EIO, 'Input/output error')\nbenzarr.info.describe_store = f"
+    one_error_line(_run_main(io, {"BENZARR_DEBUG": ""}), "input/output error")
+
+
+# -- §4 one ingest per store at a time; reruns ----------------------------------------------
+
+
+def _hold_lock(store: Path, part: str = "") -> subprocess.Popen:
+    """A process that holds the ingest lock of ``store`` (or of part "i/n") until killed."""
+    part_arg = f", ({part.replace('/', ', ')})" if part else ""
+    code = (f"import time\nfrom benzarr.lock import ingest_lock\nwith ingest_lock({str(store)!r}{part_arg}):\n"
+            "    print('locked', flush=True)\n    time.sleep(120)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_second_ingest_is_refused_and_a_killed_ones_lock_is_taken_over(synth_archive_64: Path,
+                                                                     synth_store_64: Path, tmp_path: Path) -> None:
+    store = tmp_path / "s.zarr"
+    holder = _hold_lock(store)
+    try:
+        result = run_cli("ingest", synth_archive_64, store, "--shard-size", "16", "--workers", "1")
+        one_error_line(result, f"another ingest, pid {holder.pid} on {socket.gethostname()}, is writing {store}")
+        with pytest.raises(StoreLockedError):
+            ingest(synth_archive_64, store, workers=1, shard_size=16)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert lock_path(store).exists()  # the killed holder's file stays; its flock died with it
+    result = run_cli("ingest", synth_archive_64, store, "--shard-size", "16", "--workers", "1")
+    assert result.returncode == 0, result.stderr
+    assert not lock_path(store).exists()
+    assert all_arrays(store).keys() == all_arrays(synth_store_64).keys()
+
+
+def test_two_identical_ingests_started_together_give_one_correct_store(synth_archive_64: Path,
+                                                                       synth_store_64: Path, tmp_path: Path) -> None:
+    store = tmp_path / "s.zarr"
+    args = [sys.executable, "-m", "benzarr_cli", "ingest", str(synth_archive_64), str(store),
+            "--shard-size", "16", "--workers", "1"]
+    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    second = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    outcomes = [(p.wait(), p.communicate()) for p in (first, second)]
+    codes = sorted(code for code, _ in outcomes)
+    assert codes in ([0, 0], [0, 1]), outcomes
+    for code, (out, err) in outcomes:  # the loser says why; a late one finds the work done
+        assert code == 0 or "another ingest, pid" in err, err
+    assert_stores_equal(store, synth_store_64)
+
+
+def test_parts_run_side_by_side_but_not_under_a_whole_ingest(synth_archive_64: Path, tmp_path: Path) -> None:
+    store = tmp_path / "s.zarr"
+    ingest(synth_archive_64, store, workers=1, shard_size=16, plan=True)
+    holder = _hold_lock(store, "1/2")
+    try:
+        other = run_cli("ingest", synth_archive_64, store, "--shard-size", "16", "--workers", "1", "--part", "2/2")
+        assert other.returncode == 0, other.stderr
+        same = run_cli("ingest", synth_archive_64, store, "--shard-size", "16", "--workers", "1", "--part", "1/2")
+        one_error_line(same, "part 1/2", f"pid {holder.pid}")
+        whole = run_cli("ingest", synth_archive_64, store, "--shard-size", "16", "--workers", "1")
+        one_error_line(whole, "--part 1/2", f"pid {holder.pid}")
+    finally:
+        holder.kill()
+        holder.wait()
+    with ingest_lock(store, (1, 2)):  # a part's lock never blocks another part
+        with ingest_lock(store, (2, 2)):
+            pass
+
+
+def test_rerun_of_a_completed_ingest_has_nothing_to_do(synth_archive_64: Path, tmp_path: Path) -> None:
+    store = tmp_path / "s.zarr"
+    args = ("ingest", synth_archive_64, store, "--shard-size", "16", "--workers", "1")
+    assert run_cli(*args).returncode == 0
+    before = tree(store)
+    again = run_cli(*args)
+    assert again.returncode == 0 and "already complete, nothing to do" in again.stdout, again
+    assert tree(store) == before
+    assert run_cli(*args, "--quiet").stdout == ""
+    one_error_line(run_cli("ingest", synth_archive_64, store, "--shard-size", "32"), "other ingest parameters")
+    with pytest.raises(StoreExistsError):
+        ingest(synth_archive_64, store, workers=1, shard_size=32)
+
+
+# -- §5 names and inputs ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", [
+    "S2A_MSIL2A_20170613T101031_٣_٤", "S2A_MSIL2A_20170613T101031_5_5\n", "S2A_MSIL2A_2017O613T101031_5_5",
+    " S2A_MSIL2A_20170613T101031_5_5", "S2A_MSIL2A_20170613T101031_5_5/..",
+])
+def test_patch_names_take_ascii_digits_only_and_no_newline(name: str) -> None:
+    assert not is_patch_name(name)
+    assert is_patch_name("S2A_MSIL2A_20170613T101031_5_5")
+    v2 = "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_26_57"
+    assert is_v2_patch_name(v2) and not is_v2_patch_name(v2 + "\n") and not is_v2_patch_name(v2[:-1] + "٧")
+    s1 = "S1A_IW_GRDH_1SDV_20170613T165043_33UUP_87_48"
+    assert is_s1_name(s1) and not is_s1_name(s1 + "\n") and not is_s1_name(s1.replace("87", "٨٧"))
+
+
+def _rewrite_parquets(archive: Path, change) -> None:
+    for path in archive.glob("metadata*.parquet"):
+        pq.write_table(change(pq.read_table(path)), path)
+
+
+def test_v2_s1_name_is_validated_like_every_name(synth_v2_archive: Path, tmp_path: Path) -> None:
+    archive = copy_tree(synth_v2_archive, tmp_path / "reBEN")
+
+    def evil(table: pa.Table) -> pa.Table:
+        names = table["s1_name"].to_pylist()
+        names[0] = "../../outside/EVIL"
+        return table.set_column(table.schema.get_field_index("s1_name"), "s1_name", pa.array(names))
+
+    pq.write_table(evil(pq.read_table(archive / "metadata.parquet")), archive / "metadata.parquet")
+    with pytest.raises(NotAnArchiveError, match="'../../outside/EVIL'.*not a Sentinel-1 patch name"):
+        open_archive(archive)
+    one_error_line(run_cli("ingest", archive, tmp_path / "s.zarr"), "EVIL", "not a Sentinel-1 patch name")
+
+
+def test_v2_metadata_needs_only_the_four_columns_it_uses(synth_v2_archive: Path, tmp_path: Path) -> None:
+    archive = copy_tree(synth_v2_archive, tmp_path / "reBEN")
+    keep = ["patch_id", "labels", "split", "s1_name"]
+    _rewrite_parquets(archive, lambda table: table.select(keep))
+    result = ingest(archive, tmp_path / "s.zarr", workers=1, shard_size=16)
+    assert result.complete and not result.failed
+    assert set(open_store(tmp_path / "s.zarr").array("meta/country")[:].tolist()) == {""}
+    _rewrite_parquets(archive, lambda table: table.drop_columns(["split"]))
+    with pytest.raises(NotAnArchiveError, match="missing columns split"):
+        open_archive(archive)
+
+
+def _rewrite_band(path: Path, data: np.ndarray) -> None:
+    with rasterio.open(path) as tif:
+        profile = tif.profile | {"dtype": str(data.dtype)}
+    with rasterio.open(path, "w", **profile) as out:
+        out.write(data[None])
+
+
+def test_integer_bands_are_accepted_when_the_cast_changes_no_value(real_s2_archive: Path, tmp_path: Path) -> None:
+    archive = copy_tree(real_s2_archive, tmp_path / "archive")
+    good, bad = discover_patches(archive)[:2]
+    with rasterio.open(archive / good / f"{good}_B03.tif") as tif:
+        values = np.minimum(tif.read(1), 32767).astype(np.int16)  # int16, no negative value
+    _rewrite_band(archive / good / f"{good}_B03.tif", values)
+    with rasterio.open(archive / bad / f"{bad}_B11.tif") as tif:
+        negative = tif.read(1).astype(np.int32)
+    negative[3, 4] = -7
+    _rewrite_band(archive / bad / f"{bad}_B11.tif", negative)
+    result = run_cli("ingest", archive, tmp_path / "s.zarr", "--workers", "1")
+    assert result.returncode == 3, result.stderr
+    assert f"bad patch {bad}: {bad}_B11.tif: dtype int32 value -7 at row 3, column 4 does not fit uint16" in result.stderr
+    store = open_store(tmp_path / "s.zarr")
+    row = list(store.patch_names()).index(good)
+    assert store.valid_mask()[row] and list(store.failed()) == [bad]
+    assert np.array_equal(store.array("s2/10m")[row, 1], values.astype(np.uint16))
+
+
+def test_exit_codes_usage_2_bad_patches_3_and_workers_must_be_positive(synth_archive_64: Path,
+                                                                       tmp_path: Path) -> None:
+    assert run_cli("ingest").returncode == 2  # click's usage error
+    assert run_cli("ingest", synth_archive_64, tmp_path / "s.zarr", "--no-such-option").returncode == 2
+    for workers in ("-1", "0"):
+        one_error_line(run_cli("ingest", synth_archive_64, tmp_path / "s.zarr", "--workers", workers), "--workers")
+    with pytest.raises(InvalidArgumentError, match="--workers"):
+        ingest(synth_archive_64, tmp_path / "s.zarr", workers=-4)
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_patches_not_in_the_archive_are_listed_even_when_quiet(synth_archive_64: Path, tmp_path: Path) -> None:
+    names = discover_patches(synth_archive_64)[:3]
+    absent = [f"S2A_MSIL2A_20990101T000000_{i}_{i}" for i in range(12)]
+    wanted = tmp_path / "wanted.txt"
+    wanted.write_text("\n".join(names + absent) + "\n")
+    result = run_cli("ingest", synth_archive_64, tmp_path / "s.zarr", "--patches", wanted, "--quiet", "--workers", "1")
+    assert result.returncode == 0 and result.stdout == ""
+    assert "12 names in --patches are not in the archive" in result.stderr
+    assert all(name in result.stderr for name in sorted(absent)[:10])
+    assert sorted(absent)[10] not in result.stderr and "and 2 more" in result.stderr
+    assert open_store(tmp_path / "s.zarr").n_patches == 3
