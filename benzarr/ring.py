@@ -351,10 +351,7 @@ class RingLoader:
             if self._outstanding[worker] >= self.prefetch_factor:
                 return
             if not self._free:
-                self._reclaim()
-            if not self._free and self._copies:
-                self._copies[0][0].synchronize()  # the oldest copy to the GPU frees its slot
-                self._reclaim()
+                self._reclaim()  # never waits: a slot still being copied stays busy
             if not self._free:
                 return
             generation, seq, indices = self._tasks.popleft()
@@ -410,6 +407,9 @@ class RingLoader:
             self._reclaim()
             self._dispatch()
             if not self._in_flight:
+                if self._copies:  # only now wait for a copy to the GPU: its slot is needed
+                    self._copies[0][0].synchronize()
+                    continue
                 raise LoaderWorkerError(f"batch {key[1]} cannot be scheduled: every slot of the ring is held")
             self._receive(block=True)
         self._dispatch()
