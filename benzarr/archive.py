@@ -226,7 +226,7 @@ def _cast_exactly(data: np.ndarray, dtype: np.dtype, path: Path, patch: str) -> 
     if wrong.any():
         row, col = (int(v) for v in np.argwhere(wrong)[0])
         raise BadPatchError(patch, f"{path.name}: dtype {data.dtype} value {data[row, col]} at row {row}, "
-                                   f"column {col} does not fit {dtype} (expected {dtype})")
+                                   f"column {col} does not fit {dtype}")
     return data.astype(dtype)
 
 

@@ -53,6 +53,8 @@ def os_error(exc: OSError, path: str | Path = "", action: str = "writing", hint:
         hint: what to do after a full disk (default: run the same command again).
     """
     where = str(exc.filename) if getattr(exc, "filename", None) else str(path)
+    if path and where.endswith((".partial", ".tmp")):  # a writer's temporary file: name what it was for
+        where = str(path)
     at = f"{where}: " if where else ""
     code = exc.errno
     if code in (errno.ENOSPC, errno.EDQUOT):

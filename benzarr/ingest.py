@@ -528,6 +528,12 @@ def _ingest_locked(found: Archive, names: list[str], missing: list[str], n_exclu
                    on_start: Callable[[int], None] | None, on_progress: Callable[[int], None] | None,
                    on_bad_patch: Callable[[str, str], None] | None) -> IngestResult:
     """The body of :func:`ingest`, run with the store's (or part's) lock held."""
+    # checked again under the lock: an identical ingest may have finished while this one waited
+    done_before = None if overwrite else _already_complete(store_path, params, storage_options)
+    if done_before is not None:
+        result = _result(done_before, time.perf_counter() - started, 0, True, missing, n_excluded, found.version)
+        result.already_complete = True
+        return result
     if part is not None:
         if not store_exists(store_path, storage_options):
             raise StoreNotFoundError(f"{store_path}: no planned store; run `benzarr ingest ARCHIVE STORE --plan` first")
