@@ -371,7 +371,7 @@ def test_parts_run_side_by_side_but_not_under_a_whole_ingest(synth_archive_64: P
 
 
 def test_rerun_of_a_completed_ingest_has_nothing_to_do(synth_archive_64: Path, tmp_path: Path) -> None:
-    store = tmp_path / "s.zarr"
+    store = tmp_path / "new" / "folders" / "s.zarr"  # the lock's folder is created like the store's
     args = ("ingest", synth_archive_64, store, "--shard-size", "16", "--workers", "1")
     assert run_cli(*args).returncode == 0
     before = tree(store)
