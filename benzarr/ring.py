@@ -404,6 +404,11 @@ class RingLoader:
         while key not in self._ready:
             if key in self._errors:
                 raise _rebuild(self._errors.pop(key))
+            if key[0] not in self._live:
+                raise LoaderWorkerError(
+                    "this iteration of the loader was superseded by a newer one (a loader serves one "
+                    "iteration at a time: finish or drop the old iterator first)"
+                )
             self._reclaim()
             self._dispatch()
             if not self._in_flight:

@@ -113,9 +113,10 @@ def test_next_epoch_is_prefetched_and_discarded_when_another_is_asked(synth_stor
         iterator = iter(ring)
         next(iterator)
         next(iterator)
-        del iterator
         reference.set_epoch(3)
         _same(_epoch(reference), _epoch(ring))
+        with pytest.raises(LoaderWorkerError, match="superseded"):  # the old iterator cannot go on
+            next(iterator)
 
 
 def test_batches_kept_by_the_consumer_stay_intact(synth_store_64: Path) -> None:
