@@ -566,6 +566,22 @@ def collate_batch(batch: Batch) -> Batch:
     return batch
 
 
+class ResumableBatchSampler(BatchSampler):
+    """A ``BatchSampler`` whose next pass can start part-way: ``skip`` batches of the next
+    ``__iter__`` are left out (then ``skip`` is 0 again), so a resumed epoch decodes only
+    the batches it still needs."""
+
+    skip: int = 0
+
+    def __iter__(self) -> Iterator[list[int]]:
+        skip, self.skip = self.skip, 0
+        batches = super().__iter__()
+        for _ in range(skip):
+            if next(batches, None) is None:
+                return
+        yield from batches
+
+
 class DeviceLoader:
     """Iterable of device batches ``{"image", "label", "index"}`` (see :class:`BatchTransform`).
 
@@ -581,11 +597,39 @@ class DeviceLoader:
     """
 
     def __init__(self, dataset: BigEarthNetDataset, loader: Any, sampler: DistributedSampler,
-                 transform: BatchTransform | None) -> None:
+                 transform: BatchTransform | None, batch_sampler: ResumableBatchSampler | None = None) -> None:
         self.dataset = dataset
         self.loader = loader
         self.sampler = sampler
         self.transform = transform
+        self.batch_sampler = batch_sampler
+        self.epoch = 0
+        self.served = 0  # batches of ``epoch`` handed out so far
+
+    def state_dict(self) -> dict[str, int]:
+        """Where the loader stands: ``{"epoch", "served"}`` (batches of that epoch handed out).
+
+        Saved with a mid-epoch checkpoint, it lets :meth:`load_state_dict` serve exactly the
+        batches of the epoch that were not yet served (the order is a function of
+        (seed, epoch), so "the rest" is well defined).
+        """
+        return {"epoch": self.epoch, "served": self.served}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Resume at ``state``: the next iteration serves epoch ``state["epoch"]`` from batch
+        ``state["served"]`` on (the skipped batches are never decoded); later epochs are whole.
+
+        Raises:
+            InvalidArgumentError: ``served`` is negative or beyond the epoch's batches.
+        """
+        epoch, served = int(state["epoch"]), int(state["served"])
+        if served < 0 or served > len(self):
+            raise InvalidArgumentError(f"loader state: {served} batches served, but an epoch has {len(self)}")
+        self.set_epoch(epoch)
+        if self.batch_sampler is None:
+            raise InvalidArgumentError("this loader cannot resume part-way through an epoch")
+        self.batch_sampler.skip = served
+        self.served = served
 
     def __len__(self) -> int:
         """Batches per epoch (on this rank)."""
@@ -593,6 +637,9 @@ class DeviceLoader:
 
     def set_epoch(self, epoch: int) -> None:
         """Reshuffle for ``epoch``: the order is a function of (seed, epoch) only."""
+        self.epoch, self.served = int(epoch), 0
+        if self.batch_sampler is not None:
+            self.batch_sampler.skip = 0
         self.sampler.set_epoch(epoch)
         if hasattr(self.loader, "set_epoch"):
             self.loader.set_epoch(epoch)
@@ -613,6 +660,7 @@ class DeviceLoader:
         try:
             for batch in self.loader:
                 out = self.transform(batch) if self.transform is not None else batch
+                self.served += 1
                 yield user(out) if user is not None else out
         except BenzarrError as exc:
             # torch re-raises a worker's error with the worker's traceback in the message;
@@ -686,7 +734,7 @@ def make_loader(
     device = torch.device(device)
     # DistributedSampler with one replica is a seeded (seed + epoch) shuffler with set_epoch
     sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
-    batches = BatchSampler(sampler, batch_size=batch_size, drop_last=drop_last)
+    batches = ResumableBatchSampler(sampler, batch_size=batch_size, drop_last=drop_last)
     ring_possible = num_workers > 0 and not is_url(ds.path) and ds.fast
     if engine == "ring" and not ring_possible:
         raise InvalidArgumentError("the batch ring needs workers and a local store read by the shard reader")
@@ -697,7 +745,7 @@ def make_loader(
         in_workers = transform if device.type == "cpu" else None
         ring = RingLoader(ds, batches, num_workers, transform=in_workers, device=device,
                           prefetch_factor=prefetch_factor or 2)
-        return DeviceLoader(ds, ring, sampler, None if in_workers is not None else transform)
+        return DeviceLoader(ds, ring, sampler, None if in_workers is not None else transform, batches)
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
         kwargs["persistent_workers"] = True
@@ -714,13 +762,14 @@ def make_loader(
         pin_memory=device.type == "cuda",
         **kwargs,
     )
-    return DeviceLoader(ds, loader, sampler, ds.batch_transform(device))
+    return DeviceLoader(ds, loader, sampler, ds.batch_transform(device), batches)
 
 
 __all__ = [
     "BatchTransform",
     "BigEarthNetDataset",
     "DeviceLoader",
+    "ResumableBatchSampler",
     "band_groups_for",
     "channel_location",
     "collate_batch",

@@ -447,7 +447,8 @@ class RingLoader:
         return batch, event
 
     def __iter__(self) -> Iterator[Batch]:
-        if self._next is not None and self._next[1] == self._epoch:
+        resuming = getattr(self.batch_sampler, "skip", 0) > 0  # a part-epoch: not what was prefetched
+        if self._next is not None and self._next[1] == self._epoch and not resuming:
             plan = self._next                # the workers started on this epoch already
         else:
             plan = self._queue_epoch(self._epoch)

@@ -18,7 +18,7 @@ from torch.utils.data import BatchSampler, DistributedSampler
 
 from benzarr.bigearthnet import BANDS
 from benzarr.data import BigEarthNetDataset, make_loader
-from benzarr.errors import LoaderWorkerError, StoreCorruptError
+from benzarr.errors import InvalidArgumentError, LoaderWorkerError, StoreCorruptError
 from benzarr.ring import CONSUMER_SLOTS, RingLoader
 from tests.test_data import corrupt_copy
 
@@ -171,3 +171,28 @@ def test_no_shared_memory_or_process_left_after_close_error_or_kill(tmp_path: Pa
         list(broken)
     broken.close()
     assert _shm() == before  # the ring is an anonymous mapping: nothing is ever named there
+
+
+@pytest.mark.parametrize("engine,workers", [("dataloader", 0), ("dataloader", 1), ("ring", 2)])
+def test_loader_state_resumes_the_rest_of_an_epoch(synth_store_64: Path, engine: str, workers: int) -> None:
+    ds = BigEarthNetDataset(synth_store_64, bands="rgb")
+    reference = make_loader(ds, 6, True, 0, seed=4, device="cpu", engine="dataloader")
+    reference.set_epoch(2)
+    whole = _epoch(reference)
+    first = make_loader(ds, 6, True, workers, seed=4, device="cpu", engine=engine)
+    first.set_epoch(2)
+    iterator = iter(first)
+    served = [{k: v.clone() for k, v in next(iterator).items()} for _ in range(4)]
+    state = first.state_dict()
+    assert state == {"epoch": 2, "served": 4}
+    first.close()
+    with make_loader(ds, 6, True, workers, seed=4, device="cpu", engine=engine) as resumed:
+        resumed.load_state_dict(state)
+        rest = _epoch(resumed)
+        _same(whole, served + rest)  # exactly the batches not yet served
+        assert resumed.state_dict() == {"epoch": 2, "served": len(whole)}
+        resumed.set_epoch(3)  # later epochs are whole again
+        reference.set_epoch(3)
+        _same(_epoch(reference), _epoch(resumed))
+    with pytest.raises(InvalidArgumentError, match="batches served"):
+        reference.load_state_dict({"epoch": 0, "served": 99})
