@@ -13,8 +13,6 @@ from hypothesis import strategies as st
 
 from benzarr._geotiff import geotiff_bytes, write_geotiff
 
-REAL_ARCHIVE = Path("/tmp/realdata/BigEarthNet-S2-Example")
-
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
@@ -61,9 +59,8 @@ def test_rejects_non_uint16_or_non_2d() -> None:
         geotiff_bytes(np.zeros((1, 4, 4), np.uint16), 32633, 0, 0, 10)
 
 
-@pytest.mark.skipif(not REAL_ARCHIVE.is_dir(), reason="real BigEarthNet example patches not unpacked")
-def test_reproduces_real_bigearthnet_files_byte_for_byte() -> None:
-    files = sorted(REAL_ARCHIVE.glob("*/*.tif"))
+def test_reproduces_real_bigearthnet_files_byte_for_byte(real_s2_archive: Path) -> None:
+    files = sorted(real_s2_archive.glob("*/*.tif"))
     assert files
     for path in files:
         with rasterio.open(path) as ds:

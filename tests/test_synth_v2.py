@@ -41,7 +41,6 @@ from benzarr.synth import (
 )
 
 N, SEED = 60, 1  # 3 flagged patches (1 snow, 2 cloud) for this seed
-REAL_S1 = Path("/tmp/realdata/BigEarthNet-S1-Example")
 COLUMNS = {
     "patch_id": pa.string(),
     "labels": pa.list_(pa.string()),
@@ -413,9 +412,8 @@ def test_float32_rasters_read_back_exactly(
         np.testing.assert_array_equal(ds.read(1), pixels)
 
 
-@pytest.mark.skipif(not REAL_S1.is_dir(), reason="real BigEarthNet-S1 example patches not unpacked")
-def test_reproduces_real_s1_files_byte_for_byte() -> None:
-    files = sorted(REAL_S1.glob("*/*.tif"))
+def test_reproduces_real_s1_files_byte_for_byte(real_s1_archive: Path) -> None:
+    files = sorted(real_s1_archive.glob("*/*.tif"))
     assert files
     for path in files:
         with rasterio.open(path) as ds:
