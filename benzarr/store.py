@@ -617,10 +617,10 @@ def create_store(
     # 2.4 s with 256-row chunks); ingest workers write 256-row staging copies instead.
     coarse = max(1, min(max(ROW_CHUNK, shard_size), n))
     staged = max(1, min(shard_size, n))
-    for path, (dtype, trailing, fill) in ROW_FIELDS.items():
-        _create_row_array(group, path, n, dtype, trailing, fill, coarse)
-        if path != "meta/patch_name":
-            _create_row_array(group, stage_path(path), n, dtype, trailing, fill, staged)
+    for field_path, (dtype, trailing, fill) in ROW_FIELDS.items():  # not `path`: the store's path is used below
+        _create_row_array(group, field_path, n, dtype, trailing, fill, coarse)
+        if field_path != "meta/patch_name":
+            _create_row_array(group, stage_path(field_path), n, dtype, trailing, fill, staged)
     group.create_array(DONE_ARRAY, shape=(n_shards,), dtype="bool", chunks=(1,), fill_value=False)
     if "s1" in modalities:
         group.create_array(S1_STATS_ARRAY, shape=(n_shards, len(S1_BANDS), len(STATS_FIELDS)), dtype="float64",

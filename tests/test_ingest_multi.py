@@ -65,6 +65,7 @@ def test_parts_in_concurrent_processes_equal_one_ingest(synth_archive_64: Path, 
     store = tmp_path / "parts.zarr"
     planned = run_cli("ingest", synth_archive_64, store, "--shard-size", "16", "--plan", "--parts", "3")
     assert planned.returncode == 0, planned.stderr
+    assert f"planned {store}: 64 patches" in planned.stdout  # the store's path, not a row array's
     info = run_cli("info", store)
     assert "parts missing: 1, 2, 3" in info.stdout
     first = run_cli("ingest", synth_archive_64, store, "--shard-size", "16", "--part", "2/3", "--workers", "1")
