@@ -253,12 +253,6 @@ class BatchTransform:
         return out
 
 
-def to_device_batch(batch: Batch, bands: Sequence[str] = BANDS, device: str | torch.device = "cpu",
-                    mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> Batch:
-    """One-off :class:`BatchTransform` (build the transform once when converting many batches)."""
-    return BatchTransform(bands, device, mean, std)(batch)
-
-
 class BigEarthNetDataset(Dataset):
     """BigEarthNet Sentinel-2 (and Sentinel-1, reference-map) patches from a benzarr store, by random access.
 
@@ -775,5 +769,4 @@ __all__ = [
     "collate_batch",
     "make_loader",
     "resolve_bands",
-    "to_device_batch",
 ]

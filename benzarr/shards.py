@@ -409,10 +409,6 @@ class ShardReader:
         except Exception as exc:  # numcodecs raises RuntimeError; keep any reason
             raise self._corrupt(entry.path, row, f"blosc chunk does not decode: {exc}") from None
 
-    def read_row(self, row: int) -> np.ndarray:
-        """One row as (*row_shape) of ``dtype``."""
-        return self.read([row])[0]
-
     def check_shard(self, shard: int, decode: bool | None = None) -> ShardCheck:
         """Read every stored chunk of shard ``shard``, checking all that :meth:`read` checks,
         including each chunk's CRC-32C (whatever ``verify_checksums`` says).
@@ -544,10 +540,6 @@ class ZarrRowReader:
             return np.ascontiguousarray(result)
         out[...] = result
         return out
-
-    def read_row(self, row: int) -> np.ndarray:
-        """One row as (*row_shape)."""
-        return self.read([row])[0]
 
 
 def fast_reader(array_dir: str | Path, name: str, row_name: Callable[[int], str] | None = None,
