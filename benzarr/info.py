@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -11,18 +10,8 @@ import zarr
 
 from benzarr.shards import parse_layout
 from benzarr.store import DONE_ARRAY, REFERENCE_MAP_ARRAY, S1_ARRAY, S2_ARRAYS, Store, is_url, open_store
+from benzarr.synth import tree_footprint
 from benzarr.verify import last_verified
-
-
-def _bytes_on_disk(path: Path) -> int:
-    total = 0
-    for folder, _, files in os.walk(path):
-        for name in files:
-            try:
-                total += (Path(folder) / name).stat().st_size
-            except OSError:
-                pass
-    return total
 
 
 def _codec_names(array: zarr.Array) -> list[str]:
@@ -43,17 +32,6 @@ def _describe_codec(codec: dict[str, Any]) -> str:
     if codec["name"] == "bytes":
         return "bytes"
     return codec["name"]
-
-
-def _walk_arrays(group: zarr.Group, prefix: str = "") -> list[tuple[str, zarr.Array]]:
-    found = []
-    for name, node in sorted(group.members(), key=lambda item: item[0]):
-        path = f"{prefix}{name}"
-        if isinstance(node, zarr.Array):
-            found.append((path, node))
-        else:
-            found.extend(_walk_arrays(node, path + "/"))
-    return found
 
 
 def describe_store(path: str | Path, top_classes: int = 10,
@@ -87,7 +65,7 @@ def describe_store(path: str | Path, top_classes: int = 10,
             "chunks": list(array.chunks),
             "shards": list(shards) if shards else None,
             "codecs": _codec_names(array),
-            "bytes": _bytes_on_disk(Path(store.path) / name) if local else None,
+            "bytes": tree_footprint(Path(store.path) / name)[1] if local else None,
         })
     done = np.asarray(store.array(DONE_ARRAY)[:], dtype=bool) if store.has_array(DONE_ARRAY) else np.zeros(0, bool)
     info: dict[str, Any] = {
@@ -105,7 +83,7 @@ def describe_store(path: str | Path, top_classes: int = 10,
         "shards": {"total": store.n_shards, "done": int(done.sum())},
         "parts": {"planned": attrs.get("parts"), "missing": missing_parts(store)} if attrs.get("parts") else None,
         "arrays": arrays,
-        "bytes_total": _bytes_on_disk(Path(store.path)) if local else None,
+        "bytes_total": tree_footprint(Path(store.path))[1] if local else None,
         "ingest": attrs.get("ingest"),
         "band_stats": attrs.get("stats", {}).get("s2", {}),
         "s1_stats": attrs.get("stats", {}).get("s1", {}),

@@ -1058,14 +1058,18 @@ def synth_archive_v2(
 
 
 def tree_footprint(root: str | Path) -> tuple[int, int]:
-    """(files, bytes) of everything under ``root`` but benzarr's marker files (``.benzarr``)."""
+    """(files, bytes) of everything under ``root`` but benzarr's marker files (``.benzarr``);
+    a file removed while walking (a running ingest renames its temporary files) is left out."""
     files = size = 0
     for folder, _, names in os.walk(root):
         for name in names:
             if name == MARKER:
                 continue
+            try:
+                size += os.stat(os.path.join(folder, name)).st_size
+            except FileNotFoundError:
+                continue
             files += 1
-            size += os.stat(os.path.join(folder, name)).st_size
     return files, size
 
 
