@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, get_worker_info
 
 from benzarr.bigearthnet import BAND_GROUPS, BANDS, PATCH_SIDE, RGB_BANDS, S1_BANDS
+from benzarr.augment import augment_batch, check_augment, transform_codes
 from benzarr.errors import BenzarrError, InvalidArgumentError
 from benzarr.shards import RowReader, row_reader
 from benzarr.store import (
@@ -104,23 +105,30 @@ def _to_float(x: torch.Tensor) -> torch.Tensor:
     return _u16_to_float(x) if x.dtype == torch.uint16 else x.to(torch.float32)
 
 
-def _upsample(x: torch.Tensor) -> torch.Tensor:
-    """(B, C, h, w) float32 -> (B, C, 120, 120), ``F.interpolate(mode="bilinear",
-    align_corners=False)``.
+#: Resampling modes of the 20 m and 60 m bands to 120x120.
+RESAMPLE_MODES = ("bilinear", "nearest", "bicubic")
+
+
+def _upsample(x: torch.Tensor, mode: str = "bilinear", align_corners: bool = False) -> torch.Tensor:
+    """(B, C, h, w) float32 -> (B, C, 120, 120): ``F.interpolate(mode=mode, align_corners=...)``
+    (``align_corners`` does not apply to ``nearest``).
 
     On the CPU it runs on one intra-op thread: torch splits the output among threads at
     arbitrary points, and a row split between its vectorised and scalar code differs in
     the last bit, so the result would depend on the thread count (one in a loader worker,
     all cores in the main process). One thread gives the same bits whatever the worker count.
     """
-    if x.device.type != "cpu":
-        return F.interpolate(x, size=(PATCH_SIDE, PATCH_SIDE), mode="bilinear", align_corners=False)
+    corners = None if mode == "nearest" else align_corners
+
+    def interpolate() -> torch.Tensor:
+        return F.interpolate(x, size=(PATCH_SIDE, PATCH_SIDE), mode=mode, align_corners=corners)
+
     threads = torch.get_num_threads()
-    if threads == 1:
-        return F.interpolate(x, size=(PATCH_SIDE, PATCH_SIDE), mode="bilinear", align_corners=False)
+    if x.device.type != "cpu" or threads == 1:
+        return interpolate()
     torch.set_num_threads(1)
     try:
-        return F.interpolate(x, size=(PATCH_SIDE, PATCH_SIDE), mode="bilinear", align_corners=False)
+        return interpolate()
     finally:
         torch.set_num_threads(threads)
 
@@ -159,15 +167,23 @@ class BatchTransform:
     """uint16 native-resolution batch -> float32 (B, C, 120, 120) image on ``device``.
 
     Per batch: move the needed band groups to ``device``, convert to float32, keep the
-    selected channels, upsample 20 m and 60 m groups to 120x120 with
-    ``F.interpolate(mode="bilinear", align_corners=False)`` (half-pixel centres, no
-    antialiasing), put the bands in the requested order and, with ``mean``/``std``,
-    normalise per band as ``(x - mean) / std``.
+    selected channels, with ``mean``/``std`` normalise per band as ``(x - mean) / std``,
+    upsample 20 m and 60 m groups to 120x120 with ``F.interpolate(mode=resample,
+    align_corners=align_corners)`` (no antialiasing), put the bands in the requested order
+    and, with ``augment``, flip and rotate each patch (:mod:`benzarr.augment`).
 
     Args:
         bands: output band names in output channel order.
         device: where the result lives.
         mean, std: per output band (C,), or None for no normalisation.
+        resample: ``bilinear`` (default, as TorchGeo), ``nearest`` (as the official reBEN
+            models were trained) or ``bicubic``.
+        align_corners: ``F.interpolate``'s convention for bilinear and bicubic: False
+            (half-pixel centres, benzarr's and TorchGeo's default) or True (ConfigILM
+            0.7.1's ``stack_and_interpolate``, which the official weights saw).
+        augment: ``none``, ``flip`` or ``flip-rot90``; a patch's transform is a pure
+            function of ``(seed, epoch, store row)`` (call :meth:`set_epoch`).
+        seed: the augmentation seed.
 
     Input: a dict as returned by :meth:`BigEarthNetDataset.__getitems__` (uint16 groups,
     ``label`` (B, L) uint8, ``index`` (B,) int64).
@@ -179,9 +195,15 @@ class BatchTransform:
     """
 
     def __init__(self, bands: Sequence[str], device: str | torch.device = "cpu",
-                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 resample: str = "bilinear", align_corners: bool = False, augment: str = "none",
+                 seed: int = 0) -> None:
+        if resample not in RESAMPLE_MODES:
+            raise InvalidArgumentError(f"unknown resampling {resample!r}: choose one of {', '.join(RESAMPLE_MODES)}")
         self.bands = resolve_bands(list(bands), ("s2", "s1"))
         self.device = torch.device(device)
+        self.resample, self.align_corners = resample, bool(align_corners)
+        self.augment, self.seed, self.epoch = check_augment(augment), int(seed), 0
         self.groups = band_groups_for(self.bands)
         # per group: channels to keep (None: all, in order) and their output channels
         self._plan: list[tuple[str, torch.Tensor | None, list[int]]] = []
@@ -201,6 +223,10 @@ class BatchTransform:
                 m = torch.tensor([mean[k] for k in slots], dtype=torch.float32, device=self.device)
                 s = torch.tensor([std[k] for k in slots], dtype=torch.float32, device=self.device)
                 self._norm[group] = (m.view(1, -1, 1, 1), s.view(1, -1, 1, 1))
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch whose augmentation to draw (no effect without ``augment``)."""
+        self.epoch = int(epoch)
 
     def out_spec(self, batch_spec: dict[str, tuple[tuple[int, ...], np.dtype]]) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
         """What one patch of this transform's output holds, for input ``batch_spec``
@@ -226,7 +252,7 @@ class BatchTransform:
                 mean, std = self._norm[group]
                 x = x.sub_(mean).div_(std)
             if x.shape[-1] != PATCH_SIDE or x.shape[-2] != PATCH_SIDE:
-                x = _upsample(x)
+                x = _upsample(x, self.resample, self.align_corners)
             if slots == list(range(slots[0], slots[0] + len(slots))):
                 image[:, slots[0]:slots[0] + len(slots)] = x
             else:
@@ -241,13 +267,18 @@ class BatchTransform:
         there and ``out`` is returned: the batch ring's workers fill shared memory this way.
         """
         label = torch.as_tensor(batch["label"]).to(self.device, non_blocking=True).to(torch.float32)
-        result = {"image": self.image(batch, None if out is None else out["image"]), "label": label,
-                  "index": torch.as_tensor(batch["index"])}
+        augmenting = self.augment != "none"
+        image_out = None if out is None or augmenting else out["image"]
+        result = {"image": self.image(batch, image_out), "label": label, "index": torch.as_tensor(batch["index"])}
         if "mask" in batch:
             result["mask"] = _mask_to_long(torch.as_tensor(batch["mask"]), self.device)
+        if augmenting:
+            keys = [k for k in ("image", "mask") if k in result]
+            codes = transform_codes(result["index"], self.seed, self.epoch, self.augment)
+            result.update(zip(keys, augment_batch([result[k] for k in keys], codes)))
         if out is None:
             return result
-        for key in ("label", "index", "mask"):
+        for key in ("image", "label", "index", "mask") if augmenting else ("label", "index", "mask"):
             if key in result:
                 out[key].copy_(result[key])
         return out
@@ -336,6 +367,17 @@ class BigEarthNetDataset(Dataset):
             default). Turn it off to read at full speed a store already checked with
             ``benzarr verify``; shard indexes are still checked. Format 1 stores have no
             chunk checksums. Stores read through zarr-python (URLs) are always checked.
+        resample: how 20 m and 60 m bands reach 120x120: ``bilinear`` (default),
+            ``nearest`` (as the official reBEN models were trained) or ``bicubic``.
+        align_corners: bilinear/bicubic convention: False (half-pixel centres, as TorchGeo)
+            or True (as ConfigILM 0.7.1, whose published weights saw those inputs).
+        augment: ``none``, ``flip`` or ``flip-rot90``: random flips (and 90-degree
+            rotations) of the image and mask, applied by :func:`make_loader` on the device,
+            drawn as a pure function of (seed, epoch, store row); ``ds[i]`` is never augmented.
+
+    Normalisation (``normalize=True``) uses the mean and std of the split's **train** subset
+    at this resampling mode when ``split`` is given (:func:`benzarr.stats.split_band_stats`,
+    computed once and cached in the store), else the whole store's ingest statistics.
 
     Raises:
         StoreNotFoundError, StoreIncompleteError, StoreVersionError: from opening the store.
@@ -355,6 +397,9 @@ class BigEarthNetDataset(Dataset):
         storage_options: dict[str, Any] | None = None,
         modalities: Sequence[str] = ("s2",),
         verify_checksums: bool = True,
+        resample: str = "bilinear",
+        align_corners: bool = False,
+        augment: str = "none",
     ) -> None:
         if labels not in NOMENCLATURES:
             raise InvalidArgumentError(f"unknown label set {labels!r}: choose one of {', '.join(NOMENCLATURES)}")
@@ -375,6 +420,9 @@ class BigEarthNetDataset(Dataset):
         self.transform = transform
         self.normalize = normalize
         self.verify_checksums = verify_checksums
+        if resample not in RESAMPLE_MODES:
+            raise InvalidArgumentError(f"unknown resampling {resample!r}: choose one of {', '.join(RESAMPLE_MODES)}")
+        self.resample, self.align_corners, self.augment = resample, bool(align_corners), check_augment(augment)
         opened = open_store(self.path, storage_options=storage_options)
         absent = [m for m in self.modalities if m not in opened.modalities]
         if absent:
@@ -386,8 +434,9 @@ class BigEarthNetDataset(Dataset):
         self._labels = np.ascontiguousarray(opened.labels(labels)[self.rows])
         self.mean: list[float] | None = None
         self.std: list[float] | None = None
+        self.stats_source: str | None = None
         if normalize:
-            stats = {**opened.band_stats("s2"), **opened.band_stats("s1")}
+            stats = self._normalisation_stats(opened)
             missing = [b for b in self.bands if (stats.get(b) or {}).get("mean") is None]
             if missing:
                 raise InvalidArgumentError(f"{self.path}: no band statistics for {', '.join(missing)}; cannot normalise")
@@ -397,7 +446,17 @@ class BigEarthNetDataset(Dataset):
         self._store: Store | None = opened
         self._readers: dict[str, RowReader] | None = None
         self._names: np.ndarray | None = None
-        self._cpu_transform = BatchTransform(self.bands, "cpu", self.mean, self.std)
+        self._cpu_transform = BatchTransform(self.bands, "cpu", self.mean, self.std, resample, self.align_corners)
+
+    def _normalisation_stats(self, opened: Store) -> dict[str, dict[str, float]]:
+        """Band -> {mean, std}: the split's train subset at this resampling mode, else the store's."""
+        from benzarr.stats import mode_key, split_band_stats
+
+        if self.split is not None and opened.subset_rows(self.split, "train").size:
+            self.stats_source = f"split {self.split} train, {mode_key(self.resample, self.align_corners)}"
+            return split_band_stats(self.path, self.split, self.resample, self.align_corners)
+        self.stats_source = "store"
+        return {**opened.band_stats("s2"), **opened.band_stats("s1")}
 
     # -- process-local state: never pickled into workers --------------------------------
     def __getstate__(self) -> dict[str, Any]:
@@ -510,9 +569,11 @@ class BigEarthNetDataset(Dataset):
             sample = self.transform(sample)
         return sample
 
-    def batch_transform(self, device: str | torch.device = "cpu") -> BatchTransform:
-        """The :class:`BatchTransform` of this dataset's bands and normalisation on ``device``."""
-        return BatchTransform(self.bands, device, self.mean, self.std)
+    def batch_transform(self, device: str | torch.device = "cpu", seed: int = 0) -> BatchTransform:
+        """The :class:`BatchTransform` of this dataset's bands, normalisation, resampling and
+        augmentation (drawn with ``seed``) on ``device``."""
+        return BatchTransform(self.bands, device, self.mean, self.std, self.resample, self.align_corners,
+                              self.augment, seed)
 
     def plot(self, sample: Sample, show_titles: bool = True, suptitle: str | None = None) -> Any:
         """Plot a sample: true colour (B04, B03, B02) when selected, else the first band.
@@ -635,6 +696,8 @@ class DeviceLoader:
         if self.batch_sampler is not None:
             self.batch_sampler.skip = 0
         self.sampler.set_epoch(epoch)
+        if self.transform is not None:
+            self.transform.set_epoch(epoch)  # the augmentation draws depend on it
         if hasattr(self.loader, "set_epoch"):
             self.loader.set_epoch(epoch)
 
@@ -735,7 +798,7 @@ def make_loader(
     if engine != "dataloader" and ring_possible:
         from benzarr.ring import RingLoader
 
-        transform: BatchTransform | None = ds.batch_transform(device)
+        transform: BatchTransform | None = ds.batch_transform(device, seed)
         in_workers = transform if device.type == "cpu" else None
         ring = RingLoader(ds, batches, num_workers, transform=in_workers, device=device,
                           prefetch_factor=prefetch_factor or 2)
@@ -756,7 +819,7 @@ def make_loader(
         pin_memory=device.type == "cuda",
         **kwargs,
     )
-    return DeviceLoader(ds, loader, sampler, ds.batch_transform(device), batches)
+    return DeviceLoader(ds, loader, sampler, ds.batch_transform(device, seed), batches)
 
 
 __all__ = [

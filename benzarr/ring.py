@@ -149,7 +149,7 @@ def _worker(dataset: Any, layout: SlotLayout, buffer: mmap.mmap, transform: Any,
             return
         if task is None:
             return
-        generation, seq, slot, indices = task
+        generation, seq, slot, indices, epoch = task
         n = len(indices)
         try:
             views = layout.numpy_views(buffer, slot, n)
@@ -158,6 +158,7 @@ def _worker(dataset: Any, layout: SlotLayout, buffer: mmap.mmap, transform: Any,
             else:
                 raw = {key: array[:n] for key, array in scratch.items()}
                 dataset.read_into(indices, raw)
+                transform.set_epoch(epoch)  # augmentation draws are a function of (seed, epoch, row)
                 transform({k: torch.from_numpy(v) for k, v in raw.items()},
                           out={k: torch.from_numpy(v) for k, v in views.items()})
             del views
@@ -275,7 +276,7 @@ class RingLoader:
         self._held = 0                       # CPU batches the consumer holds
         self._copies: collections.deque[tuple[Any, int]] = collections.deque()  # (event, slot)
         self._outstanding = [0] * num_workers
-        self._tasks: collections.deque[tuple[int, int, list[int]]] = collections.deque()
+        self._tasks: collections.deque[tuple[int, int, list[int], int]] = collections.deque()
         self._in_flight: dict[tuple[int, int], int] = {}             # (generation, seq) -> worker
         self._ready: dict[tuple[int, int], tuple[int, int]] = {}     # (generation, seq) -> (slot, n)
         self._errors: dict[tuple[int, int], tuple[str, str, str]] = {}
@@ -323,7 +324,7 @@ class RingLoader:
         batches = [list(b) for b in self.batch_sampler]
         self._generation += 1
         self._live.add(self._generation)
-        self._tasks.extend((self._generation, seq, b) for seq, b in enumerate(batches))
+        self._tasks.extend((self._generation, seq, b, epoch) for seq, b in enumerate(batches))
         return self._generation, epoch, len(batches)
 
     def _keep_only(self, generation: int) -> None:
@@ -354,10 +355,10 @@ class RingLoader:
                 self._reclaim()  # never waits: a slot still being copied stays busy
             if not self._free:
                 return
-            generation, seq, indices = self._tasks.popleft()
+            generation, seq, indices, epoch = self._tasks.popleft()
             slot = self._free.popleft()
             try:
-                self._res.task_pipes[worker].send((generation, seq, slot, indices))
+                self._res.task_pipes[worker].send((generation, seq, slot, indices, epoch))
             except (OSError, ValueError):
                 self._check_workers()
                 raise

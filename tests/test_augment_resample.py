@@ -1,0 +1,117 @@
+"""Issue 13 §1-2: resampling modes, augmentation on the device, split-train normalisation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import zarr
+
+from benzarr.augment import AUGMENTATIONS, apply_code, transform_codes
+from benzarr.data import BigEarthNetDataset, make_loader
+from benzarr.errors import InvalidArgumentError
+from benzarr.stats import CACHE_KEY, split_band_stats
+from benzarr.store import open_store
+from tests.conftest import copy_tree
+
+
+def _epoch(loader) -> list[dict[str, torch.Tensor]]:
+    return [{k: v.clone() for k, v in batch.items()} for batch in loader]
+
+
+@pytest.fixture(scope="module")
+def split_store(tmp_path_factory: pytest.TempPathFactory, synth_store_64: Path) -> Path:
+    store = copy_tree(synth_store_64, tmp_path_factory.mktemp("aug") / "store.zarr")
+    codes = np.random.default_rng(1).permutation(np.array([0] * 40 + [1] * 12 + [2] * 12, dtype=np.int8))
+    open_store(store, mode="r+").write_split("s", codes, {"method": "test"})
+    return store
+
+
+@pytest.mark.parametrize("resample,align", [("bilinear", False), ("bilinear", True), ("nearest", False),
+                                            ("bicubic", False), ("bicubic", True)])
+def test_each_resampling_mode_is_f_interpolate(synth_store_64: Path, resample: str, align: bool) -> None:
+    ds = BigEarthNetDataset(synth_store_64, bands=["B05", "B01", "B02"], resample=resample, align_corners=align)
+    group = zarr.open_group(str(synth_store_64), mode="r")
+    image = ds[7]["image"]
+    corners = None if resample == "nearest" else align
+    for channel, (path, index) in enumerate([("s2/20m", 0), ("s2/60m", 0)]):
+        plane = torch.from_numpy(np.asarray(group[path][7, index]).astype(np.float32))[None, None]
+        expected = F.interpolate(plane, size=(120, 120), mode=resample, align_corners=corners)[0, 0]
+        assert torch.equal(image[channel], expected)
+    assert torch.equal(image[2], torch.from_numpy(np.asarray(group["s2/10m"][7, 0]).astype(np.float32)))
+
+
+def test_unknown_resampling_and_augmentation_are_named(synth_store_64: Path) -> None:
+    with pytest.raises(InvalidArgumentError, match="bilinear, nearest, bicubic"):
+        BigEarthNetDataset(synth_store_64, resample="area")
+    with pytest.raises(InvalidArgumentError, match="none, flip, flip-rot90"):
+        BigEarthNetDataset(synth_store_64, augment="rot")
+
+
+def test_codes_are_a_pure_function_of_seed_epoch_and_row() -> None:
+    rows = np.arange(5000)
+    a = transform_codes(rows, seed=3, epoch=1, augment="flip-rot90")
+    assert np.array_equal(a, transform_codes(rows, seed=3, epoch=1, augment="flip-rot90"))
+    assert not np.array_equal(a, transform_codes(rows, seed=3, epoch=2, augment="flip-rot90"))
+    assert not np.array_equal(a, transform_codes(rows, seed=4, epoch=1, augment="flip-rot90"))
+    assert np.array_equal(transform_codes(rows[::-1], 3, 1, "flip-rot90"), a[::-1])  # order-free
+    counts = np.bincount(a, minlength=8)
+    assert counts.min() > 500  # all eight symmetries, about evenly
+    assert set(np.unique(transform_codes(rows, 3, 1, "flip"))) == {0, 1, 2, 3}
+    assert not transform_codes(rows, 3, 1, "none").any()
+
+
+@pytest.mark.parametrize("augment", ["flip", "flip-rot90"])
+def test_augmented_batches_are_symmetries_of_the_plain_ones_whatever_the_workers(synth_v2_store: Path,
+                                                                                  augment: str) -> None:
+    kwargs = {"modalities": ("s2", "s1", "reference-map"), "normalize": True}
+    plain = BigEarthNetDataset(synth_v2_store, **kwargs)
+    augmented = BigEarthNetDataset(synth_v2_store, augment=augment, **kwargs)
+    reference = make_loader(plain, 8, True, 0, seed=5, device="cpu")
+    serial = make_loader(augmented, 8, True, 0, seed=5, device="cpu")
+    with make_loader(augmented, 8, True, 2, seed=5, device="cpu") as parallel:
+        for epoch in (0, 1):
+            for loader in (reference, serial, parallel):
+                loader.set_epoch(epoch)
+            base, one, two = _epoch(reference), _epoch(serial), _epoch(parallel)
+            changed = 0
+            for p, a, b in zip(base, one, two):
+                assert all(torch.equal(a[k], b[k]) for k in a)  # same bits with 0 and 2 workers
+                codes = transform_codes(p["index"], 5, epoch, augment)
+                for i, code in enumerate(codes.tolist()):
+                    assert torch.equal(a["image"][i], apply_code(p["image"][i], code))
+                    assert torch.equal(a["mask"][i], apply_code(p["mask"][i], code))  # same transform
+                changed += int((codes != 0).sum())
+                assert torch.equal(a["label"], p["label"])
+            assert changed > 0
+
+
+def test_split_statistics_are_the_train_subset_at_the_mode_and_cached(tmp_path: Path, split_store: Path) -> None:
+    store = copy_tree(split_store, tmp_path / "store.zarr")
+    figures = split_band_stats(str(store), "s", "nearest")
+    train = BigEarthNetDataset(store, split="s", subset="train", resample="nearest")
+    images = torch.stack([train[i]["image"] for i in range(len(train))]).double()
+    for c, band in enumerate(train.bands):
+        assert figures[band]["mean"] == pytest.approx(images[:, c].mean().item(), rel=1e-9)
+        assert figures[band]["std"] == pytest.approx(images[:, c].std().item(), rel=1e-6)
+        assert figures[band]["count"] == 40 * 120 * 120
+    cache = open_store(store).attrs[CACHE_KEY]["s"]
+    assert set(cache) == {"nearest"} and cache["nearest"]["bands"] == figures
+    bilinear = split_band_stats(str(store), "s", "bilinear")
+    assert bilinear["B01"]["mean"] != figures["B01"]["mean"]  # upsampling changes the figures
+    # every subset of the split is normalised with the train figures
+    test = BigEarthNetDataset(store, split="s", subset="test", normalize=True, resample="nearest")
+    assert test.mean == [figures[b]["mean"] for b in test.bands]
+    assert test.stats_source == "split s train, nearest"
+    assert BigEarthNetDataset(store, normalize=True).stats_source == "store"
+    # a rewritten split is recomputed, not served from the cache
+    codes = np.roll(open_store(store).read_split("s")[0], 5)
+    open_store(store, mode="r+").write_split("s", codes, {"method": "test"}, overwrite=True)
+    assert split_band_stats(str(store), "s", "nearest")["B01"]["mean"] != figures["B01"]["mean"]
+
+
+def test_augmentation_names() -> None:
+    assert list(AUGMENTATIONS) == ["none", "flip", "flip-rot90"]
