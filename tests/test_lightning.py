@@ -1,0 +1,159 @@
+"""benzarr.lightning: the DataModule feeds TorchGeo's multi-label ClassificationTask (CPU, offline)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import copy_tree
+
+L = pytest.importorskip("lightning")
+
+from benzarr.data import BigEarthNetDataset, make_loader  # noqa: E402
+from benzarr.errors import InvalidArgumentError  # noqa: E402
+from benzarr.lightning import BigEarthNetDataModule, _dataset_accepts  # noqa: E402
+from benzarr.store import open_store  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def split_store(tmp_path_factory: pytest.TempPathFactory, synth_store_64: Path) -> Path:
+    """The 64-patch lz4 store with a split ``s``: 40 train, 12 val, 10 test, 2 excluded
+    (as tests/test_data.py's fixture)."""
+    store = copy_tree(synth_store_64, tmp_path_factory.mktemp("split-lightning") / "store.zarr")
+    codes = np.array([0] * 40 + [1] * 12 + [2] * 10 + [-1] * 2, dtype=np.int8)
+    codes = np.random.default_rng(0).permutation(codes)
+    open_store(store, mode="r+").write_split("s", codes, {"method": "test"})
+    return store
+
+
+def _trainer(**kwargs: object) -> "L.Trainer":
+    options = dict(max_steps=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                   enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                   limit_val_batches=0)
+    options.update(kwargs)
+    return L.Trainer(**options)
+
+
+class Recorder(L.Callback):
+    """Keeps what the task's training_step received."""
+
+    def __init__(self) -> None:
+        self.batches: list[dict[str, torch.Tensor]] = []
+        self.val_batches: list[dict[str, torch.Tensor]] = []
+
+    def on_train_batch_start(self, trainer: object, module: object, batch: dict, batch_idx: int) -> None:
+        self.batches.append({k: v.detach().clone() for k, v in batch.items()})
+
+    def on_validation_batch_start(self, trainer: object, module: object, batch: dict, batch_idx: int,
+                                  dataloader_idx: int = 0) -> None:
+        self.val_batches.append({k: v.detach().clone() for k, v in batch.items()})
+
+
+def test_torchgeo_multilabel_task_trains_two_steps(split_store: Path) -> None:
+    from torchgeo.trainers import ClassificationTask
+
+    torch.manual_seed(0)
+    dm = BigEarthNetDataModule(split_store, "s", bands="all", labels="clc43", batch_size=8, num_workers=0,
+                               seed=3)
+    task = ClassificationTask(model="resnet18", weights=None, in_channels=len(dm.bands), task="multilabel",
+                              num_labels=dm.num_classes, loss="bce")
+    before = [p.detach().clone() for p in task.parameters()]
+    recorder = Recorder()
+    trainer = _trainer(callbacks=[recorder], limit_val_batches=1, val_check_interval=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Lightning's advice on workers and logging
+        trainer.fit(task, datamodule=dm)
+    assert trainer.global_step == 2
+    assert len(recorder.batches) == 2
+    # the weights moved: the loss had gradients through the whole batch path
+    assert any(not torch.equal(a, b.detach()) for a, b in zip(before, task.parameters()))
+
+    # the task saw the batches benzarr's own loader gives, in the same order (seed 3, epoch 0)
+    ds = BigEarthNetDataset(split_store, split="s", subset="train")
+    reference = make_loader(ds, batch_size=8, shuffle=True, num_workers=0, seed=3, device="cpu")
+    reference.set_epoch(0)
+    for seen, expected in zip(recorder.batches, reference):
+        assert seen["image"].dtype == torch.float32 and seen["image"].shape == (8, 12, 120, 120)
+        assert seen["label"].dtype == torch.int64 and seen["label"].shape == (8, 43)  # TorchGeo's dtype
+        torch.testing.assert_close(seen["image"], expected["image"], rtol=0, atol=0)
+        assert torch.equal(seen["label"].float(), expected["label"])
+        assert torch.equal(seen["index"].cpu(), expected["index"])
+    # validation ran once after step 2, on the val subset in store order, with TorchGeo's validation_step
+    assert len(recorder.val_batches) == 1
+    val_rows = BigEarthNetDataset(split_store, split="s", subset="val").rows
+    assert recorder.val_batches[0]["index"].tolist() == val_rows[:8].tolist()
+    assert "val_loss" in trainer.callback_metrics
+
+
+def test_subsets_bands_and_epochs(split_store: Path) -> None:
+    dm = BigEarthNetDataModule(split_store, "s", bands="rgb", labels="clc19", batch_size=16,
+                               label_dtype=torch.float32)
+    dm.setup()
+    assert {k: len(v) for k, v in dm.datasets.items()} == {"train": 40, "val": 12, "test": 10}
+    assert dm.bands == ("B04", "B03", "B02") and dm.num_classes == 19
+    loader = dm.train_dataloader()
+    assert len(loader) == 3
+    raw = next(iter(loader))
+    assert raw["10m"].dtype == torch.uint16  # workers deliver benzarr's native batches
+    batch = dm.on_after_batch_transfer(raw, 0)
+    assert batch["image"].shape == (16, 3, 120, 120) and batch["label"].shape == (16, 19)
+    assert batch["label"].dtype == torch.float32
+    # Lightning calls sampler.set_epoch: the order is a function of (seed, epoch)
+    orders = []
+    for epoch in (0, 1, 0):
+        loader.sampler.set_epoch(epoch)
+        orders.append(torch.cat([b["index"] for b in loader]).tolist())
+    assert orders[0] == orders[2] != orders[1]
+    assert sorted(orders[0]) == sorted(dm.datasets["train"].rows.tolist())
+    val = torch.cat([b["index"] for b in dm.val_dataloader()]).tolist()
+    assert val == dm.datasets["val"].rows.tolist()
+
+
+def test_ring_engine_fits(split_store: Path) -> None:
+    from torchgeo.trainers import ClassificationTask
+
+    dm = BigEarthNetDataModule(split_store, "s", bands=["B02", "B8A"], batch_size=8, num_workers=1,
+                               engine="ring", seed=1)
+    task = ClassificationTask(model="resnet18", weights=None, in_channels=2, task="multilabel",
+                              num_labels=43, loss="bce")
+    recorder = Recorder()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _trainer(callbacks=[recorder]).fit(task, datamodule=dm)
+    assert not dm._rings  # teardown stopped the workers
+    ds = BigEarthNetDataset(split_store, split="s", subset="train", bands=["B02", "B8A"])
+    reference = make_loader(ds, batch_size=8, shuffle=True, num_workers=0, seed=1, device="cpu")
+    for seen, expected in zip(recorder.batches, reference):
+        torch.testing.assert_close(seen["image"], expected["image"], rtol=0, atol=0)
+        assert torch.equal(seen["index"].cpu(), expected["index"])
+
+
+def test_bad_arguments(split_store: Path) -> None:
+    with pytest.raises(InvalidArgumentError, match="batch size"):
+        BigEarthNetDataModule(split_store, "s", batch_size=0)
+    with pytest.raises(InvalidArgumentError, match="engine"):
+        BigEarthNetDataModule(split_store, "s", engine="fast")
+    with pytest.raises(InvalidArgumentError, match="num_workers"):
+        BigEarthNetDataModule(split_store, "s", engine="ring")
+    with pytest.raises(InvalidArgumentError, match="label set"):
+        BigEarthNetDataModule(split_store, "s", labels="clc10")
+    for name, value in (("augment", "flip"), ("resample", "nearest")):
+        if not _dataset_accepts(name):
+            with pytest.raises(InvalidArgumentError, match=name):
+                BigEarthNetDataModule(split_store, "s", **{name: value})
+
+
+def test_missing_lightning_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+    import sys
+
+    from benzarr.errors import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "lightning", None)  # import lightning -> ImportError
+    monkeypatch.delitem(sys.modules, "benzarr.lightning")  # restored afterwards
+    with pytest.raises(MissingDependencyError, match=r"benzarr\[lightning\]"):
+        importlib.import_module("benzarr.lightning")
