@@ -17,13 +17,21 @@ Methods:
     ``RandomState(seed)`` shuffle of the rows, the package's ``IterativeStratification``
     with ``r = fractions`` on the shuffled rows, then back to store order. It is what
     ``MultilabelStratifiedKFold`` does internally with ``r = [1/K] * K``.
+``iterative`` with ``group_by`` (``tile``, ``block:KM``, ``country``, ``season``, ``meta:ARRAY``)
+    Iterative stratification whose items are groups of patches (:mod:`benzarr.groups`: the
+    rarest label first, each group to the subset that most needs it, ties to the larger
+    remaining room in patches), so no group is split across subsets. With ``folds``/``assign``
+    it makes K folds of equal desired shares and assigns them as above; with ``fractions``,
+    three subsets of those shares. Grouping trades some label balance for spatial
+    independence; ``--quality`` shows both beside the plain iterative split.
 ``random`` with ``fractions``
     ``numpy.random.default_rng(seed).permutation`` of the usable rows; the first
     ``round(f_train * n)`` become train, the next ``round((f_train + f_val) * n) - n_train``
     val, the rest test. The baseline.
 ``official``
-    BigEarthNet v1.0's official train/val/test lists shipped in :mod:`benzarr.resources`;
-    for a v2.0 store, the ``split`` column of its metadata.parquet (train/validation/test).
+    The official split of the store's archive source (:func:`official_codes`): BigEarthNet
+    v1.0's train/val/test lists shipped in :mod:`benzarr.resources`; for a v2.0 store, the
+    ``split`` column of its metadata.parquet (train/validation/test).
 ``csv``
     ``train.csv``, ``val.csv``, ``test.csv`` in a folder, one patch name per line, no header
     (the format :func:`export_split` writes).
@@ -31,7 +39,10 @@ Methods:
 Quality (:func:`split_quality`) follows Sechidis, Tsoumakas and Vlahavas (2011), "On the
 stratification of multi-label data", ECML PKDD: Label Distribution (LD), Examples
 Distribution (ED) and the labels left without examples in some subset, beside a random split
-of the same sizes and seed.
+of the same sizes and seed. Where the store knows each patch's footprint (``meta/bounds``,
+``meta/epsg``), it adds the spatial leakage of :mod:`benzarr.leakage`: the share of val and
+test patches with a train patch within 1.2 km. A grouped split is also measured beside the
+plain iterative split of the same parameters, so the label-distribution cost of grouping shows.
 
 The library never prints; the CLI (``benzarr split``) formats what these functions return.
 """
@@ -48,6 +59,8 @@ import numpy as np
 import pandas as pd
 
 from benzarr.errors import InvalidArgumentError, MissingDependencyError, SplitExistsError
+from benzarr.groups import group_ids, group_summary, grouped_assignment, parse_group_by
+from benzarr.leakage import DEFAULT_KM, split_leakage
 from benzarr.store import check_split_name
 from benzarr.stratify import kfold_assignment, shuffled_stratification
 
@@ -233,6 +246,48 @@ def iterative_fraction_codes(
     return _spread(usable, subset.astype(np.int8))
 
 
+def iterative_group_codes(
+    labels: np.ndarray,
+    groups: np.ndarray,
+    usable: np.ndarray | None = None,
+    *,
+    folds: int | None = None,
+    assign: Sequence[int] | None = None,
+    fractions: Sequence[float] | None = None,
+    seed: int = DEFAULT_SEED,
+) -> np.ndarray:
+    """Codes from iterative stratification over groups (:mod:`benzarr.groups`).
+
+    Args:
+        labels: (N, L) uint8 multi-hot, every store row.
+        groups: (N,) int64 group id of every row (any integers; only usable rows count).
+        usable: (N,) bool, rows to split (None: all).
+        folds, assign: K folds of desired share 1/K, A to train, B to val, C to test
+            (default 5 and (3, 1, 1)); or
+        fractions: three subsets of these desired shares instead.
+
+    Returns:
+        (N,) int8 codes; -1 where not usable. Rows of one group share a code.
+    """
+    labels = np.asarray(labels)
+    usable = _usable(usable, labels.shape[0])
+    seed = check_seed(seed)
+    groups = np.asarray(groups)
+    if groups.shape != (labels.shape[0],):
+        raise InvalidArgumentError(f"groups must have shape ({labels.shape[0]},), got {groups.shape}")
+    ids = np.unique(groups[usable], return_inverse=True)[1].reshape(-1)
+    if fractions is not None:
+        if folds is not None or assign is not None:
+            raise InvalidArgumentError("pass --folds/--assign or --fractions, not both")
+        subset = grouped_assignment(labels[usable], ids, check_fractions(fractions), seed)
+        return _spread(usable, subset.astype(np.int8))
+    folds = DEFAULT_FOLDS if folds is None else int(folds)
+    assign = check_assign(folds, DEFAULT_ASSIGN if assign is None else assign)
+    fold = grouped_assignment(labels[usable], ids, [1 / folds] * folds, seed)
+    fold_to_code = np.repeat(np.arange(3, dtype=np.int8), assign)
+    return _spread(usable, fold_to_code[fold])
+
+
 def random_codes(
     usable: np.ndarray,
     *,
@@ -262,27 +317,57 @@ def random_codes(
     return _spread(usable, permuted)
 
 
-def official_v2_codes(store: Any, usable: np.ndarray) -> tuple[np.ndarray, dict[str, dict[str, int]]]:
-    """Codes from a v2 store's ``meta/official_split`` (the parquet's ``split`` column).
+def official_codes(store: Any, usable: np.ndarray) -> tuple[np.ndarray, dict[str, dict[str, int]], str]:
+    """Codes from the official split of the store's archive source (:mod:`benzarr.sources`).
 
-    ``train``/``validation``/``test`` become 0/1/2; patches without one (those of the
-    snow/cloud/shadow parquet) and unusable patches get -1.
+    The source gives either name lists (v1: BigEarthNet's train/val/test lists), matched with
+    the store's names by :func:`codes_from_lists`, or a stored row column (v2: the parquet's
+    ``split`` column as ``meta/official_split``), read by :func:`column_codes`.
+
+    Returns:
+        codes (N,) int8 (-1 where unlisted or not usable), per subset ``{"listed",
+        "matched"}``, and the split's description.
+
+    Raises:
+        InvalidArgumentError: the store's source is not registered or has no official split.
     """
-    column = np.asarray(np.asarray(store.array("meta/official_split")[:]).tolist(), dtype=str)
+    from benzarr.sources import source_of_store  # lazy: rasterio
+
+    source = source_of_store(store.attrs)
+    official = source.official_split()
+    if official is None:
+        raise InvalidArgumentError(f"{store.path}: {source.title} has no official split; use --method iterative "
+                                   "or random")
+    if official.column is None:
+        codes, lists = codes_from_lists(store.patch_names(), official.lists or {}, usable)
+    else:
+        column = np.asarray(np.asarray(store.array(official.column)[:]).tolist(), dtype=str)
+        codes, lists = column_codes(column, official.values, usable)
+    return codes, lists, official.description
+
+
+def column_codes(column: np.ndarray, values: Mapping[str, str],
+                 usable: np.ndarray) -> tuple[np.ndarray, dict[str, dict[str, int]]]:
+    """Codes from a (N,) string column: a row whose value is ``values[subset]`` goes to that
+    subset (e.g. v2's ``validation`` to val); other rows and unusable ones get -1.
+
+    Returns:
+        codes (N,) int8, and per subset ``{"listed": rows with its value, "matched": those usable}``.
+    """
     codes = np.full(column.shape, -1, dtype=np.int8)
     lists: dict[str, dict[str, int]] = {}
-    for subset, value in (("train", "train"), ("val", "validation"), ("test", "test")):
-        listed = column == value
-        codes[listed & usable] = SUBSETS.index(subset)
+    for code, subset in enumerate(SUBSETS):
+        listed = column == values[subset] if subset in values else np.zeros(column.shape, dtype=bool)
+        codes[listed & usable] = code
         lists[subset] = {"listed": int(listed.sum()), "matched": int((listed & usable).sum())}
     return codes, lists
 
 
 def official_lists() -> dict[str, tuple[str, ...]]:
     """BigEarthNet v1.0's official train, val and test patch names (519,284 in all)."""
-    from benzarr.resources import read_official_list
+    from benzarr.sources.ben_v1 import official_lists as lists  # lazy: rasterio
 
-    return {subset: read_official_list(subset) for subset in SUBSETS}
+    return lists()
 
 
 def codes_from_lists(
@@ -395,6 +480,11 @@ class SplitQuality:
             when no desired shares are known.
         labels_missing: labels with examples overall but none in some non-empty subset.
         baseline: the same measures for a random split of the same sizes and seed.
+        leakage: spatial leakage (:func:`benzarr.leakage.split_leakage`): ``distance_km``,
+            ``val`` and ``test`` (share of the subset's patches with a train patch within
+            that distance) and their counts; None when the store has no patch geometry.
+        iterative: for a grouped split, the same measures for the plain iterative split of
+            the same parameters (what grouping costs in label balance); else None.
     """
 
     sizes: pd.DataFrame
@@ -403,18 +493,23 @@ class SplitQuality:
     examples_distribution: float
     labels_missing: int
     baseline: SplitQuality | None = field(default=None, repr=False)
+    leakage: dict[str, float | int] | None = None
+    iterative: SplitQuality | None = field(default=None, repr=False)
 
     def summary(self) -> pd.DataFrame:
-        """Headline measures: rows LD, ED, labels_missing, mean/max relative deviation;
-        column ``split`` and, with a baseline, ``random``."""
+        """Headline measures: rows LD, ED, labels_missing, mean/max relative deviation (and,
+        with geometry, ``leakage_val``/``leakage_test``); column ``split`` and, with a
+        baseline, ``random``; for a grouped split, ``iterative``."""
         columns = {"split": self._headline()}
         if self.baseline is not None:
             columns["random"] = self.baseline._headline()
+        if self.iterative is not None:
+            columns["iterative"] = self.iterative._headline()
         return pd.DataFrame(columns)
 
     def _headline(self) -> dict[str, float]:
         rel = self.per_label["max_rel_deviation"]
-        return {
+        out = {
             "label_distribution": self.label_distribution,
             "examples_distribution": self.examples_distribution,
             "labels_missing": float(self.labels_missing),
@@ -422,6 +517,10 @@ class SplitQuality:
             "max_rel_deviation": float(rel.max()),
             "max_abs_deviation": float(self.per_label["max_abs_deviation"].max()),
         }
+        if self.leakage is not None:
+            out["leakage_val"] = float(self.leakage["val"])
+            out["leakage_test"] = float(self.leakage["test"])
+        return out
 
 
 def split_quality(
@@ -431,6 +530,8 @@ def split_quality(
     class_names: Sequence[str] | None = None,
     desired: Sequence[float] | None = None,
     baseline_seed: int | None = DEFAULT_SEED,
+    geometry: tuple[np.ndarray, np.ndarray] | None = None,
+    leakage_km: float = DEFAULT_KM,
 ) -> SplitQuality:
     """Measure a split.
 
@@ -441,6 +542,9 @@ def split_quality(
         desired: the train, val, test shares asked for (for ED); None if unknown.
         baseline_seed: seed of the random split of the same sizes measured beside it
             (:func:`random_codes`); None for no baseline.
+        geometry: ``(bounds (N, 4) float64, epsg (N,))`` of every row, for the spatial
+            leakage (:func:`store_geometry`); None: no leakage measure.
+        leakage_km: the leakage distance, km.
     """
     labels = np.asarray(labels)
     codes = np.asarray(codes)
@@ -492,17 +596,23 @@ def split_quality(
     baseline = None
     if baseline_seed is not None:
         random = random_codes(usable, sizes=subset_sizes.tolist(), seed=baseline_seed)
-        baseline = split_quality(labels, random, class_names=names, desired=desired, baseline_seed=None)
-    return SplitQuality(sizes, per_label, ld, ed, missing, baseline)
+        baseline = split_quality(labels, random, class_names=names, desired=desired, baseline_seed=None,
+                                 geometry=geometry, leakage_km=leakage_km)
+    leakage = split_leakage(codes, geometry[0], geometry[1], leakage_km) if geometry is not None else None
+    return SplitQuality(sizes, per_label, ld, ed, missing, baseline, leakage)
 
 
-def plot_quality(quality: SplitQuality, path: str | Path, *, title: str | None = None) -> Path:
+def plot_quality(quality: SplitQuality, path: str | Path, *, title: str | None = None,
+                 others: Sequence[tuple[str, SplitQuality]] = ()) -> Path:
     """Write a PNG of per-label counts and shares per subset, labels sorted by frequency.
 
     Top: examples of each label in each subset (log count axis), like the study's
-    label-distribution figure. Bottom: the share of each label's examples that went to each
+    label-distribution figure. Middle: the share of each label's examples that went to each
     subset (stacked to 1), with the subsets' overall shares as dashed lines: a perfectly
-    stratified split has every bar at the lines.
+    stratified split has every bar at the lines. Bottom: each label's largest relative
+    share deviation (log) for this split, its random baseline, the plain iterative split
+    (grouped splits) and ``others`` (``--against``), each named in the legend with its LD
+    and, where measured, its spatial leakage.
     """
     try:
         import matplotlib
@@ -516,8 +626,8 @@ def plot_quality(quality: SplitQuality, path: str | Path, *, title: str | None =
     table = table[table["count"] > 0]
     x = np.arange(len(table))
     colours = {"train": "#1f77b4", "val": "#ff7f0e", "test": "#2ca02c"}
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(8.0, 0.28 * len(table) + 2), 8.5), sharex=True,
-                                      gridspec_kw={"height_ratios": [3, 2]})
+    fig, (top, bottom, compare) = plt.subplots(3, 1, figsize=(max(8.0, 0.28 * len(table) + 2), 11.5), sharex=True,
+                                               gridspec_kw={"height_ratios": [3, 2, 2]})
     width = 0.27
     for c, subset in enumerate(SUBSETS):
         heights = table[f"count_{subset}"].to_numpy(dtype=np.float64)
@@ -538,8 +648,9 @@ def plot_quality(quality: SplitQuality, path: str | Path, *, title: str | None =
         bottom.axhline(level, color="black", linestyle="--", linewidth=0.8)
     bottom.set_ylim(0, 1)
     bottom.set_ylabel("share of the label's patches")
-    bottom.set_xticks(x)
-    bottom.set_xticklabels([_short(name) for name in table.index], rotation=90, fontsize=7)
+    _plot_comparison(compare, table.index, [(title or "this split", quality), *_compared(quality), *others])
+    compare.set_xticks(x)
+    compare.set_xticklabels([_short(name) for name in table.index], rotation=90, fontsize=7)
     headline = f"LD {quality.label_distribution:.2e}   ED {quality.examples_distribution:.1f}"
     if quality.baseline is not None:
         headline += f"   (random: LD {quality.baseline.label_distribution:.2e}, ED {quality.baseline.examples_distribution:.1f})"
@@ -550,6 +661,32 @@ def plot_quality(quality: SplitQuality, path: str | Path, *, title: str | None =
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _compared(quality: SplitQuality) -> list[tuple[str, SplitQuality]]:
+    out = []
+    if quality.baseline is not None:
+        out.append(("random", quality.baseline))
+    if quality.iterative is not None:
+        out.append(("plain iterative", quality.iterative))
+    return out
+
+
+def _plot_comparison(axis: Any, classes: Sequence[str], splits: Sequence[tuple[str, SplitQuality]]) -> None:
+    """Per-label max relative deviation of each split, one line each, on ``axis``."""
+    markers = "os^vDP*X"
+    for i, (label, q) in enumerate(splits):
+        values = q.per_label["max_rel_deviation"].reindex(classes).to_numpy(dtype=np.float64) * 100
+        values[values <= 0] = np.nan  # log axis
+        legend = f"{label}: LD {q.label_distribution:.2e}"
+        if q.leakage is not None:
+            legend += f", test near train {q.leakage['test']:.0%}"
+        axis.plot(np.arange(len(classes)), values, marker=markers[i % len(markers)], markersize=4, linewidth=1,
+                  label=legend)
+    axis.set_yscale("log")
+    axis.set_ylabel("max rel. share deviation (%)")
+    axis.grid(axis="y", which="major", alpha=0.3)
+    axis.legend(loc="upper left", fontsize=7)
 
 
 def _short(name: str, width: int = 38) -> str:
@@ -599,11 +736,12 @@ def make_split(
     assign: Sequence[int] | None = None,
     fractions: Sequence[float] | None = None,
     seed: int = DEFAULT_SEED,
-    labels: str = "clc43",
+    labels: str | None = None,
     csv_dir: str | Path | None = None,
     exclude_from: str | None = None,
     overwrite: bool = False,
     engine: str = "benzarr",
+    group_by: str | None = None,
 ) -> SplitResult:
     """Compute a split of ``store`` and write it as ``splits/<name>``.
 
@@ -614,10 +752,13 @@ def make_split(
         fractions: train, val, test shares for ``iterative`` (instead of folds) or ``random``
             (default 0.6, 0.2, 0.2).
         seed: 0 .. 2**32 - 1.
-        labels: label set stratified on and measured (``clc43`` or ``clc19``).
+        labels: label set stratified on and measured (``clc43`` or ``clc19``); None: the
+            store's own (:func:`default_label_set`: clc43 when present, else clc19).
         csv_dir: folder with train.csv, val.csv, test.csv for ``csv``.
         exclude_from: another split; its -1 patches get -1 here.
         engine: ``benzarr`` or ``package`` for ``iterative`` (same codes).
+        group_by: ``iterative`` over groups (:func:`benzarr.groups.parse_group_by`: ``tile``,
+            ``block:KM``, ``country``, ``season``, ``meta:ARRAY``); no group is split.
 
     Raises:
         SplitExistsError: ``name`` exists and not ``overwrite`` (checked before any work).
@@ -626,6 +767,8 @@ def make_split(
     """
     if method not in METHODS:
         raise InvalidArgumentError(f"unknown split method {method!r}: choose one of {', '.join(METHODS)}")
+    if labels is None:
+        labels = default_label_set(store)
     if labels not in LABEL_SETS:
         raise InvalidArgumentError(f"unknown label set {labels!r}: choose one of {', '.join(LABEL_SETS)}")
     check_split_name(name)
@@ -639,6 +782,13 @@ def make_split(
         raise InvalidArgumentError("--fractions applies to --method iterative or random")
     if (csv_dir is not None) != (method == "csv"):
         raise InvalidArgumentError("--method csv needs --csv-dir, and --csv-dir needs --method csv")
+    grouping = None
+    if group_by is not None:
+        if method != "iterative":
+            raise InvalidArgumentError("--group-by applies to --method iterative")
+        if engine != "benzarr":
+            raise InvalidArgumentError("--group-by runs on the benzarr engine only (the package has no groups)")
+        grouping = parse_group_by(group_by)
 
     usable = store.valid_mask()
     n_failed = int((~usable).sum())
@@ -653,7 +803,25 @@ def make_split(
     parameters: dict[str, Any] = {}
     desired: tuple[float, ...] | None = None
     lists: dict[str, dict[str, int]] = {}
-    if kfold:
+    groups: np.ndarray | None = None
+    if grouping is not None:
+        rows = np.flatnonzero(usable)
+        groups = np.full(usable.shape[0], -1, dtype=np.int64)
+        groups[rows] = group_ids(store, grouping, rows)[0]
+        folds = (DEFAULT_FOLDS if folds is None else int(folds)) if kfold else None
+        assign = check_assign(folds, DEFAULT_ASSIGN if assign is None else assign) if kfold else None
+        fractions = None if kfold else check_fractions(fractions)
+        codes = iterative_group_codes(label_matrix, groups, usable, folds=folds, assign=assign, fractions=fractions,
+                                      seed=seed)
+        parameters = {"group_by": str(grouping), **group_summary(groups[rows])}
+        if kfold:
+            parameters.update(folds=folds, assign=list(assign))
+            desired = tuple(a / folds for a in assign)
+        else:
+            parameters["fractions"] = list(fractions)
+            desired = fractions
+        parameters["algorithm"] = "benzarr grouped iterative stratification (benzarr.groups)"
+    elif kfold:
         folds = DEFAULT_FOLDS if folds is None else int(folds)
         assign = check_assign(folds, DEFAULT_ASSIGN if assign is None else assign)
         codes = iterative_codes(label_matrix, usable, folds=folds, assign=assign, seed=seed, engine=engine)
@@ -673,12 +841,9 @@ def make_split(
         desired = fractions
     else:
         names = store.patch_names()
-        if method == "official" and str(store.attrs.get("source", {}).get("version", "1.0")).startswith("2"):
-            codes, lists = official_v2_codes(store, usable)
-            parameters = {"source": "BigEarthNet v2.0 metadata.parquet split column"}
-        elif method == "official":
-            codes, lists = codes_from_lists(names, official_lists(), usable)
-            parameters = {"source": "BigEarthNet v1.0 official lists (bigearthnet-common)"}
+        if method == "official":
+            codes, lists, description = official_codes(store, usable)
+            parameters = {"source": description}
         else:
             codes, lists = codes_from_lists(names, read_csv_lists(csv_dir), usable)
             parameters = {"csv_dir": str(Path(csv_dir).resolve())}
@@ -706,19 +871,73 @@ def make_split(
     }
     store.write_split(name, codes, attrs, overwrite=overwrite)
     stored, stored_attrs = store.read_split(name)
+    geometry = store_geometry(store)
     quality = split_quality(label_matrix, stored, class_names=store.class_names(labels), desired=desired,
-                            baseline_seed=seed)
+                            baseline_seed=seed, geometry=geometry)
+    if grouping is not None:
+        quality.iterative = _plain_iterative_quality(label_matrix, usable, stored_attrs, store.class_names(labels),
+                                                     geometry)
     return SplitResult(name, stored, stored_attrs, quality, lists)
 
 
-def store_split_quality(store: Store, name: str, *, labels: str | None = None) -> SplitQuality:
-    """Quality of the stored split ``name`` on its label set (or ``labels``), beside random."""
+def default_label_set(store: Store) -> str:
+    """The store's own label set: ``clc43`` when it has it, else ``clc19``."""
+    available = list(store.attrs.get("label_sets", LABEL_SETS))
+    return "clc43" if "clc43" in available or not available else str(available[0])
+
+
+def store_geometry(store: Store) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(bounds (N, 4) float64, epsg (N,) int64)`` when every valid patch has a footprint
+    (a CRS and non-zero bounds), else None (labels-only stores, for instance)."""
+    if not (store.has_array("meta/bounds") and store.has_array("meta/epsg")):
+        return None
+    bounds = np.asarray(store.array("meta/bounds")[:], dtype=np.float64)
+    epsg = np.asarray(store.array("meta/epsg")[:], dtype=np.int64)
+    valid = store.valid_mask()
+    if not valid.any() or ((epsg[valid] <= 0) | ~bounds[valid].any(axis=1)).any():
+        return None
+    return bounds, epsg
+
+
+def _plain_iterative_quality(
+    labels: np.ndarray,
+    usable: np.ndarray,
+    attrs: Mapping[str, Any],
+    class_names: Sequence[str],
+    geometry: tuple[np.ndarray, np.ndarray] | None,
+    leakage_km: float = DEFAULT_KM,
+) -> SplitQuality:
+    """Quality of the plain iterative split with a grouped split's folds/fractions and seed."""
+    parameters = attrs.get("parameters") or {}
+    seed = int(attrs.get("seed") or 0)
+    if parameters.get("fractions") is not None:
+        codes = iterative_fraction_codes(labels, usable, fractions=parameters["fractions"], seed=seed)
+    else:
+        codes = iterative_codes(labels, usable, folds=int(parameters.get("folds", DEFAULT_FOLDS)),
+                                assign=parameters.get("assign", DEFAULT_ASSIGN), seed=seed)
+    return split_quality(labels, codes, class_names=class_names, desired=attrs.get("desired"), baseline_seed=None,
+                         geometry=geometry, leakage_km=leakage_km)
+
+
+def store_split_quality(store: Store, name: str, *, labels: str | None = None,
+                        leakage_km: float = DEFAULT_KM) -> SplitQuality:
+    """Quality of the stored split ``name`` on its label set (or ``labels``), beside random;
+    with the spatial leakage when the store has patch geometry, and for a grouped split the
+    plain iterative split of the same parameters beside it."""
     codes, attrs = store.read_split(name)
-    label_set = labels or attrs.get("labels") or "clc43"
+    label_set = labels or attrs.get("labels") or default_label_set(store)
     desired = attrs.get("desired")
     seed = attrs.get("seed")
-    return split_quality(store.labels(label_set), codes, class_names=store.class_names(label_set),
-                         desired=desired, baseline_seed=DEFAULT_SEED if seed is None else int(seed))
+    label_matrix = store.labels(label_set)
+    class_names = store.class_names(label_set)
+    geometry = store_geometry(store)
+    quality = split_quality(label_matrix, codes, class_names=class_names, desired=desired,
+                            baseline_seed=DEFAULT_SEED if seed is None else int(seed), geometry=geometry,
+                            leakage_km=leakage_km)
+    if (attrs.get("parameters") or {}).get("group_by"):
+        quality.iterative = _plain_iterative_quality(label_matrix, codes != EXCLUDED, attrs, class_names, geometry,
+                                                     leakage_km)
+    return quality
 
 
 def export_split(store: Store, name: str, folder: str | Path) -> dict[str, Path]:

@@ -9,9 +9,11 @@ from typing import Optional
 import typer
 
 from benzarr.errors import InvalidArgumentError
+from benzarr.leakage import DEFAULT_KM
 from benzarr.split import (
     SUBSETS,
     SplitQuality,
+    default_label_set,
     export_split,
     list_splits,
     make_split,
@@ -32,7 +34,11 @@ def command(
     fractions: Optional[str] = typer.Option(None, "--fractions", help="train,val,test shares, e.g. 0.6,0.2,0.2 (iterative instead of folds; random)."),
     seed: int = typer.Option(0, "--seed", help="Random seed (0 .. 2**32-1)."),
     labels: Optional[str] = typer.Option(None, "--labels", help="Label set to stratify on and measure: clc43 | clc19 "
-                                         "(default clc43; --quality: the split's own)."),
+                                         "(default: the store's own, clc43 when present; --quality: the split's own)."),
+    group_by: Optional[str] = typer.Option(None, "--group-by", help="iterative over groups, none split across subsets: "
+                                           "tile | block:KM | country | season | meta:ARRAY."),
+    leakage_km: float = typer.Option(DEFAULT_KM, "--leakage-km", help="Quality: a val/test patch leaks when a train "
+                                     "patch lies within this many km (centre to centre, per axis)."),
     csv_dir: Optional[Path] = typer.Option(None, "--csv-dir", help="csv: folder with train.csv, val.csv, test.csv."),
     export: Optional[Path] = typer.Option(None, "--export", help="Write split NAME as train.csv, val.csv, test.csv in this folder."),
     exclude_from: Optional[str] = typer.Option(None, "--exclude-from", help="Give -1 to the patches another split excludes."),
@@ -43,8 +49,8 @@ def command(
     plot: Optional[Path] = typer.Option(None, "--plot", help="--quality (or a new split): write the label-distribution PNG here."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
 ) -> None:
-    """Make a train/val/test split (iterative stratification, random, official lists, CSV),
-    list splits, show a split's quality, or export it as CSV lists."""
+    """Make a train/val/test split (iterative stratification, optionally over spatial groups;
+    random, official lists, CSV), list splits, show a split's quality, or export it as CSV lists."""
     if list_:
         _print_list(store)
         return
@@ -57,13 +63,14 @@ def command(
         return
     if quality or against is not None:
         opened = open_store(store)
-        measured = store_split_quality(opened, name, labels=labels)
+        measured = store_split_quality(opened, name, labels=labels, leakage_km=leakage_km)
         # the other split is measured on the same label set, so the figures compare
-        same = labels or opened.read_split(name)[1].get("labels") or "clc43"
-        other = (against, store_split_quality(opened, against, labels=same)) if against else None
+        same = labels or opened.read_split(name)[1].get("labels") or default_label_set(opened)
+        other = (against, store_split_quality(opened, against, labels=same, leakage_km=leakage_km)) if against else None
         _print_quality(name, measured, other)
         if plot is not None:
-            console.print(f"wrote {plot_quality(measured, plot, title=name)}", markup=False)
+            written = plot_quality(measured, plot, title=name, others=[other] if other else [])
+            console.print(f"wrote {written}", markup=False)
         return
     if method is None:
         raise InvalidArgumentError("pass --method iterative|random|official|csv to make a split")
@@ -72,18 +79,29 @@ def command(
         folds=folds,
         assign=parse_numbers(assign, int) if assign else None,
         fractions=parse_numbers(fractions, float) if fractions else None,
-        seed=seed, labels=labels or "clc43", csv_dir=csv_dir, exclude_from=exclude_from, overwrite=overwrite,
+        seed=seed, labels=labels, csv_dir=csv_dir, exclude_from=exclude_from, overwrite=overwrite,
+        group_by=group_by,
     )
     if plot is not None:
         plot_quality(result.quality, plot, title=name)
     if quiet:
         return
     counts = result.attrs["counts"]
+    grouped = result.attrs["parameters"].get("group_by")
+    how = f"{method} by {grouped}" if grouped else method
     console.print(
-        f"split {name} ({method}, {labels or 'clc43'}): train {counts['train']:,}  val {counts['val']:,}  "
+        f"split {name} ({how}, {result.attrs['labels']}): train {counts['train']:,}  val {counts['val']:,}  "
         f"test {counts['test']:,}  excluded {counts['excluded']:,}",
         markup=False,
     )
+    if grouped:
+        p = result.attrs["parameters"]
+        console.print(f"  {p['n_groups']:,} groups, largest {p['largest_group']:,} patches, median "
+                      f"{p['median_group']:g}; no group split across subsets", markup=False)
+        empty = [s for s, share in zip(SUBSETS, result.attrs["desired"]) if share > 0 and counts[s] == 0]
+        if empty:
+            console.print(f"  note: {', '.join(empty)} got no patches: {p['n_groups']:,} groups are too few for "
+                          "these shares; group by something finer (block:KM)", markup=False)
     for subset, report in result.lists.items():
         console.print(f"  {subset} list: {report['matched']:,} of {report['listed']:,} names are patches of the store",
                       markup=False)
@@ -105,6 +123,21 @@ def _print_list(store: str) -> None:
                       f"{row.val:>9,} {row.test:>9,} {row.excluded:>9,}  {row.created or ''}", markup=False)
 
 
+def _leak(quality: SplitQuality, subset: str) -> str:
+    return "n/a" if quality.leakage is None else _fmt(float(quality.leakage[subset]), ".1%")
+
+
+def _print_comparison(columns: list[tuple[str, SplitQuality]], plain: SplitQuality) -> None:
+    """One row a split: balance, leakage, and LD against the plain iterative split (the cost of grouping)."""
+    out = lambda text="": console.print(text, markup=False)  # noqa: E731
+    out()
+    out(f"{'split':<16} {'LD':>10} {'ED':>9} {'val leak':>9} {'test leak':>9} {'LD / plain iterative':>21}")
+    for label, q in columns:
+        ratio = q.label_distribution / plain.label_distribution if plain.label_distribution else float("nan")
+        out(f"{label[:16]:<16} {_fmt(q.label_distribution, '.3e'):>10} {_fmt(q.examples_distribution, '.1f'):>9} "
+            f"{_leak(q, 'val'):>9} {_leak(q, 'test'):>9} {_fmt(ratio, '.2f'):>21}")
+
+
 def _fmt(value: float, digits: str = ".4f") -> str:
     return "n/a" if value is None or math.isnan(value) else format(value, digits)
 
@@ -120,6 +153,8 @@ def _print_quality(name: str, quality: SplitQuality, other: tuple[str, SplitQual
     columns = [(name, quality)]
     if quality.baseline is not None:
         columns.append(("random", quality.baseline))
+    if quality.iterative is not None:
+        columns.append(("iterative", quality.iterative))
     if other is not None:
         columns.append(other)
     out()
@@ -132,8 +167,13 @@ def _print_quality(name: str, quality: SplitQuality, other: tuple[str, SplitQual
         ("mean max rel. share deviation", lambda q: _fmt(float(q.per_label["max_rel_deviation"].mean()), ".2%")),
         ("max rel. share deviation", lambda q: _fmt(float(q.per_label["max_rel_deviation"].max()), ".2%")),
     ]
+    if quality.leakage is not None:
+        km = quality.leakage["distance_km"]
+        measures += [(f"{s} with a train patch <= {km:g} km", lambda q, s=s: _leak(q, s)) for s in ("val", "test")]
     for label, get in measures:
         out(f"{label:<36}" + "".join(f"{get(q):>15}" for _, q in columns))
+    if quality.iterative is not None:
+        _print_comparison(columns, quality.iterative)
 
     out()
     out(f"{'class (by frequency)':<40} {'count':>8} {'share':>7}" + "".join(f" {s:>7}" for s in SUBSETS)
