@@ -40,6 +40,7 @@ import numpy as np
 import rasterio
 from rasterio.errors import RasterioError
 
+from benzarr.bands import MODALITIES
 from benzarr.bigearthnet import (
     BAND_GROUPS,
     CLC19,
@@ -64,8 +65,6 @@ V2_S1_FOLDER = "BigEarthNet-S1"
 V2_REFERENCE_MAPS = "Reference_Maps"
 V2_METADATA = "metadata.parquet"
 V2_METADATA_FLAGGED = "metadata_for_patches_with_snow_cloud_or_shadow.parquet"
-#: Modalities a store can hold, in stored order.
-MODALITIES = ("s2", "s1", "reference-map")
 _CLC43_INDEX = {name: i for i, name in enumerate(CLC43)}
 _CLC19_INDEX = {name: i for i, name in enumerate(CLC19)}
 _CODE_TO_CLC43 = np.full(1000, -1, dtype=np.int16)

@@ -1,4 +1,4 @@
-"""Facts of the BigEarthNet dataset: bands, resolutions, nomenclatures, the 43->19 map, names.
+"""Facts of the BigEarthNet dataset: nomenclatures, the 43->19 map, names (bands: :mod:`benzarr.bands`).
 
 Everything here is a constant or a pure function (numpy at most); no I/O.
 
@@ -14,40 +14,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# --- Sentinel-2 bands -------------------------------------------------------------------
-
-#: All 12 bands in wavelength order, the order of every full-band tensor in benzarr.
-BANDS: tuple[str, ...] = (
-    "B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12",
+# Bands live in benzarr.bands (the one home of the band vocabulary); re-exported for old imports.
+from benzarr.bands import (  # noqa: F401
+    BAND_GROUPS,
+    BANDS,
+    PATCH_SIDE,
+    RGB_BANDS,
+    S1_BANDS,
+    band_location,
+    band_side,
 )
-#: True-colour bands, red first (the order a display expects).
-RGB_BANDS: tuple[str, ...] = ("B04", "B03", "B02")
-
-#: Band groups as stored: array name -> (bands, side in pixels, ground sampling distance in m).
-BAND_GROUPS: dict[str, tuple[tuple[str, ...], int, int]] = {
-    "10m": (("B02", "B03", "B04", "B08"), 120, 10),
-    "20m": (("B05", "B06", "B07", "B8A", "B11", "B12"), 60, 20),
-    "60m": (("B01", "B09"), 20, 60),
-}
-#: Patch side at 10 m (the side every band is upsampled to).
-PATCH_SIDE = 120
-
-
-def band_location(band: str) -> tuple[str, int]:
-    """Return ``(group, position)`` of ``band`` in the stored band groups.
-
-    >>> band_location("B8A")
-    ('20m', 3)
-    """
-    for group, (names, _, _) in BAND_GROUPS.items():
-        if band in names:
-            return group, names.index(band)
-    raise KeyError(band)
-
-
-def band_side(band: str) -> int:
-    """Side in pixels of ``band`` as BigEarthNet ships it (120, 60 or 20)."""
-    return BAND_GROUPS[band_location(band)[0]][1]
 
 
 # --- Nomenclatures ----------------------------------------------------------------------
@@ -209,9 +185,6 @@ CLC43_CODES: tuple[int, ...] = (
     311, 312, 313, 321, 322, 323, 324, 331, 332, 333, 334,
     411, 412, 421, 422, 423, 511, 512, 521, 522, 523,
 )
-
-#: Sentinel-1 polarisations, in stored channel order.
-S1_BANDS: tuple[str, ...] = ("VV", "VH")
 
 # v2.0 (reBEN) names: S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_26_57 (tile product + row/col)
 _S2_V2_NAME = re.compile(

@@ -17,15 +17,17 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, get_worker_info
 
-from benzarr.bigearthnet import BAND_GROUPS, BANDS, PATCH_SIDE, RGB_BANDS, S1_BANDS
+from benzarr.bands import BAND_PRESETS, MODALITIES, PATCH_SIDE, RGB_BANDS, parse_modalities, resolve_bands
+from benzarr.bands import CHANNEL_GROUPS as BAND_CHANNEL_GROUPS
+from benzarr.bands import band_groups_for
+from benzarr.bands import band_location as channel_location
 from benzarr.augment import augment_batch, check_augment, transform_codes
 from benzarr.errors import BenzarrError, InvalidArgumentError
 from benzarr.shards import RowReader, row_reader
 from benzarr.store import (
+    CHANNEL_ARRAYS,
     NOMENCLATURES,
     REFERENCE_MAP_ARRAY,
-    S1_ARRAY,
-    S2_ARRAYS,
     Store,
     is_url,
     open_store,
@@ -33,56 +35,13 @@ from benzarr.store import (
 
 #: Channel groups as stored: group -> (array path, channel names, native side in pixels).
 CHANNEL_GROUPS: dict[str, tuple[str, tuple[str, ...], int]] = {
-    **{group: (S2_ARRAYS[group], names, side) for group, (names, side, _) in BAND_GROUPS.items()},
-    "s1": (S1_ARRAY, S1_BANDS, PATCH_SIDE),
+    group: (CHANNEL_ARRAYS[group], names, side) for group, (names, side) in BAND_CHANNEL_GROUPS.items()
 }
 #: Modalities a dataset can serve: image channels (s2, s1) and the ``mask`` (reference-map).
-DATA_MODALITIES = ("s2", "s1", "reference-map")
+DATA_MODALITIES = MODALITIES
 
 Sample = dict[str, Any]
 Batch = dict[str, torch.Tensor]
-
-
-def channel_location(band: str) -> tuple[str, int]:
-    """``(group, position)`` of an S2 band or an S1 polarisation (``VV``, ``VH``)."""
-    for group, (_, names, _) in CHANNEL_GROUPS.items():
-        if band in names:
-            return group, names.index(band)
-    raise KeyError(band)
-
-
-def resolve_bands(bands: str | Sequence[str], modalities: Sequence[str] = ("s2",)) -> tuple[str, ...]:
-    """Channel names for a selection: ``"all"`` (the 12 S2 bands in B01…B12 order, then VV,
-    VH when ``s1`` is among ``modalities``), ``"rgb"`` (B04, B03, B02) or a list of band
-    names (kept in the order given).
-
-    Raises:
-        InvalidArgumentError: unknown or repeated band, empty list, or an unknown keyword.
-    """
-    available = (BANDS if "s2" in modalities else ()) + (S1_BANDS if "s1" in modalities else ())
-    if isinstance(bands, str):
-        if bands == "all":
-            return available
-        if bands == "rgb" and "s2" in modalities:
-            return RGB_BANDS
-        raise InvalidArgumentError(
-            f"unknown band selection {bands!r}: use 'all', 'rgb' or a list of band names from {', '.join(available)}"
-        )
-    chosen = tuple(bands)
-    if not chosen:
-        raise InvalidArgumentError(f"empty band list: choose bands from {', '.join(available)}")
-    for band in chosen:
-        if band not in available:
-            raise InvalidArgumentError(f"unknown band {band!r}: valid bands are {', '.join(available)}")
-    if len(set(chosen)) != len(chosen):
-        raise InvalidArgumentError(f"band list {list(chosen)} names a band twice")
-    return chosen
-
-
-def band_groups_for(bands: Sequence[str]) -> tuple[str, ...]:
-    """Stored channel groups (``10m``, ``20m``, ``60m``, ``s1``, in that order) ``bands`` need."""
-    needed = {channel_location(b)[0] for b in bands}
-    return tuple(g for g in CHANNEL_GROUPS if g in needed)
 
 
 def _u16_to_float(x: torch.Tensor) -> torch.Tensor:
@@ -403,12 +362,7 @@ class BigEarthNetDataset(Dataset):
     ) -> None:
         if labels not in NOMENCLATURES:
             raise InvalidArgumentError(f"unknown label set {labels!r}: choose one of {', '.join(NOMENCLATURES)}")
-        if isinstance(modalities, str):
-            modalities = tuple(m for m in modalities.split(",") if m)
-        unknown = [m for m in modalities if m not in DATA_MODALITIES]
-        if unknown or not modalities:
-            raise InvalidArgumentError(f"unknown modality {unknown[0] if unknown else ''!r}: choose from {', '.join(DATA_MODALITIES)}")
-        self.modalities: tuple[str, ...] = tuple(m for m in DATA_MODALITIES if m in modalities)
+        self.modalities: tuple[str, ...] = parse_modalities(modalities)
         image_modalities = [m for m in self.modalities if m != "reference-map"] or ["s2"]
         self.bands: tuple[str, ...] = resolve_bands(bands, image_modalities)
         self.groups: tuple[str, ...] = band_groups_for(self.bands)
@@ -823,6 +777,7 @@ def make_loader(
 
 
 __all__ = [
+    "BAND_PRESETS",
     "BatchTransform",
     "BigEarthNetDataset",
     "DeviceLoader",
@@ -831,5 +786,6 @@ __all__ = [
     "channel_location",
     "collate_batch",
     "make_loader",
+    "parse_modalities",
     "resolve_bands",
 ]

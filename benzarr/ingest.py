@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 import rasterio
 
-from benzarr.archive import GDAL_ENV, MODALITIES, Archive, PatchRef, open_archive, read_sample
+from benzarr.archive import GDAL_ENV, Archive, PatchRef, open_archive, read_sample
+from benzarr.bands import MODALITIES, parse_modalities
 from benzarr.bigearthnet import BAND_GROUPS, CLC19, CLC43, PATCH_SIDE, S1_BANDS
 from benzarr.errors import (
     BadPatchError,
@@ -478,10 +479,8 @@ def ingest(
         raise os_error(exc, archive, "reading the archive") from None
     if not is_url(store_path):
         check_disjoint(store_path, archive)  # before anything is written
-    chosen = list(found.modalities) if modalities is None else ["s2", *[m for m in modalities if m != "s2"]]
-    unknown = [m for m in chosen if m not in MODALITIES]
-    if unknown:
-        raise InvalidArgumentError(f"unknown modality {unknown[0]!r}: choose from {', '.join(MODALITIES)}")
+    # S2 is always ingested
+    chosen = list(found.modalities) if modalities is None else ["s2", *parse_modalities(modalities or "s2")]
     absent = [m for m in chosen if m not in found.modalities]
     if absent:
         raise InvalidArgumentError(

@@ -75,6 +75,8 @@ STATS_ARRAY = "ingest/band_stats"
 S1_ARRAY = "s1"
 REFERENCE_MAP_ARRAY = "reference_map"
 S1_STATS_ARRAY = "ingest/s1_stats"
+#: Stored channel group (:data:`benzarr.bands.CHANNEL_GROUPS`) -> array path.
+CHANNEL_ARRAYS: dict[str, str] = {**S2_ARRAYS, "s1": S1_ARRAY}
 #: Columns of ``ingest/band_stats``.
 STATS_FIELDS = ("count", "mean", "m2", "min", "max")
 

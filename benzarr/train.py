@@ -222,51 +222,33 @@ def default_out(cfg: TrainConfig) -> str:
 
 
 def parse_modalities(modalities: str | Sequence[str]) -> list[str]:
-    """``"s2,s1"`` -> ``["s2", "s1"]`` (image modalities only, stored order).
+    """``"s2,s1"`` -> ``["s2", "s1"]``: image modalities only, stored order
+    (:func:`benzarr.bands.parse_modalities` with ``s2`` and ``s1`` allowed).
 
     Raises:
         InvalidArgumentError: empty, or a name other than s2 and s1.
     """
-    from benzarr.errors import InvalidArgumentError
+    from benzarr.bands import IMAGE_MODALITIES
+    from benzarr.bands import parse_modalities as parse
 
-    names = [m.strip() for m in modalities.split(",")] if isinstance(modalities, str) else list(modalities)
-    names = [m for m in names if m]
-    if not names or any(m not in ("s2", "s1") for m in names):
-        raise InvalidArgumentError(f"--modalities {','.join(names)!r}: give s2, s1 or s2,s1")
-    return [m for m in ("s2", "s1") if m in names]
+    return list(parse(modalities, IMAGE_MODALITIES))
 
 
-def resolve_bands(model: str, bands: str | Sequence[str] | None, modalities: str | Sequence[str] = "s2") -> list[str]:
-    """Channel names in input-channel order: the model's default (``None``; with S1, VV and VH
-    follow), ``"rgb"`` (B04, B03, B02), ``"all"`` (the 12 S2 bands in wavelength order, then
-    VV, VH with S1) or names (a list or ``"B04,B03,B02,VV"``).
+def resolve_bands(model: str, bands: str | int | Sequence[str] | None, modalities: str | Sequence[str] = "s2") -> list[str]:
+    """Channel names in input-channel order: the model's default when ``bands`` is None (with
+    S1, VV and VH follow), else :func:`benzarr.bands.resolve_bands` (``"all"``, ``"rgb"``, a
+    preset such as ``"10"``, or names as a list or ``"B04,B03,B02,VV"``).
 
     Raises:
         InvalidArgumentError: an unknown or repeated band name, or an unknown model.
     """
-    from benzarr.bigearthnet import BANDS, RGB_BANDS, S1_BANDS
-    from benzarr.errors import InvalidArgumentError
+    from benzarr.bands import resolve_bands as resolve
     from benzarr.models import default_bands
 
     chosen = parse_modalities(modalities)
-    s2 = "s2" in chosen
-    s1 = list(S1_BANDS) if "s1" in chosen else []
     if bands is None:
-        bands = default_bands(model) if s2 else "all"
-    if isinstance(bands, str):
-        if bands.lower() == "rgb" and s2:
-            return list(RGB_BANDS) + s1
-        if bands.lower() == "all":
-            return (list(BANDS) if s2 else []) + s1
-        bands = [b for b in bands.replace(" ", "").split(",") if b]
-    names = [b.upper() for b in bands]
-    allowed = (list(BANDS) if s2 else []) + s1
-    unknown = [b for b in names if b not in allowed]
-    if unknown or not names or len(set(names)) != len(names):
-        raise InvalidArgumentError(
-            f"bad band list {','.join(bands)!r}: give rgb, all, or distinct names from {', '.join(allowed)}"
-        )
-    return names
+        bands = default_bands(model) if "s2" in chosen else "all"
+    return list(resolve(bands, chosen))
 
 
 def monitor_key(monitor: str) -> tuple[str, bool]:
