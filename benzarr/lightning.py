@@ -20,8 +20,9 @@ How the batches are built (two engines, ``engine=``):
   120x120). Lightning moves those to the device itself (pinned memory on CUDA), then
   :meth:`BigEarthNetDataModule.on_after_batch_transfer` runs the dataset's
   :class:`~benzarr.data.BatchTransform` there (float conversion, band selection,
-  upsampling, normalisation and, where the dataset has them, augmentation and the
-  resampling mode). This is the natural fit: Lightning knows a ``DataLoader``, so it
+  upsampling, normalisation, the resampling mode and, for training batches,
+  augmentation, drawn from ``(seed, epoch, store row)`` with the epoch Lightning gave the
+  sampler). This is the natural fit: Lightning knows a ``DataLoader``, so it
   calls ``set_epoch`` on our sampler each epoch, leaves it in place under DDP (it is
   already a ``DistributedSampler``), re-instantiates the loader for ``predict`` and
   handles workers as usual. The order is a function of ``(seed, epoch)``, as
@@ -35,11 +36,12 @@ How the batches are built (two engines, ``engine=``):
   ``set_epoch`` on a loader's ``sampler``, so the ring is wrapped in a small iterable
   whose ``sampler.set_epoch`` reshuffles the ring itself.
 
-``augment`` and ``resample`` are passed to ``BigEarthNetDataset`` only when its
-constructor has those parameters (checked with :func:`inspect.signature`), so this
-module works with benzarr versions before and after they were added; without them, only
-their defaults (``"none"``, ``"bilinear"``: what the dataset then does anyway) are
-accepted. ``augment`` applies to the training subset only.
+``augment``, ``resample`` and ``align_corners`` are passed to ``BigEarthNetDataset`` only
+when its constructor has those parameters (checked with :func:`inspect.signature`), so
+this module works with benzarr versions before and after they were added; without them,
+only their defaults (``"none"``, ``"bilinear"``, False: what the dataset then does anyway)
+are accepted. ``augment`` applies to the training subset only; its seed is ``seed``, as
+in :func:`~benzarr.data.make_loader`.
 
 Lightning is an optional extra: ``pip install 'benzarr[lightning]'``; importing this
 module without it raises :class:`~benzarr.errors.MissingDependencyError`.
@@ -68,7 +70,7 @@ from benzarr.data import BatchTransform, BigEarthNetDataset, collate_batch, make
 from benzarr.store import NOMENCLATURES, is_url
 
 #: Values that need no dataset support: what BigEarthNetDataset does without the parameter.
-_DEFAULTS = {"augment": "none", "resample": "bilinear"}
+_DEFAULTS: dict[str, Any] = {"augment": "none", "resample": "bilinear", "align_corners": False}
 ENGINES = ("dataloader", "ring")
 #: Lightning stage -> subset whose dataset (and transform) serves it.
 _STAGE_SUBSETS = {"train": "train", "sanity_check": "val", "validate": "val", "test": "test", "predict": "test"}
@@ -95,6 +97,7 @@ class _RingIterable:
     def __init__(self, loader: Any) -> None:
         self.loader = loader
         self.sampler = _EpochSetter(loader)
+        self.batch_sampler = None  # Lightning looks for both attributes once it finds a sampler
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -114,7 +117,7 @@ class BigEarthNetDataModule(L.LightningDataModule):
         split: a stored split name (``benzarr split``); ``train_dataloader`` serves its
             ``train`` subset, ``val_dataloader`` ``val``, ``test_dataloader`` and
             ``predict_dataloader`` ``test``.
-        bands: ``"all"``, ``"rgb"`` or a list of band names (as ``BigEarthNetDataset``).
+        bands: ``"all"``, ``"rgb"``, a preset or a list of band names (as ``BigEarthNetDataset``).
         labels: ``"clc43"`` or ``"clc19"``.
         batch_size: patches per batch (per rank).
         num_workers: loader worker processes (0: read in the training process).
@@ -122,8 +125,10 @@ class BigEarthNetDataModule(L.LightningDataModule):
             ``BigEarthNetDataset`` supports it (see the module's docstring).
         resample: ``"bilinear"``, ``"nearest"`` or ``"bicubic"`` for the 20 m and 60 m bands,
             where ``BigEarthNetDataset`` supports it.
+        align_corners: the interpolation convention (True: ConfigILM's, for the official
+            reBEN weights), where ``BigEarthNetDataset`` supports it.
         normalize: standardise each band with the store's statistics.
-        seed: shuffling seed (the order is a function of ``(seed, epoch)``).
+        seed: shuffling and augmentation seed (the order is a function of ``(seed, epoch)``).
         engine: ``"dataloader"`` or ``"ring"`` (see the module's docstring).
         drop_last: drop the last incomplete training batch.
         prefetch_factor: batches each worker reads ahead (default 2).
@@ -153,6 +158,7 @@ class BigEarthNetDataModule(L.LightningDataModule):
         num_workers: int = 0,
         augment: str = "none",
         resample: str = "bilinear",
+        align_corners: bool = False,
         normalize: bool = False,
         seed: int = 0,
         engine: str = "dataloader",
@@ -175,7 +181,7 @@ class BigEarthNetDataModule(L.LightningDataModule):
             raise InvalidArgumentError("engine='ring' needs num_workers >= 1")
         if labels not in NOMENCLATURES:
             raise InvalidArgumentError(f"unknown label set {labels!r}: choose one of {', '.join(NOMENCLATURES)}")
-        for name, value in (("augment", augment), ("resample", resample)):
+        for name, value in (("augment", augment), ("resample", resample), ("align_corners", align_corners)):
             if value != _DEFAULTS[name] and not _dataset_accepts(name):
                 raise InvalidArgumentError(
                     f"{name}={value!r}: this benzarr's BigEarthNetDataset has no {name!r} parameter "
@@ -195,6 +201,7 @@ class BigEarthNetDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.augment = augment
         self.resample = resample
+        self.align_corners = align_corners
         self.normalize = normalize
         self.seed = seed
         self.engine = engine
@@ -212,6 +219,7 @@ class BigEarthNetDataModule(L.LightningDataModule):
         self.datasets: dict[str, BigEarthNetDataset] = {}
         self._transforms: dict[tuple[str, str], BatchTransform] = {}
         self._rings: list[_RingIterable] = []
+        self._samplers: dict[str, DistributedSampler] = {}  # subset -> the DataLoader engine's sampler
 
     # -- datasets ---------------------------------------------------------------------
     def _dataset(self, subset: str) -> BigEarthNetDataset:
@@ -221,8 +229,9 @@ class BigEarthNetDataModule(L.LightningDataModule):
                 normalize=self.normalize, modalities=self.modalities, storage_options=self.storage_options,
                 verify_checksums=self.verify_checksums,
             )
-            if _dataset_accepts("resample"):
-                kwargs["resample"] = self.resample
+            for name in ("resample", "align_corners"):
+                if _dataset_accepts(name):
+                    kwargs[name] = getattr(self, name)
             if _dataset_accepts("augment"):
                 kwargs["augment"] = self.augment if subset == "train" else "none"
             self.datasets[subset] = BigEarthNetDataset(self.store, **kwargs)
@@ -261,6 +270,7 @@ class BigEarthNetDataModule(L.LightningDataModule):
             return ring
         sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=shuffle, seed=self.seed,
                                      drop_last=False)
+        self._samplers[subset] = sampler
         kwargs: dict[str, Any] = {}
         if self.num_workers > 0:
             kwargs["persistent_workers"] = True
@@ -307,7 +317,11 @@ class BigEarthNetDataModule(L.LightningDataModule):
         device = torch.device(device)
         key = (subset, str(device))
         if key not in self._transforms:
-            self._transforms[key] = self._dataset(subset).batch_transform(device)
+            ds = self._dataset(subset)
+            if "seed" in inspect.signature(ds.batch_transform).parameters:
+                self._transforms[key] = ds.batch_transform(device, seed=self.seed)  # augmentation seed
+            else:
+                self._transforms[key] = ds.batch_transform(device)
         return self._transforms[key]
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
@@ -315,7 +329,12 @@ class BigEarthNetDataModule(L.LightningDataModule):
         model-ready, with the dataset's :class:`~benzarr.data.BatchTransform` (the ring's
         batches arrive model-ready); then ``transform``, if any."""
         if self.engine != "ring":
-            batch = self.batch_transform(self._subset_now(), batch["label"].device)(batch)
+            subset = self._subset_now()
+            transform = self.batch_transform(subset, batch["label"].device)
+            sampler = self._samplers.get(subset)
+            if sampler is not None and hasattr(transform, "set_epoch"):
+                transform.set_epoch(sampler.epoch)  # augmentation draws: (seed, epoch, store row)
+            batch = transform(batch)
         if batch["label"].dtype != self.label_dtype:
             batch["label"] = batch["label"].to(self.label_dtype)
         return self.transform(batch) if self.transform is not None else batch

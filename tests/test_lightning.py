@@ -53,17 +53,35 @@ class Recorder(L.Callback):
         self.val_batches.append({k: v.detach().clone() for k, v in batch.items()})
 
 
+#: augmentation where this benzarr's dataset has it (the module passes it through only then)
+AUGMENT = "flip-rot90" if _dataset_accepts("augment") else "none"
+
+
+def reference_batches(store: Path, seed: int, epochs: int, **dataset_kwargs: object) -> list[dict]:
+    """The first batch of each epoch from benzarr's own loader (batch size 8, shuffled)."""
+    if AUGMENT != "none":
+        dataset_kwargs["augment"] = AUGMENT
+    ds = BigEarthNetDataset(store, split="s", subset="train", **dataset_kwargs)
+    loader = make_loader(ds, batch_size=8, shuffle=True, num_workers=0, seed=seed, device="cpu")
+    firsts = []
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        firsts.append(next(iter(loader)))
+    return firsts
+
+
 def test_torchgeo_multilabel_task_trains_two_steps(split_store: Path) -> None:
     from torchgeo.trainers import ClassificationTask
 
     torch.manual_seed(0)
     dm = BigEarthNetDataModule(split_store, "s", bands="all", labels="clc43", batch_size=8, num_workers=0,
-                               seed=3)
+                               seed=3, augment=AUGMENT)
     task = ClassificationTask(model="resnet18", weights=None, in_channels=len(dm.bands), task="multilabel",
                               num_labels=dm.num_classes, loss="bce")
     before = [p.detach().clone() for p in task.parameters()]
     recorder = Recorder()
-    trainer = _trainer(callbacks=[recorder], limit_val_batches=1, val_check_interval=2)
+    # two epochs of one batch each: step 2 is epoch 1 (reshuffled, augmented anew)
+    trainer = _trainer(callbacks=[recorder], max_epochs=2, limit_train_batches=1, limit_val_batches=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Lightning's advice on workers and logging
         trainer.fit(task, datamodule=dm)
@@ -72,20 +90,22 @@ def test_torchgeo_multilabel_task_trains_two_steps(split_store: Path) -> None:
     # the weights moved: the loss had gradients through the whole batch path
     assert any(not torch.equal(a, b.detach()) for a, b in zip(before, task.parameters()))
 
-    # the task saw the batches benzarr's own loader gives, in the same order (seed 3, epoch 0)
-    ds = BigEarthNetDataset(split_store, split="s", subset="train")
-    reference = make_loader(ds, batch_size=8, shuffle=True, num_workers=0, seed=3, device="cpu")
-    reference.set_epoch(0)
-    for seen, expected in zip(recorder.batches, reference):
+    # the task saw the batches benzarr's own loader gives for (seed 3, epoch 0) and (seed 3, epoch 1)
+    for seen, expected in zip(recorder.batches, reference_batches(split_store, 3, 2), strict=True):
         assert seen["image"].dtype == torch.float32 and seen["image"].shape == (8, 12, 120, 120)
         assert seen["label"].dtype == torch.int64 and seen["label"].shape == (8, 43)  # TorchGeo's dtype
         torch.testing.assert_close(seen["image"], expected["image"], rtol=0, atol=0)
         assert torch.equal(seen["label"].float(), expected["label"])
         assert torch.equal(seen["index"].cpu(), expected["index"])
-    # validation ran once after step 2, on the val subset in store order, with TorchGeo's validation_step
-    assert len(recorder.val_batches) == 1
-    val_rows = BigEarthNetDataset(split_store, split="s", subset="val").rows
-    assert recorder.val_batches[0]["index"].tolist() == val_rows[:8].tolist()
+    assert not torch.equal(recorder.batches[0]["index"], recorder.batches[1]["index"])
+    # validation after each epoch: the val subset in store order, never augmented, TorchGeo's validation_step
+    val = BigEarthNetDataset(split_store, split="s", subset="val")
+    plain = make_loader(val, batch_size=8, shuffle=False, num_workers=0, seed=3, device="cpu")
+    expected_val = next(iter(plain))
+    assert len(recorder.val_batches) == 2
+    for seen in recorder.val_batches:
+        assert seen["index"].tolist() == val.rows[:8].tolist()
+        torch.testing.assert_close(seen["image"], expected_val["image"], rtol=0, atol=0)
     assert "val_loss" in trainer.callback_metrics
 
 
@@ -117,19 +137,20 @@ def test_ring_engine_fits(split_store: Path) -> None:
     from torchgeo.trainers import ClassificationTask
 
     dm = BigEarthNetDataModule(split_store, "s", bands=["B02", "B8A"], batch_size=8, num_workers=1,
-                               engine="ring", seed=1)
+                               engine="ring", seed=1, augment=AUGMENT)
     task = ClassificationTask(model="resnet18", weights=None, in_channels=2, task="multilabel",
                               num_labels=43, loss="bce")
     recorder = Recorder()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        _trainer(callbacks=[recorder]).fit(task, datamodule=dm)
+        _trainer(callbacks=[recorder], max_epochs=2, limit_train_batches=1, limit_val_batches=1).fit(
+            task, datamodule=dm)  # TorchGeo's ReduceLROnPlateau needs val_loss each epoch
     assert not dm._rings  # teardown stopped the workers
-    ds = BigEarthNetDataset(split_store, split="s", subset="train", bands=["B02", "B8A"])
-    reference = make_loader(ds, batch_size=8, shuffle=True, num_workers=0, seed=1, device="cpu")
-    for seen, expected in zip(recorder.batches, reference):
-        torch.testing.assert_close(seen["image"], expected["image"], rtol=0, atol=0)
-        assert torch.equal(seen["index"].cpu(), expected["index"])
+    # Lightning's set_epoch reached the ring: epoch 1 is reshuffled (and augmented anew)
+    expected = reference_batches(split_store, 1, 2, bands=["B02", "B8A"])
+    for seen, reference in zip(recorder.batches, expected, strict=True):
+        torch.testing.assert_close(seen["image"], reference["image"], rtol=0, atol=0)
+        assert torch.equal(seen["index"].cpu(), reference["index"])
 
 
 def test_bad_arguments(split_store: Path) -> None:
