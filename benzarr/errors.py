@@ -116,7 +116,27 @@ class InvalidArgumentError(BenzarrError):
 
 
 class MissingDependencyError(BenzarrError):
-    """An optional dependency (an extra) is needed for this call."""
+    """An optional dependency (an extra) is needed for this call: see :func:`missing_extra`."""
+
+
+#: Packages of the optional extras (``pip install 'benzarr[<extra>]'``), by import name.
+EXTRAS: dict[str, str] = {
+    "torch": "train", "torchvision": "train", "tensorboard": "train", "tbparse": "train",
+    "h5py": "bench", "lmdb": "bench", "safetensors": "bench", "tfrecord": "bench", "tensorstore": "bench",
+    "moto": "test", "s3fs": "test", "bigearthnet_common": "examples", "codecarbon": "emissions",
+    "lightning": "lightning",
+}
+
+
+def missing_extra(package: str, needed_by: str = "this command") -> MissingDependencyError:
+    """The one error for a missing optional package (raise it):
+    ``<needed_by> needs <package>, which comes with an extra: pip install 'benzarr[<extra>]'``.
+
+    ``package`` is the import name (a dotted name counts by its first part), a key of ``EXTRAS``.
+    """
+    extra = EXTRAS[package.split(".")[0]]
+    return MissingDependencyError(f"{needed_by} needs {package}, which comes with an extra: "
+                                  f"pip install 'benzarr[{extra}]'")
 
 
 class DownloadRequiredError(BenzarrError):

@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 
 from benzarr.archive import V1_S1_FOLDER, V1_S2_FOLDER
-from benzarr.errors import FileSystemError, InvalidArgumentError, MissingDependencyError
+from benzarr.errors import FileSystemError, InvalidArgumentError, missing_extra
 from benzarr.fsutil import os_error
 
 _ARCHIVES = {
@@ -39,9 +39,7 @@ def extract_examples(out: str | Path) -> dict[str, list[str]]:
     try:
         package = resources.files("bigearthnet_common")
     except ModuleNotFoundError:
-        raise MissingDependencyError(
-            "the real example patches come with bigearthnet-common: pip install 'benzarr[examples]'"
-        ) from None
+        raise missing_extra("bigearthnet_common", "the real example patches") from None
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise FileSystemError(f"{out}: is a file, not a folder; choose a folder to unpack into", str(out))

@@ -20,8 +20,10 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-console = Console(highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+# Plain text: what the commands print (paths, band lists like [B04, B03]) is never read as
+# Rich markup; error_line and warn_line alone ask for markup, and escape the message.
+console = Console(highlight=False, soft_wrap=True, markup=False)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
 
 def error_line(message: str) -> None:

@@ -28,11 +28,11 @@ def command(
         console.print_json(json.dumps([r.as_dict() for r in results]))
         return
     stored = results[0].stored_bytes_per_patch
-    console.print(f"store  {store}", markup=False)
+    console.print(f"store  {store}")
     console.print("random order, all 12 bands; MB/s of decoded uint16 native bytes "
                   f"({results[0].bytes_per_patch:,} a patch"
-                  + (f", {stored:,.0f} on disk" if stored else "") + ")", markup=False)
-    console.print(f"  {'measurement':<20} {'patches/s':>11} {'MB/s':>9}", markup=False)
+                  + (f", {stored:,.0f} on disk" if stored else "") + ")")
+    console.print(f"  {'measurement':<20} {'patches/s':>11} {'MB/s':>9}")
     for r in results:
-        console.print(f"  {r.name:<20} {r.patches_per_s:>11,.0f} {r.mb_per_s:>9,.1f}", markup=False)
-    console.print("page cache as found: run twice to see warm-cache figures", markup=False, style="dim")
+        console.print(f"  {r.name:<20} {r.patches_per_s:>11,.0f} {r.mb_per_s:>9,.1f}")
+    console.print("page cache as found: run twice to see warm-cache figures", style="dim")

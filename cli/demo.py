@@ -24,7 +24,7 @@ def command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
 ) -> None:
     """Run the whole pipeline on a synthetic archive: synth, ingest, stratified split, train shortcnn-all, report."""
-    say = (lambda text: None) if quiet else (lambda text: console.print(text, markup=False))
+    say = (lambda text: None) if quiet else (lambda text: console.print(text))
 
     def stage(name: str, info: dict[str, Any]) -> None:
         s = f"({info['seconds']:.1f} s)"

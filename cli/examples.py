@@ -14,4 +14,4 @@ def command(out: Path = typer.Argument(..., help="Folder to unpack into (BigEart
     """Unpack the six real S2 patches and their S1 pairs from bigearthnet-common (optional extra)."""
     written = extract_examples(out)
     for folder, names in written.items():
-        console.print(f"{out / folder}: {len(names)} real patches ({', '.join(names[:2])}, ...)", markup=False)
+        console.print(f"{out / folder}: {len(names)} real patches ({', '.join(names[:2])}, ...)")

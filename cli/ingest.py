@@ -41,7 +41,7 @@ def command(
     storage_options = storage_options_for(store, endpoint_url)
 
     def bad_patch(name: str, reason: str) -> None:
-        err_console.print(f"bad patch {name}: {reason}", markup=False, highlight=False)
+        err_console.print(f"bad patch {name}: {reason}")
 
     with progress_bar("ingest", None, quiet or plan) as advance:
         result = ingest(
@@ -58,13 +58,13 @@ def command(
     if result.already_complete:
         if not quiet:
             bad = f" ({len(result.failed):,} bad patches, listed by `benzarr info`)" if result.failed else ""
-            console.print(f"{result.store}: already complete, nothing to do{bad}", markup=False)
+            console.print(f"{result.store}: already complete, nothing to do{bad}")
         return
     if not quiet:
         what = f"BigEarthNet v{result.version} ({'+'.join(result.modalities)})"
         if plan:
             console.print(f"planned {result.store}: {result.n_patches:,} patches of {what} in {result.shards_total} "
-                          f"shards; now run `benzarr ingest ... --part I/N` for each part", markup=False)
+                          f"shards; now run `benzarr ingest ... --part I/N` for each part")
         else:
             rate = result.n_patches / result.seconds if result.shards_written else 0.0
             verb = "resumed" if result.resumed else "wrote"
@@ -73,10 +73,9 @@ def command(
                 f"{scope}{verb} {result.store}: {result.n_patches:,} patches of {what} in {result.shards_total} shards "
                 f"({result.shards_written} written this run) in {result.seconds:.1f} s ({rate:,.0f} patches/s); "
                 f"{len(result.failed)} bad, {result.excluded} excluded",
-                markup=False,
             )
             if not result.complete:
                 missing = f" (parts still missing: {', '.join(map(str, result.missing_parts))})" if result.missing_parts else ""
-                console.print(f"store not complete yet{missing}", markup=False)
+                console.print(f"store not complete yet{missing}")
     if result.failed:
         raise IngestFailedPatchesError(result.failed)

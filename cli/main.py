@@ -16,7 +16,7 @@ import sys
 
 import typer
 
-from benzarr.errors import BenzarrError
+from benzarr.errors import EXTRAS, BenzarrError, missing_extra
 from benzarr.fsutil import os_error
 from benzarr_cli._common import error_line
 
@@ -44,21 +44,9 @@ COMMANDS: dict[str, str] = {
 }
 
 for _name, _module in COMMANDS.items():
-    try:
-        _mod = importlib.import_module(f"benzarr_cli.{_module}")
-    except ModuleNotFoundError as exc:  # a command not built yet in this checkout
-        if exc.name != f"benzarr_cli.{_module}":
-            raise
-        continue
+    _mod = importlib.import_module(f"benzarr_cli.{_module}")
     app.command(_name, help=_mod.command.__doc__)(_mod.command)
 
-
-#: Packages of the optional extras: a command that needs a missing one says which extra to install.
-_OPTIONAL_PACKAGES = {
-    "torch": "train", "torchvision": "train", "tensorboard": "train", "tbparse": "train",
-    "h5py": "bench", "lmdb": "bench", "safetensors": "bench", "tfrecord": "bench", "tensorstore": "bench",
-    "moto": "test", "s3fs": "test", "bigearthnet_common": "examples", "codecarbon": "emissions",
-}
 
 
 @app.callback()
@@ -73,11 +61,10 @@ def main() -> None:
     except BenzarrError as exc:
         error_line(str(exc))
         sys.exit(exc.exit_code)
-    except ModuleNotFoundError as exc:
-        extra = _OPTIONAL_PACKAGES.get((exc.name or "").split(".")[0])
-        if extra is None:
+    except ModuleNotFoundError as exc:  # a package of an optional extra: the same line as missing_extra's
+        if (exc.name or "").split(".")[0] not in EXTRAS:
             raise
-        error_line(f"this command needs {exc.name}, which comes with an extra: pip install 'benzarr[{extra}]'")
+        error_line(str(missing_extra(exc.name)))
         sys.exit(1)
     except KeyboardInterrupt:
         error_line("interrupted")

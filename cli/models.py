@@ -6,7 +6,6 @@ import json
 
 import typer
 
-from benzarr.errors import MissingDependencyError
 from benzarr_cli._common import console
 
 
@@ -14,12 +13,8 @@ def command(
     as_json: bool = typer.Option(False, "--json", help="Print the list as JSON."),
 ) -> None:
     """List the models `benzarr train` can build: name, parameters (43 classes, default bands), default input bands."""
-    try:
-        from benzarr.models import list_models, model_info
-    except ImportError as exc:  # torch/torchvision are the optional 'train' extra
-        raise MissingDependencyError(
-            f"the model zoo needs PyTorch and torchvision ({exc}); install benzarr[train]"
-        ) from exc
+    from benzarr.models import list_models, model_info  # torch: the `train` extra (main names it if missing)
+
     infos = [model_info(name) for name in list_models()]
     rows = [
         {
@@ -41,6 +36,6 @@ def command(
         return (f"{c['name']:<{width['name']}}  {c['parameters']:>{width['parameters']}}  "
                 f"{c['bands']:<{width['bands']}}  {c['description']}")
 
-    console.print(line(headers), markup=False)
+    console.print(line(headers))
     for c in cells:
-        console.print(line(c), markup=False)
+        console.print(line(c))

@@ -19,8 +19,7 @@ def command(
     report = write_report(rundirs, out)
     if quiet:
         return
-    console.print(f"{len(report.runs)} run(s); test metrics of the best checkpoints, mean ± 95% CI across seeds:",
-                  markup=False)
-    console.print(report.summary_md, markup=False)
+    console.print(f"{len(report.runs)} run(s); test metrics of the best checkpoints, mean ± 95% CI across seeds:")
+    console.print(report.summary_md)
     for name, path in report.files.items():
-        console.print(f"  {name:<12} {path}", markup=False)
+        console.print(f"  {name:<12} {path}")

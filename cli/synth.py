@@ -67,7 +67,7 @@ def command(
         names = synth_labels_store(out, patches, seed=seed, overwrite=overwrite)
         if not quiet:
             console.print(f"wrote a labels-only store of {len(names):,} patches to {out} "
-                          f"in {time.perf_counter() - start:.1f} s", markup=False)
+                          f"in {time.perf_counter() - start:.1f} s")
         return
     with progress_bar("synth", patches, quiet) as advance:
         if version == 2:
@@ -84,5 +84,5 @@ def command(
     kind = {1: "v1.0", 2: "v2.0"}[version] + (" S2+S1" if s1 else " S2") + (" + reference maps" if reference_maps else "")
     console.print(
         f"wrote {len(names):,} patches ({files:,} files, {size / 1e6:,.1f} MB) of a {kind} archive"
-        f" to {out} in {seconds:.1f} s", markup=False,
+        f" to {out} in {seconds:.1f} s",
     )

@@ -39,31 +39,29 @@ def command(
         out = console.print
         sums = {True: "crc32c on every band chunk", False: "without chunk checksums",
                 None: "no band arrays"}[report.checksums]
-        out(f"store           {report.path}", markup=False)
+        out(f"store           {report.path}")
         out(f"format          benzarr store v{report.format_version}, {sums}"
-            + ("" if report.complete else " (INCOMPLETE ingest: unwritten shards not checked)"), markup=False)
+            + ("" if report.complete else " (INCOMPLETE ingest: unwritten shards not checked)"))
         rate = report.bytes / report.seconds / 1e6 if report.seconds else 0.0
         out(f"checked         {report.arrays} arrays, {report.chunks:,} chunks, {report.bytes / 1e6:,.1f} MB of band "
-            f"data in {report.seconds:.1f} s ({rate:,.0f} MB/s, {report.workers} worker{'s' if report.workers != 1 else ''})",
-            markup=False)
+            f"data in {report.seconds:.1f} s ({rate:,.0f} MB/s, {report.workers} worker{'s' if report.workers != 1 else ''})")
         if report.ok:
-            out("result          OK: every index, checksum, shape and metadata file is sound", markup=False)
+            out("result          OK: every index, checksum, shape and metadata file is sound")
         else:
             bad = report.bad_patches
-            out(f"result          CORRUPT: {len(report.problems)} problem(s), {len(bad)} patch(es)", markup=False)
+            out(f"result          CORRUPT: {len(report.problems)} problem(s), {len(bad)} patch(es)")
             for problem in report.problems:
-                out(f"  {problem.message}", markup=False)
+                out(f"  {problem.message}")
                 if len(problem.rows) > 1:
                     shown = ", ".join(problem.patches[:_NAMES_SHOWN])
                     more = f" ... and {len(problem.patches) - _NAMES_SHOWN} more" if len(problem.patches) > _NAMES_SHOWN else ""
-                    out(f"    rows {problem.rows[0]}-{problem.rows[-1]}: {shown}{more}", markup=False)
+                    out(f"    rows {problem.rows[0]}-{problem.rows[-1]}: {shown}{more}")
             if bad:
-                out(f"corrupt patches ({len(bad)}{'; --json lists them all' if len(bad) > _BAD_SHOWN else ''})",
-                    markup=False)
+                out(f"corrupt patches ({len(bad)}{'; --json lists them all' if len(bad) > _BAD_SHOWN else ''})")
                 for name in bad[:_BAD_SHOWN]:
-                    out(f"  {name}", markup=False)
+                    out(f"  {name}")
                 if len(bad) > _BAD_SHOWN:
-                    out(f"  ... and {len(bad) - _BAD_SHOWN} more", markup=False)
+                    out(f"  ... and {len(bad) - _BAD_SHOWN} more")
     if report.not_recorded and not no_record:
         warn_line(f"result not recorded in the store: {report.not_recorded}")
     if not report.ok:
