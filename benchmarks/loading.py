@@ -38,6 +38,8 @@ since they fork worker processes; see :func:`model_ready_methods` and :func:`del
   ``copy_us_per_patch`` and ``loader_us_per_patch``
 * ``benzarr-lz4-model-ready``: float32 (12, 120, 120), upsampled and normalised on the CPU
   in one process (``__getitems__`` + ``BatchTransform``; single: ``ds[i]``)
+* ``benzarr-lz4-model-ready-flip-rot90``: the same with augmentation (random flips and
+  90-degree rotations, :mod:`benzarr.augment`), a new draw every batch: its cost
 * ``make-loader-cpu-w0|w2``: the same through ``make_loader(device="cpu")`` with 0 and 2
   workers (with workers the transform runs in the workers)
 * ``configilm-style``: ConfigILM's BENv2 path (LMDB get, safetensors load, per-band
@@ -596,6 +598,19 @@ def model_ready_methods(paths: dict[str, Path], n: int, b: int, log: Callable[[s
     out["benzarr-lz4-model-ready"] = {"batch": model_ready, "single": model_ready_single, "bytes": stored,
                                       "processes": 1, "model_ready": True}
 
+    # the same with augmentation on (issue 13 §1): its cost against the plain model-ready row
+    augmented = ds.batch_transform("cpu", seed=0)
+    augmented.augment = "flip-rot90"
+    epochs = iter(range(1 << 30))
+
+    def model_ready_augmented() -> int:
+        augmented.set_epoch(next(epochs))  # a new draw every batch, as over many epochs
+        augmented(ds.__getitems__(nb()))
+        return b
+
+    out["benzarr-lz4-model-ready-flip-rot90"] = {"batch": model_ready_augmented, "single": None, "bytes": stored,
+                                                 "processes": 1, "model_ready": True}
+
     for w in (0, 2):
         state: dict[str, Any] = {}
 
@@ -856,6 +871,8 @@ def main(argv: list[str] | None = None) -> int:
         # issue 10 §5, §6
         {"target": "model-ready float32 via make_loader(device='cpu'): 2 workers >= 1.7x 0 workers",
          "value": ratio("make-loader-cpu-w2", "make-loader-cpu-w0"), "goal": 1.7},
+        {"target": "augmentation (flip-rot90) costs <= 5% of model-ready delivery: augmented / plain >= 0.95",
+         "value": ratio("benzarr-lz4-model-ready-flip-rot90", "benzarr-lz4-model-ready"), "goal": 0.95},
         {"target": "benzarr-lz4-model-ready >= 1.5x configilm-style (one process, bilinear both)",
          "value": ratio("benzarr-lz4-model-ready", "configilm-style"), "goal": 1.5},
         {"target": "benzarr-lz4-model-ready / torchgeo-bigearthnet (TorchGeo's class), 1 process (reported)",

@@ -14,8 +14,11 @@ the square patch, the dihedral group D4. Each is three bits applied in this orde
 so the same run gives the same augmented batches with 0, 1 or 12 workers, on the CPU or the
 GPU. The image and its reference-map mask get the same transform.
 
-**Cost:** each distinct transform in a batch is one gather and one strided copy of the rows
-that drew it (at most eight), so a batch is read and written about once more.
+**Where:** on the native-resolution groups, before upsampling (flips and the transpose
+commute with upsampling by the integer factors 2 and 6 in every mode, up to rounding in the
+last bit), so it moves 4.3x fewer bytes than the 120x120 float image. On the CPU it is fused
+with the float conversion (one strided copy a row); on a GPU it is one gather, transform and
+scatter per distinct transform in the batch (at most eight).
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ def transform_codes(rows: np.ndarray | torch.Tensor, seed: int, epoch: int, augm
 
 
 def apply_code(x: torch.Tensor, code: int) -> torch.Tensor:
-    """The transform ``code`` of ``x`` (..., H, W), H == W (a view where possible)."""
+    """The transform ``code`` of a tensor (..., H, W), H == W."""
     if code & 1:
         x = x.flip(-1)
     if code & 2:
@@ -68,21 +71,39 @@ def apply_code(x: torch.Tensor, code: int) -> torch.Tensor:
     return x
 
 
-def augment_batch(tensors: list[torch.Tensor], codes: np.ndarray) -> list[torch.Tensor]:
-    """Each tensor (B, ..., H, W) with row b transformed by ``codes[b]`` (same codes for all,
-    e.g. the image and its mask). Tensors may live on any device; ``codes`` stays on the CPU."""
+def code_view(a: np.ndarray, code: int) -> np.ndarray:
+    """The transform ``code`` of an array (..., H, W), H == W, as a strided view (no copy)."""
+    if code & 1:
+        a = a[..., ::-1]
+    if code & 2:
+        a = a[..., ::-1, :]
+    if code & 4:
+        a = a.swapaxes(-1, -2)
+    return a
+
+
+def augment_numpy(x: np.ndarray, codes: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """(B, ..., H, W) -> a new ``dtype`` array with row b transformed by ``codes[b]``.
+
+    Each row is one strided ``copyto`` that also converts the dtype, so on the CPU the
+    augmentation rides on the float conversion the batch needs anyway (no extra pass).
+    """
+    out = np.empty(x.shape, dtype=dtype)
+    for b, code in enumerate(codes.tolist()):
+        np.copyto(out[b], code_view(x[b], code), casting="unsafe")
+    return out
+
+
+def augment_tensor(x: torch.Tensor, codes: np.ndarray) -> torch.Tensor:
+    """(B, ..., H, W) on any device with row b transformed by ``codes[b]``: one gather,
+    transform and scatter per distinct code (at most eight)."""
     if not codes.any():
-        return tensors
-    present = np.unique(codes)
-    out = [torch.empty_like(t) for t in tensors]
-    device = tensors[0].device
-    for code in present.tolist():
+        return x
+    out = torch.empty_like(x)
+    for code in np.unique(codes).tolist():
         where = np.flatnonzero(codes == code)
         if where.size == codes.size:  # the whole batch drew one transform
-            for dst, src in zip(out, tensors):
-                dst.copy_(apply_code(src, code))
-            break
-        index = torch.from_numpy(where).to(device, non_blocking=True)
-        for dst, src in zip(out, tensors):
-            dst.index_copy_(0, index, apply_code(src.index_select(0, index), code))
+            return apply_code(x, code).contiguous()
+        index = torch.from_numpy(where).to(x.device, non_blocking=True)
+        out.index_copy_(0, index, apply_code(x.index_select(0, index), code))
     return out

@@ -21,7 +21,7 @@ from benzarr.bands import BAND_PRESETS, MODALITIES, PATCH_SIDE, RGB_BANDS, parse
 from benzarr.bands import CHANNEL_GROUPS as BAND_CHANNEL_GROUPS
 from benzarr.bands import band_groups_for
 from benzarr.bands import band_location as channel_location
-from benzarr.augment import augment_batch, check_augment, transform_codes
+from benzarr.augment import augment_numpy, augment_tensor, check_augment, transform_codes
 from benzarr.errors import BenzarrError, InvalidArgumentError
 from benzarr.shards import RowReader, row_reader
 from benzarr.store import (
@@ -59,8 +59,13 @@ def _u16_to_float(x: torch.Tensor) -> torch.Tensor:
         return x.view(torch.int16).to(torch.int32).bitwise_and_(0xFFFF).to(torch.float32)
 
 
-def _to_float(x: torch.Tensor) -> torch.Tensor:
-    """A stored group (uint16 reflectance or float32 backscatter) as float32."""
+def _to_float(x: torch.Tensor, codes: np.ndarray | None = None) -> torch.Tensor:
+    """A stored group (uint16 reflectance or float32 backscatter) as float32, with row b
+    flipped/rotated by ``codes[b]`` (:mod:`benzarr.augment`) when codes are given."""
+    if codes is not None and codes.any():
+        if x.device.type == "cpu":  # fused with the conversion: one strided copy a row
+            return torch.from_numpy(augment_numpy(x.numpy(), codes, np.float32))
+        x = augment_tensor(x, codes)
     return _u16_to_float(x) if x.dtype == torch.uint16 else x.to(torch.float32)
 
 
@@ -92,13 +97,18 @@ def _upsample(x: torch.Tensor, mode: str = "bilinear", align_corners: bool = Fal
         torch.set_num_threads(threads)
 
 
-def _mask_to_long(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+def _mask_to_long(x: torch.Tensor, device: torch.device, codes: np.ndarray | None = None) -> torch.Tensor:
     """(B, 120, 120) uint16 CLC codes -> int64 on ``device``: widened through numpy for the
     CPU (torch's uint16 kernels are scarce there), moved as uint16 (4x fewer bytes) and
-    widened on any other device."""
+    widened on any other device; row b flipped/rotated by ``codes[b]`` when given."""
+    augmenting = codes is not None and codes.any()
     if x.device.type == "cpu" and device.type == "cpu":
+        if augmenting:
+            return torch.from_numpy(augment_numpy(x.numpy(), codes, np.int64))
         return torch.from_numpy(x.numpy().astype(np.int64))
     x = x.to(device, non_blocking=True)
+    if augmenting:
+        x = augment_tensor(x, codes)
     try:
         return x.to(torch.int64)
     except (RuntimeError, NotImplementedError):
@@ -197,13 +207,14 @@ class BatchTransform:
             spec["mask"] = (batch_spec["mask"][0], np.dtype(np.int64))
         return spec
 
-    def image(self, batch: Batch, out: torch.Tensor | None = None) -> torch.Tensor:
-        """The (B, C, 120, 120) float32 image of ``batch`` on the device (written into ``out`` when given)."""
+    def image(self, batch: Batch, out: torch.Tensor | None = None, codes: np.ndarray | None = None) -> torch.Tensor:
+        """The (B, C, 120, 120) float32 image of ``batch`` on the device (written into ``out``
+        when given; row b flipped/rotated by ``codes[b]`` when given)."""
         size = int(torch.as_tensor(batch["index"]).shape[0])
         shape = (size, len(self.bands), PATCH_SIDE, PATCH_SIDE)
         image = torch.empty(shape, dtype=torch.float32, device=self.device) if out is None else out
         for group, gather, slots in self._plan:
-            x = _to_float(torch.as_tensor(batch[group]).to(self.device, non_blocking=True))
+            x = _to_float(torch.as_tensor(batch[group]).to(self.device, non_blocking=True), codes)
             if gather is not None:
                 x = x.index_select(1, gather)
             if self._norm is not None:
@@ -226,18 +237,15 @@ class BatchTransform:
         there and ``out`` is returned: the batch ring's workers fill shared memory this way.
         """
         label = torch.as_tensor(batch["label"]).to(self.device, non_blocking=True).to(torch.float32)
-        augmenting = self.augment != "none"
-        image_out = None if out is None or augmenting else out["image"]
-        result = {"image": self.image(batch, image_out), "label": label, "index": torch.as_tensor(batch["index"])}
+        index = torch.as_tensor(batch["index"])
+        codes = None if self.augment == "none" else transform_codes(index, self.seed, self.epoch, self.augment)
+        result = {"image": self.image(batch, None if out is None else out["image"], codes), "label": label,
+                  "index": index}
         if "mask" in batch:
-            result["mask"] = _mask_to_long(torch.as_tensor(batch["mask"]), self.device)
-        if augmenting:
-            keys = [k for k in ("image", "mask") if k in result]
-            codes = transform_codes(result["index"], self.seed, self.epoch, self.augment)
-            result.update(zip(keys, augment_batch([result[k] for k in keys], codes)))
+            result["mask"] = _mask_to_long(torch.as_tensor(batch["mask"]), self.device, codes)
         if out is None:
             return result
-        for key in ("image", "label", "index", "mask") if augmenting else ("label", "index", "mask"):
+        for key in ("label", "index", "mask"):
             if key in result:
                 out[key].copy_(result[key])
         return out

@@ -34,6 +34,20 @@ def _describe_codec(codec: dict[str, Any]) -> str:
     return codec["name"]
 
 
+def _label_summary(store: Store, nomenclature: str, valid: np.ndarray, top_classes: int) -> dict[str, Any]:
+    """The ``top_classes`` most frequent classes of the valid patches (class, count, share)
+    and the number of classes without any example."""
+    counts = store.labels(nomenclature)[valid].sum(axis=0, dtype=np.int64)
+    classes = store.class_names(nomenclature)
+    order = np.argsort(-counts, kind="stable")
+    n_valid = max(int(valid.sum()), 1)
+    return {
+        "top": [{"class": classes[i], "count": int(counts[i]), "share": float(counts[i] / n_valid)}
+                for i in order[:top_classes]],
+        "classes_without_examples": int((counts == 0).sum()),
+    }
+
+
 def describe_store(path: str | Path, top_classes: int = 10,
                    storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Summarise a store, complete or not.
@@ -95,20 +109,9 @@ def describe_store(path: str | Path, top_classes: int = 10,
     if not store.complete:
         return info
     valid = store.valid_mask()
-    n_valid = int(valid.sum())
-    for nomenclature in info["label_sets"]:
-        counts = store.labels(nomenclature)[valid].sum(axis=0, dtype=np.int64)
-        classes = store.class_names(nomenclature)
-        order = np.argsort(-counts, kind="stable")
-        info["labels"][nomenclature] = {
-            "top": [
-                {"class": classes[i], "count": int(counts[i]), "share": float(counts[i] / max(n_valid, 1))}
-                for i in order[:top_classes]
-            ],
-            "classes_without_examples": int((counts == 0).sum()),
-        }
+    info["labels"] = {name: _label_summary(store, name, valid, top_classes) for name in info["label_sets"]}
     info["labels"]["n_without_clc19"] = attrs.get("n_without_clc19", 0)
-    info["n_valid"] = n_valid
+    info["n_valid"] = int(valid.sum())
     for name in store.split_names():
         _, split_attrs = store.read_split(name)
         info["splits"][name] = {
