@@ -2,14 +2,14 @@
 
 A family module registers one builder per model name::
 
-    @register_model("shortcnn-rgb", default_bands="rgb", first_conv="conv1",
-                    last_block=("conv3",), head=("classifier",))
+    @register_model("shortcnn-rgb", default_bands="rgb", last_block=("conv3",), head=("classifier",))
     def shortcnn_rgb(in_channels: int, num_classes: int, **kwargs) -> nn.Module: ...
 
 The builder receives the band count and class count and returns a module mapping float32
-(B, in_channels, 120, 120) inputs to (B, num_classes) logits. The declared module names
-(``first_conv``, ``last_block``, ``head``) are what makes weight loading and fine-tuning
-generic: nothing outside ``benzarr.models`` needs to know model names or layer names.
+(B, in_channels, 120, 120) inputs to (B, num_classes) logits: it builds its first convolution
+for ``in_channels`` bands itself, with its family's initialisation. The declared module names
+(``last_block``, ``head``) are what makes fine-tuning generic: nothing outside
+``benzarr.models`` needs to know model names or layer names.
 
 Weights are never downloaded: ``weights`` is a local ``.pt``/``.pth`` file or nothing.
 """
@@ -58,7 +58,6 @@ class ModelSpec:
         name: registered name, e.g. ``"shortcnn-rgb"``.
         builder: ``builder(in_channels, num_classes, **kwargs) -> nn.Module``.
         default_bands: ``"rgb"`` (3 channels, B04, B03, B02) or ``"all"`` (12 channels, BANDS order).
-        first_conv: dotted module name of the first convolution (the one that sees the bands).
         last_block: dotted module names of the last feature block (trainable at finetune=2).
         head: dotted module names of the classification head (trainable at finetune 1 and 2).
         family: family name (the module that registered it).
@@ -68,7 +67,6 @@ class ModelSpec:
     name: str
     builder: Builder
     default_bands: BandSet
-    first_conv: str
     last_block: tuple[str, ...]
     head: tuple[str, ...]
     family: str = ""
@@ -151,7 +149,6 @@ def register_model(
     name: str,
     *,
     default_bands: BandSet,
-    first_conv: str,
     last_block: tuple[str, ...] | str,
     head: tuple[str, ...] | str,
     description: str = "",
@@ -161,7 +158,6 @@ def register_model(
     Args:
         name: the model name users type (lower case, e.g. ``"resnet18"``).
         default_bands: ``"rgb"`` or ``"all"``; used when ``in_channels`` is not given.
-        first_conv: dotted name of the first convolution module.
         last_block: dotted name(s) of the last feature block.
         head: dotted name(s) of the classification head.
         description: one line for listings; defaults to the builder's first docstring line.
@@ -181,7 +177,6 @@ def register_model(
             name=key,
             builder=builder,
             default_bands=default_bands,
-            first_conv=first_conv,
             last_block=(last_block,) if isinstance(last_block, str) else tuple(last_block),
             head=(head,) if isinstance(head, str) else tuple(head),
             family=builder.__module__.rsplit(".", 1)[-1],

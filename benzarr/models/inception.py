@@ -20,7 +20,6 @@ from benzarr.models._registry import register_model, replace_conv_in_channels
 @register_model(
     "inception-v1",
     default_bands="all",
-    first_conv="conv1.conv",
     last_block=("inception5b",),
     head=("fc",),
 )
@@ -39,7 +38,6 @@ def inception_v1(in_channels: int, num_classes: int, **kwargs: Any) -> nn.Module
 @register_model(
     "inception-v3",
     default_bands="all",
-    first_conv="Conv2d_1a_3x3.conv",
     last_block=("Mixed_7c",),
     head=("fc",),
 )

@@ -14,7 +14,7 @@ from torchvision.models import resnet50 as tv_resnet50
 
 from benzarr.models._registry import register_model, replace_conv_in_channels
 
-_LAYOUT: dict[str, Any] = dict(first_conv="conv1", last_block=("layer4",), head=("fc",))
+_LAYOUT: dict[str, Any] = dict(last_block=("layer4",), head=("fc",))
 
 
 def _with_stem(model: nn.Module, in_channels: int) -> nn.Module:

@@ -48,7 +48,7 @@ class ShortCNN(nn.Module):
         return self.classifier(self.flatten(x))
 
 
-_LAYOUT: dict[str, Any] = dict(first_conv="conv1", last_block=("conv3",), head=("classifier",))
+_LAYOUT: dict[str, Any] = dict(last_block=("conv3",), head=("classifier",))
 
 
 @register_model("shortcnn-rgb", default_bands="rgb", **_LAYOUT)
