@@ -53,7 +53,7 @@ patches in about 15,000 ``block:10`` groups take well under a second after the g
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -126,10 +126,22 @@ def parse_group_by(text: str) -> GroupBy:
 
 
 def factorize(values: np.ndarray) -> tuple[np.ndarray, int]:
-    """Dense group ids ``0..G-1`` (in sorted order of the values) of a (n,) or (n, d) array."""
+    """Dense group ids ``0..G-1`` (in sorted order of the values) of a (n,) or (n, d) array.
+
+    Integer rows are packed into one int64 per row when their ranges allow (a 1-d unique is
+    about ten times faster than ``np.unique(axis=0)``); the order is the same either way.
+    """
     values = np.asarray(values)
     if values.shape[0] == 0:
         return np.zeros(0, dtype=np.int64), 0
+    if values.ndim == 2 and values.dtype.kind in "iu":
+        low = values.min(axis=0).astype(np.int64)
+        spans = values.max(axis=0).astype(np.int64) - low + 1
+        if float(np.prod(spans.astype(np.float64))) < 2**62:
+            packed = np.zeros(values.shape[0], dtype=np.int64)
+            for column, span, start in zip(values.T, spans.tolist(), low.tolist()):
+                packed = packed * span + (column.astype(np.int64) - start)
+            values = packed
     if values.ndim == 1:
         uniques, inverse = np.unique(values, return_inverse=True)
     else:
@@ -170,11 +182,13 @@ def block_keys(bounds: np.ndarray, epsg: np.ndarray, km: float) -> np.ndarray:
                      np.floor(cy / side).astype(np.int64)], axis=1)
 
 
-def check_geometry(bounds: np.ndarray, epsg: np.ndarray, names: np.ndarray, what: str) -> None:
-    """Raise InvalidArgumentError when a patch has no CRS or all-zero bounds (names the first)."""
+def check_geometry(bounds: np.ndarray, epsg: np.ndarray, names: Callable[[], np.ndarray], what: str) -> None:
+    """Raise InvalidArgumentError when a patch has no CRS or all-zero bounds (names the first;
+    ``names`` is called only then)."""
     missing = (np.asarray(epsg) <= 0) | ~np.asarray(bounds, dtype=np.float64).any(axis=1)
     if missing.any():
         first = int(np.flatnonzero(missing)[0])
+        names = names()
         raise InvalidArgumentError(
             f"{what} needs each patch's meta/bounds and meta/epsg, but {int(missing.sum()):,} patch(es) have none "
             f"(first: {names[first]}); a labels-only store has no geometry: ingest the archive, or group by "
@@ -201,7 +215,7 @@ def group_ids(store: Store, group_by: GroupBy | str, rows: np.ndarray) -> tuple[
     if group_by.kind == "block":
         bounds = np.asarray(store.array("meta/bounds")[:], dtype=np.float64)[rows]
         epsg = np.asarray(store.array("meta/epsg")[:])[rows]
-        check_geometry(bounds, epsg, store.patch_names()[rows], f"--group-by {group_by}")
+        check_geometry(bounds, epsg, lambda: store.patch_names()[rows], f"--group-by {group_by}")
         return factorize(block_keys(bounds, epsg, group_by.km))
     array = f"meta/{group_by.kind if group_by.kind != 'meta' else group_by.array}"
     if not store.has_array(array):

@@ -36,6 +36,7 @@ COMMANDS: dict[str, str] = {
     "info": "info",
     "verify": "verify",
     "split": "split",
+    "show": "show",
     "bench": "bench",
     "models": "models",
     "train": "train",

@@ -1,0 +1,465 @@
+"""Look at patches (``benzarr show``): a grid of composites, reference maps, labels and predictions,
+and a map of a split's patches coloured by subset.
+
+:func:`plot_patches` draws one row per patch. Panels, left to right:
+
+* ``true colour``: B04, B03, B02; ``false colour``: B08, B04, B03 (vegetation red);
+  ``swir``: B12, B8A, B04 (only with ``composites=("swir",)``); each channel stretched
+  between its own 2nd and 98th percentiles, as :meth:`benzarr.data.BigEarthNetDataset.plot`
+  does. 20 m and 60 m bands are repeated to the 10 m grid (nearest), which is what the
+  pixels are.
+* ``S1 VV/VH`` when the store holds Sentinel-1: red VV, green VH, blue VV - VH (dB), each
+  stretched the same way.
+* ``reference map`` when the store holds them: CLC2018 codes in the official CORINE colours
+  (:data:`CLC_COLOURS`), with a legend of the classes present.
+* ``predictions`` with a training run (``run``): the model's top scores, true positives in
+  green, false positives in red, and the labels it missed.
+
+The row's title lists the patch's labels. Pixels are read straight from the store with
+zarr-python (a few patches; no torch needed); predictions load the run's model and read
+the patch through :class:`benzarr.data.BigEarthNetDataset` with the run's bands and
+normalisation, so torch is needed only then.
+
+:func:`plot_split_map` plots every patch of a split at its centre in longitude and latitude
+(from ``meta/bounds`` in its UTM zone, converted by :func:`utm_to_lonlat`), coloured by
+subset: spatial leakage shows as colours mixed at small scale. Matplotlib only, no basemap.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from benzarr.errors import InvalidArgumentError, MissingDependencyError
+
+if TYPE_CHECKING:
+    from benzarr.store import Store
+
+__all__ = ["CLC_COLOURS", "COMPOSITES", "ShowResult", "pick_rows", "plot_patches", "plot_split_map",
+           "utm_to_lonlat"]
+
+#: Composite -> the bands drawn as red, green, blue.
+COMPOSITES: dict[str, tuple[str, str, str]] = {
+    "rgb": ("B04", "B03", "B02"),
+    "false-color": ("B08", "B04", "B03"),
+    "swir": ("B12", "B8A", "B04"),
+}
+S1_COMPOSITE = "VV,VH"
+_TITLES = {"rgb": "true colour", "false-color": "false colour", "swir": "SWIR", S1_COMPOSITE: "S1 VV/VH"}
+
+#: The official CORINE Land Cover legend colours (RGB 0-255) of the CLC2018 level-3 codes.
+CLC_COLOURS: dict[int, tuple[int, int, int]] = {
+    111: (230, 0, 77), 112: (255, 0, 0), 121: (204, 77, 242), 122: (204, 0, 0), 123: (230, 204, 204),
+    124: (230, 204, 230), 131: (166, 0, 204), 132: (166, 77, 0), 133: (255, 77, 255), 141: (255, 166, 255),
+    142: (255, 230, 255), 211: (255, 255, 168), 212: (255, 255, 0), 213: (230, 230, 0), 221: (230, 128, 0),
+    222: (242, 166, 77), 223: (230, 166, 0), 231: (230, 230, 77), 241: (255, 230, 166), 242: (255, 230, 77),
+    243: (230, 204, 77), 244: (242, 204, 166), 311: (128, 255, 0), 312: (0, 166, 0), 313: (77, 255, 0),
+    321: (204, 242, 77), 322: (166, 255, 128), 323: (166, 230, 77), 324: (166, 242, 0), 331: (230, 230, 230),
+    332: (204, 204, 204), 333: (204, 255, 204), 334: (0, 0, 0), 335: (166, 230, 204), 411: (166, 166, 255),
+    412: (77, 77, 255), 421: (204, 204, 255), 422: (230, 230, 255), 423: (166, 166, 230), 511: (0, 204, 242),
+    512: (128, 242, 230), 521: (0, 255, 166), 522: (166, 255, 230), 523: (230, 242, 255),
+}
+_SUBSET_COLOURS = {"train": "#1f77b4", "val": "#ff7f0e", "test": "#2ca02c", "excluded": "#bbbbbb"}
+_PANEL_INCHES = 2.4
+_DPI = 100
+
+
+@dataclass
+class ShowResult:
+    """What :func:`plot_patches` or :func:`plot_split_map` wrote.
+
+    Attributes:
+        path: the PNG.
+        rows: store rows drawn (patches), in figure order.
+        panels: panel kinds of each patch row (``true colour``, ...), or ``["map"]``.
+        n_axes: image panels drawn (patches x panels).
+        size: (width, height) of the PNG in pixels.
+    """
+
+    path: Path
+    rows: list[int]
+    panels: list[str]
+    n_axes: int
+    size: tuple[int, int]
+    notes: list[str] = field(default_factory=list)
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:  # pragma: no cover - matplotlib is a dependency
+        raise MissingDependencyError("plotting needs matplotlib: pip install matplotlib") from exc
+    return plt
+
+
+# --- which patches --------------------------------------------------------------------------------
+
+
+def pick_rows(
+    store: Store,
+    *,
+    patches: Sequence[str] = (),
+    indices: Sequence[int] = (),
+    random: int | None = None,
+    split: str | None = None,
+    subset: str | None = None,
+    seed: int = 0,
+) -> list[int]:
+    """Store rows from patch names, row indices, or ``random`` patches of a split's subset.
+
+    Raises:
+        InvalidArgumentError: none or several ways given, an unknown name, a row out of range,
+            or more random patches than the selection holds.
+    """
+    ways = sum([bool(patches), bool(indices), random is not None])
+    if ways != 1:
+        raise InvalidArgumentError("choose the patches one way: --patch NAME ..., --index I ... or --random N")
+    if (split is not None or subset is not None) and random is None:
+        raise InvalidArgumentError("--split/--subset choose among the patches for --random N")
+    n = store.n_patches
+    if patches:
+        names = store.patch_names()
+        found = np.searchsorted(names, np.asarray(list(patches), dtype=str))
+        rows = []
+        for name, pos in zip(patches, found.tolist()):
+            if pos >= n or names[pos] != name:
+                raise InvalidArgumentError(f"{store.path}: no patch {name}")
+            rows.append(int(pos))
+        return rows
+    if indices:
+        bad = [i for i in indices if not 0 <= int(i) < n]
+        if bad:
+            raise InvalidArgumentError(f"--index {bad[0]} is outside the store's rows 0..{n - 1}")
+        return [int(i) for i in indices]
+    pool = store.subset_rows(split, subset)
+    if random is None or random < 1 or random > pool.size:
+        where = f"{subset or 'all'} of split {split}" if split else "the valid patches"
+        raise InvalidArgumentError(f"--random needs 1 to {pool.size:,} patches ({where}), got {random}")
+    return sorted(np.random.default_rng(seed).choice(pool, size=random, replace=False).tolist())
+
+
+# --- pixels ---------------------------------------------------------------------------------------
+
+
+def _band_locations(store: Store) -> dict[str, tuple[str, int, int]]:
+    """S2/S1 band -> (array, channel, repeat factor to 120 px)."""
+    out: dict[str, tuple[str, int, int]] = {}
+    for array, factor in (("s2/10m", 1), ("s2/20m", 2), ("s2/60m", 6), ("s1", 1)):
+        if store.has_array(array):
+            for channel, band in enumerate(store.band_names(array)):
+                out[band] = (array, channel, factor)
+    return out
+
+
+def _read_bands(store: Store, row: int, bands: Sequence[str], where: dict[str, tuple[str, int, int]]) -> np.ndarray:
+    """(len(bands), 120, 120) float64 of one patch, coarse bands repeated to 10 m."""
+    planes = []
+    for band in bands:
+        array, channel, factor = where[band]
+        plane = np.asarray(store.array(array)[row, channel], dtype=np.float64)
+        planes.append(np.repeat(np.repeat(plane, factor, axis=0), factor, axis=1) if factor > 1 else plane)
+    return np.stack(planes)
+
+
+def stretch(image: np.ndarray) -> np.ndarray:
+    """(3, H, W) -> (H, W, 3) in 0..1, each channel between its 2nd and 98th percentiles."""
+    lo = np.percentile(image, 2, axis=(1, 2), keepdims=True)
+    hi = np.percentile(image, 98, axis=(1, 2), keepdims=True)
+    return np.clip((image - lo) / np.maximum(hi - lo, 1e-6), 0, 1).transpose(1, 2, 0)
+
+
+def composite(store: Store, row: int, kind: str, where: dict[str, tuple[str, int, int]] | None = None) -> np.ndarray:
+    """(120, 120, 3) float in 0..1: ``rgb``, ``false-color``, ``swir`` or ``VV,VH`` of one patch."""
+    where = _band_locations(store) if where is None else where
+    if kind == S1_COMPOSITE:
+        vv, vh = _read_bands(store, row, ("VV", "VH"), where)
+        return stretch(np.stack([vv, vh, vv - vh]))
+    return stretch(_read_bands(store, row, COMPOSITES[kind], where))
+
+
+def reference_colours(codes: np.ndarray) -> np.ndarray:
+    """(H, W) CLC codes -> (H, W, 3) float colours (unknown codes white)."""
+    lut = np.ones((1000, 3))
+    for code, rgb in CLC_COLOURS.items():
+        lut[code] = np.asarray(rgb) / 255
+    return lut[np.clip(np.asarray(codes, dtype=np.int64), 0, 999)]
+
+
+def _panels(store: Store, composites: Sequence[str] | None) -> list[str]:
+    where = _band_locations(store)
+    if composites is None:
+        kinds = ["rgb", "false-color"] + ([S1_COMPOSITE] if {"VV", "VH"} <= where.keys() else [])
+    else:
+        kinds = list(composites)
+    for kind in kinds:
+        if kind not in COMPOSITES and kind != S1_COMPOSITE:
+            raise InvalidArgumentError(f"unknown --bands {kind!r}: choose rgb, false-color, swir or VV,VH")
+        needed = ("VV", "VH") if kind == S1_COMPOSITE else COMPOSITES[kind]
+        missing = [b for b in needed if b not in where]
+        if missing:
+            what = "Sentinel-1" if kind == S1_COMPOSITE else "those bands"
+            raise InvalidArgumentError(f"{store.path}: --bands {kind} needs {', '.join(missing)}; the store has no {what}")
+    if store.has_array("reference_map"):
+        kinds.append("reference map")
+    return kinds
+
+
+# --- predictions ----------------------------------------------------------------------------------
+
+
+def run_predictions(store_path: str | Path, rows: Sequence[int], run: str | Path) -> tuple[list[str], np.ndarray]:
+    """Class names and (len(rows), L) sigmoid scores of a training run's model on store rows.
+
+    The run's ``config.json`` gives the model, bands, label set and modalities; the weights
+    are ``checkpoints/best.pt`` (else ``last.pt``). Patches are read as the run read them:
+    normalised with its split's train statistics when the patch is in that split, else with
+    the store's.
+
+    Raises:
+        InvalidArgumentError: no config.json or checkpoint in ``run``.
+        MissingDependencyError: torch is not installed.
+    """
+    try:
+        import torch
+    except ImportError as exc:  # pragma: no cover - torch is in the train extra
+        raise MissingDependencyError("--run needs torch: pip install 'benzarr[train]'") from exc
+    from benzarr.data import BigEarthNetDataset
+    from benzarr.models import create_model
+
+    run = Path(run)
+    config_file = run / "config.json"
+    if not config_file.is_file():
+        raise InvalidArgumentError(f"{run}: no config.json here (a folder written by `benzarr train`)")
+    config = json.loads(config_file.read_text())
+    settings = config.get("settings", {})
+    weights = next((p for p in (run / "checkpoints" / "best.pt", run / "checkpoints" / "last.pt") if p.is_file()), None)
+    if weights is None:
+        raise InvalidArgumentError(f"{run}: no checkpoints/best.pt or last.pt")
+    classes = list(config.get("classes") or [])
+    options = dict(bands=list(settings["bands"]), labels=config.get("labels", settings.get("labels", "clc43")),
+                   normalize=True, modalities=tuple(str(settings.get("modalities", "s2")).split(",")),
+                   resample=settings.get("resample", "bilinear"), align_corners=bool(settings.get("align_corners", False)))
+    in_split = BigEarthNetDataset(store_path, split=settings.get("split"), **options)
+    whole = None
+    model = create_model(settings["model"], in_channels=len(options["bands"]), num_classes=len(classes), weights=weights)
+    model.eval()
+    scores = []
+    with torch.no_grad():
+        for row in rows:
+            pos = int(np.searchsorted(in_split.rows, row))
+            if pos < in_split.rows.size and in_split.rows[pos] == row:
+                sample = in_split[pos]
+            else:
+                if whole is None:
+                    whole = BigEarthNetDataset(store_path, **options)
+                sample = whole[int(np.searchsorted(whole.rows, row))]
+            scores.append(torch.sigmoid(model(sample["image"][None].float()))[0].numpy())
+    return classes, np.stack(scores)
+
+
+# --- figures --------------------------------------------------------------------------------------
+
+
+def plot_patches(
+    store: Store,
+    rows: Sequence[int],
+    out: str | Path,
+    *,
+    composites: Sequence[str] | None = None,
+    labels: str | None = None,
+    run: str | Path | None = None,
+    top: int = 5,
+) -> ShowResult:
+    """Write a PNG with one row of panels per patch (module docstring).
+
+    Args:
+        store: an open store.
+        rows: store rows to draw.
+        composites: image panels (``rgb``, ``false-color``, ``swir``, ``VV,VH``); None: true
+            and false colour, and S1 when the store has it.
+        labels: label set of the titles (default: the store's own).
+        run: a training run folder: add each patch's top ``top`` predictions.
+
+    Raises:
+        InvalidArgumentError: unknown composite, bands the store lacks, no rows.
+    """
+    from benzarr.split import default_label_set
+
+    rows = [int(r) for r in rows]
+    if not rows:
+        raise InvalidArgumentError("no patches to show")
+    plt = _pyplot()
+    kinds = _panels(store, composites)
+    label_set = labels or default_label_set(store)
+    names = store.class_names(label_set)
+    truth = store.labels(label_set)[rows]
+    patch_names = store.patch_names()[rows]
+    predicted = run_predictions(store.path, rows, run) if run is not None else None
+    columns = kinds + (["predictions"] if predicted is not None else [])
+    where = _band_locations(store)
+
+    width = _PANEL_INCHES * len(columns) + (1.6 if "reference map" in kinds else 0)
+    fig, axes = plt.subplots(len(rows), len(columns), figsize=(width, (_PANEL_INCHES + 0.7) * len(rows)), squeeze=False)
+    n_axes = 0
+    for i, row in enumerate(rows):
+        present = [names[j] for j in np.flatnonzero(truth[i])]
+        for j, kind in enumerate(columns):
+            axis = axes[i, j]
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if kind == "reference map":
+                codes = np.asarray(store.array("reference_map")[row])
+                axis.imshow(reference_colours(codes), interpolation="nearest")
+                _reference_legend(axis, codes, plt)
+            elif kind == "predictions":
+                _prediction_panel(axis, predicted[0], predicted[1][i], truth[i], top)
+                continue
+            else:
+                axis.imshow(composite(store, row, kind, where), interpolation="nearest")
+            n_axes += 1
+            if i == 0:
+                axis.set_xlabel(_TITLES.get(kind, kind), fontsize=8)
+                axis.xaxis.set_label_position("top")
+        title = f"{patch_names[i]}\n" + textwrap.fill(", ".join(present) or "(no labels)", width=34 * len(columns))
+        axes[i, 0].set_title(title, fontsize=7, loc="left")
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=_DPI)
+    size = _pixels(fig)
+    plt.close(fig)
+    panels = [_TITLES.get(kind, kind) for kind in columns]
+    return ShowResult(out, rows, panels, n_axes + (len(rows) if predicted is not None else 0), size)
+
+
+def _pixels(fig: Any) -> tuple[int, int]:
+    width, height = fig.get_size_inches()
+    return int(round(width * _DPI)), int(round(height * _DPI))
+
+
+def _reference_legend(axis: Any, codes: np.ndarray, plt: Any) -> None:
+    from matplotlib.patches import Patch
+
+    from benzarr.bigearthnet import CLC43, CLC43_CODES
+
+    present, counts = np.unique(codes, return_counts=True)
+    order = np.argsort(-counts)
+    name_of = dict(zip(CLC43_CODES, CLC43))
+    handles = [Patch(color=np.asarray(CLC_COLOURS.get(int(c), (255, 255, 255))) / 255,
+                     label=f"{int(c)} {name_of.get(int(c), '?')[:24]}") for c in present[order][:8]]
+    axis.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=6, frameon=False,
+                handlelength=1.0, borderaxespad=0)
+
+
+def _prediction_panel(axis: Any, classes: Sequence[str], scores: np.ndarray, truth: np.ndarray, top: int) -> None:
+    axis.axis("off")
+    order = np.argsort(-scores)[:top]
+    lines = []
+    for j in order:
+        mark, colour = ("TP", "#1a7f1a") if truth[j] else ("FP", "#c0392b")
+        lines.append((f"{scores[j]:.2f} {mark} {classes[j][:30]}", colour if scores[j] > 0.5 else "#666666"))
+    missed = [classes[j][:30] for j in np.flatnonzero(truth) if scores[j] <= 0.5]
+    axis.text(0, 1, "top predictions", fontsize=7, weight="bold", va="top", transform=axis.transAxes)
+    for k, (text, colour) in enumerate(lines):
+        axis.text(0, 0.9 - 0.1 * k, text, fontsize=6.5, color=colour, va="top", transform=axis.transAxes)
+    if missed:
+        axis.text(0, 0.88 - 0.1 * len(lines), "missed: " + textwrap.fill(", ".join(missed), 40), fontsize=6,
+                  color="#c0392b", va="top", transform=axis.transAxes)
+
+
+def utm_to_lonlat(x: np.ndarray, y: np.ndarray, epsg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """WGS 84 / UTM (EPSG 326zz north, 327zz south) metres -> longitude, latitude in degrees.
+
+    Snyder's inverse transverse Mercator series (Map Projections: A Working Manual, USGS
+    Professional Paper 1395, 1987, pp. 60-64); well under a metre within a zone.
+
+    Raises:
+        InvalidArgumentError: a code that is not WGS 84 / UTM.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    epsg = np.asarray(epsg, dtype=np.int64)
+    north = (epsg >= 32601) & (epsg <= 32660)
+    south = (epsg >= 32701) & (epsg <= 32760)
+    if not (north | south).all():
+        bad = epsg[~(north | south)][0]
+        raise InvalidArgumentError(f"EPSG {bad} is not WGS 84 / UTM: the map needs UTM patch coordinates")
+    zone = np.where(north, epsg - 32600, epsg - 32700)
+    a, f, k0 = 6378137.0, 1 / 298.257223563, 0.9996
+    e2 = f * (2 - f)
+    ep2 = e2 / (1 - e2)
+    m = np.where(north, y, y - 10_000_000.0) / k0
+    mu = m / (a * (1 - e2 / 4 - 3 * e2**2 / 64 - 5 * e2**3 / 256))
+    e1 = (1 - np.sqrt(1 - e2)) / (1 + np.sqrt(1 - e2))
+    phi1 = (mu + (3 * e1 / 2 - 27 * e1**3 / 32) * np.sin(2 * mu) + (21 * e1**2 / 16 - 55 * e1**4 / 32) * np.sin(4 * mu)
+            + (151 * e1**3 / 96) * np.sin(6 * mu) + (1097 * e1**4 / 512) * np.sin(8 * mu))
+    sin1, cos1, tan1 = np.sin(phi1), np.cos(phi1), np.tan(phi1)
+    c1 = ep2 * cos1**2
+    t1 = tan1**2
+    n1 = a / np.sqrt(1 - e2 * sin1**2)
+    r1 = a * (1 - e2) / (1 - e2 * sin1**2) ** 1.5
+    d = (x - 500_000.0) / (n1 * k0)
+    lat = phi1 - (n1 * tan1 / r1) * (d**2 / 2 - (5 + 3 * t1 + 10 * c1 - 4 * c1**2 - 9 * ep2) * d**4 / 24
+                                     + (61 + 90 * t1 + 298 * c1 + 45 * t1**2 - 252 * ep2 - 3 * c1**2) * d**6 / 720)
+    lon = (d - (1 + 2 * t1 + c1) * d**3 / 6 + (5 - 2 * c1 + 28 * t1 - 3 * c1**2 + 8 * ep2 + 24 * t1**2) * d**5 / 120) / cos1
+    return np.degrees(lon) + (zone - 1) * 6 - 180 + 3, np.degrees(lat)
+
+
+def plot_split_map(store: Store, split: str, out: str | Path, *, leakage_km: float | None = None) -> ShowResult:
+    """Write a PNG of every patch of ``split`` at its centre (lon, lat), coloured by subset.
+
+    Args:
+        leakage_km: also put the split's spatial leakage at this distance in the title.
+
+    Raises:
+        InvalidArgumentError: the store has no patch geometry (labels-only stores).
+    """
+    from benzarr.leakage import centres, split_leakage
+    from benzarr.split import store_geometry
+
+    codes, attrs = store.read_split(split)
+    geometry = store_geometry(store)
+    if geometry is None:
+        raise InvalidArgumentError(f"{store.path}: the map needs each patch's meta/bounds and meta/epsg, which this "
+                                   "store lacks (a labels-only store has no geometry)")
+    bounds, epsg = geometry
+    valid = store.valid_mask()
+    xy = centres(bounds)
+    lon, lat = utm_to_lonlat(xy[valid, 0], xy[valid, 1], epsg[valid])
+    subset_codes = codes[valid]
+    plt = _pyplot()
+    fig, axis = plt.subplots(figsize=(8, 7))
+    size = max(0.2, min(6.0, 3000 / max(1, lon.size)))
+    for code, subset in ((-1, "excluded"), (0, "train"), (1, "val"), (2, "test")):
+        chosen = subset_codes == code
+        if chosen.any():
+            axis.scatter(lon[chosen], lat[chosen], s=size, c=_SUBSET_COLOURS[subset], marker="s", linewidths=0,
+                         label=f"{subset} ({int(chosen.sum()):,})", rasterized=True)
+    axis.set_aspect(1 / max(np.cos(np.radians(float(np.median(lat)))), 0.1))
+    axis.set_xlabel("longitude (°)")
+    axis.set_ylabel("latitude (°)")
+    axis.grid(alpha=0.3)
+    axis.legend(loc="best", markerscale=max(1.0, 4 / size), fontsize=8)
+    title = f"split {split} ({attrs.get('method', '?')}"
+    group_by = (attrs.get("parameters") or {}).get("group_by")
+    title += f" by {group_by})" if group_by else ")"
+    if leakage_km is not None:
+        leak = split_leakage(codes, bounds, epsg, leakage_km)
+        title += f": test patches with a train patch within {leakage_km:g} km {leak['test']:.0%}"
+    axis.set_title(title, fontsize=9)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=_DPI)
+    size_px = _pixels(fig)
+    plt.close(fig)
+    return ShowResult(out, [], ["map"], 1, size_px)  # type: ignore[arg-type]

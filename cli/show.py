@@ -1,0 +1,58 @@
+"""``benzarr show``: draw patches (composites, reference maps, labels, predictions) and split maps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from benzarr.errors import InvalidArgumentError
+from benzarr.leakage import DEFAULT_KM
+from benzarr.show import pick_rows, plot_patches, plot_split_map
+from benzarr.store import open_store
+from benzarr_cli._common import console
+
+
+def command(
+    store: str = typer.Argument(..., help="Path of a benzarr store."),
+    patch: Optional[list[str]] = typer.Option(None, "--patch", help="Patch name to draw (repeat for more)."),
+    index: Optional[list[int]] = typer.Option(None, "--index", help="Store row to draw (repeat for more)."),
+    random: Optional[int] = typer.Option(None, "--random", help="Draw N random patches (of --split/--subset)."),
+    split: Optional[str] = typer.Option(None, "--split", help="--random: choose among this split's patches; --map: "
+                                        "the split to map."),
+    subset: Optional[str] = typer.Option(None, "--subset", help="--random: train | val | test of --split."),
+    seed: int = typer.Option(0, "--seed", help="--random: seed of the draw."),
+    out: Optional[Path] = typer.Option(None, "--out", help="PNG to write the patch grid to."),
+    bands: Optional[str] = typer.Option(None, "--bands", help="One image panel: rgb | false-color | swir | VV,VH "
+                                        "(default: true and false colour, and S1 when the store has it)."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="Label set of the titles (default: the store's own)."),
+    run: Optional[Path] = typer.Option(None, "--run", help="A `benzarr train` run folder: add its model's top "
+                                       "predictions, true positives green, false positives red."),
+    map_: Optional[Path] = typer.Option(None, "--map", help="Also write a lon/lat map of --split's patches coloured "
+                                        "by subset to this PNG."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
+) -> None:
+    """Draw patches as a PNG grid: true and false colour, S1, reference map, labels (and a run's
+    predictions); with --map, a map of a split's patches coloured by subset."""
+    selected = bool(patch) or bool(index) or random is not None
+    if not selected and map_ is None:
+        raise InvalidArgumentError("choose patches (--patch NAME, --index I or --random N) with --out FILE.png, "
+                                   "or --split NAME --map FILE.png")
+    opened = open_store(store)
+    if selected:
+        if out is None:
+            raise InvalidArgumentError("pass --out FILE.png for the patch grid")
+        rows = pick_rows(opened, patches=patch or (), indices=index or (), random=random, split=split, subset=subset,
+                         seed=seed)
+        shown = plot_patches(opened, rows, out, composites=[bands] if bands else None, labels=labels, run=run)
+        if not quiet:
+            console.print(f"wrote {shown.path}: {len(shown.rows)} patch(es) x {len(shown.panels)} panels "
+                          f"({', '.join(shown.panels)}), {shown.size[0]} x {shown.size[1]} px", markup=False)
+    if map_ is not None:
+        if split is None:
+            raise InvalidArgumentError("--map needs --split NAME")
+        mapped = plot_split_map(opened, split, map_, leakage_km=DEFAULT_KM)
+        if not quiet:
+            console.print(f"wrote {mapped.path}: split {split} on a lon/lat map, {mapped.size[0]} x {mapped.size[1]} px",
+                          markup=False)

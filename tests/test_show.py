@@ -1,0 +1,117 @@
+"""``benzarr show``: patch grids (panels per store content, predictions) and split maps are written
+with the expected panels and pixel size."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from benzarr.errors import InvalidArgumentError
+from benzarr.show import pick_rows, plot_patches, plot_split_map, utm_to_lonlat
+from benzarr.split import make_split
+from benzarr.store import open_store
+from tests.conftest import copy_tree
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", head[16:24])
+
+
+def test_v1_grid_has_true_and_false_colour_per_patch(synth_store_64: Path, tmp_path: Path) -> None:
+    store = open_store(synth_store_64)
+    shown = plot_patches(store, [0, 5, 9], tmp_path / "g.png")
+    assert shown.panels == ["true colour", "false colour"]
+    assert shown.n_axes == 6
+    assert png_size(shown.path) == shown.size == (480, 930)
+
+
+def test_v2_grid_adds_s1_and_the_reference_map(synth_v2_store: Path, tmp_path: Path) -> None:
+    store = open_store(synth_v2_store)
+    shown = plot_patches(store, [1, 2], tmp_path / "g.png")
+    assert shown.panels == ["true colour", "false colour", "S1 VV/VH", "reference map"]
+    assert shown.n_axes == 8
+    assert png_size(shown.path) == shown.size
+
+
+@pytest.mark.parametrize("bands, panel", [("rgb", "true colour"), ("swir", "SWIR"), ("false-color", "false colour")])
+def test_bands_choose_one_image_panel(synth_store_64: Path, tmp_path: Path, bands: str, panel: str) -> None:
+    shown = plot_patches(open_store(synth_store_64), [3], tmp_path / "g.png", composites=[bands])
+    assert shown.panels == [panel] and shown.n_axes == 1
+
+
+def test_s1_panel_needs_s1(synth_store_64: Path, tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgumentError, match="no Sentinel-1"):
+        plot_patches(open_store(synth_store_64), [3], tmp_path / "g.png", composites=["VV,VH"])
+
+
+def test_pick_rows_by_name_index_and_random_subset(synth_store_64: Path, tmp_path: Path) -> None:
+    path = copy_tree(synth_store_64, tmp_path / "s.zarr")
+    store = open_store(path, mode="r+")
+    names = store.patch_names()
+    assert pick_rows(store, patches=[names[7], names[2]]) == [7, 2]
+    assert pick_rows(store, indices=[4]) == [4]
+    make_split(store, "r", "random")
+    test_rows = set(store.subset_rows("r", "test").tolist())
+    drawn = pick_rows(store, random=5, split="r", subset="test", seed=3)
+    assert len(drawn) == 5 and set(drawn) <= test_rows
+    assert drawn == pick_rows(store, random=5, split="r", subset="test", seed=3)
+    with pytest.raises(InvalidArgumentError, match="no patch"):
+        pick_rows(store, patches=["S2A_MSIL2A_20170613T101031_0_0"])
+    with pytest.raises(InvalidArgumentError, match="one way"):
+        pick_rows(store, indices=[1], random=2)
+
+
+def test_split_map_is_written(synth_store_64: Path, tmp_path: Path) -> None:
+    path = copy_tree(synth_store_64, tmp_path / "s.zarr")
+    store = open_store(path, mode="r+")
+    make_split(store, "g", "iterative", group_by="block:10")
+    shown = plot_split_map(store, "g", tmp_path / "map.png", leakage_km=1.2)
+    assert png_size(shown.path) == shown.size == (800, 700)
+
+
+def test_utm_to_lonlat_on_the_central_meridian_and_equator() -> None:
+    lon, lat = utm_to_lonlat(np.array([500_000.0, 500_000.0]), np.array([0.0, 10_000_000.0]), np.array([32633, 32733]))
+    np.testing.assert_allclose(lon, [15.0, 15.0], atol=1e-9)
+    np.testing.assert_allclose(lat, [0.0, 0.0], atol=1e-9)
+    # 33UUP's upper-left corner lies near 13.63 E, 48.75 N
+    lon, lat = utm_to_lonlat(np.array([399_960.0]), np.array([5_400_000.0]), np.array([32633]))
+    assert 13.6 < lon[0] < 13.66 and 48.7 < lat[0] < 48.8
+
+
+def test_run_predictions_panel(synth_store_64: Path, tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    from benzarr.models import create_model
+
+    store = open_store(synth_store_64)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    bands = ["B04", "B03", "B02"]
+    model = create_model("shortcnn-rgb", in_channels=3, num_classes=43)
+    torch.save(model.state_dict(), run / "checkpoints" / "best.pt")
+    (run / "config.json").write_text(json.dumps({
+        "settings": {"model": "shortcnn-rgb", "bands": bands, "labels": "clc43", "modalities": "s2", "split": None},
+        "labels": "clc43", "classes": store.class_names("clc43")}))
+    shown = plot_patches(store, [0, 1], tmp_path / "p.png", run=run)
+    assert shown.panels[-1] == "predictions" and shown.n_axes == 6
+    assert png_size(shown.path) == shown.size
+
+
+def test_cli_show_writes_grid_and_map(synth_store_64: Path, tmp_path: Path) -> None:
+    from benzarr_cli.main import app
+
+    path = copy_tree(synth_store_64, tmp_path / "s.zarr")
+    make_split(open_store(path, mode="r+"), "r", "random")
+    result = CliRunner().invoke(app, ["show", str(path), "--random", "3", "--split", "r", "--subset", "train",
+                                      "--out", str(tmp_path / "g.png"), "--map", str(tmp_path / "m.png")])
+    assert result.exit_code == 0, result.output
+    assert "3 patch(es) x 2 panels (true colour, false colour)" in result.output
+    assert (tmp_path / "g.png").stat().st_size > 10_000 and (tmp_path / "m.png").stat().st_size > 10_000
+    refused = CliRunner().invoke(app, ["show", str(path), "--index", "1"])
+    assert refused.exit_code != 0 and "--out" in str(refused.exception)
