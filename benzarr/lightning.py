@@ -214,8 +214,9 @@ class BigEarthNetDataModule(L.LightningDataModule):
         if not (label_dtype.is_floating_point or label_dtype in (torch.int64, torch.int32, torch.uint8, torch.bool)):
             raise InvalidArgumentError(f"label_dtype {label_dtype} is neither a float nor an integer dtype torch can count")
         self.label_dtype = label_dtype
-        # storage options may hold credentials: never in a checkpoint's hyperparameters
-        self.save_hyperparameters(ignore=["storage_options", "transform"])
+        # storage options may hold credentials: never in a checkpoint's hyperparameters; a
+        # torch.dtype cannot go to hparams.yaml
+        self.save_hyperparameters(ignore=["storage_options", "transform", "label_dtype"])
         self.datasets: dict[str, BigEarthNetDataset] = {}
         self._transforms: dict[tuple[str, str], BatchTransform] = {}
         self._rings: list[_RingIterable] = []
