@@ -81,6 +81,12 @@ class FileSystemError(BenzarrError):
         return (type(self), (str(self), self.path, self.errno))
 
 
+class ObjectStoreError(BenzarrError):
+    """A request to object storage (S3, GCS, Azure, HTTP) failed after the client's retries:
+    network, permission, throttling. The message names the object's URL and the cause, never
+    a credential."""
+
+
 class StoreIncompleteError(BenzarrError):
     """The store's ingest has not finished; readers refuse it."""
 
@@ -115,6 +121,10 @@ class InvalidArgumentError(BenzarrError):
     """An argument has a value benzarr cannot use (unknown band, bad fractions, ...)."""
 
 
+class ClusterError(BenzarrError):
+    """The Dask cluster of ``ingest --scheduler`` cannot be reached or has too few workers."""
+
+
 class MissingDependencyError(BenzarrError):
     """An optional dependency (an extra) is needed for this call: see :func:`missing_extra`."""
 
@@ -124,7 +134,7 @@ EXTRAS: dict[str, str] = {
     "torch": "train", "torchvision": "train", "tensorboard": "train", "tbparse": "train",
     "h5py": "bench", "lmdb": "bench", "safetensors": "bench", "tfrecord": "bench", "tensorstore": "bench",
     "moto": "test", "s3fs": "test", "bigearthnet_common": "examples", "codecarbon": "emissions",
-    "lightning": "lightning",
+    "lightning": "lightning", "distributed": "dask",
 }
 
 

@@ -198,6 +198,12 @@ def parse_part(text: str) -> tuple[int, int]:
     return i, n
 
 
+#: Runs shard tasks on another executor than the process pool (``ingest(runner=...)``, e.g.
+#: :func:`benzarr.dask_ingest.dask_runner`): called with :func:`ingest_shard` and one argument
+#: tuple per shard to write, it yields ``(index in that list, ingest_shard's result)`` as tasks finish.
+ShardRunner = Callable[[Callable[..., dict[str, str]], list[tuple[Any, ...]]], Iterable[tuple[int, dict[str, str]]]]
+
+
 # -- worker side -----------------------------------------------------------------------
 
 _WORKER_STATE: dict[str, Any] = {}
@@ -430,6 +436,7 @@ def ingest(
     on_start: Callable[[int], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
     on_bad_patch: Callable[[str, str], None] | None = None,
+    runner: ShardRunner | None = None,
 ) -> IngestResult:
     """Ingest a BigEarthNet archive (v1 S2, v1 S2+S1, or v2) into a store (create or resume).
 
@@ -453,6 +460,8 @@ def ingest(
         on_start: called once with the number of patches this run covers.
         on_progress: called with the number of patches finished, shard by shard.
         on_bad_patch: called with (name, reason) for each bad patch as shards finish.
+        runner: runs the shard tasks instead of the process pool (``workers`` is then unused):
+            e.g. :func:`benzarr.dask_ingest.dask_runner`; see :data:`ShardRunner`.
 
     Rerunning a command that completed the store returns at once with ``already_complete``
     set. Two ingests of one local store (or of one part) never run at once: the second raises
@@ -514,7 +523,7 @@ def ingest(
                 found, names, missing, n_excluded, store_path, params, chosen, label_sets, started,
                 workers=workers, shard_size=shard_size, compression=compression, strict=strict,
                 overwrite=overwrite, plan=plan, parts=parts, part=part, storage_options=storage_options,
-                on_start=on_start, on_progress=on_progress, on_bad_patch=on_bad_patch,
+                on_start=on_start, on_progress=on_progress, on_bad_patch=on_bad_patch, runner=runner,
             )
     except OSError as exc:
         raise os_error(exc, store_path, "writing", RESUME_HINT) from None
@@ -525,7 +534,8 @@ def _ingest_locked(found: Archive, names: list[str], missing: list[str], n_exclu
                    workers: int, shard_size: int, compression: str, strict: bool, overwrite: bool, plan: bool,
                    parts: int | None, part: tuple[int, int] | None, storage_options: dict[str, Any] | None,
                    on_start: Callable[[int], None] | None, on_progress: Callable[[int], None] | None,
-                   on_bad_patch: Callable[[str, str], None] | None) -> IngestResult:
+                   on_bad_patch: Callable[[str, str], None] | None,
+                   runner: ShardRunner | None = None) -> IngestResult:
     """The body of :func:`ingest`, run with the store's (or part's) lock held."""
     # checked again under the lock: an identical ingest may have finished while this one waited
     done_before = None if overwrite else _already_complete(store_path, params, storage_options)
@@ -572,7 +582,11 @@ def _ingest_locked(found: Archive, names: list[str], missing: list[str], n_exclu
             on_progress(len(shard_refs))
 
     common = (store_path, storage_options, found.version, chosen)
-    if workers == 1 or len(tasks) <= 1:
+    if runner is not None:  # another executor (a Dask cluster) runs the same ingest_shard
+        calls = [(*common, shard, shard_refs, start, strict) for shard, shard_refs, start in tasks]
+        for index, failed in runner(ingest_shard, calls):
+            finished(tasks[index][1], failed)
+    elif workers == 1 or len(tasks) <= 1:
         for shard, shard_refs, start in tasks:
             finished(shard_refs, ingest_shard(*common, shard, shard_refs, start, strict))
     else:

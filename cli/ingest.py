@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from benzarr.errors import IngestFailedPatchesError
+from benzarr.dask_ingest import dask_runner
 from benzarr.ingest import ingest, parse_part
 from benzarr.store import DEFAULT_COMPRESSION, DEFAULT_SHARD_SIZE
 from benzarr_cli._common import console, err_console, progress_bar, storage_options_for, warn_line
@@ -29,6 +30,7 @@ def command(
     plan: bool = typer.Option(False, "--plan", help="Only create the store layout, for --part runs on other machines."),
     parts: Optional[int] = typer.Option(None, "--parts", help="With --plan: how many parts will run (lets `info` name missing ones)."),
     part: Optional[str] = typer.Option(None, "--part", help="I/N: ingest shard group I of N of a planned store."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Run each shard as a task on a Dask cluster: 'local' (a LocalCluster of --workers processes) or tcp://HOST:PORT (workers must see ARCHIVE and STORE at the same paths, or STORE on s3://). Needs benzarr[dask]."),
     endpoint_url: Optional[str] = typer.Option(None, "--endpoint-url", help="S3 endpoint for s3:// stores (default: $AWS_ENDPOINT_URL)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
 ) -> None:
@@ -50,6 +52,7 @@ def command(
             modalities=modalities.split(",") if modalities else None, plan=plan, parts=parts,
             part=parse_part(part) if part else None, storage_options=storage_options,
             on_start=lambda total: advance(0, total=total), on_progress=advance, on_bad_patch=bad_patch,
+            runner=dask_runner(scheduler, workers) if scheduler else None,
         )
     if result.not_in_archive:  # on stderr, also with --quiet: the user asked for these patches
         listed = ", ".join(result.not_in_archive[:10])
