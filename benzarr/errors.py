@@ -134,7 +134,7 @@ EXTRAS: dict[str, str] = {
     "torch": "train", "torchvision": "train", "tensorboard": "train", "tbparse": "train",
     "h5py": "bench", "lmdb": "bench", "safetensors": "bench", "tfrecord": "bench", "tensorstore": "bench",
     "moto": "test", "s3fs": "test", "bigearthnet_common": "examples", "codecarbon": "emissions",
-    "lightning": "lightning", "distributed": "dask",
+    "lightning": "lightning", "distributed": "dask", "obstore": "s3",
 }
 
 

@@ -203,6 +203,29 @@ def shard_file(array_dir: str | Path, shard: int, ndim: int) -> Path:
     return Path(array_dir).joinpath("c", str(shard), *("0",) * (ndim - 1))
 
 
+def check_index(index: np.ndarray, crc: Any, chunks_end: int) -> tuple[list[int], list[int], tuple[int | None, str] | None]:
+    """Check one shard index: ``index`` (uint8, 16 bytes a chunk), ``crc`` (its 4 CRC-32C
+    bytes, little-endian) and every stored chunk within the ``chunks_end`` bytes before it.
+
+    Returns:
+        (offsets, nbytes, problem): ``problem`` is None, or (the chunk's number in the shard,
+        or None for the whole index; what is wrong) for the caller to raise with its own
+        file name (memory-mapped file or object URL).
+    """
+    if google_crc32c.value(index.tobytes()) != int.from_bytes(bytes(crc), "little"):
+        return [], [], (None, "shard index fails its crc32c checksum")
+    pairs = index.view("<u8").reshape(-1, 2)
+    offsets, nbytes = pairs[:, 0], pairs[:, 1]
+    empty = (offsets == EMPTY) & (nbytes == EMPTY)
+    with np.errstate(over="ignore"):
+        bad = ~empty & ((offsets > chunks_end) | (nbytes > chunks_end) | (offsets + nbytes > chunks_end))
+    if bad.any():
+        local = int(np.flatnonzero(bad)[0])
+        return [], [], (local, f"chunk {local} at offset {int(offsets[local])}, {int(nbytes[local])} bytes, "
+                               f"lies outside the {chunks_end} bytes of chunk data")
+    return offsets.tolist(), nbytes.tolist(), None
+
+
 class RowReader(Protocol):
     """Reads whole rows (first-axis slices) of an array."""
 
@@ -309,24 +332,11 @@ class ShardReader:
             return _Shard(None, [EMPTY] * n_chunks, [EMPTY] * n_chunks, path, None)
         data = np.frombuffer(handle, dtype=np.uint8)
         end = size - CRC_BYTES
-        index = data[end - index_bytes:end]
-        stored = int.from_bytes(data[end:size].tobytes(), "little")
-        if google_crc32c.value(index.tobytes()) != stored:
-            raise self._corrupt(path, row, "shard index fails its crc32c checksum")
-        pairs = index.view("<u8").reshape(n_chunks, 2)
-        offsets, nbytes = pairs[:, 0], pairs[:, 1]
-        empty = (offsets == EMPTY) & (nbytes == EMPTY)
-        chunks_end = end - index_bytes
-        with np.errstate(over="ignore"):
-            bad = ~empty & ((offsets > chunks_end) | (nbytes > chunks_end) | (offsets + nbytes > chunks_end))
-        if bad.any():
-            local = int(np.flatnonzero(bad)[0])
-            raise self._corrupt(
-                path, shard * n_chunks + local,
-                f"chunk {local} at offset {int(offsets[local])}, {int(nbytes[local])} bytes, lies outside "
-                f"the {chunks_end} bytes of chunk data",
-            )
-        return _Shard(data, offsets.tolist(), nbytes.tolist(), path, handle)
+        offsets, nbytes, problem = check_index(data[end - index_bytes:end], data[end:size], end - index_bytes)
+        if problem is not None:
+            local, what = problem
+            raise self._corrupt(path, row if local is None else shard * n_chunks + local, what)
+        return _Shard(data, offsets, nbytes, path, handle)
 
     def _shard(self, shard: int, row: int) -> _Shard:
         if self._pid != os.getpid():  # forked: map our own files
@@ -559,14 +569,23 @@ def fast_reader(array_dir: str | Path, name: str, row_name: Callable[[int], str]
 def row_reader(array: zarr.Array, name: str, local_dir: str | Path | None,
                row_name: Callable[[int], str] | None = None, verify_checksums: bool = True) -> RowReader:
     """The fastest reader for ``array``: :class:`ShardReader` when ``local_dir`` (its folder
-    on a local file system) holds a supported layout, else :class:`ZarrRowReader`.
+    on a local file system) holds a supported layout; for an array opened from a URL
+    (``s3://``, ``gs://``, ``az://``, ``http(s)://``), :class:`benzarr.objstore.ObjectStoreReader`
+    (obstore's concurrent range requests) where :func:`benzarr.objstore.url_reader` takes
+    it; else :class:`ZarrRowReader`.
 
-    ``verify_checksums`` applies to the shard reader; zarr-python always checks a
-    ``crc32c`` codec (its failure is raised as :class:`StoreCorruptError` all the same)."""
+    ``verify_checksums`` applies to the shard and object-store readers; zarr-python always
+    checks a ``crc32c`` codec (its failure is raised as :class:`StoreCorruptError` all the same)."""
     if local_dir is not None:
         reader = fast_reader(local_dir, name, row_name, verify_checksums)
         if reader is not None:
             return reader
+    else:
+        from benzarr.objstore import url_reader
+
+        remote = url_reader(array, name, row_name, verify_checksums)
+        if remote is not None:
+            return remote
     return ZarrRowReader(array, name, row_name)
 
 
