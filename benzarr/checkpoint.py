@@ -8,11 +8,17 @@ A checkpoint is one ``torch.save`` dict (``checkpoints/last.pt``, ``checkpoints/
     optimizer    optimizer state dict
     scheduler    LR scheduler state dict, or None
     rng          {"torch", "cuda" (list, one per device, or None), "numpy", "python"}
-    state        {"epoch": epochs completed, "step": optimisation steps, "best_score",
-                  "best_epoch", "bad_epochs", "stopped": bool}
+    state        the trainer's counters (``benzarr.train.RunState``): {"epoch": epochs
+                 completed, "step": optimisation steps, "best_score", "best_epoch",
+                 "bad_epochs", "stopped", "stopped_early", "seconds"}
     config       the run's configuration (a plain dict)
+    partial      None at an epoch's end; written in the middle of an epoch
+                 (``--checkpoint-every``): {"loader": {"epoch", "served"} (the loader's
+                 ``state_dict``), "loss_sum" (tensor), "seen", "scores" (n, L) float32
+                 logits and "targets" (n, L) bool of the epoch so far, or None}
 
-Files are written to a temporary name and renamed, so a crash never leaves half a checkpoint.
+Files are written to a temporary name, flushed to disk and renamed (``os.replace``), so a
+crash or a SIGKILL at any moment leaves the previous checkpoint or the new one, never half of one.
 Only tensors, numbers, strings, lists and dicts are stored, so ``torch.load(weights_only=True)``
 reads them: loading a checkpoint cannot run code.
 """
@@ -67,13 +73,16 @@ def save_checkpoint(
     scheduler: Any | None,
     state: dict[str, Any],
     config: dict[str, Any],
+    partial: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a checkpoint atomically (temporary file, then rename).
+    """Write a checkpoint atomically (temporary file, fsync, then rename).
 
     Args:
         model: the model, unwrapped (not the DistributedDataParallel wrapper).
-        state: trainer counters: epoch, step, best_score, best_epoch, bad_epochs, stopped.
+        state: trainer counters: epoch, step, best_score, best_epoch, bad_epochs, stopped, ...
         config: the run configuration as JSON-friendly values.
+        partial: the position and running sums of an epoch in progress (see the module
+            docstring), or None at an epoch's end.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -85,9 +94,13 @@ def save_checkpoint(
         "rng": rng_state(),
         "state": dict(state),
         "config": dict(config),
+        "partial": partial,
     }
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
+    with open(tmp, "wb") as f:
+        torch.save(payload, f)
+        f.flush()
+        os.fsync(f.fileno())  # the bytes are on disk before the name points at them
     os.replace(tmp, path)
     return path
 

@@ -102,8 +102,10 @@ class DaskShardRunner:
                 import logging
 
                 n = min(self.workers or os.cpu_count() or 1, max(n_tasks, 1))
+                # no dashboard; the scheduler's HTTP routes (health, metrics) on a free port, not 8787
                 with distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                              dashboard_address=None, silence_logs=logging.ERROR) as cluster, \
+                                              dashboard_address=None, silence_logs=logging.ERROR,
+                                              scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}) as cluster, \
                         distributed.Client(cluster) as client:
                     yield client
                 return

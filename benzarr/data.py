@@ -779,6 +779,9 @@ def make_loader(
         num_workers=num_workers,
         collate_fn=collate_batch,
         pin_memory=device.type == "cuda",
+        # its own generator: each epoch's worker base seed is not drawn from torch's global
+        # RNG, so a run resumed mid-epoch draws the same random numbers (dropout) as an uninterrupted one
+        generator=torch.Generator().manual_seed(seed),
         **kwargs,
     )
     return DeviceLoader(ds, loader, sampler, ds.batch_transform(device, seed), batches)

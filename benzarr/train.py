@@ -5,8 +5,10 @@
     RUNDIR/config.json          every setting, package versions, store identity (path, N,
                                 SHA-256 of the split codes)
     RUNDIR/events.out.tfevents.*  TensorBoard scalars per epoch (see benzarr.tb) and hparams
-    RUNDIR/checkpoints/last.pt  after every epoch (benzarr.checkpoint: model, optimizer,
-                                scheduler, RNG states, counters)
+    RUNDIR/checkpoints/last.pt  after every epoch, and every ``checkpoint_every`` steps
+                                (benzarr.checkpoint: model, optimizer, scheduler, RNG states,
+                                counters; in mid-epoch also the loader position and the
+                                epoch's running sums)
     RUNDIR/checkpoints/best.pt  the best epoch by the monitored validation metric
     RUNDIR/metrics.json         test-subset metrics of best.pt (benzarr.metrics), best epoch, timing
     RUNDIR/scores.csv           per-class and micro/macro P, R, F1, F2, AP of the same
@@ -14,69 +16,56 @@
 Reproducibility: the model is initialised from ``torch.manual_seed(seed)``, the loader's order
 depends only on (seed, epoch) (``make_loader(..., seed)`` + ``set_epoch``), and a checkpoint
 holds every RNG state, so ``resume=True`` after an interruption ends with the same weights and
-metrics as an uninterrupted run. Multi-process data parallel runs start under ``torchrun``
-(gloo on the CPU, NCCL on GPUs); rank 0 alone evaluates and writes files.
+metrics as an uninterrupted run: from the last finished epoch, or with ``checkpoint_every``
+from the last checkpointed step (the loader serves exactly the rest of that epoch).
+Multi-process data parallel runs start under ``torchrun`` (gloo on the CPU, NCCL on GPUs);
+rank 0 alone evaluates and writes files.
 
 The library never prints: progress goes to ``callback(TrainEvent)``.
 """
 
 from __future__ import annotations
 
+import csv
+import hashlib
+import json
 import math
+import os
+import platform
+import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+import torch.distributed as dist
+import zarr
+from torch.nn.parallel import DistributedDataParallel
 
-from benzarr.metrics import MultilabelMetrics
-
-
-@dataclass
-class TrainConfig:
-    """Every setting of a run (``benzarr train`` options map one to one)."""
-
-    store: str                      # path of a benzarr store
-    split: str                      # splits/<name> in the store: train / val / test subsets
-    model: str = "shortcnn-rgb"     # a name of benzarr.models.list_models()
-    labels: str = "clc43"           # clc43 | clc19
-    modalities: str = "s2"          # s2 | s1 | s2,s1: image channels (S1 adds VV, VH)
-    bands: str | Sequence[str] | None = None  # None: the model's default; "rgb", "all" or names
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 1e-3
-    optim: str = "adam"             # sgd | adam | adamw
-    momentum: float = 0.9           # sgd only
-    weight_decay: float = 0.0
-    scheduler: str = "none"         # none | cosine (over `epochs`) | step (x0.1 every epochs//3)
-    loss: str = "bce"               # multi-label: binary cross-entropy on logits
-    seed: int = 0
-    workers: int = 0                # DataLoader worker processes (per process under torchrun)
-    device: str = "auto"            # auto | cpu | cuda | cuda:N
-    amp: bool = False               # bfloat16 autocast (CPU and GPU; no loss scaling needed)
-    channels_last: bool = True      # NHWC tensors: ~1.5-2x faster convolutions on the CPU
-    deterministic: bool = True      # deterministic kernels; False: cudnn.benchmark and the fastest kernels
-    patience: int | None = None     # early stopping: epochs without improvement; None: off
-    monitor: str = "val_macro_f1"   # val_loss or val_<metric> (micro_f1, macro_map, ...)
-    out: str | None = None          # run folder; default runs/<model>-<split>
-    resume: bool = False            # continue from out/checkpoints/last.pt
-    max_steps: int | None = None    # stop after this many optimisation steps (smoke tests)
-    weights: str | None = None      # local .pt/.pth file to start from
-    finetune: int = 0               # 0 all, 1 head only, 2 last block + head
-    track_emissions: bool = False   # codecarbon offline tracker (the `emissions` extra)
-    emissions_country: str = "DEU"  # ISO 3166 alpha-3 code for codecarbon's offline mode
+from benzarr import __version__
+from benzarr.checkpoint import load_checkpoint, restore, save_checkpoint
+from benzarr.data import BigEarthNetDataset, DeviceLoader, make_loader
+from benzarr.errors import InvalidArgumentError, missing_extra
+from benzarr.metrics import SCALAR_KEYS, MultilabelMetrics, json_friendly
+from benzarr.models import FINETUNE_LEVELS, create_model, get_spec
+from benzarr.store import Store, open_store
+from benzarr.tb import RunWriter
+from benzarr.train_config import AUGMENTS, OPTIMIZERS, RESAMPLE_MODES, RESUMABLE, SCHEDULERS, TrainConfig
 
 
 @dataclass
 class TrainEvent:
     """What the trainer reports to its callback (rank 0 only).
 
-    ``kind`` is ``"epoch_start"`` (``n_batches`` set), ``"step"`` (``patches_per_s`` since the
-    epoch started; ``loss``: a recent batch's loss once it has reached the host, NaN in between,
-    see ``LOSS_EVERY_S``), ``"epoch_end"`` (``values``: train/val loss and F1, lr, throughput,
-    ``improved``) or ``"test"`` (``values``: test metrics of best.pt).
+    ``kind`` is ``"epoch_start"`` (``n_batches`` set: the batches this epoch will still
+    serve), ``"step"`` (``patches_per_s`` since the epoch started; ``loss``: a recent batch's
+    loss once it has reached the host, NaN in between, see ``LOSS_EVERY_S``), ``"epoch_end"``
+    (``values``: train/val loss and F1, lr, throughput, ``improved``) or ``"test"``
+    (``values``: test metrics of best.pt).
     """
 
     kind: str
@@ -103,6 +92,62 @@ class TrainResult:
     emissions_kg: float | None = None
 
 
+@dataclass
+class RunState:
+    """The counters of a run: what every checkpoint saves (``state``) and a resumed run goes on from."""
+
+    epoch: int = 0                      # epochs completed
+    step: int = 0                       # optimisation steps taken
+    best_score: float | None = None     # the monitored validation value of the best epoch
+    best_epoch: int = 0                 # 1-based; 0 before the first epoch ends
+    bad_epochs: int = 0                 # epochs since the best one
+    stopped: bool = False               # no more epochs (early stop or max_steps)
+    stopped_early: bool = False
+    seconds: float = 0.0                # training time, summed over resumed attempts
+
+
+@dataclass
+class EpochTally:
+    """The running sums of the epoch in progress, on the training device: the loss summed
+    over patches, the patch count, and the logits and labels of the epoch's training F1.
+
+    A mid-epoch checkpoint saves them (``state_dict``), so a resumed epoch ends with the same
+    train/loss and F1 as an uninterrupted one.
+    """
+
+    loss_sum: torch.Tensor
+    seen: int = 0
+    scores: list[torch.Tensor] = field(default_factory=list)
+    targets: list[torch.Tensor] = field(default_factory=list)
+
+    @classmethod
+    def empty(cls, device: torch.device) -> EpochTally:
+        """Nothing seen yet."""
+        return cls(torch.zeros((), device=device))
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        """One batch: its mean loss, (B, L) logits and (B, L) labels (nothing is read back)."""
+        self.seen += len(y)
+        self.loss_sum += loss.detach() * len(y)
+        self.scores.append(logits.detach())
+        self.targets.append(y.bool())
+
+    def state_dict(self) -> dict[str, Any]:
+        """Host copies: ``loss_sum``, ``seen``, ``scores`` (n, L) float32, ``targets`` (n, L) bool."""
+        return {"loss_sum": self.loss_sum.cpu(), "seen": self.seen,
+                "scores": torch.cat(self.scores).cpu() if self.scores else None,
+                "targets": torch.cat(self.targets).cpu() if self.targets else None}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], device: torch.device) -> EpochTally:
+        """The tally :meth:`state_dict` saved, back on ``device``."""
+        tally = cls(state["loss_sum"].to(device), int(state["seen"]))
+        if state["scores"] is not None:
+            tally.scores.append(state["scores"].to(device))
+            tally.targets.append(state["targets"].to(device))
+        return tally
+
+
 def train(cfg: TrainConfig, callback: Callable[[TrainEvent], None] | None = None) -> TrainResult:
     """Train ``cfg.model`` on the train subset of ``cfg.split``, evaluate on val every epoch,
     and test best.pt; see the module docstring for what the run folder holds.
@@ -112,19 +157,18 @@ def train(cfg: TrainConfig, callback: Callable[[TrainEvent], None] | None = None
         SplitNotFoundError, StoreNotFoundError: from the store.
         MissingDependencyError: ``track_emissions`` without codecarbon.
     """
-    run = _setup(cfg)                   # process group, seeds, data, model, optimiser, writer, resume
+    run = _setup(cfg)                   # process group, seeds, data, model, optimiser, resume, writer
     model, opt, sched, criterion, st = run.model, run.optimizer, run.scheduler, run.criterion, run.state
-    emit = callback if run.rank == 0 else None
+    loader, emit = run.data.train, callback if run.rank == 0 else None
     try:
-        while st["epoch"] < cfg.epochs and not st["stopped"]:
-            epoch = st["epoch"]
-            run.train_loader.set_epoch(epoch)   # the order depends on (seed, epoch) only
+        while st.epoch < cfg.epochs and not st.stopped:
+            epoch = st.epoch
+            tally = _open_epoch(run)    # the whole epoch, or the rest of a checkpointed one
             model.train()
             if emit:
-                emit(TrainEvent("epoch_start", epoch, st["step"], n_batches=len(run.train_loader)))
-            seen, loss_sum, t0 = 0, torch.zeros((), device=run.device), time.perf_counter()
-            scores, targets, host_loss = [], [], _HostLoss(run.device)  # no step waits for the GPU
-            for batch in run.train_loader:
+                emit(TrainEvent("epoch_start", epoch, st.step, n_batches=len(loader) - loader.served))
+            t0, seen0, host_loss = time.perf_counter(), tally.seen, _HostLoss(run.device)  # no step waits for the GPU
+            for batch in loader:
                 x, y = batch["image"].contiguous(memory_format=run.memory_format), batch["label"]
                 with run.autocast():
                     logits = model(x).float()
@@ -132,32 +176,31 @@ def train(cfg: TrainConfig, callback: Callable[[TrainEvent], None] | None = None
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                st["step"] += 1
-                seen += len(y)
-                loss_sum += loss.detach() * len(y)
-                scores.append(logits.detach())
-                targets.append(y.bool())
+                st.step += 1
+                tally.add(loss, logits, y)
                 if emit:
-                    emit(TrainEvent("step", epoch, st["step"], loss=host_loss(loss),
-                                    patches_per_s=seen * run.world_size / (time.perf_counter() - t0)))
-                if cfg.max_steps is not None and st["step"] >= cfg.max_steps:
-                    st["stopped"] = True
+                    emit(TrainEvent("step", epoch, st.step, loss=host_loss(loss),
+                                    patches_per_s=(tally.seen - seen0) * run.world_size / (time.perf_counter() - t0)))
+                if cfg.max_steps is not None and st.step >= cfg.max_steps:
+                    st.stopped = True
                     break
+                if cfg.checkpoint_every and st.step % cfg.checkpoint_every == 0:
+                    _save_mid_epoch(run, tally)  # last.pt with the loader position and the running sums
             if run.device.type == "cuda":
                 torch.cuda.synchronize(run.device)  # the epoch's time includes its queued GPU work
-            throughput = seen * run.world_size / (time.perf_counter() - t0)
+            throughput = (tally.seen - seen0) * run.world_size / (time.perf_counter() - t0)
             lr = opt.param_groups[0]["lr"]
             if sched is not None:
                 sched.step()
-            st["epoch"] += 1
-            values = _end_epoch(run, loss_sum, seen, scores, targets, lr, throughput)  # val, log, checkpoint, early stop
+            st.epoch += 1
+            values = _end_epoch(run, tally, lr, throughput)  # val, log, checkpoint, early stop
             if emit:
-                emit(TrainEvent("epoch_end", epoch, st["step"], values=values))
+                emit(TrainEvent("epoch_end", epoch, st.step, values=values))
         result = _finish(run)           # test best.pt, metrics.json, scores.csv, hparams
     finally:
         _close(run)                     # event file, emissions tracker, process group, global flags
     if emit:
-        emit(TrainEvent("test", st["epoch"], st["step"], values=result.test))
+        emit(TrainEvent("test", st.epoch, st.step, values=result.test))
     return result
 
 
@@ -179,11 +222,6 @@ def train_seeds(cfg: TrainConfig, seeds: Sequence[int],
 
 #: Loss names that mean single-label softmax cross-entropy (refused: the task is multi-label).
 _CE_NAMES = {"ce", "crossentropy", "cross-entropy", "cross_entropy", "categorical_crossentropy", "softmax"}
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULERS = ("none", "cosine", "step")
-#: Settings a resumed run may change; every other one must equal the checkpoint's.
-RESUMABLE = {"store", "epochs", "patience", "max_steps", "workers", "device", "deterministic", "resume", "out",
-             "track_emissions", "emissions_country", "weights"}
 #: Seconds between two copies of the training loss to the host for the progress callback.
 LOSS_EVERY_S = 0.25
 
@@ -257,9 +295,6 @@ def monitor_key(monitor: str) -> tuple[str, bool]:
     Accepts ``val_loss`` and ``val_<metric>`` (or ``<metric>``) with a metric of
     ``benzarr.metrics.SCALAR_KEYS`` (micro_f1, macro_f1, micro_map, ...).
     """
-    from benzarr.errors import InvalidArgumentError
-    from benzarr.metrics import SCALAR_KEYS
-
     key = monitor.lower().removeprefix("val_").removeprefix("val/")
     if key == "loss":
         return "loss", False
@@ -276,9 +311,6 @@ def check_config(cfg: TrainConfig) -> None:
         InvalidArgumentError: naming the setting and the accepted values.
         MissingDependencyError: ``track_emissions`` without codecarbon installed.
     """
-    from benzarr.errors import InvalidArgumentError, MissingDependencyError
-    from benzarr.models import FINETUNE_LEVELS, get_spec
-
     loss = cfg.loss.lower()
     if loss in _CE_NAMES:
         raise InvalidArgumentError(
@@ -290,7 +322,8 @@ def check_config(cfg: TrainConfig) -> None:
     if loss != "bce":
         raise InvalidArgumentError(f"unknown --loss {cfg.loss!r}: the multi-label loss is bce")
     for name, value, choices in (("--optim", cfg.optim, OPTIMIZERS), ("--scheduler", cfg.scheduler, SCHEDULERS),
-                                 ("--labels", cfg.labels, ("clc43", "clc19"))):
+                                 ("--labels", cfg.labels, ("clc43", "clc19")), ("--augment", cfg.augment, AUGMENTS),
+                                 ("--resample", cfg.resample, RESAMPLE_MODES)):
         if value not in choices:
             raise InvalidArgumentError(f"unknown {name} {value!r}: choose one of {', '.join(choices)}")
     for name, value in (("--epochs", cfg.epochs), ("--batch-size", cfg.batch_size)):
@@ -300,8 +333,9 @@ def check_config(cfg: TrainConfig) -> None:
         raise InvalidArgumentError(f"--lr must be positive, not {cfg.lr}")
     if cfg.patience is not None and cfg.patience < 1:
         raise InvalidArgumentError(f"--patience must be at least 1 epoch, not {cfg.patience}")
-    if cfg.max_steps is not None and cfg.max_steps < 1:
-        raise InvalidArgumentError(f"--max-steps must be at least 1, not {cfg.max_steps}")
+    for name, value in (("--max-steps", cfg.max_steps), ("--checkpoint-every", cfg.checkpoint_every)):
+        if value is not None and value < 1:
+            raise InvalidArgumentError(f"{name} must be at least 1, not {value}")
     if cfg.finetune not in FINETUNE_LEVELS:
         raise InvalidArgumentError(f"--finetune must be one of {sorted(FINETUNE_LEVELS)}, not {cfg.finetune}")
     get_spec(cfg.model)
@@ -309,11 +343,9 @@ def check_config(cfg: TrainConfig) -> None:
     monitor_key(cfg.monitor)
     if cfg.track_emissions:
         try:
-            import codecarbon  # noqa: F401
+            import codecarbon  # noqa: F401  (the optional `emissions` extra)
         except ImportError:
-            raise MissingDependencyError(
-                "--track-emissions needs codecarbon: pip install 'benzarr[emissions]'"
-            ) from None
+            raise missing_extra("codecarbon", "--track-emissions") from None
 
 
 def resolve_device(device: str, local_rank: int = 0) -> torch.device:
@@ -323,8 +355,6 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
     Raises:
         InvalidArgumentError: ``cuda`` asked for but no GPU is visible.
     """
-    from benzarr.errors import InvalidArgumentError
-
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
@@ -339,21 +369,12 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
 
 def package_versions() -> dict[str, str]:
     """Versions of the packages a run's numbers depend on."""
-    import platform
-
-    import numpy
-    import zarr
-
-    from benzarr import __version__
-
-    return {"benzarr": __version__, "torch": str(torch.__version__), "numpy": numpy.__version__,
+    return {"benzarr": __version__, "torch": str(torch.__version__), "numpy": np.__version__,
             "zarr": zarr.__version__, "python": platform.python_version(), "platform": platform.platform()}
 
 
-def store_identity(store: Any, split: str) -> dict[str, Any]:
+def store_identity(store: Store, split: str) -> dict[str, Any]:
     """Path, N and a SHA-256 fingerprint of the split codes: what makes two runs comparable."""
-    import hashlib
-
     codes, attrs = store.read_split(split)
     return {
         "path": str(Path(store.path).resolve()),
@@ -366,6 +387,19 @@ def store_identity(store: Any, split: str) -> dict[str, Any]:
 
 
 @dataclass
+class _Data:
+    """A run's data: input bands, class names, the store's identity and the loaders (val and
+    test on rank 0 only, and None for an empty subset)."""
+
+    bands: list[str]
+    class_names: list[str]
+    identity: dict[str, Any]
+    train: DeviceLoader
+    val: DeviceLoader | None
+    test: DeviceLoader | None
+
+
+@dataclass
 class _Run:
     """Everything the loop touches, built by ``_setup``."""
 
@@ -374,24 +408,27 @@ class _Run:
     rank: int
     world_size: int
     device: torch.device
+    data: _Data
     model: torch.nn.Module              # what the loop calls (DistributedDataParallel under torchrun)
     net: torch.nn.Module                # the unwrapped model: evaluation and checkpoints
     optimizer: torch.optim.Optimizer
     scheduler: Any
     criterion: torch.nn.Module
-    train_loader: Any
-    val_loader: Any
-    test_loader: Any
-    class_names: list[str]
     config: dict[str, Any]              # what config.json and the checkpoints hold
-    state: dict[str, Any]               # epoch, step, best_score, best_epoch, bad_epochs, stopped, ...
+    state: RunState
     monitor: tuple[str, bool]
+    partial: EpochTally | None = None   # a mid-epoch checkpoint's sums, until its epoch goes on
     writer: Any = None
     tracker: Any = None
     own_process_group: bool = False
     flags_before: tuple[bool, bool] = (False, False)  # deterministic algorithms, cudnn.benchmark
     started: float = field(default_factory=time.perf_counter)
     best_val: dict[str, Any] | None = None
+
+    @property
+    def last(self) -> Path:
+        """``checkpoints/last.pt`` of the run folder."""
+        return self.run_dir / "checkpoints" / "last.pt"
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -402,14 +439,20 @@ class _Run:
         """bfloat16 autocast when ``amp`` is on, a no-op context otherwise."""
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp)
 
+    def clock(self) -> None:
+        """Add the time since the last call (or since setup) to ``state.seconds``."""
+        now = time.perf_counter()
+        self.state.seconds += now - self.started
+        self.started = now
+
+    def save(self, name: str, partial: dict[str, Any] | None = None) -> None:
+        """Write ``checkpoints/<name>`` (rank 0): weights, optimiser, scheduler, RNG, counters."""
+        save_checkpoint(self.run_dir / "checkpoints" / name, self.net, self.optimizer, self.scheduler,
+                        asdict(self.state), self.config, partial)
+
 
 def _init_distributed(device: str) -> tuple[int, int, int, bool]:
     """``(rank, world size, local rank, created)``; starts the process group under torchrun."""
-    import os
-    from datetime import timedelta
-
-    import torch.distributed as dist
-
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if world <= 1:
@@ -426,43 +469,50 @@ def _broadcast_flags(run: _Run, *flags: bool) -> list[bool]:
     """Rank 0's booleans on every rank (early-stopping decisions)."""
     if run.world_size == 1:
         return list(flags)
-    import torch.distributed as dist
-
     t = torch.tensor([float(f) for f in flags], device=run.device)
     dist.broadcast(t, src=0)
     return [bool(v) for v in t.tolist()]
 
 
 def _setup(cfg: TrainConfig) -> _Run:
-    """Check settings, start the process group, open data, build the model, resume if asked."""
-    import json
-    import os
-    import random
-    from dataclasses import asdict
-    from datetime import datetime, timezone
-
-    import numpy as np
-
-    from benzarr.checkpoint import load_checkpoint, restore
-    from benzarr.data import BigEarthNetDataset, make_loader
-    from benzarr.errors import InvalidArgumentError
-    from benzarr.models import create_model
-    from benzarr.store import open_store
-    from benzarr.tb import RunWriter
-
+    """Check settings, start the process group, open data, build the model and optimiser,
+    resume if asked, open the run folder's outputs (rank 0)."""
     check_config(cfg)
+    run_dir = _claim_run_dir(cfg)
+    rank, world, local_rank, own_pg = _init_distributed(cfg.device)
+    device = resolve_device(cfg.device, local_rank)
+    flags_before = _seed_and_set_determinism(cfg)
+    data = _open_data(cfg, device, rank, world)
+    model, net = _build_model(cfg, data, device, world)
+    optimizer, scheduler = _build_optimizer(cfg, net)
+    run = _Run(cfg, run_dir, rank, world, device, data, model, net, optimizer, scheduler,
+               torch.nn.BCEWithLogitsLoss(), _run_config(cfg, data, world, device), RunState(),
+               monitor_key(cfg.monitor), own_process_group=own_pg, flags_before=flags_before)
+    if cfg.resume:
+        _resume(run)
+    if rank == 0:
+        _open_outputs(run)
+    return run
+
+
+def _claim_run_dir(cfg: TrainConfig) -> Path:
+    """The run folder: a new one, or (``resume``) one holding ``checkpoints/last.pt``."""
     run_dir = Path(cfg.out or default_out(cfg))
     last = run_dir / "checkpoints" / "last.pt"
     if last.exists() and not cfg.resume:
         raise InvalidArgumentError(f"{run_dir} holds a run already: pass --resume to continue it, or another --out")
     if cfg.resume and not last.exists():
         raise InvalidArgumentError(f"--resume: no checkpoint at {last}; start the run without --resume")
-    rank, world, local_rank, own_pg = _init_distributed(cfg.device)
-    device = resolve_device(cfg.device, local_rank)
+    return run_dir
 
-    # Determinism where it is cheap: seeded generators, deterministic kernels (warn, not fail,
-    # where an op has none), no cuDNN autotuning. Fast mode (deterministic=False): cuDNN picks
-    # the fastest kernels, deterministic or not; the data order and initial weights still follow the seed.
+
+def _seed_and_set_determinism(cfg: TrainConfig) -> tuple[bool, bool]:
+    """Seed torch, NumPy and random; set the kernel flags; return the flags to restore at the end.
+
+    Determinism where it is cheap: seeded generators, deterministic kernels (warn, not fail,
+    where an op has none), no cuDNN autotuning. Fast mode (deterministic=False): cuDNN picks
+    the fastest kernels, deterministic or not; the data order and initial weights still follow the seed.
+    """
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     flags_before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark)
@@ -471,36 +521,47 @@ def _setup(cfg: TrainConfig) -> _Run:
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     random.seed(cfg.seed)
+    return flags_before
 
+
+def _open_data(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> _Data:
+    """Bands, classes and identity of the store, the train loader (every rank, its share under
+    torchrun) and the val and test loaders (rank 0)."""
     store = open_store(cfg.store)
     bands = resolve_bands(cfg.model, cfg.bands, cfg.modalities)
-    class_names = store.class_names(cfg.labels)
-    identity = store_identity(store, cfg.split)
-    n_train = len(store.subset_rows(cfg.split, "train"))
-    if n_train == 0:
+    if len(store.subset_rows(cfg.split, "train")) == 0:
         raise InvalidArgumentError(f"split {cfg.split!r} of {cfg.store} has no training patches")
 
-    def dataset(subset: str) -> Any:
-        return BigEarthNetDataset(cfg.store, split=cfg.split, subset=subset, bands=bands, labels=cfg.labels,
-                                  normalize=True, modalities=parse_modalities(cfg.modalities))
+    def loader(subset: str, shuffle: bool, distributed: bool = False) -> DeviceLoader:
+        ds = BigEarthNetDataset(cfg.store, split=cfg.split, subset=subset, bands=bands, labels=cfg.labels,
+                                normalize=True, modalities=parse_modalities(cfg.modalities), resample=cfg.resample,
+                                align_corners=cfg.align_corners, augment=cfg.augment if subset == "train" else "none")
+        return make_loader(ds, cfg.batch_size, shuffle=shuffle, num_workers=cfg.workers, seed=cfg.seed,
+                           device=device, distributed=distributed)
 
-    def eval_loader(subset: str) -> Any:
+    def eval_loader(subset: str) -> DeviceLoader | None:
         if rank != 0 or len(store.subset_rows(cfg.split, subset)) == 0:
             return None
-        return make_loader(dataset(subset), cfg.batch_size, shuffle=False, num_workers=cfg.workers,
-                           seed=cfg.seed, device=device)
+        return loader(subset, shuffle=False)
 
-    train_loader = make_loader(dataset("train"), cfg.batch_size, shuffle=True, num_workers=cfg.workers,
-                               seed=cfg.seed, device=device, distributed=world > 1)
-    torch.manual_seed(cfg.seed)  # initial weights depend on the seed alone
-    net = create_model(cfg.model, in_channels=len(bands), num_classes=len(class_names),
+    return _Data(bands, store.class_names(cfg.labels), store_identity(store, cfg.split),
+                 loader("train", shuffle=True, distributed=world > 1), eval_loader("val"), eval_loader("test"))
+
+
+def _build_model(cfg: TrainConfig, data: _Data, device: torch.device,
+                 world: int) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """``(what the loop calls, the unwrapped model)``; the initial weights depend on the seed alone."""
+    torch.manual_seed(cfg.seed)
+    net = create_model(cfg.model, in_channels=len(data.bands), num_classes=len(data.class_names),
                        weights=cfg.weights, finetune=cfg.finetune)
     net = net.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format)
-    model = net
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
+    if world == 1:
+        return net, net
+    return DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None), net
 
-        model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+
+def _build_optimizer(cfg: TrainConfig, net: torch.nn.Module) -> tuple[torch.optim.Optimizer, Any]:
+    """The optimiser of the trainable parameters and the per-epoch LR scheduler (or None)."""
     params = [p for p in net.parameters() if p.requires_grad]
     if cfg.optim == "sgd":
         optimizer: torch.optim.Optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
@@ -508,53 +569,89 @@ def _setup(cfg: TrainConfig) -> _Run:
     else:
         opt_class = torch.optim.Adam if cfg.optim == "adam" else torch.optim.AdamW
         optimizer = opt_class(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = None
     if cfg.scheduler == "cosine":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
-    elif cfg.scheduler == "step":
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, cfg.epochs // 3), gamma=0.1)
-
-    settings = asdict(cfg)
-    settings["bands"] = bands
-    config = {"settings": settings, "labels": cfg.labels, "classes": class_names, "store": identity,
-              "world_size": world, "device": str(device), "versions": package_versions(),
-              "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "resumed": []}
-    state = {"epoch": 0, "step": 0, "best_score": None, "best_epoch": 0, "bad_epochs": 0,
-             "stopped": False, "stopped_early": False, "seconds": 0.0}
-    if cfg.resume:
-        payload = load_checkpoint(last, map_location=device)
-        old = payload["config"]
-        changed = {k: (old["settings"].get(k), v) for k, v in settings.items()
-                   if k not in RESUMABLE and old["settings"].get(k) != v}
-        if old["store"]["split_sha256"] != identity["split_sha256"]:
-            changed["split codes"] = (old["store"]["split_sha256"][:12], identity["split_sha256"][:12])
-        if changed:
-            diff = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
-            raise InvalidArgumentError(f"--resume with other settings than {last} was started with ({diff})")
-        config = {**old, "settings": settings, "resumed": [*old.get("resumed", []), config["created"]]}
-        state.update(restore(payload, net, optimizer, scheduler))
-        if state["epoch"] < cfg.epochs and not state["stopped_early"]:
-            state["stopped"] = False  # more epochs asked for (or --max-steps raised)
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    run = _Run(cfg, run_dir, rank, world, device, model, net, optimizer, scheduler,
-               torch.nn.BCEWithLogitsLoss(), train_loader, eval_loader("val"), eval_loader("test"),
-               class_names, config, state, monitor_key(cfg.monitor), own_process_group=own_pg,
-               flags_before=flags_before)
-    if rank == 0:
-        # purge_step: TensorBoard hides what an interrupted attempt wrote after the checkpoint.
-        run.writer = RunWriter(run_dir, purge_step=state["epoch"] + 1)
-        if cfg.track_emissions:
-            from codecarbon import OfflineEmissionsTracker
-
-            run.tracker = OfflineEmissionsTracker(country_iso_code=cfg.emissions_country, output_dir=str(run_dir),
-                                                  log_level="error")
-            run.tracker.start()
-    return run
+        return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    if cfg.scheduler == "step":
+        return optimizer, torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, cfg.epochs // 3), gamma=0.1)
+    return optimizer, None
 
 
-def _evaluate(run: _Run, loader: Any) -> dict[str, Any] | None:
+def _run_config(cfg: TrainConfig, data: _Data, world: int, device: torch.device) -> dict[str, Any]:
+    """What config.json and every checkpoint hold: the settings (bands resolved), classes,
+    store identity, world size, device, package versions, creation time."""
+    settings = {**asdict(cfg), "bands": data.bands}
+    return {"settings": settings, "labels": cfg.labels, "classes": data.class_names, "store": data.identity,
+            "world_size": world, "device": str(device), "versions": package_versions(),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "resumed": []}
+
+
+def _resume(run: _Run) -> None:
+    """Go on from last.pt: refuse changed settings (but ``RESUMABLE`` ones) or split codes;
+    load weights, optimiser, scheduler, RNG states and counters; after a mid-epoch
+    checkpoint also the loader position and the epoch's running sums."""
+    payload = load_checkpoint(run.last, map_location=run.device)
+    old, settings = payload["config"], run.config["settings"]
+
+    def before(name: str) -> Any:  # a setting added after the checkpoint was written had its default
+        return old["settings"].get(name, getattr(TrainConfig, name, None))
+
+    changed = {k: (before(k), v) for k, v in settings.items() if k not in RESUMABLE and before(k) != v}
+    if old["store"]["split_sha256"] != run.data.identity["split_sha256"]:
+        changed["split codes"] = (old["store"]["split_sha256"][:12], run.data.identity["split_sha256"][:12])
+    if changed:
+        diff = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+        raise InvalidArgumentError(f"--resume with other settings than {run.last} was started with ({diff})")
+    run.config = {**old, "settings": settings, "resumed": [*old.get("resumed", []), run.config["created"]]}
+    st = run.state = RunState(**restore(payload, run.net, run.optimizer, run.scheduler))
+    if st.epoch < run.cfg.epochs and not st.stopped_early:
+        st.stopped = False  # more epochs asked for (or --max-steps raised)
+    partial = payload.get("partial")
+    if partial is not None:  # the loader serves the rest of the epoch; rank 0 holds every rank's sums
+        run.data.train.load_state_dict(partial["loader"])
+        run.partial = EpochTally.from_state(partial, run.device) if run.rank == 0 else EpochTally.empty(run.device)
+
+
+def _open_outputs(run: _Run) -> None:
+    """Rank 0: config.json, the TensorBoard writer, the emissions tracker."""
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    (run.run_dir / "config.json").write_text(json.dumps(run.config, indent=2) + "\n")
+    # purge_step: TensorBoard hides what an interrupted attempt wrote after the checkpoint.
+    run.writer = RunWriter(run.run_dir, purge_step=run.state.epoch + 1)
+    if run.cfg.track_emissions:
+        from codecarbon import OfflineEmissionsTracker  # the optional `emissions` extra (check_config)
+
+        run.tracker = OfflineEmissionsTracker(country_iso_code=run.cfg.emissions_country,
+                                              output_dir=str(run.run_dir), log_level="error")
+        run.tracker.start()
+
+
+def _open_epoch(run: _Run) -> EpochTally:
+    """The running sums of the epoch about to be served: a mid-epoch checkpoint's (its loader
+    already stands at the next batch), or new ones with the loader at the epoch's start."""
+    if run.partial is not None:
+        tally, run.partial = run.partial, None
+        return tally
+    run.data.train.set_epoch(run.state.epoch)  # the order depends on (seed, epoch) only
+    return EpochTally.empty(run.device)
+
+
+def _save_mid_epoch(run: _Run, tally: EpochTally) -> None:
+    """last.pt in the middle of an epoch (``checkpoint_every``): the counters, RNG states,
+    the loader position and the epoch's running sums, so a resumed run goes on with the next
+    batch. Every rank calls it (the loss sums of all ranks are added up on rank 0); rank 0 writes."""
+    loss_sum, seen = tally.loss_sum, tally.seen
+    if run.world_size > 1:
+        totals = torch.stack([loss_sum, torch.tensor(float(seen), device=run.device)])
+        dist.reduce(totals, dst=0)
+        loss_sum, seen = totals[0], int(totals[1])
+    run.clock()
+    if run.rank == 0:
+        partial = {**tally.state_dict(), "loss_sum": loss_sum.cpu(), "seen": seen,
+                   "loader": run.data.train.state_dict()}
+        run.save("last.pt", partial)
+
+
+def _evaluate(run: _Run, loader: DeviceLoader | None) -> dict[str, Any] | None:
     """Mean BCE (``loss``) and ``benzarr.metrics`` of the unwrapped model over ``loader``;
     ``None`` without a loader (an empty subset, or a rank other than 0)."""
     if loader is None:
@@ -574,7 +671,7 @@ def _evaluate(run: _Run, loader: Any) -> dict[str, Any] | None:
     net.train(was_training)
     if not targets:
         return None
-    metrics = _metrics(scores, targets, run.class_names)
+    metrics = _metrics(scores, targets, run.data.class_names)
     return {**metrics, "loss": float(loss_sum) / metrics["n_samples"]}
 
 
@@ -586,94 +683,73 @@ def _metrics(scores: list[torch.Tensor], targets: list[torch.Tensor],
     return metrics.compute()
 
 
-def _end_epoch(run: _Run, loss_sum: torch.Tensor, seen: int, scores: list[torch.Tensor],
-               targets: list[torch.Tensor], lr: float, throughput: float) -> dict[str, Any]:
-    """Validate (rank 0), log the epoch, track the best score, checkpoint, decide early stopping.
-
-    ``scores`` and ``targets``: the epoch's training logits and labels, still on the device.
-    """
-    import math
-
-    from benzarr.checkpoint import save_checkpoint
-    from benzarr.metrics import SCALAR_KEYS
-
+def _end_epoch(run: _Run, tally: EpochTally, lr: float, throughput: float) -> dict[str, Any]:
+    """Validate (rank 0), log the epoch, track the best score, checkpoint, decide early stopping."""
     st, cfg = run.state, run.cfg
-    totals = torch.stack([loss_sum.float(), torch.tensor(float(seen), device=loss_sum.device)])
+    totals = torch.stack([tally.loss_sum.float(), torch.tensor(float(tally.seen), device=run.device)])
     if run.world_size > 1:
-        import torch.distributed as dist
-
         dist.all_reduce(totals)
-    train = _metrics(scores, targets) if targets else {}
+    train = _metrics(tally.scores, tally.targets) if tally.targets else {}
     values: dict[str, Any] = {
         "train/loss": float(totals[0] / max(totals[1], 1)),
         "train/micro_f1": train.get("micro_f1"), "train/macro_f1": train.get("macro_f1"),
         "lr": lr, "throughput/patches_per_s": throughput,
     }
-    now = time.perf_counter()
-    st["seconds"] += now - run.started
-    run.started = now
+    run.clock()
     improved = False
     if run.rank == 0:
-        val = _evaluate(run, run.val_loader)
+        val = _evaluate(run, run.data.val)
         if val is not None:
             values.update({"val/loss": val["loss"], **{f"val/{k}": val[k] for k in SCALAR_KEYS}})
-        key, higher = run.monitor
-        score = None if val is None else val[key]
-        if score is None or (isinstance(score, float) and math.isnan(score)):
-            improved = val is None  # no validation subset: the last epoch is the best
-        else:
-            best = st["best_score"]
-            improved = best is None or (score > best if higher else score < best)
+        improved = _track_best(run, val)
+        if cfg.patience is not None and st.bad_epochs >= cfg.patience:
+            st.stopped = st.stopped_early = True
+        run.writer.scalars(st.epoch, values)
         if improved:
-            st.update(best_score=score, best_epoch=st["epoch"], bad_epochs=0)
-            run.best_val = val
-        else:
-            st["bad_epochs"] += 1
-        if cfg.patience is not None and st["bad_epochs"] >= cfg.patience:
-            st["stopped"] = st["stopped_early"] = True
-        run.writer.scalars(st["epoch"], values)
-        ckpt = run.run_dir / "checkpoints"
-        if improved:
-            save_checkpoint(ckpt / "best.pt", run.net, run.optimizer, run.scheduler, st, run.config)
-        save_checkpoint(ckpt / "last.pt", run.net, run.optimizer, run.scheduler, st, run.config)
-    st["stopped"], st["stopped_early"] = _broadcast_flags(run, st["stopped"], st["stopped_early"])
-    return {**values, "improved": improved, "best_score": st["best_score"], "best_epoch": st["best_epoch"]}
+            run.save("best.pt")
+        run.save("last.pt")
+    st.stopped, st.stopped_early = _broadcast_flags(run, st.stopped, st.stopped_early)
+    return {**values, "improved": improved, "best_score": st.best_score, "best_epoch": st.best_epoch}
+
+
+def _track_best(run: _Run, val: dict[str, Any] | None) -> bool:
+    """Whether the epoch just ended is the best so far by the monitored value; updates the counters."""
+    st = run.state
+    key, higher = run.monitor
+    score = None if val is None else val[key]
+    if score is None or (isinstance(score, float) and math.isnan(score)):
+        improved = val is None  # no validation subset: the last epoch is the best
+    else:
+        improved = st.best_score is None or (score > st.best_score if higher else score < st.best_score)
+    if improved:
+        st.best_score, st.best_epoch, st.bad_epochs = score, st.epoch, 0
+        run.best_val = val
+    else:
+        st.bad_epochs += 1
+    return improved
 
 
 def _finish(run: _Run) -> TrainResult:
-    """Test best.pt (rank 0), write metrics.json, scores.csv and the hparams; close everything."""
-    import json
-
-    from benzarr.checkpoint import load_checkpoint
-    from benzarr.metrics import SCALAR_KEYS, json_friendly
-
+    """Test best.pt (rank 0), write metrics.json, scores.csv and the hparams."""
     st, cfg = run.state, run.cfg
     if run.world_size > 1:
-        import torch.distributed as dist
-
         dist.barrier()
     test: dict[str, Any] = {}
     emissions = None
     if run.rank == 0:
         best = run.run_dir / "checkpoints" / "best.pt"
         if best.exists():
-            payload = load_checkpoint(best, map_location=run.device)
-            run.net.load_state_dict(payload["model"])
+            run.net.load_state_dict(load_checkpoint(best, map_location=run.device)["model"])
             if run.best_val is None:  # resumed after the best epoch: validate it again for the record
-                run.best_val = _evaluate(run, run.val_loader)
-        test = _evaluate(run, run.test_loader) or {}
-        if run.tracker is not None:
-            tracker, run.tracker = run.tracker, None
-            kg = tracker.stop()  # kg CO2-equivalent
-            data = getattr(tracker, "final_emissions_data", None)
-            emissions = {"kg_co2eq": kg, "kwh": getattr(data, "energy_consumed", None),
-                         "country": cfg.emissions_country}
+                run.best_val = _evaluate(run, run.data.val)
+        test = _evaluate(run, run.data.test) or {}
+        emissions = _stop_tracker(run)
         summary = {
             "split": cfg.split, "subset": "test", "checkpoint": "checkpoints/best.pt",
             "model": cfg.model, "labels": cfg.labels, "seed": cfg.seed,
-            "monitor": cfg.monitor, "best_epoch": st["best_epoch"], "best_score": st["best_score"],
-            "epochs": st["epoch"], "steps": st["step"], "stopped_early": st["stopped_early"],
-            "train_seconds": st["seconds"], "emissions": emissions,
+            "monitor": cfg.monitor, "best_epoch": st.best_epoch, "best_score": st.best_score,
+            "epochs": st.epoch, "steps": st.step, "stopped_early": st.stopped_early,
+            "train_seconds": st.seconds, "emissions": emissions,
             "test": json_friendly(test) if test else None,
             "val": json_friendly({k: v for k, v in run.best_val.items() if k != "per_class"}) if run.best_val else None,
         }
@@ -682,19 +758,28 @@ def _finish(run: _Run) -> TrainResult:
             write_scores_csv(run.run_dir / "scores.csv", test)
         hparams = {k: v for k, v in run.config["settings"].items()
                    if k in ("model", "split", "labels", "bands", "epochs", "batch_size", "lr", "optim",
-                            "weight_decay", "scheduler", "seed", "finetune", "amp")}
+                            "weight_decay", "scheduler", "seed", "finetune", "amp", "augment", "resample")}
         hparams["bands"] = ",".join(hparams["bands"])
         run.writer.hparams(hparams, {f"test_{k}": test.get(k) for k in SCALAR_KEYS})
-    best_score = st["best_score"]
-    return TrainResult(run.run_dir, st["epoch"], st["step"], st["best_epoch"],
-                       math.nan if best_score is None else float(best_score), st["stopped_early"],
-                       st["seconds"], test, None if emissions is None else emissions["kg_co2eq"])
+    best_score = math.nan if st.best_score is None else float(st.best_score)
+    return TrainResult(run.run_dir, st.epoch, st.step, st.best_epoch, best_score, st.stopped_early,
+                       st.seconds, test, None if emissions is None else emissions["kg_co2eq"])
+
+
+def _stop_tracker(run: _Run) -> dict[str, Any] | None:
+    """Stop the emissions tracker: ``{kg_co2eq, kwh, country}``, or None without one."""
+    if run.tracker is None:
+        return None
+    tracker, run.tracker = run.tracker, None
+    kg = tracker.stop()  # kg CO2-equivalent
+    data = getattr(tracker, "final_emissions_data", None)
+    return {"kg_co2eq": kg, "kwh": getattr(data, "energy_consumed", None), "country": run.cfg.emissions_country}
 
 
 def _close(run: _Run) -> None:
     """Release what ``_setup`` took, also after an error or an interruption (the checkpoints
-    already written stay, so ``resume`` continues from the last finished epoch)."""
-    for loader in (run.train_loader, run.val_loader, run.test_loader):
+    already written stay, so ``resume`` goes on from the last one)."""
+    for loader in (run.data.train, run.data.val, run.data.test):
         if loader is not None:
             loader.close()  # stop the loader's workers now, not when the run is collected
     if run.tracker is not None:
@@ -703,19 +788,18 @@ def _close(run: _Run) -> None:
     if run.writer is not None:
         run.writer.close()
         run.writer = None
-    if run.own_process_group:
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    if run.own_process_group and dist.is_initialized():
+        dist.destroy_process_group()
     torch.use_deterministic_algorithms(run.flags_before[0])
     torch.backends.cudnn.benchmark = run.flags_before[1]
 
 
 def write_scores_csv(path: str | Path, metrics: dict[str, Any]) -> Path:
     """One row per class, then ``micro`` and ``macro`` rows: support, predicted, precision,
-    recall, F1, F2 (threshold 0.5) and average precision. Empty cells for absent classes."""
-    import csv
+    recall, F1, F2 (threshold 0.5) and average precision. Empty cells for absent classes (NaN)."""
+
+    def cell(value: float) -> str:
+        return "" if math.isnan(value) else f"{value:.6f}"
 
     fields = ("precision", "recall", "f1", "f2", "ap")
     path = Path(path)
@@ -723,11 +807,10 @@ def write_scores_csv(path: str | Path, metrics: dict[str, Any]) -> Path:
         w = csv.writer(f)
         w.writerow(["class", "index", "support", "predicted", *fields])
         for row in metrics["per_class"]:
-            w.writerow([row["class"], row["index"], row["support"], row["predicted"],
-                        *("" if row[k] != row[k] else f"{row[k]:.6f}" for k in fields)])
+            w.writerow([row["class"], row["index"], row["support"], row["predicted"], *(cell(row[k]) for k in fields)])
         support = sum(r["support"] for r in metrics["per_class"])
         predicted = sum(r["predicted"] for r in metrics["per_class"])
         for avg in ("micro", "macro"):
             vals = [metrics[f"{avg}_{k}"] for k in ("precision", "recall", "f1", "f2", "map")]
-            w.writerow([avg, "", support, predicted, *("" if v != v else f"{v:.6f}" for v in vals)])
+            w.writerow([avg, "", support, predicted, *(cell(v) for v in vals)])
     return path

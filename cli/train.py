@@ -10,10 +10,14 @@ from typing import TYPE_CHECKING, Any, Optional
 import typer
 
 from benzarr.errors import InvalidArgumentError
+from benzarr.train_config import AUGMENTS, OPTIMIZERS, RESAMPLE_MODES, SCHEDULERS, TrainConfig  # torch-free
+from benzarr_cli._common import console, err_console, show_progress
+
 if TYPE_CHECKING:
     from benzarr.train import TrainEvent, TrainResult
 
-from benzarr_cli._common import console, err_console, show_progress
+#: Option defaults are TrainConfig's: every default lives there once.
+D = TrainConfig
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -55,7 +59,6 @@ class _Progress:
                 f"train loss {_fmt(v.get('train/loss'), 4)}  val loss {_fmt(v.get('val/loss'), 4)}  "
                 f"val micro-F1 {_fmt(v.get('val/micro_f1'))}  macro-F1 {_fmt(v.get('val/macro_f1'))}  "
                 f"lr {v.get('lr', 0):.2e}  {v.get('throughput/patches_per_s', 0):,.0f} patches/s{mark}",
-                markup=False,
             )
 
 
@@ -63,68 +66,76 @@ def _summary(result: TrainResult, monitor: str) -> None:
     t = result.test
     stop = " (early stop)" if result.stopped_early else ""
     console.print(f"best epoch {result.best_epoch} of {result.epochs}{stop}: {monitor} {_fmt(result.best_score, 4)}; "
-                  f"{result.steps} steps in {result.seconds:.1f} s", markup=False)
+                  f"{result.steps} steps in {result.seconds:.1f} s")
     if t:
         console.print(
             f"test ({t['n_samples']} patches, best.pt): micro P {_fmt(t['micro_precision'])} R {_fmt(t['micro_recall'])} "
             f"F1 {_fmt(t['micro_f1'])} F2 {_fmt(t['micro_f2'])} mAP {_fmt(t['micro_map'])} | macro P "
             f"{_fmt(t['macro_precision'])} R {_fmt(t['macro_recall'])} F1 {_fmt(t['macro_f1'])} "
-            f"F2 {_fmt(t['macro_f2'])} mAP {_fmt(t['macro_map'])}", markup=False)
+            f"F2 {_fmt(t['macro_f2'])} mAP {_fmt(t['macro_map'])}")
     else:
-        console.print("test: the split has no test patches", markup=False)
+        console.print("test: the split has no test patches")
     if result.emissions_kg is not None:
-        console.print(f"emissions: {result.emissions_kg * 1000:.3f} g CO2eq (codecarbon, offline)", markup=False)
+        console.print(f"emissions: {result.emissions_kg * 1000:.3f} g CO2eq (codecarbon, offline)")
     d = result.run_dir
     console.print(f"run folder {d}: config.json, checkpoints/best.pt + last.pt, metrics.json, scores.csv, "
-                  f"TensorBoard events (tensorboard --logdir {d})", markup=False)
+                  f"TensorBoard events (tensorboard --logdir {d})")
 
 
 def command(
     store: str = typer.Argument(..., help="Path of a benzarr store."),
     split: str = typer.Option(..., "--split", help="Split name in the store (benzarr split)."),
-    model: str = typer.Option("shortcnn-rgb", "--model", help="Model name (benzarr models)."),
-    labels: str = typer.Option("clc43", "--labels", help="clc43 | clc19."),
-    bands: Optional[str] = typer.Option(None, "--bands", help="rgb | all | comma-separated names, VV/VH included (default: the model's)."),
-    modalities: str = typer.Option("s2", "--modalities", help="s2 | s1 | s2,s1: image channels (S1 adds VV, VH; the store must hold S1)."),
-    epochs: int = typer.Option(10, "--epochs", help="Epochs."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Patches per batch (per process under torchrun)."),
-    lr: float = typer.Option(1e-3, "--lr", help="Learning rate."),
-    optim: str = typer.Option("adam", "--optim", help="sgd | adam | adamw."),
-    momentum: float = typer.Option(0.9, "--momentum", help="SGD momentum."),
-    weight_decay: float = typer.Option(0.0, "--weight-decay", help="Weight decay."),
-    scheduler: str = typer.Option("none", "--scheduler", help="none | cosine | step (x0.1 every epochs/3)."),
-    loss: str = typer.Option("bce", "--loss", help="bce (binary cross-entropy on logits; multi-label)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of weights and data order."),
+    model: str = typer.Option(D.model, "--model", help="Model name (benzarr models)."),
+    labels: str = typer.Option(D.labels, "--labels", help="clc43 | clc19."),
+    bands: Optional[str] = typer.Option(D.bands, "--bands", help="rgb | all | comma-separated names, VV/VH included (default: the model's)."),
+    modalities: str = typer.Option(D.modalities, "--modalities", help="s2 | s1 | s2,s1: image channels (S1 adds VV, VH; the store must hold S1)."),
+    epochs: int = typer.Option(D.epochs, "--epochs", help="Epochs."),
+    batch_size: int = typer.Option(D.batch_size, "--batch-size", help="Patches per batch (per process under torchrun)."),
+    lr: float = typer.Option(D.lr, "--lr", help="Learning rate."),
+    optim: str = typer.Option(D.optim, "--optim", help=" | ".join(OPTIMIZERS) + "."),
+    momentum: float = typer.Option(D.momentum, "--momentum", help="SGD momentum."),
+    weight_decay: float = typer.Option(D.weight_decay, "--weight-decay", help="Weight decay."),
+    scheduler: str = typer.Option(D.scheduler, "--scheduler", help=" | ".join(SCHEDULERS) + " (step: x0.1 every epochs/3)."),
+    loss: str = typer.Option(D.loss, "--loss", help="bce (binary cross-entropy on logits; multi-label)."),
+    augment: str = typer.Option(D.augment, "--augment", help=" | ".join(AUGMENTS) + ": random flips (and 90-degree "
+                                "rotations) of the training batches, on the device."),
+    resample: str = typer.Option(D.resample, "--resample", help=" | ".join(RESAMPLE_MODES) + ": how the 20 m and 60 m "
+                                 "bands reach 120x120 (the official reBEN models: nearest)."),
+    align_corners: bool = typer.Option(D.align_corners, "--align-corners/--no-align-corners",
+                                       help="F.interpolate's align_corners for bilinear and bicubic (ConfigILM's: --align-corners)."),
+    seed: int = typer.Option(D.seed, "--seed", help="Seed of weights and data order."),
     seeds: Optional[str] = typer.Option(None, "--seeds", help="Several seeds, e.g. 0,1,2: runs into OUT/seed-<s>/."),
-    workers: int = typer.Option(0, "--workers", help="DataLoader worker processes (per process)."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
-    amp: bool = typer.Option(False, "--amp", help="bfloat16 mixed precision."),
-    deterministic: bool = typer.Option(True, "--deterministic/--no-deterministic",
+    workers: int = typer.Option(D.workers, "--workers", help="DataLoader worker processes (per process)."),
+    device: str = typer.Option(D.device, "--device", help="auto | cpu | cuda."),
+    amp: bool = typer.Option(D.amp, "--amp", help="bfloat16 mixed precision."),
+    deterministic: bool = typer.Option(D.deterministic, "--deterministic/--no-deterministic",
                                        help="Deterministic kernels (default); --no-deterministic: cudnn.benchmark and the fastest kernels."),
-    patience: Optional[int] = typer.Option(None, "--patience", help="Stop after this many epochs without improvement."),
-    monitor: str = typer.Option("val_macro_f1", "--monitor", help="val_loss or val_<metric> (val_micro_f1, val_macro_map, ...)."),
-    out: Optional[str] = typer.Option(None, "--out", help="Run folder (default runs/<model>-<split>)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from checkpoints/last.pt."),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after N optimisation steps (smoke tests)."),
-    weights: Optional[str] = typer.Option(None, "--weights", help="Local .pt/.pth weights to start from."),
-    finetune: int = typer.Option(0, "--finetune", help="0 train all | 1 head only | 2 last block + head."),
-    track_emissions: bool = typer.Option(False, "--track-emissions", help="Energy and CO2 with codecarbon (offline)."),
-    emissions_country: str = typer.Option("DEU", "--emissions-country", help="ISO 3166 alpha-3 country for --track-emissions."),
+    patience: Optional[int] = typer.Option(D.patience, "--patience", help="Stop after this many epochs without improvement."),
+    monitor: str = typer.Option(D.monitor, "--monitor", help="val_loss or val_<metric> (val_micro_f1, val_macro_map, ...)."),
+    out: Optional[str] = typer.Option(D.out, "--out", help="Run folder (default runs/<model>-<split>)."),
+    resume: bool = typer.Option(D.resume, "--resume", help="Continue the run in --out from checkpoints/last.pt (mid-epoch too)."),
+    checkpoint_every: Optional[int] = typer.Option(D.checkpoint_every, "--checkpoint-every", metavar="STEPS",
+                                                   help="Also write checkpoints/last.pt every STEPS steps, so --resume goes on mid-epoch (default: after each epoch)."),
+    max_steps: Optional[int] = typer.Option(D.max_steps, "--max-steps", help="Stop after N optimisation steps (smoke tests)."),
+    weights: Optional[str] = typer.Option(D.weights, "--weights", help="Local .pt/.pth weights to start from."),
+    finetune: int = typer.Option(D.finetune, "--finetune", help="0 train all | 1 head only | 2 last block + head."),
+    track_emissions: bool = typer.Option(D.track_emissions, "--track-emissions", help="Energy and CO2 with codecarbon (offline)."),
+    emissions_country: str = typer.Option(D.emissions_country, "--emissions-country", help="ISO 3166 alpha-3 country for --track-emissions."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
 ) -> None:
     """Train a model on a split: validation every epoch, best/last checkpoints, test metrics of the best.
 
     Multi-process data parallel: torchrun --nproc-per-node 2 -m benzarr_cli train ...
     """
-    from benzarr.train import TrainConfig, default_out, train, train_seeds  # torch: only when training
+    from benzarr.train import default_out, train, train_seeds  # torch: only when training
 
     cfg = TrainConfig(
         store=store, split=split, model=model, labels=labels, bands=bands, modalities=modalities,
-        epochs=epochs, batch_size=batch_size,
-        lr=lr, optim=optim, momentum=momentum, weight_decay=weight_decay, scheduler=scheduler, loss=loss,
+        epochs=epochs, batch_size=batch_size, lr=lr, optim=optim, momentum=momentum, weight_decay=weight_decay,
+        scheduler=scheduler, loss=loss, augment=augment, resample=resample, align_corners=align_corners,
         seed=seed, workers=workers, device=device, amp=amp, deterministic=deterministic, patience=patience,
-        monitor=monitor, out=out, resume=resume, max_steps=max_steps, weights=weights, finetune=finetune,
-        track_emissions=track_emissions, emissions_country=emissions_country,
+        monitor=monitor, out=out, resume=resume, checkpoint_every=checkpoint_every, max_steps=max_steps,
+        weights=weights, finetune=finetune, track_emissions=track_emissions, emissions_country=emissions_country,
     )
     quiet = quiet or int(os.environ.get("RANK", "0")) != 0  # under torchrun, rank 0 speaks
     if seeds is None:
@@ -142,6 +153,6 @@ def command(
     results = train_seeds(cfg, seed_list, lambda s, event: bars[s](event))
     if not quiet:
         for s, result in zip(seed_list, results):
-            console.print(f"-- seed {s}", markup=False)
+            console.print(f"-- seed {s}")
             _summary(result, monitor)
-        console.print(f"summarise the seeds with: benzarr report {out or default_out(cfg)}", markup=False)
+        console.print(f"summarise the seeds with: benzarr report {out or default_out(cfg)}")

@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -105,6 +108,74 @@ def test_resume_after_interruption_equals_uninterrupted_run(store: Path, tmp_pat
     full_ckpt, resumed_ckpt = (load_checkpoint(d / "checkpoints" / "last.pt") for d in (full.run_dir, resumed.run_dir))
     assert full_ckpt["scheduler"] == resumed_ckpt["scheduler"]
     assert json.loads((resumed.run_dir / "config.json").read_text())["resumed"]
+
+
+def test_run_killed_mid_epoch_and_resumed_equals_uninterrupted_run(store: Path, tmp_path: Path) -> None:
+    """SIGKILL at a random step of ``benzarr train --checkpoint-every 1``, then ``--resume``:
+    the same weights, metrics.json, scores.csv and per-epoch scalars as a run never stopped
+    (augmented: the flips and rotations of the resumed batches are the same too)."""
+    from benzarr.tb import read_scalars
+
+    full = train(config(store, tmp_path / "full", epochs=2, batch_size=8, scheduler="cosine", augment="flip-rot90"))
+    k = random.randrange(1, full.steps - 1)  # a step and an epoch's end at least remain after it
+    out = tmp_path / "cut"
+    cmd = [sys.executable, "-m", "benzarr_cli", "train", str(store), "--split", "strat", "--epochs", "2",
+           "--batch-size", "8", "--scheduler", "cosine", "--augment", "flip-rot90", "--device", "cpu",
+           "--out", str(out), "-q", "--checkpoint-every", "1"]
+    killed = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last, step, seen, deadline = out / "checkpoints" / "last.pt", 0, None, time.monotonic() + 120
+    while step < k and killed.poll() is None and time.monotonic() < deadline:
+        if last.exists() and last.stat().st_mtime_ns != seen:  # written atomically: never half a file
+            seen = last.stat().st_mtime_ns
+            step = torch.load(last, mmap=True, weights_only=True)["state"]["step"]  # reads the counters only
+        time.sleep(0.005)
+    killed.send_signal(signal.SIGKILL)
+    assert killed.wait() == -signal.SIGKILL, f"the run ended before the kill at step {k}"
+    # the resumed run in this process (the CLI's --resume sets the same TrainConfig.resume): one start less
+    train(config(store, out, epochs=2, batch_size=8, scheduler="cosine", augment="flip-rot90", checkpoint_every=1,
+                 resume=True))
+    assert json.loads((out / "config.json").read_text())["resumed"]
+    for name in ("last.pt", "best.pt"):
+        assert_same_weights(weights(full.run_dir, name), weights(out, name))
+
+    def metrics(run_dir: Path) -> dict:
+        return {k: v for k, v in json.loads((run_dir / "metrics.json").read_text()).items() if k != "train_seconds"}
+
+    assert metrics(out) == metrics(full.run_dir), f"killed at step {k}"
+    assert (out / "scores.csv").read_text() == (full.run_dir / "scores.csv").read_text()
+    scalars = [read_scalars(d) for d in (full.run_dir, out)]
+    for tag in ("train/loss", "train/micro_f1", "train/macro_f1", "val/loss", "val/macro_f1", "lr"):
+        assert scalars[0][tag] == scalars[1][tag], (tag, k)
+
+
+def test_mid_epoch_checkpoint_holds_the_loader_position_and_running_sums(store: Path, tmp_path: Path) -> None:
+    class Interrupt(Exception):
+        pass
+
+    def stop_at_step_2(event: TrainEvent) -> None:
+        if event.kind == "step" and event.step == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):  # at step 2's event, before its checkpoint: last.pt holds step 1
+        train(config(store, tmp_path / "run", batch_size=8, checkpoint_every=1), stop_at_step_2)
+    payload = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    partial = payload["partial"]
+    assert payload["state"]["step"] == 1 and payload["state"]["epoch"] == 0
+    assert partial["loader"] == {"epoch": 0, "served": 1} and partial["seen"] == 8
+    assert partial["scores"].shape == (8, 43) and partial["targets"].dtype == torch.bool
+    assert partial["loss_sum"] > 0
+
+
+def test_iterating_a_loader_draws_nothing_from_the_global_rng(store: Path) -> None:
+    """The DataLoader draws its workers' base seed from its own generator: a resumed epoch,
+    which starts a new iteration part-way, draws the same random numbers (dropout) as an
+    uninterrupted one."""
+    ds = BigEarthNetDataset(str(store), split="strat", subset="train", bands="rgb")
+    loader = make_loader(ds, 16, shuffle=True, num_workers=0, seed=0, device="cpu")
+    before = torch.get_rng_state()
+    for _ in loader:
+        pass
+    assert torch.equal(torch.get_rng_state(), before)
 
 
 def test_resume_with_more_epochs_continues_a_finished_run(store: Path, tmp_path: Path) -> None:
@@ -294,6 +365,50 @@ def test_cli_no_deterministic_flag(store: Path, tmp_path: Path) -> None:
         result = CliRunner().invoke(app, [*args, "--out", str(out), *flag])
         assert result.exit_code == 0, result.output
         assert json.loads((out / "config.json").read_text())["settings"]["deterministic"] is expected
+
+
+def test_cli_option_defaults_are_train_config_defaults() -> None:
+    import dataclasses
+
+    import typer.main
+
+    from benzarr_cli.main import app
+
+    command = typer.main.get_command(app).commands["train"]
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    options = {p.name: p.default for p in command.params if p.name in defaults}
+    assert set(defaults) - set(options) == {"channels_last"}  # the one setting without a flag
+    for name, default in options.items():
+        if name not in ("store", "split"):  # required: no default
+            assert default == defaults[name], name
+
+
+def test_augment_and_resample_flags_reach_the_config_and_the_datasets(store: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    import benzarr.train
+    from benzarr_cli.main import app
+
+    seen: list[dict] = []
+
+    def dataset(*args, **kwargs):  # records the options; the loader's own tests check what they do
+        seen.append({k: kwargs.pop(k) for k in ("subset", "augment", "resample", "align_corners") if k in kwargs})
+        return BigEarthNetDataset(*args, subset=seen[-1]["subset"], **kwargs)
+
+    monkeypatch.setattr(benzarr.train, "BigEarthNetDataset", dataset)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", str(store), "--split", "strat", "--device", "cpu", "--max-steps", "1",
+                                      "--out", str(out), "-q", "--augment", "flip-rot90", "--resample", "nearest",
+                                      "--align-corners"])
+    assert result.exit_code == 0, result.output
+    settings = json.loads((out / "config.json").read_text())["settings"]
+    assert (settings["augment"], settings["resample"], settings["align_corners"]) == ("flip-rot90", "nearest", True)
+    assert seen == [{"subset": "train", "augment": "flip-rot90", "resample": "nearest", "align_corners": True},
+                    {"subset": "val", "augment": "none", "resample": "nearest", "align_corners": True},
+                    {"subset": "test", "augment": "none", "resample": "nearest", "align_corners": True}]
+    with pytest.raises(InvalidArgumentError, match="--augment"):
+        train(config(store, tmp_path / "bad", augment="rot180"))
 
 
 def test_training_steps_read_nothing_back_from_the_device(store: Path, tmp_path: Path,
