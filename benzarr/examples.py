@@ -14,9 +14,9 @@ import tarfile
 from importlib import resources
 from pathlib import Path
 
-from benzarr.archive import V1_S1_FOLDER, V1_S2_FOLDER
 from benzarr.errors import FileSystemError, InvalidArgumentError, missing_extra
 from benzarr.fsutil import os_error
+from benzarr.sources.ben_v1 import V1_S1_FOLDER, V1_S2_FOLDER
 
 _ARCHIVES = {
     V1_S2_FOLDER: "BigEarthNet-S2-Example.tar.bz2",

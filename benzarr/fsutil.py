@@ -132,16 +132,16 @@ def describe(path: str | Path) -> str:
                 break
     if not names:
         return "an empty folder"
-    from benzarr.archive import detect_version  # lazy: rasterio
+    from benzarr.sources import detect_source  # lazy: rasterio
 
     try:
-        version = detect_version(path)
-    except Exception:  # a symlink loop in it, ...: then it is just "files"
-        version = None
+        source = detect_source(path)
+    except Exception:  # a symlink loop in it, two sources claiming it, ...: then it is just "files"
+        source = None
     count = "over 1,000 entries" if len(names) > 1000 else f"{len(names):,} entr{'y' if len(names) == 1 else 'ies'}"
     shown = ", ".join(sorted(names)[:3]) + (", ..." if len(names) > 3 else "")
-    if version:
-        return f"a BigEarthNet v{version} archive ({count}: {shown})"
+    if source:
+        return f"a {source.title} archive ({count}: {shown})"
     return f"{count} that benzarr did not write ({shown})"
 
 

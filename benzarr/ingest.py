@@ -34,7 +34,6 @@ from typing import Any
 import numpy as np
 import rasterio
 
-from benzarr.archive import GDAL_ENV, Archive, PatchRef, open_archive, read_sample
 from benzarr.bands import MODALITIES, parse_modalities
 from benzarr.bigearthnet import BAND_GROUPS, CLC19, CLC43, PATCH_SIDE, S1_BANDS
 from benzarr.errors import (
@@ -51,6 +50,7 @@ from benzarr.fsutil import check_disjoint, check_output, is_benzarr_store, os_er
 from benzarr.lock import ingest_lock
 from benzarr.resources import OFFICIAL_LISTS, read_official_list
 from benzarr.shards import write_shard
+from benzarr.sources import GDAL_ENV, Archive, ArchiveSource, PatchRef, get_source, open_archive
 from benzarr.store import (
     COMPRESSIONS,
     DEFAULT_COMPRESSION,
@@ -224,7 +224,7 @@ def _worker_store(path: str, storage_options: dict[str, Any] | None) -> Store:
     return cached
 
 
-def ingest_shard(store_path: str, storage_options: dict[str, Any] | None, version: str,
+def ingest_shard(store_path: str, storage_options: dict[str, Any] | None, source: ArchiveSource,
                  modalities: Sequence[str], shard: int, refs: Sequence[PatchRef], start: int,
                  strict: bool) -> dict[str, str]:
     """Read ``refs`` (rows ``start``…) and write shard ``shard`` of every array.
@@ -261,7 +261,7 @@ def ingest_shard(store_path: str, storage_options: dict[str, Any] | None, versio
     failed: dict[str, str] = {}
     for i, ref in enumerate(refs):
         try:
-            patch = read_sample(ref, version, modalities)
+            patch = source.read(ref, modalities)
         except BadPatchError as exc:
             if strict:
                 raise
@@ -359,7 +359,7 @@ def _already_complete(store_path: str, params: dict[str, Any], storage_options: 
 
 def _prepare_store(store_path: str, names: list[str], params: dict[str, Any], shard_size: int,
                    compression: str, overwrite: bool, modalities: Sequence[str], label_sets: Sequence[str],
-                   version: str, storage_options: dict[str, Any] | None) -> tuple[Store, bool]:
+                   source: ArchiveSource, storage_options: dict[str, Any] | None) -> tuple[Store, bool]:
     """Create, resume or refuse the store at ``store_path``; returns (store, resumed).
 
     Called with the store's ingest lock held and after :func:`_check_target`: whatever is
@@ -391,7 +391,7 @@ def _prepare_store(store_path: str, names: list[str], params: dict[str, Any], sh
     modality = "+".join({"s2": "S2", "s1": "S1", "reference-map": "reference maps"}[m] for m in modalities)
     store = create_store(store_path, names, shard_size=shard_size, compression=compression,
                          modalities=modalities, label_sets=label_sets,
-                         source={"dataset": "BigEarthNet", "version": f"{version}.0", "modality": modality},
+                         source={**source.store_source, "modality": modality},
                          ingest=params, storage_options=storage_options)
     return store, False
 
@@ -438,7 +438,8 @@ def ingest(
     on_bad_patch: Callable[[str, str], None] | None = None,
     runner: ShardRunner | None = None,
 ) -> IngestResult:
-    """Ingest a BigEarthNet archive (v1 S2, v1 S2+S1, or v2) into a store (create or resume).
+    """Ingest an archive of any registered source (BigEarthNet v1 S2, v1 S2+S1, or v2) into a
+    store (create or resume).
 
     Args:
         archive: v1 folder of patch folders or download root, or a v2 root.
@@ -450,7 +451,8 @@ def ingest(
         patches: a file of names: ingest only those.
         strict: stop at the first bad patch (raises BadPatchError).
         overwrite: replace a store already at ``store_path``.
-        source: ``v1``/``v2`` to force the archive layout (default: detected).
+        source: a registered source (``v1``, ``v2``, see :mod:`benzarr.sources`) to force the
+            archive layout (default: detected).
         modalities: subset of ``s2``, ``s1``, ``reference-map`` (default: all the archive has;
             S2 is always ingested).
         plan: only create the store's layout (for ``part`` runs elsewhere); ``parts`` records
@@ -488,19 +490,20 @@ def ingest(
         raise os_error(exc, archive, "reading the archive") from None
     if not is_url(store_path):
         check_disjoint(store_path, archive)  # before anything is written
+    source = get_source(found.source)
     # S2 is always ingested
     chosen = list(found.modalities) if modalities is None else ["s2", *parse_modalities(modalities or "s2")]
     absent = [m for m in chosen if m not in found.modalities]
     if absent:
         raise InvalidArgumentError(
-            f"{archive}: this v{found.version} archive has no {absent[0]} data (it has: {', '.join(found.modalities)})"
+            f"{archive}: this {source.title} archive has no {absent[0]} data (it has: {', '.join(found.modalities)})"
         )
     chosen = [m for m in MODALITIES if m in chosen]
-    label_sets = ["clc43", "clc19"] if found.version == "1" or "reference-map" in chosen else ["clc19"]
+    label_sets = source.label_sets(chosen)
     # Everything that decides the store's contents; a resume or a part must match it exactly.
     params = {
         "archive": str(Path(archive).resolve()),
-        "source": f"v{found.version}",
+        "source": found.source,
         "modalities": chosen,
         "shard_size": shard_size,
         "compression": compression,
@@ -558,7 +561,7 @@ def _ingest_locked(found: Archive, names: list[str], missing: list[str], n_exclu
         resumed = True
     else:
         store, resumed = _prepare_store(store_path, names, params, shard_size, compression, overwrite,
-                                        chosen, label_sets, found.version, storage_options)
+                                        chosen, label_sets, get_source(found.source), storage_options)
     if plan:
         if parts:
             store.update_attrs(parts=int(parts))
@@ -581,7 +584,7 @@ def _ingest_locked(found: Archive, names: list[str], missing: list[str], n_exclu
         if on_progress:
             on_progress(len(shard_refs))
 
-    common = (store_path, storage_options, found.version, chosen)
+    common = (store_path, storage_options, get_source(found.source), chosen)
     if runner is not None:  # another executor (a Dask cluster) runs the same ingest_shard
         calls = [(*common, shard, shard_refs, start, strict) for shard, shard_refs, start in tasks]
         for index, failed in runner(ingest_shard, calls):

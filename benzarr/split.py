@@ -29,8 +29,9 @@ Methods:
     ``round(f_train * n)`` become train, the next ``round((f_train + f_val) * n) - n_train``
     val, the rest test. The baseline.
 ``official``
-    BigEarthNet v1.0's official train/val/test lists shipped in :mod:`benzarr.resources`;
-    for a v2.0 store, the ``split`` column of its metadata.parquet (train/validation/test).
+    The official split of the store's archive source (:func:`official_codes`): BigEarthNet
+    v1.0's train/val/test lists shipped in :mod:`benzarr.resources`; for a v2.0 store, the
+    ``split`` column of its metadata.parquet (train/validation/test).
 ``csv``
     ``train.csv``, ``val.csv``, ``test.csv`` in a folder, one patch name per line, no header
     (the format :func:`export_split` writes).
@@ -316,27 +317,57 @@ def random_codes(
     return _spread(usable, permuted)
 
 
-def official_v2_codes(store: Any, usable: np.ndarray) -> tuple[np.ndarray, dict[str, dict[str, int]]]:
-    """Codes from a v2 store's ``meta/official_split`` (the parquet's ``split`` column).
+def official_codes(store: Any, usable: np.ndarray) -> tuple[np.ndarray, dict[str, dict[str, int]], str]:
+    """Codes from the official split of the store's archive source (:mod:`benzarr.sources`).
 
-    ``train``/``validation``/``test`` become 0/1/2; patches without one (those of the
-    snow/cloud/shadow parquet) and unusable patches get -1.
+    The source gives either name lists (v1: BigEarthNet's train/val/test lists), matched with
+    the store's names by :func:`codes_from_lists`, or a stored row column (v2: the parquet's
+    ``split`` column as ``meta/official_split``), read by :func:`column_codes`.
+
+    Returns:
+        codes (N,) int8 (-1 where unlisted or not usable), per subset ``{"listed",
+        "matched"}``, and the split's description.
+
+    Raises:
+        InvalidArgumentError: the store's source is not registered or has no official split.
     """
-    column = np.asarray(np.asarray(store.array("meta/official_split")[:]).tolist(), dtype=str)
+    from benzarr.sources import source_of_store  # lazy: rasterio
+
+    source = source_of_store(store.attrs)
+    official = source.official_split()
+    if official is None:
+        raise InvalidArgumentError(f"{store.path}: {source.title} has no official split; use --method iterative "
+                                   "or random")
+    if official.column is None:
+        codes, lists = codes_from_lists(store.patch_names(), official.lists or {}, usable)
+    else:
+        column = np.asarray(np.asarray(store.array(official.column)[:]).tolist(), dtype=str)
+        codes, lists = column_codes(column, official.values, usable)
+    return codes, lists, official.description
+
+
+def column_codes(column: np.ndarray, values: Mapping[str, str],
+                 usable: np.ndarray) -> tuple[np.ndarray, dict[str, dict[str, int]]]:
+    """Codes from a (N,) string column: a row whose value is ``values[subset]`` goes to that
+    subset (e.g. v2's ``validation`` to val); other rows and unusable ones get -1.
+
+    Returns:
+        codes (N,) int8, and per subset ``{"listed": rows with its value, "matched": those usable}``.
+    """
     codes = np.full(column.shape, -1, dtype=np.int8)
     lists: dict[str, dict[str, int]] = {}
-    for subset, value in (("train", "train"), ("val", "validation"), ("test", "test")):
-        listed = column == value
-        codes[listed & usable] = SUBSETS.index(subset)
+    for code, subset in enumerate(SUBSETS):
+        listed = column == values[subset] if subset in values else np.zeros(column.shape, dtype=bool)
+        codes[listed & usable] = code
         lists[subset] = {"listed": int(listed.sum()), "matched": int((listed & usable).sum())}
     return codes, lists
 
 
 def official_lists() -> dict[str, tuple[str, ...]]:
     """BigEarthNet v1.0's official train, val and test patch names (519,284 in all)."""
-    from benzarr.resources import read_official_list
+    from benzarr.sources.ben_v1 import official_lists as lists  # lazy: rasterio
 
-    return {subset: read_official_list(subset) for subset in SUBSETS}
+    return lists()
 
 
 def codes_from_lists(
@@ -810,12 +841,9 @@ def make_split(
         desired = fractions
     else:
         names = store.patch_names()
-        if method == "official" and str(store.attrs.get("source", {}).get("version", "1.0")).startswith("2"):
-            codes, lists = official_v2_codes(store, usable)
-            parameters = {"source": "BigEarthNet v2.0 metadata.parquet split column"}
-        elif method == "official":
-            codes, lists = codes_from_lists(names, official_lists(), usable)
-            parameters = {"source": "BigEarthNet v1.0 official lists (bigearthnet-common)"}
+        if method == "official":
+            codes, lists, description = official_codes(store, usable)
+            parameters = {"source": description}
         else:
             codes, lists = codes_from_lists(names, read_csv_lists(csv_dir), usable)
             parameters = {"csv_dir": str(Path(csv_dir).resolve())}

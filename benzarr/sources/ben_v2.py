@@ -1,0 +1,170 @@
+"""BigEarthNet v2.0 (reBEN): tile-product folders of S2, S1 and reference maps, parquet tables.
+
+Layout read (and written by :func:`benzarr.synth.synth_archive_v2`)::
+
+    BigEarthNet-S2/<tile product>/<patch_id>/<patch_id>_B01.tif ... _B12.tif
+    BigEarthNet-S1/<S1 product>/<s1_name>/<s1_name>_VV.tif, _VH.tif
+    Reference_Maps/<tile product>/<patch_id>/<patch_id>_reference_map.tif  (uint16 CLC2018 codes)
+    metadata.parquet [, metadata_for_patches_with_snow_cloud_or_shadow.parquet]
+
+The parquet rows give the 19-class labels, the official split (``split`` column, clean
+patches only), the country, the S1 pair and the snow/cloud flags. v2 has no 43-class names:
+with reference maps ingested, the 43-class labels are the codes the map holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benzarr.bands import BAND_GROUPS
+from benzarr.bigearthnet import CLC19, CLC43, is_s1_name, s1_product, v2_tile_product
+from benzarr.errors import BadPatchError, NotAnArchiveError
+from benzarr.sources._common import (
+    Archive,
+    Patch,
+    PatchRef,
+    band_file,
+    complete_patch,
+    first_line,
+    labels_from_reference_map,
+    name_time,
+    official_names,
+    read_s2_bands,
+    season_of,
+)
+from benzarr.sources._registry import OfficialSplit, register_source
+
+V2_S2_FOLDER = "BigEarthNet-S2"
+V2_S1_FOLDER = "BigEarthNet-S1"
+V2_REFERENCE_MAPS = "Reference_Maps"
+V2_METADATA = "metadata.parquet"
+V2_METADATA_FLAGGED = "metadata_for_patches_with_snow_cloud_or_shadow.parquet"
+#: The "band" of a reference map file: ``<patch_id>_reference_map.tif``.
+REFERENCE_MAP_BAND = "reference_map"
+_CLC19_INDEX = {name: i for i, name in enumerate(CLC19)}
+
+
+def s2_dir(root: Path, patch_id: str) -> Path:
+    """Folder of a patch's S2 bands: ``root/BigEarthNet-S2/<tile product>/<patch_id>``."""
+    return root / V2_S2_FOLDER / v2_tile_product(patch_id) / patch_id
+
+
+def s1_dir(root: Path, s1_name: str) -> Path:
+    """Folder of an S1 patch: ``root/BigEarthNet-S1/<S1 product>/<s1_name>``."""
+    return root / V2_S1_FOLDER / s1_product(s1_name) / s1_name
+
+
+def reference_map_dir(root: Path, patch_id: str) -> Path:
+    """Folder of a patch's reference map: ``root/Reference_Maps/<tile product>/<patch_id>``."""
+    return root / V2_REFERENCE_MAPS / v2_tile_product(patch_id) / patch_id
+
+
+def _read_parquet_rows(path: Path) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises several types for a damaged file
+        raise NotAnArchiveError(f"{path}: unreadable parquet ({first_line(exc)})") from None
+    required = {"patch_id", "labels", "split", "s1_name"}  # country and the rest are optional
+    missing = required - set(table.column_names)
+    if missing:
+        raise NotAnArchiveError(f"{path}: missing columns {', '.join(sorted(missing))}")
+    return table.to_pylist()
+
+
+def _patch_ref(path: Path, row: dict[str, Any], clean: bool, season: str, has_s1: bool, has_maps: bool) -> PatchRef:
+    """The :class:`PatchRef` of one parquet row (``clean``: from metadata.parquet; ``has_s1``,
+    ``has_maps``: the archive has the S1 / reference-map folders)."""
+    name = str(row["patch_id"])
+    try:
+        v2_tile_product(name)
+    except ValueError:
+        raise NotAnArchiveError(f"{V2_METADATA}: {name!r} is not a v2.0 patch id") from None
+    s1 = str(row.get("s1_name") or "")
+    if s1 and not is_s1_name(s1):  # never a path: "../../elsewhere" would read outside the archive
+        raise NotAnArchiveError(f"{V2_METADATA}: s1_name {s1!r} of {name} is not a Sentinel-1 patch name")
+    return PatchRef(
+        name=name,
+        s2_dir=str(s2_dir(path, name)),
+        s1_name=s1,
+        s1_dir=str(s1_dir(path, s1)) if s1 and has_s1 else None,
+        reference_map=str(reference_map_dir(path, name) / band_file(name, REFERENCE_MAP_BAND)) if has_maps else None,
+        clc19=tuple(row.get("labels") or ()),
+        official_split=str(row.get("split") or "") if clean else "",
+        country=str(row.get("country") or ""),
+        season=season or season_of(name_time(name)),
+        snow=bool(row.get("contains_seasonal_snow", False)),
+        cloud=bool(row.get("contains_cloud_or_shadow", False)),
+    )
+
+
+def _clc19_vector(ref: PatchRef) -> np.ndarray:
+    """(19,) uint8 multi-hot of ``ref.clc19``; raises BadPatchError for an unknown name."""
+    clc19 = np.zeros(len(CLC19), dtype=np.uint8)
+    for label in ref.clc19 or ():
+        if label not in _CLC19_INDEX:
+            raise BadPatchError(ref.name, f"{V2_METADATA}: unknown label {label!r} (not one of the 19 classes)")
+        clc19[_CLC19_INDEX[label]] = 1
+    return clc19
+
+
+@register_source
+class BigEarthNetV2:
+    """BigEarthNet v2.0 / reBEN (S2, S1, reference maps): see the module docstring."""
+
+    name = "v2"
+    aliases = ("2",)
+    title = "BigEarthNet v2"
+    store_source = {"dataset": "BigEarthNet", "version": "2.0"}
+    looks_for = V2_METADATA
+
+    def detect(self, path: Path) -> bool:
+        return (path / V2_METADATA).is_file() or (path / V2_S2_FOLDER).is_dir()
+
+    def open(self, path: Path) -> Archive:
+        metadata = path / V2_METADATA
+        if not metadata.is_file():
+            raise NotAnArchiveError(f"{path}: a BigEarthNet v2.0 archive needs {V2_METADATA}")
+        rows = _read_parquet_rows(metadata)
+        clean = len(rows)
+        if (path / V2_METADATA_FLAGGED).is_file():
+            rows += _read_parquet_rows(path / V2_METADATA_FLAGGED)
+        place, _ = official_names(s2_names=[str(row.get("s2v1_name") or "") for row in rows])
+        has_s1, has_maps = (path / V2_S1_FOLDER).is_dir(), (path / V2_REFERENCE_MAPS).is_dir()
+        refs: dict[str, PatchRef] = {}
+        for i, row in enumerate(rows):
+            season = place.get(str(row.get("s2v1_name") or ""), ("", ""))[1]
+            ref = _patch_ref(path, row, i < clean, season, has_s1, has_maps)
+            refs[ref.name] = ref
+        modalities = ["s2", *(["s1"] if has_s1 else []), *(["reference-map"] if has_maps else [])]
+        return Archive(path=path, source=self.name, modalities=tuple(modalities), refs=dict(sorted(refs.items())))
+
+    def read(self, ref: PatchRef, modalities: Sequence[str]) -> Patch:
+        name, folder = ref.name, Path(ref.s2_dir)
+        if not folder.is_dir():
+            raise BadPatchError(name, f"{folder}: missing S2 patch folder")
+        geo: dict[str, Any] = {}
+        bands = read_s2_bands(folder, name, geo)
+        transform, crs = geo["transform"], geo["crs"]
+        side = BAND_GROUPS["10m"][1]
+        bounds = (transform.c, transform.f, transform.c + side * transform.a, transform.f + side * transform.e)
+        epsg = int(crs.split(":")[1]) if crs.upper().startswith("EPSG:") else 0
+        patch = Patch(name=name, bands=bands, clc43=np.zeros(len(CLC43), dtype=np.uint8),
+                      tile_source=v2_tile_product(name), acquisition_time=name_time(name),
+                      bounds=tuple(float(v) for v in bounds), epsg=epsg, clc19=_clc19_vector(ref))
+        complete_patch(patch, ref, modalities)
+        if patch.reference_map is not None:  # v2 has no 43-class names: they come from the map (see docs)
+            patch.clc43 = labels_from_reference_map(patch.reference_map)
+        return patch
+
+    def label_sets(self, modalities: Sequence[str]) -> list[str]:
+        return ["clc43", "clc19"] if "reference-map" in modalities else ["clc19"]
+
+    def official_split(self) -> OfficialSplit:
+        return OfficialSplit("BigEarthNet v2.0 metadata.parquet split column", column="meta/official_split",
+                             values={"train": "train", "val": "validation", "test": "test"})
