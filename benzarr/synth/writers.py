@@ -1,0 +1,144 @@
+"""What every synthetic archive writer shares: GeoTIFF and JSON files, per-patch streams, worker pool, output folder.
+
+Folder and file names come from the archive sources (:mod:`benzarr.sources.ben_v1`,
+:mod:`benzarr.sources.ben_v2`), so synth writes exactly the layout that ingest reads.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
+
+import numpy as np
+
+from benzarr._geotiff import geotiff_header
+from benzarr.bigearthnet import is_patch_name
+from benzarr.errors import InvalidArgumentError
+from benzarr.fsutil import check_output, has_marker, remove_entries, write_marker
+from benzarr.sources import band_file
+from benzarr.sources.ben_v1 import V1_S1_FOLDER, V1_S2_FOLDER
+from benzarr.sources.ben_v2 import V2_METADATA, V2_METADATA_FLAGGED, V2_REFERENCE_MAPS, V2_S1_FOLDER, V2_S2_FOLDER
+from benzarr.synth.plan import PATCH_METRES
+
+#: What synth writes at the top of an archive besides v1 patch folders (``overwrite`` removes only these).
+_LAYOUT_ENTRIES = frozenset({
+    V1_S2_FOLDER, V1_S1_FOLDER, V2_S2_FOLDER, V2_S1_FOLDER, V2_REFERENCE_MAPS,
+    V2_METADATA, V2_METADATA_FLAGGED,
+})
+# Spawn keys of a patch's streams other than its S2 pixels, SeedSequence([seed, index]).
+_S1_PIXELS, _COVER_PIXELS = 1, 2
+
+
+_WKT_UTM = (
+    'PROJCS["WGS 84 / UTM zone {zone}{hemi}",GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 84",'
+    '6378137,298.257223563,AUTHORITY["EPSG","7030"]],AUTHORITY["EPSG","6326"]],PRIMEM["Greenwich",'
+    '0,AUTHORITY["EPSG","8901"]],UNIT["degree",0.0174532925199433,AUTHORITY["EPSG","9122"]],'
+    'AXIS["Latitude",NORTH],AXIS["Longitude",EAST],AUTHORITY["EPSG","4326"]],'
+    'PROJECTION["Transverse_Mercator"],PARAMETER["latitude_of_origin",0],'
+    'PARAMETER["central_meridian",{meridian}],PARAMETER["scale_factor",0.9996],'
+    'PARAMETER["false_easting",500000],PARAMETER["false_northing",{northing}],'
+    'UNIT["metre",1,AUTHORITY["EPSG","9001"]],AXIS["Easting",EAST],AXIS["Northing",NORTH],'
+    'AUTHORITY["EPSG","{epsg}"]]'
+)
+
+
+def utm_wkt(epsg: int) -> str:
+    """The WKT BigEarthNet's JSON gives for a WGS 84 / UTM code (326xx or 327xx)."""
+    north = 32601 <= epsg <= 32660
+    if not (north or 32701 <= epsg <= 32760):
+        raise InvalidArgumentError(f"not a WGS 84 / UTM EPSG code: {epsg}")
+    zone = epsg - (32600 if north else 32700)
+    return _WKT_UTM.format(
+        zone=zone, hemi="N" if north else "S", meridian=6 * zone - 183,
+        northing=0 if north else 10000000, epsg=epsg,
+    )
+
+
+
+def _write_file(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _write_bands(folder: str, name: str, bands: dict[str, np.ndarray], epsg: int, ulx: int, uly: int) -> None:
+    """Write ``<folder>/<name>_<band>.tif`` for each band (uint16 or float32, native side)."""
+    os.makedirs(folder, exist_ok=True)
+    for band, pixels in bands.items():
+        pixel_size = PATCH_METRES // pixels.shape[0]
+        head = geotiff_header(pixels.shape[0], pixels.shape[1], epsg, ulx, uly, pixel_size, pixels.dtype)
+        _write_file(os.path.join(folder, band_file(name, band)), head + pixels.tobytes())
+
+
+def _patch_rng(seed: int, index: int, stream: int | None = None) -> np.random.Generator:
+    key = () if stream is None else (stream,)
+    return np.random.default_rng(np.random.SeedSequence([seed, index], spawn_key=key))
+
+
+def _write_chunk(write: Callable[[object], object], jobs: Sequence[object]) -> int:
+    """Write a run of patches (runs in a worker process); returns how many."""
+    for job in jobs:
+        write(job)
+    return len(jobs)
+
+
+def _run_jobs(
+    write: Callable[[object], object],
+    jobs: Sequence[object],
+    workers: int | None,
+    progress: Callable[[int], None] | None,
+) -> None:
+    """Call ``write(job)`` for every job, in ``workers`` processes, reporting progress here."""
+    workers = workers or os.cpu_count() or 1
+    chunk = max(8, min(128, len(jobs) // (workers * 16) or 1))
+    chunks = [jobs[s : s + chunk] for s in range(0, len(jobs), chunk)]
+    report = progress or (lambda n: None)
+    if workers == 1 or len(chunks) <= 1:
+        for part in chunks:
+            report(_write_chunk(write, part))
+        return
+    with ProcessPoolExecutor(max_workers=min(workers, len(chunks))) as pool:
+        # Keep a bounded number of chunks in flight so progress stays smooth.
+        pending = set()
+        for part in chunks:
+            pending.add(pool.submit(_write_chunk, write, part))
+            if len(pending) >= 4 * workers:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    report(future.result())
+        for future in pending:
+            report(future.result())
+
+
+def _check_workers(workers: int | None) -> None:
+    if workers is not None and (isinstance(workers, bool) or workers < 1):
+        raise InvalidArgumentError(f"workers must be >= 1, got {workers!r}")
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    """Make ``out`` ready: new, empty, or (``overwrite``) a synthetic archive whose synth files go.
+
+    Only a folder that synth marked (:func:`benzarr.fsutil.write_marker`) is replaced, and only
+    what synth writes in it (patch folders, the v1+S1 and v2 folders and parquet files): other
+    files a user put there stay. A real archive, which looks the same but has no marker, is
+    never touched.
+    """
+    state = check_output(out, overwrite=overwrite, owned=lambda path: has_marker(path, "synth"),
+                         what="a synthetic archive", command="synth")
+    if state == "owned":
+        if not overwrite:
+            raise InvalidArgumentError(
+                f"{out} exists and is not empty; choose another folder or pass overwrite=True"
+                " (--overwrite) to replace the synthetic archive in it"
+            )
+        remove_entries(out, [
+            entry.name for entry in out.iterdir()
+            if (entry.is_dir() and (is_patch_name(entry.name) or entry.name in _LAYOUT_ENTRIES))
+            or (entry.is_file() and entry.name in _LAYOUT_ENTRIES)
+        ])
+    out.mkdir(parents=True, exist_ok=True)
+    write_marker(out, "synth")
