@@ -11,9 +11,20 @@ batches of ``--batch-size`` patches the way its users read it:
 * ``benzarr-none-noverify``, ``benzarr-lz4-noverify``: the same with
   ``verify_checksums=False``, timed right after their checked rows; the targets give
   checked / unchecked, the cost of the checksums
-* ``benzarr-s3-lz4``: the same, on the lz4 store uploaded to a moto S3 server started in this
-  process on 127.0.0.1 (``s3://`` URL: zarr-python over fsspec/s3fs). Loopback, no network:
-  it measures that path's overhead (HTTP requests, s3fs, moto), not network bandwidth
+* object storage (issue 14 §2), on the lz4 store uploaded to a moto S3 server started as its
+  own process on 127.0.0.1, the same random patches, ``--s3-concurrency`` requests in flight:
+
+  - ``s3-capacity``: bare obstore range GETs of exactly those patches' chunks (three a
+    patch), all of a batch in flight together: what the server gives;
+  - ``benzarr-s3-lz4``: ``BigEarthNetDataset("s3://...")``, i.e. :mod:`benzarr.objstore`
+    (indexes cached, concurrent range GETs, crc32c checked, Blosc decoded);
+  - ``zarr-python-s3-lz4``: the same dataset read through zarr-python over fsspec/s3fs
+    (``BENZARR_OBJECT_READER=zarr``), the path every URL store took before.
+
+  Loopback, no network: these measure the client paths and moto, not bandwidth. Then, with
+  ``--latency-ms`` (default 20) added to every request by ``latency_proxy.py`` in front of
+  the server, ``benzarr-s3-lz4`` and ``s3-capacity`` at several concurrencies
+  (``s3_latency`` in the JSON): throughput follows concurrency / latency
 * ``zarr-python-none|lz4``: zarr's own API on the same stores (orthogonal selection a batch)
 * ``tensorstore-lz4``: tensorstore's zarr3 driver on the lz4 store (index-array read a batch)
 * ``torchgeo-rasterio``: per patch, glob the folder, open the 12 GeoTIFFs and read each with
@@ -183,24 +194,63 @@ def band_bytes(store: Path) -> int:
     return sum(size_of(store / "s2" / g / "c") for g in GROUPS)
 
 
-@contextlib.contextmanager
-def s3_copy(store: Path, log: Callable[[str], None]) -> Iterator[dict[str, Any]]:
-    """``store`` uploaded to a moto S3 server on 127.0.0.1 (started here, stopped on exit).
-
-    Yields ``{"url": "s3://bench/<name>", "options": storage_options, "endpoint": ...}``.
-    """
+def _free_port() -> int:
     import socket
-
-    import boto3
-    from moto.server import ThreadedMotoServer
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
+        return sock.getsockname()[1]
+
+
+def _wait_for_port(port: int, process: Any, what: str, timeout: float = 60.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with status {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{what} did not listen on port {port} within {timeout:.0f} s")
+
+
+@contextlib.contextmanager
+def latency_proxy(endpoint: str, delay_ms: float) -> Iterator[str]:
+    """``latency_proxy.py`` in front of ``endpoint``, adding ``delay_ms`` to every request: its endpoint."""
+    import subprocess
+
+    target = endpoint.rsplit("//", 1)[1]
+    process = subprocess.Popen([sys.executable, str(Path(__file__).resolve().parent / "latency_proxy.py"),
+                                "--target", target, "--delay-ms", str(delay_ms)], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(process.stdout.readline())
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def s3_copy(store: Path, log: Callable[[str], None]) -> Iterator[dict[str, Any]]:
+    """``store`` uploaded to a moto S3 server on 127.0.0.1, run as its own process (``moto_server``;
+    started here, stopped on exit) so that it does not share the client's GIL.
+
+    Yields ``{"url": "s3://bench/<name>", "options": storage_options, "endpoint": ...}``.
+    """
+    import subprocess
+
+    import boto3
+
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-c", "import sys; from moto.server import main; sys.exit(main())",
+                               "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     endpoint = f"http://127.0.0.1:{port}"
     try:
+        _wait_for_port(port, server, "moto_server")
         client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing",
                               aws_secret_access_key="testing", region_name="us-east-1")
         bucket = "bench"
@@ -213,7 +263,8 @@ def s3_copy(store: Path, log: Callable[[str], None]) -> Iterator[dict[str, Any]]
                    "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"}}
         yield {"url": f"s3://{bucket}/{store.name}", "options": options, "endpoint": endpoint}
     finally:
-        server.stop()
+        server.terminate()
+        server.wait(timeout=10)
 
 
 # -- methods ---------------------------------------------------------------------------
@@ -239,10 +290,153 @@ def batch_buffers(b: int) -> dict[str, np.ndarray]:
     return {g: np.empty((b, *SHAPES[g]), dtype=np.uint16) for g in GROUPS}
 
 
+def chunk_ranges(store: Path) -> dict[str, list[tuple[str, int, int]]]:
+    """Per band group, each row's (object key below the store, start, end) in the lz4 store,
+    from its shard indexes: the exact bytes a patch's read fetches."""
+    ds = BigEarthNetDataset(store)
+    out: dict[str, list[tuple[str, int, int]]] = {}
+    for g, reader in ds.readers.items():
+        rows = []
+        for row in range(reader.shape[0]):
+            shard, local = divmod(row, reader.layout.shard_rows)
+            entry = reader._shard(shard, row)
+            key = reader.shard_path(shard).relative_to(store).as_posix()
+            rows.append((key, entry.offsets[local], entry.offsets[local] + entry.nbytes[local]))
+        out[g] = rows
+    return out
+
+
+def s3_methods(paths: dict[str, Path], n: int, b: int, s3: dict[str, Any], concurrency: int,
+               which: tuple[str, ...] = ("s3-capacity", "benzarr-s3-lz4", "zarr-python-s3-lz4")) -> dict[str, dict[str, Any]]:
+    """``s3-capacity``, ``benzarr-s3-lz4`` and ``zarr-python-s3-lz4`` on ``s3`` (from
+    :func:`s3_copy`, or its endpoint behind :func:`latency_proxy`), the same random patches
+    (``Batches(n, b)``, seed 0) for each, ``concurrency`` requests in flight."""
+    import asyncio
+
+    import obstore
+    from obstore.store import from_url
+
+    from benzarr.objstore import ObjectStoreReader
+
+    out: dict[str, dict[str, Any]] = {}
+    stored = band_bytes(paths["store-lz4"]) / n
+    where = (f"the lz4 store on a moto S3 server (its own process) at {s3['endpoint']}, "
+             f"{concurrency} requests in flight" + (f", {s3['latency_ms']:g} ms added to every request"
+                                                      if s3.get("latency_ms") else ""))
+    if "s3-capacity" in which:
+        ranges = chunk_ranges(paths["store-lz4"])
+        endpoint = s3["options"]["client_kwargs"]["endpoint_url"]
+        store = from_url(s3["url"], config={"endpoint": endpoint, "access_key_id": "testing",
+                                            "secret_access_key": "testing", "region": "us-east-1"},
+                         client_options={"allow_http": True})
+        loop = asyncio.new_event_loop()
+        nb, r = Batches(n, b), np.random.default_rng(2)
+
+        async def fetch(rows: list[int]) -> int:
+            semaphore = asyncio.Semaphore(concurrency)
+
+            async def one(key: str, start: int, end: int) -> int:
+                async with semaphore:
+                    return len(await obstore.get_range_async(store, key, start=start, end=end))
+
+            sizes = await asyncio.gather(*(one(*ranges[g][i]) for i in rows for g in ranges))
+            return sum(sizes)
+
+        def capacity(nb: Batches = nb) -> int:
+            loop.run_until_complete(fetch(nb().tolist()))
+            return b
+
+        def capacity_single(r: np.random.Generator = r) -> int:
+            loop.run_until_complete(fetch([int(r.integers(n))]))
+            return 1
+
+        out["s3-capacity"] = {"batch": capacity, "single": capacity_single, "bytes": stored, "keep": loop,
+                              "notes": f"bare obstore range GETs of exactly the patches' chunks (3 a patch), no "
+                                       f"decode: the server's capacity; {where}"}
+    if "benzarr-s3-lz4" in which:
+        ds3 = BigEarthNetDataset(s3["url"], storage_options=s3["options"])
+        assert len(ds3) == n and all(isinstance(x, ObjectStoreReader) for x in ds3.readers.values())
+        for reader in ds3.readers.values():
+            reader.max_concurrency = concurrency
+        nb, r = Batches(n, b), np.random.default_rng(2)
+
+        def bz_s3(nb: Batches = nb) -> int:
+            ds3.__getitems__(nb())
+            return b
+
+        def bz_s3_single(r: np.random.Generator = r) -> int:
+            ds3.__getitems__([int(r.integers(n))])
+            return 1
+
+        out["benzarr-s3-lz4"] = {
+            "batch": bz_s3, "single": bz_s3_single, "bytes": stored, "reader": ds3.readers,
+            "notes": ("BigEarthNetDataset(s3://...): benzarr.objstore (obstore range GETs, shard indexes "
+                      "fetched once and cached, the three band arrays read one after another, crc32c "
+                      f"checked, Blosc decoded on one core); {where}"),
+        }
+    if "zarr-python-s3-lz4" in which:
+        previous = os.environ.get("BENZARR_OBJECT_READER")
+        os.environ["BENZARR_OBJECT_READER"] = "zarr"
+        try:
+            dsz = BigEarthNetDataset(s3["url"], storage_options=s3["options"])
+            assert not dsz.fast and not any(isinstance(x, ObjectStoreReader) for x in dsz.readers.values())
+        finally:
+            if previous is None:
+                os.environ.pop("BENZARR_OBJECT_READER")
+            else:
+                os.environ["BENZARR_OBJECT_READER"] = previous
+        nb, r = Batches(n, b), np.random.default_rng(2)
+
+        def zp_s3(nb: Batches = nb) -> int:
+            dsz.__getitems__(nb())
+            return b
+
+        def zp_s3_single(r: np.random.Generator = r) -> int:
+            dsz.__getitems__([int(r.integers(n))])
+            return 1
+
+        out["zarr-python-s3-lz4"] = {
+            "batch": zp_s3, "single": zp_s3_single, "bytes": stored,
+            "notes": ("the same dataset read through zarr-python over fsspec/s3fs (BENZARR_OBJECT_READER=zarr), "
+                      f"the reference path and every URL store's path before benzarr.objstore; {where}"),
+        }
+    return out
+
+
+def latency_sweep(paths: dict[str, Path], n: int, b: int, s3: dict[str, Any], delay_ms: float,
+                  concurrencies: tuple[int, ...], seconds: float, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """``benzarr-s3-lz4`` and ``s3-capacity`` through :func:`latency_proxy` (``delay_ms`` a
+    request) at each concurrency: one row each, with the bound concurrency / latency sets.
+
+    Bound: a batch reads the three band arrays one after another, each in ceil(b / c)
+    waves of requests, so benzarr's batch takes at least 3 * ceil(b / c) * latency; the
+    bare GETs of a batch go all together, ceil(3b / c) waves.
+    """
+    rows = []
+    with latency_proxy(s3["endpoint"], delay_ms) as endpoint:
+        slow = {**s3, "endpoint": endpoint, "latency_ms": delay_ms,
+                "options": {**s3["options"], "client_kwargs": {**s3["options"]["client_kwargs"], "endpoint_url": endpoint}}}
+        for c in concurrencies:
+            ms = s3_methods(paths, n, b, slow, c, which=("s3-capacity", "benzarr-s3-lz4"))
+            for name, m in ms.items():
+                m["batch"]()
+                timing = rate(m["batch"], seconds, 1)
+                waves = 3 * -(-b // c) if name == "benzarr-s3-lz4" else -(-3 * b // c)
+                bound = b / (waves * delay_ms / 1000)
+                rows.append({"method": name, "concurrency": c, "latency_ms": delay_ms,
+                             "patches_per_s": round(timing["per_s"], 1), "requests_per_s": round(3 * timing["per_s"], 1),
+                             "bound_patches_per_s": round(bound, 1), "of_bound": round(timing["per_s"] / bound, 3)})
+                log(f"{name} at {c} in flight, +{delay_ms:g} ms: {timing['per_s']:,.0f} patches/s "
+                    f"(bound {bound:,.0f})")
+                release(m)
+    return rows
+
+
 def methods(paths: dict[str, Path], n: int, b: int, s3: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """Method name -> {"batch": call, "single": call or None, "bytes": stored bytes a patch}.
 
-    ``s3``: from :func:`s3_copy` (the lz4 store on a local moto server): adds ``benzarr-s3-lz4``.
+    ``s3``: from :func:`s3_copy` (the lz4 store on a local moto server, plus ``concurrency``):
+    adds ``s3-capacity``, ``benzarr-s3-lz4`` and ``zarr-python-s3-lz4`` (:func:`s3_methods`).
     """
     import h5py
     import lmdb
@@ -309,28 +503,7 @@ def methods(paths: dict[str, Path], n: int, b: int, s3: dict[str, Any] | None = 
                                                       "bytes": band_bytes(paths[f"store-{compression}"]) / n}
 
     if s3 is not None:
-        ds3 = BigEarthNetDataset(s3["url"], storage_options=s3["options"])
-        assert not ds3.fast and len(ds3) == n
-        nb = Batches(n, b)
-        r = np.random.default_rng(2)
-
-        def bz_s3(nb: Batches = nb) -> int:
-            ds3.__getitems__(nb())
-            return b
-
-        def bz_s3_single(r: np.random.Generator = r) -> int:
-            ds3.__getitems__([int(r.integers(n))])
-            return 1
-
-        out["benzarr-s3-lz4"] = {
-            "batch": bz_s3, "single": bz_s3_single, "bytes": band_bytes(paths["store-lz4"]) / n,
-            "notes": ("the lz4 store uploaded to a moto S3 server started in this process on 127.0.0.1 "
-                      f"(ThreadedMotoServer) and read as {s3['url']} with storage_options: "
-                      "zarr-python over fsspec/s3fs, since the memory-mapped reader is local-only. "
-                      "Loopback, no network: this measures the zarr-python/fsspec path's overhead "
-                      "(HTTP requests, s3fs, moto's handling, all sharing this process's GIL), "
-                      "not network bandwidth or real S3 latency"),
-        }
+        out.update(s3_methods(paths, n, b, s3, s3.get("concurrency", 64)))
 
     for compression in ("none", "lz4"):
         arrays = [zarr.open_array(str(paths[f"store-{compression}"] / "s2" / g), mode="r") for g in GROUPS]
@@ -793,6 +966,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default="all",
                         help="comma-separated methods to time (default all; the training-step data wait "
                              "runs only with all)")
+    parser.add_argument("--s3-concurrency", type=int, default=64,
+                        help="range requests in flight for s3-capacity and benzarr-s3-lz4 (default 64)")
+    parser.add_argument("--latency-ms", type=float, default=20.0,
+                        help="delay added to every request for the S3 latency sweep (0: no sweep; the sweep "
+                             "runs with all methods or with s3-latency in --methods)")
     args = parser.parse_args(argv)
     only = None if args.methods == "all" else set(args.methods.split(","))
     pick = lambda ms: {k: v for k, v in ms.items() if only is None or k in only}  # noqa: E731
@@ -812,9 +990,16 @@ def main(argv: list[str] | None = None) -> int:
     blosc.use_threads = False
     torch.set_num_threads(1)
     log("timing")
-    with s3_copy(paths["store-lz4"], log) if only is None or "benzarr-s3-lz4" in only \
+    s3_names = {"s3-capacity", "benzarr-s3-lz4", "zarr-python-s3-lz4", "s3-latency"}
+    latency: list[dict[str, Any]] = []
+    with s3_copy(paths["store-lz4"], log) if only is None or only & s3_names \
             else contextlib.nullcontext() as s3:
+        if s3 is not None:
+            s3["concurrency"] = args.s3_concurrency
         results = time_methods(pick(methods(paths, n, args.batch_size, s3)), args.batch_size, seconds, repeats, log)
+        if s3 is not None and args.latency_ms > 0 and (only is None or "s3-latency" in only):
+            latency = latency_sweep(paths, n, args.batch_size, s3, args.latency_ms, (1, 4, 16, 64),
+                                    seconds, log)
     log("moto S3 server stopped")
     # float32 model-ready batches, the ring's delivery, ConfigILM's and TorchGeo's own loaders
     # (after the S3 server's threads are gone: these fork worker processes)
@@ -887,6 +1072,11 @@ def main(argv: list[str] | None = None) -> int:
          "value": field("delivered-lz4-w1", "loader_us_per_patch"), "goal": 3.0, "below": True, "or_equal": True},
         {"target": "delivered-lz4-w1 >= 0.9x benzarr-lz4 (that worker's own decode rate)",
          "value": ratio("delivered-lz4-w1", "benzarr-lz4"), "goal": 0.9},
+        # issue 14 §2: the object-store reader against the server's capacity and zarr-python's path
+        {"target": "benzarr-s3-lz4 >= 0.8x s3-capacity (bare obstore GETs of the same chunks)",
+         "value": ratio("benzarr-s3-lz4", "s3-capacity"), "goal": 0.8},
+        {"target": "benzarr-s3-lz4 >= 20x zarr-python-s3-lz4", "value": ratio("benzarr-s3-lz4", "zarr-python-s3-lz4"),
+         "goal": 20},
         # issue 9 §2: what checking every chunk's crc32c costs
         {"target": "benzarr-lz4 checking crc32c >= 0.9x benzarr-lz4-noverify",
          "value": ratio("benzarr-lz4", "benzarr-lz4-noverify"), "goal": 0.9},
@@ -909,7 +1099,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {**machine_info(), "loadavg_before": load_before, "loadavg_after": load_average(),
                     "note": "2 cores shared with other engineers' jobs: loadavg shows how loaded it was"},
         "versions": versions(["benzarr", "numpy", "zarr", "numcodecs", "torch", "torchvision", "tensorstore", "h5py",
-                              "lmdb", "safetensors", "tfrecord", "rasterio", "torchgeo"]),
+                              "lmdb", "safetensors", "tfrecord", "rasterio", "torchgeo", "obstore", "s3fs", "moto"]),
         "parameters": {"patches": n, "batch_size": args.batch_size, "seconds_per_repeat": seconds,
                        "repeats": repeats, "figure": "best repeat", "order": "random",
                        "cache": "warm (every file read once before timing)",
@@ -919,6 +1109,7 @@ def main(argv: list[str] | None = None) -> int:
                                       "normalised with the store's band statistics (TorchGeo's class: not normalised)",
                        "methods": args.methods},
         "results": results,
+        "s3_latency": latency,
         "training": {"model": "shortcnn-all", "device": "cpu", "batch_size": 32, "store": "lz4",
                      "torch_threads": torch.get_num_threads(), "data_wait": wait},
         "targets": targets,
@@ -943,6 +1134,12 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         if r.get("error"):
             print(f"error: {r['method']}: {r['error']}")
+    if latency:
+        print(f"\nS3 with {args.latency_ms:g} ms added to every request (batches of {args.batch_size}, lz4 store)")
+        print_table(latency, [("method", "method", "s"), ("concurrency", "in flight", "d"),
+                              ("patches_per_s", "patches/s", ",.0f"), ("requests_per_s", "requests/s", ",.0f"),
+                              ("bound_patches_per_s", "concurrency/latency bound", ",.0f"),
+                              ("of_bound", "of bound", ".2f")])
     if wait:
         print("\nShortCNN CPU training steps (batch 32, lz4 store)")
         print_table(wait, [("workers", "workers", "d"), ("step_s", "step s", ".3f"), ("wait_s", "wait s", ".4f"),

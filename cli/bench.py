@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Optional
 
 import typer
@@ -17,11 +18,16 @@ def command(
     seconds: float = typer.Option(2.0, "--seconds", help="Minimum time per measurement."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random read order."),
     endpoint_url: Optional[str] = typer.Option(None, "--endpoint-url", help="S3 endpoint for s3:// stores (default: $AWS_ENDPOINT_URL)."),
+    max_concurrency: Optional[int] = typer.Option(
+        None, "--max-concurrency", min=1,
+        help="Range requests in flight per process for URL stores (default 64, or $BENZARR_MAX_CONCURRENCY)."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
     """Measure loading throughput (patches/s, MB/s): single-sample and batched, with and without workers."""
     from benzarr.bench import bench_store  # torch: imported only when this command runs
 
+    if max_concurrency is not None:  # read by benzarr.objstore here and in the loader's workers
+        os.environ["BENZARR_MAX_CONCURRENCY"] = str(max_concurrency)
     results = bench_store(store, batch_size=batch_size, workers=workers, min_seconds=seconds, seed=seed,
                           storage_options=storage_options_for(store, endpoint_url))
     if as_json:

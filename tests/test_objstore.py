@@ -257,3 +257,28 @@ def test_storage_options_translation(monkeypatch: pytest.MonkeyPatch) -> None:
     assert obstore_settings("gs://b/s.zarr", {"token": "x.json"}) is None
     assert obstore_settings("gs://b/s.zarr", None) == ({}, {})
     assert obstore_settings("memory://x", None) is None
+
+
+def test_bench_cli_reads_s3_with_the_obstore_reader(s3_server: dict, s3_store: tuple[str, dict],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """``benzarr bench s3://... --endpoint-url URL`` with credentials from the AWS variables."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from benzarr_cli.main import app
+
+    url, _ = s3_store
+    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                        ("AWS_REGION", "us-east-1"), ("AWS_DEFAULT_REGION", "us-east-1")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("BENZARR_MAX_CONCURRENCY", "64")  # restored after the test: the command sets it
+    result = CliRunner().invoke(app, ["bench", url, "--endpoint-url", s3_server["endpoint"], "--workers", "0",
+                                      "--seconds", "0.01", "--batch-size", "8", "--max-concurrency", "8", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert rows and all(r["patches_per_s"] > 0 for r in rows)
+    from benzarr.objstore import max_concurrency_default
+
+    assert max_concurrency_default() == 8
+    assert "testing" not in result.output
