@@ -12,7 +12,7 @@ import pytest
 import rasterio
 import torch
 
-from benzarr.archive import open_archive
+from benzarr.sources import open_archive
 from benzarr.bigearthnet import CLC19, CLC43_CODES
 from benzarr.data import BigEarthNetDataset, make_loader
 from benzarr.errors import InvalidArgumentError
