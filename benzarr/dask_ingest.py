@@ -29,7 +29,7 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
-from benzarr.errors import ClusterError, InvalidArgumentError, StoreIncompleteError, missing_extra
+from benzarr.errors import BenzarrError, ClusterError, InvalidArgumentError, StoreIncompleteError, missing_extra
 
 #: Scheduler address schemes accepted by ``--scheduler`` besides ``local``.
 SCHEMES = ("tcp", "tls", "ws", "wss", "ucx")
@@ -190,6 +190,11 @@ def run_shard(fn: Callable[..., Any], *args: Any) -> Any:
         # per task: a worker may run tasks on several threads, and a GDAL environment is per thread
         with rasterio.Env(**GDAL_ENV):
             return fn(*args)
+    except BenzarrError as exc:
+        # Dask sends the exception back with its chain; a chained rasterio error does not
+        # unpickle, which would turn ours into a bare Exception. Its message says it all.
+        exc.__context__ = exc.__cause__ = None
+        raise
     finally:
         with _RUNNING_LOCK:
             _RUNNING.discard(entry)

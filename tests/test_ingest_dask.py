@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 import zarr
 
-from benzarr.errors import InvalidArgumentError, MissingDependencyError
+from benzarr.errors import BadPatchError, InvalidArgumentError, MissingDependencyError
 from benzarr.ingest import ingest
 from benzarr.store import DONE_ARRAY
 from tests.conftest import copy_tree
-from tests.test_ingest import CLI, _damage, run_cli
+from tests.test_ingest import CLI, _damage, all_arrays, run_cli
 
 distributed = pytest.importorskip("distributed")
 
@@ -129,6 +129,31 @@ def test_tcp_cluster_store_equals_process_pool(cluster: Cluster, bad_archive: tu
     assert f"bad patch {name}: {name}_B04.tif: unreadable GeoTIFF" in done.stderr
     assert "(8 written this run)" in done.stdout and "1 bad" in done.stdout
     assert_same_bytes(store, pool_store)
+
+
+def test_strict_stops_at_the_bad_patch(cluster: Cluster, bad_archive: tuple[Path, str], tmp_path: Path) -> None:
+    archive, name = bad_archive
+    with pytest.raises(BadPatchError, match=name) as raised:  # raised on a worker, re-raised here
+        ingest(archive, tmp_path / "strict.zarr", shard_size=int(SHARD), strict=True,
+               runner=dask_runner(cluster.address, 2))
+    assert raised.value.patch == name
+
+
+def test_workers_write_an_s3_store(cluster: Cluster, s3_server: dict, tmp_path: Path) -> None:
+    from benzarr.synth import synth_archive
+
+    archive = tmp_path / "archive16"  # 2 shards: moto is slow
+    synth_archive(archive, 16, seed=3, workers=1)
+    local = tmp_path / "local.zarr"
+    ingest(archive, local, workers=1, shard_size=int(SHARD))
+    s3_server["client"].create_bucket(Bucket="dask-ingest")
+    url = "s3://dask-ingest/store.zarr"
+    result = ingest(archive, url, shard_size=int(SHARD), storage_options=s3_server["options"],
+                    runner=dask_runner(cluster.address, 2))
+    assert result.complete and result.shards_written == 2
+    remote = zarr.open_group(url, mode="r", storage_options=s3_server["options"])
+    for array, data in all_arrays(local).items():
+        assert np.array_equal(np.asarray(remote[array][:]), data), array
 
 
 def _slow_down(seconds: float) -> None:
