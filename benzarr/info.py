@@ -10,7 +10,7 @@ import zarr
 
 from benzarr.shards import parse_layout
 from benzarr.store import DONE_ARRAY, REFERENCE_MAP_ARRAY, S1_ARRAY, S2_ARRAYS, Store, is_url, open_store
-from benzarr.synth import tree_footprint
+from benzarr.synth.sizes import tree_footprint
 from benzarr.verify import last_verified
 
 
