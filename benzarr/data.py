@@ -23,7 +23,7 @@ from benzarr.bands import band_groups_for
 from benzarr.bands import band_location as channel_location
 from benzarr.augment import augment_numpy, augment_tensor, check_augment, transform_codes
 from benzarr.errors import BenzarrError, InvalidArgumentError
-from benzarr.shards import RowReader, row_reader
+from benzarr.shards import RowReader
 from benzarr.store import (
     CHANNEL_ARRAYS,
     NOMENCLATURES,
@@ -444,15 +444,11 @@ class BigEarthNetDataset(Dataset):
         """Band group -> row reader (the memory-mapped shard reader where it applies)."""
         if self._readers is None:
             store = self._opened()
-            local = None if is_url(self.path) else Path(self.path)
             arrays = {group: CHANNEL_GROUPS[group][0] for group in self.groups}
             if "reference-map" in self.modalities:
                 arrays["mask"] = REFERENCE_MAP_ARRAY
-            self._readers = {
-                key: row_reader(store.array(path), path, None if local is None else local / path, self._row_name,
-                                verify_checksums=self.verify_checksums)
-                for key, path in arrays.items()
-            }
+            self._readers = {key: store.row_reader(path, self._row_name, self.verify_checksums)
+                             for key, path in arrays.items()}
         return self._readers
 
     @property

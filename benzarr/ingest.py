@@ -34,8 +34,7 @@ from typing import Any
 import numpy as np
 import rasterio
 
-from benzarr.bands import MODALITIES, parse_modalities
-from benzarr.bigearthnet import BAND_GROUPS, CLC19, CLC43, PATCH_SIDE, S1_BANDS
+from benzarr.bands import BAND_GROUPS, MODALITIES, S1_BANDS, parse_modalities
 from benzarr.errors import (
     BadPatchError,
     InvalidArgumentError,
@@ -49,31 +48,32 @@ from benzarr.errors import (
 from benzarr.fsutil import check_disjoint, check_output, is_benzarr_store, os_error
 from benzarr.lock import ingest_lock
 from benzarr.resources import OFFICIAL_LISTS, read_official_list
-from benzarr.shards import write_shard
 from benzarr.sources import GDAL_ENV, Archive, ArchiveSource, PatchRef, get_source, open_archive
 from benzarr.store import (
+    BAND_ARRAYS,
     COMPRESSIONS,
     DEFAULT_COMPRESSION,
     DEFAULT_SHARD_SIZE,
     DONE_ARRAY,
-    LABEL_ARRAYS,
+    ERROR_ARRAY,
+    MAX_SHARD_SIZE,
+    PATCH_FIELDS,
     REFERENCE_MAP_ARRAY,
     S1_ARRAY,
     S1_STATS_ARRAY,
     S2_ARRAYS,
     STATS_ARRAY,
+    VALID_ARRAY,
     Store,
     channel_stats,
     combine_band_stats,
     create_store,
-    drop_staging,
+    empty_rows,
     finalize_rows,
-    MAX_SHARD_SIZE,
     is_url,
     open_store,
     remove_store,
     shard_band_stats,
-    stage_path,
     store_exists,
 )
 
@@ -239,25 +239,14 @@ def ingest_shard(store_path: str, storage_options: dict[str, Any] | None, source
         _worker_init()
     store = _worker_store(store_path, storage_options)
     n = len(refs)
-    bands = {g: np.zeros((n, len(b), s, s), dtype=np.uint16) for g, (b, s, _) in BAND_GROUPS.items()}
-    s1 = np.zeros((n, len(S1_BANDS), PATCH_SIDE, PATCH_SIDE), dtype=np.float32) if "s1" in modalities else None
-    reference_map = np.zeros((n, PATCH_SIDE, PATCH_SIDE), dtype=np.uint16) if "reference-map" in modalities else None
-    rows: dict[str, np.ndarray] = {
-        LABEL_ARRAYS["clc43"]: np.zeros((n, len(CLC43)), dtype=np.uint8),
-        LABEL_ARRAYS["clc19"]: np.zeros((n, len(CLC19)), dtype=np.uint8),
-        "meta/tile_source": np.full(n, "", dtype=object),
-        "meta/error": np.full(n, "", dtype=object),
-        "meta/acquisition_time": np.zeros(n, dtype=np.int64),
-        "meta/bounds": np.zeros((n, 4), dtype=np.float64),
-        "meta/epsg": np.zeros(n, dtype=np.int32),
-        "meta/valid": np.zeros(n, dtype=bool),
-        "meta/s1_name": np.full(n, "", dtype=object),
-        "meta/country": np.full(n, "", dtype=object),
-        "meta/season": np.full(n, "", dtype=object),
-        "meta/contains_seasonal_snow": np.zeros(n, dtype=bool),
-        "meta/contains_cloud_or_shadow": np.zeros(n, dtype=bool),
-        "meta/official_split": np.full(n, "", dtype=object),
-    }
+    # Every array of the shard, allocated from the store's declaration (BAND_ARRAYS, ROW_FIELDS).
+    images = {path: np.zeros((n, *spec.row_shape), dtype=spec.dtype)
+              for path, spec in BAND_ARRAYS.items() if spec.modality in modalities}
+    rows = empty_rows(n)
+    bands = {group: images[S2_ARRAYS[group]] for group in BAND_GROUPS}
+    s1, reference_map = images.get(S1_ARRAY), images.get(REFERENCE_MAP_ARRAY)
+    errors, valid = rows[ERROR_ARRAY], rows[VALID_ARRAY]
+    columns = [(rows[path], attr) for path, attr in PATCH_FIELDS]
     failed: dict[str, str] = {}
     for i, ref in enumerate(refs):
         try:
@@ -266,7 +255,7 @@ def ingest_shard(store_path: str, storage_options: dict[str, Any] | None, source
             if strict:
                 raise
             failed[ref.name] = exc.reason
-            rows["meta/error"][i] = exc.reason
+            errors[i] = exc.reason
             continue
         for group, data in patch.bands.items():
             bands[group][i] = data
@@ -274,60 +263,37 @@ def ingest_shard(store_path: str, storage_options: dict[str, Any] | None, source
             s1[i] = patch.s1
         if reference_map is not None:
             reference_map[i] = patch.reference_map
-        values = {
-            LABEL_ARRAYS["clc43"]: patch.clc43, LABEL_ARRAYS["clc19"]: patch.clc19,
-            "meta/tile_source": patch.tile_source, "meta/acquisition_time": patch.acquisition_time,
-            "meta/bounds": patch.bounds, "meta/epsg": patch.epsg, "meta/valid": True,
-            "meta/s1_name": patch.s1_name, "meta/country": patch.country, "meta/season": patch.season,
-            "meta/contains_seasonal_snow": patch.snow, "meta/contains_cloud_or_shadow": patch.cloud,
-            "meta/official_split": patch.official_split,
-        }
-        for path, value in values.items():
-            rows[path][i] = value
+        for column, attr in columns:
+            column[i] = getattr(patch, attr)
+        valid[i] = True
+    _write_shard(store, shard, start, images, rows)
+    return failed
 
-    stop = start + n
-    valid = rows["meta/valid"]
-    shard_arrays = {S2_ARRAYS[group]: data for group, data in bands.items()}
-    if s1 is not None:
-        shard_arrays[S1_ARRAY] = s1
-        store.array(S1_STATS_ARRAY)[shard] = channel_stats(s1[valid])
-    if reference_map is not None:
-        shard_arrays[REFERENCE_MAP_ARRAY] = reference_map
+
+def _write_shard(store: Store, shard: int, start: int, images: dict[str, np.ndarray],
+                 rows: dict[str, np.ndarray]) -> None:
+    """Write one shard of every array: image shards, staged rows, statistics, then ``done``.
+
+    Raises:
+        FileSystemError: naming the array being written (full disk, read-only, ...).
+    """
+    valid = rows[VALID_ARRAY]
     path = ""
     try:
-        for path, data in shard_arrays.items():
-            _write_band_shard(store, path, shard, start, data)
+        for path, data in images.items():
+            store.write_band_shard(path, shard, data)
         for path, data in rows.items():
-            store.array(stage_path(path))[start:stop] = data
+            store.write_staged(path, start, data)
+        if S1_ARRAY in images:
+            path = S1_STATS_ARRAY
+            store.array(S1_STATS_ARRAY)[shard] = channel_stats(images[S1_ARRAY][valid])
         path = STATS_ARRAY
-        store.array(STATS_ARRAY)[shard] = shard_band_stats({g: d[valid] for g, d in bands.items()})
+        store.array(STATS_ARRAY)[shard] = shard_band_stats({g: images[S2_ARRAYS[g]][valid] for g in BAND_GROUPS})
         # Written last: the shard counts as done only once everything above is stored.
         path = DONE_ARRAY
         store.array(DONE_ARRAY)[shard] = True
     except OSError as exc:  # full disk, read-only file system, ...: name the array being written
-        where = store.path if is_url(store.path) else Path(store.path) / path
-        raise os_error(exc, where, "writing", RESUME_HINT) from None
-    return failed
-
-
-def _write_band_shard(store: Store, path: str, shard: int, start: int, data: np.ndarray) -> None:
-    """Write one whole shard of a band array.
-
-    Local stores get the shard file from :func:`benzarr.shards.write_shard` (byte-identical
-    to zarr-python's, atomically renamed into place, and without zarr's per-chunk overhead:
-    0.4 s a 256-patch shard of S2 bands down to the Blosc time); URL stores go through zarr.
-    """
-    if not is_url(store.path):
-        metadata = _WORKER_STATE.setdefault("metadata", {})
-        key = (store.path, path)
-        if key not in metadata:
-            metadata[key] = store.array(path).metadata.to_dict()
-        try:
-            write_shard(Path(store.path) / path, shard, data, metadata[key])
-            return
-        except ValueError:  # a layout the writer does not handle: let zarr do it
-            pass
-    store.array(path)[start:start + data.shape[0]] = data
+        raise os_error(exc, store.local_path(path) or store.path, "writing", RESUME_HINT) from None
 
 
 # -- driver ----------------------------------------------------------------------------
@@ -660,32 +626,20 @@ def _result(store: Store, seconds: float, written: int, resumed: bool, missing: 
 def _sweep_temporaries(store: Store) -> None:
     """Delete temporary files that killed writers left in a local store: shard writes'
     ``.<shard>.<pid>.tmp`` and zarr's ``*.partial`` (every shard is done, so none is in use)."""
-    if is_url(store.path):
+    root = store.local_path()
+    if root is None:
         return
-    for folder, _, files in os.walk(store.path):
+    for folder, _, files in os.walk(root):
         for name in files:
             if (name.startswith(".") and name.endswith(".tmp")) or name.endswith(".partial"):
                 Path(folder, name).unlink(missing_ok=True)
 
 
 def _finalize(store: Store) -> None:
-    """Copy staged rows, combine statistics, record failures and mark the store complete (last)."""
+    """Copy staged rows, combine statistics, then mark the store complete (:meth:`Store.mark_complete`, last)."""
     finalize_rows(store)
     stats = {"s2": combine_band_stats(np.asarray(store.array(STATS_ARRAY)[:], dtype=np.float64))}
     if "s1" in store.modalities:
         stats["s1"] = combine_band_stats(np.asarray(store.array(S1_STATS_ARRAY)[:], dtype=np.float64), S1_BANDS)
-    valid = store.valid_mask()
-    clc19 = np.asarray(store.array(LABEL_ARRAYS["clc19"])[:])
-    clc43 = np.asarray(store.array(LABEL_ARRAYS["clc43"])[:])
     _sweep_temporaries(store)
-    store.update_attrs(
-        stats=stats,
-        n_failed=int((~valid).sum()),
-        n_without_clc19=int((valid & (clc19.sum(axis=1) == 0)).sum()),
-        label_counts={
-            "clc43": dict(zip(CLC43, map(int, clc43[valid].sum(axis=0, dtype=np.int64)))),
-            "clc19": dict(zip(CLC19, map(int, clc19[valid].sum(axis=0, dtype=np.int64)))),
-        },
-        complete=True,
-    )
-    drop_staging(store)
+    store.mark_complete(stats=stats)

@@ -61,14 +61,15 @@ import pandas as pd
 from benzarr.errors import InvalidArgumentError, MissingDependencyError, SplitExistsError
 from benzarr.groups import group_ids, group_summary, grouped_assignment, parse_group_by
 from benzarr.leakage import DEFAULT_KM, split_leakage
-from benzarr.store import check_split_name
+from benzarr.store import EXCLUDED, TEST, TRAIN, VAL, check_split_name  # noqa: F401 (codes re-exported)
+from benzarr.store import SUBSETS as SUBSET_CODES
 from benzarr.stratify import kfold_assignment, shuffled_stratification
 
 if TYPE_CHECKING:
     from benzarr.store import Store
 
-TRAIN, VAL, TEST, EXCLUDED = 0, 1, 2, -1
-SUBSETS: tuple[str, ...] = ("train", "val", "test")
+#: Subset names in code order (codes and names: benzarr.store).
+SUBSETS: tuple[str, ...] = tuple(SUBSET_CODES)
 METHODS: tuple[str, ...] = ("iterative", "random", "official", "csv")
 LABEL_SETS: tuple[str, ...] = ("clc43", "clc19")
 ENGINES: tuple[str, ...] = ("benzarr", "package")
@@ -952,7 +953,7 @@ def list_splits(store: Store) -> pd.DataFrame:
     for split_name in store.split_names():
         codes, attrs = store.read_split(split_name)
         counts = attrs.get("counts") or {s: int((codes == c).sum()) for s, c in
-                                         {"train": 0, "val": 1, "test": 2, "excluded": -1}.items()}
+                                         {**SUBSET_CODES, "excluded": EXCLUDED}.items()}
         rows.append({
             "name": split_name,
             "method": attrs.get("method"),

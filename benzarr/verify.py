@@ -37,16 +37,13 @@ import numpy as np
 import zarr
 
 from benzarr import __version__
-from benzarr.bigearthnet import BAND_GROUPS, PATCH_SIDE, S1_BANDS
 from benzarr.errors import BenzarrError, InvalidArgumentError
 from benzarr.shards import ShardCheck, ShardLayout, ShardReader, parse_layout, shard_file
 from benzarr.store import (
+    BAND_ARRAYS,
     CHECKSUM_FORMAT,
     DONE_ARRAY,
-    REFERENCE_MAP_ARRAY,
     ROW_FIELDS,
-    S1_ARRAY,
-    S2_ARRAYS,
     SPLITS_GROUP,
     STAGE_GROUP,
     Store,
@@ -146,21 +143,17 @@ def _expected_arrays(store: Store) -> dict[str, tuple[tuple[int, ...], str | Non
     n = store.n_patches
     modalities = store.modalities
     expected: dict[str, tuple[tuple[int, ...], str | None]] = {}
-    if "s2" in modalities:
-        for group, (bands, side, _) in BAND_GROUPS.items():
-            expected[S2_ARRAYS[group]] = ((n, len(bands), side, side), "uint16")
-    if "s1" in modalities:
-        expected[S1_ARRAY] = ((n, len(S1_BANDS), PATCH_SIDE, PATCH_SIDE), "float32")
-    if "reference-map" in modalities:
-        expected[REFERENCE_MAP_ARRAY] = ((n, PATCH_SIDE, PATCH_SIDE), "uint16")
-    for path, (dtype, trailing, _) in ROW_FIELDS.items():
-        expected[path] = ((n, *trailing), None if dtype is str else np.dtype(dtype).name)
+    for path, band in BAND_ARRAYS.items():
+        if band.modality in modalities:
+            expected[path] = ((n, *band.row_shape), band.dtype)
+    for path, spec in ROW_FIELDS.items():
+        expected[path] = ((n, *spec.trailing), None if spec.dtype is str else np.dtype(spec.dtype).name)
     expected[DONE_ARRAY] = ((store.n_shards,), "bool")
     return expected
 
 
 def _band_arrays(store: Store) -> set[str]:
-    return {*S2_ARRAYS.values(), S1_ARRAY, REFERENCE_MAP_ARRAY}
+    return set(BAND_ARRAYS)
 
 
 def _metadata_files(root: Path) -> list[tuple[str, Path, dict[str, Any] | str]]:

@@ -109,6 +109,50 @@ def test_store_layout_matches_the_design(synth_store_64: Path) -> None:
     assert zarr.open_array(str(synth_store_64 / "s2/60m"), mode="r")[3].shape == (2, 20, 20)
 
 
+def test_the_layout_table_in_the_docstring_is_the_declared_layout() -> None:
+    import benzarr.store as store_module
+
+    assert store_module.layout_table() in store_module.__doc__
+
+
+def test_a_created_store_holds_exactly_the_declared_arrays(tmp_path: Path) -> None:
+    from benzarr.store import BAND_ARRAYS, OTHER_ARRAYS, ROW_FIELDS, STAGE_GROUP, create_store, stage_path
+
+    store = create_store(tmp_path / "s.zarr", ["a", "b", "c"], shard_size=2, modalities=("s2", "s1", "reference-map"))
+    declared = {path: ((3, *spec.row_shape), spec.dtype) for path, spec in BAND_ARRAYS.items()}
+    declared |= {path: ((3, *spec.trailing), "string" if spec.dtype is str else spec.dtype)
+                 for path, spec in ROW_FIELDS.items()}
+    found = {path: (array.shape, array.metadata.to_dict()["data_type"]) for path, array in store.arrays()
+             if not path.startswith(STAGE_GROUP)}
+    others = {path for path in found if path not in declared}
+    assert {path: found[path] for path in declared} == declared
+    assert others == {path for path in OTHER_ARRAYS if "<" not in path and "*" not in path}
+    assert {path for path, _ in store.arrays() if path.startswith(STAGE_GROUP)} == {
+        stage_path(path) for path in ROW_FIELDS if path != "meta/patch_name"}
+    assert store.attrs["bands"] == {path: list(spec.channels) for path, spec in BAND_ARRAYS.items() if spec.channels}
+
+
+def test_empty_rows_allocate_every_staged_row_field_at_its_fill_value() -> None:
+    from benzarr.store import PATCH_FIELDS, ROW_FIELDS, empty_rows
+
+    rows = empty_rows(3)
+    assert set(rows) == set(ROW_FIELDS) - {"meta/patch_name"}
+    for path, data in rows.items():
+        spec = ROW_FIELDS[path]
+        assert data.shape == (3, *spec.trailing) and (data == spec.fill).all(), path
+    assert {path for path, _ in PATCH_FIELDS} == set(rows) - {"meta/valid", "meta/error"}
+
+
+def test_row_readers_of_a_local_store_read_the_shard_files_directly(synth_store_64: Path) -> None:
+    from benzarr.shards import ShardReader
+
+    store = open_store(synth_store_64)
+    assert store.local_path("s2/10m") == synth_store_64 / "s2/10m"
+    reader = store.row_reader("s2/10m")
+    assert isinstance(reader, ShardReader)
+    np.testing.assert_array_equal(reader.read([5, 2]), store.array("s2/10m")[[5, 2]])
+
+
 def test_open_store_refuses_what_is_not_a_finished_benzarr_store(tmp_path: Path, synth_store_64: Path) -> None:
     with pytest.raises(StoreNotFoundError, match="no such store"):
         open_store(tmp_path / "missing.zarr")
@@ -164,3 +208,7 @@ def test_labels_only_store_from_the_cli(tmp_path: Path) -> None:
     official = set(read_official_list("train")) | set(read_official_list("val")) | set(read_official_list("test"))
     assert set(store.patch_names()) <= official
     assert store.valid_mask().all()
+    # marked complete the way ingest does it (Store.mark_complete): summaries, no staging left
+    attrs = store.attrs
+    assert attrs["n_failed"] == 0 and attrs["label_counts"]["clc43"]["Coniferous forest"] == int(labels[:, 23].sum())
+    assert not any(path.startswith("ingest/stage") for path, _ in store.arrays())

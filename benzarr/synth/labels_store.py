@@ -47,8 +47,5 @@ def synth_labels_store(
     clc19 = clc43_to_clc19(clc43)
     store.array("labels/clc19")[:] = clc19
     store.array("meta/valid")[:] = np.ones(n_patches, dtype=bool)
-    store.update_attrs(complete=True, n_failed=0, n_without_clc19=int((clc19.sum(axis=1) == 0).sum()))
-    from benzarr.store import drop_staging
-
-    drop_staging(store)
+    store.mark_complete()  # as ingest does: failure and label summaries, complete, staging dropped
     return names
