@@ -6,13 +6,15 @@ import json
 
 import typer
 
+from benzarr.bands import describe_presets
 from benzarr_cli._common import console
 
 
 def command(
     as_json: bool = typer.Option(False, "--json", help="Print the list as JSON."),
 ) -> None:
-    """List the models `benzarr train` can build: name, parameters (43 classes, default bands), default input bands."""
+    """List the models `benzarr train` can build: name, parameters (43 classes, default bands), default input bands;
+    then the band presets `--bands` takes (ConfigILM's names), each with its channels in order."""
     from benzarr.models import list_models, model_info  # torch: the `train` extra (main names it if missing)
 
     infos = [model_info(name) for name in list_models()]
@@ -39,3 +41,8 @@ def command(
     console.print(line(headers))
     for c in cells:
         console.print(line(c))
+    presets = describe_presets()
+    console.print("\nband presets (--bands NAME; ConfigILM 0.7.1 names and channel order):")
+    name_width = max(len(name) for name, _ in presets)
+    for name, bands in presets:
+        console.print(f"  {name:<{name_width}}  {bands}")

@@ -200,7 +200,12 @@ def test_models_command_lists_names_parameters_and_bands() -> None:
     app.command("models")(command)
     result = CliRunner().invoke(app, [])
     assert result.exit_code == 0, result.output
-    rows = {line.split()[0]: line for line in result.output.splitlines()[1:] if line.strip()}
+    table, presets = result.output.split("\n\n", 1)  # the model table, then the band presets
+    rows = {line.split()[0]: line for line in table.splitlines()[1:] if line.strip()}
     assert set(rows) == set(list_models())
     assert "2,523,403" in rows["shortcnn-rgb"] and "B04,B03,B02" in rows["shortcnn-rgb"]
     assert "all 12" in rows["resnet50"]
+    from benzarr.bands import BAND_PRESETS
+
+    listed = dict(line.split() for line in presets.splitlines()[1:] if line.strip())
+    assert listed == {name: ",".join(bands) for name, bands in BAND_PRESETS.items()}
