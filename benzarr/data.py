@@ -3,7 +3,7 @@
 Workers read compact native-resolution uint16 batches (160,000 bytes a full patch instead
 of 691,200 as float32 at 120x120); :class:`BatchTransform` turns them into float images on
 the training device (float, band selection, bilinear upsampling, optional normalisation).
-See DESIGN.md §3.
+See docs/design.md §4.
 """
 
 from __future__ import annotations
@@ -274,7 +274,7 @@ class BigEarthNetDataset(Dataset):
 
     Dataset format:
 
-    * one Zarr v3 store written by ``benzarr ingest`` (DESIGN.md §2): band arrays
+    * one Zarr v3 store written by ``benzarr ingest`` (docs/design.md §2): band arrays
       ``s2/10m`` (N, 4, 120, 120), ``s2/20m`` (N, 6, 60, 60), ``s2/60m`` (N, 2, 20, 20),
       uint16 surface reflectance x 10,000, sharded along N with one chunk per patch,
       uncompressed or Blosc lz4/zstd; multi-hot ``labels/clc43`` (N, 43) and
@@ -316,8 +316,9 @@ class BigEarthNetDataset(Dataset):
       https://doi.org/10.1109/MGRS.2021.3089174
 
     Args:
-        store: path of a local store, or an fsspec URL (``s3://bucket/store.zarr``; read
-            through zarr-python, slower).
+        store: path of a local store, or a URL (``s3://bucket/store.zarr``: band arrays read
+            with concurrent range requests by :mod:`benzarr.objstore` when obstore is
+            installed, else through zarr-python; ``storage_options`` as fsspec's).
         split: a stored split name (``benzarr split``); None serves every valid patch.
         subset: ``train``, ``val`` or ``test`` of ``split``; None: every row the split keeps.
         bands: ``"all"`` (every channel of the chosen modalities: 12 S2 bands, then VV, VH),

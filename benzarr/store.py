@@ -1,6 +1,6 @@
 """The benzarr store format (version 2; version 1 stores are read too): layout constants, create, open, validate.
 
-A store is one Zarr v3 group (see DESIGN.md §2); this table is :func:`layout_table`, made
+A store is one Zarr v3 group (see docs/design.md §2); this table is :func:`layout_table`, made
 from the declarations below (:data:`BAND_ARRAYS`, :data:`ROW_FIELDS`, :data:`OTHER_ARRAYS`)::
 
     s2/10m                         (N, 4, 120, 120)  uint16   B02, B03, B04, B08, reflectance x 10,000
