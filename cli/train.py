@@ -87,7 +87,7 @@ def command(
     split: str = typer.Option(..., "--split", help="Split name in the store (benzarr split)."),
     model: str = typer.Option(D.model, "--model", help="Model name (benzarr models)."),
     labels: str = typer.Option(D.labels, "--labels", help="clc43 | clc19."),
-    bands: Optional[str] = typer.Option(D.bands, "--bands", help="rgb | all | comma-separated names, VV/VH included (default: the model's)."),
+    bands: Optional[str] = typer.Option(D.bands, "--bands", help="rgb | all | a preset (2, 3, 4, 10, 12, 14, S1, S2, ALL, ...; see `benzarr models`) | comma-separated names, VV/VH included (default: the model's)."),
     modalities: str = typer.Option(D.modalities, "--modalities", help="s2 | s1 | s2,s1: image channels (S1 adds VV, VH; the store must hold S1)."),
     epochs: int = typer.Option(D.epochs, "--epochs", help="Epochs."),
     batch_size: int = typer.Option(D.batch_size, "--batch-size", help="Patches per batch (per process under torchrun)."),
