@@ -23,6 +23,17 @@ from the declarations below (:data:`BAND_ARRAYS`, :data:`ROW_FIELDS`, :data:`OTH
     meta/contains_seasonal_snow    (N,)              bool     v2 flag
     meta/contains_cloud_or_shadow  (N,)              bool     v2 flag
     meta/official_split            (N,)              string   v2 split column (train, validation, test)
+    s2/patch                       (N,)              string   the patch names, equal to meta/patch_name
+    s2/band_10m                    (4,)              string   B02, B03, B04, B08
+    s2/band_20m                    (6,)              string   B05, B06, B07, B8A, B11, B12
+    s2/band_60m                    (2,)              string   B01, B09
+    patch                          (N,)              string   the patch names, equal to meta/patch_name (with s1 or reference-map)
+    polarisation                   (2,)              string   VV, VH (with s1)
+    labels/patch                   (N,)              string   the patch names, equal to meta/patch_name
+    labels/class_clc43             (43,)             string   clc43 class names
+    labels/class_clc19             (19,)             string   clc19 class names
+    meta/patch                     (N,)              string   the patch names, equal to meta/patch_name
+    meta/corner                    (4,)              string   ulx, uly, lrx, lry
     splits/<name>                  (N,)              int8     0 train, 1 val, 2 test, -1 excluded
     ingest/done                    (n_shards,)       bool     shard written completely (resume marker)
     ingest/band_stats              (n_shards, 12, 5) float64  per shard and S2 band: count, mean, M2, min, max
@@ -35,6 +46,12 @@ coarsely (:data:`ROW_CHUNK` rows) for fast whole-array reads; while an ingest ru
 worker writes its rows into ``ingest/stage`` (chunked by shard, so a worker that owns a shard
 owns every chunk it writes), and the final step copies them over before marking the store
 complete.
+
+Coordinate arrays (:data:`COORDINATES`) label the dimensions for xarray and other CF-aware
+readers: a 1-D string array named like the dimension it labels, in the group of the arrays that
+have it, is a dimension coordinate (``xr.open_zarr(store, group="s2").sel(band_10m="B04")``).
+Each group with a ``patch`` dimension holds its own copy of the patch names (Zarr v3 has no links,
+and ``xr.open_zarr`` sees one group). Stores written before them have none and read the same.
 
 The group attribute ``benzarr`` holds the format version, completeness, band and class names,
 per-band statistics and the ingest parameters. A store reads as complete only once
@@ -173,16 +190,71 @@ OTHER_ARRAYS: dict[str, tuple[str, str, str]] = {
     f"{STAGE_GROUP}/*": ("", "", "staged per-row arrays, one chunk a shard (while ingesting)"),
 }
 
+#: Dimension ``corner`` of ``meta/bounds``.
+BOUNDS_CORNERS = ("ulx", "uly", "lrx", "lry")
+
+
+class Coordinate(NamedTuple):
+    """Declaration of a coordinate array: 1-D strings named like the dimension they label, in the
+    group of the arrays that have that dimension (Zarr v3 ``dimension_names`` = (its name,)), which
+    xarray reads as a dimension coordinate (``xr.open_zarr(store, group="s2").sel(band_10m="B04")``)."""
+
+    labels: tuple[str, ...] | None  #: the labels; None: the patch names (a copy of ``meta/patch_name``)
+    modalities: tuple[str, ...]  #: written when the store holds any of these; () always
+    doc: str
+
+
+def _group_of(path: str) -> str:
+    return path.rsplit("/", 1)[0] if "/" in path else ""
+
+
+def _declare_coordinates() -> dict[str, Coordinate]:
+    """:data:`COORDINATES` from :data:`BAND_ARRAYS` and :data:`ROW_FIELDS`: ``patch`` in every group
+    with a per-patch array, channel names on each band array's channel dimension, class names on
+    ``labels``, corner names on ``meta/bounds``."""
+    coords: dict[str, Coordinate] = {}
+
+    def add(path: str, labels: tuple[str, ...] | None, modality: str | None, doc: str) -> None:
+        modalities = (modality,) if modality else ()
+        if path in coords:  # written with any of the groups' arrays
+            known = coords[path].modalities
+            modalities = tuple(dict.fromkeys(known + modalities)) if known and modalities else ()
+        coords[path] = Coordinate(labels, modalities, doc)
+
+    patch_doc = "the patch names, equal to meta/patch_name"
+    for path, band in BAND_ARRAYS.items():
+        group = _group_of(path)
+        add(f"{group}/patch".lstrip("/"), None, band.modality, patch_doc)
+        if band.channels:
+            add(f"{group}/{band.dims[0]}".lstrip("/"), band.channels, band.modality, ", ".join(band.channels))
+    for path, spec in ROW_FIELDS.items():
+        group = _group_of(path)
+        add(f"{group}/patch", None, None, patch_doc)
+        if group == "labels":
+            name = path.rsplit("/", 1)[1]
+            add(f"{group}/class_{name}", tuple(NOMENCLATURES[name]), None, f"{name} class names")
+        elif spec.trailing:
+            add(f"{group}/corner", BOUNDS_CORNERS, None, ", ".join(BOUNDS_CORNERS))
+    return coords
+
+
+#: Coordinate arrays (additions of format 2; stores written before them have none and read the
+#: same): path -> declaration, written by :func:`create_store`.
+COORDINATES: dict[str, Coordinate] = _declare_coordinates()
+
 
 def layout_table() -> str:
     """The store layout, one line an array, made from :data:`BAND_ARRAYS`,
-    :data:`ROW_FIELDS` and :data:`OTHER_ARRAYS`: the table in this module's docstring (a test
+    :data:`ROW_FIELDS`, :data:`COORDINATES` and :data:`OTHER_ARRAYS`: the table in this module's docstring (a test
     keeps the two equal)."""
     rows = [(path, f"(N, {', '.join(map(str, band.row_shape))})", band.dtype,
              band.doc if band.modality == "s2" else f"{band.doc} (with {band.modality})")
             for path, band in BAND_ARRAYS.items()]
     rows += [(path, f"(N, {', '.join(map(str, spec.trailing))})" if spec.trailing else "(N,)",
               "string" if spec.dtype is str else spec.dtype, spec.doc) for path, spec in ROW_FIELDS.items()]
+    rows += [(path, "(N,)" if coord.labels is None else f"({len(coord.labels)},)", "string",
+              coord.doc + (f" (with {' or '.join(coord.modalities)})" if coord.modalities not in ((), ("s2",))
+                           else "")) for path, coord in COORDINATES.items()]
     rows += [(path, *rest) for path, rest in OTHER_ARRAYS.items()]
     width = max(len(path) for path, *_ in rows)
     return "\n".join(f"    {path:<{width}}  {shape:<17} {dtype:<8} {doc}".rstrip() for path, shape, dtype, doc in rows)
@@ -748,6 +820,7 @@ def create_store(
                        chunks=(1, len(BANDS), len(STATS_FIELDS)), fill_value=0.0)
     if n:
         group[PATCH_NAME_ARRAY][:] = np.asarray(names, dtype=object)
+    _create_coordinates(group, names, modalities, coarse)
     store = Store(group, str(path))
     store.update_attrs(layout_complete=True)
     return store
@@ -759,6 +832,20 @@ def _create_row_array(group: zarr.Group, path: str, n: int, spec: RowField, rows
     kwargs: dict[str, Any] = {} if spec.dtype is str else {"fill_value": spec.fill}
     group.create_array(path, shape=(n, *spec.trailing), dtype=spec.dtype, chunks=(rows, *spec.trailing),
                        dimension_names=names, overwrite=True, **kwargs)
+
+
+def _create_coordinates(group: zarr.Group, names: list[str], modalities: Sequence[str], rows: int) -> None:
+    """Write the :data:`COORDINATES` of a store holding ``modalities``: the patch coordinates
+    like ``meta/patch_name`` (same data type, chunks and codecs), the label coordinates in one chunk."""
+    for coord_path, coord in COORDINATES.items():
+        if coord.modalities and not set(coord.modalities) & set(modalities):
+            continue
+        values = names if coord.labels is None else list(coord.labels)
+        group.create_array(coord_path, shape=(len(values),), dtype=str,
+                           chunks=(rows if coord.labels is None else max(1, len(values)),),
+                           dimension_names=(coord_path.rsplit("/", 1)[-1],), overwrite=True)
+        if values:
+            group[coord_path][:] = np.asarray(values, dtype=object)
 
 
 def finalize_rows(store: Store) -> None:

@@ -116,12 +116,15 @@ def test_the_layout_table_in_the_docstring_is_the_declared_layout() -> None:
 
 
 def test_a_created_store_holds_exactly_the_declared_arrays(tmp_path: Path) -> None:
-    from benzarr.store import BAND_ARRAYS, OTHER_ARRAYS, ROW_FIELDS, STAGE_GROUP, create_store, stage_path
+    from benzarr.store import (BAND_ARRAYS, COORDINATES, OTHER_ARRAYS, ROW_FIELDS, STAGE_GROUP, create_store,
+                               stage_path)
 
     store = create_store(tmp_path / "s.zarr", ["a", "b", "c"], shard_size=2, modalities=("s2", "s1", "reference-map"))
     declared = {path: ((3, *spec.row_shape), spec.dtype) for path, spec in BAND_ARRAYS.items()}
     declared |= {path: ((3, *spec.trailing), "string" if spec.dtype is str else spec.dtype)
                  for path, spec in ROW_FIELDS.items()}
+    declared |= {path: ((3 if coord.labels is None else len(coord.labels),), "string")
+                 for path, coord in COORDINATES.items()}
     found = {path: (array.shape, array.metadata.to_dict()["data_type"]) for path, array in store.arrays()
              if not path.startswith(STAGE_GROUP)}
     others = {path for path in found if path not in declared}
@@ -130,6 +133,67 @@ def test_a_created_store_holds_exactly_the_declared_arrays(tmp_path: Path) -> No
     assert {path for path, _ in store.arrays() if path.startswith(STAGE_GROUP)} == {
         stage_path(path) for path in ROW_FIELDS if path != "meta/patch_name"}
     assert store.attrs["bands"] == {path: list(spec.channels) for path, spec in BAND_ARRAYS.items() if spec.channels}
+
+
+def test_xarray_sees_band_class_and_patch_names_as_coordinates(synth_v2_store: Path) -> None:
+    xr = pytest.importorskip("xarray")
+    store = open_store(synth_v2_store)
+    names = store.patch_names()
+    s2 = xr.open_zarr(synth_v2_store, group="s2", consolidated=False)
+    b04 = s2["10m"].sel(band_10m="B04")
+    assert b04.dims == ("patch", "y_10m", "x_10m")
+    np.testing.assert_array_equal(b04.values, store.array("s2/10m")[:, 2])
+    assert list(s2["band_20m"].values) == ["B05", "B06", "B07", "B8A", "B11", "B12"]
+    assert list(s2["band_60m"].values) == store.band_names("s2/60m")
+    assert s2.indexes["patch"].tolist() == names.tolist()
+    one = s2["60m"].sel(patch=names[5], band_60m="B09")
+    np.testing.assert_array_equal(one.values, store.array("s2/60m")[5, 1])
+    # the root group (s1, reference_map), labels and meta: the same names on their dimensions
+    root = xr.open_zarr(synth_v2_store, consolidated=False)
+    np.testing.assert_array_equal(root["s1"].sel(polarisation="VH").values, store.array("s1")[:, 1])
+    assert root["patch"].values.tolist() == names.tolist()
+    labels = xr.open_zarr(synth_v2_store, group="labels", consolidated=False)
+    assert labels["patch"].values.tolist() == names.tolist()
+    assert list(labels["class_clc19"].values) == store.class_names("clc19")
+    forest = labels["clc43"].sel(class_clc43="Coniferous forest", patch=names[3])
+    assert int(forest) == store.labels("clc43")[3, CLC43.index("Coniferous forest")]
+    meta = xr.open_zarr(synth_v2_store, group="meta", consolidated=False)
+    assert list(meta["corner"].values) == ["ulx", "uly", "lrx", "lry"]
+    assert (meta["patch"].values == meta["patch_name"].values).all()
+
+
+def test_coordinate_arrays_are_plain_zarr_and_equal_meta_patch_name(synth_v2_store: Path) -> None:
+    from benzarr.store import COORDINATES
+
+    group = zarr.open_group(str(synth_v2_store), mode="r")
+    assert list(group["s2/band_10m"][:]) == ["B02", "B03", "B04", "B08"]
+    assert list(group["polarisation"][:]) == ["VV", "VH"]
+    for path, coord in COORDINATES.items():
+        array = group[path]
+        assert array.metadata.dimension_names == (path.rsplit("/", 1)[-1],), path
+        if coord.labels is None:  # a copy of meta/patch_name: same values, same zarr.json and chunk bytes
+            assert list(array[:]) == list(group["meta/patch_name"][:])
+            for name in ("zarr.json", "c/0"):
+                assert (synth_v2_store / path / name).read_bytes() == (synth_v2_store / "meta/patch_name" / name).read_bytes()
+        else:
+            assert tuple(array[:]) == coord.labels, path
+
+
+def test_a_store_without_coordinate_arrays_still_opens(synth_store_64: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from benzarr.store import COORDINATES
+
+    path = tmp_path / "old.zarr"
+    shutil.copytree(synth_store_64, path)
+    for coord in COORDINATES:
+        shutil.rmtree(path / coord, ignore_errors=True)  # as written before coordinates existed
+    store = open_store(path)
+    assert store.patch_names().tolist() == open_store(synth_store_64).patch_names().tolist()
+    assert store.row_reader("s2/10m").read([1]).shape == (1, 4, 120, 120)
+    xr = pytest.importorskip("xarray")
+    s2 = xr.open_zarr(path, group="s2", consolidated=False)
+    assert "band_10m" not in s2.coords and s2["10m"].isel(band_10m=2).shape == (64, 120, 120)
 
 
 def test_empty_rows_allocate_every_staged_row_field_at_its_fill_value() -> None:
