@@ -40,6 +40,7 @@ import os
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -113,9 +114,9 @@ class ShardLayout:
         """Shape of one row (one inner chunk), e.g. (4, 120, 120)."""
         return self.shape[1:]
 
-    @property
+    @cached_property
     def row_nbytes(self) -> int:
-        """Decoded bytes of one row."""
+        """Decoded bytes of one row (computed once: the reader asks for it per chunk)."""
         return int(np.prod(self.row_shape, dtype=np.int64)) * self.dtype.itemsize
 
     @property
