@@ -537,22 +537,23 @@ class BigEarthNetDataset(Dataset):
     def plot(self, sample: Sample, show_titles: bool = True, suptitle: str | None = None) -> Any:
         """Plot a sample: true colour (B04, B03, B02) when selected, else the first band.
 
-        Each channel is stretched between its 2nd and 98th percentiles. The title lists
-        the sample's labels (and ``prediction``'s, when the sample has one).
+        Each channel is stretched between its 2nd and 98th percentiles
+        (:func:`benzarr.show.stretch`, which ``benzarr show`` draws its composites with). The
+        title lists the sample's labels (and ``prediction``'s, when the sample has one).
 
         Returns:
             the matplotlib Figure.
         """
         import matplotlib.pyplot as plt
 
+        from benzarr.show import stretch
+
         image = torch.as_tensor(sample["image"]).detach().cpu().float()
         if all(b in self.bands for b in RGB_BANDS):
             picture = image[[self.bands.index(b) for b in RGB_BANDS]]
         else:
             picture = image[:1].expand(3, -1, -1)
-        lo = torch.quantile(picture.flatten(1), 0.02, dim=1).view(-1, 1, 1)
-        hi = torch.quantile(picture.flatten(1), 0.98, dim=1).view(-1, 1, 1)
-        picture = ((picture - lo) / (hi - lo).clamp_min(1e-6)).clamp(0, 1).permute(1, 2, 0).numpy()
+        picture = stretch(picture.numpy().astype(np.float64))  # the same stretch as `benzarr show`
 
         def names(vector: Any) -> list[str]:
             return [self.classes[i] for i in np.flatnonzero(np.asarray(torch.as_tensor(vector).cpu()) > 0.5)]
