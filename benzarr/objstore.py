@@ -62,7 +62,9 @@ from benzarr.shards import (
     ShardReader,
     _Shard,
     check_index,
+    check_rows,
     parse_layout,
+    row_buffer,
 )
 
 #: Range requests in flight per reader (``--max-concurrency``; ``$BENZARR_MAX_CONCURRENCY``).
@@ -352,14 +354,8 @@ class ObjectStoreReader:
     def read(self, rows: Sequence[int] | np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Rows ``rows`` (any order, repeats allowed) as (len(rows), *row_shape) of ``dtype``."""
         layout = self.layout
-        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-        n = layout.shape[0]
-        if rows.size and (rows.min() < 0 or rows.max() >= n):
-            raise IndexError(f"{self.name}: rows must lie in [0, {n}), got {rows.min()}..{rows.max()}")
-        if out is None:
-            out = np.empty((rows.size, *layout.row_shape), dtype=layout.dtype)
-        elif out.shape != (rows.size, *layout.row_shape) or out.dtype != layout.dtype or not out.flags.c_contiguous:
-            raise ValueError(f"out must be C-contiguous {(rows.size, *layout.row_shape)} {layout.dtype}")
+        rows = check_rows(self.name, rows, layout.shape[0])
+        out = row_buffer(layout, rows.size, out)
         if rows.size == 0:
             return out
         self._own_process()

@@ -227,6 +227,33 @@ def check_index(index: np.ndarray, crc: Any, chunks_end: int) -> tuple[list[int]
     return offsets.tolist(), nbytes.tolist(), None
 
 
+def check_rows(name: str, rows: Sequence[int] | np.ndarray, n: int) -> np.ndarray:
+    """``rows`` as a flat int64 array, each in [0, ``n``) (IndexError naming array ``name`` if not)."""
+    rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+    if rows.size and (rows.min() < 0 or rows.max() >= n):
+        raise IndexError(f"{name}: rows must lie in [0, {n}), got {rows.min()}..{rows.max()}")
+    return rows
+
+
+def row_buffer(layout: ShardLayout, n_rows: int, out: np.ndarray | None) -> np.ndarray:
+    """``out`` checked to hold ``n_rows`` rows of ``layout`` (C-contiguous), or a new such array."""
+    if out is None:
+        return np.empty((n_rows, *layout.row_shape), dtype=layout.dtype)
+    if out.shape != (n_rows, *layout.row_shape) or out.dtype != layout.dtype or not out.flags.c_contiguous:
+        raise ValueError(f"out must be C-contiguous {(n_rows, *layout.row_shape)} {layout.dtype}")
+    return out
+
+
+def patch_suffix(row_name: Callable[[int], str] | None, row: int) -> str:
+    """``", patch <name>"`` of ``row`` for an error message, or "" without a name."""
+    if row_name is None:
+        return ""
+    try:
+        return f", patch {row_name(row)}"
+    except Exception:  # the name is a courtesy; never hide the real error
+        return ""
+
+
 class RowReader(Protocol):
     """Reads whole rows (first-axis slices) of an array."""
 
@@ -303,13 +330,7 @@ class ShardReader:
         self._shards.clear()
 
     def _where(self, row: int) -> str:
-        name = ""
-        if self.row_name is not None:
-            try:
-                name = f", patch {self.row_name(row)}"
-            except Exception:  # the name is a courtesy; never hide the real error
-                name = ""
-        return f"row {row}{name}"
+        return f"row {row}{patch_suffix(self.row_name, row)}"
 
     def _corrupt(self, path: Path, row: int, what: str) -> StoreCorruptError:
         return StoreCorruptError(
@@ -355,14 +376,8 @@ class ShardReader:
         to their place in ``out`` (allocated when not given; must be C-contiguous).
         """
         layout = self.layout
-        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-        n = layout.shape[0]
-        if rows.size and (rows.min() < 0 or rows.max() >= n):
-            raise IndexError(f"{self.name}: rows must lie in [0, {n}), got {rows.min()}..{rows.max()}")
-        if out is None:
-            out = np.empty((rows.size, *layout.row_shape), dtype=layout.dtype)
-        elif out.shape != (rows.size, *layout.row_shape) or out.dtype != layout.dtype or not out.flags.c_contiguous:
-            raise ValueError(f"out must be C-contiguous {(rows.size, *layout.row_shape)} {layout.dtype}")
+        rows = check_rows(self.name, rows, layout.shape[0])
+        out = row_buffer(layout, rows.size, out)
         if rows.size == 0:
             return out
         flat = out.reshape(rows.size, -1).view(np.uint8)  # one byte row per output row
@@ -518,24 +533,15 @@ class ZarrRowReader:
             try:
                 self.array[row]
             except (ValueError, RuntimeError) as row_exc:
-                name = ""
-                if self.row_name is not None:
-                    try:
-                        name = f", patch {self.row_name(row)}"
-                    except Exception:  # the name is a courtesy; never hide the real error
-                        name = ""
                 return StoreCorruptError(
-                    f"{self.name}: chunk of row {row}{name} is corrupt ({row_exc}); "
+                    f"{self.name}: chunk of row {row}{patch_suffix(self.row_name, row)} is corrupt ({row_exc}); "
                     "re-ingest the store (or restore its shard file)"
                 )
         return None
 
     def read(self, rows: Sequence[int] | np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Rows ``rows`` (any order, repeats allowed) as (len(rows), *row_shape)."""
-        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-        n = self.shape[0]
-        if rows.size and (rows.min() < 0 or rows.max() >= n):
-            raise IndexError(f"{self.name}: rows must lie in [0, {n}), got {rows.min()}..{rows.max()}")
+        rows = check_rows(self.name, rows, self.shape[0])
         # one orthogonal selection of the sorted unique rows: zarr fetches whole shards' chunks at once
         unique, inverse = np.unique(rows, return_inverse=True)
         try:
