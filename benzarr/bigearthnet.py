@@ -142,15 +142,21 @@ class PatchName:
     col: int
 
 
+def _fullmatch(pattern: re.Pattern[str], name: str, what: str) -> re.Match[str]:
+    """``pattern`` matched against the whole of ``name``; ValueError ``not a <what>`` if it does not match."""
+    match = pattern.fullmatch(name)
+    if match is None:
+        raise ValueError(f"not a {what}: {name!r}")
+    return match
+
+
 def parse_patch_name(name: str) -> PatchName:
     """Split a v1.0 S2 patch name such as ``S2A_MSIL2A_20170613T101031_87_48``.
 
     Raises:
         ValueError: if ``name`` is not in that form.
     """
-    match = _S2_V1_NAME.fullmatch(name)
-    if match is None:
-        raise ValueError(f"not a BigEarthNet v1.0 S2 patch name: {name!r}")
+    match = _fullmatch(_S2_V1_NAME, name, "BigEarthNet v1.0 S2 patch name")
     return PatchName(
         satellite=match["satellite"],
         date=match["date"],
@@ -205,10 +211,7 @@ def is_v2_patch_name(name: str) -> bool:
 
 def v2_tile_product(name: str) -> str:
     """The tile-product folder of a v2.0 S2 patch id (the id without ``_<row>_<col>``)."""
-    match = _S2_V2_NAME.fullmatch(name)
-    if match is None:
-        raise ValueError(f"not a BigEarthNet v2.0 S2 patch id: {name!r}")
-    return match["product"]
+    return _fullmatch(_S2_V2_NAME, name, "BigEarthNet v2.0 S2 patch id")["product"]
 
 
 def is_s1_name(name: str) -> bool:
@@ -218,7 +221,4 @@ def is_s1_name(name: str) -> bool:
 
 def s1_product(name: str) -> str:
     """The S1 product folder of a v2.0 S1 patch name (``S1A_IW_GRDH_1SDV_20170613T165043``)."""
-    match = _S1_NAME.fullmatch(name)
-    if match is None:
-        raise ValueError(f"not a Sentinel-1 patch name: {name!r}")
-    return match["product"]
+    return _fullmatch(_S1_NAME, name, "Sentinel-1 patch name")["product"]
