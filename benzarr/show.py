@@ -331,19 +331,24 @@ def plot_patches(
                 axis.xaxis.set_label_position("top")
         title = f"{patch_names[i]}\n" + textwrap.fill(", ".join(present) or "(no labels)", width=34 * len(columns))
         axes[i, 0].set_title(title, fontsize=7, loc="left")
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=_DPI)
-    size = _pixels(fig)
-    plt.close(fig)
+    out, size = _save(fig, out, plt)
     panels = [_TITLES.get(kind, kind) for kind in columns]
     return ShowResult(out, rows, panels, n_axes + (len(rows) if predicted is not None else 0), size)
 
 
-def _pixels(fig: Any) -> tuple[int, int]:
+def _save(fig: Any, out: str | Path, plt: Any) -> tuple[Path, tuple[int, int]]:
+    """Lay out ``fig``, write it to ``out`` (its folder made) at ``_DPI`` and close it.
+
+    Returns:
+        (the path written, the image's (width, height) in pixels).
+    """
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=_DPI)
     width, height = fig.get_size_inches()
-    return int(round(width * _DPI)), int(round(height * _DPI))
+    plt.close(fig)
+    return out, (int(round(width * _DPI)), int(round(height * _DPI)))
 
 
 def _reference_legend(axis: Any, codes: np.ndarray, plt: Any) -> None:
@@ -456,10 +461,5 @@ def plot_split_map(store: Store, split: str, out: str | Path, *, leakage_km: flo
         leak = split_leakage(codes, bounds, epsg, leakage_km)
         title += f": test patches with a train patch within {leakage_km:g} km {leak['test']:.0%}"
     axis.set_title(title, fontsize=9)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=_DPI)
-    size_px = _pixels(fig)
-    plt.close(fig)
+    out, size_px = _save(fig, out, plt)
     return ShowResult(out, [], ["map"], 1, size_px)  # type: ignore[arg-type]
