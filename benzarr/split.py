@@ -59,7 +59,7 @@ import numpy as np
 import pandas as pd
 
 from benzarr.errors import InvalidArgumentError, MissingDependencyError, SplitExistsError
-from benzarr.groups import group_ids, group_summary, grouped_assignment, parse_group_by
+from benzarr.groups import GroupBy, group_ids, group_summary, grouped_assignment, parse_group_by
 from benzarr.leakage import DEFAULT_KM, split_leakage
 from benzarr.store import EXCLUDED, TEST, TRAIN, VAL, check_split_name  # noqa: F401 (codes re-exported)
 from benzarr.store import SUBSETS as SUBSET_CODES
@@ -766,6 +766,59 @@ def make_split(
         SplitNotFoundError: ``exclude_from`` is not a split of the store.
         InvalidArgumentError: bad or contradictory arguments.
     """
+    labels, seed, kfold, grouping = _check_split_args(
+        store, name, method, labels, seed, folds, assign, fractions, csv_dir, overwrite, engine, group_by
+    )
+    usable, n_failed, n_excluded_from = _usable_rows(store, exclude_from)
+    label_matrix = store.labels(labels)
+    codes, parameters, desired, lists = _split_codes(
+        store, method, label_matrix, usable, kfold=kfold, grouping=grouping, folds=folds, assign=assign,
+        fractions=fractions, seed=seed, engine=engine, csv_dir=csv_dir,
+    )
+    attrs: dict[str, Any] = {
+        "method": method,
+        "parameters": parameters,
+        "seed": seed if method in ("iterative", "random") else None,
+        "labels": labels,
+        "exclude_from": exclude_from,
+        "n_usable": int(usable.sum()),
+        "n_failed": n_failed,
+        "n_excluded_from": n_excluded_from,
+        "desired": list(desired) if desired is not None else None,
+        "engine": engine if method == "iterative" else None,
+        "versions": _package_versions(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    store.write_split(name, codes, attrs, overwrite=overwrite)
+    stored, stored_attrs = store.read_split(name)
+    geometry = store_geometry(store)
+    quality = split_quality(label_matrix, stored, class_names=store.class_names(labels), desired=desired,
+                            baseline_seed=seed, geometry=geometry)
+    if grouping is not None:
+        quality.iterative = _plain_iterative_quality(label_matrix, usable, stored_attrs, store.class_names(labels),
+                                                     geometry)
+    return SplitResult(name, stored, stored_attrs, quality, lists)
+
+
+def _check_split_args(
+    store: Store,
+    name: str,
+    method: str,
+    labels: str | None,
+    seed: int,
+    folds: int | None,
+    assign: Sequence[int] | None,
+    fractions: Sequence[float] | None,
+    csv_dir: str | Path | None,
+    overwrite: bool,
+    engine: str,
+    group_by: str | None,
+) -> tuple[str, int, bool, GroupBy | None]:
+    """:func:`make_split`'s argument checks, before any work.
+
+    Returns:
+        (the label set, the checked seed, whether it is K-fold, the parsed ``group_by`` or None).
+    """
     if method not in METHODS:
         raise InvalidArgumentError(f"unknown split method {method!r}: choose one of {', '.join(METHODS)}")
     if labels is None:
@@ -790,7 +843,15 @@ def make_split(
         if engine != "benzarr":
             raise InvalidArgumentError("--group-by runs on the benzarr engine only (the package has no groups)")
         grouping = parse_group_by(group_by)
+    return labels, seed, kfold, grouping
 
+
+def _usable_rows(store: Store, exclude_from: str | None) -> tuple[np.ndarray, int, int]:
+    """The rows a split may place: ingested, and not excluded by split ``exclude_from``.
+
+    Returns:
+        (the usable mask, the number of failed rows, the number ``exclude_from`` took out).
+    """
     usable = store.valid_mask()
     n_failed = int((~usable).sum())
     n_excluded_from = 0
@@ -799,8 +860,30 @@ def make_split(
         dropped = usable & (other == EXCLUDED)
         n_excluded_from = int(dropped.sum())
         usable &= other != EXCLUDED
-    label_matrix = store.labels(labels)
+    return usable, n_failed, n_excluded_from
 
+
+def _split_codes(
+    store: Store,
+    method: str,
+    label_matrix: np.ndarray,
+    usable: np.ndarray,
+    *,
+    kfold: bool,
+    grouping: GroupBy | None,
+    folds: int | None,
+    assign: Sequence[int] | None,
+    fractions: Sequence[float] | None,
+    seed: int,
+    engine: str,
+    csv_dir: str | Path | None,
+) -> tuple[np.ndarray, dict[str, Any], tuple[float, ...] | None, dict[str, dict[str, int]]]:
+    """The codes of one split by ``method`` (arguments as checked by :func:`_check_split_args`).
+
+    Returns:
+        (codes, the ``parameters`` attribute, the desired subset shares or None, the official or
+        CSV lists' counts).
+    """
     parameters: dict[str, Any] = {}
     desired: tuple[float, ...] | None = None
     lists: dict[str, dict[str, int]] = {}
@@ -855,30 +938,8 @@ def make_split(
                 f"{store.path}: none of the store's patches is in {what} (a synthetic archive has its "
                 "own names: use --method iterative or random)"
             )
+    return codes, parameters, desired, lists
 
-    attrs: dict[str, Any] = {
-        "method": method,
-        "parameters": parameters,
-        "seed": seed if method in ("iterative", "random") else None,
-        "labels": labels,
-        "exclude_from": exclude_from,
-        "n_usable": int(usable.sum()),
-        "n_failed": n_failed,
-        "n_excluded_from": n_excluded_from,
-        "desired": list(desired) if desired is not None else None,
-        "engine": engine if method == "iterative" else None,
-        "versions": _package_versions(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    store.write_split(name, codes, attrs, overwrite=overwrite)
-    stored, stored_attrs = store.read_split(name)
-    geometry = store_geometry(store)
-    quality = split_quality(label_matrix, stored, class_names=store.class_names(labels), desired=desired,
-                            baseline_seed=seed, geometry=geometry)
-    if grouping is not None:
-        quality.iterative = _plain_iterative_quality(label_matrix, usable, stored_attrs, store.class_names(labels),
-                                                     geometry)
-    return SplitResult(name, stored, stored_attrs, quality, lists)
 
 
 def default_label_set(store: Store) -> str:
