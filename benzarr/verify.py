@@ -238,17 +238,49 @@ def verify_store(
         raise InvalidArgumentError(f"--workers must be 0 or more, got {workers}")
     started = time.perf_counter()
     store = open_store(path, require_complete=False)
-    root = Path(store.path)
     report = VerifyReport(
         path=str(path), format_version=store.format_version, checksums=False, complete=store.complete,
         n_patches=store.n_patches,
     )
-    problems = report.problems
     names = _patch_names(store)
     expected = _expected_arrays(store)
     band_names = _band_arrays(store)
+    opened, layouts = _check_metadata(store, report, expected, band_names)
 
-    # metadata: every zarr.json parses, every array opens, the promised arrays are there
+    # what to read: band shards (workers), every other array (zarr-python, here)
+    fast = {band.name for band in layouts}
+    others = [(name, array) for name, array in opened.items() if name not in fast]
+    tasks = [(band, shard) for band in layouts for shard in range(band.layout.n_shards)]
+    total = sum(band.layout.shape[0] for band in layouts) + sum(_n_blocks(array) for _, array in others)
+    advance = progress or (lambda n, total=None: None)
+    advance(0, total)
+    valid = _valid_rows(opened.get("meta/valid"), store.n_patches)
+    done = _done_shards(opened.get(DONE_ARRAY))
+
+    checks = _check_band_shards(tasks, workers, decode, names, advance, report)
+    _shard_problems(checks, layouts, store, names, valid, done, report)
+    for name, array in others:
+        per_row = (name in ROW_FIELDS or name in band_names or name.startswith((f"{SPLITS_GROUP}/", f"{STAGE_GROUP}/"))) \
+            and array.ndim >= 1 and array.shape[0] == store.n_patches
+        report.chunks += _check_zarr_array(name, array, per_row, names, report.problems, advance)
+
+    report.seconds = time.perf_counter() - started
+    report.at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    if record:
+        _record(store, report)
+    return report
+
+
+def _check_metadata(
+    store: Store, report: VerifyReport, expected: dict[str, tuple[tuple[int, ...], str | None]], band_names: set[str],
+) -> tuple[dict[str, zarr.Array], list[_BandArray]]:
+    """Every zarr.json parses, every array opens, the promised arrays are there (problems into ``report``).
+
+    Returns:
+        (the arrays that open, by name; the band arrays of the sharded layout benzarr reads itself).
+    """
+    root = Path(store.path)
+    problems = report.problems
     opened: dict[str, zarr.Array] = {}
     layouts: list[_BandArray] = []
     broken: set[str] = set()
@@ -293,17 +325,18 @@ def verify_store(
                 problems.append(Problem(band.name, f"{band.folder / 'zarr.json'}: no crc32c in the inner codecs of a "
                                                    f"format {report.format_version} store"))
     report.arrays = len(opened)
+    return opened, layouts
 
-    # what to read: band shards (workers), every other array (zarr-python, here)
-    fast = {band.name for band in layouts}
-    others = [(name, array) for name, array in opened.items() if name not in fast]
-    tasks = [(band, shard) for band in layouts for shard in range(band.layout.n_shards)]
-    total = sum(band.layout.shape[0] for band in layouts) + sum(_n_blocks(array) for _, array in others)
-    advance = progress or (lambda n, total=None: None)
-    advance(0, total)
-    valid = _valid_rows(opened.get("meta/valid"), store.n_patches)
-    done = _done_shards(opened.get(DONE_ARRAY))
 
+def _check_band_shards(
+    tasks: list[tuple[_BandArray, int]],
+    workers: int | None,
+    decode: bool | None,
+    names: np.ndarray | None,
+    advance: Callable[..., None],
+    report: VerifyReport,
+) -> list[ShardCheck]:
+    """Check every band shard of ``tasks``, here or in ``workers`` processes (in task order)."""
     checks: list[ShardCheck] = []
     if workers is None:  # starting a process costs about a second: worth it for large stores only
         big = _shard_bytes(tasks) >= PARALLEL_BYTES
@@ -323,6 +356,21 @@ def verify_store(
             for future in futures:  # in submission order: the report lists problems in store order
                 checks.append(future.result())
                 advance(len(checks[-1].rows))
+    return checks
+
+
+def _shard_problems(
+    checks: list[ShardCheck],
+    layouts: list[_BandArray],
+    store: Store,
+    names: np.ndarray | None,
+    valid: np.ndarray | None,
+    done: np.ndarray | None,
+    report: VerifyReport,
+) -> None:
+    """Count ``checks`` into ``report`` with their problems, and a missing shard file that held valid patches."""
+    root = Path(store.path)
+    problems = report.problems
     by_name = {band.name: band for band in layouts}
     for check in checks:
         report.chunks += check.chunks
@@ -339,16 +387,6 @@ def verify_store(
                     f"{len(lost)} valid patch(es) that now read as zeros; re-ingest the store (or restore this file)",
                     lost, [_name(names, row) for row in lost],
                 ))
-    for name, array in others:
-        per_row = (name in ROW_FIELDS or name in band_names or name.startswith((f"{SPLITS_GROUP}/", f"{STAGE_GROUP}/"))) \
-            and array.ndim >= 1 and array.shape[0] == store.n_patches
-        report.chunks += _check_zarr_array(name, array, per_row, names, problems, advance)
-
-    report.seconds = time.perf_counter() - started
-    report.at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    if record:
-        _record(store, report)
-    return report
 
 
 def _patch_names(store: Store) -> np.ndarray | None:
