@@ -456,34 +456,12 @@ def ingest(
         raise os_error(exc, archive, "reading the archive") from None
     if not is_url(store_path):
         check_disjoint(store_path, archive)  # before anything is written
-    source = get_source(found.source)
-    # S2 is always ingested
-    chosen = list(found.modalities) if modalities is None else ["s2", *parse_modalities(modalities or "s2")]
-    absent = [m for m in chosen if m not in found.modalities]
-    if absent:
-        raise InvalidArgumentError(
-            f"{archive}: this {source.title} archive has no {absent[0]} data (it has: {', '.join(found.modalities)})"
-        )
-    chosen = [m for m in MODALITIES if m in chosen]
-    label_sets = source.label_sets(chosen)
-    # Everything that decides the store's contents; a resume or a part must match it exactly.
-    params = {
-        "archive": str(Path(archive).resolve()),
-        "source": found.source,
-        "modalities": chosen,
-        "shard_size": shard_size,
-        "compression": compression,
-        "exclude": [str(Path(e).resolve()) if Path(e).is_file() else str(e) for e in exclude],
-        "patches": None if patches is None else str(Path(patches).resolve()),
-        "n_patches": len(names),
-        "names_sha256": _names_digest(names),
-        "n_excluded": n_excluded,
-    }
+    chosen, label_sets, params = _ingest_params(
+        archive, found, names, n_excluded, modalities, shard_size, compression, exclude, patches
+    )
     done_before = None if overwrite else _already_complete(store_path, params, storage_options)
     if done_before is not None:
-        result = _result(done_before, time.perf_counter() - started, 0, True, missing, n_excluded, found.version)
-        result.already_complete = True
-        return result
+        return _already_done(done_before, started, missing, n_excluded, found)
     if part is None:
         _check_target(store_path, overwrite)
     try:
@@ -498,6 +476,48 @@ def ingest(
         raise os_error(exc, store_path, "writing", RESUME_HINT) from None
 
 
+def _ingest_params(
+    archive: str | Path, found: Archive, names: list[str], n_excluded: int, modalities: Sequence[str] | None,
+    shard_size: int, compression: str, exclude: Sequence[str | Path], patches: str | Path | None,
+) -> tuple[list[str], list[str], dict[str, Any]]:
+    """The modalities to ingest (checked against the archive), their label sets, and the
+    ``ingest`` parameters that decide the store's contents (a resume or a part must match them).
+
+    Returns:
+        (modalities in store order, label sets, parameters).
+    """
+    source = get_source(found.source)
+    # S2 is always ingested
+    chosen = list(found.modalities) if modalities is None else ["s2", *parse_modalities(modalities or "s2")]
+    absent = [m for m in chosen if m not in found.modalities]
+    if absent:
+        raise InvalidArgumentError(
+            f"{archive}: this {source.title} archive has no {absent[0]} data (it has: {', '.join(found.modalities)})"
+        )
+    chosen = [m for m in MODALITIES if m in chosen]
+    label_sets = source.label_sets(chosen)
+    params = {
+        "archive": str(Path(archive).resolve()),
+        "source": found.source,
+        "modalities": chosen,
+        "shard_size": shard_size,
+        "compression": compression,
+        "exclude": [str(Path(e).resolve()) if Path(e).is_file() else str(e) for e in exclude],
+        "patches": None if patches is None else str(Path(patches).resolve()),
+        "n_patches": len(names),
+        "names_sha256": _names_digest(names),
+        "n_excluded": n_excluded,
+    }
+    return chosen, label_sets, params
+
+
+def _already_done(store: Store, started: float, missing: list[str], n_excluded: int, found: Archive) -> IngestResult:
+    """The result of an ingest that found its store already complete."""
+    result = _result(store, time.perf_counter() - started, 0, True, missing, n_excluded, found.version)
+    result.already_complete = True
+    return result
+
+
 def _ingest_locked(found: Archive, names: list[str], missing: list[str], n_excluded: int, store_path: str,
                    params: dict[str, Any], chosen: list[str], label_sets: list[str], started: float, *,
                    workers: int, shard_size: int, compression: str, strict: bool, overwrite: bool, plan: bool,
@@ -509,21 +529,9 @@ def _ingest_locked(found: Archive, names: list[str], missing: list[str], n_exclu
     # checked again under the lock: an identical ingest may have finished while this one waited
     done_before = None if overwrite else _already_complete(store_path, params, storage_options)
     if done_before is not None:
-        result = _result(done_before, time.perf_counter() - started, 0, True, missing, n_excluded, found.version)
-        result.already_complete = True
-        return result
+        return _already_done(done_before, started, missing, n_excluded, found)
     if part is not None:
-        if not store_exists(store_path, storage_options):
-            raise StoreNotFoundError(f"{store_path}: no planned store; run `benzarr ingest ARCHIVE STORE --plan` first")
-        store = open_store(store_path, mode="r+", require_complete=False, storage_options=storage_options)
-        if store.attrs.get("ingest") != params or not store.attrs.get("layout_complete"):
-            raise StoreParametersError(
-                f"{store_path}: the planned store was made with other ingest parameters; "
-                "use the same archive, --shard-size, --compression, --exclude, --patches and modalities as --plan"
-            )
-        planned = store.attrs.get("parts")
-        if planned and planned != part[1]:
-            raise InvalidArgumentError(f"--part {part[0]}/{part[1]}: the store was planned for {planned} parts")
+        store = _open_part(store_path, params, part, storage_options)
         resumed = True
     else:
         store, resumed = _prepare_store(store_path, names, params, shard_size, compression, overwrite,
@@ -551,6 +559,44 @@ def _ingest_locked(found: Archive, names: list[str], missing: list[str], n_exclu
             on_progress(len(shard_refs))
 
     common = (store_path, storage_options, get_source(found.source), chosen)
+    _run_shards(tasks, common, finished, runner, workers, store_path, strict)
+
+    seconds = time.perf_counter() - started
+    if not np.asarray(store.array(DONE_ARRAY)[:], dtype=bool).all():  # other parts still to run
+        return _result(store, seconds, len(tasks), resumed, missing, n_excluded, found.version)
+    try:
+        _finalize(store)
+    except Exception:
+        # Two parts may finish together and both finalise; the slower one may find the
+        # staging arrays already gone. That is fine if the other one completed the store.
+        if not open_store(store_path, require_complete=False, storage_options=storage_options).complete:
+            raise
+    store = open_store(store_path, mode="r+", require_complete=False, storage_options=storage_options)
+    return _result(store, seconds, len(tasks), resumed, missing, n_excluded, found.version)
+
+
+def _open_part(store_path: str, params: dict[str, Any], part: tuple[int, int],
+               storage_options: dict[str, Any] | None) -> Store:
+    """The planned store that part ``part`` writes into, checked against this run's ``params``."""
+    if not store_exists(store_path, storage_options):
+        raise StoreNotFoundError(f"{store_path}: no planned store; run `benzarr ingest ARCHIVE STORE --plan` first")
+    store = open_store(store_path, mode="r+", require_complete=False, storage_options=storage_options)
+    if store.attrs.get("ingest") != params or not store.attrs.get("layout_complete"):
+        raise StoreParametersError(
+            f"{store_path}: the planned store was made with other ingest parameters; "
+            "use the same archive, --shard-size, --compression, --exclude, --patches and modalities as --plan"
+        )
+    planned = store.attrs.get("parts")
+    if planned and planned != part[1]:
+        raise InvalidArgumentError(f"--part {part[0]}/{part[1]}: the store was planned for {planned} parts")
+    return store
+
+
+def _run_shards(tasks: list[tuple[int, Sequence[PatchRef], int]], common: tuple[Any, ...],
+                finished: Callable[[Sequence[PatchRef], dict[str, str]], None], runner: ShardRunner | None,
+                workers: int, store_path: str, strict: bool) -> None:
+    """Run :func:`ingest_shard` on ``tasks`` (``runner``, this process, or a spawn pool of
+    ``workers``), calling ``finished`` as each shard ends."""
     if runner is not None:  # another executor (a Dask cluster) runs the same ingest_shard
         calls = [(*common, shard, shard_refs, start, strict) for shard, shard_refs, start in tasks]
         for index, failed in runner(ingest_shard, calls):
@@ -580,19 +626,6 @@ def _ingest_locked(found: Archive, names: list[str], missing: list[str], n_exclu
                 for future in pending:
                     future.cancel()
                 raise
-
-    seconds = time.perf_counter() - started
-    if not np.asarray(store.array(DONE_ARRAY)[:], dtype=bool).all():  # other parts still to run
-        return _result(store, seconds, len(tasks), resumed, missing, n_excluded, found.version)
-    try:
-        _finalize(store)
-    except Exception:
-        # Two parts may finish together and both finalise; the slower one may find the
-        # staging arrays already gone. That is fine if the other one completed the store.
-        if not open_store(store_path, require_complete=False, storage_options=storage_options).complete:
-            raise
-    store = open_store(store_path, mode="r+", require_complete=False, storage_options=storage_options)
-    return _result(store, seconds, len(tasks), resumed, missing, n_excluded, found.version)
 
 
 def missing_parts(store: Store) -> list[int]:
