@@ -740,14 +740,7 @@ def make_loader(
         raise InvalidArgumentError(f"workers must be 0 or more, got {num_workers}")
     if engine not in ("auto", "ring", "dataloader"):
         raise InvalidArgumentError(f"unknown loader engine {engine!r}: choose auto, ring or dataloader")
-    if distributed:
-        import torch.distributed as dist
-
-        if not (dist.is_available() and dist.is_initialized()):
-            raise InvalidArgumentError("distributed=True needs torch.distributed.init_process_group() first")
-        world, rank = dist.get_world_size(), dist.get_rank()
-    else:
-        world, rank = 1, 0
+    world, rank = _world_and_rank(distributed)
     device = torch.device(device)
     # DistributedSampler with one replica is a seeded (seed + epoch) shuffler with set_epoch
     sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
@@ -763,6 +756,24 @@ def make_loader(
         ring = RingLoader(ds, batches, num_workers, transform=in_workers, device=device,
                           prefetch_factor=prefetch_factor or 2)
         return DeviceLoader(ds, ring, sampler, None if in_workers is not None else transform, batches)
+    loader = _dataloader(ds, batches, num_workers, prefetch_factor, device, seed)
+    return DeviceLoader(ds, loader, sampler, ds.batch_transform(device, seed), batches)
+
+
+def _world_and_rank(distributed: bool) -> tuple[int, int]:
+    """(world size, rank) of the initialised process group, or (1, 0) when not ``distributed``."""
+    if not distributed:
+        return 1, 0
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        raise InvalidArgumentError("distributed=True needs torch.distributed.init_process_group() first")
+    return dist.get_world_size(), dist.get_rank()
+
+
+def _dataloader(ds: BigEarthNetDataset, batches: ResumableBatchSampler, num_workers: int,
+                prefetch_factor: int | None, device: torch.device, seed: int) -> DataLoader:
+    """:func:`make_loader`'s ``DataLoader`` engine: uint16 batches of ``batches``, pinned for CUDA."""
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
         kwargs["persistent_workers"] = True
@@ -782,7 +793,7 @@ def make_loader(
         generator=torch.Generator().manual_seed(seed),
         **kwargs,
     )
-    return DeviceLoader(ds, loader, sampler, ds.batch_transform(device, seed), batches)
+    return loader
 
 
 __all__ = [
