@@ -407,6 +407,9 @@ def ingest(
     """Ingest an archive of any registered source (BigEarthNet v1 S2, v1 S2+S1, or v2) into a
     store (create or resume).
 
+    (Long for its docstring, which documents every option: the body is about 40 lines, its
+    steps in :func:`_ingest_params` and :func:`_ingest_locked`.)
+
     Args:
         archive: v1 folder of patch folders or download root, or a v2 root.
         store_path: where the store goes: a local path or an ``s3://`` URL.
