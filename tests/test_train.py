@@ -12,6 +12,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -116,13 +117,19 @@ def test_run_killed_mid_epoch_and_resumed_equals_uninterrupted_run(store: Path, 
     (augmented: the flips and rotations of the resumed batches are the same too)."""
     from benzarr.tb import read_scalars
 
-    full = train(config(store, tmp_path / "full", epochs=2, batch_size=8, scheduler="cosine", augment="flip-rot90"))
-    k = random.randrange(1, full.steps - 1)  # a step and an epoch's end at least remain after it
+    def cli(out: Path, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "benzarr_cli", "train", str(store), "--split", "strat", "--epochs", "2",
+                "--batch-size", "8", "--scheduler", "cosine", "--augment", "flip-rot90", "--device", "cpu",
+                "--out", str(out), "-q", "--checkpoint-every", "1", *extra]
+
+    # every run in a fresh process: CPU kernels' last bits follow the intra-op thread count, which
+    # other tests of this process may have changed
+    full = SimpleNamespace(run_dir=tmp_path / "full")
+    subprocess.run(cli(full.run_dir), check=True, stdout=subprocess.DEVNULL)
+    steps = torch.load(full.run_dir / "checkpoints" / "last.pt", mmap=True, weights_only=True)["state"]["step"]
+    k = random.randrange(1, steps - 1)  # a step and an epoch's end at least remain after it
     out = tmp_path / "cut"
-    cmd = [sys.executable, "-m", "benzarr_cli", "train", str(store), "--split", "strat", "--epochs", "2",
-           "--batch-size", "8", "--scheduler", "cosine", "--augment", "flip-rot90", "--device", "cpu",
-           "--out", str(out), "-q", "--checkpoint-every", "1"]
-    killed = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed = subprocess.Popen(cli(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last, step, seen, deadline = out / "checkpoints" / "last.pt", 0, None, time.monotonic() + 120
     while step < k and killed.poll() is None and time.monotonic() < deadline:
         if last.exists() and last.stat().st_mtime_ns != seen:  # written atomically: never half a file
@@ -131,9 +138,7 @@ def test_run_killed_mid_epoch_and_resumed_equals_uninterrupted_run(store: Path, 
         time.sleep(0.005)
     killed.send_signal(signal.SIGKILL)
     assert killed.wait() == -signal.SIGKILL, f"the run ended before the kill at step {k}"
-    # the resumed run in this process (the CLI's --resume sets the same TrainConfig.resume): one start less
-    train(config(store, out, epochs=2, batch_size=8, scheduler="cosine", augment="flip-rot90", checkpoint_every=1,
-                 resume=True))
+    subprocess.run(cli(out, "--resume"), check=True, stdout=subprocess.DEVNULL)
     assert json.loads((out / "config.json").read_text())["resumed"]
     for name in ("last.pt", "best.pt"):
         assert_same_weights(weights(full.run_dir, name), weights(out, name))
