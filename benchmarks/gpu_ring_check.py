@@ -1,6 +1,8 @@
 """The batch ring's contract on the training device: the same batches, bit for bit, as the
 DataLoader path (issue 10 §2), on every modality, band selection and label set, with a
-distributed sampler, delivered to CUDA (page-locked slots, side-stream copies, events).
+distributed sampler, delivered to CUDA (page-locked slots, side-stream copies, events); and,
+on CUDA, that no training step of ``benzarr.train`` synchronises with the GPU (torch's sync
+debug mode: issue 10 §3).
 
 tests/test_ring.py checks the same on the CPU in the suite; this script is what a GPU node
 runs (no pytest there), and it runs on the CPU too. One JSON row per case.
@@ -61,6 +63,45 @@ def compare(a: list[dict[str, torch.Tensor]], b: list[dict[str, torch.Tensor]]) 
     return {"equal": True, "batches": len(a)}
 
 
+def trainer_syncs(store: Path, workdir: Path, device: torch.device) -> dict[str, Any]:
+    """``benzarr.train.train`` on CUDA with torch's sync debug mode on from the second step of
+    the epoch to its last: no training step may wait for the GPU (the loader's own files
+    aside). On the CPU there is nothing to synchronise with: reported as equal."""
+    import warnings
+
+    from benzarr.split import make_split
+    from benzarr.store import open_store
+    from benzarr.train import TrainConfig, TrainEvent, train
+
+    row: dict[str, Any] = {"case": "trainer steps make no host synchronisation", "device": str(device)}
+    if device.type != "cuda":
+        return {**row, "equal": True, "note": "not applicable on the CPU"}
+    try:
+        opened = open_store(store, mode="r+")
+        if "sync" not in opened.split_names():
+            make_split(opened, "sync", "random", fractions=(0.6, 0.2, 0.2))
+        n_batches = [0]
+
+        def watch(event: TrainEvent) -> None:
+            if event.kind == "epoch_start":
+                n_batches[0] = event.n_batches
+            elif event.kind == "step":
+                torch.cuda.set_sync_debug_mode("warn" if event.step < n_batches[0] else "default")
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                train(TrainConfig(store=str(store), split="sync", model="shortcnn-rgb", epochs=1, batch_size=8,
+                                  device="cuda", amp=True, out=str(workdir / "sync-run")), watch)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        syncs = [f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)
+                 and Path(w.filename).name not in ("data.py", "ring.py")]
+        return {**row, "equal": n_batches[0] >= 3 and not syncs, "syncs": syncs, "batches": n_batches[0]}
+    except Exception as exc:
+        return {**row, "equal": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=5)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -110,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         row.update(equal=False, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=5))
     rows.append(row)
     print(f"{row['case']}: {'equal' if row['equal'] else 'DIFFERENT ' + str(row.get('error') or row.get('why'))}")
+    rows.append(trainer_syncs(v1, args.workdir, device))
+    print(f"{rows[-1]['case']}: {'none' if rows[-1]['equal'] else rows[-1].get('syncs') or rows[-1].get('error')}")
     ok = all(r["equal"] for r in rows)
     write_json(args.out, {"machine": machine_info(), "device": torch.cuda.get_device_name(device)
                           if device.type == "cuda" else "cpu", "all_equal": ok, "cases": rows,

@@ -37,14 +37,13 @@ from __future__ import annotations
 
 import collections
 import importlib
+import mmap
 import multiprocessing
-import os
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-import mmap
 import numpy as np
 import torch
 

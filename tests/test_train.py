@@ -460,28 +460,3 @@ def test_training_steps_read_nothing_back_from_the_device(store: Path, tmp_path:
     fast: list[TrainEvent] = []
     train(config(store, tmp_path / "every", epochs=1, batch_size=8), fast.append)
     assert all(math.isfinite(e.loss) for e in fast if e.kind == "step")  # on the CPU a copy lands at once
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_no_training_step_synchronises_with_the_gpu(store: Path, tmp_path: Path) -> None:
-    """torch's sync debug mode flags every host-device synchronisation from the second step
-    of the epoch to its last (the loader's own files are left to the loader's tests)."""
-    import warnings
-
-    n_batches = [0]
-
-    def watch(event: TrainEvent) -> None:
-        if event.kind == "epoch_start":
-            n_batches[0] = event.n_batches
-        elif event.kind == "step":
-            torch.cuda.set_sync_debug_mode("warn" if event.step < n_batches[0] else "default")
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            train(config(store, tmp_path / "run", batch_size=8, device="cuda", amp=True), watch)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    syncs = [f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)
-             and Path(w.filename).name not in ("data.py", "ring.py")]
-    assert n_batches[0] >= 3 and not syncs, syncs
