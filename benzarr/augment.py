@@ -99,6 +99,8 @@ def augment_tensor(x: torch.Tensor, codes: np.ndarray) -> torch.Tensor:
     transform and scatter per distinct code (at most eight)."""
     if not codes.any():
         return x
+    if x.dtype == torch.uint16:  # few uint16 kernels outside the CPU: move the same bits as int16
+        return augment_tensor(x.view(torch.int16), codes).view(torch.uint16)
     out = torch.empty_like(x)
     for code in np.unique(codes).tolist():
         where = np.flatnonzero(codes == code)

@@ -127,6 +127,10 @@ def test_tensor_and_numpy_paths_agree() -> None:
     assert torch.equal(via_numpy, via_torch)
     assert torch.equal(via_torch[4], x[4].flip(-1).flip(-2).transpose(-1, -2).float())
     assert torch.equal(augment_tensor(x, np.full(6, 3, np.uint8)), x.flip(-1).flip(-2))
+    u16 = torch.from_numpy(np.arange(6 * 5 * 5, dtype=np.uint16).reshape(6, 5, 5) * 2000)  # values above 32,767
+    moved = augment_tensor(u16, codes)
+    assert moved.dtype == torch.uint16
+    assert np.array_equal(moved.numpy(), augment_numpy(u16.numpy(), codes, np.uint16))
 
 
 def test_augmentation_names() -> None:
