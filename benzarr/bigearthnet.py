@@ -171,6 +171,17 @@ def is_patch_name(name: str) -> bool:
     return _S2_V1_NAME.fullmatch(name) is not None
 
 
+def format_patch_name(satellite: str, stamp: str, row: int, col: int) -> str:
+    """The v1.0 S2 patch name that :func:`parse_patch_name` reads back.
+
+    Args:
+        satellite: ``S2A`` or ``S2B``.
+        stamp: ``YYYYMMDDTHHMMSS`` as the names write it (some real ones have a shorter time).
+        row, col: the patch's cell in its tile.
+    """
+    return f"{satellite}_MSIL2A_{stamp}_{row}_{col}"
+
+
 #: Approximate share of BigEarthNet v1.0 patches carrying each of the 43 labels (from the
 #: published label counts over 590,326 patches). Used by the synthetic archive generator.
 CLC43_FREQUENCY: tuple[float, ...] = (
@@ -202,6 +213,31 @@ _S1_NAME = re.compile(
     r"(?P<product>(?P<satellite>S1[AB])_IW_GRDH_1SDV_(?P<date>[0-9]{8})T(?P<time>[0-9]{6}))_(?P<tile>[0-9]{2}[A-Z]{3})"
     r"_(?P<row>[0-9]+)_(?P<col>[0-9]+)"
 )
+
+
+def format_v2_tile_product(satellite: str, stamp: str, orbit: int, tile: str) -> str:
+    """The v2.0 S2 tile-product folder, e.g. ``S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP``.
+
+    Args:
+        satellite: ``S2A`` or ``S2B``; stamp: ``YYYYMMDDTHHMMSS``; orbit: relative orbit
+        (1-143); tile: the MGRS tile without its ``T`` (``33UUP``).
+    """
+    return f"{satellite}_MSIL2A_{stamp}_N9999_R{orbit:03d}_T{tile}"
+
+
+def format_v2_patch_name(tile_product: str, row: int, col: int) -> str:
+    """The v2.0 S2 patch id: :func:`format_v2_tile_product`'s folder, then ``_<row>_<col>``."""
+    return f"{tile_product}_{row}_{col}"
+
+
+def format_s1_product(satellite: str, start: str) -> str:
+    """The S1 product folder, e.g. ``S1A_IW_GRDH_1SDV_20170613T165043`` (start ``YYYYMMDDTHHMMSS``)."""
+    return f"{satellite}_IW_GRDH_1SDV_{start}"
+
+
+def format_s1_name(product: str, tile: str, row: int | str, col: int | str) -> str:
+    """The S1 patch name, e.g. ``S1A_IW_GRDH_1SDV_20170613T165043_33UUP_87_48``."""
+    return f"{product}_{tile}_{row}_{col}"
 
 
 def is_v2_patch_name(name: str) -> bool:

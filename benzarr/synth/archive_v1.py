@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benzarr.bigearthnet import CLC43
+from benzarr.bigearthnet import CLC43, format_s1_name
 from benzarr.sources.ben_v1 import V1_S1_FOLDER, V1_S2_FOLDER, labels_path
 from benzarr.synth.labels import _check_count, synth_labels
 from benzarr.synth.pixels import _patch_scene
@@ -148,7 +148,7 @@ def synth_archive(
         for i, (name, a) in enumerate(zip(plan.names, plan.acquisition.tolist())):
             row, col = name.rsplit("_", 2)[1:]
             p = passes[a]
-            jobs[i] += (f"{p.product}_{acq[a].tile}_{row}_{col}", p.scene_source, p.acquisition_time)
+            jobs[i] += (format_s1_name(p.product, acq[a].tile, row, col), p.scene_source, p.acquisition_time)
         write = functools.partial(_write_patch_with_s1, str(out), int(seed))
     else:
         write = functools.partial(_write_patch, str(out), int(seed))

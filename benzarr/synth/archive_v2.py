@@ -12,7 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
-from benzarr.bigearthnet import CLC19, clc43_to_clc19
+from benzarr.bigearthnet import (
+    CLC19,
+    clc43_to_clc19,
+    format_s1_name,
+    format_v2_patch_name,
+    format_v2_tile_product,
+)
 from benzarr.sources.ben_v2 import (
     REFERENCE_MAP_BAND,
     V2_METADATA,
@@ -80,8 +86,9 @@ def _plan_v2(n_patches: int, seed: int) -> _V2Plan:
     ):
         acq, s1 = base.acquisitions[a], passes[a]
         row, col = name.rsplit("_", 2)[1:]
-        product = f"{acq.satellite}_MSIL2A_{acq.stamp}_N9999_R{acq.orbit:03d}_T{acq.tile}"
-        rows.append((f"{product}_{row}_{col}", product, name, s1.product, f"{s1.product}_{acq.tile}_{row}_{col}",
+        product = format_v2_tile_product(acq.satellite, acq.stamp, acq.orbit, acq.tile)
+        rows.append((format_v2_patch_name(product, row, col), product, name, s1.product,
+                     format_s1_name(s1.product, acq.tile, row, col),
                      acq, int(ulx), int(uly), i))
     rows.sort(key=lambda r: r[0])
     order = np.asarray([r[-1] for r in rows], dtype=np.intp)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from benzarr.bigearthnet import format_patch_name, format_s1_product
 from benzarr.errors import InvalidArgumentError
 from benzarr.synth.labels import _check_count
 
@@ -132,8 +133,10 @@ def _plan(n_patches: int, seed: int) -> _Plan:
         or [np.zeros(0, dtype=np.int64)]
     )
     rows, cols = np.divmod(cells, TILE_CELLS)
-    prefixes = [f"{a.satellite}_MSIL2A_{a.name_stamp}_" for a in acquisitions]
-    names = [f"{prefixes[a]}{r}_{c}" for a, r, c in zip(acq.tolist(), rows.tolist(), cols.tolist())]
+    names = [
+        format_patch_name(acquisitions[a].satellite, acquisitions[a].name_stamp, r, c)
+        for a, r, c in zip(acq.tolist(), rows.tolist(), cols.tolist())
+    ]
     order = sorted(range(n_patches), key=names.__getitem__)
     order_arr = np.asarray(order, dtype=np.int64)
     acq, rows, cols = acq[order_arr], rows[order_arr], cols[order_arr]
@@ -167,7 +170,7 @@ class _S1Pass:
     @property
     def product(self) -> str:
         """``S1A_IW_GRDH_1SDV_20170613T165043``: the S1 product folder of reBEN."""
-        return f"{self.satellite}_IW_GRDH_1SDV_{self.start}"
+        return format_s1_product(self.satellite, self.start)
 
     @property
     def acquisition_time(self) -> str:
