@@ -534,40 +534,49 @@ class BigEarthNetDataset(Dataset):
         return BatchTransform(self.bands, device, self.mean, self.std, self.resample, self.align_corners,
                               self.augment, seed)
 
-    def plot(self, sample: Sample, show_titles: bool = True, suptitle: str | None = None) -> Any:
-        """Plot a sample: true colour (B04, B03, B02) when selected, else the first band.
+    def plot(self, sample: Sample, show_titles: bool = True, suptitle: str | None = None, *,
+             panels: Sequence[str] | None = None, axes: Sequence[Any] | None = None, top: int = 5,
+             panel_titles: bool = True) -> Any:
+        """Plot a sample as a row of panels, as TorchGeo's datasets do; ``benzarr show`` draws
+        each of its rows with this method.
 
-        Each channel is stretched between its 2nd and 98th percentiles
-        (:func:`benzarr.show.stretch`, which ``benzarr show`` draws its composites with). The
-        title lists the sample's labels (and ``prediction``'s, when the sample has one).
+        Panels (:func:`benzarr.show.default_panels`): true colour (B04, B03, B02), false
+        colour (B08, B04, B03) and S1 VV/VH when their channels are selected, else the first
+        channel in grey; the reference map in CORINE colours when the sample has a ``mask``;
+        the top predictions when it has a ``prediction`` ((L,) scores in 0..1, true positives
+        green, false positives red). Each channel is stretched between its 2nd and 98th
+        percentiles, so native, dB and normalised samples all show.
+
+        Args:
+            sample: ``ds[i]``, optionally with ``prediction`` added.
+            show_titles: title the first panel with the sample's label names.
+            suptitle: the figure's title.
+            panels: panel kinds to draw instead of the default (``rgb``, ``false-color``,
+                ``swir``, ``VV,VH``, ``band:NAME``, ``reference map``, ``predictions``).
+            axes: matplotlib Axes to draw into, one per panel (default: a new figure).
+            top: predictions listed.
+            panel_titles: head each panel with its kind.
 
         Returns:
             the matplotlib Figure.
         """
-        import matplotlib.pyplot as plt
+        from benzarr.show import draw_sample
 
-        from benzarr.show import stretch
+        def host(key: str) -> np.ndarray | None:
+            value = sample.get(key)
+            return None if value is None else np.asarray(torch.as_tensor(value).detach().cpu().float())
 
-        image = torch.as_tensor(sample["image"]).detach().cpu().float()
-        if all(b in self.bands for b in RGB_BANDS):
-            picture = image[[self.bands.index(b) for b in RGB_BANDS]]
-        else:
-            picture = image[:1].expand(3, -1, -1)
-        picture = stretch(picture.numpy().astype(np.float64))  # the same stretch as `benzarr show`
-
-        def names(vector: Any) -> list[str]:
-            return [self.classes[i] for i in np.flatnonzero(np.asarray(torch.as_tensor(vector).cpu()) > 0.5)]
-
-        figure, axis = plt.subplots(figsize=(5, 5))
-        axis.imshow(picture)
-        axis.axis("off")
+        label = host("label")
+        title = None
         if show_titles:
-            title = "Labels: " + ", ".join(names(sample["label"]))
-            if "prediction" in sample:
-                title += "\nPredictions: " + ", ".join(names(sample["prediction"]))
-            axis.set_title(title, fontsize=8, wrap=True)
+            title = "Labels: " + ", ".join(self.classes[i] for i in np.flatnonzero(label > 0.5))
+        figure = draw_sample(host("image"), self.bands, label, self.classes, mask=host("mask"),
+                             prediction=host("prediction"), panels=panels, axes=axes, title=title,
+                             panel_titles=panel_titles, top=top)
         if suptitle is not None:
             figure.suptitle(suptitle)
+            if axes is None:
+                figure.tight_layout()
         return figure
 
     def __repr__(self) -> str:

@@ -15,10 +15,13 @@ and a map of a split's patches coloured by subset.
 * ``predictions`` with a training run (``run``): the model's top scores, true positives in
   green, false positives in red, and the labels it missed.
 
-The row's title lists the patch's labels. Pixels are read straight from the store with
-zarr-python (a few patches; no torch needed); predictions load the run's model and read
-the patch through :class:`benzarr.data.BigEarthNetDataset` with the run's bands and
-normalisation, so torch is needed only then.
+The row's title lists the patch's labels. Each row is a sample of a
+:class:`benzarr.data.BigEarthNetDataset` that serves just the panels' channels at native values
+(coarse bands repeated to 10 m by nearest upsampling), drawn by its
+:meth:`~benzarr.data.BigEarthNetDataset.plot`, which in turn draws with :func:`draw_sample`
+here. So the CLI and the library draw the same figure, and ``benzarr show`` needs torch (the
+``train`` extra). Predictions load the run's model and read the patch with the run's bands and
+normalisation.
 
 :func:`plot_split_map` plots every patch of a split at its centre in longitude and latitude
 (from ``meta/bounds`` in its UTM zone, converted by :func:`utm_to_lonlat`), coloured by
@@ -36,13 +39,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from benzarr.errors import InvalidArgumentError, MissingDependencyError
+from benzarr.errors import InvalidArgumentError, MissingDependencyError, missing_extra
 
 if TYPE_CHECKING:
     from benzarr.store import Store
 
-__all__ = ["CLC_COLOURS", "COMPOSITES", "ShowResult", "pick_rows", "plot_patches", "plot_split_map",
-           "utm_to_lonlat"]
+__all__ = ["CLC_COLOURS", "COMPOSITES", "ShowResult", "default_panels", "draw_sample", "panel_image", "pick_rows",
+           "plot_patches", "plot_split_map", "stretch", "utm_to_lonlat"]
 
 #: Composite -> the bands drawn as red, green, blue.
 COMPOSITES: dict[str, tuple[str, str, str]] = {
@@ -150,26 +153,6 @@ def pick_rows(
 # --- pixels ---------------------------------------------------------------------------------------
 
 
-def _band_locations(store: Store) -> dict[str, tuple[str, int, int]]:
-    """S2/S1 band -> (array, channel, repeat factor to 120 px)."""
-    out: dict[str, tuple[str, int, int]] = {}
-    for array, factor in (("s2/10m", 1), ("s2/20m", 2), ("s2/60m", 6), ("s1", 1)):
-        if store.has_array(array):
-            for channel, band in enumerate(store.band_names(array)):
-                out[band] = (array, channel, factor)
-    return out
-
-
-def _read_bands(store: Store, row: int, bands: Sequence[str], where: dict[str, tuple[str, int, int]]) -> np.ndarray:
-    """(len(bands), 120, 120) float64 of one patch, coarse bands repeated to 10 m."""
-    planes = []
-    for band in bands:
-        array, channel, factor = where[band]
-        plane = np.asarray(store.array(array)[row, channel], dtype=np.float64)
-        planes.append(np.repeat(np.repeat(plane, factor, axis=0), factor, axis=1) if factor > 1 else plane)
-    return np.stack(planes)
-
-
 def stretch(image: np.ndarray) -> np.ndarray:
     """(3, H, W) -> (H, W, 3) in 0..1, each channel between its 2nd and 98th percentiles."""
     lo = np.percentile(image, 2, axis=(1, 2), keepdims=True)
@@ -177,13 +160,43 @@ def stretch(image: np.ndarray) -> np.ndarray:
     return np.clip((image - lo) / np.maximum(hi - lo, 1e-6), 0, 1).transpose(1, 2, 0)
 
 
-def composite(store: Store, row: int, kind: str, where: dict[str, tuple[str, int, int]] | None = None) -> np.ndarray:
-    """(120, 120, 3) float in 0..1: ``rgb``, ``false-color``, ``swir`` or ``VV,VH`` of one patch."""
-    where = _band_locations(store) if where is None else where
+def panel_bands(kind: str) -> tuple[str, ...]:
+    """The channels an image panel is drawn from: a composite's three bands, ``VV``/``VH``."""
+    return ("VV", "VH") if kind == S1_COMPOSITE else COMPOSITES[kind]
+
+
+def panel_image(image: np.ndarray, bands: Sequence[str], kind: str) -> np.ndarray:
+    """(H, W, 3) float in 0..1 of one image panel.
+
+    Args:
+        image: (C, H, W) of one patch, channels named by ``bands`` (any scale: native uint16
+            values, dB or normalised; the stretch is per channel).
+        kind: a :data:`COMPOSITES` key, ``VV,VH`` (red VV, green VH, blue VV - VH) or
+            ``band:NAME`` (one channel as grey).
+    """
+    image = np.asarray(image, dtype=np.float64)
+    if kind.startswith("band:"):
+        plane = image[list(bands).index(kind[5:])]
+        return stretch(np.stack([plane, plane, plane]))
+    planes = image[[list(bands).index(b) for b in panel_bands(kind)]]
     if kind == S1_COMPOSITE:
-        vv, vh = _read_bands(store, row, ("VV", "VH"), where)
-        return stretch(np.stack([vv, vh, vv - vh]))
-    return stretch(_read_bands(store, row, COMPOSITES[kind], where))
+        planes = np.stack([planes[0], planes[1], planes[0] - planes[1]])
+    return stretch(planes)
+
+
+def default_panels(bands: Sequence[str], *, mask: bool = False, prediction: bool = False) -> list[str]:
+    """The panels :func:`draw_sample` draws for a selection of ``bands``: true colour, false
+    colour and S1 VV/VH when all their channels are selected (else the first channel in
+    grey), then ``predictions`` with scores and ``reference map`` with a mask."""
+    kinds = [k for k in ("rgb", "false-color", S1_COMPOSITE) if set(panel_bands(k)) <= set(bands)]
+    kinds = kinds or [f"band:{bands[0]}"]
+    # the reference map goes last: its legend sits to the right of it, outside the panel
+    return kinds + (["predictions"] if prediction else []) + (["reference map"] if mask else [])
+
+
+def panel_title(kind: str) -> str:
+    """The heading of a panel kind (``rgb`` -> ``true colour``)."""
+    return kind[5:] if kind.startswith("band:") else _TITLES.get(kind, kind)
 
 
 def reference_colours(codes: np.ndarray) -> np.ndarray:
@@ -194,17 +207,95 @@ def reference_colours(codes: np.ndarray) -> np.ndarray:
     return lut[np.clip(np.asarray(codes, dtype=np.int64), 0, 999)]
 
 
+def draw_sample(
+    image: np.ndarray,
+    bands: Sequence[str],
+    label: np.ndarray,
+    classes: Sequence[str],
+    *,
+    mask: np.ndarray | None = None,
+    prediction: np.ndarray | None = None,
+    panels: Sequence[str] | None = None,
+    axes: Sequence[Any] | None = None,
+    title: str | None = None,
+    panel_titles: bool = True,
+    top: int = 5,
+) -> Any:
+    """Draw one patch as a row of panels; the drawing behind
+    :meth:`benzarr.data.BigEarthNetDataset.plot` (and so ``benzarr show``).
+
+    Args:
+        image: (C, 120, 120) float, channels named by ``bands``.
+        label: (L,) multi-hot over ``classes``.
+        mask: (120, 120) CLC2018 codes: the ``reference map`` panel, with a legend.
+        prediction: (L,) scores in 0..1: the ``predictions`` panel (top ``top`` scores, true
+            positives green, false positives red, missed labels listed).
+        panels: panel kinds (:func:`default_panels` when None).
+        axes: one matplotlib Axes per panel; None: a new figure of one row.
+        title: set on the first panel.
+        panel_titles: head each panel with its kind.
+
+    Returns:
+        the matplotlib Figure drawn on.
+
+    Raises:
+        InvalidArgumentError: a panel whose data the sample lacks.
+    """
+    panels = list(panels) if panels is not None else default_panels(
+        bands, mask=mask is not None, prediction=prediction is not None)
+    made = axes is None
+    if axes is None:
+        plt = _pyplot()
+        width = _PANEL_INCHES * len(panels) + (1.6 if "reference map" in panels else 0)
+        figure, row = plt.subplots(1, len(panels), figsize=(width, _PANEL_INCHES + 0.7), squeeze=False)
+        axes = list(row[0])
+    if len(axes) != len(panels):
+        raise InvalidArgumentError(f"{len(panels)} panels ({', '.join(panels)}) need as many axes, got {len(axes)}")
+    truth = np.asarray(label) > 0.5
+    for kind, axis in zip(panels, axes):
+        axis.set_xticks([])
+        axis.set_yticks([])
+        if kind == "predictions":
+            if prediction is None:
+                raise InvalidArgumentError("a predictions panel needs the sample's prediction scores")
+            _prediction_panel(axis, classes, np.asarray(prediction, dtype=np.float64), truth, top)
+            continue
+        if kind == "reference map":
+            if mask is None:
+                raise InvalidArgumentError("a reference map panel needs the sample's mask")
+            codes = np.asarray(mask)
+            axis.imshow(reference_colours(codes), interpolation="nearest")
+            _reference_legend(axis, codes)
+        else:
+            missing = [b for b in (panel_bands(kind) if not kind.startswith("band:") else (kind[5:],))
+                       if b not in bands]
+            if missing:
+                raise InvalidArgumentError(f"the {panel_title(kind)} panel needs {', '.join(missing)}, "
+                                           f"which the sample lacks (it has {', '.join(bands)})")
+            axis.imshow(panel_image(image, bands, kind), interpolation="nearest")
+        if panel_titles:
+            axis.set_xlabel(panel_title(kind), fontsize=8)
+            axis.xaxis.set_label_position("top")
+    if title is not None:
+        axes[0].set_title(textwrap.fill(title, 40), fontsize=8)
+    if made:
+        axes[0].figure.tight_layout()
+    return axes[0].figure
+
+
 def _panels(store: Store, composites: Sequence[str] | None) -> list[str]:
-    where = _band_locations(store)
+    """Panel kinds for a store: the chosen composites (checked against its bands), or true
+    and false colour (and S1 when present); then the reference map when the store has one."""
+    available = {b for array in ("s2/10m", "s2/20m", "s2/60m", "s1") if store.has_array(array)
+                 for b in store.band_names(array)}
     if composites is None:
-        kinds = ["rgb", "false-color"] + ([S1_COMPOSITE] if {"VV", "VH"} <= where.keys() else [])
+        kinds = ["rgb", "false-color"] + ([S1_COMPOSITE] if {"VV", "VH"} <= available else [])
     else:
         kinds = list(composites)
     for kind in kinds:
         if kind not in COMPOSITES and kind != S1_COMPOSITE:
             raise InvalidArgumentError(f"unknown --bands {kind!r}: choose rgb, false-color, swir or VV,VH")
-        needed = ("VV", "VH") if kind == S1_COMPOSITE else COMPOSITES[kind]
-        missing = [b for b in needed if b not in where]
+        missing = [b for b in panel_bands(kind) if b not in available]
         if missing:
             what = "Sentinel-1" if kind == S1_COMPOSITE else "those bands"
             raise InvalidArgumentError(f"{store.path}: --bands {kind} needs {', '.join(missing)}; the store has no {what}")
@@ -279,7 +370,8 @@ def plot_patches(
     run: str | Path | None = None,
     top: int = 5,
 ) -> ShowResult:
-    """Write a PNG with one row of panels per patch (module docstring).
+    """Write a PNG with one row of panels per patch (module docstring), each row drawn by
+    :meth:`benzarr.data.BigEarthNetDataset.plot` on a sample read by that dataset.
 
     Args:
         store: an open store.
@@ -290,7 +382,9 @@ def plot_patches(
         run: a training run folder: add each patch's top ``top`` predictions.
 
     Raises:
-        InvalidArgumentError: unknown composite, bands the store lacks, no rows.
+        InvalidArgumentError: unknown composite, bands the store lacks, no rows, a patch that
+            failed ingest.
+        MissingDependencyError: torch is not installed (the ``train`` extra).
     """
     from benzarr.split import default_label_set
 
@@ -300,40 +394,42 @@ def plot_patches(
     plt = _pyplot()
     kinds = _panels(store, composites)
     label_set = labels or default_label_set(store)
-    names = store.class_names(label_set)
-    truth = store.labels(label_set)[rows]
+    dataset = _panel_dataset(store, kinds, label_set)
     patch_names = store.patch_names()[rows]
+    positions = np.searchsorted(dataset.rows, rows)
+    for row, pos, name in zip(rows, positions.tolist(), patch_names):
+        if pos >= dataset.rows.size or dataset.rows[pos] != row:
+            raise InvalidArgumentError(f"{store.path}: patch {name} (row {row}) failed ingest; it has no pixels to draw")
     predicted = run_predictions(store.path, rows, run) if run is not None else None
-    columns = kinds + (["predictions"] if predicted is not None else [])
-    where = _band_locations(store)
+    images = [kind for kind in kinds if kind != "reference map"]
+    columns = images + (["predictions"] if predicted is not None else []) + kinds[len(images):]
 
     width = _PANEL_INCHES * len(columns) + (1.6 if "reference map" in kinds else 0)
     fig, axes = plt.subplots(len(rows), len(columns), figsize=(width, (_PANEL_INCHES + 0.7) * len(rows)), squeeze=False)
-    n_axes = 0
-    for i, row in enumerate(rows):
-        present = [names[j] for j in np.flatnonzero(truth[i])]
-        for j, kind in enumerate(columns):
-            axis = axes[i, j]
-            axis.set_xticks([])
-            axis.set_yticks([])
-            if kind == "reference map":
-                codes = np.asarray(store.array("reference_map")[row])
-                axis.imshow(reference_colours(codes), interpolation="nearest")
-                _reference_legend(axis, codes, plt)
-            elif kind == "predictions":
-                _prediction_panel(axis, predicted[0], predicted[1][i], truth[i], top)
-                continue
-            else:
-                axis.imshow(composite(store, row, kind, where), interpolation="nearest")
-            n_axes += 1
-            if i == 0:
-                axis.set_xlabel(_TITLES.get(kind, kind), fontsize=8)
-                axis.xaxis.set_label_position("top")
+    for i, pos in enumerate(positions.tolist()):
+        sample = dataset[pos]
+        if predicted is not None:
+            sample["prediction"] = predicted[1][i]
+        present = [dataset.classes[j] for j in np.flatnonzero(np.asarray(sample["label"]) > 0.5)]
         title = f"{patch_names[i]}\n" + textwrap.fill(", ".join(present) or "(no labels)", width=34 * len(columns))
+        dataset.plot(sample, show_titles=False, panels=columns, axes=list(axes[i]), top=top, panel_titles=i == 0)
         axes[i, 0].set_title(title, fontsize=7, loc="left")
     out, size = _save(fig, out, plt)
-    panels = [_TITLES.get(kind, kind) for kind in columns]
-    return ShowResult(out, rows, panels, n_axes + (len(rows) if predicted is not None else 0), size)
+    return ShowResult(out, rows, [panel_title(kind) for kind in columns], len(rows) * len(columns), size)
+
+
+def _panel_dataset(store: Store, kinds: Sequence[str], label_set: str) -> Any:
+    """A :class:`~benzarr.data.BigEarthNetDataset` serving exactly the panels' channels at
+    native values, coarse bands repeated to 10 m (nearest: what the pixels are)."""
+    try:
+        from benzarr.data import BigEarthNetDataset
+    except ImportError as exc:
+        raise missing_extra("torch", "benzarr show") from exc
+    bands = list(dict.fromkeys(b for kind in kinds if kind in COMPOSITES or kind == S1_COMPOSITE
+                               for b in panel_bands(kind)))
+    modalities = (["s2"] if any(b not in ("VV", "VH") for b in bands) else []) + (
+        ["s1"] if "VV" in bands else []) + (["reference-map"] if "reference map" in kinds else [])
+    return BigEarthNetDataset(store.path, bands=bands, labels=label_set, modalities=modalities, resample="nearest")
 
 
 def _save(fig: Any, out: str | Path, plt: Any) -> tuple[Path, tuple[int, int]]:
@@ -351,7 +447,7 @@ def _save(fig: Any, out: str | Path, plt: Any) -> tuple[Path, tuple[int, int]]:
     return out, (int(round(width * _DPI)), int(round(height * _DPI)))
 
 
-def _reference_legend(axis: Any, codes: np.ndarray, plt: Any) -> None:
+def _reference_legend(axis: Any, codes: np.ndarray) -> None:
     from matplotlib.patches import Patch
 
     from benzarr.bigearthnet import CLC43, CLC43_CODES

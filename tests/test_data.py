@@ -219,7 +219,7 @@ def test_plot_shows_rgb_with_labels(synth_store_64: Path) -> None:
     ds = BigEarthNetDataset(synth_store_64)
     sample = ds[4]
     figure = ds.plot(sample)
-    title = figure.axes[0].get_title()
+    title = figure.axes[0].get_title().replace("\n", " ")
     assert all(ds.classes[i] in title for i in np.flatnonzero(sample["label"].numpy()))
     import matplotlib.pyplot as plt
 

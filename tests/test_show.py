@@ -115,3 +115,58 @@ def test_cli_show_writes_grid_and_map(synth_store_64: Path, tmp_path: Path) -> N
     assert (tmp_path / "g.png").stat().st_size > 10_000 and (tmp_path / "m.png").stat().st_size > 10_000
     refused = CliRunner().invoke(app, ["show", str(path), "--index", "1"])
     assert refused.exit_code != 0 and "--out" in str(refused.exception)
+
+
+def test_show_draws_each_row_through_the_dataset_plot(synth_v2_store: Path, tmp_path: Path, monkeypatch) -> None:
+    # ``BigEarthNetDataset.plot`` is the library function behind ``benzarr show`` (as in
+    # TorchGeo): a spy that still runs the real method sees one call per patch row.
+    from benzarr.data import BigEarthNetDataset
+
+    calls = []
+    real = BigEarthNetDataset.plot
+
+    def spy(self, sample, *args, **kwargs):
+        calls.append((self.bands, sorted(sample), list(kwargs["panels"])))
+        return real(self, sample, *args, **kwargs)
+
+    monkeypatch.setattr(BigEarthNetDataset, "plot", spy)
+    plot_patches(open_store(synth_v2_store), [0, 3], tmp_path / "g.png")
+    assert len(calls) == 2
+    bands, keys, panels = calls[0]
+    assert bands == ("B04", "B03", "B02", "B08", "VV", "VH")
+    assert "mask" in keys and panels == ["rgb", "false-color", "VV,VH", "reference map"]
+
+
+def test_dataset_plot_draws_every_panel_of_a_sample(synth_v2_store: Path) -> None:
+    torch = pytest.importorskip("torch")
+    import matplotlib.pyplot as plt
+
+    from benzarr.data import BigEarthNetDataset
+
+    ds = BigEarthNetDataset(synth_v2_store, bands="all", modalities=["s2", "s1", "reference-map"], normalize=True)
+    sample = ds[2]
+    sample["prediction"] = torch.linspace(0, 1, len(ds.classes))
+    figure = ds.plot(sample, suptitle="x")
+    headings = [axis.get_xlabel() for axis in figure.axes]
+    assert headings == ["true colour", "false colour", "S1 VV/VH", "", "reference map"]
+    listed = [text.get_text() for text in figure.axes[3].texts]
+    assert listed[0] == "top predictions" and listed[1].startswith("1.00 ")  # the highest score first
+    assert all(ds.classes[i] in figure.axes[0].get_title().replace("\n", " ")
+               for i in np.flatnonzero(sample["label"].numpy()))
+    plt.close(figure)
+    one_band = BigEarthNetDataset(synth_v2_store, bands=["B05"])
+    figure = one_band.plot(one_band[0], show_titles=False)
+    assert [axis.get_xlabel() for axis in figure.axes] == ["B05"]
+    plt.close(figure)
+    with pytest.raises(InvalidArgumentError, match="needs B08"):
+        one_band.plot(one_band[0], panels=["false-color"])
+
+
+def test_show_without_torch_names_the_extra(synth_store_64: Path, tmp_path: Path, monkeypatch) -> None:
+    import sys
+
+    from benzarr.errors import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "benzarr.data", None)  # import benzarr.data now fails
+    with pytest.raises(MissingDependencyError, match=r"benzarr\[train\]"):
+        plot_patches(open_store(synth_store_64), [0], tmp_path / "g.png")
