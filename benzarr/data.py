@@ -489,8 +489,23 @@ class BigEarthNetDataset(Dataset):
         straight into shared memory this way."""
         positions = self._positions(indices)
         rows = self.rows[positions]
-        for key, reader in self.readers.items():
-            reader.read(rows, out=out[key])
+        # object-store readers send every array's requests before any is decoded: one round
+        # trip a batch, not one per band array
+        pending = []
+        try:
+            for key, reader in self.readers.items():
+                start = getattr(reader, "start_read", None)
+                if start is None:
+                    reader.read(rows, out=out[key])
+                else:
+                    pending.append(start(rows, out=out[key]))
+            while pending:
+                pending[0].result()
+                pending.pop(0)
+        except BaseException:
+            for read in pending:
+                read.cancel()
+            raise
         np.take(self._labels, positions, axis=0, out=out["label"])
         out["index"][:] = rows
 

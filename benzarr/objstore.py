@@ -44,6 +44,7 @@ no message or ``repr`` holds a credential.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import queue
@@ -142,6 +143,14 @@ class _Loop:
     def submit(self, coroutine: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
 
+    def semaphore(self, limit: int) -> asyncio.Semaphore:
+        """The process-wide cap of ``limit`` requests in flight (used from the loop's thread
+        only): the band arrays of one batch, fetched together, share it."""
+        semaphores = self.__dict__.setdefault("semaphores", {})
+        if limit not in semaphores:
+            semaphores[limit] = asyncio.Semaphore(limit)
+        return semaphores[limit]
+
 
 _lock = threading.Lock()
 _state: dict[str, Any] = {"pid": None, "loop": None, "stores": {}}
@@ -203,6 +212,20 @@ class RequestCounts:
     bytes: int = 0
     rows: int = 0
     per_shard_index: dict[int, int] = field(default_factory=dict)
+
+
+class PendingRead:
+    """A read whose requests are in flight (:meth:`ObjectStoreReader.start_read`):
+    ``result()`` waits, decodes and returns the rows; ``cancel()`` drops the requests."""
+
+    def __init__(self, finish: Callable[[], np.ndarray], cancel: Callable[[], Any]) -> None:
+        self._finish, self._cancel = finish, cancel
+
+    def result(self) -> np.ndarray:
+        return self._finish()
+
+    def cancel(self) -> None:
+        self._cancel()
 
 
 class ObjectStoreReader:
@@ -295,7 +318,7 @@ class ObjectStoreReader:
         return shard, data, int(result.meta["size"])
 
     async def _gather_indexes(self, store: Any, shards: list[int]) -> list[Any]:
-        semaphore = asyncio.Semaphore(self.max_concurrency)
+        semaphore = _loop().semaphore(self.max_concurrency)
 
         async def one(shard: int) -> Any:
             async with semaphore:
@@ -310,7 +333,7 @@ class ObjectStoreReader:
         """Fetch each (shard, start, end); put (i, bytes or exception) on ``results`` as each lands."""
         import obstore
 
-        semaphore = asyncio.Semaphore(self.max_concurrency)
+        semaphore = _loop().semaphore(self.max_concurrency)
 
         async def one(i: int, shard: int, start: int, end: int) -> None:
             async with semaphore:
@@ -353,11 +376,17 @@ class ObjectStoreReader:
     # -- reading ---------------------------------------------------------------------------
     def read(self, rows: Sequence[int] | np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Rows ``rows`` (any order, repeats allowed) as (len(rows), *row_shape) of ``dtype``."""
+        return self.start_read(rows, out).result()
+
+    def start_read(self, rows: Sequence[int] | np.ndarray, out: np.ndarray | None = None) -> PendingRead:
+        """Send the requests for ``rows`` and return at once; ``.result()`` decodes them into
+        ``out`` as they land and returns it. Starting every band array of a batch before
+        finishing any makes the batch cost one round trip instead of one per array."""
         layout = self.layout
         rows = check_rows(self.name, rows, layout.shape[0])
         out = row_buffer(layout, rows.size, out)
         if rows.size == 0:
-            return out
+            return PendingRead(lambda: out, lambda: None)
         self._own_process()
         per_shard = layout.shard_rows
         unique, inverse = np.unique(rows, return_inverse=True)
@@ -373,7 +402,6 @@ class ObjectStoreReader:
             self._load_indexes(missing, first_row)
 
         # plan: runs of rows whose chunks lie back to back in one shard become one request
-        flat = out.reshape(rows.size, -1).view(np.uint8)
         ranges: list[tuple[int, int, int]] = []
         members: list[list[tuple[int, int, int, int]]] = []  # per range: (row, k, offset, size)
         for k, row in enumerate(unique_rows):
@@ -393,11 +421,19 @@ class ObjectStoreReader:
             ranges.append((shard, offset, offset + size))
             members.append([(row, k, offset, size)])
         if not ranges:
-            return out
+            return PendingRead(lambda: out, lambda: None)
 
         results: queue.SimpleQueue = queue.SimpleQueue()
         store = _client(self.url, *self._settings)
         future = _loop().submit(self._fetch_ranges(store, ranges, results))
+        finish = functools.partial(self._finish_read, ranges, members, positions, results, future, out)
+        return PendingRead(finish, future.cancel)
+
+    def _finish_read(self, ranges: list[tuple[int, int, int]], members: list[list[tuple[int, int, int, int]]],
+                     positions: list[list[int]], results: queue.SimpleQueue, future: Any, out: np.ndarray) -> np.ndarray:
+        """Decode each fetched range of :meth:`start_read` into ``out`` as it lands."""
+        layout = self.layout
+        flat = out.reshape(out.shape[0], -1).view(np.uint8)
         raw = layout.codec == "raw"
         verify = layout.checksum and self.verify_checksums
         try:

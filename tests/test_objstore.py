@@ -282,3 +282,49 @@ def test_bench_cli_reads_s3_with_the_obstore_reader(s3_server: dict, s3_store: t
 
     assert max_concurrency_default() == 8
     assert "testing" not in result.output
+
+
+class InFlightProxy(CountingProxy):
+    """A proxy that holds each GET 50 ms and records which arrays had GETs in flight at once."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.in_flight: dict[int, list[str]] = {}  # connection -> arrays of its unanswered GETs
+        self.most_arrays = 0
+        super().__init__(endpoint)
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, count: bool) -> None:
+        import re
+        import time
+
+        key = id(source) if count else id(sink)  # the client-side socket names the connection
+        try:
+            while data := source.recv(1 << 16):
+                with self.lock:
+                    queue = self.in_flight.setdefault(key, [])
+                    if count:
+                        queue += [m.decode() for m in re.findall(rb"GET /[^/]+/store\.zarr/(s2/\w+)/", data)]
+                        arrays = {a for q in self.in_flight.values() for a in q}
+                        self.most_arrays = max(self.most_arrays, len(arrays))
+                    elif data.startswith(b"HTTP/1.1") and queue:
+                        queue.pop(0)
+                if count:
+                    time.sleep(0.05)
+                sink.sendall(data)
+        except OSError:
+            pass
+
+
+def test_a_batch_sends_every_band_arrays_requests_before_decoding_any(s3_server: dict, s3_store: tuple[str, dict],
+                                                                    synth_store_64: Path) -> None:
+    url, _ = s3_store
+    proxy = InFlightProxy(s3_server["endpoint"])
+    try:
+        ds = BigEarthNetDataset(url, storage_options=options_via(s3_server, proxy.endpoint))
+        ds.__getitems__(np.arange(64))  # every shard index fetched and cached
+        proxy.most_arrays = 0
+        batch = ds.__getitems__([5, 40, 17, 63])
+        assert proxy.most_arrays == 3  # 10m, 20m and 60m requests were out together
+        local = BigEarthNetDataset(synth_store_64).__getitems__([5, 40, 17, 63])
+        assert all(torch.equal(batch[k], local[k]) for k in local)
+    finally:
+        proxy.close()
