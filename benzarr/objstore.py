@@ -124,6 +124,8 @@ def obstore_settings(url: str, storage_options: dict[str, Any] | None) -> tuple[
         endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         if endpoint and str(endpoint).startswith("http://"):
             client["allow_http"] = True
+    if scheme == "http":
+        client["allow_http"] = True  # an http:// URL is a choice the user made explicitly
     if options:
         return None
     return config, client
