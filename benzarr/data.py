@@ -8,6 +8,8 @@ See docs/design.md §4.
 
 from __future__ import annotations
 
+import concurrent.futures
+import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -115,6 +117,18 @@ def _mask_to_long(x: torch.Tensor, device: torch.device, codes: np.ndarray | Non
         return x.view(torch.int16).to(torch.int64).bitwise_and_(0xFFFF)
 
 
+_pool: tuple[int, int, concurrent.futures.ThreadPoolExecutor] | None = None
+
+
+def _row_pool(threads: int) -> concurrent.futures.ThreadPoolExecutor:
+    """This process's threads for :meth:`BatchTransform.image` (made again after a fork,
+    whose child has none of its parent's threads, or when the thread count changes)."""
+    global _pool
+    if _pool is None or _pool[0] != os.getpid() or _pool[1] != threads:
+        _pool = (os.getpid(), threads, concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="benzarr-rows"))
+    return _pool[2]
+
+
 #: numpy -> torch dtypes of batch arrays.
 _TORCH_DTYPES: dict[np.dtype, torch.dtype] = {
     np.dtype(np.uint16): torch.uint16, np.dtype(np.float32): torch.float32, np.dtype(np.uint8): torch.uint8,
@@ -209,10 +223,33 @@ class BatchTransform:
 
     def image(self, batch: Batch, out: torch.Tensor | None = None, codes: np.ndarray | None = None) -> torch.Tensor:
         """The (B, C, 120, 120) float32 image of ``batch`` on the device (written into ``out``
-        when given; row b flipped/rotated by ``codes[b]`` when given)."""
+        when given; row b flipped/rotated by ``codes[b]`` when given).
+
+        On a CPU with several intra-op threads, the rows are split into one slice per thread,
+        each transformed on one thread: all cores work, and every patch is computed exactly
+        as a single-threaded loader worker computes it (see :func:`_upsample`), so the bits
+        do not depend on the thread or worker count."""
         size = int(torch.as_tensor(batch["index"]).shape[0])
         shape = (size, len(self.bands), PATCH_SIDE, PATCH_SIDE)
         image = torch.empty(shape, dtype=torch.float32, device=self.device) if out is None else out
+        threads = torch.get_num_threads()
+        if self.device.type != "cpu" or threads == 1 or size < 2:
+            return self._image_rows(batch, image, codes)
+        bounds = np.linspace(0, size, min(threads, size) + 1).astype(int).tolist()
+        slices = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+        groups = [group for group, _, _ in self._plan]
+        torch.set_num_threads(1)
+        try:
+            jobs = [_row_pool(threads).submit(self._image_rows, {g: batch[g][part] for g in groups}, image[part],
+                                              None if codes is None else codes[part]) for part in slices]
+            for job in jobs:
+                job.result()
+        finally:
+            torch.set_num_threads(threads)
+        return image
+
+    def _image_rows(self, batch: Batch, image: torch.Tensor, codes: np.ndarray | None) -> torch.Tensor:
+        """:meth:`image` of the rows of ``batch`` (band groups only) into ``image``."""
         for group, gather, slots in self._plan:
             x = _to_float(torch.as_tensor(batch[group]).to(self.device, non_blocking=True), codes)
             if gather is not None:

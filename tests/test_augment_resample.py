@@ -135,3 +135,22 @@ def test_tensor_and_numpy_paths_agree() -> None:
 
 def test_augmentation_names() -> None:
     assert list(AUGMENTATIONS) == ["none", "flip", "flip-rot90"]
+
+
+@pytest.mark.parametrize("resample, augment", [("bilinear", "none"), ("nearest", "flip"), ("bicubic", "flip-rot90")])
+def test_cpu_transform_bits_do_not_depend_on_the_thread_count(synth_store_64: Path, resample: str, augment: str) -> None:
+    # With several threads the main process splits the rows among them, each on one thread:
+    # every patch must come out as a one-threaded loader worker makes it.
+    ds = BigEarthNetDataset(synth_store_64, normalize=True, resample=resample, augment=augment)
+    batch = ds.__getitems__(list(range(37)))
+    transform = ds.batch_transform("cpu", seed=3)
+    transform.set_epoch(1)
+    threads = torch.get_num_threads()
+    images = {}
+    try:
+        for n in (1, 2, 3, 5, 7):
+            torch.set_num_threads(n)
+            images[n] = transform(batch)["image"]
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(images[1], images[n]) for n in (2, 3, 5, 7))
