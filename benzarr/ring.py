@@ -36,12 +36,14 @@ however many workers decode. Here the memory is allocated once:
 from __future__ import annotations
 
 import collections
+import functools
 import importlib
 import mmap
 import multiprocessing
+import selectors
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from typing import Any
 
 import numpy as np
@@ -99,14 +101,17 @@ class SlotLayout:
 
     def tensor_views(self, whole: torch.Tensor, n: int) -> Batch:
         """(n, *shape) tensors of every key, as views of ``whole`` (one slot as uint8)."""
-        views = {}
-        for key, (shape, dtype) in self.spec.items():
-            offset, per_patch = self.regions[key]
-            flat = whole[offset:offset + n * per_patch]
-            views[key] = flat.view(_torch_dtype(dtype)).view(n, *shape)
-        return views
+        # this runs in the main process for every batch: keep it to three view ops a key
+        return {key: whole[offset:offset + n * per_patch].view(dtype).view(n, *shape)
+                for key, offset, per_patch, dtype, shape in self._plan}
+
+    @functools.cached_property
+    def _plan(self) -> list[tuple[str, int, int, torch.dtype, tuple[int, ...]]]:
+        return [(key, *self.regions[key], _torch_dtype(dtype), tuple(shape))
+                for key, (shape, dtype) in self.spec.items()]
 
 
+@functools.lru_cache(maxsize=None)
 def _torch_dtype(dtype: np.dtype) -> torch.dtype:
     return torch.from_numpy(np.empty(0, dtype=dtype)).dtype
 
@@ -177,8 +182,10 @@ class _Resources:
         self.result_pipes: list[Connection] = []
         self.buffer: mmap.mmap | None = None
         self.registered_ptr: int | None = None
+        self.selector = selectors.DefaultSelector()  # the result pipes, registered once
 
     def release(self) -> None:
+        self.selector.close()
         for pipe in self.task_pipes:
             try:
                 pipe.send(None)
@@ -265,13 +272,15 @@ class RingLoader:
             self._res.processes.append(process)
             self._res.task_pipes.append(task_in)
             self._res.result_pipes.append(result_out)
+            self._res.selector.register(result_out, selectors.EVENT_READ, result_out)
         self._copy_stream = None
         if self._cuda:
             self._pin()
             self._copy_stream = torch.cuda.Stream(device=self.device)
 
         self._free: collections.deque[int] = collections.deque(range(self.n_slots))
-        self._returned: collections.deque[int] = collections.deque()  # freed by finalizers
+        self._returned: collections.deque[int] = collections.deque()  # freed by weakref callbacks
+        self._slot_refs: dict[int, weakref.ref] = {}  # slot -> weakref to the array its batch views
         self._held = 0                       # CPU batches the consumer holds
         self._copies: collections.deque[tuple[Any, int]] = collections.deque()  # (event, slot)
         self._outstanding = [0] * num_workers
@@ -378,15 +387,18 @@ class RingLoader:
 
     def _receive(self, block: bool) -> None:
         """Collect finished tasks (waiting for at least one when ``block``)."""
+        # a selector registered once: multiprocessing's wait() and Connection.poll() build a
+        # new one on every call, which was most of this method's time
+        select = self._res.selector.select
         while True:
-            ready = wait(self._res.result_pipes, timeout=POLL_S if block else 0)
-            if ready or not block:
+            events = select(timeout=POLL_S if block else 0)
+            if events or not block:
                 break
             self._check_workers()
-        for pipe in ready:
-            while pipe.poll():
+        while events:  # one message from each readable pipe, until none is readable
+            for key, _ in events:
                 try:
-                    generation, seq, slot, n, error = pipe.recv()
+                    generation, seq, slot, n, error = key.data.recv()
                 except (EOFError, OSError):
                     self._check_workers()
                     raise LoaderWorkerError("a loader worker closed its pipe unexpectedly") from None
@@ -398,6 +410,7 @@ class RingLoader:
                     self._errors[(generation, seq)] = error  # raised when that batch is due
                 else:
                     self._ready[(generation, seq)] = (slot, n)
+            events = select(timeout=0)
 
     def _wait_for(self, key: tuple[int, int]) -> tuple[int, int]:
         """The (slot, n) of batch ``key`` once a worker has decoded it."""
@@ -431,7 +444,8 @@ class RingLoader:
             self._free.append(slot)
             return views
         self._held += 1
-        weakref.finalize(holder, self._returned.append, slot)
+        # a plain weakref (kept here) is a fraction of weakref.finalize's cost
+        self._slot_refs[slot] = weakref.ref(holder, lambda _, slot=slot, returned=self._returned: returned.append(slot))
         return views
 
     def _stage(self, slot: int, n: int) -> tuple[Batch, Any]:
