@@ -20,7 +20,7 @@ however many workers decode. Here the memory is allocated once:
   batch k+1 is issued before batch k is handed out, so it overlaps batch k's transform.
   Steady state allocates no host memory and makes no host-side copy.
 * **CPU.** A batch handed out on the CPU is a set of views into its slot; the slot returns
-  to the free list when the last of those views is garbage (a ``weakref.finalize`` on the
+  to the free list when the last of those views is garbage (a weakref callback on the
   slot's buffer object), so a batch is never overwritten while someone holds it. A
   consumer that keeps more than :data:`CONSUMER_SLOTS` batches gets copies instead.
 * **Order.** Batches are handed out in sampler order whatever the worker count, so the same
