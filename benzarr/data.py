@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, get_worker_info
 
-from benzarr.bands import BAND_PRESETS, MODALITIES, PATCH_SIDE, RGB_BANDS, parse_modalities, resolve_bands
+from benzarr.bands import BAND_PRESETS, MODALITIES, PATCH_SIDE, parse_modalities, resolve_bands
 from benzarr.bands import CHANNEL_GROUPS as BAND_CHANNEL_GROUPS
 from benzarr.bands import band_groups_for
 from benzarr.bands import band_location as channel_location
