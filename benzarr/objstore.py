@@ -139,6 +139,7 @@ class _Loop:
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
+        self.semaphores: dict[int, asyncio.Semaphore] = {}
         self.thread = threading.Thread(target=self.loop.run_forever, name="benzarr-objstore", daemon=True)
         self.thread.start()
 
@@ -148,10 +149,9 @@ class _Loop:
     def semaphore(self, limit: int) -> asyncio.Semaphore:
         """The process-wide cap of ``limit`` requests in flight (used from the loop's thread
         only): the band arrays of one batch, fetched together, share it."""
-        semaphores = self.__dict__.setdefault("semaphores", {})
-        if limit not in semaphores:
-            semaphores[limit] = asyncio.Semaphore(limit)
-        return semaphores[limit]
+        if limit not in self.semaphores:
+            self.semaphores[limit] = asyncio.Semaphore(limit)
+        return self.semaphores[limit]
 
 
 _lock = threading.Lock()

@@ -267,8 +267,8 @@ def draw_sample(
             axis.imshow(reference_colours(codes), interpolation="nearest")
             _reference_legend(axis, codes)
         else:
-            missing = [b for b in (panel_bands(kind) if not kind.startswith("band:") else (kind[5:],))
-                       if b not in bands]
+            needed = (kind[5:],) if kind.startswith("band:") else panel_bands(kind)
+            missing = [b for b in needed if b not in bands]
             if missing:
                 raise InvalidArgumentError(f"the {panel_title(kind)} panel needs {', '.join(missing)}, "
                                            f"which the sample lacks (it has {', '.join(bands)})")
