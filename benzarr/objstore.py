@@ -11,7 +11,9 @@ of a memory map:
   checked, and the index is cached for the life of the reader in this process. A shard
   object that does not exist reads as the fill value, as zarr-python reads it;
 * **batch reads:** the chunks of a batch are fetched with concurrent range GETs
-  (``max_concurrency`` in flight, default :data:`DEFAULT_MAX_CONCURRENCY`), rows of one
+  (``max_concurrency`` in flight in the process, shared by the band arrays, whose requests
+  :meth:`BigEarthNetDataset.read_into` starts together; default
+  :data:`DEFAULT_MAX_CONCURRENCY`), rows of one
   shard whose chunks lie back to back are coalesced into one request (up to
   :data:`MAX_REQUEST_BYTES`), and each response is checked and decoded as soon as it
   arrives, while the others are still in flight, by the shard reader's own code
@@ -241,7 +243,8 @@ class ObjectStoreReader:
         storage_options: fsspec-style options (see :func:`obstore_settings`).
         row_name: maps a row to its patch name, called only to word an error.
         verify_checksums: check each chunk's CRC-32C (store format 2); indexes are always checked.
-        max_concurrency: range requests in flight (default ``$BENZARR_MAX_CONCURRENCY`` or 64).
+        max_concurrency: range requests in flight in this process, one cap shared by every
+            reader with the same value (default ``$BENZARR_MAX_CONCURRENCY`` or 64).
 
     Raises (from :meth:`read`):
         StoreCorruptError: as :class:`~benzarr.shards.ShardReader`.
