@@ -332,6 +332,23 @@ class Batches:
         return out
 
 
+def dataset_timers(ds: BigEarthNetDataset, n: int, b: int) -> tuple[Callable[[], int], Callable[[], int]]:
+    """The ``batch`` and ``single`` callables of a method that reads ``ds`` with
+    ``__getitems__``: random batches of ``b`` (``Batches(n, b)``, seed 0) and random single
+    patches (seed 2), the same draws for every method; each returns the patches it read."""
+    nb, r = Batches(n, b), np.random.default_rng(2)
+
+    def batch() -> int:
+        ds.__getitems__(nb())
+        return b
+
+    def single() -> int:
+        ds.__getitems__([int(r.integers(n))])
+        return 1
+
+    return batch, single
+
+
 def batch_buffers(b: int) -> dict[str, np.ndarray]:
     return {g: np.empty((b, *SHAPES[g]), dtype=np.uint16) for g in GROUPS}
 
@@ -417,16 +434,7 @@ def remote_methods(paths: dict[str, Path], n: int, b: int, s3: dict[str, Any], c
         assert len(ds3) == n and all(isinstance(x, ObjectStoreReader) for x in ds3.readers.values())
         for reader in ds3.readers.values():
             reader.max_concurrency = concurrency
-        nb, r = Batches(n, b), np.random.default_rng(2)
-
-        def bz_s3(nb: Batches = nb) -> int:
-            ds3.__getitems__(nb())
-            return b
-
-        def bz_s3_single(r: np.random.Generator = r) -> int:
-            ds3.__getitems__([int(r.integers(n))])
-            return 1
-
+        bz_s3, bz_s3_single = dataset_timers(ds3, n, b)
         out[benzarr_name] = {
             "batch": bz_s3, "single": bz_s3_single, "bytes": stored, "reader": ds3.readers,
             "notes": (f"BigEarthNetDataset({kind}://...): benzarr.objstore (obstore range GETs, shard indexes "
@@ -444,16 +452,7 @@ def remote_methods(paths: dict[str, Path], n: int, b: int, s3: dict[str, Any], c
                 os.environ.pop("BENZARR_OBJECT_READER")
             else:
                 os.environ["BENZARR_OBJECT_READER"] = previous
-        nb, r = Batches(n, b), np.random.default_rng(2)
-
-        def zp_s3(nb: Batches = nb) -> int:
-            dsz.__getitems__(nb())
-            return b
-
-        def zp_s3_single(r: np.random.Generator = r) -> int:
-            dsz.__getitems__([int(r.integers(n))])
-            return 1
-
+        zp_s3, zp_s3_single = dataset_timers(dsz, n, b)
         out[zarr_name] = {
             "batch": zp_s3, "single": zp_s3_single, "bytes": stored,
             "notes": (f"the same dataset read through zarr-python over fsspec ({'s3fs' if kind == 's3' else 'HTTP'}, "
@@ -533,31 +532,12 @@ def methods(paths: dict[str, Path], n: int, b: int, s3: dict[str, Any] | None = 
     for compression in ("none", "lz4", "zstd"):
         ds = BigEarthNetDataset(paths[f"store-{compression}"])
         assert ds.fast
-        nb = Batches(n, b)
-        r = np.random.default_rng(2)
-
-        def bz(ds: BigEarthNetDataset = ds, nb: Batches = nb) -> int:
-            ds.__getitems__(nb())
-            return b
-
-        def bz_single(ds: BigEarthNetDataset = ds, r: np.random.Generator = r) -> int:
-            ds.__getitems__([int(r.integers(n))])
-            return 1
-
+        bz, bz_single = dataset_timers(ds, n, b)
         out[f"benzarr-{compression}"] = {"batch": bz, "single": bz_single,
                                          "bytes": band_bytes(paths[f"store-{compression}"]) / n}
         if compression in ("none", "lz4"):  # the cost of checking crc32c: the same reads, unchecked
             ds_nv = BigEarthNetDataset(paths[f"store-{compression}"], verify_checksums=False)
-            nb_nv, r_nv = Batches(n, b), np.random.default_rng(2)
-
-            def bz_nv(ds: BigEarthNetDataset = ds_nv, nb: Batches = nb_nv) -> int:
-                ds.__getitems__(nb())
-                return b
-
-            def bz_nv_single(ds: BigEarthNetDataset = ds_nv, r: np.random.Generator = r_nv) -> int:
-                ds.__getitems__([int(r.integers(n))])
-                return 1
-
+            bz_nv, bz_nv_single = dataset_timers(ds_nv, n, b)
             out[f"benzarr-{compression}-noverify"] = {"batch": bz_nv, "single": bz_nv_single,
                                                       "bytes": band_bytes(paths[f"store-{compression}"]) / n}
 
