@@ -57,12 +57,16 @@ class CountingProxy:
             threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
             threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
 
+    def _seen(self, data: bytes, source: socket.socket, sink: socket.socket, request: bool) -> None:
+        """Called with each chunk passing through (``request``: client to server)."""
+        if request:
+            with self.lock:
+                self.gets += data.count(b"GET /")
+
     def _pipe(self, source: socket.socket, sink: socket.socket, count: bool) -> None:
         try:
             while data := source.recv(1 << 16):
-                if count:
-                    with self.lock:
-                        self.gets += data.count(b"GET /")
+                self._seen(data, source, sink, count)
                 sink.sendall(data)
         except OSError:
             pass
@@ -293,26 +297,21 @@ class InFlightProxy(CountingProxy):
         self.most_arrays = 0
         super().__init__(endpoint)
 
-    def _pipe(self, source: socket.socket, sink: socket.socket, count: bool) -> None:
+    def _seen(self, data: bytes, source: socket.socket, sink: socket.socket, request: bool) -> None:
         import re
         import time
 
-        key = id(source) if count else id(sink)  # the client-side socket names the connection
-        try:
-            while data := source.recv(1 << 16):
-                with self.lock:
-                    queue = self.in_flight.setdefault(key, [])
-                    if count:
-                        queue += [m.decode() for m in re.findall(rb"GET /[^/]+/store\.zarr/(s2/\w+)/", data)]
-                        arrays = {a for q in self.in_flight.values() for a in q}
-                        self.most_arrays = max(self.most_arrays, len(arrays))
-                    elif data.startswith(b"HTTP/1.1") and queue:
-                        queue.pop(0)
-                if count:
-                    time.sleep(0.05)
-                sink.sendall(data)
-        except OSError:
-            pass
+        key = id(source) if request else id(sink)  # the client-side socket names the connection
+        with self.lock:
+            queue = self.in_flight.setdefault(key, [])
+            if request:
+                queue += [m.decode() for m in re.findall(rb"GET /[^/]+/store\.zarr/(s2/\w+)/", data)]
+                arrays = {a for q in self.in_flight.values() for a in q}
+                self.most_arrays = max(self.most_arrays, len(arrays))
+            elif data.startswith(b"HTTP/1.1") and queue:
+                queue.pop(0)
+        if request:
+            time.sleep(0.05)
 
 
 def test_a_batch_sends_every_band_arrays_requests_before_decoding_any(s3_server: dict, s3_store: tuple[str, dict],
