@@ -125,6 +125,8 @@ def _row_pool(threads: int) -> concurrent.futures.ThreadPoolExecutor:
     whose child has none of its parent's threads, or when the thread count changes)."""
     global _pool
     if _pool is None or _pool[0] != os.getpid() or _pool[1] != threads:
+        if _pool is not None and _pool[0] == os.getpid():
+            _pool[2].shutdown(wait=False)  # the thread count changed: let the old threads go
         _pool = (os.getpid(), threads, concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="benzarr-rows"))
     return _pool[2]
 
