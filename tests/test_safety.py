@@ -343,7 +343,8 @@ def test_two_identical_ingests_started_together_give_one_correct_store(synth_arc
     first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(0.5)
     second = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    outcomes = [(p.wait(), p.communicate()) for p in (first, second)]
+    # communicate() before the exit code: wait() on a child that fills its stderr pipe never returns
+    outcomes = [(p.communicate(timeout=240), p.returncode)[::-1] for p in (first, second)]
     codes = sorted(code for code, _ in outcomes)
     assert codes in ([0, 0], [0, 1]), outcomes
     for code, (out, err) in outcomes:  # the loser says why; a late one finds the work done
