@@ -14,7 +14,15 @@ In one run, on one synthetic lz4 store (12 bands, batch 256 by default):
   on a random batch already on the device (``ceiling``) and fed by ``make_loader`` with each
   worker count (``fed``), in ``deterministic`` mode (``use_deterministic_algorithms(True,
   warn_only=True)``, ``cudnn.benchmark=False``, as the trainer's default) and ``fast`` mode
-  (``cudnn.benchmark=True``, non-deterministic kernels);
+  (``cudnn.benchmark=True``, non-deterministic kernels). Each fed row also gives ``next_ms``,
+  the host time per step spent in ``next()``, and ``step_ms``, the wall time per step;
+* ``transformed``: per model and mode, the step on one native uint16 batch already on the
+  device, put through the loader's batch transform at every step (no loader): ceiling ->
+  transformed is the transform's device cost, transformed -> fed (``vs_transformed`` in the
+  fed rows) the loader's;
+* ``profiles`` (``--profile-steps N``): a ``torch.profiler`` Chrome trace of N fed steps of the
+  first model at the first worker count, beside ``--out`` as ``<stem>_trace.json``, and the
+  ops with the most device self time per step;
 * ``trainer``: ``benzarr.train.train`` itself on the same store (split ``s``, 60/20/20) for
   one model with 8 workers, 2 epochs; its last epoch's ``throughput/patches_per_s`` against
   the bare fed loop of the same model, mode and worker count (``vs_fed``);
@@ -33,7 +41,7 @@ recommended for an H200 with 16 cores and an 8-minute limit (about 320 s planned
 included; it writes straight into the folder that comes back, so a killed run still returns
 its JSON)::
 
-    python3 benchmarks/gpu_feed.py --patches 20000 --build-workers 16 --seconds 3 --warmup 5 --budget-s 390 --trainer-modes deterministic,fast --workdir /tmp/gf --out "$OUT/gpu_feed.json"
+    python3 benchmarks/gpu_feed.py --patches 20000 --build-workers 16 --seconds 3 --warmup 5 --budget-s 390 --trainer-modes deterministic,fast --profile-steps 3 --workdir /tmp/gf --out "$OUT/gpu_feed.json"
 
 Order: build, h2d, loader alone (0/4/8/12), raw ring (4/8/12), deterministic models (ceilings,
 then fed at 12, 8, 4, 0 workers), the trainer in deterministic mode (inception-v3, 8 workers,
@@ -348,13 +356,71 @@ def ceiling(model: Trainee, batch: int, warmup: int, seconds: float) -> dict[str
     return timed(lambda: model.step(x, y), model.device, warmup, seconds)
 
 
-def fed(model: Trainee, batches: Iterator[Any], warmup: int, seconds: float) -> dict[str, Any]:
-    """The training step on batches from a running ``make_loader``."""
+def transformed(model: Trainee, ds: Any, batch: int, warmup: int, seconds: float) -> dict[str, Any]:
+    """The training step on one native uint16 batch already on the device, put through the
+    loader's :class:`~benzarr.data.BatchTransform` at every step: the ceiling plus the
+    transform's device cost, with no loader. Between ``ceiling`` and ``fed`` it splits a
+    gap into the transform's part (ceiling -> transformed) and the loader's (transformed -> fed)."""
+    raw = ds.__getitems__(list(range(min(batch, len(ds)))))
+    on_device = {k: torch.as_tensor(v) if k == "index" else torch.as_tensor(v).to(model.device)
+                 for k, v in raw.items()}
+    transform = ds.batch_transform(model.device)
+
     def step() -> int:
-        b = next(batches)
+        b = transform(on_device)
         return model.step(b["image"], b["label"])
 
     return timed(step, model.device, warmup, seconds)
+
+
+def fed(model: Trainee, batches: Iterator[Any], warmup: int, seconds: float) -> dict[str, Any]:
+    """The training step on batches from a running ``make_loader``; ``next_ms`` is the mean
+    host time per timed step spent in ``next()`` (the loader's bookkeeping, the transform's
+    launches and any wait for a batch), ``step_ms`` the mean wall time per step."""
+    host: list[float] = []
+
+    def step() -> int:
+        t = time.perf_counter()
+        b = next(batches)
+        host.append(time.perf_counter() - t)
+        return model.step(b["image"], b["label"])
+
+    out = timed(step, model.device, warmup, seconds)
+    timed_steps = host[-out["steps"]:]
+    out["next_ms"] = round(1e3 * sum(timed_steps) / len(timed_steps), 3)
+    out["step_ms"] = round(1e3 * out["seconds"] / out["steps"], 3)
+    return out
+
+
+def profile_fed(model: Trainee, batches: Iterator[Any], steps: int, trace: Path) -> dict[str, Any]:
+    """A ``torch.profiler`` trace of ``steps`` fed steps (after two untimed ones), written as a
+    Chrome trace to ``trace`` (open it in chrome://tracing or Perfetto); returns the 15 ops
+    with the most self time on the device (CUDA) or host (CPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if model.device.type == "cuda" else [])
+    for _ in range(2):
+        b = next(batches)
+        model.step(b["image"], b["label"])
+    synchronize(model.device)
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            b = next(batches)
+            model.step(b["image"], b["label"])
+        synchronize(model.device)
+    trace.parent.mkdir(parents=True, exist_ok=True)
+    prof.export_chrome_trace(str(trace))
+    on_device = model.device.type == "cuda"
+    key = "self_device_time_total" if on_device else "self_cpu_time_total"
+    rows = []
+    for e in prof.key_averages():
+        us = getattr(e, key, None)
+        if us is None and on_device:
+            us = getattr(e, "self_cuda_time_total", 0.0)
+        rows.append({"op": e.key, "calls": e.count, "self_us_per_step": round((us or 0.0) / steps, 1),
+                     "host_us_per_step": round(e.self_cpu_time_total / steps, 1)})
+    rows.sort(key=lambda r: r["self_us_per_step"], reverse=True)
+    return {"trace": str(trace), "steps": steps, "timeline": "device" if on_device else "host", "top_ops": rows[:15]}
 
 
 def trainer_rate(store: Path, name: str, workers: int, batch: int, epochs: int, device: torch.device,
@@ -458,6 +524,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trainer-modes", default="deterministic",
                         help="modes of the trainer run (fast needs TrainConfig.deterministic) [deterministic]")
     parser.add_argument("--h2d-copies", type=int, default=20)
+    parser.add_argument("--no-transformed", dest="transformed", action="store_false",
+                        help="skip the transformed rows (a uint16 batch on the device through the batch "
+                             "transform at every step, no loader)")
+    parser.add_argument("--profile-steps", type=int, default=0,
+                        help="with N > 0: a torch.profiler trace of N fed steps of the first model at the "
+                             "first worker count, written beside --out as <stem>_trace.json [0]")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "gpu_feed.json")
     args = parser.parse_args(argv)
 
@@ -503,6 +575,7 @@ def main(argv: list[str] | None = None) -> int:
         "h2d_gb_per_s": {},
         "loader_alone": [],
         "ring_raw": [],
+        "transformed": [],
         "models": [],
         "trainer": [],
     }
@@ -547,6 +620,7 @@ def main(argv: list[str] | None = None) -> int:
         set_mode(mode)
         trainees: dict[str, Trainee] = {}
         ceilings: dict[str, float] = {}
+        with_transform: dict[str, float] = {}  # model -> the transformed step's patches/s
         for name in models:
             def run_ceiling(name: str = name) -> dict[str, Any]:
                 trainees[name] = Trainee(name, device, amp)
@@ -557,6 +631,13 @@ def main(argv: list[str] | None = None) -> int:
             if name in ceilings:
                 row["patches_per_s"] = ceilings[name]
                 rec.save()
+            if name in trainees and args.transformed:
+                def run_transformed(name: str = name) -> dict[str, Any]:
+                    r = transformed(trainees[name], dataset(store), batch, warmup, seconds)
+                    with_transform[name] = r["patches_per_s"]
+                    return {"transformed": r["patches_per_s"], "ceiling": ceilings[name],
+                            "ratio": round(r["patches_per_s"] / ceilings[name], 3), "transformed_run": r}
+                rec.measure("transformed", {"model": name, "mode": mode}, run_transformed, slice_s, alarm_s)
         for w in sorted(workers, reverse=True):  # the worker counts that matter most first
             if not any(name in trainees for name in models):
                 break
@@ -580,9 +661,20 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                     def run_fed(name: str = name) -> dict[str, Any]:
                         r = fed(trainees[name], state["batches"], warmup, seconds)
-                        return {"ceiling": ceilings[name], "fed": r["patches_per_s"],
-                                "ratio": round(r["patches_per_s"] / ceilings[name], 3), "fed_run": r}
+                        out = {"ceiling": ceilings[name], "fed": r["patches_per_s"],
+                               "ratio": round(r["patches_per_s"] / ceilings[name], 3),
+                               "next_ms": r["next_ms"], "step_ms": r["step_ms"], "fed_run": r}
+                        if name in with_transform:
+                            out["transformed"] = with_transform[name]
+                            out["vs_transformed"] = round(r["patches_per_s"] / with_transform[name], 3)
+                        return out
                     rec.measure("models", {"model": name, "mode": mode, "workers": w}, run_fed, slice_s, alarm_s)
+                    if args.profile_steps and not payload.get("profiles") and name in trainees:
+                        trace = args.out.with_name(args.out.stem + "_trace.json")
+                        rec.measure("profiles", {"model": name, "mode": mode, "workers": w},
+                                    lambda name=name: profile_fed(trainees[name], state["batches"],
+                                                                  args.profile_steps, trace),
+                                    slice_s + 5, alarm_s)
             finally:
                 close(state.get("batches"), state.get("loader"))
         trainees.clear()
@@ -646,10 +738,13 @@ def main(argv: list[str] | None = None) -> int:
     print_table(payload["loader_alone"] + payload["ring_raw"],
                 [("path", "path", "s"), ("workers", "workers", "d"), ("patches_per_s", "patches/s", ",.0f")])
     if payload["models"]:
-        print("\nmodels: ceiling (random batch on the device) and fed by make_loader")
+        print("\nmodels: ceiling (random float32 batch on the device), transformed (a uint16 batch on the "
+              "device through the batch transform each step) and fed by make_loader; next ms: host time in next()")
         print_table(sorted(payload["models"], key=lambda r: (r["mode"], r["model"], r["workers"])),
                     [("mode", "mode", "s"), ("model", "model", "s"), ("workers", "workers", "d"),
-                     ("ceiling", "ceiling", ",.0f"), ("fed", "fed", ",.0f"), ("ratio", "ratio", ".2f")])
+                     ("ceiling", "ceiling", ",.0f"), ("transformed", "transformed", ",.0f"), ("fed", "fed", ",.0f"),
+                     ("ratio", "fed/ceiling", ".2f"), ("vs_transformed", "fed/transformed", ".2f"),
+                     ("next_ms", "next ms", ".2f"), ("step_ms", "step ms", ".2f")])
     if payload["trainer"]:
         print("\ntrainer against the bare fed loop")
         print_table(payload["trainer"], [("model", "model", "s"), ("mode", "mode", "s"), ("workers", "workers", "d"),
@@ -658,7 +753,15 @@ def main(argv: list[str] | None = None) -> int:
     print("\ntargets" + ("" if cuda else " (CPU fallback: the GPU targets are unmeasured)"))
     print_table(payload["targets"], [("target", "target", "s"), ("value", "measured", ",.3f"),
                                      ("goal", "goal", ",g"), ("met", "met", "")])
-    errors = [r for section in ("loader_alone", "ring_raw", "models", "trainer", "ceilings", "loaders")
+    for p in payload.get("profiles", [])[:1]:
+        if not p.get("top_ops"):
+            continue
+        print(f"\nprofile of {p['steps']} fed steps ({p['model']}, {p['mode']}, {p['workers']} workers): {p['trace']}")
+        print_table(p["top_ops"][:10], [("op", "op", "s"), ("calls", "calls", "d"),
+                                        ("self_us_per_step", f"self {p['timeline']} us/step", ",.1f"),
+                                        ("host_us_per_step", "self host us/step", ",.1f")])
+    errors = [r for section in ("loader_alone", "ring_raw", "transformed", "models", "trainer", "ceilings",
+                                "loaders", "profiles")
               for r in payload.get(section, []) if "error" in r]
     for r in errors:
         print(f"error: {r['error']}")

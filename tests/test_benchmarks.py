@@ -26,7 +26,7 @@ def test_gpu_feed_cpu_fallback(tmp_path: Path) -> None:
     proc = run_script("gpu_feed.py", "--cpu", "--workdir", str(tmp_path), "--patches", "96", "--batch-size", "16",
                       "--workers", "0,1", "--models", "shortcnn-all", "--seconds", "0.2", "--warmup", "1",
                       "--trainer-model", "shortcnn-all", "--trainer-workers", "1", "--trainer-epochs", "1",
-                      "--h2d-copies", "2", "--out", str(out))
+                      "--h2d-copies", "2", "--profile-steps", "2", "--out", str(out))
     doc = json.loads(out.read_text())
     # the shape issue 10 gives
     for key in ("machine", "device", "batch_size", "loader_alone", "models", "trainer", "h2d_gb_per_s"):
@@ -40,6 +40,12 @@ def test_gpu_feed_cpu_fallback(tmp_path: Path) -> None:
     assert {r["workers"] for r in fed} >= {0, 1}
     assert all(r["fed"] > 0 and r["ceiling"] > 0 and r["ratio"] == pytest.approx(r["fed"] / r["ceiling"], abs=1e-3)
                for r in fed), fed
+    assert all(r["next_ms"] > 0 and r["step_ms"] >= r["next_ms"] and r["vs_transformed"] > 0 for r in fed), fed
+    transformed = doc["transformed"][0]
+    assert transformed["model"] == "shortcnn-all" and transformed["transformed"] > 0
+    profile = doc["profiles"][0]
+    assert Path(profile["trace"]).is_file() and profile["steps"] == 2
+    assert profile["top_ops"] and all(op["calls"] > 0 for op in profile["top_ops"])
     trainer = doc["trainer"][0]
     assert trainer["model"] == "shortcnn-all" and trainer["workers"] == 1
     assert trainer["patches_per_s"] > 0 and trainer["vs_fed"] > 0, trainer
