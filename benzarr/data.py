@@ -450,6 +450,19 @@ class BigEarthNetDataset(Dataset):
         self._names: np.ndarray | None = None
         self._cpu_transform = BatchTransform(self.bands, "cpu", self.mean, self.std, resample, self.align_corners)
 
+    def set_normalization(self, mean: Sequence[float], std: Sequence[float], source: str) -> None:
+        """Normalise with these per-band values (one each per entry of ``bands``, in the
+        bands' own units) instead of the store's: how ``benzarr evaluate`` reads any store
+        with the statistics a run trained with. A std of 0 is taken as 1 (a constant band)."""
+        if len(mean) != len(self.bands) or len(std) != len(self.bands):
+            raise InvalidArgumentError(f"mean and std need one value per band ({len(self.bands)}), "
+                                       f"got {len(mean)} and {len(std)}")
+        self.normalize = True
+        self.mean = [float(m) for m in mean]
+        self.std = [float(s) or 1.0 for s in std]
+        self.stats_source = source
+        self._cpu_transform = BatchTransform(self.bands, "cpu", self.mean, self.std, self.resample, self.align_corners)
+
     def _normalisation_stats(self, opened: Store) -> dict[str, dict[str, float]]:
         """Band -> {mean, std}: the split's train subset at this resampling mode, else the store's."""
         from benzarr.stats import mode_key, split_band_stats

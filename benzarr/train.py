@@ -578,9 +578,14 @@ def _build_optimizer(cfg: TrainConfig, net: torch.nn.Module) -> tuple[torch.opti
 
 def _run_config(cfg: TrainConfig, data: _Data, world: int, device: torch.device) -> dict[str, Any]:
     """What config.json and every checkpoint hold: the settings (bands resolved), classes,
-    store identity, world size, device, package versions, creation time."""
+    store identity, the per-band normalisation (mean and std of the split's train subset),
+    world size, device, package versions, creation time."""
     settings = {**asdict(cfg), "bands": data.bands}
+    train = data.train.dataset
+    # what `benzarr evaluate` reads any store with: the inputs as this run saw them
+    normalization = {"mean": train.mean, "std": train.std, "source": train.stats_source}
     return {"settings": settings, "labels": cfg.labels, "classes": data.class_names, "store": data.identity,
+            "normalization": normalization,
             "world_size": world, "device": str(device), "versions": package_versions(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "resumed": []}
 

@@ -40,6 +40,7 @@ COMMANDS: dict[str, str] = {
     "bench": "bench",
     "models": "models",
     "train": "train",
+    "evaluate": "evaluate",
     "report": "report",
     "demo": "demo",
 }

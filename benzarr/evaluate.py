@@ -1,0 +1,295 @@
+"""Evaluate a training run's checkpoint on any subset of any store: ``benzarr evaluate``.
+
+A run folder (written by :func:`benzarr.train.train`) says everything needed to read patches
+as the run read them: ``config.json`` holds the model, the input bands and their order, the
+label set and its class names, the modalities, the resampling, and (runs from this version
+on) the per-band mean and std the run normalised with, which are its split's train
+statistics. Older runs get those statistics recomputed from the run's own store and split.
+So a model trained on one split can be scored on the test subset of another split (say, a
+spatially grouped one: how much did leakage inflate the first score?) or on another store
+with the same bands and label set.
+
+Scores match training's own test pass bit for bit on the run's split (same batches, same
+autocast and memory layout), so ``evaluate(run)`` reproduces ``metrics.json``'s test block.
+
+On the run's own store, the evaluated patches that the run trained on are counted
+(``seen_in_training``): scores on them are optimistic, and the CLI says so.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benzarr.errors import InvalidArgumentError, SplitNotFoundError
+
+#: Checkpoints a run folder holds, by the name ``--checkpoint`` takes.
+CHECKPOINTS = ("best", "last")
+SUBSETS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """What :func:`evaluate_run` measured and wrote.
+
+    Attributes:
+        run_dir: the run folder.
+        checkpoint: the weights evaluated (``checkpoints/best.pt`` or ``last.pt``).
+        store: the evaluated store's path.
+        split, subset: the evaluated split and subset of ``store``.
+        n_patches: patches evaluated.
+        metrics: :mod:`benzarr.metrics` at threshold 0.5 (``per_class`` included), plus
+            ``loss``, the mean BCE-with-logits.
+        seen_in_training: evaluated patches that were in the run's train subset; None when
+            ``store`` is not the run's store (or the run's split is no longer there).
+        normalization: where the per-band mean and std came from.
+        out_dir: the folder written: ``metrics.json``, ``scores.csv`` and, when asked,
+            ``predictions.parquet``.
+    """
+
+    run_dir: Path
+    checkpoint: Path
+    store: str
+    split: str
+    subset: str
+    n_patches: int
+    metrics: dict[str, Any]
+    seen_in_training: int | None
+    normalization: str
+    out_dir: Path
+    files: list[Path] = field(default_factory=list)
+
+
+def read_run_config(run_dir: str | Path) -> dict[str, Any]:
+    """The ``config.json`` of a run folder.
+
+    Raises:
+        InvalidArgumentError: no readable config.json with the settings of a run.
+    """
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise InvalidArgumentError(f"{run_dir}: no config.json here (a folder written by `benzarr train`)")
+    try:
+        config = json.loads(path.read_text())
+        config["settings"]["model"], config["settings"]["bands"]  # noqa: B018 - what every run has
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InvalidArgumentError(f"{path}: not a benzarr run configuration ({exc})") from None
+    return config
+
+
+def checkpoint_path(run_dir: str | Path, checkpoint: str) -> Path:
+    """``checkpoints/<checkpoint>.pt`` of a run, which must exist."""
+    if checkpoint not in CHECKPOINTS:
+        raise InvalidArgumentError(f"unknown checkpoint {checkpoint!r}: choose {' or '.join(CHECKPOINTS)}")
+    path = Path(run_dir) / "checkpoints" / f"{checkpoint}.pt"
+    if not path.is_file():
+        raise InvalidArgumentError(f"{run_dir}: no checkpoints/{checkpoint}.pt")
+    return path
+
+
+def _same_path(a: str | Path, b: str | Path) -> bool:
+    if "://" in str(a) or "://" in str(b):
+        return str(a).rstrip("/") == str(b).rstrip("/")
+    return Path(a).resolve() == Path(b).resolve()
+
+
+def _run_store(config: dict[str, Any]) -> str:
+    """The run's store: as it was given to ``train`` when that still names the same place
+    (a relative path reads better), else the absolute path the run recorded."""
+    given, recorded = config["settings"].get("store"), (config.get("store") or {}).get("path")
+    if given and (not recorded or (Path(given).exists() and _same_path(given, recorded))):
+        return str(given)
+    return str(recorded or given)
+
+
+def run_normalization(config: dict[str, Any], dataset_options: dict[str, Any]) -> tuple[list[float], list[float], str]:
+    """The per-band (mean, std) the run normalised its inputs with, and where they come from.
+
+    Raises:
+        InvalidArgumentError: the run records none and its store or split is gone.
+    """
+    recorded = config.get("normalization")
+    if recorded and recorded.get("mean") is not None:
+        return list(recorded["mean"]), list(recorded["std"]), f"the run's ({recorded.get('source', 'recorded')})"
+    from benzarr.data import BigEarthNetDataset
+
+    settings = config["settings"]
+    store = _run_store(config)
+    try:
+        ds = BigEarthNetDataset(store, split=settings["split"], subset="train", normalize=True, **dataset_options)
+    except Exception as exc:  # the run's store or split is gone: the statistics cannot be rebuilt
+        raise InvalidArgumentError(
+            f"the run records no normalisation statistics, and they cannot be recomputed from its store "
+            f"{store} and split {settings.get('split')!r}: {exc}") from None
+    assert ds.mean is not None and ds.std is not None
+    return ds.mean, ds.std, f"recomputed: {ds.stats_source} of {store}"
+
+
+def _seen_in_training(config: dict[str, Any], store_path: str, rows: np.ndarray) -> int | None:
+    """How many of ``rows`` the run trained on, when ``store_path`` is the run's store and its
+    split still has the codes the run recorded; None otherwise."""
+    import hashlib
+
+    from benzarr.store import open_store
+
+    identity = config.get("store") or {}
+    if not identity.get("path") or not _same_path(identity["path"], store_path):
+        return None
+    store = open_store(store_path)
+    try:
+        codes, _ = store.read_split(identity["split"])
+    except SplitNotFoundError:
+        return None
+    if hashlib.sha256(codes.astype("int8").tobytes()).hexdigest() != identity.get("split_sha256"):
+        return None
+    trained = store.subset_rows(identity["split"], "train")
+    return int(np.isin(rows, trained).sum())
+
+
+def default_out_dir(run_dir: Path, store: str, split: str, subset: str, own_store: bool) -> Path:
+    """``RUN/evaluations/<split>-<subset>`` (``-<store name>`` appended for another store)."""
+    name = f"{split}-{subset}"
+    if not own_store:
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(str(store).rstrip("/")).name.removesuffix(".zarr"))
+        name += f"-{stem}"
+    return run_dir / "evaluations" / name
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    store: str | None = None,
+    split: str | None = None,
+    subset: str = "test",
+    checkpoint: str = "best",
+    batch_size: int | None = None,
+    workers: int = 0,
+    device: str = "auto",
+    out_dir: str | Path | None = None,
+    predictions: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> EvaluationResult:
+    """Score a run's checkpoint on ``subset`` of ``split`` of ``store`` and write the results.
+
+    Args:
+        run_dir: a folder written by ``benzarr train``.
+        store: the store to read (default: the run's own).
+        split: a split of ``store`` (default: the run's).
+        subset: ``train``, ``val`` or ``test``.
+        checkpoint: ``best`` or ``last``.
+        batch_size: patches per batch (default: the run's).
+        workers: loader worker processes.
+        device: ``auto``, ``cpu``, ``cuda``...
+        out_dir: where to write (default ``RUN/evaluations/<split>-<subset>[-<store>]``).
+        predictions: also write ``predictions.parquet``: ``patch``, one float32 sigmoid
+            score column per class (the class names, in the store's order) and
+            ``labels``, the true class names joined by ``"; "``.
+        progress: called as ``progress(patches_done, patches_total)`` after each batch.
+
+    Raises:
+        InvalidArgumentError: not a run folder, a missing checkpoint, an unknown subset, or a
+            store whose class names differ from the run's.
+        SplitNotFoundError, StoreNotFoundError: as :class:`~benzarr.data.BigEarthNetDataset`.
+    """
+    import torch
+
+    from benzarr.data import BigEarthNetDataset, make_loader
+    from benzarr.metrics import MultilabelMetrics, json_friendly
+    from benzarr.models import create_model
+    from benzarr.train import parse_modalities, resolve_device, write_scores_csv
+
+    run_dir = Path(run_dir)
+    config = read_run_config(run_dir)
+    settings = config["settings"]
+    weights = checkpoint_path(run_dir, checkpoint)
+    if subset not in SUBSETS:
+        raise InvalidArgumentError(f"unknown subset {subset!r}: choose one of {', '.join(SUBSETS)}")
+    run_store = _run_store(config)
+    store = str(store or run_store)
+    split = split or settings["split"]
+    labels = config.get("labels", settings.get("labels", "clc43"))
+    options = dict(bands=list(settings["bands"]), labels=labels,
+                   modalities=parse_modalities(settings.get("modalities", "s2")),
+                   resample=settings.get("resample", "bilinear"), align_corners=bool(settings.get("align_corners", False)))
+    ds = BigEarthNetDataset(store, split=split, subset=subset, **options)
+    classes = list(config.get("classes") or ds.classes)
+    if ds.classes != classes:
+        raise InvalidArgumentError(f"{store}: its {labels} class names differ from the run's "
+                                   f"({len(ds.classes)} against {len(classes)}); the model's outputs would not line up")
+    if len(ds) == 0:
+        raise InvalidArgumentError(f"{store}: split {split!r} has no {subset} patches")
+    mean, std, source = run_normalization(config, options)
+    ds.set_normalization(mean, std, source)
+
+    own_store = bool(run_store) and _same_path(run_store, store)
+    out = Path(out_dir) if out_dir is not None else default_out_dir(run_dir, store, split, subset, own_store)
+    seen = _seen_in_training(config, store, ds.rows)
+
+    target = resolve_device(device)
+    memory_format = torch.channels_last if settings.get("channels_last", True) else torch.contiguous_format
+    net = create_model(settings["model"], in_channels=len(options["bands"]), num_classes=len(classes), weights=weights)
+    net = net.to(target, memory_format=memory_format).eval()
+    criterion = torch.nn.BCEWithLogitsLoss()
+    loader = make_loader(ds, int(batch_size or settings.get("batch_size", 64)), shuffle=False, num_workers=workers,
+                         seed=0, device=target)
+    # the batches, autocast and layout of training's own test pass: the same scores, bit for bit
+    autocast = torch.autocast(device_type=target.type, dtype=torch.bfloat16, enabled=bool(settings.get("amp")))
+    loss_sum = torch.zeros((), device=target)
+    scores: list[torch.Tensor] = []
+    targets: list[torch.Tensor] = []
+    rows: list[torch.Tensor] = []
+    done = 0
+    try:
+        with torch.no_grad():
+            for batch in loader:
+                x, y = batch["image"].contiguous(memory_format=memory_format), batch["label"]
+                with autocast:
+                    logits = net(x).float()
+                loss_sum += criterion(logits, y) * len(y)
+                scores.append(logits)
+                targets.append(y.bool())
+                rows.append(batch["index"])
+                done += len(y)
+                if progress is not None:
+                    progress(done, len(ds))
+    finally:
+        loader.close()  # its workers stop now, also after an error
+    meter = MultilabelMetrics(class_names=classes)
+    meter.update(torch.cat(scores), torch.cat(targets))
+    metrics = meter.compute()
+    metrics["loss"] = float(loss_sum) / metrics["n_samples"]
+
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {
+        "run": str(run_dir), "checkpoint": str(weights.relative_to(run_dir)), "model": settings["model"],
+        "store": store, "split": split, "subset": subset, "labels": labels, "n_patches": len(ds),
+        "seen_in_training": seen, "normalization": source,
+        "metrics": json_friendly(metrics),
+    }
+    files = [out / "metrics.json", write_scores_csv(out / "scores.csv", metrics)]
+    files[0].write_text(json.dumps(summary, indent=2) + "\n")
+    if predictions:
+        files.append(_write_predictions(out / "predictions.parquet", ds, torch.cat(rows).numpy(),
+                                        torch.sigmoid(torch.cat(scores)).float().cpu().numpy(),
+                                        torch.cat(targets).cpu().numpy(), classes))
+    return EvaluationResult(run_dir, weights, store, split, subset, len(ds), metrics, seen, source, out, files)
+
+
+def _write_predictions(path: Path, ds: Any, rows: np.ndarray, probabilities: np.ndarray, truth: np.ndarray,
+                       classes: list[str]) -> Path:
+    """``patch``, one float32 score column per class, ``labels`` (true class names, "; ")."""
+    import pandas as pd
+
+    from benzarr.store import open_store
+
+    names = open_store(ds.path, storage_options=ds.storage_options).patch_names()[rows]
+    frame = pd.DataFrame(probabilities.astype(np.float32), columns=classes)
+    frame.insert(0, "patch", names)
+    frame["labels"] = ["; ".join(np.asarray(classes)[t]) for t in truth]
+    frame.to_parquet(path, index=False)
+    return path

@@ -1,0 +1,114 @@
+"""benzarr evaluate: a run's checkpoint scored on any split and subset, read as the run read it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from benzarr.errors import InvalidArgumentError, SplitNotFoundError
+from benzarr.evaluate import evaluate_run
+from benzarr.split import make_split
+from benzarr.store import open_store
+from benzarr.train import TrainConfig, train
+from tests.conftest import copy_tree
+
+CLI = [sys.executable, "-m", "benzarr_cli"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory, synth_store_64: Path) -> Path:
+    """A short shortcnn-rgb run on an iterative split 'strat' of a store that also has a random split 'rand'."""
+    root = tmp_path_factory.mktemp("evaluate")
+    store = copy_tree(synth_store_64, root / "store.zarr")
+    opened = open_store(store, mode="r+")
+    make_split(opened, "strat", "iterative", fractions=(0.6, 0.2, 0.2), seed=0)
+    make_split(opened, "rand", "random", fractions=(0.5, 0.25, 0.25), seed=1)
+    cfg = TrainConfig(store=str(store), split="strat", model="shortcnn-rgb", epochs=2, batch_size=8, max_steps=6,
+                      device="cpu", out=str(root / "run"))
+    train(cfg)
+    return root / "run"
+
+
+def test_the_runs_own_test_subset_gives_its_metrics_and_scores_csv_byte_for_byte(run: Path, tmp_path: Path) -> None:
+    result = evaluate_run(run, out_dir=tmp_path / "eval")
+    recorded = json.loads((run / "metrics.json").read_text())["test"]
+    written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert written["metrics"]["n_samples"] == recorded["n_samples"] == result.n_patches
+    for key in ("micro_f1", "macro_f1", "micro_f2", "macro_map", "loss", "per_class"):
+        assert written["metrics"][key] == recorded[key], key
+    assert (tmp_path / "eval" / "scores.csv").read_bytes() == (run / "scores.csv").read_bytes()
+    assert result.seen_in_training == 0 and written["seen_in_training"] == 0
+    assert "split strat train" in result.normalization
+
+
+def test_another_split_counts_the_patches_the_run_trained_on(run: Path) -> None:
+    store = open_store(run.parent / "store.zarr")
+    trained = store.subset_rows("strat", "train")
+    evaluated = store.subset_rows("rand", "test")
+    result = evaluate_run(run, split="rand", predictions=True)
+    assert result.out_dir == run / "evaluations" / "rand-test"
+    assert result.n_patches == evaluated.size
+    assert result.seen_in_training == np.isin(evaluated, trained).sum() > 0
+
+    frame = pd.read_parquet(result.out_dir / "predictions.parquet")
+    classes = store.class_names("clc43")
+    assert list(frame.columns) == ["patch", *classes, "labels"]
+    assert list(frame["patch"]) == list(store.patch_names()[evaluated])
+    scores = frame[classes].to_numpy()
+    assert scores.dtype == np.float32 and ((scores >= 0) & (scores <= 1)).all()
+    truth = store.labels("clc43")[evaluated].astype(bool)
+    assert list(frame["labels"]) == ["; ".join(np.asarray(classes)[t]) for t in truth]
+
+
+def test_a_run_without_recorded_statistics_recomputes_them_from_its_store(run: Path, tmp_path: Path) -> None:
+    old = copy_tree(run, tmp_path / "old-run")
+    config = json.loads((old / "config.json").read_text())
+    del config["normalization"]  # as runs before the statistics were recorded
+    (old / "config.json").write_text(json.dumps(config))
+    recomputed = evaluate_run(old, out_dir=tmp_path / "a")
+    recorded = evaluate_run(run, out_dir=tmp_path / "b")
+    assert recomputed.normalization.startswith("recomputed")
+    assert recomputed.metrics["per_class"] == recorded.metrics["per_class"]
+
+
+def test_another_store_is_read_with_the_runs_statistics(run: Path, tmp_path: Path) -> None:
+    other = copy_tree(run.parent / "store.zarr", tmp_path / "copy.zarr")
+    result = evaluate_run(run, store=str(other), split="rand", subset="val")
+    same = evaluate_run(run, split="rand", subset="val", out_dir=tmp_path / "own")
+    assert result.out_dir == run / "evaluations" / "rand-val-copy"
+    assert result.seen_in_training is None  # not the run's store: unknown
+    assert result.metrics["micro_f1"] == same.metrics["micro_f1"]
+    assert result.normalization == same.normalization
+
+
+def test_bad_requests_raise_one_clear_error(run: Path, tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgumentError, match="no config.json"):
+        evaluate_run(tmp_path)
+    with pytest.raises(InvalidArgumentError, match="unknown subset 'holdout'"):
+        evaluate_run(run, subset="holdout")
+    with pytest.raises(InvalidArgumentError, match="unknown checkpoint 'first'"):
+        evaluate_run(run, checkpoint="first")
+    with pytest.raises(SplitNotFoundError, match="nope"):
+        evaluate_run(run, split="nope")
+    bare = copy_tree(run, tmp_path / "bare")
+    (bare / "checkpoints" / "best.pt").unlink()
+    with pytest.raises(InvalidArgumentError, match="no checkpoints/best.pt"):
+        evaluate_run(bare)
+
+
+def test_cli_prints_the_scores_and_warns_about_seen_patches(run: Path, tmp_path: Path) -> None:
+    done = subprocess.run([*CLI, "evaluate", str(run), "--split", "rand", "--out", str(tmp_path / "e"), "--workers", "1"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "test of split rand" in done.stdout and "micro P" in done.stdout and "macro P" in done.stdout
+    assert "warning:" in done.stderr and "training subset" in done.stderr
+    assert (tmp_path / "e" / "metrics.json").is_file() and (tmp_path / "e" / "scores.csv").is_file()
+    missing = subprocess.run([*CLI, "evaluate", str(tmp_path / "nowhere")], capture_output=True, text=True)
+    assert missing.returncode == 1
+    assert missing.stderr.strip().count("\n") == 0 and "no config.json" in missing.stderr
