@@ -30,7 +30,6 @@ subset: spatial leakage shows as colours mixed at small scale. Matplotlib only, 
 
 from __future__ import annotations
 
-import json
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -311,9 +310,9 @@ def run_predictions(store_path: str | Path, rows: Sequence[int], run: str | Path
     """Class names and (len(rows), L) sigmoid scores of a training run's model on store rows.
 
     The run's ``config.json`` gives the model, bands, label set and modalities; the weights
-    are ``checkpoints/best.pt`` (else ``last.pt``). Patches are read as the run read them:
-    normalised with its split's train statistics when the patch is in that split, else with
-    the store's.
+    are ``checkpoints/best.pt`` (else ``last.pt``). Patches are read as the run read them,
+    normalised with the run's own statistics (:func:`benzarr.evaluate.run_normalization`),
+    whichever split they are in.
 
     Raises:
         InvalidArgumentError: no config.json or checkpoint in ``run``.
@@ -324,35 +323,27 @@ def run_predictions(store_path: str | Path, rows: Sequence[int], run: str | Path
     except ImportError as exc:  # pragma: no cover - torch is in the train extra
         raise MissingDependencyError("--run needs torch: pip install 'benzarr[train]'") from exc
     from benzarr.data import BigEarthNetDataset
+    from benzarr.evaluate import read_run_config, run_normalization
     from benzarr.models import create_model
 
     run = Path(run)
-    config_file = run / "config.json"
-    if not config_file.is_file():
-        raise InvalidArgumentError(f"{run}: no config.json here (a folder written by `benzarr train`)")
-    config = json.loads(config_file.read_text())
-    settings = config.get("settings", {})
+    config = read_run_config(run)
+    settings = config["settings"]
     weights = next((p for p in (run / "checkpoints" / "best.pt", run / "checkpoints" / "last.pt") if p.is_file()), None)
     if weights is None:
         raise InvalidArgumentError(f"{run}: no checkpoints/best.pt or last.pt")
-    classes = list(config.get("classes") or [])
     options = dict(bands=list(settings["bands"]), labels=config.get("labels", settings.get("labels", "clc43")),
-                   normalize=True, modalities=tuple(str(settings.get("modalities", "s2")).split(",")),
+                   modalities=tuple(str(settings.get("modalities", "s2")).split(",")),
                    resample=settings.get("resample", "bilinear"), align_corners=bool(settings.get("align_corners", False)))
-    in_split = BigEarthNetDataset(store_path, split=settings.get("split"), **options)
-    whole = None
+    whole = BigEarthNetDataset(store_path, **options)
+    whole.set_normalization(*run_normalization(config, options))
+    classes = list(config.get("classes") or whole.classes)
     model = create_model(settings["model"], in_channels=len(options["bands"]), num_classes=len(classes), weights=weights)
     model.eval()
     scores = []
     with torch.no_grad():
         for row in rows:
-            pos = int(np.searchsorted(in_split.rows, row))
-            if pos < in_split.rows.size and in_split.rows[pos] == row:
-                sample = in_split[pos]
-            else:
-                if whole is None:
-                    whole = BigEarthNetDataset(store_path, **options)
-                sample = whole[int(np.searchsorted(whole.rows, row))]
+            sample = whole[int(np.searchsorted(whole.rows, row))]
             scores.append(torch.sigmoid(model(sample["image"][None].float()))[0].numpy())
     return classes, np.stack(scores)
 

@@ -112,3 +112,14 @@ def test_cli_prints_the_scores_and_warns_about_seen_patches(run: Path, tmp_path:
     missing = subprocess.run([*CLI, "evaluate", str(tmp_path / "nowhere")], capture_output=True, text=True)
     assert missing.returncode == 1
     assert missing.stderr.strip().count("\n") == 0 and "no config.json" in missing.stderr
+
+
+def test_show_predicts_what_evaluate_predicts(run: Path) -> None:
+    from benzarr.show import run_predictions
+
+    result = evaluate_run(run, split="rand", subset="val", predictions=True)
+    frame = pd.read_parquet(result.out_dir / "predictions.parquet")
+    store = open_store(run.parent / "store.zarr")
+    rows = store.subset_rows("rand", "val")[:3]  # trained-on or not, one normalisation: the run's
+    classes, scores = run_predictions(run.parent / "store.zarr", rows, run)
+    np.testing.assert_allclose(scores, frame[classes].to_numpy()[:3], atol=1e-5)

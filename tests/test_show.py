@@ -95,9 +95,13 @@ def test_run_predictions_panel(synth_store_64: Path, tmp_path: Path) -> None:
     bands = ["B04", "B03", "B02"]
     model = create_model("shortcnn-rgb", in_channels=3, num_classes=43)
     torch.save(model.state_dict(), run / "checkpoints" / "best.pt")
+    from benzarr.data import BigEarthNetDataset
+
+    stats = BigEarthNetDataset(synth_store_64, bands=bands, normalize=True)
     (run / "config.json").write_text(json.dumps({
         "settings": {"model": "shortcnn-rgb", "bands": bands, "labels": "clc43", "modalities": "s2", "split": None},
-        "labels": "clc43", "classes": store.class_names("clc43")}))
+        "labels": "clc43", "classes": store.class_names("clc43"),
+        "normalization": {"mean": stats.mean, "std": stats.std, "source": "store"}}))
     shown = plot_patches(store, [0, 1], tmp_path / "p.png", run=run)
     assert shown.panels[-1] == "predictions" and shown.n_axes == 6
     assert png_size(shown.path) == shown.size
