@@ -369,12 +369,12 @@ def plot_patches(
         rows: store rows to draw.
         composites: image panels (``rgb``, ``false-color``, ``swir``, ``VV,VH``); None: true
             and false colour, and S1 when the store has it.
-        labels: label set of the titles (default: the store's own).
+        labels: label set of the titles (default: the run's with ``run``, else the store's own).
         run: a training run folder: add each patch's top ``top`` predictions.
 
     Raises:
         InvalidArgumentError: unknown composite, bands the store lacks, no rows, a patch that
-            failed ingest.
+            failed ingest, ``labels`` other than the run's.
         MissingDependencyError: torch is not installed (the ``train`` extra).
     """
     from benzarr.split import default_label_set
@@ -384,7 +384,16 @@ def plot_patches(
         raise InvalidArgumentError("no patches to show")
     plt = _pyplot()
     kinds = _panels(store, composites)
-    label_set = labels or default_label_set(store)
+    run_labels = None
+    if run is not None:  # the truth beside the predictions must be in the run's label set
+        from benzarr.evaluate import read_run_config
+
+        config = read_run_config(run)
+        run_labels = config.get("labels", config["settings"].get("labels", "clc43"))
+        if labels is not None and labels != run_labels:
+            raise InvalidArgumentError(f"--labels {labels}: the run {run} predicts {run_labels} classes "
+                                       f"(leave --labels out, or pass {run_labels})")
+    label_set = labels or run_labels or default_label_set(store)
     dataset = _panel_dataset(store, kinds, label_set)
     patch_names = store.patch_names()[rows]
     positions = np.searchsorted(dataset.rows, rows)

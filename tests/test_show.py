@@ -174,3 +174,19 @@ def test_show_without_torch_names_the_extra(synth_store_64: Path, tmp_path: Path
     monkeypatch.setitem(sys.modules, "benzarr.data", None)  # import benzarr.data now fails
     with pytest.raises(MissingDependencyError, match=r"benzarr\[train\]"):
         plot_patches(open_store(synth_store_64), [0], tmp_path / "g.png")
+
+
+def test_run_predictions_use_the_runs_label_set(synth_v2_store: Path, tmp_path: Path) -> None:
+    """A clc19 run on a store whose own default is clc43: titles and truth follow the run."""
+    pytest.importorskip("torch")
+    from benzarr.train import TrainConfig, train
+
+    store_path = copy_tree(synth_v2_store, tmp_path / "s.zarr")
+    store = open_store(store_path, mode="r+")
+    make_split(store, "r", "random")
+    train(TrainConfig(store=str(store_path), split="r", model="shortcnn-rgb", labels="clc19", epochs=1, batch_size=8,
+                      max_steps=1, device="cpu", out=str(tmp_path / "run")))
+    shown = plot_patches(store, [0, 1], tmp_path / "p.png", run=tmp_path / "run")
+    assert "predictions" in [kind.lower() for kind in shown.panels]
+    with pytest.raises(InvalidArgumentError, match="predicts clc19 classes"):
+        plot_patches(store, [0], tmp_path / "q.png", run=tmp_path / "run", labels="clc43")
