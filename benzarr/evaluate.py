@@ -83,6 +83,23 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
     return config
 
 
+def run_folders(path: str | Path) -> list[Path]:
+    """``[path]`` for a run folder; for the folder of a ``train --seeds`` job, its ``seed-<s>/``
+    runs in seed order.
+
+    Raises:
+        InvalidArgumentError: neither (no config.json in ``path`` or its seed folders).
+    """
+    path = Path(path)
+    if (path / "config.json").is_file():
+        return [path]
+    seeds = [p for p in path.glob("seed-*") if (p / "config.json").is_file() and p.name[5:].lstrip("-").isdigit()]
+    if seeds:
+        return sorted(seeds, key=lambda p: int(p.name[5:]))
+    read_run_config(path)  # raises the one error of a folder that holds no run
+    return [path]
+
+
 def checkpoint_path(run_dir: str | Path, checkpoint: str) -> Path:
     """``checkpoints/<checkpoint>.pt`` of a run, which must exist."""
     if checkpoint not in CHECKPOINTS:

@@ -15,7 +15,7 @@ def _fmt(value: float | None) -> str:
 
 
 def command(
-    run: Path = typer.Argument(..., help="A run folder written by `benzarr train`."),
+    run: Path = typer.Argument(..., help="A run folder written by `benzarr train` (a `--seeds` folder: each seed-<s>/)."),
     store: Optional[str] = typer.Option(None, "--store", help="Store to evaluate on (default: the run's own)."),
     split: Optional[str] = typer.Option(None, "--split", help="Split of the store (default: the run's)."),
     subset: str = typer.Option("test", "--subset", help="train | val | test."),
@@ -24,35 +24,40 @@ def command(
     workers: int = typer.Option(0, "--workers", help="Loader worker processes."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder to write metrics.json and scores.csv to "
-                                       "(default RUN/evaluations/<split>-<subset>[-<store>])."),
+                                       "(default RUN/evaluations/<split>-<subset>[-<store>]; OUT/seed-<s> "
+                                       "for a --seeds folder)."),
     predictions: bool = typer.Option(False, "--predictions", help="Also write predictions.parquet: each patch's "
                                      "name, its sigmoid score per class and its true labels."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
 ) -> None:
     """Score a run's checkpoint on a split's subset (of its own store or another with the same bands and
     labels), read as the run read its data: micro and macro P/R/F1/F2/mAP, per-class scores."""
-    from benzarr.evaluate import evaluate_run  # torch: only when evaluating
+    from benzarr.evaluate import evaluate_run, run_folders  # torch: only when evaluating
 
-    with progress_bar("evaluate", None, quiet) as advance:
-        last = [0]
+    folders = run_folders(run)  # RUNDIR itself, or each seed-<s>/ of a `train --seeds` folder
+    for folder in folders:
+        prefix = f"{folder.name}: " if len(folders) > 1 else ""
+        with progress_bar(f"evaluate {prefix}".strip(), None, quiet) as advance:
+            last = [0]
 
-        def progress(done: int, total: int) -> None:
-            advance(done - last[0], total=total)
-            last[0] = done
+            def progress(done: int, total: int) -> None:
+                advance(done - last[0], total=total)
+                last[0] = done
 
-        result = evaluate_run(run, store=store, split=split, subset=subset, checkpoint=checkpoint,
-                              batch_size=batch_size, workers=workers, device=device, out_dir=out,
-                              predictions=predictions, progress=progress)
-    if result.seen_in_training:
-        warn_line(f"{result.seen_in_training:,} of the {result.n_patches:,} patches evaluated were in the run's "
-                  f"training subset: their scores are optimistic")
-    if quiet:
-        return
-    m = result.metrics
-    console.print(f"{result.subset} of split {result.split} in {result.store} ({result.n_patches:,} patches, "
-                  f"{result.checkpoint.name}): micro P {_fmt(m['micro_precision'])} R {_fmt(m['micro_recall'])} "
-                  f"F1 {_fmt(m['micro_f1'])} F2 {_fmt(m['micro_f2'])} mAP {_fmt(m['micro_map'])} | macro P "
-                  f"{_fmt(m['macro_precision'])} R {_fmt(m['macro_recall'])} F1 {_fmt(m['macro_f1'])} "
-                  f"F2 {_fmt(m['macro_f2'])} mAP {_fmt(m['macro_map'])}")
-    console.print(f"inputs normalised with {result.normalization}")
-    console.print(f"wrote {', '.join(str(p) for p in result.files)}")
+            result = evaluate_run(folder, store=store, split=split, subset=subset, checkpoint=checkpoint,
+                                  batch_size=batch_size, workers=workers, device=device,
+                                  out_dir=None if out is None else out / folder.name if len(folders) > 1 else out,
+                                  predictions=predictions, progress=progress)
+        if result.seen_in_training:
+            warn_line(f"{prefix}{result.seen_in_training:,} of the {result.n_patches:,} patches evaluated were in "
+                      f"the run's training subset: their scores are optimistic")
+        if quiet:
+            continue
+        m = result.metrics
+        console.print(f"{prefix}{result.subset} of split {result.split} in {result.store} ({result.n_patches:,} "
+                      f"patches, {result.checkpoint.name}): micro P {_fmt(m['micro_precision'])} R "
+                      f"{_fmt(m['micro_recall'])} F1 {_fmt(m['micro_f1'])} F2 {_fmt(m['micro_f2'])} mAP "
+                      f"{_fmt(m['micro_map'])} | macro P {_fmt(m['macro_precision'])} R {_fmt(m['macro_recall'])} "
+                      f"F1 {_fmt(m['macro_f1'])} F2 {_fmt(m['macro_f2'])} mAP {_fmt(m['macro_map'])}")
+        console.print(f"{prefix}inputs normalised with {result.normalization}")
+        console.print(f"{prefix}wrote {', '.join(str(p) for p in result.files)}")

@@ -123,3 +123,23 @@ def test_show_predicts_what_evaluate_predicts(run: Path) -> None:
     rows = store.subset_rows("rand", "val")[:3]  # trained-on or not, one normalisation: the run's
     classes, scores = run_predictions(run.parent / "store.zarr", rows, run)
     np.testing.assert_allclose(scores, frame[classes].to_numpy()[:3], atol=1e-5)
+
+
+def test_a_seeds_folder_evaluates_every_seed(run: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from benzarr.evaluate import run_folders
+    from benzarr.train import train_seeds
+    from benzarr_cli.main import app
+
+    cfg = TrainConfig(store=str(run.parent / "store.zarr"), split="strat", model="shortcnn-rgb", epochs=1,
+                      batch_size=8, max_steps=2, device="cpu", out=str(tmp_path / "seeds"))
+    train_seeds(cfg, [2, 10])
+    assert [p.name for p in run_folders(tmp_path / "seeds")] == ["seed-2", "seed-10"]
+    result = CliRunner().invoke(app, ["evaluate", str(tmp_path / "seeds"), "--out", str(tmp_path / "e")])
+    assert result.exit_code == 0, result.output
+    assert "seed-2: test of split strat" in result.output and "seed-10: test of split strat" in result.output
+    for seed in ("seed-2", "seed-10"):
+        assert (tmp_path / "e" / seed / "metrics.json").is_file()
+    with pytest.raises(InvalidArgumentError, match="no config.json"):
+        run_folders(tmp_path / "e")
