@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# One device call for a GPU session (issue #10), on an offline node with Python 3.12 and torch
+# preinstalled (../shared/gpu-node.md): install the carried wheels, then run
+#   1. benchmarks/gpu_ring_check.py  (the ring's batches against the DataLoader's on CUDA; no sync
+#      in training steps), about 30 s;
+#   2. benchmarks/gpu_feed.py        (every table of issue #10, transformed rows, a 3-step
+#      profiler trace), budgeted to BUDGET_S seconds;
+# writing JSON, logs and the trace under $OUT (what the device tool brings back). Each step's
+# output is kept even when a later one fails or the call runs out of time.
+#
+#   run: bash benchmarks/gpu_session.sh        carry: [".whl"]       timeout_s: 560
+#
+# BUDGET_S (default 390) bounds gpu_feed.py, its store build included. QUICK=1 runs tiny
+# sizes on any machine (CPU fallback, no wheels installed, PYTHON=python3 by default): a check
+# of this script before spending GPU time, e.g. QUICK=1 PYTHON=.venv/bin/python bash benchmarks/gpu_session.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gpu-session-out}
+BUDGET_S=${BUDGET_S:-390}
+mkdir -p "$OUT"
+started=$(date +%s)
+say() { echo "[gpu_session +$(( $(date +%s) - started ))s] $*" | tee -a "$OUT/session.log"; }
+
+PY=${PYTHON:-python3}
+site=""
+if [ "${QUICK:-0}" != 1 ] && [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+  rm -rf /tmp/site
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
+    >>"$OUT/session.log" 2>&1 || say "wheel install failed (see session.log)"
+  site=/tmp/site:
+fi
+rm -rf /tmp/src && mkdir -p /tmp/src && cp -r benzarr /tmp/src/benzarr && cp -r cli /tmp/src/benzarr_cli
+export PYTHONPATH=${site}/tmp/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+"$PY" - <<'EOF' >"$OUT/environment.txt" 2>&1
+import os, platform, torch
+print("python", platform.python_version(), "torch", torch.__version__, "cuda", torch.version.cuda,
+      "device", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu", "cores", os.cpu_count())
+EOF
+say "$(cat "$OUT/environment.txt")"
+command -v nvidia-smi >/dev/null && nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
+
+if [ "${QUICK:-0}" = 1 ]; then
+  ring_args=(--device cpu)
+  feed_args=(--cpu --patches 96 --batch-size 16 --workers 0,1 --models shortcnn-all --seconds 0.2 --warmup 1
+             --trainer-model shortcnn-all --trainer-workers 1 --trainer-epochs 1 --h2d-copies 2 --profile-steps 2)
+else
+  ring_args=()
+  feed_args=(--patches 20000 --build-workers "$(nproc)" --seconds 3 --warmup 5 --budget-s "$BUDGET_S"
+             --trainer-modes deterministic,fast --profile-steps 3)
+fi
+
+say "gpu_ring_check.py"
+timeout 120 "$PY" benchmarks/gpu_ring_check.py "${ring_args[@]}" --workdir /tmp/gpu-ring-check \
+  --out "$OUT/gpu_ring_check.json" >"$OUT/gpu_ring_check.log" 2>&1
+say "gpu_ring_check.py exit $?"
+
+say "gpu_feed.py"
+timeout $(( BUDGET_S + 60 )) "$PY" benchmarks/gpu_feed.py "${feed_args[@]}" --workdir /tmp/gpu-feed \
+  --out "$OUT/gpu_feed.json" >"$OUT/gpu_feed.log" 2>&1
+say "gpu_feed.py exit $?"
+tail -n 60 "$OUT/gpu_feed.log"
+ls -la "$OUT" | tee -a "$OUT/session.log"
