@@ -13,6 +13,11 @@ Output (``write_report``)::
                   the mean and the half-width of its 95% confidence interval across runs
                   (Student t, n - 1 degrees of freedom; none for a single run). Grouping by
                   split makes a comparison of splits (official vs stratified) one table.
+
+With ``evaluations`` (names of ``RUN/evaluations/<name>/`` folders that ``benzarr evaluate``
+wrote, such as ``grouped-test``), the tables hold those evaluations' metrics instead of the
+runs' own test metrics, one row per run and evaluation, and gain an ``evaluated_on`` column
+("test of grouped"): the same seeds scored on two splits' test subsets side by side.
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ class Run:
         config: ``config.json``.
         metrics: ``metrics.json``, or None for a run that did not finish.
         scalars: TensorBoard scalars, tag -> {epoch: value}.
+        evaluation: an ``evaluations/<name>/metrics.json`` of ``benzarr evaluate``, whose
+            metrics then stand for the run's test metrics in the tables; None: the run's own.
     """
 
     path: Path
@@ -53,6 +60,25 @@ class Run:
     config: dict[str, Any]
     metrics: dict[str, Any] | None
     scalars: dict[str, dict[int, float]] = field(default_factory=dict)
+    evaluation: dict[str, Any] | None = None
+
+    @property
+    def test(self) -> dict[str, Any]:
+        """The metrics the tables show: the evaluation's, else the run's own test metrics ({} if unfinished)."""
+        if self.evaluation is not None:
+            return self.evaluation.get("metrics") or {}
+        return (self.metrics or {}).get("test") or {}
+
+    def evaluated_on(self) -> str:
+        """``"<subset> of <split>"`` (plus the store's name when it is not the run's)."""
+        if self.evaluation is None:
+            return f"test of {self.settings.get('split')}"
+        ev = self.evaluation
+        where = f"{ev.get('subset')} of {ev.get('split')}"
+        own = (self.config.get("store") or {}).get("path")
+        if own and ev.get("store") and Path(str(ev["store"])).resolve() != Path(own).resolve():
+            where += f" in {Path(str(ev['store']).rstrip('/')).name}"
+        return where
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -80,11 +106,13 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         raise InvalidArgumentError(f"{path}: not valid JSON ({exc})") from None
 
 
-def find_runs(paths: Sequence[str | Path], scalars: bool = True) -> list[Run]:
-    """Read the run folders named by ``paths`` (a run folder, or a folder of run folders).
+def find_runs(paths: Sequence[str | Path], scalars: bool = True, evaluations: Sequence[str] = ()) -> list[Run]:
+    """Read the run folders named by ``paths`` (a run folder, or a folder of run folders);
+    with ``evaluations``, one :class:`Run` per run folder and evaluation name.
 
     Raises:
-        InvalidArgumentError: a path is missing or holds no run folder.
+        InvalidArgumentError: a path is missing or holds no run folder, or a run lacks one of
+            the ``evaluations``.
     """
     from benzarr.tb import read_scalars
 
@@ -99,9 +127,24 @@ def find_runs(paths: Sequence[str | Path], scalars: bool = True) -> list[Run]:
                                        "give the --out folder of benzarr train")
         for folder in folders:
             config = _read_json(folder / "config.json") or {}
-            runs.append(Run(folder, str(p), config, _read_json(folder / "metrics.json"),
-                            read_scalars(folder) if scalars else {}))
+            run = Run(folder, str(p), config, _read_json(folder / "metrics.json"), read_scalars(folder) if scalars else {})
+            if not evaluations:
+                runs.append(run)
+            for name in evaluations:
+                evaluation = _read_json(folder / "evaluations" / name / "metrics.json")
+                if evaluation is None:
+                    have = sorted(d.name for d in (folder / "evaluations").glob("*") if (d / "metrics.json").is_file())
+                    raise InvalidArgumentError(
+                        f"{folder}: no evaluations/{name}/metrics.json (it has: {', '.join(have) or 'none'}); "
+                        f"write it with `benzarr evaluate {folder} --split ... --subset ...`")
+                runs.append(Run(folder, str(p), config, run.metrics, run.scalars, evaluation))
     return runs
+
+
+def group_keys(runs: Sequence[Run]) -> tuple[str, ...]:
+    """The columns that identify a row of the summary: ``GROUP_KEYS``, plus ``evaluated_on``
+    when the runs carry evaluations."""
+    return (*GROUP_KEYS, "evaluated_on") if any(r.evaluation is not None for r in runs) else GROUP_KEYS
 
 
 def _natural(path: Path) -> tuple:
@@ -114,13 +157,16 @@ def _natural(path: Path) -> tuple:
 def runs_table(runs: Sequence[Run]) -> pd.DataFrame:
     """One row per run: identity, best epoch and every test metric (NaN if unfinished)."""
     rows = []
+    evaluated = any(r.evaluation is not None for r in runs)
     for run in runs:
         m = run.metrics or {}
-        test = m.get("test") or {}
+        test = run.test
         rows.append({
-            "run": str(run.path), **run.key(), "seed": run.settings.get("seed"),
-            "epochs": m.get("epochs"), "best_epoch": m.get("best_epoch"), "n_test": test.get("n_samples"),
-            **{k: _num(test.get(k)) for k in TABLE_METRICS},
+            "run": str(run.path), **run.key(),
+            **({"evaluated_on": run.evaluated_on(), "seen_in_training": (run.evaluation or {}).get("seen_in_training")}
+               if evaluated else {}),
+            "seed": run.settings.get("seed"), "epochs": m.get("epochs"), "best_epoch": m.get("best_epoch"),
+            "n_test": test.get("n_samples"), **{k: _num(test.get(k)) for k in TABLE_METRICS},
         })
     return pd.DataFrame(rows)
 
@@ -146,20 +192,21 @@ def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
 
 
 def summary_table(runs: Sequence[Run]) -> pd.DataFrame:
-    """One row per (model, split, labels, bands) over the finished runs: ``n_runs``, and
-    ``<metric>_mean``, ``<metric>_ci95`` for each test metric."""
+    """One row per (model, split, labels, bands[, evaluated_on]) over the finished runs:
+    ``n_runs``, and ``<metric>_mean``, ``<metric>_ci95`` for each test metric."""
+    keys = group_keys(runs)
     table = runs_table(runs)
     table = table[table["n_test"].notna()] if len(table) else table
     rows = []
     if len(table):
-        for key, part in table.groupby(list(GROUP_KEYS), sort=False):
-            row: dict[str, Any] = dict(zip(GROUP_KEYS, key))
+        for key, part in table.groupby(list(keys), sort=False):
+            row: dict[str, Any] = dict(zip(keys, key))
             row["n_runs"] = len(part)
             row["seeds"] = ",".join(str(s) for s in part["seed"])
             for metric in TABLE_METRICS:
                 row[f"{metric}_mean"], row[f"{metric}_ci95"] = mean_ci95(part[metric].tolist())
             rows.append(row)
-    return pd.DataFrame(rows, columns=[*GROUP_KEYS, "n_runs", "seeds",
+    return pd.DataFrame(rows, columns=[*keys, "n_runs", "seeds",
                                        *(f"{m}_{s}" for m in TABLE_METRICS for s in ("mean", "ci95"))])
 
 
@@ -179,7 +226,8 @@ def summary_markdown(summary: pd.DataFrame) -> str:
     """The summary as ``mean ± ci95`` cells (the form for a paper or README)."""
     cols = ["micro_f1", "macro_f1", "micro_f2", "macro_f2", "micro_precision", "micro_recall",
             "macro_precision", "macro_recall", "micro_map", "macro_map"]
-    out = summary[[*GROUP_KEYS, "n_runs"]].copy()
+    keys = list(summary.columns[:list(summary.columns).index("n_runs")])  # the grouping columns
+    out = summary[[*keys, "n_runs"]].copy()
     for metric in cols:
         means, cis = summary[f"{metric}_mean"], summary[f"{metric}_ci95"]
         out[metric] = [("" if math.isnan(m) else f"{m:.4f}") + ("" if math.isnan(c) else f" ± {c:.4f}")
@@ -243,27 +291,30 @@ class Report:
     summary_md: str
 
 
-def write_report(paths: Sequence[str | Path], out: str | Path) -> Report:
-    """Read run folders and write ``curves.png``, ``runs.csv``/``.md``, ``summary.csv``/``.md`` into ``out``.
+def write_report(paths: Sequence[str | Path], out: str | Path, evaluations: Sequence[str] = ()) -> Report:
+    """Read run folders and write ``curves.png``, ``runs.csv``/``.md``, ``summary.csv``/``.md`` into ``out``
+    (the tables with the metrics of ``evaluations``, when given: see the module docstring).
 
     Raises:
-        InvalidArgumentError: a path holds no run.
+        InvalidArgumentError: a path holds no run, or a run lacks one of the ``evaluations``.
     """
-    runs = find_runs(paths)
+    runs = find_runs(paths, evaluations=evaluations)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runs_df = runs_table(runs)
     summary = summary_table(runs)
     summary_md = summary_markdown(summary)
-    files = {"curves": plot_curves(runs, out / "curves.png")}
+    unique = list({id(r.scalars): r for r in runs}.values())  # a run's curves once, however many evaluations
+    files = {"curves": plot_curves(unique, out / "curves.png")}
     runs_df.to_csv(out / "runs.csv", index=False)
     files["runs.csv"] = out / "runs.csv"
     (out / "runs.md").write_text(markdown_table(runs_df))
     files["runs.md"] = out / "runs.md"
     summary.to_csv(out / "summary.csv", index=False)
     files["summary.csv"] = out / "summary.csv"
+    what = (f"Metrics of the evaluations {', '.join(evaluations)} (benzarr evaluate)" if evaluations
+            else "Test metrics of each run's best checkpoint")
     (out / "summary.md").write_text(
-        "Test metrics of each run's best checkpoint: mean ± half-width of the 95% confidence interval "
-        "across seeds (Student t).\n\n" + summary_md)
+        f"{what}: mean ± half-width of the 95% confidence interval across seeds (Student t).\n\n" + summary_md)
     files["summary.md"] = out / "summary.md"
     return Report(out, files, runs_df, summary, summary_md)

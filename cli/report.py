@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -13,13 +14,18 @@ from benzarr_cli._common import console
 def command(
     rundirs: list[Path] = typer.Argument(..., help="Run folders (benzarr train --out), or folders of seed-<s>/ runs."),
     out: Path = typer.Option(Path("report"), "--out", help="Folder for curves.png and the tables."),
+    evaluation: Optional[list[str]] = typer.Option(None, "--evaluation", help="Tabulate RUN/evaluations/NAME "
+                                                   "(written by benzarr evaluate, e.g. grouped-test) instead of "
+                                                   "the runs' own test metrics; repeat to compare several."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
 ) -> None:
     """Plot loss and F1 curves and tabulate test metrics per run and per model/split (mean ± 95% CI over seeds)."""
-    report = write_report(rundirs, out)
+    report = write_report(rundirs, out, evaluations=evaluation or ())
     if quiet:
         return
-    console.print(f"{len(report.runs)} run(s); test metrics of the best checkpoints, mean ± 95% CI across seeds:")
+    what = f"metrics of the evaluations {', '.join(evaluation)}" if evaluation else "test metrics of the best checkpoints"
+    count = f"{len(report.runs)} row(s) (runs x evaluations)" if evaluation else f"{len(report.runs)} run(s)"
+    console.print(f"{count}; {what}, mean ± 95% CI across seeds:")
     console.print(report.summary_md)
     for name, path in report.files.items():
         console.print(f"  {name:<12} {path}")

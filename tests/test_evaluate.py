@@ -143,3 +143,28 @@ def test_a_seeds_folder_evaluates_every_seed(run: Path, tmp_path: Path) -> None:
         assert (tmp_path / "e" / seed / "metrics.json").is_file()
     with pytest.raises(InvalidArgumentError, match="no config.json"):
         run_folders(tmp_path / "e")
+
+
+def test_report_tabulates_evaluations_side_by_side(run: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from benzarr.report import write_report
+    from benzarr_cli.main import app
+
+    evaluate_run(run)                       # evaluations/strat-test: the run's own test subset
+    evaluate_run(run, split="rand")         # evaluations/rand-test
+    report = write_report([run], tmp_path / "r", evaluations=["strat-test", "rand-test"])
+    rows = report.runs.set_index("evaluated_on")
+    own = json.loads((run / "metrics.json").read_text())["test"]
+    assert rows.loc["test of strat", "micro_f1"] == own["micro_f1"]
+    assert rows.loc["test of rand", "n_test"] == open_store(run.parent / "store.zarr").subset_rows("rand", "test").size
+    assert rows.loc["test of rand", "seen_in_training"] > 0 and rows.loc["test of strat", "seen_in_training"] == 0
+    assert list(report.summary["evaluated_on"]) == ["test of strat", "test of rand"]
+    assert "evaluated_on" in report.summary_md
+
+    plain = write_report([run], tmp_path / "p")
+    assert "evaluated_on" not in plain.summary.columns  # without evaluations the tables are as before
+    missing = CliRunner().invoke(app, ["report", str(run), "--evaluation", "nope-test", "--out", str(tmp_path / "x")])
+    assert missing.exit_code == 1 and isinstance(missing.exception, InvalidArgumentError)
+    message = str(missing.exception)
+    assert "no evaluations/nope-test/metrics.json (it has: " in message and "strat-test" in message
