@@ -169,6 +169,46 @@ def _seen_in_training(config: dict[str, Any], store_path: str, rows: np.ndarray)
     return int(np.isin(rows, trained).sum())
 
 
+def dataset_options(config: dict[str, Any]) -> dict[str, Any]:
+    """The :class:`~benzarr.data.BigEarthNetDataset` keywords that read patches as the run did:
+    bands (in the run's order), label set, modalities, resampling."""
+    from benzarr.train import parse_modalities
+
+    settings = config["settings"]
+    return dict(bands=list(settings["bands"]), labels=config.get("labels", settings.get("labels", "clc43")),
+                modalities=parse_modalities(settings.get("modalities", "s2")),
+                resample=settings.get("resample", "bilinear"), align_corners=bool(settings.get("align_corners", False)))
+
+
+def score_batches(net: Any, batches: Any, device: Any, memory_format: Any, amp: bool, criterion: Any,
+                  progress: Callable[[int], None] | None = None) -> tuple[Any, Any, Any, Any]:
+    """Run ``net`` (in eval mode) over device batches: ``(logits (N, L) float32, labels (N, L)
+    bool, store rows (N,) int64 on the CPU, summed BCE loss)``, all but the rows left on the
+    device. The one scoring pass of training's validation and test and of ``benzarr evaluate``,
+    so both give the same scores bit for bit. ``progress(n)`` is called with each batch's size."""
+    import torch
+
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp)
+    loss_sum = torch.zeros((), device=device)
+    logits_all: list[Any] = []
+    labels_all: list[Any] = []
+    rows: list[Any] = []
+    with torch.no_grad():
+        for batch in batches:
+            x, y = batch["image"].contiguous(memory_format=memory_format), batch["label"]
+            with autocast:
+                logits = net(x).float()
+            loss_sum += criterion(logits, y) * len(y)
+            logits_all.append(logits)
+            labels_all.append(y.bool())
+            rows.append(batch["index"])
+            if progress is not None:
+                progress(len(y))
+    if not logits_all:
+        return None, None, None, loss_sum
+    return torch.cat(logits_all), torch.cat(labels_all), torch.cat(rows), loss_sum
+
+
 def default_out_dir(run_dir: Path, store: str, split: str, subset: str, own_store: bool) -> Path:
     """``RUN/evaluations/<split>-<subset>`` (``-<store name>`` appended for another store)."""
     name = f"{split}-{subset}"
@@ -218,7 +258,7 @@ def evaluate_run(
     from benzarr.data import BigEarthNetDataset, make_loader
     from benzarr.metrics import MultilabelMetrics, json_friendly
     from benzarr.models import create_model
-    from benzarr.train import parse_modalities, resolve_device, write_scores_csv
+    from benzarr.train import resolve_device, write_scores_csv
 
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
@@ -229,10 +269,8 @@ def evaluate_run(
     run_store = _run_store(config)
     store = str(store or run_store)
     split = split or settings["split"]
-    labels = config.get("labels", settings.get("labels", "clc43"))
-    options = dict(bands=list(settings["bands"]), labels=labels,
-                   modalities=parse_modalities(settings.get("modalities", "s2")),
-                   resample=settings.get("resample", "bilinear"), align_corners=bool(settings.get("align_corners", False)))
+    options = dataset_options(config)
+    labels = options["labels"]
     ds = BigEarthNetDataset(store, split=split, subset=subset, **options)
     classes = list(config.get("classes") or ds.classes)
     if ds.classes != classes:
@@ -254,30 +292,20 @@ def evaluate_run(
     criterion = torch.nn.BCEWithLogitsLoss()
     loader = make_loader(ds, int(batch_size or settings.get("batch_size", 64)), shuffle=False, num_workers=workers,
                          seed=0, device=target)
-    # the batches, autocast and layout of training's own test pass: the same scores, bit for bit
-    autocast = torch.autocast(device_type=target.type, dtype=torch.bfloat16, enabled=bool(settings.get("amp")))
-    loss_sum = torch.zeros((), device=target)
-    scores: list[torch.Tensor] = []
-    targets: list[torch.Tensor] = []
-    rows: list[torch.Tensor] = []
-    done = 0
-    try:
-        with torch.no_grad():
-            for batch in loader:
-                x, y = batch["image"].contiguous(memory_format=memory_format), batch["label"]
-                with autocast:
-                    logits = net(x).float()
-                loss_sum += criterion(logits, y) * len(y)
-                scores.append(logits)
-                targets.append(y.bool())
-                rows.append(batch["index"])
-                done += len(y)
-                if progress is not None:
-                    progress(done, len(ds))
+    done = [0]
+
+    def advance(n: int) -> None:
+        done[0] += n
+        if progress is not None:
+            progress(done[0], len(ds))
+
+    try:  # the batches, autocast and layout of training's own test pass: the same scores, bit for bit
+        logits, truth, rows, loss_sum = score_batches(net, loader, target, memory_format, bool(settings.get("amp")),
+                                                      criterion, advance)
     finally:
         loader.close()  # its workers stop now, also after an error
     meter = MultilabelMetrics(class_names=classes)
-    meter.update(torch.cat(scores), torch.cat(targets))
+    meter.update(logits, truth)
     metrics = meter.compute()
     metrics["loss"] = float(loss_sum) / metrics["n_samples"]
 
@@ -291,9 +319,8 @@ def evaluate_run(
     files = [out / "metrics.json", write_scores_csv(out / "scores.csv", metrics)]
     files[0].write_text(json.dumps(summary, indent=2) + "\n")
     if predictions:
-        files.append(_write_predictions(out / "predictions.parquet", ds, torch.cat(rows).numpy(),
-                                        torch.sigmoid(torch.cat(scores)).float().cpu().numpy(),
-                                        torch.cat(targets).cpu().numpy(), classes))
+        files.append(_write_predictions(out / "predictions.parquet", ds, rows.numpy(),
+                                        torch.sigmoid(logits).cpu().numpy(), truth.cpu().numpy(), classes))
     return EvaluationResult(run_dir, weights, store, split, subset, len(ds), metrics, seen, source, out, files)
 
 

@@ -50,6 +50,7 @@ from benzarr import __version__
 from benzarr.checkpoint import load_checkpoint, restore, save_checkpoint
 from benzarr.data import BigEarthNetDataset, DeviceLoader, make_loader
 from benzarr.errors import InvalidArgumentError, missing_extra
+from benzarr.evaluate import score_batches
 from benzarr.metrics import SCALAR_KEYS, MultilabelMetrics, json_friendly
 from benzarr.models import FINETUNE_LEVELS, create_model, get_spec
 from benzarr.store import Store, open_store
@@ -664,19 +665,12 @@ def _evaluate(run: _Run, loader: DeviceLoader | None) -> dict[str, Any] | None:
     net = run.net
     was_training = net.training
     net.eval()
-    loss_sum, scores, targets = torch.zeros((), device=run.device), [], []  # on the device until the end
-    with torch.no_grad():
-        for batch in loader:
-            x, y = batch["image"].contiguous(memory_format=run.memory_format), batch["label"]
-            with run.autocast():
-                logits = net(x).float()
-            loss_sum += run.criterion(logits, y) * len(y)
-            scores.append(logits)
-            targets.append(y.bool())
+    # on the device until the end; the same pass as benzarr evaluate's
+    logits, truth, _, loss_sum = score_batches(net, loader, run.device, run.memory_format, run.cfg.amp, run.criterion)
     net.train(was_training)
-    if not targets:
+    if logits is None:
         return None
-    metrics = _metrics(scores, targets, run.data.class_names)
+    metrics = _metrics([logits], [truth], run.data.class_names)
     return {**metrics, "loss": float(loss_sum) / metrics["n_samples"]}
 
 
