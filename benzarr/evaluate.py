@@ -31,7 +31,8 @@ from benzarr.errors import InvalidArgumentError, SplitNotFoundError
 
 #: Checkpoints a run folder holds, by the name ``--checkpoint`` takes.
 CHECKPOINTS = ("best", "last")
-SUBSETS = ("train", "val", "test")
+#: What ``subset`` takes: a subset of the split, or ``all``, every valid patch of the store.
+SUBSETS = ("train", "val", "test", "all")
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,8 @@ class EvaluationResult:
         run_dir: the run folder.
         checkpoint: the weights evaluated (``checkpoints/best.pt`` or ``last.pt``).
         store: the evaluated store's path.
-        split, subset: the evaluated split and subset of ``store``.
+        split, subset: the evaluated split and subset of ``store`` (``None`` and ``"all"``: every
+            valid patch).
         n_patches: patches evaluated.
         metrics: :mod:`benzarr.metrics` at threshold 0.5 (``per_class`` included), plus
             ``loss``, the mean BCE-with-logits.
@@ -56,7 +58,7 @@ class EvaluationResult:
     run_dir: Path
     checkpoint: Path
     store: str
-    split: str
+    split: str | None
     subset: str
     n_patches: int
     metrics: dict[str, Any]
@@ -209,9 +211,10 @@ def score_batches(net: Any, batches: Any, device: Any, memory_format: Any, amp: 
     return torch.cat(logits_all), torch.cat(labels_all), torch.cat(rows), loss_sum
 
 
-def default_out_dir(run_dir: Path, store: str, split: str, subset: str, own_store: bool) -> Path:
-    """``RUN/evaluations/<split>-<subset>`` (``-<store name>`` appended for another store)."""
-    name = f"{split}-{subset}"
+def default_out_dir(run_dir: Path, store: str, split: str | None, subset: str, own_store: bool) -> Path:
+    """``RUN/evaluations/<split>-<subset>`` or ``RUN/evaluations/all`` (``-<store name>``
+    appended for another store)."""
+    name = "all" if split is None else f"{split}-{subset}"
     if not own_store:
         stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(str(store).rstrip("/")).name.removesuffix(".zarr"))
         name += f"-{stem}"
@@ -237,7 +240,8 @@ def evaluate_run(
         run_dir: a folder written by ``benzarr train``.
         store: the store to read (default: the run's own).
         split: a split of ``store`` (default: the run's).
-        subset: ``train``, ``val`` or ``test``.
+        subset: ``train``, ``val`` or ``test``; ``all``: every valid patch of ``store``,
+            whatever its split (``split`` is then ignored).
         checkpoint: ``best`` or ``last``.
         batch_size: patches per batch (default: the run's).
         workers: loader worker processes.
@@ -268,16 +272,17 @@ def evaluate_run(
         raise InvalidArgumentError(f"unknown subset {subset!r}: choose one of {', '.join(SUBSETS)}")
     run_store = _run_store(config)
     store = str(store or run_store)
-    split = split or settings["split"]
+    split = None if subset == "all" else split or settings["split"]
     options = dataset_options(config)
     labels = options["labels"]
-    ds = BigEarthNetDataset(store, split=split, subset=subset, **options)
+    ds = BigEarthNetDataset(store, split=split, subset=None if split is None else subset, **options)
     classes = list(config.get("classes") or ds.classes)
     if ds.classes != classes:
         raise InvalidArgumentError(f"{store}: its {labels} class names differ from the run's "
                                    f"({len(ds.classes)} against {len(classes)}); the model's outputs would not line up")
     if len(ds) == 0:
-        raise InvalidArgumentError(f"{store}: split {split!r} has no {subset} patches")
+        raise InvalidArgumentError(f"{store}: split {split!r} has no {subset} patches" if split is not None
+                                   else f"{store}: no valid patches")
     mean, std, source = run_normalization(config, options)
     ds.set_normalization(mean, std, source)
 

@@ -74,7 +74,7 @@ class Run:
         if self.evaluation is None:
             return f"test of {self.settings.get('split')}"
         ev = self.evaluation
-        where = f"{ev.get('subset')} of {ev.get('split')}"
+        where = "all patches" if ev.get("split") is None else f"{ev.get('subset')} of {ev.get('split')}"
         own = (self.config.get("store") or {}).get("path")
         if own and ev.get("store") and Path(str(ev["store"])).resolve() != Path(own).resolve():
             where += f" in {Path(str(ev['store']).rstrip('/')).name}"

@@ -18,7 +18,8 @@ def command(
     run: Path = typer.Argument(..., help="A run folder written by `benzarr train` (a `--seeds` folder: each seed-<s>/)."),
     store: Optional[str] = typer.Option(None, "--store", help="Store to evaluate on (default: the run's own)."),
     split: Optional[str] = typer.Option(None, "--split", help="Split of the store (default: the run's)."),
-    subset: str = typer.Option("test", "--subset", help="train | val | test."),
+    subset: str = typer.Option("test", "--subset", help="train | val | test of --split; all: every valid patch "
+                               "of the store, whatever its split."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best | last: checkpoints/<name>.pt of the run."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Patches per batch (default: the run's)."),
     workers: int = typer.Option(0, "--workers", help="Loader worker processes."),
@@ -54,7 +55,9 @@ def command(
         if quiet:
             continue
         m = result.metrics
-        console.print(f"{prefix}{result.subset} of split {result.split} in {result.store} ({result.n_patches:,} "
+        what = f"all patches of {result.store}" if result.split is None else \
+            f"{result.subset} of split {result.split} in {result.store}"
+        console.print(f"{prefix}{what} ({result.n_patches:,} "
                       f"patches, {result.checkpoint.name}): micro P {_fmt(m['micro_precision'])} R "
                       f"{_fmt(m['micro_recall'])} F1 {_fmt(m['micro_f1'])} F2 {_fmt(m['micro_f2'])} mAP "
                       f"{_fmt(m['micro_map'])} | macro P {_fmt(m['macro_precision'])} R {_fmt(m['macro_recall'])} "

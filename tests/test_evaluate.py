@@ -168,3 +168,14 @@ def test_report_tabulates_evaluations_side_by_side(run: Path, tmp_path: Path) ->
     assert missing.exit_code == 1 and isinstance(missing.exception, InvalidArgumentError)
     message = str(missing.exception)
     assert "no evaluations/nope-test/metrics.json (it has: " in message and "strat-test" in message
+
+
+def test_subset_all_scores_every_valid_patch_whatever_the_split(run: Path) -> None:
+    store = open_store(run.parent / "store.zarr")
+    result = evaluate_run(run, subset="all", predictions=True)
+    assert result.split is None and result.out_dir == run / "evaluations" / "all"
+    assert result.n_patches == store.subset_rows(None, None).size == 64
+    trained = store.subset_rows("strat", "train")
+    assert result.seen_in_training == trained.size
+    frame = pd.read_parquet(result.out_dir / "predictions.parquet")
+    assert sorted(frame["patch"]) == sorted(store.patch_names())
