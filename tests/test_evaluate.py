@@ -47,6 +47,15 @@ def test_the_runs_own_test_subset_gives_its_metrics_and_scores_csv_byte_for_byte
     assert "split strat train" in result.normalization
 
 
+def test_worker_processes_give_the_same_scores(run: Path, tmp_path: Path) -> None:
+    alone = evaluate_run(run, split="rand", out_dir=tmp_path / "w0", predictions=True)
+    ring = evaluate_run(run, split="rand", out_dir=tmp_path / "w2", workers=2, predictions=True)
+    assert ring.metrics["per_class"] == alone.metrics["per_class"]
+    assert (tmp_path / "w2" / "scores.csv").read_bytes() == (tmp_path / "w0" / "scores.csv").read_bytes()
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "w2" / "predictions.parquet"),
+                                  pd.read_parquet(tmp_path / "w0" / "predictions.parquet"))
+
+
 def test_another_split_counts_the_patches_the_run_trained_on(run: Path) -> None:
     store = open_store(run.parent / "store.zarr")
     trained = store.subset_rows("strat", "train")
