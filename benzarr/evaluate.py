@@ -127,8 +127,9 @@ def _run_store(config: dict[str, Any]) -> str:
     return str(recorded or given)
 
 
-def run_normalization(config: dict[str, Any], dataset_options: dict[str, Any]) -> tuple[list[float], list[float], str]:
-    """The per-band (mean, std) the run normalised its inputs with, and where they come from.
+def run_normalization(config: dict[str, Any], options: dict[str, Any]) -> tuple[list[float], list[float], str]:
+    """The per-band (mean, std) the run normalised its inputs with, and where they come from
+    (``options``: :func:`dataset_options` of the run, used when they must be recomputed).
 
     Raises:
         InvalidArgumentError: the run records none and its store or split is gone.
@@ -141,7 +142,7 @@ def run_normalization(config: dict[str, Any], dataset_options: dict[str, Any]) -
     settings = config["settings"]
     store = _run_store(config)
     try:
-        ds = BigEarthNetDataset(store, split=settings["split"], subset="train", normalize=True, **dataset_options)
+        ds = BigEarthNetDataset(store, split=settings["split"], subset="train", normalize=True, **options)
     except Exception as exc:  # the run's store or split is gone: the statistics cannot be rebuilt
         raise InvalidArgumentError(
             f"the run records no normalisation statistics, and they cannot be recomputed from its store "
