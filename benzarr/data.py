@@ -777,6 +777,7 @@ def make_loader(
     drop_last: bool = False,
     prefetch_factor: int | None = None,
     engine: str = "auto",
+    timeout: float = 0,
 ) -> DeviceLoader:
     """Batches of ``ds`` ready on ``device``.
 
@@ -805,6 +806,8 @@ def make_loader(
         drop_last: drop the last incomplete batch.
         prefetch_factor: batches each worker reads ahead (default 2).
         engine: ``"auto"`` (the ring where it applies), ``"ring"`` or ``"dataloader"``.
+        timeout: with workers, seconds to wait for a batch before raising (a worker stuck on
+            a hung file system); 0 waits for ever, as ``DataLoader``'s default.
 
     Raises:
         InvalidArgumentError: bad batch size, worker count or engine, ``distributed``
@@ -814,6 +817,8 @@ def make_loader(
         raise InvalidArgumentError(f"batch size must be at least 1, got {batch_size}")
     if num_workers < 0:
         raise InvalidArgumentError(f"workers must be 0 or more, got {num_workers}")
+    if timeout < 0:
+        raise InvalidArgumentError(f"timeout must be 0 (wait for ever) or positive seconds, got {timeout}")
     if engine not in ("auto", "ring", "dataloader"):
         raise InvalidArgumentError(f"unknown loader engine {engine!r}: choose auto, ring or dataloader")
     world, rank = _world_and_rank(distributed)
@@ -830,9 +835,9 @@ def make_loader(
         transform: BatchTransform | None = ds.batch_transform(device, seed)
         in_workers = transform if device.type == "cpu" else None
         ring = RingLoader(ds, batches, num_workers, transform=in_workers, device=device,
-                          prefetch_factor=prefetch_factor or 2)
+                          prefetch_factor=prefetch_factor or 2, timeout=timeout)
         return DeviceLoader(ds, ring, sampler, None if in_workers is not None else transform, batches)
-    loader = _dataloader(ds, batches, num_workers, prefetch_factor, device, seed)
+    loader = _dataloader(ds, batches, num_workers, prefetch_factor, device, seed, timeout)
     return DeviceLoader(ds, loader, sampler, ds.batch_transform(device, seed), batches)
 
 
@@ -848,11 +853,12 @@ def _world_and_rank(distributed: bool) -> tuple[int, int]:
 
 
 def _dataloader(ds: BigEarthNetDataset, batches: ResumableBatchSampler, num_workers: int,
-                prefetch_factor: int | None, device: torch.device, seed: int) -> DataLoader:
+                prefetch_factor: int | None, device: torch.device, seed: int, timeout: float = 0) -> DataLoader:
     """:func:`make_loader`'s ``DataLoader`` engine: uint16 batches of ``batches``, pinned for CUDA."""
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
         kwargs["persistent_workers"] = True
+        kwargs["timeout"] = timeout
         if prefetch_factor is not None:
             kwargs["prefetch_factor"] = prefetch_factor
         if is_url(ds.path):

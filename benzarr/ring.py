@@ -41,6 +41,7 @@ import importlib
 import mmap
 import multiprocessing
 import selectors
+import time
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from multiprocessing.connection import Connection
@@ -224,6 +225,8 @@ class RingLoader:
         device: ``cuda`` devices get page-locked slots and asynchronous copies (batches are
             handed out on the device); anything else hands out CPU views of the slots.
         prefetch_factor: batches each worker may hold in flight.
+        timeout: seconds to wait for a batch before raising :class:`LoaderWorkerError` (as
+            ``DataLoader``'s ``timeout``); 0 waits for ever.
         slots: slots in the ring (default ``num_workers * prefetch_factor`` plus room for
             the consumer and the copies in flight).
 
@@ -238,9 +241,12 @@ class RingLoader:
 
     def __init__(self, dataset: Any, batch_sampler: Iterable[Sequence[int]], num_workers: int,
                  transform: Any = None, device: str | torch.device = "cpu", prefetch_factor: int = 2,
-                 slots: int | None = None) -> None:
+                 slots: int | None = None, timeout: float = 0) -> None:
         if num_workers < 1:
             raise ValueError("RingLoader needs at least one worker")
+        if timeout < 0:
+            raise ValueError("timeout must be 0 (wait for ever) or positive")
+        self.timeout = float(timeout)
         self.dataset = dataset
         self.batch_sampler = batch_sampler
         self.num_workers = num_workers
@@ -385,8 +391,9 @@ class RingLoader:
                     "if it ran out of memory, use fewer --workers or a smaller --batch-size"
                 )
 
-    def _receive(self, block: bool) -> None:
-        """Collect finished tasks (waiting for at least one when ``block``)."""
+    def _receive(self, block: bool, until: float | None = None) -> None:
+        """Collect finished tasks (waiting for at least one when ``block``, but not past the
+        ``time.monotonic()`` deadline ``until``)."""
         # a selector registered once: multiprocessing's wait() and Connection.poll() build a
         # new one on every call, which was most of this method's time
         select = self._res.selector.select
@@ -395,6 +402,8 @@ class RingLoader:
             if events or not block:
                 break
             self._check_workers()
+            if until is not None and time.monotonic() > until:
+                return
         while events:  # one message from each readable pipe, until none is readable
             for key, _ in events:
                 try:
@@ -413,8 +422,17 @@ class RingLoader:
             events = select(timeout=0)
 
     def _wait_for(self, key: tuple[int, int]) -> tuple[int, int]:
-        """The (slot, n) of batch ``key`` once a worker has decoded it."""
+        """The (slot, n) of batch ``key`` once a worker has decoded it (LoaderWorkerError after
+        ``timeout`` seconds without it, when a timeout is set)."""
+        deadline = time.monotonic() + self.timeout if self.timeout else None
         while key not in self._ready:
+            if deadline is not None and time.monotonic() > deadline:
+                pids = ", ".join(str(p.pid) for p in self._res.processes)
+                self.close()
+                raise LoaderWorkerError(
+                    f"no batch from the loader workers (pids {pids}) in {self.timeout:g} s: a worker may be "
+                    "stuck reading the store (a hung network file system?)"
+                )
             if key in self._errors:
                 raise _rebuild(self._errors.pop(key))
             if key[0] not in self._live:
@@ -429,7 +447,7 @@ class RingLoader:
                     self._copies[0][0].synchronize()
                     continue
                 raise LoaderWorkerError(f"batch {key[1]} cannot be scheduled: every slot of the ring is held")
-            self._receive(block=True)
+            self._receive(block=True, until=deadline)
         self._dispatch()
         return self._ready.pop(key)
 

@@ -203,3 +203,20 @@ def test_loader_state_resumes_the_rest_of_an_epoch(synth_store_64: Path, engine:
         _same(_epoch(reference), _epoch(resumed))
     with pytest.raises(InvalidArgumentError, match="batches served"):
         reference.load_state_dict({"epoch": 0, "served": 99})
+
+
+def test_a_stuck_worker_raises_after_the_timeout(synth_store_64: Path) -> None:
+    ds = BigEarthNetDataset(synth_store_64)
+    with make_loader(ds, 4, False, 2, seed=0, device="cpu", engine="ring", timeout=1.5) as loader:
+        iterator = iter(loader)
+        next(iterator)
+        stuck = loader.loader._res.processes[0]
+        os.kill(stuck.pid, signal.SIGSTOP)  # alive but silent, as on a hung file system
+        started = time.monotonic()
+        with pytest.raises(LoaderWorkerError, match=r"no batch from the loader workers \(pids .*\) in 1.5 s"):
+            for _ in iterator:
+                pass
+        assert time.monotonic() - started < 30
+        assert not stuck.is_alive()  # closed: the stopped worker was killed, not left behind
+    with pytest.raises(InvalidArgumentError, match="timeout"):
+        make_loader(ds, 4, False, 1, seed=0, device="cpu", timeout=-1)
