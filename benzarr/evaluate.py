@@ -76,6 +76,10 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
     """
     path = Path(run_dir) / "config.json"
     if not path.is_file():
+        below = sorted(p.parent.name for p in Path(run_dir).glob("*/config.json"))
+        if below:  # the folder of a --seeds job
+            raise InvalidArgumentError(f"{run_dir} holds several runs ({', '.join(below[:4])}"
+                                       f"{', ...' if len(below) > 4 else ''}): give one of them")
         raise InvalidArgumentError(f"{run_dir}: no config.json here (a folder written by `benzarr train`)")
     try:
         config = json.loads(path.read_text())

@@ -152,6 +152,10 @@ def test_a_seeds_folder_evaluates_every_seed(run: Path, tmp_path: Path) -> None:
         assert (tmp_path / "e" / seed / "metrics.json").is_file()
     with pytest.raises(InvalidArgumentError, match="no config.json"):
         run_folders(tmp_path / "e")
+    from benzarr.show import run_predictions
+
+    with pytest.raises(InvalidArgumentError, match=r"holds several runs \(seed-10, seed-2\): give one of them"):
+        run_predictions(run.parent / "store.zarr", [0], tmp_path / "seeds")  # show --run needs one run
 
 
 def test_report_tabulates_evaluations_side_by_side(run: Path, tmp_path: Path) -> None:
