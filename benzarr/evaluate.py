@@ -275,6 +275,9 @@ def evaluate_run(
     weights = checkpoint_path(run_dir, checkpoint)
     if subset not in SUBSETS:
         raise InvalidArgumentError(f"unknown subset {subset!r}: choose one of {', '.join(SUBSETS)}")
+    size = int(settings.get("batch_size", 64) if batch_size is None else batch_size)
+    if size < 1 or workers < 0:
+        raise InvalidArgumentError(f"batch size must be at least 1 (got {size}) and workers 0 or more (got {workers})")
     run_store = _run_store(config)
     store = str(store or run_store)
     split = None if subset == "all" else split or settings["split"]
@@ -300,8 +303,7 @@ def evaluate_run(
     net = create_model(settings["model"], in_channels=len(options["bands"]), num_classes=len(classes), weights=weights)
     net = net.to(target, memory_format=memory_format).eval()
     criterion = torch.nn.BCEWithLogitsLoss()
-    loader = make_loader(ds, int(batch_size or settings.get("batch_size", 64)), shuffle=False, num_workers=workers,
-                         seed=0, device=target)
+    loader = make_loader(ds, size, shuffle=False, num_workers=workers, seed=0, device=target)
     done = [0]
 
     def advance(n: int) -> None:
