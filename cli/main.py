@@ -22,7 +22,7 @@ from benzarr_cli._common import error_line
 
 app = typer.Typer(
     name="benzarr",
-    help="BigEarthNet in a sharded Zarr v3 store: ingest, split, load, train, report.",
+    help="BigEarthNet in a sharded Zarr v3 store: ingest, split, load, train, evaluate, report.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -53,7 +53,7 @@ for _name, _module in COMMANDS.items():
 
 @app.callback()
 def _root() -> None:
-    """BigEarthNet in a sharded Zarr v3 store: ingest, split, load, train, report."""
+    """BigEarthNet in a sharded Zarr v3 store: ingest, split, load, train, evaluate, report."""
 
 
 def main() -> None:
