@@ -332,6 +332,9 @@ def check_config(cfg: TrainConfig) -> None:
             raise InvalidArgumentError(f"{name} must be at least 1, not {value}")
     if not cfg.lr > 0:
         raise InvalidArgumentError(f"--lr must be positive, not {cfg.lr}")
+    if not cfg.loader_timeout >= 0:
+        raise InvalidArgumentError(f"--loader-timeout must be 0 (wait for ever) or positive seconds, "
+                                   f"not {cfg.loader_timeout}")
     if cfg.patience is not None and cfg.patience < 1:
         raise InvalidArgumentError(f"--patience must be at least 1 epoch, not {cfg.patience}")
     for name, value in (("--max-steps", cfg.max_steps), ("--checkpoint-every", cfg.checkpoint_every)):
@@ -538,7 +541,7 @@ def _open_data(cfg: TrainConfig, device: torch.device, rank: int, world: int) ->
                                 normalize=True, modalities=parse_modalities(cfg.modalities), resample=cfg.resample,
                                 align_corners=cfg.align_corners, augment=cfg.augment if subset == "train" else "none")
         return make_loader(ds, cfg.batch_size, shuffle=shuffle, num_workers=cfg.workers, seed=cfg.seed,
-                           device=device, distributed=distributed)
+                           device=device, distributed=distributed, timeout=cfg.loader_timeout)
 
     def eval_loader(subset: str) -> DeviceLoader | None:
         if rank != 0 or len(store.subset_rows(cfg.split, subset)) == 0:

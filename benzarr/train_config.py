@@ -43,6 +43,7 @@ class TrainConfig:
     align_corners: bool = False     # F.interpolate's convention (True: ConfigILM's, the official weights')
     seed: int = 0
     workers: int = 0                # DataLoader worker processes (per process under torchrun)
+    loader_timeout: float = 0       # seconds to wait for a batch from the workers before failing; 0: for ever
     device: str = "auto"            # auto | cpu | cuda | cuda:N
     amp: bool = False               # bfloat16 autocast (CPU and GPU; no loss scaling needed)
     channels_last: bool = True      # NHWC tensors: ~1.5-2x faster convolutions on the CPU
@@ -61,4 +62,4 @@ class TrainConfig:
 
 #: Settings a resumed run may change; every other one must equal the checkpoint's.
 RESUMABLE = {"store", "epochs", "patience", "max_steps", "workers", "device", "deterministic", "resume", "out",
-             "track_emissions", "emissions_country", "weights", "checkpoint_every"}
+             "track_emissions", "emissions_country", "weights", "checkpoint_every", "loader_timeout"}

@@ -106,6 +106,9 @@ def command(
     seed: int = typer.Option(D.seed, "--seed", help="Seed of weights and data order."),
     seeds: Optional[str] = typer.Option(None, "--seeds", help="Several seeds, e.g. 0,1,2: runs into OUT/seed-<s>/."),
     workers: int = typer.Option(D.workers, "--workers", help="DataLoader worker processes (per process)."),
+    loader_timeout: float = typer.Option(D.loader_timeout, "--loader-timeout", metavar="SECONDS",
+                                         help="Fail when the workers deliver no batch for this long (a worker stuck "
+                                              "on a hung file system); 0 waits for ever."),
     device: str = typer.Option(D.device, "--device", help="auto | cpu | cuda."),
     amp: bool = typer.Option(D.amp, "--amp", help="bfloat16 mixed precision."),
     deterministic: bool = typer.Option(D.deterministic, "--deterministic/--no-deterministic",
@@ -133,7 +136,8 @@ def command(
         store=store, split=split, model=model, labels=labels, bands=bands, modalities=modalities,
         epochs=epochs, batch_size=batch_size, lr=lr, optim=optim, momentum=momentum, weight_decay=weight_decay,
         scheduler=scheduler, loss=loss, augment=augment, resample=resample, align_corners=align_corners,
-        seed=seed, workers=workers, device=device, amp=amp, deterministic=deterministic, patience=patience,
+        seed=seed, workers=workers, loader_timeout=loader_timeout, device=device, amp=amp,
+        deterministic=deterministic, patience=patience,
         monitor=monitor, out=out, resume=resume, checkpoint_every=checkpoint_every, max_steps=max_steps,
         weights=weights, finetune=finetune, track_emissions=track_emissions, emissions_country=emissions_country,
     )

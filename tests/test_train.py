@@ -460,3 +460,22 @@ def test_training_steps_read_nothing_back_from_the_device(store: Path, tmp_path:
     fast: list[TrainEvent] = []
     train(config(store, tmp_path / "every", epochs=1, batch_size=8), fast.append)
     assert all(math.isfinite(e.loss) for e in fast if e.kind == "step")  # on the CPU a copy lands at once
+
+
+def test_loader_timeout_reaches_the_ring_and_is_checked(store: Path, tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgumentError, match="--loader-timeout must be 0"):
+        train(config(store, tmp_path / "bad", loader_timeout=-1))
+    seen: list[float] = []
+    import benzarr.ring
+
+    original = benzarr.ring.RingLoader.__init__
+
+    def recording(self, *args, **kwargs):  # the real ring, its timeout noted
+        seen.append(kwargs.get("timeout"))
+        original(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(benzarr.ring.RingLoader, "__init__", recording)
+        train(config(store, tmp_path / "run", workers=1, max_steps=1, loader_timeout=120))
+    assert seen and set(seen) == {120}
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["settings"]["loader_timeout"] == 120
