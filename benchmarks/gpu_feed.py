@@ -59,6 +59,7 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -505,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
                                      epilog="Defaults in brackets are CUDA's / the CPU fallback's.")
     parser.add_argument("--cpu", action="store_true", help="the CPU fallback even when CUDA is present")
     parser.add_argument("--store", type=Path, default=None, help="an existing store with split 's' (else built)")
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/benzarr-gpu-feed"))
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "benzarr-gpu-feed")
     parser.add_argument("--patches", type=int, default=None, help="patches of the built store [20000 / 256]")
     parser.add_argument("--build-workers", type=int, default=None, help="synth/ingest workers [cores]")
     parser.add_argument("--batch-size", type=int, default=None, help="[256 / 32]")

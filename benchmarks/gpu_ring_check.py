@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -105,7 +106,7 @@ def trainer_syncs(store: Path, workdir: Path, device: torch.device) -> dict[str,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/benzarr-ring-check"))
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "benzarr-ring-check")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "gpu_ring_check.json")
     args = parser.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)

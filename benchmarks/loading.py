@@ -84,6 +84,7 @@ import glob
 import os
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -1002,7 +1003,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--patches", type=int, default=None, help="patches in the synthetic archive")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=None, help="minimum time per repeat")
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/benzarr-bench"))
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "benzarr-bench")
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON output (default results/loading.json; --quick: in the work folder)")
     parser.add_argument("--methods", default="all",
