@@ -158,19 +158,18 @@ def run_normalization(config: dict[str, Any], options: dict[str, Any]) -> tuple[
 def _seen_in_training(config: dict[str, Any], store_path: str, rows: np.ndarray) -> int | None:
     """How many of ``rows`` the run trained on, when ``store_path`` is the run's store and its
     split still has the codes the run recorded; None otherwise."""
-    import hashlib
-
     from benzarr.store import open_store
+    from benzarr.train import store_identity
 
     identity = config.get("store") or {}
     if not identity.get("path") or not _same_path(identity["path"], store_path):
         return None
     store = open_store(store_path)
     try:
-        codes, _ = store.read_split(identity["split"])
+        now = store_identity(store, identity["split"])  # the fingerprint the run recorded, taken again
     except SplitNotFoundError:
         return None
-    if hashlib.sha256(codes.astype("int8").tobytes()).hexdigest() != identity.get("split_sha256"):
+    if now["split_sha256"] != identity.get("split_sha256"):
         return None
     trained = store.subset_rows(identity["split"], "train")
     return int(np.isin(rows, trained).sum())

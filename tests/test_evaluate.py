@@ -75,6 +75,14 @@ def test_another_split_counts_the_patches_the_run_trained_on(run: Path) -> None:
     assert list(frame["labels"]) == ["; ".join(np.asarray(classes)[t]) for t in truth]
 
 
+def test_a_split_rewritten_since_training_counts_nothing_as_seen(run: Path, tmp_path: Path) -> None:
+    changed = copy_tree(run, tmp_path / "changed")
+    config = json.loads((changed / "config.json").read_text())
+    config["store"]["split_sha256"] = "0" * 64  # as if `strat` had been made again after the run
+    (changed / "config.json").write_text(json.dumps(config))
+    assert evaluate_run(changed, split="rand").seen_in_training is None  # unknown, not zero
+
+
 def test_a_run_without_recorded_statistics_recomputes_them_from_its_store(run: Path, tmp_path: Path) -> None:
     old = copy_tree(run, tmp_path / "old-run")
     config = json.loads((old / "config.json").read_text())
