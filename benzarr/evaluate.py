@@ -323,7 +323,8 @@ def evaluate_run(
     out.mkdir(parents=True, exist_ok=True)
     summary = {
         "run": str(run_dir), "checkpoint": str(weights.relative_to(run_dir)), "model": settings["model"],
-        "store": store, "split": split, "subset": subset, "labels": labels, "n_patches": len(ds),
+        "store": store, "own_store": own_store, "split": split, "subset": subset, "labels": labels,
+        "n_patches": len(ds),
         "seen_in_training": seen, "normalization": source,
         "metrics": json_friendly(metrics),
     }

@@ -75,8 +75,7 @@ class Run:
             return f"test of {self.settings.get('split')}"
         ev = self.evaluation
         where = "all patches" if ev.get("split") is None else f"{ev.get('subset')} of {ev.get('split')}"
-        own = (self.config.get("store") or {}).get("path")
-        if own and ev.get("store") and Path(str(ev["store"])).resolve() != Path(own).resolve():
+        if not ev.get("own_store", True):  # benzarr evaluate decided whether it read the run's store
             where += f" in {Path(str(ev['store']).rstrip('/')).name}"
         return where
 

@@ -202,3 +202,12 @@ def test_subset_all_scores_every_valid_patch_whatever_the_split(run: Path) -> No
     assert result.seen_in_training == trained.size
     frame = pd.read_parquet(result.out_dir / "predictions.parquet")
     assert sorted(frame["patch"]) == sorted(store.patch_names())
+
+
+def test_report_names_another_store_in_evaluated_on(run: Path, tmp_path: Path) -> None:
+    from benzarr.report import write_report
+
+    other = copy_tree(run.parent / "store.zarr", tmp_path / "elsewhere.zarr")
+    evaluate_run(run, store=str(other), split="rand", out_dir=run / "evaluations" / "rand-test-elsewhere")
+    report = write_report([run], tmp_path / "r", evaluations=["rand-test-elsewhere"])
+    assert list(report.runs["evaluated_on"]) == ["test of rand in elsewhere.zarr"]
