@@ -38,6 +38,9 @@ CONNECT_TIMEOUT = 30.0
 WORKERS_TIMEOUT = 300.0
 #: Seconds between two looks at tasks a dead driver left running.
 ORPHAN_POLL = 0.2
+#: Seconds with shards waiting and no worker connected before ``on_wait`` is told (Dask waits
+#: for workers for ever, as an adaptive cluster's may come late: the run goes on waiting).
+WAIT_NOTICE_S = 30.0
 
 # (store path, shard) of the shard tasks running in this worker process, for wait_for_orphans.
 _RUNNING: set[tuple[str, int]] = set()
@@ -86,11 +89,18 @@ class DaskShardRunner:
         scheduler: see :func:`check_scheduler`.
         workers: ``local``: worker processes of the ``LocalCluster`` (default: one per core,
             one thread each); an address: wait until this many workers have joined.
+        on_wait: called with one message when shards have waited ``wait_notice_s`` seconds
+            with no worker connected (again after workers came and went); the run keeps
+            waiting, since Dask clusters may add workers late (``benzarr ingest`` prints it).
+        wait_notice_s: see ``on_wait``.
     """
 
-    def __init__(self, scheduler: str, workers: int | None = None) -> None:
+    def __init__(self, scheduler: str, workers: int | None = None,
+                 on_wait: Callable[[str], None] | None = None, wait_notice_s: float = WAIT_NOTICE_S) -> None:
         self.scheduler = check_scheduler(scheduler)
         self.workers = workers
+        self.on_wait = on_wait
+        self.wait_notice_s = float(wait_notice_s)
         _distributed()  # a missing extra fails before anything is written
 
     def _client(self, n_tasks: int) -> AbstractContextManager[Any]:
@@ -142,7 +152,7 @@ class DaskShardRunner:
                 for index, args in enumerate(calls):
                     key = f"benzarr-shard-{args[4]}-{run}"
                     futures[client.submit(run_shard, fn, *args, key=key, pure=False)] = index
-                for future in distributed.as_completed(futures):
+                for future in self._completed(client, futures):
                     index = futures.pop(future)
                     try:
                         result = future.result()
@@ -166,14 +176,45 @@ class DaskShardRunner:
                         pass
 
 
-def dask_runner(scheduler: str, workers: int | None = None) -> DaskShardRunner:
+    def _completed(self, client: Any, futures: dict[Any, int]) -> Iterator[Any]:
+        """The futures of ``futures`` as they finish (the caller pops them), telling
+        ``on_wait`` once per stretch of ``wait_notice_s`` seconds with no worker connected."""
+        distributed = _distributed()
+        poll = max(0.05, min(5.0, self.wait_notice_s / 4))
+        idle_since: float | None = None
+        told = False
+        while futures:
+            try:
+                done, _ = distributed.wait(list(futures), timeout=poll, return_when="FIRST_COMPLETED")
+            except TimeoutError:  # distributed's TimeoutError is the builtin one
+                done = set()
+            if done:
+                idle_since, told = None, False
+                yield from sorted(done, key=futures.__getitem__)  # submission order among ties
+                continue
+            if self.on_wait is None:
+                continue
+            connected = len(client.scheduler_info(n_workers=-1).get("workers", {}))
+            if connected:
+                idle_since, told = None, False
+            elif idle_since is None:
+                idle_since = time.monotonic()
+            elif not told and time.monotonic() - idle_since >= self.wait_notice_s:
+                told = True
+                self.on_wait(f"--scheduler {self.scheduler}: no Dask worker has been connected for "
+                             f"{self.wait_notice_s:.0f} s; {len(futures)} shard(s) wait for one (finished shards "
+                             "are kept: stop with Ctrl-C and run the same command again later)")
+
+
+def dask_runner(scheduler: str, workers: int | None = None,
+                on_wait: Callable[[str], None] | None = None) -> DaskShardRunner:
     """A ``runner`` for :func:`benzarr.ingest.ingest` on the Dask cluster ``scheduler``
     (``local`` or an address); see :class:`DaskShardRunner`.
 
     Raises:
         InvalidArgumentError: a malformed scheduler; MissingDependencyError: no ``distributed``.
     """
-    return DaskShardRunner(scheduler, workers)
+    return DaskShardRunner(scheduler, workers, on_wait)
 
 
 def run_shard(fn: Callable[..., Any], *args: Any) -> Any:

@@ -52,7 +52,7 @@ def command(
             modalities=modalities.split(",") if modalities else None, plan=plan, parts=parts,
             part=parse_part(part) if part else None, storage_options=storage_options,
             on_start=lambda total: advance(0, total=total), on_progress=advance, on_bad_patch=bad_patch,
-            runner=dask_runner(scheduler, workers) if scheduler else None,
+            runner=dask_runner(scheduler, workers, on_wait=None if quiet else warn_line) if scheduler else None,
         )
     if result.not_in_archive:  # on stderr, also with --quiet: the user asked for these patches
         listed = ", ".join(result.not_in_archive[:10])

@@ -223,3 +223,40 @@ def test_scheduler_argument_and_missing_extra(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setitem(sys.modules, "distributed", None)
     with pytest.raises(MissingDependencyError, match=r"pip install 'benzarr\[dask\]'"):
         dask_runner("local")
+
+
+def test_shards_waiting_without_workers_are_reported_and_finish_when_one_joins(
+        synth_archive_64: Path, tmp_path: Path) -> None:
+    """Dask waits for workers for ever (they may join late): the runner says so once, then the
+    ingest finishes on the worker that joins."""
+    import threading
+
+    from benzarr.dask_ingest import DaskShardRunner
+
+    (tmp_path / "cluster").mkdir()
+    lonely = Cluster(tmp_path / "cluster")  # a scheduler, no worker yet
+    try:
+        notices: list[str] = []
+        runner = DaskShardRunner(lonely.address, on_wait=notices.append, wait_notice_s=1.0)
+        outcome: dict[str, object] = {}
+
+        def run() -> None:
+            try:
+                outcome["result"] = ingest(synth_archive_64, tmp_path / "s.zarr", shard_size=int(SHARD), runner=runner)
+            except Exception as exc:  # noqa: BLE001 - reported below
+                outcome["error"] = exc
+
+        driver = threading.Thread(target=run, daemon=True)
+        driver.start()
+        deadline = time.monotonic() + 60
+        while not notices and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(notices) == 1, notices
+        assert "no Dask worker has been connected for 1 s; 8 shard(s) wait" in notices[0]
+        assert "run the same command again later" in notices[0]
+        lonely.add_worker()
+        driver.join(120)
+        assert not driver.is_alive() and "error" not in outcome, outcome
+        assert outcome["result"].shards_written == 8 and len(notices) == 1
+    finally:
+        lonely.close()
