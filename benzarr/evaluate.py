@@ -53,6 +53,9 @@ class EvaluationResult:
         normalization: where the per-band mean and std came from.
         out_dir: the folder written: ``metrics.json``, ``scores.csv`` and, when asked,
             ``predictions.parquet``.
+        files: the files written.
+        intervals: with ``bootstrap``, 95% percentile bootstrap intervals (resampling
+            patches) of :data:`benzarr.metrics.BOOTSTRAP_KEYS`, as ``{metric: (low, high)}``.
     """
 
     run_dir: Path
@@ -66,6 +69,7 @@ class EvaluationResult:
     normalization: str
     out_dir: Path
     files: list[Path] = field(default_factory=list)
+    intervals: dict[str, tuple[float, float]] | None = None
 
 
 def read_run_config(run_dir: str | Path) -> dict[str, Any]:
@@ -237,6 +241,7 @@ def evaluate_run(
     out_dir: str | Path | None = None,
     predictions: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    bootstrap: int = 0,
 ) -> EvaluationResult:
     """Score a run's checkpoint on ``subset`` of ``split`` of ``store`` and write the results.
 
@@ -255,6 +260,9 @@ def evaluate_run(
             score column per class (the class names, in the store's order) and
             ``labels``, the true class names joined by ``"; "``.
         progress: called as ``progress(patches_done, patches_total)`` after each batch.
+        bootstrap: with N > 0, 95% intervals from N bootstrap resamples of the evaluated
+            patches (seed 0; :func:`benzarr.metrics.bootstrap_intervals`), in ``metrics.json``
+            as ``ci95``.
 
     Raises:
         InvalidArgumentError: not a run folder, a missing checkpoint, an unknown subset, or a
@@ -275,8 +283,9 @@ def evaluate_run(
     if subset not in SUBSETS:
         raise InvalidArgumentError(f"unknown subset {subset!r}: choose one of {', '.join(SUBSETS)}")
     size = int(settings.get("batch_size", 64) if batch_size is None else batch_size)
-    if size < 1 or workers < 0:
-        raise InvalidArgumentError(f"batch size must be at least 1 (got {size}) and workers 0 or more (got {workers})")
+    if size < 1 or workers < 0 or bootstrap < 0:
+        raise InvalidArgumentError(f"batch size must be at least 1 (got {size}), workers and bootstrap resamples "
+                                   f"0 or more (got {workers} and {bootstrap})")
     run_store = _run_store(config)
     store = str(store or run_store)
     split = None if subset == "all" else split or settings["split"]
@@ -319,6 +328,11 @@ def evaluate_run(
     meter.update(logits, truth)
     metrics = meter.compute()
     metrics["loss"] = float(loss_sum) / metrics["n_samples"]
+    intervals = None
+    if bootstrap:
+        from benzarr.metrics import bootstrap_intervals
+
+        intervals = bootstrap_intervals(truth.cpu().numpy(), torch.sigmoid(logits).cpu().numpy(), bootstrap, seed=0)
 
     out.mkdir(parents=True, exist_ok=True)
     summary = {
@@ -328,12 +342,16 @@ def evaluate_run(
         "seen_in_training": seen, "normalization": source,
         "metrics": json_friendly(metrics),
     }
+    if intervals is not None:
+        summary["ci95"] = {k: [None if v != v else v for v in pair] for k, pair in intervals.items()}
+        summary["bootstrap"] = {"resamples": bootstrap, "seed": 0, "unit": "patch", "method": "percentile"}
     files = [out / "metrics.json", write_scores_csv(out / "scores.csv", metrics)]
     files[0].write_text(json.dumps(summary, indent=2) + "\n")
     if predictions:
         files.append(_write_predictions(out / "predictions.parquet", ds, rows.numpy(),
                                         torch.sigmoid(logits).cpu().numpy(), truth.cpu().numpy(), classes))
-    return EvaluationResult(run_dir, weights, store, split, subset, len(ds), metrics, seen, source, out, files)
+    return EvaluationResult(run_dir, weights, store, split, subset, len(ds), metrics, seen, source, out, files,
+                            intervals)
 
 
 def _write_predictions(path: Path, ds: Any, rows: np.ndarray, probabilities: np.ndarray, truth: np.ndarray,

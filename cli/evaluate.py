@@ -29,6 +29,8 @@ def command(
                                        "for a --seeds folder)."),
     predictions: bool = typer.Option(False, "--predictions", help="Also write predictions.parquet: each patch's "
                                      "name, its sigmoid score per class and its true labels."),
+    bootstrap: int = typer.Option(0, "--bootstrap", metavar="N", help="95% intervals of P/R/F1/F2 from N bootstrap "
+                                  "resamples of the evaluated patches (e.g. 1000; seed 0)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
 ) -> None:
     """Score a run's checkpoint on a split's subset (of its own store or another with the same bands and
@@ -48,7 +50,7 @@ def command(
             result = evaluate_run(folder, store=store, split=split, subset=subset, checkpoint=checkpoint,
                                   batch_size=batch_size, workers=workers, device=device,
                                   out_dir=None if out is None else out / folder.name if len(folders) > 1 else out,
-                                  predictions=predictions, progress=progress)
+                                  predictions=predictions, progress=progress, bootstrap=bootstrap)
         if result.seen_in_training:
             warn_line(f"{prefix}{result.seen_in_training:,} of the {result.n_patches:,} patches evaluated were in "
                       f"the run's training subset: their scores are optimistic")
@@ -62,5 +64,10 @@ def command(
                       f"{_fmt(m['micro_recall'])} F1 {_fmt(m['micro_f1'])} F2 {_fmt(m['micro_f2'])} mAP "
                       f"{_fmt(m['micro_map'])} | macro P {_fmt(m['macro_precision'])} R {_fmt(m['macro_recall'])} "
                       f"F1 {_fmt(m['macro_f1'])} F2 {_fmt(m['macro_f2'])} mAP {_fmt(m['macro_map'])}")
+        if result.intervals:
+            ci = result.intervals
+            console.print(f"{prefix}95% bootstrap intervals ({bootstrap:,} resamples of the patches): " + "  ".join(
+                f"{name} [{_fmt(ci[key][0])}, {_fmt(ci[key][1])}]" for key, name in
+                (("micro_f1", "micro F1"), ("macro_f1", "macro F1"), ("micro_f2", "micro F2"), ("macro_f2", "macro F2"))))
         console.print(f"{prefix}inputs normalised with {result.normalization}")
         console.print(f"{prefix}wrote {', '.join(str(p) for p in result.files)}")

@@ -56,6 +56,17 @@ def test_worker_processes_give_the_same_scores(run: Path, tmp_path: Path) -> Non
                                   pd.read_parquet(tmp_path / "w0" / "predictions.parquet"))
 
 
+def test_bootstrap_intervals_go_into_metrics_json(run: Path, tmp_path: Path) -> None:
+    result = evaluate_run(run, split="rand", out_dir=tmp_path / "b", bootstrap=200)
+    written = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert written["bootstrap"] == {"resamples": 200, "seed": 0, "unit": "patch", "method": "percentile"}
+    low, high = written["ci95"]["micro_f1"]
+    assert low <= result.metrics["micro_f1"] <= high
+    assert result.intervals is not None and list(result.intervals["micro_f1"]) == [low, high]
+    again = evaluate_run(run, split="rand", out_dir=tmp_path / "c", bootstrap=200)
+    assert again.intervals == result.intervals  # seeded
+
+
 def test_another_split_counts_the_patches_the_run_trained_on(run: Path) -> None:
     store = open_store(run.parent / "store.zarr")
     trained = store.subset_rows("strat", "train")

@@ -186,3 +186,41 @@ def test_accumulator_refuses_another_class_count() -> None:
     acc.update(np.zeros((2, 3)), np.zeros((2, 3)))
     with pytest.raises(InvalidArgumentError, match="expected 3"):
         acc.update(np.zeros((2, 4)), np.zeros((2, 4)))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 6), st.integers(0, 2**31 - 1))
+def test_resampled_counts_follow_the_same_conventions(n: int, n_labels: int, seed: int) -> None:
+    """The bootstrap's count formulas, with every sample drawn once, give compute_metrics' values."""
+    from benzarr.metrics import BOOTSTRAP_KEYS, _count_metrics
+
+    rng = np.random.default_rng(seed)
+    y_true = rng.random((n, n_labels)) < 0.3
+    y_score = rng.random((n, n_labels))
+    pred = y_score > 0.5
+    counts = [np.count_nonzero(a, axis=0)[None].astype(np.float64) for a in (y_true & pred, pred, y_true)]
+    resampled = _count_metrics(*counts)
+    point = compute_metrics(y_true, y_score)
+    for key in BOOTSTRAP_KEYS:
+        expected = point[key]
+        got = float(resampled[key][0])
+        assert (math.isnan(expected) and math.isnan(got)) or got == pytest.approx(expected, abs=1e-12), key
+
+
+def test_bootstrap_intervals_are_seeded_and_bracket_a_stable_score() -> None:
+    from benzarr.metrics import BOOTSTRAP_KEYS, bootstrap_intervals
+
+    rng = np.random.default_rng(0)
+    y_true = rng.random((2000, 5)) < 0.3
+    y_score = np.clip(y_true * 0.3 + rng.random((2000, 5)) * 0.7, 0, 1)
+    a = bootstrap_intervals(y_true, y_score, n_resamples=200, seed=1)
+    assert a == bootstrap_intervals(y_true, y_score, n_resamples=200, seed=1)
+    assert a != bootstrap_intervals(y_true, y_score, n_resamples=200, seed=2)
+    point = compute_metrics(y_true, y_score)
+    for key in BOOTSTRAP_KEYS:
+        low, high = a[key]
+        assert low <= point[key] <= high and high - low < 0.1, key
+    perfect = bootstrap_intervals(y_true, y_true.astype(float), n_resamples=50)
+    assert all(pair == (1.0, 1.0) for pair in perfect.values())
+    with pytest.raises(InvalidArgumentError, match="n_resamples"):
+        bootstrap_intervals(y_true, y_score, n_resamples=0)
