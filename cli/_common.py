@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Callable
+from typing import Any, Callable
 
 from rich.console import Console
 from rich.markup import escape
@@ -24,6 +25,19 @@ from rich.progress import (
 # Rich markup; error_line and warn_line alone ask for markup, and escape the message.
 console = Console(highlight=False, soft_wrap=True, markup=False)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
+
+
+def fmt_value(value: Any, digits: int = 3) -> str:
+    """A metric for a terminal line: ``digits`` decimals, ``-`` for None or NaN."""
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def metrics_line(m: dict[str, Any]) -> str:
+    """``micro P .. R .. F1 .. F2 .. mAP .. | macro P ..``: the test line of ``train`` and ``evaluate``."""
+    return (f"micro P {fmt_value(m['micro_precision'])} R {fmt_value(m['micro_recall'])} F1 {fmt_value(m['micro_f1'])} "
+            f"F2 {fmt_value(m['micro_f2'])} mAP {fmt_value(m['micro_map'])} | macro P {fmt_value(m['macro_precision'])} "
+            f"R {fmt_value(m['macro_recall'])} F1 {fmt_value(m['macro_f1'])} F2 {fmt_value(m['macro_f2'])} "
+            f"mAP {fmt_value(m['macro_map'])}")
 
 
 def error_line(message: str) -> None:

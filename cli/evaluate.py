@@ -7,11 +7,7 @@ from typing import Optional
 
 import typer
 
-from benzarr_cli._common import console, progress_bar, warn_line
-
-
-def _fmt(value: float | None) -> str:
-    return "-" if value is None or value != value else f"{value:.3f}"
+from benzarr_cli._common import console, fmt_value, metrics_line, progress_bar, warn_line
 
 
 def command(
@@ -56,18 +52,14 @@ def command(
                       f"the run's training subset: their scores are optimistic")
         if quiet:
             continue
-        m = result.metrics
         what = f"all patches of {result.store}" if result.split is None else \
             f"{result.subset} of split {result.split} in {result.store}"
-        console.print(f"{prefix}{what} ({result.n_patches:,} "
-                      f"patches, {result.checkpoint.name}): micro P {_fmt(m['micro_precision'])} R "
-                      f"{_fmt(m['micro_recall'])} F1 {_fmt(m['micro_f1'])} F2 {_fmt(m['micro_f2'])} mAP "
-                      f"{_fmt(m['micro_map'])} | macro P {_fmt(m['macro_precision'])} R {_fmt(m['macro_recall'])} "
-                      f"F1 {_fmt(m['macro_f1'])} F2 {_fmt(m['macro_f2'])} mAP {_fmt(m['macro_map'])}")
+        console.print(f"{prefix}{what} ({result.n_patches:,} patches, {result.checkpoint.name}): "
+                      f"{metrics_line(result.metrics)}")
         if result.intervals:
             ci = result.intervals
             console.print(f"{prefix}95% bootstrap intervals ({bootstrap:,} resamples of the patches): " + "  ".join(
-                f"{name} [{_fmt(ci[key][0])}, {_fmt(ci[key][1])}]" for key, name in
+                f"{name} [{fmt_value(ci[key][0])}, {fmt_value(ci[key][1])}]" for key, name in
                 (("micro_f1", "micro F1"), ("macro_f1", "macro F1"), ("micro_f2", "micro F2"), ("macro_f2", "macro F2"))))
         console.print(f"{prefix}inputs normalised with {result.normalization}")
         console.print(f"{prefix}wrote {', '.join(str(p) for p in result.files)}")

@@ -11,17 +11,13 @@ import typer
 
 from benzarr.errors import InvalidArgumentError
 from benzarr.train_config import AUGMENTS, OPTIMIZERS, RESAMPLE_MODES, SCHEDULERS, TrainConfig  # torch-free
-from benzarr_cli._common import console, err_console, show_progress
+from benzarr_cli._common import console, err_console, fmt_value, metrics_line, show_progress
 
 if TYPE_CHECKING:
     from benzarr.train import TrainEvent, TrainResult
 
 #: Option defaults are TrainConfig's: every default lives there once.
 D = TrainConfig
-
-
-def _fmt(value: Any, digits: int = 3) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
 class _Progress:
@@ -56,8 +52,8 @@ class _Progress:
             mark = "  *best" if v.get("improved") else ""
             console.print(
                 f"{self.prefix}epoch {event.epoch + 1}/{self.epochs}  step {event.step}  "
-                f"train loss {_fmt(v.get('train/loss'), 4)}  val loss {_fmt(v.get('val/loss'), 4)}  "
-                f"val micro-F1 {_fmt(v.get('val/micro_f1'))}  macro-F1 {_fmt(v.get('val/macro_f1'))}  "
+                f"train loss {fmt_value(v.get('train/loss'), 4)}  val loss {fmt_value(v.get('val/loss'), 4)}  "
+                f"val micro-F1 {fmt_value(v.get('val/micro_f1'))}  macro-F1 {fmt_value(v.get('val/macro_f1'))}  "
                 f"lr {v.get('lr', 0):.2e}  {v.get('throughput/patches_per_s', 0):,.0f} patches/s{mark}",
             )
 
@@ -65,14 +61,11 @@ class _Progress:
 def _summary(result: TrainResult, monitor: str) -> None:
     t = result.test
     stop = " (early stop)" if result.stopped_early else ""
-    console.print(f"best epoch {result.best_epoch} of {result.epochs}{stop}: {monitor} {_fmt(result.best_score, 4)}; "
+    console.print(f"best epoch {result.best_epoch} of {result.epochs}{stop}: {monitor} {fmt_value(result.best_score, 4)}; "
                   f"{result.steps} steps in {result.seconds:.1f} s")
     if t:
         console.print(
-            f"test ({t['n_samples']} patches, best.pt): micro P {_fmt(t['micro_precision'])} R {_fmt(t['micro_recall'])} "
-            f"F1 {_fmt(t['micro_f1'])} F2 {_fmt(t['micro_f2'])} mAP {_fmt(t['micro_map'])} | macro P "
-            f"{_fmt(t['macro_precision'])} R {_fmt(t['macro_recall'])} F1 {_fmt(t['macro_f1'])} "
-            f"F2 {_fmt(t['macro_f2'])} mAP {_fmt(t['macro_map'])}")
+            f"test ({t['n_samples']} patches, best.pt): {metrics_line(t)}")
     else:
         console.print("test: the split has no test patches")
     if result.emissions_kg is not None:
