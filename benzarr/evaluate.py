@@ -272,6 +272,7 @@ def evaluate_run(
     import torch
 
     from benzarr.data import BigEarthNetDataset, make_loader
+    from benzarr.losses import create_loss
     from benzarr.metrics import MultilabelMetrics, json_friendly
     from benzarr.models import create_model
     from benzarr.train import resolve_device, write_scores_csv
@@ -310,7 +311,7 @@ def evaluate_run(
     memory_format = torch.channels_last if settings.get("channels_last", True) else torch.contiguous_format
     net = create_model(settings["model"], in_channels=len(options["bands"]), num_classes=len(classes), weights=weights)
     net = net.to(target, memory_format=memory_format).eval()
-    criterion = torch.nn.BCEWithLogitsLoss()
+    criterion = create_loss(config.get("loss") or settings.get("loss", "bce"))  # the run's own loss
     loader = make_loader(ds, size, shuffle=False, num_workers=workers, seed=0, device=target)
     done = [0]
 

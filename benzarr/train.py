@@ -51,6 +51,7 @@ from benzarr.checkpoint import load_checkpoint, restore, save_checkpoint
 from benzarr.data import BigEarthNetDataset, DeviceLoader, make_loader
 from benzarr.errors import InvalidArgumentError, missing_extra
 from benzarr.evaluate import score_batches
+from benzarr.losses import create_loss, parse_loss
 from benzarr.metrics import SCALAR_KEYS, MultilabelMetrics, json_friendly
 from benzarr.models import FINETUNE_LEVELS, create_model, get_spec
 from benzarr.store import Store, open_store
@@ -222,7 +223,6 @@ def train_seeds(cfg: TrainConfig, seeds: Sequence[int],
 # -- everything below is called by the loop above: setup, evaluation, bookkeeping ------------------
 
 #: Loss names that mean single-label softmax cross-entropy (refused: the task is multi-label).
-_CE_NAMES = {"ce", "crossentropy", "cross-entropy", "cross_entropy", "categorical_crossentropy", "softmax"}
 #: Seconds between two copies of the training loss to the host for the progress callback.
 LOSS_EVERY_S = 0.25
 
@@ -312,16 +312,7 @@ def check_config(cfg: TrainConfig) -> None:
         InvalidArgumentError: naming the setting and the accepted values.
         MissingDependencyError: ``track_emissions`` without codecarbon installed.
     """
-    loss = cfg.loss.lower()
-    if loss in _CE_NAMES:
-        raise InvalidArgumentError(
-            f"--loss {cfg.loss} is refused: BigEarthNet is multi-label (a patch has 1 to 12 classes), "
-            "and softmax cross-entropy makes the classes compete for one probability mass, so it "
-            "cannot predict several classes at once. Use --loss bce (a sigmoid and binary "
-            "cross-entropy per class)."
-        )
-    if loss != "bce":
-        raise InvalidArgumentError(f"unknown --loss {cfg.loss!r}: the multi-label loss is bce")
+    parse_loss(cfg.loss)
     for name, value, choices in (("--optim", cfg.optim, OPTIMIZERS), ("--scheduler", cfg.scheduler, SCHEDULERS),
                                  ("--labels", cfg.labels, ("clc43", "clc19")), ("--augment", cfg.augment, AUGMENTS),
                                  ("--resample", cfg.resample, RESAMPLE_MODES)):
@@ -490,7 +481,7 @@ def _setup(cfg: TrainConfig) -> _Run:
     model, net = _build_model(cfg, data, device, world)
     optimizer, scheduler = _build_optimizer(cfg, net)
     run = _Run(cfg, run_dir, rank, world, device, data, model, net, optimizer, scheduler,
-               torch.nn.BCEWithLogitsLoss(), _run_config(cfg, data, world, device), RunState(),
+               create_loss(cfg.loss), _run_config(cfg, data, world, device), RunState(),
                monitor_key(cfg.monitor), own_process_group=own_pg, flags_before=flags_before)
     if cfg.resume:
         _resume(run)
@@ -589,7 +580,7 @@ def _run_config(cfg: TrainConfig, data: _Data, world: int, device: torch.device)
     # what `benzarr evaluate` reads any store with: the inputs as this run saw them
     normalization = {"mean": train.mean, "std": train.std, "source": train.stats_source}
     return {"settings": settings, "labels": cfg.labels, "classes": data.class_names, "store": data.identity,
-            "normalization": normalization,
+            "normalization": normalization, "loss": parse_loss(cfg.loss).as_dict(),
             "world_size": world, "device": str(device), "versions": package_versions(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "resumed": []}
 

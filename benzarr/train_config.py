@@ -37,7 +37,7 @@ class TrainConfig:
     momentum: float = 0.9           # sgd only
     weight_decay: float = 0.0
     scheduler: str = "none"         # none | cosine (over `epochs`) | step (x0.1 every epochs//3)
-    loss: str = "bce"               # multi-label: binary cross-entropy on logits
+    loss: str = "bce"               # bce | focal | asl, optionally with parameters: "focal:gamma=1" (benzarr.losses)
     augment: str = "none"           # none | flip | flip-rot90, training batches only
     resample: str = "bilinear"      # bilinear | nearest | bicubic: 20 m and 60 m bands to 10 m
     align_corners: bool = False     # F.interpolate's convention (True: ConfigILM's, the official weights')

@@ -89,7 +89,8 @@ def command(
     momentum: float = typer.Option(D.momentum, "--momentum", help="SGD momentum."),
     weight_decay: float = typer.Option(D.weight_decay, "--weight-decay", help="Weight decay."),
     scheduler: str = typer.Option(D.scheduler, "--scheduler", help=" | ".join(SCHEDULERS) + " (step: x0.1 every epochs/3)."),
-    loss: str = typer.Option(D.loss, "--loss", help="bce (binary cross-entropy on logits; multi-label)."),
+    loss: str = typer.Option(D.loss, "--loss", help="bce | focal | asl: multi-label losses on logits, optionally with parameters "
+                                "(focal:gamma=2,alpha=0.25; asl:gamma_neg=4,gamma_pos=0,clip=0.05 are the defaults)."),
     augment: str = typer.Option(D.augment, "--augment", help=" | ".join(AUGMENTS) + ": random flips (and 90-degree "
                                 "rotations) of the training batches, on the device."),
     resample: str = typer.Option(D.resample, "--resample", help=" | ".join(RESAMPLE_MODES) + ": how the 20 m and 60 m "
