@@ -9,10 +9,13 @@ Output (``write_report``)::
     curves.png    loss, micro-F1 and macro-F1 per epoch; train dashed, val solid; one line per
                   group (mean over its runs), a band of +- one standard deviation across seeds
     runs.csv/.md  one row per run: model, split, labels, seed, best epoch, test metrics
-    summary.csv/.md  one row per (model, split, labels, bands): n runs and, per test metric,
-                  the mean and the half-width of its 95% confidence interval across runs
-                  (Student t, n - 1 degrees of freedom; none for a single run). Grouping by
-                  split makes a comparison of splits (official vs stratified) one table.
+    summary.csv/.md  one row per configuration: (model, split, labels, bands) plus every other
+                  setting whose value differs between the runs given (loss, lr, augment, ...;
+                  not the seed, nor settings that cannot change the result, ``OUTCOME_FREE``):
+                  n runs and, per test metric, the mean and the half-width of its 95%
+                  confidence interval across runs (Student t, n - 1 degrees of freedom; none for
+                  a single run). So runs that differ in more than their seed are never averaged
+                  together, and grouping by split makes a comparison of splits one table.
 
 With ``evaluations`` (names of ``RUN/evaluations/<name>/`` folders that ``benzarr evaluate``
 wrote, such as ``grouped-test``), the tables hold those evaluations' metrics instead of the
@@ -37,8 +40,14 @@ from benzarr.metrics import SCALAR_KEYS
 
 #: Test metrics of the tables, in column order.
 TABLE_METRICS: tuple[str, ...] = SCALAR_KEYS
-#: The columns that identify a configuration in the summary table.
+#: The columns that identify a configuration in the summary table, always.
 GROUP_KEYS: tuple[str, ...] = ("model", "split", "labels", "bands")
+#: Settings that do not change a run's result (or are what the summary averages over, the
+#: seed): never a grouping column. Batches are the same with any worker count, a resumed or
+#: mid-epoch-checkpointed run ends as an uninterrupted one (tests/test_train.py).
+OUTCOME_FREE: frozenset[str] = frozenset({
+    "seed", "out", "resume", "workers", "loader_timeout", "device", "checkpoint_every", "track_emissions",
+    "emissions_country", "store", "deterministic", *GROUP_KEYS})
 
 
 @dataclass
@@ -141,9 +150,37 @@ def find_runs(paths: Sequence[str | Path], scalars: bool = True, evaluations: Se
 
 
 def group_keys(runs: Sequence[Run]) -> tuple[str, ...]:
-    """The columns that identify a row of the summary: ``GROUP_KEYS``, plus ``evaluated_on``
-    when the runs carry evaluations."""
-    return (*GROUP_KEYS, "evaluated_on") if any(r.evaluation is not None for r in runs) else GROUP_KEYS
+    """The columns that identify a row of the summary: ``GROUP_KEYS``, the settings that
+    differ between ``runs`` (:func:`varying_settings`), and ``evaluated_on`` when the runs
+    carry evaluations."""
+    evaluated = ("evaluated_on",) if any(r.evaluation is not None for r in runs) else ()
+    return (*GROUP_KEYS, *varying_settings(runs), *evaluated)
+
+
+def varying_settings(runs: Sequence[Run]) -> tuple[str, ...]:
+    """Names of the training settings (``config.json`` ``settings``) whose value is not the same
+    in every run, but those in ``OUTCOME_FREE``; in ``TrainConfig`` field order. A setting a run
+    predates counts as its default."""
+    names = [n for n in _setting_names(runs) if n not in OUTCOME_FREE]
+    return tuple(n for n in names if len({_setting(r, n) for r in runs}) > 1)
+
+
+def _setting_names(runs: Sequence[Run]) -> list[str]:
+    from dataclasses import fields
+
+    from benzarr.train_config import TrainConfig
+
+    names = [f.name for f in fields(TrainConfig)]
+    extra = sorted({k for r in runs for k in r.settings} - set(names))  # from a newer benzarr
+    return names + extra
+
+
+def _setting(run: Run, name: str) -> str:
+    """A setting's value as a table cell (its default when the run predates it)."""
+    from benzarr.train_config import TrainConfig
+
+    value = run.settings.get(name, getattr(TrainConfig, name, None))
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def _natural(path: Path) -> tuple:
@@ -157,11 +194,12 @@ def runs_table(runs: Sequence[Run]) -> pd.DataFrame:
     """One row per run: identity, best epoch and every test metric (NaN if unfinished)."""
     rows = []
     evaluated = any(r.evaluation is not None for r in runs)
+    varying = varying_settings(runs)
     for run in runs:
         m = run.metrics or {}
         test = run.test
         rows.append({
-            "run": str(run.path), **run.key(),
+            "run": str(run.path), **run.key(), **{name: _setting(run, name) for name in varying},
             **({"evaluated_on": run.evaluated_on(), "seen_in_training": (run.evaluation or {}).get("seen_in_training")}
                if evaluated else {}),
             "seed": run.settings.get("seed"), "epochs": m.get("epochs"), "best_epoch": m.get("best_epoch"),
@@ -191,8 +229,7 @@ def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
 
 
 def summary_table(runs: Sequence[Run]) -> pd.DataFrame:
-    """One row per (model, split, labels, bands[, evaluated_on]) over the finished runs:
-    ``n_runs``, and ``<metric>_mean``, ``<metric>_ci95`` for each test metric."""
+    """One row per configuration (:func:`group_keys`) over the finished runs: ``n_runs``, and ``<metric>_mean``, ``<metric>_ci95`` for each test metric."""
     keys = group_keys(runs)
     table = runs_table(runs)
     table = table[table["n_test"].notna()] if len(table) else table
@@ -240,7 +277,7 @@ def plot_curves(runs: Sequence[Run], path: str | Path) -> Path:
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    panels = (("loss", "BCE loss"), ("micro_f1", "micro F1"), ("macro_f1", "macro F1"))
+    panels = (("loss", "loss"), ("micro_f1", "micro F1"), ("macro_f1", "macro F1"))
     fig = Figure(figsize=(15, 4.2), layout="constrained")
     axes = fig.subplots(1, len(panels))
     groups: dict[str, list[Run]] = {}

@@ -80,3 +80,22 @@ def test_report_command_prints_the_summary(runs: dict[str, Path], tmp_path: Path
     result = CliRunner().invoke(app, ["report", str(runs["strat"]), str(runs["rand"]), "--out", str(tmp_path / "r")])
     assert result.exit_code == 0, result.output
     assert "3 run(s)" in result.output and "curves.png" in result.output
+
+
+def test_runs_that_differ_in_more_than_their_seed_are_never_averaged(runs: dict[str, Path], tmp_path: Path) -> None:
+    import json
+
+    mixed = tmp_path / "mixed"
+    for seed, lr, workers in ((0, 0.001, 0), (1, 0.001, 2), (0, 0.01, 0)):
+        run = copy_tree(runs["strat"] / f"seed-{seed}", mixed / f"lr{lr}-s{seed}")
+        config = json.loads((run / "config.json").read_text())
+        config["settings"].update(lr=lr, workers=workers)  # as if trained so: workers change no result
+        if lr == 0.01:
+            del config["settings"]["augment"]  # a run that predates a setting counts as its default
+        (run / "config.json").write_text(json.dumps(config))
+    report = write_report([mixed], tmp_path / "out")
+    assert list(report.summary.columns[:6]) == ["model", "split", "labels", "bands", "lr", "n_runs"]
+    by_lr = report.summary.set_index("lr")
+    assert by_lr.loc["0.001", "n_runs"] == 2 and by_lr.loc["0.01", "n_runs"] == 1
+    assert "| lr |" in report.summary_md and "workers" not in report.summary.columns
+    assert sorted(report.runs["lr"]) == ["0.001", "0.001", "0.01"]
