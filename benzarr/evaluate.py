@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from benzarr.errors import InvalidArgumentError, SplitNotFoundError
+from benzarr.errors import InvalidArgumentError, SplitNotFoundError, StoreNotFoundError
 
 #: Checkpoints a run folder holds, by the name ``--checkpoint`` takes.
 CHECKPOINTS = ("best", "last")
@@ -288,6 +288,9 @@ def evaluate_run(
         raise InvalidArgumentError(f"batch size must be at least 1 (got {size}), workers and bootstrap resamples "
                                    f"0 or more (got {workers} and {bootstrap})")
     run_store = _run_store(config)
+    if store is None and "://" not in run_store and not Path(run_store).exists():
+        raise StoreNotFoundError(f"{run_store}: the run's store is not there (moved or deleted?); "
+                                 "give its new path with --store")
     store = str(store or run_store)
     split = None if subset == "all" else split or settings["split"]
     options = dataset_options(config)

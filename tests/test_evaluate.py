@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benzarr.errors import InvalidArgumentError, SplitNotFoundError
+from benzarr.errors import InvalidArgumentError, SplitNotFoundError, StoreNotFoundError
 from benzarr.evaluate import evaluate_run
 from benzarr.split import make_split
 from benzarr.store import open_store
@@ -130,6 +130,13 @@ def test_bad_requests_raise_one_clear_error(run: Path, tmp_path: Path) -> None:
     (bare / "checkpoints" / "best.pt").unlink()
     with pytest.raises(InvalidArgumentError, match="no checkpoints/best.pt"):
         evaluate_run(bare)
+    moved = copy_tree(run, tmp_path / "moved")
+    config = json.loads((moved / "config.json").read_text())
+    config["settings"]["store"] = config["store"]["path"] = str(tmp_path / "gone.zarr")  # the store was moved
+    (moved / "config.json").write_text(json.dumps(config))
+    with pytest.raises(StoreNotFoundError, match="gone.zarr: the run's store is not there .* --store"):
+        evaluate_run(moved)
+    assert evaluate_run(moved, store=str(run.parent / "store.zarr"), out_dir=tmp_path / "m").n_patches > 0
 
 
 def test_cli_prints_the_scores_and_warns_about_seen_patches(run: Path, tmp_path: Path) -> None:
