@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from benzarr.errors import InvalidArgumentError
+from benzarr.fsutil import interrupts_deferred
 
 FORMAT = 1
 
@@ -97,11 +98,12 @@ def save_checkpoint(
         "partial": partial,
     }
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with interrupts_deferred(), open(tmp, "wb") as f:  # Ctrl-C lands after the checkpoint, not inside it
         torch.save(payload, f)
         f.flush()
         os.fsync(f.fileno())  # the bytes are on disk before the name points at them
-    os.replace(tmp, path)
+        f.close()
+        os.replace(tmp, path)
     return path
 
 

@@ -24,7 +24,10 @@ import errno
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterable
+import signal
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from benzarr.errors import (
@@ -326,3 +329,24 @@ def replace_output(path: str | Path, *, overwrite: bool, owned: Callable[[Path],
         raise InvalidArgumentError(f"{path}: {what} is already there; pass --overwrite to replace it")
     remove_folder(path)
     return True
+
+
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) until the block has run, then deliver it.
+
+    For a write that must finish once begun: torch.save interrupted by a KeyboardInterrupt
+    raises a RuntimeError from its C++ writer instead, and leaves a temporary file behind.
+    Outside the main thread (where Python cannot set signal handlers) the block runs as is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        signal.raise_signal(signal.SIGINT)  # to the handler restored above (KeyboardInterrupt by default)

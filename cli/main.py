@@ -59,7 +59,7 @@ def _root() -> None:
 def main() -> None:
     """Console-script entry point: run the app, turning benzarr errors into one line + exit code."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except BenzarrError as exc:
         error_line(str(exc))
         sys.exit(exc.exit_code)
@@ -85,6 +85,12 @@ def main() -> None:
         else:
             error_line(f"unexpected {_describe(exc)}; run with BENZARR_DEBUG=1 for the traceback")
         sys.exit(1)
+    # Without standalone mode, click returns (not raises) the code of an Exit, and typer turns
+    # Ctrl-C into Exit(130): the code must reach the shell, or an interrupted run reads as a success.
+    if isinstance(code, int) and not isinstance(code, bool) and code != 0:
+        if code == 130:
+            error_line("interrupted")
+        sys.exit(code)
 
 
 def debug() -> bool:

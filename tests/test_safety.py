@@ -42,7 +42,7 @@ from benzarr.ingest import ingest
 from benzarr.lock import ingest_lock, lock_path
 from benzarr.store import open_store
 from tests.conftest import copy_tree
-from tests.test_ingest import all_arrays, assert_stores_equal, run_cli
+from tests.test_ingest import CLI, all_arrays, assert_stores_equal, run_cli
 
 
 def tree(path: Path) -> dict[str, bytes]:
@@ -467,6 +467,26 @@ def test_exit_codes_usage_2_bad_patches_3_and_workers_must_be_positive(synth_arc
     with pytest.raises(InvalidArgumentError, match="--workers"):
         ingest(synth_archive_64, tmp_path / "s.zarr", workers=-4)
     assert not (tmp_path / "s.zarr").exists()
+
+
+def test_ctrl_c_exits_130_with_one_line(synth_store_64: Path, tmp_path: Path) -> None:
+    """An interrupted run must not read as a success to a shell or a scheduler (it exited 0 once)."""
+    from benzarr.split import make_split
+
+    store = copy_tree(synth_store_64, tmp_path / "s.zarr")
+    make_split(open_store(store, mode="r+"), "r", "random", fractions=(0.6, 0.2, 0.2), seed=0)
+    run = tmp_path / "run"
+    child = subprocess.Popen([*CLI, "train", str(store), "--split", "r", "--epochs", "1000", "--batch-size", "8",
+                              "--device", "cpu", "--out", str(run), "--quiet"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (run / "config.json").exists() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)  # inside the training loop
+    child.send_signal(signal.SIGINT)
+    out, err = child.communicate(timeout=60)
+    assert child.returncode == 130, (out, err)
+    assert err == "error: interrupted\n" and out == ""
 
 
 def test_patches_not_in_the_archive_are_listed_even_when_quiet(synth_archive_64: Path, tmp_path: Path) -> None:
