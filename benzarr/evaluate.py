@@ -219,13 +219,16 @@ def score_batches(net: Any, batches: Any, device: Any, memory_format: Any, amp: 
     return torch.cat(logits_all), torch.cat(labels_all), torch.cat(rows), loss_sum
 
 
-def default_out_dir(run_dir: Path, store: str, split: str | None, subset: str, own_store: bool) -> Path:
+def default_out_dir(run_dir: Path, store: str, split: str | None, subset: str, own_store: bool,
+                    checkpoint: str = "best") -> Path:
     """``RUN/evaluations/<split>-<subset>`` or ``RUN/evaluations/all`` (``-<store name>``
-    appended for another store)."""
+    appended for another store, ``-last`` for the last checkpoint: one folder per question)."""
     name = "all" if split is None else f"{split}-{subset}"
     if not own_store:
         stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(str(store).rstrip("/")).name.removesuffix(".zarr"))
         name += f"-{stem}"
+    if checkpoint != "best":
+        name += f"-{checkpoint}"
     return run_dir / "evaluations" / name
 
 
@@ -307,7 +310,7 @@ def evaluate_run(
     ds.set_normalization(mean, std, source)
 
     own_store = bool(run_store) and _same_path(run_store, store)
-    out = Path(out_dir) if out_dir is not None else default_out_dir(run_dir, store, split, subset, own_store)
+    out = Path(out_dir) if out_dir is not None else default_out_dir(run_dir, store, split, subset, own_store, checkpoint)
     seen = _seen_in_training(config, store, ds.rows)
 
     target = resolve_device(device)

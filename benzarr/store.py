@@ -607,7 +607,7 @@ class Store:
         valid = self.valid_mask()
         if split is None:
             if subset is not None:
-                raise InvalidArgumentError("a subset needs a split: pass split=NAME")
+                raise InvalidArgumentError("a subset needs a split (--split NAME; split=NAME in Python)")
             return np.flatnonzero(valid)
         codes, _ = self.read_split(split)
         if subset is None:

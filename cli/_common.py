@@ -27,6 +27,11 @@ console = Console(highlight=False, soft_wrap=True, markup=False)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
 
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """``"1 group"``, ``"2 groups"``, ``"1,024 classes"`` (``plural`` for irregular nouns)."""
+    return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
+
+
 def fmt_value(value: Any, digits: int = 3) -> str:
     """A metric for a terminal line: ``digits`` decimals, ``-`` for None or NaN."""
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"

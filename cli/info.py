@@ -7,7 +7,7 @@ import json
 import typer
 
 from benzarr.info import describe_store
-from benzarr_cli._common import console, storage_options_for
+from benzarr_cli._common import console, count, storage_options_for
 
 
 def _size(n: int | None) -> str:
@@ -74,7 +74,7 @@ def command(
         if not isinstance(data, dict):
             continue
         out("")
-        out(f"labels/{nomenclature}: most frequent classes ({data['classes_without_examples']} classes without examples)")
+        out(f"labels/{nomenclature}: most frequent classes ({count(data['classes_without_examples'], 'class', 'classes')} without examples)")
         for row in data["top"]:
             out(f"  {row['count']:>9,}  {100 * row['share']:5.1f}%  {row['class']}")
     if info["labels"]:

@@ -22,7 +22,7 @@ from benzarr.split import (
     store_split_quality,
 )
 from benzarr.store import open_store
-from benzarr_cli._common import console
+from benzarr_cli._common import console, count
 
 
 def command(
@@ -96,11 +96,12 @@ def command(
     )
     if grouped:
         p = result.attrs["parameters"]
-        console.print(f"  {p['n_groups']:,} groups, largest {p['largest_group']:,} patches, median "
+        console.print(f"  {count(p['n_groups'], 'group')}, largest {p['largest_group']:,} patches, median "
                       f"{p['median_group']:g}; no group split across subsets", markup=False)
         empty = [s for s, share in zip(SUBSETS, result.attrs["desired"]) if share > 0 and counts[s] == 0]
         if empty:
-            console.print(f"  note: {', '.join(empty)} got no patches: {p['n_groups']:,} groups are too few for "
+            console.print(f"  note: {', '.join(empty)} got no patches: {count(p['n_groups'], 'group')} "
+                          f"{'is' if p['n_groups'] == 1 else 'are'} too few for "
                           "these shares; group by something finer (block:KM)", markup=False)
     for subset, report in result.lists.items():
         console.print(f"  {subset} list: {report['matched']:,} of {report['listed']:,} names are patches of the store",

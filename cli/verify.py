@@ -19,7 +19,7 @@ _BAD_SHOWN = 50
 def command(
     store: str = typer.Argument(..., help="Path of a local benzarr store."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON (every corrupt patch named)."),
-    workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Reader processes (default: all cores; 0 or 1: none)."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Reader processes (default: one per core for stores of 512 MB of shards or more, else none; 0 or 1: none)."),
     no_record: bool = typer.Option(False, "--no-record", help="Do not write the result into the store's attributes."),
     decode: bool = typer.Option(False, "--decode", help="Also decode every compressed chunk (format 1 chunks, which "
                                 "have no crc32c, always are)."),

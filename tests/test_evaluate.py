@@ -56,6 +56,14 @@ def test_worker_processes_give_the_same_scores(run: Path, tmp_path: Path) -> Non
                                   pd.read_parquet(tmp_path / "w0" / "predictions.parquet"))
 
 
+def test_the_last_checkpoint_gets_its_own_folder(run: Path) -> None:
+    best = evaluate_run(run, split="rand")
+    last = evaluate_run(run, split="rand", checkpoint="last")
+    assert best.out_dir == run / "evaluations" / "rand-test" and last.out_dir == run / "evaluations" / "rand-test-last"
+    assert json.loads((last.out_dir / "metrics.json").read_text())["checkpoint"] == "checkpoints/last.pt"
+    assert json.loads((best.out_dir / "metrics.json").read_text())["checkpoint"] == "checkpoints/best.pt"
+
+
 def test_bootstrap_intervals_go_into_metrics_json(run: Path, tmp_path: Path) -> None:
     result = evaluate_run(run, split="rand", out_dir=tmp_path / "b", bootstrap=200)
     written = json.loads((tmp_path / "b" / "metrics.json").read_text())

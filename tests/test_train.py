@@ -251,6 +251,16 @@ def test_seeds_run_into_seed_folders(store: Path, tmp_path: Path) -> None:
     assert all((r.run_dir / "metrics.json").is_file() for r in results)
 
 
+def test_seed_and_seeds_together_are_refused(store: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "benzarr_cli", "train", str(store), "--split", "strat", "--seed", "3",
+                           "--seeds", "0,1", "--out", str(tmp_path / "run")], capture_output=True, text=True)
+    assert done.returncode == 1 and done.stderr == "error: give --seed or --seeds, not both (--seed 3 --seeds 0,1)\n"
+    assert not (tmp_path / "run").exists()
+
+
 def test_labels_shuffled_in_the_store_stay_at_the_prior_baseline(tmp_path_factory: pytest.TempPathFactory) -> None:
     """With true labels the model ranks better than the label priors; with the label rows
     permuted in the store it cannot, so its mAP stays near the prior's."""
