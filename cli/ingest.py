@@ -11,7 +11,7 @@ from benzarr.errors import IngestFailedPatchesError
 from benzarr.dask_ingest import dask_runner
 from benzarr.ingest import ingest, parse_part
 from benzarr.store import DEFAULT_COMPRESSION, DEFAULT_SHARD_SIZE
-from benzarr_cli._common import console, err_console, progress_bar, storage_options_for, warn_line
+from benzarr_cli._common import console, count, err_console, progress_bar, storage_options_for, warn_line
 
 
 def command(
@@ -73,7 +73,7 @@ def command(
             verb = "resumed" if result.resumed else "wrote"
             scope = f"part {part}: " if part else ""
             console.print(
-                f"{scope}{verb} {result.store}: {result.n_patches:,} patches of {what} in {result.shards_total} shards "
+                f"{scope}{verb} {result.store}: {count(result.n_patches, 'patch', 'patches')} of {what} in {count(result.shards_total, 'shard')} "
                 f"({result.shards_written} written this run) in {result.seconds:.1f} s ({rate:,.0f} patches/s); "
                 f"{len(result.failed)} bad, {result.excluded} excluded",
             )
