@@ -8,6 +8,9 @@ Measures, in one process run, on one synthetic archive (page cache warm):
   in 1 process and in 2 processes (the same spawn pool shape ingest uses): the floor;
 - ``ingest-<compression>``: ``benzarr.ingest.ingest`` with 1 and 2 workers, for none, lz4
   and zstd, store created from scratch each time;
+- ``ingest-lz4-tar``: the same ingest from the archive packed into one uncompressed .tar (as the
+  downloads are once decompressed), read in place; ``tar_index`` times indexing that tar (what
+  every ingest of a tar does first), per member;
 and bytes per patch of each store's band arrays against the source archive.
 Target (DESIGN.md §5): ingest >= 90% of bare reading, scaling with workers.
 Writes ``benchmarks/results/ingest.json`` and prints a table with ratios.
@@ -27,10 +30,13 @@ from concurrent.futures import ProcessPoolExecutor
 from importlib.metadata import version
 from pathlib import Path
 
+import tarfile
+
 import rasterio
 
 from benzarr.archive import GDAL_ENV, discover_patches, read_patch
 from benzarr.ingest import ingest
+from benzarr.sources import _files
 from benzarr.synth import synth_archive, tree_footprint
 
 HERE = Path(__file__).resolve().parent
@@ -94,6 +100,25 @@ def main() -> None:
             rows.append({"method": f"ingest-{compression}", "compression": compression, "workers": workers,
                          "patches_per_s": n / result.seconds, "seconds": result.seconds,
                          "bytes_per_patch": band_bytes / n, "store_bytes_per_patch": folder_bytes(store) / n})
+    tar = args.work / f"ingest-archive-{n}.tar"
+    if not tar.exists():
+        with tarfile.open(tar, "w", format=tarfile.GNU_FORMAT) as out:
+            out.add(archive, arcname="BigEarthNet-v1.0")
+    with open(tar, "rb") as handle:  # warm the page cache, as for the folder
+        while handle.read(1 << 24):
+            pass
+    started = time.perf_counter()
+    index = _files.TarIndex.build(str(tar))
+    index_seconds = time.perf_counter() - started
+    members = sum(len(listing) for listing in index.dirs.values())
+    for workers in (1, 2):
+        store = args.work / "ingest-lz4-tar.zarr"
+        shutil.rmtree(store, ignore_errors=True)
+        _files.unmount_all()  # each run indexes the tar itself, as a new process would
+        result = ingest(tar, store, workers=workers, shard_size=shard, compression="lz4")
+        rows.append({"method": "ingest-lz4-tar", "compression": "lz4", "workers": workers,
+                     "patches_per_s": n / result.seconds, "seconds": result.seconds,
+                     "bytes_per_patch": sum(folder_bytes(store / "s2" / g) for g in ("10m", "20m", "60m")) / n})
     for row in rows:
         row["ratio_to_read"] = row["patches_per_s"] / floor[row["workers"]]
 
@@ -106,6 +131,8 @@ def main() -> None:
         "shard_size": shard,
         "source_archive_bytes_per_patch": source_bytes / n,
         "raw_uint16_bytes_per_patch": 2 * (4 * 120 * 120 + 6 * 60 * 60 + 2 * 20 * 20),
+        "tar_index": {"members": members, "seconds": index_seconds, "us_per_member": 1e6 * index_seconds / members,
+                      "tar_bytes": tar.stat().st_size},
         "results": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -117,6 +144,8 @@ def main() -> None:
     for row in rows:
         print(f"{row['method']:<14} {row['workers']:>7} {row['patches_per_s']:>10,.0f} "
               f"{row['ratio_to_read']:>7.0%} {row['bytes_per_patch'] / 1024:>10.1f}")
+    print(f"indexing the {tar.stat().st_size / 2**20:,.0f} MB tar: {members:,} members in {index_seconds:.2f} s "
+          f"({1e6 * index_seconds / members:.1f} us a member)")
     print(f"wrote {args.out}")
 
 

@@ -48,7 +48,7 @@ from benzarr.errors import (
 from benzarr.fsutil import check_disjoint, check_output, is_benzarr_store, os_error
 from benzarr.lock import ingest_lock
 from benzarr.resources import OFFICIAL_LISTS, read_official_list
-from benzarr.sources import GDAL_ENV, Archive, ArchiveSource, PatchRef, get_source, open_archive
+from benzarr.sources import GDAL_ENV, Archive, ArchiveSource, PatchRef, _files, get_source, open_archive
 from benzarr.store import (
     BAND_ARRAYS,
     COMPRESSIONS,
@@ -226,8 +226,11 @@ def _worker_store(path: str, storage_options: dict[str, Any] | None) -> Store:
 
 def ingest_shard(store_path: str, storage_options: dict[str, Any] | None, source: ArchiveSource,
                  modalities: Sequence[str], shard: int, refs: Sequence[PatchRef], start: int,
-                 strict: bool) -> dict[str, str]:
+                 strict: bool, archive_files: dict[str, Any] | None = None) -> dict[str, str]:
     """Read ``refs`` (rows ``start``…) and write shard ``shard`` of every array.
+
+    ``archive_files``: where the refs' files lie in the archive's tar files
+    (:func:`benzarr.sources._files.export`), or None for an archive of folders.
 
     Returns:
         the shard's bad patches, name -> reason.
@@ -237,6 +240,7 @@ def ingest_shard(store_path: str, storage_options: dict[str, Any] | None, source
     """
     if "env" not in _WORKER_STATE:
         _worker_init()
+    _files.install(archive_files)  # a tar archive: this shard's byte ranges, read with pread
     store = _worker_store(store_path, storage_options)
     n = len(refs)
     # Every array of the shard, allocated from the store's declaration (BAND_ARRAYS, ROW_FIELDS).
@@ -550,7 +554,8 @@ def _ingest_locked(found: Archive, names: list[str], missing: list[str], n_exclu
     shard_refs_of = {s: refs[s * shard_size:(s + 1) * shard_size] for s in shards}
     if on_start:
         on_start(sum(map(len, shard_refs_of.values())))
-    tasks = [(s, shard_refs_of[s], s * shard_size) for s in shards if not done[s]]
+    tasks = [(s, shard_refs_of[s], s * shard_size, _files.export(_ref_paths(shard_refs_of[s])))
+             for s in shards if not done[s]]
     if on_progress and any(done[s] for s in shards):
         on_progress(sum(len(shard_refs_of[s]) for s in shards if done[s]))
 
@@ -595,25 +600,30 @@ def _open_part(store_path: str, params: dict[str, Any], part: tuple[int, int],
     return store
 
 
-def _run_shards(tasks: list[tuple[int, Sequence[PatchRef], int]], common: tuple[Any, ...],
+def _ref_paths(refs: Sequence[PatchRef]) -> list[str | None]:
+    """The folders and files the refs' patches are read from."""
+    return [path for ref in refs for path in (ref.s2_dir, ref.s1_dir, ref.reference_map)]
+
+
+def _run_shards(tasks: list[tuple[int, Sequence[PatchRef], int, Any]], common: tuple[Any, ...],
                 finished: Callable[[Sequence[PatchRef], dict[str, str]], None], runner: ShardRunner | None,
                 workers: int, store_path: str, strict: bool) -> None:
     """Run :func:`ingest_shard` on ``tasks`` (``runner``, this process, or a spawn pool of
     ``workers``), calling ``finished`` as each shard ends."""
     if runner is not None:  # another executor (a Dask cluster) runs the same ingest_shard
-        calls = [(*common, shard, shard_refs, start, strict) for shard, shard_refs, start in tasks]
+        calls = [(*common, shard, shard_refs, start, strict, files) for shard, shard_refs, start, files in tasks]
         for index, failed in runner(ingest_shard, calls):
             finished(tasks[index][1], failed)
     elif workers == 1 or len(tasks) <= 1:
-        for shard, shard_refs, start in tasks:
-            finished(shard_refs, ingest_shard(*common, shard, shard_refs, start, strict))
+        for shard, shard_refs, start, files in tasks:
+            finished(shard_refs, ingest_shard(*common, shard, shard_refs, start, strict, files))
     else:
         # spawn: zarr keeps an event-loop thread that a forked child must not inherit.
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=context,
                                  initializer=_worker_init) as pool:
-            futures = {pool.submit(ingest_shard, *common, shard, shard_refs, start, strict): shard_refs
-                       for shard, shard_refs, start in tasks}
+            futures = {pool.submit(ingest_shard, *common, shard, shard_refs, start, strict, files): shard_refs
+                       for shard, shard_refs, start, files in tasks}
             pending = set(futures)
             try:
                 while pending:

@@ -22,7 +22,9 @@ outside this package knows a source's folders, names or version::
 
 ``ingest(archive, store)`` then detects it (or takes ``source="mine"``); ingest workers
 receive the source object itself, so a source used with several workers must be importable
-(a module-level class).
+(a module-level class). A source that reads its files through :mod:`benzarr.sources._files`
+(``is_dir``, ``listdir``, ``read_bytes``, ``open_raster``) reads archives packed in
+uncompressed ``.tar`` files too, as the built-in ones do.
 """
 
 from __future__ import annotations

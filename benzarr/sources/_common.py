@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rasterio
 from rasterio.errors import RasterioError
 
 from benzarr.bands import BAND_GROUPS, MODALITIES, PATCH_SIDE, S1_BANDS
 from benzarr.bigearthnet import CLC43, CLC43_CODES, clc43_to_clc19
 from benzarr.errors import ArchiveNotFoundError, BadPatchError, NotAnArchiveError
 from benzarr.fsutil import os_error
+from benzarr.sources import _files
 
 #: GDAL settings for many tiny files: do not list the folder on every open.
 GDAL_ENV = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "GDAL_NUM_THREADS": "1", "CPL_LOG": os.devnull}
@@ -138,10 +138,12 @@ class Archive:
 
 
 def check_archive_folder(path: Path) -> None:
-    """Raise unless ``path`` is a folder (naming a symlink loop or a broken link as such).
+    """Raise unless ``path`` is a folder or a tar file (naming a symlink loop or a broken link
+    as such); mount the tar files it is or holds (:func:`benzarr.sources._files.mount`).
 
     Raises:
-        ArchiveNotFoundError, NotAnArchiveError, FileSystemError.
+        ArchiveNotFoundError, NotAnArchiveError (also a compressed tarball, naming the command
+        that decompresses it), FileSystemError.
     """
     try:
         os.stat(path)
@@ -151,8 +153,14 @@ def check_archive_folder(path: Path) -> None:
         raise ArchiveNotFoundError(f"{path}: archive folder not found") from None
     except OSError as exc:
         raise os_error(exc, path, "reading the archive") from None
-    if not path.is_dir():
-        raise NotAnArchiveError(f"{path}: not a folder (expected a BigEarthNet archive folder)")
+    if path.is_file():
+        _files.check_not_compressed(path)
+    try:
+        _files.mount(path)
+    except OSError as exc:
+        raise os_error(exc, path, "reading the archive") from None
+    if not _files.is_dir(path):
+        raise NotAnArchiveError(f"{path}: not a folder (expected a BigEarthNet archive folder or .tar file)")
 
 
 def is_dir(entry: os.DirEntry) -> bool:
@@ -165,15 +173,29 @@ def is_dir(entry: os.DirEntry) -> bool:
 
 def subfolders(root: Path, accept: Any, limit: int | None = None) -> Iterable[str]:
     """Names of the folders directly under ``root`` for which ``accept(name)`` is true
-    (unsorted; at most ``limit``)."""
+    (unsorted; at most ``limit``), tar members and mounted tars' folders included."""
     found = 0
+    if _files.in_tar(root):
+        names: Iterable[str] = (name for name, folder in _files.listdir(root) if folder and accept(name))
+    else:
+        names = _scan_folders(root, accept)
+    for name in names:
+        yield name
+        found += 1
+        if limit is not None and found >= limit:
+            return
+
+
+def _scan_folders(root: Path, accept: Any) -> Iterable[str]:
+    seen = set()
     with os.scandir(root) as entries:
         for entry in entries:
             if accept(entry.name) and is_dir(entry):
+                seen.add(entry.name)
                 yield entry.name
-                found += 1
-                if limit is not None and found >= limit:
-                    return
+    for name, folder in _files.listdir(root) if _files.has_mounts_in(root) else ():
+        if folder and name not in seen and accept(name):
+            yield name
 
 
 # -- GeoTIFF bands ------------------------------------------------------------------------
@@ -198,7 +220,7 @@ def read_band(path: Path, side: int, dtype: str = "uint16", patch: str = "",
             count, dtype or shape (saying what was found).
     """
     try:
-        with rasterio.open(path) as dataset:
+        with _files.open_raster(path) as dataset:
             problem = None
             found = np.dtype(dataset.dtypes[0])
             # another integer type is read and converted when no value changes (checked below)
@@ -216,10 +238,14 @@ def read_band(path: Path, side: int, dtype: str = "uint16", patch: str = "",
                 geo["crs"] = dataset.crs.to_string() if dataset.crs else ""
             data = dataset.read(1)
     except (RasterioError, OSError) as exc:
-        if os.path.lexists(path) and not path.exists():
+        if not _files.in_tar(path) and os.path.lexists(path) and not path.exists():
             reason = "broken or looping symlink"
+        elif not _files.exists(path):
+            reason = missing
+        elif _files.in_tar(path) and not isinstance(exc, RasterioError):
+            reason = str(exc).split(": ", 1)[-1]  # a member cut short by a truncated tar
         else:
-            reason = missing if not path.exists() else f"unreadable GeoTIFF ({first_line(exc)})"
+            reason = f"unreadable GeoTIFF ({first_line(exc)})"
         raise BadPatchError(patch, f"{path.name}: {reason}") from None
     if data.dtype != np.dtype(dtype):
         return _cast_exactly(data, np.dtype(dtype), path, patch)
@@ -264,7 +290,7 @@ def read_s1_bands(ref: PatchRef) -> np.ndarray:
     if not ref.s1_dir:
         raise BadPatchError(ref.name, "no Sentinel-1 patch pairs with it")
     folder = Path(ref.s1_dir)
-    if not folder.is_dir():
+    if not _files.is_dir(folder):
         raise BadPatchError(ref.name, f"S1 {ref.s1_name}: missing S1 patch folder")
     s1 = np.empty((len(S1_BANDS), PATCH_SIDE, PATCH_SIDE), dtype=np.float32)
     for c, band in enumerate(S1_BANDS):
@@ -347,13 +373,13 @@ def parse_labels(labels: object) -> np.ndarray:
 
 def read_metadata(path: Path) -> dict:
     """Parse a ``_labels_metadata.json`` into a dict (raises ValueError/OSError)."""
-    with open(path, "rb") as handle:
-        try:
-            data = json.loads(handle.read())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"malformed JSON ({exc.msg if hasattr(exc, 'msg') else exc})") from None
-        except RecursionError:
-            raise ValueError("malformed JSON (nested too deeply)") from None
+    raw = _files.read_bytes(path)
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"malformed JSON ({exc.msg if hasattr(exc, 'msg') else exc})") from None
+    except RecursionError:
+        raise ValueError("malformed JSON (nested too deeply)") from None
     if not isinstance(data, dict):
         raise ValueError("JSON is not an object")
     return data

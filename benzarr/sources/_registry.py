@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from benzarr.errors import InvalidArgumentError, NotAnArchiveError
+from benzarr.sources import _files
 from benzarr.sources._common import Archive, Patch, PatchRef, check_archive_folder
 
 
@@ -159,7 +160,10 @@ def open_archive(path: str | Path, source: str | None = None) -> Archive:
     chosen = get_source(source) if source else detect_source(path)
     if chosen is None:
         wanted = ", no ".join(get_source(name).looks_for for name in list_sources())
-        raise NotAnArchiveError(f"{path}: not a BigEarthNet archive (no {wanted})")
+        packed = _files.compressed_tarballs(path)
+        hint = (f"; it holds compressed tarballs ({', '.join(packed)}): decompress them (gunzip -k, zstd -d), "
+                "and benzarr reads each .tar in place, without unpacking it") if packed else ""
+        raise NotAnArchiveError(f"{path}: not a BigEarthNet archive (no {wanted}){hint}")
     return chosen.open(path)
 
 

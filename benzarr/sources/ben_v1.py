@@ -16,7 +16,6 @@ BigEarthNet's train/val/test lists (bigearthnet-common).
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -30,7 +29,6 @@ from benzarr.sources._common import (
     PatchRef,
     check_archive_folder,
     complete_patch,
-    is_dir,
     name_time,
     official_names,
     parse_labels,
@@ -39,6 +37,7 @@ from benzarr.sources._common import (
     season_of,
     subfolders,
 )
+from benzarr.sources import _files
 from benzarr.sources._registry import OfficialSplit, register_source
 
 #: Folder of the S2 archive inside the official download.
@@ -66,7 +65,7 @@ def find_archive_root(path: str | Path) -> Path:
     path = Path(path)
     check_archive_folder(path)
     for candidate in (path, path / V1_S2_FOLDER):
-        if candidate.is_dir() and any(subfolders(candidate, is_patch_name, limit=1)):
+        if _files.is_dir(candidate) and any(subfolders(candidate, is_patch_name, limit=1)):
             return candidate
     raise NotAnArchiveError(
         f"{path}: not a BigEarthNet archive (no patch folders such as "
@@ -138,8 +137,7 @@ def read_patch(root: str | Path, name: str) -> Patch:
 
 def _pair_s1(s1_root: Path, wanted: set[str]) -> tuple[dict[str, str], list[str]]:
     """``({s2 name: s1 name}, unpaired s1 names)`` for the S1 patch folders under ``s1_root``."""
-    with os.scandir(s1_root) as entries:
-        s1_names = sorted(e.name for e in entries if is_s1_name(e.name) and is_dir(e))
+    s1_names = sorted(subfolders(s1_root, is_s1_name))
     _, official = official_names(s1_names=s1_names)
     s1_of: dict[str, str] = {}
     unpaired: list[str] = []
@@ -175,13 +173,14 @@ class BigEarthNetV1:
     looks_for = f"patch folders such as S2A_MSIL2A_20170613T101031_87_48/, no {V1_S2_FOLDER}/"
 
     def detect(self, path: Path) -> bool:
-        return (path / V1_S2_FOLDER).is_dir() or any(subfolders(path, is_patch_name, limit=1))
+        return _files.is_dir(path / V1_S2_FOLDER) or any(subfolders(path, is_patch_name, limit=1))
 
     def open(self, path: Path) -> Archive:
         s2_root = find_archive_root(path)
         s1_root = path / V1_S1_FOLDER
         names = discover_patches(s2_root)
-        s1_of, unpaired = _pair_s1(s1_root, set(names)) if s1_root.is_dir() else ({}, [])
+        has_s1 = _files.is_dir(s1_root)
+        s1_of, unpaired = _pair_s1(s1_root, set(names)) if has_s1 else ({}, [])
         place, _ = official_names(s2_names=names)
         refs = {}
         for name in names:
@@ -195,7 +194,7 @@ class BigEarthNetV1:
                 country=country,
                 season=season or season_of(name_time(name)),
             )
-        modalities = ("s2", "s1") if s1_root.is_dir() else ("s2",)
+        modalities = ("s2", "s1") if has_s1 else ("s2",)
         return Archive(path=path, source=self.name, modalities=modalities, refs=refs, unpaired_s1=unpaired)
 
     def read(self, ref: PatchRef, modalities: Sequence[str]) -> Patch:

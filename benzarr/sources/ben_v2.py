@@ -36,6 +36,7 @@ from benzarr.sources._common import (
     read_s2_bands,
     season_of,
 )
+from benzarr.sources import _files
 from benzarr.sources._registry import OfficialSplit, register_source
 
 V2_S2_FOLDER = "BigEarthNet-S2"
@@ -64,10 +65,11 @@ def reference_map_dir(root: Path, patch_id: str) -> Path:
 
 
 def _read_parquet_rows(path: Path) -> list[dict]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        table = pq.read_table(pa.BufferReader(_files.read_bytes(path)) if _files.in_tar(path) else path)
     except Exception as exc:  # pyarrow raises several types for a damaged file
         raise NotAnArchiveError(f"{path}: unreadable parquet ({first_line(exc)})") from None
     required = {"patch_id", "labels", "split", "s1_name"}  # country and the rest are optional
@@ -124,18 +126,18 @@ class BigEarthNetV2:
     looks_for = V2_METADATA
 
     def detect(self, path: Path) -> bool:
-        return (path / V2_METADATA).is_file() or (path / V2_S2_FOLDER).is_dir()
+        return _files.is_file(path / V2_METADATA) or _files.is_dir(path / V2_S2_FOLDER)
 
     def open(self, path: Path) -> Archive:
         metadata = path / V2_METADATA
-        if not metadata.is_file():
+        if not _files.is_file(metadata):
             raise NotAnArchiveError(f"{path}: a BigEarthNet v2.0 archive needs {V2_METADATA}")
         rows = _read_parquet_rows(metadata)
         clean = len(rows)
-        if (path / V2_METADATA_FLAGGED).is_file():
+        if _files.is_file(path / V2_METADATA_FLAGGED):
             rows += _read_parquet_rows(path / V2_METADATA_FLAGGED)
         place, _ = official_names(s2_names=[str(row.get("s2v1_name") or "") for row in rows])
-        has_s1, has_maps = (path / V2_S1_FOLDER).is_dir(), (path / V2_REFERENCE_MAPS).is_dir()
+        has_s1, has_maps = _files.is_dir(path / V2_S1_FOLDER), _files.is_dir(path / V2_REFERENCE_MAPS)
         refs: dict[str, PatchRef] = {}
         for i, row in enumerate(rows):
             season = place.get(str(row.get("s2v1_name") or ""), ("", ""))[1]
@@ -146,7 +148,7 @@ class BigEarthNetV2:
 
     def read(self, ref: PatchRef, modalities: Sequence[str]) -> Patch:
         name, folder = ref.name, Path(ref.s2_dir)
-        if not folder.is_dir():
+        if not _files.is_dir(folder):
             raise BadPatchError(name, f"{folder}: missing S2 patch folder")
         geo: dict[str, Any] = {}
         bands = read_s2_bands(folder, name, geo)

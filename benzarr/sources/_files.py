@@ -1,0 +1,389 @@
+"""Archive files in folders or inside uncompressed tar files, read the same way.
+
+BigEarthNet ships as tarballs of some 7 million small files. Unpacking one takes hours on a
+network file system and can exhaust an inode quota; benzarr reads the patches straight out of
+the ``.tar`` instead (decompressed once: ``gunzip -k`` / ``zstd -d`` write one file):
+
+- ARCHIVE may be a ``.tar`` file: it reads as the folder it would unpack into;
+- a folder given as ARCHIVE may hold ``.tar`` files beside (or instead of) folders: each tar's
+  top-level entries read as entries of that folder (``reBEN/BigEarthNet-S2.tar`` serves
+  ``reBEN/BigEarthNet-S2/...``). A real entry of the same name wins.
+
+:func:`mount` indexes those tars once (one pass over the tar headers, member name -> byte
+range, kept per folder) and registers them in this process. Every reader of the sources goes
+through the functions below (:func:`is_dir`, :func:`listdir`, :func:`read_bytes`,
+:func:`open_raster`, ...), which fall through to the operating system for paths outside a
+tar. Ingest workers do not index the tar again: :func:`export` gives the byte ranges of a
+shard's patch folders, which travel with the shard's task, and :func:`install` registers them
+in the worker; the worker then reads each file with one ``pread``.
+
+Compressed tarballs (gzip, bzip2, xz, zstd) allow no random access and are refused with the
+command that decompresses them.
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benzarr.errors import NotAnArchiveError
+
+#: Leading bytes of compressed files -> (format, the command that writes the plain .tar beside it).
+COMPRESSED_MAGIC: dict[bytes, tuple[str, str]] = {
+    b"\x1f\x8b": ("gzip", "gunzip -k"),
+    b"BZh": ("bzip2", "bunzip2 -k"),
+    b"\xfd7zXZ\x00": ("xz", "unxz -k"),
+    b"\x28\xb5\x2f\xfd": ("zstd", "zstd -d"),
+}
+_TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst", ".tzst")
+
+#: One directory of a tar: child name -> (byte offset of its data, size in bytes), or None for a folder.
+Listing = dict[str, "tuple[int, int] | None"]
+
+
+@dataclass
+class TarIndex:
+    """Where every member of one uncompressed tar lies.
+
+    Attributes:
+        path: absolute path of the tar file.
+        dirs: directory (member path without a trailing slash; "" the top) -> its listing.
+    """
+
+    path: str
+    dirs: dict[str, Listing] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, path: str) -> TarIndex:
+        """Index ``path`` in one pass over its headers (no member data is read).
+
+        Raises:
+            NotAnArchiveError: the file is compressed (naming the command that decompresses
+                it) or is no tar file.
+        """
+        check_not_compressed(path)
+        index, size, end, count = cls(path), os.path.getsize(path), 0, 0
+        try:
+            with tarfile.open(path, mode="r:") as tar:
+                while (member := tar.next()) is not None:
+                    tar.members.clear()  # tarfile keeps every header otherwise: gigabytes for BigEarthNet
+                    count += 1
+                    end = max(end, member.offset_data + member.size)
+                    if member.isfile():
+                        index.add(member.name, (member.offset_data, member.size))
+                    elif member.isdir():
+                        index.add(member.name, None)
+                    elif member.islnk():  # a hard link: the data of an earlier member
+                        target = index.entry(_clean(member.linkname))[1]
+                        if target is not None:
+                            index.add(member.name, target)
+        except tarfile.ReadError as exc:
+            if count == 0:
+                raise NotAnArchiveError(f"{path}: not a readable tar file ({exc})") from None
+            end = size + 1  # a header cut short
+        if end > size:  # silently ingesting the part that is there would lose patches
+            raise NotAnArchiveError(
+                f"{path}: the tar ends early ({size:,} bytes, after {count:,} members; a truncated download "
+                "or decompression?): make it again, then ingest")
+        return index
+
+    def add(self, name: str, where: tuple[int, int] | None) -> None:
+        """Record member ``name`` (a file at ``where``, or a folder when None) and its parent folders."""
+        parts = _clean(name).split("/") if _clean(name) else []
+        for depth in range(len(parts)):
+            parent = "/".join(parts[:depth])
+            listing = self.dirs.setdefault(parent, {})
+            last = depth == len(parts) - 1
+            if last and where is not None:
+                listing[parts[depth]] = where
+            else:
+                listing.setdefault(parts[depth], None)
+                self.dirs.setdefault("/".join(parts[:depth + 1]), {})
+
+    def entry(self, member: str) -> tuple[bool, tuple[int, int] | None]:
+        """``(exists, byte range or None for a folder)`` of ``member``."""
+        if member in self.dirs:
+            return True, None
+        parent, _, name = member.rpartition("/")
+        listing = self.dirs.get(parent)
+        if listing is None or name not in listing:
+            return False, None
+        return True, listing[name]
+
+    def files_under(self, member: str) -> Iterator[tuple[str, tuple[int, int]]]:
+        """Every file at or below ``member``, with its byte range."""
+        found, where = self.entry(member)
+        if found and where is not None:
+            yield member, where
+            return
+        for name, child in self.dirs.get(member, {}).items():
+            path = f"{member}/{name}" if member else name
+            if child is None:
+                yield from self.files_under(path)
+            else:
+                yield path, child
+
+
+def _clean(name: str) -> str:
+    """A member name as a relative path without ``.`` parts or trailing slashes."""
+    return "/".join(p for p in name.split("/") if p not in ("", "."))
+
+
+# -- this process's mounts --------------------------------------------------------------------
+
+#: Absolute folder path -> (index, member path of that folder inside the tar).
+_MOUNTS: dict[str, tuple[TarIndex, str]] = {}
+_FDS: dict[str, int] = {}
+_LOCK = threading.Lock()
+
+
+def check_not_compressed(path: str | Path) -> None:
+    """Raise NotAnArchiveError naming the decompression command when ``path`` is compressed."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+    except OSError:
+        return
+    for magic, (kind, command) in COMPRESSED_MAGIC.items():
+        if head.startswith(magic):
+            raise NotAnArchiveError(
+                f"{path}: a {kind}-compressed file; benzarr reads tar archives in place but needs them "
+                f"uncompressed for random access: run `{command} {Path(path).name}` (one file, no unpacking "
+                "of millions of files) and give the .tar")
+
+
+def compressed_tarballs(folder: str | Path) -> list[str]:
+    """Names of the compressed tarballs directly in ``folder`` (sorted)."""
+    try:
+        with os.scandir(folder) as entries:
+            return sorted(e.name for e in entries if is_tar_name(e.name) and not e.name.lower().endswith(".tar"))
+    except OSError:
+        return []
+
+
+def is_tar_name(name: str) -> bool:
+    """True for a file name with a tar suffix (compressed or not)."""
+    return name.lower().endswith(_TAR_SUFFIXES)
+
+
+def mount(path: str | Path) -> list[str]:
+    """Index the tar ``path`` (an archive given as a file), or every tar file directly in the
+    folder ``path``, and serve their members under it in this process. Returns the tar files
+    mounted. Compressed tarballs among them raise (see :func:`check_not_compressed`)."""
+    root = os.path.abspath(path)
+    if os.path.isfile(root):
+        if not is_tar_name(root) and not tarfile.is_tarfile(root):
+            return []
+        _MOUNTS[root] = (_index(root), "")
+        return [root]
+    if not os.path.isdir(root):
+        return []
+    mounted = []
+    with os.scandir(root) as entries:  # plain tars only: a .tar.gz beside its .tar is the download
+        tars = sorted(e.path for e in entries if e.name.lower().endswith(".tar") and e.is_file())
+    for tar_path in tars:
+        index = _index(tar_path)
+        for top, where in index.dirs.get("", {}).items():
+            virtual = os.path.join(root, top)
+            if where is None and not os.path.lexists(virtual):  # a real folder of that name wins
+                _MOUNTS[virtual] = (index, top)
+        mounted.append(tar_path)
+    return mounted
+
+
+_INDEXES: dict[tuple[str, int, int], TarIndex] = {}
+
+
+def _index(tar_path: str) -> TarIndex:
+    stat = os.stat(tar_path)
+    key = (tar_path, stat.st_size, stat.st_mtime_ns)
+    if key not in _INDEXES:
+        _INDEXES[key] = TarIndex.build(tar_path)
+    return _INDEXES[key]
+
+
+def unmount_all() -> None:
+    """Forget every mount and close the tar files (tests)."""
+    _MOUNTS.clear()
+    _INDEXES.clear()
+    with _LOCK:
+        for fd in _FDS.values():
+            os.close(fd)
+        _FDS.clear()
+
+
+def _locate(path: str | Path) -> tuple[TarIndex, str] | None:
+    """``(index, member path)`` when ``path`` lies in a mounted tar, else None."""
+    if not _MOUNTS:
+        return None
+    absolute = os.path.abspath(path)
+    probe, rest = absolute, ""
+    while True:
+        mounted = _MOUNTS.get(probe)
+        if mounted is not None:
+            index, prefix = mounted
+            member = "/".join(p for p in (prefix, rest) if p)
+            return index, member
+        parent, name = os.path.split(probe)
+        if parent == probe:
+            return None
+        rest = f"{name}/{rest}" if rest else name
+        probe = parent
+
+
+# -- what the sources call --------------------------------------------------------------------
+
+
+def is_dir(path: str | Path) -> bool:
+    """``Path(path).is_dir()``, for tar members too."""
+    found = _locate(path)
+    if found is None:
+        return os.path.isdir(path)
+    exists, where = found[0].entry(found[1])
+    return exists and where is None
+
+
+def is_file(path: str | Path) -> bool:
+    """``Path(path).is_file()``, for tar members too."""
+    found = _locate(path)
+    if found is None:
+        return os.path.isfile(path)
+    exists, where = found[0].entry(found[1])
+    return exists and where is not None
+
+
+def exists(path: str | Path) -> bool:
+    """``Path(path).exists()``, for tar members too."""
+    found = _locate(path)
+    if found is None:
+        return os.path.exists(path)
+    return found[0].entry(found[1])[0]
+
+
+def has_mounts_in(folder: str | Path) -> bool:
+    """True when a mounted tar serves entries directly in the real folder ``folder``."""
+    if not _MOUNTS:
+        return False
+    root = os.path.abspath(folder)
+    return any(os.path.dirname(virtual) == root for virtual in _MOUNTS)
+
+
+def in_tar(path: str | Path) -> bool:
+    """True when ``path`` is served from a mounted tar."""
+    return _locate(path) is not None
+
+
+def listdir(path: str | Path) -> list[tuple[str, bool]]:
+    """``(name, is a folder)`` of the entries of the folder ``path`` (unsorted), tar members and
+    mounted tars' top-level folders included.
+
+    Raises:
+        OSError: as ``os.scandir`` for a path outside any tar (FileNotFoundError, ...).
+    """
+    found = _locate(path)
+    if found is not None:
+        index, member = found
+        return [(name, where is None) for name, where in index.dirs.get(member, {}).items()]
+    root = os.path.abspath(path)
+    entries = []
+    with os.scandir(root) as scan:
+        for entry in scan:
+            entries.append((entry.name, entry.is_dir()))
+    have = {name for name, _ in entries}
+    for virtual in _MOUNTS:
+        parent, name = os.path.split(virtual)
+        if parent == root and name not in have:
+            entries.append((name, True))
+    return entries
+
+
+def read_bytes(path: str | Path) -> bytes:
+    """The bytes of the file ``path``, from its tar or from disk.
+
+    Raises:
+        FileNotFoundError: no such file; OSError: a read error, or a tar member cut short
+            (a truncated tar).
+    """
+    found = _locate(path)
+    if found is None:
+        with open(path, "rb") as handle:
+            return handle.read()
+    index, member = found
+    exists_, where = index.entry(member)
+    if not exists_ or where is None:
+        raise FileNotFoundError(2, "No such file in the tar", str(path))
+    offset, size = where
+    data = os.pread(_fd(index.path), size, offset)
+    if len(data) != size:
+        raise OSError(f"{Path(path).name}: cut short in {index.path} ({len(data)} of {size} bytes; a truncated tar?)")
+    return data
+
+
+def _fd(tar_path: str) -> int:
+    with _LOCK:
+        fd = _FDS.get(tar_path)
+        if fd is None:
+            fd = _FDS[tar_path] = os.open(tar_path, os.O_RDONLY)
+        return fd
+
+
+@contextmanager
+def open_raster(path: str | Path) -> Iterator[Any]:
+    """``rasterio.open(path)``; a tar member is opened from its bytes in memory."""
+    import rasterio
+    from rasterio.io import MemoryFile
+
+    if _locate(path) is None:
+        with rasterio.open(path) as dataset:
+            yield dataset
+        return
+    with MemoryFile(read_bytes(path)) as memory, memory.open() as dataset:
+        yield dataset
+
+
+# -- the seam to ingest workers ---------------------------------------------------------------
+
+
+def export(paths: Sequence[str | Path | None]) -> dict[str, Any] | None:
+    """The byte ranges of every file at or below ``paths`` that lie in tars, for
+    :func:`install` in another process; None when none does (a plain folder archive)."""
+    tars: dict[str, list[tuple[str, int, int]]] = {}
+    mounts: dict[str, tuple[str, str]] = {}
+    for path in paths:
+        if path is None:
+            continue
+        found = _locate(path)
+        if found is None:
+            continue
+        index, member = found
+        tars.setdefault(index.path, []).extend((name, *where) for name, where in index.files_under(member))
+    if not tars:
+        return None
+    for virtual, (index, prefix) in _MOUNTS.items():
+        if index.path in tars:
+            mounts[virtual] = (index.path, prefix)
+    return {"tars": tars, "mounts": mounts}
+
+
+def install(exported: dict[str, Any] | None) -> None:
+    """Serve what :func:`export` gave in this process (replacing what an earlier call installed)."""
+    if not exported:
+        return
+    whole = {index.path for index in _INDEXES.values()}  # indexed here by mount(): nothing to add
+    indexes = {}
+    for tar_path, members in exported["tars"].items():
+        if tar_path in whole:
+            continue
+        index = TarIndex(tar_path)
+        for name, offset, size in members:
+            index.add(name, (offset, size))
+        indexes[tar_path] = index
+    for virtual, (tar_path, prefix) in exported["mounts"].items():
+        if tar_path in indexes:
+            _MOUNTS[virtual] = (indexes[tar_path], prefix)

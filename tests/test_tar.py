@@ -1,0 +1,152 @@
+"""Ingest straight from tar files (benzarr.sources._files): the same store as from the unpacked folders."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benzarr.errors import NotAnArchiveError
+from benzarr.ingest import ingest
+from benzarr.sources import _files
+from benzarr.store import open_store
+from benzarr.synth import synth_archive
+from tests.test_ingest import all_arrays, run_cli
+
+
+@pytest.fixture(autouse=True)
+def _fresh_mounts() -> None:
+    _files.unmount_all()  # each test indexes its own tars
+
+
+def _tar(folder: Path, target: Path) -> Path:
+    """``tar cf target -C folder.parent folder.name`` with Python's tarfile (GNU format, as the downloads)."""
+    with tarfile.open(target, "w", format=tarfile.GNU_FORMAT) as tar:
+        tar.add(folder, arcname=folder.name)
+    return target
+
+
+def assert_same_arrays(a: Path, b: Path) -> None:
+    left, right = all_arrays(a), all_arrays(b)
+    assert sorted(left) == sorted(right)
+    for name in left:
+        assert np.array_equal(left[name], right[name]), name
+
+
+@pytest.fixture(scope="module")
+def v1_download(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A v1 S2+S1 archive unpacked (``root``) and as the two downloads' tars in one folder (``tars``)."""
+    base = tmp_path_factory.mktemp("v1tar")
+    root = base / "root"
+    synth_archive(root, 48, seed=5, workers=1, s1=True)
+    tars = base / "tars"
+    tars.mkdir()
+    _tar(root / "BigEarthNet-v1.0", tars / "BigEarthNet-S2-v1.0.tar")
+    _tar(root / "BigEarthNet-S1-v1.0", tars / "BigEarthNet-S1-v1.0.tar")
+    return {"root": root, "tars": tars}
+
+
+def test_v1_tars_in_a_folder_give_the_store_of_the_unpacked_archive(v1_download: dict[str, Path],
+                                                                      tmp_path: Path) -> None:
+    unpacked = ingest(v1_download["root"], tmp_path / "folders.zarr", workers=1, shard_size=16)
+    packed = ingest(v1_download["tars"], tmp_path / "tars.zarr", workers=2, shard_size=16)  # 3 shards, 2 processes
+    assert packed.modalities == unpacked.modalities == ["s2", "s1"] and packed.n_patches == 48
+    assert_same_arrays(tmp_path / "folders.zarr", tmp_path / "tars.zarr")
+    assert open_store(tmp_path / "tars.zarr").attrs["ingest"]["archive"] == str(v1_download["tars"].resolve())
+
+
+def test_a_tar_file_is_an_archive_and_the_cli_reads_it(v1_download: dict[str, Path], tmp_path: Path) -> None:
+    tar = v1_download["tars"] / "BigEarthNet-S2-v1.0.tar"
+    done = run_cli("ingest", tar, tmp_path / "s2.zarr", "--workers", "1", "--shard-size", "32")
+    assert done.returncode == 0, done.stderr
+    assert "48 patches of BigEarthNet v1 (s2) in 2 shards" in done.stdout
+    ingest(v1_download["root"] / "BigEarthNet-v1.0", tmp_path / "s2-folders.zarr", workers=1, shard_size=32)
+    assert_same_arrays(tmp_path / "s2.zarr", tmp_path / "s2-folders.zarr")
+
+
+def test_v2_tars_and_parquet_give_the_store_of_the_unpacked_archive(synth_v2_archive: Path, tmp_path: Path) -> None:
+    tars = tmp_path / "reBEN"
+    tars.mkdir()
+    for entry in synth_v2_archive.iterdir():
+        if entry.is_dir():
+            _tar(entry, tars / f"{entry.name}.tar")
+        elif entry.suffix == ".parquet":
+            shutil.copy(entry, tars / entry.name)
+    ingest(synth_v2_archive, tmp_path / "folders.zarr", workers=1)
+    result = ingest(tars, tmp_path / "tars.zarr", workers=1)
+    assert set(result.modalities) == {"s2", "s1", "reference-map"}
+    assert_same_arrays(tmp_path / "folders.zarr", tmp_path / "tars.zarr")
+
+
+def test_compressed_tarballs_are_refused_with_the_command_that_decompresses_them(v1_download: dict[str, Path],
+                                                                                tmp_path: Path) -> None:
+    tar = v1_download["tars"] / "BigEarthNet-S2-v1.0.tar"
+    packed = tmp_path / "dl" / "BigEarthNet-S2-v1.0.tar.gz"
+    packed.parent.mkdir()
+    with open(tar, "rb") as source, gzip.open(packed, "wb", compresslevel=1) as target:
+        shutil.copyfileobj(source, target)
+    done = run_cli("ingest", packed, tmp_path / "a.zarr")
+    assert done.returncode == 1 and done.stderr.count("\n") == 1
+    assert "gzip-compressed" in done.stderr and "gunzip -k BigEarthNet-S2-v1.0.tar.gz" in done.stderr
+    done = run_cli("ingest", packed.parent, tmp_path / "b.zarr")  # a folder of the downloads, still packed
+    assert done.returncode == 1 and "compressed tarballs (BigEarthNet-S2-v1.0.tar.gz): decompress" in done.stderr
+    shutil.copy(tar, packed.parent / tar.name)  # decompressed beside it: the .tar is read, the .gz left alone
+    assert run_cli("ingest", packed.parent, tmp_path / "c.zarr", "--workers", "1").returncode == 0
+    assert not (tmp_path / "a.zarr").exists() and not (tmp_path / "b.zarr").exists()
+
+
+def test_a_truncated_or_foreign_tar_is_one_error_and_writes_nothing(v1_download: dict[str, Path],
+                                                                    tmp_path: Path) -> None:
+    cut = tmp_path / "cut.tar"
+    shutil.copy(v1_download["tars"] / "BigEarthNet-S2-v1.0.tar", cut)
+    with open(cut, "r+b") as handle:
+        handle.truncate(cut.stat().st_size // 2)
+    with pytest.raises(NotAnArchiveError, match="the tar ends early .* truncated download"):
+        ingest(cut, tmp_path / "a.zarr", workers=1)
+    junk = tmp_path / "junk.tar"
+    junk.write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(NotAnArchiveError, match="not a readable tar file"):
+        ingest(junk, tmp_path / "b.zarr", workers=1)
+    assert not (tmp_path / "a.zarr").exists() and not (tmp_path / "b.zarr").exists()
+
+
+def test_a_damaged_member_is_a_bad_patch_named_like_a_damaged_file(v1_download: dict[str, Path],
+                                                                    tmp_path: Path) -> None:
+    root = tmp_path / "BigEarthNet-v1.0"
+    shutil.copytree(v1_download["root"] / "BigEarthNet-v1.0", root)
+    name = sorted(p.name for p in root.iterdir())[3]
+    band = root / name / f"{name}_B04.tif"
+    band.write_bytes(band.read_bytes()[:300])  # truncated GeoTIFF
+    (root / sorted(p.name for p in root.iterdir())[7] / f"{sorted(p.name for p in root.iterdir())[7]}_B8A.tif").unlink()
+    tar = _tar(root, tmp_path / "damaged.tar")
+    from_tar = ingest(tar, tmp_path / "t.zarr", workers=1)
+    _files.unmount_all()
+    from_folder = ingest(root, tmp_path / "f.zarr", workers=1)
+    assert from_tar.failed == from_folder.failed and len(from_tar.failed) == 2
+    assert "unreadable GeoTIFF" in from_tar.failed[name] and "missing band file" in "".join(from_tar.failed.values())
+
+
+def test_members_are_found_through_hard_links_and_dot_prefixes(tmp_path: Path) -> None:
+    folder = tmp_path / "d"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "a.txt").write_bytes(b"alpha")
+    tar = tmp_path / "links.tar"
+    with tarfile.open(tar, "w", format=tarfile.GNU_FORMAT) as out:
+        out.add(folder / "sub" / "a.txt", arcname="./d/sub/a.txt")
+        link = tarfile.TarInfo("d/sub/b.txt")
+        link.type, link.linkname = tarfile.LNKTYPE, "./d/sub/a.txt"
+        out.addfile(link)
+    assert _files.mount(tar) == [str(tar)]
+    assert _files.is_dir(tar) and _files.is_dir(tar / "d" / "sub") and not _files.is_dir(tar / "d" / "sub" / "a.txt")
+    assert sorted(_files.listdir(tar / "d" / "sub")) == [("a.txt", False), ("b.txt", False)]
+    assert _files.read_bytes(tar / "d" / "sub" / "b.txt") == b"alpha"
+    with pytest.raises(FileNotFoundError):
+        _files.read_bytes(tar / "d" / "sub" / "c.txt")
+    exported = _files.export([tar / "d"])
+    _files.unmount_all()
+    _files.install(exported)  # what an ingest worker does: the byte ranges, without indexing again
+    assert _files.read_bytes(tar / "d" / "sub" / "a.txt") == b"alpha" and _files.exists(tar / "d" / "sub" / "b.txt")
