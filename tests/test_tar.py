@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benzarr.errors import NotAnArchiveError
+from benzarr.errors import ArchiveNotFoundError, NotAnArchiveError
 from benzarr.ingest import ingest
 from benzarr.sources import _files
 from benzarr.store import open_store
@@ -150,3 +150,22 @@ def test_members_are_found_through_hard_links_and_dot_prefixes(tmp_path: Path) -
     _files.unmount_all()
     _files.install(exported)  # what an ingest worker does: the byte ranges, without indexing again
     assert _files.read_bytes(tar / "d" / "sub" / "a.txt") == b"alpha" and _files.exists(tar / "d" / "sub" / "b.txt")
+
+
+def test_the_real_example_patches_read_from_their_tar_equal_the_unpacked_ones(real_s2_archive: Path,
+                                                                              tmp_path: Path) -> None:
+    """bigearthnet-common's six real S2 patches: its .tar.bz2 decompressed to a .tar (as a user
+    would the download) and a folder inside it given as ARCHIVE."""
+    import bz2
+    from importlib import resources
+
+    tar = tmp_path / "BigEarthNet-S2-Example.tar"
+    member = resources.files("bigearthnet_common").joinpath("BigEarthNet-S2-Example.tar.bz2")
+    with resources.as_file(member) as path, bz2.open(path, "rb") as source, open(tar, "wb") as target:
+        shutil.copyfileobj(source, target)
+    from_tar = ingest(tar / "BigEarthNet-S2-Example", tmp_path / "t.zarr", workers=1)
+    from_folder = ingest(real_s2_archive, tmp_path / "f.zarr", workers=1)
+    assert from_tar.n_patches == from_folder.n_patches == 6 and not from_tar.failed
+    assert_same_arrays(tmp_path / "t.zarr", tmp_path / "f.zarr")
+    with pytest.raises(ArchiveNotFoundError, match="no such folder in the tar"):
+        ingest(tar / "Nothing-Here", tmp_path / "n.zarr", workers=1)

@@ -145,6 +145,10 @@ def check_archive_folder(path: Path) -> None:
         ArchiveNotFoundError, NotAnArchiveError (also a compressed tarball, naming the command
         that decompresses it), FileSystemError.
     """
+    if _files.mount_enclosing(path):  # a folder inside a tar: downloads/X.tar/BigEarthNet-v1.0
+        if not _files.is_dir(path):
+            raise ArchiveNotFoundError(f"{path}: no such folder in the tar")
+        return
     try:
         os.stat(path)
     except FileNotFoundError:

@@ -197,6 +197,26 @@ def mount(path: str | Path) -> list[str]:
     return mounted
 
 
+def mount_enclosing(path: str | Path) -> str | None:
+    """Mount the tar file that ``path`` lies inside (``downloads/X.tar/BigEarthNet-v1.0``), if
+    any; returns the tar's path.
+
+    Raises:
+        NotAnArchiveError: that tar is compressed or unreadable.
+    """
+    probe = os.path.dirname(os.path.abspath(path))
+    while not os.path.lexists(probe):  # a path through a file does not exist for the OS
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            return None
+        probe = parent
+    if os.path.isfile(probe) and is_tar_name(probe):
+        check_not_compressed(probe)
+        mount(probe)
+        return probe
+    return None
+
+
 _INDEXES: dict[tuple[str, int, int], TarIndex] = {}
 
 
