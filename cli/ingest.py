@@ -16,7 +16,8 @@ from benzarr_cli._common import console, count, err_console, progress_bar, stora
 
 def command(
     archive: Path = typer.Argument(..., help="v1 folder of patch folders (or the folder holding BigEarthNet-v1.0/ "
-                                   "and BigEarthNet-S1-v1.0/), or a v2 root with metadata.parquet."),
+                                   "and BigEarthNet-S1-v1.0/), or a v2 root with metadata.parquet; folders may be "
+                                   "uncompressed .tar files, read in place (BigEarthNet-S2-v1.0.tar)."),
     store: str = typer.Argument(..., help="Where to write the Zarr store: a path or an s3:// URL."),
     workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Reader processes (default: all cores)."),
     shard_size: int = typer.Option(DEFAULT_SHARD_SIZE, "--shard-size", help="Patches per shard (power of two)."),
