@@ -76,6 +76,7 @@ def _summary(result: TrainResult, monitor: str) -> None:
 
 
 def command(
+    ctx: typer.Context,
     store: str = typer.Argument(..., help="Path of a benzarr store."),
     split: str = typer.Option(..., "--split", help="Split name in the store (benzarr split)."),
     model: str = typer.Option(D.model, "--model", help="Model name (benzarr models)."),
@@ -97,7 +98,7 @@ def command(
                                  "bands reach 120x120 (the official reBEN models: nearest)."),
     align_corners: bool = typer.Option(D.align_corners, "--align-corners/--no-align-corners",
                                        help="F.interpolate's align_corners for bilinear and bicubic (ConfigILM's: --align-corners)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help=f"Seed of weights and data order (default: {D.seed})."),
+    seed: int = typer.Option(D.seed, "--seed", help="Seed of weights and data order."),
     seeds: Optional[str] = typer.Option(None, "--seeds", help="Several seeds, e.g. 0,1,2: runs into OUT/seed-<s>/."),
     workers: int = typer.Option(D.workers, "--workers", help="DataLoader worker processes (per process)."),
     loader_timeout: float = typer.Option(D.loader_timeout, "--loader-timeout", metavar="SECONDS",
@@ -126,9 +127,10 @@ def command(
     """
     from benzarr.train import default_out, train, train_seeds  # torch: only when training
 
-    if seed is not None and seeds is not None:
+    source = ctx.get_parameter_source("seed")
+    given = source is not None and source.name == "COMMANDLINE"
+    if given and seeds is not None:
         raise InvalidArgumentError(f"give --seed or --seeds, not both (--seed {seed} --seeds {seeds})")
-    seed = D.seed if seed is None else seed
     cfg = TrainConfig(
         store=store, split=split, model=model, labels=labels, bands=bands, modalities=modalities,
         epochs=epochs, batch_size=batch_size, lr=lr, optim=optim, momentum=momentum, weight_decay=weight_decay,
