@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import gzip
+import io
 import shutil
 import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from benzarr.errors import ArchiveNotFoundError, NotAnArchiveError
 from benzarr.ingest import ingest
@@ -169,3 +172,37 @@ def test_the_real_example_patches_read_from_their_tar_equal_the_unpacked_ones(re
     assert_same_arrays(tmp_path / "t.zarr", tmp_path / "f.zarr")
     with pytest.raises(ArchiveNotFoundError, match="no such folder in the tar"):
         ingest(tar / "Nothing-Here", tmp_path / "n.zarr", workers=1)
+
+
+_NAME = st.text(alphabet=st.characters(codec="utf-8", exclude_characters="/\x00", exclude_categories=("Cs", "Cc")),
+                min_size=1, max_size=60).filter(lambda n: n not in (".", ".."))
+
+
+@settings(max_examples=40, deadline=None)
+@given(tree=st.lists(st.tuples(st.lists(_NAME, min_size=1, max_size=5), st.integers(0, 3000), st.booleans()),
+                     min_size=1, max_size=12),
+       tar_format=st.sampled_from([tarfile.GNU_FORMAT, tarfile.PAX_FORMAT, tarfile.USTAR_FORMAT]),
+       links=st.booleans())
+def test_the_header_scanner_reads_what_tarfile_reads(tmp_path_factory: pytest.TempPathFactory,
+                                                      tree: list, tar_format: int, links: bool) -> None:
+    """Any names (long, non-ASCII, nested), sizes, folders and hard links, in the ustar, GNU and
+    pax formats: the fast scanner gives tarfile's members, offsets and sizes exactly."""
+    path = tmp_path_factory.mktemp("fmt") / "t.tar"
+    try:
+        with tarfile.open(path, "w", format=tar_format) as out:
+            for parts, size, folder in tree:
+                info = tarfile.TarInfo("/".join(parts))
+                if folder:
+                    info.type = tarfile.DIRTYPE
+                    out.addfile(info)
+                else:
+                    info.size = size
+                    out.addfile(info, io.BytesIO(bytes(size)))
+            if links:
+                link = tarfile.TarInfo("linked/" + "/".join(tree[0][0]))
+                link.type, link.linkname = tarfile.LNKTYPE, "/".join(tree[0][0])
+                out.addfile(link)
+    except ValueError:  # a name ustar cannot hold
+        assume(False)
+    assert list(_files.scan_headers(str(path))) == list(_files.tarfile_members(str(path)))
+    assert _files.TarIndex.build(str(path)).dirs == _files.TarIndex.build(str(path), _files.tarfile_members).dirs
