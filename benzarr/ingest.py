@@ -25,7 +25,7 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -554,8 +554,7 @@ def _ingest_locked(found: Archive, names: list[str], missing: list[str], n_exclu
     shard_refs_of = {s: refs[s * shard_size:(s + 1) * shard_size] for s in shards}
     if on_start:
         on_start(sum(map(len, shard_refs_of.values())))
-    tasks = [(s, shard_refs_of[s], s * shard_size, _files.export(_ref_paths(shard_refs_of[s])))
-             for s in shards if not done[s]]
+    tasks = [(s, shard_refs_of[s], s * shard_size) for s in shards if not done[s]]
     if on_progress and any(done[s] for s in shards):
         on_progress(sum(len(shard_refs_of[s]) for s in shards if done[s]))
 
@@ -600,36 +599,55 @@ def _open_part(store_path: str, params: dict[str, Any], part: tuple[int, int],
     return store
 
 
-def _ref_paths(refs: Sequence[PatchRef]) -> list[str | None]:
-    """The folders and files the refs' patches are read from."""
-    return [path for ref in refs for path in (ref.s2_dir, ref.s1_dir, ref.reference_map)]
+def _archive_files(refs: Sequence[PatchRef]) -> dict[str, Any] | None:
+    """Where the refs' files lie in the archive's tars (:func:`benzarr.sources._files.export`),
+    None for folders. Made as each task is handed out, so memory holds a few shards' worth."""
+    return _files.export([path for ref in refs for path in (ref.s2_dir, ref.s1_dir, ref.reference_map)])
 
 
-def _run_shards(tasks: list[tuple[int, Sequence[PatchRef], int, Any]], common: tuple[Any, ...],
+#: Shard tasks handed to the pool ahead of the free workers (each holds its refs and byte ranges).
+TASKS_AHEAD_PER_WORKER = 2
+
+
+def _run_shards(tasks: list[tuple[int, Sequence[PatchRef], int]], common: tuple[Any, ...],
                 finished: Callable[[Sequence[PatchRef], dict[str, str]], None], runner: ShardRunner | None,
                 workers: int, store_path: str, strict: bool) -> None:
     """Run :func:`ingest_shard` on ``tasks`` (``runner``, this process, or a spawn pool of
     ``workers``), calling ``finished`` as each shard ends."""
     if runner is not None:  # another executor (a Dask cluster) runs the same ingest_shard
-        calls = [(*common, shard, shard_refs, start, strict, files) for shard, shard_refs, start, files in tasks]
+        calls = [(*common, shard, shard_refs, start, strict, _archive_files(shard_refs))
+                 for shard, shard_refs, start in tasks]
         for index, failed in runner(ingest_shard, calls):
             finished(tasks[index][1], failed)
     elif workers == 1 or len(tasks) <= 1:
-        for shard, shard_refs, start, files in tasks:
-            finished(shard_refs, ingest_shard(*common, shard, shard_refs, start, strict, files))
+        for shard, shard_refs, start in tasks:
+            finished(shard_refs, ingest_shard(*common, shard, shard_refs, start, strict, _archive_files(shard_refs)))
     else:
         # spawn: zarr keeps an event-loop thread that a forked child must not inherit.
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=context,
                                  initializer=_worker_init) as pool:
-            futures = {pool.submit(ingest_shard, *common, shard, shard_refs, start, strict, files): shard_refs
-                       for shard, shard_refs, start, files in tasks}
+            waiting = iter(tasks)
+            futures: dict[Any, Sequence[PatchRef]] = {}
+
+            def hand_out() -> None:  # a few tasks ahead of the workers, not all: bounded memory
+                task = next(waiting, None)
+                if task is not None:
+                    shard, shard_refs, start = task
+                    future = pool.submit(ingest_shard, *common, shard, shard_refs, start, strict,
+                                         _archive_files(shard_refs))
+                    futures[future] = shard_refs
+
+            for _ in range(min(workers, len(tasks)) * TASKS_AHEAD_PER_WORKER):
+                hand_out()
             pending = set(futures)
             try:
                 while pending:
-                    complete, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                    complete, pending = wait(pending, return_when=FIRST_COMPLETED)
                     for future in complete:
-                        finished(futures[future], future.result())
+                        finished(futures.pop(future), future.result())
+                        hand_out()
+                    pending = set(futures)
             except BrokenProcessPool:
                 raise StoreIncompleteError(
                     f"{store_path}: an ingest worker died; finished shards are kept, "

@@ -188,7 +188,7 @@ def scan_headers(path: str) -> Iterator[Member]:
                 recorded, size = _number(header[148:156]), _number(header[124:136])
             except ValueError:
                 raise tarfile.ReadError("invalid header") from None
-            if recorded not in (_checksum(header), _checksum(header, signed=True)):
+            if recorded != _checksum(header) and recorded != _checksum(header, signed=True):
                 raise tarfile.ReadError("invalid header (bad checksum)")
             kind = header[156:157]
             data = position + 512
