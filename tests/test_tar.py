@@ -55,7 +55,7 @@ def v1_download(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def test_v1_tars_in_a_folder_give_the_store_of_the_unpacked_archive(v1_download: dict[str, Path],
                                                                       tmp_path: Path) -> None:
-    unpacked = ingest(v1_download["root"], tmp_path / "folders.zarr", workers=1, shard_size=16)
+    unpacked = ingest(v1_download["root"], tmp_path / "folders.zarr", workers=1, shard_size=4)
     # 12 shards for 2 processes: tasks are handed out a few at a time, each with its byte ranges
     packed = ingest(v1_download["tars"], tmp_path / "tars.zarr", workers=2, shard_size=4)
     assert packed.modalities == unpacked.modalities == ["s2", "s1"] and packed.n_patches == 48
