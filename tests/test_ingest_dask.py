@@ -131,6 +131,24 @@ def test_tcp_cluster_store_equals_process_pool(cluster: Cluster, bad_archive: tu
     assert_same_bytes(store, pool_store)
 
 
+def test_a_tar_archive_on_the_cluster_gives_the_store_of_its_folder(cluster: Cluster, bad_archive: tuple[Path, str],
+                                                                   pool_store: Path, tmp_path: Path) -> None:
+    """Dask workers read the shards' files out of the tar with the byte ranges their tasks carry."""
+    import tarfile
+
+    archive, name = bad_archive
+    tar = tmp_path / "archive.tar"
+    with tarfile.open(tar, "w", format=tarfile.GNU_FORMAT) as out:
+        out.add(archive, arcname="BigEarthNet-v1.0")
+    store = tmp_path / "tar.zarr"
+    done = run_cli("ingest", tar, store, "--shard-size", SHARD, "--scheduler", cluster.address)
+    assert done.returncode == 3, done.stderr
+    assert f"bad patch {name}: {name}_B04.tif: unreadable GeoTIFF" in done.stderr
+    from_tar, from_folder = all_arrays(store), all_arrays(pool_store)
+    assert sorted(from_tar) == sorted(from_folder)
+    assert all(np.array_equal(from_tar[k], from_folder[k]) for k in from_tar)
+
+
 def test_strict_stops_at_the_bad_patch(cluster: Cluster, bad_archive: tuple[Path, str], tmp_path: Path) -> None:
     archive, name = bad_archive
     with pytest.raises(BadPatchError, match=name) as raised:  # raised on a worker, re-raised here
