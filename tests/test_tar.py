@@ -8,7 +8,6 @@ import shutil
 import tarfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
@@ -18,7 +17,7 @@ from benzarr.ingest import ingest
 from benzarr.sources import _files
 from benzarr.store import open_store
 from benzarr.synth import synth_archive
-from tests.test_ingest import all_arrays, run_cli
+from tests.test_ingest import assert_stores_equal, run_cli
 
 
 @pytest.fixture(autouse=True)
@@ -31,13 +30,6 @@ def _tar(folder: Path, target: Path) -> Path:
     with tarfile.open(target, "w", format=tarfile.GNU_FORMAT) as tar:
         tar.add(folder, arcname=folder.name)
     return target
-
-
-def assert_same_arrays(a: Path, b: Path) -> None:
-    left, right = all_arrays(a), all_arrays(b)
-    assert sorted(left) == sorted(right)
-    for name in left:
-        assert np.array_equal(left[name], right[name]), name
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +51,7 @@ def test_v1_tars_in_a_folder_give_the_store_of_the_unpacked_archive(v1_download:
     # 12 shards for 2 processes: tasks are handed out a few at a time, each with its byte ranges
     packed = ingest(v1_download["tars"], tmp_path / "tars.zarr", workers=2, shard_size=4)
     assert packed.modalities == unpacked.modalities == ["s2", "s1"] and packed.n_patches == 48
-    assert_same_arrays(tmp_path / "folders.zarr", tmp_path / "tars.zarr")
+    assert_stores_equal(tmp_path / "folders.zarr", tmp_path / "tars.zarr")
     assert open_store(tmp_path / "tars.zarr").attrs["ingest"]["archive"] == str(v1_download["tars"].resolve())
 
 
@@ -69,7 +61,7 @@ def test_a_tar_file_is_an_archive_and_the_cli_reads_it(v1_download: dict[str, Pa
     assert done.returncode == 0, done.stderr
     assert "48 patches of BigEarthNet v1 (s2) in 2 shards" in done.stdout
     ingest(v1_download["root"] / "BigEarthNet-v1.0", tmp_path / "s2-folders.zarr", workers=1, shard_size=32)
-    assert_same_arrays(tmp_path / "s2.zarr", tmp_path / "s2-folders.zarr")
+    assert_stores_equal(tmp_path / "s2.zarr", tmp_path / "s2-folders.zarr")
 
 
 def test_v2_tars_and_parquet_give_the_store_of_the_unpacked_archive(synth_v2_archive: Path, tmp_path: Path) -> None:
@@ -83,7 +75,7 @@ def test_v2_tars_and_parquet_give_the_store_of_the_unpacked_archive(synth_v2_arc
     ingest(synth_v2_archive, tmp_path / "folders.zarr", workers=1)
     result = ingest(tars, tmp_path / "tars.zarr", workers=1)
     assert set(result.modalities) == {"s2", "s1", "reference-map"}
-    assert_same_arrays(tmp_path / "folders.zarr", tmp_path / "tars.zarr")
+    assert_stores_equal(tmp_path / "folders.zarr", tmp_path / "tars.zarr")
 
 
 def test_compressed_tarballs_are_refused_with_the_command_that_decompresses_them(v1_download: dict[str, Path],
@@ -170,7 +162,7 @@ def test_the_real_example_patches_read_from_their_tar_equal_the_unpacked_ones(re
     from_tar = ingest(tar / "BigEarthNet-S2-Example", tmp_path / "t.zarr", workers=1)
     from_folder = ingest(real_s2_archive, tmp_path / "f.zarr", workers=1)
     assert from_tar.n_patches == from_folder.n_patches == 6 and not from_tar.failed
-    assert_same_arrays(tmp_path / "t.zarr", tmp_path / "f.zarr")
+    assert_stores_equal(tmp_path / "t.zarr", tmp_path / "f.zarr")
     with pytest.raises(ArchiveNotFoundError, match="no such folder in the tar"):
         ingest(tar / "Nothing-Here", tmp_path / "n.zarr", workers=1)
 
