@@ -640,21 +640,19 @@ def _run_shards(tasks: list[tuple[int, Sequence[PatchRef], int]], common: tuple[
 
             for _ in range(min(workers, len(tasks)) * TASKS_AHEAD_PER_WORKER):
                 hand_out()
-            pending = set(futures)
             try:
-                while pending:
-                    complete, pending = wait(pending, return_when=FIRST_COMPLETED)
+                while futures:
+                    complete, _ = wait(set(futures), return_when=FIRST_COMPLETED)
                     for future in complete:
                         finished(futures.pop(future), future.result())
                         hand_out()
-                    pending = set(futures)
             except BrokenProcessPool:
                 raise StoreIncompleteError(
                     f"{store_path}: an ingest worker died; finished shards are kept, "
                     "run the same command again to resume"
                 ) from None
             except BaseException:
-                for future in pending:
+                for future in futures:
                     future.cancel()
                 raise
 
