@@ -199,3 +199,16 @@ def test_the_header_scanner_reads_what_tarfile_reads(tmp_path_factory: pytest.Te
         assume(False)
     assert list(_files.scan_headers(str(path))) == list(_files.tarfile_members(str(path)))
     assert _files.TarIndex.build(str(path)).dirs == _files.TarIndex.build(str(path), _files.tarfile_members).dirs
+
+
+def test_a_tar_beside_its_unpacked_folder_is_not_indexed(v1_download: dict[str, Path], tmp_path: Path) -> None:
+    both = tmp_path / "both"
+    shutil.copytree(v1_download["root"] / "BigEarthNet-v1.0", both / "BigEarthNet-v1.0")
+    shutil.copy(v1_download["tars"] / "BigEarthNet-S2-v1.0.tar", both)
+    assert _files.mount(both) == [] and not _files._INDEXES  # the real folder is read; the tar is left alone
+    assert ingest(both, tmp_path / "s.zarr", workers=1).n_patches == 48
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "x.tar").write_bytes(b"\x01" * 1024)
+    with pytest.raises(NotAnArchiveError, match="x.tar: not a readable tar file"):
+        _files.mount(broken)  # an unreadable tar is still reported, not skipped

@@ -311,6 +311,9 @@ def mount(path: str | Path) -> list[str]:
     with os.scandir(root) as entries:  # plain tars only: a .tar.gz beside its .tar is the download
         tars = sorted(e.path for e in entries if e.name.lower().endswith(".tar") and e.is_file())
     for tar_path in tars:
+        top = _first_top(tar_path)
+        if top and os.path.lexists(os.path.join(root, top)):
+            continue  # unpacked beside it (a real folder wins): no need to index the tar
         index = _index(tar_path)
         for top, where in index.dirs.get("", {}).items():
             virtual = os.path.join(root, top)
@@ -318,6 +321,15 @@ def mount(path: str | Path) -> list[str]:
                 _MOUNTS[virtual] = (index, top)
         mounted.append(tar_path)
     return mounted
+
+
+def _first_top(tar_path: str) -> str:
+    """The top-level name of a tar's first member ("" when it has none or is unreadable)."""
+    try:
+        first = next(scan_headers(tar_path), None)
+    except (tarfile.ReadError, OSError):
+        return ""
+    return _clean(first[0]).split("/", 1)[0] if first else ""
 
 
 def mount_enclosing(path: str | Path) -> str | None:
