@@ -73,6 +73,8 @@ from _common import RESULTS_DIR, endless, machine_info, print_table, versions, w
 
 import torch  # noqa: E402
 
+#: The CPUs this process may use when it starts (restored after the ``pin`` variant).
+CPUS = frozenset(os.sched_getaffinity(0))
 #: Bytes of one full 12-band native uint16 patch.
 NATIVE_BYTES = 160_000
 SPLIT = "s"
@@ -201,6 +203,27 @@ def close(*objects: Any) -> None:
         if obj is not None and hasattr(obj, "close"):
             with contextlib.suppress(Exception):
                 obj.close()
+
+
+def cpu_topology() -> dict[str, Any]:
+    """Sockets, cores and hyper-thread siblings as Linux sees them (``/sys``), for reading
+    how decoding scales with workers."""
+    out: dict[str, Any] = {"allowed": sorted(CPUS)}
+    siblings: set[str] = set()
+    cores: set[tuple[str, str]] = set()
+    for cpu in sorted(CPUS):
+        base = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        with contextlib.suppress(OSError):
+            siblings.add((base / "thread_siblings_list").read_text().strip())
+            cores.add(((base / "physical_package_id").read_text().strip(), (base / "core_id").read_text().strip()))
+    out["physical_cores"] = len(cores) or None
+    out["thread_siblings"] = sorted(siblings)
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("model name", "cpu MHz", "flags")):
+                key, _, value = line.partition(":")
+                out.setdefault(key.strip(), value.strip()[:300])
+    return out
 
 
 # -- the store -----------------------------------------------------------------------------
@@ -393,35 +416,174 @@ def fed(model: Trainee, batches: Iterator[Any], warmup: int, seconds: float) -> 
     return out
 
 
-def profile_fed(model: Trainee, batches: Iterator[Any], steps: int, trace: Path) -> dict[str, Any]:
+def interleaved(steps: dict[str, Callable[[], int]], device: torch.device, warmup: int, seconds: float,
+                rounds: int) -> dict[str, dict[str, Any]]:
+    """Patches/s of each of ``steps`` measured in ``rounds`` alternating slices of
+    ``seconds / rounds`` each (A, B, A, B, ...), so that a drift of the GPU's speed over
+    the run (its clocks moved by up to 20% within one run on the H200) falls on all of them
+    alike. ``warmup`` calls of each before its first slice, one before every later slice."""
+    totals = {name: {"patches": 0, "seconds": 0.0, "steps": 0, "slices": []} for name in steps}
+    for r in range(rounds):
+        for name, step in steps.items():
+            run = timed(step, device, warmup if r == 0 else 1, seconds / rounds)
+            t = totals[name]
+            t["patches"] += run["patches"]
+            t["seconds"] += run["seconds"]
+            t["steps"] += run["steps"]
+            t["slices"].append(run["patches_per_s"])
+    for t in totals.values():
+        t["patches_per_s"] = round(t["patches"] / t["seconds"], 1)
+        t["seconds"] = round(t["seconds"], 3)
+    return totals
+
+
+def fed_against_ceiling(model: Trainee, sources: dict[str, Iterator[Any]], batch: int, warmup: int,
+                        seconds: float, rounds: int) -> dict[str, Any]:
+    """The ceiling step and the step fed by each of ``sources`` (name -> batches), interleaved
+    (:func:`interleaved`); ``next_ms``: mean host time per fed step spent in ``next()``."""
+    x = torch.randn(batch, model.channels, 120, 120, device=model.device)
+    y = (torch.rand(batch, 43, device=model.device) < 0.07).float()
+    host: dict[str, list[float]] = {name: [] for name in sources}
+
+    def feeder(name: str, batches: Iterator[Any]) -> Callable[[], int]:
+        def step() -> int:
+            t = time.perf_counter()
+            b = next(batches)
+            host[name].append(time.perf_counter() - t)
+            return model.step(b["image"], b["label"])
+        return step
+
+    steps: dict[str, Callable[[], int]] = {"ceiling": lambda: model.step(x, y)}
+    steps.update({name: feeder(name, batches) for name, batches in sources.items()})
+    runs = interleaved(steps, model.device, warmup, seconds, rounds)
+    out: dict[str, Any] = {"ceiling": runs["ceiling"]["patches_per_s"], "ceiling_run": runs.pop("ceiling")}
+    for name, run in runs.items():
+        timed_host = host[name][-run["steps"]:]
+        run["next_ms"] = round(1e3 * sum(timed_host) / max(len(timed_host), 1), 3)
+        run["step_ms"] = round(1e3 * run["seconds"] / max(run["steps"], 1), 3)
+        out[name] = run
+    return out
+
+
+def profile_fed(model: Trainee, batches: Iterator[Any] | None, steps: int, trace: Path,
+                batch: int = 256) -> dict[str, Any]:
     """A ``torch.profiler`` trace of ``steps`` fed steps (after two untimed ones), written as a
     Chrome trace to ``trace`` (open it in chrome://tracing or Perfetto); returns the 15 ops
-    with the most self time on the device (CUDA) or host (CPU)."""
+    with the most self time on the device (CUDA) or host (CPU), ``busy_ms_per_step`` (the
+    device's summed self time a step: kernels and copies) and ``wall_ms_per_step``. With
+    ``batches`` None it profiles the ceiling's step (one random batch on the device)."""
     from torch.profiler import ProfilerActivity, profile
+
+    if batches is None:
+        x = torch.randn(batch, model.channels, 120, 120, device=model.device)
+        y = (torch.rand(batch, 43, device=model.device) < 0.07).float()
+
+        def one() -> None:
+            model.step(x, y)
+    else:
+        def one() -> None:
+            b = next(batches)
+            model.step(b["image"], b["label"])
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if model.device.type == "cuda" else [])
     for _ in range(2):
-        b = next(batches)
-        model.step(b["image"], b["label"])
+        one()
     synchronize(model.device)
     with profile(activities=activities) as prof:
+        t = time.perf_counter()
         for _ in range(steps):
-            b = next(batches)
-            model.step(b["image"], b["label"])
+            one()
         synchronize(model.device)
+        wall = time.perf_counter() - t
     trace.parent.mkdir(parents=True, exist_ok=True)
     prof.export_chrome_trace(str(trace))
     on_device = model.device.type == "cuda"
     key = "self_device_time_total" if on_device else "self_cpu_time_total"
     rows = []
+    busy = 0.0
     for e in prof.key_averages():
         us = getattr(e, key, None)
         if us is None and on_device:
             us = getattr(e, "self_cuda_time_total", 0.0)
+        busy += us or 0.0
         rows.append({"op": e.key, "calls": e.count, "self_us_per_step": round((us or 0.0) / steps, 1),
                      "host_us_per_step": round(e.self_cpu_time_total / steps, 1)})
     rows.sort(key=lambda r: r["self_us_per_step"], reverse=True)
-    return {"trace": str(trace), "steps": steps, "timeline": "device" if on_device else "host", "top_ops": rows[:15]}
+    return {"trace": str(trace), "steps": steps, "timeline": "device" if on_device else "host",
+            "busy_ms_per_step": round(busy / steps / 1e3, 3), "wall_ms_per_step": round(1e3 * wall / steps, 3),
+            "of": "ceiling" if batches is None else "fed", "top_ops": rows[:15]}
+
+
+# -- variants of the fed loop (A/B of a candidate change, on the same store and run) -----
+
+
+class ThreadFed:
+    """Batches of ``batches`` taken by a background thread, ``depth`` ahead (variant
+    ``thread``): the loader's host work (the ring's bookkeeping, the copy and transform
+    launches) runs beside the training loop's. On CUDA the thread works on its own stream;
+    each batch carries an event the consumer's stream waits on."""
+
+    def __init__(self, batches: Iterator[Any], device: torch.device, depth: int = 2) -> None:
+        import queue
+        import threading
+
+        self.queue: Any = queue.Queue(depth)
+        self.stop = threading.Event()
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self.batches = batches
+        self.thread = threading.Thread(target=self._run, daemon=True, name="gpu-feed-thread")
+        self.thread.start()
+
+    def _put(self, item: Any) -> bool:
+        import queue
+
+        while not self.stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        stream = torch.cuda.Stream(self.device) if self.cuda else None
+        try:
+            with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+                for batch in self.batches:
+                    event = None
+                    if stream is not None:
+                        event = torch.cuda.Event()
+                        event.record(stream)
+                    if not self._put((batch, event)):
+                        return
+        except BaseException as exc:  # handed to the consumer
+            self._put(exc)
+
+    def __iter__(self) -> "ThreadFed":
+        return self
+
+    def __next__(self) -> Any:
+        item = self.queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        batch, event = item
+        if event is not None:
+            current = torch.cuda.current_stream(self.device)
+            current.wait_event(event)
+            for value in batch.values():
+                if isinstance(value, torch.Tensor) and value.is_cuda:
+                    value.record_stream(current)
+        return batch
+
+    def close(self) -> None:
+        self.stop.set()
+        import queue
+
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self.queue.get_nowait()
+        self.thread.join(timeout=10)
 
 
 def trainer_rate(store: Path, name: str, workers: int, batch: int, epochs: int, device: torch.device,
@@ -478,12 +640,13 @@ def targets(payload: dict[str, Any]) -> list[dict[str, Any]]:
          "value": alone[8] / alone[4] if 8 in alone and 4 in alone else None, "goal": 1.8},
     ]
     models = [r for r in payload.get("models", []) if r.get("ratio") is not None]
+    ratio = lambda r: r["ratio"]  # noqa: E731  (fed and ceiling interleaved in the same row)
     for mode in MODES:
         for name in dict.fromkeys(r["model"] for r in models if r["mode"] == mode):
             rows = [r for r in models if r["mode"] == mode and r["model"] == name and r["workers"] <= 12]
-            best = max(rows, key=lambda r: r["ratio"])
+            best = max(rows, key=ratio)
             out.append({"target": f"{name} ({mode}) fed >= 0.95 of its ceiling with <= 12 workers "
-                                  f"(best: {best['workers']} workers)", "value": best["ratio"], "goal": 0.95})
+                                  f"(best: {best['workers']} workers)", "value": ratio(best), "goal": 0.95})
     for r in payload.get("trainer", []):
         out.append({"target": f"trainer {r['model']} ({r.get('mode')}) >= 0.9 of the bare fed loop, "
                               f"{r['workers']} workers", "value": r.get("vs_fed"), "goal": 0.9})
@@ -514,6 +677,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", default=None, help="comma-separated worker counts [0,4,8,12 / 0,2]")
     parser.add_argument("--modes", default=None, help="deterministic,fast [both / deterministic]")
     parser.add_argument("--ring-workers", default=None, help="worker counts of the raw ring rows [--workers]")
+    parser.add_argument("--fed-workers", default=None, help="worker counts of the fed model rows [--workers]")
     parser.add_argument("--seconds", type=float, default=None, help="timed slice per measurement [3 / 1]")
     parser.add_argument("--warmup", type=int, default=None, help="untimed batches before each slice [5 / 2]")
     parser.add_argument("--budget-s", type=float, default=None,
@@ -531,6 +695,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-steps", type=int, default=0,
                         help="with N > 0: a torch.profiler trace of N fed steps of the first model at the "
                              "first worker count, written beside --out as <stem>_trace.json [0]")
+    parser.add_argument("--variants", default="",
+                        help="comma-separated, each a loader of its own at the largest worker count, interleaved "
+                             "with the ceiling and the default fed loop: 'no-overlap' (the batch transform on the "
+                             "consumer's stream, DeviceLoader.overlap=False), 'thread' (batches taken by a "
+                             "background thread, ThreadFed) []")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternating slices of ceiling and fed steps per fed row (interleaved) [3]")
+    parser.add_argument("--cpu-ring-workers", default="",
+                        help="worker counts of raw ring rows decoded on the CPU and not copied (how decoding "
+                             "alone scales with workers on this machine) []")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "gpu_feed.json")
     args = parser.parse_args(argv)
 
@@ -543,6 +717,11 @@ def main(argv: list[str] | None = None) -> int:
     models = csv(pick(args.models, ",".join(GPU_MODELS), "shortcnn-all"))
     workers = csv(pick(args.workers, "0,4,8,12", "0,2"), int)
     ring_workers = csv(args.ring_workers, int) if args.ring_workers else workers
+    fed_workers = csv(args.fed_workers, int) if args.fed_workers else workers
+    variants = csv(args.variants) if args.variants else []
+    unknown_variants = [v for v in variants if v not in ("no-overlap", "thread")]
+    if unknown_variants:
+        parser.error(f"unknown variant {unknown_variants[0]!r}: use no-overlap, thread")
     modes = csv(pick(args.modes, ",".join(MODES), "deterministic"))
     seconds = pick(args.seconds, 3.0, 1.0)
     warmup = pick(args.warmup, 5, 2)
@@ -568,6 +747,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": torch.cuda.get_device_name(device) if cuda else "cpu",
         "batch_size": batch,
         "parameters": {"patches": n, "bands": 12, "compression": "lz4", "models": models, "workers": workers,
+                       "fed_workers": fed_workers, "variants": variants, "rounds": args.rounds,
                        "modes": modes, "seconds": seconds, "warmup_batches": warmup, "budget_s": args.budget_s,
                        "amp": "bfloat16 autocast" if amp else False, "channels_last": True,
                        "step": "SGD(lr=1e-3, momentum=0.9), BCEWithLogits on float32 logits",
@@ -579,6 +759,9 @@ def main(argv: list[str] | None = None) -> int:
         "transformed": [],
         "models": [],
         "trainer": [],
+        "variants": [],
+        "ring_cpu": [],
+        "cpu_topology": cpu_topology(),
     }
     rec = Recorder(args.out, payload, budget, log)
     log(f"device {payload['device']}, {cores} cores; writing {args.out} after every measurement")
@@ -616,6 +799,11 @@ def main(argv: list[str] | None = None) -> int:
             rec.measure("ring_raw", {"workers": w, "path": "RingLoader uint16, not copied"},
                         lambda w=w: ring_raw(store, device, batch, w, warmup, seconds, copy=False), slice_s, alarm_s)
 
+    for w in csv(args.cpu_ring_workers, int) if args.cpu_ring_workers else []:
+        rec.measure("ring_cpu", {"workers": w, "path": "RingLoader uint16 on the CPU, not copied"},
+                    lambda w=w: ring_raw(store, torch.device("cpu"), batch, w, warmup, seconds, copy=False),
+                    slice_s, alarm_s)
+
     # 3. models: ceiling and fed, per mode (deterministic first: the trainer's default)
     def model_rows(mode: str) -> None:
         set_mode(mode)
@@ -639,12 +827,13 @@ def main(argv: list[str] | None = None) -> int:
                     return {"transformed": r["patches_per_s"], "ceiling": ceilings[name],
                             "ratio": round(r["patches_per_s"] / ceilings[name], 3), "transformed_run": r}
                 rec.measure("transformed", {"model": name, "mode": mode}, run_transformed, slice_s, alarm_s)
-        for w in sorted(workers, reverse=True):  # the worker counts that matter most first
+        for w in sorted(fed_workers, reverse=True):  # the worker counts that matter most first
             if not any(name in trainees for name in models):
                 break
             state: dict[str, Any] = {}
+            with_variants = variants if w == max(fed_workers) else []
 
-            def open_loader(w: int = w) -> dict[str, Any]:
+            def open_loader(w: int = w, with_variants: list[str] = with_variants) -> dict[str, Any]:
                 from benzarr.data import make_loader
 
                 state["loader"] = make_loader(dataset(store), batch, shuffle=True, num_workers=w, seed=0,
@@ -652,7 +841,20 @@ def main(argv: list[str] | None = None) -> int:
                 state["batches"] = endless(state["loader"])
                 t = time.perf_counter()
                 next(state["batches"])
-                return {"first_batch_s": round(time.perf_counter() - t, 2)}
+                out = {"first_batch_s": round(time.perf_counter() - t, 2)}
+                state["variants"] = {}
+                for variant in with_variants:  # a loader of its own for each variant
+                    loader = make_loader(dataset(store), batch, shuffle=True, num_workers=w, seed=0,
+                                         device=device, drop_last=True)
+                    state.setdefault("variant_loaders", []).append(loader)
+                    batches: Any = endless(loader)
+                    if variant == "no-overlap":
+                        loader.overlap = False
+                    elif variant == "thread":
+                        batches = ThreadFed(batches, device)
+                    next(batches)
+                    state["variants"][variant] = batches
+                return out
             rec.measure("loaders", {"workers": w, "mode": mode}, open_loader, slice_s, alarm_s)
             if "batches" not in state:
                 continue
@@ -660,16 +862,28 @@ def main(argv: list[str] | None = None) -> int:
                 for name in models:
                     if name not in trainees:
                         continue
+
                     def run_fed(name: str = name) -> dict[str, Any]:
-                        r = fed(trainees[name], state["batches"], warmup, seconds)
-                        out = {"ceiling": ceilings[name], "fed": r["patches_per_s"],
-                               "ratio": round(r["patches_per_s"] / ceilings[name], 3),
-                               "next_ms": r["next_ms"], "step_ms": r["step_ms"], "fed_run": r}
+                        sources = {"fed": state["batches"], **state["variants"]}
+                        r = fed_against_ceiling(trainees[name], sources, batch, warmup, seconds, args.rounds)
+                        out = {"ceiling": r["ceiling"], "fed": r["fed"]["patches_per_s"],
+                               "ratio": round(r["fed"]["patches_per_s"] / r["ceiling"], 3),
+                               "next_ms": r["fed"]["next_ms"], "step_ms": r["fed"]["step_ms"],
+                               "ceiling_first": ceilings[name], "fed_run": r["fed"], "ceiling_run": r["ceiling_run"]}
                         if name in with_transform:
                             out["transformed"] = with_transform[name]
-                            out["vs_transformed"] = round(r["patches_per_s"] / with_transform[name], 3)
+                            out["vs_transformed"] = round(r["fed"]["patches_per_s"] / with_transform[name], 3)
+                        for variant in state["variants"]:
+                            t = r[variant]
+                            payload["variants"].append({
+                                "variant": variant, "model": name, "mode": mode, "workers": w,
+                                "ceiling": r["ceiling"], "fed": t["patches_per_s"],
+                                "ratio": round(t["patches_per_s"] / r["ceiling"], 3),
+                                "vs_base": round(t["patches_per_s"] / r["fed"]["patches_per_s"], 3),
+                                "next_ms": t["next_ms"], "step_ms": t["step_ms"], "fed_run": t})
                         return out
-                    rec.measure("models", {"model": name, "mode": mode, "workers": w}, run_fed, slice_s, alarm_s)
+                    rec.measure("models", {"model": name, "mode": mode, "workers": w}, run_fed,
+                                seconds * (2 + len(state["variants"])) + 3, alarm_s)
                     if args.profile_steps and not payload.get("profiles") and name in trainees:
                         trace = args.out.with_name(args.out.stem + "_trace.json")
                         rec.measure("profiles", {"model": name, "mode": mode, "workers": w},
@@ -677,7 +891,12 @@ def main(argv: list[str] | None = None) -> int:
                                                                   args.profile_steps, trace),
                                     slice_s + 5, alarm_s)
             finally:
-                close(state.get("batches"), state.get("loader"))
+                close(*state.get("variants", {}).values(), state.get("batches"), state.get("loader"),
+                      *state.get("variant_loaders", []))
+        if args.profile_steps and models[0] in trainees:
+            trace = args.out.with_name(args.out.stem + f"_ceiling_{mode}_trace.json")
+            rec.measure("profiles", {"model": models[0], "mode": mode, "workers": None},
+                        lambda: profile_fed(trainees[models[0]], None, args.profile_steps, trace, batch), slice_s + 5, alarm_s)
         trainees.clear()
         if cuda:
             torch.cuda.empty_cache()
@@ -746,6 +965,16 @@ def main(argv: list[str] | None = None) -> int:
                      ("ceiling", "ceiling", ",.0f"), ("transformed", "transformed", ",.0f"), ("fed", "fed", ",.0f"),
                      ("ratio", "fed/ceiling", ".2f"), ("vs_transformed", "fed/transformed", ".2f"),
                      ("next_ms", "next ms", ".2f"), ("step_ms", "step ms", ".2f")])
+    if payload["variants"]:
+        print("\nvariants of the fed loop (A/B against the models rows at the same worker count)")
+        print_table(payload["variants"], [("variant", "variant", "s"), ("model", "model", "s"),
+                                          ("workers", "workers", "d"), ("ceiling", "ceiling", ",.0f"),
+                                          ("fed", "fed", ",.0f"), ("ratio", "fed/ceiling", ".2f"),
+                                          ("vs_base", "vs plain fed", ".3f"),
+                                          ("next_ms", "next ms", ".2f"), ("step_ms", "step ms", ".2f")])
+    if payload["ring_cpu"]:
+        print("\nraw ring decoding on the CPU (not copied)")
+        print_table(payload["ring_cpu"], [("workers", "workers", "d"), ("patches_per_s", "patches/s", ",.0f")])
     if payload["trainer"]:
         print("\ntrainer against the bare fed loop")
         print_table(payload["trainer"], [("model", "model", "s"), ("mode", "mode", "s"), ("workers", "workers", "d"),
@@ -754,6 +983,10 @@ def main(argv: list[str] | None = None) -> int:
     print("\ntargets" + ("" if cuda else " (CPU fallback: the GPU targets are unmeasured)"))
     print_table(payload["targets"], [("target", "target", "s"), ("value", "measured", ",.3f"),
                                      ("goal", "goal", ",g"), ("met", "met", "")])
+    for p in payload.get("profiles", []):
+        if p.get("busy_ms_per_step") is not None:
+            print(f"profile {p.get('of')} {p['model']} {p['mode']} workers={p['workers']}: device busy "
+                  f"{p['busy_ms_per_step']} ms a step, wall {p['wall_ms_per_step']} ms a step")
     for p in payload.get("profiles", [])[:1]:
         if not p.get("top_ops"):
             continue
@@ -762,7 +995,7 @@ def main(argv: list[str] | None = None) -> int:
                                         ("self_us_per_step", f"self {p['timeline']} us/step", ",.1f"),
                                         ("host_us_per_step", "self host us/step", ",.1f")])
     errors = [r for section in ("loader_alone", "ring_raw", "transformed", "models", "trainer", "ceilings",
-                                "loaders", "profiles")
+                                "loaders", "profiles", "variants", "ring_cpu")
               for r in payload.get(section, []) if "error" in r]
     for r in errors:
         print(f"error: {r['error']}")

@@ -1,6 +1,8 @@
 """The batch ring's contract on the training device: the same batches, bit for bit, as the
-DataLoader path (issue 10 §2), on every modality, band selection and label set, with a
-distributed sampler, delivered to CUDA (page-locked slots, side-stream copies, events); and,
+DataLoader path (issue 10 §2), on every modality, band selection and label set, with
+augmentation and every resampling mode, with a distributed sampler, delivered to CUDA
+(page-locked slots, side-stream copies, events; the ring's loader transforms one batch ahead
+on a side stream, the reference on the consumer's stream); and,
 on CUDA, that no training step of ``benzarr.train`` synchronises with the GPU (torch's sync
 debug mode: issue 10 §3).
 
@@ -89,6 +91,18 @@ def trainer_syncs(store: Path, workdir: Path, device: torch.device) -> dict[str,
             elif event.kind == "step":
                 torch.cuda.set_sync_debug_mode("warn" if event.step < n_batches[0] else "default")
 
+        # where a synchronisation comes from: torch.cuda.synchronize calls made while the
+        # debug mode is on keep their Python stack (the warning names only torch's own frame)
+        import traceback
+
+        real_synchronize, stacks = torch.cuda.synchronize, []
+
+        def spy(*args: Any, **kwargs: Any) -> None:
+            if torch.cuda.get_sync_debug_mode() != 0:
+                stacks.append([f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in traceback.extract_stack()[-8:-1]])
+            real_synchronize(*args, **kwargs)
+
+        torch.cuda.synchronize = spy
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
@@ -96,9 +110,11 @@ def trainer_syncs(store: Path, workdir: Path, device: torch.device) -> dict[str,
                                   device="cuda", amp=True, out=str(workdir / "sync-run")), watch)
             finally:
                 torch.cuda.set_sync_debug_mode("default")
+                torch.cuda.synchronize = real_synchronize
         syncs = [f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)
                  and Path(w.filename).name not in ("data.py", "ring.py")]
-        return {**row, "equal": n_batches[0] >= 3 and not syncs, "syncs": syncs, "batches": n_batches[0]}
+        return {**row, "equal": n_batches[0] >= 3 and not syncs, "syncs": syncs, "batches": n_batches[0],
+                "synchronize_stacks": stacks[:3]}
     except Exception as exc:
         return {**row, "equal": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=5)}
 
@@ -119,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         ("s2 list normalized", v1, {"bands": ["B09", "B03", "B8A"], "normalize": True}, 17, 3),
         ("s2+s1+mask normalized", v2, {"modalities": ("s2", "s1", "reference-map"), "normalize": True}, 8, 2),
         ("s1 only", v2, {"modalities": ("s1",), "bands": "all"}, 8, 1),
+        ("s2 all, flip-rot90, align_corners", v1, {"augment": "flip-rot90", "align_corners": True,
+                                                   "normalize": True}, 32, 3),
+        ("s2+mask, flip, bicubic", v2, {"modalities": ("s2", "reference-map"), "augment": "flip",
+                                        "resample": "bicubic"}, 8, 2),
     ]
     rows: list[dict[str, Any]] = []
     for name, store, kwargs, batch, workers in cases:
@@ -126,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             ds = BigEarthNetDataset(store, **kwargs)
             reference = make_loader(ds, batch, True, 0, seed=4, device=device, engine="dataloader")
+            reference.overlap = False  # the transform on the consumer's stream; the ring's overlaps (default)
             with make_loader(ds, batch, True, workers, seed=4, device=device, engine="ring") as ring:
                 results = []
                 for epoch in (0, 1, 5):

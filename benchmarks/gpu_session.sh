@@ -10,13 +10,13 @@
 #
 #   run: bash benchmarks/gpu_session.sh        carry: [".whl"]       timeout_s: 560
 #
-# BUDGET_S (default 390) bounds gpu_feed.py, its store build included. QUICK=1 runs tiny
+# BUDGET_S (default 420) bounds gpu_feed.py, its store build included. QUICK=1 runs tiny
 # sizes on any machine (CPU fallback, no wheels installed, PYTHON=python3 by default): a check
 # of this script before spending GPU time, e.g. QUICK=1 PYTHON=.venv/bin/python bash benchmarks/gpu_session.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu-session-out}
-BUDGET_S=${BUDGET_S:-390}
+BUDGET_S=${BUDGET_S:-420}
 mkdir -p "$OUT"
 started=$(date +%s)
 say() { echo "[gpu_session +$(( $(date +%s) - started ))s] $*" | tee -a "$OUT/session.log"; }
@@ -38,15 +38,28 @@ print("python", platform.python_version(), "torch", torch.__version__, "cuda", t
 EOF
 say "$(cat "$OUT/environment.txt")"
 command -v nvidia-smi >/dev/null && nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
+command -v lscpu >/dev/null && lscpu >"$OUT/lscpu.txt" 2>&1
 
 if [ "${QUICK:-0}" = 1 ]; then
   ring_args=(--device cpu)
-  feed_args=(--cpu --patches 96 --batch-size 16 --workers 0,1 --models shortcnn-all --seconds 0.2 --warmup 1
-             --trainer-model shortcnn-all --trainer-workers 1 --trainer-epochs 1 --h2d-copies 2 --profile-steps 2)
-else
+  feed_args=(--cpu --patches 96 --batch-size 16 --workers 0,1 --fed-workers 1 --models shortcnn-all --seconds 0.3
+             --warmup 1 --trainer-model shortcnn-all --trainer-workers 1 --trainer-epochs 1 --h2d-copies 2
+             --profile-steps 2 --variants no-overlap,thread --cpu-ring-workers 1)
+elif [ "${PHASE:-full}" = diagnose ]; then
+  # session 6's first run: where the fed/ceiling gap and the 4 -> 8 worker scaling come
+  # from (deterministic mode, decoding alone on the CPU, profiles of fed and ceiling steps)
   ring_args=()
-  feed_args=(--patches 20000 --build-workers "$(nproc)" --seconds 3 --warmup 5 --budget-s "$BUDGET_S"
-             --trainer-modes deterministic,fast --profile-steps 3)
+  feed_args=(--patches 20000 --build-workers "$(nproc)" --seconds 2.5 --warmup 5 --budget-s "$BUDGET_S"
+             --modes deterministic --workers 4,8,12 --ring-workers 12 --cpu-ring-workers 1,4,8,12
+             --variants thread --trainer-model none --profile-steps 3)
+else
+  # every table of issue #10: loader alone with 0/4/8/12 workers, fed rows at 4/8/12 (fed
+  # and ceiling interleaved), the transform overlapped (default) against not, and a feeder
+  # thread, at 12 workers, in both modes; the trainer in both modes
+  ring_args=()
+  feed_args=(--patches 20000 --build-workers "$(nproc)" --seconds 2.4 --rounds 3 --warmup 5 --budget-s "$BUDGET_S"
+             --workers 0,4,8,12 --fed-workers 4,8,12 --ring-workers 12 --cpu-ring-workers 4,8,12
+             --variants no-overlap,thread --trainer-modes deterministic,fast --profile-steps 3)
 fi
 
 say "gpu_ring_check.py"

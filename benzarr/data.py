@@ -89,6 +89,13 @@ def _upsample(x: torch.Tensor, mode: str = "bilinear", align_corners: bool = Fal
     def interpolate() -> torch.Tensor:
         return F.interpolate(x, size=(PATCH_SIDE, PATCH_SIDE), mode=mode, align_corners=corners)
 
+    if x.device.type != "cpu" and mode == "bilinear" and not x.requires_grad:
+        # F.interpolate swaps bilinear for a slow decomposition (a dozen kernels, four
+        # gathers) on a GPU whenever deterministic algorithms are on, only so that its
+        # *backward* is deterministic; the forward kernel is deterministic already, and a
+        # loader's input needs no gradient. Measured on an H200: the batch transform cost
+        # 27% of a shortcnn-all step with the decomposition (issue #10).
+        return torch._C._nn.upsample_bilinear2d(x, (PATCH_SIDE, PATCH_SIDE), bool(align_corners), None)
     threads = torch.get_num_threads()
     if x.device.type != "cpu" or threads == 1:
         return interpolate()
@@ -652,6 +659,18 @@ class BigEarthNetDataset(Dataset):
                 f"labels={self.label_set!r}, normalize={self.normalize})")
 
 
+def _hand_over(batch: Batch, done: Any, device: torch.device) -> Batch:
+    """A batch made on a side stream, for use on the current stream: the current stream waits
+    for ``done`` (a CUDA event), and the allocator keeps each tensor until the current
+    stream's work on it is finished."""
+    consumer = torch.cuda.current_stream(device)
+    consumer.wait_event(done)
+    for value in batch.values():
+        if isinstance(value, torch.Tensor) and value.is_cuda:
+            value.record_stream(consumer)
+    return batch
+
+
 def collate_batch(batch: Batch) -> Batch:
     """The DataLoader's ``collate_fn``: ``__getitems__`` already returns a whole batch."""
     return batch
@@ -685,6 +704,10 @@ class DeviceLoader:
         sampler: its ``DistributedSampler`` (shuffle with ``seed + epoch``).
         transform: the :class:`BatchTransform` run here, or None when the engine's workers
             run it already (the ring on the CPU).
+        overlap: on CUDA, transform batch k+1 on a side stream before handing out batch k
+            (default True), so the transform's kernels fill the gaps of the training step's
+            instead of queueing behind them; False runs it on the consumer's stream as each
+            batch is handed out. The batches are the same bits either way.
     """
 
     def __init__(self, dataset: BigEarthNetDataset, loader: Any, sampler: DistributedSampler,
@@ -696,6 +719,8 @@ class DeviceLoader:
         self.batch_sampler = batch_sampler
         self.epoch = 0
         self.served = 0  # batches of ``epoch`` handed out so far
+        self.overlap = True
+        self._side_stream: Any = None  # created on the first overlapped iteration
 
     def state_dict(self) -> dict[str, int]:
         """Where the loader stands: ``{"epoch", "served"}`` (batches of that epoch handed out).
@@ -737,6 +762,33 @@ class DeviceLoader:
         if hasattr(self.loader, "set_epoch"):
             self.loader.set_epoch(epoch)
 
+    def _transformed_ahead(self, transform: BatchTransform) -> Iterator[Batch]:
+        """CUDA: each batch is fetched and transformed on a side stream one batch ahead of the
+        consumer. Why: on the consumer's stream the transform's kernels (about 0.4 ms of an
+        H200 a 256-patch batch) queue behind the training step's and add to every step; on a
+        side stream, issued while the GPU is still busy with the previous step, they run in
+        that step's gaps. The engine's copy to the GPU is awaited by the side stream (the ring
+        hands its batches to the stream current at ``next``)."""
+        device = transform.device
+        if self._side_stream is None:
+            self._side_stream = torch.cuda.Stream(device=device)
+        side = self._side_stream
+        batches = iter(self.loader)
+        ahead: tuple[Batch, Any] | None = None
+        while True:
+            with torch.cuda.stream(side):
+                batch = next(batches, None)
+                if batch is None:
+                    break
+                out = transform(batch)
+                done = torch.cuda.Event()
+                done.record(side)
+            if ahead is not None:
+                yield _hand_over(*ahead, device)
+            ahead = (out, done)
+        if ahead is not None:
+            yield _hand_over(*ahead, device)
+
     def close(self) -> None:
         """Stop the workers and release the ring's memory (also done when the loader is collected)."""
         if hasattr(self.loader, "close"):
@@ -750,9 +802,15 @@ class DeviceLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         user = self.dataset.transform
+        transform = self.transform
+        if transform is None:
+            batches: Iterator[Batch] = iter(self.loader)
+        elif self.overlap and transform.device.type == "cuda":
+            batches = self._transformed_ahead(transform)
+        else:
+            batches = (transform(batch) for batch in self.loader)
         try:
-            for batch in self.loader:
-                out = self.transform(batch) if self.transform is not None else batch
+            for out in batches:
                 self.served += 1
                 yield user(out) if user is not None else out
         except BenzarrError as exc:

@@ -66,6 +66,26 @@ ALIGN = 64
 POLL_S = 1.0
 
 
+#: ``madvise(MADV_POPULATE_WRITE)`` (Linux 5.14+): map every page of a range now.
+MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
+
+
+def _prefault(buffer: mmap.mmap) -> None:
+    """Map every page of the ring into this process now.
+
+    A forked worker inherits the shared mapping but not its page tables (Linux copies none
+    for shared memory at fork), so without this every worker takes one page fault per 4 KB
+    the first time it writes each slot: for 12 workers and 27 slots of 41 MB, 3.5 million
+    faults at the start of training. ``MADV_POPULATE_WRITE`` maps them in one call
+    without touching the contents; older kernels get a read of one byte per page, which
+    maps shared memory writable too.
+    """
+    try:
+        buffer.madvise(MADV_POPULATE_WRITE)
+    except (OSError, ValueError, AttributeError):
+        np.frombuffer(buffer, dtype=np.uint8)[::mmap.PAGESIZE].sum()
+
+
 def _align(n: int, to: int) -> int:
     return -(-n // to) * to
 
@@ -144,6 +164,7 @@ def _worker(dataset: Any, layout: SlotLayout, buffer: mmap.mmap, transform: Any,
             tasks: Connection, results: Connection) -> None:
     """A worker's loop: decode each task's indices into its slot, answer with the slot."""
     torch.set_num_threads(1)  # one core a worker, as DataLoader workers
+    _prefault(buffer)
     scratch = None
     if transform is not None:  # the raw batch, decoded once per task into private memory
         scratch = {key: np.empty((layout.batch_size, *shape), dtype=dtype) for key, (shape, dtype) in raw_spec.items()}
@@ -183,6 +204,7 @@ class _Resources:
         self.result_pipes: list[Connection] = []
         self.buffer: mmap.mmap | None = None
         self.registered_ptr: int | None = None
+        self.copy_stream: Any = None  # the side stream that reads the page-locked ring
         self.selector = selectors.DefaultSelector()  # the result pipes, registered once
 
     def release(self) -> None:
@@ -201,7 +223,10 @@ class _Resources:
             pipe.close()
         self.processes, self.task_pipes, self.result_pipes = [], [], []
         if self.registered_ptr is not None:
-            torch.cuda.synchronize()
+            # only this ring's copies read the page-locked memory: wait for them, not for the
+            # whole device (a ring collected mid-training must not stall the training stream)
+            if self.copy_stream is not None:
+                self.copy_stream.synchronize()
             torch.cuda.cudart().cudaHostUnregister(self.registered_ptr)
             self.registered_ptr = None
         if self.buffer is not None:
@@ -265,6 +290,8 @@ class RingLoader:
         self._finalizer = weakref.finalize(self, self._res.release)
         buffer = mmap.mmap(-1, self.layout.slot_bytes * self.n_slots)
         self._res.buffer = buffer
+        if not self._cuda:
+            _prefault(buffer)  # the consumer reads every slot (CUDA: cudaHostRegister maps them)
         self._host = torch.frombuffer(buffer, dtype=torch.uint8)  # the whole ring, as one tensor
         context = multiprocessing.get_context("fork")  # workers inherit the mapping and the readers
         for _ in range(num_workers):
@@ -283,6 +310,7 @@ class RingLoader:
         if self._cuda:
             self._pin()
             self._copy_stream = torch.cuda.Stream(device=self.device)
+            self._res.copy_stream = self._copy_stream
 
         self._free: collections.deque[int] = collections.deque(range(self.n_slots))
         self._returned: collections.deque[int] = collections.deque()  # freed by weakref callbacks
