@@ -9,6 +9,7 @@ See docs/design.md §4.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -89,13 +90,8 @@ def _upsample(x: torch.Tensor, mode: str = "bilinear", align_corners: bool = Fal
     def interpolate() -> torch.Tensor:
         return F.interpolate(x, size=(PATCH_SIDE, PATCH_SIDE), mode=mode, align_corners=corners)
 
-    if x.device.type != "cpu" and mode == "bilinear" and not x.requires_grad:
-        # F.interpolate swaps bilinear for a slow decomposition (a dozen kernels, four
-        # gathers) on a GPU whenever deterministic algorithms are on, only so that its
-        # *backward* is deterministic; the forward kernel is deterministic already, and a
-        # loader's input needs no gradient. Measured on an H200: the batch transform cost
-        # 27% of a shortcnn-all step with the decomposition (issue #10).
-        return torch._C._nn.upsample_bilinear2d(x, (PATCH_SIDE, PATCH_SIDE), bool(align_corners), None)
+    if x.device.type == "cuda" and mode == "bilinear" and not x.requires_grad:
+        return _upsample_bilinear_planes(x, bool(align_corners))
     threads = torch.get_num_threads()
     if x.device.type != "cpu" or threads == 1:
         return interpolate()
@@ -104,6 +100,29 @@ def _upsample(x: torch.Tensor, mode: str = "bilinear", align_corners: bool = Fal
         return interpolate()
     finally:
         torch.set_num_threads(threads)
+
+
+def _upsample_bilinear_planes(x: torch.Tensor, align_corners: bool) -> torch.Tensor:
+    """(B, C, h, w) float32 -> (B, C, 120, 120) bilinear, with the kernel that keeps a GPU busy.
+
+    Two choices, both measured on an H200 (issue #10):
+
+    * the native kernel is called directly: ``F.interpolate`` swaps bilinear for a slow
+      decomposition (a dozen kernels, four gathers) on a GPU whenever deterministic
+      algorithms are on, only so that its *backward* is deterministic; the forward kernel
+      is deterministic already, and a loader's input needs no gradient. With the
+      decomposition the transform cost 27% of a shortcnn-all step;
+    * the B*C planes go in as one-channel images in channels-last strides: CUDA's
+      contiguous (NCHW) kernel gives each thread one output pixel and loops it over the
+      batch and channels (120x120 = 14,400 threads for a whole batch: 0.5 ms for the 20 m
+      bands of 256 patches), its channels-last kernel gives each thread one output value.
+      With one channel both layouts are the same bytes, so the views cost nothing.
+    """
+    b, c, h, w = x.shape
+    planes = x.contiguous().view(b * c, 1, h, w).as_strided((b * c, 1, h, w), (h * w, 1, w, 1))
+    out = torch._C._nn.upsample_bilinear2d(planes, (PATCH_SIDE, PATCH_SIDE), align_corners, None)
+    # (B*C, 1, 120, 120) in channels-last strides, the same bytes as NCHW: a view, no copy
+    return out.reshape(b, c, PATCH_SIDE, PATCH_SIDE)
 
 
 def _mask_to_long(x: torch.Tensor, device: torch.device, codes: np.ndarray | None = None) -> torch.Tensor:
@@ -122,6 +141,24 @@ def _mask_to_long(x: torch.Tensor, device: torch.device, codes: np.ndarray | Non
         return x.to(torch.int64)
     except (RuntimeError, NotImplementedError):
         return x.view(torch.int16).to(torch.int64).bitwise_and_(0xFFFF)
+
+
+@functools.lru_cache(maxsize=None)
+def _runs_cached(slots: tuple[int, ...]) -> tuple[tuple[int, int, int], ...]:
+    runs: list[list[int]] = []
+    for c, slot in enumerate(slots):
+        if runs and runs[-1][1] + runs[-1][2] == slot:
+            runs[-1][2] += 1
+        else:
+            runs.append([c, slot, 1])
+    return tuple((a, b, n) for a, b, n in runs)
+
+
+def _runs(slots: Sequence[int]) -> tuple[tuple[int, int, int], ...]:
+    """Output channels ``slots`` of a group's channels 0, 1, ... as runs
+    ``(first group channel, first output channel, count)`` of consecutive channels,
+    e.g. ``[4, 5, 6, 8]`` -> ``((0, 4, 3), (3, 8, 1))``."""
+    return _runs_cached(tuple(slots))
 
 
 _pool: tuple[int, int, concurrent.futures.ThreadPoolExecutor] | None = None
@@ -269,11 +306,9 @@ class BatchTransform:
                 x = x.sub_(mean).div_(std)
             if x.shape[-1] != PATCH_SIDE or x.shape[-2] != PATCH_SIDE:
                 x = _upsample(x, self.resample, self.align_corners)
-            if slots == list(range(slots[0], slots[0] + len(slots))):
-                image[:, slots[0]:slots[0] + len(slots)] = x
-            else:
-                for c, slot in enumerate(slots):
-                    image[:, slot] = x[:, c]
+            # one copy per run of consecutive output channels (7 copies, not 12, for "all")
+            for first, slot, count in _runs(slots):
+                image[:, slot:slot + count] = x[:, first:first + count]
         return image
 
     def __call__(self, batch: Batch, out: Batch | None = None) -> Batch:

@@ -9,6 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 import zarr
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from benzarr.augment import AUGMENTATIONS, apply_code, transform_codes
 from benzarr.data import BigEarthNetDataset, make_loader
@@ -154,3 +156,31 @@ def test_cpu_transform_bits_do_not_depend_on_the_thread_count(synth_store_64: Pa
     finally:
         torch.set_num_threads(threads)
     assert all(torch.equal(images[1], images[n]) for n in (2, 3, 5, 7))
+
+
+@settings(max_examples=40, deadline=None)
+@given(b=st.integers(1, 5), c=st.integers(1, 6), side=st.sampled_from([20, 60, 120]), align=st.booleans(),
+       sliced=st.booleans())
+def test_gpu_bilinear_path_is_f_interpolate(b: int, c: int, side: int, align: bool, sliced: bool) -> None:
+    """The GPU path's bilinear (the native kernel, the B*C planes in channels-last strides:
+    issue #10) gives F.interpolate's values and a plain NCHW tensor; on the CPU, where it can be
+    run here, bit for bit (the stride tricks are what could go wrong, and they are the same)."""
+    from benzarr.data import _upsample_bilinear_planes
+
+    x = torch.rand(b, c * (2 if sliced else 1), side, side) * 10_000
+    if sliced:
+        x = x[:, ::2]  # a non-contiguous group, as after a channel selection
+    got = _upsample_bilinear_planes(x, align)
+    assert got.shape == (b, c, 120, 120) and got.is_contiguous()
+    assert torch.equal(got, F.interpolate(x, size=(120, 120), mode="bilinear", align_corners=align))
+
+
+def test_channel_runs_cover_each_slot_once() -> None:
+    from benzarr.data import _runs
+
+    assert _runs([4, 5, 6, 8, 10, 11]) == ((0, 4, 3), (3, 8, 1), (4, 10, 2))
+    assert _runs([1, 2, 3, 7]) == ((0, 1, 3), (3, 7, 1))
+    assert _runs([9, 0]) == ((0, 9, 1), (1, 0, 1))
+    for slots in ([0], [3, 4], [5, 3, 4]):
+        covered = [slot + k for _, slot, n in _runs(slots) for k in range(n)]
+        assert covered == list(slots)
