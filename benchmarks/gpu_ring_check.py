@@ -91,30 +91,31 @@ def trainer_syncs(store: Path, workdir: Path, device: torch.device) -> dict[str,
             elif event.kind == "step":
                 torch.cuda.set_sync_debug_mode("warn" if event.step < n_batches[0] else "default")
 
-        # where a synchronisation comes from: torch.cuda.synchronize calls made while the
-        # debug mode is on keep their Python stack (the warning names only torch's own frame)
-        import traceback
+        # where a synchronisation comes from: every sync warning keeps the Python stack of the
+        # thread that raised it (the warning itself names only the innermost frame, which was
+        # torch/cuda/__init__.py on torch 2.11, and no torch.cuda.synchronize call)
+        import threading
 
-        real_synchronize, stacks = torch.cuda.synchronize, []
+        found: list[dict[str, Any]] = []
 
-        def spy(*args: Any, **kwargs: Any) -> None:
-            if torch.cuda.get_sync_debug_mode() != 0:
-                stacks.append([f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in traceback.extract_stack()[-8:-1]])
-            real_synchronize(*args, **kwargs)
+        def show(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+            if "synchroniz" in str(message):
+                found.append({"at": f"{Path(filename).name}:{lineno}", "thread": threading.current_thread().name,
+                              "message": str(message)[:200],
+                              "stack": [f"{Path(f.filename).name}:{f.lineno} {f.name}"
+                                        for f in traceback.extract_stack()[-14:-1]]})
 
-        torch.cuda.synchronize = spy
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings():
             warnings.simplefilter("always")
+            warnings.showwarning = show
             try:
                 train(TrainConfig(store=str(store), split="sync", model="shortcnn-rgb", epochs=1, batch_size=8,
                                   device="cuda", amp=True, out=str(workdir / "sync-run")), watch)
             finally:
                 torch.cuda.set_sync_debug_mode("default")
-                torch.cuda.synchronize = real_synchronize
-        syncs = [f"{Path(w.filename).name}:{w.lineno}" for w in caught if "synchroniz" in str(w.message)
-                 and Path(w.filename).name not in ("data.py", "ring.py")]
+        syncs = [f["at"] for f in found if f["at"].split(":")[0] not in ("data.py", "ring.py")]
         return {**row, "equal": n_batches[0] >= 3 and not syncs, "syncs": syncs, "batches": n_batches[0],
-                "synchronize_stacks": stacks[:3]}
+                "sync_stacks": found[:4]}
     except Exception as exc:
         return {**row, "equal": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=5)}
 
