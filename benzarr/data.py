@@ -105,24 +105,24 @@ def _upsample(x: torch.Tensor, mode: str = "bilinear", align_corners: bool = Fal
 def _upsample_bilinear_planes(x: torch.Tensor, align_corners: bool) -> torch.Tensor:
     """(B, C, h, w) float32 -> (B, C, 120, 120) bilinear, with the kernel that keeps a GPU busy.
 
-    Two choices, both measured on an H200 (issue #10):
+    Two choices, for a GPU (issue #10):
 
     * the native kernel is called directly: ``F.interpolate`` swaps bilinear for a slow
       decomposition (a dozen kernels, four gathers) on a GPU whenever deterministic
       algorithms are on, only so that its *backward* is deterministic; the forward kernel
       is deterministic already, and a loader's input needs no gradient. With the
-      decomposition the transform cost 27% of a shortcnn-all step;
-    * the B*C planes go in as one-channel images in channels-last strides: CUDA's
-      contiguous (NCHW) kernel gives each thread one output pixel and loops it over the
-      batch and channels (120x120 = 14,400 threads for a whole batch: 0.5 ms for the 20 m
-      bands of 256 patches), its channels-last kernel gives each thread one output value.
-      With one channel both layouts are the same bytes, so the views cost nothing.
+      decomposition the transform cost 27% of a shortcnn-all step on an H200;
+    * the B*C planes go in as the channels of one channels-last image. CUDA's contiguous
+      (NCHW) kernel gives each thread one output pixel and loops it over the batch and the
+      channels: 14,400 threads for a whole batch, 0.5 ms for the 20 m bands of 256 patches on
+      an H200. Its channels-last kernel, which torch picks from 16 channels on, gives each
+      thread one output value. The price is two transposes: of the small input, and of the
+      output back to NCHW.
     """
     b, c, h, w = x.shape
-    planes = x.contiguous().view(b * c, 1, h, w).as_strided((b * c, 1, h, w), (h * w, 1, w, 1))
+    planes = x.reshape(1, b * c, h, w).contiguous(memory_format=torch.channels_last)
     out = torch._C._nn.upsample_bilinear2d(planes, (PATCH_SIDE, PATCH_SIDE), align_corners, None)
-    # (B*C, 1, 120, 120) in channels-last strides, the same bytes as NCHW: a view, no copy
-    return out.reshape(b, c, PATCH_SIDE, PATCH_SIDE)
+    return out.contiguous().view(b, c, PATCH_SIDE, PATCH_SIDE)
 
 
 def _mask_to_long(x: torch.Tensor, device: torch.device, codes: np.ndarray | None = None) -> torch.Tensor:
