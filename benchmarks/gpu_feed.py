@@ -12,7 +12,9 @@ In one run, on one synthetic lz4 store (12 bands, batch 256 by default):
 * ``models``: for shortcnn-all, resnet18, resnet50 and inception-v3, one training step
   (bf16 autocast on CUDA, channels-last, SGD with momentum, BCEWithLogits: the trainer's step)
   on a random batch already on the device (``ceiling``) and fed by ``make_loader`` with each
-  worker count (``fed``), in ``deterministic`` mode (``use_deterministic_algorithms(True,
+  worker count (``fed``), the two measured in ``--rounds`` alternating slices within the row
+  (the H200's speed moved by up to 20% within one run, so a ceiling measured once, minutes
+  away from the fed step, made the ratio mostly noise), in ``deterministic`` mode (``use_deterministic_algorithms(True,
   warn_only=True)``, ``cudnn.benchmark=False``, as the trainer's default) and ``fast`` mode
   (``cudnn.benchmark=True``, non-deterministic kernels). Each fed row also gives ``next_ms``,
   the host time per step spent in ``next()``, and ``step_ms``, the wall time per step;
@@ -23,6 +25,11 @@ In one run, on one synthetic lz4 store (12 bands, batch 256 by default):
 * ``profiles`` (``--profile-steps N``): a ``torch.profiler`` Chrome trace of N fed steps of the
   first model at the first worker count, beside ``--out`` as ``<stem>_trace.json``, and the
   ops with the most device self time per step;
+* ``variants`` (``--variants no-overlap,thread``): at the largest fed worker count, a loader of
+  its own per variant, interleaved in the same rows: the transform on the consumer's stream
+  instead of one batch ahead on a side stream, or batches taken by a background thread;
+* ``ring_cpu`` (``--cpu-ring-workers``): the raw ring decoding on the CPU, not copied (how
+  decoding alone scales with workers on the node); ``cpu_topology``: cores and siblings;
 * ``trainer``: ``benzarr.train.train`` itself on the same store (split ``s``, 60/20/20) for
   one model with 8 workers, 2 epochs; its last epoch's ``throughput/patches_per_s`` against
   the bare fed loop of the same model, mode and worker count (``vs_fed``);
@@ -36,17 +43,16 @@ after every measurement, so a killed run leaves what it measured.
 Without CUDA (or with ``--cpu``) it falls back to a small CPU run with the same code path
 (tests/test_benchmarks.py runs it that way).
 
-Usage (GPU node, benzarr on PYTHONPATH; builds the store when --store is absent). The run
-recommended for an H200 with 16 cores and an 8-minute limit (about 320 s planned, build
-included; it writes straight into the folder that comes back, so a killed run still returns
-its JSON)::
+Usage (GPU node, benzarr on PYTHONPATH; builds the store when --store is absent): what
+``benchmarks/gpu_session.sh`` runs, about 360 s on an H200 with 16 cores, build included; it
+writes straight into the folder that comes back, so a killed run still returns its JSON::
 
-    python3 benchmarks/gpu_feed.py --patches 20000 --build-workers 16 --seconds 3 --warmup 5 --budget-s 390 --trainer-modes deterministic,fast --profile-steps 3 --workdir /tmp/gf --out "$OUT/gpu_feed.json"
+    python3 benchmarks/gpu_feed.py --patches 20000 --build-workers 16 --seconds 2.4 --rounds 3 --warmup 5 --budget-s 420 --workers 0,4,8,12 --fed-workers 4,8,12 --ring-workers 12 --cpu-ring-workers 4,8,12 --variants no-overlap,thread --trainer-modes deterministic,fast --profile-steps 3 --workdir /tmp/gf --out "$OUT/gpu_feed.json"
 
-Order: build, h2d, loader alone (0/4/8/12), raw ring (4/8/12), deterministic models (ceilings,
-then fed at 12, 8, 4, 0 workers), the trainer in deterministic mode (inception-v3, 8 workers,
-2 epochs), fast models, the trainer in fast mode. What the budget cannot fit is skipped and
-recorded as skipped.
+Order: build, h2d, loader alone, raw ring, raw ring on the CPU, then per mode (deterministic
+first: the trainer's default) the ceilings and transformed rows, the fed rows at 12, 8 and 4
+workers (variants at 12), a ceiling profile, then the trainer in that mode. What the budget
+cannot fit is skipped and recorded as skipped.
 
 Writes ``benchmarks/results/gpu_feed.json`` (``--out``).
 """
