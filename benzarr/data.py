@@ -9,6 +9,7 @@ See docs/design.md §4.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -798,31 +799,40 @@ class DeviceLoader:
             self.loader.set_epoch(epoch)
 
     def _transformed_ahead(self, transform: BatchTransform) -> Iterator[Batch]:
-        """CUDA: each batch is fetched and transformed on a side stream one batch ahead of the
-        consumer. Why: on the consumer's stream the transform's kernels (about 0.4 ms of an
-        H200 a 256-patch batch) queue behind the training step's and add to every step; on a
-        side stream, issued while the GPU is still busy with the previous step, they run in
-        that step's gaps. The engine's copy to the GPU is awaited by the side stream (the ring
-        hands its batches to the stream current at ``next``)."""
+        """Each batch fetched and transformed one batch ahead of the consumer; on CUDA on a side
+        stream. Why: on the consumer's stream the transform's kernels (1.7 ms of an H200 for a
+        256-patch batch, before the upsampling change of session 6) queue behind the training
+        step's and add to every step; on a side stream, issued while the GPU is still busy
+        with the previous step, they run in that step's gaps. The engine's copy to the GPU is
+        awaited by the side stream (the ring hands its batches to the stream current at
+        ``next``). :meth:`__iter__` uses it on CUDA only; elsewhere it is the same batches, in
+        the same order, one fetch earlier."""
         device = transform.device
-        if self._side_stream is None:
+        cuda = device.type == "cuda"
+        if cuda and self._side_stream is None:
             self._side_stream = torch.cuda.Stream(device=device)
         side = self._side_stream
+
+        def on_side() -> Any:
+            return torch.cuda.stream(side) if cuda else contextlib.nullcontext()
+
         batches = iter(self.loader)
         ahead: tuple[Batch, Any] | None = None
         while True:
-            with torch.cuda.stream(side):
+            with on_side():
                 batch = next(batches, None)
                 if batch is None:
                     break
                 out = transform(batch)
-                done = torch.cuda.Event()
-                done.record(side)
+                done = None
+                if cuda:
+                    done = torch.cuda.Event()
+                    done.record(side)
             if ahead is not None:
-                yield _hand_over(*ahead, device)
+                yield _hand_over(*ahead, device) if cuda else ahead[0]
             ahead = (out, done)
         if ahead is not None:
-            yield _hand_over(*ahead, device)
+            yield _hand_over(*ahead, device) if cuda else ahead[0]
 
     def close(self) -> None:
         """Stop the workers and release the ring's memory (also done when the loader is collected)."""

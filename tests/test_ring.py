@@ -10,7 +10,6 @@ import signal
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -220,3 +219,21 @@ def test_a_stuck_worker_raises_after_the_timeout(synth_store_64: Path) -> None:
         assert not stuck.is_alive()  # closed: the stopped worker was killed, not left behind
     with pytest.raises(InvalidArgumentError, match="timeout"):
         make_loader(ds, 4, False, 1, seed=0, device="cpu", timeout=-1)
+
+
+def test_transform_one_batch_ahead_serves_every_batch_once_in_order(tmp_path: Path, synth_store_64: Path) -> None:
+    """The CUDA path's one-ahead generator (``DeviceLoader._transformed_ahead``; on the CPU it
+    runs without streams): the same batches in the same order as the plain path, and a bad
+    chunk as its one-line error."""
+    ds = BigEarthNetDataset(synth_store_64, bands="all", normalize=True)
+    plain = make_loader(ds, 9, True, 0, seed=2, device="cpu", engine="dataloader")
+    ahead = make_loader(ds, 9, True, 0, seed=2, device="cpu", engine="dataloader")
+    for loader in (plain, ahead):
+        loader.set_epoch(1)
+    expected = _epoch(plain)
+    got = [{k: v.clone() for k, v in b.items()} for b in ahead._transformed_ahead(ahead.transform)]
+    _same(expected, got)
+    store, _ = corrupt_copy(synth_store_64, tmp_path / "bad.zarr", "s2/10m", 1, -10, 0xFF)
+    bad = make_loader(BigEarthNetDataset(store), 16, False, 0, seed=0, device="cpu", engine="dataloader")
+    with pytest.raises(StoreCorruptError, match="row 16"):
+        list(bad._transformed_ahead(bad.transform))
