@@ -10,6 +10,10 @@
 #
 #   run: bash benchmarks/gpu_session.sh        carry: [".whl"]       timeout_s: 560
 #
+# Session 6's full run took 400 s of command time (683 s of device time held, start and
+# transfers included) on an H200 with 16 cores; PHASE=diagnose, the shorter first run of
+# that session (deterministic mode, 4/8/12 workers, profiles), took 221 s.
+#
 # BUDGET_S (default 420) bounds gpu_feed.py, its store build included. QUICK=1 runs tiny
 # sizes on any machine (CPU fallback, no wheels installed, PYTHON=python3 by default): a check
 # of this script before spending GPU time, e.g. QUICK=1 PYTHON=.venv/bin/python bash benchmarks/gpu_session.sh
