@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import functools
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -144,8 +143,10 @@ def _mask_to_long(x: torch.Tensor, device: torch.device, codes: np.ndarray | Non
         return x.view(torch.int16).to(torch.int64).bitwise_and_(0xFFFF)
 
 
-@functools.lru_cache(maxsize=None)
-def _runs_cached(slots: tuple[int, ...]) -> tuple[tuple[int, int, int], ...]:
+def _runs(slots: Sequence[int]) -> tuple[tuple[int, int, int], ...]:
+    """Output channels ``slots`` of a group's channels 0, 1, ... as runs
+    ``(first group channel, first output channel, count)`` of consecutive channels,
+    e.g. ``[4, 5, 6, 8]`` -> ``((0, 4, 3), (3, 8, 1))``."""
     runs: list[list[int]] = []
     for c, slot in enumerate(slots):
         if runs and runs[-1][1] + runs[-1][2] == slot:
@@ -153,13 +154,6 @@ def _runs_cached(slots: tuple[int, ...]) -> tuple[tuple[int, int, int], ...]:
         else:
             runs.append([c, slot, 1])
     return tuple((a, b, n) for a, b, n in runs)
-
-
-def _runs(slots: Sequence[int]) -> tuple[tuple[int, int, int], ...]:
-    """Output channels ``slots`` of a group's channels 0, 1, ... as runs
-    ``(first group channel, first output channel, count)`` of consecutive channels,
-    e.g. ``[4, 5, 6, 8]`` -> ``((0, 4, 3), (3, 8, 1))``."""
-    return _runs_cached(tuple(slots))
 
 
 _pool: tuple[int, int, concurrent.futures.ThreadPoolExecutor] | None = None
@@ -242,6 +236,8 @@ class BatchTransform:
             keep = [c for c, name in enumerate(names) if name in self.bands]
             gather = None if len(keep) == len(names) else torch.tensor(keep, device=self.device)
             self._plan.append((group, gather, [self.bands.index(names[c]) for c in keep]))
+        # per group: its copies into the image, one per run of consecutive output channels
+        self._runs = {group: _runs(slots) for group, _, slots in self._plan}
         if (mean is None) != (std is None):
             raise InvalidArgumentError("give both mean and std, or neither")
         self._norm: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
@@ -297,7 +293,7 @@ class BatchTransform:
 
     def _image_rows(self, batch: Batch, image: torch.Tensor, codes: np.ndarray | None) -> torch.Tensor:
         """:meth:`image` of the rows of ``batch`` (band groups only) into ``image``."""
-        for group, gather, slots in self._plan:
+        for group, gather, _ in self._plan:
             x = _to_float(torch.as_tensor(batch[group]).to(self.device, non_blocking=True), codes)
             if gather is not None:
                 x = x.index_select(1, gather)
@@ -308,7 +304,7 @@ class BatchTransform:
             if x.shape[-1] != PATCH_SIDE or x.shape[-2] != PATCH_SIDE:
                 x = _upsample(x, self.resample, self.align_corners)
             # one copy per run of consecutive output channels (7 copies, not 12, for "all")
-            for first, slot, count in _runs(slots):
+            for first, slot, count in self._runs[group]:
                 image[:, slot:slot + count] = x[:, first:first + count]
         return image
 
