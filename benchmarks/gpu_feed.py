@@ -379,10 +379,17 @@ class Trainee:
         return int(x.shape[0])
 
 
-def ceiling(model: Trainee, batch: int, warmup: int, seconds: float) -> dict[str, Any]:
-    """The training step on one random batch already on the device."""
+def random_batch(model: Trainee, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ceiling's input: a random (batch, C, 120, 120) float32 image and (batch, 43)
+    multi-hot labels, already on the model's device."""
     x = torch.randn(batch, model.channels, 120, 120, device=model.device)
     y = (torch.rand(batch, 43, device=model.device) < 0.07).float()
+    return x, y
+
+
+def ceiling(model: Trainee, batch: int, warmup: int, seconds: float) -> dict[str, Any]:
+    """The training step on one random batch already on the device."""
+    x, y = random_batch(model, batch)
     return timed(lambda: model.step(x, y), model.device, warmup, seconds)
 
 
@@ -401,25 +408,6 @@ def transformed(model: Trainee, ds: Any, batch: int, warmup: int, seconds: float
         return model.step(b["image"], b["label"])
 
     return timed(step, model.device, warmup, seconds)
-
-
-def fed(model: Trainee, batches: Iterator[Any], warmup: int, seconds: float) -> dict[str, Any]:
-    """The training step on batches from a running ``make_loader``; ``next_ms`` is the mean
-    host time per timed step spent in ``next()`` (the loader's bookkeeping, the transform's
-    launches and any wait for a batch), ``step_ms`` the mean wall time per step."""
-    host: list[float] = []
-
-    def step() -> int:
-        t = time.perf_counter()
-        b = next(batches)
-        host.append(time.perf_counter() - t)
-        return model.step(b["image"], b["label"])
-
-    out = timed(step, model.device, warmup, seconds)
-    timed_steps = host[-out["steps"]:]
-    out["next_ms"] = round(1e3 * sum(timed_steps) / len(timed_steps), 3)
-    out["step_ms"] = round(1e3 * out["seconds"] / out["steps"], 3)
-    return out
 
 
 def interleaved(steps: dict[str, Callable[[], int]], device: torch.device, warmup: int, seconds: float,
@@ -447,8 +435,7 @@ def fed_against_ceiling(model: Trainee, sources: dict[str, Iterator[Any]], batch
                         seconds: float, rounds: int) -> dict[str, Any]:
     """The ceiling step and the step fed by each of ``sources`` (name -> batches), interleaved
     (:func:`interleaved`); ``next_ms``: mean host time per fed step spent in ``next()``."""
-    x = torch.randn(batch, model.channels, 120, 120, device=model.device)
-    y = (torch.rand(batch, 43, device=model.device) < 0.07).float()
+    x, y = random_batch(model, batch)
     host: dict[str, list[float]] = {name: [] for name in sources}
 
     def feeder(name: str, batches: Iterator[Any]) -> Callable[[], int]:
@@ -481,8 +468,7 @@ def profile_fed(model: Trainee, batches: Iterator[Any] | None, steps: int, trace
     from torch.profiler import ProfilerActivity, profile
 
     if batches is None:
-        x = torch.randn(batch, model.channels, 120, 120, device=model.device)
-        y = (torch.rand(batch, 43, device=model.device) < 0.07).float()
+        x, y = random_batch(model, batch)
 
         def one() -> None:
             model.step(x, y)
@@ -924,16 +910,16 @@ def main(argv: list[str] | None = None) -> int:
 
                 set_mode(mode)
                 model = Trainee(trainer_model, device, amp)
-                c = ceiling(model, batch, warmup, seconds)["patches_per_s"]
                 loader = make_loader(dataset(store), batch, shuffle=True, num_workers=trainer_workers, seed=0,
                                      device=device, drop_last=True)
                 batches = endless(loader)
                 try:
-                    r = fed(model, batches, warmup, seconds)
+                    r = fed_against_ceiling(model, {"fed": batches}, batch, warmup, seconds, args.rounds)
                 finally:
                     close(batches, loader)
-                return {"ceiling": c, "fed": r["patches_per_s"], "ratio": round(r["patches_per_s"] / c, 3),
-                        "fed_run": r, "for": "trainer comparison"}
+                c, f = r["ceiling"], r["fed"]["patches_per_s"]
+                return {"ceiling": c, "fed": f, "ratio": round(f / c, 3), "fed_run": r["fed"],
+                        "ceiling_run": r["ceiling_run"], "for": "trainer comparison"}
             bare = [rec.measure("models", {"model": trainer_model, "mode": mode, "workers": trainer_workers},
                                 bare_fed, slice_s + 10, alarm_s + 60)]
         if row.get("patches_per_s") and bare and bare[0].get("fed"):
