@@ -237,3 +237,19 @@ def test_transform_one_batch_ahead_serves_every_batch_once_in_order(tmp_path: Pa
     bad = make_loader(BigEarthNetDataset(store), 16, False, 0, seed=0, device="cpu", engine="dataloader")
     with pytest.raises(StoreCorruptError, match="row 16"):
         list(bad._transformed_ahead(bad.transform))
+
+
+def test_prefault_maps_the_ring_without_touching_its_contents(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers map the whole ring when they start (``MADV_POPULATE_WRITE``), and on a kernel
+    without it fall back to reading one byte a page: either way the slots keep their bytes."""
+    import mmap
+
+    from benzarr import ring
+
+    for advice in (ring.MADV_POPULATE_WRITE, 987654):  # the real advice, then one every kernel refuses
+        monkeypatch.setattr(ring, "MADV_POPULATE_WRITE", advice)
+        buffer = mmap.mmap(-1, 8 * mmap.PAGESIZE)
+        buffer[mmap.PAGESIZE:mmap.PAGESIZE + 5] = b"slot1"
+        ring._prefault(buffer)
+        assert buffer[mmap.PAGESIZE:mmap.PAGESIZE + 5] == b"slot1" and buffer[:4] == b"\0\0\0\0"
+        buffer.close()
