@@ -24,7 +24,8 @@ def run_script(name: str, *args: str, timeout: float = 240) -> subprocess.Comple
 def test_gpu_feed_cpu_fallback(tmp_path: Path) -> None:
     out = tmp_path / "gpu_feed.json"
     proc = run_script("gpu_feed.py", "--cpu", "--workdir", str(tmp_path), "--patches", "96", "--batch-size", "16",
-                      "--workers", "0,1", "--models", "shortcnn-all", "--seconds", "0.2", "--warmup", "1",
+                      "--workers", "0,1", "--fed-workers", "1", "--rounds", "2", "--variants", "no-overlap",
+                      "--cpu-ring-workers", "1", "--models", "shortcnn-all", "--seconds", "0.2", "--warmup", "1",
                       "--trainer-model", "shortcnn-all", "--trainer-workers", "1", "--trainer-epochs", "1",
                       "--h2d-copies", "2", "--profile-steps", "2", "--out", str(out))
     doc = json.loads(out.read_text())
@@ -37,9 +38,15 @@ def test_gpu_feed_cpu_fallback(tmp_path: Path) -> None:
     assert set(alone) == {0, 1}
     assert all(r["patches_per_s"] > 0 for r in alone.values()), alone
     fed = [r for r in doc["models"] if r["model"] == "shortcnn-all" and r["mode"] == "deterministic"]
-    assert {r["workers"] for r in fed} >= {0, 1}
+    assert {r["workers"] for r in fed} == {1}
     assert all(r["fed"] > 0 and r["ceiling"] > 0 and r["ratio"] == pytest.approx(r["fed"] / r["ceiling"], abs=1e-3)
                for r in fed), fed
+    # ceiling and fed measured in alternating slices of the same row
+    assert all(len(r["ceiling_run"]["slices"]) == 2 and len(r["fed_run"]["slices"]) == 2 for r in fed), fed
+    variant = doc["variants"][0]
+    assert variant["variant"] == "no-overlap" and variant["fed"] > 0 and variant["vs_base"] > 0
+    assert doc["ring_cpu"][0]["workers"] == 1 and doc["ring_cpu"][0]["patches_per_s"] > 0
+    assert doc["cpu_topology"]["allowed"]
     assert all(r["next_ms"] > 0 and r["step_ms"] >= r["next_ms"] and r["vs_transformed"] > 0 for r in fed), fed
     transformed = doc["transformed"][0]
     assert transformed["model"] == "shortcnn-all" and transformed["transformed"] > 0
