@@ -25,9 +25,10 @@ In one run, on one synthetic lz4 store (12 bands, batch 256 by default):
 * ``profiles`` (``--profile-steps N``): a ``torch.profiler`` Chrome trace of N fed steps of the
   first model at the first worker count, beside ``--out`` as ``<stem>_trace.json``, and the
   ops with the most device self time per step;
-* ``variants`` (``--variants no-overlap,thread``): at the largest fed worker count, a loader of
-  its own per variant, interleaved in the same rows: the transform on the consumer's stream
-  instead of one batch ahead on a side stream, or batches taken by a background thread;
+* ``variants`` (``--variants no-overlap,thread,nchw-upsample``): at the largest fed worker
+  count, a loader of its own per variant, interleaved in the same rows: the transform on the
+  consumer's stream instead of one batch ahead on a side stream, batches taken by a
+  background thread, or bilinear upsampling with the NCHW kernel instead of on the planes;
 * ``ring_cpu`` (``--cpu-ring-workers``): the raw ring decoding on the CPU, not copied (how
   decoding alone scales with workers on the node); ``cpu_topology``: cores and siblings;
 * ``trainer``: ``benzarr.train.train`` itself on the same store (split ``s``, 60/20/20) for
@@ -47,7 +48,7 @@ Usage (GPU node, benzarr on PYTHONPATH; builds the store when --store is absent)
 ``benchmarks/gpu_session.sh`` runs, about 360 s on an H200 with 16 cores, build included; it
 writes straight into the folder that comes back, so a killed run still returns its JSON::
 
-    python3 benchmarks/gpu_feed.py --patches 20000 --build-workers 16 --seconds 2.4 --rounds 3 --warmup 5 --budget-s 420 --workers 0,4,8,12 --fed-workers 4,8,12 --ring-workers 12 --cpu-ring-workers 4,8,12 --variants no-overlap,thread --trainer-modes deterministic,fast --profile-steps 3 --workdir /tmp/gf --out "$OUT/gpu_feed.json"
+    python3 benchmarks/gpu_feed.py --patches 20000 --build-workers 16 --seconds 2.4 --rounds 3 --warmup 5 --budget-s 420 --workers 0,4,8,12 --fed-workers 4,8,12 --ring-workers 12 --cpu-ring-workers 4,8,12 --variants no-overlap,nchw-upsample --trainer-modes deterministic,fast --profile-steps 3 --workdir /tmp/gf --out "$OUT/gpu_feed.json"
 
 Order: build, h2d, loader alone, raw ring, raw ring on the CPU, then per mode (deterministic
 first: the trainer's default) the ceilings and transformed rows, the fed rows at 12, 8 and 4
@@ -87,6 +88,8 @@ SPLIT = "s"
 MODES = ("deterministic", "fast")
 GPU_MODELS = ("shortcnn-all", "resnet18", "resnet50", "inception-v3")
 GPU_WORKERS = (0, 4, 8, 12)
+#: A/B variants of the loader (``--variants``), each measured in the same rows as the default.
+VARIANTS = ("no-overlap", "thread", "nchw-upsample")
 
 
 # -- plumbing: time budget, alarms, JSON after every measurement -------------------------
@@ -691,7 +694,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated, each a loader of its own at the largest worker count, interleaved "
                              "with the ceiling and the default fed loop: 'no-overlap' (the batch transform on the "
                              "consumer's stream, DeviceLoader.overlap=False), 'thread' (batches taken by a "
-                             "background thread, ThreadFed) []")
+                             "background thread, ThreadFed), 'nchw-upsample' (CUDA bilinear on the NCHW batch, "
+                             "BatchTransform.planes=False: session 6's last run) []")
     parser.add_argument("--rounds", type=int, default=3,
                         help="alternating slices of ceiling and fed steps per fed row (interleaved) [3]")
     parser.add_argument("--cpu-ring-workers", default="",
@@ -711,9 +715,9 @@ def main(argv: list[str] | None = None) -> int:
     ring_workers = csv(args.ring_workers, int) if args.ring_workers else workers
     fed_workers = csv(args.fed_workers, int) if args.fed_workers else workers
     variants = csv(args.variants) if args.variants else []
-    unknown_variants = [v for v in variants if v not in ("no-overlap", "thread")]
+    unknown_variants = [v for v in variants if v not in VARIANTS]
     if unknown_variants:
-        parser.error(f"unknown variant {unknown_variants[0]!r}: use no-overlap, thread")
+        parser.error(f"unknown variant {unknown_variants[0]!r}: use {', '.join(VARIANTS)}")
     modes = csv(pick(args.modes, ",".join(MODES), "deterministic"))
     seconds = pick(args.seconds, 3.0, 1.0)
     warmup = pick(args.warmup, 5, 2)
@@ -842,6 +846,8 @@ def main(argv: list[str] | None = None) -> int:
                     batches: Any = endless(loader)
                     if variant == "no-overlap":
                         loader.overlap = False
+                    elif variant == "nchw-upsample" and loader.transform is not None:
+                        loader.transform.planes = False
                     elif variant == "thread":
                         batches = ThreadFed(batches, device)
                     next(batches)

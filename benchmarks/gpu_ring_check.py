@@ -174,6 +174,23 @@ def main(argv: list[str] | None = None) -> int:
         row.update(equal=False, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=5))
     rows.append(row)
     print(f"{row['case']}: {'equal' if row['equal'] else 'DIFFERENT ' + str(row.get('error') or row.get('why'))}")
+    # informational (not part of the contract): CUDA's bilinear on the B*C planes (the loader's
+    # since session 6) against the same kernel family on the NCHW batch
+    row = {"case": "bilinear on the planes against the NCHW kernel (informational)", "device": str(device)}
+    try:
+        from benzarr.data import _upsample_bilinear_planes
+
+        x = (torch.rand(64, 6, 60, 60, device=device) * 10_000).float()
+        for corners in (False, True):
+            a = _upsample_bilinear_planes(x, corners)
+            b = torch._C._nn.upsample_bilinear2d(x, (120, 120), corners, None)
+            row[f"align_corners={corners}"] = {"equal": bool(torch.equal(a, b)),
+                                                "max_abs_diff": float((a - b).abs().max())}
+    except Exception as exc:
+        row["error"] = f"{type(exc).__name__}: {exc}"
+    row["equal"] = True  # informational: never fails the check
+    rows.append(row)
+    print(f"{row['case']}: {row}")
     rows.append(trainer_syncs(v1, args.workdir, device))
     print(f"{rows[-1]['case']}: {'none' if rows[-1]['equal'] else rows[-1].get('syncs') or rows[-1].get('error')}")
     ok = all(r["equal"] for r in rows)

@@ -76,9 +76,12 @@ def _to_float(x: torch.Tensor, codes: np.ndarray | None = None) -> torch.Tensor:
 RESAMPLE_MODES = ("bilinear", "nearest", "bicubic")
 
 
-def _upsample(x: torch.Tensor, mode: str = "bilinear", align_corners: bool = False) -> torch.Tensor:
+def _upsample(x: torch.Tensor, mode: str = "bilinear", align_corners: bool = False,
+              planes: bool = True) -> torch.Tensor:
     """(B, C, h, w) float32 -> (B, C, 120, 120): ``F.interpolate(mode=mode, align_corners=...)``
-    (``align_corners`` does not apply to ``nearest``).
+    (``align_corners`` does not apply to ``nearest``). On CUDA, bilinear takes
+    :func:`_upsample_bilinear_planes` (``planes=False``: the native kernel on the NCHW batch,
+    session 6's first form, kept for the benchmark's A/B).
 
     On the CPU it runs on one intra-op thread: torch splits the output among threads at
     arbitrary points, and a row split between its vectorised and scalar code differs in
@@ -91,7 +94,9 @@ def _upsample(x: torch.Tensor, mode: str = "bilinear", align_corners: bool = Fal
         return F.interpolate(x, size=(PATCH_SIDE, PATCH_SIDE), mode=mode, align_corners=corners)
 
     if x.device.type == "cuda" and mode == "bilinear" and not x.requires_grad:
-        return _upsample_bilinear_planes(x, bool(align_corners))
+        if planes:
+            return _upsample_bilinear_planes(x, bool(align_corners))
+        return torch._C._nn.upsample_bilinear2d(x, (PATCH_SIDE, PATCH_SIDE), bool(align_corners), None)
     threads = torch.get_num_threads()
     if x.device.type != "cpu" or threads == 1:
         return interpolate()
@@ -227,6 +232,7 @@ class BatchTransform:
         self.bands = resolve_bands(list(bands), ("s2", "s1"))
         self.device = torch.device(device)
         self.resample, self.align_corners = resample, bool(align_corners)
+        self.planes = True  # CUDA bilinear on the B*C planes (False: the NCHW kernel; an A/B switch)
         self.augment, self.seed, self.epoch = check_augment(augment), int(seed), 0
         self.groups = band_groups_for(self.bands)
         # per group: channels to keep (None: all, in order) and their output channels
@@ -302,7 +308,7 @@ class BatchTransform:
                 mean, std = self._norm[group]
                 x = x.sub_(mean).div_(std)
             if x.shape[-1] != PATCH_SIDE or x.shape[-2] != PATCH_SIDE:
-                x = _upsample(x, self.resample, self.align_corners)
+                x = _upsample(x, self.resample, self.align_corners, self.planes)
             # one copy per run of consecutive output channels (7 copies, not 12, for "all")
             for first, slot, count in self._runs[group]:
                 image[:, slot:slot + count] = x[:, first:first + count]
