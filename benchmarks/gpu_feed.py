@@ -504,7 +504,8 @@ def profile_fed(model: Trainee, batches: Iterator[Any] | None, steps: int, trace
         rows.append({"op": e.key, "calls": e.count, "self_us_per_step": round((us or 0.0) / steps, 1),
                      "host_us_per_step": round(e.self_cpu_time_total / steps, 1)})
     rows.sort(key=lambda r: r["self_us_per_step"], reverse=True)
-    return {"trace": str(trace), "steps": steps, "timeline": "device" if on_device else "host",
+    # the file's name only: it lies beside --out, and the JSON names no machine's paths
+    return {"trace": trace.name, "steps": steps, "timeline": "device" if on_device else "host",
             "busy_ms_per_step": round(busy / steps / 1e3, 3), "wall_ms_per_step": round(1e3 * wall / steps, 3),
             "of": "ceiling" if batches is None else "fed", "top_ops": rows[:15]}
 
@@ -768,7 +769,7 @@ def main(argv: list[str] | None = None) -> int:
         payload["error"] = f"building the store: {type(exc).__name__}: {exc}"
         rec.save()
         raise
-    payload["parameters"]["store"] = str(store)
+    payload["parameters"]["store"] = store.name  # under --workdir (or --store): no machine's paths
     payload["parameters"]["store_patches"] = len(dataset(store))
     rec.save()
     slice_s = seconds + 2.0            # a measurement's typical wall time beyond its timed slice
