@@ -140,3 +140,27 @@ def test_loading_http_rows_against_rclone(tmp_path: Path) -> None:
     assert "rclone serve http" in rows["benzarr-http-lz4"]["notes"]
     by_target = {t["target"]: t for t in doc["targets"]}
     assert by_target["benzarr-http-lz4 >= 0.8x http-capacity (bare obstore GETs, rclone serve http)"]["value"] > 0
+
+
+def test_sync_check_counts_torchs_sync_warning_not_its_prototype_notice() -> None:
+    """gpu_ring_check's trainer sync check: ``set_sync_debug_mode`` warns once that it is a
+    prototype ("... does not yet detect all synchronizing operations"); sessions 2 and 6 counted
+    that notice as a sync of the trainer. Both texts are torch's own, read from its libraries."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import gpu_ring_check
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    import torch
+
+    lib = Path(torch.__file__).parent / "lib"
+    if not (lib / "libc10_cuda.so").is_file():
+        pytest.skip("a CPU-only torch build has no sync debug mode")
+    assert gpu_ring_check.SYNC_WARNING.encode() in (lib / "libc10_cuda.so").read_bytes()
+    assert gpu_ring_check.SYNC_NOTICE.encode() in (lib / "libtorch_python.so").read_bytes()
+    notice = ("Synchronization debug mode is a prototype feature and does not yet detect all synchronizing "
+              "operations (function operator())")
+    assert gpu_ring_check.sync_warning_kind(notice) == "notice"
+    assert gpu_ring_check.sync_warning_kind("called a synchronizing CUDA operation (function "
+                                            "warn_or_error_on_sync)") == "sync"
+    assert gpu_ring_check.sync_warning_kind("TypedStorage is deprecated") is None
