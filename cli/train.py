@@ -58,6 +58,17 @@ class _Progress:
             )
 
 
+def _seed_list(seeds: str) -> list[int]:
+    """``--seeds 0,1,2`` as distinct integers; anything else is one line."""
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise InvalidArgumentError(f"--seeds {seeds!r}: give integers separated by commas, e.g. 0,1,2") from None
+    if not seed_list or len(set(seed_list)) != len(seed_list):
+        raise InvalidArgumentError(f"--seeds {seeds!r}: give distinct integers, e.g. 0,1,2")
+    return seed_list
+
+
 def _summary(result: TrainResult, monitor: str) -> None:
     t = result.test
     stop = " (early stop)" if result.stopped_early else ""
@@ -125,8 +136,6 @@ def command(
 
     Multi-process data parallel: torchrun --nproc-per-node 2 -m benzarr_cli train ...
     """
-    from benzarr.train import default_out, train, train_seeds  # torch: only when training
-
     source = ctx.get_parameter_source("seed")
     given = source is not None and source.name == "COMMANDLINE"
     if given and seeds is not None:
@@ -141,17 +150,15 @@ def command(
         weights=weights, finetune=finetune, track_emissions=track_emissions, emissions_country=emissions_country,
     )
     quiet = quiet or int(os.environ.get("RANK", "0")) != 0  # under torchrun, rank 0 speaks
-    if seeds is None:
+    seed_list = _seed_list(seeds) if seeds is not None else None
+    # torch only once the arguments are known good: a usage error answers in a second, not four
+    from benzarr.train import default_out, train, train_seeds
+
+    if seed_list is None:
         result = train(cfg, _Progress(epochs, quiet))
         if not quiet:
             _summary(result, monitor)
         return
-    try:
-        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
-    except ValueError:
-        raise InvalidArgumentError(f"--seeds {seeds!r}: give integers separated by commas, e.g. 0,1,2") from None
-    if not seed_list or len(set(seed_list)) != len(seed_list):
-        raise InvalidArgumentError(f"--seeds {seeds!r}: give distinct integers, e.g. 0,1,2")
     bars = {s: _Progress(epochs, quiet, prefix=f"seed {s} ") for s in seed_list}
     results = train_seeds(cfg, seed_list, lambda s, event: bars[s](event))
     if not quiet:
