@@ -25,10 +25,12 @@ In one run, on one synthetic lz4 store (12 bands, batch 256 by default):
 * ``profiles`` (``--profile-steps N``): a ``torch.profiler`` Chrome trace of N fed steps of the
   first model at the first worker count, beside ``--out`` as ``<stem>_trace.json``, and the
   ops with the most device self time per step;
-* ``variants`` (``--variants no-overlap,thread,nchw-upsample``): at the largest fed worker
-  count, a loader of its own per variant, interleaved in the same rows: the transform on the
-  consumer's stream instead of one batch ahead on a side stream, batches taken by a
-  background thread, or bilinear upsampling with the NCHW kernel instead of on the planes;
+* ``variants`` (``--variants no-overlap,thread,nchw-upsample,unfused,session6``): at the
+  largest fed worker count, a loader of its own per variant, interleaved in the same rows:
+  the transform on the consumer's stream instead of one batch ahead on a side stream,
+  batches taken by a background thread, bilinear upsampling with the NCHW kernel instead of
+  on the planes, the transform without its fused passes (``BatchTransform.fused = False``),
+  or both of the last two (the transform session 6's second run measured);
 * ``ring_cpu`` (``--cpu-ring-workers``): the raw ring decoding on the CPU, not copied (how
   decoding alone scales with workers on the node); ``cpu_topology``: cores and siblings;
 * ``trainer``: ``benzarr.train.train`` itself on the same store (split ``s``, 60/20/20) for
@@ -48,7 +50,7 @@ Usage (GPU node, benzarr on PYTHONPATH; builds the store when --store is absent)
 ``benchmarks/gpu_session.sh`` runs, about 360 s on an H200 with 16 cores, build included; it
 writes straight into the folder that comes back, so a killed run still returns its JSON::
 
-    python3 benchmarks/gpu_feed.py --patches 20000 --build-workers 16 --seconds 2.4 --rounds 3 --warmup 5 --budget-s 420 --workers 0,4,8,12 --fed-workers 4,8,12 --ring-workers 12 --cpu-ring-workers 4,8,12 --variants no-overlap,nchw-upsample --trainer-modes deterministic,fast --profile-steps 3 --workdir /tmp/gf --out "$OUT/gpu_feed.json"
+    python3 benchmarks/gpu_feed.py --patches 20000 --build-workers 16 --seconds 2.4 --rounds 3 --warmup 5 --budget-s 420 --workers 0,4,8,12 --fed-workers 4,8,12 --ring-workers 12 --cpu-ring-workers 4,8,12 --variants unfused,session6 --trainer-modes deterministic,fast --profile-steps 3 --workdir /tmp/gf --out "$OUT/gpu_feed.json"
 
 Order: build, h2d, loader alone, raw ring, raw ring on the CPU, then per mode (deterministic
 first: the trainer's default) the ceilings and transformed rows, the fed rows at 12, 8 and 4
@@ -89,7 +91,7 @@ MODES = ("deterministic", "fast")
 GPU_MODELS = ("shortcnn-all", "resnet18", "resnet50", "inception-v3")
 GPU_WORKERS = (0, 4, 8, 12)
 #: A/B variants of the loader (``--variants``), each measured in the same rows as the default.
-VARIANTS = ("no-overlap", "thread", "nchw-upsample")
+VARIANTS = ("no-overlap", "thread", "nchw-upsample", "unfused", "session6")
 
 
 # -- plumbing: time budget, alarms, JSON after every measurement -------------------------
@@ -696,7 +698,9 @@ def main(argv: list[str] | None = None) -> int:
                              "with the ceiling and the default fed loop: 'no-overlap' (the batch transform on the "
                              "consumer's stream, DeviceLoader.overlap=False), 'thread' (batches taken by a "
                              "background thread, ThreadFed), 'nchw-upsample' (CUDA bilinear on the NCHW batch, "
-                             "BatchTransform.planes=False: session 6's last run) []")
+                             "BatchTransform.planes=False), 'unfused' (BatchTransform.fused=False: a float32 "
+                             "copy of each group, then copies), 'session6' (both: the transform session 6's "
+                             "last run measured) []")
     parser.add_argument("--rounds", type=int, default=3,
                         help="alternating slices of ceiling and fed steps per fed row (interleaved) [3]")
     parser.add_argument("--cpu-ring-workers", default="",
@@ -849,6 +853,10 @@ def main(argv: list[str] | None = None) -> int:
                         loader.overlap = False
                     elif variant == "nchw-upsample" and loader.transform is not None:
                         loader.transform.planes = False
+                    elif variant == "unfused" and loader.transform is not None:
+                        loader.transform.fused = False
+                    elif variant == "session6" and loader.transform is not None:
+                        loader.transform.planes = loader.transform.fused = False
                     elif variant == "thread":
                         batches = ThreadFed(batches, device)
                     next(batches)

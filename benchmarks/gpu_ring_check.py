@@ -195,6 +195,35 @@ def main(argv: list[str] | None = None) -> int:
         row.update(equal=False, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=5))
     rows.append(row)
     print(f"{row['case']}: {'equal' if row['equal'] else 'DIFFERENT ' + str(row.get('error') or row.get('why'))}")
+    # the fused device transform (BatchTransform.fused, after session 6's last run) against
+    # session 6's passes: the same float32 operations in the same order, so the same bits
+    for name, store, kwargs in [
+        ("fused: s2 all normalized", v1, {"normalize": True}),
+        ("fused: s2 list, flip-rot90, align_corners", v1, {"bands": ["B09", "B03", "B8A", "B02", "B12"],
+                                                          "normalize": True, "augment": "flip-rot90",
+                                                          "align_corners": True}),
+        ("fused: s2+s1 normalized, bicubic", v2, {"modalities": ("s2", "s1"), "normalize": True,
+                                                  "resample": "bicubic"}),
+        ("fused: s2 rgb, not normalized", v1, {"bands": "rgb"}),
+    ]:
+        row = {"case": name + " (against session 6's passes)", "device": str(device)}
+        try:
+            ds = BigEarthNetDataset(store, **kwargs)
+            results = []
+            for planes in (True, False):
+                outputs = []
+                for fused in (True, False):
+                    transform = ds.batch_transform(device)
+                    transform.planes, transform.fused = planes, fused
+                    transform.set_epoch(3)
+                    outputs.append([{k: v.cpu() for k, v in transform(ds.__getitems__(rows)).items()}
+                                    for rows in ([0, 5, 9, 2, 31, 17, 40], list(range(20, 52)))])
+                results.append({"planes": planes, **compare(*outputs)})
+            row.update(equal=all(r["equal"] for r in results), results=results)
+        except Exception as exc:
+            row.update(equal=False, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=5))
+        rows.append(row)
+        print(f"{row['case']}: {'equal' if row['equal'] else 'DIFFERENT ' + str(row.get('error') or row.get('results'))}")
     # informational (not part of the contract): CUDA's bilinear on the B*C planes (the loader's
     # since session 6) against the same kernel family on the NCHW batch
     row = {"case": "bilinear on the planes against the NCHW kernel (informational)", "device": str(device)}

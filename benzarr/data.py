@@ -148,13 +148,14 @@ def _mask_to_long(x: torch.Tensor, device: torch.device, codes: np.ndarray | Non
         return x.view(torch.int16).to(torch.int64).bitwise_and_(0xFFFF)
 
 
-def _runs(slots: Sequence[int]) -> tuple[tuple[int, int, int], ...]:
-    """Output channels ``slots`` of a group's channels 0, 1, ... as runs
-    ``(first group channel, first output channel, count)`` of consecutive channels,
+def _runs(slots: Sequence[int], sources: Sequence[int] | None = None) -> tuple[tuple[int, int, int], ...]:
+    """Output channels ``slots`` of a group's channels ``sources`` (default 0, 1, ...) as
+    runs ``(first group channel, first output channel, count)``, consecutive in both,
     e.g. ``[4, 5, 6, 8]`` -> ``((0, 4, 3), (3, 8, 1))``."""
+    sources = range(len(slots)) if sources is None else sources
     runs: list[list[int]] = []
-    for c, slot in enumerate(slots):
-        if runs and runs[-1][1] + runs[-1][2] == slot:
+    for c, slot in zip(sources, slots):
+        if runs and runs[-1][1] + runs[-1][2] == slot and runs[-1][0] + runs[-1][2] == c:
             runs[-1][2] += 1
         else:
             runs.append([c, slot, 1])
@@ -233,6 +234,7 @@ class BatchTransform:
         self.device = torch.device(device)
         self.resample, self.align_corners = resample, bool(align_corners)
         self.planes = True  # CUDA bilinear on the B*C planes (False: the NCHW kernel; an A/B switch)
+        self.fused = True  # off the CPU, fewer passes over memory (False: session 6's passes; an A/B switch)
         self.augment, self.seed, self.epoch = check_augment(augment), int(seed), 0
         self.groups = band_groups_for(self.bands)
         # per group: channels to keep (None: all, in order) and their output channels
@@ -244,6 +246,15 @@ class BatchTransform:
             self._plan.append((group, gather, [self.bands.index(names[c]) for c in keep]))
         # per group: its copies into the image, one per run of consecutive output channels
         self._runs = {group: _runs(slots) for group, _, slots in self._plan}
+        # the same runs counted in the group's stored channels (consecutive in both), for
+        # copying a group that needs no upsampling straight from its stored batch
+        # (first stored channel, first output channel, count, first kept channel)
+        self._stored_runs: dict[str, tuple[tuple[int, int, int, int], ...]] = {}
+        for group, _, slots in self._plan:
+            names = CHANNEL_GROUPS[group][1]
+            keep = [c for c, name in enumerate(names) if name in self.bands]
+            self._stored_runs[group] = tuple((first, slot, count, keep.index(first))
+                                             for first, slot, count in _runs(slots, keep))
         if (mean is None) != (std is None):
             raise InvalidArgumentError("give both mean and std, or neither")
         self._norm: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
@@ -299,6 +310,8 @@ class BatchTransform:
 
     def _image_rows(self, batch: Batch, image: torch.Tensor, codes: np.ndarray | None) -> torch.Tensor:
         """:meth:`image` of the rows of ``batch`` (band groups only) into ``image``."""
+        if self.fused and self.device.type != "cpu":
+            return self._image_rows_fused(batch, image, codes)
         for group, gather, _ in self._plan:
             x = _to_float(torch.as_tensor(batch[group]).to(self.device, non_blocking=True), codes)
             if gather is not None:
@@ -313,6 +326,69 @@ class BatchTransform:
             for first, slot, count in self._runs[group]:
                 image[:, slot:slot + count] = x[:, first:first + count]
         return image
+
+    def _image_rows_fused(self, batch: Batch, image: torch.Tensor, codes: np.ndarray | None) -> torch.Tensor:
+        """:meth:`_image_rows` in fewer passes over device memory, with the same bits.
+
+        A GPU spends the transform's time moving bytes (issue #10: 1.7 ms of a 7.5 ms
+        shortcnn-all step on an H200), so each pass that can go does:
+
+        * the uint16 -> float32 cast happens inside the first arithmetic, ``torch.sub(x, mean,
+          out=...)`` (without normalisation, inside the copy): no float32 copy of the batch;
+        * a group at 120x120 (10 m, S1) is written straight into its image channels;
+        * a bilinear group goes into the channels-last planes buffer by that same first
+          kernel (cast, subtract and transpose in one), and the upsampled planes go into the
+          image channels by one transposing copy a run (no ``.contiguous()`` in between).
+
+        Every value is computed by the same float32 operations in the same order as on the
+        other path (cast, subtract, divide, the same upsampling kernel on the same layout),
+        so the bits are the same (tested on the CPU; ``benchmarks/gpu_ring_check.py`` on CUDA).
+        """
+        augmenting = codes is not None and codes.any()
+        for group, gather, _ in self._plan:
+            x = torch.as_tensor(batch[group]).to(self.device, non_blocking=True)
+            if augmenting:
+                x = augment_tensor(x, codes)
+            side = x.shape[-1]
+            norm = None if self._norm is None else self._norm[group]
+            if side == PATCH_SIDE:
+                for first, slot, count, kept in self._stored_runs[group]:
+                    run_norm = None if norm is None else (norm[0][:, kept:kept + count], norm[1][:, kept:kept + count])
+                    self._cast_normalize(x[:, first:first + count], image[:, slot:slot + count], run_norm)
+                continue
+            if gather is not None:  # the kept channels, gathered as raw bits (int16 has every kernel)
+                x = (x.view(torch.int16).index_select(1, gather).view(torch.uint16) if x.dtype == torch.uint16
+                     else x.index_select(1, gather))
+            if not (self.resample == "bilinear" and self.planes):
+                x = _to_float(x)
+                if norm is not None:
+                    x = x.sub_(norm[0]).div_(norm[1])
+                x = _upsample(x, self.resample, self.align_corners, self.planes)
+            else:
+                b, c, h, w = x.shape
+                planes = torch.empty((1, b * c, h, w), dtype=torch.float32, device=self.device,
+                                     memory_format=torch.channels_last)
+                self._cast_normalize(x, planes.view(b, c, h, w), norm)
+                x = torch._C._nn.upsample_bilinear2d(planes, (PATCH_SIDE, PATCH_SIDE), self.align_corners,
+                                                     None).view(b, c, PATCH_SIDE, PATCH_SIDE)
+            for first, slot, count in self._runs[group]:
+                image[:, slot:slot + count] = x[:, first:first + count]
+        return image
+
+    @staticmethod
+    def _cast_normalize(x: torch.Tensor, out: torch.Tensor,
+                        norm: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+        """``out = (float32(x) - mean) / std`` (or ``float32(x)``) with the cast inside the
+        first kernel; a device without that uint16 kernel casts first (the same bits)."""
+        try:
+            if norm is None:
+                out.copy_(x)
+            else:
+                torch.sub(x, norm[0], out=out).div_(norm[1])
+        except (RuntimeError, NotImplementedError):  # no uint16 kernel here: widen, then the same
+            out.copy_(_u16_to_float(x) if x.dtype == torch.uint16 else x)
+            if norm is not None:
+                out.sub_(norm[0]).div_(norm[1])
 
     def __call__(self, batch: Batch, out: Batch | None = None) -> Batch:
         """The device batch ``{"image", "label", "index"}`` of a uint16 ``batch``.

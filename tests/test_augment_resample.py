@@ -187,3 +187,56 @@ def test_channel_runs_cover_each_slot_once() -> None:
     for slots in ([0], [3, 4], [5, 3, 4]):
         covered = [slot + k for _, slot, n in _runs(slots) for k in range(n)]
         assert covered == list(slots)
+
+
+def _session6_image(transform, batch: dict, codes) -> torch.Tensor:
+    """The device path as session 6 measured it, here on the CPU: float32 copy, channel
+    gather, normalise, bilinear on the planes (else ``_upsample``), one copy a run."""
+    from benzarr.data import PATCH_SIDE, _to_float, _upsample, _upsample_bilinear_planes
+
+    size = batch["index"].shape[0]
+    image = torch.full((size, len(transform.bands), PATCH_SIDE, PATCH_SIDE), float("nan"))
+    for group, gather, _ in transform._plan:
+        x = _to_float(batch[group], codes)
+        if gather is not None:
+            x = x.index_select(1, gather)
+        if transform._norm is not None:
+            x = x.sub_(transform._norm[group][0]).div_(transform._norm[group][1])
+        if x.shape[-1] != PATCH_SIDE:
+            x = (_upsample_bilinear_planes(x, transform.align_corners) if transform.resample == "bilinear"
+                 else _upsample(x, transform.resample, transform.align_corners))
+        for first, slot, count in transform._runs[group]:
+            image[:, slot:slot + count] = x[:, first:first + count]
+    return image
+
+
+ALL_CHANNELS = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12", "VV", "VH"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), b=st.integers(1, 4), normalize=st.booleans(), augment=st.booleans(), align=st.booleans(),
+       resample=st.sampled_from(["bilinear", "bilinear", "nearest", "bicubic"]))
+def test_fused_device_path_gives_the_same_bits(data, b: int, normalize: bool, augment: bool, align: bool,
+                                               resample: str) -> None:
+    """Issue #10: the device path that casts inside the first kernel and writes groups
+    straight into the image (``BatchTransform.fused``, run here on the CPU) gives the same
+    bits as session 6's passes, for any band list, order, normalisation, augmentation and
+    resampling."""
+    from benzarr.augment import transform_codes
+    from benzarr.data import CHANNEL_GROUPS, BatchTransform
+
+    bands = data.draw(st.lists(st.sampled_from(ALL_CHANNELS), min_size=1, max_size=14, unique=True))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    mean = (rng.random(len(bands)) * 2000).tolist() if normalize else None
+    std = (rng.random(len(bands)) * 900 + 100).tolist() if normalize else None
+    transform = BatchTransform(bands, "cpu", mean, std, resample=resample, align_corners=align)
+    batch: dict = {"index": torch.arange(b, dtype=torch.int64) * 7 + 3}
+    for group in transform.groups:
+        _, names, side = CHANNEL_GROUPS[group]
+        shape = (b, len(names), side, side)
+        batch[group] = (torch.from_numpy((rng.random(shape) * 40 - 25).astype(np.float32)) if group == "s1"
+                        else torch.from_numpy(rng.integers(0, 65536, shape, dtype=np.uint16)))
+    codes = transform_codes(batch["index"], 5, 2, "flip-rot90") if augment else None
+    got = torch.full((b, len(bands), 120, 120), float("nan"))
+    transform._image_rows_fused(batch, got, codes)
+    assert torch.equal(got, _session6_image(transform, batch, codes)), (bands, normalize, augment, resample)
