@@ -235,6 +235,7 @@ class BatchTransform:
         self.resample, self.align_corners = resample, bool(align_corners)
         self.planes = True  # CUDA bilinear on the B*C planes (False: the NCHW kernel; an A/B switch)
         self.fused = True  # off the CPU, fewer passes over memory (False: session 6's passes; an A/B switch)
+        self._cast_in_kernel = True  # uint16 read by the first arithmetic kernel (until a device refuses)
         self.augment, self.seed, self.epoch = check_augment(augment), int(seed), 0
         self.groups = band_groups_for(self.bands)
         # per group: channels to keep (None: all, in order) and their output channels
@@ -375,20 +376,25 @@ class BatchTransform:
                 image[:, slot:slot + count] = x[:, first:first + count]
         return image
 
-    @staticmethod
-    def _cast_normalize(x: torch.Tensor, out: torch.Tensor,
+    def _cast_normalize(self, x: torch.Tensor, out: torch.Tensor,
                         norm: tuple[torch.Tensor, torch.Tensor] | None) -> None:
         """``out = (float32(x) - mean) / std`` (or ``float32(x)``) with the cast inside the
-        first kernel; a device without that uint16 kernel casts first (the same bits)."""
-        try:
-            if norm is None:
-                out.copy_(x)
-            else:
-                torch.sub(x, norm[0], out=out).div_(norm[1])
-        except (RuntimeError, NotImplementedError):  # no uint16 kernel here: widen, then the same
-            out.copy_(_u16_to_float(x) if x.dtype == torch.uint16 else x)
-            if norm is not None:
-                out.sub_(norm[0]).div_(norm[1])
+        first kernel (CUDA's elementwise kernels read uint16 through dynamic casting); a
+        device without that kernel casts first, with the same bits, from then on."""
+        if self._cast_in_kernel or x.dtype != torch.uint16:
+            try:
+                if norm is None:
+                    out.copy_(x)
+                else:
+                    torch.sub(x, norm[0], out=out).div_(norm[1])
+                return
+            except (RuntimeError, NotImplementedError):
+                if x.dtype != torch.uint16:
+                    raise
+                self._cast_in_kernel = False  # no uint16 kernel on this device: widen first
+        out.copy_(_u16_to_float(x))
+        if norm is not None:
+            out.sub_(norm[0]).div_(norm[1])
 
     def __call__(self, batch: Batch, out: Batch | None = None) -> Batch:
         """The device batch ``{"image", "label", "index"}`` of a uint16 ``batch``.

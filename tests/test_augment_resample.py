@@ -240,3 +240,28 @@ def test_fused_device_path_gives_the_same_bits(data, b: int, normalize: bool, au
     got = torch.full((b, len(bands), 120, 120), float("nan"))
     transform._image_rows_fused(batch, got, codes)
     assert torch.equal(got, _session6_image(transform, batch, codes)), (bands, normalize, augment, resample)
+
+
+def test_fused_path_widens_first_where_a_device_has_no_uint16_kernel() -> None:
+    """A device whose kernels refuse uint16 (the fallback ``_cast_normalize`` keeps) gets the
+    same bits by widening first, and stops trying after the first refusal."""
+    from benzarr.data import BatchTransform
+
+    transform = BatchTransform(["B02", "B05"], "cpu", [900.0, 1100.0], [300.0, 450.0])
+    x = torch.randint(0, 65535, (3, 1, 20, 20), dtype=torch.int32).to(torch.uint16)
+    norm = (torch.tensor([900.0]).view(1, 1, 1, 1), torch.tensor([300.0]).view(1, 1, 1, 1))
+    expected = torch.empty(3, 1, 20, 20)
+    transform._cast_normalize(x, expected, norm)
+    refused = x.view(torch.int16).view(torch.uint16)
+
+    class NoUInt16(torch.Tensor):  # a tensor whose arithmetic refuses uint16, as such a device does
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):
+            if func in (torch.sub, torch.Tensor.copy_) and any(
+                    isinstance(a, torch.Tensor) and a.dtype == torch.uint16 for a in args):
+                raise NotImplementedError("sub not implemented for 'UInt16'")
+            return super().__torch_function__(func, types, args, kwargs or {})
+
+    got = torch.empty(3, 1, 20, 20)
+    transform._cast_normalize(refused.as_subclass(NoUInt16), got, norm)
+    assert torch.equal(got, expected) and transform._cast_in_kernel is False
