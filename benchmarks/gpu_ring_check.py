@@ -134,7 +134,7 @@ def trainer_syncs(store: Path, workdir: Path, device: torch.device) -> dict[str,
                                   device="cuda", amp=True, out=str(workdir / "sync-run")), watch)
             finally:
                 torch.cuda.set_sync_debug_mode("default")
-        syncs = [f["at"] for f in found if f["at"].split(":")[0] not in ("data.py", "ring.py")]
+        syncs = [f["at"] for f in found if f["at"].split(":")[0] not in ("data.py", "transform.py", "ring.py")]
         return {**row, "equal": n_batches[0] >= 3 and not syncs, "syncs": syncs, "batches": n_batches[0],
                 "sync_stacks": found[:4], "notices": notices}
     except Exception as exc:
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     # since session 6) against the same kernel family on the NCHW batch
     row = {"case": "bilinear on the planes against the NCHW kernel (informational)", "device": str(device)}
     try:
-        from benzarr.data import _upsample_bilinear_planes
+        from benzarr.transform import _upsample_bilinear_planes
 
         x = (torch.rand(64, 6, 60, 60, device=device) * 10_000).float()
         for corners in (False, True):

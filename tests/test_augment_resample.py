@@ -167,7 +167,7 @@ def test_gpu_bilinear_path_is_f_interpolate(b: int, c: int, side: int, align: bo
     here on the CPU, whose channels-last kernel rounds differently in the last bit (CUDA's
     computes the same expression in both layouts): the reshapes, the part that could go wrong,
     are the same on every device, and a wrong one would be wrong by far more than an ulp."""
-    from benzarr.data import _upsample_bilinear_planes
+    from benzarr.transform import _upsample_bilinear_planes
 
     x = torch.rand(b, c * (2 if sliced else 1), side, side) * 10_000
     if sliced:
@@ -179,7 +179,7 @@ def test_gpu_bilinear_path_is_f_interpolate(b: int, c: int, side: int, align: bo
 
 
 def test_channel_runs_cover_each_slot_once() -> None:
-    from benzarr.data import _runs
+    from benzarr.transform import _runs
 
     assert _runs([4, 5, 6, 8, 10, 11]) == ((0, 4, 3), (3, 8, 1), (4, 10, 2))
     assert _runs([1, 2, 3, 7]) == ((0, 1, 3), (3, 7, 1))
@@ -192,7 +192,7 @@ def test_channel_runs_cover_each_slot_once() -> None:
 def _session6_image(transform, batch: dict, codes) -> torch.Tensor:
     """The device path as session 6 measured it, here on the CPU: float32 copy, channel
     gather, normalise, bilinear on the planes (else ``_upsample``), one copy a run."""
-    from benzarr.data import PATCH_SIDE, _to_float, _upsample, _upsample_bilinear_planes
+    from benzarr.transform import PATCH_SIDE, _to_float, _upsample, _upsample_bilinear_planes
 
     size = batch["index"].shape[0]
     image = torch.full((size, len(transform.bands), PATCH_SIDE, PATCH_SIDE), float("nan"))
@@ -223,7 +223,7 @@ def test_fused_device_path_gives_the_same_bits(data, b: int, normalize: bool, au
     bits as session 6's passes, for any band list, order, normalisation, augmentation and
     resampling."""
     from benzarr.augment import transform_codes
-    from benzarr.data import CHANNEL_GROUPS, BatchTransform
+    from benzarr.transform import CHANNEL_GROUPS, BatchTransform
 
     bands = data.draw(st.lists(st.sampled_from(ALL_CHANNELS), min_size=1, max_size=14, unique=True))
     rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
