@@ -31,6 +31,9 @@ In one run, on one synthetic lz4 store (12 bands, batch 256 by default):
   batches taken by a background thread, bilinear upsampling with the NCHW kernel instead of
   on the planes, the transform without its fused passes (``BatchTransform.fused = False``),
   or both of the last two (the transform session 6's second run measured);
+* ``augment`` (``--augment-workers``): ``augment="flip-rot90"`` against none, interleaved, for
+  the loader alone and for the batch transform alone on a batch already on the device
+  (issue #13: augmentation costs at most 5% of the loader-to-device time);
 * ``ring_cpu`` (``--cpu-ring-workers``): the raw ring decoding on the CPU, not copied (how
   decoding alone scales with workers on the node); ``cpu_topology``: cores and siblings;
 * ``trainer``: ``benzarr.train.train`` itself on the same store (split ``s``, 60/20/20) for
@@ -50,7 +53,7 @@ Usage (GPU node, benzarr on PYTHONPATH; builds the store when --store is absent)
 ``benchmarks/gpu_session.sh`` runs, about 360 s on an H200 with 16 cores, build included; it
 writes straight into the folder that comes back, so a killed run still returns its JSON::
 
-    python3 benchmarks/gpu_feed.py --patches 20000 --build-workers 16 --seconds 2.4 --rounds 3 --warmup 5 --budget-s 420 --workers 0,4,8,12 --fed-workers 4,8,12 --ring-workers 12 --cpu-ring-workers 4,8,12 --variants unfused,session6 --trainer-modes deterministic,fast --profile-steps 3 --workdir /tmp/gf --out "$OUT/gpu_feed.json"
+    python3 benchmarks/gpu_feed.py --patches 20000 --build-workers 16 --seconds 2.4 --rounds 3 --warmup 5 --budget-s 420 --workers 0,4,8,12 --fed-workers 4,8,12 --ring-workers 12 --cpu-ring-workers 4,8,12 --augment-workers 12 --variants unfused,session6 --trainer-modes deterministic,fast --profile-steps 3 --workdir /tmp/gf --out "$OUT/gpu_feed.json"
 
 Order: build, h2d, loader alone, raw ring, raw ring on the CPU, then per mode (deterministic
 first: the trainer's default) the ceilings and transformed rows, the fed rows at 12, 8 and 4
@@ -168,7 +171,8 @@ class Recorder:
             row["traceback"] = traceback.format_exc(limit=6)[-2000:]
             self.log(f"{section} {label}: ERROR {row['error']}")
         else:
-            shown = {k: v for k, v in row.items() if k in ("patches_per_s", "ceiling", "fed", "ratio", "vs_fed")}
+            shown = {k: v for k, v in row.items() if k in ("patches_per_s", "ceiling", "fed", "ratio", "vs_fed",
+                                                               "loader_ratio", "transform_ratio")}
             self.log(f"{section} {label}: {shown}")
         row["wall_s"] = round(time.monotonic() - started, 2)
         self.save()
@@ -313,6 +317,46 @@ def loader_alone(store: Path, device: torch.device, batch: int, workers: int, wa
         return timed(step, device, warmup, seconds)
     finally:
         close(batches, loader)
+
+
+def augment_cost(store: Path, device: torch.device, batch: int, workers: int, warmup: int, seconds: float,
+                 rounds: int) -> dict[str, Any]:
+    """What ``augment="flip-rot90"`` costs (issue #13: at most 5% of the loader-to-device
+    time): ``make_loader`` with and without it, interleaved (:func:`interleaved`), and the
+    batch transform alone on one native batch already on the device, with and without it
+    (its device cost, which a loader fast enough to outrun it hides)."""
+    from benzarr.data import BigEarthNetDataset, make_loader
+
+    loaders: dict[str, Any] = {}
+    batches: dict[str, Iterator[Any]] = {}
+    try:
+        for augment in ("none", "flip-rot90"):
+            ds = BigEarthNetDataset(store, bands="all", normalize=True, augment=augment)
+            loaders[augment] = make_loader(ds, batch, shuffle=True, num_workers=workers, seed=0, device=device,
+                                           drop_last=True)
+            batches[augment] = endless(loaders[augment])
+
+        def taker(augment: str) -> Callable[[], int]:
+            return lambda: int(next(batches[augment])["image"].shape[0])
+
+        loader = interleaved({a: taker(a) for a in batches}, device, warmup, seconds, rounds)
+    finally:
+        for augment in list(batches):
+            close(batches[augment], loaders[augment])
+    raw = dataset(store).__getitems__(list(range(min(batch, len(dataset(store))))))
+    on_device = {k: torch.as_tensor(v) if k == "index" else torch.as_tensor(v).to(device) for k, v in raw.items()}
+    transforms = {a: BigEarthNetDataset(store, bands="all", normalize=True, augment=a).batch_transform(device)
+                  for a in ("none", "flip-rot90")}
+    for t in transforms.values():
+        t.set_epoch(1)
+    alone = interleaved({a: (lambda t=t: int(t(on_device)["image"].shape[0])) for a, t in transforms.items()},
+                        device, warmup, seconds, rounds)
+    return {"loader": {a: r["patches_per_s"] for a, r in loader.items()},
+            "loader_ratio": round(loader["flip-rot90"]["patches_per_s"] / loader["none"]["patches_per_s"], 3),
+            "transform_ms": {a: round(1e3 * r["seconds"] / r["steps"], 3) for a, r in alone.items()},
+            "transform_ratio": round(alone["flip-rot90"]["patches_per_s"] / alone["none"]["patches_per_s"], 3),
+            "slices": {"loader": {a: r["slices"] for a, r in loader.items()},
+                       "transform": {a: r["slices"] for a, r in alone.items()}}}
 
 
 def ring_raw(store: Path, device: torch.device, batch: int, workers: int, warmup: int, seconds: float,
@@ -648,6 +692,10 @@ def targets(payload: dict[str, Any]) -> list[dict[str, Any]]:
     for r in payload.get("trainer", []):
         out.append({"target": f"trainer {r['model']} ({r.get('mode')}) >= 0.9 of the bare fed loop, "
                               f"{r['workers']} workers", "value": r.get("vs_fed"), "goal": 0.9})
+    for r in payload.get("augment", []):
+        if r.get("loader_ratio") is not None:
+            out.append({"target": f"issue 13: augment='flip-rot90' keeps >= 0.95 of the loader-to-device "
+                                  f"throughput, {r['workers']} workers", "value": r["loader_ratio"], "goal": 0.95})
     for t in out:
         t["met"] = None if t["value"] is None else bool(t["value"] >= t["goal"])
         if t["value"] is not None:
@@ -675,6 +723,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", default=None, help="comma-separated worker counts [0,4,8,12 / 0,2]")
     parser.add_argument("--modes", default=None, help="deterministic,fast [both / deterministic]")
     parser.add_argument("--ring-workers", default=None, help="worker counts of the raw ring rows [--workers]")
+    parser.add_argument("--augment-workers", default="",
+                        help="worker counts at which to measure augment='flip-rot90' against none: the loader "
+                             "alone and the batch transform alone, interleaved (issue #13's cost on a GPU) []")
     parser.add_argument("--fed-workers", default=None, help="worker counts of the fed model rows [--workers]")
     parser.add_argument("--seconds", type=float, default=None, help="timed slice per measurement [3 / 1]")
     parser.add_argument("--warmup", type=int, default=None, help="untimed batches before each slice [5 / 2]")
@@ -762,6 +813,7 @@ def main(argv: list[str] | None = None) -> int:
         "trainer": [],
         "variants": [],
         "ring_cpu": [],
+        "augment": [],
         "cpu_topology": cpu_topology(),
     }
     rec = Recorder(args.out, payload, budget, log)
@@ -791,6 +843,10 @@ def main(argv: list[str] | None = None) -> int:
     for w in workers:
         rec.measure("loader_alone", {"workers": w, "path": f"make_loader(device={device.type!r}) float32 model-ready"},
                     lambda w=w: loader_alone(store, device, batch, w, warmup, seconds), slice_s, alarm_s)
+    for w in csv(args.augment_workers, int) if args.augment_workers else []:
+        rec.measure("augment", {"workers": w, "augment": "flip-rot90"},
+                    lambda w=w: augment_cost(store, device, batch, w, warmup, seconds, args.rounds),
+                    2 * slice_s, alarm_s)
     for w in ring_workers:
         if w == 0:
             continue
@@ -982,6 +1038,12 @@ def main(argv: list[str] | None = None) -> int:
     if payload["ring_cpu"]:
         print("\nraw ring decoding on the CPU (not copied)")
         print_table(payload["ring_cpu"], [("workers", "workers", "d"), ("patches_per_s", "patches/s", ",.0f")])
+    for r in payload.get("augment", []):
+        if r.get("loader"):
+            print(f"\naugment='flip-rot90' against none, {r['workers']} workers (interleaved): loader "
+                  f"{r['loader']['flip-rot90']:,.0f} against {r['loader']['none']:,.0f} patches/s "
+                  f"({r['loader_ratio']:.3f}); the batch transform alone {r['transform_ms']['flip-rot90']:.3f} "
+                  f"against {r['transform_ms']['none']:.3f} ms a batch ({r['transform_ratio']:.3f})")
     if payload["trainer"]:
         print("\ntrainer against the bare fed loop")
         print_table(payload["trainer"], [("model", "model", "s"), ("mode", "mode", "s"), ("workers", "workers", "d"),
@@ -1002,7 +1064,7 @@ def main(argv: list[str] | None = None) -> int:
                                         ("self_us_per_step", f"self {p['timeline']} us/step", ",.1f"),
                                         ("host_us_per_step", "self host us/step", ",.1f")])
     errors = [r for section in ("loader_alone", "ring_raw", "transformed", "models", "trainer", "ceilings",
-                                "loaders", "profiles", "variants", "ring_cpu")
+                                "loaders", "profiles", "variants", "ring_cpu", "augment")
               for r in payload.get(section, []) if "error" in r]
     for r in errors:
         print(f"error: {r['error']}")

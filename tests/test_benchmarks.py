@@ -27,7 +27,7 @@ def test_gpu_feed_cpu_fallback(tmp_path: Path) -> None:
                       "--workers", "0,1", "--fed-workers", "1", "--rounds", "2", "--variants", "no-overlap",
                       "--cpu-ring-workers", "1", "--models", "shortcnn-all", "--seconds", "0.2", "--warmup", "1",
                       "--trainer-model", "shortcnn-all", "--trainer-workers", "1", "--trainer-epochs", "1",
-                      "--h2d-copies", "2", "--profile-steps", "2", "--out", str(out))
+                      "--h2d-copies", "2", "--profile-steps", "2", "--augment-workers", "1", "--out", str(out))
     doc = json.loads(out.read_text())
     # the shape issue 10 gives
     for key in ("machine", "device", "batch_size", "loader_alone", "models", "trainer", "h2d_gb_per_s"):
@@ -57,6 +57,10 @@ def test_gpu_feed_cpu_fallback(tmp_path: Path) -> None:
     assert trainer["model"] == "shortcnn-all" and trainer["workers"] == 1
     assert trainer["patches_per_s"] > 0 and trainer["vs_fed"] > 0, trainer
     assert any(t["target"].startswith("trainer") for t in doc["targets"])
+    augment = doc["augment"][0]  # issue 13's cost, with and without flip-rot90 interleaved
+    assert augment["workers"] == 1 and augment["loader_ratio"] > 0 and augment["transform_ratio"] > 0, augment
+    assert set(augment["transform_ms"]) == {"none", "flip-rot90"}
+    assert any(t["target"].startswith("issue 13") and t["value"] == augment["loader_ratio"] for t in doc["targets"])
     assert "targets" in proc.stdout
 
 
