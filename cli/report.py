@@ -7,7 +7,6 @@ from typing import Optional
 
 import typer
 
-from benzarr.report import write_report
 from benzarr_cli._common import console
 
 
@@ -20,6 +19,8 @@ def command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
 ) -> None:
     """Plot loss and F1 curves and tabulate test metrics per run and per model/split (mean ± 95% CI over seeds)."""
+    from benzarr.report import write_report  # pandas and matplotlib: only when reporting
+
     report = write_report(rundirs, out, evaluations=evaluation or ())
     if quiet:
         return

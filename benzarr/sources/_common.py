@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rasterio.errors import RasterioError
 
 from benzarr.bands import BAND_GROUPS, MODALITIES, PATCH_SIDE, S1_BANDS
 from benzarr.bigearthnet import CLC43, CLC43_CODES, clc43_to_clc19
@@ -223,6 +222,8 @@ def read_band(path: Path, side: int, dtype: str = "uint16", patch: str = "",
         BadPatchError: naming the file: missing, truncated or unreadable, or a wrong band
             count, dtype or shape (saying what was found).
     """
+    from rasterio.errors import RasterioError  # here, not at import: rasterio (and boto3) cost 0.3 s
+
     try:
         with _files.open_raster(path) as dataset:
             problem = None
