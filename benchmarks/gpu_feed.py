@@ -31,6 +31,8 @@ In one run, on one synthetic lz4 store (12 bands, batch 256 by default):
   batches taken by a background thread, bilinear upsampling with the NCHW kernel instead of
   on the planes, the transform without its fused passes (``BatchTransform.fused = False``),
   or both of the last two (the transform session 6's second run measured);
+* ``transform_alone`` (with a variant that changes the transform): the batch transform by
+  itself on a batch already on the device, default against each such variant, interleaved;
 * ``augment`` (``--augment-workers``): ``augment="flip-rot90"`` against none, interleaved, for
   the loader alone and for the batch transform alone on a batch already on the device
   (issue #13: augmentation costs at most 5% of the loader-to-device time);
@@ -357,6 +359,33 @@ def augment_cost(store: Path, device: torch.device, batch: int, workers: int, wa
             "transform_ratio": round(alone["flip-rot90"]["patches_per_s"] / alone["none"]["patches_per_s"], 3),
             "slices": {"loader": {a: r["slices"] for a, r in loader.items()},
                        "transform": {a: r["slices"] for a, r in alone.items()}}}
+
+
+#: The transform's switches per variant that changes it (``--variants``).
+TRANSFORM_VARIANTS: dict[str, dict[str, bool]] = {
+    "default": {}, "unfused": {"fused": False}, "nchw-upsample": {"planes": False},
+    "session6": {"fused": False, "planes": False},
+}
+
+
+def transform_alone(store: Path, device: torch.device, batch: int, variants: list[str], warmup: int,
+                    seconds: float, rounds: int) -> dict[str, Any]:
+    """The batch transform by itself on one native 12-band batch already on the device, for
+    the default and each variant that changes it, interleaved: its device time per batch,
+    with no model and no loader (the model rows show what that time costs a training step)."""
+    raw = dataset(store).__getitems__(list(range(min(batch, len(dataset(store))))))
+    on_device = {k: torch.as_tensor(v) if k == "index" else torch.as_tensor(v).to(device) for k, v in raw.items()}
+    steps: dict[str, Callable[[], int]] = {}
+    for name in ["default", *[v for v in variants if v in TRANSFORM_VARIANTS]]:
+        transform = dataset(store).batch_transform(device)
+        for switch, value in TRANSFORM_VARIANTS[name].items():
+            setattr(transform, switch, value)
+        steps[name] = lambda t=transform: int(t(on_device)["image"].shape[0])
+    runs = interleaved(steps, device, warmup, seconds, rounds)
+    base = runs["default"]["seconds"] / runs["default"]["steps"]
+    return {"ms_per_batch": {n: round(1e3 * r["seconds"] / r["steps"], 3) for n, r in runs.items()},
+            "vs_default": {n: round(r["seconds"] / r["steps"] / base, 3) for n, r in runs.items()},
+            "slices": {n: r["slices"] for n, r in runs.items()}}
 
 
 def ring_raw(store: Path, device: torch.device, batch: int, workers: int, warmup: int, seconds: float,
@@ -814,6 +843,7 @@ def main(argv: list[str] | None = None) -> int:
         "variants": [],
         "ring_cpu": [],
         "augment": [],
+        "transform_alone": [],
         "cpu_topology": cpu_topology(),
     }
     rec = Recorder(args.out, payload, budget, log)
@@ -843,6 +873,11 @@ def main(argv: list[str] | None = None) -> int:
     for w in workers:
         rec.measure("loader_alone", {"workers": w, "path": f"make_loader(device={device.type!r}) float32 model-ready"},
                     lambda w=w: loader_alone(store, device, batch, w, warmup, seconds), slice_s, alarm_s)
+    if any(v in TRANSFORM_VARIANTS for v in variants):
+        rec.measure("transform_alone", {"batch": batch, "variants": ["default", *[v for v in variants
+                                                                                 if v in TRANSFORM_VARIANTS]]},
+                    lambda: transform_alone(store, device, batch, variants, warmup, seconds, args.rounds),
+                    slice_s, alarm_s)
     for w in csv(args.augment_workers, int) if args.augment_workers else []:
         rec.measure("augment", {"workers": w, "augment": "flip-rot90"},
                     lambda w=w: augment_cost(store, device, batch, w, warmup, seconds, args.rounds),
@@ -1038,6 +1073,10 @@ def main(argv: list[str] | None = None) -> int:
     if payload["ring_cpu"]:
         print("\nraw ring decoding on the CPU (not copied)")
         print_table(payload["ring_cpu"], [("workers", "workers", "d"), ("patches_per_s", "patches/s", ",.0f")])
+    for r in payload.get("transform_alone", []):
+        if r.get("ms_per_batch"):
+            print("\nthe batch transform alone, a batch on the device (ms a batch; x default): " + ", ".join(
+                f"{n} {ms:.3f} ({r['vs_default'][n]:.2f}x)" for n, ms in r["ms_per_batch"].items()))
     for r in payload.get("augment", []):
         if r.get("loader"):
             print(f"\naugment='flip-rot90' against none, {r['workers']} workers (interleaved): loader "
@@ -1064,7 +1103,7 @@ def main(argv: list[str] | None = None) -> int:
                                         ("self_us_per_step", f"self {p['timeline']} us/step", ",.1f"),
                                         ("host_us_per_step", "self host us/step", ",.1f")])
     errors = [r for section in ("loader_alone", "ring_raw", "transformed", "models", "trainer", "ceilings",
-                                "loaders", "profiles", "variants", "ring_cpu", "augment")
+                                "loaders", "profiles", "variants", "ring_cpu", "augment", "transform_alone")
               for r in payload.get(section, []) if "error" in r]
     for r in errors:
         print(f"error: {r['error']}")

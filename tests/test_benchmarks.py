@@ -24,7 +24,7 @@ def run_script(name: str, *args: str, timeout: float = 240) -> subprocess.Comple
 def test_gpu_feed_cpu_fallback(tmp_path: Path) -> None:
     out = tmp_path / "gpu_feed.json"
     proc = run_script("gpu_feed.py", "--cpu", "--workdir", str(tmp_path), "--patches", "96", "--batch-size", "16",
-                      "--workers", "0,1", "--fed-workers", "1", "--rounds", "2", "--variants", "no-overlap",
+                      "--workers", "0,1", "--fed-workers", "1", "--rounds", "2", "--variants", "no-overlap,unfused",
                       "--cpu-ring-workers", "1", "--models", "shortcnn-all", "--seconds", "0.2", "--warmup", "1",
                       "--trainer-model", "shortcnn-all", "--trainer-workers", "1", "--trainer-epochs", "1",
                       "--h2d-copies", "2", "--profile-steps", "2", "--augment-workers", "1", "--out", str(out))
@@ -57,6 +57,8 @@ def test_gpu_feed_cpu_fallback(tmp_path: Path) -> None:
     assert trainer["model"] == "shortcnn-all" and trainer["workers"] == 1
     assert trainer["patches_per_s"] > 0 and trainer["vs_fed"] > 0, trainer
     assert any(t["target"].startswith("trainer") for t in doc["targets"])
+    alone = doc["transform_alone"][0]  # the transform by itself, default against the variant that changes it
+    assert set(alone["ms_per_batch"]) == {"default", "unfused"} and alone["vs_default"]["default"] == 1.0, alone
     augment = doc["augment"][0]  # issue 13's cost, with and without flip-rot90 interleaved
     assert augment["workers"] == 1 and augment["loader_ratio"] > 0 and augment["transform_ratio"] > 0, augment
     assert set(augment["transform_ms"]) == {"none", "flip-rot90"}
