@@ -132,6 +132,11 @@ def _mask_to_long(x: torch.Tensor, device: torch.device, codes: np.ndarray | Non
         return x.view(torch.int16).to(torch.int64).bitwise_and_(0xFFFF)
 
 
+def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``a`` and ``b`` are views of one storage (writing one changes the other)."""
+    return a.device == b.device and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
 def _runs(slots: Sequence[int], sources: Sequence[int] | None = None) -> tuple[tuple[int, int, int], ...]:
     """Output channels ``slots`` of a group's channels ``sources`` (default 0, 1, ...) as
     runs ``(first group channel, first output channel, count)``, consecutive in both,
@@ -207,20 +212,19 @@ class BatchTransform:
         self.groups = band_groups_for(self.bands)
         # per group: channels to keep (None: all, in order) and their output channels
         self._plan: list[tuple[str, torch.Tensor | None, list[int]]] = []
+        # per group: its copies into the image, one per run of consecutive output channels,
+        # counted in the kept channels (first kept channel, first output channel, count), and
+        # the same runs for a group copied straight from its stored batch (first stored
+        # channel, first output channel, count, first kept channel)
+        self._runs: dict[str, tuple[tuple[int, int, int], ...]] = {}
+        self._stored_runs: dict[str, tuple[tuple[int, int, int, int], ...]] = {}
         for group in self.groups:
             names = CHANNEL_GROUPS[group][1]
             keep = [c for c, name in enumerate(names) if name in self.bands]
             gather = None if len(keep) == len(names) else torch.tensor(keep, device=self.device)
-            self._plan.append((group, gather, [self.bands.index(names[c]) for c in keep]))
-        # per group: its copies into the image, one per run of consecutive output channels
-        self._runs = {group: _runs(slots) for group, _, slots in self._plan}
-        # the same runs counted in the group's stored channels (consecutive in both), for
-        # copying a group that needs no upsampling straight from its stored batch
-        # (first stored channel, first output channel, count, first kept channel)
-        self._stored_runs: dict[str, tuple[tuple[int, int, int, int], ...]] = {}
-        for group, _, slots in self._plan:
-            names = CHANNEL_GROUPS[group][1]
-            keep = [c for c, name in enumerate(names) if name in self.bands]
+            slots = [self.bands.index(names[c]) for c in keep]
+            self._plan.append((group, gather, slots))
+            self._runs[group] = _runs(slots)
             self._stored_runs[group] = tuple((first, slot, count, keep.index(first))
                                              for first, slot, count in _runs(slots, keep))
         if (mean is None) != (std is None):
@@ -281,15 +285,12 @@ class BatchTransform:
         if self.fused and self.device.type != "cpu":
             return self._image_rows_fused(batch, image, codes)
         for group, gather, _ in self._plan:
-            x = _to_float(torch.as_tensor(batch[group]).to(self.device, non_blocking=True), codes)
+            stored = torch.as_tensor(batch[group])
+            x = _to_float(stored.to(self.device, non_blocking=True), codes)
             if gather is not None:
                 x = x.index_select(1, gather)
-            if self._norm is not None:
-                # normalising before upsampling is the same affine map on fewer pixels
-                mean, std = self._norm[group]
-                x = x.sub_(mean).div_(std)
-            if x.shape[-1] != PATCH_SIDE or x.shape[-2] != PATCH_SIDE:
-                x = _upsample(x, self.resample, self.align_corners, self.planes)
+            # a float32 group (S1) already on the device is the caller's own tensor: not in place
+            x = self._normalize_upsample(x, group, in_place=not _shares_memory(x, stored))
             # one copy per run of consecutive output channels (7 copies, not 12, for "all")
             for first, slot, count in self._runs[group]:
                 image[:, slot:slot + count] = x[:, first:first + count]
@@ -328,10 +329,7 @@ class BatchTransform:
                 x = (x.view(torch.int16).index_select(1, gather).view(torch.uint16) if x.dtype == torch.uint16
                      else x.index_select(1, gather))
             if not (self.resample == "bilinear" and self.planes):
-                x = _to_float(x)
-                if norm is not None:
-                    x = x.sub_(norm[0]).div_(norm[1])
-                x = _upsample(x, self.resample, self.align_corners, self.planes)
+                x = self._normalize_upsample(_to_float(x), group, in_place=True)  # uint16: a new tensor
             else:
                 b, c, h, w = x.shape
                 planes = torch.empty((1, b * c, h, w), dtype=torch.float32, device=self.device,
@@ -342,6 +340,17 @@ class BatchTransform:
             for first, slot, count in self._runs[group]:
                 image[:, slot:slot + count] = x[:, first:first + count]
         return image
+
+    def _normalize_upsample(self, x: torch.Tensor, group: str, in_place: bool) -> torch.Tensor:
+        """A float32 group (B, C, h, w) normalised (in place when ``in_place``: ``x`` is not
+        the caller's), then upsampled to 120x120."""
+        if self._norm is not None:
+            # normalising before upsampling is the same affine map on fewer pixels
+            mean, std = self._norm[group]
+            x = (x.sub_(mean) if in_place else x.sub(mean)).div_(std)
+        if x.shape[-1] != PATCH_SIDE or x.shape[-2] != PATCH_SIDE:
+            x = _upsample(x, self.resample, self.align_corners, self.planes)
+        return x
 
     def _cast_normalize(self, x: torch.Tensor, out: torch.Tensor,
                         norm: tuple[torch.Tensor, torch.Tensor] | None) -> None:

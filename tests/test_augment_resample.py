@@ -265,3 +265,24 @@ def test_fused_path_widens_first_where_a_device_has_no_uint16_kernel() -> None:
     got = torch.empty(3, 1, 20, 20)
     transform._cast_normalize(refused.as_subclass(NoUInt16), got, norm)
     assert torch.equal(got, expected) and transform._cast_in_kernel is False
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_the_transform_leaves_its_input_alone(synth_v2_store: Path, fused: bool) -> None:
+    """A float32 group (S1) normalised in place used to change the caller's batch: a second
+    call on the same batch then normalised it twice. Both device paths (the fused one run
+    here on the CPU) leave the batch as it was and give the same image every time."""
+    ds = BigEarthNetDataset(synth_v2_store, modalities=("s2", "s1"), normalize=True)
+    transform = ds.batch_transform("cpu")
+    batch = ds.__getitems__([0, 3, 5])
+    before = {k: v.clone() for k, v in batch.items()}
+
+    def image() -> torch.Tensor:
+        if not fused:
+            return transform(batch)["image"]
+        out = torch.empty(3, len(transform.bands), 120, 120)
+        return transform._image_rows_fused(batch, out, None)
+
+    first, second = image(), image()
+    assert torch.equal(first, second)
+    assert all(torch.equal(before[k], batch[k]) for k in before)
