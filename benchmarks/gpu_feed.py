@@ -278,6 +278,13 @@ def dataset(store: Path) -> Any:
     return BigEarthNetDataset(store, bands="all", normalize=True)
 
 
+def native_batch(ds: Any, batch: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """The first ``batch`` patches of ``ds`` as a native uint16 batch on ``device`` (store
+    rows stay on the CPU, as the loader leaves them): a batch transform's input."""
+    raw = ds.__getitems__(list(range(min(batch, len(ds)))))
+    return {k: torch.as_tensor(v) if k == "index" else torch.as_tensor(v).to(device) for k, v in raw.items()}
+
+
 # -- the measurements ----------------------------------------------------------------------
 
 
@@ -345,8 +352,7 @@ def augment_cost(store: Path, device: torch.device, batch: int, workers: int, wa
     finally:
         for augment in list(batches):
             close(batches[augment], loaders[augment])
-    raw = dataset(store).__getitems__(list(range(min(batch, len(dataset(store))))))
-    on_device = {k: torch.as_tensor(v) if k == "index" else torch.as_tensor(v).to(device) for k, v in raw.items()}
+    on_device = native_batch(dataset(store), batch, device)
     transforms = {a: BigEarthNetDataset(store, bands="all", normalize=True, augment=a).batch_transform(device)
                   for a in ("none", "flip-rot90")}
     for t in transforms.values():
@@ -373,11 +379,11 @@ def transform_alone(store: Path, device: torch.device, batch: int, variants: lis
     """The batch transform by itself on one native 12-band batch already on the device, for
     the default and each variant that changes it, interleaved: its device time per batch,
     with no model and no loader (the model rows show what that time costs a training step)."""
-    raw = dataset(store).__getitems__(list(range(min(batch, len(dataset(store))))))
-    on_device = {k: torch.as_tensor(v) if k == "index" else torch.as_tensor(v).to(device) for k, v in raw.items()}
+    ds = dataset(store)
+    on_device = native_batch(ds, batch, device)
     steps: dict[str, Callable[[], int]] = {}
     for name in ["default", *[v for v in variants if v in TRANSFORM_VARIANTS]]:
-        transform = dataset(store).batch_transform(device)
+        transform = ds.batch_transform(device)
         for switch, value in TRANSFORM_VARIANTS[name].items():
             setattr(transform, switch, value)
         steps[name] = lambda t=transform: int(t(on_device)["image"].shape[0])
@@ -476,9 +482,7 @@ def transformed(model: Trainee, ds: Any, batch: int, warmup: int, seconds: float
     loader's :class:`~benzarr.data.BatchTransform` at every step: the ceiling plus the
     transform's device cost, with no loader. Between ``ceiling`` and ``fed`` it splits a
     gap into the transform's part (ceiling -> transformed) and the loader's (transformed -> fed)."""
-    raw = ds.__getitems__(list(range(min(batch, len(ds)))))
-    on_device = {k: torch.as_tensor(v) if k == "index" else torch.as_tensor(v).to(model.device)
-                 for k, v in raw.items()}
+    on_device = native_batch(ds, batch, model.device)
     transform = ds.batch_transform(model.device)
 
     def step() -> int:
@@ -493,10 +497,14 @@ def interleaved(steps: dict[str, Callable[[], int]], device: torch.device, warmu
     """Patches/s of each of ``steps`` measured in ``rounds`` alternating slices of
     ``seconds / rounds`` each (A, B, A, B, ...), so that a drift of the GPU's speed over
     the run (its clocks moved by up to 20% within one run on the H200) falls on all of them
-    alike. ``warmup`` calls of each before its first slice, one before every later slice."""
+    alike; each round starts with the next step, so none always runs first. ``warmup``
+    calls of each before its first slice in round 0, one before every later slice."""
     totals = {name: {"patches": 0, "seconds": 0.0, "steps": 0, "slices": []} for name in steps}
+    names = list(steps)
     for r in range(rounds):
-        for name, step in steps.items():
+        # each round starts one further along (A B C, B C A, ...): no step always goes first
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            step = steps[name]
             run = timed(step, device, warmup if r == 0 else 1, seconds / rounds)
             t = totals[name]
             t["patches"] += run["patches"]
@@ -942,12 +950,9 @@ def main(argv: list[str] | None = None) -> int:
                     batches: Any = endless(loader)
                     if variant == "no-overlap":
                         loader.overlap = False
-                    elif variant == "nchw-upsample" and loader.transform is not None:
-                        loader.transform.planes = False
-                    elif variant == "unfused" and loader.transform is not None:
-                        loader.transform.fused = False
-                    elif variant == "session6" and loader.transform is not None:
-                        loader.transform.planes = loader.transform.fused = False
+                    elif variant in TRANSFORM_VARIANTS and loader.transform is not None:
+                        for switch, value in TRANSFORM_VARIANTS[variant].items():
+                            setattr(loader.transform, switch, value)
                     elif variant == "thread":
                         batches = ThreadFed(batches, device)
                     next(batches)
