@@ -194,6 +194,12 @@ class BatchTransform:
     and ``"index"``: (B,) int64 store rows, left on the CPU (no device sync to read them);
     with a ``mask`` in the input, ``"mask"``: (B, 120, 120) int64 CLC2018 codes on ``device``.
     S1 channels (``VV``, ``VH``, float32 dB) pass through unchanged apart from normalisation.
+    The input is never modified.
+
+    Off the CPU two switches choose how the same values are computed, for benchmarks' A/B
+    (``benchmarks/gpu_feed.py --variants``): ``planes`` (default True: bilinear on the B*C
+    planes, :func:`_upsample_bilinear_planes`) and ``fused`` (default True: fewer passes over
+    device memory, :meth:`_image_rows_fused`). Neither changes the bits.
     """
 
     def __init__(self, bands: Sequence[str], device: str | torch.device = "cpu",
