@@ -199,7 +199,9 @@ class BatchTransform:
     Off the CPU two switches choose how the same values are computed, for benchmarks' A/B
     (``benchmarks/gpu_feed.py --variants``): ``planes`` (default True: bilinear on the B*C
     planes, :func:`_upsample_bilinear_planes`) and ``fused`` (default True: fewer passes over
-    device memory, :meth:`_image_rows_fused`). Neither changes the bits.
+    device memory, :meth:`_image_rows_fused`). ``fused`` does not change the bits; whether
+    ``planes`` does on CUDA (its kernel computes the same expression in another layout) is
+    reported by ``benchmarks/gpu_ring_check.py``.
     """
 
     def __init__(self, bands: Sequence[str], device: str | torch.device = "cpu",
