@@ -85,12 +85,25 @@ def code_view(a: np.ndarray, code: int) -> np.ndarray:
 def augment_numpy(x: np.ndarray, codes: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """(B, ..., H, W) -> a new ``dtype`` array with row b transformed by ``codes[b]``.
 
-    Each row is one strided ``copyto`` that also converts the dtype, so on the CPU the
-    augmentation rides on the float conversion the batch needs anyway (no extra pass).
+    The augmentation rides on the float conversion the batch needs anyway. A row whose
+    transform keeps the inner axis in order (codes 0 and 2) is one strided ``copyto`` that
+    also converts the dtype. A row with its inner axis reversed or its axes swapped is first
+    converted into a row-sized buffer that stays in cache, then copied through the strided
+    view: numpy's same-dtype strided copy is faster than its converting one (about 27
+    against 32 µs a 10 m patch here; 60 m planes, 20x20, stay on the one-step copy). The
+    values are the same either way.
     """
     out = np.empty(x.shape, dtype=dtype)
+    row: np.ndarray | None = None
     for b, code in enumerate(codes.tolist()):
-        np.copyto(out[b], code_view(x[b], code), casting="unsafe")
+        # an inner flip or a transpose: convert, then move (for 20x20 planes the call costs more)
+        if code & 5 and x.dtype != out.dtype and x.shape[-1] >= 60:
+            if row is None:
+                row = np.empty(x.shape[1:], dtype=dtype)
+            np.copyto(row, x[b], casting="unsafe")
+            np.copyto(out[b], code_view(row, code))
+        else:
+            np.copyto(out[b], code_view(x[b], code), casting="unsafe")
     return out
 
 

@@ -135,6 +135,21 @@ def test_tensor_and_numpy_paths_agree() -> None:
     assert np.array_equal(moved.numpy(), augment_numpy(u16.numpy(), codes, np.uint16))
 
 
+@settings(max_examples=30, deadline=None)
+@given(side=st.sampled_from([20, 60, 120]), channels=st.integers(1, 4),
+       codes=st.lists(st.integers(0, 7), min_size=1, max_size=9))
+def test_numpy_augmentation_of_uint16_rows_at_band_sizes(side: int, channels: int, codes: list[int]) -> None:
+    """uint16 rows of the bands' real sizes (the CPU path converts a flipped or transposed
+    60x60 or 120x120 row through a row buffer) equal torch's flips and transposes."""
+    from benzarr.augment import augment_numpy, augment_tensor
+
+    rng = np.random.default_rng(side * 10 + channels)
+    x = rng.integers(0, 65536, (len(codes), channels, side, side), dtype=np.uint16)
+    code_array = np.array(codes, dtype=np.uint8)
+    expected = augment_tensor(torch.from_numpy(x.astype(np.int32)), code_array).float()
+    assert torch.equal(torch.from_numpy(augment_numpy(x, code_array, np.float32)), expected)
+
+
 def test_augmentation_names() -> None:
     assert list(AUGMENTATIONS) == ["none", "flip", "flip-rot90"]
 
