@@ -556,6 +556,22 @@ class DeviceLoader:
         if ahead is not None:
             yield _hand_over(*ahead, device) if cuda else ahead[0]
 
+    def _transformed_into_recycled(self, transform: BatchTransform) -> Iterator[Batch]:
+        """Each batch transformed in this process on the CPU, into a buffer reused once the
+        consumer has let go of the batch it last held (:class:`benzarr.ring.RecycledBuffers`:
+        a fresh 44 MB image a batch cost 10,800 page faults). The same values as
+        ``transform(batch)``."""
+        from benzarr.ring import RecycledBuffers
+
+        buffers: RecycledBuffers | None = None
+        for batch in self.loader:
+            n = int(torch.as_tensor(batch["index"]).shape[0])
+            if buffers is None:
+                shapes = {key: (tuple(batch[key].shape[1:]), None) for key in ("label", "mask") if key in batch}
+                size = getattr(self.batch_sampler, "batch_size", None) or n
+                buffers = RecycledBuffers(transform.out_spec(shapes), max(size, n))
+            yield transform(batch, out=buffers.take(n))
+
     def close(self) -> None:
         """Stop the workers and release the ring's memory (also done when the loader is collected)."""
         if hasattr(self.loader, "close"):
@@ -574,6 +590,8 @@ class DeviceLoader:
             batches: Iterator[Batch] = iter(self.loader)
         elif self.overlap and transform.device.type == "cuda":
             batches = self._transformed_ahead(transform)
+        elif transform.device.type == "cpu":
+            batches = self._transformed_into_recycled(transform)
         else:
             batches = (transform(batch) for batch in self.loader)
         try:
