@@ -51,3 +51,28 @@ def test_demo_overwrite_never_deletes_a_folder_it_did_not_write(tmp_path: Path) 
 
     result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--overwrite"])
     assert result.exit_code == 1 and (tmp_path / "demo" / "keep.txt").exists()
+
+
+def test_the_readmes_python_example_runs(tmp_path: Path) -> None:
+    """README "Python: the Dataset and the loader": its code block, run as written on a
+    96-patch store (named as in the README, with the split it names), on the CPU."""
+    import re
+
+    from benzarr.ingest import ingest
+    from benzarr.split import make_split
+    from benzarr.store import open_store
+    from benzarr.synth import synth_archive
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("### Python: the Dataset and the loader", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert 'BigEarthNetDataset("bigearthnet.zarr", split="stratified"' in code
+    synth_archive(tmp_path / "archive", 96, seed=2, workers=1)
+    ingest(tmp_path / "archive", tmp_path / "bigearthnet.zarr", workers=1, shard_size=32)
+    make_split(open_store(tmp_path / "bigearthnet.zarr", mode="r+"), "stratified", "iterative",
+               fractions=(0.6, 0.2, 0.2), seed=0)
+    code = code.replace('"bigearthnet.zarr"', repr(str(tmp_path / "bigearthnet.zarr")))
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - the README's own example
+    assert scope["sample"]["image"].shape == (12, 120, 120) and scope["batch"]["image"].shape[1:] == (12, 120, 120)
+    assert scope["loader"].epoch == 9
