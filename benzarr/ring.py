@@ -137,33 +137,43 @@ class RecycledBuffers:
     the batch it last held is alive (the ring's slot hand-back, without the ring).
 
     Why: a fresh 44 MB float32 image per 64-patch batch is mapped anew by glibc (blocks
-    above 32 MB are never kept), so writing it took about 10,800 page faults a batch and
-    made the CPU transform 1.36x slower (583 against 428 µs a patch on this 2-core machine).
+    above 32 MB are never kept), so writing it took 5,000-12,000 page faults a batch; with
+    the buffers, about 600.
+
+    A consumer that keeps parts of its batches (``labels.append(batch["label"])``) would keep
+    whole buffers alive through those views: once ``keep`` buffers are out, :meth:`take`
+    returns None and the caller makes the batch in fresh tensors, as the ring's
+    :data:`CONSUMER_SLOTS` rule does.
 
     Args:
         spec: key -> (per-patch shape, numpy dtype), as :class:`SlotLayout`.
         batch_size: patches a buffer holds.
-        keep: free buffers kept at most; a consumer that holds on to more batches gets new
-            ones, freed as usual when it lets them go.
+        keep: buffers out at once, at most (and free ones kept).
     """
 
     def __init__(self, spec: Spec, batch_size: int, keep: int = CONSUMER_SLOTS) -> None:
         self.layout = SlotLayout(spec, batch_size)
         self.keep = keep
+        self.out = 0  # buffers whose batch is still alive
         self._free: list[np.ndarray] = []
         self._returned: collections.deque[np.ndarray] = collections.deque()
         self._refs: dict[int, weakref.ref] = {}
 
-    def take(self, n: int) -> Batch:
-        """(n, *shape) tensors of every key, in a buffer no live batch uses."""
+    def take(self, n: int) -> Batch | None:
+        """(n, *shape) tensors of every key, in a buffer no live batch uses; None when
+        ``keep`` buffers are out already."""
         while self._returned:
             block = self._returned.popleft()
             self._refs.pop(id(block), None)
+            self.out -= 1
             if len(self._free) < self.keep:
                 self._free.append(block)
+        if self.out >= self.keep:
+            return None
         block = self._free.pop() if self._free else np.empty(self.layout.slot_bytes, dtype=np.uint8)
         holder = block[:]  # every tensor view of the batch keeps this view, and so the block, alive
         self._refs[id(block)] = weakref.ref(holder, lambda _, block=block, back=self._returned: back.append(block))
+        self.out += 1
         return self.layout.tensor_views(torch.from_numpy(holder), n)
 
 

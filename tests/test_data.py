@@ -276,6 +276,18 @@ def test_batches_made_here_reuse_the_buffers_the_consumer_let_go(synth_store_64:
     assert pointers.count(pointers[1]) == 1 and torch.equal(kept, expected[1][1:3])  # ...but not the kept one
 
 
+def test_a_consumer_that_keeps_labels_keeps_at_most_four_buffers(synth_store_64: Path) -> None:
+    """``labels.append(batch["label"])`` keeps each batch's buffer alive through the view:
+    after four such buffers the batches come in fresh tensors, so memory stays bounded."""
+    ds = BigEarthNetDataset(synth_store_64, bands="rgb")
+    kept = [(batch["label"], batch["index"]) for batch in make_loader(ds, 4, False, 0, seed=0, device="cpu")]
+    assert len(kept) == 16
+    in_buffers = [label.untyped_storage().nbytes() > label.numel() * 4 for label, _ in kept]
+    assert in_buffers == [True] * 4 + [False] * 12
+    assert torch.equal(torch.cat([index for _, index in kept]), torch.arange(64))
+    assert torch.equal(torch.cat([label for label, _ in kept]), torch.from_numpy(ds._labels[:]).float())
+
+
 def test_workers_deliver_the_same_batches(synth_store_64: Path) -> None:
     ds = BigEarthNetDataset(synth_store_64)
     ds[0]  # maps shards in this process first: workers must not rely on them
