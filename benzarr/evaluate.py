@@ -211,7 +211,7 @@ def score_batches(net: Any, batches: Any, device: Any, memory_format: Any, amp: 
             loss_sum += criterion(logits, y) * len(y)
             logits_all.append(logits)
             labels_all.append(y.bool())
-            rows.append(batch["index"])
+            rows.append(batch["index"].clone())  # its own memory: a view would keep the batch's buffer
             if progress is not None:
                 progress(len(y))
     if not logits_all:
