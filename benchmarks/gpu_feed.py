@@ -271,11 +271,11 @@ def build_store(workdir: Path, n: int, workers: int, log: Callable[[str], None])
     return store
 
 
-def dataset(store: Path) -> Any:
+def dataset(store: Path, augment: str = "none") -> Any:
     """The 12-band, normalised dataset every measurement reads (whole store, clc43)."""
     from benzarr.data import BigEarthNetDataset
 
-    return BigEarthNetDataset(store, bands="all", normalize=True)
+    return BigEarthNetDataset(store, bands="all", normalize=True, augment=augment)
 
 
 def native_batch(ds: Any, batch: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -334,14 +334,13 @@ def augment_cost(store: Path, device: torch.device, batch: int, workers: int, wa
     time): ``make_loader`` with and without it, interleaved (:func:`interleaved`), and the
     batch transform alone on one native batch already on the device, with and without it
     (its device cost, which a loader fast enough to outrun it hides)."""
-    from benzarr.data import BigEarthNetDataset, make_loader
+    from benzarr.data import make_loader
 
     loaders: dict[str, Any] = {}
     batches: dict[str, Iterator[Any]] = {}
     try:
         for augment in ("none", "flip-rot90"):
-            ds = BigEarthNetDataset(store, bands="all", normalize=True, augment=augment)
-            loaders[augment] = make_loader(ds, batch, shuffle=True, num_workers=workers, seed=0, device=device,
+            loaders[augment] = make_loader(dataset(store, augment), batch, shuffle=True, num_workers=workers, seed=0, device=device,
                                            drop_last=True)
             batches[augment] = endless(loaders[augment])
 
@@ -352,19 +351,28 @@ def augment_cost(store: Path, device: torch.device, batch: int, workers: int, wa
     finally:
         for augment in list(batches):
             close(batches[augment], loaders[augment])
-    on_device = native_batch(dataset(store), batch, device)
-    transforms = {a: BigEarthNetDataset(store, bands="all", normalize=True, augment=a).batch_transform(device)
-                  for a in ("none", "flip-rot90")}
+    transforms = {a: dataset(store, a).batch_transform(device) for a in ("none", "flip-rot90")}
     for t in transforms.values():
         t.set_epoch(1)
-    alone = interleaved({a: (lambda t=t: int(t(on_device)["image"].shape[0])) for a, t in transforms.items()},
-                        device, warmup, seconds, rounds)
+    alone = interleaved_transforms(transforms, native_batch(dataset(store), batch, device), device, warmup,
+                                   seconds, rounds)
     return {"loader": {a: r["patches_per_s"] for a, r in loader.items()},
             "loader_ratio": round(loader["flip-rot90"]["patches_per_s"] / loader["none"]["patches_per_s"], 3),
-            "transform_ms": {a: round(1e3 * r["seconds"] / r["steps"], 3) for a, r in alone.items()},
+            "transform_ms": {a: r["ms_per_batch"] for a, r in alone.items()},
             "transform_ratio": round(alone["flip-rot90"]["patches_per_s"] / alone["none"]["patches_per_s"], 3),
             "slices": {"loader": {a: r["slices"] for a, r in loader.items()},
                        "transform": {a: r["slices"] for a, r in alone.items()}}}
+
+
+def interleaved_transforms(transforms: dict[str, Any], on_device: dict[str, torch.Tensor], device: torch.device,
+                           warmup: int, seconds: float, rounds: int) -> dict[str, dict[str, Any]]:
+    """:func:`interleaved` runs of each batch transform on the same native batch already on
+    the device, each with ``ms_per_batch``."""
+    runs = interleaved({name: (lambda t=t: int(t(on_device)["image"].shape[0])) for name, t in transforms.items()},
+                       device, warmup, seconds, rounds)
+    for r in runs.values():
+        r["ms_per_batch"] = round(1e3 * r["seconds"] / r["steps"], 3)
+    return runs
 
 
 #: The transform's switches per variant that changes it (``--variants``).
@@ -380,16 +388,14 @@ def transform_alone(store: Path, device: torch.device, batch: int, variants: lis
     the default and each variant that changes it, interleaved: its device time per batch,
     with no model and no loader (the model rows show what that time costs a training step)."""
     ds = dataset(store)
-    on_device = native_batch(ds, batch, device)
-    steps: dict[str, Callable[[], int]] = {}
+    transforms: dict[str, Any] = {}
     for name in ["default", *[v for v in variants if v in TRANSFORM_VARIANTS]]:
-        transform = ds.batch_transform(device)
+        transforms[name] = ds.batch_transform(device)
         for switch, value in TRANSFORM_VARIANTS[name].items():
-            setattr(transform, switch, value)
-        steps[name] = lambda t=transform: int(t(on_device)["image"].shape[0])
-    runs = interleaved(steps, device, warmup, seconds, rounds)
+            setattr(transforms[name], switch, value)
+    runs = interleaved_transforms(transforms, native_batch(ds, batch, device), device, warmup, seconds, rounds)
     base = runs["default"]["seconds"] / runs["default"]["steps"]
-    return {"ms_per_batch": {n: round(1e3 * r["seconds"] / r["steps"], 3) for n, r in runs.items()},
+    return {"ms_per_batch": {n: r["ms_per_batch"] for n, r in runs.items()},
             "vs_default": {n: round(r["seconds"] / r["steps"] / base, 3) for n, r in runs.items()},
             "slices": {n: r["slices"] for n, r in runs.items()}}
 
