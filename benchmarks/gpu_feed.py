@@ -504,14 +504,18 @@ def interleaved(steps: dict[str, Callable[[], int]], device: torch.device, warmu
     ``seconds / rounds`` each (A, B, A, B, ...), so that a drift of the GPU's speed over
     the run (its clocks moved by up to 20% within one run on the H200) falls on all of them
     alike; each round starts with the next step, so none always runs first. ``warmup``
-    calls of each before its first slice in round 0, one before every later slice."""
+    calls of every step before the first slice of any (a first slice run cold was ~10%
+    slow on the CPU), one before every slice."""
     totals = {name: {"patches": 0, "seconds": 0.0, "steps": 0, "slices": []} for name in steps}
     names = list(steps)
+    for step in steps.values():
+        for _ in range(max(warmup - 1, 0)):
+            step()
     for r in range(rounds):
         # each round starts one further along (A B C, B C A, ...): no step always goes first
         for name in names[r % len(names):] + names[:r % len(names)]:
             step = steps[name]
-            run = timed(step, device, warmup if r == 0 else 1, seconds / rounds)
+            run = timed(step, device, 1, seconds / rounds)
             t = totals[name]
             t["patches"] += run["patches"]
             t["seconds"] += run["seconds"]
