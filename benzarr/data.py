@@ -265,7 +265,9 @@ class BigEarthNetDataset(Dataset):
             arrays = {group: CHANNEL_GROUPS[group][0] for group in self.groups}
             if "reference-map" in self.modalities:
                 arrays["mask"] = REFERENCE_MAP_ARRAY
-            self._readers = {key: store.row_reader(path, self._row_name, self.verify_checksums)
+            # the dataset serves a complete store's valid patches only, each written to its
+            # shard: a missing shard file is damage, never a patch of zeros
+            self._readers = {key: store.row_reader(path, self._row_name, self.verify_checksums, missing_ok=False)
                              for key, path in arrays.items()}
         return self._readers
 

@@ -126,7 +126,13 @@ def describe(path: str | Path) -> str:
     if not path.is_dir():
         return "nothing"
     if (path / "zarr.json").is_file():
-        return "a benzarr store" if is_benzarr_store(path) else "a Zarr store that benzarr did not write"
+        if is_benzarr_store(path):
+            return "a benzarr store"
+        try:
+            json.loads((path / "zarr.json").read_bytes())
+        except (OSError, ValueError, RecursionError):
+            return "a Zarr store whose zarr.json is damaged (not JSON), so not known to be benzarr's"
+        return "a Zarr store that benzarr did not write"
     names: list[str] = []
     with os.scandir(path) as entries:
         for entry in entries:

@@ -256,7 +256,9 @@ class ObjectStoreReader:
     _chunk = ShardReader._chunk
     _decode = ShardReader._decode
     _corrupt = ShardReader._corrupt
+    _missing = ShardReader._missing
     _where = ShardReader._where
+    missing_ok = True  # as ShardReader.missing_ok
 
     def __init__(self, url: str, path: str, layout: ShardLayout, name: str,
                  storage_options: dict[str, Any] | None = None, row_name: Callable[[int], str] | None = None,
@@ -365,6 +367,8 @@ class ObjectStoreReader:
             if isinstance(answer, BaseException):
                 raise self._failed(shard, answer)
             if answer is None:  # zarr writes no object for a shard of fill values only
+                if not self.missing_ok:
+                    raise self._missing(where, row)
                 self._indexes[shard] = _Shard(None, [EMPTY] * n_chunks, [EMPTY] * n_chunks, where, None)
                 continue
             _, tail, size = answer

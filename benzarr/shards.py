@@ -292,11 +292,20 @@ class ShardReader:
             chunks have none). Off, a chunk's bytes are trusted: for stores already checked
             with ``benzarr verify``. The shard index's CRC-32C is always checked.
 
+    Attributes:
+        missing_ok: a shard file that does not exist reads as the fill value (True, zarr's
+            rule: no file is written for a shard of fill values only); False raises instead,
+            for readers of rows known to hold data (a complete store's valid patches, which
+            :class:`~benzarr.data.BigEarthNetDataset` serves), so that a deleted shard file
+            is an error and never a batch of zeros.
+
     Raises (from :meth:`read`):
         StoreCorruptError: bad index CRC-32C, a chunk outside its file, a chunk that fails
-            its CRC-32C, does not decode or decodes to the wrong size; naming the array,
-            shard file, row and patch.
+            its CRC-32C, does not decode or decodes to the wrong size, or (``missing_ok``
+            False) a missing shard file; naming the array, shard file, row and patch.
     """
+
+    missing_ok = True
 
     def __init__(self, array_dir: str | Path, layout: ShardLayout, name: str,
                  row_name: Callable[[int], str] | None = None, verify_checksums: bool = True) -> None:
@@ -338,6 +347,12 @@ class ShardReader:
             "re-ingest the store (or restore this file)"
         )
 
+    def _missing(self, path: Any, row: int) -> StoreCorruptError:
+        return StoreCorruptError(
+            f"{self.name}: shard file {path} is missing, but {self._where(row)} is a patch of this complete "
+            "store; the store is damaged: restore the file or re-ingest (benzarr verify lists every damaged shard)"
+        )
+
     def _open_shard(self, shard: int, row: int) -> _Shard:
         """Map shard ``shard`` and check its index (``row``: the row asking, for errors)."""
         path = self.shard_path(shard)
@@ -350,6 +365,8 @@ class ShardReader:
                     raise self._corrupt(path, row, f"{size} bytes, shorter than its {index_bytes + CRC_BYTES}-byte index")
                 handle = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
         except FileNotFoundError:
+            if not self.missing_ok:
+                raise self._missing(path, row) from None
             # zarr writes no file for a shard whose chunks are all fill value
             return _Shard(None, [EMPTY] * n_chunks, [EMPTY] * n_chunks, path, None)
         data = np.frombuffer(handle, dtype=np.uint8)
@@ -574,26 +591,29 @@ def fast_reader(array_dir: str | Path, name: str, row_name: Callable[[int], str]
 
 
 def row_reader(array: zarr.Array, name: str, local_dir: str | Path | None,
-               row_name: Callable[[int], str] | None = None, verify_checksums: bool = True) -> RowReader:
+               row_name: Callable[[int], str] | None = None, verify_checksums: bool = True,
+               missing_ok: bool = True) -> RowReader:
     """The fastest reader for ``array``: :class:`ShardReader` when ``local_dir`` (its folder
     on a local file system) holds a supported layout; for an array opened from a URL
     (``s3://``, ``gs://``, ``az://``, ``http(s)://``), :class:`benzarr.objstore.ObjectStoreReader`
     (obstore's concurrent range requests) where :func:`benzarr.objstore.url_reader` takes
     it; else :class:`ZarrRowReader`.
 
-    ``verify_checksums`` applies to the shard and object-store readers; zarr-python always
-    checks a ``crc32c`` codec (its failure is raised as :class:`StoreCorruptError` all the same)."""
+    ``verify_checksums`` and ``missing_ok`` (:attr:`ShardReader.missing_ok`) apply to the
+    shard and object-store readers; zarr-python always checks a ``crc32c`` codec (its
+    failure is raised as :class:`StoreCorruptError` all the same) and reads a missing shard
+    as fill values."""
+    reader: Any = None
     if local_dir is not None:
         reader = fast_reader(local_dir, name, row_name, verify_checksums)
-        if reader is not None:
-            return reader
     else:
         from benzarr.objstore import url_reader
 
-        remote = url_reader(array, name, row_name, verify_checksums)
-        if remote is not None:
-            return remote
-    return ZarrRowReader(array, name, row_name)
+        reader = url_reader(array, name, row_name, verify_checksums)
+    if reader is None:
+        return ZarrRowReader(array, name, row_name)
+    reader.missing_ok = missing_ok
+    return reader
 
 
 # -- writing -----------------------------------------------------------------------------

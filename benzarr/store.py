@@ -60,6 +60,7 @@ per-band statistics and the ingest parameters. A store reads as complete only on
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from copy import deepcopy
@@ -69,7 +70,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec, Crc32cCodec
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from benzarr import __version__
 from benzarr.bands import BAND_GROUPS, BANDS, PATCH_SIDE, S1_BANDS
@@ -370,8 +371,18 @@ class Store:
 
     @property
     def format_version(self) -> int:
-        """Format version the store was written with."""
-        return int(self.attrs.get("format_version", 0))
+        """Format version the store was written with (0: none recorded).
+
+        Raises:
+            StoreCorruptError: the recorded version is not a whole number (damaged metadata).
+        """
+        value = self.attrs.get("format_version", 0)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise StoreCorruptError(
+                f"{self._where('zarr.json')}: the store's format_version is {value!r}, not a whole number; "
+                "its metadata is damaged: restore that file or re-ingest the store"
+            )
+        return value
 
     # -- arrays ----------------------------------------------------------------------
     def array(self, name: str) -> zarr.Array:
@@ -437,11 +448,14 @@ class Store:
         return Path(self.path) / name if name else Path(self.path)
 
     def row_reader(self, name: str, row_name: Callable[[int], str] | None = None,
-                   verify_checksums: bool = True) -> RowReader:
+                   verify_checksums: bool = True, missing_ok: bool = True) -> RowReader:
         """The fastest row reader of band array ``name``: the memory-mapped
         :class:`~benzarr.shards.ShardReader` for a local store in a layout it reads, else
-        zarr-python (:func:`benzarr.shards.row_reader`). ``row_name`` names a row's patch in errors."""
-        return row_reader(self.array(name), name, self.local_path(name), row_name, verify_checksums=verify_checksums)
+        zarr-python (:func:`benzarr.shards.row_reader`). ``row_name`` names a row's patch in
+        errors; ``missing_ok=False``: a missing shard file is :class:`StoreCorruptError`
+        (:attr:`~benzarr.shards.ShardReader.missing_ok`)."""
+        return row_reader(self.array(name), name, self.local_path(name), row_name, verify_checksums=verify_checksums,
+                          missing_ok=missing_ok)
 
     def write_band_shard(self, name: str, shard: int, data: np.ndarray) -> None:
         """Write shard ``shard`` of band array ``name`` whole: ``data`` is (rows, *row_shape).
@@ -496,7 +510,50 @@ class Store:
             raise InvalidArgumentError(
                 f"{self.path}: this store has no {nomenclature} labels (it has: {', '.join(available)})"
             )
-        return np.asarray(self.array(LABEL_ARRAYS[nomenclature])[:], dtype=np.uint8)
+        path = LABEL_ARRAYS[nomenclature]
+        labels = np.asarray(self._read_rows(path), dtype=np.uint8)
+        self._check_labels(path, nomenclature, labels)
+        return labels
+
+    def _read_rows(self, path: str) -> np.ndarray:
+        """Array ``path`` whole, through zarr-python; a chunk that does not decode or fails its
+        checksum is :class:`StoreCorruptError` naming the array (not the codec's bare error)."""
+        try:
+            return self.array(path)[:]
+        except (RuntimeError, ValueError) as exc:  # numcodecs' zstd, zarr's crc32c raise these
+            lines = str(exc).strip().splitlines()
+            raise StoreCorruptError(
+                f"{self._where(path)}: does not read ({type(exc).__name__}: {lines[0] if lines else ''}); "
+                "the store is damaged: re-ingest it (benzarr verify lists every damaged array)"
+            ) from None
+
+    def _where(self, path: str) -> str:
+        return f"{self.path.rstrip('/')}/{path}"
+
+    def _check_labels(self, path: str, nomenclature: str, labels: np.ndarray) -> None:
+        """Raise StoreCorruptError when ``labels`` (N, L) hold a value other than 0/1, or (complete
+        store) per-class counts over valid rows other than those recorded at ingest: label
+        chunks of stores before checksums, or a bit flip that still decodes, are caught so."""
+        bad = labels > 1
+        if bad.any():
+            row, column = (int(i) for i in np.argwhere(bad)[0])
+            raise StoreCorruptError(
+                f"{self._where(path)}: holds {int(labels[row, column])} at row {row}, class {column} (labels are 0 or 1); "
+                "a labels chunk is damaged: re-ingest the store"
+            )
+        recorded = self.attrs.get("label_counts", {}).get(nomenclature) if self.complete else None
+        if not recorded:
+            return
+        counts = labels[self.valid_mask()].sum(axis=0, dtype=np.int64)
+        classes = self.class_names(nomenclature)
+        differ = [(name, int(counts[i]), int(recorded.get(name, -1))) for i, name in enumerate(classes)
+                  if int(counts[i]) != int(recorded.get(name, -1))]
+        if differ:
+            name, read, want = differ[0]
+            raise StoreCorruptError(
+                f"{self._where(path)}: {len(differ)} classes' counts differ from those recorded at ingest "
+                f"(e.g. {name}: {read:,} read, {want:,} recorded); a labels chunk is damaged: re-ingest the store"
+            )
 
     def class_names(self, nomenclature: str = "clc43") -> list[str]:
         """Class names of ``nomenclature`` in column order."""
@@ -504,11 +561,11 @@ class Store:
 
     def patch_names(self) -> np.ndarray:
         """Patch names (N,) as a numpy array of ``str``, in row order (sorted)."""
-        return _as_str(self.array("meta/patch_name")[:])
+        return _as_str(self._read_rows("meta/patch_name"))
 
     def valid_mask(self) -> np.ndarray:
         """(N,) bool: True for patches that were ingested (False: failed, never served)."""
-        return np.asarray(self.array("meta/valid")[:], dtype=bool)
+        return np.asarray(self._read_rows("meta/valid"), dtype=bool)
 
     def failed(self) -> dict[str, str]:
         """Patches that failed ingest: name -> reason, in row order."""
@@ -517,7 +574,7 @@ class Store:
             return {}
         rows = np.flatnonzero(~valid)
         names = self.patch_names()
-        errors = _as_str(self.array("meta/error")[:])
+        errors = _as_str(self._read_rows("meta/error"))
         return {str(names[i]): str(errors[i]) for i in rows}
 
     def band_names(self, array: str) -> list[str]:
@@ -553,8 +610,35 @@ class Store:
         if name not in names:
             known = ", ".join(names) if names else "none"
             raise SplitNotFoundError(f"{self.path}: no split named {name!r} (splits in this store: {known})")
-        array = self.array(f"{SPLITS_GROUP}/{name}")
-        return np.asarray(array[:], dtype=np.int8), dict(array.attrs)
+        path = f"{SPLITS_GROUP}/{name}"
+        codes = np.asarray(self._read_rows(path), dtype=np.int8)
+        attrs = dict(self.array(path).attrs)
+        self._check_split(path, codes, attrs)
+        return codes, attrs
+
+    def _check_split(self, path: str, codes: np.ndarray, attrs: Mapping[str, Any]) -> None:
+        """Raise StoreCorruptError when a split holds a code other than -1/0/1/2, or subset
+        sizes other than those recorded when it was written (``counts``)."""
+        bad = ~np.isin(codes, (EXCLUDED, TRAIN, VAL, TEST))
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise StoreCorruptError(
+                f"{self._where(path)}: holds code {int(codes[row])} at row {row} (codes are -1, 0, 1, 2); "
+                "the split's chunk is damaged: make the split again (benzarr split ... --overwrite)"
+            )
+        recorded = attrs.get("counts")
+        if not isinstance(recorded, Mapping):
+            return
+        subsets = {**SUBSETS, "excluded": EXCLUDED}
+        read = {subset: int((codes == code).sum()) for subset, code in subsets.items()}
+        want = {subset: recorded.get(subset) for subset in subsets}
+        if any(want[s] is not None and int(want[s]) != read[s] for s in subsets):
+            shown = " / ".join(f"{s} {read[s]:,}" for s in subsets)
+            kept = " / ".join(f"{s} {want[s]}" for s in subsets)
+            raise StoreCorruptError(
+                f"{self._where(path)}: subset sizes {shown} differ from those recorded when the split was made "
+                f"({kept}); the split's chunk is damaged: make the split again (benzarr split ... --overwrite)"
+            )
 
     def write_split(self, name: str, codes: np.ndarray, attrs: Mapping[str, Any], overwrite: bool = False) -> None:
         """Store ``codes`` (N,) int8 as ``splits/<name>`` with ``attrs``.
@@ -582,6 +666,7 @@ class Store:
                 shape=(self.n_patches,),
                 dtype="int8",
                 chunks=(min(max(self.n_patches, 1), 1 << 20),),
+                compressors=row_compressors(),
                 fill_value=EXCLUDED,
                 attributes=attrs,
                 overwrite=True,
@@ -698,6 +783,8 @@ def open_store(
 
     Raises:
         StoreNotFoundError: nothing, or no benzarr store, at ``path``.
+        StoreCorruptError: the root ``zarr.json`` is not JSON, or its ``format_version`` is
+            not a whole number.
         StoreVersionError: written by a newer format version.
         StoreIncompleteError: ingest unfinished and ``require_complete``.
     """
@@ -706,6 +793,14 @@ def open_store(
     try:
         group = _open_group(path, mode, storage_options)
     except (FileNotFoundError, KeyError, ValueError) as exc:
+        root_json = None if is_url(path) else Path(path) / "zarr.json"
+        if root_json is not None and root_json.is_file():
+            try:
+                json.loads(root_json.read_bytes())
+            except (ValueError, RecursionError) as bad:  # the file is there but is not JSON: damage
+                raise StoreCorruptError(
+                    f"{root_json}: damaged store metadata (not JSON: {bad}); restore that file or re-ingest the store"
+                ) from None
         raise StoreNotFoundError(f"{path}: not a Zarr v3 store ({exc})") from None
     if ATTRS_KEY not in group.attrs:
         raise StoreNotFoundError(f"{path}: a Zarr group, but not a benzarr store (no '{ATTRS_KEY}' attributes)")
@@ -826,12 +921,21 @@ def create_store(
     return store
 
 
+def row_compressors() -> list[ZstdCodec | Crc32cCodec]:
+    """Codecs of the per-row arrays (labels, metadata, splits, patch coordinates): zarr's
+    default zstd (level 0), then ``crc32c``, so that a bit flip in a labels or split chunk that
+    still decodes fails its checksum instead of changing a label. Stores written before (no
+    crc32c on these arrays) read the same; :meth:`Store.labels` and :meth:`Store.read_split`
+    check their values against the counts recorded at writing."""
+    return [ZstdCodec(level=0, checksum=False), Crc32cCodec()]
+
+
 def _create_row_array(group: zarr.Group, path: str, n: int, spec: RowField, rows: int) -> None:
     last = path.rsplit("/", 1)[-1]
     names = ("patch",) + ((f"class_{last}",) if path.startswith("labels/") else ("corner",) if spec.trailing else ())
     kwargs: dict[str, Any] = {} if spec.dtype is str else {"fill_value": spec.fill}
     group.create_array(path, shape=(n, *spec.trailing), dtype=spec.dtype, chunks=(rows, *spec.trailing),
-                       dimension_names=names, overwrite=True, **kwargs)
+                       compressors=row_compressors(), dimension_names=names, overwrite=True, **kwargs)
 
 
 def _create_coordinates(group: zarr.Group, names: list[str], modalities: Sequence[str], rows: int) -> None:
@@ -841,7 +945,7 @@ def _create_coordinates(group: zarr.Group, names: list[str], modalities: Sequenc
         if coord.modalities and not set(coord.modalities) & set(modalities):
             continue
         values = names if coord.labels is None else list(coord.labels)
-        group.create_array(coord_path, shape=(len(values),), dtype=str,
+        group.create_array(coord_path, shape=(len(values),), dtype=str, compressors=row_compressors(),
                            chunks=(rows if coord.labels is None else max(1, len(values)),),
                            dimension_names=(coord_path.rsplit("/", 1)[-1],), overwrite=True)
         if values:

@@ -12,7 +12,11 @@ What is checked:
   format 2); format 1 chunks have no CRC, so each is decoded instead (``decode=True``
   decodes format 2 chunks too); a shard file missing although its shard holds valid patches;
 * every other array (labels, metadata, splits, ingest bookkeeping) through zarr-python, chunk
-  by chunk, which decodes and checks its codecs.
+  by chunk, which decodes and checks its codecs (a ``crc32c`` on the row arrays of stores
+  written since session 8);
+* in a complete store, the labels and every split against the counts recorded when they were
+  written (``label_counts``, a split's ``counts``): a bit flip that still decodes, in a store
+  whose row arrays have no crc32c, changes them.
 
 Band shards are spread over worker processes (one task a shard, read through a memory map in
 file order), so a store is read at close to disk speed. Problems are collected, never raised
@@ -37,12 +41,14 @@ import numpy as np
 import zarr
 
 from benzarr import __version__
-from benzarr.errors import BenzarrError, InvalidArgumentError
+from benzarr.errors import BenzarrError, InvalidArgumentError, StoreCorruptError
+from benzarr.procs import exit_with_parent
 from benzarr.shards import ShardCheck, ShardLayout, ShardReader, parse_layout, shard_file
 from benzarr.store import (
     BAND_ARRAYS,
     CHECKSUM_FORMAT,
     DONE_ARRAY,
+    LABEL_ARRAYS,
     ROW_FIELDS,
     SPLITS_GROUP,
     STAGE_GROUP,
@@ -263,6 +269,7 @@ def verify_store(
         per_row = (name in ROW_FIELDS or name in band_names or name.startswith((f"{SPLITS_GROUP}/", f"{STAGE_GROUP}/"))) \
             and array.ndim >= 1 and array.shape[0] == store.n_patches
         report.chunks += _check_zarr_array(name, array, per_row, names, report.problems, advance)
+    _check_recorded_counts(store, opened, report)
 
     report.seconds = time.perf_counter() - started
     report.at = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -349,7 +356,7 @@ def _check_band_shards(
                                        _shard_names(names, band.layout, shard)))
             advance(len(checks[-1].rows))
     else:
-        with ProcessPoolExecutor(max_workers=n_workers, mp_context=_pool_context()) as pool:
+        with ProcessPoolExecutor(max_workers=n_workers, mp_context=_pool_context(), initializer=exit_with_parent) as pool:
             futures = [pool.submit(_check_shard, str(band.folder), band.name, band.layout, shard, decode,
                                    _shard_names(names, band.layout, shard))
                        for band, shard in tasks]
@@ -387,6 +394,27 @@ def _shard_problems(
                     f"{len(lost)} valid patch(es) that now read as zeros; re-ingest the store (or restore this file)",
                     lost, [_name(names, row) for row in lost],
                 ))
+
+
+def _check_recorded_counts(store: Store, opened: dict[str, zarr.Array], report: VerifyReport) -> None:
+    """Labels and splits against the counts recorded when they were written (a complete
+    store): a bit flip that still decodes, in a store whose row arrays have no crc32c, shows
+    up here (:meth:`Store.labels`, :meth:`Store.read_split`)."""
+    if not store.complete:
+        return
+    damaged = {p.array for p in report.problems}
+    if "meta/valid" in damaged:
+        return
+    checks = [(path, lambda n=name: store.labels(n)) for name, path in LABEL_ARRAYS.items()
+              if name in store.attrs.get("label_sets", list(LABEL_ARRAYS))]
+    checks += [(f"{SPLITS_GROUP}/{name}", lambda n=name: store.read_split(n)) for name in store.split_names()]
+    for path, read in checks:
+        if path in damaged or path not in opened:
+            continue
+        try:
+            read()
+        except StoreCorruptError as exc:
+            report.problems.append(Problem(path, str(exc)))
 
 
 def _patch_names(store: Store) -> np.ndarray | None:

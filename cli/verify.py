@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from benzarr.errors import StoreVerifyError
+from benzarr.errors import StoreIncompleteError, StoreVerifyError
 from benzarr.verify import verify_store
 from benzarr_cli._common import console, progress_bar, warn_line
 
@@ -26,7 +26,8 @@ def command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Read every chunk of every array and check shard indexes, chunk checksums (crc32c), shapes and
-    metadata; name the corrupt patches. Exit 0 when the store is sound, 4 when anything is corrupt.
+    metadata; name the corrupt patches. Exit 0 when the store is sound, 4 when anything is corrupt,
+    1 when what is written is sound but the ingest did not finish.
 
     The result is recorded in the store (`benzarr info` shows "last verified").
     """
@@ -45,7 +46,9 @@ def command(
         rate = report.bytes / report.seconds / 1e6 if report.seconds else 0.0
         out(f"checked         {report.arrays} arrays, {report.chunks:,} chunks, {report.bytes / 1e6:,.1f} MB of band "
             f"data in {report.seconds:.1f} s ({rate:,.0f} MB/s, {report.workers} worker{'s' if report.workers != 1 else ''})")
-        if report.ok:
+        if report.ok and not report.complete:
+            out("result          OK SO FAR: what is written is sound, but the ingest did not finish")
+        elif report.ok:
             out("result          OK: every index, checksum, shape and metadata file is sound")
         else:
             bad = report.bad_patches
@@ -64,6 +67,11 @@ def command(
                     out(f"  ... and {len(bad) - _BAD_SHOWN} more")
     if report.not_recorded and not no_record:
         warn_line(f"result not recorded in the store: {report.not_recorded}")
+    if report.ok and not report.complete:  # sound so far, but not a store to use: not exit 0
+        raise StoreIncompleteError(
+            f"{report.path}: the ingest did not finish (what is written is sound); run the same "
+            "`benzarr ingest` command again to finish it"
+        )
     if not report.ok:
         bad = report.bad_patches
         raise StoreVerifyError(

@@ -276,3 +276,31 @@ def test_labels_only_store_from_the_cli(tmp_path: Path) -> None:
     attrs = store.attrs
     assert attrs["n_failed"] == 0 and attrs["label_counts"]["clc43"]["Coniferous forest"] == int(labels[:, 23].sum())
     assert not any(path.startswith("ingest/stage") for path, _ in store.arrays())
+
+
+@pytest.mark.parametrize("value", ["abc", None, [2], 2.5, True])
+def test_a_format_version_that_is_not_a_whole_number_is_damage_named_by_file(tmp_path: Path, value: object,
+                                                                            synth_store_64: Path) -> None:
+    """It used to be int()-ed: 2.5 read as 2, "abc" gave an unexpected ValueError."""
+    from benzarr.errors import StoreCorruptError
+    from tests.conftest import copy_tree
+
+    store = copy_tree(synth_store_64, tmp_path / "v.zarr")
+    meta = json.loads((store / "zarr.json").read_text())
+    meta["attributes"]["benzarr"]["format_version"] = value
+    (store / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(StoreCorruptError, match=r"v\.zarr/zarr\.json: the store's format_version is .*not a whole number"):
+        open_store(store)
+
+
+def test_a_root_zarr_json_cut_short_is_damage_not_a_foreign_store(tmp_path: Path, synth_store_64: Path) -> None:
+    from benzarr.errors import StoreCorruptError
+    from benzarr.fsutil import describe
+    from tests.conftest import copy_tree
+
+    store = copy_tree(synth_store_64, tmp_path / "cut.zarr")
+    raw = (store / "zarr.json").read_bytes()
+    (store / "zarr.json").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(StoreCorruptError, match=r"zarr\.json: damaged store metadata \(not JSON"):
+        open_store(store)
+    assert "damaged" in describe(store) and "did not write" not in describe(store)

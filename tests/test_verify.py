@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -167,6 +168,106 @@ def test_missing_shard_file_of_valid_patches_is_reported(store: Path) -> None:
     report = verify_store(store, workers=1)
     [problem] = report.problems
     assert "is missing" in problem.message and problem.rows == list(range(48, 64))
+
+
+def test_a_deleted_shard_file_is_an_error_to_the_dataset_not_zeros(store: Path) -> None:
+    """zarr reads a missing shard as fill values; the dataset serves only patches that were
+    written, so a deleted file must fail naming it (it once trained on zeros with exit 0)."""
+    shard_path(store, "s2/20m", 3).unlink()
+    ds = BigEarthNetDataset(store)
+    ds[20]  # other shards read
+    with pytest.raises(StoreCorruptError) as info:
+        ds.__getitems__([5, 50])
+    message = str(info.value)
+    assert message.startswith("s2/20m: shard file") and str(shard_path(store, "s2/20m", 3)) in message
+    assert "is missing" in message and patch_name(store, 50) in message and "\n" not in message
+    # the library's own reader keeps zarr's rule unless asked
+    rows = open_store(store).row_reader("s2/20m").read([50])
+    assert not rows.any()
+
+
+def test_train_on_a_store_with_a_deleted_shard_fails_in_one_line(store: Path, tmp_path: Path) -> None:
+    shard_path(store, "s2/10m", 0).unlink()
+    result = run_cli("split", store, "--name", "s", "--method", "random", "--quiet")
+    assert result.returncode == 0, result.stderr
+    result = run_cli("train", store, "--split", "s", "--epochs", "1", "--batch-size", "8", "--workers", "1",
+                     "--out", tmp_path / "run", "--quiet")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: s2/10m: shard file") and "is missing" in lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+# -- labels and splits ------------------------------------------------------------------
+
+
+def test_row_arrays_end_in_crc32c_and_a_flipped_label_bit_is_one_named_error(store: Path) -> None:
+    for array in ("labels/clc43", "labels/clc19", "meta/patch_name", "meta/valid", "labels/patch"):
+        codecs = json.loads((store / array / "zarr.json").read_text())["codecs"]
+        assert codecs[-1]["name"] == "crc32c", array
+    chunk = store / "labels/clc43" / "c" / "0" / "0"
+    flip(chunk, chunk.stat().st_size // 2, 0x10)
+    with pytest.raises(StoreCorruptError) as info:
+        open_store(store).labels()
+    assert str(info.value).startswith(f"{store}/labels/clc43: does not read (")
+    result = run_cli("split", store, "--name", "r", "--method", "random")
+    assert result.returncode == 1 and result.stderr.startswith(f"error: {store}/labels/clc43: does not read")
+    assert len(result.stderr.strip().splitlines()) == 1 and "unexpected" not in result.stderr
+
+
+def _rewrite(store: Path, array: str, change: Callable[[np.ndarray], None]) -> None:
+    """Change ``array``'s values as a bit flip that still decodes would (in a store whose row
+    arrays had no crc32c): written back through zarr, attributes kept."""
+    import zarr
+
+    z = zarr.open_array(str(store / array), mode="r+")
+    values = z[:]
+    change(values)
+    z[:] = values
+
+
+def test_split_codes_that_no_longer_match_their_counts_are_refused(store: Path, tmp_path: Path) -> None:
+    run_cli("split", store, "--name", "s", "--method", "random", "--quiet")
+    codes, attrs = open_store(store).read_split("s")
+    val = int(np.flatnonzero(codes == 1)[0])
+
+    def to_train(values: np.ndarray) -> None:
+        values[val] = 0
+
+    _rewrite(store, "splits/s", to_train)
+    with pytest.raises(StoreCorruptError, match="differ from those recorded when the split was made"):
+        open_store(store).read_split("s")
+    report = verify_store(store, workers=1, record=False)
+    assert [p.array for p in report.problems] == ["splits/s"]
+    result = run_cli("train", store, "--split", "s", "--epochs", "1", "--out", tmp_path / "run", "--quiet")
+    assert result.returncode == 1 and "splits/s: subset sizes" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+    def to_minus_two(values: np.ndarray) -> None:
+        values[val] = -2
+
+    _rewrite(store, "splits/s", to_minus_two)
+    with pytest.raises(StoreCorruptError, match=f"holds code -2 at row {val}"):
+        open_store(store).read_split("s")
+
+
+def test_labels_that_no_longer_match_their_recorded_counts_are_refused(store: Path) -> None:
+    def add_a_label(values: np.ndarray) -> None:
+        values[3, int(np.flatnonzero(values[3] == 0)[0])] = 1
+
+    _rewrite(store, "labels/clc43", add_a_label)
+    with pytest.raises(StoreCorruptError, match="counts differ from those recorded at ingest"):
+        open_store(store).labels("clc43")
+    open_store(store).labels("clc19")  # the other label set is sound
+    result = run_cli("verify", store, "--no-record")
+    assert result.returncode == 4 and "labels/clc43" in result.stdout and "recorded at ingest" in result.stdout
+
+    def a_two(values: np.ndarray) -> None:
+        values[5, 0] = 2
+
+    _rewrite(store, "labels/clc19", a_two)
+    with pytest.raises(StoreCorruptError, match="holds 2 at row 5, class 0"):
+        open_store(store).labels("clc19")
 
 
 def test_corrupt_label_chunk_is_found_through_zarr_python(store: Path) -> None:
