@@ -46,6 +46,7 @@ from benzarr.errors import (
 )
 from benzarr.fsutil import check_disjoint, check_output, is_benzarr_store, os_error
 from benzarr.lock import ingest_lock
+from benzarr.procs import exit_with_parent
 from benzarr.resources import OFFICIAL_LISTS, read_official_list
 from benzarr.sources import GDAL_ENV, Archive, ArchiveSource, PatchRef, _files, get_source, open_archive
 from benzarr.store import (
@@ -206,6 +207,13 @@ ShardRunner = Callable[[Callable[..., dict[str, str]], list[tuple[Any, ...]]], I
 # -- worker side -----------------------------------------------------------------------
 
 _WORKER_STATE: dict[str, Any] = {}
+
+
+def _pool_worker_init() -> None:
+    """Initializer of the process pool's workers: die with the driver (never an orphan writing
+    shards beside the next run, :mod:`benzarr.procs`), then :func:`_worker_init`."""
+    exit_with_parent()
+    _worker_init()
 
 
 def _worker_init() -> None:
@@ -627,7 +635,7 @@ def _run_shards(tasks: list[tuple[int, Sequence[PatchRef], int]], common: tuple[
         # spawn: zarr keeps an event-loop thread that a forked child must not inherit.
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=context,
-                                 initializer=_worker_init) as pool:
+                                 initializer=_pool_worker_init) as pool:
             waiting = iter(tasks)
             futures: dict[Any, Sequence[PatchRef]] = {}
 

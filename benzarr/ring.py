@@ -41,6 +41,7 @@ import importlib
 import mmap
 import multiprocessing
 import selectors
+import signal
 import time
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
@@ -209,6 +210,11 @@ def _worker(dataset: Any, layout: SlotLayout, buffer: mmap.mmap, transform: Any,
             tasks: Connection, results: Connection) -> None:
     """A worker's loop: decode each task's indices into its slot, answer with the slot."""
     torch.set_num_threads(1)  # one core a worker, as DataLoader workers
+    # SIGTERM ends a worker at once, as before: a fork inherits the CLI's handler, which raises
+    # KeyboardInterrupt for the CLI's own clean-up. (No PR_SET_PDEATHSIG here: it is tied to
+    # the thread that forks, and a loader may be built in a thread that ends; a worker finds
+    # its parent gone when its task pipe closes.)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _prefault(buffer)
     scratch = None
     if transform is not None:  # the raw batch, decoded once per task into private memory

@@ -56,7 +56,7 @@ from benzarr.metrics import SCALAR_KEYS, MultilabelMetrics, json_friendly
 from benzarr.models import FINETUNE_LEVELS, create_model, get_spec
 from benzarr.store import Store, open_store
 from benzarr.tb import RunWriter
-from benzarr.train_config import AUGMENTS, OPTIMIZERS, RESAMPLE_MODES, RESUMABLE, SCHEDULERS, TrainConfig
+from benzarr.train_config import AUGMENTS, OPTIMIZERS, RESAMPLE_MODES, RESUMABLE, SCHEDULERS, TrainConfig, default_out
 
 
 @dataclass
@@ -253,11 +253,6 @@ class _HostLoss:
             self.pending = False
             return float(self.host)
         return math.nan
-
-
-def default_out(cfg: TrainConfig) -> str:
-    """The run folder when ``cfg.out`` is not given: ``runs/<model>-<split>``."""
-    return str(Path("runs") / f"{cfg.model}-{cfg.split}")
 
 
 def parse_modalities(modalities: str | Sequence[str]) -> list[str]:

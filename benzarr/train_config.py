@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("none", "cosine", "step")
@@ -63,3 +64,8 @@ class TrainConfig:
 #: Settings a resumed run may change; every other one must equal the checkpoint's.
 RESUMABLE = {"store", "epochs", "patience", "max_steps", "workers", "device", "deterministic", "resume", "out",
              "track_emissions", "emissions_country", "weights", "checkpoint_every", "loader_timeout"}
+
+
+def default_out(cfg: TrainConfig) -> str:
+    """The run folder when ``cfg.out`` is not given: ``runs/<model>-<split>``."""
+    return str(Path("runs") / f"{cfg.model}-{cfg.split}")

@@ -50,6 +50,24 @@ def error_line(message: str) -> None:
     err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True)
 
 
+#: The running command's advice after an interruption (``error: interrupted; <advice>``).
+_interrupt_advice: list[Callable[[], str]] = []
+
+
+def on_interrupt(advice: Callable[[], str]) -> None:
+    """Word what the user can do if the running command is interrupted (Ctrl-C, SIGTERM):
+    ``advice()`` is called then, so it can look at what was written by that time."""
+    _interrupt_advice[:] = [advice]
+
+
+def interrupt_advice() -> str:
+    """The running command's advice after an interruption, or "" (never raises)."""
+    try:
+        return _interrupt_advice[0]() if _interrupt_advice else ""
+    except Exception:  # advice is a courtesy: the interruption must still be reported
+        return ""
+
+
 def warn_line(message: str) -> None:
     """Print one ``warning: ...`` line on stderr."""
     err_console.print(f"[yellow]warning:[/] {escape(message)}", markup=True)

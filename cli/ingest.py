@@ -11,7 +11,8 @@ from benzarr.errors import IngestFailedPatchesError
 from benzarr.dask_ingest import dask_runner
 from benzarr.ingest import ingest, parse_part
 from benzarr.store import DEFAULT_COMPRESSION, DEFAULT_SHARD_SIZE
-from benzarr_cli._common import console, count, err_console, progress_bar, storage_options_for, warn_line
+from benzarr_cli._common import (console, count, err_console, on_interrupt, progress_bar, storage_options_for,
+                                 warn_line)
 
 
 def command(
@@ -31,9 +32,9 @@ def command(
     plan: bool = typer.Option(False, "--plan", help="Only create the store layout, for --part runs on other machines."),
     parts: Optional[int] = typer.Option(None, "--parts", help="With --plan: how many parts will run (lets `info` name missing ones)."),
     part: Optional[str] = typer.Option(None, "--part", help="I/N: ingest shard group I of N of a planned store."),
-    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Run each shard as a task on a Dask cluster: 'local' (a LocalCluster of --workers processes) or tcp://HOST:PORT (workers must see ARCHIVE and STORE at the same paths, or STORE on s3://). Needs benzarr[dask]."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Run each shard as a task on a Dask cluster: 'local' (a LocalCluster of --workers processes) or tcp://HOST:PORT (workers must see ARCHIVE and STORE at the same paths, or STORE on s3://). Needs benzarr\\[dask]."),
     endpoint_url: Optional[str] = typer.Option(None, "--endpoint-url", help="S3 endpoint for s3:// stores (default: $AWS_ENDPOINT_URL)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors and warnings."),
 ) -> None:
     """Ingest GeoTIFF bands and labels into a sharded Zarr v3 store (parallel, resumable).
 
@@ -46,6 +47,8 @@ def command(
     def bad_patch(name: str, reason: str) -> None:
         err_console.print(f"bad patch {name}: {reason}")
 
+    on_interrupt(lambda: f"{store}: the shards written so far are kept; run the same command again to resume")
+
     with progress_bar("ingest", None, quiet or plan) as advance:
         result = ingest(
             archive, store, workers=workers, shard_size=shard_size, compression=compression,
@@ -53,7 +56,7 @@ def command(
             modalities=modalities.split(",") if modalities else None, plan=plan, parts=parts,
             part=parse_part(part) if part else None, storage_options=storage_options,
             on_start=lambda total: advance(0, total=total), on_progress=advance, on_bad_patch=bad_patch,
-            runner=dask_runner(scheduler, workers, on_wait=None if quiet else warn_line) if scheduler else None,
+            runner=dask_runner(scheduler, workers, on_wait=warn_line) if scheduler else None,  # a warning: shown with --quiet too
         )
     if result.not_in_archive:  # on stderr, also with --quiet: the user asked for these patches
         listed = ", ".join(result.not_in_archive[:10])

@@ -5,20 +5,25 @@ cause: benzarr's own errors, OS errors such as a full disk or a read-only file s
 any unexpected exception, whose traceback ``BENZARR_DEBUG=1`` shows); 2 a usage error of the
 command line (click's: unknown option, missing argument); 3 the work finished but some inputs
 were bad (patches that could not be ingested, named on stderr and in the store); 130
-interrupted (Ctrl-C).
+interrupted (Ctrl-C); 141 the reader of stdout went away (``benzarr info STORE | head``:
+nothing is printed, as for a tool killed by SIGPIPE); 143 terminated (SIGTERM, as a batch scheduler sends at its time
+limit: the command stops as on Ctrl-C, cleaning up the same way). Either says what the
+user can do next (``benzarr ingest``: run it again to resume; ``benzarr train``: ``--resume``).
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 import os
+import signal
 import sys
 
 import typer
 
 from benzarr.errors import EXTRAS, BenzarrError, missing_extra
 from benzarr.fsutil import os_error
-from benzarr_cli._common import error_line
+from benzarr_cli._common import error_line, interrupt_advice
 
 app = typer.Typer(
     name="benzarr",
@@ -56,8 +61,35 @@ def _root() -> None:
     """BigEarthNet in a sharded Zarr v3 store: ingest, split, load, train, evaluate, report."""
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C would be, so that every clean-up path of Ctrl-C runs."""
+
+
+_TERMINATED: list[bool] = []
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    _TERMINATED.append(True)
+    raise _Terminated
+
+
+def _stopped() -> None:
+    """Report an interruption (Ctrl-C or SIGTERM) with the command's advice, and exit 130 or 143."""
+    advice = interrupt_advice()
+    what, code = ("terminated (SIGTERM)", 143) if _TERMINATED else ("interrupted", 130)
+    error_line(f"{what}; {advice}" if advice else what)
+    sys.exit(code)
+
+
 def main() -> None:
     """Console-script entry point: run the app, turning benzarr errors into one line + exit code."""
+    if not debug():
+        # zarr-python's event loop may drop a pending read after an error, and asyncio then logs
+        # "Task was destroyed but it is pending!" at exit, after the one error line
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    redirected = _stdout_is_devnull()  # by the user; otherwise /dev/null later means rich met a broken pipe
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # not when embedded with a handler of its own
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         code = app(standalone_mode=False)
     except BenzarrError as exc:
@@ -69,8 +101,18 @@ def main() -> None:
         error_line(str(missing_extra(exc.name)))
         sys.exit(1)
     except KeyboardInterrupt:
-        error_line("interrupted")
-        sys.exit(130)
+        _stopped()
+    except BrokenPipeError:  # `benzarr info STORE | head`: the reader left; end quietly, as SIGPIPE would
+        _quiet_stdout()
+        sys.exit(141)
+    except SystemExit as exc:
+        # rich answers a broken pipe by pointing stdout at /dev/null and exiting 1 (click, by
+        # wrapping stdout in its _PacifyFlushWrapper): the reader left, which is no error
+        broken = (not redirected and _stdout_is_devnull()) or type(sys.stdout).__name__ == "_PacifyFlushWrapper"
+        if exc.code == 1 and broken:
+            _quiet_stdout()
+            sys.exit(141)
+        raise
     except Exception as exc:  # usage errors of click (or typer's vendored copy of it)
         if _is_click(exc, "ClickException"):
             exc.show()  # type: ignore[attr-defined]
@@ -89,8 +131,25 @@ def main() -> None:
     # Ctrl-C into Exit(130): the code must reach the shell, or an interrupted run reads as a success.
     if isinstance(code, int) and not isinstance(code, bool) and code != 0:
         if code == 130:
-            error_line("interrupted")
+            _stopped()
         sys.exit(code)
+
+
+def _stdout_is_devnull() -> bool:
+    try:
+        here, null = os.fstat(sys.stdout.fileno()), os.stat(os.devnull)
+    except (OSError, ValueError):
+        return False
+    return (here.st_dev, here.st_ino) == (null.st_dev, null.st_ino)
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush meets no closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def debug() -> bool:

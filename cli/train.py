@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any, Optional
 import typer
 
 from benzarr.errors import InvalidArgumentError
-from benzarr.train_config import AUGMENTS, OPTIMIZERS, RESAMPLE_MODES, SCHEDULERS, TrainConfig  # torch-free
-from benzarr_cli._common import console, err_console, fmt_value, metrics_line, show_progress
+from benzarr.train_config import AUGMENTS, OPTIMIZERS, RESAMPLE_MODES, SCHEDULERS, TrainConfig, default_out  # torch-free
+from benzarr_cli._common import console, err_console, fmt_value, metrics_line, on_interrupt, show_progress
 
 if TYPE_CHECKING:
     from benzarr.train import TrainEvent, TrainResult
@@ -56,6 +56,14 @@ class _Progress:
                 f"val micro-F1 {fmt_value(v.get('val/micro_f1'))}  macro-F1 {fmt_value(v.get('val/macro_f1'))}  "
                 f"lr {v.get('lr', 0):.2e}  {v.get('throughput/patches_per_s', 0):,.0f} patches/s{mark}",
             )
+
+
+def _resume_advice(out: str, seeds: list[int] | None) -> str:
+    """What to run after an interrupted ``train`` into ``out``: ``--resume`` where a checkpoint was written."""
+    folders = [os.path.join(out, f"seed-{s}") for s in seeds] if seeds else [out]
+    if any(os.path.exists(os.path.join(f, "checkpoints", "last.pt")) for f in folders):
+        return f"{out}: run the same command with --resume to go on from checkpoints/last.pt"
+    return f"{out}: no checkpoint was written yet; run the same command again to start over"
 
 
 def _seed_list(seeds: str) -> list[int]:
@@ -130,7 +138,7 @@ def command(
     finetune: int = typer.Option(D.finetune, "--finetune", help="0 train all | 1 head only | 2 last block + head."),
     track_emissions: bool = typer.Option(D.track_emissions, "--track-emissions", help="Energy and CO2 with codecarbon (offline)."),
     emissions_country: str = typer.Option(D.emissions_country, "--emissions-country", help="ISO 3166 alpha-3 country for --track-emissions."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors and warnings."),
 ) -> None:
     """Train a model on a split: validation every epoch, best/last checkpoints, test metrics of the best.
 
@@ -151,9 +159,9 @@ def command(
     )
     quiet = quiet or int(os.environ.get("RANK", "0")) != 0  # under torchrun, rank 0 speaks
     seed_list = _seed_list(seeds) if seeds is not None else None
+    on_interrupt(lambda: _resume_advice(out or default_out(cfg), seed_list))
     # torch only once the arguments are known good: a usage error answers in a second, not four
-    from benzarr.train import default_out, train, train_seeds
-
+    from benzarr.train import train, train_seeds
     if seed_list is None:
         result = train(cfg, _Progress(epochs, quiet))
         if not quiet:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import os
 import signal
 import subprocess
@@ -178,6 +180,93 @@ def test_killed_ingest_resumes_to_the_same_store(synth_archive_64: Path, synth_s
     assert open_store(store_path).complete
 
 
+def _children(pid: int) -> list[int]:
+    """Live processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_workers_of_a_killed_ingest_do_not_go_on_writing(synth_archive_64: Path, tmp_path: Path) -> None:
+    """kill -9 of the driver alone (an OOM kill, a scheduler) used to leave its workers
+    writing shards as orphans, beside the next run that took the dead driver's lock."""
+    store_path = tmp_path / "orphans.zarr"
+    args = ["ingest", synth_archive_64, store_path, "--shard-size", "4", "--workers", "2", "--quiet"]
+    process = subprocess.Popen([*CLI, *map(str, args)], start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        workers: list[int] = []
+        while time.monotonic() < deadline and process.poll() is None:
+            workers = _children(process.pid)
+            done_dir = store_path / "ingest" / "done" / "c"
+            if len(workers) >= 2 and done_dir.is_dir() and any(done_dir.iterdir()):
+                break
+            time.sleep(0.01)
+        assert process.poll() is None, "the ingest ended before it could be killed"
+        os.kill(process.pid, signal.SIGKILL)  # the driver only
+        process.wait()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
+            time.sleep(0.05)
+        assert not [pid for pid in workers if _alive(pid)]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def test_sigterm_stops_an_ingest_as_ctrl_c_does_and_says_how_to_resume(synth_archive_64: Path, tmp_path: Path) -> None:
+    """A batch scheduler's time limit sends SIGTERM: one line that says so and what to do, exit
+    143, no worker left behind, and the same command finishes the store."""
+    store_path = tmp_path / "term.zarr"
+    args = ["ingest", synth_archive_64, store_path, "--shard-size", "4", "--workers", "2", "--quiet"]
+    process = subprocess.Popen([*CLI, *map(str, args)], start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        done_dir = store_path / "ingest" / "done" / "c"
+        while time.monotonic() < deadline and process.poll() is None:
+            if done_dir.is_dir() and any(done_dir.iterdir()):
+                break
+            time.sleep(0.01)
+        assert process.poll() is None, "the ingest ended before it could be stopped"
+        workers = _children(process.pid)
+        process.send_signal(signal.SIGTERM)  # the driver only
+        _, stderr = process.communicate(timeout=60)
+        assert process.returncode == 143
+        lines = stderr.strip().splitlines()
+        assert lines == [f"error: terminated (SIGTERM); {store_path}: the shards written so far are kept; "
+                         "run the same command again to resume"], stderr
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
+            time.sleep(0.05)
+        assert not [pid for pid in workers if _alive(pid)]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    assert not open_store(store_path, require_complete=False).complete
+    verified = run_cli("verify", store_path, "--no-record")  # sound so far, but not a store to use
+    assert verified.returncode == 1 and "OK SO FAR" in verified.stdout
+    assert verified.stderr.startswith(f"error: {store_path}: the ingest did not finish (what is written is sound)")
+    resumed = run_cli(*args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert open_store(store_path).complete
+
+
 def test_store_with_unfinished_layout_is_rebuilt(synth_archive_64: Path, tmp_path: Path) -> None:
     store_path = tmp_path / "s.zarr"
     ingest(synth_archive_64, store_path, workers=1, shard_size=16)
@@ -315,3 +404,18 @@ def test_library_raises_typed_errors(real_s2_archive: Path, tmp_path: Path) -> N
     open_store(tmp_path / "s.zarr", mode="r+").update_attrs(format_version=99)
     with pytest.raises(StoreVersionError, match="Upgrade benzarr"):
         open_store(tmp_path / "s.zarr")
+
+
+@pytest.mark.parametrize("how, reason", [("empty", "empty file (0 bytes)"), ("folder", "is a folder, not a GeoTIFF")])
+def test_an_empty_band_file_or_a_folder_in_its_place_is_named_as_such(tmp_path: Path, how: str, reason: str) -> None:
+    """Both used to read "unreadable GeoTIFF (... not recognized as being in a supported file format)"."""
+    from benzarr.errors import BadPatchError
+    from benzarr.sources._common import read_band
+
+    path = tmp_path / "P_B04.tif"
+    if how == "empty":
+        path.write_bytes(b"")
+    else:
+        path.mkdir()
+    with pytest.raises(BadPatchError, match=re.escape(f"P_B04.tif: {reason}")):
+        read_band(path, 120, patch="P")

@@ -486,7 +486,9 @@ def test_ctrl_c_exits_130_with_one_line(synth_store_64: Path, tmp_path: Path) ->
     child.send_signal(signal.SIGINT)
     out, err = child.communicate(timeout=60)
     assert child.returncode == 130, (out, err)
-    assert err == "error: interrupted\n" and out == ""
+    assert out == "" and err.count("\n") == 1 and err.startswith(f"error: interrupted; {run}: ")
+    assert err.rstrip().endswith(("run the same command with --resume to go on from checkpoints/last.pt",
+                                  "no checkpoint was written yet; run the same command again to start over"))
 
 
 def test_patches_not_in_the_archive_are_listed_even_when_quiet(synth_archive_64: Path, tmp_path: Path) -> None:
@@ -500,3 +502,16 @@ def test_patches_not_in_the_archive_are_listed_even_when_quiet(synth_archive_64:
     assert all(name in result.stderr for name in sorted(absent)[:10])
     assert sorted(absent)[10] not in result.stderr and "and 2 more" in result.stderr
     assert open_store(tmp_path / "s.zarr").n_patches == 3
+
+
+def test_a_reader_that_leaves_early_is_no_error(synth_store_64: Path) -> None:
+    """`benzarr info STORE | head -1`: rich met the closed pipe and exited 1 without a word; now
+    141 (as a tool killed by SIGPIPE), and still nothing on stderr."""
+    import os
+
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line
+    child = subprocess.Popen([*CLI, "info", str(synth_store_64)], stdout=write, stderr=subprocess.PIPE, text=True)
+    os.close(write)
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 141 and err == ""

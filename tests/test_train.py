@@ -156,6 +156,26 @@ def test_run_killed_mid_epoch_and_resumed_equals_uninterrupted_run(store: Path, 
         assert scalars[0][tag] == scalars[1][tag], (tag, k)
 
 
+def test_sigterm_stops_train_with_one_line_that_says_resume(store: Path, tmp_path: Path) -> None:
+    """A scheduler's SIGTERM (or Ctrl-C) ends the run with exit 143 (130) and one line naming the
+    run folder and what to run next: --resume once a checkpoint exists, a plain rerun before."""
+    from benzarr_cli.train import _resume_advice
+
+    out = tmp_path / "run"
+    assert _resume_advice(str(out), None) == f"{out}: no checkpoint was written yet; run the same command again to start over"
+    process = subprocess.Popen([sys.executable, "-m", "benzarr_cli", "train", str(store), "--split", "strat",
+                                "--epochs", "50", "--batch-size", "8", "--device", "cpu", "--out", str(out), "-q",
+                                "--checkpoint-every", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoints" / "last.pt").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr
+    assert stderr.strip().splitlines() == [f"error: terminated (SIGTERM); {out}: run the same command with --resume "
+                                           "to go on from checkpoints/last.pt"]
+
+
 def test_mid_epoch_checkpoint_holds_the_loader_position_and_running_sums(store: Path, tmp_path: Path) -> None:
     class Interrupt(Exception):
         pass

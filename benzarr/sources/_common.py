@@ -249,6 +249,10 @@ def read_band(path: Path, side: int, dtype: str = "uint16", patch: str = "",
             reason = missing
         elif _files.in_tar(path) and not isinstance(exc, RasterioError):
             reason = str(exc).split(": ", 1)[-1]  # a member cut short by a truncated tar
+        elif not _files.in_tar(path) and path.is_dir():
+            reason = "is a folder, not a GeoTIFF file"
+        elif not _files.in_tar(path) and path.stat().st_size == 0:
+            reason = "empty file (0 bytes): not a GeoTIFF (a copy or download cut short?)"
         else:
             reason = f"unreadable GeoTIFF ({first_line(exc)})"
         raise BadPatchError(patch, f"{path.name}: {reason}") from None

@@ -1,0 +1,48 @@
+"""Worker processes that never outlive the process that started them.
+
+Why: ``concurrent.futures.ProcessPoolExecutor`` workers are plain children. When their parent
+dies without shutting the pool down (``kill -9``, an out-of-memory kill, a batch scheduler's
+``SIGKILL``), they are re-parented to init and go on working: an orphaned ingest worker kept
+writing shards after its parent was killed, beside the next run of the same command, which
+had taken over the dead parent's lock. Linux can signal a child when its parent dies
+(``prctl(PR_SET_PDEATHSIG)``); :func:`exit_with_parent`, a pool's ``initializer``, asks for
+that. Elsewhere (macOS) it does nothing, and an orphan finishes its task and exits when it
+next finds its pipe to the dead parent closed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+
+#: ``PR_SET_PDEATHSIG`` of ``<linux/prctl.h>``.
+PR_SET_PDEATHSIG = 1
+
+
+def exit_with_parent() -> None:
+    """Have the kernel ``SIGKILL`` this process when its parent process dies (Linux), and
+    let ``SIGTERM`` end it at once (the default action).
+
+    Call it first thing in a child (a pool's ``initializer``). The signal is tied to the
+    parent *thread* that forked or spawned the child: pools of this package are created and
+    fed from the thread that waits for them, which lives as long as the pool. A parent that
+    died before the call is caught by comparing ``os.getppid()`` with the parent's pid.
+    """
+    # a forked child inherits the CLI's SIGTERM handler (which raises KeyboardInterrupt for
+    # the CLI's clean-up): a worker told to terminate just ends, as before
+    if threading.current_thread() is threading.main_thread():  # signal handlers are the main thread's
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if not sys.platform.startswith("linux"):
+        return
+    parent = multiprocessing.parent_process()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # no libc symbol: keep the old behaviour
+        return
+    if parent is not None and parent.pid is not None and os.getppid() != parent.pid:
+        os._exit(1)  # the parent is already gone: nobody wants this worker's results
