@@ -302,7 +302,8 @@ def plot_curves(runs: Sequence[Run], path: str | Path) -> Path:
             ax.set_xlabel("epoch")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
-    axes[0].legend(fontsize="small")
+    if axes[0].get_legend_handles_labels()[0]:  # runs stopped before their first epoch have no curve
+        axes[0].legend(fontsize="small")
     path = Path(path)
     fig.savefig(path, dpi=110)
     return path
@@ -325,6 +326,7 @@ class Report:
     runs: pd.DataFrame
     summary: pd.DataFrame
     summary_md: str
+    unfinished: list[str] = field(default_factory=list)  # run folders without metrics.json (rows without test metrics)
 
 
 def write_report(paths: Sequence[str | Path], out: str | Path, evaluations: Sequence[str] = ()) -> Report:
@@ -353,4 +355,5 @@ def write_report(paths: Sequence[str | Path], out: str | Path, evaluations: Sequ
     (out / "summary.md").write_text(
         f"{what}: mean ± half-width of the 95% confidence interval across seeds (Student t).\n\n" + summary_md)
     files["summary.md"] = out / "summary.md"
-    return Report(out, files, runs_df, summary, summary_md)
+    unfinished = [str(r.path) for r in runs if r.metrics is None]
+    return Report(out, files, runs_df, summary, summary_md, list(dict.fromkeys(unfinished)))

@@ -380,6 +380,7 @@ def plot_patches(
     rows = [int(r) for r in rows]
     if not rows:
         raise InvalidArgumentError("no patches to show")
+    check_image_path(out)
     plt = _pyplot()
     kinds = _panels(store, composites)
     run_labels = None
@@ -428,6 +429,18 @@ def _panel_dataset(store: Store, kinds: Sequence[str], label_set: str) -> Any:
     modalities = (["s2"] if any(b not in ("VV", "VH") for b in bands) else []) + (
         ["s1"] if "VV" in bands else []) + (["reference-map"] if "reference map" in kinds else [])
     return BigEarthNetDataset(store.path, bands=bands, labels=label_set, modalities=modalities, resample="nearest")
+
+
+def check_image_path(out: str | Path) -> None:
+    """Raise InvalidArgumentError unless ``out``'s suffix names an image format matplotlib
+    writes (checked before any drawing: ``--out z.txt`` was a bare ValueError at the end)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    suffix = Path(out).suffix.lower().lstrip(".")
+    if suffix not in formats:
+        what = f"a .{suffix} file" if suffix else "a file without a suffix"
+        raise InvalidArgumentError(f"{out}: cannot draw into {what}; name a .png, .pdf, .svg or .jpg file")
 
 
 def _save(fig: Any, out: str | Path, plt: Any) -> tuple[Path, tuple[int, int]]:
@@ -525,6 +538,7 @@ def plot_split_map(store: Store, split: str, out: str | Path, *, leakage_km: flo
     from benzarr.leakage import centres, split_leakage
     from benzarr.split import store_geometry
 
+    check_image_path(out)
     codes, attrs = store.read_split(split)
     geometry = store_geometry(store)
     if geometry is None:

@@ -21,7 +21,7 @@ def command(
     workers: int = typer.Option(2, "--workers", help="Processes for synth and ingest."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Cap on optimisation steps (smoke tests)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier demo in --out."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors and warnings."),
 ) -> None:
     """Run the whole pipeline on a synthetic archive: synth, ingest, stratified split, train shortcnn-all, report."""
     say = (lambda text: None) if quiet else (lambda text: console.print(text))

@@ -27,7 +27,7 @@ def command(
                                      "name, its sigmoid score per class and its true labels."),
     bootstrap: int = typer.Option(0, "--bootstrap", metavar="N", help="95% intervals of P/R/F1/F2 from N bootstrap "
                                   "resamples of the evaluated patches (e.g. 1000; seed 0)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors and warnings."),
 ) -> None:
     """Score a run's checkpoint on a split's subset (of its own store or another with the same bands and
     labels), read as the run read its data: micro and macro P/R/F1/F2/mAP, per-class scores."""

@@ -12,7 +12,7 @@ from benzarr_cli._common import console
 
 def command(
     out: Path = typer.Argument(..., help="Folder to unpack into (BigEarthNet-v1.0/ and BigEarthNet-S1-v1.0/)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors and warnings."),
 ) -> None:
     """Unpack the six real S2 patches and their S1 pairs from bigearthnet-common (optional extra)."""
     written = extract_examples(out)

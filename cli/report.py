@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from benzarr_cli._common import console
+from benzarr_cli._common import console, warn_line
 
 
 def command(
@@ -16,12 +16,15 @@ def command(
     evaluation: Optional[list[str]] = typer.Option(None, "--evaluation", help="Tabulate RUN/evaluations/NAME "
                                                    "(written by benzarr evaluate, e.g. grouped-test) instead of "
                                                    "the runs' own test metrics; repeat to compare several."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors and warnings."),
 ) -> None:
     """Plot loss and F1 curves and tabulate test metrics per run and per model/split (mean ± 95% CI over seeds)."""
     from benzarr.report import write_report  # pandas and matplotlib: only when reporting
 
     report = write_report(rundirs, out, evaluations=evaluation or ())
+    for run in report.unfinished:  # on stderr, also with --quiet: a row without metrics is easy to miss
+        warn_line(f"{run}: no metrics.json, the run did not finish: its row has no test metrics "
+                  "(benzarr train --resume --out RUN finishes it)")
     if quiet:
         return
     what = f"metrics of the evaluations {', '.join(evaluation)}" if evaluation else "test metrics of the best checkpoints"

@@ -31,7 +31,7 @@ def command(
                                        "predictions, true positives green, false positives red."),
     map_: Optional[Path] = typer.Option(None, "--map", help="Also write a lon/lat map of --split's patches coloured "
                                         "by subset to this PNG."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors and warnings."),
 ) -> None:
     """Draw patches as a PNG grid: true and false colour, S1, reference map, labels (and a run's
     predictions); with --map, a map of a split's patches coloured by subset."""

@@ -47,7 +47,7 @@ def command(
     quality: bool = typer.Option(False, "--quality", help="Show the quality of split NAME beside a random split."),
     against: Optional[str] = typer.Option(None, "--against", help="--quality: also show this split's figures."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="--quality (or a new split): write the label-distribution PNG here."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors and warnings."),
 ) -> None:
     """Make a train/val/test split (iterative stratification, optionally over spatial groups;
     random, official lists, CSV), list splits, show a split's quality, or export it as CSV lists."""

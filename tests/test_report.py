@@ -99,3 +99,23 @@ def test_runs_that_differ_in_more_than_their_seed_are_never_averaged(runs: dict[
     assert by_lr.loc["0.001", "n_runs"] == 2 and by_lr.loc["0.01", "n_runs"] == 1
     assert "| lr |" in report.summary_md and "workers" not in report.summary.columns
     assert sorted(report.runs["lr"]) == ["0.001", "0.001", "0.01"]
+
+
+def test_a_run_that_did_not_finish_is_named_on_stderr_also_when_quiet(runs: dict[str, Path], tmp_path: Path) -> None:
+    """A run stopped before its test metrics (Ctrl-C) used to give a row of None without a word."""
+    import subprocess
+    import sys
+    import warnings
+
+    stopped = copy_tree(runs["rand"], tmp_path / "stopped")
+    (stopped / "metrics.json").unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no matplotlib legend warning for curves without data
+        report = write_report([runs["rand"], stopped], tmp_path / "r")
+    assert report.unfinished == [str(stopped)]
+    result = subprocess.run([sys.executable, "-m", "benzarr_cli", "report", str(runs["rand"]), str(stopped), "--out",
+                             str(tmp_path / "r2"), "--quiet"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        f"warning: {stopped}: no metrics.json, the run did not finish: its row has no test metrics "
+        "(benzarr train --resume --out RUN finishes it)"]

@@ -190,3 +190,9 @@ def test_run_predictions_use_the_runs_label_set(synth_v2_store: Path, tmp_path: 
     assert "predictions" in [kind.lower() for kind in shown.panels]
     with pytest.raises(InvalidArgumentError, match="predicts clc19 classes"):
         plot_patches(store, [0], tmp_path / "q.png", run=tmp_path / "run", labels="clc43")
+
+
+def test_an_out_file_of_no_image_format_is_refused_before_drawing(synth_store_64: Path, tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgumentError, match=r"z\.txt: cannot draw into a \.txt file; name a \.png"):
+        plot_patches(open_store(synth_store_64), [0], tmp_path / "z.txt")
+    assert not (tmp_path / "z.txt").exists()
