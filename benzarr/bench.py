@@ -161,7 +161,7 @@ class WaitShare:
     """Share of training-step time spent waiting for the next batch.
 
     Attributes:
-        workers: DataLoader workers.
+        workers: loader worker processes (the batch ring).
         steps: measured steps (after warm-up).
         step_s: mean wall time of a step (wait + forward + backward + optimiser), seconds.
         wait_s: mean wait for the next device batch, seconds.

@@ -39,7 +39,7 @@ class DemoConfig:
     lr: float = 1e-3
     seed: int = 0
     workers: int = 2                 # synth and ingest processes
-    loader_workers: int = 0          # DataLoader workers while training
+    loader_workers: int = 0          # loader worker processes while training
     max_steps: int | None = None     # cap on optimisation steps (tests)
     overwrite: bool = False          # remove an earlier demo in ``out`` first (only a demo folder)
 

@@ -43,7 +43,7 @@ class TrainConfig:
     resample: str = "bilinear"      # bilinear | nearest | bicubic: 20 m and 60 m bands to 10 m
     align_corners: bool = False     # F.interpolate's convention (True: ConfigILM's, the official weights')
     seed: int = 0
-    workers: int = 0                # DataLoader worker processes (per process under torchrun)
+    workers: int = 0                # loader worker processes, the batch ring's (per process under torchrun)
     loader_timeout: float = 0       # seconds to wait for a batch from the workers before failing; 0: for ever
     device: str = "auto"            # auto | cpu | cuda | cuda:N
     amp: bool = False               # bfloat16 autocast (CPU and GPU; no loss scaling needed)

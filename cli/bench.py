@@ -14,7 +14,7 @@ from benzarr_cli._common import console, storage_options_for
 def command(
     store: str = typer.Argument(..., help="Path (or s3:// URL) of a benzarr store."),
     batch_size: int = typer.Option(64, "--batch-size", "-b", help="Patches per batch."),
-    workers: int = typer.Option(2, "--workers", "-w", help="DataLoader workers for the parallel measurement."),
+    workers: int = typer.Option(2, "--workers", "-w", help="Loader worker processes (the batch ring) for the parallel measurement."),
     seconds: float = typer.Option(2.0, "--seconds", help="Minimum time per measurement."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random read order."),
     endpoint_url: Optional[str] = typer.Option(None, "--endpoint-url", help="S3 endpoint for s3:// stores (default: $AWS_ENDPOINT_URL)."),

@@ -119,7 +119,7 @@ def command(
                                        help="F.interpolate's align_corners for bilinear and bicubic (ConfigILM's: --align-corners)."),
     seed: int = typer.Option(D.seed, "--seed", help="Seed of weights and data order."),
     seeds: Optional[str] = typer.Option(None, "--seeds", help="Several seeds, e.g. 0,1,2: runs into OUT/seed-<s>/."),
-    workers: int = typer.Option(D.workers, "--workers", help="DataLoader worker processes (per process)."),
+    workers: int = typer.Option(D.workers, "--workers", help="Loader worker processes, the batch ring's (per process under torchrun)."),
     loader_timeout: float = typer.Option(D.loader_timeout, "--loader-timeout", metavar="SECONDS",
                                          help="Fail when the workers deliver no batch for this long (a worker stuck "
                                               "on a hung file system); 0 waits for ever."),
