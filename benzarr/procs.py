@@ -30,7 +30,7 @@ def exit_with_parent() -> None:
     Call it first thing in a child (a pool's ``initializer``). The signal is tied to the
     parent *thread* that forked or spawned the child: pools of this package are created and
     fed from the thread that waits for them, which lives as long as the pool. A parent that
-    died before the call is caught by comparing ``os.getppid()`` with the parent's pid.
+    died before the call is caught through its sentinel (``parent_process().is_alive()``).
     """
     # a forked child inherits the CLI's SIGTERM handler (which raises KeyboardInterrupt for
     # the CLI's clean-up): a worker told to terminate just ends, as before
@@ -44,5 +44,7 @@ def exit_with_parent() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     except (OSError, AttributeError):  # no libc symbol: keep the old behaviour
         return
-    if parent is not None and parent.pid is not None and os.getppid() != parent.pid:
-        os._exit(1)  # the parent is already gone: nobody wants this worker's results
+    # a parent that died before the prctl took effect: its sentinel pipe is closed (this holds
+    # for fork, spawn and forkserver children alike, whose direct parent may be the forkserver)
+    if parent is not None and not parent.is_alive():
+        os._exit(1)  # nobody wants this worker's results
