@@ -419,3 +419,11 @@ def test_an_empty_band_file_or_a_folder_in_its_place_is_named_as_such(tmp_path: 
         path.mkdir()
     with pytest.raises(BadPatchError, match=re.escape(f"P_B04.tif: {reason}")):
         read_band(path, 120, patch="P")
+
+
+def test_a_labels_json_with_an_empty_list_is_a_bad_patch() -> None:
+    from benzarr.sources._common import parse_labels
+
+    with pytest.raises(ValueError, match="'labels' is empty"):
+        parse_labels([])
+    assert parse_labels(["Pastures"]).sum() == 1

@@ -157,3 +157,61 @@ def test_train_on_s2_and_s1_channels(synth_v2_store: Path, tmp_path: Path) -> No
     import json
 
     assert json.loads((run / "config.json").read_text())["settings"]["modalities"] == "s2,s1"
+
+
+# -- damaged metadata.parquet ----------------------------------------------------------
+
+
+def _metadata_variant(archive: Path, tmp_path: Path, change) -> Path:
+    """A folder holding ``archive``'s metadata.parquet after ``change(rows) -> table``: what
+    ``open_archive`` reads (it opens no patch)."""
+    import pyarrow as pa
+
+    root = tmp_path / "v2"
+    (root / "BigEarthNet-S2").mkdir(parents=True)
+    rows = pq.read_table(archive / "metadata.parquet").to_pylist()
+    table = change(rows)
+    pq.write_table(table if isinstance(table, pa.Table) else pa.Table.from_pylist(table), root / "metadata.parquet")
+    return root
+
+
+@pytest.mark.parametrize("case, message", [
+    ("duplicate", "is listed twice"),
+    ("bad-split", "split 'training' of"),
+    ("no-split", "split None of"),
+    ("labels-as-text", "column labels holds string, expected lists of label names"),
+    ("no-rows", "metadata.parquet: lists no patches"),
+])
+def test_a_damaged_metadata_parquet_is_refused_naming_what_is_wrong(synth_v2_archive: Path, tmp_path: Path,
+                                                                    case: str, message: str) -> None:
+    """Each used to ingest with exit 0: a duplicated patch_id kept the later row's labels, a
+    split of "training" became 'excluded' silently, labels as text were read letter by letter."""
+    import pyarrow as pa
+
+    from benzarr.errors import NotAnArchiveError
+
+    def change(rows: list[dict]):
+        if case == "duplicate":
+            return rows + [rows[0] | {"labels": ["Marine waters"]}]
+        if case == "bad-split":
+            return [rows[0] | {"split": "training"}] + rows[1:]
+        if case == "no-split":
+            return [rows[0] | {"split": None}] + rows[1:]
+        if case == "labels-as-text":
+            return pa.Table.from_pylist([r | {"labels": "; ".join(r["labels"])} for r in rows])
+        return pa.Table.from_pylist(rows).slice(0, 0)
+
+    root = _metadata_variant(synth_v2_archive, tmp_path, change)
+    with pytest.raises(NotAnArchiveError, match=message.replace("(", r"\(")):
+        open_archive(root)
+
+
+def test_a_v2_patch_without_labels_is_a_bad_patch(synth_v2_archive: Path, tmp_path: Path) -> None:
+    archive = copy_tree(synth_v2_archive, tmp_path / "archive")
+    table = pq.read_table(archive / "metadata.parquet")
+    rows = table.to_pylist()
+    rows[0]["labels"] = []
+    pq.write_table(pq.read_table(archive / "metadata.parquet").from_pylist(rows, schema=table.schema),
+                   archive / "metadata.parquet")
+    result = ingest(archive, tmp_path / "s.zarr", workers=1, modalities=["s2"])
+    assert result.failed == {rows[0]["patch_id"]: "metadata.parquet: no labels (every v2.0 patch has at least one)"}

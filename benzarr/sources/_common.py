@@ -367,10 +367,12 @@ def parse_labels(labels: object) -> np.ndarray:
     """(43,) uint8 multi-hot vector from a list of CLC class names.
 
     Raises:
-        ValueError: not a list of strings, or an unknown name.
+        ValueError: not a list of strings, an empty list, or an unknown name.
     """
     if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
         raise ValueError("'labels' is not a list of class names")
+    if not labels:  # every BigEarthNet patch has one: an empty list is a damaged or foreign file
+        raise ValueError("'labels' is empty (every BigEarthNet patch has at least one label)")
     vector = np.zeros(len(CLC43), dtype=np.uint8)
     for label in labels:
         index = _CLC43_INDEX.get(label)

@@ -76,6 +76,11 @@ def _read_parquet_rows(path: Path) -> list[dict]:
     missing = required - set(table.column_names)
     if missing:
         raise NotAnArchiveError(f"{path}: missing columns {', '.join(sorted(missing))}")
+    labels = table.schema.field("labels").type
+    if not (pa.types.is_list(labels) or pa.types.is_large_list(labels)) or not (
+            pa.types.is_string(labels.value_type) or pa.types.is_large_string(labels.value_type)):
+        # a string column would be read letter by letter: "unknown label 'M'" for every patch
+        raise NotAnArchiveError(f"{path}: column labels holds {labels}, expected lists of label names")
     return table.to_pylist()
 
 
@@ -105,8 +110,15 @@ def _patch_ref(path: Path, row: dict[str, Any], clean: bool, season: str, has_s1
     )
 
 
+#: Values of metadata.parquet's ``split`` column.
+_SPLIT_VALUES = ("train", "validation", "test")
+
+
 def _clc19_vector(ref: PatchRef) -> np.ndarray:
-    """(19,) uint8 multi-hot of ``ref.clc19``; raises BadPatchError for an unknown name."""
+    """(19,) uint8 multi-hot of ``ref.clc19``; raises BadPatchError for an unknown name or
+    no labels at all (every v2.0 patch has at least one)."""
+    if not ref.clc19:
+        raise BadPatchError(ref.name, f"{V2_METADATA}: no labels (every v2.0 patch has at least one)")
     clc19 = np.zeros(len(CLC19), dtype=np.uint8)
     for label in ref.clc19 or ():
         if label not in _CLC19_INDEX:
@@ -134,6 +146,8 @@ class BigEarthNetV2:
             raise NotAnArchiveError(f"{path}: a BigEarthNet v2.0 archive needs {V2_METADATA}")
         rows = _read_parquet_rows(metadata)
         clean = len(rows)
+        if not clean:
+            raise NotAnArchiveError(f"{metadata}: lists no patches")
         if _files.is_file(path / V2_METADATA_FLAGGED):
             rows += _read_parquet_rows(path / V2_METADATA_FLAGGED)
         place, _ = official_names(s2_names=[str(row.get("s2v1_name") or "") for row in rows])
@@ -142,6 +156,13 @@ class BigEarthNetV2:
         for i, row in enumerate(rows):
             season = place.get(str(row.get("s2v1_name") or ""), ("", ""))[1]
             ref = _patch_ref(path, row, i < clean, season, has_s1, has_maps)
+            if ref.name in refs:  # the later row would silently replace the earlier one's labels
+                where = V2_METADATA if i < clean else V2_METADATA_FLAGGED
+                raise NotAnArchiveError(f"{path / where}: patch_id {ref.name} is listed twice; "
+                                        "each patch must have one row")
+            if i < clean and ref.official_split not in _SPLIT_VALUES:
+                raise NotAnArchiveError(f"{metadata}: split {row.get('split')!r} of {ref.name} is not one of "
+                                        f"{', '.join(_SPLIT_VALUES)}")
             refs[ref.name] = ref
         modalities = ["s2", *(["s1"] if has_s1 else []), *(["reference-map"] if has_maps else [])]
         return Archive(path=path, source=self.name, modalities=tuple(modalities), refs=dict(sorted(refs.items())))
