@@ -183,6 +183,12 @@ def resolve_bands(selection: str | int | Sequence[str], modalities: str | Sequen
     s1 = S1_BANDS if "s1" in chosen else ()
     if isinstance(selection, int) and not isinstance(selection, bool):
         selection = str(selection)
+    if isinstance(selection, (set, frozenset, dict)):  # the study took its band order from a set
+        raise InvalidArgumentError(f"bands {selection!r}: a set has no order, and the order of the bands is the "
+                                   "order of the input channels; give a list")
+    if selection is None or isinstance(selection, bool) or not hasattr(selection, "__iter__"):
+        raise InvalidArgumentError(f"bands must be 'all', 'rgb', a preset name or a list of band names, "
+                                   f"got {selection!r}")
     if not available:
         raise InvalidArgumentError(f"no image modality among {list(modalities)}: choose from {', '.join(IMAGE_MODALITIES)}")
     if isinstance(selection, str):

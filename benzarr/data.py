@@ -9,7 +9,8 @@ selection, upsampling, optional normalisation, augmentation). See docs/design.md
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+import operator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from benzarr.bands import BAND_PRESETS, MODALITIES, parse_modalities, resolve_ba
 from benzarr.bands import band_groups_for
 from benzarr.bands import band_location as channel_location
 from benzarr.augment import check_augment
-from benzarr.errors import BenzarrError, InvalidArgumentError
+from benzarr.errors import BenzarrError, InvalidArgumentError, LoaderWorkerError
 from benzarr.shards import RowReader
 from benzarr.transform import CHANNEL_GROUPS, RESAMPLE_MODES, Batch, BatchTransform
 from benzarr.store import (
@@ -283,10 +284,24 @@ class BigEarthNetDataset(Dataset):
         return int(self.rows.size)
 
     def _positions(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
-        positions = np.asarray(indices, dtype=np.int64).reshape(-1)
+        """``indices`` (a flat sequence of integers, negatives from the end) as int64
+        positions; TypeError for anything else (floats, strings, a boolean mask, nested lists
+        were truncated, parsed or flattened), IndexError out of range."""
+        raw = np.asarray(indices.cpu() if isinstance(indices, torch.Tensor) else indices)
         n = len(self)
-        if positions.size and (positions.min() < -n or positions.max() >= n):
+        if raw.size == 0:
+            return np.zeros(0, dtype=np.int64)
+        if raw.ndim != 1:
+            raise TypeError(f"indices must be a flat sequence of integers, got shape {raw.shape}")
+        if raw.dtype == bool:
+            raise TypeError("indices are integers, not a boolean mask (np.flatnonzero(mask) gives them)")
+        if raw.dtype.kind == "O" and all(isinstance(v, int) and not isinstance(v, bool) for v in raw.tolist()):
+            raise IndexError(f"index out of range for a dataset of {n} patches")  # beyond 64 bits
+        if raw.dtype.kind not in "iu":
+            raise TypeError(f"indices must be integers, got {raw.dtype} values such as {raw.flat[0]!r}")
+        if raw.min() < -n or raw.max() >= n:
             raise IndexError(f"index out of range for a dataset of {n} patches")
+        positions = raw.astype(np.int64)
         return np.where(positions < 0, positions + n, positions)
 
     def batch_spec(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
@@ -353,7 +368,18 @@ class BigEarthNetDataset(Dataset):
         return batch
 
     def __getitem__(self, index: int) -> Sample:
-        """Sample ``index``: ``{"image": (C, 120, 120) float32, "label": (L,) float32, "index": int}``."""
+        """Sample ``index``: ``{"image": (C, 120, 120) float32, "label": (L,) float32, "index": int}``.
+
+        Raises:
+            TypeError: ``index`` is not an integer (a float, string, bool or list).
+            IndexError: out of range (negative indices count from the end).
+        """
+        if isinstance(index, (bool, np.bool_)):
+            raise TypeError(f"dataset indices are integers, got {index!r}")
+        try:
+            index = operator.index(index)
+        except TypeError:
+            raise TypeError(f"dataset indices are integers, got {type(index).__name__} {index!r}") from None
         out = self._cpu_transform(self.__getitems__([index]))
         sample: Sample = {"image": out["image"][0], "label": out["label"][0], "index": int(out["index"][0])}
         if "mask" in out:
@@ -419,6 +445,10 @@ class BigEarthNetDataset(Dataset):
                 f"labels={self.label_set!r}, normalize={self.normalize})")
 
 
+#: End of an iteration (``next(iterator, _END)``).
+_END = object()
+
+
 def _hand_over(batch: Batch, done: Any, device: torch.device) -> Batch:
     """A batch made on a side stream, for use on the current stream: the current stream waits
     for ``done`` (a CUDA event), and the allocator keeps each tensor until the current
@@ -481,6 +511,7 @@ class DeviceLoader:
         self.served = 0  # batches of ``epoch`` handed out so far
         self.overlap = True
         self._side_stream: Any = None  # created on the first overlapped iteration
+        self._iteration = 0  # iterations started; an older one raises when used
 
     def state_dict(self) -> dict[str, int]:
         """Where the loader stands: ``{"epoch", "served"}`` (batches of that epoch handed out).
@@ -496,9 +527,14 @@ class DeviceLoader:
         ``state["served"]`` on (the skipped batches are never decoded); later epochs are whole.
 
         Raises:
-            InvalidArgumentError: ``served`` is negative or beyond the epoch's batches.
+            InvalidArgumentError: ``state`` is not such a dict of whole numbers, or ``served``
+                is negative or beyond the epoch's batches.
         """
-        epoch, served = int(state["epoch"]), int(state["served"])
+        if not isinstance(state, Mapping) or not {"epoch", "served"} <= set(state):
+            raise InvalidArgumentError(f"loader state must be a dict with 'epoch' and 'served' "
+                                       f"(from state_dict()), got {state!r}")
+        epoch = _whole("loader state 'epoch'", state["epoch"], 0)
+        served = _whole("loader state 'served'", state["served"], 0)
         if served < 0 or served > len(self):
             raise InvalidArgumentError(f"loader state: {served} batches served, but an epoch has {len(self)}")
         self.set_epoch(epoch)
@@ -512,8 +548,12 @@ class DeviceLoader:
         return len(self.loader)
 
     def set_epoch(self, epoch: int) -> None:
-        """Reshuffle for ``epoch``: the order is a function of (seed, epoch) only."""
-        self.epoch, self.served = int(epoch), 0
+        """Reshuffle for ``epoch``: the order is a function of (seed, epoch) only.
+
+        Raises:
+            InvalidArgumentError: ``epoch`` is not a whole number from 0 to 2**62.
+        """
+        self.epoch, self.served = _whole("epoch", epoch, 0, 2**62), 0
         if self.batch_sampler is not None:
             self.batch_sampler.skip = 0
         self.sampler.set_epoch(epoch)
@@ -596,8 +636,21 @@ class DeviceLoader:
             batches = self._transformed_into_recycled(transform)
         else:
             batches = (transform(batch) for batch in self.loader)
+        # one iteration at a time, whatever the engine: a DataLoader's persistent workers feed
+        # every iterator from one stream, so two at once would each get some of the batches
+        self._iteration += 1
+        mine = self._iteration
+        self.served = int(getattr(self.batch_sampler, "skip", 0) or 0)  # the epoch restarts (at a resume point)
         try:
-            for out in batches:
+            while True:
+                if self._iteration != mine:
+                    raise LoaderWorkerError(
+                        "this iteration of the loader was superseded by a newer one (a loader serves one "
+                        "iteration at a time: finish or drop the old iterator first)"
+                    )
+                out = next(batches, _END)
+                if out is _END:
+                    return
                 self.served += 1
                 yield user(out) if user is not None else out
         except BenzarrError as exc:
@@ -655,19 +708,22 @@ def make_loader(
             a hung file system); 0 waits for ever, as ``DataLoader``'s default.
 
     Raises:
-        InvalidArgumentError: bad batch size, worker count or engine, ``distributed``
-            without an initialised process group, or ``engine="ring"`` where it cannot run.
+        InvalidArgumentError: a batch size, worker count, seed, prefetch factor or timeout that
+            is not a whole number in range, an unknown engine, a device this machine lacks,
+            ``distributed`` without an initialised process group, or ``engine="ring"`` where
+            it cannot run.
     """
-    if batch_size < 1:
-        raise InvalidArgumentError(f"batch size must be at least 1, got {batch_size}")
-    if num_workers < 0:
-        raise InvalidArgumentError(f"workers must be 0 or more, got {num_workers}")
-    if timeout < 0:
-        raise InvalidArgumentError(f"timeout must be 0 (wait for ever) or positive seconds, got {timeout}")
+    batch_size = _whole("batch size", batch_size, 1)
+    num_workers = _whole("workers", num_workers, 0)
+    seed = _whole("seed", seed, -(2**63), 2**63 - 1)
+    if prefetch_factor is not None:
+        prefetch_factor = _whole("prefetch_factor", prefetch_factor, 1)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
+        raise InvalidArgumentError(f"timeout must be 0 (wait for ever) or positive seconds, got {timeout!r}")
     if engine not in ("auto", "ring", "dataloader"):
         raise InvalidArgumentError(f"unknown loader engine {engine!r}: choose auto, ring or dataloader")
     world, rank = _world_and_rank(distributed)
-    device = torch.device(device)
+    device = check_device(device)
     # DistributedSampler with one replica is a seeded (seed + epoch) shuffler with set_epoch
     sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
     batches = ResumableBatchSampler(sampler, batch_size=batch_size, drop_last=drop_last)
@@ -684,6 +740,43 @@ def make_loader(
         return DeviceLoader(ds, ring, sampler, None if in_workers is not None else transform, batches)
     loader = _dataloader(ds, batches, num_workers, prefetch_factor, device, seed, timeout)
     return DeviceLoader(ds, loader, sampler, ds.batch_transform(device, seed), batches)
+
+
+def _whole(what: str, value: Any, least: int, most: int | None = None) -> int:
+    """``value`` as an int of at least ``least`` (and at most ``most``), else InvalidArgumentError
+    naming ``what`` (numpy integers pass; floats, strings and bools do not)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise InvalidArgumentError(f"{what} must be a whole number, got {value!r}")
+    if value < least or (most is not None and value > most):
+        bound = f"from {least} to {most:,}" if most is not None else f"{least} or more"
+        raise InvalidArgumentError(f"{what} must be {bound}, got {value}")
+    return int(value)
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device`` this machine has, or InvalidArgumentError saying why
+    not (an unknown name, CUDA without a GPU or a driver, an index past the GPUs there are):
+    torch would say so only at the first batch, in its own words."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InvalidArgumentError(f"device {device!r}: {str(exc).splitlines()[0]}") from None
+    if parsed.type == "cpu":
+        return parsed
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InvalidArgumentError(f"device {str(device)!r}: no CUDA GPU is available here "
+                                       "(torch.cuda.is_available() is False); use device='cpu'")
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            raise InvalidArgumentError(f"device {str(device)!r}: this machine has {count} CUDA GPU(s), "
+                                       f"cuda:0 to cuda:{count - 1}")
+        return parsed
+    try:
+        torch.empty(1, device=parsed)
+    except (RuntimeError, AssertionError, NotImplementedError) as exc:
+        raise InvalidArgumentError(f"device {str(device)!r} is not usable here: {str(exc).splitlines()[0]}") from None
+    return parsed
 
 
 def _world_and_rank(distributed: bool) -> tuple[int, int]:

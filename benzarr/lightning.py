@@ -187,6 +187,12 @@ class BigEarthNetDataModule(L.LightningDataModule):
                     f"{name}={value!r}: this benzarr's BigEarthNetDataset has no {name!r} parameter "
                     f"(only the default {_DEFAULTS[name]!r} works)"
                 )
+        from benzarr.augment import check_augment
+        from benzarr.transform import RESAMPLE_MODES
+
+        check_augment(augment)  # here, not at setup(): the docstring promises it at construction
+        if resample not in RESAMPLE_MODES:
+            raise InvalidArgumentError(f"unknown resampling {resample!r}: choose one of {', '.join(RESAMPLE_MODES)}")
         if isinstance(modalities, str):
             modalities = tuple(m for m in modalities.split(",") if m)
         image_modalities = [m for m in modalities if m != "reference-map"] or ["s2"]

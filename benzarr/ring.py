@@ -488,6 +488,11 @@ class RingLoader:
                 try:
                     generation, seq, slot, n, error = key.data.recv()
                 except (EOFError, OSError):
+                    # a worker that just died: give it a moment to be reaped (exitcode polls
+                    # waitpid), so that the error names it and its signal
+                    deadline = time.monotonic() + 0.5
+                    while time.monotonic() < deadline and all(p.exitcode is None for p in self._res.processes):
+                        time.sleep(0.01)
                     self._check_workers()
                     raise LoaderWorkerError("a loader worker closed its pipe unexpectedly") from None
                 self._outstanding[self._in_flight.pop((generation, seq))] -= 1
@@ -558,6 +563,8 @@ class RingLoader:
         return batch, event
 
     def __iter__(self) -> Iterator[Batch]:
+        if self._host is None:  # close() was called: no workers, no memory
+            raise LoaderWorkerError("this loader was closed; make a new one (make_loader)")
         resuming = getattr(self.batch_sampler, "skip", 0) > 0  # a part-epoch: not what was prefetched
         if self._next is not None and self._next[1] == self._epoch and not resuming:
             plan = self._next                # the workers started on this epoch already

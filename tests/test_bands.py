@@ -132,3 +132,11 @@ def test_describe_presets_lists_every_preset_with_its_bands() -> None:
     described = dict(describe_presets())
     assert list(described) == list(BAND_PRESETS)
     assert described["12"] == "VV,VH,B02,B03,B04,B05,B06,B07,B08,B8A,B11,B12"
+
+
+@pytest.mark.parametrize("selection, message", [(None, "got None"), ({"B02", "B03"}, "a set has no order"),
+                                                (True, "got True")])
+def test_a_selection_that_is_no_list_or_name_is_refused_naming_bands(selection: object, message: str) -> None:
+    """The balanced-bigearthnet study took its band order from a Python set; None was a TypeError."""
+    with pytest.raises(InvalidArgumentError, match=message):
+        resolve_bands(selection)

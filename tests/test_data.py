@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -353,3 +354,55 @@ def test_bench_command_prints_throughput(synth_store_64: Path) -> None:
                                       "--batch-size", "8"])
     assert result.exit_code == 0, result.output
     assert "patches/s" in result.output and "batched native" in result.output
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"device": "cuda"}, "no CUDA GPU is available here"),
+    ({"device": "cuda:0"}, "no CUDA GPU is available here"),
+    ({"device": "tpu"}, "device 'tpu'"),
+    ({"batch_size": 2.5}, "batch size must be a whole number, got 2.5"),
+    ({"batch_size": "4"}, "batch size must be a whole number, got '4'"),
+    ({"seed": None}, "seed must be a whole number, got None"),
+    ({"seed": 2**70}, "seed must be from"),
+    ({"prefetch_factor": 0}, "prefetch_factor must be 1 or more, got 0"),
+    ({"num_workers": True}, "workers must be a whole number"),
+])
+def test_make_loader_names_a_bad_argument_before_any_batch(synth_store_64: Path, kwargs: dict, message: str) -> None:
+    """These leaked torch's own errors, some only at the first batch and after forking workers
+    (an unavailable CUDA device), or were quietly changed (prefetch_factor 0 -> 1 on the ring)."""
+    if kwargs.get("device", "").startswith("cuda") and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    args = {"batch_size": 8, "shuffle": False, "num_workers": 0, "seed": 0, "device": "cpu"} | kwargs
+    with pytest.raises(InvalidArgumentError, match=re.escape(message)):
+        make_loader(BigEarthNetDataset(synth_store_64), **args)
+
+
+@pytest.mark.parametrize("index", [2.7, "3", True, [1, 2], None, slice(0, 3)])
+def test_an_index_that_is_not_an_integer_is_a_type_error(synth_store_64: Path, index: object) -> None:
+    """ds[2.7] read patch 2, ds["3"] patch 3, ds[True] patch 1 and ds[[1, 2]] patch 1 alone."""
+    with pytest.raises(TypeError, match="integers"):
+        BigEarthNetDataset(synth_store_64)[index]
+
+
+@pytest.mark.parametrize("indices, error", [
+    ([[1, 2], [3, 4]], TypeError), ([1.5, 2.2], TypeError), (["1"], TypeError), ([True, False], TypeError),
+    ([10**20], IndexError), ([2**63 + 5], IndexError), ([64], IndexError), ([-65], IndexError),
+])
+def test_getitems_takes_a_flat_sequence_of_integers_only(synth_store_64: Path, indices: list, error: type) -> None:
+    ds = BigEarthNetDataset(synth_store_64)
+    with pytest.raises(error):
+        ds.__getitems__(indices)
+    assert ds.__getitems__([])["index"].shape == (0,)
+    assert ds.__getitems__(np.array([-1, 3], dtype=np.int32))["index"].tolist() == [63, 3]
+    assert int(ds[np.int64(5)]["index"]) == 5 and int(ds[torch.tensor(6)]["index"]) == 6
+
+
+@pytest.mark.parametrize("state", [{}, {"epoch": 0}, None, {"epoch": "x", "served": 1}, {"epoch": -5, "served": 0},
+                                   {"epoch": 1.7, "served": 2.9}])
+def test_a_bad_loader_state_is_refused_naming_it(synth_store_64: Path, state: object) -> None:
+    loader = make_loader(BigEarthNetDataset(synth_store_64), 8, True, 0, seed=0, device="cpu")
+    with pytest.raises(InvalidArgumentError, match="loader state"):
+        loader.load_state_dict(state)
+    for epoch in (-1, "3", None, 2**70):
+        with pytest.raises(InvalidArgumentError, match="epoch"):
+            loader.set_epoch(epoch)

@@ -119,6 +119,23 @@ def test_next_epoch_is_prefetched_and_discarded_when_another_is_asked(synth_stor
             next(iterator)
 
 
+@pytest.mark.parametrize("engine, workers", [("dataloader", 2), ("dataloader", 0), ("ring", 2)])
+def test_a_second_iteration_supersedes_the_first_on_every_engine(synth_store_64: Path, engine: str,
+                                                                  workers: int) -> None:
+    """The DataLoader engine's persistent workers fed both iterators from one stream: each got
+    some of the batches, silently, and ``served`` counted past the epoch."""
+    ds = BigEarthNetDataset(synth_store_64, bands="rgb")
+    reference = _epoch(make_loader(ds, 8, True, 0, seed=4, device="cpu", engine="dataloader"))
+    with make_loader(ds, 8, True, workers, seed=4, device="cpu", engine=engine) as loader:
+        first = iter(loader)
+        next(first)
+        second = iter(loader)
+        _same(reference, list(second))
+        assert loader.state_dict() == {"epoch": 0, "served": len(reference)}
+        with pytest.raises(LoaderWorkerError, match="superseded"):
+            next(first)
+
+
 def test_batches_kept_by_the_consumer_stay_intact(synth_store_64: Path) -> None:
     """list(loader) holds every batch: the ring must never overwrite one that is referenced."""
     ds = BigEarthNetDataset(synth_store_64)
@@ -253,3 +270,10 @@ def test_prefault_maps_the_ring_without_touching_its_contents(monkeypatch: pytes
         ring._prefault(buffer)
         assert buffer[mmap.PAGESIZE:mmap.PAGESIZE + 5] == b"slot1" and buffer[:4] == b"\0\0\0\0"
         buffer.close()
+
+
+def test_a_closed_ring_says_so(synth_store_64: Path) -> None:
+    loader = make_loader(BigEarthNetDataset(synth_store_64, bands="rgb"), 16, False, 2, seed=0, device="cpu")
+    loader.close()
+    with pytest.raises(LoaderWorkerError, match="closed"):
+        next(iter(loader))
