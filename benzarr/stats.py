@@ -53,9 +53,13 @@ def _moments(store: str, split: str, bands: tuple[str, ...], modalities: tuple[s
     import torch
 
     from benzarr.data import BigEarthNetDataset, make_loader
+    from benzarr.split import default_label_set
 
+    # the labels play no part, but the dataset reads a label set: the store's own (a v2 store
+    # without reference maps has clc19 only, and could not normalise with the clc43 default)
     ds = BigEarthNetDataset(store, split=split, subset="train", bands=list(bands), modalities=modalities,
-                            resample=resample, align_corners=align_corners)
+                            resample=resample, align_corners=align_corners,
+                            labels=default_label_set(open_store(store)))
     count = 0
     mean = np.zeros(len(bands))
     m2 = np.zeros(len(bands))

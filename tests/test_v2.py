@@ -215,3 +215,15 @@ def test_a_v2_patch_without_labels_is_a_bad_patch(synth_v2_archive: Path, tmp_pa
                    archive / "metadata.parquet")
     result = ingest(archive, tmp_path / "s.zarr", workers=1, modalities=["s2"])
     assert result.failed == {rows[0]["patch_id"]: "metadata.parquet: no labels (every v2.0 patch has at least one)"}
+
+
+def test_train_on_a_v2_store_without_reference_maps(synth_v2_archive: Path, tmp_path: Path) -> None:
+    """Its normalisation statistics read the store with the clc43 default, which such a store
+    lacks: `benzarr train --labels clc19` failed with "this store has no clc43 labels"."""
+    from benzarr.train import TrainConfig, train
+
+    ingest(synth_v2_archive, tmp_path / "s.zarr", workers=1, modalities=["s2"])
+    make_split(open_store(tmp_path / "s.zarr", mode="r+"), "r", "random", fractions=(0.6, 0.2, 0.2), seed=0)
+    result = train(TrainConfig(store=str(tmp_path / "s.zarr"), split="r", model="shortcnn-all", labels="clc19",
+                               epochs=1, batch_size=16, max_steps=2, device="cpu", out=str(tmp_path / "run")))
+    assert result.steps == 2 and "micro_f1" in result.test
