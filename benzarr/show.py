@@ -438,6 +438,8 @@ def check_image_path(out: str | Path) -> None:
 
     formats = FigureCanvasBase.get_supported_filetypes()
     suffix = Path(out).suffix.lower().lstrip(".")
+    if Path(out).is_dir():
+        raise InvalidArgumentError(f"{out}: is a folder; name an image file (.png, .pdf, .svg or .jpg)")
     if suffix not in formats:
         what = f"a .{suffix} file" if suffix else "a file without a suffix"
         raise InvalidArgumentError(f"{out}: cannot draw into {what}; name a .png, .pdf, .svg or .jpg file")

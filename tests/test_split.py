@@ -393,3 +393,16 @@ def test_cli_unknown_split_is_one_error_line(store) -> None:
     assert proc.returncode == 1
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and "nope" in lines[0]
+
+
+@pytest.mark.parametrize("plot", ["q.txt", "folder"])
+def test_a_bad_plot_path_leaves_the_old_split_untouched(store, tmp_path: Path, plot: str) -> None:
+    """`split --overwrite --plot x.txt` replaced the split, then failed on the plot."""
+    make_split(store, "s", "iterative", seed=0)
+    before = store.read_split("s")[0].copy()
+    (tmp_path / "folder").mkdir()
+    out = run_cli("split", store.path, "--name", "s", "--method", "random", "--seed", "3", "--overwrite",
+                  "--plot", str(tmp_path / plot))
+    assert out.exit_code == 1
+    np.testing.assert_array_equal(open_store(store.path).read_split("s")[0], before)
+    assert open_store(store.path).read_split("s")[1]["method"] == "iterative"
