@@ -417,6 +417,9 @@ def codes_from_lists(
             rows = rows if order is None else order[rows]
         codes[rows] = code
         report[subset] = {"listed": len(listed[subset]), "matched": int(rows.shape[0])}
+        if report[subset]["matched"] < report[subset]["listed"]:  # a few, for a warning
+            hit = set(names[rows].tolist())
+            report[subset]["unmatched_examples"] = [n for n in listed[subset] if n not in hit][:5]
     codes[~usable] = EXCLUDED
     return codes, report
 
@@ -429,6 +432,8 @@ def read_csv_lists(folder: str | Path) -> dict[str, list[str]]:
     Raises:
         InvalidArgumentError: the folder or one of the three files is missing.
     """
+    import csv
+
     folder = Path(folder)
     if not folder.is_dir():
         raise InvalidArgumentError(f"{folder}: no such folder (expected train.csv, val.csv, test.csv in it)")
@@ -436,10 +441,32 @@ def read_csv_lists(folder: str | Path) -> dict[str, list[str]]:
     for subset in SUBSETS:
         path = folder / f"{subset}.csv"
         if not path.is_file():
-            raise InvalidArgumentError(f"{path}: missing (a split folder holds train.csv, val.csv and test.csv)")
-        lines = path.read_text(encoding="utf-8").splitlines()
-        lists[subset] = [line.split(",", 1)[0].strip() for line in lines if line.strip()]
+            what = "a folder, not a file" if path.is_dir() else "missing"
+            raise InvalidArgumentError(f"{path}: {what} (a split folder holds train.csv, val.csv and test.csv)")
+        raw = path.read_bytes()
+        try:
+            text = raw.decode("utf-8-sig")  # a byte-order mark (Excel's "CSV UTF-8") is no part of a name
+        except UnicodeDecodeError as exc:
+            line = raw[:exc.start].count(b"\n") + 1
+            raise InvalidArgumentError(f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}); "
+                                       "save it as UTF-8") from None
+        # the csv module, so that a quoted name ("S2A_...") is the name; the first field of a row
+        # is the patch (the S1-S2 lists carry the S1 name second)
+        rows = csv.reader(text.splitlines())
+        lists[subset] = [row[0].strip() for row in rows if row and row[0].strip()]
     return lists
+
+
+def _without_headers(lists: dict[str, list[str]], names: np.ndarray) -> dict[str, list[str]]:
+    """``lists`` without a first line that is no patch of the store while the next one is (a
+    header such as ``patch_name``: every list has it, so it read as a patch in two lists)."""
+    known = set(names.tolist())
+    out = {}
+    for subset, listed in lists.items():
+        if len(listed) >= 2 and listed[0] not in known and listed[1] in known:
+            listed = listed[1:]
+        out[subset] = listed
+    return out
 
 
 def write_csv_lists(folder: str | Path, patch_names: Sequence[str] | np.ndarray, codes: np.ndarray) -> dict[str, Path]:
@@ -934,7 +961,10 @@ def _split_codes(
             codes, lists, description = official_codes(store, usable)
             parameters = {"source": description}
         else:
-            codes, lists = codes_from_lists(names, read_csv_lists(csv_dir), usable)
+            try:
+                codes, lists = codes_from_lists(names, _without_headers(read_csv_lists(csv_dir), np.asarray(names)), usable)
+            except InvalidArgumentError as exc:  # a name in two lists: say which folder
+                raise InvalidArgumentError(f"{csv_dir}: {exc}") from None
             parameters = {"csv_dir": str(Path(csv_dir).resolve())}
         parameters["lists"] = lists
         if not (codes >= 0).any():

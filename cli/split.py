@@ -23,7 +23,7 @@ from benzarr.split import (
     store_split_quality,
 )
 from benzarr.store import open_store
-from benzarr_cli._common import console, count
+from benzarr_cli._common import console, count, warn_line
 
 
 def command(
@@ -91,6 +91,14 @@ def command(
     )
     if plot is not None:
         plot_quality(result.quality, plot, title=name)
+    if method == "csv":  # on stderr, also with --quiet: names the user listed that matched nothing
+        for subset, report in result.lists.items():
+            missing = report["listed"] - report["matched"]
+            if missing:
+                shown = ", ".join(report.get("unmatched_examples", []))
+                more = ", ..." if missing > len(report.get("unmatched_examples", [])) else ""
+                warn_line(f"{missing:,} name{'s' if missing != 1 else ''} in {Path(csv_dir) / (subset + '.csv')} "
+                          f"{'are' if missing != 1 else 'is'} not a patch of the store ({shown}{more}); left out")
     if quiet:
         return
     counts = result.attrs["counts"]

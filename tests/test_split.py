@@ -218,6 +218,40 @@ def test_missing_csv_file_is_named(tmp_path: Path) -> None:
         read_csv_lists(tmp_path)
 
 
+def test_csv_lists_as_spreadsheets_write_them_read_the_same(store, tmp_path: Path) -> None:
+    """A byte-order mark, quotes, CRLF and a header row each changed the import silently; a
+    latin-1 file was an "unexpected UnicodeDecodeError" naming no file."""
+    names = store.patch_names()
+    make_split(store, "ref", "random", seed=1)
+    codes, _ = store.read_split("ref")
+    plain = tmp_path / "plain"
+    write_csv_lists(plain, names, codes)
+    fancy = tmp_path / "fancy"
+    fancy.mkdir()
+    for subset in ("train", "val", "test"):
+        rows = (plain / f"{subset}.csv").read_text().splitlines()
+        body = "\r\n".join(f'"{row}"' for row in rows)
+        (fancy / f"{subset}.csv").write_bytes("\ufeffpatch_name\r\n".encode() + body.encode() + b"\r\n")
+    result = make_split(store, "fancy", "csv", csv_dir=fancy)
+    np.testing.assert_array_equal(result.codes, codes)
+    assert all(r["matched"] == r["listed"] for r in result.lists.values())
+    (fancy / "val.csv").write_bytes(b"caf\xe9\n")
+    with pytest.raises(InvalidArgumentError, match=r"val\.csv: not UTF-8 text \(byte 0xe9 on line 1\)"):
+        read_csv_lists(fancy)
+
+
+def test_csv_names_the_store_lacks_are_warned_about_even_when_quiet(store, tmp_path: Path) -> None:
+    names = store.patch_names()
+    make_split(store, "ref", "random", seed=1)
+    write_csv_lists(tmp_path / "l", names, store.read_split("ref")[0])
+    with open(tmp_path / "l" / "train.csv", "a") as fh:
+        fh.write("S2A_MSIL2A_20990101T000000_1_1\n")
+    result = run_cli("split", store.path, "--name", "c", "--method", "csv", "--csv-dir", str(tmp_path / "l"), "-q")
+    assert result.exit_code == 0, result.output
+    assert "1 name in" in result.output and "train.csv is not a patch of the store (S2A_MSIL2A_20990101T000000_1_1)" \
+        in result.output
+
+
 # --- quality -----------------------------------------------------------------------------
 
 
