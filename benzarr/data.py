@@ -775,7 +775,8 @@ def check_device(device: str | torch.device) -> torch.device:
     try:
         torch.empty(1, device=parsed)
     except (RuntimeError, AssertionError, NotImplementedError) as exc:
-        raise InvalidArgumentError(f"device {str(device)!r} is not usable here: {str(exc).splitlines()[0]}") from None
+        reason = str(exc).splitlines()[0].split(". ")[0][:200]  # torch's first sentence; the rest is a backend list
+        raise InvalidArgumentError(f"device {str(device)!r} is not usable here ({reason})") from None
     return parsed
 
 

@@ -343,11 +343,19 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
     ``cuda:<LOCAL_RANK>``.
 
     Raises:
-        InvalidArgumentError: ``cuda`` asked for but no GPU is visible.
+        InvalidArgumentError: ``cuda`` asked for but no GPU is visible; a device name torch
+            does not know, or one this machine cannot use (``tpu``, ``mps`` off a Mac).
     """
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InvalidArgumentError(f"unknown --device {device!r}: choose auto, cpu or cuda (cuda:N)") from None
+    if dev.type not in ("cpu", "cuda"):
+        from benzarr.data import check_device
+
+        return check_device(dev)  # another accelerator: usable here, or one line saying why not
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise InvalidArgumentError("--device cuda: no GPU is visible to torch (use --device cpu)")

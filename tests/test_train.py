@@ -6,6 +6,7 @@ import json
 import math
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -512,3 +513,15 @@ def test_loader_timeout_reaches_the_ring_and_is_checked(store: Path, tmp_path: P
         train(config(store, tmp_path / "run", workers=1, max_steps=1, loader_timeout=120))
     assert seen and set(seen) == {120}
     assert json.loads((tmp_path / "run" / "config.json").read_text())["settings"]["loader_timeout"] == 120
+
+
+@pytest.mark.parametrize("device, message", [("tpu", "unknown --device 'tpu'"), ("mps", "device 'mps' is not usable here")])
+def test_a_device_torch_does_not_know_or_cannot_use_is_one_line(device: str, message: str) -> None:
+    """`evaluate --device tpu` was "unexpected RuntimeError: Expected one of cpu, cuda, ..."."""
+    from benzarr.errors import InvalidArgumentError
+    from benzarr.train import resolve_device
+
+    if device == "mps" and torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    with pytest.raises(InvalidArgumentError, match=re.escape(message)):
+        resolve_device(device)
