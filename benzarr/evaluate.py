@@ -126,6 +126,25 @@ def _same_path(a: str | Path, b: str | Path) -> bool:
     return Path(a).resolve() == Path(b).resolve()
 
 
+def _resolved(store: str | Path) -> str:
+    """``store`` as an absolute path (a URL as given): what an evaluation folder records."""
+    return str(store).rstrip("/") if "://" in str(store) else str(Path(store).resolve())
+
+
+def _check_same_question(out: Path, store: str | Path) -> None:
+    """Refuse to replace, in the default folder ``out``, an evaluation of another store whose
+    name is the same (``a/v2.zarr`` and ``b/v2.zarr`` both give ``...-v2``): one folder per
+    question, and no evaluation replaces another's."""
+    try:
+        earlier = json.loads((out / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return
+    other = earlier.get("store_resolved") or earlier.get("store")
+    if isinstance(other, str) and not _same_path(other, _resolved(store)):
+        raise InvalidArgumentError(f"{out} holds the evaluation on {other}, another store of the same name; "
+                                   "pass --out to write this one elsewhere")
+
+
 def _run_store(config: dict[str, Any]) -> str:
     """The run's store: as it was given to ``train`` when that still names the same place
     (a relative path reads better), else the absolute path the run recorded."""
@@ -311,6 +330,8 @@ def evaluate_run(
 
     own_store = bool(run_store) and _same_path(run_store, store)
     out = Path(out_dir) if out_dir is not None else default_out_dir(run_dir, store, split, subset, own_store, checkpoint)
+    if out_dir is None:
+        _check_same_question(out, store)
     seen = _seen_in_training(config, store, ds.rows)
 
     target = resolve_device(device)
@@ -344,7 +365,8 @@ def evaluate_run(
     out.mkdir(parents=True, exist_ok=True)
     summary = {
         "run": str(run_dir), "checkpoint": str(weights.relative_to(run_dir)), "model": settings["model"],
-        "store": store, "own_store": own_store, "split": split, "subset": subset, "labels": labels,
+        "store": store, "store_resolved": _resolved(store), "own_store": own_store, "split": split, "subset": subset,
+        "labels": labels,
         "n_patches": len(ds),
         "seen_in_training": seen, "normalization": source,
         "metrics": json_friendly(metrics),

@@ -123,6 +123,24 @@ def test_another_store_is_read_with_the_runs_statistics(run: Path, tmp_path: Pat
     assert result.normalization == same.normalization
 
 
+def test_an_evaluation_of_another_store_of_the_same_name_replaces_nothing(run: Path, tmp_path: Path) -> None:
+    """a/twin.zarr and b/twin.zarr both map to evaluations/rand-val-twin: the second silently
+    replaced the first, though no evaluation may replace another's."""
+    import shutil
+
+    first = copy_tree(run.parent / "store.zarr", tmp_path / "a" / "twin.zarr")
+    second = copy_tree(run.parent / "store.zarr", tmp_path / "b" / "twin.zarr")
+    try:
+        done = evaluate_run(run, store=str(first), split="rand", subset="val")
+        with pytest.raises(InvalidArgumentError, match="another store of the same name; pass --out"):
+            evaluate_run(run, store=str(second), split="rand", subset="val")
+        assert json.loads((done.out_dir / "metrics.json").read_text())["store_resolved"] == str(first.resolve())
+        evaluate_run(run, store=str(first), split="rand", subset="val")  # the same question again: replaced
+        evaluate_run(run, store=str(second), split="rand", subset="val", out_dir=tmp_path / "elsewhere")
+    finally:
+        shutil.rmtree(run / "evaluations" / "rand-val-twin", ignore_errors=True)
+
+
 def test_bad_requests_raise_one_clear_error(run: Path, tmp_path: Path) -> None:
     with pytest.raises(InvalidArgumentError, match="no config.json"):
         evaluate_run(tmp_path)
