@@ -118,13 +118,24 @@ def find_runs(paths: Sequence[str | Path], scalars: bool = True, evaluations: Se
     """Read the run folders named by ``paths`` (a run folder, or a folder of run folders);
     with ``evaluations``, one :class:`Run` per run folder and evaluation name.
 
+    A run folder named twice (``r1`` and ``./r1/``, or ``runs`` and ``runs/r1``), or an
+    evaluation named twice, is read once: counted twice, it read as two seeds with a
+    confidence interval of zero.
+
     Raises:
-        InvalidArgumentError: a path is missing or holds no run folder, or a run lacks one of
-            the ``evaluations``.
+        InvalidArgumentError: a path is missing or holds no run folder, a run lacks one of
+            the ``evaluations``, or an evaluation name is a path.
     """
+    from benzarr.store import SPLIT_NAME
     from benzarr.tb import read_scalars
 
+    for name in evaluations:  # a folder name under RUN/evaluations/, never a path out of it
+        if not isinstance(name, str) or SPLIT_NAME.fullmatch(name) is None:
+            raise InvalidArgumentError(f"--evaluation {name!r}: the name of a folder in RUN/evaluations/ "
+                                       "(letters, digits, '.', '_', '-'), not a path")
+    evaluations = list(dict.fromkeys(evaluations))
     runs: list[Run] = []
+    seen: set[Path] = set()  # a run given twice (r1 and ./r1/) is one run, not two seeds
     for p in map(Path, paths):
         if not p.is_dir():
             raise InvalidArgumentError(f"{p}: no such run folder")
@@ -134,6 +145,9 @@ def find_runs(paths: Sequence[str | Path], scalars: bool = True, evaluations: Se
             raise InvalidArgumentError(f"{p}: no run here (no config.json in it or in a folder below it); "
                                        "give the --out folder of benzarr train")
         for folder in folders:
+            if folder.resolve() in seen:
+                continue
+            seen.add(folder.resolve())
             config = _read_json(folder / "config.json") or {}
             run = Run(folder, str(p), config, _read_json(folder / "metrics.json"), read_scalars(folder) if scalars else {})
             if not evaluations:

@@ -119,3 +119,11 @@ def test_a_run_that_did_not_finish_is_named_on_stderr_also_when_quiet(runs: dict
     assert result.stderr.strip().splitlines() == [
         f"warning: {stopped}: no metrics.json, the run did not finish: its row has no test metrics "
         "(benzarr train --resume --out RUN finishes it)"]
+
+
+def test_a_run_named_twice_is_one_run_and_an_evaluation_name_is_no_path(runs: dict[str, Path], tmp_path: Path) -> None:
+    """`report r1 r1` gave n_runs 2 with a zero interval; `--evaluation ../../x` read another run's file."""
+    rand = runs["rand"]
+    assert len(find_runs([rand, f"{rand}/", rand.parent / "." / rand.name])) == 1
+    with pytest.raises(InvalidArgumentError, match="not a path"):
+        find_runs([rand], evaluations=["../../strat/seed-0/evaluations/x"])
