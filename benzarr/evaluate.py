@@ -306,9 +306,12 @@ def evaluate_run(
     if subset not in SUBSETS:
         raise InvalidArgumentError(f"unknown subset {subset!r}: choose one of {', '.join(SUBSETS)}")
     size = int(settings.get("batch_size", 64) if batch_size is None else batch_size)
-    if size < 1 or workers < 0 or bootstrap < 0:
-        raise InvalidArgumentError(f"batch size must be at least 1 (got {size}), workers and bootstrap resamples "
-                                   f"0 or more (got {workers} and {bootstrap})")
+    if size < 1:
+        raise InvalidArgumentError(f"--batch-size must be at least 1, got {size}")
+    if workers < 0:
+        raise InvalidArgumentError(f"--workers must be 0 or more, got {workers}")
+    if bootstrap < 0 or bootstrap == 1:
+        raise InvalidArgumentError(f"--bootstrap must be 0 (no intervals) or at least 2 resamples, got {bootstrap}")
     run_store = _run_store(config)
     if store is None and "://" not in run_store and not Path(run_store).exists():
         raise StoreNotFoundError(f"{run_store}: the run's store is not there (moved or deleted?); "

@@ -53,8 +53,21 @@ def command(
     """Make a train/val/test split (iterative stratification, optionally over spatial groups;
     random, official lists, CSV), list splits, show a split's quality, or export it as CSV lists."""
     if list_:
+        given = [flag for flag, value in (("--name", name), ("--method", method), ("--export", export),
+                                          ("--quality", quality or None), ("--against", against), ("--plot", plot))
+                 if value is not None]
+        if given:  # each used to be ignored without a word
+            raise InvalidArgumentError(f"--list shows the stored splits; it takes no {', '.join(given)}")
         _print_list(store)
         return
+    if export is not None and method is not None:
+        raise InvalidArgumentError("--export writes a stored split; make the split first (without --export), "
+                                   "then export it")
+    if fractions is not None and not fractions.strip():
+        raise InvalidArgumentError("--fractions: give the train,val,test shares, e.g. 0.6,0.2,0.2")
+    if folds is not None and assign is None and folds != 5:
+        raise InvalidArgumentError(f"--folds {folds} needs --assign A,B,C: how many of the {folds} folds go to "
+                                   "train, val and test (the default 3,1,1 is for 5 folds)")
     if name is None:
         raise InvalidArgumentError("pass --name NAME (or --list)")
     if plot is not None:  # before anything is written: a bad --plot once failed after the split replaced the old one

@@ -148,7 +148,7 @@ def test_bad_requests_raise_one_clear_error(run: Path, tmp_path: Path) -> None:
         evaluate_run(run, subset="holdout")
     with pytest.raises(InvalidArgumentError, match="unknown checkpoint 'first'"):
         evaluate_run(run, checkpoint="first")
-    with pytest.raises(InvalidArgumentError, match="batch size must be at least 1"):
+    with pytest.raises(InvalidArgumentError, match="--batch-size must be at least 1"):
         evaluate_run(run, batch_size=0)
     with pytest.raises(SplitNotFoundError, match="nope"):
         evaluate_run(run, split="nope")

@@ -440,3 +440,16 @@ def test_a_bad_plot_path_leaves_the_old_split_untouched(store, tmp_path: Path, p
     assert out.exit_code == 1
     np.testing.assert_array_equal(open_store(store.path).read_split("s")[0], before)
     assert open_store(store.path).read_split("s")[1]["method"] == "iterative"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--list", "--name", "x"], "--list shows the stored splits; it takes no --name"),
+    (["--name", "x", "--method", "random", "--export", "out"], "--export writes a stored split"),
+    (["--name", "x", "--method", "random", "--fractions", ""], "--fractions: give the train,val,test shares"),
+    (["--name", "x", "--method", "iterative", "--folds", "3"], "--folds 3 needs --assign A,B,C"),
+])
+def test_split_options_that_cannot_go_together_are_refused(store, args: list[str], message: str) -> None:
+    """Each used to be ignored without a word (or, for --folds 3, blamed an --assign never given)."""
+    result = run_cli("split", store.path, *args)
+    assert result.exit_code == 1 and message in str(result.exception)
+    assert "x" not in open_store(store.path).split_names()
