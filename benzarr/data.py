@@ -626,6 +626,9 @@ class DeviceLoader:
         self.close()
 
     def __iter__(self) -> Iterator[Batch]:
+        # where this iteration starts (a resume point), read before any engine iterator exists:
+        # a DataLoader with workers starts the batch sampler at once, which resets its skip
+        start = int(getattr(self.batch_sampler, "skip", 0) or 0)
         user = self.dataset.transform
         transform = self.transform
         if transform is None:
@@ -640,7 +643,7 @@ class DeviceLoader:
         # every iterator from one stream, so two at once would each get some of the batches
         self._iteration += 1
         mine = self._iteration
-        self.served = int(getattr(self.batch_sampler, "skip", 0) or 0)  # the epoch restarts (at a resume point)
+        self.served = start  # the epoch restarts (at a resume point)
         try:
             while True:
                 if self._iteration != mine:

@@ -139,7 +139,7 @@ def _check_same_question(out: Path, store: str | Path) -> None:
         earlier = json.loads((out / "metrics.json").read_text())
     except (OSError, ValueError):
         return
-    other = earlier.get("store_resolved") or earlier.get("store")
+    other = earlier.get("store_resolved")  # older evaluations recorded a path relative to their cwd: not comparable
     if isinstance(other, str) and not _same_path(other, _resolved(store)):
         raise InvalidArgumentError(f"{out} holds the evaluation on {other}, another store of the same name; "
                                    "pass --out to write this one elsewhere")
@@ -333,7 +333,7 @@ def evaluate_run(
 
     own_store = bool(run_store) and _same_path(run_store, store)
     out = Path(out_dir) if out_dir is not None else default_out_dir(run_dir, store, split, subset, own_store, checkpoint)
-    if out_dir is None:
+    if out_dir is None and not own_store:  # the folder's name holds the store's: two stores may share it
         _check_same_question(out, store)
     seen = _seen_in_training(config, store, ds.rows)
 

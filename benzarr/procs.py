@@ -18,6 +18,10 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from typing import Any
 
 #: ``PR_SET_PDEATHSIG`` of ``<linux/prctl.h>``.
 PR_SET_PDEATHSIG = 1
@@ -48,3 +52,19 @@ def exit_with_parent() -> None:
     # for fork, spawn and forkserver children alike, whose direct parent may be the forkserver)
     if parent is not None and not parent.is_alive():
         os._exit(1)  # nobody wants this worker's results
+
+
+@contextmanager
+def worker_pool(**options: Any) -> Iterator[ProcessPoolExecutor]:
+    """A ``ProcessPoolExecutor(**options)`` whose workers die with their parent
+    (:func:`exit_with_parent`). Left by an exception (Ctrl-C, the CLI's SIGTERM), it cancels
+    the tasks not yet started and does not wait for the running ones: ``with
+    ProcessPoolExecutor()`` would first run every queued task, so a ``kill PID`` of verify
+    waited for the whole store."""
+    pool = ProcessPoolExecutor(initializer=exit_with_parent, **options)
+    try:
+        yield pool
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)

@@ -961,8 +961,9 @@ def _split_codes(
             codes, lists, description = official_codes(store, usable)
             parameters = {"source": description}
         else:
+            listed = _without_headers(read_csv_lists(csv_dir), np.asarray(names))  # its errors name the file
             try:
-                codes, lists = codes_from_lists(names, _without_headers(read_csv_lists(csv_dir), np.asarray(names)), usable)
+                codes, lists = codes_from_lists(names, listed, usable)
             except InvalidArgumentError as exc:  # a name in two lists: say which folder
                 raise InvalidArgumentError(f"{csv_dir}: {exc}") from None
             parameters = {"csv_dir": str(Path(csv_dir).resolve())}

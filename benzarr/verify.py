@@ -31,7 +31,6 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -42,7 +41,7 @@ import zarr
 
 from benzarr import __version__
 from benzarr.errors import BenzarrError, InvalidArgumentError, StoreCorruptError
-from benzarr.procs import exit_with_parent
+from benzarr.procs import worker_pool
 from benzarr.shards import ShardCheck, ShardLayout, ShardReader, parse_layout, shard_file
 from benzarr.store import (
     BAND_ARRAYS,
@@ -356,7 +355,7 @@ def _check_band_shards(
                                        _shard_names(names, band.layout, shard)))
             advance(len(checks[-1].rows))
     else:
-        with ProcessPoolExecutor(max_workers=n_workers, mp_context=_pool_context(), initializer=exit_with_parent) as pool:
+        with worker_pool(max_workers=n_workers, mp_context=_pool_context()) as pool:
             futures = [pool.submit(_check_shard, str(band.folder), band.name, band.layout, shard, decode,
                                    _shard_names(names, band.layout, shard))
                        for band, shard in tasks]

@@ -47,7 +47,9 @@ def command(
     def bad_patch(name: str, reason: str) -> None:
         err_console.print(f"bad patch {name}: {reason}")
 
-    on_interrupt(lambda: f"{store}: the shards written so far are kept; run the same command again to resume")
+    # with --overwrite, the same command would start over: resuming means leaving it out
+    again = "run it again without --overwrite to resume" if overwrite else "run the same command again to resume"
+    on_interrupt(lambda: f"{store}: the shards written so far are kept; {again}")
 
     with progress_bar("ingest", None, quiet or plan) as advance:
         result = ingest(

@@ -88,7 +88,10 @@ def main() -> None:
         # "Task was destroyed but it is pending!" at exit, after the one error line
         logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     redirected = _stdout_is_devnull()  # by the user; otherwise /dev/null later means rich met a broken pipe
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # not when embedded with a handler of its own
+    # not under torchrun: it SIGTERMs the other ranks when one fails, and a rank blocked in a
+    # collective would never run a Python handler (it would wait for torchrun's SIGKILL)
+    torchrun = "LOCAL_RANK" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and not torchrun:  # not when embedded with a handler of its own
         signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         code = app(standalone_mode=False)
@@ -108,7 +111,8 @@ def main() -> None:
     except SystemExit as exc:
         # rich answers a broken pipe by pointing stdout at /dev/null and exiting 1 (click, by
         # wrapping stdout in its _PacifyFlushWrapper): the reader left, which is no error
-        broken = (not redirected and _stdout_is_devnull()) or type(sys.stdout).__name__ == "_PacifyFlushWrapper"
+        pacified = type(sys.stdout).__name__ in ("_PacifyFlushWrapper", "PacifyFlushWrapper")  # click's, typer's copy
+        broken = (not redirected and _stdout_is_devnull()) or pacified
         if exc.code == 1 and broken:
             _quiet_stdout()
             sys.exit(141)

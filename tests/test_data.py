@@ -406,3 +406,14 @@ def test_a_bad_loader_state_is_refused_naming_it(synth_store_64: Path, state: ob
     for epoch in (-1, "3", None, 2**70):
         with pytest.raises(InvalidArgumentError, match="epoch"):
             loader.set_epoch(epoch)
+
+
+@pytest.mark.parametrize("engine, workers", [("dataloader", 2), ("dataloader", 0), ("ring", 2)])
+def test_served_counts_on_from_the_resume_point(synth_store_64: Path, engine: str, workers: int) -> None:
+    loader = make_loader(BigEarthNetDataset(synth_store_64, bands="rgb"), 8, True, workers, seed=0, device="cpu",
+                         engine=engine)
+    loader.load_state_dict({"epoch": 0, "served": 3})
+    iterator = iter(loader)
+    next(iterator)
+    assert loader.state_dict() == {"epoch": 0, "served": 4}
+    loader.close()

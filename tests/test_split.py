@@ -182,14 +182,14 @@ def test_names_from_lists_become_codes_and_are_counted() -> None:
     codes, report = codes_from_lists(names, {"train": ["a", "x"], "val": ["c"], "test": ["e", "d"]},
                                      np.array([1, 1, 1, 1, 0], bool))
     assert codes.tolist() == [0, -1, 1, 2, -1]
-    assert report == {"train": {"listed": 2, "matched": 1}, "val": {"listed": 1, "matched": 1},
-                      "test": {"listed": 2, "matched": 2}}
+    assert report == {"train": {"listed": 2, "matched": 1, "unmatched_examples": ["x"]},
+                      "val": {"listed": 1, "matched": 1}, "test": {"listed": 2, "matched": 2}}
 
 
 def test_names_match_in_any_row_order() -> None:
     codes, report = codes_from_lists(["d", "a", "c", "b"], {"train": ["a", "b"], "val": ["zz"], "test": ["d"]})
     assert codes.tolist() == [2, 0, -1, 0]
-    assert report["val"] == {"listed": 1, "matched": 0}
+    assert report["val"] == {"listed": 1, "matched": 0, "unmatched_examples": ["zz"]}
 
 
 def test_a_name_in_two_lists_is_refused() -> None:

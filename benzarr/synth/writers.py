@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,7 @@ from benzarr._geotiff import geotiff_header
 from benzarr.bigearthnet import is_patch_name
 from benzarr.errors import InvalidArgumentError
 from benzarr.fsutil import check_output, has_marker, remove_entries, write_marker
-from benzarr.procs import exit_with_parent
+from benzarr.procs import worker_pool
 from benzarr.sources import band_file
 from benzarr.sources.ben_v1 import V1_S1_FOLDER, V1_S2_FOLDER
 from benzarr.sources.ben_v2 import V2_METADATA, V2_METADATA_FLAGGED, V2_REFERENCE_MAPS, V2_S1_FOLDER, V2_S2_FOLDER
@@ -102,7 +102,7 @@ def _run_jobs(
         for part in chunks:
             report(_write_chunk(write, part))
         return
-    with ProcessPoolExecutor(max_workers=min(workers, len(chunks)), initializer=exit_with_parent) as pool:
+    with worker_pool(max_workers=min(workers, len(chunks))) as pool:
         # Keep a bounded number of chunks in flight so progress stays smooth.
         pending = set()
         for part in chunks:
