@@ -154,6 +154,28 @@ def describe(path: str | Path) -> str:
     return f"{count} that benzarr did not write ({shown})"
 
 
+def foreign_files(store: str | Path, limit: int = 3) -> list[str]:
+    """Up to ``limit`` files inside the Zarr store folder ``store`` that no Zarr writer put
+    there (paths relative to it): anything but a ``zarr.json``, a file below an array's
+    ``c/`` chunk folder, or a writer's temporary ``.*.tmp``. ``ingest --overwrite`` refuses
+    a store holding such files (a user's notes in it were deleted with it)."""
+    root = Path(store)
+    found: list[str] = []
+    for folder, dirs, files in os.walk(root):
+        here = Path(folder)
+        if here.name == "c" and (here.parent / "zarr.json").is_file():
+            dirs[:] = []  # an array's chunks: every file below is the writer's
+            continue
+        for name in sorted(files):
+            if name == "zarr.json" or (name.startswith(".") and name.endswith(".tmp")):
+                continue
+            found.append(str((here / name).relative_to(root)))
+            if len(found) >= limit:
+                return found
+        dirs.sort()
+    return found
+
+
 def is_empty_folder(path: Path) -> bool:
     """True for a folder with nothing in it but benzarr's own leftovers (marker, folders set aside)."""
     with os.scandir(path) as entries:

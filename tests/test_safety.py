@@ -113,6 +113,18 @@ def test_overwrite_replaces_a_benzarr_store_complete_or_not(synth_archive_64: Pa
     assert not list(tmp_path.glob(f".*{ASIDE_TAG}*")) and not list(tmp_path.glob(".*.lock"))
 
 
+@pytest.mark.parametrize("where", ["MYNOTES.txt", "labels/notes.md"])
+def test_overwrite_keeps_a_store_that_holds_a_users_files(synth_archive_64: Path, synth_store_64: Path,
+                                                          tmp_path: Path, where: str) -> None:
+    """A user's notes inside a store were deleted with it by `ingest --overwrite`."""
+    store = copy_tree(synth_store_64, tmp_path / "s.zarr")
+    (store / where).write_text("my notes")
+    before = tree(store)
+    result = run_cli("ingest", synth_archive_64, store, "--compression", "zstd", "--workers", "1", "--overwrite")
+    one_error_line(result, str(store), where, "benzarr did not write", "nothing was deleted")
+    assert tree(store) == before
+
+
 def test_removal_renames_the_old_store_aside_first(synth_store_64: Path, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     store = copy_tree(synth_store_64, tmp_path / "s.zarr")
