@@ -8,6 +8,7 @@ run twice to compare cold and warm reads.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -108,8 +109,12 @@ def bench_store(
     Returns:
         the :class:`Throughput` of each.
     """
-    if batch_size < 1 or workers < 0 or min_seconds <= 0:
-        raise InvalidArgumentError("batch size must be >= 1, workers >= 0 and seconds > 0")
+    if batch_size < 1:
+        raise InvalidArgumentError(f"--batch-size must be at least 1, got {batch_size}")
+    if workers < 0:
+        raise InvalidArgumentError(f"--workers must be 0 or more, got {workers}")
+    if not math.isfinite(min_seconds) or min_seconds <= 0:  # nan passed "> 0" by failing it, and never ended
+        raise InvalidArgumentError(f"--seconds must be a positive, finite number, got {min_seconds}")
     ds = BigEarthNetDataset(store, storage_options=storage_options)
     if len(ds) == 0:
         raise InvalidArgumentError(f"{store}: no valid patch to read")

@@ -134,12 +134,21 @@ def read_name_file(source: str | Path) -> list[str]:
     if text in OFFICIAL_LISTS and not Path(text).exists():
         return list(read_official_list(text))
     path = Path(text)
+    if path.is_dir():
+        raise InvalidArgumentError(f"{text}: is a folder, not a file of patch names (one a line)")
     if not path.is_file():
         raise InvalidArgumentError(
             f"{text}: no such file (or official list: {', '.join(OFFICIAL_EXCLUDES)})"
         )
+    raw = path.read_bytes()
+    try:
+        content = raw.decode("utf-8-sig")  # a byte-order mark is no part of the first name
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise InvalidArgumentError(f"{text}: not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}); "
+                                   "save the list of patch names as UTF-8") from None
     names = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in content.splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
             names.append(line.split(",", 1)[0].strip())

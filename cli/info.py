@@ -6,6 +6,8 @@ import json
 
 import typer
 
+from benzarr.errors import InvalidArgumentError
+
 from benzarr.info import describe_store
 from benzarr_cli._common import console, count, storage_options_for
 
@@ -27,6 +29,8 @@ def command(
     endpoint_url: str = typer.Option(None, "--endpoint-url", help="S3 endpoint for s3:// stores (default: $AWS_ENDPOINT_URL)."),
 ) -> None:
     """Show a store: format, patches, arrays and bytes on disk, labels, band statistics, splits, failures."""
+    if top < 0:  # a negative slice listed all but the last classes
+        raise InvalidArgumentError(f"--top must be 0 or more, got {top}")
     info = describe_store(store, top_classes=top, storage_options=storage_options_for(store, endpoint_url))
     if as_json:
         console.print_json(json.dumps(info))

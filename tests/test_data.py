@@ -345,6 +345,18 @@ def test_bench_store_measures_single_batched_and_loader(synth_store_64: Path) ->
     assert 0 < results[0].stored_bytes_per_patch < 160_000  # lz4
 
 
+@pytest.mark.parametrize("kwargs, message", [({"min_seconds": float("nan")}, "--seconds must be a positive, finite"),
+                                            ({"min_seconds": float("inf")}, "--seconds must be a positive, finite"),
+                                            ({"batch_size": 0}, "--batch-size must be at least 1"),
+                                            ({"workers": -1}, "--workers must be 0 or more")])
+def test_bench_names_the_bad_option(synth_store_64: Path, kwargs: dict, message: str) -> None:
+    """--seconds nan never ended; the three checks shared one message naming none."""
+    from benzarr.bench import bench_store
+
+    with pytest.raises(InvalidArgumentError, match=re.escape(message)):
+        bench_store(synth_store_64, **({"batch_size": 8, "workers": 0, "min_seconds": 0.01} | kwargs))
+
+
 def test_bench_command_prints_throughput(synth_store_64: Path) -> None:
     from typer.testing import CliRunner
 

@@ -427,3 +427,19 @@ def test_a_labels_json_with_an_empty_list_is_a_bad_patch() -> None:
     with pytest.raises(ValueError, match="'labels' is empty"):
         parse_labels([])
     assert parse_labels(["Pastures"]).sum() == 1
+
+
+def test_a_patch_name_file_that_is_a_folder_or_not_utf8_is_one_line(tmp_path: Path) -> None:
+    """Non-UTF-8 was "unexpected UnicodeDecodeError"; a folder read "no such file"; a BOM hid
+    inside the first name."""
+    from benzarr.errors import InvalidArgumentError
+    from benzarr.ingest import read_name_file
+
+    (tmp_path / "names").mkdir()
+    with pytest.raises(InvalidArgumentError, match="is a folder, not a file of patch names"):
+        read_name_file(tmp_path / "names")
+    (tmp_path / "utf16.txt").write_bytes("S2A_MSIL2A_20170613T101031_0_48\n".encode("utf-16"))
+    with pytest.raises(InvalidArgumentError, match=r"utf16\.txt: not UTF-8 text \(byte 0xff on line 1\)"):
+        read_name_file(tmp_path / "utf16.txt")
+    (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbfS2A_MSIL2A_20170613T101031_0_48\n")
+    assert read_name_file(tmp_path / "bom.txt") == ["S2A_MSIL2A_20170613T101031_0_48"]
