@@ -86,6 +86,20 @@ def run_demo(
     out = Path(cfg.out)
     if cfg.n_patches < 20:
         raise InvalidArgumentError(f"the demo needs at least 20 patches, not {cfg.n_patches}")
+    from benzarr.train import TrainConfig, check_config
+
+    def train_config(store_path: Path, run_dir: Path) -> TrainConfig:
+        return TrainConfig(store=str(store_path), split=SPLIT_NAME, model=MODEL, epochs=cfg.epochs,
+                           batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, workers=cfg.loader_workers,
+                           device="auto", out=str(run_dir), max_steps=cfg.max_steps)
+
+    # the training settings before step 1: a bad --epochs used to fail at step 4, leaving a half
+    # demo folder that the corrected command then refused without --overwrite
+    check_config(train_config(out / "store.zarr", out / "runs" / MODEL))
+    if cfg.workers is not None and (isinstance(cfg.workers, bool) or cfg.workers < 1):
+        raise InvalidArgumentError(f"--workers must be at least 1, got {cfg.workers}")
+    if cfg.seed < 0:
+        raise InvalidArgumentError(f"--seed must be 0 or more, got {cfg.seed}")
     replace_output(out, overwrite=cfg.overwrite, owned=lambda path: has_marker(path, "demo"),
                    what="a demo folder", command="demo")
     out.mkdir(parents=True, exist_ok=True)
@@ -113,11 +127,7 @@ def run_demo(
     report("split", {"name": SPLIT_NAME, "counts": counts, "seconds": seconds["split"]})
 
     t = time.perf_counter()
-    from benzarr.train import TrainConfig
-
-    result = train(TrainConfig(store=str(store_path), split=SPLIT_NAME, model=MODEL, epochs=cfg.epochs,
-                               batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, workers=cfg.loader_workers,
-                               device="auto", out=str(run_dir), max_steps=cfg.max_steps), on_train_event)
+    result = train(train_config(store_path, run_dir), on_train_event)
     seconds["train"] = time.perf_counter() - t
     report("train", {"path": run_dir, "result": result, "seconds": seconds["train"]})
 

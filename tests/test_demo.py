@@ -76,3 +76,16 @@ def test_the_readmes_python_example_runs(tmp_path: Path) -> None:
     exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 - the README's own example
     assert scope["sample"]["image"].shape == (12, 120, 120) and scope["batch"]["image"].shape[1:] == (12, 120, 120)
     assert scope["loader"].epoch == 9
+
+
+@pytest.mark.parametrize("change, message", [({"epochs": 0}, "--epochs must be at least 1"),
+                                             ({"lr": -1.0}, "--lr must be positive"),
+                                             ({"workers": 0}, "--workers must be at least 1"),
+                                             ({"seed": -1}, "--seed must be 0 or more")])
+def test_demo_checks_its_settings_before_writing_anything(tmp_path: Path, change: dict, message: str) -> None:
+    """A bad --epochs failed at step 4, after synth, ingest and split, and left a demo folder
+    that the corrected command refused without --overwrite."""
+    out = tmp_path / "demo"
+    with pytest.raises(InvalidArgumentError, match=message):
+        run_demo(DemoConfig(out=str(out), n_patches=40, **change))
+    assert not out.exists()
