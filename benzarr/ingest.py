@@ -394,7 +394,7 @@ def _prepare_store(store_path: str, names: list[str], params: dict[str, Any], sh
 
 
 def check_ingest_arguments(shard_size: int, compression: str, workers: int | None, plan: bool,
-                           part: tuple[int, int] | None) -> None:
+                           part: tuple[int, int] | None, parts: int | None = None) -> None:
     """Validate the numeric and choice arguments of :func:`ingest` (before anything is read or written).
 
     Raises:
@@ -411,6 +411,9 @@ def check_ingest_arguments(shard_size: int, compression: str, workers: int | Non
         raise InvalidArgumentError(f"--workers must be at least 1 (leave it out for one per core), got {workers}")
     if plan and part is not None:
         raise InvalidArgumentError("--plan and --part are separate steps: plan first, then run each part")
+    if parts is not None and (not plan or isinstance(parts, bool) or parts < 1):
+        raise InvalidArgumentError(f"--parts goes with --plan and counts the parts that will run (1 or more), "
+                                   f"got {'--parts ' + str(parts) if plan else '--parts without --plan'}")
 
 
 def ingest(
@@ -481,7 +484,7 @@ def ingest(
         path), BadPatchError (strict only).
     """
     started = time.perf_counter()
-    check_ingest_arguments(shard_size, compression, workers, plan, part)
+    check_ingest_arguments(shard_size, compression, workers, plan, part, parts)
     store_path = str(store_path)
     workers = workers or os.cpu_count() or 1
     try:
@@ -572,6 +575,13 @@ def _ingest_locked(found: Archive, names: list[str], missing: list[str], n_exclu
                                         chosen, label_sets, get_source(found.source), storage_options)
     if plan:
         if parts:
+            planned = store.attrs.get("parts")
+            begun = bool(np.asarray(store.array(DONE_ARRAY)[:], dtype=bool).any())
+            if planned and int(planned) != int(parts) and begun:  # the running parts' shard ranges would move
+                raise InvalidArgumentError(
+                    f"{store_path}: planned for {planned} parts, and parts have run; keep --parts {planned} "
+                    "(or start again with --overwrite)"
+                )
             store.update_attrs(parts=int(parts))
         return _result(store, time.perf_counter() - started, 0, resumed, missing, n_excluded, found.version)
 

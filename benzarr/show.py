@@ -440,6 +440,11 @@ def check_image_path(out: str | Path) -> None:
     suffix = Path(out).suffix.lower().lstrip(".")
     if Path(out).is_dir():
         raise InvalidArgumentError(f"{out}: is a folder; name an image file (.png, .pdf, .svg or .jpg)")
+    for parent in Path(out).parents:  # the nearest existing folder above must be a folder
+        if parent.exists():
+            if not parent.is_dir():
+                raise InvalidArgumentError(f"{out}: {parent} is a file, not a folder")
+            break
     if suffix not in formats:
         what = f"a .{suffix} file" if suffix else "a file without a suffix"
         raise InvalidArgumentError(f"{out}: cannot draw into {what}; name a .png, .pdf, .svg or .jpg file")

@@ -443,3 +443,20 @@ def test_a_patch_name_file_that_is_a_folder_or_not_utf8_is_one_line(tmp_path: Pa
         read_name_file(tmp_path / "utf16.txt")
     (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbfS2A_MSIL2A_20170613T101031_0_48\n")
     assert read_name_file(tmp_path / "bom.txt") == ["S2A_MSIL2A_20170613T101031_0_48"]
+
+
+def test_parts_go_with_plan_and_a_plan_keeps_its_parts_once_they_run(synth_archive_64: Path, tmp_path: Path) -> None:
+    """Re-planning 3 parts over a store planned for 2 with part 1 done moved every part's shards;
+    --parts without --plan and --parts 0 were accepted silently."""
+    from benzarr.errors import InvalidArgumentError
+
+    store = tmp_path / "p.zarr"
+    with pytest.raises(InvalidArgumentError, match="--parts without --plan"):
+        ingest(synth_archive_64, store, workers=1, shard_size=16, parts=2)
+    with pytest.raises(InvalidArgumentError, match="--parts 0"):
+        ingest(synth_archive_64, store, workers=1, shard_size=16, plan=True, parts=0)
+    ingest(synth_archive_64, store, workers=1, shard_size=16, plan=True, parts=2)
+    ingest(synth_archive_64, store, workers=1, shard_size=16, plan=True, parts=3)  # nothing ran yet: fine
+    ingest(synth_archive_64, store, workers=1, shard_size=16, part=(1, 3))
+    with pytest.raises(InvalidArgumentError, match="planned for 3 parts, and parts have run; keep --parts 3"):
+        ingest(synth_archive_64, store, workers=1, shard_size=16, plan=True, parts=2)

@@ -196,3 +196,10 @@ def test_an_out_file_of_no_image_format_is_refused_before_drawing(synth_store_64
     with pytest.raises(InvalidArgumentError, match=r"z\.txt: cannot draw into a \.txt file; name a \.png"):
         plot_patches(open_store(synth_store_64), [0], tmp_path / "z.txt")
     assert not (tmp_path / "z.txt").exists()
+
+
+def test_an_out_path_under_a_file_is_named(synth_store_64: Path, tmp_path: Path) -> None:
+    """It read "afile: File exists (while running)"."""
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(InvalidArgumentError, match=r"afile is a file, not a folder"):
+        plot_patches(open_store(synth_store_64), [0], tmp_path / "afile" / "x.png")
