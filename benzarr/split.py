@@ -49,6 +49,7 @@ The library never prints; the CLI (``benzarr split``) formats what these functio
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -1039,8 +1040,18 @@ def store_split_quality(store: Store, name: str, *, labels: str | None = None,
 
 
 def export_split(store: Store, name: str, folder: str | Path) -> dict[str, Path]:
-    """Write the stored split ``name`` as train.csv, val.csv, test.csv in ``folder``."""
+    """Write the stored split ``name`` as train.csv, val.csv, test.csv in ``folder``.
+
+    Raises:
+        InvalidArgumentError: one of the three is there already (a file of the user's, or an
+            earlier export: it would be replaced without a word), or is a folder; nothing is
+            written then.
+    """
     codes, _ = store.read_split(name)
+    taken = [Path(folder) / f"{subset}.csv" for subset in SUBSETS if os.path.lexists(Path(folder) / f"{subset}.csv")]
+    if taken:
+        raise InvalidArgumentError(f"{taken[0]}: exists already; export into a new or empty folder "
+                                   "(nothing was written)")
     return write_csv_lists(folder, store.patch_names(), codes)
 
 

@@ -453,3 +453,14 @@ def test_split_options_that_cannot_go_together_are_refused(store, args: list[str
     result = run_cli("split", store.path, *args)
     assert result.exit_code == 1 and message in str(result.exception)
     assert "x" not in open_store(store.path).split_names()
+
+
+def test_export_never_replaces_files_that_are_there(store, tmp_path: Path) -> None:
+    """It replaced a user's own train.csv without a word, and a val.csv folder left it half written."""
+    make_split(store, "s", "random", seed=0)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "train.csv").write_text("my list\n")
+    with pytest.raises(InvalidArgumentError, match=r"train\.csv: exists already"):
+        export_split(store, "s", tmp_path / "mine")
+    assert (tmp_path / "mine" / "train.csv").read_text() == "my list\n"
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["train.csv"]
