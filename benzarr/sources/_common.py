@@ -163,6 +163,8 @@ def check_archive_folder(path: Path) -> None:
     except OSError as exc:
         raise os_error(exc, path, "reading the archive") from None
     if not _files.is_dir(path):
+        if path.is_file() and path.stat().st_size == 0:
+            raise NotAnArchiveError(f"{path}: an empty file, not a tar archive (a download cut short?)")
         raise NotAnArchiveError(f"{path}: not a folder (expected a BigEarthNet archive folder or .tar file)")
 
 

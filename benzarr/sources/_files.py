@@ -41,6 +41,8 @@ COMPRESSED_MAGIC: dict[bytes, tuple[str, str]] = {
     b"\xfd7zXZ\x00": ("xz", "unxz -k"),
     b"\x28\xb5\x2f\xfd": ("zstd", "zstd -d"),
 }
+#: The suffix each decompressor expects of its input.
+_SUFFIX = {"gzip": "gz", "bzip2": "bz2", "xz": "xz", "zstd": "zst"}
 _TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst", ".tzst")
 
 #: One directory of a tar: child name -> (byte offset of its data, size in bytes), or None for a folder.
@@ -275,9 +277,13 @@ def check_not_compressed(path: str | Path) -> None:
         return
     for magic, (kind, command) in COMPRESSED_MAGIC.items():
         if head.startswith(magic):
+            name = Path(path).name
+            # gunzip & co. refuse a name without their suffix ("unknown suffix -- ignored")
+            run = (f"`mv {name} {name}.{_SUFFIX[kind]} && {command} {name}.{_SUFFIX[kind]}`"
+                   if name.lower().endswith(".tar") else f"`{command} {name}`")
             raise NotAnArchiveError(
                 f"{path}: a {kind}-compressed file; benzarr reads tar archives in place but needs them "
-                f"uncompressed for random access: run `{command} {Path(path).name}` (one file, no unpacking "
+                f"uncompressed for random access: run {run} (one file, no unpacking "
                 "of millions of files) and give the .tar")
 
 
