@@ -90,15 +90,15 @@ def test_compressed_tarballs_are_refused_with_the_command_that_decompresses_them
     assert "gzip-compressed" in done.stderr and "gunzip -k BigEarthNet-S2-v1.0.tar.gz" in done.stderr
     done = run_cli("ingest", packed.parent, tmp_path / "b.zarr")  # a folder of the downloads, still packed
     assert done.returncode == 1 and "compressed tarballs (BigEarthNet-S2-v1.0.tar.gz): decompress" in done.stderr
-    renamed = packed.rename(packed.with_name("renamed.tar"))  # gunzip refuses a name without .gz
-    done = run_cli("ingest", renamed, tmp_path / "c.zarr")
+    shutil.copy(tar, packed.parent / tar.name)  # decompressed beside it: the .tar is read, the .gz left alone
+    assert run_cli("ingest", packed.parent, tmp_path / "c.zarr", "--workers", "1").returncode == 0
+    assert not (tmp_path / "a.zarr").exists() and not (tmp_path / "b.zarr").exists()
+    renamed = shutil.copy(packed, tmp_path / "renamed.tar")  # gunzip refuses a name without .gz
+    done = run_cli("ingest", renamed, tmp_path / "e.zarr")
     assert "run `mv renamed.tar renamed.tar.gz && gunzip -k renamed.tar.gz`" in done.stderr
     (tmp_path / "zero.tar").write_bytes(b"")
     done = run_cli("ingest", tmp_path / "zero.tar", tmp_path / "d.zarr")
     assert done.returncode == 1 and "zero.tar: an empty file, not a tar archive" in done.stderr
-    shutil.copy(tar, packed.parent / tar.name)  # decompressed beside it: the .tar is read, the .gz left alone
-    assert run_cli("ingest", packed.parent, tmp_path / "c.zarr", "--workers", "1").returncode == 0
-    assert not (tmp_path / "a.zarr").exists() and not (tmp_path / "b.zarr").exists()
 
 
 def test_a_truncated_or_foreign_tar_is_one_error_and_writes_nothing(v1_download: dict[str, Path],
