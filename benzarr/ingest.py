@@ -140,7 +140,10 @@ def read_name_file(source: str | Path) -> list[str]:
         raise InvalidArgumentError(
             f"{text}: no such file (or official list: {', '.join(OFFICIAL_EXCLUDES)})"
         )
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:  # named as the list it is, not as "reading the archive"
+        raise os_error(exc, path, "reading the list of patch names") from None
     try:
         content = raw.decode("utf-8-sig")  # a byte-order mark is no part of the first name
     except UnicodeDecodeError as exc:
@@ -188,6 +191,10 @@ def plan_patches(
     before = len(names)
     names = [name for name in names if name not in excluded]
     if not names:
+        if patches is not None and before == 0:  # say which file, and what it held
+            shown = ", ".join(repr(n) for n in missing[:3]) or "no names"
+            raise NotAnArchiveError(f"{archive}: none of the {len(wanted):,} names in --patches {patches} is a patch "
+                                    f"of the archive ({shown}{', ...' if len(missing) > 3 else ''})")
         raise NotAnArchiveError(f"{archive}: no patches left to ingest after --patches/--exclude")
     return found, names, missing, before - len(names)
 

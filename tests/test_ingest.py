@@ -460,3 +460,12 @@ def test_parts_go_with_plan_and_a_plan_keeps_its_parts_once_they_run(synth_archi
     ingest(synth_archive_64, store, workers=1, shard_size=16, part=(1, 3))
     with pytest.raises(InvalidArgumentError, match="planned for 3 parts, and parts have run; keep --parts 3"):
         ingest(synth_archive_64, store, workers=1, shard_size=16, plan=True, parts=2)
+
+
+def test_a_patches_file_naming_no_patch_of_the_archive_says_which_file(synth_archive_64: Path, tmp_path: Path) -> None:
+    from benzarr.errors import NotAnArchiveError
+
+    (tmp_path / "g.txt").write_text("garbage\nmore junk\n")
+    with pytest.raises(NotAnArchiveError, match=r"none of the 2 names in --patches .*g\.txt is a patch of the archive "
+                                                 r"\('garbage', 'more junk'\)"):
+        ingest(synth_archive_64, tmp_path / "s.zarr", workers=1, patches=tmp_path / "g.txt")
