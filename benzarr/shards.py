@@ -364,6 +364,8 @@ class ShardReader:
                 if size < index_bytes + CRC_BYTES:
                     raise self._corrupt(path, row, f"{size} bytes, shorter than its {index_bytes + CRC_BYTES}-byte index")
                 handle = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        except IsADirectoryError:
+            raise self._corrupt(path, row, "a folder where the shard file belongs") from None
         except FileNotFoundError:
             if not self.missing_ok:
                 raise self._missing(path, row) from None

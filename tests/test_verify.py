@@ -186,6 +186,14 @@ def test_a_deleted_shard_file_is_an_error_to_the_dataset_not_zeros(store: Path) 
     assert not rows.any()
 
 
+def test_a_folder_in_place_of_a_shard_file_is_named_by_its_path(store: Path) -> None:
+    path = shard_path(store, "s2/10m", 1)
+    path.unlink()
+    path.mkdir()
+    with pytest.raises(StoreCorruptError, match=rf"shard file {path} is corrupt \(a folder where the shard file belongs\)"):
+        BigEarthNetDataset(store)[20]
+
+
 def test_train_on_a_store_with_a_deleted_shard_fails_in_one_line(store: Path, tmp_path: Path) -> None:
     shard_path(store, "s2/10m", 0).unlink()
     result = run_cli("split", store, "--name", "s", "--method", "random", "--quiet")
