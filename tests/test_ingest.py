@@ -200,30 +200,39 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _ingest_under_way(args: list, stderr: int) -> tuple[subprocess.Popen, list[int]]:
+    """``benzarr ARGS`` (an ingest into a store ``args[2]``) started in its own session, once its
+    2 workers run and one shard is done: (the driver, its children)."""
+    process = subprocess.Popen([*CLI, *map(str, args)], start_new_session=True, stdout=subprocess.DEVNULL,
+                               stderr=stderr, text=True)
+    done_dir = Path(args[2]) / "ingest" / "done" / "c"
+    deadline, workers = time.monotonic() + 120, []
+    while time.monotonic() < deadline and process.poll() is None:
+        workers = _children(process.pid)
+        if len(workers) >= 2 and done_dir.is_dir() and any(done_dir.iterdir()):
+            break
+        time.sleep(0.01)
+    assert process.poll() is None, "the ingest ended before it could be stopped"
+    return process, workers
+
+
+def _assert_gone(pids: list[int], seconds: float = 15) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+        time.sleep(0.05)
+    assert not [pid for pid in pids if _alive(pid)]
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_workers_of_a_killed_ingest_do_not_go_on_writing(synth_archive_64: Path, tmp_path: Path) -> None:
     """kill -9 of the driver alone (an OOM kill, a scheduler) used to leave its workers
     writing shards as orphans, beside the next run that took the dead driver's lock."""
-    store_path = tmp_path / "orphans.zarr"
-    args = ["ingest", synth_archive_64, store_path, "--shard-size", "4", "--workers", "2", "--quiet"]
-    process = subprocess.Popen([*CLI, *map(str, args)], start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = ["ingest", synth_archive_64, tmp_path / "orphans.zarr", "--shard-size", "4", "--workers", "2", "--quiet"]
+    process, workers = _ingest_under_way(args, subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
-        workers: list[int] = []
-        while time.monotonic() < deadline and process.poll() is None:
-            workers = _children(process.pid)
-            done_dir = store_path / "ingest" / "done" / "c"
-            if len(workers) >= 2 and done_dir.is_dir() and any(done_dir.iterdir()):
-                break
-            time.sleep(0.01)
-        assert process.poll() is None, "the ingest ended before it could be killed"
         os.kill(process.pid, signal.SIGKILL)  # the driver only
         process.wait()
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
-            time.sleep(0.05)
-        assert not [pid for pid in workers if _alive(pid)]
+        _assert_gone(workers)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
@@ -234,27 +243,15 @@ def test_sigterm_stops_an_ingest_as_ctrl_c_does_and_says_how_to_resume(synth_arc
     143, no worker left behind, and the same command finishes the store."""
     store_path = tmp_path / "term.zarr"
     args = ["ingest", synth_archive_64, store_path, "--shard-size", "4", "--workers", "2", "--quiet"]
-    process = subprocess.Popen([*CLI, *map(str, args)], start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process, workers = _ingest_under_way(args, subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 120
-        done_dir = store_path / "ingest" / "done" / "c"
-        while time.monotonic() < deadline and process.poll() is None:
-            if done_dir.is_dir() and any(done_dir.iterdir()):
-                break
-            time.sleep(0.01)
-        assert process.poll() is None, "the ingest ended before it could be stopped"
-        workers = _children(process.pid)
         process.send_signal(signal.SIGTERM)  # the driver only
         _, stderr = process.communicate(timeout=60)
         assert process.returncode == 143
         lines = stderr.strip().splitlines()
         assert lines == [f"error: terminated (SIGTERM); {store_path}: the shards written so far are kept; "
                          "run the same command again to resume"], stderr
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
-            time.sleep(0.05)
-        assert not [pid for pid in workers if _alive(pid)]
+        _assert_gone(workers)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
