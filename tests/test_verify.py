@@ -234,7 +234,7 @@ def _rewrite(store: Path, array: str, change: Callable[[np.ndarray], None]) -> N
     z[:] = values
 
 
-def test_split_codes_that_no_longer_match_their_counts_are_refused(store: Path, tmp_path: Path) -> None:
+def test_split_codes_that_no_longer_match_their_counts_are_refused(store: Path) -> None:
     run_cli("split", store, "--name", "s", "--method", "random", "--quiet")
     codes, attrs = open_store(store).read_split("s")
     val = int(np.flatnonzero(codes == 1)[0])
@@ -247,9 +247,8 @@ def test_split_codes_that_no_longer_match_their_counts_are_refused(store: Path, 
         open_store(store).read_split("s")
     report = verify_store(store, workers=1, record=False)
     assert [p.array for p in report.problems] == ["splits/s"]
-    result = run_cli("train", store, "--split", "s", "--epochs", "1", "--out", tmp_path / "run", "--quiet")
-    assert result.returncode == 1 and "splits/s: subset sizes" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+    with pytest.raises(StoreCorruptError, match="splits/s: subset sizes"):  # the dataset reads it so too
+        BigEarthNetDataset(store, split="s", subset="train")
 
     def to_minus_two(values: np.ndarray) -> None:
         values[val] = -2
