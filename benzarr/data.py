@@ -301,7 +301,7 @@ class BigEarthNetDataset(Dataset):
             raise TypeError(f"indices must be integers, got {raw.dtype} values such as {raw.flat[0]!r}")
         if raw.min() < -n or raw.max() >= n:
             raise IndexError(f"index out of range for a dataset of {n} patches")
-        positions = raw.astype(np.int64)
+        positions = raw.astype(np.int64, copy=False)
         return np.where(positions < 0, positions + n, positions)
 
     def batch_spec(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
