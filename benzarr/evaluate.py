@@ -79,6 +79,10 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
         InvalidArgumentError: no readable config.json with the settings of a run.
     """
     path = Path(run_dir) / "config.json"
+    if not Path(run_dir).exists():
+        raise InvalidArgumentError(f"{run_dir}: no such run folder")
+    if Path(run_dir).is_file():
+        raise InvalidArgumentError(f"{run_dir}: is a file; give the run folder that `benzarr train --out` wrote")
     if not path.is_file():
         below = sorted(p.parent.name for p in Path(run_dir).glob("*/config.json"))
         if below:  # the folder of a --seeds job
@@ -88,8 +92,11 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
     try:
         config = json.loads(path.read_text())
         config["settings"]["model"], config["settings"]["bands"]  # noqa: B018 - what every run has
-    except (ValueError, KeyError, TypeError) as exc:
-        raise InvalidArgumentError(f"{path}: not a benzarr run configuration ({exc})") from None
+    except ValueError as exc:
+        raise InvalidArgumentError(f"{path}: not a benzarr run configuration (not JSON: {exc})") from None
+    except (KeyError, TypeError) as exc:
+        missing = f"no {exc.args[0]!r} in it" if isinstance(exc, KeyError) else "not the layout benzarr train writes"
+        raise InvalidArgumentError(f"{path}: not a benzarr run configuration ({missing})") from None
     return config
 
 
@@ -335,6 +342,10 @@ def evaluate_run(
     out = Path(out_dir) if out_dir is not None else default_out_dir(run_dir, store, split, subset, own_store, checkpoint)
     if out_dir is None and not own_store:  # the folder's name holds the store's: two stores may share it
         _check_same_question(out, store)
+    for name in ("metrics.json", "scores.csv", *(["predictions.parquet"] if predictions else [])):
+        if (out / name).is_dir():  # before scoring: nothing of the old evaluation is replaced then
+            raise InvalidArgumentError(f"{out / name}: is a folder where the evaluation writes a file; "
+                                       "remove it or pass another --out")
     seen = _seen_in_training(config, store, ds.rows)
 
     target = resolve_device(device)

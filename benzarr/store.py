@@ -811,6 +811,16 @@ def open_store(
             f"({__version__}) reads up to version {FORMAT_VERSION}. Upgrade benzarr."
         )
     if require_complete and not store.complete:
+        parts = store.attrs.get("parts")
+        if parts:  # an ingest run in parts: name the parts still to run
+            from benzarr.ingest import missing_parts  # ingest imports this module
+
+            todo = missing_parts(store)
+            if todo:
+                raise StoreIncompleteError(
+                    f"{path}: ingest did not finish: part{'s' if len(todo) > 1 else ''} "
+                    f"{', '.join(f'{i}/{parts}' for i in todo)} still to run (`benzarr ingest ... --part I/{parts}`)"
+                )
         raise StoreIncompleteError(
             f"{path}: ingest did not finish; run the same `benzarr ingest` command again to resume it"
         )

@@ -141,6 +141,25 @@ def test_an_evaluation_of_another_store_of_the_same_name_replaces_nothing(run: P
         shutil.rmtree(run / "evaluations" / "rand-val-twin", ignore_errors=True)
 
 
+def test_a_bad_run_folder_or_output_is_named_before_anything_is_replaced(run: Path, tmp_path: Path) -> None:
+    """A `{}` config said "('settings')"; predictions.parquet as a folder failed naming no path,
+    after metrics.json and scores.csv had been replaced."""
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "config.json").write_text("{}")
+    with pytest.raises(InvalidArgumentError, match=r"not a benzarr run configuration \(no 'settings' in it\)"):
+        evaluate_run(fake)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(InvalidArgumentError, match="afile: is a file"):
+        evaluate_run(tmp_path / "afile")
+    out = tmp_path / "out"
+    (out / "predictions.parquet").mkdir(parents=True)
+    (out / "metrics.json").write_text("earlier")
+    with pytest.raises(InvalidArgumentError, match=r"predictions\.parquet: is a folder where the evaluation writes"):
+        evaluate_run(run, split="rand", subset="val", out_dir=out, predictions=True)
+    assert (out / "metrics.json").read_text() == "earlier"
+
+
 def test_bad_requests_raise_one_clear_error(run: Path, tmp_path: Path) -> None:
     with pytest.raises(InvalidArgumentError, match="no config.json"):
         evaluate_run(tmp_path)
@@ -174,7 +193,7 @@ def test_cli_prints_the_scores_and_warns_about_seen_patches(run: Path, tmp_path:
     assert (tmp_path / "e" / "metrics.json").is_file() and (tmp_path / "e" / "scores.csv").is_file()
     missing = subprocess.run([*CLI, "evaluate", str(tmp_path / "nowhere")], capture_output=True, text=True)
     assert missing.returncode == 1
-    assert missing.stderr.strip().count("\n") == 0 and "no config.json" in missing.stderr
+    assert missing.stderr.strip().count("\n") == 0 and "nowhere: no such run folder" in missing.stderr
 
 
 def test_show_predicts_what_evaluate_predicts(run: Path) -> None:

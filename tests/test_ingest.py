@@ -457,6 +457,8 @@ def test_parts_go_with_plan_and_a_plan_keeps_its_parts_once_they_run(synth_archi
     ingest(synth_archive_64, store, workers=1, shard_size=16, part=(1, 3))
     with pytest.raises(InvalidArgumentError, match="planned for 3 parts, and parts have run; keep --parts 3"):
         ingest(synth_archive_64, store, workers=1, shard_size=16, plan=True, parts=2)
+    with pytest.raises(StoreIncompleteError, match=r"parts 2/3, 3/3 still to run"):  # readers name them
+        open_store(store)
 
 
 def test_a_patches_file_naming_no_patch_of_the_archive_says_which_file(synth_archive_64: Path, tmp_path: Path) -> None:
