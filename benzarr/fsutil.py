@@ -154,6 +154,22 @@ def describe(path: str | Path) -> str:
     return f"{count} that benzarr did not write ({shown})"
 
 
+def read_utf8(path: Path, advice: str) -> str:
+    """The text of ``path``, a list a user wrote (patch names, split CSVs): UTF-8, a leading
+    byte-order mark dropped (spreadsheets write one; it is no part of the first name).
+
+    Raises:
+        InvalidArgumentError: not UTF-8, naming the byte and its line, then ``advice``.
+    """
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise InvalidArgumentError(f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}); "
+                                   f"{advice}") from None
+
+
 def foreign_files(store: str | Path, limit: int = 3) -> list[str]:
     """Up to ``limit`` files inside the Zarr store folder ``store`` that no Zarr writer put
     there (paths relative to it): anything but a ``zarr.json``, a file below an array's

@@ -45,7 +45,7 @@ from benzarr.errors import (
     StoreVersionError,
     UnsafeOverwriteError,
 )
-from benzarr.fsutil import check_disjoint, check_output, foreign_files, is_benzarr_store, os_error
+from benzarr.fsutil import check_disjoint, check_output, foreign_files, is_benzarr_store, os_error, read_utf8
 from benzarr.lock import ingest_lock
 from benzarr.procs import exit_with_parent
 from benzarr.resources import OFFICIAL_LISTS, read_official_list
@@ -141,15 +141,9 @@ def read_name_file(source: str | Path) -> list[str]:
             f"{text}: no such file (or official list: {', '.join(OFFICIAL_EXCLUDES)})"
         )
     try:
-        raw = path.read_bytes()
+        content = read_utf8(path, "save the list of patch names as UTF-8")
     except OSError as exc:  # named as the list it is, not as "reading the archive"
         raise os_error(exc, path, "reading the list of patch names") from None
-    try:
-        content = raw.decode("utf-8-sig")  # a byte-order mark is no part of the first name
-    except UnicodeDecodeError as exc:
-        line = raw[:exc.start].count(b"\n") + 1
-        raise InvalidArgumentError(f"{text}: not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}); "
-                                   "save the list of patch names as UTF-8") from None
     names = []
     for line in content.splitlines():
         line = line.split("#", 1)[0].strip()

@@ -59,6 +59,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from benzarr.errors import InvalidArgumentError, MissingDependencyError, SplitExistsError
+from benzarr.fsutil import read_utf8
 from benzarr.groups import GroupBy, group_ids, group_summary, grouped_assignment, parse_group_by
 from benzarr.leakage import DEFAULT_KM, split_leakage
 from benzarr.store import EXCLUDED, TEST, TRAIN, VAL, check_split_name  # noqa: F401 (codes re-exported)
@@ -444,13 +445,7 @@ def read_csv_lists(folder: str | Path) -> dict[str, list[str]]:
         if not path.is_file():
             what = "a folder, not a file" if path.is_dir() else "missing"
             raise InvalidArgumentError(f"{path}: {what} (a split folder holds train.csv, val.csv and test.csv)")
-        raw = path.read_bytes()
-        try:
-            text = raw.decode("utf-8-sig")  # a byte-order mark (Excel's "CSV UTF-8") is no part of a name
-        except UnicodeDecodeError as exc:
-            line = raw[:exc.start].count(b"\n") + 1
-            raise InvalidArgumentError(f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}); "
-                                       "save it as UTF-8") from None
+        text = read_utf8(path, "save it as UTF-8")
         # the csv module, so that a quoted name ("S2A_...") is the name; the first field of a row
         # is the patch (the S1-S2 lists carry the S1 name second)
         rows = csv.reader(text.splitlines())

@@ -493,8 +493,7 @@ class Store:
             **attrs,
             n_failed=int((~valid).sum()),
             n_without_clc19=int((valid & (labels["clc19"].sum(axis=1) == 0)).sum()),
-            label_counts={name: dict(zip(NOMENCLATURES[name], map(int, rows[valid].sum(axis=0, dtype=np.int64))))
-                          for name, rows in labels.items()},
+            label_counts={name: label_counts(rows, valid, NOMENCLATURES[name]) for name, rows in labels.items()},
             complete=True,
         )
         drop_staging(self)
@@ -515,11 +514,12 @@ class Store:
         self._check_labels(path, nomenclature, labels)
         return labels
 
-    def _read_rows(self, path: str) -> np.ndarray:
-        """Array ``path`` whole, through zarr-python; a chunk that does not decode or fails its
-        checksum is :class:`StoreCorruptError` naming the array (not the codec's bare error)."""
+    def _read_rows(self, path: str, array: zarr.Array | None = None) -> np.ndarray:
+        """Array ``path`` (``array`` when already open) whole, through zarr-python; a chunk that
+        does not decode or fails its checksum is :class:`StoreCorruptError` naming the array
+        (not the codec's bare error)."""
         try:
-            return self.array(path)[:]
+            return (self.array(path) if array is None else array)[:]
         except (RuntimeError, ValueError) as exc:  # numcodecs' zstd, zarr's crc32c raise these
             lines = str(exc).strip().splitlines()
             raise StoreCorruptError(
@@ -544,10 +544,9 @@ class Store:
         recorded = self.attrs.get("label_counts", {}).get(nomenclature) if self.complete else None
         if not recorded:
             return
-        counts = labels[self.valid_mask()].sum(axis=0, dtype=np.int64)
-        classes = self.class_names(nomenclature)
-        differ = [(name, int(counts[i]), int(recorded.get(name, -1))) for i, name in enumerate(classes)
-                  if int(counts[i]) != int(recorded.get(name, -1))]
+        counts = label_counts(labels, self.valid_mask(), self.class_names(nomenclature))
+        differ = [(name, count, int(recorded.get(name, -1))) for name, count in counts.items()
+                  if count != int(recorded.get(name, -1))]
         if differ:
             name, read, want = differ[0]
             raise StoreCorruptError(
@@ -611,8 +610,9 @@ class Store:
             known = ", ".join(names) if names else "none"
             raise SplitNotFoundError(f"{self.path}: no split named {name!r} (splits in this store: {known})")
         path = f"{SPLITS_GROUP}/{name}"
-        codes = np.asarray(self._read_rows(path), dtype=np.int8)
-        attrs = dict(self.array(path).attrs)
+        array = self.array(path)
+        codes = np.asarray(self._read_rows(path, array), dtype=np.int8)
+        attrs = dict(array.attrs)
         self._check_split(path, codes, attrs)
         return codes, attrs
 
@@ -629,8 +629,8 @@ class Store:
         recorded = attrs.get("counts")
         if not isinstance(recorded, Mapping):
             return
-        subsets = {**SUBSETS, "excluded": EXCLUDED}
-        read = {subset: int((codes == code).sum()) for subset, code in subsets.items()}
+        read = subset_counts(codes)
+        subsets = list(read)
         want = {subset: recorded.get(subset) for subset in subsets}
         if any(want[s] is not None and int(want[s]) != read[s] for s in subsets):
             shown = " / ".join(f"{s} {read[s]:,}" for s in subsets)
@@ -657,9 +657,7 @@ class Store:
         attrs = dict(attrs)
         attrs.setdefault("names", {"0": "train", "1": "val", "2": "test", "-1": "excluded"})
         attrs.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
-        attrs["counts"] = {
-            subset: int((codes == code).sum()) for subset, code in {**SUBSETS, "excluded": EXCLUDED}.items()
-        }
+        attrs["counts"] = subset_counts(codes)
         try:
             array = self.group.create_array(
                 f"{SPLITS_GROUP}/{name}",
@@ -929,6 +927,18 @@ def create_store(
     store = Store(group, str(path))
     store.update_attrs(layout_complete=True)
     return store
+
+
+def subset_counts(codes: np.ndarray) -> dict[str, int]:
+    """Patches of each subset of split ``codes`` (N,) int8: ``{"train", "val", "test",
+    "excluded"}``, as a split records them (``counts``) and :meth:`Store.read_split` checks them."""
+    return {subset: int((codes == code).sum()) for subset, code in {**SUBSETS, "excluded": EXCLUDED}.items()}
+
+
+def label_counts(labels: np.ndarray, valid: np.ndarray, classes: Sequence[str]) -> dict[str, int]:
+    """Valid patches with each class: ``labels`` (N, L) uint8 multi-hot, ``valid`` (N,) bool, as
+    a complete store records them (``label_counts``) and :meth:`Store.labels` checks them."""
+    return dict(zip(classes, map(int, labels[valid].sum(axis=0, dtype=np.int64))))
 
 
 def row_compressors() -> list[ZstdCodec | Crc32cCodec]:
