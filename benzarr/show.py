@@ -30,6 +30,7 @@ subset: spatial leakage shows as colours mixed at small scale. Matplotlib only, 
 
 from __future__ import annotations
 
+import os
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -433,17 +434,21 @@ def _panel_dataset(store: Store, kinds: Sequence[str], label_set: str) -> Any:
 
 def check_image_path(out: str | Path) -> None:
     """Raise InvalidArgumentError unless ``out``'s suffix names an image format matplotlib
-    writes (checked before any drawing: ``--out z.txt`` was a bare ValueError at the end)."""
+    writes and its nearest existing folder is a folder this process may write in (checked
+    before any drawing, and before ``split`` writes its split: ``--out z.txt`` was a bare
+    ValueError at the end)."""
     from matplotlib.backend_bases import FigureCanvasBase
 
     formats = FigureCanvasBase.get_supported_filetypes()
     suffix = Path(out).suffix.lower().lstrip(".")
     if Path(out).is_dir():
         raise InvalidArgumentError(f"{out}: is a folder; name an image file (.png, .pdf, .svg or .jpg)")
-    for parent in Path(out).parents:  # the nearest existing folder above must be a folder
+    for parent in Path(out).parents:  # the nearest existing folder above: a folder we may write in
         if parent.exists():
             if not parent.is_dir():
                 raise InvalidArgumentError(f"{out}: {parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK):
+                raise InvalidArgumentError(f"{out}: cannot write into {parent} (no permission)")
             break
     if suffix not in formats:
         what = f"a .{suffix} file" if suffix else "a file without a suffix"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -74,8 +73,6 @@ def command(
         from benzarr.show import check_image_path
 
         check_image_path(plot)
-        if not os.access(_nearest_existing(plot.parent), os.W_OK):
-            raise InvalidArgumentError(f"--plot {plot}: cannot write into {plot.parent} (no permission)")
     if export is not None:
         paths = export_split(open_store(store), name, export)
         if not quiet:
@@ -215,10 +212,3 @@ def _print_quality(name: str, quality: SplitQuality, other: tuple[str, SplitQual
         random_dev = _fmt(baseline.loc[cls, "max_rel_deviation"], ".1%") if baseline is not None else "-"
         out(f"{cls_name:<40} {int(row['count']):>8,} {row['share']:>7.2%}{shares} "
             f"{_fmt(row['max_rel_deviation'], '.1%'):>8} {random_dev:>8}")
-
-
-def _nearest_existing(folder: Path) -> Path:
-    """``folder`` or its nearest existing parent (where a new file's folders would be made)."""
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    return folder
