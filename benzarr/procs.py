@@ -27,6 +27,14 @@ from typing import Any
 PR_SET_PDEATHSIG = 1
 
 
+def default_sigterm() -> None:
+    """Let ``SIGTERM`` end this (worker) process at once: a forked child inherits the CLI's
+    handler, which raises KeyboardInterrupt for the CLI's own clean-up (and a worker would
+    print that traceback). Signal handlers belong to the main thread: elsewhere, nothing."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def exit_with_parent() -> None:
     """Have the kernel ``SIGKILL`` this process when its parent process dies (Linux), and
     let ``SIGTERM`` end it at once (the default action).
@@ -36,10 +44,7 @@ def exit_with_parent() -> None:
     fed from the thread that waits for them, which lives as long as the pool. A parent that
     died before the call is caught through its sentinel (``parent_process().is_alive()``).
     """
-    # a forked child inherits the CLI's SIGTERM handler (which raises KeyboardInterrupt for
-    # the CLI's clean-up): a worker told to terminate just ends, as before
-    if threading.current_thread() is threading.main_thread():  # signal handlers are the main thread's
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    default_sigterm()
     if not sys.platform.startswith("linux"):
         return
     parent = multiprocessing.parent_process()

@@ -41,7 +41,6 @@ import importlib
 import mmap
 import multiprocessing
 import selectors
-import signal
 import time
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
@@ -52,6 +51,7 @@ import numpy as np
 import torch
 
 from benzarr.errors import BenzarrError, LoaderWorkerError
+from benzarr.procs import default_sigterm
 
 Spec = dict[str, tuple[tuple[int, ...], np.dtype]]
 Batch = dict[str, torch.Tensor]
@@ -210,11 +210,10 @@ def _worker(dataset: Any, layout: SlotLayout, buffer: mmap.mmap, transform: Any,
             tasks: Connection, results: Connection) -> None:
     """A worker's loop: decode each task's indices into its slot, answer with the slot."""
     torch.set_num_threads(1)  # one core a worker, as DataLoader workers
-    # SIGTERM ends a worker at once, as before: a fork inherits the CLI's handler, which raises
-    # KeyboardInterrupt for the CLI's own clean-up. (No PR_SET_PDEATHSIG here: it is tied to
-    # the thread that forks, and a loader may be built in a thread that ends; a worker finds
-    # its parent gone when its task pipe closes.)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # SIGTERM ends a worker at once, as before. (No exit_with_parent here: PR_SET_PDEATHSIG is
+    # tied to the thread that forks, and a loader may be built in a thread that ends; a worker
+    # finds its parent gone when its task pipe closes.)
+    default_sigterm()
     _prefault(buffer)
     scratch = None
     if transform is not None:  # the raw batch, decoded once per task into private memory
