@@ -25,12 +25,15 @@ In one run, on one synthetic lz4 store (12 bands, batch 256 by default):
 * ``profiles`` (``--profile-steps N``): a ``torch.profiler`` Chrome trace of N fed steps of the
   first model at the first worker count, beside ``--out`` as ``<stem>_trace.json``, and the
   ops with the most device self time per step;
-* ``variants`` (``--variants no-overlap,thread,nchw-upsample,unfused,session6``): at the
-  largest fed worker count, a loader of its own per variant, interleaved in the same rows:
-  the transform on the consumer's stream instead of one batch ahead on a side stream,
-  batches taken by a background thread, bilinear upsampling with the NCHW kernel instead of
-  on the planes, the transform without its fused passes (``BatchTransform.fused = False``),
-  or both of the last two (the transform session 6's second run measured);
+* ``variants`` (``--variants no-overlap,thread,nchw-upsample,unfused,session6,no-graph,per-key-copy``):
+  at the largest fed worker count, a loader of its own per variant, interleaved in the same
+  rows: the transform on the consumer's stream instead of one batch ahead on a side stream,
+  batches taken by a background thread (graphs off: its consumer stream is not the training
+  stream), bilinear upsampling with the NCHW kernel instead of on the planes, the transform
+  without its fused passes (``BatchTransform.fused = False``), both of the last two (the
+  transform session 6's second run measured), every batch transformed eagerly instead of by
+  a CUDA graph replay (``DeviceLoader.graphs = False``, session 9), or one host-to-device
+  copy per key of a ring slot instead of one per slot (``RingLoader.one_copy = False``);
 * ``transform_alone`` (with a variant that changes the transform): the batch transform by
   itself on a batch already on the device, default against each such variant, interleaved;
 * ``augment`` (``--augment-workers``): ``augment="flip-rot90"`` against none, interleaved, for
@@ -96,7 +99,7 @@ MODES = ("deterministic", "fast")
 GPU_MODELS = ("shortcnn-all", "resnet18", "resnet50", "inception-v3")
 GPU_WORKERS = (0, 4, 8, 12)
 #: A/B variants of the loader (``--variants``), each measured in the same rows as the default.
-VARIANTS = ("no-overlap", "thread", "nchw-upsample", "unfused", "session6")
+VARIANTS = ("no-overlap", "thread", "nchw-upsample", "unfused", "session6", "no-graph", "per-key-copy")
 
 
 # -- plumbing: time budget, alarms, JSON after every measurement -------------------------
@@ -606,6 +609,15 @@ def profile_fed(model: Trainee, batches: Iterator[Any] | None, steps: int, trace
 # -- variants of the fed loop (A/B of a candidate change, on the same store and run) -----
 
 
+def graph_stats(loader: Any) -> dict[str, Any] | None:
+    """The loader's CUDA graphs so far (``DeviceLoader.graphs``): captured, replayed, and why
+    they are off if a capture failed; None where the loader made none (CPU, graphs off)."""
+    made = getattr(loader, "_graphed", None)
+    if made is None:
+        return None
+    return {"captured": made.captured, "replayed": made.replayed, "disabled": made.disabled}
+
+
 class ThreadFed:
     """Batches of ``batches`` taken by a background thread, ``depth`` ahead (variant
     ``thread``): the loader's host work (the ring's bookkeeping, the copy and transform
@@ -798,7 +810,9 @@ def main(argv: list[str] | None = None) -> int:
                              "background thread, ThreadFed), 'nchw-upsample' (CUDA bilinear on the NCHW batch, "
                              "BatchTransform.planes=False), 'unfused' (BatchTransform.fused=False: a float32 "
                              "copy of each group, then copies), 'session6' (both: the transform session 6's "
-                             "last run measured) []")
+                             "last run measured), 'no-graph' (every batch transformed eagerly, "
+                             "DeviceLoader.graphs=False), 'per-key-copy' (a ring slot copied to the device one "
+                             "key at a time, RingLoader.one_copy=False) []")
     parser.add_argument("--rounds", type=int, default=3,
                         help="alternating slices of ceiling and fed steps per fed row (interleaved) [3]")
     parser.add_argument("--cpu-ring-workers", default="",
@@ -964,7 +978,12 @@ def main(argv: list[str] | None = None) -> int:
                         for switch, value in TRANSFORM_VARIANTS[variant].items():
                             setattr(loader.transform, switch, value)
                     elif variant == "thread":
+                        loader.graphs = False  # the thread's stream is not the one the step runs on
                         batches = ThreadFed(batches, device)
+                    elif variant == "no-graph":
+                        loader.graphs = False
+                    elif variant == "per-key-copy" and hasattr(loader.loader, "one_copy"):
+                        loader.loader.one_copy = False
                     next(batches)
                     state["variants"][variant] = batches
                 return out
@@ -983,6 +1002,7 @@ def main(argv: list[str] | None = None) -> int:
                                "ratio": round(r["fed"]["patches_per_s"] / r["ceiling"], 3),
                                "next_ms": r["fed"]["next_ms"], "step_ms": r["fed"]["step_ms"],
                                "ceiling_first": ceilings[name], "fed_run": r["fed"], "ceiling_run": r["ceiling_run"]}
+                        out["graphs"] = graph_stats(state["loader"])
                         if name in with_transform:
                             out["transformed"] = with_transform[name]
                             out["vs_transformed"] = round(r["fed"]["patches_per_s"] / with_transform[name], 3)

@@ -134,11 +134,55 @@ def trainer_syncs(store: Path, workdir: Path, device: torch.device) -> dict[str,
                                   device="cuda", amp=True, out=str(workdir / "sync-run")), watch)
             finally:
                 torch.cuda.set_sync_debug_mode("default")
-        syncs = [f["at"] for f in found if f["at"].split(":")[0] not in ("data.py", "transform.py", "ring.py")]
+        # graphs.py: the first batches capture the transform's CUDA graphs, and torch.cuda.graph
+        # synchronises the device before each capture (benzarr.graphs; once per loader)
+        syncs = [f["at"] for f in found if f["at"].split(":")[0] not in ("data.py", "transform.py", "ring.py",
+                                                                          "graphs.py")]
         return {**row, "equal": n_batches[0] >= 3 and not syncs, "syncs": syncs, "batches": n_batches[0],
                 "sync_stacks": found[:4], "notices": notices}
     except Exception as exc:
         return {**row, "equal": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(limit=5)}
+
+
+def graph_cases(v1: Path, v2: Path, device: torch.device) -> list[dict[str, Any]]:
+    """The loader's CUDA-graph transform (``DeviceLoader.graphs``, session 9) against the same
+    loader with graphs off, over three epochs of full batches and a short last one: the same
+    bits, with graphs really replayed (on CUDA); then a consumer that keeps every batch on
+    the device (no image may be overwritten while held) against batches cloned at once."""
+    rows: list[dict[str, Any]] = []
+    cuda = device.type == "cuda"
+    for name, store, kwargs, batch in [
+        ("graphs: s2 all normalized", v1, {"normalize": True}, 32),
+        ("graphs: s2 list, bicubic", v1, {"bands": ["B09", "B03", "B8A", "B02"], "resample": "bicubic"}, 24),
+        ("graphs: s2+s1+mask normalized", v2, {"modalities": ("s2", "s1", "reference-map"), "normalize": True}, 8),
+    ]:
+        row: dict[str, Any] = {"case": name + " (against eager batches)", "device": str(device), "batch_size": batch}
+        try:
+            ds = BigEarthNetDataset(store, **kwargs)
+            with make_loader(ds, batch, True, 2, seed=4, device=device, engine="ring") as graphed, \
+                    make_loader(ds, batch, True, 2, seed=4, device=device, engine="ring") as eager:
+                eager.graphs = False
+                results = []
+                for epoch in (0, 1, 5):
+                    graphed.set_epoch(epoch)
+                    eager.set_epoch(epoch)
+                    results.append(compare(on_host(eager), on_host(graphed)))
+                graphed.set_epoch(2)
+                eager.set_epoch(2)
+                kept = list(graphed)  # held on the device: graphs must not overwrite them
+                kept_host = on_host(eager)
+                results.append({"kept": True, **compare(kept_host, [{k: v.cpu() for k, v in b.items()} for b in kept])})
+                made = graphed._graphed
+                stats = {"captured": made.captured, "replayed": made.replayed, "disabled": made.disabled} if made else None
+            row.update(equal=all(r["equal"] for r in results) and (not cuda or bool(stats and stats["replayed"] > 0
+                                                                               and not stats["disabled"])),
+                       epochs=results, graphs=stats)
+        except Exception as exc:
+            row.update(equal=False, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=5))
+        rows.append(row)
+        print(f"{row['case']}: {'equal' if row['equal'] else 'DIFFERENT ' + str(row.get('error') or row)}"
+              f" graphs {row.get('graphs')}")
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         row.update(equal=False, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=5))
     rows.append(row)
     print(f"{row['case']}: {'equal' if row['equal'] else 'DIFFERENT ' + str(row.get('error') or row.get('why'))}")
+    rows.extend(graph_cases(v1, v2, device))
     # the fused device transform (BatchTransform.fused, after session 6's last run) against
     # session 6's passes: the same float32 operations in the same order, so the same bits
     for name, store, kwargs in [

@@ -48,7 +48,7 @@ if [ "${QUICK:-0}" = 1 ]; then
   ring_args=(--device cpu)
   feed_args=(--cpu --patches 96 --batch-size 16 --workers 0,1 --fed-workers 1 --models shortcnn-all --seconds 0.3
              --warmup 1 --trainer-model shortcnn-all --trainer-workers 1 --trainer-epochs 1 --h2d-copies 2
-             --profile-steps 2 --variants no-overlap,thread,nchw-upsample,unfused,session6 --cpu-ring-workers 1
+             --profile-steps 2 --variants no-overlap,thread,nchw-upsample,unfused,session6,no-graph,per-key-copy --cpu-ring-workers 1
              --augment-workers 1)
 elif [ "${PHASE:-full}" = diagnose ]; then
   # session 6's first run: where the fed/ceiling gap and the 4 -> 8 worker scaling come
@@ -60,13 +60,14 @@ elif [ "${PHASE:-full}" = diagnose ]; then
 else
   # every table of issue #10: loader alone with 0/4/8/12 workers, fed rows at 4/8/12 (fed
   # and ceiling interleaved), and at 12 workers in both modes two A/B variants in the same
-  # rows: the transform without its fused passes, and that with bilinear on the NCHW batch
-  # too (what session 6's last run measured: both changes came after it); the trainer in
-  # both modes; augmentation's cost on the GPU (issue #13) at 12 workers
+  # rows: every batch transformed eagerly instead of by CUDA graph replays (session 9), and
+  # the transform session 6's last run measured (no fused passes, bilinear on the NCHW
+  # batch: both changes came after it); the trainer in both modes; augmentation's cost on
+  # the GPU (issue #13) at 12 workers
   ring_args=()
   feed_args=(--patches 20000 --build-workers "$(nproc)" --seconds 2.4 --rounds 3 --warmup 5 --budget-s "$BUDGET_S"
              --workers 0,4,8,12 --fed-workers 4,8,12 --ring-workers 12 --cpu-ring-workers 4,8,12 --augment-workers 12
-             --variants unfused,session6 --trainer-modes deterministic,fast --profile-steps 3)
+             --variants no-graph,session6 --trainer-modes deterministic,fast --profile-steps 3)
 fi
 
 say "gpu_ring_check.py"

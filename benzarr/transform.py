@@ -380,19 +380,26 @@ class BatchTransform:
         if norm is not None:
             out.sub_(norm[0]).div_(norm[1])
 
+    def companions(self, batch: Batch, codes: np.ndarray | None = None) -> Batch:
+        """What goes with the image: ``"label"`` (B, L) float32 on the device, ``"index"`` (B,)
+        int64 left on the CPU and, with a ``mask`` in ``batch``, ``"mask"`` (B, 120, 120) int64
+        on the device (row b flipped/rotated by ``codes[b]`` when given)."""
+        result = {"label": torch.as_tensor(batch["label"]).to(self.device, non_blocking=True).to(torch.float32),
+                  "index": torch.as_tensor(batch["index"])}
+        if "mask" in batch:
+            result["mask"] = _mask_to_long(torch.as_tensor(batch["mask"]), self.device, codes)
+        return result
+
     def __call__(self, batch: Batch, out: Batch | None = None) -> Batch:
         """The device batch ``{"image", "label", "index"}`` of a uint16 ``batch``.
 
         With ``out`` (tensors as :meth:`out_spec`, on ``device``), the result is written
         there and ``out`` is returned: the batch ring's workers fill shared memory this way.
         """
-        label = torch.as_tensor(batch["label"]).to(self.device, non_blocking=True).to(torch.float32)
         index = torch.as_tensor(batch["index"])
         codes = None if self.augment == "none" else transform_codes(index, self.seed, self.epoch, self.augment)
-        result = {"image": self.image(batch, None if out is None else out["image"], codes), "label": label,
-                  "index": index}
-        if "mask" in batch:
-            result["mask"] = _mask_to_long(torch.as_tensor(batch["mask"]), self.device, codes)
+        result = {"image": self.image(batch, None if out is None else out["image"], codes),
+                  **self.companions(batch, codes)}
         if out is None:
             return result
         for key in ("label", "index", "mask"):

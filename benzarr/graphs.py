@@ -1,0 +1,196 @@
+"""The batch transform replayed as a CUDA graph: one launch a batch instead of about fifty.
+
+Why (issue #10): on a GPU the loader's main-process work per batch (``next_ms``, 1.1-1.3 ms
+on session 6's H200) is mostly the host side of the transform's kernel launches: about 90
+aten calls for 12 bands (cast, normalise, upsample, one copy per run of output channels),
+each a few microseconds of Python and dispatcher. A model whose training step is itself
+host-bound (resnet18 in fast mode: 10.4 ms a step) loses that time from every step, and
+fed throughput stayed at 0.79-0.90 of its ceiling. A CUDA graph of the transform is
+replayed with one call, so the host's part of a batch becomes a few copies and a replay.
+
+How, and what keeps it correct:
+
+* **Static buffers.** Graphs read fixed addresses: the batch's band groups are copied
+  (device to device, ~41 MB for 12 bands at batch 256, tens of microseconds) into static
+  inputs, and each of :data:`GRAPH_COPIES` graphs writes its own static ``image``. The
+  graphs differ only in their output, so batch k+1 is made while the consumer still holds
+  batch k.
+* **Nothing the consumer holds is overwritten.** A static image is handed out as a fresh
+  view; before its graph is replayed again, the storage's use count (the same liveness test
+  torch's inductor applies to its CUDA-graph outputs) must be back to what this module
+  holds. A consumer that keeps batches (``images.append(batch["image"])``) gets them made
+  the ordinary way, in fresh memory, as the ring's ``CONSUMER_SLOTS`` rule does.
+* **Nor anything its GPU work still reads.** When a handed-out image is first seen free, an
+  event is recorded on the consumer's stream: all work on the image was queued by then (the
+  consumer held it until then). The graph's next replay waits for that event, which has
+  normally long completed (the image was freed two batches before it is reused).
+* **The same bits.** A replay runs the kernels the eager transform runs, on the same data;
+  the batch that triggers a capture is itself made eagerly. Labels, the store rows and masks
+  are made eagerly (one or two small kernels). ``benchmarks/gpu_ring_check.py`` compares
+  the loader's batches with the eager path's on CUDA.
+* **Only where it applies.** Batches of the size the graphs were made for (the last, short
+  batch of an epoch is eager) and no augmentation (its flips and rotations differ per row
+  and batch). A capture that fails turns graphs off for this loader with one warning; the
+  batches are then made eagerly, as before.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from benzarr.bands import PATCH_SIDE
+from benzarr.transform import Batch, BatchTransform
+
+#: Static images (and graphs) per loader: batch k+1 is made while the consumer holds batch k
+#: and the loader holds the next one; a fourth keeps an image's reuse two batches after it
+#: is freed, so a replay never waits for the training step in progress.
+GRAPH_COPIES = 4
+
+#: ``capture(fn, pool) -> (replay, pool)``: record ``fn``'s kernels once (sharing the memory
+#: ``pool`` of earlier captures when not None), return a callable that re-runs them and the
+#: pool. :func:`capture_cuda` on CUDA; the suite substitutes an eager stand-in on the CPU.
+Capture = Callable[[Callable[[], None], Any], tuple[Callable[[], None], Any]]
+
+
+def capture_cuda(fn: Callable[[], None], pool: Any) -> tuple[Callable[[], None], Any]:
+    """``fn`` captured as a ``torch.cuda.CUDAGraph`` (its temporaries in ``pool``, shared by
+    the loader's graphs: they replay one at a time, on one stream)."""
+    graph = torch.cuda.CUDAGraph()
+    # thread_local: another thread's CUDA calls (a user's, a logger's) do not break the capture
+    with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+        fn()
+    return graph.replay, graph.pool()
+
+
+def _uses(tensor: torch.Tensor) -> int:
+    """Tensors (C++ references included, such as autograd's saved ones) that share ``tensor``'s
+    storage, plus one for the query itself."""
+    return torch._C._storage_Use_Count(tensor.untyped_storage()._cdata)
+
+
+def graphs_supported() -> bool:
+    """Whether this torch has what :class:`GraphedTransform` needs."""
+    return hasattr(torch._C, "_storage_Use_Count") and hasattr(torch.cuda, "graph")
+
+
+class GraphedTransform:
+    """A :class:`~benzarr.transform.BatchTransform` whose image is made by CUDA graphs.
+
+    Called exactly like the transform (``graphed(batch) -> {"image", "label", "index"[,
+    "mask"]}``) and giving the same values; falls back to ``transform(batch)`` for batches
+    graphs do not cover (see the module's docstring). Call :meth:`consumer_point` with the
+    consumer's stream each time the consumer asks for a batch, and run :meth:`__call__` on
+    the stream the transform runs on (both as :meth:`benzarr.data.DeviceLoader` does).
+
+    Args:
+        transform: the device transform; its switches (``fused``, ``planes``) are read when
+            a graph is captured, so set them before the first batch.
+        batch_size: the patches of the batches graphs make (others are made eagerly); None:
+            those of the first batch.
+        copies: static images, and graphs, at most.
+        capture: how a graph is recorded (:data:`Capture`); :func:`capture_cuda` by default.
+
+    Attributes:
+        disabled: why graphs are off (a capture failed), or None.
+        captured: graphs recorded so far (at most ``copies``).
+        replayed: batches made by a replay.
+    """
+
+    def __init__(self, transform: BatchTransform, batch_size: int | None = None, copies: int = GRAPH_COPIES,
+                 capture: Capture | None = None) -> None:
+        self.transform = transform
+        self.batch_size = batch_size
+        self.copies = int(copies)
+        self._capture = capture or capture_cuda
+        self._cuda = transform.device.type == "cuda"
+        self.disabled: str | None = None if graphs_supported() else "this torch lacks CUDA graph support"
+        self.captured = 0
+        self.replayed = 0
+        self._shapes: dict[str, tuple[int, ...]] | None = None  # group -> full-batch shape the graphs take
+        self._inputs: dict[str, torch.Tensor] = {}  # group -> static copy of the batch's group
+        self._images: list[torch.Tensor] = []    # static outputs, one per graph
+        self._baseline: list[int] = []           # each image's use count when nothing else holds it
+        self._replays: list[Callable[[], None]] = []
+        self._out: list[bool] = []               # handed out and not yet seen free
+        self._freed: list[Any] = []              # consumer-stream event after which the image is free
+        self._pool: Any = None
+        self._turn = 0
+
+    def consumer_point(self, stream: Any) -> None:
+        """The consumer asks for a batch: images it no longer holds are free once the work now
+        queued on ``stream`` (its CUDA stream; None off CUDA) is done."""
+        event = None
+        for copy, out in enumerate(self._out):
+            if out and _uses(self._images[copy]) == self._baseline[copy]:
+                if event is None and self._cuda:
+                    event = torch.cuda.Event()
+                    event.record(stream)
+                self._out[copy], self._freed[copy] = False, event
+
+    def __call__(self, batch: Batch) -> Batch:
+        transform = self.transform
+        if self.disabled is not None or transform.augment != "none":
+            return transform(batch)
+        shapes = {group: tuple(batch[group].shape) for group in transform.groups}
+        if self._shapes is None and self.batch_size in (None, shapes[transform.groups[0]][0]):
+            self._shapes = shapes
+        copy = self._free_copy() if shapes == self._shapes else None
+        if copy is None:  # a short last batch, or the consumer holds every image: the ordinary way
+            return transform(batch)
+        for group in transform.groups:
+            if group in self._inputs:
+                self._inputs[group].copy_(batch[group], non_blocking=True)
+            else:
+                self._inputs[group] = batch[group].clone()
+        if copy == len(self._images):
+            image = self._new_copy()
+        else:
+            if self._freed[copy] is not None:
+                torch.cuda.current_stream(transform.device).wait_event(self._freed[copy])
+            self._replays[copy]()
+            self.replayed += 1
+            image = self._images[copy]
+        if copy < len(self._out):  # a static image (not the eager one of a failed capture)
+            self._out[copy], self._freed[copy] = True, None
+            self._turn = (copy + 1) % self.copies
+            image = image.view(image.shape)  # a view of its own: its use count says who holds it
+        return {"image": image, **transform.companions(batch)}
+
+    def _free_copy(self) -> int | None:
+        """The next static image in turn that no one holds, a new one while fewer than
+        ``copies`` exist, or None."""
+        for step in range(self.copies):
+            copy = (self._turn + step) % self.copies
+            if copy >= len(self._images):
+                return len(self._images)
+            if not self._out[copy]:
+                return copy
+        return None
+
+    def _new_copy(self) -> torch.Tensor:
+        """A new static image, made eagerly from the inputs for this batch, and its graph (or,
+        when the capture fails, the eager image alone, and graphs off from now on)."""
+        transform = self.transform
+        static = {**self._inputs, "index": torch.empty(self._shapes[transform.groups[0]][0], dtype=torch.int64)}
+        size = static["index"].shape[0]
+        image = torch.empty((size, len(transform.bands), PATCH_SIDE, PATCH_SIDE), dtype=torch.float32,
+                            device=transform.device)
+        transform.image(static, out=image)  # this batch, the ordinary way (also the capture's warm-up)
+        try:
+            replay, self._pool = self._capture(lambda: transform.image(static, out=image), self._pool)
+        except Exception as exc:  # any failure to capture: eager from now on, as before graphs
+            self.disabled = f"CUDA graph capture failed ({type(exc).__name__}: {exc})"
+            warnings.warn(f"benzarr: the loader makes batches without CUDA graphs: {self.disabled}",
+                          RuntimeWarning, stacklevel=3)
+            return image
+        self._images.append(image)
+        self._baseline.append(_uses(image))
+        self._replays.append(replay)
+        self._out.append(False)
+        self._freed.append(None)
+        self.captured += 1
+        return image

@@ -1,0 +1,144 @@
+"""CUDA-graph batch transform (benzarr.graphs): the same batches as the eager transform, and
+no image overwritten while the consumer holds it. The capture is CUDA's; here an eager
+stand-in records the same closure, so the rotation, the hold test and the fallbacks are
+what is tested. benchmarks/gpu_ring_check.py compares real graphs with the eager path on CUDA.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from benzarr.data import BigEarthNetDataset
+from benzarr.graphs import GRAPH_COPIES, GraphedTransform
+from benzarr.ring import SlotLayout
+
+
+def eager_capture(fn, pool):
+    """A replay that re-runs ``fn`` (what a CUDA graph does, without CUDA)."""
+    return fn, pool
+
+
+def _batches(ds: BigEarthNetDataset, size: int, count: int) -> list[dict[str, torch.Tensor]]:
+    return [ds.__getitems__(list(range(i * size, (i + 1) * size))) for i in range(count)]
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.parametrize("kwargs", [{"normalize": True}, {"bands": ["B09", "B03", "B8A"]}], ids=["all", "list"])
+def test_replays_give_the_eager_batches(synth_store_64: Path, kwargs: dict) -> None:
+    ds = BigEarthNetDataset(synth_store_64, **kwargs)
+    transform = ds.batch_transform("cpu")
+    graphed = GraphedTransform(transform, capture=eager_capture)
+    for batch in _batches(ds, 6, GRAPH_COPIES + 4):
+        graphed.consumer_point(None)
+        _same(graphed(batch), transform(batch))  # the previous batch is dropped here, as a loop does
+    assert graphed.captured == GRAPH_COPIES and graphed.replayed == 4 and graphed.disabled is None
+
+
+def test_images_the_consumer_keeps_are_never_overwritten(synth_store_64: Path) -> None:
+    ds = BigEarthNetDataset(synth_store_64)
+    transform = ds.batch_transform("cpu")
+    graphed = GraphedTransform(transform, capture=eager_capture)
+    batches = _batches(ds, 5, GRAPH_COPIES + 3)
+    kept = []
+    for batch in batches:
+        graphed.consumer_point(None)
+        kept.append(graphed(batch)["image"])  # e.g. collected for a figure
+    for image, batch in zip(kept, batches):
+        assert torch.equal(image, transform(batch)["image"])
+    assert graphed.replayed == 0  # every static image stayed held: the rest were made afresh
+    # a view kept of one image is a hold too
+    del kept
+    graphed.consumer_point(None)
+    part = graphed(batches[0])["image"][:, :2]
+    for batch in batches[1:GRAPH_COPIES + 2]:
+        graphed.consumer_point(None)
+        graphed(batch)
+    assert torch.equal(part, transform(batches[0])["image"][:, :2])
+
+
+def test_short_batches_and_augmentation_are_made_the_ordinary_way(synth_store_64: Path) -> None:
+    ds = BigEarthNetDataset(synth_store_64)
+    transform = ds.batch_transform("cpu")
+    graphed = GraphedTransform(transform, capture=eager_capture)
+    full, short = ds.__getitems__(list(range(8))), ds.__getitems__([9, 3, 4])
+    for batch in (full, short, full, short):
+        graphed.consumer_point(None)
+        _same(graphed(batch), transform(batch))
+    assert graphed.captured == 2
+    # a resumed epoch may start with its short last batch: graphs are for the loader's size
+    sized = GraphedTransform(transform, batch_size=8, capture=eager_capture)
+    for batch in (short, full, full):
+        sized.consumer_point(None)
+        _same(sized(batch), transform(batch))
+    assert sized.captured == 2
+    augmenting = ds.batch_transform("cpu")
+    augmenting.augment = "flip-rot90"
+    flips = GraphedTransform(augmenting, capture=eager_capture)
+    _same(flips(full), augmenting(full))
+    assert flips.captured == 0
+
+
+def test_a_failed_capture_warns_once_and_batches_stay_right(synth_store_64: Path) -> None:
+    ds = BigEarthNetDataset(synth_store_64)
+    transform = ds.batch_transform("cpu")
+
+    def refuse(fn, pool):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    graphed = GraphedTransform(transform, capture=refuse)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for batch in _batches(ds, 4, 3):
+            _same(graphed(batch), transform(batch))
+    assert len(caught) == 1 and "without CUDA graphs" in str(caught[0].message)
+    assert "operation not permitted" in graphed.disabled and graphed.captured == 0
+
+
+def test_one_transfer_of_a_slot_gives_the_per_key_batch() -> None:
+    """The ring's single host-to-device copy of a slot, viewed per key, equals one copy per key
+    (here to the CPU, which runs the same views; a full and a short batch)."""
+    spec = {"10m": ((4, 3, 3), torch.uint16), "label": ((5,), torch.uint8), "index": ((), torch.int64),
+            "s1": ((2, 3, 3), torch.float32)}
+    import numpy as np
+
+    layout = SlotLayout({k: (shape, np.dtype(str(dtype).replace("torch.", ""))) for k, (shape, dtype) in spec.items()}, 6)
+    whole = torch.randint(0, 255, (layout.slot_bytes,), dtype=torch.uint8)
+    for n in (6, 4):
+        one = layout.to_device(whole, n, torch.device("cpu"), one_copy=True)
+        per_key = layout.to_device(whole, n, torch.device("cpu"), one_copy=False)
+        assert list(one) == list(per_key) == ["10m", "label", "s1", "index"]
+        _same(one, per_key)
+        assert one["index"].shape == (n,) and one["s1"].shape == (n, 2, 3, 3)
+
+
+def test_the_loader_hands_out_replayed_batches_in_order(synth_store_64: Path) -> None:
+    """DeviceLoader's one-batch-ahead path with graphs (the CUDA path, here with the eager
+    stand-in): the same batches as without graphs, epoch after epoch, and the images a
+    consumer keeps stay intact."""
+    from benzarr.data import make_loader
+
+    ds = BigEarthNetDataset(synth_store_64, normalize=True)
+    plain = make_loader(ds, 6, True, 0, seed=2, device="cpu", drop_last=False)
+    graphed = make_loader(ds, 6, True, 0, seed=2, device="cpu", drop_last=False)
+    graphed._graph_capture = eager_capture
+    for epoch in (0, 3):
+        plain.set_epoch(epoch)
+        graphed.set_epoch(epoch)
+        expected = [{k: v.clone() for k, v in b.items()} for b in plain._transformed_ahead(plain.transform)]
+        got = [{k: v.clone() for k, v in b.items()} for b in graphed._transformed_ahead(graphed.transform)]
+        assert len(got) == len(expected) == 11
+        for a, b in zip(expected, got):
+            _same(a, b)
+    assert graphed._graphed.replayed > 0
+    kept = list(graphed._transformed_ahead(graphed.transform))
+    for a, b in zip(expected, kept):
+        _same(a, b)
