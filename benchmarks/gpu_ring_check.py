@@ -151,16 +151,19 @@ def graph_cases(v1: Path, v2: Path, device: torch.device) -> list[dict[str, Any]
     the device (no image may be overwritten while held) against batches cloned at once."""
     rows: list[dict[str, Any]] = []
     cuda = device.type == "cuda"
-    for name, store, kwargs, batch in [
-        ("graphs: s2 all normalized", v1, {"normalize": True}, 32),
-        ("graphs: s2 list, bicubic", v1, {"bands": ["B09", "B03", "B8A", "B02"], "resample": "bicubic"}, 24),
-        ("graphs: s2+s1+mask normalized", v2, {"modalities": ("s2", "s1", "reference-map"), "normalize": True}, 8),
+    for name, store, kwargs, batch, engine, workers in [
+        ("graphs: s2 all normalized", v1, {"normalize": True}, 32, "ring", 2),
+        ("graphs: s2 list, bicubic", v1, {"bands": ["B09", "B03", "B8A", "B02"], "resample": "bicubic"}, 24, "ring", 2),
+        ("graphs: s2+s1+mask normalized", v2, {"modalities": ("s2", "s1", "reference-map"), "normalize": True}, 8,
+         "ring", 2),
+        # the trainer's default (0 workers): DataLoader batches arrive on the host, pinned
+        ("graphs: s2 all, DataLoader engine, 0 workers", v1, {"normalize": True}, 32, "dataloader", 0),
     ]:
         row: dict[str, Any] = {"case": name + " (against eager batches)", "device": str(device), "batch_size": batch}
         try:
             ds = BigEarthNetDataset(store, **kwargs)
-            with make_loader(ds, batch, True, 2, seed=4, device=device, engine="ring") as graphed, \
-                    make_loader(ds, batch, True, 2, seed=4, device=device, engine="ring") as eager:
+            with make_loader(ds, batch, True, workers, seed=4, device=device, engine=engine) as graphed, \
+                    make_loader(ds, batch, True, workers, seed=4, device=device, engine=engine) as eager:
                 eager.graphs = False
                 results = []
                 for epoch in (0, 1, 5):

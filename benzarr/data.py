@@ -502,9 +502,11 @@ class DeviceLoader:
         graphs: with ``overlap`` on CUDA, make each full batch's image by replaying a CUDA
             graph of the transform (default True; :mod:`benzarr.graphs`): one launch instead
             of about fifty, which a host-bound training step feels. Same bits; False makes
-            every batch the ordinary way. Set before iterating. As with any CUDA tensor, a
-            batch used on a stream other than the one current at ``next`` needs that stream
-            synchronised with it (the static image is reused once the ``next`` stream is past it).
+            every batch the ordinary way. Set before iterating. The image is reused once the
+            stream current at ``next`` is past the work queued on it: a consumer that uses
+            batches on another stream must make that stream's work finish first (for example
+            ``torch.cuda.current_stream().wait_stream(other)`` before the next ``next``);
+            ``record_stream`` does not protect a static image. Or set ``graphs = False``.
     """
 
     def __init__(self, dataset: BigEarthNetDataset, loader: Any, sampler: DistributedSampler,

@@ -31,12 +31,14 @@ How, and what keeps it correct:
 * **Only where it applies.** Batches of the size the graphs were made for (the last, short
   batch of an epoch is eager) and no augmentation (its flips and rotations differ per row
   and batch). A capture that fails turns graphs off for this loader with one warning; the
-  batches are then made eagerly, as before.
+  batches are then made eagerly, as before. So are batches whose static images would take
+  more than :data:`MEMORY_SHARE` of the GPU's memory.
 """
 
 from __future__ import annotations
 
 import warnings
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -50,19 +52,36 @@ from benzarr.transform import Batch, BatchTransform
 #: is freed, so a replay never waits for the training step in progress.
 GRAPH_COPIES = 4
 
-#: ``capture(fn, pool) -> (replay, pool)``: record ``fn``'s kernels once (sharing the memory
-#: ``pool`` of earlier captures when not None), return a callable that re-runs them and the
-#: pool. :func:`capture_cuda` on CUDA; the suite substitutes an eager stand-in on the CPU.
-Capture = Callable[[Callable[[], None], Any], tuple[Callable[[], None], Any]]
+#: Largest share of the GPU's memory the static images and inputs may take; beyond it (batch
+#: 1024 of 12 bands on a 24 GB card, say) batches are made eagerly, as before graphs.
+MEMORY_SHARE = 0.1
+
+#: ``capture(fn, pool, stream) -> (replay, pool)``: record ``fn``'s kernels once on ``stream``
+#: (sharing the memory ``pool`` of earlier captures when not None), return a callable that
+#: re-runs them on the current stream, and the pool. :func:`capture_cuda` on CUDA; the suite
+#: substitutes an eager stand-in on the CPU.
+Capture = Callable[[Callable[[], None], Any, Any], tuple[Callable[[], None], Any]]
+
+#: Every live GraphedTransform, for the process-wide :data:`MEMORY_SHARE` (a run's train,
+#: validation and test loaders each hold static images).
+_LIVE: weakref.WeakSet[GraphedTransform] = weakref.WeakSet()
 
 
-def capture_cuda(fn: Callable[[], None], pool: Any) -> tuple[Callable[[], None], Any]:
-    """``fn`` captured as a ``torch.cuda.CUDAGraph`` (its temporaries in ``pool``, shared by
-    the loader's graphs: they replay one at a time, on one stream)."""
+def capture_cuda(fn: Callable[[], None], pool: Any, stream: Any) -> tuple[Callable[[], None], Any]:
+    """``fn`` captured as a ``torch.cuda.CUDAGraph`` on ``stream`` (a stream of the loader's
+    device: torch's shared default capture stream lives on whichever device first used it,
+    and a capture on another device's stream records nothing). Its temporaries go in
+    ``pool``, shared by the loader's graphs: they replay one at a time, on one stream."""
     graph = torch.cuda.CUDAGraph()
-    # thread_local: another thread's CUDA calls (a user's, a logger's) do not break the capture
-    with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
-        fn()
+    current = torch.cuda.current_stream(stream.device)
+    try:
+        # thread_local: another thread's CUDA calls (a user's, a logger's) do not break the capture
+        with torch.cuda.graph(graph, pool=pool, stream=stream, capture_error_mode="thread_local"):
+            fn()
+    finally:
+        # a capture that fails at its end leaves torch's capture stream current
+        # (torch.cuda.graph.__exit__ restores it only after a successful capture_end)
+        torch.cuda.set_stream(current)
     return graph.replay, graph.pool()
 
 
@@ -118,7 +137,10 @@ class GraphedTransform:
         self._out: list[bool] = []               # handed out and not yet seen free
         self._freed: list[Any] = []              # consumer-stream event after which the image is free
         self._pool: Any = None
+        self._stream: Any = None  # the capture stream, on the transform's device
         self._turn = 0
+        self.held_bytes = 0  # device memory of the static images and inputs
+        _LIVE.add(self)
 
     def consumer_point(self, stream: Any) -> None:
         """The consumer asks for a batch: images it no longer holds are free once the work now
@@ -138,14 +160,17 @@ class GraphedTransform:
         shapes = {group: tuple(batch[group].shape) for group in transform.groups}
         if self._shapes is None and self.batch_size in (None, shapes[transform.groups[0]][0]):
             self._shapes = shapes
+        if not self._images and shapes == self._shapes and not self._fits(shapes):
+            return transform(batch)
         copy = self._free_copy() if shapes == self._shapes else None
         if copy is None:  # a short last batch, or the consumer holds every image: the ordinary way
             return transform(batch)
         for group in transform.groups:
-            if group in self._inputs:
-                self._inputs[group].copy_(batch[group], non_blocking=True)
-            else:
-                self._inputs[group] = batch[group].clone()
+            if group not in self._inputs:  # on the device, whatever the batch's (the DataLoader's are on the host)
+                with torch.inference_mode(False):  # usable in training whatever mode the first batch came in
+                    self._inputs[group] = torch.empty(shapes[group], dtype=batch[group].dtype, device=transform.device)
+                self.held_bytes += self._inputs[group].nbytes
+            self._inputs[group].copy_(batch[group], non_blocking=True)
         if copy == len(self._images):
             image = self._new_copy()
         else:
@@ -159,6 +184,25 @@ class GraphedTransform:
             self._turn = (copy + 1) % self.copies
             image = image.view(image.shape)  # a view of its own: its use count says who holds it
         return {"image": image, **transform.companions(batch)}
+
+    def _fits(self, shapes: dict[str, tuple[int, ...]]) -> bool:
+        """Whether the static images and inputs take at most :data:`MEMORY_SHARE` of the
+        device's memory; if not, graphs are off (``disabled`` says why): the training step
+        needs that memory more than the loader needs graphs."""
+        if not self._cuda:
+            return True
+        size = next(iter(shapes.values()))[0]
+        need = (self.copies * size * len(self.transform.bands) * PATCH_SIDE * PATCH_SIDE * 4
+                + sum(4 * int(torch.Size(shape).numel()) for shape in shapes.values()))  # inputs: 4 bytes a value at most
+        device = self.transform.device
+        others = sum(g.held_bytes for g in list(_LIVE) if g is not self and g.transform.device == device)
+        total = torch.cuda.get_device_properties(device).total_memory
+        if need + others <= MEMORY_SHARE * total:
+            return True
+        self.disabled = (f"the static images of {self.copies} graphs would take {need / 2**30:.1f} GiB, and other "
+                         f"loaders' {others / 2**30:.1f} GiB: more than {MEMORY_SHARE:.0%} of the GPU's "
+                         f"{total / 2**30:.0f} GiB")
+        return False
 
     def _free_copy(self) -> int | None:
         """The next static image in turn that no one holds, a new one while fewer than
@@ -177,17 +221,21 @@ class GraphedTransform:
         transform = self.transform
         static = {**self._inputs, "index": torch.empty(self._shapes[transform.groups[0]][0], dtype=torch.int64)}
         size = static["index"].shape[0]
-        image = torch.empty((size, len(transform.bands), PATCH_SIDE, PATCH_SIDE), dtype=torch.float32,
-                            device=transform.device)
+        with torch.inference_mode(False):  # a normal tensor: it may be saved for backward later
+            image = torch.empty((size, len(transform.bands), PATCH_SIDE, PATCH_SIDE), dtype=torch.float32,
+                                device=transform.device)
         transform.image(static, out=image)  # this batch, the ordinary way (also the capture's warm-up)
+        if self._stream is None and self._cuda:
+            self._stream = torch.cuda.Stream(device=transform.device)
         try:
-            replay, self._pool = self._capture(lambda: transform.image(static, out=image), self._pool)
+            replay, self._pool = self._capture(lambda: transform.image(static, out=image), self._pool, self._stream)
         except Exception as exc:  # any failure to capture: eager from now on, as before graphs
             self.disabled = f"CUDA graph capture failed ({type(exc).__name__}: {exc})"
             warnings.warn(f"benzarr: the loader makes batches without CUDA graphs: {self.disabled}",
                           RuntimeWarning, stacklevel=3)
             return image
         self._images.append(image)
+        self.held_bytes += image.nbytes
         self._baseline.append(_uses(image))
         self._replays.append(replay)
         self._out.append(False)
