@@ -803,6 +803,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-steps", type=int, default=0,
                         help="with N > 0: a torch.profiler trace of N fed steps of the first model at the "
                              "first worker count, written beside --out as <stem>_trace.json [0]")
+    parser.add_argument("--no-graphs", action="store_true",
+                        help="every loader of this run, the trainer's included, transforms eagerly "
+                             "(benzarr.data.CUDA_GRAPHS = False): what gpu_session.sh passes when "
+                             "gpu_ring_check finds the graphs' batches differ")
     parser.add_argument("--variants", default="",
                         help="comma-separated, each a loader of its own at the largest worker count, interleaved "
                              "with the ceiling and the default fed loop: 'no-overlap' (the batch transform on the "
@@ -820,6 +824,10 @@ def main(argv: list[str] | None = None) -> int:
                              "alone scales with workers on this machine) []")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "gpu_feed.json")
     args = parser.parse_args(argv)
+    if args.no_graphs:
+        import benzarr.data
+
+        benzarr.data.CUDA_GRAPHS = False
 
     cuda = torch.cuda.is_available() and not args.cpu
     device = torch.device("cuda" if cuda else "cpu")
@@ -864,7 +872,7 @@ def main(argv: list[str] | None = None) -> int:
                        "modes": modes, "seconds": seconds, "warmup_batches": warmup, "budget_s": args.budget_s,
                        "amp": "bfloat16 autocast" if amp else False, "channels_last": True,
                        "step": "SGD(lr=1e-3, momentum=0.9), BCEWithLogits on float32 logits",
-                       "cpu_fallback": not cuda},
+                       "cpu_fallback": not cuda, "cuda_graphs": not args.no_graphs},
         "versions": versions(["benzarr", "torch", "torchvision", "numpy", "zarr", "numcodecs"]),
         "h2d_gb_per_s": {},
         "loader_alone": [],

@@ -449,6 +449,10 @@ class BigEarthNetDataset(Dataset):
 #: End of an iteration (``next(iterator, _END)``).
 _END = object()
 
+#: The default of :attr:`DeviceLoader.graphs` for loaders made from now on (process-wide: a
+#: benchmark or a run that must not use CUDA graphs, the trainer's loaders included).
+CUDA_GRAPHS = True
+
 
 def _hand_over(batch: Batch, done: Any, device: torch.device) -> Batch:
     """A batch made on a side stream, for use on the current stream: the current stream waits
@@ -500,7 +504,7 @@ class DeviceLoader:
             instead of queueing behind them; False runs it on the consumer's stream as each
             batch is handed out. The batches are the same bits either way.
         graphs: with ``overlap`` on CUDA, make each full batch's image by replaying a CUDA
-            graph of the transform (default True; :mod:`benzarr.graphs`): one launch instead
+            graph of the transform (default :data:`CUDA_GRAPHS`, True; :mod:`benzarr.graphs`): one launch instead
             of about fifty, which a host-bound training step feels. Same bits; False makes
             every batch the ordinary way. Set before iterating. The image is reused once the
             stream current at ``next`` is past the work queued on it: a consumer that uses
@@ -520,7 +524,7 @@ class DeviceLoader:
         self.served = 0  # batches of ``epoch`` handed out so far
         self.overlap = True
         self._side_stream: Any = None  # created on the first overlapped iteration
-        self.graphs = True
+        self.graphs = CUDA_GRAPHS
         self._graphed: GraphedTransform | None = None  # the graphs, kept across epochs
         self._graph_capture: Any = None  # benzarr.graphs.Capture; None: CUDA's
         self._iteration = 0  # iterations started; an older one raises when used
