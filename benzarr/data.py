@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import operator
+import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -450,8 +451,9 @@ class BigEarthNetDataset(Dataset):
 _END = object()
 
 #: The default of :attr:`DeviceLoader.graphs` for loaders made from now on (process-wide: a
-#: benchmark or a run that must not use CUDA graphs, the trainer's loaders included).
-CUDA_GRAPHS = True
+#: benchmark or a run that must not use CUDA graphs, the trainer's loaders included);
+#: ``BENZARR_CUDA_GRAPHS=0`` in the environment turns it off for ``benzarr train`` and the rest.
+CUDA_GRAPHS = os.environ.get("BENZARR_CUDA_GRAPHS", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def _hand_over(batch: Batch, done: Any, device: torch.device) -> Batch:

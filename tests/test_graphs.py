@@ -144,3 +144,18 @@ def test_the_loader_hands_out_replayed_batches_in_order(synth_store_64: Path) ->
     kept = list(graphed._transformed_ahead(graphed.transform))
     for a, b in zip(expected, kept):
         _same(a, b)
+
+
+def test_environment_turns_graphs_off_for_every_loader() -> None:
+    """``BENZARR_CUDA_GRAPHS=off``: the escape hatch for ``benzarr train``, which has no loader to set."""
+    import os
+    import subprocess
+    import sys
+
+    import benzarr.data
+
+    assert benzarr.data.CUDA_GRAPHS is (os.environ.get("BENZARR_CUDA_GRAPHS", "1") == "1")
+    code = "import benzarr.data as d; print(d.CUDA_GRAPHS, d.DeviceLoader.__init__.__code__.co_filename)"
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "BENZARR_CUDA_GRAPHS": "off"},
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out[0] == "False", out
