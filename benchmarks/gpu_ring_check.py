@@ -134,10 +134,12 @@ def trainer_syncs(store: Path, workdir: Path, device: torch.device) -> dict[str,
                                   device="cuda", amp=True, out=str(workdir / "sync-run")), watch)
             finally:
                 torch.cuda.set_sync_debug_mode("default")
-        # graphs.py: the first batches capture the transform's CUDA graphs, and torch.cuda.graph
-        # synchronises the device before each capture (benzarr.graphs; once per loader)
-        syncs = [f["at"] for f in found if f["at"].split(":")[0] not in ("data.py", "transform.py", "ring.py",
-                                                                          "graphs.py")]
+        # a loader's first batches capture the transform's CUDA graphs, and torch.cuda.graph
+        # synchronises the device and empties the caches before each capture (benzarr.graphs,
+        # once per loader): any sync with graphs.py on its stack is that
+        loader_files = ("data.py", "transform.py", "ring.py", "graphs.py")
+        syncs = [f["at"] for f in found if f["at"].split(":")[0] not in loader_files
+                 and not any(frame.split(":")[0] == "graphs.py" for frame in f["stack"])]
         return {**row, "equal": n_batches[0] >= 3 and not syncs, "syncs": syncs, "batches": n_batches[0],
                 "sync_stacks": found[:4], "notices": notices}
     except Exception as exc:
