@@ -114,7 +114,7 @@ class GraphedTransform:
         capture: how a graph is recorded (:data:`Capture`); :func:`capture_cuda` by default.
 
     Attributes:
-        disabled: why graphs are off (a capture failed), or None.
+        disabled: why graphs are off (a capture failed, not enough memory, an old torch), or None.
         captured: graphs recorded so far (at most ``copies``).
         replayed: batches made by a replay.
     """
@@ -233,6 +233,7 @@ class GraphedTransform:
             self.disabled = f"CUDA graph capture failed ({type(exc).__name__}: {exc})"
             warnings.warn(f"benzarr: the loader makes batches without CUDA graphs: {self.disabled}",
                           RuntimeWarning, stacklevel=3)
+            self._inputs, self.held_bytes = {}, 0  # never read again
             return image
         self._images.append(image)
         self.held_bytes += image.nbytes
