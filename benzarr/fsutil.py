@@ -41,6 +41,9 @@ from benzarr.errors import (
 MARKER = ".benzarr"
 #: Name part of folders renamed aside while being deleted: ``.<name>.benzarr-old-<pid>``.
 ASIDE_TAG = ".benzarr-old-"
+#: Name parts of the temporary files and folders benzarr writes beside their final path: an
+#: error names the final path instead (the temporary one means nothing to the user).
+TEMPORARY_TAGS = (ASIDE_TAG, ".benzarr-partial-")
 
 
 # -- OS errors -------------------------------------------------------------------------
@@ -56,7 +59,8 @@ def os_error(exc: OSError, path: str | Path = "", action: str = "writing", hint:
         hint: what to do after a full disk (default: run the same command again).
     """
     where = str(exc.filename) if getattr(exc, "filename", None) else str(path)
-    if path and where.endswith((".partial", ".tmp")):  # a writer's temporary file: name what it was for
+    # a writer's temporary file or folder (or something inside one): name what it was for
+    if path and (where.endswith((".partial", ".tmp")) or any(tag in where for tag in TEMPORARY_TAGS)):
         where = str(path)
     at = f"{where}: " if where else ""
     code = exc.errno

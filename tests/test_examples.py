@@ -19,3 +19,14 @@ def test_examples_unpack_as_a_v1_download_root_with_s1(tmp_path: Path) -> None:
     assert all(ref.s1_name for ref in archive.refs.values()) and archive.unpaired_s1 == []
     with pytest.raises(InvalidArgumentError, match="exists"):
         extract_examples(tmp_path / "real")
+
+
+def test_an_error_names_the_folder_asked_for_not_a_temporary_one(tmp_path: Path) -> None:
+    from benzarr.errors import FileSystemError
+
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(FileSystemError) as caught:
+        extract_examples(tmp_path / "afile" / "sub")
+    message = str(caught.value)
+    assert message.startswith(f"{tmp_path / 'afile' / 'sub' / 'BigEarthNet-v1.0'}: a file is in the way"), message
+    assert "partial" not in message
