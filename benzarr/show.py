@@ -70,6 +70,8 @@ CLC_COLOURS: dict[int, tuple[int, int, int]] = {
 }
 _SUBSET_COLOURS = {"train": "#1f77b4", "val": "#ff7f0e", "test": "#2ca02c", "excluded": "#bbbbbb"}
 _PANEL_INCHES = 2.4
+#: Width of the reference map's legend column, as a share of a panel's.
+_LEGEND_RATIO = 0.6
 _DPI = 100
 
 
@@ -405,7 +407,20 @@ def plot_patches(
     columns = images + (["predictions"] if predicted is not None else []) + kinds[len(images):]
 
     width = _PANEL_INCHES * len(columns) + (1.6 if "reference map" in kinds else 0)
-    fig, axes = plt.subplots(len(rows), len(columns), figsize=(width, (_PANEL_INCHES + 0.7) * len(rows)), squeeze=False)
+    # one subfigure a patch: its title (name and labels) spans the row, and constrained layout
+    # sizes the panels around it and the reference map's legend
+    fig = plt.figure(figsize=(width, (_PANEL_INCHES + 0.7) * len(rows)), layout="constrained")
+    subfigures = np.atleast_1d(fig.subfigures(len(rows), 1))
+    # the reference map's legend goes in a column of its own, the same in every row, so that
+    # the panels line up whatever each legend holds
+    legend = "reference map" in kinds
+    ratios = [1.0] * len(columns) + ([_LEGEND_RATIO] if legend else [])
+    axes = np.array([subfigure.subplots(1, len(ratios), squeeze=False, width_ratios=ratios)[0]
+                     for subfigure in subfigures])
+    if legend:
+        for spare in axes[:, -1]:
+            spare.axis("off")
+        axes = axes[:, :-1]
     for i, pos in enumerate(positions.tolist()):
         sample = dataset[pos]
         if predicted is not None:
@@ -413,7 +428,9 @@ def plot_patches(
         present = [dataset.classes[j] for j in np.flatnonzero(np.asarray(sample["label"]) > 0.5)]
         title = f"{patch_names[i]}\n" + textwrap.fill(", ".join(present) or "(no labels)", width=34 * len(columns))
         dataset.plot(sample, show_titles=False, panels=columns, axes=list(axes[i]), top=top, panel_titles=i == 0)
-        axes[i, 0].set_title(title, fontsize=7, loc="left")
+        subfigures[i].suptitle(title, fontsize=7, x=0.0, ha="left")
+        if legend and axes[i, -1].get_legend() is not None:
+            axes[i, -1].get_legend().set_in_layout(False)  # it sits in the spare column
     out, size = _save(fig, out, plt)
     return ShowResult(out, rows, [panel_title(kind) for kind in columns], len(rows) * len(columns), size)
 
@@ -461,7 +478,8 @@ def _save(fig: Any, out: str | Path, plt: Any) -> tuple[Path, tuple[int, int]]:
     Returns:
         (the path written, the image's (width, height) in pixels).
     """
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=_DPI)
@@ -479,7 +497,8 @@ def _reference_legend(axis: Any, codes: np.ndarray) -> None:
     order = np.argsort(-counts)
     name_of = dict(zip(CLC43_CODES, CLC43))
     handles = [Patch(color=np.asarray(CLC_COLOURS.get(int(c), (255, 255, 255))) / 255,
-                     label=f"{int(c)} {name_of.get(int(c), '?')[:24]}") for c in present[order][:8]]
+                     label=textwrap.fill(f"{int(c)} {name_of.get(int(c), '?')}", 26, subsequent_indent="     "))
+               for c in present[order][:8]]
     axis.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=6, frameon=False,
                 handlelength=1.0, borderaxespad=0)
 
