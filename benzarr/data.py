@@ -436,9 +436,7 @@ class BigEarthNetDataset(Dataset):
                              prediction=host("prediction"), panels=panels, axes=axes, title=title,
                              panel_titles=panel_titles, top=top)
         if suptitle is not None:
-            figure.suptitle(suptitle)
-            if axes is None:
-                figure.tight_layout()
+            figure.suptitle(suptitle)  # a new figure's constrained layout makes room for it
         return figure
 
     def __repr__(self) -> str:

@@ -249,7 +249,8 @@ def draw_sample(
     if axes is None:
         plt = _pyplot()
         width = _PANEL_INCHES * len(panels) + (1.6 if "reference map" in panels else 0)
-        figure, row = plt.subplots(1, len(panels), figsize=(width, _PANEL_INCHES + 0.7), squeeze=False)
+        figure, row = plt.subplots(1, len(panels), figsize=(width, _PANEL_INCHES + 0.9), squeeze=False,
+                                   layout="constrained")
         axes = list(row[0])
     if len(axes) != len(panels):
         raise InvalidArgumentError(f"{len(panels)} panels ({', '.join(panels)}) need as many axes, got {len(axes)}")
@@ -278,10 +279,8 @@ def draw_sample(
         if panel_titles:
             axis.set_xlabel(panel_title(kind), fontsize=8)
             axis.xaxis.set_label_position("top")
-    if title is not None:
+    if title is not None:  # a new figure's constrained layout makes room for every line
         axes[0].set_title(textwrap.fill(title, 40), fontsize=8)
-    if made:
-        axes[0].figure.tight_layout()
     return axes[0].figure
 
 
