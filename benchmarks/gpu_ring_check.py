@@ -2,9 +2,11 @@
 DataLoader path (issue 10 §2), on every modality, band selection and label set, with
 augmentation and every resampling mode, with a distributed sampler, delivered to CUDA
 (page-locked slots, side-stream copies, events; the ring's loader transforms one batch ahead
-on a side stream, the reference on the consumer's stream); and,
+on a side stream, the reference on the consumer's stream); that batches made by CUDA graph
+replays (``DeviceLoader.graphs``) equal eager ones, a consumer keeping every batch included
+(the ``graphs:`` cases; the JSON is written once they are done, and again at the end); and,
 on CUDA, that no training step of ``benzarr.train`` synchronises with the GPU (torch's sync
-debug mode: issue 10 §3).
+debug mode: issue 10 §3; with ``BENZARR_CUDA_GRAPHS=1`` the trainer's loaders use graphs).
 
 tests/test_ring.py checks the same on the CPU in the suite; this script is what a GPU node
 runs (no pytest there), and it runs on the CPU too. One JSON row per case.
@@ -123,7 +125,7 @@ def trainer_syncs(store: Path, workdir: Path, device: torch.device) -> dict[str,
             elif kind == "sync":
                 found.append({"at": f"{Path(filename).name}:{lineno}", "thread": threading.current_thread().name,
                               "message": str(message)[:200],
-                              "stack": [f"{Path(f.filename).name}:{f.lineno} {f.name}"
+                              "stack": [f"{Path(f.filename).parent.name}/{Path(f.filename).name}:{f.lineno} {f.name}"
                                         for f in traceback.extract_stack()[-14:-1]]})
 
         with warnings.catch_warnings():
@@ -136,10 +138,10 @@ def trainer_syncs(store: Path, workdir: Path, device: torch.device) -> dict[str,
                 torch.cuda.set_sync_debug_mode("default")
         # a loader's first batches capture the transform's CUDA graphs, and torch.cuda.graph
         # synchronises the device and empties the caches before each capture (benzarr.graphs,
-        # once per loader): any sync with graphs.py on its stack is that
+        # once per loader): any sync with benzarr/graphs.py on its stack is that
         loader_files = ("data.py", "transform.py", "ring.py", "graphs.py")
         syncs = [f["at"] for f in found if f["at"].split(":")[0] not in loader_files
-                 and not any(frame.split(":")[0] == "graphs.py" for frame in f["stack"])]
+                 and not any(frame.split(":")[0] == "benzarr/graphs.py" for frame in f["stack"])]
         return {**row, "equal": n_batches[0] >= 3 and not syncs, "syncs": syncs, "batches": n_batches[0],
                 "sync_stacks": found[:4], "notices": notices}
     except Exception as exc:
@@ -166,7 +168,7 @@ def graph_cases(v1: Path, v2: Path, device: torch.device) -> list[dict[str, Any]
             ds = BigEarthNetDataset(store, **kwargs)
             with make_loader(ds, batch, True, workers, seed=4, device=device, engine=engine) as graphed, \
                     make_loader(ds, batch, True, workers, seed=4, device=device, engine=engine) as eager:
-                eager.graphs = False
+                graphed.graphs, eager.graphs = True, False  # whatever the process default
                 results = []
                 for epoch in (0, 1, 5):
                     graphed.set_epoch(epoch)
@@ -177,8 +179,7 @@ def graph_cases(v1: Path, v2: Path, device: torch.device) -> list[dict[str, Any]
                 kept = list(graphed)  # held on the device: graphs must not overwrite them
                 kept_host = on_host(eager)
                 results.append({"kept": True, **compare(kept_host, [{k: v.cpu() for k, v in b.items()} for b in kept])})
-                made = graphed._graphed
-                stats = {"captured": made.captured, "replayed": made.replayed, "disabled": made.disabled} if made else None
+                stats = graphed._graphed.stats() if graphed._graphed is not None else None
             row.update(equal=all(r["equal"] for r in results) and (not cuda or bool(stats and stats["replayed"] > 0
                                                                                and not stats["disabled"])),
                        epochs=results, graphs=stats)
@@ -212,6 +213,14 @@ def main(argv: list[str] | None = None) -> int:
                                         "resample": "bicubic"}, 8, 2),
     ]
     rows: list[dict[str, Any]] = []
+
+    def save(complete: bool) -> bool:
+        ok = all(r["equal"] for r in rows)
+        write_json(args.out, {"machine": machine_info(), "device": torch.cuda.get_device_name(device)
+                              if device.type == "cuda" else "cpu", "all_equal": ok, "complete": complete,
+                              "cases": rows, "seconds": round(time.perf_counter() - started, 1)})
+        return ok
+
     for name, store, kwargs, batch, workers in cases:
         row: dict[str, Any] = {"case": name, "device": str(device), "workers": workers, "batch_size": batch}
         try:
@@ -245,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     rows.append(row)
     print(f"{row['case']}: {'equal' if row['equal'] else 'DIFFERENT ' + str(row.get('error') or row.get('why'))}")
     rows.extend(graph_cases(v1, v2, device))
+    save(complete=False)  # gpu_session.sh reads the graph cases even if a later case hangs
     # the fused device transform (BatchTransform.fused, after session 6's last run) against
     # session 6's passes: the same float32 operations in the same order, so the same bits
     for name, store, kwargs in [
@@ -293,10 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{row['case']}: {row}")
     rows.append(trainer_syncs(v1, args.workdir, device))
     print(f"{rows[-1]['case']}: {'none' if rows[-1]['equal'] else rows[-1].get('syncs') or rows[-1].get('error')}")
-    ok = all(r["equal"] for r in rows)
-    write_json(args.out, {"machine": machine_info(), "device": torch.cuda.get_device_name(device)
-                          if device.type == "cuda" else "cpu", "all_equal": ok, "cases": rows,
-                          "seconds": round(time.perf_counter() - started, 1)})
+    ok = save(complete=True)
     print(f"{'all equal' if ok else 'SOME DIFFER'}; wrote {args.out}")
     return 0 if ok else 1
 

@@ -448,10 +448,27 @@ class BigEarthNetDataset(Dataset):
 #: End of an iteration (``next(iterator, _END)``).
 _END = object()
 
-#: The default of :attr:`DeviceLoader.graphs` for loaders made from now on (process-wide: a
-#: benchmark or a run that must not use CUDA graphs, the trainer's loaders included);
-#: ``BENZARR_CUDA_GRAPHS=0`` in the environment turns it off for ``benzarr train`` and the rest.
-CUDA_GRAPHS = os.environ.get("BENZARR_CUDA_GRAPHS", "1").strip().lower() not in ("0", "false", "no", "off")
+#: The default of :attr:`DeviceLoader.graphs` for loaders made from now on, process-wide (the
+#: trainer's loaders included): True or False, or None to read ``BENZARR_CUDA_GRAPHS`` from
+#: the environment (``1``/``on``/``true``/``yes`` or ``0``/``off``/``false``/``no``; unset:
+#: off). Off by default until the graphs have been measured on a GPU (issue #10).
+CUDA_GRAPHS: bool | None = None
+
+_GRAPH_SWITCH = {"1": True, "on": True, "true": True, "yes": True, "0": False, "off": False, "false": False, "no": False}
+
+
+def cuda_graphs_default() -> bool:
+    """What :data:`CUDA_GRAPHS` says, or the environment when it is None.
+
+    Raises:
+        InvalidArgumentError: ``BENZARR_CUDA_GRAPHS`` holds anything but the values above.
+    """
+    if CUDA_GRAPHS is not None:
+        return bool(CUDA_GRAPHS)
+    value = os.environ.get("BENZARR_CUDA_GRAPHS", "0").strip().lower()
+    if value not in _GRAPH_SWITCH:
+        raise InvalidArgumentError(f"BENZARR_CUDA_GRAPHS={value!r}: use 1 (CUDA graphs on) or 0 (off)")
+    return _GRAPH_SWITCH[value]
 
 
 def _hand_over(batch: Batch, done: Any, device: torch.device) -> Batch:
@@ -504,9 +521,10 @@ class DeviceLoader:
             instead of queueing behind them; False runs it on the consumer's stream as each
             batch is handed out. The batches are the same bits either way.
         graphs: with ``overlap`` on CUDA, make each full batch's image by replaying a CUDA
-            graph of the transform (default :data:`CUDA_GRAPHS`, True; :mod:`benzarr.graphs`): one launch instead
-            of about fifty, which a host-bound training step feels. Same bits; False makes
-            every batch the ordinary way. Set before iterating. The image is reused once the
+            graph of the transform (:mod:`benzarr.graphs`; default
+            :func:`cuda_graphs_default`, off until measured on a GPU): one replay instead of
+            about 90 aten calls, which a host-bound training step feels. Same bits; False
+            makes every batch the ordinary way. Set before iterating. The image is reused once the
             stream current at ``next`` is past the work queued on it: a consumer that uses
             batches on another stream must make that stream's work finish first (for example
             ``torch.cuda.current_stream().wait_stream(other)`` before the next ``next``);
@@ -524,7 +542,7 @@ class DeviceLoader:
         self.served = 0  # batches of ``epoch`` handed out so far
         self.overlap = True
         self._side_stream: Any = None  # created on the first overlapped iteration
-        self.graphs = CUDA_GRAPHS
+        self.graphs = cuda_graphs_default()
         self._graphed: GraphedTransform | None = None  # the graphs, kept across epochs
         self._graph_capture: Any = None  # benzarr.graphs.Capture; None: CUDA's
         self._iteration = 0  # iterations started; an older one raises when used
@@ -596,17 +614,18 @@ class DeviceLoader:
         def on_side() -> Any:
             return torch.cuda.stream(side) if cuda else contextlib.nullcontext()
 
-        make: Any = transform
+        graphed: GraphedTransform | None = None
         if self.graphs and (cuda or self._graph_capture is not None):  # (the suite captures eagerly on the CPU)
             if self._graphed is None or self._graphed.transform is not transform:
                 self._graphed = GraphedTransform(transform, getattr(self.batch_sampler, "batch_size", None),
                                                  capture=self._graph_capture)
-            make = self._graphed
+            graphed = self._graphed
+        make: Callable[[Batch], Batch] = graphed if graphed is not None else transform
         batches = iter(self.loader)
         ahead: tuple[Batch, Any] | None = None
         while True:
-            if make is not transform:  # the consumer asks for a batch: images it let go of are free
-                make.consumer_point(torch.cuda.current_stream(device) if cuda else None)
+            if graphed is not None:  # the consumer asks for a batch: images it let go of are free
+                graphed.consumer_point(torch.cuda.current_stream(device) if cuda else None)
             with on_side():
                 batch = next(batches, None)
                 if batch is None:
@@ -639,7 +658,11 @@ class DeviceLoader:
             yield transform(batch, out=buffers.take(n))  # None (fresh tensors) while the consumer keeps batches
 
     def close(self) -> None:
-        """Stop the workers and release the ring's memory (also done when the loader is collected)."""
+        """Stop the workers and release the ring's memory and the CUDA graphs' (also done when
+        the loader is collected)."""
+        if self._graphed is not None:
+            self._graphed.release()
+            self._graphed = None
         if hasattr(self.loader, "close"):
             self.loader.close()
 

@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 
 from benzarr.errors import FileSystemError, InvalidArgumentError, missing_extra
-from benzarr.fsutil import os_error
+from benzarr.fsutil import PARTIAL_TAG, os_error
 from benzarr.sources.ben_v1 import V1_S1_FOLDER, V1_S2_FOLDER
 
 _ARCHIVES = {
@@ -51,7 +51,7 @@ def extract_examples(out: str | Path) -> dict[str, list[str]]:
         target = out / folder
         # unpacked beside the target and renamed into place: a failure (a full disk) leaves no
         # half-filled folder that the next run would refuse
-        partial = out / f".{folder}.benzarr-partial-{os.getpid()}"
+        partial = out / f".{folder}{PARTIAL_TAG}{os.getpid()}"
         try:
             partial.mkdir(parents=True)
             with resources.as_file(package.joinpath(member)) as path, tarfile.open(path, "r:bz2") as tar:

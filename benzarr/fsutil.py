@@ -43,7 +43,8 @@ MARKER = ".benzarr"
 ASIDE_TAG = ".benzarr-old-"
 #: Name parts of the temporary files and folders benzarr writes beside their final path: an
 #: error names the final path instead (the temporary one means nothing to the user).
-TEMPORARY_TAGS = (ASIDE_TAG, ".benzarr-partial-")
+PARTIAL_TAG = ".benzarr-partial-"  # a folder being filled beside its final name (benzarr.examples)
+TEMPORARY_TAGS = (ASIDE_TAG, PARTIAL_TAG)
 
 
 # -- OS errors -------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The batch transform replayed as a CUDA graph: one launch a batch instead of about fifty.
+"""The batch transform replayed as a CUDA graph: one replay a batch instead of about 90 aten calls.
 
 Why (issue #10): on a GPU the loader's main-process work per batch (``next_ms``, 1.1-1.3 ms
 on session 6's H200) is mostly the host side of the transform's kernel launches: about 90
@@ -28,6 +28,8 @@ How, and what keeps it correct:
   the batch that triggers a capture is itself made eagerly. Labels, the store rows and masks
   are made eagerly (one or two small kernels). ``benchmarks/gpu_ring_check.py`` compares
   the loader's batches with the eager path's on CUDA.
+* **Off by default** until measured on a GPU: ``DeviceLoader.graphs = True`` or
+  ``BENZARR_CUDA_GRAPHS=1`` turns it on (:func:`benzarr.data.cuda_graphs_default`).
 * **Only where it applies.** Batches of the size the graphs were made for (the last, short
   batch of an epoch is eager) and no augmentation (its flips and rotations differ per row
   and batch). A capture that fails turns graphs off for this loader with one warning; the
@@ -185,6 +187,18 @@ class GraphedTransform:
             image = image.view(image.shape)  # a view of its own: its use count says who holds it
         return {"image": image, **transform.companions(batch)}
 
+    def release(self, why: str = "released") -> None:
+        """Drop every graph, static image and input (their memory goes back to torch's
+        allocator once no batch handed out still views it); batches are made eagerly from now
+        on, ``disabled`` saying ``why``."""
+        self.disabled = why
+        self._inputs, self._images, self._baseline, self._replays, self._out, self._freed = {}, [], [], [], [], []
+        self._pool, self.held_bytes = None, 0
+
+    def stats(self) -> dict[str, Any]:
+        """``{"captured", "replayed", "disabled"}``: what the graphs did so far (benchmarks record it)."""
+        return {"captured": self.captured, "replayed": self.replayed, "disabled": self.disabled}
+
     def _fits(self, shapes: dict[str, tuple[int, ...]]) -> bool:
         """Whether the static images and inputs take at most :data:`MEMORY_SHARE` of the
         device's memory; if not, graphs are off (``disabled`` says why): the training step
@@ -230,10 +244,9 @@ class GraphedTransform:
         try:
             replay, self._pool = self._capture(lambda: transform.image(static, out=image), self._pool, self._stream)
         except Exception as exc:  # any failure to capture: eager from now on, as before graphs
-            self.disabled = f"CUDA graph capture failed ({type(exc).__name__}: {exc})"
-            warnings.warn(f"benzarr: the loader makes batches without CUDA graphs: {self.disabled}",
-                          RuntimeWarning, stacklevel=3)
-            self._inputs, self.held_bytes = {}, 0  # never read again
+            warnings.warn(f"benzarr: the loader makes batches without CUDA graphs: CUDA graph capture failed "
+                          f"({type(exc).__name__}: {exc})", RuntimeWarning, stacklevel=3)
+            self.release(f"CUDA graph capture failed ({type(exc).__name__}: {exc})")
             return image
         self._images.append(image)
         self.held_bytes += image.nbytes

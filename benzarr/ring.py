@@ -323,6 +323,10 @@ class RingLoader:
         slots: slots in the ring (default ``num_workers * prefetch_factor`` plus room for
             the consumer and the copies in flight).
 
+    Attributes:
+        one_copy: on CUDA, a slot goes to the device in one transfer, viewed per key (default
+            True; False: one transfer per key, an A/B switch for ``benchmarks/gpu_feed.py``).
+
     Iterating yields batch dicts (keys as :meth:`BigEarthNetDataset.batch_spec`, or the
     transform's output): CPU tensors that view a slot (valid as long as they are
     referenced), or tensors on ``device`` (``index`` always stays on the CPU).

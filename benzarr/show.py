@@ -245,7 +245,6 @@ def draw_sample(
     """
     panels = list(panels) if panels is not None else default_panels(
         bands, mask=mask is not None, prediction=prediction is not None)
-    made = axes is None
     if axes is None:
         plt = _pyplot()
         width = _PANEL_INCHES * len(panels) + (1.6 if "reference map" in panels else 0)

@@ -27,10 +27,10 @@ def test_gpu_feed_cpu_fallback(tmp_path: Path) -> None:
                       "--workers", "0,1", "--fed-workers", "1", "--rounds", "2", "--variants", "no-overlap,unfused",
                       "--cpu-ring-workers", "1", "--models", "shortcnn-all", "--seconds", "0.2", "--warmup", "1",
                       "--trainer-model", "shortcnn-all", "--trainer-workers", "1", "--trainer-epochs", "1",
-                      "--h2d-copies", "2", "--profile-steps", "2", "--augment-workers", "1", "--no-graphs",
+                      "--h2d-copies", "2", "--profile-steps", "2", "--augment-workers", "1", "--graphs",
                       "--out", str(out))
     doc = json.loads(out.read_text())
-    assert doc["parameters"]["cuda_graphs"] is False  # what gpu_session.sh passes when graphs are not confirmed
+    assert doc["parameters"]["cuda_graphs"] is True  # what gpu_session.sh passes once the ring check confirms them
     # the shape issue 10 gives
     for key in ("machine", "device", "batch_size", "loader_alone", "models", "trainer", "h2d_gb_per_s"):
         assert key in doc, key

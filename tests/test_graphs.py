@@ -14,7 +14,6 @@ import torch
 
 from benzarr.data import BigEarthNetDataset
 from benzarr.graphs import GRAPH_COPIES, GraphedTransform
-from benzarr.ring import SlotLayout
 
 
 def eager_capture(fn, pool, stream):
@@ -62,6 +61,7 @@ def test_images_the_consumer_keeps_are_never_overwritten(synth_store_64: Path) -
     for batch in batches[1:GRAPH_COPIES + 2]:
         graphed.consumer_point(None)
         graphed(batch)
+    assert graphed.replayed > 0  # the other images were reused meanwhile
     assert torch.equal(part, transform(batches[0])["image"][:, :2])
 
 
@@ -103,25 +103,6 @@ def test_a_failed_capture_warns_once_and_batches_stay_right(synth_store_64: Path
     assert "operation not permitted" in graphed.disabled and graphed.captured == 0 and graphed.held_bytes == 0
 
 
-def test_one_transfer_of_a_slot_gives_the_per_key_batch() -> None:
-    """The ring's single host-to-device copy of a slot, viewed per key, equals one copy per key
-    (here to the CPU, which runs the same views; a full and a short batch)."""
-    spec = {"10m": ((4, 3, 3), torch.uint16), "label": ((5,), torch.uint8), "index": ((), torch.int64),
-            "s1": ((2, 3, 3), torch.float32)}
-    import numpy as np
-
-    layout = SlotLayout({k: (shape, np.dtype(str(dtype).replace("torch.", ""))) for k, (shape, dtype) in spec.items()}, 6)
-    whole = torch.randint(0, 256, (layout.slot_bytes,), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    for n in (6, 4):
-        one = layout.to_device(whole, n, torch.device("cpu"), one_copy=True)
-        per_key = layout.to_device(whole, n, torch.device("cpu"), one_copy=False)
-        assert list(one) == list(per_key) == ["10m", "label", "s1", "index"]
-        for key in one:  # bit for bit (random bytes viewed as float32 include NaNs)
-            assert one[key].dtype == per_key[key].dtype and one[key].shape == per_key[key].shape, key
-            assert torch.equal(one[key].contiguous().view(torch.uint8), per_key[key].contiguous().view(torch.uint8)), key
-        assert one["index"].shape == (n,) and one["s1"].shape == (n, 2, 3, 3)
-
-
 def test_the_loader_hands_out_replayed_batches_in_order(synth_store_64: Path) -> None:
     """DeviceLoader's one-batch-ahead path with graphs (the CUDA path, here with the eager
     stand-in): the same batches as without graphs, epoch after epoch, and the images a
@@ -131,7 +112,7 @@ def test_the_loader_hands_out_replayed_batches_in_order(synth_store_64: Path) ->
     ds = BigEarthNetDataset(synth_store_64, normalize=True)
     plain = make_loader(ds, 6, True, 0, seed=2, device="cpu", drop_last=False)
     graphed = make_loader(ds, 6, True, 0, seed=2, device="cpu", drop_last=False)
-    graphed._graph_capture = eager_capture
+    graphed.graphs, graphed._graph_capture = True, eager_capture
     for epoch in (0, 3):
         plain.set_epoch(epoch)
         graphed.set_epoch(epoch)
@@ -144,18 +125,45 @@ def test_the_loader_hands_out_replayed_batches_in_order(synth_store_64: Path) ->
     kept = list(graphed._transformed_ahead(graphed.transform))
     for a, b in zip(expected, kept):
         _same(a, b)
+    made = graphed._graphed
+    graphed.close()  # the graphs' memory goes with the loader's
+    assert graphed._graphed is None and made.held_bytes == 0 and made.disabled == "released"
 
 
-def test_environment_turns_graphs_off_for_every_loader() -> None:
-    """``BENZARR_CUDA_GRAPHS=off``: the escape hatch for ``benzarr train``, which has no loader to set."""
-    import os
-    import subprocess
-    import sys
-
+def test_graphs_are_off_unless_asked_for_and_a_bad_switch_is_named(monkeypatch) -> None:
+    """Off by default until measured on a GPU; ``BENZARR_CUDA_GRAPHS=1`` (the switch for
+    ``benzarr train``, which has no loader to set) or ``benzarr.data.CUDA_GRAPHS`` turn them on."""
     import benzarr.data
+    from benzarr.errors import InvalidArgumentError
 
-    assert benzarr.data.CUDA_GRAPHS is (os.environ.get("BENZARR_CUDA_GRAPHS", "1") == "1")
-    code = "import benzarr.data as d; print(d.CUDA_GRAPHS)"
-    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "BENZARR_CUDA_GRAPHS": "off"},
-                         capture_output=True, text=True, check=True).stdout.split()
-    assert out[0] == "False", out
+    monkeypatch.setattr(benzarr.data, "CUDA_GRAPHS", None)
+    monkeypatch.delenv("BENZARR_CUDA_GRAPHS", raising=False)
+    assert benzarr.data.cuda_graphs_default() is False
+    for value, expected in (("1", True), ("on", True), ("off", False), (" No ", False)):
+        monkeypatch.setenv("BENZARR_CUDA_GRAPHS", value)
+        assert benzarr.data.cuda_graphs_default() is expected, value
+    monkeypatch.setenv("BENZARR_CUDA_GRAPHS", "disable")
+    with pytest.raises(InvalidArgumentError, match="BENZARR_CUDA_GRAPHS='disable'"):
+        benzarr.data.cuda_graphs_default()
+    monkeypatch.setattr(benzarr.data, "CUDA_GRAPHS", True)  # a benchmark's process-wide choice wins
+    assert benzarr.data.cuda_graphs_default() is True
+
+
+def test_a_capture_failing_after_others_worked_releases_them(synth_store_64: Path) -> None:
+    ds = BigEarthNetDataset(synth_store_64)
+    transform = ds.batch_transform("cpu")
+    calls = []
+
+    def second_fails(fn, pool, stream):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("out of memory")
+        return fn, pool
+
+    graphed = GraphedTransform(transform, capture=second_fails)
+    with pytest.warns(RuntimeWarning, match="out of memory"):
+        for batch in _batches(ds, 4, 4):
+            graphed.consumer_point(None)
+            _same(graphed(batch), transform(batch))
+    assert graphed.captured == 1 and graphed.held_bytes == 0 and "out of memory" in graphed.disabled
+    assert len(calls) == 2  # nothing captured after the failure

@@ -10,6 +10,7 @@ import signal
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -19,7 +20,7 @@ from torch.utils.data import BatchSampler, DistributedSampler
 from benzarr.bigearthnet import BANDS
 from benzarr.data import BigEarthNetDataset, make_loader
 from benzarr.errors import InvalidArgumentError, LoaderWorkerError, StoreCorruptError
-from benzarr.ring import CONSUMER_SLOTS, RingLoader
+from benzarr.ring import CONSUMER_SLOTS, RingLoader, SlotLayout
 from tests.test_data import corrupt_copy
 
 
@@ -277,3 +278,21 @@ def test_a_closed_ring_says_so(synth_store_64: Path) -> None:
     loader.close()
     with pytest.raises(LoaderWorkerError, match="closed"):
         next(iter(loader))
+
+
+def test_one_transfer_of_a_slot_gives_the_per_key_batch() -> None:
+    """The ring's single host-to-device copy of a slot, viewed per key, equals one copy per key,
+    for a full and a short batch. To the CPU ``.to`` copies nothing: what this checks is the
+    span and the per-key offsets and views, which are the same on CUDA."""
+    spec = {"10m": ((4, 3, 3), np.dtype(np.uint16)), "label": ((5,), np.dtype(np.uint8)),
+            "index": ((), np.dtype(np.int64)), "s1": ((2, 3, 3), np.dtype(np.float32))}
+    layout = SlotLayout(spec, 6)
+    whole = torch.randint(0, 256, (layout.slot_bytes,), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    for n in (6, 4):
+        one = layout.to_device(whole, n, torch.device("cpu"), one_copy=True)
+        per_key = layout.to_device(whole, n, torch.device("cpu"), one_copy=False)
+        assert list(one) == list(per_key) == ["10m", "label", "s1", "index"]
+        for key in one:  # bit for bit (random bytes viewed as float32 include NaNs)
+            assert one[key].dtype == per_key[key].dtype and one[key].shape == per_key[key].shape, key
+            assert torch.equal(one[key].contiguous().view(torch.uint8), per_key[key].contiguous().view(torch.uint8)), key
+        assert one["index"].shape == (n,) and one["s1"].shape == (n, 2, 3, 3)
