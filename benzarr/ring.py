@@ -121,28 +121,25 @@ class SlotLayout:
             views[key] = np.frombuffer(buffer, dtype=dtype, count=count, offset=base + offset).reshape(n, *shape)
         return views
 
-    def tensor_views(self, whole: torch.Tensor, n: int) -> Batch:
-        """(n, *shape) tensors of every key, as views of ``whole`` (one slot as uint8)."""
+    def tensor_views(self, whole: torch.Tensor, n: int, keys: tuple[str, ...] | None = None) -> Batch:
+        """(n, *shape) tensors of every key (or of ``keys``), as views of ``whole`` (one slot as
+        uint8, or its first bytes, as far as those keys reach)."""
         # this runs in the main process for every batch: keep it to three view ops a key
         return {key: whole[offset:offset + n * per_patch].view(dtype).view(n, *shape)
-                for key, offset, per_patch, dtype, shape in self._plan}
+                for key, offset, per_patch, dtype, shape in self._plan if keys is None or key in keys}
 
     def to_device(self, whole: torch.Tensor, n: int, device: torch.device, one_copy: bool = True) -> Batch:
         """The batch in ``whole`` (one slot as uint8, on the host) on ``device``: every key but
         ``index`` (which stays on the host, cloned), as views of one copy of the bytes they
         span when ``one_copy`` (one transfer and one allocation a batch: each transfer costs
         the host 10-20 us of launch and allocator work), else one copy per key."""
-        if not one_copy:
-            views = self.tensor_views(whole, n)
-            batch = {k: v.to(device, non_blocking=True) for k, v in views.items() if k != "index"}
-            batch["index"] = views["index"].clone()
-            return batch
-        span = max(offset + n * per_patch for key, offset, per_patch, _, _ in self._plan if key != "index")
-        on_device = whole[:span].to(device, non_blocking=True)
-        batch = {key: on_device[offset:offset + n * per_patch].view(dtype).view(n, *shape)
-                 for key, offset, per_patch, dtype, shape in self._plan if key != "index"}
-        offset, per_patch, dtype, shape = next(p[1:] for p in self._plan if p[0] == "index")
-        batch["index"] = whole[offset:offset + n * per_patch].view(dtype).view(n, *shape).clone()
+        keys = tuple(key for key in self.spec if key != "index")
+        if one_copy:
+            span = max(self.regions[key][0] + n * self.regions[key][1] for key in keys)
+            batch = self.tensor_views(whole[:span].to(device, non_blocking=True), n, keys)
+        else:
+            batch = {k: v.to(device, non_blocking=True) for k, v in self.tensor_views(whole, n, keys).items()}
+        batch["index"] = self.tensor_views(whole, n, ("index",))["index"].clone()
         return batch
 
     @functools.cached_property
