@@ -46,7 +46,6 @@ from typing import Any
 
 import torch
 
-from benzarr.bands import PATCH_SIDE
 from benzarr.transform import Batch, BatchTransform
 
 #: Static images (and graphs) per loader: batch k+1 is made while the consumer holds batch k
@@ -206,8 +205,8 @@ class GraphedTransform:
         if not self._cuda:
             return True
         size = next(iter(shapes.values()))[0]
-        need = (self.copies * size * len(self.transform.bands) * PATCH_SIDE * PATCH_SIDE * 4
-                + sum(4 * int(torch.Size(shape).numel()) for shape in shapes.values()))  # inputs: 4 bytes a value at most
+        need = (self.copies * 4 * torch.Size(self.transform.image_shape(size)).numel()  # float32 images
+                + sum(4 * torch.Size(shape).numel() for shape in shapes.values()))  # inputs: 4 bytes a value at most
         device = self.transform.device
         others = sum(g.held_bytes for g in list(_LIVE) if g is not self and g.transform.device == device)
         total = torch.cuda.get_device_properties(device).total_memory
@@ -233,20 +232,19 @@ class GraphedTransform:
         """A new static image, made eagerly from the inputs for this batch, and its graph (or,
         when the capture fails, the eager image alone, and graphs off from now on)."""
         transform = self.transform
-        static = {**self._inputs, "index": torch.empty(self._shapes[transform.groups[0]][0], dtype=torch.int64)}
-        size = static["index"].shape[0]
+        size = self._shapes[transform.groups[0]][0]
+        static = {**self._inputs, "index": torch.empty(size, dtype=torch.int64)}  # image() reads its length
         with torch.inference_mode(False):  # a normal tensor: it may be saved for backward later
-            image = torch.empty((size, len(transform.bands), PATCH_SIDE, PATCH_SIDE), dtype=torch.float32,
-                                device=transform.device)
+            image = torch.empty(transform.image_shape(size), dtype=torch.float32, device=transform.device)
         transform.image(static, out=image)  # this batch, the ordinary way (also the capture's warm-up)
         if self._stream is None and self._cuda:
             self._stream = torch.cuda.Stream(device=transform.device)
         try:
             replay, self._pool = self._capture(lambda: transform.image(static, out=image), self._pool, self._stream)
         except Exception as exc:  # any failure to capture: eager from now on, as before graphs
-            warnings.warn(f"benzarr: the loader makes batches without CUDA graphs: CUDA graph capture failed "
-                          f"({type(exc).__name__}: {exc})", RuntimeWarning, stacklevel=3)
             self.release(f"CUDA graph capture failed ({type(exc).__name__}: {exc})")
+            warnings.warn(f"benzarr: the loader makes batches without CUDA graphs: {self.disabled}",
+                          RuntimeWarning, stacklevel=3)
             return image
         self._images.append(image)
         self.held_bytes += image.nbytes

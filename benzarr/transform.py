@@ -261,6 +261,10 @@ class BatchTransform:
             spec["mask"] = (batch_spec["mask"][0], np.dtype(np.int64))
         return spec
 
+    def image_shape(self, size: int) -> tuple[int, int, int, int]:
+        """(B, C, 120, 120): the shape of the float32 image of a ``size``-patch batch."""
+        return size, len(self.bands), PATCH_SIDE, PATCH_SIDE
+
     def image(self, batch: Batch, out: torch.Tensor | None = None, codes: np.ndarray | None = None) -> torch.Tensor:
         """The (B, C, 120, 120) float32 image of ``batch`` on the device (written into ``out``
         when given; row b flipped/rotated by ``codes[b]`` when given).
@@ -270,8 +274,7 @@ class BatchTransform:
         as a single-threaded loader worker computes it (see :func:`_upsample`), so the bits
         do not depend on the thread or worker count."""
         size = int(torch.as_tensor(batch["index"]).shape[0])
-        shape = (size, len(self.bands), PATCH_SIDE, PATCH_SIDE)
-        image = torch.empty(shape, dtype=torch.float32, device=self.device) if out is None else out
+        image = torch.empty(self.image_shape(size), dtype=torch.float32, device=self.device) if out is None else out
         threads = torch.get_num_threads()
         if self.device.type != "cpu" or threads == 1 or size < 2:
             return self._image_rows(batch, image, codes)
