@@ -609,13 +609,6 @@ def profile_fed(model: Trainee, batches: Iterator[Any] | None, steps: int, trace
 # -- variants of the fed loop (A/B of a candidate change, on the same store and run) -----
 
 
-def graph_stats(loader: Any) -> dict[str, Any] | None:
-    """The loader's CUDA graphs so far (``GraphedTransform.stats``); None where the loader made
-    none (CPU, graphs off)."""
-    made = getattr(loader, "_graphed", None)
-    return None if made is None else made.stats()
-
-
 class ThreadFed:
     """Batches of ``batches`` taken by a background thread, ``depth`` ahead (variant
     ``thread``): the loader's host work (the ring's bookkeeping, the copy and transform
@@ -1014,7 +1007,7 @@ def main(argv: list[str] | None = None) -> int:
                                "ratio": round(r["fed"]["patches_per_s"] / r["ceiling"], 3),
                                "next_ms": r["fed"]["next_ms"], "step_ms": r["fed"]["step_ms"],
                                "ceiling_first": ceilings[name], "fed_run": r["fed"], "ceiling_run": r["ceiling_run"]}
-                        out["graphs"] = graph_stats(state["loader"])
+                        out["graphs"] = state["loader"].graph_stats()
                         if name in with_transform:
                             out["transformed"] = with_transform[name]
                             out["vs_transformed"] = round(r["fed"]["patches_per_s"] / with_transform[name], 3)

@@ -179,7 +179,7 @@ def graph_cases(v1: Path, v2: Path, device: torch.device) -> list[dict[str, Any]
                 kept = list(graphed)  # held on the device: graphs must not overwrite them
                 kept_host = on_host(eager)
                 results.append({"kept": True, **compare(kept_host, [{k: v.cpu() for k, v in b.items()} for b in kept])})
-                stats = graphed._graphed.stats() if graphed._graphed is not None else None
+                stats = graphed.graph_stats()
             row.update(equal=all(r["equal"] for r in results) and (not cuda or bool(stats and stats["replayed"] > 0
                                                                                and not stats["disabled"])),
                        epochs=results, graphs=stats)

@@ -657,6 +657,12 @@ class DeviceLoader:
                 buffers = RecycledBuffers(transform.out_spec(shapes), max(size, n))
             yield transform(batch, out=buffers.take(n))  # None (fresh tensors) while the consumer keeps batches
 
+    def graph_stats(self) -> dict[str, Any] | None:
+        """What the CUDA graphs of :attr:`graphs` did so far, ``{"captured", "replayed",
+        "disabled"}`` (:meth:`benzarr.graphs.GraphedTransform.stats`); None where this loader
+        made none (graphs off, on the CPU, or not iterated yet)."""
+        return None if self._graphed is None else self._graphed.stats()
+
     def close(self) -> None:
         """Stop the workers and release the ring's memory and the CUDA graphs' (also done when
         the loader is collected)."""

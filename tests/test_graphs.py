@@ -122,12 +122,15 @@ def test_the_loader_hands_out_replayed_batches_in_order(synth_store_64: Path) ->
         for a, b in zip(expected, got):
             _same(a, b)
     assert graphed._graphed.replayed > 0
+    assert graphed.graph_stats() == {"captured": graphed._graphed.captured, "replayed": graphed._graphed.replayed,
+                                     "disabled": None} and plain.graph_stats() is None
     kept = list(graphed._transformed_ahead(graphed.transform))
     for a, b in zip(expected, kept):
         _same(a, b)
     made = graphed._graphed
     graphed.close()  # the graphs' memory goes with the loader's
     assert graphed._graphed is None and made.held_bytes == 0 and made.disabled == "released"
+    assert graphed.graph_stats() is None
 
 
 def test_graphs_are_off_unless_asked_for_and_a_bad_switch_is_named(monkeypatch) -> None:
