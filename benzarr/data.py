@@ -809,30 +809,31 @@ def _whole(what: str, value: Any, least: int, most: int | None = None) -> int:
     return int(value)
 
 
-def check_device(device: str | torch.device) -> torch.device:
+def check_device(device: str | torch.device, option: str = "device") -> torch.device:
     """``device`` as a ``torch.device`` this machine has, or InvalidArgumentError saying why
     not (an unknown name, CUDA without a GPU or a driver, an index past the GPUs there are):
-    torch would say so only at the first batch, in its own words."""
+    torch would say so only at the first batch, in its own words. ``option`` names the
+    setting in the message (``"--device"`` for the CLI's)."""
     try:
         parsed = torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise InvalidArgumentError(f"device {device!r}: {str(exc).splitlines()[0]}") from None
+        raise InvalidArgumentError(f"{option} {device!r}: {str(exc).splitlines()[0]}") from None
+    shown = f"{option} {str(device)!r}"
     if parsed.type == "cpu":
         return parsed
     if parsed.type == "cuda":
         if not torch.cuda.is_available():
-            raise InvalidArgumentError(f"device {str(device)!r}: no CUDA GPU is available here "
-                                       "(torch.cuda.is_available() is False); use device='cpu'")
+            raise InvalidArgumentError(f"{shown}: no CUDA GPU is available here "
+                                       "(torch.cuda.is_available() is False); use cpu")
         count = torch.cuda.device_count()
         if parsed.index is not None and parsed.index >= count:
-            raise InvalidArgumentError(f"device {str(device)!r}: this machine has {count} CUDA GPU(s), "
-                                       f"cuda:0 to cuda:{count - 1}")
+            raise InvalidArgumentError(f"{shown}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
         return parsed
     try:
         torch.empty(1, device=parsed)
     except (RuntimeError, AssertionError, NotImplementedError) as exc:
         reason = str(exc).splitlines()[0].split(". ")[0][:200]  # torch's first sentence; the rest is a backend list
-        raise InvalidArgumentError(f"device {str(device)!r} is not usable here ({reason})") from None
+        raise InvalidArgumentError(f"{shown} is not usable here ({reason})") from None
     return parsed
 
 

@@ -340,27 +340,24 @@ def check_config(cfg: TrainConfig) -> None:
 
 def resolve_device(device: str, local_rank: int = 0) -> torch.device:
     """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; under torchrun, ``cuda`` means
-    ``cuda:<LOCAL_RANK>``.
+    ``cuda:<LOCAL_RANK>``; then checked by :func:`benzarr.data.check_device` and made current.
 
     Raises:
         InvalidArgumentError: ``cuda`` asked for but no GPU is visible; a device name torch
             does not know, or one this machine cannot use (``tpu``, ``mps`` off a Mac).
     """
+    from benzarr.data import check_device
+
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
         raise InvalidArgumentError(f"unknown --device {device!r}: choose auto, cpu or cuda (cuda:N)") from None
-    if dev.type not in ("cpu", "cuda"):
-        from benzarr.data import check_device
-
-        return check_device(dev)  # another accelerator: usable here, or one line saying why not
+    if dev.type == "cuda" and dev.index is None and torch.cuda.is_available():
+        dev = torch.device("cuda", local_rank)
+    dev = check_device(dev, option="--device")
     if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise InvalidArgumentError("--device cuda: no GPU is visible to torch (use --device cpu)")
-        if dev.index is None:
-            dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)
     return dev
 

@@ -515,13 +515,19 @@ def test_loader_timeout_reaches_the_ring_and_is_checked(store: Path, tmp_path: P
     assert json.loads((tmp_path / "run" / "config.json").read_text())["settings"]["loader_timeout"] == 120
 
 
-@pytest.mark.parametrize("device, message", [("tpu", "unknown --device 'tpu'"), ("mps", "device 'mps' is not usable here")])
+@pytest.mark.parametrize("device, message", [("tpu", "unknown --device 'tpu'"),
+                                             ("mps", "--device 'mps' is not usable here"),
+                                             ("cuda", "--device 'cuda': no CUDA GPU is available here"),
+                                             ("cuda:1", "--device 'cuda:1': no CUDA GPU is available here")])
 def test_a_device_torch_does_not_know_or_cannot_use_is_one_line(device: str, message: str) -> None:
-    """`evaluate --device tpu` was "unexpected RuntimeError: Expected one of cpu, cuda, ..."."""
+    """`evaluate --device tpu` was "unexpected RuntimeError: Expected one of cpu, cuda, ..."; the
+    checks are benzarr.data.check_device's, worded for the CLI's option."""
     from benzarr.errors import InvalidArgumentError
     from benzarr.train import resolve_device
 
     if device == "mps" and torch.backends.mps.is_available():
         pytest.skip("this machine has MPS")
+    if device.startswith("cuda") and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
     with pytest.raises(InvalidArgumentError, match=re.escape(message)):
         resolve_device(device)
