@@ -42,6 +42,7 @@ from __future__ import annotations
 import warnings
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -92,6 +93,17 @@ def _uses(tensor: torch.Tensor) -> int:
     return torch._C._storage_Use_Count(tensor.untyped_storage()._cdata)
 
 
+@dataclass(eq=False)
+class _StaticImage:
+    """One graph and the image it writes, with who may be using that image."""
+
+    image: torch.Tensor  # float32 (B, C, 120, 120) on the device, rewritten by each replay
+    replay: Callable[[], None]
+    baseline: int  # the image's use count when only this module holds it (:func:`_uses`)
+    out: bool = False  # handed out and not yet seen free
+    freed: Any = None  # the consumer-stream event after which it is free (None: free now)
+
+
 def graphs_supported() -> bool:
     """Whether this torch has what :class:`GraphedTransform` needs."""
     return hasattr(torch._C, "_storage_Use_Count") and hasattr(torch.cuda, "graph")
@@ -132,11 +144,7 @@ class GraphedTransform:
         self.replayed = 0
         self._shapes: dict[str, tuple[int, ...]] | None = None  # group -> full-batch shape the graphs take
         self._inputs: dict[str, torch.Tensor] = {}  # group -> static copy of the batch's group
-        self._images: list[torch.Tensor] = []    # static outputs, one per graph
-        self._baseline: list[int] = []           # each image's use count when nothing else holds it
-        self._replays: list[Callable[[], None]] = []
-        self._out: list[bool] = []               # handed out and not yet seen free
-        self._freed: list[Any] = []              # consumer-stream event after which the image is free
+        self._statics: list[_StaticImage] = []  # one per graph, in capture order
         self._pool: Any = None
         self._stream: Any = None  # the capture stream, on the transform's device
         self._turn = 0
@@ -147,12 +155,12 @@ class GraphedTransform:
         """The consumer asks for a batch: images it no longer holds are free once the work now
         queued on ``stream`` (its CUDA stream; None off CUDA) is done."""
         event = None
-        for copy, out in enumerate(self._out):
-            if out and _uses(self._images[copy]) == self._baseline[copy]:
+        for static in self._statics:
+            if static.out and _uses(static.image) == static.baseline:
                 if event is None and self._cuda:
                     event = torch.cuda.Event()
                     event.record(stream)
-                self._out[copy], self._freed[copy] = False, event
+                static.out, static.freed = False, event
 
     def __call__(self, batch: Batch) -> Batch:
         transform = self.transform
@@ -161,7 +169,7 @@ class GraphedTransform:
         shapes = {group: tuple(batch[group].shape) for group in transform.groups}
         if self._shapes is None and self.batch_size in (None, shapes[transform.groups[0]][0]):
             self._shapes = shapes
-        if not self._images and shapes == self._shapes and not self._fits(shapes):
+        if not self._statics and shapes == self._shapes and not self._fits(shapes):
             return transform(batch)
         copy = self._free_copy() if shapes == self._shapes else None
         if copy is None:  # a short last batch, or the consumer holds every image: the ordinary way
@@ -172,16 +180,17 @@ class GraphedTransform:
                     self._inputs[group] = torch.empty(shapes[group], dtype=batch[group].dtype, device=transform.device)
                 self.held_bytes += self._inputs[group].nbytes
             self._inputs[group].copy_(batch[group], non_blocking=True)
-        if copy == len(self._images):
+        if copy == len(self._statics):
             image = self._new_copy()
         else:
-            if self._freed[copy] is not None:
-                torch.cuda.current_stream(transform.device).wait_event(self._freed[copy])
-            self._replays[copy]()
+            static = self._statics[copy]
+            if static.freed is not None:
+                torch.cuda.current_stream(transform.device).wait_event(static.freed)
+            static.replay()
             self.replayed += 1
-            image = self._images[copy]
-        if copy < len(self._out):  # a static image (not the eager one of a failed capture)
-            self._out[copy], self._freed[copy] = True, None
+            image = static.image
+        if copy < len(self._statics):  # a static image (not the eager one of a failed capture)
+            self._statics[copy].out, self._statics[copy].freed = True, None
             self._turn = (copy + 1) % self.copies
             image = image.view(image.shape)  # a view of its own: its use count says who holds it
         return {"image": image, **transform.companions(batch)}
@@ -191,7 +200,7 @@ class GraphedTransform:
         allocator once no batch handed out still views it); batches are made eagerly from now
         on, ``disabled`` saying ``why``."""
         self.disabled = why
-        self._inputs, self._images, self._baseline, self._replays, self._out, self._freed = {}, [], [], [], [], []
+        self._inputs, self._statics = {}, []
         self._pool, self.held_bytes = None, 0
 
     def stats(self) -> dict[str, Any]:
@@ -222,9 +231,9 @@ class GraphedTransform:
         ``copies`` exist, or None."""
         for step in range(self.copies):
             copy = (self._turn + step) % self.copies
-            if copy >= len(self._images):
-                return len(self._images)
-            if not self._out[copy]:
+            if copy >= len(self._statics):
+                return len(self._statics)
+            if not self._statics[copy].out:
                 return copy
         return None
 
@@ -246,11 +255,7 @@ class GraphedTransform:
             warnings.warn(f"benzarr: the loader makes batches without CUDA graphs: {self.disabled}",
                           RuntimeWarning, stacklevel=3)
             return image
-        self._images.append(image)
+        self._statics.append(_StaticImage(image, replay, baseline=_uses(image)))
         self.held_bytes += image.nbytes
-        self._baseline.append(_uses(image))
-        self._replays.append(replay)
-        self._out.append(False)
-        self._freed.append(None)
         self.captured += 1
         return image
