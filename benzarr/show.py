@@ -75,6 +75,12 @@ _LEGEND_RATIO = 0.6
 _DPI = 100
 
 
+def _figure_width(panels: Sequence[str]) -> float:
+    """Inches for a row of ``panels``: a square panel each, and room for the reference map's
+    legend when there is one."""
+    return _PANEL_INCHES * len(panels) + (1.6 if "reference map" in panels else 0)
+
+
 @dataclass
 class ShowResult:
     """What :func:`plot_patches` or :func:`plot_split_map` wrote.
@@ -247,8 +253,7 @@ def draw_sample(
         bands, mask=mask is not None, prediction=prediction is not None)
     if axes is None:
         plt = _pyplot()
-        width = _PANEL_INCHES * len(panels) + (1.6 if "reference map" in panels else 0)
-        figure, row = plt.subplots(1, len(panels), figsize=(width, _PANEL_INCHES + 0.9), squeeze=False,
+        figure, row = plt.subplots(1, len(panels), figsize=(_figure_width(panels), _PANEL_INCHES + 0.9), squeeze=False,
                                    layout="constrained")
         axes = list(row[0])
     if len(axes) != len(panels):
@@ -404,10 +409,9 @@ def plot_patches(
     images = [kind for kind in kinds if kind != "reference map"]
     columns = images + (["predictions"] if predicted is not None else []) + kinds[len(images):]
 
-    width = _PANEL_INCHES * len(columns) + (1.6 if "reference map" in kinds else 0)
     # one subfigure a patch: its title (name and labels) spans the row, and constrained layout
     # sizes the panels around it and the reference map's legend
-    fig = plt.figure(figsize=(width, (_PANEL_INCHES + 0.7) * len(rows)), layout="constrained")
+    fig = plt.figure(figsize=(_figure_width(columns), (_PANEL_INCHES + 0.7) * len(rows)), layout="constrained")
     subfigures = np.atleast_1d(fig.subfigures(len(rows), 1))
     # the reference map's legend goes in a column of its own, the same in every row, so that
     # the panels line up whatever each legend holds
