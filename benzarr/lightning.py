@@ -66,6 +66,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from benzarr.bands import parse_modalities
 from benzarr.data import BatchTransform, BigEarthNetDataset, collate_batch, make_loader, resolve_bands
 from benzarr.store import NOMENCLATURES, is_url
 
@@ -193,8 +194,7 @@ class BigEarthNetDataModule(L.LightningDataModule):
         check_augment(augment)  # here, not at setup(): the docstring promises it at construction
         if resample not in RESAMPLE_MODES:
             raise InvalidArgumentError(f"unknown resampling {resample!r}: choose one of {', '.join(RESAMPLE_MODES)}")
-        if isinstance(modalities, str):
-            modalities = tuple(m for m in modalities.split(",") if m)
+        modalities = parse_modalities(modalities)  # the dataset's own reading: validated, in stored order
         image_modalities = [m for m in modalities if m != "reference-map"] or ["s2"]
         self.store = str(store)
         self.split = split
