@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import operator
 import os
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -546,6 +547,7 @@ class DeviceLoader:
         self._graphed: GraphedTransform | None = None  # the graphs, kept across epochs
         self._graph_capture: Any = None  # benzarr.graphs.Capture; None: CUDA's
         self._iteration = 0  # iterations started; an older one raises when used
+        self._closed = False
 
     def state_dict(self) -> dict[str, int]:
         """Where the loader stands: ``{"epoch", "served"}`` (batches of that epoch handed out).
@@ -666,10 +668,13 @@ class DeviceLoader:
     def close(self) -> None:
         """Stop the workers and release the ring's memory and the CUDA graphs' (also done when
         the loader is collected)."""
+        self._closed = True
         if self._graphed is not None:
             self._graphed.release()
             self._graphed = None
-        if hasattr(self.loader, "close"):
+        if isinstance(self.loader, DataLoader):
+            _stop_workers(self.loader)
+        elif hasattr(self.loader, "close"):
             self.loader.close()
 
     def __enter__(self) -> "DeviceLoader":
@@ -681,6 +686,8 @@ class DeviceLoader:
     def __iter__(self) -> Iterator[Batch]:
         # where this iteration starts (a resume point), read before any engine iterator exists:
         # a DataLoader with workers starts the batch sampler at once, which resets its skip
+        if self._closed:
+            raise LoaderWorkerError("this loader was closed; make a new one (make_loader)")
         start = int(getattr(self.batch_sampler, "skip", 0) or 0)
         user = self.dataset.transform
         transform = self.transform
@@ -718,6 +725,61 @@ class DeviceLoader:
                 text = text.rsplit(marker, 1)[-1].strip()
                 raise type(exc)(text) from None
             raise
+        except (RuntimeError, ConnectionError, EOFError) as exc:
+            worker_error = _dataloader_worker_error(exc, self.loader)
+            if worker_error is None:
+                raise
+            raise worker_error from None
+
+
+def _stop_workers(loader: DataLoader) -> None:
+    """Stop a ``DataLoader``'s persistent workers now (torch keeps them, in its iterator,
+    until the loader is collected)."""
+    iterator = getattr(loader, "_iterator", None)
+    loader._iterator = None
+    shutdown = getattr(iterator, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+
+
+def _dataloader_worker_error(exc: BaseException, loader: Any) -> LoaderWorkerError | None:
+    """A ``DataLoader`` engine's failure of its workers (torch's timeout, a worker that died,
+    its pipe cut) as the :class:`LoaderWorkerError` the ring raises for the same, or None for
+    any other error. The workers are stopped first: torch's SIGCHLD handler would otherwise
+    raise its own error later, wherever the main process then is."""
+    if not isinstance(loader, DataLoader) or loader.num_workers == 0:
+        return None
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    timed_out = isinstance(exc, RuntimeError) and text.startswith("DataLoader timed out")
+    died = text.startswith("DataLoader worker") if isinstance(exc, RuntimeError) else True  # a cut pipe: a dead worker
+    if not (timed_out or died):
+        return None
+    iterator = getattr(loader, "_iterator", None)
+    if getattr(iterator, "_worker_pids_set", False):  # first, before torch's SIGCHLD handler raises its own error
+        from torch.utils.data._utils import signal_handling
+
+        signal_handling._remove_worker_pids(id(iterator))
+        iterator._worker_pids_set = False
+    workers = list(getattr(iterator, "_workers", None) or [])
+    if died:  # a cut pipe can come before the worker's exit is seen: give it a moment
+        deadline = time.monotonic() + 1.0
+        while workers and all(w.exitcode is None for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    dead = [w for w in workers if w.exitcode not in (None, 0)]
+    if timed_out:  # a stuck worker would not answer torch's shutdown: kill it, as the ring does
+        for worker in workers:
+            worker.kill()
+    _stop_workers(loader)
+    if timed_out:
+        pids = ", ".join(str(w.pid) for w in workers) or "?"
+        return LoaderWorkerError(f"no batch from the loader workers (pids {pids}) in {loader.timeout:g} s: a worker "
+                                 "may be stuck reading the store (a hung network file system?)")
+    who, how = "a loader worker", text
+    if dead:  # worded as the ring words it
+        code = dead[0].exitcode
+        who, how = f"a loader worker (pid {dead[0].pid})", f"signal {-code}" if code < 0 else f"exit code {code}"
+    return LoaderWorkerError(f"{who} died unexpectedly ({how}); if it ran out of memory, "
+                             "use fewer --workers or a smaller --batch-size")
 
 
 def make_loader(
@@ -760,8 +822,9 @@ def make_loader(
         drop_last: drop the last incomplete batch.
         prefetch_factor: batches each worker reads ahead (default 2).
         engine: ``"auto"`` (the ring where it applies), ``"ring"`` or ``"dataloader"``.
-        timeout: with workers, seconds to wait for a batch before raising (a worker stuck on
-            a hung file system); 0 waits for ever, as ``DataLoader``'s default.
+        timeout: with workers, seconds to wait for a batch before raising
+            :class:`LoaderWorkerError` (a worker stuck on a hung file system), on either
+            engine; 0 (or ``inf``) waits for ever, as ``DataLoader``'s default.
 
     Raises:
         InvalidArgumentError: a batch size, worker count, seed, prefetch factor or timeout that
@@ -774,8 +837,9 @@ def make_loader(
     seed = _whole("seed", seed, -(2**63), 2**63 - 1)
     if prefetch_factor is not None:
         prefetch_factor = _whole("prefetch_factor", prefetch_factor, 1)
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:  # (NaN too)
         raise InvalidArgumentError(f"timeout must be 0 (wait for ever) or positive seconds, got {timeout!r}")
+    timeout = 0 if timeout == float("inf") else float(timeout)  # inf: wait for ever, as 0 says to both engines
     if engine not in ("auto", "ring", "dataloader"):
         raise InvalidArgumentError(f"unknown loader engine {engine!r}: choose auto, ring or dataloader")
     world, rank = _world_and_rank(distributed)

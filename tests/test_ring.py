@@ -280,6 +280,57 @@ def test_a_closed_ring_says_so(synth_store_64: Path) -> None:
         next(iter(loader))
 
 
+class _HungFrom(BigEarthNetDataset):
+    """Reads of rows 12 and on never return."""
+
+    def __getitems__(self, indices: list[int]) -> dict:
+        if min(indices) >= 12:
+            time.sleep(3600)
+        return super().__getitems__(indices)
+
+
+def test_the_dataloader_engine_closes_and_fails_as_the_ring_does(synth_store_64: Path) -> None:
+    """``engine="dataloader"`` (URL stores, the Lightning default): ``close()`` stops its
+    persistent workers and a closed loader says so; a stuck worker and a killed one are the
+    ring's LoaderWorkerError lines, not torch's RuntimeError (nor a late one from torch's
+    SIGCHLD handler); ``timeout=inf`` waits for ever, as 0 does."""
+    import multiprocessing
+
+    ds = BigEarthNetDataset(synth_store_64, bands="rgb")
+    loader = make_loader(ds, 8, True, 2, seed=0, device="cpu", engine="dataloader")
+    next(iter(loader))
+    workers = multiprocessing.active_children()
+    assert len(workers) >= 2
+    loader.close()
+    assert not any(w.is_alive() for w in workers)
+    with pytest.raises(LoaderWorkerError, match="closed"):
+        next(iter(loader))
+    # a read that never returns, as on a hung file system (a stopped worker would not do: the
+    # batches it already queued pass their memory through a thread of the worker, and torch
+    # waits for that without a timeout)
+    with make_loader(_HungFrom(synth_store_64, bands="rgb"), 4, False, 1, seed=0, device="cpu", engine="dataloader",
+                     timeout=1.5) as stuck_loader:
+        iterator = iter(stuck_loader)
+        next(iterator)
+        (stuck,) = stuck_loader.loader._iterator._workers
+        with pytest.raises(LoaderWorkerError, match=rf"no batch from the loader workers \(pids {stuck.pid}\) in 1.5 s"):
+            for _ in iterator:
+                pass
+        assert not stuck.is_alive()
+    with make_loader(ds, 4, False, 1, seed=0, device="cpu", engine="dataloader", timeout=float("inf")) as killed_loader:
+        assert killed_loader.loader.timeout == 0
+        iterator = iter(killed_loader)
+        next(iterator)
+        (victim,) = killed_loader.loader._iterator._workers
+        os.kill(victim.pid, signal.SIGKILL)
+        with pytest.raises(LoaderWorkerError, match=rf"a loader worker \(pid {victim.pid}\) died unexpectedly \(signal 9\)"):
+            for _ in iterator:
+                pass
+    time.sleep(0.2)  # a SIGCHLD handled now would raise here: the workers' pids were let go of
+    with pytest.raises(InvalidArgumentError, match="timeout"):
+        make_loader(ds, 4, False, 1, seed=0, device="cpu", engine="dataloader", timeout=float("nan"))
+
+
 def test_one_transfer_of_a_slot_gives_the_per_key_batch() -> None:
     """The ring's single host-to-device copy of a slot, viewed per key, equals one copy per key,
     for a full and a short batch. To the CPU ``.to`` copies nothing: what this checks is the
