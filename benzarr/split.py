@@ -854,8 +854,10 @@ def _check_split_args(
     if labels not in LABEL_SETS:
         raise InvalidArgumentError(f"unknown label set {labels!r}: choose one of {', '.join(LABEL_SETS)}")
     check_split_name(name)
-    if name in store.split_names() and not overwrite:
-        raise SplitExistsError(f"{store.path}: split {name!r} exists; pass --overwrite to replace it")
+    if name in store.split_names():
+        if not overwrite:
+            raise SplitExistsError(f"{store.path}: split {name!r} exists; pass --overwrite to replace it")
+        store._check_replaceable_split(name)  # before the work, not only when writing
     seed = check_seed(seed)
     kfold = method == "iterative" and fractions is None
     if (folds is not None or assign is not None) and not kfold:

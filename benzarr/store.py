@@ -651,8 +651,10 @@ class Store:
             raise InvalidArgumentError(f"split codes must have shape ({self.n_patches},), got {codes.shape}")
         if not np.isin(codes, (EXCLUDED, TRAIN, VAL, TEST)).all():
             raise InvalidArgumentError("split codes must be -1, 0, 1 or 2")
-        if name in self.split_names() and not overwrite:
-            raise SplitExistsError(f"{self.path}: split {name!r} exists; pass --overwrite to replace it")
+        if name in self.split_names():
+            if not overwrite:
+                raise SplitExistsError(f"{self.path}: split {name!r} exists; pass --overwrite to replace it")
+            self._check_replaceable_split(name)
         codes = np.where(self.valid_mask(), codes, EXCLUDED).astype(np.int8)
         attrs = dict(attrs)
         attrs.setdefault("names", {"0": "train", "1": "val", "2": "test", "-1": "excluded"})
@@ -677,9 +679,31 @@ class Store:
             raise os_error(exc, where, "writing the split") from None
 
     def delete_split(self, name: str) -> None:
-        """Remove ``splits/<name>``."""
+        """Remove ``splits/<name>``.
+
+        Raises:
+            SplitNotFoundError: no such split.
+            UnsafeOverwriteError: its folder holds files no Zarr writer put there (nothing is deleted).
+        """
         self.read_split(name)  # raises with the known names
+        self._check_replaceable_split(name)
         del self.group[f"{SPLITS_GROUP}/{name}"]
+
+    def _check_replaceable_split(self, name: str) -> None:
+        """Refuse to replace or delete ``splits/<name>`` while its folder holds a user's files:
+        zarr deletes the whole folder (:func:`benzarr.fsutil.foreign_files`, the rule of
+        ``ingest --overwrite``)."""
+        if is_url(self.path):
+            return
+        from benzarr.fsutil import foreign_files
+
+        folder = Path(self.path) / SPLITS_GROUP / name
+        foreign = foreign_files(folder)
+        if foreign:
+            raise UnsafeOverwriteError(
+                f"{folder}: holds files that benzarr did not write ({', '.join(foreign)}); replacing split "
+                f"{name!r} would delete them, so nothing was changed: move them out of the store first"
+            )
 
     def subset_rows(self, split: str | None, subset: str | None) -> np.ndarray:
         """Store rows (int64, ascending) served for ``split``/``subset``.

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from benzarr.bigearthnet import CLC19_FROM_CLC43, CLC43_FREQUENCY
-from benzarr.errors import InvalidArgumentError, SplitExistsError, SplitNotFoundError
+from benzarr.errors import InvalidArgumentError, SplitExistsError, SplitNotFoundError, UnsafeOverwriteError
 from benzarr.split import (
     EXCLUDED,
     codes_from_lists,
@@ -321,6 +321,16 @@ def test_existing_name_needs_overwrite(store) -> None:
         make_split(store, "s", "random", seed=2)
     make_split(store, "s", "random", seed=2, overwrite=True)
     assert store.read_split("s")[1]["seed"] == 2
+    # zarr replaces a split by deleting its folder: a user's files in it stop that, whole
+    folder = Path(store.path) / "splits" / "s"
+    (folder / "mine").mkdir()
+    (folder / "mine" / "notes.txt").write_text("mine")
+    codes = store.read_split("s")[0]
+    for replace in (lambda: make_split(store, "s", "random", seed=3, overwrite=True), lambda: store.delete_split("s")):
+        with pytest.raises(UnsafeOverwriteError, match=r"splits/s: holds files that benzarr did not write \(mine/notes.txt\)"):
+            replace()
+        assert (folder / "mine" / "notes.txt").read_text() == "mine"
+        np.testing.assert_array_equal(store.read_split("s")[0], codes)
 
 
 def test_rerun_with_same_arguments_gives_same_codes(store) -> None:
