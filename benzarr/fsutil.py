@@ -358,17 +358,23 @@ def remove_folder(path: str | Path) -> None:
 
 
 def replace_output(path: str | Path, *, overwrite: bool, owned: Callable[[Path], bool], what: str,
-                   command: str) -> bool:
+                   command: str, foreign: Callable[[Path], list[str]] | None = None) -> bool:
     """The one rule of ``--overwrite``: make ``path`` free for a new ``what``.
 
-    Removes the folder (:func:`remove_folder`) only when ``owned`` recognises it and
-    ``overwrite`` is given; refuses everything else (see :func:`check_output`).
+    Removes the folder (:func:`remove_folder`) only when ``owned`` recognises it, ``foreign``
+    finds nothing in it that benzarr did not write, and ``overwrite`` is given; refuses
+    everything else (see :func:`check_output`).
+
+    Args:
+        foreign: lists files in the folder that its writer did not put there
+            (:func:`foreign_files` for a store); None: nothing to look for.
 
     Returns:
         True if an old folder was removed.
 
     Raises:
         InvalidArgumentError: ``owned`` recognises the folder but ``overwrite`` was not given.
+        UnsafeOverwriteError: ``foreign`` found a user's files (nothing is deleted).
         and everything :func:`check_output` raises.
     """
     state = check_output(path, overwrite=overwrite, owned=owned, what=what, command=command)
@@ -376,8 +382,22 @@ def replace_output(path: str | Path, *, overwrite: bool, owned: Callable[[Path],
         return False
     if not overwrite:
         raise InvalidArgumentError(f"{path}: {what} is already there; pass --overwrite to replace it")
+    check_no_foreign(path, foreign(Path(path)) if foreign is not None else [], what)
     remove_folder(path)
     return True
+
+
+def check_no_foreign(path: str | Path, found: list[str], what: str) -> None:
+    """Refuse to replace ``path`` (``what``) when ``found`` lists files a user put in it.
+
+    Raises:
+        UnsafeOverwriteError: naming the files; nothing was deleted.
+    """
+    if found:
+        raise UnsafeOverwriteError(
+            f"{path}: holds files that benzarr did not write ({', '.join(found)}); --overwrite replaces only "
+            f"what benzarr wrote, so nothing was deleted: move them out of {what} first"
+        )
 
 
 @contextmanager

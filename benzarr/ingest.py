@@ -43,9 +43,8 @@ from benzarr.errors import (
     StoreNotFoundError,
     StoreParametersError,
     StoreVersionError,
-    UnsafeOverwriteError,
 )
-from benzarr.fsutil import check_disjoint, check_output, foreign_files, is_benzarr_store, os_error, read_utf8
+from benzarr.fsutil import check_disjoint, check_no_foreign, check_output, foreign_files, is_benzarr_store, os_error, read_utf8
 from benzarr.lock import ingest_lock
 from benzarr.procs import exit_with_parent
 from benzarr.resources import OFFICIAL_LISTS, read_official_list
@@ -379,12 +378,7 @@ def _prepare_store(store_path: str, names: list[str], params: dict[str, Any], sh
         # --overwrite, or a layout that a killed run left unfinished: start again, but never
         # with files a user keeps inside the store (they would go with it)
         if not is_url(store_path):
-            foreign = foreign_files(store_path)
-            if foreign:
-                raise UnsafeOverwriteError(
-                    f"{store_path}: holds files that benzarr did not write ({', '.join(foreign)}); --overwrite "
-                    "replaces only what benzarr wrote, so nothing was deleted: move them out of the store first"
-                )
+            check_no_foreign(store_path, foreign_files(store_path), "the store")
         remove_store(store_path, storage_options)
     modality = "+".join({"s2": "S2", "s1": "S1", "reference-map": "reference maps"}[m] for m in modalities)
     store = create_store(store_path, names, shard_size=shard_size, compression=compression,

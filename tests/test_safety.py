@@ -173,6 +173,19 @@ def test_synth_labels_only_replaces_only_a_benzarr_store(tmp_path: Path) -> None
     assert open_store(store).n_patches == 60
 
 
+def test_synth_labels_only_keeps_a_store_that_holds_a_users_files(synth_store_64: Path, tmp_path: Path) -> None:
+    """`synth --labels-only --overwrite` deleted an ingested store with a user's notes in it,
+    which `ingest --overwrite` refuses."""
+    from benzarr.synth.labels_store import synth_labels_store
+
+    store = copy_tree(synth_store_64, tmp_path / "s.zarr")
+    (store / "MYNOTES.txt").write_text("mine")
+    before = tree(store)
+    with pytest.raises(UnsafeOverwriteError, match=r"s.zarr: holds files that benzarr did not write \(MYNOTES.txt\)"):
+        synth_labels_store(store, 10, overwrite=True)
+    assert tree(store) == before
+
+
 def test_examples_never_replace_a_folder(tmp_path: Path) -> None:
     pytest.importorskip("bigearthnet_common")
     (tmp_path / "BigEarthNet-v1.0").mkdir()

@@ -29,14 +29,15 @@ def synth_labels_store(
         InvalidArgumentError: ``n_patches`` outside 1..519,284, or the path exists without
             ``overwrite``.
     """
-    from benzarr.fsutil import is_benzarr_store, replace_output
+    from benzarr.fsutil import foreign_files, is_benzarr_store, replace_output
     from benzarr.resources import read_official_list
     from benzarr.store import create_store
 
     official = sorted({name for subset in ("train", "val", "test") for name in read_official_list(subset)})
     if not 1 <= n_patches <= len(official):
         raise InvalidArgumentError(f"a labels-only store holds 1 to {len(official):,} patches, got {n_patches}")
-    replace_output(path, overwrite=overwrite, owned=is_benzarr_store, what="a benzarr store", command="synth")
+    replace_output(path, overwrite=overwrite, owned=is_benzarr_store, what="a benzarr store", command="synth",
+                   foreign=foreign_files)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x1AB]))
     names = official if n_patches == len(official) else sorted(rng.choice(official, n_patches, replace=False).tolist())
     clc43 = synth_labels(n_patches, seed)
