@@ -14,6 +14,7 @@ micro-F1 above 0.8 on the synthetic task (whose classes have distinct spectral s
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -59,6 +60,32 @@ class DemoResult:
     report_files: dict[str, Path] = field(default_factory=dict)
 
 
+#: What a demo writes in its folder (besides the marker): all that ``--overwrite`` removes. The
+#: README's next step trains into ``runs/rgb`` there: a user's run, which stays.
+DEMO_ENTRIES = ("archive", "store.zarr", f"runs/{MODEL}", "report")
+
+
+def remove_demo_entries(out: Path) -> None:
+    """Remove what an earlier demo wrote in ``out`` (:data:`DEMO_ENTRIES`), each renamed aside
+    first; nothing if its archive or store holds files the demo did not write.
+
+    Raises:
+        UnsafeOverwriteError: naming those files.
+        FileSystemError: a removal failed.
+    """
+    from benzarr.fsutil import check_no_foreign, foreign_files, remove_entries
+    from benzarr.synth.writers import foreign_in_synth_archive
+
+    found = [f"store.zarr/{name}" for name in foreign_files(out / "store.zarr")] if (out / "store.zarr").is_dir() else []
+    if (out / "archive").is_dir():
+        found += [f"archive/{name}" for name in foreign_in_synth_archive(out / "archive")]
+    check_no_foreign(out, found[:3], "the demo's archive and store")
+    for entry in DEMO_ENTRIES:
+        path = out / entry
+        if os.path.lexists(path):
+            remove_entries(path.parent, [path.name])
+
+
 def run_demo(
     cfg: DemoConfig,
     on_stage: Callable[[str, dict[str, Any]], None] | None = None,
@@ -67,15 +94,18 @@ def run_demo(
     """Run the five steps; ``on_stage(name, info)`` is called when each one finishes.
 
     ``out`` is marked as a demo folder (:func:`benzarr.fsutil.write_marker`) before anything
-    is written in it; ``overwrite`` replaces only such a folder (renamed aside, then deleted).
+    is written in it; ``overwrite`` replaces only what an earlier demo wrote in such a folder
+    (:data:`DEMO_ENTRIES`; other runs and files there stay), and refuses while those hold a
+    user's files.
 
     Raises:
         InvalidArgumentError: ``out`` holds an earlier demo and not ``overwrite``, or holds
             anything else (bad sizes, too).
-        UnsafeOverwriteError: ``overwrite`` of a folder that is not a demo (nothing deleted).
+        UnsafeOverwriteError: ``overwrite`` of a folder that is not a demo, or of a demo whose
+            archive or store holds a user's files (nothing deleted).
     """
     from benzarr.errors import InvalidArgumentError
-    from benzarr.fsutil import has_marker, replace_output, write_marker
+    from benzarr.fsutil import check_output, has_marker, write_marker
     from benzarr.ingest import ingest
     from benzarr.report import write_report
     from benzarr.split import make_split
@@ -100,8 +130,12 @@ def run_demo(
         raise InvalidArgumentError(f"--workers must be at least 1, got {cfg.workers}")
     if cfg.seed < 0:
         raise InvalidArgumentError(f"--seed must be 0 or more, got {cfg.seed}")
-    replace_output(out, overwrite=cfg.overwrite, owned=lambda path: has_marker(path, "demo"),
-                   what="a demo folder", command="demo")
+    state = check_output(out, overwrite=cfg.overwrite, owned=lambda path: has_marker(path, "demo"),
+                         what="a demo folder", command="demo")
+    if state == "owned":
+        if not cfg.overwrite:
+            raise InvalidArgumentError(f"{out}: a demo folder is already there; pass --overwrite to replace it")
+        remove_demo_entries(out)
     out.mkdir(parents=True, exist_ok=True)
     write_marker(out, "demo")
     report = on_stage or (lambda name, info: None)

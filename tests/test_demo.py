@@ -53,6 +53,31 @@ def test_demo_overwrite_never_deletes_a_folder_it_did_not_write(tmp_path: Path) 
     assert result.exit_code == 1 and (tmp_path / "demo" / "keep.txt").exists()
 
 
+def test_demo_overwrite_removes_only_what_the_demo_wrote(tmp_path: Path, synth_store_64: Path) -> None:
+    """`demo --overwrite` deleted the whole folder: a user's notes and the run the README's
+    next step trains into it (runs/rgb) went with it."""
+    from benzarr.demo import remove_demo_entries
+    from benzarr.synth import synth_archive
+    from tests.conftest import copy_tree
+
+    out = tmp_path / "demo"
+    synth_archive(out / "archive", 2, workers=1)
+    copy_tree(synth_store_64, out / "store.zarr")
+    for folder in ("runs/shortcnn-all/checkpoints", "runs/rgb", "report"):
+        (out / folder).mkdir(parents=True)
+    write_marker(out, "demo")
+    (out / "MYNOTES.txt").write_text("mine")
+    (out / "runs/rgb/config.json").write_text("{}")
+    (out / "store.zarr" / "notes.md").write_text("mine")
+    with pytest.raises(UnsafeOverwriteError, match=r"store.zarr/notes.md\); --overwrite replaces only what benzarr wrote"):
+        remove_demo_entries(out)
+    assert (out / "archive").is_dir() and (out / "store.zarr" / "zarr.json").is_file()
+    (out / "store.zarr" / "notes.md").unlink()
+    remove_demo_entries(out)
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [
+        ".benzarr", "MYNOTES.txt", "runs", "runs/rgb", "runs/rgb/config.json"]
+
+
 def test_the_readmes_python_example_runs(tmp_path: Path) -> None:
     """README "Python: the Dataset and the loader": its code block, run as written on a
     96-patch store (named as in the README, with the split it names), on the CPU."""

@@ -164,6 +164,20 @@ def test_synth_overwrite_needs_its_own_marker(real_s2_archive: Path, tmp_path: P
     assert len(discover_patches(tmp_path / "s")) == 3
 
 
+@pytest.mark.parametrize("where", ["{patch}/MYNOTES.txt", "{patch}/mine/{patch}_B01.tif"])
+def test_synth_overwrite_keeps_an_archive_whose_patch_folders_hold_a_users_files(tmp_path: Path, where: str) -> None:
+    """`synth --overwrite` deleted patch folders whole, a user's files in them included."""
+    from benzarr.synth import synth_archive
+
+    names = synth_archive(tmp_path / "a", 2, workers=1)
+    (tmp_path / "a" / where.format(patch=names[0])).parent.mkdir(exist_ok=True)
+    (tmp_path / "a" / where.format(patch=names[0])).write_text("mine")
+    before = tree(tmp_path / "a")
+    with pytest.raises(UnsafeOverwriteError, match=f"holds files that benzarr did not write \\({where.format(patch=names[0])}\\)"):
+        synth_archive(tmp_path / "a", 3, workers=1, overwrite=True)
+    assert tree(tmp_path / "a") == before
+
+
 def test_synth_labels_only_replaces_only_a_benzarr_store(tmp_path: Path) -> None:
     store = tmp_path / "labels.zarr"
     assert run_cli("synth", store, "--labels-only", "--patches", "50").returncode == 0

@@ -16,7 +16,7 @@ import numpy as np
 from benzarr._geotiff import geotiff_header
 from benzarr.bigearthnet import is_patch_name
 from benzarr.errors import InvalidArgumentError
-from benzarr.fsutil import check_output, has_marker, remove_entries, write_marker
+from benzarr.fsutil import MARKER, check_no_foreign, check_output, has_marker, remove_entries, write_marker
 from benzarr.procs import worker_pool
 from benzarr.sources import band_file
 from benzarr.sources.ben_v1 import V1_S1_FOLDER, V1_S2_FOLDER
@@ -136,10 +136,46 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
                 f"{out} exists and is not empty; choose another folder or pass overwrite=True"
                 " (--overwrite) to replace the synthetic archive in it"
             )
-        remove_entries(out, [
-            entry.name for entry in out.iterdir()
-            if (entry.is_dir() and (is_patch_name(entry.name) or entry.name in _LAYOUT_ENTRIES))
-            or (entry.is_file() and entry.name in _LAYOUT_ENTRIES)
-        ])
+        entries = synth_entries(out)
+        check_no_foreign(out, foreign_in_synth_entries(out, entries), "the archive's patch folders")
+        remove_entries(out, entries)
     out.mkdir(parents=True, exist_ok=True)
     write_marker(out, "synth")
+
+
+def synth_entries(out: Path) -> list[str]:
+    """The entries of the archive folder ``out`` that synth writes (patch folders, the v1+S1
+    and v2 folders and parquet files): what ``--overwrite`` replaces."""
+    return sorted(
+        entry.name for entry in out.iterdir()
+        if (entry.is_dir() and (is_patch_name(entry.name) or entry.name in _LAYOUT_ENTRIES))
+        or (entry.is_file() and entry.name in _LAYOUT_ENTRIES)
+    )
+
+
+def foreign_in_synth_archive(out: Path, limit: int = 3) -> list[str]:
+    """Up to ``limit`` files or folders in the synthetic archive ``out`` that synth did not
+    write (paths relative to ``out``): what deleting the whole folder would lose."""
+    entries = synth_entries(out)
+    others = sorted(entry.name for entry in out.iterdir() if entry.name not in entries and entry.name != MARKER)
+    return (others + foreign_in_synth_entries(out, entries, limit))[:limit]
+
+
+def foreign_in_synth_entries(out: Path, entries: Sequence[str], limit: int = 3) -> list[str]:
+    """Up to ``limit`` files under the folders ``entries`` of ``out`` that synth does not write
+    (paths relative to ``out``): synth writes only ``<folder>/<folder>_<part>.tif`` or
+    ``.json``, in patch folders of whatever depth. A user's notes in a patch folder were
+    deleted with it by ``synth --overwrite``."""
+    found: list[str] = []
+    for name in entries:
+        if not (out / name).is_dir():
+            continue
+        for folder, dirs, files in os.walk(out / name):
+            stem = os.path.basename(folder) + "_"
+            for file in sorted(files):
+                if not (file.startswith(stem) and file.endswith((".tif", ".json"))):
+                    found.append(os.path.relpath(os.path.join(folder, file), out))
+                    if len(found) >= limit:
+                        return found
+            dirs.sort()
+    return found
