@@ -338,9 +338,13 @@ def remove_folder(path: str | Path) -> None:
     and deleted from there.
 
     Raises:
-        FileSystemError: the rename or the deletion failed (naming the folder and the cause).
+        FileSystemError: ``path`` is a symbolic link; the rename or the deletion failed
+            (naming the folder and the cause).
     """
     path = Path(path)
+    if path.is_symlink():  # renaming would move the link, and deleting through it is refused
+        raise FileSystemError(f"{path}: is a symbolic link (to {os.readlink(path)}); nothing was deleted: give the "
+                              "folder it points to, or remove the link first", str(path), errno.ELOOP)
     sweep_aside(path)
     aside = path.with_name(f".{path.name}{ASIDE_TAG}{os.getpid()}")
     try:

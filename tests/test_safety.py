@@ -149,6 +149,18 @@ def test_removal_renames_the_old_store_aside_first(synth_store_64: Path, tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+def test_overwrite_through_a_symlink_is_refused_and_keeps_the_link(synth_store_64: Path, tmp_path: Path) -> None:
+    """`ingest ARCHIVE LINK --overwrite` renamed the link aside, failed to delete through it,
+    and left it under the aside name."""
+    store = copy_tree(synth_store_64, tmp_path / "s.zarr")
+    (tmp_path / "link").symlink_to("s.zarr")
+    before = tree(store)
+    with pytest.raises(FileSystemError, match="link: is a symbolic link \\(to s.zarr\\); nothing was deleted"):
+        remove_folder(tmp_path / "link")
+    assert (tmp_path / "link").is_symlink() and tree(store) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "s.zarr"]
+
+
 def test_synth_overwrite_needs_its_own_marker(real_s2_archive: Path, tmp_path: Path) -> None:
     download = copy_tree(real_s2_archive, tmp_path / "real")  # looks exactly like a synthetic v1 archive
     before = tree(download)
