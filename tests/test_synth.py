@@ -133,11 +133,15 @@ def test_progress_counts_every_patch(tmp_path: Path) -> None:
     assert sum(seen) == 30
 
 
-@pytest.mark.parametrize("bad", [dict(n_patches=-1), dict(seed=-3), dict(workers=0)])
-def test_bad_arguments_are_refused(tmp_path: Path, bad: dict) -> None:
+@pytest.mark.parametrize("bad", [dict(n_patches=-1), dict(seed=-3), dict(workers=0), dict(n_patches=10**14)])
+@pytest.mark.parametrize("version", [1, 2])
+def test_bad_arguments_are_refused_before_the_folder_is_made(tmp_path: Path, bad: dict, version: int) -> None:
+    from benzarr.synth import synth_archive_v2
+
     args = dict(n_patches=2, seed=0, workers=1) | bad
     with pytest.raises(InvalidArgumentError):
-        synth_archive(tmp_path / "x", **args)
+        (synth_archive if version == 1 else synth_archive_v2)(tmp_path / "x", **args)
+    assert not (tmp_path / "x").exists()
 
 
 # --- labels -------------------------------------------------------------------------------------

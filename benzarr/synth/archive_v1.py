@@ -30,9 +30,9 @@ import numpy as np
 
 from benzarr.bigearthnet import CLC43, format_s1_name
 from benzarr.sources.ben_v1 import V1_S1_FOLDER, V1_S2_FOLDER, labels_path
-from benzarr.synth.labels import _check_count, synth_labels
+from benzarr.synth.labels import synth_labels
 from benzarr.synth.pixels import _patch_scene
-from benzarr.synth.plan import PATCH_METRES, _plan, _s1_passes
+from benzarr.synth.plan import PATCH_METRES, _plan, _s1_passes, check_plan
 from benzarr.synth.s1_maps import synth_patch_s1
 from benzarr.synth.writers import (
     _S1_PIXELS,
@@ -127,7 +127,7 @@ def synth_archive(
     Raises:
         InvalidArgumentError: bad counts or seed, or ``out`` not empty without ``overwrite``.
     """
-    _check_count(n_patches, seed)
+    check_plan(n_patches, seed)  # all of it, before the folder is made
     _check_workers(workers)
     out = Path(out)
     _prepare_out(out, overwrite)

@@ -27,9 +27,9 @@ from benzarr.sources.ben_v2 import (
     s1_dir,
     s2_dir,
 )
-from benzarr.synth.labels import _check_count, synth_labels_v2
+from benzarr.synth.labels import synth_labels_v2
 from benzarr.synth.pixels import _add_cover, _patch_scene
-from benzarr.synth.plan import _COUNTRIES, _plan, _s1_passes
+from benzarr.synth.plan import _COUNTRIES, _plan, _s1_passes, check_plan
 from benzarr.synth.s1_maps import synth_patch_s1, synth_reference_map
 from benzarr.synth.writers import _COVER_PIXELS, _S1_PIXELS, _check_workers, _patch_rng, _prepare_out, _run_jobs, _write_bands
 
@@ -179,7 +179,7 @@ def synth_archive_v2(
     Returns:
         All patch ids written (clean and flagged), sorted.
     """
-    _check_count(n_patches, seed)
+    check_plan(n_patches, seed)  # all of it, before the folder is made
     _check_workers(workers)
     out = Path(out)
     _prepare_out(out, overwrite)

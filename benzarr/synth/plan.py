@@ -104,14 +104,24 @@ def _n_acquisitions(n_patches: int) -> int:
     return min(n_patches, max(3, -(-n_patches // PATCHES_PER_ACQUISITION)))
 
 
-@functools.lru_cache(maxsize=4)
-def _plan(n_patches: int, seed: int) -> _Plan:
+def check_plan(n_patches: int, seed: int) -> None:
+    """Refuse a count or seed no archive can be planned for (before anything is written).
+
+    Raises:
+        InvalidArgumentError: not whole numbers >= 0, or more patches than the plan's
+            acquisitions can hold.
+    """
     _check_count(n_patches, seed)
-    n_acq = _n_acquisitions(n_patches)
-    if n_acq > _DAYS * _SLOTS_PER_DAY:
+    if _n_acquisitions(n_patches) > _DAYS * _SLOTS_PER_DAY:
         raise InvalidArgumentError(
             f"at most {_DAYS * _SLOTS_PER_DAY * PATCHES_PER_ACQUISITION:,} patches, got {n_patches:,}"
         )
+
+
+@functools.lru_cache(maxsize=4)
+def _plan(n_patches: int, seed: int) -> _Plan:
+    check_plan(n_patches, seed)
+    n_acq = _n_acquisitions(n_patches)
     rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(_NAME_STREAM,)))
     slots = np.sort(rng.choice(_DAYS * _SLOTS_PER_DAY, size=n_acq, replace=False))
     first_tile = int(rng.integers(len(_TILES)))
