@@ -239,6 +239,17 @@ def tmpfs(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
+def test_synth_on_a_full_disk_names_the_archive_and_a_fix_that_works(tmpfs: Path) -> None:
+    """It said "no space left on device while running; ... run the same command again", which
+    then refused the half-written archive."""
+    from benzarr.synth import synth_archive
+
+    with pytest.raises(FileSystemError, match=r"no space left on device while writing the synthetic archive .*"
+                                              r"run the same command with --overwrite"):
+        synth_archive(tmpfs / "a", 40, workers=1)  # 8.6 MB on a 3 MB disk
+    assert len(synth_archive(tmpfs / "a", 4, workers=1, overwrite=True)) == 4  # the advice, once there is room
+
+
 def test_full_disk_is_one_line_leaves_no_temporary_files_and_resumes(tmpfs: Path, synth_archive_64: Path,
                                                                      synth_store_64: Path) -> None:
     store = tmpfs / "s.zarr"  # 6.7 MB of store on a 3 MB disk

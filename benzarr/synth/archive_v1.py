@@ -37,6 +37,7 @@ from benzarr.synth.s1_maps import synth_patch_s1
 from benzarr.synth.writers import (
     _S1_PIXELS,
     _check_workers,
+    _os_errors_named,
     _patch_rng,
     _prepare_out,
     _run_jobs,
@@ -152,5 +153,6 @@ def synth_archive(
         write = functools.partial(_write_patch_with_s1, str(out), int(seed))
     else:
         write = functools.partial(_write_patch, str(out), int(seed))
-    _run_jobs(write, jobs, workers, progress)
+    with _os_errors_named(out):
+        _run_jobs(write, jobs, workers, progress)
     return list(plan.names)

@@ -31,7 +31,7 @@ from benzarr.synth.labels import synth_labels_v2
 from benzarr.synth.pixels import _add_cover, _patch_scene
 from benzarr.synth.plan import _COUNTRIES, _plan, _s1_passes, check_plan
 from benzarr.synth.s1_maps import synth_patch_s1, synth_reference_map
-from benzarr.synth.writers import _COVER_PIXELS, _S1_PIXELS, _check_workers, _patch_rng, _prepare_out, _run_jobs, _write_bands
+from benzarr.synth.writers import _COVER_PIXELS, _S1_PIXELS, _check_workers, _os_errors_named, _patch_rng, _prepare_out, _run_jobs, _write_bands
 
 # Stream of a seed (spawn key) for the v2 split, flags and covers.
 _V2_STREAM = 4
@@ -185,6 +185,7 @@ def synth_archive_v2(
     _prepare_out(out, overwrite)
     plan = _plan_v2(int(n_patches), int(seed))
     write = functools.partial(_write_patch_v2, str(out), int(seed), bool(s1), bool(reference_maps))
-    _run_jobs(write, plan.jobs, workers, progress)
-    _write_metadata(out, plan)
+    with _os_errors_named(out):
+        _run_jobs(write, plan.jobs, workers, progress)
+        _write_metadata(out, plan)
     return list(plan.patch_ids)

@@ -7,7 +7,8 @@ Folder and file names come from the archive sources (:mod:`benzarr.sources.ben_v
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from concurrent.futures import FIRST_COMPLETED, wait
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import numpy as np
 from benzarr._geotiff import geotiff_header
 from benzarr.bigearthnet import is_patch_name
 from benzarr.errors import InvalidArgumentError
-from benzarr.fsutil import MARKER, check_no_foreign, check_output, has_marker, remove_entries, write_marker
+from benzarr.fsutil import MARKER, check_no_foreign, check_output, has_marker, os_error, remove_entries, write_marker
 from benzarr.procs import worker_pool
 from benzarr.sources import band_file
 from benzarr.sources.ben_v1 import V1_S1_FOLDER, V1_S2_FOLDER
@@ -113,6 +114,17 @@ def _run_jobs(
                     report(future.result())
         for future in pending:
             report(future.result())
+
+
+@contextmanager
+def _os_errors_named(out: Path) -> Iterator[None]:
+    """OS errors while writing the archive ``out`` (a full disk, say) as one line naming it,
+    with a fix that works: the rerun must replace what was written (``--overwrite``)."""
+    try:
+        yield
+    except OSError as exc:
+        raise os_error(exc, out, "writing the synthetic archive",
+                       hint="free space and run the same command with --overwrite") from None
 
 
 def _check_workers(workers: int | None) -> None:
