@@ -578,6 +578,9 @@ class DeviceLoader:
             raise InvalidArgumentError("this loader cannot resume part-way through an epoch")
         self.batch_sampler.skip = served
         self.served = served
+        # an iteration still running would go on serving its own epoch (and the ring, prefetching
+        # the next one from the shared sampler, would consume the resume point): it ends here
+        self._iteration += 1
 
     def __len__(self) -> int:
         """Batches per epoch (on this rank)."""
@@ -708,8 +711,8 @@ class DeviceLoader:
             while True:
                 if self._iteration != mine:
                     raise LoaderWorkerError(
-                        "this iteration of the loader was superseded by a newer one (a loader serves one "
-                        "iteration at a time: finish or drop the old iterator first)"
+                        "this iteration of the loader was superseded by a newer one or by load_state_dict (a "
+                        "loader serves one iteration at a time: finish or drop the old iterator first)"
                     )
                 out = next(batches, _END)
                 if out is _END:

@@ -218,6 +218,16 @@ def test_loader_state_resumes_the_rest_of_an_epoch(synth_store_64: Path, engine:
         resumed.set_epoch(3)  # later epochs are whole again
         reference.set_epoch(3)
         _same(_epoch(reference), _epoch(resumed))
+        # a resume point set while an older iteration runs: that one ends, and the resume point
+        # holds (the ring's prefetch of the old iteration's next epoch used to consume it)
+        resumed.set_epoch(0)
+        old = iter(resumed)
+        next(old)
+        resumed.load_state_dict(state)
+        with pytest.raises(LoaderWorkerError, match="superseded"):
+            for _ in old:
+                pass
+        _same(rest, _epoch(resumed))
     with pytest.raises(InvalidArgumentError, match="batches served"):
         reference.load_state_dict({"epoch": 0, "served": 99})
 
