@@ -809,7 +809,10 @@ def make_loader(
 
     The order is a pure function of ``(seed, epoch)`` (call ``set_epoch`` before each epoch
     to reshuffle): the same seed gives the same batches, bit for bit, whatever
-    ``num_workers`` and engine. With ``distributed=True`` each rank of the initialised
+    ``num_workers`` and engine. As in torch's ``DistributedSampler`` (and so Lightning's and
+    TorchGeo's loaders), the shuffle is seeded with ``(seed + epoch) mod 2**32``: seed 1's
+    epoch 0 is seed 0's epoch 1, so give runs meant to be independent seeds further apart
+    than their epochs (0, 1000, 2000). With ``distributed=True`` each rank of the initialised
     ``torch.distributed`` process group gets its ``DistributedSampler`` share
     (``ceil(len(ds) / world)`` patches; the last few repeat when ``len(ds)`` does not
     divide, as ``DistributedSampler`` does).
