@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from benzarr.errors import InvalidArgumentError, SplitNotFoundError, StoreNotFoundError
+from benzarr.errors import InvalidArgumentError, SplitNotFoundError, StoreNotFoundError, UnsafeOverwriteError
 
 #: Checkpoints a run folder holds, by the name ``--checkpoint`` takes.
 CHECKPOINTS = ("best", "last")
@@ -150,6 +150,44 @@ def _check_same_question(out: Path, store: str | Path) -> None:
     if isinstance(other, str) and not _same_path(other, _resolved(store)):
         raise InvalidArgumentError(f"{out} holds the evaluation on {other}, another store of the same name; "
                                    "pass --out to write this one elsewhere")
+
+
+def _is_evaluation(summary: Any) -> bool:
+    """Whether a parsed ``metrics.json`` is one that ``benzarr evaluate`` wrote: every version
+    of it writes these keys, and ``benzarr train``'s has none of them (its metrics are under
+    ``test`` and ``val``)."""
+    return isinstance(summary, dict) and {"run", "n_patches", "metrics"} <= summary.keys()
+
+
+def _check_output(out: Path, predictions: bool) -> dict[str, Any] | None:
+    """Refuse an output folder where the evaluation would replace what it did not write: a
+    folder where it writes a file, a training run's folder (its own metrics.json and scores.csv
+    are the run's test result), a ``metrics.json`` of anything but an evaluation. Returns the
+    earlier evaluation's ``metrics.json`` found in ``out`` (None: none).
+
+    Raises:
+        InvalidArgumentError: a folder in a file's place, or ``out`` is a run folder.
+        UnsafeOverwriteError: ``out/metrics.json`` is not an evaluation's.
+    """
+    for name in ("metrics.json", "scores.csv", *(["predictions.parquet"] if predictions else [])):
+        if (out / name).is_dir():  # before scoring: nothing of the old evaluation is replaced then
+            raise InvalidArgumentError(f"{out / name}: is a folder where the evaluation writes a file; "
+                                       "remove it or pass another --out")
+    if (out / "config.json").is_file() or (out / "checkpoints").is_dir():
+        raise InvalidArgumentError(f"{out}: is a training run's folder (config.json, checkpoints/): the evaluation "
+                                   "would replace the run's own metrics.json and scores.csv; pass another --out, "
+                                   "or none for RUN/evaluations/<split>-<subset>")
+    path = out / "metrics.json"
+    if not path.exists():
+        return None
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError):
+        earlier = None
+    if not _is_evaluation(earlier):
+        raise UnsafeOverwriteError(f"{path}: not the metrics.json of an evaluation (benzarr evaluate did not write "
+                                   "it), and the evaluation replaces nothing else; pass another --out")
+    return earlier
 
 
 def _run_store(config: dict[str, Any]) -> str:
@@ -284,7 +322,8 @@ def evaluate_run(
         batch_size: patches per batch (default: the run's).
         workers: loader worker processes.
         device: ``auto``, ``cpu``, ``cuda``...
-        out_dir: where to write (default ``RUN/evaluations/<split>-<subset>[-<store>]``).
+        out_dir: where to write (default ``RUN/evaluations/<split>-<subset>[-<store>]``): a new
+            folder or an earlier evaluation's, never a run folder.
         predictions: also write ``predictions.parquet``: ``patch``, one float32 sigmoid
             score column per class (the class names, in the store's order) and
             ``labels``, the true class names joined by ``"; "``.
@@ -294,8 +333,10 @@ def evaluate_run(
             as ``ci95``.
 
     Raises:
-        InvalidArgumentError: not a run folder, a missing checkpoint, an unknown subset, or a
-            store whose class names differ from the run's.
+        InvalidArgumentError: not a run folder, a missing checkpoint, an unknown subset, a
+            store whose class names differ from the run's, or an ``out_dir`` that is a
+            run folder.
+        UnsafeOverwriteError: ``out_dir`` holds a ``metrics.json`` that is not an evaluation's.
         SplitNotFoundError, StoreNotFoundError: as :class:`~benzarr.data.BigEarthNetDataset`.
     """
     import torch
@@ -342,10 +383,7 @@ def evaluate_run(
     out = Path(out_dir) if out_dir is not None else default_out_dir(run_dir, store, split, subset, own_store, checkpoint)
     if out_dir is None and not own_store:  # the folder's name holds the store's: two stores may share it
         _check_same_question(out, store)
-    for name in ("metrics.json", "scores.csv", *(["predictions.parquet"] if predictions else [])):
-        if (out / name).is_dir():  # before scoring: nothing of the old evaluation is replaced then
-            raise InvalidArgumentError(f"{out / name}: is a folder where the evaluation writes a file; "
-                                       "remove it or pass another --out")
+    _check_output(out, predictions)  # before scoring: nothing is replaced after a refusal
     seen = _seen_in_training(config, store, ds.rows)
 
     target = resolve_device(device)

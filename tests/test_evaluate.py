@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benzarr.errors import InvalidArgumentError, SplitNotFoundError, StoreNotFoundError
+from benzarr.errors import InvalidArgumentError, SplitNotFoundError, StoreNotFoundError, UnsafeOverwriteError
 from benzarr.evaluate import evaluate_run
 from benzarr.split import make_split
 from benzarr.store import open_store
@@ -158,6 +158,24 @@ def test_a_bad_run_folder_or_output_is_named_before_anything_is_replaced(run: Pa
     with pytest.raises(InvalidArgumentError, match=r"predictions\.parquet: is a folder where the evaluation writes"):
         evaluate_run(run, split="rand", subset="val", out_dir=out, predictions=True)
     assert (out / "metrics.json").read_text() == "earlier"
+    with pytest.raises(UnsafeOverwriteError, match=r"out/metrics\.json: not the metrics\.json of an evaluation"):
+        evaluate_run(run, split="rand", subset="val", out_dir=out)  # "earlier" is no evaluation's
+    assert (out / "metrics.json").read_text() == "earlier"
+
+
+def test_the_run_folder_itself_is_no_output(run: Path, tmp_path: Path) -> None:
+    """`evaluate RUN --out RUN` replaced the run's metrics.json and scores.csv with the val
+    scores, which `report` then showed as the run's test metrics."""
+    own = {name: (run / name).read_bytes() for name in ("metrics.json", "scores.csv")}
+    with pytest.raises(InvalidArgumentError, match=r"is a training run's folder \(config\.json, checkpoints/\)"):
+        evaluate_run(run, subset="val", out_dir=run)
+    assert {name: (run / name).read_bytes() for name in own} == own
+    trained = tmp_path / "metrics-only"  # a run's metrics.json alone: still no evaluation's to replace
+    trained.mkdir()
+    (trained / "metrics.json").write_bytes(own["metrics.json"])
+    with pytest.raises(UnsafeOverwriteError, match="not the metrics.json of an evaluation"):
+        evaluate_run(run, subset="val", out_dir=trained)
+    assert (trained / "metrics.json").read_bytes() == own["metrics.json"]
 
 
 def test_bad_requests_raise_one_clear_error(run: Path, tmp_path: Path) -> None:
