@@ -56,6 +56,7 @@ class EvaluationResult:
         files: the files written.
         intervals: with ``bootstrap``, 95% percentile bootstrap intervals (resampling
             patches) of :data:`benzarr.metrics.BOOTSTRAP_KEYS`, as ``{metric: (low, high)}``.
+        warnings: what the caller should tell the user, one line each (the CLI prints them).
     """
 
     run_dir: Path
@@ -70,6 +71,7 @@ class EvaluationResult:
     out_dir: Path
     files: list[Path] = field(default_factory=list)
     intervals: dict[str, tuple[float, float]] | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 def read_run_config(run_dir: str | Path) -> dict[str, Any]:
@@ -188,6 +190,26 @@ def _check_output(out: Path, predictions: bool) -> dict[str, Any] | None:
         raise UnsafeOverwriteError(f"{path}: not the metrics.json of an evaluation (benzarr evaluate did not write "
                                    "it), and the evaluation replaces nothing else; pass another --out")
     return earlier
+
+
+def _stale_predictions(out: Path, earlier: dict[str, Any] | None) -> bool:
+    """Whether ``out/predictions.parquet`` is the earlier evaluation's in ``out`` (which an
+    evaluation without predictions removes: left, it would pass for this one's). Its
+    ``metrics.json`` says so; one from before that record counts it when the file has the
+    columns evaluate writes (``patch``, the class scores, ``labels``). A file the user put
+    there is never taken for it."""
+    path = out / "predictions.parquet"
+    if earlier is None or not path.is_file():
+        return False
+    if "predictions" in earlier:
+        return earlier["predictions"] == path.name
+    try:
+        import pyarrow.parquet as pq
+
+        names = pq.read_schema(path).names
+    except (OSError, ValueError):  # not a parquet file: not one evaluate wrote
+        return False
+    return len(names) >= 2 and names[0] == "patch" and names[-1] == "labels"
 
 
 def _run_store(config: dict[str, Any]) -> str:
@@ -326,7 +348,8 @@ def evaluate_run(
             folder or an earlier evaluation's, never a run folder.
         predictions: also write ``predictions.parquet``: ``patch``, one float32 sigmoid
             score column per class (the class names, in the store's order) and
-            ``labels``, the true class names joined by ``"; "``.
+            ``labels``, the true class names joined by ``"; "``. Without, an earlier
+            evaluation's ``predictions.parquet`` in ``out_dir`` is removed.
         progress: called as ``progress(patches_done, patches_total)`` after each batch.
         bootstrap: with N > 0, 95% intervals from N bootstrap resamples of the evaluated
             patches (seed 0; :func:`benzarr.metrics.bootstrap_intervals`), in ``metrics.json``
@@ -383,8 +406,9 @@ def evaluate_run(
     out = Path(out_dir) if out_dir is not None else default_out_dir(run_dir, store, split, subset, own_store, checkpoint)
     if out_dir is None and not own_store:  # the folder's name holds the store's: two stores may share it
         _check_same_question(out, store)
-    _check_output(out, predictions)  # before scoring: nothing is replaced after a refusal
+    earlier = _check_output(out, predictions)  # before scoring: nothing is replaced after a refusal
     seen = _seen_in_training(config, store, ds.rows)
+    warnings: list[str] = []
 
     target = resolve_device(device)
     memory_format = torch.channels_last if settings.get("channels_last", True) else torch.contiguous_format
@@ -421,18 +445,25 @@ def evaluate_run(
         "labels": labels,
         "n_patches": len(ds),
         "seen_in_training": seen, "normalization": source,
+        "predictions": "predictions.parquet" if predictions else None,  # which predictions file is this one's
         "metrics": json_friendly(metrics),
     }
     if intervals is not None:
         summary["ci95"] = {k: [None if v != v else v for v in pair] for k, pair in intervals.items()}
         summary["bootstrap"] = {"resamples": bootstrap, "seed": 0, "unit": "patch", "method": "percentile"}
-    files = [out / "metrics.json", write_scores_csv(out / "scores.csv", metrics)]
-    files[0].write_text(json.dumps(summary, indent=2) + "\n")
+    files = [out / "metrics.json", out / "scores.csv"]
     if predictions:
         files.append(_write_predictions(out / "predictions.parquet", ds, rows.numpy(),
                                         torch.sigmoid(logits).cpu().numpy(), truth.cpu().numpy(), classes))
+    elif _stale_predictions(out, earlier):
+        (out / "predictions.parquet").unlink()
+    elif (out / "predictions.parquet").exists():
+        warnings.append(f"{out / 'predictions.parquet'}: left as it was (benzarr evaluate did not write it); "
+                        "it holds no predictions of this evaluation")
+    write_scores_csv(files[1], metrics)
+    files[0].write_text(json.dumps(summary, indent=2) + "\n")  # last: it says what the folder holds
     return EvaluationResult(run_dir, weights, store, split, subset, len(ds), metrics, seen, source, out, files,
-                            intervals)
+                            intervals, warnings)
 
 
 def _write_predictions(path: Path, ds: Any, rows: np.ndarray, probabilities: np.ndarray, truth: np.ndarray,

@@ -47,6 +47,8 @@ def command(
                                   batch_size=batch_size, workers=workers, device=device,
                                   out_dir=None if out is None else out / folder.name if len(folders) > 1 else out,
                                   predictions=predictions, progress=progress, bootstrap=bootstrap)
+        for line in result.warnings:
+            warn_line(f"{prefix}{line}")
         if result.seen_in_training:
             warn_line(f"{prefix}{result.seen_in_training:,} of the {result.n_patches:,} patches evaluated were in "
                       f"the run's training subset: their scores are optimistic")

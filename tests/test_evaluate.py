@@ -56,6 +56,27 @@ def test_worker_processes_give_the_same_scores(run: Path, tmp_path: Path) -> Non
                                   pd.read_parquet(tmp_path / "w0" / "predictions.parquet"))
 
 
+def test_an_evaluation_without_predictions_leaves_no_earlier_ones_behind(run: Path, tmp_path: Path) -> None:
+    """`evaluate --subset val --out E --predictions` then `--subset test --out E` left the val
+    predictions beside the test metrics; a predictions.parquet evaluate did not write stays."""
+    from benzarr.evaluate import _stale_predictions
+
+    out = tmp_path / "e"
+    evaluate_run(run, split="rand", subset="val", out_dir=out, predictions=True)
+    earlier = json.loads((out / "metrics.json").read_text())
+    assert earlier["predictions"] == "predictions.parquet"
+    del earlier["predictions"]  # as evaluations before the record: a file with evaluate's columns is theirs
+    assert _stale_predictions(out, earlier) and not _stale_predictions(out, {**earlier, "predictions": None})
+    again = evaluate_run(run, split="rand", subset="test", out_dir=out)
+    assert not (out / "predictions.parquet").exists() and again.warnings == []
+    assert json.loads((out / "metrics.json").read_text())["predictions"] is None
+    (out / "predictions.parquet").write_text("the user's")  # not evaluate's: left, and said so
+    kept = evaluate_run(run, split="rand", subset="test", out_dir=out)
+    assert (out / "predictions.parquet").read_text() == "the user's"
+    assert kept.warnings == [f"{out / 'predictions.parquet'}: left as it was (benzarr evaluate did not write it); "
+                             "it holds no predictions of this evaluation"]
+
+
 def test_the_last_checkpoint_gets_its_own_folder(run: Path) -> None:
     best = evaluate_run(run, split="rand")
     last = evaluate_run(run, split="rand", checkpoint="last")
