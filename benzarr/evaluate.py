@@ -13,7 +13,10 @@ Scores match training's own test pass bit for bit on the run's split (same batch
 autocast and memory layout), so ``evaluate(run)`` reproduces ``metrics.json``'s test block.
 
 On the run's own store, the evaluated patches that the run trained on are counted
-(``seen_in_training``): scores on them are optimistic, and the CLI says so.
+(``seen_in_training``): scores on them are optimistic, and the CLI says so. That needs the
+run's split as the run saw it (``config.json`` records its codes' SHA-256): the run's own
+split rewritten since (``benzarr split --overwrite``) is refused, as ``train --resume``
+refuses it; on another split the count is then unknown (None), with a warning.
 """
 
 from __future__ import annotations
@@ -245,23 +248,49 @@ def run_normalization(config: dict[str, Any], options: dict[str, Any]) -> tuple[
     return ds.mean, ds.std, f"recomputed: {ds.stats_source} of {store}"
 
 
-def _seen_in_training(config: dict[str, Any], store_path: str, rows: np.ndarray) -> int | None:
-    """How many of ``rows`` the run trained on, when ``store_path`` is the run's store and its
-    split still has the codes the run recorded; None otherwise."""
+def _run_split_fingerprints(config: dict[str, Any], store_path: str) -> tuple[str, str | None] | None:
+    """The SHA-256 of the run's split codes as the run recorded it and as ``store_path`` holds
+    it now (None when the split is gone), when ``store_path`` is the run's store; None for
+    another store or a run that recorded no store identity."""
     from benzarr.store import open_store
     from benzarr.train import store_identity
 
     identity = config.get("store") or {}
-    if not identity.get("path") or not _same_path(identity["path"], store_path):
+    if not identity.get("path") or not identity.get("split") or not _same_path(identity["path"], store_path):
         return None
-    store = open_store(store_path)
     try:
-        now = store_identity(store, identity["split"])  # the fingerprint the run recorded, taken again
+        now = store_identity(open_store(store_path), identity["split"])  # the fingerprint the run recorded, taken again
     except SplitNotFoundError:
+        return str(identity.get("split_sha256")), None
+    return str(identity.get("split_sha256")), now["split_sha256"]
+
+
+def _check_split_unchanged(config: dict[str, Any], store_path: str, split: str | None,
+                           fingerprints: tuple[str, str | None] | None) -> None:
+    """Refuse to score the run's own split of its own store when its codes are no longer those
+    the run trained with (``benzarr split --overwrite`` since): its val and test patches may
+    then be patches the run trained on, and which ones cannot be told from a fingerprint."""
+    if fingerprints is None or split is None or split != (config.get("store") or {}).get("split"):
+        return
+    recorded, now = fingerprints
+    if now is not None and now != recorded:
+        raise InvalidArgumentError(
+            f"split {split!r} of {store_path} was rewritten since the run trained on it (split codes: "
+            f"{recorded[:12]!r} -> {now[:12]!r}): its patches may be ones the run trained on, so the scores "
+            "would mean nothing; evaluate on another split (--split), or train again on this one")
+
+
+def _seen_in_training(config: dict[str, Any], store_path: str, rows: np.ndarray,
+                      fingerprints: tuple[str, str | None] | None) -> int | None:
+    """How many of ``rows`` the run trained on, when ``store_path`` is the run's store and its
+    split still has the codes the run recorded (``fingerprints`` of :func:`_run_split_fingerprints`
+    equal); None otherwise."""
+    from benzarr.store import open_store
+
+    if fingerprints is None or fingerprints[1] != fingerprints[0]:
         return None
-    if now["split_sha256"] != identity.get("split_sha256"):
-        return None
-    trained = store.subset_rows(identity["split"], "train")
+    split = config["store"]["split"]
+    trained = open_store(store_path).subset_rows(split, "train")
     return int(np.isin(rows, trained).sum())
 
 
@@ -357,8 +386,8 @@ def evaluate_run(
 
     Raises:
         InvalidArgumentError: not a run folder, a missing checkpoint, an unknown subset, a
-            store whose class names differ from the run's, or an ``out_dir`` that is a
-            run folder.
+            store whose class names differ from the run's, an ``out_dir`` that is a run
+            folder, or the run's own split rewritten since it trained on it.
         UnsafeOverwriteError: ``out_dir`` holds a ``metrics.json`` that is not an evaluation's.
         SplitNotFoundError, StoreNotFoundError: as :class:`~benzarr.data.BigEarthNetDataset`.
     """
@@ -407,8 +436,14 @@ def evaluate_run(
     if out_dir is None and not own_store:  # the folder's name holds the store's: two stores may share it
         _check_same_question(out, store)
     earlier = _check_output(out, predictions)  # before scoring: nothing is replaced after a refusal
-    seen = _seen_in_training(config, store, ds.rows)
+    fingerprints = _run_split_fingerprints(config, store)
+    _check_split_unchanged(config, store, split, fingerprints)
+    seen = _seen_in_training(config, store, ds.rows, fingerprints)
     warnings: list[str] = []
+    if fingerprints is not None and seen is None:
+        warnings.append(f"the run's split {config['store']['split']!r} of {store} was rewritten or deleted since "
+                        "the run trained on it: the evaluated patches it trained on, whose scores are optimistic, "
+                        "cannot be counted")
 
     target = resolve_device(device)
     memory_format = torch.channels_last if settings.get("channels_last", True) else torch.contiguous_format

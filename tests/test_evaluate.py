@@ -120,7 +120,16 @@ def test_a_split_rewritten_since_training_counts_nothing_as_seen(run: Path, tmp_
     config = json.loads((changed / "config.json").read_text())
     config["store"]["split_sha256"] = "0" * 64  # as if `strat` had been made again after the run
     (changed / "config.json").write_text(json.dumps(config))
-    assert evaluate_run(changed, split="rand").seen_in_training is None  # unknown, not zero
+    other = evaluate_run(changed, split="rand")
+    assert other.seen_in_training is None  # unknown, not zero
+    assert other.warnings == [f"the run's split 'strat' of {config['settings']['store']} was rewritten or deleted "
+                              "since the run trained on it: the evaluated patches it trained on, whose scores are "
+                              "optimistic, cannot be counted"]
+    # its own split, rewritten (`split --overwrite`): the test patches may be training patches
+    with pytest.raises(InvalidArgumentError, match=r"split 'strat' of .*store\.zarr was rewritten since the run "
+                       r"trained on it \(split codes: '000000000000' -> '[0-9a-f]{12}'\)"):
+        evaluate_run(changed, out_dir=tmp_path / "own")
+    assert not (tmp_path / "own").exists()
 
 
 def test_a_run_without_recorded_statistics_recomputes_them_from_its_store(run: Path, tmp_path: Path) -> None:
