@@ -123,9 +123,11 @@ def find_runs(paths: Sequence[str | Path], scalars: bool = True, evaluations: Se
     confidence interval of zero.
 
     Raises:
-        InvalidArgumentError: a path is missing or holds no run folder, a run lacks one of
-            the ``evaluations``, or an evaluation name is a path.
+        InvalidArgumentError: a path is missing or holds no run folder, a run's ``config.json``
+            is not a run configuration, a run lacks one of the ``evaluations``, or an
+            evaluation name is a path.
     """
+    from benzarr.evaluate import read_run_config
     from benzarr.store import SPLIT_NAME
     from benzarr.tb import read_scalars
 
@@ -148,7 +150,7 @@ def find_runs(paths: Sequence[str | Path], scalars: bool = True, evaluations: Se
             if folder.resolve() in seen:
                 continue
             seen.add(folder.resolve())
-            config = _read_json(folder / "config.json") or {}
+            config = read_run_config(folder)  # `{}` or `[]` is no run: refused, as evaluate and show refuse it
             run = Run(folder, str(p), config, _read_json(folder / "metrics.json"), read_scalars(folder) if scalars else {})
             if not evaluations:
                 runs.append(run)

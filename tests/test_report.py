@@ -72,6 +72,10 @@ def test_curves_come_from_the_event_files(runs: dict[str, Path]) -> None:
 def test_a_folder_without_runs_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgumentError, match="no run here"):
         write_report([tmp_path], tmp_path / "out")
+    for text, why in (("{}", "no 'settings' in it"), ("[]", "not the layout benzarr train writes")):
+        (tmp_path / "config.json").write_text(text)  # tabulated as model None, split None, rc 0
+        with pytest.raises(InvalidArgumentError, match=rf"config\.json: not a benzarr run configuration \({why}\)"):
+            write_report([tmp_path], tmp_path / "out")
 
 
 def test_report_command_prints_the_summary(runs: dict[str, Path], tmp_path: Path) -> None:
