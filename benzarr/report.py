@@ -343,6 +343,7 @@ class Report:
     summary: pd.DataFrame
     summary_md: str
     unfinished: list[str] = field(default_factory=list)  # run folders without metrics.json (rows without test metrics)
+    warnings: list[str] = field(default_factory=list)  # what the caller should tell the user, one line each
 
 
 def write_report(paths: Sequence[str | Path], out: str | Path, evaluations: Sequence[str] = ()) -> Report:
@@ -371,5 +372,16 @@ def write_report(paths: Sequence[str | Path], out: str | Path, evaluations: Sequ
     (out / "summary.md").write_text(
         f"{what}: mean ± half-width of the 95% confidence interval across seeds (Student t).\n\n" + summary_md)
     files["summary.md"] = out / "summary.md"
-    unfinished = [str(r.path) for r in runs if r.metrics is None]
-    return Report(out, files, runs_df, summary, summary_md, list(dict.fromkeys(unfinished)))
+    unfinished = list(dict.fromkeys(str(r.path) for r in runs if r.metrics is None))
+    return Report(out, files, runs_df, summary, summary_md, unfinished, [unfinished_warning(Path(r)) for r in unfinished])
+
+
+def unfinished_warning(run_dir: Path) -> str:
+    """What to do about a run folder without ``metrics.json``: finish it with ``--resume`` when
+    it has a checkpoint to go on from, else (it failed before its first one, and ``--resume``
+    refuses it) train it again."""
+    if (run_dir / "checkpoints" / "last.pt").is_file():
+        return (f"{run_dir}: no metrics.json, the run did not finish: its row has no test metrics "
+                "(benzarr train --resume --out RUN finishes it)")
+    return (f"{run_dir}: no metrics.json and no checkpoint: the run failed before its first checkpoint, so its row "
+            "has no test metrics and --resume cannot finish it; delete the folder and train again")

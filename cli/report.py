@@ -22,9 +22,8 @@ def command(
     from benzarr.report import write_report  # pandas and matplotlib: only when reporting
 
     report = write_report(rundirs, out, evaluations=evaluation or ())
-    for run in report.unfinished:  # on stderr, also with --quiet: a row without metrics is easy to miss
-        warn_line(f"{run}: no metrics.json, the run did not finish: its row has no test metrics "
-                  "(benzarr train --resume --out RUN finishes it)")
+    for line in report.warnings:  # on stderr, also with --quiet: a row without metrics is easy to miss
+        warn_line(line)
     if quiet:
         return
     what = f"metrics of the evaluations {', '.join(evaluation)}" if evaluation else "test metrics of the best checkpoints"

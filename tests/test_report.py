@@ -107,22 +107,27 @@ def test_runs_that_differ_in_more_than_their_seed_are_never_averaged(runs: dict[
 
 def test_a_run_that_did_not_finish_is_named_on_stderr_also_when_quiet(runs: dict[str, Path], tmp_path: Path) -> None:
     """A run stopped before its test metrics (Ctrl-C) used to give a row of None without a word."""
+    import shutil
     import subprocess
     import sys
     import warnings
 
     stopped = copy_tree(runs["rand"], tmp_path / "stopped")
     (stopped / "metrics.json").unlink()
+    failed = copy_tree(stopped, tmp_path / "failed")  # failed before its first checkpoint: --resume refuses it
+    shutil.rmtree(failed / "checkpoints")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no matplotlib legend warning for curves without data
         report = write_report([runs["rand"], stopped], tmp_path / "r")
     assert report.unfinished == [str(stopped)]
-    result = subprocess.run([sys.executable, "-m", "benzarr_cli", "report", str(runs["rand"]), str(stopped), "--out",
-                             str(tmp_path / "r2"), "--quiet"], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "benzarr_cli", "report", str(runs["rand"]), str(stopped), str(failed),
+                             "--out", str(tmp_path / "r2"), "--quiet"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout == ""
     assert result.stderr.strip().splitlines() == [
         f"warning: {stopped}: no metrics.json, the run did not finish: its row has no test metrics "
-        "(benzarr train --resume --out RUN finishes it)"]
+        "(benzarr train --resume --out RUN finishes it)",
+        f"warning: {failed}: no metrics.json and no checkpoint: the run failed before its first checkpoint, so its "
+        "row has no test metrics and --resume cannot finish it; delete the folder and train again"]
 
 
 def test_a_run_named_twice_is_one_run_and_an_evaluation_name_is_no_path(runs: dict[str, Path], tmp_path: Path) -> None:
