@@ -9,13 +9,17 @@ Output (``write_report``)::
     curves.png    loss, micro-F1 and macro-F1 per epoch; train dashed, val solid; one line per
                   group (mean over its runs), a band of +- one standard deviation across seeds
     runs.csv/.md  one row per run: model, split, labels, seed, best epoch, test metrics
-    summary.csv/.md  one row per configuration: (model, split, labels, bands) plus every other
-                  setting whose value differs between the runs given (loss, lr, augment, ...;
-                  not the seed, nor settings that cannot change the result, ``OUTCOME_FREE``):
-                  n runs and, per test metric, the mean and the half-width of its 95%
-                  confidence interval across runs (Student t, n - 1 degrees of freedom; none for
-                  a single run). So runs that differ in more than their seed are never averaged
-                  together, and grouping by split makes a comparison of splits one table.
+    summary.csv/.md  one row per configuration: (model, split, labels, bands), the data (a
+                  ``store`` column when the runs' store identities differ: store path, patch
+                  count, SHA-256 of the split codes, as ``config.json`` records them) and every
+                  other setting whose value differs between the runs given (loss, lr, augment,
+                  ...; not the seed, nor settings that cannot change the result,
+                  ``OUTCOME_FREE``): n runs (distinct seeds: runs with the same seed are one
+                  sample, their mean, and a warning says so) and, per test metric, the mean and
+                  the half-width of its 95% confidence interval across seeds (Student t, n - 1
+                  degrees of freedom; none for a single seed). So runs that differ in more than
+                  their seed are never averaged together, and grouping by split makes a
+                  comparison of splits one table.
 
 With ``evaluations`` (names of ``RUN/evaluations/<name>/`` folders that ``benzarr evaluate``
 wrote, such as ``grouped-test``), the tables hold those evaluations' metrics instead of the
@@ -44,7 +48,9 @@ TABLE_METRICS: tuple[str, ...] = SCALAR_KEYS
 GROUP_KEYS: tuple[str, ...] = ("model", "split", "labels", "bands")
 #: Settings that do not change a run's result (or are what the summary averages over, the
 #: seed): never a grouping column. Batches are the same with any worker count, a resumed or
-#: mid-epoch-checkpointed run ends as an uninterrupted one (tests/test_train.py).
+#: mid-epoch-checkpointed run ends as an uninterrupted one (tests/test_train.py). The store
+#: setting is only the path as given: the data is compared by the store identity the run
+#: recorded (:func:`store_labels`), which does change the result.
 OUTCOME_FREE: frozenset[str] = frozenset({
     "seed", "out", "resume", "workers", "loader_timeout", "device", "checkpoint_every", "track_emissions",
     "emissions_country", "store", "deterministic", *GROUP_KEYS})
@@ -166,11 +172,49 @@ def find_runs(paths: Sequence[str | Path], scalars: bool = True, evaluations: Se
 
 
 def group_keys(runs: Sequence[Run]) -> tuple[str, ...]:
-    """The columns that identify a row of the summary: ``GROUP_KEYS``, the settings that
-    differ between ``runs`` (:func:`varying_settings`), and ``evaluated_on`` when the runs
-    carry evaluations."""
+    """The columns that identify a row of the summary: ``GROUP_KEYS``, ``store`` when the runs
+    were trained on different data (:func:`store_labels`), the settings that differ between
+    ``runs`` (:func:`varying_settings`), and ``evaluated_on`` when the runs carry evaluations."""
+    stores = ("store",) if len(set(store_labels(runs).values())) > 1 else ()
     evaluated = ("evaluated_on",) if any(r.evaluation is not None for r in runs) else ()
-    return (*GROUP_KEYS, *varying_settings(runs), *evaluated)
+    return (*GROUP_KEYS, *stores, *varying_settings(runs), *evaluated)
+
+
+def _store_identity(run: Run) -> tuple[str, str, str, str] | None:
+    """The data a run trained on: its store's path, patch count, split name and the SHA-256 of
+    its split codes (``config.json`` ``store``, :func:`benzarr.train.store_identity`); None if
+    unrecorded."""
+    identity = run.config.get("store")
+    if not isinstance(identity, dict) or not identity.get("path"):
+        return None
+    return (str(identity["path"]), str(identity.get("n_patches")), str(identity.get("split")),
+            str(identity.get("split_sha256")))
+
+
+def store_labels(runs: Sequence[Run]) -> dict[tuple[str, str, str, str] | None, str]:
+    """A table cell for each store identity among ``runs`` (:func:`_store_identity`): the store's
+    folder name (its path when two stores share a name), plus ``(split <first 12 hex digits of
+    the fingerprint>)`` when runs of one split of one store saw different codes (the split
+    rewritten between them); ``unknown`` for runs that recorded none. Two splits of one store
+    get one cell: the split is a column of its own. With the split name, distinct identities
+    get distinct cells, so grouping never puts runs on different data together."""
+    identities = list(dict.fromkeys(_store_identity(r) for r in runs))
+    paths = {i[0] for i in identities if i is not None}
+    short = len({Path(p).name for p in paths}) == len(paths)
+
+    def label(identity: tuple[str, str, str, str] | None) -> str:
+        if identity is None:
+            return "unknown"
+        path, _, split, sha = identity
+        text = Path(path).name if short else path
+        if sum(1 for i in identities if i is not None and i[0] == path and i[2] == split) > 1:
+            text += f" (split {sha[:12]})"
+        return text
+
+    labels = {i: label(i) for i in identities}
+    if len({(cell, i and i[2]) for i, cell in labels.items()}) < len(labels):  # a shared prefix, a store "unknown"
+        labels = {i: "unknown" if i is None else f"{i[0]} ({i[1]} patches, split {i[3]})" for i in identities}
+    return labels
 
 
 def varying_settings(runs: Sequence[Run]) -> tuple[str, ...]:
@@ -211,11 +255,14 @@ def runs_table(runs: Sequence[Run]) -> pd.DataFrame:
     rows = []
     evaluated = any(r.evaluation is not None for r in runs)
     varying = varying_settings(runs)
+    stores = store_labels(runs)
     for run in runs:
         m = run.metrics or {}
         test = run.test
         rows.append({
-            "run": str(run.path), **run.key(), **{name: _setting(run, name) for name in varying},
+            "run": str(run.path), **run.key(),
+            **({"store": stores[_store_identity(run)]} if len(set(stores.values())) > 1 else {}),
+            **{name: _setting(run, name) for name in varying},
             **({"evaluated_on": run.evaluated_on(), "seen_in_training": (run.evaluation or {}).get("seen_in_training")}
                if evaluated else {}),
             "seed": run.settings.get("seed"), "epochs": m.get("epochs"), "best_epoch": m.get("best_epoch"),
@@ -245,21 +292,38 @@ def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
 
 
 def summary_table(runs: Sequence[Run]) -> pd.DataFrame:
-    """One row per configuration (:func:`group_keys`) over the finished runs: ``n_runs``, and ``<metric>_mean``, ``<metric>_ci95`` for each test metric."""
+    """One row per configuration (:func:`group_keys`) over the finished runs: ``n_runs`` (distinct
+    seeds), ``seeds`` (of every run), and ``<metric>_mean``, ``<metric>_ci95`` for each test metric."""
+    return _summary(runs)[0]
+
+
+def _summary(runs: Sequence[Run]) -> tuple[pd.DataFrame, list[str]]:
+    """:func:`summary_table`, and one warning per configuration with several runs of one seed."""
     keys = group_keys(runs)
     table = runs_table(runs)
     table = table[table["n_test"].notna()] if len(table) else table
     rows = []
+    notes = []
     if len(table):
         for key, part in table.groupby(list(keys), sort=False):
             row: dict[str, Any] = dict(zip(keys, key))
-            row["n_runs"] = len(part)
+            # Runs with one seed are no independent samples (trained again, a run gives the same
+            # numbers): counted as several they shrink the interval. Each seed is one sample, its mean.
+            per_seed = part.groupby("seed", sort=False, dropna=False)[list(TABLE_METRICS)].mean()
+            row["n_runs"] = len(per_seed)
             row["seeds"] = ",".join(str(s) for s in part["seed"])
             for metric in TABLE_METRICS:
-                row[f"{metric}_mean"], row[f"{metric}_ci95"] = mean_ci95(part[metric].tolist())
+                row[f"{metric}_mean"], row[f"{metric}_ci95"] = mean_ci95(per_seed[metric].tolist())
             rows.append(row)
-    return pd.DataFrame(rows, columns=[*keys, "n_runs", "seeds",
-                                       *(f"{m}_{s}" for m in TABLE_METRICS for s in ("mean", "ci95"))])
+            shared = [f"{' and '.join(dict.fromkeys(group['run']))} share seed {seed}"
+                      for seed, group in part.groupby("seed", sort=False, dropna=False) if len(group) > 1]
+            if shared:
+                where = ", ".join(f"{k} {v}" for k, v in row.items() if k in keys)
+                notes.append(f"{where}: {'; '.join(shared)}: not independent runs; each seed counts once "
+                             "(the mean of its runs) in n_runs and the 95% interval")
+    frame = pd.DataFrame(rows, columns=[*keys, "n_runs", "seeds",
+                                        *(f"{m}_{s}" for m in TABLE_METRICS for s in ("mean", "ci95"))])
+    return frame, notes
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
@@ -357,7 +421,7 @@ def write_report(paths: Sequence[str | Path], out: str | Path, evaluations: Sequ
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runs_df = runs_table(runs)
-    summary = summary_table(runs)
+    summary, notes = _summary(runs)
     summary_md = summary_markdown(summary)
     unique = list({id(r.scalars): r for r in runs}.values())  # a run's curves once, however many evaluations
     files = {"curves": plot_curves(unique, out / "curves.png")}
@@ -370,10 +434,12 @@ def write_report(paths: Sequence[str | Path], out: str | Path, evaluations: Sequ
     what = (f"Metrics of the evaluations {', '.join(evaluations)} (benzarr evaluate)" if evaluations
             else "Test metrics of each run's best checkpoint")
     (out / "summary.md").write_text(
-        f"{what}: mean ± half-width of the 95% confidence interval across seeds (Student t).\n\n" + summary_md)
+        f"{what}: mean ± half-width of the 95% confidence interval across seeds (Student t).\n\n" + summary_md
+        + "".join(f"\nNote: {note}.\n" for note in notes))
     files["summary.md"] = out / "summary.md"
     unfinished = list(dict.fromkeys(str(r.path) for r in runs if r.metrics is None))
-    return Report(out, files, runs_df, summary, summary_md, unfinished, [unfinished_warning(Path(r)) for r in unfinished])
+    return Report(out, files, runs_df, summary, summary_md, unfinished,
+                  [*(unfinished_warning(Path(r)) for r in unfinished), *notes])
 
 
 def unfinished_warning(run_dir: Path) -> str:

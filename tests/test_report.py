@@ -105,6 +105,46 @@ def test_runs_that_differ_in_more_than_their_seed_are_never_averaged(runs: dict[
     assert sorted(report.runs["lr"]) == ["0.001", "0.001", "0.01"]
 
 
+def test_runs_on_different_data_are_never_averaged_and_a_repeated_seed_counts_once(
+        runs: dict[str, Path], tmp_path: Path) -> None:
+    """Runs on two stores (or on one split rewritten between them) were averaged as seeds of one
+    configuration, since the store path is no setting compared; two runs of seed 0 were two seeds."""
+    import json
+
+    from benzarr.report import summary_table
+    from benzarr_cli.main import app
+
+    def copy(seed: int, name: str, **store: str) -> Path:
+        run = copy_tree(runs["strat"] / f"seed-{seed}", tmp_path / "data" / name)
+        config = json.loads((run / "config.json").read_text())
+        config["store"].update(store)
+        (run / "config.json").write_text(json.dumps(config))
+        return run
+
+    copy(0, "other-s0", path="/elsewhere/other.zarr")  # the same split codes of another store
+    copy(1, "other-s1", path="/elsewhere/other.zarr")
+    copy(0, "rewritten-s0", split_sha256="f" * 64)  # the store's split made again (split --overwrite)
+    summary = summary_table(find_runs([runs["strat"], tmp_path / "data"], scalars=False)).set_index("store")
+    own = json.loads((runs["strat"] / "seed-0" / "config.json").read_text())["store"]["split_sha256"][:12]
+    assert list(summary.index) == [f"store.zarr (split {own})", "other.zarr", "store.zarr (split ffffffffffff)"]
+    assert list(summary["n_runs"]) == [2, 2, 1]
+    plain = summary_table(find_runs([runs["strat"], runs["rand"]], scalars=False))
+    assert "store" not in plain.columns  # one store: the tables are as before
+
+    again = copy_tree(runs["strat"] / "seed-0", tmp_path / "again")  # seed 0 a second time
+    result = CliRunner().invoke(app, ["report", str(runs["strat"]), str(again), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    summary = pd.read_csv(tmp_path / "r" / "summary.csv")
+    assert list(summary["n_runs"]) == [2] and summary.loc[0, "seeds"] == "0,1,0"
+    per_run = pd.read_csv(tmp_path / "r" / "runs.csv").drop_duplicates("seed")["macro_f1"]
+    assert summary.loc[0, "macro_f1_mean"] == pytest.approx(per_run.mean())  # seed 0 weighs as much as seed 1
+    note = (f"model shortcnn-rgb, split strat, labels clc43, bands rgb: {runs['strat'] / 'seed-0'} and {again} "
+            "share seed 0: not independent runs; each seed counts once (the mean of its runs) in n_runs and the "
+            "95% interval")
+    assert f"warning: {note}" in result.output.replace("\n", "")
+    assert f"Note: {note}." in (tmp_path / "r" / "summary.md").read_text()
+
+
 def test_a_run_that_did_not_finish_is_named_on_stderr_also_when_quiet(runs: dict[str, Path], tmp_path: Path) -> None:
     """A run stopped before its test metrics (Ctrl-C) used to give a row of None without a word."""
     import shutil
