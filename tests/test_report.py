@@ -160,8 +160,8 @@ def test_a_run_that_did_not_finish_is_named_on_stderr_also_when_quiet(runs: dict
         warnings.simplefilter("error")  # no matplotlib legend warning for curves without data
         report = write_report([runs["rand"], stopped], tmp_path / "r")
     assert report.unfinished == [str(stopped)]
-    result = subprocess.run([sys.executable, "-m", "benzarr_cli", "report", str(runs["rand"]), str(stopped), str(failed),
-                             "--out", str(tmp_path / "r2"), "--quiet"], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "benzarr_cli", "report", str(runs["rand"]), str(stopped),
+                             str(failed), "--out", str(tmp_path / "r2"), "--quiet"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout == ""
     assert result.stderr.strip().splitlines() == [
         f"warning: {stopped}: no metrics.json, the run did not finish: its row has no test metrics "
