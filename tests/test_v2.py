@@ -177,6 +177,7 @@ def _metadata_variant(archive: Path, tmp_path: Path, change) -> Path:
 
 @pytest.mark.parametrize("case, message", [
     ("duplicate", "is listed twice"),
+    ("duplicate-s1", "s1_name {s1} is listed for two patches, {first} and {second}; each patch must have its own"),
     ("bad-split", "split 'training' of"),
     ("no-split", "split None of"),
     ("labels-as-text", "column labels holds string, expected lists of label names"),
@@ -193,6 +194,8 @@ def test_a_damaged_metadata_parquet_is_refused_naming_what_is_wrong(synth_v2_arc
     def change(rows: list[dict]):
         if case == "duplicate":
             return rows + [rows[0] | {"labels": ["Marine waters"]}]
+        if case == "duplicate-s1":  # two S2 patches would get the same S1 pixels
+            return [rows[0], rows[1] | {"s1_name": rows[0]["s1_name"]}] + rows[2:]
         if case == "bad-split":
             return [rows[0] | {"split": "training"}] + rows[1:]
         if case == "no-split":
@@ -202,6 +205,9 @@ def test_a_damaged_metadata_parquet_is_refused_naming_what_is_wrong(synth_v2_arc
         return pa.Table.from_pylist(rows).slice(0, 0)
 
     root = _metadata_variant(synth_v2_archive, tmp_path, change)
+    if case == "duplicate-s1":  # the line names the S1 patch and both S2 patches
+        rows = pq.read_table(root / "metadata.parquet").to_pylist()
+        message = message.format(s1=rows[0]["s1_name"], first=rows[0]["patch_id"], second=rows[1]["patch_id"])
     with pytest.raises(NotAnArchiveError, match=message.replace("(", r"\(")):
         open_archive(root)
 

@@ -153,6 +153,7 @@ class BigEarthNetV2:
         place, _ = official_names(s2_names=[str(row.get("s2v1_name") or "") for row in rows])
         has_s1, has_maps = _files.is_dir(path / V2_S1_FOLDER), _files.is_dir(path / V2_REFERENCE_MAPS)
         refs: dict[str, PatchRef] = {}
+        s1_owner: dict[str, str] = {}  # s1_name -> the patch_id that lists it first
         for i, row in enumerate(rows):
             season = place.get(str(row.get("s2v1_name") or ""), ("", ""))[1]
             ref = _patch_ref(path, row, i < clean, season, has_s1, has_maps)
@@ -163,6 +164,12 @@ class BigEarthNetV2:
             if i < clean and ref.official_split not in _SPLIT_VALUES:
                 raise NotAnArchiveError(f"{metadata}: split {row.get('split')!r} of {ref.name} is not one of "
                                         f"{', '.join(_SPLIT_VALUES)}")
+            if ref.s1_name and s1_owner.setdefault(ref.s1_name, ref.name) != ref.name:
+                # each S2 patch has its own S1 patch: two rows with one would give both its pixels
+                where = V2_METADATA if i < clean else V2_METADATA_FLAGGED
+                raise NotAnArchiveError(f"{path / where}: s1_name {ref.s1_name} is listed for two patches, "
+                                        f"{s1_owner[ref.s1_name]} and {ref.name}; each patch must have its own "
+                                        "S1 patch")
             refs[ref.name] = ref
         modalities = ["s2", *(["s1"] if has_s1 else []), *(["reference-map"] if has_maps else [])]
         return Archive(path=path, source=self.name, modalities=tuple(modalities), refs=dict(sorted(refs.items())))
