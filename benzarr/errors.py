@@ -55,7 +55,8 @@ class UnsafeOverwriteError(BenzarrError):
 
 
 class PathConflictError(BenzarrError):
-    """Two paths of one command overlap: STORE is ARCHIVE, inside it, or holds it."""
+    """Two paths of one command overlap: STORE is ARCHIVE, inside it, or holds it; or an
+    output folder (``--out``) is a store or an archive, or lies inside one."""
 
 
 class StoreLockedError(BenzarrError):

@@ -279,6 +279,50 @@ def check_disjoint(store: str | Path, archive: str | Path) -> None:
         raise PathConflictError(f"{store}: STORE holds the archive {archive}; write the store somewhere else")
 
 
+def _dataset_at(folder: Path) -> str | None:
+    """What dataset folder ``folder`` is, in a few words ("the benzarr store X", "the
+    synthetic archive X", "the BigEarthNet v1 archive X"), or None for any other folder."""
+    if is_benzarr_store(folder):
+        return f"the benzarr store {folder}"
+    if has_marker(folder, "synth"):
+        return f"the synthetic archive {folder}"
+    from benzarr.sources import detect_source  # lazy: rasterio
+
+    try:
+        source = detect_source(folder)  # a few stats: `benzarr examples` output, a real download
+    except Exception:  # unreadable, two sources claiming it, ...: not known to be an archive
+        return None
+    return f"the {source.title} archive {folder}" if source else None
+
+
+def check_outside_datasets(path: str | Path, option: str = "--out", what: str = "the run folder") -> None:
+    """Refuse an output folder that is a benzarr store or an archive, or lies inside one.
+
+    A run folder, evaluation or report written there would mix its files with the data's
+    (a store's checkpoints/ beside its arrays, a run folder among an archive's patches).
+    Checked before anything is written: ``path`` and each of its parents (symlinks resolved)
+    that is a benzarr store, holds ``benzarr synth``'s marker, or reads as an archive
+    (``benzarr examples`` output, a downloaded BigEarthNet). URLs are not checked.
+
+    Args:
+        path: the output folder (it need not exist).
+        option: the option that named it, for the message (``"--out"``).
+        what: what is written there, for the message (``"the run folder"``).
+
+    Raises:
+        PathConflictError: naming ``path``, the option and the store or archive.
+    """
+    if "://" in str(path):
+        return
+    target = Path(path).resolve()
+    for folder in (target, *target.parents):
+        found = _dataset_at(folder)
+        if found is None:
+            continue
+        where = "is" if folder == target else "lies inside"
+        raise PathConflictError(f"{path}: {option} {where} {found}; write {what} outside it")
+
+
 # -- removing --------------------------------------------------------------------------
 
 

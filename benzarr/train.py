@@ -21,6 +21,9 @@ from the last checkpointed step (the loader serves exactly the rest of that epoc
 Multi-process data parallel runs start under ``torchrun`` (gloo on the CPU, NCCL on GPUs);
 rank 0 alone evaluates and writes files.
 
+A run folder may not be, or lie inside, a store or an archive
+(:func:`benzarr.fsutil.check_outside_datasets`).
+
 The library never prints: progress goes to ``callback(TrainEvent)``.
 """
 
@@ -51,6 +54,7 @@ from benzarr.checkpoint import load_checkpoint, restore, save_checkpoint
 from benzarr.data import BigEarthNetDataset, DeviceLoader, make_loader
 from benzarr.errors import InvalidArgumentError, missing_extra
 from benzarr.evaluate import score_batches
+from benzarr.fsutil import check_outside_datasets
 from benzarr.losses import create_loss, parse_loss
 from benzarr.metrics import SCALAR_KEYS, MultilabelMetrics, json_friendly
 from benzarr.models import FINETUNE_LEVELS, create_model, get_spec
@@ -156,9 +160,18 @@ def train(cfg: TrainConfig, callback: Callable[[TrainEvent], None] | None = None
 
     Raises:
         InvalidArgumentError: a bad setting (unknown band, CE loss, run folder in use, ...).
+        PathConflictError: the run folder is, or lies inside, a store or an archive.
         SplitNotFoundError, StoreNotFoundError: from the store.
         MissingDependencyError: ``track_emissions`` without codecarbon.
     """
+    check_config(cfg)
+    run_dir = Path(cfg.out or default_out(cfg))
+    check_outside_datasets(run_dir)
+    return _train(cfg, callback)
+
+
+def _train(cfg: TrainConfig, callback: Callable[[TrainEvent], None] | None) -> TrainResult:
+    """:func:`train` once the settings and the run folder's place are checked."""
     run = _setup(cfg)                   # process group, seeds, data, model, optimiser, resume, writer
     model, opt, sched, criterion, st = run.model, run.optimizer, run.scheduler, run.criterion, run.state
     loader, emit = run.data.train, callback if run.rank == 0 else None
@@ -212,7 +225,9 @@ def train_seeds(cfg: TrainConfig, seeds: Sequence[int],
 
     ``callback(seed, event)`` receives every run's events.
     """
+    check_config(cfg)
     out = Path(cfg.out or default_out(cfg))
+    check_outside_datasets(out)
     results = []
     for seed in seeds:
         run_cb = (lambda event, s=seed: callback(s, event)) if callback else None
@@ -471,8 +486,7 @@ def _broadcast_flags(run: _Run, *flags: bool) -> list[bool]:
 
 def _setup(cfg: TrainConfig) -> _Run:
     """Check settings, start the process group, open data, build the model and optimiser,
-    resume if asked, open the run folder's outputs (rank 0)."""
-    check_config(cfg)
+    resume if asked, open the run folder's outputs (rank 0). :func:`train` checked the settings."""
     run_dir = _claim_run_dir(cfg)
     rank, world, local_rank, own_pg = _init_distributed(cfg.device)
     device = resolve_device(cfg.device, local_rank)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -37,7 +38,7 @@ from benzarr.errors import (
     StoreLockedError,
     UnsafeOverwriteError,
 )
-from benzarr.fsutil import ASIDE_TAG, is_benzarr_store, remove_folder
+from benzarr.fsutil import ASIDE_TAG, check_outside_datasets, is_benzarr_store, remove_folder
 from benzarr.ingest import ingest
 from benzarr.lock import ingest_lock, lock_path
 from benzarr.store import open_store
@@ -100,6 +101,33 @@ def test_store_that_is_in_or_holds_the_archive_is_refused_before_writing(where: 
         assert tree(tmp_path / "data") == before
     with pytest.raises(PathConflictError):
         ingest(archive, store, workers=1, overwrite=True)
+
+
+def test_an_output_folder_in_a_store_or_an_archive_is_refused(synth_store_64: Path, synth_archive_64: Path,
+                                                             tmp_path: Path) -> None:
+    """``train --out s.zarr/splits/st`` used to write checkpoints into the store: every --out
+    (train's; evaluate's and report's call the same check) is refused in a store or an archive."""
+    v1_download = tmp_path / "download"  # as `benzarr examples` unpacks: OUT/BigEarthNet-v1.0/<patches>
+    (v1_download / "BigEarthNet-v1.0" / "S2A_MSIL2A_20170613T101031_0_45").mkdir(parents=True)
+    v2_download = tmp_path / "reben"
+    v2_download.mkdir()
+    (v2_download / "metadata.parquet").write_bytes(b"")
+    link = tmp_path / "link"
+    link.symlink_to(synth_store_64)
+    for path, found in ((synth_store_64, f"is the benzarr store {synth_store_64}"),
+                        (synth_store_64 / "splits" / "x", f"lies inside the benzarr store {synth_store_64}"),
+                        (link / "runs" / "a", f"lies inside the benzarr store {synth_store_64}"),
+                        (synth_archive_64 / "runs" / "a", f"lies inside the synthetic archive {synth_archive_64}"),
+                        (v1_download / "runs", f"lies inside the BigEarthNet v1 archive {v1_download}"),
+                        (v1_download / "BigEarthNet-v1.0" / "r",
+                         f"lies inside the BigEarthNet v1 archive {v1_download / 'BigEarthNet-v1.0'}"),
+                        (v2_download / "runs", f"lies inside the BigEarthNet v2 archive {v2_download}")):
+        with pytest.raises(PathConflictError, match=re.escape(f"{path}: --out {found}; write the run folder outside it")):
+            check_outside_datasets(path)
+    with pytest.raises(PathConflictError, match=re.escape("--predictions is the benzarr store")):
+        check_outside_datasets(synth_store_64, "--predictions", "the predictions")
+    for path in (tmp_path / "runs" / "a", tmp_path, synth_store_64.parent / "runs", "s3://bucket/runs/a"):
+        check_outside_datasets(path)  # beside a store or an archive is fine
 
 
 def test_overwrite_replaces_a_benzarr_store_complete_or_not(synth_archive_64: Path, synth_store_64: Path,

@@ -275,6 +275,18 @@ def test_seeds_run_into_seed_folders(store: Path, tmp_path: Path) -> None:
     assert all((r.run_dir / "metrics.json").is_file() for r in results)
 
 
+def test_a_run_folder_in_the_store_is_refused_before_writing(store: Path, tmp_path: Path) -> None:
+    from benzarr.errors import PathConflictError
+
+    before = sorted(str(p) for p in store.rglob("*"))
+    for out in (store, store / "splits" / "strat"):
+        with pytest.raises(PathConflictError, match="benzarr store"):
+            train(config(store, out, max_steps=1))
+        with pytest.raises(PathConflictError, match="benzarr store"):
+            train_seeds(config(store, out, max_steps=1), [0])
+    assert sorted(str(p) for p in store.rglob("*")) == before
+
+
 def test_seed_and_seeds_together_are_refused(store: Path, tmp_path: Path) -> None:
     import subprocess
     import sys
