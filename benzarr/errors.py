@@ -63,6 +63,10 @@ class StoreLockedError(BenzarrError):
     """Another ingest holds the store's (or the part's) lock; the message names its pid and host."""
 
 
+class RunLockedError(BenzarrError):
+    """Another training run holds the run folder's lock; the message names its pid and host."""
+
+
 class FileSystemError(BenzarrError):
     """The operating system refused a read or write: full disk, read-only file system, a file
     where a folder belongs, a symlink loop, no permission. The message names the path, the

@@ -1,4 +1,5 @@
-"""Advisory locks that keep two ingests from writing one store at the same time.
+"""Advisory locks that keep two ingests from writing one store, or two trains one run folder,
+at the same time.
 
 A lock is a ``fcntl.flock`` on a small file beside the store, ``.<store name>.benzarr-ingest.lock``
 (beside, not inside, so that replacing the store with ``--overwrite`` never moves the lock).
@@ -13,6 +14,10 @@ the file it locked is still the one at the path (same inode), so deleting it is 
   of one part do not, and no whole-store ingest runs while any part does.
 
 Stores behind URLs (``s3://``) are not locked: object stores have no such lock.
+
+A training run holds :func:`run_lock` on its run folder for its whole life, a lock of the same
+kind beside the folder (``.<run folder name>.benzarr-train.lock``, so report, evaluate and
+show never meet it inside a run folder).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from benzarr.errors import StoreLockedError
+from benzarr.errors import RunLockedError, StoreLockedError
 from benzarr.fsutil import os_error
 
 
@@ -69,11 +74,20 @@ def _live_part_holders(store: Path) -> list[tuple[str, str]]:
     return found
 
 
+def run_lock_path(run_dir: str | Path) -> Path:
+    """The train lock file of the run folder ``run_dir``, beside it.
+
+    The path is resolved (symlinks, ``..``), so every spelling of one folder has one lock."""
+    run_dir = Path(run_dir).resolve()
+    return run_dir.with_name(f".{run_dir.name}.benzarr-train.lock")
+
+
 class _Lock:
-    def __init__(self, path: Path, exclusive: bool, store: str) -> None:
+    def __init__(self, path: Path, exclusive: bool, store: str, what: str = "ingest") -> None:
         self.path = path
         self.exclusive = exclusive
         self.store = store
+        self.what = what  # the command the lock is for, in messages
         self.fd = -1
 
     def acquire(self) -> bool:
@@ -83,7 +97,7 @@ class _Lock:
                 self.path.parent.mkdir(parents=True, exist_ok=True)  # STORE may be a new folder's child
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as exc:  # named by the store: the lock file is benzarr's business
-                raise os_error(OSError(exc.errno, exc.strerror), self.store, "creating its ingest lock") from None
+                raise os_error(OSError(exc.errno, exc.strerror), self.store, f"creating its {self.what} lock") from None
             try:
                 fcntl.flock(fd, (fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -154,3 +168,25 @@ def ingest_lock(store: str | Path, part: tuple[int, int] | None = None) -> Itera
                                        f"is writing {name}; wait for it to finish (or stop it) and run this command again")
             stack.callback(mine.release)
         yield
+
+
+@contextmanager
+def run_lock(run_dir: str | Path) -> Iterator[None]:
+    """Hold the train lock of the run folder ``run_dir`` for the ``with`` block (exclusive).
+
+    Writes nothing into ``run_dir`` (the lock file is beside it; its parent folders are
+    created). A killed holder's lock is taken over, as an ingest's is.
+
+    Raises:
+        RunLockedError: "another train, pid N on HOST, is writing RUNDIR".
+        FileSystemError: the lock file cannot be created (read-only folder, ...).
+    """
+    name = str(run_dir)
+    lock = _Lock(run_lock_path(run_dir), exclusive=True, store=name, what="train")
+    if not lock.acquire():
+        raise RunLockedError(f"another train, {_holder(lock.path)}, is writing the run folder {name}; "
+                             "wait for it to finish (or stop it), or give this run another --out")
+    try:
+        yield
+    finally:
+        lock.release()

@@ -21,7 +21,10 @@ from the last checkpointed step (the loader serves exactly the rest of that epoc
 Multi-process data parallel runs start under ``torchrun`` (gloo on the CPU, NCCL on GPUs);
 rank 0 alone evaluates and writes files.
 
-A run folder may not be, or lie inside, a store or an archive
+One run per run folder: rank 0 holds :func:`benzarr.lock.run_lock` on RUNDIR from before the
+"holds a run already" check to the end, so a second train into the same folder (two runs that
+share the default ``runs/<model>-<split>``, say) fails at once and writes nothing there. A run
+folder may not be, or lie inside, a store or an archive
 (:func:`benzarr.fsutil.check_outside_datasets`).
 
 The library never prints: progress goes to ``callback(TrainEvent)``.
@@ -38,6 +41,7 @@ import platform
 import random
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -55,6 +59,7 @@ from benzarr.data import BigEarthNetDataset, DeviceLoader, make_loader
 from benzarr.errors import InvalidArgumentError, missing_extra
 from benzarr.evaluate import score_batches
 from benzarr.fsutil import check_outside_datasets
+from benzarr.lock import run_lock
 from benzarr.losses import create_loss, parse_loss
 from benzarr.metrics import SCALAR_KEYS, MultilabelMetrics, json_friendly
 from benzarr.models import FINETUNE_LEVELS, create_model, get_spec
@@ -161,17 +166,34 @@ def train(cfg: TrainConfig, callback: Callable[[TrainEvent], None] | None = None
     Raises:
         InvalidArgumentError: a bad setting (unknown band, CE loss, run folder in use, ...).
         PathConflictError: the run folder is, or lies inside, a store or an archive.
+        RunLockedError: another train is writing the run folder (nothing is written to it).
         SplitNotFoundError, StoreNotFoundError: from the store.
         MissingDependencyError: ``track_emissions`` without codecarbon.
     """
     check_config(cfg)
     run_dir = Path(cfg.out or default_out(cfg))
     check_outside_datasets(run_dir)
-    return _train(cfg, callback)
+    with _run_folder_lock(run_dir):  # before the "holds a run already" check: no one writes in between
+        return _train(cfg, callback)
+
+
+def _run_folder_lock(run_dir: Path) -> AbstractContextManager[None]:
+    """The run folder's lock on rank 0 (the one writer); nothing on the other ranks, which would
+    otherwise find rank 0's lock taken."""
+    return run_lock(run_dir) if _rank_before_init() == 0 else nullcontext()
+
+
+def _rank_before_init() -> int:
+    """This process's rank as :func:`_init_distributed` will give it, before the process group starts."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0
+    if dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0"))  # torchrun's, which init_process_group reads too
 
 
 def _train(cfg: TrainConfig, callback: Callable[[TrainEvent], None] | None) -> TrainResult:
-    """:func:`train` once the settings and the run folder's place are checked."""
+    """:func:`train` once the run folder is checked and locked."""
     run = _setup(cfg)                   # process group, seeds, data, model, optimiser, resume, writer
     model, opt, sched, criterion, st = run.model, run.optimizer, run.scheduler, run.criterion, run.state
     loader, emit = run.data.train, callback if run.rank == 0 else None
@@ -223,15 +245,17 @@ def train_seeds(cfg: TrainConfig, seeds: Sequence[int],
                 callback: Callable[[int, TrainEvent], None] | None = None) -> list[TrainResult]:
     """Run ``cfg`` once per seed into ``<out>/seed-<s>/`` (``benzarr train --seeds 0,1,2``).
 
-    ``callback(seed, event)`` receives every run's events.
+    ``callback(seed, event)`` receives every run's events. ``<out>`` itself is locked for all
+    the seeds (as each ``seed-<s>/`` is for its run), so no other train writes into it meanwhile.
     """
     check_config(cfg)
     out = Path(cfg.out or default_out(cfg))
-    check_outside_datasets(out)
+    check_outside_datasets(out)  # before the lock file is created beside it
     results = []
-    for seed in seeds:
-        run_cb = (lambda event, s=seed: callback(s, event)) if callback else None
-        results.append(train(replace(cfg, seed=int(seed), out=str(out / f"seed-{int(seed)}")), run_cb))
+    with _run_folder_lock(out):
+        for seed in seeds:
+            run_cb = (lambda event, s=seed: callback(s, event)) if callback else None
+            results.append(train(replace(cfg, seed=int(seed), out=str(out / f"seed-{int(seed)}")), run_cb))
     return results
 
 

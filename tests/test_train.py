@@ -273,6 +273,32 @@ def test_seeds_run_into_seed_folders(store: Path, tmp_path: Path) -> None:
     results = train_seeds(config(store, tmp_path / "multi", max_steps=1), [0, 1])
     assert [r.run_dir for r in results] == [tmp_path / "multi" / "seed-0", tmp_path / "multi" / "seed-1"]
     assert all((r.run_dir / "metrics.json").is_file() for r in results)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["multi"]  # the locks of OUT and OUT/seed-<s> are gone
+    assert sorted(p.name for p in (tmp_path / "multi").iterdir()) == ["seed-0", "seed-1"]
+
+
+def test_a_second_train_into_a_busy_run_folder_fails_at_once_and_writes_nothing(store: Path, tmp_path: Path) -> None:
+    """Two trains into one --out (two runs that share the default runs/<model>-<split>, say)
+    used to mix their files: the second one's config.json beside the first one's checkpoints."""
+    import socket
+
+    from benzarr.errors import RunLockedError
+    from benzarr.lock import run_lock, run_lock_path
+
+    out = tmp_path / "runs" / "race"
+    busy = re.escape(f"another train, pid {os.getpid()} on {socket.gethostname()}, is writing the run folder {out}")
+    with run_lock(out):  # what a running train holds (flock: a second open file description conflicts)
+        with pytest.raises(RunLockedError, match=busy):
+            train(config(store, out, model="shortcnn-all", max_steps=1))
+        with pytest.raises(RunLockedError, match=busy):  # --seeds locks OUT itself, not only OUT/seed-<s>
+            train_seeds(config(store, out, max_steps=1), [0, 1])
+        assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"] and not os.listdir(tmp_path / "runs")
+    # a killed train's lock file stays behind without its flock: the next run takes it over
+    run_lock_path(out).parent.mkdir(parents=True, exist_ok=True)
+    run_lock_path(out).write_text("999999999 elsewhere\n")
+    result = train(config(store, out, max_steps=1))
+    assert result.steps == 1 and not run_lock_path(out).exists()
 
 
 def test_a_run_folder_in_the_store_is_refused_before_writing(store: Path, tmp_path: Path) -> None:
