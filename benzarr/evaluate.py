@@ -389,6 +389,7 @@ def evaluate_run(
             store whose class names differ from the run's, an ``out_dir`` that is a run
             folder, or the run's own split rewritten since it trained on it.
         UnsafeOverwriteError: ``out_dir`` holds a ``metrics.json`` that is not an evaluation's.
+        PathConflictError: ``out_dir`` is, or lies inside, a benzarr store or an archive.
         SplitNotFoundError, StoreNotFoundError: as :class:`~benzarr.data.BigEarthNetDataset`.
     """
     import torch
@@ -399,6 +400,10 @@ def evaluate_run(
     from benzarr.models import create_model
     from benzarr.train import resolve_device, write_scores_csv
 
+    from benzarr.fsutil import check_outside_datasets
+
+    if out_dir is not None:  # (an old run's default folder inside a store is not this user's choice)
+        check_outside_datasets(out_dir, "--out", "the evaluation")
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
     settings = config["settings"]

@@ -416,9 +416,13 @@ def write_report(paths: Sequence[str | Path], out: str | Path, evaluations: Sequ
 
     Raises:
         InvalidArgumentError: a path holds no run, or a run lacks one of the ``evaluations``.
+        PathConflictError: ``out`` is, or lies inside, a benzarr store or an archive.
     """
+    from benzarr.fsutil import check_outside_datasets
+
     runs = find_runs(paths, evaluations=evaluations)
     out = Path(out)
+    check_outside_datasets(out, "--out", "the report")
     out.mkdir(parents=True, exist_ok=True)
     runs_df = runs_table(runs)
     summary, notes = _summary(runs)

@@ -206,6 +206,12 @@ def test_the_run_folder_itself_is_no_output(run: Path, tmp_path: Path) -> None:
     with pytest.raises(UnsafeOverwriteError, match="not the metrics.json of an evaluation"):
         evaluate_run(run, subset="val", out_dir=trained)
     assert (trained / "metrics.json").read_bytes() == own["metrics.json"]
+    from benzarr.errors import PathConflictError
+
+    store = Path(json.loads((run / "config.json").read_text())["store"]["path"])
+    with pytest.raises(PathConflictError, match=r"--out lies inside the benzarr store .*; write the evaluation outside it"):
+        evaluate_run(run, subset="val", out_dir=store / "evaluations")
+    assert not (store / "evaluations").exists()
 
 
 def test_bad_requests_raise_one_clear_error(run: Path, tmp_path: Path) -> None:

@@ -84,6 +84,9 @@ def test_report_command_prints_the_summary(runs: dict[str, Path], tmp_path: Path
     result = CliRunner().invoke(app, ["report", str(runs["strat"]), str(runs["rand"]), "--out", str(tmp_path / "r")])
     assert result.exit_code == 0, result.output
     assert "3 run(s)" in result.output and "curves.png" in result.output
+    inside = runs["root"] / "store.zarr" / "report"
+    result = CliRunner().invoke(app, ["report", str(runs["strat"]), "--out", str(inside)])
+    assert "--out lies inside the benzarr store" in str(result.exception) and not inside.exists()
 
 
 def test_runs_that_differ_in_more_than_their_seed_are_never_averaged(runs: dict[str, Path], tmp_path: Path) -> None:
