@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from benzarr.bigearthnet import BAND_GROUPS
+from benzarr.checks import check_seed
 from benzarr.data import BigEarthNetDataset, make_loader
 from benzarr.errors import InvalidArgumentError
 from benzarr.store import S2_ARRAYS, is_url
@@ -106,8 +107,15 @@ def bench_store(
     * ``loader, 0 workers`` and ``loader, W workers``: :func:`make_loader` epochs on the
       CPU, device batches included (the workers' start-up is not counted).
 
+    ``batch_size`` is bounded to the store's patch count (``extra["batch_size"]`` of the
+    batched measurements is the size used).
+
     Returns:
         the :class:`Throughput` of each.
+
+    Raises:
+        InvalidArgumentError: a batch size below 1, negative workers, ``min_seconds`` not a
+            positive finite number, a seed outside 0 .. 2**32 - 1, a store without valid patches.
     """
     if batch_size < 1:
         raise InvalidArgumentError(f"--batch-size must be at least 1, got {batch_size}")
@@ -115,9 +123,13 @@ def bench_store(
         raise InvalidArgumentError(f"--workers must be 0 or more, got {workers}")
     if not math.isfinite(min_seconds) or min_seconds <= 0:  # nan passed "> 0" by failing it, and never ended
         raise InvalidArgumentError(f"--seconds must be a positive, finite number, got {min_seconds}")
+    seed = check_seed(seed, "--seed")  # -1 reached NumPy's default_rng as a bare ValueError
     ds = BigEarthNetDataset(store, storage_options=storage_options)
     if len(ds) == 0:
         raise InvalidArgumentError(f"{store}: no valid patch to read")
+    # a batch larger than the store reads patches twice: --batch-size 1000000 once asked for a
+    # 115 GB buffer; bounded, the figures stay those of reading the whole store at once
+    batch_size = min(batch_size, len(ds))
     stored = stored_bytes_per_patch(store)
     rng = np.random.default_rng(seed)
     results: list[Throughput] = []
@@ -137,7 +149,8 @@ def bench_store(
     for name, call in (("single native", one_native), ("single sample", one_sample), ("batched native", batch_native)):
         call()  # maps the shards this process needs first
         patches, seconds = timed(call, min_seconds)
-        results.append(Throughput(name, patches, seconds, NATIVE_BYTES, stored))
+        extra = {"batch_size": batch_size} if name == "batched native" else {}
+        results.append(Throughput(name, patches, seconds, NATIVE_BYTES, stored, extra))
 
     for n_workers in sorted({0, workers}):
         loader = make_loader(ds, batch_size, shuffle=True, num_workers=n_workers, seed=seed, device="cpu")

@@ -24,6 +24,7 @@ from benzarr.bands import BAND_PRESETS, MODALITIES, parse_modalities, resolve_ba
 from benzarr.bands import band_groups_for
 from benzarr.bands import band_location as channel_location
 from benzarr.augment import check_augment
+from benzarr.checks import whole as _whole
 from benzarr.errors import BenzarrError, InvalidArgumentError, LoaderWorkerError
 from benzarr.shards import RowReader
 from benzarr.graphs import GraphedTransform
@@ -866,17 +867,6 @@ def make_loader(
         return DeviceLoader(ds, ring, sampler, None if in_workers is not None else transform, batches)
     loader = _dataloader(ds, batches, num_workers, prefetch_factor, device, seed, timeout)
     return DeviceLoader(ds, loader, sampler, ds.batch_transform(device, seed), batches)
-
-
-def _whole(what: str, value: Any, least: int, most: int | None = None) -> int:
-    """``value`` as an int of at least ``least`` (and at most ``most``), else InvalidArgumentError
-    naming ``what`` (numpy integers pass; floats, strings and bools do not)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise InvalidArgumentError(f"{what} must be a whole number, got {value!r}")
-    if value < least or (most is not None and value > most):
-        bound = f"from {least} to {most:,}" if most is not None else f"{least} or more"
-        raise InvalidArgumentError(f"{what} must be {bound}, got {value}")
-    return int(value)
 
 
 def check_device(device: str | torch.device, option: str = "device") -> torch.device:

@@ -123,13 +123,11 @@ def run_demo(
                            batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, workers=cfg.loader_workers,
                            device="auto", out=str(run_dir), max_steps=cfg.max_steps)
 
-    # the training settings before step 1: a bad --epochs used to fail at step 4, leaving a half
-    # demo folder that the corrected command then refused without --overwrite
+    # the training settings before step 1 (--seed's range too): a bad --epochs used to fail at
+    # step 4, leaving a half demo folder that the corrected command then refused without --overwrite
     check_config(train_config(out / "store.zarr", out / "runs" / MODEL))
     if cfg.workers is not None and (isinstance(cfg.workers, bool) or cfg.workers < 1):
         raise InvalidArgumentError(f"--workers must be at least 1, got {cfg.workers}")
-    if cfg.seed < 0:
-        raise InvalidArgumentError(f"--seed must be 0 or more, got {cfg.seed}")
     state = check_output(out, overwrite=cfg.overwrite, owned=lambda path: has_marker(path, "demo"),
                          what="a demo folder", command="demo")
     if state == "owned":

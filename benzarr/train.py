@@ -55,6 +55,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from benzarr import __version__
 from benzarr.checkpoint import load_checkpoint, restore, save_checkpoint
+from benzarr.checks import check_seed, finite
 from benzarr.data import BigEarthNetDataset, DeviceLoader, make_loader
 from benzarr.errors import InvalidArgumentError, missing_extra
 from benzarr.evaluate import score_batches
@@ -250,6 +251,8 @@ def train_seeds(cfg: TrainConfig, seeds: Sequence[int],
     """
     check_config(cfg)
     out = Path(cfg.out or default_out(cfg))
+    for seed in seeds:  # every seed before the first run: a bad last seed once failed runs later
+        check_seed(seed, "--seeds")
     check_outside_datasets(out)  # before the lock file is created beside it
     results = []
     with _run_folder_lock(out):
@@ -355,8 +358,12 @@ def check_config(cfg: TrainConfig) -> None:
     for name, value in (("--epochs", cfg.epochs), ("--batch-size", cfg.batch_size)):
         if value < 1:
             raise InvalidArgumentError(f"{name} must be at least 1, not {value}")
-    if not cfg.lr > 0:
-        raise InvalidArgumentError(f"--lr must be positive, not {cfg.lr}")
+    # NaN and infinity (and a negative decay or momentum) reached torch, which answered with a
+    # bare ValueError, or not at all; a huge finite --lr that diverges is the user's choice
+    finite("--lr", cfg.lr, positive=True)
+    finite("--weight-decay", cfg.weight_decay)
+    finite("--momentum", cfg.momentum)  # torch's SGD refuses < 0 alone; > 1 diverges but is legal
+    check_seed(cfg.seed, "--seed")  # split's and demo's range: NumPy takes 0 .. 2**32 - 1
     if not cfg.loader_timeout >= 0:
         raise InvalidArgumentError(f"--loader-timeout must be 0 (wait for ever) or positive seconds, "
                                    f"not {cfg.loader_timeout}")
@@ -689,9 +696,9 @@ def _save_mid_epoch(run: _Run, tally: EpochTally) -> None:
         run.save("last.pt", partial)
 
 
-def _evaluate(run: _Run, loader: DeviceLoader | None) -> dict[str, Any] | None:
-    """Mean BCE (``loss``) and ``benzarr.metrics`` of the unwrapped model over ``loader``;
-    ``None`` without a loader (an empty subset, or a rank other than 0)."""
+def _evaluate(run: _Run, loader: DeviceLoader | None, subset: str) -> dict[str, Any] | None:
+    """Mean BCE (``loss``) and ``benzarr.metrics`` of the unwrapped model over ``loader`` (of
+    ``subset``, named in errors); ``None`` without a loader (an empty subset, or a rank other than 0)."""
     if loader is None:
         return None
     net = run.net
@@ -702,15 +709,28 @@ def _evaluate(run: _Run, loader: DeviceLoader | None) -> dict[str, Any] | None:
     net.train(was_training)
     if logits is None:
         return None
-    metrics = _metrics([logits], [truth], run.data.class_names)
+    metrics = _metrics([logits], [truth], run.data.class_names, where=_where(run, subset))
     return {**metrics, "loss": float(loss_sum) / metrics["n_samples"]}
 
 
+def _where(run: _Run, subset: str) -> str:
+    """``<run folder>: epoch N, <subset> scores``: where a diverged model was seen (for errors)."""
+    return f"{run.run_dir}: epoch {run.state.epoch}, {subset} scores"
+
+
 def _metrics(scores: list[torch.Tensor], targets: list[torch.Tensor],
-             class_names: list[str] | None = None) -> dict[str, Any]:
-    """``benzarr.metrics`` of batches of logits and labels kept on the device: one copy to the host."""
+             class_names: list[str] | None = None, where: str = "") -> dict[str, Any]:
+    """``benzarr.metrics`` of batches of logits and labels kept on the device: one copy to the host.
+
+    Raises:
+        InvalidArgumentError: NaN scores (a diverged model), naming ``where`` (run folder, epoch).
+    """
+    logits = torch.cat(scores)
+    if torch.isnan(logits).any():  # benzarr.metrics would say so too, without the run and the epoch
+        raise InvalidArgumentError(f"{where or 'training'}: the model's scores hold NaN: it diverged "
+                                   f"(a lower --lr, or --amp off, may help)")
     metrics = MultilabelMetrics(class_names=class_names)
-    metrics.update(torch.cat(scores), torch.cat(targets))
+    metrics.update(logits, torch.cat(targets))
     return metrics.compute()
 
 
@@ -720,7 +740,7 @@ def _end_epoch(run: _Run, tally: EpochTally, lr: float, throughput: float) -> di
     totals = torch.stack([tally.loss_sum.float(), torch.tensor(float(tally.seen), device=run.device)])
     if run.world_size > 1:
         dist.all_reduce(totals)
-    train = _metrics(tally.scores, tally.targets) if tally.targets else {}
+    train = _metrics(tally.scores, tally.targets, where=_where(run, "train")) if tally.targets else {}
     values: dict[str, Any] = {
         "train/loss": float(totals[0] / max(totals[1], 1)),
         "train/micro_f1": train.get("micro_f1"), "train/macro_f1": train.get("macro_f1"),
@@ -729,7 +749,7 @@ def _end_epoch(run: _Run, tally: EpochTally, lr: float, throughput: float) -> di
     run.clock()
     improved = False
     if run.rank == 0:
-        val = _evaluate(run, run.data.val)
+        val = _evaluate(run, run.data.val, "val")
         if val is not None:
             values.update({"val/loss": val["loss"], **{f"val/{k}": val[k] for k in SCALAR_KEYS}})
         improved = _track_best(run, val)
@@ -772,8 +792,8 @@ def _finish(run: _Run) -> TrainResult:
         if best.exists():
             run.net.load_state_dict(load_checkpoint(best, map_location=run.device)["model"])
             if run.best_val is None:  # resumed after the best epoch: validate it again for the record
-                run.best_val = _evaluate(run, run.data.val)
-        test = _evaluate(run, run.data.test) or {}
+                run.best_val = _evaluate(run, run.data.val, "val")
+        test = _evaluate(run, run.data.test, "test (best.pt)") or {}
         emissions = _stop_tracker(run)
         summary = {
             "split": cfg.split, "subset": "test", "checkpoint": "checkpoints/best.pt",

@@ -38,6 +38,9 @@ def command(
     console.print("random order, all 12 bands; MB/s of decoded uint16 native bytes "
                   f"({results[0].bytes_per_patch:,} a patch"
                   + (f", {stored:,.0f} on disk" if stored else "") + ")")
+    used = min((r.extra.get("batch_size", batch_size) for r in results), default=batch_size)
+    if used < batch_size:
+        console.print(f"batches of {used:,} patches: the store holds no more than that")
     console.print(f"  {'measurement':<20} {'patches/s':>11} {'MB/s':>9}")
     for r in results:
         console.print(f"  {r.name:<20} {r.patches_per_s:>11,.0f} {r.mb_per_s:>9,.1f}")

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
+from benzarr.checks import check_seed
 from benzarr.errors import InvalidArgumentError
 from benzarr.train_config import AUGMENTS, OPTIMIZERS, RESAMPLE_MODES, SCHEDULERS, TrainConfig, default_out  # torch-free
 from benzarr_cli._common import console, err_console, fmt_value, metrics_line, on_interrupt, show_progress
@@ -74,6 +75,8 @@ def _seed_list(seeds: str) -> list[int]:
         raise InvalidArgumentError(f"--seeds {seeds!r}: give integers separated by commas, e.g. 0,1,2") from None
     if not seed_list or len(set(seed_list)) != len(seed_list):
         raise InvalidArgumentError(f"--seeds {seeds!r}: give distinct integers, e.g. 0,1,2")
+    for s in seed_list:
+        check_seed(s, "--seeds")  # --seed's range, before torch is imported
     return seed_list
 
 

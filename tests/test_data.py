@@ -348,13 +348,25 @@ def test_bench_store_measures_single_batched_and_loader(synth_store_64: Path) ->
 @pytest.mark.parametrize("kwargs, message", [({"min_seconds": float("nan")}, "--seconds must be a positive, finite"),
                                             ({"min_seconds": float("inf")}, "--seconds must be a positive, finite"),
                                             ({"batch_size": 0}, "--batch-size must be at least 1"),
-                                            ({"workers": -1}, "--workers must be 0 or more")])
+                                            ({"workers": -1}, "--workers must be 0 or more"),
+                                            # NumPy's bare "expected non-negative integer"
+                                            ({"seed": -1}, "--seed must be between 0 and 4294967295, got -1"),
+                                            ({"seed": 2**32}, "--seed must be between 0 and 4294967295")])
 def test_bench_names_the_bad_option(synth_store_64: Path, kwargs: dict, message: str) -> None:
     """--seconds nan never ended; the three checks shared one message naming none."""
     from benzarr.bench import bench_store
 
     with pytest.raises(InvalidArgumentError, match=re.escape(message)):
         bench_store(synth_store_64, **({"batch_size": 8, "workers": 0, "min_seconds": 0.01} | kwargs))
+
+
+def test_bench_bounds_the_batch_size_to_the_store(synth_store_64: Path) -> None:
+    """--batch-size 1000000 asked for a 115 GB buffer: "unexpected RuntimeError ... allocate"."""
+    from benzarr.bench import bench_store
+
+    results = bench_store(synth_store_64, batch_size=10**6, workers=0, min_seconds=0.01)
+    batched = [r for r in results if r.extra.get("batch_size") is not None]
+    assert batched and all(r.extra["batch_size"] == 64 for r in batched)
 
 
 def test_bench_command_prints_throughput(synth_store_64: Path) -> None:

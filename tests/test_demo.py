@@ -104,9 +104,9 @@ def test_the_readmes_python_example_runs(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("change, message", [({"epochs": 0}, "--epochs must be at least 1"),
-                                             ({"lr": -1.0}, "--lr must be positive"),
+                                             ({"lr": -1.0}, "--lr must be a positive, finite number"),
                                              ({"workers": 0}, "--workers must be at least 1"),
-                                             ({"seed": -1}, "--seed must be 0 or more")])
+                                             ({"seed": -1}, "--seed must be between 0 and 4294967295")])
 def test_demo_checks_its_settings_before_writing_anything(tmp_path: Path, change: dict, message: str) -> None:
     """A bad --epochs failed at step 4, after synth, ingest and split, and left a demo folder
     that the corrected command refused without --overwrite."""

@@ -569,3 +569,37 @@ def test_a_device_torch_does_not_know_or_cannot_use_is_one_line(device: str, mes
         pytest.skip("this machine has a GPU")
     with pytest.raises(InvalidArgumentError, match=re.escape(message)):
         resolve_device(device)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"weight_decay": -1.0}, "--weight-decay must be a non-negative, finite number, got -1.0"),
+    ({"weight_decay": math.nan}, "--weight-decay must be a non-negative, finite number, got nan"),
+    ({"optim": "sgd", "momentum": -1.0}, "--momentum must be a non-negative, finite number, got -1.0"),
+    ({"momentum": math.nan}, "--momentum must be a non-negative, finite number, got nan"),
+    ({"lr": math.inf}, "--lr must be a positive, finite number, got inf"),
+    ({"lr": math.nan}, "--lr must be a positive, finite number, got nan"),
+    ({"seed": -1}, "--seed must be between 0 and 4294967295, got -1"),
+    ({"seed": 10**20}, "--seed must be between 0 and 4294967295, got 100000000000000000000"),
+])
+def test_numbers_torch_would_refuse_are_refused_up_front(changes: dict, message: str) -> None:
+    """These reached torch or NumPy and ended as "unexpected ValueError ..." (or, for seed -1,
+    were accepted although split and demo refuse that seed)."""
+    from benzarr.train import check_config
+
+    with pytest.raises(InvalidArgumentError, match=re.escape(message)):
+        check_config(TrainConfig(store="s.zarr", split="st", **changes))
+
+
+def test_seeds_are_checked_before_the_first_run(tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgumentError, match=re.escape("--seeds must be between 0 and 4294967295, got -1")):
+        train_seeds(TrainConfig(store=str(tmp_path / "none.zarr"), split="st", out=str(tmp_path / "r")), [0, -1])
+    assert not (tmp_path / "r").exists()
+
+
+def test_nan_scores_name_the_run_folder_and_the_epoch() -> None:
+    """A diverged model was "y_score holds NaN (a diverged model?)", naming neither."""
+    from benzarr.train import _metrics
+
+    scores, targets = [torch.tensor([[math.nan, 0.0]])], [torch.tensor([[1.0, 0.0]])]
+    with pytest.raises(InvalidArgumentError, match=re.escape("runs/x: epoch 2, val scores: the model's scores hold NaN")):
+        _metrics(scores, targets, where="runs/x: epoch 2, val scores")
