@@ -24,9 +24,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from benzarr.checks import is_number
 from benzarr.errors import InvalidArgumentError
 
-__all__ = ["DEFAULT_KM", "centres", "has_neighbour", "split_leakage"]
+__all__ = ["DEFAULT_KM", "centres", "check_km", "has_neighbour", "split_leakage"]
 
 #: Default neighbourhood: one patch side, so edge and corner neighbours count.
 DEFAULT_KM = 1.2
@@ -38,6 +39,13 @@ def centres(bounds: np.ndarray) -> np.ndarray:
     """(n, 2) float64 patch centres (x, y) in metres from (n, 4) ulx, uly, lrx, lry."""
     bounds = np.asarray(bounds, dtype=np.float64).reshape(-1, 4)
     return np.stack([(bounds[:, 0] + bounds[:, 2]) / 2, (bounds[:, 1] + bounds[:, 3]) / 2], axis=1)
+
+
+def check_km(km: float) -> float:
+    """``km`` as a float if it is a finite distance >= 0, else InvalidArgumentError (--leakage-km)."""
+    if not is_number(km) or not np.isfinite(km) or km < 0:
+        raise InvalidArgumentError(f"the leakage distance (--leakage-km) must be a non-negative number of km, got {km}")
+    return float(km)
 
 
 def has_neighbour(
@@ -57,8 +65,7 @@ def has_neighbour(
     Returns:
         (n,) bool.
     """
-    if not np.isfinite(km) or km < 0:
-        raise InvalidArgumentError(f"the leakage distance must be a non-negative number of km, got {km}")
+    check_km(km)
     query_xy = np.asarray(query_xy, dtype=np.float64).reshape(-1, 2)
     ref_xy = np.asarray(ref_xy, dtype=np.float64).reshape(-1, 2)
     query_epsg = np.asarray(query_epsg, dtype=np.int64).reshape(-1)

@@ -50,7 +50,7 @@ The library never prints; the CLI (``benzarr split``) formats what these functio
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -61,7 +61,8 @@ import numpy as np
 from benzarr.errors import InvalidArgumentError, MissingDependencyError, SplitExistsError
 from benzarr.fsutil import read_utf8
 from benzarr.groups import GroupBy, group_ids, group_summary, grouped_assignment, parse_group_by
-from benzarr.leakage import DEFAULT_KM, split_leakage
+from benzarr.checks import MAX_SEED, check_seed, is_number, is_whole  # noqa: F401  (MAX_SEED, check_seed: also this module's API)
+from benzarr.leakage import DEFAULT_KM, check_km, split_leakage
 from benzarr.store import EXCLUDED, TEST, TRAIN, VAL, check_split_name  # noqa: F401 (codes re-exported)
 from benzarr.store import SUBSETS as SUBSET_CODES
 from benzarr.stratify import kfold_assignment, shuffled_stratification
@@ -80,21 +81,17 @@ DEFAULT_FOLDS = 5
 DEFAULT_ASSIGN: tuple[int, int, int] = (3, 1, 1)
 DEFAULT_FRACTIONS: tuple[float, float, float] = (0.6, 0.2, 0.2)
 DEFAULT_SEED = 0
-MAX_SEED = 2**32 - 1  # numpy.random.RandomState accepts 0 .. 2**32 - 1
 
 
 # --- argument checks ------------------------------------------------------------------
 
 
-def check_seed(seed: int) -> int:
-    """``seed`` as an int in 0 .. 2**32 - 1 (what ``RandomState`` accepts)."""
-    if not 0 <= int(seed) <= MAX_SEED:
-        raise InvalidArgumentError(f"seed must be between 0 and {MAX_SEED}, got {seed}")
-    return int(seed)
-
-
 def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
     """Three non-negative train, val, test fractions summing to 1 (within 1e-6)."""
+    # a string is a sequence too: "0.6,0.2,0.2" used to fail in float(",") as a bare ValueError
+    if not _numbers(fractions, is_number):
+        raise InvalidArgumentError(f"fractions must be numbers train, val, test, e.g. (0.6, 0.2, 0.2); "
+                                   f"got {fractions!r}")
     values = tuple(float(f) for f in fractions)
     if len(values) != 3:
         raise InvalidArgumentError(f"fractions must be three values train,val,test; got {len(values)}")
@@ -107,6 +104,11 @@ def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
 
 def check_assign(folds: int, assign: Sequence[int]) -> tuple[int, int, int]:
     """``assign`` = (A, B, C) folds to train, val, test; A >= 1 and A + B + C == folds >= 2."""
+    if not is_whole(folds):  # 2.5 used to be read as 2
+        raise InvalidArgumentError(f"folds must be a whole number, got {folds!r}")
+    if not _numbers(assign, is_whole):
+        raise InvalidArgumentError(f"assign must be whole numbers A, B, C of folds for train, val, test; "
+                                   f"got {assign!r}")
     values = tuple(int(a) for a in assign)
     if folds < 2:
         raise InvalidArgumentError(f"--folds must be at least 2, got {folds}")
@@ -116,6 +118,17 @@ def check_assign(folds: int, assign: Sequence[int]) -> tuple[int, int, int]:
             f"A+B+C = --folds ({folds}); got {','.join(map(str, values))}"
         )
     return values  # type: ignore[return-value]
+
+
+def _numbers(values: Any, test: Callable[[Any], bool]) -> bool:
+    """True if ``values`` is a sequence (not a string) whose items pass ``test`` (its length is the caller's check)."""
+    if isinstance(values, (str, bytes)):
+        return False
+    try:
+        items = tuple(values)
+    except TypeError:  # a bare number
+        return False
+    return all(test(v) for v in items)
 
 
 def parse_numbers(text: str, kind: type = float) -> tuple:
@@ -771,6 +784,7 @@ def make_split(
     overwrite: bool = False,
     engine: str = "benzarr",
     group_by: str | None = None,
+    leakage_km: float = DEFAULT_KM,
 ) -> SplitResult:
     """Compute a split of ``store`` and write it as ``splits/<name>``.
 
@@ -788,6 +802,7 @@ def make_split(
         engine: ``benzarr`` or ``package`` for ``iterative`` (same codes).
         group_by: ``iterative`` over groups (:func:`benzarr.groups.parse_group_by`: ``tile``,
             ``block:KM``, ``country``, ``season``, ``meta:ARRAY``); no group is split.
+        leakage_km: the leakage distance of the quality measured after the split, km (>= 0).
 
     Raises:
         SplitExistsError: ``name`` exists and not ``overwrite`` (checked before any work).
@@ -795,7 +810,7 @@ def make_split(
         InvalidArgumentError: bad or contradictory arguments.
     """
     labels, seed, kfold, grouping = _check_split_args(
-        store, name, method, labels, seed, folds, assign, fractions, csv_dir, overwrite, engine, group_by
+        store, name, method, labels, seed, folds, assign, fractions, csv_dir, overwrite, engine, group_by, leakage_km
     )
     usable, n_failed, n_excluded_from = _usable_rows(store, exclude_from)
     label_matrix = store.labels(labels)
@@ -821,10 +836,10 @@ def make_split(
     stored, stored_attrs = store.read_split(name)
     geometry = store_geometry(store)
     quality = split_quality(label_matrix, stored, class_names=store.class_names(labels), desired=desired,
-                            baseline_seed=seed, geometry=geometry)
+                            baseline_seed=seed, geometry=geometry, leakage_km=leakage_km)
     if grouping is not None:
         quality.iterative = _plain_iterative_quality(label_matrix, usable, stored_attrs, store.class_names(labels),
-                                                     geometry)
+                                                     geometry, leakage_km)
     return SplitResult(name, stored, stored_attrs, quality, lists)
 
 
@@ -841,6 +856,7 @@ def _check_split_args(
     overwrite: bool,
     engine: str,
     group_by: str | None,
+    leakage_km: float = DEFAULT_KM,
 ) -> tuple[str, int, bool, GroupBy | None]:
     """:func:`make_split`'s argument checks, before any work.
 
@@ -866,6 +882,12 @@ def _check_split_args(
         raise InvalidArgumentError("--fractions applies to --method iterative or random")
     if (csv_dir is not None) != (method == "csv"):
         raise InvalidArgumentError("--method csv needs --csv-dir, and --csv-dir needs --method csv")
+    # the numbers' types and ranges too, before any work (a float folds was read as int(folds))
+    if kfold and (folds is not None or assign is not None):
+        check_assign(DEFAULT_FOLDS if folds is None else folds, DEFAULT_ASSIGN if assign is None else assign)
+    if fractions is not None:
+        check_fractions(fractions)
+    check_km(leakage_km)
     grouping = None
     if group_by is not None:
         if method != "iterative":
@@ -1020,6 +1042,7 @@ def store_split_quality(store: Store, name: str, *, labels: str | None = None,
     """Quality of the stored split ``name`` on its label set (or ``labels``), beside random;
     with the spatial leakage when the store has patch geometry, and for a grouped split the
     plain iterative split of the same parameters beside it."""
+    check_km(leakage_km)  # also where the store has no geometry to measure it on
     codes, attrs = store.read_split(name)
     label_set = labels or attrs.get("labels") or default_label_set(store)
     desired = attrs.get("desired")

@@ -97,7 +97,7 @@ def command(
         assign=parse_numbers(assign, int) if assign else None,
         fractions=parse_numbers(fractions, float) if fractions else None,
         seed=seed, labels=labels, csv_dir=csv_dir, exclude_from=exclude_from, overwrite=overwrite,
-        group_by=group_by,
+        group_by=group_by, leakage_km=leakage_km,
     )
     if plot is not None:
         plot_quality(result.quality, plot, title=name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -402,6 +403,25 @@ def test_contradictory_options_are_refused(store, tmp_path: Path) -> None:
         make_split(store, "z", "bogus")
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    ({"seed": 1.9}, "seed must be a whole number, got 1.9"),  # stored as 1
+    ({"seed": True}, "seed must be a whole number, got True"),
+    ({"seed": "5"}, "seed must be a whole number, got '5'"),
+    ({"seed": None}, "seed must be a whole number, got None"),  # TypeError
+    ({"folds": 2.5, "assign": (1, 0, 1)}, "folds must be a whole number, got 2.5"),  # read as 2
+    ({"folds": 5, "assign": (3.0, 1, 1)}, "assign must be whole numbers"),
+    ({"fractions": "0.6,0.2,0.2"}, "fractions must be numbers train, val, test"),  # ValueError
+    ({"fractions": ("a", 1, 1)}, "fractions must be numbers train, val, test"),
+    ({"fractions": 0.6}, "fractions must be numbers train, val, test"),
+    ({"leakage_km": -1.0}, "(--leakage-km) must be a non-negative number of km, got -1.0"),
+])
+def test_make_split_refuses_arguments_of_the_wrong_type(store, kwargs: dict, message: str) -> None:
+    """The docstring promises InvalidArgumentError; these were coerced or raised TypeError/ValueError."""
+    with pytest.raises(InvalidArgumentError, match=re.escape(message)):
+        make_split(store, "x", "iterative", **kwargs)
+    assert "x" not in store.split_names()
+
+
 # --- CLI ---------------------------------------------------------------------------------
 
 
@@ -457,6 +477,8 @@ def test_a_bad_plot_path_leaves_the_old_split_untouched(store, tmp_path: Path, p
     (["--name", "x", "--method", "random", "--export", "out"], "--export writes a stored split"),
     (["--name", "x", "--method", "random", "--fractions", ""], "--fractions: give the train,val,test shares"),
     (["--name", "x", "--method", "iterative", "--folds", "3"], "--folds 3 needs --assign A,B,C"),
+    (["--name", "x", "--method", "iterative", "--leakage-km", "-1"], "(--leakage-km) must be a non-negative number"),
+    (["--name", "x", "--method", "iterative", "--leakage-km", "nan"], "(--leakage-km) must be a non-negative number"),
 ])
 def test_split_options_that_cannot_go_together_are_refused(store, args: list[str], message: str) -> None:
     """Each used to be ignored without a word (or, for --folds 3, blamed an --assign never given)."""
