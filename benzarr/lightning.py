@@ -67,6 +67,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from benzarr.bands import parse_modalities
+from benzarr.checks import whole
 from benzarr.data import BatchTransform, BigEarthNetDataset, collate_batch, make_loader, resolve_bands
 from benzarr.store import NOMENCLATURES, is_url
 
@@ -143,7 +144,8 @@ class BigEarthNetDataModule(L.LightningDataModule):
             benzarr's own loader does.
 
     Raises:
-        InvalidArgumentError: bad batch size, worker count or engine; ``augment`` or
+        InvalidArgumentError: a batch size, worker count, seed or prefetch factor that is not a
+            whole number in range, a ``label_dtype`` that is not a torch dtype, a bad engine; ``augment`` or
             ``resample`` other than the default where the dataset lacks them; ``engine="ring"``
             without workers. The store and split are opened in :meth:`setup`, which raises
             the dataset's errors (StoreNotFoundError, SplitNotFoundError, ...).
@@ -172,16 +174,21 @@ class BigEarthNetDataModule(L.LightningDataModule):
         label_dtype: torch.dtype = torch.int64,
     ) -> None:
         super().__init__()
-        if batch_size < 1:
-            raise InvalidArgumentError(f"batch size must be at least 1, got {batch_size}")
-        if num_workers < 0:
-            raise InvalidArgumentError(f"workers must be 0 or more, got {num_workers}")
+        # make_loader's checks, here at construction: 1.5 passed "< 1", "4" and None failed it as TypeError
+        batch_size = whole("batch size", batch_size, 1)
+        num_workers = whole("workers", num_workers, 0)
+        seed = whole("seed", seed, -(2**63), 2**63 - 1)
+        if prefetch_factor is not None:
+            prefetch_factor = whole("prefetch_factor", prefetch_factor, 1)
+        if not isinstance(label_dtype, torch.dtype):  # "float32" has no .is_floating_point
+            raise InvalidArgumentError(f"label_dtype must be a torch.dtype such as torch.float32, got {label_dtype!r}")
         if engine not in ENGINES:
             raise InvalidArgumentError(f"unknown loader engine {engine!r}: choose {' or '.join(ENGINES)}")
         if engine == "ring" and num_workers < 1:
             raise InvalidArgumentError("engine='ring' needs num_workers >= 1")
-        if labels not in NOMENCLATURES:
-            raise InvalidArgumentError(f"unknown label set {labels!r}: choose one of {', '.join(NOMENCLATURES)}")
+        if not isinstance(labels, str) or labels not in NOMENCLATURES:  # a list: "unhashable" TypeError
+            raise InvalidArgumentError(f"unknown label set {labels!r}: choose one of {', '.join(NOMENCLATURES)} "
+                                       "(one label set, a str)")
         for name, value in (("augment", augment), ("resample", resample), ("align_corners", align_corners)):
             if value != _DEFAULTS[name] and not _dataset_accepts(name):
                 raise InvalidArgumentError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -166,6 +167,20 @@ def test_bad_arguments(split_store: Path) -> None:
         if not _dataset_accepts(name):
             with pytest.raises(InvalidArgumentError, match=name):
                 BigEarthNetDataModule(split_store, "s", **{name: value})
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"batch_size": 1.5}, "batch size must be a whole number, got 1.5"),  # accepted
+    ({"batch_size": "4"}, "batch size must be a whole number, got '4'"),  # TypeError
+    ({"num_workers": None}, "workers must be a whole number, got None"),  # TypeError
+    ({"seed": 0.5}, "seed must be a whole number, got 0.5"),
+    ({"label_dtype": "float32"}, "label_dtype must be a torch.dtype"),  # AttributeError
+    ({"labels": ["clc19"]}, "unknown label set ['clc19']"),  # TypeError: unhashable
+])
+def test_arguments_of_the_wrong_type_are_invalid_arguments(split_store: Path, kwargs: dict, message: str) -> None:
+    """The docstring promises InvalidArgumentError; these raised TypeError/AttributeError or passed."""
+    with pytest.raises(InvalidArgumentError, match=re.escape(message)):
+        BigEarthNetDataModule(split_store, "s", **kwargs)
 
 
 def test_missing_lightning_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
