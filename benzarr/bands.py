@@ -23,6 +23,7 @@ Keywords and preset names are matched exactly: ``all`` (benzarr's order, S2 firs
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 from benzarr.errors import InvalidArgumentError
@@ -181,8 +182,10 @@ def resolve_bands(selection: str | int | Sequence[str], modalities: str | Sequen
     chosen = [m for m in (_names(modalities) if isinstance(modalities, str) else modalities) if m in MODALITY_BANDS]
     available = tuple(b for m in IMAGE_MODALITIES if m in chosen for b in MODALITY_BANDS[m])
     s1 = S1_BANDS if "s1" in chosen else ()
-    if isinstance(selection, int) and not isinstance(selection, bool):
-        selection = str(selection)
+    if isinstance(selection, numbers.Integral) and not isinstance(selection, bool):  # numpy's ints too
+        selection = str(int(selection))
+    if isinstance(selection, (bytes, bytearray, memoryview)):  # iterated, b"B02" was read as bands 66, 48, 50
+        raise InvalidArgumentError(f"bands {selection!r} are bytes: give a str such as 'B02' or a list of names")
     if isinstance(selection, (set, frozenset, dict)):  # the study took its band order from a set
         raise InvalidArgumentError(f"bands {selection!r}: a set has no order, and the order of the bands is the "
                                    "order of the input channels; give a list")

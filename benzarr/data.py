@@ -178,8 +178,9 @@ class BigEarthNetDataset(Dataset):
         align_corners: bool = False,
         augment: str = "none",
     ) -> None:
-        if labels not in NOMENCLATURES:
-            raise InvalidArgumentError(f"unknown label set {labels!r}: choose one of {', '.join(NOMENCLATURES)}")
+        if not isinstance(labels, str) or labels not in NOMENCLATURES:  # a list was "unhashable" (TypeError)
+            raise InvalidArgumentError(f"unknown label set {labels!r}: choose one of {', '.join(NOMENCLATURES)} "
+                                       "(one label set, a str)")
         self.modalities: tuple[str, ...] = parse_modalities(modalities)
         image_modalities = [m for m in self.modalities if m != "reference-map"] or ["s2"]
         self.bands: tuple[str, ...] = resolve_bands(bands, image_modalities)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from benzarr import bands as vocabulary
@@ -53,6 +54,7 @@ def test_presets_are_importable_from_data() -> None:
 def test_a_preset_resolves_to_its_bands_when_the_modalities_hold_them() -> None:
     assert resolve_bands("12", ("s2", "s1")) == BAND_PRESETS["12"]
     assert resolve_bands(10, ("s2",)) == BAND_PRESETS["10"]
+    assert resolve_bands(np.int64(10), ("s2",)) == BAND_PRESETS["10"]  # was refused: numpy ints read as ints
     assert resolve_bands("ALL", "s2,s1") == BAND_PRESETS["ALL"]
     with pytest.raises(InvalidArgumentError, match=r"preset 'ALL'.*'VV'.*add s1"):
         resolve_bands("ALL", ("s2",))
@@ -135,7 +137,9 @@ def test_describe_presets_lists_every_preset_with_its_bands() -> None:
 
 
 @pytest.mark.parametrize("selection, message", [(None, "got None"), ({"B02", "B03"}, "a set has no order"),
-                                                (True, "got True")])
+                                                (True, "got True"),
+                                                # iterated, b"B02" was "unknown or unavailable band '66'"
+                                                (b"B02", "bands b'B02' are bytes: give a str")])
 def test_a_selection_that_is_no_list_or_name_is_refused_naming_bands(selection: object, message: str) -> None:
     """The balanced-bigearthnet study took its band order from a Python set; None was a TypeError."""
     with pytest.raises(InvalidArgumentError, match=message):

@@ -105,6 +105,8 @@ def test_clc19_labels(synth_store_64: Path, native: dict[str, np.ndarray]) -> No
     np.testing.assert_array_equal(ds[9]["label"].numpy(), native["clc19"][9])
     with pytest.raises(InvalidArgumentError, match="clc20"):
         BigEarthNetDataset(synth_store_64, labels="clc20")
+    with pytest.raises(InvalidArgumentError, match=r"unknown label set \['clc19'\]: choose one of clc43, clc19"):
+        BigEarthNetDataset(synth_store_64, labels=["clc19"])  # was TypeError: unhashable type: 'list'
 
 
 def test_normalize_uses_store_band_statistics(synth_store_64: Path) -> None:
