@@ -384,6 +384,27 @@ class Store:
             )
         return value
 
+    def check_attrs(self) -> None:
+        """Check the types of the root attributes benzarr reads (from the zarr.json already
+        loaded: no I/O), so that a damaged file is named here, not met later as a bare
+        AttributeError or TypeError, or read wrongly (``"complete": "false"`` read as True).
+
+        Raises:
+            StoreCorruptError: naming the root ``zarr.json`` and the attribute.
+        """
+        attrs = self.group.attrs.get(ATTRS_KEY)
+        if not isinstance(attrs, dict):
+            raise StoreCorruptError(f"{self._where('zarr.json')}: the store's {ATTRS_KEY!r} attributes are "
+                                    f"{type(attrs).__name__}, not an object; {_DAMAGED}")
+        self.format_version  # noqa: B018  (raises on its own damage)
+        for key, (valid, expected) in _ATTR_TYPES.items():
+            if key in attrs and not valid(attrs[key]):
+                shown = json.dumps(attrs[key])  # as the file spells it: "false", null
+                raise StoreCorruptError(
+                    f"{self._where('zarr.json')}: the store's attribute {key!r} is "
+                    f"{shown if len(shown) <= 60 else shown[:57] + '...'}, not {expected}; {_DAMAGED}"
+                )
+
     # -- arrays ----------------------------------------------------------------------
     def array(self, name: str) -> zarr.Array:
         """The zarr array at ``name`` (e.g. ``"s2/10m"``).
@@ -788,6 +809,70 @@ def store_exists(path: str | Path, storage_options: dict[str, Any] | None = None
     return True
 
 
+def _enclosing_store(path: Path) -> Path | None:
+    """The benzarr store that ``path`` lies inside (``s.zarr`` for ``s.zarr/s2/10m``), or None."""
+    from benzarr.fsutil import is_benzarr_store
+
+    return next((parent for parent in path.parents if str(parent) != "." and is_benzarr_store(parent)), None)
+
+
+def _not_a_store(path: str | Path, exc: BaseException) -> str:
+    """Why ``path`` (which exists) did not open as a store, and what it is when benzarr knows:
+    an array inside a store, a run folder, an archive (the error path only: it may list the folder)."""
+    if is_url(path):
+        return f"{path}: not a Zarr v3 store ({exc})"
+    from benzarr.fsutil import describe
+
+    folder = Path(path)
+    if not folder.is_dir():
+        return f"{path}: is a file, not a benzarr store (a store is a folder)"
+    if (folder / "zarr.json").is_file():  # a Zarr node that is no group: an array
+        root = _enclosing_store(folder)
+        if root is not None:
+            return f"{path}: an array inside the benzarr store {root}, not a store; give the store's folder ({root})"
+        return f"{path}: a Zarr array, not a benzarr store ({exc})"
+    if (folder / "config.json").is_file() and (folder / "checkpoints").is_dir():
+        return (f"{path}: not a benzarr store (no zarr.json); it is a run folder of `benzarr train`, "
+                "which `benzarr evaluate` and `benzarr report` read")
+    found = describe(folder)
+    if " archive (" in found:
+        return f"{path}: not a benzarr store (no zarr.json); it holds {found}: `benzarr ingest {path} STORE` makes a store of it"
+    return f"{path}: not a benzarr store (no zarr.json); it holds {found}"
+
+
+_DAMAGED = "its metadata is damaged: restore that file or re-ingest the store"
+
+
+def _is_names(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _is_count(value: Any, least: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+#: The root attributes benzarr reads, when present: (valid?, what is expected, for the message).
+_ATTR_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "complete": (lambda v: isinstance(v, bool), "a boolean (true or false)"),
+    "layout_complete": (lambda v: isinstance(v, bool), "a boolean (true or false)"),
+    "n_patches": (_is_count, "a whole number >= 0"),
+    "shard_size": (lambda v: _is_count(v, 1), "a whole number >= 1"),
+    "parts": (lambda v: v is None or _is_count(v, 1), "a whole number >= 1"),
+    "compression": (lambda v: isinstance(v, str), "a string"),
+    "modalities": (_is_names, "a list of names"),
+    "label_sets": (_is_names, "a list of names"),
+    "band_order": (_is_names, "a list of names"),
+    "bands": (lambda v: isinstance(v, dict) and all(_is_names(b) for b in v.values()),
+              "an object of band-name lists"),
+    "classes": (lambda v: isinstance(v, dict) and all(_is_names(c) for c in v.values()),
+                "an object of class-name lists"),
+    "stats": (lambda v: isinstance(v, dict) and all(isinstance(m, dict) for m in v.values()), "an object"),
+    "label_counts": (lambda v: isinstance(v, dict) and all(isinstance(c, dict) for c in v.values()), "an object"),
+    "source": (lambda v: isinstance(v, dict), "an object"),
+    "ingest": (lambda v: isinstance(v, dict), "an object"),
+}
+
+
 def open_store(
     path: str | Path,
     *,
@@ -805,8 +890,9 @@ def open_store(
 
     Raises:
         StoreNotFoundError: nothing, or no benzarr store, at ``path``.
-        StoreCorruptError: the root ``zarr.json`` is not JSON, or its ``format_version`` is
-            not a whole number.
+        StoreCorruptError: the root ``zarr.json`` is not JSON, or an attribute benzarr reads
+            has the wrong type (``format_version`` not a whole number, ``complete`` not a
+            boolean, ``classes`` or ``bands`` not an object, ...).
         StoreVersionError: written by a newer format version.
         StoreIncompleteError: ingest unfinished and ``require_complete``.
     """
@@ -823,10 +909,13 @@ def open_store(
                 raise StoreCorruptError(
                     f"{root_json}: damaged store metadata (not JSON: {bad}); restore that file or re-ingest the store"
                 ) from None
-        raise StoreNotFoundError(f"{path}: not a Zarr v3 store ({exc})") from None
+        raise StoreNotFoundError(_not_a_store(path, exc)) from None
     if ATTRS_KEY not in group.attrs:
-        raise StoreNotFoundError(f"{path}: a Zarr group, but not a benzarr store (no '{ATTRS_KEY}' attributes)")
+        root = None if is_url(path) else _enclosing_store(Path(path))
+        inside = f"; it is inside the benzarr store {root}: give that folder" if root else ""
+        raise StoreNotFoundError(f"{path}: a Zarr group, but not a benzarr store (no '{ATTRS_KEY}' attributes){inside}")
     store = Store(group, str(path))
+    store.check_attrs()
     if store.format_version > FORMAT_VERSION:
         raise StoreVersionError(
             f"{path}: written with store format version {store.format_version}; this benzarr "

@@ -40,7 +40,7 @@ import numpy as np
 import zarr
 
 from benzarr import __version__
-from benzarr.errors import BenzarrError, InvalidArgumentError, StoreCorruptError
+from benzarr.errors import BenzarrError, InvalidArgumentError, StoreCorruptError, StoreVerifyError
 from benzarr.procs import worker_pool
 from benzarr.shards import ShardCheck, ShardLayout, ShardReader, parse_layout, shard_file
 from benzarr.store import (
@@ -236,13 +236,20 @@ def verify_store(
         InvalidArgumentError: a URL (verify reads local stores) or a negative ``workers``.
         StoreNotFoundError, StoreVersionError: from opening the store (its root ``zarr.json``
             must be readable to know what to check).
+        StoreVerifyError: the root ``zarr.json`` is damaged (not JSON, or an attribute of the
+            wrong type), so nothing else can be checked.
     """
     if is_url(path):
         raise InvalidArgumentError(f"{path}: benzarr verify reads local stores; copy the store to a local disk first")
     if workers is not None and workers < 0:
         raise InvalidArgumentError(f"--workers must be 0 or more, got {workers}")
     started = time.perf_counter()
-    store = open_store(path, require_complete=False)
+    try:
+        store = open_store(path, require_complete=False)
+    except StoreVerifyError:
+        raise
+    except StoreCorruptError as exc:  # a damaged root zarr.json is what verify looks for: its exit code 4
+        raise StoreVerifyError(str(exc)) from None
     report = VerifyReport(
         path=str(path), format_version=store.format_version, checksums=False, complete=store.complete,
         n_patches=store.n_patches,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -291,6 +293,52 @@ def test_a_format_version_that_is_not_a_whole_number_is_damage_named_by_file(tmp
     (store / "zarr.json").write_text(json.dumps(meta))
     with pytest.raises(StoreCorruptError, match=r"v\.zarr/zarr\.json: the store's format_version is .*not a whole number"):
         open_store(store)
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("complete", "false", 'attribute \'complete\' is "false", not a boolean'),  # read as complete
+    ("classes", None, "attribute 'classes' is null, not an object"),  # unexpected AttributeError
+    ("bands", None, "attribute 'bands' is null, not an object"),  # show: unexpected TypeError
+    ("bands", {"s2/10m": "B02"}, "attribute 'bands' is"),
+    ("n_patches", "40", "attribute 'n_patches' is \"40\", not a whole number"),
+    ("label_sets", ["clc43", 1], "attribute 'label_sets' is"),
+])
+def test_a_root_attribute_of_the_wrong_type_is_damage_named_by_file(tmp_path: Path, synth_store_64: Path, key: str,
+                                                                    value: object, expected: str) -> None:
+    """Checked when the store opens; verify exits with its corruption code 4."""
+    from benzarr.errors import StoreCorruptError, StoreVerifyError
+    from benzarr.verify import verify_store
+    store = tmp_path / "v.zarr"
+    store.mkdir()  # the root zarr.json is all that is read before the check
+    meta = json.loads((synth_store_64 / "zarr.json").read_text())
+    meta["attributes"]["benzarr"][key] = value
+    (store / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(StoreCorruptError, match=re.escape(f"v.zarr/zarr.json: the store's {expected}")):
+        open_store(store)
+    with pytest.raises(StoreVerifyError, match=re.escape(expected)) as info:
+        verify_store(store, record=False)
+    assert info.value.exit_code == 4
+
+
+@pytest.mark.parametrize("what, message", [
+    ("archive", "arch: not a benzarr store (no zarr.json); it holds a BigEarthNet v1 archive ("),
+    ("run", "run: not a benzarr store (no zarr.json); it is a run folder of `benzarr train`, which `benzarr evaluate`"),
+    ("array", "10m: an array inside the benzarr store "),
+    ("group", "s2: a Zarr group, but not a benzarr store (no 'benzarr' attributes); it is inside the benzarr store "),
+    ("file", "notes.txt: is a file, not a benzarr store"),
+])
+def test_a_folder_that_is_no_store_says_what_it_is(tmp_path: Path, synth_store_64: Path, synth_archive_64: Path,
+                                                   what: str, message: str) -> None:
+    """info/verify/bench said "not a Zarr v3 store (No group found in store 'arch' at path '')",
+    and for an array of a store "(An array already exists in store ...)"."""
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "config.json").write_text("{}")
+    (tmp_path / "notes.txt").write_text("mine")
+    os.symlink(synth_archive_64, tmp_path / "arch")
+    path = {"archive": tmp_path / "arch", "run": tmp_path / "run", "array": synth_store_64 / "s2" / "10m",
+            "group": synth_store_64 / "s2", "file": tmp_path / "notes.txt"}[what]
+    with pytest.raises(StoreNotFoundError, match=re.escape(message)):
+        open_store(path)
 
 
 def test_a_root_zarr_json_cut_short_is_damage_not_a_foreign_store(tmp_path: Path, synth_store_64: Path) -> None:
