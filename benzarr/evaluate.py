@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from benzarr.errors import InvalidArgumentError, SplitNotFoundError, StoreNotFoundError, UnsafeOverwriteError
+from benzarr.fsutil import check_not_a_file, check_outside_datasets
 
 #: Checkpoints a run folder holds, by the name ``--checkpoint`` takes.
 CHECKPOINTS = ("best", "last")
@@ -400,8 +401,6 @@ def evaluate_run(
     from benzarr.models import create_model
     from benzarr.train import resolve_device, write_scores_csv
 
-    from benzarr.fsutil import check_outside_datasets
-
     if out_dir is not None:  # (an old run's default folder inside a store is not this user's choice)
         check_outside_datasets(out_dir, "--out", "the evaluation")
     run_dir = Path(run_dir)
@@ -438,6 +437,7 @@ def evaluate_run(
 
     own_store = bool(run_store) and _same_path(run_store, store)
     out = Path(out_dir) if out_dir is not None else default_out_dir(run_dir, store, split, subset, own_store, checkpoint)
+    check_not_a_file(out, "the evaluation (--out)")  # before scoring, not at the mkdir after it
     if out_dir is None and not own_store:  # the folder's name holds the store's: two stores may share it
         _check_same_question(out, store)
     earlier = _check_output(out, predictions)  # before scoring: nothing is replaced after a refusal

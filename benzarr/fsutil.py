@@ -77,6 +77,9 @@ def os_error(exc: OSError, path: str | Path = "", action: str = "writing", hint:
         message = f"{at}a file is in the way (part of this path is a file, not a folder)"
     elif code == errno.EISDIR:
         message = f"{at}is a folder, not a file"
+    elif code == errno.EEXIST and where and os.path.lexists(where) and not os.path.isdir(where):
+        # mkdir of a path that is a file (train/evaluate/report --out, split --export): "File exists"
+        message = f"{at}is a file, not a folder"
     elif code == errno.ELOOP:
         message = f"{at}symlink loop (too many levels of symbolic links); fix or remove the link"
     elif code == errno.ENAMETOOLONG:
@@ -252,6 +255,18 @@ def check_output(path: str | Path, *, overwrite: bool, owned: Callable[[Path], b
             "never deletes anything else), so nothing was deleted: choose another path"
         )
     raise InvalidArgumentError(f"{path}: exists and holds {found}; choose another path (an empty or new folder)")
+
+
+def check_not_a_file(path: str | Path, what: str) -> None:
+    """Refuse, before any work, a path where a folder is to be written that is a file (mkdir
+    would say only "File exists"); a missing path or a folder passes.
+
+    Raises:
+        FileSystemError: ``path`` is a file; ``what`` names the folder (``"the run folder (--out)"``).
+    """
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise FileSystemError(f"{path}: is a file, not a folder; choose another path for {what}", str(path),
+                              errno.ENOTDIR)
 
 
 def _check_parents(path: Path) -> None:

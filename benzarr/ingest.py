@@ -121,10 +121,11 @@ class IngestResult:
     already_complete: bool = False
 
 
-def read_name_file(source: str | Path) -> list[str]:
-    """Patch names from an official list name (``cloud-shadow``, ``seasonal-snow``) or a
-    file with one name per line (blank lines and ``#`` comments ignored; a CSV's first
-    column is used).
+def read_name_file(source: str | Path, option: str = "--exclude") -> list[str]:
+    """Patch names from an official list name (``cloud-shadow``, ``seasonal-snow``,
+    ``no-clc19``) or a file with one name per line (blank lines and ``#`` comments ignored; a
+    CSV's first column is used). ``option`` names the option in errors; the official lists
+    are offered in them for ``--exclude`` alone (what they are for).
 
     Raises:
         InvalidArgumentError: neither an official list nor a readable file.
@@ -136,9 +137,8 @@ def read_name_file(source: str | Path) -> list[str]:
     if path.is_dir():
         raise InvalidArgumentError(f"{text}: is a folder, not a file of patch names (one a line)")
     if not path.is_file():
-        raise InvalidArgumentError(
-            f"{text}: no such file (or official list: {', '.join(OFFICIAL_EXCLUDES)})"
-        )
+        lists = f" or an official list: {', '.join(OFFICIAL_EXCLUDES)}" if option == "--exclude" else ""
+        raise InvalidArgumentError(f"{text}: no such file ({option} takes a file of patch names{lists})")
     try:
         content = read_utf8(path, "save the list of patch names as UTF-8")
     except OSError as exc:  # named as the list it is, not as "reading the archive"
@@ -175,7 +175,7 @@ def plan_patches(
     names = found.names
     missing: list[str] = []
     if patches is not None:
-        wanted = set(read_name_file(patches))
+        wanted = set(read_name_file(patches, "--patches"))
         missing = sorted(wanted - set(names))
         names = [name for name in names if name in wanted]
     excluded: set[str] = set()

@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from benzarr.errors import InvalidArgumentError
+from benzarr.fsutil import check_not_a_file, check_outside_datasets
 from benzarr.metrics import SCALAR_KEYS
 
 #: Test metrics of the tables, in column order.
@@ -417,9 +418,9 @@ def write_report(paths: Sequence[str | Path], out: str | Path, evaluations: Sequ
     Raises:
         InvalidArgumentError: a path holds no run, or a run lacks one of the ``evaluations``.
         PathConflictError: ``out`` is, or lies inside, a benzarr store or an archive.
+        FileSystemError: ``out`` is a file.
     """
-    from benzarr.fsutil import check_outside_datasets
-
+    check_not_a_file(out, "the report (--out)")
     runs = find_runs(paths, evaluations=evaluations)
     out = Path(out)
     check_outside_datasets(out, "--out", "the report")

@@ -152,8 +152,10 @@ def pick_rows(
             raise InvalidArgumentError(f"--index {bad[0]} is outside the store's rows 0..{n - 1}")
         return [int(i) for i in indices]
     pool = store.subset_rows(split, subset)
+    where = f"{subset or 'all'} of split {split}" if split else "the valid patches"
+    if pool.size == 0:  # "needs 1 to 0 patches" said it backwards
+        raise InvalidArgumentError(f"--random: {where} is empty: no patch to draw")
     if random is None or random < 1 or random > pool.size:
-        where = f"{subset or 'all'} of split {split}" if split else "the valid patches"
         raise InvalidArgumentError(f"--random needs 1 to {pool.size:,} patches ({where}), got {random}")
     return sorted(np.random.default_rng(seed).choice(pool, size=random, replace=False).tolist())
 
@@ -302,8 +304,12 @@ def _panels(store: Store, composites: Sequence[str] | None) -> list[str]:
             raise InvalidArgumentError(f"unknown --bands {kind!r}: choose rgb, false-color, swir or VV,VH")
         missing = [b for b in panel_bands(kind) if b not in available]
         if missing:
-            what = "Sentinel-1" if kind == S1_COMPOSITE else "those bands"
-            raise InvalidArgumentError(f"{store.path}: --bands {kind} needs {', '.join(missing)}; the store has no {what}")
+            if not available:  # a labels-only store: "the store has no those bands" said nothing
+                raise InvalidArgumentError(f"{store.path}: the store has no image bands (labels only): "
+                                           "nothing to show")
+            lacks = " (no Sentinel-1 data)" if kind == S1_COMPOSITE else ""
+            raise InvalidArgumentError(f"{store.path}: --bands {kind} needs {', '.join(missing)}, which the store "
+                                       f"lacks{lacks}")
     if store.has_array("reference_map"):
         kinds.append("reference map")
     return kinds

@@ -59,7 +59,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from benzarr.errors import InvalidArgumentError, MissingDependencyError, SplitExistsError
-from benzarr.fsutil import read_utf8
+from benzarr.fsutil import check_not_a_file, read_utf8
 from benzarr.groups import GroupBy, group_ids, group_summary, grouped_assignment, parse_group_by
 from benzarr.checks import MAX_SEED, check_seed, is_number, is_whole  # noqa: F401  (MAX_SEED, check_seed: also this module's API)
 from benzarr.leakage import DEFAULT_KM, check_km, split_leakage
@@ -451,7 +451,8 @@ def read_csv_lists(folder: str | Path) -> dict[str, list[str]]:
 
     folder = Path(folder)
     if not folder.is_dir():
-        raise InvalidArgumentError(f"{folder}: no such folder (expected train.csv, val.csv, test.csv in it)")
+        what = "is a file, not a folder" if folder.exists() else "no such folder"  # --csv-dir exp1/train.csv
+        raise InvalidArgumentError(f"{folder}: {what} (expected train.csv, val.csv, test.csv in it)")
     lists: dict[str, list[str]] = {}
     for subset in SUBSETS:
         path = folder / f"{subset}.csv"
@@ -1066,7 +1067,9 @@ def export_split(store: Store, name: str, folder: str | Path) -> dict[str, Path]
         InvalidArgumentError: one of the three is there already (a file of the user's, or an
             earlier export: it would be replaced without a word), or is a folder; nothing is
             written then.
+        FileSystemError: ``folder`` is a file.
     """
+    check_not_a_file(folder, "the CSV lists (--export)")
     codes, _ = store.read_split(name)
     taken = [Path(folder) / f"{subset}.csv" for subset in SUBSETS if os.path.lexists(Path(folder) / f"{subset}.csv")]
     if taken:

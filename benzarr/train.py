@@ -58,6 +58,7 @@ from benzarr.checkpoint import load_checkpoint, restore, save_checkpoint
 from benzarr.checks import check_seed, finite
 from benzarr.data import BigEarthNetDataset, DeviceLoader, make_loader
 from benzarr.errors import InvalidArgumentError, missing_extra
+from benzarr.fsutil import check_not_a_file
 from benzarr.evaluate import score_batches
 from benzarr.fsutil import check_outside_datasets
 from benzarr.lock import run_lock
@@ -538,6 +539,7 @@ def _setup(cfg: TrainConfig) -> _Run:
 def _claim_run_dir(cfg: TrainConfig) -> Path:
     """The run folder: a new one, or (``resume``) one holding ``checkpoints/last.pt``."""
     run_dir = Path(cfg.out or default_out(cfg))
+    check_not_a_file(run_dir, "the run folder (--out)")
     last = run_dir / "checkpoints" / "last.pt"
     if last.exists() and not cfg.resume:
         raise InvalidArgumentError(f"{run_dir} holds a run already: pass --resume to continue it, or another --out")

@@ -23,7 +23,7 @@ def command(
     workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Reader processes (default: all cores)."),
     shard_size: int = typer.Option(DEFAULT_SHARD_SIZE, "--shard-size", help="Patches per shard (power of two)."),
     compression: str = typer.Option(DEFAULT_COMPRESSION, "--compression", help="none | lz4 | zstd (band arrays)."),
-    exclude: list[str] = typer.Option([], "--exclude", help="File of patch names to leave out, or an official list: cloud-shadow, seasonal-snow. Repeatable."),
+    exclude: list[str] = typer.Option([], "--exclude", help="File of patch names to leave out, or an official list: cloud-shadow, seasonal-snow, no-clc19. Repeatable."),
     patches: Optional[Path] = typer.Option(None, "--patches", help="File of patch names: ingest only these."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first bad patch (exit 1)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a store already at STORE."),

@@ -442,6 +442,19 @@ def test_a_patch_name_file_that_is_a_folder_or_not_utf8_is_one_line(tmp_path: Pa
     assert read_name_file(tmp_path / "bom.txt") == ["S2A_MSIL2A_20170613T101031_0_48"]
 
 
+@pytest.mark.parametrize("option, message", [
+    ("--exclude", "nofile.txt: no such file (--exclude takes a file of patch names or an official list: "
+                  "cloud-shadow, seasonal-snow, no-clc19)"),
+    ("--patches", "nofile.txt: no such file (--patches takes a file of patch names)"),  # offered the lists
+])
+def test_a_missing_name_file_offers_the_official_lists_to_exclude_alone(option: str, message: str) -> None:
+    from benzarr.errors import InvalidArgumentError
+    from benzarr.ingest import read_name_file
+
+    with pytest.raises(InvalidArgumentError, match=re.escape(message)):
+        read_name_file("nofile.txt", option)
+
+
 def test_parts_go_with_plan_and_a_plan_keeps_its_parts_once_they_run(synth_archive_64: Path, tmp_path: Path) -> None:
     """Re-planning 3 parts over a store planned for 2 with part 1 done moved every part's shards;
     --parts without --plan and --parts 0 were accepted silently."""

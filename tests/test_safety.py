@@ -605,3 +605,32 @@ def test_a_reader_that_leaves_early_is_no_error(synth_store_64: Path) -> None:
     os.close(write)
     _, err = child.communicate(timeout=60)
     assert child.returncode == 141 and err == ""
+
+
+@pytest.mark.parametrize("command", ["train", "report", "export"])
+def test_an_output_folder_that_is_a_file_says_so(tmp_path: Path, synth_store_64: Path, command: str) -> None:
+    """train/evaluate/report --out and split --export on a file said "File exists (while running)",
+    some only after the work (evaluate: after scoring)."""
+    from benzarr.errors import FileSystemError
+    from benzarr.fsutil import os_error
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    with pytest.raises(FileSystemError, match=f"notes.txt: is a file, not a folder; choose another path for the "):
+        if command == "train":
+            from benzarr.train import TrainConfig, train
+
+            train(TrainConfig(store=str(synth_store_64), split="none", device="cpu", out=str(notes)))
+        elif command == "report":
+            from benzarr.report import write_report
+
+            write_report([tmp_path / "no-run"], notes)
+        else:
+            from benzarr.split import export_split
+            from benzarr.store import open_store
+
+            export_split(open_store(synth_store_64), "none", notes)
+    assert notes.read_text() == "mine"
+    with pytest.raises(FileExistsError) as info:  # and any other mkdir the checks miss
+        notes.mkdir()
+    assert str(os_error(info.value, action="running")) == f"{notes}: is a file, not a folder"

@@ -66,6 +66,19 @@ def test_pick_rows_by_name_index_and_random_subset(synth_store_64: Path, tmp_pat
         pick_rows(store, patches=["S2A_MSIL2A_20170613T101031_0_0"])
     with pytest.raises(InvalidArgumentError, match="one way"):
         pick_rows(store, indices=[1], random=2)
+    make_split(store, "t", "random", fractions=(1.0, 0.0, 0.0))
+    with pytest.raises(InvalidArgumentError, match="--random: test of split t is empty: no patch to draw"):
+        pick_rows(store, random=2, split="t", subset="test")  # was "needs 1 to 0 patches"
+
+
+def test_a_labels_only_store_has_no_image_bands_to_show(tmp_path: Path) -> None:
+    """It said "the store has no those bands"."""
+    from tests.test_split import make_labels_store
+
+    names = [f"S2A_MSIL2A_20170613T101031_{i}_0" for i in range(4)]
+    store = make_labels_store(tmp_path / "l.zarr", names, np.zeros((4, 43), np.uint8))
+    with pytest.raises(InvalidArgumentError, match="the store has no image bands \\(labels only\\)"):
+        plot_patches(store, [0], tmp_path / "g.png")
 
 
 def test_split_map_is_written(synth_store_64: Path, tmp_path: Path) -> None:

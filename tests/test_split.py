@@ -217,6 +217,8 @@ def test_missing_csv_file_is_named(tmp_path: Path) -> None:
     (tmp_path / "train.csv").write_text("a\n")
     with pytest.raises(InvalidArgumentError, match="val.csv"):
         read_csv_lists(tmp_path)
+    with pytest.raises(InvalidArgumentError, match=r"train\.csv: is a file, not a folder \(expected train\.csv"):
+        read_csv_lists(tmp_path / "train.csv")  # --csv-dir exp1/train.csv said "no such folder"
 
 
 def test_csv_lists_as_spreadsheets_write_them_read_the_same(store, tmp_path: Path) -> None:
