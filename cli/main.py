@@ -14,6 +14,7 @@ user can do next (``benzarr ingest``: run it again to resume; ``benzarr train``:
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import os
 import signal
@@ -50,9 +51,18 @@ COMMANDS: dict[str, str] = {
     "demo": "demo",
 }
 
+def help_text(doc: str | None) -> str:
+    """A command's docstring as its help: each paragraph on one line. Typer keeps a docstring's
+    single line breaks after the first paragraph (and in the command list), and rich then wraps
+    the source lines again: "run the same" / "command again" on lines of their own. Blank
+    lines still separate paragraphs."""
+    paragraphs = inspect.cleandoc(doc or "").split("\n\n")
+    return "\n\n".join(" ".join(line.strip() for line in p.splitlines() if line.strip()) for p in paragraphs)
+
+
 for _name, _module in COMMANDS.items():
     _mod = importlib.import_module(f"benzarr_cli.{_module}")
-    app.command(_name, help=_mod.command.__doc__)(_mod.command)
+    app.command(_name, help=help_text(_mod.command.__doc__))(_mod.command)
 
 
 

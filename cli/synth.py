@@ -12,7 +12,7 @@ from benzarr_cli._common import console, progress_bar
 
 def command(
     out: Path = typer.Argument(..., help="Archive folder to write (created; must be empty unless --overwrite)."),
-    patches: int = typer.Option(1000, "--patches", min=0, help="Number of patches."),
+    patches: int = typer.Option(1000, "--patches", min=1, help="Number of patches."),  # 0: an archive ingest refuses
     seed: int = typer.Option(0, "--seed", min=0, help="Seed; the same patches and seed give the same bytes."),
     version: int = typer.Option(
         1, "--version",
@@ -42,6 +42,7 @@ def command(
 
     --version 1 (default): OUT/<patch>/<patch>_B01.tif ... _B12.tif and
     <patch>_labels_metadata.json; with --s1, the v1.0 S2 + S1 download layout.
+
     --version 2: BigEarthNet v2.0 (reBEN): OUT/BigEarthNet-S2/<tile>/<patch>/..., optional
     OUT/BigEarthNet-S1 (--s1) and OUT/Reference_Maps (--reference-maps), metadata.parquet.
 

@@ -26,8 +26,11 @@ def command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Read every chunk of every array and check shard indexes, chunk checksums (crc32c), shapes and
-    metadata; name the corrupt patches. Exit 0 when the store is sound, 4 when anything is corrupt,
-    1 when what is written is sound but the ingest did not finish.
+    metadata; name the corrupt patches.
+
+    Exit 0 when the store is sound, 4 when anything is corrupt
+    (its root zarr.json included), 1 when no store opens at STORE (none there, a newer format
+    version) or when what is written is sound but the ingest did not finish.
 
     The result is recorded in the store (`benzarr info` shows "last verified").
     """

@@ -231,3 +231,18 @@ def test_cli_writes_the_archive_and_a_summary(tmp_path: Path) -> None:
     assert "3 patches (39 files" in result.output
     quiet = CliRunner().invoke(app, ["synth", str(tmp_path / "q"), "--patches", "2", "--workers", "1", "--quiet"])
     assert quiet.exit_code == 0 and quiet.output == ""  # --quiet: nothing but errors
+
+
+def test_cli_help_is_paragraphs_of_sentences_and_synth_needs_a_patch(tmp_path: Path) -> None:
+    """Typer kept the docstrings' source line breaks ("run the same" / "command again" on lines
+    of their own once rich wrapped them again); --patches 0 wrote an archive ingest refuses."""
+    from benzarr_cli.main import app
+
+    for command in app.registered_commands:
+        assert all("\n" not in paragraph for paragraph in command.help.split("\n\n")), command.name
+    ingest = next(c for c in app.registered_commands if c.name == "ingest").help
+    assert "run the same command again after an interruption" in ingest
+    verify = next(c for c in app.registered_commands if c.name == "verify").help
+    assert "1 when no store opens at STORE" in verify
+    result = CliRunner().invoke(app, ["synth", str(tmp_path / "none"), "--patches", "0"])
+    assert result.exit_code == 2 and not (tmp_path / "none").exists()
