@@ -1,7 +1,7 @@
 """Argument checks shared by the library's entry points: whole numbers, seeds, finite numbers.
 
-Torch-free (the CLI imports it at start, through :mod:`benzarr.train_config`'s users). Each
-check raises :class:`InvalidArgumentError` naming the argument (``what``) and the value.
+Torch-free: ``benzarr train`` checks ``--seeds`` with it before torch is imported. Each check
+raises :class:`InvalidArgumentError` naming the argument (``what``) and the value.
 """
 
 from __future__ import annotations

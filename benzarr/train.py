@@ -58,9 +58,8 @@ from benzarr.checkpoint import load_checkpoint, restore, save_checkpoint
 from benzarr.checks import check_seed, finite
 from benzarr.data import BigEarthNetDataset, DeviceLoader, make_loader
 from benzarr.errors import InvalidArgumentError, missing_extra
-from benzarr.fsutil import check_not_a_file
 from benzarr.evaluate import score_batches
-from benzarr.fsutil import check_outside_datasets
+from benzarr.fsutil import check_not_a_file, check_outside_datasets
 from benzarr.lock import run_lock
 from benzarr.losses import create_loss, parse_loss
 from benzarr.metrics import SCALAR_KEYS, MultilabelMetrics, json_friendly
