@@ -756,6 +756,8 @@ def _dataloader_worker_error(exc: BaseException, loader: Any) -> LoaderWorkerErr
         return None
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     timed_out = isinstance(exc, RuntimeError) and text.startswith("DataLoader timed out")
+    if text.startswith("Caught "):  # torch re-raising an error of the worker's own code, in its own type
+        return None
     died = text.startswith("DataLoader worker") if isinstance(exc, RuntimeError) else True  # a cut pipe: a dead worker
     if not (timed_out or died):
         return None

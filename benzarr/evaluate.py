@@ -179,7 +179,7 @@ def _check_output(out: Path, predictions: bool) -> dict[str, Any] | None:
         if (out / name).is_dir():  # before scoring: nothing of the old evaluation is replaced then
             raise InvalidArgumentError(f"{out / name}: is a folder where the evaluation writes a file; "
                                        "remove it or pass another --out")
-    if (out / "config.json").is_file() or (out / "checkpoints").is_dir():
+    if (out / "config.json").is_file() and (out / "checkpoints").is_dir():
         raise InvalidArgumentError(f"{out}: is a training run's folder (config.json, checkpoints/): the evaluation "
                                    "would replace the run's own metrics.json and scores.csv; pass another --out, "
                                    "or none for RUN/evaluations/<split>-<subset>")

@@ -262,9 +262,12 @@ def check_not_a_file(path: str | Path, what: str) -> None:
     would say only "File exists"); a missing path or a folder passes.
 
     Raises:
-        FileSystemError: ``path`` is a file; ``what`` names the folder (``"the run folder (--out)"``).
+        FileSystemError: ``path`` is a file, or cannot be made because a parent is one; ``what``
+            names the folder (``"the run folder (--out)"``).
     """
-    if os.path.lexists(path) and not os.path.isdir(path):
+    if not os.path.lexists(path):
+        _check_parents(Path(path))  # notes.txt/run: a file where a parent folder would go
+    elif not os.path.isdir(path):
         raise FileSystemError(f"{path}: is a file, not a folder; choose another path for {what}", str(path),
                               errno.ENOTDIR)
 
@@ -296,18 +299,25 @@ def check_disjoint(store: str | Path, archive: str | Path) -> None:
 
 def _dataset_at(folder: Path) -> str | None:
     """What dataset folder ``folder`` is, in a few words ("the benzarr store X", "the
-    synthetic archive X", "the BigEarthNet v1 archive X"), or None for any other folder."""
+    synthetic archive X", "the archive folder X (it holds patch folders)"), or None for any
+    other folder. Only a folder that holds patch folders itself counts as an archive: the
+    folder that holds an unpacked download (``BigEarthNet-v1.0/``, reBEN's folders and
+    ``metadata.parquet``) is where users keep their runs too."""
     if is_benzarr_store(folder):
         return f"the benzarr store {folder}"
     if has_marker(folder, "synth"):
         return f"the synthetic archive {folder}"
-    from benzarr.sources import detect_source  # lazy: rasterio
+    from benzarr.bigearthnet import is_patch_name, is_s1_name, is_v2_patch_name
 
     try:
-        source = detect_source(folder)  # a few stats: `benzarr examples` output, a real download
-    except Exception:  # unreadable, two sources claiming it, ...: not known to be an archive
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                name = entry.name
+                if (is_patch_name(name) or is_v2_patch_name(name) or is_s1_name(name)) and entry.is_dir():
+                    return f"the archive folder {folder} (it holds patch folders such as {name})"
+    except OSError:  # unreadable: not known to be an archive
         return None
-    return f"the {source.title} archive {folder}" if source else None
+    return None
 
 
 def check_outside_datasets(path: str | Path, option: str = "--out", what: str = "the run folder") -> None:
@@ -316,8 +326,9 @@ def check_outside_datasets(path: str | Path, option: str = "--out", what: str = 
     A run folder, evaluation or report written there would mix its files with the data's
     (a store's checkpoints/ beside its arrays, a run folder among an archive's patches).
     Checked before anything is written: ``path`` and each of its parents (symlinks resolved)
-    that is a benzarr store, holds ``benzarr synth``'s marker, or reads as an archive
-    (``benzarr examples`` output, a downloaded BigEarthNet). URLs are not checked.
+    that is a benzarr store, holds ``benzarr synth``'s marker, or holds patch folders itself
+    (an unpacked archive's ``BigEarthNet-v1.0/``, a reBEN tile folder; beside them is fine).
+    URLs are not checked.
 
     Args:
         path: the output folder (it need not exist).

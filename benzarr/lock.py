@@ -75,11 +75,11 @@ def _live_part_holders(store: Path) -> list[tuple[str, str]]:
 
 
 def run_lock_path(run_dir: str | Path) -> Path:
-    """The train lock file of the run folder ``run_dir``, beside it.
+    """The train lock file of the run folder ``run_dir``, inside it (a run needs write access
+    to its folder only, not to the folder above: ``--out $HOME`` works).
 
     The path is resolved (symlinks, ``..``), so every spelling of one folder has one lock."""
-    run_dir = Path(run_dir).resolve()
-    return run_dir.with_name(f".{run_dir.name}.benzarr-train.lock")
+    return Path(run_dir).resolve() / ".benzarr-train.lock"
 
 
 class _Lock:
@@ -174,8 +174,8 @@ def ingest_lock(store: str | Path, part: tuple[int, int] | None = None) -> Itera
 def run_lock(run_dir: str | Path) -> Iterator[None]:
     """Hold the train lock of the run folder ``run_dir`` for the ``with`` block (exclusive).
 
-    Writes nothing into ``run_dir`` (the lock file is beside it; its parent folders are
-    created). A killed holder's lock is taken over, as an ingest's is.
+    Creates ``run_dir`` and the hidden lock file in it (deleted when the block ends; no
+    reader of run folders looks at it). A killed holder's lock is taken over, as an ingest's is.
 
     Raises:
         RunLockedError: "another train, pid N on HOST, is writing RUNDIR".

@@ -182,33 +182,32 @@ def group_keys(runs: Sequence[Run]) -> tuple[str, ...]:
 
 
 def _store_identity(run: Run) -> tuple[str, str, str, str] | None:
-    """The data a run trained on: its store's path, patch count, split name and the SHA-256 of
-    its split codes (``config.json`` ``store``, :func:`benzarr.train.store_identity`); None if
-    unrecorded."""
+    """The data a run trained on: its store's folder name, patch count, split name and the
+    SHA-256 of its split codes (``config.json`` ``store``, :func:`benzarr.train.store_identity`);
+    None if unrecorded. The name, not the path: a store staged to each job's scratch disk
+    (``$TMPDIR/ben.zarr``) or moved between runs is the same data."""
     identity = run.config.get("store")
     if not isinstance(identity, dict) or not identity.get("path"):
         return None
-    return (str(identity["path"]), str(identity.get("n_patches")), str(identity.get("split")),
+    return (Path(str(identity["path"])).name, str(identity.get("n_patches")), str(identity.get("split")),
             str(identity.get("split_sha256")))
 
 
 def store_labels(runs: Sequence[Run]) -> dict[tuple[str, str, str, str] | None, str]:
     """A table cell for each store identity among ``runs`` (:func:`_store_identity`): the store's
-    folder name (its path when two stores share a name), plus ``(split <first 12 hex digits of
-    the fingerprint>)`` when runs of one split of one store saw different codes (the split
-    rewritten between them); ``unknown`` for runs that recorded none. Two splits of one store
+    folder name, plus ``(split <first 12 hex digits of the fingerprint>)`` when runs of one
+    split of one store saw different codes (the split rewritten between them, or two stores of
+    one name); ``unknown`` for runs that recorded none. Two splits of one store
     get one cell: the split is a column of its own. With the split name, distinct identities
     get distinct cells, so grouping never puts runs on different data together."""
     identities = list(dict.fromkeys(_store_identity(r) for r in runs))
-    paths = {i[0] for i in identities if i is not None}
-    short = len({Path(p).name for p in paths}) == len(paths)
 
     def label(identity: tuple[str, str, str, str] | None) -> str:
         if identity is None:
             return "unknown"
-        path, _, split, sha = identity
-        text = Path(path).name if short else path
-        if sum(1 for i in identities if i is not None and i[0] == path and i[2] == split) > 1:
+        name, _, split, sha = identity
+        text = name
+        if sum(1 for i in identities if i is not None and i[0] == name and i[2] == split) > 1:
             text += f" (split {sha[:12]})"
         return text
 

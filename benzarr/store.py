@@ -834,7 +834,10 @@ def _not_a_store(path: str | Path, exc: BaseException) -> str:
     if (folder / "config.json").is_file() and (folder / "checkpoints").is_dir():
         return (f"{path}: not a benzarr store (no zarr.json); it is a run folder of `benzarr train`, "
                 "which `benzarr evaluate` and `benzarr report` read")
-    found = describe(folder)
+    try:
+        found = describe(folder)
+    except OSError as exc2:  # an unreadable folder: say so, as a store error
+        return f"{path}: not a benzarr store (cannot read the folder: {exc2.strerror or exc2})"
     if " archive (" in found:
         return f"{path}: not a benzarr store (no zarr.json); it holds {found}: `benzarr ingest {path} STORE` makes a store of it"
     return f"{path}: not a benzarr store (no zarr.json); it holds {found}"

@@ -173,6 +173,7 @@ def train(cfg: TrainConfig, callback: Callable[[TrainEvent], None] | None = None
     """
     check_config(cfg)
     run_dir = Path(cfg.out or default_out(cfg))
+    check_not_a_file(run_dir, "the run folder (--out)")
     check_outside_datasets(run_dir)
     with _run_folder_lock(run_dir):  # before the "holds a run already" check: no one writes in between
         return _train(cfg, callback)

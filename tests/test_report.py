@@ -127,10 +127,11 @@ def test_runs_on_different_data_are_never_averaged_and_a_repeated_seed_counts_on
     copy(0, "other-s0", path="/elsewhere/other.zarr")  # the same split codes of another store
     copy(1, "other-s1", path="/elsewhere/other.zarr")
     copy(0, "rewritten-s0", split_sha256="f" * 64)  # the store's split made again (split --overwrite)
+    copy(1, "staged-s1", path="/scratch/job7/store.zarr")  # the same store, staged to a job's disk
     summary = summary_table(find_runs([runs["strat"], tmp_path / "data"], scalars=False)).set_index("store")
     own = json.loads((runs["strat"] / "seed-0" / "config.json").read_text())["store"]["split_sha256"][:12]
     assert list(summary.index) == [f"store.zarr (split {own})", "other.zarr", "store.zarr (split ffffffffffff)"]
-    assert list(summary["n_runs"]) == [2, 2, 1]
+    assert list(summary["n_runs"]) == [2, 2, 1] and summary["seeds"].iloc[0] == "0,1,1"
     plain = summary_table(find_runs([runs["strat"], runs["rand"]], scalars=False))
     assert "store" not in plain.columns  # one store: the tables are as before
 

@@ -299,6 +299,24 @@ class _HungFrom(BigEarthNetDataset):
         return super().__getitems__(indices)
 
 
+class _ResetFrom(BigEarthNetDataset):
+    """Reads of rows 12 and on fail as an object store's dropped connection does."""
+
+    def __getitems__(self, indices: list[int]) -> dict:
+        if min(indices) >= 12:
+            raise ConnectionResetError("connection reset by the object store")
+        return super().__getitems__(indices)
+
+
+def test_an_error_of_the_read_itself_is_not_taken_for_a_dead_worker(synth_store_64: Path) -> None:
+    """torch re-raises a worker's own ConnectionResetError in its type: it was reported as
+    "a loader worker died unexpectedly ... ran out of memory"."""
+    with make_loader(_ResetFrom(synth_store_64, bands="rgb"), 4, False, 1, seed=0, device="cpu",
+                     engine="dataloader") as loader:
+        with pytest.raises(ConnectionResetError, match="connection reset by the object store"):
+            list(loader)
+
+
 def test_the_dataloader_engine_closes_and_fails_as_the_ring_does(synth_store_64: Path) -> None:
     """``engine="dataloader"`` (URL stores, the Lightning default): ``close()`` stops its
     persistent workers and a closed loader says so; a stuck worker and a killed one are the

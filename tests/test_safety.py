@@ -106,11 +106,14 @@ def test_store_that_is_in_or_holds_the_archive_is_refused_before_writing(where: 
 def test_an_output_folder_in_a_store_or_an_archive_is_refused(synth_store_64: Path, synth_archive_64: Path,
                                                              tmp_path: Path) -> None:
     """``train --out s.zarr/splits/st`` used to write checkpoints into the store: every --out
-    (train's; evaluate's and report's call the same check) is refused in a store or an archive."""
+    (train's, evaluate's, report's) is refused in a store or an archive, but not beside one: the
+    folder that holds an unpacked download is where the README's study keeps its runs."""
     v1_download = tmp_path / "download"  # as `benzarr examples` unpacks: OUT/BigEarthNet-v1.0/<patches>
-    (v1_download / "BigEarthNet-v1.0" / "S2A_MSIL2A_20170613T101031_0_45").mkdir(parents=True)
+    patch = v1_download / "BigEarthNet-v1.0" / "S2A_MSIL2A_20170613T101031_0_45"
+    patch.mkdir(parents=True)
     v2_download = tmp_path / "reben"
-    v2_download.mkdir()
+    tile = v2_download / "BigEarthNet-S2" / "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP"
+    (tile / "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_26_57").mkdir(parents=True)
     (v2_download / "metadata.parquet").write_bytes(b"")
     link = tmp_path / "link"
     link.symlink_to(synth_store_64)
@@ -118,15 +121,15 @@ def test_an_output_folder_in_a_store_or_an_archive_is_refused(synth_store_64: Pa
                         (synth_store_64 / "splits" / "x", f"lies inside the benzarr store {synth_store_64}"),
                         (link / "runs" / "a", f"lies inside the benzarr store {synth_store_64}"),
                         (synth_archive_64 / "runs" / "a", f"lies inside the synthetic archive {synth_archive_64}"),
-                        (v1_download / "runs", f"lies inside the BigEarthNet v1 archive {v1_download}"),
                         (v1_download / "BigEarthNet-v1.0" / "r",
-                         f"lies inside the BigEarthNet v1 archive {v1_download / 'BigEarthNet-v1.0'}"),
-                        (v2_download / "runs", f"lies inside the BigEarthNet v2 archive {v2_download}")):
-        with pytest.raises(PathConflictError, match=re.escape(f"{path}: --out {found}; write the run folder outside it")):
+                         f"lies inside the archive folder {patch.parent} (it holds patch folders such as {patch.name})"),
+                        (tile / "r", f"lies inside the archive folder {tile} (it holds patch folders such as")):
+        with pytest.raises(PathConflictError, match=re.escape(f"{path}: --out {found}")):
             check_outside_datasets(path)
     with pytest.raises(PathConflictError, match=re.escape("--predictions is the benzarr store")):
         check_outside_datasets(synth_store_64, "--predictions", "the predictions")
-    for path in (tmp_path / "runs" / "a", tmp_path, synth_store_64.parent / "runs", "s3://bucket/runs/a"):
+    for path in (tmp_path / "runs" / "a", tmp_path, synth_store_64.parent / "runs", "s3://bucket/runs/a",
+                 v1_download / "runs", v2_download / "runs", v2_download / "report"):
         check_outside_datasets(path)  # beside a store or an archive is fine
 
 

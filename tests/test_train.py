@@ -275,6 +275,7 @@ def test_seeds_run_into_seed_folders(store: Path, tmp_path: Path) -> None:
     assert all((r.run_dir / "metrics.json").is_file() for r in results)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["multi"]  # the locks of OUT and OUT/seed-<s> are gone
     assert sorted(p.name for p in (tmp_path / "multi").iterdir()) == ["seed-0", "seed-1"]
+    assert not list((tmp_path / "multi").rglob(".benzarr-train.lock"))
 
 
 def test_a_second_train_into_a_busy_run_folder_fails_at_once_and_writes_nothing(store: Path, tmp_path: Path) -> None:
@@ -292,10 +293,9 @@ def test_a_second_train_into_a_busy_run_folder_fails_at_once_and_writes_nothing(
             train(config(store, out, model="shortcnn-all", max_steps=1))
         with pytest.raises(RunLockedError, match=busy):  # --seeds locks OUT itself, not only OUT/seed-<s>
             train_seeds(config(store, out, max_steps=1), [0, 1])
-        assert not out.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"] and not os.listdir(tmp_path / "runs")
+        assert os.listdir(out) == [run_lock_path(out).name]  # the holder's lock file, and nothing written
+    assert not os.listdir(out)
     # a killed train's lock file stays behind without its flock: the next run takes it over
-    run_lock_path(out).parent.mkdir(parents=True, exist_ok=True)
     run_lock_path(out).write_text("999999999 elsewhere\n")
     result = train(config(store, out, max_steps=1))
     assert result.steps == 1 and not run_lock_path(out).exists()
@@ -311,6 +311,11 @@ def test_a_run_folder_in_the_store_is_refused_before_writing(store: Path, tmp_pa
         with pytest.raises(PathConflictError, match="benzarr store"):
             train_seeds(config(store, out, max_steps=1), [0])
     assert sorted(str(p) for p in store.rglob("*")) == before
+    from benzarr.errors import FileSystemError
+
+    (tmp_path / "notes.txt").write_text("mine")  # its lock said "File exists (while creating its train lock)"
+    with pytest.raises(FileSystemError, match=r"notes.txt/run: cannot be created: .*notes.txt is a file, not a folder"):
+        train(config(store, tmp_path / "notes.txt" / "run", max_steps=1))
 
 
 def test_seed_and_seeds_together_are_refused(store: Path, tmp_path: Path) -> None:
