@@ -22,6 +22,7 @@ show never meet it inside a run folder).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -174,8 +175,10 @@ def ingest_lock(store: str | Path, part: tuple[int, int] | None = None) -> Itera
 def run_lock(run_dir: str | Path) -> Iterator[None]:
     """Hold the train lock of the run folder ``run_dir`` for the ``with`` block (exclusive).
 
-    Creates ``run_dir`` and the hidden lock file in it (deleted when the block ends; no
-    reader of run folders looks at it). A killed holder's lock is taken over, as an ingest's is.
+    Creates ``run_dir`` and the hidden lock file in it (deleted when the block ends, and the
+    folder too if this made it and nothing else was written there: a run that fails before
+    writing leaves nothing; no reader of run folders looks at the lock). A killed holder's
+    lock is taken over, as an ingest's is.
 
     Raises:
         RunLockedError: "another train, pid N on HOST, is writing RUNDIR".
@@ -183,6 +186,7 @@ def run_lock(run_dir: str | Path) -> Iterator[None]:
     """
     name = str(run_dir)
     lock = _Lock(run_lock_path(run_dir), exclusive=True, store=name, what="train")
+    made = not lock.path.parent.exists()
     if not lock.acquire():
         raise RunLockedError(f"another train, {_holder(lock.path)}, is writing the run folder {name}; "
                              "wait for it to finish (or stop it), or give this run another --out")
@@ -190,3 +194,6 @@ def run_lock(run_dir: str | Path) -> Iterator[None]:
         yield
     finally:
         lock.release()
+        if made:
+            with contextlib.suppress(OSError):  # not empty: the run wrote there, and it stays
+                lock.path.parent.rmdir()

@@ -294,8 +294,9 @@ def test_a_second_train_into_a_busy_run_folder_fails_at_once_and_writes_nothing(
         with pytest.raises(RunLockedError, match=busy):  # --seeds locks OUT itself, not only OUT/seed-<s>
             train_seeds(config(store, out, max_steps=1), [0, 1])
         assert os.listdir(out) == [run_lock_path(out).name]  # the holder's lock file, and nothing written
-    assert not os.listdir(out)
+    assert not out.exists()  # made for the lock, and empty: gone with it
     # a killed train's lock file stays behind without its flock: the next run takes it over
+    out.mkdir()
     run_lock_path(out).write_text("999999999 elsewhere\n")
     result = train(config(store, out, max_steps=1))
     assert result.steps == 1 and not run_lock_path(out).exists()
