@@ -539,7 +539,6 @@ def _setup(cfg: TrainConfig) -> _Run:
 def _claim_run_dir(cfg: TrainConfig) -> Path:
     """The run folder: a new one, or (``resume``) one holding ``checkpoints/last.pt``."""
     run_dir = Path(cfg.out or default_out(cfg))
-    check_not_a_file(run_dir, "the run folder (--out)")
     last = run_dir / "checkpoints" / "last.pt"
     if last.exists() and not cfg.resume:
         raise InvalidArgumentError(f"{run_dir} holds a run already: pass --resume to continue it, or another --out")
