@@ -254,7 +254,8 @@ def train_seeds(cfg: TrainConfig, seeds: Sequence[int],
     out = Path(cfg.out or default_out(cfg))
     for seed in seeds:  # every seed before the first run: a bad last seed once failed runs later
         check_seed(seed, "--seeds")
-    check_outside_datasets(out)  # before the lock file is created beside it
+    check_not_a_file(out, "the run folder (--out)")
+    check_outside_datasets(out)  # before the lock file is created in it
     results = []
     with _run_folder_lock(out):
         for seed in seeds:
