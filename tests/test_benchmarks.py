@@ -23,9 +23,9 @@ def run_script(name: str, *args: str, timeout: float = 240) -> subprocess.Comple
 
 def test_gpu_feed_cpu_fallback(tmp_path: Path) -> None:
     out = tmp_path / "gpu_feed.json"
-    proc = run_script("gpu_feed.py", "--cpu", "--workdir", str(tmp_path), "--patches", "96", "--batch-size", "16",
+    proc = run_script("gpu_feed.py", "--cpu", "--workdir", str(tmp_path), "--patches", "64", "--batch-size", "16",
                       "--workers", "0,1", "--fed-workers", "1", "--rounds", "2", "--variants", "no-overlap,unfused",
-                      "--cpu-ring-workers", "1", "--models", "shortcnn-all", "--seconds", "0.2", "--warmup", "1",
+                      "--cpu-ring-workers", "1", "--models", "shortcnn-all", "--seconds", "0.1", "--warmup", "1",
                       "--trainer-model", "shortcnn-all", "--trainer-workers", "1", "--trainer-epochs", "1",
                       "--h2d-copies", "2", "--profile-steps", "2", "--augment-workers", "1", "--graphs",
                       "--out", str(out))
