@@ -16,8 +16,8 @@ the file it locked is still the one at the path (same inode), so deleting it is 
 Stores behind URLs (``s3://``) are not locked: object stores have no such lock.
 
 A training run holds :func:`run_lock` on its run folder for its whole life, a lock of the same
-kind beside the folder (``.<run folder name>.benzarr-train.lock``, so report, evaluate and
-show never meet it inside a run folder).
+kind inside the folder (``RUNDIR/.benzarr-train.lock``: a run needs write access to its own
+folder only; report, evaluate and show read no hidden file there).
 """
 
 from __future__ import annotations
