@@ -172,11 +172,18 @@ def train(cfg: TrainConfig, callback: Callable[[TrainEvent], None] | None = None
         MissingDependencyError: ``track_emissions`` without codecarbon.
     """
     check_config(cfg)
+    run_dir = _check_run_dir(cfg)
+    with _run_folder_lock(run_dir):  # before the "holds a run already" check: no one writes in between
+        return _train(cfg, callback)
+
+
+def _check_run_dir(cfg: TrainConfig) -> Path:
+    """The run folder (``--out``, or the default), checked before its lock creates it: not a
+    file nor under one, not in a store or an archive."""
     run_dir = Path(cfg.out or default_out(cfg))
     check_not_a_file(run_dir, "the run folder (--out)")
     check_outside_datasets(run_dir)
-    with _run_folder_lock(run_dir):  # before the "holds a run already" check: no one writes in between
-        return _train(cfg, callback)
+    return run_dir
 
 
 def _run_folder_lock(run_dir: Path) -> AbstractContextManager[None]:
@@ -251,11 +258,9 @@ def train_seeds(cfg: TrainConfig, seeds: Sequence[int],
     the seeds (as each ``seed-<s>/`` is for its run), so no other train writes into it meanwhile.
     """
     check_config(cfg)
-    out = Path(cfg.out or default_out(cfg))
     for seed in seeds:  # every seed before the first run: a bad last seed once failed runs later
         check_seed(seed, "--seeds")
-    check_not_a_file(out, "the run folder (--out)")
-    check_outside_datasets(out)  # before the lock file is created in it
+    out = _check_run_dir(cfg)
     results = []
     with _run_folder_lock(out):
         for seed in seeds:
