@@ -8,7 +8,6 @@ run twice to compare cold and warm reads.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 
 from benzarr.bigearthnet import BAND_GROUPS
-from benzarr.checks import check_seed
+from benzarr.checks import check_seed, finite
 from benzarr.data import BigEarthNetDataset, make_loader
 from benzarr.errors import InvalidArgumentError
 from benzarr.store import S2_ARRAYS, is_url
@@ -121,8 +120,7 @@ def bench_store(
         raise InvalidArgumentError(f"--batch-size must be at least 1, got {batch_size}")
     if workers < 0:
         raise InvalidArgumentError(f"--workers must be 0 or more, got {workers}")
-    if not math.isfinite(min_seconds) or min_seconds <= 0:  # nan passed "> 0" by failing it, and never ended
-        raise InvalidArgumentError(f"--seconds must be a positive, finite number, got {min_seconds}")
+    finite("--seconds", min_seconds, positive=True)  # nan passed "> 0" by failing it, and never ended
     seed = check_seed(seed, "--seed")  # -1 reached NumPy's default_rng as a bare ValueError
     ds = BigEarthNetDataset(store, storage_options=storage_options)
     if len(ds) == 0:

@@ -75,6 +75,7 @@ from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 from benzarr import __version__
 from benzarr.bands import BAND_GROUPS, BANDS, PATCH_SIDE, S1_BANDS
 from benzarr.bigearthnet import CLC19, CLC43, NOMENCLATURES
+from benzarr.checks import is_whole
 from benzarr.errors import (
     InvalidArgumentError,
     SplitExistsError,
@@ -851,7 +852,7 @@ def _is_names(value: Any) -> bool:
 
 
 def _is_count(value: Any, least: int = 0) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+    return is_whole(value) and value >= least
 
 
 #: The root attributes benzarr reads, when present: (valid?, what is expected, for the message).
