@@ -10,8 +10,8 @@ Output (``write_report``)::
                   group (mean over its runs), a band of +- one standard deviation across seeds
     runs.csv/.md  one row per run: model, split, labels, seed, best epoch, test metrics
     summary.csv/.md  one row per configuration: (model, split, labels, bands), the data (a
-                  ``store`` column when the runs' store identities differ: store path, patch
-                  count, SHA-256 of the split codes, as ``config.json`` records them) and every
+                  ``store`` column when the runs' store identities differ: store folder name,
+                  patch count, SHA-256 of the split codes, as ``config.json`` records them) and every
                   other setting whose value differs between the runs given (loss, lr, augment,
                   ...; not the seed, nor settings that cannot change the result,
                   ``OUTCOME_FREE``): n runs (distinct seeds: runs with the same seed are one
