@@ -103,14 +103,22 @@ from benzarr.store import open_store  # noqa: E402
 
 NATIVE = 160_000  # bytes of a full native-resolution patch
 GROUPS = tuple(BAND_GROUPS)
+# what model_ready_methods serves (it imports torchvision and forks loaders: set up only when chosen)
+MODEL_READY_NAMES = {"delivered-lz4-w1", "delivered-lz4-w2", "benzarr-lz4-model-ready",
+                     "benzarr-lz4-model-ready-flip-rot90", "make-loader-cpu-w0", "make-loader-cpu-w2",
+                     "configilm-style", "torchgeo-bigearthnet", "torchgeo-bigearthnet-w2"}
 SHAPES = {g: (len(b), s, s) for g, (b, s, _) in BAND_GROUPS.items()}
 
 
 # -- building the inputs ---------------------------------------------------------------
 
 
-def build(workdir: Path, n: int, log: Callable[[str], None]) -> dict[str, Path]:
-    """Synthetic archive, three stores and the other formats in ``workdir`` (reused when present)."""
+def build(workdir: Path, n: int, log: Callable[[str], None], everything: bool = True) -> dict[str, Path]:
+    """Synthetic archive, three stores and the other formats in ``workdir`` (reused when present).
+
+    ``everything=False``: the archive and the lz4 store only, all that the HTTP and S3 methods
+    read (a run of ``--methods`` among those).
+    """
     from benzarr.ingest import ingest
     from benzarr.synth import synth_archive
 
@@ -120,13 +128,15 @@ def build(workdir: Path, n: int, log: Callable[[str], None]) -> dict[str, Path]:
         log(f"writing a synthetic archive of {n} patches")
         synth_archive(paths["archive"], n, seed=0, workers=2, overwrite=True)
         (workdir / "archive.done").touch()
-    for compression in ("none", "lz4", "zstd"):
+    for compression in ("none", "lz4", "zstd") if everything else ("lz4",):
         store = paths[f"store-{compression}"] = workdir / f"store-{compression}.zarr"
         try:
             open_store(store)
         except Exception:
             log(f"ingesting ({compression})")
             ingest(paths["archive"], store, workers=2, shard_size=256, compression=compression, overwrite=True)
+    if not everything:
+        return paths
     ds = BigEarthNetDataset(paths["store-none"])
     names = [str(x) for x in open_store(paths["store-none"]).patch_names()]
     native = ds.__getitems__(np.arange(len(ds)))
@@ -1024,28 +1034,37 @@ def main(argv: list[str] | None = None) -> int:
     out_path = args.out or (workdir / "loading-quick.json" if args.quick else RESULTS_DIR / "loading.json")
     log = lambda message: print(f"[loading] {message}", file=sys.stderr, flush=True)  # noqa: E731
 
+    # build and set up only what the chosen methods read: a run of a few methods (the tests',
+    # or a user's) skips the other formats, and the model-ready loaders unless chosen
+    s3_names = {"s3-capacity", "benzarr-s3-lz4", "zarr-python-s3-lz4", "s3-latency"}
+    http_names = {"http-capacity", "benzarr-http-lz4", "zarr-python-http-lz4"}
+    local = only is None or bool(only - s3_names - http_names - MODEL_READY_NAMES)
+    ready_wanted = only is None or bool(only & MODEL_READY_NAMES)
     started = time.time()
     load_before = load_average()
-    paths = build(workdir, n, log)
+    paths = build(workdir, n, log, everything=local or ready_wanted)
     warm([p for k, p in paths.items()])
 
     # one core: no Blosc threads, one torch thread (tensorstore is limited in its context)
     blosc.use_threads = False
     torch.set_num_threads(1)
     log("timing")
-    s3_names = {"s3-capacity", "benzarr-s3-lz4", "zarr-python-s3-lz4", "s3-latency"}
     latency: list[dict[str, Any]] = []
+    results: list[dict[str, Any]] = []
     with s3_copy(paths["store-lz4"], log) if only is None or only & s3_names \
             else contextlib.nullcontext() as s3:
         if s3 is not None:
             s3["concurrency"] = args.s3_concurrency
-        results = time_methods(pick(methods(paths, n, args.batch_size, s3)), args.batch_size, seconds, repeats, log)
+        chosen = methods(paths, n, args.batch_size, s3) if local else \
+            s3_methods(paths, n, args.batch_size, s3, args.s3_concurrency) if s3 is not None else {}
+        results = time_methods(pick(chosen), args.batch_size, seconds, repeats, log)
+        del chosen  # the unchosen methods' handles too: configilm-style opens the same LMDB again below
         if s3 is not None and args.latency_ms > 0 and (only is None or "s3-latency" in only):
             latency = latency_sweep(paths, n, args.batch_size, s3, args.latency_ms, (1, 4, 16, 64),
                                     seconds, log)
-    log("moto S3 server stopped")
+    if s3 is not None:
+        log("moto S3 server stopped")
     # the same trio over HTTP from a server that is not the bottleneck (rclone's Go server)
-    http_names = {"http-capacity", "benzarr-http-lz4", "zarr-python-http-lz4"}
     if only is None or only & http_names:
         with http_site(paths["store-lz4"], log) as site:
             if site is not None:
@@ -1054,8 +1073,11 @@ def main(argv: list[str] | None = None) -> int:
     # float32 model-ready batches, the ring's delivery, ConfigILM's and TorchGeo's own loaders
     # (after the S3 server's threads are gone: these fork worker processes)
     ready = time_methods(pick(model_ready_methods(paths, n, args.batch_size, log)), args.batch_size, seconds,
-                         repeats, log, tolerate=True)
+                         repeats, log, tolerate=True) if ready_wanted else []
     results += ready
+    unknown = sorted((only or set()) - {r["method"] for r in results} - {"s3-latency"})
+    if unknown:  # a misspelt name would otherwise leave its row out without a word
+        log(f"no such method: {', '.join(unknown)} (see the module docstring for the names)")
 
     by = {r["method"]: r for r in results if r.get("patches_per_s")}
 

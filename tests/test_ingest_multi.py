@@ -99,7 +99,7 @@ def test_ingest_into_s3_equals_local(s3_server: dict, synth_archive_64: Path, sy
         assert np.array_equal(np.asarray(remote[name][:]), data), name
     store = open_store(url, storage_options=s3_server["options"])
     assert store.complete and "ingest/stage" not in [k for k, _ in store.group["ingest"].members()]
-    again = ingest(synth_archive_64, url, workers=1, shard_size=16, storage_options=s3_server["options"],
+    again = ingest(synth_archive_64, url, workers=1, shard_size=64, storage_options=s3_server["options"],
                    overwrite=True)
     assert again.complete
 
