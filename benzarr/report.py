@@ -7,7 +7,9 @@ below (``--seeds`` writes ``seed-0/``, ``seed-1/``, ...) stands for all of them:
 Output (``write_report``)::
 
     curves.png    loss, micro-F1 and macro-F1 per epoch; train dashed, val solid; one line per
-                  group (mean over its runs), a band of +- one standard deviation across seeds
+                  group and configuration (:func:`curve_groups`: the mean over its runs, never
+                  over runs that differ in more than their seed), a band of +- one standard
+                  deviation across seeds
     runs.csv/.md  one row per run: model, split, labels, seed, best epoch, test metrics
     summary.csv/.md  one row per configuration: (model, split, labels, bands), the data (a
                   ``store`` column when the runs' store identities differ: store folder name,
@@ -352,20 +354,17 @@ def summary_markdown(summary: pd.DataFrame) -> str:
 
 
 def plot_curves(runs: Sequence[Run], path: str | Path) -> Path:
-    """Loss, micro-F1 and macro-F1 per epoch (train dashed, val solid), one colour per group,
-    the mean over the group's runs with a +- 1 standard deviation band. Writes a PNG."""
+    """Loss, micro-F1 and macro-F1 per epoch (train dashed, val solid), one colour per line of
+    :func:`curve_groups`, the mean over its runs with a +- 1 standard deviation band. Writes a PNG."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     panels = (("loss", "loss"), ("micro_f1", "micro F1"), ("macro_f1", "macro F1"))
     fig = Figure(figsize=(15, 4.2), layout="constrained")
     axes = fig.subplots(1, len(panels))
-    groups: dict[str, list[Run]] = {}
-    for run in runs:
-        groups.setdefault(run.group, []).append(run)
+    groups = curve_groups(runs)
     colours = [f"C{i % 10}" for i in range(len(groups))]
-    for (name, members), colour in zip(groups.items(), colours):
-        label = _group_label(name, members)
+    for (label, members), colour in zip(groups.items(), colours):
         for ax, (metric, title) in zip(axes, panels):
             for subset, style in (("train", "--"), ("val", "-")):
                 series = [r.scalars.get(f"{subset}/{metric}", {}) for r in members]
@@ -389,12 +388,37 @@ def plot_curves(runs: Sequence[Run], path: str | Path) -> Path:
     return path
 
 
-def _group_label(name: str, members: Sequence[Run]) -> str:
-    key = members[0].key()
-    folder = Path(name).name
-    parts = [key["model"] if key["model"] not in folder else "", key["split"],
-             f"{len(members)} seeds" if len(members) > 1 else ""]
-    return f"{folder} ({', '.join(p for p in parts if p)})"
+def curve_groups(runs: Sequence[Run]) -> dict[str, list[Run]]:
+    """The lines of ``curves.png``: legend label -> the runs averaged into that line.
+
+    A line is the runs of one folder given on the command line (``Run.group``) that share a
+    configuration, the summary's row key (:func:`group_keys`). So a ``--seeds`` folder is one
+    line, and a folder of run folders that differ in more than their seed (``report runs``
+    over ``runs/rgb`` and ``runs/all``) is one line per configuration, never their mean. The
+    label is the folder's name, then the model (unless the name holds it), the split, the
+    other configuration values that differ inside the folder, and the number of runs.
+    """
+    keys = [k for k in group_keys(runs) if k != "evaluated_on"]
+    stores = store_labels(runs)
+
+    def config(run: Run) -> tuple[str, ...]:
+        values = {**run.key(), "store": stores[_store_identity(run)]}
+        return tuple(values[k] if k in values else _setting(run, k) for k in keys)
+
+    lines: dict[tuple[str, tuple[str, ...]], list[Run]] = {}
+    for run in runs:
+        lines.setdefault((run.group, config(run)), []).append(run)
+    out: dict[str, list[Run]] = {}
+    for (group, values), members in lines.items():
+        siblings = [v for (g, v) in lines if g == group]
+        differing = [i for i, k in enumerate(keys) if k not in ("model", "split") and len({v[i] for v in siblings}) > 1]
+        folder = Path(group).name
+        model, split = members[0].key()["model"], members[0].key()["split"]
+        parts = [model if model not in folder else "", split, *(f"{keys[i]} {values[i]}" for i in differing),
+                 f"{len(members)} seeds" if len(members) > 1 else ""]
+        label = f"{folder} ({', '.join(p for p in parts if p)})"
+        out[f"{group} ({', '.join(p for p in parts if p)})" if label in out else label] = members  # a/runs, b/runs
+    return out
 
 
 @dataclass

@@ -106,6 +106,14 @@ def test_runs_that_differ_in_more_than_their_seed_are_never_averaged(runs: dict[
     assert by_lr.loc["0.001", "n_runs"] == 2 and by_lr.loc["0.01", "n_runs"] == 1
     assert "| lr |" in report.summary_md and "workers" not in report.summary.columns
     assert sorted(report.runs["lr"]) == ["0.001", "0.001", "0.01"]
+    # curves.png: one line per configuration of the folder, not the mean of all three runs
+    from benzarr.report import curve_groups
+
+    lines = curve_groups(find_runs([mixed, runs["strat"]]))
+    assert {label: [r.path.name for r in members] for label, members in lines.items()} == {
+        "mixed (shortcnn-rgb, strat, lr 0.001, 2 seeds)": ["lr0.001-s0", "lr0.001-s1"],
+        "mixed (shortcnn-rgb, strat, lr 0.01)": ["lr0.01-s0"],
+        "strat (shortcnn-rgb, strat, 2 seeds)": ["seed-0", "seed-1"]}
 
 
 def test_runs_on_different_data_are_never_averaged_and_a_repeated_seed_counts_once(
