@@ -66,8 +66,35 @@ for _name, _module in COMMANDS.items():
 
 
 
+def version_line() -> str:
+    """``benzarr X.Y.Z (Python ..., zarr ..., torch ...)``: what a bug report needs, read from the
+    installed packages' metadata (no import of torch: ``--version`` answers at once)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    from benzarr import __version__
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return (f"benzarr {__version__} (Python {platform.python_version()}, zarr {installed('zarr')}, "
+            f"torch {installed('torch')})")
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(version_line())
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
+                                 help="Show benzarr's version (and Python's, zarr's, torch's) and exit."),
+) -> None:
     """BigEarthNet in a sharded Zarr v3 store: ingest, split, load, train, evaluate, report."""
 
 

@@ -246,3 +246,17 @@ def test_cli_help_is_paragraphs_of_sentences_and_synth_needs_a_patch(tmp_path: P
     assert "1 when no store opens at STORE" in verify
     result = CliRunner().invoke(app, ["synth", str(tmp_path / "none"), "--patches", "0"])
     assert result.exit_code == 2 and not (tmp_path / "none").exists()
+
+
+def test_version_names_benzarr_python_zarr_and_torch() -> None:
+    """``benzarr --version``: one line for a bug report, read from package metadata."""
+    import platform
+    from importlib.metadata import version
+
+    from benzarr import __version__
+    from benzarr_cli.main import app
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output == (f"benzarr {__version__} (Python {platform.python_version()}, zarr {version('zarr')}, "
+                             f"torch {version('torch')})\n")
