@@ -11,6 +11,7 @@ import typer
 
 from benzarr.checks import check_seed
 from benzarr.errors import InvalidArgumentError
+from benzarr.store import open_store
 from benzarr.train_config import AUGMENTS, OPTIMIZERS, RESAMPLE_MODES, SCHEDULERS, TrainConfig, default_out  # torch-free
 from benzarr_cli._common import console, err_console, fmt_value, metrics_line, on_interrupt, show_progress
 
@@ -163,7 +164,9 @@ def command(
     quiet = quiet or int(os.environ.get("RANK", "0")) != 0  # under torchrun, rank 0 speaks
     seed_list = _seed_list(seeds) if seeds is not None else None
     on_interrupt(lambda: _resume_advice(out or default_out(cfg), seed_list))
-    # torch only once the arguments are known good: a usage error answers in a second, not four
+    # torch only once the arguments are known good: a usage error answers in a second, not four.
+    # The commonest, a store path or split name mistyped, is checked here without torch.
+    open_store(store).read_split(split)
     from benzarr.train import train, train_seeds
     if seed_list is None:
         result = train(cfg, _Progress(epochs, quiet))

@@ -329,6 +329,19 @@ def test_seed_and_seeds_together_are_refused(store: Path, tmp_path: Path) -> Non
     assert not (tmp_path / "run").exists()
 
 
+def test_a_mistyped_split_or_store_is_answered_before_torch_loads(store: Path, tmp_path: Path) -> None:
+    """The commonest usage error waited four seconds for torch and torchvision to import."""
+    import subprocess
+    import sys
+
+    probe = ("import sys; from typer.testing import CliRunner; from benzarr_cli.main import app; "
+             "r = CliRunner().invoke(app, sys.argv[1:]); print(type(r.exception).__name__, 'torch' in sys.modules)")
+    for args, error in (([str(store), "--split", "strta"], "SplitNotFoundError"),
+                        ([str(tmp_path / "nope.zarr"), "--split", "strat"], "StoreNotFoundError")):
+        done = subprocess.run([sys.executable, "-c", probe, "train", *args], capture_output=True, text=True)
+        assert done.stdout.split() == [error, "False"], done.stdout + done.stderr
+
+
 def test_labels_shuffled_in_the_store_stay_at_the_prior_baseline(tmp_path_factory: pytest.TempPathFactory) -> None:
     """With true labels the model ranks better than the label priors; with the label rows
     permuted in the store it cannot, so its mAP stays near the prior's."""
