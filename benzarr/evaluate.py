@@ -393,14 +393,6 @@ def evaluate_run(
         PathConflictError: ``out_dir`` is, or lies inside, a benzarr store or an archive.
         SplitNotFoundError, StoreNotFoundError: as :class:`~benzarr.data.BigEarthNetDataset`.
     """
-    import torch
-
-    from benzarr.data import BigEarthNetDataset, make_loader
-    from benzarr.losses import create_loss
-    from benzarr.metrics import MultilabelMetrics, json_friendly
-    from benzarr.models import create_model
-    from benzarr.train import resolve_device, write_scores_csv
-
     if out_dir is not None:  # (an old run's default folder inside a store is not this user's choice)
         check_outside_datasets(out_dir, "--out", "the evaluation")
     run_dir = Path(run_dir)
@@ -422,6 +414,18 @@ def evaluate_run(
                                  "give its new path with --store")
     store = str(store or run_store)
     split = None if subset == "all" else split or settings["split"]
+    if split is not None:  # a mistyped split answered before torch loads (seconds)
+        from benzarr.store import open_store
+
+        open_store(store).read_split(split)
+    import torch
+
+    from benzarr.data import BigEarthNetDataset, make_loader
+    from benzarr.losses import create_loss
+    from benzarr.metrics import MultilabelMetrics, json_friendly
+    from benzarr.models import create_model
+    from benzarr.train import resolve_device, write_scores_csv
+
     options = dataset_options(config)
     labels = options["labels"]
     ds = BigEarthNetDataset(store, split=split, subset=None if split is None else subset, **options)

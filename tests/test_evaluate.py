@@ -328,3 +328,15 @@ def test_report_names_another_store_in_evaluated_on(run: Path, tmp_path: Path) -
     evaluate_run(run, store=str(other), split="rand", out_dir=run / "evaluations" / "rand-test-elsewhere")
     report = write_report([run], tmp_path / "r", evaluations=["rand-test-elsewhere"])
     assert list(report.runs["evaluated_on"]) == ["test of rand in elsewhere.zarr"]
+
+
+def test_a_mistyped_split_is_answered_before_torch_loads(run: Path) -> None:
+    """It waited four seconds for torch and torchvision to import before saying so."""
+    import subprocess
+    import sys
+
+    probe = ("import sys; from typer.testing import CliRunner; from benzarr_cli.main import app; "
+             "r = CliRunner().invoke(app, sys.argv[1:]); print(type(r.exception).__name__, 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", probe, "evaluate", str(run), "--split", "nope"],
+                          capture_output=True, text=True)
+    assert done.stdout.split() == ["SplitNotFoundError", "False"], done.stdout + done.stderr
