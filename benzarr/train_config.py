@@ -69,3 +69,71 @@ RESUMABLE = {"store", "epochs", "patience", "max_steps", "workers", "device", "d
 def default_out(cfg: TrainConfig) -> str:
     """The run folder when ``cfg.out`` is not given: ``runs/<model>-<split>``."""
     return str(Path("runs") / f"{cfg.model}-{cfg.split}")
+
+
+#: Settings of a run's ``config.json`` that ``read_settings_file`` leaves out: where that run
+#: went and whether it resumed. A file of settings starts a new run.
+NOT_COPIED = ("out", "resume")
+#: The JSON/TOML value types of each annotation part of ``TrainConfig``'s fields (a float takes an int too).
+_KINDS: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,),
+                                       "Sequence[str]": (list,), "None": (type(None),)}
+
+
+def read_settings_file(path: str | Path) -> dict[str, object]:
+    """``TrainConfig`` settings from a file, for ``benzarr train --config``.
+
+    The file is either a run's ``config.json`` (its ``settings``: the run's every setting, less
+    ``NOT_COPIED``), or a JSON object or TOML table of settings, such as
+    ``{"model": "shortcnn-all", "batch_size": 32}`` or ``batch-size = 32`` (a dash or an
+    underscore, as the option or the field is written). Nothing is defaulted here: the caller
+    fills in what the file leaves out.
+
+    Returns:
+        Field name -> value, each of the field's type (``bands``: a string or a list of band names).
+
+    Raises:
+        InvalidArgumentError: the file is missing or unreadable, is neither JSON nor TOML, is not a
+            table of settings, names a setting ``TrainConfig`` does not have, or gives one a value of
+            the wrong type; the message names the file and the setting.
+    """
+    import difflib
+    import json
+    import tomllib
+    from dataclasses import fields
+
+    from benzarr.errors import InvalidArgumentError
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidArgumentError(f"--config {path}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        data = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as exc:  # JSONDecodeError is a ValueError
+        kind = "TOML" if path.suffix.lower() == ".toml" else "JSON (name a TOML file *.toml)"
+        raise InvalidArgumentError(f"--config {path}: not valid {kind}: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidArgumentError(f"--config {path}: not a table of settings (a JSON object or TOML keys)")
+    run = isinstance(data.get("settings"), dict)
+    settings = {k: v for k, v in data["settings"].items() if k not in NOT_COPIED} if run else data
+    known = {f.name: f for f in fields(TrainConfig)}
+    out: dict[str, object] = {}
+    for key, value in settings.items():
+        name = str(key).replace("-", "_")
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise InvalidArgumentError(f"--config {path}: unknown setting {key!r} ({hint}the settings are the "
+                                       "options of `benzarr train --help`, written with - or _)")
+        parts = [part.strip() for part in str(known[name].type).split("|")]  # "int | None", "float", ...
+        kinds = tuple(k for part in parts for k in _KINDS[part])
+        ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)  # true is no count
+        if ok and isinstance(value, list):
+            ok = all(isinstance(v, str) for v in value)
+        if not ok:
+            want = " or ".join({"NoneType": "null", "list": "a list of band names"}.get(k.__name__, k.__name__)
+                               for k in dict.fromkeys(kinds))
+            raise InvalidArgumentError(f"--config {path}: {key} = {value!r}: expected {want}")
+        out[name] = float(value) if parts == ["float"] and isinstance(value, int) else value  # lr = 1: 1.0
+    return out

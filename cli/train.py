@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 from contextlib import ExitStack
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import typer
@@ -12,7 +13,15 @@ import typer
 from benzarr.checks import check_seed
 from benzarr.errors import InvalidArgumentError
 from benzarr.store import open_store
-from benzarr.train_config import AUGMENTS, OPTIMIZERS, RESAMPLE_MODES, SCHEDULERS, TrainConfig, default_out  # torch-free
+from benzarr.train_config import (  # torch-free
+    AUGMENTS,
+    OPTIMIZERS,
+    RESAMPLE_MODES,
+    SCHEDULERS,
+    TrainConfig,
+    default_out,
+    read_settings_file,
+)
 from benzarr_cli._common import console, err_console, fmt_value, metrics_line, on_interrupt, show_progress
 
 if TYPE_CHECKING:
@@ -98,10 +107,22 @@ def _summary(result: TrainResult, monitor: str) -> None:
                   f"TensorBoard events (tensorboard --logdir {d})")
 
 
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether option ``name`` was typed on the command line (not its default, nor --config's)."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
+
+
 def command(
     ctx: typer.Context,
-    store: str = typer.Argument(..., help="Path of a benzarr store."),
-    split: str = typer.Option(..., "--split", help="Split name in the store (benzarr split)."),
+    store: Optional[str] = typer.Argument(None, help="Path of a benzarr store (may come from --config).",
+                                          show_default=False),
+    split: Optional[str] = typer.Option(None, "--split", help="Split name in the store (benzarr split); "
+                                        "required unless --config gives it.", show_default=False),
+    config: Optional[Path] = typer.Option(None, "--config", metavar="FILE",
+                                          help="Settings from FILE: a run's config.json (a new run with that run's "
+                                               "settings, not its --out) or a JSON or TOML table of these options "
+                                               "(batch-size = 32, ...). Options given here win over the file's."),
     model: str = typer.Option(D.model, "--model", help="Model name (benzarr models)."),
     labels: str = typer.Option(D.labels, "--labels", help="clc43 | clc19."),
     bands: Optional[str] = typer.Option(D.bands, "--bands", help="rgb | all | a preset (2, 3, 4, 10, 12, 14, S1, S2, ALL, ...; see `benzarr models`) | comma-separated names, VV/VH included (default: the model's)."),
@@ -148,11 +169,9 @@ def command(
 
     Multi-process data parallel: torchrun --nproc-per-node 2 -m benzarr_cli train ...
     """
-    source = ctx.get_parameter_source("seed")
-    given = source is not None and source.name == "COMMANDLINE"
-    if given and seeds is not None:
+    if _given(ctx, "seed") and seeds is not None:
         raise InvalidArgumentError(f"give --seed or --seeds, not both (--seed {seed} --seeds {seeds})")
-    cfg = TrainConfig(
+    settings: dict[str, Any] = dict(
         store=store, split=split, model=model, labels=labels, bands=bands, modalities=modalities,
         epochs=epochs, batch_size=batch_size, lr=lr, optim=optim, momentum=momentum, weight_decay=weight_decay,
         scheduler=scheduler, loss=loss, augment=augment, resample=resample, align_corners=align_corners,
@@ -161,6 +180,14 @@ def command(
         monitor=monitor, out=out, resume=resume, checkpoint_every=checkpoint_every, max_steps=max_steps,
         weights=weights, finetune=finetune, track_emissions=track_emissions, emissions_country=emissions_country,
     )
+    if config is not None:  # the file's settings, but for the options typed on this command line
+        settings.update({k: v for k, v in read_settings_file(config).items() if not _given(ctx, k)})
+    for name, flag in (("store", "STORE"), ("split", "--split")):
+        if settings[name] is None:  # required, unless --config names it
+            where = f"{config} has no {name}" if config is not None else f"or a --config FILE that holds a {name}"
+            raise typer.BadParameter(f"missing; give it ({where})", param_hint=flag)
+    cfg = TrainConfig(**settings)
+    store, split, epochs, monitor, out = cfg.store, cfg.split, cfg.epochs, cfg.monitor, cfg.out
     quiet = quiet or int(os.environ.get("RANK", "0")) != 0  # under torchrun, rank 0 speaks
     seed_list = _seed_list(seeds) if seeds is not None else None
     on_interrupt(lambda: _resume_advice(out or default_out(cfg), seed_list))

@@ -622,3 +622,46 @@ def test_nan_scores_name_the_run_folder_and_the_epoch() -> None:
     scores, targets = [torch.tensor([[math.nan, 0.0]])], [torch.tensor([[1.0, 0.0]])]
     with pytest.raises(InvalidArgumentError, match=re.escape("runs/x: epoch 2, val scores: the model's scores hold NaN")):
         _metrics(scores, targets, where="runs/x: epoch 2, val scores")
+
+
+def test_config_file_gives_settings_and_the_command_line_wins(store: Path, tmp_path: Path) -> None:
+    """``train --config``: a TOML table of options, then a run's own config.json (a new run with
+    its settings, not its run folder); options typed on the command line override the file."""
+    from typer.testing import CliRunner
+
+    from benzarr_cli.main import app
+
+    def settings(run: Path) -> dict:
+        return json.loads((run / "config.json").read_text())["settings"]
+
+    toml = tmp_path / "small.toml"
+    toml.write_text(f'store = "{store}"\nsplit = "strat"\nbatch-size = 8\nmax_steps = 1\nepochs = 1\n'
+                    'device = "cpu"\nlr = 1\naugment = "flip"\n')
+    first, second = tmp_path / "first", tmp_path / "second"
+    done = CliRunner().invoke(app, ["train", "--config", str(toml), "--lr", "0.01", "--out", str(first), "-q"])
+    assert done.exit_code == 0, done.output
+    assert {k: settings(first)[k] for k in ("batch_size", "max_steps", "augment", "lr", "store")} == {
+        "batch_size": 8, "max_steps": 1, "augment": "flip", "lr": 0.01, "store": str(store)}
+    done = CliRunner().invoke(app, ["train", "--config", str(first / "config.json"), "--seed", "3",
+                                    "--out", str(second), "-q"])
+    assert done.exit_code == 0, done.output
+    assert settings(second) == {**settings(first), "seed": 3, "out": str(second)}
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("epoch = 3", r"unknown setting 'epoch' \(did you mean 'epochs'\?"),
+    ("epochs = true", r"epochs = True: expected int$"),
+    ("lr = 'fast'", r"lr = 'fast': expected int or float$"),
+    ("bands = [1, 2]", r"bands = \[1, 2\]: expected str or a list of band names or null$"),
+    ("epochs = ", r"not valid TOML"),
+])
+def test_a_bad_config_file_is_one_line_naming_the_setting(tmp_path: Path, text: str, message: str) -> None:
+    from benzarr.train_config import read_settings_file
+
+    path = tmp_path / "run.toml"
+    path.write_text(text)
+    with pytest.raises(InvalidArgumentError, match=rf"^--config {re.escape(str(path))}: {message}"):
+        read_settings_file(path)
+    (tmp_path / "list.json").write_text("[1]")
+    with pytest.raises(InvalidArgumentError, match="not a table of settings"):
+        read_settings_file(tmp_path / "list.json")
