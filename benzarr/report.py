@@ -1,8 +1,9 @@
 """Run folders -> figures and tables (``benzarr report``).
 
 Input: run folders written by :func:`benzarr.train.train` (``config.json``, ``metrics.json``,
-TensorBoard event files). A folder without ``config.json`` but with run folders one level
-below (``--seeds`` writes ``seed-0/``, ``seed-1/``, ...) stands for all of them: one *group*.
+TensorBoard event files). A folder without ``config.json`` stands for the run folders below it,
+down to two levels (``--seeds`` writes ``seed-0/``, ``seed-1/``, ...; a folder of runs may hold
+such a folder): one *group*.
 
 Output (``write_report``)::
 
@@ -47,6 +48,8 @@ from benzarr.metrics import SCALAR_KEYS
 
 #: Test metrics of the tables, in column order.
 TABLE_METRICS: tuple[str, ...] = SCALAR_KEYS
+#: How deep below a folder given to ``report`` run folders are found: ``runs/rgb/seed-0``.
+RUN_SEARCH_DEPTH = 2
 #: The columns that identify a configuration in the summary table, always.
 GROUP_KEYS: tuple[str, ...] = ("model", "split", "labels", "bands")
 #: Settings that do not change a run's result (or are what the summary averages over, the
@@ -124,7 +127,8 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def find_runs(paths: Sequence[str | Path], scalars: bool = True, evaluations: Sequence[str] = ()) -> list[Run]:
-    """Read the run folders named by ``paths`` (a run folder, or a folder of run folders);
+    """Read the run folders named by ``paths`` (a run folder, or a folder with run folders up to
+    two levels below it: a folder of runs and ``--seeds`` folders);
     with ``evaluations``, one :class:`Run` per run folder and evaluation name.
 
     A run folder named twice (``r1`` and ``./r1/``, or ``runs`` and ``runs/r1``), or an
@@ -150,10 +154,9 @@ def find_runs(paths: Sequence[str | Path], scalars: bool = True, evaluations: Se
     for p in map(Path, paths):
         if not p.is_dir():
             raise InvalidArgumentError(f"{p}: no such run folder")
-        folders = [p] if (p / "config.json").is_file() else sorted(
-            (d for d in p.iterdir() if (d / "config.json").is_file()), key=_natural)
+        folders = _runs_under(p)
         if not folders:
-            raise InvalidArgumentError(f"{p}: no run here (no config.json in it or in a folder below it); "
+            raise InvalidArgumentError(f"{p}: no run here (no config.json in it or in the two levels of folders below it); "
                                        "give the --out folder of benzarr train")
         for folder in folders:
             if folder.resolve() in seen:
@@ -172,6 +175,22 @@ def find_runs(paths: Sequence[str | Path], scalars: bool = True, evaluations: Se
                         f"write it with `benzarr evaluate {folder} --split ... --subset ...`")
                 runs.append(Run(folder, str(p), config, run.metrics, run.scalars, evaluation))
     return runs
+
+
+def _runs_under(path: Path, depth: int = RUN_SEARCH_DEPTH) -> list[Path]:
+    """``path`` if it is a run folder (it holds ``config.json``), else the run folders below it down
+    to ``depth`` levels, in natural order (``seed-2`` before ``seed-10``). Never looks inside a run
+    folder, a store (``zarr.json``) or a folder it cannot list; the depth bound keeps ``report``
+    from walking an archive of 590,326 patch folders given by mistake."""
+    if (path / "config.json").is_file():
+        return [path]
+    if depth == 0 or (path / "zarr.json").is_file():
+        return []
+    try:
+        children = sorted((d for d in path.iterdir() if d.is_dir()), key=_natural)
+    except OSError:
+        return []
+    return [run for child in children for run in _runs_under(child, depth - 1)]
 
 
 def group_keys(runs: Sequence[Run]) -> tuple[str, ...]:

@@ -11,7 +11,7 @@ from benzarr_cli._common import console, warn_line
 
 
 def command(
-    rundirs: list[Path] = typer.Argument(..., help="Run folders (benzarr train --out), or folders of seed-<s>/ runs."),
+    rundirs: list[Path] = typer.Argument(..., help="Run folders (benzarr train --out), or folders that hold runs up to two levels down (a folder of runs, seed-<s>/ folders of --seeds)."),
     out: Path = typer.Option(Path("report"), "--out", help="Folder for curves.png and the tables."),
     evaluation: Optional[list[str]] = typer.Option(None, "--evaluation", help="Tabulate RUN/evaluations/NAME "
                                                    "(written by benzarr evaluate, e.g. grouped-test) instead of "

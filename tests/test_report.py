@@ -69,6 +69,18 @@ def test_curves_come_from_the_event_files(runs: dict[str, Path]) -> None:
     assert sorted(found[0].scalars["train/loss"]) == [1, 2]
 
 
+def test_a_folder_of_runs_includes_its_seeds_folders(runs: dict[str, Path], tmp_path: Path) -> None:
+    """``report runs`` over a run and a ``--seeds`` folder read the run alone: the seeds were left
+    out without a word (the demo's own runs/ holds both kinds)."""
+    found = find_runs([runs["root"]], scalars=False)  # rand/, store.zarr/ (not looked into), strat/seed-*/
+    assert [r.path.relative_to(runs["root"]).as_posix() for r in found] == ["rand", "strat/seed-0", "strat/seed-1"]
+    assert {r.group for r in found} == {str(runs["root"])}
+    deep = copy_tree(runs["rand"], tmp_path / "a" / "b" / "c")  # three levels down: not searched
+    with pytest.raises(InvalidArgumentError, match="no run here"):
+        find_runs([tmp_path], scalars=False)
+    assert find_runs([deep.parent], scalars=False)[0].path == deep
+
+
 def test_a_folder_without_runs_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgumentError, match="no run here"):
         write_report([tmp_path], tmp_path / "out")
