@@ -78,6 +78,33 @@ class EvaluationResult:
     warnings: list[str] = field(default_factory=list)
 
 
+def _natural(path: Path) -> tuple:
+    # seed-10 after seed-2
+    name = path.name
+    digits = "".join(c for c in name if c.isdigit())
+    return (name.rstrip("0123456789"), int(digits) if digits else -1, name)
+
+
+#: How deep below a folder that is no run folder its runs are found (``report``): ``runs/rgb/seed-0``.
+RUN_SEARCH_DEPTH = 2
+
+
+def runs_under(path: Path, depth: int = RUN_SEARCH_DEPTH) -> list[Path]:
+    """``path`` if it is a run folder (it holds ``config.json``), else the run folders below it down
+    to ``depth`` levels, in natural order (``seed-2`` before ``seed-10``). Never looks inside a run
+    folder, a store (``zarr.json``) or a folder it cannot list; the depth bound keeps ``report``
+    from walking an archive of 590,326 patch folders given by mistake. No run: ``[]``."""
+    if (path / "config.json").is_file():
+        return [path]
+    if depth == 0 or (path / "zarr.json").is_file():
+        return []
+    try:
+        children = sorted((d for d in path.iterdir() if d.is_dir()), key=_natural)
+    except OSError:
+        return []
+    return [run for child in children for run in runs_under(child, depth - 1)]
+
+
 def read_run_config(run_dir: str | Path) -> dict[str, Any]:
     """The ``config.json`` of a run folder.
 
@@ -90,9 +117,9 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
     if Path(run_dir).is_file():
         raise InvalidArgumentError(f"{run_dir}: is a file; give the run folder that `benzarr train --out` wrote")
     if not path.is_file():
-        below = sorted(p.parent.name for p in Path(run_dir).glob("*/config.json"))
-        if below:  # the folder of a --seeds job
-            raise InvalidArgumentError(f"{run_dir} holds several runs ({', '.join(below[:4])}"
+        below = [p.relative_to(run_dir).as_posix() for p in runs_under(Path(run_dir))]
+        if below:  # a folder of runs (a --seeds job's is run_folders')
+            raise InvalidArgumentError(f"{run_dir} holds {len(below)} runs ({', '.join(below[:4])}"
                                        f"{', ...' if len(below) > 4 else ''}): give one of them")
         raise InvalidArgumentError(f"{run_dir}: no config.json here (a folder written by `benzarr train`)")
     try:

@@ -48,8 +48,6 @@ from benzarr.metrics import SCALAR_KEYS
 
 #: Test metrics of the tables, in column order.
 TABLE_METRICS: tuple[str, ...] = SCALAR_KEYS
-#: How deep below a folder given to ``report`` run folders are found: ``runs/rgb/seed-0``.
-RUN_SEARCH_DEPTH = 2
 #: The columns that identify a configuration in the summary table, always.
 GROUP_KEYS: tuple[str, ...] = ("model", "split", "labels", "bands")
 #: Settings that do not change a run's result (or are what the summary averages over, the
@@ -140,7 +138,7 @@ def find_runs(paths: Sequence[str | Path], scalars: bool = True, evaluations: Se
             is not a run configuration, a run lacks one of the ``evaluations``, or an
             evaluation name is a path.
     """
-    from benzarr.evaluate import read_run_config
+    from benzarr.evaluate import read_run_config, runs_under
     from benzarr.store import SPLIT_NAME
     from benzarr.tb import read_scalars
 
@@ -154,7 +152,7 @@ def find_runs(paths: Sequence[str | Path], scalars: bool = True, evaluations: Se
     for p in map(Path, paths):
         if not p.is_dir():
             raise InvalidArgumentError(f"{p}: no such run folder")
-        folders = _runs_under(p)
+        folders = runs_under(p)
         if not folders:
             raise InvalidArgumentError(f"{p}: no run here (no config.json in it or in the two levels of folders below it); "
                                        "give the --out folder of benzarr train")
@@ -175,22 +173,6 @@ def find_runs(paths: Sequence[str | Path], scalars: bool = True, evaluations: Se
                         f"write it with `benzarr evaluate {folder} --split ... --subset ...`")
                 runs.append(Run(folder, str(p), config, run.metrics, run.scalars, evaluation))
     return runs
-
-
-def _runs_under(path: Path, depth: int = RUN_SEARCH_DEPTH) -> list[Path]:
-    """``path`` if it is a run folder (it holds ``config.json``), else the run folders below it down
-    to ``depth`` levels, in natural order (``seed-2`` before ``seed-10``). Never looks inside a run
-    folder, a store (``zarr.json``) or a folder it cannot list; the depth bound keeps ``report``
-    from walking an archive of 590,326 patch folders given by mistake."""
-    if (path / "config.json").is_file():
-        return [path]
-    if depth == 0 or (path / "zarr.json").is_file():
-        return []
-    try:
-        children = sorted((d for d in path.iterdir() if d.is_dir()), key=_natural)
-    except OSError:
-        return []
-    return [run for child in children for run in _runs_under(child, depth - 1)]
 
 
 def group_keys(runs: Sequence[Run]) -> tuple[str, ...]:
@@ -262,13 +244,6 @@ def _setting(run: Run, name: str) -> str:
 
     value = run.settings.get(name, getattr(TrainConfig, name, None))
     return ",".join(map(str, value)) if isinstance(value, list) else str(value)
-
-
-def _natural(path: Path) -> tuple:
-    # seed-10 after seed-2
-    name = path.name
-    digits = "".join(c for c in name if c.isdigit())
-    return (name.rstrip("0123456789"), int(digits) if digits else -1, name)
 
 
 def runs_table(runs: Sequence[Run]) -> pd.DataFrame:

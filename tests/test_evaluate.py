@@ -281,7 +281,7 @@ def test_a_seeds_folder_evaluates_every_seed(run: Path, tmp_path: Path) -> None:
         run_folders(tmp_path / "e")
     from benzarr.show import run_predictions
 
-    with pytest.raises(InvalidArgumentError, match=r"holds several runs \(seed-10, seed-2\): give one of them"):
+    with pytest.raises(InvalidArgumentError, match=r"holds 2 runs \(seed-2, seed-10\): give one of them"):
         run_predictions(run.parent / "store.zarr", [0], tmp_path / "seeds")  # show --run needs one run
 
 
