@@ -72,6 +72,7 @@ from benzarr.store import (
     finalize_rows,
     is_url,
     open_store,
+    remote_failure,
     remove_store,
     shard_band_stats,
     store_exists,
@@ -476,7 +477,8 @@ def ingest(
         UnsafeOverwriteError (``overwrite`` of something that is not a benzarr store),
         StoreParametersError, StoreVersionError, StoreLockedError, StoreIncompleteError (a
         worker died), FileSystemError (full disk, read-only file system, ...; naming the
-        path), BadPatchError (strict only).
+        path), ObjectStoreError (an s3:// store whose endpoint does not answer or refuses the
+        request), BadPatchError (strict only).
     """
     started = time.perf_counter()
     check_ingest_arguments(shard_size, compression, workers, plan, part, parts)
@@ -491,21 +493,29 @@ def ingest(
     chosen, label_sets, params = _ingest_params(
         archive, found, names, n_excluded, modalities, shard_size, compression, exclude, patches
     )
-    done_before = None if overwrite else _already_complete(store_path, params, storage_options)
-    if done_before is not None:
-        return _already_done(done_before, started, missing, n_excluded, found)
-    if part is None:
-        _check_target(store_path, overwrite)
     try:
-        with ingest_lock(store_path, part):
-            return _ingest_locked(
-                found, names, missing, n_excluded, store_path, params, chosen, label_sets, started,
-                workers=workers, shard_size=shard_size, compression=compression, strict=strict,
-                overwrite=overwrite, plan=plan, parts=parts, part=part, storage_options=storage_options,
-                on_start=on_start, on_progress=on_progress, on_bad_patch=on_bad_patch, runner=runner,
-            )
-    except OSError as exc:
-        raise os_error(exc, store_path, "writing", RESUME_HINT) from None
+        done_before = None if overwrite else _already_complete(store_path, params, storage_options)
+        if done_before is not None:
+            return _already_done(done_before, started, missing, n_excluded, found)
+        if part is None:
+            _check_target(store_path, overwrite)
+        try:
+            with ingest_lock(store_path, part):
+                return _ingest_locked(
+                    found, names, missing, n_excluded, store_path, params, chosen, label_sets, started,
+                    workers=workers, shard_size=shard_size, compression=compression, strict=strict,
+                    overwrite=overwrite, plan=plan, parts=parts, part=part, storage_options=storage_options,
+                    on_start=on_start, on_progress=on_progress, on_bad_patch=on_bad_patch, runner=runner,
+                )
+        except OSError as exc:
+            if remote_failure(store_path, exc) is not None:  # aiohttp's connection errors are OSErrors
+                raise
+            raise os_error(exc, store_path, "writing", RESUME_HINT) from None
+    except Exception as exc:  # an s3:// store whose endpoint does not answer: one line, not a traceback
+        failure = remote_failure(store_path, exc)
+        if failure is None:
+            raise
+        raise failure from None
 
 
 def _ingest_params(

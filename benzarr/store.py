@@ -77,7 +77,9 @@ from benzarr.bands import BAND_GROUPS, BANDS, PATCH_SIDE, S1_BANDS
 from benzarr.bigearthnet import CLC19, CLC43, NOMENCLATURES
 from benzarr.checks import is_whole
 from benzarr.errors import (
+    BenzarrError,
     InvalidArgumentError,
+    ObjectStoreError,
     SplitExistsError,
     SplitNotFoundError,
     StoreCorruptError,
@@ -321,6 +323,25 @@ def check_split_name(name: str) -> str:
 def is_url(path: str | Path) -> bool:
     """True for fsspec-style URLs (``s3://...``), false for local paths."""
     return "://" in str(path)
+
+
+#: Packages whose exceptions mean that a request to object storage failed: the endpoint, the
+#: network, the credentials or a permission (fsspec's S3, HTTP, GCS and Azure clients, obstore).
+_REMOTE_CLIENTS = ("botocore", "aiobotocore", "s3fs", "aiohttp", "gcsfs", "adlfs", "obstore", "urllib3", "requests")
+
+
+def remote_failure(url: str | Path, exc: BaseException) -> ObjectStoreError | None:
+    """``exc``, raised while a store at ``url`` was accessed, as one line naming the store and
+    what to check, when it is an object-storage client's error (an unreachable endpoint, missing
+    credentials, access denied); None for a local path or any other exception. The client's
+    message names the URL it asked for, never a credential."""
+    if not is_url(url) or isinstance(exc, BenzarrError):
+        return None
+    if not any(t.__module__.split(".")[0] in _REMOTE_CLIENTS for t in type(exc).__mro__):
+        return None
+    return ObjectStoreError(f"{url}: the object store could not be reached or refused the request "
+                            f"({type(exc).__name__}: {exc}); check the endpoint (--endpoint-url or "
+                            "$AWS_ENDPOINT_URL), the credentials and the bucket")
 
 
 class Store:
@@ -800,12 +821,20 @@ def _open_group(path: str | Path, mode: str, storage_options: dict[str, Any] | N
 
 
 def store_exists(path: str | Path, storage_options: dict[str, Any] | None = None) -> bool:
-    """True if a Zarr group is at ``path``."""
+    """True if a Zarr group is at ``path``.
+
+    Raises:
+        ObjectStoreError: a URL whose endpoint does not answer (or refuses): "nothing there"
+            would let ingest start a new store over one it could not see.
+    """
     if not is_url(path):
         return (Path(path) / "zarr.json").is_file()
     try:
         _open_group(path, "r", storage_options)
-    except Exception:  # fsspec raises many kinds for a missing key
+    except Exception as exc:  # fsspec raises many kinds for a missing key
+        failure = remote_failure(path, exc)
+        if failure is not None:
+            raise failure from None
         return False
     return True
 
@@ -894,6 +923,7 @@ def open_store(
 
     Raises:
         StoreNotFoundError: nothing, or no benzarr store, at ``path``.
+        ObjectStoreError: a URL whose object store cannot be reached or refuses the request.
         StoreCorruptError: the root ``zarr.json`` is not JSON, or an attribute benzarr reads
             has the wrong type (``format_version`` not a whole number, ``complete`` not a
             boolean, ``classes`` or ``bands`` not an object, ...).
@@ -904,7 +934,12 @@ def open_store(
         raise StoreNotFoundError(f"{path}: no such store")
     try:
         group = _open_group(path, mode, storage_options)
-    except (FileNotFoundError, KeyError, ValueError) as exc:
+    except Exception as exc:
+        failure = remote_failure(path, exc)  # an endpoint that does not answer, access denied, ...
+        if failure is not None:
+            raise failure from None
+        if not isinstance(exc, (FileNotFoundError, KeyError, ValueError)):
+            raise
         root_json = None if is_url(path) else Path(path) / "zarr.json"
         if root_json is not None and root_json.is_file():
             try:

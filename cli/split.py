@@ -22,7 +22,7 @@ from benzarr.split import (
     store_split_quality,
 )
 from benzarr.store import open_store
-from benzarr_cli._common import console, count, warn_line
+from benzarr_cli._common import console, count, storage_options_for, warn_line
 
 
 def command(
@@ -47,17 +47,19 @@ def command(
     quality: bool = typer.Option(False, "--quality", help="Show the quality of split NAME beside a random split."),
     against: Optional[str] = typer.Option(None, "--against", help="--quality: also show this split's figures."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="--quality (or a new split): write the label-distribution PNG here."),
+    endpoint_url: Optional[str] = typer.Option(None, "--endpoint-url", help="S3 endpoint for s3:// stores (default: $AWS_ENDPOINT_URL)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors and warnings."),
 ) -> None:
     """Make a train/val/test split (iterative stratification, optionally over spatial groups;
     random, official lists, CSV), list splits, show a split's quality, or export it as CSV lists."""
+    options = storage_options_for(store, endpoint_url)
     if list_:
         given = [flag for flag, value in (("--name", name), ("--method", method), ("--export", export),
                                           ("--quality", quality or None), ("--against", against), ("--plot", plot))
                  if value is not None]
         if given:  # each used to be ignored without a word
             raise InvalidArgumentError(f"--list shows the stored splits; it takes no {', '.join(given)}")
-        _print_list(store)
+        _print_list(store, options)
         return
     if export is not None and method is not None:
         raise InvalidArgumentError("--export writes a stored split; make the split first (without --export), "
@@ -74,12 +76,12 @@ def command(
 
         check_image_path(plot)
     if export is not None:
-        paths = export_split(open_store(store), name, export)
+        paths = export_split(open_store(store, storage_options=options), name, export)
         if not quiet:
             console.print(f"exported split {name} to {', '.join(str(p) for p in paths.values())}", markup=False)
         return
     if quality or against is not None:
-        opened = open_store(store)
+        opened = open_store(store, storage_options=options)
         measured = store_split_quality(opened, name, labels=labels, leakage_km=leakage_km)
         # the other split is measured on the same label set, so the figures compare
         same = labels or opened.read_split(name)[1].get("labels") or default_label_set(opened)
@@ -92,7 +94,7 @@ def command(
     if method is None:
         raise InvalidArgumentError("pass --method iterative|random|official|csv to make a split")
     result = make_split(
-        open_store(store, mode="r+"), name, method,
+        open_store(store, mode="r+", storage_options=options), name, method,
         folds=folds,
         assign=parse_numbers(assign, int) if assign else None,
         fractions=parse_numbers(fractions, float) if fractions else None,
@@ -136,8 +138,8 @@ def command(
         console.print(f"wrote {plot}", markup=False)
 
 
-def _print_list(store: str) -> None:
-    table = list_splits(open_store(store))
+def _print_list(store: str, options: dict | None) -> None:
+    table = list_splits(open_store(store, storage_options=options))
     if table.empty:
         console.print("no splits (make one with `benzarr split STORE --name NAME --method iterative`)", markup=False)
         return

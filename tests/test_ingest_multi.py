@@ -133,3 +133,6 @@ def test_cli_ingest_and_info_on_s3_with_endpoint_url(s3_server: dict, real_s2_ar
                           env={**env, "AWS_ENDPOINT_URL": endpoint})  # the variable, not the flag
     assert info.returncode == 0, info.stderr
     assert '"n_patches": 6' in info.stdout and '"complete": true' in info.stdout
+    split = subprocess.run([*CLI, "split", url, "--name", "r", "--method", "random", "-q", "--endpoint-url", endpoint],
+                           capture_output=True, text=True, env=env)  # split had no --endpoint-url
+    assert split.returncode == 0, split.stderr

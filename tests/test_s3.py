@@ -85,3 +85,20 @@ def test_missing_s3_store_is_not_found(s3_store: tuple[str, dict]) -> None:
     _, options = s3_store
     with pytest.raises(StoreNotFoundError):
         BigEarthNetDataset(f"s3://{BUCKET}/nothing.zarr", storage_options=options)
+
+
+def test_an_endpoint_that_does_not_answer_is_one_line(synth_archive_64: Path) -> None:
+    """An unreachable endpoint (or refused request) came out as "unexpected EndpointConnectionError"
+    from every command that takes an s3:// store; now it is an ObjectStoreError naming the store."""
+    from benzarr.errors import ObjectStoreError
+    from benzarr.ingest import ingest
+    from benzarr.store import open_store
+
+    port = _free_port()  # nothing listens there
+    options = {"endpoint_url": f"http://127.0.0.1:{port}", "key": "testing", "secret": "testing",
+               "config_kwargs": {"retries": {"max_attempts": 1, "mode": "standard"}, "connect_timeout": 1}}
+    expected = r"^s3://nowhere/s\.zarr: the object store could not be reached .*EndpointConnectionError.*--endpoint-url"
+    with pytest.raises(ObjectStoreError, match=expected):
+        open_store("s3://nowhere/s.zarr", storage_options=options)
+    with pytest.raises(ObjectStoreError, match=expected):
+        ingest(synth_archive_64, "s3://nowhere/s.zarr", workers=1, storage_options=options)
