@@ -36,9 +36,14 @@ def command(
         console.print_json(json.dumps(info))
         return
     out = console.print
+    parts = info.get("parts") or {}
+    todo = ", ".join(f"{i}/{parts['planned']}" for i in parts.get("missing") or [])
+    # a store ingested in parts finishes when its missing parts run, not by rerunning any one of them
+    plural = "s" if len(parts.get("missing") or []) > 1 else ""
+    advice = f"run `benzarr ingest ... --part I/{parts['planned']}` for part{plural} {todo}" if todo else \
+        "run the same `benzarr ingest` command to resume"
     state = "complete" if info["complete"] else (
-        f"INCOMPLETE ({info['shards']['done']}/{info['shards']['total']} shards written; "
-        "run the same `benzarr ingest` command to resume)"
+        f"INCOMPLETE ({info['shards']['done']}/{info['shards']['total']} shards written; {advice})"
     )
     out(f"store           {info['path']}")
     out(f"format          benzarr store v{info['format_version']} (Zarr v3), written by benzarr {info['package_version']}")

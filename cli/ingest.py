@@ -32,7 +32,7 @@ def command(
     plan: bool = typer.Option(False, "--plan", help="Only create the store layout, for --part runs on other machines."),
     parts: Optional[int] = typer.Option(None, "--parts", help="With --plan: how many parts will run (lets `info` name missing ones)."),
     part: Optional[str] = typer.Option(None, "--part", help="I/N: ingest shard group I of N of a planned store."),
-    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Run each shard as a task on a Dask cluster: 'local' (a LocalCluster of --workers processes) or tcp://HOST:PORT (workers must see ARCHIVE and STORE at the same paths, or STORE on s3://). Needs benzarr\\[dask]."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Run each shard as a task on a Dask cluster: 'local' (a LocalCluster of --workers processes) or tcp://HOST:PORT, or a scheduler file (dask scheduler --scheduler-file FILE) (workers must see ARCHIVE and STORE at the same paths, or STORE on s3://). Needs benzarr\\[dask]."),
     endpoint_url: Optional[str] = typer.Option(None, "--endpoint-url", help="S3 endpoint for s3:// stores (default: $AWS_ENDPOINT_URL)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors and warnings."),
 ) -> None:

@@ -68,6 +68,7 @@ def test_parts_in_concurrent_processes_equal_one_ingest(synth_archive_64: Path, 
     assert f"planned {store}: 64 patches" in planned.stdout  # the store's path, not a row array's
     info = run_cli("info", store)
     assert "parts missing: 1, 2, 3" in info.stdout
+    assert "run `benzarr ingest ... --part I/3` for parts 1/3, 2/3, 3/3)" in info.stdout  # not "the same command"
     first = run_cli("ingest", synth_archive_64, store, "--shard-size", "16", "--part", "2/3", "--workers", "1")
     assert first.returncode == 0 and "parts still missing: 1, 3" in first.stdout
     others = [subprocess.Popen([*CLI, "ingest", str(synth_archive_64), str(store), "--shard-size", "16",
