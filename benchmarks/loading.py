@@ -113,12 +113,18 @@ SHAPES = {g: (len(b), s, s) for g, (b, s, _) in BAND_GROUPS.items()}
 # -- building the inputs ---------------------------------------------------------------
 
 
-def build(workdir: Path, n: int, log: Callable[[str], None], everything: bool = True) -> dict[str, Path]:
-    """Synthetic archive, three stores and the other formats in ``workdir`` (reused when present).
+#: What a method reads beyond the archive and the lz4 store (always built): a run of a few
+#: ``--methods`` (the tests', or a user's) builds only those inputs.
+NEEDS: dict[str, set[str]] = {
+    "memcpy": {"npy"}, "benzarr-none": {"store-none"}, "benzarr-none-noverify": {"store-none"},
+    "benzarr-zstd": {"store-zstd"}, "zarr-python-none": {"store-none"}, "lmdb-safetensors": {"lmdb"},
+    "hdf5-none": {"hdf5"}, "hdf5-lzf": {"hdf5"}, "tfrecord": {"tfrecord"}, "configilm-style": {"lmdb"}}
+INPUTS = {"store-none", "store-zstd", "npy", "hdf5", "lmdb", "tfrecord"}
 
-    ``everything=False``: the archive and the lz4 store only, all that the HTTP and S3 methods
-    read (a run of ``--methods`` among those).
-    """
+
+def build(workdir: Path, n: int, log: Callable[[str], None], need: set[str] | None = None) -> dict[str, Path]:
+    """Synthetic archive, the lz4 store, and the inputs in ``need`` (of ``INPUTS``; None: all:
+    the none and zstd stores, npy, HDF5, LMDB, TFRecord) in ``workdir``, reused when present."""
     from benzarr.ingest import ingest
     from benzarr.synth import synth_archive
 
@@ -128,25 +134,39 @@ def build(workdir: Path, n: int, log: Callable[[str], None], everything: bool = 
         log(f"writing a synthetic archive of {n} patches")
         synth_archive(paths["archive"], n, seed=0, workers=2, overwrite=True)
         (workdir / "archive.done").touch()
-    for compression in ("none", "lz4", "zstd") if everything else ("lz4",):
+    need = INPUTS if need is None else need
+    for compression in ("none", "lz4", "zstd"):
+        if compression != "lz4" and f"store-{compression}" not in need:
+            continue
         store = paths[f"store-{compression}"] = workdir / f"store-{compression}.zarr"
         try:
             open_store(store)
         except Exception:
             log(f"ingesting ({compression})")
             ingest(paths["archive"], store, workers=2, shard_size=256, compression=compression, overwrite=True)
-    if not everything:
+    if not need & {"npy", "hdf5", "lmdb", "tfrecord"}:
         return paths
-    ds = BigEarthNetDataset(paths["store-none"])
-    names = [str(x) for x in open_store(paths["store-none"]).patch_names()]
+    ds = BigEarthNetDataset(paths["store-lz4"])  # the same pixels as every store's
+    names = [str(x) for x in open_store(paths["store-lz4"]).patch_names()]
     native = ds.__getitems__(np.arange(len(ds)))
     arrays = {g: native[g].numpy() for g in GROUPS}
 
-    paths["npy"] = workdir / "patches.npy"
-    if not paths["npy"].exists():
-        flat = np.concatenate([arrays[g].reshape(n, -1) for g in GROUPS], axis=1)
-        np.save(paths["npy"], flat)
+    if "npy" in need:
+        paths["npy"] = workdir / "patches.npy"
+        if not paths["npy"].exists():
+            flat = np.concatenate([arrays[g].reshape(n, -1) for g in GROUPS], axis=1)
+            np.save(paths["npy"], flat)
+    if "hdf5" in need:
+        _write_hdf5(workdir, paths, arrays, log)
+    if "lmdb" in need:
+        _write_lmdb(workdir, paths, arrays, names, n, log)
+    if "tfrecord" in need:
+        _write_tfrecord(workdir, paths, arrays, names, n, log)
+    return paths
 
+
+def _write_hdf5(workdir: Path, paths: dict[str, Path], arrays: dict[str, np.ndarray],
+                log: Callable[[str], None]) -> None:
     import h5py
 
     for kind, compression in (("none", None), ("lzf", "lzf")):
@@ -158,6 +178,9 @@ def build(workdir: Path, n: int, log: Callable[[str], None], everything: bool = 
                     f.create_dataset(g, data=arrays[g], chunks=(1, *SHAPES[g]), compression=compression)
             path.with_suffix(".tmp").rename(path)
 
+
+def _write_lmdb(workdir: Path, paths: dict[str, Path], arrays: dict[str, np.ndarray], names: list[str], n: int,
+                log: Callable[[str], None]) -> None:
     import lmdb
     from safetensors.numpy import save as st_save
 
@@ -173,6 +196,9 @@ def build(workdir: Path, n: int, log: Callable[[str], None], everything: bool = 
         env.close()
         (paths["lmdb"] / "done").touch()
 
+
+def _write_tfrecord(workdir: Path, paths: dict[str, Path], arrays: dict[str, np.ndarray], names: list[str], n: int,
+                    log: Callable[[str], None]) -> None:
     paths["tfrecord"] = workdir / "patches.tfrecord"
     if not paths["tfrecord"].exists():
         log("writing TFRecord")
@@ -186,7 +212,6 @@ def build(workdir: Path, n: int, log: Callable[[str], None], everything: bool = 
             writer.write(record)
         writer.close()
         paths["tfrecord"].with_suffix(".tmp").rename(paths["tfrecord"])
-    return paths
 
 
 def warm(paths: list[Path]) -> None:
@@ -501,52 +526,35 @@ def latency_sweep(paths: dict[str, Path], n: int, b: int, s3: dict[str, Any], de
     return rows
 
 
-def methods(paths: dict[str, Path], n: int, b: int, s3: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+def methods(paths: dict[str, Path], n: int, b: int, s3: dict[str, Any] | None = None,
+            only: set[str] | None = None) -> dict[str, dict[str, Any]]:
     """Method name -> {"batch": call, "single": call or None, "bytes": stored bytes a patch}.
 
     ``s3``: from :func:`s3_copy` (the lz4 store on a local moto server, plus ``concurrency``):
     adds ``s3-capacity``, ``benzarr-s3-lz4`` and ``zarr-python-s3-lz4`` (:func:`s3_methods`).
+    ``only``: set up just these methods (None: all), whose inputs :func:`build` made.
     """
-    import h5py
-    import lmdb
-    import rasterio
-    import tensorstore as ts
     import zarr
-    from rasterio.enums import Resampling
-    from safetensors.numpy import load as st_load
-    from tfrecord.reader import tfrecord_loader
+
+    def want(*method: str) -> bool:
+        return only is None or any(m in only for m in method)
 
     out: dict[str, dict[str, Any]] = {}
-    names = [str(x) for x in open_store(paths["store-none"]).patch_names()]
+    names = [str(x) for x in open_store(paths["store-lz4"]).patch_names()]
 
     # memcpy: the ceiling
-    # a plain ndarray over the map: np.memmap's subclass hooks and np.take(out=) are slower
-    # than one row copy at a time (20,000 and 13,000 against 40,000 patches/s here)
-    mm = np.load(paths["npy"], mmap_mode="r").view(np.ndarray)
-    flat = np.empty((b, mm.shape[1]), dtype=np.uint16)
-    nxt = Batches(n, b)
-
-    def memcpy() -> int:
-        for j, i in enumerate(nxt().tolist()):
-            flat[j] = mm[i]
-        return b
-
-    one = np.empty((1, mm.shape[1]), dtype=np.uint16)
-    rng = np.random.default_rng(1)
-
-    def memcpy_single() -> int:
-        one[0] = mm[int(rng.integers(n))]
-        return 1
-
-    out["memcpy"] = {"batch": memcpy, "single": memcpy_single, "bytes": NATIVE}
+    if want("memcpy"):
+        out.update(_memcpy_method(paths, n, b))
 
     for compression in ("none", "lz4", "zstd"):
+        if not want(f"benzarr-{compression}", f"benzarr-{compression}-noverify"):
+            continue
         ds = BigEarthNetDataset(paths[f"store-{compression}"])
         assert ds.fast
         bz, bz_single = dataset_timers(ds, n, b)
         out[f"benzarr-{compression}"] = {"batch": bz, "single": bz_single,
                                          "bytes": band_bytes(paths[f"store-{compression}"]) / n}
-        if compression in ("none", "lz4"):  # the cost of checking crc32c: the same reads, unchecked
+        if compression in ("none", "lz4") and want(f"benzarr-{compression}-noverify"):  # crc32c's cost: unchecked
             ds_nv = BigEarthNetDataset(paths[f"store-{compression}"], verify_checksums=False)
             bz_nv, bz_nv_single = dataset_timers(ds_nv, n, b)
             out[f"benzarr-{compression}-noverify"] = {"batch": bz_nv, "single": bz_nv_single,
@@ -556,6 +564,8 @@ def methods(paths: dict[str, Path], n: int, b: int, s3: dict[str, Any] | None = 
         out.update(s3_methods(paths, n, b, s3, s3.get("concurrency", 64)))
 
     for compression in ("none", "lz4"):
+        if not want(f"zarr-python-{compression}"):
+            continue
         arrays = [zarr.open_array(str(paths[f"store-{compression}"] / "s2" / g), mode="r") for g in GROUPS]
         nb = Batches(n, b)
         r = np.random.default_rng(3)
@@ -574,6 +584,46 @@ def methods(paths: dict[str, Path], n: int, b: int, s3: dict[str, Any] | None = 
 
         out[f"zarr-python-{compression}"] = {"batch": zp, "single": zp_single,
                                              "bytes": band_bytes(paths[f"store-{compression}"]) / n}
+
+    if want("tensorstore-lz4"):
+        out.update(_tensorstore_method(paths, n, b))
+    if want("torchgeo-rasterio"):
+        out.update(_torchgeo_rasterio_method(paths, n, names))
+    if want("lmdb-safetensors"):
+        out.update(_lmdb_method(paths, n, b, names))
+    if want("hdf5-none", "hdf5-lzf"):
+        out.update(_hdf5_methods(paths, n, b))
+    if want("tfrecord"):
+        out.update(_tfrecord_method(paths, n, b))
+    if want("blosc-lz4-decode"):
+        out.update(_blosc_method(paths, n, b))
+    return out
+
+
+def _memcpy_method(paths: dict[str, Path], n: int, b: int) -> dict[str, dict[str, Any]]:
+    # a plain ndarray over the map: np.memmap's subclass hooks and np.take(out=) are slower
+    # than one row copy at a time (20,000 and 13,000 against 40,000 patches/s here)
+    mm = np.load(paths["npy"], mmap_mode="r").view(np.ndarray)
+    flat = np.empty((b, mm.shape[1]), dtype=np.uint16)
+    nxt = Batches(n, b)
+
+    def memcpy() -> int:
+        for j, i in enumerate(nxt().tolist()):
+            flat[j] = mm[i]
+        return b
+
+    one = np.empty((1, mm.shape[1]), dtype=np.uint16)
+    rng = np.random.default_rng(1)
+
+    def memcpy_single() -> int:
+        one[0] = mm[int(rng.integers(n))]
+        return 1
+
+    return {"memcpy": {"batch": memcpy, "single": memcpy_single, "bytes": NATIVE}}
+
+
+def _tensorstore_method(paths: dict[str, Path], n: int, b: int) -> dict[str, dict[str, Any]]:
+    import tensorstore as ts
 
     context = ts.Context({"data_copy_concurrency": {"limit": 1}, "file_io_concurrency": {"limit": 1},
                           "cache_pool": {"total_bytes_limit": 0}})
@@ -596,10 +646,15 @@ def methods(paths: dict[str, Path], n: int, b: int, s3: dict[str, Any] | None = 
             f.result()
         return 1
 
-    out["tensorstore-lz4"] = {"batch": tensorstore_batch, "single": tensorstore_single,
-                              "bytes": band_bytes(paths["store-lz4"]) / n}
+    return {"tensorstore-lz4": {"batch": tensorstore_batch, "single": tensorstore_single,
+                                "bytes": band_bytes(paths["store-lz4"]) / n}}
 
+
+def _torchgeo_rasterio_method(paths: dict[str, Path], n: int, names: list[str]) -> dict[str, dict[str, Any]]:
     # TorchGeo's BigEarthNet._load_image, per patch (it globs the patch folder every time)
+    import rasterio
+    from rasterio.enums import Resampling
+
     archive = paths["archive"]
     r = np.random.default_rng(5)
     order = {band: k for k, band in enumerate(BANDS)}
@@ -616,25 +671,37 @@ def methods(paths: dict[str, Path], n: int, b: int, s3: dict[str, Any] | None = 
         return 1
 
     tif_bytes = sum(f.stat().st_size for f in archive.rglob("*.tif")) / n
-    out["torchgeo-rasterio"] = {"batch": None, "single": torchgeo_single, "bytes": tif_bytes}
+    return {"torchgeo-rasterio": {"batch": None, "single": torchgeo_single, "bytes": tif_bytes}}
+
+
+LOCATIONS = [(g, c, band) for g, (bands, _, _) in BAND_GROUPS.items() for c, band in enumerate(bands)]
+
+
+def _lmdb_method(paths: dict[str, Path], n: int, b: int, names: list[str]) -> dict[str, dict[str, Any]]:
+    import lmdb
+    from safetensors.numpy import load as st_load
 
     env = lmdb.open(str(paths["lmdb"]), readonly=True, lock=False, readahead=False, max_readers=8)
     txn = env.begin(buffers=True)
     keys = [name.encode() for name in names]
     buf = batch_buffers(b)
     nb = Batches(n, b)
-    locations = [(g, c, band) for g, (bands, _, _) in BAND_GROUPS.items() for c, band in enumerate(bands)]
 
     def lmdb_batch() -> int:
         for j, i in enumerate(nb().tolist()):
             tensors = st_load(bytes(txn.get(keys[i])))
-            for g, c, band in locations:
+            for g, c, band in LOCATIONS:
                 buf[g][j, c] = tensors[band]
         return b
 
     lmdb_size = size_of(paths["lmdb"] / "data.mdb") / n
-    out["lmdb-safetensors"] = {"batch": lmdb_batch, "single": None, "bytes": lmdb_size, "keep": (env, txn)}
+    return {"lmdb-safetensors": {"batch": lmdb_batch, "single": None, "bytes": lmdb_size, "keep": (env, txn)}}
 
+
+def _hdf5_methods(paths: dict[str, Path], n: int, b: int) -> dict[str, dict[str, Any]]:
+    import h5py
+
+    out: dict[str, dict[str, Any]] = {}
     for kind in ("none", "lzf"):
         f = h5py.File(paths[f"hdf5-{kind}"], "r")
         datasets = {g: f[g] for g in GROUPS}
@@ -648,6 +715,11 @@ def methods(paths: dict[str, Path], n: int, b: int, s3: dict[str, Any] | None = 
             return b
 
         out[f"hdf5-{kind}"] = {"batch": hdf5, "single": None, "bytes": size_of(paths[f"hdf5-{kind}"]) / n, "keep": f}
+    return out
+
+
+def _tfrecord_method(paths: dict[str, Path], n: int, b: int) -> dict[str, dict[str, Any]]:
+    from tfrecord.reader import tfrecord_loader
 
     description = {band: "int" for band in BANDS}
     state: dict[str, Any] = {"it": tfrecord_loader(str(paths["tfrecord"]), None, description)}
@@ -660,13 +732,15 @@ def methods(paths: dict[str, Path], n: int, b: int, s3: dict[str, Any] | None = 
             except StopIteration:
                 state["it"] = tfrecord_loader(str(paths["tfrecord"]), None, description)
                 record = next(state["it"])
-            for g, c, band in locations:
+            for g, c, band in LOCATIONS:
                 buf_t[g][j, c] = record[band].reshape(SHAPES[g][1:])
         return b
 
-    out["tfrecord"] = {"batch": tfrecord_batch, "single": None, "bytes": size_of(paths["tfrecord"]) / n,
-                       "note": "sequential (TFRecord has no random access)"}
+    return {"tfrecord": {"batch": tfrecord_batch, "single": None, "bytes": size_of(paths["tfrecord"]) / n,
+                         "note": "sequential (TFRecord has no random access)"}}
 
+
+def _blosc_method(paths: dict[str, Path], n: int, b: int) -> dict[str, dict[str, Any]]:
     # bare Blosc decode of the lz4 store's chunks, held in memory
     lz4 = BigEarthNetDataset(paths["store-lz4"])
     chunks: dict[str, list[bytes]] = {g: [] for g in GROUPS}
@@ -685,10 +759,9 @@ def methods(paths: dict[str, Path], n: int, b: int, s3: dict[str, Any] | None = 
                 blosc.decompress(chunks[g][i], buf_b[g][j])
         return b
 
-    out["blosc-lz4-decode"] = {"batch": blosc_decode, "single": None,
-                               "bytes": sum(len(c) for v in chunks.values() for c in v) / n,
-                               "note": "reference: decode only, chunks already in memory"}
-    return out
+    return {"blosc-lz4-decode": {"batch": blosc_decode, "single": None,
+                                 "bytes": sum(len(c) for v in chunks.values() for c in v) / n,
+                                 "note": "reference: decode only, chunks already in memory"}}
 
 
 # -- model-ready, delivered and the official loaders' methods (issue 10 §5, §6) ----------
@@ -793,15 +866,11 @@ def model_ready_methods(paths: dict[str, Path], n: int, b: int, log: Callable[[s
       ``DataLoader`` with 2 workers (batches of ``b``). Not normalised (TorchGeo leaves that
       to a transform)
     """
-    import lmdb
-    import torchvision.transforms as T
-    import torch.nn.functional as F
-    from safetensors.numpy import load as st_load
-
     from benzarr.data import make_loader
 
     out: dict[str, dict[str, Any]] = {}
     lz4 = paths["store-lz4"]
+    names = [str(x) for x in open_store(lz4).patch_names()]
     stored = band_bytes(lz4) / n
 
     for w in (1, 2):
@@ -849,7 +918,53 @@ def model_ready_methods(paths: dict[str, Path], n: int, b: int, log: Callable[[s
         out[f"make-loader-cpu-w{w}"] = {"batch": via_loader, "single": None, "bytes": stored, "processes": w + 1,
                                         "model_ready": True, "state": state}
 
-    # configilm-style, on the LMDB of safetensors built above (rico-hdl's layout)
+    if "lmdb" in paths:  # built when configilm-style is among the chosen methods
+        out.update(_configilm_method(paths, n, b, lz4, ds))
+
+    try:
+        from torchgeo.datasets import BigEarthNet
+    except Exception as exc:  # the bench extra installs it; say why the rows are missing
+        log(f"torchgeo unavailable ({type(exc).__name__}: {exc}): no torchgeo-bigearthnet rows")
+        return out
+    import torchgeo
+
+    tg = BigEarthNet(str(torchgeo_root(paths["archive"].parent, paths["archive"], names)), split="train",
+                     bands="s2", num_classes=43)
+    assert len(tg) == n
+    r_t = np.random.default_rng(8)
+
+    def torchgeo_single() -> int:
+        tg[int(r_t.integers(n))]
+        return 1
+
+    tif_bytes = sum(f.stat().st_size for f in paths["archive"].rglob("*.tif")) / n
+    note = f"torchgeo {torchgeo.__version__} BigEarthNet(bands='s2', num_classes=43), not normalised"
+    out["torchgeo-bigearthnet"] = {"batch": None, "single": torchgeo_single, "bytes": tif_bytes, "processes": 1,
+                                   "model_ready": True, "notes": note}
+    tg_state: dict[str, Any] = {}
+
+    def torchgeo_w2() -> int:
+        if "it" not in tg_state:
+            tg_state["loader"] = torch.utils.data.DataLoader(
+                tg, batch_size=b, shuffle=True, num_workers=2, persistent_workers=True, drop_last=True,
+                generator=torch.Generator().manual_seed(0))
+            tg_state["it"] = endless(tg_state["loader"])
+        return int(next(tg_state["it"])["image"].shape[0])
+
+    out["torchgeo-bigearthnet-w2"] = {"batch": torchgeo_w2, "single": None, "bytes": tif_bytes, "processes": 3,
+                                      "model_ready": True, "state": tg_state, "notes": note + ", DataLoader 2 workers"}
+    return out
+
+
+def _configilm_method(paths: dict[str, Path], n: int, b: int, lz4: Path, ds: BigEarthNetDataset
+                      ) -> dict[str, dict[str, Any]]:
+    """``configilm-style`` (see :func:`model_ready_methods`), on the LMDB of safetensors that
+    :func:`build` wrote in rico-hdl's layout."""
+    import lmdb
+    import torch.nn.functional as F
+    import torchvision.transforms as T
+    from safetensors.numpy import load as st_load
+
     env = lmdb.open(str(paths["lmdb"]), readonly=True, lock=False, meminit=False, readahead=True,
                     max_spare_txns=16)
     names = [str(x) for x in open_store(lz4).patch_names()]
@@ -885,45 +1000,11 @@ def model_ready_methods(paths: dict[str, Path], n: int, b: int, log: Callable[[s
         configilm_item(int(r_c.integers(n)))
         return 1
 
-    out["configilm-style"] = {"batch": configilm_batch, "single": configilm_single,
-                              "bytes": size_of(paths["lmdb"] / "data.mdb") / n, "processes": 1, "model_ready": True,
-                              "keep": env, "item": configilm_item,
-                              "notes": "ConfigILM BENv2LDMBReader + stack_and_interpolate + default_transform, "
-                                       "bilinear align_corners=False (benzarr's resampling), store band statistics"}
-
-    try:
-        from torchgeo.datasets import BigEarthNet
-    except Exception as exc:  # the bench extra installs it; say why the rows are missing
-        log(f"torchgeo unavailable ({type(exc).__name__}: {exc}): no torchgeo-bigearthnet rows")
-        return out
-    import torchgeo
-
-    tg = BigEarthNet(str(torchgeo_root(paths["archive"].parent, paths["archive"], names)), split="train",
-                     bands="s2", num_classes=43)
-    assert len(tg) == n
-    r_t = np.random.default_rng(8)
-
-    def torchgeo_single() -> int:
-        tg[int(r_t.integers(n))]
-        return 1
-
-    tif_bytes = sum(f.stat().st_size for f in paths["archive"].rglob("*.tif")) / n
-    note = f"torchgeo {torchgeo.__version__} BigEarthNet(bands='s2', num_classes=43), not normalised"
-    out["torchgeo-bigearthnet"] = {"batch": None, "single": torchgeo_single, "bytes": tif_bytes, "processes": 1,
-                                   "model_ready": True, "notes": note}
-    tg_state: dict[str, Any] = {}
-
-    def torchgeo_w2() -> int:
-        if "it" not in tg_state:
-            tg_state["loader"] = torch.utils.data.DataLoader(
-                tg, batch_size=b, shuffle=True, num_workers=2, persistent_workers=True, drop_last=True,
-                generator=torch.Generator().manual_seed(0))
-            tg_state["it"] = endless(tg_state["loader"])
-        return int(next(tg_state["it"])["image"].shape[0])
-
-    out["torchgeo-bigearthnet-w2"] = {"batch": torchgeo_w2, "single": None, "bytes": tif_bytes, "processes": 3,
-                                      "model_ready": True, "state": tg_state, "notes": note + ", DataLoader 2 workers"}
-    return out
+    return {"configilm-style": {
+        "batch": configilm_batch, "single": configilm_single, "bytes": size_of(paths["lmdb"] / "data.mdb") / n,
+        "processes": 1, "model_ready": True, "keep": env, "item": configilm_item,
+        "notes": "ConfigILM BENv2LDMBReader + stack_and_interpolate + default_transform, "
+                 "bilinear align_corners=False (benzarr's resampling), store band statistics"}}
 
 
 def release(m: dict[str, Any]) -> None:
@@ -1042,7 +1123,7 @@ def main(argv: list[str] | None = None) -> int:
     ready_wanted = only is None or bool(only & MODEL_READY_NAMES)
     started = time.time()
     load_before = load_average()
-    paths = build(workdir, n, log, everything=local or ready_wanted)
+    paths = build(workdir, n, log, None if only is None else set().union(*(NEEDS.get(m, set()) for m in only)))
     warm([p for k, p in paths.items()])
 
     # one core: no Blosc threads, one torch thread (tensorstore is limited in its context)
@@ -1055,7 +1136,7 @@ def main(argv: list[str] | None = None) -> int:
             else contextlib.nullcontext() as s3:
         if s3 is not None:
             s3["concurrency"] = args.s3_concurrency
-        chosen = methods(paths, n, args.batch_size, s3) if local else \
+        chosen = methods(paths, n, args.batch_size, s3, only) if local else \
             s3_methods(paths, n, args.batch_size, s3, args.s3_concurrency) if s3 is not None else {}
         results = time_methods(pick(chosen), args.batch_size, seconds, repeats, log)
         del chosen  # the unchosen methods' handles too: configilm-style opens the same LMDB again below
