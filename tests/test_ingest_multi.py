@@ -89,20 +89,23 @@ def test_part_needs_a_matching_plan(synth_archive_64: Path, tmp_path: Path) -> N
         ingest(synth_archive_64, store, part=(1, 4), shard_size=16)
 
 
-def test_ingest_into_s3_equals_local(s3_server: dict, synth_archive_64: Path, synth_store_64: Path) -> None:
+def test_ingest_into_s3_equals_local(s3_server: dict, real_s2_archive: Path, tmp_path: Path) -> None:
+    """The six real patches, in two shards on S3 (two worker processes), equal a local ingest
+    array by array; --overwrite replaces the S3 store."""
     s3_server["client"].create_bucket(Bucket="ingest-test")
     url = "s3://ingest-test/store.zarr"
-    result = ingest(synth_archive_64, url, workers=2, shard_size=16, storage_options=s3_server["options"])
+    result = ingest(real_s2_archive, url, workers=2, shard_size=4, storage_options=s3_server["options"])
     assert result.complete and result.failed == {}
+    ingest(real_s2_archive, tmp_path / "local.zarr", workers=1, shard_size=4)
     remote = zarr.open_group(url, mode="r", storage_options=s3_server["options"])
-    local = all_arrays(synth_store_64)
+    local = all_arrays(tmp_path / "local.zarr")
     for name, data in local.items():
         assert np.array_equal(np.asarray(remote[name][:]), data), name
     store = open_store(url, storage_options=s3_server["options"])
     assert store.complete and "ingest/stage" not in [k for k, _ in store.group["ingest"].members()]
-    again = ingest(synth_archive_64, url, workers=1, shard_size=64, storage_options=s3_server["options"],
+    again = ingest(real_s2_archive, url, workers=1, shard_size=8, storage_options=s3_server["options"],
                    overwrite=True)
-    assert again.complete
+    assert again.complete and open_store(url, storage_options=s3_server["options"]).attrs["shard_size"] == 8
 
 
 def test_real_v1_s2_s1_store_splits_loads_and_trains(real_v1_root: Path, tmp_path: Path) -> None:
