@@ -120,7 +120,7 @@ def test_configilm_style_matches_benzarr(tmp_path: Path) -> None:
         sys.path.remove(str(BENCHMARKS))
     from benzarr.data import BigEarthNetDataset
 
-    paths = loading.build(tmp_path, 8, lambda message: None)
+    paths = loading.build(tmp_path, 8, lambda message: None, need={"lmdb"})  # configilm-style reads the LMDB
     ms = loading.model_ready_methods(paths, 8, 4, lambda message: None)
     assert {"configilm-style", "benzarr-lz4-model-ready"} <= set(ms)
     ds = BigEarthNetDataset(paths["store-lz4"], normalize=True)
