@@ -106,11 +106,11 @@ def read_settings_file(path: str | Path) -> dict[str, object]:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidArgumentError(f"--config {path}: cannot read it ({exc.strerror or exc})") from None
+    except (OSError, UnicodeDecodeError) as exc:  # the latter has no strerror
+        raise InvalidArgumentError(f"--config {path}: cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
     try:
         data = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
-    except (ValueError, tomllib.TOMLDecodeError) as exc:  # JSONDecodeError is a ValueError
+    except ValueError as exc:  # json's and tomllib's decode errors both are
         kind = "TOML" if path.suffix.lower() == ".toml" else "JSON (name a TOML file *.toml)"
         raise InvalidArgumentError(f"--config {path}: not valid {kind}: {exc}") from None
     if not isinstance(data, dict):

@@ -665,3 +665,6 @@ def test_a_bad_config_file_is_one_line_naming_the_setting(tmp_path: Path, text: 
     (tmp_path / "list.json").write_text("[1]")
     with pytest.raises(InvalidArgumentError, match="not a table of settings"):
         read_settings_file(tmp_path / "list.json")
+    (tmp_path / "latin1.json").write_bytes(b'{"model": "\xe9"}')  # no strerror on a UnicodeDecodeError
+    with pytest.raises(InvalidArgumentError, match=r"latin1\.json: cannot read it \('utf-8' codec"):
+        read_settings_file(tmp_path / "latin1.json")
