@@ -200,3 +200,18 @@ def test_the_builtin_sources_record_what_stores_always_recorded() -> None:
     assert get_source("v2").store_source == {"dataset": "BigEarthNet", "version": "2.0"}
     assert source_of_store({"source": {"dataset": "BigEarthNet", "version": "2.0", "modality": "S2"}}).name == "v2"
     assert source_of_store({"source": {"dataset": "BigEarthNet", "version": "1.0"}}).name == "v1"
+
+
+def test_official_products_are_those_of_the_name_table() -> None:
+    """official_names skips names of other products (a synthetic archive's) without loading the
+    590,326-row table; the product list it checks first must be the table's own."""
+    from benzarr.sources._common import _official_name_table, official_names, official_products
+
+    table = _official_name_table()
+    s2, s1 = official_products()
+    assert s2 == {n.rsplit("_", 2)[0] for n in table["s2_name"].to_pylist()}
+    assert s1 == {n.rsplit("_", 3)[0] for n in table["s1_name"].to_pylist()}
+    real_s2, real_s1 = table["s2_name"][0].as_py(), table["s1_name"][0].as_py()
+    place, pairs = official_names([real_s2, "S2A_MSIL2A_20171116T103448_0_48"], [real_s1])
+    assert list(place) == [real_s2] and pairs == {real_s1: real_s2}
+    assert official_names(["S2A_MSIL2A_20171116T103448_0_48"], ["S1A_IW_GRDH_1SDV_20171116T000000_33UUP_0_48"]) == ({}, {})
