@@ -37,10 +37,10 @@ def command(
         return
     out = console.print
     parts = info.get("parts") or {}
-    todo = ", ".join(f"{i}/{parts['planned']}" for i in parts.get("missing") or [])
+    missing = parts.get("missing") or []
     # a store ingested in parts finishes when its missing parts run, not by rerunning any one of them
-    plural = "s" if len(parts.get("missing") or []) > 1 else ""
-    advice = f"run `benzarr ingest ... --part I/{parts['planned']}` for part{plural} {todo}" if todo else \
+    advice = (f"run `benzarr ingest ... --part I/{parts['planned']}` for part{'s' if len(missing) > 1 else ''} "
+              + ", ".join(f"{i}/{parts['planned']}" for i in missing)) if missing else \
         "run the same `benzarr ingest` command to resume"
     state = "complete" if info["complete"] else (
         f"INCOMPLETE ({info['shards']['done']}/{info['shards']['total']} shards written; {advice})"
@@ -59,9 +59,8 @@ def command(
         out(f"verified        last verified {verified.get('at')}: {result}, {verified.get('chunks', 0):,} chunks")
     else:
         out("verified        never verified (run `benzarr verify STORE`)")
-    if info.get("parts"):
-        missing = info["parts"]["missing"]
-        out(f"parts           {info['parts']['planned']} planned; "
+    if parts:
+        out(f"parts           {parts['planned']} planned; "
             + (f"parts missing: {', '.join(map(str, missing))}" if missing else "all done"))
     source = info.get("source") or {}
     out(f"source          {source.get('dataset', '?')} {source.get('version', '')} {source.get('modality', '')}".rstrip())
