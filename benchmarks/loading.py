@@ -919,7 +919,7 @@ def model_ready_methods(paths: dict[str, Path], n: int, b: int, log: Callable[[s
                                         "model_ready": True, "state": state}
 
     if "lmdb" in paths:  # built when configilm-style is among the chosen methods
-        out.update(_configilm_method(paths, n, b, lz4, ds))
+        out.update(_configilm_method(paths, n, b, lz4, ds, names))
 
     try:
         from torchgeo.datasets import BigEarthNet
@@ -956,8 +956,8 @@ def model_ready_methods(paths: dict[str, Path], n: int, b: int, log: Callable[[s
     return out
 
 
-def _configilm_method(paths: dict[str, Path], n: int, b: int, lz4: Path, ds: BigEarthNetDataset
-                      ) -> dict[str, dict[str, Any]]:
+def _configilm_method(paths: dict[str, Path], n: int, b: int, lz4: Path, ds: BigEarthNetDataset,
+                      names: list[str]) -> dict[str, dict[str, Any]]:
     """``configilm-style`` (see :func:`model_ready_methods`), on the LMDB of safetensors that
     :func:`build` wrote in rico-hdl's layout."""
     import lmdb
@@ -967,7 +967,6 @@ def _configilm_method(paths: dict[str, Path], n: int, b: int, lz4: Path, ds: Big
 
     env = lmdb.open(str(paths["lmdb"]), readonly=True, lock=False, meminit=False, readahead=True,
                     max_spare_txns=16)
-    names = [str(x) for x in open_store(lz4).patch_names()]
     keys = [name.encode() for name in names]
     labels = [np.flatnonzero(row) for row in np.asarray(open_store(lz4).labels("clc43"))]
     transform = T.Compose([T.Resize(120, antialias=True), T.Normalize(ds.mean, ds.std)])
