@@ -42,8 +42,10 @@ In one run, on one synthetic lz4 store (12 bands, batch 256 by default):
 * ``ring_cpu`` (``--cpu-ring-workers``): the raw ring decoding on the CPU, not copied (how
   decoding alone scales with workers on the node); ``cpu_topology``: cores and siblings;
 * ``trainer``: ``benzarr.train.train`` itself on the same store (split ``s``, 60/20/20) for
-  one model with 8 workers, 2 epochs; its last epoch's ``throughput/patches_per_s`` against
-  the bare fed loop of the same model, mode and worker count (``vs_fed``);
+  one model with 8 workers, 3 epochs; its last epoch's ``throughput/patches_per_s`` against
+  the bare fed loop of the same model, mode and worker count (``vs_fed``), and per epoch
+  (``epoch_timing``) the wait for its first step, its steady rate after step 5 and the host
+  gaps between steps (the first epoch carries the warm-up: cuDNN's autotuning in fast mode);
 * ``targets``: the issue's GPU targets, each with its measured value and pass/fail.
 
 Every measurement runs for a fixed slice (``--seconds`` after ``--warmup`` batches), is
@@ -55,10 +57,10 @@ Without CUDA (or with ``--cpu``) it falls back to a small CPU run with the same 
 (tests/test_benchmarks.py runs it that way).
 
 Usage (GPU node, benzarr on PYTHONPATH; builds the store when --store is absent): what
-``benchmarks/gpu_session.sh`` runs, about 360 s on an H200 with 16 cores, build included; it
+``benchmarks/gpu_session.sh`` runs, about 380 s on an H200 with 16 cores, build included; it
 writes straight into the folder that comes back, so a killed run still returns its JSON::
 
-    python3 benchmarks/gpu_feed.py --patches 20000 --build-workers 16 --seconds 2.4 --rounds 3 --warmup 5 --budget-s 420 --workers 0,4,8,12 --fed-workers 4,8,12 --ring-workers 12 --cpu-ring-workers 4,8,12 --augment-workers 12 --variants unfused,session6 --trainer-modes deterministic,fast --profile-steps 3 --workdir /tmp/gf --out "$OUT/gpu_feed.json"
+    python3 benchmarks/gpu_feed.py --patches 20000 --build-workers 16 --seconds 2.4 --rounds 3 --warmup 5 --budget-s 420 --workers 0,4,8,12 --fed-workers 4,8,12 --ring-workers 12 --cpu-ring-workers 4,8,12 --augment-workers 12 --trainer-modes deterministic,fast --trainer-epochs 3 --profile-steps 3 --workdir /tmp/gf --out "$OUT/gpu_feed.json"
 
 Order: build, h2d, loader alone, raw ring, raw ring on the CPU, then per mode (deterministic
 first: the trainer's default) the ceilings and transformed rows, the fed rows at 12, 8 and 4
@@ -72,6 +74,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import shutil
 import signal
@@ -678,6 +681,29 @@ class ThreadFed:
         self.thread.join(timeout=10)
 
 
+#: Steps of a trainer epoch before the synchronisation that starts its steady-state clock.
+STEADY_FROM = 5
+
+
+def epoch_timing(e: dict[str, Any], batch: int) -> dict[str, Any]:
+    """One trainer epoch from the host clock of its events: ``seconds`` (from its rate: the
+    trainer's own clock), ``first_step_s`` (epoch start to the first step's event),
+    ``steady_patches_per_s`` (after the sync at step STEADY_FROM to the epoch's end; None for
+    epochs too short), and the median and largest host gaps between steps (ms)."""
+    steps, n = e["steps"], len(e["steps"])
+    seconds = n * batch / e["rate"] if e["rate"] else math.nan  # about n * batch: drop_last
+    gaps = sorted(b - a for a, b in zip(steps, steps[1:]))
+    steady = None
+    if "synced" in e and n > STEADY_FROM:
+        rest = e["start"] + seconds - e["synced"]
+        steady = round((n - STEADY_FROM) * batch / rest, 1) if rest > 0 else None
+    return {"steps": n, "seconds": round(seconds, 3),
+            "first_step_s": round(steps[0] - e["start"], 3) if steps else None,
+            "steady_patches_per_s": steady,
+            "median_gap_ms": round(1e3 * gaps[len(gaps) // 2], 2) if gaps else None,
+            "max_gap_ms": round(1e3 * gaps[-1], 2) if gaps else None}
+
+
 def trainer_rate(store: Path, name: str, workers: int, batch: int, epochs: int, device: torch.device,
                  amp: bool, mode: str, workdir: Path) -> dict[str, Any]:
     """``benzarr.train.train`` on split ``s``: the trainer's throughput of its last epoch."""
@@ -697,10 +723,26 @@ def trainer_rate(store: Path, name: str, workers: int, batch: int, epochs: int, 
                       device=str(device), amp=amp, channels_last=True, optim="sgd", lr=1e-3, momentum=0.9,
                       out=str(out), **extra)
     rates: list[float] = []
+    epochs_seen: list[dict[str, Any]] = []  # where an epoch's time goes (host clock, see below)
 
     def on_event(event: Any) -> None:
-        if event.kind == "epoch_end":
+        # host times of the epoch's events: the first step's (waiting for the first batch and
+        # launching the step), the gaps between steps (paced by the GPU once its queue is full:
+        # a long one is a stall) and a synchronisation after STEADY_FROM steps, so the rate of
+        # the rest of the epoch, without its start, is known (one sync an epoch: a small cost)
+        now = time.perf_counter()
+        if event.kind == "epoch_start":
+            epochs_seen.append({"start": now, "steps": []})
+        elif event.kind == "step" and epochs_seen:
+            e = epochs_seen[-1]
+            e["steps"].append(now)
+            if len(e["steps"]) == STEADY_FROM:
+                synchronize(device)
+                e["synced"] = time.perf_counter()
+        elif event.kind == "epoch_end":
             rates.append(float(event.values["throughput/patches_per_s"]))
+            if epochs_seen:
+                epochs_seen[-1]["rate"] = rates[-1]
 
     started = time.perf_counter()
     try:
@@ -710,6 +752,7 @@ def trainer_rate(store: Path, name: str, workers: int, batch: int, epochs: int, 
     if not rates:
         raise RuntimeError("the trainer reported no epoch")
     return {"patches_per_s": round(rates[-1], 1), "epoch_rates": [round(r, 1) for r in rates],
+            "epoch_timing": [epoch_timing(e, batch) for e in epochs_seen if "rate" in e],
             "epochs": epochs, "seconds": round(time.perf_counter() - started, 1),
             "settings": {"optim": "sgd", "amp": amp, "channels_last": True, "batch_size": batch, "split": SPLIT,
                          **extra},
@@ -784,7 +827,8 @@ def main(argv: list[str] | None = None) -> int:
                              "fit are skipped and recorded as such [none]")
     parser.add_argument("--trainer-model", default=None, help="[inception-v3 / shortcnn-all]; 'none' skips it")
     parser.add_argument("--trainer-workers", type=int, default=None, help="[8 / 2]")
-    parser.add_argument("--trainer-epochs", type=int, default=2)
+    parser.add_argument("--trainer-epochs", type=int, default=3,
+                        help="epochs of the trainer run; its last is compared with the bare loop [3]")
     parser.add_argument("--trainer-modes", default="deterministic",
                         help="modes of the trainer run (fast needs TrainConfig.deterministic) [deterministic]")
     parser.add_argument("--h2d-copies", type=int, default=20)
@@ -1128,6 +1172,11 @@ def main(argv: list[str] | None = None) -> int:
         print_table(payload["trainer"], [("model", "model", "s"), ("mode", "mode", "s"), ("workers", "workers", "d"),
                                          ("patches_per_s", "trainer", ",.0f"), ("fed", "bare fed", ",.0f"),
                                          ("vs_fed", "vs_fed", ".2f")])
+        for r in payload["trainer"]:
+            for i, e in enumerate(r.get("epoch_timing", [])):
+                print(f"  {r['model']} {r['mode']} epoch {i}: {e['steps']} steps in {e['seconds']} s, first step "
+                      f"after {e['first_step_s']} s, steady {e['steady_patches_per_s']} patches/s, host gap "
+                      f"median {e['median_gap_ms']} ms, max {e['max_gap_ms']} ms")
     print("\ntargets" + ("" if cuda else " (CPU fallback: the GPU targets are unmeasured)"))
     print_table(payload["targets"], [("target", "target", "s"), ("value", "measured", ",.3f"),
                                      ("goal", "goal", ",g"), ("met", "met", "")])

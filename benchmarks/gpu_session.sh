@@ -3,10 +3,10 @@
 # preinstalled (../shared/gpu-node.md): install the carried wheels, then run
 #   1. benchmarks/gpu_ring_check.py  (the ring's batches against the DataLoader's on CUDA, CUDA
 #      graph replays against eager batches; no sync in training steps), 22 s in session 6,
-#      more since session 9 added the graph cases;
+#      35 s in session 12;
 #   2. benchmarks/gpu_feed.py        (every table of issue #10, transformed rows, a 3-step
-#      profiler trace), budgeted to BUDGET_S seconds, with CUDA graphs on (--graphs) once
-#      step 1 has found their batches equal to eager ones;
+#      profiler trace), budgeted to BUDGET_S seconds; with GRAPHS=1, CUDA graphs on (--graphs)
+#      once step 1 has found their batches equal to eager ones;
 # writing JSON, logs and the trace under $OUT (what the device tool brings back). Each step's
 # output is kept even when a later one fails or the call runs out of time.
 #
@@ -14,7 +14,9 @@
 #
 # Session 6's full run took 400 s of command time (683 s of device time held, start and
 # transfers included) on an H200 with 16 cores; PHASE=diagnose, the shorter first run of
-# that session (deterministic mode, 4/8/12 workers, profiles), took 221 s.
+# that session (deterministic mode, 4/8/12 workers, profiles), took 221 s. Session 12's full
+# run (BUDGET_S=400, two variants) took 425 s of command time, about 30 s more held; its
+# PHASE=trainer run 202 s.
 #
 # BUDGET_S (default 420) bounds gpu_feed.py, its store build included. QUICK=1 runs tiny
 # sizes on any machine (CPU fallback, no wheels installed, PYTHON=python3 by default): a check
@@ -59,28 +61,40 @@ elif [ "${PHASE:-full}" = diagnose ]; then
   feed_args=(--patches 20000 --build-workers "$(nproc)" --seconds 2.5 --warmup 5 --budget-s "$BUDGET_S"
              --modes deterministic --workers 4,8,12 --ring-workers 12 --cpu-ring-workers 1,4,8,12
              --variants thread --trainer-model none --profile-steps 3)
+elif [ "${PHASE:-full}" = trainer ]; then
+  # session 12's second run: where the trainer's epoch loses time against the bare fed loop
+  # (per-epoch timing: first step, steady rate, host gaps), both modes, 3 epochs, no ring check
+  ring_args=(skip)
+  feed_args=(--patches 20000 --build-workers "$(nproc)" --seconds 2.4 --rounds 2 --warmup 5 --budget-s "$BUDGET_S"
+             --models inception-v3 --workers 8 --fed-workers 8 --ring-workers 8 --no-transformed
+             --trainer-modes deterministic,fast --trainer-epochs 3)
 else
   # every table of issue #10: loader alone with 0/4/8/12 workers, fed rows at 4/8/12 (fed
-  # and ceiling interleaved), and at 12 workers in both modes two A/B variants in the same
-  # rows: every batch transformed eagerly instead of by CUDA graph replays (session 9), and
-  # the transform session 6's last run measured (no fused passes, bilinear on the NCHW
-  # batch: both changes came after it); the trainer in both modes; augmentation's cost on
-  # the GPU (issue #13) at 12 workers
+  # and ceiling interleaved), the trainer in both modes over 3 epochs (the last one is read),
+  # augmentation's cost on the GPU (issue #13) at 12 workers. VARIANTS adds A/B loaders at 12
+  # workers in the same rows (session 12 ran no-graph,session6: graphs and the fused
+  # transform gained nothing in the fed rows, so neither runs by default)
   ring_args=()
   feed_args=(--patches 20000 --build-workers "$(nproc)" --seconds 2.4 --rounds 3 --warmup 5 --budget-s "$BUDGET_S"
              --workers 0,4,8,12 --fed-workers 4,8,12 --ring-workers 12 --cpu-ring-workers 4,8,12 --augment-workers 12
-             --variants no-graph,session6 --trainer-modes deterministic,fast --profile-steps 3)
+             --variants "${VARIANTS:-}" --trainer-modes deterministic,fast --trainer-epochs 3 --profile-steps 3)
 fi
 
+if [ "${ring_args[*]:-}" = skip ]; then
+  say "gpu_ring_check.py skipped (PHASE=$PHASE)"
+  printf '{"cases": []}' >"$OUT/gpu_ring_check.json"
+else
 say "gpu_ring_check.py"
 BENZARR_CUDA_GRAPHS=1 timeout 120 "$PY" benchmarks/gpu_ring_check.py "${ring_args[@]}" --workdir /tmp/gpu-ring-check \
   --out "$OUT/gpu_ring_check.json" >"$OUT/gpu_ring_check.log" 2>&1
 say "gpu_ring_check.py exit $?"
+fi
 
-# the loader's CUDA graphs (session 9, off by default until measured) feed every row of this
-# run once the ring check has found their batches equal to eager ones; variant no-graph then
-# measures the eager way in the same rows (gpu_feed.py skips it when graphs stay off)
-if "$PY" - "$OUT/gpu_ring_check.json" <<'EOF' >>"$OUT/session.log" 2>&1
+# the loader's CUDA graphs (session 9; off by default: no gain in session 12) feed every row of
+# this run only with GRAPHS=1, and only once the ring check has found their batches equal to
+# eager ones; VARIANTS=no-graph then measures the eager way in the same rows (gpu_feed.py
+# skips it when graphs stay off). By default the rows measure the default, eager loader.
+if [ "${GRAPHS:-0}" = 1 ] && "$PY" - "$OUT/gpu_ring_check.json" <<'EOF' >>"$OUT/session.log" 2>&1
 import json, sys
 try:
     cases = [c for c in json.load(open(sys.argv[1]))["cases"] if c["case"].startswith("graphs:")]
@@ -94,7 +108,7 @@ then
   say "gpu_ring_check confirmed the graphs: gpu_feed.py runs with --graphs"
   feed_args+=(--graphs)
 else
-  say "graphs not confirmed by gpu_ring_check: gpu_feed.py runs without them"
+  say "gpu_feed.py runs without CUDA graphs (the default; GRAPHS=1 measures them once the ring check confirms them)"
 fi
 
 say "gpu_feed.py"

@@ -58,6 +58,9 @@ def test_gpu_feed_cpu_fallback(tmp_path: Path) -> None:
     trainer = doc["trainer"][0]
     assert trainer["model"] == "shortcnn-all" and trainer["workers"] == 1
     assert trainer["patches_per_s"] > 0 and trainer["vs_fed"] > 0, trainer
+    # where the epoch's time went: one entry an epoch, timed from the trainer's own events
+    (timing,) = trainer["epoch_timing"]
+    assert timing["steps"] > 0 and timing["seconds"] > 0 and 0 <= timing["first_step_s"] < timing["seconds"], timing
     assert any(t["target"].startswith("trainer") for t in doc["targets"])
     alone = doc["transform_alone"][0]  # the transform by itself, default against the variant that changes it
     assert set(alone["ms_per_batch"]) == {"default", "unfused"} and alone["vs_default"]["default"] == 1.0, alone
