@@ -271,7 +271,6 @@ def train_seeds(cfg: TrainConfig, seeds: Sequence[int],
 
 # -- everything below is called by the loop above: setup, evaluation, bookkeeping ------------------
 
-#: Loss names that mean single-label softmax cross-entropy (refused: the task is multi-label).
 #: Seconds between two copies of the training loss to the host for the progress callback.
 LOSS_EVERY_S = 0.25
 
