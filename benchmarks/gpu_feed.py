@@ -102,7 +102,7 @@ MODES = ("deterministic", "fast")
 GPU_MODELS = ("shortcnn-all", "resnet18", "resnet50", "inception-v3")
 GPU_WORKERS = (0, 4, 8, 12)
 #: A/B variants of the loader (``--variants``), each measured in the same rows as the default.
-VARIANTS = ("no-overlap", "thread", "nchw-upsample", "unfused", "session6", "no-graph", "per-key-copy")
+VARIANTS = ("no-overlap", "thread", "nchw-upsample", "unfused", "session6", "no-graph", "per-key-copy", "priority")
 
 
 # -- plumbing: time budget, alarms, JSON after every measurement -------------------------
@@ -541,11 +541,14 @@ def fed_against_ceiling(model: Trainee, sources: dict[str, Iterator[Any]], batch
     host: dict[str, list[float]] = {name: [] for name in sources}
 
     def feeder(name: str, batches: Iterator[Any]) -> Callable[[], int]:
+        stream = getattr(batches, "stream", None)  # PriorityFed: next() and the step on its stream
+
         def step() -> int:
-            t = time.perf_counter()
-            b = next(batches)
-            host[name].append(time.perf_counter() - t)
-            return model.step(b["image"], b["label"])
+            with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+                t = time.perf_counter()
+                b = next(batches)
+                host[name].append(time.perf_counter() - t)
+                return model.step(b["image"], b["label"])
         return step
 
     steps: dict[str, Callable[[], int]] = {"ceiling": lambda: model.step(x, y)}
@@ -610,6 +613,31 @@ def profile_fed(model: Trainee, batches: Iterator[Any] | None, steps: int, trace
 
 
 # -- variants of the fed loop (A/B of a candidate change, on the same store and run) -----
+
+
+class PriorityFed:
+    """Variant ``priority``: the batches taken, and the training step run, on a CUDA stream of
+    higher priority than the loader's copy and transform streams (which have torch's default
+    priority, the lowest). Why: session 12's profile showed the transform's ~1 ms of kernels a
+    256-patch batch competing with shortcnn-all's step for the GPU's SMs rather than filling
+    its gaps; with a lower priority its blocks would run only where the step leaves SMs idle.
+    On the CPU there are no streams: the same batches and step as the plain loop.
+
+    Interleaved slices end with a device synchronisation (:func:`timed`), so switching between
+    this stream and the default one never races on the model's parameters."""
+
+    def __init__(self, batches: Iterator[Any], device: torch.device) -> None:
+        self.batches = batches
+        self.stream = torch.cuda.Stream(device=device, priority=-1) if device.type == "cuda" else None
+
+    def __iter__(self) -> "PriorityFed":
+        return self
+
+    def __next__(self) -> Any:
+        return next(self.batches)
+
+    def close(self) -> None:
+        close(self.batches)
 
 
 class ThreadFed:
@@ -853,7 +881,9 @@ def main(argv: list[str] | None = None) -> int:
                              "copy of each group, then copies), 'session6' (both: the transform session 6's "
                              "last run measured), 'no-graph' (every batch transformed eagerly, "
                              "DeviceLoader.graphs=False), 'per-key-copy' (a ring slot copied to the device one "
-                             "key at a time, RingLoader.one_copy=False) []")
+                             "key at a time, RingLoader.one_copy=False), 'priority' (next() and the training step on a "
+                             "high-priority CUDA stream, so the loader's transform gets only the SMs the step "
+                             "leaves idle; PriorityFed) []")
     parser.add_argument("--rounds", type=int, default=3,
                         help="alternating slices of ceiling and fed steps per fed row (interleaved) [3]")
     parser.add_argument("--cpu-ring-workers", default="",
@@ -1033,6 +1063,8 @@ def main(argv: list[str] | None = None) -> int:
                         loader.graphs = False
                     elif variant == "per-key-copy" and hasattr(loader.loader, "one_copy"):
                         loader.loader.one_copy = False
+                    elif variant == "priority":
+                        batches = PriorityFed(batches, device)
                     next(batches)
                     state["variants"][variant] = batches
                 return out

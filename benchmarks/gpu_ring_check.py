@@ -19,6 +19,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 import time
@@ -238,6 +239,23 @@ def main(argv: list[str] | None = None) -> int:
             row.update(equal=False, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=5))
         rows.append(row)
         print(f"{name}: {'equal' if row['equal'] else 'DIFFERENT ' + str(row.get('error') or row.get('epochs'))}")
+    # the consumer on a stream of its own, of high priority (gpu_feed's variant 'priority'): the
+    # ring's copies and the transform's side stream hand their batches to the stream current at
+    # next(), so a loop on another stream gets the same batches
+    row = {"case": "s2 all normalized, consumer on a high-priority stream", "device": str(device), "workers": 4}
+    try:
+        ds = BigEarthNetDataset(v1, normalize=True)
+        reference = make_loader(ds, 32, True, 0, seed=4, device=device, engine="dataloader")
+        reference.overlap = False
+        stream = torch.cuda.Stream(device=device, priority=-1) if device.type == "cuda" else None
+        with make_loader(ds, 32, True, 4, seed=4, device=device, engine="ring") as ring:
+            with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+                got = on_host(ring)
+        row.update(compare(on_host(reference), got))
+    except Exception as exc:
+        row.update(equal=False, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=5))
+    rows.append(row)
+    print(f"{row['case']}: {'equal' if row['equal'] else 'DIFFERENT ' + str(row.get('error') or row.get('why'))}")
     # raw slots under a distributed sampler (rank 1 of 2), copied to the device
     row = {"case": "raw ring, DistributedSampler rank 1 of 2", "device": str(device), "workers": 2}
     try:

@@ -24,7 +24,7 @@ def run_script(name: str, *args: str, timeout: float = 240) -> subprocess.Comple
 def test_gpu_feed_cpu_fallback(tmp_path: Path) -> None:
     out = tmp_path / "gpu_feed.json"
     proc = run_script("gpu_feed.py", "--cpu", "--workdir", str(tmp_path), "--patches", "64", "--batch-size", "8",
-                      "--workers", "0,1", "--fed-workers", "1", "--rounds", "2", "--variants", "no-overlap,unfused",
+                      "--workers", "0,1", "--fed-workers", "1", "--rounds", "2", "--variants", "no-overlap,unfused,priority",
                       "--cpu-ring-workers", "1", "--models", "shortcnn-all", "--seconds", "0.1", "--warmup", "1",
                       "--trainer-model", "shortcnn-all", "--trainer-workers", "1", "--trainer-epochs", "1",
                       "--h2d-copies", "2", "--profile-steps", "2", "--augment-workers", "1", "--graphs",
@@ -47,6 +47,8 @@ def test_gpu_feed_cpu_fallback(tmp_path: Path) -> None:
     assert all(len(r["ceiling_run"]["slices"]) == 2 and len(r["fed_run"]["slices"]) == 2 for r in fed), fed
     variant = doc["variants"][0]
     assert variant["variant"] == "no-overlap" and variant["fed"] > 0 and variant["vs_base"] > 0
+    assert [v["variant"] for v in doc["variants"]] == ["no-overlap", "unfused", "priority"]
+    assert all(v["fed"] > 0 for v in doc["variants"]), doc["variants"]
     assert doc["ring_cpu"][0]["workers"] == 1 and doc["ring_cpu"][0]["patches_per_s"] > 0
     assert doc["cpu_topology"]["allowed"]
     assert all(r["next_ms"] > 0 and r["step_ms"] >= r["next_ms"] and r["vs_transformed"] > 0 for r in fed), fed
