@@ -102,7 +102,8 @@ MODES = ("deterministic", "fast")
 GPU_MODELS = ("shortcnn-all", "resnet18", "resnet50", "inception-v3")
 GPU_WORKERS = (0, 4, 8, 12)
 #: A/B variants of the loader (``--variants``), each measured in the same rows as the default.
-VARIANTS = ("no-overlap", "thread", "nchw-upsample", "unfused", "session6", "no-graph", "per-key-copy", "priority")
+VARIANTS = ("no-overlap", "thread", "nchw-upsample", "unfused", "session6", "no-graph", "per-key-copy", "priority",
+            "compiled")
 
 
 # -- plumbing: time budget, alarms, JSON after every measurement -------------------------
@@ -384,7 +385,7 @@ def interleaved_transforms(transforms: dict[str, Any], on_device: dict[str, torc
 #: The transform's switches per variant that changes it (``--variants``).
 TRANSFORM_VARIANTS: dict[str, dict[str, bool]] = {
     "default": {}, "unfused": {"fused": False}, "nchw-upsample": {"planes": False},
-    "session6": {"fused": False, "planes": False},
+    "session6": {"fused": False, "planes": False}, "compiled": {"compiled": True},
 }
 
 
@@ -401,9 +402,12 @@ def transform_alone(store: Path, device: torch.device, batch: int, variants: lis
             setattr(transforms[name], switch, value)
     runs = interleaved_transforms(transforms, native_batch(ds, batch, device), device, warmup, seconds, rounds)
     base = runs["default"]["seconds"] / runs["default"]["steps"]
-    return {"ms_per_batch": {n: r["ms_per_batch"] for n, r in runs.items()},
-            "vs_default": {n: round(r["seconds"] / r["steps"] / base, 3) for n, r in runs.items()},
-            "slices": {n: r["slices"] for n, r in runs.items()}}
+    out = {"ms_per_batch": {n: r["ms_per_batch"] for n, r in runs.items()},
+           "vs_default": {n: round(r["seconds"] / r["steps"] / base, 3) for n, r in runs.items()},
+           "slices": {n: r["slices"] for n, r in runs.items()}}
+    if "compiled" in transforms:  # False: compilation failed and the transform went eager (a warning said why)
+        out["compiled_stayed_on"] = bool(transforms["compiled"].compiled)
+    return out
 
 
 def ring_raw(store: Path, device: torch.device, batch: int, workers: int, warmup: int, seconds: float,
@@ -883,7 +887,9 @@ def main(argv: list[str] | None = None) -> int:
                              "DeviceLoader.graphs=False), 'per-key-copy' (a ring slot copied to the device one "
                              "key at a time, RingLoader.one_copy=False), 'priority' (next() and the training step on a "
                              "high-priority CUDA stream, so the loader's transform gets only the SMs the step "
-                             "leaves idle; PriorityFed) []")
+                             "leaves idle; PriorityFed), 'compiled' (the image by one torch.compile'd function, "
+                             "BatchTransform.compiled=True: a few fused kernels instead of ~15 passes; its first "
+                             "batch compiles) []")
     parser.add_argument("--rounds", type=int, default=3,
                         help="alternating slices of ceiling and fed steps per fed row (interleaved) [3]")
     parser.add_argument("--cpu-ring-workers", default="",
@@ -988,7 +994,7 @@ def main(argv: list[str] | None = None) -> int:
         rec.measure("transform_alone", {"batch": batch, "variants": ["default", *[v for v in variants
                                                                                  if v in TRANSFORM_VARIANTS]]},
                     lambda: transform_alone(store, device, batch, variants, warmup, seconds, args.rounds),
-                    slice_s, alarm_s)
+                    slice_s, alarm_s + (90 if "compiled" in variants else 0))  # its first batch compiles
     for w in csv(args.augment_workers, int) if args.augment_workers else []:
         rec.measure("augment", {"workers": w, "augment": "flip-rot90"},
                     lambda w=w: augment_cost(store, device, batch, w, warmup, seconds, args.rounds),
@@ -1056,6 +1062,8 @@ def main(argv: list[str] | None = None) -> int:
                     elif variant in TRANSFORM_VARIANTS and loader.transform is not None:
                         for switch, value in TRANSFORM_VARIANTS[variant].items():
                             setattr(loader.transform, switch, value)
+                        if variant == "compiled":
+                            loader.graphs = False  # a graph capture cannot hold a first compilation
                     elif variant == "thread":
                         loader.graphs = False  # the thread's stream is not the one the step runs on
                         batches = ThreadFed(batches, device)
@@ -1068,7 +1076,8 @@ def main(argv: list[str] | None = None) -> int:
                     next(batches)
                     state["variants"][variant] = batches
                 return out
-            rec.measure("loaders", {"workers": w, "mode": mode}, open_loader, slice_s, alarm_s)
+            rec.measure("loaders", {"workers": w, "mode": mode}, open_loader, slice_s,
+                        alarm_s + (90 if "compiled" in with_variants else 0))  # a variant's first batch may compile
             if "batches" not in state:
                 continue
             try:

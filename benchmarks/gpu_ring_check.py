@@ -321,6 +321,29 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{row['case']}: {row}")
     rows.append(trainer_syncs(v1, args.workdir, device))
     print(f"{rows[-1]['case']}: {'none' if rows[-1]['equal'] else rows[-1].get('syncs') or rows[-1].get('error')}")
+    save(complete=False)
+    # last, as its first compilations take the most time (a timeout loses only this row).
+    # Informational (not part of the contract): BatchTransform.compiled (torch.compile of
+    # model_ready_image, gpu_feed's variant 'compiled') against the eager transform; the same
+    # float32 operations in another order, so the last bit may differ
+    row = {"case": "compiled transform against eager (informational)", "device": str(device)}
+    try:
+        results = []
+        for kwargs in ({"normalize": True}, {"bands": ["B09", "B03", "B8A"], "resample": "bicubic"}):
+            ds = BigEarthNetDataset(v1, **kwargs)
+            eager, compiled = ds.batch_transform(device), ds.batch_transform(device)
+            compiled.compiled = True
+            batch = ds.__getitems__(list(range(32)))
+            a, b = eager(batch)["image"].cpu(), compiled(batch)["image"].cpu()
+            results.append({"kwargs": str(kwargs), "compiled_stayed_on": bool(compiled.compiled),
+                            "bit_equal": torch.equal(a, b),
+                            "max_abs_diff": (a.double() - b.double()).abs().max().item(),
+                            "max_abs": a.abs().max().item()})
+        row.update(results=results, equal=True)
+    except Exception as exc:
+        row.update(equal=True, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=5))
+    rows.append(row)
+    print(f"{row['case']}: {row.get('results') or row.get('error')}")
     ok = save(complete=True)
     print(f"{'all equal' if ok else 'SOME DIFFER'}; wrote {args.out}")
     return 0 if ok else 1

@@ -74,8 +74,9 @@ else
   # augmentation's cost on the GPU (issue #13) at 12 workers. VARIANTS adds A/B loaders at 12
   # workers in the same rows (session 12 ran no-graph,session6: graphs and the fused
   # transform gained nothing in the fed rows, so neither runs by default; the next question
-  # is VARIANTS=priority,session6: does the step on a high-priority stream leave the
-  # transform only the SMs it does not use, and does the thin NCHW kernel overlap better)
+  # is VARIANTS=priority,compiled: does the step on a high-priority stream leave the
+  # transform only the SMs it does not use, and does one torch.compile'd transform, with a
+  # few fused kernels instead of ~15 passes, close shortcnn-all's gap to its ceiling)
   ring_args=()
   feed_args=(--patches 20000 --build-workers "$(nproc)" --seconds 2.4 --rounds 3 --warmup 5 --budget-s "$BUDGET_S"
              --workers 0,4,8,12 --fed-workers 4,8,12 --ring-workers 12 --cpu-ring-workers 4,8,12 --augment-workers 12

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -151,6 +152,50 @@ def _runs(slots: Sequence[int], sources: Sequence[int] | None = None) -> tuple[t
     return tuple((a, b, n) for a, b, n in runs)
 
 
+def model_ready_image(groups: Sequence[torch.Tensor], keeps: Sequence[Sequence[int]],
+                      norms: Sequence[tuple[torch.Tensor, torch.Tensor]] | None,
+                      order: Sequence[tuple[int, int]], resample: str = "bilinear",
+                      align_corners: bool = False) -> torch.Tensor:
+    """The model-ready image in plain torch operations, for ``torch.compile`` to fuse into a
+    few kernels (:attr:`BatchTransform.compiled`): each stored group (B, c, h, w), uint16 or
+    float32, keeps its channels ``keeps[g]``, is cast to float32, normalised as
+    ``(x - mean) / std`` with ``norms[g]`` (each (1, kept, 1, 1); None: no normalisation) and
+    resampled to 120x120 by ``F.interpolate``; output channel k is kept channel
+    ``order[k][1]`` of group ``order[k][0]``. Returns (B, C, 120, 120) float32.
+
+    Eager, it gives :meth:`BatchTransform.image`'s values (tested on the CPU); compiled, the
+    last bit may differ (another order of the same float32 operations)."""
+    planes: list[torch.Tensor] = []
+    for g, x in enumerate(groups):
+        keep = list(keeps[g])
+        if len(keep) != x.shape[1]:
+            x = x[:, keep]
+        if x.dtype == torch.uint16:  # through int16, which every backend has: the same values
+            y = x.view(torch.int16).to(torch.int32).bitwise_and(0xFFFF).to(torch.float32)
+        else:
+            y = x.to(torch.float32)
+        if norms is not None:
+            y = (y - norms[g][0]) / norms[g][1]
+        if y.shape[-1] != PATCH_SIDE or y.shape[-2] != PATCH_SIDE:
+            y = F.interpolate(y, size=(PATCH_SIDE, PATCH_SIDE), mode=resample,
+                              align_corners=None if resample == "nearest" else align_corners)
+        planes.append(y)
+    return torch.cat([planes[g][:, k:k + 1] for g, k in order], dim=1)
+
+
+_compiled_image: Callable[..., torch.Tensor] | None = None
+
+
+def compiled_model_ready_image() -> Callable[..., torch.Tensor]:
+    """:func:`model_ready_image` through ``torch.compile`` (fixed shapes: each batch size
+    compiles once, the first call of each takes seconds); one per process, so every
+    transform of the same bands shares its kernels."""
+    global _compiled_image
+    if _compiled_image is None:
+        _compiled_image = torch.compile(model_ready_image, fullgraph=True, dynamic=False)
+    return _compiled_image
+
+
 _pool: tuple[int, int, concurrent.futures.ThreadPoolExecutor] | None = None
 
 
@@ -201,7 +246,11 @@ class BatchTransform:
     planes, :func:`_upsample_bilinear_planes`) and ``fused`` (default True: fewer passes over
     device memory, :meth:`_image_rows_fused`). ``fused`` does not change the bits; whether
     ``planes`` does on CUDA (its kernel computes the same expression in another layout) is
-    reported by ``benchmarks/gpu_ring_check.py``.
+    reported by ``benchmarks/gpu_ring_check.py``. A third, ``compiled`` (default False; CUDA
+    only, without augmentation), makes the image with :func:`model_ready_image` through
+    ``torch.compile``: one or two fused kernels instead of about 15 passes, the last bit
+    possibly different; an experiment for ``benchmarks/gpu_feed.py`` (variant ``compiled``),
+    unmeasured on a GPU. A compilation that fails turns it off with one warning.
     """
 
     def __init__(self, bands: Sequence[str], device: str | torch.device = "cpu",
@@ -215,6 +264,7 @@ class BatchTransform:
         self.resample, self.align_corners = resample, bool(align_corners)
         self.planes = True  # CUDA bilinear on the B*C planes (False: the NCHW kernel; an A/B switch)
         self.fused = True  # off the CPU, fewer passes over memory (False: session 6's passes; an A/B switch)
+        self.compiled = False  # CUDA: the image by one torch.compile'd function (an A/B switch, unmeasured)
         self._cast_in_kernel = True  # uint16 read by the first arithmetic kernel (until a device refuses)
         self.augment, self.seed, self.epoch = check_augment(augment), int(seed), 0
         self.groups = band_groups_for(self.bands)
@@ -235,6 +285,11 @@ class BatchTransform:
             self._runs[group] = _runs(slots)
             self._stored_runs[group] = tuple((first, slot, count, keep.index(first))
                                              for first, slot, count in _runs(slots, keep))
+        # for model_ready_image: each group's kept channels, and (group, kept channel) per output channel
+        self._keeps = tuple(tuple(c for c, name in enumerate(CHANNEL_GROUPS[group][1]) if name in self.bands)
+                            for group, _, _ in self._plan)
+        by_slot = {slot: (g, k) for g, (_, _, slots) in enumerate(self._plan) for k, slot in enumerate(slots)}
+        self._order = tuple(by_slot[slot] for slot in range(len(self.bands)))
         if (mean is None) != (std is None):
             raise InvalidArgumentError("give both mean and std, or neither")
         self._norm: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
@@ -274,6 +329,10 @@ class BatchTransform:
         as a single-threaded loader worker computes it (see :func:`_upsample`), so the bits
         do not depend on the thread or worker count."""
         size = int(torch.as_tensor(batch["index"]).shape[0])
+        if self.compiled and self.device.type == "cuda" and not (codes is not None and codes.any()):
+            made = self._compiled_image(batch)
+            if made is not None:
+                return made if out is None else out.copy_(made)
         image = torch.empty(self.image_shape(size), dtype=torch.float32, device=self.device) if out is None else out
         threads = torch.get_num_threads()
         if self.device.type != "cpu" or threads == 1 or size < 2:
@@ -290,6 +349,21 @@ class BatchTransform:
         finally:
             torch.set_num_threads(threads)
         return image
+
+    def _compiled_image(self, batch: Batch) -> torch.Tensor | None:
+        """:func:`model_ready_image` of ``batch`` compiled (:attr:`compiled`), or None after
+        turning ``compiled`` off with a warning when compilation fails (no Triton, say)."""
+        groups = [torch.as_tensor(batch[group]).to(self.device, non_blocking=True) for group, _, _ in self._plan]
+        norms = None if self._norm is None else [self._norm[group] for group, _, _ in self._plan]
+        try:
+            return compiled_model_ready_image()(groups, self._keeps, norms, self._order, self.resample,
+                                                self.align_corners)
+        except Exception as exc:  # torch.compile's errors have no common base class
+            self.compiled = False
+            warnings.warn(f"BatchTransform.compiled turned off: torch.compile failed ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''}); batches are made eagerly",
+                          RuntimeWarning, stacklevel=3)
+            return None
 
     def _image_rows(self, batch: Batch, image: torch.Tensor, codes: np.ndarray | None) -> torch.Tensor:
         """:meth:`image` of the rows of ``batch`` (band groups only) into ``image``."""

@@ -257,6 +257,56 @@ def test_fused_device_path_gives_the_same_bits(data, b: int, normalize: bool, au
     assert torch.equal(got, _session6_image(transform, batch, codes)), (bands, normalize, augment, resample)
 
 
+@settings(max_examples=40, deadline=None)
+@given(data=st.data(), b=st.integers(1, 4), normalize=st.booleans(), align=st.booleans(),
+       resample=st.sampled_from(["bilinear", "nearest", "bicubic"]))
+def test_model_ready_image_gives_the_transforms_values(data, b: int, normalize: bool, align: bool,
+                                                       resample: str) -> None:
+    """``model_ready_image``, the plain-torch form that ``BatchTransform.compiled`` hands to
+    ``torch.compile`` on CUDA, gives the transform's image bit for bit when run eagerly, for
+    any band list and order, normalisation and resampling: compiling may change only the
+    order of the same float32 operations."""
+    from benzarr.transform import CHANNEL_GROUPS, BatchTransform, model_ready_image
+
+    bands = data.draw(st.lists(st.sampled_from(ALL_CHANNELS), min_size=1, max_size=14, unique=True))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    mean = (rng.random(len(bands)) * 2000).tolist() if normalize else None
+    std = (rng.random(len(bands)) * 900 + 100).tolist() if normalize else None
+    transform = BatchTransform(bands, "cpu", mean, std, resample=resample, align_corners=align)
+    batch: dict = {"index": torch.arange(b, dtype=torch.int64)}
+    for group in transform.groups:
+        _, names, side = CHANNEL_GROUPS[group]
+        shape = (b, len(names), side, side)
+        batch[group] = (torch.from_numpy((rng.random(shape) * 40 - 25).astype(np.float32)) if group == "s1"
+                        else torch.from_numpy(rng.integers(0, 65536, shape, dtype=np.uint16)))
+    groups = [batch[group] for group, _, _ in transform._plan]
+    norms = None if transform._norm is None else [transform._norm[group] for group, _, _ in transform._plan]
+    got = model_ready_image(groups, transform._keeps, norms, transform._order, resample, align)
+    assert torch.equal(got, transform.image(batch)), (bands, normalize, resample, align)
+
+
+def test_a_failed_compilation_turns_compiled_off_with_one_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``BatchTransform.compiled`` where ``torch.compile`` fails (no Triton on the node, say):
+    one warning naming the failure, ``compiled`` off, and the caller makes the batch eagerly."""
+    import benzarr.transform as transform_module
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("Cannot find a working triton installation\nmore detail")
+
+    monkeypatch.setattr(transform_module, "compiled_model_ready_image", lambda: failing)
+    transform = transform_module.BatchTransform(["B02", "B05"], "cpu")
+    transform.compiled = True
+    batch = {"index": torch.arange(2), "10m": torch.zeros((2, 4, 120, 120), dtype=torch.uint16),
+             "20m": torch.zeros((2, 6, 60, 60), dtype=torch.uint16)}
+    with pytest.warns(RuntimeWarning, match="compiled turned off: torch.compile failed "
+                                            r"\(RuntimeError: Cannot find a working triton installation\)"):
+        assert transform._compiled_image(batch) is None
+    assert transform.compiled is False
+    # on the CPU the switch is never used: the image is the eager one
+    transform.compiled = True
+    assert torch.equal(transform.image(batch), torch.zeros((2, 2, 120, 120)))
+
+
 def test_fused_path_widens_first_where_a_device_has_no_uint16_kernel() -> None:
     """A device whose kernels refuse uint16 (the fallback ``_cast_normalize`` keeps) gets the
     same bits by widening first, and stops trying after the first refusal."""
