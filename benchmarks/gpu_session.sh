@@ -52,7 +52,8 @@ if [ "${QUICK:-0}" = 1 ]; then
   ring_args=(--device cpu)
   feed_args=(--cpu --patches 96 --batch-size 16 --workers 0,1 --fed-workers 1 --models shortcnn-all --seconds 0.3
              --warmup 1 --trainer-model shortcnn-all --trainer-workers 1 --trainer-epochs 1 --h2d-copies 2
-             --profile-steps 2 --variants no-overlap,thread,nchw-upsample,unfused,session6,no-graph,per-key-copy --cpu-ring-workers 1
+             --profile-steps 2 --variants no-overlap,thread,nchw-upsample,unfused,session6,no-graph,per-key-copy,priority,compiled
+             --cpu-ring-workers 1
              --augment-workers 1)
 elif [ "${PHASE:-full}" = diagnose ]; then
   # session 6's first run: where the fed/ceiling gap and the 4 -> 8 worker scaling come
