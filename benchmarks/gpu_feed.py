@@ -977,6 +977,7 @@ def main(argv: list[str] | None = None) -> int:
     rec.save()
     slice_s = seconds + 2.0            # a measurement's typical wall time beyond its timed slice
     alarm_s = max(60.0, 10 * seconds + 40)
+    compile_s = 90.0 if "compiled" in variants else 0.0  # the compiled transform's first batch compiles
 
     # 1. raw host-to-device bandwidth
     h2d = rec.measure("h2d", {"what": "41 MB copy"},
@@ -994,7 +995,7 @@ def main(argv: list[str] | None = None) -> int:
         rec.measure("transform_alone", {"batch": batch, "variants": ["default", *[v for v in variants
                                                                                  if v in TRANSFORM_VARIANTS]]},
                     lambda: transform_alone(store, device, batch, variants, warmup, seconds, args.rounds),
-                    slice_s, alarm_s + (90 if "compiled" in variants else 0))  # its first batch compiles
+                    slice_s, alarm_s + compile_s)
     for w in csv(args.augment_workers, int) if args.augment_workers else []:
         rec.measure("augment", {"workers": w, "augment": "flip-rot90"},
                     lambda w=w: augment_cost(store, device, batch, w, warmup, seconds, args.rounds),
@@ -1077,7 +1078,7 @@ def main(argv: list[str] | None = None) -> int:
                     state["variants"][variant] = batches
                 return out
             rec.measure("loaders", {"workers": w, "mode": mode}, open_loader, slice_s,
-                        alarm_s + (90 if "compiled" in with_variants else 0))  # a variant's first batch may compile
+                        alarm_s + (compile_s if with_variants else 0.0))
             if "batches" not in state:
                 continue
             try:

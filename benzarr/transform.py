@@ -276,18 +276,19 @@ class BatchTransform:
         # channel, first output channel, count, first kept channel)
         self._runs: dict[str, tuple[tuple[int, int, int], ...]] = {}
         self._stored_runs: dict[str, tuple[tuple[int, int, int, int], ...]] = {}
+        keeps: list[tuple[int, ...]] = []  # for model_ready_image: each group's kept channels
         for group in self.groups:
             names = CHANNEL_GROUPS[group][1]
             keep = [c for c, name in enumerate(names) if name in self.bands]
             gather = None if len(keep) == len(names) else torch.tensor(keep, device=self.device)
             slots = [self.bands.index(names[c]) for c in keep]
             self._plan.append((group, gather, slots))
+            keeps.append(tuple(keep))
             self._runs[group] = _runs(slots)
             self._stored_runs[group] = tuple((first, slot, count, keep.index(first))
                                              for first, slot, count in _runs(slots, keep))
         # for model_ready_image: each group's kept channels, and (group, kept channel) per output channel
-        self._keeps = tuple(tuple(c for c, name in enumerate(CHANNEL_GROUPS[group][1]) if name in self.bands)
-                            for group, _, _ in self._plan)
+        self._keeps = tuple(keeps)
         by_slot = {slot: (g, k) for g, (_, _, slots) in enumerate(self._plan) for k, slot in enumerate(slots)}
         self._order = tuple(by_slot[slot] for slot in range(len(self.bands)))
         if (mean is None) != (std is None):
