@@ -163,8 +163,9 @@ def model_ready_image(groups: Sequence[torch.Tensor], keeps: Sequence[Sequence[i
     resampled to 120x120 by ``F.interpolate``; output channel k is kept channel
     ``order[k][1]`` of group ``order[k][0]``. Returns (B, C, 120, 120) float32.
 
-    Eager, it gives :meth:`BatchTransform.image`'s values (tested on the CPU); compiled, the
-    last bit may differ (another order of the same float32 operations)."""
+    Eager on one intra-op thread, it gives :meth:`BatchTransform.image`'s values (tested on
+    the CPU; see :func:`_upsample` for why one thread); compiled, the last bit may differ
+    (another order of the same float32 operations)."""
     planes: list[torch.Tensor] = []
     for g, x in enumerate(groups):
         keep = list(keeps[g])

@@ -263,9 +263,9 @@ def test_fused_device_path_gives_the_same_bits(data, b: int, normalize: bool, au
 def test_model_ready_image_gives_the_transforms_values(data, b: int, normalize: bool, align: bool,
                                                        resample: str) -> None:
     """``model_ready_image``, the plain-torch form that ``BatchTransform.compiled`` hands to
-    ``torch.compile`` on CUDA, gives the transform's image bit for bit when run eagerly, for
-    any band list and order, normalisation and resampling: compiling may change only the
-    order of the same float32 operations."""
+    ``torch.compile`` on CUDA, gives the transform's image bit for bit when run eagerly (on
+    one thread, as the transform's CPU path), for any band list and order, normalisation and
+    resampling: compiling may change only the order of the same float32 operations."""
     from benzarr.transform import CHANNEL_GROUPS, BatchTransform, model_ready_image
 
     bands = data.draw(st.lists(st.sampled_from(ALL_CHANNELS), min_size=1, max_size=14, unique=True))
@@ -281,7 +281,14 @@ def test_model_ready_image_gives_the_transforms_values(data, b: int, normalize: 
                         else torch.from_numpy(rng.integers(0, 65536, shape, dtype=np.uint16)))
     groups = [batch[group] for group, _, _ in transform._plan]
     norms = None if transform._norm is None else [transform._norm[group] for group, _, _ in transform._plan]
-    got = model_ready_image(groups, transform._keeps, norms, transform._order, resample, align)
+    # on one intra-op thread, as the transform runs F.interpolate on the CPU: torch splits a
+    # multi-threaded upsampling at points whose last bit depends on the thread count
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        got = model_ready_image(groups, transform._keeps, norms, transform._order, resample, align)
+    finally:
+        torch.set_num_threads(threads)
     assert torch.equal(got, transform.image(batch)), (bands, normalize, resample, align)
 
 
