@@ -1076,6 +1076,7 @@ def main(argv: list[str] | None = None) -> int:
                         batches = PriorityFed(batches, device)
                     next(batches)
                     state["variants"][variant] = batches
+                    state.setdefault("variant_transforms", {})[variant] = loader.transform
                 return out
             rec.measure("loaders", {"workers": w, "mode": mode}, open_loader, slice_s,
                         alarm_s + (compile_s if with_variants else 0.0))
@@ -1105,6 +1106,10 @@ def main(argv: list[str] | None = None) -> int:
                                 "ratio": round(t["patches_per_s"] / r["ceiling"], 3),
                                 "vs_base": round(t["patches_per_s"] / r["fed"]["patches_per_s"], 3),
                                 "next_ms": t["next_ms"], "step_ms": t["step_ms"], "fed_run": t})
+                            if variant == "compiled":  # False: compilation failed, the rows ran eagerly
+                                transform = state.get("variant_transforms", {}).get(variant)
+                                payload["variants"][-1]["compiled_stayed_on"] = bool(getattr(transform, "compiled",
+                                                                                             False))
                         return out
                     rec.measure("models", {"model": name, "mode": mode, "workers": w}, run_fed,
                                 seconds * (2 + len(state["variants"])) + 3, alarm_s)
