@@ -18,6 +18,10 @@
 # run (BUDGET_S=400, two variants) took 425 s of command time, about 30 s more held; its
 # PHASE=trainer run 202 s.
 #
+# PHASE=transform is the short run for the question session 12 left (compiled transform and
+# high-priority step against the default, for shortcnn-all and resnet18): BUDGET_S=240 and
+# timeout_s 330 fit it.
+#
 # BUDGET_S (default 420) bounds gpu_feed.py, its store build included. QUICK=1 runs tiny
 # sizes on any machine (CPU fallback, no wheels installed, PYTHON=python3 by default): a check
 # of this script before spending GPU time, e.g. QUICK=1 PYTHON=.venv/bin/python bash benchmarks/gpu_session.sh
@@ -62,6 +66,15 @@ elif [ "${PHASE:-full}" = diagnose ]; then
   feed_args=(--patches 20000 --build-workers "$(nproc)" --seconds 2.5 --warmup 5 --budget-s "$BUDGET_S"
              --modes deterministic --workers 4,8,12 --ring-workers 12 --cpu-ring-workers 1,4,8,12
              --variants thread --trainer-model none --profile-steps 3)
+elif [ "${PHASE:-full}" = transform ]; then
+  # the short question session 12 left (about 5 minutes): the two models short of 0.95 of
+  # their ceiling, at 12 workers, deterministic, fed by the default loader and, interleaved in
+  # the same rows, by the compiled transform, the step on a high-priority stream and session
+  # 6's transform; the transform alone; no trainer
+  ring_args=()
+  feed_args=(--patches 20000 --build-workers "$(nproc)" --seconds 2.4 --rounds 3 --warmup 5 --budget-s "$BUDGET_S"
+             --models shortcnn-all,resnet18 --modes deterministic --workers 12 --fed-workers 12 --ring-workers 12
+             --variants priority,compiled,session6 --trainer-model none --profile-steps 3)
 elif [ "${PHASE:-full}" = trainer ]; then
   # session 12's second run: where the trainer's epoch loses time against the bare fed loop
   # (per-epoch timing: first step, steady rate, host gaps), both modes, 3 epochs, no ring check
