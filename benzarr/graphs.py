@@ -32,8 +32,9 @@ How, and what keeps it correct:
   model-and-mode pairs, interleaved). ``DeviceLoader.graphs = True`` or
   ``BENZARR_CUDA_GRAPHS=1`` turns it on (:func:`benzarr.data.cuda_graphs_default`).
 * **Only where it applies.** Batches of the size the graphs were made for (the last, short
-  batch of an epoch is eager) and no augmentation (its flips and rotations differ per row
-  and batch). A capture that fails turns graphs off for this loader with one warning; the
+  batch of an epoch is eager), no augmentation (its flips and rotations differ per row
+  and batch) and no compiled transform (``BatchTransform.compiled``: already fused, and its
+  first call compiles, which no capture can hold). A capture that fails turns graphs off for this loader with one warning; the
   batches are then made eagerly, as before. So are batches whose static images would take
   more than :data:`MEMORY_SHARE` of the GPU's memory.
 """
@@ -165,7 +166,9 @@ class GraphedTransform:
 
     def __call__(self, batch: Batch) -> Batch:
         transform = self.transform
-        if self.disabled is not None or transform.augment != "none":
+        # augmentation differs per batch; a compiled transform (BatchTransform.compiled) is
+        # already a few fused kernels, and its first call compiles, which no capture can hold
+        if self.disabled is not None or transform.augment != "none" or getattr(transform, "compiled", False):
             return transform(batch)
         shapes = {group: tuple(batch[group].shape) for group in transform.groups}
         if self._shapes is None and self.batch_size in (None, shapes[transform.groups[0]][0]):

@@ -85,6 +85,12 @@ def test_short_batches_and_augmentation_are_made_the_ordinary_way(synth_store_64
     flips = GraphedTransform(augmenting, capture=eager_capture)
     _same(flips(full), augmenting(full))
     assert flips.captured == 0
+    # a compiled transform is left alone too: its first call compiles, which no capture can hold
+    compiled = ds.batch_transform("cpu")
+    compiled.compiled = True
+    fused = GraphedTransform(compiled, capture=eager_capture)
+    _same(fused(full), transform(full))
+    assert fused.captured == 0
 
 
 def test_a_failed_capture_warns_once_and_batches_stay_right(synth_store_64: Path) -> None:
