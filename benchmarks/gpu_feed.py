@@ -1063,8 +1063,6 @@ def main(argv: list[str] | None = None) -> int:
                     elif variant in TRANSFORM_VARIANTS and loader.transform is not None:
                         for switch, value in TRANSFORM_VARIANTS[variant].items():
                             setattr(loader.transform, switch, value)
-                        if variant == "compiled":
-                            loader.graphs = False  # a graph capture cannot hold a first compilation
                     elif variant == "thread":
                         loader.graphs = False  # the thread's stream is not the one the step runs on
                         batches = ThreadFed(batches, device)
