@@ -168,13 +168,15 @@ def model_ready_image(groups: Sequence[torch.Tensor], keeps: Sequence[Sequence[i
     (another order of the same float32 operations)."""
     planes: list[torch.Tensor] = []
     for g, x in enumerate(groups):
+        # uint16 goes through int16, which has every kernel on every backend (CUDA has no
+        # uint16 indexing): the channels are picked as raw bits, then widened to the same values
+        raw = x.dtype == torch.uint16
+        if raw:
+            x = x.view(torch.int16)
         keep = list(keeps[g])
         if len(keep) != x.shape[1]:
             x = x[:, keep]
-        if x.dtype == torch.uint16:  # through int16, which every backend has: the same values
-            y = x.view(torch.int16).to(torch.int32).bitwise_and(0xFFFF).to(torch.float32)
-        else:
-            y = x.to(torch.float32)
+        y = x.to(torch.int32).bitwise_and(0xFFFF).to(torch.float32) if raw else x.to(torch.float32)
         if norms is not None:
             y = (y - norms[g][0]) / norms[g][1]
         if y.shape[-1] != PATCH_SIDE or y.shape[-2] != PATCH_SIDE:
