@@ -20,7 +20,7 @@
 #
 # PHASE=transform is the short run for the question session 12 left (compiled transform and
 # high-priority step against the default, for shortcnn-all and resnet18): BUDGET_S=240 and
-# timeout_s 330 fit it.
+# timeout_s 420 fit it (the ring check's compiled row may take a minute of its 120 s).
 #
 # BUDGET_S (default 420) bounds gpu_feed.py, its store build included. QUICK=1 runs tiny
 # sizes on any machine (CPU fallback, no wheels installed, PYTHON=python3 by default): a check
