@@ -67,7 +67,7 @@ elif [ "${PHASE:-full}" = diagnose ]; then
              --modes deterministic --workers 4,8,12 --ring-workers 12 --cpu-ring-workers 1,4,8,12
              --variants thread --trainer-model none --profile-steps 3)
 elif [ "${PHASE:-full}" = transform ]; then
-  # the short question session 12 left (about 5 minutes): the two models short of 0.95 of
+  # the short question session 12 left (5 to 7 minutes): the two models short of 0.95 of
   # their ceiling, at 12 workers, deterministic, fed by the default loader and, interleaved in
   # the same rows, by the compiled transform, the step on a high-priority stream and session
   # 6's transform; the transform alone; no trainer
