@@ -78,7 +78,8 @@ elif [ "${PHASE:-full}" = transform ]; then
 elif [ "${PHASE:-full}" = trainer ]; then
   # session 12's second run: where the trainer's epoch loses time against the bare fed loop
   # (per-epoch timing: first step, steady rate, host gaps), both modes, 3 epochs, no ring check
-  ring_args=(skip)
+  ring_args=()
+  ring_check=0
   feed_args=(--patches 20000 --build-workers "$(nproc)" --seconds 2.4 --rounds 2 --warmup 5 --budget-s "$BUDGET_S"
              --models inception-v3 --workers 8 --fed-workers 8 --ring-workers 8 --no-transformed
              --trainer-modes deterministic,fast --trainer-epochs 3)
@@ -97,7 +98,7 @@ else
              --variants "${VARIANTS:-}" --trainer-modes deterministic,fast --trainer-epochs 3 --profile-steps 3)
 fi
 
-if [ "${ring_args[*]:-}" = skip ]; then
+if [ "${ring_check:-1}" = 0 ]; then
   say "gpu_ring_check.py skipped (PHASE=$PHASE)"
   printf '{"cases": []}' >"$OUT/gpu_ring_check.json"
 else
