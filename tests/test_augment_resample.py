@@ -150,6 +150,29 @@ def test_numpy_augmentation_of_uint16_rows_at_band_sizes(side: int, channels: in
     assert torch.equal(torch.from_numpy(augment_numpy(x, code_array, np.float32)), expected)
 
 
+@settings(max_examples=40, deadline=None)
+@given(side=st.sampled_from([1, 2, 3, 20, 60]), middle=st.sampled_from([(), (1,), (3,), (2, 2)]),
+       dtype=st.sampled_from([torch.uint16, torch.int16, torch.float32, torch.int64, torch.uint8]),
+       codes=st.lists(st.integers(0, 7), min_size=1, max_size=9))
+def test_one_gather_equals_each_rows_own_transform(side: int, middle: tuple[int, ...], dtype: torch.dtype,
+                                                   codes: list[int]) -> None:
+    """The device augmentation (one gather through a source-pixel table, whatever the mix of
+    codes) moves every row's values exactly as :func:`apply_code` does: images with any
+    number of planes, masks (B, H, W), every stored dtype, uint16 values above 32,767."""
+    from benzarr.augment import augment_tensor
+
+    rng = np.random.default_rng(side * 100 + len(codes))
+    x = torch.from_numpy(rng.integers(0, 65536, (len(codes), *middle, side, side)).astype(np.int64)).to(dtype)
+    code_array = np.array(codes, dtype=np.uint8)
+    before = x.clone()
+    got = augment_tensor(x, code_array)
+    assert got.dtype == dtype and got.shape == x.shape
+    bits = (lambda t: t.view(torch.int16)) if dtype == torch.uint16 else (lambda t: t)
+    for row, code in enumerate(codes):
+        assert torch.equal(bits(got[row]), bits(apply_code(x[row], code))), (row, code)
+    assert torch.equal(bits(x), bits(before))  # the input is left alone
+
+
 def test_augmentation_names() -> None:
     assert list(AUGMENTATIONS) == ["none", "flip", "flip-rot90"]
 
