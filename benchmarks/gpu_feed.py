@@ -950,7 +950,10 @@ def main(argv: list[str] | None = None) -> int:
                        "amp": "bfloat16 autocast" if amp else False, "channels_last": True,
                        "step": "SGD(lr=1e-3, momentum=0.9), BCEWithLogits on float32 logits",
                        "cpu_fallback": not cuda, "cuda_graphs": graphs_on},
-        "versions": versions(["benzarr", "torch", "torchvision", "numpy", "zarr", "numcodecs"]),
+        "versions": versions(["benzarr", "torch", "torchvision", "numpy", "zarr", "numcodecs", "triton"]),
+        # torch.compile on CUDA (variant "compiled") needs Triton, and Triton builds its launcher
+        # with the host's C compiler: record both, so a run whose compilation fell back says why
+        "c_compiler": next((path for name in ("cc", "gcc", "clang") if (path := shutil.which(name))), None),
         "h2d_gb_per_s": {},
         "loader_alone": [],
         "ring_raw": [],

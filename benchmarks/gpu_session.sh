@@ -70,11 +70,12 @@ elif [ "${PHASE:-full}" = transform ]; then
   # the short question session 12 left (5 to 7 minutes): the two models short of 0.95 of
   # their ceiling, at 12 workers, deterministic, fed by the default loader and, interleaved in
   # the same rows, by the compiled transform, the step on a high-priority stream and session
-  # 6's transform; the transform alone; no trainer
+  # 6's transform; the transform alone; augmentation's cost at 12 workers (issue #13: session
+  # 13's one-gather augmentation, 13 s); no trainer
   ring_args=()
   feed_args=(--patches 20000 --build-workers "$(nproc)" --seconds 2.4 --rounds 3 --warmup 5 --budget-s "$BUDGET_S"
              --models shortcnn-all,resnet18 --modes deterministic --workers 12 --fed-workers 12 --ring-workers 12
-             --variants priority,compiled,session6 --trainer-model none --profile-steps 3)
+             --augment-workers 12 --variants priority,compiled,session6 --trainer-model none --profile-steps 3)
 elif [ "${PHASE:-full}" = trainer ]; then
   # session 12's second run: where the trainer's epoch loses time against the bare fed loop
   # (per-epoch timing: first step, steady rate, host gaps), both modes, 3 epochs, no ring check
