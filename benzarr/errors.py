@@ -171,3 +171,8 @@ class IngestFailedPatchesError(BenzarrError):
 
 class LoaderWorkerError(BenzarrError):
     """A loader worker process died (killed, out of memory) or the batch ring cannot go on."""
+
+
+class PeerRankError(BenzarrError):
+    """Another rank of a multi-process run failed where it worked alone (rank 0 refused the run
+    folder's lock, say): this rank stops too rather than wait for it (:mod:`benzarr.ranks`)."""

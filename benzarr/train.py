@@ -27,6 +27,10 @@ share the default ``runs/<model>-<split>``, say) fails at once and writes nothin
 folder may not be, or lie inside, a store or an archive
 (:func:`benzarr.fsutil.check_outside_datasets`).
 
+Where one rank works alone (the lock, rank 0's outputs, validation and checkpoints), a failure
+stops every rank at once (:meth:`benzarr.ranks.Ranks.together`), also under launchers that do not
+stop the other ranks themselves as torchrun does (srun, mpirun).
+
 The library never prints: progress goes to ``callback(TrainEvent)``.
 """
 
@@ -40,10 +44,10 @@ import os
 import platform
 import random
 import time
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +68,7 @@ from benzarr.lock import run_lock
 from benzarr.losses import create_loss, parse_loss
 from benzarr.metrics import SCALAR_KEYS, MultilabelMetrics, json_friendly
 from benzarr.models import FINETUNE_LEVELS, create_model, get_spec
+from benzarr.ranks import Ranks, end_process_group, start_process_group
 from benzarr.store import Store, open_store
 from benzarr.tb import RunWriter
 from benzarr.train_config import AUGMENTS, OPTIMIZERS, RESAMPLE_MODES, RESUMABLE, SCHEDULERS, TrainConfig, default_out
@@ -173,8 +178,9 @@ def train(cfg: TrainConfig, callback: Callable[[TrainEvent], None] | None = None
     """
     check_config(cfg)
     run_dir = _check_run_dir(cfg)
-    with _run_folder_lock(run_dir):  # before the "holds a run already" check: no one writes in between
-        return _train(cfg, callback)
+    # the lock before the "holds a run already" check: no one writes in between
+    with _ranks_and_lock(cfg, run_dir, lambda: _claim_run_dir(cfg)) as ranks:
+        return _train(cfg, callback, ranks, run_dir)
 
 
 def _check_run_dir(cfg: TrainConfig) -> Path:
@@ -186,24 +192,29 @@ def _check_run_dir(cfg: TrainConfig) -> Path:
     return run_dir
 
 
-def _run_folder_lock(run_dir: Path) -> AbstractContextManager[None]:
-    """The run folder's lock on rank 0 (the one writer); nothing on the other ranks, which would
-    otherwise find rank 0's lock taken."""
-    return run_lock(run_dir) if _rank_before_init() == 0 else nullcontext()
+@contextmanager
+def _ranks_and_lock(cfg: TrainConfig, run_dir: Path, check: Callable[[], object] = lambda: None) -> Iterator[Ranks]:
+    """For the ``with`` block: the process group of a multi-process run (started here unless
+    one is up, ended with the block), this process's :class:`Ranks`, and the run folder's lock
+    on rank 0, the one writer (the other ranks would find it taken), followed by ``check()`` on
+    every rank. A refusal on any rank stops every rank with one line."""
+    with ExitStack() as stack:
+        if start_process_group(cfg.device):
+            stack.callback(end_process_group)
+        ranks = stack.enter_context(Ranks())
+
+        def lock_and_check() -> None:
+            stack.enter_context(run_lock(run_dir) if ranks.rank == 0 else nullcontext())
+            check()
+
+        ranks.together(lock_and_check)
+        yield ranks
 
 
-def _rank_before_init() -> int:
-    """This process's rank as :func:`_init_distributed` will give it, before the process group starts."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0
-    if dist.is_initialized():
-        return dist.get_rank()
-    return int(os.environ.get("RANK", "0"))  # torchrun's, which init_process_group reads too
-
-
-def _train(cfg: TrainConfig, callback: Callable[[TrainEvent], None] | None) -> TrainResult:
+def _train(cfg: TrainConfig, callback: Callable[[TrainEvent], None] | None, ranks: Ranks,
+           run_dir: Path) -> TrainResult:
     """:func:`train` once the run folder is checked and locked."""
-    run = _setup(cfg)                   # process group, seeds, data, model, optimiser, resume, writer
+    run = _setup(cfg, ranks, run_dir)   # seeds, data, model, optimiser, resume, writer
     model, opt, sched, criterion, st = run.model, run.optimizer, run.scheduler, run.criterion, run.state
     loader, emit = run.data.train, callback if run.rank == 0 else None
     try:
@@ -262,7 +273,7 @@ def train_seeds(cfg: TrainConfig, seeds: Sequence[int],
         check_seed(seed, "--seeds")
     out = _check_run_dir(cfg)
     results = []
-    with _run_folder_lock(out):
+    with _ranks_and_lock(cfg, out):
         for seed in seeds:
             run_cb = (lambda event, s=seed: callback(s, event)) if callback else None
             results.append(train(replace(cfg, seed=int(seed), out=str(out / f"seed-{int(seed)}")), run_cb))
@@ -467,7 +478,7 @@ class _Run:
     partial: EpochTally | None = None   # a mid-epoch checkpoint's sums, until its epoch goes on
     writer: Any = None
     tracker: Any = None
-    own_process_group: bool = False
+    ranks: Ranks = field(default_factory=Ranks)  # the run's ranks (one: no process group)
     flags_before: tuple[bool, bool] = (False, False)  # deterministic algorithms, cudnn.benchmark
     started: float = field(default_factory=time.perf_counter)
     best_val: dict[str, Any] | None = None
@@ -498,46 +509,37 @@ class _Run:
                         asdict(self.state), self.config, partial)
 
 
-def _init_distributed(device: str) -> tuple[int, int, int, bool]:
-    """``(rank, world size, local rank, created)``; starts the process group under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if world <= 1:
-        return 0, 1, 0, False
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), local_rank, False
-    use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    # Rank 0 alone evaluates; the others wait in a collective meanwhile, hence the long timeout.
-    dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(hours=2))
-    return dist.get_rank(), dist.get_world_size(), local_rank, True
+def _setup(cfg: TrainConfig, ranks: Ranks, run_dir: Path) -> _Run:
+    """Open data, build the model and optimiser, resume if asked, open the run folder's outputs
+    (rank 0). :func:`train` checked the settings, started the process group and claimed ``run_dir``.
 
-
-def _broadcast_flags(run: _Run, *flags: bool) -> list[bool]:
-    """Rank 0's booleans on every rank (early-stopping decisions)."""
-    if run.world_size == 1:
-        return list(flags)
-    t = torch.tensor([float(f) for f in flags], device=run.device)
-    dist.broadcast(t, src=0)
-    return [bool(v) for v in t.tolist()]
-
-
-def _setup(cfg: TrainConfig) -> _Run:
-    """Check settings, start the process group, open data, build the model and optimiser,
-    resume if asked, open the run folder's outputs (rank 0). :func:`train` checked the settings."""
-    run_dir = _claim_run_dir(cfg)
-    rank, world, local_rank, own_pg = _init_distributed(cfg.device)
-    device = resolve_device(cfg.device, local_rank)
+    The steps a rank may fail alone (rank 0 opens the val and test data and the outputs) are
+    :meth:`Ranks.together`: a failure there stops every rank, none waits in the collectives after."""
+    rank, world = ranks.rank, ranks.world_size
+    device = resolve_device(cfg.device, ranks.local_rank)
     flags_before = _seed_and_set_determinism(cfg)
-    data = _open_data(cfg, device, rank, world)
+    try:
+        data = ranks.together(lambda: _open_data(cfg, device, rank, world))
+    except BaseException:
+        _restore_flags(flags_before)
+        raise
     model, net = _build_model(cfg, data, device, world)
     optimizer, scheduler = _build_optimizer(cfg, net)
     run = _Run(cfg, run_dir, rank, world, device, data, model, net, optimizer, scheduler,
                create_loss(cfg.loss), _run_config(cfg, data, world, device), RunState(),
-               monitor_key(cfg.monitor), own_process_group=own_pg, flags_before=flags_before)
-    if cfg.resume:
-        _resume(run)
-    if rank == 0:
-        _open_outputs(run)
+               monitor_key(cfg.monitor), ranks=ranks, flags_before=flags_before)
+
+    def resume_and_open() -> None:
+        if cfg.resume:
+            _resume(run)
+        if rank == 0:
+            _open_outputs(run)
+
+    try:
+        ranks.together(resume_and_open)
+    except BaseException:
+        _close(run)  # the loaders' workers, the writer, the global flags
+        raise
     return run
 
 
@@ -696,10 +698,14 @@ def _save_mid_epoch(run: _Run, tally: EpochTally) -> None:
         dist.reduce(totals, dst=0)
         loss_sum, seen = totals[0], int(totals[1])
     run.clock()
-    if run.rank == 0:
-        partial = {**tally.state_dict(), "loss_sum": loss_sum.cpu(), "seen": seen,
-                   "loader": run.data.train.state_dict()}
-        run.save("last.pt", partial)
+
+    def save() -> None:  # rank 0 alone; a failure (a full disk) stops every rank
+        if run.rank == 0:
+            partial = {**tally.state_dict(), "loss_sum": loss_sum.cpu(), "seen": seen,
+                       "loader": run.data.train.state_dict()}
+            run.save("last.pt", partial)
+
+    run.ranks.together(save)
 
 
 def _evaluate(run: _Run, loader: DeviceLoader | None, subset: str) -> dict[str, Any] | None:
@@ -753,8 +759,8 @@ def _end_epoch(run: _Run, tally: EpochTally, lr: float, throughput: float) -> di
         "lr": lr, "throughput/patches_per_s": throughput,
     }
     run.clock()
-    improved = False
-    if run.rank == 0:
+
+    def validate_and_save() -> tuple[bool, bool, bool]:  # rank 0 alone
         val = _evaluate(run, run.data.val, "val")
         if val is not None:
             values.update({"val/loss": val["loss"], **{f"val/{k}": val[k] for k in SCALAR_KEYS}})
@@ -765,7 +771,11 @@ def _end_epoch(run: _Run, tally: EpochTally, lr: float, throughput: float) -> di
         if improved:
             run.save("best.pt")
         run.save("last.pt")
-    st.stopped, st.stopped_early = _broadcast_flags(run, st.stopped, st.stopped_early)
+        return improved, st.stopped, st.stopped_early
+
+    # every rank gets rank 0's early-stopping decision, or stops with it if it failed
+    improved, st.stopped, st.stopped_early = run.ranks.together(
+        validate_and_save if run.rank == 0 else lambda: (False, False, False), src=0)
     return {**values, "improved": improved, "best_score": st.best_score, "best_epoch": st.best_epoch}
 
 
@@ -845,10 +855,13 @@ def _close(run: _Run) -> None:
     if run.writer is not None:
         run.writer.close()
         run.writer = None
-    if run.own_process_group and dist.is_initialized():
-        dist.destroy_process_group()
-    torch.use_deterministic_algorithms(run.flags_before[0])
-    torch.backends.cudnn.benchmark = run.flags_before[1]
+    _restore_flags(run.flags_before)
+
+
+def _restore_flags(flags_before: tuple[bool, bool]) -> None:
+    """Deterministic algorithms and cudnn.benchmark as they were before the run."""
+    torch.use_deterministic_algorithms(flags_before[0])
+    torch.backends.cudnn.benchmark = flags_before[1]
 
 
 def write_scores_csv(path: str | Path, metrics: dict[str, Any]) -> Path:

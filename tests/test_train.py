@@ -394,6 +394,37 @@ def test_two_process_data_parallel_run_writes_one_run_folder(store: Path, tmp_pa
     assert proc.stdout.count("epoch 1/1") == 1  # rank 0 alone prints
 
 
+def test_ranks_started_without_torchrun_all_stop_when_rank_0_is_refused(store: Path, tmp_path: Path) -> None:
+    """srun, mpirun or a job script start each rank themselves (RANK, WORLD_SIZE, MASTER_ADDR,
+    MASTER_PORT) and, unlike torchrun, do not stop the others when one fails: rank 0 refused the
+    run folder's lock once left rank 1 waiting for it for two hours. Both now exit 1 at once,
+    rank 1 with one line naming rank 0's error."""
+    import socket
+
+    from benzarr.lock import run_lock
+
+    with socket.socket() as probe:  # a free port for rank 0's rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    cmd = [sys.executable, "-m", "benzarr_cli", "train", str(store), "--split", "strat", "--model", "shortcnn-rgb",
+           "--epochs", "1", "--batch-size", "8", "--device", "cpu", "--out", str(out), "-q"]
+    with run_lock(out):  # another train is writing the run folder
+        ranks = [subprocess.Popen(cmd, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+        try:
+            errors = [rank.communicate(timeout=120)[1] for rank in ranks]
+        finally:
+            for rank in ranks:
+                rank.kill()
+    assert [rank.returncode for rank in ranks] == [1, 1], errors
+    assert errors[0].count("\n") == 1 and "is writing the run folder" in errors[0], errors[0]
+    assert errors[1].count("\n") == 1, errors[1]
+    assert errors[1].startswith("error: rank 0 of 2 failed (RunLockedError: another train") and "rank 1 stops" in errors[1]
+    assert not out.exists()  # our lock made the folder and took it away: neither rank wrote there
+
+
 def test_track_emissions_without_codecarbon_names_the_pip_command(store: Path, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     from benzarr.errors import MissingDependencyError
