@@ -92,10 +92,32 @@ class Ranks:
                                 f"rank {self.rank} stops with it")
         return result if src is None else outcomes[src][1]
 
+    def lost_peer(self, exc: BaseException) -> PeerRankError | None:
+        """A :class:`PeerRankError` for ``exc`` if it is a collective that failed because another
+        rank went away (killed, out of memory, stopped by its own error), else None.
+
+        gloo sees a dead peer at once, as a RuntimeError of a reset or closed connection; NCCL
+        and the rendezvous store raise torch's ``DistError`` kinds. Either way the message
+        torch gives (a path in gloo's sources, a connection's port) does not say what happened.
+        """
+        text = str(exc)
+        lost = isinstance(exc, dist.DistError) or ("gloo" in text and ("onnection" in text or "peer" in text))
+        if self.world_size == 1 or not lost:
+            return None
+        reason = text.split("] ", 1)[-1].split(". ", 1)[0].strip()  # "Read error [addr]:port: Connection reset by peer"
+        return PeerRankError(f"rank {self.rank} of {self.world_size} lost another rank ({reason}): it was killed "
+                             f"or stopped by its own error, which its output shows; rank {self.rank} stops with it")
+
     def _exchange(self, outcome: tuple[str | None, Any]) -> list[tuple[str | None, Any]]:
         """Every rank's ``outcome``, indexed by rank."""
         outcomes: list[Any] = [None] * self.world_size
-        dist.all_gather_object(outcomes, outcome, group=self._group)
+        try:
+            dist.all_gather_object(outcomes, outcome, group=self._group)
+        except RuntimeError as exc:
+            lost = self.lost_peer(exc)
+            if lost is None:
+                raise
+            raise lost from exc
         return outcomes
 
     def close(self) -> None:

@@ -254,6 +254,11 @@ def _train(cfg: TrainConfig, callback: Callable[[TrainEvent], None] | None, rank
             if emit:
                 emit(TrainEvent("epoch_end", epoch, st.step, values=values))
         result = _finish(run)           # test best.pt, metrics.json, scores.csv, hparams
+    except RuntimeError as exc:         # a collective broken by another rank's death: say so in one line
+        lost = ranks.lost_peer(exc)
+        if lost is None:
+            raise
+        raise lost from exc
     finally:
         _close(run)                     # event file, emissions tracker, process group, global flags
     if emit:
@@ -752,15 +757,19 @@ def _end_epoch(run: _Run, tally: EpochTally, lr: float, throughput: float) -> di
     totals = torch.stack([tally.loss_sum.float(), torch.tensor(float(tally.seen), device=run.device)])
     if run.world_size > 1:
         dist.all_reduce(totals)
-    train = _metrics(tally.scores, tally.targets, where=_where(run, "train")) if tally.targets else {}
     values: dict[str, Any] = {
-        "train/loss": float(totals[0] / max(totals[1], 1)),
-        "train/micro_f1": train.get("micro_f1"), "train/macro_f1": train.get("macro_f1"),
+        "train/loss": float(totals[0] / max(totals[1], 1)), "train/micro_f1": None, "train/macro_f1": None,
         "lr": lr, "throughput/patches_per_s": throughput,
     }
-    run.clock()
 
-    def validate_and_save() -> tuple[bool, bool, bool]:  # rank 0 alone
+    def close_epoch() -> tuple[bool, bool, bool]:
+        """Every rank: its train scores (a rank's own batches may hold NaN); rank 0 alone:
+        validate, log, track the best score, checkpoint, decide early stopping."""
+        train = _metrics(tally.scores, tally.targets, where=_where(run, "train")) if tally.targets else {}
+        values.update({"train/micro_f1": train.get("micro_f1"), "train/macro_f1": train.get("macro_f1")})
+        run.clock()
+        if run.rank != 0:
+            return False, False, False
         val = _evaluate(run, run.data.val, "val")
         if val is not None:
             values.update({"val/loss": val["loss"], **{f"val/{k}": val[k] for k in SCALAR_KEYS}})
@@ -774,8 +783,7 @@ def _end_epoch(run: _Run, tally: EpochTally, lr: float, throughput: float) -> di
         return improved, st.stopped, st.stopped_early
 
     # every rank gets rank 0's early-stopping decision, or stops with it if it failed
-    improved, st.stopped, st.stopped_early = run.ranks.together(
-        validate_and_save if run.rank == 0 else lambda: (False, False, False), src=0)
+    improved, st.stopped, st.stopped_early = run.ranks.together(close_epoch, src=0)
     return {**values, "improved": improved, "best_score": st.best_score, "best_epoch": st.best_epoch}
 
 

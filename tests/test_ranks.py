@@ -53,6 +53,45 @@ def test_together_shares_results_and_failures_between_two_ranks(tmp_path: Path) 
                        "PeerRankError: rank 0 of 2 failed (InvalidArgumentError: the disk is full); rank 1 stops with it"]
 
 
+def _rank_that_dies(rank: int, init_file: str, results: multiprocessing.Queue) -> None:
+    """Rank 1 dies without a word after the rendezvous; rank 0 then meets it in an exchange."""
+    import os
+
+    import torch.distributed as dist
+
+    from benzarr.errors import PeerRankError
+    from benzarr.ranks import Ranks
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    ranks = Ranks()
+    ranks.together(lambda: None)  # both are up
+    if rank == 1:
+        os._exit(9)  # killed: no clean-up, no message
+    try:
+        ranks.together(lambda: None)
+        results.put("no error")
+    except PeerRankError as exc:
+        results.put(str(exc))
+    except Exception as exc:  # a RuntimeError torch gives: not mapped
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_a_dead_rank_is_one_clear_error_on_the_others(tmp_path: Path) -> None:
+    """gloo notices a dead peer at once, as a reset connection deep in its sources; the survivor
+    stops with one PeerRankError line that says what happened."""
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    init = str(tmp_path / "rendezvous")
+    ranks = [context.Process(target=_rank_that_dies, args=(r, init, results)) for r in (0, 1)]
+    for process in ranks:
+        process.start()
+    message = results.get(timeout=120)
+    for process in ranks:
+        process.join(timeout=30)
+    assert message.startswith("rank 0 of 2 lost another rank (") and "rank 0 stops with it" in message, message
+    assert "\n" not in message and "pair.cc" not in message, message
+
+
 def test_one_process_runs_the_action_alone() -> None:
     from benzarr.errors import InvalidArgumentError
     from benzarr.ranks import Ranks
