@@ -260,7 +260,7 @@ def _train(cfg: TrainConfig, callback: Callable[[TrainEvent], None] | None, rank
             raise
         raise lost from exc
     finally:
-        _close(run)                     # event file, emissions tracker, process group, global flags
+        _close(run)                     # loaders, event file, emissions tracker, global flags
     if emit:
         emit(TrainEvent("test", st.epoch, st.step, values=result.test))
     return result
@@ -480,10 +480,10 @@ class _Run:
     config: dict[str, Any]              # what config.json and the checkpoints hold
     state: RunState
     monitor: tuple[str, bool]
+    ranks: Ranks                        # this process's rank, and failures shared with the others
     partial: EpochTally | None = None   # a mid-epoch checkpoint's sums, until its epoch goes on
     writer: Any = None
     tracker: Any = None
-    ranks: Ranks = field(default_factory=Ranks)  # the run's ranks (one: no process group)
     flags_before: tuple[bool, bool] = (False, False)  # deterministic algorithms, cudnn.benchmark
     started: float = field(default_factory=time.perf_counter)
     best_val: dict[str, Any] | None = None
