@@ -140,6 +140,12 @@ def augment_tensor(x: torch.Tensor, codes: np.ndarray) -> torch.Tensor:
         return augment_tensor(x.view(torch.int16), codes).view(torch.uint16)
     side = x.shape[-1]
     flat = x.reshape(x.shape[0], -1, side * side)  # (B, planes, H*W)
-    rows = torch.from_numpy(codes.astype(np.int64)).to(x.device, non_blocking=True)
-    sources = _source_pixels(side, x.device).index_select(0, rows).unsqueeze(1)  # (B, 1, H*W)
-    return torch.gather(flat, 2, sources.expand(flat.shape)).view(x.shape)
+    return torch.gather(flat, 2, source_index(codes, side, x.device).expand(flat.shape)).view(x.shape)
+
+
+def source_index(codes: np.ndarray, side: int, device: torch.device) -> torch.Tensor:
+    """(B, 1, side * side) int64 on ``device``: for row b, the flat source pixel of each pixel
+    of a ``side`` x ``side`` plane transformed by ``codes[b]``; ``torch.gather`` along the
+    flattened plane with it (expanded over the planes) applies the transforms."""
+    rows = torch.from_numpy(codes.astype(np.int64)).to(device, non_blocking=True)
+    return _source_pixels(side, device).index_select(0, rows).unsqueeze(1)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benzarr.augment import augment_numpy, augment_tensor, check_augment, transform_codes
+from benzarr.augment import augment_numpy, augment_tensor, check_augment, source_index, transform_codes
 from benzarr.bands import CHANNEL_GROUPS as BAND_CHANNEL_GROUPS
 from benzarr.bands import PATCH_SIDE, band_groups_for, resolve_bands
 from benzarr.errors import InvalidArgumentError
@@ -155,13 +155,16 @@ def _runs(slots: Sequence[int], sources: Sequence[int] | None = None) -> tuple[t
 def model_ready_image(groups: Sequence[torch.Tensor], keeps: Sequence[Sequence[int]],
                       norms: Sequence[tuple[torch.Tensor, torch.Tensor]] | None,
                       order: Sequence[tuple[int, int]], resample: str = "bilinear",
-                      align_corners: bool = False) -> torch.Tensor:
+                      align_corners: bool = False,
+                      sources: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
     """The model-ready image in plain torch operations, for ``torch.compile`` to fuse into a
     few kernels (:attr:`BatchTransform.compiled`): each stored group (B, c, h, w), uint16 or
     float32, keeps its channels ``keeps[g]``, is cast to float32, normalised as
     ``(x - mean) / std`` with ``norms[g]`` (each (1, kept, 1, 1); None: no normalisation) and
     resampled to 120x120 by ``F.interpolate``; output channel k is kept channel
-    ``order[k][1]`` of group ``order[k][0]``. Returns (B, C, 120, 120) float32.
+    ``order[k][1]`` of group ``order[k][0]``. With ``sources`` (per group, (B, 1, h * w) int64:
+    :func:`benzarr.augment.source_index`), each row is first flipped/rotated by a gather of its
+    pixels. Returns (B, C, 120, 120) float32.
 
     Eager on one intra-op thread, it gives :meth:`BatchTransform.image`'s values (tested on
     the CPU; see :func:`_upsample` for why one thread); compiled, the last bit may differ
@@ -173,6 +176,9 @@ def model_ready_image(groups: Sequence[torch.Tensor], keeps: Sequence[Sequence[i
         raw = x.dtype == torch.uint16
         if raw:
             x = x.view(torch.int16)
+        if sources is not None:  # augmentation moves values at native resolution, as the transform does
+            b, c, h, w = x.shape
+            x = torch.gather(x.reshape(b, c, h * w), 2, sources[g].expand(b, c, h * w)).view(b, c, h, w)
         keep = list(keeps[g])
         if len(keep) != x.shape[1]:
             x = x[:, keep]
@@ -250,7 +256,7 @@ class BatchTransform:
     device memory, :meth:`_image_rows_fused`). ``fused`` does not change the bits; whether
     ``planes`` does on CUDA (its kernel computes the same expression in another layout) is
     reported by ``benchmarks/gpu_ring_check.py``. A third, ``compiled`` (default False; CUDA
-    only, without augmentation), makes the image with :func:`model_ready_image` through
+    only), makes the image with :func:`model_ready_image` through
     ``torch.compile``: one or two fused kernels instead of about 15 passes, the last bit
     possibly different; an experiment for ``benchmarks/gpu_feed.py`` (variant ``compiled``),
     unmeasured on a GPU. A compilation that fails turns it off with one warning.
@@ -333,8 +339,8 @@ class BatchTransform:
         as a single-threaded loader worker computes it (see :func:`_upsample`), so the bits
         do not depend on the thread or worker count."""
         size = int(torch.as_tensor(batch["index"]).shape[0])
-        if self.compiled and self.device.type == "cuda" and not (codes is not None and codes.any()):
-            made = self._compiled_image(batch)
+        if self.compiled and self.device.type == "cuda":
+            made = self._compiled_image(batch, codes)
             if made is not None:
                 return made if out is None else out.copy_(made)
         image = torch.empty(self.image_shape(size), dtype=torch.float32, device=self.device) if out is None else out
@@ -354,14 +360,17 @@ class BatchTransform:
             torch.set_num_threads(threads)
         return image
 
-    def _compiled_image(self, batch: Batch) -> torch.Tensor | None:
-        """:func:`model_ready_image` of ``batch`` compiled (:attr:`compiled`), or None after
-        turning ``compiled`` off with a warning when compilation fails (no Triton, say)."""
+    def _compiled_image(self, batch: Batch, codes: np.ndarray | None = None) -> torch.Tensor | None:
+        """:func:`model_ready_image` of ``batch`` compiled (:attr:`compiled`; row b flipped/rotated
+        by ``codes[b]`` when given), or None after turning ``compiled`` off with a warning when
+        compilation fails (no Triton, say)."""
         groups = [torch.as_tensor(batch[group]).to(self.device, non_blocking=True) for group, _, _ in self._plan]
         norms = None if self._norm is None else [self._norm[group] for group, _, _ in self._plan]
+        sources = (None if codes is None or not codes.any()
+                   else [source_index(codes, x.shape[-1], self.device) for x in groups])
         try:
             return compiled_model_ready_image()(groups, self._keeps, norms, self._order, self.resample,
-                                                self.align_corners)
+                                                self.align_corners, sources)
         except Exception as exc:  # torch.compile's errors have no common base class
             self.compiled = False
             warnings.warn(f"BatchTransform.compiled turned off: torch.compile failed ({type(exc).__name__}: "

@@ -282,13 +282,16 @@ def test_fused_device_path_gives_the_same_bits(data, b: int, normalize: bool, au
 
 @settings(max_examples=40, deadline=None)
 @given(data=st.data(), b=st.integers(1, 4), normalize=st.booleans(), align=st.booleans(),
-       resample=st.sampled_from(["bilinear", "nearest", "bicubic"]))
+       resample=st.sampled_from(["bilinear", "nearest", "bicubic"]), augment=st.booleans())
 def test_model_ready_image_gives_the_transforms_values(data, b: int, normalize: bool, align: bool,
-                                                       resample: str) -> None:
+                                                       resample: str, augment: bool) -> None:
     """``model_ready_image``, the plain-torch form that ``BatchTransform.compiled`` hands to
     ``torch.compile`` on CUDA, gives the transform's image bit for bit when run eagerly (on
     one thread, as the transform's CPU path), for any band list and order, normalisation and
-    resampling: compiling may change only the order of the same float32 operations."""
+    resampling, with and without augmentation (a gather of each row's pixels through its
+    transform's source-pixel table): compiling may change only the order of the same float32
+    operations."""
+    from benzarr.augment import source_index
     from benzarr.transform import CHANNEL_GROUPS, BatchTransform, model_ready_image
 
     bands = data.draw(st.lists(st.sampled_from(ALL_CHANNELS), min_size=1, max_size=14, unique=True))
@@ -304,15 +307,17 @@ def test_model_ready_image_gives_the_transforms_values(data, b: int, normalize: 
                         else torch.from_numpy(rng.integers(0, 65536, shape, dtype=np.uint16)))
     groups = [batch[group] for group, _, _ in transform._plan]
     norms = None if transform._norm is None else [transform._norm[group] for group, _, _ in transform._plan]
+    codes = np.array(data.draw(st.lists(st.integers(0, 7), min_size=b, max_size=b)), dtype=np.uint8) if augment else None
+    sources = None if codes is None else [source_index(codes, x.shape[-1], torch.device("cpu")) for x in groups]
     # on one intra-op thread, as the transform runs F.interpolate on the CPU: torch splits a
     # multi-threaded upsampling at points whose last bit depends on the thread count
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        got = model_ready_image(groups, transform._keeps, norms, transform._order, resample, align)
+        got = model_ready_image(groups, transform._keeps, norms, transform._order, resample, align, sources)
     finally:
         torch.set_num_threads(threads)
-    assert torch.equal(got, transform.image(batch)), (bands, normalize, resample, align)
+    assert torch.equal(got, transform.image(batch, codes=codes)), (bands, normalize, resample, align, codes)
 
 
 def test_a_failed_compilation_turns_compiled_off_with_one_warning(monkeypatch: pytest.MonkeyPatch) -> None:
