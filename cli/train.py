@@ -153,7 +153,9 @@ def command(
     deterministic: bool = typer.Option(D.deterministic, "--deterministic/--no-deterministic",
                                        help="Deterministic kernels (default); --no-deterministic: cudnn.benchmark and the fastest kernels."),
     patience: Optional[int] = typer.Option(D.patience, "--patience", help="Stop after this many epochs without improvement."),
-    monitor: str = typer.Option(D.monitor, "--monitor", help="val_loss or val_<metric> (val_micro_f1, val_macro_map, ...)."),
+    monitor: str = typer.Option(D.monitor, "--monitor", "--eval-metric",
+                                help="val_loss or val_<metric> (val_micro_f1, val_macro_map, ...). Under torchrun write "
+                                     "--eval-metric (timm's name): torchrun takes --monitor for its --monitor-interval."),
     out: Optional[str] = typer.Option(D.out, "--out", help="Run folder (default runs/<model>-<split>)."),
     resume: bool = typer.Option(D.resume, "--resume", help="Continue the run in --out from checkpoints/last.pt (mid-epoch too)."),
     checkpoint_every: Optional[int] = typer.Option(D.checkpoint_every, "--checkpoint-every", metavar="STEPS",

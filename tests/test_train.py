@@ -425,6 +425,32 @@ def test_ranks_started_without_torchrun_all_stop_when_rank_0_is_refused(store: P
     assert not out.exists()  # our lock made the folder and took it away: neither rank wrote there
 
 
+def test_every_train_option_passes_through_torchrun() -> None:
+    """torchrun's own parser abbreviates: an option of ``benzarr train`` that is a prefix of one
+    of torchrun's (``--monitor`` of ``--monitor-interval``) never reaches benzarr, and torchrun
+    stops with "ambiguous option" (or, matching one option only, takes it silently). Each
+    option needs one spelling torchrun leaves to the script."""
+    import typer
+    from torch.distributed.run import get_args_parser
+
+    from benzarr_cli.main import app
+
+    parser = get_args_parser()
+
+    def reaches_benzarr(option: str) -> bool:
+        argv = ["--standalone", "--nproc-per-node", "2", "-m", "benzarr_cli", "train", "s.zarr", option, "x"]
+        try:
+            return option in parser.parse_args(argv).training_script_args
+        except SystemExit:
+            return False
+
+    train_command = typer.main.get_command(app).commands["train"]
+    lost = [param.name for param in train_command.params
+            if param.opts[0].startswith("-") and not any(map(reaches_benzarr, [*param.opts, *param.secondary_opts]))]
+    assert lost == []
+    assert not reaches_benzarr("--monitor") and reaches_benzarr("--eval-metric")  # the alias exists for this
+
+
 def test_track_emissions_without_codecarbon_names_the_pip_command(store: Path, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     from benzarr.errors import MissingDependencyError
