@@ -18,7 +18,8 @@ from benzarr.models import (  # noqa: E402
     model_info,
 )
 
-EXPECTED_MODELS = {"shortcnn-rgb", "shortcnn-all", "inception-v1", "inception-v3", "resnet18", "resnet50"}
+EXPECTED_MODELS = {"shortcnn-rgb", "shortcnn-all", "inception-v1", "inception-v3", "resnet18", "resnet50",
+                   "convnext-tiny", "efficientnet-b0", "vit-s8"}
 
 
 @pytest.fixture(autouse=True)
@@ -157,9 +158,12 @@ def test_weights_of_another_architecture_are_refused(tmp_path: Path) -> None:
         ("resnet18", "fc.", "layer4."),
         ("inception-v1", "fc.", "inception5b."),
         ("inception-v3", "fc.", "Mixed_7c."),
+        ("convnext-tiny", "classifier.", "features.7."),
+        ("efficientnet-b0", "classifier.", ("features.7.", "features.8.")),
+        ("vit-s8", "heads.", ("encoder.layers.encoder_layer_11.", "encoder.ln.")),
     ],
 )
-def test_finetune_levels_freeze_the_right_parameters(name: str, head: str, last_block: str) -> None:
+def test_finetune_levels_freeze_the_right_parameters(name: str, head: str, last_block: str | tuple[str, ...]) -> None:
     everything = {n for n, _ in create_model(name, finetune=0).named_parameters()}
     assert _trainable(create_model(name, finetune=0)) == everything
 
@@ -167,7 +171,8 @@ def test_finetune_levels_freeze_the_right_parameters(name: str, head: str, last_
     assert level1 == {n for n in everything if n.startswith(head)} and level1
 
     level2 = _trainable(create_model(name, finetune=2))
-    expected = {n for n in everything if n.startswith((head, last_block))}
+    blocks = (last_block,) if isinstance(last_block, str) else last_block
+    expected = {n for n in everything if n.startswith((head, *blocks))}
     assert level2 == expected and len(level2) > len(level1)
 
 

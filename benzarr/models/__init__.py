@@ -25,7 +25,7 @@ from benzarr.models._registry import (
 )
 
 # Imported for their registrations.
-from benzarr.models import inception, resnet, shortcnn  # noqa: E402,F401  isort: skip
+from benzarr.models import convnext, efficientnet, inception, resnet, shortcnn, vit  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "FINETUNE_LEVELS",
