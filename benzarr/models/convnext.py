@@ -1,8 +1,8 @@
 """ConvNeXt-Tiny from torchvision with a stem for any band count (12 by default).
 
 The stem keeps ConvNeXt's 4x4 stride-4 "patchify" convolution; only its input channel count
-changes. At 120x120 the stages see 30, 15, 7 and 3 pixels before global pooling. ConvNeXt V2
-(Woo et al. 2023) is among the reBEN baselines; this is the V1 architecture torchvision builds.
+changes. At 120x120 the stages see 30, 15, 7 and 3 pixels before global pooling (Liu et al.
+2022, "A ConvNet for the 2020s": the V1 architecture torchvision builds).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """ViT-S/8 at 120x120: torchvision's VisionTransformer sized for BigEarthNet patches.
 
 12 layers of width 384 with 6 heads (ViT-Small) over 8x8-pixel patches: a 120x120 patch is
-15x15 = 225 tokens plus the class token. Patches of 8 pixels, as the reBEN baselines'
-``vit_base_patch8`` (ViT-B/8); a 16-pixel patch would not divide 120. The patch embedding
-takes any band count. It needs exactly 120x120 inputs (torchvision checks the size).
+15x15 = 225 tokens plus the class token (a 16-pixel patch, ViT's usual, would not divide 120).
+The patch embedding takes any band count. It needs exactly 120x120 inputs (torchvision checks
+the size).
 """
 
 from __future__ import annotations
