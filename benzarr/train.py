@@ -44,6 +44,7 @@ import os
 import platform
 import random
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
@@ -522,6 +523,9 @@ def _setup(cfg: TrainConfig, ranks: Ranks, run_dir: Path) -> _Run:
     :meth:`Ranks.together`: a failure there stops every rank, none waits in the collectives after."""
     rank, world = ranks.rank, ranks.world_size
     device = resolve_device(cfg.device, ranks.local_rank)
+    advice = workers_advice(device, cfg.workers)
+    if advice and rank == 0:
+        warnings.warn(advice, RuntimeWarning, stacklevel=3)
     flags_before = _seed_and_set_determinism(cfg)
     try:
         data = ranks.together(lambda: _open_data(cfg, device, rank, world))
@@ -546,6 +550,16 @@ def _setup(cfg: TrainConfig, ranks: Ranks, run_dir: Path) -> _Run:
         _close(run)  # the loaders' workers, the writer, the global flags
         raise
     return run
+
+
+def workers_advice(device: torch.device, workers: int) -> str | None:
+    """What to say when a GPU is fed without loader workers (the default, right for the CPU):
+    the training process then decodes every batch itself, far below what a GPU takes."""
+    if device.type != "cuda" or workers > 0:
+        return None
+    return (f"--workers 0 on {device}: the training process decodes every batch itself, which feeds a GPU "
+            "far below its speed (an H200 node: 7,091 patches/s with 0 workers, 92,774 with 12); give "
+            "--workers about the CPU cores per GPU")
 
 
 def _claim_run_dir(cfg: TrainConfig) -> Path:

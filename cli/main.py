@@ -19,12 +19,14 @@ import logging
 import os
 import signal
 import sys
+import warnings
+from pathlib import Path
 
 import typer
 
 from benzarr.errors import EXTRAS, BenzarrError, missing_extra
 from benzarr.fsutil import os_error
-from benzarr_cli._common import error_line, interrupt_advice
+from benzarr_cli._common import error_line, interrupt_advice, warn_line
 
 app = typer.Typer(
     name="benzarr",
@@ -130,6 +132,7 @@ def main() -> None:
     torchrun = "LOCAL_RANK" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and not torchrun:  # not when embedded with a handler of its own
         signal.signal(signal.SIGTERM, _on_sigterm)
+    warnings.showwarning = _show_warning
     try:
         code = app(standalone_mode=False)
     except BenzarrError as exc:
@@ -174,6 +177,21 @@ def main() -> None:
         if code == 130:
             _stopped()
         sys.exit(code)
+
+
+#: Folders of benzarr's library and CLI: a warning raised from a file there is benzarr's.
+_OUR_FOLDERS = tuple(str(Path(module.__file__).resolve().parent) + os.sep for module in
+                     (importlib.import_module("benzarr"), importlib.import_module("benzarr_cli")))
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: object = None, line: str | None = None) -> None:
+    """benzarr's warnings (mismatched --weights, a cache not written, ...) as one ``warning:``
+    line, as the CLI's own; any other package's as Python shows them (file, line, source)."""
+    if str(Path(filename).resolve()).startswith(_OUR_FOLDERS):
+        warn_line(str(message))
+    else:  # what Python's own showwarning writes
+        (file or sys.stderr).write(warnings.formatwarning(message, category, filename, lineno, line))  # type: ignore[attr-defined]
 
 
 def _stdout_is_devnull() -> bool:

@@ -451,6 +451,27 @@ def test_every_train_option_passes_through_torchrun() -> None:
     assert not reaches_benzarr("--monitor") and reaches_benzarr("--eval-metric")  # the alias exists for this
 
 
+def test_a_gpu_without_loader_workers_gets_advice() -> None:
+    from benzarr.train import workers_advice
+
+    advice = workers_advice(torch.device("cuda", 0), 0)
+    assert advice is not None and advice.startswith("--workers 0 on cuda:0") and "give --workers" in advice
+    assert workers_advice(torch.device("cuda", 0), 8) is None
+    assert workers_advice(torch.device("cpu"), 0) is None  # the CPU's right default
+
+
+def test_the_cli_shows_benzarr_warnings_as_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """A warning raised in benzarr (mismatched --weights, the advice above) is one ``warning:``
+    line, as the CLI's own; another package's keeps Python's form (file, line, category)."""
+    import benzarr.train as train_module
+    from benzarr_cli import main
+
+    main._show_warning(UserWarning("loaded 7 tensors from w.pt; skipped 1"), UserWarning, train_module.__file__, 608)
+    assert capsys.readouterr().err == "warning: loaded 7 tensors from w.pt; skipped 1\n"
+    main._show_warning(UserWarning("from elsewhere"), UserWarning, "/somewhere/else.py", 3)
+    assert capsys.readouterr().err.startswith("/somewhere/else.py:3: UserWarning: from elsewhere")
+
+
 def test_track_emissions_without_codecarbon_names_the_pip_command(store: Path, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     from benzarr.errors import MissingDependencyError
