@@ -248,8 +248,7 @@ def _train(cfg: TrainConfig, callback: Callable[[TrainEvent], None] | None, rank
                 torch.cuda.synchronize(run.device)  # the epoch's time includes its queued GPU work
             throughput = (tally.seen - seen0) * run.world_size / (time.perf_counter() - t0)
             lr = opt.param_groups[0]["lr"]
-            if sched is not None:
-                sched.step()
+            _step_scheduler(sched)
             st.epoch += 1
             values = _end_epoch(run, tally, lr, throughput)  # val, log, checkpoint, early stop
             if emit:
@@ -265,6 +264,17 @@ def _train(cfg: TrainConfig, callback: Callable[[TrainEvent], None] | None, rank
     if emit:
         emit(TrainEvent("test", st.epoch, st.step, values=result.test))
     return result
+
+
+def _step_scheduler(scheduler: Any) -> None:
+    """The per-epoch LR step (no scheduler: nothing). A run resumed from its epoch's last batch
+    steps it before this process has taken an optimiser step, which torch warns about
+    ("Detected call of lr_scheduler.step() before optimizer.step()"); the order was right."""
+    if scheduler is None:
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before", category=UserWarning)
+        scheduler.step()
 
 
 def train_seeds(cfg: TrainConfig, seeds: Sequence[int],
