@@ -251,16 +251,10 @@ def _session6_image(transform, batch: dict, codes) -> torch.Tensor:
 ALL_CHANNELS = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12", "VV", "VH"]
 
 
-@settings(max_examples=60, deadline=None)
-@given(data=st.data(), b=st.integers(1, 4), normalize=st.booleans(), augment=st.booleans(), align=st.booleans(),
-       resample=st.sampled_from(["bilinear", "bilinear", "nearest", "bicubic"]))
-def test_fused_device_path_gives_the_same_bits(data, b: int, normalize: bool, augment: bool, align: bool,
-                                               resample: str) -> None:
-    """Issue #10: the device path that casts inside the first kernel and writes groups
-    straight into the image (``BatchTransform.fused``, run here on the CPU) gives the same
-    bits as session 6's passes, for any band list, order, normalisation, augmentation and
-    resampling."""
-    from benzarr.augment import transform_codes
+def _drawn_transform_and_batch(data, b: int, normalize: bool, resample: str, align: bool):
+    """A CPU BatchTransform of a drawn band list (drawn mean and std with ``normalize``) and a
+    random native batch of ``b`` patches for it: uint16 groups over the whole range, S1 in dB,
+    store rows 3, 10, 17, ..."""
     from benzarr.transform import CHANNEL_GROUPS, BatchTransform
 
     bands = data.draw(st.lists(st.sampled_from(ALL_CHANNELS), min_size=1, max_size=14, unique=True))
@@ -274,10 +268,25 @@ def test_fused_device_path_gives_the_same_bits(data, b: int, normalize: bool, au
         shape = (b, len(names), side, side)
         batch[group] = (torch.from_numpy((rng.random(shape) * 40 - 25).astype(np.float32)) if group == "s1"
                         else torch.from_numpy(rng.integers(0, 65536, shape, dtype=np.uint16)))
+    return transform, batch
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), b=st.integers(1, 4), normalize=st.booleans(), augment=st.booleans(), align=st.booleans(),
+       resample=st.sampled_from(["bilinear", "bilinear", "nearest", "bicubic"]))
+def test_fused_device_path_gives_the_same_bits(data, b: int, normalize: bool, augment: bool, align: bool,
+                                               resample: str) -> None:
+    """Issue #10: the device path that casts inside the first kernel and writes groups
+    straight into the image (``BatchTransform.fused``, run here on the CPU) gives the same
+    bits as session 6's passes, for any band list, order, normalisation, augmentation and
+    resampling."""
+    from benzarr.augment import transform_codes
+
+    transform, batch = _drawn_transform_and_batch(data, b, normalize, resample, align)
     codes = transform_codes(batch["index"], 5, 2, "flip-rot90") if augment else None
-    got = torch.full((b, len(bands), 120, 120), float("nan"))
+    got = torch.full((b, len(transform.bands), 120, 120), float("nan"))
     transform._image_rows_fused(batch, got, codes)
-    assert torch.equal(got, _session6_image(transform, batch, codes)), (bands, normalize, augment, resample)
+    assert torch.equal(got, _session6_image(transform, batch, codes)), (transform.bands, normalize, augment, resample)
 
 
 @settings(max_examples=40, deadline=None)
@@ -292,19 +301,9 @@ def test_model_ready_image_gives_the_transforms_values(data, b: int, normalize: 
     transform's source-pixel table): compiling may change only the order of the same float32
     operations."""
     from benzarr.augment import source_index
-    from benzarr.transform import CHANNEL_GROUPS, BatchTransform, model_ready_image
+    from benzarr.transform import model_ready_image
 
-    bands = data.draw(st.lists(st.sampled_from(ALL_CHANNELS), min_size=1, max_size=14, unique=True))
-    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
-    mean = (rng.random(len(bands)) * 2000).tolist() if normalize else None
-    std = (rng.random(len(bands)) * 900 + 100).tolist() if normalize else None
-    transform = BatchTransform(bands, "cpu", mean, std, resample=resample, align_corners=align)
-    batch: dict = {"index": torch.arange(b, dtype=torch.int64)}
-    for group in transform.groups:
-        _, names, side = CHANNEL_GROUPS[group]
-        shape = (b, len(names), side, side)
-        batch[group] = (torch.from_numpy((rng.random(shape) * 40 - 25).astype(np.float32)) if group == "s1"
-                        else torch.from_numpy(rng.integers(0, 65536, shape, dtype=np.uint16)))
+    transform, batch = _drawn_transform_and_batch(data, b, normalize, resample, align)
     groups = [batch[group] for group, _, _ in transform._plan]
     norms = None if transform._norm is None else [transform._norm[group] for group, _, _ in transform._plan]
     codes = np.array(data.draw(st.lists(st.integers(0, 7), min_size=b, max_size=b)), dtype=np.uint8) if augment else None
@@ -317,7 +316,7 @@ def test_model_ready_image_gives_the_transforms_values(data, b: int, normalize: 
         got = model_ready_image(groups, transform._keeps, norms, transform._order, resample, align, sources)
     finally:
         torch.set_num_threads(threads)
-    assert torch.equal(got, transform.image(batch, codes=codes)), (bands, normalize, resample, align, codes)
+    assert torch.equal(got, transform.image(batch, codes=codes)), (transform.bands, normalize, resample, align, codes)
 
 
 def test_a_failed_compilation_turns_compiled_off_with_one_warning(monkeypatch: pytest.MonkeyPatch) -> None:
