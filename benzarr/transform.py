@@ -22,6 +22,7 @@ from benzarr.augment import augment_numpy, augment_tensor, check_augment, source
 from benzarr.bands import CHANNEL_GROUPS as BAND_CHANNEL_GROUPS
 from benzarr.bands import PATCH_SIDE, band_groups_for, resolve_bands
 from benzarr.errors import InvalidArgumentError
+from benzarr.fsutil import interrupts_deferred
 from benzarr.store import CHANNEL_ARRAYS
 
 #: Channel groups as stored: group -> (array path, channel names, native side in pixels).
@@ -352,8 +353,12 @@ class BatchTransform:
         groups = [group for group, _, _ in self._plan]
         torch.set_num_threads(1)
         try:
-            jobs = [_row_pool(threads).submit(self._image_rows, {g: batch[g][part] for g in groups}, image[part],
-                                              None if codes is None else codes[part]) for part in slices]
+            # a Ctrl-C inside submit() can land after it started a pool thread but before the
+            # executor registered it for the exit-time wake-up: the interpreter then waits for
+            # that thread for ever at exit. Submitting is microseconds: Ctrl-C lands after it.
+            with interrupts_deferred():
+                jobs = [_row_pool(threads).submit(self._image_rows, {g: batch[g][part] for g in groups}, image[part],
+                                                  None if codes is None else codes[part]) for part in slices]
             for job in jobs:
                 job.result()
         finally:
