@@ -38,16 +38,22 @@ def _rank_main(rank: int, init_file: str, results: multiprocessing.Queue) -> Non
     results.put((rank, seen))
 
 
-def test_together_shares_results_and_failures_between_two_ranks(tmp_path: Path) -> None:
-    context = multiprocessing.get_context("fork")  # torch is imported already: no second import
+def _two_ranks(target, tmp_path: Path, reports: int) -> list:
+    """Run ``target(rank, rendezvous file, queue)`` as ranks 0 and 1 in forked processes (torch
+    is imported already: no second import) and return the first ``reports`` items they queue."""
+    context = multiprocessing.get_context("fork")
     results = context.Queue()
-    init = str(tmp_path / "rendezvous")
-    ranks = [context.Process(target=_rank_main, args=(r, init, results)) for r in (0, 1)]
+    ranks = [context.Process(target=target, args=(r, str(tmp_path / "rendezvous"), results)) for r in (0, 1)]
     for process in ranks:
         process.start()
-    seen = dict(results.get(timeout=120) for _ in ranks)
+    got = [results.get(timeout=120) for _ in range(reports)]
     for process in ranks:
         process.join(timeout=30)
+    return got
+
+
+def test_together_shares_results_and_failures_between_two_ranks(tmp_path: Path) -> None:
+    seen = dict(_two_ranks(_rank_main, tmp_path, 2))
     assert seen[0] == [(0, 2), "own 0", ("stop", 0), "InvalidArgumentError: the disk is full"]
     assert seen[1] == [(1, 2), "own 1", ("stop", 0),
                        "PeerRankError: rank 0 of 2 failed (InvalidArgumentError: the disk is full); rank 1 stops with it"]
@@ -79,15 +85,7 @@ def _rank_that_dies(rank: int, init_file: str, results: multiprocessing.Queue) -
 def test_a_dead_rank_is_one_clear_error_on_the_others(tmp_path: Path) -> None:
     """gloo notices a dead peer at once, as a reset connection deep in its sources; the survivor
     stops with one PeerRankError line that says what happened."""
-    context = multiprocessing.get_context("fork")
-    results = context.Queue()
-    init = str(tmp_path / "rendezvous")
-    ranks = [context.Process(target=_rank_that_dies, args=(r, init, results)) for r in (0, 1)]
-    for process in ranks:
-        process.start()
-    message = results.get(timeout=120)
-    for process in ranks:
-        process.join(timeout=30)
+    (message,) = _two_ranks(_rank_that_dies, tmp_path, 1)
     assert message.startswith("rank 0 of 2 lost another rank (") and "rank 0 stops with it" in message, message
     assert "\n" not in message and "pair.cc" not in message, message
 
