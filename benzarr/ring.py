@@ -148,6 +148,35 @@ class SlotLayout:
                 for key, (shape, dtype) in self.spec.items()]
 
 
+class ReturnedWhenDead:
+    """Tokens (a slot number, a buffer) given back once the array their batch views dies.
+
+    :meth:`watch` ties a token to an array with a weakref whose callback is ``deque.append``,
+    a method written in C; :meth:`returned` yields the tokens whose array has died since.
+
+    Why not a Python callback (a lambda): Python runs a pending signal handler between
+    bytecodes, also inside a weakref callback, and a KeyboardInterrupt raised there is
+    printed as "Exception ignored" and lost. The trainer drops a batch every step, so a
+    Ctrl-C (or a scheduler's SIGTERM) landing as the batch was freed was swallowed, and the run
+    went on as if nothing had happened (seen in ``test_ctrl_c_exits_130_with_one_line``). A C
+    callback runs no bytecode: the handler runs after it, in code that can raise.
+    """
+
+    def __init__(self) -> None:
+        self._dead: collections.deque[weakref.ref] = collections.deque()  # appended by the callbacks
+        self._tokens: dict[int, tuple[weakref.ref, Any]] = {}  # id(ref) -> (ref, token): keeps each ref alive
+
+    def watch(self, array: Any, token: Any) -> None:
+        """Give ``token`` back (through :meth:`returned`) once ``array`` is collected."""
+        ref = weakref.ref(array, self._dead.append)
+        self._tokens[id(ref)] = (ref, token)
+
+    def returned(self) -> Iterator[Any]:
+        """The tokens whose array died since the last call, oldest first."""
+        while self._dead:
+            yield self._tokens.pop(id(self._dead.popleft()))[1]
+
+
 class RecycledBuffers:
     """Batch-sized host buffers for batches made in this process, each reused once no view of
     the batch it last held is alive (the ring's slot hand-back, without the ring).
@@ -172,15 +201,12 @@ class RecycledBuffers:
         self.keep = keep
         self.out = 0  # buffers whose batch is still alive
         self._free: list[np.ndarray] = []
-        self._returned: collections.deque[np.ndarray] = collections.deque()
-        self._refs: dict[int, weakref.ref] = {}
+        self._returned = ReturnedWhenDead()  # blocks whose batch died
 
     def take(self, n: int) -> Batch | None:
         """(n, *shape) tensors of every key, in a buffer no live batch uses; None when
         ``keep`` buffers are out already."""
-        while self._returned:
-            block = self._returned.popleft()
-            self._refs.pop(id(block), None)
+        for block in self._returned.returned():
             self.out -= 1
             if len(self._free) < self.keep:
                 self._free.append(block)
@@ -188,7 +214,7 @@ class RecycledBuffers:
             return None
         block = self._free.pop() if self._free else np.empty(self.layout.slot_bytes, dtype=np.uint8)
         holder = block[:]  # every tensor view of the batch keeps this view, and so the block, alive
-        self._refs[id(block)] = weakref.ref(holder, lambda _, block=block, back=self._returned: back.append(block))
+        self._returned.watch(holder, block)
         self.out += 1
         return self.layout.tensor_views(torch.from_numpy(holder), n)
 
@@ -383,8 +409,7 @@ class RingLoader:
             self._res.copy_stream = self._copy_stream
 
         self._free: collections.deque[int] = collections.deque(range(self.n_slots))
-        self._returned: collections.deque[int] = collections.deque()  # freed by weakref callbacks
-        self._slot_refs: dict[int, weakref.ref] = {}  # slot -> weakref to the array its batch views
+        self._returned = ReturnedWhenDead()  # slots whose CPU batch died
         self._held = 0                       # CPU batches the consumer holds
         self._copies: collections.deque[tuple[Any, int]] = collections.deque()  # (event, slot)
         self._outstanding = [0] * num_workers
@@ -450,9 +475,9 @@ class RingLoader:
             del self._errors[key]
 
     def _reclaim(self) -> None:
-        """Move slots freed by finalizers and by completed GPU copies to the free list."""
-        while self._returned:
-            self._free.append(self._returned.popleft())
+        """Move slots whose CPU batch died and slots whose GPU copy completed to the free list."""
+        for slot in self._returned.returned():
+            self._free.append(slot)
             self._held -= 1
         while self._copies and self._copies[0][0].query():
             self._free.append(self._copies.popleft()[1])
@@ -565,8 +590,7 @@ class RingLoader:
             self._free.append(slot)
             return views
         self._held += 1
-        # a plain weakref (kept here) is a fraction of weakref.finalize's cost
-        self._slot_refs[slot] = weakref.ref(holder, lambda _, slot=slot, returned=self._returned: returned.append(slot))
+        self._returned.watch(holder, slot)  # a plain weakref: a fraction of weakref.finalize's cost
         return views
 
     def _stage(self, slot: int, n: int) -> tuple[Batch, Any]:

@@ -375,3 +375,40 @@ def test_one_transfer_of_a_slot_gives_the_per_key_batch() -> None:
             assert one[key].dtype == per_key[key].dtype and one[key].shape == per_key[key].shape, key
             assert torch.equal(one[key].contiguous().view(torch.uint8), per_key[key].contiguous().view(torch.uint8)), key
         assert one["index"].shape == (n,) and one["s1"].shape == (n, 2, 3, 3)
+
+
+@pytest.mark.parametrize("tracked", ["tracker", "recycled-buffers"])
+def test_ctrl_c_as_a_batch_is_freed_is_not_swallowed(tracked: str) -> None:
+    """A Ctrl-C whose handler runs just as the last view of a batch dies must reach the
+    consumer. With a Python weakref callback (a lambda) the handler ran inside the callback,
+    and its KeyboardInterrupt was printed as "Exception ignored" and lost: the training went on.
+
+    ``PyErr_SetInterrupt``, as a weakref callback registered later (so called first), trips
+    SIGINT inside the collection, exactly as a signal arriving there does."""
+    import ctypes
+    import weakref
+
+    from benzarr.ring import RecycledBuffers, ReturnedWhenDead
+
+    interrupt = ctypes.PYFUNCTYPE(None, ctypes.py_object)(("PyErr_SetInterrupt", ctypes.pythonapi))
+    if tracked == "tracker":
+        tracker, array = ReturnedWhenDead(), np.zeros(4)
+        tracker.watch(array, "slot 3")
+        returned = lambda: list(tracker.returned())  # noqa: E731
+    else:
+        buffers = RecycledBuffers({"image": ((2,), np.dtype(np.float32))}, 4)
+        array = buffers.take(4)["image"]
+        returned = lambda: [buffers.take(4)["image"].data_ptr() == array_ptr]  # noqa: E731 - the same buffer again
+        array_ptr = array.data_ptr()
+    # the array whose death gives the batch back: for the buffers, the one their tracker watches
+    watched = array if tracked == "tracker" else next(iter(buffers._returned._tokens.values()))[0]()
+    trigger = weakref.ref(watched, interrupt)  # noqa: F841
+    del watched
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # ignored in a background job (`pytest &`)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            del array
+            time.sleep(0.2)  # without the interrupt the test would go on (and fail)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert returned() == (["slot 3"] if tracked == "tracker" else [True])
