@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -112,8 +113,32 @@ def _on_sigterm(signum: int, frame: object) -> None:
     raise _Terminated
 
 
+_STOPPING: list[bool] = []  # the interruption is being reported: a lost one is not delivered again
+
+
+def _deliver_lost_interrupt(unraisable: sys.UnraisableHookArgs) -> None:
+    """``sys.unraisablehook``: a Ctrl-C (or SIGTERM) whose handler ran inside a ``__del__`` or a
+    weakref callback is printed by Python as "Exception ignored" and dropped, and the command
+    would go on as if never interrupted. Deliver it again, from a timer thread a moment later,
+    so that it is raised in the main thread's own code once this hook has returned (at once,
+    it would land in the hook and be dropped again; should it land in another callback, this
+    runs again). Any other unraisable exception is shown as Python shows it."""
+    exc = unraisable.exc_value
+    if not isinstance(exc, KeyboardInterrupt):
+        sys.__unraisablehook__(unraisable)
+        return
+    if not _STOPPING:
+        import _thread
+
+        signum = signal.SIGTERM if isinstance(exc, _Terminated) else signal.SIGINT
+        timer = threading.Timer(0.01, _thread.interrupt_main, (signum,))
+        timer.daemon = True
+        timer.start()
+
+
 def _stopped() -> None:
     """Report an interruption (Ctrl-C or SIGTERM) with the command's advice, and exit 130 or 143."""
+    _STOPPING.append(True)
     advice = interrupt_advice()
     what, code = ("terminated (SIGTERM)", 143) if _TERMINATED else ("interrupted", 130)
     error_line(f"{what}; {advice}" if advice else what)
@@ -133,6 +158,7 @@ def main() -> None:
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and not torchrun:  # not when embedded with a handler of its own
         signal.signal(signal.SIGTERM, _on_sigterm)
     warnings.showwarning = _show_warning
+    sys.unraisablehook = _deliver_lost_interrupt
     try:
         code = app(standalone_mode=False)
     except BenzarrError as exc:

@@ -569,9 +569,12 @@ def test_ctrl_c_exits_130_with_one_line(synth_store_64: Path, tmp_path: Path) ->
     store = copy_tree(synth_store_64, tmp_path / "s.zarr")
     make_split(open_store(store, mode="r+"), "r", "random", fractions=(0.6, 0.2, 0.2), seed=0)
     run = tmp_path / "run"
+    # a shell starts a background job (`pytest ... &`) with SIGINT ignored, and an ignored signal
+    # stays ignored across exec: Python would install no handler and the run would go on
     child = subprocess.Popen([*CLI, "train", str(store), "--split", "r", "--epochs", "1000", "--batch-size", "8",
                               "--device", "cpu", "--out", str(run), "--quiet"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while not (run / "config.json").exists() and child.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -582,6 +585,38 @@ def test_ctrl_c_exits_130_with_one_line(synth_store_64: Path, tmp_path: Path) ->
     assert out == "" and err.count("\n") == 1 and err.startswith(f"error: interrupted; {run}: ")
     assert err.rstrip().endswith(("run the same command with --resume to go on from checkpoints/last.pt",
                                   "no checkpoint was written yet; run the same command again to start over"))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupt_swallowed_by_a_callback_is_delivered_again(monkeypatch: pytest.MonkeyPatch, signum: int) -> None:
+    """Python drops a KeyboardInterrupt raised inside a ``__del__`` or a weakref callback (any
+    library's, not only benzarr's): the CLI's ``sys.unraisablehook`` raises it again in the main
+    thread, so Ctrl-C or a scheduler's SIGTERM still stops the command."""
+    import ctypes
+    import weakref
+
+    from benzarr_cli import main as cli_main
+
+    class Held:
+        pass
+
+    raise_signal = ctypes.PYFUNCTYPE(None, ctypes.c_int)(("PyErr_SetInterruptEx", ctypes.pythonapi))
+    held = Held()
+    # the signal arrives as a Python weakref callback runs: its handler's exception is dropped there
+    swallowing = weakref.ref(held, lambda _: raise_signal(signum))  # noqa: F841
+    monkeypatch.setattr(sys, "unraisablehook", cli_main._deliver_lost_interrupt)
+    monkeypatch.setattr(cli_main, "_TERMINATED", [])
+    handler = cli_main._on_sigterm if signum == signal.SIGTERM else signal.default_int_handler
+    previous = signal.signal(signum, handler)
+    try:
+        with pytest.raises(KeyboardInterrupt) as raised:
+            del held
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:  # the interrupt lands here, from the hook's thread
+                time.sleep(0.01)
+    finally:
+        signal.signal(signum, previous)
+    assert isinstance(raised.value, cli_main._Terminated) == (signum == signal.SIGTERM)
 
 
 def test_patches_not_in_the_archive_are_listed_even_when_quiet(synth_archive_64: Path, tmp_path: Path) -> None:
