@@ -656,14 +656,15 @@ def _build_optimizer(cfg: TrainConfig, net: torch.nn.Module) -> tuple[torch.opti
 def _run_config(cfg: TrainConfig, data: _Data, world: int, device: torch.device) -> dict[str, Any]:
     """What config.json and every checkpoint hold: the settings (bands resolved), classes,
     store identity, the per-band normalisation (mean and std of the split's train subset),
-    world size, device, package versions, creation time."""
+    world size, device, intra-op CPU threads, package versions, creation time."""
     settings = {**asdict(cfg), "bands": data.bands}
     train = data.train.dataset
     # what `benzarr evaluate` reads any store with: the inputs as this run saw them
     normalization = {"mean": train.mean, "std": train.std, "source": train.stats_source}
     return {"settings": settings, "labels": cfg.labels, "classes": data.class_names, "store": data.identity,
             "normalization": normalization, "loss": parse_loss(cfg.loss).as_dict(),
-            "world_size": world, "device": str(device), "versions": package_versions(),
+            "world_size": world, "device": str(device), "cpu_threads": torch.get_num_threads(),
+            "versions": package_versions(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "resumed": []}
 
 
@@ -683,6 +684,13 @@ def _resume(run: _Run) -> None:
     if changed:
         diff = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
         raise InvalidArgumentError(f"--resume with other settings than {run.last} was started with ({diff})")
+    started, now = old.get("cpu_threads"), run.config["cpu_threads"]
+    if run.device.type == "cpu" and started is not None and started != now:
+        # torch splits a CPU reduction (a convolution's weight gradient) among its threads:
+        # another count sums in another order, and the last bits differ from the first step on
+        warnings.warn(f"{run.last}: resumed with {now} intra-op CPU threads, started with {started}: the weights "
+                      f"will not match an uninterrupted run bit for bit (OMP_NUM_THREADS={started} would)",
+                      RuntimeWarning, stacklevel=2)
     run.config = {**old, "settings": settings, "resumed": [*old.get("resumed", []), run.config["created"]]}
     st = run.state = RunState(**restore(payload, run.net, run.optimizer, run.scheduler))
     if st.epoch < run.cfg.epochs and not st.stopped_early:

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -211,6 +212,24 @@ def test_iterating_a_loader_draws_nothing_from_the_global_rng(store: Path) -> No
     for _ in loader:
         pass
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_resume_with_another_cpu_thread_count_says_the_bits_will_differ(store: Path, tmp_path: Path) -> None:
+    """CPU kernels sum by thread: a run resumed with another intra-op thread count cannot end
+    bit for bit as an uninterrupted one, so it says so (config.json records the count)."""
+    first = train(config(store, tmp_path / "run", max_steps=1))
+    threads = json.loads((first.run_dir / "config.json").read_text())["cpu_threads"]
+    assert threads == torch.get_num_threads()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same count: not a word
+        train(replace(config(store, tmp_path / "run", max_steps=2), resume=True))
+    torch.set_num_threads(threads + 1)
+    try:
+        with pytest.warns(RuntimeWarning, match=f"resumed with {threads + 1} intra-op CPU threads, started with "
+                                                rf"{threads}: .* \(OMP_NUM_THREADS={threads} would\)"):
+            train(replace(config(store, tmp_path / "run", max_steps=3), resume=True))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_resume_with_more_epochs_continues_a_finished_run(store: Path, tmp_path: Path) -> None:
