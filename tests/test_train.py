@@ -146,12 +146,19 @@ def test_run_killed_mid_epoch_and_resumed_equals_uninterrupted_run(store: Path, 
     cut = load_checkpoint(out / "checkpoints" / "last.pt")  # where the resumed run starts: in the failure message
     where = (f"killed at step {k}: resumed from step {cut['state']['step']}, epoch {cut['state']['epoch']}, "
              f"loader {(cut.get('partial') or {}).get('loader')}, files {sorted(p.name for p in (out / 'checkpoints').iterdir())}")
+    again = copy_tree(out, tmp_path / "again")  # the killed run's folder, for a second resume should this fail
     resumed = subprocess.run(cli(out, "--resume"), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     # resumed from an epoch's last batch, it once warned of a scheduler step before an optimiser step
     assert resumed.stderr == "", (resumed.stderr, where)
     assert json.loads((out / "config.json").read_text())["resumed"]
     for name in ("last.pt", "best.pt"):
         differ = [key for key, value in weights(full.run_dir, name).items() if not torch.equal(value, weights(out, name)[key])]
+        if differ:  # (seen about once in 7 runs under load, never reproduced alone): is it the checkpoint or the resume?
+            subprocess.run(cli(again, "--resume"), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            second = {k: torch.equal(v, weights(again, name)[k]) for k, v in weights(out, name).items()}
+            to_full = {k: torch.equal(v, weights(again, name)[k]) for k, v in weights(full.run_dir, name).items()}
+            where += (f"; a second resume of the same checkpoint equals the first in {sum(second.values())} and the "
+                      f"uninterrupted run in {sum(to_full.values())} of {len(second)} tensors")
         assert not differ, f"{name}: {differ} differ; {where}"
 
     def metrics(run_dir: Path) -> dict:
