@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 from torch import nn
-from torchvision.models import convnext_tiny as tv_convnext_tiny
 
 from benzarr.models._registry import register_model, replace_conv_in_channels
 
@@ -18,6 +17,8 @@ from benzarr.models._registry import register_model, replace_conv_in_channels
 @register_model("convnext-tiny", default_bands="all", last_block=("features.7",), head=("classifier",))
 def convnext_tiny(in_channels: int, num_classes: int, **kwargs: Any) -> nn.Module:
     """ConvNeXt-Tiny (torchvision), stem for any band count."""
+    from torchvision.models import convnext_tiny as tv_convnext_tiny  # here: torchvision takes 2 s to import
+
     # weights=None: torchvision builds with random weights and never downloads.
     model = tv_convnext_tiny(weights=None, num_classes=num_classes, **kwargs)
     conv = replace_conv_in_channels(model.features[0][0], in_channels)

@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 from torch import nn
-from torchvision.models import efficientnet_b0 as tv_efficientnet_b0
 
 from benzarr.models._registry import register_model, replace_conv_in_channels
 
@@ -18,6 +17,8 @@ from benzarr.models._registry import register_model, replace_conv_in_channels
 @register_model("efficientnet-b0", default_bands="all", last_block=("features.7", "features.8"), head=("classifier",))
 def efficientnet_b0(in_channels: int, num_classes: int, **kwargs: Any) -> nn.Module:
     """EfficientNet-B0 (torchvision), stem for any band count."""
+    from torchvision.models import efficientnet_b0 as tv_efficientnet_b0  # here: torchvision takes 2 s to import
+
     model = tv_efficientnet_b0(weights=None, num_classes=num_classes, **kwargs)
     conv = replace_conv_in_channels(model.features[0][0], in_channels)
     # torchvision's EfficientNet init for convolutions.

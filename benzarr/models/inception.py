@@ -12,7 +12,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchvision.models import GoogLeNet, Inception3
 
 from benzarr.models._registry import register_model, replace_conv_in_channels
 
@@ -25,6 +24,8 @@ from benzarr.models._registry import register_model, replace_conv_in_channels
 )
 def inception_v1(in_channels: int, num_classes: int, **kwargs: Any) -> nn.Module:
     """GoogLeNet / Inception v1 (torchvision), no auxiliary heads."""
+    from torchvision.models import GoogLeNet  # here: torchvision takes 2 s to import (benzarr.models)
+
     model = GoogLeNet(
         num_classes=num_classes, aux_logits=False, transform_input=False, init_weights=True, **kwargs
     )
@@ -43,6 +44,8 @@ def inception_v1(in_channels: int, num_classes: int, **kwargs: Any) -> nn.Module
 )
 def inception_v3(in_channels: int, num_classes: int, **kwargs: Any) -> nn.Module:
     """Inception v3 (torchvision), no auxiliary head."""
+    from torchvision.models import Inception3
+
     model = Inception3(
         num_classes=num_classes, aux_logits=False, transform_input=False, init_weights=True, **kwargs
     )

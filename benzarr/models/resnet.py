@@ -9,8 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 from torch import nn
-from torchvision.models import resnet18 as tv_resnet18
-from torchvision.models import resnet50 as tv_resnet50
 
 from benzarr.models._registry import register_model, replace_conv_in_channels
 
@@ -28,6 +26,8 @@ def _with_stem(model: nn.Module, in_channels: int) -> nn.Module:
 @register_model("resnet18", default_bands="all", **_LAYOUT)
 def resnet18(in_channels: int, num_classes: int, **kwargs: Any) -> nn.Module:
     """ResNet-18 (torchvision), stem for any band count."""
+    from torchvision.models import resnet18 as tv_resnet18  # here: torchvision takes 2 s to import (benzarr.models)
+
     # weights=None: torchvision builds with random weights and never downloads.
     return _with_stem(tv_resnet18(weights=None, num_classes=num_classes, **kwargs), in_channels)
 
@@ -35,4 +35,6 @@ def resnet18(in_channels: int, num_classes: int, **kwargs: Any) -> nn.Module:
 @register_model("resnet50", default_bands="all", **_LAYOUT)
 def resnet50(in_channels: int, num_classes: int, **kwargs: Any) -> nn.Module:
     """ResNet-50 (torchvision), stem for any band count."""
+    from torchvision.models import resnet50 as tv_resnet50
+
     return _with_stem(tv_resnet50(weights=None, num_classes=num_classes, **kwargs), in_channels)

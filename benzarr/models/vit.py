@@ -12,7 +12,6 @@ import math
 from typing import Any
 
 from torch import nn
-from torchvision.models import VisionTransformer
 
 from benzarr.bands import PATCH_SIDE
 from benzarr.models._registry import register_model, replace_conv_in_channels
@@ -25,6 +24,8 @@ PATCH = 8
                 last_block=("encoder.layers.encoder_layer_11", "encoder.ln"))
 def vit_s8(in_channels: int, num_classes: int, **kwargs: Any) -> nn.Module:
     """ViT-S/8 (torchvision VisionTransformer), 225 tokens of 8x8 pixels."""
+    from torchvision.models import VisionTransformer  # here: torchvision takes 2 s to import
+
     model = VisionTransformer(image_size=PATCH_SIDE, patch_size=PATCH, num_layers=12, num_heads=6,
                               hidden_dim=384, mlp_dim=1536, num_classes=num_classes, **kwargs)
     conv = replace_conv_in_channels(model.conv_proj, in_channels)
