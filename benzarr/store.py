@@ -1054,28 +1054,34 @@ def create_store(
     }
     group = zarr.open_group(str(path), mode="w", zarr_format=3, attributes={ATTRS_KEY: attrs},
                             **({"storage_options": storage_options} if storage_options else {}))
+    # The arrays are laid out in memory, then written in one concurrent pass (_write_layout).
+    layout = zarr.open_group(zarr.storage.MemoryStore(), mode="w", zarr_format=3)
     for array_path, spec in BAND_ARRAYS.items():
         if spec.modality in modalities:
-            group.create_array(array_path, shape=(n, *spec.row_shape), dtype=spec.dtype, chunks=(1, *spec.row_shape),
-                               shards=(shard_size, *spec.row_shape), compressors=band_compressors(compression, spec.dtype),
-                               fill_value=np.zeros((), spec.dtype)[()], dimension_names=("patch", *spec.dims))
+            layout.create_array(array_path, shape=(n, *spec.row_shape), dtype=spec.dtype, chunks=(1, *spec.row_shape),
+                                shards=(shard_size, *spec.row_shape), compressors=band_compressors(compression, spec.dtype),
+                                fill_value=np.zeros((), spec.dtype)[()], dimension_names=("patch", *spec.dims))
     # Final per-row arrays are chunked coarsely (one read of 519k label rows: 0.27 s against
     # 2.4 s with 256-row chunks); ingest workers write 256-row staging copies instead.
     coarse = max(1, min(max(ROW_CHUNK, shard_size), n))
     staged = max(1, min(shard_size, n))
     for field_path, spec in ROW_FIELDS.items():  # not `path`: the store's path is used below
-        _create_row_array(group, field_path, n, spec, coarse)
+        _create_row_array(layout, field_path, n, spec, coarse)
         if field_path != PATCH_NAME_ARRAY:
-            _create_row_array(group, stage_path(field_path), n, spec, staged)
-    group.create_array(DONE_ARRAY, shape=(n_shards,), dtype="bool", chunks=(1,), fill_value=False)
+            _create_row_array(layout, stage_path(field_path), n, spec, staged)
+    layout.create_array(DONE_ARRAY, shape=(n_shards,), dtype="bool", chunks=(1,), fill_value=False)
     if "s1" in modalities:
-        group.create_array(S1_STATS_ARRAY, shape=(n_shards, len(S1_BANDS), len(STATS_FIELDS)), dtype="float64",
-                           chunks=(1, len(S1_BANDS), len(STATS_FIELDS)), fill_value=0.0)
-    group.create_array(STATS_ARRAY, shape=(n_shards, len(BANDS), len(STATS_FIELDS)), dtype="float64",
-                       chunks=(1, len(BANDS), len(STATS_FIELDS)), fill_value=0.0)
+        layout.create_array(S1_STATS_ARRAY, shape=(n_shards, len(S1_BANDS), len(STATS_FIELDS)), dtype="float64",
+                            chunks=(1, len(S1_BANDS), len(STATS_FIELDS)), fill_value=0.0)
+    layout.create_array(STATS_ARRAY, shape=(n_shards, len(BANDS), len(STATS_FIELDS)), dtype="float64",
+                        chunks=(1, len(BANDS), len(STATS_FIELDS)), fill_value=0.0)
+    coordinates = _create_coordinates(layout, names, modalities, coarse)
+    _write_layout(group, layout)
     if n:
         group[PATCH_NAME_ARRAY][:] = np.asarray(names, dtype=object)
-    _create_coordinates(group, names, modalities, coarse)
+    for coord_path, values in coordinates.items():
+        if values:
+            group[coord_path][:] = np.asarray(values, dtype=object)
     store = Store(group, str(path))
     store.update_attrs(layout_complete=True)
     return store
@@ -1110,18 +1116,35 @@ def _create_row_array(group: zarr.Group, path: str, n: int, spec: RowField, rows
                        compressors=row_compressors(), dimension_names=names, overwrite=True, **kwargs)
 
 
-def _create_coordinates(group: zarr.Group, names: list[str], modalities: Sequence[str], rows: int) -> None:
-    """Write the :data:`COORDINATES` of a store holding ``modalities``: the patch coordinates
-    like ``meta/patch_name`` (same data type, chunks and codecs), the label coordinates in one chunk."""
+def _create_coordinates(group: zarr.Group, names: list[str], modalities: Sequence[str],
+                        rows: int) -> dict[str, list[str]]:
+    """Create the :data:`COORDINATES` arrays of a store holding ``modalities``: the patch
+    coordinates like ``meta/patch_name`` (same data type, chunks and codecs), the label
+    coordinates in one chunk. Returns each array's values, to write once the layout is stored."""
+    values: dict[str, list[str]] = {}
     for coord_path, coord in COORDINATES.items():
         if coord.modalities and not set(coord.modalities) & set(modalities):
             continue
-        values = names if coord.labels is None else list(coord.labels)
-        group.create_array(coord_path, shape=(len(values),), dtype=str, compressors=row_compressors(),
-                           chunks=(rows if coord.labels is None else max(1, len(values)),),
+        values[coord_path] = names if coord.labels is None else list(coord.labels)
+        group.create_array(coord_path, shape=(len(values[coord_path]),), dtype=str, compressors=row_compressors(),
+                           chunks=(rows if coord.labels is None else max(1, len(values[coord_path])),),
                            dimension_names=(coord_path.rsplit("/", 1)[-1],), overwrite=True)
-        if values:
-            group[coord_path][:] = np.asarray(values, dtype=object)
+    return values
+
+
+def _write_layout(group: zarr.Group, layout: zarr.Group) -> None:
+    """Write every group and array of ``layout`` (an in-memory group holding metadata only)
+    under ``group``, concurrently, with ``zarr.create_hierarchy``.
+
+    Why: ``create_array`` on the store itself checks, for each array, that no node is in the way
+    and that every parent group exists, one request after another: about 480 requests for an S2
+    store on S3 (the root's zarr.json alone read 129 times), 2-3 s against a local S3 server
+    and far more against a remote one. Here each node is written once, all at the same time.
+    """
+    prefix = f"{group.store_path.path}/" if group.store_path.path else ""
+    nodes = {prefix + name: node.metadata for name, node in layout.members(max_depth=None)}
+    for _ in zarr.create_hierarchy(store=group.store, nodes=nodes, overwrite=False):
+        pass
 
 
 def finalize_rows(store: Store) -> None:
