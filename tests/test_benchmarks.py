@@ -178,3 +178,15 @@ def test_sync_check_counts_torchs_sync_warning_not_its_prototype_notice() -> Non
     assert gpu_ring_check.sync_warning_kind("called a synchronizing CUDA operation (function "
                                             "warn_or_error_on_sync)") == "sync"
     assert gpu_ring_check.sync_warning_kind("TypedStorage is deprecated") is None
+
+
+def test_store_layout_compares_node_by_node_with_one_pass(tmp_path: Path) -> None:
+    """benchmarks/store_layout.py, quick: both methods on local disk and on a moto S3 server, with ratios."""
+    pytest.importorskip("moto")
+    out = tmp_path / "store_layout.json"
+    proc = run_script("store_layout.py", "--quick", "--patches", "64", "--out", str(out))
+    rows = json.loads(out.read_text())["results"]
+    assert {(r["target"], r["method"]) for r in rows} == {
+        (target, method) for target in ("local", "s3") for method in ("create_array-node-by-node", "create_hierarchy-one-pass")}
+    assert all(r["seconds"] > 0 and r["speedup"] > 0 for r in rows)
+    assert "x node-by-node" in proc.stdout
