@@ -157,9 +157,10 @@ class ReturnedWhenDead:
     Why not a Python callback (a lambda): Python runs a pending signal handler between
     bytecodes, also inside a weakref callback, and a KeyboardInterrupt raised there is
     printed as "Exception ignored" and lost. The trainer drops a batch every step, so a
-    Ctrl-C (or a scheduler's SIGTERM) landing as the batch was freed was swallowed, and the run
-    went on as if nothing had happened (seen in ``test_ctrl_c_exits_130_with_one_line``). A C
-    callback runs no bytecode: the handler runs after it, in code that can raise.
+    Ctrl-C (or a scheduler's SIGTERM) landing as the batch was freed would be swallowed, and the
+    run would go on as if nothing had happened (``test_ctrl_c_as_a_batch_is_freed_is_not_swallowed``
+    trips the signal there). A C callback runs no bytecode: the handler runs after it, in code
+    that can raise.
     """
 
     def __init__(self) -> None:
