@@ -1136,9 +1136,9 @@ def _create_coordinates(group: zarr.Group, names: list[str], modalities: Sequenc
     for coord_path, coord in COORDINATES.items():
         if coord.modalities and not set(coord.modalities) & set(modalities):
             continue
-        values[coord_path] = names if coord.labels is None else list(coord.labels)
-        group.create_array(coord_path, shape=(len(values[coord_path]),), dtype=str, compressors=row_compressors(),
-                           chunks=(rows if coord.labels is None else max(1, len(values[coord_path])),),
+        data = values[coord_path] = names if coord.labels is None else list(coord.labels)
+        group.create_array(coord_path, shape=(len(data),), dtype=str, compressors=row_compressors(),
+                           chunks=(rows if coord.labels is None else max(1, len(data)),),
                            dimension_names=(coord_path.rsplit("/", 1)[-1],), overwrite=True)
     return values
 
