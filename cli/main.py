@@ -24,12 +24,42 @@ import warnings
 from pathlib import Path
 
 import typer
+import typer.core
 
 from benzarr.errors import EXTRAS, BenzarrError, missing_extra
 from benzarr.fsutil import os_error
 from benzarr_cli._common import error_line, interrupt_advice, warn_line
 
+def _conventional_help(params: list) -> list:
+    """Show parameters as the help texts name them. typer 0.29 labels every option with its
+    type, so ``--quiet`` read ``--quiet <bool>``, as if it took a value (a flag takes none), and
+    writes arguments in lower case, ``{store}``, where every help text says ``STORE``."""
+    for param in params:
+        if param.metavar is not None:
+            continue
+        if getattr(param, "is_bool_flag", False):
+            param.metavar = ""
+        elif param.param_type_name == "argument" and param.name:
+            param.metavar = param.name.upper()
+    return params
+
+
+class _Command(typer.core.TyperCommand):
+    """A command whose help shows flags as flags (see ``_conventional_help``)."""
+
+    def get_params(self, ctx):  # type: ignore[no-untyped-def]
+        return _conventional_help(super().get_params(ctx))
+
+
+class _Group(typer.core.TyperGroup):
+    """The root group, whose ``--version`` and ``--help`` are flags too."""
+
+    def get_params(self, ctx):  # type: ignore[no-untyped-def]
+        return _conventional_help(super().get_params(ctx))
+
+
 app = typer.Typer(
+    cls=_Group,
     name="benzarr",
     help="BigEarthNet in a sharded Zarr v3 store: ingest, split, load, train, evaluate, report.",
     no_args_is_help=True,
@@ -65,7 +95,7 @@ def help_text(doc: str | None) -> str:
 
 for _name, _module in COMMANDS.items():
     _mod = importlib.import_module(f"benzarr_cli.{_module}")
-    app.command(_name, help=help_text(_mod.command.__doc__))(_mod.command)
+    app.command(_name, cls=_Command, help=help_text(_mod.command.__doc__))(_mod.command)
 
 
 

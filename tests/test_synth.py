@@ -248,6 +248,22 @@ def test_cli_help_is_paragraphs_of_sentences_and_synth_needs_a_patch(tmp_path: P
     assert result.exit_code == 2 and not (tmp_path / "none").exists()
 
 
+def test_help_shows_flags_without_a_value_and_arguments_in_capitals() -> None:
+    """typer 0.29 labels a flag ``--quiet <bool>`` (as if it took a value) and writes arguments
+    as ``{store}``, where the help texts say STORE: the CLI's help shows neither."""
+    from benzarr_cli.main import COMMANDS, app
+
+    for argv in (["--help"], *([name, "--help"] for name in COMMANDS)):
+        result = CliRunner().invoke(app, argv, terminal_width=200)
+        assert result.exit_code == 0, argv
+        assert "<bool>" not in result.output, argv
+        assert not any(f"{{{word}}}" in result.output for word in ("store", "archive", "run", "out")), argv
+    ingest = CliRunner().invoke(app, ["ingest", "--help"], terminal_width=200).output
+    usage = next(line for line in ingest.splitlines() if "Usage:" in line)
+    assert "ARCHIVE" in usage and "STORE" in usage and "--overwrite " in ingest
+    assert "<int>" in ingest  # a value's type is still shown
+
+
 def test_version_names_benzarr_python_zarr_and_torch() -> None:
     """``benzarr --version``: one line for a bug report, read from package metadata."""
     import platform
