@@ -63,7 +63,7 @@ from benzarr.checkpoint import load_checkpoint, restore, save_checkpoint
 from benzarr.checks import check_seed, finite
 from benzarr.data import BigEarthNetDataset, DeviceLoader, make_loader
 from benzarr.errors import InvalidArgumentError, missing_extra
-from benzarr.evaluate import score_batches
+from benzarr.evaluate import runs_under, score_batches
 from benzarr.fsutil import check_not_a_file, check_outside_datasets
 from benzarr.lock import run_lock
 from benzarr.losses import create_loss, parse_loss
@@ -197,18 +197,18 @@ def _check_run_dir(cfg: TrainConfig) -> Path:
 def _ranks_and_lock(cfg: TrainConfig, run_dir: Path, check: Callable[[], object] = lambda: None) -> Iterator[Ranks]:
     """For the ``with`` block: the process group of a multi-process run (started here unless
     one is up, ended with the block), this process's :class:`Ranks`, and the run folder's lock
-    on rank 0, the one writer (the other ranks would find it taken), followed by ``check()`` on
-    every rank. A refusal on any rank stops every rank with one line."""
+    on rank 0, the one writer (the other ranks would find it taken), then ``check()`` on
+    every rank. A refusal on any rank stops every rank with one line.
+
+    Every rank learns whether the lock was taken before any rank checks: the check reads a
+    folder that only the lock holder may trust (another train may be writing it), and a rank
+    that checked beside a refused lock told the user to ``--resume`` a run still running."""
     with ExitStack() as stack:
         if start_process_group(cfg.device):
             stack.callback(end_process_group)
         ranks = stack.enter_context(Ranks())
-
-        def lock_and_check() -> None:
-            stack.enter_context(run_lock(run_dir) if ranks.rank == 0 else nullcontext())
-            check()
-
-        ranks.together(lock_and_check)
+        ranks.together(lambda: stack.enter_context(run_lock(run_dir) if ranks.rank == 0 else nullcontext()))
+        ranks.together(check)
         yield ranks
 
 
@@ -289,7 +289,7 @@ def train_seeds(cfg: TrainConfig, seeds: Sequence[int],
         check_seed(seed, "--seeds")
     out = _check_run_dir(cfg)
     results = []
-    with _ranks_and_lock(cfg, out):
+    with _ranks_and_lock(cfg, out, lambda: _check_seeds_folder(out)):
         for seed in seeds:
             run_cb = (lambda event, s=seed: callback(s, event)) if callback else None
             results.append(train(replace(cfg, seed=int(seed), out=str(out / f"seed-{int(seed)}")), run_cb))
@@ -572,12 +572,30 @@ def workers_advice(device: torch.device, workers: int) -> str | None:
             "--workers about the CPU cores per GPU")
 
 
+def _listed(runs: Sequence[Path], parent: Path, most: int = 3) -> str:
+    """``seed-0, seed-1, ...``: the first ``most`` of ``runs``, relative to ``parent``."""
+    names = [str(r.relative_to(parent)) for r in runs[:most]]
+    return ", ".join(names) + (f" and {len(runs) - most} more" if len(runs) > most else "")
+
+
+def _check_seeds_folder(out: Path) -> None:
+    """``--seeds`` writes ``out/seed-<s>/``: ``out`` must not be a run itself, or ``benzarr
+    report out`` would read that run alone and none of the seeds."""
+    if (out / "config.json").is_file():
+        raise InvalidArgumentError(f"{out} holds a run already (config.json): --seeds writes its runs into "
+                                   f"{out}/seed-<s>/, which `benzarr report {out}` would then not read; give another --out")
+
+
 def _claim_run_dir(cfg: TrainConfig) -> Path:
     """The run folder: a new one, or (``resume``) one holding ``checkpoints/last.pt``."""
     run_dir = Path(cfg.out or default_out(cfg))
     last = run_dir / "checkpoints" / "last.pt"
     if last.exists() and not cfg.resume:
         raise InvalidArgumentError(f"{run_dir} holds a run already: pass --resume to continue it, or another --out")
+    below = [] if (run_dir / "config.json").is_file() else runs_under(run_dir)
+    if below:  # a config.json here would make `report run_dir` read this run alone, hiding those
+        raise InvalidArgumentError(f"{run_dir} holds other runs ({_listed(below, run_dir)}): a run written beside "
+                                   "them would hide them from `benzarr report`; give another --out")
     if cfg.resume and not last.exists():
         raise InvalidArgumentError(f"--resume: no checkpoint at {last}; start the run without --resume")
     return run_dir

@@ -57,5 +57,5 @@ def command(
         f"tensorboard --logdir {result.run_dir})")
     for name, path in result.report_files.items():
         say(f"  report   {path}")
-    say(f"next: benzarr train {result.store} --split {SPLIT_NAME} --model shortcnn-rgb --epochs 3 --out {result.out}/runs/rgb; "
+    say(f"next: benzarr train {result.store} --split {SPLIT_NAME} --model shortcnn-rgb --epochs 3 --seeds 0,1 --out {result.out}/runs/rgb; "
         f"benzarr report {result.run_dir} {result.out}/runs/rgb")

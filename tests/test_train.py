@@ -314,6 +314,28 @@ def test_seeds_run_into_seed_folders(store: Path, tmp_path: Path) -> None:
     assert not list((tmp_path / "multi").rglob(".benzarr-train.lock"))
 
 
+def test_a_run_and_seed_runs_never_share_a_folder(store: Path, tmp_path: Path) -> None:
+    """``--seeds`` into a run's folder wrote seed-0/ and seed-1/ beside its config.json, and
+    ``benzarr report`` of that folder read the one run and no seed (``n_runs 1``); a run into a
+    folder of seed runs hid them the same way. Both are refused before anything is written."""
+    from benzarr.report import find_runs
+
+    single, seeded = tmp_path / "single", tmp_path / "seeded"
+    train(config(store, single, max_steps=1))
+    before = sorted(p.name for p in single.iterdir())
+    with pytest.raises(InvalidArgumentError, match=re.escape(f"{single} holds a run already (config.json): --seeds")):
+        train_seeds(config(store, single, max_steps=1), [0, 1])
+    assert sorted(p.name for p in single.iterdir()) == before
+
+    train_seeds(config(store, seeded, max_steps=1), [0, 1])
+    with pytest.raises(InvalidArgumentError, match=re.escape(f"{seeded} holds other runs (seed-0, seed-1): a run")):
+        train(config(store, seeded, max_steps=1))
+    assert sorted(p.name for p in seeded.iterdir()) == ["seed-0", "seed-1"]
+    assert [r.path.name for r in find_runs([seeded])] == ["seed-0", "seed-1"]
+    resumed = train_seeds(config(store, seeded, max_steps=1, resume=True), [0, 1])  # each seed resumes its own
+    assert [r.run_dir.name for r in resumed] == ["seed-0", "seed-1"]
+
+
 def test_a_second_train_into_a_busy_run_folder_fails_at_once_and_writes_nothing(store: Path, tmp_path: Path) -> None:
     """Two trains into one --out (two runs that share the default runs/<model>-<split>, say)
     used to mix their files: the second one's config.json beside the first one's checkpoints."""
@@ -434,7 +456,8 @@ def test_ranks_started_without_torchrun_all_stop_when_rank_0_is_refused(store: P
     """srun, mpirun or a job script start each rank themselves (RANK, WORLD_SIZE, MASTER_ADDR,
     MASTER_PORT) and, unlike torchrun, do not stop the others when one fails: rank 0 refused the
     run folder's lock once left rank 1 waiting for it for two hours. Both now exit 1 at once,
-    rank 1 with one line naming rank 0's error."""
+    rank 1 with one line naming rank 0's error, also when the holder has checkpointed (rank 1
+    once checked the folder anyway and told the user to --resume a run still running)."""
     import socket
 
     from benzarr.lock import run_lock
@@ -446,7 +469,9 @@ def test_ranks_started_without_torchrun_all_stop_when_rank_0_is_refused(store: P
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
     cmd = [sys.executable, "-m", "benzarr_cli", "train", str(store), "--split", "strat", "--model", "shortcnn-rgb",
            "--epochs", "1", "--batch-size", "8", "--device", "cpu", "--out", str(out), "-q"]
-    with run_lock(out):  # another train is writing the run folder
+    with run_lock(out):  # another train is writing the run folder, past its first checkpoint:
+        (out / "checkpoints").mkdir()  # rank 1 then checked the folder beside rank 0's refused lock
+        (out / "checkpoints" / "last.pt").write_bytes(b"the other train's")  # and said "pass --resume"
         ranks = [subprocess.Popen(cmd, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.PIPE, text=True) for r in (0, 1)]
         try:
@@ -458,7 +483,8 @@ def test_ranks_started_without_torchrun_all_stop_when_rank_0_is_refused(store: P
     assert errors[0].count("\n") == 1 and "is writing the run folder" in errors[0], errors[0]
     assert errors[1].count("\n") == 1, errors[1]
     assert errors[1].startswith("error: rank 0 of 2 failed (RunLockedError: another train") and "rank 1 stops" in errors[1]
-    assert not out.exists()  # our lock made the folder and took it away: neither rank wrote there
+    assert [str(p.relative_to(out)) for p in sorted(out.rglob("*"))] == ["checkpoints", "checkpoints/last.pt"]
+    assert (out / "checkpoints" / "last.pt").read_bytes() == b"the other train's"  # neither rank wrote there
 
 
 def test_every_train_option_passes_through_torchrun() -> None:
