@@ -120,7 +120,7 @@ def test_non_empty_output_needs_overwrite(tmp_path: Path) -> None:
     out = tmp_path / "archive"
     synth_archive(out, 3, seed=0, workers=1)
     (out / "notes.txt").write_text("keep me")
-    with pytest.raises(InvalidArgumentError, match="not empty"):
+    with pytest.raises(InvalidArgumentError, match="a synthetic archive is already there; pass --overwrite"):
         synth_archive(out, 2, seed=1, workers=1)
     names = synth_archive(out, 2, seed=1, workers=1, overwrite=True)
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == names

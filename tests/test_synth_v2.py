@@ -340,7 +340,7 @@ def test_v2_overwrite_replaces_the_archive_and_keeps_user_files(tmp_path: Path) 
     out = tmp_path / "a"
     synth_archive_v2(out, 6, seed=1, s1=True, workers=1)
     (out / "notes.txt").write_text("keep me")
-    with pytest.raises(InvalidArgumentError, match="not empty"):
+    with pytest.raises(InvalidArgumentError, match="a synthetic archive is already there; pass --overwrite"):
         synth_archive_v2(out, 4, seed=2, workers=1)
     ids = synth_archive_v2(out, 4, seed=2, workers=1, overwrite=True)
     assert not (out / "BigEarthNet-S1").exists()

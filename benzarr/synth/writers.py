@@ -145,8 +145,8 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
     if state == "owned":
         if not overwrite:
             raise InvalidArgumentError(
-                f"{out} exists and is not empty; choose another folder or pass overwrite=True"
-                " (--overwrite) to replace the synthetic archive in it"
+                f"{out}: a synthetic archive is already there; pass --overwrite to replace it"
+                " (your own files in it stay), or choose another folder"
             )
         entries = synth_entries(out)
         check_no_foreign(out, foreign_in_synth_entries(out, entries), "the archive's patch folders")
