@@ -12,6 +12,7 @@ import contextlib
 import operator
 import os
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -550,6 +551,11 @@ class DeviceLoader:
         self._graph_capture: Any = None  # benzarr.graphs.Capture; None: CUDA's
         self._iteration = 0  # iterations started; an older one raises when used
         self._closed = False
+        if isinstance(loader, DataLoader) and loader.num_workers > 0:
+            # torch's persistent workers live in its iterator until that is collected, which at
+            # exit is never: spawned workers (URL stores) then left their queues' semaphores for
+            # the resource tracker to report as leaked. A finalizer also runs at exit.
+            weakref.finalize(self, _stop_workers, loader)
 
     def state_dict(self) -> dict[str, int]:
         """Where the loader stands: ``{"epoch", "served"}`` (batches of that epoch handed out).
@@ -785,8 +791,19 @@ def _dataloader_worker_error(exc: BaseException, loader: Any) -> LoaderWorkerErr
     if dead:  # worded as the ring words it
         code = dead[0].exitcode
         who, how = f"a loader worker (pid {dead[0].pid})", f"signal {-code}" if code < 0 else f"exit code {code}"
+        if code > 0 and _start_method(loader) == "spawn":  # an error of its own start-up, not the OOM killer's signal
+            return LoaderWorkerError(
+                f"{who} stopped as it started ({how}), with its error above: the workers of a URL store are spawned, "
+                "and a spawned worker imports the main script again, so a script must create and iterate the "
+                "loader under `if __name__ == \"__main__\":`")
     return LoaderWorkerError(f"{who} died unexpectedly ({how}); if it ran out of memory, "
                              "use fewer --workers or a smaller --batch-size")
+
+
+def _start_method(loader: DataLoader) -> str | None:
+    """How ``loader`` starts its workers: ``"spawn"`` for URL stores, else the default (fork)."""
+    context = loader.multiprocessing_context
+    return context.get_start_method() if context is not None else None
 
 
 def make_loader(

@@ -102,3 +102,30 @@ def test_an_endpoint_that_does_not_answer_is_one_line(synth_archive_64: Path) ->
         open_store("s3://nowhere/s.zarr", storage_options=options)
     with pytest.raises(ObjectStoreError, match=expected):
         ingest(synth_archive_64, "s3://nowhere/s.zarr", workers=1, storage_options=options)
+
+
+def test_spawned_workers_of_a_script_need_its_main_guard_and_leave_no_semaphores(
+        s3_store: tuple[str, dict], tmp_path: Path) -> None:
+    """The workers of a URL store are spawned, and each imports the main script again: without
+    ``if __name__ == "__main__":`` they died at start and the error said "if it ran out of
+    memory, use fewer --workers"; with it, the run ended with the resource tracker's
+    "leaked semaphore objects" warning unless ``loader.close()`` was called."""
+    import subprocess
+    import sys
+
+    url, options = s3_store
+    body = (f"ds = BigEarthNetDataset({url!r}, bands='rgb', storage_options={options!r})\n"
+            "loader = make_loader(ds, 16, True, 1, seed=0, device='cpu')\n"
+            "print(sum(len(b['index']) for b in loader))\n")
+    header = "from benzarr.data import BigEarthNetDataset, make_loader\n"
+    guarded = header + 'if __name__ == "__main__":\n' + "".join(f"    {line}\n" for line in body.splitlines())
+    for name, text in (("unguarded.py", header + body), ("guarded.py", guarded)):
+        (tmp_path / name).write_text(text)
+    bare = subprocess.run([sys.executable, str(tmp_path / "unguarded.py")], capture_output=True, text=True, timeout=120)
+    assert bare.returncode == 1
+    assert bare.stderr.strip().splitlines()[-1].endswith(
+        "the workers of a URL store are spawned, and a spawned worker imports the main script again, so a script "
+        'must create and iterate the loader under `if __name__ == "__main__":`'), bare.stderr[-600:]
+    ok = subprocess.run([sys.executable, str(tmp_path / "guarded.py")], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and ok.stdout == "64\n", ok.stderr[-600:]
+    assert "leaked" not in ok.stderr, ok.stderr[-600:]
