@@ -179,24 +179,37 @@ def read_utf8(path: Path, advice: str) -> str:
 
 
 def foreign_files(store: str | Path, limit: int = 3) -> list[str]:
-    """Up to ``limit`` files inside the Zarr store folder ``store`` that no Zarr writer put
-    there (paths relative to it): anything but a ``zarr.json``, a file below an array's
-    ``c/`` chunk folder, or a writer's temporary ``.*.tmp``. ``ingest --overwrite`` refuses
-    a store holding such files (a user's notes in it were deleted with it)."""
+    """Up to ``limit`` entries inside the Zarr store folder ``store`` that no Zarr writer put
+    there (paths relative to it): anything but a ``zarr.json``, a chunk file below an array's
+    ``c/`` folder (every name below ``c/`` a chunk coordinate: ``c/1/0/0/0``), or a writer's
+    temporary ``.*.tmp``; and any symlink, which no writer makes. ``ingest --overwrite``
+    refuses a store holding such files (a user's notes in it were deleted with it, in a chunk
+    folder too)."""
     root = Path(store)
     found: list[str] = []
+    chunks_below: Path | None = None  # the current array's c/ folder, while walking inside it
     for folder, dirs, files in os.walk(root):
         here = Path(folder)
-        if here.name == "c" and (here.parent / "zarr.json").is_file():
-            dirs[:] = []  # an array's chunks: every file below is the writer's
-            continue
-        for name in sorted(files):
-            if name == "zarr.json" or (name.startswith(".") and name.endswith(".tmp")):
+        if chunks_below is not None and not here.is_relative_to(chunks_below):
+            chunks_below = None
+        if chunks_below is None and here.name == "c" and (here.parent / "zarr.json").is_file():
+            chunks_below = here
+        for name in sorted(files) + sorted(d for d in dirs if (here / d).is_symlink()):
+            if (name.startswith(".") and name.endswith(".tmp")) and not (here / name).is_symlink():
+                continue
+            expected = name.isdigit() if chunks_below is not None else name == "zarr.json"
+            if expected and not (here / name).is_symlink():
                 continue
             found.append(str((here / name).relative_to(root)))
             if len(found) >= limit:
                 return found
-        dirs.sort()
+        dirs[:] = sorted(d for d in dirs if not (here / d).is_symlink())
+        if chunks_below is not None:  # a folder of the user's among the chunk folders
+            for d in [d for d in dirs if not d.isdigit()]:
+                found.append(str((here / d).relative_to(root)) + "/")
+                dirs.remove(d)
+                if len(found) >= limit:
+                    return found
     return found
 
 

@@ -156,6 +156,32 @@ def test_overwrite_keeps_a_store_that_holds_a_users_files(synth_archive_64: Path
     assert tree(store) == before
 
 
+@pytest.mark.parametrize("where", ["s2/10m/c/notes.txt", "labels/clc43/c/notes.txt", "splits/strat/c/notes.txt",
+                                   "s2/10m/c/0/notes", "meta/valid/c/0.bak", "s2/10m/c/mine/", "mylink", "s2/60m/c/9"])
+def test_overwrite_keeps_a_store_with_a_users_file_among_its_chunks_or_a_link(synth_archive_64: Path, synth_store_64: Path,
+                                                                              tmp_path: Path, where: str) -> None:
+    """Every file below an array's c/ folder passed as a chunk, so `ingest --overwrite` (and
+    `split --overwrite`) deleted a user's notes there, and any symlink a user had put in a
+    store (a link to their thesis, say) went with it unreported. Chunk files are named by their
+    coordinates alone, and no Zarr writer makes a link."""
+    from benzarr.split import make_split
+
+    store = copy_tree(synth_store_64, tmp_path / "s.zarr")
+    make_split(open_store(store, mode="r+"), "strat", "random", fractions=(0.6, 0.2, 0.2), seed=0)
+    (tmp_path / "thesis").mkdir()
+    if where in ("mylink", "s2/60m/c/9"):
+        (store / where).symlink_to(tmp_path / "thesis")
+    elif where.endswith("/"):
+        (store / where).mkdir()
+    else:
+        (store / where).parent.mkdir(exist_ok=True)
+        (store / where).write_text("mine")
+    before = tree(store)
+    with pytest.raises(UnsafeOverwriteError, match=re.escape(f"holds files that benzarr did not write ({where})")):
+        ingest(synth_archive_64, store, workers=1, overwrite=True)
+    assert tree(store) == before and os.path.lexists(store / where)
+
+
 def test_removal_renames_the_old_store_aside_first(synth_store_64: Path, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     store = copy_tree(synth_store_64, tmp_path / "s.zarr")
@@ -207,14 +233,18 @@ def test_synth_overwrite_needs_its_own_marker(real_s2_archive: Path, tmp_path: P
     assert len(discover_patches(tmp_path / "s")) == 3
 
 
-@pytest.mark.parametrize("where", ["{patch}/MYNOTES.txt", "{patch}/mine/{patch}_B01.tif"])
+@pytest.mark.parametrize("where", ["{patch}/MYNOTES.txt", "{patch}/mine/{patch}_B01.tif", "{patch}/mylink"])
 def test_synth_overwrite_keeps_an_archive_whose_patch_folders_hold_a_users_files(tmp_path: Path, where: str) -> None:
     """`synth --overwrite` deleted patch folders whole, a user's files in them included."""
     from benzarr.synth import synth_archive
 
     names = synth_archive(tmp_path / "a", 2, workers=1)
     (tmp_path / "a" / where.format(patch=names[0])).parent.mkdir(exist_ok=True)
-    (tmp_path / "a" / where.format(patch=names[0])).write_text("mine")
+    if where.endswith("mylink"):  # a link of the user's (to a folder: os.walk lists it as one) went too
+        (tmp_path / "thesis").mkdir()
+        (tmp_path / "a" / where.format(patch=names[0])).symlink_to(tmp_path / "thesis")
+    else:
+        (tmp_path / "a" / where.format(patch=names[0])).write_text("mine")
     before = tree(tmp_path / "a")
     with pytest.raises(UnsafeOverwriteError, match=f"holds files that benzarr did not write \\({where.format(patch=names[0])}\\)"):
         synth_archive(tmp_path / "a", 3, workers=1, overwrite=True)

@@ -176,18 +176,20 @@ def foreign_in_synth_archive(out: Path, limit: int = 3) -> list[str]:
 def foreign_in_synth_entries(out: Path, entries: Sequence[str], limit: int = 3) -> list[str]:
     """Up to ``limit`` files under the folders ``entries`` of ``out`` that synth does not write
     (paths relative to ``out``): synth writes only ``<folder>/<folder>_<part>.tif`` or
-    ``.json``, in patch folders of whatever depth. A user's notes in a patch folder were
-    deleted with it by ``synth --overwrite``."""
+    ``.json``, in patch folders of whatever depth, and never a symlink. A user's notes (or a
+    link of theirs) in a patch folder were deleted with it by ``synth --overwrite``."""
     found: list[str] = []
     for name in entries:
         if not (out / name).is_dir():
             continue
         for folder, dirs, files in os.walk(out / name):
             stem = os.path.basename(folder) + "_"
-            for file in sorted(files):
-                if not (file.startswith(stem) and file.endswith((".tif", ".json"))):
-                    found.append(os.path.relpath(os.path.join(folder, file), out))
+            links = [d for d in dirs if os.path.islink(os.path.join(folder, d))]  # never synth's: kept
+            for file in sorted(files) + sorted(links):
+                path = os.path.join(folder, file)
+                if os.path.islink(path) or not (file.startswith(stem) and file.endswith((".tif", ".json"))):
+                    found.append(os.path.relpath(path, out))
                     if len(found) >= limit:
                         return found
-            dirs.sort()
+            dirs[:] = sorted(d for d in dirs if d not in links)
     return found
