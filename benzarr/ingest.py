@@ -25,7 +25,7 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +46,7 @@ from benzarr.errors import (
 )
 from benzarr.fsutil import check_disjoint, check_no_foreign, check_output, foreign_files, is_benzarr_store, os_error, read_utf8
 from benzarr.lock import ingest_lock
-from benzarr.procs import exit_with_parent
+from benzarr.procs import worker_pool
 from benzarr.resources import OFFICIAL_LISTS, read_official_list
 from benzarr.sources import GDAL_ENV, Archive, ArchiveSource, PatchRef, _files, get_source, open_archive
 from benzarr.store import (
@@ -218,13 +218,6 @@ ShardRunner = Callable[[Callable[..., dict[str, str]], list[tuple[Any, ...]]], I
 # -- worker side -----------------------------------------------------------------------
 
 _WORKER_STATE: dict[str, Any] = {}
-
-
-def _pool_worker_init() -> None:
-    """Initializer of the process pool's workers: die with the driver (never an orphan writing
-    shards beside the next run, :mod:`benzarr.procs`), then :func:`_worker_init`."""
-    exit_with_parent()
-    _worker_init()
 
 
 def _worker_init() -> None:
@@ -667,8 +660,9 @@ def _run_shards(tasks: list[tuple[int, Sequence[PatchRef], int]], common: tuple[
     else:
         # spawn: zarr keeps an event-loop thread that a forked child must not inherit.
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=context,
-                                 initializer=_pool_worker_init) as pool:
+        # its workers die with the driver (never an orphan writing shards beside the next run)
+        # and leave Ctrl-C to it, which ends them (benzarr.procs)
+        with worker_pool(max_workers=min(workers, len(tasks)), mp_context=context, then=_worker_init) as pool:
             waiting = iter(tasks)
             futures: dict[Any, Sequence[PatchRef]] = {}
 
@@ -693,10 +687,6 @@ def _run_shards(tasks: list[tuple[int, Sequence[PatchRef], int]], common: tuple[
                     f"{store_path}: an ingest worker died; finished shards are kept, "
                     "run the same command again to resume"
                 ) from None
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
 
 
 def missing_parts(store: Store) -> list[int]:

@@ -51,7 +51,7 @@ import numpy as np
 import torch
 
 from benzarr.errors import BenzarrError, LoaderWorkerError
-from benzarr.procs import default_sigterm
+from benzarr.procs import children_start_deaf, default_sigterm, ignore_interrupts
 
 Spec = dict[str, tuple[tuple[int, ...], np.dtype]]
 Batch = dict[str, torch.Tensor]
@@ -252,10 +252,12 @@ def _worker(dataset: Any, layout: SlotLayout, buffer: mmap.mmap, transform: Any,
             tasks: Connection, results: Connection) -> None:
     """A worker's loop: decode each task's indices into its slot, answer with the slot."""
     torch.set_num_threads(1)  # one core a worker, as DataLoader workers
-    # SIGTERM ends a worker at once, as before. (No exit_with_parent here: PR_SET_PDEATHSIG is
-    # tied to the thread that forks, and a loader may be built in a thread that ends; a worker
-    # finds its parent gone when its task pipe closes.)
+    # SIGTERM ends a worker at once, as before, and Ctrl-C is the parent's, which closes the
+    # ring (the worker reads its None, or finds the pipe closed). (No exit_with_parent here:
+    # PR_SET_PDEATHSIG is tied to the thread that forks, and a loader may be built in a thread
+    # that ends; a worker finds its parent gone when its task pipe closes.)
     default_sigterm()
+    ignore_interrupts()
     _prefault(buffer)
     scratch = None
     if transform is not None:  # the raw batch, decoded once per task into private memory
@@ -395,7 +397,8 @@ class RingLoader:
             result_out, result_in = context.Pipe(duplex=False)
             process = context.Process(target=_worker, daemon=True,
                                       args=(dataset, self.layout, buffer, transform, raw_spec, task_out, result_in))
-            process.start()
+            with children_start_deaf():  # a Ctrl-C before the worker ignores it waits, blocked
+                process.start()
             task_out.close()
             result_in.close()
             self._res.processes.append(process)

@@ -618,6 +618,55 @@ def test_ctrl_c_exits_130_with_one_line(synth_store_64: Path, tmp_path: Path) ->
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_ingest_interrupted_with_its_workers_says_one_line_and_resumes(synth_archive_64: Path, tmp_path: Path,
+                                                                         signum: int) -> None:
+    """A terminal's Ctrl-C (and a scheduler's SIGTERM) reaches the whole process group, the
+    pool's workers too: each printed its own KeyboardInterrupt traceback, one dying with its
+    task queue's lock left the others blocked and the exit waiting on them for ever, and the
+    workers' Blosc locks were "leaked semaphore objects" after the error line. The workers now
+    leave the signal to the driver, which ends them."""
+    import glob
+
+    store = tmp_path / "s.zarr"
+    args = [*CLI, "ingest", str(synth_archive_64), str(store), "--workers", "2", "--shard-size", "1", "-q"]
+    child = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # not ignored (`pytest &`)
+    deadline = time.monotonic() + 60
+    while not glob.glob(str(store / "s2" / "10m" / "c" / "*")) and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(child.pid, signum)  # as a terminal's Ctrl-C: the driver and every worker
+    out, err = child.communicate(timeout=60)
+    what = "interrupted" if signum == signal.SIGINT else "terminated (SIGTERM)"
+    assert child.returncode == (130 if signum == signal.SIGINT else 143), err
+    assert out == "" and err == f"error: {what}; {store}: the shards written so far are kept; run the same command again to resume\n"
+    resumed = run_cli("ingest", synth_archive_64, store, "--workers", "2", "--shard-size", "1", "-q")
+    assert resumed.returncode == 0 and resumed.stderr == ""
+    assert open_store(store).n_patches == 64
+
+
+def test_a_fifo_or_a_link_to_a_device_in_the_archive_is_a_bad_patch_not_a_hang(synth_archive_64: Path,
+                                                                              tmp_path: Path) -> None:
+    """A band file that was a FIFO made ingest wait for a writer for ever, a labels JSON linked
+    to /dev/zero read without end, and a band linked to /dev/urandom was "empty (0 bytes)"."""
+    archive = copy_tree(synth_archive_64, tmp_path / "a")
+    first, second, third = discover_patches(archive)[:3]
+    os.remove(archive / first / f"{first}_B03.tif")
+    os.mkfifo(archive / first / f"{first}_B03.tif")
+    for patch, name, device in ((second, f"{second}_labels_metadata.json", "/dev/zero"),
+                                (third, f"{third}_B8A.tif", "/dev/urandom")):
+        os.remove(archive / patch / name)
+        os.symlink(device, archive / patch / name)
+    result = subprocess.run([*CLI, "ingest", str(archive), str(tmp_path / "s.zarr"), "--workers", "1"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 3, result.stderr
+    special = "not a regular file (a FIFO, a device or a socket), so not read"
+    for patch, name in ((first, f"{first}_B03.tif"), (second, f"{second}_labels_metadata.json"),
+                        (third, f"{third}_B8A.tif")):
+        assert f"bad patch {patch}: {name}: {special}" in result.stderr
+    assert sorted(open_store(tmp_path / "s.zarr").failed()) == sorted([first, second, third])
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_an_interrupt_swallowed_by_a_callback_is_delivered_again(monkeypatch: pytest.MonkeyPatch, signum: int) -> None:
     """Python drops a KeyboardInterrupt raised inside a ``__del__`` or a weakref callback (any
     library's, not only benzarr's): the CLI's ``sys.unraisablehook`` raises it again in the main
