@@ -245,7 +245,9 @@ def read_band(path: Path, side: int, dtype: str = "uint16", patch: str = "",
                 geo["crs"] = dataset.crs.to_string() if dataset.crs else ""
             data = dataset.read(1)
     except (RasterioError, OSError) as exc:
-        if not _files.in_tar(path) and os.path.lexists(path) and not path.exists():
+        if isinstance(exc, _files.SpecialFileError):
+            reason = str(exc)
+        elif not _files.in_tar(path) and os.path.lexists(path) and not path.exists():
             reason = "broken or looping symlink"
         elif not _files.exists(path):
             reason = missing

@@ -24,6 +24,7 @@ command that decompresses them.
 from __future__ import annotations
 
 import os
+import stat
 import tarfile
 import threading
 from collections.abc import Iterator, Sequence
@@ -464,15 +465,29 @@ def listdir(path: str | Path) -> list[tuple[str, bool]]:
     return entries
 
 
+class SpecialFileError(OSError):
+    """An archive file that is a FIFO, a device or a socket (or a link to one): opening a FIFO
+    waited for a writer for ever, and a link to ``/dev/zero`` read without end."""
+
+
+def _check_regular(path: str | Path) -> None:
+    """Raise :class:`SpecialFileError` if the file ``path`` on disk is not a regular file (a
+    folder passes: its readers say so themselves)."""
+    mode = os.stat(path).st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise SpecialFileError("not a regular file (a FIFO, a device or a socket), so not read")
+
+
 def read_bytes(path: str | Path) -> bytes:
     """The bytes of the file ``path``, from its tar or from disk.
 
     Raises:
-        FileNotFoundError: no such file; OSError: a read error, or a tar member cut short
-            (a truncated tar).
+        FileNotFoundError: no such file; SpecialFileError: a FIFO, device or socket; OSError:
+            a read error, or a tar member cut short (a truncated tar).
     """
     found = _locate(path)
     if found is None:
+        _check_regular(path)
         with open(path, "rb") as handle:
             return handle.read()
     index, member = found
@@ -501,6 +516,7 @@ def open_raster(path: str | Path) -> Iterator[Any]:
     from rasterio.io import MemoryFile
 
     if _locate(path) is None:
+        _check_regular(path)
         with rasterio.open(path) as dataset:
             yield dataset
         return
