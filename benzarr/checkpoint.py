@@ -119,10 +119,33 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # pickle and zip errors: not a checkpoint we can read
-        raise InvalidArgumentError(f"{path}: cannot read the checkpoint ({exc})") from exc
+        raise InvalidArgumentError(f"{path}: cannot read the checkpoint ({why_unreadable(path, exc)})") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT or "model" not in payload:
         raise InvalidArgumentError(f"{path}: not a benzarr checkpoint (format {FORMAT})")
     return payload
+
+
+def why_unreadable(path: Path, exc: BaseException) -> str:
+    """Why ``torch.load(path, weights_only=True)`` raised ``exc``, in a few words: torch's own
+    message can be empty (a 0-byte file), an errno (a file cut short) or twelve lines of advice
+    to load without ``weights_only`` (any file that is no torch file at all)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+        size = os.path.getsize(path)
+    except OSError as error:
+        return f"{error.strerror or error}"
+    if size == 0:
+        return "an empty file (0 bytes): a copy or a save cut short?"
+    zipped = head[:4] == b"PK\x03\x04"  # torch.save's format (legacy files are a pickle: 0x80)
+    if not zipped and head[:1] != b"\x80":
+        return "not a file written by torch.save"
+    if "Weights only load failed" in str(exc):
+        return "it holds Python objects besides tensors, which are never unpickled here (they could run code)"
+    if zipped:
+        return f"a torch.save file that is damaged or cut short ({size:,} bytes)"
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def restore(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -107,6 +108,31 @@ def test_named_weights_are_refused_never_downloaded(weights: str) -> None:
 def test_missing_weights_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgumentError, match="not found"):
         create_model("shortcnn-rgb", weights=tmp_path / "nope.pt")
+
+
+def test_an_unreadable_weights_file_is_one_line_that_says_why(tmp_path: Path) -> None:
+    """torch's own message was empty (a 0-byte file), an errno (a file cut short) or twelve
+    lines on loading without weights_only (any file that is no torch file at all)."""
+    import fractions
+
+    from benzarr.checkpoint import load_checkpoint
+
+    model = create_model("shortcnn-rgb", num_classes=3)
+    good = tmp_path / "good.pt"
+    torch.save({"model": model.state_dict()}, good)
+    cases = {"empty.pt": b"", "cut.pt": good.read_bytes()[:4000], "zarr.json": b'{"zarr_format": 3}'}
+    for name, content in cases.items():
+        (tmp_path / name).write_bytes(content)
+    torch.save({"model": model.state_dict(), "note": fractions.Fraction(1, 3)}, tmp_path / "objects.pt")
+    why = {"empty.pt": "an empty file (0 bytes)", "cut.pt": "a torch.save file that is damaged or cut short (4,000 bytes)",
+           "zarr.json": "not a file written by torch.save", "objects.pt": "it holds Python objects besides tensors"}
+    for name, reason in why.items():
+        with pytest.raises(InvalidArgumentError) as raised:
+            load_weights(create_model("shortcnn-rgb", num_classes=3), tmp_path / name)
+        assert str(raised.value).startswith(f"cannot read weights from {tmp_path / name}: {reason}")
+        assert "\n" not in str(raised.value)
+        with pytest.raises(InvalidArgumentError, match=re.escape(f"cannot read the checkpoint ({reason}")):
+            load_checkpoint(tmp_path / name)
 
 
 def test_weights_round_trip_gives_the_same_outputs(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from benzarr.bigearthnet import BANDS, RGB_BANDS
+from benzarr.checkpoint import why_unreadable
 from benzarr.errors import DownloadRequiredError, InvalidArgumentError
 
 BandSet = Literal["rgb", "all"]
@@ -328,8 +329,8 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and safety errors all mean "not a weights file we read"
         raise InvalidArgumentError(
-            f"cannot read weights from {path}: {exc}. Expected a file written by torch.save "
-            "holding a state dict (or a dict with a 'model' state dict) of tensors."
+            f"cannot read weights from {path}: {why_unreadable(path, exc)}; expected a file written by torch.save "
+            "holding a state dict (or a dict with a 'model' state dict) of tensors"
         ) from exc
     if isinstance(obj, nn.Module):
         obj = obj.state_dict()
