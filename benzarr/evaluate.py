@@ -483,7 +483,8 @@ def evaluate_run(
 
     target = resolve_device(device)
     memory_format = torch.channels_last if settings.get("channels_last", True) else torch.contiguous_format
-    net = create_model(settings["model"], in_channels=len(options["bands"]), num_classes=len(classes), weights=weights)
+    net = create_model(settings["model"], in_channels=len(options["bands"]), num_classes=len(classes), weights=weights,
+                       strict=True)
     net = net.to(target, memory_format=memory_format).eval()
     criterion = create_loss(config.get("loss") or settings.get("loss", "bce"))  # the run's own loss
     loader = make_loader(ds, size, shuffle=False, num_workers=workers, seed=0, device=target)

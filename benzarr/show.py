@@ -348,7 +348,8 @@ def run_predictions(store_path: str | Path, rows: Sequence[int], run: str | Path
     whole = BigEarthNetDataset(store_path, **options)
     whole.set_normalization(*run_normalization(config, options))
     classes = list(config.get("classes") or whole.classes)
-    model = create_model(settings["model"], in_channels=len(options["bands"]), num_classes=len(classes), weights=weights)
+    model = create_model(settings["model"], in_channels=len(options["bands"]), num_classes=len(classes), weights=weights,
+                         strict=True)
     model.eval()
     scores = []
     with torch.no_grad():

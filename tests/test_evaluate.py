@@ -340,3 +340,22 @@ def test_a_mistyped_split_is_answered_before_torch_loads(run: Path) -> None:
     done = subprocess.run([sys.executable, "-c", probe, "evaluate", str(run), "--split", "nope"],
                           capture_output=True, text=True)
     assert done.stdout.split() == ["SplitNotFoundError", "False"], done.stdout + done.stderr
+
+
+def test_a_checkpoint_that_does_not_fit_the_runs_model_is_refused(run: Path, tmp_path: Path) -> None:
+    """A run folder holding another run's checkpoint (12 bands against its 3) was scored with a
+    warning and exit 0: the first convolution stayed random, and the metrics read as the run's."""
+    import shutil
+
+    import torch
+
+    from benzarr.models import create_model
+
+    mixed = tmp_path / "mixed"
+    shutil.copytree(run, mixed, ignore=shutil.ignore_patterns("evaluations"))
+    other = create_model("shortcnn-all", num_classes=43).state_dict()
+    torch.save({"model": other}, mixed / "checkpoints" / "best.pt")
+    with pytest.raises(InvalidArgumentError, match=r"best.pt does not fit shortcnn-rgb with 3 bands and 43 classes "
+                                                   r"exactly \(skipped 1 of another shape \(conv1.weight"):
+        evaluate_run(mixed, out_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()

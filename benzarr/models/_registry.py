@@ -246,6 +246,7 @@ def create_model(
     num_classes: int = 43,
     weights: str | os.PathLike[str] | None = None,
     finetune: int = 0,
+    strict: bool = False,
     **kwargs: Any,
 ) -> nn.Module:
     """Build a registered model, optionally load local weights, and set what trains.
@@ -262,6 +263,9 @@ def create_model(
         finetune: 0 train all; 1 only the head trains; 2 the last block and the head train.
             Frozen parameters get ``requires_grad=False`` and frozen batch-norm layers keep
             their running statistics (they run in inference mode, as a frozen Keras layer).
+        strict: ``weights`` must fit exactly, every tensor of the model loaded and none of
+            the file left over, or nothing is returned (``evaluate`` and ``show --run``: a
+            run's own checkpoint; a model half random would be scored as if trained).
         **kwargs: passed to the family's builder (e.g. ``dropout``).
 
     Returns:
@@ -271,7 +275,8 @@ def create_model(
 
     Raises:
         InvalidArgumentError: unknown name, bad channel/class count or finetune level, a
-            missing or unreadable weights file, or a file with no tensor fitting the model.
+            missing or unreadable weights file, a file with no tensor fitting the model, or
+            (``strict``) one that does not fit it exactly.
         DownloadRequiredError: ``weights`` is a name rather than a file path.
     """
     spec = get_spec(name)
@@ -295,6 +300,10 @@ def create_model(
 
     if path is not None:
         report = load_weights(model, path)
+        if (report.skipped_shape or report.missing or report.unexpected) and strict:
+            raise InvalidArgumentError(f"{path} does not fit {spec.name} with {in_channels} bands and {num_classes} "
+                                       f"classes exactly ({report.summary().split('; ', 1)[-1]}): the weights of "
+                                       "another model or run?")
         if report.skipped_shape or report.missing or report.unexpected:
             warnings.warn(report.summary(), WeightsMismatchWarning, stacklevel=2)
     set_finetune(model, finetune, spec)
