@@ -124,6 +124,23 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         raise InvalidArgumentError(f"{path}: not valid JSON ({exc})") from None
 
 
+def _read_metrics(path: Path, block: str) -> dict[str, Any] | None:
+    """``metrics.json`` of a run (``block="test"``) or of an evaluation (``"metrics"``), None if
+    absent, checked: the tables' metrics are numbers (or null). A damaged file once ended the
+    report with "could not convert string to float: 'abc'", naming no file."""
+    doc = _read_json(path)
+    if doc is None:
+        return None
+    metrics = doc.get(block) if isinstance(doc, dict) else None
+    if not isinstance(doc, dict) or not isinstance(metrics, (dict, type(None))):
+        raise InvalidArgumentError(f"{path}: not the metrics.json benzarr writes (no '{block}' block of metrics)")
+    for key in TABLE_METRICS:
+        value = (metrics or {}).get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise InvalidArgumentError(f"{path}: '{block}.{key}' is {value!r}, not a number: the file is damaged")
+    return doc
+
+
 def find_runs(paths: Sequence[str | Path], scalars: bool = True, evaluations: Sequence[str] = ()) -> list[Run]:
     """Read the run folders named by ``paths`` (a run folder, or a folder with run folders up to
     two levels below it: a folder of runs and ``--seeds`` folders);
@@ -161,11 +178,12 @@ def find_runs(paths: Sequence[str | Path], scalars: bool = True, evaluations: Se
                 continue
             seen.add(folder.resolve())
             config = read_run_config(folder)  # `{}` or `[]` is no run: refused, as evaluate and show refuse it
-            run = Run(folder, str(p), config, _read_json(folder / "metrics.json"), read_scalars(folder) if scalars else {})
+            run = Run(folder, str(p), config, _read_metrics(folder / "metrics.json", "test"),
+                      read_scalars(folder) if scalars else {})
             if not evaluations:
                 runs.append(run)
             for name in evaluations:
-                evaluation = _read_json(folder / "evaluations" / name / "metrics.json")
+                evaluation = _read_metrics(folder / "evaluations" / name / "metrics.json", "metrics")
                 if evaluation is None:
                     have = sorted(d.name for d in (folder / "evaluations").glob("*") if (d / "metrics.json").is_file())
                     raise InvalidArgumentError(
@@ -461,7 +479,21 @@ def write_report(paths: Sequence[str | Path], out: str | Path, evaluations: Sequ
     files["summary.md"] = out / "summary.md"
     unfinished = list(dict.fromkeys(str(r.path) for r in runs if r.metrics is None))
     return Report(out, files, runs_df, summary, summary_md, unfinished,
-                  [*(unfinished_warning(Path(r)) for r in unfinished), *notes])
+                  [*(unfinished_warning(Path(r)) for r in unfinished), *map(no_curves_warning, _without_curves(unique)),
+                   *notes])
+
+
+def _without_curves(runs: Sequence[Run]) -> list[Path]:
+    """Runs that finished an epoch (``metrics.json`` says so) but whose event files gave no
+    scalar: deleted, damaged or cut short, which TensorBoard's reader passes over in silence."""
+    return [r.path for r in runs if not r.scalars and (r.metrics or {}).get("epochs")]
+
+
+def no_curves_warning(run_dir: Path) -> str:
+    """What ``report`` says of a finished run with no curves (:func:`_without_curves`)."""
+    found = len(list(run_dir.glob("events.out.tfevents.*")))
+    where = f"its {found} event file(s) hold no scalar (damaged or cut short?)" if found else "it has no event file"
+    return f"{run_dir}: {where}, so curves.png has no curves for it; its test metrics are in the tables"
 
 
 def unfinished_warning(run_dir: Path) -> str:

@@ -200,3 +200,23 @@ def test_a_run_named_twice_is_one_run_and_an_evaluation_name_is_no_path(runs: di
     assert len(find_runs([rand, f"{rand}/", rand.parent / "." / rand.name])) == 1
     with pytest.raises(InvalidArgumentError, match="not a path"):
         find_runs([rand], evaluations=["../../strat/seed-0/evaluations/x"])
+
+
+def test_a_damaged_metrics_json_is_named_and_lost_curves_are_a_warning(runs: dict[str, Path], tmp_path: Path) -> None:
+    """A metrics.json with a string for a metric ended the report with "could not convert string
+    to float: 'abc'", naming no file; event files cut short gave empty curves without a word."""
+    import json
+    import shutil
+
+    run = shutil.copytree(runs["rand"], tmp_path / "run")
+    metrics = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").write_text(json.dumps({**metrics, "test": {**metrics["test"], "micro_f1": "abc"}}))
+    with pytest.raises(InvalidArgumentError, match=f"{run}/metrics.json: 'test.micro_f1' is 'abc', not a number"):
+        write_report([run], tmp_path / "out")
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    for events in run.glob("events.out.tfevents.*"):
+        events.write_bytes(events.read_bytes()[:100])
+    report = write_report([run], tmp_path / "out")
+    assert report.warnings == [f"{run}: its 1 event file(s) hold no scalar (damaged or cut short?), so curves.png "
+                               "has no curves for it; its test metrics are in the tables"]
+    assert report.runs["micro_f1"].tolist() == [metrics["test"]["micro_f1"]]
