@@ -873,6 +873,9 @@ def make_loader(
     device = check_device(device)
     # DistributedSampler with one replica is a seeded (seed + epoch) shuffler with set_epoch
     sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
+    # no batch holds more than the rank's patches: the same batches, and buffers for that many
+    # rows (--batch-size 99999999999999 on a small split failed to allocate 15.7 TiB)
+    batch_size = min(batch_size, len(sampler) + (1 if drop_last else 0) or 1)
     batches = ResumableBatchSampler(sampler, batch_size=batch_size, drop_last=drop_last)
     ring_possible = num_workers > 0 and not is_url(ds.path) and ds.fast
     if engine == "ring" and not ring_possible:

@@ -224,6 +224,8 @@ def main() -> None:
             raise
         if isinstance(exc, OSError):  # full disk, read-only file system, ... where no path was known
             error_line(str(os_error(exc, action="running")))
+        elif isinstance(exc, MemoryError):
+            error_line(f"out of memory ({_describe(exc)}); a smaller --batch-size or fewer --workers needs less")
         else:
             error_line(f"unexpected {_describe(exc)}; run with BENZARR_DEBUG=1 for the traceback")
         sys.exit(1)

@@ -371,6 +371,19 @@ def test_bench_bounds_the_batch_size_to_the_store(synth_store_64: Path) -> None:
     assert batched and all(r.extra["batch_size"] == 64 for r in batched)
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_make_loader_bounds_the_batch_size_to_the_patches(split_store: Path, workers: int) -> None:
+    """`train --batch-size 99999999999999` on a small split: "unexpected ValueError: Maximum
+    allowed dimension exceeded" (buffers for that many rows). No batch can hold more rows than
+    the subset: the same single batch, and buffers for those rows."""
+    ds = BigEarthNetDataset(split_store, split="s", subset="val", bands="rgb")
+    whole = [b["index"].tolist() for b in make_loader(ds, len(ds), True, workers, seed=3, device="cpu")]
+    with make_loader(ds, 10**14, True, workers, seed=3, device="cpu") as huge:
+        assert [b["index"].tolist() for b in huge] == whole and len(whole) == 1 and len(whole[0]) == len(ds)
+    with make_loader(ds, 10**14, True, workers, seed=3, device="cpu", drop_last=True) as none:
+        assert len(none) == 0 and list(none) == []
+
+
 def test_bench_command_prints_throughput(synth_store_64: Path) -> None:
     from typer.testing import CliRunner
 
