@@ -426,6 +426,22 @@ class Store:
                     f"{self._where('zarr.json')}: the store's attribute {key!r} is "
                     f"{shown if len(shown) <= 60 else shown[:57] + '...'}, not {expected}; {_DAMAGED}"
                 )
+        # the names readers go by: the format fixes them, so any other list is damage (names
+        # in another order labelled every channel wrongly; a class list cut short failed as
+        # "unexpected IndexError" in info and as a loss of the wrong size in train)
+        fixed = [("bands", array, list(BAND_ARRAYS[array].channels)) for array in attrs.get("bands", {})
+                 if array in BAND_ARRAYS and BAND_ARRAYS[array].channels]
+        fixed += [("classes", labels, list(NOMENCLATURES[labels])) for labels in attrs.get("classes", {})
+                  if labels in NOMENCLATURES]
+        for key, name, expected in fixed:
+            got = [str(n) for n in attrs[key][name]]
+            if got != expected:
+                at = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), min(len(got), len(expected)))
+                where = (f"{got[at]!r} where this format has {expected[at]!r}" if at < min(len(got), len(expected))
+                         else f"{len(got)} names where this format has {len(expected)}")
+                raise StoreCorruptError(
+                    f"{self._where('zarr.json')}: the store's attribute {key!r} lists the names of {name} wrongly "
+                    f"from name {at + 1} on ({where}); {_DAMAGED}")
 
     # -- arrays ----------------------------------------------------------------------
     def array(self, name: str) -> zarr.Array:

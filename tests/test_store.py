@@ -302,6 +302,11 @@ def test_a_format_version_that_is_not_a_whole_number_is_damage_named_by_file(tmp
     ("bands", {"s2/10m": "B02"}, "attribute 'bands' is"),
     ("n_patches", "40", "attribute 'n_patches' is \"40\", not a whole number"),
     ("label_sets", ["clc43", 1], "attribute 'label_sets' is"),
+    # names out of order labelled every channel wrongly; a class list cut short: info's IndexError
+    ("bands", {"s2/10m": ["B04", "B03", "B02", "B08"]},
+     "attribute 'bands' lists the names of s2/10m wrongly from name 1 on ('B04' where this format has 'B02')"),
+    ("classes", {"clc43": ["Continuous urban fabric", "Discontinuous urban fabric"]},
+     "attribute 'classes' lists the names of clc43 wrongly from name 3 on (2 names where this format has 43)"),
 ])
 def test_a_root_attribute_of_the_wrong_type_is_damage_named_by_file(tmp_path: Path, synth_store_64: Path, key: str,
                                                                     value: object, expected: str) -> None:
