@@ -459,7 +459,24 @@ class Store:
             raise self.metadata_error(exc, name) from None
         if not isinstance(node, zarr.Array):
             raise StoreCorruptError(f"{self.path}: {name!r} is not an array")
+        self._check_declared(name, node)
         return node
+
+    def _check_declared(self, name: str, node: zarr.Array) -> None:
+        """Raise StoreCorruptError when a band or label array's ``zarr.json`` declares another
+        row shape or data type than the format's (``"data_type": "int16"`` for the 10 m bands
+        failed in training as "unexpected KeyError: dtype('int16')"). Metadata only: no I/O."""
+        if name in BAND_ARRAYS:
+            row_shape, dtype = BAND_ARRAYS[name].row_shape, BAND_ARRAYS[name].dtype
+        elif name in LABEL_ARRAYS.values():
+            row_shape, dtype = ROW_FIELDS[name].trailing, ROW_FIELDS[name].dtype
+        else:
+            return
+        found = (tuple(node.shape[1:]), np.dtype(node.dtype).name)
+        if found != (tuple(row_shape), dtype):
+            raise StoreCorruptError(
+                f"{self._where(name + '/zarr.json')}: rows of shape {found[0]} and data type {found[1]}, "
+                f"where this format stores {tuple(row_shape)} and {dtype}; {_DAMAGED}")
 
     def has_array(self, name: str) -> bool:
         """True if an array exists at ``name`` (a damaged ``zarr.json`` raises StoreCorruptError)."""

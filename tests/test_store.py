@@ -357,3 +357,21 @@ def test_a_root_zarr_json_cut_short_is_damage_not_a_foreign_store(tmp_path: Path
     with pytest.raises(StoreCorruptError, match=r"zarr\.json: damaged store metadata \(not JSON"):
         open_store(store)
     assert "damaged" in describe(store) and "did not write" not in describe(store)
+
+
+@pytest.mark.parametrize("array, edit, message", [
+    ("s2/10m", {"data_type": "int16"}, "rows of shape (4, 120, 120) and data type int16, where this format stores "
+                                       "(4, 120, 120) and uint16"),
+    ("labels/clc43", {"shape": [64, 42]}, "rows of shape (42,) and data type uint8, where this format stores (43,) and uint8"),
+])
+def test_an_array_declared_with_another_row_shape_or_type_is_damage_named_by_file(
+        tmp_path: Path, synth_store_64: Path, array: str, edit: dict, message: str) -> None:
+    """Training met int16 10 m bands as "unexpected KeyError: dtype('int16')", and 42 label
+    columns as a loss of the wrong size."""
+    from benzarr.errors import StoreCorruptError
+
+    store = copy_tree(synth_store_64, tmp_path / "d.zarr")
+    meta = json.loads((store / array / "zarr.json").read_text())
+    (store / array / "zarr.json").write_text(json.dumps({**meta, **edit}))
+    with pytest.raises(StoreCorruptError, match=re.escape(f"d.zarr/{array}/zarr.json: {message}")):
+        open_store(store).array(array)
