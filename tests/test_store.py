@@ -369,6 +369,7 @@ def test_an_array_declared_with_another_row_shape_or_type_is_damage_named_by_fil
     """Training met int16 10 m bands as "unexpected KeyError: dtype('int16')", and 42 label
     columns as a loss of the wrong size."""
     from benzarr.errors import StoreCorruptError
+    from tests.conftest import copy_tree
 
     store = copy_tree(synth_store_64, tmp_path / "d.zarr")
     meta = json.loads((store / array / "zarr.json").read_text())
