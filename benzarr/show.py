@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from benzarr.errors import InvalidArgumentError, MissingDependencyError, missing_extra
+from benzarr.fsutil import check_outside_datasets
 
 if TYPE_CHECKING:
     from benzarr.store import Store
@@ -458,15 +459,19 @@ def _panel_dataset(store: Store, kinds: Sequence[str], label_set: str) -> Any:
     return BigEarthNetDataset(store.path, bands=bands, labels=label_set, modalities=modalities, resample="nearest")
 
 
-def check_image_path(out: str | Path) -> None:
+def check_image_path(out: str | Path, option: str = "--out") -> None:
     """Raise InvalidArgumentError unless ``out``'s suffix names an image format matplotlib
     writes and its nearest existing folder is a folder this process may write in (checked
     before any drawing, and before ``split`` writes its split: ``--out z.txt`` was a bare
-    ValueError at the end)."""
+    ValueError at the end), and that it is not in a store or an archive (``option`` names it).
+
+    Raises:
+        PathConflictError: ``out`` lies in a benzarr store or an archive."""
     from matplotlib.backend_bases import FigureCanvasBase
 
     formats = FigureCanvasBase.get_supported_filetypes()
     suffix = Path(out).suffix.lower().lstrip(".")
+    check_outside_datasets(Path(out).parent, option, f"the image {Path(out).name}")  # never among a store's files
     if Path(out).is_dir():
         raise InvalidArgumentError(f"{out}: is a folder; name an image file (.png, .pdf, .svg or .jpg)")
     for parent in Path(out).parents:  # the nearest existing folder above: a folder we may write in

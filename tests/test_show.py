@@ -216,3 +216,20 @@ def test_an_out_path_under_a_file_is_named(synth_store_64: Path, tmp_path: Path)
     (tmp_path / "afile").write_text("x")
     with pytest.raises(InvalidArgumentError, match=r"afile is a file, not a folder"):
         plot_patches(open_store(synth_store_64), [0], tmp_path / "afile" / "x.png")
+
+
+def test_an_image_is_never_written_into_a_store_or_an_archive(synth_store_64: Path, synth_archive_64: Path,
+                                                              tmp_path: Path) -> None:
+    """`show --out s.zarr/x.png` wrote into the store (train, evaluate and report refuse an --out
+    there), and ingest --overwrite then refused the store for the file it did not write."""
+    from benzarr.errors import PathConflictError
+    from benzarr.store import open_store
+    from tests.conftest import copy_tree
+
+    store = copy_tree(synth_store_64, tmp_path / "s.zarr")
+    for out, where in ((store / "x.png", f"is the benzarr store {store}"),
+                       (store / "s2" / "x.png", f"lies inside the benzarr store {store}"),
+                       (synth_archive_64 / "x.png", "is the synthetic archive")):
+        with pytest.raises(PathConflictError, match=f"--out {where}"):
+            plot_patches(open_store(store), [0], out)
+        assert not out.exists()
