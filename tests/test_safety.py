@@ -639,9 +639,10 @@ def test_an_ingest_interrupted_with_its_workers_says_one_line_and_resumes(synth_
     what = "interrupted" if signum == signal.SIGINT else "terminated (SIGTERM)"
     assert child.returncode == (130 if signum == signal.SIGINT else 143), err
     assert out == "" and err == f"error: {what}; {store}: the shards written so far are kept; run the same command again to resume\n"
-    resumed = run_cli("ingest", synth_archive_64, store, "--workers", "2", "--shard-size", "1", "-q")
-    assert resumed.returncode == 0 and resumed.stderr == ""
-    assert open_store(store).n_patches == 64
+    if signum == signal.SIGINT:  # (resuming after either is the same: tests/test_ingest.py's SIGTERM test)
+        resumed = run_cli("ingest", synth_archive_64, store, "--workers", "2", "--shard-size", "1", "-q")
+        assert resumed.returncode == 0 and resumed.stderr == ""
+        assert open_store(store).n_patches == 64
 
 
 def test_a_fifo_or_a_link_to_a_device_in_the_archive_is_a_bad_patch_not_a_hang(synth_archive_64: Path,
