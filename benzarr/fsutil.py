@@ -195,11 +195,10 @@ def foreign_files(store: str | Path, limit: int = 3) -> list[str]:
         if chunks_below is None and here.name == "c" and (here.parent / "zarr.json").is_file():
             chunks_below = here
         for name in sorted(files) + sorted(d for d in dirs if (here / d).is_symlink()):
-            if (name.startswith(".") and name.endswith(".tmp")) and not (here / name).is_symlink():
-                continue
-            expected = name.isdigit() if chunks_below is not None else name == "zarr.json"
-            if expected and not (here / name).is_symlink():
-                continue
+            if not (here / name).is_symlink():
+                temporary = name.startswith(".") and name.endswith(".tmp")
+                if temporary or (name.isdigit() if chunks_below is not None else name == "zarr.json"):
+                    continue
             found.append(str((here / name).relative_to(root)))
             if len(found) >= limit:
                 return found

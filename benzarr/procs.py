@@ -70,10 +70,11 @@ def ignore_interrupts() -> None:
 
 
 def stop_workers(pool: ProcessPoolExecutor) -> None:
-    """End ``pool`` now, from a parent that was interrupted or failed: end the workers with SIGTERM (their default action, :func:`default_sigterm`)
-    instead of waiting for the running tasks, which ignore Ctrl-C (:func:`ignore_interrupts`):
-    an ingest shard takes seconds. What a worker was writing is left as a kill leaves it, which
-    resuming handles (shards are written whole or not at all)."""
+    """End ``pool`` now, from a parent that was interrupted or failed: end the workers with
+    SIGTERM (their default action, :func:`default_sigterm`) instead of waiting for the running
+    tasks, which ignore Ctrl-C (:func:`ignore_interrupts`): an ingest shard takes seconds. What
+    a worker was writing is left as a kill leaves it, which resuming handles (shards are
+    written whole or not at all)."""
     processes = list((getattr(pool, "_processes", None) or {}).values())  # CPython's
     if not processes:
         pool.shutdown(wait=False, cancel_futures=True)
@@ -149,8 +150,7 @@ def worker_pool(*, then: Any = None, **options: Any) -> Iterator[ProcessPoolExec
     """A ``ProcessPoolExecutor(**options)`` whose workers die with their parent and ignore
     Ctrl-C, which the parent handles (:func:`exit_with_parent`); each then runs ``then()``
     (a module-level function: a spawned worker unpickles it). Left by an exception (Ctrl-C,
-    the CLI's SIGTERM), it cancels the tasks not yet started and ends the running ones
-    (:func:`stop_workers`): ``with ProcessPoolExecutor()`` would first run every queued task,
+    the CLI's SIGTERM), it ends the workers, running tasks and all (:func:`stop_workers`): ``with ProcessPoolExecutor()`` would first run every queued task,
     so a ``kill PID`` of verify waited for the whole store."""
     pool = _Pool(initializer=_start_worker, initargs=(then,), **options)
     try:
