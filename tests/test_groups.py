@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
@@ -76,25 +76,37 @@ def test_subset_sizes_are_within_one_largest_group_of_the_fractions(data, r, see
     assert (sizes[np.asarray(r) == 0] == 0).all()  # a zero share stays empty
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(n=st.integers(1000, 2500), n_labels=st.integers(3, 9), data_seed=st.integers(0, 2**32 - 1),
-       seed=st.integers(0, 2**32 - 1), kfold=st.booleans())
+       seed=st.integers(0, 2**32 - 5), kfold=st.booleans())
+@example(n=1000, n_labels=7, data_seed=4194303, seed=4194303, kfold=False)  # failed one seed vs one
 def test_one_patch_a_group_has_the_plain_iterative_quality(n, n_labels, data_seed, seed, kfold) -> None:
-    """With singleton groups the label balance is the plain method's: LD within 1.5x of it
-    (plus a tenth of a random split's LD for small-sample noise), far below random."""
+    """With singleton groups the label balance is the plain method's: the median LD over five
+    seeds within 1.5x of the plain method's median (plus three tenths of a random split's LD for
+    small-sample noise), far below random.
+
+    Medians, not one seed each: both methods draw their own random path, and either one's LD has
+    a tail (about 1 seed in 15 above 0.01 at n=1000 for both, with the same distribution), so a
+    single seed against a single seed fails now and then by chance alone (it did at n=1000, 7
+    labels).
+    """
     rng = np.random.default_rng(data_seed)
     labels = (rng.random((n, n_labels)) < 0.02 + 0.5 * rng.random(n_labels)).astype(np.uint8)
-    if kfold:
-        grouped = iterative_group_codes(labels, np.arange(n), seed=seed)
-        plain = iterative_codes(labels, seed=seed)
-    else:
-        grouped = iterative_group_codes(labels, np.arange(n), fractions=(0.6, 0.2, 0.2), seed=seed)
-        plain = iterative_fraction_codes(labels, fractions=(0.6, 0.2, 0.2), seed=seed)
-    q_grouped = split_quality(labels, grouped, desired=(0.6, 0.2, 0.2))
-    q_plain = split_quality(labels, plain, desired=(0.6, 0.2, 0.2), baseline_seed=None)
-    random_ld = q_grouped.baseline.label_distribution
-    assert q_grouped.label_distribution <= 1.5 * q_plain.label_distribution + 0.3 * random_ld
-    assert q_grouped.examples_distribution <= 1.0  # sizes within one patch of the shares
+    ld_grouped, ld_plain = [], []
+    for s in range(seed, seed + 5):
+        if kfold:
+            grouped = iterative_group_codes(labels, np.arange(n), seed=s)
+            plain = iterative_codes(labels, seed=s)
+        else:
+            grouped = iterative_group_codes(labels, np.arange(n), fractions=(0.6, 0.2, 0.2), seed=s)
+            plain = iterative_fraction_codes(labels, fractions=(0.6, 0.2, 0.2), seed=s)
+        q_grouped = split_quality(labels, grouped, desired=(0.6, 0.2, 0.2), baseline_seed=None)
+        q_plain = split_quality(labels, plain, desired=(0.6, 0.2, 0.2), baseline_seed=None)
+        ld_grouped.append(q_grouped.label_distribution)
+        ld_plain.append(q_plain.label_distribution)
+        assert q_grouped.examples_distribution <= 1.0  # sizes within one patch of the shares
+    random_ld = split_quality(labels, grouped, desired=(0.6, 0.2, 0.2), baseline_seed=seed).baseline.label_distribution
+    assert np.median(ld_grouped) <= 1.5 * np.median(ld_plain) + 0.3 * random_ld
 
 
 def test_one_patch_a_group_at_scale_is_at_least_as_balanced_as_plain() -> None:
