@@ -495,7 +495,7 @@ class _Run:
     partial: EpochTally | None = None   # a mid-epoch checkpoint's sums, until its epoch goes on
     writer: Any = None
     tracker: Any = None
-    flags_before: tuple[bool, bool] = (False, False)  # deterministic algorithms, cudnn.benchmark
+    flags_before: tuple[bool, bool, bool] = (False, False, False)  # deterministic algorithms, cudnn.benchmark, warn-only
     started: float = field(default_factory=time.perf_counter)
     best_val: dict[str, Any] | None = None
 
@@ -601,7 +601,7 @@ def _claim_run_dir(cfg: TrainConfig) -> Path:
     return run_dir
 
 
-def _seed_and_set_determinism(cfg: TrainConfig) -> tuple[bool, bool]:
+def _seed_and_set_determinism(cfg: TrainConfig) -> tuple[bool, bool, bool]:
     """Seed torch, NumPy and random; set the kernel flags; return the flags to restore at the end.
 
     Determinism where it is cheap: seeded generators, deterministic kernels (warn, not fail,
@@ -610,7 +610,8 @@ def _seed_and_set_determinism(cfg: TrainConfig) -> tuple[bool, bool]:
     """
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    flags_before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark)
+    flags_before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
+                    torch.is_deterministic_algorithms_warn_only_enabled())
     torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
     torch.backends.cudnn.benchmark = not cfg.deterministic
     torch.manual_seed(cfg.seed)
@@ -916,9 +917,9 @@ def _close(run: _Run) -> None:
     _restore_flags(run.flags_before)
 
 
-def _restore_flags(flags_before: tuple[bool, bool]) -> None:
-    """Deterministic algorithms and cudnn.benchmark as they were before the run."""
-    torch.use_deterministic_algorithms(flags_before[0])
+def _restore_flags(flags_before: tuple[bool, bool, bool]) -> None:
+    """Deterministic algorithms (and their warn-only mode) and cudnn.benchmark as they were before the run."""
+    torch.use_deterministic_algorithms(flags_before[0], warn_only=flags_before[2])
     torch.backends.cudnn.benchmark = flags_before[1]
 
 

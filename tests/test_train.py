@@ -582,6 +582,16 @@ def test_fast_mode_turns_on_cudnn_benchmark_and_is_recorded(store: Path, tmp_pat
     train(config(store, tmp_path / "fast", max_steps=1, deterministic=False), flags("fast"))
     assert seen == {"det": (True, False), "fast": (False, True)}
     assert (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark) == before  # restored
+    # a caller's strict mode (no warn_only) is restored as strict, not left warn-only
+    torch.use_deterministic_algorithms(True)
+    try:
+        train(config(store, tmp_path / "strict", max_steps=1))
+        assert torch.are_deterministic_algorithms_enabled() and not torch.is_deterministic_algorithms_warn_only_enabled()
+        torch.use_deterministic_algorithms(False, warn_only=True)
+        train(config(store, tmp_path / "loose", max_steps=1))
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+    finally:
+        torch.use_deterministic_algorithms(before[0])
     settings = {name: json.loads((tmp_path / name / "config.json").read_text())["settings"] for name in ("det", "fast")}
     assert settings["det"]["deterministic"] is True and settings["fast"]["deterministic"] is False
     # the mode changes kernels, not the experiment: a run may be resumed in the other mode
