@@ -814,6 +814,8 @@ def make_split(
         store, name, method, labels, seed, folds, assign, fractions, csv_dir, overwrite, engine, group_by, leakage_km
     )
     usable, n_failed, n_excluded_from = _usable_rows(store, exclude_from)
+    if method in ("iterative", "random") and not usable.any():
+        raise InvalidArgumentError(_nothing_to_split(store, n_failed, exclude_from, n_excluded_from))
     label_matrix = store.labels(labels)
     codes, parameters, desired, lists = _split_codes(
         store, method, label_matrix, usable, kfold=kfold, grouping=grouping, folds=folds, assign=assign,
@@ -914,6 +916,16 @@ def _usable_rows(store: Store, exclude_from: str | None) -> tuple[np.ndarray, in
         n_excluded_from = int(dropped.sum())
         usable &= other != EXCLUDED
     return usable, n_failed, n_excluded_from
+
+
+def _nothing_to_split(store: Store, n_failed: int, exclude_from: str | None, n_excluded_from: int) -> str:
+    """Why a store has no patch to split (a split of nothing would write an empty train set)."""
+    why = []
+    if n_failed:
+        why.append(f"{n_failed} failed ingest (benzarr info {store.path} lists them)")
+    if exclude_from is not None:
+        why.append(f"{n_excluded_from} are excluded by split {exclude_from!r}")
+    return f"no usable patch to split among the store's {store.n_patches}: " + "; ".join(why or ["the store is empty"])
 
 
 def _split_codes(

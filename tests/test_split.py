@@ -383,6 +383,18 @@ def test_exclude_from_carries_exclusions(store) -> None:
     assert result.attrs["n_excluded_from"] == int(((codes == 2) & store.valid_mask()).sum())
 
 
+@pytest.mark.parametrize("method", ["random", "iterative"])
+def test_a_store_with_no_usable_patch_is_refused_and_nothing_is_written(store, method: str) -> None:
+    """A split of nothing wrote an empty train set and exited 0 (random) or spoke of folds the
+    user never asked for (iterative with --fractions): now one line says why nothing is left."""
+    store.write_split("none", np.full(store.n_patches, -1, dtype=np.int8), {"method": "manual"})
+    with pytest.raises(InvalidArgumentError, match=r"^no usable patch to split among the store's 600: 3 failed "
+                                                   r"ingest \(benzarr info .* lists them\); 597 are excluded by "
+                                                   r"split 'none'$"):
+        make_split(store, "child", method, fractions=(0.6, 0.2, 0.2), exclude_from="none")
+    assert list_splits(store)["name"].tolist() == ["none"]
+
+
 def test_list_and_quality_of_stored_splits(store) -> None:
     make_split(store, "x", "iterative")
     make_split(store, "y", "random")
