@@ -664,6 +664,27 @@ def test_a_fifo_or_a_link_to_a_device_in_the_archive_is_a_bad_patch_not_a_hang(s
     assert sorted(open_store(tmp_path / "s.zarr").failed()) == sorted([first, second, third])
 
 
+def test_an_entry_named_like_a_patch_that_is_not_a_folder_is_a_bad_patch(synth_archive_64: Path,
+                                                                         tmp_path: Path) -> None:
+    """A file, a broken link or a FIFO named like a patch (a cut download, a stray copy) was
+    skipped without a word: the store then silently lacked a patch the archive listed."""
+    from benzarr.ingest import ingest
+
+    archive = copy_tree(synth_archive_64, tmp_path / "a")
+    first = discover_patches(archive)[0]
+    stem = first.rsplit("_", 2)[0]
+    empty, broken, fifo = (f"{stem}_{row}_{col}" for row, col in ((97, 1), (97, 2), (97, 3)))
+    (archive / empty).write_bytes(b"")
+    os.symlink(archive / "nowhere", archive / broken)
+    os.mkfifo(archive / fifo)
+    assert {empty, broken, fifo} <= set(discover_patches(archive))
+    result = ingest(archive, tmp_path / "s.zarr", workers=1)
+    assert sorted(result.failed) == sorted([empty, broken, fifo])
+    assert all(reason.startswith("not a folder (a file or a broken link named like a patch")
+               for reason in result.failed.values()), result.failed
+    assert open_store(tmp_path / "s.zarr").valid_mask().sum() == 64
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_an_interrupt_swallowed_by_a_callback_is_delivered_again(monkeypatch: pytest.MonkeyPatch, signum: int) -> None:
     """Python drops a KeyboardInterrupt raised inside a ``__del__`` or a weakref callback (any

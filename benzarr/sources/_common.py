@@ -191,6 +191,16 @@ def subfolders(root: Path, accept: Any, limit: int | None = None) -> Iterable[st
             return
 
 
+def non_folders(root: Path, accept: Any) -> list[str]:
+    """Names directly under ``root`` for which ``accept(name)`` is true that are not folders
+    (files, links to files, FIFOs...), tar members included: named like a patch, such an entry
+    is a patch gone wrong (a cut download, a stray copy), reported as bad instead of ignored."""
+    if _files.in_tar(root):
+        return [name for name, folder in _files.listdir(root) if not folder and accept(name)]
+    with os.scandir(root) as entries:
+        return [entry.name for entry in entries if accept(entry.name) and not is_dir(entry)]
+
+
 def _scan_folders(root: Path, accept: Any) -> Iterable[str]:
     seen = set()
     with os.scandir(root) as entries:

@@ -30,6 +30,7 @@ from benzarr.sources._common import (
     check_archive_folder,
     complete_patch,
     name_time,
+    non_folders,
     official_names,
     parse_labels,
     read_metadata,
@@ -74,8 +75,9 @@ def find_archive_root(path: str | Path) -> Path:
 
 
 def discover_patches(root: str | Path) -> list[str]:
-    """Sorted names of the patch folders directly under ``root``."""
-    return sorted(subfolders(Path(root), is_patch_name))
+    """Sorted names of the patch folders directly under ``root``, and of the entries named like
+    one that are not folders (:func:`read_patch` reports those as bad patches)."""
+    return sorted([*subfolders(Path(root), is_patch_name), *non_folders(Path(root), is_patch_name)])
 
 
 def _parse_time(text: object) -> int:
@@ -106,6 +108,9 @@ def read_patch(root: str | Path, name: str) -> Patch:
         BadPatchError: naming the file and the problem.
     """
     root = Path(root)
+    if not _files.is_dir(root / name):
+        raise BadPatchError(name, "not a folder (a file or a broken link named like a patch; a patch is a folder of band "
+                                  "GeoTIFFs and a labels JSON)")
     json_path = labels_path(root, name)
     try:
         meta = read_metadata(json_path)
