@@ -19,8 +19,9 @@ import pytest
 # One intra-op thread in every test process and in every process a test starts (they inherit the
 # environment), set before torch is imported. pytest-xdist runs a worker a core, and each worker
 # and its CLI subprocesses would otherwise start one OpenMP thread a core too: on 2 cores, 2-4
-# threads a core whose spin-waits burned about a third of the suite's CPU time (test_train.py and
-# test_evaluate.py: 118 s of user time against 85 s, 71 s of wall time against 55 s). The tests
+# threads a core, whose spin-waits burned a quarter of test_train.py's and test_evaluate.py's CPU
+# time (118 s of user time against 85 s, 71 s of wall time against 55 s) and took the whole run
+# from about 300 s to 280-290 s. The tests
 # about thread counts set theirs explicitly (test_train, test_augment_resample); a developer's
 # own OMP_NUM_THREADS wins.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
