@@ -28,6 +28,7 @@ from benzarr.augment import check_augment
 from benzarr.checks import whole as _whole
 from benzarr.errors import BenzarrError, InvalidArgumentError, LoaderWorkerError
 from benzarr.shards import RowReader
+from benzarr.procs import thread_blosc_lock
 from benzarr.graphs import GraphedTransform
 from benzarr.transform import CHANNEL_GROUPS, RESAMPLE_MODES, Batch, BatchTransform
 from benzarr.store import (
@@ -941,8 +942,11 @@ def _dataloader(ds: BigEarthNetDataset, batches: ResumableBatchSampler, num_work
         if prefetch_factor is not None:
             kwargs["prefetch_factor"] = prefetch_factor
         if is_url(ds.path):
-            # fsspec's event loop and sockets do not survive fork: start workers fresh
+            # fsspec's event loop and sockets do not survive fork: start workers fresh, with a
+            # thread lock for Blosc (the named semaphore numcodecs makes was left registered by a
+            # worker ended as it exited: "leaked semaphore" at about 1 run in 5)
             kwargs["multiprocessing_context"] = "spawn"
+            kwargs["worker_init_fn"] = thread_blosc_lock
     loader = DataLoader(
         ds,
         batch_sampler=batches,

@@ -136,13 +136,21 @@ def _start_worker(then: Any = None) -> None:
     process's alone, and the pool's workers start fresh (spawn), so a thread lock does the
     same job. (Set only where numcodecs still has these names and has made no lock yet.)"""
     exit_with_parent()
+    thread_blosc_lock()
+    if then is not None:
+        then()
+
+
+def thread_blosc_lock(worker_id: int | None = None) -> None:
+    """Give numcodecs' Blosc a ``threading.Lock`` in a fresh (spawned) worker, before its first
+    call makes a named semaphore (:func:`_start_worker` says why); also a DataLoader
+    ``worker_init_fn`` (``worker_id`` unused). Does nothing once a lock exists or where
+    numcodecs lacks these names."""
     import numcodecs.blosc
 
     if getattr(numcodecs.blosc, "_MUTEX_IS_INIT", None) is False:
         numcodecs.blosc._MUTEX = threading.Lock()
         numcodecs.blosc._MUTEX_IS_INIT = True
-    if then is not None:
-        then()
 
 
 @contextmanager
