@@ -63,14 +63,12 @@ from benzarr.fsutil import check_not_a_file, read_utf8
 from benzarr.groups import GroupBy, group_ids, group_summary, grouped_assignment, parse_group_by
 from benzarr.checks import MAX_SEED, check_seed, is_number, is_whole  # noqa: F401  (MAX_SEED, check_seed: also this module's API)
 from benzarr.leakage import DEFAULT_KM, check_km, split_leakage
-from benzarr.store import EXCLUDED, TEST, TRAIN, VAL, check_split_name  # noqa: F401 (codes re-exported)
+from benzarr.store import EXCLUDED, TEST, TRAIN, VAL, Store, check_split_name, open_store  # noqa: F401 (codes re-exported)
 from benzarr.store import SUBSETS as SUBSET_CODES
 from benzarr.stratify import kfold_assignment, shuffled_stratification
 
 if TYPE_CHECKING:
     import pandas as pd
-
-    from benzarr.store import Store
 
 #: Subset names in code order (codes and names: benzarr.store).
 SUBSETS: tuple[str, ...] = tuple(SUBSET_CODES)
@@ -771,7 +769,7 @@ def _package_versions() -> dict[str, str]:
 
 
 def make_split(
-    store: Store,
+    store: Store | str | Path,
     name: str,
     method: str,
     *,
@@ -790,7 +788,7 @@ def make_split(
     """Compute a split of ``store`` and write it as ``splits/<name>``.
 
     Args:
-        store: a store opened with ``mode="r+"``.
+        store: a store opened with ``mode="r+"``, or its path (opened so).
         method: ``iterative``, ``random``, ``official`` or ``csv``.
         folds, assign: K-fold mode of ``iterative`` (defaults 5 and (3, 1, 1)).
         fractions: train, val, test shares for ``iterative`` (instead of folds) or ``random``
@@ -808,8 +806,11 @@ def make_split(
     Raises:
         SplitExistsError: ``name`` exists and not ``overwrite`` (checked before any work).
         SplitNotFoundError: ``exclude_from`` is not a split of the store.
-        InvalidArgumentError: bad or contradictory arguments.
+        InvalidArgumentError: bad or contradictory arguments, or a store opened read-only.
     """
+    if not isinstance(store, Store):
+        store = open_store(store, mode="r+")
+    store.check_writable()
     labels, seed, kfold, grouping = _check_split_args(
         store, name, method, labels, seed, folds, assign, fractions, csv_dir, overwrite, engine, group_by, leakage_km
     )

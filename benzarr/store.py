@@ -365,8 +365,16 @@ class Store:
         """A copy of the ``benzarr`` group attributes."""
         return deepcopy(dict(self.group.attrs.get(ATTRS_KEY, {})))
 
+    def check_writable(self) -> None:
+        """Raise :class:`InvalidArgumentError` naming the store when it was opened read-only
+        (zarr's own ValueError named neither the store nor the fix)."""
+        if self.group.read_only:
+            raise InvalidArgumentError(f"{self.path}: opened read-only; open_store({str(self.path)!r}, mode='r+') "
+                                       "to write splits or attributes")
+
     def update_attrs(self, **changes: Any) -> None:
         """Merge ``changes`` into the ``benzarr`` attributes (one write of the root zarr.json)."""
+        self.check_writable()
         attrs = self.attrs
         attrs.update(changes)
         self.group.attrs.update({ATTRS_KEY: attrs})
@@ -721,6 +729,7 @@ class Store:
 
         Codes of patches that failed ingest are forced to -1, so no reader serves them.
         """
+        self.check_writable()
         check_split_name(name)
         codes = np.asarray(codes, dtype=np.int8)
         if codes.shape != (self.n_patches,):
@@ -761,6 +770,7 @@ class Store:
             SplitNotFoundError: no such split.
             UnsafeOverwriteError: its folder holds files no Zarr writer put there (nothing is deleted).
         """
+        self.check_writable()
         self.read_split(name)  # raises with the known names
         self._check_replaceable_split(name)
         del self.group[f"{SPLITS_GROUP}/{name}"]
@@ -962,7 +972,12 @@ def open_store(
             boolean, ``classes`` or ``bands`` not an object, ...).
         StoreVersionError: written by a newer format version.
         StoreIncompleteError: ingest unfinished and ``require_complete``.
+        InvalidArgumentError: ``mode`` is not ``"r"`` or ``"r+"`` (zarr's ``"w"`` would first
+            empty the store; :func:`create_store` makes new ones).
     """
+    if mode not in ("r", "r+"):
+        raise InvalidArgumentError(f"mode must be 'r' (read) or 'r+' (add splits), got {mode!r}; "
+                                   "a store is never opened to be emptied ('w')")
     if not is_url(path) and not Path(path).exists():
         raise StoreNotFoundError(f"{path}: no such store")
     try:

@@ -235,6 +235,40 @@ def test_open_store_refuses_what_is_not_a_finished_benzarr_store(tmp_path: Path,
     assert not open_store(copy, require_complete=False).complete
 
 
+@pytest.mark.parametrize("mode", ["w", "w-", "a", "x", "rw"])
+def test_open_store_takes_read_or_read_write_only_and_never_empties_a_store(tmp_path: Path, synth_store_64: Path,
+                                                                            mode: str) -> None:
+    """``open_store(path, mode="w")`` went to zarr, which emptied the store (5 MB to an empty
+    group) before StoreNotFoundError; "x" or "rw" were a bare AssertionError."""
+    import shutil
+
+    copy = shutil.copytree(synth_store_64, tmp_path / "copy.zarr")
+    files = sorted(p.relative_to(copy) for p in copy.rglob("*"))
+    with pytest.raises(InvalidArgumentError, match=rf"^mode must be 'r' \(read\) or 'r\+' \(add splits\), got '{re.escape(mode)}'"):
+        open_store(copy, mode=mode)
+    assert sorted(p.relative_to(copy) for p in copy.rglob("*")) == files
+    assert open_store(copy).n_patches == 64
+
+
+def test_writing_through_a_read_only_store_names_the_store_and_the_mode(tmp_path: Path, synth_store_64: Path) -> None:
+    """zarr's "store was opened in read-only mode" ValueError named neither the store nor the fix."""
+    import shutil
+
+    from benzarr.split import make_split
+
+    copy = shutil.copytree(synth_store_64, tmp_path / "copy.zarr")
+    store = open_store(copy)
+    expected = rf"^{re.escape(str(copy))}: opened read-only; open_store\('{re.escape(str(copy))}', mode='r\+'\)"
+    for write in (lambda: store.update_attrs(note="x"), lambda: store.write_split("s", np.zeros(64, np.int8), {}),
+                  lambda: store.delete_split("s"), lambda: make_split(store, "s", "random")):
+        with pytest.raises(InvalidArgumentError, match=expected):
+            write()
+    assert open_store(copy).split_names() == []
+    # a path is opened for writing: the notebook's make_split("s.zarr", ...) works
+    assert (make_split(copy, "s", "random").codes == 0).sum() > 0
+    assert open_store(copy).split_names() == ["s"]
+
+
 def test_splits_are_stored_with_attributes_and_failed_rows_excluded(synth_store_64: Path, tmp_path: Path) -> None:
     import shutil
 
