@@ -288,7 +288,7 @@ def dataset(store: Path, augment: str = "none") -> Any:
 def native_batch(ds: Any, batch: int, device: torch.device) -> dict[str, torch.Tensor]:
     """The first ``batch`` patches of ``ds`` as a native uint16 batch on ``device`` (store
     rows stay on the CPU, as the loader leaves them): a batch transform's input."""
-    raw = ds.__getitems__(list(range(min(batch, len(ds)))))
+    raw = ds.read_batch(list(range(min(batch, len(ds)))))
     return {k: torch.as_tensor(v) if k == "index" else torch.as_tensor(v).to(device) for k, v in raw.items()}
 
 

@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
             ring.set_epoch(1)
             got = on_host(ring)
         sampler.set_epoch(1)
-        row.update(compare([ds.__getitems__(b) for b in batches], got))
+        row.update(compare([ds.read_batch(b) for b in batches], got))
     except Exception as exc:
         row.update(equal=False, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=5))
     rows.append(row)
@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
                     transform = ds.batch_transform(device)
                     transform.planes, transform.fused = planes, fused
                     transform.set_epoch(3)
-                    outputs.append([{k: v.cpu() for k, v in transform(ds.__getitems__(rows)).items()}
+                    outputs.append([{k: v.cpu() for k, v in transform(ds.read_batch(rows)).items()}
                                     for rows in ([0, 5, 9, 2, 31, 17, 40], list(range(20, 52)))])
                 results.append({"planes": planes, **compare(*outputs)})
             row.update(equal=all(r["equal"] for r in results), results=results)
@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
             ds = BigEarthNetDataset(v1, **kwargs)
             eager, compiled = ds.batch_transform(device), ds.batch_transform(device)
             compiled.compiled = True
-            batch = ds.__getitems__(list(range(32)))
+            batch = ds.read_batch(list(range(32)))
             a, b = eager(batch)["image"].cpu(), compiled(batch)["image"].cpu()
             results.append({"kwargs": str(kwargs), "compiled_stayed_on": bool(compiled.compiled),
                             "bit_equal": torch.equal(a, b),

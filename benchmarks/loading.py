@@ -6,7 +6,7 @@ without threads, tensorstore limited to one thread, torch one thread). Each meth
 batches of ``--batch-size`` patches the way its users read it:
 
 * ``memcpy``: copy of the same bytes from one memory-mapped .npy (N, 80000) uint16: the ceiling
-* ``benzarr-none|lz4|zstd``: ``BigEarthNetDataset.__getitems__`` (this package's shard reader),
+* ``benzarr-none|lz4|zstd``: ``BigEarthNetDataset.read_batch`` (this package's shard reader),
   checking each chunk's crc32c (the default, store format 2)
 * ``benzarr-none-noverify``, ``benzarr-lz4-noverify``: the same with
   ``verify_checksums=False``, timed right after their checked rows; the targets give
@@ -54,7 +54,7 @@ since they fork worker processes; see :func:`model_ready_methods` and :func:`del
   copy; time blocked waiting for a worker is not CPU time and is excluded), split into
   ``copy_us_per_patch`` and ``loader_us_per_patch``
 * ``benzarr-lz4-model-ready``: float32 (12, 120, 120), upsampled and normalised on the CPU
-  in one process (``__getitems__`` + ``BatchTransform``; single: ``ds[i]``)
+  in one process (``read_batch`` + ``BatchTransform``; single: ``ds[i]``)
 * ``benzarr-lz4-model-ready-flip-rot90``: the same with augmentation (random flips and
   90-degree rotations, :mod:`benzarr.augment`), a new draw every batch: its cost
 * ``make-loader-cpu-w0|w2``: the same through ``make_loader(device="cpu")`` with 0 and 2
@@ -151,7 +151,7 @@ def build(workdir: Path, n: int, log: Callable[[str], None], need: set[str] | No
         return paths
     ds = BigEarthNetDataset(paths["store-lz4"])  # the same pixels as every store's
     names = [str(x) for x in open_store(paths["store-lz4"]).patch_names()]
-    native = ds.__getitems__(np.arange(len(ds)))
+    native = ds.read_batch(np.arange(len(ds)))
     arrays = {g: native[g].numpy() for g in GROUPS}
 
     if "npy" in need:
@@ -300,16 +300,16 @@ class Batches:
 
 def dataset_timers(ds: BigEarthNetDataset, n: int, b: int) -> tuple[Callable[[], int], Callable[[], int]]:
     """The ``batch`` and ``single`` callables of a method that reads ``ds`` with
-    ``__getitems__``: random batches of ``b`` (``Batches(n, b)``, seed 0) and random single
+    ``read_batch``: random batches of ``b`` (``Batches(n, b)``, seed 0) and random single
     patches (seed 2), the same draws for every method; each returns the patches it read."""
     nb, r = Batches(n, b), np.random.default_rng(2)
 
     def batch() -> int:
-        ds.__getitems__(nb())
+        ds.read_batch(nb())
         return b
 
     def single() -> int:
-        ds.__getitems__([int(r.integers(n))])
+        ds.read_batch([int(r.integers(n))])
         return 1
 
     return batch, single
@@ -779,7 +779,7 @@ def model_ready_methods(paths: dict[str, Path], n: int, b: int, log: Callable[[s
     """Methods that serve float32 (12, 120, 120) images, upsampled and normalised, as models
     take them, plus the ring's uint16 delivery (``delivered-lz4-w1|w2``, a ``measure`` entry).
 
-    * ``benzarr-lz4-model-ready``: ``BigEarthNetDataset(normalize=True).__getitems__`` and its
+    * ``benzarr-lz4-model-ready``: ``BigEarthNetDataset(normalize=True).read_batch`` and its
       ``BatchTransform`` on the CPU, one process (single: ``ds[i]``)
     * ``make-loader-cpu-w0|w2``: ``make_loader(device="cpu")`` with 0 and 2 workers (with
       workers, the transform runs in the workers)
@@ -813,7 +813,7 @@ def model_ready_methods(paths: dict[str, Path], n: int, b: int, log: Callable[[s
     r = np.random.default_rng(6)
 
     def model_ready() -> int:
-        tf(ds.__getitems__(nb()))
+        tf(ds.read_batch(nb()))
         return b
 
     def model_ready_single() -> int:
@@ -830,7 +830,7 @@ def model_ready_methods(paths: dict[str, Path], n: int, b: int, log: Callable[[s
 
     def model_ready_augmented() -> int:
         augmented.set_epoch(next(epochs))  # a new draw every batch, as over many epochs
-        augmented(ds.__getitems__(nb()))
+        augmented(ds.read_batch(nb()))
         return b
 
     out["benzarr-lz4-model-ready-flip-rot90"] = {"batch": model_ready_augmented, "single": None, "bytes": stored,

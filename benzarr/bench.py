@@ -100,9 +100,9 @@ def bench_store(
 
     Measurements (in this order):
 
-    * ``single native``: one ``__getitems__([i])`` a patch, uint16 native arrays;
+    * ``single native``: one ``read_batch([i])`` a patch, uint16 native arrays;
     * ``single sample``: ``ds[i]``, float32 (12, 120, 120) upsampled on the CPU;
-    * ``batched native``: ``__getitems__`` of ``batch_size`` random indices;
+    * ``batched native``: ``read_batch`` of ``batch_size`` random indices;
     * ``loader, 0 workers`` and ``loader, W workers``: :func:`make_loader` epochs on the
       CPU, device batches included (the workers' start-up is not counted).
 
@@ -133,7 +133,7 @@ def bench_store(
     results: list[Throughput] = []
 
     def one_native() -> int:
-        ds.__getitems__([int(rng.integers(len(ds)))])
+        ds.read_batch([int(rng.integers(len(ds)))])
         return 1
 
     def one_sample() -> int:
@@ -141,7 +141,7 @@ def bench_store(
         return 1
 
     def batch_native() -> int:
-        ds.__getitems__(rng.integers(len(ds), size=batch_size))
+        ds.read_batch(rng.integers(len(ds), size=batch_size))
         return batch_size
 
     for name, call in (("single native", one_native), ("single sample", one_sample), ("batched native", batch_native)):

@@ -102,8 +102,10 @@ class BigEarthNetDataset(Dataset):
     * ``mask`` (with ``"reference-map"`` in ``modalities``): int64 (120, 120) CLC2018 code
       per pixel (e.g. 311 broad-leaved forest; :data:`benzarr.bigearthnet.CLC43_CODES`)
 
-    Batches (:meth:`__getitems__`, for :func:`make_loader`) stay uint16 at native
-    resolution and are converted on the training device by :class:`BatchTransform`.
+    Batches (:meth:`read_batch`, for :func:`make_loader`) stay uint16 at native
+    resolution and are converted on the training device by :class:`BatchTransform`. A plain
+    ``torch.utils.data.DataLoader(ds, batch_size=B)`` works too: torch's batched fetch,
+    :meth:`__getitems__`, returns the samples ``ds[i]`` would, from one read of the batch.
 
     Classes (``clc19``): Urban fabric; Industrial or commercial units; Arable land;
     Permanent crops; Pastures; Complex cultivation patterns; Land principally occupied by
@@ -312,7 +314,7 @@ class BigEarthNetDataset(Dataset):
         return np.where(positions < 0, positions + n, positions)
 
     def batch_spec(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-        """What one patch of a :meth:`__getitems__` batch holds: key -> (per-patch shape, numpy dtype).
+        """What one patch of a :meth:`read_batch` batch holds: key -> (per-patch shape, numpy dtype).
 
         The keys, in order: the band groups the selection needs, ``mask`` (with
         ``reference-map``), ``label`` and ``index``; a batch of B patches is (B, *shape).
@@ -350,7 +352,7 @@ class BigEarthNetDataset(Dataset):
         np.take(self._labels, positions, axis=0, out=out["label"])
         out["index"][:] = rows
 
-    def __getitems__(self, indices: Sequence[int] | np.ndarray) -> Batch:
+    def read_batch(self, indices: Sequence[int] | np.ndarray) -> Batch:
         """One batch at native resolution, read shard by shard.
 
         Args:
@@ -387,13 +389,21 @@ class BigEarthNetDataset(Dataset):
             index = operator.index(index)
         except TypeError:
             raise TypeError(f"dataset indices are integers, got {type(index).__name__} {index!r}") from None
-        out = self._cpu_transform(self.__getitems__([index]))
-        sample: Sample = {"image": out["image"][0], "label": out["label"][0], "index": int(out["index"][0])}
-        if "mask" in out:
-            sample["mask"] = out["mask"][0]
-        if self.transform is not None:
-            sample = self.transform(sample)
-        return sample
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: Sequence[int] | np.ndarray) -> list[Sample]:
+        """``[self[i] for i in indices]``, from one :meth:`read_batch` and one CPU conversion:
+        torch's batched fetch, which a plain ``DataLoader(ds, batch_size=B)`` calls (it expects
+        a list of samples; :func:`make_loader` reads native batches with :meth:`read_batch`).
+        Each sample's bits are those of ``ds[i]`` (the conversion is row by row)."""
+        out = self._cpu_transform(self.read_batch(indices))
+        samples: list[Sample] = []
+        for b in range(out["label"].shape[0]):
+            sample: Sample = {"image": out["image"][b], "label": out["label"][b], "index": int(out["index"][b])}
+            if "mask" in out:
+                sample["mask"] = out["mask"][b]
+            samples.append(self.transform(sample) if self.transform is not None else sample)
+        return samples
 
     def batch_transform(self, device: str | torch.device = "cpu", seed: int = 0) -> BatchTransform:
         """The :class:`BatchTransform` of this dataset's bands, normalisation, resampling and
@@ -489,8 +499,27 @@ def _hand_over(batch: Batch, done: Any, device: torch.device) -> Batch:
 
 
 def collate_batch(batch: Batch) -> Batch:
-    """The DataLoader's ``collate_fn``: ``__getitems__`` already returns a whole batch."""
+    """The DataLoader's ``collate_fn`` over :class:`NativeBatches`: its fetch already returns a whole batch."""
     return batch
+
+
+class NativeBatches(torch.utils.data.Dataset):
+    """``dataset`` as a DataLoader of native batches sees it: its ``__getitems__`` is
+    ``dataset.read_batch`` (uint16 groups, :meth:`BigEarthNetDataset.read_batch`), to pair
+    with ``collate_fn=collate_batch``. :func:`make_loader`'s DataLoader engine and the
+    Lightning DataModule hand this to their workers."""
+
+    def __init__(self, dataset: BigEarthNetDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitems__(self, indices: Sequence[int] | np.ndarray) -> Batch:
+        return self.dataset.read_batch(indices)
+
+    def __getitem__(self, index: int) -> Batch:
+        return self.dataset.read_batch([index])
 
 
 class ResumableBatchSampler(BatchSampler):
@@ -948,7 +977,7 @@ def _dataloader(ds: BigEarthNetDataset, batches: ResumableBatchSampler, num_work
             kwargs["multiprocessing_context"] = "spawn"
             kwargs["worker_init_fn"] = thread_blosc_lock
     loader = DataLoader(
-        ds,
+        NativeBatches(ds),
         batch_sampler=batches,
         num_workers=num_workers,
         collate_fn=collate_batch,
@@ -966,6 +995,7 @@ __all__ = [
     "BatchTransform",
     "BigEarthNetDataset",
     "DeviceLoader",
+    "NativeBatches",
     "ResumableBatchSampler",
     "band_groups_for",
     "channel_location",

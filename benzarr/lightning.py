@@ -12,10 +12,10 @@ casts it to float for its BCE loss. ``label_dtype=torch.float32`` gives benzarr'
 How the batches are built (two engines, ``engine=``):
 
 * ``"dataloader"`` (default): each ``*_dataloader()`` returns a plain
-  ``torch.utils.data.DataLoader`` over :class:`~benzarr.data.BigEarthNetDataset` with
+  ``torch.utils.data.DataLoader`` over :class:`~benzarr.data.NativeBatches` of the dataset with
   ``batch_size``, a ``DistributedSampler`` (``seed``; rank and world size from the
   trainer's strategy) and ``collate_fn=collate_batch``: the DataLoader hands each list of
-  indices to ``BigEarthNetDataset.__getitems__``, so workers read benzarr's compact
+  indices to ``BigEarthNetDataset.read_batch``, so workers read benzarr's compact
   native-resolution uint16 batches (160 KB a patch instead of 691 KB as float32 at
   120x120). Lightning moves those to the device itself (pinned memory on CUDA), then
   :meth:`BigEarthNetDataModule.on_after_batch_transfer` runs the dataset's
@@ -68,7 +68,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from benzarr.bands import parse_modalities
 from benzarr.checks import whole
-from benzarr.data import BatchTransform, BigEarthNetDataset, collate_batch, make_loader, resolve_bands
+from benzarr.data import BatchTransform, BigEarthNetDataset, NativeBatches, collate_batch, make_loader, resolve_bands
+from benzarr.procs import thread_blosc_lock
 from benzarr.store import NOMENCLATURES, is_url
 
 #: Values that need no dataset support: what BigEarthNetDataset does without the parameter.
@@ -291,9 +292,11 @@ class BigEarthNetDataModule(L.LightningDataModule):
             if self.prefetch_factor is not None:
                 kwargs["prefetch_factor"] = self.prefetch_factor
             if is_url(ds.path):
-                # fsspec's event loop and sockets do not survive fork: start workers fresh
+                # fsspec's event loop and sockets do not survive fork: start workers fresh, with a
+                # thread lock for Blosc (benzarr.procs.thread_blosc_lock)
                 kwargs["multiprocessing_context"] = "spawn"
-        return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, drop_last=drop_last,
+                kwargs["worker_init_fn"] = thread_blosc_lock
+        return DataLoader(NativeBatches(ds), batch_size=self.batch_size, sampler=sampler, drop_last=drop_last,
                           num_workers=self.num_workers, collate_fn=collate_batch,
                           pin_memory=self._device().type == "cuda", **kwargs)
 

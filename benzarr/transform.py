@@ -1,6 +1,6 @@
 """The device batch transform: native uint16 band groups -> model-ready float32 images.
 
-:class:`BatchTransform` turns a batch as :meth:`benzarr.data.BigEarthNetDataset.__getitems__`
+:class:`BatchTransform` turns a batch as :meth:`benzarr.data.BigEarthNetDataset.read_batch`
 returns it (uint16 groups at 10/20/60 m, labels, store rows) into ``(B, C, 120, 120)`` float32
 on the training device: cast, band selection, optional per-band normalisation, upsampling,
 augmentation. On the CPU it runs inside the loader's workers; on a GPU in the main process,
@@ -242,7 +242,7 @@ class BatchTransform:
             function of ``(seed, epoch, store row)`` (call :meth:`set_epoch`).
         seed: the augmentation seed.
 
-    Input: a dict as returned by :meth:`BigEarthNetDataset.__getitems__` (uint16 groups,
+    Input: a dict as returned by :meth:`BigEarthNetDataset.read_batch` (uint16 groups,
     ``label`` (B, L) uint8, ``index`` (B,) int64).
 
     Output: ``{"image": (B, C, 120, 120) float32, "label": (B, L) float32}`` on ``device``

@@ -182,7 +182,7 @@ def test_cpu_transform_bits_do_not_depend_on_the_thread_count(synth_store_64: Pa
     # With several threads the main process splits the rows among them, each on one thread:
     # every patch must come out as a one-threaded loader worker makes it.
     ds = BigEarthNetDataset(synth_store_64, normalize=True, resample=resample, augment=augment)
-    batch = ds.__getitems__(list(range(37)))
+    batch = ds.read_batch(list(range(37)))
     transform = ds.batch_transform("cpu", seed=3)
     transform.set_epoch(1)
     threads = torch.get_num_threads()
@@ -373,7 +373,7 @@ def test_the_transform_leaves_its_input_alone(synth_v2_store: Path, fused: bool)
     here on the CPU) leave the batch as it was and give the same image every time."""
     ds = BigEarthNetDataset(synth_v2_store, modalities=("s2", "s1"), normalize=True)
     transform = ds.batch_transform("cpu")
-    batch = ds.__getitems__([0, 3, 5])
+    batch = ds.read_batch([0, 3, 5])
     before = {k: v.clone() for k, v in batch.items()}
 
     def image() -> torch.Tensor:

@@ -87,7 +87,7 @@ def test_band_selection_returns_those_bands_in_that_order(synth_store_64: Path, 
                                                           bands: list[str], row: int) -> None:
     ds = BigEarthNetDataset(synth_store_64, bands=bands)
     assert torch.equal(ds[row]["image"], reference_image(native, row, bands))
-    batch = ds.__getitems__([row])
+    batch = ds.read_batch([row])
     needed = {band_location(b)[0] for b in bands}
     assert set(batch) == needed | {"label", "index"}  # only the band groups the bands need
 
@@ -127,16 +127,41 @@ def test_transform_is_applied_to_samples(synth_store_64: Path) -> None:
 # -- batches ---------------------------------------------------------------------------
 
 
-def test_getitems_returns_native_uint16_groups(synth_store_64: Path, native: dict[str, np.ndarray]) -> None:
+def test_read_batch_returns_native_uint16_groups(synth_store_64: Path, native: dict[str, np.ndarray]) -> None:
     ds = BigEarthNetDataset(synth_store_64)
     indices = [40, 3, 3, 63, 0, 17]  # across shards, repeated, unsorted
-    batch = ds.__getitems__(indices)
+    batch = ds.read_batch(indices)
     assert {k: (tuple(v.shape), v.dtype) for k, v in batch.items()} == {
         "10m": ((6, 4, 120, 120), torch.uint16), "20m": ((6, 6, 60, 60), torch.uint16),
         "60m": ((6, 2, 20, 20), torch.uint16), "label": ((6, 43), torch.uint8), "index": ((6,), torch.int64)}
     for group in ("10m", "20m", "60m"):
         np.testing.assert_array_equal(batch[group].numpy(), native[group][indices])
     np.testing.assert_array_equal(batch["label"].numpy(), native["clc43"][indices])
+
+
+def _double(sample: dict) -> dict:
+    return {**sample, "image": sample["image"] * 2}  # module level: DataLoader workers unpickle it
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_plain_torch_dataloader_gets_the_samples_of_ds_i(split_store: Path, workers: int) -> None:
+    """torch's fetcher calls ``__getitems__`` whenever a dataset has one and expects a list of
+    samples: a plain ``DataLoader(ds, batch_size=4)`` (or one over ``random_split``) failed
+    with ``KeyError: 0`` when ``__getitems__`` returned benzarr's native batch."""
+    from torch.utils.data import DataLoader, random_split
+
+    ds = BigEarthNetDataset(split_store, split="s", subset="train", bands=["B12", "B04", "B01"], normalize=True,
+                            transform=_double)
+    batches = list(DataLoader(ds, batch_size=4, num_workers=workers))
+    assert len(batches) == 10 and batches[0]["image"].shape == (4, 3, 120, 120)
+    for b, i in ((0, 0), (0, 3), (9, 39)):  # bit for bit the samples ds[i] gives, the transform applied
+        for key in ("image", "label"):
+            assert torch.equal(batches[b][key][i % 4], ds[i][key]), (key, i)
+        assert batches[b]["index"][i % 4].item() == ds[i]["index"]
+    part = random_split(ds, [0.5, 0.5], generator=torch.Generator().manual_seed(0))[0]
+    first = next(iter(DataLoader(part, batch_size=3, num_workers=workers)))
+    assert torch.equal(first["image"][2], ds[part.indices[2]]["image"])
+    assert ds.__getitems__([]) == []
 
 
 def test_zarr_fallback_reads_the_same_batches(synth_store_64: Path) -> None:
@@ -146,13 +171,13 @@ def test_zarr_fallback_reads_the_same_batches(synth_store_64: Path) -> None:
                      for g, r in fast.readers.items()}
     assert all(isinstance(r, ShardReader) for r in fast.readers.values())
     indices = [1, 60, 30, 1]
-    a, b = fast.__getitems__(indices), slow.__getitems__(indices)
+    a, b = fast.read_batch(indices), slow.read_batch(indices)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_batch_transform_matches_single_samples(synth_store_64: Path) -> None:
     ds = BigEarthNetDataset(synth_store_64, bands=["B12", "B04", "B01"], normalize=True)
-    out = BatchTransform(ds.bands, "cpu", ds.mean, ds.std)(ds.__getitems__([2, 50]))
+    out = BatchTransform(ds.bands, "cpu", ds.mean, ds.std)(ds.read_batch([2, 50]))
     assert out["image"].shape == (2, 3, 120, 120) and out["label"].dtype == torch.float32
     torch.testing.assert_close(out["image"][1], ds[50]["image"])
 
@@ -268,7 +293,7 @@ def test_batches_made_here_reuse_the_buffers_the_consumer_let_go(synth_store_64:
     once its batch is dropped, and never while the consumer keeps a view of it."""
     ds = BigEarthNetDataset(synth_store_64, normalize=True, modalities=("s2",))
     transform = ds.batch_transform("cpu")
-    expected = [transform(ds.__getitems__(list(range(i, min(i + 12, 64)))))["image"] for i in range(0, 64, 12)]
+    expected = [transform(ds.read_batch(list(range(i, min(i + 12, 64)))))["image"] for i in range(0, 64, 12)]
     pointers, kept = [], None
     for i, batch in enumerate(make_loader(ds, 12, False, 0, seed=0, device="cpu")):
         assert torch.equal(batch["image"], expected[i]), i  # the last batch is short: 4 patches
@@ -430,9 +455,9 @@ def test_an_index_that_is_not_an_integer_is_a_type_error(synth_store_64: Path, i
 def test_getitems_takes_a_flat_sequence_of_integers_only(synth_store_64: Path, indices: list, error: type) -> None:
     ds = BigEarthNetDataset(synth_store_64)
     with pytest.raises(error):
-        ds.__getitems__(indices)
-    assert ds.__getitems__([])["index"].shape == (0,)
-    assert ds.__getitems__(np.array([-1, 3], dtype=np.int32))["index"].tolist() == [63, 3]
+        ds.read_batch(indices)
+    assert ds.read_batch([])["index"].shape == (0,)
+    assert ds.read_batch(np.array([-1, 3], dtype=np.int32))["index"].tolist() == [63, 3]
     assert int(ds[np.int64(5)]["index"]) == 5 and int(ds[torch.tensor(6)]["index"]) == 6
 
 

@@ -22,7 +22,7 @@ def eager_capture(fn, pool, stream):
 
 
 def _batches(ds: BigEarthNetDataset, size: int, count: int) -> list[dict[str, torch.Tensor]]:
-    return [ds.__getitems__(list(range(i * size, (i + 1) * size))) for i in range(count)]
+    return [ds.read_batch(list(range(i * size, (i + 1) * size))) for i in range(count)]
 
 
 def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -69,7 +69,7 @@ def test_short_batches_and_augmentation_are_made_the_ordinary_way(synth_store_64
     ds = BigEarthNetDataset(synth_store_64)
     transform = ds.batch_transform("cpu")
     graphed = GraphedTransform(transform, capture=eager_capture)
-    full, short = ds.__getitems__(list(range(8))), ds.__getitems__([9, 3, 4])
+    full, short = ds.read_batch(list(range(8))), ds.read_batch([9, 3, 4])
     for batch in (full, short, full, short):
         graphed.consumer_point(None)
         _same(graphed(batch), transform(batch))

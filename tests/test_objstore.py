@@ -103,7 +103,7 @@ def test_url_stores_use_the_obstore_reader_and_match_zarr_python(s3_store: tuple
     local = BigEarthNetDataset(synth_store_64)
     rng = np.random.default_rng(0)
     for indices in ([63, 2, 17, 2, 16, 15], rng.integers(64, size=40), np.arange(64), [5]):
-        a, b, c = fast.__getitems__(indices), reference.__getitems__(indices), local.__getitems__(indices)
+        a, b, c = fast.read_batch(indices), reference.read_batch(indices), local.read_batch(indices)
         assert a.keys() == b.keys()
         for key in a:
             assert torch.equal(a[key], b[key]) and torch.equal(a[key], c[key]), key
@@ -198,11 +198,11 @@ def test_corrupt_chunk_names_array_row_and_patch(s3_server: dict, synth_store_64
     assert isinstance(ds.readers["10m"], ObjectStoreReader)
     name = str(BigEarthNetDataset(synth_store_64)._opened().patch_names()[16])
     with pytest.raises(StoreCorruptError) as caught:
-        ds.__getitems__([3, 16, 40])
+        ds.read_batch([3, 16, 40])
     message = str(caught.value)
     assert "s2/10m" in message and "row 16" in message and name in message and "crc32c" in message
     assert "testing" not in message
-    ds.__getitems__([3, 17, 40])  # the other rows still read
+    ds.read_batch([3, 17, 40])  # the other rows still read
 
 
 def test_corrupt_index_is_refused(s3_server: dict, synth_store_64: Path, tmp_path: Path) -> None:
@@ -213,8 +213,8 @@ def test_corrupt_index_is_refused(s3_server: dict, synth_store_64: Path, tmp_pat
     url = upload(s3_server, store, "objstore-bad-index")
     ds = BigEarthNetDataset(url, storage_options=s3_server["options"])
     with pytest.raises(StoreCorruptError, match=r"s2/10m.*c/1/0/0/0.*index fails its crc32c"):
-        ds.__getitems__([20])
-    ds.__getitems__([0, 63])
+        ds.read_batch([20])
+    ds.read_batch([0, 63])
 
 
 def test_missing_shard_object_reads_as_fill_value(s3_server: dict, s3_store: tuple[str, dict]) -> None:
@@ -235,7 +235,7 @@ def test_missing_shard_object_reads_as_fill_value(s3_server: dict, s3_store: tup
 def test_loader_workers_open_their_own_clients(s3_store: tuple[str, dict]) -> None:
     url, options = s3_store
     ds = BigEarthNetDataset(url, bands="rgb", storage_options=options)
-    ds.__getitems__([0, 1])  # the parent has a client and a loop thread before the workers fork
+    ds.read_batch([0, 1])  # the parent has a client and a loop thread before the workers fork
     serial = [b["image"] for b in make_loader(ds, 16, False, 0, seed=0, device="cpu")]
     forked = [b["image"] for b in make_loader(ds, 16, False, 2, seed=0, device="cpu")]
     assert len(serial) == len(forked) == 4
@@ -320,11 +320,11 @@ def test_a_batch_sends_every_band_arrays_requests_before_decoding_any(s3_server:
     proxy = InFlightProxy(s3_server["endpoint"])
     try:
         ds = BigEarthNetDataset(url, storage_options=options_via(s3_server, proxy.endpoint))
-        ds.__getitems__(np.arange(64))  # every shard index fetched and cached
+        ds.read_batch(np.arange(64))  # every shard index fetched and cached
         proxy.most_arrays = 0
-        batch = ds.__getitems__([5, 40, 17, 63])
+        batch = ds.read_batch([5, 40, 17, 63])
         assert proxy.most_arrays == 3  # 10m, 20m and 60m requests were out together
-        local = BigEarthNetDataset(synth_store_64).__getitems__([5, 40, 17, 63])
+        local = BigEarthNetDataset(synth_store_64).read_batch([5, 40, 17, 63])
         assert all(torch.equal(batch[k], local[k]) for k in local)
     finally:
         proxy.close()
@@ -391,7 +391,7 @@ def test_an_http_store_reads_through_obstore_like_the_local_store(synth_store_64
         assert all(isinstance(r, ObjectStoreReader) for r in remote.readers.values())
         local = BigEarthNetDataset(synth_store_64)
         indices = [63, 2, 17, 2, 40]
-        a, b = remote.__getitems__(indices), local.__getitems__(indices)
+        a, b = remote.read_batch(indices), local.read_batch(indices)
         assert all(torch.equal(a[k], b[k]) for k in b)
     finally:
         server.shutdown()

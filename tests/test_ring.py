@@ -80,7 +80,7 @@ def test_raw_ring_matches_getitems_under_a_distributed_sampler(synth_v2_store: P
             ring.set_epoch(epoch)
             got = _epoch(ring)
             sampler.set_epoch(epoch)
-            _same([ds.__getitems__(b) for b in batches], got)
+            _same([ds.read_batch(b) for b in batches], got)
     assert got[0]["10m"].dtype == torch.uint16 and got[0]["s1"].dtype == torch.float32
 
 
@@ -293,19 +293,19 @@ def test_a_closed_ring_says_so(synth_store_64: Path) -> None:
 class _HungFrom(BigEarthNetDataset):
     """Reads of rows 12 and on never return."""
 
-    def __getitems__(self, indices: list[int]) -> dict:
+    def read_batch(self, indices: list[int]) -> dict:
         if min(indices) >= 12:
             time.sleep(3600)
-        return super().__getitems__(indices)
+        return super().read_batch(indices)
 
 
 class _ResetFrom(BigEarthNetDataset):
     """Reads of rows 12 and on fail as an object store's dropped connection does."""
 
-    def __getitems__(self, indices: list[int]) -> dict:
+    def read_batch(self, indices: list[int]) -> dict:
         if min(indices) >= 12:
             raise ConnectionResetError("connection reset by the object store")
-        return super().__getitems__(indices)
+        return super().read_batch(indices)
 
 
 def test_an_error_of_the_read_itself_is_not_taken_for_a_dead_worker(synth_store_64: Path) -> None:

@@ -70,7 +70,7 @@ def test_s3_store_reads_like_the_local_store(s3_store: tuple[str, dict], synth_s
         a, b = remote[i], local[i]
         assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
     indices = [63, 2, 17, 2]
-    a, b = remote.__getitems__(indices), local.__getitems__(indices)
+    a, b = remote.read_batch(indices), local.read_batch(indices)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 

@@ -177,7 +177,7 @@ def test_a_deleted_shard_file_is_an_error_to_the_dataset_not_zeros(store: Path) 
     ds = BigEarthNetDataset(store)
     ds[20]  # other shards read
     with pytest.raises(StoreCorruptError) as info:
-        ds.__getitems__([5, 50])
+        ds.read_batch([5, 50])
     message = str(info.value)
     assert message.startswith("s2/20m: shard file") and str(shard_path(store, "s2/20m", 3)) in message
     assert "is missing" in message and patch_name(store, 50) in message and "\n" not in message
