@@ -508,7 +508,9 @@ def evaluate_run(
     if bootstrap:
         from benzarr.metrics import bootstrap_intervals
 
-        intervals = bootstrap_intervals(truth.cpu().numpy(), torch.sigmoid(logits).cpu().numpy(), bootstrap, seed=0)
+        # on the logits with threshold logit(0.5) = 0, as the point metrics: the float32 sigmoid
+        # of a logit in (0, 3e-8] is exactly 0.5, a positive there and a negative here
+        intervals = bootstrap_intervals(truth.cpu().numpy(), logits.cpu().numpy(), bootstrap, seed=0, threshold=0.0)
 
     out.mkdir(parents=True, exist_ok=True)
     summary = {
@@ -526,7 +528,7 @@ def evaluate_run(
     files = [out / "metrics.json", out / "scores.csv"]
     if predictions:
         files.append(_write_predictions(out / "predictions.parquet", ds, rows.numpy(),
-                                        torch.sigmoid(logits).cpu().numpy(), truth.cpu().numpy(), classes))
+                                        logits.cpu().numpy(), truth.cpu().numpy(), classes))
     elif _stale_predictions(out, earlier):
         (out / "predictions.parquet").unlink()
     elif (out / "predictions.parquet").exists():
@@ -538,15 +540,22 @@ def evaluate_run(
                             intervals, warnings)
 
 
-def _write_predictions(path: Path, ds: Any, rows: np.ndarray, probabilities: np.ndarray, truth: np.ndarray,
+def _write_predictions(path: Path, ds: Any, rows: np.ndarray, logits: np.ndarray, truth: np.ndarray,
                        classes: list[str]) -> Path:
-    """``patch``, one float32 score column per class, ``labels`` (true class names, "; ")."""
+    """``patch``, one float32 sigmoid score column per class, the float32 logits (one
+    ``<class> (logit)`` column per class), ``labels`` (true class names joined by "; ").
+
+    The logits are what the metrics rank (:class:`benzarr.metrics.MultilabelMetrics`): the
+    float32 sigmoid ties at 0 or 1 beyond |logit| ~ 17, so mAP recomputed from the scores
+    alone could differ from the one reported; from the logits it is the same."""
     import pandas as pd
 
     from benzarr.store import open_store
 
     names = open_store(ds.path, storage_options=ds.storage_options).patch_names()[rows]
-    frame = pd.DataFrame(probabilities.astype(np.float32), columns=classes)
+    logits = np.asarray(logits, dtype=np.float32)
+    scores = pd.DataFrame(1.0 / (1.0 + np.exp(-logits.astype(np.float64))), columns=classes).astype(np.float32)
+    frame = pd.concat([scores, pd.DataFrame(logits, columns=[f"{c} (logit)" for c in classes])], axis=1)
     frame.insert(0, "patch", names)
     frame["labels"] = ["; ".join(np.asarray(classes)[t]) for t in truth]
     frame.to_parquet(path, index=False)

@@ -24,7 +24,7 @@ def command(
                                        "(default RUN/evaluations/<split>-<subset>[-<store>]; OUT/seed-<s> "
                                        "for a --seeds folder)."),
     predictions: bool = typer.Option(False, "--predictions", help="Also write predictions.parquet: each patch's "
-                                     "name, its sigmoid score per class and its true labels."),
+                                     "name, its sigmoid score and logit per class and its true labels."),
     bootstrap: int = typer.Option(0, "--bootstrap", metavar="N", help="95% intervals of P/R/F1/F2 from N bootstrap "
                                   "resamples of the evaluated patches (e.g. 1000; seed 0)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors and warnings."),

@@ -107,12 +107,24 @@ def test_another_split_counts_the_patches_the_run_trained_on(run: Path) -> None:
 
     frame = pd.read_parquet(result.out_dir / "predictions.parquet")
     classes = store.class_names("clc43")
-    assert list(frame.columns) == ["patch", *classes, "labels"]
+    logit_columns = [f"{c} (logit)" for c in classes]
+    assert list(frame.columns) == ["patch", *classes, *logit_columns, "labels"]
     assert list(frame["patch"]) == list(store.patch_names()[evaluated])
-    scores = frame[classes].to_numpy()
-    assert scores.dtype == np.float32 and ((scores >= 0) & (scores <= 1)).all()
+    scores, logits = frame[classes].to_numpy(), frame[logit_columns].to_numpy()
+    assert scores.dtype == np.float32 and ((scores >= 0) & (scores <= 1)).all() and logits.dtype == np.float32
+    np.testing.assert_allclose(scores, 1 / (1 + np.exp(-logits.astype(np.float64))), rtol=1e-6)
     truth = store.labels("clc43")[evaluated].astype(bool)
     assert list(frame["labels"]) == ["; ".join(np.asarray(classes)[t]) for t in truth]
+    # the reported metrics come back from the file: mAP from the logits it holds (the float32
+    # sigmoid ties at 0 and 1 for large logits), the thresholded ones from either column set
+    from sklearn.metrics import average_precision_score, f1_score
+
+    present = truth.any(axis=0)
+    assert average_precision_score(truth, logits, average="micro") == pytest.approx(result.metrics["micro_map"])
+    assert average_precision_score(truth[:, present], logits[:, present], average="macro") == pytest.approx(
+        result.metrics["macro_map"])
+    assert f1_score(truth, scores > 0.5, average="micro") == pytest.approx(result.metrics["micro_f1"])
+    assert f1_score(truth, logits > 0, average="micro") == pytest.approx(result.metrics["micro_f1"])
 
 
 def test_a_split_rewritten_since_training_counts_nothing_as_seen(run: Path, tmp_path: Path) -> None:
