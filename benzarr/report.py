@@ -385,7 +385,7 @@ def plot_curves(runs: Sequence[Run], path: str | Path) -> Path:
                     continue
                 values = [[s[e] for s in series if e in s] for e in epochs]
                 mean = np.array([np.mean(v) for v in values])
-                std = np.array([np.std(v) if len(v) > 1 else 0.0 for v in values])
+                std = np.array([np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in values])
                 ax.plot(epochs, mean, style, color=colour, marker="o", markersize=3, label=f"{label} {subset}")
                 if len(members) > 1:
                     ax.fill_between(epochs, mean - std, mean + std, color=colour, alpha=0.15, linewidth=0)

@@ -6,6 +6,7 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -41,6 +42,26 @@ def test_report_writes_png_curves_and_tables(runs: dict[str, Path], tmp_path: Pa
     per_run = pd.read_csv(tmp_path / "out" / "runs.csv")
     assert len(per_run) == 3 and sorted(per_run["seed"]) == [0, 0, 1]
     assert per_run["micro_f1"].between(0, 1).all()
+
+
+def test_the_curves_band_is_one_sample_sd_over_seeds(runs: dict[str, Path], tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The band was the population sd (1/sqrt(2) of the sample sd with two seeds) while the
+    tables' intervals use the sample sd."""
+    import matplotlib.axes
+
+    from benzarr.report import find_runs, plot_curves
+    from benzarr.tb import read_scalars
+
+    bands = []
+    monkeypatch.setattr(matplotlib.axes.Axes, "fill_between",
+                        lambda self, x, low, high, **kw: bands.append((list(x), np.asarray(low), np.asarray(high))))
+    plot_curves(find_runs([runs["strat"]]), tmp_path / "c.png")
+    seeds = [read_scalars(runs["strat"] / f"seed-{s}") for s in (0, 1)]
+    for tag in ("train/loss", "val/loss"):
+        values = np.array([[seed[tag][e] for e in sorted(seed[tag])] for seed in seeds])  # (seeds, epochs)
+        width = np.std(values, axis=0, ddof=1)
+        assert any(np.allclose((high - low) / 2, width) for _, low, high in bands), tag
 
 
 def test_summary_compares_splits_in_one_table_with_t_intervals(runs: dict[str, Path], tmp_path: Path) -> None:
