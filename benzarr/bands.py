@@ -119,12 +119,15 @@ def band_location(band: str) -> tuple[str, int]:
     ('s1', 1)
 
     Raises:
-        KeyError: not a channel name (exact, upper case).
+        InvalidArgumentError: not a channel name (case does not matter, as everywhere), with
+            the valid ones.
     """
+    name = band.upper() if isinstance(band, str) else band
     for group, (names, _) in CHANNEL_GROUPS.items():
-        if band in names:
-            return group, names.index(band)
-    raise KeyError(band)
+        if name in names:
+            return group, names.index(name)
+    valid = ", ".join(n for names, _ in CHANNEL_GROUPS.values() for n in names)
+    raise InvalidArgumentError(f"unknown band {band!r}: choose from {valid}")
 
 
 def band_side(band: str) -> int:

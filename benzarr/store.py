@@ -639,7 +639,13 @@ class Store:
             )
 
     def class_names(self, nomenclature: str = "clc43") -> list[str]:
-        """Class names of ``nomenclature`` in column order."""
+        """Class names of ``nomenclature`` in column order.
+
+        Raises:
+            InvalidArgumentError: not a nomenclature (``clc43`` or ``clc19``).
+        """
+        if nomenclature not in NOMENCLATURES:
+            raise InvalidArgumentError(f"unknown label set {nomenclature!r}: choose one of {', '.join(NOMENCLATURES)}")
         return list(self.attrs.get("classes", {}).get(nomenclature, NOMENCLATURES[nomenclature]))
 
     def patch_names(self) -> np.ndarray:
@@ -661,8 +667,15 @@ class Store:
         return {str(names[i]): str(errors[i]) for i in rows}
 
     def band_names(self, array: str) -> list[str]:
-        """Band names of a band array, in channel order (e.g. ``s2/20m``)."""
-        return list(self.attrs["bands"][array])
+        """Band names of a band array, in channel order (e.g. ``s2/20m``).
+
+        Raises:
+            InvalidArgumentError: the store has no such band array (the message lists them).
+        """
+        bands = self.attrs["bands"]
+        if array not in bands:
+            raise InvalidArgumentError(f"{self.path}: no band array {array!r} (it has: {', '.join(bands)})")
+        return list(bands[array])
 
     def band_stats(self, modality: str = "s2") -> dict[str, dict[str, float]]:
         """Per-band statistics over valid patches: band -> {count, mean, std, min, max}.

@@ -269,6 +269,16 @@ def test_writing_through_a_read_only_store_names_the_store_and_the_mode(tmp_path
     assert open_store(copy).split_names() == ["s"]
 
 
+def test_unknown_label_set_or_band_array_is_named(synth_store_64: Path) -> None:
+    """class_names("clc44") and band_names("s2/5m") were bare KeyErrors; labels("clc44") already said."""
+    store = open_store(synth_store_64)
+    with pytest.raises(InvalidArgumentError, match=r"^unknown label set 'clc44': choose one of clc43, clc19$"):
+        store.class_names("clc44")
+    with pytest.raises(InvalidArgumentError, match=r": no band array 's2/5m' \(it has: s2/10m, s2/20m, s2/60m\)$"):
+        store.band_names("s2/5m")
+    assert store.band_names("s2/60m") == ["B01", "B09"] and len(store.class_names("clc19")) == 19
+
+
 def test_splits_are_stored_with_attributes_and_failed_rows_excluded(synth_store_64: Path, tmp_path: Path) -> None:
     import shutil
 
