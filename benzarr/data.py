@@ -934,6 +934,8 @@ def check_device(device: str | torch.device, option: str = "device") -> torch.de
     shown = f"{option} {str(device)!r}"
     if parsed.type == "cpu":
         return parsed
+    if parsed.type == "meta":  # tensors of shapes alone: a loader there would serve no data
+        raise InvalidArgumentError(f"{shown}: the meta device holds no data; use cpu or cuda")
     if parsed.type == "cuda":
         if not torch.cuda.is_available():
             raise InvalidArgumentError(f"{shown}: no CUDA GPU is available here "

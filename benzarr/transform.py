@@ -270,7 +270,9 @@ class BatchTransform:
         if resample not in RESAMPLE_MODES:
             raise InvalidArgumentError(f"unknown resampling {resample!r}: choose one of {', '.join(RESAMPLE_MODES)}")
         self.bands = resolve_bands(list(bands), ("s2", "s1"))
-        self.device = torch.device(device)
+        from benzarr.data import check_device  # data imports this module
+
+        self.device = check_device(device)  # "gpu" or a missing GPU: one line, not torch's RuntimeError
         self.resample, self.align_corners = resample, bool(align_corners)
         self.planes = True  # CUDA bilinear on the B*C planes (False: the NCHW kernel; an A/B switch)
         self.fused = True  # off the CPU, fewer passes over memory (False: session 6's passes; an A/B switch)

@@ -182,6 +182,15 @@ def test_batch_transform_matches_single_samples(synth_store_64: Path) -> None:
     torch.testing.assert_close(out["image"][1], ds[50]["image"])
 
 
+def test_a_transform_or_loader_on_a_device_it_cannot_use_is_one_line(synth_store_64: Path) -> None:
+    """BatchTransform(bands, "gpu") was torch's RuntimeError; make_loader(device="meta") served
+    shape-only tensors."""
+    with pytest.raises(InvalidArgumentError, match=r"^device 'gpu': "):
+        BatchTransform(["B04"], "gpu")
+    with pytest.raises(InvalidArgumentError, match=r"^device 'meta': the meta device holds no data; use cpu or cuda$"):
+        make_loader(BigEarthNetDataset(synth_store_64, bands="rgb"), 4, False, 0, seed=0, device="meta")
+
+
 def test_split_subsets_and_unknown_split(split_store: Path) -> None:
     store = open_store(split_store)
     codes, _ = store.read_split("s")
