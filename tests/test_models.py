@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -212,6 +213,21 @@ def test_frozen_batchnorm_keeps_running_statistics() -> None:
 def test_finetune_must_be_a_known_level() -> None:
     with pytest.raises(InvalidArgumentError, match="finetune"):
         create_model("shortcnn-rgb", finetune=3)
+    with pytest.raises(InvalidArgumentError, match=r"not True$"):
+        create_model("shortcnn-rgb", finetune=True)  # was level 1: a frozen backbone nobody asked for
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"in_channels": 2.7}, r"^in_channels must be a whole number, got 2\.7$"),  # was 2 channels, silently
+    ({"in_channels": "abc"}, r"^in_channels must be a whole number, got 'abc'$"),
+    ({"num_classes": None}, r"^num_classes must be a whole number, got None$"),
+    ({"num_classes": 0}, r"^num_classes must be 1 or more, got 0$"),
+    ({"foo": 1}, r"^shortcnn-rgb takes no such option: .*'foo'$"),
+])
+def test_bad_counts_and_options_are_one_line(changes: dict, message: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=message):
+        create_model("shortcnn-rgb", **changes)
+    assert create_model("shortcnn-rgb", in_channels=np.int64(4)).benzarr_in_channels == 4  # numpy integers pass
 
 
 def test_unknown_name_lists_known_models() -> None:

@@ -24,11 +24,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
 from benzarr.bigearthnet import BANDS, RGB_BANDS
 from benzarr.checkpoint import why_unreadable
+from benzarr.checks import whole
 from benzarr.errors import DownloadRequiredError, InvalidArgumentError
 
 BandSet = Literal["rgb", "all"]
@@ -282,18 +284,22 @@ def create_model(
     spec = get_spec(name)
     if in_channels is None:
         in_channels = spec.default_in_channels
-    if int(in_channels) < 1:
-        raise InvalidArgumentError(f"in_channels must be at least 1, not {in_channels}")
-    if int(num_classes) < 1:
-        raise InvalidArgumentError(f"num_classes must be at least 1, not {num_classes}")
-    if finetune not in FINETUNE_LEVELS:
+    # whole numbers only: int() made 2.7 channels 2, and True passed for finetune level 1
+    in_channels = whole("in_channels", in_channels, 1)
+    num_classes = whole("num_classes", num_classes, 1)
+    if isinstance(finetune, (bool, np.bool_)) or finetune not in FINETUNE_LEVELS:
         raise InvalidArgumentError(
             f"finetune must be one of {sorted(FINETUNE_LEVELS)} "
             f"({'; '.join(f'{k}: {v}' for k, v in FINETUNE_LEVELS.items())}), not {finetune!r}"
         )
     path = _weights_path(weights) if weights is not None else None
 
-    model = spec.builder(int(in_channels), int(num_classes), **kwargs)
+    try:
+        model = spec.builder(in_channels, num_classes, **kwargs)
+    except TypeError as exc:
+        if not kwargs or "keyword argument" not in str(exc):
+            raise
+        raise InvalidArgumentError(f"{spec.name} takes no such option: {exc}") from None
     model.benzarr_name = spec.name
     model.benzarr_in_channels = int(in_channels)
     model.benzarr_num_classes = int(num_classes)
