@@ -47,7 +47,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -60,7 +60,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from benzarr import __version__
 from benzarr.checkpoint import load_checkpoint, restore, save_checkpoint
-from benzarr.checks import check_seed, finite
+from benzarr.checks import check_seed, finite, is_number, whole
 from benzarr.data import BigEarthNetDataset, DeviceLoader, make_loader
 from benzarr.errors import InvalidArgumentError, missing_extra
 from benzarr.evaluate import runs_under, score_batches
@@ -382,6 +382,9 @@ def check_config(cfg: TrainConfig) -> None:
         InvalidArgumentError: naming the setting and the accepted values.
         MissingDependencyError: ``track_emissions`` without codecarbon installed.
     """
+    if not isinstance(cfg, TrainConfig):
+        raise InvalidArgumentError(f"train takes a TrainConfig, got {type(cfg).__name__} (TrainConfig(**settings) makes one)")
+    _check_types(cfg)
     parse_loss(cfg.loss)
     for name, value, choices in (("--optim", cfg.optim, OPTIMIZERS), ("--scheduler", cfg.scheduler, SCHEDULERS),
                                  ("--labels", cfg.labels, ("clc43", "clc19")), ("--augment", cfg.augment, AUGMENTS),
@@ -415,6 +418,22 @@ def check_config(cfg: TrainConfig) -> None:
             import codecarbon  # noqa: F401  (the optional `emissions` extra)
         except ImportError:
             raise missing_extra("codecarbon", "--track-emissions") from None
+
+
+def _check_types(cfg: TrainConfig) -> None:
+    """Each setting of the type its field declares, named as the CLI names it: from Python,
+    ``epochs="3"`` was a bare TypeError, ``epochs=1.5`` ran one epoch and recorded 1.5, and
+    ``amp="no"`` failed in torch after the run folder was written."""
+    for spec in fields(cfg):
+        value, flag = getattr(cfg, spec.name), "--" + spec.name.replace("_", "-")
+        if spec.type == "bool" and not isinstance(value, (bool, np.bool_)):
+            raise InvalidArgumentError(f"{flag} must be True or False, got {value!r}")
+        if spec.type in ("int", "int | None") and not (value is None and spec.type == "int | None"):
+            whole(flag, value, -(2**63))  # the ranges are checked below, with their own words
+        if spec.type == "float" and not is_number(value):
+            raise InvalidArgumentError(f"{flag} must be a number, got {value!r}")
+        if spec.type in ("str", "str | None") and not (isinstance(value, str) or (value is None and spec.type == "str | None")):
+            raise InvalidArgumentError(f"{flag} must be a string, got {value!r}")
 
 
 def resolve_device(device: str, local_rank: int = 0) -> torch.device:

@@ -9,6 +9,7 @@ in ``cli/train.py``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,14 @@ class TrainConfig:
     finetune: int = 0               # 0 all, 1 head only, 2 last block + head
     track_emissions: bool = False   # codecarbon offline tracker (the `emissions` extra)
     emissions_country: str = "DEU"  # ISO 3166 alpha-3 code for codecarbon's offline mode
+
+    def __post_init__(self) -> None:
+        # a pathlib.Path for a path is as good as a str (it reached json.dumps of config.json
+        # as a bare TypeError); the rest is checked by benzarr.train.check_config
+        for name in ("store", "out", "weights"):
+            value = getattr(self, name)
+            if isinstance(value, os.PathLike):
+                setattr(self, name, os.fspath(value))
 
 
 #: Settings a resumed run may change; every other one must equal the checkpoint's.

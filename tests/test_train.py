@@ -77,6 +77,29 @@ def test_one_step_lowers_the_loss_on_its_batch(store: Path, tmp_path: Path) -> N
     assert len(steps) == 1 and steps[0].loss == pytest.approx(before, rel=1e-4)  # the first step reports its loss
 
 
+@pytest.mark.parametrize("changes, message", [
+    ({"epochs": "3"}, r"^--epochs must be a whole number, got '3'$"),  # was a bare TypeError
+    ({"epochs": 1.5}, r"^--epochs must be a whole number, got 1\.5$"),  # ran 1 epoch, recorded 1.5
+    ({"amp": "no"}, r"^--amp must be True or False, got 'no'$"),  # failed in torch after writing the folder
+    ({"lr": "0.1"}, r"^--lr must be a number, got '0\.1'$"),
+    ({"split": None}, r"^--split must be a string, got None$"),
+])
+def test_settings_of_the_wrong_type_are_refused_before_anything_is_written(store: Path, tmp_path: Path,
+                                                                          changes: dict, message: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=message):
+        train(config(store, tmp_path / "run", **changes))
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(InvalidArgumentError, match=r"^train takes a TrainConfig, got dict"):
+        train({"store": str(store), "split": "strat"})
+
+
+def test_paths_may_be_pathlib_paths(store: Path, tmp_path: Path) -> None:
+    """A Path for the store or the run folder reached json.dumps of config.json as a TypeError."""
+    result = train(replace(config(store, tmp_path / "x", max_steps=1), store=store, out=tmp_path / "run"))
+    assert result.run_dir == tmp_path / "run"
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["settings"]["store"] == str(store)
+
+
 def test_same_seed_gives_same_weights_and_metrics(store: Path, tmp_path: Path) -> None:
     a = train(config(store, tmp_path / "a", max_steps=2))
     b = train(config(store, tmp_path / "b", max_steps=2))
