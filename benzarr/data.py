@@ -185,6 +185,14 @@ class BigEarthNetDataset(Dataset):
         if not isinstance(labels, str) or labels not in NOMENCLATURES:  # a list was "unhashable" (TypeError)
             raise InvalidArgumentError(f"unknown label set {labels!r}: choose one of {', '.join(NOMENCLATURES)} "
                                        "(one label set, a str)")
+        if not isinstance(store, (str, os.PathLike)):
+            raise InvalidArgumentError(f"store must be a path or URL, got {type(store).__name__} {store!r}")
+        for name, flag in (("normalize", normalize), ("align_corners", align_corners),
+                           ("verify_checksums", verify_checksums)):
+            if not isinstance(flag, (bool, np.bool_)):
+                raise InvalidArgumentError(f"{name} must be True or False, got {flag!r}")
+        if transform is not None and not callable(transform):  # failed only at ds[0]
+            raise InvalidArgumentError(f"transform must be a callable taking a sample, got {transform!r}")
         self.modalities: tuple[str, ...] = parse_modalities(modalities)
         image_modalities = [m for m in self.modalities if m != "reference-map"] or ["s2"]
         self.bands: tuple[str, ...] = resolve_bands(bands, image_modalities)
@@ -889,6 +897,12 @@ def make_loader(
             ``distributed`` without an initialised process group, or ``engine="ring"`` where
             it cannot run.
     """
+    if not isinstance(ds, BigEarthNetDataset):
+        raise InvalidArgumentError(f"make_loader reads a BigEarthNetDataset, got {type(ds).__name__} "
+                                   "(a plain torch DataLoader serves other datasets)")
+    for name, flag in (("shuffle", shuffle), ("drop_last", drop_last), ("distributed", distributed)):
+        if not isinstance(flag, (bool, np.bool_)):  # shuffle="no" shuffled: a string is true
+            raise InvalidArgumentError(f"{name} must be True or False, got {flag!r}")
     batch_size = _whole("batch size", batch_size, 1)
     num_workers = _whole("workers", num_workers, 0)
     seed = _whole("seed", seed, -(2**63), 2**63 - 1)

@@ -191,6 +191,22 @@ def test_a_transform_or_loader_on_a_device_it_cannot_use_is_one_line(synth_store
         make_loader(BigEarthNetDataset(synth_store_64, bands="rgb"), 4, False, 0, seed=0, device="meta")
 
 
+def test_flags_paths_and_callables_of_the_wrong_type_are_one_line(synth_store_64: Path) -> None:
+    """shuffle="no" shuffled (a string is true), normalize="yes" was stored as a string,
+    transform=5 failed only at ds[0], make_loader([1, 2, 3]) was an AttributeError."""
+    ds = BigEarthNetDataset(synth_store_64, bands="rgb")
+    with pytest.raises(InvalidArgumentError, match=r"^shuffle must be True or False, got 'no'$"):
+        make_loader(ds, 4, "no", 0, seed=0, device="cpu")
+    with pytest.raises(InvalidArgumentError, match=r"^make_loader reads a BigEarthNetDataset, got list"):
+        make_loader([1, 2, 3], 4, False, 0, seed=0, device="cpu")
+    with pytest.raises(InvalidArgumentError, match=r"^normalize must be True or False, got 'yes'$"):
+        BigEarthNetDataset(synth_store_64, normalize="yes")
+    with pytest.raises(InvalidArgumentError, match=r"^transform must be a callable taking a sample, got 5$"):
+        BigEarthNetDataset(synth_store_64, transform=5)
+    with pytest.raises(InvalidArgumentError, match=r"^store must be a path or URL, got NoneType None$"):
+        BigEarthNetDataset(None)
+
+
 def test_split_subsets_and_unknown_split(split_store: Path) -> None:
     store = open_store(split_store)
     codes, _ = store.read_split("s")
