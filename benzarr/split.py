@@ -589,6 +589,8 @@ def split_quality(
 
     labels = np.asarray(labels)
     codes = np.asarray(codes)
+    if labels.ndim != 2 or codes.shape != (labels.shape[0],):
+        raise InvalidArgumentError(f"labels must be (N, L) and codes (N,): got labels {labels.shape} and codes {codes.shape}")
     n_labels = labels.shape[1]
     names = list(class_names) if class_names is not None else [f"class {i}" for i in range(n_labels)]
     usable = codes != EXCLUDED

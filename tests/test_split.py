@@ -395,6 +395,12 @@ def test_a_store_with_no_usable_patch_is_refused_and_nothing_is_written(store, m
     assert list_splits(store)["name"].tolist() == ["none"]
 
 
+def test_split_quality_names_mismatched_shapes() -> None:
+    """codes of another length than the labels were a raw numpy IndexError."""
+    with pytest.raises(InvalidArgumentError, match=r"^labels must be \(N, L\) and codes \(N,\): got labels \(48, 43\) and codes \(3,\)$"):
+        split_quality(np.zeros((48, 43), np.uint8), np.zeros(3, np.int8))
+
+
 def test_list_and_quality_of_stored_splits(store) -> None:
     make_split(store, "x", "iterative")
     make_split(store, "y", "random")
