@@ -33,6 +33,14 @@ def whole(what: str, value: Any, least: int, most: int | None = None) -> int:
     return int(value)
 
 
+def boolean(what: str, value: Any) -> bool:
+    """``value`` as a bool (numpy's pass), else InvalidArgumentError naming ``what``: a string
+    such as ``"no"`` is true, so it would quietly mean the opposite."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise InvalidArgumentError(f"{what} must be True or False, got {value!r}")
+    return bool(value)
+
+
 def check_seed(seed: Any, what: str = "seed") -> int:
     """``seed`` as an int in 0 .. 2**32 - 1 (what ``RandomState`` accepts); ``what`` names it
     in the message (``"--seed"`` for the CLI's options)."""

@@ -25,7 +25,7 @@ from benzarr.bands import BAND_PRESETS, MODALITIES, parse_modalities, resolve_ba
 from benzarr.bands import band_groups_for
 from benzarr.bands import band_location as channel_location
 from benzarr.augment import check_augment
-from benzarr.checks import whole as _whole
+from benzarr.checks import boolean, whole as _whole
 from benzarr.errors import BenzarrError, InvalidArgumentError, LoaderWorkerError
 from benzarr.shards import RowReader
 from benzarr.procs import thread_blosc_lock
@@ -189,8 +189,7 @@ class BigEarthNetDataset(Dataset):
             raise InvalidArgumentError(f"store must be a path or URL, got {type(store).__name__} {store!r}")
         for name, flag in (("normalize", normalize), ("align_corners", align_corners),
                            ("verify_checksums", verify_checksums)):
-            if not isinstance(flag, (bool, np.bool_)):
-                raise InvalidArgumentError(f"{name} must be True or False, got {flag!r}")
+            boolean(name, flag)
         if transform is not None and not callable(transform):  # failed only at ds[0]
             raise InvalidArgumentError(f"transform must be a callable taking a sample, got {transform!r}")
         self.modalities: tuple[str, ...] = parse_modalities(modalities)
@@ -901,8 +900,7 @@ def make_loader(
         raise InvalidArgumentError(f"make_loader reads a BigEarthNetDataset, got {type(ds).__name__} "
                                    "(a plain torch DataLoader serves other datasets)")
     for name, flag in (("shuffle", shuffle), ("drop_last", drop_last), ("distributed", distributed)):
-        if not isinstance(flag, (bool, np.bool_)):  # shuffle="no" shuffled: a string is true
-            raise InvalidArgumentError(f"{name} must be True or False, got {flag!r}")
+        boolean(name, flag)  # shuffle="no" shuffled
     batch_size = _whole("batch size", batch_size, 1)
     num_workers = _whole("workers", num_workers, 0)
     seed = _whole("seed", seed, -(2**63), 2**63 - 1)
@@ -977,6 +975,16 @@ def _world_and_rank(distributed: bool) -> tuple[int, int]:
     return dist.get_world_size(), dist.get_rank()
 
 
+def worker_start(ds: BigEarthNetDataset) -> dict[str, Any]:
+    """``DataLoader`` options for the workers of ``ds``: for a URL store, spawned workers
+    (fsspec's event loop and sockets do not survive fork) with a thread lock for Blosc
+    (:func:`benzarr.procs.thread_blosc_lock`: numcodecs' named semaphore was left registered
+    by a worker ended as it exited, "leaked semaphore" at about 1 run in 5); else none."""
+    if not is_url(ds.path):
+        return {}
+    return {"multiprocessing_context": "spawn", "worker_init_fn": thread_blosc_lock}
+
+
 def _dataloader(ds: BigEarthNetDataset, batches: ResumableBatchSampler, num_workers: int,
                 prefetch_factor: int | None, device: torch.device, seed: int, timeout: float = 0) -> DataLoader:
     """:func:`make_loader`'s ``DataLoader`` engine: uint16 batches of ``batches``, pinned for CUDA."""
@@ -986,12 +994,7 @@ def _dataloader(ds: BigEarthNetDataset, batches: ResumableBatchSampler, num_work
         kwargs["timeout"] = timeout
         if prefetch_factor is not None:
             kwargs["prefetch_factor"] = prefetch_factor
-        if is_url(ds.path):
-            # fsspec's event loop and sockets do not survive fork: start workers fresh, with a
-            # thread lock for Blosc (the named semaphore numcodecs makes was left registered by a
-            # worker ended as it exited: "leaked semaphore" at about 1 run in 5)
-            kwargs["multiprocessing_context"] = "spawn"
-            kwargs["worker_init_fn"] = thread_blosc_lock
+        kwargs.update(worker_start(ds))
     loader = DataLoader(
         NativeBatches(ds),
         batch_sampler=batches,
@@ -1019,4 +1022,5 @@ __all__ = [
     "make_loader",
     "parse_modalities",
     "resolve_bands",
+    "worker_start",
 ]

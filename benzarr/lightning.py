@@ -68,9 +68,9 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from benzarr.bands import parse_modalities
 from benzarr.checks import whole
-from benzarr.data import BatchTransform, BigEarthNetDataset, NativeBatches, collate_batch, make_loader, resolve_bands
-from benzarr.procs import thread_blosc_lock
-from benzarr.store import NOMENCLATURES, is_url
+from benzarr.data import (BatchTransform, BigEarthNetDataset, NativeBatches, collate_batch, make_loader, resolve_bands,
+                          worker_start)
+from benzarr.store import NOMENCLATURES
 
 #: Values that need no dataset support: what BigEarthNetDataset does without the parameter.
 _DEFAULTS: dict[str, Any] = {"augment": "none", "resample": "bilinear", "align_corners": False}
@@ -291,11 +291,7 @@ class BigEarthNetDataModule(L.LightningDataModule):
             kwargs["persistent_workers"] = True
             if self.prefetch_factor is not None:
                 kwargs["prefetch_factor"] = self.prefetch_factor
-            if is_url(ds.path):
-                # fsspec's event loop and sockets do not survive fork: start workers fresh, with a
-                # thread lock for Blosc (benzarr.procs.thread_blosc_lock)
-                kwargs["multiprocessing_context"] = "spawn"
-                kwargs["worker_init_fn"] = thread_blosc_lock
+            kwargs.update(worker_start(ds))  # a URL store's workers: spawned, as make_loader's
         return DataLoader(NativeBatches(ds), batch_size=self.batch_size, sampler=sampler, drop_last=drop_last,
                           num_workers=self.num_workers, collate_fn=collate_batch,
                           pin_memory=self._device().type == "cuda", **kwargs)

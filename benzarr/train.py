@@ -60,7 +60,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from benzarr import __version__
 from benzarr.checkpoint import load_checkpoint, restore, save_checkpoint
-from benzarr.checks import check_seed, finite, is_number, whole
+from benzarr.checks import boolean, check_seed, finite, is_number, whole
 from benzarr.data import BigEarthNetDataset, DeviceLoader, make_loader
 from benzarr.errors import InvalidArgumentError, missing_extra
 from benzarr.evaluate import runs_under, score_batches
@@ -426,8 +426,8 @@ def _check_types(cfg: TrainConfig) -> None:
     ``amp="no"`` failed in torch after the run folder was written."""
     for spec in fields(cfg):
         value, flag = getattr(cfg, spec.name), "--" + spec.name.replace("_", "-")
-        if spec.type == "bool" and not isinstance(value, (bool, np.bool_)):
-            raise InvalidArgumentError(f"{flag} must be True or False, got {value!r}")
+        if spec.type == "bool":
+            boolean(flag, value)
         if spec.type in ("int", "int | None") and not (value is None and spec.type == "int | None"):
             whole(flag, value, -(2**63))  # the ranges are checked below, with their own words
         if spec.type == "float" and not is_number(value):

@@ -301,8 +301,8 @@ def create_model(
             raise
         raise InvalidArgumentError(f"{spec.name} takes no such option: {exc}") from None
     model.benzarr_name = spec.name
-    model.benzarr_in_channels = int(in_channels)
-    model.benzarr_num_classes = int(num_classes)
+    model.benzarr_in_channels = in_channels
+    model.benzarr_num_classes = num_classes
 
     if path is not None:
         report = load_weights(model, path)
