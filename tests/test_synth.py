@@ -133,7 +133,8 @@ def test_progress_counts_every_patch(tmp_path: Path) -> None:
     assert sum(seen) == 30
 
 
-@pytest.mark.parametrize("bad", [dict(n_patches=-1), dict(seed=-3), dict(workers=0), dict(n_patches=10**14)])
+@pytest.mark.parametrize("bad", [dict(n_patches=-1), dict(seed=-3), dict(workers=0), dict(n_patches=10**14),
+                                 dict(n_patches=0)])  # 0 made an empty folder, as the CLI's --patches 0 does not
 @pytest.mark.parametrize("version", [1, 2])
 def test_bad_arguments_are_refused_before_the_folder_is_made(tmp_path: Path, bad: dict, version: int) -> None:
     from benzarr.synth import synth_archive_v2

@@ -128,7 +128,7 @@ def synth_archive(
     Raises:
         InvalidArgumentError: bad counts or seed, or ``out`` not empty without ``overwrite``.
     """
-    check_plan(n_patches, seed)  # all of it, before the folder is made
+    check_plan(n_patches, seed, least=1)  # all of it, before the folder is made
     _check_workers(workers)
     out = Path(out)
     _prepare_out(out, overwrite)

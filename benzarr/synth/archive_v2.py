@@ -179,7 +179,7 @@ def synth_archive_v2(
     Returns:
         All patch ids written (clean and flagged), sorted.
     """
-    check_plan(n_patches, seed)  # all of it, before the folder is made
+    check_plan(n_patches, seed, least=1)  # all of it, before the folder is made
     _check_workers(workers)
     out = Path(out)
     _prepare_out(out, overwrite)

@@ -104,14 +104,18 @@ def _n_acquisitions(n_patches: int) -> int:
     return min(n_patches, max(3, -(-n_patches // PATCHES_PER_ACQUISITION)))
 
 
-def check_plan(n_patches: int, seed: int) -> None:
-    """Refuse a count or seed no archive can be planned for (before anything is written).
+def check_plan(n_patches: int, seed: int, least: int = 0) -> None:
+    """Refuse a count or seed no archive can be planned for (before anything is written);
+    ``least=1`` for an archive on disk (one of no patches is one ingest refuses).
 
     Raises:
-        InvalidArgumentError: not whole numbers >= 0, or more patches than the plan's
-            acquisitions can hold.
+        InvalidArgumentError: not whole numbers >= 0 (``n_patches`` >= ``least``), or more
+            patches than the plan's acquisitions can hold.
     """
     _check_count(n_patches, seed)
+    if n_patches < least:
+        raise InvalidArgumentError(f"n_patches must be at least {least}, got {n_patches} "
+                                   "(an archive of no patches is one ingest refuses)")
     if _n_acquisitions(n_patches) > _DAYS * _SLOTS_PER_DAY:
         raise InvalidArgumentError(
             f"at most {_DAYS * _SLOTS_PER_DAY * PATCHES_PER_ACQUISITION:,} patches, got {n_patches:,}"
