@@ -307,6 +307,9 @@ class BigEarthNetDataset(Dataset):
         n = len(self)
         if raw.size == 0:
             return np.zeros(0, dtype=np.int64)
+        if raw.ndim == 0:  # a slice, a generator, one integer: "got shape ()" said nothing
+            hint = " (list(range(start, stop)) gives a slice's)" if isinstance(indices, slice) else ""
+            raise TypeError(f"indices must be a sequence of integers, got {type(indices).__name__} {indices!r}{hint}")
         if raw.ndim != 1:
             raise TypeError(f"indices must be a flat sequence of integers, got shape {raw.shape}")
         if raw.dtype == bool:

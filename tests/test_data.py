@@ -477,10 +477,15 @@ def test_an_index_that_is_not_an_integer_is_a_type_error(synth_store_64: Path, i
     ([[1, 2], [3, 4]], TypeError), ([1.5, 2.2], TypeError), (["1"], TypeError), ([True, False], TypeError),
     ([10**20], IndexError), ([2**63 + 5], IndexError), ([64], IndexError), ([-65], IndexError),
 ])
-def test_getitems_takes_a_flat_sequence_of_integers_only(synth_store_64: Path, indices: list, error: type) -> None:
+def test_read_batch_takes_a_flat_sequence_of_integers_only(synth_store_64: Path, indices: list, error: type) -> None:
     ds = BigEarthNetDataset(synth_store_64)
     with pytest.raises(error):
         ds.read_batch(indices)
+    with pytest.raises(TypeError, match=r"^indices must be a sequence of integers, got slice slice\(0, 2, None\) "
+                                        r"\(list\(range\(start, stop\)\) gives a slice's\)$"):
+        ds.read_batch(slice(0, 2))  # said "got shape ()"
+    with pytest.raises(TypeError, match=r"^indices must be a sequence of integers, got int 3$"):
+        ds.__getitems__(3)
     assert ds.read_batch([])["index"].shape == (0,)
     assert ds.read_batch(np.array([-1, 3], dtype=np.int32))["index"].tolist() == [63, 3]
     assert int(ds[np.int64(5)]["index"]) == 5 and int(ds[torch.tensor(6)]["index"]) == 6
