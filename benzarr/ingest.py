@@ -24,6 +24,7 @@ import hashlib
 import multiprocessing
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -181,7 +182,7 @@ def plan_patches(
         names = [name for name in names if name in wanted]
     excluded: set[str] = set()
     for item in exclude:
-        excluded.update(read_name_file(item))
+        excluded |= _excluded_by(found, item)
     before = len(names)
     names = [name for name in names if name not in excluded]
     if not names:
@@ -191,6 +192,27 @@ def plan_patches(
                                     f"of the archive ({shown}{', ...' if len(missing) > 3 else ''})")
         raise NotAnArchiveError(f"{archive}: no patches left to ingest after --patches/--exclude")
     return found, names, missing, before - len(names)
+
+
+#: The official lists whose patches a v2 archive flags itself (metadata parquet columns).
+_FLAGGED_BY = {"cloud-shadow": "cloud", "seasonal-snow": "snow"}
+
+
+def _excluded_by(found: Archive, item: str | Path) -> set[str]:
+    """The patches of ``found`` that ``--exclude item`` names: by name, or a v2 patch by its
+    v1 name (the official lists name v1 patches), and for ``cloud-shadow``/``seasonal-snow``
+    also every patch the archive's own tables flag so. Warns when it names none: a list of
+    other names excluded nothing, silently (a v2 archive's patch ids never match the lists)."""
+    listed = set(read_name_file(item))
+    by_v1 = {ref.v1_name: name for name, ref in found.refs.items() if ref.v1_name}
+    names = {name for name in listed if name in found.refs} | {by_v1[n] for n in listed & by_v1.keys()}
+    flag = _FLAGGED_BY.get(str(item)) if not Path(str(item)).exists() else None
+    if flag is not None:
+        names |= {name for name, ref in found.refs.items() if getattr(ref, flag)}
+    if listed and not names:
+        warnings.warn(f"--exclude {item}: none of its {len(listed):,} names is a patch of {found.path} "
+                      f"(e.g. {sorted(listed)[0]}), so it excludes nothing", stacklevel=2)
+    return names
 
 
 def part_shards(part: int, parts: int, n_shards: int) -> range:

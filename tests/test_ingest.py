@@ -149,9 +149,33 @@ def test_exclude_and_patches_lists(synth_archive_64: Path, tmp_path: Path) -> No
 
 def test_official_exclusion_lists_by_name(real_s2_archive: Path, tmp_path: Path) -> None:
     # One of the six example patches (Finland, February) is on the seasonal-snow list.
-    result = ingest(real_s2_archive, tmp_path / "s.zarr", workers=1, exclude=["cloud-shadow", "seasonal-snow"])
+    with pytest.warns(UserWarning, match=r"^--exclude cloud-shadow: none of its [\d,]+ names is a patch of .*, "
+                                         r"so it excludes nothing$"):
+        result = ingest(real_s2_archive, tmp_path / "s.zarr", workers=1, exclude=["cloud-shadow", "seasonal-snow"])
     assert result.n_patches == 5 and result.excluded == 1
     assert "S2B_MSIL2A_20180204T94161_57_38" not in open_store(tmp_path / "s.zarr").patch_names()
+
+
+def test_v2_patches_are_excluded_by_their_flags_and_by_their_v1_names(synth_v2_archive: Path, tmp_path: Path) -> None:
+    """`--exclude cloud-shadow` excluded nothing from a v2 archive, silently: the official
+    lists name v1 patches, and v2 patch ids never match them."""
+    import warnings
+
+    import pandas as pd
+
+    flagged = pd.read_parquet(synth_v2_archive / "metadata_for_patches_with_snow_cloud_or_shadow.parquet")
+    cloudy = sorted(flagged.loc[flagged["contains_cloud_or_shadow"], "patch_id"])
+    assert cloudy  # the archive flags some
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = ingest(synth_v2_archive, tmp_path / "a.zarr", workers=1, exclude=["cloud-shadow"], modalities=["s2"])
+    assert result.excluded == len(cloudy) and not set(cloudy) & set(open_store(tmp_path / "a.zarr").patch_names())
+    # a file of v1 names (as the official lists are) excludes the v2 patches that carry them
+    table = pd.read_parquet(synth_v2_archive / "metadata.parquet")
+    names = tmp_path / "v1-names.txt"
+    names.write_text("\n".join(table["s2v1_name"][:3]) + "\n")
+    again = ingest(synth_v2_archive, tmp_path / "b.zarr", workers=1, exclude=[names], modalities=["s2"])
+    assert again.excluded == 3 and not set(table["patch_id"][:3]) & set(open_store(tmp_path / "b.zarr").patch_names())
 
 
 # -- resume ------------------------------------------------------------------------------

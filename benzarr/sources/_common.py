@@ -89,6 +89,8 @@ class PatchRef:
         reference_map: path of the reference map GeoTIFF (v2), or None.
         clc19: 19-class label names from v2 metadata, or None (v1: derived from the JSON).
         official_split, country, season, snow, cloud: table values ("" / False if unknown).
+        v1_name: the v1.0 S2 name of a v2 patch (``s2v1_name``), "" otherwise: what the
+            official v1 lists (``--exclude cloud-shadow``, ...) name it by.
     """
 
     name: str
@@ -102,6 +104,7 @@ class PatchRef:
     season: str = ""
     snow: bool = False
     cloud: bool = False
+    v1_name: str = ""
 
 
 @dataclass

@@ -107,6 +107,7 @@ def _patch_ref(path: Path, row: dict[str, Any], clean: bool, season: str, has_s1
         season=season or season_of(name_time(name)),
         snow=bool(row.get("contains_seasonal_snow", False)),
         cloud=bool(row.get("contains_cloud_or_shadow", False)),
+        v1_name=str(row.get("s2v1_name") or ""),
     )
 
 
