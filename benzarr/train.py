@@ -178,6 +178,7 @@ def train(cfg: TrainConfig, callback: Callable[[TrainEvent], None] | None = None
         MissingDependencyError: ``track_emissions`` without codecarbon.
     """
     check_config(cfg)
+    cfg = _with_store_labels(cfg)
     run_dir = _check_run_dir(cfg)
     # the lock before the "holds a run already" check: no one writes in between
     with _ranks_and_lock(cfg, run_dir, lambda: _claim_run_dir(cfg)) as ranks:
@@ -275,6 +276,17 @@ def _step_scheduler(scheduler: Any) -> None:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before", category=UserWarning)
         scheduler.step()
+
+
+def _with_store_labels(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with ``labels=None`` made the store's own label set (clc43 when it has it, else
+    clc19: a v2 store without reference maps), as ``split`` and ``show`` choose; config.json
+    records the set used."""
+    if cfg.labels is not None:
+        return cfg
+    from benzarr.split import default_label_set
+
+    return replace(cfg, labels=default_label_set(open_store(cfg.store)))
 
 
 def train_seeds(cfg: TrainConfig, seeds: Sequence[int],
@@ -387,7 +399,8 @@ def check_config(cfg: TrainConfig) -> None:
     _check_types(cfg)
     parse_loss(cfg.loss)
     for name, value, choices in (("--optim", cfg.optim, OPTIMIZERS), ("--scheduler", cfg.scheduler, SCHEDULERS),
-                                 ("--labels", cfg.labels, ("clc43", "clc19")), ("--augment", cfg.augment, AUGMENTS),
+                                 ("--labels", cfg.labels or "clc43", ("clc43", "clc19")),  # None: the store's
+                                 ("--augment", cfg.augment, AUGMENTS),
                                  ("--resample", cfg.resample, RESAMPLE_MODES)):
         if value not in choices:
             raise InvalidArgumentError(f"unknown {name} {value!r}: choose one of {', '.join(choices)}")

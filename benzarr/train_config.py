@@ -29,7 +29,7 @@ class TrainConfig:
     store: str                      # path of a benzarr store
     split: str                      # splits/<name> in the store: train / val / test subsets
     model: str = "shortcnn-rgb"     # a name of benzarr.models.list_models()
-    labels: str = "clc43"           # clc43 | clc19
+    labels: str | None = None       # clc43 | clc19; None: the store's own (clc43 when it has it, else clc19)
     modalities: str = "s2"          # s2 | s1 | s2,s1: image channels (S1 adds VV, VH)
     bands: str | Sequence[str] | None = None  # None: the model's default; "rgb", "all" or names
     epochs: int = 10

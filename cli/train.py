@@ -124,7 +124,9 @@ def command(
                                                "settings, not its --out) or a JSON or TOML table of these options "
                                                "(batch-size = 32, ...). Options given here win over the file's."),
     model: str = typer.Option(D.model, "--model", help="Model name (benzarr models)."),
-    labels: str = typer.Option(D.labels, "--labels", help="clc43 | clc19."),
+    labels: Optional[str] = typer.Option(D.labels, "--labels", help="clc43 | clc19 (default: the store's own, clc43 "
+                                         "when it has it; a v2 store without reference maps has clc19 alone).",
+                                         show_default=False),
     bands: Optional[str] = typer.Option(D.bands, "--bands", help="rgb | all | a preset (2, 3, 4, 10, 12, 14, S1, S2, ALL, ...; see `benzarr models`) | comma-separated names, VV/VH included (default: the model's)."),
     modalities: str = typer.Option(D.modalities, "--modalities", help="s2 | s1 | s2,s1: image channels (S1 adds VV, VH; the store must hold S1)."),
     epochs: int = typer.Option(D.epochs, "--epochs", help="Epochs."),

@@ -233,3 +233,11 @@ def test_train_on_a_v2_store_without_reference_maps(synth_v2_archive: Path, tmp_
     result = train(TrainConfig(store=str(tmp_path / "s.zarr"), split="r", model="shortcnn-all", labels="clc19",
                                epochs=1, batch_size=16, max_steps=2, device="cpu", out=str(tmp_path / "run")))
     assert result.steps == 2 and "micro_f1" in result.test
+    # without --labels, the store's own set, as split and show choose (it failed: "no clc43 labels")
+    import json
+
+    own = train(TrainConfig(store=str(tmp_path / "s.zarr"), split="r", model="shortcnn-all", epochs=1,
+                            batch_size=16, max_steps=1, device="cpu", out=str(tmp_path / "own")))
+    assert own.steps == 1 and len(own.test["per_class"]) == 19
+    recorded = json.loads((tmp_path / "own" / "config.json").read_text())
+    assert recorded["labels"] == recorded["settings"]["labels"] == "clc19"
