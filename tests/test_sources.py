@@ -215,3 +215,18 @@ def test_official_products_are_those_of_the_name_table() -> None:
     place, pairs = official_names([real_s2, "S2A_MSIL2A_20171116T103448_0_48"], [real_s1])
     assert list(place) == [real_s2] and pairs == {real_s1: real_s2}
     assert official_names(["S2A_MSIL2A_20171116T103448_0_48"], ["S1A_IW_GRDH_1SDV_20171116T000000_33UUP_0_48"]) == ({}, {})
+
+
+def test_the_season_fallback_follows_the_official_tables_whole_months() -> None:
+    """The official name table puts 1-20 June in Summer and 1-20 September in Fall (whole
+    months); the fallback for names outside it used astronomical seasons (June 13: Spring)."""
+    from collections import Counter
+
+    from benzarr.resources import read_official_list
+    from benzarr.sources._common import name_time, official_names, season_of
+
+    names = list(read_official_list("train"))[:20000]
+    place, _ = official_names(s2_names=names)
+    agree = Counter(season_of(name_time(name)) == season for name, (_, season) in place.items())
+    assert agree[True] == len(place) > 10000, agree  # every patch of the table, not most
+    assert season_of(name_time("S2A_MSIL2A_20170613T101031_87_48")) == "Summer"

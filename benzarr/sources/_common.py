@@ -466,16 +466,13 @@ def official_names(s2_names: Sequence[str] = (), s1_names: Sequence[str] = ()) -
 
 
 def season_of(timestamp: int) -> str:
-    """Season of an acquisition (astronomical, northern hemisphere; 21st-of-month boundaries)."""
-    day = datetime.fromtimestamp(timestamp, tz=timezone.utc)
-    key = day.month * 100 + day.day
-    if 321 <= key < 621:
-        return "Spring"
-    if 621 <= key < 923:
-        return "Summer"
-    if 923 <= key < 1221:
-        return "Fall"
-    return "Winter"
+    """Season of an acquisition by whole months (meteorological, northern hemisphere: March to
+    May is Spring, June to August Summer, September to November Fall, December to February
+    Winter), the convention of bigearthnet-common's official name table: every one of its
+    patches from 1 to 20 June is Summer and from 1 to 20 September Fall (the astronomical
+    seasons this used before put them in Spring and Summer)."""
+    month = datetime.fromtimestamp(timestamp, tz=timezone.utc).month
+    return ("Winter", "Spring", "Summer", "Fall")[month % 12 // 3]
 
 
 def name_time(name: str) -> int:
