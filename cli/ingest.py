@@ -28,7 +28,7 @@ def command(
     strict: bool = typer.Option(False, "--strict", help="Stop at the first bad patch (exit 1)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a store already at STORE."),
     source: Optional[str] = typer.Option(None, "--source", help="v1 | v2: force the archive layout (default: detected)."),
-    modalities: Optional[str] = typer.Option(None, "--modalities", help="Comma list of s2, s1, reference-map (default: what the archive has)."),
+    modalities: Optional[str] = typer.Option(None, "--modalities", help="Comma list of s2, s1, reference-map (default: what the archive has; s2 is always written, the others sit beside it)."),
     plan: bool = typer.Option(False, "--plan", help="Only create the store layout, for --part runs on other machines."),
     parts: Optional[int] = typer.Option(None, "--parts", help="With --plan: how many parts will run (lets `info` name missing ones)."),
     part: Optional[str] = typer.Option(None, "--part", help="I/N: ingest shard group I of N of a planned store."),

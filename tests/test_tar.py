@@ -218,3 +218,19 @@ def test_a_tar_beside_its_unpacked_folder_is_not_indexed(v1_download: dict[str, 
     (broken / "x.tar").write_bytes(b"\x01" * 1024)
     with pytest.raises(NotAnArchiveError, match="x.tar: not a readable tar file"):
         _files.mount(broken)  # an unreadable tar is still reported, not skipped
+
+
+def test_a_tar_or_folder_holding_the_archive_as_its_one_folder_says_which_path_to_give(
+        real_s2_archive: Path, tmp_path: Path) -> None:
+    """The examples' tar (and `tar cf reben.tar reben`) holds the archive one folder down: the
+    error listed what was missing and not the path that works."""
+    packed = tmp_path / "s2ex.tar"
+    with tarfile.open(packed, "w") as tar:
+        tar.add(real_s2_archive, arcname="BigEarthNet-S2-Example")
+    holder = tmp_path / "holder"
+    holder.mkdir()
+    shutil.copytree(real_s2_archive, holder / "inner")
+    for outer, inner in ((packed, "BigEarthNet-S2-Example"), (holder, "inner")):
+        with pytest.raises(NotAnArchiveError, match=rf"; the archive is its folder {inner}: give .*{inner}$"):
+            ingest(outer, tmp_path / "s.zarr", workers=1)
+        assert ingest(outer / inner, tmp_path / f"{inner}.zarr", workers=1).n_patches == 6

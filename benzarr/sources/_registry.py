@@ -162,9 +162,23 @@ def open_archive(path: str | Path, source: str | None = None) -> Archive:
         wanted = ", no ".join(get_source(name).looks_for for name in list_sources())
         packed = _files.compressed_tarballs(path)
         hint = (f"; it holds compressed tarballs ({', '.join(packed)}): decompress them (gunzip -k, zstd -d), "
-                "and benzarr reads each .tar in place, without unpacking it") if packed else ""
+                "and benzarr reads each .tar in place, without unpacking it") if packed else _inner_archive_hint(path)
         raise NotAnArchiveError(f"{path}: not a BigEarthNet archive (no {wanted}){hint}")
     return chosen.open(path)
+
+
+def _inner_archive_hint(path: Path) -> str:
+    """``; the archive is its folder X: give PATH/X`` when ``path`` (a folder or a tar) holds
+    one folder and that reads as an archive (a tar packed with its top folder, as the
+    examples and ``tar cf reben.tar reben`` are), else ""."""
+    try:
+        entries = _files.listdir(path)
+    except OSError:
+        return ""
+    folders = [name for name, folder in entries if folder]
+    if len(folders) != 1 or len(entries) != 1 or detect_source(path / folders[0]) is None:
+        return ""
+    return f"; the archive is its folder {folders[0]}: give {path / folders[0]}"
 
 
 def source_of_store(attrs: Mapping[str, Any]) -> ArchiveSource:
