@@ -399,7 +399,7 @@ def check_config(cfg: TrainConfig) -> None:
     _check_types(cfg)
     parse_loss(cfg.loss)
     for name, value, choices in (("--optim", cfg.optim, OPTIMIZERS), ("--scheduler", cfg.scheduler, SCHEDULERS),
-                                 ("--labels", cfg.labels or "clc43", ("clc43", "clc19")),  # None: the store's
+                                 ("--labels", "clc43" if cfg.labels is None else cfg.labels, ("clc43", "clc19")),  # None: the store's
                                  ("--augment", cfg.augment, AUGMENTS),
                                  ("--resample", cfg.resample, RESAMPLE_MODES)):
         if value not in choices:
