@@ -123,6 +123,13 @@ class IngestResult:
     already_complete: bool = False
 
 
+def _official_list(source: str | Path) -> str | None:
+    """The official list ``source`` names (``cloud-shadow``, ...), or None: a file of that
+    name in the working folder wins over the list."""
+    text = str(source)
+    return text if text in OFFICIAL_LISTS and not Path(text).exists() else None
+
+
 def read_name_file(source: str | Path, option: str = "--exclude") -> list[str]:
     """Patch names from an official list name (``cloud-shadow``, ``seasonal-snow``,
     ``no-clc19``) or a file with one name per line (blank lines and ``#`` comments ignored; a
@@ -133,7 +140,7 @@ def read_name_file(source: str | Path, option: str = "--exclude") -> list[str]:
         InvalidArgumentError: neither an official list nor a readable file.
     """
     text = str(source)
-    if text in OFFICIAL_LISTS and not Path(text).exists():
+    if _official_list(source):
         return list(read_official_list(text))
     path = Path(text)
     if path.is_dir():
@@ -206,7 +213,7 @@ def _excluded_by(found: Archive, item: str | Path) -> set[str]:
     listed = set(read_name_file(item))
     by_v1 = {ref.v1_name: name for name, ref in found.refs.items() if ref.v1_name}
     names = {name for name in listed if name in found.refs} | {by_v1[n] for n in listed & by_v1.keys()}
-    flag = _FLAGGED_BY.get(str(item)) if not Path(str(item)).exists() else None
+    flag = _FLAGGED_BY.get(_official_list(item) or "")
     if flag is not None:
         names |= {name for name, ref in found.refs.items() if getattr(ref, flag)}
     if listed and not names:

@@ -108,15 +108,18 @@ def read_patch(root: str | Path, name: str) -> Patch:
         BadPatchError: naming the file and the problem.
     """
     root = Path(root)
-    if not _files.is_dir(root / name):
-        raise BadPatchError(name, "not a folder (a file or a broken link named like a patch; a patch is a folder of band "
-                                  "GeoTIFFs and a labels JSON)")
     json_path = labels_path(root, name)
     try:
         meta = read_metadata(json_path)
-    except FileNotFoundError:
-        raise BadPatchError(name, f"{json_path.name}: missing labels JSON") from None
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        # asked only once the read failed: no stat a patch on the way of every good one
+        if not _files.is_dir(root / name):
+            raise BadPatchError(name, "not a folder (a file or a broken link named like a patch; a patch is a folder "
+                                      "of band GeoTIFFs and a labels JSON)") from None
+        if isinstance(exc, FileNotFoundError):
+            raise BadPatchError(name, f"{json_path.name}: missing labels JSON") from None
+        raise BadPatchError(name, f"{json_path.name}: {exc}") from None
+    except ValueError as exc:
         raise BadPatchError(name, f"{json_path.name}: {exc}") from None
     try:
         clc43 = parse_labels(meta.get("labels"))
