@@ -25,7 +25,7 @@ from benzarr.bands import BAND_PRESETS, MODALITIES, parse_modalities, resolve_ba
 from benzarr.bands import band_groups_for
 from benzarr.bands import band_location as channel_location
 from benzarr.augment import check_augment
-from benzarr.checks import boolean, whole as _whole
+from benzarr.checks import boolean, check_seed, whole as _whole
 from benzarr.errors import BenzarrError, InvalidArgumentError, LoaderWorkerError
 from benzarr.shards import RowReader
 from benzarr.procs import thread_blosc_lock
@@ -883,7 +883,7 @@ def make_loader(
         batch_size: patches per batch.
         shuffle: random order (else store-row order).
         num_workers: worker processes (0: read in this process).
-        seed: shuffling seed.
+        seed: shuffling seed, 0 .. 2**32 - 1 (the range of every benzarr seed).
         device: where batches are delivered (``"cpu"``, ``"cuda"``, ``"cuda:1"``...).
         distributed: shard by torch.distributed rank and world size.
         drop_last: drop the last incomplete batch.
@@ -906,7 +906,7 @@ def make_loader(
         boolean(name, flag)  # shuffle="no" shuffled
     batch_size = _whole("batch size", batch_size, 1)
     num_workers = _whole("workers", num_workers, 0)
-    seed = _whole("seed", seed, -(2**63), 2**63 - 1)
+    seed = check_seed(seed)  # one range for every seed benzarr takes (make_split, train, here)
     if prefetch_factor is not None:
         prefetch_factor = _whole("prefetch_factor", prefetch_factor, 1)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:  # (NaN too)

@@ -67,7 +67,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from benzarr.bands import parse_modalities
-from benzarr.checks import whole
+from benzarr.checks import check_seed, whole
 from benzarr.data import (BatchTransform, BigEarthNetDataset, NativeBatches, collate_batch, make_loader, resolve_bands,
                           worker_start)
 from benzarr.store import NOMENCLATURES
@@ -131,7 +131,8 @@ class BigEarthNetDataModule(L.LightningDataModule):
         align_corners: the interpolation convention (True: ConfigILM's, for the official
             reBEN weights), where ``BigEarthNetDataset`` supports it.
         normalize: standardise each band with the store's statistics.
-        seed: shuffling and augmentation seed (the order is a function of ``(seed, epoch)``).
+        seed: shuffling and augmentation seed, 0 .. 2**32 - 1 (the order is a function of
+            ``(seed, epoch)``).
         engine: ``"dataloader"`` or ``"ring"`` (see the module's docstring).
         drop_last: drop the last incomplete training batch.
         prefetch_factor: batches each worker reads ahead (default 2).
@@ -178,7 +179,7 @@ class BigEarthNetDataModule(L.LightningDataModule):
         # make_loader's checks, here at construction: 1.5 passed "< 1", "4" and None failed it as TypeError
         batch_size = whole("batch size", batch_size, 1)
         num_workers = whole("workers", num_workers, 0)
-        seed = whole("seed", seed, -(2**63), 2**63 - 1)
+        seed = check_seed(seed)
         if prefetch_factor is not None:
             prefetch_factor = whole("prefetch_factor", prefetch_factor, 1)
         if not isinstance(label_dtype, torch.dtype):  # "float32" has no .is_floating_point

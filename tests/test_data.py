@@ -452,7 +452,8 @@ def test_bench_command_prints_throughput(synth_store_64: Path) -> None:
     ({"batch_size": 2.5}, "batch size must be a whole number, got 2.5"),
     ({"batch_size": "4"}, "batch size must be a whole number, got '4'"),
     ({"seed": None}, "seed must be a whole number, got None"),
-    ({"seed": 2**70}, "seed must be from"),
+    ({"seed": 2**70}, "seed must be between 0 and 4294967295, got 1180591620717411303424"),
+    ({"seed": -1}, "seed must be between 0 and 4294967295, got -1"),  # accepted: train and split refused it
     ({"prefetch_factor": 0}, "prefetch_factor must be 1 or more, got 0"),
     ({"num_workers": True}, "workers must be a whole number"),
 ])

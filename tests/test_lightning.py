@@ -174,6 +174,7 @@ def test_bad_arguments(split_store: Path) -> None:
     ({"batch_size": "4"}, "batch size must be a whole number, got '4'"),  # TypeError
     ({"num_workers": None}, "workers must be a whole number, got None"),  # TypeError
     ({"seed": 0.5}, "seed must be a whole number, got 0.5"),
+    ({"seed": 2**32}, "seed must be between 0 and 4294967295, got 4294967296"),  # accepted: train refused it
     ({"label_dtype": "float32"}, "label_dtype must be a torch.dtype"),  # AttributeError
     ({"labels": ["clc19"]}, "unknown label set ['clc19']"),  # TypeError: unhashable
 ])
