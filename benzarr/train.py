@@ -657,6 +657,12 @@ def _open_data(cfg: TrainConfig, device: torch.device, rank: int, world: int) ->
     torchrun) and the val and test loaders (rank 0)."""
     store = open_store(cfg.store)
     bands = resolve_bands(cfg.model, cfg.bands, cfg.modalities)
+    if rank == 0 and cfg.bands is None and "s2" not in parse_modalities(cfg.modalities):
+        from benzarr.models import default_bands
+
+        if default_bands(cfg.model) == "rgb":  # the name says RGB; the run would say nothing
+            warnings.warn(f"{cfg.model} takes RGB (S2) bands by default; with --modalities {','.join(parse_modalities(cfg.modalities))} "
+                          f"it reads {','.join(bands)} instead (give --bands to choose)", UserWarning, stacklevel=2)
     if len(store.subset_rows(cfg.split, "train")) == 0:
         raise InvalidArgumentError(f"split {cfg.split!r} of {cfg.store} has no training patches")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -157,6 +158,23 @@ def test_train_on_s2_and_s1_channels(synth_v2_store: Path, tmp_path: Path) -> No
     import json
 
     assert json.loads((run / "config.json").read_text())["settings"]["modalities"] == "s2,s1"
+
+
+def test_an_rgb_model_on_s1_alone_says_which_bands_it_reads(synth_v2_store: Path, tmp_path: Path) -> None:
+    """shortcnn-rgb (the default model) with --modalities s1 trained on VV,VH without a word."""
+    from benzarr.train import TrainConfig, train
+
+    path = copy_tree(synth_v2_store, tmp_path / "s.zarr")
+    make_split(open_store(path, mode="r+"), "official", "official")
+    settings = dict(store=str(path), split="official", labels="clc19", epochs=1, batch_size=32, max_steps=1)
+    with pytest.warns(UserWarning, match=r"shortcnn-rgb takes RGB \(S2\) bands by default; with --modalities s1 "
+                                         r"it reads VV,VH instead"):
+        train(TrainConfig(model="shortcnn-rgb", modalities="s1", out=str(tmp_path / "a"), **settings), None)
+    with warnings.catch_warnings(record=True) as caught:  # chosen bands, or a 12-band model: nothing to say
+        warnings.simplefilter("always")
+        train(TrainConfig(model="shortcnn-rgb", modalities="s1", bands="VH", out=str(tmp_path / "b"), **settings), None)
+        train(TrainConfig(model="shortcnn-all", modalities="s1", out=str(tmp_path / "c"), **settings), None)
+    assert not [w for w in caught if "by default" in str(w.message)]
 
 
 # -- damaged metadata.parquet ----------------------------------------------------------
