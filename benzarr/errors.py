@@ -8,6 +8,8 @@ store and, where there is one, the fix.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class BenzarrError(Exception):
     """Base class of benzarr's errors; the CLI exits with ``exit_code``."""
@@ -141,6 +143,13 @@ EXTRAS: dict[str, str] = {
     "moto": "test", "s3fs": "test", "bigearthnet_common": "examples", "codecarbon": "emissions",
     "lightning": "lightning", "distributed": "dask", "obstore": "s3",
 }
+
+
+def some_of(items: Sequence[str], most: int = 3) -> str:
+    """``"a, b, c and 7 more"``: the first ``most`` of ``items`` for a message, and how many
+    were left out (the one way benzarr's messages shorten a list)."""
+    shown = ", ".join(str(item) for item in items[:most])
+    return shown + (f" and {len(items) - most:,} more" if len(items) > most else "")
 
 
 def missing_extra(package: str, needed_by: str = "this command") -> MissingDependencyError:

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from benzarr.errors import InvalidArgumentError, SplitNotFoundError, StoreNotFoundError, UnsafeOverwriteError
+from benzarr.errors import InvalidArgumentError, SplitNotFoundError, StoreNotFoundError, UnsafeOverwriteError, some_of
 from benzarr.fsutil import check_not_a_file, check_outside_datasets
 
 #: Checkpoints a run folder holds, by the name ``--checkpoint`` takes.
@@ -119,8 +119,7 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         below = [p.relative_to(run_dir).as_posix() for p in runs_under(Path(run_dir))]
         if below:  # a folder of runs (a --seeds job's is run_folders')
-            raise InvalidArgumentError(f"{run_dir} holds {len(below)} runs ({', '.join(below[:4])}"
-                                       f"{', ...' if len(below) > 4 else ''}): give one of them")
+            raise InvalidArgumentError(f"{run_dir} holds {len(below)} runs ({some_of(below, 4)}): give one of them")
         raise InvalidArgumentError(f"{run_dir}: no config.json here (a folder written by `benzarr train`)")
     try:
         config = json.loads(path.read_text())

@@ -44,6 +44,7 @@ from benzarr.errors import (
     StoreNotFoundError,
     StoreParametersError,
     StoreVersionError,
+    some_of,
 )
 from benzarr.fsutil import check_disjoint, check_no_foreign, check_output, foreign_files, is_benzarr_store, os_error, read_utf8
 from benzarr.lock import ingest_lock
@@ -194,9 +195,9 @@ def plan_patches(
     names = [name for name in names if name not in excluded]
     if not names:
         if patches is not None and before == 0:  # say which file, and what it held
-            shown = ", ".join(repr(n) for n in missing[:3]) or "no names"
+            shown = some_of([repr(n) for n in missing]) or "no names"
             raise NotAnArchiveError(f"{archive}: none of the {len(wanted):,} names in --patches {patches} is a patch "
-                                    f"of the archive ({shown}{', ...' if len(missing) > 3 else ''})")
+                                    f"of the archive ({shown})")
         raise NotAnArchiveError(f"{archive}: no patches left to ingest after --patches/--exclude")
     return found, names, missing, before - len(names)
 

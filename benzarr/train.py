@@ -62,7 +62,7 @@ from benzarr import __version__
 from benzarr.checkpoint import load_checkpoint, restore, save_checkpoint
 from benzarr.checks import boolean, check_seed, finite, is_number, whole
 from benzarr.data import BigEarthNetDataset, DeviceLoader, make_loader
-from benzarr.errors import InvalidArgumentError, missing_extra
+from benzarr.errors import InvalidArgumentError, missing_extra, some_of
 from benzarr.evaluate import runs_under, score_batches
 from benzarr.fsutil import check_not_a_file, check_outside_datasets
 from benzarr.lock import run_lock
@@ -605,9 +605,8 @@ def workers_advice(device: torch.device, workers: int) -> str | None:
 
 
 def _listed(runs: Sequence[Path], parent: Path, most: int = 3) -> str:
-    """``seed-0, seed-1, ...``: the first ``most`` of ``runs``, relative to ``parent``."""
-    names = [str(r.relative_to(parent)) for r in runs[:most]]
-    return ", ".join(names) + (f" and {len(runs) - most} more" if len(runs) > most else "")
+    """``seed-0, seed-1, seed-2 and 4 more``: ``runs`` relative to ``parent``, the first ``most`` named."""
+    return some_of([str(r.relative_to(parent)) for r in runs], most)
 
 
 def _check_seeds_folder(out: Path) -> None:

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from benzarr.errors import IngestFailedPatchesError
+from benzarr.errors import IngestFailedPatchesError, some_of
 from benzarr.dask_ingest import dask_runner
 from benzarr.ingest import ingest, parse_part
 from benzarr.store import DEFAULT_COMPRESSION, DEFAULT_SHARD_SIZE
@@ -61,9 +61,8 @@ def command(
             runner=dask_runner(scheduler, workers, on_wait=warn_line) if scheduler else None,  # a warning: shown with --quiet too
         )
     if result.not_in_archive:  # on stderr, also with --quiet: the user asked for these patches
-        listed = ", ".join(result.not_in_archive[:10])
-        more = f" and {len(result.not_in_archive) - 10:,} more" if len(result.not_in_archive) > 10 else ""
-        warn_line(f"{len(result.not_in_archive):,} names in --patches are not in the archive: {listed}{more}")
+        warn_line(f"{len(result.not_in_archive):,} names in --patches are not in the archive: "
+                  f"{some_of(result.not_in_archive, 10)}")
     if result.already_complete:
         if not quiet:
             bad = f" ({len(result.failed):,} bad patches, listed by `benzarr info`)" if result.failed else ""

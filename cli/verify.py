@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from benzarr.errors import StoreIncompleteError, StoreVerifyError
+from benzarr.errors import StoreIncompleteError, StoreVerifyError, some_of
 from benzarr.verify import verify_store
 from benzarr_cli._common import console, progress_bar, warn_line
 
@@ -59,9 +59,7 @@ def command(
             for problem in report.problems:
                 out(f"  {problem.message}")
                 if len(problem.rows) > 1:
-                    shown = ", ".join(problem.patches[:_NAMES_SHOWN])
-                    more = f" ... and {len(problem.patches) - _NAMES_SHOWN} more" if len(problem.patches) > _NAMES_SHOWN else ""
-                    out(f"    rows {problem.rows[0]}-{problem.rows[-1]}: {shown}{more}")
+                    out(f"    rows {problem.rows[0]}-{problem.rows[-1]}: {some_of(problem.patches, _NAMES_SHOWN)}")
             if bad:
                 out(f"corrupt patches ({len(bad)}{'; --json lists them all' if len(bad) > _BAD_SHOWN else ''})")
                 for name in bad[:_BAD_SHOWN]:

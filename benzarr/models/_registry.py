@@ -31,7 +31,7 @@ from torch import nn
 from benzarr.bigearthnet import BANDS, RGB_BANDS
 from benzarr.checkpoint import why_unreadable
 from benzarr.checks import whole
-from benzarr.errors import DownloadRequiredError, InvalidArgumentError
+from benzarr.errors import DownloadRequiredError, InvalidArgumentError, some_of
 
 BandSet = Literal["rgb", "all"]
 
@@ -133,11 +133,9 @@ class WeightsReport:
             )
             parts.append(f"skipped {len(self.skipped_shape)} of another shape ({names})")
         if self.missing:
-            parts.append(f"{len(self.missing)} missing from the file ({', '.join(self.missing[:5])}"
-                         f"{', ...' if len(self.missing) > 5 else ''})")
+            parts.append(f"{len(self.missing)} missing from the file ({some_of(self.missing, 5)})")
         if self.unexpected:
-            parts.append(f"{len(self.unexpected)} unused ({', '.join(self.unexpected[:5])}"
-                         f"{', ...' if len(self.unexpected) > 5 else ''})")
+            parts.append(f"{len(self.unexpected)} unused ({some_of(self.unexpected, 5)})")
         return "; ".join(parts)
 
 
