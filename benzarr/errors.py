@@ -4,6 +4,10 @@ The library never prints and never exits; it raises one of these. The CLI maps e
 error line and an exit code (``BenzarrError.exit_code``: 1, or 3 for bad patches; 2 is left
 to the command line's usage errors). Messages name the file, patch or
 store and, where there is one, the fix.
+
+A setting is named in messages by its command-line flag, which maps one to one onto the
+Python keyword (``--batch-size`` is ``batch_size=``, ``--overwrite`` is ``overwrite=True``):
+one wording for both ways in, since the same check serves both.
 """
 
 from __future__ import annotations
