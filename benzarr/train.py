@@ -702,11 +702,52 @@ def _build_optimizer(cfg: TrainConfig, net: torch.nn.Module) -> tuple[torch.opti
     else:
         opt_class = torch.optim.Adam if cfg.optim == "adam" else torch.optim.AdamW
         optimizer = opt_class(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.scheduler == "cosine":
-        return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
-    if cfg.scheduler == "step":
-        return optimizer, torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, cfg.epochs // 3), gamma=0.1)
-    return optimizer, None
+    return optimizer, _make_scheduler(cfg.scheduler, optimizer, cfg.epochs)
+
+
+def _make_scheduler(kind: str, optimizer: torch.optim.Optimizer, epochs: int) -> Any:
+    """The per-epoch LR scheduler ``kind`` spanning ``epochs`` (None for ``"none"``)."""
+    if kind == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    if kind == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, epochs // 3), gamma=0.1)
+    return None
+
+
+def _replay_schedule(kind: str, optimizer: torch.optim.Optimizer, epochs: int, done: int) -> tuple[Any, list[float]]:
+    """A new ``kind`` scheduler spanning ``epochs``, stepped ``done`` times from the initial
+    learning rates, as a run that had asked for ``epochs`` from the start would stand after
+    ``done`` epochs (the same recursive steps, so the same bits); and the first group's
+    learning rate in each of those ``done`` epochs."""
+    for group in optimizer.param_groups:
+        group["lr"] = group.get("initial_lr", group["lr"])
+    scheduler = _make_scheduler(kind, optimizer, epochs)
+    rates = []
+    with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()": a replay, not a mistake
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(done):
+            rates.append(float(optimizer.param_groups[0]["lr"]))
+            scheduler.step()
+    return scheduler, rates
+
+
+def _refit_schedule(run: _Run, epochs_before: int) -> None:
+    """A resumed run asked for another ``--epochs``: its learning-rate schedule spans the new
+    length from here on (restored as it was, a cosine would reach 0 at the old last epoch and
+    climb again; a step schedule would keep the old step). Warn when the epochs already done
+    ran other rates than the new length gives them, since the run is then not one that asked
+    for the new length from the start."""
+    cfg, done = run.cfg, run.state.epoch
+    if run.scheduler is None or epochs_before == cfg.epochs:
+        return
+    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.lr)  # the old length's rates
+    _, ran = _replay_schedule(cfg.scheduler, probe, epochs_before, done)
+    run.scheduler, now = _replay_schedule(cfg.scheduler, run.optimizer, cfg.epochs, done)
+    if now != ran:
+        warnings.warn(f"{run.last}: --epochs {epochs_before} -> {cfg.epochs}: the {cfg.scheduler} schedule now spans "
+                      f"{cfg.epochs} epochs from epoch {done + 1} on; the {done} epochs done ran the rates of "
+                      f"{epochs_before}, so the run differs from one that asked for {cfg.epochs} from the start",
+                      RuntimeWarning, stacklevel=3)
 
 
 def _run_config(cfg: TrainConfig, data: _Data, world: int, device: torch.device) -> dict[str, Any]:
@@ -749,6 +790,7 @@ def _resume(run: _Run) -> None:
                       RuntimeWarning, stacklevel=2)
     run.config = {**old, "settings": settings, "resumed": [*old.get("resumed", []), run.config["created"]]}
     st = run.state = RunState(**restore(payload, run.net, run.optimizer, run.scheduler))
+    _refit_schedule(run, before("epochs"))
     if st.epoch < run.cfg.epochs and not st.stopped_early:
         st.stopped = False  # more epochs asked for (or --max-steps raised)
     partial = payload.get("partial")

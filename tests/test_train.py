@@ -266,13 +266,32 @@ def test_resume_with_another_cpu_thread_count_says_the_bits_will_differ(store: P
         torch.set_num_threads(threads)
 
 
-def test_resume_with_more_epochs_continues_a_finished_run(store: Path, tmp_path: Path) -> None:
-    full = train(config(store, tmp_path / "full", epochs=2))
-    first = train(config(store, tmp_path / "more", epochs=1))
-    more = train(replace(config(store, tmp_path / "more", epochs=2), resume=True))
+@pytest.mark.parametrize("scheduler", ["none", "cosine"])
+def test_resume_with_more_epochs_continues_a_finished_run(store: Path, tmp_path: Path, scheduler: str) -> None:
+    """A cosine resumed from 1 to 2 epochs ran its second epoch at lr 0, the end of the
+    1-epoch schedule it restored, instead of the 2-epoch schedule's half rate."""
+    full = train(config(store, tmp_path / "full", epochs=2, scheduler=scheduler))
+    first = train(config(store, tmp_path / "more", epochs=1, scheduler=scheduler))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # epoch 1 ran at the base rate either way: nothing to say
+        more = train(replace(config(store, tmp_path / "more", epochs=2, scheduler=scheduler), resume=True))
     assert first.epochs == 1 and more.epochs == 2
     assert_same_weights(weights(full.run_dir), weights(more.run_dir))
     assert more.test == full.test
+
+
+def test_resume_with_other_epochs_follows_the_new_schedule_and_says_so(store: Path, tmp_path: Path) -> None:
+    from benzarr.tb import read_scalars
+
+    train(config(store, tmp_path / "run", epochs=2, scheduler="cosine"))
+    with pytest.warns(RuntimeWarning, match=r"--epochs 2 -> 3: the cosine schedule now spans 3 epochs from epoch 3 "
+                                            r"on; the 2 epochs done ran the rates of 2"):
+        train(replace(config(store, tmp_path / "run", epochs=3, scheduler="cosine"), resume=True))
+    rates = read_scalars(tmp_path / "run")["lr"]
+    lr = TrainConfig.lr
+    # epochs 1, 2 at the 2-epoch rates; epoch 3 at the 3-epoch schedule's (1 + cos(2 pi / 3)) / 2
+    assert rates[1] == pytest.approx(lr) and rates[2] == pytest.approx(lr / 2)
+    assert rates[3] == pytest.approx(lr * (1 + math.cos(2 * math.pi / 3)) / 2)
 
 
 def test_run_folder_holds_config_events_checkpoints_metrics_scores(store: Path, tmp_path: Path) -> None:
