@@ -738,7 +738,7 @@ def _refit_schedule(run: _Run, epochs_before: int) -> None:
     ran other rates than the new length gives them, since the run is then not one that asked
     for the new length from the start."""
     cfg, done = run.cfg, run.state.epoch
-    if run.scheduler is None or epochs_before == cfg.epochs:
+    if run.scheduler is None or epochs_before == cfg.epochs or done >= cfg.epochs:  # (no epoch left to run)
         return
     probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.lr)  # the old length's rates
     _, ran = _replay_schedule(cfg.scheduler, probe, epochs_before, done)
