@@ -34,7 +34,7 @@ AUGMENTATIONS: dict[str, int] = {"none": 0, "flip": 2, "flip-rot90": 3}
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
-def _splitmix64(x: np.ndarray) -> np.ndarray:
+def splitmix64(x: np.ndarray) -> np.ndarray:
     """SplitMix64's output function on uint64 (Steele, Lea, Flood 2014): a well-mixed hash."""
     with np.errstate(over="ignore"):
         x = x + _GOLDEN
@@ -55,8 +55,8 @@ def transform_codes(rows: np.ndarray | torch.Tensor, seed: int, epoch: int, augm
     bits = AUGMENTATIONS[check_augment(augment)]
     rows = np.asarray(rows, dtype=np.int64).astype(np.uint64)
     with np.errstate(over="ignore"):
-        key = _splitmix64(_splitmix64(np.uint64(seed & 0xFFFFFFFFFFFFFFFF)) ^ np.uint64(epoch & 0xFFFFFFFF))
-        hashed = _splitmix64(rows ^ key)
+        key = splitmix64(splitmix64(np.uint64(seed & 0xFFFFFFFFFFFFFFFF)) ^ np.uint64(epoch & 0xFFFFFFFF))
+        hashed = splitmix64(rows ^ key)
     return (hashed >> np.uint64(61)).astype(np.uint8) & np.uint8((1 << bits) - 1)
 
 

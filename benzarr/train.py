@@ -570,14 +570,15 @@ def _setup(cfg: TrainConfig, ranks: Ranks, run_dir: Path) -> _Run:
         warnings.warn(advice, RuntimeWarning, stacklevel=3)
     flags_before = _seed_and_set_determinism(cfg)
     try:
-        data = ranks.together(lambda: _open_data(cfg, device, rank, world))
+        seed = _run_loader_seed(cfg, run_dir)
+        data = ranks.together(lambda: _open_data(cfg, device, rank, world, seed))
     except BaseException:
         _restore_flags(flags_before)
         raise
     model, net = _build_model(cfg, data, device, world)
     optimizer, scheduler = _build_optimizer(cfg, net)
     run = _Run(cfg, run_dir, rank, world, device, data, model, net, optimizer, scheduler,
-               create_loss(cfg.loss), _run_config(cfg, data, world, device), RunState(),
+               create_loss(cfg.loss), _run_config(cfg, data, world, device, seed), RunState(),
                monitor_key(cfg.monitor), ranks=ranks, flags_before=flags_before)
 
     def resume_and_open() -> None:
@@ -651,9 +652,37 @@ def _seed_and_set_determinism(cfg: TrainConfig) -> tuple[bool, bool, bool]:
     return flags_before
 
 
-def _open_data(cfg: TrainConfig, device: torch.device, rank: int, world: int) -> _Data:
+def loader_seed(seed: int) -> int:
+    """The seed of a run's data order and augmentation for the run's ``seed``: its SplitMix64
+    hash, 0 .. 2**32 - 1.
+
+    The loader shuffles epoch ``e`` with ``loader seed + e``, as torch's ``DistributedSampler``
+    does; given the run seeds themselves, ``--seeds 0,1,2`` runs would share all epochs' orders
+    but one (seed 1's epoch 0 is seed 0's epoch 1), and their spread would understate the
+    variance between seeds. Hashed, neighbouring seeds are far apart.
+    """
+    from benzarr.augment import splitmix64
+
+    return int(splitmix64(np.uint64(check_seed(seed))) >> np.uint64(32))
+
+
+def _run_loader_seed(cfg: TrainConfig, run_dir: Path) -> int:
+    """:func:`loader_seed` of ``cfg.seed``, or ``cfg.seed`` itself for a run resumed from a
+    benzarr that gave the loader the run seed (its ``config.json`` records no ``loader_seed``),
+    so that its remaining epochs keep the order they started with."""
+    if cfg.resume:
+        try:
+            recorded = json.loads((run_dir / "config.json").read_text())
+        except (OSError, ValueError):
+            recorded = None
+        if isinstance(recorded, dict) and "loader_seed" not in recorded:
+            return cfg.seed
+    return loader_seed(cfg.seed)
+
+
+def _open_data(cfg: TrainConfig, device: torch.device, rank: int, world: int, seed: int) -> _Data:
     """Bands, classes and identity of the store, the train loader (every rank, its share under
-    torchrun) and the val and test loaders (rank 0)."""
+    torchrun; ``seed`` orders and augments it) and the val and test loaders (rank 0)."""
     store = open_store(cfg.store)
     bands = resolve_bands(cfg.model, cfg.bands, cfg.modalities)
     if rank == 0 and cfg.bands is None and "s2" not in parse_modalities(cfg.modalities):
@@ -669,7 +698,7 @@ def _open_data(cfg: TrainConfig, device: torch.device, rank: int, world: int) ->
         ds = BigEarthNetDataset(cfg.store, split=cfg.split, subset=subset, bands=bands, labels=cfg.labels,
                                 normalize=True, modalities=parse_modalities(cfg.modalities), resample=cfg.resample,
                                 align_corners=cfg.align_corners, augment=cfg.augment if subset == "train" else "none")
-        return make_loader(ds, cfg.batch_size, shuffle=shuffle, num_workers=cfg.workers, seed=cfg.seed,
+        return make_loader(ds, cfg.batch_size, shuffle=shuffle, num_workers=cfg.workers, seed=seed,
                            device=device, distributed=distributed, timeout=cfg.loader_timeout)
 
     def eval_loader(subset: str) -> DeviceLoader | None:
@@ -750,16 +779,17 @@ def _refit_schedule(run: _Run, epochs_before: int) -> None:
                       RuntimeWarning, stacklevel=3)
 
 
-def _run_config(cfg: TrainConfig, data: _Data, world: int, device: torch.device) -> dict[str, Any]:
+def _run_config(cfg: TrainConfig, data: _Data, world: int, device: torch.device, seed: int) -> dict[str, Any]:
     """What config.json and every checkpoint hold: the settings (bands resolved), classes,
     store identity, the per-band normalisation (mean and std of the split's train subset),
-    world size, device, intra-op CPU threads, package versions, creation time."""
+    the train loader's seed, world size, device, intra-op CPU threads, package versions,
+    creation time."""
     settings = {**asdict(cfg), "bands": data.bands}
     train = data.train.dataset
     # what `benzarr evaluate` reads any store with: the inputs as this run saw them
     normalization = {"mean": train.mean, "std": train.std, "source": train.stats_source}
     return {"settings": settings, "labels": cfg.labels, "classes": data.class_names, "store": data.identity,
-            "normalization": normalization, "loss": parse_loss(cfg.loss).as_dict(),
+            "normalization": normalization, "loss": parse_loss(cfg.loss).as_dict(), "loader_seed": seed,
             "world_size": world, "device": str(device), "cpu_threads": torch.get_num_threads(),
             "versions": package_versions(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "resumed": []}
@@ -776,6 +806,9 @@ def _resume(run: _Run) -> None:
         return old["settings"].get(name, getattr(TrainConfig, name, None))
 
     changed = {k: (before(k), v) for k, v in settings.items() if k not in RESUMABLE and before(k) != v}
+    started_with = old.get("loader_seed", old["settings"]["seed"])  # (none recorded: the run seed itself)
+    if started_with != run.config["loader_seed"]:  # its config.json, which chose the seed, is gone or damaged
+        changed["loader seed"] = (started_with, run.config["loader_seed"])
     if old["store"]["split_sha256"] != run.data.identity["split_sha256"]:
         changed["split codes"] = (old["store"]["split_sha256"][:12], run.data.identity["split_sha256"][:12])
     if changed:

@@ -26,7 +26,7 @@ from benzarr.errors import InvalidArgumentError
 from benzarr.models import create_model
 from benzarr.split import make_split
 from benzarr.store import open_store
-from benzarr.train import TrainConfig, TrainEvent, monitor_key, resolve_bands, train, train_seeds
+from benzarr.train import TrainConfig, TrainEvent, loader_seed, monitor_key, resolve_bands, train, train_seeds
 from tests.conftest import copy_tree
 
 
@@ -58,7 +58,7 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
 def test_one_step_lowers_the_loss_on_its_batch(store: Path, tmp_path: Path) -> None:
     cfg = config(store, tmp_path / "run", max_steps=1, lr=1e-3)
     ds = BigEarthNetDataset(str(store), split="strat", subset="train", bands="rgb", normalize=True)
-    loader = make_loader(ds, 16, shuffle=True, num_workers=0, seed=cfg.seed, device="cpu")
+    loader = make_loader(ds, 16, shuffle=True, num_workers=0, seed=loader_seed(cfg.seed), device="cpu")
     loader.set_epoch(0)
     batch = next(iter(loader))  # the trainer's first batch: the order depends on (seed, epoch) only
     torch.manual_seed(cfg.seed)
@@ -233,6 +233,41 @@ def test_mid_epoch_checkpoint_holds_the_loader_position_and_running_sums(store: 
     assert partial["loader"] == {"epoch": 0, "served": 1} and partial["seen"] == 8
     assert partial["scores"].shape == (8, 43) and partial["targets"].dtype == torch.bool
     assert partial["loss_sum"] > 0
+
+
+def test_neighbouring_run_seeds_share_no_epoch_order(store: Path) -> None:
+    """The loader shuffles epoch e with its seed + e: given the run seeds themselves, seed 1's
+    epoch 0 was seed 0's epoch 1, and --seeds 0,1,2 runs shared all their epochs' orders but one."""
+    ds = BigEarthNetDataset(str(store), split="strat", subset="train", bands="rgb")
+    orders = set()
+    for seed in range(4):
+        loader = make_loader(ds, 64, shuffle=True, num_workers=0, seed=loader_seed(seed), device="cpu")
+        for epoch in range(3):
+            loader.set_epoch(epoch)
+            orders.add(tuple(next(iter(loader))["index"].tolist()))
+    assert len(orders) == 12
+    assert len({loader_seed(s) for s in range(10_000)}) == 10_000
+
+
+def test_a_run_started_before_loader_seeds_resumes_in_its_own_order(store: Path, tmp_path: Path) -> None:
+    """A run whose config.json records no loader_seed (benzarr gave the loader the run seed)
+    goes on with that seed; a checkpoint that disagrees with its config.json is refused."""
+    run = tmp_path / "run"
+    train(config(store, run, epochs=1, seed=5))
+    last = run / "checkpoints" / "last.pt"
+    payload = torch.load(last, weights_only=False)
+    assert payload["config"]["loader_seed"] == loader_seed(5)
+    del payload["config"]["loader_seed"]  # as an older benzarr wrote it
+    torch.save(payload, last)
+    recorded = json.loads((run / "config.json").read_text())
+    del recorded["loader_seed"]
+    (run / "config.json").write_text(json.dumps(recorded))
+    seen: list[TrainEvent] = []
+    train(replace(config(store, run, epochs=2, seed=5), resume=True), seen.append)
+    assert "loader_seed" not in json.loads((run / "config.json").read_text())  # and so on the next resume
+    (run / "config.json").unlink()  # then the seed cannot be told: the checkpoint's rule is refused
+    with pytest.raises(InvalidArgumentError, match=rf"loader seed: 5 -> {loader_seed(5)}"):
+        train(replace(config(store, run, epochs=3, seed=5), resume=True))
 
 
 def test_iterating_a_loader_draws_nothing_from_the_global_rng(store: Path) -> None:
