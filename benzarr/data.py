@@ -139,11 +139,11 @@ class BigEarthNetDataset(Dataset):
         labels: ``"clc43"`` or ``"clc19"``.
         transform: called on each sample dict from ``ds[i]``; in :func:`make_loader`, on
             each device batch dict (so it must accept batched tensors).
-        normalize: standardise each band with the store's statistics.
+        normalize: standardise each band (S2 and S1 alike) with the mean and std of the
+            split's train subset at this resampling mode, or the whole store's without a split.
         storage_options: fsspec options for URLs (endpoint, credentials).
         modalities: any of ``s2``, ``s1`` (image channels) and ``reference-map`` (adds
-            ``mask``); each must be in the store. S1 channels are normalised with the store's
-            own S1 statistics.
+            ``mask``); each must be in the store.
         verify_checksums: check the crc32c of every chunk read (store format 2; on by
             default). Turn it off to read at full speed a store already checked with
             ``benzarr verify``; shard indexes are still checked. Format 1 stores have no

@@ -130,7 +130,8 @@ class BigEarthNetDataModule(L.LightningDataModule):
             where ``BigEarthNetDataset`` supports it.
         align_corners: the interpolation convention (True: ConfigILM's, for the official
             reBEN weights), where ``BigEarthNetDataset`` supports it.
-        normalize: standardise each band with the store's statistics.
+        normalize: standardise each band with the mean and std of the split's train subset
+            (as ``BigEarthNetDataset``).
         seed: shuffling and augmentation seed, 0 .. 2**32 - 1 (the order is a function of
             ``(seed, epoch)``).
         engine: ``"dataloader"`` or ``"ring"`` (see the module's docstring).

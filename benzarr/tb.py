@@ -2,7 +2,7 @@
 
 Tags written once per epoch (global step = epochs completed, 1-based)::
 
-    train/loss, val/loss                      mean BCE per patch
+    train/loss, val/loss                      mean loss per patch (the run's --loss)
     train/micro_f1, train/macro_f1            on the training batches of the epoch (this process's)
     val/micro_f1, val/macro_f1, val/micro_map, val/macro_map, val/micro_f2, val/macro_f2, ...
     lr                                        learning rate of the first parameter group

@@ -134,8 +134,8 @@ def command(
     lr: float = typer.Option(D.lr, "--lr", help="Learning rate."),
     optim: str = typer.Option(D.optim, "--optim", help=" | ".join(OPTIMIZERS) + "."),
     momentum: float = typer.Option(D.momentum, "--momentum", help="SGD momentum."),
-    weight_decay: float = typer.Option(D.weight_decay, "--weight-decay", help="Weight decay."),
-    scheduler: str = typer.Option(D.scheduler, "--scheduler", help=" | ".join(SCHEDULERS) + " (step: x0.1 every epochs/3)."),
+    weight_decay: float = typer.Option(D.weight_decay, "--weight-decay", help="Weight decay: L2 in the gradient with sgd and adam, decoupled with adamw."),
+    scheduler: str = typer.Option(D.scheduler, "--scheduler", help=" | ".join(SCHEDULERS) + " (cosine: to 0 over --epochs; step: x0.1 every max(1, epochs // 3) epochs)."),
     loss: str = typer.Option(D.loss, "--loss", help="bce | focal | asl: multi-label losses on logits, optionally with parameters "
                                 "(focal:gamma=2,alpha=0.25; asl:gamma_neg=4,gamma_pos=0,clip=0.05 are the defaults)."),
     augment: str = typer.Option(D.augment, "--augment", help=" | ".join(AUGMENTS) + ": random flips (and 90-degree "
