@@ -96,6 +96,7 @@ class IngestResult:
         failed: bad patches, name -> reason (also stored in the store); complete stores only.
         shards_total: shards in the store.
         shards_written: shards written by this run (fewer than total when resuming).
+        patches_written: patches in those shards (what this run's speed is measured in).
         resumed: True when an incomplete store was continued.
         seconds: wall time of this run.
         complete: the store is complete after this run (False after ``plan`` or a part
@@ -122,6 +123,7 @@ class IngestResult:
     excluded: int = 0
     missing_parts: list[int] = field(default_factory=list)
     already_complete: bool = False
+    patches_written: int = 0
 
 
 def _official_list(source: str | Path) -> str | None:
@@ -634,8 +636,9 @@ def _ingest_locked(found: Archive, names: list[str], missing: list[str], n_exclu
     _run_shards(tasks, common, finished, runner, workers, store_path, strict)
 
     seconds = time.perf_counter() - started
+    patches_written = sum(len(shard_refs) for _, shard_refs, _ in tasks)
     if not np.asarray(store.array(DONE_ARRAY)[:], dtype=bool).all():  # other parts still to run
-        return _result(store, seconds, len(tasks), resumed, missing, n_excluded, found.version)
+        return _result(store, seconds, len(tasks), resumed, missing, n_excluded, found.version, patches_written)
     try:
         _finalize(store)
     except Exception:
@@ -644,7 +647,7 @@ def _ingest_locked(found: Archive, names: list[str], missing: list[str], n_exclu
         if not open_store(store_path, require_complete=False, storage_options=storage_options).complete:
             raise
     store = open_store(store_path, mode="r+", require_complete=False, storage_options=storage_options)
-    return _result(store, seconds, len(tasks), resumed, missing, n_excluded, found.version)
+    return _result(store, seconds, len(tasks), resumed, missing, n_excluded, found.version, patches_written)
 
 
 def _open_part(store_path: str, params: dict[str, Any], part: tuple[int, int],
@@ -729,13 +732,14 @@ def missing_parts(store: Store) -> list[int]:
 
 
 def _result(store: Store, seconds: float, written: int, resumed: bool, missing: list[str], n_excluded: int,
-            version: str) -> IngestResult:
+            version: str, patches_written: int = 0) -> IngestResult:
     return IngestResult(
         store=store.path,
         n_patches=store.n_patches,
         failed=store.failed() if store.complete else {},
         shards_total=store.n_shards,
         shards_written=written,
+        patches_written=patches_written,
         resumed=resumed,
         seconds=seconds,
         complete=store.complete,

@@ -74,7 +74,7 @@ def command(
             console.print(f"planned {result.store}: {result.n_patches:,} patches of {what} in {result.shards_total} "
                           f"shards; now run `benzarr ingest ... --part I/N` for each part")
         else:
-            rate = result.n_patches / result.seconds if result.shards_written else 0.0
+            rate = result.patches_written / result.seconds if result.shards_written else 0.0  # this run's own
             verb = "resumed" if result.resumed else "wrote"
             scope = f"part {part}: " if part else ""
             console.print(

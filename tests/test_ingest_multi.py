@@ -87,6 +87,11 @@ def test_part_needs_a_matching_plan(synth_archive_64: Path, tmp_path: Path) -> N
         ingest(synth_archive_64, store, part=(1, 2), shard_size=32)
     with pytest.raises(InvalidArgumentError, match="planned for 2 parts"):
         ingest(synth_archive_64, store, part=(1, 4), shard_size=16)
+    # a part's speed counts its own patches (the CLI's patches/s counted the whole store's 64)
+    first = ingest(synth_archive_64, store, part=(1, 2), shard_size=16)
+    assert (first.shards_written, first.patches_written, first.complete) == (2, 32, False)
+    again = ingest(synth_archive_64, store, part=(1, 2), shard_size=16)
+    assert (again.shards_written, again.patches_written) == (0, 0)
 
 
 def test_ingest_into_s3_equals_local(s3_server: dict, real_s2_archive: Path, tmp_path: Path) -> None:
