@@ -58,4 +58,4 @@ def command(
     for name, path in result.report_files.items():
         say(f"  report   {path}")
     say(f"next: benzarr train {result.store} --split {SPLIT_NAME} --model shortcnn-rgb --epochs 3 --seeds 0,1 --out {result.out}/runs/rgb; "
-        f"benzarr report {result.run_dir} {result.out}/runs/rgb")
+        f"benzarr report {result.run_dir} {result.out}/runs/rgb --out {result.out}/report-cmp")
