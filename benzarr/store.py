@@ -427,6 +427,10 @@ class Store:
             raise StoreCorruptError(f"{self._where('zarr.json')}: the store's {ATTRS_KEY!r} attributes are "
                                     f"{type(attrs).__name__}, not an object; {_DAMAGED}")
         self.format_version  # noqa: B018  (raises on its own damage)
+        lacking = [key for key in _REQUIRED_ATTRS if key not in attrs]  # ('bands' gone: "unexpected KeyError" in show)
+        if lacking:
+            raise StoreCorruptError(f"{self._where('zarr.json')}: the store's attributes lack "
+                                    f"{', '.join(map(repr, lacking))}; {_DAMAGED}")
         for key, (valid, expected) in _ATTR_TYPES.items():
             if key in attrs and not valid(attrs[key]):
                 shown = json.dumps(attrs[key])  # as the file spells it: "false", null
@@ -471,9 +475,16 @@ class Store:
         return node
 
     def _check_declared(self, name: str, node: zarr.Array) -> None:
-        """Raise StoreCorruptError when a band or label array's ``zarr.json`` declares another
-        row shape or data type than the format's (``"data_type": "int16"`` for the 10 m bands
-        failed in training as "unexpected KeyError: dtype('int16')"). Metadata only: no I/O."""
+        """Raise StoreCorruptError when a band or per-row array's ``zarr.json`` declares another
+        number of rows than the store's patches, or a band or label array another row shape or
+        data type than the format's (``"data_type": "int16"`` for the 10 m bands failed in
+        training as "unexpected KeyError: dtype('int16')"; 200 rows of a 220-patch store as
+        "unexpected IndexError"). Metadata only: no I/O."""
+        if (name in BAND_ARRAYS or name in ROW_FIELDS) and node.shape and isinstance(self.attrs.get("n_patches"), int):
+            if node.shape[0] != self.n_patches:
+                raise StoreCorruptError(
+                    f"{self._where(name + '/zarr.json')}: {node.shape[0]:,} rows in a store of {self.n_patches:,} "
+                    f"patches; {_DAMAGED}")
         if name in BAND_ARRAYS:
             row_shape, dtype = BAND_ARRAYS[name].row_shape, BAND_ARRAYS[name].dtype
         elif name in LABEL_ARRAYS.values():
@@ -941,6 +952,9 @@ def _is_count(value: Any, least: int = 0) -> bool:
 
 
 #: The root attributes benzarr reads, when present: (valid?, what is expected, for the message).
+#: Root attributes every benzarr store has had since its first format (written with its layout).
+_REQUIRED_ATTRS = ("n_patches", "shard_size", "modalities", "bands", "label_sets", "classes")
+
 _ATTR_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "complete": (lambda v: isinstance(v, bool), "a boolean (true or false)"),
     "layout_complete": (lambda v: isinstance(v, bool), "a boolean (true or false)"),

@@ -339,6 +339,9 @@ def test_a_format_version_that_is_not_a_whole_number_is_damage_named_by_file(tmp
         open_store(store)
 
 
+GONE = object()  # the attribute deleted
+
+
 @pytest.mark.parametrize("key, value, expected", [
     ("complete", "false", 'attribute \'complete\' is "false", not a boolean'),  # read as complete
     ("classes", None, "attribute 'classes' is null, not an object"),  # unexpected AttributeError
@@ -351,6 +354,8 @@ def test_a_format_version_that_is_not_a_whole_number_is_damage_named_by_file(tmp
      "attribute 'bands' lists the names of s2/10m wrongly from name 1 on ('B04' where this format has 'B02')"),
     ("classes", {"clc43": ["Continuous urban fabric", "Discontinuous urban fabric"]},
      "attribute 'classes' lists the names of clc43 wrongly from name 3 on (2 names where this format has 43)"),
+    ("bands", GONE, "attributes lack 'bands'"),  # show: unexpected KeyError: 'bands'
+    ("n_patches", GONE, "attributes lack 'n_patches'"),
 ])
 def test_a_root_attribute_of_the_wrong_type_is_damage_named_by_file(tmp_path: Path, synth_store_64: Path, key: str,
                                                                     value: object, expected: str) -> None:
@@ -361,6 +366,8 @@ def test_a_root_attribute_of_the_wrong_type_is_damage_named_by_file(tmp_path: Pa
     store.mkdir()  # the root zarr.json is all that is read before the check
     meta = json.loads((synth_store_64 / "zarr.json").read_text())
     meta["attributes"]["benzarr"][key] = value
+    if value is GONE:
+        del meta["attributes"]["benzarr"][key]
     (store / "zarr.json").write_text(json.dumps(meta))
     with pytest.raises(StoreCorruptError, match=re.escape(f"v.zarr/zarr.json: the store's {expected}")):
         open_store(store)
@@ -407,6 +414,9 @@ def test_a_root_zarr_json_cut_short_is_damage_not_a_foreign_store(tmp_path: Path
     ("s2/10m", {"data_type": "int16"}, "rows of shape (4, 120, 120) and data type int16, where this format stores "
                                        "(4, 120, 120) and uint16"),
     ("labels/clc43", {"shape": [64, 42]}, "rows of shape (42,) and data type uint8, where this format stores (43,) and uint8"),
+    # fewer or more rows than patches: "unexpected IndexError: s2/10m: rows must lie in [0, 60)" in train
+    ("s2/10m", {"shape": [60, 4, 120, 120]}, "60 rows in a store of 64 patches"),
+    ("meta/patch_name", {"shape": [70]}, "70 rows in a store of 64 patches"),
 ])
 def test_an_array_declared_with_another_row_shape_or_type_is_damage_named_by_file(
         tmp_path: Path, synth_store_64: Path, array: str, edit: dict, message: str) -> None:
