@@ -50,6 +50,7 @@ import zarr
 from numcodecs import blosc
 
 from benzarr.errors import StoreCorruptError
+from benzarr.fsutil import os_error
 
 SHARDING_SPEC_URL = (
     "https://zarr-specs.readthedocs.io/en/latest/v3/codecs/sharding-indexed/index.html#binary-shard-format"
@@ -371,6 +372,8 @@ class ShardReader:
                 raise self._missing(path, row) from None
             # zarr writes no file for a shard whose chunks are all fill value
             return _Shard(None, [EMPTY] * n_chunks, [EMPTY] * n_chunks, path, None)
+        except OSError as exc:  # a symlink loop, no permission, an I/O error: the file named, not Errno 40
+            raise os_error(exc, path, f"reading {self._where(row)}") from None
         data = np.frombuffer(handle, dtype=np.uint8)
         end = size - CRC_BYTES
         offsets, nbytes, problem = check_index(data[end - index_bytes:end], data[end:size], end - index_bytes)

@@ -5,6 +5,7 @@ records its result, and format 1 stores stay readable."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -191,6 +192,17 @@ def test_a_folder_in_place_of_a_shard_file_is_named_by_its_path(store: Path) -> 
     path.unlink()
     path.mkdir()
     with pytest.raises(StoreCorruptError, match=rf"shard file {path} is corrupt \(a folder where the shard file belongs\)"):
+        BigEarthNetDataset(store)[20]
+
+
+def test_a_shard_file_that_is_a_symlink_loop_is_named_by_its_path(store: Path) -> None:
+    """The Dataset raised a bare OSError: [Errno 40] Too many levels of symbolic links."""
+    from benzarr.errors import FileSystemError
+
+    path = shard_path(store, "s2/10m", 1)
+    path.unlink()
+    path.symlink_to(path.name)
+    with pytest.raises(FileSystemError, match=rf"{re.escape(str(path))}: symlink loop"):
         BigEarthNetDataset(store)[20]
 
 
