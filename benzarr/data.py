@@ -9,6 +9,7 @@ selection, upsampling, optional normalisation, augmentation). See docs/design.md
 from __future__ import annotations
 
 import contextlib
+import math
 import operator
 import os
 import time
@@ -239,6 +240,13 @@ class BigEarthNetDataset(Dataset):
         if len(mean) != len(self.bands) or len(std) != len(self.bands):
             raise InvalidArgumentError(f"mean and std need one value per band ({len(self.bands)}), "
                                        f"got {len(mean)} and {len(std)}")
+        try:
+            values = [float(v) for v in (*mean, *std)]
+        except (TypeError, ValueError):
+            values = [math.nan]
+        if not all(math.isfinite(v) for v in values) or any(v < 0 for v in values[len(mean):]):
+            raise InvalidArgumentError(f"mean and std must be finite numbers and std not negative, got {list(mean)} "
+                                       f"and {list(std)}")  # a NaN mean made every input NaN, and the loss
         self.normalize = True
         self.mean = [float(m) for m in mean]
         self.std = [float(s) or 1.0 for s in std]

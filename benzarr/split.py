@@ -61,7 +61,7 @@ import numpy as np
 from benzarr.errors import InvalidArgumentError, MissingDependencyError, SplitExistsError
 from benzarr.fsutil import check_not_a_file, read_utf8
 from benzarr.groups import GroupBy, group_ids, group_summary, grouped_assignment, parse_group_by
-from benzarr.checks import MAX_SEED, check_seed, is_number, is_whole  # noqa: F401  (MAX_SEED, check_seed: also this module's API)
+from benzarr.checks import MAX_SEED, boolean, check_seed, is_number, is_whole  # noqa: F401  (MAX_SEED, check_seed: also this module's API)
 from benzarr.leakage import DEFAULT_KM, check_km, split_leakage
 from benzarr.store import EXCLUDED, TEST, TRAIN, VAL, Store, check_split_name, open_store  # noqa: F401 (codes re-exported)
 from benzarr.store import SUBSETS as SUBSET_CODES
@@ -871,6 +871,7 @@ def _check_split_args(
     """
     if method not in METHODS:
         raise InvalidArgumentError(f"unknown split method {method!r}: choose one of {', '.join(METHODS)}")
+    boolean("overwrite", overwrite)  # overwrite="no" replaced the split
     if labels is None:
         labels = default_label_set(store)
     if labels not in LABEL_SETS:

@@ -61,6 +61,7 @@ per-band statistics and the ingest parameters. A store reads as complete only on
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from copy import deepcopy
@@ -1005,6 +1006,8 @@ def open_store(
     if mode not in ("r", "r+"):
         raise InvalidArgumentError(f"mode must be 'r' (read) or 'r+' (add splits), got {mode!r}; "
                                    "a store is never opened to be emptied ('w')")
+    if not isinstance(path, (str, os.PathLike)):  # open_store(3): a TypeError from deep in pathlib
+        raise InvalidArgumentError(f"a store is a path or URL (str or os.PathLike), got {type(path).__name__}")
     if not is_url(path) and not Path(path).exists():
         raise StoreNotFoundError(f"{path}: no such store")
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import tempfile
@@ -248,6 +249,29 @@ def test_open_store_takes_read_or_read_write_only_and_never_empties_a_store(tmp_
         open_store(copy, mode=mode)
     assert sorted(p.relative_to(copy) for p in copy.rglob("*")) == files
     assert open_store(copy).n_patches == 64
+
+
+def test_arguments_of_the_wrong_type_are_named(tmp_path: Path, synth_store_64: Path) -> None:
+    """open_store(3) and make_split(None, ...) were a TypeError from pathlib; overwrite="no"
+    replaced the split; a NaN mean made every input NaN."""
+    import shutil
+
+    from benzarr.data import BigEarthNetDataset
+    from benzarr.split import make_split
+
+    for path in (3, None):
+        with pytest.raises(InvalidArgumentError, match=rf"a store is a path or URL \(str or os.PathLike\), got {type(path).__name__}"):
+            open_store(path)  # type: ignore[arg-type]
+        with pytest.raises(InvalidArgumentError, match="a store is a path or URL"):
+            make_split(path, "s", "random")  # type: ignore[arg-type]
+    copy = shutil.copytree(synth_store_64, tmp_path / "copy.zarr")
+    make_split(copy, "s", "random")
+    with pytest.raises(InvalidArgumentError, match="overwrite must be True or False, got 'no'"):
+        make_split(copy, "s", "random", overwrite="no")  # type: ignore[arg-type]
+    ds = BigEarthNetDataset(copy, bands="rgb")
+    for mean, std in (([math.nan, 0, 0], [1, 1, 1]), ([0, 0, 0], [1, -1, 1]), ([0, 0, "a"], [1, 1, 1])):
+        with pytest.raises(InvalidArgumentError, match="mean and std must be finite numbers and std not negative"):
+            ds.set_normalization(mean, std, "mine")
 
 
 def test_writing_through_a_read_only_store_names_the_store_and_the_mode(tmp_path: Path, synth_store_64: Path) -> None:
