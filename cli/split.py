@@ -111,10 +111,15 @@ def command(
                 more = ", ..." if missing > len(report.get("unmatched_examples", [])) else ""
                 warn_line(f"{missing:,} name{'s' if missing != 1 else ''} in {Path(csv_dir) / (subset + '.csv')} "
                           f"{'are' if missing != 1 else 'is'} not a patch of the store ({shown}{more}); left out")
-    if quiet:
-        return
     counts = result.attrs["counts"]
     grouped = result.attrs["parameters"].get("group_by")
+    empty = [s for s, share in zip(SUBSETS, result.attrs["desired"]) if share > 0 and counts[s] == 0]
+    if grouped and empty:  # on stderr, also with --quiet: a subset asked for and left empty
+        n_groups = result.attrs["parameters"]["n_groups"]
+        warn_line(f"split {name}: {', '.join(empty)} got no patches: {count(n_groups, 'group')} "
+                  f"{'is' if n_groups == 1 else 'are'} too few for these shares; group by something finer (block:KM)")
+    if quiet:
+        return
     how = f"{method} by {grouped}" if grouped else method
     console.print(
         f"split {name} ({how}, {result.attrs['labels']}): train {counts['train']:,}  val {counts['val']:,}  "
@@ -125,11 +130,6 @@ def command(
         p = result.attrs["parameters"]
         console.print(f"  {count(p['n_groups'], 'group')}, largest {p['largest_group']:,} patches, median "
                       f"{p['median_group']:g}; no group split across subsets", markup=False)
-        empty = [s for s, share in zip(SUBSETS, result.attrs["desired"]) if share > 0 and counts[s] == 0]
-        if empty:
-            console.print(f"  note: {', '.join(empty)} got no patches: {count(p['n_groups'], 'group')} "
-                          f"{'is' if p['n_groups'] == 1 else 'are'} too few for "
-                          "these shares; group by something finer (block:KM)", markup=False)
     for subset, report in result.lists.items():
         console.print(f"  {subset} list: {report['matched']:,} of {report['listed']:,} names are patches of the store",
                       markup=False)

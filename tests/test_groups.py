@@ -282,6 +282,11 @@ def test_cli_group_by_prints_groups_and_the_comparison(tmp_path: Path) -> None:
                                "--group-by", "block:10", "--seed", "1"])
     assert made.exit_code == 0, made.output
     assert "iterative by block:10" in made.output and "no group split across subsets" in made.output
+    # one group leaves two subsets empty: said on stderr, with --quiet too (it was a note --quiet hid)
+    one = runner.invoke(app, ["split", str(tmp_path / "s.zarr"), "--name", "one", "--method", "iterative",
+                              "--group-by", "meta:valid", "--quiet"])
+    assert one.exit_code == 0 and "warning: split one: " in one.stderr
+    assert "got no patches: 1 group is too few for these shares" in one.stderr
     assert runner.invoke(app, ["split", str(tmp_path / "s.zarr"), "--name", "p", "--method", "iterative"]).exit_code == 0
     png = tmp_path / "q.png"
     shown = runner.invoke(app, ["split", str(tmp_path / "s.zarr"), "--name", "g", "--quality", "--against", "p",
