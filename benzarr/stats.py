@@ -78,6 +78,10 @@ def _moments(store: str, split: str, bands: tuple[str, ...], modalities: tuple[s
     return {band: {"mean": float(mean[i]), "std": float(std[i]), "count": int(count)} for i, band in enumerate(bands)}
 
 
+#: Statistics a read-only store could not cache, by (store, split, mode, split SHA-256).
+_NOT_CACHED: dict[tuple[str, str, str, str], dict[str, dict[str, float]]] = {}
+
+
 def split_band_stats(store: str, split: str, resample: str = "bilinear",
                      align_corners: bool = False) -> dict[str, dict[str, float]]:
     """Per-band ``{mean, std, count}`` over the train subset of ``split`` at one resampling mode.
@@ -96,6 +100,9 @@ def split_band_stats(store: str, split: str, resample: str = "bilinear",
     cached = opened.attrs.get(CACHE_KEY, {}).get(split, {}).get(key)
     if cached and cached.get("split_sha256") == digest:
         return cached["bands"]
+    memo_key = (str(store), split, key, digest)
+    if memo_key in _NOT_CACHED:  # computed in this process, the store would not take them
+        return _NOT_CACHED[memo_key]
     if not len(opened.subset_rows(split, "train")):
         raise InvalidArgumentError(f"split {split!r} of {store} has no train patches to compute statistics on")
     modalities = tuple(m for m in ("s2", "s1") if m in opened.modalities)
@@ -108,4 +115,8 @@ def split_band_stats(store: str, split: str, resample: str = "bilinear",
         writable.update_attrs(**{CACHE_KEY: cache})
     except (OSError, BenzarrError) as exc:  # a read-only store: serve the figures uncached
         warnings.warn(f"{store}: split statistics not cached ({exc})", stacklevel=2)
+        # kept for this process: train's val and test datasets read them too (on a read-only
+        # store each computed them again, a pass over the train subset, and warned again)
+        _NOT_CACHED[memo_key] = figures
     return figures
+

@@ -119,6 +119,32 @@ def test_split_statistics_are_the_train_subset_at_the_mode_and_cached(tmp_path: 
     assert split_band_stats(str(store), "s", "nearest")["B01"]["mean"] != figures["B01"]["mean"]
 
 
+def test_statistics_a_read_only_store_cannot_cache_are_computed_once_a_process(
+        tmp_path: Path, split_store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """train's three datasets each made a pass over the train subset of a read-only store,
+    warning three times that the figures were not cached."""
+    import errno
+
+    import benzarr.stats as stats
+    from benzarr.store import Store
+
+    store = copy_tree(split_store, tmp_path / "ro.zarr")
+
+    def refuse(self: Store, **changes: object) -> None:
+        raise OSError(errno.EROFS, "Read-only file system", str(store / "zarr.json"))
+
+    monkeypatch.setattr(Store, "update_attrs", refuse)
+    passes: list[str] = []
+    moments = stats._moments
+    monkeypatch.setattr(stats, "_moments", lambda *a, **k: passes.append("pass") or moments(*a, **k))
+    with pytest.warns(UserWarning, match="split statistics not cached") as caught:
+        means = [BigEarthNetDataset(store, split="s", subset=subset, normalize=True).mean
+                 for subset in ("train", "val", "test")]
+    assert len(passes) == 1 and len([w for w in caught if "not cached" in str(w.message)]) == 1
+    assert means[0] == means[1] == means[2]
+    assert CACHE_KEY not in open_store(store).attrs
+
+
 def test_tensor_and_numpy_paths_agree() -> None:
     from benzarr.augment import augment_numpy, augment_tensor
 
