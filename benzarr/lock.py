@@ -2,7 +2,8 @@
 at the same time.
 
 A lock is a ``fcntl.flock`` on a small file beside the store, ``.<store name>.benzarr-ingest.lock``
-(beside, not inside, so that replacing the store with ``--overwrite`` never moves the lock).
+(beside, not inside, so that replacing the store with ``--overwrite`` never moves the lock). Lock
+paths are resolved (symlinks, ``..``): every spelling of one store has one lock.
 The kernel drops a flock when its process dies, so the lock of a killed ingest is stale at
 once and the next ingest simply takes it over; the file holds ``pid host`` of the holder for
 the error message only. The holder deletes the file when it is done; an acquirer checks that
@@ -36,8 +37,11 @@ from benzarr.fsutil import os_error
 
 
 def lock_path(store: str | Path, part: tuple[int, int] | None = None) -> Path:
-    """The lock file of ``store`` (or of its part ``(i, n)``), beside the store."""
-    store = Path(store).absolute()
+    """The lock file of ``store`` (or of its part ``(i, n)``), beside the store.
+
+    The path is resolved (symlinks, ``..``), as :func:`run_lock_path`'s is: ``alias.zarr``, a
+    link to ``real.zarr``, once got a lock of its own, and two ingests wrote one store at once."""
+    store = Path(store).resolve()
     suffix = f"-part-{part[0]}-of-{part[1]}" if part else ""
     return store.with_name(f".{store.name}.benzarr-ingest{suffix}.lock")
 
@@ -154,7 +158,7 @@ def ingest_lock(store: str | Path, part: tuple[int, int] | None = None) -> Itera
     with ExitStack() as stack:
         main = _Lock(lock_path(store), exclusive=part is None, store=name)
         if not main.acquire():
-            parts = _live_part_holders(Path(store).absolute())
+            parts = _live_part_holders(Path(store).resolve())
             if part is None and parts:
                 which, holder = parts[0]
                 raise StoreLockedError(f"another ingest (--part {which}), {holder}, is writing {name}; "

@@ -458,6 +458,31 @@ def test_second_ingest_is_refused_and_a_killed_ones_lock_is_taken_over(synth_arc
     assert all_arrays(store).keys() == all_arrays(synth_store_64).keys()
 
 
+def test_a_symlink_to_a_store_shares_its_lock(synth_archive_64: Path, tmp_path: Path) -> None:
+    """``alias.zarr -> real.zarr``: one store, one lock. lock_path was not resolved, so an ingest
+    into the alias ran beside one into the real store, which then failed ("array
+    'ingest/stage/...' is missing")."""
+    real, alias = tmp_path / "real.zarr", tmp_path / "alias.zarr"
+    real.mkdir()  # an empty folder, to be the store
+    alias.symlink_to(real.name)
+    assert lock_path(alias) == lock_path(real) and lock_path(alias, (1, 2)) == lock_path(real, (1, 2))
+    holder = _hold_lock(real)
+    try:
+        with pytest.raises(StoreLockedError, match=f"pid {holder.pid}"):
+            ingest(synth_archive_64, alias, workers=1, shard_size=16)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not any(real.iterdir())
+    holder = _hold_lock(alias, "1/2")  # a part through the link blocks a whole ingest of the target
+    try:
+        with pytest.raises(StoreLockedError, match="--part 1/2"):
+            ingest(synth_archive_64, real, workers=1, shard_size=16)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_two_identical_ingests_started_together_give_one_correct_store(synth_archive_64: Path,
                                                                        synth_store_64: Path, tmp_path: Path) -> None:
     store = tmp_path / "s.zarr"
