@@ -269,6 +269,41 @@ def check_output(path: str | Path, *, overwrite: bool, owned: Callable[[Path], b
     raise InvalidArgumentError(f"{path}: exists and holds {found}; choose another path (an empty or new folder)")
 
 
+def check_replaceable_file(path: str | Path, *, owned: Callable[[Path], bool], what: str, command: str) -> bool:
+    """Check that ``benzarr <command>`` may write the file ``path`` (an image, a table): a new
+    file, or one that ``owned`` recognises as one benzarr wrote (an earlier run's output,
+    which is replaced); write nothing. The rule of ``--overwrite`` for files: a user's file is
+    never replaced, and no option changes that.
+
+    Args:
+        owned: recognises a file benzarr wrote (e.g. :func:`benzarr.show.is_benzarr_image`).
+        what: the kind of file, for messages (``"an image"``).
+
+    Returns:
+        True if an earlier file is there (to be replaced), False if none.
+
+    Raises:
+        FileSystemError: ``path`` is a folder or a broken symlink.
+        UnsafeOverwriteError: a file ``owned`` does not recognise (nothing is written).
+    """
+    path = Path(path)
+    if not os.path.lexists(path):
+        return False
+    if path.is_dir():
+        raise FileSystemError(f"{path}: is a folder where benzarr {command} writes {what}; remove it or choose "
+                              "another path", str(path), errno.EISDIR)
+    if not path.exists():
+        raise FileSystemError(f"{path}: a broken symlink; remove it or choose another path", str(path))
+    try:
+        ours = owned(path)
+    except OSError:
+        ours = False
+    if not ours:
+        raise UnsafeOverwriteError(f"{path}: exists and is not {what} that benzarr wrote; benzarr {command} replaces "
+                                   "only its own files, so nothing was written: choose another path, or move the file away")
+    return True
+
+
 def check_not_a_file(path: str | Path, what: str) -> None:
     """Refuse, before any work, a path where a folder is to be written that is a file (mkdir
     would say only "File exists"); a missing path or a folder passes.

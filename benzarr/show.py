@@ -31,6 +31,7 @@ subset: spatial leakage shows as colours mixed at small scale. Matplotlib only, 
 from __future__ import annotations
 
 import os
+import re
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from benzarr.errors import InvalidArgumentError, MissingDependencyError, missing_extra
-from benzarr.fsutil import check_outside_datasets
+from benzarr.fsutil import check_outside_datasets, check_replaceable_file
 
 if TYPE_CHECKING:
     from benzarr.store import Store
@@ -459,14 +460,66 @@ def _panel_dataset(store: Store, kinds: Sequence[str], label_set: str) -> Any:
     return BigEarthNetDataset(store.path, bands=bands, labels=label_set, modalities=modalities, resample="nearest")
 
 
-def check_image_path(out: str | Path, option: str = "--out") -> None:
+#: The name benzarr writes into the metadata of every figure it saves (:func:`figure_marker`):
+#: how a later command knows an image it may replace (:func:`is_benzarr_image`).
+FIGURE_SOFTWARE = "benzarr"
+_MARKED_TEXT = {  # formats whose marker is a line of text in the file (matplotlib's "Creator")
+    "pdf": re.compile(rb"/Creator \(benzarr "),
+    "svg": re.compile(rb"<dc:creator>\s*<cc:Agent>\s*<dc:title>benzarr "),
+    "ps": re.compile(rb"^%%Creator: benzarr ", re.MULTILINE),
+    "eps": re.compile(rb"^%%Creator: benzarr ", re.MULTILINE),
+}
+
+
+def figure_marker(path: str | Path) -> dict[str, Any]:
+    """``savefig`` keyword arguments that mark the image ``path`` as benzarr's: PNG
+    ``Software``, PDF, SVG, PS and EPS ``Creator``, a JPEG comment (``benzarr <version>``).
+    Other formats carry no marker: an existing file of theirs is never replaced."""
+    from benzarr import __version__
+
+    fmt = Path(path).suffix.lower().lstrip(".")
+    mark = f"{FIGURE_SOFTWARE} {__version__}"
+    if fmt == "png":
+        return {"metadata": {"Software": mark}}
+    if fmt in _MARKED_TEXT:
+        return {"metadata": {"Creator": mark}}
+    if fmt in ("jpg", "jpeg"):
+        return {"pil_kwargs": {"comment": mark}}
+    return {}
+
+
+def is_benzarr_image(path: str | Path) -> bool:
+    """Whether the image file ``path`` carries benzarr's marker (:func:`figure_marker`)."""
+    fmt = Path(path).suffix.lower().lstrip(".")
+    prefix = f"{FIGURE_SOFTWARE} "
+    try:
+        if fmt in ("png", "jpg", "jpeg"):
+            from PIL import Image
+
+            with Image.open(path) as image:
+                value = image.info.get("Software" if fmt == "png" else "comment")
+            if isinstance(value, bytes):
+                value = value.decode("utf-8", "replace")
+            return isinstance(value, str) and value.startswith(prefix)
+        if fmt in _MARKED_TEXT:
+            return _MARKED_TEXT[fmt].search(Path(path).read_bytes()) is not None
+    except (OSError, ValueError, SyntaxError):  # not an image of that format (PIL raises these)
+        return False
+    return False
+
+
+def check_image_path(out: str | Path, option: str = "--out", command: str = "show") -> None:
     """Raise InvalidArgumentError unless ``out``'s suffix names an image format matplotlib
     writes and its nearest existing folder is a folder this process may write in (checked
     before any drawing, and before ``split`` writes its split: ``--out z.txt`` was a bare
-    ValueError at the end), and that it is not in a store or an archive (``option`` names it).
+    ValueError at the end), that it is not in a store or an archive (``option`` and ``command``
+    name it in messages), and
+    that a file already there is an image benzarr wrote (:func:`is_benzarr_image`), which is
+    replaced; any other file is never replaced.
 
     Raises:
-        PathConflictError: ``out`` lies in a benzarr store or an archive."""
+        PathConflictError: ``out`` lies in a benzarr store or an archive.
+        UnsafeOverwriteError: ``out`` is a file benzarr did not write."""
     from matplotlib.backend_bases import FigureCanvasBase
 
     formats = FigureCanvasBase.get_supported_filetypes()
@@ -484,6 +537,7 @@ def check_image_path(out: str | Path, option: str = "--out") -> None:
     if suffix not in formats:
         what = f"a .{suffix} file" if suffix else "a file without a suffix"
         raise InvalidArgumentError(f"{out}: cannot draw into {what}; name a .png, .pdf, .svg or .jpg file")
+    check_replaceable_file(out, owned=is_benzarr_image, what="an image", command=command)
 
 
 def _save(fig: Any, out: str | Path, plt: Any) -> tuple[Path, tuple[int, int]]:
@@ -496,7 +550,7 @@ def _save(fig: Any, out: str | Path, plt: Any) -> tuple[Path, tuple[int, int]]:
         fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=_DPI)
+    fig.savefig(out, dpi=_DPI, **figure_marker(out))
     width, height = fig.get_size_inches()
     plt.close(fig)
     return out, (int(round(width * _DPI)), int(round(height * _DPI)))
@@ -583,7 +637,7 @@ def plot_split_map(store: Store, split: str, out: str | Path, *, leakage_km: flo
     from benzarr.leakage import centres, split_leakage
     from benzarr.split import store_geometry
 
-    check_image_path(out)
+    check_image_path(out, "--map")
     codes, attrs = store.read_split(split)
     geometry = store_geometry(store)
     if geometry is None:

@@ -656,7 +656,14 @@ def plot_quality(quality: SplitQuality, path: str | Path, *, title: str | None =
     share deviation (log) for this split, its random baseline, the plain iterative split
     (grouped splits) and ``others`` (``--against``), each named in the legend with its LD
     and, where measured, its spatial leakage.
+
+    Raises:
+        UnsafeOverwriteError: ``path`` is a file benzarr did not write (see
+            :func:`benzarr.show.check_image_path`); nothing is drawn.
     """
+    from benzarr.show import check_image_path, figure_marker
+
+    check_image_path(path, "--plot", "split")
     try:
         import matplotlib
 
@@ -701,7 +708,7 @@ def plot_quality(quality: SplitQuality, path: str | Path, *, title: str | None =
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, **figure_marker(path))
     plt.close(fig)
     return path
 

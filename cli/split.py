@@ -74,7 +74,7 @@ def command(
     if plot is not None:  # before anything is written: a bad --plot once failed after the split replaced the old one
         from benzarr.show import check_image_path
 
-        check_image_path(plot, "--plot")
+        check_image_path(plot, "--plot", "split")
     if export is not None:
         paths = export_split(open_store(store, storage_options=options), name, export)
         if not quiet:

@@ -233,3 +233,34 @@ def test_an_image_is_never_written_into_a_store_or_an_archive(synth_store_64: Pa
         with pytest.raises(PathConflictError, match=f"--out {where}"):
             plot_patches(open_store(store), [0], out)
         assert not out.exists()
+
+
+def test_an_image_benzarr_did_not_write_is_never_replaced(synth_store_64: Path, tmp_path: Path) -> None:
+    """`show --out mine.png` (and `--map`, `split --plot`) replaced the user's file (rc 0). An image
+    benzarr wrote (its PNG `Software`, PDF/SVG/EPS `Creator` or JPEG comment says so) is replaced."""
+    from benzarr.errors import UnsafeOverwriteError
+    from benzarr.split import plot_quality, store_split_quality
+    from benzarr_cli.main import app
+
+    path = copy_tree(synth_store_64, tmp_path / "s.zarr")
+    make_split(open_store(path, mode="r+"), "r", "random")
+    mine = tmp_path / "mine.png"
+    mine.write_text("x\n")
+    for args in (["show", str(path), "--index", "0", "--out", str(mine)],
+                 ["show", str(path), "--split", "r", "--map", str(mine)],
+                 ["split", str(path), "--name", "r2", "--method", "random", "--plot", str(mine)],
+                 ["split", str(path), "--name", "r", "--quality", "--plot", str(mine)]):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 1 and isinstance(result.exception, UnsafeOverwriteError), (args, result.output)
+        assert "mine.png: exists and is not an image that benzarr wrote" in str(result.exception)
+        assert mine.read_text() == "x\n"
+    assert "r2" not in open_store(path).split_names()  # refused before the split was written
+    with pytest.raises(UnsafeOverwriteError):
+        plot_quality(store_split_quality(open_store(path), "r"), mine)
+    from benzarr.show import is_benzarr_image
+
+    for name in ("g.png", "g.pdf", "g.svg", "g.jpg", "g.eps"):  # written, recognised, replaced
+        for _ in range(2):
+            plot_patches(open_store(path), [0], tmp_path / name)
+        assert is_benzarr_image(tmp_path / name), name
+    assert not is_benzarr_image(mine)
