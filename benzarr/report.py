@@ -24,6 +24,9 @@ Output (``write_report``)::
                   their seed are never averaged together, and grouping by split makes a
                   comparison of splits one table.
 
+Every file is written only where no file is, or over the same file of an earlier report
+(:func:`is_report_file`): a user's ``summary.md`` in ``--out`` is never replaced.
+
 With ``evaluations`` (names of ``RUN/evaluations/<name>/`` folders that ``benzarr evaluate``
 wrote, such as ``grouped-test``), the tables hold those evaluations' metrics instead of the
 runs' own test metrics, one row per run and evaluation, and gain an ``evaluated_on`` column
@@ -43,7 +46,7 @@ import numpy as np
 import pandas as pd
 
 from benzarr.errors import InvalidArgumentError
-from benzarr.fsutil import check_not_a_file, check_outside_datasets
+from benzarr.fsutil import check_not_a_file, check_outside_datasets, check_replaceable_file
 from benzarr.metrics import SCALAR_KEYS
 
 #: Test metrics of the tables, in column order.
@@ -395,8 +398,10 @@ def plot_curves(runs: Sequence[Run], path: str | Path) -> Path:
             ax.grid(alpha=0.3)
     if axes[0].get_legend_handles_labels()[0]:  # runs stopped before their first epoch have no curve
         axes[0].legend(fontsize="small")
+    from benzarr.show import figure_marker
+
     path = Path(path)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, **figure_marker(path))
     return path
 
 
@@ -433,6 +438,61 @@ def curve_groups(runs: Sequence[Run]) -> dict[str, list[Run]]:
     return out
 
 
+#: The first line of each table ``write_report`` writes (every version of benzarr wrote them so):
+#: how a later report knows the files of an earlier one in ``--out``, which it replaces.
+_TABLE_HEADS: dict[str, tuple[str, ...]] = {
+    "runs.csv": ("run,model,split,labels,bands",),
+    "runs.md": ("| run | model | split | labels | bands |",),
+    "summary.csv": ("model,split,labels,bands",),
+    "summary.md": ("Test metrics of each run's best checkpoint: ", "Metrics of the evaluations "),
+}
+#: Everything ``write_report`` writes into ``--out``.
+REPORT_FILES: tuple[str, ...] = ("curves.png", *_TABLE_HEADS)
+
+
+def is_report_file(path: str | Path) -> bool:
+    """Whether ``path``, one of :data:`REPORT_FILES`, is that file of a report benzarr wrote:
+    a table by its first line, ``curves.png`` by its benzarr marker
+    (:func:`benzarr.show.is_benzarr_image`) or, drawn before the marker was written, a
+    matplotlib PNG beside a report's ``summary.md``."""
+    path = Path(path)
+    if path.name == "curves.png":
+        from benzarr.show import is_benzarr_image
+
+        if is_benzarr_image(path):
+            return True
+        try:
+            from PIL import Image
+
+            with Image.open(path) as image:
+                software = str(image.info.get("Software", ""))
+        except (OSError, ValueError, SyntaxError):
+            return False
+        summary = path.parent / "summary.md"
+        return software.startswith("Matplotlib") and summary.is_file() and is_report_file(summary)
+    heads = _TABLE_HEADS.get(path.name)
+    if heads is None:
+        return False
+    try:
+        with open(path, encoding="utf-8") as handle:
+            first = handle.readline()
+    except (OSError, UnicodeDecodeError):
+        return False
+    return first.startswith(heads)
+
+
+def check_report_folder(out: str | Path) -> None:
+    """Refuse, before anything is written, an ``--out`` holding a file of one of the names the
+    report writes (:data:`REPORT_FILES`) that is not an earlier report's (:func:`is_report_file`).
+
+    Raises:
+        UnsafeOverwriteError: naming the file; nothing is written.
+        FileSystemError: a folder where the report writes a file.
+    """
+    for name in REPORT_FILES:
+        check_replaceable_file(Path(out) / name, owned=is_report_file, what=f"the {name} of a report", command="report")
+
+
 @dataclass
 class Report:
     """What :func:`write_report` wrote, and the tables."""
@@ -453,12 +513,15 @@ def write_report(paths: Sequence[str | Path], out: str | Path, evaluations: Sequ
     Raises:
         InvalidArgumentError: a path holds no run, or a run lacks one of the ``evaluations``.
         PathConflictError: ``out`` is, or lies inside, a benzarr store or an archive.
+        UnsafeOverwriteError: ``out`` holds a file of a name the report writes that an earlier
+            report did not write (:func:`check_report_folder`); nothing is written.
         FileSystemError: ``out`` is a file.
     """
     check_not_a_file(out, "the report (--out)")
     runs = find_runs(paths, evaluations=evaluations)
     out = Path(out)
     check_outside_datasets(out, "--out", "the report")
+    check_report_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     runs_df = runs_table(runs)
     summary, notes = _summary(runs)

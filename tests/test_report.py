@@ -241,3 +241,37 @@ def test_a_damaged_metrics_json_is_named_and_lost_curves_are_a_warning(runs: dic
     assert report.warnings == [f"{run}: its 1 event file(s) hold no scalar (damaged or cut short?), so curves.png "
                                "has no curves for it; its test metrics are in the tables"]
     assert report.runs["micro_f1"].tolist() == [metrics["test"]["micro_f1"]]
+
+
+def test_report_replaces_only_its_own_files(runs: dict[str, Path], tmp_path: Path) -> None:
+    """`--out myrep` holding the user's summary.md replaced it (rc 0): a file of a name the report
+    writes that no report wrote stops it before anything is written; an earlier report's files
+    (also one from before curves.png carried benzarr's marker) are replaced."""
+    from benzarr.errors import UnsafeOverwriteError
+
+    out = tmp_path / "myrep"
+    out.mkdir()
+    (out / "summary.md").write_text("my notes\n")
+    with pytest.raises(UnsafeOverwriteError, match="summary.md: exists and is not the summary.md of a report"):
+        write_report([runs["rand"]], out)
+    assert (out / "summary.md").read_text() == "my notes\n" and sorted(p.name for p in out.iterdir()) == ["summary.md"]
+    (out / "summary.md").unlink()
+    (out / "curves.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")  # another program's image
+    with pytest.raises(UnsafeOverwriteError, match="curves.png: exists"):
+        write_report([runs["rand"]], out)
+    (out / "curves.png").unlink()
+    write_report([runs["rand"]], out)
+    write_report([runs["rand"]], out)  # a rerun replaces the earlier report
+    from PIL import Image
+    from matplotlib.figure import Figure
+
+    Figure().savefig(out / "curves.png")  # a report's curves from before the marker: matplotlib's own metadata
+    with Image.open(out / "curves.png") as image:
+        assert image.info["Software"].startswith("Matplotlib")
+    write_report([runs["rand"]], out)
+    with Image.open(out / "curves.png") as image:
+        assert image.info["Software"].startswith("benzarr ")
+    (out / "runs.csv").write_text("my,own,table\n")
+    with pytest.raises(UnsafeOverwriteError, match="runs.csv"):
+        write_report([runs["rand"]], out)
+    assert (out / "runs.csv").read_text() == "my,own,table\n"
