@@ -62,7 +62,7 @@ from benzarr import __version__
 from benzarr.checkpoint import load_checkpoint, restore, save_checkpoint
 from benzarr.checks import boolean, check_seed, finite, is_number, whole
 from benzarr.data import BigEarthNetDataset, DeviceLoader, make_loader
-from benzarr.errors import InvalidArgumentError, missing_extra, some_of
+from benzarr.errors import InvalidArgumentError, UnsafeOverwriteError, missing_extra, some_of
 from benzarr.evaluate import runs_under, score_batches
 from benzarr.fsutil import check_not_a_file, check_outside_datasets
 from benzarr.lock import run_lock
@@ -174,6 +174,8 @@ def train(cfg: TrainConfig, callback: Callable[[TrainEvent], None] | None = None
         InvalidArgumentError: a bad setting (unknown band, CE loss, run folder in use, ...).
         PathConflictError: the run folder is, or lies inside, a store or an archive.
         RunLockedError: another train is writing the run folder (nothing is written to it).
+        UnsafeOverwriteError: the run folder holds files of the names a run writes that no run
+            wrote (``metrics.json``, ``checkpoints/best.pt``, ...; nothing is written to it).
         SplitNotFoundError, StoreNotFoundError: from the store.
         MissingDependencyError: ``track_emissions`` without codecarbon.
     """
@@ -618,9 +620,45 @@ def _check_seeds_folder(out: Path) -> None:
                                    f"{out}/seed-<s>/, which `benzarr report {out}` would then not read; give another --out")
 
 
+def _not_a_runs_files(run_dir: Path, cfg: TrainConfig) -> list[str]:
+    """Files in ``run_dir`` of the names a run writes (``config.json``, ``metrics.json``,
+    ``scores.csv``, ``checkpoints/*``, ``events.out.tfevents.*``, with ``track_emissions``
+    ``emissions.csv``) that no benzarr run wrote, relative to ``run_dir``: all of them unless
+    ``config.json`` is a run configuration (then they are that run's; :func:`_claim_run_dir`
+    decides what a run may do with it). A new run would replace them: a user's notes called
+    ``metrics.json``, an evaluation's output folder, another program's checkpoints."""
+    from benzarr.evaluate import read_run_config
+
+    if (run_dir / "config.json").is_file():
+        try:
+            read_run_config(run_dir)
+            return []
+        except InvalidArgumentError:
+            pass
+    names = ["config.json", "metrics.json", "scores.csv", *(["emissions.csv"] if cfg.track_emissions else [])]
+    found = [name for name in names if os.path.lexists(run_dir / name)]
+    try:
+        found += sorted(p.name for p in run_dir.glob("events.out.tfevents.*"))
+        if (run_dir / "checkpoints").is_dir():
+            found += sorted(f"checkpoints/{p.name}" for p in (run_dir / "checkpoints").iterdir())
+        elif os.path.lexists(run_dir / "checkpoints"):
+            found.append("checkpoints")
+    except OSError:
+        pass
+    return found
+
+
 def _claim_run_dir(cfg: TrainConfig) -> Path:
-    """The run folder: a new one, or (``resume``) one holding ``checkpoints/last.pt``."""
+    """The run folder: a new one, or (``resume``) one holding ``checkpoints/last.pt``.
+
+    A new run never goes into a folder holding files of the names a run writes that no run
+    wrote (:func:`_not_a_runs_files`): it would replace them."""
     run_dir = Path(cfg.out or default_out(cfg))
+    foreign = [] if cfg.resume else _not_a_runs_files(run_dir, cfg)
+    if foreign:
+        raise UnsafeOverwriteError(f"{run_dir}: holds {some_of(foreign, 4)} (names benzarr train writes), but no "
+                                   "benzarr run wrote them (no run's config.json); a new run would replace them, so nothing "
+                                   "was written: move them away or give another --out")
     last = run_dir / "checkpoints" / "last.pt"
     if last.exists() and not cfg.resume:
         raise InvalidArgumentError(f"{run_dir} holds a run already: pass --resume to continue it, or another --out")

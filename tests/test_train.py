@@ -895,3 +895,38 @@ def test_a_bad_config_file_is_one_line_naming_the_setting(tmp_path: Path, text: 
     (tmp_path / "latin1.json").write_bytes(b'{"model": "\xe9"}')  # no strerror on a UnicodeDecodeError
     with pytest.raises(InvalidArgumentError, match=r"latin1\.json: cannot read it \('utf-8' codec"):
         read_settings_file(tmp_path / "latin1.json")
+
+
+def test_a_new_run_never_replaces_files_no_run_wrote(store: Path, tmp_path: Path) -> None:
+    """`--out r2` holding the user's metrics.json, scores.csv and checkpoints/best.pt replaced all
+    three (rc 0): only config.json marked a run. A folder with files of the names a run writes
+    and no run's config.json is refused, naming them, before anything is written; a run's own
+    folder that failed before its first checkpoint is trained again as before."""
+    from benzarr.errors import UnsafeOverwriteError
+
+    out = tmp_path / "r2"
+    (out / "checkpoints").mkdir(parents=True)
+    for name in ("metrics.json", "scores.csv", "checkpoints/best.pt"):
+        (out / name).write_text("mine\n")
+    with pytest.raises(UnsafeOverwriteError, match=re.escape(
+            f"{out}: holds metrics.json, scores.csv, checkpoints/best.pt (names benzarr train writes), but no benzarr run")):
+        train(config(store, out, max_steps=1))
+    seeds = tmp_path / "seeds"  # each --seeds run is checked the same way
+    (seeds / "seed-0").mkdir(parents=True)
+    (seeds / "seed-0" / "metrics.json").write_text("mine\n")
+    with pytest.raises(UnsafeOverwriteError, match="seed-0: holds metrics.json"):
+        train_seeds(config(store, seeds, max_steps=1), [0])
+    assert (seeds / "seed-0" / "metrics.json").read_text() == "mine\n"
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == [
+        "checkpoints", "checkpoints/best.pt", "metrics.json", "scores.csv"]
+    assert all((out / n).read_text() == "mine\n" for n in ("metrics.json", "scores.csv", "checkpoints/best.pt"))
+    (out / "config.json").write_text('{"mine": 1}\n')  # a config.json that is no run's is no licence
+    with pytest.raises(UnsafeOverwriteError, match="holds config.json, metrics.json"):
+        train(config(store, out, max_steps=1))
+
+    failed = tmp_path / "failed"  # a run's folder without a checkpoint: trained again in place
+    train(config(store, failed, max_steps=1))
+    for name in ("checkpoints/last.pt", "checkpoints/best.pt", "metrics.json", "scores.csv"):
+        (failed / name).unlink()
+    train(config(store, failed, max_steps=1))
+    assert (failed / "metrics.json").is_file()
