@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from benzarr.errors import InvalidArgumentError, SplitNotFoundError, StoreNotFoundError, UnsafeOverwriteError, some_of
-from benzarr.fsutil import check_not_a_file, check_outside_datasets
+from benzarr.fsutil import check_not_a_file, check_outside_datasets, check_replaceable_file
 
 #: Checkpoints a run folder holds, by the name ``--checkpoint`` takes.
 CHECKPOINTS = ("best", "last")
@@ -210,7 +210,11 @@ def _check_output(out: Path, predictions: bool) -> dict[str, Any] | None:
                                    "would replace the run's own metrics.json and scores.csv; pass another --out, "
                                    "or none for RUN/evaluations/<split>-<subset>")
     path = out / "metrics.json"
-    if not path.exists():
+    if not path.exists():  # no earlier evaluation here: what it writes beside metrics.json must be new, or its own
+        check_replaceable_file(out / "scores.csv", owned=_is_scores_table, what="a scores table", command="evaluate")
+        if predictions:
+            check_replaceable_file(out / "predictions.parquet", owned=_is_predictions_table,
+                                   what="a predictions table", command="evaluate")
         return None
     try:
         earlier = json.loads(path.read_text())
@@ -220,6 +224,23 @@ def _check_output(out: Path, predictions: bool) -> dict[str, Any] | None:
         raise UnsafeOverwriteError(f"{path}: not the metrics.json of an evaluation (benzarr evaluate did not write "
                                    "it), and the evaluation replaces nothing else; pass another --out")
     return earlier
+
+
+def _is_scores_table(path: Path) -> bool:
+    """A per-class scores table as ``benzarr train`` and ``evaluate`` write it (by its header)."""
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        return fh.readline().startswith("class,index,support,predicted,")
+
+
+def _is_predictions_table(path: Path) -> bool:
+    """A predictions table as ``evaluate --predictions`` writes it (``patch`` ... ``labels``)."""
+    import pyarrow.parquet as pq
+
+    try:
+        names = pq.read_schema(path).names
+    except (OSError, ValueError):  # not a parquet file
+        return False
+    return len(names) >= 2 and names[0] == "patch" and names[-1] == "labels"
 
 
 def _stale_predictions(out: Path, earlier: dict[str, Any] | None) -> bool:
@@ -233,13 +254,7 @@ def _stale_predictions(out: Path, earlier: dict[str, Any] | None) -> bool:
         return False
     if "predictions" in earlier:
         return earlier["predictions"] == path.name
-    try:
-        import pyarrow.parquet as pq
-
-        names = pq.read_schema(path).names
-    except (OSError, ValueError):  # not a parquet file: not one evaluate wrote
-        return False
-    return len(names) >= 2 and names[0] == "patch" and names[-1] == "labels"
+    return _is_predictions_table(path)
 
 
 def _run_store(config: dict[str, Any]) -> str:

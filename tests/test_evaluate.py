@@ -205,6 +205,23 @@ def test_a_bad_run_folder_or_output_is_named_before_anything_is_replaced(run: Pa
     assert (out / "metrics.json").read_text() == "earlier"
 
 
+def test_a_users_tables_in_a_new_output_folder_are_never_replaced(run: Path, tmp_path: Path) -> None:
+    """With no metrics.json in --out, a user's scores.csv and predictions.parquet were replaced."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "scores.csv").write_text("my,own\n1,2\n")
+    with pytest.raises(UnsafeOverwriteError, match=r"mine/scores\.csv: exists and is not a scores table that benzarr wrote"):
+        evaluate_run(run, split="rand", subset="val", out_dir=out)
+    (out / "scores.csv").unlink()
+    (out / "predictions.parquet").write_bytes(b"not parquet")
+    with pytest.raises(UnsafeOverwriteError, match=r"mine/predictions\.parquet: exists and is not a predictions table"):
+        evaluate_run(run, split="rand", subset="val", out_dir=out, predictions=True)
+    assert (out / "predictions.parquet").read_bytes() == b"not parquet" and not (out / "metrics.json").exists()
+    first = evaluate_run(run, split="rand", subset="val", out_dir=tmp_path / "new", predictions=True)
+    (first.out_dir / "metrics.json").unlink()  # an evaluation's own tables, even without its metrics.json
+    evaluate_run(run, split="rand", subset="val", out_dir=first.out_dir, predictions=True)
+
+
 def test_the_run_folder_itself_is_no_output(run: Path, tmp_path: Path) -> None:
     """`evaluate RUN --out RUN` replaced the run's metrics.json and scores.csv with the val
     scores, which `report` then showed as the run's test metrics."""
