@@ -233,7 +233,9 @@ def test_synth_overwrite_needs_its_own_marker(real_s2_archive: Path, tmp_path: P
     assert len(discover_patches(tmp_path / "s")) == 3
 
 
-@pytest.mark.parametrize("where", ["{patch}/MYNOTES.txt", "{patch}/mine/{patch}_B01.tif", "{patch}/mylink"])
+@pytest.mark.parametrize("where", ["{patch}/MYNOTES.txt", "{patch}/mine/{patch}_B01.tif", "{patch}/mylink",
+                                   "{patch}/{patch}_B99.tif", "{patch}/{patch}_my_notes.json",
+                                   "{patch}/{patch}_B02_corrected.tif"])
 def test_synth_overwrite_keeps_an_archive_whose_patch_folders_hold_a_users_files(tmp_path: Path, where: str) -> None:
     """`synth --overwrite` deleted patch folders whole, a user's files in them included."""
     from benzarr.synth import synth_archive
@@ -249,6 +251,55 @@ def test_synth_overwrite_keeps_an_archive_whose_patch_folders_hold_a_users_files
     with pytest.raises(UnsafeOverwriteError, match=f"holds files that benzarr did not write \\({where.format(patch=names[0])}\\)"):
         synth_archive(tmp_path / "a", 3, workers=1, overwrite=True)
     assert tree(tmp_path / "a") == before
+
+
+@pytest.mark.parametrize("where", [
+    "BigEarthNet-S2/{product}/{patch}/{patch}_B99.tif", "BigEarthNet-S2/{product}/{patch}/{patch}_labels_metadata.json",
+    "BigEarthNet-S2/{product}/notes.txt", "BigEarthNet-S1/{s1_product}/{s1}/{s1}_VV_filtered.tif",
+    "BigEarthNet-S1/{s1_product}/{s1}/{s1}_B02.tif", "Reference_Maps/{product}/{patch}/{patch}_B02.tif",
+    "Reference_Maps/{product}/mine/", "BigEarthNet-S2/{product}/{patch}/{patch}_B01.tif/notes.txt",
+])
+def test_synth_overwrite_keeps_a_v2_archive_whose_folders_hold_a_users_files(tmp_path: Path, where: str) -> None:
+    """A file under a v2 archive's folders passed as synth's when its name began with its
+    folder's name and ended .tif or .json (`<patch>_B99.tif`, an S2 labels JSON in a v2 folder,
+    an empty folder of the user's): only the exact files the writers make pass now."""
+    from benzarr.bigearthnet import s1_product, v2_tile_product
+    from benzarr.synth import synth_archive_v2
+
+    out = tmp_path / "a"
+    ids = synth_archive_v2(out, 3, s1=True, reference_maps=True, workers=1)
+    s1 = pq.read_table(out / "metadata.parquet").column("s1_name").to_pylist()[0]
+    patch = pq.read_table(out / "metadata.parquet").column("patch_id").to_pylist()[0]
+    assert patch in ids
+    path = where.format(patch=patch, product=v2_tile_product(patch), s1=s1, s1_product=s1_product(s1))
+    if path.endswith("/"):
+        (out / path).mkdir()
+    else:
+        if (out / path).parent.is_file():
+            (out / path).parent.unlink()
+        (out / path).parent.mkdir(exist_ok=True)
+        (out / path).write_text("mine")
+    before = tree(out)
+    with pytest.raises(UnsafeOverwriteError, match=f"holds files that benzarr did not write \\({re.escape(path)}\\)"):
+        synth_archive_v2(out, 4, s1=True, workers=1, overwrite=True)
+    assert tree(out) == before and os.path.lexists(out / path)
+
+
+def test_synth_overwrite_replaces_each_layout_it_writes(tmp_path: Path) -> None:
+    """Every layout synth writes (v1, v1 with S1, v2 with S1 and reference maps) passes the
+    check of what it wrote, and is replaced by any other."""
+    from benzarr.synth import synth_archive, synth_archive_v2
+
+    out = tmp_path / "a"
+    synth_archive(out, 2, workers=1)
+    (out / "mine").mkdir()
+    write = [lambda: synth_archive(out, 2, workers=1, s1=True, overwrite=True),
+             lambda: synth_archive_v2(out, 2, s1=True, reference_maps=True, workers=1, overwrite=True),
+             lambda: synth_archive(out, 3, workers=1, overwrite=True)]
+    for step in write:
+        step()
+    assert (out / "mine").is_dir() and len(discover_patches(out)) == 3
+    assert sorted(p.name for p in out.iterdir() if not is_patch_name(p.name)) == [".benzarr", "mine"]
 
 
 def test_synth_labels_only_replaces_only_a_benzarr_store(tmp_path: Path) -> None:

@@ -15,13 +15,21 @@ from pathlib import Path
 import numpy as np
 
 from benzarr._geotiff import geotiff_header
-from benzarr.bigearthnet import is_patch_name
+from benzarr.bands import S1_BANDS, S2_BANDS
+from benzarr.bigearthnet import is_patch_name, is_s1_name, is_v2_patch_name, s1_product, v2_tile_product
 from benzarr.errors import InvalidArgumentError
 from benzarr.fsutil import MARKER, check_no_foreign, check_output, has_marker, os_error, remove_entries, write_marker
 from benzarr.procs import worker_pool
 from benzarr.sources import band_file
-from benzarr.sources.ben_v1 import V1_S1_FOLDER, V1_S2_FOLDER
-from benzarr.sources.ben_v2 import V2_METADATA, V2_METADATA_FLAGGED, V2_REFERENCE_MAPS, V2_S1_FOLDER, V2_S2_FOLDER
+from benzarr.sources.ben_v1 import LABELS_SUFFIX, V1_S1_FOLDER, V1_S2_FOLDER
+from benzarr.sources.ben_v2 import (
+    REFERENCE_MAP_BAND,
+    V2_METADATA,
+    V2_METADATA_FLAGGED,
+    V2_REFERENCE_MAPS,
+    V2_S1_FOLDER,
+    V2_S2_FOLDER,
+)
 from benzarr.synth.plan import PATCH_METRES
 
 #: What synth writes at the top of an archive besides v1 patch folders (``overwrite`` removes only these).
@@ -174,22 +182,89 @@ def foreign_in_synth_archive(out: Path, limit: int = 3) -> list[str]:
 
 
 def foreign_in_synth_entries(out: Path, entries: Sequence[str], limit: int = 3) -> list[str]:
-    """Up to ``limit`` files under the folders ``entries`` of ``out`` that synth does not write
-    (paths relative to ``out``): synth writes only ``<folder>/<folder>_<part>.tif`` or
-    ``.json``, in patch folders of whatever depth, and never a symlink. A user's notes (or a
-    link of theirs) in a patch folder were deleted with it by ``synth --overwrite``."""
+    """Up to ``limit`` files or folders under the entries ``entries`` of ``out`` that synth
+    does not write (paths relative to ``out``, a folder with a trailing ``/``): what
+    ``synth --overwrite`` would delete with them.
+
+    Only the exact layout the writers make passes (:func:`_synth_layout`): in a v1 S2 patch
+    folder (at the top, or under ``BigEarthNet-v1.0/``) its 12 band files and its labels
+    JSON, in a v1 S1 folder its VV and VH files and labels JSON, in a v2 S2 or S1 folder (under
+    its tile or S1 product folder) its band files, in a reference-map folder its map; the two
+    parquet files as files. Nothing else passes, however it is named (``<patch>_B99.tif``,
+    ``<patch>_notes.json``), and never a symlink: a user's files there went with the folders.
+    """
     found: list[str] = []
     for name in entries:
-        if not (out / name).is_dir():
-            continue
-        for folder, dirs, files in os.walk(out / name):
-            stem = os.path.basename(folder) + "_"
-            links = [d for d in dirs if os.path.islink(os.path.join(folder, d))]  # never synth's: kept
-            for file in sorted(files) + sorted(links):
-                path = os.path.join(folder, file)
-                if os.path.islink(path) or not (file.startswith(stem) and file.endswith((".tif", ".json"))):
-                    found.append(os.path.relpath(path, out))
-                    if len(found) >= limit:
-                        return found
-            dirs[:] = sorted(d for d in dirs if d not in links)
-    return found
+        _foreign_below(out, Path(name), _synth_layout(name), found, limit)
+        if len(found) >= limit:
+            break
+    return found[:limit]
+
+
+# What synth writes, level by level: ("files", names) for a patch folder (``{}`` is the
+# folder's name), ("dirs", accepts(parent, name), the layout of each child folder accepted),
+# ("file",) for a file, ("nothing",) for what synth never writes.
+_FILE, _NOTHING = ("file",), ("nothing",)
+_S2_FILES = tuple(band_file("{}", band) for band in S2_BANDS)
+_S1_FILES = tuple(band_file("{}", band) for band in S1_BANDS)
+_V1_S2_PATCH = ("files", (*_S2_FILES, "{}" + LABELS_SUFFIX))
+
+
+def _v2_tile_product(parent: str, name: str) -> bool:
+    return is_v2_patch_name(f"{name}_0_0") and v2_tile_product(f"{name}_0_0") == name
+
+
+def _v2_patch_of(product: str, name: str) -> bool:
+    return is_v2_patch_name(name) and v2_tile_product(name) == product
+
+
+def _s1_product(parent: str, name: str) -> bool:
+    return is_s1_name(f"{name}_00AAA_0_0") and s1_product(f"{name}_00AAA_0_0") == name
+
+
+def _s1_patch_of(product: str, name: str) -> bool:
+    return is_s1_name(name) and s1_product(name) == product
+
+
+_LAYOUTS: dict[str, tuple] = {
+    V1_S2_FOLDER: ("dirs", lambda parent, name: is_patch_name(name), _V1_S2_PATCH),
+    V1_S1_FOLDER: ("dirs", lambda parent, name: is_s1_name(name), ("files", (*_S1_FILES, "{}" + LABELS_SUFFIX))),
+    V2_S2_FOLDER: ("dirs", _v2_tile_product, ("dirs", _v2_patch_of, ("files", _S2_FILES))),
+    V2_S1_FOLDER: ("dirs", _s1_product, ("dirs", _s1_patch_of, ("files", _S1_FILES))),
+    V2_REFERENCE_MAPS: ("dirs", _v2_tile_product,
+                        ("dirs", _v2_patch_of, ("files", (band_file("{}", REFERENCE_MAP_BAND),)))),
+    V2_METADATA: _FILE,
+    V2_METADATA_FLAGGED: _FILE,
+}
+
+
+def _synth_layout(name: str) -> tuple:
+    """What synth writes under the top-level entry ``name`` of an archive (see :data:`_LAYOUTS`)."""
+    return _LAYOUTS.get(name, _V1_S2_PATCH if is_patch_name(name) else _NOTHING)
+
+
+def _foreign_below(out: Path, rel: Path, layout: tuple, found: list[str], limit: int) -> None:
+    """Add to ``found`` (up to ``limit``) what at ``out/rel`` does not fit ``layout``: a file
+    by its path, a folder by the files in it (or itself, ``rel/``, when empty), a symlink
+    (never synth's) as it is."""
+    if len(found) >= limit:
+        return
+    path, kind = out / rel, layout[0]
+    if path.is_symlink() or not path.is_dir():
+        if path.is_symlink() or not (kind == "file" and path.is_file()):
+            found.append(str(rel))
+        return
+    entries = sorted(os.listdir(path))
+    if kind in ("file", "nothing"):  # a folder where synth writes none
+        if not entries:
+            found.append(f"{rel}/")
+        for entry in entries:
+            _foreign_below(out, rel / entry, _NOTHING, found, limit)
+        return
+    allowed = {pattern.format(path.name) for pattern in layout[1]} if kind == "files" else set()
+    for entry in entries:
+        if kind == "files":
+            child_layout = _FILE if entry in allowed else _NOTHING
+        else:
+            child_layout = layout[2] if layout[1](path.name, entry) else _NOTHING
+        _foreign_below(out, rel / entry, child_layout, found, limit)
