@@ -15,6 +15,7 @@ micro-F1 above 0.8 on the synthetic task (whose classes have distinct spectral s
 from __future__ import annotations
 
 import os
+import re
 import time
 import warnings
 from collections.abc import Callable
@@ -65,22 +66,73 @@ class DemoResult:
 #: README's next step trains into ``runs/rgb`` there: a user's run, which stays.
 DEMO_ENTRIES = ("archive", "store.zarr", f"runs/{MODEL}", "report")
 
+#: The files ``benzarr train`` writes in the demo's run folder (config.json first, the event
+#: file of each attempt, checkpoints through a ``.tmp`` name, metrics.json and scores.csv when
+#: it finishes, the run lock while it runs) and those ``benzarr report`` writes in its report
+#: folder: nothing else in them is the demo's (a user's notes, an evaluation, another run).
+_RUN_FILES = re.compile(r"config\.json|metrics\.json|scores\.csv|\.benzarr-train\.lock"
+                        r"|checkpoints/(best|last)\.pt(\.tmp)?|events\.out\.tfevents\.[0-9]+\.[^/]+\.[0-9]+\.[0-9]+")
+_RUN_FOLDERS = frozenset({"checkpoints"})
+_REPORT_FILES = re.compile(r"curves\.png|runs\.csv|runs\.md|summary\.csv|summary\.md")
+
+
+def _foreign_in_folder(folder: Path, files: re.Pattern[str], folders: frozenset[str] = frozenset(),
+                       limit: int = 3) -> list[str]:
+    """Up to ``limit`` entries of ``folder`` (paths relative to it) that are not a file whose
+    relative path ``files`` matches in full or a folder of ``folders``: any symlink, any other
+    file, and an empty folder of the user's (``name/``)."""
+    found: list[str] = []
+    for here, dirs, names in os.walk(folder):
+        rel = Path(here).relative_to(folder)
+        links = [d for d in dirs if os.path.islink(os.path.join(here, d))]
+        dirs[:] = sorted(d for d in dirs if d not in links)
+        if rel != Path(".") and rel.as_posix() not in folders and not names and not dirs:
+            found.append(f"{rel.as_posix()}/")
+        for name in sorted(names) + sorted(links):
+            path = Path(here, name)
+            if path.is_symlink() or not path.is_file() or not files.fullmatch((rel / name).as_posix()):
+                found.append((rel / name).as_posix())
+        if len(found) >= limit:
+            break
+    return found[:limit]
+
+
+def foreign_in_demo(out: Path, limit: int = 3) -> list[str]:
+    """Up to ``limit`` entries among :data:`DEMO_ENTRIES` of the demo folder ``out`` that the
+    demo did not write (paths relative to ``out``): what ``demo --overwrite`` would delete with
+    them. The archive and the store are checked as ``synth --overwrite`` and ``ingest
+    --overwrite`` check theirs; the run folder may hold only what train writes there, the
+    report folder only the report's five files; an entry that is a symlink or a file is not
+    the demo's either."""
+    from benzarr.fsutil import foreign_files
+    from benzarr.synth.writers import foreign_in_synth_archive
+
+    checks = {"archive": foreign_in_synth_archive, "store.zarr": foreign_files,
+              f"runs/{MODEL}": lambda path: _foreign_in_folder(path, _RUN_FILES, _RUN_FOLDERS),
+              "report": lambda path: _foreign_in_folder(path, _REPORT_FILES)}
+    found: list[str] = []
+    for entry in DEMO_ENTRIES:
+        path = out / entry
+        if not os.path.lexists(path):
+            continue
+        if path.is_symlink() or not path.is_dir():
+            found.append(entry)
+        else:
+            found += [f"{entry}/{name}" for name in checks[entry](path)]
+    return found[:limit]
+
 
 def remove_demo_entries(out: Path) -> None:
     """Remove what an earlier demo wrote in ``out`` (:data:`DEMO_ENTRIES`), each renamed aside
-    first; nothing if its archive or store holds files the demo did not write.
+    first; nothing if any of them holds files the demo did not write (:func:`foreign_in_demo`).
 
     Raises:
         UnsafeOverwriteError: naming those files.
         FileSystemError: a removal failed.
     """
-    from benzarr.fsutil import check_no_foreign, foreign_files, remove_entries
-    from benzarr.synth.writers import foreign_in_synth_archive
+    from benzarr.fsutil import check_no_foreign, remove_entries
 
-    found = [f"store.zarr/{name}" for name in foreign_files(out / "store.zarr")] if (out / "store.zarr").is_dir() else []
-    if (out / "archive").is_dir():
-        found += [f"archive/{name}" for name in foreign_in_synth_archive(out / "archive")]
-    check_no_foreign(out, found[:3], "the demo's archive and store")
+    check_no_foreign(out, foreign_in_demo(out), "the demo's archive, store, run and report folders")
     for entry in DEMO_ENTRIES:
         path = out / entry
         if os.path.lexists(path):
@@ -103,7 +155,8 @@ def run_demo(
         InvalidArgumentError: ``out`` holds an earlier demo and not ``overwrite``, or holds
             anything else (bad sizes, too).
         UnsafeOverwriteError: ``overwrite`` of a folder that is not a demo, or of a demo whose
-            archive or store holds a user's files (nothing deleted).
+            archive, store, run folder or report holds files the demo did not write
+            (:func:`foreign_in_demo`; nothing deleted).
     """
     from benzarr.errors import InvalidArgumentError
     from benzarr.fsutil import check_output, has_marker, write_marker

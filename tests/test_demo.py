@@ -78,6 +78,65 @@ def test_demo_overwrite_removes_only_what_the_demo_wrote(tmp_path: Path, synth_s
         ".benzarr", "MYNOTES.txt", "runs", "runs/rgb", "runs/rgb/config.json"]
 
 
+_RUN_FILES = ("config.json", "metrics.json", "scores.csv", "events.out.tfevents.1795779328.vm.13117.0",
+              "checkpoints/best.pt", "checkpoints/last.pt", "checkpoints/last.pt.tmp")
+_REPORT_FILES = ("curves.png", "runs.csv", "runs.md", "summary.csv", "summary.md")
+
+
+@pytest.mark.parametrize("where", ["report/my_notes.md", "runs/shortcnn-all/my_notes.txt",
+                                   "runs/shortcnn-all/checkpoints/epoch3.pt", "runs/shortcnn-all/mine/",
+                                   "runs/shortcnn-all/evaluations/grouped-test/metrics.json", "report"])
+def test_demo_overwrite_keeps_a_users_files_in_its_run_and_report_folders(tmp_path: Path, where: str) -> None:
+    """`demo --overwrite` checked only its archive and store for a user's files: everything in
+    runs/shortcnn-all/ and report/ (a user's notes, an evaluation, a file named report) went."""
+    from benzarr.demo import remove_demo_entries
+
+    out = tmp_path / "demo"
+    for name in _RUN_FILES:
+        (out / "runs/shortcnn-all" / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / "runs/shortcnn-all" / name).write_text("train's")
+    (out / "report").mkdir()
+    for name in _REPORT_FILES:
+        (out / "report" / name).write_text("report's")
+    write_marker(out, "demo")
+    if where == "report":  # a user's file where the demo's report folder was
+        for name in _REPORT_FILES:
+            (out / "report" / name).unlink()
+        (out / "report").rmdir()
+    if where.endswith("/"):
+        (out / where).mkdir()
+    else:
+        (out / where).parent.mkdir(parents=True, exist_ok=True)
+        (out / where).write_text("mine")
+    before = {p.relative_to(out).as_posix() for p in out.rglob("*")}
+    with pytest.raises(UnsafeOverwriteError, match=rf"holds files that benzarr did not write \({where}\); "):
+        remove_demo_entries(out)
+    assert {p.relative_to(out).as_posix() for p in out.rglob("*")} == before
+
+
+def test_demo_overwrite_replaces_what_it_wrote_and_refuses_a_users_file_in_it(tmp_path: Path) -> None:
+    """The files a real demo writes pass the check of what it wrote; a user's notes in its
+    report and run folders stop `--overwrite` before anything is deleted."""
+    from benzarr_cli.main import app
+
+    out = tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--patches", "40", "--epochs", "1", "--max-steps", "2", "--workers", "1",
+            "--batch-size", "8", "-q"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    (out / "report/my_notes.md").write_text("mine")
+    (out / "runs/shortcnn-all/my_notes.txt").write_text("mine")
+    before = {p.relative_to(out).as_posix() for p in out.rglob("*")}
+    result = CliRunner().invoke(app, [*args, "--overwrite"])
+    assert result.exit_code == 1 and isinstance(result.exception, UnsafeOverwriteError)
+    assert "(runs/shortcnn-all/my_notes.txt, report/my_notes.md)" in str(result.exception)
+    assert {p.relative_to(out).as_posix() for p in out.rglob("*")} == before
+    (out / "report/my_notes.md").unlink()
+    (out / "runs/shortcnn-all/my_notes.txt").unlink()
+    result = CliRunner().invoke(app, [*args, "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (out / "report").iterdir()) == sorted(_REPORT_FILES)
+
+
 def test_the_readmes_python_example_runs(tmp_path: Path) -> None:
     """README "Python: the Dataset and the loader": its code block, run as written on a
     96-patch store (named as in the README, with the split it names), on the CPU."""
