@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import threading
@@ -179,37 +180,159 @@ def read_utf8(path: Path, advice: str) -> str:
 
 
 def foreign_files(store: str | Path, limit: int = 3) -> list[str]:
-    """Up to ``limit`` entries inside the Zarr store folder ``store`` that no Zarr writer put
-    there (paths relative to it): anything but a ``zarr.json``, a chunk file below an array's
-    ``c/`` folder (every name below ``c/`` a chunk coordinate: ``c/1/0/0/0``), or a writer's
-    temporary ``.*.tmp``; and any symlink, which no writer makes. ``ingest --overwrite``
-    refuses a store holding such files (a user's notes in it were deleted with it, in a chunk
-    folder too)."""
+    """Up to ``limit`` entries inside the benzarr store folder ``store``, or inside one of its
+    split folders (``splits/<name>``), that benzarr did not write (paths relative to it, an
+    empty folder with a trailing ``/``): what ``ingest --overwrite``, ``synth --labels-only
+    --overwrite`` and ``split --overwrite`` would delete with it.
+
+    Checked against the layout benzarr writes (:func:`benzarr.store.layout_node`): a group or
+    array folder at a path no benzarr writer uses (a user's array, a folder with a
+    ``zarr.json`` of their own) is foreign with all its files; in a group folder only its ``zarr.json``
+    passes, in an array folder its ``zarr.json`` and the chunk files of its grid (shape and
+    chunk or shard shape from that ``zarr.json``: ``c/99/0/0/0`` beyond 5 shards is a
+    user's), with the temporary files of a killed write (zarr's ``*.<hex>.partial``,
+    benzarr's ``.<chunk>.<pid>.tmp``). Any symlink is foreign (no writer makes one). An array
+    whose ``zarr.json`` does not read (a damaged store) keeps the old rule: every name below
+    ``c/`` a chunk coordinate."""
+    from benzarr.store import layout_node  # lazy: zarr
+
     root = Path(store)
     found: list[str] = []
-    chunks_below: Path | None = None  # the current array's c/ folder, while walking inside it
-    for folder, dirs, files in os.walk(root):
-        here = Path(folder)
-        if chunks_below is not None and not here.is_relative_to(chunks_below):
-            chunks_below = None
-        if chunks_below is None and here.name == "c" and (here.parent / "zarr.json").is_file():
-            chunks_below = here
-        for name in sorted(files) + sorted(d for d in dirs if (here / d).is_symlink()):
-            if not (here / name).is_symlink():
-                temporary = name.startswith(".") and name.endswith(".tmp")
-                if temporary or (name.isdigit() if chunks_below is not None else name == "zarr.json"):
-                    continue
-            found.append(str((here / name).relative_to(root)))
-            if len(found) >= limit:
-                return found
-        dirs[:] = sorted(d for d in dirs if not (here / d).is_symlink())
-        if chunks_below is not None:  # a folder of the user's among the chunk folders
-            for d in [d for d in dirs if not d.isdigit()]:
-                found.append(str((here / d).relative_to(root)) + "/")
-                dirs.remove(d)
-                if len(found) >= limit:
-                    return found
-    return found
+    if is_benzarr_store(root):
+        _foreign_in_group(root, "", layout_node, found, limit)
+    else:  # a split folder
+        _foreign_in_array(root, "", found, limit)
+    return found[:limit]
+
+
+# zarr's LocalStore writes KEY as Path(KEY).with_suffix(".<uuid4 hex>.partial"), then renames it
+_ZARR_PARTIAL = re.compile(r"(.+)\.[0-9a-f]{32}\.partial")
+_SHARD_TMP = re.compile(r"\.(.+)\.[0-9]+\.tmp")  # benzarr.shards.write_shard: .KEY.PID.tmp
+
+
+def _written_file(name: str, wanted: Callable[[str], bool]) -> bool:
+    """``name`` is a file ``wanted`` accepts, or a killed write's temporary file of one."""
+    if wanted(name):
+        return True
+    if match := _SHARD_TMP.fullmatch(name):
+        return wanted(match[1])
+    match = _ZARR_PARTIAL.fullmatch(name)
+    return match is not None and (wanted(match[1]) or wanted(f"{match[1]}.json"))  # 0 or zarr(.json)
+
+
+def _entries(folder: Path) -> list[os.DirEntry[str]]:
+    with os.scandir(folder) as entries:
+        return sorted(entries, key=lambda entry: entry.name)
+
+
+def _join(rel: str, name: str) -> str:
+    return f"{rel}/{name}" if rel else name
+
+
+def _foreign_in_group(folder: Path, rel: str, layout_node: Callable[[str], str | None], found: list[str],
+                      limit: int) -> None:
+    """Add to ``found`` what in the group folder ``folder`` (``rel`` in the store) benzarr did not write."""
+    for entry in _entries(folder):
+        if len(found) >= limit:
+            return
+        path = _join(rel, entry.name)
+        if entry.is_symlink():
+            found.append(path)
+        elif not entry.is_dir():
+            if not _written_file(entry.name, lambda name: name == "zarr.json"):
+                found.append(path)
+        elif layout_node(path) == "group":
+            _foreign_in_group(Path(entry.path), path, layout_node, found, limit)
+        elif layout_node(path) == "array":
+            _foreign_in_array(Path(entry.path), path, found, limit)
+        else:  # an array, group or folder of the user's
+            _all_below(Path(entry.path), path, found, limit)
+
+
+def _all_below(folder: Path, rel: str, found: list[str], limit: int) -> None:
+    """Add to ``found`` the files in ``folder`` (``rel`` in the store), which benzarr did not
+    write: each file and symlink, and each empty folder as ``rel/``."""
+    entries = _entries(folder)
+    if not entries:
+        found.append(f"{rel}/")
+    for entry in entries:
+        if len(found) >= limit:
+            return
+        path = _join(rel, entry.name)
+        if entry.is_dir() and not entry.is_symlink():
+            _all_below(Path(entry.path), path, found, limit)
+        else:
+            found.append(path)
+
+
+def _chunk_grid(folder: Path) -> tuple[bool, tuple[int, ...] | None]:
+    """Whether the ``zarr.json`` in the array folder ``folder`` may be benzarr's, and the grid
+    of chunks (shards) of its ``c/1/0/...`` keys (``ceil(shape / chunk or shard shape)``):
+    ``(False, ())`` for a group's (a user's group where benzarr writes an array), ``(True,
+    None)`` for a missing one or one that does not read as an array's (a damaged store:
+    ``{}``, not JSON), whose chunk files then pass by their names alone."""
+    try:
+        meta = json.loads((folder / "zarr.json").read_bytes())
+        if meta.get("node_type") == "group":
+            return False, ()
+        shape = [int(n) for n in meta["shape"]]
+        chunks = [int(n) for n in meta["chunk_grid"]["configuration"]["chunk_shape"]]
+        encoding = meta.get("chunk_key_encoding", {"name": "default"})
+        if (encoding.get("name") != "default" or encoding.get("configuration", {}).get("separator", "/") != "/"
+                or len(shape) != len(chunks) or min(chunks, default=1) < 1):
+            return True, None
+    except (OSError, ValueError, RecursionError, AttributeError, KeyError, TypeError):
+        return True, None
+    return True, tuple(-(-n // c) for n, c in zip(shape, chunks))
+
+
+def _foreign_in_array(folder: Path, rel: str, found: list[str], limit: int) -> None:
+    """Add to ``found`` what in the array folder ``folder`` (``rel`` in the store) is neither
+    its ``zarr.json`` nor a chunk of its grid."""
+    ours, grid = _chunk_grid(folder)
+
+    def written(name: str) -> bool:  # a 0-d array's one chunk is the file c
+        return (name == "zarr.json" and ours) or (name == "c" and grid == ())
+
+    for entry in _entries(folder):
+        if len(found) >= limit:
+            return
+        path = _join(rel, entry.name)
+        if entry.is_symlink():
+            found.append(path)
+        elif not entry.is_dir():
+            if not _written_file(entry.name, written):
+                found.append(path)
+        elif entry.name == "c" and grid != ():
+            _foreign_in_chunks(Path(entry.path), path, grid, found, limit)
+        else:
+            _all_below(Path(entry.path), path, found, limit)
+
+
+def _index(name: str, size: int | None) -> bool:
+    """``name`` is a chunk coordinate below ``size`` (any, when None)."""
+    return name.isascii() and name.isdigit() and (size is None or int(name) < size)
+
+
+def _foreign_in_chunks(folder: Path, rel: str, shape: tuple[int, ...] | None, found: list[str], limit: int) -> None:
+    """Add to ``found`` what in the chunk folder ``folder`` (``rel``: ``.../c`` and the
+    coordinates so far) is not a chunk of the grid ``shape`` (its remaining axes; None: any
+    coordinate names, at any depth)."""
+    last = shape is not None and len(shape) == 1
+    size = shape[0] if shape else None
+    for entry in _entries(folder):
+        if len(found) >= limit:
+            return
+        path = _join(rel, entry.name)
+        if entry.is_symlink():
+            found.append(path)
+        elif not entry.is_dir():
+            if not ((last or shape is None) and _written_file(entry.name, lambda name: _index(name, size))):
+                found.append(path)
+        elif not last and _index(entry.name, size):
+            _foreign_in_chunks(Path(entry.path), path, shape[1:] if shape is not None else None, found, limit)
+        else:
+            _all_below(Path(entry.path), path, found, limit)
 
 
 def is_empty_folder(path: Path) -> bool:

@@ -247,6 +247,27 @@ def _declare_coordinates() -> dict[str, Coordinate]:
 #: same): path -> declaration, written by :func:`create_store`.
 COORDINATES: dict[str, Coordinate] = _declare_coordinates()
 
+#: Every array :func:`lay_out` may create (any modality, the ingest staging copies too), and
+#: the groups above them: with ``splits/<name>``, all that benzarr writes in a store.
+_LAYOUT_ARRAYS = frozenset({*BAND_ARRAYS, *ROW_FIELDS, *map(stage_path, ROW_FIELDS), *COORDINATES,
+                            DONE_ARRAY, STATS_ARRAY, S1_STATS_ARRAY})
+_LAYOUT_GROUPS = frozenset({"", SPLITS_GROUP, *(path.rsplit("/", i)[0] for path in _LAYOUT_ARRAYS
+                                               for i in range(1, path.count("/") + 1))})
+
+
+def layout_node(path: str) -> str | None:
+    """What benzarr writes at ``path`` in a store ("/"-separated, relative to the root, ``""``
+    the root): ``"group"``, ``"array"`` (a :func:`lay_out` array, or any ``splits/<name>``: a
+    split, or what writing one left), or None, where no benzarr writer puts anything (a user's
+    array or folder). What ``--overwrite`` may delete is checked against this
+    (:func:`benzarr.fsutil.foreign_files`)."""
+    if path in _LAYOUT_GROUPS:
+        return "group"
+    group, _, name = path.rpartition("/")
+    if path in _LAYOUT_ARRAYS or (group == SPLITS_GROUP and name):
+        return "array"
+    return None
+
 
 def layout_table() -> str:
     """The store layout, one line an array, made from :data:`BAND_ARRAYS`,

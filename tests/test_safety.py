@@ -182,6 +182,85 @@ def test_overwrite_keeps_a_store_with_a_users_file_among_its_chunks_or_a_link(sy
     assert tree(store) == before and os.path.lexists(store / where)
 
 
+@pytest.mark.parametrize("where, named", [
+    ("my_annotations", "my_annotations/c/0, my_annotations/zarr.json"),
+    ("labels/my_annotations", "labels/my_annotations/c/0, labels/my_annotations/zarr.json"),
+    ("mydata/zarr.json", "mydata/zarr.json"), ("s2/10m/c/99/0/0/0", "s2/10m/c/99/0/0/0"),
+    ("s2/10m/c/3/0/0/1", "s2/10m/c/3/0/0/1"), ("labels/clc43/c/1/0", "labels/clc43/c/1/0"),
+    ("ingest/done/c/4", "ingest/done/c/4"), ("splits/strat/c/7", "splits/strat/c/7"), ("s2/mine/c/0", "s2/mine/c/0"),
+])
+def test_overwrite_keeps_a_users_arrays_and_chunk_named_files_outside_the_layout(
+        synth_archive_64: Path, synth_store_64: Path, tmp_path: Path, where: str, named: str) -> None:
+    """Every zarr.json, and every digit-named file below any c/, passed as benzarr's: a user's
+    own array in the store (or a group of theirs holding only its zarr.json), and a file named
+    like a chunk outside an array's grid (shard 99 of a 4-shard array), went with `ingest
+    --overwrite`. Now only the arrays benzarr lays out, and the chunks of their grids, pass."""
+    import zarr
+
+    from benzarr.split import make_split
+
+    store = copy_tree(synth_store_64, tmp_path / "s.zarr")
+    make_split(open_store(store, mode="r+"), "strat", "random", fractions=(0.6, 0.2, 0.2), seed=0)
+    if where.endswith("my_annotations"):
+        array = zarr.open_group(store, mode="r+").create_array(where, shape=(64,), dtype="f4", chunks=(64,))
+        array[:] = 1
+    elif where == "mydata/zarr.json":
+        zarr.open_group(store / "mydata", mode="w", zarr_format=3)
+    else:
+        (store / where).parent.mkdir(parents=True, exist_ok=True)
+        (store / where).write_bytes(b"mine")
+    before = tree(store)
+    result = run_cli("ingest", synth_archive_64, store, "--shard-size", "16", "--workers", "1", "--overwrite")
+    one_error_line(result, f"holds files that benzarr did not write ({named})", "nothing was deleted")
+    assert tree(store) == before
+    with pytest.raises(UnsafeOverwriteError, match=re.escape(f"({named})")):
+        from benzarr.synth.labels_store import synth_labels_store
+
+        synth_labels_store(store, 10, overwrite=True)
+    assert tree(store) == before
+
+
+def test_what_benzarr_writes_in_a_store_is_its_own_in_every_state(synth_archive_64: Path, synth_store_64: Path,
+                                                                   synth_v2_store: Path, tmp_path: Path) -> None:
+    """The check of what benzarr wrote passes every store benzarr writes: planned, part-way
+    (staging arrays, some shards), complete with splits and cached split statistics, v2 with
+    S1 and reference maps, labels-only, with a killed write's temporary files; and each is
+    replaced by `--overwrite`."""
+    import uuid
+
+    from benzarr.fsutil import foreign_files
+    from benzarr.split import make_split
+    from benzarr.stats import split_band_stats
+    from benzarr.synth.labels_store import synth_labels_store
+
+    planned, part = tmp_path / "planned.zarr", tmp_path / "part.zarr"
+    ingest(synth_archive_64, planned, workers=1, shard_size=16, plan=True, parts=2)
+    ingest(synth_archive_64, part, workers=1, shard_size=16, plan=True, parts=2)
+    ingest(synth_archive_64, part, workers=1, shard_size=16, part=(1, 2))
+    assert list((part / "ingest" / "stage").iterdir()) and len(list((part / "s2/10m/c").iterdir())) == 2
+    split = copy_tree(synth_store_64, tmp_path / "split.zarr")
+    make_split(open_store(split, mode="r+"), "strat", "random", fractions=(0.6, 0.2, 0.2), seed=0)
+    split_band_stats(str(split), "strat")
+    assert "split_stats" in open_store(split).attrs
+    v2 = copy_tree(synth_v2_store, tmp_path / "v2.zarr")
+    make_split(open_store(v2, mode="r+"), "official", "official")
+    labels = tmp_path / "labels.zarr"
+    synth_labels_store(labels, 50)
+    killed = copy_tree(synth_store_64, tmp_path / "killed.zarr")  # temporary files of writes killed midway
+    (killed / "s2/10m/c/3/0/0/.0.4242.tmp").write_bytes(b"half")
+    (killed / "labels/clc43/c/0" / f"0.{uuid.uuid4().hex}.partial").write_bytes(b"half")
+    (killed / "meta" / f"zarr.{uuid.uuid4().hex}.partial").write_bytes(b"half")
+    for store in (planned, part, split, v2, labels, killed):
+        assert foreign_files(store) == [], store
+    assert foreign_files(split / "splits" / "strat") == []
+    for store in (planned, part, split, killed):
+        ingest(synth_archive_64, store, workers=1, shard_size=16, overwrite=True)
+        assert open_store(store).complete
+    synth_labels_store(labels, 20, overwrite=True)
+    synth_labels_store(v2, 20, overwrite=True)
+    assert open_store(labels).n_patches == open_store(v2).n_patches == 20
+
+
 def test_removal_renames_the_old_store_aside_first(synth_store_64: Path, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     store = copy_tree(synth_store_64, tmp_path / "s.zarr")
