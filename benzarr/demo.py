@@ -70,9 +70,11 @@ DEMO_ENTRIES = ("archive", "store.zarr", f"runs/{MODEL}", "report")
 #: file of each attempt, checkpoints through a ``.tmp`` name, metrics.json and scores.csv when
 #: it finishes, the run lock while it runs) and those ``benzarr report`` writes in its report
 #: folder: nothing else in them is the demo's (a user's notes, an evaluation, another run).
+# (and the evaluations `benzarr evaluate` writes into the run, as the README's walk-through does)
 _RUN_FILES = re.compile(r"config\.json|metrics\.json|scores\.csv|\.benzarr-train\.lock"
-                        r"|checkpoints/(best|last)\.pt(\.tmp)?|events\.out\.tfevents\.[0-9]+\.[^/]+\.[0-9]+\.[0-9]+")
-_RUN_FOLDERS = frozenset({"checkpoints"})
+                        r"|checkpoints/(best|last)\.pt(\.tmp)?|events\.out\.tfevents\.[0-9]+\.[^/]+\.[0-9]+\.[0-9]+"
+                        r"|evaluations/[^/]+/(metrics\.json|scores\.csv|predictions\.parquet)")
+_RUN_FOLDERS = frozenset({"checkpoints", "evaluations"})
 _REPORT_FILES = re.compile(r"curves\.png|runs\.csv|runs\.md|summary\.csv|summary\.md")
 
 

@@ -79,13 +79,14 @@ def test_demo_overwrite_removes_only_what_the_demo_wrote(tmp_path: Path, synth_s
 
 
 _RUN_FILES = ("config.json", "metrics.json", "scores.csv", "events.out.tfevents.1795779328.vm.13117.0",
-              "checkpoints/best.pt", "checkpoints/last.pt", "checkpoints/last.pt.tmp")
+              "checkpoints/best.pt", "checkpoints/last.pt", "checkpoints/last.pt.tmp",
+              "evaluations/grouped-test/metrics.json", "evaluations/grouped-test/predictions.parquet")
 _REPORT_FILES = ("curves.png", "runs.csv", "runs.md", "summary.csv", "summary.md")
 
 
 @pytest.mark.parametrize("where", ["report/my_notes.md", "runs/shortcnn-all/my_notes.txt",
                                    "runs/shortcnn-all/checkpoints/epoch3.pt", "runs/shortcnn-all/mine/",
-                                   "runs/shortcnn-all/evaluations/grouped-test/metrics.json", "report"])
+                                   "runs/shortcnn-all/evaluations/grouped-test/notes.md", "report"])
 def test_demo_overwrite_keeps_a_users_files_in_its_run_and_report_folders(tmp_path: Path, where: str) -> None:
     """`demo --overwrite` checked only its archive and store for a user's files: everything in
     runs/shortcnn-all/ and report/ (a user's notes, an evaluation, a file named report) went."""
