@@ -44,8 +44,12 @@ MARKER = ".benzarr"
 ASIDE_TAG = ".benzarr-old-"
 #: Name parts of the temporary files and folders benzarr writes beside their final path: an
 #: error names the final path instead (the temporary one means nothing to the user).
-PARTIAL_TAG = ".benzarr-partial-"  # a folder being filled beside its final name (benzarr.examples)
-TEMPORARY_TAGS = (ASIDE_TAG, PARTIAL_TAG)
+PARTIAL_TAG = ".benzarr-partial-"  # a folder being filled beside its final name (benzarr.examples, splits)
+#: Name part of a folder moved aside while its new version is renamed into place
+#: (``.<name>.benzarr-replaced-<pid>``, :meth:`benzarr.store.Store.write_split`): a kill between
+#: the two renames leaves it there, and the next write puts it back.
+REPLACED_TAG = ".benzarr-replaced-"
+TEMPORARY_TAGS = (ASIDE_TAG, PARTIAL_TAG, REPLACED_TAG)
 
 
 # -- OS errors -------------------------------------------------------------------------

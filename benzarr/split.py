@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from benzarr.errors import InvalidArgumentError, MissingDependencyError, SplitExistsError
+from benzarr.errors import InvalidArgumentError, MissingDependencyError
 from benzarr.fsutil import check_not_a_file, read_utf8
 from benzarr.groups import GroupBy, group_ids, group_summary, grouped_assignment, parse_group_by
 from benzarr.checks import MAX_SEED, boolean, check_seed, is_number, is_whole  # noqa: F401  (MAX_SEED, check_seed: also this module's API)
@@ -884,10 +884,7 @@ def _check_split_args(
     if labels not in LABEL_SETS:
         raise InvalidArgumentError(f"unknown label set {labels!r}: choose one of {', '.join(LABEL_SETS)}")
     check_split_name(name)
-    if name in store.split_names():
-        if not overwrite:
-            raise SplitExistsError(f"{store.path}: split {name!r} exists; pass --overwrite to replace it")
-        store._check_replaceable_split(name)  # before the work, not only when writing
+    store.check_split_target(name, overwrite)  # before the work, not only when writing
     seed = check_seed(seed)
     kfold = method == "iterative" and fractions is None
     if (folds is not None or assign is not None) and not kfold:

@@ -63,6 +63,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from copy import deepcopy
 from datetime import datetime, timezone
@@ -536,7 +538,7 @@ class Store:
         """
         def walk(group: zarr.Group, prefix: str) -> list[tuple[str, zarr.Array]]:
             found = []
-            for name, node in sorted(group.members(), key=lambda item: item[0]):
+            for name, node in sorted(_members(group, self._where(prefix.rstrip("/"))), key=lambda item: item[0]):
                 if isinstance(node, zarr.Array):
                     found.append((f"{prefix}{name}", node))
                 else:
@@ -724,10 +726,16 @@ class Store:
 
     # -- splits ----------------------------------------------------------------------
     def split_names(self) -> list[str]:
-        """Names of the stored splits, sorted."""
+        """Names of the stored splits, sorted.
+
+        What a killed :meth:`write_split` or :meth:`delete_split` leaves under ``splits/``
+        (``.<name>.benzarr-partial-<pid>`` and the like: no split name starts with ".") is not
+        a split; a folder there without a ``zarr.json`` is skipped with one warning naming it.
+        """
         if SPLITS_GROUP not in self.group:
             return []
-        return sorted(name for name, _ in self.group[SPLITS_GROUP].arrays())
+        return sorted(name for name, node in _members(self.group[SPLITS_GROUP], self._where(SPLITS_GROUP))
+                      if isinstance(node, zarr.Array) and SPLIT_NAME.fullmatch(name))
 
     def read_split(self, name: str) -> tuple[np.ndarray, dict[str, Any]]:
         """Codes (N,) int8 (0 train, 1 val, 2 test, -1 excluded) and attributes of a split.
@@ -782,32 +790,75 @@ class Store:
             raise InvalidArgumentError(f"split codes must have shape ({self.n_patches},), got {codes.shape}")
         if not np.isin(codes, (EXCLUDED, TRAIN, VAL, TEST)).all():
             raise InvalidArgumentError("split codes must be -1, 0, 1 or 2")
-        if name in self.split_names():
-            if not overwrite:
-                raise SplitExistsError(f"{self.path}: split {name!r} exists; pass --overwrite to replace it")
-            self._check_replaceable_split(name)
+        self.check_split_target(name, overwrite)
         codes = np.where(self.valid_mask(), codes, EXCLUDED).astype(np.int8)
         attrs = dict(attrs)
         attrs.setdefault("names", {"0": "train", "1": "val", "2": "test", "-1": "excluded"})
         attrs.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
         attrs["counts"] = subset_counts(codes)
-        try:
-            array = self.group.create_array(
-                f"{SPLITS_GROUP}/{name}",
-                shape=(self.n_patches,),
-                dtype="int8",
-                chunks=(min(max(self.n_patches, 1), 1 << 20),),
-                compressors=row_compressors(),
-                fill_value=EXCLUDED,
-                attributes=attrs,
-                overwrite=True,
-            )
-            array[:] = codes
-        except OSError as exc:  # read-only file system, full disk, ...
-            from benzarr.fsutil import os_error
+        folder = self.local_path(SPLITS_GROUP)
+        if folder is None:  # an object store: written in place; a failed write removes what it wrote
+            path = f"{SPLITS_GROUP}/{name}"
+            try:
+                self._create_split_array(path, codes, attrs)
+            except BaseException:
+                try:
+                    del self.group[path]
+                except Exception:  # best effort: the write's own error is the one to report
+                    pass
+                raise
+            return
+        from benzarr.fsutil import PARTIAL_TAG, os_error
 
-            where = self.path if is_url(self.path) else Path(self.path) / SPLITS_GROUP / name
-            raise os_error(exc, where, "writing the split") from None
+        final = folder / name
+        temporary = folder / f".{name}{PARTIAL_TAG}{os.getpid()}"
+        try:
+            self._recover_splits()
+            if temporary.exists():
+                shutil.rmtree(temporary)
+            # written beside its final name, then renamed into place: a failure or a kill
+            # never leaves a half-written split, and the old one stays until the new is whole
+            self._create_split_array(f"{SPLITS_GROUP}/{temporary.name}", codes, attrs)
+            _rename_into_place(temporary, final)
+        except BaseException as exc:
+            shutil.rmtree(temporary, ignore_errors=True)
+            if isinstance(exc, OSError):  # read-only file system, full disk, ...
+                raise os_error(exc, final, "writing the split") from None
+            raise
+
+    def _create_split_array(self, path: str, codes: np.ndarray, attrs: Mapping[str, Any]) -> None:
+        array = self.group.create_array(
+            path,
+            shape=(self.n_patches,),
+            dtype="int8",
+            chunks=(min(max(self.n_patches, 1), 1 << 20),),
+            compressors=row_compressors(),
+            fill_value=EXCLUDED,
+            attributes=dict(attrs),
+            overwrite=True,
+        )
+        array[:] = codes
+
+    def _recover_splits(self) -> None:
+        """Undo what killed split writes left under ``splits/`` (local stores, before a write):
+        a half-written ``.<name>.benzarr-partial-<pid>`` is deleted, a replaced split moved
+        aside (``.<name>.benzarr-replaced-<pid>``) goes back to its name if the new one never
+        got there (deleted otherwise), and a deleted one's ``.benzarr-old-`` folder is deleted,
+        each only once process ``pid`` is gone."""
+        from benzarr.fsutil import REPLACED_TAG, _pid_alive
+
+        folder = self.local_path(SPLITS_GROUP)
+        if folder is None or not folder.is_dir():
+            return
+        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+            found = _LEFTOVER.fullmatch(entry.name)
+            if found is None or not entry.is_dir(follow_symlinks=False) or _pid_alive(int(found["pid"])):
+                continue
+            final = folder / found["name"]
+            if found["tag"] == REPLACED_TAG and not os.path.lexists(final) and (Path(entry.path) / "zarr.json").is_file():
+                os.rename(entry.path, final)
+            else:
+                shutil.rmtree(entry.path)
 
     def delete_split(self, name: str) -> None:
         """Remove ``splits/<name>``.
@@ -819,7 +870,36 @@ class Store:
         self.check_writable()
         self.read_split(name)  # raises with the known names
         self._check_replaceable_split(name)
-        del self.group[f"{SPLITS_GROUP}/{name}"]
+        folder = self.local_path(SPLITS_GROUP)
+        if folder is None:
+            del self.group[f"{SPLITS_GROUP}/{name}"]
+            return
+        from benzarr.fsutil import os_error, remove_folder
+
+        try:
+            self._recover_splits()
+        except OSError as exc:
+            raise os_error(exc, folder / name, "removing the split") from None
+        remove_folder(folder / name)  # renamed aside, then deleted: a kill never leaves half a split
+
+    def check_split_target(self, name: str, overwrite: bool) -> None:
+        """Raise unless split ``name`` may be written: a split of that name needs ``overwrite``
+        (and no user's files in its folder); a folder of that name under ``splits/`` that is no
+        split (its ``zarr.json`` deleted: its chunks are all that is left of it) is never replaced.
+
+        Raises:
+            SplitExistsError, UnsafeOverwriteError: naming the split or folder.
+        """
+        if name in self.split_names():
+            if not overwrite:
+                raise SplitExistsError(f"{self.path}: split {name!r} exists; pass --overwrite to replace it")
+            self._check_replaceable_split(name)
+            return
+        folder = self.local_path(f"{SPLITS_GROUP}/{name}")
+        if folder is not None and os.path.lexists(folder):
+            raise UnsafeOverwriteError(
+                f"{folder}: a folder that is not a split (no zarr.json) is in the way of split {name!r}; nothing "
+                "was changed: move it out of the store, or choose another name")
 
     def _check_replaceable_split(self, name: str) -> None:
         """Refuse to replace or delete ``splits/<name>`` while its folder holds a user's files:
@@ -858,6 +938,51 @@ class Store:
     def __repr__(self) -> str:
         state = "complete" if self.complete else "incomplete"
         return f"Store({self.path!r}, n_patches={self.attrs.get('n_patches')}, {state})"
+
+
+#: What benzarr's writers leave beside a folder while they replace or delete it: ``.<name><tag><pid>``.
+_LEFTOVER = re.compile(r"\.(?P<name>.+?)(?P<tag>\.benzarr-(?:partial|replaced|old)-)(?P<pid>[0-9]+)")
+#: zarr's warning for a folder (or key prefix) in a group that holds no ``zarr.json``.
+_NOT_A_NODE = re.compile(r"Object at (?P<name>.+) is not recognized as a component of a Zarr hierarchy\.?")
+
+
+def _members(group: zarr.Group, where: str) -> list[tuple[str, Any]]:
+    """``group.members()``, with zarr's warning about a folder that holds no ``zarr.json`` (in
+    zarr's words, with its source line) given as one warning of benzarr's naming the folder
+    (``where``/name); none for what a benzarr writer leaves while it works (``.*.benzarr-*-<pid>``).
+    Other warnings are passed on as they were."""
+    with warnings.catch_warnings(record=True) as caught:  # zarr warns from its event-loop thread
+        warnings.simplefilter("always")
+        members = [(name, node) for name, node in group.members() if _LEFTOVER.fullmatch(name) is None]
+    for warning in caught:
+        found = _NOT_A_NODE.fullmatch(str(warning.message))
+        if found is None:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+        elif _LEFTOVER.fullmatch(found["name"]) is None:
+            warnings.warn(f"{where.rstrip('/')}/{found['name']}: a folder without zarr.json, so neither an array "
+                          "nor a group (its zarr.json was deleted?): skipped; restore that file or remove the folder",
+                          stacklevel=3)
+    return members
+
+
+def _rename_into_place(new: Path, final: Path) -> None:
+    """Rename the folder ``new`` to ``final``; an existing ``final`` is first moved aside
+    (``.<name>.benzarr-replaced-<pid>``), then deleted once ``new`` is in its place. A kill
+    between the two renames leaves the old folder aside, which :meth:`Store._recover_splits`
+    puts back."""
+    from benzarr.fsutil import REPLACED_TAG
+
+    if not os.path.lexists(final):
+        os.rename(new, final)
+        return
+    aside = final.with_name(f".{final.name}{REPLACED_TAG}{os.getpid()}")
+    os.rename(final, aside)
+    try:
+        os.rename(new, final)
+    except BaseException:
+        os.rename(aside, final)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _first_line(exc: BaseException) -> str:

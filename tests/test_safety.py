@@ -925,3 +925,86 @@ def test_an_output_folder_that_is_a_file_says_so(tmp_path: Path, synth_store_64:
     with pytest.raises(FileExistsError) as info:  # and any other mkdir the checks miss
         notes.mkdir()
     assert str(os_error(info.value, action="running")) == f"{notes}: is a file, not a folder"
+
+
+# -- a split write that fails or is killed (A5) -----------------------------------------------
+
+
+def _run_planted(code: str, *args: object) -> subprocess.CompletedProcess:
+    """Run ``benzarr ARGS`` through the real entry point after ``code`` (which plants a failure)."""
+    script = (f"{code}\nimport sys\nfrom benzarr_cli.main import main\n"
+              f"sys.argv = ['benzarr', *{[str(a) for a in args]!r}]\nmain()\n")
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+
+
+#: Between a split array's zarr.json and its chunk: a full disk, or the process killed.
+_SPLIT_CHUNK_FAILS = """
+import errno, os
+import zarr.core.array as za
+real = za.Array.__setitem__
+def planted(self, key, value):
+    if self.path.startswith("splits/"):
+        if {kill!r}:
+            os._exit(9)
+        raise OSError(errno.ENOSPC, "No space left on device", os.path.join(self.store.root, self.path, "c", "0"))
+    return real(self, key, value)
+za.Array.__setitem__ = planted
+"""
+
+
+@pytest.mark.parametrize("kill", [False, True], ids=["disk-full", "killed"])
+@pytest.mark.parametrize("overwrite", [False, True], ids=["new", "overwrite"])
+def test_a_failed_or_killed_split_write_keeps_the_store_and_the_old_split(synth_store_64: Path, tmp_path: Path,
+                                                                          kill: bool, overwrite: bool) -> None:
+    """It left splits/NAME/zarr.json without its chunk: every command then failed for the whole
+    store ("subset sizes ... differ"), the rerun the error advised said "exists; pass --overwrite",
+    and with --overwrite the old split was deleted before the new one was written."""
+    store = copy_tree(synth_store_64, tmp_path / "s.zarr")
+    assert run_cli("split", store, "--name", "r", "--method", "random", "-q").returncode == 0
+    old = open_store(store).read_split("r")
+    name = "r" if overwrite else "n"
+    args = ("split", store, "--name", name, "--method", "random", "--seed", "5", *(["--overwrite"] if overwrite else []))
+    failed = _run_planted(_SPLIT_CHUNK_FAILS.format(kill=kill), *args)
+    if kill:
+        assert failed.returncode == 9, failed.stderr
+    else:
+        one_error_line(failed, "no space left on device while writing the split", str(store / "splits" / name),
+                       "run the same command again")
+        assert not [p for p in (store / "splits").iterdir() if p.name.startswith(".")]  # nothing left behind
+    # the store reads as before: the old split whole, no half-written one
+    reopened = open_store(store)
+    assert reopened.split_names() == ["r"]
+    np.testing.assert_array_equal(reopened.read_split("r")[0], old[0])
+    assert reopened.read_split("r")[1] == old[1]
+    for command in (("info", store), ("split", store, "--list"), ("verify", store)):
+        result = run_cli(*command)
+        assert result.returncode == 0 and result.stderr == "", (command, result.stdout, result.stderr)
+    # and the same command now succeeds (sweeping what a killed one left)
+    again = run_cli(*args)
+    assert again.returncode == 0, again.stderr
+    assert open_store(store).read_split(name)[1]["seed"] == 5
+    assert sorted(p.name for p in (store / "splits").iterdir()) == sorted({"zarr.json", "r", name})
+    assert run_cli("verify", store).returncode == 0
+
+
+def test_a_split_moved_aside_by_a_killed_replacement_comes_back(synth_store_64: Path, tmp_path: Path) -> None:
+    """A kill between moving the old split aside and renaming the new one into place: the next
+    write puts the old one back, and deletes the new one's leftovers."""
+    from benzarr.fsutil import PARTIAL_TAG, REPLACED_TAG
+    from benzarr.split import make_split
+
+    store = copy_tree(synth_store_64, tmp_path / "s.zarr")
+    make_split(open_store(store, mode="r+"), "r", "random", seed=1)
+    make_split(open_store(store, mode="r+"), "new", "random", seed=2)
+    old = open_store(store).read_split("r")[0]
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True).stdout)
+    splits = store / "splits"
+    (splits / "r").rename(splits / f".r{REPLACED_TAG}{dead}")
+    (splits / "new").rename(splits / f".r{PARTIAL_TAG}{dead}")
+    assert open_store(store).split_names() == []  # leftovers are never splits
+    assert run_cli("split", store, "--list").returncode == 0
+    make_split(open_store(store, mode="r+"), "other", "random", seed=3)
+    assert open_store(store).split_names() == ["other", "r"]
+    np.testing.assert_array_equal(open_store(store).read_split("r")[0], old)
+    assert not [p for p in splits.iterdir() if p.name.startswith(".")]
