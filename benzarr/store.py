@@ -382,6 +382,7 @@ class Store:
         self.group = group
         self.path = path
         self._metadata: dict[str, dict[str, Any]] = {}  # band array -> zarr.json, for write_band_shard
+        self._warned: set[str] = set()  # folders without zarr.json already warned about (_members)
 
     # -- attributes ------------------------------------------------------------------
     @property
@@ -538,7 +539,7 @@ class Store:
         """
         def walk(group: zarr.Group, prefix: str) -> list[tuple[str, zarr.Array]]:
             found = []
-            for name, node in sorted(_members(group, self._where(prefix.rstrip("/"))), key=lambda item: item[0]):
+            for name, node in sorted(_members(group, self._where(prefix.rstrip("/")), self._warned), key=lambda item: item[0]):
                 if isinstance(node, zarr.Array):
                     found.append((f"{prefix}{name}", node))
                 else:
@@ -734,7 +735,7 @@ class Store:
         """
         if SPLITS_GROUP not in self.group:
             return []
-        return sorted(name for name, node in _members(self.group[SPLITS_GROUP], self._where(SPLITS_GROUP))
+        return sorted(name for name, node in _members(self.group[SPLITS_GROUP], self._where(SPLITS_GROUP), self._warned)
                       if isinstance(node, zarr.Array) and SPLIT_NAME.fullmatch(name))
 
     def read_split(self, name: str) -> tuple[np.ndarray, dict[str, Any]]:
@@ -946,11 +947,12 @@ _LEFTOVER = re.compile(r"\.(?P<name>.+?)(?P<tag>\.benzarr-(?:partial|replaced|ol
 _NOT_A_NODE = re.compile(r"Object at (?P<name>.+) is not recognized as a component of a Zarr hierarchy\.?")
 
 
-def _members(group: zarr.Group, where: str) -> list[tuple[str, Any]]:
+def _members(group: zarr.Group, where: str, warned: set[str] | None = None) -> list[tuple[str, Any]]:
     """``group.members()``, with zarr's warning about a folder that holds no ``zarr.json`` (in
     zarr's words, with its source line) given as one warning of benzarr's naming the folder
     (``where``/name); none for what a benzarr writer leaves while it works (``.*.benzarr-*-<pid>``).
-    Other warnings are passed on as they were."""
+    Other warnings are passed on as they were; ``warned`` (the folders already warned about,
+    updated) keeps it to one warning a folder."""
     with warnings.catch_warnings(record=True) as caught:  # zarr warns from its event-loop thread
         warnings.simplefilter("always")
         members = [(name, node) for name, node in group.members() if _LEFTOVER.fullmatch(name) is None]
@@ -959,7 +961,12 @@ def _members(group: zarr.Group, where: str) -> list[tuple[str, Any]]:
         if found is None:
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
         elif _LEFTOVER.fullmatch(found["name"]) is None:
-            warnings.warn(f"{where.rstrip('/')}/{found['name']}: a folder without zarr.json, so neither an array "
+            folder = f"{where.rstrip('/')}/{found['name']}"
+            if warned is not None:
+                if folder in warned:
+                    continue
+                warned.add(folder)
+            warnings.warn(f"{folder}: a folder without zarr.json, so neither an array "
                           "nor a group (its zarr.json was deleted?): skipped; restore that file or remove the folder",
                           stacklevel=3)
     return members

@@ -454,3 +454,34 @@ def test_an_array_declared_with_another_row_shape_or_type_is_damage_named_by_fil
     (store / array / "zarr.json").write_text(json.dumps({**meta, **edit}))
     with pytest.raises(StoreCorruptError, match=re.escape(f"d.zarr/{array}/zarr.json: {message}")):
         open_store(store).array(array)
+
+
+@pytest.mark.parametrize("folder", ["splits/r", "meta/epsg"])
+def test_a_folder_without_zarr_json_is_one_warning_line_naming_it(tmp_path: Path, synth_store_64: Path,
+                                                                   folder: str) -> None:
+    """`rm s.zarr/splits/r/zarr.json; benzarr info s.zarr` printed zarr's own ZarrUserWarning
+    ("Object at r is not recognized ...") with its `warnings.warn(` source line."""
+    import shutil
+    import subprocess
+    import sys
+
+    from benzarr.errors import UnsafeOverwriteError
+    from benzarr.split import make_split
+
+    store = tmp_path / "s.zarr"
+    shutil.copytree(synth_store_64, store)
+    make_split(open_store(store, mode="r+"), "r", "random", seed=0)
+    (store / folder / "zarr.json").unlink()
+    commands = [("info", store)] + ([("split", store, "--list")] if folder.startswith("splits") else [])
+    for command in commands:
+        result = subprocess.run([sys.executable, "-m", "benzarr_cli", *map(str, command)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("warning: "), result.stderr
+        assert f"{store}/{folder}: a folder without zarr.json" in lines[0]
+    if folder.startswith("splits"):  # not a split, and what is left of one is never replaced
+        with pytest.warns(UserWarning, match="splits/r: a folder without zarr.json"):
+            assert open_store(store).split_names() == []
+        with pytest.warns(UserWarning), pytest.raises(UnsafeOverwriteError, match="not a split"):
+            make_split(open_store(store, mode="r+"), "r", "random", seed=1, overwrite=True)
+        assert (store / "splits" / "r" / "c" / "0").is_file()
