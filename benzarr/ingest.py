@@ -78,6 +78,7 @@ from benzarr.store import (
     remove_store,
     shard_band_stats,
     store_exists,
+    sweep_staging,
 )
 
 #: Names accepted by ``exclude`` besides files: the official lists shipped with benzarr.
@@ -579,7 +580,9 @@ def _ingest_params(
 
 
 def _already_done(store: Store, started: float, missing: list[str], n_excluded: int, found: Archive) -> IngestResult:
-    """The result of an ingest that found its store already complete."""
+    """The result of an ingest that found its store already complete (whose staging arrays a
+    kill after it was marked complete may have left: they are deleted now)."""
+    sweep_staging(store)
     result = _result(store, time.perf_counter() - started, 0, True, missing, n_excluded, found.version)
     result.already_complete = True
     return result

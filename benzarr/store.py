@@ -1408,11 +1408,52 @@ def empty_rows(n: int) -> dict[str, np.ndarray]:
 
 
 def drop_staging(store: Store) -> None:
-    """Delete the staging arrays of a complete store (best effort: they are never read again)."""
+    """Delete the staging arrays of a complete store (best effort: they are never read again;
+    what a failure or a kill leaves, the next ``ingest`` of the complete store deletes:
+    :func:`sweep_staging`). A local store's ``ingest/stage`` is renamed aside first, then
+    deleted (:func:`benzarr.fsutil.remove_folder`), so a kill never leaves half of it."""
+    from benzarr.errors import FileSystemError
+    from benzarr.fsutil import remove_folder
+
+    folder = store.local_path(STAGE_GROUP)
     try:
-        del store.group[STAGE_GROUP]
-    except KeyError:
+        if folder is None:
+            del store.group[STAGE_GROUP]
+        elif folder.is_dir():
+            remove_folder(folder)
+    except (KeyError, OSError, FileSystemError):
         pass
+
+
+def has_staging(store: Store) -> bool:
+    """True when the store holds staging arrays, or what a killed :func:`drop_staging` left
+    (``ingest/.stage.benzarr-old-<pid>``)."""
+    folder = store.local_path(STAGE_GROUP)
+    if folder is None:
+        return STAGE_GROUP in store.group
+    from benzarr.fsutil import ASIDE_TAG
+
+    return folder.is_dir() or any(folder.parent.glob(f".{folder.name}{ASIDE_TAG}*"))
+
+
+def sweep_staging(store: Store) -> bool:
+    """Delete what a kill after ``complete`` was written left of a complete store's staging
+    arrays (:meth:`Store.mark_complete` writes ``complete`` first, then drops them); best
+    effort (a store on a read-only file system keeps them). Returns True when there was any."""
+    if not store.complete or not has_staging(store):
+        return False
+    from benzarr.fsutil import sweep_aside
+
+    writable = store if not store.group.read_only else None
+    try:
+        writable = writable or open_store(store.path, mode="r+", require_complete=False)
+    except (OSError, BenzarrError):
+        return True
+    folder = store.local_path(STAGE_GROUP)
+    if folder is not None:
+        sweep_aside(folder)  # folders of killed removals (of dead processes)
+    drop_staging(writable)
+    return True
 
 
 # -- statistics ------------------------------------------------------------------------

@@ -1008,3 +1008,45 @@ def test_a_split_moved_aside_by_a_killed_replacement_comes_back(synth_store_64: 
     assert open_store(store).split_names() == ["other", "r"]
     np.testing.assert_array_equal(open_store(store).read_split("r")[0], old)
     assert not [p for p in splits.iterdir() if p.name.startswith(".")]
+
+
+# -- staging arrays left in a complete store (A8) ----------------------------------------------
+
+
+@pytest.mark.parametrize("when", ["before-the-drop", "during-the-drop"])
+def test_staging_left_by_a_kill_after_complete_goes_with_the_rerun(synth_archive_64: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch, when: str) -> None:
+    """A kill after `complete` was written but before ingest/stage was dropped left the staging
+    arrays in the store for good: the rerun said "already complete" and never swept them."""
+    import benzarr.store
+
+    def killed(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt  # as if killed there
+
+    if when == "before-the-drop":
+        monkeypatch.setattr(benzarr.store, "drop_staging", killed)
+    else:  # the folder is renamed aside, then killed while it is deleted
+        import shutil
+
+        real_rmtree = shutil.rmtree
+
+        def rmtree(path: object, *args: object, **kwargs: object) -> None:
+            if ".stage" in str(path):
+                killed()
+            real_rmtree(path, *args, **kwargs)
+
+        monkeypatch.setattr(shutil, "rmtree", rmtree)
+    store = tmp_path / "s.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        ingest(synth_archive_64, store, workers=1, shard_size=16)
+    monkeypatch.undo()
+    assert open_store(store).complete
+    leftovers = [p for p in (store / "ingest").iterdir() if "stage" in p.name]
+    assert len(leftovers) == 1  # ingest/stage, or its folder renamed aside (by a process now gone)
+    if when == "during-the-drop":
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+        leftovers[0].rename(store / "ingest" / f".stage{ASIDE_TAG}{int(dead.stdout)}")
+    again = ingest(synth_archive_64, store, workers=1, shard_size=16)
+    assert again.already_complete
+    assert sorted(p.name for p in (store / "ingest").iterdir()) == ["band_stats", "done", "zarr.json"]
+    assert [name for name, _ in open_store(store).arrays() if "stage" in name] == []
