@@ -685,8 +685,20 @@ class Store:
         return list(self.attrs.get("classes", {}).get(nomenclature, NOMENCLATURES[nomenclature]))
 
     def patch_names(self) -> np.ndarray:
-        """Patch names (N,) as a numpy array of ``str``, in row order (sorted)."""
-        return _as_str(self._read_rows("meta/patch_name"))
+        """Patch names (N,) as a numpy array of ``str``, in row order (sorted).
+
+        Raises:
+            StoreCorruptError: a row has no name (a chunk of ``meta/patch_name`` that was
+                deleted reads as empty strings, zarr's fill value).
+        """
+        names = _as_str(self._read_rows(PATCH_NAME_ARRAY))
+        blank = np.flatnonzero(names == "")
+        if blank.size:
+            raise StoreCorruptError(
+                f"{self._where(PATCH_NAME_ARRAY)}: {blank.size:,} row(s) have no patch name (row {int(blank[0])} "
+                "first); a chunk of the patch names is missing or damaged: re-ingest the store "
+                "(benzarr verify lists every damaged array)")
+        return names
 
     def valid_mask(self) -> np.ndarray:
         """(N,) bool: True for patches that were ingested (False: failed, never served)."""
@@ -852,7 +864,7 @@ class Store:
         if folder is None or not folder.is_dir():
             return
         for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-            found = _LEFTOVER.fullmatch(entry.name)
+            found = WRITER_LEFTOVER.fullmatch(entry.name)
             if found is None or not entry.is_dir(follow_symlinks=False) or _pid_alive(int(found["pid"])):
                 continue
             final = folder / found["name"]
@@ -941,8 +953,9 @@ class Store:
         return f"Store({self.path!r}, n_patches={self.attrs.get('n_patches')}, {state})"
 
 
-#: What benzarr's writers leave beside a folder while they replace or delete it: ``.<name><tag><pid>``.
-_LEFTOVER = re.compile(r"\.(?P<name>.+?)(?P<tag>\.benzarr-(?:partial|replaced|old)-)(?P<pid>[0-9]+)")
+#: What benzarr's writers leave beside a folder while they replace or delete it: ``.<name><tag><pid>``
+#: (never an array or group of the store: listings and ``verify`` skip it).
+WRITER_LEFTOVER = re.compile(r"\.(?P<name>.+?)(?P<tag>\.benzarr-(?:partial|replaced|old)-)(?P<pid>[0-9]+)")
 #: zarr's warning for a folder (or key prefix) in a group that holds no ``zarr.json``.
 _NOT_A_NODE = re.compile(r"Object at (?P<name>.+) is not recognized as a component of a Zarr hierarchy\.?")
 
@@ -955,12 +968,12 @@ def _members(group: zarr.Group, where: str, warned: set[str] | None = None) -> l
     updated) keeps it to one warning a folder."""
     with warnings.catch_warnings(record=True) as caught:  # zarr warns from its event-loop thread
         warnings.simplefilter("always")
-        members = [(name, node) for name, node in group.members() if _LEFTOVER.fullmatch(name) is None]
+        members = [(name, node) for name, node in group.members() if WRITER_LEFTOVER.fullmatch(name) is None]
     for warning in caught:
         found = _NOT_A_NODE.fullmatch(str(warning.message))
         if found is None:
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
-        elif _LEFTOVER.fullmatch(found["name"]) is None:
+        elif WRITER_LEFTOVER.fullmatch(found["name"]) is None:
             folder = f"{where.rstrip('/')}/{found['name']}"
             if warned is not None:
                 if folder in warned:

@@ -14,6 +14,10 @@ What is checked:
 * every other array (labels, metadata, splits, ingest bookkeeping) through zarr-python, chunk
   by chunk, which decodes and checks its codecs (a ``crc32c`` on the row arrays of stores
   written since session 8);
+* in a complete store, that the chunk files of those arrays that a writer always writes are
+  there (:func:`_missing_chunks`): zarr reads a deleted chunk as fill values (blank patch names,
+  zero bounds, shards not done), and skips writing a chunk that holds only fill values, so a
+  chunk is required only where its rows cannot all be fill values;
 * in a complete store, the labels and every split against the counts recorded when they were
   written (``label_counts``, a split's ``counts``): a bit flip that still decodes, in a store
   whose row arrays have no crc32c, changes them.
@@ -26,6 +30,7 @@ recorded in the store's ``benzarr`` attributes (``verified``), which ``benzarr i
 
 from __future__ import annotations
 
+import itertools
 import json
 import multiprocessing
 import os
@@ -46,11 +51,17 @@ from benzarr.shards import ShardCheck, ShardLayout, ShardReader, parse_layout, s
 from benzarr.store import (
     BAND_ARRAYS,
     CHECKSUM_FORMAT,
+    COORDINATES,
     DONE_ARRAY,
     LABEL_ARRAYS,
+    PATCH_NAME_ARRAY,
     ROW_FIELDS,
+    S1_STATS_ARRAY,
     SPLITS_GROUP,
     STAGE_GROUP,
+    STATS_ARRAY,
+    VALID_ARRAY,
+    WRITER_LEFTOVER,
     Store,
     is_url,
     open_store,
@@ -166,7 +177,7 @@ def _metadata_files(root: Path) -> list[tuple[str, Path, dict[str, Any] | str]]:
     ``root``, sorted; an array's chunk folders are not walked."""
     found: list[tuple[str, Path, dict[str, Any] | str]] = []
     for folder, dirs, files in os.walk(root):
-        dirs.sort()
+        dirs[:] = sorted(d for d in dirs if WRITER_LEFTOVER.fullmatch(d) is None)  # a killed writer's, not the store's
         here = Path(folder)
         rel = here.relative_to(root).as_posix()
         if "zarr.json" not in files or rel == ".":
@@ -275,6 +286,8 @@ def verify_store(
         per_row = (name in ROW_FIELDS or name in band_names or name.startswith((f"{SPLITS_GROUP}/", f"{STAGE_GROUP}/"))) \
             and array.ndim >= 1 and array.shape[0] == store.n_patches
         report.chunks += _check_zarr_array(name, array, per_row, names, report.problems, advance)
+        if store.complete:
+            _missing_chunks(store, name, array, per_row, names, valid, report.problems)
     _check_recorded_counts(store, opened, report)
 
     report.seconds = time.perf_counter() - started
@@ -472,6 +485,59 @@ def _n_blocks(array: zarr.Array) -> int:
         return 1
     step = (array.shards or array.chunks)[0]
     return max(1, -(-array.shape[0] // step))
+
+
+def _required_rows(store: Store, name: str, array: zarr.Array, valid: np.ndarray | None) -> np.ndarray | None:
+    """(rows along axis 0,) bool: where ``array`` of a complete store must have its chunks,
+    since a writer gave them values other than the fill value (zarr writes no chunk that holds
+    fill values only); None: not checked (any chunk may rightly be absent)."""
+    rows = array.shape[0] if array.ndim else 0
+    ingested = bool(store.modalities)  # a labels-only store has no bounds, done flags or statistics
+    if name == PATCH_NAME_ARRAY or name in COORDINATES:  # names, written whole when the store is made
+        return np.ones(rows, bool)
+    if name == DONE_ARRAY:
+        return np.full(rows, ingested)
+    if name == VALID_ARRAY:  # a lost chunk reads as failed patches: more than the store recorded
+        recorded = store.attrs.get("n_failed")
+        lost = valid is not None and isinstance(recorded, int) and int((~valid).sum()) > recorded
+        return np.full(rows, lost)
+    if valid is None or not ingested:
+        return None
+    if name == "meta/bounds":  # every valid patch has bounds (ulx < lrx)
+        return valid if rows == len(valid) else None
+    if name in (STATS_ARRAY, S1_STATS_ARRAY):  # a shard with a valid patch has counts
+        if name == S1_STATS_ARRAY and "s1" not in store.modalities:
+            return None
+        size = store.shard_size
+        return np.asarray([valid[s * size:(s + 1) * size].any() for s in range(rows)], dtype=bool)
+    return None
+
+
+def _missing_chunks(store: Store, name: str, array: zarr.Array, per_row: bool, names: np.ndarray | None,
+                    valid: np.ndarray | None, problems: list[Problem]) -> None:
+    """A problem for each chunk of ``array`` (in a complete local store, unsharded) whose file
+    is missing although rows it holds were written (:func:`_required_rows`): zarr would read
+    them as fill values without a word (``split --export`` wrote blank patch names)."""
+    required = _required_rows(store, name, array, valid)
+    if required is None or array.ndim == 0 or array.shards is not None or not required.any():
+        return
+    folder = Path(store.path) / name
+    step = array.chunks[0]
+    for coords in itertools.product(*(range(n) for n in array.cdata_shape)):
+        start, stop = coords[0] * step, min((coords[0] + 1) * step, array.shape[0])
+        if not required[start:stop].any():
+            continue
+        key = array.metadata.encode_chunk_key(coords)
+        if (folder / key).is_file():
+            continue
+        rows = list(range(start, stop)) if per_row else []
+        what = (("row" if per_row else "entry") + f" {start}" if stop - start == 1
+                else ("rows" if per_row else "entries") + f" {start}-{stop - 1}")
+        problems.append(Problem(
+            name, f"{name}: chunk file {folder / key} is missing, so {what} read as fill values "
+                  "(blank names, zeros); re-ingest the store (or restore this file)",
+            rows, [_name(names, row) for row in rows],
+        ))
 
 
 def _check_zarr_array(name: str, array: zarr.Array, per_row: bool, names: np.ndarray | None,

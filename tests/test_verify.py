@@ -382,3 +382,52 @@ def test_format_1_store_reads_and_verifies_without_chunk_checksums(format_1_stor
     assert describe_store(format_1_store)["checksums"] is False
     info = run_cli("info", format_1_store).stdout
     assert "without chunk checksums" in info
+
+
+# -- chunk files of the row arrays (A6) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("chunk, array, rows", [
+    ("meta/patch_name/c/0", "meta/patch_name", list(range(64))),
+    ("meta/bounds/c/0/0", "meta/bounds", list(range(64))),
+    ("meta/valid/c/0", "meta/valid", list(range(64))),
+    ("ingest/done/c/2", "ingest/done", []),
+    ("ingest/band_stats/c/1/0/0", "ingest/band_stats", []),
+    ("labels/patch/c/0", "labels/patch", []),
+])
+def test_a_deleted_chunk_of_a_row_array_is_named_not_read_as_fill_values(store: Path, chunk: str, array: str,
+                                                                          rows: list[int]) -> None:
+    """zarr reads a missing chunk as fill values, so verify said OK for a store without its patch
+    names (`split --export` then wrote blank names), bounds, done flags or statistics."""
+    (store / chunk).unlink()
+    report = verify_store(store, workers=1)
+    assert not report.ok
+    [problem] = [p for p in report.problems if p.array == array]
+    assert f"chunk file {store / chunk} is missing" in problem.message
+    assert problem.rows == rows
+    result = run_cli("verify", store)
+    assert result.returncode == 4 and f"{store / chunk} is missing" in result.stdout
+
+
+def test_patch_names_with_a_deleted_chunk_are_an_error_not_blank_names(store: Path, tmp_path: Path) -> None:
+    assert run_cli("split", store, "--name", "r", "--method", "random", "-q").returncode == 0
+    (store / "meta/patch_name/c/0").unlink()
+    with pytest.raises(StoreCorruptError, match=r"meta/patch_name: 64 row\(s\) have no patch name"):
+        open_store(store).patch_names()
+    result = run_cli("split", store, "--name", "r", "--export", tmp_path / "lists")
+    assert result.returncode == 1 and result.stderr.startswith("error: ") and "no patch name" in result.stderr
+    assert not (tmp_path / "lists").exists()
+
+
+def test_chunks_that_hold_only_fill_values_may_be_absent(synth_archive_64: Path, tmp_path: Path) -> None:
+    """zarr writes no chunk that holds fill values only: a shard whose patches all failed has no
+    statistics chunk, a store without failures no meta/error chunk; neither is damage."""
+    from benzarr.ingest import ingest
+
+    archive = copy_tree(synth_archive_64, tmp_path / "archive")
+    for folder in sorted(p for p in archive.iterdir() if p.is_dir())[:SHARD]:  # the whole first shard fails
+        next(folder.glob("*_B02.tif")).unlink()
+    store = tmp_path / "s.zarr"
+    assert len(ingest(archive, store, workers=1, shard_size=SHARD).failed) == SHARD
+    assert not (store / "ingest/band_stats/c/0/0/0").exists() and not (store / "meta/s1_name/c/0").exists()
+    assert verify_store(store, workers=1).ok
