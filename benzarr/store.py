@@ -814,11 +814,15 @@ class Store:
             path = f"{SPLITS_GROUP}/{name}"
             try:
                 self._create_split_array(path, codes, attrs)
-            except BaseException:
+            except BaseException as exc:
                 try:
                     del self.group[path]
                 except Exception:  # best effort: the write's own error is the one to report
                     pass
+                if isinstance(exc, OSError):
+                    from benzarr.fsutil import os_error
+
+                    raise os_error(exc, self.path, "writing the split") from None
                 raise
             return
         from benzarr.fsutil import PARTIAL_TAG, os_error

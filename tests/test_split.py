@@ -516,3 +516,34 @@ def test_export_never_replaces_files_that_are_there(store, tmp_path: Path) -> No
         export_split(store, "s", tmp_path / "mine")
     assert (tmp_path / "mine" / "train.csv").read_text() == "my list\n"
     assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["train.csv"]
+
+
+def test_a_failed_split_write_to_an_object_store_removes_what_it_wrote(s3_server: dict,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An object store has no rename: the split is written in place, and a failure between its
+    zarr.json and its chunk deletes the half-written array (it broke every reader of the store)."""
+    import errno
+
+    from benzarr.errors import FileSystemError
+    from benzarr.store import Store
+
+    s3_server["client"].create_bucket(Bucket="splits-fail")
+    url, options = "s3://splits-fail/s.zarr", s3_server["options"]
+    names = [f"S2A_MSIL2A_20170613T101031_{i}_0" for i in range(10)]
+    store = create_store(url, names, modalities=(), storage_options=options)
+    store.array("meta/valid")[:] = np.ones(10, bool)
+    store.mark_complete()
+    store = open_store(url, mode="r+", storage_options=options)
+    store.write_split("a", np.zeros(10, np.int8), {"method": "x"})
+
+    def full(self: Store, path: str, codes: np.ndarray, attrs: dict) -> None:
+        self.group.create_array(path, shape=(10,), dtype="int8", fill_value=-1, overwrite=True)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Store, "_create_split_array", full)
+    with pytest.raises(FileSystemError, match="no space left on device while writing the split"):
+        store.write_split("b", np.zeros(10, np.int8), {"method": "x"})
+    monkeypatch.undo()
+    assert open_store(url, storage_options=options).split_names() == ["a"]
+    store.write_split("b", np.ones(10, np.int8), {"method": "x"})
+    assert open_store(url, storage_options=options).read_split("b")[0].tolist() == [1] * 10
