@@ -113,8 +113,8 @@ def command(
                           f"{'are' if missing != 1 else 'is'} not a patch of the store ({shown}{more}); left out")
     counts = result.attrs["counts"]
     grouped = result.attrs["parameters"].get("group_by")
-    empty = [s for s, share in zip(SUBSETS, result.attrs["desired"]) if share > 0 and counts[s] == 0]
-    if grouped and empty:  # on stderr, also with --quiet: a subset asked for and left empty
+    empty = [s for s, share in zip(SUBSETS, result.attrs["desired"]) if share > 0 and counts[s] == 0] if grouped else []
+    if empty:  # on stderr, also with --quiet: a subset asked for and left empty
         n_groups = result.attrs["parameters"]["n_groups"]
         warn_line(f"split {name}: {', '.join(empty)} got no patches: {count(n_groups, 'group')} "
                   f"{'is' if n_groups == 1 else 'are'} too few for these shares; group by something finer (block:KM)")
