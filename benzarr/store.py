@@ -505,10 +505,11 @@ class Store:
         data type than the format's (``"data_type": "int16"`` for the 10 m bands failed in
         training as "unexpected KeyError: dtype('int16')"; 200 rows of a 220-patch store as
         "unexpected IndexError"). Metadata only: no I/O."""
-        if (name in BAND_ARRAYS or name in ROW_FIELDS) and node.shape and isinstance(self.attrs.get("n_patches"), int):
-            if node.shape[0] != self.n_patches:
+        n_patches = self.group.attrs.get(ATTRS_KEY, {}).get("n_patches")  # (self.attrs deep-copies them all)
+        if (name in BAND_ARRAYS or name in ROW_FIELDS) and node.shape and isinstance(n_patches, int):
+            if node.shape[0] != n_patches:
                 raise StoreCorruptError(
-                    f"{self._where(name + '/zarr.json')}: {node.shape[0]:,} rows in a store of {self.n_patches:,} "
+                    f"{self._where(name + '/zarr.json')}: {node.shape[0]:,} rows in a store of {n_patches:,} "
                     f"patches; {_DAMAGED}")
         if name in BAND_ARRAYS:
             row_shape, dtype = BAND_ARRAYS[name].row_shape, BAND_ARRAYS[name].dtype
