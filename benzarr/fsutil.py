@@ -233,9 +233,12 @@ def _join(rel: str, name: str) -> str:
     return f"{rel}/{name}" if rel else name
 
 
-def _foreign_in_group(folder: Path, rel: str, layout_node: Callable[[str], str | None], found: list[str],
-                      limit: int) -> None:
-    """Add to ``found`` what in the group folder ``folder`` (``rel`` in the store) benzarr did not write."""
+def _scan(folder: Path, rel: str, found: list[str], limit: int, written: Callable[[str], bool],
+          enter: Callable[[Path, str, str], None]) -> None:
+    """The one walk of a store folder ``folder`` (``rel`` in the store): add to ``found`` each
+    symlink and each file that ``written`` does not take for benzarr's (by name, see
+    :func:`_written_file`), and call ``enter(sub-folder, its rel path, its name)`` for each
+    folder; stop once ``found`` holds ``limit``."""
     for entry in _entries(folder):
         if len(found) >= limit:
             return
@@ -243,14 +246,25 @@ def _foreign_in_group(folder: Path, rel: str, layout_node: Callable[[str], str |
         if entry.is_symlink():
             found.append(path)
         elif not entry.is_dir():
-            if not _written_file(entry.name, lambda name: name == "zarr.json"):
+            if not _written_file(entry.name, written):
                 found.append(path)
-        elif layout_node(path) == "group":
-            _foreign_in_group(Path(entry.path), path, layout_node, found, limit)
-        elif layout_node(path) == "array":
-            _foreign_in_array(Path(entry.path), path, found, limit)
+        else:
+            enter(Path(entry.path), path, entry.name)
+
+
+def _foreign_in_group(folder: Path, rel: str, layout_node: Callable[[str], str | None], found: list[str],
+                      limit: int) -> None:
+    """Add to ``found`` what in the group folder ``folder`` (``rel`` in the store) benzarr did not write."""
+    def enter(sub: Path, path: str, name: str) -> None:
+        node = layout_node(path)
+        if node == "group":
+            _foreign_in_group(sub, path, layout_node, found, limit)
+        elif node == "array":
+            _foreign_in_array(sub, path, found, limit)
         else:  # an array, group or folder of the user's
-            _all_below(Path(entry.path), path, found, limit)
+            _all_below(sub, path, found, limit)
+
+    _scan(folder, rel, found, limit, lambda name: name == "zarr.json", enter)
 
 
 def _all_below(folder: Path, rel: str, found: list[str], limit: int) -> None:
@@ -298,19 +312,13 @@ def _foreign_in_array(folder: Path, rel: str, found: list[str], limit: int) -> N
     def written(name: str) -> bool:  # a 0-d array's one chunk is the file c
         return (name == "zarr.json" and ours) or (name == "c" and grid == ())
 
-    for entry in _entries(folder):
-        if len(found) >= limit:
-            return
-        path = _join(rel, entry.name)
-        if entry.is_symlink():
-            found.append(path)
-        elif not entry.is_dir():
-            if not _written_file(entry.name, written):
-                found.append(path)
-        elif entry.name == "c" and grid != ():
-            _foreign_in_chunks(Path(entry.path), path, grid, found, limit)
+    def enter(sub: Path, path: str, name: str) -> None:
+        if name == "c" and grid != ():
+            _foreign_in_chunks(sub, path, grid, found, limit)
         else:
-            _all_below(Path(entry.path), path, found, limit)
+            _all_below(sub, path, found, limit)
+
+    _scan(folder, rel, found, limit, written, enter)
 
 
 def _index(name: str, size: int | None) -> bool:
@@ -324,19 +332,15 @@ def _foreign_in_chunks(folder: Path, rel: str, shape: tuple[int, ...] | None, fo
     coordinate names, at any depth)."""
     last = shape is not None and len(shape) == 1
     size = shape[0] if shape else None
-    for entry in _entries(folder):
-        if len(found) >= limit:
-            return
-        path = _join(rel, entry.name)
-        if entry.is_symlink():
-            found.append(path)
-        elif not entry.is_dir():
-            if not ((last or shape is None) and _written_file(entry.name, lambda name: _index(name, size))):
-                found.append(path)
-        elif not last and _index(entry.name, size):
-            _foreign_in_chunks(Path(entry.path), path, shape[1:] if shape is not None else None, found, limit)
+
+    def enter(sub: Path, path: str, name: str) -> None:
+        if not last and _index(name, size):
+            _foreign_in_chunks(sub, path, shape[1:] if shape is not None else None, found, limit)
         else:
-            _all_below(Path(entry.path), path, found, limit)
+            _all_below(sub, path, found, limit)
+
+    # a chunk file only on the grid's last axis (or anywhere, for a grid that is not known)
+    _scan(folder, rel, found, limit, lambda name: (last or shape is None) and _index(name, size), enter)
 
 
 def is_empty_folder(path: Path) -> bool:
