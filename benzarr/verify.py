@@ -556,7 +556,8 @@ def _check_zarr_array(name: str, array: zarr.Array, per_row: bool, names: np.nda
             rows = list(range(start, stop)) if per_row else []
             where = f"rows {start}-{stop - 1}" if array.ndim else "its value"
             problems.append(Problem(
-                name, f"{name}: {where} do not read ({type(exc).__name__}: {exc}); re-ingest the store",
+                name, f"{name}: {where} do not read ({type(exc).__name__}: {exc}); "
+                + ("make the split again (benzarr split ... --overwrite)" if name.startswith("splits/") else "re-ingest the store"),
                 rows, [_name(names, row) for row in rows],
             ))
         chunks += 1

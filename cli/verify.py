@@ -75,7 +75,10 @@ def command(
         )
     if not report.ok:
         bad = report.bad_patches
-        raise StoreVerifyError(
-            f"{report.path}: {len(report.problems)} problem(s) found, {len(bad)} corrupt patch(es); "
-            "re-ingest the store (or restore the files named above)"
-        )
+        splits = sorted({p.array.removeprefix("splits/") for p in report.problems})
+        if all(p.array.startswith("splits/") for p in report.problems):  # the patches are sound: no re-ingest
+            fix = f"make the split{'s' if len(splits) > 1 else ''} again (benzarr split STORE --name " \
+                  f"{'|'.join(splits)} ... --overwrite)"
+        else:
+            fix = "re-ingest the store (or restore the files named above)"
+        raise StoreVerifyError(f"{report.path}: {len(report.problems)} problem(s) found, {len(bad)} corrupt patch(es); {fix}")

@@ -259,6 +259,10 @@ def test_split_codes_that_no_longer_match_their_counts_are_refused(store: Path) 
         open_store(store).read_split("s")
     report = verify_store(store, workers=1, record=False)
     assert [p.array for p in report.problems] == ["splits/s"]
+    result = run_cli("verify", store)  # the patches are sound: it advised re-ingesting them
+    assert result.returncode == 4 and "re-ingest" not in result.stderr
+    assert result.stderr.strip().endswith("1 problem(s) found, 0 corrupt patch(es); make the split again "
+                                          "(benzarr split STORE --name s ... --overwrite)")
     with pytest.raises(StoreCorruptError, match="splits/s: subset sizes"):  # the dataset reads it so too
         BigEarthNetDataset(store, split="s", subset="train")
 
