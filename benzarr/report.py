@@ -457,19 +457,12 @@ def is_report_file(path: str | Path) -> bool:
     matplotlib PNG beside a report's ``summary.md``."""
     path = Path(path)
     if path.name == "curves.png":
-        from benzarr.show import is_benzarr_image
+        from benzarr.show import image_note, is_benzarr_image
 
         if is_benzarr_image(path):
             return True
-        try:
-            from PIL import Image
-
-            with Image.open(path) as image:
-                software = str(image.info.get("Software", ""))
-        except (OSError, ValueError, SyntaxError):
-            return False
         summary = path.parent / "summary.md"
-        return software.startswith("Matplotlib") and summary.is_file() and is_report_file(summary)
+        return image_note(path).startswith("Matplotlib") and summary.is_file() and is_report_file(summary)
     heads = _TABLE_HEADS.get(path.name)
     if heads is None:
         return False

@@ -488,23 +488,31 @@ def figure_marker(path: str | Path) -> dict[str, Any]:
     return {}
 
 
+def image_note(path: str | Path, key: str = "Software") -> str:
+    """The text field ``key`` of the image file ``path`` as PIL reads it (a PNG's
+    ``Software``, a JPEG's ``comment``); "" when it has none or is no image."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            value = image.info.get(key)
+    except (OSError, ValueError, SyntaxError):  # not an image of that format (PIL raises these)
+        return ""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return value if isinstance(value, str) else ""
+
+
 def is_benzarr_image(path: str | Path) -> bool:
     """Whether the image file ``path`` carries benzarr's marker (:func:`figure_marker`)."""
     fmt = Path(path).suffix.lower().lstrip(".")
-    prefix = f"{FIGURE_SOFTWARE} "
-    try:
-        if fmt in ("png", "jpg", "jpeg"):
-            from PIL import Image
-
-            with Image.open(path) as image:
-                value = image.info.get("Software" if fmt == "png" else "comment")
-            if isinstance(value, bytes):
-                value = value.decode("utf-8", "replace")
-            return isinstance(value, str) and value.startswith(prefix)
-        if fmt in _MARKED_TEXT:
+    if fmt in ("png", "jpg", "jpeg"):
+        return image_note(path, "Software" if fmt == "png" else "comment").startswith(f"{FIGURE_SOFTWARE} ")
+    if fmt in _MARKED_TEXT:
+        try:
             return _MARKED_TEXT[fmt].search(Path(path).read_bytes()) is not None
-    except (OSError, ValueError, SyntaxError):  # not an image of that format (PIL raises these)
-        return False
+        except OSError:
+            return False
     return False
 
 
