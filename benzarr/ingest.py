@@ -24,6 +24,7 @@ import hashlib
 import multiprocessing
 import os
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, wait
@@ -262,21 +263,26 @@ def _worker_init() -> None:
     _WORKER_STATE["env"] = env
 
 
-def _worker_store(path: str, storage_options: dict[str, Any] | None) -> Store:
+def _worker_store(path: str, storage_options: dict[str, Any] | None, run: str) -> Store:
+    """The store a worker writes, opened once per ingest run. Not once per path: a Store keeps
+    its arrays' metadata, and a store replaced at the same path (``--overwrite`` with another
+    shard size, in the same Python process or on a long-lived Dask worker) would get shards laid
+    out for the old one's grid, unreadable."""
     cached = _WORKER_STATE.get("store")
-    if cached is None or cached.path != path:
+    if cached is None or _WORKER_STATE.get("run") != (path, run):
         cached = open_store(path, mode="r+", require_complete=False, storage_options=storage_options)
-        _WORKER_STATE["store"] = cached
+        _WORKER_STATE["store"], _WORKER_STATE["run"] = cached, (path, run)
     return cached
 
 
 def ingest_shard(store_path: str, storage_options: dict[str, Any] | None, source: ArchiveSource,
                  modalities: Sequence[str], shard: int, refs: Sequence[PatchRef], start: int,
-                 strict: bool, archive_files: dict[str, Any] | None = None) -> dict[str, str]:
+                 strict: bool, archive_files: dict[str, Any] | None = None, run: str = "") -> dict[str, str]:
     """Read ``refs`` (rows ``start``…) and write shard ``shard`` of every array.
 
     ``archive_files``: where the refs' files lie in the archive's tar files
     (:func:`benzarr.sources._files.export`), or None for an archive of folders.
+    ``run``: the ingest run's token; a worker reopens the store when it changes.
 
     Returns:
         the shard's bad patches, name -> reason.
@@ -287,7 +293,7 @@ def ingest_shard(store_path: str, storage_options: dict[str, Any] | None, source
     if "env" not in _WORKER_STATE:
         _worker_init()
     _files.install(archive_files)  # a tar archive: this shard's byte ranges, read with pread
-    store = _worker_store(store_path, storage_options)
+    store = _worker_store(store_path, storage_options, run)
     n = len(refs)
     # Every array of the shard, allocated from the store's declaration (BAND_ARRAYS, ROW_FIELDS).
     images = {path: np.zeros((n, *spec.row_shape), dtype=spec.dtype)
@@ -636,7 +642,7 @@ def _ingest_locked(found: Archive, names: list[str], missing: list[str], n_exclu
             on_progress(len(shard_refs))
 
     common = (store_path, storage_options, get_source(found.source), chosen)
-    _run_shards(tasks, common, finished, runner, workers, store_path, strict)
+    _run_shards(tasks, common, finished, runner, workers, store_path, strict, uuid.uuid4().hex)
 
     seconds = time.perf_counter() - started
     patches_written = sum(len(shard_refs) for _, shard_refs, _ in tasks)
@@ -682,17 +688,18 @@ TASKS_AHEAD_PER_WORKER = 2
 
 def _run_shards(tasks: list[tuple[int, Sequence[PatchRef], int]], common: tuple[Any, ...],
                 finished: Callable[[Sequence[PatchRef], dict[str, str]], None], runner: ShardRunner | None,
-                workers: int, store_path: str, strict: bool) -> None:
+                workers: int, store_path: str, strict: bool, run: str) -> None:
     """Run :func:`ingest_shard` on ``tasks`` (``runner``, this process, or a spawn pool of
-    ``workers``), calling ``finished`` as each shard ends."""
+    ``workers``), calling ``finished`` as each shard ends. ``run``: this run's token (never
+    written to the store: its bytes stay the same from run to run)."""
     if runner is not None:  # another executor (a Dask cluster) runs the same ingest_shard
-        calls = [(*common, shard, shard_refs, start, strict, _archive_files(shard_refs))
+        calls = [(*common, shard, shard_refs, start, strict, _archive_files(shard_refs), run)
                  for shard, shard_refs, start in tasks]
         for index, failed in runner(ingest_shard, calls):
             finished(tasks[index][1], failed)
     elif workers == 1 or len(tasks) <= 1:
         for shard, shard_refs, start in tasks:
-            finished(shard_refs, ingest_shard(*common, shard, shard_refs, start, strict, _archive_files(shard_refs)))
+            finished(shard_refs, ingest_shard(*common, shard, shard_refs, start, strict, _archive_files(shard_refs), run))
     else:
         # spawn: zarr keeps an event-loop thread that a forked child must not inherit.
         context = multiprocessing.get_context("spawn")
@@ -707,7 +714,7 @@ def _run_shards(tasks: list[tuple[int, Sequence[PatchRef], int]], common: tuple[
                 if task is not None:
                     shard, shard_refs, start = task
                     future = pool.submit(ingest_shard, *common, shard, shard_refs, start, strict,
-                                         _archive_files(shard_refs))
+                                         _archive_files(shard_refs), run)
                     futures[future] = shard_refs
 
             for _ in range(min(workers, len(tasks)) * TASKS_AHEAD_PER_WORKER):

@@ -30,14 +30,7 @@ from benzarr.errors import (
 )
 from benzarr.ingest import ingest
 from benzarr.store import open_store
-from tests.conftest import copy_tree
-
-CLI = [sys.executable, "-m", "benzarr_cli"]
-
-
-def run_cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, **kwargs)
-
+from tests.conftest import CLI, copy_tree, run_cli
 
 def all_arrays(path: Path) -> dict[str, np.ndarray]:
     """Every array of a store, by path (splits excluded)."""
@@ -119,6 +112,18 @@ def test_store_bytes_do_not_depend_on_worker_count(synth_archive_64: Path, tmp_p
     assert files_one == files_two
     for rel in files_one:
         assert (one / rel).read_bytes() == (two / rel).read_bytes(), rel
+
+
+def test_a_store_replaced_in_the_same_process_is_written_for_its_own_grid(synth_archive_64: Path,
+                                                                         synth_store_64: Path, tmp_path: Path) -> None:
+    """Ingest, then ``overwrite=True`` with another shard size, in one process (a notebook, a
+    long-lived Dask worker): the worker's cached store kept the old store's shard grid and wrote
+    every shard index for 32 chunks into a 16-chunk store, which no reader could open."""
+    store = tmp_path / "s.zarr"
+    ingest(synth_archive_64, store, workers=1, shard_size=32)
+    ingest(synth_archive_64, store, workers=1, shard_size=16, compression="lz4", overwrite=True)
+    for rel in sorted(p.relative_to(synth_store_64) for p in synth_store_64.rglob("*") if p.is_file()):
+        assert (store / rel).read_bytes() == (synth_store_64 / rel).read_bytes(), rel
 
 
 def test_band_statistics_match_numpy(synth_store_64: Path) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,14 +19,9 @@ from benzarr.info import describe_store
 from benzarr.shards import fast_reader
 from benzarr.store import open_store
 from benzarr.verify import verify_store
-from tests.conftest import copy_tree
+from tests.conftest import CLI, copy_tree, run_cli
 
-CLI = [sys.executable, "-m", "benzarr_cli"]
 SHARD = 16  # synth_store_64: 64 patches, shards of 16, lz4
-
-
-def run_cli(*args: object) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True)
 
 
 def shard_path(store: Path, array: str, shard: int) -> Path:
@@ -210,8 +204,9 @@ def test_train_on_a_store_with_a_deleted_shard_fails_in_one_line(store: Path, tm
     shard_path(store, "s2/10m", 0).unlink()
     result = run_cli("split", store, "--name", "s", "--method", "random", "--quiet")
     assert result.returncode == 0, result.stderr
-    result = run_cli("train", store, "--split", "s", "--epochs", "1", "--batch-size", "8", "--workers", "1",
-                     "--out", tmp_path / "run", "--quiet")
+    # a new process: train sets torch's process-wide determinism and thread settings
+    result = subprocess.run([*CLI, "train", str(store), "--split", "s", "--epochs", "1", "--batch-size", "8",
+                             "--workers", "1", "--out", str(tmp_path / "run"), "--quiet"], capture_output=True, text=True)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: s2/10m: shard file") and "is missing" in lines[0]
