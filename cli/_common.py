@@ -60,6 +60,11 @@ def on_interrupt(advice: Callable[[], str]) -> None:
     _interrupt_advice[:] = [advice]
 
 
+def forget_interrupt_advice() -> None:
+    """Drop the advice of an earlier command run in this process (``main`` called again)."""
+    _interrupt_advice.clear()
+
+
 def interrupt_advice() -> str:
     """The running command's advice after an interruption, or "" (never raises)."""
     try:

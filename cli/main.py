@@ -28,7 +28,7 @@ import typer.core
 
 from benzarr.errors import EXTRAS, BenzarrError, missing_extra
 from benzarr.fsutil import os_error
-from benzarr_cli._common import error_line, interrupt_advice, warn_line
+from benzarr_cli._common import error_line, forget_interrupt_advice, interrupt_advice, warn_line
 
 def _conventional_help(params: list) -> list:
     """Show parameters as the help texts name them. typer 0.29 labels every option with its
@@ -176,12 +176,21 @@ def _stopped() -> None:
 
 
 def main() -> None:
-    """Console-script entry point: run the app, turning benzarr errors into one line + exit code."""
+    """Console-script entry point: run the app, turning benzarr errors into one line + exit code.
+
+    It may be called again in one process (a test, a notebook, a script that drives benzarr):
+    each call starts from a clean state (no interruption or advice left from the last one) and
+    puts back the SIGTERM handler, warning display and unraisable hook it installs for its run."""
+    _TERMINATED.clear(), _STOPPING.clear(), forget_interrupt_advice()
+    saved = (signal.getsignal(signal.SIGTERM), warnings.showwarning, sys.unraisablehook)
+    asyncio_logger = logging.getLogger("asyncio")
+    asyncio_level = asyncio_logger.level
     if not debug():
         # zarr-python's event loop may drop a pending read after an error, and asyncio then logs
-        # "Task was destroyed but it is pending!" at exit, after the one error line
-        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
-    redirected = _stdout_is_devnull()  # by the user; otherwise /dev/null later means rich met a broken pipe
+        # "Task was destroyed but it is pending!" after the one error line: while the command
+        # runs, and when the interpreter exits after it (hence the atexit hook)
+        asyncio_logger.setLevel(logging.CRITICAL)
+        _quiet_asyncio_at_exit()
     # not under torchrun: it SIGTERMs the other ranks when one fails, and a rank blocked in a
     # collective would never run a Python handler (it would wait for torchrun's SIGKILL)
     torchrun = "LOCAL_RANK" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ
@@ -189,6 +198,30 @@ def main() -> None:
         signal.signal(signal.SIGTERM, _on_sigterm)
     warnings.showwarning = _show_warning
     sys.unraisablehook = _deliver_lost_interrupt
+    try:
+        _run()
+    finally:
+        handler, warnings.showwarning, sys.unraisablehook = saved
+        if threading.current_thread() is threading.main_thread():  # signal.signal's own rule
+            signal.signal(signal.SIGTERM, handler)
+        asyncio_logger.setLevel(asyncio_level)
+
+
+_AT_EXIT: list[bool] = []
+
+
+def _quiet_asyncio_at_exit() -> None:
+    """Silence asyncio's logger when the interpreter exits (registered once a process)."""
+    if not _AT_EXIT:
+        import atexit
+
+        atexit.register(logging.getLogger("asyncio").setLevel, logging.CRITICAL)
+        _AT_EXIT.append(True)
+
+
+def _run() -> None:
+    """Run the app as ``main`` set it up: benzarr errors become one line and an exit code."""
+    redirected = _stdout_is_devnull()  # by the user; otherwise /dev/null later means rich met a broken pipe
     try:
         code = app(standalone_mode=False)
     except BenzarrError as exc:

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tarfile
@@ -61,15 +59,12 @@ def run_cli(*args: object) -> subprocess.CompletedProcess:
     """``benzarr ARGS`` through its console entry point (``benzarr_cli.main.main``), in this
     process: the same exit code, stdout and stderr as ``python -m benzarr_cli ARGS`` with both
     streams piped, without a new interpreter's ~0.7 s of start-up and imports (about 90 calls
-    in the suite). What ``main`` changes for the process (the SIGTERM handler, warning display,
-    the unraisable hook, the asyncio logger's level) is put back afterwards."""
-    from benzarr_cli import _common
-    from benzarr_cli import main as cli
+    in the suite). ``main`` puts back what it changes in the process (tests/test_safety.py
+    checks it); this puts back ``sys.argv`` and the warning filters."""
+    from benzarr_cli.main import main
 
     argv, out, err = ["benzarr", *map(str, args)], io.StringIO(), io.StringIO()
-    saved = (sys.argv, signal.getsignal(signal.SIGTERM), warnings.showwarning, sys.unraisablehook,
-             logging.getLogger("asyncio").level)
-    code: object = 0
+    saved_argv, code = sys.argv, 0
     try:
         sys.argv = argv
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
@@ -78,14 +73,11 @@ def run_cli(*args: object) -> subprocess.CompletedProcess:
                 warnings.simplefilter(action, category)
             warnings.filterwarnings("default", category=DeprecationWarning, module="__main__")
             try:
-                cli.main()
+                main()
             except SystemExit as exc:
                 code = exc.code
     finally:
-        sys.argv, handler, warnings.showwarning, sys.unraisablehook, level = saved
-        signal.signal(signal.SIGTERM, handler)
-        logging.getLogger("asyncio").setLevel(level)
-        cli._TERMINATED.clear(), cli._STOPPING.clear(), _common._interrupt_advice.clear()
+        sys.argv = saved_argv
     if code is None:
         code = 0
     elif not isinstance(code, int):  # sys.exit("message"): printed on stderr, status 1

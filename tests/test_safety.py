@@ -772,6 +772,41 @@ def test_ctrl_c_exits_130_with_one_line(synth_store_64: Path, tmp_path: Path) ->
                                   "no checkpoint was written yet; run the same command again to start over"))
 
 
+def test_main_run_again_in_one_process_starts_clean_and_puts_back_what_it_changed(
+        synth_archive_64: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``benzarr_cli.main.main`` called again in one process (a test, a notebook, a driver
+    script): a later command's Ctrl-C was reported with an earlier ingest's advice, one SIGTERM
+    made every later Ctrl-C "terminated (SIGTERM)" with exit 143, and the SIGTERM handler,
+    warning display and unraisable hook stayed installed after ``main`` returned."""
+    import warnings
+
+    import benzarr.synth
+    from benzarr_cli import main as cli
+
+    def process_state() -> tuple[object, ...]:
+        return signal.getsignal(signal.SIGTERM), warnings.showwarning, sys.unraisablehook
+
+    before = process_state()
+    store = tmp_path / "s.zarr"
+    assert run_cli("ingest", synth_archive_64, store, "--workers", "1", "--shard-size", "16", "-q").returncode == 0
+    assert process_state() == before
+
+    def stopped_by(signum: int):
+        def synth_archive(*args: object, **kwargs: object) -> None:
+            if signum == signal.SIGTERM:
+                cli._on_sigterm(signum, None)  # what the handler main installs does on SIGTERM
+            raise KeyboardInterrupt
+        return synth_archive
+
+    monkeypatch.setattr(benzarr.synth, "synth_archive", stopped_by(signal.SIGTERM))
+    terminated = run_cli("synth", tmp_path / "a1", "--patches", "8", "-q")
+    assert (terminated.returncode, terminated.stderr) == (143, "error: terminated (SIGTERM)\n")
+    monkeypatch.setattr(benzarr.synth, "synth_archive", stopped_by(signal.SIGINT))
+    interrupted = run_cli("synth", tmp_path / "a2", "--patches", "8", "-q")
+    assert (interrupted.returncode, interrupted.stderr) == (130, "error: interrupted\n")
+    assert process_state() == before
+
+
 def test_an_ingest_interrupted_with_its_workers_says_one_line_and_resumes(synth_archive_64: Path, tmp_path: Path) -> None:
     """A terminal's Ctrl-C (and a scheduler's SIGTERM) reaches the whole process group, the
     pool's workers too: each printed its own KeyboardInterrupt traceback, one dying with its
