@@ -4,11 +4,31 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Optional
 
 import typer
 
 from benzarr_cli._common import console, storage_options_for
+
+
+@contextmanager
+def _environment(name: str, value: object | None) -> Iterator[None]:
+    """``$name`` set to ``value`` (unless None) for the block, then as it was: the command may
+    run inside a longer-lived process (``benzarr_cli.main.main`` called from Python)."""
+    if value is None:
+        yield
+        return
+    before = os.environ.get(name)
+    os.environ[name] = str(value)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 def command(
@@ -26,10 +46,9 @@ def command(
     """Measure loading throughput (patches/s, MB/s): single-sample and batched, with and without workers."""
     from benzarr.bench import bench_store  # torch: imported only when this command runs
 
-    if max_concurrency is not None:  # read by benzarr.objstore here and in the loader's workers
-        os.environ["BENZARR_MAX_CONCURRENCY"] = str(max_concurrency)
-    results = bench_store(store, batch_size=batch_size, workers=workers, min_seconds=seconds, seed=seed,
-                          storage_options=storage_options_for(store, endpoint_url))
+    with _environment("BENZARR_MAX_CONCURRENCY", max_concurrency):  # read here and by the loader's spawned workers
+        results = bench_store(store, batch_size=batch_size, workers=workers, min_seconds=seconds, seed=seed,
+                              storage_options=storage_options_for(store, endpoint_url))
     if as_json:
         console.print_json(json.dumps([r.as_dict() for r in results]))
         return
