@@ -235,7 +235,7 @@ class BigEarthNetDataModule(L.LightningDataModule):
         self.save_hyperparameters(ignore=["storage_options", "transform", "label_dtype"])
         self.datasets: dict[str, BigEarthNetDataset] = {}
         self._transforms: dict[tuple[str, str], BatchTransform] = {}
-        self._rings: list[_RingIterable] = []
+        self._rings: dict[str, _RingIterable] = {}  # subset -> its live ring (one each)
         self._samplers: dict[str, DistributedSampler] = {}  # subset -> the DataLoader engine's sampler
 
     # -- datasets ---------------------------------------------------------------------
@@ -279,11 +279,14 @@ class BigEarthNetDataModule(L.LightningDataModule):
         drop_last = self.drop_last and shuffle
         world, rank = self._world()
         if self.engine == "ring":
+            previous = self._rings.pop(subset, None)
+            if previous is not None:  # asked again (reload_dataloaders_every_n_epochs, a notebook): its workers go
+                previous.close()
             ring = _RingIterable(make_loader(
                 ds, self.batch_size, shuffle, self.num_workers, self.seed, self._device(),
                 distributed=world > 1, drop_last=drop_last, prefetch_factor=self.prefetch_factor, engine="ring",
             ))
-            self._rings.append(ring)
+            self._rings[subset] = ring
             return ring
         sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=shuffle, seed=self.seed,
                                      drop_last=False)
@@ -317,7 +320,7 @@ class BigEarthNetDataModule(L.LightningDataModule):
     def teardown(self, stage: str | None = None) -> None:
         """Stop the ring's workers (the DataLoader engine's end with their loaders)."""
         while self._rings:
-            self._rings.pop().close()
+            self._rings.popitem()[1].close()
 
     # -- the device side --------------------------------------------------------------
     def _subset_now(self) -> str:

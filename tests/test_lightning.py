@@ -154,6 +154,22 @@ def test_ring_engine_fits(split_store: Path) -> None:
         assert torch.equal(seen["index"].cpu(), reference["index"])
 
 
+def test_a_ring_asked_for_again_replaces_the_last_one(split_store: Path) -> None:
+    """Lightning asks for the train loader every epoch with reload_dataloaders_every_n_epochs=1
+    (and a notebook may ask by hand): each request started a ring whose workers lived until
+    teardown, 2, 4, then 6 processes for 3 epochs at 2 workers."""
+    import multiprocessing
+
+    before = set(multiprocessing.active_children())
+    dm = BigEarthNetDataModule(split_store, "s", bands=["B02"], batch_size=8, num_workers=2, engine="ring")
+    dm.setup("fit")
+    for _ in range(3):
+        assert sum(len(batch["index"]) for batch in dm.train_dataloader()) > 0
+    assert len(set(multiprocessing.active_children()) - before) == 2  # one ring's workers
+    dm.teardown("fit")
+    assert not set(multiprocessing.active_children()) - before
+
+
 def test_bad_arguments(split_store: Path) -> None:
     with pytest.raises(InvalidArgumentError, match="batch size"):
         BigEarthNetDataModule(split_store, "s", batch_size=0)
