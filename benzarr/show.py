@@ -104,14 +104,25 @@ class ShowResult:
 
 
 def _pyplot() -> Any:
+    """pyplot, for a figure handed back to the caller (``ds.plot``): it shows inline in a
+    notebook, as TorchGeo's ``plot`` figures do. The backend is left as the user has it:
+    ``matplotlib.use("Agg")`` here switched it for the whole process, and a notebook's later
+    figures no longer showed."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as exc:  # pragma: no cover - matplotlib is a dependency
         raise MissingDependencyError("plotting needs matplotlib: pip install matplotlib") from exc
     return plt
+
+
+def new_figure(**kwargs: Any) -> Any:
+    """A ``matplotlib.figure.Figure`` for a file benzarr writes: outside pyplot, so it needs no
+    backend, changes no process state and is freed with its last reference (no ``close``)."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as exc:  # pragma: no cover - matplotlib is a dependency
+        raise MissingDependencyError("plotting needs matplotlib: pip install matplotlib") from exc
+    return Figure(**kwargs)
 
 
 # --- which patches --------------------------------------------------------------------------------
@@ -396,7 +407,6 @@ def plot_patches(
     if not rows:
         raise InvalidArgumentError("no patches to show")
     check_image_path(out)
-    plt = _pyplot()
     kinds = _panels(store, composites)
     run_labels = None
     if run is not None:  # the truth beside the predictions must be in the run's label set
@@ -420,7 +430,7 @@ def plot_patches(
 
     # one subfigure a patch: its title (name and labels) spans the row, and constrained layout
     # sizes the panels around it and the reference map's legend
-    fig = plt.figure(figsize=(_figure_width(columns), (_PANEL_INCHES + 0.7) * len(rows)), layout="constrained")
+    fig = new_figure(figsize=(_figure_width(columns), (_PANEL_INCHES + 0.7) * len(rows)), layout="constrained")
     subfigures = np.atleast_1d(fig.subfigures(len(rows), 1))
     # the reference map's legend goes in a column of its own, the same in every row, so that
     # the panels line up whatever each legend holds
@@ -442,7 +452,7 @@ def plot_patches(
         subfigures[i].suptitle(title, fontsize=7, x=0.0, ha="left")
         if legend and axes[i, -1].get_legend() is not None:
             axes[i, -1].get_legend().set_in_layout(False)  # it sits in the spare column
-    out, size = _save(fig, out, plt)
+    out, size = _save(fig, out)
     return ShowResult(out, rows, [panel_title(kind) for kind in columns], len(rows) * len(columns), size)
 
 
@@ -548,8 +558,8 @@ def check_image_path(out: str | Path, option: str = "--out", command: str = "sho
     check_replaceable_file(out, owned=is_benzarr_image, what="an image", command=command)
 
 
-def _save(fig: Any, out: str | Path, plt: Any) -> tuple[Path, tuple[int, int]]:
-    """Lay out ``fig``, write it to ``out`` (its folder made) at ``_DPI`` and close it.
+def _save(fig: Any, out: str | Path) -> tuple[Path, tuple[int, int]]:
+    """Lay out ``fig`` (a :func:`new_figure`), write it to ``out`` (its folder made) at ``_DPI``.
 
     Returns:
         (the path written, the image's (width, height) in pixels).
@@ -560,7 +570,6 @@ def _save(fig: Any, out: str | Path, plt: Any) -> tuple[Path, tuple[int, int]]:
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=_DPI, **figure_marker(out))
     width, height = fig.get_size_inches()
-    plt.close(fig)
     return out, (int(round(width * _DPI)), int(round(height * _DPI)))
 
 
@@ -656,8 +665,8 @@ def plot_split_map(store: Store, split: str, out: str | Path, *, leakage_km: flo
     xy = centres(bounds)
     lon, lat = utm_to_lonlat(xy[valid, 0], xy[valid, 1], epsg[valid])
     subset_codes = codes[valid]
-    plt = _pyplot()
-    fig, axis = plt.subplots(figsize=(8, 7))
+    fig = new_figure(figsize=(8, 7))
+    axis = fig.subplots()
     size = max(0.2, min(6.0, 3000 / max(1, lon.size)))
     for code, subset in ((-1, "excluded"), (0, "train"), (1, "val"), (2, "test")):
         chosen = subset_codes == code
@@ -676,5 +685,5 @@ def plot_split_map(store: Store, split: str, out: str | Path, *, leakage_km: flo
         leak = split_leakage(codes, bounds, epsg, leakage_km)
         title += f": test patches with a train patch within {leakage_km:g} km {leak['test']:.0%}"
     axis.set_title(title, fontsize=9)
-    out, size_px = _save(fig, out, plt)
+    out, size_px = _save(fig, out)
     return ShowResult(out, [], ["map"], 1, size_px)  # type: ignore[arg-type]

@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from benzarr.errors import InvalidArgumentError, MissingDependencyError
+from benzarr.errors import InvalidArgumentError
 from benzarr.fsutil import check_not_a_file, read_utf8
 from benzarr.groups import GroupBy, group_ids, group_summary, grouped_assignment, parse_group_by
 from benzarr.checks import MAX_SEED, boolean, check_seed, is_number, is_whole  # noqa: F401  (MAX_SEED, check_seed: also this module's API)
@@ -661,23 +661,16 @@ def plot_quality(quality: SplitQuality, path: str | Path, *, title: str | None =
         UnsafeOverwriteError: ``path`` is a file benzarr did not write (see
             :func:`benzarr.show.check_image_path`); nothing is drawn.
     """
-    from benzarr.show import check_image_path, figure_marker
+    from benzarr.show import check_image_path, figure_marker, new_figure
 
     check_image_path(path, "--plot", "split")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:  # pragma: no cover - matplotlib is a dependency
-        raise MissingDependencyError("plotting needs matplotlib: pip install matplotlib") from exc
 
     table = quality.per_label.sort_values("count", ascending=False)
     table = table[table["count"] > 0]
     x = np.arange(len(table))
     colours = {"train": "#1f77b4", "val": "#ff7f0e", "test": "#2ca02c"}
-    fig, (top, bottom, compare) = plt.subplots(3, 1, figsize=(max(8.0, 0.28 * len(table) + 2), 11.5), sharex=True,
-                                               gridspec_kw={"height_ratios": [3, 2, 2]})
+    fig = new_figure(figsize=(max(8.0, 0.28 * len(table) + 2), 11.5))
+    top, bottom, compare = fig.subplots(3, 1, sharex=True, gridspec_kw={"height_ratios": [3, 2, 2]})
     width = 0.27
     for c, subset in enumerate(SUBSETS):
         heights = table[f"count_{subset}"].to_numpy(dtype=np.float64)
@@ -709,7 +702,6 @@ def plot_quality(quality: SplitQuality, path: str | Path, *, title: str | None =
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, **figure_marker(path))
-    plt.close(fig)
     return path
 
 

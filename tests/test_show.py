@@ -89,6 +89,30 @@ def test_split_map_is_written(synth_store_64: Path, tmp_path: Path) -> None:
     assert png_size(shown.path) == shown.size == (800, 700)
 
 
+def test_drawing_leaves_the_users_matplotlib_backend_and_figures_alone(synth_store_64: Path, tmp_path: Path) -> None:
+    """The PNGs of show, the split map and the split plot are drawn outside pyplot; ds.plot's
+    figure is the user's, on the user's backend. Each switched the process to Agg, and in a
+    notebook the user's later pyplot figures no longer showed inline."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    from benzarr.split import plot_quality, store_split_quality
+
+    path = copy_tree(synth_store_64, tmp_path / "s.zarr")
+    store = open_store(path, mode="r+")
+    make_split(store, "g", "iterative", group_by="block:10")
+    backend, figures = matplotlib.get_backend(), plt.get_fignums()
+    matplotlib.use("svg")  # a backend of the user's choosing (not Agg, which pytest's machine has)
+    try:
+        plot_patches(store, [0, 1], tmp_path / "grid.png")
+        plot_split_map(store, "g", tmp_path / "map.png")
+        plot_quality(store_split_quality(store, "g"), tmp_path / "quality.png")
+        assert matplotlib.get_backend() == "svg" and plt.get_fignums() == figures  # nothing left open
+    finally:
+        matplotlib.use(backend)
+    assert all((tmp_path / name).stat().st_size > 0 for name in ("grid.png", "map.png", "quality.png"))
+
+
 def test_utm_to_lonlat_on_the_central_meridian_and_equator() -> None:
     lon, lat = utm_to_lonlat(np.array([500_000.0, 500_000.0]), np.array([0.0, 10_000_000.0]), np.array([32633, 32733]))
     np.testing.assert_allclose(lon, [15.0, 15.0], atol=1e-9)
