@@ -296,6 +296,14 @@ class BigEarthNetDataset(Dataset):
                              for key, path in arrays.items()}
         return self._readers
 
+    def close(self) -> None:
+        """Unmap the shards this process has read (the next read maps them again). A run that
+        ends drops its datasets' maps at once, not when the garbage collector finds them."""
+        readers, self._readers = self._readers, None
+        for reader in (readers or {}).values():
+            if hasattr(reader, "close"):
+                reader.close()
+
     @property
     def fast(self) -> bool:
         """True when every needed band group is read by the memory-mapped shard reader."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
+from contextlib import closing
 from typing import Any
 
 import numpy as np
@@ -63,7 +64,7 @@ def _moments(store: str, split: str, bands: tuple[str, ...], modalities: tuple[s
     count = 0
     mean = np.zeros(len(bands))
     m2 = np.zeros(len(bands))
-    with make_loader(ds, BATCH, False, 0, seed=0, device="cpu") as loader, torch.no_grad():
+    with make_loader(ds, BATCH, False, 0, seed=0, device="cpu") as loader, torch.no_grad(), closing(ds):
         for batch in loader:
             x = batch["image"].double()
             n = x.shape[0] * x.shape[2] * x.shape[3]

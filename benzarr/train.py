@@ -18,6 +18,9 @@ depends only on (seed, epoch) (``make_loader(..., seed)`` + ``set_epoch``), and 
 holds every RNG state, so ``resume=True`` after an interruption ends with the same weights and
 metrics as an uninterrupted run: from the last finished epoch, or with ``checkpoint_every``
 from the last checkpointed step (the loader serves exactly the rest of that epoch).
+:func:`train` seeds the process's torch, NumPy and ``random`` generators, as Lightning's
+``seed_everything`` does, and sets ``CUBLAS_WORKSPACE_CONFIG`` when unset (cuBLAS reads it once
+a process); the deterministic-kernel and cuDNN flags are put back when it returns.
 Multi-process data parallel runs start under ``torchrun`` (gloo on the CPU, NCCL on GPUs);
 rank 0 alone evaluates and writes files.
 
@@ -1058,6 +1061,7 @@ def _close(run: _Run) -> None:
     for loader in (run.data.train, run.data.val, run.data.test):
         if loader is not None:
             loader.close()  # stop the loader's workers now, not when the run is collected
+            loader.dataset.close()  # and unmap its shards (a notebook's runs held thousands of files open)
     if run.tracker is not None:
         run.tracker.stop()
         run.tracker = None
