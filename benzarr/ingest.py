@@ -48,7 +48,7 @@ from benzarr.errors import (
     some_of,
 )
 from benzarr.fsutil import check_disjoint, check_no_foreign, check_output, foreign_files, is_benzarr_store, os_error, read_utf8
-from benzarr.lock import ingest_lock
+from benzarr.lock import finalize_lock, ingest_lock
 from benzarr.procs import worker_pool
 from benzarr.resources import OFFICIAL_LISTS, read_official_list
 from benzarr.sources import GDAL_ENV, Archive, ArchiveSource, PatchRef, _files, get_source, open_archive
@@ -648,13 +648,16 @@ def _ingest_locked(found: Archive, names: list[str], missing: list[str], n_exclu
     patches_written = sum(len(shard_refs) for _, shard_refs, _ in tasks)
     if not np.asarray(store.array(DONE_ARRAY)[:], dtype=bool).all():  # other parts still to run
         return _result(store, seconds, len(tasks), resumed, missing, n_excluded, found.version, patches_written)
-    try:
-        _finalize(store)
-    except Exception:
-        # Two parts may finish together and both finalise; the slower one may find the
-        # staging arrays already gone. That is fine if the other one completed the store.
-        if not open_store(store_path, require_complete=False, storage_options=storage_options).complete:
-            raise
+    with finalize_lock(store_path):  # two parts that finish together: one finalises, the other waits
+        store = open_store(store_path, mode="r+", require_complete=False, storage_options=storage_options)
+        if not store.complete:
+            try:
+                _finalize(store)
+            except Exception:
+                # a URL store has no lock: two parts may both finalise, and the slower one find
+                # the staging arrays gone, which is fine if the other one completed the store
+                if not open_store(store_path, require_complete=False, storage_options=storage_options).complete:
+                    raise
     store = open_store(store_path, mode="r+", require_complete=False, storage_options=storage_options)
     return _result(store, seconds, len(tasks), resumed, missing, n_excluded, found.version, patches_written)
 

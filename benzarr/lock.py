@@ -13,6 +13,9 @@ the file it locked is still the one at the path (same inode), so deleting it is 
 - A ``--part I/N`` ingest holds the store lock shared and its own part lock
   (``.<name>.benzarr-ingest-part-I-of-N.lock``) exclusively: parts run side by side, two runs
   of one part do not, and no whole-store ingest runs while any part does.
+- Finalising a store (staged rows into their arrays, then ``complete``) holds
+  ``.<name>.benzarr-ingest-finalize.lock`` exclusively, waiting for it: of two parts that
+  finish together, one finalises and the other finds the store complete.
 
 Stores behind URLs (``s3://``) are not locked: object stores have no such lock.
 
@@ -28,6 +31,7 @@ import errno
 import fcntl
 import os
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -173,6 +177,33 @@ def ingest_lock(store: str | Path, part: tuple[int, int] | None = None) -> Itera
                                        f"is writing {name}; wait for it to finish (or stop it) and run this command again")
             stack.callback(mine.release)
         yield
+
+
+@contextmanager
+def finalize_lock(store: str | Path, poll_s: float = 0.05) -> Iterator[None]:
+    """Hold the finalisation lock of ``store`` (``.<name>.benzarr-ingest-finalize.lock``) for the
+    ``with`` block, waiting while another process holds it.
+
+    The parts of a planned store run side by side, and each that finds every shard done
+    finalises the store. Two that finish together must not both: one's sweep of temporary files
+    deleted the other's in flight, and both could fail. Under this lock the second finds the
+    store complete. URL stores are not locked (object stores have no such lock).
+
+    Raises:
+        FileSystemError: the lock file cannot be created (read-only folder, ...).
+    """
+    if "://" in str(store):
+        yield
+        return
+    resolved = Path(store).resolve()
+    lock = _Lock(resolved.with_name(f".{resolved.name}.benzarr-ingest-finalize.lock"), exclusive=True,
+                 store=str(store))
+    while not lock.acquire():
+        time.sleep(poll_s)
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 @contextmanager

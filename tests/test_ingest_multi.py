@@ -78,6 +78,40 @@ def test_parts_in_concurrent_processes_equal_one_ingest(synth_archive_64: Path, 
     assert_stores_equal(store, synth_store_64)
 
 
+def test_a_part_that_finds_the_store_being_finalised_waits_and_finds_it_complete(
+        synth_archive_64: Path, synth_store_64: Path, tmp_path: Path) -> None:
+    """Two parts that finished together both finalised the store, and one's sweep of temporary
+    files could delete the other's files in flight. The last part now waits while another holds
+    the finalisation lock, then finds the store complete and reports it so."""
+    import threading
+    import time
+
+    from benzarr.ingest import _finalize
+    from benzarr.lock import finalize_lock
+    from benzarr.store import DONE_ARRAY
+
+    store = tmp_path / "parts.zarr"
+    ingest(synth_archive_64, store, plan=True, parts=2, shard_size=16, compression="lz4", workers=1)
+    ingest(synth_archive_64, store, part=(1, 2), shard_size=16, compression="lz4", workers=1)
+    results: list = []
+    with finalize_lock(store):  # the other part, finalising
+        last = threading.Thread(target=lambda: results.append(
+            ingest(synth_archive_64, store, part=(2, 2), shard_size=16, compression="lz4", workers=1)))
+        last.start()
+        deadline = time.monotonic() + 60
+        while not np.asarray(open_store(store, require_complete=False).array(DONE_ARRAY)[:]).all():
+            assert time.monotonic() < deadline, "part 2 wrote no shards"
+            time.sleep(0.05)
+        time.sleep(0.3)  # part 2 reaches the lock
+        assert last.is_alive() and not open_store(store, require_complete=False).complete  # it waits
+        _finalize(open_store(store, mode="r+", require_complete=False))
+    last.join(60)
+    (result,) = results
+    assert result.complete and result.shards_written == 2
+    assert not list(tmp_path.glob(".*.lock"))
+    assert_stores_equal(store, synth_store_64)
+
+
 def test_part_needs_a_matching_plan(synth_archive_64: Path, tmp_path: Path) -> None:
     store = tmp_path / "parts.zarr"
     no_plan = run_cli("ingest", synth_archive_64, store, "--part", "1/2")
