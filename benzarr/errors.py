@@ -51,6 +51,13 @@ class StoreNotFoundError(BenzarrError):
     """No benzarr store at the path."""
 
 
+class StoreChangedError(StoreNotFoundError):
+    """The store an open dataset, loader or ``Store`` read from was replaced at its path
+    (``ingest --overwrite``, another store moved there) or removed since it was opened: what
+    was opened is no longer there, so nothing more is read from or written to it. Open it
+    again. Exit code 1, as its parent's."""
+
+
 class StoreExistsError(BenzarrError):
     """A store is already at the path and ``overwrite`` was not given."""
 

@@ -60,6 +60,7 @@ per-band statistics and the ingest parameters. A store reads as complete only on
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -85,6 +86,7 @@ from benzarr.errors import (
     ObjectStoreError,
     SplitExistsError,
     SplitNotFoundError,
+    StoreChangedError,
     StoreCorruptError,
     StoreIncompleteError,
     StoreNotFoundError,
@@ -368,26 +370,171 @@ def remote_failure(url: str | Path, exc: BaseException) -> ObjectStoreError | No
                             "$AWS_ENDPOINT_URL), the credentials and the bucket")
 
 
+#: Root attributes that ingest writes (:func:`create_store`, :meth:`Store.mark_complete`) and
+#: nothing changes once a store is complete: their digest is the store's identity
+#: (:func:`store_fingerprint`). Attributes recorded later (``split_stats``, ``verified``, a
+#: user's own) are not part of it.
+IDENTITY_KEYS = ("format_version", "complete", "n_patches", "shard_size", "compression", "modalities", "bands",
+                 "label_sets", "band_order", "classes", "source", "ingest", "package_version", "stats",
+                 "label_counts", "n_failed", "n_without_clc19")
+
+
+def store_fingerprint(attrs: Mapping[str, Any]) -> str:
+    """The identity of a complete store: SHA-256 (16 hex digits) of its ingest-time ``benzarr``
+    attributes (:data:`IDENTITY_KEYS`). A store rebuilt at the same path from other data has
+    other per-band statistics or label counts, so another fingerprint; a byte-identical
+    rebuild has the same one (and the same data). Ingest records no random token: its stores
+    are the same bytes from run to run."""
+    chosen = {key: attrs.get(key) for key in IDENTITY_KEYS}
+    return hashlib.sha256(json.dumps(chosen, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _stat_key(stat: os.stat_result) -> tuple[int, int, int, int]:
+    return stat.st_dev, stat.st_ino, stat.st_mtime_ns, stat.st_size
+
+
+class StoreWatch:
+    """Tells whether the local store at ``path`` is still the one that was opened there.
+
+    The cheap part is one ``os.stat`` of the root ``zarr.json`` (no read): while its (device,
+    inode, mtime, size) are those last seen, nothing changed. When they differ (every write of
+    the root attributes renames a new file into place), the file is read once and its
+    :func:`store_fingerprint` compared: equal means attributes were added (``split_stats``,
+    ``verified``, splits do not touch it at all) and the new stat is remembered; different
+    means another store was put there. Why not the root folder's inode: ext4 hands a
+    replaced store's new root folder the inode number the old one freed (seen on every
+    ``ingest --overwrite`` here), and its mtime changes with every attribute write.
+
+    Local stores only: a URL store (``s3://...``) has no cheap stat, so none is watched.
+    Plain data: it pickles into loader workers, each of which then checks for itself.
+
+    Attributes:
+        path: the store's folder.
+        fingerprint: :func:`store_fingerprint` of the store that was opened.
+    """
+
+    def __init__(self, path: str | Path, fingerprint: str, seen: tuple[int, int, int, int] | None) -> None:
+        self.path = str(path)
+        self.fingerprint = fingerprint
+        self._seen = seen
+
+    @property
+    def file(self) -> str:
+        return os.path.join(self.path, "zarr.json")
+
+    def check(self, what: str = "it") -> bool:
+        """Raise :class:`StoreChangedError` (``what`` names the holder in the message: "this
+        dataset") when the store was replaced or removed; else return True when its root
+        attributes were rewritten since the last check (same store), False when not.
+
+        Raises:
+            StoreChangedError: another store is at the path, or none.
+            FileSystemError: the root ``zarr.json`` cannot be read (permission, I/O error).
+            StoreCorruptError: it is there but is not JSON.
+        """
+        try:
+            seen = _stat_key(os.stat(self.file))
+        except FileNotFoundError:
+            raise self._changed(what) from None
+        except OSError as exc:
+            from benzarr.fsutil import os_error
+
+            raise os_error(exc, self.file, "checking the store") from None
+        if seen == self._seen:
+            return False
+        fingerprint, seen = self._read()
+        if fingerprint != self.fingerprint:
+            raise self._changed(what)
+        self._seen = seen
+        return True
+
+    def _read(self) -> tuple[str | None, tuple[int, int, int, int] | None]:
+        """(fingerprint, stat key) of the root ``zarr.json`` now, from one open file (the
+        stat and the bytes are of the same file); (None, None) when there is none or it
+        holds no complete benzarr store."""
+        try:
+            with open(self.file, "rb") as fh:
+                seen = _stat_key(os.fstat(fh.fileno()))
+                raw = fh.read()
+        except FileNotFoundError:
+            return None, None
+        except OSError as exc:
+            from benzarr.fsutil import os_error
+
+            raise os_error(exc, self.file, "checking the store") from None
+        try:
+            attrs = json.loads(raw).get("attributes", {}).get(ATTRS_KEY)
+        except (ValueError, AttributeError, RecursionError) as exc:
+            raise StoreCorruptError(f"{self.file}: damaged store metadata (not JSON: {exc}); restore that file "
+                                    "or re-ingest the store") from None
+        if not isinstance(attrs, dict) or not attrs.get("complete"):
+            return None, seen
+        return store_fingerprint(attrs), seen
+
+    def _changed(self, what: str) -> StoreChangedError:
+        return StoreChangedError(f"{self.path}: the store was replaced or removed since {what} was opened; "
+                                 "open it again")
+
+
+def watch_store(path: str | Path) -> tuple[int, int, int, int] | None:
+    """The stat key of a local store's root ``zarr.json`` (taken before its attributes are
+    read, so that a change in between is seen by the first :meth:`StoreWatch.check`); None
+    for a URL or where there is none."""
+    if is_url(path):
+        return None
+    try:
+        return _stat_key(os.stat(os.path.join(str(path), "zarr.json")))
+    except OSError:
+        return None
+
+
 class Store:
     """An opened benzarr store.
 
     Use :func:`open_store` or :func:`create_store` rather than the constructor.
 
+    A Store of a complete local store is tied to that store (:attr:`watch`): once another
+    store is put at its path (``ingest --overwrite``) or it is removed, every attribute read,
+    array access and write through it raises :class:`StoreChangedError` (one ``os.stat``
+    each, no read); attributes another call added meanwhile (``split_stats``, ``verified``)
+    are read again. A URL store is not watched (no cheap check): open it again after
+    replacing it.
+
     Attributes:
         path: where the store lives (a local path or an fsspec URL).
         group: the root ``zarr.Group``.
+        watch: the :class:`StoreWatch` of a complete local store; None for a URL or an
+            incomplete store (an ingest's own, whose attributes it is still writing).
     """
 
-    def __init__(self, group: zarr.Group, path: str) -> None:
+    def __init__(self, group: zarr.Group, path: str, watch: StoreWatch | None = None) -> None:
         self.group = group
         self.path = path
+        self.watch = watch
         self._metadata: dict[str, dict[str, Any]] = {}  # band array -> zarr.json, for write_band_shard
         self._warned: set[str] = set()  # folders without zarr.json already warned about (_members)
 
     # -- attributes ------------------------------------------------------------------
+    def check_unchanged(self) -> None:
+        """Raise :class:`StoreChangedError` when the store at :attr:`path` was replaced or
+        removed since this Store opened it; reload the root attributes when another call
+        rewrote them (one ``os.stat`` when nothing changed; nothing for an unwatched store)."""
+        if self.watch is not None and self.watch.check("this Store"):
+            self._reload()
+
+    def _reload(self) -> None:
+        """Open the root group again (through the same zarr store: a URL's client options
+        kept): zarr keeps the attributes it read at open."""
+        self.group = zarr.open_group(self.group.store, mode="r" if self.group.read_only else "r+", zarr_format=3)
+
     @property
     def attrs(self) -> dict[str, Any]:
-        """A copy of the ``benzarr`` group attributes."""
+        """A copy of the ``benzarr`` group attributes (as they are now on disk, for a watched store).
+
+        Raises:
+            StoreChangedError: the store was replaced or removed since it was opened.
+        """
+        self.check_unchanged()
         return deepcopy(dict(self.group.attrs.get(ATTRS_KEY, {})))
 
     def check_writable(self) -> None:
@@ -398,11 +545,25 @@ class Store:
                                        "to write splits or attributes")
 
     def update_attrs(self, **changes: Any) -> None:
-        """Merge ``changes`` into the ``benzarr`` attributes (one write of the root zarr.json)."""
+        """Merge ``changes`` into the ``benzarr`` attributes as they are on disk now (read,
+        merge, one write of the root zarr.json): what another call recorded since this Store
+        was opened (``split_stats``, ``verified``) is kept.
+
+        Raises:
+            StoreChangedError: the store was replaced or removed since it was opened (its
+                attributes would be written over the new store's).
+        """
         self.check_writable()
-        attrs = self.attrs
+        if self.watch is None:
+            self._reload()  # nothing tells whether they changed: read them again
+        attrs = self.attrs  # (a watched store: checked, reloaded if rewritten)
         attrs.update(changes)
         self.group.attrs.update({ATTRS_KEY: attrs})
+        if self.watch is not None:
+            # our own write: its fingerprint (the user may rewrite an identity key), and the
+            # file seen again at the next check (a write by another call just after ours is read then)
+            self.watch.fingerprint = store_fingerprint(attrs)
+            self.watch._seen = None
 
     @property
     def n_patches(self) -> int:
@@ -488,6 +649,7 @@ class Store:
             StoreCorruptError: the array is missing, or its ``zarr.json`` does not parse
                 (naming the file).
         """
+        self.check_unchanged()  # another store's arrays, checked against this one's attributes, would read as damage
         try:
             node = self.group[name]
         except KeyError:
@@ -588,6 +750,7 @@ class Store:
         """
         folder = self.local_path(name)
         if folder is not None:
+            self.check_unchanged()  # (the metadata kept below is this store's)
             if name not in self._metadata:
                 self._metadata[name] = self.array(name).metadata.to_dict()
             try:
@@ -746,6 +909,7 @@ class Store:
         (``.<name>.benzarr-partial-<pid>`` and the like: no split name starts with ".") is not
         a split; a folder there without a ``zarr.json`` is skipped with one warning naming it.
         """
+        self.check_unchanged()  # (another store's splits are not this one's)
         if SPLITS_GROUP not in self.group:
             return []
         return sorted(name for name, node in _members(self.group[SPLITS_GROUP], self._where(SPLITS_GROUP), self._warned)
@@ -954,8 +1118,12 @@ class Store:
         return np.flatnonzero(valid & (codes == SUBSETS[subset]))
 
     def __repr__(self) -> str:
-        state = "complete" if self.complete else "incomplete"
-        return f"Store({self.path!r}, n_patches={self.attrs.get('n_patches')}, {state})"
+        try:
+            attrs = self.attrs
+        except StoreChangedError:  # a notebook shows a stale handle without an error
+            return f"Store({self.path!r}, replaced or removed since opened)"
+        state = "complete" if attrs.get("complete") else "incomplete"
+        return f"Store({self.path!r}, n_patches={attrs.get('n_patches')}, {state})"
 
 
 #: What benzarr's writers leave beside a folder while they replace or delete it: ``.<name><tag><pid>``
@@ -1181,6 +1349,7 @@ def open_store(
         raise InvalidArgumentError(f"a store is a path or URL (str or os.PathLike), got {type(path).__name__}")
     if not is_url(path) and not Path(path).exists():
         raise StoreNotFoundError(f"{path}: no such store")
+    seen = watch_store(path)  # before the attributes are read: a change in between is seen later
     try:
         group = _open_group(path, mode, storage_options)
     except Exception as exc:
@@ -1204,6 +1373,9 @@ def open_store(
         raise StoreNotFoundError(f"{path}: a Zarr group, but not a benzarr store (no '{ATTRS_KEY}' attributes){inside}")
     store = Store(group, str(path))
     store.check_attrs()
+    loaded = group.attrs.get(ATTRS_KEY)
+    if seen is not None and loaded.get("complete") is True:  # (an ingest's own store changes as it works)
+        store.watch = StoreWatch(path, store_fingerprint(loaded), seen)
     if store.format_version > FORMAT_VERSION:
         raise StoreVersionError(
             f"{path}: written with store format version {store.format_version}; this benzarr "

@@ -485,3 +485,83 @@ def test_a_folder_without_zarr_json_is_one_warning_line_naming_it(tmp_path: Path
         with pytest.warns(UserWarning), pytest.raises(UnsafeOverwriteError, match="not a split"):
             make_split(open_store(store, mode="r+"), "r", "random", seed=1, overwrite=True)
         assert (store / "splits" / "r" / "c" / "0").is_file()
+
+
+# -- a Store held while another call updates or replaces the store (a notebook) -------------
+
+
+@pytest.fixture
+def other_archive_32(tmp_path: Path) -> Path:
+    """A 32-patch synthetic archive, seed 1: other patches, pixels and labels than seed 0's."""
+    from benzarr.synth import synth_archive
+
+    out = tmp_path / "other-archive"
+    synth_archive(out, 32, seed=1, workers=1)
+    return out
+
+
+def test_a_held_store_keeps_the_attributes_another_call_recorded(tmp_path: Path, synth_store_64: Path) -> None:
+    """A Store kept open wrote back the attributes zarr read when it was opened: its next
+    update_attrs dropped the `verified` and `split_stats` that verify and split_band_stats
+    had recorded meanwhile through their own handles."""
+    import shutil
+
+    store = tmp_path / "s.zarr"
+    shutil.copytree(synth_store_64, store)
+    held = open_store(store, mode="r+")
+    open_store(store, mode="r+").update_attrs(verified={"ok": True}, split_stats={"r": {}})
+    assert held.attrs["verified"] == {"ok": True}  # read as they are now
+    held.update_attrs(note="x")
+    attrs = open_store(store).attrs
+    assert (attrs["verified"], attrs["split_stats"], attrs["note"]) == ({"ok": True}, {"r": {}}, "x")
+
+
+def test_attribute_and_split_writes_do_not_count_as_another_store(tmp_path: Path, synth_store_64: Path) -> None:
+    """The identity a held Store checks survives what is done to a store in place: splits
+    made, replaced and deleted, attributes added (also its own), verify's record."""
+    import shutil
+
+    from benzarr.split import make_split
+    from benzarr.verify import verify_store
+
+    store = tmp_path / "s.zarr"
+    shutil.copytree(synth_store_64, store)
+    held = open_store(store, mode="r+")
+    make_split(open_store(store, mode="r+"), "r", "random", seed=0)
+    make_split(open_store(store, mode="r+"), "r", "random", seed=1, overwrite=True)
+    held.update_attrs(note="mine")
+    verify_store(store)
+    make_split(held, "q", "random", seed=0)
+    held.delete_split("r")
+    assert held.split_names() == ["q"] and held.n_patches == 64
+    assert "verified" in held.attrs and open_store(store).attrs["note"] == "mine"
+
+
+def test_a_held_store_refuses_once_another_store_is_at_its_path(tmp_path: Path, synth_archive_64: Path,
+                                                                  other_archive_32: Path) -> None:
+    """After `ingest(..., overwrite=True)` at its path, a Store kept open wrote its old
+    attributes (n_patches 64, the old statistics) over the new store's, which then failed every
+    open as damaged; its other methods mixed the old attributes with the new arrays."""
+    from benzarr.errors import StoreChangedError
+    from benzarr.split import make_split
+
+    store = tmp_path / "s.zarr"
+    ingest(synth_archive_64, store, workers=1, shard_size=16)
+    held = open_store(store, mode="r+")
+    ingest(other_archive_32, store, workers=1, shard_size=16, overwrite=True)
+    expected = f"{store}: the store was replaced or removed since this Store was opened; open it again"
+    for call in (lambda: held.update_attrs(note="x"), lambda: held.n_patches, lambda: held.labels(),
+                 lambda: make_split(held, "r", "random", seed=0), lambda: held.read_split("r")):
+        with pytest.raises(StoreChangedError) as caught:
+            call()
+        assert str(caught.value) == expected
+    assert isinstance(caught.value, StoreNotFoundError) and caught.value.exit_code == 1
+    assert "replaced" in repr(held)  # a notebook shows it without an error
+    fresh = open_store(store)
+    assert fresh.n_patches == 32 and "note" not in fresh.attrs and fresh.split_names() == []
+    fresh.labels()  # its label counts are its own: not damaged
+    import shutil
+
+    shutil.rmtree(store)
+    with pytest.raises(StoreChangedError, match="replaced or removed"):
+        held.attrs
