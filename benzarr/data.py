@@ -9,6 +9,7 @@ selection, upsampling, optional normalisation, augmentation). See docs/design.md
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import operator
 import os
@@ -27,7 +28,7 @@ from benzarr.bands import band_groups_for
 from benzarr.bands import band_location as channel_location
 from benzarr.augment import check_augment
 from benzarr.checks import boolean, check_seed, whole as _whole
-from benzarr.errors import BenzarrError, InvalidArgumentError, LoaderWorkerError
+from benzarr.errors import BenzarrError, InvalidArgumentError, LoaderWorkerError, StoreChangedError
 from benzarr.shards import RowReader
 from benzarr.procs import thread_blosc_lock
 from benzarr.graphs import GraphedTransform
@@ -36,6 +37,7 @@ from benzarr.store import (
     NOMENCLATURES,
     REFERENCE_MAP_ARRAY,
     Store,
+    StoreWatch,
     is_url,
     open_store,
 )
@@ -161,6 +163,15 @@ class BigEarthNetDataset(Dataset):
     at this resampling mode when ``split`` is given (:func:`benzarr.stats.split_band_stats`,
     computed once and cached in the store), else the whole store's ingest statistics.
 
+    The dataset keeps what it read when it was made (its rows, labels, statistics) and maps
+    shard files as it reads them, so it is tied to the store it opened: once another store
+    is put at the path (``ingest(..., overwrite=True)``) or the store is removed, every read
+    (``ds[i]``, :meth:`read_batch`, a loader's batch, in its workers too) raises
+    :class:`~benzarr.errors.StoreChangedError` instead of mixing the two stores' data. The
+    check is one ``os.stat`` of the root ``zarr.json`` a read (:class:`~benzarr.store.StoreWatch`);
+    splits made and attributes recorded meanwhile do not count as another store. A URL store
+    is not checked (no cheap way to): make the dataset again after replacing one.
+
     Raises:
         StoreNotFoundError, StoreIncompleteError, StoreVersionError: from opening the store.
         SplitNotFoundError: ``split`` is not in the store (the message lists the names).
@@ -229,6 +240,8 @@ class BigEarthNetDataset(Dataset):
             # a constant band has std 0: leave it centred rather than dividing by zero
             self.std = [float(stats[b]["std"]) or 1.0 for b in self.bands]
         self._store: Store | None = opened
+        # the store this dataset read (its own copy: pickled into workers, each checking for itself)
+        self._watch: StoreWatch | None = copy.copy(opened.watch)
         self._readers: dict[str, RowReader] | None = None
         self._names: np.ndarray | None = None
         self._cpu_transform = BatchTransform(self.bands, "cpu", self.mean, self.std, resample, self.align_corners)
@@ -270,6 +283,27 @@ class BigEarthNetDataset(Dataset):
         state["_readers"] = None
         state["_names"] = None
         return state
+
+    def check_store(self) -> None:
+        """Raise :class:`StoreChangedError` when the store this dataset opened was replaced
+        or removed since (one ``os.stat``; nothing for a URL store). Every read checks it;
+        its shard maps are dropped then (they hold the old store's deleted files on disk).
+
+        Raises:
+            StoreChangedError: ``<store>: the store was replaced or removed since this
+                dataset was opened; open it again``.
+        """
+        if self._watch is None:
+            return
+        try:
+            self._watch.check("this dataset")
+        except StoreChangedError:
+            for reader in (self._readers or {}).values():
+                close = getattr(reader, "close", None)
+                if close is not None:
+                    close()
+            self._readers, self._store = None, None
+            raise
 
     def _opened(self) -> Store:
         if self._store is None:
@@ -355,7 +389,15 @@ class BigEarthNetDataset(Dataset):
     def read_into(self, indices: Sequence[int] | np.ndarray, out: dict[str, np.ndarray]) -> None:
         """Decode the batch of ``indices`` into ``out`` (as :meth:`batch_spec`, leading axis
         ``len(indices)``, C-contiguous), with no allocation: the batch ring's workers write
-        straight into shared memory this way."""
+        straight into shared memory this way.
+
+        Raises:
+            StoreChangedError: the store was replaced since the dataset was made (:meth:`check_store`).
+        """
+        self.check_store()
+        self._read_into(indices, out)
+
+    def _read_into(self, indices: Sequence[int] | np.ndarray, out: dict[str, np.ndarray]) -> None:
         positions = self._positions(indices)
         rows = self.rows[positions]
         # object-store readers send every array's requests before any is decoded: one round
@@ -395,11 +437,15 @@ class BigEarthNetDataset(Dataset):
             * ``"mask"``: (B, 120, 120) uint16 CLC2018 codes, with ``reference-map``
             * ``"label"``: (B, L) uint8 multi-hot
             * ``"index"``: (B,) int64 store rows
+
+        Raises:
+            StoreChangedError: the store was replaced since the dataset was made (:meth:`check_store`).
         """
+        self.check_store()  # one os.stat a batch: before the readers, which would open the new store
         size = int(np.asarray(indices).size)
         batch: Batch = {key: _batch_tensor((size, *shape), _TORCH_DTYPES[dtype])
                         for key, (shape, dtype) in self.batch_spec().items()}
-        self.read_into(indices, {key: tensor.numpy() for key, tensor in batch.items()})  # decoded in place
+        self._read_into(indices, {key: tensor.numpy() for key, tensor in batch.items()})  # decoded in place
         return batch
 
     def __getitem__(self, index: int) -> Sample:

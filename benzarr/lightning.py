@@ -54,7 +54,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from benzarr.errors import InvalidArgumentError, MissingDependencyError
+from benzarr.errors import InvalidArgumentError, MissingDependencyError, StoreChangedError
 
 try:
     import lightning as L
@@ -256,10 +256,23 @@ class BigEarthNetDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         """Open the datasets ``stage`` needs (``fit``: train and val; ``validate``: val;
-        ``test`` and ``predict``: test; None: all three)."""
+        ``test`` and ``predict``: test; None: all three).
+
+        A dataset kept from an earlier ``setup`` whose store was replaced since (``ingest
+        --overwrite`` in the same notebook) is opened again here, with its transforms; during
+        a run its reads raise :class:`~benzarr.errors.StoreChangedError` instead (a run never
+        switches stores half-way)."""
         subsets = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",),
                    "predict": ("test",)}.get(stage or "", ("train", "val", "test"))
         for subset in subsets:
+            kept = self.datasets.get(subset)
+            if kept is not None and hasattr(kept, "check_store"):
+                try:
+                    kept.check_store()
+                except StoreChangedError:
+                    del self.datasets[subset]
+                    for key in [key for key in self._transforms if key[0] == subset]:
+                        del self._transforms[key]
             self._dataset(subset)
 
     # -- loaders ----------------------------------------------------------------------

@@ -512,3 +512,78 @@ def test_served_counts_on_from_the_resume_point(synth_store_64: Path, engine: st
     next(iterator)
     assert loader.state_dict() == {"epoch": 0, "served": 4}
     loader.close()
+
+
+# -- a dataset or loader kept while its store is replaced (a notebook) ----------------------
+
+
+@pytest.fixture
+def replaceable(tmp_path: Path, synth_archive_64: Path) -> tuple[Path, Path]:
+    """(store, other archive): the 64-patch archive ingested at ``store``, and a 64-patch
+    archive of other pixels and labels (seed 1) to put another store at the same path."""
+    from benzarr.ingest import ingest
+    from benzarr.synth import synth_archive
+
+    store = tmp_path / "s.zarr"
+    ingest(synth_archive_64, store, workers=1, shard_size=16)
+    other = tmp_path / "other"
+    synth_archive(other, 64, seed=1, workers=1)
+    return store, other
+
+
+CHANGED = "{}: the store was replaced or removed since this dataset was opened; open it again"
+
+
+def test_a_dataset_refuses_to_read_once_another_store_is_at_its_path(replaceable: tuple[Path, Path]) -> None:
+    """A dataset made before `ingest(..., overwrite=True)` at its path mixed the two stores:
+    its labels were the old store's, shards it had mapped served old pixels, shards it had
+    not served the new store's; no error."""
+    from benzarr.errors import StoreChangedError
+    from benzarr.ingest import ingest
+
+    store, other = replaceable
+    ds = BigEarthNetDataset(store)
+    ds.read_batch([0])  # shard 0 mapped
+    assert ds.fast
+    ingest(other, store, workers=1, shard_size=16, overwrite=True)
+    for read in (lambda: ds.read_batch([0, 20]), lambda: ds[40], lambda: ds.check_store()):
+        with pytest.raises(StoreChangedError) as caught:
+            read()
+        assert str(caught.value) == CHANGED.format(store)
+    assert ds._readers is None  # the old store's maps were dropped
+    BigEarthNetDataset(store).read_batch([0, 20])  # opened again: reads
+
+
+def test_splits_and_attributes_written_meanwhile_are_not_another_store(split_store: Path, tmp_path: Path) -> None:
+    """What is done to a store in place (a split made, statistics and verify's record added)
+    leaves a dataset made before it reading."""
+    from benzarr.split import make_split
+    from benzarr.stats import split_band_stats
+
+    store = copy_tree(split_store, tmp_path / "s.zarr")
+    ds = BigEarthNetDataset(store)
+    ds.read_batch([0])
+    make_split(open_store(store, mode="r+"), "later", "random", seed=3)
+    split_band_stats(str(store), "later")
+    open_store(store, mode="r+").update_attrs(note="x")
+    assert ds.read_batch([0, 40])["index"].tolist() == [0, 40]
+
+
+@pytest.mark.parametrize("engine,workers", [("ring", 2), ("dataloader", 2), ("dataloader", 0)])
+def test_a_loader_kept_across_a_replace_raises_the_one_line_error(replaceable: tuple[Path, Path], engine: str,
+                                                                   workers: int) -> None:
+    """A loader made before the store was replaced went on serving old and new patches mixed,
+    from its workers too; the error the workers raise reaches the caller as one line."""
+    from benzarr.errors import StoreChangedError
+    from benzarr.ingest import ingest
+
+    store, other = replaceable
+    ds = BigEarthNetDataset(store)
+    with make_loader(ds, 16, True, workers, seed=0, device="cpu", engine=engine) as loader:
+        assert sum(1 for _ in loader) == 4
+        ingest(other, store, workers=1, shard_size=16, overwrite=True)
+        with pytest.raises(StoreChangedError) as caught:
+            for _ in range(2):  # the ring may have read the next epoch ahead, before the replace: then the one after
+                for _ in loader:
+                    pass
+    assert str(caught.value) == CHANGED.format(store)

@@ -210,3 +210,34 @@ def test_missing_lightning_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.delitem(sys.modules, "benzarr.lightning")  # restored afterwards
     with pytest.raises(MissingDependencyError, match=r"benzarr\[lightning\]"):
         importlib.import_module("benzarr.lightning")
+
+
+def test_setup_opens_again_the_datasets_of_a_replaced_store(tmp_path: Path, synth_archive_64: Path) -> None:
+    """The DataModule kept its datasets across `ingest(..., overwrite=True)` at the store's
+    path: a later fit read the old store's labels with a mix of old and new pixels. Now its
+    reads raise, and the next setup (a new fit) opens the new store."""
+    from benzarr.errors import StoreChangedError
+    from benzarr.ingest import ingest
+    from benzarr.synth import synth_archive
+
+    store = tmp_path / "s.zarr"
+    codes = np.random.default_rng(0).permutation(np.array([0] * 40 + [1] * 12 + [2] * 12, dtype=np.int8))
+
+    def build(archive: Path, overwrite: bool = False) -> None:
+        ingest(archive, store, workers=1, shard_size=16, overwrite=overwrite)
+        open_store(store, mode="r+").write_split("s", codes, {"method": "test"})
+
+    build(synth_archive_64)
+    dm = BigEarthNetDataModule(store, "s", batch_size=8, normalize=True)
+    dm.setup("fit")
+    old = dm.datasets["train"]
+    next(iter(dm.train_dataloader()))
+    synth_archive(tmp_path / "other", 64, seed=1, workers=1)
+    build(tmp_path / "other", overwrite=True)
+    with pytest.raises(StoreChangedError, match="replaced or removed since this dataset was opened"):
+        next(iter(dm.train_dataloader()))
+    dm.setup("fit")
+    assert dm.datasets["train"] is not old and dm.datasets["train"].mean != old.mean
+    next(iter(dm.train_dataloader()))
+    fresh = BigEarthNetDataset(store, split="s", subset="val")
+    assert np.array_equal(dm.datasets["val"]._labels, fresh._labels)
