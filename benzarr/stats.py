@@ -30,7 +30,7 @@ import numpy as np
 
 from benzarr.bigearthnet import BANDS, S1_BANDS
 from benzarr.errors import BenzarrError, InvalidArgumentError
-from benzarr.store import open_store
+from benzarr.store import open_store, store_fingerprint
 
 #: Attribute (inside ``benzarr``) holding the cache: split -> mode key -> entry.
 CACHE_KEY = "split_stats"
@@ -79,8 +79,10 @@ def _moments(store: str, split: str, bands: tuple[str, ...], modalities: tuple[s
     return {band: {"mean": float(mean[i]), "std": float(std[i]), "count": int(count)} for i, band in enumerate(bands)}
 
 
-#: Statistics a read-only store could not cache, by (store, split, mode, split SHA-256).
-_NOT_CACHED: dict[tuple[str, str, str, str], dict[str, dict[str, float]]] = {}
+#: Statistics a read-only store could not cache, by (store, split, mode, split SHA-256, store
+#: fingerprint): the fingerprint (:func:`benzarr.store.store_fingerprint`) tells a store
+#: rebuilt at the same path from another one, whose figures the path alone served.
+_NOT_CACHED: dict[tuple[str, str, str, str, str], dict[str, dict[str, float]]] = {}
 
 
 def split_band_stats(store: str, split: str, resample: str = "bilinear",
@@ -101,7 +103,7 @@ def split_band_stats(store: str, split: str, resample: str = "bilinear",
     cached = opened.attrs.get(CACHE_KEY, {}).get(split, {}).get(key)
     if cached and cached.get("split_sha256") == digest:
         return cached["bands"]
-    memo_key = (str(store), split, key, digest)
+    memo_key = (str(store), split, key, digest, store_fingerprint(opened.attrs))
     if memo_key in _NOT_CACHED:  # computed in this process, the store would not take them
         return _NOT_CACHED[memo_key]
     if not len(opened.subset_rows(split, "train")):

@@ -145,6 +145,42 @@ def test_statistics_a_read_only_store_cannot_cache_are_computed_once_a_process(
     assert CACHE_KEY not in open_store(store).attrs
 
 
+def test_a_read_only_store_rebuilt_at_the_same_path_gets_its_own_statistics(
+        tmp_path: Path, synth_archive_64: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The figures a read-only store could not cache were kept in the process by path, split,
+    mode and split codes: a store rebuilt at the same path (a shared data folder, the same
+    split) was normalised with the old store's figures."""
+    import errno
+    import warnings
+
+    import benzarr.stats as stats
+    from benzarr.ingest import ingest
+    from benzarr.store import Store
+    from benzarr.synth import synth_archive
+
+    store = tmp_path / "ro.zarr"
+    codes = np.random.default_rng(0).permutation(np.array([0] * 40 + [1] * 12 + [2] * 12, dtype=np.int8))
+    synth_archive(tmp_path / "other", 64, seed=1, workers=1)
+    real_update = Store.update_attrs
+
+    def refuse(self: Store, **changes: object) -> None:
+        raise OSError(errno.EROFS, "Read-only file system", str(store / "zarr.json"))
+
+    figures = []
+    for archive in (synth_archive_64, tmp_path / "other"):
+        monkeypatch.setattr(Store, "update_attrs", real_update)  # ingest and the split write
+        ingest(archive, store, workers=1, shard_size=16, overwrite=True)
+        open_store(store, mode="r+").write_split("s", codes, {"method": "test"})
+        monkeypatch.setattr(Store, "update_attrs", refuse)  # then read-only
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            figures.append(split_band_stats(str(store), "s")["B02"])
+    stats._NOT_CACHED.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert figures[1] == split_band_stats(str(store), "s")["B02"] != figures[0]  # computed afresh
+
+
 def test_tensor_and_numpy_paths_agree() -> None:
     from benzarr.augment import augment_numpy, augment_tensor
 
