@@ -415,12 +415,9 @@ class StoreWatch:
 
     def __init__(self, path: str | Path, fingerprint: str, seen: tuple[int, int, int, int] | None) -> None:
         self.path = str(path)
+        self.file = os.path.join(self.path, "zarr.json")  #: the root zarr.json, stat'ed by check
         self.fingerprint = fingerprint
         self._seen = seen
-
-    @property
-    def file(self) -> str:
-        return os.path.join(self.path, "zarr.json")
 
     def check(self, what: str = "it") -> bool:
         """Raise :class:`StoreChangedError` (``what`` names the holder in the message: "this
