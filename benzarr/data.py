@@ -298,11 +298,8 @@ class BigEarthNetDataset(Dataset):
         try:
             self._watch.check("this dataset")
         except StoreChangedError:
-            for reader in (self._readers or {}).values():
-                close = getattr(reader, "close", None)
-                if close is not None:
-                    close()
-            self._readers, self._store = None, None
+            self.close()
+            self._store = None
             raise
 
     def _opened(self) -> Store:
