@@ -29,6 +29,7 @@ import warnings
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, wait
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -255,6 +256,8 @@ _WORKER_STATE: dict[str, Any] = {}
 
 
 def _worker_init() -> None:
+    """The initializer of the pool's worker processes (never run in the caller's process: the
+    environment is not left)."""
     # One GDAL environment for the worker's life: cheaper than one per file.
     import rasterio  # here, not at import: a CLI call that reads no GeoTIFF starts 0.3 s sooner
 
@@ -290,8 +293,8 @@ def ingest_shard(store_path: str, storage_options: dict[str, Any] | None, source
     Raises:
         BadPatchError: on the first bad patch when ``strict``.
     """
-    if "env" not in _WORKER_STATE:
-        _worker_init()
+    import rasterio  # here, not at import: a CLI call that reads no GeoTIFF starts 0.3 s sooner
+
     _files.install(archive_files)  # a tar archive: this shard's byte ranges, read with pread
     store = _worker_store(store_path, storage_options, run)
     n = len(refs)
@@ -304,24 +307,28 @@ def ingest_shard(store_path: str, storage_options: dict[str, Any] | None, source
     errors, valid = rows[ERROR_ARRAY], rows[VALID_ARRAY]
     columns = [(rows[path], attr) for path, attr in PATCH_FIELDS]
     failed: dict[str, str] = {}
-    for i, ref in enumerate(refs):
-        try:
-            patch = source.read(ref, modalities)
-        except BadPatchError as exc:
-            if strict:
-                raise
-            failed[ref.name] = exc.reason
-            errors[i] = exc.reason
-            continue
-        for group, data in patch.bands.items():
-            bands[group][i] = data
-        if s1 is not None:
-            s1[i] = patch.s1
-        if reference_map is not None:
-            reference_map[i] = patch.reference_map
-        for column, attr in columns:
-            column[i] = getattr(patch, attr)
-        valid[i] = True
+    # The GDAL environment of a pool worker (_worker_init) or of _run_shards; else (a direct
+    # call) one for this task, left at its end: the caller's process keeps its own settings.
+    env = nullcontext() if rasterio.env.hasenv() else rasterio.Env(**GDAL_ENV)
+    with env:
+        for i, ref in enumerate(refs):
+            try:
+                patch = source.read(ref, modalities)
+            except BadPatchError as exc:
+                if strict:
+                    raise
+                failed[ref.name] = exc.reason
+                errors[i] = exc.reason
+                continue
+            for group, data in patch.bands.items():
+                bands[group][i] = data
+            if s1 is not None:
+                s1[i] = patch.s1
+            if reference_map is not None:
+                reference_map[i] = patch.reference_map
+            for column, attr in columns:
+                column[i] = getattr(patch, attr)
+            valid[i] = True
     _write_shard(store, shard, start, images, rows)
     return failed
 
@@ -701,8 +708,14 @@ def _run_shards(tasks: list[tuple[int, Sequence[PatchRef], int]], common: tuple[
         for index, failed in runner(ingest_shard, calls):
             finished(tasks[index][1], failed)
     elif workers == 1 or len(tasks) <= 1:
-        for shard, shard_refs, start in tasks:
-            finished(shard_refs, ingest_shard(*common, shard, shard_refs, start, strict, _archive_files(shard_refs), run))
+        import rasterio
+
+        # In the caller's process: one GDAL environment for the shards, left when they end (the
+        # caller's own reads find .aux.xml/.ovr sidecars again, GDAL's log is theirs).
+        with rasterio.Env(**GDAL_ENV):
+            for shard, shard_refs, start in tasks:
+                finished(shard_refs, ingest_shard(*common, shard, shard_refs, start, strict,
+                                                  _archive_files(shard_refs), run))
     else:
         # spawn: zarr keeps an event-loop thread that a forked child must not inherit.
         context = multiprocessing.get_context("spawn")

@@ -126,6 +126,38 @@ def test_a_store_replaced_in_the_same_process_is_written_for_its_own_grid(synth_
         assert (store / rel).read_bytes() == (synth_store_64 / rel).read_bytes(), rel
 
 
+def test_an_ingest_in_this_process_leaves_the_callers_gdal_settings_as_they_were(synth_archive_64: Path,
+                                                                                tmp_path: Path) -> None:
+    """workers=1 runs in the caller's process (a notebook), as does a runner calling the shard
+    function in its own thread: ingest entered a GDAL environment there and never left it, so
+    the caller's own rasterio reads no longer saw .aux.xml sidecars and GDAL's log went to
+    /dev/null."""
+    import rasterio.env
+    from rasterio.transform import Affine
+
+    tif = tmp_path / "side.tif"
+    with rasterio.open(tif, "w", driver="GTiff", width=8, height=8, count=1, dtype="uint8",
+                       crs="EPSG:32632", transform=Affine(1, 0, 0, 0, -1, 8)) as out:
+        out.write(np.ones((1, 8, 8), "uint8"))
+    (tmp_path / "side.tif.aux.xml").write_text(
+        '<PAMDataset><Metadata><MDI key="SOURCE">sidecar</MDI></Metadata></PAMDataset>')
+
+    def sidecar_seen() -> bool:
+        with rasterio.open(tif) as dataset:
+            return dataset.tags().get("SOURCE") == "sidecar"
+
+    assert not rasterio.env.hasenv() and sidecar_seen()
+    ingest(synth_archive_64, tmp_path / "a.zarr", workers=1, shard_size=32)
+    assert not rasterio.env.hasenv() and rasterio.env.get_gdal_config("CPL_LOG") is None and sidecar_seen()
+
+    def in_this_thread(fn, calls):  # noqa: ANN001, ANN202 - a ShardRunner
+        return ((index, fn(*args)) for index, args in enumerate(calls))
+
+    ingest(synth_archive_64, tmp_path / "b.zarr", runner=in_this_thread, shard_size=32)
+    assert not rasterio.env.hasenv() and sidecar_seen()
+    assert_stores_equal(tmp_path / "a.zarr", tmp_path / "b.zarr")
+
+
 def test_band_statistics_match_numpy(synth_store_64: Path) -> None:
     store = open_store(synth_store_64)
     stats = store.band_stats()
