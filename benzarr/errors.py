@@ -29,6 +29,11 @@ class NotAnArchiveError(BenzarrError):
     """A folder exists but holds no BigEarthNet patch folders."""
 
 
+class ArchiveChangedError(BenzarrError):
+    """A tar file of the archive was replaced or rewritten after benzarr indexed it: its
+    recorded byte ranges no longer hold its members, so nothing more is read from it."""
+
+
 class BadPatchError(BenzarrError):
     """One patch cannot be read: a band is missing, truncated, of the wrong shape or dtype,
     or its JSON is missing, malformed or names an unknown label.

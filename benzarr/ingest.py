@@ -295,7 +295,6 @@ def ingest_shard(store_path: str, storage_options: dict[str, Any] | None, source
     """
     import rasterio  # here, not at import: a CLI call that reads no GeoTIFF starts 0.3 s sooner
 
-    _files.install(archive_files)  # a tar archive: this shard's byte ranges, read with pread
     store = _worker_store(store_path, storage_options, run)
     n = len(refs)
     # Every array of the shard, allocated from the store's declaration (BAND_ARRAYS, ROW_FIELDS).
@@ -310,7 +309,8 @@ def ingest_shard(store_path: str, storage_options: dict[str, Any] | None, source
     # The GDAL environment of a pool worker (_worker_init) or of _run_shards; else (a direct
     # call) one for this task, left at its end: the caller's process keeps its own settings.
     env = nullcontext() if rasterio.env.hasenv() else rasterio.Env(**GDAL_ENV)
-    with env:
+    # a tar archive: this shard's byte ranges, read with pread, served (and its file open) for this task only
+    with env, _files.installed(archive_files):
         for i, ref in enumerate(refs):
             try:
                 patch = source.read(ref, modalities)
@@ -517,44 +517,47 @@ def ingest(
         StoreParametersError, StoreVersionError, StoreLockedError, StoreIncompleteError (a
         worker died), FileSystemError (full disk, read-only file system, ...; naming the
         path), ObjectStoreError (an s3:// store whose endpoint does not answer or refuses the
-        request), BadPatchError (strict only).
+        request), ArchiveChangedError (a tar of the archive replaced or rewritten during the
+        run), BadPatchError (strict only).
     """
     started = time.perf_counter()
     check_ingest_arguments(shard_size, compression, workers, plan, part, parts)
-    store_path = str(store_path)
-    workers = workers or os.cpu_count() or 1
-    try:
-        found, names, missing, n_excluded = plan_patches(archive, exclude, patches, source)
-    except OSError as exc:
-        raise os_error(exc, archive, "reading the archive") from None
-    if not is_url(store_path):
-        check_disjoint(store_path, archive)  # before anything is written
-    chosen, label_sets, params = _ingest_params(
-        archive, found, names, n_excluded, modalities, shard_size, compression, exclude, patches
-    )
-    try:
-        done_before = None if overwrite else _already_complete(store_path, params, storage_options)
-        if done_before is not None:
-            return _already_done(done_before, started, missing, n_excluded, found)
-        if part is None:
-            _check_target(store_path, overwrite)
+    # the tars this ingest mounts are let go when it ends: their files closed, their indexes freed
+    with _files.session():
+        store_path = str(store_path)
+        workers = workers or os.cpu_count() or 1
         try:
-            with ingest_lock(store_path, part):
-                return _ingest_locked(
-                    found, names, missing, n_excluded, store_path, params, chosen, label_sets, started,
-                    workers=workers, shard_size=shard_size, compression=compression, strict=strict,
-                    overwrite=overwrite, plan=plan, parts=parts, part=part, storage_options=storage_options,
-                    on_start=on_start, on_progress=on_progress, on_bad_patch=on_bad_patch, runner=runner,
-                )
+            found, names, missing, n_excluded = plan_patches(archive, exclude, patches, source)
         except OSError as exc:
-            if remote_failure(store_path, exc) is not None:  # aiohttp's connection errors are OSErrors
+            raise os_error(exc, archive, "reading the archive") from None
+        if not is_url(store_path):
+            check_disjoint(store_path, archive)  # before anything is written
+        chosen, label_sets, params = _ingest_params(
+            archive, found, names, n_excluded, modalities, shard_size, compression, exclude, patches
+        )
+        try:
+            done_before = None if overwrite else _already_complete(store_path, params, storage_options)
+            if done_before is not None:
+                return _already_done(done_before, started, missing, n_excluded, found)
+            if part is None:
+                _check_target(store_path, overwrite)
+            try:
+                with ingest_lock(store_path, part):
+                    return _ingest_locked(
+                        found, names, missing, n_excluded, store_path, params, chosen, label_sets, started,
+                        workers=workers, shard_size=shard_size, compression=compression, strict=strict,
+                        overwrite=overwrite, plan=plan, parts=parts, part=part, storage_options=storage_options,
+                        on_start=on_start, on_progress=on_progress, on_bad_patch=on_bad_patch, runner=runner,
+                    )
+            except OSError as exc:
+                if remote_failure(store_path, exc) is not None:  # aiohttp's connection errors are OSErrors
+                    raise
+                raise os_error(exc, store_path, "writing", RESUME_HINT) from None
+        except Exception as exc:  # an s3:// store whose endpoint does not answer: one line, not a traceback
+            failure = remote_failure(store_path, exc)
+            if failure is None:
                 raise
-            raise os_error(exc, store_path, "writing", RESUME_HINT) from None
-    except Exception as exc:  # an s3:// store whose endpoint does not answer: one line, not a traceback
-        failure = remote_failure(store_path, exc)
-        if failure is None:
-            raise
-        raise failure from None
+            raise failure from None
 
 
 def _ingest_params(

@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import gzip
 import io
+import multiprocessing
+import os
 import shutil
 import tarfile
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from benzarr.errors import ArchiveNotFoundError, NotAnArchiveError
+from benzarr.archive import open_archive
+from benzarr.errors import ArchiveChangedError, ArchiveNotFoundError, NotAnArchiveError
 from benzarr.ingest import ingest
 from benzarr.sources import _files
 from benzarr.store import open_store
@@ -25,10 +32,11 @@ def _fresh_mounts() -> None:
     _files.unmount_all()  # each test indexes its own tars
 
 
-def _tar(folder: Path, target: Path) -> Path:
-    """``tar cf target -C folder.parent folder.name`` with Python's tarfile (GNU format, as the downloads)."""
+def _tar(folder: Path, target: Path, arcname: str | None = None) -> Path:
+    """``tar cf target -C folder.parent folder.name`` with Python's tarfile (GNU format, as the
+    downloads); ``arcname``: another name for the folder in the tar."""
     with tarfile.open(target, "w", format=tarfile.GNU_FORMAT) as tar:
-        tar.add(folder, arcname=folder.name)
+        tar.add(folder, arcname=arcname or folder.name)
     return target
 
 
@@ -150,8 +158,9 @@ def test_members_are_found_through_hard_links_and_dot_prefixes(tmp_path: Path) -
         _files.read_bytes(tar / "d" / "sub" / "c.txt")
     exported = _files.export([tar / "d"])
     _files.unmount_all()
-    _files.install(exported)  # what an ingest worker does: the byte ranges, without indexing again
-    assert _files.read_bytes(tar / "d" / "sub" / "a.txt") == b"alpha" and _files.exists(tar / "d" / "sub" / "b.txt")
+    with _files.installed(exported):  # what an ingest worker does: the byte ranges, without indexing again
+        assert _files.read_bytes(tar / "d" / "sub" / "a.txt") == b"alpha" and _files.exists(tar / "d" / "sub" / "b.txt")
+    assert not _files.exists(tar / "d" / "sub" / "a.txt")  # served for that task only
 
 
 def test_the_real_example_patches_read_from_their_tar_equal_the_unpacked_ones(real_s2_archive: Path,
@@ -234,3 +243,146 @@ def test_a_tar_or_folder_holding_the_archive_as_its_one_folder_says_which_path_t
         with pytest.raises(NotAnArchiveError, match=rf"; the archive is its folder {inner}: give .*{inner}$"):
             ingest(outer, tmp_path / "s.zarr", workers=1)
         assert ingest(outer / inner, tmp_path / f"{inner}.zarr", workers=1).n_patches == 6
+
+
+# -- one long-lived process (a notebook, a Dask worker) through several ingests -----------
+
+
+def _replace_tar(folder: Path, target: Path) -> None:
+    """Pack ``folder`` as BigEarthNet-v1.0 into a new file moved over ``target`` (a re-download)."""
+    _tar(folder, target.with_suffix(".part"), "BigEarthNet-v1.0")
+    os.replace(target.with_suffix(".part"), target)
+
+
+def _files_open_on(path: str) -> list[str]:
+    """What this process's open file descriptors point to at or below ``path`` (Linux)."""
+    fds = Path("/proc/self/fd")
+    targets = []
+    for fd in os.listdir(fds):
+        try:
+            targets.append(os.readlink(fds / fd))
+        except OSError:  # the descriptor listdir itself used, closed since
+            continue
+    return [target for target in targets if target.startswith(path)]
+
+
+needs_proc = pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="lists open files in /proc")
+
+
+@needs_proc
+def test_a_tar_replaced_at_its_path_is_read_anew_and_closed_when_the_ingest_ends(
+        v1_download: dict[str, Path], synth_archive_64: Path, tmp_path: Path) -> None:
+    """In one process (workers=1 runs in the caller's): the first ingest's open file was kept by
+    path and read at the new tar's byte ranges, every patch "malformed JSON" in a store marked
+    complete; and it stayed open for the process's life, so a deleted 66 GB tar freed nothing."""
+    tar = tmp_path / "BigEarthNet-S2-v1.0.tar"
+    shutil.copy(v1_download["tars"] / "BigEarthNet-S2-v1.0.tar", tar)
+    assert ingest(tar, tmp_path / "a.zarr", workers=1, shard_size=32).n_patches == 48
+    assert _files_open_on(str(tar)) == []
+    _replace_tar(synth_archive_64, tar)
+    again = ingest(tar, tmp_path / "b.zarr", workers=1, shard_size=32)
+    assert again.failed == {} and again.n_patches == 64
+    ingest(synth_archive_64, tmp_path / "folder.zarr", workers=1, shard_size=32)
+    assert_stores_equal(tmp_path / "b.zarr", tmp_path / "folder.zarr")
+    tar.unlink()
+    assert _files_open_on(str(tar)) == []  # the disk space is freed
+
+
+def test_a_tar_deleted_and_unpacked_in_its_place_is_read_from_the_folder(
+        v1_download: dict[str, Path], synth_archive_64: Path, tmp_path: Path) -> None:
+    """A folder holding a tar, looked at (open_archive) and ingested; the tar deleted and an
+    archive unpacked in its place: the next ingest read the deleted tar's patches from its
+    mount, still open."""
+    downloads = tmp_path / "dl"
+    downloads.mkdir()
+    shutil.copy(v1_download["tars"] / "BigEarthNet-S2-v1.0.tar", downloads)
+    assert len(open_archive(downloads).names) == 48  # its mounts stay, as a notebook's would
+    ingest(downloads, tmp_path / "a.zarr", workers=1, shard_size=32)
+    (downloads / "BigEarthNet-S2-v1.0.tar").unlink()
+    shutil.copytree(synth_archive_64, downloads / "BigEarthNet-v1.0")
+    assert ingest(downloads, tmp_path / "b.zarr", workers=1, shard_size=32).failed == {}
+    ingest(synth_archive_64, tmp_path / "folder.zarr", workers=1, shard_size=32)
+    assert_stores_equal(tmp_path / "b.zarr", tmp_path / "folder.zarr")
+
+
+def _on(pool: ProcessPoolExecutor) -> Callable[[Callable[..., Any], list[tuple[Any, ...]]], Iterator[tuple[int, Any]]]:
+    """An ingest runner that runs every shard task on ``pool``'s one long-lived process, as a
+    Dask worker runs them (without distributed's weight in this test)."""
+
+    def run(fn: Callable[..., Any], calls: list[tuple[Any, ...]]) -> Iterator[tuple[int, Any]]:
+        futures = [pool.submit(fn, *args) for args in calls]
+        for index, future in enumerate(futures):
+            yield index, future.result()
+
+    return run
+
+
+@needs_proc
+def test_a_long_lived_worker_reads_a_replaced_tar_anew_and_keeps_no_file_open(
+        v1_download: dict[str, Path], synth_archive_64: Path, tmp_path: Path) -> None:
+    """A worker that outlives the ingest (Dask's) kept the tar open by path: the next ingest of
+    a tar replaced at that path read the old file at the new byte ranges."""
+    tar = tmp_path / "BigEarthNet-S2-v1.0.tar"
+    shutil.copy(v1_download["tars"] / "BigEarthNet-S2-v1.0.tar", tar)
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        ingest(tar, tmp_path / "a.zarr", runner=_on(pool), shard_size=32)
+        assert pool.submit(_files_open_on, str(tar)).result() == []
+        _replace_tar(synth_archive_64, tar)
+        assert ingest(tar, tmp_path / "b.zarr", runner=_on(pool), shard_size=32).failed == {}
+    ingest(synth_archive_64, tmp_path / "folder.zarr", workers=1, shard_size=32)
+    assert_stores_equal(tmp_path / "b.zarr", tmp_path / "folder.zarr")
+
+
+def test_a_tar_rewritten_after_it_was_indexed_is_not_read_at_the_old_byte_ranges(tmp_path: Path) -> None:
+    """Rewritten in place (``curl -o`` over it: the same file, other bytes) while mounted: a
+    read raises instead of returning whatever lies at the old offsets; mounting again reads it."""
+    folder = tmp_path / "d"
+    folder.mkdir()
+    (folder / "a.txt").write_bytes(b"alpha")
+    tar = _tar(folder, tmp_path / "x.tar")
+    _files.mount(tar)
+    assert _files.read_bytes(tar / "d" / "a.txt") == b"alpha"
+    (folder / "0.txt").write_bytes(b"0" * 30_000)  # before a.txt in the tar: its offset moves
+    (folder / "a.txt").write_bytes(b"bravo")
+    with open(tar, "r+b") as handle:  # the same inode
+        handle.write(_tar(folder, tmp_path / "y.tar").read_bytes())
+    with pytest.raises(ArchiveChangedError, match=f"^{tar}: the tar file changed .*after it was indexed"):
+        _files.read_bytes(tar / "d" / "a.txt")
+    _files.mount(tar)
+    assert _files.read_bytes(tar / "d" / "a.txt") == b"bravo"
+
+
+def test_byte_ranges_installed_for_a_task_are_its_threads_alone(tmp_path: Path) -> None:
+    """A Dask worker runs shard tasks on several threads: a task's byte ranges replaced those
+    of a task running beside it, whose next files were then missing."""
+    folder = tmp_path / "d"
+    for part, text in (("p1", b"one"), ("p2", b"two")):
+        (folder / part).mkdir(parents=True)
+        (folder / part / "f.txt").write_bytes(text)
+    tar = _tar(folder, tmp_path / "x.tar")
+    _files.mount(tar)
+    first, second = _files.export([tar / "d" / "p1"]), _files.export([tar / "d" / "p2"])
+    _files.unmount_all()
+    seen: list[bytes] = []
+    installed, finish = threading.Event(), threading.Event()
+
+    def other_task() -> None:
+        try:
+            with _files.installed(second):
+                seen.append(_files.read_bytes(tar / "d" / "p2" / "f.txt"))
+                installed.set()
+                finish.wait()
+        finally:
+            installed.set()
+
+    with _files.installed(first):
+        thread = threading.Thread(target=other_task)
+        thread.start()
+        installed.wait()  # the other task's ranges are installed, and it is still running
+        try:
+            assert _files.read_bytes(tar / "d" / "p1" / "f.txt") == b"one"
+            assert not _files.exists(tar / "d" / "p2" / "f.txt")
+        finally:
+            finish.set()
+            thread.join()
+    assert seen == [b"two"] and not _files.exists(tar / "d" / "p1" / "f.txt")

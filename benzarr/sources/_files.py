@@ -14,8 +14,16 @@ range, kept per folder) and registers them in this process. Every reader of the 
 through the functions below (:func:`is_dir`, :func:`listdir`, :func:`read_bytes`,
 :func:`open_raster`, ...), which fall through to the operating system for paths outside a
 tar. Ingest workers do not index the tar again: :func:`export` gives the byte ranges of a
-shard's patch folders, which travel with the shard's task, and :func:`install` registers them
-in the worker; the worker then reads each file with one ``pread``.
+shard's patch folders, which travel with the shard's task, and :func:`installed` serves them
+in the worker's thread for that task; the worker then reads each file with one ``pread``.
+
+A notebook or a Dask worker lives through many ingests, and a tar may be replaced at the same
+path between them (a re-download) or deleted. So an index records the identity of the file it
+describes (device, inode, size, modification time) and holds its open file itself: every read
+checks, with one ``fstat``, that the open file is still that one (else ArchiveChangedError), an
+index is never reused for another file at the same path, :func:`mount` makes a folder's mounts
+again from what is on disk, and :func:`session` (around an ingest) lets go of the mounts and
+indexes it made, which closes their files: a deleted tar's disk space is freed.
 
 Compressed tarballs (gzip, bzip2, xz, zstd) allow no random access and are refused with the
 command that decompresses them.
@@ -33,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benzarr.errors import NotAnArchiveError
+from benzarr.errors import ArchiveChangedError, NotAnArchiveError
 
 #: Leading bytes of compressed files -> (format, the command that writes the plain .tar beside it).
 COMPRESSED_MAGIC: dict[bytes, tuple[str, str]] = {
@@ -48,6 +56,27 @@ _TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst", "
 
 #: One directory of a tar: child name -> (byte offset of its data, size in bytes), or None for a folder.
 Listing = dict[str, "tuple[int, int] | None"]
+#: A file's identity: (device, inode, size, modification time in ns). A tar replaced at its path
+#: (a new inode) or rewritten in place (another size or time) has another.
+Ident = tuple[int, int, int, int]
+
+
+def identity(st: os.stat_result) -> Ident:
+    """The :data:`Ident` of a file from its ``os.stat`` / ``os.fstat``."""
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+class _OpenTar:
+    """A tar file open for ``pread``, closed when the last reference goes: the index holding it,
+    or a read in progress on another thread, so it is never closed under a reader."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __del__(self, _close: Any = os.close) -> None:  # os may be gone at interpreter exit
+        _close(self.fd)
 
 
 @dataclass
@@ -57,10 +86,14 @@ class TarIndex:
     Attributes:
         path: absolute path of the tar file.
         dirs: directory (member path without a trailing slash; "" the top) -> its listing.
+        ident: the identity of the file indexed (None: not checked).
+        opened: the tar open for reading, once a member was read (see :func:`read_bytes`).
     """
 
     path: str
     dirs: dict[str, Listing] = field(default_factory=dict)
+    ident: Ident | None = None
+    opened: _OpenTar | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def build(cls, path: str, members: Any = None) -> TarIndex:
@@ -74,7 +107,8 @@ class TarIndex:
                 it), is no tar file, or ends early (a truncated download).
         """
         check_not_compressed(path)
-        index, size, end, count = cls(path), os.path.getsize(path), 0, 0
+        ident = identity(os.stat(path))  # before reading: a change while indexing fails the first read
+        index, size, end, count = cls(path, ident=ident), ident[2], 0, 0
         try:
             for name, kind, offset, length, link in (members or scan_headers)(path):
                 count += 1
@@ -263,10 +297,26 @@ def _text(name: str | bytes) -> str:
 
 # -- this process's mounts --------------------------------------------------------------------
 
-#: Absolute folder path -> (index, member path of that folder inside the tar).
+#: Absolute folder path -> (index, member path of that folder inside the tar), made by mount().
 _MOUNTS: dict[str, tuple[TarIndex, str]] = {}
-_FDS: dict[str, int] = {}
+#: (tar path, identity) -> its whole index, so that mounting it again does not read it again.
+_INDEXES: dict[tuple[str, Ident], TarIndex] = {}
 _LOCK = threading.Lock()
+
+
+class _Installed(threading.local):
+    """The mounts :func:`installed` serves, per thread: a Dask worker runs shard tasks on
+    several threads, each with its own shard's byte ranges."""
+
+    def __init__(self) -> None:
+        self.mounts: dict[str, tuple[TarIndex, str]] = {}
+
+
+_INSTALLED = _Installed()
+#: Sessions open now (see :func:`session`); the mounts, the indexes and the ids of the indexes
+#: whose file was open when the first one began.
+_SESSIONS = 0
+_BEFORE: tuple[dict[str, tuple[TarIndex, str]], dict[tuple[str, Ident], TarIndex], set[int]] = ({}, {}, set())
 
 
 def check_not_compressed(path: str | Path) -> None:
@@ -307,10 +357,16 @@ def mount(path: str | Path) -> list[str]:
     folder ``path``, and serve their members under it in this process. Returns the tar files
     mounted. Compressed tarballs among them raise (see :func:`check_not_compressed`)."""
     root = os.path.abspath(path)
+    # What an earlier call mounted here is made again from the disk as it is now: the tar may
+    # have been replaced, deleted, or unpacked in its place since.
+    # (A tar given as a file, root/X.tar, is an archive of its own: left alone.)
+    for virtual in [v for v, (_, top) in _MOUNTS.items() if v == root or (top and os.path.dirname(v) == root)]:
+        del _MOUNTS[virtual]
     if os.path.isfile(root):
         if not is_tar_name(root) and not tarfile.is_tarfile(root):
             return []
         _MOUNTS[root] = (_index(root), "")
+        _drop_unmounted()
         return [root]
     if not os.path.isdir(root):
         return []
@@ -327,7 +383,15 @@ def mount(path: str | Path) -> list[str]:
             if where is None and not os.path.lexists(virtual):  # a real folder of that name wins
                 _MOUNTS[virtual] = (index, top)
         mounted.append(tar_path)
+    _drop_unmounted()
     return mounted
+
+
+def _drop_unmounted() -> None:
+    """Forget the indexes no mount serves any more (a tar replaced or deleted): their files close."""
+    served = {id(index) for index, _ in _MOUNTS.values()}
+    for key in [k for k, index in _INDEXES.items() if id(index) not in served]:
+        del _INDEXES[key]
 
 
 def _first_top(tar_path: str) -> str:
@@ -359,35 +423,65 @@ def mount_enclosing(path: str | Path) -> str | None:
     return None
 
 
-_INDEXES: dict[tuple[str, int, int], TarIndex] = {}
-
-
 def _index(tar_path: str) -> TarIndex:
-    stat = os.stat(tar_path)
-    key = (tar_path, stat.st_size, stat.st_mtime_ns)
+    """The whole index of the tar now at ``tar_path``: the one made before if it is the same
+    file, else a new one (an older one of that path is dropped: its file is closed once no
+    mount holds it)."""
+    key = (tar_path, identity(os.stat(tar_path)))
     if key not in _INDEXES:
+        for old in [k for k in _INDEXES if k[0] == tar_path]:
+            del _INDEXES[old]
         _INDEXES[key] = TarIndex.build(tar_path)
     return _INDEXES[key]
 
 
 def unmount_all() -> None:
-    """Forget every mount and close the tar files (tests)."""
+    """Forget every mount of this process and this thread's installed ones; tar files that no
+    read in progress holds are closed (tests)."""
     _MOUNTS.clear()
     _INDEXES.clear()
+    _INSTALLED.mounts = {}
+
+
+@contextmanager
+def session() -> Iterator[None]:
+    """Run the block, then forget the mounts and indexes it made, and close the tar files it
+    opened: what an ingest mounted or opened does not outlive it (a deleted tar's space is
+    freed). Mounts that were there before and are unchanged stay (a file they had not open is
+    opened again by the next read). Sessions on several threads at once let go when the last
+    one ends; a read in progress keeps its file open until it is done."""
+    global _SESSIONS, _BEFORE
     with _LOCK:
-        for fd in _FDS.values():
-            os.close(fd)
-        _FDS.clear()
+        if _SESSIONS == 0:
+            _BEFORE = dict(_MOUNTS), dict(_INDEXES), {id(ix) for ix in _INDEXES.values() if ix.opened is not None}
+        _SESSIONS += 1
+    try:
+        yield
+    finally:
+        with _LOCK:
+            _SESSIONS -= 1
+            if _SESSIONS == 0:
+                mounts, indexes, was_open = _BEFORE
+                _BEFORE = {}, {}, set()
+                for virtual, (index, prefix) in list(_MOUNTS.items()):
+                    before = mounts.get(virtual)
+                    if before is None or before[0] is not index or before[1] != prefix:
+                        del _MOUNTS[virtual]
+                    elif id(index) not in was_open:
+                        index.opened = None
+                for key in [k for k in _INDEXES if k not in indexes]:
+                    del _INDEXES[key]
 
 
 def _locate(path: str | Path) -> tuple[TarIndex, str] | None:
-    """``(index, member path)`` when ``path`` lies in a mounted tar, else None."""
-    if not _MOUNTS:
+    """``(index, member path)`` when ``path`` lies in a mounted or installed tar, else None."""
+    installed = _INSTALLED.mounts
+    if not _MOUNTS and not installed:
         return None
     absolute = os.path.abspath(path)
     probe, rest = absolute, ""
     while True:
-        mounted = _MOUNTS.get(probe)
+        mounted = installed.get(probe) or _MOUNTS.get(probe)
         if mounted is not None:
             index, prefix = mounted
             member = "/".join(p for p in (prefix, rest) if p)
@@ -428,12 +522,17 @@ def exists(path: str | Path) -> bool:
     return found[0].entry(found[1])[0]
 
 
+def _virtual_folders() -> list[str]:
+    """The folders that mounted and installed tars serve."""
+    return [*_MOUNTS, *_INSTALLED.mounts]
+
+
 def has_mounts_in(folder: str | Path) -> bool:
     """True when a mounted tar serves entries directly in the real folder ``folder``."""
-    if not _MOUNTS:
+    if not _MOUNTS and not _INSTALLED.mounts:
         return False
     root = os.path.abspath(folder)
-    return any(os.path.dirname(virtual) == root for virtual in _MOUNTS)
+    return any(os.path.dirname(virtual) == root for virtual in _virtual_folders())
 
 
 def in_tar(path: str | Path) -> bool:
@@ -458,9 +557,10 @@ def listdir(path: str | Path) -> list[tuple[str, bool]]:
         for entry in scan:
             entries.append((entry.name, entry.is_dir()))
     have = {name for name, _ in entries}
-    for virtual in _MOUNTS:
+    for virtual in _virtual_folders():
         parent, name = os.path.split(virtual)
         if parent == root and name not in have:
+            have.add(name)
             entries.append((name, True))
     return entries
 
@@ -483,7 +583,8 @@ def read_bytes(path: str | Path) -> bytes:
 
     Raises:
         FileNotFoundError: no such file; SpecialFileError: a FIFO, device or socket; OSError:
-            a read error, or a tar member cut short (a truncated tar).
+            a read error, or a tar member cut short (a truncated tar); ArchiveChangedError:
+            the tar is no longer the file that was indexed.
     """
     found = _locate(path)
     if found is None:
@@ -495,18 +596,31 @@ def read_bytes(path: str | Path) -> bytes:
     if not exists_ or where is None:
         raise FileNotFoundError(2, "No such file in the tar", str(path))
     offset, size = where
-    data = os.pread(_fd(index.path), size, offset)
+    opened = _opened(index)  # held while reading: the file stays open even if the index is let go
+    data = os.pread(opened.fd, size, offset)
     if len(data) != size:
         raise OSError(f"{Path(path).name}: cut short in {index.path} ({len(data)} of {size} bytes; a truncated tar?)")
     return data
 
 
-def _fd(tar_path: str) -> int:
-    with _LOCK:
-        fd = _FDS.get(tar_path)
-        if fd is None:
-            fd = _FDS[tar_path] = os.open(tar_path, os.O_RDONLY)
-        return fd
+def _opened(index: TarIndex) -> _OpenTar:
+    """``index``'s tar, open, and still the file indexed: one ``fstat`` a member read (a
+    microsecond), so a tar replaced or rewritten since is never read at the old byte ranges.
+
+    Raises:
+        OSError: the tar cannot be opened (deleted: FileNotFoundError); ArchiveChangedError.
+    """
+    opened = index.opened
+    if opened is None:
+        with _LOCK:
+            if index.opened is None:
+                index.opened = _OpenTar(os.open(index.path, os.O_RDONLY))
+            opened = index.opened
+    if index.ident is not None and identity(os.fstat(opened.fd)) != index.ident:
+        raise ArchiveChangedError(
+            f"{index.path}: the tar file changed (replaced or rewritten) after it was indexed; "
+            "run the command again once it is complete, to read it anew")
+    return opened
 
 
 @contextmanager
@@ -531,6 +645,7 @@ def export(paths: Sequence[str | Path | None]) -> dict[str, Any] | None:
     """The byte ranges of every file at or below ``paths`` that lie in tars, for
     :func:`install` in another process; None when none does (a plain folder archive)."""
     tars: dict[str, list[tuple[str, int, int]]] = {}
+    idents: dict[str, Ident | None] = {}
     mounts: dict[str, tuple[str, str]] = {}
     for path in paths:
         if path is None:
@@ -540,27 +655,42 @@ def export(paths: Sequence[str | Path | None]) -> dict[str, Any] | None:
             continue
         index, member = found
         tars.setdefault(index.path, []).extend((name, *where) for name, where in index.files_under(member))
+        idents[index.path] = index.ident  # the worker reads only that file
     if not tars:
         return None
-    for virtual, (index, prefix) in _MOUNTS.items():
+    for virtual, (index, prefix) in [*_MOUNTS.items(), *_INSTALLED.mounts.items()]:
         if index.path in tars:
             mounts[virtual] = (index.path, prefix)
-    return {"tars": tars, "mounts": mounts}
+    return {"tars": tars, "idents": idents, "mounts": mounts}
 
 
-def install(exported: dict[str, Any] | None) -> None:
-    """Serve what :func:`export` gave in this process (replacing what an earlier call installed)."""
+@contextmanager
+def installed(exported: dict[str, Any] | None) -> Iterator[None]:
+    """Serve what :func:`export` gave in this thread while the block runs (an ingest task).
+
+    Its tars are opened by the reads and closed at the end: a long-lived worker (Dask) keeps
+    neither file nor byte ranges between tasks. A tar this process mounted whole (an ingest in
+    the caller's process) is read through that mount instead.
+    """
     if not exported:
+        yield
         return
-    whole = {index.path for index in _INDEXES.values()}  # indexed here by mount(): nothing to add
+    idents = exported.get("idents", {})
     indexes = {}
     for tar_path, members in exported["tars"].items():
-        if tar_path in whole:
-            continue
-        index = TarIndex(tar_path)
+        ident = idents.get(tar_path)
+        ident = None if ident is None else tuple(ident)
+        if ident is not None and (tar_path, ident) in _INDEXES:
+            continue  # mounted whole here by mount(): nothing to add
+        index = TarIndex(tar_path, ident=ident)
         for name, offset, size in members:
             index.add(name, (offset, size))
         indexes[tar_path] = index
-    for virtual, (tar_path, prefix) in exported["mounts"].items():
-        if tar_path in indexes:
-            _MOUNTS[virtual] = (indexes[tar_path], prefix)
+    mine = {virtual: (indexes[tar_path], prefix)
+            for virtual, (tar_path, prefix) in exported["mounts"].items() if tar_path in indexes}
+    previous = _INSTALLED.mounts
+    _INSTALLED.mounts = {**previous, **mine}
+    try:
+        yield
+    finally:
+        _INSTALLED.mounts = previous
