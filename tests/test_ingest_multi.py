@@ -162,20 +162,20 @@ def test_real_v1_s2_s1_store_splits_loads_and_trains(real_v1_root: Path, tmp_pat
     assert result.steps >= 1 and (tmp_path / "run" / "metrics.json").is_file()
 
 
-def test_cli_ingest_and_info_on_s3_with_endpoint_url(s3_server: dict, real_s2_archive: Path) -> None:
-    import os
-
+def test_cli_ingest_and_info_on_s3_with_endpoint_url(s3_server: dict, real_s2_archive: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     s3_server["client"].create_bucket(Bucket="cli-test")
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1"}
+    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                        ("AWS_DEFAULT_REGION", "us-east-1")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     url, endpoint = "s3://cli-test/s.zarr", s3_server["endpoint"]
-    done = subprocess.run([*CLI, "ingest", str(real_s2_archive), url, "--workers", "1", "--endpoint-url", endpoint],
-                          capture_output=True, text=True, env=env)
+    done = run_cli("ingest", real_s2_archive, url, "--workers", "1", "--endpoint-url", endpoint)
     assert done.returncode == 0, done.stderr
-    info = subprocess.run([*CLI, "info", url, "--json"], capture_output=True, text=True,
-                          env={**env, "AWS_ENDPOINT_URL": endpoint})  # the variable, not the flag
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)  # the variable, not the flag
+    info = run_cli("info", url, "--json")
     assert info.returncode == 0, info.stderr
     assert '"n_patches": 6' in info.stdout and '"complete": true' in info.stdout
-    split = subprocess.run([*CLI, "split", url, "--name", "r", "--method", "random", "-q", "--endpoint-url", endpoint],
-                           capture_output=True, text=True, env=env)  # split had no --endpoint-url
-    assert split.returncode == 0, split.stderr
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    split = run_cli("split", url, "--name", "r", "--method", "random", "-q", "--endpoint-url", endpoint)
+    assert split.returncode == 0, split.stderr  # split had no --endpoint-url
