@@ -13,6 +13,8 @@ the file it locked is still the one at the path (same inode), so deleting it is 
 - A ``--part I/N`` ingest holds the store lock shared and its own part lock
   (``.<name>.benzarr-ingest-part-I-of-N.lock``) exclusively: parts run side by side, two runs
   of one part do not, and no whole-store ingest runs while any part does.
+- Writing a split or the root attributes holds ``.<name>.benzarr-write.lock`` exclusively,
+  waiting for it (:func:`write_lock`), for as long as that write takes.
 - Finalising a store (staged rows into their arrays, then ``complete``) holds
   ``.<name>.benzarr-ingest-finalize.lock`` exclusively, waiting for it: of two parts that
   finish together, one finalises and the other finds the store complete.
@@ -31,12 +33,13 @@ import errno
 import fcntl
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from benzarr.errors import RunLockedError, StoreLockedError
+from benzarr.errors import FileSystemError, RunLockedError, StoreLockedError
 from benzarr.fsutil import os_error
 
 
@@ -204,6 +207,53 @@ def finalize_lock(store: str | Path, poll_s: float = 0.05) -> Iterator[None]:
         yield
     finally:
         lock.release()
+
+
+#: A thread lock a store, taken before its write lock's flock: threads of one process wait for
+#: each other there, and a thread that holds it may take it again (a flock of the same file by
+#: a second descriptor of this process would wait for ever).
+_THREAD_LOCKS: dict[Path, threading.RLock] = {}
+#: How deep each store's holder (one thread, under its RLock) has nested write_lock.
+_DEPTH: dict[Path, int] = {}
+_REGISTRY_LOCK = threading.Lock()
+
+
+@contextmanager
+def write_lock(store: str | Path, poll_s: float = 0.01) -> Iterator[None]:
+    """Hold the metadata write lock of ``store`` (``.<name>.benzarr-write.lock`` beside it) for
+    the ``with`` block, waiting while another process or thread holds it: a split written,
+    renamed into place or deleted, and a read-merge-write of the root attributes. Two ``split``
+    runs (on two machines of a shared file system too) then never delete each other's folders
+    in flight or both "create" one name, and two attribute writes never drop each other's keys.
+
+    Re-entrant in the thread that holds it. URL stores are not locked; where the lock file
+    cannot be made (the store's parent folder read-only) or the file system has no ``flock``,
+    the block runs unlocked between processes, as before.
+    """
+    if "://" in str(store):
+        yield
+        return
+    resolved = Path(store).resolve()
+    with _REGISTRY_LOCK:
+        in_process = _THREAD_LOCKS.setdefault(resolved, threading.RLock())
+    with in_process:
+        depth = _DEPTH.get(resolved, 0)
+        lock: _Lock | None = None
+        if depth == 0:
+            lock = _Lock(resolved.with_name(f".{resolved.name}.benzarr-write.lock"), exclusive=True,
+                         store=str(store), what="write")
+            try:
+                while not lock.acquire():
+                    time.sleep(poll_s)
+            except FileSystemError:  # no lock file here: the writes are what they were without one
+                lock = None
+        _DEPTH[resolved] = depth + 1
+        try:
+            yield
+        finally:
+            _DEPTH[resolved] = depth
+            if lock is not None:
+                lock.release()
 
 
 @contextmanager

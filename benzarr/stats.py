@@ -112,10 +112,11 @@ def split_band_stats(store: str, split: str, resample: str = "bilinear",
     bands = (BANDS if "s2" in modalities else ()) + (S1_BANDS if "s1" in modalities else ())
     figures = _moments(store, split, bands, modalities, resample, align_corners)
     try:
-        writable = open_store(store, mode="r+")
-        cache: dict[str, Any] = writable.attrs.get(CACHE_KEY, {})
-        cache.setdefault(split, {})[key] = {"split_sha256": digest, "subset": "train", "bands": figures}
-        writable.update_attrs(**{CACHE_KEY: cache})
+        # this one entry added to the cache as it is on disk now, under the store's write lock:
+        # two trains caching their figures at once each keep theirs
+        with open_store(store, mode="r+").editing_attrs() as attrs:
+            cache: dict[str, Any] = attrs.setdefault(CACHE_KEY, {})
+            cache.setdefault(split, {})[key] = {"split_sha256": digest, "subset": "train", "bands": figures}
     except (OSError, BenzarrError) as exc:  # a read-only store: serve the figures uncached
         warnings.warn(f"{store}: split statistics not cached ({exc})", stacklevel=2)
         # kept for this process: train's val and test datasets read them too (on a read-only

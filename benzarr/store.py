@@ -66,7 +66,8 @@ import os
 import re
 import shutil
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from copy import deepcopy
 from datetime import datetime, timezone
 from pathlib import Path
@@ -543,19 +544,37 @@ class Store:
 
     def update_attrs(self, **changes: Any) -> None:
         """Merge ``changes`` into the ``benzarr`` attributes as they are on disk now (read,
-        merge, one write of the root zarr.json): what another call recorded since this Store
-        was opened (``split_stats``, ``verified``) is kept.
+        merge, one write of the root zarr.json, under the store's write lock): what another
+        call or process recorded since this Store was opened (``split_stats``, ``verified``)
+        is kept.
 
         Raises:
             StoreChangedError: the store was replaced or removed since it was opened (its
                 attributes would be written over the new store's).
         """
+        with self.editing_attrs() as attrs:
+            attrs.update(changes)
+
+    @contextmanager
+    def editing_attrs(self) -> Iterator[dict[str, Any]]:
+        """The ``benzarr`` attributes as they are on disk now, for the block to change; written
+        back when it ends (one write of the root zarr.json). The whole read-change-write holds
+        :func:`benzarr.lock.write_lock`, so two processes that each add a key (two trains
+        caching split statistics, ``verify`` recording its result) both keep theirs. Nothing is
+        written when the block raises.
+
+        Raises:
+            StoreChangedError: the store was replaced or removed since it was opened.
+        """
+        from benzarr.lock import write_lock
+
         self.check_writable()
-        if self.watch is None:
-            self._reload()  # nothing tells whether they changed: read them again
-        attrs = self.attrs  # (a watched store: checked, reloaded if rewritten)
-        attrs.update(changes)
-        self.group.attrs.update({ATTRS_KEY: attrs})
+        with write_lock(self.path):
+            self.check_unchanged()  # (a watched store replaced meanwhile raises)
+            self._reload()  # read under the lock: what another process wrote is in
+            attrs = deepcopy(dict(self.group.attrs.get(ATTRS_KEY, {})))
+            yield attrs
+            self.group.attrs.update({ATTRS_KEY: attrs})
         if self.watch is not None:
             # our own write: its fingerprint (the user may rewrite an identity key), and the
             # file seen again at the next check (a write by another call just after ours is read then)
@@ -988,22 +1007,28 @@ class Store:
                 raise
             return
         from benzarr.fsutil import PARTIAL_TAG, os_error
+        from benzarr.lock import write_lock
 
         final = folder / name
         temporary = folder / f".{name}{PARTIAL_TAG}{os.getpid()}"
-        try:
-            self._recover_splits()
-            if temporary.exists():
-                shutil.rmtree(temporary)
-            # written beside its final name, then renamed into place: a failure or a kill
-            # never leaves a half-written split, and the old one stays until the new is whole
-            self._create_split_array(f"{SPLITS_GROUP}/{temporary.name}", codes, attrs)
-            _rename_into_place(temporary, final)
-        except BaseException as exc:
-            shutil.rmtree(temporary, ignore_errors=True)
-            if isinstance(exc, OSError):  # read-only file system, full disk, ...
-                raise os_error(exc, final, "writing the split") from None
-            raise
+        # one split writer a store at a time (on any machine that shares the file system): the
+        # leftovers swept below are then never another writer's folders in flight, and the
+        # target is checked again here, where no other writer can create it before the rename
+        with write_lock(self.path):
+            try:
+                self._recover_splits()
+                self.check_split_target(name, overwrite)
+                if temporary.exists():
+                    shutil.rmtree(temporary)
+                # written beside its final name, then renamed into place: a failure or a kill
+                # never leaves a half-written split, and the old one stays until the new is whole
+                self._create_split_array(f"{SPLITS_GROUP}/{temporary.name}", codes, attrs)
+                _rename_into_place(temporary, final)
+            except BaseException as exc:
+                shutil.rmtree(temporary, ignore_errors=True)
+                if isinstance(exc, OSError):  # read-only file system, full disk, ...
+                    raise os_error(exc, final, "writing the split") from None
+                raise
 
     def _create_split_array(self, path: str, codes: np.ndarray, attrs: Mapping[str, Any]) -> None:
         array = self.group.create_array(
@@ -1054,12 +1079,14 @@ class Store:
             del self.group[f"{SPLITS_GROUP}/{name}"]
             return
         from benzarr.fsutil import os_error, remove_folder
+        from benzarr.lock import write_lock
 
-        try:
-            self._recover_splits()
-        except OSError as exc:
-            raise os_error(exc, folder / name, "removing the split") from None
-        remove_folder(folder / name)  # renamed aside, then deleted: a kill never leaves half a split
+        with write_lock(self.path):  # not under another writer's rename (see write_split)
+            try:
+                self._recover_splits()
+            except OSError as exc:
+                raise os_error(exc, folder / name, "removing the split") from None
+            remove_folder(folder / name)  # renamed aside, then deleted: a kill never leaves half a split
 
     def check_split_target(self, name: str, overwrite: bool) -> None:
         """Raise unless split ``name`` may be written: a split of that name needs ``overwrite``
@@ -1130,10 +1157,16 @@ WRITER_LEFTOVER = re.compile(r"\.(?P<name>.+?)(?P<tag>\.benzarr-(?:partial|repla
 _NOT_A_NODE = re.compile(r"Object at (?P<name>.+) is not recognized as a component of a Zarr hierarchy\.?")
 
 
+#: zarr-python's own temporary file while it writes a ``zarr.json`` (``zarr.<uuid hex>.partial``,
+#: renamed over the file at once): seen by a listing at that moment, it is no damaged folder.
+_ZARR_TEMPORARY = re.compile(r"zarr\.[0-9a-f]{32}\.partial")
+
+
 def _members(group: zarr.Group, where: str, warned: set[str] | None = None) -> list[tuple[str, Any]]:
     """``group.members()``, with zarr's warning about a folder that holds no ``zarr.json`` (in
     zarr's words, with its source line) given as one warning of benzarr's naming the folder
-    (``where``/name); none for what a benzarr writer leaves while it works (``.*.benzarr-*-<pid>``).
+    (``where``/name); none for what a benzarr writer leaves while it works (``.*.benzarr-*-<pid>``)
+    or zarr's temporary ``zarr.<uuid>.partial`` of a ``zarr.json`` being written.
     Other warnings are passed on as they were; ``warned`` (the folders already warned about,
     updated) keeps it to one warning a folder."""
     with warnings.catch_warnings(record=True) as caught:  # zarr warns from its event-loop thread
@@ -1143,7 +1176,7 @@ def _members(group: zarr.Group, where: str, warned: set[str] | None = None) -> l
         found = _NOT_A_NODE.fullmatch(str(warning.message))
         if found is None:
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
-        elif WRITER_LEFTOVER.fullmatch(found["name"]) is None:
+        elif WRITER_LEFTOVER.fullmatch(found["name"]) is None and _ZARR_TEMPORARY.fullmatch(found["name"]) is None:
             folder = f"{where.rstrip('/')}/{found['name']}"
             if warned is not None:
                 if folder in warned:

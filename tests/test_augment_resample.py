@@ -130,10 +130,10 @@ def test_statistics_a_read_only_store_cannot_cache_are_computed_once_a_process(
 
     store = copy_tree(split_store, tmp_path / "ro.zarr")
 
-    def refuse(self: Store, **changes: object) -> None:
+    def refuse(self: Store) -> None:  # the attribute write of the statistics cache
         raise OSError(errno.EROFS, "Read-only file system", str(store / "zarr.json"))
 
-    monkeypatch.setattr(Store, "update_attrs", refuse)
+    monkeypatch.setattr(Store, "editing_attrs", refuse)
     passes: list[str] = []
     moments = stats._moments
     monkeypatch.setattr(stats, "_moments", lambda *a, **k: passes.append("pass") or moments(*a, **k))
@@ -161,17 +161,17 @@ def test_a_read_only_store_rebuilt_at_the_same_path_gets_its_own_statistics(
     store = tmp_path / "ro.zarr"
     codes = np.random.default_rng(0).permutation(np.array([0] * 40 + [1] * 12 + [2] * 12, dtype=np.int8))
     synth_archive(tmp_path / "other", 64, seed=1, workers=1)
-    real_update = Store.update_attrs
+    real_editing = Store.editing_attrs
 
-    def refuse(self: Store, **changes: object) -> None:
+    def refuse(self: Store) -> None:  # every attribute write
         raise OSError(errno.EROFS, "Read-only file system", str(store / "zarr.json"))
 
     figures = []
     for archive in (synth_archive_64, tmp_path / "other"):
-        monkeypatch.setattr(Store, "update_attrs", real_update)  # ingest and the split write
+        monkeypatch.setattr(Store, "editing_attrs", real_editing)  # ingest and the split write
         ingest(archive, store, workers=1, shard_size=16, overwrite=True)
         open_store(store, mode="r+").write_split("s", codes, {"method": "test"})
-        monkeypatch.setattr(Store, "update_attrs", refuse)  # then read-only
+        monkeypatch.setattr(Store, "editing_attrs", refuse)  # then read-only
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             figures.append(split_band_stats(str(store), "s")["B02"])
