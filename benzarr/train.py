@@ -732,6 +732,7 @@ def _open_data(cfg: TrainConfig, device: torch.device, rank: int, world: int, se
         if default_bands(cfg.model) == "rgb":  # the name says RGB; the run would say nothing
             warnings.warn(f"{cfg.model} takes RGB (S2) bands by default; with --modalities {','.join(parse_modalities(cfg.modalities))} "
                           f"it reads {','.join(bands)} instead (give --bands to choose)", UserWarning, stacklevel=2)
+    identity = store_identity(store, cfg.split)
     if len(store.subset_rows(cfg.split, "train")) == 0:
         raise InvalidArgumentError(f"split {cfg.split!r} of {cfg.store} has no training patches")
 
@@ -747,8 +748,22 @@ def _open_data(cfg: TrainConfig, device: torch.device, rank: int, world: int, se
             return None
         return loader(subset, shuffle=False)
 
-    return _Data(bands, store.class_names(cfg.labels), store_identity(store, cfg.split),
+    data = _Data(bands, store.class_names(cfg.labels), identity,
                  loader("train", shuffle=True, distributed=world > 1), eval_loader("val"), eval_loader("test"))
+    # Each dataset (and the normalisation pass, minutes on a large store) read the split for
+    # itself: a `split --overwrite` in between gave train rows of one version and val/test rows
+    # of another, test patches among the training ones and optimistic metrics. The same codes
+    # now as before, or the run stops before it trains.
+    now = store_identity(store, cfg.split)["split_sha256"]
+    if now != identity["split_sha256"]:
+        for opened in (data.train, data.val, data.test):
+            if opened is not None:
+                opened.close()
+        raise InvalidArgumentError(
+            f"split {cfg.split!r} of {cfg.store} was rewritten while the run read it (split codes: "
+            f"{identity['split_sha256'][:12]!r} -> {now[:12]!r}), so its subsets would come from two versions; "
+            "run again once the split is written")
+    return data
 
 
 def _build_model(cfg: TrainConfig, data: _Data, device: torch.device,

@@ -133,6 +133,30 @@ def test_a_finished_run_leaves_no_shard_of_the_store_open(store: Path, tmp_path:
         gc.enable()
 
 
+def test_a_split_rewritten_while_the_run_opens_it_stops_the_run(store: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each of train's datasets read the split for itself: a `split --overwrite` between them
+    (the normalisation pass alone takes minutes on a large store) gave train rows of one version
+    and val/test rows of another, test patches among the training ones, and a metrics.json
+    that said nothing of it. The run now stops before it trains, in one line."""
+    import benzarr.train as trainer
+
+    store = copy_tree(store, tmp_path / "s.zarr")
+    made = trainer.BigEarthNetDataset
+
+    def dataset_then_a_rewrite(*args: object, **kwargs: object) -> object:
+        ds = made(*args, **kwargs)
+        if kwargs.get("subset") == "train":  # another process rewrites the split now
+            make_split(open_store(store, mode="r+"), "strat", "random", fractions=(0.6, 0.2, 0.2), seed=5,
+                       overwrite=True)
+        return ds
+
+    monkeypatch.setattr(trainer, "BigEarthNetDataset", dataset_then_a_rewrite)
+    with pytest.raises(InvalidArgumentError, match="split 'strat' of .* was rewritten while the run read it"):
+        train(config(store, tmp_path / "run"))
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
 def test_resume_after_interruption_equals_uninterrupted_run(store: Path, tmp_path: Path) -> None:
     full = train(config(store, tmp_path / "full", epochs=2, scheduler="cosine"))
 
