@@ -86,6 +86,36 @@ def _live_part_holders(store: Path) -> list[tuple[str, str]]:
     return found
 
 
+def held_by(path: Path) -> str | None:
+    """``pid N on HOST`` when a live process holds the lock file ``path`` exclusively (a running
+    ingest, a running train), else None: a message can then say "wait for it", not "run it again"."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _holder(path)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return None
+
+
+def ingest_running(store: str | Path) -> str | None:
+    """Who is ingesting ``store`` now (``pid N on HOST``, ``--part I/N, pid ...``), or None; a
+    local store only."""
+    if "://" in str(store):
+        return None
+    holder = held_by(lock_path(store))
+    if holder is not None:
+        return holder
+    parts = _live_part_holders(Path(store).resolve())
+    return f"--part {parts[0][0]}, {parts[0][1]}" if parts else None
+
+
 def run_lock_path(run_dir: str | Path) -> Path:
     """The train lock file of the run folder ``run_dir``, inside it (a run needs write access
     to its folder only, not to the folder above: ``--out $HOME`` works).

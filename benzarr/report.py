@@ -556,6 +556,11 @@ def unfinished_warning(run_dir: Path) -> str:
     """What to do about a run folder without ``metrics.json``: finish it with ``--resume`` when
     it has a checkpoint to go on from, else (it failed before its first one, and ``--resume``
     refuses it) train it again."""
+    from benzarr.lock import held_by, run_lock_path
+
+    training = held_by(run_lock_path(run_dir))
+    if training is not None:  # not "--resume": that would meet the run lock
+        return f"{run_dir}: no metrics.json yet, the run is still training ({training}): its row has no test metrics"
     if (run_dir / "checkpoints" / "last.pt").is_file():
         return (f"{run_dir}: no metrics.json, the run did not finish: its row has no test metrics "
                 "(benzarr train --resume --out RUN finishes it)")

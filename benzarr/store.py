@@ -1412,6 +1412,12 @@ def open_store(
             f"({__version__}) reads up to version {FORMAT_VERSION}. Upgrade benzarr."
         )
     if require_complete and not store.complete:
+        from benzarr.lock import ingest_running
+
+        running = ingest_running(path)
+        if running is not None:  # not "run it again": that would meet the lock
+            raise StoreIncompleteError(f"{path}: an ingest ({running}) is writing this store now; "
+                                       "wait for it to finish")
         parts = store.attrs.get("parts")
         if parts:  # an ingest run in parts: name the parts still to run
             from benzarr.ingest import missing_parts  # ingest imports this module

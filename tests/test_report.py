@@ -215,6 +215,22 @@ def test_a_run_that_did_not_finish_is_named_on_stderr_also_when_quiet(runs: dict
         "row has no test metrics and --resume cannot finish it; delete the folder and train again"]
 
 
+def test_a_run_still_training_is_named_as_such_not_sent_to_resume(runs: dict[str, Path], tmp_path: Path) -> None:
+    """report during a run said "the run did not finish ... train --resume finishes it", and
+    --resume would have met the run's lock."""
+    import os
+
+    from benzarr.lock import run_lock
+    from benzarr.report import unfinished_warning
+
+    training = copy_tree(runs["rand"], tmp_path / "training")
+    (training / "metrics.json").unlink()
+    with run_lock(training):  # as the running train holds it
+        said = unfinished_warning(training)
+    assert said.startswith(f"{training}: no metrics.json yet, the run is still training (pid {os.getpid()} on ")
+    assert "--resume" not in said and "--resume" in unfinished_warning(training)  # once it is not
+
+
 def test_a_run_named_twice_is_one_run_and_an_evaluation_name_is_no_path(runs: dict[str, Path], tmp_path: Path) -> None:
     """`report r1 r1` gave n_runs 2 with a zero interval; `--evaluation ../../x` read another run's file."""
     rand = runs["rand"]

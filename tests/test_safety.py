@@ -630,6 +630,20 @@ def test_two_identical_ingests_started_together_give_one_correct_store(synth_arc
     assert_stores_equal(store, synth_store_64)
 
 
+def test_a_store_being_ingested_is_named_as_such_not_sent_to_resume(synth_archive_64: Path, tmp_path: Path) -> None:
+    """train, evaluate or info --require-complete on a store an ingest is writing said "ingest
+    did not finish; run the same benzarr ingest command again", which would meet the lock."""
+    from benzarr.errors import StoreIncompleteError
+
+    store = tmp_path / "s.zarr"
+    ingest(synth_archive_64, store, workers=1, shard_size=16, plan=True)  # laid out, not complete
+    with ingest_lock(store), pytest.raises(StoreIncompleteError, match=(
+            rf"^{re.escape(str(store))}: an ingest \(pid {os.getpid()} on .*\) is writing this store now; wait for it")):
+        open_store(store)
+    with pytest.raises(StoreIncompleteError, match="run the same `benzarr ingest` command again"):
+        open_store(store)  # once it is not
+
+
 def test_parts_run_side_by_side_but_not_under_a_whole_ingest(synth_archive_64: Path, tmp_path: Path) -> None:
     store = tmp_path / "s.zarr"
     ingest(synth_archive_64, store, workers=1, shard_size=16, plan=True)
