@@ -570,7 +570,8 @@ class Store:
 
         self.check_writable()
         with write_lock(self.path):
-            self.check_unchanged()  # (a watched store replaced meanwhile raises)
+            if self.watch is not None:
+                self.watch.check("this Store")  # a store replaced meanwhile raises (no reload: the next line reads)
             self._reload()  # read under the lock: what another process wrote is in
             attrs = deepcopy(dict(self.group.attrs.get(ATTRS_KEY, {})))
             yield attrs
