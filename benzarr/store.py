@@ -1189,15 +1189,39 @@ def _members(group: zarr.Group, where: str, warned: set[str] | None = None) -> l
     return members
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the folders ``a`` and ``b`` in one step (Linux ``renameat2(RENAME_EXCHANGE)``, 3.15
+    and later); False where the system or file system cannot, and nothing was changed."""
+    import ctypes
+    import errno
+
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:  # not glibc 2.28+ (musl, macOS)
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):  # the kernel or file system has no exchange
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
 def _rename_into_place(new: Path, final: Path) -> None:
-    """Rename the folder ``new`` to ``final``; an existing ``final`` is first moved aside
-    (``.<name>.benzarr-replaced-<pid>``), then deleted once ``new`` is in its place. A kill
-    between the two renames leaves the old folder aside, which :meth:`Store._recover_splits`
-    puts back."""
+    """Rename the folder ``new`` to ``final``. An existing ``final`` is swapped with ``new`` in
+    one step where the system can (a reader never finds no split of that name), then deleted
+    under ``new``'s name; a kill before that deletion leaves it there as a dead writer's
+    ``.benzarr-partial-`` folder, which :meth:`Store._recover_splits` deletes. Elsewhere the
+    old folder is moved aside (``.<name>.benzarr-replaced-<pid>``) first and deleted once
+    ``new`` is in its place; a kill between the two renames leaves it aside, and
+    :meth:`Store._recover_splits` puts it back."""
     from benzarr.fsutil import REPLACED_TAG
 
     if not os.path.lexists(final):
         os.rename(new, final)
+        return
+    if _exchange(new, final):
+        shutil.rmtree(new, ignore_errors=True)  # the old split, now under the temporary name
         return
     aside = final.with_name(f".{final.name}{REPLACED_TAG}{os.getpid()}")
     os.rename(final, aside)

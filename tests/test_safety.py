@@ -1001,6 +1001,38 @@ za.Array.__setitem__ = planted
 """
 
 
+def test_a_split_replaced_with_overwrite_is_never_missing_for_a_reader(synth_store_64: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """`split --overwrite` moved the old split aside, then renamed the new one in: a reader
+    between the two renames (train, evaluate, split --list) found no split of that name. Now the
+    two folders are swapped in one step (renameat2 RENAME_EXCHANGE) where the system can."""
+    import benzarr.store as store_module
+    from benzarr.store import _exchange
+
+    store_path = copy_tree(synth_store_64, tmp_path / "s.zarr")
+    store = open_store(store_path, mode="r+")
+    codes = np.zeros(store.n_patches, dtype=np.int8)
+    store.write_split("s", codes, {"version": 1})
+    probe = tmp_path / "probe"
+    (probe / "a").mkdir(parents=True)
+    (probe / "b").mkdir()
+    if not _exchange(probe / "a", probe / "b"):
+        pytest.skip("this kernel or file system cannot swap two folders in one step")
+    seen: list[bool] = []  # a reader at every rename of the write: is the split there?
+    rename = os.rename
+
+    def reading_rename(src: object, dst: object) -> None:
+        seen.append("s" in open_store(store_path).split_names())
+        rename(src, dst)
+        seen.append("s" in open_store(store_path).split_names())
+
+    monkeypatch.setattr(store_module.os, "rename", reading_rename)
+    store.write_split("s", codes + 1, {"version": 2}, overwrite=True)
+    assert all(seen), seen
+    assert open_store(store_path).read_split("s")[1]["version"] == 2
+    assert [p.name for p in (store_path / "splits").iterdir() if p.name.startswith(".")] == []
+
+
 @pytest.mark.parametrize("kill", [False, True], ids=["disk-full", "killed"])
 @pytest.mark.parametrize("overwrite", [False, True], ids=["new", "overwrite"])
 def test_a_failed_or_killed_split_write_keeps_the_store_and_the_old_split(synth_store_64: Path, tmp_path: Path,
