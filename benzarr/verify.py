@@ -45,7 +45,8 @@ import numpy as np
 import zarr
 
 from benzarr import __version__
-from benzarr.errors import BenzarrError, InvalidArgumentError, StoreCorruptError, StoreVerifyError
+from benzarr.errors import BenzarrError, InvalidArgumentError, StoreCorruptError, StoreIncompleteError, StoreVerifyError
+from benzarr.lock import ingest_running
 from benzarr.procs import worker_pool
 from benzarr.shards import ShardCheck, ShardLayout, ShardReader, parse_layout, shard_file
 from benzarr.store import (
@@ -255,6 +256,10 @@ def verify_store(
     if workers is not None and workers < 0:
         raise InvalidArgumentError(f"--workers must be 0 or more, got {workers}")
     started = time.perf_counter()
+    running = ingest_running(path)
+    if running is not None:  # its arrays are being created and written: "missing" would mean nothing
+        raise StoreIncompleteError(f"{path}: an ingest ({running}) is writing this store now; "
+                                   "wait for it to finish, then verify")
     try:
         store = open_store(path, require_complete=False)
     except StoreVerifyError:

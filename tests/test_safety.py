@@ -642,6 +642,12 @@ def test_a_store_being_ingested_is_named_as_such_not_sent_to_resume(synth_archiv
         open_store(store)
     with pytest.raises(StoreIncompleteError, match="run the same `benzarr ingest` command again"):
         open_store(store)  # once it is not
+    # verify read the arrays an ingest was still creating and called them missing: CORRUPT, exit 4
+    with ingest_lock(store):
+        verified = run_cli("verify", store)
+    assert verified.returncode == 1 and verified.stderr == (
+        f"error: {store}: an ingest (pid {os.getpid()} on {socket.gethostname()}) is writing this store now; "
+        "wait for it to finish, then verify\n")
 
 
 def test_parts_run_side_by_side_but_not_under_a_whole_ingest(synth_archive_64: Path, tmp_path: Path) -> None:
