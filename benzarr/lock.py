@@ -48,9 +48,14 @@ def lock_path(store: str | Path, part: tuple[int, int] | None = None) -> Path:
 
     The path is resolved (symlinks, ``..``), as :func:`run_lock_path`'s is: ``alias.zarr``, a
     link to ``real.zarr``, once got a lock of its own, and two ingests wrote one store at once."""
-    store = Path(store).resolve()
     suffix = f"-part-{part[0]}-of-{part[1]}" if part else ""
-    return store.with_name(f".{store.name}.benzarr-ingest{suffix}.lock")
+    return _beside(store, f"ingest{suffix}")
+
+
+def _beside(store: str | Path, kind: str) -> Path:
+    """``.<name>.benzarr-<kind>.lock`` beside the store, its path resolved: every lock file's name."""
+    store = Path(store).resolve()
+    return store.with_name(f".{store.name}.benzarr-{kind}.lock")
 
 
 def _holder(path: Path) -> str:
@@ -71,18 +76,9 @@ def _live_part_holders(store: Path) -> list[tuple[str, str]]:
     except OSError:
         return []
     for name in names:
-        path = store.parent / name
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            part = name[len(prefix):-len(".lock")].replace("-of-", "/")
-            found.append((part, _holder(path)))
-        finally:
-            os.close(fd)
+        holder = held_by(store.parent / name)
+        if holder is not None:
+            found.append((name[len(prefix):-len(".lock")].replace("-of-", "/"), holder))
     return found
 
 
@@ -228,9 +224,7 @@ def finalize_lock(store: str | Path, poll_s: float = 0.05) -> Iterator[None]:
     if "://" in str(store):
         yield
         return
-    resolved = Path(store).resolve()
-    lock = _Lock(resolved.with_name(f".{resolved.name}.benzarr-ingest-finalize.lock"), exclusive=True,
-                 store=str(store))
+    lock = _Lock(_beside(store, "ingest-finalize"), exclusive=True, store=str(store))
     while not lock.acquire():
         time.sleep(poll_s)
     try:
@@ -270,8 +264,7 @@ def write_lock(store: str | Path, poll_s: float = 0.01) -> Iterator[None]:
         depth = _DEPTH.get(resolved, 0)
         lock: _Lock | None = None
         if depth == 0:
-            lock = _Lock(resolved.with_name(f".{resolved.name}.benzarr-write.lock"), exclusive=True,
-                         store=str(store), what="write")
+            lock = _Lock(_beside(resolved, "write"), exclusive=True, store=str(store), what="write")
             try:
                 while not lock.acquire():
                     time.sleep(poll_s)
