@@ -985,7 +985,6 @@ class Store:
             raise InvalidArgumentError(f"split codes must have shape ({self.n_patches},), got {codes.shape}")
         if not np.isin(codes, (EXCLUDED, TRAIN, VAL, TEST)).all():
             raise InvalidArgumentError("split codes must be -1, 0, 1 or 2")
-        self.check_split_target(name, overwrite)
         codes = np.where(self.valid_mask(), codes, EXCLUDED).astype(np.int8)
         attrs = dict(attrs)
         attrs.setdefault("names", {"0": "train", "1": "val", "2": "test", "-1": "excluded"})
@@ -993,6 +992,7 @@ class Store:
         attrs["counts"] = subset_counts(codes)
         folder = self.local_path(SPLITS_GROUP)
         if folder is None:  # an object store: written in place; a failed write removes what it wrote
+            self.check_split_target(name, overwrite)  # (a local store checks under its write lock, below)
             path = f"{SPLITS_GROUP}/{name}"
             try:
                 self._create_split_array(path, codes, attrs)
