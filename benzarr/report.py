@@ -371,11 +371,12 @@ def summary_markdown(summary: pd.DataFrame) -> str:
 def plot_curves(runs: Sequence[Run], path: str | Path) -> Path:
     """Loss, micro-F1 and macro-F1 per epoch (train dashed, val solid), one colour per line of
     :func:`curve_groups`, the mean over its runs with a +- 1 standard deviation band. Writes a PNG."""
-    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
+    from benzarr.show import figure_marker, new_figure
+
     panels = (("loss", "loss"), ("micro_f1", "micro F1"), ("macro_f1", "macro F1"))
-    fig = Figure(figsize=(15, 4.2), layout="constrained")
+    fig = new_figure(figsize=(15, 4.2), layout="constrained")
     axes = fig.subplots(1, len(panels))
     groups = curve_groups(runs)
     colours = [f"C{i % 10}" for i in range(len(groups))]
@@ -398,8 +399,6 @@ def plot_curves(runs: Sequence[Run], path: str | Path) -> Path:
             ax.grid(alpha=0.3)
     if axes[0].get_legend_handles_labels()[0]:  # runs stopped before their first epoch have no curve
         axes[0].legend(fontsize="small")
-    from benzarr.show import figure_marker
-
     path = Path(path)
     fig.savefig(path, dpi=110, **figure_marker(path))
     return path
