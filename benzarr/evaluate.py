@@ -32,6 +32,7 @@ import numpy as np
 
 from benzarr.errors import InvalidArgumentError, SplitNotFoundError, StoreNotFoundError, UnsafeOverwriteError, some_of
 from benzarr.fsutil import check_not_a_file, check_outside_datasets, check_replaceable_file
+from benzarr.lock import write_lock
 
 #: Checkpoints a run folder holds, by the name ``--checkpoint`` takes.
 CHECKPOINTS = ("best", "last")
@@ -539,17 +540,22 @@ def evaluate_run(
     if intervals is not None:
         summary["ci95"] = {k: [None if v != v else v for v in pair] for k, pair in intervals.items()}
         summary["bootstrap"] = {"resamples": bootstrap, "seed": 0, "unit": "patch", "method": "percentile"}
-    files = [out / "metrics.json", out / "scores.csv"]
-    if predictions:
-        files.append(_write_predictions(out / "predictions.parquet", ds, rows.numpy(),
-                                        logits.cpu().numpy(), truth.cpu().numpy(), classes))
-    elif _stale_predictions(out, earlier):
-        (out / "predictions.parquet").unlink()
-    elif (out / "predictions.parquet").exists():
-        warnings.append(f"{out / 'predictions.parquet'}: left as it was (benzarr evaluate did not write it); "
-                        "it holds no predictions of this evaluation")
-    write_scores_csv(files[1], metrics)
-    files[0].write_text(json.dumps(summary, indent=2) + "\n")  # last: it says what the folder holds
+    # Two evaluations into one folder at once (two jobs of a sweep) wrote their files in turn:
+    # one's scores.csv beside the other's metrics.json. The folder is written under its write
+    # lock, and what it holds is checked again there: the other may have written meanwhile.
+    with write_lock(out):
+        earlier = _check_output(out, predictions)
+        files = [out / "metrics.json", out / "scores.csv"]
+        if predictions:
+            files.append(_write_predictions(out / "predictions.parquet", ds, rows.numpy(),
+                                            logits.cpu().numpy(), truth.cpu().numpy(), classes))
+        elif _stale_predictions(out, earlier):
+            (out / "predictions.parquet").unlink()
+        elif (out / "predictions.parquet").exists():
+            warnings.append(f"{out / 'predictions.parquet'}: left as it was (benzarr evaluate did not write it); "
+                            "it holds no predictions of this evaluation")
+        write_scores_csv(files[1], metrics)
+        files[0].write_text(json.dumps(summary, indent=2) + "\n")  # last: it says what the folder holds
     return EvaluationResult(run_dir, weights, store, split, subset, len(ds), metrics, seen, source, out, files,
                             intervals, warnings)
 

@@ -77,6 +77,39 @@ def test_an_evaluation_without_predictions_leaves_no_earlier_ones_behind(run: Pa
                              "it holds no predictions of this evaluation"]
 
 
+def test_two_evaluations_into_one_folder_at_once_leave_one_evaluations_files(run: Path, tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two evaluations writing one --out at once (two jobs of a sweep) left one's scores.csv
+    beside the other's metrics.json. The first is held after its scores.csv while the second
+    runs; the folder then holds the second evaluation's files, both of them."""
+    import threading
+
+    import benzarr.train as train_module  # evaluate imports its table writer from there, when it runs
+
+    reference = evaluate_run(run, split="rand", subset="test", out_dir=tmp_path / "test")
+    first_wrote, second_done = threading.Event(), threading.Event()
+    write_scores_csv = train_module.write_scores_csv
+
+    def held_after_the_first_table(path: Path, metrics: dict) -> Path:
+        written = write_scores_csv(path, metrics)
+        if not first_wrote.is_set():
+            first_wrote.set()
+            second_done.wait(0.5)  # unlocked, the second writes its files in this gap
+        return written
+
+    monkeypatch.setattr(train_module, "write_scores_csv", held_after_the_first_table)
+    out = tmp_path / "both"
+    first = threading.Thread(target=evaluate_run, args=(run,), kwargs={"split": "rand", "subset": "val", "out_dir": out})
+    first.start()
+    assert first_wrote.wait(60)
+    evaluate_run(run, split="rand", subset="test", out_dir=out)
+    second_done.set()
+    first.join(60)
+    assert json.loads((out / "metrics.json").read_text())["subset"] == "test"  # the second waited, then replaced
+    assert (out / "scores.csv").read_bytes() == (reference.out_dir / "scores.csv").read_bytes()  # both files
+    assert sorted(p.name for p in out.parent.iterdir() if p.name.startswith(".")) == []  # no lock file left
+
+
 def test_the_last_checkpoint_gets_its_own_folder(run: Path) -> None:
     best = evaluate_run(run, split="rand")
     last = evaluate_run(run, split="rand", checkpoint="last")
