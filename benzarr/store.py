@@ -1124,18 +1124,20 @@ class Store:
                 f"{name!r} would delete them, so nothing was changed: move them out of the store first"
             )
 
-    def subset_rows(self, split: str | None, subset: str | None) -> np.ndarray:
+    def subset_rows(self, split: str | None, subset: str | None, codes: np.ndarray | None = None) -> np.ndarray:
         """Store rows (int64, ascending) served for ``split``/``subset``.
 
         ``split=None`` means every valid patch; a split without ``subset`` means every row
-        the split does not exclude.
+        the split does not exclude. ``codes`` (N,) int8, from :meth:`read_split`, are used
+        instead of reading the split again: several subsets of one version of the split.
         """
         valid = self.valid_mask()
         if split is None:
             if subset is not None:
                 raise InvalidArgumentError("a subset needs a split (--split NAME; split=NAME in Python)")
             return np.flatnonzero(valid)
-        codes, _ = self.read_split(split)
+        if codes is None:
+            codes, _ = self.read_split(split)
         if subset is None:
             return np.flatnonzero(valid & (codes != EXCLUDED))
         if subset not in SUBSETS:

@@ -40,7 +40,6 @@ The library never prints: progress goes to ``callback(TrainEvent)``.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import math
 import os
@@ -73,6 +72,7 @@ from benzarr.losses import create_loss, parse_loss
 from benzarr.metrics import SCALAR_KEYS, MultilabelMetrics, json_friendly
 from benzarr.models import FINETUNE_LEVELS, create_model, get_spec
 from benzarr.ranks import Ranks, end_process_group, start_process_group
+from benzarr.stats import split_digest
 from benzarr.store import Store, open_store
 from benzarr.tb import RunWriter
 from benzarr.train_config import AUGMENTS, OPTIMIZERS, RESAMPLE_MODES, RESUMABLE, SCHEDULERS, TrainConfig, default_out
@@ -493,7 +493,7 @@ def store_identity(store: Store, split: str) -> dict[str, Any]:
         "split": split,
         "split_method": attrs.get("method"),
         "split_counts": attrs.get("counts"),
-        "split_sha256": hashlib.sha256(codes.astype("int8").tobytes()).hexdigest(),
+        "split_sha256": split_digest(codes),
     }
 
 
@@ -752,17 +752,24 @@ def _open_data(cfg: TrainConfig, device: torch.device, rank: int, world: int, se
                  loader("train", shuffle=True, distributed=world > 1), eval_loader("val"), eval_loader("test"))
     # Each dataset (and the normalisation pass, minutes on a large store) read the split for
     # itself: a `split --overwrite` in between gave train rows of one version and val/test rows
-    # of another, test patches among the training ones and optimistic metrics. The same codes
-    # now as before, or the run stops before it trains.
-    now = store_identity(store, cfg.split)["split_sha256"]
-    if now != identity["split_sha256"]:
-        for opened in (data.train, data.val, data.test):
-            if opened is not None:
-                opened.close()
+    # of another, test patches among the training ones and optimistic metrics. The split is read
+    # once more now, and every opened dataset must hold its subset's rows of that version: codes
+    # changed since the start, or rewritten and then put back (A, B, A) while the datasets
+    # opened, stop the run before it trains.
+    codes, _ = store.read_split(cfg.split)
+    now = split_digest(codes)
+    opened = {"train": data.train, "val": data.val, "test": data.test}
+    if now != identity["split_sha256"] or any(
+            loader is not None and not np.array_equal(loader.dataset.rows, store.subset_rows(cfg.split, subset, codes))
+            for subset, loader in opened.items()):
+        for loader in opened.values():
+            if loader is not None:
+                loader.close()
+        versions = f"split codes {identity['split_sha256'][:12]!r} -> {now[:12]!r}" if now != identity["split_sha256"] \
+            else "rewritten and put back while its subsets were opened"
         raise InvalidArgumentError(
-            f"split {cfg.split!r} of {cfg.store} was rewritten while the run read it (split codes: "
-            f"{identity['split_sha256'][:12]!r} -> {now[:12]!r}), so its subsets would come from two versions; "
-            "run again once the split is written")
+            f"split {cfg.split!r} of {cfg.store} was rewritten while the run read it ({versions}), so its subsets "
+            "would come from two versions; run again once the split is written")
     return data
 
 
