@@ -344,8 +344,11 @@ def _summary(runs: Sequence[Run]) -> tuple[pd.DataFrame, list[str]]:
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
-    """A GitHub Markdown table of ``frame`` (floats with 4 decimals, NaN as an empty cell)."""
+    """A GitHub Markdown table of ``frame`` (floats with 4 decimals, NaN and None as empty cells:
+    an unfinished run has no epochs, best epoch or test size yet)."""
     def cell(v: Any) -> str:
+        if v is None:
+            return ""
         if isinstance(v, float):
             return "" if math.isnan(v) else f"{v:.4f}"
         return str(v).replace("|", "\\|")

@@ -7,7 +7,7 @@ from typing import Any, Optional
 import typer
 
 from benzarr.demo import MODEL, SPLIT_NAME, DemoConfig, run_demo
-from benzarr_cli._common import console
+from benzarr_cli._common import console, count
 from benzarr_cli.train import _Progress
 
 
@@ -36,7 +36,7 @@ def command(
             c = info["counts"]
             say(f"[3/5] split   {info['name']!r}: iterative stratification, train {c['train']} / val {c['val']} / "
                 f"test {c['test']} {s}")
-            say(f"[4/5] train   {MODEL} for {epochs} epochs")
+            say(f"[4/5] train   {MODEL} for {count(epochs, 'epoch')}")
         elif name == "train":
             r = info["result"]
             t = r.test

@@ -89,7 +89,8 @@ def command(
         _print_quality(name, measured, other)
         if plot is not None:
             written = plot_quality(measured, plot, title=name, others=[other] if other else [])
-            console.print(f"wrote {written}", markup=False)
+            if not quiet:  # the report is what --quality asks for; the file's line is a summary
+                console.print(f"wrote {written}", markup=False)
         return
     if method is None:
         raise InvalidArgumentError("pass --method iterative|random|official|csv to make a split")

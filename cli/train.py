@@ -22,7 +22,7 @@ from benzarr.train_config import (  # torch-free
     default_out,
     read_settings_file,
 )
-from benzarr_cli._common import console, err_console, fmt_value, metrics_line, on_interrupt, show_progress
+from benzarr_cli._common import console, count, err_console, fmt_value, metrics_line, on_interrupt, show_progress
 
 if TYPE_CHECKING:
     from benzarr.train import TrainEvent, TrainResult
@@ -94,7 +94,7 @@ def _summary(result: TrainResult, monitor: str) -> None:
     t = result.test
     stop = " (early stop)" if result.stopped_early else ""
     console.print(f"best epoch {result.best_epoch} of {result.epochs}{stop}: {monitor} {fmt_value(result.best_score, 4)}; "
-                  f"{result.steps} steps in {result.seconds:.1f} s")
+                  f"{count(result.steps, 'step')} in {result.seconds:.1f} s")
     if t:
         console.print(
             f"test ({t['n_samples']} patches, best.pt): {metrics_line(t)}")

@@ -27,6 +27,7 @@ def test_demo_runs_end_to_end_and_says_where_everything_is(tmp_path: Path) -> No
     metrics = json.loads((out / "runs/shortcnn-all/metrics.json").read_text())
     assert metrics["split"] == "stratified" and metrics["steps"] == 2 and metrics["test"]["n_samples"] > 0
     assert "done in" in result.output
+    assert "shortcnn-all for 1 epoch\n" in result.output  # it said "1 epochs"
 
 
 def test_demo_refuses_to_overwrite_unless_asked(tmp_path: Path) -> None:

@@ -462,7 +462,9 @@ def test_cli_split_quality_list_export(store, tmp_path: Path) -> None:
     assert out.exit_code == 0 and "cli" in out.output
     out = run_cli("split", path, "--name", "cli", "--quality", "--plot", str(tmp_path / "q.png"))
     assert out.exit_code == 0, out.output
-    assert (tmp_path / "q.png").exists()
+    assert (tmp_path / "q.png").exists() and out.output.endswith(f"wrote {tmp_path / 'q.png'}\n")
+    out = run_cli("split", path, "--name", "cli", "--quality", "--plot", str(tmp_path / "q.png"), "-q")
+    assert out.exit_code == 0 and "wrote" not in out.output  # the report asked for, not the summary line
     out = run_cli("split", path, "--name", "cli", "--export", str(tmp_path / "csv"))
     assert out.exit_code == 0, out.output
     assert sorted(p.name for p in (tmp_path / "csv").iterdir()) == ["test.csv", "train.csv", "val.csv"]
