@@ -157,13 +157,23 @@ def _deliver_lost_interrupt(unraisable: sys.UnraisableHookArgs) -> None:
     if not isinstance(exc, KeyboardInterrupt):
         sys.__unraisablehook__(unraisable)
         return
-    if not _STOPPING:
-        import _thread
+    if _STOPPING:
+        return
+    import _thread
 
-        signum = signal.SIGTERM if isinstance(exc, _Terminated) else signal.SIGINT
-        timer = threading.Timer(0.01, _thread.interrupt_main, (signum,))
-        timer.daemon = True
-        timer.start()
+    signum = signal.SIGTERM if isinstance(exc, _Terminated) else signal.SIGINT
+    while True:
+        try:
+            timer = threading.Timer(0.01, _thread.interrupt_main, (signum,))
+            timer.daemon = True
+            timer.start()
+            break
+        except KeyboardInterrupt:
+            # On a loaded machine the main thread may wake from start()'s wait for the new
+            # thread only after the timer fired: the interrupt landed here, in the hook, where
+            # Python drops it (seen on Python 3.12 under load). Deliver it again. Nothing after
+            # the loop calls a function, so it can land nowhere else in the hook.
+            continue
 
 
 def _stopped() -> None:

@@ -895,15 +895,32 @@ def test_an_entry_named_like_a_patch_that_is_not_a_folder_is_a_bad_patch(synth_a
     assert open_store(tmp_path / "s.zarr").valid_mask().sum() == 64
 
 
+@pytest.mark.parametrize("slow_start", [False, True], ids=["prompt-thread-start", "slow-thread-start"])
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_an_interrupt_swallowed_by_a_callback_is_delivered_again(monkeypatch: pytest.MonkeyPatch, signum: int) -> None:
+def test_an_interrupt_swallowed_by_a_callback_is_delivered_again(monkeypatch: pytest.MonkeyPatch, signum: int,
+                                                                 slow_start: bool) -> None:
     """Python drops a KeyboardInterrupt raised inside a ``__del__`` or a weakref callback (any
     library's, not only benzarr's): the CLI's ``sys.unraisablehook`` raises it again in the main
-    thread, so Ctrl-C or a scheduler's SIGTERM still stops the command."""
+    thread, so Ctrl-C or a scheduler's SIGTERM still stops the command. Also when the main
+    thread wakes from starting the hook's timer only after it fired (a loaded machine: the
+    interrupt landed in the hook, was dropped again, and the command went on)."""
     import ctypes
+    import threading
     import weakref
 
     from benzarr_cli import main as cli_main
+
+    if slow_start:
+        starts = []
+
+        class SlowToReturn(threading.Timer):
+            def start(self) -> None:
+                super().start()
+                starts.append(self)
+                if len(starts) == 1:  # the first only: descheduled past the timer's 10 ms
+                    time.sleep(0.1)
+
+        monkeypatch.setattr(threading, "Timer", SlowToReturn)
 
     class Held:
         pass
