@@ -120,6 +120,12 @@ def run_lock_path(run_dir: str | Path) -> Path:
     return Path(run_dir).resolve() / ".benzarr-train.lock"
 
 
+#: What ``flock`` raises on a file system that has none: NFSv3 without a lock daemon (ENOLCK),
+#: Lustre mounted without ``-o flock`` (ENOSYS), some FUSE and SMB mounts (EOPNOTSUPP, EINVAL).
+#: There the lock is not taken and the command runs unlocked, as it would without benzarr's locks.
+NO_FLOCK = frozenset({errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL})
+
+
 class _Lock:
     def __init__(self, path: Path, exclusive: bool, store: str, what: str = "ingest") -> None:
         self.path = path
@@ -127,6 +133,7 @@ class _Lock:
         self.store = store
         self.what = what  # the command the lock is for, in messages
         self.fd = -1
+        self.unlocked = False  # the file system has no flock: the file is kept only to be deleted
 
     def acquire(self) -> bool:
         """Take the lock; False if another process holds it."""
@@ -142,9 +149,10 @@ class _Lock:
                 os.close(fd)
                 return False
             except OSError as exc:
+                if exc.errno in NO_FLOCK:  # a file system without flock: run unlocked, as before,
+                    self.fd, self.unlocked = fd, True  # and delete the file we made at release
+                    return True
                 os.close(fd)
-                if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
-                    return True  # a file system without flock: run unlocked, as before
                 raise os_error(OSError(exc.errno, exc.strerror), self.store, "locking it") from None
             try:
                 same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
@@ -164,7 +172,7 @@ class _Lock:
         if self.fd < 0:
             return
         try:
-            if not self.exclusive:
+            if not self.exclusive and not self.unlocked:
                 # delete the file only if no one else holds it (the shared lock may be lost here:
                 # it is being released anyway)
                 fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -669,6 +669,25 @@ def test_parts_run_side_by_side_but_not_under_a_whole_ingest(synth_archive_64: P
             pass
 
 
+@pytest.mark.parametrize("code", ["ENOLCK", "ENOSYS", "EOPNOTSUPP"])
+def test_a_file_system_without_flock_runs_unlocked_and_leaves_no_lock_files(code: str, tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """NFSv3 without a lock daemon raises ENOLCK, Lustre mounted without ``-o flock`` ENOSYS.
+    ENOSYS was not among the codes taken for "no flock here": ingest and train on Lustre stopped
+    with "s.zarr: Function not implemented (while locking it)"; and where a lock was skipped
+    its empty file stayed beside the store and in the run folder."""
+    from benzarr.lock import finalize_lock, run_lock, write_lock
+
+    def no_flock(fd: int, operation: int) -> None:
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
+
+    monkeypatch.setattr("benzarr.lock.fcntl.flock", no_flock)
+    store, run = tmp_path / "s.zarr", tmp_path / "run"
+    with ingest_lock(store), ingest_lock(store, (1, 2)), finalize_lock(store), write_lock(store), run_lock(run):
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no lock file, and run/ (made for the lock) gone
+
+
 def test_rerun_of_a_completed_ingest_has_nothing_to_do(synth_archive_64: Path, tmp_path: Path) -> None:
     store = tmp_path / "new" / "folders" / "s.zarr"  # the lock's folder is created like the store's
     args = ("ingest", synth_archive_64, store, "--shard-size", "16", "--workers", "1")
