@@ -83,6 +83,8 @@ def _foreign_in_folder(folder: Path, files: re.Pattern[str], folders: frozenset[
     """Up to ``limit`` entries of ``folder`` (paths relative to it) that are not a file whose
     relative path ``files`` matches in full or a folder of ``folders``: any symlink, any other
     file, and an empty folder of the user's (``name/``)."""
+    from benzarr.fsutil import NFS_HELD
+
     found: list[str] = []
     for here, dirs, names in os.walk(folder):
         rel = Path(here).relative_to(folder)
@@ -92,6 +94,8 @@ def _foreign_in_folder(folder: Path, files: re.Pattern[str], folders: frozenset[
             found.append(f"{rel.as_posix()}/")
         for name in sorted(names) + sorted(links):
             path = Path(here, name)
+            if NFS_HELD.fullmatch(name) and not path.is_symlink():
+                continue  # a deleted file that NFS keeps while another process (tensorboard) holds it open
             if path.is_symlink() or not path.is_file() or not files.fullmatch((rel / name).as_posix()):
                 found.append((rel / name).as_posix())
         if len(found) >= limit:

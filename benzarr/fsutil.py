@@ -50,6 +50,11 @@ PARTIAL_TAG = ".benzarr-partial-"  # a folder being filled beside its final name
 #: the two renames leaves it there, and the next write puts it back.
 REPLACED_TAG = ".benzarr-replaced-"
 TEMPORARY_TAGS = (ASIDE_TAG, PARTIAL_TAG, REPLACED_TAG)
+#: What an NFS client keeps of a file deleted (or renamed over) while a process still holds it
+#: open, such as a shard a notebook's dataset has memory-mapped ("silly rename"): ``.nfs`` and hex
+#: digits, in the same folder, until the last holder closes it. Deleting it fails (EBUSY), and so
+#: does removing its folder (ENOTEMPTY). It is no one's file: not a user's, and never kept.
+NFS_HELD = re.compile(r"\.nfs[0-9A-Fa-f]{4,}")
 
 
 # -- OS errors -------------------------------------------------------------------------
@@ -237,7 +242,7 @@ def _scan(folder: Path, rel: str, found: list[str], limit: int, written: Callabl
           enter: Callable[[Path, str, str], None]) -> None:
     """The one walk of a store folder ``folder`` (``rel`` in the store): add to ``found`` each
     symlink and each file that ``written`` does not take for benzarr's (by name, see
-    :func:`_written_file`), and call ``enter(sub-folder, its rel path, its name)`` for each
+    :func:`_written_file`) or for a deleted file NFS keeps while it is open (:data:`NFS_HELD`), and call ``enter(sub-folder, its rel path, its name)`` for each
     folder; stop once ``found`` holds ``limit``."""
     for entry in _entries(folder):
         if len(found) >= limit:
@@ -246,8 +251,8 @@ def _scan(folder: Path, rel: str, found: list[str], limit: int, written: Callabl
         if entry.is_symlink():
             found.append(path)
         elif not entry.is_dir():
-            if not _written_file(entry.name, written):
-                found.append(path)
+            if not _written_file(entry.name, written) and not NFS_HELD.fullmatch(entry.name):
+                found.append(path)  # (a file held open on NFS is a deleted one's, not a user's)
         else:
             enter(Path(entry.path), path, entry.name)
 
@@ -530,6 +535,51 @@ def check_outside_datasets(path: str | Path, option: str = "--out", what: str = 
 # -- removing --------------------------------------------------------------------------
 
 
+def rmtree_held(path: str | Path) -> list[str]:
+    """Delete the folder ``path`` as ``shutil.rmtree`` does, except what an NFS client keeps of
+    files that other processes still hold open (:data:`NFS_HELD`): those and the folders that
+    hold them stay, and go once they are closed (the client deletes them then, or the next sweep
+    of a leftover's name). On NFS a notebook that had the old store open made ``ingest
+    --overwrite`` fail with "Directory not empty" after the store had been moved aside.
+
+    Returns:
+        The held files left, relative to ``path`` (empty when all is gone).
+
+    Raises:
+        OSError: the first error, when anything else could not be deleted.
+    """
+    try:
+        shutil.rmtree(path)
+        return []
+    except OSError as exc:
+        first = exc
+    shutil.rmtree(path, ignore_errors=True)  # all else that can go
+    held: list[str] = []
+
+    def unreadable(exc: OSError) -> None:
+        raise first
+
+    for here, _, names in os.walk(path, onerror=unreadable):  # what could not go
+        for name in names:
+            if not NFS_HELD.fullmatch(name):
+                raise first
+            held.append(os.path.relpath(os.path.join(here, name), path))
+    if os.path.lexists(path) and not held:
+        raise first
+    return sorted(held)
+
+
+def _warn_held(path: Path, aside: Path, held: list[str]) -> None:
+    """One warning that ``aside``, the removed ``path`` renamed, stays for the files in it that
+    other processes hold open on NFS (:func:`rmtree_held`)."""
+    import warnings
+
+    count = f"{len(held)} file{'s' if len(held) != 1 else ''}"
+    warnings.warn(f"{path}: {count} of the old folder ({held[0]}{', ...' if len(held) > 1 else ''}) are still open in "
+                  f"another process (NFS keeps them until it closes them), so {aside} stays until then; a later "
+                  "replace deletes it", stacklevel=3)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -573,9 +623,11 @@ def remove_entries(folder: str | Path, names: Iterable[str]) -> None:
         aside.mkdir(exist_ok=True)
         for name in names:
             os.rename(folder / name, aside / name)
-        shutil.rmtree(aside)
+        held = rmtree_held(aside)
     except OSError as exc:
         raise os_error(exc, folder, "removing old files") from None
+    if held:
+        _warn_held(folder, aside, held)
 
 
 def remove_folder(path: str | Path) -> None:
@@ -604,9 +656,11 @@ def remove_folder(path: str | Path) -> None:
             # a mount point: move its entries aside inside it instead
             remove_entries(path, [name for name in os.listdir(path) if not name.startswith(ASIDE_TAG)])
             return
-        shutil.rmtree(aside)
+        held = rmtree_held(aside)
     except OSError as exc:
         raise os_error(exc, path, "removing the old folder") from None
+    if held:
+        _warn_held(path, aside, held)
 
 
 def replace_output(path: str | Path, *, overwrite: bool, owned: Callable[[Path], bool], what: str,

@@ -1050,7 +1050,7 @@ class Store:
         aside (``.<name>.benzarr-replaced-<pid>``) goes back to its name if the new one never
         got there (deleted otherwise), and a deleted one's ``.benzarr-old-`` folder is deleted,
         each only once process ``pid`` is gone."""
-        from benzarr.fsutil import REPLACED_TAG, _pid_alive
+        from benzarr.fsutil import REPLACED_TAG, _pid_alive, rmtree_held
 
         folder = self.local_path(SPLITS_GROUP)
         if folder is None or not folder.is_dir():
@@ -1062,8 +1062,8 @@ class Store:
             final = folder / found["name"]
             if found["tag"] == REPLACED_TAG and not os.path.lexists(final) and (Path(entry.path) / "zarr.json").is_file():
                 os.rename(entry.path, final)
-            else:
-                shutil.rmtree(entry.path)
+            else:  # what NFS keeps of files still open there stays, not to stop this write
+                rmtree_held(entry.path)
 
     def delete_split(self, name: str) -> None:
         """Remove ``splits/<name>``.
@@ -1169,9 +1169,12 @@ def _members(group: zarr.Group, where: str, warned: set[str] | None = None) -> l
     """``group.members()``, with zarr's warning about a folder that holds no ``zarr.json`` (in
     zarr's words, with its source line) given as one warning of benzarr's naming the folder
     (``where``/name); none for what a benzarr writer leaves while it works (``.*.benzarr-*-<pid>``)
-    or zarr's temporary ``zarr.<uuid>.partial`` of a ``zarr.json`` being written.
+    or zarr's temporary ``zarr.<uuid>.partial`` of a ``zarr.json`` being written, or a deleted file
+    that NFS keeps while a process holds it open (``.nfs<hex>``, not a folder at all).
     Other warnings are passed on as they were; ``warned`` (the folders already warned about,
     updated) keeps it to one warning a folder."""
+    from benzarr.fsutil import NFS_HELD
+
     with warnings.catch_warnings(record=True) as caught:  # zarr warns from its event-loop thread
         warnings.simplefilter("always")
         members = [(name, node) for name, node in group.members() if WRITER_LEFTOVER.fullmatch(name) is None]
@@ -1179,7 +1182,8 @@ def _members(group: zarr.Group, where: str, warned: set[str] | None = None) -> l
         found = _NOT_A_NODE.fullmatch(str(warning.message))
         if found is None:
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
-        elif WRITER_LEFTOVER.fullmatch(found["name"]) is None and _ZARR_TEMPORARY.fullmatch(found["name"]) is None:
+        elif (WRITER_LEFTOVER.fullmatch(found["name"]) is None and _ZARR_TEMPORARY.fullmatch(found["name"]) is None
+              and NFS_HELD.fullmatch(found["name"]) is None):
             folder = f"{where.rstrip('/')}/{found['name']}"
             if warned is not None:
                 if folder in warned:

@@ -1140,6 +1140,93 @@ def test_a_split_moved_aside_by_a_killed_replacement_comes_back(synth_store_64: 
     assert not [p for p in splits.iterdir() if p.name.startswith(".")]
 
 
+# -- NFS: files deleted while another process holds them open ("silly rename") ----------------
+
+#: What a Linux NFS client names a file deleted while a process holds it open: .nfs and hex digits.
+NFS_NAME = ".nfs0000000001a2b3c400000001"
+
+
+def _nfs_holding_open(monkeypatch: pytest.MonkeyPatch, held: str) -> None:
+    """Make ``os.unlink`` act as on NFS while another process (a notebook that memory-mapped
+    the shards) holds open each file whose folder path contains ``held``: the file is renamed
+    to ``.nfs<hex>`` in its folder instead of going, and deleting a ``.nfs<hex>`` file fails
+    with EBUSY ("Device or resource busy"), so its folder cannot be removed (ENOTEMPTY)."""
+    unlink, count = os.unlink, iter(range(1, 1 << 20))
+
+    def nfs_unlink(path: str | Path, *, dir_fd: int | None = None) -> None:
+        name = os.path.basename(os.fsdecode(path))
+        folder = os.readlink(f"/proc/self/fd/{dir_fd}") if dir_fd is not None else os.path.dirname(os.path.abspath(path))
+        if name.startswith(".nfs"):
+            raise OSError(errno.EBUSY, "Device or resource busy", path)
+        if held in folder:
+            os.rename(os.path.join(folder, name), os.path.join(folder, f".nfs{next(count):024x}"))
+            return
+        unlink(path, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "unlink", nfs_unlink)
+
+
+def test_a_store_replaced_on_nfs_while_another_process_reads_it(synth_store_64: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ingest --overwrite` on NFS while a notebook had the old store's shards open: the store
+    was moved aside, its deletion met the .nfs files of the open shards, and the command
+    stopped with "s.zarr: Directory not empty (while removing the old folder)", the store gone.
+    A .nfs file already in the store made --overwrite refuse it as "files that benzarr did not
+    write ...: move them out of the store first", which no one can do while it is open."""
+    from benzarr.demo import _RUN_FILES, _RUN_FOLDERS, _foreign_in_folder
+    from benzarr.fsutil import foreign_files
+
+    store = copy_tree(synth_store_64, tmp_path / "s.zarr")
+    (store / NFS_NAME).write_bytes(b"")
+    (store / "s2" / "10m" / "c" / "0" / "0" / "0" / NFS_NAME).write_bytes(b"")
+    assert foreign_files(store) == []
+    _nfs_holding_open(monkeypatch, "/s2/")
+    with pytest.warns(UserWarning, match=r"s\.zarr: [0-9]+ files of the old folder .* still open in another process"):
+        remove_folder(store)
+    assert not store.exists()  # replaced: what stays is only what NFS keeps for the reader
+    (aside,) = tmp_path.glob(f".s.zarr{ASIDE_TAG}*")
+    assert {p.name[:4] for p in aside.rglob("*") if p.is_file()} == {".nfs"}
+    run = tmp_path / "runs" / "shortcnn-all"  # demo --overwrite while tensorboard reads the run
+    run.mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    (run / NFS_NAME).write_bytes(b"")
+    assert _foreign_in_folder(run, _RUN_FILES, _RUN_FOLDERS) == []
+
+
+def test_splits_on_nfs_with_files_another_process_holds_open(synth_store_64: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A .nfs file under splits/ was warned about as "a folder without zarr.json ... restore that
+    file or remove the folder"; one in a split's folder made `split --overwrite` refuse it as a
+    user's file; one in a dead writer's leftover folder made every later split write fail with
+    "splits/NAME: Device or resource busy (while writing the split)"."""
+    import warnings
+
+    from benzarr.fsutil import PARTIAL_TAG
+    from benzarr.split import make_split
+
+    store_path = copy_tree(synth_store_64, tmp_path / "s.zarr")
+    make_split(open_store(store_path, mode="r+"), "r", "random", seed=1)
+    splits = store_path / "splits"
+    (splits / NFS_NAME).write_bytes(b"")
+    (splits / "r" / "c" / NFS_NAME).write_bytes(b"")
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True).stdout)
+    leftover = splits / f".n{PARTIAL_TAG}{dead}" / "c"
+    leftover.mkdir(parents=True)
+    (leftover / NFS_NAME).write_bytes(b"")
+    _nfs_holding_open(monkeypatch, "/splits/")
+    store = open_store(store_path, mode="r+")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert store.split_names() == ["r"]
+    make_split(store, "n", "random", seed=2)
+    make_split(store, "r", "random", seed=3, overwrite=True)
+    assert open_store(store_path).read_split("r")[1]["seed"] == 3
+    with pytest.warns(UserWarning, match="still open in another process"):  # its chunk is held open
+        store.delete_split("n")
+    assert open_store(store_path).split_names() == ["r"]
+
+
 # -- staging arrays left in a complete store (A8) ----------------------------------------------
 
 
