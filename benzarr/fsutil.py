@@ -217,6 +217,8 @@ def foreign_files(store: str | Path, limit: int = 3) -> list[str]:
 # zarr's LocalStore writes KEY as Path(KEY).with_suffix(".<uuid4 hex>.partial"), then renames it
 _ZARR_PARTIAL = re.compile(r"(.+)\.[0-9a-f]{32}\.partial")
 _SHARD_TMP = re.compile(r"\.(.+)\.[0-9]+\.tmp")  # benzarr.shards.write_shard: .KEY.PID.tmp
+# a folder a benzarr writer moved aside or is filling, .NAME.benzarr-old-PID (store.WRITER_LEFTOVER)
+_LEFTOVER = re.compile(r"\.(?P<name>.+?)(?:" + "|".join(re.escape(tag) for tag in TEMPORARY_TAGS) + r")[0-9]+")
 
 
 def _written_file(name: str, wanted: Callable[[str], bool]) -> bool:
@@ -262,6 +264,19 @@ def _foreign_in_group(folder: Path, rel: str, layout_node: Callable[[str], str |
     """Add to ``found`` what in the group folder ``folder`` (``rel`` in the store) benzarr did not write."""
     def enter(sub: Path, path: str, name: str) -> None:
         node = layout_node(path)
+        left = _LEFTOVER.fullmatch(name) if node is None else None
+        if left is not None and layout_node(_join(rel, left["name"])) is not None:
+            # what a killed (or NFS-held) removal of a benzarr folder left, ingest/.stage.benzarr-old-PID:
+            # checked as the folder it was (the layout below it, seen through its own name)
+            real = _join(rel, left["name"])
+            node = layout_node(real)
+
+            def layout_node_aside(below: str, prefix: str = path) -> str | None:
+                return layout_node(real + below[len(prefix):])
+
+            if node == "group":
+                _foreign_in_group(sub, path, layout_node_aside, found, limit)
+                return
         if node == "group":
             _foreign_in_group(sub, path, layout_node, found, limit)
         elif node == "array":

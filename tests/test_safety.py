@@ -38,7 +38,7 @@ from benzarr.errors import (
     StoreLockedError,
     UnsafeOverwriteError,
 )
-from benzarr.fsutil import ASIDE_TAG, check_outside_datasets, is_benzarr_store, remove_folder
+from benzarr.fsutil import ASIDE_TAG, check_outside_datasets, foreign_files, is_benzarr_store, remove_folder
 from benzarr.ingest import ingest
 from benzarr.lock import ingest_lock, lock_path
 from benzarr.store import open_store
@@ -1174,7 +1174,6 @@ def test_a_store_replaced_on_nfs_while_another_process_reads_it(synth_store_64: 
     A .nfs file already in the store made --overwrite refuse it as "files that benzarr did not
     write ...: move them out of the store first", which no one can do while it is open."""
     from benzarr.demo import _RUN_FILES, _RUN_FOLDERS, _foreign_in_folder
-    from benzarr.fsutil import foreign_files
 
     store = copy_tree(synth_store_64, tmp_path / "s.zarr")
     (store / NFS_NAME).write_bytes(b"")
@@ -1263,6 +1262,9 @@ def test_staging_left_by_a_kill_after_complete_goes_with_the_rerun(synth_archive
     if when == "during-the-drop":
         dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
         leftovers[0].rename(store / "ingest" / f".stage{ASIDE_TAG}{int(dead.stdout)}")
+    # benzarr's own leftover: --overwrite replaces the store (it refused, naming the staging
+    # chunks inside ingest/.stage.benzarr-old-PID as "files that benzarr did not write")
+    assert foreign_files(store) == []
     again = ingest(synth_archive_64, store, workers=1, shard_size=16)
     assert again.already_complete
     assert sorted(p.name for p in (store / "ingest").iterdir()) == ["band_stats", "done", "zarr.json"]
