@@ -61,8 +61,28 @@ def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     if get_worker_info() is None:
         return torch.empty(shape, dtype=dtype)
     nbytes = int(np.prod(shape, dtype=np.int64)) * torch.empty((), dtype=dtype).element_size()
-    storage = torch.UntypedStorage._new_shared(max(nbytes, 1))
+    try:
+        storage = torch.UntypedStorage._new_shared(max(nbytes, 1))
+    except RuntimeError as exc:
+        if "No space left on device" not in str(exc):
+            raise
+        raise LoaderWorkerError(_no_shared_memory(nbytes)) from None
     return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
+
+
+def _no_shared_memory(nbytes: int) -> str:
+    """What to do when a ``DataLoader`` worker finds no room in ``/dev/shm`` for a batch
+    (torch's own error, "unable to allocate shared memory(shm) for file </torch_...>", came as a
+    worker traceback; Docker gives a container 64 MB there)."""
+    try:
+        found = os.statvfs("/dev/shm")
+        room = f" ({found.f_bavail * found.f_frsize / 2**20:,.0f} MB free of {found.f_blocks * found.f_frsize / 2**20:,.0f} MB)"
+    except OSError:
+        room = ""
+    return (f"no room in shared memory for a {nbytes / 2**20:,.1f} MB batch array: DataLoader workers hand their "
+            f"batches over through /dev/shm{room}; make it larger (docker run --shm-size=4g; in Kubernetes an "
+            "emptyDir with medium Memory at /dev/shm), or use fewer workers or a smaller batch size "
+            "(with a local store, the batch ring, engine='ring', uses no /dev/shm)")
 
 
 class BigEarthNetDataset(Dataset):

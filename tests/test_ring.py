@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -315,6 +316,26 @@ def test_an_error_of_the_read_itself_is_not_taken_for_a_dead_worker(synth_store_
                      engine="dataloader") as loader:
         with pytest.raises(ConnectionResetError, match="connection reset by the object store"):
             list(loader)
+
+
+def test_a_dataloader_worker_without_room_in_dev_shm_says_what_to_do(synth_store_64: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The DataLoader engine's workers (URL stores, the Lightning default) hand batches over
+    through /dev/shm, 64 MB in a Docker container: a full one came up as torch's worker traceback
+    ("Caught RuntimeError in DataLoader worker process 0 ... unable to allocate shared
+    memory(shm) for file </torch_...>: No space left on device (28)"), saying nothing of what to do."""
+
+    def no_room(size: int) -> torch.UntypedStorage:  # torch's words on a full /dev/shm
+        raise RuntimeError("unable to allocate shared memory(shm) for file </torch_1_2_3>: No space left on device (28)")
+
+    monkeypatch.setattr(torch.UntypedStorage, "_new_shared", staticmethod(no_room))  # forked workers inherit it
+    with make_loader(BigEarthNetDataset(synth_store_64, bands="rgb"), 8, False, 1, seed=0, device="cpu",
+                     engine="dataloader") as loader:
+        with pytest.raises(LoaderWorkerError) as info:
+            next(iter(loader))
+    message = str(info.value)
+    assert "\n" not in message and "Traceback" not in message, message
+    assert re.search(r"no room in shared memory for a [0-9.]+ MB batch array: .*/dev/shm.*--shm-size", message), message
 
 
 def test_the_dataloader_engine_closes_and_fails_as_the_ring_does(synth_store_64: Path) -> None:
