@@ -20,6 +20,7 @@ names the path, the cause and the fix.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -100,6 +101,24 @@ def os_error(exc: OSError, path: str | Path = "", action: str = "writing", hint:
         cause = exc.strerror or str(exc) or type(exc).__name__
         message = f"{at}{cause} (while {action})"
     return FileSystemError(message, where, code)
+
+
+#: What a file system that cannot rename a folder says: object-store FUSE mounts (gcsfuse,
+#: mountpoint-s3, s3fs) among them.
+NO_FOLDER_RENAME = frozenset({errno.EXDEV, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS})
+
+
+def rename_error(exc: OSError, path: str | Path, action: str) -> FileSystemError:
+    """:func:`os_error` for a failed rename of a folder: where the file system cannot rename
+    folders at all, it says so and what to do, rather than "Invalid cross-device link" or
+    "Operation not supported" alone."""
+    if exc.errno not in NO_FOLDER_RENAME:
+        return os_error(exc, path, action)
+    cause = (exc.strerror or type(exc).__name__).lower()
+    return FileSystemError(
+        f"{path}: this file system cannot rename folders ({cause}, while {action}), and benzarr moves folders "
+        "aside or into place whole, so nothing was changed; on an object-store mount (gcsfuse, mountpoint-s3, "
+        "s3fs) give the bucket's s3:// URL instead", str(path), exc.errno)
 
 
 # -- what is at a path -----------------------------------------------------------------
@@ -634,10 +653,21 @@ def remove_entries(folder: str | Path, names: Iterable[str]) -> None:
     folder = Path(folder)
     _sweep(folder, ASIDE_TAG)
     aside = folder / f"{ASIDE_TAG}{os.getpid()}"
+    moved: list[str] = []
     try:
         aside.mkdir(exist_ok=True)
         for name in names:
             os.rename(folder / name, aside / name)
+            moved.append(name)
+    except OSError as exc:
+        # nothing deleted yet: put back what was moved, and leave no aside folder (inside a
+        # store it read as a user's empty folder, and the next --overwrite refused the store)
+        with contextlib.suppress(OSError):
+            for name in reversed(moved):
+                os.rename(aside / name, folder / name)
+            aside.rmdir()
+        raise rename_error(exc, folder, "removing old files") from None
+    try:
         held = rmtree_held(aside)
     except OSError as exc:
         raise os_error(exc, folder, "removing old files") from None
@@ -667,9 +697,10 @@ def remove_folder(path: str | Path) -> None:
             os.rename(path, aside)
         except OSError as exc:
             if exc.errno not in (errno.EXDEV, errno.EBUSY):
-                raise
+                raise rename_error(exc, path, "removing the old folder") from None
             # a mount point: move its entries aside inside it instead
-            remove_entries(path, [name for name in os.listdir(path) if not name.startswith(ASIDE_TAG)])
+            remove_entries(path, [name for name in os.listdir(path)
+                                  if not name.startswith(ASIDE_TAG) and not NFS_HELD.fullmatch(name)])
             return
         held = rmtree_held(aside)
     except OSError as exc:

@@ -1007,7 +1007,7 @@ class Store:
                     raise os_error(exc, self.path, "writing the split") from None
                 raise
             return
-        from benzarr.fsutil import PARTIAL_TAG, os_error
+        from benzarr.fsutil import PARTIAL_TAG, os_error, rename_error
         from benzarr.lock import write_lock
 
         final = folder / name
@@ -1024,7 +1024,10 @@ class Store:
                 # written beside its final name, then renamed into place: a failure or a kill
                 # never leaves a half-written split, and the old one stays until the new is whole
                 self._create_split_array(f"{SPLITS_GROUP}/{temporary.name}", codes, attrs)
-                _rename_into_place(temporary, final)
+                try:
+                    _rename_into_place(temporary, final)
+                except OSError as exc:  # (an object-store mount renames no folders: say so)
+                    raise rename_error(exc, final, "writing the split") from None
             except BaseException as exc:
                 shutil.rmtree(temporary, ignore_errors=True)
                 if isinstance(exc, OSError):  # read-only file system, full disk, ...

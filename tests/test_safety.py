@@ -1226,6 +1226,37 @@ def test_splits_on_nfs_with_files_another_process_holds_open(synth_store_64: Pat
     assert open_store(store_path).split_names() == ["r"]
 
 
+@pytest.mark.parametrize("code", ["EXDEV", "ENOTSUP"])
+def test_a_file_system_that_renames_no_folders_changes_nothing_and_says_so(code: str, synth_store_64: Path,
+                                                                          tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Object-store FUSE mounts (gcsfuse, mountpoint-s3, s3fs) rename files but not folders.
+    A split write said only "splits/n: Invalid cross-device link (while writing the split)";
+    removing a folder there (`ingest --overwrite`, the staging arrays at the end of an ingest)
+    took EXDEV for a mount point, moved nothing and left an empty .benzarr-old-PID folder inside,
+    which the next `ingest --overwrite` refused as a user's folder."""
+    from benzarr.split import make_split
+
+    store = copy_tree(synth_store_64, tmp_path / "s.zarr")
+    make_split(open_store(store, mode="r+"), "r", "random", seed=1)
+    before = tree(store)
+    rename = os.rename
+
+    def no_folder_rename(src: str | Path, dst: str | Path, **kwargs: object) -> None:
+        if os.path.isdir(src):
+            raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)), str(src))
+        rename(src, dst, **kwargs)
+
+    monkeypatch.setattr(os, "rename", no_folder_rename)
+    with pytest.raises(FileSystemError, match=r"splits/n: this file system cannot rename folders .* s3:// URL"):
+        make_split(open_store(store, mode="r+"), "n", "random", seed=2)
+    for folder in (store, store / "ingest" / "done"):
+        with pytest.raises(FileSystemError, match=f"{folder}: this file system cannot rename folders"):
+            remove_folder(folder)
+    assert tree(store) == before and foreign_files(store) == []  # nothing changed, nothing left
+    assert [p.name for p in store.rglob(".*")] == []
+
+
 # -- staging arrays left in a complete store (A8) ----------------------------------------------
 
 
