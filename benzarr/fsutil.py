@@ -51,6 +51,9 @@ PARTIAL_TAG = ".benzarr-partial-"  # a folder being filled beside its final name
 #: the two renames leaves it there, and the next write puts it back.
 REPLACED_TAG = ".benzarr-replaced-"
 TEMPORARY_TAGS = (ASIDE_TAG, PARTIAL_TAG, REPLACED_TAG)
+#: A folder a benzarr writer moved aside, is filling or swapped out: ``.<name><tag><pid>``.
+WRITER_LEFTOVER = re.compile(r"\.(?P<name>.+?)(?P<tag>" + "|".join(re.escape(tag) for tag in TEMPORARY_TAGS)
+                             + r")(?P<pid>[0-9]+)")
 #: What an NFS client keeps of a file deleted (or renamed over) while a process still holds it
 #: open, such as a shard a notebook's dataset has memory-mapped ("silly rename"): ``.nfs`` and hex
 #: digits, in the same folder, until the last holder closes it. Deleting it fails (EBUSY), and so
@@ -236,8 +239,6 @@ def foreign_files(store: str | Path, limit: int = 3) -> list[str]:
 # zarr's LocalStore writes KEY as Path(KEY).with_suffix(".<uuid4 hex>.partial"), then renames it
 _ZARR_PARTIAL = re.compile(r"(.+)\.[0-9a-f]{32}\.partial")
 _SHARD_TMP = re.compile(r"\.(.+)\.[0-9]+\.tmp")  # benzarr.shards.write_shard: .KEY.PID.tmp
-# a folder a benzarr writer moved aside or is filling, .NAME.benzarr-old-PID (store.WRITER_LEFTOVER)
-_LEFTOVER = re.compile(r"\.(?P<name>.+?)(?:" + "|".join(re.escape(tag) for tag in TEMPORARY_TAGS) + r")[0-9]+")
 
 
 def _written_file(name: str, wanted: Callable[[str], bool]) -> bool:
@@ -263,8 +264,9 @@ def _scan(folder: Path, rel: str, found: list[str], limit: int, written: Callabl
           enter: Callable[[Path, str, str], None]) -> None:
     """The one walk of a store folder ``folder`` (``rel`` in the store): add to ``found`` each
     symlink and each file that ``written`` does not take for benzarr's (by name, see
-    :func:`_written_file`) or for a deleted file NFS keeps while it is open (:data:`NFS_HELD`), and call ``enter(sub-folder, its rel path, its name)`` for each
-    folder; stop once ``found`` holds ``limit``."""
+    :func:`_written_file`) or for a deleted file NFS keeps while it is open (:data:`NFS_HELD`),
+    and call ``enter(sub-folder, its rel path, its name)`` for each folder; stop once ``found``
+    holds ``limit``."""
     for entry in _entries(folder):
         if len(found) >= limit:
             return
@@ -283,7 +285,7 @@ def _foreign_in_group(folder: Path, rel: str, layout_node: Callable[[str], str |
     """Add to ``found`` what in the group folder ``folder`` (``rel`` in the store) benzarr did not write."""
     def enter(sub: Path, path: str, name: str) -> None:
         node = layout_node(path)
-        left = _LEFTOVER.fullmatch(name) if node is None else None
+        left = WRITER_LEFTOVER.fullmatch(name) if node is None else None
         if left is not None and layout_node(_join(rel, left["name"])) is not None:
             # what a killed (or NFS-held) removal of a benzarr folder left, ingest/.stage.benzarr-old-PID:
             # checked as the folder it was (the layout below it, seen through its own name)

@@ -94,6 +94,9 @@ from benzarr.errors import (
     StoreVersionError,
     UnsafeOverwriteError,
 )
+# What benzarr's writers leave beside a folder while they replace or delete it (never an array
+# or group of the store: listings and `verify` skip it).
+from benzarr.fsutil import WRITER_LEFTOVER
 from benzarr.shards import RowReader, row_reader, write_shard
 
 #: Store format. 1: the first layout. 2: every inner chunk of the band arrays ends in a crc32c
@@ -1156,9 +1159,6 @@ class Store:
         return f"Store({self.path!r}, n_patches={attrs.get('n_patches')}, {state})"
 
 
-#: What benzarr's writers leave beside a folder while they replace or delete it: ``.<name><tag><pid>``
-#: (never an array or group of the store: listings and ``verify`` skip it).
-WRITER_LEFTOVER = re.compile(r"\.(?P<name>.+?)(?P<tag>\.benzarr-(?:partial|replaced|old)-)(?P<pid>[0-9]+)")
 #: zarr's warning for a folder (or key prefix) in a group that holds no ``zarr.json``.
 _NOT_A_NODE = re.compile(r"Object at (?P<name>.+) is not recognized as a component of a Zarr hierarchy\.?")
 
