@@ -611,7 +611,7 @@ def _warn_held(path: Path, aside: Path, held: list[str]) -> None:
     import warnings
 
     count = f"{len(held)} file{'s' if len(held) != 1 else ''}"
-    warnings.warn(f"{path}: {count} of the old folder ({held[0]}{', ...' if len(held) > 1 else ''}) are still open in "
+    warnings.warn(f"{path}: {count} of the old folder ({held[0]}{', ...' if len(held) > 1 else ''}) {'is' if len(held) == 1 else 'are'} still open in "
                   f"another process (NFS keeps them until it closes them), so {aside} stays until then; a later "
                   "replace deletes it", stacklevel=3)
 
