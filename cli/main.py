@@ -17,6 +17,7 @@ import importlib
 import inspect
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -176,6 +177,18 @@ def _deliver_lost_interrupt(unraisable: sys.UnraisableHookArgs) -> None:
             continue
 
 
+def _unraisable(unraisable: sys.UnraisableHookArgs) -> None:
+    """``sys.unraisablehook`` of a CLI run: a dropped Ctrl-C is delivered again
+    (:func:`_deliver_lost_interrupt`); torch's notice that a DataLoader worker was killed, raised
+    by its SIGCHLD handler inside a weakref callback, is not shown: the loader stops with its
+    own one line for that death (``LoaderWorkerError``), and Python would print the notice as an
+    "Exception ignored" traceback above it. Anything else is shown as Python shows it."""
+    exc = unraisable.exc_value
+    if isinstance(exc, RuntimeError) and re.match(r"DataLoader worker \(pid [0-9]+\) is killed by signal", str(exc)):
+        return
+    _deliver_lost_interrupt(unraisable)
+
+
 def _stopped() -> None:
     """Report an interruption (Ctrl-C or SIGTERM) with the command's advice, and exit 130 or 143."""
     _STOPPING.append(True)
@@ -207,10 +220,11 @@ def main() -> None:
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and not torchrun:  # not when embedded with a handler of its own
         signal.signal(signal.SIGTERM, _on_sigterm)
     warnings.showwarning = _show_warning
-    sys.unraisablehook = _deliver_lost_interrupt
+    sys.unraisablehook = _unraisable
     try:
         _run()
     finally:
+        _TERMINATED.clear(), _STOPPING.clear()  # this run's; a hook called later must not see them
         handler, warnings.showwarning, sys.unraisablehook = saved
         if threading.current_thread() is threading.main_thread():  # signal.signal's own rule
             signal.signal(signal.SIGTERM, handler)
