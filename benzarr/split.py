@@ -52,7 +52,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +65,7 @@ from benzarr.leakage import DEFAULT_KM, check_km, split_leakage
 from benzarr.store import EXCLUDED, TEST, TRAIN, VAL, Store, check_split_name, open_store  # noqa: F401 (codes re-exported)
 from benzarr.store import SUBSETS as SUBSET_CODES
 from benzarr.stratify import kfold_assignment, shuffled_stratification
+from benzarr.timestamps import utc_timestamp
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -835,7 +835,7 @@ def make_split(
         "desired": list(desired) if desired is not None else None,
         "engine": engine if method == "iterative" else None,
         "versions": _package_versions(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": utc_timestamp(),
     }
     store.write_split(name, codes, attrs, overwrite=overwrite)
     stored, stored_attrs = store.read_split(name)

@@ -69,7 +69,6 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from copy import deepcopy
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -98,6 +97,7 @@ from benzarr.errors import (
 # or group of the store: listings and `verify` skip it).
 from benzarr.fsutil import WRITER_LEFTOVER
 from benzarr.shards import RowReader, row_reader, write_shard
+from benzarr.timestamps import utc_timestamp
 
 #: Store format. 1: the first layout. 2: every inner chunk of the band arrays ends in a crc32c
 #: (Zarr v3 ``crc32c`` codec last in the inner chain), checked by every reader. Format 1 stores
@@ -991,7 +991,7 @@ class Store:
         codes = np.where(self.valid_mask(), codes, EXCLUDED).astype(np.int8)
         attrs = dict(attrs)
         attrs.setdefault("names", {"0": "train", "1": "val", "2": "test", "-1": "excluded"})
-        attrs.setdefault("created", datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        attrs.setdefault("created", utc_timestamp())
         attrs["counts"] = subset_counts(codes)
         folder = self.local_path(SPLITS_GROUP)
         if folder is None:  # an object store: written in place; a failed write removes what it wrote

@@ -37,7 +37,6 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +66,7 @@ from benzarr.store import (
     is_url,
     open_store,
 )
+from benzarr.timestamps import utc_timestamp
 
 #: Attribute (inside the store's ``benzarr`` attributes) holding the last verification.
 VERIFIED_KEY = "verified"
@@ -296,7 +296,7 @@ def verify_store(
     _check_recorded_counts(store, opened, report)
 
     report.seconds = time.perf_counter() - started
-    report.at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    report.at = utc_timestamp()
     if record:
         _record(store, report)
     return report

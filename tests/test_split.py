@@ -549,3 +549,26 @@ def test_a_failed_split_write_to_an_object_store_removes_what_it_wrote(s3_server
     assert open_store(url, storage_options=options).split_names() == ["a"]
     store.write_split("b", np.ones(10, np.int8), {"method": "x"})
     assert open_store(url, storage_options=options).read_split("b")[0].tolist() == [1] * 10
+
+
+def test_source_date_epoch_makes_a_split_the_same_bytes(tmp_path: Path, official_names: list[str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A split's ``created`` stamp was the only byte of a store that differed between two builds
+    from the same inputs and seed. With ``SOURCE_DATE_EPOCH`` (the reproducible-builds
+    convention) the two split folders are equal file for file; a bad value is one clear error."""
+    n = len(official_names)
+    labels, valid = skewed_labels(n, 1), np.ones(n, bool)
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    folders = []
+    for name in ("a", "b"):
+        store = make_labels_store(tmp_path / f"{name}.zarr", official_names, labels, valid)
+        make_split(store, "strat", "iterative", seed=3)
+        folders.append(tmp_path / f"{name}.zarr" / "splits" / "strat")
+    files = [sorted(p.relative_to(f) for p in f.rglob("*") if p.is_file()) for f in folders]
+    assert files[0] == files[1] and files[0]
+    assert all((folders[0] / p).read_bytes() == (folders[1] / p).read_bytes() for p in files[0])
+    assert open_store(tmp_path / "a.zarr").read_split("strat")[1]["created"] == "2023-11-14T22:13:20+00:00"
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
+    with pytest.raises(InvalidArgumentError, match=r"^SOURCE_DATE_EPOCH must be a whole number of seconds since 1970, "
+                                                   r"got 'yesterday'"):
+        make_split(open_store(tmp_path / "a.zarr", mode="r+"), "other", "random", seed=3)
