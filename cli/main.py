@@ -145,6 +145,7 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 
 _STOPPING: list[bool] = []  # the interruption is being reported: a lost one is not delivered again
+_RUN = [0]  # which main() call runs (counted at its start and end): a late delivery is for that one only
 
 
 def _deliver_lost_interrupt(unraisable: sys.UnraisableHookArgs) -> None:
@@ -163,9 +164,17 @@ def _deliver_lost_interrupt(unraisable: sys.UnraisableHookArgs) -> None:
     import _thread
 
     signum = signal.SIGTERM if isinstance(exc, _Terminated) else signal.SIGINT
+    run = _RUN[0]
+
+    def deliver() -> None:
+        # not once the command is already stopping, nor after its main() returned: a late
+        # interrupt would escape main() and end the process with SIGINT (exit -2) instead of 130
+        if _RUN[0] == run and not _STOPPING:
+            _thread.interrupt_main(signum)
+
     while True:
         try:
-            timer = threading.Timer(0.01, _thread.interrupt_main, (signum,))
+            timer = threading.Timer(0.01, deliver)
             timer.daemon = True
             timer.start()
             break
@@ -205,6 +214,7 @@ def main() -> None:
     each call starts from a clean state (no interruption or advice left from the last one) and
     puts back the SIGTERM handler, warning display and unraisable hook it installs for its run."""
     _TERMINATED.clear(), _STOPPING.clear(), forget_interrupt_advice()
+    _RUN[0] += 1
     saved = (signal.getsignal(signal.SIGTERM), warnings.showwarning, sys.unraisablehook)
     asyncio_logger = logging.getLogger("asyncio")
     asyncio_level = asyncio_logger.level
@@ -225,6 +235,7 @@ def main() -> None:
         _run()
     finally:
         _TERMINATED.clear(), _STOPPING.clear()  # this run's; a hook called later must not see them
+        _RUN[0] += 1
         handler, warnings.showwarning, sys.unraisablehook = saved
         if threading.current_thread() is threading.main_thread():  # signal.signal's own rule
             signal.signal(signal.SIGTERM, handler)

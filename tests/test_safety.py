@@ -966,6 +966,30 @@ def test_an_interrupt_swallowed_by_a_callback_is_delivered_again(monkeypatch: py
     assert isinstance(raised.value, cli_main._Terminated) == (signum == signal.SIGTERM)
 
 
+@pytest.mark.parametrize("then", ["stopping", "main-returned"])
+def test_a_lost_interrupt_is_not_delivered_once_the_command_stops_or_returns(monkeypatch: pytest.MonkeyPatch,
+                                                                            then: str) -> None:
+    """The hook delivers a dropped Ctrl-C a moment later; by then the command may already be
+    reporting an interruption, or its main() may have returned. A late delivery escaped main()
+    and ended the process with SIGINT (exit -2) instead of 130: it is not made then."""
+    import types
+
+    from benzarr_cli import main as cli_main
+
+    monkeypatch.setattr(cli_main, "_STOPPING", [])
+    monkeypatch.setattr(cli_main, "_RUN", [7])
+    lost = KeyboardInterrupt()
+    cli_main._deliver_lost_interrupt(types.SimpleNamespace(exc_value=lost))
+    if then == "stopping":
+        cli_main._STOPPING.append(True)
+    else:
+        cli_main._RUN[0] += 1
+    try:
+        time.sleep(0.1)  # the timer fires meanwhile
+    except KeyboardInterrupt:
+        pytest.fail(f"a lost interrupt was delivered after the command was {then}")
+
+
 def test_torchs_notice_of_a_killed_loader_worker_is_not_printed_above_the_one_line(
         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     """torch's SIGCHLD handler can raise "DataLoader worker (pid N) is killed by signal" inside a
