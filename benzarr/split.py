@@ -94,7 +94,10 @@ def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
     if len(values) != 3:
         raise InvalidArgumentError(f"fractions must be three values train,val,test; got {len(values)}")
     if any(not np.isfinite(f) or f < 0 for f in values) or abs(sum(values) - 1) > 1e-6:
-        raise InvalidArgumentError(f"fractions must be non-negative and sum to 1, got {','.join(map(str, values))}")
+        # 60,20,20 (percent) is the usual slip: the line said only what was wrong, not what to give
+        hint = "; shares of 1, not percent" if abs(sum(values) - 100) <= 1e-6 else ""
+        raise InvalidArgumentError(f"fractions must be non-negative and sum to 1, got {','.join(map(str, values))}"
+                                   f"{hint}: e.g. 0.6,0.2,0.2")
     if values[0] == 0:
         raise InvalidArgumentError("the train fraction must be positive")
     return values  # type: ignore[return-value]
@@ -129,12 +132,15 @@ def _numbers(values: Any, test: Callable[[Any], bool]) -> bool:
     return all(test(v) for v in items)
 
 
-def parse_numbers(text: str, kind: type = float) -> tuple:
-    """``"0.6,0.2,0.2"`` -> ``(0.6, 0.2, 0.2)``; raises InvalidArgumentError on bad numbers."""
+def parse_numbers(text: str, kind: type = float, what: str = "value") -> tuple:
+    """``"0.6,0.2,0.2"`` -> ``(0.6, 0.2, 0.2)``; raises InvalidArgumentError on bad numbers, naming
+    ``what`` (the option, e.g. ``"--assign"``: the line named no option at all)."""
     try:
         return tuple(kind(part) for part in text.split(","))
     except ValueError:
-        raise InvalidArgumentError(f"expected comma-separated {kind.__name__} values, got {text!r}") from None
+        example = "3,1,1" if kind is int else "0.6,0.2,0.2"
+        noun = "whole numbers" if kind is int else "numbers"
+        raise InvalidArgumentError(f"{what}: expected comma-separated {noun}, e.g. {example}; got {text!r}") from None
 
 
 def fraction_sizes(n: int, fractions: Sequence[float]) -> tuple[int, int, int]:

@@ -66,7 +66,10 @@ def command(
                                    "then export it")
     if fractions is not None and not fractions.strip():
         raise InvalidArgumentError("--fractions: give the train,val,test shares, e.g. 0.6,0.2,0.2")
-    if folds is not None and assign is None and folds != 5:
+    # only where --folds applies and is a count of folds: `--folds 1` and `--method random --folds 3`
+    # were sent to an --assign that then failed on the folds or the method
+    if (folds is not None and assign is None and folds != 5 and folds >= 2 and method == "iterative"
+            and fractions is None):
         raise InvalidArgumentError(f"--folds {folds} needs --assign A,B,C: how many of the {folds} folds go to "
                                    "train, val and test (the default 3,1,1 is for 5 folds)")
     if name is None:
@@ -97,8 +100,8 @@ def command(
     result = make_split(
         open_store(store, mode="r+", storage_options=options), name, method,
         folds=folds,
-        assign=parse_numbers(assign, int) if assign else None,
-        fractions=parse_numbers(fractions, float) if fractions else None,
+        assign=parse_numbers(assign, int, "--assign") if assign else None,
+        fractions=parse_numbers(fractions, float, "--fractions") if fractions else None,
         seed=seed, labels=labels, csv_dir=csv_dir, exclude_from=exclude_from, overwrite=overwrite,
         group_by=group_by, leakage_km=leakage_km,
     )

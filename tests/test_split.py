@@ -499,6 +499,15 @@ def test_a_bad_plot_path_leaves_the_old_split_untouched(store, tmp_path: Path, p
     (["--name", "x", "--method", "random", "--export", "out"], "--export writes a stored split"),
     (["--name", "x", "--method", "random", "--fractions", ""], "--fractions: give the train,val,test shares"),
     (["--name", "x", "--method", "iterative", "--folds", "3"], "--folds 3 needs --assign A,B,C"),
+    # these were sent to an --assign that then failed on the folds or on the method
+    (["--name", "x", "--method", "iterative", "--folds", "1"], "--folds must be at least 2, got 1"),
+    (["--name", "x", "--method", "random", "--folds", "3"], "--folds/--assign apply to --method iterative"),
+    (["--name", "x", "--method", "iterative", "--fractions", "0.6,0.2,0.2", "--folds", "3"],
+     "--folds/--assign apply to --method iterative without --fractions"),
+    # the line named no option
+    (["--name", "x", "--method", "iterative", "--assign", "0-2,3,4"], "--assign: expected comma-separated whole"),
+    (["--name", "x", "--method", "random", "--fractions", "60%,20%,20%"], "--fractions: expected comma-separated"),
+    (["--name", "x", "--method", "random", "--fractions", "60,20,20"], "shares of 1, not percent: e.g. 0.6,0.2,0.2"),
     (["--name", "x", "--method", "iterative", "--leakage-km", "-1"], "(--leakage-km) must be a non-negative number"),
     (["--name", "x", "--method", "iterative", "--leakage-km", "nan"], "(--leakage-km) must be a non-negative number"),
 ])
