@@ -866,7 +866,9 @@ def _resume(run: _Run) -> None:
     old, settings = payload["config"], run.config["settings"]
 
     def before(name: str) -> Any:  # a setting added after the checkpoint was written had its default
-        return old["settings"].get(name, getattr(TrainConfig, name, None))
+        value = old["settings"].get(name, getattr(TrainConfig, name, None))
+        # a run started before model names were lower-cased (TrainConfig) may hold "ShortCNN-RGB"
+        return value.lower() if name == "model" and isinstance(value, str) else value
 
     changed = {k: (before(k), v) for k, v in settings.items() if k not in RESUMABLE and before(k) != v}
     started_with = old.get("loader_seed", old["settings"]["seed"])  # (none recorded: the run seed itself)

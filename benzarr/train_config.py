@@ -68,6 +68,11 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, os.PathLike):
                 setattr(self, name, os.fspath(value))
+        # model names are case-insensitive, but `--model ShortCNN-RGB` was kept as typed: its run
+        # went to runs/ShortCNN-RGB-<split> beside runs/shortcnn-rgb-<split> (two trains of one
+        # model and split, neither refused), and report summarised it as another model
+        if isinstance(self.model, str):
+            self.model = self.model.lower()
 
 
 #: Settings a resumed run may change; every other one must equal the checkpoint's.

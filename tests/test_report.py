@@ -149,6 +149,20 @@ def test_runs_that_differ_in_more_than_their_seed_are_never_averaged(runs: dict[
         "strat (shortcnn-rgb, strat, 2 seeds)": ["seed-0", "seed-1"]}
 
 
+def test_a_model_name_typed_in_other_case_is_one_model(runs: dict[str, Path], tmp_path: Path) -> None:
+    """A run whose config.json says "ShortCNN-RGB" (as train kept `--model ShortCNN-RGB`) was
+    summarised as another model than its seed's "shortcnn-rgb"."""
+    import json
+
+    run = copy_tree(runs["strat"] / "seed-1", tmp_path / "runs" / "upper")
+    copy_tree(runs["strat"] / "seed-0", tmp_path / "runs" / "lower")
+    config = json.loads((run / "config.json").read_text())
+    config["settings"]["model"] = "ShortCNN-RGB"
+    (run / "config.json").write_text(json.dumps(config))
+    report = write_report([tmp_path / "runs"], tmp_path / "out")
+    assert list(report.summary["model"]) == ["shortcnn-rgb"] and list(report.summary["n_runs"]) == [2]
+
+
 def test_runs_on_different_data_are_never_averaged_and_a_repeated_seed_counts_once(
         runs: dict[str, Path], tmp_path: Path) -> None:
     """Runs on two stores (or on one split rewritten between them) were averaged as seeds of one

@@ -426,6 +426,16 @@ def test_settings_are_checked_before_any_work(store: Path, tmp_path: Path) -> No
         train(config(store, tmp_path / "x", resume=True))
 
 
+def test_a_model_name_in_other_case_is_the_same_model_and_run_folder() -> None:
+    """`--model ShortCNN-RGB` trained into runs/ShortCNN-RGB-strat beside runs/shortcnn-rgb-strat,
+    and its config.json named another model for report."""
+    from benzarr.train_config import default_out
+
+    cfg = TrainConfig(store="s.zarr", split="strat", model="ShortCNN-RGB")
+    assert cfg.model == "shortcnn-rgb"
+    assert default_out(cfg) == str(Path("runs") / "shortcnn-rgb-strat")
+
+
 def test_bands_follow_the_model_unless_given() -> None:
     assert resolve_bands("shortcnn-rgb", None) == ["B04", "B03", "B02"]
     assert len(resolve_bands("shortcnn-all", None)) == 12
