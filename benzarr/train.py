@@ -428,6 +428,13 @@ def check_config(cfg: TrainConfig) -> None:
             raise InvalidArgumentError(f"{name} must be at least 1, not {value}")
     if cfg.finetune not in FINETUNE_LEVELS:
         raise InvalidArgumentError(f"--finetune must be one of {sorted(FINETUNE_LEVELS)}, not {cfg.finetune}")
+    # the loader's workers and the device were checked only after the run folder's: `--device gpu`
+    # or `--workers -1` into a used --out was told to pass --resume, and then failed on the option
+    whole("--workers", cfg.workers, 0)
+    if cfg.device != "auto":
+        from benzarr.data import check_device
+
+        check_device(_parse_device(cfg.device), option="--device")
     get_spec(cfg.model)
     resolve_bands(cfg.model, cfg.bands, cfg.modalities)
     monitor_key(cfg.monitor)
@@ -454,6 +461,15 @@ def _check_types(cfg: TrainConfig) -> None:
             raise InvalidArgumentError(f"{flag} must be a string, got {value!r}")
 
 
+def _parse_device(device: str) -> torch.device:
+    """``device`` as a ``torch.device``, or InvalidArgumentError listing the names train takes
+    (torch's own message lists every backend it was built with)."""
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InvalidArgumentError(f"unknown --device {device!r}: choose auto, cpu or cuda (cuda:N)") from None
+
+
 def resolve_device(device: str, local_rank: int = 0) -> torch.device:
     """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; under torchrun, ``cuda`` means
     ``cuda:<LOCAL_RANK>``; then checked by :func:`benzarr.data.check_device` and made current.
@@ -466,10 +482,7 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise InvalidArgumentError(f"unknown --device {device!r}: choose auto, cpu or cuda (cuda:N)") from None
+    dev = _parse_device(device)
     if dev.type == "cuda" and dev.index is None and torch.cuda.is_available():
         dev = torch.device("cuda", local_rank)
     dev = check_device(dev, option="--device")

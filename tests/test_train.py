@@ -887,6 +887,9 @@ def test_a_device_torch_does_not_know_or_cannot_use_is_one_line(device: str, mes
     ({"lr": math.nan}, "--lr must be a positive, finite number, got nan"),
     ({"seed": -1}, "--seed must be between 0 and 4294967295, got -1"),
     ({"seed": 10**20}, "--seed must be between 0 and 4294967295, got 100000000000000000000"),
+    # checked after the run folder's: into a used --out they were told to pass --resume
+    ({"workers": -1}, "--workers must be 0 or more, got -1"),
+    ({"device": "gpu"}, "unknown --device 'gpu': choose auto, cpu or cuda"),
 ])
 def test_numbers_torch_would_refuse_are_refused_up_front(changes: dict, message: str) -> None:
     """These reached torch or NumPy and ended as "unexpected ValueError ..." (or, for seed -1,
