@@ -125,6 +125,9 @@ def read_settings_file(path: str | Path) -> dict[str, object]:
     try:
         data = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
     except ValueError as exc:  # json's and tomllib's decode errors both are
+        if path.suffix.lower() in (".yaml", ".yml"):  # was "not valid JSON": as if the file were meant as JSON
+            raise InvalidArgumentError(f"--config {path}: YAML is not read; write the settings as JSON (a *.json "
+                                       "object) or TOML (*.toml, `key = value` lines)") from None
         kind = "TOML" if path.suffix.lower() == ".toml" else "JSON (name a TOML file *.toml)"
         raise InvalidArgumentError(f"--config {path}: not valid {kind}: {exc}") from None
     if not isinstance(data, dict):

@@ -953,6 +953,9 @@ def test_a_bad_config_file_is_one_line_naming_the_setting(tmp_path: Path, text: 
     path.write_text(text)
     with pytest.raises(InvalidArgumentError, match=rf"^--config {re.escape(str(path))}: {message}"):
         read_settings_file(path)
+    (tmp_path / "run.yaml").write_text("model: shortcnn-all\n")  # was "not valid JSON (name a TOML file *.toml)"
+    with pytest.raises(InvalidArgumentError, match=r"run\.yaml: YAML is not read; write the settings as JSON"):
+        read_settings_file(tmp_path / "run.yaml")
     (tmp_path / "list.json").write_text("[1]")
     with pytest.raises(InvalidArgumentError, match="not a table of settings"):
         read_settings_file(tmp_path / "list.json")
