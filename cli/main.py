@@ -254,9 +254,33 @@ def _quiet_asyncio_at_exit() -> None:
         _AT_EXIT.append(True)
 
 
+def _unexpanded_tilde(args: list[str]) -> str | None:
+    """The error line for the first argument that is a path starting with ``~`` that the shell
+    left as it was (quoted, ``'~/s.zarr'``, or after ``=``, ``--out=~/runs``) and that names
+    nothing here, else None. benzarr takes paths literally, as every program does: ``ingest
+    arch '~/s.zarr'`` wrote ./~/s.zarr, a folder named ``~`` in the current one, and said it
+    wrote ``~/s.zarr`` (a later ``rm -rf ~`` to tidy it deletes the home folder); a reading
+    command said "no such store" of a store that is there. No benzarr value but a path starts
+    with ``~``, so every command's arguments are checked here, before any is used."""
+    for arg in args:
+        value = arg.split("=", 1)[1] if arg.startswith("--") and "=" in arg else arg
+        if not value.startswith("~") or os.path.lexists(value):
+            continue
+        expanded = os.path.expanduser(value)
+        if expanded != value:  # ~ or ~user/...: the home folder the shell would have put there
+            return (f"{value}: starts with '~', which the shell did not expand (it was quoted, or came after "
+                    f"'='), and benzarr reads paths as written: write {expanded} (or leave the ~ unquoted, "
+                    "as its own word)")
+    return None
+
+
 def _run() -> None:
     """Run the app as ``main`` set it up: benzarr errors become one line and an exit code."""
     redirected = _stdout_is_devnull()  # by the user; otherwise /dev/null later means rich met a broken pipe
+    tilde = _unexpanded_tilde(sys.argv[1:])
+    if tilde is not None:  # a usage error of the command line, before any command runs
+        error_line(tilde)
+        sys.exit(2)
     try:
         code = app(standalone_mode=False)
     except BenzarrError as exc:

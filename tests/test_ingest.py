@@ -543,3 +543,24 @@ def test_a_patches_file_naming_no_patch_of_the_archive_says_which_file(synth_arc
     with pytest.raises(NotAnArchiveError, match=r"none of the 2 names in --patches .*g\.txt is a patch of the archive "
                                                  r"\('garbage', 'more junk'\)"):
         ingest(synth_archive_64, tmp_path / "s.zarr", workers=1, patches=tmp_path / "g.txt")
+
+
+@pytest.mark.parametrize("args", [["ingest", "{archive}", "~/s.zarr"], ["ingest", "{archive}", "--", "~"],
+                                  ["info", "~/s.zarr"], ["train", "s.zarr", "--split", "st", "--out=~/runs"]])
+def test_a_quoted_tilde_is_refused_before_anything_is_written(synth_archive_64: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch, args: list[str]) -> None:
+    """`benzarr ingest arch '~/s.zarr'` wrote ./~/s.zarr (a folder named ~ in the current one)
+    and said it wrote ~/s.zarr; `info '~/s.zarr'` said "no such store" of a store in $HOME."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    result = run_cli(*(a.format(archive=synth_archive_64) for a in args))
+    assert result.returncode == 2 and result.stdout == ""
+    tilde = args[-1].split("=")[-1]
+    assert result.stderr == (f"error: {tilde}: starts with '~', which the shell did not expand (it was quoted, or came "
+                             f"after '='), and benzarr reads paths as written: write {home}{tilde[1:]} (or leave "
+                             "the ~ unquoted, as its own word)\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home"] and not any(home.iterdir())
+    (tmp_path / "~").mkdir()  # a folder really named ~ is a path like any other
+    assert "starts with '~'" not in run_cli("info", "~").stderr
