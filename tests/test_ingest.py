@@ -564,3 +564,18 @@ def test_a_quoted_tilde_is_refused_before_anything_is_written(synth_archive_64: 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["home"] and not any(home.iterdir())
     (tmp_path / "~").mkdir()  # a folder really named ~ is a path like any other
     assert "starts with '~'" not in run_cli("info", "~").stderr
+
+
+def test_an_archive_that_is_a_store_or_a_patch_folder_says_which_folder_to_give(
+        synth_archive_64: Path, synth_store_64: Path, tmp_path: Path) -> None:
+    """`benzarr ingest s.zarr archive` (the arguments swapped) and `ingest archive/PATCH s.zarr`
+    said only "not a BigEarthNet archive"."""
+    swapped = run_cli("ingest", synth_store_64, synth_archive_64)
+    assert swapped.returncode == 1 and swapped.stderr.count("\n") == 1
+    assert swapped.stderr.rstrip().endswith("; it is a benzarr store: the archive comes first, then the store "
+                                            "(benzarr ingest ARCHIVE STORE)")
+    patch = next(p for p in sorted(synth_archive_64.iterdir()) if p.is_dir())
+    inside = run_cli("ingest", patch, tmp_path / "s.zarr")
+    assert inside.returncode == 1
+    assert inside.stderr.rstrip().endswith(f"; it is inside the archive {synth_archive_64}: give that folder")
+    assert not (tmp_path / "s.zarr").exists()

@@ -162,9 +162,28 @@ def open_archive(path: str | Path, source: str | None = None) -> Archive:
         wanted = ", no ".join(get_source(name).looks_for for name in list_sources())
         packed = _files.compressed_tarballs(path)
         hint = (f"; it holds compressed tarballs ({', '.join(packed)}): decompress them (gunzip -k, zstd -d), "
-                "and benzarr reads each .tar in place, without unpacking it") if packed else _inner_archive_hint(path)
+                "and benzarr reads each .tar in place, without unpacking it") if packed else _what_it_is_hint(path)
         raise NotAnArchiveError(f"{path}: not a BigEarthNet archive (no {wanted}){hint}")
     return chosen.open(path)
+
+
+def _what_it_is_hint(path: Path) -> str:
+    """What ``path``, which reads as no archive, is when benzarr knows it: a benzarr store (the
+    arguments swapped, ``benzarr ingest s.zarr archive``), a folder inside an archive (a patch
+    folder), or a folder holding the archive (:func:`_inner_archive_hint`); else "". The line
+    said only "not a BigEarthNet archive", which sent the user to look at the wrong folder."""
+    from benzarr.fsutil import is_benzarr_store
+
+    if is_benzarr_store(path):
+        return "; it is a benzarr store: the archive comes first, then the store (benzarr ingest ARCHIVE STORE)"
+    parent = path.parent if path.name not in ("", ".", "..") else None
+    try:
+        inside = parent is not None and detect_source(parent) is not None
+    except NotAnArchiveError:  # read as two sources: an archive all the same
+        inside = True
+    if inside:
+        return f"; it is inside the archive {parent}: give that folder"
+    return _inner_archive_hint(path)
 
 
 def _inner_archive_hint(path: Path) -> str:
