@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 
 from benzarr.errors import FileSystemError, InvalidArgumentError, missing_extra
-from benzarr.fsutil import PARTIAL_TAG, os_error
+from benzarr.fsutil import PARTIAL_TAG, describe, os_error
 from benzarr.sources.ben_v1 import V1_S1_FOLDER, V1_S2_FOLDER
 
 _ARCHIVES = {
@@ -46,6 +46,14 @@ def extract_examples(out: str | Path) -> dict[str, list[str]]:
     for folder in _ARCHIVES:  # both checked before anything is written
         if os.path.lexists(out / folder):
             raise InvalidArgumentError(f"{out / folder}: exists; choose an empty folder (nothing was replaced)")
+    if out.is_dir():
+        # unpacked into a synthetic archive (or a store), the real patches made one folder of
+        # two archives: ingest took the synthetic patches at its top, paired them with the real
+        # S1 folder, called every one bad and left the six real ones out
+        found = describe(out)
+        if " archive (" in found or "store" in found:
+            raise InvalidArgumentError(f"{out}: holds {found}; the examples unpacked into it would make one folder "
+                                       "of two datasets: choose an empty or new folder (nothing was written)")
     written: dict[str, list[str]] = {}
     for folder, member in _ARCHIVES.items():
         target = out / folder

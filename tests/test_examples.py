@@ -30,3 +30,17 @@ def test_an_error_names_the_folder_asked_for_not_a_temporary_one(tmp_path: Path)
     message = str(caught.value)
     assert message.startswith(f"{tmp_path / 'afile' / 'sub' / 'BigEarthNet-v1.0'}: a file is in the way"), message
     assert "partial" not in message
+
+
+def test_examples_are_never_unpacked_into_an_archive_or_a_store(synth_archive_64: Path, synth_store_64: Path,
+                                                                 tmp_path: Path) -> None:
+    """`benzarr examples arch` unpacked into a synthetic archive: the next ingest called its 64
+    synthetic patches bad (no S1 pair from the real S1 folder) and left the six real ones out."""
+    from tests.conftest import copy_tree
+
+    for folder in (copy_tree(synth_archive_64, tmp_path / "arch"), copy_tree(synth_store_64, tmp_path / "s.zarr")):
+        before = sorted(p.name for p in folder.iterdir())
+        with pytest.raises(InvalidArgumentError, match=rf"^{folder}: holds a .*(archive|store).*: choose an empty or "
+                                                       r"new folder \(nothing was written\)$"):
+            extract_examples(folder)
+        assert sorted(p.name for p in folder.iterdir()) == before
