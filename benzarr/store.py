@@ -943,8 +943,15 @@ class Store:
         """
         names = self.split_names()
         if name not in names:
+            import difflib
+
             known = ", ".join(names) if names else "none"
-            raise SplitNotFoundError(f"{self.path}: no split named {name!r} (splits in this store: {known})")
+            # the line named the splits only: what to do when there is none (train before split
+            # is the usual first mistake), and the split meant when a letter's case differs
+            close = [n for n in names if n.lower() == str(name).lower()] or difflib.get_close_matches(str(name), names, n=1)
+            advice = (f"; did you mean {close[0]!r}?" if close else
+                      f"; make it with `benzarr split {self.path} --name {name} --method iterative`" if not names else "")
+            raise SplitNotFoundError(f"{self.path}: no split named {name!r} (splits in this store: {known}){advice}")
         path = f"{SPLITS_GROUP}/{name}"
         array = self.array(path)
         codes = np.asarray(self._read_rows(path, array), dtype=np.int8)

@@ -538,6 +538,23 @@ def test_a_mistyped_split_or_store_is_answered_before_torch_loads(store: Path, t
         assert done.stdout.split() == [error, "False"], done.stdout + done.stderr
 
 
+@pytest.mark.parametrize("which, split, advice", [
+    ("unsplit", "strat", "; make it with `benzarr split {store} --name strat --method iterative`"),
+    ("split", "Strat", "; did you mean 'strat'?"), ("split", "strta", "; did you mean 'strat'?"), ("split", "xyz", "")])
+def test_a_missing_split_says_what_to_do(synth_store_64: Path, store: Path, tmp_path: Path,
+                                        which: str, split: str, advice: str) -> None:
+    """Training before splitting said only "(splits in this store: none)", and a split name in
+    the wrong case named the stored ones without pointing at the one meant."""
+    from tests.conftest import run_cli
+
+    path = synth_store_64 if which == "unsplit" else store
+    done = run_cli("train", path, "--split", split, "--out", tmp_path / "run", "-q")
+    assert done.returncode == 1 and not (tmp_path / "run").exists()
+    known = "none" if which == "unsplit" else "strat"
+    assert done.stderr == (f"error: {path}: no split named {split!r} (splits in this store: {known})"
+                           f"{advice.format(store=path)}\n")
+
+
 def test_labels_shuffled_in_the_store_stay_at_the_prior_baseline(tmp_path_factory: pytest.TempPathFactory) -> None:
     """With true labels the model ranks better than the label priors; with the label rows
     permuted in the store it cannot, so its mAP stays near the prior's."""
