@@ -156,7 +156,7 @@ def pick_rows(
         rows = []
         for name, pos in zip(patches, found.tolist()):
             if pos >= n or names[pos] != name:
-                raise InvalidArgumentError(f"{store.path}: no patch {name}")
+                raise InvalidArgumentError(f"{store.path}: no patch {name}{_patch_hint(names, name)}")
             rows.append(int(pos))
         return rows
     if indices:
@@ -171,6 +171,19 @@ def pick_rows(
     if random is None or random < 1 or random > pool.size:
         raise InvalidArgumentError(f"--random needs 1 to {pool.size:,} patches ({where}), got {random}")
     return sorted(np.random.default_rng(seed).choice(pool, size=random, replace=False).tolist())
+
+
+def _patch_hint(names: np.ndarray, given: str) -> str:
+    """``; --patch takes ... NAME`` when ``given`` names a patch of ``names`` in another way: a
+    patch folder's path as tab completion writes it (``arch/NAME/``), a band file in it, or the
+    name in lower case; else "". The line said only "no patch arch/NAME/" of a patch that is there."""
+    parts = [part for part in str(given).replace("\\", "/").split("/") if part]
+    for part in reversed(parts):
+        for candidate in (part, part.upper()):
+            pos = int(np.searchsorted(names, candidate))
+            if pos < len(names) and names[pos] == candidate:
+                return f"; --patch takes a patch name as the store has it: {candidate}"
+    return ""
 
 
 # --- pixels ---------------------------------------------------------------------------------------

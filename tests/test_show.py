@@ -288,3 +288,19 @@ def test_an_image_benzarr_did_not_write_is_never_replaced(synth_store_64: Path, 
             plot_patches(open_store(path), [0], tmp_path / name)
         assert is_benzarr_image(tmp_path / name), name
     assert not is_benzarr_image(mine)
+
+
+def test_a_patch_given_as_its_folder_or_in_lower_case_names_the_patch_meant(synth_store_64: Path,
+                                                                             tmp_path: Path) -> None:
+    """`show --patch arch/NAME/` (a tab-completed patch folder) said only "no patch arch/NAME/"."""
+    from benzarr.store import open_store
+    from tests.conftest import run_cli
+
+    name = str(open_store(synth_store_64).patch_names()[0])
+    for given in (f"arch/{name}/", f"{name}/{name}_B02.tif", name.lower()):
+        done = run_cli("show", synth_store_64, "--patch", given, "--out", tmp_path / "a.png")
+        assert done.returncode == 1 and done.stderr == (f"error: {synth_store_64}: no patch {given}; --patch takes a "
+                                                        f"patch name as the store has it: {name}\n")
+    done = run_cli("show", synth_store_64, "--patch", "S2A_MSIL2A_20990101T000000_0_0", "--out", tmp_path / "a.png")
+    assert done.stderr == f"error: {synth_store_64}: no patch S2A_MSIL2A_20990101T000000_0_0\n"
+    assert not (tmp_path / "a.png").exists()
