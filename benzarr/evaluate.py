@@ -121,6 +121,11 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
         below = [p.relative_to(run_dir).as_posix() for p in runs_under(Path(run_dir))]
         if below:  # a folder of runs (a --seeds job's is run_folders')
             raise InvalidArgumentError(f"{run_dir} holds {len(below)} runs ({some_of(below, 4)}): give one of them")
+        from benzarr.fsutil import is_benzarr_store
+
+        if is_benzarr_store(run_dir):  # `evaluate s.zarr`: the line named only the missing config.json
+            raise InvalidArgumentError(f"{run_dir}: is a benzarr store, not a run folder; give a run folder "
+                                       "(the --out of `benzarr train`)")
         raise InvalidArgumentError(f"{run_dir}: no config.json here (a folder written by `benzarr train`)")
     try:
         config = json.loads(path.read_text())

@@ -421,3 +421,12 @@ def test_a_checkpoint_that_does_not_fit_the_runs_model_is_refused(run: Path, tmp
                                                    r"exactly \(skipped 1 of another shape \(conv1.weight"):
         evaluate_run(mixed, out_dir=tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_store_given_as_the_run_says_so(synth_store_64: Path) -> None:
+    """`benzarr evaluate s.zarr` said only "no config.json here"."""
+    from tests.conftest import run_cli
+
+    done = run_cli("evaluate", synth_store_64)
+    assert done.returncode == 1 and done.stderr == (f"error: {synth_store_64}: is a benzarr store, not a run folder; "
+                                                    "give a run folder (the --out of `benzarr train`)\n")
