@@ -562,8 +562,9 @@ def check_image_path(out: str | Path, option: str = "--out", command: str = "sho
         if parent.exists():
             if not parent.is_dir():
                 raise InvalidArgumentError(f"{out}: {parent} is a file, not a folder")
-            if not os.access(parent, os.W_OK):
-                raise InvalidArgumentError(f"{out}: cannot write into {parent} (no permission)")
+            if not os.access(parent, os.W_OK):  # (a read-only mount too: said so, not "no permission")
+                why = "a read-only file system" if os.statvfs(parent).f_flag & os.ST_RDONLY else "no permission"
+                raise InvalidArgumentError(f"{out}: cannot write into {parent} ({why}); choose a writable location")
             break
     if suffix not in formats:
         what = f"a .{suffix} file" if suffix else "a file without a suffix"

@@ -242,6 +242,22 @@ def test_an_out_path_under_a_file_is_named(synth_store_64: Path, tmp_path: Path)
         plot_patches(open_store(synth_store_64), [0], tmp_path / "afile" / "x.png")
 
 
+@pytest.mark.parametrize("read_only", [False, True], ids=["no-permission", "read-only-mount"])
+def test_an_out_folder_that_cannot_be_written_says_why(synth_store_64: Path, tmp_path: Path, read_only: bool,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read-only mount was reported as "no permission" (the fix is another folder, not chmod)."""
+    import os
+    import types
+
+    real_access, real_statvfs = os.access, os.statvfs
+    monkeypatch.setattr(os, "access", lambda path, mode: False if Path(path) == tmp_path else real_access(path, mode))
+    monkeypatch.setattr(os, "statvfs", lambda path: types.SimpleNamespace(f_flag=os.ST_RDONLY if read_only else 0)
+                        if Path(path) == tmp_path else real_statvfs(path))
+    why = "a read-only file system" if read_only else "no permission"
+    with pytest.raises(InvalidArgumentError, match=rf"x\.png: cannot write into {tmp_path} \({why}\); choose a writable"):
+        plot_patches(open_store(synth_store_64), [0], tmp_path / "x.png")
+
+
 def test_an_image_is_never_written_into_a_store_or_an_archive(synth_store_64: Path, synth_archive_64: Path,
                                                               tmp_path: Path) -> None:
     """`show --out s.zarr/x.png` wrote into the store (train, evaluate and report refuse an --out
