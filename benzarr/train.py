@@ -739,7 +739,9 @@ def _open_data(cfg: TrainConfig, device: torch.device, rank: int, world: int, se
     torchrun; ``seed`` orders and augments it) and the val and test loaders (rank 0)."""
     store = open_store(cfg.store)
     bands = resolve_bands(cfg.model, cfg.bands, cfg.modalities)
-    if rank == 0 and cfg.bands is None and "s2" not in parse_modalities(cfg.modalities):
+    asked = parse_modalities(cfg.modalities)
+    # (not when the store lacks one of them: the datasets stop the run with that line alone)
+    if rank == 0 and cfg.bands is None and "s2" not in asked and set(asked) <= set(store.modalities):
         from benzarr.models import default_bands
 
         if default_bands(cfg.model) == "rgb":  # the name says RGB; the run would say nothing

@@ -163,6 +163,15 @@ def test_a_split_rewritten_while_the_run_opens_it_stops_the_run(store: Path, tmp
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
+def test_modalities_the_store_lacks_are_one_error_without_a_warning_before_it(store: Path, tmp_path: Path) -> None:
+    """`--modalities s1` on an S2 store printed "shortcnn-rgb takes RGB (S2) bands by default ...
+    it reads VV,VH instead" above the error that the store has no s1 data: two lines, one moot."""
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(InvalidArgumentError, match="has no s1 data"):
+        warnings.simplefilter("always")
+        train(config(store, tmp_path / "run", modalities="s1"))
+    assert [str(w.message) for w in caught if "by default" in str(w.message)] == []
+
+
 def test_resume_after_interruption_equals_uninterrupted_run(store: Path, tmp_path: Path) -> None:
     full = train(config(store, tmp_path / "full", epochs=2, scheduler="cosine"))
 
