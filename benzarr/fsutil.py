@@ -63,6 +63,12 @@ NFS_HELD = re.compile(r"\.nfs[0-9A-Fa-f]{4,}")
 
 # -- OS errors -------------------------------------------------------------------------
 
+#: What a file system that cannot rename a file says (an OSError that names two paths).
+_NO_RENAME = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS})
+#: What a file system that cannot rename a folder says: object-store FUSE mounts (gcsfuse,
+#: mountpoint-s3, s3fs) among them.
+NO_FOLDER_RENAME = _NO_RENAME | {errno.EXDEV}
+
 
 def os_error(exc: OSError, path: str | Path = "", action: str = "writing", hint: str | None = None) -> FileSystemError:
     """A one-line :class:`FileSystemError` for ``exc``: the path, the cause, the fix.
@@ -100,15 +106,19 @@ def os_error(exc: OSError, path: str | Path = "", action: str = "writing", hint:
         message = f"{at}file name too long"
     elif code == errno.EIO:
         message = f"{at}input/output error while {action} (a failing disk or network file system?)"
+    elif code in _NO_RENAME and getattr(exc, "filename2", None):
+        # a rename that the file system does not do (a FUSE mount of a bucket that renames no
+        # files, mountpoint-s3 among them): it said only "Function not implemented (while writing)"
+        cause = (exc.strerror or type(exc).__name__).lower()
+        message = (f"{at}this file system cannot rename files ({cause}, while {action}), and zarr and benzarr "
+                   "write each file under a temporary name, then rename it into place; on an object-store mount "
+                   "(gcsfuse, mountpoint-s3, s3fs) give the bucket's s3:// URL instead")
     else:
         cause = exc.strerror or str(exc) or type(exc).__name__
         message = f"{at}{cause} (while {action})"
     return FileSystemError(message, where, code)
 
 
-#: What a file system that cannot rename a folder says: object-store FUSE mounts (gcsfuse,
-#: mountpoint-s3, s3fs) among them.
-NO_FOLDER_RENAME = frozenset({errno.EXDEV, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS})
 
 
 def rename_error(exc: OSError, path: str | Path, action: str) -> FileSystemError:

@@ -1306,6 +1306,25 @@ def test_a_file_system_that_renames_no_folders_changes_nothing_and_says_so(code:
     assert [p.name for p in store.rglob(".*")] == []
 
 
+def test_a_file_system_that_renames_no_files_is_named_as_such(synth_archive_64: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bucket mounted by a FUSE client that renames no files (mountpoint-s3): every zarr write
+    is a temporary file renamed into place, and ingest said only "s.zarr: Function not
+    implemented (while writing)"."""
+
+    def no_rename(src: str | Path, dst: str | Path, *args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS), str(src), None, str(dst))
+
+    monkeypatch.setattr(os, "replace", no_rename)
+    monkeypatch.setattr(os, "rename", no_rename)
+    store = tmp_path / "s.zarr"
+    result = run_cli("ingest", synth_archive_64, store, "--workers", "1", "-q")
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"error: {store}: this file system cannot rename files (function not implemented, "
+                                    "while writing)"), result.stderr
+    assert "s3:// URL" in result.stderr
+
+
 # -- staging arrays left in a complete store (A8) ----------------------------------------------
 
 
