@@ -31,6 +31,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from benzarr.errors import (
     FileSystemError,
@@ -191,17 +192,23 @@ def describe(path: str | Path) -> str:
                 break
     if not names:
         return "an empty folder"
-    from benzarr.sources import detect_source  # lazy: rasterio
-
-    try:
-        source = detect_source(path)
-    except Exception:  # a symlink loop in it, two sources claiming it, ...: then it is just "files"
-        source = None
+    source = archive_source(path)
     count = "over 1,000 entries" if len(names) > 1000 else f"{len(names):,} entr{'y' if len(names) == 1 else 'ies'}"
     shown = ", ".join(sorted(names)[:3]) + (", ..." if len(names) > 3 else "")
     if source:
         return f"a {source.title} archive ({count}: {shown})"
     return f"{count} that benzarr did not write ({shown})"
+
+
+def archive_source(path: str | Path) -> Any:
+    """The archive source (``benzarr.sources``) that reads the folder ``path``, or None: not an
+    archive, or one that cannot be told (a symlink loop in it, two sources claiming it)."""
+    from benzarr.sources import detect_source  # lazy: rasterio
+
+    try:
+        return detect_source(Path(path))
+    except Exception:
+        return None
 
 
 def read_utf8(path: Path, advice: str) -> str:

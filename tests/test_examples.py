@@ -44,3 +44,11 @@ def test_examples_are_never_unpacked_into_an_archive_or_a_store(synth_archive_64
                                                        r"new folder \(nothing was written\)$"):
             extract_examples(folder)
         assert sorted(p.name for p in folder.iterdir()) == before
+
+
+def test_a_folder_of_the_users_own_files_takes_the_examples(tmp_path: Path) -> None:
+    """Only an archive or a store refuses them: the check once read describe()'s words, and a
+    file whose name held "store" (my_store_notes.txt) refused the folder as a store."""
+    (tmp_path / "my_store_notes.txt").write_text("notes")
+    written = extract_examples(tmp_path)
+    assert [len(v) for v in written.values()] == [6, 6]
