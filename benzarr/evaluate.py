@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from benzarr.errors import InvalidArgumentError, SplitNotFoundError, StoreNotFoundError, UnsafeOverwriteError, some_of
-from benzarr.fsutil import check_not_a_file, check_outside_datasets, check_replaceable_file
+from benzarr.fsutil import check_not_a_file, check_outside_datasets, check_replaceable_file, is_benzarr_store
 from benzarr.lock import write_lock
 
 #: Checkpoints a run folder holds, by the name ``--checkpoint`` takes.
@@ -107,7 +107,7 @@ def runs_under(path: Path, depth: int = RUN_SEARCH_DEPTH) -> list[Path]:
 
 
 def read_run_config(run_dir: str | Path) -> dict[str, Any]:
-    """The ``config.json`` of a run folder.
+    """The ``config.json`` of a run folder (its model name lower-cased, as model names are).
 
     Raises:
         InvalidArgumentError: no readable config.json with the settings of a run.
@@ -121,8 +121,6 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
         below = [p.relative_to(run_dir).as_posix() for p in runs_under(Path(run_dir))]
         if below:  # a folder of runs (a --seeds job's is run_folders')
             raise InvalidArgumentError(f"{run_dir} holds {len(below)} runs ({some_of(below, 4)}): give one of them")
-        from benzarr.fsutil import is_benzarr_store
-
         if is_benzarr_store(run_dir):  # `evaluate s.zarr`: the line named only the missing config.json
             raise InvalidArgumentError(f"{run_dir}: is a benzarr store, not a run folder; give a run folder "
                                        "(the --out of `benzarr train`)")
@@ -135,6 +133,8 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
     except (KeyError, TypeError) as exc:
         missing = f"no {exc.args[0]!r} in it" if isinstance(exc, KeyError) else "not the layout benzarr train writes"
         raise InvalidArgumentError(f"{path}: not a benzarr run configuration ({missing})") from None
+    if isinstance(config["settings"]["model"], str):  # runs before TrainConfig lower-cased it kept it as typed
+        config["settings"]["model"] = config["settings"]["model"].lower()
     return config
 
 

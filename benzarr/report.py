@@ -181,9 +181,6 @@ def find_runs(paths: Sequence[str | Path], scalars: bool = True, evaluations: Se
                 continue
             seen.add(folder.resolve())
             config = read_run_config(folder)  # `{}` or `[]` is no run: refused, as evaluate and show refuse it
-            model = config["settings"]["model"]
-            if isinstance(model, str):  # case-insensitive; runs before TrainConfig lower-cased it kept it as typed
-                config["settings"]["model"] = model.lower()
             run = Run(folder, str(p), config, _read_metrics(folder / "metrics.json", "test"),
                       read_scalars(folder) if scalars else {})
             if not evaluations:
