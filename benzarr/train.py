@@ -747,6 +747,10 @@ def _open_data(cfg: TrainConfig, device: torch.device, rank: int, world: int, se
         if default_bands(cfg.model) == "rgb":  # the name says RGB; the run would say nothing
             warnings.warn(f"{cfg.model} takes RGB (S2) bands by default; with --modalities {','.join(parse_modalities(cfg.modalities))} "
                           f"it reads {','.join(bands)} instead (give --bands to choose)", UserWarning, stacklevel=2)
+    compile_transform = cfg.compile_transform and device.type == "cuda"
+    if cfg.compile_transform and not compile_transform and rank == 0:  # once, not once per loader
+        warnings.warn(f"--compile-transform applies on CUDA only: on {device.type} the batch transform runs as "
+                      "without it", UserWarning, stacklevel=2)
     identity = store_identity(store, cfg.split)
     if len(store.subset_rows(cfg.split, "train")) == 0:
         raise InvalidArgumentError(f"split {cfg.split!r} of {cfg.store} has no training patches")
@@ -756,7 +760,8 @@ def _open_data(cfg: TrainConfig, device: torch.device, rank: int, world: int, se
                                 normalize=True, modalities=parse_modalities(cfg.modalities), resample=cfg.resample,
                                 align_corners=cfg.align_corners, augment=cfg.augment if subset == "train" else "none")
         return make_loader(ds, cfg.batch_size, shuffle=shuffle, num_workers=cfg.workers, seed=seed,
-                           device=device, distributed=distributed, timeout=cfg.loader_timeout)
+                           device=device, distributed=distributed, timeout=cfg.loader_timeout,
+                           compile_transform=compile_transform)
 
     def eval_loader(subset: str) -> DeviceLoader | None:
         if rank != 0 or len(store.subset_rows(cfg.split, subset)) == 0:

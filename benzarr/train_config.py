@@ -50,6 +50,7 @@ class TrainConfig:
     amp: bool = False               # bfloat16 autocast (CPU and GPU; no loss scaling needed)
     channels_last: bool = True      # NHWC tensors: ~1.5-2x faster convolutions on the CPU
     deterministic: bool = True      # deterministic kernels; False: cudnn.benchmark and the fastest kernels
+    compile_transform: bool = False  # CUDA: the batch transform through torch.compile (make_loader's compile_transform)
     patience: int | None = None     # early stopping: epochs without improvement; None: off
     monitor: str = "val_macro_f1"   # val_loss or val_<metric> (micro_f1, macro_map, ...)
     out: str | None = None          # run folder; default runs/<model>-<split>
@@ -76,7 +77,8 @@ class TrainConfig:
 
 
 #: Settings a resumed run may change; every other one must equal the checkpoint's.
-RESUMABLE = {"store", "epochs", "patience", "max_steps", "workers", "device", "deterministic", "resume", "out",
+RESUMABLE = {"store", "epochs", "patience", "max_steps", "workers", "device", "deterministic", "compile_transform",
+             "resume", "out",
              "track_emissions", "emissions_country", "weights", "checkpoint_every", "loader_timeout"}
 
 

@@ -154,6 +154,10 @@ def command(
     amp: bool = typer.Option(D.amp, "--amp", help="bfloat16 mixed precision."),
     deterministic: bool = typer.Option(D.deterministic, "--deterministic/--no-deterministic",
                                        help="Deterministic kernels (default); --no-deterministic: cudnn.benchmark and the fastest kernels."),
+    compile_transform: bool = typer.Option(D.compile_transform, "--compile-transform",
+                                           help="CUDA: make each batch's model-ready image with one torch.compile'd "
+                                                "function (fewer kernels; the first batch waits for the compilation; "
+                                                "needs Triton and a C compiler)."),
     patience: Optional[int] = typer.Option(D.patience, "--patience", help="Stop after this many epochs without improvement."),
     monitor: str = typer.Option(D.monitor, "--monitor", "--eval-metric",
                                 help="val_loss or val_<metric> (val_micro_f1, val_macro_map, ...). Under torchrun write "
@@ -180,7 +184,7 @@ def command(
         epochs=epochs, batch_size=batch_size, lr=lr, optim=optim, momentum=momentum, weight_decay=weight_decay,
         scheduler=scheduler, loss=loss, augment=augment, resample=resample, align_corners=align_corners,
         seed=seed, workers=workers, loader_timeout=loader_timeout, device=device, amp=amp,
-        deterministic=deterministic, patience=patience,
+        deterministic=deterministic, compile_transform=compile_transform, patience=patience,
         monitor=monitor, out=out, resume=resume, checkpoint_every=checkpoint_every, max_steps=max_steps,
         weights=weights, finetune=finetune, track_emissions=track_emissions, emissions_country=emissions_country,
     )

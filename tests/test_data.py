@@ -303,6 +303,26 @@ def test_loader_is_deterministic_for_a_seed(split_store: Path) -> None:
     assert not torch.equal(other, torch.cat([x["index"] for x in a]))
 
 
+def test_compile_transform_is_a_cuda_switch(split_store: Path) -> None:
+    """``make_loader(compile_transform=True)``: off CUDA, one warning and the same batches as
+    without it; on CUDA, the loader's transform has :attr:`BatchTransform.compiled` on (the
+    compiled batches themselves are compared on a GPU by benchmarks/gpu_ring_check.py); a
+    value that is not a bool is refused, as ``"no"`` would mean yes."""
+    from benzarr import data
+
+    ds = BigEarthNetDataset(split_store, split="s", subset="train", bands="all")
+    with pytest.warns(UserWarning, match="compile_transform applies on CUDA only: on cpu"):
+        compiled = make_loader(ds, 16, True, 0, seed=3, device="cpu", compile_transform=True)
+    plain = make_loader(ds, 16, True, 0, seed=3, device="cpu")
+    assert all(torch.equal(x[k], y[k]) for x, y in zip(_epoch(compiled), _epoch(plain)) for k in x)
+    with pytest.raises(InvalidArgumentError, match="compile_transform must be True or False, got 'no'"):
+        make_loader(ds, 16, True, 0, seed=3, device="cpu", compile_transform="no")
+    transform = ds.batch_transform("cpu", 0)
+    assert data._compiled(transform, True).compiled is False  # the CPU's stays eager
+    transform.device = torch.device("cuda")  # (no GPU here: the switch alone)
+    assert data._compiled(transform, False).compiled is False and data._compiled(transform, True).compiled is True
+
+
 def test_loader_batches_are_device_transformed(synth_store_64: Path) -> None:
     ds = BigEarthNetDataset(synth_store_64, bands=["B09", "B03"])
     batch = next(iter(make_loader(ds, 8, False, 0, seed=0, device="cpu")))

@@ -777,6 +777,42 @@ def test_cli_no_deterministic_flag(store: Path, tmp_path: Path) -> None:
         assert json.loads((out / "config.json").read_text())["settings"]["deterministic"] is expected
 
 
+def test_compile_transform_flag_reaches_the_loaders_and_config_json(store: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--compile-transform`` is recorded in config.json; on the CPU it changes nothing and
+    says so once, not once per loader (the compiled transform itself is checked on CUDA by
+    benchmarks/gpu_ring_check.py); a resumed run may turn it on or off, as it changes speed only."""
+    from typer.testing import CliRunner
+
+    import benzarr.train
+    from benzarr_cli.main import app
+
+    asked: list[bool] = []
+    real = benzarr.train.make_loader
+
+    def recording(*args, **kwargs):
+        asked.append(kwargs["compile_transform"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(benzarr.train, "make_loader", recording)
+    out = tmp_path / "run"
+    args = ["train", str(store), "--split", "strat", "--device", "cpu", "--max-steps", "1", "--batch-size", "16",
+            "--out", str(out)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = CliRunner().invoke(app, [*args, "--compile-transform", "-q"])
+    assert result.exit_code == 0, result.output
+    said = [str(w.message) for w in caught if "CUDA only" in str(w.message)]
+    assert said == ["--compile-transform applies on CUDA only: on cpu the batch transform runs as without it"]
+    assert asked == [False, False, False]  # train, val, test: on CUDA, True (make_loader's own test)
+    assert json.loads((out / "config.json").read_text())["settings"]["compile_transform"] is True
+    asked.clear()
+    result = CliRunner().invoke(app, [*args, "--epochs", "2", "--max-steps", "2", "--resume", "-q"])
+    assert result.exit_code == 0, result.output
+    assert asked == [False, False, False]
+    assert json.loads((out / "config.json").read_text())["settings"]["compile_transform"] is False
+
+
 def test_cli_option_defaults_are_train_config_defaults() -> None:
     import dataclasses
 
