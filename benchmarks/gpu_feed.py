@@ -737,13 +737,14 @@ def epoch_timing(e: dict[str, Any], batch: int) -> dict[str, Any]:
 
 
 def trainer_rate(store: Path, name: str, workers: int, batch: int, epochs: int, device: torch.device,
-                 amp: bool, mode: str, workdir: Path) -> dict[str, Any]:
-    """``benzarr.train.train`` on split ``s``: the trainer's throughput of its last epoch."""
+                 amp: bool, mode: str, workdir: Path, compile_transform: bool = False) -> dict[str, Any]:
+    """``benzarr.train.train`` on split ``s``: the trainer's throughput of its last epoch
+    (``compile_transform``: ``benzarr train --compile-transform``)."""
     import dataclasses
 
     from benzarr.train import TrainConfig, train
 
-    out = workdir / f"gpu-feed-train-{name}-{workers}-{mode}"
+    out = workdir / f"gpu-feed-train-{name}-{workers}-{mode}{'-compiled' if compile_transform else ''}"
     shutil.rmtree(out, ignore_errors=True)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     extra: dict[str, Any] = {}
@@ -751,6 +752,10 @@ def trainer_rate(store: Path, name: str, workers: int, batch: int, epochs: int, 
         extra["deterministic"] = mode == "deterministic"
     elif mode != "deterministic":
         raise RuntimeError("this benzarr's TrainConfig has no 'deterministic' setting (fast mode)")
+    if compile_transform:
+        if "compile_transform" not in fields:
+            raise RuntimeError("this benzarr's TrainConfig has no 'compile_transform' setting")
+        extra["compile_transform"] = True
     cfg = TrainConfig(store=str(store), split=SPLIT, model=name, epochs=epochs, batch_size=batch, workers=workers,
                       device=str(device), amp=amp, channels_last=True, optim="sgd", lr=1e-3, momentum=0.9,
                       out=str(out), **extra)
@@ -815,7 +820,8 @@ def targets(payload: dict[str, Any]) -> list[dict[str, Any]]:
             out.append({"target": f"{name} ({mode}) fed >= 0.95 of its ceiling with <= 12 workers "
                                   f"(best: {best['workers']} workers)", "value": ratio(best), "goal": 0.95})
     for r in payload.get("trainer", []):
-        out.append({"target": f"trainer {r['model']} ({r.get('mode')}) >= 0.9 of the bare fed loop, "
+        compiled = " with --compile-transform" if r.get("compile_transform") else ""
+        out.append({"target": f"trainer {r['model']} ({r.get('mode')}){compiled} >= 0.9 of the bare fed loop, "
                               f"{r['workers']} workers", "value": r.get("vs_fed"), "goal": 0.9})
     for r in payload.get("augment", []):
         if r.get("loader_ratio") is not None:
@@ -861,6 +867,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trainer-workers", type=int, default=None, help="[8 / 2]")
     parser.add_argument("--trainer-epochs", type=int, default=3,
                         help="epochs of the trainer run; its last is compared with the bare loop [3]")
+    parser.add_argument("--trainer-compile", action="store_true",
+                        help="also run the trainer with --compile-transform (TrainConfig.compile_transform), "
+                             "in each trainer mode, after the default one")
     parser.add_argument("--trainer-modes", default="deterministic",
                         help="modes of the trainer run (fast needs TrainConfig.deterministic) [deterministic]")
     parser.add_argument("--h2d-copies", type=int, default=20)
@@ -1135,10 +1144,15 @@ def main(argv: list[str] | None = None) -> int:
         if trainer_model == "none":
             return
         set_mode(mode)
-        row = rec.measure("trainer", {"model": trainer_model, "mode": mode, "workers": trainer_workers},
-                          lambda: trainer_rate(store, trainer_model, trainer_workers, batch, args.trainer_epochs,
-                                               device, amp, mode, args.workdir),
-                          25.0 if cuda else 5.0, 300.0)
+        rows = []
+        for compiled in [False, True] if args.trainer_compile else [False]:
+            label = {"compile_transform": True} if compiled else {}
+            rows.append(rec.measure(
+                "trainer", {"model": trainer_model, "mode": mode, "workers": trainer_workers, **label},
+                lambda compiled=compiled: trainer_rate(store, trainer_model, trainer_workers, batch,
+                                                       args.trainer_epochs, device, amp, mode, args.workdir, compiled),
+                25.0 if cuda else 5.0, 300.0))
+        row = rows[0]
         bare = [r for r in payload["models"] if r["model"] == trainer_model and r["mode"] == mode
                 and r["workers"] == trainer_workers and r.get("fed")]
         if not bare and row.get("patches_per_s") and budget.allows(slice_s + 10):
@@ -1160,9 +1174,11 @@ def main(argv: list[str] | None = None) -> int:
                         "ceiling_run": r["ceiling_run"], "for": "trainer comparison"}
             bare = [rec.measure("models", {"model": trainer_model, "mode": mode, "workers": trainer_workers},
                                 bare_fed, slice_s + 10, alarm_s + 60)]
-        if row.get("patches_per_s") and bare and bare[0].get("fed"):
-            row["fed"] = bare[0]["fed"]
-            row["vs_fed"] = round(row["patches_per_s"] / bare[0]["fed"], 3)
+        for row in rows:
+            if row.get("patches_per_s") and bare and bare[0].get("fed"):
+                row["fed"], row["ceiling"] = bare[0]["fed"], bare[0]["ceiling"]
+                row["vs_fed"] = round(row["patches_per_s"] / bare[0]["fed"], 3)
+                row["vs_ceiling"] = round(row["patches_per_s"] / bare[0]["ceiling"], 3)
         payload["targets"] = targets(payload)
         rec.save()
 
@@ -1218,11 +1234,13 @@ def main(argv: list[str] | None = None) -> int:
     if payload["trainer"]:
         print("\ntrainer against the bare fed loop")
         print_table(payload["trainer"], [("model", "model", "s"), ("mode", "mode", "s"), ("workers", "workers", "d"),
+                                         ("compile_transform", "compiled", ""),
                                          ("patches_per_s", "trainer", ",.0f"), ("fed", "bare fed", ",.0f"),
-                                         ("vs_fed", "vs_fed", ".2f")])
+                                         ("vs_fed", "vs_fed", ".2f"), ("ceiling", "ceiling", ",.0f"),
+                                         ("vs_ceiling", "vs_ceiling", ".2f")])
         for r in payload["trainer"]:
             for i, e in enumerate(r.get("epoch_timing", [])):
-                print(f"  {r['model']} {r['mode']} epoch {i}: {e['steps']} steps in {e['seconds']} s, first step "
+                print(f"  {r['model']} {r['mode']}{' compiled' if r.get('compile_transform') else ''} epoch {i}: {e['steps']} steps in {e['seconds']} s, first step "
                       f"after {e['first_step_s']} s, steady {e['steady_patches_per_s']} patches/s, host gap "
                       f"median {e['median_gap_ms']} ms, max {e['max_gap_ms']} ms")
     print("\ntargets" + ("" if cuda else " (CPU fallback: the GPU targets are unmeasured)"))

@@ -18,6 +18,9 @@
 # run (BUDGET_S=400, two variants) took 425 s of command time, about 30 s more held; its
 # PHASE=trainer run 202 s.
 #
+# PHASE=compile (BUDGET_S=180, timeout_s 230): `benzarr train --compile-transform` against the
+# default trainer and the fed loops, shortcnn-all, 8 workers (see its branch below).
+#
 # PHASE=transform is the short run for the question session 12 left (compiled transform and
 # high-priority step against the default, for shortcnn-all and resnet18): BUDGET_S=240 and
 # timeout_s 420 fit it (the ring check's compiled row may take a minute of its 120 s).
@@ -76,6 +79,18 @@ elif [ "${PHASE:-full}" = transform ]; then
   feed_args=(--patches 20000 --build-workers "$(nproc)" --seconds 2.4 --rounds 3 --warmup 5 --budget-s "$BUDGET_S"
              --models shortcnn-all,resnet18 --modes deterministic --workers 12 --fed-workers 12 --ring-workers 12
              --augment-workers 12 --variants priority,compiled,session6 --trainer-model none --profile-steps 3)
+elif [ "${PHASE:-full}" = compile ]; then
+  # session 20's second run (about 150 s): shortcnn-all, the one model whose gap to its
+  # ceiling is the batch transform's device time, fed at 8 workers by the default loader and
+  # by one with the compiled transform (interleaved), then `benzarr train` itself without
+  # and with --compile-transform (3 epochs each); no ring check (the first run of the
+  # session made it), no loader-alone rows
+  ring_args=()
+  ring_check=0
+  feed_args=(--patches 20000 --build-workers "$(nproc)" --seconds 2.4 --rounds 3 --warmup 5 --budget-s "$BUDGET_S"
+             --models shortcnn-all --modes deterministic --workers "" --fed-workers 8 --variants compiled
+             --no-transformed --trainer-model shortcnn-all --trainer-workers 8 --trainer-modes deterministic
+             --trainer-epochs 3 --trainer-compile)
 elif [ "${PHASE:-full}" = trainer ]; then
   # session 12's second run: where the trainer's epoch loses time against the bare fed loop
   # (per-epoch timing: first step, steady rate, host gaps), both modes, 3 epochs, no ring check
