@@ -33,7 +33,7 @@ from benzarr.errors import BenzarrError, InvalidArgumentError, LoaderWorkerError
 from benzarr.shards import RowReader
 from benzarr.procs import thread_blosc_lock
 from benzarr.graphs import GraphedTransform
-from benzarr.transform import CHANNEL_GROUPS, RESAMPLE_MODES, Batch, BatchTransform
+from benzarr.transform import CHANNEL_GROUPS, RESAMPLE_MODES, Batch, BatchTransform, unfilled_allocations
 from benzarr.store import (
     NOMENCLATURES,
     REFERENCE_MAP_ARRAY,
@@ -60,7 +60,8 @@ def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """An uninitialised CPU tensor; in a DataLoader worker it lives in shared memory, so
     sending it to the main process costs no copy (as ``default_collate`` does)."""
     if get_worker_info() is None:
-        return torch.empty(shape, dtype=dtype)
+        with unfilled_allocations():  # the reader writes it whole
+            return torch.empty(shape, dtype=dtype)
     nbytes = int(np.prod(shape, dtype=np.int64)) * torch.empty((), dtype=dtype).element_size()
     try:
         storage = torch.UntypedStorage._new_shared(max(nbytes, 1))

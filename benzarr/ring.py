@@ -52,6 +52,7 @@ import torch
 
 from benzarr.errors import BenzarrError, LoaderWorkerError
 from benzarr.procs import children_start_deaf, default_sigterm, ignore_interrupts
+from benzarr.transform import unfilled_allocations
 
 Spec = dict[str, tuple[tuple[int, ...], np.dtype]]
 Batch = dict[str, torch.Tensor]
@@ -134,6 +135,11 @@ class SlotLayout:
         span when ``one_copy`` (one transfer and one allocation a batch: each transfer costs
         the host 10-20 us of launch and allocator work), else one copy per key."""
         keys = tuple(key for key in self.spec if key != "index")
+        with unfilled_allocations():  # the copies overwrite what they allocate
+            return self._to_device(whole, n, device, keys, one_copy)
+
+    def _to_device(self, whole: torch.Tensor, n: int, device: torch.device, keys: tuple[str, ...],
+                   one_copy: bool) -> Batch:
         if one_copy:
             span = max(self.regions[key][0] + n * self.regions[key][1] for key in keys)
             batch = self.tensor_views(whole[:span].to(device, non_blocking=True), n, keys)
@@ -647,6 +653,7 @@ class RingLoader:
         """Other devices: a blocking copy, then the slot is free at once."""
         start = slot * self.layout.slot_bytes
         views = self.layout.tensor_views(self._host[start:start + self.layout.slot_bytes], n)
-        batch = {k: (v.clone() if k == "index" else v.to(self.device)) for k, v in views.items()}
+        with unfilled_allocations():  # the copies overwrite what they allocate
+            batch = {k: (v.clone() if k == "index" else v.to(self.device)) for k, v in views.items()}
         self._free.append(slot)
         return batch

@@ -10,9 +10,10 @@ one batch ahead on a side stream (:class:`benzarr.data.DeviceLoader`). See docs/
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -46,6 +47,26 @@ def _u16_to_float(x: torch.Tensor) -> torch.Tensor:
         return x.to(torch.float32)
     except (RuntimeError, NotImplementedError):
         return x.view(torch.int16).to(torch.int32).bitwise_and_(0xFFFF).to(torch.float32)
+
+
+@contextlib.contextmanager
+def unfilled_allocations() -> Iterator[None]:
+    """For the ``with`` block: new tensors are not filled with NaN (or an integer type's
+    largest value) under deterministic algorithms (``torch.use_deterministic_algorithms(True)``,
+    the trainer's default). torch fills them (``torch.utils.deterministic.fill_uninitialized_memory``)
+    so that a read of memory never written shows; every tensor the loader allocates in a batch
+    (the device copy of a ring slot, the image, the upsampled planes) is written whole before
+    anything reads it, so there the fill is only a cost: one more kernel and memory pass for each,
+    as many bytes again as the batch. Nothing is changed when deterministic algorithms are off or
+    the fill is already off; the setting is put back on leaving."""
+    if not (torch.are_deterministic_algorithms_enabled() and torch.utils.deterministic.fill_uninitialized_memory):
+        yield
+        return
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    try:
+        yield
+    finally:
+        torch.utils.deterministic.fill_uninitialized_memory = True
 
 
 def _to_float(x: torch.Tensor, codes: np.ndarray | None = None) -> torch.Tensor:
@@ -497,8 +518,9 @@ class BatchTransform:
         """
         index = torch.as_tensor(batch["index"])
         codes = None if self.augment == "none" else transform_codes(index, self.seed, self.epoch, self.augment)
-        result = {"image": self.image(batch, None if out is None else out["image"], codes),
-                  **self.companions(batch, codes)}
+        with unfilled_allocations():  # every tensor made here is written whole
+            result = {"image": self.image(batch, None if out is None else out["image"], codes),
+                      **self.companions(batch, codes)}
         if out is None:
             return result
         for key in ("label", "index", "mask"):
