@@ -256,6 +256,26 @@ def main(argv: list[str] | None = None) -> int:
         row.update(equal=False, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=5))
     rows.append(row)
     print(f"{row['case']}: {'equal' if row['equal'] else 'DIFFERENT ' + str(row.get('error') or row.get('why'))}")
+    # deterministic algorithms on (benzarr train's default): torch fills new tensors with NaN,
+    # which the loader skips for its own buffers (transform.unfilled_allocations) since it
+    # writes them whole; a region it did not write would show here as a difference
+    row = {"case": "s2+s1 normalized, deterministic algorithms on (no NaN fill) against off", "device": str(device),
+           "workers": 2}
+    flags = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        ds = BigEarthNetDataset(v2, modalities=("s2", "s1"), normalize=True)
+        reference = make_loader(ds, 8, True, 0, seed=4, device=device, engine="dataloader")
+        reference.overlap = False
+        expected = on_host(reference)
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        with make_loader(ds, 8, True, 2, seed=4, device=device, engine="ring") as ring:
+            row.update(compare(expected, on_host(ring)))
+    except Exception as exc:
+        row.update(equal=False, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=5))
+    finally:
+        torch.use_deterministic_algorithms(flags[0], warn_only=flags[1])
+    rows.append(row)
+    print(f"{row['case']}: {'equal' if row['equal'] else 'DIFFERENT ' + str(row.get('error') or row.get('why'))}")
     # raw slots under a distributed sampler (rank 1 of 2), copied to the device
     row = {"case": "raw ring, DistributedSampler rank 1 of 2", "device": str(device), "workers": 2}
     try:

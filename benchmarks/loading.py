@@ -59,6 +59,8 @@ since they fork worker processes; see :func:`model_ready_methods` and :func:`del
   90-degree rotations, :mod:`benzarr.augment`), a new draw every batch: its cost
 * ``make-loader-cpu-w0|w2``: the same through ``make_loader(device="cpu")`` with 0 and 2
   workers (with workers the transform runs in the workers)
+* ``make-loader-cpu-w0-deterministic``: ``make-loader-cpu-w0`` with deterministic algorithms
+  on while each batch is made (``benzarr train``'s default; torch then fills new tensors with NaN)
 * ``configilm-style``: ConfigILM's BENv2 path (LMDB get, safetensors load, per-band
   ``F.interpolate``, stack, ``Normalize``), bilinear ``align_corners=False`` like benzarr's
 * ``torchgeo-bigearthnet``, ``torchgeo-bigearthnet-w2``: TorchGeo 0.8.1's real
@@ -109,7 +111,7 @@ GROUPS = tuple(BAND_GROUPS)
 # what model_ready_methods serves (it imports torchvision and forks loaders: set up only when chosen)
 MODEL_READY_NAMES = {"delivered-lz4-w1", "delivered-lz4-w2", "benzarr-lz4-model-ready",
                      "benzarr-lz4-model-ready-flip-rot90", "make-loader-cpu-w0", "make-loader-cpu-w2",
-                     "configilm-style", "torchgeo-bigearthnet", "torchgeo-bigearthnet-w2"}
+                     "make-loader-cpu-w0-deterministic", "configilm-style", "torchgeo-bigearthnet", "torchgeo-bigearthnet-w2"}
 SHAPES = {g: (len(b), s, s) for g, (b, s, _) in BAND_GROUPS.items()}
 
 
@@ -782,7 +784,9 @@ def model_ready_methods(paths: dict[str, Path], n: int, b: int, log: Callable[[s
     * ``benzarr-lz4-model-ready``: ``BigEarthNetDataset(normalize=True).read_batch`` and its
       ``BatchTransform`` on the CPU, one process (single: ``ds[i]``)
     * ``make-loader-cpu-w0|w2``: ``make_loader(device="cpu")`` with 0 and 2 workers (with
-      workers, the transform runs in the workers)
+      workers, the transform runs in the workers); ``make-loader-cpu-w0-deterministic``: 0
+      workers with ``torch.use_deterministic_algorithms(True)`` during each ``next()``, as in
+      ``benzarr train`` by default
     * ``configilm-style``: ConfigILM's BENv2 path (github.com/lhackel-tub/ConfigILM,
       configilm/extra/BENv2_utils.py ``BENv2LDMBReader.__getitem__`` and
       ``stack_and_interpolate``; configilm/extra/_defaults.py ``default_transform``): LMDB
@@ -847,6 +851,22 @@ def model_ready_methods(paths: dict[str, Path], n: int, b: int, log: Callable[[s
 
         out[f"make-loader-cpu-w{w}"] = {"batch": via_loader, "single": None, "bytes": stored, "processes": w + 1,
                                         "model_ready": True, "state": state}
+
+    det_state: dict[str, Any] = {}
+
+    def via_loader_deterministic(state: dict[str, Any] = det_state) -> int:
+        if "it" not in state:
+            state["loader"] = make_loader(ds, b, shuffle=True, num_workers=0, seed=0, device="cpu", drop_last=True)
+            state["it"] = endless(state["loader"])
+        before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        try:
+            return int(next(state["it"])["image"].shape[0])
+        finally:
+            torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+    out["make-loader-cpu-w0-deterministic"] = {"batch": via_loader_deterministic, "single": None, "bytes": stored,
+                                               "processes": 1, "model_ready": True, "state": det_state}
 
     if "lmdb" in paths:  # built when configilm-style is among the chosen methods
         out.update(_configilm_method(paths, n, b, lz4, ds, names))
@@ -1138,6 +1158,9 @@ def main(argv: list[str] | None = None) -> int:
         # issue 10 §5, §6
         {"target": "model-ready float32 via make_loader(device='cpu'): 2 workers >= 1.7x 0 workers",
          "value": ratio("make-loader-cpu-w2", "make-loader-cpu-w0"), "goal": 1.7},
+        {"target": "deterministic algorithms (benzarr train's default) cost <= 5% of make_loader(device='cpu') "
+                   "delivery, 0 workers",
+         "value": ratio("make-loader-cpu-w0-deterministic", "make-loader-cpu-w0"), "goal": 0.95},
         {"target": "augmentation (flip-rot90) costs <= 5% of model-ready delivery: augmented / plain >= 0.95",
          "value": ratio("benzarr-lz4-model-ready-flip-rot90", "benzarr-lz4-model-ready"), "goal": 0.95},
         {"target": "benzarr-lz4-model-ready >= 1.5x configilm-style (one process, bilinear both)",

@@ -87,7 +87,7 @@ def test_gpu_feed_budget_skips_and_records(tmp_path: Path) -> None:
 
 
 NEW_LOADING_METHODS = ("delivered-lz4-w1", "delivered-lz4-w2", "benzarr-lz4-model-ready", "make-loader-cpu-w0",
-                       "make-loader-cpu-w2", "configilm-style", "torchgeo-bigearthnet", "torchgeo-bigearthnet-w2")
+                       "make-loader-cpu-w2", "make-loader-cpu-w0-deterministic", "configilm-style", "torchgeo-bigearthnet", "torchgeo-bigearthnet-w2")
 
 
 def test_loading_new_methods_tiny(tmp_path: Path) -> None:
