@@ -18,6 +18,9 @@
 # run (BUDGET_S=400, two variants) took 425 s of command time, about 30 s more held; its
 # PHASE=trainer run 202 s.
 #
+# PHASE=remaining (GRAPHS=1 BUDGET_S=320, timeout_s 480): the next run for issue #10, see its
+# branch below.
+#
 # PHASE=compile (BUDGET_S=180, timeout_s 230): `benzarr train --compile-transform` against the
 # default trainer and the fed loops, shortcnn-all, 8 workers (see its branch below).
 #
@@ -79,6 +82,18 @@ elif [ "${PHASE:-full}" = transform ]; then
   feed_args=(--patches 20000 --build-workers "$(nproc)" --seconds 2.4 --rounds 3 --warmup 5 --budget-s "$BUDGET_S"
              --models shortcnn-all,resnet18 --modes deterministic --workers 12 --fed-workers 12 --ring-workers 12
              --augment-workers 12 --variants priority,compiled,session6 --trainer-model none --profile-steps 3)
+elif [ "${PHASE:-full}" = remaining ]; then
+  # what issue #10 has left after session 20 (about 300 s; GRAPHS=1 BUDGET_S=320, timeout_s
+  # 480): resnet18 and resnet50, whose steps are bound by the host, so the main process's ~1 ms
+  # a batch in next() comes off every step: fed at 8 and 12 workers in both modes, 5 rounds,
+  # with CUDA graphs of the transform (fewer host calls a batch) against the eager loader
+  # (variant no-graph) in the same rows; then the trainer on inception-v3 in both modes, the
+  # bare fed loop interleaved between its epochs (vs_bare_interleaved)
+  ring_args=()
+  feed_args=(--patches 20000 --build-workers "$(nproc)" --seconds 3 --rounds 5 --warmup 5 --budget-s "$BUDGET_S"
+             --models resnet18,resnet50 --modes deterministic,fast --workers "" --fed-workers 8,12
+             --variants no-graph --no-transformed --trainer-model inception-v3 --trainer-workers 8
+             --trainer-modes deterministic,fast --trainer-epochs 3)
 elif [ "${PHASE:-full}" = compile ]; then
   # session 20's second run (about 150 s): shortcnn-all, the one model whose gap to its
   # ceiling is the batch transform's device time, fed at 8 workers by the default loader and

@@ -61,10 +61,15 @@ def test_gpu_feed_cpu_fallback(tmp_path: Path) -> None:
     trainer = doc["trainer"][0]
     assert trainer["model"] == "shortcnn-all" and trainer["workers"] == 1
     assert trainer["patches_per_s"] > 0 and trainer["vs_fed"] > 0, trainer
+    # the bare fed loop before the first epoch and after each, compared with the last epoch at that moment
+    assert len(trainer["bare_slices"]) == 2 and all(x > 0 for x in trainer["bare_slices"]), trainer
+    assert trainer["vs_bare_interleaved"] == pytest.approx(
+        trainer["patches_per_s"] / (sum(trainer["bare_slices"]) / 2), abs=1e-3)
     # where the epoch's time went: one entry an epoch, timed from the trainer's own events
     (timing,) = trainer["epoch_timing"]
     assert timing["steps"] > 0 and timing["seconds"] > 0 and 0 <= timing["first_step_s"] < timing["seconds"], timing
-    assert any(t["target"].startswith("trainer") for t in doc["targets"])
+    assert any(t["target"].startswith("trainer") and "(interleaved by epoch)" in t["target"]
+               and t["value"] == trainer["vs_bare_interleaved"] for t in doc["targets"])
     alone = doc["transform_alone"][0]  # the transform by itself, default against the variant that changes it
     assert set(alone["ms_per_batch"]) == {"default", "unfused"} and alone["vs_default"]["default"] == 1.0, alone
     augment = doc["augment"][0]  # issue 13's cost, with and without flip-rot90 interleaved
