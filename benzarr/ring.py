@@ -136,16 +136,12 @@ class SlotLayout:
         the host 10-20 us of launch and allocator work), else one copy per key."""
         keys = tuple(key for key in self.spec if key != "index")
         with unfilled_allocations():  # the copies overwrite what they allocate
-            return self._to_device(whole, n, device, keys, one_copy)
-
-    def _to_device(self, whole: torch.Tensor, n: int, device: torch.device, keys: tuple[str, ...],
-                   one_copy: bool) -> Batch:
-        if one_copy:
-            span = max(self.regions[key][0] + n * self.regions[key][1] for key in keys)
-            batch = self.tensor_views(whole[:span].to(device, non_blocking=True), n, keys)
-        else:
-            batch = {k: v.to(device, non_blocking=True) for k, v in self.tensor_views(whole, n, keys).items()}
-        batch["index"] = self.tensor_views(whole, n, ("index",))["index"].clone()
+            if one_copy:
+                span = max(self.regions[key][0] + n * self.regions[key][1] for key in keys)
+                batch = self.tensor_views(whole[:span].to(device, non_blocking=True), n, keys)
+            else:
+                batch = {k: v.to(device, non_blocking=True) for k, v in self.tensor_views(whole, n, keys).items()}
+            batch["index"] = self.tensor_views(whole, n, ("index",))["index"].clone()
         return batch
 
     @functools.cached_property
