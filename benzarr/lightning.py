@@ -50,6 +50,7 @@ module without it raises :class:`~benzarr.errors.MissingDependencyError`.
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from benzarr.bands import parse_modalities
-from benzarr.checks import check_seed, whole
+from benzarr.checks import boolean, check_seed, whole
 from benzarr.data import (BatchTransform, BigEarthNetDataset, NativeBatches, collate_batch, make_loader, resolve_bands,
                           worker_start)
 from benzarr.store import NOMENCLATURES
@@ -140,6 +141,10 @@ class BigEarthNetDataModule(L.LightningDataModule):
         modalities, verify_checksums, storage_options: as ``BigEarthNetDataset``.
         transform: called on each device batch dict after the batch transform (batched
             tensors), as ``BigEarthNetDataset(transform=...)`` in ``make_loader``.
+        compile_transform: on CUDA, the batch transform's image by one ``torch.compile``'d
+            function (either engine), as ``make_loader(compile_transform=True)`` and
+            ``benzarr train --compile-transform``: fewer kernels, for models whose step is short
+            beside the transform; elsewhere it changes nothing (one warning says so).
         label_dtype: dtype of ``label``: int64 (default) as TorchGeo's ``BigEarthNet``
             returns it, which its ``ClassificationTask`` needs (torchmetrics' multi-label
             metrics refuse float targets; the task casts to float for ``loss="bce"``);
@@ -175,12 +180,14 @@ class BigEarthNetDataModule(L.LightningDataModule):
         storage_options: dict[str, Any] | None = None,
         transform: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
         label_dtype: torch.dtype = torch.int64,
+        compile_transform: bool = False,
     ) -> None:
         super().__init__()
         # make_loader's checks, here at construction: 1.5 passed "< 1", "4" and None failed it as TypeError
         batch_size = whole("batch size", batch_size, 1)
         num_workers = whole("workers", num_workers, 0)
         seed = check_seed(seed)
+        compile_transform = boolean("compile_transform", compile_transform)
         if prefetch_factor is not None:
             prefetch_factor = whole("prefetch_factor", prefetch_factor, 1)
         if not isinstance(label_dtype, torch.dtype):  # "float32" has no .is_floating_point
@@ -230,6 +237,8 @@ class BigEarthNetDataModule(L.LightningDataModule):
         if not (label_dtype.is_floating_point or label_dtype in (torch.int64, torch.int32, torch.uint8, torch.bool)):
             raise InvalidArgumentError(f"label_dtype {label_dtype} is neither a float nor an integer dtype torch can count")
         self.label_dtype = label_dtype
+        self.compile_transform = compile_transform
+        self._warned_compile = False
         # storage options may hold credentials: never in a checkpoint's hyperparameters; a
         # torch.dtype cannot go to hparams.yaml
         self.save_hyperparameters(ignore=["storage_options", "transform", "label_dtype"])
@@ -298,6 +307,7 @@ class BigEarthNetDataModule(L.LightningDataModule):
             ring = _RingIterable(make_loader(
                 ds, self.batch_size, shuffle, self.num_workers, self.seed, self._device(),
                 distributed=world > 1, drop_last=drop_last, prefetch_factor=self.prefetch_factor, engine="ring",
+                compile_transform=self._compiles_on(self._device()),
             ))
             self._rings[subset] = ring
             return ring
@@ -353,7 +363,18 @@ class BigEarthNetDataModule(L.LightningDataModule):
                 self._transforms[key] = ds.batch_transform(device, seed=self.seed)  # augmentation seed
             else:
                 self._transforms[key] = ds.batch_transform(device)
+            if self._compiles_on(device):
+                self._transforms[key].compiled = True
         return self._transforms[key]
+
+    def _compiles_on(self, device: torch.device) -> bool:
+        """Whether the batch transform on ``device`` is compiled: ``compile_transform`` on
+        CUDA; elsewhere False, with one warning per module (not one per subset) when asked."""
+        if self.compile_transform and device.type != "cuda" and not self._warned_compile:
+            self._warned_compile = True
+            warnings.warn(f"compile_transform applies on CUDA only: on {device.type} the batch transform runs "
+                          "as without it", UserWarning, stacklevel=3)
+        return self.compile_transform and device.type == "cuda"
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """uint16 native batch on the device -> ``{"image", "label", "index"}`` (``"mask"``)

@@ -134,6 +134,33 @@ def test_subsets_bands_and_epochs(split_store: Path) -> None:
     assert val == dm.datasets["val"].rows.tolist()
 
 
+@pytest.mark.parametrize("engine, workers", [("dataloader", 0), ("ring", 1)])
+def test_compile_transform_is_recorded_and_a_cuda_switch(split_store: Path, engine: str, workers: int) -> None:
+    """``compile_transform=True``: a hyperparameter; on the CPU the same batches as without it
+    and one warning for the module, not one per subset or loader (the compiled transform
+    itself is compared with the eager one on CUDA by benchmarks/gpu_ring_check.py); a value
+    that is not a bool is refused."""
+    with pytest.raises(InvalidArgumentError, match="compile_transform must be True or False, got 'yes'"):
+        BigEarthNetDataModule(split_store, "s", compile_transform="yes")
+    made = {}
+    for compiled in (True, False):
+        dm = BigEarthNetDataModule(split_store, "s", batch_size=16, num_workers=workers, engine=engine,
+                                   compile_transform=compiled)
+        dm.setup()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            batches = [dm.on_after_batch_transfer(next(iter(loader())), 0)
+                       for loader in (dm.train_dataloader, dm.val_dataloader, dm.test_dataloader)]
+        dm.teardown()
+        said = [str(w.message) for w in caught if "CUDA only" in str(w.message)]
+        assert said == (["compile_transform applies on CUDA only: on cpu the batch transform runs as without it"]
+                        if compiled else []), said
+        assert dm.hparams["compile_transform"] is compiled
+        assert not any(t.compiled for t in dm._transforms.values())
+        made[compiled] = batches
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(made[True], made[False]) for k in a)
+
+
 def test_ring_engine_fits(split_store: Path) -> None:
     from torchgeo.trainers import ClassificationTask
 
