@@ -28,7 +28,7 @@ def test_gpu_feed_cpu_fallback(tmp_path: Path) -> None:
                       "--cpu-ring-workers", "1", "--models", "shortcnn-all", "--seconds", "0.1", "--warmup", "1",
                       "--trainer-model", "shortcnn-all", "--trainer-workers", "1", "--trainer-epochs", "1",
                       "--h2d-copies", "2", "--profile-steps", "2", "--augment-workers", "1", "--graphs",
-                      "--out", str(out))
+                      "--trainer-compile", "--out", str(out))
     doc = json.loads(out.read_text())
     assert doc["parameters"]["cuda_graphs"] is True  # what gpu_session.sh passes once the ring check confirms them
     # the shape issue 10 gives
@@ -58,8 +58,11 @@ def test_gpu_feed_cpu_fallback(tmp_path: Path) -> None:
     profile = doc["profiles"][0]
     assert (out.parent / profile["trace"]).is_file() and profile["steps"] == 2  # named beside --out
     assert profile["top_ops"] and all(op["calls"] > 0 for op in profile["top_ops"])
-    trainer = doc["trainer"][0]
-    assert trainer["model"] == "shortcnn-all" and trainer["workers"] == 1
+    trainer, compiled = doc["trainer"]  # --trainer-compile: the trainer again with --compile-transform
+    assert trainer["model"] == "shortcnn-all" and trainer["workers"] == 1 and "compile_transform" not in trainer
+    assert compiled["compile_transform"] is True and compiled["settings"]["compile_transform"] is True
+    assert compiled["patches_per_s"] > 0 and compiled["vs_ceiling"] > 0, compiled
+    assert any("with --compile-transform" in t["target"] for t in doc["targets"])
     assert trainer["patches_per_s"] > 0 and trainer["vs_fed"] > 0, trainer
     # the bare fed loop before the first epoch and after each, compared with the last epoch at that moment
     assert len(trainer["bare_slices"]) == 2 and all(x > 0 for x in trainer["bare_slices"]), trainer
