@@ -37,6 +37,8 @@ def command(
     workers: int = typer.Option(2, "--workers", "-w", help="Loader worker processes (the batch ring) for the parallel measurement."),
     seconds: float = typer.Option(2.0, "--seconds", help="Minimum time per measurement."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random read order."),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N: where the loader rows deliver "
+                               "model-ready batches (on CUDA, through the page-locked ring and the GPU transform)."),
     endpoint_url: Optional[str] = typer.Option(None, "--endpoint-url", help="S3 endpoint for s3:// stores (default: $AWS_ENDPOINT_URL)."),
     max_concurrency: Optional[int] = typer.Option(
         None, "--max-concurrency", min=1,
@@ -48,7 +50,7 @@ def command(
 
     with _environment("BENZARR_MAX_CONCURRENCY", max_concurrency):  # read here and by the loader's spawned workers
         results = bench_store(store, batch_size=batch_size, workers=workers, min_seconds=seconds, seed=seed,
-                              storage_options=storage_options_for(store, endpoint_url))
+                              storage_options=storage_options_for(store, endpoint_url), device=device)
     if as_json:
         console.print_json(json.dumps([r.as_dict() for r in results]))
         return
@@ -62,5 +64,6 @@ def command(
         console.print(f"batches of {used:,} patches: the store holds no more than that")
     console.print(f"  {'measurement':<20} {'patches/s':>11} {'MB/s':>9}")
     for r in results:
-        console.print(f"  {r.name:<20} {r.patches_per_s:>11,.0f} {r.mb_per_s:>9,.1f}")
+        name = r.name + (f" to {r.extra['device']}" if r.extra.get("device", "cpu") != "cpu" else "")
+        console.print(f"  {name:<20} {r.patches_per_s:>11,.0f} {r.mb_per_s:>9,.1f}")
     console.print("page cache as found: run twice to see warm-cache figures", style="dim")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 import re
 from pathlib import Path
@@ -503,6 +504,24 @@ def test_bench_command_prints_throughput(synth_store_64: Path) -> None:
                                       "--batch-size", "8"])
     assert result.exit_code == 0, result.output
     assert "patches/s" in result.output and "batched native" in result.output
+    result = CliRunner().invoke(app, ["bench", str(synth_store_64), "--workers", "0", "--seconds", "0.01",
+                                      "--batch-size", "8", "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    loader = [r for r in json.loads(result.output) if r["name"].startswith("loader")]
+    assert loader and all(r["extra"]["device"] == "cpu" for r in loader), loader
+
+
+def test_bench_device_is_checked_before_measuring(synth_store_64: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--device cuda`` on a machine without a GPU: one line naming the option, before any
+    measurement runs (not after the CPU rows, at the first loader)."""
+    import benzarr.bench
+
+    def never(*args, **kwargs):
+        raise AssertionError("measured before checking the device")
+
+    monkeypatch.setattr(benzarr.bench, "timed", never)
+    with pytest.raises(InvalidArgumentError, match=re.escape("--device 'cuda': no CUDA GPU is available here")):
+        benzarr.bench.bench_store(synth_store_64, batch_size=8, workers=0, min_seconds=0.01, device="cuda")
 
 
 @pytest.mark.parametrize("kwargs, message", [
