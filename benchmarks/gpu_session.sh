@@ -164,5 +164,14 @@ say "gpu_feed.py"
 timeout $(( BUDGET_S + 60 )) "$PY" benchmarks/gpu_feed.py "${feed_args[@]}" --workdir /tmp/gpu-feed \
   --out "$OUT/gpu_feed.json" >"$OUT/gpu_feed.log" 2>&1
 say "gpu_feed.py exit $?"
+# `benzarr bench --device cuda` on gpu_feed's store (the CLI's own measurement of the loader's
+# delivery to the GPU, session 20's option): 12 workers, batch 256, about 15 s
+bench_store=$(ls -d /tmp/gpu-feed/gpu-feed-*.zarr 2>/dev/null | head -n 1)
+if [ -n "$bench_store" ] && [ "${BENCH:-1}" = 1 ]; then
+  if [ "${QUICK:-0}" = 1 ]; then bench_args=(--device cpu --workers 1 --batch-size 16 --seconds 0.3)
+  else bench_args=(--device cuda --workers 12 --batch-size 256 --seconds 2); fi
+  timeout 120 "$PY" -m benzarr_cli bench "$bench_store" "${bench_args[@]}" --json >"$OUT/bench_device.json" 2>"$OUT/bench_device.log"
+  say "benzarr bench ${bench_args[*]} exit $?"
+fi
 tail -n 60 "$OUT/gpu_feed.log"
 ls -la "$OUT" | tee -a "$OUT/session.log"
