@@ -87,12 +87,14 @@ elif [ "${PHASE:-full}" = remaining ]; then
   # 480): resnet18 and resnet50, whose steps are bound by the host, so the main process's ~1 ms
   # a batch in next() comes off every step: fed at 8 and 12 workers in both modes, 5 rounds,
   # with CUDA graphs of the transform (fewer host calls a batch) against the eager loader
-  # (variant no-graph) in the same rows; then the trainer on inception-v3 in both modes, the
-  # bare fed loop interleaved between its epochs (vs_bare_interleaved)
+  # (variant no-graph) and against batches taken by a background thread (variant thread: the
+  # transform's ~60 host calls beside the step's, torch releasing the GIL in each) in the same
+  # rows; then the trainer on inception-v3 in both modes, the bare fed loop interleaved
+  # between its epochs (vs_bare_interleaved)
   ring_args=()
   feed_args=(--patches 20000 --build-workers "$(nproc)" --seconds 3 --rounds 5 --warmup 5 --budget-s "$BUDGET_S"
              --models resnet18,resnet50 --modes deterministic,fast --workers "" --fed-workers 8,12
-             --variants no-graph --no-transformed --trainer-model inception-v3 --trainer-workers 8
+             --variants no-graph,thread --no-transformed --trainer-model inception-v3 --trainer-workers 8
              --trainer-modes deterministic,fast --trainer-epochs 3)
 elif [ "${PHASE:-full}" = compile ]; then
   # session 20's second run (about 150 s): shortcnn-all, the one model whose gap to its
