@@ -83,7 +83,7 @@ elif [ "${PHASE:-full}" = transform ]; then
              --models shortcnn-all,resnet18 --modes deterministic --workers 12 --fed-workers 12 --ring-workers 12
              --augment-workers 12 --variants priority,compiled,session6 --trainer-model none --profile-steps 3)
 elif [ "${PHASE:-full}" = remaining ]; then
-  # what issue #10 has left after session 20 (about 300 s; GRAPHS=1 BUDGET_S=320, timeout_s
+  # what issue #10 has left after session 20 (about 420 s in all; GRAPHS=1 BUDGET_S=320, timeout_s
   # 480): resnet18 and resnet50, whose steps are bound by the host, so the main process's ~1 ms
   # a batch in next() comes off every step: fed at 8 and 12 workers in both modes, 5 rounds,
   # with CUDA graphs of the transform (fewer host calls a batch) against the eager loader
