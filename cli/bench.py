@@ -62,8 +62,9 @@ def command(
     used = min((r.extra.get("batch_size", batch_size) for r in results), default=batch_size)
     if used < batch_size:
         console.print(f"batches of {used:,} patches: the store holds no more than that")
-    console.print(f"  {'measurement':<20} {'patches/s':>11} {'MB/s':>9}")
-    for r in results:
-        name = r.name + (f" to {r.extra['device']}" if r.extra.get("device", "cpu") != "cpu" else "")
-        console.print(f"  {name:<20} {r.patches_per_s:>11,.0f} {r.mb_per_s:>9,.1f}")
+    names = [r.name + (f" to {r.extra['device']}" if r.extra.get("device", "cpu") != "cpu" else "") for r in results]
+    width = max(20, *map(len, names))  # "loader, 12 workers to cuda:0"
+    console.print(f"  {'measurement':<{width}} {'patches/s':>11} {'MB/s':>9}")
+    for name, r in zip(names, results):
+        console.print(f"  {name:<{width}} {r.patches_per_s:>11,.0f} {r.mb_per_s:>9,.1f}")
     console.print("page cache as found: run twice to see warm-cache figures", style="dim")
