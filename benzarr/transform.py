@@ -58,7 +58,9 @@ def unfilled_allocations() -> Iterator[None]:
     (the device copy of a ring slot, the image, the upsampled planes) is written whole before
     anything reads it, so there the fill is only a cost: one more kernel and memory pass for each,
     as many bytes again as the batch. Nothing is changed when deterministic algorithms are off or
-    the fill is already off; the setting is put back on leaving."""
+    the fill is already off; the setting is put back on leaving. torch's setting is process-wide:
+    a tensor another thread allocates during the block (microseconds to a few milliseconds a
+    batch) is not filled either."""
     if not (torch.are_deterministic_algorithms_enabled() and torch.utils.deterministic.fill_uninitialized_memory):
         yield
         return
