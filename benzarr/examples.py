@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 
 from benzarr.errors import FileSystemError, InvalidArgumentError, missing_extra
-from benzarr.fsutil import PARTIAL_TAG, archive_source, describe, os_error
+from benzarr.fsutil import PARTIAL_TAG, archive_sources, describe, os_error
 from benzarr.sources.ben_v1 import V1_S1_FOLDER, V1_S2_FOLDER
 
 _ARCHIVES = {
@@ -50,7 +50,7 @@ def extract_examples(out: str | Path) -> dict[str, list[str]]:
         # unpacked into a synthetic archive (or a store), the real patches made one folder of
         # two archives: ingest took the synthetic patches at its top, paired them with the real
         # S1 folder, called every one bad and left the six real ones out
-        if (out / "zarr.json").is_file() or archive_source(out) is not None:
+        if (out / "zarr.json").is_file() or archive_sources(out):
             raise InvalidArgumentError(f"{out}: holds {describe(out)}; the examples unpacked into it would make one "
                                        "folder of two datasets: choose an empty or new folder (nothing was written)")
     written: dict[str, list[str]] = {}

@@ -192,23 +192,26 @@ def describe(path: str | Path) -> str:
                 break
     if not names:
         return "an empty folder"
-    source = archive_source(path)
+    sources = archive_sources(path)
     count = "over 1,000 entries" if len(names) > 1000 else f"{len(names):,} entr{'y' if len(names) == 1 else 'ies'}"
     shown = ", ".join(sorted(names)[:3]) + (", ..." if len(names) > 3 else "")
-    if source:
-        return f"a {source.title} archive ({count}: {shown})"
+    if len(sources) > 1:  # it said "12 entries that benzarr did not write" of two archives in one folder
+        return f"both {' and '.join(f'a {s.title}' for s in sources)} archive ({count}: {shown})"
+    if sources:
+        return f"a {sources[0].title} archive ({count}: {shown})"
     return f"{count} that benzarr did not write ({shown})"
 
 
-def archive_source(path: str | Path) -> Any:
-    """The archive source (``benzarr.sources``) that reads the folder ``path``, or None: not an
-    archive, or one that cannot be told (a symlink loop in it, two sources claiming it)."""
-    from benzarr.sources import detect_source  # lazy: rasterio
+def archive_sources(path: str | Path) -> list[Any]:
+    """The archive sources (``benzarr.sources``) that read the folder ``path``: one for an
+    archive, two for a folder that holds both layouts, none for anything else or for a folder
+    that cannot be told (a symlink loop in it)."""
+    from benzarr.sources import matching_sources  # lazy: rasterio
 
     try:
-        return detect_source(Path(path))
+        return matching_sources(Path(path))
     except Exception:
-        return None
+        return []
 
 
 def read_utf8(path: Path, advice: str) -> str:

@@ -1329,7 +1329,7 @@ def _not_a_store(path: str | Path, exc: BaseException) -> str:
     an array inside a store, a run folder, an archive (the error path only: it may list the folder)."""
     if is_url(path):
         return f"{path}: not a Zarr v3 store ({exc})"
-    from benzarr.fsutil import describe
+    from benzarr.fsutil import archive_sources, describe
 
     folder = Path(path)
     if not folder.is_dir():
@@ -1346,6 +1346,10 @@ def _not_a_store(path: str | Path, exc: BaseException) -> str:
         found = describe(folder)
     except OSError as exc2:  # an unreadable folder: say so, as a store error
         return f"{path}: not a benzarr store (cannot read the folder: {exc2.strerror or exc2})"
+    if found.startswith("both "):  # two layouts in one folder: ingest reads one, as --source says
+        first, *others = [source.name for source in archive_sources(folder)]
+        return (f"{path}: not a benzarr store (no zarr.json); it holds {found}: `benzarr ingest {path} STORE "
+                f"--source {first}` (or {', '.join(others)}) makes a store of one of them")
     if " archive (" in found:
         return f"{path}: not a benzarr store (no zarr.json); it holds {found}: `benzarr ingest {path} STORE` makes a store of it"
     return f"{path}: not a benzarr store (no zarr.json); it holds {found}"

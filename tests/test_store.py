@@ -421,6 +421,28 @@ def test_a_folder_that_is_no_store_says_what_it_is(tmp_path: Path, synth_store_6
         open_store(path)
 
 
+def test_a_folder_holding_both_layouts_is_named_as_such(tmp_path: Path, synth_archive_64: Path,
+                                                        synth_v2_archive: Path) -> None:
+    """v1 patch folders beside a v2 BigEarthNet-S2 folder: it said "it holds 12 entries that
+    benzarr did not write" (the two sources' claims cancelled out); now both are named, with
+    the --source that ingests one of them, and `examples` refuses the folder as it refuses one archive."""
+    from benzarr.examples import extract_examples
+
+    both = tmp_path / "both"
+    both.mkdir()
+    for entry in [*sorted(synth_archive_64.iterdir())[1:4], *synth_v2_archive.iterdir()]:  # (one .benzarr)
+        if not (both / entry.name).exists():
+            os.symlink(entry, both / entry.name)
+    count = len(list(both.iterdir()))
+    with pytest.raises(StoreNotFoundError, match=re.escape(
+            f"{both}: not a benzarr store (no zarr.json); it holds both a BigEarthNet v1 and a BigEarthNet v2 "
+            f"archive ({count} entries: ")) as caught:
+        open_store(both)
+    assert str(caught.value).endswith(f"`benzarr ingest {both} STORE --source v1` (or v2) makes a store of one of them")
+    with pytest.raises(InvalidArgumentError, match="holds both a BigEarthNet v1 and a BigEarthNet v2 archive"):
+        extract_examples(both)
+
+
 def test_a_root_zarr_json_cut_short_is_damage_not_a_foreign_store(tmp_path: Path, synth_store_64: Path) -> None:
     from benzarr.errors import StoreCorruptError
     from benzarr.fsutil import describe

@@ -131,6 +131,14 @@ def get_source(name: str) -> ArchiveSource:
     return source
 
 
+def matching_sources(path: str | Path) -> list[ArchiveSource]:
+    """Every registered source that recognises the folder ``path``, in registration order:
+    none, one, or two for a folder that holds both layouts (v1 patch folders beside a v2
+    ``BigEarthNet-S2`` folder)."""
+    path = Path(path)
+    return [get_source(name) for name in list_sources() if get_source(name).detect(path)]
+
+
 def detect_source(path: str | Path) -> ArchiveSource | None:
     """The one source that recognises the folder ``path``, or None.
 
@@ -138,7 +146,7 @@ def detect_source(path: str | Path) -> ArchiveSource | None:
         NotAnArchiveError: more than one source claims it (pass ``source`` to choose).
     """
     path = Path(path)
-    found = [get_source(name) for name in list_sources() if get_source(name).detect(path)]
+    found = matching_sources(path)
     if len(found) > 1:
         raise NotAnArchiveError(f"{path}: reads as {' and as '.join(s.title for s in found)} archive; "
                                 f"choose one with --source {' or '.join(s.name for s in found)}")
