@@ -1346,10 +1346,10 @@ def _not_a_store(path: str | Path, exc: BaseException) -> str:
         found = describe(folder)
     except OSError as exc2:  # an unreadable folder: say so, as a store error
         return f"{path}: not a benzarr store (cannot read the folder: {exc2.strerror or exc2})"
-    if found.startswith("both "):  # two layouts in one folder: ingest reads one, as --source says
-        first, *others = [source.name for source in archive_sources(folder)]
+    names = [source.name for source in archive_sources(folder)] if found.startswith("both ") else []
+    if len(names) > 1:  # two layouts in one folder: ingest reads one, as --source says
         return (f"{path}: not a benzarr store (no zarr.json); it holds {found}: `benzarr ingest {path} STORE "
-                f"--source {first}` (or {', '.join(others)}) makes a store of one of them")
+                f"--source {names[0]}` (or {', '.join(names[1:])}) makes a store of one of them")
     if " archive (" in found:
         return f"{path}: not a benzarr store (no zarr.json); it holds {found}: `benzarr ingest {path} STORE` makes a store of it"
     return f"{path}: not a benzarr store (no zarr.json); it holds {found}"
