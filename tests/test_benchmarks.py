@@ -66,8 +66,8 @@ def test_gpu_feed_cpu_fallback(tmp_path: Path) -> None:
     assert trainer["patches_per_s"] > 0 and trainer["vs_fed"] > 0, trainer
     # the bare fed loop before the first epoch and after each, compared with the last epoch at that moment
     assert len(trainer["bare_slices"]) == 2 and all(x > 0 for x in trainer["bare_slices"]), trainer
-    assert trainer["vs_bare_interleaved"] == pytest.approx(
-        trainer["patches_per_s"] / (sum(trainer["bare_slices"]) / 2), abs=1e-3)
+    assert trainer["vs_bare_interleaved"] == pytest.approx(  # (from the rates before their rounding to 0.1)
+        trainer["patches_per_s"] / (sum(trainer["bare_slices"]) / 2), rel=5e-3)
     # where the epoch's time went: one entry an epoch, timed from the trainer's own events
     (timing,) = trainer["epoch_timing"]
     assert timing["steps"] > 0 and timing["seconds"] > 0 and 0 <= timing["first_step_s"] < timing["seconds"], timing
