@@ -1008,9 +1008,7 @@ def make_loader(
         raise InvalidArgumentError(f"unknown loader engine {engine!r}: choose auto, ring or dataloader")
     world, rank = _world_and_rank(distributed)
     device = check_device(device)
-    if compile_transform and device.type != "cuda":
-        warnings.warn(f"compile_transform applies on CUDA only: on {device.type} the batch transform runs "
-                      "as without it", UserWarning, stacklevel=2)
+    compile_transform = compiles_on(device, compile_transform)
     # DistributedSampler with one replica is a seeded (seed + epoch) shuffler with set_epoch
     sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
     # no batch holds more than the rank's patches: the same batches, and buffers for that many
@@ -1030,6 +1028,19 @@ def make_loader(
         return DeviceLoader(ds, ring, sampler, None if in_workers is not None else transform, batches)
     loader = _dataloader(ds, batches, num_workers, prefetch_factor, device, seed, timeout)
     return DeviceLoader(ds, loader, sampler, _compiled(ds.batch_transform(device, seed), compile_transform), batches)
+
+
+def compiles_on(device: torch.device, asked: bool, option: str = "compile_transform", warn: bool = True,
+                stacklevel: int = 2) -> bool:
+    """Whether the batch transform on ``device`` is compiled when ``asked``: on CUDA only.
+    Elsewhere, when asked and ``warn``, one warning that the option changes nothing there
+    (``stacklevel`` counted from the caller). :func:`make_loader`, the trainer and the
+    Lightning DataModule ask here, the last two once for all their loaders: Python's own
+    once-per-place rule does not hold, as every ``warnings.catch_warnings`` block clears it."""
+    if asked and device.type != "cuda" and warn:
+        warnings.warn(f"{option} applies on CUDA only: on {device.type} the batch transform runs as without it",
+                      UserWarning, stacklevel=stacklevel + 1)
+    return asked and device.type == "cuda"
 
 
 def _compiled(transform: BatchTransform | None, compile_transform: bool) -> BatchTransform | None:

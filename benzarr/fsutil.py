@@ -120,8 +120,6 @@ def os_error(exc: OSError, path: str | Path = "", action: str = "writing", hint:
     return FileSystemError(message, where, code)
 
 
-
-
 def rename_error(exc: OSError, path: str | Path, action: str) -> FileSystemError:
     """:func:`os_error` for a failed rename of a folder: where the file system cannot rename
     folders at all, it says so and what to do, rather than "Invalid cross-device link" or
@@ -306,17 +304,13 @@ def _foreign_in_group(folder: Path, rel: str, layout_node: Callable[[str], str |
     def enter(sub: Path, path: str, name: str) -> None:
         node = layout_node(path)
         left = WRITER_LEFTOVER.fullmatch(name) if node is None else None
-        if left is not None and layout_node(_join(rel, left["name"])) is not None:
+        if left is not None:
             # what a killed (or NFS-held) removal of a benzarr folder left, ingest/.stage.benzarr-old-PID:
             # checked as the folder it was (the layout below it, seen through its own name)
             real = _join(rel, left["name"])
             node = layout_node(real)
-
-            def layout_node_aside(below: str, prefix: str = path) -> str | None:
-                return layout_node(real + below[len(prefix):])
-
             if node == "group":
-                _foreign_in_group(sub, path, layout_node_aside, found, limit)
+                _foreign_in_group(sub, path, lambda below: layout_node(real + below[len(path):]), found, limit)
                 return
         if node == "group":
             _foreign_in_group(sub, path, layout_node, found, limit)

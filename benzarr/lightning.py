@@ -50,7 +50,6 @@ module without it raises :class:`~benzarr.errors.MissingDependencyError`.
 from __future__ import annotations
 
 import inspect
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -69,8 +68,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from benzarr.bands import parse_modalities
 from benzarr.checks import boolean, check_seed, whole
-from benzarr.data import (BatchTransform, BigEarthNetDataset, NativeBatches, collate_batch, make_loader, resolve_bands,
-                          worker_start)
+from benzarr.data import (BatchTransform, BigEarthNetDataset, NativeBatches, collate_batch, compiles_on, make_loader,
+                          resolve_bands, worker_start)
 from benzarr.store import NOMENCLATURES
 
 #: Values that need no dataset support: what BigEarthNetDataset does without the parameter.
@@ -370,11 +369,9 @@ class BigEarthNetDataModule(L.LightningDataModule):
     def _compiles_on(self, device: torch.device) -> bool:
         """Whether the batch transform on ``device`` is compiled: ``compile_transform`` on
         CUDA; elsewhere False, with one warning per module (not one per subset) when asked."""
-        if self.compile_transform and device.type != "cuda" and not self._warned_compile:
-            self._warned_compile = True
-            warnings.warn(f"compile_transform applies on CUDA only: on {device.type} the batch transform runs "
-                          "as without it", UserWarning, stacklevel=3)
-        return self.compile_transform and device.type == "cuda"
+        compiled = compiles_on(device, self.compile_transform, warn=not self._warned_compile, stacklevel=3)
+        self._warned_compile |= self.compile_transform and not compiled
+        return compiled
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """uint16 native batch on the device -> ``{"image", "label", "index"}`` (``"mask"``)

@@ -63,7 +63,7 @@ from torch.nn.parallel import DistributedDataParallel
 from benzarr import __version__
 from benzarr.checkpoint import load_checkpoint, restore, save_checkpoint
 from benzarr.checks import boolean, check_seed, finite, is_number, whole
-from benzarr.data import BigEarthNetDataset, DeviceLoader, make_loader
+from benzarr.data import BigEarthNetDataset, DeviceLoader, compiles_on, make_loader
 from benzarr.errors import InvalidArgumentError, UnsafeOverwriteError, missing_extra, some_of
 from benzarr.evaluate import runs_under, score_batches
 from benzarr.fsutil import check_not_a_file, check_outside_datasets
@@ -745,19 +745,17 @@ def _open_data(cfg: TrainConfig, device: torch.device, rank: int, world: int, se
         from benzarr.models import default_bands
 
         if default_bands(cfg.model) == "rgb":  # the name says RGB; the run would say nothing
-            warnings.warn(f"{cfg.model} takes RGB (S2) bands by default; with --modalities {','.join(parse_modalities(cfg.modalities))} "
+            warnings.warn(f"{cfg.model} takes RGB (S2) bands by default; with --modalities {','.join(asked)} "
                           f"it reads {','.join(bands)} instead (give --bands to choose)", UserWarning, stacklevel=2)
-    compile_transform = cfg.compile_transform and device.type == "cuda"
-    if cfg.compile_transform and not compile_transform and rank == 0:  # once, not once per loader
-        warnings.warn(f"--compile-transform applies on CUDA only: on {device.type} the batch transform runs as "
-                      "without it", UserWarning, stacklevel=2)
+    # once here, not once per loader (make_loader is then asked only where it applies)
+    compile_transform = compiles_on(device, cfg.compile_transform, "--compile-transform", warn=rank == 0)
     identity = store_identity(store, cfg.split)
     if len(store.subset_rows(cfg.split, "train")) == 0:
         raise InvalidArgumentError(f"split {cfg.split!r} of {cfg.store} has no training patches")
 
     def loader(subset: str, shuffle: bool, distributed: bool = False) -> DeviceLoader:
         ds = BigEarthNetDataset(cfg.store, split=cfg.split, subset=subset, bands=bands, labels=cfg.labels,
-                                normalize=True, modalities=parse_modalities(cfg.modalities), resample=cfg.resample,
+                                normalize=True, modalities=asked, resample=cfg.resample,
                                 align_corners=cfg.align_corners, augment=cfg.augment if subset == "train" else "none")
         return make_loader(ds, cfg.batch_size, shuffle=shuffle, num_workers=cfg.workers, seed=seed,
                            device=device, distributed=distributed, timeout=cfg.loader_timeout,
