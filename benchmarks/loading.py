@@ -777,6 +777,18 @@ def delivered(store: Path, workers: int, batch: int, seconds: float, repeats: in
                      "main_us_per_patch = main-thread CPU time (next() + copy) per patch, waits excluded"}
 
 
+@contextlib.contextmanager
+def deterministic_algorithms() -> Iterator[None]:
+    """``torch.use_deterministic_algorithms(True, warn_only=True)`` for the block, as ``benzarr
+    train`` runs by default; the settings as they were after it."""
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
 def model_ready_methods(paths: dict[str, Path], n: int, b: int, log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
     """Methods that serve float32 (12, 120, 120) images, upsampled and normalised, as models
     take them, plus the ring's uint16 delivery (``delivered-lz4-w1|w2``, a ``measure`` entry).
@@ -840,33 +852,21 @@ def model_ready_methods(paths: dict[str, Path], n: int, b: int, log: Callable[[s
     out["benzarr-lz4-model-ready-flip-rot90"] = {"batch": model_ready_augmented, "single": None, "bytes": stored,
                                                  "processes": 1, "model_ready": True}
 
-    for w in (0, 2):
+    # make-loader-cpu-w0-deterministic: deterministic algorithms on during each next(), as in
+    # benzarr train by default (torch then fills new tensors with NaN unless the loader skips it)
+    for name, w, deterministic in (("make-loader-cpu-w0", 0, False), ("make-loader-cpu-w2", 2, False),
+                                   ("make-loader-cpu-w0-deterministic", 0, True)):
         state: dict[str, Any] = {}
 
-        def via_loader(w: int = w, state: dict[str, Any] = state) -> int:
+        def via_loader(w: int = w, state: dict[str, Any] = state, deterministic: bool = deterministic) -> int:
             if "it" not in state:
                 state["loader"] = make_loader(ds, b, shuffle=True, num_workers=w, seed=0, device="cpu", drop_last=True)
                 state["it"] = endless(state["loader"])
-            return int(next(state["it"])["image"].shape[0])
+            with deterministic_algorithms() if deterministic else contextlib.nullcontext():
+                return int(next(state["it"])["image"].shape[0])
 
-        out[f"make-loader-cpu-w{w}"] = {"batch": via_loader, "single": None, "bytes": stored, "processes": w + 1,
-                                        "model_ready": True, "state": state}
-
-    det_state: dict[str, Any] = {}
-
-    def via_loader_deterministic(state: dict[str, Any] = det_state) -> int:
-        if "it" not in state:
-            state["loader"] = make_loader(ds, b, shuffle=True, num_workers=0, seed=0, device="cpu", drop_last=True)
-            state["it"] = endless(state["loader"])
-        before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        try:
-            return int(next(state["it"])["image"].shape[0])
-        finally:
-            torch.use_deterministic_algorithms(before[0], warn_only=before[1])
-
-    out["make-loader-cpu-w0-deterministic"] = {"batch": via_loader_deterministic, "single": None, "bytes": stored,
-                                               "processes": 1, "model_ready": True, "state": det_state}
+        out[name] = {"batch": via_loader, "single": None, "bytes": stored, "processes": w + 1, "model_ready": True,
+                     "state": state}
 
     if "lmdb" in paths:  # built when configilm-style is among the chosen methods
         out.update(_configilm_method(paths, n, b, lz4, ds, names))
