@@ -18,6 +18,14 @@ In one run, on one synthetic lz4 store (12 bands, batch 256 by default):
   warn_only=True)``, ``cudnn.benchmark=False``, as the trainer's default) and ``fast`` mode
   (``cudnn.benchmark=True``, non-deterministic kernels). Each fed row also gives ``next_ms``,
   the host time per step spent in ``next()``, and ``step_ms``, the wall time per step;
+  ``ratio_paired`` is the median over rounds of each round's fed slice over its ceiling slice
+  (neighbours in time), beside ``ratio`` (all fed patches over all ceiling patches);
+* ``conditions``: what the machine did in each timed slice (``benchmarks/_conditions.py``): the
+  GPU's SM clock, mean power and the shares of the slice held below its clocks by the power or
+  thermal limit (NVML, read around the slice), the host's steal time and busy cores
+  (``/proc/stat``) and the main process's CPU time; per slice in each run's ``conditions``, as
+  ranges in each fed row. Session 20's heavier models moved by 20-70% between slices while
+  shortcnn-all did not: these readings say whether the GPU's clock or the host moved;
 * ``transformed``: per model and mode, the step on one native uint16 batch already on the
   device, put through the loader's batch transform at every step (no loader): ceiling ->
   transformed is the transform's device cost, transformed -> fed (``vs_transformed`` in the
@@ -94,6 +102,7 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuB
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS_DIR, endless, machine_info, print_table, versions, write_json  # noqa: E402
+from _conditions import SliceConditions, summary  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -105,6 +114,9 @@ SPLIT = "s"
 MODES = ("deterministic", "fast")
 GPU_MODELS = ("shortcnn-all", "resnet18", "resnet50", "inception-v3")
 GPU_WORKERS = (0, 4, 8, 12)
+#: What the machine did in each timed slice (``benchmarks/_conditions.py``), set by :func:`main`;
+#: None: not read (a caller of :func:`timed` outside a run).
+CONDITIONS: SliceConditions | None = None
 #: A/B variants of the loader (``--variants``), each measured in the same rows as the default.
 VARIANTS = ("no-overlap", "thread", "nchw-upsample", "unfused", "session6", "no-graph", "per-key-copy", "priority",
             "compiled")
@@ -209,10 +221,12 @@ def set_mode(mode: str) -> None:
 
 def timed(step: Callable[[], int], device: torch.device, warmup: int, seconds: float) -> dict[str, Any]:
     """Patches/s of ``step`` (returns patches done): ``warmup`` calls, then calls for
-    ``seconds``; the clock stops after a device synchronisation."""
+    ``seconds``; the clock stops after a device synchronisation. With :data:`CONDITIONS`,
+    ``conditions``: what the GPU and the host did in the slice (read outside its clock)."""
     for _ in range(warmup):
         step()
     synchronize(device)
+    begun = CONDITIONS.begin() if CONDITIONS is not None else None
     patches, steps, start = 0, 0, time.perf_counter()
     while True:
         patches += step()
@@ -221,8 +235,11 @@ def timed(step: Callable[[], int], device: torch.device, warmup: int, seconds: f
             break
     synchronize(device)
     elapsed = time.perf_counter() - start
-    return {"patches_per_s": round(patches / elapsed, 1), "steps": steps, "patches": patches,
-            "seconds": round(elapsed, 3)}
+    result = {"patches_per_s": round(patches / elapsed, 1), "steps": steps, "patches": patches,
+              "seconds": round(elapsed, 3)}
+    if CONDITIONS is not None and begun is not None:
+        result["conditions"] = CONDITIONS.end(begun, elapsed)
+    return result
 
 
 def close(*objects: Any) -> None:
@@ -520,7 +537,7 @@ def interleaved(steps: dict[str, Callable[[], int]], device: torch.device, warmu
     alike; each round starts with the next step, so none always runs first. ``warmup``
     calls of every step before the first slice of any (a first slice run cold was ~10%
     slow on the CPU), one before every slice."""
-    totals = {name: {"patches": 0, "seconds": 0.0, "steps": 0, "slices": []} for name in steps}
+    totals = {name: {"patches": 0, "seconds": 0.0, "steps": 0, "slices": [], "conditions": []} for name in steps}
     names = list(steps)
     for step in steps.values():
         for _ in range(max(warmup - 1, 0)):
@@ -535,10 +552,30 @@ def interleaved(steps: dict[str, Callable[[], int]], device: torch.device, warmu
             t["seconds"] += run["seconds"]
             t["steps"] += run["steps"]
             t["slices"].append(run["patches_per_s"])
+            t["conditions"].append(run.get("conditions"))
     for t in totals.values():
+        if not any(t["conditions"]):
+            del t["conditions"]
         t["patches_per_s"] = round(t["patches"] / t["seconds"], 1)
         t["seconds"] = round(t["seconds"], 3)
     return totals
+
+
+def paired_ratio(fed_run: dict[str, Any], ceiling_run: dict[str, Any]) -> float | None:
+    """The median over rounds of (fed slice / ceiling slice) of the same round, which ran next
+    to each other: a drift of the machine's speed between rounds cancels in each pair, where
+    the pooled ratio (all fed patches over all ceiling patches) weighs a fast round more."""
+    pairs = sorted(f / c for f, c in zip(fed_run.get("slices", []), ceiling_run.get("slices", [])) if c)
+    if not pairs:
+        return None
+    mid = len(pairs) // 2
+    return round(pairs[mid] if len(pairs) % 2 else (pairs[mid - 1] + pairs[mid]) / 2, 3)
+
+
+def conditions_summary(**runs: dict[str, Any]) -> dict[str, Any]:
+    """Per run (ceiling, fed, ...): the range of each reading over its slices
+    (:func:`_conditions.summary`); runs without readings are left out."""
+    return {name: summary(run["conditions"]) for name, run in runs.items() if run.get("conditions")}
 
 
 def fed_against_ceiling(model: Trainee, sources: dict[str, Iterator[Any]], batch: int, warmup: int,
@@ -777,6 +814,7 @@ def trainer_rate(store: Path, name: str, workers: int, batch: int, epochs: int, 
     epochs_seen: list[dict[str, Any]] = []  # where an epoch's time goes (host clock, see below)
     bare: dict[str, Any] = {}
     slices: list[float] = []
+    slice_conditions: list[dict[str, Any] | None] = []
 
     def bare_slice() -> None:
         if "it" not in bare:
@@ -789,7 +827,9 @@ def trainer_rate(store: Path, name: str, workers: int, batch: int, epochs: int, 
             b = next(bare["it"])
             return bare["model"].step(b["image"], b["label"])
 
-        slices.append(timed(step, device, warmup, interleave_s)["patches_per_s"])
+        run = timed(step, device, warmup, interleave_s)
+        slices.append(run["patches_per_s"])
+        slice_conditions.append(run.get("conditions"))
 
     def on_event(event: Any) -> None:
         # host times of the epoch's events: the first step's (waiting for the first batch and
@@ -799,6 +839,8 @@ def trainer_rate(store: Path, name: str, workers: int, batch: int, epochs: int, 
         now = time.perf_counter()
         if event.kind == "epoch_start":
             epochs_seen.append({"start": now, "steps": []})
+            if CONDITIONS is not None:
+                epochs_seen[-1]["begun"] = CONDITIONS.begin()
         elif event.kind == "step" and epochs_seen:
             e = epochs_seen[-1]
             e["steps"].append(now)
@@ -808,7 +850,10 @@ def trainer_rate(store: Path, name: str, workers: int, batch: int, epochs: int, 
         elif event.kind == "epoch_end":
             rates.append(float(event.values["throughput/patches_per_s"]))
             if epochs_seen:
-                epochs_seen[-1]["rate"] = rates[-1]
+                e = epochs_seen[-1]
+                e["rate"] = rates[-1]
+                if CONDITIONS is not None and "begun" in e:  # what the GPU and host did in the epoch
+                    e["conditions"] = CONDITIONS.end(e["begun"], now - e["start"])
             if interleave_s > 0:
                 bare_slice()
 
@@ -828,12 +873,40 @@ def trainer_rate(store: Path, name: str, workers: int, batch: int, epochs: int, 
         around = (slices[-2] + slices[-1]) / 2
         interleaved = {"bare_slices": [round(x, 1) for x in slices], "interleave_s": interleave_s,
                        "vs_bare_interleaved": round(rates[-1] / around, 3) if around else None}
+        if any(slice_conditions):
+            interleaved["bare_conditions"] = slice_conditions
+    epoch_conditions = [e.get("conditions") for e in epochs_seen if "rate" in e]
+    if any(epoch_conditions):
+        interleaved["epoch_conditions"] = epoch_conditions
     return {"patches_per_s": round(rates[-1], 1), **interleaved, "epoch_rates": [round(r, 1) for r in rates],
             "epoch_timing": [epoch_timing(e, batch) for e in epochs_seen if "rate" in e],
             "epochs": epochs, "seconds": round(time.perf_counter() - started, 1),
             "settings": {"optim": "sgd", "amp": amp, "channels_last": True, "batch_size": batch, "split": SPLIT,
                          **extra},
             "note": "the trainer's own throughput/patches_per_s of its last epoch, with a callback (as the CLI)"}
+
+
+def conditions_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Table rows of what the machine did in each fed row's ceiling and fed slices: each
+    reading's range as text ("least-most"), the slices' patches/s beside them."""
+    def span(pair: list[float] | None) -> str | None:
+        if not pair:
+            return None
+        a, b = pair
+        text = (lambda v: f"{v:g}") if all(float(v).is_integer() for v in pair) else (lambda v: f"{v:.2f}")
+        return text(a) if a == b else f"{text(a)}-{text(b)}"
+
+    out = []
+    for r in sorted(rows, key=lambda r: (r["mode"], r["model"], r["workers"])):
+        for run in ("ceiling", "fed"):
+            readings = r.get("conditions", {}).get(run)
+            if not readings:
+                continue
+            slices = r.get(f"{run}_run", {}).get("slices", [])
+            out.append({"mode": r["mode"], "model": r["model"], "workers": r["workers"], "run": run,
+                        "slices": ", ".join(f"{x:,.0f}" for x in slices),
+                        **{key: span(value) for key, value in readings.items()}})
+    return out
 
 
 # -- targets -------------------------------------------------------------------------------
@@ -987,6 +1060,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown mode {unknown[0]!r}: use {', '.join(MODES)}")
     log = lambda message: print(f"[gpu_feed] {message}", file=sys.stderr, flush=True)  # noqa: E731
     budget = Budget(args.budget_s)
+    global CONDITIONS
+    uuid = getattr(torch.cuda.get_device_properties(device), "uuid", None) if cuda else None
+    CONDITIONS = SliceConditions(cuda, None if uuid is None else str(uuid))
 
     machine = machine_info()
     machine.update(torch=torch.__version__, cuda=torch.version.cuda,
@@ -1021,6 +1097,9 @@ def main(argv: list[str] | None = None) -> int:
         "augment": [],
         "transform_alone": [],
         "cpu_topology": cpu_topology(),
+        # what the GPU (NVML) and the host (/proc/stat) did in each timed slice: "conditions" in
+        # the runs' rows, their ranges in each fed row (benchmarks/_conditions.py)
+        "conditions": CONDITIONS.info,
     }
     rec = Recorder(args.out, payload, budget, log)
     log(f"device {payload['device']}, {cores} cores; writing {args.out} after every measurement")
@@ -1149,6 +1228,8 @@ def main(argv: list[str] | None = None) -> int:
                         r = fed_against_ceiling(trainees[name], sources, batch, warmup, seconds, args.rounds)
                         out = {"ceiling": r["ceiling"], "fed": r["fed"]["patches_per_s"],
                                "ratio": round(r["fed"]["patches_per_s"] / r["ceiling"], 3),
+                               "ratio_paired": paired_ratio(r["fed"], r["ceiling_run"]),
+                               "conditions": conditions_summary(ceiling=r["ceiling_run"], fed=r["fed"]),
                                "next_ms": r["fed"]["next_ms"], "step_ms": r["fed"]["step_ms"],
                                "ceiling_first": ceilings[name], "fed_run": r["fed"], "ceiling_run": r["ceiling_run"]}
                         out["graphs"] = state["loader"].graph_stats()
@@ -1161,6 +1242,7 @@ def main(argv: list[str] | None = None) -> int:
                                 "variant": variant, "model": name, "mode": mode, "workers": w,
                                 "ceiling": r["ceiling"], "fed": t["patches_per_s"],
                                 "ratio": round(t["patches_per_s"] / r["ceiling"], 3),
+                                "ratio_paired": paired_ratio(t, r["ceiling_run"]),
                                 "vs_base": round(t["patches_per_s"] / r["fed"]["patches_per_s"], 3),
                                 "next_ms": t["next_ms"], "step_ms": t["step_ms"], "fed_run": t})
                             if variant == "compiled":  # False: compilation failed, the rows ran eagerly
@@ -1218,7 +1300,9 @@ def main(argv: list[str] | None = None) -> int:
                 finally:
                     close(batches, loader)
                 c, f = r["ceiling"], r["fed"]["patches_per_s"]
-                return {"ceiling": c, "fed": f, "ratio": round(f / c, 3), "fed_run": r["fed"],
+                return {"ceiling": c, "fed": f, "ratio": round(f / c, 3),
+                        "ratio_paired": paired_ratio(r["fed"], r["ceiling_run"]),
+                        "conditions": conditions_summary(ceiling=r["ceiling_run"], fed=r["fed"]), "fed_run": r["fed"],
                         "ceiling_run": r["ceiling_run"], "for": "trainer comparison"}
             bare = [rec.measure("models", {"model": trainer_model, "mode": mode, "workers": trainer_workers},
                                 bare_fed, slice_s + 10, alarm_s + 60)]
@@ -1257,8 +1341,20 @@ def main(argv: list[str] | None = None) -> int:
         print_table(sorted(payload["models"], key=lambda r: (r["mode"], r["model"], r["workers"])),
                     [("mode", "mode", "s"), ("model", "model", "s"), ("workers", "workers", "d"),
                      ("ceiling", "ceiling", ",.0f"), ("transformed", "transformed", ",.0f"), ("fed", "fed", ",.0f"),
-                     ("ratio", "fed/ceiling", ".2f"), ("vs_transformed", "fed/transformed", ".2f"),
+                     ("ratio", "fed/ceiling", ".2f"), ("ratio_paired", "paired", ".2f"),
+                     ("vs_transformed", "fed/transformed", ".2f"),
                      ("next_ms", "next ms", ".2f"), ("step_ms", "step ms", ".2f")])
+        conditions = conditions_rows(payload["models"])
+        if conditions:
+            print("\nwhat the machine did in those rows' slices (least-most over the slices; SM clock at both ends "
+                  "of each; capped: share of the slice below the application clocks; steal: of the node's CPU time)")
+            print_table(conditions, [("mode", "mode", "s"), ("model", "model", "s"), ("workers", "workers", "d"),
+                                     ("run", "run", "s"), ("slices", "patches/s by slice", "s"),
+                                     ("sm_mhz", "SM MHz", "s"), ("power_w", "power W", "s"),
+                                     ("power_capped_share", "power-capped", "s"),
+                                     ("thermal_capped_share", "thermal-capped", "s"),
+                                     ("steal_share", "steal", "s"), ("cores_busy", "cores busy", "s"),
+                                     ("main_cpu_share", "main CPU", "s")])
     if payload["variants"]:
         print("\nvariants of the fed loop (A/B against the models rows at the same worker count)")
         print_table(payload["variants"], [("variant", "variant", "s"), ("model", "model", "s"),

@@ -57,6 +57,28 @@ EOF
 say "$(cat "$OUT/environment.txt")"
 command -v nvidia-smi >/dev/null && nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
 command -v lscpu >/dev/null && lscpu >"$OUT/lscpu.txt" 2>&1
+# Over the whole call, every 0.5 s: the GPU's clocks, power and clock-event reasons
+# (nvidia-smi-log.csv) and the host's steal time ("st", vmstat.log). In session 20 the heavier
+# models' ceilings moved by 20-70% between slices while shortcnn-all's did not; gpu_feed.py
+# reads the same counters around each slice (benchmarks/_conditions.py), and these logs, with
+# the slices' Unix start times (t0), are the check on it. Driver 535 renamed the reasons field.
+logger_pids=()
+if [ "${QUICK:-0}" != 1 ] && command -v nvidia-smi >/dev/null; then
+  for reasons in ,clocks_event_reasons.active ,clocks_throttle_reasons.active ""; do
+    nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu,utilization.gpu$reasons \
+      --format=csv -lms 500 >"$OUT/nvidia-smi-log.csv" 2>&1 &
+    pid=$!
+    sleep 1
+    if kill -0 "$pid" 2>/dev/null; then logger_pids+=("$pid"); break; fi
+  done
+fi
+if command -v vmstat >/dev/null; then
+  vmstat -t 1 >"$OUT/vmstat.log" 2>&1 &
+  logger_pids+=("$!")
+fi
+stop_loggers() { [ ${#logger_pids[@]} -gt 0 ] && kill "${logger_pids[@]}" 2>/dev/null && wait "${logger_pids[@]}" 2>/dev/null; return 0; }
+trap stop_loggers EXIT
+say "loggers: ${#logger_pids[@]} (nvidia-smi, vmstat); $(date -u +%s) is $(date)"
 
 if [ "${QUICK:-0}" = 1 ]; then
   ring_args=(--device cpu)

@@ -46,6 +46,12 @@ def test_gpu_feed_cpu_fallback(tmp_path: Path) -> None:
                for r in fed), fed
     # ceiling and fed measured in alternating slices of the same row
     assert all(len(r["ceiling_run"]["slices"]) == 2 and len(r["fed_run"]["slices"]) == 2 for r in fed), fed
+    # what the machine did in each slice (no GPU here: the host alone), and each round's pair's ratio
+    assert doc["conditions"]["nvml"] == "not read: no CUDA device"
+    assert all(r["ratio_paired"] > 0 and set(r["conditions"]) == {"ceiling", "fed"} for r in fed), fed
+    assert all(len(r["fed_run"]["conditions"]) == 2 and "steal_share" in r["fed_run"]["conditions"][0]
+               for r in fed), fed
+    assert "what the machine did in those rows' slices" in proc.stdout
     variant = doc["variants"][0]
     assert variant["variant"] == "no-overlap" and variant["fed"] > 0 and variant["vs_base"] > 0
     assert [v["variant"] for v in doc["variants"]] == ["no-overlap", "unfused", "priority"]
@@ -69,6 +75,7 @@ def test_gpu_feed_cpu_fallback(tmp_path: Path) -> None:
     assert trainer["vs_bare_interleaved"] == pytest.approx(  # (from the rates before their rounding to 0.1)
         trainer["patches_per_s"] / (sum(trainer["bare_slices"]) / 2), rel=5e-3)
     # where the epoch's time went: one entry an epoch, timed from the trainer's own events
+    assert len(trainer["bare_conditions"]) == 2 and len(trainer["epoch_conditions"]) == 1, trainer
     (timing,) = trainer["epoch_timing"]
     assert timing["steps"] > 0 and timing["seconds"] > 0 and 0 <= timing["first_step_s"] < timing["seconds"], timing
     assert any(t["target"].startswith("trainer") and "(interleaved by epoch)" in t["target"]
