@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call for a GPU session (issue #10), on an offline node with Python 3.12 and torch
-# preinstalled (../shared/gpu-node.md): install the carried wheels, then run
+# preinstalled (docs/gpu-feed.md, "Running it": the wheels to carry in .whl/): install them, then run
 #   1. benchmarks/gpu_ring_check.py  (the ring's batches against the DataLoader's on CUDA, CUDA
 #      graph replays against eager batches; no sync in training steps), 22 s in session 6,
 #      35 s in session 12;
