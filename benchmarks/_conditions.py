@@ -68,7 +68,7 @@ class Nvml:
     @classmethod
     def open(cls, uuid: str | None = None) -> Nvml:
         """NVML initialised, on the GPU with CUDA UUID ``uuid`` (``torch.cuda.get_device_properties(i).uuid``
-        as text), or on the only GPU when ``uuid`` is None.
+        as text), or on the node's only GPU when ``uuid`` is None or unknown to NVML.
 
         Raises:
             NvmlUnavailable: no library, an initialisation error, or no such GPU.
@@ -103,20 +103,23 @@ class Nvml:
         if rc != 0:
             raise NvmlUnavailable(f"nvmlInit_v2: {cls._error(lib, rc)}")
         handle = ctypes.c_void_p()
+        missing = None
         if uuid is not None:
             key = uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"
             rc = lib.nvmlDeviceGetHandleByUUID(key.encode(), ctypes.byref(handle))
-            if rc != 0:
-                raise NvmlUnavailable(f"no GPU {key} ({cls._error(lib, rc)})")
-        else:
-            count = ctypes.c_uint()
-            rc = lib.nvmlDeviceGetCount_v2(ctypes.byref(count))
-            if rc != 0 or count.value != 1:
-                raise NvmlUnavailable(f"{count.value} GPUs and no UUID to pick one" if rc == 0
-                                      else f"nvmlDeviceGetCount_v2: {cls._error(lib, rc)}")
-            rc = lib.nvmlDeviceGetHandleByIndex_v2(0, ctypes.byref(handle))
-            if rc != 0:
-                raise NvmlUnavailable(f"nvmlDeviceGetHandleByIndex_v2: {cls._error(lib, rc)}")
+            if rc == 0:
+                return cls(lib, handle)
+            missing = f"no GPU {key} ({cls._error(lib, rc)})"
+        # no UUID, or one NVML does not know (another spelling of it): the node's only GPU is CUDA's
+        count = ctypes.c_uint()
+        rc = lib.nvmlDeviceGetCount_v2(ctypes.byref(count))
+        if rc != 0 or count.value != 1:
+            why = (f"nvmlDeviceGetCount_v2: {cls._error(lib, rc)}" if rc != 0
+                   else f"{count.value} GPUs and no UUID to pick one")
+            raise NvmlUnavailable(missing or why)
+        rc = lib.nvmlDeviceGetHandleByIndex_v2(0, ctypes.byref(handle))
+        if rc != 0:
+            raise NvmlUnavailable(f"nvmlDeviceGetHandleByIndex_v2: {cls._error(lib, rc)}")
         return cls(lib, handle)
 
     @staticmethod

@@ -22,9 +22,9 @@ sys.path.insert(0, str(BENCHMARKS))
 
 import _conditions  # noqa: E402
 
-#: A stand-in NVML: one GPU, "GPU-1234"; each snapshot adds 350 J of energy and 0.5 s of
-#: power-cap violation; the SM clock 1980 MHz, 61 C, reason sw_power_cap. With CRASH_INIT set,
-#: nvmlInit_v2 aborts the process (a wrong ctypes call on a real node might).
+#: A stand-in NVML: one GPU, "GPU-1234" (two with TWO_GPUS set); each snapshot adds 350 J of
+#: energy and 0.5 s of power-cap violation; the SM clock 1980 MHz, 61 C, reason sw_power_cap.
+#: With CRASH_INIT set, nvmlInit_v2 aborts the process (a wrong ctypes call on a real node might).
 FAKE_NVML = textwrap.dedent(r"""
     #include <stdlib.h>
     #include <string.h>
@@ -32,7 +32,7 @@ FAKE_NVML = textwrap.dedent(r"""
     static unsigned long long energy = 1000000, power_ns = 0;
     int nvmlInit_v2(void) { if (getenv("CRASH_INIT")) abort(); return 0; }
     const char *nvmlErrorString(int rc) { return rc == 13 ? "Not Found" : "Unknown Error"; }
-    int nvmlDeviceGetCount_v2(unsigned int *n) { *n = 1; return 0; }
+    int nvmlDeviceGetCount_v2(unsigned int *n) { *n = getenv("TWO_GPUS") ? 2 : 1; return 0; }
     int nvmlDeviceGetHandleByIndex_v2(unsigned int i, void **h) { if (i) return 2; *h = (void *)0x1234; return 0; }
     int nvmlDeviceGetHandleByUUID(const char *uuid, void **h) {
         if (strcmp(uuid, "GPU-1234") != 0) return 13;
@@ -105,8 +105,11 @@ def test_a_slice_reads_the_gpus_counters_through_nvml(fake_nvml: Path) -> None:
 
 def test_another_gpus_uuid_or_a_crashing_library_leaves_the_gpu_out_with_why(fake_nvml: Path) -> None:
     """Where NVML cannot be read the run goes on without GPU readings, saying why; a library that
-    crashes its caller crashes only the probe's child process."""
-    other = slice_in_child(fake_nvml, "9999")
+    crashes its caller crashes only the probe's child process. A UUID NVML does not know is
+    taken as another spelling of the node's only GPU; with two GPUs it is not guessed."""
+    alone = slice_in_child(fake_nvml, "9999")
+    assert alone["info"]["nvml"] == "read" and alone["end"]["sm_mhz"] == [1980, 1980], alone
+    other = slice_in_child(fake_nvml, "9999", TWO_GPUS="1")
     assert other["info"]["nvml"].startswith("not read:") and "GPU-9999" in other["info"]["nvml"], other
     assert "Not Found" in other["info"]["nvml"]
     crashed = slice_in_child(fake_nvml, "1234", CRASH_INIT="1")
