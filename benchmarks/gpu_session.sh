@@ -112,7 +112,9 @@ elif [ "${PHASE:-full}" = remaining ]; then
   # (variant no-graph) and against batches taken by a background thread (variant thread: the
   # transform's ~60 host calls beside the step's, torch releasing the GIL in each) in the same
   # rows; then the trainer on inception-v3 in both modes, the bare fed loop interleaved
-  # between its epochs (vs_bare_interleaved)
+  # between its epochs (vs_bare_interleaved). Every slice records the GPU's SM clock, power and
+  # power/thermal capping and the host's steal time (session 21: did the clock or the host move
+  # the heavier models' ceilings by 20-70%?); each row gives ratio_paired beside ratio
   ring_args=()
   feed_args=(--patches 20000 --build-workers "$(nproc)" --seconds 3 --rounds 5 --warmup 5 --budget-s "$BUDGET_S"
              --models resnet18,resnet50 --modes deterministic,fast --workers "" --fed-workers 8,12
