@@ -47,7 +47,8 @@ def command(
                          seed=seed)
         shown = plot_patches(opened, rows, out, composites=[bands] if bands else None, labels=labels, run=run)
         if not quiet:
-            console.print(f"wrote {shown.path}: {len(shown.rows)} patch(es) x {len(shown.panels)} panels "
+            panels = f"{len(shown.panels)} panel{'' if len(shown.panels) == 1 else 's'}"
+            console.print(f"wrote {shown.path}: {len(shown.rows)} patch(es) x {panels} "
                           f"({', '.join(shown.panels)}), {shown.size[0]} x {shown.size[1]} px", markup=False)
     if map_ is not None:
         if split is None:

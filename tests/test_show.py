@@ -156,6 +156,8 @@ def test_cli_show_writes_grid_and_map(synth_store_64: Path, tmp_path: Path) -> N
     assert (tmp_path / "g.png").stat().st_size > 10_000 and (tmp_path / "m.png").stat().st_size > 10_000
     refused = CliRunner().invoke(app, ["show", str(path), "--index", "1"])
     assert refused.exit_code != 0 and "--out" in str(refused.exception)
+    one = CliRunner().invoke(app, ["show", str(path), "--index", "1", "--bands", "swir", "--out", str(tmp_path / "s.png")])
+    assert "1 patch(es) x 1 panel (SWIR)" in one.output, one.output  # was "1 panels"
 
 
 def test_show_draws_each_row_through_the_dataset_plot(synth_v2_store: Path, tmp_path: Path, monkeypatch) -> None:
