@@ -71,8 +71,8 @@ def command(
     if not quiet:
         what = f"BigEarthNet v{result.version} ({'+'.join(result.modalities)})"
         if plan:
-            console.print(f"planned {result.store}: {result.n_patches:,} patches of {what} in {result.shards_total} "
-                          f"shards; now run `benzarr ingest ... --part I/N` for each part")
+            console.print(f"planned {result.store}: {count(result.n_patches, 'patch', 'patches')} of {what} in "
+                          f"{count(result.shards_total, 'shard')}; now run `benzarr ingest ... --part I/N` for each part")
         else:
             rate = result.patches_written / result.seconds if result.shards_written else 0.0  # this run's own
             verb = "resumed" if result.resumed else "wrote"

@@ -731,10 +731,18 @@ def test_v2_s1_name_is_validated_like_every_name(synth_v2_archive: Path, tmp_pat
         names[0] = "../../outside/EVIL"
         return table.set_column(table.schema.get_field_index("s1_name"), "s1_name", pa.array(names))
 
-    pq.write_table(evil(pq.read_table(archive / "metadata.parquet")), archive / "metadata.parquet")
+    clean = pq.read_table(archive / "metadata.parquet")
+    pq.write_table(evil(clean), archive / "metadata.parquet")
     with pytest.raises(NotAnArchiveError, match="'../../outside/EVIL'.*not a Sentinel-1 patch name"):
         open_archive(archive)
     one_error_line(run_cli("ingest", archive, tmp_path / "s.zarr"), "EVIL", "not a Sentinel-1 patch name")
+    # the error names the file the row is in, the archive's path with it (was "metadata.parquet"
+    # for a row of the flagged patches' file too)
+    pq.write_table(clean, archive / "metadata.parquet")
+    flagged = archive / "metadata_for_patches_with_snow_cloud_or_shadow.parquet"
+    pq.write_table(evil(pq.read_table(flagged)), flagged)
+    with pytest.raises(NotAnArchiveError, match=f"^{re.escape(str(flagged))}: s1_name '../../outside/EVIL'"):
+        open_archive(archive)
 
 
 def test_v2_metadata_needs_only_the_four_columns_it_uses(synth_v2_archive: Path, tmp_path: Path) -> None:

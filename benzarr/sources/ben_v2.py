@@ -88,13 +88,14 @@ def _patch_ref(path: Path, row: dict[str, Any], clean: bool, season: str, has_s1
     """The :class:`PatchRef` of one parquet row (``clean``: from metadata.parquet; ``has_s1``,
     ``has_maps``: the archive has the S1 / reference-map folders)."""
     name = str(row["patch_id"])
+    listed_in = path / (V2_METADATA if clean else V2_METADATA_FLAGGED)  # the file the row came from
     try:
         v2_tile_product(name)
     except ValueError:
-        raise NotAnArchiveError(f"{V2_METADATA}: {name!r} is not a v2.0 patch id") from None
+        raise NotAnArchiveError(f"{listed_in}: {name!r} is not a v2.0 patch id") from None
     s1 = str(row.get("s1_name") or "")
     if s1 and not is_s1_name(s1):  # never a path: "../../elsewhere" would read outside the archive
-        raise NotAnArchiveError(f"{V2_METADATA}: s1_name {s1!r} of {name} is not a Sentinel-1 patch name")
+        raise NotAnArchiveError(f"{listed_in}: s1_name {s1!r} of {name} is not a Sentinel-1 patch name")
     return PatchRef(
         name=name,
         s2_dir=str(s2_dir(path, name)),
