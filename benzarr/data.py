@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 import operator
 import os
 import time
@@ -33,7 +32,8 @@ from benzarr.errors import BenzarrError, InvalidArgumentError, LoaderWorkerError
 from benzarr.shards import RowReader
 from benzarr.procs import thread_blosc_lock
 from benzarr.graphs import GraphedTransform
-from benzarr.transform import CHANNEL_GROUPS, RESAMPLE_MODES, Batch, BatchTransform, unfilled_allocations
+from benzarr.transform import (CHANNEL_GROUPS, RESAMPLE_MODES, Batch, BatchTransform, check_normalization,
+                               unfilled_allocations)
 from benzarr.store import (
     NOMENCLATURES,
     REFERENCE_MAP_ARRAY,
@@ -272,19 +272,8 @@ class BigEarthNetDataset(Dataset):
         """Normalise with these per-band values (one each per entry of ``bands``, in the
         bands' own units) instead of the store's: how ``benzarr evaluate`` reads any store
         with the statistics a run trained with. A std of 0 is taken as 1 (a constant band)."""
-        if len(mean) != len(self.bands) or len(std) != len(self.bands):
-            raise InvalidArgumentError(f"mean and std need one value per band ({len(self.bands)}), "
-                                       f"got {len(mean)} and {len(std)}")
-        try:
-            values = [float(v) for v in (*mean, *std)]
-        except (TypeError, ValueError):
-            values = [math.nan]
-        if not all(math.isfinite(v) for v in values) or any(v < 0 for v in values[len(mean):]):
-            raise InvalidArgumentError(f"mean and std must be finite numbers and std not negative, got {list(mean)} "
-                                       f"and {list(std)}")  # a NaN mean made every input NaN, and the loss
+        self.mean, self.std = check_normalization(mean, std, len(self.bands))  # a NaN mean made every input NaN
         self.normalize = True
-        self.mean = [float(m) for m in mean]
-        self.std = [float(s) or 1.0 for s in std]
         self.stats_source = source
         self._cpu_transform = BatchTransform(self.bands, "cpu", self.mean, self.std, self.resample, self.align_corners)
 

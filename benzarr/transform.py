@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import math
 import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -216,6 +217,30 @@ def model_ready_image(groups: Sequence[torch.Tensor], keeps: Sequence[Sequence[i
     return torch.cat([planes[g][:, k:k + 1] for g, k in order], dim=1)
 
 
+def check_normalization(mean: Sequence[float], std: Sequence[float], n: int) -> tuple[list[float], list[float]]:
+    """Per-band ``mean`` and ``std`` as ``n`` floats each, a std of 0 taken as 1 (a constant
+    band: centred, not divided by zero).
+
+    Raises:
+        InvalidArgumentError: not ``n`` values each, or not finite numbers, or a negative std
+            (a NaN std made every input NaN, a negative one flipped the band's sign).
+    """
+    try:
+        got = f"{len(mean)} and {len(std)}"
+    except TypeError:  # a bare number
+        got = f"{mean!r} and {std!r}"
+    if got != f"{n} and {n}":
+        raise InvalidArgumentError(f"mean and std need one value per band ({n}), got {got}")
+    try:
+        values = [float(v) for v in (*mean, *std)]
+    except (TypeError, ValueError):
+        values = [math.nan]
+    if not all(math.isfinite(v) for v in values) or any(v < 0 for v in values[n:]):
+        raise InvalidArgumentError(f"mean and std must be finite numbers and std not negative, got {list(mean)} "
+                                   f"and {list(std)}")
+    return values[:n], [v or 1.0 for v in values[n:]]
+
+
 _compiled_image: Callable[..., torch.Tensor] | None = None
 
 
@@ -255,7 +280,8 @@ class BatchTransform:
     Args:
         bands: output band names in output channel order.
         device: where the result lives.
-        mean, std: per output band (C,), or None for no normalisation.
+        mean, std: per output band (C,), or None for no normalisation (a std of 0 is taken
+            as 1: a constant band).
         resample: ``bilinear`` (default, as TorchGeo), ``nearest`` (as the official reBEN
             models were trained) or ``bicubic``.
         align_corners: ``F.interpolate``'s convention for bilinear and bicubic: False
@@ -332,8 +358,7 @@ class BatchTransform:
             raise InvalidArgumentError("give both mean and std, or neither")
         self._norm: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
         if mean is not None and std is not None:
-            if len(mean) != len(self.bands) or len(std) != len(self.bands):
-                raise InvalidArgumentError(f"mean and std need one value per band ({len(self.bands)})")
+            mean, std = check_normalization(mean, std, len(self.bands))
             self._norm = {}
             for group, _, slots in self._plan:
                 m = torch.tensor([mean[k] for k in slots], dtype=torch.float32, device=self.device)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import pickle
 import re
 from pathlib import Path
@@ -181,6 +182,25 @@ def test_batch_transform_matches_single_samples(synth_store_64: Path) -> None:
     out = BatchTransform(ds.bands, "cpu", ds.mean, ds.std)(ds.read_batch([2, 50]))
     assert out["image"].shape == (2, 3, 120, 120) and out["label"].dtype == torch.float32
     torch.testing.assert_close(out["image"][1], ds[50]["image"])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"mean": [1, 2, 3], "std": [1, math.nan, 3]}, "mean and std must be finite numbers and std not negative"),
+    ({"mean": [1, 2, 3], "std": [1, -2, 3]}, "mean and std must be finite numbers and std not negative"),
+    ({"mean": "abc", "std": [1, 2, 3]}, "mean and std must be finite numbers and std not negative"),
+    ({"mean": [1, 2], "std": [1, 2]}, "mean and std need one value per band (3), got 2 and 2"),
+])
+def test_batch_transform_refuses_bad_arguments(kwargs: dict, message: str) -> None:
+    """A NaN std made every image NaN and a negative one flipped the band, silently; a str mean
+    was torch's ValueError "too many dimensions 'str'"."""
+    with pytest.raises(InvalidArgumentError, match=re.escape(message)):
+        BatchTransform(["B04", "B03", "B02"], "cpu", **kwargs)
+
+
+def test_a_zero_std_leaves_a_constant_band_centred(synth_store_64: Path) -> None:
+    batch = BigEarthNetDataset(synth_store_64, bands="rgb").read_batch([0])
+    image = BatchTransform(["B04", "B03", "B02"], "cpu", [0, 0, 0], [1, 0, 1])(batch)["image"]
+    assert torch.isfinite(image).all()  # was inf: divided by zero
 
 
 def test_a_transform_or_loader_on_a_device_it_cannot_use_is_one_line(synth_store_64: Path) -> None:
