@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from benzarr.augment import augment_numpy, augment_tensor, check_augment, source_index, transform_codes
 from benzarr.bands import CHANNEL_GROUPS as BAND_CHANNEL_GROUPS
 from benzarr.bands import PATCH_SIDE, band_groups_for, resolve_bands
+from benzarr.checks import boolean, check_seed, whole
 from benzarr.errors import InvalidArgumentError
 from benzarr.fsutil import interrupts_deferred
 from benzarr.store import CHANNEL_ARRAYS
@@ -324,12 +325,13 @@ class BatchTransform:
         from benzarr.data import check_device  # data imports this module
 
         self.device = check_device(device)  # "gpu" or a missing GPU: one line, not torch's RuntimeError
-        self.resample, self.align_corners = resample, bool(align_corners)
+        # align_corners="no" was true, seed 1.7 drew seed 1's flips: the checks make_loader makes
+        self.resample, self.align_corners = resample, boolean("align_corners", align_corners)
         self.planes = True  # CUDA bilinear on the B*C planes (False: the NCHW kernel; an A/B switch)
         self.fused = True  # off the CPU, fewer passes over memory (False: session 6's passes; an A/B switch)
         self.compiled = False  # CUDA: the image by one torch.compile'd function (make_loader(compile_transform=True))
         self._cast_in_kernel = True  # uint16 read by the first arithmetic kernel (until a device refuses)
-        self.augment, self.seed, self.epoch = check_augment(augment), int(seed), 0
+        self.augment, self.seed, self.epoch = check_augment(augment), check_seed(seed), 0
         self.groups = band_groups_for(self.bands)
         # per group: channels to keep (None: all, in order) and their output channels
         self._plan: list[tuple[str, torch.Tensor | None, list[int]]] = []
@@ -366,8 +368,12 @@ class BatchTransform:
                 self._norm[group] = (m.view(1, -1, 1, 1), s.view(1, -1, 1, 1))
 
     def set_epoch(self, epoch: int) -> None:
-        """The epoch whose augmentation to draw (no effect without ``augment``)."""
-        self.epoch = int(epoch)
+        """The epoch whose augmentation to draw (no effect without ``augment``).
+
+        Raises:
+            InvalidArgumentError: ``epoch`` is not a whole number of at least 0 (1.9 drew epoch 1's).
+        """
+        self.epoch = whole("epoch", epoch, 0)
 
     def out_spec(self, batch_spec: dict[str, tuple[tuple[int, ...], np.dtype]]) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
         """What one patch of this transform's output holds, for input ``batch_spec``
