@@ -279,7 +279,7 @@ class BatchTransform:
     and, with ``augment``, flip and rotate each patch (:mod:`benzarr.augment`).
 
     Args:
-        bands: output band names in output channel order.
+        bands: output band names in output channel order (a list, not a keyword such as ``"rgb"``).
         device: where the result lives.
         mean, std: per output band (C,), or None for no normalisation (a std of 0 is taken
             as 1: a constant band).
@@ -321,6 +321,9 @@ class BatchTransform:
                  seed: int = 0) -> None:
         if resample not in RESAMPLE_MODES:
             raise InvalidArgumentError(f"unknown resampling {resample!r}: choose one of {', '.join(RESAMPLE_MODES)}")
+        if isinstance(bands, str):  # list("rgb") was the bands 'r', 'g', 'b': "unknown band 'r'"
+            raise InvalidArgumentError(f"bands must be a list of band names in output order, such as a dataset's "
+                                       f"ds.bands or benzarr.bands.resolve_bands({bands!r}), got the str {bands!r}")
         self.bands = resolve_bands(list(bands), ("s2", "s1"))
         from benzarr.data import check_device  # data imports this module
 

@@ -192,12 +192,14 @@ def test_batch_transform_matches_single_samples(synth_store_64: Path) -> None:
     ({"align_corners": "no"}, "align_corners must be True or False, got 'no'"),
     ({"augment": "flip", "seed": 1.7}, "seed must be a whole number, got 1.7"),
     ({"augment": "flip", "seed": -1}, "seed must be between 0 and 4294967295, got -1"),
+    ({"bands": "rgb"}, "bands must be a list of band names in output order, such as a dataset's ds.bands"),
 ])
 def test_batch_transform_refuses_bad_arguments(kwargs: dict, message: str) -> None:
     """A NaN std made every image NaN and a negative one flipped the band, silently; a str mean
-    was torch's ValueError "too many dimensions 'str'"; align_corners="no" was true, seed 1.7 was 1."""
+    was torch's ValueError "too many dimensions 'str'"; align_corners="no" was true, seed 1.7 was 1;
+    bands="rgb" was "unknown band 'r'"."""
     with pytest.raises(InvalidArgumentError, match=re.escape(message)):
-        BatchTransform(["B04", "B03", "B02"], "cpu", **kwargs)
+        BatchTransform(**({"bands": ["B04", "B03", "B02"], "device": "cpu"} | kwargs))
     transform = BatchTransform(["B04"], "cpu", augment="flip")
     for epoch in (1.9, -5, "2"):  # 1.9 drew epoch 1's flips
         with pytest.raises(InvalidArgumentError, match=r"^epoch must be"):
