@@ -14,7 +14,7 @@ import contextlib
 import math
 import os
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -399,7 +399,12 @@ class BatchTransform:
         On a CPU with several intra-op threads, the rows are split into one slice per thread,
         each transformed on one thread: all cores work, and every patch is computed exactly
         as a single-threaded loader worker computes it (see :func:`_upsample`), so the bits
-        do not depend on the thread or worker count."""
+        do not depend on the thread or worker count.
+
+        Raises:
+            InvalidArgumentError: ``batch`` lacks a band group these bands need, or ``index``.
+        """
+        self._check_batch(batch, (*self.groups, "index"))
         size = int(torch.as_tensor(batch["index"]).shape[0])
         if self.compiled and self.device.type == "cuda":
             made = self._compiled_image(batch, codes)
@@ -536,6 +541,18 @@ class BatchTransform:
         if norm is not None:
             out.sub_(norm[0]).div_(norm[1])
 
+    def _check_batch(self, batch: Batch, keys: Sequence[str]) -> None:
+        """InvalidArgumentError unless ``batch`` is a dict holding ``keys``: a batch read for
+        other bands (no ``"20m"`` for B05) was a bare KeyError from deep in the transform."""
+        if not isinstance(batch, Mapping):
+            raise InvalidArgumentError(f"a batch is a dict of tensors as BigEarthNetDataset.read_batch returns, "
+                                       f"got {type(batch).__name__}")
+        missing = [key for key in keys if key not in batch]
+        if missing:
+            raise InvalidArgumentError(
+                f"the batch has no {missing[0]!r} (it has: {', '.join(map(str, batch))}); the bands "
+                f"{','.join(self.bands)} need {', '.join(self.groups)}: read the batch with a dataset of these bands")
+
     def companions(self, batch: Batch, codes: np.ndarray | None = None) -> Batch:
         """What goes with the image: ``"label"`` (B, L) float32 on the device, ``"index"`` (B,)
         int64 left on the CPU and, with a ``mask`` in ``batch``, ``"mask"`` (B, 120, 120) int64
@@ -551,7 +568,11 @@ class BatchTransform:
 
         With ``out`` (tensors as :meth:`out_spec`, on ``device``), the result is written
         there and ``out`` is returned: the batch ring's workers fill shared memory this way.
+
+        Raises:
+            InvalidArgumentError: ``batch`` lacks a band group these bands need, ``label`` or ``index``.
         """
+        self._check_batch(batch, (*self.groups, "label", "index"))
         index = torch.as_tensor(batch["index"])
         codes = None if self.augment == "none" else transform_codes(index, self.seed, self.epoch, self.augment)
         with unfilled_allocations():  # every tensor made here is written whole

@@ -206,6 +206,16 @@ def test_batch_transform_refuses_bad_arguments(kwargs: dict, message: str) -> No
             transform.set_epoch(epoch)
 
 
+def test_a_batch_without_the_groups_the_bands_need_is_one_line(synth_store_64: Path) -> None:
+    """A batch read for RGB given to a transform of B05 was KeyError: '20m'."""
+    batch = BigEarthNetDataset(synth_store_64, bands="rgb").read_batch([0, 1])
+    with pytest.raises(InvalidArgumentError, match=r"^the batch has no '20m' \(it has: 10m, label, index\); the bands "
+                                                   r"B05 need 20m: read the batch with a dataset of these bands$"):
+        BatchTransform(["B05"], "cpu")(batch)
+    with pytest.raises(InvalidArgumentError, match=r"^the batch has no 'index'"):
+        BatchTransform(["B04"], "cpu")({"10m": batch["10m"], "label": batch["label"]})
+
+
 def test_a_zero_std_leaves_a_constant_band_centred(synth_store_64: Path) -> None:
     batch = BigEarthNetDataset(synth_store_64, bands="rgb").read_batch([0])
     image = BatchTransform(["B04", "B03", "B02"], "cpu", [0, 0, 0], [1, 0, 1])(batch)["image"]
