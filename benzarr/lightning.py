@@ -152,7 +152,8 @@ class BigEarthNetDataModule(L.LightningDataModule):
 
     Raises:
         InvalidArgumentError: a batch size, worker count, seed or prefetch factor that is not a
-            whole number in range, a ``label_dtype`` that is not a torch dtype, a bad engine; ``augment`` or
+            whole number in range, a flag that is not True or False, a ``transform`` that is not
+            callable, a ``label_dtype`` that is not a torch dtype, a bad engine; ``augment`` or
             ``resample`` other than the default where the dataset lacks them; ``engine="ring"``
             without workers. The store and split are opened in :meth:`setup`, which raises
             the dataset's errors (StoreNotFoundError, SplitNotFoundError, ...).
@@ -187,6 +188,12 @@ class BigEarthNetDataModule(L.LightningDataModule):
         num_workers = whole("workers", num_workers, 0)
         seed = check_seed(seed)
         compile_transform = boolean("compile_transform", compile_transform)
+        # drop_last="no" dropped the last batch (a str is true); normalize="no" failed only at setup()
+        for name, flag in (("drop_last", drop_last), ("normalize", normalize), ("align_corners", align_corners),
+                           ("verify_checksums", verify_checksums)):
+            boolean(name, flag)
+        if transform is not None and not callable(transform):  # failed only at the first batch
+            raise InvalidArgumentError(f"transform must be a callable taking a batch dict, got {transform!r}")
         if prefetch_factor is not None:
             prefetch_factor = whole("prefetch_factor", prefetch_factor, 1)
         if not isinstance(label_dtype, torch.dtype):  # "float32" has no .is_floating_point

@@ -220,6 +220,10 @@ def test_bad_arguments(split_store: Path) -> None:
     ({"seed": 2**32}, "seed must be between 0 and 4294967295, got 4294967296"),  # accepted: train refused it
     ({"label_dtype": "float32"}, "label_dtype must be a torch.dtype"),  # AttributeError
     ({"labels": ["clc19"]}, "unknown label set ['clc19']"),  # TypeError: unhashable
+    ({"drop_last": "no"}, "drop_last must be True or False, got 'no'"),  # dropped the last batch
+    ({"normalize": "no"}, "normalize must be True or False, got 'no'"),  # only at setup()
+    ({"verify_checksums": 0}, "verify_checksums must be True or False, got 0"),
+    ({"transform": 5}, "transform must be a callable taking a batch dict, got 5"),  # TypeError at the first batch
 ])
 def test_arguments_of_the_wrong_type_are_invalid_arguments(split_store: Path, kwargs: dict, message: str) -> None:
     """The docstring promises InvalidArgumentError; these raised TypeError/AttributeError or passed."""
