@@ -183,7 +183,7 @@ def train(cfg: TrainConfig, callback: Callable[[TrainEvent], None] | None = None
         MissingDependencyError: ``track_emissions`` without codecarbon.
     """
     check_config(cfg)
-    cfg = _with_store_labels(cfg)
+    cfg = _with_store_labels(replace(cfg))  # a copy, through TrainConfig.__post_init__ (numpy numbers, paths)
     run_dir = _check_run_dir(cfg)
     # the lock before the "holds a run already" check: no one writes in between
     with _ranks_and_lock(cfg, run_dir, lambda: _claim_run_dir(cfg)) as ranks:

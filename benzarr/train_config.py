@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -69,6 +69,12 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, os.PathLike):
                 setattr(self, name, os.fspath(value))
+        # numpy's numbers (batch_size=np.int64(64) from a sweep's grid) pass the checks but reached
+        # json.dumps of config.json as a bare TypeError: kept as the Python numbers they equal
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
+                setattr(self, spec.name, value.item())
         # model names are case-insensitive, but `--model ShortCNN-RGB` was kept as typed: its run
         # went to runs/ShortCNN-RGB-<split> beside runs/shortcnn-rgb-<split> (two trains of one
         # model and split, neither refused), and report summarised it as another model
@@ -115,7 +121,6 @@ def read_settings_file(path: str | Path) -> dict[str, object]:
     import difflib
     import json
     import tomllib
-    from dataclasses import fields
 
     from benzarr.errors import InvalidArgumentError
 

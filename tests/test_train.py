@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import warnings
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -98,6 +98,15 @@ def test_paths_may_be_pathlib_paths(store: Path, tmp_path: Path) -> None:
     result = train(replace(config(store, tmp_path / "x", max_steps=1), store=store, out=tmp_path / "run"))
     assert result.run_dir == tmp_path / "run"
     assert json.loads((tmp_path / "run" / "config.json").read_text())["settings"]["store"] == str(store)
+
+
+def test_numpy_numbers_are_kept_as_python_numbers(store: Path, tmp_path: Path) -> None:
+    """batch_size=np.int64(8) (a sweep's grid) passed every check, then reached json.dumps of
+    config.json as "Object of type int64 is not JSON serializable"."""
+    cfg = config(store, tmp_path / "run", batch_size=np.int64(8), lr=np.float32(0.5), amp=np.bool_(False))
+    assert (type(cfg.batch_size), type(cfg.lr), type(cfg.amp)) == (int, float, bool)
+    cfg.epochs = np.int64(2)  # set after construction: train() works on a copy made the same way
+    assert json.loads(json.dumps(asdict(replace(cfg))))["epochs"] == 2
 
 
 def test_same_seed_gives_same_weights_and_metrics(store: Path, tmp_path: Path) -> None:
