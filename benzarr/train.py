@@ -174,7 +174,8 @@ def train(cfg: TrainConfig, callback: Callable[[TrainEvent], None] | None = None
     and test best.pt; see the module docstring for what the run folder holds.
 
     Raises:
-        InvalidArgumentError: a bad setting (unknown band, CE loss, run folder in use, ...).
+        InvalidArgumentError: a bad setting (unknown band, CE loss, run folder in use, ...), or a
+            ``callback`` that is not callable.
         PathConflictError: the run folder is, or lies inside, a store or an archive.
         RunLockedError: another train is writing the run folder (nothing is written to it).
         UnsafeOverwriteError: the run folder holds files of the names a run writes that no run
@@ -183,11 +184,20 @@ def train(cfg: TrainConfig, callback: Callable[[TrainEvent], None] | None = None
         MissingDependencyError: ``track_emissions`` without codecarbon.
     """
     check_config(cfg)
+    _check_callback(callback)
     cfg = _with_store_labels(replace(cfg))  # a copy, through TrainConfig.__post_init__ (numpy numbers, paths)
     run_dir = _check_run_dir(cfg)
     # the lock before the "holds a run already" check: no one writes in between
     with _ranks_and_lock(cfg, run_dir, lambda: _claim_run_dir(cfg)) as ranks:
         return _train(cfg, callback, ranks, run_dir)
+
+
+def _check_callback(callback: object) -> None:
+    """InvalidArgumentError unless ``callback`` is None or callable: callback=print() (None's
+    result) is fine, but callback=5 was a TypeError at the first step, after the run folder
+    was written."""
+    if callback is not None and not callable(callback):
+        raise InvalidArgumentError(f"callback must be a function taking each event, or None; got {callback!r}")
 
 
 def _check_run_dir(cfg: TrainConfig) -> Path:
@@ -302,6 +312,7 @@ def train_seeds(cfg: TrainConfig, seeds: Sequence[int],
     the seeds (as each ``seed-<s>/`` is for its run), so no other train writes into it meanwhile.
     """
     check_config(cfg)
+    _check_callback(callback)
     for seed in seeds:  # every seed before the first run: a bad last seed once failed runs later
         check_seed(seed, "--seeds")
     out = _check_run_dir(cfg)

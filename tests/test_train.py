@@ -93,6 +93,15 @@ def test_settings_of_the_wrong_type_are_refused_before_anything_is_written(store
         train({"store": str(store), "split": "strat"})
 
 
+def test_a_callback_that_cannot_be_called_is_refused_before_anything_is_written(store: Path, tmp_path: Path) -> None:
+    """callback=5 was a TypeError at the first step, after the run folder was written."""
+    for run in (lambda: train(config(store, tmp_path / "run"), callback=5),
+                lambda: train_seeds(config(store, tmp_path / "run"), [0], callback="print")):
+        with pytest.raises(InvalidArgumentError, match=r"^callback must be a function taking each event, or None"):
+            run()
+        assert not (tmp_path / "run").exists()
+
+
 def test_paths_may_be_pathlib_paths(store: Path, tmp_path: Path) -> None:
     """A Path for the store or the run folder reached json.dumps of config.json as a TypeError."""
     result = train(replace(config(store, tmp_path / "x", max_steps=1), store=store, out=tmp_path / "run"))
