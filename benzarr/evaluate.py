@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from benzarr.checks import boolean, is_whole
 from benzarr.errors import InvalidArgumentError, SplitNotFoundError, StoreNotFoundError, UnsafeOverwriteError, some_of
 from benzarr.fsutil import check_not_a_file, check_outside_datasets, check_replaceable_file, is_benzarr_store
 from benzarr.lock import write_lock
@@ -434,6 +435,8 @@ def evaluate_run(
 
     Raises:
         InvalidArgumentError: not a run folder, a missing checkpoint, an unknown subset, a
+            batch size, worker or resample count that is not a whole number in range, a
+            ``predictions`` that is not True or False, a ``progress`` that is not callable, a
             store whose class names differ from the run's, an ``out_dir`` that is a run
             folder, or the run's own split rewritten since it trained on it.
         UnsafeOverwriteError: ``out_dir`` holds a ``metrics.json`` that is not an evaluation's.
@@ -448,7 +451,15 @@ def evaluate_run(
     weights = checkpoint_path(run_dir, checkpoint)
     if subset not in SUBSETS:
         raise InvalidArgumentError(f"unknown subset {subset!r}: choose one of {', '.join(SUBSETS)}")
-    size = int(settings.get("batch_size", 64) if batch_size is None else batch_size)
+    size = settings.get("batch_size", 64) if batch_size is None else batch_size
+    # batch_size=2.5 ran with 2, predictions="no" wrote them, workers="2" and bootstrap=2.5 were
+    # TypeErrors (the latter after scoring), progress=5 one at the first batch
+    for name, value in (("--batch-size", size), ("--workers", workers), ("--bootstrap", bootstrap)):
+        if not is_whole(value):
+            raise InvalidArgumentError(f"{name} must be a whole number, got {value!r}")
+    boolean("--predictions", predictions)
+    if progress is not None and not callable(progress):
+        raise InvalidArgumentError(f"progress must be a function taking (patches done, patches in all), got {progress!r}")
     if size < 1:
         raise InvalidArgumentError(f"--batch-size must be at least 1, got {size}")
     if workers < 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -274,6 +275,21 @@ def test_the_run_folder_itself_is_no_output(run: Path, tmp_path: Path) -> None:
     with pytest.raises(PathConflictError, match=r"--out lies inside the benzarr store .*; write the evaluation outside it"):
         evaluate_run(run, subset="val", out_dir=store / "evaluations")
     assert not (store / "evaluations").exists()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"batch_size": 2.5}, "--batch-size must be a whole number, got 2.5"),  # ran with 2
+    ({"batch_size": True}, "--batch-size must be a whole number, got True"),  # ran with 1
+    ({"workers": "2"}, "--workers must be a whole number, got '2'"),  # TypeError
+    ({"bootstrap": 2.5}, "--bootstrap must be a whole number, got 2.5"),  # TypeError after scoring
+    ({"predictions": "no"}, "--predictions must be True or False, got 'no'"),  # wrote predictions.parquet
+    ({"progress": 5}, "progress must be a function taking (patches done, patches in all), got 5"),  # TypeError
+])
+def test_arguments_of_the_wrong_type_are_refused_before_scoring(run: Path, tmp_path: Path, kwargs: dict,
+                                                                message: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=re.escape(message)):
+        evaluate_run(run, out_dir=tmp_path / "e", **kwargs)
+    assert not (tmp_path / "e").exists()
 
 
 def test_bad_requests_raise_one_clear_error(run: Path, tmp_path: Path) -> None:
