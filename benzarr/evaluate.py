@@ -157,12 +157,20 @@ def run_folders(path: str | Path) -> list[Path]:
 
 
 def checkpoint_path(run_dir: str | Path, checkpoint: str) -> Path:
-    """``checkpoints/<checkpoint>.pt`` of a run, which must exist."""
+    """``checkpoints/<checkpoint>.pt`` of a run, which must exist.
+
+    Raises:
+        InvalidArgumentError: an unknown ``checkpoint``, or its file is missing (the message
+            names the run's other checkpoint when it has one).
+    """
     if checkpoint not in CHECKPOINTS:
         raise InvalidArgumentError(f"unknown checkpoint {checkpoint!r}: choose {' or '.join(CHECKPOINTS)}")
     path = Path(run_dir) / "checkpoints" / f"{checkpoint}.pt"
-    if not path.is_file():
-        raise InvalidArgumentError(f"{run_dir}: no checkpoints/{checkpoint}.pt")
+    if not path.is_file():  # the line said only what was missing
+        others = [c for c in CHECKPOINTS if c != checkpoint and (path.parent / f"{c}.pt").is_file()]
+        fix = (f"the run has checkpoints/{others[0]}.pt: evaluate that one (--checkpoint {others[0]})" if others
+               else "the run holds no checkpoint: train it (again), or give another run folder")
+        raise InvalidArgumentError(f"{run_dir}: no checkpoints/{checkpoint}.pt; {fix}")
     return path
 
 

@@ -305,8 +305,12 @@ def test_bad_requests_raise_one_clear_error(run: Path, tmp_path: Path) -> None:
         evaluate_run(run, split="nope")
     bare = copy_tree(run, tmp_path / "bare")
     (bare / "checkpoints" / "best.pt").unlink()
-    with pytest.raises(InvalidArgumentError, match="no checkpoints/best.pt"):
-        evaluate_run(bare)
+    with pytest.raises(InvalidArgumentError, match=r"bare: no checkpoints/best.pt; the run has checkpoints/last.pt: "
+                                                   r"evaluate that one \(--checkpoint last\)$"):
+        evaluate_run(bare)  # said what was missing, not what to do
+    (bare / "checkpoints" / "last.pt").unlink()
+    with pytest.raises(InvalidArgumentError, match=r"no checkpoints/last.pt; the run holds no checkpoint: train it"):
+        evaluate_run(bare, checkpoint="last")
     moved = copy_tree(run, tmp_path / "moved")
     config = json.loads((moved / "config.json").read_text())
     config["settings"]["store"] = config["store"]["path"] = str(tmp_path / "gone.zarr")  # the store was moved
