@@ -302,7 +302,7 @@ def iterative_group_codes(
             raise InvalidArgumentError("pass --folds/--assign or --fractions, not both")
         subset = grouped_assignment(labels[usable], ids, check_fractions(fractions), seed)
         return _spread(usable, subset.astype(np.int8))
-    folds = DEFAULT_FOLDS if folds is None else int(folds)
+    folds = DEFAULT_FOLDS if folds is None else folds  # (int(folds) made 2.5 two folds before the check)
     assign = check_assign(folds, DEFAULT_ASSIGN if assign is None else assign)
     fold = grouped_assignment(labels[usable], ids, [1 / folds] * folds, seed)
     fold_to_code = np.repeat(np.arange(3, dtype=np.int8), assign)

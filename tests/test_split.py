@@ -19,6 +19,7 @@ from benzarr.split import (
     fraction_sizes,
     iterative_codes,
     iterative_fraction_codes,
+    iterative_group_codes,
     list_splits,
     make_split,
     official_lists,
@@ -165,11 +166,14 @@ def test_same_arguments_give_the_same_codes() -> None:
 @pytest.mark.parametrize(
     "kwargs",
     [{"folds": 5, "assign": (3, 1, 2)}, {"folds": 1, "assign": (1, 0, 0)}, {"folds": 3, "assign": (0, 2, 1)},
-     {"seed": -1}, {"seed": 2**32}],
+     {"seed": -1}, {"seed": 2**32},
+     {"folds": 2.5, "assign": (1, 1, 0)}],  # grouped: split into 2 folds (int(2.5))
 )
 def test_bad_iterative_arguments_are_refused(kwargs) -> None:
     with pytest.raises(InvalidArgumentError):
         iterative_codes(skewed_labels(50), None, **kwargs)
+    with pytest.raises(InvalidArgumentError):
+        iterative_group_codes(skewed_labels(50), np.arange(50) // 5, None, **kwargs)
 
 
 @pytest.mark.parametrize("fractions", [(0.5, 0.5), (0.6, 0.3, 0.3), (-0.1, 0.6, 0.5), (0.0, 0.5, 0.5)])
