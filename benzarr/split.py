@@ -159,6 +159,15 @@ def _spread(usable: np.ndarray, subset_of_usable: np.ndarray) -> np.ndarray:
     return codes
 
 
+def _label_matrix(labels: np.ndarray) -> np.ndarray:
+    """``labels`` as an (N, L) array, else InvalidArgumentError: one column (N,) was a bare
+    "not enough values to unpack" ValueError from deep in the stratification."""
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise InvalidArgumentError(f"labels must be an (N, L) multi-hot matrix (store.labels(...)), got shape {labels.shape}")
+    return labels
+
+
 def _usable(usable: np.ndarray | None, n: int) -> np.ndarray:
     if usable is None:
         return np.ones(n, dtype=bool)
@@ -217,7 +226,7 @@ def iterative_codes(
     Returns:
         (N,) int8 codes; -1 where not usable.
     """
-    labels = np.asarray(labels)
+    labels = _label_matrix(labels)
     usable = _usable(usable, labels.shape[0])
     assign = check_assign(folds, assign)
     seed = check_seed(seed)
@@ -253,7 +262,7 @@ def iterative_fraction_codes(
     Returns:
         (N,) int8 codes; -1 where not usable.
     """
-    labels = np.asarray(labels)
+    labels = _label_matrix(labels)
     usable = _usable(usable, labels.shape[0])
     fractions = check_fractions(fractions)
     seed = check_seed(seed)
@@ -290,7 +299,7 @@ def iterative_group_codes(
     Returns:
         (N,) int8 codes; -1 where not usable. Rows of one group share a code.
     """
-    labels = np.asarray(labels)
+    labels = _label_matrix(labels)
     usable = _usable(usable, labels.shape[0])
     seed = check_seed(seed)
     groups = np.asarray(groups)

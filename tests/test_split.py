@@ -167,13 +167,19 @@ def test_same_arguments_give_the_same_codes() -> None:
     "kwargs",
     [{"folds": 5, "assign": (3, 1, 2)}, {"folds": 1, "assign": (1, 0, 0)}, {"folds": 3, "assign": (0, 2, 1)},
      {"seed": -1}, {"seed": 2**32},
-     {"folds": 2.5, "assign": (1, 1, 0)}],  # grouped: split into 2 folds (int(2.5))
+     {"folds": 2.5, "assign": (1, 1, 0)},  # grouped: split into 2 folds (int(2.5))
+     {"labels": skewed_labels(50)[:, 0]}],  # one column: ValueError "not enough values to unpack"
 )
 def test_bad_iterative_arguments_are_refused(kwargs) -> None:
+    kwargs = dict(kwargs)
+    labels = kwargs.pop("labels", skewed_labels(50))
     with pytest.raises(InvalidArgumentError):
-        iterative_codes(skewed_labels(50), None, **kwargs)
+        iterative_codes(labels, None, **kwargs)
     with pytest.raises(InvalidArgumentError):
-        iterative_group_codes(skewed_labels(50), np.arange(50) // 5, None, **kwargs)
+        iterative_group_codes(labels, np.arange(50) // 5, None, **kwargs)
+    if labels.ndim != 2:
+        with pytest.raises(InvalidArgumentError, match=r"^labels must be an \(N, L\) multi-hot matrix"):
+            iterative_fraction_codes(labels)
 
 
 @pytest.mark.parametrize("fractions", [(0.5, 0.5), (0.6, 0.3, 0.3), (-0.1, 0.6, 0.5), (0.0, 0.5, 0.5)])
