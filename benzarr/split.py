@@ -168,12 +168,19 @@ def _label_matrix(labels: np.ndarray) -> np.ndarray:
     return labels
 
 
-def _usable(usable: np.ndarray | None, n: int) -> np.ndarray:
-    if usable is None:
+def _usable(usable: np.ndarray | None, n: int | None) -> np.ndarray:
+    """``usable`` as an (n,) bool mask (None: every row; ``n`` None: any length), else
+    InvalidArgumentError. Row indices are refused: np.asarray(rows, dtype=bool) read them as a
+    mask, so usable=np.arange(N) left out row 0 alone, without a word."""
+    if usable is None and n is not None:
         return np.ones(n, dtype=bool)
-    usable = np.asarray(usable, dtype=bool)
-    if usable.shape != (n,):
-        raise InvalidArgumentError(f"usable mask must have shape ({n},), got {usable.shape}")
+    raw = np.asarray(usable)
+    if raw.dtype != bool and not (raw.dtype.kind in "iuf" and np.isin(raw, (0, 1)).all()):
+        raise InvalidArgumentError(f"usable must be a bool mask of the rows to split, one value a row, not row "
+                                   f"indices or {raw.dtype} values (np.isin(np.arange(N), rows) makes the mask of rows)")
+    usable = raw.astype(bool)
+    if usable.ndim != 1 or (n is not None and usable.shape != (n,)):
+        raise InvalidArgumentError(f"usable mask must have shape ({'N' if n is None else n},), got {usable.shape}")
     return usable
 
 
@@ -335,7 +342,7 @@ def random_codes(
     Returns:
         (N,) int8 codes; -1 where not usable.
     """
-    usable = np.asarray(usable, dtype=bool)
+    usable = _usable(usable, None)
     n = int(usable.sum())
     if sizes is None:
         sizes = fraction_sizes(n, check_fractions(fractions or DEFAULT_FRACTIONS))

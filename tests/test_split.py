@@ -168,15 +168,19 @@ def test_same_arguments_give_the_same_codes() -> None:
     [{"folds": 5, "assign": (3, 1, 2)}, {"folds": 1, "assign": (1, 0, 0)}, {"folds": 3, "assign": (0, 2, 1)},
      {"seed": -1}, {"seed": 2**32},
      {"folds": 2.5, "assign": (1, 1, 0)},  # grouped: split into 2 folds (int(2.5))
-     {"labels": skewed_labels(50)[:, 0]}],  # one column: ValueError "not enough values to unpack"
+     {"labels": skewed_labels(50)[:, 0]},  # one column: ValueError "not enough values to unpack"
+     {"usable": np.arange(50)}],  # row indices, read as a mask: every row but row 0
 )
 def test_bad_iterative_arguments_are_refused(kwargs) -> None:
     kwargs = dict(kwargs)
-    labels = kwargs.pop("labels", skewed_labels(50))
+    labels, usable = kwargs.pop("labels", skewed_labels(50)), kwargs.pop("usable", None)
     with pytest.raises(InvalidArgumentError):
-        iterative_codes(labels, None, **kwargs)
+        iterative_codes(labels, usable, **kwargs)
     with pytest.raises(InvalidArgumentError):
-        iterative_group_codes(labels, np.arange(50) // 5, None, **kwargs)
+        iterative_group_codes(labels, np.arange(50) // 5, usable, **kwargs)
+    if usable is not None:
+        with pytest.raises(InvalidArgumentError, match=r"^usable must be a bool mask of the rows to split"):
+            random_codes(usable)
     if labels.ndim != 2:
         with pytest.raises(InvalidArgumentError, match=r"^labels must be an \(N, L\) multi-hot matrix"):
             iterative_fraction_codes(labels)
