@@ -346,6 +346,8 @@ def random_codes(
     n = int(usable.sum())
     if sizes is None:
         sizes = fraction_sizes(n, check_fractions(fractions or DEFAULT_FRACTIONS))
+    if not _numbers(sizes, is_whole):  # (5.5, 2.5, 2) sums to 10 too: a ValueError from np.repeat
+        raise InvalidArgumentError(f"sizes must be whole numbers train, val, test; got {sizes!r}")
     if len(sizes) != 3 or sum(sizes) != n or min(sizes) < 0:
         raise InvalidArgumentError(f"sizes {tuple(sizes)} do not split {n} usable patches")
     subset = np.repeat(np.arange(3, dtype=np.int8), sizes)

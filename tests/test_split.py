@@ -190,6 +190,8 @@ def test_bad_iterative_arguments_are_refused(kwargs) -> None:
 def test_bad_fractions_are_refused(fractions) -> None:
     with pytest.raises(InvalidArgumentError):
         random_codes(np.ones(10, bool), fractions=fractions)
+    with pytest.raises(InvalidArgumentError, match=r"^sizes must be whole numbers"):  # a ValueError from np.repeat
+        random_codes(np.ones(10, bool), sizes=(5.5, 2.5, 2))
 
 
 def test_names_from_lists_become_codes_and_are_counted() -> None:
