@@ -987,15 +987,22 @@ class Store:
         """Store ``codes`` (N,) int8 as ``splits/<name>`` with ``attrs``.
 
         Codes of patches that failed ingest are forced to -1, so no reader serves them.
+
+        Raises:
+            InvalidArgumentError: ``codes`` is not (N,) or holds a value other than -1, 0, 1, 2.
         """
         self.check_writable()
         check_split_name(name)
-        codes = np.asarray(codes, dtype=np.int8)
-        if codes.shape != (self.n_patches,):
-            raise InvalidArgumentError(f"split codes must have shape ({self.n_patches},), got {codes.shape}")
-        if not np.isin(codes, (EXCLUDED, TRAIN, VAL, TEST)).all():
-            raise InvalidArgumentError("split codes must be -1, 0, 1 or 2")
-        codes = np.where(self.valid_mask(), codes, EXCLUDED).astype(np.int8)
+        # checked before the cast to int8, which made 0.5 train and 1.7 val, and wrapped 255 to -1, 258 to 2
+        raw = np.asarray(codes)
+        if raw.shape != (self.n_patches,):
+            raise InvalidArgumentError(f"split codes must have shape ({self.n_patches},), got {raw.shape}")
+        valid_codes = raw.dtype.kind in "iuf" and np.isin(raw, (EXCLUDED, TRAIN, VAL, TEST))
+        if raw.dtype == bool or not np.all(valid_codes):
+            bad = raw.flat[0] if raw.dtype == bool or np.ndim(valid_codes) == 0 else raw[~valid_codes][0]
+            raise InvalidArgumentError(f"split codes must be -1, 0, 1 or 2 (excluded, train, val, test), "
+                                       f"got {raw.dtype} values such as {bad!r}")
+        codes = np.where(self.valid_mask(), raw.astype(np.int8), EXCLUDED).astype(np.int8)
         attrs = dict(attrs)
         attrs.setdefault("names", {"0": "train", "1": "val", "2": "test", "-1": "excluded"})
         attrs.setdefault("created", utc_timestamp())

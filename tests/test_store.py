@@ -322,6 +322,12 @@ def test_splits_are_stored_with_attributes_and_failed_rows_excluded(synth_store_
         store.read_split("other")
     with pytest.raises(InvalidArgumentError):
         store.write_split("bad", np.full(64, 7, dtype=np.int8), {})
+    # cast to int8 first, these were stored: 0.5 as train, 1.7 as val, 255 as -1, 258 as 2, True as val
+    for bad in (np.full(64, 0.5), np.full(64, 1.7), np.full(64, 255, np.uint8), np.full(64, 258), np.ones(64, bool)):
+        with pytest.raises(InvalidArgumentError, match=r"^split codes must be -1, 0, 1 or 2 \(excluded, train, val, "
+                                                       rf"test\), got {bad.dtype} values such as"):
+            store.write_split("bad", bad, {})
+    assert "bad" not in store.split_names()
     assert 5 not in store.subset_rows("mine", "train") and len(store.subset_rows(None, None)) == valid.sum() - 1
 
 
