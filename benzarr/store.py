@@ -912,8 +912,14 @@ class Store:
     def band_stats(self, modality: str = "s2") -> dict[str, dict[str, float]]:
         """Per-band statistics over valid patches: band -> {count, mean, std, min, max}.
 
-        ``modality`` is ``s2`` (B01…B12, reflectance x 10,000) or ``s1`` (VV, VH in dB).
+        ``modality`` is ``s2`` (B01…B12, reflectance x 10,000) or ``s1`` (VV, VH in dB); a
+        store without S1 has none for ``s1`` (an empty dict).
+
+        Raises:
+            InvalidArgumentError: ``modality`` is neither (``"S2"`` or ``"B04"`` gave an empty dict).
         """
+        if modality not in ("s2", "s1"):
+            raise InvalidArgumentError(f"unknown modality {modality!r} for band statistics: choose s2 or s1")
         return deepcopy(self.attrs.get("stats", {}).get(modality, {}))
 
     @property

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from benzarr._geotiff import write_geotiff
 from benzarr.archive import clc43_to_clc19
-from benzarr.bigearthnet import BAND_GROUPS, CLC43
+from benzarr.bigearthnet import BAND_GROUPS, BANDS, CLC43
 from benzarr.errors import (
     InvalidArgumentError,
     SplitExistsError,
@@ -301,6 +301,9 @@ def test_unknown_label_set_or_band_array_is_named(synth_store_64: Path) -> None:
     with pytest.raises(InvalidArgumentError, match=r": no band array 's2/5m' \(it has: s2/10m, s2/20m, s2/60m\)$"):
         store.band_names("s2/5m")
     assert store.band_names("s2/60m") == ["B01", "B09"] and len(store.class_names("clc19")) == 19
+    with pytest.raises(InvalidArgumentError, match=r"^unknown modality 'S2' for band statistics: choose s2 or s1$"):
+        store.band_stats("S2")  # was {}, as for a store without the modality
+    assert store.band_stats("s1") == {} and set(store.band_stats("s2")) == set(BANDS)
 
 
 def test_splits_are_stored_with_attributes_and_failed_rows_excluded(synth_store_64: Path, tmp_path: Path) -> None:
