@@ -197,7 +197,8 @@ class BigEarthNetDataset(Dataset):
     Raises:
         StoreNotFoundError, StoreIncompleteError, StoreVersionError: from opening the store.
         SplitNotFoundError: ``split`` is not in the store (the message lists the names).
-        InvalidArgumentError: unknown band, label set or subset.
+        InvalidArgumentError: unknown band, label set or subset; ``normalize`` with a split
+            that has no train patches.
     """
 
     def __init__(
@@ -281,7 +282,12 @@ class BigEarthNetDataset(Dataset):
         """Band -> {mean, std}: the split's train subset at this resampling mode, else the store's."""
         from benzarr.stats import mode_key, split_band_stats
 
-        if self.split is not None and opened.subset_rows(self.split, "train").size:
+        if self.split is not None:
+            if not opened.subset_rows(self.split, "train").size:  # the store's figures were used: test patches' too
+                raise InvalidArgumentError(
+                    f"{self.path}: split {self.split!r} has no train patches, whose statistics normalize=True uses; "
+                    "make the dataset with normalize=False and call ds.set_normalization(mean, std, source) with the "
+                    "statistics the model was trained with")
             self.stats_source = f"split {self.split} train, {mode_key(self.resample, self.align_corners)}"
             return split_band_stats(self.path, self.split, self.resample, self.align_corners)
         self.stats_source = "store"

@@ -117,6 +117,13 @@ def test_split_statistics_are_the_train_subset_at_the_mode_and_cached(tmp_path: 
     codes = np.roll(open_store(store).read_split("s")[0], 5)
     open_store(store, mode="r+").write_split("s", codes, {"method": "test"}, overwrite=True)
     assert split_band_stats(str(store), "s", "nearest")["B01"]["mean"] != figures["B01"]["mean"]
+    # a split with no train subset (a test list alone) was normalised with the whole store's
+    # figures, its own test patches' included, without a word
+    open_store(store, mode="r+").write_split("tests", np.full(64, 2, np.int8), {"method": "test"})
+    with pytest.raises(InvalidArgumentError, match=r": split 'tests' has no train patches, whose statistics "
+                                                   r"normalize=True uses; make the dataset with normalize=False"):
+        BigEarthNetDataset(store, split="tests", subset="test", normalize=True)
+    assert len(BigEarthNetDataset(store, split="tests", subset="test")) == 64
 
 
 def test_statistics_a_read_only_store_cannot_cache_are_computed_once_a_process(
