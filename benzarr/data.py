@@ -522,6 +522,10 @@ class BigEarthNetDataset(Dataset):
 
         Returns:
             the matplotlib Figure.
+
+        Raises:
+            InvalidArgumentError: ``sample`` is not one sample of this dataset (a batch, an
+                image alone, a sample of other bands or another label set).
         """
         from benzarr.show import draw_sample
 
@@ -529,11 +533,21 @@ class BigEarthNetDataset(Dataset):
             value = sample.get(key)
             return None if value is None else np.asarray(torch.as_tensor(value).detach().cpu().float())
 
-        label = host("label")
+        if not isinstance(sample, Mapping) or sample.get("image") is None or sample.get("label") is None:
+            raise InvalidArgumentError(f"plot draws one sample, a dict with 'image' and 'label' as ds[i] returns; got "
+                                       f"{type(sample).__name__}" + (f" with {', '.join(map(str, sample))}"
+                                                                     if isinstance(sample, Mapping) else ""))
+        image, label = host("image"), host("label")
+        # a batch was an IndexError from deep in the drawing; a clc19 label under clc43 names, wrong titles
+        if image.shape[:1] != (len(self.bands),) or image.ndim != 3 or label.shape != (len(self.classes),):
+            raise InvalidArgumentError(
+                f"plot draws one sample of this dataset: image ({len(self.bands)}, 120, 120) and label "
+                f"({len(self.classes)},), got {tuple(image.shape)} and {tuple(label.shape)} (row b of a batch: "
+                "{key: value[b] for key, value in batch.items()})")
         title = None
         if show_titles:
             title = "Labels: " + ", ".join(self.classes[i] for i in np.flatnonzero(label > 0.5))
-        figure = draw_sample(host("image"), self.bands, label, self.classes, mask=host("mask"),
+        figure = draw_sample(image, self.bands, label, self.classes, mask=host("mask"),
                              prediction=host("prediction"), panels=panels, axes=axes, title=title,
                              panel_titles=panel_titles, top=top)
         if suptitle is not None:

@@ -203,6 +203,16 @@ def test_dataset_plot_draws_every_panel_of_a_sample(synth_v2_store: Path) -> Non
     plt.close(figure)
     with pytest.raises(InvalidArgumentError, match="needs B08"):
         one_band.plot(one_band[0], panels=["false-color"])
+    # a batch was an IndexError; a clc19 sample under clc43 names drew the wrong label names
+    batch = {key: torch.stack([ds[0][key], ds[1][key]]) for key in ("image", "label")}
+    with pytest.raises(InvalidArgumentError, match=r"^plot draws one sample of this dataset: image \(14, 120, 120\) "
+                                                   r"and label \(43,\), got \(2, 14, 120, 120\) and \(2, 43\)"):
+        ds.plot(batch)
+    with pytest.raises(InvalidArgumentError, match=r"and label \(43,\), got \(1, 120, 120\) and \(19,\)"):
+        BigEarthNetDataset(synth_v2_store, bands=["B05"], labels="clc43").plot(
+            BigEarthNetDataset(synth_v2_store, bands=["B05"], labels="clc19")[0])
+    with pytest.raises(InvalidArgumentError, match=r"^plot draws one sample, a dict with 'image' and 'label'"):
+        one_band.plot(one_band[0]["image"])
 
 
 def test_show_without_torch_names_the_extra(synth_store_64: Path, tmp_path: Path, monkeypatch) -> None:
