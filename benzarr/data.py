@@ -1065,6 +1065,9 @@ def check_device(device: str | torch.device, option: str = "device") -> torch.de
     not (an unknown name, CUDA without a GPU or a driver, an index past the GPUs there are):
     torch would say so only at the first batch, in its own words. ``option`` names the
     setting in the message (``"--device"`` for the CLI's)."""
+    if isinstance(device, bool) or not isinstance(device, (str, torch.device, int)):
+        # torch's own line for None ended "... got (NoneType), but expected one of:"
+        raise InvalidArgumentError(f"{option} must be a str such as 'cpu' or 'cuda:0', or a torch.device; got {device!r}")
     try:
         parsed = torch.device(device)
     except (RuntimeError, TypeError) as exc:

@@ -574,11 +574,12 @@ def test_bench_device_is_checked_before_measuring(synth_store_64: Path, monkeypa
     ({"seed": -1}, "seed must be between 0 and 4294967295, got -1"),  # accepted: train and split refused it
     ({"prefetch_factor": 0}, "prefetch_factor must be 1 or more, got 0"),
     ({"num_workers": True}, "workers must be a whole number"),
+    ({"device": None}, "device must be a str such as 'cpu' or 'cuda:0', or a torch.device; got None"),  # "expected one of:"
 ])
 def test_make_loader_names_a_bad_argument_before_any_batch(synth_store_64: Path, kwargs: dict, message: str) -> None:
     """These leaked torch's own errors, some only at the first batch and after forking workers
     (an unavailable CUDA device), or were quietly changed (prefetch_factor 0 -> 1 on the ring)."""
-    if kwargs.get("device", "").startswith("cuda") and torch.cuda.is_available():
+    if str(kwargs.get("device", "")).startswith("cuda") and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     args = {"batch_size": 8, "shuffle": False, "num_workers": 0, "seed": 0, "device": "cpu"} | kwargs
     with pytest.raises(InvalidArgumentError, match=re.escape(message)):
