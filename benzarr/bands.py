@@ -159,8 +159,13 @@ def parse_modalities(modalities: str | Sequence[str], allowed: Sequence[str] = M
             channels only).
 
     Raises:
-        InvalidArgumentError: empty, or a name outside ``allowed``, listing the valid names.
+        InvalidArgumentError: empty, not a str or a sequence of str, or a name outside
+            ``allowed``, listing the valid names.
     """
+    if (modalities is None or isinstance(modalities, (bool, bytes, bytearray))
+            or not (isinstance(modalities, str) or hasattr(modalities, "__iter__"))):  # None was a TypeError
+        raise InvalidArgumentError(f"modalities must be names from {', '.join(allowed)} (a list or comma-separated), "
+                                   f"got {modalities!r}")
     names = [m.lower() for m in _names(modalities)]
     unknown = [m for m in names if m not in allowed]
     if unknown or not names:

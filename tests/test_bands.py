@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -105,6 +107,10 @@ def test_modalities_parse_from_a_string_or_a_list_into_stored_order() -> None:
         parse_modalities("s2,reference-map", vocabulary.IMAGE_MODALITIES)
     with pytest.raises(InvalidArgumentError, match="no modality given"):
         parse_modalities(" , ")
+    for value in (None, 2, b"s2"):  # a TypeError, a TypeError, "unknown modality '115'"
+        with pytest.raises(InvalidArgumentError, match=r"^modalities must be names from s2, s1, reference-map \(a list "
+                                                       rf"or comma-separated\), got {re.escape(repr(value))}$"):
+            parse_modalities(value)
 
 
 def test_band_location_covers_s2_and_s1() -> None:
