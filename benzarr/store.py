@@ -1166,8 +1166,9 @@ class Store:
             codes, _ = self.read_split(split)
         if subset is None:
             return np.flatnonzero(valid & (codes != EXCLUDED))
-        if subset not in SUBSETS:
-            raise InvalidArgumentError(f"unknown subset {subset!r}: choose one of {', '.join(SUBSETS)}")
+        if not isinstance(subset, str) or subset not in SUBSETS:  # a list was "unhashable type" (TypeError)
+            several = "" if isinstance(subset, str) else " (one subset, a str; subset=None serves every row the split keeps)"
+            raise InvalidArgumentError(f"unknown subset {subset!r}: choose one of {', '.join(SUBSETS)}{several}")
         return np.flatnonzero(valid & (codes == SUBSETS[subset]))
 
     def __repr__(self) -> str:

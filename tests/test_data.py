@@ -257,6 +257,9 @@ def test_split_subsets_and_unknown_split(split_store: Path) -> None:
     assert len(BigEarthNetDataset(split_store, split="s")) == 62
     with pytest.raises(SplitNotFoundError, match=r"'official'.*s"):
         BigEarthNetDataset(split_store, split="official")
+    with pytest.raises(InvalidArgumentError, match=r"^unknown subset \['train', 'val'\]: choose one of train, val, "
+                                                   r"test \(one subset, a str; subset=None serves every row"):
+        BigEarthNetDataset(split_store, split="s", subset=["train", "val"])  # TypeError: unhashable type
 
 
 def test_incomplete_store_is_refused(tmp_path: Path, synth_store_64: Path) -> None:
