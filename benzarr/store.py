@@ -1429,13 +1429,17 @@ def open_store(
         StoreVersionError: written by a newer format version.
         StoreIncompleteError: ingest unfinished and ``require_complete``.
         InvalidArgumentError: ``mode`` is not ``"r"`` or ``"r+"`` (zarr's ``"w"`` would first
-            empty the store; :func:`create_store` makes new ones).
+            empty the store; :func:`create_store` makes new ones), or ``storage_options``
+            given with a local path.
     """
     if mode not in ("r", "r+"):
         raise InvalidArgumentError(f"mode must be 'r' (read) or 'r+' (add splits), got {mode!r}; "
                                    "a store is never opened to be emptied ('w')")
     if not isinstance(path, (str, os.PathLike)):  # open_store(3): a TypeError from deep in pathlib
         raise InvalidArgumentError(f"a store is a path or URL (str or os.PathLike), got {type(path).__name__}")
+    if storage_options and not is_url(path):  # zarr's own TypeError: "'storage_options' was provided but unused"
+        raise InvalidArgumentError(f"{path}: storage_options apply to a URL (s3://bucket/store.zarr), not to a local "
+                                   "path; leave them out")
     if not is_url(path) and not Path(path).exists():
         raise StoreNotFoundError(f"{path}: no such store")
     seen = watch_store(path)  # before the attributes are read: a change in between is seen later

@@ -293,6 +293,18 @@ def test_writing_through_a_read_only_store_names_the_store_and_the_mode(tmp_path
     assert open_store(copy).split_names() == ["s"]
 
 
+def test_storage_options_with_a_local_path_are_one_line(synth_store_64: Path) -> None:
+    """They reached zarr, whose TypeError said "'storage_options' was provided but unused"."""
+    from benzarr.data import BigEarthNetDataset
+
+    message = rf"^{re.escape(str(synth_store_64))}: storage_options apply to a URL \(s3://bucket/store.zarr\), not to"
+    with pytest.raises(InvalidArgumentError, match=message):
+        open_store(synth_store_64, storage_options={"anon": True})
+    with pytest.raises(InvalidArgumentError, match=message):
+        BigEarthNetDataset(synth_store_64, storage_options={"anon": True})
+    assert open_store(synth_store_64, storage_options={}).n_patches == 64  # none given
+
+
 def test_unknown_label_set_or_band_array_is_named(synth_store_64: Path) -> None:
     """class_names("clc44") and band_names("s2/5m") were bare KeyErrors; labels("clc44") already said."""
     store = open_store(synth_store_64)
