@@ -681,6 +681,8 @@ class DeviceLoader:
         self._graph_capture: Any = None  # benzarr.graphs.Capture; None: CUDA's
         self._iteration = 0  # iterations started; an older one raises when used
         self._closed = False
+        # the normalisation the transforms were built with (a later ds.set_normalization is not seen by them)
+        self._normalization = (copy.copy(dataset.mean), copy.copy(dataset.std))
         if isinstance(loader, DataLoader) and loader.num_workers > 0:
             # torch's persistent workers live in its iterator until that is collected, which at
             # exit is never: spawned workers (URL stores) then left their queues' semaphores for
@@ -829,6 +831,9 @@ class DeviceLoader:
         # a DataLoader with workers starts the batch sampler at once, which resets its skip
         if self._closed:
             raise LoaderWorkerError("this loader was closed; make a new one (make_loader)")
+        if (self.dataset.mean, self.dataset.std) != self._normalization:  # it served the old one, without a word
+            raise InvalidArgumentError("the dataset's normalisation changed (set_normalization) after make_loader "
+                                       "made this loader, whose batches would keep the old one; make the loader again")
         start = int(getattr(self.batch_sampler, "skip", 0) or 0)
         user = self.dataset.transform
         transform = self.transform

@@ -625,6 +625,19 @@ def test_a_bad_loader_state_is_refused_naming_it(synth_store_64: Path, state: ob
             loader.set_epoch(epoch)
 
 
+@pytest.mark.parametrize("engine, workers", [("dataloader", 0), ("ring", 2)])
+def test_a_loader_refuses_to_serve_after_its_dataset_normalisation_changed(synth_store_64: Path, engine: str,
+                                                                          workers: int) -> None:
+    """ds.set_normalization after make_loader: the loader kept serving unnormalised batches."""
+    ds = BigEarthNetDataset(synth_store_64, bands="rgb")
+    with make_loader(ds, 8, False, workers, seed=0, device="cpu", engine=engine) as loader:
+        ds.set_normalization([1000.0] * 3, [10.0] * 3, "mine")
+        with pytest.raises(InvalidArgumentError, match=r"^the dataset's normalisation changed \(set_normalization\) "
+                                                       r"after make_loader made this loader"):
+            next(iter(loader))
+    assert float(next(iter(make_loader(ds, 8, False, 0, seed=0, device="cpu")))["image"].mean()) < 0  # a new one
+
+
 @pytest.mark.parametrize("engine, workers", [("dataloader", 2), ("dataloader", 0), ("ring", 2)])
 def test_served_counts_on_from_the_resume_point(synth_store_64: Path, engine: str, workers: int) -> None:
     loader = make_loader(BigEarthNetDataset(synth_store_64, bands="rgb"), 8, True, workers, seed=0, device="cpu",
