@@ -713,14 +713,11 @@ class DeviceLoader:
         served = _whole("loader state 'served'", state["served"], 0)
         if served < 0 or served > len(self):
             raise InvalidArgumentError(f"loader state: {served} batches served, but an epoch has {len(self)}")
-        self.set_epoch(epoch)
+        self.set_epoch(epoch)  # (an iteration still running ends here: see set_epoch)
         if self.batch_sampler is None:
             raise InvalidArgumentError("this loader cannot resume part-way through an epoch")
         self.batch_sampler.skip = served
         self.served = served
-        # an iteration still running would go on serving its own epoch (and the ring, prefetching
-        # the next one from the shared sampler, would consume the resume point): it ends here
-        self._iteration += 1
 
     def __len__(self) -> int:
         """Batches per epoch (on this rank)."""
@@ -729,10 +726,17 @@ class DeviceLoader:
     def set_epoch(self, epoch: int) -> None:
         """Reshuffle for ``epoch``: the order is a function of (seed, epoch) only.
 
+        An iteration already under way ends here (its next batch raises
+        :class:`LoaderWorkerError`): it would go on serving its own epoch's order while
+        :meth:`state_dict` counted it as ``epoch``'s, and the ring, prefetching the next epoch
+        from the shared sampler, would consume a resume point. An iterator made but not yet
+        started (Lightning makes one before it sets the epoch) serves ``epoch``.
+
         Raises:
             InvalidArgumentError: ``epoch`` is not a whole number from 0 to 2**62.
         """
         self.epoch, self.served = _whole("epoch", epoch, 0, 2**62), 0
+        self._iteration += 1
         if self.batch_sampler is not None:
             self.batch_sampler.skip = 0
         self.sampler.set_epoch(epoch)
@@ -854,7 +858,7 @@ class DeviceLoader:
             while True:
                 if self._iteration != mine:
                     raise LoaderWorkerError(
-                        "this iteration of the loader was superseded by a newer one or by load_state_dict (a "
+                        "this iteration of the loader was superseded by a newer one, set_epoch or load_state_dict (a "
                         "loader serves one iteration at a time: finish or drop the old iterator first)"
                     )
                 out = next(batches, _END)

@@ -138,6 +138,26 @@ def test_a_second_iteration_supersedes_the_first_on_every_engine(synth_store_64:
             next(first)
 
 
+@pytest.mark.parametrize("engine, workers", [("dataloader", 2), ("dataloader", 0), ("ring", 2)])
+def test_set_epoch_ends_an_iteration_under_way(synth_store_64: Path, engine: str, workers: int) -> None:
+    """set_epoch(1) inside an epoch's loop (a misplaced line): the old iteration went on with
+    epoch 0's order while state_dict() said epoch 1, with its batches counted as epoch 1's, so
+    a checkpoint taken then resumed epoch 1 past batches it never served."""
+    ds = BigEarthNetDataset(synth_store_64, bands="rgb")
+    reference = make_loader(ds, 8, True, 0, seed=4, device="cpu", engine="dataloader")
+    reference.set_epoch(1)
+    with make_loader(ds, 8, True, workers, seed=4, device="cpu", engine=engine) as loader:
+        old = iter(loader)
+        next(old)
+        loader.set_epoch(1)
+        with pytest.raises(LoaderWorkerError, match="superseded by a newer one, set_epoch or load_state_dict"):
+            next(old)
+        assert loader.state_dict() == {"epoch": 1, "served": 0}
+        made_first = iter(loader)  # made before set_epoch but not started (as Lightning does): the new epoch
+        loader.set_epoch(1)
+        _same(_epoch(reference), list(made_first))
+
+
 def test_batches_kept_by_the_consumer_stay_intact(synth_store_64: Path) -> None:
     """list(loader) holds every batch: the ring must never overwrite one that is referenced."""
     ds = BigEarthNetDataset(synth_store_64)
