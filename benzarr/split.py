@@ -910,6 +910,10 @@ def _check_split_args(
     if (csv_dir is not None) != (method == "csv"):
         raise InvalidArgumentError("--method csv needs --csv-dir, and --csv-dir needs --method csv")
     # the numbers' types and ranges too, before any work (a float folds was read as int(folds))
+    if kfold and assign is None and is_whole(folds) and folds >= 2 and folds != DEFAULT_FOLDS:
+        # the line blamed an --assign never given ("got 3,1,1"), as the CLI's once did
+        raise InvalidArgumentError(f"--folds {folds} needs --assign A,B,C: how many of the {folds} folds go to "
+                                   "train, val and test (the default 3,1,1 is for 5 folds)")
     if kfold and (folds is not None or assign is not None):
         check_assign(DEFAULT_FOLDS if folds is None else folds, DEFAULT_ASSIGN if assign is None else assign)
     if fractions is not None:

@@ -450,6 +450,7 @@ def test_contradictory_options_are_refused(store, tmp_path: Path) -> None:
     ({"fractions": ("a", 1, 1)}, "fractions must be numbers train, val, test"),
     ({"fractions": 0.6}, "fractions must be numbers train, val, test"),
     ({"leakage_km": -1.0}, "(--leakage-km) must be a non-negative number of km, got -1.0"),
+    ({"folds": 3}, "--folds 3 needs --assign A,B,C: how many of the 3 folds go to train, val and test"),  # "got 3,1,1"
 ])
 def test_make_split_refuses_arguments_of_the_wrong_type(store, kwargs: dict, message: str) -> None:
     """The docstring promises InvalidArgumentError; these were coerced or raised TypeError/ValueError."""
