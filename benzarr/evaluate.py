@@ -106,11 +106,15 @@ def runs_under(path: Path, depth: int = RUN_SEARCH_DEPTH) -> list[Path]:
     return [run for child in children for run in runs_under(child, depth - 1)]
 
 
-def read_run_config(run_dir: str | Path) -> dict[str, Any]:
-    """The ``config.json`` of a run folder (its model name lower-cased, as model names are).
+def read_run_config(run_dir: str | Path, values: bool = True) -> dict[str, Any]:
+    """The ``config.json`` of a run folder (its model name lower-cased, as model names are);
+    ``values=False`` checks only that it is a run's configuration, not each value in it (a run
+    folder whose config.json was edited is still a run's, which ``train`` will not replace).
 
     Raises:
-        InvalidArgumentError: no readable config.json with the settings of a run.
+        InvalidArgumentError: no readable config.json with the settings of a run, or one holding a
+            value benzarr train never writes there (a setting of another type, unknown labels,
+            statistics that are not one finite number per band); the message names the value.
     """
     path = Path(run_dir) / "config.json"
     if not Path(run_dir).exists():
@@ -133,9 +137,55 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
     except (KeyError, TypeError) as exc:
         missing = f"no {exc.args[0]!r} in it" if isinstance(exc, KeyError) else "not the layout benzarr train writes"
         raise InvalidArgumentError(f"{path}: not a benzarr run configuration ({missing})") from None
+    damage = _damage(config) if values else None
+    if damage:
+        raise InvalidArgumentError(f"{path}: {damage}: the file is damaged or was edited by hand")
     if isinstance(config["settings"]["model"], str):  # runs before TrainConfig lower-cased it kept it as typed
         config["settings"]["model"] = config["settings"]["model"].lower()
     return config
+
+
+def _damage(config: dict[str, Any]) -> str | None:
+    """What in a parsed ``config.json`` is not as benzarr train writes it, or None. A value of
+    another type was used as it came: ``"amp": "no"`` scored with autocast on (a non-empty
+    string is true), ``"bands": 5`` or ``"batch_size": "x"`` ended evaluate with a bare
+    TypeError, report tabulated ``"epochs": "3"``, and bad statistics were named without the file."""
+    import math
+    from dataclasses import fields
+
+    from benzarr.bigearthnet import NOMENCLATURES
+    from benzarr.train_config import TrainConfig, wrong_type
+
+    settings = config["settings"]
+    bands = settings["bands"]
+    if not (isinstance(bands, list) and bands and all(isinstance(b, str) for b in bands)):  # the run's, resolved
+        return f"'settings.bands' is {bands!r}, not a list of band names"
+    for spec in fields(TrainConfig):  # settings a run predates are absent; a newer benzarr's are not checked
+        want = wrong_type(spec.name, settings[spec.name]) if spec.name in settings else None
+        if want is not None:
+            return f"'settings.{spec.name}' is {settings[spec.name]!r}, not {want}"
+    labels = config.get("labels", settings.get("labels", "clc43"))  # as dataset_options reads it
+    if labels is not None and labels not in NOMENCLATURES:
+        return f"'labels' is {labels!r}, not one of {', '.join(NOMENCLATURES)}"
+    classes = config.get("classes")
+    named = isinstance(classes, list) and all(isinstance(c, str) for c in classes)
+    if classes is not None and labels is not None and not (named and len(classes) == len(NOMENCLATURES[labels])):
+        return f"'classes' is not a list of the {len(NOMENCLATURES[labels])} class names of {labels}"
+    for name, kind in (("store", dict), ("normalization", dict), ("loss", (dict, str))):
+        if config.get(name) is not None and not isinstance(config[name], kind):
+            return f"'{name}' is {config[name]!r}, not {'a string or ' if name == 'loss' else ''}a JSON object"
+    stats = config.get("normalization") or {}
+    for name in ("mean", "std"):  # one finite number per band, or none recorded (then recomputed)
+        values = stats.get(name)
+        if values is None:
+            continue
+        if not isinstance(values, list) or len(values) != len(bands):
+            held = f"holds {len(values)} values" if isinstance(values, list) else f"is {values!r}"
+            return f"'normalization.{name}' {held}, not one per band of 'settings.bands' ({len(bands)})"
+        bad = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)]
+        if bad:
+            return f"'normalization.{name}' holds {bad[0]!r}, not a finite number"
+    return None
 
 
 def run_folders(path: str | Path) -> list[Path]:

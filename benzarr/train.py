@@ -647,7 +647,7 @@ def _not_a_runs_files(run_dir: Path, cfg: TrainConfig) -> list[str]:
 
     if (run_dir / "config.json").is_file():
         try:
-            read_run_config(run_dir)
+            read_run_config(run_dir, values=False)  # an edited value leaves it a run's: "holds a run already"
             return []
         except InvalidArgumentError:
             pass

@@ -238,6 +238,39 @@ def test_a_bad_run_folder_or_output_is_named_before_anything_is_replaced(run: Pa
     assert (out / "metrics.json").read_text() == "earlier"
 
 
+@pytest.mark.parametrize("where, key, value, message", [
+    ("settings", "amp", "no", "'settings.amp' is 'no', not bool"),  # a string is true: scored with autocast on
+    ("settings", "bands", 5, "'settings.bands' is 5, not a list of band names"),  # a bare TypeError
+    ("settings", "batch_size", "x", "'settings.batch_size' is 'x', not int"),  # a bare ValueError
+    ("settings", "epochs", "3", "'settings.epochs' is '3', not int"),  # tabulated by report as it was
+    ("config", "labels", "clc99", "'labels' is 'clc99', not one of clc43, clc19"),
+    ("config", "classes", ["Forests"], "'classes' is not a list of the 43 class names of clc43"),
+    ("normalization", "mean", [0.0], "'normalization.mean' holds 1 values, not one per band of 'settings.bands' (3)"),
+    ("normalization", "std", [1.0, float("nan"), 1.0], "'normalization.std' holds nan, not a finite number"),
+], ids=["amp-string", "bands-number", "batch-size-string", "epochs-string", "labels-unknown", "classes-short",
+        "mean-short", "std-nan"])
+def test_a_damaged_config_json_is_named_with_its_value(run: Path, tmp_path: Path, where: str, key: str,
+                                                       value: object, message: str) -> None:
+    """A config.json value of the wrong type was used as it came (or named without the file)."""
+    import re
+    import shutil
+
+    from benzarr.report import write_report
+
+    damaged = shutil.copytree(run, tmp_path / "run", ignore=shutil.ignore_patterns("evaluations"))
+    config = json.loads((damaged / "config.json").read_text())
+    {"config": config, "settings": config["settings"], "normalization": config["normalization"]}[where][key] = value
+    (damaged / "config.json").write_text(json.dumps(config))
+    expected = re.escape(f"{damaged / 'config.json'}: {message}: the file is damaged or was edited by hand")
+    with pytest.raises(InvalidArgumentError, match=expected):
+        evaluate_run(damaged, out_dir=tmp_path / "out")
+    with pytest.raises(InvalidArgumentError, match=expected):
+        write_report([damaged], tmp_path / "report")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "report").exists()
+    with pytest.raises(InvalidArgumentError, match="holds a run already: pass --resume"):  # still a run's folder
+        train(TrainConfig(store=str(run.parent / "store.zarr"), split="strat", device="cpu", out=str(damaged)))
+
+
 def test_a_users_tables_in_a_new_output_folder_are_never_replaced(run: Path, tmp_path: Path) -> None:
     """With no metrics.json in --out, a user's scores.csv and predictions.parquet were replaced."""
     out = tmp_path / "mine"
