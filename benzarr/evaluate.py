@@ -392,6 +392,36 @@ def _seen_in_training(config: dict[str, Any], store_path: str, rows: np.ndarray,
     return int(np.isin(rows, trained).sum())
 
 
+def check_run_names(config: dict[str, Any], run_dir: str | Path) -> None:
+    """Refuse, naming the run's ``config.json``, a model, loss, modality, band or resampling in
+    it that this benzarr does not know (an edited file, or a run of a newer benzarr): before,
+    each was refused as if the user had typed it (``unknown --loss 'x'``, ``unknown model``)
+    or, a loss without its name, ended with a bare KeyError. ``evaluate`` and ``show --run``."""
+    from benzarr.bands import IMAGE_MODALITIES, parse_modalities, resolve_bands
+    from benzarr.losses import create_loss
+    from benzarr.models import get_spec
+    from benzarr.train_config import RESAMPLE_MODES
+
+    settings = config["settings"]
+
+    def resample() -> None:
+        if settings.get("resample", "bilinear") not in RESAMPLE_MODES:
+            raise InvalidArgumentError(f"unknown resampling {settings['resample']!r}: "
+                                       f"choose one of {', '.join(RESAMPLE_MODES)}")
+
+    modalities = settings.get("modalities", "s2")
+    for key, check in (("settings.model", lambda: get_spec(settings["model"])),
+                       ("settings.modalities", lambda: parse_modalities(modalities, IMAGE_MODALITIES)),
+                       ("settings.bands", lambda: resolve_bands(settings["bands"], modalities)),
+                       ("settings.resample", resample),
+                       ("loss", lambda: create_loss(config.get("loss") or settings.get("loss", "bce")))):
+        try:
+            check()
+        except (InvalidArgumentError, KeyError) as exc:
+            why = f"no {exc.args[0]!r} in it" if isinstance(exc, KeyError) else str(exc)
+            raise InvalidArgumentError(f"{Path(run_dir) / 'config.json'}: '{key}': {why}") from None
+
+
 def dataset_options(config: dict[str, Any]) -> dict[str, Any]:
     """The :class:`~benzarr.data.BigEarthNetDataset` keywords that read patches as the run did:
     bands (in the run's order), label set, modalities, resampling."""
@@ -523,6 +553,7 @@ def evaluate_run(
     from benzarr.models import create_model
     from benzarr.train import resolve_device, write_scores_csv
 
+    check_run_names(config, run_dir)
     options = dataset_options(config)
     labels = options["labels"]
     ds = BigEarthNetDataset(store, split=split, subset=None if split is None else subset, **options)

@@ -271,6 +271,35 @@ def test_a_damaged_config_json_is_named_with_its_value(run: Path, tmp_path: Path
         train(TrainConfig(store=str(run.parent / "store.zarr"), split="strat", device="cpu", out=str(damaged)))
 
 
+@pytest.mark.parametrize("key, value, message", [
+    ("model", "nosuchnet", "'settings.model': unknown model 'nosuchnet'"),
+    ("modalities", "s3", "'settings.modalities': unknown modality 's3'"),
+    ("bands", ["BXX", "B03", "B02"], "'settings.bands': band list: unknown or unavailable band 'BXX'"),
+    ("resample", "cubic", "'settings.resample': unknown resampling 'cubic'"),
+    ("loss", {"nam": "bce"}, "'loss': no 'name' in it"),  # a bare KeyError
+    ("loss", {"name": "nope"}, "'loss': unknown --loss 'nope'"),
+], ids=["model", "modality", "band", "resample", "loss-without-name", "loss-unknown"])
+def test_a_name_this_benzarr_does_not_know_names_the_config_json(run: Path, tmp_path: Path, key: str, value: object,
+                                                                 message: str) -> None:
+    """A model, loss, modality, band or resampling in config.json that this benzarr does not
+    know was refused as if typed on the command line, without the file."""
+    import re
+    import shutil
+
+    from benzarr.show import run_predictions
+
+    damaged = shutil.copytree(run, tmp_path / "run", ignore=shutil.ignore_patterns("evaluations"))
+    config = json.loads((damaged / "config.json").read_text())
+    (config if key == "loss" else config["settings"])[key] = value
+    (damaged / "config.json").write_text(json.dumps(config))
+    expected = re.escape(f"{damaged / 'config.json'}: {message}")
+    with pytest.raises(InvalidArgumentError, match=expected):
+        evaluate_run(damaged, out_dir=tmp_path / "out")
+    with pytest.raises(InvalidArgumentError, match=expected):
+        run_predictions(run.parent / "store.zarr", [0], damaged)  # show --run
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_users_tables_in_a_new_output_folder_are_never_replaced(run: Path, tmp_path: Path) -> None:
     """With no metrics.json in --out, a user's scores.csv and predictions.parquet were replaced."""
     out = tmp_path / "mine"
