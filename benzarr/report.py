@@ -123,7 +123,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text())
     except FileNotFoundError:
         return None
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # JSONDecodeError, and UnicodeDecodeError (bytes that are no text), once a bare error
         raise InvalidArgumentError(f"{path}: not valid JSON ({exc})") from None
 
 

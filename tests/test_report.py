@@ -273,6 +273,19 @@ def test_a_damaged_metrics_json_is_named_and_lost_curves_are_a_warning(runs: dic
     assert report.runs["micro_f1"].tolist() == [metrics["test"]["micro_f1"]]
 
 
+@pytest.mark.parametrize("name", ["metrics.json", "evaluations/e/metrics.json"])
+def test_a_metrics_json_of_bytes_that_are_no_text_is_named(runs: dict[str, Path], tmp_path: Path, name: str) -> None:
+    """A metrics.json of binary garbage ended the report with 'unexpected UnicodeDecodeError'."""
+    import shutil
+
+    run = shutil.copytree(runs["rand"], tmp_path / "run")
+    (run / name).parent.mkdir(parents=True, exist_ok=True)
+    (run / name).write_bytes(b"\x80\xa2\xff garbage")
+    with pytest.raises(InvalidArgumentError, match=rf"{run / name}: not valid JSON \('utf-8' codec can't decode"):
+        write_report([run], tmp_path / "out", evaluations=["e"] if "/" in name else ())
+    assert not (tmp_path / "out").exists()
+
+
 def test_report_replaces_only_its_own_files(runs: dict[str, Path], tmp_path: Path) -> None:
     """`--out myrep` holding the user's summary.md replaced it (rc 0): a file of a name the report
     writes that no report wrote stops it before anything is written; an earlier report's files
