@@ -11,7 +11,7 @@ Output (``write_report``)::
                   group and configuration (:func:`curve_groups`: the mean over its runs, never
                   over runs that differ in more than their seed), a band of +- one standard
                   deviation across seeds
-    runs.csv/.md  one row per run: model, split, labels, seed, best epoch, test metrics
+    runs.csv/.md  one row per run: model, split, labels, seed, epochs trained, best epoch, test metrics
     summary.csv/.md  one row per configuration: (model, split, labels, bands), the data (a
                   ``store`` column when the runs' store identities differ: store folder name,
                   patch count, SHA-256 of the split codes, as ``config.json`` records them) and every
@@ -268,7 +268,7 @@ def _setting(run: Run, name: str) -> str:
 
 
 def runs_table(runs: Sequence[Run]) -> pd.DataFrame:
-    """One row per run: identity, best epoch and every test metric (NaN if unfinished)."""
+    """One row per run: identity, epochs trained, best epoch and every test metric (NaN if unfinished)."""
     rows = []
     evaluated = any(r.evaluation is not None for r in runs)
     varying = varying_settings(runs)
@@ -282,7 +282,9 @@ def runs_table(runs: Sequence[Run]) -> pd.DataFrame:
             **{name: _setting(run, name) for name in varying},
             **({"evaluated_on": run.evaluated_on(), "seen_in_training": (run.evaluation or {}).get("seen_in_training")}
                if evaluated else {}),
-            "seed": run.settings.get("seed"), "epochs": m.get("epochs"), "best_epoch": m.get("best_epoch"),
+            # not "epochs": that is the setting's column when runs differ in it, and the epochs a run
+            # trained (fewer after an early stop) replaced it there, so the summary grouped by them
+            "seed": run.settings.get("seed"), "epochs_trained": m.get("epochs"), "best_epoch": m.get("best_epoch"),
             "n_test": test.get("n_samples"), **{k: _num(test.get(k)) for k in TABLE_METRICS},
         })
     return pd.DataFrame(rows)

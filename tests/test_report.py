@@ -149,6 +149,28 @@ def test_runs_that_differ_in_more_than_their_seed_are_never_averaged(runs: dict[
         "strat (shortcnn-rgb, strat, 2 seeds)": ["seed-0", "seed-1"]}
 
 
+def test_runs_are_grouped_by_their_epochs_setting_not_the_epochs_they_trained(runs: dict[str, Path],
+                                                                              tmp_path: Path) -> None:
+    """With runs differing in --epochs, the epochs each run trained (metrics.json) replaced the
+    setting in the table's "epochs" column: --epochs 3 runs stopped at epoch 2 (--max-steps, an
+    early stop) were averaged with a --epochs 2 run, as seeds of one configuration."""
+    import json
+
+    for seed, epochs in ((0, 3), (1, 3), (0, 2)):
+        run = copy_tree(runs["strat"] / f"seed-{seed}", tmp_path / "runs" / f"e{epochs}-s{seed}")
+        config = json.loads((run / "config.json").read_text())
+        config["settings"]["epochs"] = epochs  # as if trained so, each stopped by --max-steps in epoch 2
+        (run / "config.json").write_text(json.dumps(config))
+    from benzarr.report import _summary, runs_table
+
+    found = find_runs([tmp_path / "runs"], scalars=False)
+    summary, notes = _summary(found)
+    assert list(summary["epochs"]) == ["2", "3"] and list(summary["n_runs"]) == [1, 2]
+    assert notes == []  # no "share seed 0" of runs of two configurations
+    per_run = runs_table(found)
+    assert list(per_run["epochs"]) == ["2", "3", "3"] and list(per_run["epochs_trained"]) == [2, 2, 2]
+
+
 def test_a_model_name_typed_in_other_case_is_one_model(runs: dict[str, Path], tmp_path: Path) -> None:
     """A run whose config.json says "ShortCNN-RGB" (as train kept `--model ShortCNN-RGB`) was
     summarised as another model than its seed's "shortcnn-rgb"."""
