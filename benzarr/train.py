@@ -897,6 +897,15 @@ def _resume(run: _Run) -> None:
     if changed:
         diff = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
         raise InvalidArgumentError(f"--resume with other settings than {run.last} was started with ({diff})")
+    # A run is not shortened: --epochs below the epochs it began (or --max-steps below its steps)
+    # ended it as it stood, and config.json then recorded the smaller number for all it had trained.
+    begun = payload["state"]["epoch"] + (payload.get("partial") is not None)  # a mid-epoch checkpoint's epoch counts
+    for flag, asked, done, what in (("--epochs", run.cfg.epochs, begun, "epoch(s) trained"),
+                                    ("--max-steps", run.cfg.max_steps, payload["state"]["step"], "step(s) taken")):
+        if asked is not None and asked < done:
+            raise InvalidArgumentError(f"--resume {flag} {asked}: {run.last} has {done} {what} already; "
+                                       f"give {flag} {done} or more (a run is not shortened), or start a new run "
+                                       "with another --out")
     started, now = old.get("cpu_threads"), run.config["cpu_threads"]
     if run.device.type == "cpu" and started is not None and started != now:
         # torch splits a CPU reduction (a convolution's weight gradient) among its threads:

@@ -375,6 +375,23 @@ def test_resume_with_more_epochs_continues_a_finished_run(store: Path, tmp_path:
     assert more.test == full.test
 
 
+def test_resume_never_shortens_a_run(store: Path, tmp_path: Path) -> None:
+    """--resume --epochs 1 of a 2-epoch run (or --max-steps below its steps) ended it as it
+    stood, exit 0, and config.json then said --epochs 1 of a run that trained 2."""
+    train(config(store, tmp_path / "run", max_steps=2))
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    payload = torch.load(last, weights_only=True)
+    payload["state"]["epoch"] = 2  # as a 2-epoch run's (training one would take seconds)
+    torch.save(payload, last)
+    recorded = (tmp_path / "run" / "config.json").read_bytes()
+    for changes, message in (({"epochs": 1}, "--epochs 1: .*last.pt has 2 epoch\\(s\\) trained already; give --epochs 2"),
+                             ({"epochs": 3, "max_steps": 1}, "--max-steps 1: .*last.pt has 2 step\\(s\\) taken already; "
+                                                             "give --max-steps 2")):
+        with pytest.raises(InvalidArgumentError, match=f"--resume {message} or more"):
+            train(config(store, tmp_path / "run", resume=True, **changes))
+        assert (tmp_path / "run" / "config.json").read_bytes() == recorded
+
+
 def test_resume_with_other_epochs_follows_the_new_schedule_and_says_so(store: Path, tmp_path: Path) -> None:
     from benzarr.tb import read_scalars
 
