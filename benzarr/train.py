@@ -917,7 +917,9 @@ def _resume(run: _Run) -> None:
     st = run.state = RunState(**restore(payload, run.net, run.optimizer, run.scheduler))
     _refit_schedule(run, before("epochs"))
     if st.epoch < run.cfg.epochs and not st.stopped_early:
-        st.stopped = False  # more epochs asked for (or --max-steps raised)
+        # more epochs asked for, or --max-steps raised; a run at its --max-steps stays stopped (the
+        # same command again with --resume took one step more, and began an epoch more)
+        st.stopped = run.cfg.max_steps is not None and st.step >= run.cfg.max_steps
     partial = payload.get("partial")
     if partial is not None:  # the loader serves the rest of the epoch; rank 0 holds every rank's sums
         run.data.train.load_state_dict(partial["loader"])

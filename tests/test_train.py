@@ -392,6 +392,15 @@ def test_resume_never_shortens_a_run(store: Path, tmp_path: Path) -> None:
         assert (tmp_path / "run" / "config.json").read_bytes() == recorded
 
 
+def test_resume_of_a_run_stopped_at_its_max_steps_takes_no_step_more(store: Path, tmp_path: Path) -> None:
+    """The same command again with --resume went on past --max-steps: step 3 of --max-steps 2,
+    in an epoch more."""
+    first = train(config(store, tmp_path / "run", epochs=2, max_steps=2))  # 3 steps an epoch: stops in epoch 1
+    again = train(config(store, tmp_path / "run", epochs=2, max_steps=2, resume=True))
+    assert (first.steps, first.epochs) == (again.steps, again.epochs) == (2, 1)
+    # (a raised --max-steps goes on: test_resume_with_another_cpu_thread_count_says_the_bits_will_differ)
+
+
 def test_resume_with_other_epochs_follows_the_new_schedule_and_says_so(store: Path, tmp_path: Path) -> None:
     from benzarr.tb import read_scalars
 
