@@ -308,6 +308,25 @@ def test_a_metrics_json_of_bytes_that_are_no_text_is_named(runs: dict[str, Path]
     assert not (tmp_path / "out").exists()
 
 
+def test_a_run_resumed_from_before_an_epoch_it_logged_reads_without_tensorboards_log(
+        runs: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """report printed TensorBoard's "Detected out of order event.step likely caused by a
+    TensorFlow restart. Purging expired events ..." on stderr for such a run (killed after
+    logging epoch 2 and before its checkpoint, then resumed): the purge is what purge_step asks."""
+    import logging
+    import shutil
+
+    from benzarr.tb import RunWriter, read_scalars
+
+    run = shutil.copytree(runs["rand"], tmp_path / "run")
+    writer = RunWriter(run, purge_step=2)  # the resumed attempt logs epoch 2 again
+    writer.scalars(2, {"train/loss": 0.5})
+    writer.close()
+    with caplog.at_level(logging.WARNING):  # what a command shows on stderr
+        assert read_scalars(run)["train/loss"][2] == 0.5  # the later value wins
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("tensorboard")] == []
+
+
 def test_report_replaces_only_its_own_files(runs: dict[str, Path], tmp_path: Path) -> None:
     """`--out myrep` holding the user's summary.md replaced it (rc 0): a file of a name the report
     writes that no report wrote stops it before anything is written; an earlier report's files
