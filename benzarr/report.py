@@ -540,13 +540,34 @@ def write_report(paths: Sequence[str | Path], out: str | Path, evaluations: Sequ
     unfinished = list(dict.fromkeys(str(r.path) for r in runs if r.metrics is None))
     return Report(out, files, runs_df, summary, summary_md, unfinished,
                   [*(unfinished_warning(Path(r)) for r in unfinished), *map(no_curves_warning, _without_curves(unique)),
-                   *notes])
+                   *(short_curves_warning(*short) for short in _cut_short(unique)), *notes])
 
 
 def _without_curves(runs: Sequence[Run]) -> list[Path]:
     """Runs that finished an epoch (``metrics.json`` says so) but whose event files gave no
     scalar: deleted, damaged or cut short, which TensorBoard's reader passes over in silence."""
     return [r.path for r in runs if not r.scalars and (r.metrics or {}).get("epochs")]
+
+
+def _cut_short(runs: Sequence[Run]) -> list[tuple[Path, int, int]]:
+    """``(run folder, last epoch, epochs)`` of the runs whose curves end before the epochs their
+    ``metrics.json`` counts: an event file cut short mid-record gives the curves up to there, and
+    TensorBoard's reader says nothing of the rest."""
+    from benzarr.tb import F1_TAGS, LOSS_TAGS
+
+    short = []
+    for run in runs:
+        epochs = (run.metrics or {}).get("epochs")
+        ends = [max(run.scalars[tag]) for tag in (*LOSS_TAGS, *F1_TAGS) if run.scalars.get(tag)]
+        if ends and isinstance(epochs, int) and min(ends) < epochs:
+            short.append((run.path, min(ends), epochs))
+    return short
+
+
+def short_curves_warning(run_dir: Path, last: int, epochs: int) -> str:
+    """What ``report`` says of a run whose curves end early (:func:`_cut_short`)."""
+    return (f"{run_dir}: its event files end at epoch {last} of its {epochs} (damaged or cut short?), so its "
+            f"curves in curves.png stop there; its test metrics are in the tables")
 
 
 def no_curves_warning(run_dir: Path) -> str:

@@ -327,6 +327,27 @@ def test_a_run_resumed_from_before_an_epoch_it_logged_reads_without_tensorboards
     assert [r.getMessage() for r in caplog.records if r.name.startswith("tensorboard")] == []
 
 
+def test_an_event_file_cut_short_mid_record_is_a_warning(runs: dict[str, Path], tmp_path: Path) -> None:
+    """An event file cut inside epoch 2's first record gave curves of epoch 1 alone, without a word."""
+    import shutil
+    import struct
+
+    from tensorboard.compat.proto.event_pb2 import Event
+
+    run = shutil.copytree(runs["rand"], tmp_path / "run")
+    (events,) = run.glob("events.out.tfevents.*")
+    data, pos = events.read_bytes(), 0
+    while True:  # records: the event's length, its CRC, the event, its CRC
+        size = struct.unpack("<Q", data[pos:pos + 8])[0]
+        if Event.FromString(data[pos + 12:pos + 12 + size]).step == 2:
+            break
+        pos += 12 + size + 4
+    events.write_bytes(data[:pos + 12 + size // 2])  # cut inside epoch 2's first record
+    report = write_report([run], tmp_path / "out")
+    assert report.warnings == [f"{run}: its event files end at epoch 1 of its 2 (damaged or cut short?), so its "
+                               "curves in curves.png stop there; its test metrics are in the tables"]
+
+
 def test_report_replaces_only_its_own_files(runs: dict[str, Path], tmp_path: Path) -> None:
     """`--out myrep` holding the user's summary.md replaced it (rc 0): a file of a name the report
     writes that no report wrote stops it before anything is written; an earlier report's files
