@@ -348,6 +348,17 @@ def test_an_event_file_cut_short_mid_record_is_a_warning(runs: dict[str, Path], 
                                "curves in curves.png stop there; its test metrics are in the tables"]
 
 
+def test_an_event_file_that_is_a_folder_is_named_as_a_path(runs: dict[str, Path], tmp_path: Path) -> None:
+    """The line read "error: b'runs/a/events.out.tfevents.1.x': is a folder, not a file": the
+    path as the bytes TensorBoard's reader opened."""
+    import shutil
+
+    run = shutil.copytree(runs["rand"], tmp_path / "run")
+    (run / "events.out.tfevents.1.x").mkdir()
+    done = run_cli("report", run, "--out", tmp_path / "out")
+    assert (done.returncode, done.stderr) == (1, f"error: {run / 'events.out.tfevents.1.x'}: is a folder, not a file\n")
+
+
 def test_report_replaces_only_its_own_files(runs: dict[str, Path], tmp_path: Path) -> None:
     """`--out myrep` holding the user's summary.md replaced it (rc 0): a file of a name the report
     writes that no report wrote stops it before anything is written; an earlier report's files
