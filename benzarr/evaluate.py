@@ -21,7 +21,9 @@ refuses it; on another split the count is then unknown (None), with a warning.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from benzarr.errors import InvalidArgumentError, SplitNotFoundError, StoreNotFoundError, UnsafeOverwriteError, some_of
-from benzarr.fsutil import check_not_a_file, check_outside_datasets, check_replaceable_file, is_benzarr_store
+from benzarr.fsutil import check_not_a_file, check_outside_datasets, check_replaceable_file, is_benzarr_store, os_error
 from benzarr.lock import write_lock
 
 #: Checkpoints a run folder holds, by the name ``--checkpoint`` takes.
@@ -106,6 +108,31 @@ def runs_under(path: Path, depth: int = RUN_SEARCH_DEPTH) -> list[Path]:
     return [run for child in children for run in runs_under(child, depth - 1)]
 
 
+def check_run_folder(run_dir: str | Path) -> None:
+    """Refuse a ``run_dir`` that is no folder, saying what it is: missing, a file, or a symbolic
+    link that loops or leads nowhere (both were "no such run folder", of a name that is there;
+    ``report`` said so of a file too).
+
+    Raises:
+        InvalidArgumentError: missing, a file, a link to nothing, not a folder.
+        FileSystemError: a symbolic link loop.
+    """
+    path = Path(run_dir)
+    if path.is_dir():
+        return
+    if path.is_symlink():
+        try:
+            path.stat()
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise os_error(exc, path, "reading") from None
+        raise InvalidArgumentError(f"{run_dir}: a symbolic link to {os.readlink(path)}, which is not there")
+    if not path.exists():
+        raise InvalidArgumentError(f"{run_dir}: no such run folder")
+    what = "a file" if path.is_file() else "not a folder"
+    raise InvalidArgumentError(f"{run_dir}: is {what}; give the run folder that `benzarr train --out` wrote")
+
+
 def read_run_config(run_dir: str | Path, values: bool = True) -> dict[str, Any]:
     """The ``config.json`` of a run folder (its model name lower-cased, as model names are);
     ``values=False`` checks only that it is a run's configuration, not each value in it (a run
@@ -117,10 +144,7 @@ def read_run_config(run_dir: str | Path, values: bool = True) -> dict[str, Any]:
             statistics that are not one finite number per band); the message names the value.
     """
     path = Path(run_dir) / "config.json"
-    if not Path(run_dir).exists():
-        raise InvalidArgumentError(f"{run_dir}: no such run folder")
-    if Path(run_dir).is_file():
-        raise InvalidArgumentError(f"{run_dir}: is a file; give the run folder that `benzarr train --out` wrote")
+    check_run_folder(run_dir)
     if not path.is_file():
         below = [p.relative_to(run_dir).as_posix() for p in runs_under(Path(run_dir))]
         if below:  # a folder of runs (a --seeds job's is run_folders')

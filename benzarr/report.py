@@ -158,7 +158,7 @@ def find_runs(paths: Sequence[str | Path], scalars: bool = True, evaluations: Se
             is not a run configuration, a run lacks one of the ``evaluations``, or an
             evaluation name is a path.
     """
-    from benzarr.evaluate import read_run_config, runs_under
+    from benzarr.evaluate import check_run_folder, read_run_config, runs_under
     from benzarr.store import SPLIT_NAME
     from benzarr.tb import read_scalars
 
@@ -170,8 +170,7 @@ def find_runs(paths: Sequence[str | Path], scalars: bool = True, evaluations: Se
     runs: list[Run] = []
     seen: set[Path] = set()  # a run given twice (r1 and ./r1/) is one run, not two seeds
     for p in map(Path, paths):
-        if not p.is_dir():
-            raise InvalidArgumentError(f"{p}: no such run folder")
+        check_run_folder(p)  # "no such run folder" was said of a file and of a link loop too
         folders = runs_under(p)
         if not folders:
             raise InvalidArgumentError(f"{p}: no run here (no config.json in it or in the two levels of folders below it); "

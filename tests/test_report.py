@@ -111,6 +111,25 @@ def test_a_folder_without_runs_is_refused(tmp_path: Path) -> None:
             write_report([tmp_path], tmp_path / "out")
 
 
+@pytest.mark.parametrize("what, message", [
+    ("file", "is a file; give the run folder that `benzarr train --out` wrote"),
+    ("loop", "symlink loop (too many levels of symbolic links); fix or remove the link"),
+    ("dangling", "a symbolic link to {target}, which is not there"),
+], ids=["file", "link-loop", "dangling-link"])
+def test_a_path_that_is_no_run_folder_says_what_it_is(tmp_path: Path, what: str, message: str) -> None:
+    """report said "no such run folder" of a file, and report, evaluate and show --run said it
+    of a symbolic link that loops or leads nowhere: of a name the user sees there."""
+    path, target = tmp_path / "run", tmp_path / "gone"
+    if what == "file":
+        path.write_text("notes")
+    else:
+        path.symlink_to(path if what == "loop" else target)
+    for command in ("report", "evaluate"):
+        done = run_cli(command, path, "--out", tmp_path / "out")
+        assert (done.returncode, done.stderr) == (1, f"error: {path}: {message.format(target=target)}\n"), command
+    assert not (tmp_path / "out").exists()
+
+
 def test_report_command_prints_the_summary(runs: dict[str, Path], tmp_path: Path) -> None:
     from benzarr_cli.main import app
 
