@@ -446,6 +446,39 @@ def check_run_names(config: dict[str, Any], run_dir: str | Path) -> None:
             raise InvalidArgumentError(f"{Path(run_dir) / 'config.json'}: '{key}': {why}") from None
 
 
+def check_runs_checkpoint(weights: Path, config: dict[str, Any]) -> None:
+    """Refuse a checkpoint that another run wrote (``evaluate`` and ``show --run``): one of the
+    same model and bands fits exactly, and another seed's ``best.pt`` copied into the run was
+    scored as this run's. A checkpoint records its run's configuration: its settings (but the
+    ones a ``--resume`` may change) and start time must be the ``config.json``'s. A file that
+    records none (a plain state dict) is not compared; an unreadable one is left to the loader.
+
+    Raises:
+        InvalidArgumentError: naming the checkpoint and the settings that differ.
+    """
+    import torch
+
+    from benzarr.train_config import RESUMABLE
+
+    try:  # mmap: the settings, without reading the tensors
+        payload = torch.load(weights, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # create_model says why it cannot be read
+        return
+    recorded = payload.get("config") if isinstance(payload, dict) else None
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("settings"), dict):
+        return
+    ours, theirs = config["settings"], recorded["settings"]
+    shared = [k for k in ours if k in theirs and k not in RESUMABLE]  # a newer benzarr's resume may add settings
+    differ = [f"{k} {theirs[k]!r} against {ours[k]!r}" for k in shared
+              if (theirs[k].lower() if k == "model" and isinstance(theirs[k], str) else theirs[k]) != ours[k]]
+    if not differ and config.get("created") and recorded.get("created") and config["created"] != recorded["created"]:
+        differ.append(f"started {recorded['created']} against {config['created']}")  # the same settings: a run again
+    if differ:
+        raise InvalidArgumentError(f"{weights}: written by another run than the config.json beside it "
+                                   f"({'; '.join(differ[:3])}): its scores would pass for this run's; put the run's "
+                                   "own checkpoint back, or evaluate the run it came from")
+
+
 def dataset_options(config: dict[str, Any]) -> dict[str, Any]:
     """The :class:`~benzarr.data.BigEarthNetDataset` keywords that read patches as the run did:
     bands (in the run's order), label set, modalities, resampling."""
@@ -578,6 +611,7 @@ def evaluate_run(
     from benzarr.train import resolve_device, write_scores_csv
 
     check_run_names(config, run_dir)
+    check_runs_checkpoint(weights, config)
     options = dataset_options(config)
     labels = options["labels"]
     ds = BigEarthNetDataset(store, split=split, subset=None if split is None else subset, **options)

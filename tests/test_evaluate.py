@@ -485,6 +485,35 @@ def test_a_checkpoint_that_does_not_fit_the_runs_model_is_refused(run: Path, tmp
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("change, differ", [
+    ({"seed": 1}, "seed 1 against 0"),  # another seed's best.pt: the same model and bands, it fits exactly
+    ({}, "started 2001-01-01T00:00:00+00:00 against "),  # the same settings, trained again
+], ids=["other-seed", "other-start"])
+def test_another_runs_checkpoint_that_fits_is_refused(run: Path, tmp_path: Path, change: dict, differ: str) -> None:
+    """Another run's best.pt of the same model and bands was scored (and drawn by show --run) as
+    this run's, exit 0."""
+    import re
+    import shutil
+
+    import torch
+
+    from benzarr.show import run_predictions
+
+    mixed = shutil.copytree(run, tmp_path / "mixed", ignore=shutil.ignore_patterns("evaluations"))
+    payload = torch.load(mixed / "checkpoints" / "best.pt", weights_only=True)
+    payload["config"]["settings"].update(change)
+    if not change:
+        payload["config"]["created"] = "2001-01-01T00:00:00+00:00"
+    torch.save(payload, mixed / "checkpoints" / "best.pt")
+    message = re.escape(f"best.pt: written by another run than the config.json beside it ({differ}")
+    with pytest.raises(InvalidArgumentError, match=message):
+        evaluate_run(mixed, out_dir=tmp_path / "out")
+    with pytest.raises(InvalidArgumentError, match=message):
+        run_predictions(run.parent / "store.zarr", [0], mixed)
+    assert not (tmp_path / "out").exists()
+    assert evaluate_run(mixed, checkpoint="last", out_dir=tmp_path / "last").n_patches > 0  # its own last.pt
+
+
 def test_a_store_given_as_the_run_says_so(synth_store_64: Path) -> None:
     """`benzarr evaluate s.zarr` said only "no config.json here"."""
     from tests.conftest import run_cli
