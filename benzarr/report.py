@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from benzarr.checks import is_whole
 from benzarr.errors import InvalidArgumentError
 from benzarr.fsutil import check_not_a_file, check_outside_datasets, check_replaceable_file
 from benzarr.metrics import SCALAR_KEYS
@@ -141,6 +142,13 @@ def _read_metrics(path: Path, block: str) -> dict[str, Any] | None:
         value = (metrics or {}).get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise InvalidArgumentError(f"{path}: '{block}.{key}' is {value!r}, not a number: the file is damaged")
+    # the counts: a block without its patch count (n_samples) was left out of the summary without
+    # a word, its metrics still in runs.csv; the epochs went into the tables as they came ("x")
+    counts = [(f"{block}.n_samples", (metrics or {"n_samples": 0}).get("n_samples"), False)]
+    counts += [(key, doc.get(key), True) for key in ("epochs", "best_epoch") if block == "test"]
+    for key, value, nullable in counts:
+        if not (is_whole(value) or (nullable and value is None)):
+            raise InvalidArgumentError(f"{path}: '{key}' is {value!r}, not a whole number: the file is damaged")
     return doc
 
 

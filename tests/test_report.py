@@ -378,6 +378,24 @@ def test_an_event_file_that_is_a_folder_is_named_as_a_path(runs: dict[str, Path]
     assert (done.returncode, done.stderr) == (1, f"error: {run / 'events.out.tfevents.1.x'}: is a folder, not a file\n")
 
 
+@pytest.mark.parametrize("key, value, named", [
+    ("n_samples", None, "'test.n_samples' is None"),  # the run left out of the summary, its row in runs.csv
+    ("epochs", "x", "'epochs' is 'x'"),  # tabulated as it came
+], ids=["n_samples-null", "epochs-string"])
+def test_a_damaged_count_in_metrics_json_is_named(runs: dict[str, Path], tmp_path: Path, key: str, value: object,
+                                                  named: str) -> None:
+    """A metrics.json without its patch count, or with a word for its epochs, was read as it came."""
+    import json
+    import shutil
+
+    run = shutil.copytree(runs["rand"], tmp_path / "run")
+    metrics = json.loads((run / "metrics.json").read_text())
+    (metrics["test"] if key == "n_samples" else metrics)[key] = value
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    with pytest.raises(InvalidArgumentError, match=f"{run}/metrics.json: {named}, not a whole number: the file is damaged"):
+        find_runs([run], scalars=False)
+
+
 def test_report_replaces_only_its_own_files(runs: dict[str, Path], tmp_path: Path) -> None:
     """`--out myrep` holding the user's summary.md replaced it (rc 0): a file of a name the report
     writes that no report wrote stops it before anything is written; an earlier report's files
