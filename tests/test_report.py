@@ -396,6 +396,19 @@ def test_a_damaged_count_in_metrics_json_is_named(runs: dict[str, Path], tmp_pat
         find_runs([run], scalars=False)
 
 
+def test_an_evaluation_folder_holding_a_runs_own_metrics_json_is_named(runs: dict[str, Path], tmp_path: Path) -> None:
+    """evaluations/NAME/metrics.json copied from the run (no 'metrics' block) gave a row without
+    metrics, "test of rand", and an empty summary, exit 0."""
+    import shutil
+
+    run = shutil.copytree(runs["rand"], tmp_path / "run")
+    (run / "evaluations" / "x").mkdir(parents=True)
+    shutil.copy(run / "metrics.json", run / "evaluations" / "x")
+    with pytest.raises(InvalidArgumentError, match=f"{run}/evaluations/x/metrics.json: not the metrics.json benzarr "
+                                                   r"evaluate writes \(no 'metrics' block of metrics\)"):
+        find_runs([run], scalars=False, evaluations=["x"])
+
+
 def test_report_replaces_only_its_own_files(runs: dict[str, Path], tmp_path: Path) -> None:
     """`--out myrep` holding the user's summary.md replaced it (rc 0): a file of a name the report
     writes that no report wrote stops it before anything is written; an earlier report's files
