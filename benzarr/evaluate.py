@@ -21,7 +21,9 @@ refuses it; on another split the count is then unknown (None), with a warning.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,7 +34,7 @@ import numpy as np
 
 from benzarr.checks import boolean, is_whole
 from benzarr.errors import InvalidArgumentError, SplitNotFoundError, StoreNotFoundError, UnsafeOverwriteError, some_of
-from benzarr.fsutil import check_not_a_file, check_outside_datasets, check_replaceable_file, is_benzarr_store
+from benzarr.fsutil import check_not_a_file, check_outside_datasets, check_replaceable_file, is_benzarr_store, os_error
 from benzarr.lock import write_lock
 
 #: Checkpoints a run folder holds, by the name ``--checkpoint`` takes.
@@ -107,17 +109,43 @@ def runs_under(path: Path, depth: int = RUN_SEARCH_DEPTH) -> list[Path]:
     return [run for child in children for run in runs_under(child, depth - 1)]
 
 
-def read_run_config(run_dir: str | Path) -> dict[str, Any]:
-    """The ``config.json`` of a run folder (its model name lower-cased, as model names are).
+def check_run_folder(run_dir: str | Path) -> None:
+    """Refuse a ``run_dir`` that is no folder, saying what it is: missing, a file, or a symbolic
+    link that loops or leads nowhere (both were "no such run folder", of a name that is there;
+    ``report`` said so of a file too).
 
     Raises:
-        InvalidArgumentError: no readable config.json with the settings of a run.
+        InvalidArgumentError: missing, a file, a link to nothing, not a folder.
+        FileSystemError: a symbolic link loop.
+    """
+    path = Path(run_dir)
+    if path.is_dir():
+        return
+    if path.is_symlink():
+        try:
+            path.stat()
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise os_error(exc, path, "reading") from None
+        raise InvalidArgumentError(f"{run_dir}: a symbolic link to {os.readlink(path)}, which is not there")
+    if not path.exists():
+        raise InvalidArgumentError(f"{run_dir}: no such run folder")
+    what = "a file" if path.is_file() else "not a folder"
+    raise InvalidArgumentError(f"{run_dir}: is {what}; give the run folder that `benzarr train --out` wrote")
+
+
+def read_run_config(run_dir: str | Path, values: bool = True) -> dict[str, Any]:
+    """The ``config.json`` of a run folder (its model name lower-cased, as model names are);
+    ``values=False`` checks only that it is a run's configuration, not each value in it (a run
+    folder whose config.json was edited is still a run's, which ``train`` will not replace).
+
+    Raises:
+        InvalidArgumentError: no readable config.json with the settings of a run, or one holding a
+            value benzarr train never writes there (a setting of another type, unknown labels,
+            statistics that are not one finite number per band); the message names the value.
     """
     path = Path(run_dir) / "config.json"
-    if not Path(run_dir).exists():
-        raise InvalidArgumentError(f"{run_dir}: no such run folder")
-    if Path(run_dir).is_file():
-        raise InvalidArgumentError(f"{run_dir}: is a file; give the run folder that `benzarr train --out` wrote")
+    check_run_folder(run_dir)
     if not path.is_file():
         below = [p.relative_to(run_dir).as_posix() for p in runs_under(Path(run_dir))]
         if below:  # a folder of runs (a --seeds job's is run_folders')
@@ -134,9 +162,55 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
     except (KeyError, TypeError) as exc:
         missing = f"no {exc.args[0]!r} in it" if isinstance(exc, KeyError) else "not the layout benzarr train writes"
         raise InvalidArgumentError(f"{path}: not a benzarr run configuration ({missing})") from None
+    damage = _damage(config) if values else None
+    if damage:
+        raise InvalidArgumentError(f"{path}: {damage}: the file is damaged or was edited by hand")
     if isinstance(config["settings"]["model"], str):  # runs before TrainConfig lower-cased it kept it as typed
         config["settings"]["model"] = config["settings"]["model"].lower()
     return config
+
+
+def _damage(config: dict[str, Any]) -> str | None:
+    """What in a parsed ``config.json`` is not as benzarr train writes it, or None. A value of
+    another type was used as it came: ``"amp": "no"`` scored with autocast on (a non-empty
+    string is true), ``"bands": 5`` or ``"batch_size": "x"`` ended evaluate with a bare
+    TypeError, report tabulated ``"epochs": "3"``, and bad statistics were named without the file."""
+    import math
+    from dataclasses import fields
+
+    from benzarr.bigearthnet import NOMENCLATURES
+    from benzarr.train_config import TrainConfig, wrong_type
+
+    settings = config["settings"]
+    bands = settings["bands"]
+    if not (isinstance(bands, list) and bands and all(isinstance(b, str) for b in bands)):  # the run's, resolved
+        return f"'settings.bands' is {bands!r}, not a list of band names"
+    for spec in fields(TrainConfig):  # settings a run predates are absent; a newer benzarr's are not checked
+        want = wrong_type(spec.name, settings[spec.name]) if spec.name in settings else None
+        if want is not None:
+            return f"'settings.{spec.name}' is {settings[spec.name]!r}, not {want}"
+    labels = config.get("labels", settings.get("labels", "clc43"))  # as dataset_options reads it
+    if labels is not None and labels not in NOMENCLATURES:
+        return f"'labels' is {labels!r}, not one of {', '.join(NOMENCLATURES)}"
+    classes = config.get("classes")
+    named = isinstance(classes, list) and all(isinstance(c, str) for c in classes)
+    if classes is not None and labels is not None and not (named and len(classes) == len(NOMENCLATURES[labels])):
+        return f"'classes' is not a list of the {len(NOMENCLATURES[labels])} class names of {labels}"
+    for name, kind in (("store", dict), ("normalization", dict), ("loss", (dict, str))):
+        if config.get(name) is not None and not isinstance(config[name], kind):
+            return f"'{name}' is {config[name]!r}, not {'a string or ' if name == 'loss' else ''}a JSON object"
+    stats = config.get("normalization") or {}
+    for name in ("mean", "std"):  # one finite number per band, or none recorded (then recomputed)
+        values = stats.get(name)
+        if values is None:
+            continue
+        if not isinstance(values, list) or len(values) != len(bands):
+            held = f"holds {len(values)} values" if isinstance(values, list) else f"is {values!r}"
+            return f"'normalization.{name}' {held}, not one per band of 'settings.bands' ({len(bands)})"
+        bad = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)]
+        if bad:
+            return f"'normalization.{name}' holds {bad[0]!r}, not a finite number"
+    return None
 
 
 def run_folders(path: str | Path) -> list[Path]:
@@ -351,6 +425,69 @@ def _seen_in_training(config: dict[str, Any], store_path: str, rows: np.ndarray,
     return int(np.isin(rows, trained).sum())
 
 
+def check_run_names(config: dict[str, Any], run_dir: str | Path) -> None:
+    """Refuse, naming the run's ``config.json``, a model, loss, modality, band or resampling in
+    it that this benzarr does not know (an edited file, or a run of a newer benzarr): before,
+    each was refused as if the user had typed it (``unknown --loss 'x'``, ``unknown model``)
+    or, a loss without its name, ended with a bare KeyError. ``evaluate`` and ``show --run``."""
+    from benzarr.bands import IMAGE_MODALITIES, parse_modalities, resolve_bands
+    from benzarr.losses import create_loss
+    from benzarr.models import get_spec
+    from benzarr.train_config import RESAMPLE_MODES
+
+    settings = config["settings"]
+
+    def resample() -> None:
+        if settings.get("resample", "bilinear") not in RESAMPLE_MODES:
+            raise InvalidArgumentError(f"unknown resampling {settings['resample']!r}: "
+                                       f"choose one of {', '.join(RESAMPLE_MODES)}")
+
+    modalities = settings.get("modalities", "s2")
+    for key, check in (("settings.model", lambda: get_spec(settings["model"])),
+                       ("settings.modalities", lambda: parse_modalities(modalities, IMAGE_MODALITIES)),
+                       ("settings.bands", lambda: resolve_bands(settings["bands"], modalities)),
+                       ("settings.resample", resample),
+                       ("loss", lambda: create_loss(config.get("loss") or settings.get("loss", "bce")))):
+        try:
+            check()
+        except (InvalidArgumentError, KeyError) as exc:
+            why = f"no {exc.args[0]!r} in it" if isinstance(exc, KeyError) else str(exc)
+            raise InvalidArgumentError(f"{Path(run_dir) / 'config.json'}: '{key}': {why}") from None
+
+
+def check_runs_checkpoint(weights: Path, config: dict[str, Any]) -> None:
+    """Refuse a checkpoint that another run wrote (``evaluate`` and ``show --run``): one of the
+    same model and bands fits exactly, and another seed's ``best.pt`` copied into the run was
+    scored as this run's. A checkpoint records its run's configuration: its settings (but the
+    ones a ``--resume`` may change) and start time must be the ``config.json``'s. A file that
+    records none (a plain state dict) is not compared; an unreadable one is left to the loader.
+
+    Raises:
+        InvalidArgumentError: naming the checkpoint and the settings that differ.
+    """
+    import torch
+
+    from benzarr.train_config import RESUMABLE
+
+    try:  # mmap: the settings, without reading the tensors
+        payload = torch.load(weights, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # create_model says why it cannot be read
+        return
+    recorded = payload.get("config") if isinstance(payload, dict) else None
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("settings"), dict):
+        return
+    ours, theirs = config["settings"], recorded["settings"]
+    shared = [k for k in ours if k in theirs and k not in RESUMABLE]  # a newer benzarr's resume may add settings
+    differ = [f"{k} {theirs[k]!r} against {ours[k]!r}" for k in shared
+              if (theirs[k].lower() if k == "model" and isinstance(theirs[k], str) else theirs[k]) != ours[k]]
+    if not differ and config.get("created") and recorded.get("created") and config["created"] != recorded["created"]:
+        differ.append(f"started {recorded['created']} against {config['created']}")  # the same settings: a run again
+    if differ:
+        raise InvalidArgumentError(f"{weights}: written by another run than the config.json beside it "
+                                   f"({'; '.join(differ[:3])}): its scores would pass for this run's; put the run's "
+                                   "own checkpoint back, or evaluate the run it came from")
+
+
 def dataset_options(config: dict[str, Any]) -> dict[str, Any]:
     """The :class:`~benzarr.data.BigEarthNetDataset` keywords that read patches as the run did:
     bands (in the run's order), label set, modalities, resampling."""
@@ -492,6 +629,8 @@ def evaluate_run(
     from benzarr.models import create_model
     from benzarr.train import resolve_device, write_scores_csv
 
+    check_run_names(config, run_dir)
+    check_runs_checkpoint(weights, config)
     options = dataset_options(config)
     labels = options["labels"]
     ds = BigEarthNetDataset(store, split=split, subset=None if split is None else subset, **options)

@@ -80,7 +80,9 @@ def os_error(exc: OSError, path: str | Path = "", action: str = "writing", hint:
         action: what was being done (``"writing"``, ``"reading"``, ``"creating"``).
         hint: what to do after a full disk (default: run the same command again).
     """
-    where = str(exc.filename) if getattr(exc, "filename", None) else str(path)
+    named = getattr(exc, "filename", None)
+    # a path opened as bytes (TensorBoard's reader opens event files so) read b'runs/a/...'
+    where = (os.fsdecode(named) if isinstance(named, (str, bytes, os.PathLike)) else str(named)) if named else str(path)
     # a writer's temporary file or folder (or something inside one): name what it was for
     if path and (where.endswith((".partial", ".tmp")) or any(tag in where for tag in TEMPORARY_TAGS)):
         where = str(path)

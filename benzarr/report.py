@@ -11,7 +11,7 @@ Output (``write_report``)::
                   group and configuration (:func:`curve_groups`: the mean over its runs, never
                   over runs that differ in more than their seed), a band of +- one standard
                   deviation across seeds
-    runs.csv/.md  one row per run: model, split, labels, seed, best epoch, test metrics
+    runs.csv/.md  one row per run: model, split, labels, seed, epochs trained, best epoch, test metrics
     summary.csv/.md  one row per configuration: (model, split, labels, bands), the data (a
                   ``store`` column when the runs' store identities differ: store folder name,
                   patch count, SHA-256 of the split codes, as ``config.json`` records them) and every
@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from benzarr.checks import is_whole
 from benzarr.errors import InvalidArgumentError
 from benzarr.fsutil import check_not_a_file, check_outside_datasets, check_replaceable_file
 from benzarr.metrics import SCALAR_KEYS
@@ -123,7 +124,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text())
     except FileNotFoundError:
         return None
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # JSONDecodeError, and UnicodeDecodeError (bytes that are no text), once a bare error
         raise InvalidArgumentError(f"{path}: not valid JSON ({exc})") from None
 
 
@@ -135,12 +136,22 @@ def _read_metrics(path: Path, block: str) -> dict[str, Any] | None:
     if doc is None:
         return None
     metrics = doc.get(block) if isinstance(doc, dict) else None
-    if not isinstance(doc, dict) or not isinstance(metrics, (dict, type(None))):
-        raise InvalidArgumentError(f"{path}: not the metrics.json benzarr writes (no '{block}' block of metrics)")
+    # a run's test block is null without a test subset; an evaluation's is never: a run's own
+    # metrics.json in evaluations/NAME/ gave a row without metrics, left out of the summary in silence
+    if not isinstance(doc, dict) or not isinstance(metrics, (dict, type(None) if block == "test" else dict)):
+        raise InvalidArgumentError(f"{path}: not the metrics.json benzarr {'train' if block == 'test' else 'evaluate'} "
+                                   f"writes (no '{block}' block of metrics)")
     for key in TABLE_METRICS:
         value = (metrics or {}).get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise InvalidArgumentError(f"{path}: '{block}.{key}' is {value!r}, not a number: the file is damaged")
+    # the counts: a block without its patch count (n_samples) was left out of the summary without
+    # a word, its metrics still in runs.csv; the epochs went into the tables as they came ("x")
+    counts = [(f"{block}.n_samples", (metrics or {"n_samples": 0}).get("n_samples"), False)]
+    counts += [(key, doc.get(key), True) for key in ("epochs", "best_epoch") if block == "test"]
+    for key, value, nullable in counts:
+        if not (is_whole(value) or (nullable and value is None)):
+            raise InvalidArgumentError(f"{path}: '{key}' is {value!r}, not a whole number: the file is damaged")
     return doc
 
 
@@ -158,7 +169,7 @@ def find_runs(paths: Sequence[str | Path], scalars: bool = True, evaluations: Se
             is not a run configuration, a run lacks one of the ``evaluations``, or an
             evaluation name is a path.
     """
-    from benzarr.evaluate import read_run_config, runs_under
+    from benzarr.evaluate import check_run_folder, read_run_config, runs_under
     from benzarr.store import SPLIT_NAME
     from benzarr.tb import read_scalars
 
@@ -170,8 +181,7 @@ def find_runs(paths: Sequence[str | Path], scalars: bool = True, evaluations: Se
     runs: list[Run] = []
     seen: set[Path] = set()  # a run given twice (r1 and ./r1/) is one run, not two seeds
     for p in map(Path, paths):
-        if not p.is_dir():
-            raise InvalidArgumentError(f"{p}: no such run folder")
+        check_run_folder(p)  # "no such run folder" was said of a file and of a link loop too
         folders = runs_under(p)
         if not folders:
             raise InvalidArgumentError(f"{p}: no run here (no config.json in it or in the two levels of folders below it); "
@@ -268,7 +278,7 @@ def _setting(run: Run, name: str) -> str:
 
 
 def runs_table(runs: Sequence[Run]) -> pd.DataFrame:
-    """One row per run: identity, best epoch and every test metric (NaN if unfinished)."""
+    """One row per run: identity, epochs trained, best epoch and every test metric (NaN if unfinished)."""
     rows = []
     evaluated = any(r.evaluation is not None for r in runs)
     varying = varying_settings(runs)
@@ -282,7 +292,9 @@ def runs_table(runs: Sequence[Run]) -> pd.DataFrame:
             **{name: _setting(run, name) for name in varying},
             **({"evaluated_on": run.evaluated_on(), "seen_in_training": (run.evaluation or {}).get("seen_in_training")}
                if evaluated else {}),
-            "seed": run.settings.get("seed"), "epochs": m.get("epochs"), "best_epoch": m.get("best_epoch"),
+            # not "epochs": that is the setting's column when runs differ in it, and the epochs a run
+            # trained (fewer after an early stop) replaced it there, so the summary grouped by them
+            "seed": run.settings.get("seed"), "epochs_trained": m.get("epochs"), "best_epoch": m.get("best_epoch"),
             "n_test": test.get("n_samples"), **{k: _num(test.get(k)) for k in TABLE_METRICS},
         })
     return pd.DataFrame(rows)
@@ -538,13 +550,34 @@ def write_report(paths: Sequence[str | Path], out: str | Path, evaluations: Sequ
     unfinished = list(dict.fromkeys(str(r.path) for r in runs if r.metrics is None))
     return Report(out, files, runs_df, summary, summary_md, unfinished,
                   [*(unfinished_warning(Path(r)) for r in unfinished), *map(no_curves_warning, _without_curves(unique)),
-                   *notes])
+                   *(short_curves_warning(*short) for short in _cut_short(unique)), *notes])
 
 
 def _without_curves(runs: Sequence[Run]) -> list[Path]:
     """Runs that finished an epoch (``metrics.json`` says so) but whose event files gave no
     scalar: deleted, damaged or cut short, which TensorBoard's reader passes over in silence."""
     return [r.path for r in runs if not r.scalars and (r.metrics or {}).get("epochs")]
+
+
+def _cut_short(runs: Sequence[Run]) -> list[tuple[Path, int, int]]:
+    """``(run folder, last epoch, epochs)`` of the runs whose curves end before the epochs their
+    ``metrics.json`` counts: an event file cut short mid-record gives the curves up to there, and
+    TensorBoard's reader says nothing of the rest."""
+    from benzarr.tb import F1_TAGS, LOSS_TAGS
+
+    short = []
+    for run in runs:
+        epochs = (run.metrics or {}).get("epochs")
+        ends = [max(run.scalars[tag]) for tag in (*LOSS_TAGS, *F1_TAGS) if run.scalars.get(tag)]
+        if ends and isinstance(epochs, int) and min(ends) < epochs:
+            short.append((run.path, min(ends), epochs))
+    return short
+
+
+def short_curves_warning(run_dir: Path, last: int, epochs: int) -> str:
+    """What ``report`` says of a run whose curves end early (:func:`_cut_short`)."""
+    return (f"{run_dir}: its event files end at epoch {last} of its {epochs} (damaged or cut short?), so its "
+            f"curves in curves.png stop there; its test metrics are in the tables")
 
 
 def no_curves_warning(run_dir: Path) -> str:

@@ -361,7 +361,7 @@ def run_predictions(store_path: str | Path, rows: Sequence[int], run: str | Path
     except ImportError as exc:  # pragma: no cover - torch is in the train extra
         raise MissingDependencyError("--run needs torch: pip install 'benzarr[train]'") from exc
     from benzarr.data import BigEarthNetDataset
-    from benzarr.evaluate import dataset_options, read_run_config, run_normalization
+    from benzarr.evaluate import check_run_names, check_runs_checkpoint, dataset_options, read_run_config, run_normalization
     from benzarr.models import create_model
 
     run = Path(run)
@@ -370,6 +370,8 @@ def run_predictions(store_path: str | Path, rows: Sequence[int], run: str | Path
     weights = next((p for p in (run / "checkpoints" / "best.pt", run / "checkpoints" / "last.pt") if p.is_file()), None)
     if weights is None:
         raise InvalidArgumentError(f"{run}: no checkpoints/best.pt or last.pt")
+    check_run_names(config, run)
+    check_runs_checkpoint(weights, config)
     options = dataset_options(config)
     whole = BigEarthNetDataset(store_path, **options)
     whole.set_normalization(*run_normalization(config, options))

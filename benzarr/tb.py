@@ -15,6 +15,7 @@ reader is :func:`read_scalars` (TensorBoard's ``EventAccumulator``), used by ``b
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -74,7 +75,16 @@ def read_scalars(run_dir: str | Path) -> dict[str, dict[int, float]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    acc.Reload()
+    # TensorBoard logs, on stderr and between report's own lines, "Detected out of order event.step
+    # likely caused by a TensorFlow restart. Purging expired events ..." of every run resumed from
+    # before an epoch it had logged: the purge is what a resumed run's purge_step asks for
+    tb_logger = logging.getLogger("tensorboard")
+    level = tb_logger.level
+    tb_logger.setLevel(logging.ERROR)
+    try:
+        acc.Reload()
+    finally:
+        tb_logger.setLevel(level)
     out: dict[str, dict[int, float]] = {}
     for tag in acc.Tags().get("scalars", []):
         series: dict[int, float] = {}

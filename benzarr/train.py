@@ -658,7 +658,7 @@ def _not_a_runs_files(run_dir: Path, cfg: TrainConfig) -> list[str]:
 
     if (run_dir / "config.json").is_file():
         try:
-            read_run_config(run_dir)
+            read_run_config(run_dir, values=False)  # an edited value leaves it a run's: "holds a run already"
             return []
         except InvalidArgumentError:
             pass
@@ -908,6 +908,15 @@ def _resume(run: _Run) -> None:
     if changed:
         diff = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
         raise InvalidArgumentError(f"--resume with other settings than {run.last} was started with ({diff})")
+    # A run is not shortened: --epochs below the epochs it began (or --max-steps below its steps)
+    # ended it as it stood, and config.json then recorded the smaller number for all it had trained.
+    begun = payload["state"]["epoch"] + (payload.get("partial") is not None)  # a mid-epoch checkpoint's epoch counts
+    for flag, asked, done, what in (("--epochs", run.cfg.epochs, begun, "epoch(s) trained"),
+                                    ("--max-steps", run.cfg.max_steps, payload["state"]["step"], "step(s) taken")):
+        if asked is not None and asked < done:
+            raise InvalidArgumentError(f"--resume {flag} {asked}: {run.last} has {done} {what} already; "
+                                       f"give {flag} {done} or more (a run is not shortened), or start a new run "
+                                       "with another --out")
     started, now = old.get("cpu_threads"), run.config["cpu_threads"]
     if run.device.type == "cpu" and started is not None and started != now:
         # torch splits a CPU reduction (a convolution's weight gradient) among its threads:
@@ -919,7 +928,9 @@ def _resume(run: _Run) -> None:
     st = run.state = RunState(**restore(payload, run.net, run.optimizer, run.scheduler))
     _refit_schedule(run, before("epochs"))
     if st.epoch < run.cfg.epochs and not st.stopped_early:
-        st.stopped = False  # more epochs asked for (or --max-steps raised)
+        # more epochs asked for, or --max-steps raised; a run at its --max-steps stays stopped (the
+        # same command again with --resume took one step more, and began an epoch more)
+        st.stopped = run.cfg.max_steps is not None and st.step >= run.cfg.max_steps
     partial = payload.get("partial")
     if partial is not None:  # the loader serves the rest of the epoch; rank 0 holds every rank's sums
         run.data.train.load_state_dict(partial["loader"])

@@ -150,14 +150,25 @@ def read_settings_file(path: str | Path) -> dict[str, object]:
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise InvalidArgumentError(f"--config {path}: unknown setting {key!r} ({hint}the settings are the "
                                        "options of `benzarr train --help`, written with - or _)")
-        parts = [part.strip() for part in str(known[name].type).split("|")]  # "int | None", "float", ...
-        kinds = tuple(k for part in parts for k in _KINDS[part])
-        ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)  # true is no count
-        if ok and isinstance(value, list):
-            ok = all(isinstance(v, str) for v in value)
-        if not ok:
-            want = " or ".join({"NoneType": "null", "list": "a list of band names"}.get(k.__name__, k.__name__)
-                               for k in dict.fromkeys(kinds))
+        want = wrong_type(name, value)
+        if want is not None:
             raise InvalidArgumentError(f"--config {path}: {key} = {value!r}: expected {want}")
-        out[name] = float(value) if parts == ["float"] and isinstance(value, int) else value  # lr = 1: 1.0
+        out[name] = float(value) if str(known[name].type) == "float" and isinstance(value, int) else value  # lr = 1: 1.0
     return out
+
+
+def wrong_type(name: str, value: object) -> str | None:
+    """None when ``value``, as JSON or TOML gives it, is of the type ``TrainConfig.<name>``
+    declares (a float takes an int; ``bands`` a list of band names), else the type it should be
+    (``"int or null"``), for a message. ``name`` must be a field of ``TrainConfig``."""
+    from dataclasses import fields
+
+    declared = next(f.type for f in fields(TrainConfig) if f.name == name)
+    kinds = tuple(k for part in str(declared).split("|") for k in _KINDS[part.strip()])  # "int | None", ...
+    ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)  # true is no count
+    if ok and isinstance(value, list):
+        ok = all(isinstance(v, str) for v in value)
+    if ok:
+        return None
+    return " or ".join({"NoneType": "null", "list": "a list of band names"}.get(k.__name__, k.__name__)
+                       for k in dict.fromkeys(kinds))

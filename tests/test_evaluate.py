@@ -239,6 +239,68 @@ def test_a_bad_run_folder_or_output_is_named_before_anything_is_replaced(run: Pa
     assert (out / "metrics.json").read_text() == "earlier"
 
 
+@pytest.mark.parametrize("where, key, value, message", [
+    ("settings", "amp", "no", "'settings.amp' is 'no', not bool"),  # a string is true: scored with autocast on
+    ("settings", "bands", 5, "'settings.bands' is 5, not a list of band names"),  # a bare TypeError
+    ("settings", "batch_size", "x", "'settings.batch_size' is 'x', not int"),  # a bare ValueError
+    ("settings", "epochs", "3", "'settings.epochs' is '3', not int"),  # tabulated by report as it was
+    ("config", "labels", "clc99", "'labels' is 'clc99', not one of clc43, clc19"),
+    ("config", "classes", ["Forests"], "'classes' is not a list of the 43 class names of clc43"),
+    ("normalization", "mean", [0.0], "'normalization.mean' holds 1 values, not one per band of 'settings.bands' (3)"),
+    ("normalization", "std", [1.0, float("nan"), 1.0], "'normalization.std' holds nan, not a finite number"),
+], ids=["amp-string", "bands-number", "batch-size-string", "epochs-string", "labels-unknown", "classes-short",
+        "mean-short", "std-nan"])
+def test_a_damaged_config_json_is_named_with_its_value(run: Path, tmp_path: Path, where: str, key: str,
+                                                       value: object, message: str) -> None:
+    """A config.json value of the wrong type was used as it came (or named without the file)."""
+    import re
+    import shutil
+
+    from benzarr.report import write_report
+
+    damaged = shutil.copytree(run, tmp_path / "run", ignore=shutil.ignore_patterns("evaluations"))
+    config = json.loads((damaged / "config.json").read_text())
+    {"config": config, "settings": config["settings"], "normalization": config["normalization"]}[where][key] = value
+    (damaged / "config.json").write_text(json.dumps(config))
+    expected = re.escape(f"{damaged / 'config.json'}: {message}: the file is damaged or was edited by hand")
+    with pytest.raises(InvalidArgumentError, match=expected):
+        evaluate_run(damaged, out_dir=tmp_path / "out")
+    with pytest.raises(InvalidArgumentError, match=expected):
+        write_report([damaged], tmp_path / "report")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "report").exists()
+    with pytest.raises(InvalidArgumentError, match="holds a run already: pass --resume"):  # still a run's folder
+        train(TrainConfig(store=str(run.parent / "store.zarr"), split="strat", device="cpu", out=str(damaged)))
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("model", "nosuchnet", "'settings.model': unknown model 'nosuchnet'"),
+    ("modalities", "s3", "'settings.modalities': unknown modality 's3'"),
+    ("bands", ["BXX", "B03", "B02"], "'settings.bands': band list: unknown or unavailable band 'BXX'"),
+    ("resample", "cubic", "'settings.resample': unknown resampling 'cubic'"),
+    ("loss", {"nam": "bce"}, "'loss': no 'name' in it"),  # a bare KeyError
+    ("loss", {"name": "nope"}, "'loss': unknown --loss 'nope'"),
+], ids=["model", "modality", "band", "resample", "loss-without-name", "loss-unknown"])
+def test_a_name_this_benzarr_does_not_know_names_the_config_json(run: Path, tmp_path: Path, key: str, value: object,
+                                                                 message: str) -> None:
+    """A model, loss, modality, band or resampling in config.json that this benzarr does not
+    know was refused as if typed on the command line, without the file."""
+    import re
+    import shutil
+
+    from benzarr.show import run_predictions
+
+    damaged = shutil.copytree(run, tmp_path / "run", ignore=shutil.ignore_patterns("evaluations"))
+    config = json.loads((damaged / "config.json").read_text())
+    (config if key == "loss" else config["settings"])[key] = value
+    (damaged / "config.json").write_text(json.dumps(config))
+    expected = re.escape(f"{damaged / 'config.json'}: {message}")
+    with pytest.raises(InvalidArgumentError, match=expected):
+        evaluate_run(damaged, out_dir=tmp_path / "out")
+    with pytest.raises(InvalidArgumentError, match=expected):
+        run_predictions(run.parent / "store.zarr", [0], damaged)  # show --run
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_users_tables_in_a_new_output_folder_are_never_replaced(run: Path, tmp_path: Path) -> None:
     """With no metrics.json in --out, a user's scores.csv and predictions.parquet were replaced."""
     out = tmp_path / "mine"
@@ -441,6 +503,35 @@ def test_a_checkpoint_that_does_not_fit_the_runs_model_is_refused(run: Path, tmp
                                                    r"exactly \(skipped 1 of another shape \(conv1.weight"):
         evaluate_run(mixed, out_dir=tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("change, differ", [
+    ({"seed": 1}, "seed 1 against 0"),  # another seed's best.pt: the same model and bands, it fits exactly
+    ({}, "started 2001-01-01T00:00:00+00:00 against "),  # the same settings, trained again
+], ids=["other-seed", "other-start"])
+def test_another_runs_checkpoint_that_fits_is_refused(run: Path, tmp_path: Path, change: dict, differ: str) -> None:
+    """Another run's best.pt of the same model and bands was scored (and drawn by show --run) as
+    this run's, exit 0."""
+    import re
+    import shutil
+
+    import torch
+
+    from benzarr.show import run_predictions
+
+    mixed = shutil.copytree(run, tmp_path / "mixed", ignore=shutil.ignore_patterns("evaluations"))
+    payload = torch.load(mixed / "checkpoints" / "best.pt", weights_only=True)
+    payload["config"]["settings"].update(change)
+    if not change:
+        payload["config"]["created"] = "2001-01-01T00:00:00+00:00"
+    torch.save(payload, mixed / "checkpoints" / "best.pt")
+    message = re.escape(f"best.pt: written by another run than the config.json beside it ({differ}")
+    with pytest.raises(InvalidArgumentError, match=message):
+        evaluate_run(mixed, out_dir=tmp_path / "out")
+    with pytest.raises(InvalidArgumentError, match=message):
+        run_predictions(run.parent / "store.zarr", [0], mixed)
+    assert not (tmp_path / "out").exists()
+    assert evaluate_run(mixed, checkpoint="last", out_dir=tmp_path / "last").n_patches > 0  # its own last.pt
 
 
 def test_a_store_given_as_the_run_says_so(synth_store_64: Path) -> None:

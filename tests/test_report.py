@@ -111,6 +111,25 @@ def test_a_folder_without_runs_is_refused(tmp_path: Path) -> None:
             write_report([tmp_path], tmp_path / "out")
 
 
+@pytest.mark.parametrize("what, message", [
+    ("file", "is a file; give the run folder that `benzarr train --out` wrote"),
+    ("loop", "symlink loop (too many levels of symbolic links); fix or remove the link"),
+    ("dangling", "a symbolic link to {target}, which is not there"),
+], ids=["file", "link-loop", "dangling-link"])
+def test_a_path_that_is_no_run_folder_says_what_it_is(tmp_path: Path, what: str, message: str) -> None:
+    """report said "no such run folder" of a file, and report, evaluate and show --run said it
+    of a symbolic link that loops or leads nowhere: of a name the user sees there."""
+    path, target = tmp_path / "run", tmp_path / "gone"
+    if what == "file":
+        path.write_text("notes")
+    else:
+        path.symlink_to(path if what == "loop" else target)
+    for command in ("report", "evaluate"):
+        done = run_cli(command, path, "--out", tmp_path / "out")
+        assert (done.returncode, done.stderr) == (1, f"error: {path}: {message.format(target=target)}\n"), command
+    assert not (tmp_path / "out").exists()
+
+
 def test_report_command_prints_the_summary(runs: dict[str, Path], tmp_path: Path) -> None:
     from benzarr_cli.main import app
 
@@ -147,6 +166,28 @@ def test_runs_that_differ_in_more_than_their_seed_are_never_averaged(runs: dict[
         "mixed (shortcnn-rgb, strat, lr 0.001, 2 seeds)": ["lr0.001-s0", "lr0.001-s1"],
         "mixed (shortcnn-rgb, strat, lr 0.01)": ["lr0.01-s0"],
         "strat (shortcnn-rgb, strat, 2 seeds)": ["seed-0", "seed-1"]}
+
+
+def test_runs_are_grouped_by_their_epochs_setting_not_the_epochs_they_trained(runs: dict[str, Path],
+                                                                              tmp_path: Path) -> None:
+    """With runs differing in --epochs, the epochs each run trained (metrics.json) replaced the
+    setting in the table's "epochs" column: --epochs 3 runs stopped at epoch 2 (--max-steps, an
+    early stop) were averaged with a --epochs 2 run, as seeds of one configuration."""
+    import json
+
+    for seed, epochs in ((0, 3), (1, 3), (0, 2)):
+        run = copy_tree(runs["strat"] / f"seed-{seed}", tmp_path / "runs" / f"e{epochs}-s{seed}")
+        config = json.loads((run / "config.json").read_text())
+        config["settings"]["epochs"] = epochs  # as if trained so, each stopped by --max-steps in epoch 2
+        (run / "config.json").write_text(json.dumps(config))
+    from benzarr.report import _summary, runs_table
+
+    found = find_runs([tmp_path / "runs"], scalars=False)
+    summary, notes = _summary(found)
+    assert list(summary["epochs"]) == ["2", "3"] and list(summary["n_runs"]) == [1, 2]
+    assert notes == []  # no "share seed 0" of runs of two configurations
+    per_run = runs_table(found)
+    assert list(per_run["epochs"]) == ["2", "3", "3"] and list(per_run["epochs_trained"]) == [2, 2, 2]
 
 
 def test_a_model_name_typed_in_other_case_is_one_model(runs: dict[str, Path], tmp_path: Path) -> None:
@@ -271,6 +312,101 @@ def test_a_damaged_metrics_json_is_named_and_lost_curves_are_a_warning(runs: dic
     assert report.warnings == [f"{run}: its 1 event file(s) hold no scalar (damaged or cut short?), so curves.png "
                                "has no curves for it; its test metrics are in the tables"]
     assert report.runs["micro_f1"].tolist() == [metrics["test"]["micro_f1"]]
+
+
+@pytest.mark.parametrize("name", ["metrics.json", "evaluations/e/metrics.json"])
+def test_a_metrics_json_of_bytes_that_are_no_text_is_named(runs: dict[str, Path], tmp_path: Path, name: str) -> None:
+    """A metrics.json of binary garbage ended the report with 'unexpected UnicodeDecodeError'."""
+    import shutil
+
+    run = shutil.copytree(runs["rand"], tmp_path / "run")
+    (run / name).parent.mkdir(parents=True, exist_ok=True)
+    (run / name).write_bytes(b"\x80\xa2\xff garbage")
+    with pytest.raises(InvalidArgumentError, match=rf"{run / name}: not valid JSON \('utf-8' codec can't decode"):
+        write_report([run], tmp_path / "out", evaluations=["e"] if "/" in name else ())
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_run_resumed_from_before_an_epoch_it_logged_reads_without_tensorboards_log(
+        runs: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """report printed TensorBoard's "Detected out of order event.step likely caused by a
+    TensorFlow restart. Purging expired events ..." on stderr for such a run (killed after
+    logging epoch 2 and before its checkpoint, then resumed): the purge is what purge_step asks."""
+    import logging
+    import shutil
+
+    from benzarr.tb import RunWriter, read_scalars
+
+    run = shutil.copytree(runs["rand"], tmp_path / "run")
+    writer = RunWriter(run, purge_step=2)  # the resumed attempt logs epoch 2 again
+    writer.scalars(2, {"train/loss": 0.5})
+    writer.close()
+    with caplog.at_level(logging.WARNING):  # what a command shows on stderr
+        assert read_scalars(run)["train/loss"][2] == 0.5  # the later value wins
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("tensorboard")] == []
+
+
+def test_an_event_file_cut_short_mid_record_is_a_warning(runs: dict[str, Path], tmp_path: Path) -> None:
+    """An event file cut inside epoch 2's first record gave curves of epoch 1 alone, without a word."""
+    import shutil
+    import struct
+
+    from tensorboard.compat.proto.event_pb2 import Event
+
+    run = shutil.copytree(runs["rand"], tmp_path / "run")
+    (events,) = run.glob("events.out.tfevents.*")
+    data, pos = events.read_bytes(), 0
+    while True:  # records: the event's length, its CRC, the event, its CRC
+        size = struct.unpack("<Q", data[pos:pos + 8])[0]
+        if Event.FromString(data[pos + 12:pos + 12 + size]).step == 2:
+            break
+        pos += 12 + size + 4
+    events.write_bytes(data[:pos + 12 + size // 2])  # cut inside epoch 2's first record
+    report = write_report([run], tmp_path / "out")
+    assert report.warnings == [f"{run}: its event files end at epoch 1 of its 2 (damaged or cut short?), so its "
+                               "curves in curves.png stop there; its test metrics are in the tables"]
+
+
+def test_an_event_file_that_is_a_folder_is_named_as_a_path(runs: dict[str, Path], tmp_path: Path) -> None:
+    """The line read "error: b'runs/a/events.out.tfevents.1.x': is a folder, not a file": the
+    path as the bytes TensorBoard's reader opened."""
+    import shutil
+
+    run = shutil.copytree(runs["rand"], tmp_path / "run")
+    (run / "events.out.tfevents.1.x").mkdir()
+    done = run_cli("report", run, "--out", tmp_path / "out")
+    assert (done.returncode, done.stderr) == (1, f"error: {run / 'events.out.tfevents.1.x'}: is a folder, not a file\n")
+
+
+@pytest.mark.parametrize("key, value, named", [
+    ("n_samples", None, "'test.n_samples' is None"),  # the run left out of the summary, its row in runs.csv
+    ("epochs", "x", "'epochs' is 'x'"),  # tabulated as it came
+], ids=["n_samples-null", "epochs-string"])
+def test_a_damaged_count_in_metrics_json_is_named(runs: dict[str, Path], tmp_path: Path, key: str, value: object,
+                                                  named: str) -> None:
+    """A metrics.json without its patch count, or with a word for its epochs, was read as it came."""
+    import json
+    import shutil
+
+    run = shutil.copytree(runs["rand"], tmp_path / "run")
+    metrics = json.loads((run / "metrics.json").read_text())
+    (metrics["test"] if key == "n_samples" else metrics)[key] = value
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    with pytest.raises(InvalidArgumentError, match=f"{run}/metrics.json: {named}, not a whole number: the file is damaged"):
+        find_runs([run], scalars=False)
+
+
+def test_an_evaluation_folder_holding_a_runs_own_metrics_json_is_named(runs: dict[str, Path], tmp_path: Path) -> None:
+    """evaluations/NAME/metrics.json copied from the run (no 'metrics' block) gave a row without
+    metrics, "test of rand", and an empty summary, exit 0."""
+    import shutil
+
+    run = shutil.copytree(runs["rand"], tmp_path / "run")
+    (run / "evaluations" / "x").mkdir(parents=True)
+    shutil.copy(run / "metrics.json", run / "evaluations" / "x")
+    with pytest.raises(InvalidArgumentError, match=f"{run}/evaluations/x/metrics.json: not the metrics.json benzarr "
+                                                   r"evaluate writes \(no 'metrics' block of metrics\)"):
+        find_runs([run], scalars=False, evaluations=["x"])
 
 
 def test_report_replaces_only_its_own_files(runs: dict[str, Path], tmp_path: Path) -> None:

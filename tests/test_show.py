@@ -136,7 +136,7 @@ def test_run_predictions_panel(synth_store_64: Path, tmp_path: Path) -> None:
 
     stats = BigEarthNetDataset(synth_store_64, bands=bands, normalize=True)
     (run / "config.json").write_text(json.dumps({
-        "settings": {"model": "shortcnn-rgb", "bands": bands, "labels": "clc43", "modalities": "s2", "split": None},
+        "settings": {"model": "shortcnn-rgb", "bands": bands, "labels": "clc43", "modalities": "s2"},
         "labels": "clc43", "classes": store.class_names("clc43"),
         "normalization": {"mean": stats.mean, "std": stats.std, "source": "store"}}))
     shown = plot_patches(store, [0, 1], tmp_path / "p.png", run=run)

@@ -393,6 +393,32 @@ def test_resume_with_more_epochs_continues_a_finished_run(store: Path, tmp_path:
     assert more.test == full.test
 
 
+def test_resume_never_shortens_a_run(store: Path, tmp_path: Path) -> None:
+    """--resume --epochs 1 of a 2-epoch run (or --max-steps below its steps) ended it as it
+    stood, exit 0, and config.json then said --epochs 1 of a run that trained 2."""
+    train(config(store, tmp_path / "run", max_steps=2))
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    payload = torch.load(last, weights_only=True)
+    payload["state"]["epoch"] = 2  # as a 2-epoch run's (training one would take seconds)
+    torch.save(payload, last)
+    recorded = (tmp_path / "run" / "config.json").read_bytes()
+    for changes, message in (({"epochs": 1}, "--epochs 1: .*last.pt has 2 epoch\\(s\\) trained already; give --epochs 2"),
+                             ({"epochs": 3, "max_steps": 1}, "--max-steps 1: .*last.pt has 2 step\\(s\\) taken already; "
+                                                             "give --max-steps 2")):
+        with pytest.raises(InvalidArgumentError, match=f"--resume {message} or more"):
+            train(config(store, tmp_path / "run", resume=True, **changes))
+        assert (tmp_path / "run" / "config.json").read_bytes() == recorded
+
+
+def test_resume_of_a_run_stopped_at_its_max_steps_takes_no_step_more(store: Path, tmp_path: Path) -> None:
+    """The same command again with --resume went on past --max-steps: step 3 of --max-steps 2,
+    in an epoch more."""
+    first = train(config(store, tmp_path / "run", epochs=2, max_steps=2))  # 3 steps an epoch: stops in epoch 1
+    again = train(config(store, tmp_path / "run", epochs=2, max_steps=2, resume=True))
+    assert (first.steps, first.epochs) == (again.steps, again.epochs) == (2, 1)
+    # (a raised --max-steps goes on: test_resume_with_another_cpu_thread_count_says_the_bits_will_differ)
+
+
 def test_resume_with_other_epochs_follows_the_new_schedule_and_says_so(store: Path, tmp_path: Path) -> None:
     from benzarr.tb import read_scalars
 
