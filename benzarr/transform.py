@@ -405,6 +405,10 @@ class BatchTransform:
             InvalidArgumentError: ``batch`` lacks a band group these bands need, or ``index``.
         """
         self._check_batch(batch, (*self.groups, "index"))
+        return self._image(batch, out, codes)
+
+    def _image(self, batch: Batch, out: torch.Tensor | None = None, codes: np.ndarray | None = None) -> torch.Tensor:
+        """:meth:`image` of a batch already checked (:meth:`__call__` checks it once a batch)."""
         size = int(torch.as_tensor(batch["index"]).shape[0])
         if self.compiled and self.device.type == "cuda":
             made = self._compiled_image(batch, codes)
@@ -576,7 +580,7 @@ class BatchTransform:
         index = torch.as_tensor(batch["index"])
         codes = None if self.augment == "none" else transform_codes(index, self.seed, self.epoch, self.augment)
         with unfilled_allocations():  # every tensor made here is written whole
-            result = {"image": self.image(batch, None if out is None else out["image"], codes),
+            result = {"image": self._image(batch, None if out is None else out["image"], codes),
                       **self.companions(batch, codes)}
         if out is None:
             return result

@@ -356,7 +356,7 @@ def test_batches_skip_deterministic_modes_nan_fill_and_equal_the_other_modes(spl
 
     ds = BigEarthNetDataset(split_store, split="s", subset="train", bands="all")
     seen: list[bool] = []
-    original = BatchTransform.image
+    original = BatchTransform._image  # what __call__ makes the image with
 
     def recording(self, *args, **kwargs):
         seen.append(torch.utils.deterministic.fill_uninitialized_memory)
@@ -366,7 +366,7 @@ def test_batches_skip_deterministic_modes_nan_fill_and_equal_the_other_modes(spl
     try:
         torch.use_deterministic_algorithms(True, warn_only=True)
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(BatchTransform, "image", recording)
+            patch.setattr(BatchTransform, "_image", recording)
             det = _epoch(make_loader(ds, 16, True, 0, seed=3, device="cpu"))
         assert seen and not any(seen)
         assert torch.utils.deterministic.fill_uninitialized_memory is True
