@@ -161,8 +161,6 @@ def wrong_type(name: str, value: object) -> str | None:
     """None when ``value``, as JSON or TOML gives it, is of the type ``TrainConfig.<name>``
     declares (a float takes an int; ``bands`` a list of band names), else the type it should be
     (``"int or null"``), for a message. ``name`` must be a field of ``TrainConfig``."""
-    from dataclasses import fields
-
     declared = next(f.type for f in fields(TrainConfig) if f.name == name)
     kinds = tuple(k for part in str(declared).split("|") for k in _KINDS[part.strip()])  # "int | None", ...
     ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)  # true is no count
