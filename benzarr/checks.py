@@ -41,6 +41,17 @@ def boolean(what: str, value: Any) -> bool:
     return bool(value)
 
 
+def check_resample(resample: Any) -> str:
+    """``resample`` if it is one of :data:`benzarr.train_config.RESAMPLE_MODES`, else
+    InvalidArgumentError naming it and the modes (the dataset, the batch transform, the
+    Lightning DataModule and a run's config.json are checked the same way)."""
+    from benzarr.train_config import RESAMPLE_MODES  # stdlib-only: this module stays torch-free
+
+    if resample not in RESAMPLE_MODES:
+        raise InvalidArgumentError(f"unknown resampling {resample!r}: choose one of {', '.join(RESAMPLE_MODES)}")
+    return resample
+
+
 def check_seed(seed: Any, what: str = "seed") -> int:
     """``seed`` as an int in 0 .. 2**32 - 1 (what ``RandomState`` accepts); ``what`` names it
     in the message (``"--seed"`` for the CLI's options)."""

@@ -27,12 +27,12 @@ from benzarr.bands import BAND_PRESETS, MODALITIES, parse_modalities, resolve_ba
 from benzarr.bands import band_groups_for
 from benzarr.bands import band_location as channel_location
 from benzarr.augment import check_augment
-from benzarr.checks import boolean, check_seed, whole as _whole
+from benzarr.checks import boolean, check_resample, check_seed, whole as _whole
 from benzarr.errors import BenzarrError, InvalidArgumentError, LoaderWorkerError, StoreChangedError
 from benzarr.shards import RowReader
 from benzarr.procs import thread_blosc_lock
 from benzarr.graphs import GraphedTransform
-from benzarr.transform import (CHANNEL_GROUPS, RESAMPLE_MODES, Batch, BatchTransform, check_normalization,
+from benzarr.transform import (CHANNEL_GROUPS, Batch, BatchTransform, check_normalization,
                                unfilled_allocations)
 from benzarr.store import (
     NOMENCLATURES,
@@ -239,8 +239,7 @@ class BigEarthNetDataset(Dataset):
         self.transform = transform
         self.normalize = normalize
         self.verify_checksums = verify_checksums
-        if resample not in RESAMPLE_MODES:
-            raise InvalidArgumentError(f"unknown resampling {resample!r}: choose one of {', '.join(RESAMPLE_MODES)}")
+        check_resample(resample)
         self.resample, self.align_corners, self.augment = resample, bool(align_corners), check_augment(augment)
         opened = open_store(self.path, storage_options=storage_options)
         absent = [m for m in self.modalities if m not in opened.modalities]

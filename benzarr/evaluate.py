@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from benzarr.checks import boolean, is_whole
+from benzarr.checks import boolean, check_resample, is_whole
 from benzarr.errors import InvalidArgumentError, SplitNotFoundError, StoreNotFoundError, UnsafeOverwriteError, some_of
 from benzarr.fsutil import check_not_a_file, check_outside_datasets, check_replaceable_file, is_benzarr_store, os_error
 from benzarr.lock import write_lock
@@ -433,20 +433,13 @@ def check_run_names(config: dict[str, Any], run_dir: str | Path) -> None:
     from benzarr.bands import IMAGE_MODALITIES, parse_modalities, resolve_bands
     from benzarr.losses import create_loss
     from benzarr.models import get_spec
-    from benzarr.train_config import RESAMPLE_MODES
-
     settings = config["settings"]
-
-    def resample() -> None:
-        if settings.get("resample", "bilinear") not in RESAMPLE_MODES:
-            raise InvalidArgumentError(f"unknown resampling {settings['resample']!r}: "
-                                       f"choose one of {', '.join(RESAMPLE_MODES)}")
 
     modalities = settings.get("modalities", "s2")
     for key, check in (("settings.model", lambda: get_spec(settings["model"])),
                        ("settings.modalities", lambda: parse_modalities(modalities, IMAGE_MODALITIES)),
                        ("settings.bands", lambda: resolve_bands(settings["bands"], modalities)),
-                       ("settings.resample", resample),
+                       ("settings.resample", lambda: check_resample(settings.get("resample", "bilinear"))),
                        ("loss", lambda: create_loss(config.get("loss") or settings.get("loss", "bce")))):
         try:
             check()

@@ -67,7 +67,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from benzarr.bands import parse_modalities
-from benzarr.checks import boolean, check_seed, whole
+from benzarr.checks import boolean, check_resample, check_seed, whole
 from benzarr.data import (BatchTransform, BigEarthNetDataset, NativeBatches, collate_batch, compiles_on, make_loader,
                           resolve_bands, worker_start)
 from benzarr.store import NOMENCLATURES
@@ -212,11 +212,8 @@ class BigEarthNetDataModule(L.LightningDataModule):
                     f"(only the default {_DEFAULTS[name]!r} works)"
                 )
         from benzarr.augment import check_augment
-        from benzarr.transform import RESAMPLE_MODES
-
         check_augment(augment)  # here, not at setup(): the docstring promises it at construction
-        if resample not in RESAMPLE_MODES:
-            raise InvalidArgumentError(f"unknown resampling {resample!r}: choose one of {', '.join(RESAMPLE_MODES)}")
+        check_resample(resample)
         modalities = parse_modalities(modalities)  # the dataset's own reading: validated, in stored order
         image_modalities = [m for m in modalities if m != "reference-map"] or ["s2"]
         self.store = str(store)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from benzarr.augment import augment_numpy, augment_tensor, check_augment, source_index, transform_codes
 from benzarr.bands import CHANNEL_GROUPS as BAND_CHANNEL_GROUPS
 from benzarr.bands import PATCH_SIDE, band_groups_for, resolve_bands
-from benzarr.checks import boolean, check_seed, whole
+from benzarr.checks import boolean, check_resample, check_seed, whole
 from benzarr.errors import InvalidArgumentError
 from benzarr.fsutil import interrupts_deferred
 from benzarr.store import CHANNEL_ARRAYS
@@ -81,10 +81,6 @@ def _to_float(x: torch.Tensor, codes: np.ndarray | None = None) -> torch.Tensor:
             return torch.from_numpy(augment_numpy(x.numpy(), codes, np.float32))
         x = augment_tensor(x, codes)
     return _u16_to_float(x) if x.dtype == torch.uint16 else x.to(torch.float32)
-
-
-#: Resampling modes of the 20 m and 60 m bands to 120x120.
-RESAMPLE_MODES = ("bilinear", "nearest", "bicubic")
 
 
 def _upsample(x: torch.Tensor, mode: str = "bilinear", align_corners: bool = False,
@@ -319,8 +315,7 @@ class BatchTransform:
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  resample: str = "bilinear", align_corners: bool = False, augment: str = "none",
                  seed: int = 0) -> None:
-        if resample not in RESAMPLE_MODES:
-            raise InvalidArgumentError(f"unknown resampling {resample!r}: choose one of {', '.join(RESAMPLE_MODES)}")
+        check_resample(resample)
         if isinstance(bands, str):  # list("rgb") was the bands 'r', 'g', 'b': "unknown band 'r'"
             raise InvalidArgumentError(f"bands must be a list of band names in output order, such as a dataset's "
                                        f"ds.bands or benzarr.bands.resolve_bands({bands!r}), got the str {bands!r}")
