@@ -11,7 +11,7 @@ from benzarr.errors import InvalidArgumentError
 from benzarr.leakage import DEFAULT_KM
 from benzarr.show import pick_rows, plot_patches, plot_split_map
 from benzarr.store import open_store
-from benzarr_cli._common import console
+from benzarr_cli._common import console, count
 
 
 def command(
@@ -47,8 +47,7 @@ def command(
                          seed=seed)
         shown = plot_patches(opened, rows, out, composites=[bands] if bands else None, labels=labels, run=run)
         if not quiet:
-            panels = f"{len(shown.panels)} panel{'' if len(shown.panels) == 1 else 's'}"
-            console.print(f"wrote {shown.path}: {len(shown.rows)} patch(es) x {panels} "
+            console.print(f"wrote {shown.path}: {len(shown.rows)} patch(es) x {count(len(shown.panels), 'panel')} "
                           f"({', '.join(shown.panels)}), {shown.size[0]} x {shown.size[1]} px", markup=False)
     if map_ is not None:
         if split is None:
