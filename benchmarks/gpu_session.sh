@@ -120,6 +120,28 @@ elif [ "${PHASE:-full}" = remaining ]; then
              --models resnet18,resnet50 --modes deterministic,fast --workers "" --fed-workers 8,12
              --variants no-graph,thread --no-transformed --trainer-model inception-v3 --trainer-workers 8
              --trainer-modes deterministic,fast --trainer-epochs 3)
+elif [ "${PHASE:-full}" = next ]; then
+  # session 22's last run (about 230 s; BUDGET_S=90, timeout_s 280, carry .whl and .baseline):
+  # next()'s host time, cProfiled, by the code in .baseline/benzarr (the commit before a
+  # change; git archive HEAD benzarr | tar -x -C .baseline) and by this tree, on one store
+  # (gpu_next_profile.py); then the ring check; then resnet18 fed at 12 workers, both modes,
+  # graphs and eager (variant no-graph), on the same 4,000-patch store
+  if [ -d .baseline/benzarr ]; then
+    say "gpu_next_profile.py, baseline (.baseline/benzarr)"
+    rm -rf /tmp/src-base && mkdir -p /tmp/src-base && cp -r .baseline/benzarr /tmp/src-base/benzarr
+    PYTHONPATH=${site}/tmp/src-base timeout 120 "$PY" benchmarks/gpu_next_profile.py --patches 4000 \
+      --build-workers "$(nproc)" --workers 12 --steps 150 --top 40 --out "$OUT/gpu_next_profile_baseline.json" \
+      >"$OUT/gpu_next_profile_baseline.log" 2>&1
+    say "gpu_next_profile.py (baseline) exit $?"
+  fi
+  say "gpu_next_profile.py"
+  timeout 120 "$PY" benchmarks/gpu_next_profile.py --patches 4000 --build-workers "$(nproc)" --workers 12 \
+    --steps 150 --top 40 --out "$OUT/gpu_next_profile.json" >"$OUT/gpu_next_profile.log" 2>&1
+  say "gpu_next_profile.py exit $?"
+  ring_args=()
+  feed_args=(--patches 4000 --build-workers "$(nproc)" --seconds 2.4 --rounds 3 --warmup 5 --budget-s "$BUDGET_S"
+             --models resnet18 --modes deterministic,fast --workers "" --fed-workers 12 --variants no-graph
+             --no-transformed --trainer-model none)
 elif [ "${PHASE:-full}" = compile ]; then
   # session 20's second run (about 150 s): shortcnn-all, the one model whose gap to its
   # ceiling is the batch transform's device time, fed at 8 workers by the default loader and
