@@ -35,6 +35,7 @@ from torch.utils.data import BatchSampler, DistributedSampler  # noqa: E402
 
 from benzarr.data import BigEarthNetDataset, make_loader  # noqa: E402
 from benzarr.ring import RingLoader  # noqa: E402
+from benzarr.streams import device_index, on_stream  # noqa: E402
 
 
 def stores(workdir: Path) -> tuple[Path, Path]:
@@ -256,6 +257,24 @@ def main(argv: list[str] | None = None) -> int:
         row.update(equal=False, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=5))
     rows.append(row)
     print(f"{row['case']}: {'equal' if row['equal'] else 'DIFFERENT ' + str(row.get('error') or row.get('why'))}")
+    # benzarr.streams.on_stream, the loader's cheap torch.cuda.stream (session 22): work inside on
+    # the stream, the stream current before current again after, also after an exception
+    if device.type == "cuda":
+        row = {"case": "on_stream: the stream inside, the previous one after", "device": str(device)}
+        try:
+            side, index = torch.cuda.Stream(device=device), device_index(device)
+            before = torch.cuda.current_stream(index)
+            with on_stream(side):
+                inside = torch.cuda.current_stream(index)
+            after = torch.cuda.current_stream(index)
+            with contextlib.suppress(KeyError), on_stream(side):
+                raise KeyError("inside")
+            row.update(equal=inside == side and after == before and torch.cuda.current_stream(index) == before
+                       and torch.cuda.current_device() == index)
+        except Exception as exc:
+            row.update(equal=False, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=5))
+        rows.append(row)
+        print(f"{row['case']}: {'equal' if row['equal'] else 'DIFFERENT ' + str(row.get('error'))}")
     # deterministic algorithms on (benzarr train's default): torch fills new tensors with NaN,
     # which the loader skips for its own buffers (transform.unfilled_allocations) since it
     # writes them whole; a region it did not write would show here as a difference

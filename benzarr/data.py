@@ -30,6 +30,7 @@ from benzarr.augment import check_augment
 from benzarr.checks import boolean, check_resample, check_seed, whole as _whole
 from benzarr.errors import BenzarrError, InvalidArgumentError, LoaderWorkerError, StoreChangedError
 from benzarr.shards import RowReader
+from benzarr.streams import on_stream
 from benzarr.procs import thread_blosc_lock
 from benzarr.graphs import GraphedTransform
 from benzarr.transform import (CHANNEL_GROUPS, Batch, BatchTransform, check_normalization,
@@ -585,11 +586,11 @@ def cuda_graphs_default() -> bool:
     return _GRAPH_SWITCH[value]
 
 
-def _hand_over(batch: Batch, done: Any, device: torch.device) -> Batch:
-    """A batch made on a side stream, for use on the current stream: the current stream waits
-    for ``done`` (a CUDA event), and the allocator keeps each tensor until the current
-    stream's work on it is finished."""
-    consumer = torch.cuda.current_stream(device)
+def _hand_over(batch: Batch, done: Any, index: int) -> Batch:
+    """A batch made on a side stream, for use on the current stream of CUDA device ``index``
+    (an int: :mod:`benzarr.streams`): the current stream waits for ``done`` (a CUDA event),
+    and the allocator keeps each tensor until the current stream's work on it is finished."""
+    consumer = torch.cuda.current_stream(index)
     consumer.wait_event(done)
     for value in batch.values():
         if isinstance(value, torch.Tensor) and value.is_cuda:
@@ -758,9 +759,10 @@ class DeviceLoader:
         if cuda and self._side_stream is None:
             self._side_stream = torch.cuda.Stream(device=device)
         side = self._side_stream
+        index = side.device_index if cuda else -1  # an int: torch's cheap path (benzarr.streams)
 
         def on_side() -> Any:
-            return torch.cuda.stream(side) if cuda else contextlib.nullcontext()
+            return on_stream(side) if cuda else contextlib.nullcontext()
 
         graphed: GraphedTransform | None = None
         if self.graphs and (cuda or self._graph_capture is not None):  # (the suite captures eagerly on the CPU)
@@ -773,7 +775,7 @@ class DeviceLoader:
         ahead: tuple[Batch, Any] | None = None
         while True:
             if graphed is not None:  # the consumer asks for a batch: images it let go of are free
-                graphed.consumer_point(torch.cuda.current_stream(device) if cuda else None)
+                graphed.consumer_point(torch.cuda.current_stream(index) if cuda else None)
             with on_side():
                 batch = next(batches, None)
                 if batch is None:
@@ -784,10 +786,10 @@ class DeviceLoader:
                     done = torch.cuda.Event()
                     done.record(side)
             if ahead is not None:
-                yield _hand_over(*ahead, device) if cuda else ahead[0]
+                yield _hand_over(*ahead, index) if cuda else ahead[0]
             ahead = (out, done)
         if ahead is not None:
-            yield _hand_over(*ahead, device) if cuda else ahead[0]
+            yield _hand_over(*ahead, index) if cuda else ahead[0]
 
     def _transformed_into_recycled(self, transform: BatchTransform) -> Iterator[Batch]:
         """Each batch transformed in this process on the CPU, into a buffer reused once the

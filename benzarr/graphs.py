@@ -49,6 +49,7 @@ from typing import Any
 
 import torch
 
+from benzarr.streams import device_index
 from benzarr.transform import Batch, BatchTransform
 
 #: Static images (and graphs) per loader: batch k+1 is made while the consumer holds batch k
@@ -141,6 +142,7 @@ class GraphedTransform:
         self.copies = int(copies)
         self._capture = capture or capture_cuda
         self._cuda = transform.device.type == "cuda"
+        self._index = device_index(transform.device) if self._cuda else -1  # an int: benzarr.streams
         self.disabled: str | None = None if graphs_supported() else "this torch lacks CUDA graph support"
         self.captured = 0
         self.replayed = 0
@@ -189,7 +191,7 @@ class GraphedTransform:
         else:
             static = self._statics[copy]
             if static.freed is not None:
-                torch.cuda.current_stream(transform.device).wait_event(static.freed)
+                torch.cuda.current_stream(self._index).wait_event(static.freed)
             static.replay()
             self.replayed += 1
             image = static.image

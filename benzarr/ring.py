@@ -52,6 +52,7 @@ import torch
 
 from benzarr.errors import BenzarrError, LoaderWorkerError
 from benzarr.procs import children_start_deaf, default_sigterm, ignore_interrupts
+from benzarr.streams import on_stream
 from benzarr.transform import unfilled_allocations
 
 Spec = dict[str, tuple[tuple[int, ...], np.dtype]]
@@ -602,7 +603,7 @@ class RingLoader:
     def _stage(self, slot: int, n: int) -> tuple[Batch, Any]:
         """Start the copy of a ready slot to the GPU on the copy stream."""
         whole = self._host[slot * self.layout.slot_bytes:(slot + 1) * self.layout.slot_bytes]
-        with torch.cuda.stream(self._copy_stream):
+        with on_stream(self._copy_stream):
             batch = self.layout.to_device(whole, n, self.device, self.one_copy)
             event = torch.cuda.Event()
             event.record(self._copy_stream)
@@ -638,7 +639,7 @@ class RingLoader:
                 next_stage += 1
                 self._receive(block=False)
             batch, event = staged.popleft()
-            stream = torch.cuda.current_stream(self.device)
+            stream = torch.cuda.current_stream(self._copy_stream.device_index)  # an int: benzarr.streams
             stream.wait_event(event)
             for tensor in batch.values():
                 if tensor.device.type == "cuda":
