@@ -223,3 +223,12 @@ if [ -n "$bench_store" ] && [ "${BENCH:-1}" = 1 ]; then
 fi
 tail -n 60 "$OUT/gpu_feed.log"
 ls -la "$OUT" | tee -a "$OUT/session.log"
+# the device tool brings back at most 8 files (session 22 lost the nvidia-smi and vmstat logs to
+# that): the result JSONs as they are, every log and trace in one archive (a driver.log the caller
+# may still be writing stays out)
+stop_loggers
+(cd "$OUT" && logs=() && for f in *; do
+   case "$f" in logs.tar.gz|driver.log) ;; *_trace.json|*.log|*.txt|*.csv) logs+=("$f") ;; esac
+ done
+ [ ${#logs[@]} -eq 0 ] || { tar -czf logs.tar.gz "${logs[@]}" && rm -f "${logs[@]}"; })
+ls "$OUT"
