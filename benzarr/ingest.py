@@ -100,7 +100,8 @@ class IngestResult:
         shards_total: shards in the store.
         shards_written: shards written by this run (fewer than total when resuming).
         patches_written: patches in those shards (what this run's speed is measured in).
-        resumed: True when an incomplete store was continued.
+        resumed: True when an incomplete store was continued (with ``part``: when that part had
+            begun, some of its shards written by an earlier run).
         seconds: wall time of this run.
         complete: the store is complete after this run (False after ``plan`` or a part
             that left other parts' shards undone).
@@ -618,7 +619,9 @@ def _ingest_locked(found: Archive, names: list[str], missing: list[str], n_exclu
         return _already_done(done_before, started, missing, n_excluded, found)
     if part is not None:
         store = _open_part(store_path, params, part, storage_options)
-        resumed = True
+        # continued only if this part had begun: a part is never "resumed" for being one
+        begun = np.asarray(store.array(DONE_ARRAY)[:], dtype=bool)[part_shards(*part, store.n_shards)]
+        resumed = bool(begun.any())
     else:
         store, resumed = _prepare_store(store_path, names, params, shard_size, compression, overwrite,
                                         chosen, label_sets, get_source(found.source), storage_options)

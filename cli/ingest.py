@@ -9,7 +9,7 @@ import typer
 
 from benzarr.errors import IngestFailedPatchesError, some_of
 from benzarr.dask_ingest import dask_runner
-from benzarr.ingest import ingest, parse_part
+from benzarr.ingest import ingest, parse_part, part_shards
 from benzarr.store import DEFAULT_COMPRESSION, DEFAULT_SHARD_SIZE
 from benzarr_cli._common import (console, count, err_console, on_interrupt, progress_bar, storage_options_for,
                                  warn_line)
@@ -77,11 +77,18 @@ def command(
             rate = result.patches_written / result.seconds if result.shards_written else 0.0  # this run's own
             verb = "resumed" if result.resumed else "wrote"
             scope = f"part {part}: " if part else ""
-            console.print(
-                f"{scope}{verb} {result.store}: {count(result.n_patches, 'patch', 'patches')} of {what} in {count(result.shards_total, 'shard')} "
-                f"({result.shards_written} written this run) in {result.seconds:.1f} s ({rate:,.0f} patches/s); "
-                f"{len(result.failed)} bad, {result.excluded} excluded",
-            )
+            if part and not part_shards(*parse_part(part), result.shards_total):
+                # more parts than shards: this part has nothing to write (and did not "resume")
+                console.print(f"{scope}no shard of {result.store} falls to this part "
+                              f"({count(result.shards_total, 'shard')} over {parse_part(part)[1]} parts); nothing to do")
+            elif part and not result.shards_written:
+                console.print(f"{scope}already written to {result.store}; nothing to do")
+            else:
+                console.print(
+                    f"{scope}{verb} {result.store}: {count(result.n_patches, 'patch', 'patches')} of {what} in "
+                    f"{count(result.shards_total, 'shard')} ({result.shards_written} written this run) in "
+                    f"{result.seconds:.1f} s ({rate:,.0f} patches/s); {len(result.failed)} bad, {result.excluded} excluded",
+                )
             if not result.complete:
                 missing = f" (parts still missing: {', '.join(map(str, result.missing_parts))})" if result.missing_parts else ""
                 console.print(f"store not complete yet{missing}")

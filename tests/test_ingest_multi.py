@@ -126,6 +126,27 @@ def test_part_needs_a_matching_plan(synth_archive_64: Path, tmp_path: Path) -> N
     assert (first.shards_written, first.patches_written, first.complete) == (2, 32, False)
     again = ingest(synth_archive_64, store, part=(1, 2), shard_size=16)
     assert (again.shards_written, again.patches_written) == (0, 0)
+    assert (first.resumed, again.resumed) == (False, True)  # a part resumes only once it has begun
+
+
+def test_parts_beyond_the_shards_and_a_part_run_twice_say_nothing_to_do(synth_archive_64: Path,
+                                                                         tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from benzarr_cli.main import app
+
+    store = tmp_path / "parts.zarr"
+    ingest(synth_archive_64, store, plan=True, parts=6, shard_size=16)  # 4 shards over 6 parts
+
+    def part(text: str) -> str:
+        result = CliRunner().invoke(app, ["ingest", str(synth_archive_64), str(store), "--part", text,
+                                          "--shard-size", "16", "--workers", "1"])
+        assert result.exit_code == 0, result.output
+        return result.output
+    # part 1 of 6 holds no shard: it was reported as "resumed ... (0 written this run)"
+    assert f"part 1/6: no shard of {store} falls to this part (4 shards over 6 parts); nothing to do" in part("1/6")
+    assert "part 2/6: wrote" in part("2/6")
+    assert f"part 2/6: already written to {store}; nothing to do" in part("2/6")
 
 
 def test_ingest_into_s3_equals_local(s3_server: dict, real_s2_archive: Path, tmp_path: Path) -> None:
