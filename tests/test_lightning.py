@@ -272,3 +272,17 @@ def test_setup_opens_again_the_datasets_of_a_replaced_store(tmp_path: Path, synt
     next(iter(dm.train_dataloader()))
     fresh = BigEarthNetDataset(store, split="s", subset="val")
     assert np.array_equal(dm.datasets["val"]._labels, fresh._labels)
+
+
+def test_set_normalization_after_the_first_batch_reaches_the_next_batches(split_store: Path) -> None:
+    # the module kept its first BatchTransform per (subset, device): new statistics set on the
+    # dataset (a notebook's ds.set_normalization) never reached the batches
+    dm = BigEarthNetDataModule(split_store, "s", bands="rgb", batch_size=8, normalize=True)
+    dm.setup("fit")
+    raw = next(iter(dm.train_dataloader()))
+    before = dm.on_after_batch_transfer(dict(raw), 0)["image"]
+    ds = dm.datasets["train"]
+    ds.set_normalization([100.0, 200.0, 300.0], [10.0, 20.0, 30.0], source="a notebook")
+    after = dm.on_after_batch_transfer(dict(raw), 0)["image"]
+    assert not torch.equal(before, after)
+    assert torch.equal(after, ds.batch_transform("cpu")(dict(raw))["image"])
