@@ -12,12 +12,36 @@ import torch
 
 from tests.conftest import copy_tree
 
-L = pytest.importorskip("lightning")
+from benzarr.data import BigEarthNetDataset, make_loader
+from benzarr.errors import InvalidArgumentError
+from benzarr.store import open_store
 
-from benzarr.data import BigEarthNetDataset, make_loader  # noqa: E402
-from benzarr.errors import InvalidArgumentError  # noqa: E402
-from benzarr.lightning import BigEarthNetDataModule, _dataset_accepts  # noqa: E402
-from benzarr.store import open_store  # noqa: E402
+
+@pytest.fixture(scope="module", autouse=True)
+def _lightning() -> None:
+    """Lightning and benzarr.lightning (about 3 s of imports), imported by this module's first
+    test rather than at collection: every pytest-xdist worker collects every module, and only
+    the worker that runs these tests needs them. Sets the module-level names of the global line."""
+    global L, BigEarthNetDataModule, _dataset_accepts, Recorder, AUGMENT
+    L = pytest.importorskip("lightning")
+    from benzarr.lightning import BigEarthNetDataModule, _dataset_accepts
+
+    class Recorder(L.Callback):
+        """Keeps what the task's training_step received."""
+
+        def __init__(self) -> None:
+            self.batches: list[dict[str, torch.Tensor]] = []
+            self.val_batches: list[dict[str, torch.Tensor]] = []
+
+        def on_train_batch_start(self, trainer: object, module: object, batch: dict, batch_idx: int) -> None:
+            self.batches.append({k: v.detach().clone() for k, v in batch.items()})
+
+        def on_validation_batch_start(self, trainer: object, module: object, batch: dict, batch_idx: int,
+                                      dataloader_idx: int = 0) -> None:
+            self.val_batches.append({k: v.detach().clone() for k, v in batch.items()})
+
+    #: augmentation where this benzarr's dataset has it (the module passes it through only then)
+    AUGMENT = "flip-rot90" if _dataset_accepts("augment") else "none"
 
 
 @pytest.fixture(scope="module")
@@ -37,25 +61,6 @@ def _trainer(**kwargs: object) -> "L.Trainer":
                    limit_val_batches=0)
     options.update(kwargs)
     return L.Trainer(**options)
-
-
-class Recorder(L.Callback):
-    """Keeps what the task's training_step received."""
-
-    def __init__(self) -> None:
-        self.batches: list[dict[str, torch.Tensor]] = []
-        self.val_batches: list[dict[str, torch.Tensor]] = []
-
-    def on_train_batch_start(self, trainer: object, module: object, batch: dict, batch_idx: int) -> None:
-        self.batches.append({k: v.detach().clone() for k, v in batch.items()})
-
-    def on_validation_batch_start(self, trainer: object, module: object, batch: dict, batch_idx: int,
-                                  dataloader_idx: int = 0) -> None:
-        self.val_batches.append({k: v.detach().clone() for k, v in batch.items()})
-
-
-#: augmentation where this benzarr's dataset has it (the module passes it through only then)
-AUGMENT = "flip-rot90" if _dataset_accepts("augment") else "none"
 
 
 def reference_batches(store: Path, seed: int, epochs: int, **dataset_kwargs: object) -> list[dict]:

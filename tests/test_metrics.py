@@ -11,12 +11,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-from sklearn.metrics import (
-    average_precision_score,
-    fbeta_score,
-    precision_recall_fscore_support,
-)
-
 from benzarr.errors import InvalidArgumentError
 from benzarr.metrics import MultilabelMetrics, compute_metrics, json_friendly
 
@@ -37,6 +31,8 @@ def predictions(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray]:
 def _sklearn_reference(y_true: np.ndarray, y_score: np.ndarray) -> dict[str, float]:
     """The module's convention written with scikit-learn: micro over all classes, macro over
     present classes (``labels=``), zero_division=0."""
+    # imported here, not at collection: about 1 s in every pytest-xdist worker
+    from sklearn.metrics import average_precision_score, fbeta_score, precision_recall_fscore_support
     n_labels = y_true.shape[1]
     y_pred = (y_score > 0.5).astype(int)
     present = [i for i in range(n_labels) if y_true[:, i].any()]
@@ -77,6 +73,7 @@ def test_aggregates_equal_sklearn_with_absent_classes(data: tuple[np.ndarray, np
 @settings(max_examples=100, deadline=None)
 @given(predictions())
 def test_per_class_values_equal_sklearn(data: tuple[np.ndarray, np.ndarray]) -> None:
+    from sklearn.metrics import average_precision_score, fbeta_score, precision_recall_fscore_support
     y_true, y_score = data
     result = compute_metrics(y_true, y_score)
     y_pred = (y_score > 0.5).astype(int)
