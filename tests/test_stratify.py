@@ -9,12 +9,19 @@ from hypothesis import strategies as st
 
 from benzarr.stratify import iterative_stratification, kfold_assignment, shuffled_stratification
 
-iterstrat = pytest.importorskip("iterstrat.ml_stratifiers")
+
+
+def _iterstrat():
+    """The iterative-stratification package's module, imported at first use: it imports
+    scikit-learn (about 0.8 s), which every pytest-xdist worker paid at collection."""
+    import iterstrat.ml_stratifiers
+
+    return iterstrat.ml_stratifiers
 
 
 def package_folds(labels: np.ndarray, n_splits: int, seed: int) -> list[np.ndarray]:
     """Test indices of each fold, as the package yields them."""
-    kfold = iterstrat.MultilabelStratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    kfold = _iterstrat().MultilabelStratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     return [test for _, test in kfold.split(np.zeros(labels.shape[0]), labels)]
 
 
@@ -50,7 +57,7 @@ def test_uneven_shares_equal_package_function(labels: np.ndarray, shares: list[i
     r = np.asarray(shares, dtype=np.float64) / sum(shares)
     ours_rng, their_rng = np.random.RandomState(seed), np.random.RandomState(seed)
     ours = iterative_stratification(labels, r, ours_rng)
-    theirs = iterstrat.IterativeStratification(labels=labels.astype(bool), r=r, random_state=their_rng)
+    theirs = _iterstrat().IterativeStratification(labels=labels.astype(bool), r=r, random_state=their_rng)
     np.testing.assert_array_equal(ours, theirs)
     # the generator is left in the same state, so anything drawn after matches too
     assert ours_rng.randint(0, 2**31) == their_rng.randint(0, 2**31)
@@ -63,7 +70,7 @@ def test_fractions_mode_is_the_package_procedure_with_other_shares() -> None:
     state = np.random.RandomState(11)
     order = np.arange(400)
     state.shuffle(order)
-    expected = iterstrat.IterativeStratification(labels=labels[order].astype(bool), r=r, random_state=state)
+    expected = _iterstrat().IterativeStratification(labels=labels[order].astype(bool), r=r, random_state=state)
     np.testing.assert_array_equal(shuffled_stratification(labels, r, 11), expected[np.argsort(order)])
 
 
