@@ -24,6 +24,7 @@ import json
 import pstats
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step-ms", type=float, default=15.0, help="host sleep after each next() (ms)")
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--cpu", action="store_true", help="CPU check of this script")
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/gpu-feed"))
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "benzarr-gpu-feed",
+                        help="where the store is built (gpu_feed.py's default: the same store)")
     parser.add_argument("--out", type=Path, default=Path("gpu_next_profile.json"))
     args = parser.parse_args(argv)
 
@@ -83,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     store = build_store(args.workdir, args.patches, args.build_workers, lambda s: print(s, flush=True))
     payload: dict[str, Any] = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
                                "torch": torch.__version__, "python": sys.version.split()[0],
-                               "parameters": vars(args) | {"workdir": str(args.workdir), "out": str(args.out)},
+                               "parameters": {k: v for k, v in vars(args).items() if k not in ("workdir", "out")},
                                "runs": []}
     for graphs in (True, False):
         loader = make_loader(dataset(store), args.batch_size, shuffle=True, num_workers=args.workers, seed=0,

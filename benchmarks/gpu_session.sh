@@ -130,13 +130,13 @@ elif [ "${PHASE:-full}" = next ]; then
     say "gpu_next_profile.py, baseline (.baseline/benzarr)"
     rm -rf /tmp/src-base && mkdir -p /tmp/src-base && cp -r .baseline/benzarr /tmp/src-base/benzarr
     PYTHONPATH=${site}/tmp/src-base timeout 120 "$PY" benchmarks/gpu_next_profile.py --patches 4000 \
-      --build-workers "$(nproc)" --workers 12 --steps 150 --top 40 --out "$OUT/gpu_next_profile_baseline.json" \
+      --build-workers "$(nproc)" --workers 12 --steps 150 --top 40 --workdir /tmp/gpu-feed --out "$OUT/gpu_next_profile_baseline.json" \
       >"$OUT/gpu_next_profile_baseline.log" 2>&1
     say "gpu_next_profile.py (baseline) exit $?"
   fi
   say "gpu_next_profile.py"
   timeout 120 "$PY" benchmarks/gpu_next_profile.py --patches 4000 --build-workers "$(nproc)" --workers 12 \
-    --steps 150 --top 40 --out "$OUT/gpu_next_profile.json" >"$OUT/gpu_next_profile.log" 2>&1
+    --steps 150 --top 40 --workdir /tmp/gpu-feed --out "$OUT/gpu_next_profile.json" >"$OUT/gpu_next_profile.log" 2>&1
   say "gpu_next_profile.py exit $?"
   ring_args=()
   feed_args=(--patches 4000 --build-workers "$(nproc)" --seconds 2.4 --rounds 3 --warmup 5 --budget-s "$BUDGET_S"
