@@ -619,9 +619,7 @@ def _ingest_locked(found: Archive, names: list[str], missing: list[str], n_exclu
         return _already_done(done_before, started, missing, n_excluded, found)
     if part is not None:
         store = _open_part(store_path, params, part, storage_options)
-        # continued only if this part had begun: a part is never "resumed" for being one
-        begun = np.asarray(store.array(DONE_ARRAY)[:], dtype=bool)[part_shards(*part, store.n_shards)]
-        resumed = bool(begun.any())
+        resumed = False  # set below, from the part's own shards (plan and part never go together)
     else:
         store, resumed = _prepare_store(store_path, names, params, shard_size, compression, overwrite,
                                         chosen, label_sets, get_source(found.source), storage_options)
@@ -640,6 +638,8 @@ def _ingest_locked(found: Archive, names: list[str], missing: list[str], n_exclu
     refs = [found.refs[name] for name in names]
     done = np.asarray(store.array(DONE_ARRAY)[:], dtype=bool)
     shards = part_shards(*part, store.n_shards) if part else range(store.n_shards)
+    if part:  # continued only if this part had begun: a part is never "resumed" for being one
+        resumed = bool(done[shards].any())
     shard_refs_of = {s: refs[s * shard_size:(s + 1) * shard_size] for s in shards}
     if on_start:
         on_start(sum(map(len, shard_refs_of.values())))

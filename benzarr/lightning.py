@@ -247,7 +247,7 @@ class BigEarthNetDataModule(L.LightningDataModule):
         self.save_hyperparameters(ignore=["storage_options", "transform", "label_dtype"])
         self.datasets: dict[str, BigEarthNetDataset] = {}
         self._transforms: dict[tuple[str, str], BatchTransform] = {}
-        self._transform_normalization: dict[tuple[str, str], tuple[Any, Any]] = {}  # what each was made with
+        self._made_with: dict[tuple[str, str], tuple[list[float], list[float]]] = {}  # each one's (mean, std)
         self._rings: dict[str, _RingIterable] = {}  # subset -> its live ring (one each)
         self._samplers: dict[str, DistributedSampler] = {}  # subset -> the DataLoader engine's sampler
 
@@ -363,9 +363,9 @@ class BigEarthNetDataModule(L.LightningDataModule):
         key = (subset, str(device))
         ds = self._dataset(subset)
         normalization = (list(getattr(ds, "mean", None) or []), list(getattr(ds, "std", None) or []))
-        if key not in self._transforms or self._transform_normalization.get(key) != normalization:
+        if key not in self._transforms or self._made_with.get(key) != normalization:
             # made again after ds.set_normalization: a cached one kept serving the old statistics
-            self._transform_normalization[key] = normalization
+            self._made_with[key] = normalization
             if "seed" in inspect.signature(ds.batch_transform).parameters:
                 self._transforms[key] = ds.batch_transform(device, seed=self.seed)  # augmentation seed
             else:
