@@ -121,23 +121,29 @@ elif [ "${PHASE:-full}" = remaining ]; then
              --variants no-graph,thread --no-transformed --trainer-model inception-v3 --trainer-workers 8
              --trainer-modes deterministic,fast --trainer-epochs 3)
 elif [ "${PHASE:-full}" = next ]; then
-  # session 22's last run (about 230 s; BUDGET_S=90, timeout_s 280, carry .whl and .baseline):
-  # next()'s host time, cProfiled, by the code in .baseline/benzarr (the commit before a
-  # change; git archive HEAD benzarr | tar -x -C .baseline) and by this tree, on one store
-  # (gpu_next_profile.py); then the ring check; then resnet18 fed at 12 workers, both modes,
-  # graphs and eager (variant no-graph), on the same 4,000-patch store
-  if [ -d .baseline/benzarr ]; then
-    say "gpu_next_profile.py, baseline (.baseline/benzarr)"
-    rm -rf /tmp/src-base && mkdir -p /tmp/src-base && cp -r .baseline/benzarr /tmp/src-base/benzarr
-    PYTHONPATH=${site}/tmp/src-base timeout 120 "$PY" benchmarks/gpu_next_profile.py --patches 4000 \
-      --build-workers "$(nproc)" --workers 12 --steps 150 --top 40 --workdir /tmp/gpu-feed --out "$OUT/gpu_next_profile_baseline.json" \
-      >"$OUT/gpu_next_profile_baseline.log" 2>&1
-    say "gpu_next_profile.py (baseline) exit $?"
-  fi
-  say "gpu_next_profile.py"
-  timeout 120 "$PY" benchmarks/gpu_next_profile.py --patches 4000 --build-workers "$(nproc)" --workers 12 \
-    --steps 150 --top 40 --workdir /tmp/gpu-feed --out "$OUT/gpu_next_profile.json" >"$OUT/gpu_next_profile.log" 2>&1
-  say "gpu_next_profile.py exit $?"
+  # next()'s host time by the code in .baseline/benzarr (the commit before a change: git archive
+  # BASE benzarr | tar -x -C .baseline) and by this tree, alternating (baseline, tree, baseline,
+  # tree: session 22 ran them once each, one after the other, and the node drifted 10-15% between
+  # them), each a gpu_next_profile.py run on one 4,000-patch store; then the ring check;
+  # then resnet18 fed at 12 workers, both modes, graphs and eager (variant no-graph). About 260 s
+  # (BUDGET_S=90, timeout_s 300, carry .whl and .baseline); without .baseline, the tree's twice.
+  rm -rf /tmp/src-base && mkdir -p /tmp/src-base
+  [ -d .baseline/benzarr ] && cp -r .baseline/benzarr /tmp/src-base/benzarr
+  for round in 1 2; do
+    for side in baseline tree; do
+      if [ "$side" = baseline ]; then
+        [ -d /tmp/src-base/benzarr ] || continue
+        path=${site}/tmp/src-base
+      else
+        path=$PYTHONPATH
+      fi
+      say "gpu_next_profile.py, $side, round $round"
+      PYTHONPATH=$path timeout 120 "$PY" benchmarks/gpu_next_profile.py --patches 4000 --build-workers "$(nproc)" \
+        --workers 12 --steps 150 --top 40 --workdir /tmp/gpu-feed --out "$OUT/gpu_next_profile_${side}_$round.json" \
+        >"$OUT/gpu_next_profile_${side}_$round.log" 2>&1
+      say "gpu_next_profile.py ($side, round $round) exit $?"
+    done
+  done
   ring_args=()
   feed_args=(--patches 4000 --build-workers "$(nproc)" --seconds 2.4 --rounds 3 --warmup 5 --budget-s "$BUDGET_S"
              --models resnet18 --modes deterministic,fast --workers "" --fed-workers 12 --variants no-graph
