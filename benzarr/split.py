@@ -464,7 +464,10 @@ def codes_from_lists(
 def read_csv_lists(folder: str | Path) -> dict[str, list[str]]:
     """``train.csv``, ``val.csv``, ``test.csv`` of ``folder``: one patch name per line, no header.
 
-    Blank lines are skipped; a line's first comma-separated field is the name.
+    Blank lines are skipped; a line's first field is the name. Fields are separated by commas,
+    or by tabs or semicolons (a TSV, or the CSV of a spreadsheet set to a language whose decimal
+    mark is the comma): patch names hold none of the three, so the first of them on the file's
+    first line ends its first field and is the file's separator.
 
     Raises:
         InvalidArgumentError: the folder or one of the three files is missing.
@@ -484,9 +487,20 @@ def read_csv_lists(folder: str | Path) -> dict[str, list[str]]:
         text = read_utf8(path, "save it as UTF-8")
         # the csv module, so that a quoted name ("S2A_...") is the name; the first field of a row
         # is the patch (the S1-S2 lists carry the S1 name second)
-        rows = csv.reader(text.splitlines())
+        lines = text.splitlines()
+        rows = csv.reader(lines, delimiter=_delimiter(lines))
         lists[subset] = [row[0].strip() for row in rows if row and row[0].strip()]
     return lists
+
+
+def _delimiter(lines: Sequence[str]) -> str:
+    """The field separator of a list's lines: whichever of comma, tab and semicolon comes first on
+    its first non-blank line (comma when none does), so a later column of labels joined by ``;``
+    stays a column. Read with commas alone, every line of a TSV was one unknown "name", and the
+    split was written with that subset empty (exit 0, one warning)."""
+    first = next((line for line in lines if line.strip()), "")
+    found = [(first.index(sep), sep) for sep in (",", "\t", ";") if sep in first]
+    return min(found)[1] if found else ","
 
 
 def _without_headers(lists: dict[str, list[str]], names: np.ndarray) -> dict[str, list[str]]:

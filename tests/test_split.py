@@ -259,6 +259,25 @@ def test_csv_lists_as_spreadsheets_write_them_read_the_same(store, tmp_path: Pat
         read_csv_lists(fancy)
 
 
+def test_csv_lists_separated_by_tabs_or_semicolons_read_the_same(store, tmp_path: Path) -> None:
+    """A TSV (or a spreadsheet's CSV with ';') was read by commas alone: each line one unknown
+    "name", and the split was written with that subset empty, exit 0."""
+    names = store.patch_names()
+    make_split(store, "ref", "random", seed=1)
+    codes, _ = store.read_split("ref")
+    plain = tmp_path / "plain"
+    write_csv_lists(plain, names, codes)
+    for sep, second in (("\t", "S1B_IW_GRDH_1SDV_x"), (";", "Forest,Pastures")):
+        other = tmp_path / f"sep{ord(sep)}"
+        other.mkdir()
+        for subset in ("train", "val", "test"):
+            rows = (plain / f"{subset}.csv").read_text().splitlines()
+            (other / f"{subset}.csv").write_text("".join(f"{row}{sep}{second}\n" for row in rows))
+        np.testing.assert_array_equal(make_split(store, "s", "csv", csv_dir=other, overwrite=True).codes, codes)
+    (plain / "train.csv").write_text("".join(f"{n},Forest;Pastures\n" for n in names[codes == 0]))
+    assert read_csv_lists(plain)["train"] == names[codes == 0].tolist()  # ';' in a later column stays there
+
+
 def test_csv_names_the_store_lacks_are_warned_about_even_when_quiet(store, tmp_path: Path) -> None:
     names = store.patch_names()
     make_split(store, "ref", "random", seed=1)
