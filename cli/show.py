@@ -39,7 +39,18 @@ def command(
     if not selected and map_ is None:
         raise InvalidArgumentError("choose patches (--patch NAME, --index I or --random N) with --out FILE.png, "
                                    "or --split NAME --map FILE.png")
+    if map_ is not None:  # before the grid is drawn: a bad --map once failed after the grid was written
+        from benzarr.show import check_image_path
+
+        if split is None:
+            raise InvalidArgumentError("--map needs --split NAME")
+        check_image_path(map_, "--map")
+        if out is not None and Path(out).resolve() == Path(map_).resolve():
+            raise InvalidArgumentError(f"{out}: given as both --out and --map; the map would replace the patch grid: "
+                                       "give each its own file")
     opened = open_store(store)
+    if map_ is not None and selected:
+        opened.read_split(split)  # an unknown split: one error before the grid is written, not after
     if selected:
         if out is None:
             raise InvalidArgumentError("pass --out FILE.png for the patch grid")
@@ -50,8 +61,6 @@ def command(
             console.print(f"wrote {shown.path}: {len(shown.rows)} patch(es) x {count(len(shown.panels), 'panel')} "
                           f"({', '.join(shown.panels)}), {shown.size[0]} x {shown.size[1]} px", markup=False)
     if map_ is not None:
-        if split is None:
-            raise InvalidArgumentError("--map needs --split NAME")
         mapped = plot_split_map(opened, split, map_, leakage_km=DEFAULT_KM)
         if not quiet:
             console.print(f"wrote {mapped.path}: split {split} on a lon/lat map, {mapped.size[0]} x {mapped.size[1]} px",

@@ -332,3 +332,22 @@ def test_a_patch_given_as_its_folder_or_in_lower_case_names_the_patch_meant(synt
     done = run_cli("show", synth_store_64, "--patch", "S2A_MSIL2A_20990101T000000_0_0", "--out", tmp_path / "a.png")
     assert done.stderr == f"error: {synth_store_64}: no patch S2A_MSIL2A_20990101T000000_0_0\n"
     assert not (tmp_path / "a.png").exists()
+
+
+def test_a_bad_map_is_refused_before_the_grid_is_written(synth_store_64: Path, tmp_path: Path) -> None:
+    """The grid was drawn first and --map checked after: exit 1 and `nothing was written` beside
+    the grid just written."""
+    from tests.conftest import run_cli
+
+    path = copy_tree(synth_store_64, tmp_path / "s.zarr")
+    make_split(open_store(path, mode="r+"), "r", "random")
+    grid, mine = tmp_path / "g.png", tmp_path / "mine.png"
+    mine.write_bytes(b"my own picture")
+    for args, message in ((["--index", "0", "--map", tmp_path / "m.png"], "--map needs --split NAME"),
+                          (["--random", "2", "--split", "r", "--map", tmp_path / "m.txt"], "cannot draw into a .txt"),
+                          (["--random", "2", "--split", "r", "--map", mine], "is not an image that benzarr wrote"),
+                          (["--random", "2", "--split", "r", "--map", grid], "given as both --out and --map")):
+        done = run_cli("show", path, *args, "--out", grid)
+        assert done.returncode == 1 and message in done.stderr, done.stderr
+        assert not grid.exists(), args
+    assert mine.read_bytes() == b"my own picture"
