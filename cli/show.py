@@ -39,6 +39,13 @@ def command(
     if not selected and map_ is None:
         raise InvalidArgumentError("choose patches (--patch NAME, --index I or --random N) with --out FILE.png, "
                                    "or --split NAME --map FILE.png")
+    if not selected:  # --map alone: these drew nothing, and the command said nothing of them
+        unused = [flag for flag, value in (("--out", out), ("--bands", bands), ("--labels", labels), ("--run", run),
+                                           ("--subset", subset)) if value is not None]
+        if unused:
+            raise InvalidArgumentError(f"{', '.join(unused)} {'is' if len(unused) == 1 else 'are'} for the patch grid: "
+                                       "choose patches with --patch NAME, --index I or --random N (--map draws every "
+                                       "patch of --split)")
     if map_ is not None:  # before the grid is drawn: a bad --map once failed after the grid was written
         from benzarr.show import check_image_path
 
@@ -54,8 +61,9 @@ def command(
     if selected:
         if out is None:
             raise InvalidArgumentError("pass --out FILE.png for the patch grid")
-        rows = pick_rows(opened, patches=patch or (), indices=index or (), random=random, split=split, subset=subset,
-                         seed=seed)
+        # with --map and without --random, --split names the split to map, not a pool to draw from
+        rows = pick_rows(opened, patches=patch or (), indices=index or (), random=random,
+                         split=split if random is not None or map_ is None else None, subset=subset, seed=seed)
         shown = plot_patches(opened, rows, out, composites=[bands] if bands else None, labels=labels, run=run)
         if not quiet:
             console.print(f"wrote {shown.path}: {len(shown.rows)} patch(es) x {count(len(shown.panels), 'panel')} "

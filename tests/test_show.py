@@ -351,3 +351,23 @@ def test_a_bad_map_is_refused_before_the_grid_is_written(synth_store_64: Path, t
         assert done.returncode == 1 and message in done.stderr, done.stderr
         assert not grid.exists(), args
     assert mine.read_bytes() == b"my own picture"
+
+
+def test_map_alone_refuses_the_grids_options_and_serves_index_with_a_split(synth_store_64: Path,
+                                                                            tmp_path: Path) -> None:
+    """`--split r --map m.png --out g.png` wrote the map alone, exit 0, and --out, --bands,
+    --subset and the like went unread; `--index 1 --split r --map m.png` was refused as though
+    --split were for --random."""
+    from tests.conftest import run_cli
+
+    path = copy_tree(synth_store_64, tmp_path / "s.zarr")
+    make_split(open_store(path, mode="r+"), "r", "random")
+    grid, mapped = tmp_path / "g.png", tmp_path / "m.png"
+    done = run_cli("show", path, "--split", "r", "--map", mapped, "--out", grid, "--subset", "val")
+    assert done.returncode == 1 and "error: --out, --subset are for the patch grid" in done.stderr, done.stderr
+    assert not mapped.exists() and not grid.exists()
+    done = run_cli("show", path, "--index", "1", "--bands", "rgb", "--out", grid, "--split", "r", "--map", mapped)
+    assert done.returncode == 0, done.stderr
+    assert grid.exists() and mapped.exists()
+    done = run_cli("show", path, "--index", "1", "--out", grid, "--split", "r", "--subset", "val", "--map", mapped)
+    assert done.returncode == 1 and "--split/--subset choose among the patches for --random N" in done.stderr
