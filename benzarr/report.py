@@ -548,8 +548,11 @@ def write_report(paths: Sequence[str | Path], out: str | Path, evaluations: Sequ
         + "".join(f"\nNote: {note}.\n" for note in notes))
     files["summary.md"] = out / "summary.md"
     unfinished = list(dict.fromkeys(str(r.path) for r in runs if r.metrics is None))
+    untested = list({str(r.path): r for r in runs if r.metrics is not None and r.evaluation is None
+                     and not r.metrics.get("test")}.values())
     return Report(out, files, runs_df, summary, summary_md, unfinished,
-                  [*(unfinished_warning(Path(r)) for r in unfinished), *map(no_curves_warning, _without_curves(unique)),
+                  [*(unfinished_warning(Path(r)) for r in unfinished), *map(untested_warning, untested),
+                   *map(no_curves_warning, _without_curves(unique)),
                    *(short_curves_warning(*short) for short in _cut_short(unique)), *notes])
 
 
@@ -585,6 +588,16 @@ def no_curves_warning(run_dir: Path) -> str:
     found = len(list(run_dir.glob("events.out.tfevents.*")))
     where = f"its {found} event file(s) hold no scalar (damaged or cut short?)" if found else "it has no event file"
     return f"{run_dir}: {where}, so curves.png has no curves for it; its test metrics are in the tables"
+
+
+def untested_warning(run: Run) -> str:
+    """What ``report`` says of a finished run without test metrics (``"test": null``: its split
+    has no test subset). The summary leaves such a run out, as it must, but it said so nowhere:
+    "2 run(s)" above a table of one row."""
+    split = run.settings.get("split")
+    return (f"{run.path}: its metrics.json has no test metrics (split {split} has no test subset?), so the "
+            f"summary has no row for it; score it with `benzarr evaluate {run.path} --split OTHER` and report "
+            "with --evaluation")
 
 
 def unfinished_warning(run_dir: Path) -> str:

@@ -270,6 +270,21 @@ def test_a_run_that_did_not_finish_is_named_on_stderr_also_when_quiet(runs: dict
         "row has no test metrics and --resume cannot finish it; delete the folder and train again"]
 
 
+def test_a_finished_run_without_test_metrics_is_named_on_stderr(runs: dict[str, Path], tmp_path: Path) -> None:
+    """A run on a split without a test subset (``"test": null``) was left out of the summary in
+    silence: "2 run(s)" above a table of one row, exit 0, nothing on stderr."""
+    import json
+
+    untested = copy_tree(runs["rand"], tmp_path / "untested")
+    metrics = json.loads((untested / "metrics.json").read_text())
+    (untested / "metrics.json").write_text(json.dumps({**metrics, "test": None}))
+    result = run_cli("report", runs["rand"], untested, "--out", tmp_path / "r", "--quiet")
+    assert result.returncode == 0 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        f"warning: {untested}: its metrics.json has no test metrics (split rand has no test subset?), so the summary "
+        f"has no row for it; score it with `benzarr evaluate {untested} --split OTHER` and report with --evaluation"]
+
+
 def test_a_run_still_training_is_named_as_such_not_sent_to_resume(runs: dict[str, Path], tmp_path: Path) -> None:
     """report during a run said "the run did not finish ... train --resume finishes it", and
     --resume would have met the run's lock."""
