@@ -347,6 +347,9 @@ def check_split_name(name: str) -> str:
             f"invalid split name {name!r}: use letters A-Z a-z, digits, '.', '_' and '-' "
             "(not starting with '.')"
         )
+    if name == "zarr.json":  # splits/zarr.json is the splits group's own metadata: no split can live there
+        raise InvalidArgumentError("invalid split name 'zarr.json': it is the file that makes the store's splits/ "
+                                   "folder a Zarr group; choose another name")
     return name
 
 

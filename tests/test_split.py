@@ -353,6 +353,15 @@ def test_stored_split_keeps_attrs_and_excludes_failed_patches(store) -> None:
     np.testing.assert_array_equal(codes, expected)
 
 
+def test_the_name_zarr_json_is_refused_as_the_splits_groups_own_file(store) -> None:
+    """``--name zarr.json`` was refused as "a folder that is not a split (no zarr.json) is in the
+    way", of the file that makes splits/ a group (and on object storage nothing was in the way)."""
+    make_split(store, "r", "random")
+    with pytest.raises(InvalidArgumentError, match=r"invalid split name 'zarr\.json': it is the file that makes"):
+        make_split(store, "zarr.json", "random", overwrite=True)
+    assert store.split_names() == ["r"]
+
+
 def test_existing_name_needs_overwrite(store) -> None:
     make_split(store, "s", "random", seed=1)
     with pytest.raises(SplitExistsError, match="--overwrite"):
