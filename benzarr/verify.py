@@ -408,8 +408,11 @@ def _shard_problems(
         report.bytes += check.bytes
         for rows, message in check.problems:
             problems.append(Problem(check.array, message, rows, [_name(names, row) for row in rows]))
-        if not check.exists and store.complete and (done is None or done[check.shard]):
-            lost = [row for row in check.rows if valid is not None and valid[row]]
+        # a band array whose zarr.json claims more rows than the store (reported as a wrong
+        # shape) has shards past ``done`` and rows past ``valid``: none of them holds a patch
+        shard_done = done is None or (check.shard < len(done) and done[check.shard])
+        if not check.exists and store.complete and shard_done:
+            lost = [row for row in check.rows if valid is not None and row < len(valid) and valid[row]]
             if lost:
                 missing = shard_file(root / check.array, check.shard, len(by_name[check.array].layout.shape))
                 problems.append(Problem(

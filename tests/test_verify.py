@@ -158,6 +158,19 @@ def test_wrong_shape_in_metadata_is_reported(store: Path) -> None:
     assert any(p.array == "labels/clc19" and "shape (63, 19), expected (64, 19)" in p.message for p in report.problems)
 
 
+def test_a_band_array_with_more_rows_than_the_store_is_one_shape_problem(store: Path) -> None:
+    """A band zarr.json that claims 80 rows in a 64-patch store: its shards past the store's
+    end hold no patch, so they are no missing files; verify once stopped in an IndexError."""
+    meta = store / "s2/10m" / "zarr.json"
+    metadata = json.loads(meta.read_text())
+    metadata["shape"][0] = 80
+    meta.write_text(json.dumps(metadata))
+    result = run_cli("verify", store, "--no-record")
+    assert result.returncode == 4, result.stderr
+    assert "shape (80, 4, 120, 120), expected (64, 4, 120, 120)" in result.stdout
+    assert "unexpected" not in result.stderr and result.stderr.count("error:") == 1
+
+
 def test_missing_shard_file_of_valid_patches_is_reported(store: Path) -> None:
     shard_path(store, "s2/20m", 3).unlink()
     report = verify_store(store, workers=1)
