@@ -40,6 +40,7 @@ import functools
 import importlib
 import mmap
 import multiprocessing
+import os
 import selectors
 import time
 import weakref
@@ -50,7 +51,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benzarr.errors import BenzarrError, LoaderWorkerError
+from benzarr.errors import BenzarrError, InvalidArgumentError, LoaderWorkerError
 from benzarr.procs import children_start_deaf, default_sigterm, ignore_interrupts
 from benzarr.streams import on_stream
 from benzarr.transform import unfilled_allocations
@@ -71,6 +72,28 @@ POLL_S = 1.0
 
 #: ``madvise(MADV_POPULATE_WRITE)`` (Linux 5.14+): map every page of a range now.
 MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
+
+
+def _physical_memory() -> int | None:
+    """Bytes of RAM of this machine, or None where the system does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _check_ring_fits(size: int, workers: int, slots: int, batch_size: int) -> None:
+    """Refuse a ring larger than this machine's memory, before it is mapped. The ring grows
+    with the workers (``prefetch_factor`` slots each): ``bench --workers 99999999999999999999``
+    stopped in "unexpected OverflowError" from ``mmap``, and a count that still fits a C size
+    would map more shared memory than there is and prefault it, which the kernel answers by
+    killing processes."""
+    memory = _physical_memory()
+    if memory is not None and size > memory:
+        raise InvalidArgumentError(
+            f"the batch ring of {workers:,} loader workers ({slots:,} slots of {batch_size:,} patches) needs "
+            f"{size / 2**30:,.1f} GiB of shared memory, more than this machine's {memory / 2**30:,.1f} GiB; "
+            "use fewer --workers (about the CPU cores) or a smaller --batch-size")
 
 
 def _prefault(buffer: mmap.mmap) -> None:
@@ -387,9 +410,12 @@ class RingLoader:
         spare = STAGE_DEPTH + 1 if self._cuda else CONSUMER_SLOTS
         self.n_slots = slots or num_workers * self.prefetch_factor + spare
 
+        size = self.layout.slot_bytes * self.n_slots
+        _check_ring_fits(size, num_workers, self.n_slots, self.batch_size)
+
         self._res = _Resources()
         self._finalizer = weakref.finalize(self, self._res.release)
-        buffer = mmap.mmap(-1, self.layout.slot_bytes * self.n_slots)
+        buffer = mmap.mmap(-1, size)
         self._res.buffer = buffer
         if not self._cuda:
             _prefault(buffer)  # the consumer reads every slot (CUDA: cudaHostRegister maps them)

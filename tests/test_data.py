@@ -537,6 +537,16 @@ def test_make_loader_bounds_the_batch_size_to_the_patches(split_store: Path, wor
         assert len(none) == 0 and list(none) == []
 
 
+@pytest.mark.parametrize("workers", [10**20, 10**5])
+def test_make_loader_refuses_a_ring_larger_than_the_memory(split_store: Path, workers: int) -> None:
+    """`bench --workers 99999999999999999999`: "unexpected OverflowError" from mmap; 100,000
+    workers would map 8 TiB of shared memory and prefault it. One line naming the options."""
+    ds = BigEarthNetDataset(split_store, split="s", subset="val", bands="rgb")
+    with pytest.raises(InvalidArgumentError, match=r"needs [0-9,.]+ GiB of shared memory, more than this "
+                                                   r"machine's .*use fewer --workers"):
+        make_loader(ds, 8, True, workers, seed=0, device="cpu")
+
+
 def test_bench_command_prints_throughput(synth_store_64: Path) -> None:
     from typer.testing import CliRunner
 
