@@ -171,6 +171,7 @@ def run_demo(
     from benzarr.split import make_split
     from benzarr.store import open_store
     from benzarr.synth import synth_archive
+    from benzarr.synth.plan import check_plan
     from benzarr.train import train
 
     out = Path(cfg.out)
@@ -188,6 +189,9 @@ def run_demo(
     check_config(train_config(out / "store.zarr", out / "runs" / MODEL))
     if cfg.workers is not None and (isinstance(cfg.workers, bool) or cfg.workers < 1):
         raise InvalidArgumentError(f"--workers must be at least 1, got {cfg.workers}")
+    # more patches than the synthetic plan holds (--patches 99999999999999999999) failed at
+    # step 1, after OUT was made and marked: the corrected command was refused without --overwrite
+    check_plan(cfg.n_patches, cfg.seed, least=1)
     state = check_output(out, overwrite=cfg.overwrite, owned=lambda path: has_marker(path, "demo"),
                          what="a demo folder", command="demo")
     if state == "owned":

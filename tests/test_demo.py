@@ -167,11 +167,13 @@ def test_the_readmes_python_example_runs(tmp_path: Path) -> None:
 @pytest.mark.parametrize("change, message", [({"epochs": 0}, "--epochs must be at least 1"),
                                              ({"lr": -1.0}, "--lr must be a positive, finite number"),
                                              ({"workers": 0}, "--workers must be at least 1"),
-                                             ({"seed": -1}, "--seed must be between 0 and 4294967295")])
+                                             ({"seed": -1}, "--seed must be between 0 and 4294967295"),
+                                             # failed at step 1, after the demo folder was marked
+                                             ({"n_patches": 10**20}, "at most 2,920,000 patches")])
 def test_demo_checks_its_settings_before_writing_anything(tmp_path: Path, change: dict, message: str) -> None:
     """A bad --epochs failed at step 4, after synth, ingest and split, and left a demo folder
     that the corrected command refused without --overwrite."""
     out = tmp_path / "demo"
     with pytest.raises(InvalidArgumentError, match=message):
-        run_demo(DemoConfig(out=str(out), n_patches=40, **change))
+        run_demo(DemoConfig(out=str(out), **({"n_patches": 40} | change)))
     assert not out.exists()
