@@ -231,15 +231,34 @@ def main() -> None:
         signal.signal(signal.SIGTERM, _on_sigterm)
     warnings.showwarning = _show_warning
     sys.unraisablehook = _unraisable
+    closed = _open_closed_streams()
     try:
         _run()
     finally:
+        for name, devnull in closed:  # put back the None this run found
+            devnull.close()
+            setattr(sys, name, None)
         _TERMINATED.clear(), _STOPPING.clear()  # this run's; a hook called later must not see them
         _RUN[0] += 1
         handler, warnings.showwarning, sys.unraisablehook = saved
         if threading.current_thread() is threading.main_thread():  # signal.signal's own rule
             signal.signal(signal.SIGTERM, handler)
         asyncio_logger.setLevel(asyncio_level)
+
+
+def _open_closed_streams() -> list[tuple[str, object]]:
+    """Point a stdout or stderr that was closed when Python started (``benzarr info S >&-``:
+    ``sys.stdout`` is None) at /dev/null for this run; returns (name, stream) of each.
+    Python's own ``print`` writes nothing to a closed stream, and the exit code still says how
+    the command went; without this, the first look at stdout stopped in a traceback
+    (``AttributeError: 'NoneType' object has no attribute 'fileno'``)."""
+    opened: list[tuple[str, object]] = []
+    for name in ("stdout", "stderr"):
+        if getattr(sys, name) is None:
+            stream = open(os.devnull, "w")  # noqa: SIM115 - closed by main when the run ends
+            setattr(sys, name, stream)
+            opened.append((name, stream))
+    return opened
 
 
 _AT_EXIT: list[bool] = []

@@ -856,6 +856,33 @@ def test_main_run_again_in_one_process_starts_clean_and_puts_back_what_it_change
     assert process_state() == before
 
 
+def test_a_closed_stdout_is_no_traceback(synth_store_64: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``benzarr info STORE >&-``: Python starts with ``sys.stdout`` None, and the first look
+    at it stopped in "AttributeError: 'NoneType' object has no attribute 'fileno'" (a
+    traceback, exit 1). The run writes to /dev/null instead, as ``print`` would, and its exit
+    code and error lines still say how it went; ``sys.stdout`` is None again afterwards."""
+    import contextlib
+    import io
+
+    from benzarr_cli.main import main
+
+    def run(*args: object) -> tuple[object, str]:
+        err = io.StringIO()
+        monkeypatch.setattr(sys, "argv", ["benzarr", *map(str, args)])
+        monkeypatch.setattr(sys, "stdout", None)
+        with contextlib.redirect_stderr(err):
+            try:
+                main()
+                code: object = 0
+            except SystemExit as exc:
+                code = exc.code
+        assert sys.stdout is None
+        return code, err.getvalue()
+
+    assert run("info", synth_store_64) == (0, "")
+    assert run("verify", tmp_path / "none.zarr") == (1, f"error: {tmp_path / 'none.zarr'}: no such store\n")
+
+
 def test_an_ingest_interrupted_with_its_workers_says_one_line_and_resumes(synth_archive_64: Path, tmp_path: Path) -> None:
     """A terminal's Ctrl-C (and a scheduler's SIGTERM) reaches the whole process group, the
     pool's workers too: each printed its own KeyboardInterrupt traceback, one dying with its
