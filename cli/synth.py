@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from benzarr_cli._common import console, progress_bar
+from benzarr_cli._common import console, count, progress_bar
 
 
 def command(
@@ -67,7 +67,7 @@ def command(
             raise InvalidArgumentError("--labels-only writes a v1 labels store; drop --version 2 and --s1")
         names = synth_labels_store(out, patches, seed=seed, overwrite=overwrite)
         if not quiet:
-            console.print(f"wrote a labels-only store of {len(names):,} patches to {out} "
+            console.print(f"wrote a labels-only store of {count(len(names), 'patch', 'patches')} to {out} "
                           f"in {time.perf_counter() - start:.1f} s")
         return
     with progress_bar("synth", patches, quiet) as advance:
@@ -84,6 +84,6 @@ def command(
     files, size = tree_footprint(out) if version == 2 or s1 else archive_footprint(out, names)
     kind = {1: "v1.0", 2: "v2.0"}[version] + (" S2+S1" if s1 else " S2") + (" + reference maps" if reference_maps else "")
     console.print(
-        f"wrote {len(names):,} patches ({files:,} files, {size / 1e6:,.1f} MB) of a {kind} archive"
+        f"wrote {count(len(names), 'patch', 'patches')} ({files:,} files, {size / 1e6:,.1f} MB) of a {kind} archive"
         f" to {out} in {seconds:.1f} s",
     )

@@ -222,6 +222,16 @@ def test_patch_bands_have_native_shapes() -> None:
 # --- CLI ----------------------------------------------------------------------------------------
 
 
+def test_cli_summary_of_one_patch_says_patch(tmp_path: Path) -> None:
+    """`synth OUT --patches 1` said "wrote 1 patches"; so did `--labels-only`."""
+    from tests.conftest import run_cli
+
+    result = run_cli("synth", tmp_path / "one", "--patches", "1", "--workers", "1")
+    assert result.returncode == 0 and result.stdout.startswith("wrote 1 patch (13 files"), result.stdout
+    result = run_cli("synth", tmp_path / "one.zarr", "--labels-only", "--patches", "1")
+    assert result.returncode == 0 and result.stdout.startswith("wrote a labels-only store of 1 patch to"), result.stdout
+
+
 def test_cli_writes_the_archive_and_a_summary(tmp_path: Path) -> None:
     from benzarr_cli.main import app
 
