@@ -1053,6 +1053,8 @@ def test_config_file_gives_settings_and_the_command_line_wins(store: Path, tmp_p
     ("lr = 'fast'", r"lr = 'fast': expected int or float$"),
     ("bands = [1, 2]", r"bands = \[1, 2\]: expected str or a list of band names or null$"),
     ("epochs = ", r"not valid TOML"),
+    # both spellings of one setting: the last one won in silence
+    ("batch-size = 8\nbatch_size = 16", r"batch-size and batch_size are one setting, given twice; keep one$"),
 ])
 def test_a_bad_config_file_is_one_line_naming_the_setting(tmp_path: Path, text: str, message: str) -> None:
     from benzarr.train_config import read_settings_file
