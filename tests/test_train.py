@@ -1047,6 +1047,23 @@ def test_config_file_gives_settings_and_the_command_line_wins(store: Path, tmp_p
     assert settings(second) == {**settings(first), "seed": 3, "out": str(second)}
 
 
+def test_a_flag_that_config_turns_on_is_turned_off_on_the_command_line(store: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--config run/config.json` of an --amp run could not be run without amp: --amp,
+    --compile-transform and --track-emissions had no --no- form ("No such option: --no-amp")."""
+    import benzarr.train
+
+    from tests.conftest import run_cli
+
+    seen: list[TrainConfig] = []
+    monkeypatch.setattr(benzarr.train, "train", lambda cfg, callback=None: seen.append(cfg) or SimpleNamespace())
+    toml = tmp_path / "on.toml"
+    toml.write_text(f'store = "{store}"\nsplit = "strat"\namp = true\ncompile_transform = true\ntrack_emissions = true\n')
+    done = run_cli("train", "--config", toml, "--no-amp", "--no-compile-transform", "--no-track-emissions", "-q")
+    assert done.returncode == 0, done.stderr
+    assert (seen[0].amp, seen[0].compile_transform, seen[0].track_emissions) == (False, False, False)
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ("epoch = 3", r"unknown setting 'epoch' \(did you mean 'epochs'\?"),
     ("epochs = true", r"epochs = True: expected int$"),
