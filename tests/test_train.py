@@ -991,6 +991,8 @@ def test_a_device_torch_does_not_know_or_cannot_use_is_one_line(device: str, mes
     ({"weight_decay": math.nan}, "--weight-decay must be a non-negative, finite number, got nan"),
     ({"optim": "sgd", "momentum": -1.0}, "--momentum must be a non-negative, finite number, got -1.0"),
     ({"momentum": math.nan}, "--momentum must be a non-negative, finite number, got nan"),
+    # trained as without it, and config.json recorded it
+    ({"optim": "adamw", "momentum": 0.5}, "--momentum 0.5 applies to --optim sgd only; --optim adamw does not use it"),
     ({"lr": math.inf}, "--lr must be a positive, finite number, got inf"),
     ({"lr": math.nan}, "--lr must be a positive, finite number, got nan"),
     ({"seed": -1}, "--seed must be between 0 and 4294967295, got -1"),
