@@ -1016,6 +1016,23 @@ def test_seeds_are_checked_before_the_first_run(tmp_path: Path) -> None:
     assert not (tmp_path / "r").exists()
 
 
+def test_seeds_are_checked_against_the_folder_before_the_first_run(store: Path, tmp_path: Path) -> None:
+    """``--seeds 2,0`` beside a seed-0 run trained seed 2, then failed on seed 0 ("pass
+    --resume"); ``--resume --seeds 0,2`` resumed seed 0, then failed on seed 2."""
+    out = tmp_path / "seeds"
+    (out / "seed-0" / "checkpoints").mkdir(parents=True)
+    (out / "seed-0" / "checkpoints" / "last.pt").write_bytes(b"")  # never read: refused before
+    with pytest.raises(InvalidArgumentError, match=re.escape(
+            f"{out} holds runs of seed(s) 0 already, so nothing was trained; pass --resume to continue them "
+            "(start the others with --seeds 2), or give another --out")):
+        train_seeds(config(store, out), [2, 0])
+    with pytest.raises(InvalidArgumentError, match=re.escape(
+            f"--resume: {out} has no run of seed(s) 2 (no seed-<s>/checkpoints/last.pt), so nothing was trained; "
+            "start them with --seeds 2 without --resume and resume the others with --seeds 0")):
+        train_seeds(config(store, out, resume=True), [0, 2])
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["seed-0"]
+
+
 def test_nan_scores_name_the_run_folder_and_the_epoch() -> None:
     """A diverged model was "y_score holds NaN (a diverged model?)", naming neither."""
     from benzarr.train import _metrics
