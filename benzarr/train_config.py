@@ -96,6 +96,8 @@ def default_out(cfg: TrainConfig) -> str:
 #: Settings of a run's ``config.json`` that ``read_settings_file`` leaves out: where that run
 #: went and whether it resumed. A file of settings starts a new run.
 NOT_COPIED = ("out", "resume")
+#: Options of ``benzarr train`` that are no ``TrainConfig`` setting, so no file gives them.
+COMMAND_LINE_ONLY = {"seeds": "--seeds 0,1,2", "quiet": "--quiet", "config": "--config FILE"}
 #: The JSON/TOML value types of each annotation part of ``TrainConfig``'s fields (a float takes an int too).
 _KINDS: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,),
                                        "Sequence[str]": (list,), "None": (type(None),)}
@@ -151,6 +153,9 @@ def read_settings_file(path: str | Path) -> dict[str, object]:
             raise InvalidArgumentError(f"--config {path}: {spelled[name]} and {key} are one setting, given twice; "
                                        "keep one")
         spelled[name] = str(key)
+        if name in COMMAND_LINE_ONLY:  # was "unknown setting 'seeds' (did you mean 'seed'? the settings are the options ...)"
+            raise InvalidArgumentError(f"--config {path}: {key} is no setting of a run but an option of the command "
+                                       f"line alone: give {COMMAND_LINE_ONLY[name]} there")
         if name not in known:
             close = difflib.get_close_matches(name, known, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""

@@ -1091,6 +1091,8 @@ def test_a_flag_that_config_turns_on_is_turned_off_on_the_command_line(store: Pa
     ("epochs = ", r"not valid TOML"),
     # both spellings of one setting: the last one won in silence
     ("batch-size = 8\nbatch_size = 16", r"batch-size and batch_size are one setting, given twice; keep one$"),
+    # was "unknown setting 'seeds' (did you mean 'seed'? the settings are the options of `benzarr train --help`"
+    ("seeds = '0,1'", r"seeds is no setting of a run but an option of the command line alone: give --seeds 0,1,2 there$"),
 ])
 def test_a_bad_config_file_is_one_line_naming_the_setting(tmp_path: Path, text: str, message: str) -> None:
     from benzarr.train_config import read_settings_file
