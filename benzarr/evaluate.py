@@ -555,7 +555,7 @@ def evaluate_run(
         store: the store to read (default: the run's own).
         split: a split of ``store`` (default: the run's).
         subset: ``train``, ``val`` or ``test``; ``all``: every valid patch of ``store``,
-            whatever its split (``split`` is then ignored).
+            whatever its split (``split`` must then be None).
         checkpoint: ``best`` or ``last``.
         batch_size: patches per batch (default: the run's).
         workers: loader worker processes.
@@ -573,7 +573,8 @@ def evaluate_run(
 
     Raises:
         InvalidArgumentError: not a run folder, a missing checkpoint, an unknown subset, a
-            batch size, worker or resample count that is not a whole number in range, a
+            ``split`` with subset ``all``, a batch size, worker or resample count that is not a
+            whole number in range, a
             ``predictions`` that is not True or False, a ``progress`` that is not callable, a
             store whose class names differ from the run's, an ``out_dir`` that is a run
             folder, or the run's own split rewritten since it trained on it.
@@ -589,6 +590,9 @@ def evaluate_run(
     weights = checkpoint_path(run_dir, checkpoint)
     if subset not in SUBSETS:
         raise InvalidArgumentError(f"unknown subset {subset!r}: choose one of {', '.join(SUBSETS)}")
+    if subset == "all" and split is not None:  # was dropped in silence, a mistyped or missing split too
+        raise InvalidArgumentError(f"--split {split} with --subset all: all scores every valid patch of the store, "
+                                   "whatever its split; drop --split, or give --subset train, val or test of it")
     size = settings.get("batch_size", 64) if batch_size is None else batch_size
     # batch_size=2.5 ran with 2, predictions="no" wrote them, workers="2" and bootstrap=2.5 were
     # TypeErrors (the latter after scoring), progress=5 one at the first batch

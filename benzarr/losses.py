@@ -59,8 +59,8 @@ def parse_loss(text: str) -> LossSpec:
     """``"focal"`` or ``"focal:gamma=1.5,alpha=0.5"`` -> :class:`LossSpec`, checked.
 
     Raises:
-        InvalidArgumentError: an unknown name or parameter, a value that is no number, or one
-            out of range (gamma >= 0; alpha in [0, 1] or -1; clip in [0, 1)).
+        InvalidArgumentError: an unknown name or parameter, a parameter given twice, a value
+            that is no number, or one out of range (gamma >= 0; alpha in [0, 1] or -1; clip in [0, 1)).
     """
     name, _, rest = text.strip().partition(":")
     name = name.strip().lower()
@@ -75,11 +75,15 @@ def parse_loss(text: str) -> LossSpec:
         raise InvalidArgumentError(f"unknown --loss {text!r}: choose one of {', '.join(LOSSES)} "
                                    "(multi-label losses on logits)")
     params = dict(LOSSES[name])
+    given: set[str] = set()
     for item in filter(None, (part.strip() for part in rest.split(","))):
         key, eq, value = (s.strip() for s in item.partition("="))
         if key not in params:
             known = ", ".join(params) or "none"
             raise InvalidArgumentError(f"--loss {text}: {name} has no parameter {key!r} (its parameters: {known})")
+        if key in given:  # focal:gamma=2,gamma=3 trained with gamma 3, the 2 dropped in silence
+            raise InvalidArgumentError(f"--loss {text}: {key} is given twice; give each parameter once")
+        given.add(key)
         try:
             number = float(value) if eq else math.nan
         except ValueError:

@@ -317,7 +317,7 @@ def train_seeds(cfg: TrainConfig, seeds: Sequence[int],
         check_seed(seed, "--seeds")
     out = _check_run_dir(cfg)
     results = []
-    with _ranks_and_lock(cfg, out, lambda: _check_seeds_folder(out)):
+    with _ranks_and_lock(cfg, out, lambda: _check_seeds_folder(out, seeds, cfg.resume)):
         for seed in seeds:
             run_cb = (lambda event, s=seed: callback(s, event)) if callback else None
             results.append(train(replace(cfg, seed=int(seed), out=str(out / f"seed-{int(seed)}")), run_cb))
@@ -428,6 +428,11 @@ def check_config(cfg: TrainConfig) -> None:
     finite("--lr", cfg.lr, positive=True)
     finite("--weight-decay", cfg.weight_decay)
     finite("--momentum", cfg.momentum)  # torch's SGD refuses < 0 alone; > 1 diverges but is legal
+    if cfg.optim != "sgd" and cfg.momentum != TrainConfig.momentum:
+        # adam and adamw have no momentum setting (their betas are torch's): --optim adam --momentum 0.5
+        # trained as without it, and config.json recorded a momentum the run never used
+        raise InvalidArgumentError(f"--momentum {cfg.momentum:g} applies to --optim sgd only; --optim {cfg.optim} "
+                                   "does not use it (its betas are torch's defaults)")
     check_seed(cfg.seed, "--seed")  # split's and demo's range: NumPy takes 0 .. 2**32 - 1
     if not cfg.loader_timeout >= 0:
         raise InvalidArgumentError(f"--loader-timeout must be 0 (wait for ever) or positive seconds, "
@@ -639,12 +644,28 @@ def _listed(runs: Sequence[Path], parent: Path, most: int = 3) -> str:
     return some_of([str(r.relative_to(parent)) for r in runs], most)
 
 
-def _check_seeds_folder(out: Path) -> None:
+def _check_seeds_folder(out: Path, seeds: Sequence[int], resume: bool) -> None:
     """``--seeds`` writes ``out/seed-<s>/``: ``out`` must not be a run itself, or ``benzarr
-    report out`` would read that run alone and none of the seeds."""
+    report out`` would read that run alone and none of the seeds. With ``resume`` every seed
+    must have a checkpoint to go on from, without it none may: the seeds run one after the
+    other, and ``--seeds 2,0`` into a folder holding seed-0 trained seed 2 before failing on
+    seed 0 (and ``--resume --seeds 0,1,2`` beside seed-0 and seed-1 failed on seed 2 last)."""
     if (out / "config.json").is_file():
         raise InvalidArgumentError(f"{out} holds a run already (config.json): --seeds writes its runs into "
                                    f"{out}/seed-<s>/, which `benzarr report {out}` would then not read; give another --out")
+    started = [int(s) for s in seeds if (out / f"seed-{int(s)}" / "checkpoints" / "last.pt").exists()]
+    fresh = [int(s) for s in seeds if int(s) not in started]
+    wrong, right = (fresh, started) if resume else (started, fresh)
+    if not wrong:
+        return
+    names, rest = ",".join(map(str, wrong)), ",".join(map(str, right))
+    if resume:
+        also = f" and resume the others with --seeds {rest}" if right else ""
+        raise InvalidArgumentError(f"--resume: {out} has no run of seed(s) {names} (no seed-<s>/checkpoints/last.pt), "
+                                   f"so nothing was trained; start them with --seeds {names} without --resume{also}")
+    also = f" (start the others with --seeds {rest})" if right else ""
+    raise InvalidArgumentError(f"{out} holds runs of seed(s) {names} already, so nothing was trained; pass --resume "
+                               f"to continue them{also}, or give another --out")
 
 
 def _not_a_runs_files(run_dir: Path, cfg: TrainConfig) -> list[str]:

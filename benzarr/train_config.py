@@ -96,6 +96,8 @@ def default_out(cfg: TrainConfig) -> str:
 #: Settings of a run's ``config.json`` that ``read_settings_file`` leaves out: where that run
 #: went and whether it resumed. A file of settings starts a new run.
 NOT_COPIED = ("out", "resume")
+#: Options of ``benzarr train`` that are no ``TrainConfig`` setting, so no file gives them.
+COMMAND_LINE_ONLY = {"seeds": "--seeds 0,1,2", "quiet": "--quiet", "config": "--config FILE"}
 #: The JSON/TOML value types of each annotation part of ``TrainConfig``'s fields (a float takes an int too).
 _KINDS: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,),
                                        "Sequence[str]": (list,), "None": (type(None),)}
@@ -115,8 +117,9 @@ def read_settings_file(path: str | Path) -> dict[str, object]:
 
     Raises:
         InvalidArgumentError: the file is missing or unreadable, is neither JSON nor TOML, is not a
-            table of settings, names a setting ``TrainConfig`` does not have, or gives one a value of
-            the wrong type; the message names the file and the setting.
+            table of settings, names a setting ``TrainConfig`` does not have or one setting twice
+            (``batch-size`` and ``batch_size``), or gives one a value of the wrong type; the message
+            names the file and the setting.
     """
     import difflib
     import json
@@ -143,8 +146,16 @@ def read_settings_file(path: str | Path) -> dict[str, object]:
     settings = {k: v for k, v in data["settings"].items() if k not in NOT_COPIED} if run else data
     known = {f.name: f for f in fields(TrainConfig)}
     out: dict[str, object] = {}
+    spelled: dict[str, str] = {}  # field name -> the key the file gave it under
     for key, value in settings.items():
         name = str(key).replace("-", "_")
+        if name in spelled:  # batch_size = 16 and batch-size = 8: one of them was dropped in silence
+            raise InvalidArgumentError(f"--config {path}: {spelled[name]} and {key} are one setting, given twice; "
+                                       "keep one")
+        spelled[name] = str(key)
+        if name in COMMAND_LINE_ONLY:  # was "unknown setting 'seeds' (did you mean 'seed'? the settings are the options ...)"
+            raise InvalidArgumentError(f"--config {path}: {key} is no setting of a run but an option of the command "
+                                       f"line alone: give {COMMAND_LINE_ONLY[name]} there")
         if name not in known:
             close = difflib.get_close_matches(name, known, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""

@@ -151,10 +151,11 @@ def command(
                                          help="Fail when the workers deliver no batch for this long (a worker stuck "
                                               "on a hung file system); 0 waits for ever."),
     device: str = typer.Option(D.device, "--device", help="auto | cpu | cuda."),
-    amp: bool = typer.Option(D.amp, "--amp", help="bfloat16 mixed precision."),
+    amp: bool = typer.Option(D.amp, "--amp/--no-amp",
+                             help="bfloat16 mixed precision (--no-amp: off where --config turns it on)."),
     deterministic: bool = typer.Option(D.deterministic, "--deterministic/--no-deterministic",
                                        help="Deterministic kernels (default); --no-deterministic: cudnn.benchmark and the fastest kernels."),
-    compile_transform: bool = typer.Option(D.compile_transform, "--compile-transform",
+    compile_transform: bool = typer.Option(D.compile_transform, "--compile-transform/--no-compile-transform",
                                            help="CUDA: make each batch's model-ready image with one torch.compile'd "
                                                 "function (fewer kernels; the first batch waits for the compilation; "
                                                 "needs Triton and a C compiler)."),
@@ -169,7 +170,8 @@ def command(
     max_steps: Optional[int] = typer.Option(D.max_steps, "--max-steps", help="Stop after N optimisation steps (smoke tests)."),
     weights: Optional[str] = typer.Option(D.weights, "--weights", help="Local .pt/.pth weights to start from."),
     finetune: int = typer.Option(D.finetune, "--finetune", help="0 train all | 1 head only | 2 last block + head."),
-    track_emissions: bool = typer.Option(D.track_emissions, "--track-emissions", help="Energy and CO2 with codecarbon (offline)."),
+    track_emissions: bool = typer.Option(D.track_emissions, "--track-emissions/--no-track-emissions",
+                                         help="Energy and CO2 with codecarbon (offline)."),
     emissions_country: str = typer.Option(D.emissions_country, "--emissions-country", help="ISO 3166 alpha-3 country for --track-emissions."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing but errors and warnings."),
 ) -> None:

@@ -465,6 +465,17 @@ def test_subset_all_scores_every_valid_patch_whatever_the_split(run: Path) -> No
     assert sorted(frame["patch"]) == sorted(store.patch_names())
 
 
+def test_a_split_with_subset_all_is_refused(run: Path) -> None:
+    """``--subset all --split nope`` scored the whole store, exit 0: the split, even a missing
+    one, was dropped in silence."""
+    from tests.conftest import run_cli
+
+    done = run_cli("evaluate", run, "--subset", "all", "--split", "nope")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == ("error: --split nope with --subset all: all scores every valid patch of the store, "
+                                   "whatever its split; drop --split, or give --subset train, val or test of it")
+
+
 def test_report_names_another_store_in_evaluated_on(run: Path, tmp_path: Path) -> None:
     from benzarr.report import write_report
 

@@ -89,6 +89,7 @@ def test_parse_fills_defaults_and_records_every_parameter() -> None:
     ("focal:gamma=-1", "gamma must be >= 0"),
     ("focal:alpha=2", "alpha must be in [0, 1]"),
     ("asl:clip=1", "clip must be in [0, 1)"),
+    ("focal:gamma=2,gamma=3", "--loss focal:gamma=2,gamma=3: gamma is given twice"),  # trained with gamma 3
 ])
 def test_bad_loss_specs_are_one_clear_error(text: str, message: str) -> None:
     with pytest.raises(InvalidArgumentError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):

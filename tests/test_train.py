@@ -991,6 +991,8 @@ def test_a_device_torch_does_not_know_or_cannot_use_is_one_line(device: str, mes
     ({"weight_decay": math.nan}, "--weight-decay must be a non-negative, finite number, got nan"),
     ({"optim": "sgd", "momentum": -1.0}, "--momentum must be a non-negative, finite number, got -1.0"),
     ({"momentum": math.nan}, "--momentum must be a non-negative, finite number, got nan"),
+    # trained as without it, and config.json recorded it
+    ({"optim": "adamw", "momentum": 0.5}, "--momentum 0.5 applies to --optim sgd only; --optim adamw does not use it"),
     ({"lr": math.inf}, "--lr must be a positive, finite number, got inf"),
     ({"lr": math.nan}, "--lr must be a positive, finite number, got nan"),
     ({"seed": -1}, "--seed must be between 0 and 4294967295, got -1"),
@@ -1012,6 +1014,23 @@ def test_seeds_are_checked_before_the_first_run(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgumentError, match=re.escape("--seeds must be between 0 and 4294967295, got -1")):
         train_seeds(TrainConfig(store=str(tmp_path / "none.zarr"), split="st", out=str(tmp_path / "r")), [0, -1])
     assert not (tmp_path / "r").exists()
+
+
+def test_seeds_are_checked_against_the_folder_before_the_first_run(store: Path, tmp_path: Path) -> None:
+    """``--seeds 2,0`` beside a seed-0 run trained seed 2, then failed on seed 0 ("pass
+    --resume"); ``--resume --seeds 0,2`` resumed seed 0, then failed on seed 2."""
+    out = tmp_path / "seeds"
+    (out / "seed-0" / "checkpoints").mkdir(parents=True)
+    (out / "seed-0" / "checkpoints" / "last.pt").write_bytes(b"")  # never read: refused before
+    with pytest.raises(InvalidArgumentError, match=re.escape(
+            f"{out} holds runs of seed(s) 0 already, so nothing was trained; pass --resume to continue them "
+            "(start the others with --seeds 2), or give another --out")):
+        train_seeds(config(store, out), [2, 0])
+    with pytest.raises(InvalidArgumentError, match=re.escape(
+            f"--resume: {out} has no run of seed(s) 2 (no seed-<s>/checkpoints/last.pt), so nothing was trained; "
+            "start them with --seeds 2 without --resume and resume the others with --seeds 0")):
+        train_seeds(config(store, out, resume=True), [0, 2])
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["seed-0"]
 
 
 def test_nan_scores_name_the_run_folder_and_the_epoch() -> None:
@@ -1047,12 +1066,33 @@ def test_config_file_gives_settings_and_the_command_line_wins(store: Path, tmp_p
     assert settings(second) == {**settings(first), "seed": 3, "out": str(second)}
 
 
+def test_a_flag_that_config_turns_on_is_turned_off_on_the_command_line(store: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--config run/config.json` of an --amp run could not be run without amp: --amp,
+    --compile-transform and --track-emissions had no --no- form ("No such option: --no-amp")."""
+    import benzarr.train
+
+    from tests.conftest import run_cli
+
+    seen: list[TrainConfig] = []
+    monkeypatch.setattr(benzarr.train, "train", lambda cfg, callback=None: seen.append(cfg) or SimpleNamespace())
+    toml = tmp_path / "on.toml"
+    toml.write_text(f'store = "{store}"\nsplit = "strat"\namp = true\ncompile_transform = true\ntrack_emissions = true\n')
+    done = run_cli("train", "--config", toml, "--no-amp", "--no-compile-transform", "--no-track-emissions", "-q")
+    assert done.returncode == 0, done.stderr
+    assert (seen[0].amp, seen[0].compile_transform, seen[0].track_emissions) == (False, False, False)
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ("epoch = 3", r"unknown setting 'epoch' \(did you mean 'epochs'\?"),
     ("epochs = true", r"epochs = True: expected int$"),
     ("lr = 'fast'", r"lr = 'fast': expected int or float$"),
     ("bands = [1, 2]", r"bands = \[1, 2\]: expected str or a list of band names or null$"),
     ("epochs = ", r"not valid TOML"),
+    # both spellings of one setting: the last one won in silence
+    ("batch-size = 8\nbatch_size = 16", r"batch-size and batch_size are one setting, given twice; keep one$"),
+    # was "unknown setting 'seeds' (did you mean 'seed'? the settings are the options of `benzarr train --help`"
+    ("seeds = '0,1'", r"seeds is no setting of a run but an option of the command line alone: give --seeds 0,1,2 there$"),
 ])
 def test_a_bad_config_file_is_one_line_naming_the_setting(tmp_path: Path, text: str, message: str) -> None:
     from benzarr.train_config import read_settings_file
