@@ -109,6 +109,10 @@ def test_named_weights_are_refused_never_downloaded(weights: str) -> None:
 def test_missing_weights_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgumentError, match="not found"):
         create_model("shortcnn-rgb", weights=tmp_path / "nope.pt")
+    # a folder (a run, a store) that exists: "not found" sent users looking for a typo
+    (tmp_path / "run").mkdir()
+    with pytest.raises(InvalidArgumentError, match="is a folder; give the weights file itself"):
+        create_model("shortcnn-rgb", weights=tmp_path / "run")
 
 
 def test_an_unreadable_weights_file_is_one_line_that_says_why(tmp_path: Path) -> None:

@@ -335,6 +335,9 @@ def _weights_path(weights: str | os.PathLike[str]) -> Path:
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if path.is_dir():  # a run folder or a store given by mistake: "not found" sent users looking for a typo
+        raise InvalidArgumentError(f"weights {path} is a folder; give the weights file itself (a .pt/.pth state dict, "
+                                   "or a run's checkpoints/best.pt)")
     if not path.is_file():
         raise InvalidArgumentError(f"weights file not found: {path}")
     try:
