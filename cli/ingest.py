@@ -51,12 +51,13 @@ def command(
     again = "run it again without --overwrite to resume" if overwrite else "run the same command again to resume"
     on_interrupt(lambda: f"{store}: the shards written so far are kept; {again}")
 
+    which = parse_part(part) if part else None  # (i, n)
     with progress_bar("ingest", None, quiet or plan) as advance:
         result = ingest(
             archive, store, workers=workers, shard_size=shard_size, compression=compression,
             exclude=exclude, patches=patches, strict=strict, overwrite=overwrite, source=source,
             modalities=modalities.split(",") if modalities else None, plan=plan, parts=parts,
-            part=parse_part(part) if part else None, storage_options=storage_options,
+            part=which, storage_options=storage_options,
             on_start=lambda total: advance(0, total=total), on_progress=advance, on_bad_patch=bad_patch,
             runner=dask_runner(scheduler, workers, on_wait=warn_line) if scheduler else None,  # a warning: shown with --quiet too
         )
@@ -77,11 +78,11 @@ def command(
             rate = result.patches_written / result.seconds if result.shards_written else 0.0  # this run's own
             verb = "resumed" if result.resumed else "wrote"
             scope = f"part {part}: " if part else ""
-            if part and not part_shards(*parse_part(part), result.shards_total):
+            if which and not part_shards(*which, result.shards_total):
                 # more parts than shards: this part has nothing to write (and did not "resume")
                 console.print(f"{scope}no shard of {result.store} falls to this part "
-                              f"({count(result.shards_total, 'shard')} over {parse_part(part)[1]} parts); nothing to do")
-            elif part and not result.shards_written:
+                              f"({count(result.shards_total, 'shard')} over {which[1]} parts); nothing to do")
+            elif which and not result.shards_written:
                 console.print(f"{scope}already written to {result.store}; nothing to do")
             else:
                 console.print(
