@@ -159,3 +159,21 @@ def test_paired_ratio_is_the_median_of_each_rounds_pair() -> None:
     assert gpu_feed.paired_ratio(fed, ceiling) == 0.9  # pairs 0.8, 0.9, 0.9, 0.95
     assert gpu_feed.paired_ratio({"slices": [90.0, 60.0, 70.0]}, {"slices": [100.0, 100.0, 100.0]}) == 0.7
     assert gpu_feed.paired_ratio({"slices": []}, ceiling) is None
+
+
+def test_paired_interval_is_the_order_statistic_interval_of_the_median() -> None:
+    """20 rounds: the 6th smallest and the 6th largest ratio (the textbook 95% interval of a
+    median, coverage 95.9%); 10 rounds: the 2nd of each end (97.9%); under 6 rounds no
+    interval reaches 95%, so none is given rather than a narrower one that claims it."""
+    import gpu_feed
+
+    def rounds(n: int) -> tuple[dict, dict]:  # ratios 0.81, 0.82, ... in a shuffled order
+        ratios = [0.80 + (7 * k % n + 1) / 100 for k in range(n)]
+        return {"slices": [100 * r for r in ratios]}, {"slices": [100.0] * n}
+
+    assert gpu_feed.paired_interval(*rounds(20)) == [0.86, 0.95]
+    assert gpu_feed.paired_interval(*rounds(10)) == [0.82, 0.89]
+    assert gpu_feed.paired_interval(*rounds(6)) == [0.81, 0.86]  # min-max: 96.9%
+    assert gpu_feed.paired_interval(*rounds(5)) is None
+    assert gpu_feed.with_interval_text({"ratio_paired_95": [0.93, 0.971]})["paired_95"] == "0.93-0.97"
+    assert gpu_feed.with_interval_text({"ratio_paired_95": None})["paired_95"] is None
