@@ -290,6 +290,27 @@ def test_csv_names_the_store_lacks_are_warned_about_even_when_quiet(store, tmp_p
         in result.output
 
 
+def test_csv_empty_train_list_is_refused_naming_the_file(store, tmp_path: Path) -> None:
+    """An empty (or header-only) train.csv made a split with 0 train patches, exit 0; empty val.csv
+    and test.csv still make a split (a split with no test subset is allowed)."""
+    from tests.conftest import run_cli as run_main  # through main: the one-line error
+
+    names = store.patch_names()
+    make_split(store, "ref", "random", seed=1)
+    write_csv_lists(tmp_path / "l", names, store.read_split("ref")[0])
+    for text, what in (("", "lists no patch"), ("patch_name\n", "none of its 1 name is a usable patch of the store")):
+        (tmp_path / "l" / "train.csv").write_text(text)
+        result = run_main("split", store.path, "--name", "c", "--method", "csv", "--csv-dir", tmp_path / "l", "-q")
+        assert result.returncode != 0 and result.stderr.count("\n") == 1 and not result.stdout, result.stderr
+        assert f"error: {tmp_path / 'l' / 'train.csv'}: {what}; a split needs train patches" in result.stderr
+    assert "c" not in store.split_names()  # nothing written
+    write_csv_lists(tmp_path / "m", names, store.read_split("ref")[0])
+    (tmp_path / "m" / "val.csv").write_text("")
+    (tmp_path / "m" / "test.csv").write_text("")
+    result = run_main("split", store.path, "--name", "d", "--method", "csv", "--csv-dir", tmp_path / "m", "-q")
+    assert result.returncode == 0, result.stderr
+
+
 # --- quality -----------------------------------------------------------------------------
 
 
