@@ -433,6 +433,10 @@ def check_config(cfg: TrainConfig) -> None:
         # trained as without it, and config.json recorded a momentum the run never used
         raise InvalidArgumentError(f"--momentum {cfg.momentum:g} applies to --optim sgd only; --optim {cfg.optim} "
                                    "does not use it (its betas are torch's defaults)")
+    if not cfg.track_emissions and cfg.emissions_country != TrainConfig.emissions_country:
+        # changed nothing, and config.json recorded a country for emissions never tracked
+        raise InvalidArgumentError(f"--emissions-country {cfg.emissions_country} applies to --track-emissions only; "
+                                   "without it no emissions are tracked")
     check_seed(cfg.seed, "--seed")  # split's and demo's range: NumPy takes 0 .. 2**32 - 1
     if not cfg.loader_timeout >= 0:
         raise InvalidArgumentError(f"--loader-timeout must be 0 (wait for ever) or positive seconds, "

@@ -993,6 +993,9 @@ def test_a_device_torch_does_not_know_or_cannot_use_is_one_line(device: str, mes
     ({"momentum": math.nan}, "--momentum must be a non-negative, finite number, got nan"),
     # trained as without it, and config.json recorded it
     ({"optim": "adamw", "momentum": 0.5}, "--momentum 0.5 applies to --optim sgd only; --optim adamw does not use it"),
+    # changed nothing, and config.json recorded it
+    ({"emissions_country": "FRA"}, "--emissions-country FRA applies to --track-emissions only; without it no "
+                                   "emissions are tracked"),
     ({"lr": math.inf}, "--lr must be a positive, finite number, got inf"),
     ({"lr": math.nan}, "--lr must be a positive, finite number, got nan"),
     ({"seed": -1}, "--seed must be between 0 and 4294967295, got -1"),
@@ -1081,6 +1084,31 @@ def test_a_flag_that_config_turns_on_is_turned_off_on_the_command_line(store: Pa
     done = run_cli("train", "--config", toml, "--no-amp", "--no-compile-transform", "--no-track-emissions", "-q")
     assert done.returncode == 0, done.stderr
     assert (seen[0].amp, seen[0].compile_transform, seen[0].track_emissions) == (False, False, False)
+
+
+def test_emissions_country_without_track_emissions_is_refused(store: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """`train --emissions-country FRA` without --track-emissions trained as without it and recorded
+    FRA in config.json; from --config too. A tracked run's config with --no-track-emissions drops
+    its country."""
+    import benzarr.train
+
+    from tests.conftest import run_cli
+
+    message = "error: --emissions-country FRA applies to --track-emissions only; without it no emissions are tracked\n"
+    done = run_cli("train", store, "--split", "strat", "--emissions-country", "FRA", "--out", tmp_path / "r", "-q")
+    assert done.returncode == 1 and done.stderr == message, done.stderr
+    toml = tmp_path / "fra.toml"
+    toml.write_text(f'store = "{store}"\nsplit = "strat"\nemissions_country = "FRA"\n')
+    done = run_cli("train", "--config", toml, "--out", tmp_path / "r", "-q")
+    assert done.returncode == 1 and done.stderr == message, done.stderr
+    assert not (tmp_path / "r").exists()
+    toml.write_text(f'store = "{store}"\nsplit = "strat"\ntrack_emissions = true\nemissions_country = "FRA"\n')
+    seen: list[TrainConfig] = []
+    monkeypatch.setattr(benzarr.train, "train", lambda cfg, callback=None: seen.append(cfg) or SimpleNamespace())
+    done = run_cli("train", "--config", toml, "--no-track-emissions", "-q")
+    assert done.returncode == 0, done.stderr
+    assert (seen[0].track_emissions, seen[0].emissions_country) == (False, "DEU")
 
 
 @pytest.mark.parametrize(("text", "message"), [
