@@ -358,17 +358,18 @@ class _HostLoss:
         return math.nan
 
 
-def parse_modalities(modalities: str | Sequence[str]) -> list[str]:
+def parse_modalities(modalities: str | Sequence[str], *, once: bool = True) -> list[str]:
     """``"s2,s1"`` -> ``["s2", "s1"]``: image modalities only, stored order
     (:func:`benzarr.bands.parse_modalities` with ``s2`` and ``s1`` allowed).
 
     Raises:
-        InvalidArgumentError: empty, or a name other than s2 and s1.
+        InvalidArgumentError: empty, a name other than s2 and s1, or with ``once`` (the
+            default: ``--modalities``) one named twice.
     """
     from benzarr.bands import IMAGE_MODALITIES
     from benzarr.bands import parse_modalities as parse
 
-    return list(parse(modalities, IMAGE_MODALITIES))
+    return list(parse(modalities, IMAGE_MODALITIES, once=once))
 
 
 def resolve_bands(model: str, bands: str | int | Sequence[str] | None, modalities: str | Sequence[str] = "s2") -> list[str]:

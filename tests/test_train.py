@@ -190,6 +190,15 @@ def test_modalities_the_store_lacks_are_one_error_without_a_warning_before_it(st
     assert [str(w.message) for w in caught if "by default" in str(w.message)] == []
 
 
+def test_a_modality_named_twice_is_refused(store: Path, tmp_path: Path) -> None:
+    """`train --modalities s2,s2` trained on s2 and recorded "s2,s2" in config.json."""
+    from tests.conftest import run_cli
+
+    done = run_cli("train", store, "--split", "strat", "--modalities", "s2,s2", "--out", tmp_path / "r", "-q")
+    assert done.returncode == 1 and done.stderr == "error: modality 's2' is named twice in 's2,s2'; give each once\n"
+    assert not (tmp_path / "r").exists()
+
+
 def test_resume_after_interruption_equals_uninterrupted_run(store: Path, tmp_path: Path) -> None:
     full = train(config(store, tmp_path / "full", epochs=2, scheduler="cosine"))
 
