@@ -526,6 +526,7 @@ def write_report(paths: Sequence[str | Path], out: str | Path, evaluations: Sequ
     """
     check_not_a_file(out, "the report (--out)")
     runs = find_runs(paths, evaluations=evaluations)
+    evaluations = list(dict.fromkeys(evaluations))  # named twice, read once (find_runs): summary.md names it once
     out = Path(out)
     check_outside_datasets(out, "--out", "the report")
     check_report_folder(out)

@@ -309,6 +309,23 @@ def test_a_run_named_twice_is_one_run_and_an_evaluation_name_is_no_path(runs: di
         find_runs([rand], evaluations=["../../strat/seed-0/evaluations/x"])
 
 
+def test_an_evaluation_named_twice_is_read_and_named_once(runs: dict[str, Path], tmp_path: Path) -> None:
+    """`--evaluation e --evaluation e` gave one row per run (find_runs reads a name once), but the
+    summary line and summary.md said "the evaluations e, e"."""
+    import json
+    import shutil
+
+    run = shutil.copytree(runs["rand"], tmp_path / "run")
+    test = json.loads((run / "metrics.json").read_text())["test"]
+    (run / "evaluations" / "e").mkdir(parents=True)
+    (run / "evaluations" / "e" / "metrics.json").write_text(json.dumps({"metrics": test, "split": "rand",
+                                                                        "subset": "test"}))
+    done = run_cli("report", run, "--evaluation", "e", "--evaluation", "e", "--out", tmp_path / "out")
+    assert done.returncode == 0, done.stderr
+    assert "1 row(s) (runs x evaluations); metrics of the evaluations e, mean" in done.stdout
+    assert (tmp_path / "out" / "summary.md").read_text().startswith("Metrics of the evaluations e (benzarr evaluate)")
+
+
 def test_a_damaged_metrics_json_is_named_and_lost_curves_are_a_warning(runs: dict[str, Path], tmp_path: Path) -> None:
     """A metrics.json with a string for a metric ended the report with "could not convert string
     to float: 'abc'", naming no file; event files cut short gave empty curves without a word."""
