@@ -326,6 +326,13 @@ def test_an_evaluation_named_twice_is_read_and_named_once(runs: dict[str, Path],
     assert (tmp_path / "out" / "summary.md").read_text().startswith("Metrics of the evaluations e (benzarr evaluate)")
 
 
+def test_an_out_named_like_a_file_is_refused(runs: dict[str, Path], tmp_path: Path) -> None:
+    """`report --out summary.csv` made a folder named summary.csv."""
+    done = run_cli("report", runs["rand"], "--out", tmp_path / "summary.csv", "-q")
+    assert done.returncode == 1 and f"summary.csv: a .csv file's name given for the report (--out)" in done.stderr
+    assert not (tmp_path / "summary.csv").exists()
+
+
 def test_a_damaged_metrics_json_is_named_and_lost_curves_are_a_warning(runs: dict[str, Path], tmp_path: Path) -> None:
     """A metrics.json with a string for a metric ended the report with "could not convert string
     to float: 'abc'", naming no file; event files cut short gave empty curves without a word."""

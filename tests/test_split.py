@@ -595,6 +595,18 @@ def test_export_never_replaces_files_that_are_there(store, tmp_path: Path) -> No
     assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["train.csv"]
 
 
+def test_export_into_a_name_ending_in_csv_is_refused(store, tmp_path: Path) -> None:
+    """`--export lists/train.csv` made a folder train.csv holding the three lists."""
+    from tests.conftest import run_cli as run_main
+
+    make_split(store, "s", "random", seed=0)
+    done = run_main("split", store.path, "--name", "s", "--export", tmp_path / "lists" / "train.csv")
+    assert done.returncode == 1 and done.stderr == (f"error: {tmp_path / 'lists' / 'train.csv'}: a .csv file's name "
+                                                    "given for the CSV lists (--export), a folder: give the folder the "
+                                                    f"files go into, such as {tmp_path / 'lists'}\n"), done.stderr
+    assert not (tmp_path / "lists").exists()
+
+
 def test_a_failed_split_write_to_an_object_store_removes_what_it_wrote(s3_server: dict,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """An object store has no rename: the split is written in place, and a failure between its

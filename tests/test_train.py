@@ -579,6 +579,18 @@ def test_a_run_folder_in_the_store_is_refused_before_writing(store: Path, tmp_pa
         train(config(store, tmp_path / "notes.txt" / "run", max_steps=1))
 
 
+def test_an_out_named_like_a_file_is_refused(store: Path, tmp_path: Path) -> None:
+    """`train --out r1.json` (and --seeds into rs.csv/seed-<s>) made folders of those names."""
+    from tests.conftest import run_cli
+
+    for out, seeds in (("r1.json", []), ("rs.csv", ["--seeds", "0,1"])):
+        done = run_cli("train", store, "--split", "strat", "--out", tmp_path / out, *seeds, "-q")
+        assert done.returncode == 1 and done.stderr.startswith(
+            f"error: {tmp_path / out}: a {Path(out).suffix} file's name given for the run folder (--out), a "
+            f"folder: give the folder the files go into, such as {tmp_path}"), done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_seed_and_seeds_together_are_refused(store: Path, tmp_path: Path) -> None:
     import subprocess
     import sys
