@@ -353,6 +353,19 @@ def test_a_damaged_metrics_json_is_named_and_lost_curves_are_a_warning(runs: dic
     assert report.runs["micro_f1"].tolist() == [metrics["test"]["micro_f1"]]
 
 
+def test_a_metrics_json_without_its_test_block_is_named_as_damaged(runs: dict[str, Path], tmp_path: Path) -> None:
+    """A metrics.json of `{}` was read as a run without a test subset ("test": null, which train
+    writes for one): a warning to score it with evaluate, exit 0. train always writes the key."""
+    import shutil
+
+    run = shutil.copytree(runs["rand"], tmp_path / "run")
+    (run / "metrics.json").write_text("{}")
+    done = run_cli("report", run, "--out", tmp_path / "out", "-q")
+    assert done.returncode == 1 and done.stderr == (f"error: {run / 'metrics.json'}: not the metrics.json benzarr "
+                                                    "train writes (no 'test' block of metrics)\n"), done.stderr
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("name", ["metrics.json", "evaluations/e/metrics.json"])
 def test_a_metrics_json_of_bytes_that_are_no_text_is_named(runs: dict[str, Path], tmp_path: Path, name: str) -> None:
     """A metrics.json of binary garbage ended the report with 'unexpected UnicodeDecodeError'."""
