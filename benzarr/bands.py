@@ -150,17 +150,20 @@ def _names(value: str | Sequence[str]) -> list[str]:
     return [item.strip() for item in items if item.strip()]
 
 
-def parse_modalities(modalities: str | Sequence[str], allowed: Sequence[str] = MODALITIES) -> tuple[str, ...]:
+def parse_modalities(modalities: str | Sequence[str], allowed: Sequence[str] = MODALITIES, *,
+                     once: bool = False) -> tuple[str, ...]:
     """Modalities from a comma string or a sequence (case-insensitive), in stored order
     (:data:`MODALITIES`), each once.
 
     Args:
         allowed: the modalities the caller accepts (:data:`IMAGE_MODALITIES` for image
             channels only).
+        once: refuse a modality named twice (an option of the command line: ``train`` and
+            ``ingest --modalities s2,s2``); without it, a repeat is read once.
 
     Raises:
-        InvalidArgumentError: empty, not a str or a sequence of str, or a name outside
-            ``allowed``, listing the valid names.
+        InvalidArgumentError: empty, not a str or a sequence of str, a name outside
+            ``allowed`` (listing the valid names), or with ``once`` a name given twice.
     """
     if (modalities is None or isinstance(modalities, (bool, bytes, bytearray))
             or not (isinstance(modalities, str) or hasattr(modalities, "__iter__"))):  # None was a TypeError
@@ -171,6 +174,9 @@ def parse_modalities(modalities: str | Sequence[str], allowed: Sequence[str] = M
     if unknown or not names:
         what = f"unknown modality {unknown[0]!r}" if unknown else "no modality given"
         raise InvalidArgumentError(f"{what}: choose from {', '.join(allowed)} (a list or comma-separated)")
+    twice = [m for i, m in enumerate(names) if m in names[:i]]
+    if twice and once:  # --modalities s2,s2 was read as s2 without a word
+        raise InvalidArgumentError(f"modality {twice[0]!r} is named twice in {','.join(names)!r}; give each once")
     return tuple(m for m in MODALITIES if m in names)
 
 

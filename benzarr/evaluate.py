@@ -488,7 +488,8 @@ def dataset_options(config: dict[str, Any]) -> dict[str, Any]:
 
     settings = config["settings"]
     return dict(bands=list(settings["bands"]), labels=config.get("labels", settings.get("labels", "clc43")),
-                modalities=parse_modalities(settings.get("modalities", "s2")),
+                # a run trained before s2,s2 was refused read it as s2
+                modalities=parse_modalities(settings.get("modalities", "s2"), once=False),
                 resample=settings.get("resample", "bilinear"), align_corners=bool(settings.get("align_corners", False)))
 
 

@@ -492,16 +492,30 @@ def check_replaceable_file(path: str | Path, *, owned: Callable[[Path], bool], w
     return True
 
 
+#: Endings of the files benzarr writes into its output folders: a folder to be made with one of
+#: them (``evaluate --out dir/metrics.json``) is a file's name given for the folder.
+FILE_ENDINGS = (".json", ".csv")
+
+
 def check_not_a_file(path: str | Path, what: str) -> None:
     """Refuse, before any work, a path where a folder is to be written that is a file (mkdir
-    would say only "File exists"); a missing path or a folder passes.
+    would say only "File exists"), or that would make a folder of a file's name (one ending in
+    :data:`FILE_ENDINGS`); a missing path of another name, or a folder, passes.
 
     Raises:
         FileSystemError: ``path`` is a file, or cannot be made because a parent is one; ``what``
             names the folder (``"the run folder (--out)"``).
+        InvalidArgumentError: ``path``, or a missing folder above it, ends in .json or .csv.
     """
     if not os.path.lexists(path):
         _check_parents(Path(path))  # notes.txt/run: a file where a parent folder would go
+        for made in (Path(path), *Path(path).parents):  # the folders mkdir would make
+            if os.path.lexists(made):
+                break
+            if made.suffix.lower() in FILE_ENDINGS:  # evaluate --out d/metrics.json made a folder metrics.json
+                hint = f", such as {made.parent}" if made.parent != Path(".") else ""
+                raise InvalidArgumentError(f"{made}: a {made.suffix} file's name given for {what}, a folder: give "
+                                           f"the folder the files go into{hint}")
     elif not os.path.isdir(path):
         raise FileSystemError(f"{path}: is a file, not a folder; choose another path for {what}", str(path),
                               errno.ENOTDIR)

@@ -573,7 +573,7 @@ def _ingest_params(
     """
     source = get_source(found.source)
     # S2 is always ingested
-    chosen = list(found.modalities) if modalities is None else ["s2", *parse_modalities(modalities or "s2")]
+    chosen = list(found.modalities) if modalities is None else ["s2", *parse_modalities(modalities or "s2", once=True)]
     absent = [m for m in chosen if m not in found.modalities]
     if absent:
         raise InvalidArgumentError(

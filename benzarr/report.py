@@ -137,8 +137,10 @@ def _read_metrics(path: Path, block: str) -> dict[str, Any] | None:
         return None
     metrics = doc.get(block) if isinstance(doc, dict) else None
     # a run's test block is null without a test subset; an evaluation's is never: a run's own
-    # metrics.json in evaluations/NAME/ gave a row without metrics, left out of the summary in silence
-    if not isinstance(doc, dict) or not isinstance(metrics, (dict, type(None) if block == "test" else dict)):
+    # metrics.json in evaluations/NAME/ gave a row without metrics, left out of the summary in silence.
+    # train always writes the key, so a file without it ({}) is damaged, not a run without a test subset
+    if (not isinstance(doc, dict) or block not in doc
+            or not isinstance(metrics, (dict, type(None) if block == "test" else dict))):
         raise InvalidArgumentError(f"{path}: not the metrics.json benzarr {'train' if block == 'test' else 'evaluate'} "
                                    f"writes (no '{block}' block of metrics)")
     for key in TABLE_METRICS:
@@ -526,6 +528,7 @@ def write_report(paths: Sequence[str | Path], out: str | Path, evaluations: Sequ
     """
     check_not_a_file(out, "the report (--out)")
     runs = find_runs(paths, evaluations=evaluations)
+    evaluations = list(dict.fromkeys(evaluations))  # named twice, read once (find_runs): summary.md names it once
     out = Path(out)
     check_outside_datasets(out, "--out", "the report")
     check_report_folder(out)

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from benzarr.checks import check_seed
 from benzarr.errors import InvalidArgumentError, MissingDependencyError, missing_extra
 from benzarr.fsutil import check_outside_datasets, check_replaceable_file
 
@@ -136,9 +137,10 @@ def pick_rows(
     random: int | None = None,
     split: str | None = None,
     subset: str | None = None,
-    seed: int = 0,
+    seed: int | None = None,
 ) -> list[int]:
-    """Store rows from patch names, row indices, or ``random`` patches of a split's subset.
+    """Store rows from patch names, row indices, or ``random`` patches of a split's subset
+    (drawn with ``seed``, 0 when None; a seed is refused without ``random``).
 
     Raises:
         InvalidArgumentError: none or several ways given, an unknown name, a row out of range,
@@ -149,6 +151,8 @@ def pick_rows(
         raise InvalidArgumentError("choose the patches one way: --patch NAME ..., --index I ... or --random N")
     if (split is not None or subset is not None) and random is None:
         raise InvalidArgumentError("--split/--subset choose among the patches for --random N")
+    if seed is not None and random is None:  # it was ignored without a word
+        raise InvalidArgumentError("--seed seeds the draw of --random N; --patch and --index take no --seed")
     n = store.n_patches
     if patches:
         names = store.patch_names()
@@ -170,6 +174,7 @@ def pick_rows(
         raise InvalidArgumentError(f"--random: {where} is empty: no patch to draw")
     if random is None or random < 1 or random > pool.size:
         raise InvalidArgumentError(f"--random needs 1 to {pool.size:,} patches ({where}), got {random}")
+    seed = 0 if seed is None else check_seed(seed, "--seed")  # -1 stopped in NumPy's bare ValueError
     return sorted(np.random.default_rng(seed).choice(pool, size=random, replace=False).tolist())
 
 

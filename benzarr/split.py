@@ -1049,6 +1049,12 @@ def _split_codes(
                 f"{store.path}: none of the store's patches is in {what} (a synthetic archive has its "
                 "own names: use --method iterative or random)"
             )
+        if method == "csv" and not (codes == 0).any():  # val.csv and test.csv may be empty; train.csv not
+            path, listed_train = Path(csv_dir) / "train.csv", lists["train"]["listed"]
+            what = ("lists no patch" if not listed_train else
+                    f"none of its {listed_train:,} name{'s' if listed_train != 1 else ''} is a usable patch of the store")
+            raise InvalidArgumentError(f"{path}: {what}; a split needs train patches to train on "
+                                       "(val.csv and test.csv may be empty)")
     return codes, parameters, desired, lists
 
 

@@ -358,17 +358,18 @@ class _HostLoss:
         return math.nan
 
 
-def parse_modalities(modalities: str | Sequence[str]) -> list[str]:
+def parse_modalities(modalities: str | Sequence[str], *, once: bool = True) -> list[str]:
     """``"s2,s1"`` -> ``["s2", "s1"]``: image modalities only, stored order
     (:func:`benzarr.bands.parse_modalities` with ``s2`` and ``s1`` allowed).
 
     Raises:
-        InvalidArgumentError: empty, or a name other than s2 and s1.
+        InvalidArgumentError: empty, a name other than s2 and s1, or with ``once`` (the
+            default: ``--modalities``) one named twice.
     """
     from benzarr.bands import IMAGE_MODALITIES
     from benzarr.bands import parse_modalities as parse
 
-    return list(parse(modalities, IMAGE_MODALITIES))
+    return list(parse(modalities, IMAGE_MODALITIES, once=once))
 
 
 def resolve_bands(model: str, bands: str | int | Sequence[str] | None, modalities: str | Sequence[str] = "s2") -> list[str]:
@@ -433,6 +434,10 @@ def check_config(cfg: TrainConfig) -> None:
         # trained as without it, and config.json recorded a momentum the run never used
         raise InvalidArgumentError(f"--momentum {cfg.momentum:g} applies to --optim sgd only; --optim {cfg.optim} "
                                    "does not use it (its betas are torch's defaults)")
+    if not cfg.track_emissions and cfg.emissions_country != TrainConfig.emissions_country:
+        # changed nothing, and config.json recorded a country for emissions never tracked
+        raise InvalidArgumentError(f"--emissions-country {cfg.emissions_country} applies to --track-emissions only; "
+                                   "without it no emissions are tracked")
     check_seed(cfg.seed, "--seed")  # split's and demo's range: NumPy takes 0 .. 2**32 - 1
     if not cfg.loader_timeout >= 0:
         raise InvalidArgumentError(f"--loader-timeout must be 0 (wait for ever) or positive seconds, "

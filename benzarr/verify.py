@@ -340,7 +340,11 @@ def _check_metadata(
             continue
         array = opened.get(name)
         if array is None:
-            problems.append(Problem(name, f"{root / name}: array is missing"))
+            if (root / name).is_dir():  # its chunks are there: the metadata alone is gone
+                problems.append(Problem(name, f"{root / name / 'zarr.json'}: the array's zarr.json is missing "
+                                              "(its folder is there)"))
+            else:
+                problems.append(Problem(name, f"{root / name}: array is missing"))
             continue
         if tuple(array.shape) != shape:
             problems.append(Problem(name, f"{root / name}: shape {tuple(array.shape)}, expected {shape}"))

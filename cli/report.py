@@ -21,7 +21,8 @@ def command(
     """Plot loss and F1 curves and tabulate test metrics per run and per model/split (mean ± 95% CI over seeds)."""
     from benzarr.report import write_report  # pandas and matplotlib: only when reporting
 
-    report = write_report(rundirs, out, evaluations=evaluation or ())
+    evaluation = list(dict.fromkeys(evaluation or ()))  # a repeat is read once; the line below named it twice
+    report = write_report(rundirs, out, evaluations=evaluation)
     for line in report.warnings:  # on stderr, also with --quiet: a row without metrics is easy to miss
         warn_line(line)
     if quiet:

@@ -22,7 +22,7 @@ def command(
     split: Optional[str] = typer.Option(None, "--split", help="--random: choose among this split's patches; --map: "
                                         "the split to map."),
     subset: Optional[str] = typer.Option(None, "--subset", help="--random: train | val | test of --split."),
-    seed: int = typer.Option(0, "--seed", help="--random: seed of the draw."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="--random: seed of the draw (default 0)."),
     out: Optional[Path] = typer.Option(None, "--out", help="PNG to write the patch grid to."),
     bands: Optional[str] = typer.Option(None, "--bands", help="One image panel: rgb | false-color | swir | VV,VH "
                                         "(default: true and false colour, and S1 when the store has it)."),
@@ -41,7 +41,7 @@ def command(
                                    "or --split NAME --map FILE.png")
     if not selected:  # --map alone: these drew nothing, and the command said nothing of them
         unused = [flag for flag, value in (("--out", out), ("--bands", bands), ("--labels", labels), ("--run", run),
-                                           ("--subset", subset)) if value is not None]
+                                           ("--subset", subset), ("--seed", seed)) if value is not None]
         if unused:
             raise InvalidArgumentError(f"{', '.join(unused)} {'is' if len(unused) == 1 else 'are'} for the patch grid: "
                                        "choose patches with --patch NAME, --index I or --random N (--map draws every "

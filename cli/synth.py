@@ -13,7 +13,7 @@ from benzarr_cli._common import console, count, progress_bar
 def command(
     out: Path = typer.Argument(..., help="Archive folder to write (created; must be empty unless --overwrite)."),
     patches: int = typer.Option(1000, "--patches", min=1, help="Number of patches."),  # 0: an archive ingest refuses
-    seed: int = typer.Option(0, "--seed", min=0, help="Seed; the same patches and seed give the same bytes."),
+    seed: int = typer.Option(0, "--seed", help="Seed (0 .. 2**32-1); the same patches and seed give the same bytes."),
     version: int = typer.Option(
         1, "--version",
         help="1: BigEarthNet v1.0 (patch folders with JSON); 2: BigEarthNet v2.0 / reBEN "
@@ -48,6 +48,7 @@ def command(
 
     Deterministic: the same --patches and --seed give the same bytes whatever --workers is.
     """
+    from benzarr.checks import check_seed
     from benzarr.errors import InvalidArgumentError
     from benzarr.synth import (
         archive_footprint,
@@ -57,6 +58,7 @@ def command(
         tree_footprint,
     )
 
+    check_seed(seed, "--seed")  # every other command's range: 2**32 was accepted here alone
     if version not in (1, 2):
         raise InvalidArgumentError(f"--version must be 1 or 2, got {version}")
     if reference_maps and version != 2:

@@ -192,6 +192,9 @@ def command(
     )
     if config is not None:  # the file's settings, but for the options typed on this command line
         settings.update({k: v for k, v in read_settings_file(config).items() if not _given(ctx, k)})
+        if _given(ctx, "track_emissions") and not track_emissions and not _given(ctx, "emissions_country"):
+            # --config of a tracked run's config.json with --no-track-emissions: its country goes with it
+            settings["emissions_country"] = D.emissions_country
     for name, flag in (("store", "STORE"), ("split", "--split")):
         if settings[name] is None:  # required, unless --config names it
             where = f"{config} has no {name}" if config is not None else f"or a --config FILE that holds a {name}"

@@ -103,6 +103,8 @@ def test_reference_map_alone_gives_no_image_channels() -> None:
 def test_modalities_parse_from_a_string_or_a_list_into_stored_order() -> None:
     assert parse_modalities("s1,S2") == ("s2", "s1")
     assert parse_modalities(["reference-map", "s2", "s2"]) == ("s2", "reference-map")
+    with pytest.raises(InvalidArgumentError, match=r"^modality 's2' is named twice in 'reference-map,s2,s2'; give"):
+        parse_modalities(["reference-map", "s2", "s2"], once=True)  # --modalities: train and ingest
     with pytest.raises(InvalidArgumentError, match="unknown modality 'reference-map': choose from s2, s1"):
         parse_modalities("s2,reference-map", vocabulary.IMAGE_MODALITIES)
     with pytest.raises(InvalidArgumentError, match="no modality given"):

@@ -36,6 +36,20 @@ def run(tmp_path_factory: pytest.TempPathFactory, synth_store_64: Path) -> Path:
     return root / "run"
 
 
+def test_an_out_named_like_a_file_is_refused_before_scoring(run: Path, tmp_path: Path) -> None:
+    """`evaluate --out dir/metrics.json` made a folder named metrics.json (a file as --out was refused)."""
+    from tests.conftest import run_cli
+
+    done = run_cli("evaluate", run, "--out", tmp_path / "d" / "metrics.json", "--device", "cpu", "-q")
+    assert done.returncode == 1 and done.stderr == (f"error: {tmp_path / 'd' / 'metrics.json'}: a .json file's name "
+                                                    "given for the evaluation (--out), a folder: give the folder the "
+                                                    f"files go into, such as {tmp_path / 'd'}\n"), done.stderr
+    assert not (tmp_path / "d").exists()
+    (tmp_path / "scores.csv").write_text("mine\n")  # an existing file: refused as before
+    done = run_cli("evaluate", run, "--out", tmp_path / "scores.csv", "--device", "cpu", "-q")
+    assert done.returncode == 1 and "scores.csv: is a file, not a folder" in done.stderr
+
+
 def test_the_runs_own_test_subset_gives_its_metrics_and_scores_csv_byte_for_byte(run: Path, tmp_path: Path) -> None:
     result = evaluate_run(run, out_dir=tmp_path / "eval")
     recorded = json.loads((run / "metrics.json").read_text())["test"]

@@ -60,6 +60,13 @@ def test_asking_for_a_modality_the_archive_lacks(real_s2_archive: Path, tmp_path
         ingest(real_s2_archive, tmp_path / "s.zarr", modalities=["s2", "s1"])
 
 
+def test_a_modality_named_twice_is_refused(real_s2_archive: Path, tmp_path: Path) -> None:
+    """`ingest --modalities s2,s2` was read as s2 without a word."""
+    done = run_cli("ingest", real_s2_archive, tmp_path / "s.zarr", "--modalities", "s2,S2")
+    assert done.returncode == 1 and done.stderr == "error: modality 's2' is named twice in 's2,s2'; give each once\n"
+    assert not (tmp_path / "s.zarr").exists()
+
+
 def test_parts_in_concurrent_processes_equal_one_ingest(synth_archive_64: Path, synth_store_64: Path,
                                                         tmp_path: Path) -> None:
     store = tmp_path / "parts.zarr"

@@ -309,6 +309,30 @@ def test_a_run_named_twice_is_one_run_and_an_evaluation_name_is_no_path(runs: di
         find_runs([rand], evaluations=["../../strat/seed-0/evaluations/x"])
 
 
+def test_an_evaluation_named_twice_is_read_and_named_once(runs: dict[str, Path], tmp_path: Path) -> None:
+    """`--evaluation e --evaluation e` gave one row per run (find_runs reads a name once), but the
+    summary line and summary.md said "the evaluations e, e"."""
+    import json
+    import shutil
+
+    run = shutil.copytree(runs["rand"], tmp_path / "run")
+    test = json.loads((run / "metrics.json").read_text())["test"]
+    (run / "evaluations" / "e").mkdir(parents=True)
+    (run / "evaluations" / "e" / "metrics.json").write_text(json.dumps({"metrics": test, "split": "rand",
+                                                                        "subset": "test"}))
+    done = run_cli("report", run, "--evaluation", "e", "--evaluation", "e", "--out", tmp_path / "out")
+    assert done.returncode == 0, done.stderr
+    assert "1 row(s) (runs x evaluations); metrics of the evaluations e, mean" in done.stdout
+    assert (tmp_path / "out" / "summary.md").read_text().startswith("Metrics of the evaluations e (benzarr evaluate)")
+
+
+def test_an_out_named_like_a_file_is_refused(runs: dict[str, Path], tmp_path: Path) -> None:
+    """`report --out summary.csv` made a folder named summary.csv."""
+    done = run_cli("report", runs["rand"], "--out", tmp_path / "summary.csv", "-q")
+    assert done.returncode == 1 and f"summary.csv: a .csv file's name given for the report (--out)" in done.stderr
+    assert not (tmp_path / "summary.csv").exists()
+
+
 def test_a_damaged_metrics_json_is_named_and_lost_curves_are_a_warning(runs: dict[str, Path], tmp_path: Path) -> None:
     """A metrics.json with a string for a metric ended the report with "could not convert string
     to float: 'abc'", naming no file; event files cut short gave empty curves without a word."""
@@ -327,6 +351,19 @@ def test_a_damaged_metrics_json_is_named_and_lost_curves_are_a_warning(runs: dic
     assert report.warnings == [f"{run}: its 1 event file(s) hold no scalar (damaged or cut short?), so curves.png "
                                "has no curves for it; its test metrics are in the tables"]
     assert report.runs["micro_f1"].tolist() == [metrics["test"]["micro_f1"]]
+
+
+def test_a_metrics_json_without_its_test_block_is_named_as_damaged(runs: dict[str, Path], tmp_path: Path) -> None:
+    """A metrics.json of `{}` was read as a run without a test subset ("test": null, which train
+    writes for one): a warning to score it with evaluate, exit 0. train always writes the key."""
+    import shutil
+
+    run = shutil.copytree(runs["rand"], tmp_path / "run")
+    (run / "metrics.json").write_text("{}")
+    done = run_cli("report", run, "--out", tmp_path / "out", "-q")
+    assert done.returncode == 1 and done.stderr == (f"error: {run / 'metrics.json'}: not the metrics.json benzarr "
+                                                    "train writes (no 'test' block of metrics)\n"), done.stderr
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("name", ["metrics.json", "evaluations/e/metrics.json"])

@@ -371,3 +371,19 @@ def test_map_alone_refuses_the_grids_options_and_serves_index_with_a_split(synth
     assert grid.exists() and mapped.exists()
     done = run_cli("show", path, "--index", "1", "--out", grid, "--split", "r", "--subset", "val", "--map", mapped)
     assert done.returncode == 1 and "--split/--subset choose among the patches for --random N" in done.stderr
+
+
+def test_seed_without_random_is_refused_by_name(synth_store_64: Path, tmp_path: Path) -> None:
+    """`show --index 1 --seed 5` drew row 1 and dropped the seed without a word (it picks --random
+    patches alone); a seed out of range with --random stopped in NumPy's bare ValueError."""
+    from tests.conftest import run_cli
+
+    for args in (["--index", "1"], ["--patch", str(open_store(synth_store_64).patch_names()[0])]):
+        done = run_cli("show", synth_store_64, *args, "--seed", "5", "--out", tmp_path / "a.png")
+        assert done.returncode == 1 and done.stderr == ("error: --seed seeds the draw of --random N; --patch and "
+                                                        "--index take no --seed\n"), done.stderr
+    done = run_cli("show", synth_store_64, "--split", "r", "--map", tmp_path / "m.png", "--seed", "5")
+    assert done.returncode == 1 and done.stderr.startswith("error: --seed is for the patch grid"), done.stderr
+    done = run_cli("show", synth_store_64, "--random", "2", "--seed", "-1", "--out", tmp_path / "a.png")
+    assert done.returncode == 1 and done.stderr == "error: --seed must be between 0 and 4294967295, got -1\n"
+    assert not (tmp_path / "a.png").exists()

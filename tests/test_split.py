@@ -290,6 +290,27 @@ def test_csv_names_the_store_lacks_are_warned_about_even_when_quiet(store, tmp_p
         in result.output
 
 
+def test_csv_empty_train_list_is_refused_naming_the_file(store, tmp_path: Path) -> None:
+    """An empty (or header-only) train.csv made a split with 0 train patches, exit 0; empty val.csv
+    and test.csv still make a split (a split with no test subset is allowed)."""
+    from tests.conftest import run_cli as run_main  # through main: the one-line error
+
+    names = store.patch_names()
+    make_split(store, "ref", "random", seed=1)
+    write_csv_lists(tmp_path / "l", names, store.read_split("ref")[0])
+    for text, what in (("", "lists no patch"), ("patch_name\n", "none of its 1 name is a usable patch of the store")):
+        (tmp_path / "l" / "train.csv").write_text(text)
+        result = run_main("split", store.path, "--name", "c", "--method", "csv", "--csv-dir", tmp_path / "l", "-q")
+        assert result.returncode != 0 and result.stderr.count("\n") == 1 and not result.stdout, result.stderr
+        assert f"error: {tmp_path / 'l' / 'train.csv'}: {what}; a split needs train patches" in result.stderr
+    assert "c" not in store.split_names()  # nothing written
+    write_csv_lists(tmp_path / "m", names, store.read_split("ref")[0])
+    (tmp_path / "m" / "val.csv").write_text("")
+    (tmp_path / "m" / "test.csv").write_text("")
+    result = run_main("split", store.path, "--name", "d", "--method", "csv", "--csv-dir", tmp_path / "m", "-q")
+    assert result.returncode == 0, result.stderr
+
+
 # --- quality -----------------------------------------------------------------------------
 
 
@@ -572,6 +593,18 @@ def test_export_never_replaces_files_that_are_there(store, tmp_path: Path) -> No
         export_split(store, "s", tmp_path / "mine")
     assert (tmp_path / "mine" / "train.csv").read_text() == "my list\n"
     assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["train.csv"]
+
+
+def test_export_into_a_name_ending_in_csv_is_refused(store, tmp_path: Path) -> None:
+    """`--export lists/train.csv` made a folder train.csv holding the three lists."""
+    from tests.conftest import run_cli as run_main
+
+    make_split(store, "s", "random", seed=0)
+    done = run_main("split", store.path, "--name", "s", "--export", tmp_path / "lists" / "train.csv")
+    assert done.returncode == 1 and done.stderr == (f"error: {tmp_path / 'lists' / 'train.csv'}: a .csv file's name "
+                                                    "given for the CSV lists (--export), a folder: give the folder the "
+                                                    f"files go into, such as {tmp_path / 'lists'}\n"), done.stderr
+    assert not (tmp_path / "lists").exists()
 
 
 def test_a_failed_split_write_to_an_object_store_removes_what_it_wrote(s3_server: dict,

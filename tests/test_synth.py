@@ -232,6 +232,17 @@ def test_cli_summary_of_one_patch_says_patch(tmp_path: Path) -> None:
     assert result.returncode == 0 and result.stdout.startswith("wrote a labels-only store of 1 patch to"), result.stdout
 
 
+def test_cli_seed_outside_every_commands_range_is_refused_as_they_refuse_it(tmp_path: Path) -> None:
+    """`synth --seed 4294967296` wrote an archive that split, train and demo could not reproduce
+    with that seed (they refuse it); -1 was click's usage error rather than the other commands' line."""
+    from tests.conftest import run_cli
+
+    for seed in (2**32, -1):
+        result = run_cli("synth", tmp_path / "a", "--patches", "1", "--seed", seed)
+        assert result.returncode == 1 and result.stderr == f"error: --seed must be between 0 and 4294967295, got {seed}\n"
+    assert not (tmp_path / "a").exists()
+
+
 def test_cli_writes_the_archive_and_a_summary(tmp_path: Path) -> None:
     from benzarr_cli.main import app
 

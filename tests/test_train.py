@@ -190,6 +190,15 @@ def test_modalities_the_store_lacks_are_one_error_without_a_warning_before_it(st
     assert [str(w.message) for w in caught if "by default" in str(w.message)] == []
 
 
+def test_a_modality_named_twice_is_refused(store: Path, tmp_path: Path) -> None:
+    """`train --modalities s2,s2` trained on s2 and recorded "s2,s2" in config.json."""
+    from tests.conftest import run_cli
+
+    done = run_cli("train", store, "--split", "strat", "--modalities", "s2,s2", "--out", tmp_path / "r", "-q")
+    assert done.returncode == 1 and done.stderr == "error: modality 's2' is named twice in 's2,s2'; give each once\n"
+    assert not (tmp_path / "r").exists()
+
+
 def test_resume_after_interruption_equals_uninterrupted_run(store: Path, tmp_path: Path) -> None:
     full = train(config(store, tmp_path / "full", epochs=2, scheduler="cosine"))
 
@@ -568,6 +577,18 @@ def test_a_run_folder_in_the_store_is_refused_before_writing(store: Path, tmp_pa
     (tmp_path / "notes.txt").write_text("mine")  # its lock said "File exists (while creating its train lock)"
     with pytest.raises(FileSystemError, match=r"notes.txt/run: cannot be created: .*notes.txt is a file, not a folder"):
         train(config(store, tmp_path / "notes.txt" / "run", max_steps=1))
+
+
+def test_an_out_named_like_a_file_is_refused(store: Path, tmp_path: Path) -> None:
+    """`train --out r1.json` (and --seeds into rs.csv/seed-<s>) made folders of those names."""
+    from tests.conftest import run_cli
+
+    for out, seeds in (("r1.json", []), ("rs.csv", ["--seeds", "0,1"])):
+        done = run_cli("train", store, "--split", "strat", "--out", tmp_path / out, *seeds, "-q")
+        assert done.returncode == 1 and done.stderr.startswith(
+            f"error: {tmp_path / out}: a {Path(out).suffix} file's name given for the run folder (--out), a "
+            f"folder: give the folder the files go into, such as {tmp_path}"), done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_seed_and_seeds_together_are_refused(store: Path, tmp_path: Path) -> None:
@@ -993,6 +1014,9 @@ def test_a_device_torch_does_not_know_or_cannot_use_is_one_line(device: str, mes
     ({"momentum": math.nan}, "--momentum must be a non-negative, finite number, got nan"),
     # trained as without it, and config.json recorded it
     ({"optim": "adamw", "momentum": 0.5}, "--momentum 0.5 applies to --optim sgd only; --optim adamw does not use it"),
+    # changed nothing, and config.json recorded it
+    ({"emissions_country": "FRA"}, "--emissions-country FRA applies to --track-emissions only; without it no "
+                                   "emissions are tracked"),
     ({"lr": math.inf}, "--lr must be a positive, finite number, got inf"),
     ({"lr": math.nan}, "--lr must be a positive, finite number, got nan"),
     ({"seed": -1}, "--seed must be between 0 and 4294967295, got -1"),
@@ -1081,6 +1105,31 @@ def test_a_flag_that_config_turns_on_is_turned_off_on_the_command_line(store: Pa
     done = run_cli("train", "--config", toml, "--no-amp", "--no-compile-transform", "--no-track-emissions", "-q")
     assert done.returncode == 0, done.stderr
     assert (seen[0].amp, seen[0].compile_transform, seen[0].track_emissions) == (False, False, False)
+
+
+def test_emissions_country_without_track_emissions_is_refused(store: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """`train --emissions-country FRA` without --track-emissions trained as without it and recorded
+    FRA in config.json; from --config too. A tracked run's config with --no-track-emissions drops
+    its country."""
+    import benzarr.train
+
+    from tests.conftest import run_cli
+
+    message = "error: --emissions-country FRA applies to --track-emissions only; without it no emissions are tracked\n"
+    done = run_cli("train", store, "--split", "strat", "--emissions-country", "FRA", "--out", tmp_path / "r", "-q")
+    assert done.returncode == 1 and done.stderr == message, done.stderr
+    toml = tmp_path / "fra.toml"
+    toml.write_text(f'store = "{store}"\nsplit = "strat"\nemissions_country = "FRA"\n')
+    done = run_cli("train", "--config", toml, "--out", tmp_path / "r", "-q")
+    assert done.returncode == 1 and done.stderr == message, done.stderr
+    assert not (tmp_path / "r").exists()
+    toml.write_text(f'store = "{store}"\nsplit = "strat"\ntrack_emissions = true\nemissions_country = "FRA"\n')
+    seen: list[TrainConfig] = []
+    monkeypatch.setattr(benzarr.train, "train", lambda cfg, callback=None: seen.append(cfg) or SimpleNamespace())
+    done = run_cli("train", "--config", toml, "--no-track-emissions", "-q")
+    assert done.returncode == 0, done.stderr
+    assert (seen[0].track_emissions, seen[0].emissions_country) == (False, "DEU")
 
 
 @pytest.mark.parametrize(("text", "message"), [

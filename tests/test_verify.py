@@ -421,6 +421,15 @@ def test_a_deleted_chunk_of_a_row_array_is_named_not_read_as_fill_values(store: 
     assert result.returncode == 4 and f"{store / chunk} is missing" in result.stdout
 
 
+def test_a_deleted_array_zarr_json_is_named_not_the_array(store: Path) -> None:
+    """With s2/10m/zarr.json deleted and its chunks there, verify said "s2/10m: array is missing"."""
+    (store / "s2" / "10m" / "zarr.json").unlink()
+    result = run_cli("verify", store, "--no-record")
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert f"{store / 's2' / '10m' / 'zarr.json'}: the array's zarr.json is missing (its folder is there)" \
+        in result.stdout and "array is missing" not in result.stdout
+
+
 def test_patch_names_with_a_deleted_chunk_are_an_error_not_blank_names(store: Path, tmp_path: Path) -> None:
     assert run_cli("split", store, "--name", "r", "--method", "random", "-q").returncode == 0
     (store / "meta/patch_name/c/0").unlink()
