@@ -195,6 +195,11 @@ def command(
         if _given(ctx, "track_emissions") and not track_emissions and not _given(ctx, "emissions_country"):
             # --config of a tracked run's config.json with --no-track-emissions: its country goes with it
             settings["emissions_country"] = D.emissions_country
+    if _given(ctx, "emissions_country") and not settings["track_emissions"]:
+        # check_config refuses a country other than the default; one typed as the default (DEU)
+        # changed nothing either, and passed in silence
+        raise InvalidArgumentError(f"--emissions-country {emissions_country} applies to --track-emissions only; "
+                                   "without it no emissions are tracked")
     for name, flag in (("store", "STORE"), ("split", "--split")):
         if settings[name] is None:  # required, unless --config names it
             where = f"{config} has no {name}" if config is not None else f"or a --config FILE that holds a {name}"

@@ -1132,6 +1132,18 @@ def test_emissions_country_without_track_emissions_is_refused(store: Path, tmp_p
     assert (seen[0].track_emissions, seen[0].emissions_country) == (False, "DEU")
 
 
+def test_emissions_country_default_typed_without_track_emissions_is_refused(store: Path, tmp_path: Path) -> None:
+    """`train --emissions-country DEU` (the default, typed) without --track-emissions trained in
+    silence, though the README says --emissions-country without it is refused."""
+    from tests.conftest import run_cli
+
+    done = run_cli("train", store, "--split", "strat", "--emissions-country", "DEU", "--out", tmp_path / "r", "-q")
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == ("error: --emissions-country DEU applies to --track-emissions only; "
+                           "without it no emissions are tracked\n")
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ("epoch = 3", r"unknown setting 'epoch' \(did you mean 'epochs'\?"),
     ("epochs = true", r"epochs = True: expected int$"),
