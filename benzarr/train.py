@@ -75,7 +75,8 @@ from benzarr.ranks import Ranks, end_process_group, start_process_group
 from benzarr.stats import split_digest
 from benzarr.store import Store, open_store
 from benzarr.tb import RunWriter
-from benzarr.train_config import AUGMENTS, OPTIMIZERS, RESAMPLE_MODES, RESUMABLE, SCHEDULERS, TrainConfig, default_out
+from benzarr.train_config import (AUGMENTS, OPTIMIZERS, RESAMPLE_MODES, RESUMABLE, SCHEDULERS, TrainConfig, default_out,
+                                  unused_setting)
 
 
 @dataclass
@@ -429,15 +430,9 @@ def check_config(cfg: TrainConfig) -> None:
     finite("--lr", cfg.lr, positive=True)
     finite("--weight-decay", cfg.weight_decay)
     finite("--momentum", cfg.momentum)  # torch's SGD refuses < 0 alone; > 1 diverges but is legal
-    if cfg.optim != "sgd" and cfg.momentum != TrainConfig.momentum:
-        # adam and adamw have no momentum setting (their betas are torch's): --optim adam --momentum 0.5
-        # trained as without it, and config.json recorded a momentum the run never used
-        raise InvalidArgumentError(f"--momentum {cfg.momentum:g} applies to --optim sgd only; --optim {cfg.optim} "
-                                   "does not use it (its betas are torch's defaults)")
-    if not cfg.track_emissions and cfg.emissions_country != TrainConfig.emissions_country:
-        # changed nothing, and config.json recorded a country for emissions never tracked
-        raise InvalidArgumentError(f"--emissions-country {cfg.emissions_country} applies to --track-emissions only; "
-                                   "without it no emissions are tracked")
+    unused = unused_setting(cfg)
+    if unused:
+        raise InvalidArgumentError(unused)
     check_seed(cfg.seed, "--seed")  # split's and demo's range: NumPy takes 0 .. 2**32 - 1
     if not cfg.loader_timeout >= 0:
         raise InvalidArgumentError(f"--loader-timeout must be 0 (wait for ever) or positive seconds, "

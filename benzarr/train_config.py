@@ -88,6 +88,23 @@ RESUMABLE = {"store", "epochs", "patience", "max_steps", "workers", "device", "d
              "track_emissions", "emissions_country", "weights", "checkpoint_every", "loader_timeout"}
 
 
+def unused_setting(cfg: TrainConfig, typed: Sequence[str] = ()) -> str | None:
+    """Why a setting of ``cfg`` would change nothing in the run, or None: ``momentum`` without
+    ``optim="sgd"`` (adam's and adamw's betas are torch's), ``emissions_country`` without
+    ``track_emissions``. A setting counts when it differs from its default or is in ``typed``
+    (the names typed on the command line: ``--optim adam --momentum 0.9`` types the default,
+    which changes nothing either). Why refuse: the run trained as without it, and ``config.json``
+    recorded a setting the run never used."""
+    if cfg.optim != "sgd" and (cfg.momentum != TrainConfig.momentum or "momentum" in typed):
+        return (f"--momentum {cfg.momentum:g} applies to --optim sgd only; --optim {cfg.optim} "
+                "does not use it (its betas are torch's defaults)")
+    if not cfg.track_emissions and (cfg.emissions_country != TrainConfig.emissions_country
+                                    or "emissions_country" in typed):
+        return (f"--emissions-country {cfg.emissions_country} applies to --track-emissions only; "
+                "without it no emissions are tracked")
+    return None
+
+
 def default_out(cfg: TrainConfig) -> str:
     """The run folder when ``cfg.out`` is not given: ``runs/<model>-<split>``."""
     return str(Path("runs") / f"{cfg.model}-{cfg.split}")

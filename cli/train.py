@@ -21,6 +21,7 @@ from benzarr.train_config import (  # torch-free
     TrainConfig,
     default_out,
     read_settings_file,
+    unused_setting,
 )
 from benzarr_cli._common import console, count, err_console, fmt_value, metrics_line, on_interrupt, show_progress
 
@@ -195,16 +196,16 @@ def command(
         if _given(ctx, "track_emissions") and not track_emissions and not _given(ctx, "emissions_country"):
             # --config of a tracked run's config.json with --no-track-emissions: its country goes with it
             settings["emissions_country"] = D.emissions_country
-    if _given(ctx, "emissions_country") and not settings["track_emissions"]:
-        # check_config refuses a country other than the default; one typed as the default (DEU)
-        # changed nothing either, and passed in silence
-        raise InvalidArgumentError(f"--emissions-country {emissions_country} applies to --track-emissions only; "
-                                   "without it no emissions are tracked")
     for name, flag in (("store", "STORE"), ("split", "--split")):
         if settings[name] is None:  # required, unless --config names it
             where = f"{config} has no {name}" if config is not None else f"or a --config FILE that holds a {name}"
             raise typer.BadParameter(f"missing; give it ({where})", param_hint=flag)
     cfg = TrainConfig(**settings)
+    # check_config sees values alone: a default typed where it changes nothing (--optim adam
+    # --momentum 0.9, --emissions-country DEU without tracking) passed it in silence
+    unused = unused_setting(cfg, [name for name in ("momentum", "emissions_country") if _given(ctx, name)])
+    if unused:
+        raise InvalidArgumentError(unused)
     store, split, epochs, monitor, out = cfg.store, cfg.split, cfg.epochs, cfg.monitor, cfg.out
     quiet = quiet or int(os.environ.get("RANK", "0")) != 0  # under torchrun, rank 0 speaks
     seed_list = _seed_list(seeds) if seeds is not None else None

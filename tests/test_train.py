@@ -1132,15 +1132,22 @@ def test_emissions_country_without_track_emissions_is_refused(store: Path, tmp_p
     assert (seen[0].track_emissions, seen[0].emissions_country) == (False, "DEU")
 
 
-def test_emissions_country_default_typed_without_track_emissions_is_refused(store: Path, tmp_path: Path) -> None:
-    """`train --emissions-country DEU` (the default, typed) without --track-emissions trained in
-    silence, though the README says --emissions-country without it is refused."""
+@pytest.mark.parametrize(("typed", "message"), [
+    (("--emissions-country", "DEU"), "--emissions-country DEU applies to --track-emissions only; "
+                                     "without it no emissions are tracked"),
+    (("--optim", "adam", "--momentum", "0.9"), "--momentum 0.9 applies to --optim sgd only; --optim adam "
+                                               "does not use it (its betas are torch's defaults)"),
+])
+def test_a_default_typed_where_it_changes_nothing_is_refused(store: Path, tmp_path: Path, typed: tuple[str, ...],
+                                                            message: str) -> None:
+    """`train --emissions-country DEU` without --track-emissions, and `--optim adam --momentum 0.9`,
+    trained in silence: each types the default, which the value checks cannot tell from no option
+    (the README says --emissions-country without tracking is refused)."""
     from tests.conftest import run_cli
 
-    done = run_cli("train", store, "--split", "strat", "--emissions-country", "DEU", "--out", tmp_path / "r", "-q")
+    done = run_cli("train", store, "--split", "strat", *typed, "--out", tmp_path / "r", "-q")
     assert done.returncode == 1, done.stderr
-    assert done.stderr == ("error: --emissions-country DEU applies to --track-emissions only; "
-                           "without it no emissions are tracked\n")
+    assert done.stderr == f"error: {message}\n"
     assert not (tmp_path / "r").exists()
 
 
