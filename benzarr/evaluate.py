@@ -492,7 +492,7 @@ def dataset_options(config: dict[str, Any]) -> dict[str, Any]:
                 resample=settings.get("resample", "bilinear"), align_corners=bool(settings.get("align_corners", False)))
 
 
-class _Rows:
+class RowBuffer:
     """Batches of rows written one after another into one tensor, allocated once (grown by
     doubling where the number of rows is not known), instead of a list of per-batch tensors
     joined at the end: those small tensors, each allocated between a batch's large temporary
@@ -536,13 +536,13 @@ def score_batches(net: Any, batches: Any, device: Any, memory_format: Any, amp: 
     device. The one scoring pass of training's validation and test and of ``benzarr evaluate``,
     so both give the same scores bit for bit. ``progress(n)`` is called with each batch's size.
     No batch's tensors outlive it: the outputs are written into tensors allocated once
-    (:class:`_Rows`)."""
+    (:class:`RowBuffer`)."""
     import torch
 
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp)
     loss_sum = torch.zeros((), device=device)
     expected = _rows_expected(batches)
-    logits_all, labels_all, rows = _Rows(expected), _Rows(expected), _Rows(expected)
+    logits_all, labels_all, rows = RowBuffer(expected), RowBuffer(expected), RowBuffer(expected)
     with torch.no_grad():
         for batch in batches:
             x, y = batch["image"].contiguous(memory_format=memory_format), batch["label"]
