@@ -493,33 +493,73 @@ def dataset_options(config: dict[str, Any]) -> dict[str, Any]:
                 resample=settings.get("resample", "bilinear"), align_corners=bool(settings.get("align_corners", False)))
 
 
+class RowBuffer:
+    """Batches of rows written one after another into one tensor, allocated once (grown by
+    doubling where the number of rows is not known), instead of a list of per-batch tensors
+    joined at the end: those small tensors, each allocated between a batch's large temporary
+    ones, pinned the C heap, which could not give the batches' memory back, so a scoring
+    pass grew by about 10 MB of resident memory a batch (2.1 GB after 6,000 patches of 12
+    bands, batch size 32, on the CPU)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.data: Any = None
+        self.n = 0
+
+    def add(self, part: Any) -> None:
+        n = part.shape[0]
+        if self.data is None:
+            self.data = part.new_empty((max(self.capacity, n), *part.shape[1:]))
+        elif self.n + n > self.data.shape[0]:
+            grown = part.new_empty((max(2 * self.data.shape[0], self.n + n), *part.shape[1:]))
+            grown[: self.n] = self.data[: self.n]
+            self.data = grown
+        self.data[self.n : self.n + n] = part
+        self.n += n
+
+    def result(self) -> Any:
+        return self.data[: self.n]
+
+
+def _rows_expected(batches: Any) -> int:
+    """Rows ``batches`` will yield at most (batches x batch size, for a :class:`DeviceLoader`), or 0."""
+    size = getattr(getattr(batches, "batch_sampler", None), "batch_size", None)
+    try:
+        return len(batches) * int(size) if size else 0
+    except (TypeError, ValueError):
+        return 0
+
+
 def score_batches(net: Any, batches: Any, device: Any, memory_format: Any, amp: bool, criterion: Any,
                   progress: Callable[[int], None] | None = None) -> tuple[Any, Any, Any, Any]:
     """Run ``net`` (in eval mode) over device batches: ``(logits (N, L) float32, labels (N, L)
     bool, store rows (N,) int64 on the CPU, summed BCE loss)``, all but the rows left on the
     device. The one scoring pass of training's validation and test and of ``benzarr evaluate``,
-    so both give the same scores bit for bit. ``progress(n)`` is called with each batch's size."""
+    so both give the same scores bit for bit. ``progress(n)`` is called with each batch's size.
+    No batch's tensors outlive it: the outputs are written into tensors allocated once
+    (:class:`RowBuffer`)."""
     import torch
 
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp)
     loss_sum = torch.zeros((), device=device)
-    logits_all: list[Any] = []
-    labels_all: list[Any] = []
-    rows: list[Any] = []
+    expected = _rows_expected(batches)
+    logits_all, labels_all, rows = RowBuffer(expected), RowBuffer(expected), RowBuffer(expected)
     with torch.no_grad():
         for batch in batches:
             x, y = batch["image"].contiguous(memory_format=memory_format), batch["label"]
             with autocast:
                 logits = net(x).float()
             loss_sum += criterion(logits, y) * len(y)
-            logits_all.append(logits)
-            labels_all.append(y.bool())
-            rows.append(batch["index"].clone())  # its own memory: a view would keep the batch's buffer
+            logits_all.add(logits)
+            labels_all.add(y.bool())
+            rows.add(batch["index"])  # copied: no view keeps the batch's buffer
+            n = len(y)
+            del x, y, logits, batch  # nothing of this batch is held while the next one is made
             if progress is not None:
-                progress(len(y))
-    if not logits_all:
+                progress(n)
+    if not logits_all.n:
         return None, None, None, loss_sum
-    return torch.cat(logits_all), torch.cat(labels_all), torch.cat(rows), loss_sum
+    return logits_all.result(), labels_all.result(), rows.result(), loss_sum
 
 
 def default_out_dir(run_dir: Path, store: str, split: str | None, subset: str, own_store: bool,

@@ -37,7 +37,9 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import resource
 import struct
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -281,6 +283,34 @@ class _Shard:
         self.map = handle
 
 
+#: Every :class:`ShardReader` of this process that has mapped a shard (for :func:`_make_room`).
+_READERS: "weakref.WeakSet[ShardReader]" = weakref.WeakSet()
+
+
+def map_budget() -> int:
+    """Shard maps this process may hold open at once, over all its readers: half its soft
+    limit of open files. Python's ``mmap`` keeps a duplicate of the file's descriptor for
+    as long as the map lives, so every mapped shard holds one: a pass over a full
+    BigEarthNet store (2,029 shards of 256 patches for each of 3 band groups) held 6,087,
+    and with the usual limit of 1,024 a dataset stopped with "Too many open files" a sixth
+    of the way through its first epoch."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 20
+    return max(8, soft // 2)
+
+
+def _make_room(budget: int) -> None:
+    """With ``budget`` maps or more open in this process, drop the older half of every
+    reader's (they unmap, and close their descriptors, once no array views them)."""
+    readers = list(_READERS)
+    if sum(len(r._shards) for r in readers) < budget:
+        return
+    for reader in readers:
+        for shard in list(reader._shards)[: (len(reader._shards) + 1) // 2]:
+            del reader._shards[shard]
+
+
 class ShardReader:
     """Rows of one sharded array read straight from its shard files.
 
@@ -388,7 +418,9 @@ class ShardReader:
             self._pid = os.getpid()
         entry = self._shards.get(shard)
         if entry is None:
+            _make_room(map_budget())  # each map holds a file descriptor: keep under the limit
             entry = self._shards[shard] = self._open_shard(shard, row)
+            _READERS.add(self)
         return entry
 
     def read(self, rows: Sequence[int] | np.ndarray, out: np.ndarray | None = None) -> np.ndarray:

@@ -65,7 +65,7 @@ from benzarr.checkpoint import load_checkpoint, restore, save_checkpoint
 from benzarr.checks import boolean, check_seed, finite, is_number, whole
 from benzarr.data import BigEarthNetDataset, DeviceLoader, compiles_on, make_loader
 from benzarr.errors import InvalidArgumentError, UnsafeOverwriteError, missing_extra, some_of
-from benzarr.evaluate import runs_under, score_batches
+from benzarr.evaluate import RowBuffer, runs_under, score_batches
 from benzarr.fsutil import check_not_a_file, check_outside_datasets
 from benzarr.lock import run_lock
 from benzarr.losses import create_loss, parse_loss
@@ -139,8 +139,20 @@ class EpochTally:
 
     loss_sum: torch.Tensor
     seen: int = 0
-    scores: list[torch.Tensor] = field(default_factory=list)
-    targets: list[torch.Tensor] = field(default_factory=list)
+    # one tensor each, filled batch by batch (a list of per-batch tensors pinned the C heap
+    # between the training steps' large temporaries: see benzarr.evaluate.RowBuffer)
+    _scores: RowBuffer = field(default_factory=lambda: RowBuffer(0))
+    _targets: RowBuffer = field(default_factory=lambda: RowBuffer(0))
+
+    @property
+    def scores(self) -> list[torch.Tensor]:
+        """The epoch's logits so far, as a list of (n, L) tensors (empty before the first batch)."""
+        return [self._scores.result()] if self._scores.n else []
+
+    @property
+    def targets(self) -> list[torch.Tensor]:
+        """The epoch's labels so far, (n, L) bool, as :attr:`scores`."""
+        return [self._targets.result()] if self._targets.n else []
 
     @classmethod
     def empty(cls, device: torch.device) -> EpochTally:
@@ -151,8 +163,8 @@ class EpochTally:
         """One batch: its mean loss, (B, L) logits and (B, L) labels (nothing is read back)."""
         self.seen += len(y)
         self.loss_sum += loss.detach() * len(y)
-        self.scores.append(logits.detach())
-        self.targets.append(y.bool())
+        self._scores.add(logits.detach())
+        self._targets.add(y.bool())
 
     def state_dict(self) -> dict[str, Any]:
         """Host copies: ``loss_sum``, ``seen``, ``scores`` (n, L) float32, ``targets`` (n, L) bool."""
@@ -165,8 +177,8 @@ class EpochTally:
         """The tally :meth:`state_dict` saved, back on ``device``."""
         tally = cls(state["loss_sum"].to(device), int(state["seen"]))
         if state["scores"] is not None:
-            tally.scores.append(state["scores"].to(device))
-            tally.targets.append(state["targets"].to(device))
+            tally._scores.add(state["scores"].to(device))
+            tally._targets.add(state["targets"].to(device))
         return tally
 
 

@@ -566,3 +566,36 @@ def test_a_store_given_as_the_run_says_so(synth_store_64: Path) -> None:
     done = run_cli("evaluate", synth_store_64)
     assert done.returncode == 1 and done.stderr == (f"error: {synth_store_64}: is a benzarr store, not a run folder; "
                                                     "give a run folder (the --out of `benzarr train`)\n")
+
+
+def test_score_batches_keeps_nothing_of_a_batch_past_the_next() -> None:
+    """The scoring pass kept every batch's logits, labels and rows in lists joined at the end:
+    small tensors allocated between each batch's large temporary ones, which pinned the C
+    heap, so `benzarr evaluate` grew by about 10 MB of resident memory a batch (2.1 GB after
+    6,000 patches). Each batch's outputs are now copied into tensors allocated once, and no
+    tensor of batch k is alive while batch k + 2 is scored; the results are what torch.cat
+    of the batches gives."""
+    import weakref
+
+    import torch
+
+    from benzarr.evaluate import score_batches
+
+    made: list[weakref.ref] = []
+
+    def net(x: torch.Tensor) -> torch.Tensor:
+        assert all(ref() is None for ref in made[:-1]), "an earlier batch's logits are still held"
+        out = x.flatten(1)[:, :3] * 2.0
+        made.append(weakref.ref(out))
+        return out
+
+    rng = torch.Generator().manual_seed(0)
+    batches = [{"image": torch.randn(n, 1, 2, 2, generator=rng), "label": (torch.rand(n, 3, generator=rng) > 0.5).float(),
+                "index": torch.arange(start, start + n)} for start, n in ((0, 4), (4, 4), (8, 4), (12, 2))]
+    expect_logits = torch.cat([b["image"].flatten(1)[:, :3] * 2.0 for b in batches])
+    logits, labels, rows, loss = score_batches(net, iter(batches), torch.device("cpu"), torch.contiguous_format, False,
+                                               torch.nn.BCEWithLogitsLoss())
+    assert len(made) == 4
+    torch.testing.assert_close(logits, expect_logits, rtol=0, atol=0)
+    assert torch.equal(labels, torch.cat([b["label"].bool() for b in batches]))
+    assert torch.equal(rows, torch.arange(14))

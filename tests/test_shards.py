@@ -125,6 +125,29 @@ def test_reader_pickles_without_its_maps(tmp_path: Path) -> None:
     np.testing.assert_array_equal(clone.read([3]), values[[3]])
 
 
+def test_open_maps_stay_within_the_process_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every mapped shard holds a file descriptor (Python's mmap keeps a duplicate): a reader
+    kept them all, so a pass over a full-size store ran out of descriptors ("Too many open
+    files" at a sixth of BigEarthNet with a limit of 1,024). The maps of all readers stay under
+    the budget, and rows read again after their shard was dropped are still right."""
+    import os
+
+    import benzarr.shards as shards
+
+    values = np.random.default_rng(0).integers(0, 5000, size=(24, *ROW_SHAPE), dtype=np.uint16)
+    make_array(tmp_path / "a", values, 2, "lz4", np.ones(24, bool))
+    make_array(tmp_path / "b", values, 2, "none", np.ones(24, bool))
+    monkeypatch.setattr(shards, "map_budget", lambda: 4, raising=False)
+    readers = [fast_reader(tmp_path / "a", "a"), fast_reader(tmp_path / "b", "b")]
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(2):
+        for row in range(24):
+            for reader in readers:
+                np.testing.assert_array_equal(reader.read([row]), values[[row]])
+                assert sum(len(r._shards) for r in readers) <= 4
+                assert len(os.listdir("/proc/self/fd")) <= before + 4
+
+
 # -- corruption ------------------------------------------------------------------------
 
 

@@ -1213,3 +1213,28 @@ def test_a_new_run_never_replaces_files_no_run_wrote(store: Path, tmp_path: Path
         (failed / name).unlink()
     train(config(store, failed, max_steps=1))
     assert (failed / "metrics.json").is_file()
+
+
+def test_epoch_tally_keeps_no_batch_tensor() -> None:
+    """The epoch's tally kept each batch's logits and labels as a list of small tensors, which,
+    allocated between the training steps' large temporaries, pinned the C heap (resident
+    memory grew with the batches of an epoch). It now copies them into one tensor each,
+    sharing no batch's memory; scores, targets and the saved state are the batches'."""
+    from benzarr.train import EpochTally
+
+    tally = EpochTally.empty(torch.device("cpu"))
+    parts = []
+    for n in (4, 4, 4, 2):
+        logits, y = torch.randn(n, 3), (torch.rand(n, 3) > 0.5).float()
+        tally.add(torch.tensor(0.5), logits, y)
+        parts.append((logits, y.bool()))
+    assert len(tally.scores) == 1 and len(tally.targets) == 1
+    held = {t.untyped_storage().data_ptr() for t in (*tally.scores, *tally.targets)}
+    assert not held & {p[0].untyped_storage().data_ptr() for p in parts}, "the tally holds a batch's logits"
+    scores, targets = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    assert torch.equal(torch.cat(tally.scores), scores) and torch.equal(torch.cat(tally.targets), targets)
+    state = tally.state_dict()
+    assert torch.equal(state["scores"], scores) and torch.equal(state["targets"], targets) and state["seen"] == 14
+    again = EpochTally.from_state(state, torch.device("cpu"))
+    assert torch.equal(torch.cat(again.scores), scores) and again.seen == 14
+    assert EpochTally.empty(torch.device("cpu")).scores == []
