@@ -35,14 +35,14 @@ maps the files again itself.
 from __future__ import annotations
 
 import json
-import mmap
 import os
 import resource
 import struct
+import threading
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -53,6 +53,7 @@ from numcodecs import blosc
 
 from benzarr.errors import StoreCorruptError
 from benzarr.fsutil import os_error
+from benzarr.mapped import HOLDS_DESCRIPTOR, map_file
 
 SHARDING_SPEC_URL = (
     "https://zarr-specs.readthedocs.io/en/latest/v3/codecs/sharding-indexed/index.html#binary-shard-format"
@@ -270,12 +271,14 @@ class RowReader(Protocol):
 
 
 class _Shard:
-    """One memory-mapped shard file: ``data`` (uint8 view of the map) and its checked index."""
+    """One memory-mapped shard file: ``data`` (read-only uint8 view of the map), its checked
+    index, and ``map`` (the map's owner, :func:`benzarr.mapped.map_file`; None for a shard
+    zarr never wrote)."""
 
     __slots__ = ("data", "offsets", "nbytes", "path", "map")
 
     def __init__(self, data: np.ndarray | None, offsets: list[int], nbytes: list[int], path: Path,
-                 handle: mmap.mmap | None) -> None:
+                 handle: Any) -> None:
         self.data = data
         self.offsets = offsets
         self.nbytes = nbytes
@@ -285,30 +288,38 @@ class _Shard:
 
 #: Every :class:`ShardReader` of this process that has mapped a shard (for :func:`_make_room`).
 _READERS: "weakref.WeakSet[ShardReader]" = weakref.WeakSet()
+_READERS_LOCK = threading.Lock()  # readers used from several threads make room one at a time
 
 
+@cache
 def map_budget() -> int:
-    """Shard maps this process may hold open at once, over all its readers: half its soft
-    limit of open files. Python's ``mmap`` keeps a duplicate of the file's descriptor for
-    as long as the map lives, so every mapped shard holds one: a pass over a full
-    BigEarthNet store (2,029 shards of 256 patches for each of 3 band groups) held 6,087,
-    and with the usual limit of 1,024 a dataset stopped with "Too many open files" a sixth
-    of the way through its first epoch."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        return 1 << 20
-    return max(8, soft // 2)
+    """Shard maps this process may hold at once, over all its readers: a quarter of the
+    kernel's limit of maps a process (``vm.max_map_count``, 65,530 by default: a full
+    BigEarthNet store at the default shard size needs about 6,900 a dataset, and train, val
+    and test each map the files they read), or, where a map holds a file descriptor
+    (:data:`benzarr.mapped.HOLDS_DESCRIPTOR`), half the soft limit of open files. Beyond it
+    the readers drop their older maps (:func:`_make_room`) and map again what they read next:
+    slower (85 us a map on this 2-core machine), never "Too many open files" or ENOMEM."""
+    if HOLDS_DESCRIPTOR:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        return 1 << 20 if soft == resource.RLIM_INFINITY else max(8, soft // 2)
+    try:
+        maps = int(Path("/proc/sys/vm/max_map_count").read_text())
+    except (OSError, ValueError):  # not Linux: macOS has no such limit short of memory
+        maps = 65530
+    return max(64, maps // 4)
 
 
 def _make_room(budget: int) -> None:
-    """With ``budget`` maps or more open in this process, drop the older half of every
-    reader's (they unmap, and close their descriptors, once no array views them)."""
-    readers = list(_READERS)
-    if sum(len(r._shards) for r in readers) < budget:
-        return
-    for reader in readers:
-        for shard in list(reader._shards)[: (len(reader._shards) + 1) // 2]:
-            del reader._shards[shard]
+    """With ``budget`` maps or more held in this process, drop the older half of every
+    reader's (each unmaps once no array views it)."""
+    with _READERS_LOCK:
+        readers = list(_READERS)
+        if sum(len(r._shards) for r in readers) < budget:
+            return
+        for reader in readers:
+            for shard in list(reader._shards)[: (len(reader._shards) + 1) // 2]:
+                reader._shards.pop(shard, None)  # (another thread may have read it since)
 
 
 class ShardReader:
@@ -394,7 +405,7 @@ class ShardReader:
                 size = os.fstat(fh.fileno()).st_size
                 if size < index_bytes + CRC_BYTES:
                     raise self._corrupt(path, row, f"{size} bytes, shorter than its {index_bytes + CRC_BYTES}-byte index")
-                handle = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+                data, handle = map_file(fh.fileno(), size)  # holds no descriptor once fh is closed
         except IsADirectoryError:
             raise self._corrupt(path, row, "a folder where the shard file belongs") from None
         except FileNotFoundError:
@@ -404,7 +415,6 @@ class ShardReader:
             return _Shard(None, [EMPTY] * n_chunks, [EMPTY] * n_chunks, path, None)
         except OSError as exc:  # a symlink loop, no permission, an I/O error: the file named, not Errno 40
             raise os_error(exc, path, f"reading {self._where(row)}") from None
-        data = np.frombuffer(handle, dtype=np.uint8)
         end = size - CRC_BYTES
         offsets, nbytes, problem = check_index(data[end - index_bytes:end], data[end:size], end - index_bytes)
         if problem is not None:
@@ -418,9 +428,11 @@ class ShardReader:
             self._pid = os.getpid()
         entry = self._shards.get(shard)
         if entry is None:
-            _make_room(map_budget())  # each map holds a file descriptor: keep under the limit
+            _make_room(map_budget())  # a map a shard file: keep under the process's limits
             entry = self._shards[shard] = self._open_shard(shard, row)
-            _READERS.add(self)
+            if self not in _READERS:
+                with _READERS_LOCK:
+                    _READERS.add(self)
         return entry
 
     def read(self, rows: Sequence[int] | np.ndarray, out: np.ndarray | None = None) -> np.ndarray:

@@ -148,6 +148,53 @@ def test_open_maps_stay_within_the_process_budget(tmp_path: Path, monkeypatch: p
                 assert len(os.listdir("/proc/self/fd")) <= before + 4
 
 
+def test_shard_maps_hold_no_file_descriptor(tmp_path: Path) -> None:
+    """Python's mmap keeps a duplicate descriptor per map: a reader holding a map a shard held a
+    descriptor a shard, and a full BigEarthNet store (6,900 maps) ran out of them under the
+    usual limit of 1,024. Every shard of both arrays stays mapped, and no descriptor is held."""
+    import os
+
+    values = np.random.default_rng(1).integers(0, 5000, size=(24, *ROW_SHAPE), dtype=np.uint16)
+    make_array(tmp_path / "a", values, 2, "lz4", np.ones(24, bool))
+    make_array(tmp_path / "b", values, 2, "none", np.ones(24, bool))
+    readers = [fast_reader(tmp_path / "a", "a"), fast_reader(tmp_path / "b", "b")]
+    before = len(os.listdir("/proc/self/fd"))
+    for reader in readers:
+        np.testing.assert_array_equal(reader.read(np.arange(24)[::-1]), values[::-1])
+    assert [len(reader._shards) for reader in readers] == [12, 12]
+    assert len(os.listdir("/proc/self/fd")) <= before
+
+
+def test_a_file_map_is_read_only_and_lives_as_long_as_a_view_of_it(tmp_path: Path) -> None:
+    """map_file's map is unmapped once neither its owner nor any view of its data is alive,
+    and not before (a view read after the owner is gone must not fault)."""
+    import gc
+    import os
+    import struct
+
+    from benzarr.mapped import map_file
+
+    path = tmp_path / "f.bin"
+    path.write_bytes(bytes(range(256)) * 64)
+
+    def mapped() -> bool:
+        return str(path) in Path("/proc/self/maps").read_text()
+
+    with open(path, "rb") as fh:
+        data, owner = map_file(fh.fileno(), os.fstat(fh.fileno()).st_size)
+    assert data.dtype == np.uint8 and data.shape == (16384,) and data[300] == 44
+    assert struct.unpack_from("<I", owner, 4) == (0x07060504,) and owner[2:5] == b"\x02\x03\x04"
+    with pytest.raises(ValueError, match="read-only"):
+        data[0] = 1
+    view = data[256:512]
+    del data, owner
+    gc.collect()
+    assert mapped() and view[3] == 3  # the view keeps the map
+    del view
+    gc.collect()
+    assert not mapped()
+
+
 # -- corruption ------------------------------------------------------------------------
 
 
