@@ -385,6 +385,13 @@ def summary_markdown(summary: pd.DataFrame) -> str:
     return markdown_table(out)
 
 
+#: Lines of ``curves.png`` whose legend fits inside the loss panel; more go below the panels
+#: (40 lines in the panel squeezed its axes to nothing).
+LEGEND_IN_PANEL = 12
+#: Height of one row of that legend ("small" text), inches.
+LEGEND_ROW_INCHES = 0.22
+
+
 def plot_curves(runs: Sequence[Run], path: str | Path) -> Path:
     """Loss, micro-F1 and macro-F1 per epoch (train dashed, val solid), one colour per line of
     :func:`curve_groups`, the mean over its runs with a +- 1 standard deviation band. Writes a PNG."""
@@ -414,8 +421,13 @@ def plot_curves(runs: Sequence[Run], path: str | Path) -> Path:
             ax.set_xlabel("epoch")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
-    if axes[0].get_legend_handles_labels()[0]:  # runs stopped before their first epoch have no curve
+    handles, labels = axes[0].get_legend_handles_labels()  # none: runs stopped before their first epoch
+    if 0 < len(handles) <= LEGEND_IN_PANEL:
         axes[0].legend(fontsize="small")
+    elif handles:  # taller than the panel: below the three, the figure grown by its rows
+        columns = 4
+        fig.set_figheight(4.2 + LEGEND_ROW_INCHES * math.ceil(len(handles) / columns))
+        fig.legend(handles, labels, loc="outside lower center", ncols=columns, fontsize="small")
     path = Path(path)
     fig.savefig(path, dpi=110, **figure_marker(path))
     return path

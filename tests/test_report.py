@@ -44,6 +44,25 @@ def test_report_writes_png_curves_and_tables(runs: dict[str, Path], tmp_path: Pa
     assert per_run["micro_f1"].between(0, 1).all()
 
 
+def test_many_lines_get_a_legend_below_the_panels_and_keep_their_axes(runs: dict[str, Path], tmp_path: Path) -> None:
+    """40 lines (20 runs' train and val) in one panel's legend were taller than the panel:
+    matplotlib warned "constrained_layout not applied because axes sizes collapsed to zero" and
+    squeezed the curves. Many lines now go in a legend below the three panels, which keep
+    their height."""
+    import warnings
+
+    import matplotlib.image
+
+    from benzarr.report import find_runs, plot_curves
+
+    folders = [copy_tree(runs["rand"], tmp_path / f"run{i:02d}") for i in range(20)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the layout's warning fails the test
+        path = plot_curves(find_runs(folders), tmp_path / "curves.png")
+    height, width = matplotlib.image.imread(path).shape[:2]
+    assert height > 4.2 * 110 and width == 15 * 110  # grown for the legend rows, not squeezed into the panels
+
+
 def test_the_curves_band_is_one_sample_sd_over_seeds(runs: dict[str, Path], tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """The band was the population sd (1/sqrt(2) of the sample sd with two seeds) while the
