@@ -507,6 +507,7 @@ class RowBuffer:
         self.n = 0
 
     def add(self, part: Any) -> None:
+        """Append ``part`` (k, ...) after the rows so far (same dtype, device and trailing shape)."""
         n = part.shape[0]
         if self.data is None:
             self.data = part.new_empty((max(self.capacity, n), *part.shape[1:]))
@@ -518,7 +519,8 @@ class RowBuffer:
         self.n += n
 
     def result(self) -> Any:
-        return self.data[: self.n]
+        """The (n, ...) rows added so far, a view of the buffer (None before the first)."""
+        return None if self.data is None else self.data[: self.n]
 
 
 def _rows_expected(batches: Any) -> int:
