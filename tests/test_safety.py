@@ -1403,3 +1403,40 @@ def test_staging_left_by_a_kill_after_complete_goes_with_the_rerun(synth_archive
     assert again.already_complete
     assert sorted(p.name for p in (store / "ingest").iterdir()) == ["band_stats", "done", "zarr.json"]
     assert [name for name, _ in open_store(store).arrays() if "stage" in name] == []
+
+
+def test_output_in_an_ascii_encoding_or_of_a_non_utf8_path_is_no_unicode_error(
+        synth_store_64: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under ``PYTHONIOENCODING=ascii`` (or an ASCII locale) ``report``'s "mean ± 95% CI" and
+    ``split --quality``'s class names cut with "…" stopped the command with "unexpected
+    UnicodeEncodeError" after its files were written (``report --help`` too); under a UTF-8
+    locale, so did any path holding a byte that is not UTF-8 (``info caf\\xe9/s.zarr``). Such
+    characters get ASCII stand-ins (``+/-``), such a byte is written back as it was (as ``ls``
+    does), and the streams' own error handlers are put back after the run."""
+    import contextlib
+    import io
+
+    from benzarr_cli.main import main
+
+    def run(encoding: str, *args: object) -> tuple[object, bytes, bytes]:
+        out = io.TextIOWrapper(io.BytesIO(), encoding=encoding, errors="strict")
+        err = io.TextIOWrapper(io.BytesIO(), encoding=encoding, errors="strict")
+        monkeypatch.setattr(sys, "argv", ["benzarr", *map(str, args)])
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main()
+                code: object = 0
+            except SystemExit as exc:
+                code = exc.code
+        assert (out.errors, err.errors) == ("strict", "strict")
+        out.flush(), err.flush()
+        return code, out.buffer.getvalue(), err.buffer.getvalue()
+
+    code, out, err = run("ascii", "report", "--help")
+    assert (code, err) == (0, b"") and b"mean +/- 95% CI" in out
+    odd = os.fsdecode(bytes(tmp_path) + b"/caf\xe9.zarr")  # a surrogate escape in the str
+    os.symlink(synth_store_64, odd)
+    code, out, err = run("utf-8", "info", odd)
+    assert (code, err) == (0, b"") and out.startswith(b"store ") and b"caf\xe9.zarr" in out.splitlines()[0]
+    code, out, err = run("ascii", "info", odd + "x")
+    assert code == 1 and err == b"error: " + os.fsencode(odd + "x") + b": no such store\n"
