@@ -1440,3 +1440,20 @@ def test_output_in_an_ascii_encoding_or_of_a_non_utf8_path_is_no_unicode_error(
     assert (code, err) == (0, b"") and out.startswith(b"store ") and b"caf\xe9.zarr" in out.splitlines()[0]
     code, out, err = run("ascii", "info", odd + "x")
     assert code == 1 and err == b"error: " + os.fsencode(odd + "x") + b": no such store\n"
+
+
+def test_lock_files_follow_the_umask_so_a_group_can_take_them(tmp_path: Path) -> None:
+    """In a shared lab folder (umask 002) a lock file was made 0644 whatever the umask: while
+    one member's split held a store's write lock, another's could not open the file and wrote
+    unlocked; and the lock file a killed ingest left behind stopped a colleague's resume with
+    "permission denied". Lock files are made as every other file is, by the umask."""
+    from benzarr.lock import finalize_lock, run_lock, run_lock_path, write_lock
+
+    store, run = tmp_path / "s.zarr", tmp_path / "run"
+    previous = os.umask(0o002)
+    try:
+        with ingest_lock(store), finalize_lock(store), write_lock(store), run_lock(run):
+            modes = {p.name: p.stat().st_mode & 0o777 for p in [*tmp_path.glob(".s.zarr.*.lock"), run_lock_path(run)]}
+    finally:
+        os.umask(previous)
+    assert len(modes) == 4 and set(modes.values()) == {0o664}, modes
