@@ -233,9 +233,12 @@ def main() -> None:
     sys.unraisablehook = _unraisable
     closed = _open_closed_streams()
     errors = _lenient_streams()
+    matplotlib_logger = logging.getLogger("matplotlib")
+    matplotlib_logger.addFilter(_matplotlib_config_dir)
     try:
         _run()
     finally:
+        matplotlib_logger.removeFilter(_matplotlib_config_dir)
         for stream, handler in errors:  # put back the streams' own error handlers
             try:
                 stream.reconfigure(errors=handler)
@@ -319,6 +322,22 @@ def _lenient_streams() -> list[tuple[object, str]]:
             continue
         changed.append((stream, errors))
     return changed
+
+
+def _matplotlib_config_dir(record: logging.LogRecord) -> bool:
+    """A filter of matplotlib's logger while a command runs: with HOME read-only or missing (a
+    cluster's compute node, a container), ``show`` and ``report`` printed matplotlib's
+    "mkdir -p failed for path ..." and a 300-character "Matplotlib created a temporary cache
+    directory ..." above their output. Those become one ``warning:`` line; all else passes."""
+    message = str(record.msg)
+    if message.startswith(("mkdir -p failed for path", "%s is not a writable directory")):
+        return False
+    if message.startswith("Matplotlib created a temporary cache directory") and len(record.args or ()) == 2:
+        where = record.args[1]  # type: ignore[index]
+        warn_line(f"matplotlib cannot write its settings and cache folder, {where}: it used a temporary "
+                  "one; set MPLCONFIGDIR to a writable folder")
+        return False
+    return True
 
 
 _AT_EXIT: list[bool] = []

@@ -1457,3 +1457,25 @@ def test_lock_files_follow_the_umask_so_a_group_can_take_them(tmp_path: Path) ->
     finally:
         os.umask(previous)
     assert len(modes) == 4 and set(modes.values()) == {0o664}, modes
+
+
+def test_a_home_matplotlib_cannot_write_is_one_warning_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HOME read-only or missing (a compute node, a container): ``show`` and ``report`` printed
+    matplotlib's "mkdir -p failed for path ..." and a 300-character "Matplotlib created a
+    temporary cache directory ..." log records above their output. One ``warning:`` line now
+    says what to set. (matplotlib's own look-up runs inside the command, as when imported.)"""
+    import matplotlib
+
+    import benzarr.report
+    from benzarr.errors import InvalidArgumentError
+
+    def write_report(*args: object, **kwargs: object) -> None:
+        matplotlib._get_config_or_cache_dir(lambda: "/dev/null")  # ~/.config under HOME=/dev/null
+        raise InvalidArgumentError("stop here")
+
+    monkeypatch.delenv("MPLCONFIGDIR", raising=False)  # matplotlib sets it; put back after the test
+    monkeypatch.setattr(benzarr.report, "write_report", write_report)
+    result = run_cli("report", tmp_path, "--out", tmp_path / "r")
+    assert result.returncode == 1 and result.stderr.splitlines() == [
+        "warning: matplotlib cannot write its settings and cache folder, the default path (/dev/null/matplotlib): "
+        "it used a temporary one; set MPLCONFIGDIR to a writable folder", "error: stop here"], result.stderr
