@@ -155,7 +155,7 @@ def read_run_config(run_dir: str | Path, values: bool = True) -> dict[str, Any]:
                                        "(the --out of `benzarr train`)")
         raise InvalidArgumentError(f"{run_dir}: no config.json here (a folder written by `benzarr train`)")
     try:
-        config = json.loads(path.read_text())
+        config = json.loads(path.read_text(encoding="utf-8"))
         config["settings"]["model"], config["settings"]["bands"]  # noqa: B018 - what every run has
     except ValueError as exc:
         raise InvalidArgumentError(f"{path}: not a benzarr run configuration (not JSON: {exc})") from None
@@ -264,7 +264,7 @@ def _check_same_question(out: Path, store: str | Path) -> None:
     name is the same (``a/v2.zarr`` and ``b/v2.zarr`` both give ``...-v2``): one folder per
     question, and no evaluation replaces another's."""
     try:
-        earlier = json.loads((out / "metrics.json").read_text())
+        earlier = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return
     other = earlier.get("store_resolved")  # older evaluations recorded a path relative to their cwd: not comparable
@@ -306,7 +306,7 @@ def _check_output(out: Path, predictions: bool) -> dict[str, Any] | None:
                                    what="a predictions table", command="evaluate")
         return None
     try:
-        earlier = json.loads(path.read_text())
+        earlier = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         earlier = None
     if not _is_evaluation(earlier):
@@ -758,7 +758,7 @@ def evaluate_run(
             warnings.append(f"{out / 'predictions.parquet'}: left as it was (benzarr evaluate did not write it); "
                             "it holds no predictions of this evaluation")
         write_scores_csv(files[1], metrics)
-        files[0].write_text(json.dumps(summary, indent=2) + "\n")  # last: it says what the folder holds
+        files[0].write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")  # last: it says what the folder holds
     return EvaluationResult(run_dir, weights, store, split, subset, len(ds), metrics, seen, source, out, files,
                             intervals, warnings)
 

@@ -140,7 +140,7 @@ class _Lock:
         for _ in range(100):  # only repeats when a releasing holder deleted the file under us
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)  # STORE may be a new folder's child
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)  # the umask decides, as for every file
             except OSError as exc:  # named by the store: the lock file is benzarr's business
                 raise os_error(OSError(exc.errno, exc.strerror), self.store, f"creating its {self.what} lock") from None
             try:

@@ -121,7 +121,7 @@ class Run:
 
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
     except ValueError as exc:  # JSONDecodeError, and UnicodeDecodeError (bytes that are no text), once a bare error
@@ -552,7 +552,7 @@ def write_report(paths: Sequence[str | Path], out: str | Path, evaluations: Sequ
     files = {"curves": plot_curves(unique, out / "curves.png")}
     runs_df.to_csv(out / "runs.csv", index=False)
     files["runs.csv"] = out / "runs.csv"
-    (out / "runs.md").write_text(markdown_table(runs_df))
+    (out / "runs.md").write_text(markdown_table(runs_df), encoding="utf-8")
     files["runs.md"] = out / "runs.md"
     summary.to_csv(out / "summary.csv", index=False)
     files["summary.csv"] = out / "summary.csv"
@@ -560,7 +560,7 @@ def write_report(paths: Sequence[str | Path], out: str | Path, evaluations: Sequ
             else "Test metrics of each run's best checkpoint")
     (out / "summary.md").write_text(
         f"{what}: mean ± half-width of the 95% confidence interval across seeds (Student t).\n\n" + summary_md
-        + "".join(f"\nNote: {note}.\n" for note in notes))
+        + "".join(f"\nNote: {note}.\n" for note in notes), encoding="utf-8")
     files["summary.md"] = out / "summary.md"
     unfinished = list(dict.fromkeys(str(r.path) for r in runs if r.metrics is None))
     untested = list({str(r.path): r for r in runs if r.metrics is not None and r.evaluation is None

@@ -630,7 +630,7 @@ def fast_reader(array_dir: str | Path, name: str, row_name: Callable[[int], str]
     """A :class:`ShardReader` for the local array folder ``array_dir``, or None when its
     ``zarr.json`` describes a layout this reader does not support (or cannot be read)."""
     try:
-        metadata = json.loads((Path(array_dir) / "zarr.json").read_text())
+        metadata = json.loads((Path(array_dir) / "zarr.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     layout = parse_layout(metadata)

@@ -770,7 +770,7 @@ def _run_loader_seed(cfg: TrainConfig, run_dir: Path) -> int:
     so that its remaining epochs keep the order they started with."""
     if cfg.resume:
         try:
-            recorded = json.loads((run_dir / "config.json").read_text())
+            recorded = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             recorded = None
         if isinstance(recorded, dict) and "loader_seed" not in recorded:
@@ -973,7 +973,7 @@ def _resume(run: _Run) -> None:
 def _open_outputs(run: _Run) -> None:
     """Rank 0: config.json, the TensorBoard writer, the emissions tracker."""
     run.run_dir.mkdir(parents=True, exist_ok=True)
-    (run.run_dir / "config.json").write_text(json.dumps(run.config, indent=2) + "\n")
+    (run.run_dir / "config.json").write_text(json.dumps(run.config, indent=2) + "\n", encoding="utf-8")
     # purge_step: TensorBoard hides what an interrupted attempt wrote after the checkpoint.
     run.writer = RunWriter(run.run_dir, purge_step=run.state.epoch + 1)
     if run.cfg.track_emissions:
@@ -1129,7 +1129,7 @@ def _finish(run: _Run) -> TrainResult:
             "test": json_friendly(test) if test else None,
             "val": json_friendly({k: v for k, v in run.best_val.items() if k != "per_class"}) if run.best_val else None,
         }
-        (run.run_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (run.run_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         if test:
             write_scores_csv(run.run_dir / "scores.csv", test)
         hparams = {k: v for k, v in run.config["settings"].items()
@@ -1183,7 +1183,7 @@ def write_scores_csv(path: str | Path, metrics: dict[str, Any]) -> Path:
 
     fields = ("precision", "recall", "f1", "f2", "ap")
     path = Path(path)
-    with path.open("w", newline="") as f:
+    with path.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["class", "index", "support", "predicted", *fields])
         for row in metrics["per_class"]:

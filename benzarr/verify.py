@@ -185,7 +185,7 @@ def _metadata_files(root: Path) -> list[tuple[str, Path, dict[str, Any] | str]]:
             continue
         meta_path = here / "zarr.json"
         try:
-            metadata = json.loads(meta_path.read_text())
+            metadata = json.loads(meta_path.read_text(encoding="utf-8"))
             if not isinstance(metadata, dict):
                 raise ValueError(f"a JSON {type(metadata).__name__}, not an object")
         except (OSError, ValueError, RecursionError) as exc:

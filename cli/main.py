@@ -232,9 +232,18 @@ def main() -> None:
     warnings.showwarning = _show_warning
     sys.unraisablehook = _unraisable
     closed = _open_closed_streams()
+    errors = _lenient_streams()
+    matplotlib_logger = logging.getLogger("matplotlib")
+    matplotlib_logger.addFilter(_matplotlib_config_dir)
     try:
         _run()
     finally:
+        matplotlib_logger.removeFilter(_matplotlib_config_dir)
+        for stream, handler in errors:  # put back the streams' own error handlers
+            try:
+                stream.reconfigure(errors=handler)
+            except (ValueError, OSError):  # closed by now: nothing will be written to it
+                pass
         for name, devnull in closed:  # put back the None this run found
             devnull.close()
             setattr(sys, name, None)
@@ -259,6 +268,76 @@ def _open_closed_streams() -> list[tuple[str, object]]:
             setattr(sys, name, stream)
             opened.append((name, stream))
     return opened
+
+
+#: Characters benzarr prints (mean ± CI, names cut with …, 64 x 64, °) and their ASCII stand-ins.
+_ASCII = {"\u00b1": "+/-", "\u2026": "...", "\u00d7": "x", "\u00b5": "u", "\u00b0": " deg", "\u2014": "--",
+          "\u2013": "-", "\u2192": "->", "\u2190": "<-", "\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"'}
+_ERRORS = "benzarr-output"
+
+
+def _output_errors(exc: UnicodeError) -> tuple[str | bytes, int]:
+    """The encode error handler of stdout and stderr while a command runs: a character the
+    stream's encoding lacks becomes its ASCII stand-in (``+/-`` for ``±``), the byte of a file
+    name that is not UTF-8 (a surrogate escape: ``caf\\xe9``) is written back as it was, as
+    ``ls`` writes it, and anything else as a ``\\u....`` escape: never a UnicodeEncodeError."""
+    if not isinstance(exc, UnicodeEncodeError):
+        raise exc
+    text = exc.object[exc.start:exc.end]
+    if all(0xDC80 <= ord(c) <= 0xDCFF for c in text):
+        return bytes(ord(c) - 0xDC00 for c in text), exc.end
+    out = []
+    for char in text:
+        stand_in = _ASCII.get(char)
+        if stand_in is None:
+            try:  # a character the encoding has, beside one it lacks (latin-1's é)
+                stand_in = char.encode(exc.encoding).decode(exc.encoding)
+            except UnicodeError:
+                stand_in = char.encode("ascii", "backslashreplace").decode("ascii")
+        out.append(stand_in)
+    return "".join(out), exc.end
+
+
+def _lenient_streams() -> list[tuple[object, str]]:
+    """Give stdout and stderr :func:`_output_errors` as their encode error handler for this
+    run; returns (stream, its handler before) of each changed. Under an ASCII locale or
+    ``PYTHONIOENCODING=ascii`` (a CI job, a cron mail), ``split``'s class names cut with ``…``
+    and ``report``'s ``mean ± CI`` stopped the command with a UnicodeEncodeError after it had
+    written its files, and under a UTF-8 locale so did any path with a byte that is not UTF-8
+    (an archive unpacked from a Windows zip)."""
+    import codecs
+
+    try:
+        codecs.lookup_error(_ERRORS)
+    except LookupError:
+        codecs.register_error(_ERRORS, _output_errors)
+    changed: list[tuple[object, str]] = []
+    for stream in (sys.stdout, sys.stderr):
+        errors = getattr(stream, "errors", None)
+        if not hasattr(stream, "reconfigure") or errors in (None, _ERRORS):
+            continue  # not a text file of Python's (a test's StringIO), or already done
+        try:
+            stream.reconfigure(errors=_ERRORS)  # type: ignore[attr-defined]
+        except (ValueError, OSError, AttributeError):
+            continue
+        changed.append((stream, errors))
+    return changed
+
+
+def _matplotlib_config_dir(record: logging.LogRecord) -> bool:
+    """A filter of matplotlib's logger while a command runs: with HOME read-only or missing (a
+    cluster's compute node, a container), ``show`` and ``report`` printed matplotlib's
+    "mkdir -p failed for path ..." and a 300-character "Matplotlib created a temporary cache
+    directory ..." above their output. Those become one ``warning:`` line; all else passes."""
+    message = str(record.msg)
+    if message.startswith(("mkdir -p failed for path", "%s is not a writable directory")):
+        return False
+    if message.startswith("Matplotlib created a temporary cache directory") and len(record.args or ()) == 2:
+        where = record.args[1]  # type: ignore[index]
+        warn_line(f"matplotlib cannot write its settings and cache folder, {where}: it used a temporary "
+                  "one; set MPLCONFIGDIR to a writable folder")
+        return False
+    return True
 
 
 _AT_EXIT: list[bool] = []

@@ -512,3 +512,19 @@ def test_report_replaces_only_its_own_files(runs: dict[str, Path], tmp_path: Pat
     with pytest.raises(UnsafeOverwriteError, match="runs.csv"):
         write_report([runs["rand"]], out)
     assert (out / "runs.csv").read_text() == "my,own,table\n"
+
+
+def test_report_files_are_utf8_under_an_ascii_locale(runs: dict[str, Path], tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """summary.md says "mean ± half-width": written in the locale's encoding, ``LC_ALL=C``
+    without Python's UTF-8 coercion (PYTHONCOERCECLOCALE=0) stopped the report with a
+    UnicodeEncodeError, and a Latin-1 locale wrote a Markdown file no UTF-8 reader shows
+    right. Every text file benzarr writes is UTF-8. (The locale is simulated: a file opened
+    without an encoding gets ASCII, as under that C locale.)"""
+    import io
+    import pathlib
+
+    monkeypatch.setattr(pathlib.io, "text_encoding", lambda encoding, stacklevel=2: encoding or "ascii")
+    write_report([runs["strat"]], tmp_path / "r")
+    assert "mean ± half-width" in (tmp_path / "r" / "summary.md").read_text(encoding="utf-8")
+    assert io.text_encoding(None) == "ascii"  # the simulation was in force

@@ -1403,3 +1403,79 @@ def test_staging_left_by_a_kill_after_complete_goes_with_the_rerun(synth_archive
     assert again.already_complete
     assert sorted(p.name for p in (store / "ingest").iterdir()) == ["band_stats", "done", "zarr.json"]
     assert [name for name, _ in open_store(store).arrays() if "stage" in name] == []
+
+
+def test_output_in_an_ascii_encoding_or_of_a_non_utf8_path_is_no_unicode_error(
+        synth_store_64: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under ``PYTHONIOENCODING=ascii`` (or an ASCII locale) ``report``'s "mean ± 95% CI" and
+    ``split --quality``'s class names cut with "…" stopped the command with "unexpected
+    UnicodeEncodeError" after its files were written (``report --help`` too); under a UTF-8
+    locale, so did any path holding a byte that is not UTF-8 (``info caf\\xe9/s.zarr``). Such
+    characters get ASCII stand-ins (``+/-``), such a byte is written back as it was (as ``ls``
+    does), and the streams' own error handlers are put back after the run."""
+    import contextlib
+    import io
+
+    from benzarr_cli.main import main
+
+    def run(encoding: str, *args: object) -> tuple[object, bytes, bytes]:
+        out = io.TextIOWrapper(io.BytesIO(), encoding=encoding, errors="strict")
+        err = io.TextIOWrapper(io.BytesIO(), encoding=encoding, errors="strict")
+        monkeypatch.setattr(sys, "argv", ["benzarr", *map(str, args)])
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main()
+                code: object = 0
+            except SystemExit as exc:
+                code = exc.code
+        assert (out.errors, err.errors) == ("strict", "strict")
+        out.flush(), err.flush()
+        return code, out.buffer.getvalue(), err.buffer.getvalue()
+
+    code, out, err = run("ascii", "report", "--help")
+    assert (code, err) == (0, b"") and b"mean +/- 95% CI" in out
+    odd = os.fsdecode(bytes(tmp_path) + b"/caf\xe9.zarr")  # a surrogate escape in the str
+    os.symlink(synth_store_64, odd)
+    code, out, err = run("utf-8", "info", odd)
+    assert (code, err) == (0, b"") and out.startswith(b"store ") and b"caf\xe9.zarr" in out.splitlines()[0]
+    code, out, err = run("ascii", "info", odd + "x")
+    assert code == 1 and err == b"error: " + os.fsencode(odd + "x") + b": no such store\n"
+
+
+def test_lock_files_follow_the_umask_so_a_group_can_take_them(tmp_path: Path) -> None:
+    """In a shared lab folder (umask 002) a lock file was made 0644 whatever the umask: while
+    one member's split held a store's write lock, another's could not open the file and wrote
+    unlocked; and the lock file a killed ingest left behind stopped a colleague's resume with
+    "permission denied". Lock files are made as every other file is, by the umask."""
+    from benzarr.lock import finalize_lock, run_lock, run_lock_path, write_lock
+
+    store, run = tmp_path / "s.zarr", tmp_path / "run"
+    previous = os.umask(0o002)
+    try:
+        with ingest_lock(store), finalize_lock(store), write_lock(store), run_lock(run):
+            modes = {p.name: p.stat().st_mode & 0o777 for p in [*tmp_path.glob(".s.zarr.*.lock"), run_lock_path(run)]}
+    finally:
+        os.umask(previous)
+    assert len(modes) == 4 and set(modes.values()) == {0o664}, modes
+
+
+def test_a_home_matplotlib_cannot_write_is_one_warning_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HOME read-only or missing (a compute node, a container): ``show`` and ``report`` printed
+    matplotlib's "mkdir -p failed for path ..." and a 300-character "Matplotlib created a
+    temporary cache directory ..." log records above their output. One ``warning:`` line now
+    says what to set. (matplotlib's own look-up runs inside the command, as when imported.)"""
+    import matplotlib
+
+    import benzarr.report
+    from benzarr.errors import InvalidArgumentError
+
+    def write_report(*args: object, **kwargs: object) -> None:
+        matplotlib._get_config_or_cache_dir(lambda: "/dev/null")  # ~/.config under HOME=/dev/null
+        raise InvalidArgumentError("stop here")
+
+    monkeypatch.delenv("MPLCONFIGDIR", raising=False)  # matplotlib sets it; put back after the test
+    monkeypatch.setattr(benzarr.report, "write_report", write_report)
+    result = run_cli("report", tmp_path, "--out", tmp_path / "r")
+    assert result.returncode == 1 and result.stderr.splitlines() == [
+        "warning: matplotlib cannot write its settings and cache folder, the default path (/dev/null/matplotlib): "
+        "it used a temporary one; set MPLCONFIGDIR to a writable folder", "error: stop here"], result.stderr

@@ -298,3 +298,17 @@ def test_version_names_benzarr_python_zarr_and_torch() -> None:
     assert result.exit_code == 0
     assert result.output == (f"benzarr {__version__} (Python {platform.python_version()}, zarr {version('zarr')}, "
                              f"torch {version('torch')})\n")
+
+
+def test_archive_files_follow_the_umask(tmp_path: Path) -> None:
+    """The GeoTIFFs and JSON files were made 0644 whatever the umask: a lab's shared archive
+    (umask 002) could not be fixed up or replaced by the group. The umask decides now."""
+    import os
+
+    previous = os.umask(0o002)
+    try:
+        synth_archive(tmp_path / "a", 1, seed=0, workers=1)
+    finally:
+        os.umask(previous)
+    modes = {p.stat().st_mode & 0o777 for p in (tmp_path / "a").rglob("*") if p.is_file()}
+    assert modes == {0o664}, modes
