@@ -142,6 +142,14 @@ class _Lock:
                 self.path.parent.mkdir(parents=True, exist_ok=True)  # STORE may be a new folder's child
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)  # the umask decides, as for every file
             except OSError as exc:  # named by the store: the lock file is benzarr's business
+                if exc.errno == errno.ENAMETOOLONG and len(self.path.name.encode()) > 255:
+                    # the store's own name fits: "file name too long" named it, not the lock's longer name
+                    most = 255 - (len(self.path.name.encode()) - len(Path(self.store).name.encode()))
+                    raise FileSystemError(
+                        f"{self.store}: its name is too long for the {self.what} lock file benzarr keeps beside it "
+                        f"({self.path.name[:24]}...{self.path.name[-24:]}, {len(self.path.name.encode())} bytes; a "
+                        f"file name holds at most 255): give the store a name of at most {most} bytes",
+                        str(self.path), errno.ENAMETOOLONG) from None
                 raise os_error(OSError(exc.errno, exc.strerror), self.store, f"creating its {self.what} lock") from None
             try:
                 fcntl.flock(fd, (fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)

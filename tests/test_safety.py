@@ -1479,3 +1479,16 @@ def test_a_home_matplotlib_cannot_write_is_one_warning_line(tmp_path: Path, monk
     assert result.returncode == 1 and result.stderr.splitlines() == [
         "warning: matplotlib cannot write its settings and cache folder, the default path (/dev/null/matplotlib): "
         "it used a temporary one; set MPLCONFIGDIR to a writable folder", "error: stop here"], result.stderr
+
+
+def test_a_store_name_too_long_for_its_lock_file_says_so(synth_archive_64: Path, tmp_path: Path) -> None:
+    """A 240-character store name is a valid name, but its lock file beside it
+    (``.NAME.benzarr-ingest.lock``) is not: the error said the store's own name was too long.
+    It now names the lock and the longest store name that works; nothing is written."""
+    name = "s" * 235 + ".zarr"
+    result = run_cli("ingest", synth_archive_64, tmp_path / name, "--workers", "1", "-q")
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == (f"error: {tmp_path / name}: its name is too long for the ingest lock file benzarr keeps "
+                             f"beside it (.{'s' * 23}...zarr.benzarr-ingest.lock, 261 bytes; a file name holds at most "
+                             "255): give the store a name of at most 234 bytes\n")
+    assert os.listdir(tmp_path) == []
