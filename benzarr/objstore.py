@@ -57,7 +57,7 @@ from typing import Any
 
 import numpy as np
 
-from benzarr.errors import ObjectStoreError
+from benzarr.errors import InvalidArgumentError, ObjectStoreError
 from benzarr.shards import (
     CRC_BYTES,
     EMPTY,
@@ -83,12 +83,23 @@ _IGNORED_OPTIONS = frozenset({"asynchronous", "skip_instance_cache", "use_listin
 
 
 def max_concurrency_default() -> int:
-    """``$BENZARR_MAX_CONCURRENCY`` when set to a positive integer, else :data:`DEFAULT_MAX_CONCURRENCY`."""
-    try:
-        value = int(os.environ.get("BENZARR_MAX_CONCURRENCY", ""))
-    except ValueError:
+    """``$BENZARR_MAX_CONCURRENCY`` when set (and not empty), else :data:`DEFAULT_MAX_CONCURRENCY`.
+
+    Raises:
+        InvalidArgumentError: it holds anything but a positive integer (``64k`` and ``-3`` gave
+            the default without a word, as if the variable were not set).
+    """
+    text = os.environ.get("BENZARR_MAX_CONCURRENCY", "").strip()
+    if not text:
         return DEFAULT_MAX_CONCURRENCY
-    return value if value > 0 else DEFAULT_MAX_CONCURRENCY
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise InvalidArgumentError(f"BENZARR_MAX_CONCURRENCY={text!r}: give a positive number of requests in flight "
+                                   f"(default {DEFAULT_MAX_CONCURRENCY}), or unset it")
+    return value
 
 
 def obstore_settings(url: str, storage_options: dict[str, Any] | None) -> tuple[dict, dict] | None:
@@ -482,7 +493,10 @@ def url_reader(array: Any, name: str, row_name: Callable[[int], str] | None = No
     to zarr-python: obstore not installed, ``BENZARR_OBJECT_READER=zarr``, not an fsspec
     store of a scheme obstore opens, options it does not translate, or a layout benzarr does
     not write."""
-    if os.environ.get("BENZARR_OBJECT_READER", "obstore").lower() == "zarr":
+    choice = os.environ.get("BENZARR_OBJECT_READER", "obstore").strip().lower() or "obstore"
+    if choice not in ("obstore", "zarr"):  # a typo read as the default without a word
+        raise InvalidArgumentError(f"BENZARR_OBJECT_READER={choice!r}: use obstore (the default) or zarr")
+    if choice == "zarr":
         return None
     try:
         import obstore  # noqa: F401

@@ -406,3 +406,27 @@ def test_an_http_store_reads_through_obstore_like_the_local_store(synth_store_64
         assert all(torch.equal(a[k], b[k]) for k in b)
     finally:
         server.shutdown()
+
+
+@pytest.mark.parametrize(("name", "value", "message"), [
+    ("BENZARR_MAX_CONCURRENCY", "64k", "BENZARR_MAX_CONCURRENCY='64k': give a positive number of requests in flight "
+                                       "(default 64), or unset it"),
+    ("BENZARR_MAX_CONCURRENCY", "-3", "BENZARR_MAX_CONCURRENCY='-3': give a positive number"),
+    ("BENZARR_OBJECT_READER", "zar", "BENZARR_OBJECT_READER='zar': use obstore (the default) or zarr"),
+])
+def test_a_junk_environment_setting_is_one_line_not_the_default(monkeypatch: pytest.MonkeyPatch, name: str,
+                                                                value: str, message: str) -> None:
+    """A typo in these variables gave the default without a word, as if they were unset (as
+    BENZARR_CUDA_GRAPHS's does, it is now refused); unset or empty still means the default."""
+    from benzarr.errors import InvalidArgumentError
+    from benzarr.objstore import max_concurrency_default, url_reader
+
+    def read() -> object:
+        return max_concurrency_default() if name == "BENZARR_MAX_CONCURRENCY" else url_reader(object(), "s2/10m")
+
+    monkeypatch.setenv(name, value)
+    with pytest.raises(InvalidArgumentError) as caught:
+        read()
+    assert str(caught.value).startswith(message)
+    monkeypatch.setenv(name, "")
+    assert read() in (64, None)  # the default; url_reader: not an fsspec store, left to zarr-python
