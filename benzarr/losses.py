@@ -1,21 +1,31 @@
 """Multi-label losses on logits, built from a name: ``create_loss("focal:gamma=1")``.
 
-Every loss maps (B, L) logits (any float dtype; computed in float32) and (B, L) {0, 1}
-float targets to the mean over all B x L terms, so the learning rates that suit ``bce``
-are the right order of magnitude for the others too.
+Every loss maps (B, L) logits (any float dtype; computed in float32, or float64 when given
+float64) and (B, L) {0, 1} float targets to the mean over all B x L terms, so the learning
+rates that suit ``bce`` are the right order of magnitude for the others too.
 
-- ``bce``: binary cross-entropy on the logits (``torch.nn.BCEWithLogitsLoss``), one
+- ``bce``: binary cross-entropy on the logits (``F.binary_cross_entropy_with_logits``), one
   independent sigmoid per class. The default, and what the balanced-bigearthnet study uses.
 - ``focal``: Lin et al. 2017, "Focal Loss for Dense Object Detection": BCE weighted by
   ``(1 - p_t) ** gamma`` (and ``alpha`` for positives, ``1 - alpha`` for negatives), so
-  the many easy negatives of a 43-class multi-label task weigh less. torchvision's
-  ``sigmoid_focal_loss`` computes it. Defaults: ``gamma=2``, ``alpha=0.25``
-  (``alpha=-1`` turns the class weighting off).
+  the many easy negatives of a 43-class multi-label task weigh less. Defaults: ``gamma=2``,
+  ``alpha=0.25`` (``alpha=-1`` turns the class weighting off; the same convention as
+  torchvision's ``sigmoid_focal_loss``). The value is torchvision's
+  ``sigmoid_focal_loss(..., reduction="mean")``: the mean over all B x L terms, not the
+  paper's sum divided by the number of positives. With ``0 < gamma < 1`` the weight is
+  ``exp(gamma * logsigmoid(+-x))``, so a saturated logit (|x| > ~17 in float32) has a finite
+  gradient (torchvision's is NaN there); other gammas give torchvision's bits.
 - ``asl``: Ridnik et al. 2021, "Asymmetric Loss for Multi-Label Classification": focusing
   with ``gamma_pos`` on positives and a stronger ``gamma_neg`` on negatives, whose
-  probability is first shifted down by ``clip`` (negatives with p < clip cost nothing).
-  Defaults: the paper's recommended ``gamma_neg=4``, ``gamma_pos=0``, ``clip=0.05``. The
-  paper's code sums over classes and batch; here it is the mean, as for the others.
+  probability is first shifted down by ``clip`` (``p_m = max(p - clip, 0)``: negatives with
+  p < clip cost nothing). Defaults: the paper's recommended ``gamma_neg=4``,
+  ``gamma_pos=0``, ``clip=0.05``. Against the paper's code (Alibaba-MIIL/ASL
+  ``AsymmetricLoss``): the mean, not the sum, over classes and batch; ``log p`` and
+  ``log(1 - p)`` exact (log-sigmoids) where the code takes ``log(max(., eps=1e-8))``, so a
+  term differs only where the code caps it at ``-log(1e-8)`` = 18.42 (a positive with a
+  logit below about -18.4; a negative above +18.4 with ``clip=0``); gradients flow through
+  the focusing weights, as in that code, whose ``disable_torch_grad_focal_loss`` switch is
+  commented out in ``AsymmetricLoss`` and off by default in ``AsymmetricLossOptimized``.
 
 With ``gamma=0, alpha=-1`` (focal) or ``gamma_neg=gamma_pos=0, clip=0`` (asl) both equal
 ``bce`` (tested).
@@ -105,17 +115,46 @@ def _check_ranges(text: str, params: Mapping[str, float]) -> None:
             raise InvalidArgumentError(f"--loss {text}: clip must be in [0, 1), got {value:g}")
 
 
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32, or float64 if it is float64 (bf16 and fp16 logits are widened)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
+def _focusing(q: torch.Tensor, log_q: torch.Tensor, gamma: float) -> torch.Tensor:
+    """``q ** gamma``. For ``0 < gamma < 1`` from ``log q``: ``pow``'s gradient ``gamma * q **
+    (gamma - 1)`` is infinite where ``q`` rounds to 0 (a saturated logit), and ``inf * 0`` made
+    the logit's gradient NaN. Other exponents keep ``pow`` (finite there), bit for bit as before."""
+    return torch.exp(gamma * log_q) if 0 < gamma < 1 else q.pow(gamma)
+
+
+class BinaryCrossEntropy(nn.BCEWithLogitsLoss):
+    """``BCEWithLogitsLoss`` computed in float32 (float64 stays float64) whatever the logits' dtype."""
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        x = _wide(logits)
+        return super().forward(x, target.to(x.dtype))
+
+
 class FocalLoss(nn.Module):
-    """Sigmoid focal loss (torchvision's), mean over the (B, L) terms."""
+    """Sigmoid focal loss (torchvision's ``sigmoid_focal_loss``, reduction ``mean``), mean over the (B, L) terms."""
 
     def __init__(self, gamma: float = 2.0, alpha: float = 0.25) -> None:
         super().__init__()
         self.gamma, self.alpha = gamma, alpha
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        from torchvision.ops import sigmoid_focal_loss
-
-        return sigmoid_focal_loss(logits.float(), target.float(), alpha=self.alpha, gamma=self.gamma, reduction="mean")
+        x = _wide(logits)
+        y = target.to(x.dtype)
+        # torchvision's sigmoid_focal_loss, step for step (the same bits), but for the weight
+        # with 0 < gamma < 1, where log(1 - p_t) = logsigmoid(-x) (positive) or logsigmoid(x)
+        # (negative), {0, 1} targets
+        p = torch.sigmoid(x)
+        ce = F.binary_cross_entropy_with_logits(x, y, reduction="none")
+        p_t = p * y + (1 - p) * (1 - y)
+        loss = ce * _focusing(1 - p_t, F.logsigmoid(torch.where(y > 0.5, -x, x)), self.gamma)
+        if self.alpha >= 0:
+            loss = (self.alpha * y + (1 - self.alpha) * (1 - y)) * loss
+        return loss.mean()
 
     def extra_repr(self) -> str:
         return f"gamma={self.gamma:g}, alpha={self.alpha:g}"
@@ -129,16 +168,19 @@ class AsymmetricLoss(nn.Module):
         self.gamma_neg, self.gamma_pos, self.clip = gamma_neg, gamma_pos, clip
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        x, y = logits.float(), target.float()
+        x = _wide(logits)
+        y = target.to(x.dtype)
         p = torch.sigmoid(x)
         log_p = F.logsigmoid(x)  # log p, stable for large |x|
         if self.clip > 0:  # probability shifting: p_m = max(p - clip, 0)
             p_neg = (p - self.clip).clamp(min=0)
-            log_not_p = torch.log1p(-p_neg.clamp(max=1 - 1e-7))
+            log_not_p = torch.log1p(-p_neg.clamp(max=1 - 1e-7))  # a clip below 1e-7 could leave p_m = 1
+            weight_neg = p_neg.pow(self.gamma_neg)  # clamp's gradient masks the pow's at p_m = 0
         else:
-            p_neg, log_not_p = p, F.logsigmoid(-x)  # log(1 - p), stable
-        pos = y * (1 - p).pow(self.gamma_pos) * log_p
-        neg = (1 - y) * p_neg.pow(self.gamma_neg) * log_not_p
+            log_not_p = F.logsigmoid(-x)  # log(1 - p), stable
+            weight_neg = _focusing(p, log_p, self.gamma_neg)
+        pos = y * _focusing(1 - p, F.logsigmoid(-x), self.gamma_pos) * log_p  # (1 - p) ** gamma_pos
+        neg = (1 - y) * weight_neg * log_not_p
         return -(pos + neg).mean()
 
     def extra_repr(self) -> str:
@@ -162,4 +204,4 @@ def create_loss(spec: str | LossSpec | Mapping[str, object]) -> nn.Module:
         return FocalLoss(**spec.params)
     if spec.name == "asl":
         return AsymmetricLoss(**spec.params)
-    return nn.BCEWithLogitsLoss()
+    return BinaryCrossEntropy()

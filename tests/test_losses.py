@@ -68,6 +68,55 @@ def test_focal_weighs_easy_terms_less_than_bce() -> None:
     assert FocalLoss()(logits.bfloat16(), target).dtype == torch.float32  # computed in float32 under amp
 
 
+def _asl_paper_code(x: torch.Tensor, y: torch.Tensor, gamma_neg: float, gamma_pos: float, clip: float) -> torch.Tensor:
+    """Alibaba-MIIL/ASL ``AsymmetricLoss.forward`` (eps 1e-8), as the mean instead of the sum."""
+    xs_pos = torch.sigmoid(x)
+    xs_neg = (1 - xs_pos + clip).clamp(max=1) if clip > 0 else 1 - xs_pos
+    loss = y * torch.log(xs_pos.clamp(min=1e-8)) + (1 - y) * torch.log(xs_neg.clamp(min=1e-8))
+    pt = xs_pos * y + xs_neg * (1 - y)
+    return -(loss * torch.pow(1 - pt, gamma_pos * y + gamma_neg * (1 - y))).mean()
+
+
+def test_losses_match_independent_references_with_finite_gradients_at_extreme_logits() -> None:
+    from torchvision.ops import sigmoid_focal_loss
+
+    logits, target = _batch(7, 6, 19)
+    extreme = torch.tensor([[50.0, -50.0, 50.0, -50.0, 100.0, -100.0, 20.0, -20.0, 0.0]])
+    cases = [(logits, target), (logits, torch.zeros_like(logits)), (logits, torch.ones_like(logits)),
+             (extreme, torch.tensor([[1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 1.0]]))]
+    F = torch.nn.functional
+    for x, y in cases:
+        for dtype in (torch.float32, torch.bfloat16):
+            xd = x.to(dtype)
+            # bce in float32 whatever the logits' dtype (bf16 logits were a bf16 computation: 4e-4 off)
+            assert create_loss("bce")(xd, y).item() == pytest.approx(
+                F.binary_cross_entropy_with_logits(xd.float(), y).item(), rel=1e-6)
+            for gamma, alpha in ((2, 0.25), (0.5, 0.75), (1, -1)):  # torchvision's alpha convention and mean
+                ours = create_loss(f"focal:gamma={gamma},alpha={alpha}")(xd, y)
+                assert ours.item() == pytest.approx(sigmoid_focal_loss(xd.float(), y, alpha=alpha, gamma=gamma,
+                                                                       reduction="mean").item(), rel=1e-5, abs=1e-7)
+        x64 = x.double()
+        for gn, gp, clip in ((4, 0, 0.05), (2, 0.5, 0.0), (0.5, 1, 0.2)):
+            ours = create_loss(f"asl:gamma_neg={gn},gamma_pos={gp},clip={clip}")(x64, y.double())
+            p, pm = torch.sigmoid(x64), (torch.sigmoid(x64) - clip).clamp(min=0)
+            log_not_p = F.logsigmoid(-x64) if clip == 0 else torch.log1p(-pm)
+            exact = -(y * (1 - p) ** gp * F.logsigmoid(x64) + (1 - y) * pm ** gn * log_not_p).mean()
+            assert ours.item() == pytest.approx(exact.item(), rel=1e-12, abs=1e-300)
+            if x.abs().max() < 18:  # the paper's code caps log at log(1e-8) = -18.4, nothing else differs
+                assert ours.item() == pytest.approx(_asl_paper_code(x64, y.double(), gn, gp, clip).item(), rel=1e-9)
+    # 0 < gamma < 1 at saturated logits: pow's 0 * inf gave NaN gradients (torchvision's focal too)
+    for spec in ("focal:gamma=0.5", "asl:gamma_pos=0.5", "asl:gamma_neg=0.5,clip=0", "focal", "asl"):
+        for dtype in (torch.float32, torch.bfloat16):
+            x = extreme.clone().to(dtype).requires_grad_()
+            create_loss(spec)(x, cases[-1][1]).backward()
+            assert x.grad is not None and torch.isfinite(x.grad.float()).all(), (spec, dtype, x.grad)
+    # float64 stays float64, so autograd.gradcheck checks the analytic gradients
+    x64, y64 = logits[:2, :4].double().requires_grad_(), target[:2, :4].double()
+    for spec in ("focal:gamma=0.5", "asl:gamma_neg=2,gamma_pos=0.5,clip=0"):
+        loss = create_loss(spec)
+        assert torch.autograd.gradcheck(lambda a, loss=loss: loss(a, y64), (x64,)), spec
+
+
 def test_parse_fills_defaults_and_records_every_parameter() -> None:
     assert parse_loss("bce").as_dict() == {"name": "bce"}
     assert parse_loss("focal").as_dict() == {"name": "focal", "gamma": 2.0, "alpha": 0.25}
