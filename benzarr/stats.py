@@ -9,7 +9,9 @@ resampling mode, because upsampling changes them. This module does the same for 
   (the 12 S2 bands, and VV, VH where the store has S1) over the ``train`` rows of a split,
   on the model-ready 120x120 images of one resampling mode (``bilinear``, ``nearest`` or
   ``bicubic``, with either ``align_corners``), exactly: float64 per-batch moments merged
-  with Chan et al.'s parallel update.
+  with Chan et al.'s parallel update. The std is the sample standard deviation (divisor
+  ``count - 1``, as ``torch.std``; over 14,400 pixels a patch it differs from the
+  population std by under 1e-6 relative from 36 train patches on).
 * The result is cached in the store's ``benzarr`` attributes under ``split_stats``, keyed by
   split and mode and tied to the SHA-256 of the split's codes, so a split rewritten with
   ``--overwrite`` is recomputed. A store that cannot be written (read-only) is still served,
@@ -90,7 +92,8 @@ def split_band_stats(store: str, split: str, resample: str = "bilinear",
     """Per-band ``{mean, std, count}`` over the train subset of ``split`` at one resampling mode.
 
     Bands: every image channel the store holds (B01…B12, then VV, VH with S1). ``count``
-    is the number of 120x120 pixels. Cached in the store (see the module docstring).
+    is the number of pixels (train patches x 120 x 120); ``std`` is the sample standard
+    deviation over them (divisor ``count - 1``). Cached in the store (see the module docstring).
 
     Raises:
         SplitNotFoundError: ``split`` is not in the store.

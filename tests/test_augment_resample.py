@@ -102,7 +102,9 @@ def test_split_statistics_are_the_train_subset_at_the_mode_and_cached(tmp_path: 
     images = torch.stack([train[i]["image"] for i in range(len(train))]).double()
     for c, band in enumerate(train.bands):
         assert figures[band]["mean"] == pytest.approx(images[:, c].mean().item(), rel=1e-9)
-        assert figures[band]["std"] == pytest.approx(images[:, c].std().item(), rel=1e-6)
+        # the sample std (n - 1), nearest mode being exact: 1e-6 could not tell it from the population one
+        assert figures[band]["std"] == pytest.approx(images[:, c].std(correction=1).item(), rel=1e-10)
+        assert figures[band]["std"] != pytest.approx(images[:, c].std(correction=0).item(), rel=1e-10)
         assert figures[band]["count"] == 40 * 120 * 120
     cache = open_store(store).attrs[CACHE_KEY]["s"]
     assert set(cache) == {"nearest"} and cache["nearest"]["bands"] == figures
