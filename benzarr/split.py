@@ -550,7 +550,10 @@ class SplitQuality:
             |share in a subset - share overall|) and ``max_rel_deviation`` (the same divided by
             the overall share).
         label_distribution: LD = mean over labels and non-empty subsets of
-            | |S_j^i| / (|S_j| - |S_j^i|) - |D^i| / (|D| - |D^i|) |, labels present in D only.
+            | |S_j^i| / (|S_j| - |S_j^i|) - |D^i| / (|D| - |D^i|) |, labels present in D only;
+            the mean of all these terms at once (equal to the paper's mean over labels of
+            means over subsets whenever every term is finite), leaving out the infinite
+            ones (a subset, or D, whose every patch has the label: no odds).
         examples_distribution: ED = mean over subsets of | |S_j| - desired_j * |D| |; NaN
             when no desired shares are known.
         labels_missing: labels with examples overall but none in some non-empty subset.

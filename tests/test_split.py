@@ -659,3 +659,19 @@ def test_source_date_epoch_makes_a_split_the_same_bytes(tmp_path: Path, official
     with pytest.raises(InvalidArgumentError, match=r"^SOURCE_DATE_EPOCH must be a whole number of seconds since 1970, "
                                                    r"got 'yesterday'"):
         make_split(open_store(tmp_path / "a.zarr", mode="r+"), "other", "random", seed=3)
+
+
+def test_label_distribution_leaves_out_terms_without_odds() -> None:
+    from benzarr.split import split_quality
+
+    labels = np.array([[1, 0], [1, 1], [1, 0], [0, 1], [1, 0], [0, 0]], dtype=np.uint8)
+    codes = np.array([0, 0, 1, 1, 2, 2], dtype=np.int8)  # every train patch has label 0: no odds there
+    q = split_quality(labels, codes, baseline_seed=None)
+    terms = []
+    for i in range(2):
+        whole = labels[:, i].sum() / (6 - labels[:, i].sum())
+        for c in range(3):
+            s_ji, s_j = labels[codes == c, i].sum(), (codes == c).sum()
+            if s_ji < s_j:
+                terms.append(abs(s_ji / (s_j - s_ji) - whole))
+    assert len(terms) == 5 and q.label_distribution == pytest.approx(np.mean(terms), rel=1e-12)
