@@ -346,6 +346,15 @@ def _summary(runs: Sequence[Run]) -> tuple[pd.DataFrame, list[str]]:
             for metric in TABLE_METRICS:
                 row[f"{metric}_mean"], row[f"{metric}_ci95"] = mean_ci95(per_seed[metric].tolist())
             rows.append(row)
+            # a metric a run did not record (an older metrics.json) is left out of its mean and
+            # interval, which then stand on fewer seeds than n_runs says: say so
+            short = {metric: int(per_seed[metric].isna().sum()) for metric in TABLE_METRICS}
+            short = {metric: n for metric, n in short.items() if 0 < n}
+            if short:
+                where = ", ".join(f"{k} {v}" for k, v in row.items() if k in keys)
+                notes.append(f"{where}: " + "; ".join(f"{metric} is missing for {n} of {len(per_seed)} seeds"
+                                                     for metric, n in short.items())
+                             + ": its mean and interval stand on the other seeds")
             shared = [f"{' and '.join(dict.fromkeys(group['run']))} share seed {seed}"
                       for seed, group in part.groupby("seed", sort=False, dropna=False) if len(group) > 1]
             if shared:

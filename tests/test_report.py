@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -93,6 +94,22 @@ def test_summary_compares_splits_in_one_table_with_t_intervals(runs: dict[str, P
     assert math.isnan(summary.loc["rand", "macro_f1_ci95"])  # one run: no interval
     assert "| strat |" in report.summary_md.replace("shortcnn-rgb | ", "")
     assert " ± " in report.summary_md
+
+
+def test_a_metric_missing_for_some_seeds_is_named_beside_n_runs(runs: dict[str, Path], tmp_path: Path) -> None:
+    """A metric one seed's metrics.json lacks (written by an older benzarr) was left out of the
+    mean and interval, which then stood on fewer seeds than n_runs said, without a word."""
+    strat = copy_tree(runs["strat"], tmp_path / "strat")
+    path = strat / "seed-1" / "metrics.json"
+    doc = json.loads(path.read_text())
+    del doc["test"]["macro_f2"]
+    path.write_text(json.dumps(doc))
+    report = write_report([strat], tmp_path / "out")
+    row = pd.read_csv(tmp_path / "out" / "summary.csv").iloc[0]
+    assert row["n_runs"] == 2 and np.isnan(row["macro_f2_ci95"]) and not np.isnan(row["micro_f1_ci95"])
+    note = ("macro_f2 is missing for 1 of 2 seeds: its mean and interval stand on the other seeds")
+    assert any(note in line for line in report.warnings), report.warnings
+    assert note in (tmp_path / "out" / "summary.md").read_text()
 
 
 def test_mean_ci95_is_the_student_t_interval() -> None:
