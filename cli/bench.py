@@ -52,7 +52,7 @@ def command(
         results = bench_store(store, batch_size=batch_size, workers=workers, min_seconds=seconds, seed=seed,
                               storage_options=storage_options_for(store, endpoint_url), device=device)
     if as_json:
-        console.print_json(json.dumps([r.as_dict() for r in results]))
+        console.print_json(json.dumps([r.as_dict() for r in results]), ensure_ascii=True)  # JSON whatever the output encoding
         return
     stored = results[0].stored_bytes_per_patch
     console.print(f"store  {store}")

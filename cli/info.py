@@ -33,7 +33,7 @@ def command(
         raise InvalidArgumentError(f"--top must be 0 or more, got {top}")
     info = describe_store(store, top_classes=top, storage_options=storage_options_for(store, endpoint_url))
     if as_json:
-        console.print_json(json.dumps(info))
+        console.print_json(json.dumps(info), ensure_ascii=True)  # JSON whatever the output encoding
         return
     out = console.print
     parts = info.get("parts") or {}

@@ -292,8 +292,9 @@ def _output_errors(exc: UnicodeError) -> tuple[str | bytes, int]:
         if stand_in is None:
             try:  # a character the encoding has, beside one it lacks (latin-1's é)
                 stand_in = char.encode(exc.encoding).decode(exc.encoding)
-            except UnicodeError:
-                stand_in = char.encode("ascii", "backslashreplace").decode("ascii")
+            except UnicodeError:  # \u00e9 (a surrogate pair above U+FFFF): what JSON and Python both read
+                units = char.encode("utf-16-be")
+                stand_in = "".join(f"\\u{int.from_bytes(units[i:i + 2], 'big'):04x}" for i in range(0, len(units), 2))
         out.append(stand_in)
     return "".join(out), exc.end
 

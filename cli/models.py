@@ -28,7 +28,7 @@ def command(
         for i in infos
     ]
     if as_json:
-        console.print_json(json.dumps(rows))
+        console.print_json(json.dumps(rows), ensure_ascii=True)  # JSON whatever the output encoding
         return
     headers = {"name": "model", "parameters": "parameters", "bands": "default bands", "description": "description"}
     cells = [{k: (f"{r[k]:,}" if k == "parameters" else str(r[k])) for k in headers} for r in rows]

@@ -38,7 +38,7 @@ def command(
         report = verify_store(store, workers=workers, progress=advance, record=not no_record,
                               decode=True if decode else None)
     if as_json:
-        console.print_json(json.dumps(report.to_dict()))
+        console.print_json(json.dumps(report.to_dict()), ensure_ascii=True)  # JSON whatever the output encoding
     else:
         out = console.print
         sums = {True: "crc32c on every band chunk", False: "without chunk checksums",

@@ -1440,6 +1440,15 @@ def test_output_in_an_ascii_encoding_or_of_a_non_utf8_path_is_no_unicode_error(
     assert (code, err) == (0, b"") and out.startswith(b"store ") and b"caf\xe9.zarr" in out.splitlines()[0]
     code, out, err = run("ascii", "info", odd + "x")
     assert code == 1 and err == b"error: " + os.fsencode(odd + "x") + b": no such store\n"
+    # --json stays JSON: escaped in the document itself, not by the stream's stand-ins (which
+    # wrote caf\xe9 or the raw byte, and json.loads failed on what exited 0)
+    accented = str(tmp_path / "café.zarr")
+    os.symlink(synth_store_64, accented)
+    for encoding, path in (("ascii", accented), ("ascii", odd), ("utf-8", odd)):
+        code, out, err = run(encoding, "info", path, "--json")
+        assert (code, err) == (0, b"") and json.loads(out.decode("ascii"))["path"] == path
+    code, out, err = run("ascii", "info", accented)  # text output: a \u escape, as JSON and Python write it
+    assert code == 0 and out.splitlines()[0].endswith(b"caf\\u00e9.zarr")
 
 
 def test_lock_files_follow_the_umask_so_a_group_can_take_them(tmp_path: Path) -> None:
