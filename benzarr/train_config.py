@@ -124,7 +124,8 @@ def read_settings_file(path: str | Path) -> dict[str, object]:
     """``TrainConfig`` settings from a file, for ``benzarr train --config``.
 
     The file is either a run's ``config.json`` (its ``settings``: the run's every setting, less
-    ``NOT_COPIED``), or a JSON object or TOML table of settings, such as
+    ``NOT_COPIED`` and what the run never used: an emissions country without tracking, a
+    momentum without ``optim="sgd"``), or a JSON object or TOML table of settings, such as
     ``{"model": "shortcnn-all", "batch_size": 32}`` or ``batch-size = 32`` (a dash or an
     underscore, as the option or the field is written). Nothing is defaulted here: the caller
     fills in what the file leaves out.
@@ -161,6 +162,11 @@ def read_settings_file(path: str | Path) -> dict[str, object]:
         raise InvalidArgumentError(f"--config {path}: not a table of settings (a JSON object or TOML keys)")
     run = isinstance(data.get("settings"), dict)
     settings = {k: v for k, v in data["settings"].items() if k not in NOT_COPIED} if run else data
+    if run:  # what the run recorded but never used (an older benzarr did): not copied, so not refused
+        if settings.get("track_emissions") is False:
+            settings.pop("emissions_country", None)
+        if settings.get("optim", "sgd") != "sgd":
+            settings.pop("momentum", None)
     known = {f.name: f for f in fields(TrainConfig)}
     out: dict[str, object] = {}
     spelled: dict[str, str] = {}  # field name -> the key the file gave it under

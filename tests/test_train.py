@@ -1132,6 +1132,27 @@ def test_emissions_country_without_track_emissions_is_refused(store: Path, tmp_p
     assert (seen[0].track_emissions, seen[0].emissions_country) == (False, "DEU")
 
 
+def test_a_runs_config_json_gives_no_setting_the_run_never_used() -> None:
+    """A config.json written before those settings were refused (an adam run recording momentum
+    0.5, an untracked run recording a country) still serves --config: what the run never used is
+    not copied, where a settings file that gives it is refused (the test above)."""
+    import json
+    import tempfile
+
+    from benzarr.train_config import read_settings_file
+
+    recorded = {"settings": {"store": "s.zarr", "split": "strat", "optim": "adam", "momentum": 0.5,
+                             "track_emissions": False, "emissions_country": "FRA", "out": "r"}}
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "config.json"
+        path.write_text(json.dumps(recorded))
+        settings = read_settings_file(path)
+        assert settings == {"store": "s.zarr", "split": "strat", "optim": "adam", "track_emissions": False}
+        recorded["settings"].update(optim="sgd", track_emissions=True)  # used: copied
+        path.write_text(json.dumps(recorded))
+        assert {"momentum", "emissions_country"} <= set(read_settings_file(path))
+
+
 @pytest.mark.parametrize(("typed", "message"), [
     (("--emissions-country", "DEU"), "--emissions-country DEU applies to --track-emissions only; "
                                      "without it no emissions are tracked"),
