@@ -34,7 +34,9 @@ def _libc_calls() -> tuple[Any, Any] | None:
     except (OSError, AttributeError, TypeError):
         return None
     map_call.restype = ctypes.c_void_p
-    map_call.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int64)
+    # off_t of the ``mmap`` symbol: a C long on Linux (32 bits on 32-bit Linux, where mmap64 takes
+    # the 64-bit one) and 64 bits on macOS, whose long is 64 bits
+    map_call.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
     unmap_call.restype = ctypes.c_int
     unmap_call.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
     return map_call, unmap_call

@@ -291,6 +291,16 @@ _READERS: "weakref.WeakSet[ShardReader]" = weakref.WeakSet()
 _READERS_LOCK = threading.Lock()  # readers used from several threads make room one at a time
 
 
+def _new_lock_in_child() -> None:
+    """A forked child gets a free lock: one a parent's thread held at the fork stays held for ever."""
+    global _READERS_LOCK
+    _READERS_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_lock_in_child)
+
+
 @cache
 def map_budget() -> int:
     """Shard maps this process may hold at once, over all its readers: a quarter of the
