@@ -534,6 +534,7 @@ class Report:
     summary_md: str
     unfinished: list[str] = field(default_factory=list)  # run folders without metrics.json (rows without test metrics)
     warnings: list[str] = field(default_factory=list)  # what the caller should tell the user, one line each
+    evaluations: list[str] = field(default_factory=list)  # the evaluations tabulated, each once, in order given
 
 
 def write_report(paths: Sequence[str | Path], out: str | Path, evaluations: Sequence[str] = ()) -> Report:
@@ -577,7 +578,7 @@ def write_report(paths: Sequence[str | Path], out: str | Path, evaluations: Sequ
     return Report(out, files, runs_df, summary, summary_md, unfinished,
                   [*(unfinished_warning(Path(r)) for r in unfinished), *map(untested_warning, untested),
                    *map(no_curves_warning, _without_curves(unique)),
-                   *(short_curves_warning(*short) for short in _cut_short(unique)), *notes])
+                   *(short_curves_warning(*short) for short in _cut_short(unique)), *notes], evaluations)
 
 
 def _without_curves(runs: Sequence[Run]) -> list[Path]:

@@ -21,8 +21,8 @@ def command(
     """Plot loss and F1 curves and tabulate test metrics per run and per model/split (mean ± 95% CI over seeds)."""
     from benzarr.report import write_report  # pandas and matplotlib: only when reporting
 
-    evaluation = list(dict.fromkeys(evaluation or ()))  # a repeat is read once; the line below named it twice
-    report = write_report(rundirs, out, evaluations=evaluation)
+    report = write_report(rundirs, out, evaluations=evaluation or ())
+    evaluation = report.evaluations  # each once: a repeat is read once, and this line named it twice
     for line in report.warnings:  # on stderr, also with --quiet: a row without metrics is easy to miss
         warn_line(line)
     if quiet:
