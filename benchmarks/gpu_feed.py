@@ -561,11 +561,16 @@ def interleaved(steps: dict[str, Callable[[], int]], device: torch.device, warmu
     return totals
 
 
+def _round_ratios(fed_run: dict[str, Any], ceiling_run: dict[str, Any]) -> list[float]:
+    """Each round's fed slice over its ceiling slice, sorted."""
+    return sorted(f / c for f, c in zip(fed_run.get("slices", []), ceiling_run.get("slices", [])) if c)
+
+
 def paired_ratio(fed_run: dict[str, Any], ceiling_run: dict[str, Any]) -> float | None:
     """The median over rounds of (fed slice / ceiling slice) of the same round, which ran next
     to each other: a drift of the machine's speed between rounds cancels in each pair, where
     the pooled ratio (all fed patches over all ceiling patches) weighs a fast round more."""
-    pairs = sorted(f / c for f, c in zip(fed_run.get("slices", []), ceiling_run.get("slices", [])) if c)
+    pairs = _round_ratios(fed_run, ceiling_run)
     if not pairs:
         return None
     mid = len(pairs) // 2
@@ -578,7 +583,7 @@ def paired_interval(fed_run: dict[str, Any], ceiling_run: dict[str, Any], level:
     ``1 - 2 P(Binomial(n, 1/2) < j)`` is at least ``level``. Why: a row of 5 rounds read
     0.94 or 0.96 of its ceiling from one run to the next (session 22); whether a model is at
     0.95 needs this interval, not another point. None below 6 rounds (n = 5: 94% at best)."""
-    pairs = sorted(f / c for f, c in zip(fed_run.get("slices", []), ceiling_run.get("slices", [])) if c)
+    pairs = _round_ratios(fed_run, ceiling_run)
     n, below, j = len(pairs), 0.0, 0
     while j < n // 2:
         below += math.comb(n, j) / 2 ** n  # P(Binomial(n, 1/2) <= j)
