@@ -40,8 +40,10 @@ In one run, on one synthetic lz4 store (12 bands, batch 256 by default):
   stream), bilinear upsampling with the NCHW kernel instead of on the planes, the transform
   without its fused passes (``BatchTransform.fused = False``), both of the last two (the
   transform session 6's second run measured), every batch transformed eagerly instead of by
-  a CUDA graph replay (``DeviceLoader.graphs = False``, session 9), or one host-to-device
-  copy per key of a ring slot instead of one per slot (``RingLoader.one_copy = False``);
+  a CUDA graph replay (``DeviceLoader.graphs = False``, session 9), graphs fed by a device batch
+  staged from each ring slot instead of the slot copied straight into their static inputs
+  (``staged``: ``DeviceLoader.direct_copy = False``, the graph path before session 24), or one
+  host-to-device copy per key of a ring slot instead of one per slot (``RingLoader.one_copy = False``);
 * ``transform_alone`` (with a variant that changes the transform): the batch transform by
   itself on a batch already on the device, default against each such variant, interleaved;
 * ``augment`` (``--augment-workers``): ``augment="flip-rot90"`` against none, interleaved, for
@@ -118,7 +120,7 @@ GPU_WORKERS = (0, 4, 8, 12)
 #: None: not read (a caller of :func:`timed` outside a run).
 CONDITIONS: SliceConditions | None = None
 #: A/B variants of the loader (``--variants``), each measured in the same rows as the default.
-VARIANTS = ("no-overlap", "thread", "nchw-upsample", "unfused", "session6", "no-graph", "per-key-copy", "priority",
+VARIANTS = ("no-overlap", "thread", "nchw-upsample", "unfused", "session6", "no-graph", "staged", "per-key-copy", "priority",
             "compiled")
 
 
@@ -1039,7 +1041,9 @@ def main(argv: list[str] | None = None) -> int:
                              "BatchTransform.planes=False), 'unfused' (BatchTransform.fused=False: a float32 "
                              "copy of each group, then copies), 'session6' (both: the transform session 6's "
                              "last run measured), 'no-graph' (every batch transformed eagerly, "
-                             "DeviceLoader.graphs=False), 'per-key-copy' (a ring slot copied to the device one "
+                             "DeviceLoader.graphs=False), 'staged' (graphs fed by a device batch staged from each "
+                             "ring slot, as before session 24: DeviceLoader.direct_copy=False), "
+                             "'per-key-copy' (a ring slot copied to the device one "
                              "key at a time, RingLoader.one_copy=False), 'priority' (next() and the training step on a "
                              "high-priority CUDA stream, so the loader's transform gets only the SMs the step "
                              "leaves idle; PriorityFed), 'compiled' (the image by one torch.compile'd function, "
@@ -1072,9 +1076,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown_variants = [v for v in variants if v not in VARIANTS]
     if unknown_variants:
         parser.error(f"unknown variant {unknown_variants[0]!r}: use {', '.join(VARIANTS)}")
-    if "no-graph" in variants and not graphs_on:  # the same loader as the default rows
-        print("variant no-graph skipped: CUDA graphs are off in this run", flush=True)
-        variants.remove("no-graph")
+    for variant in ("no-graph", "staged"):
+        if variant in variants and not graphs_on:  # the same loader as the default rows
+            print(f"variant {variant} skipped: CUDA graphs are off in this run", flush=True)
+            variants.remove(variant)
     modes = csv(pick(args.modes, ",".join(MODES), "deterministic"))
     seconds = pick(args.seconds, 3.0, 1.0)
     warmup = pick(args.warmup, 5, 2)
@@ -1233,6 +1238,8 @@ def main(argv: list[str] | None = None) -> int:
                         batches = ThreadFed(batches, device)
                     elif variant == "no-graph":
                         loader.graphs = False
+                    elif variant == "staged":  # graphs on, each slot staged through a device batch (before session 24)
+                        loader.direct_copy = False
                     elif variant == "per-key-copy" and hasattr(loader.loader, "one_copy"):
                         loader.loader.one_copy = False
                     elif variant == "priority":

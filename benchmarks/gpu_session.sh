@@ -87,7 +87,7 @@ if [ "${QUICK:-0}" = 1 ]; then
   ring_args=(--device cpu)
   feed_args=(--cpu --patches 96 --batch-size 16 --workers 0,1 --fed-workers 1 --models shortcnn-all --seconds 0.3
              --warmup 1 --trainer-model shortcnn-all --trainer-workers 1 --trainer-epochs 1 --h2d-copies 2
-             --profile-steps 2 --variants no-overlap,thread,nchw-upsample,unfused,session6,no-graph,per-key-copy,priority,compiled
+             --profile-steps 2 --variants no-overlap,thread,nchw-upsample,unfused,session6,no-graph,staged,per-key-copy,priority,compiled
              --cpu-ring-workers 1
              --augment-workers 1)
 elif [ "${PHASE:-full}" = diagnose ]; then
@@ -140,9 +140,12 @@ elif [ "${PHASE:-full}" = next ]; then
   # next()'s host time by the code in .baseline/benzarr (the commit before a change: git archive
   # BASE benzarr | tar -x -C .baseline) and by this tree, alternating (baseline, tree, baseline,
   # tree: session 22 ran them once each, one after the other, and the node drifted 10-15% between
-  # them), each a gpu_next_profile.py run on one 4,000-patch store; then the ring check;
-  # then resnet18 fed at 12 workers, both modes, graphs and eager (variant no-graph). About 260 s
-  # (BUDGET_S=90, timeout_s 300, carry .whl and .baseline); without .baseline, the tree's twice.
+  # them), each a gpu_next_profile.py run on one 4,000-patch store; then the ring check; then
+  # resnet18 fed at 12 workers as PHASE=resnet18 measures it (20 rounds of 0.6 s slices, fast
+  # mode first), with graphs fed straight from the ring's slots (session 24's default), graphs
+  # fed by a staged device batch (variant staged: the graph path before) and eager (no-graph)
+  # in the same rows. About 330 s (BUDGET_S=170, timeout_s 420, carry .whl and .baseline);
+  # without .baseline, the tree's twice.
   rm -rf /tmp/src-base && mkdir -p /tmp/src-base
   [ -d .baseline/benzarr ] && cp -r .baseline/benzarr /tmp/src-base/benzarr
   for round in 1 2; do
@@ -161,8 +164,8 @@ elif [ "${PHASE:-full}" = next ]; then
     done
   done
   ring_args=()
-  feed_args=(--patches 4000 --build-workers "$(nproc)" --seconds 2.4 --rounds 3 --warmup 5 --budget-s "$BUDGET_S"
-             --models resnet18 --modes deterministic,fast --workers "" --fed-workers 12 --variants no-graph
+  feed_args=(--patches 4000 --build-workers "$(nproc)" --seconds 12 --rounds 20 --warmup 5 --budget-s "$BUDGET_S"
+             --models resnet18 --modes fast,deterministic --workers "" --fed-workers 12 --variants staged,no-graph
              --no-transformed --trainer-model none)
 elif [ "${PHASE:-full}" = compile ]; then
   # session 20's second run (about 150 s): shortcnn-all, the one model whose gap to its

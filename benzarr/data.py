@@ -30,7 +30,7 @@ from benzarr.augment import check_augment
 from benzarr.checks import boolean, check_resample, check_seed, whole as _whole
 from benzarr.errors import BenzarrError, InvalidArgumentError, LoaderWorkerError, StoreChangedError
 from benzarr.shards import RowReader
-from benzarr.streams import on_stream
+from benzarr.streams import current_stream, on_stream
 from benzarr.procs import thread_blosc_lock
 from benzarr.graphs import GraphedTransform
 from benzarr.transform import (CHANNEL_GROUPS, Batch, BatchTransform, check_normalization,
@@ -590,7 +590,7 @@ def _hand_over(batch: Batch, done: Any, index: int) -> Batch:
     """A batch made on a side stream, for use on the current stream of CUDA device ``index``
     (an int: :mod:`benzarr.streams`): the current stream waits for ``done`` (a CUDA event),
     and the allocator keeps each tensor until the current stream's work on it is finished."""
-    consumer = torch.cuda.current_stream(index)
+    consumer = current_stream(index)
     consumer.wait_event(done)
     for value in batch.values():
         if isinstance(value, torch.Tensor) and value.is_cuda:
@@ -663,6 +663,11 @@ class DeviceLoader:
             batches on another stream must make that stream's work finish first (for example
             ``torch.cuda.current_stream().wait_stream(other)`` before the next ``next``);
             ``record_stream`` does not protect a static image. Or set ``graphs = False``.
+        direct_copy: with ``graphs`` and the batch ring on CUDA, copy each ring slot in one
+            transfer straight into the graphs' static inputs (default True;
+            :meth:`benzarr.graphs.GraphedTransform.from_slot`); False stages it through a
+            device batch of its own first, as the eager path does (an A/B switch for
+            ``benchmarks/gpu_feed.py``, variant ``staged``). Same bits either way.
     """
 
     def __init__(self, dataset: BigEarthNetDataset, loader: Any, sampler: DistributedSampler,
@@ -677,6 +682,7 @@ class DeviceLoader:
         self.overlap = True
         self._side_stream: Any = None  # created on the first overlapped iteration
         self.graphs = cuda_graphs_default()
+        self.direct_copy = True
         self._graphed: GraphedTransform | None = None  # the graphs, kept across epochs
         self._graph_capture: Any = None  # benzarr.graphs.Capture; None: CUDA's
         self._iteration = 0  # iterations started; an older one raises when used
@@ -771,19 +777,28 @@ class DeviceLoader:
                                                  capture=self._graph_capture)
             graphed = self._graphed
         make: Callable[[Batch], Batch] = graphed if graphed is not None else transform
-        batches = iter(self.loader)
+        # with graphs, the ring's batches stay in their slots until the graphs copy them
+        # straight into their static inputs (benzarr.ring.HostSlot): one copy a batch
+        slots = graphed is not None and cuda and self.direct_copy and hasattr(self.loader, "iter_slots")
+        batches: Iterator[Any] = self.loader.iter_slots() if slots else iter(self.loader)
+        # each batch's "made" event: reused in turn (creating one costs ~10 us of the main
+        # process a batch); one is recorded again only after the consumer's stream was told
+        # to wait on its previous recording, so that wait is unchanged
+        events = [torch.cuda.Event() for _ in range(3)] if cuda else []
+        turn = 0
         ahead: tuple[Batch, Any] | None = None
         while True:
             if graphed is not None:  # the consumer asks for a batch: images it let go of are free
-                graphed.consumer_point(torch.cuda.current_stream(index) if cuda else None)
+                graphed.consumer_point(current_stream(index) if cuda else None)
             with on_side():
                 batch = next(batches, None)
                 if batch is None:
                     break
-                out = make(batch)
+                out = graphed.from_slot(batch, side) if slots else make(batch)
                 done = None
                 if cuda:
-                    done = torch.cuda.Event()
+                    done = events[turn]
+                    turn = (turn + 1) % len(events)
                     done.record(side)
             if ahead is not None:
                 yield _hand_over(*ahead, index) if cuda else ahead[0]

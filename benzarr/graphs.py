@@ -49,7 +49,7 @@ from typing import Any
 
 import torch
 
-from benzarr.streams import device_index
+from benzarr.streams import current_stream, device_index
 from benzarr.transform import Batch, BatchTransform
 
 #: Static images (and graphs) per loader: batch k+1 is made while the consumer holds batch k
@@ -105,6 +105,7 @@ class _StaticImage:
     baseline: int  # the image's use count when only this module holds it (:func:`_uses`)
     out: bool = False  # handed out and not yet seen free
     freed: Any = None  # the consumer-stream event after which it is free (None: free now)
+    event: Any = None  # CUDA: the event freed is, made once
 
 
 def graphs_supported() -> bool:
@@ -148,6 +149,8 @@ class GraphedTransform:
         self.replayed = 0
         self._shapes: dict[str, tuple[int, ...]] | None = None  # group -> full-batch shape the graphs take
         self._inputs: dict[str, torch.Tensor] = {}  # group -> static copy of the batch's group
+        self._span: torch.Tensor | None = None  # from_slot: the static inputs' one buffer, laid out as a ring slot
+        self._span_views: dict[str, torch.Tensor] = {}  # from_slot: every device key's view of it
         self._statics: list[_StaticImage] = []  # one per graph, in capture order
         self._pool: Any = None
         self._stream: Any = None  # the capture stream, on the transform's device
@@ -158,40 +161,87 @@ class GraphedTransform:
     def consumer_point(self, stream: Any) -> None:
         """The consumer asks for a batch: images it no longer holds are free once the work now
         queued on ``stream`` (its CUDA stream; None off CUDA) is done."""
-        event = None
         for static in self._statics:
             if static.out and _uses(static.image) == static.baseline:
-                if event is None and self._cuda:
-                    event = torch.cuda.Event()
+                event = None
+                if self._cuda:  # the image's own event: re-recorded only after its replay waited on it
+                    if static.event is None:
+                        static.event = torch.cuda.Event()
+                    event = static.event
                     event.record(stream)
                 static.out, static.freed = False, event
 
-    def __call__(self, batch: Batch) -> Batch:
+    def _applies(self) -> bool:
+        """Whether graphs may make this transform's batches at all (see the module's docstring)."""
         transform = self.transform
         # augmentation differs per batch; a compiled transform (BatchTransform.compiled) is
         # already a few fused kernels, and its first call compiles, which no capture can hold
-        if self.disabled is not None or transform.augment != "none" or getattr(transform, "compiled", False):
-            return transform(batch)
-        shapes = {group: tuple(batch[group].shape) for group in transform.groups}
-        if self._shapes is None and self.batch_size in (None, shapes[transform.groups[0]][0]):
+        return self.disabled is None and transform.augment == "none" and not getattr(transform, "compiled", False)
+
+    def _copy_for(self, shapes: dict[str, tuple[int, ...]]) -> int | None:
+        """The static image (by number; ``len(statics)`` for a new one) that makes a batch of
+        these band-group ``shapes``, or None: a short batch, not enough memory, or the
+        consumer holds every image."""
+        if self._shapes is None and self.batch_size in (None, shapes[self.transform.groups[0]][0]):
             self._shapes = shapes
-        if not self._statics and shapes == self._shapes and not self._fits(shapes):
-            return transform(batch)
-        copy = self._free_copy() if shapes == self._shapes else None
+        if shapes != self._shapes or (not self._statics and not self._fits(shapes)):
+            return None
+        return self._free_copy()
+
+    def __call__(self, batch: Batch) -> Batch:
+        transform = self.transform
+        copy = None
+        if self._applies():
+            copy = self._copy_for({group: tuple(batch[group].shape) for group in transform.groups})
         if copy is None:  # a short last batch, or the consumer holds every image: the ordinary way
             return transform(batch)
         for group in transform.groups:
             if group not in self._inputs:  # on the device, whatever the batch's (the DataLoader's are on the host)
                 with torch.inference_mode(False):  # usable in training whatever mode the first batch came in
-                    self._inputs[group] = torch.empty(shapes[group], dtype=batch[group].dtype, device=transform.device)
+                    self._inputs[group] = torch.empty(tuple(batch[group].shape), dtype=batch[group].dtype,
+                                                      device=transform.device)
                 self.held_bytes += self._inputs[group].nbytes
             self._inputs[group].copy_(batch[group], non_blocking=True)
+        return self._made(copy, batch)
+
+    def from_slot(self, slot: Any, stream: Any = None) -> Batch:
+        """The batch still in ring slot ``slot`` (:class:`benzarr.ring.HostSlot`), as
+        :meth:`__call__` makes it from the same batch on the device, with the slot handed
+        back to the ring once its copy is done. A full batch is copied in one transfer
+        straight into the static inputs, which are then views of one buffer laid out as the
+        slot: no allocation, no per-key views and no device-to-device copy a batch. Run it
+        on ``stream``, the current stream (None off CUDA), as :meth:`__call__`.
+
+        Why (issue #10): these were about 0.4 ms of the main process's 0.7 ms a batch on the
+        H200 node, and resnet18's training step (about 10 ms, bound by the host) loses every
+        such millisecond: fed at 0.91 of its ceiling in session 24."""
+        transform = self.transform
+        copy = None
+        if self._applies() and (self._span is not None or not self._inputs):  # inputs laid out as the slot
+            copy = self._copy_for(slot.shapes(transform.groups))
+        if copy is None:  # the ordinary way, in memory of its own
+            return self(slot.to_device(stream))
+        if self._span is None:
+            with torch.inference_mode(False):
+                self._span = torch.empty(slot.span_bytes(), dtype=torch.uint8, device=transform.device)
+            self._span_views = slot.layout.tensor_views(self._span, slot.n, slot.device_keys)
+            self._inputs = {group: self._span_views[group] for group in transform.groups}
+            self.held_bytes += self._span.nbytes
+        # the copy is queued on this stream after the last batch's replay and companions,
+        # which read the buffer: nothing reads it while it is overwritten
+        slot.copy_into(self._span, stream)
+        return self._made(copy, {**self._span_views, "index": slot.index()})
+
+    def _made(self, copy: int, batch: Batch) -> Batch:
+        """The batch whose band groups are in the static inputs, by static image ``copy``
+        (a new one captured, or a replay): its image, and the transform's companions of ``batch``."""
+        transform = self.transform
         if copy == len(self._statics):
             image = self._new_copy()
         else:
             static = self._statics[copy]
             if static.freed is not None:
-                torch.cuda.current_stream(self._index).wait_event(static.freed)
+                current_stream(self._index).wait_event(static.freed)
             static.replay()
             self.replayed += 1
             image = static.image
@@ -207,6 +257,7 @@ class GraphedTransform:
         on, ``disabled`` saying ``why``."""
         self.disabled = why
         self._inputs, self._statics = {}, []
+        self._span, self._span_views = None, {}
         self._pool, self.held_bytes = None, 0
 
     def stats(self) -> dict[str, Any]:

@@ -18,7 +18,10 @@ however many workers decode. Here the memory is allocated once:
   copies a ready slot to the GPU on a side stream (``non_blocking``), records a CUDA event,
   and returns the slot to the free list only once that event has completed. The copy of
   batch k+1 is issued before batch k is handed out, so it overlaps batch k's transform.
-  Steady state allocates no host memory and makes no host-side copy.
+  Steady state allocates no host memory and makes no host-side copy. A consumer that copies
+  slots itself (:meth:`RingLoader.iter_slots`: the CUDA-graph transform copies a slot straight
+  into its static inputs) gets each slot as a :class:`HostSlot` and hands it back once its copy
+  is queued.
 * **CPU.** A batch handed out on the CPU is a set of views into its slot; the slot returns
   to the free list when the last of those views is garbage (a weakref callback on the
   slot's buffer object), so a batch is never overwritten while someone holds it. A
@@ -53,7 +56,7 @@ import torch
 
 from benzarr.errors import BenzarrError, InvalidArgumentError, LoaderWorkerError
 from benzarr.procs import children_start_deaf, default_sigterm, ignore_interrupts
-from benzarr.streams import on_stream
+from benzarr.streams import current_stream, on_stream
 from benzarr.transform import unfilled_allocations
 
 Spec = dict[str, tuple[tuple[int, ...], np.dtype]]
@@ -158,15 +161,23 @@ class SlotLayout:
         ``index`` (which stays on the host, cloned), as views of one copy of the bytes they
         span when ``one_copy`` (one transfer and one allocation a batch: each transfer costs
         the host 10-20 us of launch and allocator work), else one copy per key."""
-        keys = tuple(key for key in self.spec if key != "index")
+        keys = self.device_keys
         with unfilled_allocations():  # the copies overwrite what they allocate
             if one_copy:
-                span = max(self.regions[key][0] + n * self.regions[key][1] for key in keys)
-                batch = self.tensor_views(whole[:span].to(device, non_blocking=True), n, keys)
+                batch = self.tensor_views(whole[:self.span_bytes(n)].to(device, non_blocking=True), n, keys)
             else:
                 batch = {k: v.to(device, non_blocking=True) for k, v in self.tensor_views(whole, n, keys).items()}
             batch["index"] = self.tensor_views(whole, n, ("index",))["index"].clone()
         return batch
+
+    @functools.cached_property
+    def device_keys(self) -> tuple[str, ...]:
+        """Every key but ``index`` (which stays on the host): what goes to the device."""
+        return tuple(key for key in self.spec if key != "index")
+
+    def span_bytes(self, n: int) -> int:
+        """Bytes from a slot's start that hold the :attr:`device_keys` of ``n`` patches."""
+        return max((self.regions[key][0] + n * self.regions[key][1] for key in self.device_keys), default=0)
 
     @functools.cached_property
     def _plan(self) -> list[tuple[str, int, int, torch.dtype, tuple[int, ...]]]:
@@ -325,6 +336,7 @@ class _Resources:
         self.buffer: mmap.mmap | None = None
         self.registered_ptr: int | None = None
         self.copy_stream: Any = None  # the side stream that reads the page-locked ring
+        self.copies: Any = ()  # the ring's (event, slot) of copies that read it (HostSlot's: on other streams)
         self.selector = selectors.DefaultSelector()  # the result pipes, registered once
 
     def release(self) -> None:
@@ -347,6 +359,8 @@ class _Resources:
             # whole device (a ring collected mid-training must not stall the training stream)
             if self.copy_stream is not None:
                 self.copy_stream.synchronize()
+            for event, _ in self.copies:  # HostSlot copies, queued on the consumer's streams
+                event.synchronize()
             torch.cuda.cudart().cudaHostUnregister(self.registered_ptr)
             self.registered_ptr = None
         if self.buffer is not None:
@@ -355,6 +369,81 @@ class _Resources:
             except BufferError:  # a batch the caller still holds maps it: unmapped with that batch
                 pass
             self.buffer = None
+
+
+class HostSlot:
+    """One decoded batch still in its ring slot, for a consumer that copies it to the device
+    itself (:meth:`RingLoader.iter_slots`): the CUDA-graph transform copies a full batch in one
+    transfer straight into its static inputs (:meth:`benzarr.graphs.GraphedTransform.from_slot`),
+    which saves the staged copy's allocation, per-key views and a device-to-device copy a batch.
+
+    The slot is the consumer's until :meth:`release` (or :meth:`copy_into` / :meth:`to_device`,
+    which release it): on CUDA it returns to the ring once the work then queued on the given
+    stream, the copies that read it, has completed.
+
+    Attributes:
+        n: patches in the batch (the loader's batch size but for a short last batch).
+        released: whether the slot was handed back.
+    """
+
+    __slots__ = ("_ring", "_slot", "n", "released")
+
+    def __init__(self, ring: "RingLoader", slot: int, n: int) -> None:
+        self._ring, self._slot, self.n, self.released = ring, slot, n, False
+
+    @property
+    def layout(self) -> SlotLayout:
+        """Where each key lies in the slot (and in a device buffer laid out like it)."""
+        return self._ring.layout
+
+    @property
+    def device_keys(self) -> tuple[str, ...]:
+        """The keys that go to the device: every key but ``index``."""
+        return self._ring.layout.device_keys
+
+    def span_bytes(self) -> int:
+        """Bytes from the slot's start that hold this batch's :attr:`device_keys`."""
+        return self._ring.layout.span_bytes(self.n)
+
+    def shapes(self, keys: Sequence[str]) -> dict[str, tuple[int, ...]]:
+        """``key -> (n, *per-patch shape)`` of ``keys``."""
+        spec = self._ring.layout.spec
+        return {key: (self.n, *spec[key][0]) for key in keys}
+
+    def index(self) -> torch.Tensor:
+        """The batch's store rows, (n,) int64, in memory of their own on the CPU."""
+        ring = self._ring
+        offset = self._slot * ring.layout.slot_bytes + ring.layout.regions["index"][0]
+        return torch.from_numpy(np.frombuffer(ring._res.buffer, dtype=np.int64, count=self.n, offset=offset).copy())
+
+    def copy_into(self, buffer: torch.Tensor, stream: Any) -> None:
+        """Queue the copy of the batch's :attr:`device_keys` (its first :meth:`span_bytes`
+        bytes) into ``buffer`` (uint8, laid out as the slot: :meth:`SlotLayout.tensor_views`
+        gives the keys' views of it) on ``stream``, the current stream (None off CUDA); then
+        the slot goes back to the ring, once that copy is done."""
+        ring = self._ring
+        start = self._slot * ring.layout.slot_bytes
+        size = self.span_bytes()
+        target = buffer if buffer.numel() == size else buffer[:size]
+        target.copy_(ring._host[start:start + size], non_blocking=True)
+        self.release(stream)
+
+    def to_device(self, stream: Any) -> Batch:
+        """The batch on the loader's device in memory of its own (as iterating the loader gives
+        it), copied on ``stream``, the current stream (None off CUDA); then the slot goes back."""
+        ring = self._ring
+        start = self._slot * ring.layout.slot_bytes
+        batch = ring.layout.to_device(ring._host[start:start + ring.layout.slot_bytes], self.n, ring.device,
+                                      ring.one_copy)
+        self.release(stream)
+        return batch
+
+    def release(self, stream: Any) -> None:
+        """Hand the slot back once the work queued so far on CUDA ``stream`` (the copies that
+        read it) is done; at once with None. A second call does nothing."""
+        if not self.released:
+            self.released = True
+            self._ring._release_after(self._slot, stream)
 
 
 class RingLoader:
@@ -445,6 +534,7 @@ class RingLoader:
         self._returned = ReturnedWhenDead()  # slots whose CPU batch died
         self._held = 0                       # CPU batches the consumer holds
         self._copies: collections.deque[tuple[Any, int]] = collections.deque()  # (event, slot)
+        self._res.copies = self._copies
         self._outstanding = [0] * num_workers
         self._tasks: collections.deque[tuple[int, int, list[int], int]] = collections.deque()
         self._in_flight: dict[tuple[int, int], int] = {}             # (generation, seq) -> worker
@@ -455,6 +545,7 @@ class RingLoader:
         self._epoch = 0
         self._driven = False                 # set_epoch was called: predict epoch + 1 next
         self._next: tuple[int, int, int] | None = None  # (generation, epoch, n_batches) queued ahead
+        self._events: list[Any] | None = None  # CUDA: one event per slot, re-recorded (creating one costs ~10 us)
 
     # -- set-up --------------------------------------------------------------------------
     def _pin(self) -> None:
@@ -626,17 +717,34 @@ class RingLoader:
         self._returned.watch(holder, slot)  # a plain weakref: a fraction of weakref.finalize's cost
         return views
 
+    def _slot_event(self, slot: int) -> Any:
+        """The CUDA event of ``slot``: recorded after the copies that read the slot, and
+        recorded again only once it has completed and the slot has been handed out anew."""
+        if self._events is None:
+            self._events = [torch.cuda.Event() for _ in range(self.n_slots)]
+        return self._events[slot]
+
+    def _release_after(self, slot: int, stream: Any) -> None:
+        """``slot`` back to the free list once the work queued so far on CUDA ``stream`` (the
+        copies that read it) has completed; at once when ``stream`` is None (nothing in flight)."""
+        if stream is None:
+            self._free.append(slot)
+            return
+        event = self._slot_event(slot)
+        event.record(stream)
+        self._copies.append((event, slot))
+
     def _stage(self, slot: int, n: int) -> tuple[Batch, Any]:
         """Start the copy of a ready slot to the GPU on the copy stream."""
         whole = self._host[slot * self.layout.slot_bytes:(slot + 1) * self.layout.slot_bytes]
         with on_stream(self._copy_stream):
             batch = self.layout.to_device(whole, n, self.device, self.one_copy)
-            event = torch.cuda.Event()
-            event.record(self._copy_stream)
-        self._copies.append((event, slot))
-        return batch, event
+        self._release_after(slot, self._copy_stream)
+        return batch, self._copies[-1][0]
 
-    def __iter__(self) -> Iterator[Batch]:
+    def _begin(self) -> tuple[int, int, int]:
+        """Start an iteration: (generation, epoch, batches) of the epoch it serves, whose
+        batches are queued (or were, ahead of it) and the only ones kept."""
         if self._host is None:  # close() was called: no workers, no memory
             raise LoaderWorkerError("this loader was closed; make a new one (make_loader)")
         resuming = getattr(self.batch_sampler, "skip", 0) > 0  # a part-epoch: not what was prefetched
@@ -646,13 +754,36 @@ class RingLoader:
             plan = self._queue_epoch(self._epoch)
         self._next = None
         self._keep_only(plan[0])
-        generation, epoch, n_batches = plan
+        return plan
+
+    def _queue_ahead(self, epoch: int) -> None:
+        """Once every batch of this epoch is dispatched, queue the next epoch for idle workers."""
+        if self._next is None and not self._tasks:
+            self._next = self._queue_epoch(epoch + 1 if self._driven else epoch)
+
+    def iter_slots(self) -> Iterator["HostSlot"]:
+        """This iteration's batches as :class:`HostSlot` s, in order: each batch still in its
+        slot, for a consumer that copies it to the device itself and then hands the slot
+        back (:meth:`HostSlot.release`, or :meth:`HostSlot.to_device`), before asking for the
+        next. A slot handed out and not given back when the iteration stops is given back then.
+        The same batches, in the same order, as iterating the loader."""
+        generation, epoch, n_batches = self._begin()
+        pending: HostSlot | None = None
+        try:
+            for seq in range(n_batches):
+                self._queue_ahead(epoch)
+                pending = HostSlot(self, *self._wait_for((generation, seq)))
+                yield pending
+        finally:
+            if pending is not None and not pending.released:
+                pending.release(current_stream(self._copy_stream.device_index) if self._cuda else None)
+
+    def __iter__(self) -> Iterator[Batch]:
+        generation, epoch, n_batches = self._begin()
         staged: collections.deque[tuple[Batch, Any]] = collections.deque()
         next_stage = 0
         for seq in range(n_batches):
-            if self._next is None and not self._tasks:
-                # every batch of this epoch is dispatched: idle workers start on the next one
-                self._next = self._queue_epoch(epoch + 1 if self._driven else epoch)
+            self._queue_ahead(epoch)
             if not self._cuda:
                 slot, n = self._wait_for((generation, seq))
                 yield self._cpu_batch(slot, n) if self.device.type == "cpu" else self._copy_sync(slot, n)
@@ -665,11 +796,13 @@ class RingLoader:
                 next_stage += 1
                 self._receive(block=False)
             batch, event = staged.popleft()
-            stream = torch.cuda.current_stream(self._copy_stream.device_index)  # an int: benzarr.streams
+            stream = current_stream(self._copy_stream.device_index)  # an int: benzarr.streams
             stream.wait_event(event)
             for tensor in batch.values():
                 if tensor.device.type == "cuda":
                     tensor.record_stream(stream)  # not reused by the allocator before the consumer is done
+                    if self.one_copy:  # every key views one allocation: one record covers it
+                        break
             yield batch
 
     def _copy_sync(self, slot: int, n: int) -> Batch:

@@ -176,3 +176,49 @@ def test_a_capture_failing_after_others_worked_releases_them(synth_store_64: Pat
             _same(graphed(batch), transform(batch))
     assert graphed.captured == 1 and graphed.held_bytes == 0 and "out of memory" in graphed.disabled
     assert len(calls) == 2  # nothing captured after the failure
+
+
+@pytest.mark.parametrize("modalities", [("s2",), ("s2", "s1", "reference-map")], ids=["s2", "s2+s1+mask"])
+def test_ring_slots_copied_straight_into_the_graphs_give_the_eager_batches(synth_store_64: Path,
+                                                                          synth_v2_store: Path,
+                                                                          modalities: tuple) -> None:
+    """The CUDA path with graphs (benzarr.ring.HostSlot, GraphedTransform.from_slot): each full
+    batch's slot copied in one transfer into the static inputs, a short last batch and batches
+    whose images the consumer keeps made the ordinary way; here on the CPU with the eager
+    stand-in. The same batches as the eager transform, over two epochs, and every slot back."""
+    from torch.utils.data import BatchSampler, RandomSampler
+
+    from benzarr.ring import RingLoader
+
+    store = synth_store_64 if modalities == ("s2",) else synth_v2_store
+    ds = BigEarthNetDataset(store, modalities=modalities, normalize=True)
+    transform = ds.batch_transform("cpu")
+    size = 6 if len(ds) % 6 else 5  # a short last batch
+    graphed = GraphedTransform(transform, batch_size=size, capture=eager_capture)
+    batches = BatchSampler(RandomSampler(range(len(ds)), generator=torch.Generator().manual_seed(1)), size, False)
+    kept = []
+    with RingLoader(ds, batches, num_workers=2) as ring:
+        for epoch in (0, 1):
+            got = []
+            for i, slot in enumerate(ring.iter_slots()):
+                graphed.consumer_point(None)
+                out = graphed.from_slot(slot)
+                assert slot.released  # the slot went back once copied
+                if epoch == 1 and i < GRAPH_COPIES + 1:
+                    kept.append(out)  # held: the next batches cannot reuse these images
+                got.append({k: v.clone() for k, v in out.items()})
+            ring.set_epoch(epoch + 1)
+            assert sorted(i for batch in got for i in batch["index"].tolist()) == list(range(len(ds)))
+            assert len(got[-1]["index"]) < size
+            for batch in got:
+                _same(batch, transform(ds.read_batch(batch["index"].tolist())))
+        abandoned = ring.iter_slots()
+        slot = next(abandoned)
+        abandoned.close()  # a consumer that stops before copying the slot it was given
+        assert slot.released
+        assert len(ring._free) + len(ring._copies) + sum(ring._outstanding) + len(ring._ready) == ring.n_slots
+    assert graphed.replayed > 0 and graphed.captured == GRAPH_COPIES
+    for batch in kept:  # images handed out and kept were never overwritten
+        _same(batch, transform(ds.read_batch(batch["index"].tolist())))
+    if "reference-map" in modalities:
+        assert kept[0]["mask"].dtype == torch.int64
