@@ -177,7 +177,14 @@ class SlotLayout:
 
     def span_bytes(self, n: int) -> int:
         """Bytes from a slot's start that hold the :attr:`device_keys` of ``n`` patches."""
+        if n == self.batch_size:
+            return self._full_span
         return max((self.regions[key][0] + n * self.regions[key][1] for key in self.device_keys), default=0)
+
+    @functools.cached_property
+    def _full_span(self) -> int:
+        return max((self.regions[key][0] + self.batch_size * self.regions[key][1] for key in self.device_keys),
+                   default=0)
 
     @functools.cached_property
     def _plan(self) -> list[tuple[str, int, int, torch.dtype, tuple[int, ...]]]:
@@ -413,19 +420,17 @@ class HostSlot:
     def index(self) -> torch.Tensor:
         """The batch's store rows, (n,) int64, in memory of their own on the CPU."""
         ring = self._ring
-        offset = self._slot * ring.layout.slot_bytes + ring.layout.regions["index"][0]
-        return torch.from_numpy(np.frombuffer(ring._res.buffer, dtype=np.int64, count=self.n, offset=offset).copy())
+        start = (self._slot * ring.layout.slot_bytes + ring.layout.regions["index"][0]) // 8  # regions are 64-byte aligned
+        return torch.from_numpy(ring._as_int64()[start:start + self.n].copy())
 
     def copy_into(self, buffer: torch.Tensor, stream: Any) -> None:
         """Queue the copy of the batch's :attr:`device_keys` (its first :meth:`span_bytes`
         bytes) into ``buffer`` (uint8, laid out as the slot: :meth:`SlotLayout.tensor_views`
         gives the keys' views of it) on ``stream``, the current stream (None off CUDA); then
         the slot goes back to the ring, once that copy is done."""
-        ring = self._ring
-        start = self._slot * ring.layout.slot_bytes
         size = self.span_bytes()
         target = buffer if buffer.numel() == size else buffer[:size]
-        target.copy_(ring._host[start:start + size], non_blocking=True)
+        target.copy_(self._ring._host_span(self._slot, size), non_blocking=True)
         self.release(stream)
 
     def to_device(self, stream: Any) -> Batch:
@@ -546,6 +551,8 @@ class RingLoader:
         self._driven = False                 # set_epoch was called: predict epoch + 1 next
         self._next: tuple[int, int, int] | None = None  # (generation, epoch, n_batches) queued ahead
         self._events: list[Any] | None = None  # CUDA: one event per slot, re-recorded (creating one costs ~10 us)
+        self._spans: list[torch.Tensor] | None = None  # HostSlot: each slot's full-batch span, as uint8 views
+        self._int64: np.ndarray | None = None  # HostSlot: the ring as int64 values
 
     # -- set-up --------------------------------------------------------------------------
     def _pin(self) -> None:
@@ -568,6 +575,7 @@ class RingLoader:
     def close(self) -> None:
         """Stop the workers and release the ring (also done when the loader is collected)."""
         self._host = None  # our own view of the mapping: the mapping goes when no batch views it
+        self._spans = self._int64 = None  # our other views of it
         self._finalizer()
 
     def __enter__(self) -> "RingLoader":
@@ -716,6 +724,22 @@ class RingLoader:
         self._held += 1
         self._returned.watch(holder, slot)  # a plain weakref: a fraction of weakref.finalize's cost
         return views
+
+    def _as_int64(self) -> np.ndarray:
+        """The whole ring as int64 values (made once: the store rows' regions are read through it)."""
+        if self._int64 is None:
+            self._int64 = np.frombuffer(self._res.buffer, dtype=np.int64)
+        return self._int64
+
+    def _host_span(self, slot: int, size: int) -> torch.Tensor:
+        """The first ``size`` bytes of ``slot`` (a uint8 view of the ring; a full batch's are made once)."""
+        if size != self.layout.span_bytes(self.batch_size):
+            start = slot * self.layout.slot_bytes
+            return self._host[start:start + size]
+        if self._spans is None:
+            starts = [s * self.layout.slot_bytes for s in range(self.n_slots)]
+            self._spans = [self._host[start:start + size] for start in starts]
+        return self._spans[slot]
 
     def _slot_event(self, slot: int) -> Any:
         """The CUDA event of ``slot``: recorded after the copies that read the slot, and

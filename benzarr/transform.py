@@ -556,8 +556,10 @@ class BatchTransform:
         """What goes with the image: ``"label"`` (B, L) float32 on the device, ``"index"`` (B,)
         int64 left on the CPU and, with a ``mask`` in ``batch``, ``"mask"`` (B, 120, 120) int64
         on the device (row b flipped/rotated by ``codes[b]`` when given)."""
-        result = {"label": torch.as_tensor(batch["label"]).to(self.device, non_blocking=True).to(torch.float32),
-                  "index": torch.as_tensor(batch["index"])}
+        label = torch.as_tensor(batch["label"])
+        if label.device != self.device:  # (a no-op .to costs a CUDA loader's main process ~20 us a batch)
+            label = label.to(self.device, non_blocking=True)
+        result = {"label": label.to(torch.float32), "index": torch.as_tensor(batch["index"])}
         if "mask" in batch:
             result["mask"] = _mask_to_long(torch.as_tensor(batch["mask"]), self.device, codes)
         return result
