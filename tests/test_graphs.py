@@ -222,3 +222,52 @@ def test_ring_slots_copied_straight_into_the_graphs_give_the_eager_batches(synth
         _same(batch, transform(ds.read_batch(batch["index"].tolist())))
     if "reference-map" in modalities:
         assert kept[0]["mask"].dtype == torch.int64
+
+
+def test_the_loader_feeds_its_graphs_straight_from_the_ring_slots(synth_store_64: Path) -> None:
+    """DeviceLoader's one-batch-ahead path over the batch ring with graphs (on CUDA the slots
+    are copied straight into the graphs' inputs; here on the CPU with the eager stand-in): the
+    same batches as the staged path and as no graphs, epoch after epoch, a part-epoch resumed
+    included, and every slot back in the ring after each epoch."""
+    from torch.utils.data import DistributedSampler
+
+    from benzarr.data import DeviceLoader, ResumableBatchSampler
+    from benzarr.ring import RingLoader
+
+    ds = BigEarthNetDataset(synth_store_64, normalize=True)
+
+    def loader(graphs: bool, direct: bool = True) -> DeviceLoader:
+        sampler = DistributedSampler(ds, num_replicas=1, rank=0, shuffle=True, seed=5, drop_last=False)
+        batches = ResumableBatchSampler(sampler, batch_size=6, drop_last=False)
+        made = DeviceLoader(ds, RingLoader(ds, batches, 2), sampler, ds.batch_transform("cpu"), batches)
+        made.graphs, made._graph_capture, made.direct_copy = graphs, eager_capture, direct
+        return made
+
+    def epoch(made: DeviceLoader, number: int) -> list[dict[str, torch.Tensor]]:
+        made.set_epoch(number)
+        return [{k: v.clone() for k, v in b.items()} for b in made._transformed_ahead(made.transform)]
+
+    plain, staged, direct = loader(False), loader(True, direct=False), loader(True)
+    try:
+        for number in (0, 1):
+            expected = epoch(plain, number)
+            assert len(expected) == 11
+            for other in (staged, direct):
+                got = epoch(other, number)
+                assert len(got) == len(expected)
+                for a, b in zip(expected, got):
+                    _same(a, b)
+            ring = direct.loader
+            assert len(ring._free) + len(ring._copies) + sum(ring._outstanding) + len(ring._ready) == ring.n_slots
+        assert direct._graphed._span is not None and staged._graphed._span is None  # each took its own path
+        assert direct._graphed.replayed > 0
+        # a part-epoch, as a resumed run asks for it: the rest of epoch 1 from its fourth batch
+        direct.batch_sampler.skip = 3
+        direct.sampler.set_epoch(1)
+        rest = [{k: v.clone() for k, v in b.items()} for b in direct._transformed_ahead(direct.transform)]
+        assert len(rest) == len(expected) - 3
+        for a, b in zip(expected[3:], rest):
+            _same(a, b)
+    finally:
+        for made in (plain, staged, direct):
+            made.close()
