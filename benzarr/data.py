@@ -779,8 +779,7 @@ class DeviceLoader:
         make: Callable[[Batch], Batch] = graphed if graphed is not None else transform
         # with graphs, the ring's batches stay in their slots until the graphs copy them
         # straight into their static inputs (benzarr.ring.HostSlot): one copy a batch
-        slots = (graphed is not None and (cuda or self._graph_capture is not None) and self.direct_copy
-                 and hasattr(self.loader, "iter_slots"))
+        slots = graphed is not None and self.direct_copy and hasattr(self.loader, "iter_slots")
         batches: Iterator[Any] = self.loader.iter_slots() if slots else iter(self.loader)
         # each batch's "made" event: reused in turn (creating one costs ~10 us of the main
         # process a batch); one is recorded again only after the consumer's stream was told

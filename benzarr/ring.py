@@ -177,14 +177,14 @@ class SlotLayout:
 
     def span_bytes(self, n: int) -> int:
         """Bytes from a slot's start that hold the :attr:`device_keys` of ``n`` patches."""
-        if n == self.batch_size:
-            return self._full_span
+        return self._full_span if n == self.batch_size else self._span_of(n)
+
+    def _span_of(self, n: int) -> int:
         return max((self.regions[key][0] + n * self.regions[key][1] for key in self.device_keys), default=0)
 
     @functools.cached_property
-    def _full_span(self) -> int:
-        return max((self.regions[key][0] + self.batch_size * self.regions[key][1] for key in self.device_keys),
-                   default=0)
+    def _full_span(self) -> int:  # asked for every batch on the graph path
+        return self._span_of(self.batch_size)
 
     @functools.cached_property
     def _plan(self) -> list[tuple[str, int, int, torch.dtype, tuple[int, ...]]]:
@@ -759,11 +759,10 @@ class RingLoader:
         self._copies.append((event, slot))
 
     def _stage(self, slot: int, n: int) -> tuple[Batch, Any]:
-        """Start the copy of a ready slot to the GPU on the copy stream."""
-        whole = self._host[slot * self.layout.slot_bytes:(slot + 1) * self.layout.slot_bytes]
+        """Start the copy of a ready slot to the GPU on the copy stream: the batch, and the
+        event the consumer's stream waits on."""
         with on_stream(self._copy_stream):
-            batch = self.layout.to_device(whole, n, self.device, self.one_copy)
-        self._release_after(slot, self._copy_stream)
+            batch = HostSlot(self, slot, n).to_device(self._copy_stream)
         return batch, self._copies[-1][0]
 
     def _begin(self) -> tuple[int, int, int]:
