@@ -253,6 +253,12 @@ if [ -n "$bench_store" ] && [ "${BENCH:-1}" = 1 ]; then
   timeout 120 "$PY" -m benzarr_cli bench "$bench_store" "${bench_args[@]}" --json >"$OUT/bench_device.json" 2>"$OUT/bench_device.log"
   say "benzarr bench ${bench_args[*]} exit $?"
 fi
+if [ "${QUICK:-0}" = 1 ]; then
+  # PHASE=next's profile script, tiny, so a dry run finds it broken before a GPU call does
+  timeout 120 "$PY" benchmarks/gpu_next_profile.py --cpu --patches 64 --build-workers 2 --workers 1 --batch-size 8 \
+    --steps 5 --top 5 --workdir /tmp/gpu-feed --out "$OUT/gpu_next_profile.json" >"$OUT/gpu_next_profile.log" 2>&1
+  say "gpu_next_profile.py (CPU check) exit $?"
+fi
 tail -n 60 "$OUT/gpu_feed.log"
 ls -la "$OUT" | tee -a "$OUT/session.log"
 # the device tool brings back at most 8 files (session 22 lost the nvidia-smi and vmstat logs to
