@@ -12,7 +12,9 @@ How, and what keeps it correct:
 
 * **Static buffers.** Graphs read fixed addresses: the batch's band groups are copied
   (device to device, ~41 MB for 12 bands at batch 256, tens of microseconds) into static
-  inputs, and each of :data:`GRAPH_COPIES` graphs writes its own static ``image``. The
+  inputs, and each of :data:`GRAPH_COPIES` graphs writes its own static ``image``. From the
+  batch ring (:meth:`GraphedTransform.from_slot`), a full batch goes host to device once,
+  straight into static inputs laid out as a ring slot (session 24: a third of ``next()``). The
   graphs differ only in their output, so batch k+1 is made while the consumer still holds
   batch k.
 * **Nothing the consumer holds is overwritten.** A static image is handed out as a fresh
