@@ -107,7 +107,7 @@ class _StaticImage:
     baseline: int  # the image's use count when only this module holds it (:func:`_uses`)
     out: bool = False  # handed out and not yet seen free
     freed: Any = None  # the consumer-stream event after which it is free (None: free now)
-    event: Any = None  # CUDA: the event freed is, made once
+    event: Any = None  # CUDA: the event ``freed`` is, made with the graph (None off CUDA)
 
 
 def graphs_supported() -> bool:
@@ -165,13 +165,9 @@ class GraphedTransform:
         queued on ``stream`` (its CUDA stream; None off CUDA) is done."""
         for static in self._statics:
             if static.out and _uses(static.image) == static.baseline:
-                event = None
-                if self._cuda:  # the image's own event: re-recorded only after its replay waited on it
-                    if static.event is None:
-                        static.event = torch.cuda.Event()
-                    event = static.event
-                    event.record(stream)
-                static.out, static.freed = False, event
+                if static.event is not None:  # the image's own event: re-recorded only after its replay waited on it
+                    static.event.record(stream)
+                static.out, static.freed = False, static.event
 
     def _applies(self) -> bool:
         """Whether graphs may make this transform's batches at all (see the module's docstring)."""
@@ -314,7 +310,8 @@ class GraphedTransform:
             warnings.warn(f"benzarr: the loader makes batches without CUDA graphs: {self.disabled}",
                           RuntimeWarning, stacklevel=3)
             return image
-        self._statics.append(_StaticImage(image, replay, baseline=_uses(image)))
+        self._statics.append(_StaticImage(image, replay, baseline=_uses(image),
+                                          event=torch.cuda.Event() if self._cuda else None))
         self.held_bytes += image.nbytes
         self.captured += 1
         return image

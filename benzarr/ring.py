@@ -763,7 +763,7 @@ class RingLoader:
         event the consumer's stream waits on."""
         with on_stream(self._copy_stream):
             batch = HostSlot(self, slot, n).to_device(self._copy_stream)
-        return batch, self._copies[-1][0]
+        return batch, self._slot_event(slot)  # recorded after the copy by to_device's release
 
     def _begin(self) -> tuple[int, int, int]:
         """Start an iteration: (generation, epoch, batches) of the epoch it serves, whose
